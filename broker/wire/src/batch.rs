@@ -1,0 +1,671 @@
+//! Kafka RecordBatch v2, the one batch format Meridian uses end to end.
+//!
+//! Layout (all integers big-endian):
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  base_offset               patched by the broker on append
+//!      8     4  batch_length              bytes after this field
+//!     12     4  partition_leader_epoch    patched by the broker on append
+//!     16     1  magic (= 2)
+//!     17     4  crc (CRC-32C of bytes 21..end)
+//!     21     2  attributes                bits 0-2 codec, bit 3 timestamp type,
+//!                                         bit 4 transactional, bit 5 control
+//!     23     4  last_offset_delta
+//!     27     8  base_timestamp
+//!     35     8  max_timestamp
+//!     43     8  producer_id
+//!     51     2  producer_epoch
+//!     53     4  base_sequence
+//!     57     4  records_count
+//!     61     -  records (compressed as a whole when the codec is not `none`)
+//! ```
+//!
+//! The CRC deliberately does not cover base offset and leader epoch, so the broker can
+//! assign offsets without touching the CRC or the (possibly compressed) records. The
+//! broker never decompresses: everything it needs is in the 61-byte header.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::codec::{get_varint, get_varlong, put_varint, put_varlong, DecodeError};
+
+/// Size of the fixed batch header, up to and including `records_count`.
+pub const BATCH_HEADER_LEN: usize = 61;
+/// Bytes before `batch_length`'s payload: base offset + batch length.
+pub const BATCH_LOG_OVERHEAD: usize = 12;
+/// The only record batch format we accept.
+pub const MAGIC_V2: u8 = 2;
+const CRC_START: usize = 21;
+const MAGIC_OFFSET: usize = 16;
+
+/// Compression codec carried in the low three attribute bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Compression {
+    None,
+    Lz4,
+    Zstd,
+}
+
+impl Compression {
+    pub fn attribute_bits(self) -> u16 {
+        match self {
+            Compression::None => 0,
+            Compression::Lz4 => 3,
+            Compression::Zstd => 4,
+        }
+    }
+
+    fn from_attributes(attributes: u16) -> Result<Compression, BatchError> {
+        match attributes & 0x7 {
+            0 => Ok(Compression::None),
+            3 => Ok(Compression::Lz4),
+            4 => Ok(Compression::Zstd),
+            other => Err(BatchError::UnsupportedCompression(other as u8)),
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Lz4 => "lz4",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "none" => Ok(Compression::None),
+            "lz4" => Ok(Compression::Lz4),
+            "zstd" => Ok(Compression::Zstd),
+            other => Err(format!(
+                "unknown compression `{other}` (expected none, lz4 or zstd)"
+            )),
+        }
+    }
+}
+
+/// Why a batch was refused. Every variant maps to `ErrorCode::CorruptMessage` or
+/// `ErrorCode::UnsupportedCompression` on the wire.
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum BatchError {
+    #[error("batch truncated: need {needed} bytes, have {available}")]
+    Truncated { needed: usize, available: usize },
+    #[error("unsupported record batch magic {0} (only v2 is accepted)")]
+    BadMagic(u8),
+    #[error("batch length {0} is invalid")]
+    BadLength(i32),
+    #[error("batch CRC mismatch: header says {expected:#010x}, computed {actual:#010x}")]
+    BadCrc { expected: u32, actual: u32 },
+    #[error("unsupported compression codec id {0}")]
+    UnsupportedCompression(u8),
+    #[error("batch has {records} records but last offset delta {last_offset_delta}")]
+    BadOffsetDelta {
+        records: i32,
+        last_offset_delta: i32,
+    },
+    #[error("malformed record: {0}")]
+    Record(String),
+    #[error("decompression failed: {0}")]
+    Decompress(String),
+}
+
+impl From<DecodeError> for BatchError {
+    fn from(e: DecodeError) -> Self {
+        BatchError::Record(e.to_string())
+    }
+}
+
+/// Read-only view of a batch header. Parsing it checks only sizes and magic;
+/// [`BatchHeader::validate`] also checks the CRC and field consistency.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchHeader {
+    pub base_offset: i64,
+    pub batch_length: i32,
+    pub partition_leader_epoch: i32,
+    pub magic: u8,
+    pub crc: u32,
+    pub attributes: u16,
+    pub last_offset_delta: i32,
+    pub base_timestamp: i64,
+    pub max_timestamp: i64,
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+    pub records_count: i32,
+}
+
+fn be_i64(b: &[u8], at: usize) -> i64 {
+    i64::from_be_bytes(b[at..at + 8].try_into().expect("8 bytes"))
+}
+fn be_i32(b: &[u8], at: usize) -> i32 {
+    i32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_u32(b: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes(b[at..at + 4].try_into().expect("4 bytes"))
+}
+fn be_i16(b: &[u8], at: usize) -> i16 {
+    i16::from_be_bytes(b[at..at + 2].try_into().expect("2 bytes"))
+}
+
+impl BatchHeader {
+    /// Parses the fixed header at the start of `bytes`. `bytes` may hold more than one
+    /// batch; only the first header is read.
+    pub fn parse(bytes: &[u8]) -> Result<BatchHeader, BatchError> {
+        if bytes.len() < BATCH_HEADER_LEN {
+            return Err(BatchError::Truncated {
+                needed: BATCH_HEADER_LEN,
+                available: bytes.len(),
+            });
+        }
+        let magic = bytes[MAGIC_OFFSET];
+        if magic != MAGIC_V2 {
+            return Err(BatchError::BadMagic(magic));
+        }
+        let batch_length = be_i32(bytes, 8);
+        if batch_length < (BATCH_HEADER_LEN - BATCH_LOG_OVERHEAD) as i32 {
+            return Err(BatchError::BadLength(batch_length));
+        }
+        Ok(BatchHeader {
+            base_offset: be_i64(bytes, 0),
+            batch_length,
+            partition_leader_epoch: be_i32(bytes, 12),
+            magic,
+            crc: be_u32(bytes, 17),
+            attributes: be_i16(bytes, 21) as u16,
+            last_offset_delta: be_i32(bytes, 23),
+            base_timestamp: be_i64(bytes, 27),
+            max_timestamp: be_i64(bytes, 35),
+            producer_id: be_i64(bytes, 43),
+            producer_epoch: be_i16(bytes, 51),
+            base_sequence: be_i32(bytes, 53),
+            records_count: be_i32(bytes, 57),
+        })
+    }
+
+    /// Total size of this batch on disk / on the wire.
+    pub fn total_len(&self) -> usize {
+        BATCH_LOG_OVERHEAD + self.batch_length as usize
+    }
+
+    pub fn last_offset(&self) -> i64 {
+        self.base_offset + self.last_offset_delta as i64
+    }
+
+    pub fn compression(&self) -> Result<Compression, BatchError> {
+        Compression::from_attributes(self.attributes)
+    }
+
+    pub fn is_control(&self) -> bool {
+        self.attributes & 0x20 != 0
+    }
+
+    pub fn is_transactional(&self) -> bool {
+        self.attributes & 0x10 != 0
+    }
+
+    /// Checks the CRC and the header's internal consistency against the full batch
+    /// bytes (`batch` must be exactly `total_len()` bytes).
+    pub fn validate(&self, batch: &[u8]) -> Result<(), BatchError> {
+        if batch.len() != self.total_len() {
+            return Err(BatchError::Truncated {
+                needed: self.total_len(),
+                available: batch.len(),
+            });
+        }
+        let actual = crc32c::crc32c(&batch[CRC_START..]);
+        if actual != self.crc {
+            return Err(BatchError::BadCrc {
+                expected: self.crc,
+                actual,
+            });
+        }
+        self.compression()?;
+        if self.records_count < 0
+            || self.last_offset_delta < 0
+            || (self.records_count > 0 && self.last_offset_delta < self.records_count - 1)
+        {
+            return Err(BatchError::BadOffsetDelta {
+                records: self.records_count,
+                last_offset_delta: self.last_offset_delta,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Patches base offset and partition leader epoch in place. Neither is covered by the
+/// CRC, so the batch stays valid.
+pub fn patch_batch(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i32) {
+    assert!(
+        batch.len() >= BATCH_HEADER_LEN,
+        "patch_batch on a short buffer"
+    );
+    batch[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    batch[12..16].copy_from_slice(&partition_leader_epoch.to_be_bytes());
+}
+
+/// Splits a buffer holding consecutive batches into `(header, bytes)` pairs, checking
+/// each batch's CRC. Used by the broker on produce (one request may carry several
+/// batches for one partition) and by clients on fetch.
+pub fn split_batches(
+    mut bytes: Bytes,
+) -> impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>> {
+    let mut failed = false;
+    std::iter::from_fn(move || {
+        if failed || bytes.is_empty() {
+            return None;
+        }
+        let result = BatchHeader::parse(&bytes).and_then(|header| {
+            let total = header.total_len();
+            if bytes.len() < total {
+                return Err(BatchError::Truncated {
+                    needed: total,
+                    available: bytes.len(),
+                });
+            }
+            let batch = bytes.split_to(total);
+            header.validate(&batch)?;
+            Ok((header, batch))
+        });
+        failed = result.is_err();
+        Some(result)
+    })
+}
+
+/// Like [`split_batches`] but stops silently at a truncated trailing batch, which is
+/// what a fetch response may end with when it was cut at `max_bytes`.
+pub fn split_fetched_batches(
+    bytes: Bytes,
+) -> impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>> {
+    split_batches(bytes).filter(|r| !matches!(r, Err(BatchError::Truncated { .. })))
+}
+
+/// One record header (key/value pair attached to a record).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    pub key: String,
+    pub value: Option<Bytes>,
+}
+
+/// One decoded record, with its absolute offset and timestamp.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+/// A record to be encoded into a batch.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NewRecord {
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+impl NewRecord {
+    /// Upper bound of the encoded size; used by producers to decide when a batch is full.
+    pub fn estimated_size(&self) -> usize {
+        let key = self.key.as_ref().map_or(0, |k| k.len());
+        let value = self.value.as_ref().map_or(0, |v| v.len());
+        let headers: usize = self
+            .headers
+            .iter()
+            .map(|h| h.key.len() + h.value.as_ref().map_or(0, |v| v.len()) + 10)
+            .sum();
+        key + value + headers + 5 * 5 + 10
+    }
+}
+
+/// Producer identity carried in the batch header. `NONE` for non-idempotent producers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProducerIdentity {
+    pub producer_id: i64,
+    pub producer_epoch: i16,
+    pub base_sequence: i32,
+}
+
+impl ProducerIdentity {
+    pub const NONE: ProducerIdentity = ProducerIdentity {
+        producer_id: -1,
+        producer_epoch: -1,
+        base_sequence: -1,
+    };
+}
+
+/// Encodes records into one v2 batch with base offset 0 (the broker assigns offsets).
+pub fn encode_batch(
+    records: &[NewRecord],
+    compression: Compression,
+    producer: ProducerIdentity,
+) -> Result<Bytes, BatchError> {
+    assert!(!records.is_empty(), "a batch holds at least one record");
+    let base_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
+    let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
+    let mut raw = BytesMut::with_capacity(records.iter().map(|r| r.estimated_size()).sum());
+    for (offset_delta, record) in records.iter().enumerate() {
+        encode_record(
+            &mut raw,
+            record,
+            offset_delta as i32,
+            record.timestamp - base_timestamp,
+        );
+    }
+    let body: Vec<u8> = match compression {
+        Compression::None => raw.to_vec(),
+        Compression::Zstd => {
+            zstd::bulk::compress(&raw, 3).map_err(|e| BatchError::Decompress(e.to_string()))?
+        }
+        Compression::Lz4 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
+            std::io::Write::write_all(&mut encoder, &raw)
+                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            encoder
+                .finish()
+                .map_err(|e| BatchError::Decompress(e.to_string()))?
+        }
+    };
+    let total = BATCH_HEADER_LEN + body.len();
+    let mut out = BytesMut::with_capacity(total);
+    out.put_i64(0);
+    out.put_i32((total - BATCH_LOG_OVERHEAD) as i32);
+    out.put_i32(-1);
+    out.put_u8(MAGIC_V2);
+    out.put_u32(0); // CRC, filled below.
+    out.put_u16(compression.attribute_bits());
+    out.put_i32(records.len() as i32 - 1);
+    out.put_i64(base_timestamp);
+    out.put_i64(max_timestamp);
+    out.put_i64(producer.producer_id);
+    out.put_i16(producer.producer_epoch);
+    out.put_i32(producer.base_sequence);
+    out.put_i32(records.len() as i32);
+    out.put_slice(&body);
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(out.freeze())
+}
+
+fn encode_record(out: &mut BytesMut, record: &NewRecord, offset_delta: i32, timestamp_delta: i64) {
+    let mut body = BytesMut::with_capacity(record.estimated_size());
+    body.put_u8(0); // record attributes, unused
+    put_varlong(&mut body, timestamp_delta);
+    put_varint(&mut body, offset_delta);
+    put_nullable_bytes(&mut body, record.key.as_deref());
+    put_nullable_bytes(&mut body, record.value.as_deref());
+    put_varint(&mut body, record.headers.len() as i32);
+    for header in &record.headers {
+        put_varint(&mut body, header.key.len() as i32);
+        body.put_slice(header.key.as_bytes());
+        put_nullable_bytes(&mut body, header.value.as_deref());
+    }
+    put_varint(out, body.len() as i32);
+    out.put_slice(&body);
+}
+
+fn put_nullable_bytes(out: &mut BytesMut, value: Option<&[u8]>) {
+    match value {
+        None => put_varint(out, -1),
+        Some(v) => {
+            put_varint(out, v.len() as i32);
+            out.put_slice(v);
+        }
+    }
+}
+
+/// Upper bound on the decompressed size of one batch's records, to stop a small
+/// compressed batch from expanding without limit in a client.
+pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 * 1024 * 1024;
+
+/// Decodes all records of one validated batch (decompressing if needed).
+pub fn decode_records(header: &BatchHeader, batch: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let body = batch.slice(BATCH_HEADER_LEN..);
+    let raw: Bytes = match header.compression()? {
+        Compression::None => body,
+        Compression::Zstd => {
+            let mut decoder = zstd::stream::read::Decoder::new(&body[..])
+                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            read_bounded(&mut decoder)?
+        }
+        Compression::Lz4 => {
+            let mut decoder = lz4_flex::frame::FrameDecoder::new(&body[..]);
+            read_bounded(&mut decoder)?
+        }
+    };
+    let count = header.records_count.max(0) as usize;
+    // Each record takes at least 7 bytes, so this cannot over-allocate on a lying count.
+    let mut records = Vec::with_capacity(count.min(raw.len() / 7 + 1));
+    let mut cursor = raw;
+    for _ in 0..count {
+        records.push(decode_record(&mut cursor, header)?);
+    }
+    Ok(records)
+}
+
+fn read_bounded(reader: &mut impl std::io::Read) -> Result<Bytes, BatchError> {
+    let mut out = Vec::new();
+    let mut limited = std::io::Read::take(reader, MAX_DECOMPRESSED_BATCH_BYTES as u64 + 1);
+    std::io::Read::read_to_end(&mut limited, &mut out)
+        .map_err(|e| BatchError::Decompress(e.to_string()))?;
+    if out.len() > MAX_DECOMPRESSED_BATCH_BYTES {
+        return Err(BatchError::Decompress(format!(
+            "decompressed batch exceeds {MAX_DECOMPRESSED_BATCH_BYTES} bytes"
+        )));
+    }
+    Ok(Bytes::from(out))
+}
+
+fn decode_record(cursor: &mut Bytes, header: &BatchHeader) -> Result<Record, BatchError> {
+    let length = get_varint(cursor)?;
+    if length < 0 || length as usize > cursor.len() {
+        return Err(BatchError::Record(format!(
+            "record length {length} exceeds batch"
+        )));
+    }
+    let mut body = cursor.split_to(length as usize);
+    if body.is_empty() {
+        return Err(BatchError::Record("empty record".into()));
+    }
+    let _attributes = body.split_to(1);
+    let timestamp_delta = get_varlong(&mut body)?;
+    let offset_delta = get_varint(&mut body)?;
+    let key = get_nullable_bytes(&mut body)?;
+    let value = get_nullable_bytes(&mut body)?;
+    let n_headers = get_varint(&mut body)?;
+    if n_headers < 0 || n_headers as usize > body.len() {
+        return Err(BatchError::Record(format!("bad header count {n_headers}")));
+    }
+    let mut headers = Vec::with_capacity(n_headers as usize);
+    for _ in 0..n_headers {
+        let key = get_nullable_bytes(&mut body)?
+            .ok_or_else(|| BatchError::Record("null header key".into()))?;
+        let key = String::from_utf8(key.to_vec())
+            .map_err(|_| BatchError::Record("header key not UTF-8".into()))?;
+        let value = get_nullable_bytes(&mut body)?;
+        headers.push(Header { key, value });
+    }
+    Ok(Record {
+        offset: header.base_offset + offset_delta as i64,
+        timestamp: header.base_timestamp + timestamp_delta,
+        key,
+        value,
+        headers,
+    })
+}
+
+fn get_nullable_bytes(cursor: &mut Bytes) -> Result<Option<Bytes>, BatchError> {
+    let len = get_varint(cursor)?;
+    if len < 0 {
+        return Ok(None);
+    }
+    let len = len as usize;
+    if len > cursor.len() {
+        return Err(BatchError::Record(format!(
+            "field of {len} bytes exceeds record"
+        )));
+    }
+    Ok(Some(cursor.split_to(len)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(key: Option<&str>, value: &str, timestamp: i64) -> NewRecord {
+        NewRecord {
+            timestamp,
+            key: key.map(|k| Bytes::copy_from_slice(k.as_bytes())),
+            value: Some(Bytes::copy_from_slice(value.as_bytes())),
+            headers: vec![Header {
+                key: "h".into(),
+                value: Some(Bytes::from_static(b"v")),
+            }],
+        }
+    }
+
+    #[test]
+    fn patching_keeps_the_crc_valid() {
+        let batch = encode_batch(
+            &[record(Some("k"), "v", 10)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap();
+        let mut bytes = batch.to_vec();
+        patch_batch(&mut bytes, 4242, 7);
+        let header = BatchHeader::parse(&bytes).unwrap();
+        header.validate(&bytes).unwrap();
+        assert_eq!(header.base_offset, 4242);
+        assert_eq!(header.partition_leader_epoch, 7);
+    }
+
+    #[test]
+    fn a_flipped_bit_is_caught_by_the_crc() {
+        let batch = encode_batch(
+            &[record(None, "hello", 1)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap();
+        let mut bytes = batch.to_vec();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+        let header = BatchHeader::parse(&bytes).unwrap();
+        assert!(matches!(
+            header.validate(&bytes),
+            Err(BatchError::BadCrc { .. })
+        ));
+    }
+
+    #[test]
+    fn header_parse_rejects_short_and_bad_magic() {
+        assert!(matches!(
+            BatchHeader::parse(&[0; 10]),
+            Err(BatchError::Truncated { .. })
+        ));
+        let mut bytes = encode_batch(
+            &[record(None, "x", 1)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap()
+        .to_vec();
+        bytes[MAGIC_OFFSET] = 1;
+        assert_eq!(BatchHeader::parse(&bytes), Err(BatchError::BadMagic(1)));
+    }
+
+    #[test]
+    fn split_stops_at_first_bad_batch() {
+        let a = encode_batch(
+            &[record(None, "a", 1)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap();
+        let b = encode_batch(
+            &[record(None, "b", 1)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap();
+        let mut joined = BytesMut::new();
+        joined.put_slice(&a);
+        joined.put_slice(&b[..b.len() - 3]);
+        let results: Vec<_> = split_batches(joined.clone().freeze()).collect();
+        assert_eq!(results.len(), 2);
+        assert!(results[0].is_ok());
+        assert!(matches!(results[1], Err(BatchError::Truncated { .. })));
+        let fetched: Vec<_> = split_fetched_batches(joined.freeze()).collect();
+        assert_eq!(fetched.len(), 1);
+    }
+
+    fn arb_record() -> impl Strategy<Value = NewRecord> {
+        (
+            0i64..1_000_000_000,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..40)),
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 0..300)),
+            proptest::collection::vec(
+                (
+                    "[a-z]{0,8}",
+                    proptest::option::of(proptest::collection::vec(any::<u8>(), 0..8)),
+                ),
+                0..3,
+            ),
+        )
+            .prop_map(|(timestamp, key, value, headers)| NewRecord {
+                timestamp,
+                key: key.map(Bytes::from),
+                value: value.map(Bytes::from),
+                headers: headers
+                    .into_iter()
+                    .map(|(key, value)| Header {
+                        key,
+                        value: value.map(Bytes::from),
+                    })
+                    .collect(),
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn records_round_trip_through_every_codec(
+            records in proptest::collection::vec(arb_record(), 1..30),
+            codec in prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)],
+            base_offset in 0i64..1 << 40,
+        ) {
+            let batch = encode_batch(&records, codec, ProducerIdentity::NONE).unwrap();
+            let mut bytes = batch.to_vec();
+            patch_batch(&mut bytes, base_offset, 3);
+            let bytes = Bytes::from(bytes);
+            let header = BatchHeader::parse(&bytes).unwrap();
+            header.validate(&bytes).unwrap();
+            prop_assert_eq!(header.compression().unwrap(), codec);
+            let decoded = decode_records(&header, &bytes).unwrap();
+            prop_assert_eq!(decoded.len(), records.len());
+            for (i, (got, want)) in decoded.iter().zip(&records).enumerate() {
+                prop_assert_eq!(got.offset, base_offset + i as i64);
+                prop_assert_eq!(got.timestamp, want.timestamp);
+                prop_assert_eq!(&got.key, &want.key);
+                prop_assert_eq!(&got.value, &want.value);
+                prop_assert_eq!(&got.headers, &want.headers);
+            }
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let bytes = Bytes::from(bytes);
+            for result in split_batches(bytes) {
+                if let Ok((header, batch)) = result {
+                    let _ = decode_records(&header, &batch);
+                }
+            }
+        }
+    }
+}

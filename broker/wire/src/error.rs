@@ -1,0 +1,78 @@
+//! Error codes carried in responses. Stable numbers: a code, once shipped, keeps its
+//! meaning. Every error response also carries a human-readable message.
+
+macro_rules! error_codes {
+    ($($name:ident = $code:literal, $retriable:literal, $doc:literal;)*) => {
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        #[repr(u16)]
+        pub enum ErrorCode {
+            $(#[doc = $doc] $name = $code,)*
+        }
+
+        impl ErrorCode {
+            pub fn from_u16(code: u16) -> ErrorCode {
+                match code {
+                    $($code => ErrorCode::$name,)*
+                    _ => ErrorCode::Unknown,
+                }
+            }
+
+            /// Whether a client may retry the same request unchanged and hope to succeed.
+            pub fn is_retriable(self) -> bool {
+                match self {
+                    $(ErrorCode::$name => $retriable,)*
+                }
+            }
+
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$name => stringify!($name),)*
+                }
+            }
+
+            pub fn description(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$name => $doc,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    None = 0, false, "no error";
+    Unknown = 1, false, "an unexpected server error";
+    CorruptMessage = 2, false, "the record batch is malformed or its CRC does not match";
+    UnknownTopic = 3, false, "the topic does not exist";
+    InvalidPartition = 4, false, "the partition index is out of range for the topic";
+    MessageTooLarge = 5, false, "the record batch is larger than the topic's max.message.bytes";
+    InvalidTopic = 6, false, "the topic name is invalid";
+    InvalidConfig = 7, false, "a topic configuration key or value is invalid";
+    TopicAlreadyExists = 8, false, "a topic with that name already exists";
+    OffsetOutOfRange = 9, false, "the requested offset is outside the partition's log";
+    StorageError = 10, true, "the broker could not write to disk (for example, the disk is full)";
+    UnsupportedVersion = 11, false, "the request API or version is not supported by this broker";
+    InvalidRequest = 12, false, "the request is malformed";
+    FrameTooLarge = 13, false, "the request frame exceeds the broker's max frame size";
+    RequestTimedOut = 14, true, "the request did not complete in time";
+    UnsupportedCompression = 15, false, "the batch uses a compression codec the broker does not accept";
+    InvalidPartitions = 16, false, "the requested partition count is invalid";
+    InvalidReplicationFactor = 17, false, "the requested replication factor is invalid";
+    InvalidRequiredAcks = 18, false, "acks must be 0, 1 or -1 (all)";
+    PolicyViolation = 19, false, "the request exceeds a broker limit";
+    TopicDeletionInProgress = 20, true, "the topic is being deleted";
+    BrokerShuttingDown = 21, true, "the broker is shutting down";
+    CorruptLog = 22, false, "the partition's log on disk is corrupted; an operator must repair it";
+}
+
+impl ErrorCode {
+    pub fn is_ok(self) -> bool {
+        self == ErrorCode::None
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({})", self.name(), self.description())
+    }
+}

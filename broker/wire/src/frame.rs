@@ -1,0 +1,270 @@
+//! Framing. Every request travels on its own QUIC bidirectional stream: the client
+//! writes one request frame and finishes its side, the server answers with one
+//! response frame (none for `acks=0` produce) and finishes. One stream per request
+//! gives pipelining without head-of-line blocking, and QUIC's stream limits bound
+//! how many requests are in flight per connection.
+//!
+//! ```text
+//! request frame:  u32 length | u16 api_key | u16 api_version | body
+//! response frame: u32 length | u16 error_code | string message | body (only when error_code = 0)
+//! ```
+//!
+//! `length` counts the bytes after itself and is checked against the receiver's limit
+//! before anything is allocated.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::error::ErrorCode;
+use crate::messages::{ApiKey, Request, Response};
+
+/// Default largest frame a broker accepts (`max.frame.bytes`). Larger than the default
+/// `max.message.bytes` so one produce request can carry several full batches.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 64 * 1024 * 1024;
+pub const FRAME_LENGTH_LEN: usize = 4;
+
+/// The ALPN protocol id of this wire protocol.
+pub const ALPN: &[u8] = b"meridian/1";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
+pub enum FrameError {
+    #[error("frame of {length} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { length: u32, limit: u32 },
+    #[error("stream ended inside a frame: expected {expected} bytes, got {got}")]
+    Truncated { expected: usize, got: usize },
+    #[error("unsupported API key {api_key}")]
+    UnknownApi { api_key: u16 },
+    #[error("unsupported version {version} of API {api:?} (supported {min}..={max})")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: u16,
+        min: u16,
+        max: u16,
+    },
+    #[error("malformed frame: {0}")]
+    Decode(#[from] DecodeError),
+}
+
+impl FrameError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::TooLarge { .. } => ErrorCode::FrameTooLarge,
+            FrameError::UnknownApi { .. } | FrameError::UnsupportedVersion { .. } => {
+                ErrorCode::UnsupportedVersion
+            }
+            FrameError::Truncated { .. } | FrameError::Decode(_) => ErrorCode::InvalidRequest,
+        }
+    }
+}
+
+/// Reads the length prefix and checks it against `limit` before the caller allocates.
+pub fn check_frame_length(prefix: [u8; 4], limit: u32) -> Result<usize, FrameError> {
+    let length = u32::from_be_bytes(prefix);
+    if length > limit {
+        return Err(FrameError::TooLarge { length, limit });
+    }
+    Ok(length as usize)
+}
+
+/// Incremental frame decoder for byte streams that arrive in pieces.
+#[derive(Debug)]
+pub struct FrameDecoder {
+    limit: u32,
+    buf: BytesMut,
+}
+
+impl FrameDecoder {
+    pub fn new(limit: u32) -> FrameDecoder {
+        FrameDecoder {
+            limit,
+            buf: BytesMut::new(),
+        }
+    }
+
+    pub fn push(&mut self, chunk: &[u8]) {
+        self.buf.extend_from_slice(chunk);
+    }
+
+    /// Returns the next complete frame body, `None` if more bytes are needed.
+    pub fn next_frame(&mut self) -> Result<Option<Bytes>, FrameError> {
+        if self.buf.len() < FRAME_LENGTH_LEN {
+            return Ok(None);
+        }
+        let prefix: [u8; 4] = self.buf[..4].try_into().expect("4 bytes");
+        let length = check_frame_length(prefix, self.limit)?;
+        if self.buf.len() < FRAME_LENGTH_LEN + length {
+            self.buf.reserve(FRAME_LENGTH_LEN + length - self.buf.len());
+            return Ok(None);
+        }
+        self.buf.advance(FRAME_LENGTH_LEN);
+        Ok(Some(self.buf.split_to(length).freeze()))
+    }
+
+    /// Call at end of stream: leftover bytes mean the peer stopped inside a frame.
+    pub fn finish(&self) -> Result<(), FrameError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            let expected = if self.buf.len() >= 4 {
+                u32::from_be_bytes(self.buf[..4].try_into().expect("4 bytes")) as usize + 4
+            } else {
+                4
+            };
+            Err(FrameError::Truncated {
+                expected,
+                got: self.buf.len(),
+            })
+        }
+    }
+}
+
+fn with_length_prefix(body: impl FnOnce(&mut Writer<'_>)) -> Bytes {
+    let mut buf = BytesMut::with_capacity(256);
+    buf.put_u32(0);
+    body(&mut Writer::new(&mut buf));
+    let length = (buf.len() - FRAME_LENGTH_LEN) as u32;
+    buf[..4].copy_from_slice(&length.to_be_bytes());
+    buf.freeze()
+}
+
+/// Encodes a request into a complete frame (length prefix included).
+pub fn encode_request(request: &Request) -> Bytes {
+    with_length_prefix(|w| {
+        let api = request.api_key();
+        w.u16(api as u16);
+        w.u16(api.max_version());
+        request.encode_body(w);
+    })
+}
+
+/// Decodes a request frame body (without the length prefix).
+pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
+    let mut reader = Reader::new(frame);
+    let api_key = reader.u16()?;
+    let version = reader.u16()?;
+    let api = ApiKey::from_u16(api_key).ok_or(FrameError::UnknownApi { api_key })?;
+    if version < api.min_version() || version > api.max_version() {
+        return Err(FrameError::UnsupportedVersion {
+            api,
+            version,
+            min: api.min_version(),
+            max: api.max_version(),
+        });
+    }
+    let request = Request::decode_body(api, &mut reader)?;
+    reader.finish()?;
+    Ok(request)
+}
+
+/// Encodes a successful response into a complete frame.
+pub fn encode_response(response: &Response) -> Bytes {
+    with_length_prefix(|w| {
+        w.u16(ErrorCode::None as u16);
+        w.string("");
+        response.encode_body(w);
+    })
+}
+
+/// Encodes a request-level error (the request could not be understood at all).
+pub fn encode_error_response(code: ErrorCode, message: &str) -> Bytes {
+    assert!(code != ErrorCode::None);
+    with_length_prefix(|w| {
+        w.u16(code as u16);
+        w.string(message);
+    })
+}
+
+/// A response frame: either a typed body or a request-level error.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ResponseFrame {
+    Ok(Response),
+    Error { code: ErrorCode, message: String },
+}
+
+/// Decodes a response frame body; the caller says which API it asked.
+pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<ResponseFrame, FrameError> {
+    let mut reader = Reader::new(frame);
+    let code = ErrorCode::from_u16(reader.u16()?);
+    let message = reader.string()?;
+    if code != ErrorCode::None {
+        return Ok(ResponseFrame::Error { code, message });
+    }
+    let response = Response::decode_body(api, &mut reader)?;
+    reader.finish()?;
+    Ok(ResponseFrame::Ok(response))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn oversized_length_is_refused_before_buffering() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(&(1025u32).to_be_bytes());
+        assert_eq!(
+            decoder.next_frame(),
+            Err(FrameError::TooLarge {
+                length: 1025,
+                limit: 1024
+            })
+        );
+    }
+
+    #[test]
+    fn frames_arrive_in_pieces() {
+        let frame = encode_request(&Request::ApiVersions(crate::messages::ApiVersionsRequest {
+            client_software: "test".into(),
+        }));
+        let mut decoder = FrameDecoder::new(1024);
+        for byte in frame.iter() {
+            assert!(decoder.next_frame().unwrap().is_none());
+            decoder.push(&[*byte]);
+        }
+        let body = decoder.next_frame().unwrap().unwrap();
+        decoder.finish().unwrap();
+        assert!(matches!(
+            decode_request(body).unwrap(),
+            Request::ApiVersions(_)
+        ));
+    }
+
+    #[test]
+    fn truncated_stream_is_reported() {
+        let mut decoder = FrameDecoder::new(1024);
+        decoder.push(&[0, 0, 0, 10, 1, 2]);
+        assert!(decoder.next_frame().unwrap().is_none());
+        assert_eq!(
+            decoder.finish(),
+            Err(FrameError::Truncated {
+                expected: 14,
+                got: 6
+            })
+        );
+    }
+
+    #[test]
+    fn unknown_api_and_version_are_typed_errors() {
+        let err = decode_request(Bytes::from_static(&[0, 99, 0, 0])).unwrap_err();
+        assert_eq!(err, FrameError::UnknownApi { api_key: 99 });
+        assert_eq!(err.code(), ErrorCode::UnsupportedVersion);
+        let err = decode_request(Bytes::from_static(&[0, 0, 0, 9])).unwrap_err();
+        assert!(matches!(
+            err,
+            FrameError::UnsupportedVersion { version: 9, .. }
+        ));
+    }
+
+    #[test]
+    fn error_responses_round_trip() {
+        let frame = encode_error_response(ErrorCode::FrameTooLarge, "too big");
+        let decoded = decode_response(ApiKey::Produce, frame.slice(4..)).unwrap();
+        assert_eq!(
+            decoded,
+            ResponseFrame::Error {
+                code: ErrorCode::FrameTooLarge,
+                message: "too big".into()
+            }
+        );
+    }
+}

@@ -1,0 +1,955 @@
+//! Requests and responses. Each API has a key and a version range; version 0 of each
+//! is what this file encodes. A new field means a new version, decoded by branching
+//! on the version, so old clients keep working.
+
+use bytes::Bytes;
+
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::error::ErrorCode;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum ApiKey {
+    ApiVersions = 0,
+    Metadata = 1,
+    CreateTopics = 2,
+    DeleteTopics = 3,
+    DescribeTopics = 4,
+    Produce = 5,
+    Fetch = 6,
+    ListOffsets = 7,
+}
+
+impl ApiKey {
+    pub const ALL: [ApiKey; 8] = [
+        ApiKey::ApiVersions,
+        ApiKey::Metadata,
+        ApiKey::CreateTopics,
+        ApiKey::DeleteTopics,
+        ApiKey::DescribeTopics,
+        ApiKey::Produce,
+        ApiKey::Fetch,
+        ApiKey::ListOffsets,
+    ];
+
+    pub fn from_u16(v: u16) -> Option<ApiKey> {
+        ApiKey::ALL.into_iter().find(|k| *k as u16 == v)
+    }
+    pub fn min_version(self) -> u16 {
+        0
+    }
+    pub fn max_version(self) -> u16 {
+        0
+    }
+}
+
+/// `ListOffsets` timestamp asking for the log start offset.
+pub const EARLIEST_TIMESTAMP: i64 = -2;
+/// `ListOffsets` timestamp asking for the log end offset (next offset to be written).
+pub const LATEST_TIMESTAMP: i64 = -1;
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    ApiVersions(ApiVersionsRequest),
+    Metadata(MetadataRequest),
+    CreateTopics(CreateTopicsRequest),
+    DeleteTopics(DeleteTopicsRequest),
+    DescribeTopics(DescribeTopicsRequest),
+    Produce(ProduceRequest),
+    Fetch(FetchRequest),
+    ListOffsets(ListOffsetsRequest),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum Response {
+    ApiVersions(ApiVersionsResponse),
+    Metadata(MetadataResponse),
+    CreateTopics(CreateTopicsResponse),
+    DeleteTopics(DeleteTopicsResponse),
+    DescribeTopics(DescribeTopicsResponse),
+    Produce(ProduceResponse),
+    Fetch(FetchResponse),
+    ListOffsets(ListOffsetsResponse),
+}
+
+// ---- ApiVersions -------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiVersionsRequest {
+    pub client_software: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiVersionRange {
+    pub api_key: u16,
+    pub min_version: u16,
+    pub max_version: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApiVersionsResponse {
+    pub apis: Vec<ApiVersionRange>,
+    pub broker_id: u32,
+    pub cluster_id: String,
+    pub max_frame_bytes: u32,
+}
+
+// ---- Metadata ----------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataRequest {
+    /// `None` asks for every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerInfo {
+    pub broker_id: u32,
+    pub host: String,
+    pub port: u16,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionMetadata {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub leader: u32,
+    pub leader_epoch: i32,
+    pub replicas: Vec<u32>,
+    pub isr: Vec<u32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicMetadata {
+    pub name: String,
+    pub error: ErrorCode,
+    pub partitions: Vec<PartitionMetadata>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MetadataResponse {
+    pub brokers: Vec<BrokerInfo>,
+    pub controller_id: u32,
+    pub topics: Vec<TopicMetadata>,
+}
+
+// ---- CreateTopics / DeleteTopics / DescribeTopics ------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigEntry {
+    pub key: String,
+    pub value: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub configs: Vec<ConfigEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateTopicsRequest {
+    pub topics: Vec<CreateTopic>,
+    pub validate_only: bool,
+}
+
+/// Per-topic outcome of a create or delete.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicResult {
+    pub name: String,
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreateTopicsResponse {
+    pub results: Vec<TopicResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteTopicsRequest {
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteTopicsResponse {
+    pub results: Vec<TopicResult>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeTopicsRequest {
+    /// Empty asks for every topic.
+    pub names: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribedConfig {
+    pub key: String,
+    pub value: String,
+    pub is_default: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PartitionDescription {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub log_start_offset: i64,
+    pub high_watermark: i64,
+    pub size_bytes: u64,
+    pub segments: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopicDescription {
+    pub name: String,
+    pub error: ErrorCode,
+    pub message: String,
+    pub replication_factor: u16,
+    pub configs: Vec<DescribedConfig>,
+    pub partitions: Vec<PartitionDescription>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeTopicsResponse {
+    pub topics: Vec<TopicDescription>,
+}
+
+// ---- Produce -----------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducePartition {
+    pub partition: u32,
+    /// One or more v2 record batches, back to back.
+    pub records: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceTopic {
+    pub name: String,
+    pub partitions: Vec<ProducePartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceRequest {
+    /// 0 (no response), 1 (leader wrote it) or -1 (all in-sync replicas have it).
+    pub acks: i8,
+    pub timeout_ms: u32,
+    pub topics: Vec<ProduceTopic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducePartitionResponse {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub message: String,
+    /// Offset of the first record of the first batch; -1 on error.
+    pub base_offset: i64,
+    pub log_append_time: i64,
+    pub log_start_offset: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceTopicResponse {
+    pub name: String,
+    pub partitions: Vec<ProducePartitionResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProduceResponse {
+    pub topics: Vec<ProduceTopicResponse>,
+}
+
+// ---- Fetch -------------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchPartition {
+    pub partition: u32,
+    pub fetch_offset: i64,
+    pub partition_max_bytes: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchTopic {
+    pub name: String,
+    pub partitions: Vec<FetchPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub max_wait_ms: u32,
+    pub min_bytes: u32,
+    pub max_bytes: u32,
+    pub topics: Vec<FetchTopic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchPartitionResponse {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub message: String,
+    pub high_watermark: i64,
+    pub log_start_offset: i64,
+    /// Whole batches; a batch containing `fetch_offset` is returned from its start.
+    pub records: Bytes,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchTopicResponse {
+    pub name: String,
+    pub partitions: Vec<FetchPartitionResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchResponse {
+    pub topics: Vec<FetchTopicResponse>,
+}
+
+// ---- ListOffsets -------------------------------------------------------------------
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsPartition {
+    pub partition: u32,
+    /// [`EARLIEST_TIMESTAMP`], [`LATEST_TIMESTAMP`] or a timestamp in ms.
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsTopic {
+    pub name: String,
+    pub partitions: Vec<ListOffsetsPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsRequest {
+    pub topics: Vec<ListOffsetsTopic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsPartitionResponse {
+    pub partition: u32,
+    pub error: ErrorCode,
+    /// The offset found; for a timestamp past every record, the log end offset.
+    pub offset: i64,
+    pub timestamp: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsTopicResponse {
+    pub name: String,
+    pub partitions: Vec<ListOffsetsPartitionResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListOffsetsResponse {
+    pub topics: Vec<ListOffsetsTopicResponse>,
+}
+
+// ---- encoding ----------------------------------------------------------------------
+
+fn error_code(r: &mut Reader) -> Result<ErrorCode, DecodeError> {
+    Ok(ErrorCode::from_u16(r.u16()?))
+}
+
+fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
+    w.string(&t.name);
+    w.u16(t.error as u16);
+    w.string(&t.message);
+}
+
+fn get_topic_result(r: &mut Reader) -> Result<TopicResult, DecodeError> {
+    Ok(TopicResult {
+        name: r.string()?,
+        error: error_code(r)?,
+        message: r.string()?,
+    })
+}
+
+fn put_u32s(w: &mut Writer<'_>, values: &[u32]) {
+    w.array(values, |w, v| w.u32(*v));
+}
+
+fn get_u32s(r: &mut Reader) -> Result<Vec<u32>, DecodeError> {
+    r.array(4, |r| r.u32())
+}
+
+fn put_strings(w: &mut Writer<'_>, values: &[String]) {
+    w.array(values, |w, v| w.string(v));
+}
+
+fn get_strings(r: &mut Reader) -> Result<Vec<String>, DecodeError> {
+    r.array(2, |r| r.string())
+}
+
+impl Request {
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Request::ApiVersions(_) => ApiKey::ApiVersions,
+            Request::Metadata(_) => ApiKey::Metadata,
+            Request::CreateTopics(_) => ApiKey::CreateTopics,
+            Request::DeleteTopics(_) => ApiKey::DeleteTopics,
+            Request::DescribeTopics(_) => ApiKey::DescribeTopics,
+            Request::Produce(_) => ApiKey::Produce,
+            Request::Fetch(_) => ApiKey::Fetch,
+            Request::ListOffsets(_) => ApiKey::ListOffsets,
+        }
+    }
+
+    pub fn encode_body(&self, w: &mut Writer<'_>) {
+        match self {
+            Request::ApiVersions(r) => w.string(&r.client_software),
+            Request::Metadata(r) => w.option(r.topics.as_ref(), |w, t| put_strings(w, t)),
+            Request::CreateTopics(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.u32(t.partitions);
+                    w.u16(t.replication_factor);
+                    w.array(&t.configs, |w, c| {
+                        w.string(&c.key);
+                        w.string(&c.value);
+                    });
+                });
+                w.bool(r.validate_only);
+            }
+            Request::DeleteTopics(r) => put_strings(w, &r.names),
+            Request::DescribeTopics(r) => put_strings(w, &r.names),
+            Request::Produce(r) => {
+                w.i8(r.acks);
+                w.u32(r.timeout_ms);
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.bytes(&p.records);
+                    });
+                });
+            }
+            Request::Fetch(r) => {
+                w.u32(r.max_wait_ms);
+                w.u32(r.min_bytes);
+                w.u32(r.max_bytes);
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.i64(p.fetch_offset);
+                        w.u32(p.partition_max_bytes);
+                    });
+                });
+            }
+            Request::ListOffsets(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.i64(p.timestamp);
+                    });
+                });
+            }
+        }
+    }
+
+    pub fn decode_body(api: ApiKey, r: &mut Reader) -> Result<Request, DecodeError> {
+        Ok(match api {
+            ApiKey::ApiVersions => Request::ApiVersions(ApiVersionsRequest {
+                client_software: r.string()?,
+            }),
+            ApiKey::Metadata => Request::Metadata(MetadataRequest {
+                topics: r.option(get_strings)?,
+            }),
+            ApiKey::CreateTopics => Request::CreateTopics(CreateTopicsRequest {
+                topics: r.array(12, |r| {
+                    Ok(CreateTopic {
+                        name: r.string()?,
+                        partitions: r.u32()?,
+                        replication_factor: r.u16()?,
+                        configs: r.array(4, |r| {
+                            Ok(ConfigEntry {
+                                key: r.string()?,
+                                value: r.string()?,
+                            })
+                        })?,
+                    })
+                })?,
+                validate_only: r.bool()?,
+            }),
+            ApiKey::DeleteTopics => Request::DeleteTopics(DeleteTopicsRequest {
+                names: get_strings(r)?,
+            }),
+            ApiKey::DescribeTopics => Request::DescribeTopics(DescribeTopicsRequest {
+                names: get_strings(r)?,
+            }),
+            ApiKey::Produce => Request::Produce(ProduceRequest {
+                acks: r.i8()?,
+                timeout_ms: r.u32()?,
+                topics: r.array(6, |r| {
+                    Ok(ProduceTopic {
+                        name: r.string()?,
+                        partitions: r.array(8, |r| {
+                            Ok(ProducePartition {
+                                partition: r.u32()?,
+                                records: r.bytes()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::Fetch => Request::Fetch(FetchRequest {
+                max_wait_ms: r.u32()?,
+                min_bytes: r.u32()?,
+                max_bytes: r.u32()?,
+                topics: r.array(6, |r| {
+                    Ok(FetchTopic {
+                        name: r.string()?,
+                        partitions: r.array(16, |r| {
+                            Ok(FetchPartition {
+                                partition: r.u32()?,
+                                fetch_offset: r.i64()?,
+                                partition_max_bytes: r.u32()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest {
+                topics: r.array(6, |r| {
+                    Ok(ListOffsetsTopic {
+                        name: r.string()?,
+                        partitions: r.array(12, |r| {
+                            Ok(ListOffsetsPartition {
+                                partition: r.u32()?,
+                                timestamp: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+        })
+    }
+}
+
+impl Response {
+    pub fn api_key(&self) -> ApiKey {
+        match self {
+            Response::ApiVersions(_) => ApiKey::ApiVersions,
+            Response::Metadata(_) => ApiKey::Metadata,
+            Response::CreateTopics(_) => ApiKey::CreateTopics,
+            Response::DeleteTopics(_) => ApiKey::DeleteTopics,
+            Response::DescribeTopics(_) => ApiKey::DescribeTopics,
+            Response::Produce(_) => ApiKey::Produce,
+            Response::Fetch(_) => ApiKey::Fetch,
+            Response::ListOffsets(_) => ApiKey::ListOffsets,
+        }
+    }
+
+    pub fn encode_body(&self, w: &mut Writer<'_>) {
+        match self {
+            Response::ApiVersions(r) => {
+                w.array(&r.apis, |w, a| {
+                    w.u16(a.api_key);
+                    w.u16(a.min_version);
+                    w.u16(a.max_version);
+                });
+                w.u32(r.broker_id);
+                w.string(&r.cluster_id);
+                w.u32(r.max_frame_bytes);
+            }
+            Response::Metadata(r) => {
+                w.array(&r.brokers, |w, b| {
+                    w.u32(b.broker_id);
+                    w.string(&b.host);
+                    w.u16(b.port);
+                });
+                w.u32(r.controller_id);
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.u16(t.error as u16);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.u32(p.leader);
+                        w.i32(p.leader_epoch);
+                        put_u32s(w, &p.replicas);
+                        put_u32s(w, &p.isr);
+                    });
+                });
+            }
+            Response::CreateTopics(r) => w.array(&r.results, put_topic_result),
+            Response::DeleteTopics(r) => w.array(&r.results, put_topic_result),
+            Response::DescribeTopics(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.u16(t.error as u16);
+                    w.string(&t.message);
+                    w.u16(t.replication_factor);
+                    w.array(&t.configs, |w, c| {
+                        w.string(&c.key);
+                        w.string(&c.value);
+                        w.bool(c.is_default);
+                    });
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.i64(p.log_start_offset);
+                        w.i64(p.high_watermark);
+                        w.u64(p.size_bytes);
+                        w.u32(p.segments);
+                    });
+                });
+            }
+            Response::Produce(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.string(&p.message);
+                        w.i64(p.base_offset);
+                        w.i64(p.log_append_time);
+                        w.i64(p.log_start_offset);
+                    });
+                });
+            }
+            Response::Fetch(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.string(&p.message);
+                        w.i64(p.high_watermark);
+                        w.i64(p.log_start_offset);
+                        w.bytes(&p.records);
+                    });
+                });
+            }
+            Response::ListOffsets(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.i64(p.offset);
+                        w.i64(p.timestamp);
+                    });
+                });
+            }
+        }
+    }
+
+    pub fn decode_body(api: ApiKey, r: &mut Reader) -> Result<Response, DecodeError> {
+        Ok(match api {
+            ApiKey::ApiVersions => Response::ApiVersions(ApiVersionsResponse {
+                apis: r.array(6, |r| {
+                    Ok(ApiVersionRange {
+                        api_key: r.u16()?,
+                        min_version: r.u16()?,
+                        max_version: r.u16()?,
+                    })
+                })?,
+                broker_id: r.u32()?,
+                cluster_id: r.string()?,
+                max_frame_bytes: r.u32()?,
+            }),
+            ApiKey::Metadata => Response::Metadata(MetadataResponse {
+                brokers: r.array(8, |r| {
+                    Ok(BrokerInfo {
+                        broker_id: r.u32()?,
+                        host: r.string()?,
+                        port: r.u16()?,
+                    })
+                })?,
+                controller_id: r.u32()?,
+                topics: r.array(8, |r| {
+                    Ok(TopicMetadata {
+                        name: r.string()?,
+                        error: error_code(r)?,
+                        partitions: r.array(22, |r| {
+                            Ok(PartitionMetadata {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                leader: r.u32()?,
+                                leader_epoch: r.i32()?,
+                                replicas: get_u32s(r)?,
+                                isr: get_u32s(r)?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::CreateTopics => Response::CreateTopics(CreateTopicsResponse {
+                results: r.array(6, get_topic_result)?,
+            }),
+            ApiKey::DeleteTopics => Response::DeleteTopics(DeleteTopicsResponse {
+                results: r.array(6, get_topic_result)?,
+            }),
+            ApiKey::DescribeTopics => Response::DescribeTopics(DescribeTopicsResponse {
+                topics: r.array(14, |r| {
+                    Ok(TopicDescription {
+                        name: r.string()?,
+                        error: error_code(r)?,
+                        message: r.string()?,
+                        replication_factor: r.u16()?,
+                        configs: r.array(5, |r| {
+                            Ok(DescribedConfig {
+                                key: r.string()?,
+                                value: r.string()?,
+                                is_default: r.bool()?,
+                            })
+                        })?,
+                        partitions: r.array(34, |r| {
+                            Ok(PartitionDescription {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                log_start_offset: r.i64()?,
+                                high_watermark: r.i64()?,
+                                size_bytes: r.u64()?,
+                                segments: r.u32()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::Produce => Response::Produce(ProduceResponse {
+                topics: r.array(6, |r| {
+                    Ok(ProduceTopicResponse {
+                        name: r.string()?,
+                        partitions: r.array(32, |r| {
+                            Ok(ProducePartitionResponse {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                message: r.string()?,
+                                base_offset: r.i64()?,
+                                log_append_time: r.i64()?,
+                                log_start_offset: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::Fetch => Response::Fetch(FetchResponse {
+                topics: r.array(6, |r| {
+                    Ok(FetchTopicResponse {
+                        name: r.string()?,
+                        partitions: r.array(28, |r| {
+                            Ok(FetchPartitionResponse {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                message: r.string()?,
+                                high_watermark: r.i64()?,
+                                log_start_offset: r.i64()?,
+                                records: r.bytes()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+            ApiKey::ListOffsets => Response::ListOffsets(ListOffsetsResponse {
+                topics: r.array(6, |r| {
+                    Ok(ListOffsetsTopicResponse {
+                        name: r.string()?,
+                        partitions: r.array(22, |r| {
+                            Ok(ListOffsetsPartitionResponse {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                offset: r.i64()?,
+                                timestamp: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{
+        decode_request, decode_response, encode_request, encode_response, ResponseFrame,
+    };
+
+    fn check_request(request: Request) {
+        let frame = encode_request(&request);
+        assert_eq!(decode_request(frame.slice(4..)).unwrap(), request);
+        // Every strict prefix of the body must fail cleanly, never panic.
+        for cut in 4..frame.len() {
+            let _ = decode_request(frame.slice(4..cut));
+        }
+    }
+
+    fn check_response(response: Response) {
+        let frame = encode_response(&response);
+        let decoded = decode_response(response.api_key(), frame.slice(4..)).unwrap();
+        assert_eq!(decoded, ResponseFrame::Ok(response.clone()));
+        for cut in 4..frame.len() {
+            let _ = decode_response(response.api_key(), frame.slice(4..cut));
+        }
+    }
+
+    #[test]
+    fn every_request_round_trips() {
+        check_request(Request::ApiVersions(ApiVersionsRequest {
+            client_software: "meridian-client/0.1".into(),
+        }));
+        check_request(Request::Metadata(MetadataRequest { topics: None }));
+        check_request(Request::Metadata(MetadataRequest {
+            topics: Some(vec!["a".into(), "b".into()]),
+        }));
+        check_request(Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: "orders".into(),
+                partitions: 16,
+                replication_factor: 1,
+                configs: vec![ConfigEntry {
+                    key: "retention.ms".into(),
+                    value: "1000".into(),
+                }],
+            }],
+            validate_only: true,
+        }));
+        check_request(Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec!["x".into()],
+        }));
+        check_request(Request::DescribeTopics(DescribeTopicsRequest {
+            names: vec![],
+        }));
+        check_request(Request::Produce(ProduceRequest {
+            acks: -1,
+            timeout_ms: 30_000,
+            topics: vec![ProduceTopic {
+                name: "t".into(),
+                partitions: vec![ProducePartition {
+                    partition: 3,
+                    records: Bytes::from_static(b"batch"),
+                }],
+            }],
+        }));
+        check_request(Request::Fetch(FetchRequest {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    fetch_offset: 42,
+                    partition_max_bytes: 1024,
+                }],
+            }],
+        }));
+        check_request(Request::ListOffsets(ListOffsetsRequest {
+            topics: vec![ListOffsetsTopic {
+                name: "t".into(),
+                partitions: vec![ListOffsetsPartition {
+                    partition: 1,
+                    timestamp: EARLIEST_TIMESTAMP,
+                }],
+            }],
+        }));
+    }
+
+    #[test]
+    fn every_response_round_trips() {
+        check_response(Response::ApiVersions(ApiVersionsResponse {
+            apis: vec![ApiVersionRange {
+                api_key: 5,
+                min_version: 0,
+                max_version: 0,
+            }],
+            broker_id: 1,
+            cluster_id: "c".into(),
+            max_frame_bytes: 1 << 20,
+        }));
+        check_response(Response::Metadata(MetadataResponse {
+            brokers: vec![BrokerInfo {
+                broker_id: 1,
+                host: "127.0.0.1".into(),
+                port: 9092,
+            }],
+            controller_id: 1,
+            topics: vec![TopicMetadata {
+                name: "t".into(),
+                error: ErrorCode::None,
+                partitions: vec![PartitionMetadata {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    leader: 1,
+                    leader_epoch: 0,
+                    replicas: vec![1],
+                    isr: vec![1],
+                }],
+            }],
+        }));
+        check_response(Response::CreateTopics(CreateTopicsResponse {
+            results: vec![TopicResult {
+                name: "t".into(),
+                error: ErrorCode::InvalidTopic,
+                message: "bad".into(),
+            }],
+        }));
+        check_response(Response::DeleteTopics(DeleteTopicsResponse {
+            results: vec![],
+        }));
+        check_response(Response::DescribeTopics(DescribeTopicsResponse {
+            topics: vec![TopicDescription {
+                name: "t".into(),
+                error: ErrorCode::None,
+                message: String::new(),
+                replication_factor: 1,
+                configs: vec![DescribedConfig {
+                    key: "k".into(),
+                    value: "v".into(),
+                    is_default: true,
+                }],
+                partitions: vec![PartitionDescription {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    log_start_offset: 0,
+                    high_watermark: 10,
+                    size_bytes: 1000,
+                    segments: 1,
+                }],
+            }],
+        }));
+        check_response(Response::Produce(ProduceResponse {
+            topics: vec![ProduceTopicResponse {
+                name: "t".into(),
+                partitions: vec![ProducePartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    base_offset: 7,
+                    log_append_time: -1,
+                    log_start_offset: 0,
+                }],
+            }],
+        }));
+        check_response(Response::Fetch(FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![FetchPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: 9,
+                    log_start_offset: 0,
+                    records: Bytes::from_static(b"xyz"),
+                }],
+            }],
+        }));
+        check_response(Response::ListOffsets(ListOffsetsResponse {
+            topics: vec![ListOffsetsTopicResponse {
+                name: "t".into(),
+                partitions: vec![ListOffsetsPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    offset: 5,
+                    timestamp: 100,
+                }],
+            }],
+        }));
+    }
+}
