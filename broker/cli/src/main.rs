@@ -1,1 +1,188 @@
-fn main() {}
+//! `meridian`: the broker (`broker`, `dev`) and its command-line client (`topic`,
+//! `produce`, `consume`, `bench`) in one binary.
+
+mod bench;
+mod client_cmds;
+mod transport;
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+use meridian_client::{Client, ClientConfig, Trust};
+use meridian_server::{Broker, BrokerConfig};
+
+#[derive(Parser)]
+#[command(name = "meridian", version, about = "Meridian event-streaming broker and CLI", propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a single-node broker for development: data in ./meridian-data, a
+    /// self-signed certificate generated on first start, listening on 127.0.0.1:9092.
+    Dev(ServeArgs),
+    /// Run a broker from a config file, environment variables and flags.
+    Broker(ServeArgs),
+    /// Create, list, describe and delete topics.
+    #[command(subcommand)]
+    Topic(client_cmds::TopicCommand),
+    /// Produce lines from stdin as records.
+    Produce(client_cmds::ProduceArgs),
+    /// Consume records and print them.
+    Consume(client_cmds::ConsumeArgs),
+    /// Measure throughput and latency.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
+}
+
+#[derive(Args, Clone)]
+struct ServeArgs {
+    /// TOML config file (keys as in README's configuration table).
+    #[arg(long, env = "MERIDIAN_CONFIG")]
+    config: Option<PathBuf>,
+    /// UDP address to listen on.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Directory for logs, topic metadata and the TLS identity.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Any config key, e.g. `--set flush=always --set topic_defaults.retention_ms=3600000`.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    overrides: Vec<String>,
+}
+
+/// How CLI commands reach and trust the broker.
+#[derive(Args, Clone, Debug)]
+pub struct ConnectArgs {
+    /// Broker address (host:port).
+    #[arg(long, env = "MERIDIAN_BROKER", default_value = "127.0.0.1:9092")]
+    pub broker: String,
+    /// Trust the broker certificate in this PEM file.
+    #[arg(long, env = "MERIDIAN_CA")]
+    pub ca: Option<PathBuf>,
+    /// Pin the broker certificate by fingerprint (`sha256:…`, printed by the broker at start).
+    #[arg(long, env = "MERIDIAN_FINGERPRINT")]
+    pub fingerprint: Option<String>,
+    /// TLS server name to verify.
+    #[arg(long, default_value = "localhost")]
+    pub server_name: String,
+}
+
+impl ConnectArgs {
+    /// Fingerprint, else CA file, else the certificate `meridian dev` wrote in
+    /// ./meridian-data (so the dev tour needs no flags).
+    pub fn trust(&self) -> anyhow::Result<Trust> {
+        if let Some(fp) = &self.fingerprint {
+            return Trust::parse_fingerprint(fp).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
+        }
+        if let Some(ca) = &self.ca {
+            return Ok(Trust::CaFile(ca.clone()));
+        }
+        let dev_cert = PathBuf::from("meridian-data/tls/cert.pem");
+        if dev_cert.exists() {
+            return Ok(Trust::CaFile(dev_cert));
+        }
+        anyhow::bail!(
+            "don't know how to trust the broker: pass --fingerprint (printed by the broker at start) or --ca CERT.pem, \
+             or run from the directory where `meridian dev` keeps meridian-data/"
+        )
+    }
+
+    pub async fn connect(&self) -> anyhow::Result<Client> {
+        let mut config = ClientConfig::new(self.broker.clone(), self.trust()?);
+        config.server_name = self.server_name.clone();
+        Client::connect(config).await.with_context(|| format!("connecting to {}", self.broker))
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Dev(args) => serve(args, true).await,
+        Command::Broker(args) => serve(args, false).await,
+        Command::Topic(cmd) => client_cmds::topic(cmd).await,
+        Command::Produce(args) => client_cmds::produce(args).await,
+        Command::Consume(args) => client_cmds::consume(args).await,
+        Command::Bench(cmd) => bench::run(cmd).await,
+    }
+}
+
+async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(listen) = &args.listen {
+        overrides.push(format!("listen={listen}"));
+    }
+    if let Some(dir) = &args.data_dir {
+        overrides.push(format!("data_dir={}", dir.display()));
+    }
+    overrides.extend(args.overrides.iter().cloned());
+    let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    let broker = Broker::start(config.clone()).await?;
+    let addr = broker.local_addr();
+    println!("meridian broker {} listening on {addr} (QUIC, ALPN meridian/1)", config.broker_id);
+    println!("  data dir:    {}", config.data_dir.display());
+    println!(
+        "  certificate: {}{}",
+        broker.cert_path().display(),
+        if broker.generated_cert() { " (generated, self-signed)" } else { "" }
+    );
+    println!("  fingerprint: {}", broker.fingerprint());
+    if dev {
+        println!();
+        println!("Try, from this directory:");
+        println!("  meridian topic create demo --partitions 3");
+        println!("  seq 1 5 | meridian produce demo -v");
+        println!("  meridian consume demo --from earliest --format json");
+        println!("From elsewhere: --broker {addr} --fingerprint {}", broker.fingerprint());
+    }
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    broker.serve(shutdown_signal()).await
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(term) => term,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,790 @@
+//! `meridian bench`: throughput and latency, modelled on kafka-producer-perf-test and
+//! the OpenMessaging Benchmark.
+//!
+//! Latency is measured from each record's *intended* send time (start + i / rate), so
+//! a stalled broker shows up as latency instead of silently lowering the send rate
+//! (no coordinated omission). Unless `--broker` is given, the bench starts its own
+//! broker process (this same binary) on a fresh temporary data dir and stops it after.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::Bytes;
+use clap::{Args, Subcommand};
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use meridian_client::{
+    Acks, Client, ClientConfig, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, Trust,
+};
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum BenchCommand {
+    /// Produce records as fast as possible (or at --rate) and report throughput and latency.
+    Produce(LoadArgs),
+    /// Fill a topic (untimed), then consume it from the start as fast as possible.
+    Consume(LoadArgs),
+    /// Produce at --rate while consuming; latency is produce-intent to consume.
+    E2e(LoadArgs),
+    /// Raw QUIC bulk throughput between two endpoints on this machine: the ceiling the
+    /// broker is held against.
+    Transport(TransportArgs),
+    /// Sequential append + fdatasync every --write-bytes: the disk's own ceiling for
+    /// `flush=always`.
+    Disk(DiskArgs),
+    /// Broker memory with many idle partitions.
+    Idle(IdleArgs),
+    /// Time for a broker to serve again after kill -9 with a large log.
+    Recovery(RecoveryArgs),
+}
+
+#[derive(Args, Clone)]
+pub struct BrokerArgs {
+    /// Use a running broker instead of starting one.
+    #[arg(long)]
+    pub broker: Option<String>,
+    #[arg(long)]
+    pub fingerprint: Option<String>,
+    #[arg(long)]
+    pub ca: Option<PathBuf>,
+    /// Config for the broker the bench starts, repeatable: `--broker-set flush=always`.
+    #[arg(long = "broker-set", value_name = "KEY=VALUE")]
+    pub broker_set: Vec<String>,
+    /// Data dir for the broker the bench starts (default: a fresh temporary dir).
+    #[arg(long)]
+    pub broker_data_dir: Option<PathBuf>,
+}
+
+#[derive(Args, Clone)]
+pub struct LoadArgs {
+    #[arg(long, default_value = "bench")]
+    pub topic: String,
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Records to send (ignored when --duration is set).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Run for this many seconds instead of a record count.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Concurrent producers (each with its own connection).
+    #[arg(long, default_value_t = 1)]
+    pub producers: u32,
+    /// Concurrent consumers (partitions are split between them).
+    #[arg(long, default_value_t = 1)]
+    pub consumers: u32,
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 2)]
+    pub linger_ms: u64,
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    #[arg(long, default_value = "1")]
+    pub acks: Acks,
+    /// Target records/s over all producers; 0 = as fast as possible.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// Fraction of each payload that is random (the rest compresses away).
+    #[arg(long, default_value_t = 1.0)]
+    pub randomness: f64,
+    /// Print one JSON object instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+}
+
+#[derive(Args)]
+pub struct TransportArgs {
+    /// Bytes to move.
+    #[arg(long, default_value_t = 2 << 30)]
+    pub bytes: u64,
+    /// Concurrent streams.
+    #[arg(long, default_value_t = 16)]
+    pub streams: u32,
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub chunk_size: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct DiskArgs {
+    /// Bytes appended between fdatasyncs.
+    #[arg(long, default_value_t = 256 * 1024)]
+    pub write_bytes: usize,
+    #[arg(long, default_value_t = 1 << 30)]
+    pub total_bytes: u64,
+    /// Directory to write in (default: a temporary dir under the current dir).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct IdleArgs {
+    #[arg(long, default_value_t = 1000)]
+    pub partitions: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct RecoveryArgs {
+    /// GiB of log to write before the kill.
+    #[arg(long, default_value_t = 10.0)]
+    pub log_gib: f64,
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    match cmd {
+        BenchCommand::Produce(args) => produce_bench(args).await,
+        BenchCommand::Consume(args) => consume_bench(args).await,
+        BenchCommand::E2e(args) => e2e_bench(args).await,
+        BenchCommand::Transport(args) => transport_bench(args).await,
+        BenchCommand::Disk(args) => disk_bench(args),
+        BenchCommand::Idle(args) => idle_bench(args).await,
+        BenchCommand::Recovery(args) => recovery_bench(args).await,
+    }
+}
+
+// ---- broker under test --------------------------------------------------------------
+
+/// A broker child process started by the bench; killed on drop.
+pub struct ChildBroker {
+    child: Child,
+    pub addr: String,
+    pub fingerprint: String,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl ChildBroker {
+    pub fn start(data_dir: Option<PathBuf>, settings: &[String]) -> anyhow::Result<ChildBroker> {
+        let (temp, data_dir) = match data_dir {
+            Some(dir) => (None, dir),
+            None => {
+                let temp = tempfile::Builder::new().prefix("meridian-bench-").tempdir_in(".")?;
+                let dir = temp.path().to_owned();
+                (Some(temp), dir)
+            }
+        };
+        Self::spawn(data_dir, settings, temp)
+    }
+
+    fn spawn(data_dir: PathBuf, settings: &[String], temp: Option<tempfile::TempDir>) -> anyhow::Result<ChildBroker> {
+        let exe = std::env::current_exe().context("locating the meridian binary")?;
+        let mut cmd = Command::new(exe);
+        cmd.arg("broker").arg("--data-dir").arg(&data_dir).arg("--listen").arg("127.0.0.1:0");
+        for s in settings {
+            cmd.arg("--set").arg(s);
+        }
+        cmd.env("RUST_LOG", std::env::var("MERIDIAN_BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".into()));
+        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting broker")?;
+        let stdout = child.stdout.take().context("broker stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut addr, mut fingerprint) = (None, None);
+        while addr.is_none() || fingerprint.is_none() {
+            let Some(line) = lines.next() else {
+                let _ = child.kill();
+                bail!("broker exited before it was ready");
+            };
+            let line = line?;
+            if let Some(rest) = line.split(" listening on ").nth(1) {
+                addr = rest.split_whitespace().next().map(str::to_owned);
+            }
+            if let Some(fp) = line.trim().strip_prefix("fingerprint:") {
+                fingerprint = Some(fp.trim().to_owned());
+            }
+        }
+        // Keep draining stdout so the broker never blocks on a full pipe.
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(ChildBroker {
+            child,
+            addr: addr.expect("checked above"),
+            fingerprint: fingerprint.expect("checked above"),
+            data_dir,
+            _temp: temp,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ChildBroker {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+async fn connect(args: &BrokerArgs, child: &Option<ChildBroker>) -> anyhow::Result<Client> {
+    let (addr, trust) = match (child, &args.broker) {
+        (Some(child), _) => (child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?),
+        (None, Some(addr)) => {
+            let trust = match (&args.fingerprint, &args.ca) {
+                (Some(fp), _) => Trust::parse_fingerprint(fp)?,
+                (None, Some(ca)) => Trust::CaFile(ca.clone()),
+                (None, None) => Trust::CaFile(PathBuf::from("meridian-data/tls/cert.pem")),
+            };
+            (addr.clone(), trust)
+        }
+        (None, None) => unreachable!("a broker is started when none is given"),
+    };
+    Ok(Client::connect(ClientConfig::new(addr, trust)).await?)
+}
+
+fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
+    if args.broker.is_some() {
+        return Ok(None);
+    }
+    Ok(Some(ChildBroker::start(args.broker_data_dir.clone(), &args.broker_set)?))
+}
+
+async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    match client.admin().create_topic(NewTopic::new(topic, partitions)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.code() == Some(meridian_client::ErrorCode::TopicAlreadyExists) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
+}
+
+// ---- results ------------------------------------------------------------------------
+
+#[derive(Serialize)]
+struct LoadResult {
+    bench: &'static str,
+    records: u64,
+    bytes: u64,
+    seconds: f64,
+    records_per_sec: f64,
+    mib_per_sec: f64,
+    latency_ms: Option<LatencySummary>,
+}
+
+#[derive(Serialize)]
+struct LatencySummary {
+    avg: f64,
+    p50: f64,
+    p95: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+}
+
+fn summarize(h: &Histogram<u64>) -> LatencySummary {
+    let ms = |us: u64| us as f64 / 1000.0;
+    LatencySummary {
+        avg: h.mean() / 1000.0,
+        p50: ms(h.value_at_quantile(0.50)),
+        p95: ms(h.value_at_quantile(0.95)),
+        p99: ms(h.value_at_quantile(0.99)),
+        p999: ms(h.value_at_quantile(0.999)),
+        max: ms(h.max()),
+    }
+}
+
+fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string(result)?);
+        return Ok(());
+    }
+    let mut line = format!(
+        "{} records {}, {:.1} records/sec ({:.2} MiB/sec)",
+        result.records,
+        match result.bench {
+            "consume" => "consumed",
+            _ => "sent",
+        },
+        result.records_per_sec,
+        result.mib_per_sec
+    );
+    if let Some(l) = &result.latency_ms {
+        line.push_str(&format!(
+            ", {:.2} ms avg latency, {:.2} ms max latency, {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th.",
+            l.avg, l.max, l.p50, l.p95, l.p99, l.p999
+        ));
+    }
+    println!("{line}");
+    Ok(())
+}
+
+fn progress(total: Option<u64>, what: &str) -> ProgressBar {
+    let bar = match total {
+        Some(n) => ProgressBar::new(n),
+        None => ProgressBar::new_spinner(),
+    };
+    let template = format!("{what} {{bar:40}} {{pos}}/{{len}} records {{per_sec}} [{{elapsed_precise}}]");
+    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    bar
+}
+
+/// Payloads with the requested share of random bytes, reused round-robin.
+fn payloads(size: usize, randomness: f64) -> Vec<Bytes> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(42);
+    let random = ((size as f64) * randomness.clamp(0.0, 1.0)) as usize;
+    (0..64)
+        .map(|_| {
+            let mut v = vec![0u8; size];
+            rng.fill(&mut v[..random]);
+            Bytes::from(v)
+        })
+        .collect()
+}
+
+// ---- produce ------------------------------------------------------------------------
+
+struct ProduceOutcome {
+    records: u64,
+    bytes: u64,
+    elapsed: Duration,
+    latency: Histogram<u64>,
+}
+
+/// Runs `producers` producers; `stamp` puts the intended send time (µs since
+/// `epoch`) in a header so an end-to-end consumer can measure latency too.
+async fn run_producers(
+    clients: &[Client],
+    args: &LoadArgs,
+    stamp: Option<Instant>,
+    bar: &ProgressBar,
+) -> anyhow::Result<ProduceOutcome> {
+    let payloads = Arc::new(payloads(args.record_size, args.randomness));
+    let start = Instant::now();
+    let deadline = args.duration.map(|s| start + Duration::from_secs_f64(s));
+    let per_producer = args.records / args.producers as u64;
+    let per_producer_rate = args.rate / args.producers as f64;
+    let sent = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for (producer_idx, client) in clients.iter().enumerate() {
+        let producer = client.producer(ProducerConfig {
+            batch_size: args.batch_size,
+            linger: Duration::from_millis(args.linger_ms),
+            compression: args.compression,
+            acks: args.acks,
+            ..ProducerConfig::default()
+        });
+        let (topic, payloads, sent, bar) = (args.topic.clone(), payloads.clone(), sent.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, meridian_client::DeliveryFuture)>(100_000);
+            let collector = tokio::spawn(async move {
+                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                while let Some((intended, delivery)) = rx.recv().await {
+                    delivery.await?;
+                    let _ = latency.record(intended.elapsed().as_micros().max(1) as u64);
+                }
+                anyhow::Ok(latency)
+            });
+            let mut i = 0u64;
+            loop {
+                if deadline.is_none() && i >= per_producer {
+                    break;
+                }
+                let intended = if per_producer_rate > 0.0 {
+                    let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                    tokio::time::sleep_until(at.into()).await;
+                    at
+                } else {
+                    Instant::now()
+                };
+                if deadline.is_some_and(|d| intended >= d) {
+                    break;
+                }
+                let value = payloads[(i as usize + producer_idx) % payloads.len()].clone();
+                let mut record = ProducerRecord::new(topic.clone(), value);
+                if let Some(epoch) = stamp {
+                    let micros = intended.duration_since(epoch).as_micros() as u64;
+                    record = record.header("bench-intended-us", Bytes::copy_from_slice(&micros.to_be_bytes()));
+                }
+                let delivery = producer.send(record).await?;
+                if tx.send((intended, delivery)).await.is_err() {
+                    break;
+                }
+                i += 1;
+                sent.fetch_add(1, Ordering::Relaxed);
+                if i % 1024 == 0 {
+                    bar.inc(1024);
+                }
+            }
+            drop(tx);
+            producer.flush().await?;
+            let latency = collector.await??;
+            anyhow::Ok((i, latency))
+        }));
+    }
+    let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut records = 0;
+    for task in tasks {
+        let (n, h) = task.await??;
+        records += n;
+        latency.add(&h)?;
+    }
+    let elapsed = start.elapsed();
+    bar.finish_and_clear();
+    Ok(ProduceOutcome { records, bytes: records * args.record_size as u64, elapsed, latency })
+}
+
+async fn producer_clients(args: &LoadArgs, child: &Option<ChildBroker>) -> anyhow::Result<Vec<Client>> {
+    let mut clients = Vec::new();
+    for _ in 0..args.producers.max(1) {
+        clients.push(connect(&args.broker, child).await?);
+    }
+    Ok(clients)
+}
+
+async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
+    let child = broker_for(&args.broker)?;
+    let clients = producer_clients(&args, &child).await?;
+    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    let bar = progress(args.duration.is_none().then_some(args.records), "produce");
+    let outcome = run_producers(&clients, &args, None, &bar).await?;
+    let seconds = outcome.elapsed.as_secs_f64();
+    report(
+        &LoadResult {
+            bench: "produce",
+            records: outcome.records,
+            bytes: outcome.bytes,
+            seconds,
+            records_per_sec: outcome.records as f64 / seconds,
+            mib_per_sec: outcome.bytes as f64 / seconds / (1024.0 * 1024.0),
+            latency_ms: Some(summarize(&outcome.latency)),
+        },
+        args.json,
+    )
+}
+
+// ---- consume ------------------------------------------------------------------------
+
+async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
+    let child = broker_for(&args.broker)?;
+    let clients = producer_clients(&args, &child).await?;
+    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    let admin = clients[0].admin();
+    let mut available = 0;
+    for p in 0..args.partitions {
+        available += admin.list_offsets(&args.topic, p, Offset::Latest).await?
+            - admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
+    }
+    if (available as u64) < args.records {
+        let mut fill = args.clone();
+        fill.records = args.records - available as u64;
+        fill.duration = None;
+        fill.rate = 0.0;
+        let bar = progress(Some(fill.records), "fill   ");
+        run_producers(&clients, &fill, None, &bar).await?;
+    }
+    let n_consumers = args.consumers.clamp(1, args.partitions);
+    let target = args.records;
+    let bar = progress(Some(target), "consume");
+    let consumed = Arc::new(AtomicU64::new(0));
+    let consumed_bytes = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..n_consumers {
+        let client = connect(&args.broker, &child).await?;
+        let partitions: Vec<u32> = (0..args.partitions).filter(|p| p % n_consumers == c).collect();
+        let (topic, consumed, consumed_bytes, bar) =
+            (args.topic.clone(), consumed.clone(), consumed_bytes.clone(), bar.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut consumer = client.consumer(ConsumerConfig::default());
+            consumer.assign(&topic, &partitions).await?;
+            for &p in &partitions {
+                consumer.seek(&topic, p, Offset::Earliest).await?;
+            }
+            while consumed.load(Ordering::Relaxed) < target {
+                let records = consumer.poll(Duration::from_millis(200)).await?;
+                let bytes: usize = records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum();
+                consumed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+                consumed.fetch_add(records.len() as u64, Ordering::Relaxed);
+                bar.inc(records.len() as u64);
+                if records.is_empty()
+                    && partitions.iter().all(|p| {
+                        consumer.position(&topic, *p).zip(consumer.high_watermark(&topic, *p)).is_some_and(|(a, b)| a >= b)
+                    })
+                {
+                    break; // This consumer's share is exhausted.
+                }
+            }
+            anyhow::Ok(())
+        }));
+    }
+    for task in tasks {
+        task.await??;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let records = consumed.load(Ordering::Relaxed);
+    let bytes = consumed_bytes.load(Ordering::Relaxed);
+    report(
+        &LoadResult {
+            bench: "consume",
+            records,
+            bytes,
+            seconds,
+            records_per_sec: records as f64 / seconds,
+            mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+            latency_ms: None,
+        },
+        args.json,
+    )
+}
+
+// ---- end to end ---------------------------------------------------------------------
+
+async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
+    let child = broker_for(&args.broker)?;
+    let clients = producer_clients(&args, &child).await?;
+    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    let epoch = Instant::now();
+    let consumer_client = connect(&args.broker, &child).await?;
+    let mut consumer = consumer_client.consumer(ConsumerConfig {
+        fetch_max_wait: Duration::from_millis(100),
+        ..ConsumerConfig::default()
+    });
+    let partitions = consumer.assign_all(&args.topic).await?;
+    for &p in &partitions {
+        consumer.seek(&args.topic, p, Offset::Latest).await?;
+    }
+    let expected = if args.duration.is_some() { None } else { Some(args.records) };
+    let done = Arc::new(AtomicU64::new(u64::MAX));
+    let consumer_task = {
+        let done = done.clone();
+        tokio::spawn(async move {
+            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut n = 0u64;
+            loop {
+                let target = done.load(Ordering::Relaxed);
+                if n >= target || expected.is_some_and(|e| n >= e) {
+                    break;
+                }
+                for record in consumer.poll(Duration::from_millis(200)).await? {
+                    let Some(stamp) = record.headers.iter().find(|h| h.key == "bench-intended-us") else { continue };
+                    let Some(raw) = stamp.value.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()) else {
+                        continue;
+                    };
+                    let intended = Duration::from_micros(u64::from_be_bytes(raw));
+                    let now = epoch.elapsed();
+                    let _ = latency.record(now.saturating_sub(intended).as_micros().max(1) as u64);
+                    n += 1;
+                }
+            }
+            anyhow::Ok((n, latency))
+        })
+    };
+    let bar = progress(expected, "e2e    ");
+    let outcome = run_producers(&clients, &args, Some(epoch), &bar).await?;
+    done.store(outcome.records, Ordering::Relaxed);
+    let (n, latency) = tokio::time::timeout(Duration::from_secs(60), consumer_task)
+        .await
+        .context("consumer did not receive every record within 60 s")???;
+    let seconds = outcome.elapsed.as_secs_f64();
+    report(
+        &LoadResult {
+            bench: "e2e",
+            records: n,
+            bytes: n * args.record_size as u64,
+            seconds,
+            records_per_sec: n as f64 / seconds,
+            mib_per_sec: (n * args.record_size as u64) as f64 / seconds / (1024.0 * 1024.0),
+            latency_ms: Some(summarize(&latency)),
+        },
+        args.json,
+    )
+}
+
+// ---- transport ----------------------------------------------------------------------
+
+async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
+    let (server, client) = crate::transport::endpoints().await?;
+    let addr = server.local_addr()?;
+    let server_task = tokio::spawn(async move {
+        let Some(incoming) = server.accept().await else { return anyhow::Ok(0u64) };
+        let connection = incoming.await?;
+        let mut total = 0u64;
+        let mut readers = Vec::new();
+        while let Ok(mut recv) = connection.accept_uni().await {
+            readers.push(tokio::spawn(async move {
+                let mut n = 0u64;
+                while let Some(chunk) = recv.read_chunk(usize::MAX, false).await? {
+                    n += chunk.bytes.len() as u64;
+                }
+                anyhow::Ok(n)
+            }));
+        }
+        for r in readers {
+            total += r.await??;
+        }
+        Ok(total)
+    });
+    let connection = client.connect(addr, "localhost")?.await?;
+    let per_stream = args.bytes / args.streams as u64;
+    let chunk = Bytes::from(vec![0xA5u8; args.chunk_size]);
+    let bar = ProgressBar::new(args.bytes);
+    bar.set_style(ProgressStyle::with_template("transport {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    let start = Instant::now();
+    let mut writers = Vec::new();
+    for _ in 0..args.streams {
+        let mut send = connection.open_uni().await?;
+        let (chunk, bar) = (chunk.clone(), bar.clone());
+        writers.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < per_stream {
+                let n = (per_stream - sent).min(chunk.len() as u64) as usize;
+                send.write_chunk(chunk.slice(..n)).await?;
+                sent += n as u64;
+                bar.inc(n as u64);
+            }
+            send.finish()?;
+            send.stopped().await?;
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    connection.close(0u32.into(), b"done");
+    let received = server_task.await??;
+    let seconds = start.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
+    if args.json {
+        println!("{}", serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec}));
+    } else {
+        println!("{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec", args.streams);
+    }
+    client.wait_idle().await;
+    Ok(())
+}
+
+// ---- disk ---------------------------------------------------------------------------
+
+fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let temp = match &args.dir {
+        Some(dir) => tempfile::tempdir_in(dir)?,
+        None => tempfile::Builder::new().prefix("meridian-disk-").tempdir_in(".")?,
+    };
+    let mut file = std::fs::File::create(temp.path().join("append.log"))?;
+    let chunk = vec![0x5Au8; args.write_bytes];
+    let mut written = 0u64;
+    let mut syncs = 0u64;
+    let start = Instant::now();
+    while written < args.total_bytes {
+        file.write_all(&chunk)?;
+        file.sync_data()?;
+        written += chunk.len() as u64;
+        syncs += 1;
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let mib_per_sec = written as f64 / seconds / (1024.0 * 1024.0);
+    if args.json {
+        println!("{}", serde_json::json!({"bench": "disk", "bytes": written, "fsyncs": syncs, "seconds": seconds, "mib_per_sec": mib_per_sec, "write_bytes": args.write_bytes}));
+    } else {
+        println!(
+            "{written} bytes appended with fdatasync every {} bytes ({syncs} fsyncs) in {seconds:.2} s: {mib_per_sec:.2} MiB/sec",
+            args.write_bytes
+        );
+    }
+    Ok(())
+}
+
+// ---- idle memory --------------------------------------------------------------------
+
+fn rss_kib(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc status")?;
+    Ok(line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?)
+}
+
+async fn idle_bench(args: IdleArgs) -> anyhow::Result<()> {
+    let child = ChildBroker::start(None, &[])?;
+    let client = Client::connect(ClientConfig::new(child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?)).await?;
+    let before = rss_kib(child.pid())?;
+    client.admin().create_topic(NewTopic::new("idle", args.partitions)).await?;
+    // One record in each partition, so every log is open with a segment and indexes.
+    let producer = client.producer(ProducerConfig::default());
+    for p in 0..args.partitions {
+        producer.send(ProducerRecord::new("idle", Bytes::from_static(b"x")).partition(p)).await?;
+    }
+    producer.flush().await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(child.pid())?;
+    if args.json {
+        println!("{}", serde_json::json!({"bench": "idle", "partitions": args.partitions, "rss_mib_before": before as f64 / 1024.0, "rss_mib": after as f64 / 1024.0}));
+    } else {
+        println!(
+            "broker RSS with {} idle partitions: {:.1} MiB (before creating them: {:.1} MiB)",
+            args.partitions,
+            after as f64 / 1024.0,
+            before as f64 / 1024.0
+        );
+    }
+    Ok(())
+}
+
+// ---- recovery -----------------------------------------------------------------------
+
+async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
+    let temp = tempfile::Builder::new().prefix("meridian-recovery-").tempdir_in(".")?;
+    let data_dir = temp.path().to_owned();
+    let mut child = ChildBroker::start(Some(data_dir.clone()), &[])?;
+    let client = Client::connect(ClientConfig::new(child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?)).await?;
+    client.admin().create_topic(NewTopic::new("recovery", args.partitions)).await?;
+    let record_size = 64 * 1024;
+    let n_records = (args.log_gib * (1u64 << 30) as f64 / record_size as f64) as u64;
+    let load = LoadArgs {
+        topic: "recovery".into(),
+        partitions: args.partitions,
+        record_size,
+        records: n_records,
+        duration: None,
+        producers: 1,
+        consumers: 1,
+        batch_size: 1 << 20,
+        linger_ms: 5,
+        compression: Compression::None,
+        acks: Acks::Leader,
+        rate: 0.0,
+        randomness: 1.0,
+        json: false,
+        broker: BrokerArgs { broker: None, fingerprint: None, ca: None, broker_set: vec![], broker_data_dir: None },
+    };
+    let bar = progress(Some(n_records), "fill   ");
+    let filled = run_producers(std::slice::from_ref(&client), &load, None, &bar).await?;
+    client.close();
+    child.kill9();
+    let started = Instant::now();
+    let restarted = ChildBroker::spawn(data_dir, &[], None)?;
+    let client = Client::connect(ClientConfig::new(restarted.addr.clone(), Trust::parse_fingerprint(&restarted.fingerprint)?)).await?;
+    let end = client.admin().list_offsets("recovery", 0, Offset::Latest).await?;
+    let seconds = started.elapsed().as_secs_f64();
+    let gib = filled.bytes as f64 / (1u64 << 30) as f64;
+    if args.json {
+        println!("{}", serde_json::json!({"bench": "recovery", "log_gib": gib, "restart_seconds": seconds, "partition0_end": end}));
+    } else {
+        println!("restart after kill -9 with {gib:.2} GiB of log: serving again in {seconds:.3} s");
+    }
+    drop(restarted);
+    Ok(())
+}

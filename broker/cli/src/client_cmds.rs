@@ -1,0 +1,314 @@
+//! kcat-style client commands: topics, produce from stdin, consume to stdout.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::Context;
+use bytes::Bytes;
+use clap::{Args, Subcommand, ValueEnum};
+use meridian_client::{Acks, Compression, ConsumerConfig, ConsumerRecord, NewTopic, Offset, ProducerConfig, ProducerRecord};
+use tokio::io::AsyncBufReadExt;
+
+use crate::ConnectArgs;
+
+#[derive(Subcommand)]
+pub enum TopicCommand {
+    /// Create a topic.
+    Create {
+        name: String,
+        #[arg(long, short, default_value_t = 1)]
+        partitions: u32,
+        #[arg(long, default_value_t = 1)]
+        replication_factor: u16,
+        /// Topic setting, repeatable: `--config retention.ms=3600000`.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List topic names.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Show a topic's settings and partitions.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Delete a topic and its data.
+    Delete {
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
+    match cmd {
+        TopicCommand::Create { name, partitions, replication_factor, configs, connect } => {
+            let mut topic = NewTopic::new(name.clone(), partitions);
+            topic.replication_factor = replication_factor;
+            for entry in configs {
+                let (k, v) = entry.split_once('=').with_context(|| format!("--config `{entry}` is not KEY=VALUE"))?;
+                topic = topic.config(k.trim(), v.trim());
+            }
+            connect.connect().await?.admin().create_topic(topic).await?;
+            println!("created topic {name} with {partitions} partition(s)");
+        }
+        TopicCommand::List { connect } => {
+            for name in connect.connect().await?.admin().list_topics().await? {
+                println!("{name}");
+            }
+        }
+        TopicCommand::Describe { name, connect } => {
+            let d = connect.connect().await?.admin().describe_topic(&name).await?;
+            println!("topic: {}  partitions: {}  replication-factor: {}", d.name, d.partitions.len(), d.replication_factor);
+            println!("configs:");
+            for c in &d.configs {
+                println!("  {:<22} {}{}", c.key, c.value, if c.is_default { "  (default)" } else { "" });
+            }
+            println!("{:>9} {:>14} {:>14} {:>12} {:>8}  status", "partition", "log-start", "high-watermark", "size-bytes", "segments");
+            for p in &d.partitions {
+                let status = if p.error.is_ok() { "online".to_string() } else { p.error.name().to_string() };
+                println!(
+                    "{:>9} {:>14} {:>14} {:>12} {:>8}  {status}",
+                    p.partition, p.log_start_offset, p.high_watermark, p.size_bytes, p.segments
+                );
+            }
+        }
+        TopicCommand::Delete { name, connect } => {
+            connect.connect().await?.admin().delete_topic(&name).await?;
+            println!("deleted topic {name}");
+        }
+    }
+    Ok(())
+}
+
+#[derive(Args)]
+pub struct ProduceArgs {
+    pub topic: String,
+    /// Split each line at the first SEP into key and value (lines without it get no key).
+    #[arg(long, short = 'K')]
+    pub key_separator: Option<String>,
+    /// Send every record to this partition (default: by key, or spread when no key).
+    #[arg(long, short)]
+    pub partition: Option<u32>,
+    #[arg(long, short = 'z', default_value = "none")]
+    pub compression: Compression,
+    /// 0, 1 or all.
+    #[arg(long, default_value = "all")]
+    pub acks: Acks,
+    #[arg(long, default_value_t = 16 * 1024)]
+    pub batch_size: usize,
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
+    /// Print `partition offset` of each record as it is acknowledged.
+    #[arg(long, short)]
+    pub verbose: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    let config = ProducerConfig {
+        batch_size: args.batch_size,
+        linger: Duration::from_millis(args.linger_ms),
+        compression: args.compression,
+        acks: args.acks,
+        ..ProducerConfig::default()
+    };
+    let producer = client.producer(config);
+    // Acknowledgements are awaited in send order by a second task, so sending never
+    // waits for a round trip while -v still prints offsets in input order.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<meridian_client::DeliveryFuture>(10_000);
+    let verbose = args.verbose;
+    let printer = tokio::spawn(async move {
+        let mut stdout = std::io::stdout().lock();
+        let mut n = 0u64;
+        while let Some(delivery) = rx.recv().await {
+            let meta = delivery.await?;
+            n += 1;
+            if verbose {
+                writeln!(stdout, "{} {}", meta.partition, meta.offset)?;
+            }
+        }
+        anyhow::Ok(n)
+    });
+    let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    while let Some(line) = lines.next_line().await.context("reading stdin")? {
+        let (key, value) = match &args.key_separator {
+            Some(sep) => match line.split_once(sep.as_str()) {
+                Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), v.to_owned()),
+                None => (None, line),
+            },
+            None => (None, line),
+        };
+        let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
+        if let Some(key) = key {
+            record = record.key(key);
+        }
+        if let Some(p) = args.partition {
+            record = record.partition(p);
+        }
+        let delivery = producer.send(record).await?;
+        if tx.send(delivery).await.is_err() {
+            break; // The printer stopped on an error; it is reported below.
+        }
+    }
+    drop(tx);
+    producer.flush().await?;
+    let n = printer.await??;
+    if verbose {
+        eprintln!("produced {n} record(s) to {}", args.topic);
+    }
+    Ok(())
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    /// The value only.
+    Value,
+    /// partition, offset, timestamp, key and value, tab-separated.
+    Full,
+    /// One JSON object per line.
+    Json,
+}
+
+#[derive(Args)]
+pub struct ConsumeArgs {
+    pub topic: String,
+    /// earliest, latest, an offset, or @TIMESTAMP_MS.
+    #[arg(long, default_value = "earliest")]
+    pub from: String,
+    /// Stop after N records.
+    #[arg(long, short = 'n')]
+    pub count: Option<u64>,
+    #[arg(long, short, value_enum, default_value = "value")]
+    pub format: Format,
+    /// Keep waiting for new records (like `tail -f`) instead of stopping at the end.
+    #[arg(long, short = 'F')]
+    pub follow: bool,
+    /// Only these partitions (repeatable); default all.
+    #[arg(long, short)]
+    pub partition: Vec<u32>,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+fn parse_from(from: &str) -> anyhow::Result<Offset> {
+    Ok(match from {
+        "earliest" | "beginning" => Offset::Earliest,
+        "latest" | "end" => Offset::Latest,
+        s if s.starts_with('@') => {
+            Offset::Timestamp(s[1..].parse().with_context(|| format!("--from {s}: expected @TIMESTAMP_MS"))?)
+        }
+        s => Offset::At(s.parse().with_context(|| format!("--from {s}: expected earliest, latest, OFFSET or @TIMESTAMP_MS"))?),
+    })
+}
+
+pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    let from = parse_from(&args.from)?;
+    let client = args.connect.connect().await?;
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    let partitions = if args.partition.is_empty() {
+        consumer.assign_all(&args.topic).await?
+    } else {
+        consumer.assign(&args.topic, &args.partition).await?;
+        args.partition.clone()
+    };
+    let admin = client.admin();
+    // Without --follow, stop at the end of each partition as it is now.
+    let mut ends = Vec::new();
+    for &p in &partitions {
+        consumer.seek(&args.topic, p, from).await?;
+        if !args.follow {
+            ends.push((p, admin.list_offsets(&args.topic, p, Offset::Latest).await?));
+        }
+    }
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let mut printed = 0u64;
+    let limit = args.count.unwrap_or(u64::MAX);
+    loop {
+        if printed >= limit {
+            break;
+        }
+        if !args.follow
+            && ends.iter().all(|(p, end)| consumer.position(&args.topic, *p).is_some_and(|pos| pos >= *end))
+        {
+            break;
+        }
+        let records = consumer.poll(Duration::from_millis(500)).await?;
+        for record in records {
+            if printed >= limit {
+                break;
+            }
+            if let Some((_, end)) = ends.iter().find(|(p, _)| *p == record.partition) {
+                if record.offset >= *end {
+                    continue;
+                }
+            }
+            print_record(&mut stdout, &record, args.format)?;
+            printed += 1;
+        }
+        if args.follow {
+            stdout.flush()?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}
+
+fn text(bytes: &Option<Bytes>) -> String {
+    bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+}
+
+fn print_record(out: &mut impl Write, record: &ConsumerRecord, format: Format) -> anyhow::Result<()> {
+    match format {
+        Format::Value => writeln!(out, "{}", text(&record.value))?,
+        Format::Full => writeln!(
+            out,
+            "{}\t{}\t{}\t{}\t{}",
+            record.partition,
+            record.offset,
+            record.timestamp,
+            text(&record.key),
+            text(&record.value)
+        )?,
+        Format::Json => {
+            let headers: serde_json::Map<String, serde_json::Value> = record
+                .headers
+                .iter()
+                .map(|h| (h.key.clone(), h.value.as_ref().map_or(serde_json::Value::Null, |v| String::from_utf8_lossy(v).into())))
+                .collect();
+            let object = serde_json::json!({
+                "topic": record.topic,
+                "partition": record.partition,
+                "offset": record.offset,
+                "timestamp": record.timestamp,
+                "key": record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
+                "value": record.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                "headers": headers,
+            });
+            writeln!(out, "{object}")?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn from_parses_every_form() {
+        assert_eq!(parse_from("earliest").unwrap(), Offset::Earliest);
+        assert_eq!(parse_from("latest").unwrap(), Offset::Latest);
+        assert_eq!(parse_from("42").unwrap(), Offset::At(42));
+        assert_eq!(parse_from("@1700000000000").unwrap(), Offset::Timestamp(1_700_000_000_000));
+        assert!(parse_from("soon").is_err());
+        assert!(parse_from("@soon").is_err());
+    }
+}

@@ -1,0 +1,260 @@
+//! Broker configuration: built-in defaults, overlaid by a TOML file, then by
+//! `MERIDIAN_<KEY>` environment variables, then by `--set key=value` flags.
+//! Unknown keys are refused, so a typo never silently falls back to a default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::topic_config::TopicDefaults;
+
+/// When appended data is forced to disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FlushPolicy {
+    /// Acknowledge once the data is in the page cache; fsync every `flush_interval_ms`
+    /// (Kafka's default model: durability comes from replication, not fsync).
+    Interval,
+    /// Acknowledge only after an fdatasync; concurrent appends share one fsync
+    /// (group commit across partitions and producers).
+    Always,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    /// UDP address the QUIC endpoint binds.
+    pub listen: SocketAddr,
+    /// Host clients are told to connect to (metadata); defaults to the listen IP.
+    pub advertised_host: Option<String>,
+    pub data_dir: PathBuf,
+    pub broker_id: u32,
+    pub cluster_id: String,
+    /// PEM certificate and key; generated (self-signed) on first start when absent.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// Create a topic on first produce/fetch/metadata request naming it.
+    pub auto_create_topics: bool,
+    /// Partitions of an auto-created topic.
+    pub default_partitions: u32,
+    /// Largest request frame accepted, checked before allocating.
+    pub max_frame_bytes: u32,
+    /// Requests in flight per connection (QUIC concurrent bidirectional streams).
+    pub max_inflight_requests: u32,
+    pub max_connections: u32,
+    /// Partitions named in one produce, fetch or list-offsets request.
+    pub max_partitions_per_request: u32,
+    /// Partitions one topic may have.
+    pub max_partitions_per_topic: u32,
+    /// Upper bound on a fetch's `max_wait_ms`.
+    pub max_fetch_wait_ms: u32,
+    /// Upper bound on a fetch response's size.
+    pub max_fetch_bytes: u32,
+    pub flush: FlushPolicy,
+    /// With `flush = "interval"`: how often dirty partitions are fsynced.
+    pub flush_interval_ms: u64,
+    pub retention_check_interval_ms: u64,
+    /// Close connections idle for this long.
+    pub idle_timeout_ms: u64,
+    /// Defaults for per-topic settings (a topic's own configs override these).
+    pub topic_defaults: TopicDefaults,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        BrokerConfig {
+            listen: "127.0.0.1:9092".parse().expect("valid literal address"),
+            advertised_host: None,
+            data_dir: PathBuf::from("meridian-data"),
+            broker_id: 1,
+            cluster_id: "meridian-local".into(),
+            tls_cert: None,
+            tls_key: None,
+            auto_create_topics: false,
+            default_partitions: 1,
+            max_frame_bytes: meridian_wire::frame::DEFAULT_MAX_FRAME_BYTES,
+            max_inflight_requests: 256,
+            max_connections: 1024,
+            max_partitions_per_request: 2000,
+            max_partitions_per_topic: 10_000,
+            max_fetch_wait_ms: 30_000,
+            max_fetch_bytes: 64 * 1024 * 1024,
+            flush: FlushPolicy::Interval,
+            flush_interval_ms: 1000,
+            retention_check_interval_ms: 60_000,
+            idle_timeout_ms: 60_000,
+            topic_defaults: TopicDefaults::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config: {0}")]
+    Invalid(String),
+}
+
+impl BrokerConfig {
+    /// Builds the configuration from defaults, an optional TOML file, environment
+    /// variables (`MERIDIAN_MAX_FRAME_BYTES=…`, `MERIDIAN_TOPIC_DEFAULTS__RETENTION_MS=…`)
+    /// and `key=value` overrides (`topic_defaults.retention_ms=…`), in that order.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[String],
+    ) -> Result<BrokerConfig, ConfigError> {
+        let mut table = toml::Table::try_from(BrokerConfig::default())
+            .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        if let Some(path) = file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+            let from_file: toml::Table =
+                text.parse().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            merge(&mut table, from_file);
+        }
+        for (name, value) in env {
+            let Some(key) = name.strip_prefix("MERIDIAN_") else { continue };
+            // Variables the CLI reads for itself are not broker settings.
+            if matches!(key, "BROKER" | "CA" | "FINGERPRINT" | "CONFIG" | "LOG") {
+                continue;
+            }
+            let key = key.to_ascii_lowercase().replace("__", ".");
+            set_key(&mut table, &key, &value)?;
+        }
+        for item in overrides {
+            let (key, value) = item
+                .split_once('=')
+                .ok_or_else(|| ConfigError::Invalid(format!("`{item}` is not key=value")))?;
+            set_key(&mut table, key.trim(), value.trim())?;
+        }
+        let config: BrokerConfig =
+            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        config.check()?;
+        Ok(config)
+    }
+
+    fn check(&self) -> Result<(), ConfigError> {
+        let positive = [
+            ("max_frame_bytes", self.max_frame_bytes as u64),
+            ("max_inflight_requests", self.max_inflight_requests as u64),
+            ("max_connections", self.max_connections as u64),
+            ("max_partitions_per_request", self.max_partitions_per_request as u64),
+            ("max_partitions_per_topic", self.max_partitions_per_topic as u64),
+            ("default_partitions", self.default_partitions as u64),
+            ("max_fetch_bytes", self.max_fetch_bytes as u64),
+            ("flush_interval_ms", self.flush_interval_ms),
+            ("retention_check_interval_ms", self.retention_check_interval_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+        ];
+        for (key, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{key} must be greater than 0")));
+            }
+        }
+        if self.max_frame_bytes < 1024 {
+            return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024".into()));
+        }
+        self.topic_defaults.check().map_err(ConfigError::Invalid)
+    }
+
+    pub fn advertised_host(&self) -> String {
+        self.advertised_host.clone().unwrap_or_else(|| self.listen.ip().to_string())
+    }
+
+    pub fn tls_cert_path(&self) -> PathBuf {
+        self.tls_cert.clone().unwrap_or_else(|| self.data_dir.join("tls").join("cert.pem"))
+    }
+
+    pub fn tls_key_path(&self) -> PathBuf {
+        self.tls_key.clone().unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
+    }
+}
+
+fn merge(base: &mut toml::Table, overlay: toml::Table) {
+    for (key, value) in overlay {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => merge(base_table, overlay_table),
+            (_, value) => {
+                base.insert(key, value);
+            }
+        }
+    }
+}
+
+/// Sets a dotted key from a string, typed like the value it replaces.
+fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigError> {
+    let (head, rest) = match key.split_once('.') {
+        Some((head, rest)) => (head, Some(rest)),
+        None => (key, None),
+    };
+    let Some(existing) = table.get_mut(head) else {
+        // Optional keys are absent from the serialized defaults.
+        if rest.is_none() {
+            table.insert(head.to_owned(), toml::Value::String(raw.to_owned()));
+            return Ok(());
+        }
+        return Err(ConfigError::Invalid(format!("unknown config key `{key}`")));
+    };
+    match (existing, rest) {
+        (toml::Value::Table(inner), Some(rest)) => set_key(inner, rest, raw),
+        (toml::Value::Table(_), None) => Err(ConfigError::Invalid(format!("`{key}` is a section, not a value"))),
+        (_, Some(_)) => Err(ConfigError::Invalid(format!("unknown config key `{key}`"))),
+        (slot, None) => {
+            let value = match slot {
+                toml::Value::Integer(_) => toml::Value::Integer(
+                    raw.parse().map_err(|_| ConfigError::Invalid(format!("`{key}` wants an integer, got `{raw}`")))?,
+                ),
+                toml::Value::Boolean(_) => toml::Value::Boolean(
+                    raw.parse().map_err(|_| ConfigError::Invalid(format!("`{key}` wants true or false, got `{raw}`")))?,
+                ),
+                _ => toml::Value::String(raw.to_owned()),
+            };
+            *slot = value;
+            Ok(())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn layers_apply_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        std::fs::write(&file, "max_frame_bytes = 2048\nflush = \"always\"\n[topic_defaults]\nretention_ms = 5\n")
+            .unwrap();
+        let env = vec![
+            ("MERIDIAN_MAX_FRAME_BYTES".to_string(), "4096".to_string()),
+            ("MERIDIAN_BROKER".to_string(), "ignored:1".to_string()),
+            ("PATH".to_string(), "/bin".to_string()),
+        ];
+        let config =
+            BrokerConfig::load(Some(&file), env, &["topic_defaults.retention_ms=7".into(), "broker_id=3".into()])
+                .unwrap();
+        assert_eq!(config.max_frame_bytes, 4096);
+        assert_eq!(config.flush, FlushPolicy::Always);
+        assert_eq!(config.topic_defaults.retention_ms, 7);
+        assert_eq!(config.broker_id, 3);
+    }
+
+    #[test]
+    fn mistakes_are_refused_with_the_key_named() {
+        let cases: &[(&str, &str)] = &[
+            ("max_frame_bytez=1", "unknown config key `max_frame_bytez`"),
+            ("max_frame_bytes=lots", "`max_frame_bytes` wants an integer"),
+            ("max_frame_bytes=0", "max_frame_bytes must be greater than 0"),
+            ("topic_defaults.nope=1", "unknown config key `topic_defaults.nope`"),
+            ("flush=sometimes", "unknown variant `sometimes`"),
+            ("no_equals_sign", "is not key=value"),
+        ];
+        for (input, want) in cases {
+            let err = BrokerConfig::load(None, vec![], &[input.to_string()]).unwrap_err().to_string();
+            assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
+        }
+    }
+}

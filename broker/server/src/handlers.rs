@@ -1,0 +1,490 @@
+//! Request handlers: one function per API, each turning a decoded request into a
+//! response. Per-topic and per-partition problems become error codes in the
+//! response; nothing here panics on client input.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_log::{validate_batches, LogError};
+use meridian_wire::messages::*;
+use meridian_wire::ErrorCode;
+use tokio::sync::oneshot;
+
+use crate::config::FlushPolicy;
+use crate::topics::{Failure, Partition, Topic};
+use crate::Shared;
+
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Shared {
+    /// Dispatches one request. `None` means "send no response" (acks=0 produce).
+    pub(crate) async fn handle(self: &Arc<Self>, request: Request) -> Option<Response> {
+        Some(match request {
+            Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
+            Request::Metadata(r) => Response::Metadata(self.metadata(r)),
+            Request::CreateTopics(r) => Response::CreateTopics(self.create_topics(r)),
+            Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(r)),
+            Request::DescribeTopics(r) => Response::DescribeTopics(self.describe_topics(r)),
+            Request::Produce(r) => return self.produce(r).await.map(Response::Produce),
+            Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
+            Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
+        })
+    }
+
+    fn api_versions(&self) -> ApiVersionsResponse {
+        ApiVersionsResponse {
+            apis: ApiKey::ALL
+                .iter()
+                .map(|k| ApiVersionRange { api_key: *k as u16, min_version: k.min_version(), max_version: k.max_version() })
+                .collect(),
+            broker_id: self.config.broker_id,
+            cluster_id: self.config.cluster_id.clone(),
+            max_frame_bytes: self.config.max_frame_bytes,
+        }
+    }
+
+    /// Finds a topic, creating it when `auto_create_topics` is on.
+    fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
+        if let Some(topic) = self.registry.get(name) {
+            return Ok(topic);
+        }
+        meridian_wire::validate_topic_name(name).map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
+        if !self.config.auto_create_topics {
+            return Err(Failure::new(
+                ErrorCode::UnknownTopic,
+                format!("topic `{name}` does not exist (create it, or enable auto_create_topics)"),
+            ));
+        }
+        match self.registry.create(name, self.config.default_partitions, 1, Vec::new()) {
+            Ok(topic) => Ok(topic),
+            // Another request created it first.
+            Err(f) if f.code == ErrorCode::TopicAlreadyExists => {
+                self.registry.get(name).ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, "topic vanished"))
+            }
+            Err(f) => Err(f),
+        }
+    }
+
+    fn metadata(&self, request: MetadataRequest) -> MetadataResponse {
+        let topics = match request.topics {
+            None => self.registry.all().into_iter().map(Ok).collect::<Vec<_>>(),
+            Some(names) => names.iter().map(|n| self.topic(n).map_err(|f| (n.clone(), f))).collect(),
+        };
+        let broker_id = self.config.broker_id;
+        MetadataResponse {
+            brokers: vec![BrokerInfo {
+                broker_id,
+                host: self.config.advertised_host(),
+                port: self.local_addr.port(),
+            }],
+            controller_id: broker_id,
+            topics: topics
+                .into_iter()
+                .map(|t| match t {
+                    Ok(topic) => TopicMetadata {
+                        name: topic.name.clone(),
+                        error: ErrorCode::None,
+                        partitions: topic
+                            .partitions
+                            .iter()
+                            .map(|p| PartitionMetadata {
+                                partition: p.index,
+                                error: p.log().err().map_or(ErrorCode::None, |f| f.code),
+                                leader: broker_id,
+                                leader_epoch: 0,
+                                replicas: vec![broker_id],
+                                isr: vec![broker_id],
+                            })
+                            .collect(),
+                    },
+                    Err((name, failure)) => TopicMetadata { name, error: failure.code, partitions: Vec::new() },
+                })
+                .collect(),
+        }
+    }
+
+    fn create_topics(&self, request: CreateTopicsRequest) -> CreateTopicsResponse {
+        let results = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let configs: Vec<(String, String)> = t.configs.into_iter().map(|c| (c.key, c.value)).collect();
+                let outcome = if request.validate_only {
+                    self.registry.validate_create(&t.name, t.partitions, t.replication_factor, configs).map(drop)
+                } else {
+                    self.registry.create(&t.name, t.partitions, t.replication_factor, configs).map(drop)
+                };
+                topic_result(t.name, outcome)
+            })
+            .collect();
+        CreateTopicsResponse { results }
+    }
+
+    fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+        let results = request.names.into_iter().map(|name| {
+            let outcome = self.registry.delete(&name);
+            topic_result(name, outcome)
+        });
+        DeleteTopicsResponse { results: results.collect() }
+    }
+
+    fn describe_topics(&self, request: DescribeTopicsRequest) -> DescribeTopicsResponse {
+        let topics: Vec<Result<Arc<Topic>, (String, Failure)>> = if request.names.is_empty() {
+            self.registry.all().into_iter().map(Ok).collect()
+        } else {
+            request
+                .names
+                .into_iter()
+                .map(|name| match self.registry.get(&name) {
+                    Some(topic) => Ok(topic),
+                    None => Err((
+                        name.clone(),
+                        Failure::new(ErrorCode::UnknownTopic, format!("topic `{name}` does not exist")),
+                    )),
+                })
+                .collect()
+        };
+        let topics = topics
+            .into_iter()
+            .map(|t| match t {
+                Ok(topic) => TopicDescription {
+                    name: topic.name.clone(),
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    replication_factor: topic.replication_factor,
+                    configs: topic
+                        .overrides
+                        .describe(&self.registry.defaults)
+                        .into_iter()
+                        .map(|(key, value, is_default)| DescribedConfig { key, value, is_default })
+                        .collect(),
+                    partitions: topic
+                        .partitions
+                        .iter()
+                        .map(|p| match p.log() {
+                            Ok(log) => PartitionDescription {
+                                partition: p.index,
+                                error: ErrorCode::None,
+                                log_start_offset: log.log_start_offset(),
+                                high_watermark: log.log_end_offset(),
+                                size_bytes: log.size_bytes(),
+                                segments: log.segment_count() as u32,
+                            },
+                            Err(f) => PartitionDescription {
+                                partition: p.index,
+                                error: f.code,
+                                log_start_offset: -1,
+                                high_watermark: -1,
+                                size_bytes: 0,
+                                segments: 0,
+                            },
+                        })
+                        .collect(),
+                },
+                Err((name, f)) => TopicDescription {
+                    name,
+                    error: f.code,
+                    message: f.message,
+                    replication_factor: 0,
+                    configs: Vec::new(),
+                    partitions: Vec::new(),
+                },
+            })
+            .collect();
+        DescribeTopicsResponse { topics }
+    }
+
+    fn count_partitions<T>(&self, topics: &[T], partitions_of: impl Fn(&T) -> usize) -> Result<(), Failure> {
+        let n: usize = topics.iter().map(partitions_of).sum();
+        let limit = self.config.max_partitions_per_request as usize;
+        if n > limit {
+            return Err(Failure::new(
+                ErrorCode::PolicyViolation,
+                format!("request names {n} partitions; the limit is {limit} (max_partitions_per_request)"),
+            ));
+        }
+        Ok(())
+    }
+
+    async fn produce(self: &Arc<Self>, request: ProduceRequest) -> Option<ProduceResponse> {
+        let acks = request.acks;
+        let refuse_all = if !matches!(acks, 0 | 1 | -1) {
+            Some(Failure::new(ErrorCode::InvalidRequiredAcks, format!("acks must be 0, 1 or all (-1), got {acks}")))
+        } else {
+            self.count_partitions(&request.topics, |t| t.partitions.len()).err()
+        };
+        let wait_for_fsync = acks != 0 && self.config.flush == FlushPolicy::Always;
+        let mut syncs = Vec::new();
+        let mut topics = Vec::with_capacity(request.topics.len());
+        for produce_topic in request.topics {
+            let topic = match &refuse_all {
+                Some(f) => Err(f.clone()),
+                None => self.topic(&produce_topic.name),
+            };
+            let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
+            for p in produce_topic.partitions {
+                let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
+                    let partition = t.partition(p.partition)?;
+                    self.append(t, partition, &p.records)
+                });
+                let (error, message, base_offset, log_start_offset) = match outcome {
+                    Ok((base_offset, log_start, sync)) => {
+                        if wait_for_fsync {
+                            syncs.push((topics.len(), partitions.len(), sync));
+                        }
+                        (ErrorCode::None, String::new(), base_offset, log_start)
+                    }
+                    Err(f) => {
+                        tracing::debug!(topic = %produce_topic.name, partition = p.partition, code = ?f.code, message = %f.message, "produce refused");
+                        (f.code, f.message, -1, -1)
+                    }
+                };
+                partitions.push(ProducePartitionResponse {
+                    partition: p.partition,
+                    error,
+                    message,
+                    base_offset,
+                    log_append_time: -1,
+                    log_start_offset,
+                });
+            }
+            topics.push(ProduceTopicResponse { name: produce_topic.name, partitions });
+        }
+        // Group commit: every partition appended above waits for one shared fsync round.
+        let mut waiters = Vec::with_capacity(syncs.len());
+        for (topic_idx, partition_idx, handle) in syncs {
+            let (tx, rx) = oneshot::channel();
+            self.group_commit.sync(
+                handle,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            waiters.push((topic_idx, partition_idx, rx));
+        }
+        for (topic_idx, partition_idx, rx) in waiters {
+            let failure = match rx.await {
+                Ok(Ok(())) => continue,
+                Ok(Err(e)) => format!("fsync failed: {e}"),
+                Err(_) => "fsync thread stopped".to_string(),
+            };
+            let slot = &mut topics[topic_idx].partitions[partition_idx];
+            slot.error = ErrorCode::StorageError;
+            slot.message = failure;
+        }
+        (acks != 0).then_some(ProduceResponse { topics })
+    }
+
+    /// Validates (outside the partition lock) and appends one partition's batches.
+    fn append(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        records: &Bytes,
+    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+        let max_message_bytes = topic.log_config.max_message_bytes;
+        let batches = validate_batches(records, max_message_bytes).map_err(|e| match e {
+            LogError::MessageTooLarge { size, limit } => Failure::new(
+                ErrorCode::MessageTooLarge,
+                format!("record batch of {size} bytes exceeds max.message.bytes={limit} of topic `{}`", topic.name),
+            ),
+            other => Failure::from(other),
+        })?;
+        let mut log = partition.log()?;
+        let info = log.append(batches, 0, now_ms()).map_err(|e| {
+            tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
+            Failure::from(e)
+        })?;
+        let result = (info.base_offset, log.log_start_offset(), log.sync_handle());
+        drop(log);
+        partition.mark_dirty();
+        partition.appended.notify_waiters();
+        Ok(result)
+    }
+
+    async fn fetch(self: &Arc<Self>, request: FetchRequest) -> FetchResponse {
+        let max_wait = Duration::from_millis(request.max_wait_ms.min(self.config.max_fetch_wait_ms) as u64);
+        let max_bytes = request.max_bytes.min(self.config.max_fetch_bytes).max(1);
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let refuse_all = self.count_partitions(&request.topics, |t| t.partitions.len()).err();
+        // Resolve topics once; a topic deleted meanwhile keeps its open files until we finish.
+        let targets: Vec<(String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>)> = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let topic = match &refuse_all {
+                    Some(f) => Err(f.clone()),
+                    None => self.topic(&t.name),
+                };
+                (t.name, topic, t.partitions)
+            })
+            .collect();
+        loop {
+            // Register for wake-ups before reading, so an append between the read and
+            // the wait is not missed.
+            let mut wakeups: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = Vec::new();
+            for (_, topic, partitions) in &targets {
+                if let Ok(topic) = topic {
+                    for p in partitions {
+                        if let Ok(partition) = topic.partition(p.partition) {
+                            let mut notified = Box::pin(partition.appended.notified());
+                            notified.as_mut().enable();
+                            wakeups.push(notified);
+                        }
+                    }
+                }
+            }
+            let (response, n_bytes, any_error) = self.read_partitions(&targets, max_bytes).await;
+            let done = n_bytes >= request.min_bytes as usize
+                || any_error
+                || wakeups.is_empty()
+                || tokio::time::Instant::now() >= deadline;
+            if done {
+                return response;
+            }
+            let any_wakeup = std::future::poll_fn(|cx| {
+                for w in wakeups.iter_mut() {
+                    if w.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(());
+                    }
+                }
+                Poll::Pending
+            });
+            if tokio::time::timeout_at(deadline, any_wakeup).await.is_err() {
+                // Deadline passed: one last read below returns whatever is there.
+                drop(wakeups);
+                return self.read_partitions(&targets, max_bytes).await.0;
+            }
+        }
+    }
+
+    async fn read_partitions(
+        &self,
+        targets: &[(String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>)],
+        max_bytes: u32,
+    ) -> (FetchResponse, usize, bool) {
+        let mut n_bytes = 0usize;
+        let mut any_error = false;
+        let mut topics = Vec::with_capacity(targets.len());
+        for (name, topic, partitions) in targets {
+            let mut out = Vec::with_capacity(partitions.len());
+            for p in partitions {
+                let budget = (max_bytes as usize).saturating_sub(n_bytes);
+                let read = topic.as_ref().map_err(Clone::clone).and_then(|t| {
+                    let partition = t.partition(p.partition)?;
+                    read_partition(partition, p, budget.min(p.partition_max_bytes as usize) as u32, n_bytes == 0)
+                });
+                out.push(match read {
+                    Ok((records, high_watermark, log_start_offset)) => {
+                        n_bytes += records.len();
+                        FetchPartitionResponse {
+                            partition: p.partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            high_watermark,
+                            log_start_offset,
+                            records,
+                        }
+                    }
+                    Err(f) => {
+                        any_error = true;
+                        FetchPartitionResponse {
+                            partition: p.partition,
+                            error: f.code,
+                            message: f.message,
+                            high_watermark: -1,
+                            log_start_offset: -1,
+                            records: Bytes::new(),
+                        }
+                    }
+                });
+            }
+            topics.push(FetchTopicResponse { name: name.clone(), partitions: out });
+        }
+        (FetchResponse { topics }, n_bytes, any_error)
+    }
+
+    fn list_offsets(&self, request: ListOffsetsRequest) -> ListOffsetsResponse {
+        let refuse_all = self.count_partitions(&request.topics, |t| t.partitions.len()).err();
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let topic = match &refuse_all {
+                    Some(f) => Err(f.clone()),
+                    None => self.topic(&t.name),
+                };
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let found = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
+                            let log = topic.partition(p.partition)?.log()?;
+                            Ok(match p.timestamp {
+                                EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
+                                LATEST_TIMESTAMP => (log.log_end_offset(), -1),
+                                ts if ts >= 0 => log.offset_for_timestamp(ts)?.unwrap_or((log.log_end_offset(), -1)),
+                                ts => {
+                                    return Err(Failure::new(
+                                        ErrorCode::InvalidRequest,
+                                        format!("timestamp {ts} is neither a time nor earliest (-2) / latest (-1)"),
+                                    ))
+                                }
+                            })
+                        });
+                        match found {
+                            Ok((offset, timestamp)) => {
+                                ListOffsetsPartitionResponse { partition: p.partition, error: ErrorCode::None, offset, timestamp }
+                            }
+                            Err(f) => ListOffsetsPartitionResponse { partition: p.partition, error: f.code, offset: -1, timestamp: -1 },
+                        }
+                    })
+                    .collect();
+                ListOffsetsTopicResponse { name: t.name, partitions }
+            })
+            .collect();
+        ListOffsetsResponse { topics }
+    }
+}
+
+fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {
+    match outcome {
+        Ok(()) => TopicResult { name, error: ErrorCode::None, message: String::new() },
+        Err(f) => TopicResult { name, error: f.code, message: f.message },
+    }
+}
+
+/// Reads whole batches from `fetch_offset`. Plans under the partition lock, reads
+/// outside it. `budget == 0` reads nothing unless this is the first partition with
+/// data (a fetch always returns at least one batch if any exists, so it progresses).
+fn read_partition(
+    partition: &Partition,
+    request: &FetchPartition,
+    budget: u32,
+    first: bool,
+) -> Result<(Bytes, i64, i64), Failure> {
+    let (slice, high_watermark, log_start) = {
+        let log = partition.log()?;
+        let (high_watermark, log_start) = (log.log_end_offset(), log.log_start_offset());
+        if budget == 0 && !first {
+            return Ok((Bytes::new(), high_watermark, log_start));
+        }
+        (log.read(request.fetch_offset, budget.max(1))?, high_watermark, log_start)
+    };
+    let records = match slice {
+        Some(slice) => slice
+            .read()
+            .map_err(|e| Failure::new(ErrorCode::StorageError, format!("reading partition {}: {e}", partition.index)))?,
+        None => Bytes::new(),
+    };
+    Ok((records, high_watermark, log_start))
+}

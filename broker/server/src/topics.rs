@@ -1,0 +1,277 @@
+//! The topic registry: topics, their settings and their partitions' logs.
+//!
+//! On disk: `<data_dir>/topics/<name>/topic.json` (partition count and explicit
+//! settings) and `<data_dir>/topics/<name>/<partition>/` (the partition log).
+//! A topic is created in a hidden staging directory and renamed into place, and
+//! deleted by renaming it aside first, so a crash never leaves half a topic visible.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use meridian_log::{LogError, PartitionLog};
+use meridian_wire::ErrorCode;
+use parking_lot::{Mutex, MutexGuard, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::topic_config::{TopicDefaults, TopicOverrides};
+
+/// A typed failure that becomes an error code plus a message in a response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
+        Failure { code, message: message.into() }
+    }
+}
+
+impl From<LogError> for Failure {
+    fn from(e: LogError) -> Failure {
+        Failure { code: e.code(), message: e.to_string() }
+    }
+}
+
+/// One partition of a topic. The log sits behind a mutex held only for appends and
+/// read planning; the bulk of a read happens outside it (see `ReadSlice`).
+pub struct Partition {
+    pub index: u32,
+    log: Result<Mutex<PartitionLog>, Failure>,
+    /// Woken after every append, for long-polling fetches.
+    pub appended: tokio::sync::Notify,
+    /// Set by appends, cleared by the periodic flusher.
+    pub dirty: AtomicBool,
+}
+
+impl Partition {
+    /// The log, or the reason this partition is offline (e.g. a corrupted segment).
+    pub fn log(&self) -> Result<MutexGuard<'_, PartitionLog>, Failure> {
+        match &self.log {
+            Ok(log) => Ok(log.lock()),
+            Err(failure) => Err(failure.clone()),
+        }
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TopicFile {
+    partitions: u32,
+    replication_factor: u16,
+    configs: TopicOverrides,
+}
+
+pub struct Topic {
+    pub name: String,
+    pub overrides: TopicOverrides,
+    /// The effective log settings (overrides over broker defaults), computed once.
+    pub log_config: meridian_log::LogConfig,
+    pub replication_factor: u16,
+    pub partitions: Vec<Arc<Partition>>,
+    dir: PathBuf,
+}
+
+impl Topic {
+    pub fn partition(&self, index: u32) -> Result<&Arc<Partition>, Failure> {
+        self.partitions.get(index as usize).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::InvalidPartition,
+                format!("topic `{}` has {} partitions; partition {index} does not exist", self.name, self.partitions.len()),
+            )
+        })
+    }
+}
+
+pub struct Registry {
+    topics_dir: PathBuf,
+    pub defaults: TopicDefaults,
+    max_partitions_per_topic: u32,
+    topics: RwLock<HashMap<String, Arc<Topic>>>,
+    /// Serializes create/delete so two creates of one name cannot race on disk.
+    admin: Mutex<()>,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl Registry {
+    /// Loads every topic under `<data_dir>/topics`, recovering each partition's log.
+    /// A partition whose log is corrupted stays offline (reported loudly); the rest serve.
+    pub fn open(data_dir: &Path, defaults: TopicDefaults, max_partitions_per_topic: u32) -> anyhow::Result<Registry> {
+        let topics_dir = data_dir.join("topics");
+        std::fs::create_dir_all(&topics_dir)?;
+        let mut topics = HashMap::new();
+        for entry in std::fs::read_dir(&topics_dir)? {
+            let entry = entry?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                // Leftovers of an interrupted create or delete.
+                tracing::info!(dir = %entry.path().display(), "removing leftover topic staging directory");
+                std::fs::remove_dir_all(entry.path())?;
+                continue;
+            }
+            let topic = load_topic(&entry.path(), &name, &defaults)?;
+            topics.insert(name, Arc::new(topic));
+        }
+        Ok(Registry { topics_dir, defaults, max_partitions_per_topic, topics: RwLock::new(topics), admin: Mutex::new(()) })
+    }
+
+    pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
+        self.topics.read().get(name).cloned()
+    }
+
+    pub fn names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self.topics.read().keys().cloned().collect();
+        names.sort();
+        names
+    }
+
+    pub fn all(&self) -> Vec<Arc<Topic>> {
+        let mut topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
+        topics.sort_by(|a, b| a.name.cmp(&b.name));
+        topics
+    }
+
+    /// Checks a create request without doing it.
+    pub fn validate_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicOverrides, Failure> {
+        meridian_wire::validate_topic_name(name).map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
+        if partitions == 0 || partitions > self.max_partitions_per_topic {
+            return Err(Failure::new(
+                ErrorCode::InvalidPartitions,
+                format!("partitions must be between 1 and {} (max_partitions_per_topic), got {partitions}", self.max_partitions_per_topic),
+            ));
+        }
+        if replication_factor != 1 {
+            return Err(Failure::new(
+                ErrorCode::InvalidReplicationFactor,
+                format!("replication factor {replication_factor} needs {replication_factor} brokers; this is a single-broker cluster"),
+            ));
+        }
+        let overrides = TopicOverrides::parse(configs).map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
+        if self.topics.read().contains_key(name) {
+            return Err(Failure::new(ErrorCode::TopicAlreadyExists, format!("topic `{name}` already exists")));
+        }
+        Ok(overrides)
+    }
+
+    pub fn create(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+    ) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
+        let storage = |e: std::io::Error| Failure::new(ErrorCode::StorageError, format!("creating topic `{name}`: {e}"));
+        let staging = self.topics_dir.join(format!(".creating-{name}"));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging).map_err(storage)?;
+        }
+        std::fs::create_dir_all(&staging).map_err(storage)?;
+        let file = TopicFile { partitions, replication_factor, configs: overrides };
+        let json = serde_json::to_vec_pretty(&file).expect("topic file serializes");
+        std::fs::write(staging.join("topic.json"), json).map_err(storage)?;
+        for index in 0..partitions {
+            std::fs::create_dir(staging.join(index.to_string())).map_err(storage)?;
+        }
+        let dir = self.topics_dir.join(name);
+        std::fs::rename(&staging, &dir).map_err(storage)?;
+        let topic = load_topic(&dir, name, &self.defaults).map_err(|e| storage(std::io::Error::other(e.to_string())))?;
+        let topic = Arc::new(topic);
+        self.topics.write().insert(name.to_owned(), topic.clone());
+        tracing::info!(topic = name, partitions, "created topic");
+        Ok(topic)
+    }
+
+    pub fn delete(&self, name: &str) -> Result<(), Failure> {
+        let _admin = self.admin.lock();
+        let Some(topic) = self.topics.write().remove(name) else {
+            return Err(Failure::new(ErrorCode::UnknownTopic, format!("topic `{name}` does not exist")));
+        };
+        let aside = self.topics_dir.join(format!(".deleted-{name}-{}", now_ms()));
+        std::fs::rename(&topic.dir, &aside)
+            .map_err(|e| Failure::new(ErrorCode::StorageError, format!("deleting topic `{name}`: {e}")))?;
+        // Fetches still holding the topic keep working on open files; the files go now.
+        if let Err(e) = std::fs::remove_dir_all(&aside) {
+            tracing::warn!(topic = name, error = %e, "could not remove deleted topic's files; they go at next start");
+        }
+        for partition in &topic.partitions {
+            partition.appended.notify_waiters();
+        }
+        tracing::info!(topic = name, "deleted topic");
+        Ok(())
+    }
+
+    /// Flushes and marks every log cleanly closed.
+    pub fn close(&self) {
+        let topics: Vec<Arc<Topic>> = self.topics.write().drain().map(|(_, t)| t).collect();
+        for topic in topics {
+            for partition in &topic.partitions {
+                if let Ok(mut log) = partition.log() {
+                    if let Err(e) = log.flush() {
+                        tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "flush at shutdown failed");
+                    }
+                    // Closing consumes the log; swap in nothing: the registry is going away.
+                    log.mark_clean_shutdown().unwrap_or_else(|e| {
+                        tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "could not write clean-shutdown marker")
+                    });
+                }
+            }
+        }
+    }
+}
+
+fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Result<Topic> {
+    let json = std::fs::read(dir.join("topic.json"))?;
+    let file: TopicFile = serde_json::from_slice(&json)?;
+    let log_config = file.configs.log_config(defaults);
+    let now = now_ms();
+    let mut partitions = Vec::with_capacity(file.partitions as usize);
+    for index in 0..file.partitions {
+        let log = match PartitionLog::open(&dir.join(index.to_string()), log_config.clone(), now) {
+            Ok(log) => Ok(Mutex::new(log)),
+            Err(e) => {
+                tracing::error!(topic = name, partition = index, error = %e, "PARTITION OFFLINE: its log could not be opened");
+                Err(Failure::new(ErrorCode::CorruptLog, format!("partition {name}/{index} is offline: {e}")))
+            }
+        };
+        partitions.push(Arc::new(Partition {
+            index,
+            log,
+            appended: tokio::sync::Notify::new(),
+            dirty: AtomicBool::new(false),
+        }));
+    }
+    Ok(Topic {
+        name: name.to_owned(),
+        overrides: file.configs,
+        log_config,
+        replication_factor: file.replication_factor,
+        partitions,
+        dir: dir.to_owned(),
+    })
+}
+
+impl Partition {
+    pub fn mark_dirty(&self) {
+        self.dirty.store(true, Ordering::Release);
+    }
+
+    pub fn take_dirty(&self) -> bool {
+        self.dirty.swap(false, Ordering::AcqRel)
+    }
+}

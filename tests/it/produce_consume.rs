@@ -1,0 +1,150 @@
+use std::collections::HashMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_client::{partition_for_key, Acks, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord};
+
+use crate::harness::TestBroker;
+
+/// Produces `n` keyed records and reads them all back: per-partition order, no loss,
+/// no duplicates, and every key on the partition Kafka's partitioner would pick.
+async fn round_trip(n: u64, partitions: u32, compression: Compression) {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client.admin().create_topic(NewTopic::new("events", partitions)).await.unwrap();
+    let producer = client.producer(ProducerConfig {
+        compression,
+        acks: Acks::Leader,
+        batch_size: 64 * 1024,
+        ..ProducerConfig::default()
+    });
+    let mut deliveries = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let key = format!("key-{}", i % 1000);
+        let record = ProducerRecord::new("events", Bytes::from(format!("{i}"))).key(Bytes::from(key));
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    let mut acked_offsets: HashMap<u32, Vec<i64>> = HashMap::new();
+    for d in deliveries {
+        let meta = d.await.unwrap();
+        acked_offsets.entry(meta.partition).or_default().push(meta.offset);
+    }
+    for offsets in acked_offsets.values_mut() {
+        offsets.sort_unstable();
+        offsets.dedup();
+    }
+    assert_eq!(acked_offsets.values().map(Vec::len).sum::<usize>() as u64, n, "every record got its own offset");
+
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("events").await.unwrap();
+    for p in 0..partitions {
+        consumer.seek("events", p, Offset::Earliest).await.unwrap();
+    }
+    let mut seen = vec![false; n as usize];
+    let mut last_offset: HashMap<u32, i64> = HashMap::new();
+    let mut last_seq_per_key: HashMap<String, u64> = HashMap::new();
+    let mut received = 0u64;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    while received < n {
+        assert!(tokio::time::Instant::now() < deadline, "timed out with {received}/{n} records");
+        for record in consumer.poll(Duration::from_secs(1)).await.unwrap() {
+            let seq: u64 = std::str::from_utf8(record.value.as_ref().unwrap()).unwrap().parse().unwrap();
+            let key = String::from_utf8(record.key.as_ref().unwrap().to_vec()).unwrap();
+            assert!(!seen[seq as usize], "record {seq} delivered twice");
+            seen[seq as usize] = true;
+            received += 1;
+            // Offsets strictly increase within a partition.
+            if let Some(prev) = last_offset.insert(record.partition, record.offset) {
+                assert!(record.offset > prev, "partition {} went from {prev} to {}", record.partition, record.offset);
+            }
+            // Per-key order is production order (a key lives on one partition).
+            if let Some(prev) = last_seq_per_key.insert(key.clone(), seq) {
+                assert!(seq > prev, "key {key}: {seq} after {prev}");
+            }
+            assert_eq!(record.partition, partition_for_key(key.as_bytes(), partitions), "key {key} on the wrong partition");
+        }
+    }
+    assert!(seen.iter().all(|s| *s), "records missing");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_million_records_round_trip_in_order_without_loss_or_duplicates() {
+    round_trip(1_000_000, 8, Compression::None).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compressed_batches_round_trip() {
+    round_trip(50_000, 4, Compression::Zstd).await;
+    round_trip(50_000, 4, Compression::Lz4).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seek_by_timestamp_and_list_offsets() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client.admin().create_topic(NewTopic::new("t", 1)).await.unwrap();
+    let producer = client.producer(ProducerConfig { linger: Duration::from_millis(0), ..ProducerConfig::default() });
+    for i in 0..100i64 {
+        let record = ProducerRecord::new("t", Bytes::from(i.to_string())).timestamp(1_000_000 + i * 10);
+        producer.send(record).await.unwrap().await.unwrap();
+    }
+    let admin = client.admin();
+    assert_eq!(admin.list_offsets("t", 0, Offset::Earliest).await.unwrap(), 0);
+    assert_eq!(admin.list_offsets("t", 0, Offset::Latest).await.unwrap(), 100);
+    assert_eq!(admin.list_offsets("t", 0, Offset::Timestamp(1_000_000 + 425)).await.unwrap(), 43);
+    assert_eq!(admin.list_offsets("t", 0, Offset::Timestamp(9_000_000)).await.unwrap(), 100);
+
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign("t", &[0]).await.unwrap();
+    consumer.seek("t", 0, Offset::Timestamp(1_000_000 + 500)).await.unwrap();
+    let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(records.first().map(|r| r.offset), Some(50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_poll_fetch_wakes_when_data_arrives() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client.admin().create_topic(NewTopic::new("live", 2)).await.unwrap();
+    let mut consumer = client.consumer(ConsumerConfig { fetch_max_wait: Duration::from_secs(20), ..ConsumerConfig::default() });
+    consumer.assign_all("live").await.unwrap();
+    let producer_client = broker.client().await;
+    let started = tokio::time::Instant::now();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let producer = producer_client.producer(ProducerConfig::default());
+        producer.send(ProducerRecord::new("live", Bytes::from_static(b"hello")).partition(1)).await.unwrap().await.unwrap();
+    });
+    let mut got = Vec::new();
+    while got.is_empty() {
+        got = consumer.poll(Duration::from_secs(30)).await.unwrap();
+    }
+    assert_eq!(got[0].value.as_deref(), Some(&b"hello"[..]));
+    // Woken by the append, not by the 20 s max wait.
+    assert!(started.elapsed() < Duration::from_secs(10), "fetch was not woken by the append");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clean_restart_keeps_topics_configs_and_data() {
+    let mut broker = TestBroker::start(&[]);
+    {
+        let client = broker.client().await;
+        let topic = NewTopic::new("kept", 3).config("retention.ms", "3600000").config("segment.bytes", "1048576");
+        client.admin().create_topic(topic).await.unwrap();
+        let producer = client.producer(ProducerConfig::default());
+        for i in 0..3000u32 {
+            producer.send(ProducerRecord::new("kept", Bytes::from(vec![7u8; 1000])).partition(i % 3)).await.unwrap();
+        }
+        producer.flush().await.unwrap();
+    }
+    broker.stop();
+    broker.restart();
+    let client = broker.client().await;
+    let described = client.admin().describe_topic("kept").await.unwrap();
+    assert_eq!(described.partitions.len(), 3);
+    assert!(described.configs.iter().any(|c| c.key == "retention.ms" && c.value == "3600000" && !c.is_default));
+    assert!(described.partitions.iter().all(|p| p.high_watermark == 1000));
+    // Over 1 MB per partition with segment.bytes = 1 MiB: each partition rolled.
+    assert!(described.partitions.iter().all(|p| p.size_bytes >= 1000 * 1000 && p.segments >= 2), "{described:?}");
+}
