@@ -207,6 +207,16 @@ impl Client {
         crate::admin::Admin::new(self.clone())
     }
 
+    /// A producer sharing this client's connection.
+    pub fn producer(&self, config: crate::producer::ProducerConfig) -> crate::producer::Producer {
+        crate::producer::Producer::new(self.clone(), config)
+    }
+
+    /// A consumer sharing this client's connection.
+    pub fn consumer(&self, config: crate::consumer::ConsumerConfig) -> crate::consumer::Consumer {
+        crate::consumer::Consumer::new(self.clone(), config)
+    }
+
     /// Closes the connection gracefully. Requests under way fail, later ones return
     /// [`Error::Closed`]. Call [`Producer::flush`](crate::Producer::flush) first to
     /// deliver buffered records.

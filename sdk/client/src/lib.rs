@@ -11,7 +11,7 @@
 //! The broker is single-node for now, so the client sends every request to the
 //! bootstrap address; routing to partition leaders comes with replication.
 //!
-//! ```ignore
+//! ```no_run
 //! use std::time::Duration;
 //! use meridian_client::{Client, ClientConfig, NewTopic, Offset, ProducerConfig,
 //!     ProducerRecord, ConsumerConfig, Trust};
@@ -37,11 +37,14 @@
 //! # Ok(()) }
 //! ```
 
+mod accumulator;
 mod admin;
 mod client;
 mod config;
+mod consumer;
 mod error;
 mod partitioner;
+mod producer;
 mod tls;
 
 pub use admin::{Admin, NewTopic, Offset};
@@ -50,7 +53,11 @@ pub use config::{
     certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
 pub use error::{Error, Result};
 pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};
