@@ -1,1 +1,63 @@
+//! Rust client for Meridian, an event-streaming broker with Kafka's model, over QUIC.
+//!
+//! - [`Client`]: one QUIC connection (TLS 1.3, ALPN `meridian/1`) shared by
+//!   everything made from it; each request travels on its own stream.
+//! - [`Producer`]: batches records per partition, compresses client-side, partitions
+//!   keys like Kafka (murmur2), applies backpressure and retries.
+//! - [`Consumer`]: reads assigned partitions from chosen offsets with a background
+//!   prefetch.
+//! - [`Admin`]: creates, deletes and describes topics, looks up offsets.
+//!
+//! The broker is single-node for now, so the client sends every request to the
+//! bootstrap address; routing to partition leaders comes with replication.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use meridian_client::{Client, ClientConfig, NewTopic, Offset, ProducerConfig,
+//!     ProducerRecord, ConsumerConfig, Trust};
+//!
+//! # async fn example() -> meridian_client::Result<()> {
+//! let trust = Trust::parse_fingerprint("sha256:…")?; // printed by the broker at start-up
+//! let client = Client::connect(ClientConfig::new("127.0.0.1:9092", trust)).await?;
+//! client.admin().create_topic(NewTopic::new("orders", 3)).await?;
+//!
+//! let producer = client.producer(ProducerConfig::default());
+//! let delivery = producer
+//!     .send(ProducerRecord::new("orders", "hello").key("customer-1"))
+//!     .await?;
+//! let metadata = delivery.await?;
+//! println!("written at {}/{}", metadata.partition, metadata.offset);
+//!
+//! let mut consumer = client.consumer(ConsumerConfig::default());
+//! consumer.assign_all("orders").await?;
+//! consumer.seek("orders", metadata.partition, Offset::Earliest).await?;
+//! for record in consumer.poll(Duration::from_secs(1)).await? {
+//!     println!("{}@{}: {:?}", record.partition, record.offset, record.value);
+//! }
+//! # Ok(()) }
+//! ```
 
+mod accumulator;
+mod admin;
+mod client;
+mod config;
+mod consumer;
+mod error;
+mod partitioner;
+mod producer;
+mod tls;
+
+pub use admin::{Admin, NewTopic, Offset};
+pub use client::Client;
+pub use config::{
+    certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_REQUEST_TIMEOUT,
+};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use error::{Error, Result};
+pub use meridian_wire::batch::{Compression, Header};
+pub use meridian_wire::ErrorCode;
+pub use partitioner::{murmur2, partition_for_key};
+pub use producer::{
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+};

@@ -1,0 +1,575 @@
+//! The producer's record accumulator, sans-IO: records go into per-partition batches,
+//! and the caller asks, with an explicit `now`, which batches are ready to send and
+//! when to ask again. The producer's sender task is a thin loop around it; tests drive
+//! it with a virtual clock.
+//!
+//! Invariants, per partition:
+//! - batches leave the queue in the order they were created, except that a batch
+//!   coming back for a retry goes before every batch not yet sent;
+//! - at most `max_in_flight` batches are in flight;
+//! - a retried batch is sent only when nothing else of the partition is in flight, and
+//!   nothing else is sent while it is in flight, so retries never overtake each other
+//!   or later batches. (Batches already in flight when an earlier one failed can still
+//!   land before the retry; `max_in_flight = 1` rules that out.)
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_wire::batch::NewRecord;
+
+use crate::error::{Error, Result};
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(crate) struct TopicPartition {
+    pub topic: String,
+    pub partition: u32,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct AccumulatorConfig {
+    pub batch_size: usize,
+    pub linger: Duration,
+    pub max_in_flight: usize,
+    pub retry_backoff: Duration,
+}
+
+/// A batch of records for one partition, with one completion handle per record.
+#[derive(Debug)]
+pub(crate) struct ProducerBatch<T> {
+    pub tp: TopicPartition,
+    pub records: Vec<NewRecord>,
+    pub handles: Vec<T>,
+    /// Sum of the records' estimated sizes.
+    pub size_bytes: usize,
+    /// How many times this batch was sent and came back for a retry.
+    pub attempts: u32,
+    /// The encoded batch, kept so a retry sends the very same bytes.
+    pub encoded: Option<Bytes>,
+    created: Instant,
+    not_before: Option<Instant>,
+    /// Position in its partition's queue; retries are re-inserted by it.
+    sequence: u64,
+    /// The flush epoch the batch belongs to (see [`RecordAccumulator::begin_flush`]).
+    epoch: u64,
+}
+
+#[derive(Debug)]
+struct PartitionQueue<T> {
+    batches: VecDeque<ProducerBatch<T>>,
+    in_flight: usize,
+    /// A retried batch is in flight: nothing else may be sent meanwhile.
+    retry_in_flight: bool,
+    next_sequence: u64,
+}
+
+impl<T> Default for PartitionQueue<T> {
+    fn default() -> Self {
+        PartitionQueue {
+            batches: VecDeque::new(),
+            in_flight: 0,
+            retry_in_flight: false,
+            next_sequence: 0,
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct EpochState {
+    /// Batches of this epoch not yet acknowledged or failed for good.
+    unfinished: usize,
+    /// The first permanent failure among them.
+    error: Option<Error>,
+}
+
+/// The current sticky partition of a topic.
+#[derive(Debug)]
+pub(crate) struct StickyState {
+    partition: u32,
+    n_partitions: u32,
+}
+
+#[derive(Debug)]
+pub(crate) struct RecordAccumulator<T> {
+    config: AccumulatorConfig,
+    partitions: BTreeMap<TopicPartition, PartitionQueue<T>>,
+    /// Sticky partition for records without key and partition, per topic.
+    sticky: HashMap<String, StickyState>,
+    sticky_seed: u32,
+    /// Epoch given to new batches; bumped by every flush.
+    epoch: u64,
+    /// Batches of epochs up to this one are sent without waiting for linger.
+    flush_through: Option<u64>,
+    epochs: BTreeMap<u64, EpochState>,
+    /// Everything is ready at once and no new record is accepted.
+    closed: bool,
+}
+
+impl<T> RecordAccumulator<T> {
+    /// `sticky_seed` picks the first sticky partition of each topic (pass something
+    /// random so that producers started together spread out).
+    pub fn new(config: AccumulatorConfig, sticky_seed: u32) -> RecordAccumulator<T> {
+        assert!(config.max_in_flight > 0);
+        RecordAccumulator {
+            config,
+            partitions: BTreeMap::new(),
+            sticky: HashMap::new(),
+            sticky_seed,
+            epoch: 0,
+            flush_through: None,
+            epochs: BTreeMap::new(),
+            closed: false,
+        }
+    }
+
+    /// The partition for a record without key or explicit partition: the same one until
+    /// a batch of it is sent, then the next.
+    pub fn sticky_partition(&mut self, topic: &str, n_partitions: u32) -> u32 {
+        assert!(n_partitions > 0);
+        let seed = self.sticky_seed;
+        let state = self
+            .sticky
+            .entry(topic.to_string())
+            .or_insert_with(|| StickyState {
+                partition: seed % n_partitions,
+                n_partitions,
+            });
+        if state.n_partitions != n_partitions || state.partition >= n_partitions {
+            state.n_partitions = n_partitions;
+            state.partition = seed % n_partitions;
+        }
+        state.partition
+    }
+
+    /// Adds a record to the open batch of its partition, or a new batch. Returns
+    /// whether the sender should look again now (a new batch started a linger timer,
+    /// or a batch became full).
+    pub fn append(
+        &mut self,
+        tp: TopicPartition,
+        record: NewRecord,
+        handle: T,
+        now: Instant,
+    ) -> Result<bool> {
+        if self.closed {
+            return Err(Error::Closed);
+        }
+        let size = record.estimated_size();
+        let epoch = self.epoch;
+        let batch_size = self.config.batch_size;
+        let queue = self.partitions.entry(tp.clone()).or_default();
+        if let Some(open) = queue.batches.back_mut() {
+            let appendable = open.attempts == 0 && open.encoded.is_none() && open.epoch == epoch;
+            if appendable && open.size_bytes + size <= batch_size {
+                open.records.push(record);
+                open.handles.push(handle);
+                open.size_bytes += size;
+                return Ok(open.size_bytes >= batch_size);
+            }
+        }
+        let sequence = queue.next_sequence;
+        queue.next_sequence += 1;
+        queue.batches.push_back(ProducerBatch {
+            tp,
+            records: vec![record],
+            handles: vec![handle],
+            size_bytes: size,
+            attempts: 0,
+            encoded: None,
+            created: now,
+            not_before: None,
+            sequence,
+            epoch,
+        });
+        self.epochs.entry(epoch).or_default().unfinished += 1;
+        Ok(true)
+    }
+
+    fn is_ready(&self, queue: &PartitionQueue<T>, now: Instant) -> bool {
+        let Some(head) = queue.batches.front() else {
+            return false;
+        };
+        if queue.retry_in_flight {
+            return false;
+        }
+        if head.attempts > 0 {
+            return queue.in_flight == 0 && head.not_before.is_none_or(|t| now >= t);
+        }
+        queue.in_flight < self.config.max_in_flight
+            && (self.closed
+                || head.size_bytes >= self.config.batch_size
+                || queue.batches.len() > 1
+                || now >= head.created + self.config.linger
+                || self.flush_through.is_some_and(|e| head.epoch <= e))
+    }
+
+    /// Takes the ready batches, at most one per partition, stopping once their total
+    /// size passes `max_request_bytes` (at least one batch is taken if any is ready).
+    /// Each taken batch counts as in flight until [`complete`](Self::complete) or
+    /// [`retry`](Self::retry).
+    pub fn drain(&mut self, now: Instant, max_request_bytes: usize) -> Vec<ProducerBatch<T>> {
+        let ready: Vec<TopicPartition> = self
+            .partitions
+            .iter()
+            .filter(|(_, queue)| self.is_ready(queue, now))
+            .map(|(tp, _)| tp.clone())
+            .collect();
+        let mut drained = Vec::new();
+        let mut total = 0usize;
+        for tp in ready {
+            if !drained.is_empty() && total >= max_request_bytes {
+                break;
+            }
+            let Some(queue) = self.partitions.get_mut(&tp) else {
+                continue;
+            };
+            let Some(batch) = queue.batches.pop_front() else {
+                continue;
+            };
+            queue.in_flight += 1;
+            if batch.attempts > 0 {
+                queue.retry_in_flight = true;
+            }
+            if let Some(sticky) = self.sticky.get_mut(&tp.topic) {
+                if sticky.partition == tp.partition && sticky.n_partitions > 1 {
+                    sticky.partition = (sticky.partition + 1) % sticky.n_partitions;
+                }
+            }
+            total += batch.size_bytes;
+            drained.push(batch);
+        }
+        drained
+    }
+
+    /// When the next batch becomes ready by time alone (linger or retry backoff);
+    /// `None` if only a new record or a completion can make one ready.
+    pub fn next_wakeup(&self) -> Option<Instant> {
+        self.partitions
+            .values()
+            .filter(|queue| !queue.retry_in_flight)
+            .filter_map(|queue| {
+                let head = queue.batches.front()?;
+                if head.attempts > 0 {
+                    (queue.in_flight == 0).then_some(head.not_before?)
+                } else if queue.in_flight < self.config.max_in_flight {
+                    Some(head.created + self.config.linger)
+                } else {
+                    None
+                }
+            })
+            .min()
+    }
+
+    /// A drained batch is done: acknowledged (`Ok`) or failed for good.
+    pub fn complete(
+        &mut self,
+        tp: &TopicPartition,
+        attempts: u32,
+        epoch: u64,
+        outcome: Result<()>,
+    ) {
+        if let Some(queue) = self.partitions.get_mut(tp) {
+            assert!(queue.in_flight > 0, "completion without a batch in flight");
+            queue.in_flight -= 1;
+            if attempts > 0 {
+                queue.retry_in_flight = false;
+            }
+            if queue.in_flight == 0 && queue.batches.is_empty() {
+                self.partitions.remove(tp);
+            }
+        }
+        if let Some(state) = self.epochs.get_mut(&epoch) {
+            state.unfinished -= 1;
+            if let Err(e) = outcome {
+                state.error.get_or_insert(e);
+            }
+            if state.unfinished == 0 && state.error.is_none() {
+                self.epochs.remove(&epoch);
+            }
+        }
+    }
+
+    /// A drained batch failed in a way worth retrying: it goes back to the queue,
+    /// before every batch of its partition that was not sent yet, to be sent again
+    /// after `retry_backoff` once nothing else of the partition is in flight.
+    pub fn retry(&mut self, mut batch: ProducerBatch<T>, now: Instant) {
+        let queue = self.partitions.entry(batch.tp.clone()).or_default();
+        assert!(queue.in_flight > 0, "retry without a batch in flight");
+        queue.in_flight -= 1;
+        if batch.attempts > 0 {
+            queue.retry_in_flight = false;
+        }
+        batch.attempts += 1;
+        batch.not_before = Some(now + self.config.retry_backoff);
+        let position = queue
+            .batches
+            .iter()
+            .position(|b| b.sequence > batch.sequence)
+            .unwrap_or(queue.batches.len());
+        queue.batches.insert(position, batch);
+    }
+
+    /// Makes every batch created so far ready now; returns the epoch to pass to
+    /// [`flush_status`](Self::flush_status). Records appended afterwards go into new
+    /// batches and are not waited for.
+    pub fn begin_flush(&mut self) -> u64 {
+        let epoch = self.epoch;
+        self.flush_through = Some(epoch);
+        self.epoch += 1;
+        epoch
+    }
+
+    /// `None` while a batch of epoch `through` or earlier is unfinished; then the
+    /// first permanent failure among them (reported to one flush only).
+    pub fn flush_status(&mut self, through: u64) -> Option<Result<()>> {
+        if self
+            .epochs
+            .range(..=through)
+            .any(|(_, state)| state.unfinished > 0)
+        {
+            return None;
+        }
+        let finished: Vec<u64> = self.epochs.range(..=through).map(|(e, _)| *e).collect();
+        let mut first_error = None;
+        for epoch in finished {
+            if let Some(state) = self.epochs.remove(&epoch) {
+                if first_error.is_none() {
+                    first_error = state.error;
+                }
+            }
+        }
+        Some(first_error.map_or(Ok(()), Err))
+    }
+
+    /// Stops accepting records and makes everything ready at once.
+    pub fn close(&mut self) {
+        self.closed = true;
+    }
+
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// No batch is queued or in flight.
+    pub fn is_empty(&self) -> bool {
+        self.partitions.is_empty()
+    }
+}
+
+impl<T> ProducerBatch<T> {
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_wire::ErrorCode;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    fn config() -> AccumulatorConfig {
+        AccumulatorConfig {
+            batch_size: 1000,
+            linger: 5 * MS,
+            max_in_flight: 2,
+            retry_backoff: 100 * MS,
+        }
+    }
+
+    fn tp(partition: u32) -> TopicPartition {
+        TopicPartition {
+            topic: "t".into(),
+            partition,
+        }
+    }
+
+    /// A record whose estimated size is exactly `size` bytes.
+    fn record(size: usize) -> NewRecord {
+        let overhead = NewRecord::default().estimated_size();
+        NewRecord {
+            value: Some(Bytes::from(vec![0u8; size - overhead])),
+            ..NewRecord::default()
+        }
+    }
+
+    /// Handles of drained batches, as `(partition, [handle ids])`.
+    fn ids(batches: &[ProducerBatch<u32>]) -> Vec<(u32, Vec<u32>)> {
+        batches
+            .iter()
+            .map(|b| (b.tp.partition, b.handles.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn a_batch_waits_for_linger_unless_full() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        assert!(acc.append(tp(0), record(400), 1, t0).unwrap());
+        assert!(!acc.append(tp(0), record(400), 2, t0).unwrap());
+        assert!(acc.drain(t0 + 4 * MS, usize::MAX).is_empty());
+        assert_eq!(acc.next_wakeup(), Some(t0 + 5 * MS));
+        assert_eq!(
+            ids(&acc.drain(t0 + 5 * MS, usize::MAX)),
+            vec![(0, vec![1, 2])]
+        );
+
+        // Filling the batch makes it ready at once and starts the next one.
+        let t1 = t0 + 10 * MS;
+        acc.append(tp(1), record(500), 3, t1).unwrap();
+        assert!(
+            acc.append(tp(1), record(500), 4, t1).unwrap(),
+            "full batch wakes the sender"
+        );
+        acc.append(tp(1), record(500), 5, t1).unwrap();
+        assert_eq!(ids(&acc.drain(t1, usize::MAX)), vec![(1, vec![3, 4])]);
+        assert_eq!(ids(&acc.drain(t1 + 5 * MS, usize::MAX)), vec![(1, vec![5])]);
+    }
+
+    #[test]
+    fn an_oversized_record_gets_a_batch_of_its_own() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(100), 1, t0).unwrap();
+        acc.append(tp(0), record(5000), 2, t0).unwrap();
+        acc.append(tp(0), record(100), 3, t0).unwrap();
+        // Two batches queued: the first is ready (a later one exists), and so is the
+        // full second one, but one per partition per drain.
+        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![1])]);
+        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![2])]);
+        assert!(
+            acc.drain(t0, usize::MAX).is_empty(),
+            "in-flight limit 2 reached"
+        );
+    }
+
+    #[test]
+    fn in_flight_limit_and_completion() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        for id in 0..4 {
+            acc.append(tp(0), record(1000), id, t0).unwrap();
+        }
+        let first = acc.drain(t0, usize::MAX);
+        let second = acc.drain(t0, usize::MAX);
+        assert!(acc.drain(t0, usize::MAX).is_empty());
+        assert_eq!(acc.next_wakeup(), None, "blocked until a completion");
+        acc.complete(&first[0].tp, 0, first[0].epoch(), Ok(()));
+        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![2])]);
+        acc.complete(&second[0].tp, 0, second[0].epoch(), Ok(()));
+        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![3])]);
+    }
+
+    #[test]
+    fn several_partitions_drain_together_up_to_the_request_size() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        for p in 0..4 {
+            acc.append(tp(p), record(600), p, t0).unwrap();
+        }
+        let at = t0 + 5 * MS;
+        assert_eq!(ids(&acc.drain(at, 1000)), vec![(0, vec![0]), (1, vec![1])]);
+        assert_eq!(
+            ids(&acc.drain(at, usize::MAX)),
+            vec![(2, vec![2]), (3, vec![3])]
+        );
+    }
+
+    #[test]
+    fn retries_go_first_alone_and_in_order() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        for id in 0..3 {
+            acc.append(tp(0), record(1000), id, t0).unwrap();
+        }
+        let mut a = acc.drain(t0, usize::MAX);
+        let mut b = acc.drain(t0, usize::MAX);
+        // Both fail (say, the connection dropped); completions arrive in reverse.
+        let t1 = t0 + MS;
+        acc.retry(b.remove(0), t1);
+        assert!(
+            acc.drain(t1, usize::MAX).is_empty(),
+            "retry waits for in-flight batch"
+        );
+        acc.retry(a.remove(0), t1);
+        assert!(acc.drain(t1, usize::MAX).is_empty(), "retry backoff");
+        assert_eq!(acc.next_wakeup(), Some(t1 + 100 * MS));
+        let t2 = t1 + 100 * MS;
+        let retried = acc.drain(t2, usize::MAX);
+        assert_eq!(ids(&retried), vec![(0, vec![0])]);
+        assert_eq!(retried[0].attempts, 1);
+        assert!(
+            acc.drain(t2, usize::MAX).is_empty(),
+            "nothing passes a retry in flight"
+        );
+        acc.complete(&retried[0].tp, 1, retried[0].epoch(), Ok(()));
+        let retried = acc.drain(t2, usize::MAX);
+        assert_eq!(ids(&retried), vec![(0, vec![1])]);
+        acc.complete(&retried[0].tp, 1, retried[0].epoch(), Ok(()));
+        assert_eq!(ids(&acc.drain(t2, usize::MAX)), vec![(0, vec![2])]);
+    }
+
+    #[test]
+    fn flush_makes_batches_ready_and_reports_failures_once() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(100), 1, t0).unwrap();
+        acc.append(tp(1), record(100), 2, t0).unwrap();
+        let epoch = acc.begin_flush();
+        assert_eq!(acc.flush_status(epoch).map(|r| r.is_ok()), None);
+        // A record after the flush starts a new batch that lingers as usual.
+        acc.append(tp(0), record(100), 3, t0).unwrap();
+        let drained = acc.drain(t0, usize::MAX);
+        assert_eq!(ids(&drained), vec![(0, vec![1]), (1, vec![2])]);
+        acc.complete(&drained[0].tp, 0, drained[0].epoch(), Ok(()));
+        assert!(acc.flush_status(epoch).is_none());
+        let failure = Error::broker(ErrorCode::MessageTooLarge, "too big");
+        acc.complete(&drained[1].tp, 0, drained[1].epoch(), Err(failure));
+        let status = acc.flush_status(epoch).expect("flush finished");
+        assert_eq!(status.unwrap_err().code(), Some(ErrorCode::MessageTooLarge));
+        assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
+        // The later batch is unaffected by the finished flush.
+        assert!(acc.drain(t0 + MS, usize::MAX).is_empty());
+        assert_eq!(ids(&acc.drain(t0 + 5 * MS, usize::MAX)), vec![(0, vec![3])]);
+    }
+
+    #[test]
+    fn flush_with_nothing_buffered_is_done_at_once() {
+        let mut acc: RecordAccumulator<u32> = RecordAccumulator::new(config(), 0);
+        let epoch = acc.begin_flush();
+        assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
+    }
+
+    #[test]
+    fn sticky_partition_moves_on_when_its_batch_is_sent() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 7);
+        let first = acc.sticky_partition("t", 3);
+        assert_eq!(first, 7 % 3);
+        assert_eq!(acc.sticky_partition("t", 3), first);
+        acc.append(tp(first), record(100), 1, t0).unwrap();
+        acc.drain(t0 + 5 * MS, usize::MAX);
+        let second = acc.sticky_partition("t", 3);
+        assert_ne!(second, first);
+        // A different partition count (topic recreated) resets it into range.
+        assert!(acc.sticky_partition("t", 1) == 0);
+    }
+
+    #[test]
+    fn close_sends_everything_and_refuses_new_records() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(100), 1, t0).unwrap();
+        acc.close();
+        assert!(matches!(
+            acc.append(tp(0), record(100), 2, t0),
+            Err(Error::Closed)
+        ));
+        let drained = acc.drain(t0, usize::MAX);
+        assert_eq!(ids(&drained), vec![(0, vec![1])]);
+        assert!(!acc.is_empty());
+        acc.complete(&drained[0].tp, 0, drained[0].epoch(), Ok(()));
+        assert!(acc.is_empty());
+    }
+}

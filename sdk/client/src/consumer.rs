@@ -1,0 +1,780 @@
+//! The consumer: reads assigned partitions from chosen positions, with one fetch
+//! request kept in flight in the background while the caller processes records.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use meridian_wire::batch::{decode_records, split_fetched_batches, Header};
+use meridian_wire::messages::{
+    ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
+    LATEST_TIMESTAMP,
+};
+use meridian_wire::ErrorCode;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::accumulator::TopicPartition;
+use crate::admin::Offset;
+use crate::client::{unexpected, Client};
+use crate::error::{Error, Result};
+
+/// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
+/// before the error is reported by [`Consumer::poll`]; fetching goes on either way.
+const QUIET_FETCH_FAILURES: u32 = 5;
+const FETCH_BACKOFF_MIN: Duration = Duration::from_millis(100);
+const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
+/// Fetch results buffered between the background task and `poll` (bytes are bounded
+/// separately by `prefetch_bytes`).
+const RESULT_QUEUE_LEN: usize = 4;
+
+/// Consumer settings; the defaults match Kafka's where the concept is the same.
+///
+/// ```
+/// use std::time::Duration;
+/// use meridian_client::ConsumerConfig;
+/// let config = ConsumerConfig {
+///     fetch_max_wait: Duration::from_millis(100),
+///     ..ConsumerConfig::default()
+/// };
+/// assert_eq!(config.max_partition_fetch_bytes, 1024 * 1024);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ConsumerConfig {
+    /// How long the broker may hold a fetch waiting for `fetch_min_bytes`. Default 500 ms.
+    pub fetch_max_wait: Duration,
+    /// Bytes the broker waits for before answering a fetch. Default 1.
+    pub fetch_min_bytes: u32,
+    /// Bytes per fetch response, all partitions together. Default 50 MiB.
+    pub fetch_max_bytes: u32,
+    /// Bytes per partition per fetch response. Default 1 MiB.
+    pub max_partition_fetch_bytes: u32,
+    /// Record bytes fetched ahead of [`Consumer::poll`]; the background fetch waits
+    /// while this much is buffered. Default 64 MiB.
+    pub prefetch_bytes: usize,
+}
+
+impl Default for ConsumerConfig {
+    fn default() -> Self {
+        ConsumerConfig {
+            fetch_max_wait: Duration::from_millis(500),
+            fetch_min_bytes: 1,
+            fetch_max_bytes: 50 * 1024 * 1024,
+            max_partition_fetch_bytes: 1024 * 1024,
+            prefetch_bytes: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// One record read from a partition.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConsumerRecord {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub timestamp: i64,
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+}
+
+#[derive(Debug)]
+struct PartitionState {
+    /// Offset of the next record `poll` returns.
+    position: i64,
+    high_watermark: Option<i64>,
+    /// Stopped after a partition error, until the next `seek` or `assign`.
+    paused: bool,
+}
+
+/// Reads records from assigned partitions (no consumer groups yet: the caller picks
+/// partitions and positions).
+///
+/// A background task keeps one fetch request in flight for all assigned partitions
+/// while the caller processes records, bounded by
+/// [`ConsumerConfig::prefetch_bytes`]. Records of a partition come in offset order,
+/// never duplicated and never skipped. A partition error (for example
+/// [`ErrorCode::OffsetOutOfRange`]) is returned by the next [`poll`](Consumer::poll)
+/// and pauses that partition until it is sought or assigned again.
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use std::time::Duration;
+/// use meridian_client::{ConsumerConfig, Offset};
+/// let mut consumer = client.consumer(ConsumerConfig::default());
+/// let partitions = consumer.assign_all("orders").await?;
+/// for p in &partitions {
+///     consumer.seek("orders", *p, Offset::Earliest).await?;
+/// }
+/// loop {
+///     for record in consumer.poll(Duration::from_secs(1)).await? {
+///         println!("{}/{}@{}: {:?}", record.topic, record.partition, record.offset, record.value);
+///     }
+/// }
+/// # }
+/// ```
+pub struct Consumer {
+    client: Client,
+    config: ConsumerConfig,
+    partitions: BTreeMap<TopicPartition, PartitionState>,
+    fetcher: Option<Fetcher>,
+    /// An error to return from the next `poll`.
+    pending_error: Option<Error>,
+}
+
+/// The background fetch task and its output. Dropping it stops the task and throws
+/// away what it fetched but `poll` did not return yet (positions only advance when
+/// `poll` returns records, so nothing is lost).
+struct Fetcher {
+    task: JoinHandle<()>,
+    results: mpsc::Receiver<FetchResult>,
+    /// One permit per prefetched byte not yet returned by `poll`.
+    budget: Arc<Semaphore>,
+}
+
+impl Drop for Fetcher {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one fetch request yielded.
+#[derive(Debug, Default)]
+struct FetchResult {
+    partitions: Vec<PartitionFetch>,
+    /// Budget permits held by these records, returned once `poll` hands them out.
+    reserved_bytes: usize,
+    /// A request-level failure worth reporting.
+    error: Option<Error>,
+}
+
+#[derive(Debug)]
+struct PartitionFetch {
+    tp: TopicPartition,
+    records: Vec<ConsumerRecord>,
+    /// Where the next fetch of this partition starts.
+    next_offset: i64,
+    high_watermark: Option<i64>,
+    /// The partition stopped with this error.
+    error: Option<Error>,
+}
+
+impl Consumer {
+    pub(crate) fn new(client: Client, config: ConsumerConfig) -> Consumer {
+        let config = ConsumerConfig {
+            fetch_max_bytes: config.fetch_max_bytes.max(1),
+            max_partition_fetch_bytes: config.max_partition_fetch_bytes.max(1),
+            prefetch_bytes: config.prefetch_bytes.clamp(1, u32::MAX as usize),
+            ..config
+        };
+        Consumer {
+            client,
+            config,
+            partitions: BTreeMap::new(),
+            fetcher: None,
+            pending_error: None,
+        }
+    }
+
+    /// Assigns `partitions` of `topic`, replacing the earlier assignment of that topic.
+    /// Partitions that stay assigned keep their position; new ones start at
+    /// [`Offset::Latest`] unless [`seek`](Consumer::seek) is called.
+    pub async fn assign(&mut self, topic: &str, partitions: &[u32]) -> Result<()> {
+        let n_partitions = self.client.partition_count(topic).await?;
+        let mut wanted: Vec<u32> = partitions.to_vec();
+        wanted.sort_unstable();
+        wanted.dedup();
+        if let Some(bad) = wanted.iter().find(|p| **p >= n_partitions) {
+            return Err(Error::broker(
+                ErrorCode::InvalidPartition,
+                format!(
+                    "partition {bad} does not exist: topic `{topic}` has {n_partitions} partitions"
+                ),
+            ));
+        }
+        let new: Vec<(u32, i64)> = wanted
+            .iter()
+            .filter(|p| !self.partitions.contains_key(&tp(topic, **p)))
+            .map(|p| (*p, LATEST_TIMESTAMP))
+            .collect();
+        let mut resolved = Vec::with_capacity(new.len());
+        if !new.is_empty() {
+            for (partition, offset) in self.client.admin().list_offsets_many(topic, &new).await? {
+                resolved.push((partition, offset?));
+            }
+        }
+        self.partitions
+            .retain(|key, _| key.topic != topic || wanted.contains(&key.partition));
+        for (partition, position) in resolved {
+            self.partitions.insert(
+                tp(topic, partition),
+                PartitionState {
+                    position,
+                    high_watermark: None,
+                    paused: false,
+                },
+            );
+        }
+        self.restart_fetching();
+        Ok(())
+    }
+
+    /// Assigns every partition of `topic` and returns them.
+    pub async fn assign_all(&mut self, topic: &str) -> Result<Vec<u32>> {
+        let n_partitions = self.client.partition_count(topic).await?;
+        let partitions: Vec<u32> = (0..n_partitions).collect();
+        self.assign(topic, &partitions).await?;
+        Ok(partitions)
+    }
+
+    /// Stops reading every partition of `topic`.
+    pub fn unassign(&mut self, topic: &str) {
+        self.partitions.retain(|key, _| key.topic != topic);
+        self.restart_fetching();
+    }
+
+    /// The assigned partitions, sorted.
+    pub fn assignment(&self) -> Vec<(String, u32)> {
+        self.partitions
+            .keys()
+            .map(|key| (key.topic.clone(), key.partition))
+            .collect()
+    }
+
+    /// Moves the position of an assigned partition. `Earliest`, `Latest` and
+    /// `Timestamp` are resolved with the broker now. Resumes a partition paused by an
+    /// error.
+    pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<()> {
+        let key = tp(topic, partition);
+        if !self.partitions.contains_key(&key) {
+            return Err(Error::Config(format!(
+                "cannot seek {topic}/{partition}: the partition is not assigned"
+            )));
+        }
+        if let Offset::At(offset) = to {
+            if offset < 0 {
+                return Err(Error::Config(format!("offset {offset} is negative")));
+            }
+        }
+        let position = self
+            .client
+            .admin()
+            .list_offsets(topic, partition, to)
+            .await?;
+        if let Some(state) = self.partitions.get_mut(&key) {
+            state.position = position;
+            state.paused = false;
+        }
+        self.restart_fetching();
+        Ok(())
+    }
+
+    /// The offset of the next record [`poll`](Consumer::poll) returns for a partition.
+    pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.partitions
+            .get(&tp(topic, partition))
+            .map(|state| state.position)
+    }
+
+    /// The partition's high watermark as last seen in a fetch response (for lag and
+    /// "caught up" checks): caught up when `position >= high_watermark`.
+    pub fn high_watermark(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.partitions
+            .get(&tp(topic, partition))
+            .and_then(|state| state.high_watermark)
+    }
+
+    /// Returns prefetched records, or waits up to `timeout` for a fetch to bring some;
+    /// an empty vector when none came. A partition error is returned as `Err` (after
+    /// the records fetched together with it).
+    pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        if let Some(error) = self.pending_error.take() {
+            return Err(error);
+        }
+        if self.partitions.is_empty() {
+            return Err(Error::Config("no partitions are assigned".into()));
+        }
+        let deadline = Instant::now() + timeout;
+        if self.fetcher.is_none() {
+            self.fetcher = self.start_fetcher();
+        }
+        loop {
+            let Some(fetcher) = self.fetcher.as_mut() else {
+                // Every partition is paused after an error: nothing to fetch.
+                tokio::time::sleep_until(deadline).await;
+                return Ok(Vec::new());
+            };
+            let result = match tokio::time::timeout_at(deadline, fetcher.results.recv()).await {
+                Err(_elapsed) => return Ok(Vec::new()),
+                Ok(Some(result)) => result,
+                Ok(None) => {
+                    // The task stopped (a request-level error it already reported, or
+                    // nothing left to fetch); start afresh at the next poll.
+                    self.fetcher = None;
+                    tokio::time::sleep_until(deadline).await;
+                    return Ok(Vec::new());
+                }
+            };
+            fetcher.budget.add_permits(result.reserved_bytes);
+            let records = self.apply(result);
+            if !records.is_empty() {
+                return Ok(records);
+            }
+            if let Some(error) = self.pending_error.take() {
+                return Err(error);
+            }
+        }
+    }
+
+    /// Moves positions past the fetched records and returns them; keeps the first
+    /// error for the caller.
+    fn apply(&mut self, result: FetchResult) -> Vec<ConsumerRecord> {
+        let mut records = Vec::new();
+        for fetched in result.partitions {
+            let Some(state) = self.partitions.get_mut(&fetched.tp) else {
+                continue;
+            };
+            // The fetcher starts from our positions and is replaced whenever they
+            // change, so its results continue exactly where we are.
+            debug_assert!(fetched
+                .records
+                .first()
+                .is_none_or(|r| r.offset >= state.position));
+            state.position = fetched.next_offset;
+            if fetched.high_watermark.is_some() {
+                state.high_watermark = fetched.high_watermark;
+            }
+            records.extend(fetched.records);
+            if let Some(error) = fetched.error {
+                state.paused = true;
+                self.pending_error.get_or_insert(error);
+            }
+        }
+        if let Some(error) = result.error {
+            self.pending_error.get_or_insert(error);
+        }
+        records
+    }
+
+    fn restart_fetching(&mut self) {
+        self.fetcher = None;
+    }
+
+    fn start_fetcher(&self) -> Option<Fetcher> {
+        let positions: BTreeMap<TopicPartition, i64> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| !state.paused)
+            .map(|(key, state)| (key.clone(), state.position))
+            .collect();
+        if positions.is_empty() {
+            return None;
+        }
+        let budget = Arc::new(Semaphore::new(self.config.prefetch_bytes));
+        let (sender, results) = mpsc::channel(RESULT_QUEUE_LEN);
+        let task = tokio::spawn(run_fetcher(
+            self.client.clone(),
+            self.config.clone(),
+            positions,
+            budget.clone(),
+            sender,
+        ));
+        Some(Fetcher {
+            task,
+            results,
+            budget,
+        })
+    }
+}
+
+fn tp(topic: &str, partition: u32) -> TopicPartition {
+    TopicPartition {
+        topic: topic.to_string(),
+        partition,
+    }
+}
+
+/// The background fetch loop: one request at a time for every partition still being
+/// read, each waiting for budget first.
+async fn run_fetcher(
+    client: Client,
+    config: ConsumerConfig,
+    mut positions: BTreeMap<TopicPartition, i64>,
+    budget: Arc<Semaphore>,
+    results: mpsc::Sender<FetchResult>,
+) {
+    let reserve = (config.fetch_max_bytes as usize).min(config.prefetch_bytes);
+    let request_timeout = client.config().request_timeout + config.fetch_max_wait;
+    let mut failures = 0u32;
+    let mut backoff = FETCH_BACKOFF_MIN;
+    while !positions.is_empty() {
+        let Ok(permit) = budget.acquire_many(reserve as u32).await else {
+            return;
+        };
+        permit.forget();
+        let request = fetch_request(&config, &positions, reserve as u32);
+        let response = match client.request_with_timeout(request, request_timeout).await {
+            Ok(Response::Fetch(response)) => Ok(response),
+            Ok(other) => Err(unexpected(ApiKey::Fetch, &other)),
+            Err(e) => Err(e),
+        };
+        let response = match response {
+            Ok(response) => response,
+            Err(error) => {
+                budget.add_permits(reserve);
+                failures += 1;
+                let retriable = error.is_retriable();
+                if !retriable || failures >= QUIET_FETCH_FAILURES {
+                    let report = FetchResult {
+                        error: Some(error.clone()),
+                        ..FetchResult::default()
+                    };
+                    if results.send(report).await.is_err() || !retriable {
+                        return;
+                    }
+                    failures = 0;
+                }
+                tracing::debug!(%error, ?backoff, "fetch failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+                continue;
+            }
+        };
+        failures = 0;
+        let (result, stalled) = read_response(&response, &mut positions, reserve);
+        // Give back the budget the response did not use.
+        budget.add_permits(reserve - result.reserved_bytes);
+        if results.send(result).await.is_err() {
+            return;
+        }
+        if stalled {
+            // Only retriable partition errors came back: don't hammer the broker.
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+        } else {
+            backoff = FETCH_BACKOFF_MIN;
+        }
+    }
+}
+
+fn fetch_request(
+    config: &ConsumerConfig,
+    positions: &BTreeMap<TopicPartition, i64>,
+    max_bytes: u32,
+) -> Request {
+    let mut topics: Vec<FetchTopic> = Vec::new();
+    for (key, position) in positions {
+        let partition = FetchPartition {
+            partition: key.partition,
+            fetch_offset: *position,
+            partition_max_bytes: config.max_partition_fetch_bytes.min(max_bytes),
+        };
+        match topics.last_mut() {
+            Some(topic) if topic.name == key.topic => topic.partitions.push(partition),
+            _ => topics.push(FetchTopic {
+                name: key.topic.clone(),
+                partitions: vec![partition],
+            }),
+        }
+    }
+    Request::Fetch(FetchRequest {
+        max_wait_ms: u32::try_from(config.fetch_max_wait.as_millis()).unwrap_or(u32::MAX),
+        min_bytes: config.fetch_min_bytes,
+        max_bytes,
+        topics,
+    })
+}
+
+/// Turns a fetch response into records, advancing `positions`; partitions that fail
+/// for good are removed from `positions`. Returns whether no partition made progress
+/// because of retriable errors (so the caller should back off).
+fn read_response(
+    response: &FetchResponse,
+    positions: &mut BTreeMap<TopicPartition, i64>,
+    reserve: usize,
+) -> (FetchResult, bool) {
+    let mut result = FetchResult::default();
+    let mut bytes = 0usize;
+    let mut retriable_errors = 0usize;
+    let mut progressed = false;
+    for topic in &response.topics {
+        for answer in &topic.partitions {
+            let key = tp(&topic.name, answer.partition);
+            let Some(position) = positions.get(&key).copied() else {
+                continue;
+            };
+            let high_watermark = Some(answer.high_watermark).filter(|hw| *hw >= 0);
+            if !answer.error.is_ok() {
+                if answer.error.is_retriable() {
+                    retriable_errors += 1;
+                    tracing::debug!(topic = %key.topic, partition = key.partition, error = %answer.error, "fetch partition error; retrying");
+                    continue;
+                }
+                let detail = if answer.message.is_empty() {
+                    answer.error.description().to_string()
+                } else {
+                    answer.message.clone()
+                };
+                let error = Error::broker(
+                    answer.error,
+                    format!(
+                        "{}/{} at offset {position}: {detail}",
+                        key.topic, key.partition
+                    ),
+                );
+                positions.remove(&key);
+                result.partitions.push(PartitionFetch {
+                    tp: key,
+                    records: Vec::new(),
+                    next_offset: position,
+                    high_watermark,
+                    error: Some(error),
+                });
+                progressed = true;
+                continue;
+            }
+            bytes += answer.records.len();
+            let (records, next_offset, error) =
+                decode_partition(&key, answer.records.clone(), position);
+            if next_offset != position || error.is_some() {
+                progressed = true;
+            }
+            if error.is_some() {
+                positions.remove(&key);
+            } else {
+                positions.insert(key.clone(), next_offset);
+            }
+            result.partitions.push(PartitionFetch {
+                tp: key,
+                records,
+                next_offset,
+                high_watermark,
+                error,
+            });
+        }
+    }
+    result.reserved_bytes = bytes.min(reserve);
+    let stalled = !progressed && retriable_errors > 0;
+    (result, stalled)
+}
+
+/// Decodes the batches fetched for one partition starting at `position`: skips
+/// records below it (a fetch returns whole batches) and control batches. Returns the
+/// records, the next position, and an error that stops the partition.
+fn decode_partition(
+    key: &TopicPartition,
+    bytes: Bytes,
+    mut position: i64,
+) -> (Vec<ConsumerRecord>, i64, Option<Error>) {
+    let mut records = Vec::new();
+    let had_bytes = !bytes.is_empty();
+    let start = position;
+    for batch in split_fetched_batches(bytes) {
+        let (header, batch) = match batch {
+            Ok(ok) => ok,
+            Err(e) => {
+                let error = Error::Protocol(format!(
+                    "{}/{}: corrupt batch at offset {position}: {e}",
+                    key.topic, key.partition
+                ));
+                return (records, position, Some(error));
+            }
+        };
+        if header.last_offset() < position {
+            continue;
+        }
+        if !header.is_control() {
+            let decoded = match decode_records(&header, &batch) {
+                Ok(decoded) => decoded,
+                Err(e) => {
+                    let error = Error::Protocol(format!(
+                        "{}/{}: cannot decode batch at offset {}: {e}",
+                        key.topic, key.partition, header.base_offset
+                    ));
+                    return (records, position, Some(error));
+                }
+            };
+            records.extend(
+                decoded
+                    .into_iter()
+                    .filter(|record| record.offset >= position)
+                    .map(|record| ConsumerRecord {
+                        topic: key.topic.clone(),
+                        partition: key.partition,
+                        offset: record.offset,
+                        timestamp: record.timestamp,
+                        key: record.key,
+                        value: record.value,
+                        headers: record.headers,
+                    }),
+            );
+        }
+        position = header.last_offset() + 1;
+    }
+    if had_bytes && position == start {
+        // Bytes came back but not one whole batch at our position: a batch larger
+        // than the fetch size, which the broker should never send cut.
+        let error = Error::Protocol(format!(
+            "{}/{}: fetch at offset {start} returned no complete batch; raise max_partition_fetch_bytes",
+            key.topic, key.partition
+        ));
+        return (records, position, Some(error));
+    }
+    (records, position, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_wire::batch::{
+        encode_batch, patch_batch, Compression, NewRecord, ProducerIdentity,
+    };
+    use meridian_wire::messages::{FetchPartitionResponse, FetchTopicResponse};
+
+    /// A batch of `n` records placed at `base_offset`, as the broker stores it.
+    fn batch(base_offset: i64, n: usize, compression: Compression) -> Bytes {
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| NewRecord {
+                timestamp: 1000 + i as i64,
+                key: Some(Bytes::from(format!("k{i}"))),
+                value: Some(Bytes::from(format!("v{}", base_offset + i as i64))),
+                headers: vec![],
+            })
+            .collect();
+        let encoded = encode_batch(&records, compression, ProducerIdentity::NONE).unwrap();
+        let mut bytes = encoded.to_vec();
+        patch_batch(&mut bytes, base_offset, 0);
+        Bytes::from(bytes)
+    }
+
+    fn key() -> TopicPartition {
+        tp("t", 0)
+    }
+
+    fn offsets(records: &[ConsumerRecord]) -> Vec<i64> {
+        records.iter().map(|r| r.offset).collect()
+    }
+
+    #[test]
+    fn records_below_the_position_are_skipped() {
+        let mut bytes = batch(0, 5, Compression::None).to_vec();
+        bytes.extend_from_slice(&batch(5, 3, Compression::Zstd));
+        let (records, next, error) = decode_partition(&key(), Bytes::from(bytes), 3);
+        assert!(error.is_none());
+        assert_eq!(offsets(&records), vec![3, 4, 5, 6, 7]);
+        assert_eq!(next, 8);
+        assert_eq!(records[2].value.as_deref(), Some(&b"v5"[..]));
+        assert_eq!(records[0].key.as_deref(), Some(&b"k3"[..]));
+    }
+
+    #[test]
+    fn a_truncated_trailing_batch_is_left_for_the_next_fetch() {
+        let mut bytes = batch(10, 2, Compression::Lz4).to_vec();
+        let second = batch(12, 2, Compression::None);
+        bytes.extend_from_slice(&second[..second.len() - 3]);
+        let (records, next, error) = decode_partition(&key(), Bytes::from(bytes), 10);
+        assert!(error.is_none());
+        assert_eq!(offsets(&records), vec![10, 11]);
+        assert_eq!(next, 12);
+    }
+
+    #[test]
+    fn no_progress_and_corruption_are_errors() {
+        let whole = batch(0, 2, Compression::None);
+        let cut = whole.slice(..whole.len() - 1);
+        let (_, next, error) = decode_partition(&key(), cut, 0);
+        assert_eq!(next, 0);
+        assert!(matches!(error, Some(Error::Protocol(_))));
+
+        let mut corrupt = whole.to_vec();
+        let last = corrupt.len() - 1;
+        corrupt[last] ^= 0xff;
+        let (_, _, error) = decode_partition(&key(), Bytes::from(corrupt), 0);
+        assert!(matches!(error, Some(Error::Protocol(_))));
+
+        let (records, next, error) = decode_partition(&key(), Bytes::new(), 7);
+        assert!(records.is_empty() && error.is_none());
+        assert_eq!(next, 7);
+    }
+
+    fn partition_answer(
+        partition: u32,
+        error: ErrorCode,
+        records: Bytes,
+    ) -> FetchPartitionResponse {
+        FetchPartitionResponse {
+            partition,
+            error,
+            message: String::new(),
+            high_watermark: 20,
+            log_start_offset: 0,
+            records,
+        }
+    }
+
+    #[test]
+    fn fetch_responses_advance_positions_and_pause_failed_partitions() {
+        let mut positions = BTreeMap::from([(tp("t", 0), 0), (tp("t", 1), 4), (tp("t", 2), 0)]);
+        let response = FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    partition_answer(0, ErrorCode::None, batch(0, 3, Compression::None)),
+                    partition_answer(1, ErrorCode::OffsetOutOfRange, Bytes::new()),
+                    partition_answer(2, ErrorCode::StorageError, Bytes::new()),
+                ],
+            }],
+        };
+        let (result, stalled) = read_response(&response, &mut positions, 1 << 20);
+        assert!(!stalled);
+        assert_eq!(
+            positions,
+            BTreeMap::from([(tp("t", 0), 3), (tp("t", 2), 0)])
+        );
+        assert_eq!(result.partitions.len(), 2);
+        assert_eq!(offsets(&result.partitions[0].records), vec![0, 1, 2]);
+        assert_eq!(result.partitions[0].high_watermark, Some(20));
+        let error = result.partitions[1].error.as_ref().unwrap();
+        assert_eq!(error.code(), Some(ErrorCode::OffsetOutOfRange));
+        assert!(error.to_string().contains("t/1 at offset 4"));
+        assert!(result.reserved_bytes > 0);
+
+        // Only retriable errors: the fetcher should back off.
+        let response = FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![partition_answer(2, ErrorCode::StorageError, Bytes::new())],
+            }],
+        };
+        let (_, stalled) = read_response(&response, &mut positions, 1 << 20);
+        assert!(stalled);
+    }
+
+    #[test]
+    fn fetch_requests_group_partitions_by_topic() {
+        let positions = BTreeMap::from([(tp("a", 0), 5), (tp("a", 1), 6), (tp("b", 0), 7)]);
+        let Request::Fetch(request) = fetch_request(&ConsumerConfig::default(), &positions, 4096)
+        else {
+            panic!("not a fetch");
+        };
+        assert_eq!(request.max_bytes, 4096);
+        assert_eq!(request.max_wait_ms, 500);
+        assert_eq!(request.topics.len(), 2);
+        assert_eq!(request.topics[0].partitions.len(), 2);
+        assert_eq!(request.topics[0].partitions[1].fetch_offset, 6);
+        assert_eq!(request.topics[0].partitions[1].partition_max_bytes, 4096);
+        assert_eq!(request.topics[1].name, "b");
+    }
+
+    #[test]
+    fn consumer_defaults() {
+        let config = ConsumerConfig::default();
+        assert_eq!(config.fetch_max_wait, Duration::from_millis(500));
+        assert_eq!(config.fetch_min_bytes, 1);
+        assert_eq!(config.fetch_max_bytes, 50 << 20);
+        assert_eq!(config.max_partition_fetch_bytes, 1 << 20);
+        assert_eq!(config.prefetch_bytes, 64 << 20);
+    }
+}

@@ -1,0 +1,727 @@
+//! The producer: per-partition batching, client-side compression, Kafka-compatible
+//! partitioning, backpressure and retries.
+
+use std::collections::hash_map::RandomState;
+use std::future::Future;
+use std::hash::BuildHasher;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use meridian_wire::batch::{encode_batch, Compression, Header, NewRecord, ProducerIdentity};
+use meridian_wire::messages::{
+    ApiKey, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, Request, Response,
+};
+use meridian_wire::ErrorCode;
+use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
+
+use crate::accumulator::{AccumulatorConfig, ProducerBatch, RecordAccumulator, TopicPartition};
+use crate::client::{unexpected, Client};
+use crate::error::{Error, Result};
+use crate::partitioner::partition_for_key;
+
+/// Pause before a failed batch is sent again.
+const RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Soft limit on the record bytes of one produce request (several partitions' batches
+/// are grouped up to this size; one oversized batch still goes alone).
+const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
+
+/// How many replicas must have a record before it is acknowledged.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Acks {
+    /// `0`: no acknowledgement; the broker sends no response. Offsets are unknown (-1).
+    None,
+    /// `1`: the partition leader wrote it.
+    Leader,
+    /// `-1` / `all`: every in-sync replica has it.
+    All,
+}
+
+impl Acks {
+    /// The value carried in produce requests.
+    pub fn wire_value(self) -> i8 {
+        match self {
+            Acks::None => 0,
+            Acks::Leader => 1,
+            Acks::All => -1,
+        }
+    }
+}
+
+impl std::str::FromStr for Acks {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Acks> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "0" | "none" => Ok(Acks::None),
+            "1" | "leader" => Ok(Acks::Leader),
+            "all" | "-1" => Ok(Acks::All),
+            other => Err(Error::Config(format!(
+                "acks `{other}` is invalid: expected 0, 1, all or -1"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Acks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Acks::None => "0",
+            Acks::Leader => "1",
+            Acks::All => "all",
+        })
+    }
+}
+
+/// Producer settings; the defaults match Kafka's where the concept is the same.
+///
+/// ```
+/// use std::time::Duration;
+/// use meridian_client::{Acks, Compression, ProducerConfig};
+/// let config = ProducerConfig {
+///     linger: Duration::from_millis(20),
+///     compression: Compression::Zstd,
+///     acks: Acks::Leader,
+///     ..ProducerConfig::default()
+/// };
+/// assert_eq!(config.batch_size, 16 * 1024);
+/// ```
+#[derive(Clone, Debug)]
+pub struct ProducerConfig {
+    /// A partition's batch is sent once its records reach this many bytes. Default 16 KiB.
+    pub batch_size: usize,
+    /// How long a batch waits for more records before it is sent. Default 5 ms.
+    pub linger: Duration,
+    /// Codec for batches, applied in the client. Default none.
+    pub compression: Compression,
+    /// Default [`Acks::All`].
+    pub acks: Acks,
+    /// How long one produce request may take. Default 30 s.
+    pub request_timeout: Duration,
+    /// Produce requests in flight per partition. Default 5.
+    pub max_in_flight_per_partition: usize,
+    /// Bytes of records buffered (queued or in flight) before [`Producer::send`] waits
+    /// for room. Default 32 MiB.
+    pub buffer_memory: usize,
+    /// How often a batch is sent again after a retriable error or connection loss.
+    /// Default 3.
+    pub retries: u32,
+}
+
+impl Default for ProducerConfig {
+    fn default() -> Self {
+        ProducerConfig {
+            batch_size: 16 * 1024,
+            linger: Duration::from_millis(5),
+            compression: Compression::None,
+            acks: Acks::All,
+            request_timeout: Duration::from_secs(30),
+            max_in_flight_per_partition: 5,
+            buffer_memory: 32 * 1024 * 1024,
+            retries: 3,
+        }
+    }
+}
+
+/// A record to send.
+///
+/// ```
+/// use meridian_client::ProducerRecord;
+/// let record = ProducerRecord::new("orders", r#"{"id": 7}"#)
+///     .key("customer-42")
+///     .header("trace-id", "abc123");
+/// assert_eq!(record.partition, None);
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerRecord {
+    pub topic: String,
+    /// Explicit partition; wins over the key.
+    pub partition: Option<u32>,
+    /// Records with the same key go to the same partition (Kafka's murmur2 mapping).
+    pub key: Option<Bytes>,
+    pub value: Option<Bytes>,
+    pub headers: Vec<Header>,
+    /// Create time in ms since the epoch; now if `None`.
+    pub timestamp: Option<i64>,
+}
+
+impl ProducerRecord {
+    pub fn new(topic: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            topic: topic.into(),
+            partition: None,
+            key: None,
+            value: Some(value.into()),
+            headers: Vec::new(),
+            timestamp: None,
+        }
+    }
+
+    /// A record with a null value (a tombstone on compacted topics).
+    pub fn tombstone(topic: impl Into<String>, key: impl Into<Bytes>) -> Self {
+        ProducerRecord {
+            value: None,
+            ..ProducerRecord::new(topic, Bytes::new()).key(key)
+        }
+    }
+
+    pub fn key(mut self, key: impl Into<Bytes>) -> Self {
+        self.key = Some(key.into());
+        self
+    }
+
+    pub fn partition(mut self, partition: u32) -> Self {
+        self.partition = Some(partition);
+        self
+    }
+
+    pub fn header(mut self, key: impl Into<String>, value: impl Into<Bytes>) -> Self {
+        self.headers.push(Header {
+            key: key.into(),
+            value: Some(value.into()),
+        });
+        self
+    }
+
+    pub fn timestamp(mut self, timestamp_ms: i64) -> Self {
+        self.timestamp = Some(timestamp_ms);
+        self
+    }
+}
+
+/// Where an acknowledged record was written.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordMetadata {
+    pub topic: String,
+    pub partition: u32,
+    /// The record's offset; -1 with `acks=0`.
+    pub offset: i64,
+    /// The record's create time, or the broker's append time if the topic uses it.
+    pub timestamp: i64,
+}
+
+/// Resolves when the record is acknowledged (or failed for good).
+///
+/// Dropping it does not cancel the send.
+///
+/// ```no_run
+/// # async fn example(producer: meridian_client::Producer) -> meridian_client::Result<()> {
+/// use meridian_client::ProducerRecord;
+/// let delivery = producer.send(ProducerRecord::new("orders", "hello")).await?;
+/// let metadata = delivery.await?;
+/// println!("{}/{} @ {}", metadata.topic, metadata.partition, metadata.offset);
+/// # Ok(()) }
+/// ```
+#[derive(Debug)]
+pub struct DeliveryFuture {
+    receiver: oneshot::Receiver<Result<RecordMetadata>>,
+}
+
+impl Future for DeliveryFuture {
+    type Output = Result<RecordMetadata>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.receiver)
+            .poll(cx)
+            .map(|result| result.unwrap_or(Err(Error::Closed)))
+    }
+}
+
+/// Per-record completion state kept in the accumulator.
+#[derive(Debug)]
+struct RecordHandle {
+    sender: oneshot::Sender<Result<RecordMetadata>>,
+    timestamp: i64,
+    /// Buffer-memory reservation, released when the record is done.
+    _memory: OwnedSemaphorePermit,
+}
+
+/// Sends records to topics, batching them per partition.
+///
+/// Cheap to clone; clones share the buffers and the background sender task. When the
+/// last clone is dropped, buffered records are still sent (call [`Producer::flush`]
+/// to wait for them).
+///
+/// Ordering: records of one partition are written in the order `send` was called.
+/// A batch that fails with a retriable error (or a lost connection) is retried before
+/// any later batch of its partition is sent; but batches already in flight at that
+/// moment may land first when `max_in_flight_per_partition > 1`. Set it to 1 for
+/// strict order under retries (as with Kafka's non-idempotent producer).
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use meridian_client::{ProducerConfig, ProducerRecord};
+/// let producer = client.producer(ProducerConfig::default());
+/// let mut deliveries = Vec::new();
+/// for i in 0..1000 {
+///     let record = ProducerRecord::new("events", format!("event {i}")).key(format!("user-{}", i % 10));
+///     deliveries.push(producer.send(record).await?);
+/// }
+/// producer.flush().await?;
+/// for delivery in deliveries {
+///     delivery.await?;
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Producer {
+    shared: Arc<Shared>,
+    _close_on_drop: Arc<CloseOnDrop>,
+}
+
+struct Shared {
+    client: Client,
+    config: ProducerConfig,
+    accumulator: StdMutex<RecordAccumulator<RecordHandle>>,
+    /// Wakes the sender task: a batch became ready or a request finished.
+    wake: Notify,
+    /// Bumped after every finished request, for `flush` to re-check.
+    progress: watch::Sender<u64>,
+    /// One permit per buffered byte.
+    memory: Arc<Semaphore>,
+    sender_started: AtomicBool,
+}
+
+/// Dropped with the last `Producer` clone: lets the sender send what is left and stop.
+struct CloseOnDrop(Arc<Shared>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().close();
+        self.0.wake.notify_one();
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, RecordAccumulator<RecordHandle>> {
+        // The accumulator asserts its invariants; a panic there is a bug that poisoned
+        // the state, so carrying on with it is no worse than what the assert caught.
+        self.accumulator
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl Producer {
+    pub(crate) fn new(client: Client, config: ProducerConfig) -> Producer {
+        let config = ProducerConfig {
+            batch_size: config.batch_size.max(1),
+            max_in_flight_per_partition: config.max_in_flight_per_partition.max(1),
+            buffer_memory: config.buffer_memory.clamp(1, u32::MAX as usize),
+            ..config
+        };
+        let accumulator = RecordAccumulator::new(
+            AccumulatorConfig {
+                batch_size: config.batch_size,
+                linger: config.linger,
+                max_in_flight: config.max_in_flight_per_partition,
+                retry_backoff: RETRY_BACKOFF,
+            },
+            RandomState::new().hash_one(Instant::now()) as u32,
+        );
+        let shared = Arc::new(Shared {
+            client,
+            memory: Arc::new(Semaphore::new(config.buffer_memory)),
+            config,
+            accumulator: StdMutex::new(accumulator),
+            wake: Notify::new(),
+            progress: watch::channel(0).0,
+            sender_started: AtomicBool::new(false),
+        });
+        Producer {
+            _close_on_drop: Arc::new(CloseOnDrop(shared.clone())),
+            shared,
+        }
+    }
+
+    /// The configuration in effect.
+    pub fn config(&self) -> &ProducerConfig {
+        &self.shared.config
+    }
+
+    /// Enqueues the record into its partition's batch and returns a future for its
+    /// acknowledgement. Awaits only for buffer space (backpressure, see
+    /// [`ProducerConfig::buffer_memory`]) and, the first time a topic is used, for its
+    /// partition count.
+    ///
+    /// Partitioning: an explicit partition wins (checked against the partition count,
+    /// else [`ErrorCode::InvalidPartition`]); otherwise a key picks
+    /// [`partition_for_key`] like Kafka's default partitioner; records with neither
+    /// stick to one partition until its batch is sent, then move to the next.
+    pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let shared = &self.shared;
+        if shared.client.is_closed() {
+            return Err(Error::Closed);
+        }
+        let n_partitions = shared.client.partition_count(&record.topic).await?;
+        let partition = match (record.partition, &record.key) {
+            (Some(p), _) if p >= n_partitions => {
+                return Err(Error::broker(
+                    ErrorCode::InvalidPartition,
+                    format!(
+                        "partition {p} does not exist: topic `{}` has {n_partitions} partitions",
+                        record.topic
+                    ),
+                ))
+            }
+            (Some(p), _) => p,
+            (None, Some(key)) => partition_for_key(key, n_partitions),
+            (None, None) => shared.lock().sticky_partition(&record.topic, n_partitions),
+        };
+        let timestamp = record.timestamp.unwrap_or_else(now_ms);
+        let new_record = NewRecord {
+            timestamp,
+            key: record.key,
+            value: record.value,
+            headers: record.headers,
+        };
+        // A record larger than the whole buffer takes all of it rather than waiting
+        // forever.
+        let reserve = new_record
+            .estimated_size()
+            .clamp(1, shared.config.buffer_memory) as u32;
+        let memory = shared
+            .memory
+            .clone()
+            .acquire_many_owned(reserve)
+            .await
+            .map_err(|_| Error::Closed)?;
+        let (sender, receiver) = oneshot::channel();
+        let handle = RecordHandle {
+            sender,
+            timestamp,
+            _memory: memory,
+        };
+        let tp = TopicPartition {
+            topic: record.topic,
+            partition,
+        };
+        self.start_sender();
+        let wake = shared
+            .lock()
+            .append(tp, new_record, handle, Instant::now())?;
+        if wake {
+            shared.wake.notify_one();
+        }
+        Ok(DeliveryFuture { receiver })
+    }
+
+    /// Sends every queued batch now and waits until all records sent before this call
+    /// are acknowledged or failed. Returns the first failure among them, if any (each
+    /// record's [`DeliveryFuture`] has its own outcome).
+    pub async fn flush(&self) -> Result<()> {
+        let mut progress = self.shared.progress.subscribe();
+        let epoch = self.shared.lock().begin_flush();
+        self.start_sender();
+        self.shared.wake.notify_one();
+        loop {
+            if let Some(result) = self.shared.lock().flush_status(epoch) {
+                return result;
+            }
+            progress.changed().await.map_err(|_| Error::Closed)?;
+        }
+    }
+
+    fn start_sender(&self) {
+        if !self.shared.sender_started.swap(true, Ordering::SeqCst) {
+            tokio::spawn(run_sender(self.shared.clone()));
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The sender task: drains ready batches into produce requests (each request runs in
+/// its own task, so up to `max_in_flight_per_partition` are under way per partition)
+/// and sleeps until the next linger deadline or a wake-up.
+async fn run_sender(shared: Arc<Shared>) {
+    loop {
+        // The `Notified` future is created before looking at the accumulator, so a
+        // wake-up between the look and the wait is not lost.
+        let notified = shared.wake.notified();
+        let (batches, wakeup, finished) = {
+            let mut accumulator = shared.lock();
+            let batches = accumulator.drain(Instant::now(), MAX_REQUEST_BYTES);
+            let finished = accumulator.is_closed() && accumulator.is_empty();
+            (batches, accumulator.next_wakeup(), finished)
+        };
+        if !batches.is_empty() {
+            tokio::spawn(send_batches(shared.clone(), batches));
+            continue;
+        }
+        if finished {
+            return;
+        }
+        match wakeup {
+            Some(at) => {
+                tokio::select! {
+                    () = notified => {}
+                    () = tokio::time::sleep_until(at.into()) => {}
+                }
+            }
+            None => notified.await,
+        }
+    }
+}
+
+/// Sends one produce request holding `batches` and settles every batch: acknowledged,
+/// failed, or back to the accumulator for a retry.
+async fn send_batches(shared: Arc<Shared>, batches: Vec<ProducerBatch<RecordHandle>>) {
+    let config = &shared.config;
+    let mut sendable = Vec::with_capacity(batches.len());
+    for mut batch in batches {
+        if batch.encoded.is_none() {
+            match encode_batch(&batch.records, config.compression, ProducerIdentity::NONE) {
+                Ok(bytes) => batch.encoded = Some(bytes),
+                Err(e) => {
+                    let error = Error::Config(format!("cannot encode batch: {e}"));
+                    settle(&shared, batch, Err(error));
+                    continue;
+                }
+            }
+        }
+        sendable.push(batch);
+    }
+    if sendable.is_empty() {
+        shared.wake.notify_one();
+        return;
+    }
+    let request = produce_request(config, &sendable);
+    let outcome = if config.acks == Acks::None {
+        shared.client.send_no_response(request).await.map(|()| None)
+    } else {
+        match shared
+            .client
+            .request_with_timeout(request, config.request_timeout)
+            .await
+        {
+            Ok(Response::Produce(response)) => Ok(Some(response)),
+            Ok(other) => Err(unexpected(ApiKey::Produce, &other)),
+            Err(e) => Err(e),
+        }
+    };
+    for batch in sendable {
+        let result = match &outcome {
+            Err(e) => Err(e.clone()),
+            Ok(None) => Ok((-1, -1)),
+            Ok(Some(response)) => partition_result(response, &batch.tp),
+        };
+        settle(&shared, batch, result);
+    }
+    shared.wake.notify_one();
+}
+
+fn produce_request(config: &ProducerConfig, batches: &[ProducerBatch<RecordHandle>]) -> Request {
+    let mut topics: Vec<ProduceTopic> = Vec::new();
+    for batch in batches {
+        let partition = ProducePartition {
+            partition: batch.tp.partition,
+            records: batch.encoded.clone().unwrap_or_default(),
+        };
+        match topics.iter_mut().find(|t| t.name == batch.tp.topic) {
+            Some(topic) => topic.partitions.push(partition),
+            None => topics.push(ProduceTopic {
+                name: batch.tp.topic.clone(),
+                partitions: vec![partition],
+            }),
+        }
+    }
+    Request::Produce(ProduceRequest {
+        acks: config.acks.wire_value(),
+        timeout_ms: u32::try_from(config.request_timeout.as_millis()).unwrap_or(u32::MAX),
+        topics,
+    })
+}
+
+/// `(base_offset, log_append_time)` of one partition in a produce response.
+fn partition_result(response: &ProduceResponse, tp: &TopicPartition) -> Result<(i64, i64)> {
+    let found = response
+        .topics
+        .iter()
+        .filter(|t| t.name == tp.topic)
+        .flat_map(|t| t.partitions.iter())
+        .find(|p| p.partition == tp.partition);
+    match found {
+        None => Err(Error::Protocol(format!(
+            "produce response lacks {}/{}",
+            tp.topic, tp.partition
+        ))),
+        Some(p) if p.error.is_ok() => Ok((p.base_offset, p.log_append_time)),
+        Some(p) => {
+            let detail = if p.message.is_empty() {
+                p.error.description()
+            } else {
+                &p.message
+            };
+            Err(Error::broker(
+                p.error,
+                format!("{}/{}: {detail}", tp.topic, tp.partition),
+            ))
+        }
+    }
+}
+
+/// Completes, fails or re-queues one batch after its request finished.
+fn settle(shared: &Shared, batch: ProducerBatch<RecordHandle>, result: Result<(i64, i64)>) {
+    let retry = match &result {
+        Err(e) => {
+            e.is_retriable() && batch.attempts < shared.config.retries && !shared.client.is_closed()
+        }
+        Ok(_) => false,
+    };
+    if retry {
+        if let Err(e) = &result {
+            tracing::debug!(
+                topic = %batch.tp.topic,
+                partition = batch.tp.partition,
+                attempt = batch.attempts + 1,
+                error = %e,
+                "retrying produce"
+            );
+        }
+        shared.lock().retry(batch, Instant::now());
+        shared.progress.send_modify(|n| *n += 1);
+        return;
+    }
+    let epoch = batch.epoch();
+    let ProducerBatch {
+        tp,
+        handles,
+        attempts,
+        ..
+    } = batch;
+    if let Err(Error::Broker { code, .. }) = &result {
+        if matches!(code, ErrorCode::UnknownTopic | ErrorCode::InvalidPartition) {
+            shared.client.invalidate_partition_count(&tp.topic);
+        }
+    }
+    shared.lock().complete(
+        &tp,
+        attempts,
+        epoch,
+        result.as_ref().map(|_| ()).map_err(Clone::clone),
+    );
+    match result {
+        Ok((base_offset, log_append_time)) => {
+            for (index, handle) in handles.into_iter().enumerate() {
+                let offset = if base_offset < 0 {
+                    -1
+                } else {
+                    base_offset + index as i64
+                };
+                let timestamp = if log_append_time >= 0 {
+                    log_append_time
+                } else {
+                    handle.timestamp
+                };
+                let _ = handle.sender.send(Ok(RecordMetadata {
+                    topic: tp.topic.clone(),
+                    partition: tp.partition,
+                    offset,
+                    timestamp,
+                }));
+            }
+        }
+        Err(e) => {
+            for handle in handles {
+                let _ = handle.sender.send(Err(e.clone()));
+            }
+        }
+    }
+    shared.progress.send_modify(|n| *n += 1);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn acks_parse_and_print() {
+        for (input, expected) in [
+            ("0", Acks::None),
+            ("1", Acks::Leader),
+            ("all", Acks::All),
+            ("ALL", Acks::All),
+            ("-1", Acks::All),
+        ] {
+            assert_eq!(input.parse::<Acks>().unwrap(), expected, "{input}");
+        }
+        assert!(matches!("2".parse::<Acks>(), Err(Error::Config(_))));
+        assert_eq!(Acks::All.wire_value(), -1);
+        assert_eq!(Acks::None.wire_value(), 0);
+        assert_eq!(Acks::Leader.to_string(), "1");
+    }
+
+    #[test]
+    fn producer_defaults() {
+        let config = ProducerConfig::default();
+        assert_eq!(config.batch_size, 16 * 1024);
+        assert_eq!(config.linger, Duration::from_millis(5));
+        assert_eq!(config.compression, Compression::None);
+        assert_eq!(config.acks, Acks::All);
+        assert_eq!(config.request_timeout, Duration::from_secs(30));
+        assert_eq!(config.max_in_flight_per_partition, 5);
+        assert_eq!(config.buffer_memory, 32 << 20);
+        assert_eq!(config.retries, 3);
+    }
+
+    #[test]
+    fn record_builder() {
+        let record = ProducerRecord::new("t", "v")
+            .key("k")
+            .partition(2)
+            .header("h", "x")
+            .timestamp(42);
+        assert_eq!(record.key.as_deref(), Some(&b"k"[..]));
+        assert_eq!(record.value.as_deref(), Some(&b"v"[..]));
+        assert_eq!(record.partition, Some(2));
+        assert_eq!(record.headers.len(), 1);
+        assert_eq!(record.timestamp, Some(42));
+        assert_eq!(ProducerRecord::tombstone("t", "k").value, None);
+    }
+
+    #[test]
+    fn produce_responses_map_to_partitions() {
+        use meridian_wire::messages::{ProducePartitionResponse, ProduceTopicResponse};
+        let response = ProduceResponse {
+            topics: vec![ProduceTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    ProducePartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        base_offset: 10,
+                        log_append_time: -1,
+                        log_start_offset: 0,
+                    },
+                    ProducePartitionResponse {
+                        partition: 1,
+                        error: ErrorCode::MessageTooLarge,
+                        message: String::new(),
+                        base_offset: -1,
+                        log_append_time: -1,
+                        log_start_offset: 0,
+                    },
+                ],
+            }],
+        };
+        let tp = |partition| TopicPartition {
+            topic: "t".into(),
+            partition,
+        };
+        assert_eq!(partition_result(&response, &tp(0)).unwrap(), (10, -1));
+        let err = partition_result(&response, &tp(1)).unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::MessageTooLarge));
+        assert!(err.to_string().contains("t/1"));
+        assert!(matches!(
+            partition_result(&response, &tp(2)),
+            Err(Error::Protocol(_))
+        ));
+    }
+}
