@@ -78,10 +78,6 @@ impl TestBroker {
         self.fingerprint = fingerprint;
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
-    }
-
     pub fn cert_path(&self) -> PathBuf {
         self.data_dir.join("tls").join("cert.pem")
     }

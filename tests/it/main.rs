@@ -6,3 +6,4 @@ mod cli;
 mod crash;
 mod harness;
 mod produce_consume;
+mod tls;

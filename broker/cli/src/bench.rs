@@ -168,7 +168,6 @@ pub struct ChildBroker {
     child: Child,
     pub addr: String,
     pub fingerprint: String,
-    pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -216,7 +215,6 @@ impl ChildBroker {
             child,
             addr: addr.expect("checked above"),
             fingerprint: fingerprint.expect("checked above"),
-            data_dir,
             _temp: temp,
         })
     }

@@ -126,13 +126,12 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     let (tx, mut rx) = tokio::sync::mpsc::channel::<meridian_client::DeliveryFuture>(10_000);
     let verbose = args.verbose;
     let printer = tokio::spawn(async move {
-        let mut stdout = std::io::stdout().lock();
         let mut n = 0u64;
         while let Some(delivery) = rx.recv().await {
             let meta = delivery.await?;
             n += 1;
             if verbose {
-                writeln!(stdout, "{} {}", meta.partition, meta.offset)?;
+                writeln!(std::io::stdout(), "{} {}", meta.partition, meta.offset)?;
             }
         }
         anyhow::Ok(n)
