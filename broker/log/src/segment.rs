@@ -120,7 +120,7 @@ pub(crate) struct Scan {
 }
 
 /// Walks batches from `start` to `limit`, checking each header (and each CRC when
-/// `verify_crc`), that offsets only grow from `first_offset`, and that relative offsets
+/// `verify_crc`), that offsets are dense from `first_offset`, and that relative offsets
 /// fit the index. Stops at the first problem.
 pub(crate) fn scan_batches(
     file: &File,
@@ -147,9 +147,10 @@ pub(crate) fn scan_batches(
                 break;
             }
         };
-        let problem = if header.base_offset < scan.next_offset {
+        // Offsets inside a segment are dense: each batch starts right after the last.
+        let problem = if header.base_offset != scan.next_offset {
             Some(format!(
-                "batch base offset {} is below the expected {}",
+                "batch base offset {} where {} was expected",
                 header.base_offset, scan.next_offset
             ))
         } else if header.last_offset_delta < 0

@@ -1,0 +1,280 @@
+//! Reopening after clean shutdowns and crashes, with damaged files.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::path::Path;
+
+use bytes::Bytes;
+use meridian_log::{LogConfig, LogError, PartitionLog, CLEAN_SHUTDOWN_MARKER};
+use meridian_wire::ErrorCode;
+use proptest::prelude::*;
+
+use crate::support::*;
+
+/// Appends `n` batches of varying size; returns their stored bytes in order.
+fn fill(log: &mut PartitionLog, n: usize) -> Vec<Bytes> {
+    (0..n)
+        .map(|i| {
+            let batch = batch(1 + i % 4, 20 + (i * 53) % 300, i as i64);
+            let info = append(log, &batch, 0);
+            as_stored(&batch, info.base_offset)
+        })
+        .collect()
+}
+
+fn stored(log: &PartitionLog) -> Vec<Bytes> {
+    read_all(log).into_iter().map(|(_, b)| b).collect()
+}
+
+fn active_log_file(dir: &Path) -> std::path::PathBuf {
+    segment_files(dir, "log").pop().unwrap()
+}
+
+#[test]
+fn clean_reopen_keeps_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    let batches = fill(&mut log, 60);
+    let (segments, end) = (log.segment_count(), log.log_end_offset());
+    log.close().unwrap();
+    assert!(dir.path().join(CLEAN_SHUTDOWN_MARKER).exists());
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    assert!(
+        !dir.path().join(CLEAN_SHUTDOWN_MARKER).exists(),
+        "marker removed on open"
+    );
+    assert_eq!((log.segment_count(), log.log_end_offset()), (segments, end));
+    assert_eq!(stored(&log), batches);
+    let info = append(&mut log, &batch(1, 1, 0), 0);
+    assert_eq!(info.base_offset, end);
+}
+
+/// The damage done to the tail of the active segment after a crash.
+#[derive(Clone, Copy, Debug)]
+enum Damage {
+    /// Cut the file this many bytes before its end.
+    Truncate(u64),
+    /// Append these many garbage bytes.
+    Garbage(usize),
+    /// Flip a byte this many bytes before the end (inside the last batch).
+    Flip(u64),
+}
+
+/// Damages the tail of a segment file.
+fn damage(path: &Path, damage: Damage) {
+    let len = std::fs::metadata(path).unwrap().len();
+    match damage {
+        Damage::Truncate(by) => OpenOptions::new()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_len(len - by)
+            .unwrap(),
+        Damage::Garbage(n) => {
+            let garbage: Vec<u8> = (0..n).map(|i| (i * 7 + 3) as u8).collect();
+            OpenOptions::new()
+                .append(true)
+                .open(path)
+                .unwrap()
+                .write_all(&garbage)
+                .unwrap()
+        }
+        Damage::Flip(back) => {
+            let mut bytes = std::fs::read(path).unwrap();
+            let at = (len - back) as usize;
+            bytes[at] ^= 0x40;
+            std::fs::write(path, bytes).unwrap();
+        }
+    }
+}
+
+#[test]
+fn crash_with_a_damaged_tail_keeps_exactly_the_batches_before_it() {
+    // (damage, how many trailing batches are lost)
+    let cases = [
+        (Damage::Truncate(1), 1),
+        (Damage::Truncate(30), 1),
+        (Damage::Garbage(5), 0),
+        (Damage::Garbage(100), 0),
+        (Damage::Flip(1), 1),
+        (Damage::Flip(20), 1),
+    ];
+    for (case, lost) in cases {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+        let batches = fill(&mut log, 40);
+        let segments = log.segment_count();
+        drop(log); // crash: no clean-shutdown marker
+        damage(&active_log_file(dir.path()), case);
+
+        let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+        let kept = &batches[..batches.len() - lost];
+        assert_eq!(stored(&log), kept, "{case:?}");
+        assert_eq!(log.segment_count(), segments);
+        let end = log.log_end_offset();
+        let info = append(&mut log, &batch(2, 5, 0), 0);
+        assert_eq!(info.base_offset, end, "{case:?}");
+        // And the repaired log survives another crash unchanged.
+        let after = stored(&log);
+        drop(log);
+        let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+        assert_eq!(stored(&log), after, "{case:?}");
+    }
+}
+
+#[test]
+fn a_damaged_tail_under_a_clean_marker_is_still_repaired() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    let batches = fill(&mut log, 10);
+    log.close().unwrap();
+    damage(&active_log_file(dir.path()), Damage::Garbage(70));
+    let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    assert_eq!(stored(&log), batches);
+}
+
+#[test]
+fn missing_or_damaged_index_files_are_rebuilt() {
+    for victim in ["index", "timeindex"] {
+        for (which, truncate) in [(0, false), (1, true), (usize::MAX, false)] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+            let batches = fill(&mut log, 60);
+            log.close().unwrap();
+            let files = segment_files(dir.path(), victim);
+            let path = &files[which.min(files.len() - 1)];
+            if truncate {
+                // Not a multiple of the entry size any more.
+                let len = std::fs::metadata(path).unwrap().len();
+                OpenOptions::new()
+                    .write(true)
+                    .open(path)
+                    .unwrap()
+                    .set_len(len - 3)
+                    .unwrap();
+            } else {
+                std::fs::remove_file(path).unwrap();
+            }
+            let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+            assert_eq!(stored(&log), batches, "{victim} {which} {truncate}");
+            assert!(path.exists(), "{} rebuilt", path.display());
+            assert_eq!(
+                log.offset_for_timestamp(30).unwrap(),
+                Some((read_all(&log)[30].0.base_offset, 30))
+            );
+        }
+    }
+}
+
+#[test]
+fn a_corrupt_sealed_segment_is_refused_loudly() {
+    let cases = [
+        Damage::Flip(1),
+        Damage::Flip(40),
+        Damage::Truncate(10),
+        Damage::Garbage(30),
+    ];
+    for case in cases {
+        for clean in [true, false] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+            fill(&mut log, 60);
+            if clean {
+                log.close().unwrap();
+            } else {
+                drop(log);
+            }
+            let sealed = segment_files(dir.path(), "log").remove(1);
+            damage(&sealed, case);
+            match PartitionLog::open(dir.path(), small_config(), 0) {
+                Err(error @ LogError::Corrupt { .. }) => {
+                    assert_eq!(error.code(), ErrorCode::CorruptLog);
+                    let message = error.to_string();
+                    assert!(message.contains(sealed.to_str().unwrap()), "{message}");
+                }
+                other => panic!("{case:?}: expected Corrupt, got {other:?}"),
+            }
+        }
+    }
+}
+
+fn arb_batches() -> impl Strategy<Value = Vec<(usize, usize)>> {
+    proptest::collection::vec((1usize..6, 0usize..400), 1..40)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    #[test]
+    fn recovery_keeps_every_batch_before_the_damage(
+        shape in arb_batches(),
+        cut_fraction in 0.0f64..1.0,
+        flip in any::<bool>(),
+        garbage in 0usize..200,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let config = LogConfig { segment_bytes: 2000, index_interval_bytes: 128, ..small_config() };
+        let mut log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
+        let mut batches = Vec::new(); // (base offset, stored bytes)
+        for (i, &(n_records, value_len)) in shape.iter().enumerate() {
+            let batch = batch(n_records, value_len, i as i64);
+            let info = append(&mut log, &batch, 0);
+            batches.push((info.base_offset, as_stored(&batch, info.base_offset)));
+        }
+        drop(log);
+
+        // Damage the active segment: cut it anywhere (and maybe append garbage), or flip
+        // a bit in its last batch. (A flip further back, before the last index entry,
+        // is beyond what crash recovery scans; reads report it as Corrupt.)
+        let path = active_log_file(dir.path());
+        let active_base: i64 = path.file_stem().unwrap().to_str().unwrap().parse().unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last_len = batches.last().unwrap().1.len();
+        let at = if flip {
+            bytes.len() - last_len + (last_len as f64 * cut_fraction) as usize
+        } else {
+            (bytes.len() as f64 * cut_fraction) as usize
+        };
+        if flip {
+            bytes[at] ^= 0x01;
+        } else {
+            bytes.truncate(at);
+            bytes.extend((0..garbage).map(|i| (i * 31 + 1) as u8));
+        }
+        std::fs::write(&path, &bytes).unwrap();
+
+        // Whatever ends by the damage survives; the rest is gone.
+        let mut position = 0usize;
+        let mut expected = Vec::new();
+        for (base, stored) in &batches {
+            if *base < active_base {
+                expected.push(stored.clone());
+                continue;
+            }
+            let end = position + stored.len();
+            if end > at {
+                break;
+            }
+            expected.push(stored.clone());
+            position = end;
+        }
+        let mut log = PartitionLog::open(dir.path(), config, 0).unwrap();
+        let got = stored(&log);
+        let flipped_uncovered = flip && {
+            // Bytes 0..21 of a batch are base offset, length, epoch, magic and CRC. A
+            // flip there is caught by a header or CRC check except in the epoch, which
+            // is not covered and then survives.
+            let offset_in_batch = at - position;
+            (12..16).contains(&offset_in_batch)
+        };
+        if flipped_uncovered {
+            prop_assert_eq!(got.len(), expected.len() + 1);
+            prop_assert_eq!(&got[..expected.len()], &expected[..]);
+        } else {
+            prop_assert_eq!(&got, &expected);
+        }
+        let end = log.log_end_offset();
+        let info = append(&mut log, &batch(1, 3, 0), 0);
+        prop_assert_eq!(info.base_offset, end);
+    }
+}
