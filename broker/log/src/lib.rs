@@ -19,6 +19,33 @@
 //! many gigabytes of log stays fast. See [`PartitionLog::open`].
 //!
 //! Nothing here reads a clock: every time is a `now_ms` parameter.
+//!
+//! # Invariants
+//!
+//! - Offsets inside a segment are dense: each batch's base offset is the previous
+//!   batch's last offset + 1, and the first batch's is the segment's base offset.
+//!   Recovery and reads check this (a base offset is not covered by the CRC).
+//! - A sealed segment is non-empty, at most 4 GiB, ends exactly at a batch boundary,
+//!   and its last offset is below the next segment's base offset. Sealed files are
+//!   fdatasynced (with their indexes and the directory) before the next segment exists.
+//! - Index entries are hints checked on use: an entry that does not point at a batch
+//!   header with the expected base offset is corruption (`LogError::Corrupt`), never a
+//!   silent fallback.
+//! - The log trusts each batch header's `max_timestamp` (it never decodes on append);
+//!   only `offset_for_timestamp` decodes, and only the one candidate batch.
+//!
+//! # Crash recovery
+//!
+//! The clean-shutdown marker ([`CLEAN_SHUTDOWN_MARKER`]) is written by
+//! [`PartitionLog::close`] and removed by [`PartitionLog::open`]. Without it, the
+//! active segment is scanned with full CRC checks from the last time-index entry that
+//! has a matching offset-index entry (normally the last index entry; starting at a
+//! time entry keeps the running max timestamp, and so the rebuilt time index, exact),
+//! or from the segment start. The first torn or corrupt batch and everything after it
+//! is truncated, with a warning giving the byte count. Index files are written with
+//! plain positional writes right after the log write (no user-space buffer), so after a
+//! process crash they lag the log by at most one append, and after an OS crash by what
+//! the page cache lost; either way that only moves the scan start earlier.
 
 mod group_commit;
 mod index;

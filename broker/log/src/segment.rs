@@ -196,8 +196,13 @@ fn len_optional(path: &Path) -> io::Result<Option<u64>> {
     }
 }
 
-/// Writes both index files from scratch and syncs them; returns the open handles.
-fn write_index_files(paths: &SegmentPaths, index: &SegmentIndex) -> io::Result<(File, File)> {
+/// Writes both index files from scratch and, if `sync`, syncs them; returns the open
+/// handles.
+fn write_index_files(
+    paths: &SegmentPaths,
+    index: &SegmentIndex,
+    sync: bool,
+) -> io::Result<(File, File)> {
     let open = |path: &Path| {
         OpenOptions::new()
             .read(true)
@@ -208,11 +213,27 @@ fn write_index_files(paths: &SegmentPaths, index: &SegmentIndex) -> io::Result<(
     };
     let offset_index = open(&paths.offset_index)?;
     offset_index.write_all_at(&index.offsets_to_bytes(), 0)?;
-    offset_index.sync_data()?;
     let time_index = open(&paths.time_index)?;
     time_index.write_all_at(&index.times_to_bytes(), 0)?;
-    time_index.sync_data()?;
+    if sync {
+        offset_index.sync_data()?;
+        time_index.sync_data()?;
+    }
     Ok((offset_index, time_index))
+}
+
+/// Opens the index files for appending without changing them (a missing file is
+/// created: it matched an empty index).
+fn open_index_files(paths: &SegmentPaths) -> io::Result<(File, File)> {
+    let open = |path: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+    };
+    Ok((open(&paths.offset_index)?, open(&paths.time_index)?))
 }
 
 /// Files and state that only the active segment has.
@@ -267,7 +288,7 @@ impl Segment {
             .create_new(true)
             .open(&paths.log)?;
         let index = SegmentIndex::default();
-        let (offset_index, time_index) = match write_index_files(&paths, &index) {
+        let (offset_index, time_index) = match write_index_files(&paths, &index, false) {
             Ok(files) => files,
             Err(e) => {
                 // Leave no half-created segment behind.
@@ -463,11 +484,12 @@ impl Segment {
                 format!("segment of {file_size} bytes exceeds 4 GiB"),
             ));
         }
-        let on_disk = SegmentIndex::valid_prefix(
-            &read_optional(&paths.offset_index)?,
-            &read_optional(&paths.time_index)?,
-            file_size,
-        );
+        let offsets_bytes = read_optional(&paths.offset_index)?;
+        let times_bytes = read_optional(&paths.time_index)?;
+        let on_disk = SegmentIndex::valid_prefix(&offsets_bytes, &times_bytes, file_size);
+        let on_disk_is_whole = on_disk.offsets.len() * OFFSET_ENTRY_LEN == offsets_bytes.len()
+            && on_disk.times.len() * TIME_ENTRY_LEN == times_bytes.len();
+        drop((offsets_bytes, times_bytes));
 
         let mut attempt_clean = clean;
         let (mut index, mut cursor, scan) = loop {
@@ -530,7 +552,13 @@ impl Segment {
             .retain(|t| last_relative_offset.is_some_and(|last| t.relative_offset <= last));
         cursor.bytes_since_entry = scan.end - index.offsets.last().map_or(0, |e| e.position as u64);
         cursor.last_time_entry = index.times.last().map_or(i64::MIN, |t| t.max_timestamp);
-        let (offset_index, time_index) = write_index_files(&paths, &index)?;
+        // After a clean shutdown the index files are usually exactly right already:
+        // then skip rewriting and syncing them (it adds up over many partitions).
+        let (offset_index, time_index) = if on_disk_is_whole && index == on_disk {
+            open_index_files(&paths)?
+        } else {
+            write_index_files(&paths, &index, true)?
+        };
         let size = scan.end;
         Ok(Segment {
             base_offset,
@@ -669,7 +697,7 @@ impl Segment {
         if let Some((position, detail)) = scan.problem {
             return Err(self.corrupt(position, detail));
         }
-        write_index_files(&self.paths, &index)?;
+        write_index_files(&self.paths, &index, true)?;
         Ok((index, scan))
     }
 
