@@ -45,7 +45,8 @@ struct Shared {
 /// The queue is unbounded on purpose: each entry is one in-flight produce request, and
 /// the server already bounds those (in-flight requests per connection, connections).
 /// Callbacks run on the group-commit thread, so they must be quick (e.g. send on a
-/// channel) and must not call back into `sync`-and-wait.
+/// channel) and must not block on another sync. A callback that panics is logged and
+/// does not stop the thread.
 ///
 /// Dropping the `GroupCommit` syncs whatever is still queued, runs those callbacks and
 /// joins the thread.
@@ -132,7 +133,12 @@ fn run(shared: &Shared) {
                 Ok(()) => Ok(()),
                 Err((kind, message)) => Err(io::Error::new(*kind, message.clone())),
             };
-            done(result);
+            // A panicking callback must not take the thread down with it: every
+            // later sync would then wait forever.
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| done(result)));
+            if outcome.is_err() {
+                tracing::error!("a group-commit callback panicked");
+            }
         }
     }
 }

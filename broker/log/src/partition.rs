@@ -257,11 +257,14 @@ impl PartitionLog {
     fn roll(&mut self) -> Result<(), LogError> {
         self.active().sync()?;
         let next_base = self.log_end_offset();
+        // On failure `create` leaves nothing behind and the old segment stays active.
         let segment = Segment::create(&self.dir, next_base)?;
-        sync_dir(&self.dir)?;
         self.active_mut().seal();
-        tracing::debug!(dir = %self.dir.display(), base_offset = next_base, "rolled segment");
         self.segments.push(segment);
+        tracing::debug!(dir = %self.dir.display(), base_offset = next_base, "rolled segment");
+        // The new files exist in memory and on disk either way; if making the directory
+        // entry durable fails, the state is still consistent and the error is reported.
+        sync_dir(&self.dir)?;
         Ok(())
     }
 
@@ -376,6 +379,17 @@ impl PartitionLog {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PartitionLog>();
+        send_sync::<ReadSlice>();
+        send_sync::<SyncHandle>();
+        send_sync::<crate::GroupCommit>();
+        send_sync::<ValidatedBatches>();
+        send_sync::<LogError>();
+    }
 
     #[test]
     fn segment_names() {

@@ -905,9 +905,12 @@ impl Segment {
         Ok(())
     }
 
-    /// Turns the active segment into a sealed one. The caller synced it first.
+    /// Turns the active segment into a sealed one. The caller synced it first. The
+    /// in-memory index is dropped too (it is reloaded from the synced file on the next
+    /// read), so a long-lived partition holds only the indexes it actually reads.
     pub fn seal(&mut self) {
         self.active = None;
+        *self.index.get_mut() = None;
     }
 
     /// Unlinks the segment's files. Open `ReadSlice`s keep the log readable.

@@ -96,3 +96,17 @@ fn queued_syncs_complete_when_dropped() {
     drop(group_commit);
     assert_eq!(done.load(Ordering::Relaxed), 100);
 }
+
+#[test]
+fn a_panicking_callback_does_not_stop_group_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = PartitionLog::open(dir.path(), LogConfig::default(), 0).unwrap();
+    let group_commit = GroupCommit::start();
+    group_commit.sync(log.sync_handle(), Box::new(|_| panic!("callback bug")));
+    let (tx, rx) = mpsc::channel();
+    group_commit.sync(
+        log.sync_handle(),
+        Box::new(move |result| tx.send(result).unwrap()),
+    );
+    rx.recv().unwrap().unwrap();
+}
