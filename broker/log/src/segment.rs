@@ -491,48 +491,85 @@ impl Segment {
             && on_disk.times.len() * TIME_ENTRY_LEN == times_bytes.len();
         drop((offsets_bytes, times_bytes));
 
-        let mut attempt_clean = clean;
-        let (mut index, mut cursor, scan) = loop {
-            let (index, start_position, start_offset, start_max_timestamp) =
-                choose_scan_start(&file, base_offset, file_size, &on_disk, attempt_clean)?;
-            // At the start point no bytes follow an entry yet, and every batch before it
-            // has a timestamp <= start_max_timestamp, so the cursor continues exactly as
-            // the appends that wrote the segment did.
-            let mut cursor = IndexCursor {
-                bytes_since_entry: 0,
-                max_timestamp: start_max_timestamp,
-                last_time_entry: index.times.last().map_or(i64::MIN, |t| t.max_timestamp),
-            };
-            let mut index = index;
-            let scan = scan_batches(
+        let start = find_scan_start(&file, base_offset, file_size, &on_disk)?;
+        let mut index = start.index;
+        let mut cursor = IndexCursor {
+            bytes_since_entry: 0,
+            max_timestamp: start.max_timestamp_before,
+            last_time_entry: index.times.last().map_or(i64::MIN, |t| t.max_timestamp),
+        };
+        let (mut scan_position, mut scan_offset) = (start.position, start.first_offset);
+        // Phase 1: offset entries after the start point were written after the log
+        // bytes before them, so those batches only need their headers walked, to learn
+        // their max timestamp. The walk must land exactly on the last entry, whose
+        // header must match, and the batch just before it must pass its CRC check
+        // (the same test a sealed segment gets); otherwise everything from the start
+        // point is checked in full.
+        if let Some(last) = on_disk
+            .offsets
+            .last()
+            .filter(|e| e.position as u64 > start.position)
+        {
+            let walk = scan_batches(
                 &file,
                 base_offset,
-                start_position,
-                file_size,
-                start_offset,
-                true,
-                |header, position| {
-                    let (offset_entry, time_entry) = cursor.advance(
-                        (header.base_offset - base_offset) as u32,
-                        position as u32,
-                        header.total_len() as u64,
-                        header.max_timestamp,
-                        index_interval_bytes,
-                    );
-                    index.offsets.extend(offset_entry);
-                    index.times.extend(time_entry);
-                },
+                start.position,
+                last.position as u64,
+                start.first_offset,
+                false,
+                |_, _| {},
             )?;
-            if attempt_clean && scan.problem.is_some() {
-                tracing::warn!(
-                    segment = %paths.log.display(),
-                    "clean-shutdown marker present but the active segment's tail is damaged; running crash recovery"
+            let lands_on_last_entry = walk.problem.is_none()
+                && walk.next_offset == base_offset + last.relative_offset as i64
+                && matches!(
+                    read_header(&file, last.position as u64, file_size)?,
+                    Ok(header) if header.base_offset == walk.next_offset
                 );
-                attempt_clean = false;
-                continue;
+            let last_walked_is_intact = match walk.last_batch {
+                Some((position, header)) => header
+                    .validate(&read_batch(&file, position, &header)?)
+                    .is_ok(),
+                None => false,
+            };
+            if lands_on_last_entry && last_walked_is_intact {
+                index.offsets = on_disk
+                    .offsets
+                    .iter()
+                    .copied()
+                    .take_while(|e| e.position <= last.position)
+                    .collect();
+                cursor.max_timestamp = cursor.max_timestamp.max(walk.max_timestamp);
+                scan_position = walk.end;
+                scan_offset = walk.next_offset;
             }
-            break (index, cursor, scan);
-        };
+        }
+        // Phase 2: every batch after that is checked in full, CRC included, and the
+        // indexes are extended exactly as the appends did.
+        let scan = scan_batches(
+            &file,
+            base_offset,
+            scan_position,
+            file_size,
+            scan_offset,
+            true,
+            |header, position| {
+                let (offset_entry, time_entry) = cursor.advance(
+                    (header.base_offset - base_offset) as u32,
+                    position as u32,
+                    header.total_len() as u64,
+                    header.max_timestamp,
+                    index_interval_bytes,
+                );
+                index.offsets.extend(offset_entry);
+                index.times.extend(time_entry);
+            },
+        )?;
+        if clean && scan.problem.is_some() {
+            tracing::warn!(
+                segment = %paths.log.display(),
+                "clean-shutdown marker present but the active segment's tail is damaged"
+            );
+        }
         if let Some((position, detail)) = &scan.problem {
             assert_eq!(*position, scan.end);
             tracing::warn!(
@@ -578,35 +615,26 @@ impl Segment {
     }
 }
 
-/// Picks where active-segment recovery starts scanning. Returns the kept index prefix,
-/// the start position, the offset the first scanned batch must have, and the max
-/// timestamp of all batches before the start.
-fn choose_scan_start(
+/// Where recovery of the active segment starts.
+struct ScanStart {
+    /// The on-disk index entries up to and including the start point.
+    index: SegmentIndex,
+    position: u64,
+    /// The offset the batch at `position` must have.
+    first_offset: i64,
+    /// Largest timestamp of any batch before `position`.
+    max_timestamp_before: i64,
+}
+
+/// The last time-index entry that has a matching offset entry pointing at a batch with
+/// the right base offset: the time entry gives the exact max timestamp of everything
+/// before it. Without one, the segment start.
+fn find_scan_start(
     file: &File,
     base_offset: i64,
     file_size: u64,
     on_disk: &SegmentIndex,
-    clean: bool,
-) -> io::Result<(SegmentIndex, u64, i64, i64)> {
-    let entry_matches = |relative_offset: u32, position: u32| -> io::Result<bool> {
-        Ok(matches!(
-            read_header(file, position as u64, file_size)?,
-            Ok(header) if header.base_offset == base_offset + relative_offset as i64
-        ))
-    };
-    if clean {
-        if let Some(last) = on_disk.offsets.last() {
-            if entry_matches(last.relative_offset, last.position)? {
-                let max_timestamp = on_disk.times.last().map_or(i64::MIN, |t| t.max_timestamp);
-                return Ok((
-                    on_disk.clone(),
-                    last.position as u64,
-                    base_offset + last.relative_offset as i64,
-                    max_timestamp,
-                ));
-            }
-        }
-    }
+) -> io::Result<ScanStart> {
     for (k, time) in on_disk.times.iter().enumerate().rev() {
         let Ok(i) = on_disk
             .offsets
@@ -615,20 +643,28 @@ fn choose_scan_start(
             continue;
         };
         let entry = on_disk.offsets[i];
-        if entry_matches(entry.relative_offset, entry.position)? {
-            let kept = SegmentIndex {
-                offsets: on_disk.offsets[..=i].to_vec(),
-                times: on_disk.times[..=k].to_vec(),
-            };
-            return Ok((
-                kept,
-                entry.position as u64,
-                base_offset + entry.relative_offset as i64,
-                time.max_timestamp,
-            ));
+        let first_offset = base_offset + entry.relative_offset as i64;
+        if matches!(
+            read_header(file, entry.position as u64, file_size)?,
+            Ok(header) if header.base_offset == first_offset
+        ) {
+            return Ok(ScanStart {
+                index: SegmentIndex {
+                    offsets: on_disk.offsets[..=i].to_vec(),
+                    times: on_disk.times[..=k].to_vec(),
+                },
+                position: entry.position as u64,
+                first_offset,
+                max_timestamp_before: time.max_timestamp,
+            });
         }
     }
-    Ok((SegmentIndex::default(), 0, base_offset, i64::MIN))
+    Ok(ScanStart {
+        index: SegmentIndex::default(),
+        position: 0,
+        first_offset: base_offset,
+        max_timestamp_before: i64::MIN,
+    })
 }
 
 impl Segment {

@@ -198,12 +198,26 @@ fn a_corrupt_sealed_segment_is_refused_loudly() {
     }
 }
 
-fn arb_batches() -> impl Strategy<Value = Vec<(usize, usize)>> {
-    proptest::collection::vec((1usize..6, 0usize..400), 1..40)
+/// Batches as (record timestamps, value length). Timestamps are random (not monotonic)
+/// or, half the time, all equal, which leaves the time index nearly empty.
+fn arb_batches() -> impl Strategy<Value = Vec<(Vec<i64>, usize)>> {
+    let batch = (proptest::collection::vec(0i64..1000, 1..6), 0usize..400);
+    (proptest::collection::vec(batch, 1..40), any::<bool>()).prop_map(|(mut batches, constant)| {
+        if constant {
+            for (timestamps, _) in &mut batches {
+                timestamps.iter_mut().for_each(|t| *t = 500);
+            }
+        }
+        batches
+    })
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    // 48 cases keep the fast suite fast; PROPTEST_CASES=2000 for a long run.
+    #![proptest_config(ProptestConfig {
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(48),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn recovery_keeps_every_batch_before_the_damage(
@@ -216,10 +230,12 @@ proptest! {
         let config = LogConfig { segment_bytes: 6000, index_interval_bytes: 128, ..small_config() };
         let mut log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
         let mut batches = Vec::new(); // (base offset, stored bytes)
-        for (i, &(n_records, value_len)) in shape.iter().enumerate() {
-            let batch = batch(n_records, value_len, i as i64);
+        let mut timestamps = Vec::new(); // per batch, its records' timestamps
+        for (record_timestamps, value_len) in &shape {
+            let batch = batch_with_timestamps(record_timestamps, *value_len);
             let info = append(&mut log, &batch, 0);
             batches.push((info.base_offset, as_stored(&batch, info.base_offset)));
+            timestamps.push(record_timestamps.clone());
         }
         drop(log);
 
@@ -276,6 +292,17 @@ proptest! {
         let end = log.log_end_offset();
         let info = append(&mut log, &batch(1, 3, 0), 0);
         prop_assert_eq!(info.base_offset, end);
+
+        // Timestamp lookups over the recovered log are still exact.
+        let mut records: Vec<(i64, i64)> = Vec::new();
+        for ((base, _), record_timestamps) in batches.iter().zip(&timestamps).take(got.len()) {
+            records.extend(record_timestamps.iter().enumerate().map(|(i, &t)| (base + i as i64, t)));
+        }
+        records.push((end, 0)); // the batch appended after recovery
+        for target in [0, 1, 250, 499, 500, 501, 750, 999, 1000] {
+            let expected = records.iter().find(|&&(_, t)| t >= target).copied();
+            prop_assert_eq!(log.offset_for_timestamp(target).unwrap(), expected, "target {}", target);
+        }
     }
 }
 
