@@ -29,16 +29,25 @@ pub(crate) struct SegmentIndex {
 }
 
 impl SegmentIndex {
-    /// Position of the last indexed batch starting at or before `relative_offset`.
-    pub fn position_for_offset(&self, relative_offset: u32) -> u64 {
+    /// The last indexed batch start at or before `relative_offset`; the segment start
+    /// (relative offset 0, position 0) if there is none.
+    pub fn entry_for_offset(&self, relative_offset: u32) -> OffsetEntry {
         let i = self
             .offsets
             .partition_point(|e| e.relative_offset <= relative_offset);
-        if i == 0 {
-            0
-        } else {
-            self.offsets[i - 1].position as u64
+        match i.checked_sub(1) {
+            Some(i) => self.offsets[i],
+            None => OffsetEntry {
+                relative_offset: 0,
+                position: 0,
+            },
         }
+    }
+
+    /// Position of the last indexed batch starting at or before `relative_offset`.
+    #[cfg(test)]
+    pub fn position_for_offset(&self, relative_offset: u32) -> u64 {
+        self.entry_for_offset(relative_offset).position as u64
     }
 
     /// The last indexed batch start at or before `position`.

@@ -11,8 +11,8 @@ use meridian_wire::batch::{decode_records, BatchHeader, BATCH_HEADER_LEN};
 use parking_lot::Mutex;
 
 use crate::index::{
-    decode_offset_entry, decode_time_entry, IndexCursor, SegmentIndex, OFFSET_ENTRY_LEN,
-    TIME_ENTRY_LEN,
+    decode_offset_entry, decode_time_entry, IndexCursor, OffsetEntry, SegmentIndex,
+    OFFSET_ENTRY_LEN, TIME_ENTRY_LEN,
 };
 use crate::LogError;
 
@@ -236,6 +236,23 @@ fn open_index_files(paths: &SegmentPaths) -> io::Result<(File, File)> {
     Ok((open(&paths.offset_index)?, open(&paths.time_index)?))
 }
 
+/// A segment's index in memory, and whether it came from the index files unchecked
+/// (`from_file`) or was built by this process (from appends or a scan of the log).
+#[derive(Debug)]
+struct LoadedIndex {
+    index: SegmentIndex,
+    from_file: bool,
+}
+
+impl LoadedIndex {
+    fn built(index: SegmentIndex) -> Self {
+        LoadedIndex {
+            index,
+            from_file: false,
+        }
+    }
+}
+
 /// Files and state that only the active segment has.
 #[derive(Debug)]
 struct ActiveFiles {
@@ -266,7 +283,7 @@ pub(crate) struct Segment {
     pub paths: SegmentPaths,
     pub file: Arc<File>,
     /// Loaded lazily for sealed segments (on first read); always loaded when active.
-    index: Mutex<Option<SegmentIndex>>,
+    index: Mutex<Option<LoadedIndex>>,
     active: Option<ActiveFiles>,
 }
 
@@ -305,7 +322,7 @@ impl Segment {
             max_timestamp: i64::MIN,
             paths,
             file: Arc::new(file),
-            index: Mutex::new(Some(index)),
+            index: Mutex::new(Some(LoadedIndex::built(index))),
             active: Some(ActiveFiles {
                 offset_index,
                 time_index,
@@ -452,17 +469,19 @@ impl Segment {
         let (index, scan) = self.build_index(index_interval_bytes)?;
         self.next_offset = scan.next_offset;
         self.max_timestamp = scan.max_timestamp;
-        *self.index.get_mut() = Some(index);
+        *self.index.get_mut() = Some(LoadedIndex::built(index));
         Ok(())
     }
 
     /// Opens the last segment of the log as the active one.
     ///
-    /// After a clean shutdown the batches after the last offset-index entry are checked
-    /// (a short walk). After a crash, scanning restarts from the last time-index entry
-    /// that has a matching offset entry (so the running max timestamp is exact), or from
-    /// the segment start, checking every CRC; the log is truncated at the first torn or
-    /// corrupt batch, and both index files are rewritten.
+    /// Clean or not, recovery starts at the last time-index entry that has a matching
+    /// offset entry (so the running max timestamp is exact) or at the segment start,
+    /// walks batch headers up to the last offset-index entry, and checks every batch
+    /// after it in full (CRC included). That tail is at most one index interval plus a
+    /// batch, so this is cheap after a clean shutdown too. The log is truncated at the
+    /// first torn or corrupt batch (with a warning), and the index files are rewritten
+    /// unless they already match. `clean` only changes what is logged.
     pub fn open_active(
         dir: &Path,
         base_offset: i64,
@@ -604,7 +623,7 @@ impl Segment {
             max_timestamp: cursor.max_timestamp,
             paths,
             file: Arc::new(file),
-            index: Mutex::new(Some(index)),
+            index: Mutex::new(Some(LoadedIndex::built(index))),
             active: Some(ActiveFiles {
                 offset_index,
                 time_index,
@@ -669,40 +688,64 @@ fn find_scan_start(
 
 impl Segment {
     /// Runs `f` on this segment's index, loading it first if this is a sealed segment
-    /// read for the first time. An index file that breaks an invariant is rebuilt.
+    /// read for the first time. An index file that breaks an invariant is rebuilt from
+    /// the log; so is one whose entry turns out not to match the log (`f` reports
+    /// `Corrupt`), after which `f` runs once more. Only a problem that remains with an
+    /// index built from the log itself is returned.
     fn with_index<R>(
         &self,
         index_interval_bytes: u32,
-        f: impl FnOnce(&SegmentIndex) -> Result<R, LogError>,
+        f: impl Fn(&SegmentIndex) -> Result<R, LogError>,
     ) -> Result<R, LogError> {
         let mut guard = self.index.lock();
-        if guard.is_none() {
-            let offsets = read_optional(&self.paths.offset_index)?;
-            let times = read_optional(&self.paths.time_index)?;
-            let index = match SegmentIndex::from_bytes(&offsets, &times, self.size) {
-                Ok(index) => index,
-                Err(why) => {
-                    tracing::warn!(
-                        segment = %self.paths.log.display(),
-                        "index of sealed segment is unusable ({why}); rebuilding it from the log"
-                    );
-                    let (index, scan) = self.build_index(index_interval_bytes)?;
-                    if scan.next_offset != self.next_offset {
-                        return Err(self.corrupt(
-                            scan.end,
-                            format!(
-                                "segment ends at offset {} but was opened ending at {}",
-                                scan.next_offset, self.next_offset
-                            ),
-                        ));
-                    }
-                    index
+        let loaded = match guard.take() {
+            Some(loaded) => loaded,
+            None => {
+                let offsets = read_optional(&self.paths.offset_index)?;
+                let times = read_optional(&self.paths.time_index)?;
+                match SegmentIndex::from_bytes(&offsets, &times, self.size) {
+                    Ok(index) => LoadedIndex {
+                        index,
+                        from_file: true,
+                    },
+                    Err(why) => LoadedIndex::built(self.rebuild_index(index_interval_bytes, &why)?),
                 }
-            };
-            *guard = Some(index);
+            }
+        };
+        let result = f(&loaded.index);
+        if loaded.from_file && matches!(result, Err(LogError::Corrupt { .. })) {
+            let why = result.err().map(|e| e.to_string()).unwrap_or_default();
+            let rebuilt = LoadedIndex::built(self.rebuild_index(index_interval_bytes, &why)?);
+            let result = f(&rebuilt.index);
+            *guard = Some(rebuilt);
+            return result;
         }
-        let index = guard.as_ref().expect("index loaded above");
-        f(index)
+        *guard = Some(loaded);
+        result
+    }
+
+    /// Rebuilds the index of a sealed segment after it proved unusable because of
+    /// `why`, checking that the log still ends where it did at open.
+    fn rebuild_index(
+        &self,
+        index_interval_bytes: u32,
+        why: &str,
+    ) -> Result<SegmentIndex, LogError> {
+        tracing::warn!(
+            segment = %self.paths.log.display(),
+            "index of sealed segment is unusable ({why}); rebuilding it from the log"
+        );
+        let (index, scan) = self.build_index(index_interval_bytes)?;
+        if scan.next_offset != self.next_offset {
+            return Err(self.corrupt(
+                scan.end,
+                format!(
+                    "segment ends at offset {} but was opened ending at {}",
+                    scan.next_offset, self.next_offset
+                ),
+            ));
+        }
+        Ok(index)
     }
 
     /// Builds the index of a sealed segment from a full CRC scan and writes it out.
@@ -746,6 +789,23 @@ impl Segment {
         }
     }
 
+    /// The batch an index entry points at, which must start with the entry's offset.
+    fn indexed_batch(&self, entry: OffsetEntry) -> Result<(u64, BatchHeader), LogError> {
+        let position = entry.position as u64;
+        let header = self.header_at(position)?;
+        let expected = self.base_offset + entry.relative_offset as i64;
+        if header.base_offset != expected {
+            return Err(self.corrupt(
+                position,
+                format!(
+                    "index entry says offset {expected} starts here, the batch says {}",
+                    header.base_offset
+                ),
+            ));
+        }
+        Ok((position, header))
+    }
+
     /// Position and header of the batch holding `offset`, which must be in
     /// `[base_offset, next_offset)`.
     fn find_batch(
@@ -755,7 +815,8 @@ impl Segment {
     ) -> Result<(u64, BatchHeader), LogError> {
         assert!(self.base_offset <= offset && offset < self.next_offset);
         let relative_offset = (offset - self.base_offset) as u32;
-        let mut position = index.position_for_offset(relative_offset);
+        let entry = index.entry_for_offset(relative_offset);
+        let mut position = self.indexed_batch(entry)?.0;
         loop {
             let header = self.header_at(position)?;
             if header.base_offset > offset {
@@ -791,7 +852,9 @@ impl Segment {
             } else if end < want_end {
                 // Jump over whole batches with the index, then walk the last stretch.
                 if let Some(entry) = index.entry_at_or_before_position(want_end) {
-                    end = end.max(entry.position as u64);
+                    if entry.position as u64 > end {
+                        end = self.indexed_batch(entry)?.0;
+                    }
                 }
                 while end < self.size {
                     let header = self.header_at(end)?;
@@ -818,7 +881,7 @@ impl Segment {
     ) -> Result<Option<(i64, i64)>, LogError> {
         self.with_index(index_interval_bytes, |index| {
             let start = index.scan_start_for_timestamp(timestamp);
-            let mut position = index.position_for_offset(start);
+            let mut position = self.indexed_batch(index.entry_for_offset(start))?.0;
             while position < self.size {
                 let header = self.header_at(position)?;
                 if header.max_timestamp >= timestamp {
@@ -856,11 +919,12 @@ impl Segment {
             .active
             .as_mut()
             .expect("invariant: appends go to the active segment only");
-        let index = self
+        let index = &mut self
             .index
             .get_mut()
             .as_mut()
-            .expect("invariant: the active segment's index is always loaded");
+            .expect("invariant: the active segment's index is always loaded")
+            .index;
         let mut cursor = active.cursor;
         let mut new_offsets = Vec::new();
         let mut new_times = Vec::new();

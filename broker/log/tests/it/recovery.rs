@@ -341,3 +341,40 @@ fn end_offset_from_last_batch(log: &PartitionLog) -> i64 {
         .last_offset()
         + 1
 }
+
+#[test]
+fn a_wrong_but_well_formed_sealed_index_entry_is_repaired_on_read() {
+    // (how the first entry of the first sealed index is bent)
+    type Bend = fn(u32, u32) -> (u32, u32);
+    let bends: [Bend; 3] = [
+        |rel, pos| (rel, pos + 1),     // points into the middle of a batch
+        |rel, pos| (rel + 1, pos),     // right batch, wrong offset
+        |rel, pos| (rel - 1, pos - 1), // still ordered, still wrong
+    ];
+    for bend in bends {
+        let dir = tempfile::tempdir().unwrap();
+        let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+        let batches = fill(&mut log, 60);
+        log.close().unwrap();
+        let index_path = segment_files(dir.path(), "index").remove(0);
+        let mut index = std::fs::read(&index_path).unwrap();
+        assert!(index.len() >= 16, "the test needs two entries");
+        let rel = u32::from_be_bytes(index[0..4].try_into().unwrap());
+        let pos = u32::from_be_bytes(index[4..8].try_into().unwrap());
+        let (rel, pos) = bend(rel, pos);
+        index[0..4].copy_from_slice(&rel.to_be_bytes());
+        index[4..8].copy_from_slice(&pos.to_be_bytes());
+        std::fs::write(&index_path, &index).unwrap();
+
+        let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+        assert_eq!(stored(&log), batches);
+        for offset in 0..log.log_end_offset() {
+            assert!(log.read(offset, 0).unwrap().is_some());
+        }
+        assert_ne!(
+            std::fs::read(&index_path).unwrap(),
+            index,
+            "index file rewritten"
+        );
+    }
+}
