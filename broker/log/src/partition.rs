@@ -1,0 +1,411 @@
+//! The log of one partition: an ordered list of segments, the last one active.
+
+use std::fs::File;
+use std::io;
+use std::path::{Path, PathBuf};
+
+use meridian_wire::batch::{patch_batch, BATCH_LOG_OVERHEAD};
+
+use crate::group_commit::SyncHandle;
+use crate::segment::{PlannedBatch, ReadSlice, Segment};
+use crate::validate::ValidatedBatches;
+use crate::{LogConfig, LogError};
+
+/// Written by [`PartitionLog::close`], removed by [`PartitionLog::open`]. Its absence
+/// at open means the last run crashed and the active segment must be scanned.
+pub const CLEAN_SHUTDOWN_MARKER: &str = ".clean_shutdown";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AppendInfo {
+    pub base_offset: i64,
+    pub last_offset: i64,
+    pub max_timestamp: i64,
+    pub n_records: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetentionOutcome {
+    pub deleted_segments: usize,
+    pub deleted_bytes: u64,
+    pub log_start_offset: i64,
+}
+
+/// The append-only segmented log of one partition.
+///
+/// Invariants: `segments` is never empty and sorted by base offset; only the last one
+/// is active; every sealed segment is non-empty and ends at or before the next one's
+/// base offset. Not `Sync`-shared: the server wraps it in a mutex, and reads only plan
+/// here (`read` returns a [`ReadSlice`] to read after releasing the lock).
+#[derive(Debug)]
+pub struct PartitionLog {
+    dir: PathBuf,
+    config: LogConfig,
+    segments: Vec<Segment>,
+}
+
+/// Parses `NNNNNNNNNNNNNNNNNNNN.log` into its base offset.
+fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
+    let stem = name.strip_suffix(extension)?.strip_suffix('.')?;
+    if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    stem.parse().ok()
+}
+
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+impl PartitionLog {
+    /// Opens or creates the partition directory.
+    ///
+    /// Without a clean-shutdown marker, the active (last) segment is scanned from its
+    /// last trustworthy index entry, each batch's CRC is checked, and a torn or corrupt
+    /// tail is truncated (with a warning saying how many bytes). Sealed segments are not
+    /// scanned: each gets a cheap sanity check (see `Segment::open_sealed`) and failing
+    /// it is `LogError::Corrupt` naming the file. A missing or damaged index of a sealed
+    /// segment is rebuilt from its log. The marker is removed once open.
+    pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, LogError> {
+        std::fs::create_dir_all(dir)?;
+        let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
+        let clean = marker.exists();
+        let mut bases = Vec::new();
+        let mut index_files = Vec::new();
+        for entry in std::fs::read_dir(dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(name) = name.to_str() else { continue };
+            if let Some(base) = parse_segment_name(name, "log") {
+                bases.push(base);
+            } else if let Some(base) =
+                parse_segment_name(name, "index").or_else(|| parse_segment_name(name, "timeindex"))
+            {
+                index_files.push((base, entry.path()));
+            }
+        }
+        bases.sort_unstable();
+        // Index files whose log is gone (e.g. a crash in the middle of retention).
+        for (base, path) in index_files {
+            if bases.binary_search(&base).is_err() {
+                tracing::info!(file = %path.display(), "removing orphan index file");
+                std::fs::remove_file(&path)?;
+            }
+        }
+        let mut segments = Vec::with_capacity(bases.len().max(1));
+        if let Some((&active_base, sealed)) = bases.split_last() {
+            for (i, &base) in sealed.iter().enumerate() {
+                let next_base = bases[i + 1];
+                segments.push(Segment::open_sealed(
+                    dir,
+                    base,
+                    next_base,
+                    config.index_interval_bytes,
+                )?);
+            }
+            segments.push(Segment::open_active(
+                dir,
+                active_base,
+                clean,
+                config.index_interval_bytes,
+                now_ms,
+            )?);
+        } else {
+            segments.push(Segment::create(dir, 0)?);
+            sync_dir(dir)?;
+        }
+        if clean {
+            std::fs::remove_file(&marker)?;
+            sync_dir(dir)?;
+        }
+        let log = PartitionLog {
+            dir: dir.to_path_buf(),
+            config,
+            segments,
+        };
+        tracing::debug!(
+            dir = %log.dir.display(),
+            clean,
+            segments = log.segments.len(),
+            log_start_offset = log.log_start_offset(),
+            log_end_offset = log.log_end_offset(),
+            "opened partition log"
+        );
+        Ok(log)
+    }
+
+    pub fn config(&self) -> &LogConfig {
+        &self.config
+    }
+
+    pub fn set_config(&mut self, config: LogConfig) {
+        self.config = config;
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn active(&self) -> &Segment {
+        self.segments
+            .last()
+            .expect("invariant: a log has a segment")
+    }
+
+    fn active_mut(&mut self) -> &mut Segment {
+        self.segments
+            .last_mut()
+            .expect("invariant: a log has a segment")
+    }
+
+    pub fn log_start_offset(&self) -> i64 {
+        self.segments[0].base_offset
+    }
+
+    /// The next offset to be assigned.
+    pub fn log_end_offset(&self) -> i64 {
+        self.active().next_offset
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.segments.iter().map(|s| s.size).sum()
+    }
+
+    pub fn segment_count(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Base offsets of all segments, oldest first.
+    pub fn segment_base_offsets(&self) -> Vec<i64> {
+        self.segments.iter().map(|s| s.base_offset).collect()
+    }
+
+    /// Appends validated batches, assigning consecutive offsets from `log_end_offset()`
+    /// and patching each batch's base offset and leader epoch.
+    ///
+    /// Rolls first when the append would push the active segment past `segment_bytes`
+    /// (a produce larger than that goes into a segment of its own) or `segment_ms`
+    /// elapsed. On a write error (e.g. ENOSPC) the segment files are cut back to their
+    /// previous sizes, in-memory state is unchanged and the error is `LogError::Io`; the
+    /// log stays usable. (A roll that succeeded before a failed write stays: the new
+    /// active segment is simply empty.)
+    pub fn append(
+        &mut self,
+        batches: ValidatedBatches,
+        leader_epoch: i32,
+        now_ms: i64,
+    ) -> Result<AppendInfo, LogError> {
+        let total_bytes = batches.total_bytes() as u64;
+        if total_bytes > u32::MAX as u64 {
+            return Err(LogError::MessageTooLarge {
+                size: batches.total_bytes(),
+                limit: u32::MAX,
+            });
+        }
+        if self.should_roll(total_bytes, batches.n_offsets(), now_ms) {
+            self.roll()?;
+        }
+        let mut bytes = batches.bytes.to_vec();
+        let mut planned = Vec::with_capacity(batches.headers.len());
+        let mut position = 0usize;
+        let mut offset = self.log_end_offset();
+        let mut max_timestamp = i64::MIN;
+        for header in &batches.headers {
+            let len = header.total_len();
+            assert!(len >= BATCH_LOG_OVERHEAD && position + len <= bytes.len());
+            patch_batch(&mut bytes[position..position + len], offset, leader_epoch);
+            let last_offset = offset + header.last_offset_delta as i64;
+            planned.push(PlannedBatch {
+                base_offset: offset,
+                last_offset,
+                len: len as u64,
+                max_timestamp: header.max_timestamp,
+            });
+            max_timestamp = max_timestamp.max(header.max_timestamp);
+            position += len;
+            offset = last_offset + 1;
+        }
+        assert_eq!(position, bytes.len(), "validated batches cover the input");
+        let base_offset = self.log_end_offset();
+        let interval = self.config.index_interval_bytes;
+        self.active_mut()
+            .append(&bytes, &planned, interval, now_ms)?;
+        Ok(AppendInfo {
+            base_offset,
+            last_offset: offset - 1,
+            max_timestamp,
+            n_records: batches.n_records(),
+        })
+    }
+
+    fn should_roll(&self, append_bytes: u64, append_offsets: i64, now_ms: i64) -> bool {
+        let active = self.active();
+        if active.size == 0 {
+            return false;
+        }
+        let segment_bytes = self.config.segment_bytes.min(u32::MAX as u64);
+        let too_big = active.size + append_bytes > segment_bytes;
+        let too_many_offsets =
+            active.next_offset + append_offsets - 1 - active.base_offset > u32::MAX as i64;
+        let too_old = active.first_append_ms().is_some_and(|first| {
+            now_ms.saturating_sub(first) >= self.config.segment_ms.min(i64::MAX as u64) as i64
+        });
+        too_big || too_many_offsets || too_old
+    }
+
+    /// Seals the active segment (after syncing it and its indexes) and starts a new one
+    /// at the log end offset.
+    fn roll(&mut self) -> Result<(), LogError> {
+        self.active().sync()?;
+        let next_base = self.log_end_offset();
+        // On failure `create` leaves nothing behind and the old segment stays active.
+        let segment = Segment::create(&self.dir, next_base)?;
+        self.active_mut().seal();
+        self.segments.push(segment);
+        tracing::debug!(dir = %self.dir.display(), base_offset = next_base, "rolled segment");
+        // The new files exist in memory and on disk either way; if making the directory
+        // entry durable fails, the state is still consistent and the error is reported.
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+
+    /// Plans a read of whole batches from the batch holding `offset`, up to `max_bytes`
+    /// but always at least one whole batch. `offset == log_end_offset()` gives `None`;
+    /// outside `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
+    pub fn read(&self, offset: i64, max_bytes: u32) -> Result<Option<ReadSlice>, LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        if offset < log_start || offset > log_end {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        if offset == log_end {
+            return Ok(None);
+        }
+        let mut i = self.segments.partition_point(|s| s.base_offset <= offset) - 1;
+        let mut offset = offset;
+        // Skip a gap between segments (none today, but offsets need not be dense).
+        while offset >= self.segments[i].next_offset {
+            i += 1;
+            if i == self.segments.len() {
+                return Ok(None);
+            }
+            offset = offset.max(self.segments[i].base_offset);
+        }
+        let slice =
+            self.segments[i].plan_read(offset, max_bytes, self.config.index_interval_bytes)?;
+        Ok(Some(slice))
+    }
+
+    /// The earliest offset whose record timestamp is `>= timestamp`, with that record's
+    /// timestamp; `None` if every record is older.
+    pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
+        for segment in &self.segments {
+            if segment.size == 0 || segment.max_timestamp < timestamp {
+                continue;
+            }
+            let found = segment.find_timestamp(timestamp, self.config.index_interval_bytes)?;
+            if found.is_some() {
+                return Ok(found);
+            }
+        }
+        Ok(None)
+    }
+
+    /// fdatasyncs the active segment and its indexes (sealed ones were synced on roll).
+    pub fn flush(&mut self) -> Result<(), LogError> {
+        self.active().sync()?;
+        Ok(())
+    }
+
+    /// A handle to give to [`crate::GroupCommit`] after an append under `flush=always`.
+    pub fn sync_handle(&self) -> SyncHandle {
+        SyncHandle {
+            file: std::sync::Arc::clone(&self.active().file),
+        }
+    }
+
+    /// Deletes whole sealed segments from the front of the log: while the oldest one's
+    /// max timestamp is older than `now_ms - retention_ms`, or while the log without it
+    /// is still at least `retention_bytes`. Never the active segment.
+    pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
+        let mut outcome = RetentionOutcome {
+            deleted_segments: 0,
+            deleted_bytes: 0,
+            log_start_offset: self.log_start_offset(),
+        };
+        let mut total = self.size_bytes();
+        while self.segments.len() > 1 {
+            let oldest = &self.segments[0];
+            let expired = self.config.retention_ms.is_some_and(|retention_ms| {
+                let cutoff = now_ms.saturating_sub(retention_ms.min(i64::MAX as u64) as i64);
+                oldest.max_timestamp < cutoff
+            });
+            let over_size = self
+                .config
+                .retention_bytes
+                .is_some_and(|retention_bytes| total - oldest.size >= retention_bytes);
+            if !(expired || over_size) {
+                break;
+            }
+            let segment = self.segments.remove(0);
+            total -= segment.size;
+            outcome.deleted_segments += 1;
+            outcome.deleted_bytes += segment.size;
+            outcome.log_start_offset = self.log_start_offset();
+            tracing::info!(
+                segment = %segment.paths.log.display(),
+                bytes = segment.size,
+                expired,
+                over_size,
+                "retention deleted segment"
+            );
+            segment.delete_files()?;
+        }
+        Ok(outcome)
+    }
+
+    /// Flushes and writes the clean-shutdown marker, so the next open skips recovery.
+    pub fn close(mut self) -> Result<(), LogError> {
+        self.flush()?;
+        let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
+        File::create(&marker)?.sync_all()?;
+        sync_dir(&self.dir)?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_cross_threads() {
+        fn send_sync<T: Send + Sync>() {}
+        send_sync::<PartitionLog>();
+        send_sync::<ReadSlice>();
+        send_sync::<SyncHandle>();
+        send_sync::<crate::GroupCommit>();
+        send_sync::<ValidatedBatches>();
+        send_sync::<LogError>();
+    }
+
+    #[test]
+    fn segment_names() {
+        assert_eq!(
+            parse_segment_name("00000000000000000042.log", "log"),
+            Some(42)
+        );
+        assert_eq!(
+            parse_segment_name("00000000000000000042.index", "log"),
+            None
+        );
+        assert_eq!(parse_segment_name("0000000000000000042.log", "log"), None);
+        assert_eq!(parse_segment_name("0000000000000000004x.log", "log"), None);
+        assert_eq!(
+            parse_segment_name("00000000000000000007.timeindex", "timeindex"),
+            Some(7)
+        );
+    }
+}

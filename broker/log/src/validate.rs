@@ -1,0 +1,169 @@
+//! Validation of produced batches, done by the server outside the partition lock.
+
+use bytes::Bytes;
+use meridian_wire::batch::{BatchError, BatchHeader, BATCH_HEADER_LEN};
+
+use crate::LogError;
+
+/// Batches that passed validation (magic, length, CRC-32C, codec, offset delta, size
+/// limit), ready for [`crate::PartitionLog::append`].
+#[derive(Clone, Debug)]
+pub struct ValidatedBatches {
+    /// All batches back to back, exactly as received.
+    pub(crate) bytes: Bytes,
+    /// One header per batch, in order. Never empty.
+    pub(crate) headers: Vec<BatchHeader>,
+}
+
+impl ValidatedBatches {
+    pub fn n_batches(&self) -> usize {
+        self.headers.len()
+    }
+
+    pub fn n_records(&self) -> u64 {
+        self.headers.iter().map(|h| h.records_count as u64).sum()
+    }
+
+    pub fn total_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Offsets the batches take in the log (each batch takes `last_offset_delta + 1`).
+    pub(crate) fn n_offsets(&self) -> i64 {
+        self.headers
+            .iter()
+            .map(|h| h.last_offset_delta as i64 + 1)
+            .sum()
+    }
+}
+
+/// Validates one or more back-to-back v2 batches (as in a produce request).
+/// All-or-nothing: any bad batch is an error. Empty input is a `Truncated` error.
+///
+/// Besides what [`BatchHeader::validate`] checks, a produced batch must hold at least
+/// one record and its last offset delta must be `records_count - 1` (producers never
+/// send compacted batches), so a batch takes exactly one offset per record.
+pub fn validate_batches(
+    records: &Bytes,
+    max_message_bytes: u32,
+) -> Result<ValidatedBatches, LogError> {
+    if records.is_empty() {
+        return Err(BatchError::Truncated {
+            needed: BATCH_HEADER_LEN,
+            available: 0,
+        }
+        .into());
+    }
+    let mut rest = records.clone();
+    let mut headers = Vec::new();
+    while !rest.is_empty() {
+        let header = BatchHeader::parse(&rest)?;
+        let total = header.total_len();
+        // Size first: no point computing the CRC of something we refuse anyway.
+        if total > max_message_bytes as usize {
+            return Err(LogError::MessageTooLarge {
+                size: total,
+                limit: max_message_bytes,
+            });
+        }
+        if rest.len() < total {
+            return Err(BatchError::Truncated {
+                needed: total,
+                available: rest.len(),
+            }
+            .into());
+        }
+        let batch = rest.split_to(total);
+        header.validate(&batch)?;
+        if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+            return Err(BatchError::BadOffsetDelta {
+                records: header.records_count,
+                last_offset_delta: header.last_offset_delta,
+            }
+            .into());
+        }
+        headers.push(header);
+    }
+    Ok(ValidatedBatches {
+        bytes: records.clone(),
+        headers,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
+
+    fn batch(n: usize, value_len: usize) -> Bytes {
+        let records: Vec<NewRecord> = (0..n)
+            .map(|i| NewRecord {
+                timestamp: i as i64,
+                key: None,
+                value: Some(Bytes::from(vec![b'x'; value_len])),
+                headers: vec![],
+            })
+            .collect();
+        encode_batch(&records, Compression::None, ProducerIdentity::NONE).unwrap()
+    }
+
+    fn join(parts: &[Bytes]) -> Bytes {
+        Bytes::from(parts.concat())
+    }
+
+    #[test]
+    fn validation_cases() {
+        let a = batch(3, 10);
+        let b = batch(1, 100);
+        let mut flipped = a.to_vec();
+        *flipped.last_mut().unwrap() ^= 1;
+        let mut zero_records = a.to_vec();
+        zero_records[57..61].copy_from_slice(&0i32.to_be_bytes());
+        let mut bad_codec = a.to_vec();
+        bad_codec[22] = 1; // gzip, with the CRC recomputed so the codec check is reached
+        let crc = crc32c::crc32c(&bad_codec[21..]);
+        bad_codec[17..21].copy_from_slice(&crc.to_be_bytes());
+
+        let check = |input: Bytes, limit: u32, expected: &str| {
+            let got = match validate_batches(&input, limit) {
+                Ok(v) => format!(
+                    "ok {} batches {} records {} bytes",
+                    v.n_batches(),
+                    v.n_records(),
+                    v.total_bytes()
+                ),
+                Err(e) => format!("{:?}", e.code()),
+            };
+            assert_eq!(got, expected);
+        };
+        check(
+            a.clone(),
+            1 << 20,
+            &format!("ok 1 batches 3 records {} bytes", a.len()),
+        );
+        check(
+            join(&[a.clone(), b.clone()]),
+            1 << 20,
+            &format!("ok 2 batches 4 records {} bytes", a.len() + b.len()),
+        );
+        check(Bytes::new(), 1 << 20, "CorruptMessage");
+        check(
+            join(&[a.clone(), b.slice(..b.len() - 1)]),
+            1 << 20,
+            "CorruptMessage",
+        );
+        check(Bytes::from(flipped), 1 << 20, "CorruptMessage");
+        check(Bytes::from(zero_records), 1 << 20, "CorruptMessage");
+        check(Bytes::from(bad_codec), 1 << 20, "UnsupportedCompression");
+        check(
+            join(&[a.clone(), b.clone()]),
+            b.len() as u32 - 1,
+            "MessageTooLarge",
+        );
+        check(
+            b.clone(),
+            b.len() as u32,
+            &format!("ok 1 batches 1 records {} bytes", b.len()),
+        );
+    }
+}

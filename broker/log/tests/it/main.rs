@@ -1,0 +1,7 @@
+//! Integration tests of `meridian-log` on real files in temporary directories.
+
+mod disk_full;
+mod group_commit;
+mod log;
+mod recovery;
+mod support;
