@@ -11,7 +11,12 @@ use meridian_wire::messages::*;
 use crate::harness::{raw_request, TestBroker};
 
 fn batch(value_len: usize) -> Bytes {
-    let record = NewRecord { timestamp: 1, key: None, value: Some(Bytes::from(vec![1u8; value_len])), headers: vec![] };
+    let record = NewRecord {
+        timestamp: 1,
+        key: None,
+        value: Some(Bytes::from(vec![1u8; value_len])),
+        headers: vec![],
+    };
     encode_batch(&[record], Compression::None, ProducerIdentity::NONE).unwrap()
 }
 
@@ -19,7 +24,10 @@ fn produce(topic: &str, partition: u32, acks: i8, records: Bytes) -> Request {
     Request::Produce(ProduceRequest {
         acks,
         timeout_ms: 10_000,
-        topics: vec![ProduceTopic { name: topic.into(), partitions: vec![ProducePartition { partition, records }] }],
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition { partition, records }],
+        }],
     })
 }
 
@@ -38,7 +46,11 @@ async fn produce_error(client: &meridian_client::Client, request: Request) -> (E
 async fn produce_errors_are_typed_and_harmless() {
     let broker = TestBroker::start(&["max_partitions_per_request=3"]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("small", 2).config("max.message.bytes", "1024")).await.unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("small", 2).config("max.message.bytes", "1024"))
+        .await
+        .unwrap();
 
     let mut bad_crc = batch(10).to_vec();
     let last = bad_crc.len() - 1;
@@ -50,24 +62,77 @@ async fn produce_errors_are_typed_and_harmless() {
         timeout_ms: 1000,
         topics: vec![ProduceTopic {
             name: "small".into(),
-            partitions: (0..4).map(|p| ProducePartition { partition: p, records: batch(1) }).collect(),
+            partitions: (0..4)
+                .map(|p| ProducePartition {
+                    partition: p,
+                    records: batch(1),
+                })
+                .collect(),
         }],
     });
     let cases: Vec<(&str, Request, ErrorCode, &str)> = vec![
-        ("bad crc", produce("small", 0, 1, Bytes::from(bad_crc)), ErrorCode::CorruptMessage, "CRC"),
-        ("truncated batch", produce("small", 0, 1, Bytes::from(truncated)), ErrorCode::CorruptMessage, "truncated"),
-        ("empty records", produce("small", 0, 1, Bytes::new()), ErrorCode::CorruptMessage, ""),
-        ("too large", produce("small", 0, 1, batch(2000)), ErrorCode::MessageTooLarge, "max.message.bytes=1024"),
-        ("unknown topic", produce("nope", 0, 1, batch(1)), ErrorCode::UnknownTopic, "does not exist"),
-        ("bad topic name", produce("bad/name", 0, 1, batch(1)), ErrorCode::InvalidTopic, "contains `/`"),
-        ("partition out of range", produce("small", 7, 1, batch(1)), ErrorCode::InvalidPartition, "partition 7"),
-        ("bad acks", produce("small", 0, 5, batch(1)), ErrorCode::InvalidRequiredAcks, "acks"),
-        ("too many partitions", many_partitions, ErrorCode::PolicyViolation, "max_partitions_per_request"),
+        (
+            "bad crc",
+            produce("small", 0, 1, Bytes::from(bad_crc)),
+            ErrorCode::CorruptMessage,
+            "CRC",
+        ),
+        (
+            "truncated batch",
+            produce("small", 0, 1, Bytes::from(truncated)),
+            ErrorCode::CorruptMessage,
+            "truncated",
+        ),
+        (
+            "empty records",
+            produce("small", 0, 1, Bytes::new()),
+            ErrorCode::CorruptMessage,
+            "",
+        ),
+        (
+            "too large",
+            produce("small", 0, 1, batch(2000)),
+            ErrorCode::MessageTooLarge,
+            "max.message.bytes=1024",
+        ),
+        (
+            "unknown topic",
+            produce("nope", 0, 1, batch(1)),
+            ErrorCode::UnknownTopic,
+            "does not exist",
+        ),
+        (
+            "bad topic name",
+            produce("bad/name", 0, 1, batch(1)),
+            ErrorCode::InvalidTopic,
+            "contains `/`",
+        ),
+        (
+            "partition out of range",
+            produce("small", 7, 1, batch(1)),
+            ErrorCode::InvalidPartition,
+            "partition 7",
+        ),
+        (
+            "bad acks",
+            produce("small", 0, 5, batch(1)),
+            ErrorCode::InvalidRequiredAcks,
+            "acks",
+        ),
+        (
+            "too many partitions",
+            many_partitions,
+            ErrorCode::PolicyViolation,
+            "max_partitions_per_request",
+        ),
     ];
     for (name, request, code, message) in cases {
         let (got_code, got_message) = produce_error(&client, request).await;
         assert_eq!(got_code, code, "{name}: {got_message}");
-        assert!(got_message.contains(message), "{name}: `{got_message}` lacks `{message}`");
+        assert!(
+            got_message.contains(message),
+            "{name}: `{got_message}` lacks `{message}`"
+        );
     }
     // Nothing bad was appended; a good batch lands at offset 0.
     let (code, _) = produce_error(&client, produce("small", 0, 1, batch(10))).await;
@@ -76,9 +141,15 @@ async fn produce_errors_are_typed_and_harmless() {
     assert_eq!(described.partitions[0].high_watermark, 1);
 
     // The SDK surfaces the same errors on the delivery future.
-    let producer = client.producer(ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() });
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    });
     // (The client may refuse it before sending, or the broker after; either way typed.)
-    let outcome = match producer.send(ProducerRecord::new("small", Bytes::from(vec![0u8; 4000]))).await {
+    let outcome = match producer
+        .send(ProducerRecord::new("small", Bytes::from(vec![0u8; 4000])))
+        .await
+    {
         Err(e) => Err(e),
         Ok(delivery) => delivery.await.map(drop),
     };
@@ -93,14 +164,41 @@ async fn topic_admin_errors() {
     let cases: Vec<(NewTopic, ErrorCode, &str)> = vec![
         (NewTopic::new("", 1), ErrorCode::InvalidTopic, "empty"),
         (NewTopic::new("..", 1), ErrorCode::InvalidTopic, "reserved"),
-        (NewTopic::new("x".repeat(250), 1), ErrorCode::InvalidTopic, "limit is 249"),
-        (NewTopic::new("zero", 0), ErrorCode::InvalidPartitions, "between 1 and 100"),
-        (NewTopic::new("huge", 101), ErrorCode::InvalidPartitions, "max_partitions_per_topic"),
-        (NewTopic::new("cfg", 1).config("retention.ms", "soon"), ErrorCode::InvalidConfig, "integer"),
-        (NewTopic::new("cfg", 1).config("no.such.key", "1"), ErrorCode::InvalidConfig, "unknown topic config"),
-        (NewTopic::new("cfg", 1).config("cleanup.policy", "compact"), ErrorCode::InvalidConfig, "not supported yet"),
         (
-            NewTopic { replication_factor: 3, ..NewTopic::new("rf", 1) },
+            NewTopic::new("x".repeat(250), 1),
+            ErrorCode::InvalidTopic,
+            "limit is 249",
+        ),
+        (
+            NewTopic::new("zero", 0),
+            ErrorCode::InvalidPartitions,
+            "between 1 and 100",
+        ),
+        (
+            NewTopic::new("huge", 101),
+            ErrorCode::InvalidPartitions,
+            "max_partitions_per_topic",
+        ),
+        (
+            NewTopic::new("cfg", 1).config("retention.ms", "soon"),
+            ErrorCode::InvalidConfig,
+            "integer",
+        ),
+        (
+            NewTopic::new("cfg", 1).config("no.such.key", "1"),
+            ErrorCode::InvalidConfig,
+            "unknown topic config",
+        ),
+        (
+            NewTopic::new("cfg", 1).config("cleanup.policy", "compact"),
+            ErrorCode::InvalidConfig,
+            "not supported yet",
+        ),
+        (
+            NewTopic {
+                replication_factor: 3,
+                ..NewTopic::new("rf", 1)
+            },
             ErrorCode::InvalidReplicationFactor,
             "single-broker",
         ),
@@ -109,10 +207,16 @@ async fn topic_admin_errors() {
         let name = topic.name.clone();
         let err = admin.create_topic(topic).await.unwrap_err();
         assert_eq!(err.code(), Some(code), "{name}: {err}");
-        assert!(err.to_string().contains(message), "{name}: `{err}` lacks `{message}`");
+        assert!(
+            err.to_string().contains(message),
+            "{name}: `{err}` lacks `{message}`"
+        );
     }
     admin.create_topic(NewTopic::new("dup", 1)).await.unwrap();
-    let err = admin.create_topic(NewTopic::new("dup", 1)).await.unwrap_err();
+    let err = admin
+        .create_topic(NewTopic::new("dup", 1))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::TopicAlreadyExists));
     let err = admin.delete_topic("ghost").await.unwrap_err();
     assert_eq!(err.code(), Some(ErrorCode::UnknownTopic));
@@ -134,7 +238,11 @@ async fn auto_create_topics_when_enabled() {
 async fn fetch_out_of_range_is_an_error() {
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("f", 1)).await.unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("f", 1))
+        .await
+        .unwrap();
     produce_error(&client, produce("f", 0, 1, batch(5))).await;
     let fetch = |offset| {
         Request::Fetch(FetchRequest {
@@ -143,14 +251,28 @@ async fn fetch_out_of_range_is_an_error() {
             max_bytes: 1 << 20,
             topics: vec![FetchTopic {
                 name: "f".into(),
-                partitions: vec![FetchPartition { partition: 0, fetch_offset: offset, partition_max_bytes: 1 << 20 }],
+                partitions: vec![FetchPartition {
+                    partition: 0,
+                    fetch_offset: offset,
+                    partition_max_bytes: 1 << 20,
+                }],
             }],
         })
     };
-    for (offset, code) in [(0, ErrorCode::None), (1, ErrorCode::None), (2, ErrorCode::OffsetOutOfRange), (-5, ErrorCode::OffsetOutOfRange)] {
-        let Response::Fetch(r) = client.request(fetch(offset)).await.unwrap() else { panic!("not a fetch response") };
+    for (offset, code) in [
+        (0, ErrorCode::None),
+        (1, ErrorCode::None),
+        (2, ErrorCode::OffsetOutOfRange),
+        (-5, ErrorCode::OffsetOutOfRange),
+    ] {
+        let Response::Fetch(r) = client.request(fetch(offset)).await.unwrap() else {
+            panic!("not a fetch response")
+        };
         assert_eq!(r.topics[0].partitions[0].error, code, "offset {offset}");
-        assert_eq!(r.topics[0].partitions[0].high_watermark >= 0, code == ErrorCode::None);
+        assert_eq!(
+            r.topics[0].partitions[0].high_watermark >= 0,
+            code == ErrorCode::None
+        );
     }
 }
 
@@ -169,13 +291,54 @@ async fn malformed_frames_close_only_their_stream() {
     oversized.put_u32(65537);
     oversized.put_slice(&[0u8; 64]);
     let cases: Vec<(&str, Vec<u8>, ErrorCode, &str)> = vec![
-        ("garbage body", vec![0, 0, 0, 2, 0, 0], ErrorCode::InvalidRequest, "truncated"),
-        ("unknown api", vec![0, 0, 0, 4, 0, 99, 0, 0], ErrorCode::UnsupportedVersion, "API key 99"),
-        ("future version", vec![0, 0, 0, 4, 0, 5, 0, 9], ErrorCode::UnsupportedVersion, "version 9"),
-        ("oversized frame", oversized.to_vec(), ErrorCode::FrameTooLarge, "65536"),
-        ("stream ends inside frame", vec![0, 0, 0, 100, 0, 0, 0], ErrorCode::InvalidRequest, "ended inside a frame"),
-        ("short length prefix", vec![0, 0], ErrorCode::InvalidRequest, "ended inside a frame"),
-        ("trailing bytes", [&encode_request(&Request::DescribeTopics(DescribeTopicsRequest { names: vec![] }))[..], &[1, 2, 3]].concat(), ErrorCode::InvalidRequest, ""),
+        (
+            "garbage body",
+            vec![0, 0, 0, 2, 0, 0],
+            ErrorCode::InvalidRequest,
+            "truncated",
+        ),
+        (
+            "unknown api",
+            vec![0, 0, 0, 4, 0, 99, 0, 0],
+            ErrorCode::UnsupportedVersion,
+            "API key 99",
+        ),
+        (
+            "future version",
+            vec![0, 0, 0, 4, 0, 5, 0, 9],
+            ErrorCode::UnsupportedVersion,
+            "version 9",
+        ),
+        (
+            "oversized frame",
+            oversized.to_vec(),
+            ErrorCode::FrameTooLarge,
+            "65536",
+        ),
+        (
+            "stream ends inside frame",
+            vec![0, 0, 0, 100, 0, 0, 0],
+            ErrorCode::InvalidRequest,
+            "ended inside a frame",
+        ),
+        (
+            "short length prefix",
+            vec![0, 0],
+            ErrorCode::InvalidRequest,
+            "ended inside a frame",
+        ),
+        (
+            "trailing bytes",
+            [
+                &encode_request(&Request::DescribeTopics(DescribeTopicsRequest {
+                    names: vec![],
+                }))[..],
+                &[1, 2, 3],
+            ]
+            .concat(),
+            ErrorCode::InvalidRequest,
+            "",
+        ),
     ];
     for (name, bytes, code, message) in cases {
         let mut bytes = bytes;
@@ -186,20 +349,35 @@ async fn malformed_frames_close_only_their_stream() {
         }
         let (got, got_message) = frame_error(raw_request(&connection, &bytes).await);
         assert_eq!(got, code, "{name}: {got_message}");
-        assert!(got_message.contains(message), "{name}: `{got_message}` lacks `{message}`");
+        assert!(
+            got_message.contains(message),
+            "{name}: `{got_message}` lacks `{message}`"
+        );
     }
     // The same connection still works.
-    let ok = raw_request(&connection, &encode_request(&Request::ApiVersions(ApiVersionsRequest { client_software: "t".into() })))
-        .await
-        .unwrap();
-    assert!(matches!(decode_response(ApiKey::ApiVersions, ok).unwrap(), ResponseFrame::Ok(Response::ApiVersions(_))));
+    let ok = raw_request(
+        &connection,
+        &encode_request(&Request::ApiVersions(ApiVersionsRequest {
+            client_software: "t".into(),
+        })),
+    )
+    .await
+    .unwrap();
+    assert!(matches!(
+        decode_response(ApiKey::ApiVersions, ok).unwrap(),
+        ResponseFrame::Ok(Response::ApiVersions(_))
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_vanishing_mid_request_harms_nothing() {
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("v", 1)).await.unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("v", 1))
+        .await
+        .unwrap();
     for _ in 0..5 {
         let connection = broker.raw_connection().await;
         let frame = encode_request(&produce("v", 0, 1, batch(5000)));
@@ -241,20 +419,33 @@ async fn disk_full_refuses_writes_and_keeps_serving_reads() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!("skipping disk_full_refuses_writes_and_keeps_serving_reads: cannot mount tmpfs here");
+        eprintln!(
+            "skipping disk_full_refuses_writes_and_keeps_serving_reads: cannot mount tmpfs here"
+        );
         return;
     }
     struct Unmount(std::path::PathBuf);
     impl Drop for Unmount {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.0)
+                .status();
         }
     }
     let _unmount = Unmount(mount.clone());
     let broker = TestBroker::start_in(&mount.join("data"), &[], None);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("filler", 1)).await.unwrap();
-    client.admin().create_topic(NewTopic::new("data", 1)).await.unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("filler", 1))
+        .await
+        .unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("data", 1))
+        .await
+        .unwrap();
     let (code, _) = produce_error(&client, produce("filler", 0, 1, batch(1_000_000))).await;
     assert_eq!(code, ErrorCode::None);
     let mut accepted = 0i64;
@@ -276,7 +467,10 @@ async fn disk_full_refuses_writes_and_keeps_serving_reads() {
     assert_eq!(described.partitions[0].high_watermark, accepted);
     let mut consumer = client.consumer(meridian_client::ConsumerConfig::default());
     consumer.assign("data", &[0]).await.unwrap();
-    consumer.seek("data", 0, meridian_client::Offset::Earliest).await.unwrap();
+    consumer
+        .seek("data", 0, meridian_client::Offset::Earliest)
+        .await
+        .unwrap();
     let mut n = 0;
     while n < accepted {
         n += consumer.poll(Duration::from_secs(5)).await.unwrap().len() as i64;
@@ -285,7 +479,9 @@ async fn disk_full_refuses_writes_and_keeps_serving_reads() {
     // Free space; writes resume at the next offset.
     client.admin().delete_topic("filler").await.unwrap();
     let request = produce("data", 0, 1, batch(50_000));
-    let Response::Produce(r) = client.request(request).await.unwrap() else { panic!() };
+    let Response::Produce(r) = client.request(request).await.unwrap() else {
+        panic!()
+    };
     let p = &r.topics[0].partitions[0];
     assert_eq!(p.error, ErrorCode::None, "{}", p.message);
     assert_eq!(p.base_offset, accepted);

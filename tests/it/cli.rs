@@ -4,30 +4,72 @@ use crate::harness::TestBroker;
 
 fn ok(result: (bool, String, String)) -> String {
     let (success, stdout, stderr) = result;
-    assert!(success, "command failed:\nstdout: {stdout}\nstderr: {stderr}");
+    assert!(
+        success,
+        "command failed:\nstdout: {stdout}\nstderr: {stderr}"
+    );
     stdout
 }
 
 #[test]
 fn topic_produce_consume_tour() {
     let broker = TestBroker::start(&[]);
-    let out = ok(broker.cli(&["topic", "create", "demo", "--partitions", "3", "--config", "retention.ms=60000"], ""));
+    let out = ok(broker.cli(
+        &[
+            "topic",
+            "create",
+            "demo",
+            "--partitions",
+            "3",
+            "--config",
+            "retention.ms=60000",
+        ],
+        "",
+    ));
     assert!(out.contains("created topic demo"), "{out}");
     assert_eq!(ok(broker.cli(&["topic", "list"], "")), "demo\n");
 
     let described = ok(broker.cli(&["topic", "describe", "demo"], ""));
-    for needle in ["partitions: 3", "retention.ms", "60000", "retention.bytes", "segment.bytes", "max.message.bytes", "cleanup.policy", "delete  (default)"] {
-        assert!(described.contains(needle), "describe lacks `{needle}`:\n{described}");
+    for needle in [
+        "partitions: 3",
+        "retention.ms",
+        "60000",
+        "retention.bytes",
+        "segment.bytes",
+        "max.message.bytes",
+        "cleanup.policy",
+        "delete  (default)",
+    ] {
+        assert!(
+            described.contains(needle),
+            "describe lacks `{needle}`:\n{described}"
+        );
     }
 
     // Keyed lines, explicit compression and acks, offsets printed with -v.
     let input = "a:1\nb:2\na:3\nc:4\n";
-    let out = ok(broker.cli(&["produce", "demo", "-K", ":", "--compression", "zstd", "--acks", "all", "-v"], input));
+    let out = ok(broker.cli(
+        &[
+            "produce",
+            "demo",
+            "-K",
+            ":",
+            "--compression",
+            "zstd",
+            "--acks",
+            "all",
+            "-v",
+        ],
+        input,
+    ));
     let acks: Vec<(u32, i64)> = out
         .lines()
         .map(|l| {
             let mut parts = l.split_whitespace();
-            (parts.next().unwrap().parse().unwrap(), parts.next().unwrap().parse().unwrap())
+            (
+                parts.next().unwrap().parse().unwrap(),
+                parts.next().unwrap().parse().unwrap(),
+            )
         })
         .collect();
     assert_eq!(acks.len(), 4, "{out}");
@@ -40,13 +82,28 @@ fn topic_produce_consume_tour() {
     assert_eq!(values, ["1", "2", "3", "4"]);
 
     let json = ok(broker.cli(&["consume", "demo", "--format", "json"], ""));
-    let records: Vec<serde_json::Value> = json.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let records: Vec<serde_json::Value> = json
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(records.len(), 4);
     let a: Vec<&serde_json::Value> = records.iter().filter(|r| r["key"] == "a").collect();
     assert_eq!(a.len(), 2);
-    assert!(a.iter().all(|r| r["partition"] == acks[0].0 && r["topic"] == "demo" && r["timestamp"].as_i64().unwrap() > 0));
+    assert!(a.iter().all(|r| r["partition"] == acks[0].0
+        && r["topic"] == "demo"
+        && r["timestamp"].as_i64().unwrap() > 0));
 
-    let full = ok(broker.cli(&["consume", "demo", "--format", "full", "-p", &acks[0].0.to_string()], ""));
+    let full = ok(broker.cli(
+        &[
+            "consume",
+            "demo",
+            "--format",
+            "full",
+            "-p",
+            &acks[0].0.to_string(),
+        ],
+        "",
+    ));
     let first: Vec<&str> = full.lines().next().unwrap().split('\t').collect();
     assert_eq!(first[0], acks[0].0.to_string());
     assert_eq!(first[3], "a");
@@ -56,7 +113,12 @@ fn topic_produce_consume_tour() {
     ok(broker.cli(&["produce", "demo", "--partition", "0"], "x0\nx1\nx2\nx3\n"));
     let some = ok(broker.cli(&["consume", "demo", "-p", "0", "--from", "latest"], ""));
     assert_eq!(some, "", "latest without --follow prints nothing");
-    let n = ok(broker.cli(&["consume", "demo", "-p", "0", "-n", "2", "--from", "earliest"], ""));
+    let n = ok(broker.cli(
+        &[
+            "consume", "demo", "-p", "0", "-n", "2", "--from", "earliest",
+        ],
+        "",
+    ));
     assert_eq!(n.lines().count(), 2);
 
     // Errors are clear and exit non-zero.
@@ -78,7 +140,17 @@ fn consume_follow_tails_new_records() {
     let broker = TestBroker::start(&[]);
     ok(broker.cli(&["topic", "create", "tail"], ""));
     let mut follower = Command::new(crate::harness::meridian_bin())
-        .args(["consume", "tail", "--follow", "--from", "latest", "--broker", &broker.addr, "--fingerprint", &broker.fingerprint])
+        .args([
+            "consume",
+            "tail",
+            "--follow",
+            "--from",
+            "latest",
+            "--broker",
+            &broker.addr,
+            "--fingerprint",
+            &broker.fingerprint,
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
@@ -114,14 +186,25 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     assert!(printed.contains("listening on 127.0.0.1:"), "{printed}");
     assert!(printed.contains("(generated, self-signed)"), "{printed}");
     assert!(dir.path().join("meridian-data/tls/cert.pem").exists());
-    let addr = printed.split(" listening on ").nth(1).unwrap().split_whitespace().next().unwrap().to_owned();
+    let addr = printed
+        .split(" listening on ")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_owned();
     // From the same directory the CLI finds the dev certificate by itself.
     let out = Command::new(crate::harness::meridian_bin())
         .args(["topic", "create", "hello", "--broker", &addr])
         .current_dir(dir.path())
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let _ = dev.kill();
     let _ = dev.wait();
 }

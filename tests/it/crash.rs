@@ -12,24 +12,39 @@ use crate::harness::TestBroker;
 /// exactly once, at the offset it was acknowledged with.
 async fn kill_during_produce(settings: &[&str], acks: Acks, acked_target: usize) {
     let mut broker = TestBroker::start(settings);
-    let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("crash", 4)).await.unwrap();
+    // Requests cut off by the kill fail fast instead of waiting out the default timeout.
+    let client = broker.client_with(|c| c.request_timeout = Duration::from_secs(2)).await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("crash", 4))
+        .await
+        .unwrap();
     let acked: Arc<Mutex<Vec<(u32, i64, u64)>>> = Arc::default();
-    let producer = client.producer(ProducerConfig { acks, retries: 0, ..ProducerConfig::default() });
+    let producer = client.producer(ProducerConfig {
+        acks,
+        retries: 0,
+        ..ProducerConfig::default()
+    });
     let producing = {
         let acked = acked.clone();
         tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, meridian_client::DeliveryFuture)>(50_000);
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<(u64, meridian_client::DeliveryFuture)>(50_000);
             let collector = tokio::spawn(async move {
                 while let Some((seq, delivery)) = rx.recv().await {
                     if let Ok(meta) = delivery.await {
-                        acked.lock().unwrap().push((meta.partition, meta.offset, seq));
+                        acked
+                            .lock()
+                            .unwrap()
+                            .push((meta.partition, meta.offset, seq));
                     }
                 }
             });
             for seq in 0u64.. {
                 let value = Bytes::from(format!("{seq:012}-{}", "x".repeat(200)));
-                let Ok(delivery) = producer.send(ProducerRecord::new("crash", value)).await else { break };
+                let Ok(delivery) = producer.send(ProducerRecord::new("crash", value)).await else {
+                    break;
+                };
                 if tx.send((seq, delivery)).await.is_err() {
                     break;
                 }
@@ -56,15 +71,31 @@ async fn kill_during_produce(settings: &[&str], acks: Acks, acked_target: usize)
     let mut ends = HashMap::new();
     for p in 0..4 {
         consumer.seek("crash", p, Offset::Earliest).await.unwrap();
-        ends.insert(p, client.admin().list_offsets("crash", p, Offset::Latest).await.unwrap());
+        ends.insert(
+            p,
+            client
+                .admin()
+                .list_offsets("crash", p, Offset::Latest)
+                .await
+                .unwrap(),
+        );
     }
     let mut stored: HashMap<(u32, i64), u64> = HashMap::new();
     let mut seen_seq = std::collections::HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ends.iter().any(|(p, end)| consumer.position("crash", *p).is_none_or(|pos| pos < *end)) {
-        assert!(tokio::time::Instant::now() < deadline, "could not read back the log");
+    while ends
+        .iter()
+        .any(|(p, end)| consumer.position("crash", *p).is_none_or(|pos| pos < *end))
+    {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "could not read back the log"
+        );
         for r in consumer.poll(Duration::from_millis(500)).await.unwrap() {
-            let seq: u64 = std::str::from_utf8(&r.value.as_ref().unwrap()[..12]).unwrap().parse().unwrap();
+            let seq: u64 = std::str::from_utf8(&r.value.as_ref().unwrap()[..12])
+                .unwrap()
+                .parse()
+                .unwrap();
             assert!(seen_seq.insert(seq), "record {seq} stored twice");
             stored.insert((r.partition, r.offset), seq);
         }
@@ -79,7 +110,12 @@ async fn kill_during_produce(settings: &[&str], acks: Acks, acked_target: usize)
             }
         }
     }
-    assert_eq!(missing, 0, "{missing} of {} acknowledged records lost after kill -9", acked.len());
+    assert_eq!(
+        missing,
+        0,
+        "{missing} of {} acknowledged records lost after kill -9",
+        acked.len()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,17 +135,34 @@ async fn torn_tail_is_truncated_on_restart() {
     let mut broker = TestBroker::start(&[]);
     {
         let client = broker.client().await;
-        client.admin().create_topic(NewTopic::new("torn", 1)).await.unwrap();
-        let producer = client.producer(ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() });
+        client
+            .admin()
+            .create_topic(NewTopic::new("torn", 1))
+            .await
+            .unwrap();
+        let producer = client.producer(ProducerConfig {
+            linger: Duration::ZERO,
+            ..ProducerConfig::default()
+        });
         for i in 0..10u32 {
-            producer.send(ProducerRecord::new("torn", Bytes::from(vec![i as u8; 100]))).await.unwrap().await.unwrap();
+            producer
+                .send(ProducerRecord::new("torn", Bytes::from(vec![i as u8; 100])))
+                .await
+                .unwrap()
+                .await
+                .unwrap();
         }
     }
     broker.kill9();
-    let segment = broker.data_dir.join("topics/torn/0/00000000000000000000.log");
+    let segment = broker
+        .data_dir
+        .join("topics/torn/0/00000000000000000000.log");
     let len = std::fs::metadata(&segment).unwrap().len();
     // Cut the last batch in half and append garbage.
-    let file = std::fs::OpenOptions::new().write(true).open(&segment).unwrap();
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .unwrap();
     file.set_len(len - 50).unwrap();
     drop(file);
     let mut bytes = std::fs::read(&segment).unwrap();
@@ -118,8 +171,26 @@ async fn torn_tail_is_truncated_on_restart() {
 
     broker.restart();
     let client = broker.client().await;
-    assert_eq!(client.admin().list_offsets("torn", 0, Offset::Latest).await.unwrap(), 9);
-    let producer = client.producer(ProducerConfig { linger: Duration::ZERO, ..ProducerConfig::default() });
-    let meta = producer.send(ProducerRecord::new("torn", Bytes::from_static(b"after"))).await.unwrap().await.unwrap();
-    assert_eq!(meta.offset, 9, "appends continue right after the last intact batch");
+    assert_eq!(
+        client
+            .admin()
+            .list_offsets("torn", 0, Offset::Latest)
+            .await
+            .unwrap(),
+        9
+    );
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    });
+    let meta = producer
+        .send(ProducerRecord::new("torn", Bytes::from_static(b"after")))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert_eq!(
+        meta.offset, 9,
+        "appends continue right after the last intact batch"
+    );
 }

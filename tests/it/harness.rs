@@ -19,7 +19,10 @@ pub fn meridian_bin() -> PathBuf {
     }
     let exe = std::env::current_exe().expect("test executable path");
     // target/<profile>/deps/it-<hash> → target/<profile>/meridian
-    let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>");
     let bin = profile_dir.join("meridian");
     assert!(
         bin.exists(),
@@ -45,10 +48,21 @@ impl TestBroker {
         Self::start_in(&data_dir, settings, Some(temp))
     }
 
-    pub fn start_in(data_dir: &Path, settings: &[&str], temp: Option<Arc<tempfile::TempDir>>) -> TestBroker {
+    pub fn start_in(
+        data_dir: &Path,
+        settings: &[&str],
+        temp: Option<Arc<tempfile::TempDir>>,
+    ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         let (child, addr, fingerprint) = spawn(data_dir, &settings);
-        TestBroker { child: Some(child), addr, fingerprint, data_dir: data_dir.to_owned(), settings, _temp: temp }
+        TestBroker {
+            child: Some(child),
+            addr,
+            fingerprint,
+            data_dir: data_dir.to_owned(),
+            settings,
+            _temp: temp,
+        }
     }
 
     /// Kills the process with SIGKILL (no clean shutdown).
@@ -62,7 +76,11 @@ impl TestBroker {
     /// Stops with SIGTERM and waits for a clean exit.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+            let status = Command::new("kill")
+                .arg("-TERM")
+                .arg(child.id().to_string())
+                .status()
+                .expect("kill");
             assert!(status.success());
             let exit = child.wait().expect("wait");
             assert!(exit.success(), "broker exited with {exit} after SIGTERM");
@@ -83,9 +101,12 @@ impl TestBroker {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(ClientConfig::new(self.addr.clone(), Trust::parse_fingerprint(&self.fingerprint).unwrap()))
-            .await
-            .expect("connect to test broker")
+        Client::connect(ClientConfig::new(
+            self.addr.clone(),
+            Trust::parse_fingerprint(&self.fingerprint).unwrap(),
+        ))
+        .await
+        .expect("connect to test broker")
     }
 
     /// `meridian <args>` against this broker, with stdin; returns (status ok, stdout, stderr).
@@ -102,15 +123,26 @@ impl TestBroker {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn meridian cli");
-        child.stdin.take().expect("stdin").write_all(stdin.as_bytes()).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(stdin.as_bytes())
+            .expect("write stdin");
         let out = child.wait_with_output().expect("cli output");
-        (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// A raw QUIC connection speaking ALPN meridian/1, for sending malformed frames.
     pub async fn raw_connection(&self) -> quinn::Connection {
-        let certs: Vec<CertificateDer<'static>> =
-            CertificateDer::pem_file_iter(self.cert_path()).unwrap().collect::<Result<_, _>>().unwrap();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(self.cert_path())
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certs[0].clone()).unwrap();
         let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -120,10 +152,16 @@ impl TestBroker {
             .with_root_certificates(roots)
             .with_no_client_auth();
         tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
-        let config = quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap()));
+        let config = quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        ));
         let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
         endpoint.set_default_client_config(config);
-        endpoint.connect(self.addr.parse().unwrap(), "localhost").unwrap().await.expect("raw QUIC connect")
+        endpoint
+            .connect(self.addr.parse().unwrap(), "localhost")
+            .unwrap()
+            .await
+            .expect("raw QUIC connect")
     }
 }
 
@@ -135,17 +173,31 @@ impl Drop for TestBroker {
 
 fn spawn(data_dir: &Path, settings: &[String]) -> (Child, String, String) {
     let mut cmd = Command::new(meridian_bin());
-    cmd.arg("broker").arg("--data-dir").arg(data_dir).arg("--listen").arg("127.0.0.1:0");
+    cmd.arg("broker")
+        .arg("--data-dir")
+        .arg(data_dir)
+        .arg("--listen")
+        .arg("127.0.0.1:0");
     for s in settings {
         cmd.arg("--set").arg(s);
     }
-    cmd.env("RUST_LOG", std::env::var("MERIDIAN_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()));
-    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().expect("spawn broker");
+    cmd.env(
+        "RUST_LOG",
+        std::env::var("MERIDIAN_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn broker");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
     let (mut addr, mut fingerprint) = (None, None);
     while addr.is_none() || fingerprint.is_none() {
-        let line = lines.next().expect("broker exited before printing its address").expect("read stdout");
+        let line = lines
+            .next()
+            .expect("broker exited before printing its address")
+            .expect("read stdout");
         if let Some(rest) = line.split(" listening on ").nth(1) {
             addr = rest.split_whitespace().next().map(str::to_owned);
         }

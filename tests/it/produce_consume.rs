@@ -2,7 +2,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_client::{partition_for_key, Acks, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord};
+use meridian_client::{
+    partition_for_key, Acks, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig,
+    ProducerRecord,
+};
 
 use crate::harness::TestBroker;
 
@@ -11,7 +14,11 @@ use crate::harness::TestBroker;
 async fn round_trip(n: u64, partitions: u32, compression: Compression) {
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("events", partitions)).await.unwrap();
+    client
+        .admin()
+        .create_topic(NewTopic::new("events", partitions))
+        .await
+        .unwrap();
     let producer = client.producer(ProducerConfig {
         compression,
         acks: Acks::Leader,
@@ -21,20 +28,28 @@ async fn round_trip(n: u64, partitions: u32, compression: Compression) {
     let mut deliveries = Vec::with_capacity(n as usize);
     for i in 0..n {
         let key = format!("key-{}", i % 1000);
-        let record = ProducerRecord::new("events", Bytes::from(format!("{i}"))).key(Bytes::from(key));
+        let record =
+            ProducerRecord::new("events", Bytes::from(format!("{i}"))).key(Bytes::from(key));
         deliveries.push(producer.send(record).await.unwrap());
     }
     producer.flush().await.unwrap();
     let mut acked_offsets: HashMap<u32, Vec<i64>> = HashMap::new();
     for d in deliveries {
         let meta = d.await.unwrap();
-        acked_offsets.entry(meta.partition).or_default().push(meta.offset);
+        acked_offsets
+            .entry(meta.partition)
+            .or_default()
+            .push(meta.offset);
     }
     for offsets in acked_offsets.values_mut() {
         offsets.sort_unstable();
         offsets.dedup();
     }
-    assert_eq!(acked_offsets.values().map(Vec::len).sum::<usize>() as u64, n, "every record got its own offset");
+    assert_eq!(
+        acked_offsets.values().map(Vec::len).sum::<usize>() as u64,
+        n,
+        "every record got its own offset"
+    );
 
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign_all("events").await.unwrap();
@@ -47,22 +62,37 @@ async fn round_trip(n: u64, partitions: u32, compression: Compression) {
     let mut received = 0u64;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while received < n {
-        assert!(tokio::time::Instant::now() < deadline, "timed out with {received}/{n} records");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out with {received}/{n} records"
+        );
         for record in consumer.poll(Duration::from_secs(1)).await.unwrap() {
-            let seq: u64 = std::str::from_utf8(record.value.as_ref().unwrap()).unwrap().parse().unwrap();
+            let seq: u64 = std::str::from_utf8(record.value.as_ref().unwrap())
+                .unwrap()
+                .parse()
+                .unwrap();
             let key = String::from_utf8(record.key.as_ref().unwrap().to_vec()).unwrap();
             assert!(!seen[seq as usize], "record {seq} delivered twice");
             seen[seq as usize] = true;
             received += 1;
             // Offsets strictly increase within a partition.
             if let Some(prev) = last_offset.insert(record.partition, record.offset) {
-                assert!(record.offset > prev, "partition {} went from {prev} to {}", record.partition, record.offset);
+                assert!(
+                    record.offset > prev,
+                    "partition {} went from {prev} to {}",
+                    record.partition,
+                    record.offset
+                );
             }
             // Per-key order is production order (a key lives on one partition).
             if let Some(prev) = last_seq_per_key.insert(key.clone(), seq) {
                 assert!(seq > prev, "key {key}: {seq} after {prev}");
             }
-            assert_eq!(record.partition, partition_for_key(key.as_bytes(), partitions), "key {key} on the wrong partition");
+            assert_eq!(
+                record.partition,
+                partition_for_key(key.as_bytes(), partitions),
+                "key {key} on the wrong partition"
+            );
         }
     }
     assert!(seen.iter().all(|s| *s), "records missing");
@@ -83,21 +113,50 @@ async fn compressed_batches_round_trip() {
 async fn seek_by_timestamp_and_list_offsets() {
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("t", 1)).await.unwrap();
-    let producer = client.producer(ProducerConfig { linger: Duration::from_millis(0), ..ProducerConfig::default() });
+    client
+        .admin()
+        .create_topic(NewTopic::new("t", 1))
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(0),
+        ..ProducerConfig::default()
+    });
     for i in 0..100i64 {
-        let record = ProducerRecord::new("t", Bytes::from(i.to_string())).timestamp(1_000_000 + i * 10);
+        let record =
+            ProducerRecord::new("t", Bytes::from(i.to_string())).timestamp(1_000_000 + i * 10);
         producer.send(record).await.unwrap().await.unwrap();
     }
     let admin = client.admin();
-    assert_eq!(admin.list_offsets("t", 0, Offset::Earliest).await.unwrap(), 0);
-    assert_eq!(admin.list_offsets("t", 0, Offset::Latest).await.unwrap(), 100);
-    assert_eq!(admin.list_offsets("t", 0, Offset::Timestamp(1_000_000 + 425)).await.unwrap(), 43);
-    assert_eq!(admin.list_offsets("t", 0, Offset::Timestamp(9_000_000)).await.unwrap(), 100);
+    assert_eq!(
+        admin.list_offsets("t", 0, Offset::Earliest).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        admin.list_offsets("t", 0, Offset::Latest).await.unwrap(),
+        100
+    );
+    assert_eq!(
+        admin
+            .list_offsets("t", 0, Offset::Timestamp(1_000_000 + 425))
+            .await
+            .unwrap(),
+        43
+    );
+    assert_eq!(
+        admin
+            .list_offsets("t", 0, Offset::Timestamp(9_000_000))
+            .await
+            .unwrap(),
+        100
+    );
 
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign("t", &[0]).await.unwrap();
-    consumer.seek("t", 0, Offset::Timestamp(1_000_000 + 500)).await.unwrap();
+    consumer
+        .seek("t", 0, Offset::Timestamp(1_000_000 + 500))
+        .await
+        .unwrap();
     let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
     assert_eq!(records.first().map(|r| r.offset), Some(50));
 }
@@ -106,15 +165,27 @@ async fn seek_by_timestamp_and_list_offsets() {
 async fn long_poll_fetch_wakes_when_data_arrives() {
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
-    client.admin().create_topic(NewTopic::new("live", 2)).await.unwrap();
-    let mut consumer = client.consumer(ConsumerConfig { fetch_max_wait: Duration::from_secs(20), ..ConsumerConfig::default() });
+    client
+        .admin()
+        .create_topic(NewTopic::new("live", 2))
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig {
+        fetch_max_wait: Duration::from_secs(20),
+        ..ConsumerConfig::default()
+    });
     consumer.assign_all("live").await.unwrap();
     let producer_client = broker.client().await;
     let started = tokio::time::Instant::now();
     tokio::spawn(async move {
         tokio::time::sleep(Duration::from_millis(300)).await;
         let producer = producer_client.producer(ProducerConfig::default());
-        producer.send(ProducerRecord::new("live", Bytes::from_static(b"hello")).partition(1)).await.unwrap().await.unwrap();
+        producer
+            .send(ProducerRecord::new("live", Bytes::from_static(b"hello")).partition(1))
+            .await
+            .unwrap()
+            .await
+            .unwrap();
     });
     let mut got = Vec::new();
     while got.is_empty() {
@@ -122,7 +193,10 @@ async fn long_poll_fetch_wakes_when_data_arrives() {
     }
     assert_eq!(got[0].value.as_deref(), Some(&b"hello"[..]));
     // Woken by the append, not by the 20 s max wait.
-    assert!(started.elapsed() < Duration::from_secs(10), "fetch was not woken by the append");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "fetch was not woken by the append"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -130,11 +204,16 @@ async fn clean_restart_keeps_topics_configs_and_data() {
     let mut broker = TestBroker::start(&[]);
     {
         let client = broker.client().await;
-        let topic = NewTopic::new("kept", 3).config("retention.ms", "3600000").config("segment.bytes", "1048576");
+        let topic = NewTopic::new("kept", 3)
+            .config("retention.ms", "3600000")
+            .config("segment.bytes", "1048576");
         client.admin().create_topic(topic).await.unwrap();
         let producer = client.producer(ProducerConfig::default());
         for i in 0..3000u32 {
-            producer.send(ProducerRecord::new("kept", Bytes::from(vec![7u8; 1000])).partition(i % 3)).await.unwrap();
+            producer
+                .send(ProducerRecord::new("kept", Bytes::from(vec![7u8; 1100])).partition(i % 3))
+                .await
+                .unwrap();
         }
         producer.flush().await.unwrap();
     }
@@ -143,8 +222,20 @@ async fn clean_restart_keeps_topics_configs_and_data() {
     let client = broker.client().await;
     let described = client.admin().describe_topic("kept").await.unwrap();
     assert_eq!(described.partitions.len(), 3);
-    assert!(described.configs.iter().any(|c| c.key == "retention.ms" && c.value == "3600000" && !c.is_default));
-    assert!(described.partitions.iter().all(|p| p.high_watermark == 1000));
-    // Over 1 MB per partition with segment.bytes = 1 MiB: each partition rolled.
-    assert!(described.partitions.iter().all(|p| p.size_bytes >= 1000 * 1000 && p.segments >= 2), "{described:?}");
+    assert!(described
+        .configs
+        .iter()
+        .any(|c| c.key == "retention.ms" && c.value == "3600000" && !c.is_default));
+    assert!(described
+        .partitions
+        .iter()
+        .all(|p| p.high_watermark == 1000));
+    // 1.1 MB per partition with segment.bytes = 1 MiB: each partition rolled.
+    assert!(
+        described
+            .partitions
+            .iter()
+            .all(|p| p.size_bytes >= 1_100_000 && p.segments >= 2),
+        "{described:?}"
+    );
 }

@@ -19,7 +19,8 @@ use clap::{Args, Subcommand};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use meridian_client::{
-    Acks, Client, ClientConfig, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, Trust,
+    Acks, Client, ClientConfig, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig,
+    ProducerRecord, Trust,
 };
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -176,7 +177,9 @@ impl ChildBroker {
         let (temp, data_dir) = match data_dir {
             Some(dir) => (None, dir),
             None => {
-                let temp = tempfile::Builder::new().prefix("meridian-bench-").tempdir_in(".")?;
+                let temp = tempfile::Builder::new()
+                    .prefix("meridian-bench-")
+                    .tempdir_in(".")?;
                 let dir = temp.path().to_owned();
                 (Some(temp), dir)
             }
@@ -184,15 +187,30 @@ impl ChildBroker {
         Self::spawn(data_dir, settings, temp)
     }
 
-    fn spawn(data_dir: PathBuf, settings: &[String], temp: Option<tempfile::TempDir>) -> anyhow::Result<ChildBroker> {
+    fn spawn(
+        data_dir: PathBuf,
+        settings: &[String],
+        temp: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<ChildBroker> {
         let exe = std::env::current_exe().context("locating the meridian binary")?;
         let mut cmd = Command::new(exe);
-        cmd.arg("broker").arg("--data-dir").arg(&data_dir).arg("--listen").arg("127.0.0.1:0");
+        cmd.arg("broker")
+            .arg("--data-dir")
+            .arg(&data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0");
         for s in settings {
             cmd.arg("--set").arg(s);
         }
-        cmd.env("RUST_LOG", std::env::var("MERIDIAN_BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".into()));
-        let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().context("starting broker")?;
+        cmd.env(
+            "RUST_LOG",
+            std::env::var("MERIDIAN_BENCH_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
+        );
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .context("starting broker")?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
         let (mut addr, mut fingerprint) = (None, None);
@@ -237,7 +255,10 @@ impl Drop for ChildBroker {
 
 async fn connect(args: &BrokerArgs, child: &Option<ChildBroker>) -> anyhow::Result<Client> {
     let (addr, trust) = match (child, &args.broker) {
-        (Some(child), _) => (child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?),
+        (Some(child), _) => (
+            child.addr.clone(),
+            Trust::parse_fingerprint(&child.fingerprint)?,
+        ),
         (None, Some(addr)) => {
             let trust = match (&args.fingerprint, &args.ca) {
                 (Some(fp), _) => Trust::parse_fingerprint(fp)?,
@@ -255,11 +276,18 @@ fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
     if args.broker.is_some() {
         return Ok(None);
     }
-    Ok(Some(ChildBroker::start(args.broker_data_dir.clone(), &args.broker_set)?))
+    Ok(Some(ChildBroker::start(
+        args.broker_data_dir.clone(),
+        &args.broker_set,
+    )?))
 }
 
 async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
-    match client.admin().create_topic(NewTopic::new(topic, partitions)).await {
+    match client
+        .admin()
+        .create_topic(NewTopic::new(topic, partitions))
+        .await
+    {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(meridian_client::ErrorCode::TopicAlreadyExists) => Ok(()),
         Err(e) => Err(e.into()),
@@ -331,8 +359,11 @@ fn progress(total: Option<u64>, what: &str) -> ProgressBar {
         Some(n) => ProgressBar::new(n),
         None => ProgressBar::new_spinner(),
     };
-    let template = format!("{what} {{bar:40}} {{pos}}/{{len}} records {{per_sec}} [{{elapsed_precise}}]");
-    bar.set_style(ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()));
+    let template =
+        format!("{what} {{bar:40}} {{pos}}/{{len}} records {{per_sec}} [{{elapsed_precise}}]");
+    bar.set_style(
+        ProgressStyle::with_template(&template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
     bar
 }
@@ -382,11 +413,18 @@ async fn run_producers(
             acks: args.acks,
             ..ProducerConfig::default()
         });
-        let (topic, payloads, sent, bar) = (args.topic.clone(), payloads.clone(), sent.clone(), bar.clone());
+        let (topic, payloads, sent, bar) = (
+            args.topic.clone(),
+            payloads.clone(),
+            sent.clone(),
+            bar.clone(),
+        );
         tasks.push(tokio::spawn(async move {
-            let (tx, mut rx) = tokio::sync::mpsc::channel::<(Instant, meridian_client::DeliveryFuture)>(100_000);
+            let (tx, mut rx) =
+                tokio::sync::mpsc::channel::<(Instant, meridian_client::DeliveryFuture)>(100_000);
             let collector = tokio::spawn(async move {
-                let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+                let mut latency =
+                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
                 while let Some((intended, delivery)) = rx.recv().await {
                     delivery.await?;
                     let _ = latency.record(intended.elapsed().as_micros().max(1) as u64);
@@ -412,7 +450,10 @@ async fn run_producers(
                 let mut record = ProducerRecord::new(topic.clone(), value);
                 if let Some(epoch) = stamp {
                     let micros = intended.duration_since(epoch).as_micros() as u64;
-                    record = record.header("bench-intended-us", Bytes::copy_from_slice(&micros.to_be_bytes()));
+                    record = record.header(
+                        "bench-intended-us",
+                        Bytes::copy_from_slice(&micros.to_be_bytes()),
+                    );
                 }
                 let delivery = producer.send(record).await?;
                 if tx.send((intended, delivery)).await.is_err() {
@@ -439,10 +480,18 @@ async fn run_producers(
     }
     let elapsed = start.elapsed();
     bar.finish_and_clear();
-    Ok(ProduceOutcome { records, bytes: records * args.record_size as u64, elapsed, latency })
+    Ok(ProduceOutcome {
+        records,
+        bytes: records * args.record_size as u64,
+        elapsed,
+        latency,
+    })
 }
 
-async fn producer_clients(args: &LoadArgs, child: &Option<ChildBroker>) -> anyhow::Result<Vec<Client>> {
+async fn producer_clients(
+    args: &LoadArgs,
+    child: &Option<ChildBroker>,
+) -> anyhow::Result<Vec<Client>> {
     let mut clients = Vec::new();
     for _ in 0..args.producers.max(1) {
         clients.push(connect(&args.broker, child).await?);
@@ -500,9 +549,15 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     for c in 0..n_consumers {
         let client = connect(&args.broker, &child).await?;
-        let partitions: Vec<u32> = (0..args.partitions).filter(|p| p % n_consumers == c).collect();
-        let (topic, consumed, consumed_bytes, bar) =
-            (args.topic.clone(), consumed.clone(), consumed_bytes.clone(), bar.clone());
+        let partitions: Vec<u32> = (0..args.partitions)
+            .filter(|p| p % n_consumers == c)
+            .collect();
+        let (topic, consumed, consumed_bytes, bar) = (
+            args.topic.clone(),
+            consumed.clone(),
+            consumed_bytes.clone(),
+            bar.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut consumer = client.consumer(ConsumerConfig::default());
             consumer.assign(&topic, &partitions).await?;
@@ -511,13 +566,19 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
             }
             while consumed.load(Ordering::Relaxed) < target {
                 let records = consumer.poll(Duration::from_millis(200)).await?;
-                let bytes: usize = records.iter().map(|r| r.value.as_ref().map_or(0, |v| v.len())).sum();
+                let bytes: usize = records
+                    .iter()
+                    .map(|r| r.value.as_ref().map_or(0, |v| v.len()))
+                    .sum();
                 consumed_bytes.fetch_add(bytes as u64, Ordering::Relaxed);
                 consumed.fetch_add(records.len() as u64, Ordering::Relaxed);
                 bar.inc(records.len() as u64);
                 if records.is_empty()
                     && partitions.iter().all(|p| {
-                        consumer.position(&topic, *p).zip(consumer.high_watermark(&topic, *p)).is_some_and(|(a, b)| a >= b)
+                        consumer
+                            .position(&topic, *p)
+                            .zip(consumer.high_watermark(&topic, *p))
+                            .is_some_and(|(a, b)| a >= b)
                     })
                 {
                     break; // This consumer's share is exhausted.
@@ -563,12 +624,17 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
     for &p in &partitions {
         consumer.seek(&args.topic, p, Offset::Latest).await?;
     }
-    let expected = if args.duration.is_some() { None } else { Some(args.records) };
+    let expected = if args.duration.is_some() {
+        None
+    } else {
+        Some(args.records)
+    };
     let done = Arc::new(AtomicU64::new(u64::MAX));
     let consumer_task = {
         let done = done.clone();
         tokio::spawn(async move {
-            let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
+            let mut latency =
+                Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
             let mut n = 0u64;
             loop {
                 let target = done.load(Ordering::Relaxed);
@@ -576,8 +642,15 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
                     break;
                 }
                 for record in consumer.poll(Duration::from_millis(200)).await? {
-                    let Some(stamp) = record.headers.iter().find(|h| h.key == "bench-intended-us") else { continue };
-                    let Some(raw) = stamp.value.as_ref().and_then(|v| <[u8; 8]>::try_from(&v[..]).ok()) else {
+                    let Some(stamp) = record.headers.iter().find(|h| h.key == "bench-intended-us")
+                    else {
+                        continue;
+                    };
+                    let Some(raw) = stamp
+                        .value
+                        .as_ref()
+                        .and_then(|v| <[u8; 8]>::try_from(&v[..]).ok())
+                    else {
                         continue;
                     };
                     let intended = Duration::from_micros(u64::from_be_bytes(raw));
@@ -616,7 +689,9 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     let (server, client) = crate::transport::endpoints().await?;
     let addr = server.local_addr()?;
     let server_task = tokio::spawn(async move {
-        let Some(incoming) = server.accept().await else { return anyhow::Ok(0u64) };
+        let Some(incoming) = server.accept().await else {
+            return anyhow::Ok(0u64);
+        };
         let connection = incoming.await?;
         let mut total = 0u64;
         let mut readers = Vec::new();
@@ -638,7 +713,10 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     let per_stream = args.bytes / args.streams as u64;
     let chunk = Bytes::from(vec![0xA5u8; args.chunk_size]);
     let bar = ProgressBar::new(args.bytes);
-    bar.set_style(ProgressStyle::with_template("transport {bar:40} {bytes}/{total_bytes} {bytes_per_sec}").unwrap_or_else(|_| ProgressStyle::default_bar()));
+    bar.set_style(
+        ProgressStyle::with_template("transport {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
     let start = Instant::now();
     let mut writers = Vec::new();
@@ -667,9 +745,15 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     bar.finish_and_clear();
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
     if args.json {
-        println!("{}", serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec})
+        );
     } else {
-        println!("{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec", args.streams);
+        println!(
+            "{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec",
+            args.streams
+        );
     }
     client.wait_idle().await;
     Ok(())
@@ -681,7 +765,9 @@ fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
     use std::io::Write;
     let temp = match &args.dir {
         Some(dir) => tempfile::tempdir_in(dir)?,
-        None => tempfile::Builder::new().prefix("meridian-disk-").tempdir_in(".")?,
+        None => tempfile::Builder::new()
+            .prefix("meridian-disk-")
+            .tempdir_in(".")?,
     };
     let mut file = std::fs::File::create(temp.path().join("append.log"))?;
     let chunk = vec![0x5Au8; args.write_bytes];
@@ -697,7 +783,10 @@ fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     let mib_per_sec = written as f64 / seconds / (1024.0 * 1024.0);
     if args.json {
-        println!("{}", serde_json::json!({"bench": "disk", "bytes": written, "fsyncs": syncs, "seconds": seconds, "mib_per_sec": mib_per_sec, "write_bytes": args.write_bytes}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "disk", "bytes": written, "fsyncs": syncs, "seconds": seconds, "mib_per_sec": mib_per_sec, "write_bytes": args.write_bytes})
+        );
     } else {
         println!(
             "{written} bytes appended with fdatasync every {} bytes ({syncs} fsyncs) in {seconds:.2} s: {mib_per_sec:.2} MiB/sec",
@@ -711,25 +800,44 @@ fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
 
 fn rss_kib(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status.lines().find(|l| l.starts_with("VmRSS:")).context("no VmRSS in /proc status")?;
-    Ok(line.split_whitespace().nth(1).context("malformed VmRSS")?.parse()?)
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .context("no VmRSS in /proc status")?;
+    Ok(line
+        .split_whitespace()
+        .nth(1)
+        .context("malformed VmRSS")?
+        .parse()?)
 }
 
 async fn idle_bench(args: IdleArgs) -> anyhow::Result<()> {
     let child = ChildBroker::start(None, &[])?;
-    let client = Client::connect(ClientConfig::new(child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?)).await?;
+    let client = Client::connect(ClientConfig::new(
+        child.addr.clone(),
+        Trust::parse_fingerprint(&child.fingerprint)?,
+    ))
+    .await?;
     let before = rss_kib(child.pid())?;
-    client.admin().create_topic(NewTopic::new("idle", args.partitions)).await?;
+    client
+        .admin()
+        .create_topic(NewTopic::new("idle", args.partitions))
+        .await?;
     // One record in each partition, so every log is open with a segment and indexes.
     let producer = client.producer(ProducerConfig::default());
     for p in 0..args.partitions {
-        producer.send(ProducerRecord::new("idle", Bytes::from_static(b"x")).partition(p)).await?;
+        producer
+            .send(ProducerRecord::new("idle", Bytes::from_static(b"x")).partition(p))
+            .await?;
     }
     producer.flush().await?;
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = rss_kib(child.pid())?;
     if args.json {
-        println!("{}", serde_json::json!({"bench": "idle", "partitions": args.partitions, "rss_mib_before": before as f64 / 1024.0, "rss_mib": after as f64 / 1024.0}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "idle", "partitions": args.partitions, "rss_mib_before": before as f64 / 1024.0, "rss_mib": after as f64 / 1024.0})
+        );
     } else {
         println!(
             "broker RSS with {} idle partitions: {:.1} MiB (before creating them: {:.1} MiB)",
@@ -744,11 +852,20 @@ async fn idle_bench(args: IdleArgs) -> anyhow::Result<()> {
 // ---- recovery -----------------------------------------------------------------------
 
 async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
-    let temp = tempfile::Builder::new().prefix("meridian-recovery-").tempdir_in(".")?;
+    let temp = tempfile::Builder::new()
+        .prefix("meridian-recovery-")
+        .tempdir_in(".")?;
     let data_dir = temp.path().to_owned();
     let mut child = ChildBroker::start(Some(data_dir.clone()), &[])?;
-    let client = Client::connect(ClientConfig::new(child.addr.clone(), Trust::parse_fingerprint(&child.fingerprint)?)).await?;
-    client.admin().create_topic(NewTopic::new("recovery", args.partitions)).await?;
+    let client = Client::connect(ClientConfig::new(
+        child.addr.clone(),
+        Trust::parse_fingerprint(&child.fingerprint)?,
+    ))
+    .await?;
+    client
+        .admin()
+        .create_topic(NewTopic::new("recovery", args.partitions))
+        .await?;
     let record_size = 64 * 1024;
     let n_records = (args.log_gib * (1u64 << 30) as f64 / record_size as f64) as u64;
     let load = LoadArgs {
@@ -766,7 +883,13 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
         rate: 0.0,
         randomness: 1.0,
         json: false,
-        broker: BrokerArgs { broker: None, fingerprint: None, ca: None, broker_set: vec![], broker_data_dir: None },
+        broker: BrokerArgs {
+            broker: None,
+            fingerprint: None,
+            ca: None,
+            broker_set: vec![],
+            broker_data_dir: None,
+        },
     };
     let bar = progress(Some(n_records), "fill   ");
     let filled = run_producers(std::slice::from_ref(&client), &load, None, &bar).await?;
@@ -774,12 +897,22 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
     child.kill9();
     let started = Instant::now();
     let restarted = ChildBroker::spawn(data_dir, &[], None)?;
-    let client = Client::connect(ClientConfig::new(restarted.addr.clone(), Trust::parse_fingerprint(&restarted.fingerprint)?)).await?;
-    let end = client.admin().list_offsets("recovery", 0, Offset::Latest).await?;
+    let client = Client::connect(ClientConfig::new(
+        restarted.addr.clone(),
+        Trust::parse_fingerprint(&restarted.fingerprint)?,
+    ))
+    .await?;
+    let end = client
+        .admin()
+        .list_offsets("recovery", 0, Offset::Latest)
+        .await?;
     let seconds = started.elapsed().as_secs_f64();
     let gib = filled.bytes as f64 / (1u64 << 30) as f64;
     if args.json {
-        println!("{}", serde_json::json!({"bench": "recovery", "log_gib": gib, "restart_seconds": seconds, "partition0_end": end}));
+        println!(
+            "{}",
+            serde_json::json!({"bench": "recovery", "log_gib": gib, "restart_seconds": seconds, "partition0_end": end})
+        );
     } else {
         println!("restart after kill -9 with {gib:.2} GiB of log: serving again in {seconds:.3} s");
     }

@@ -6,7 +6,10 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
-use meridian_client::{Acks, Compression, ConsumerConfig, ConsumerRecord, NewTopic, Offset, ProducerConfig, ProducerRecord};
+use meridian_client::{
+    Acks, Compression, ConsumerConfig, ConsumerRecord, NewTopic, Offset, ProducerConfig,
+    ProducerRecord,
+};
 use tokio::io::AsyncBufReadExt;
 
 use crate::ConnectArgs;
@@ -47,11 +50,19 @@ pub enum TopicCommand {
 
 pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
-        TopicCommand::Create { name, partitions, replication_factor, configs, connect } => {
+        TopicCommand::Create {
+            name,
+            partitions,
+            replication_factor,
+            configs,
+            connect,
+        } => {
             let mut topic = NewTopic::new(name.clone(), partitions);
             topic.replication_factor = replication_factor;
             for entry in configs {
-                let (k, v) = entry.split_once('=').with_context(|| format!("--config `{entry}` is not KEY=VALUE"))?;
+                let (k, v) = entry
+                    .split_once('=')
+                    .with_context(|| format!("--config `{entry}` is not KEY=VALUE"))?;
                 topic = topic.config(k.trim(), v.trim());
             }
             connect.connect().await?.admin().create_topic(topic).await?;
@@ -63,15 +74,37 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Describe { name, connect } => {
-            let d = connect.connect().await?.admin().describe_topic(&name).await?;
-            println!("topic: {}  partitions: {}  replication-factor: {}", d.name, d.partitions.len(), d.replication_factor);
+            let d = connect
+                .connect()
+                .await?
+                .admin()
+                .describe_topic(&name)
+                .await?;
+            println!(
+                "topic: {}  partitions: {}  replication-factor: {}",
+                d.name,
+                d.partitions.len(),
+                d.replication_factor
+            );
             println!("configs:");
             for c in &d.configs {
-                println!("  {:<22} {}{}", c.key, c.value, if c.is_default { "  (default)" } else { "" });
+                println!(
+                    "  {:<22} {}{}",
+                    c.key,
+                    c.value,
+                    if c.is_default { "  (default)" } else { "" }
+                );
             }
-            println!("{:>9} {:>14} {:>14} {:>12} {:>8}  status", "partition", "log-start", "high-watermark", "size-bytes", "segments");
+            println!(
+                "{:>9} {:>14} {:>14} {:>12} {:>8}  status",
+                "partition", "log-start", "high-watermark", "size-bytes", "segments"
+            );
             for p in &d.partitions {
-                let status = if p.error.is_ok() { "online".to_string() } else { p.error.name().to_string() };
+                let status = if p.error.is_ok() {
+                    "online".to_string()
+                } else {
+                    p.error.name().to_string()
+                };
                 println!(
                     "{:>9} {:>14} {:>14} {:>12} {:>8}  {status}",
                     p.partition, p.log_start_offset, p.high_watermark, p.size_bytes, p.segments
@@ -201,10 +234,14 @@ fn parse_from(from: &str) -> anyhow::Result<Offset> {
     Ok(match from {
         "earliest" | "beginning" => Offset::Earliest,
         "latest" | "end" => Offset::Latest,
-        s if s.starts_with('@') => {
-            Offset::Timestamp(s[1..].parse().with_context(|| format!("--from {s}: expected @TIMESTAMP_MS"))?)
-        }
-        s => Offset::At(s.parse().with_context(|| format!("--from {s}: expected earliest, latest, OFFSET or @TIMESTAMP_MS"))?),
+        s if s.starts_with('@') => Offset::Timestamp(
+            s[1..]
+                .parse()
+                .with_context(|| format!("--from {s}: expected @TIMESTAMP_MS"))?,
+        ),
+        s => Offset::At(s.parse().with_context(|| {
+            format!("--from {s}: expected earliest, latest, OFFSET or @TIMESTAMP_MS")
+        })?),
     })
 }
 
@@ -235,7 +272,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             break;
         }
         if !args.follow
-            && ends.iter().all(|(p, end)| consumer.position(&args.topic, *p).is_some_and(|pos| pos >= *end))
+            && ends.iter().all(|(p, end)| {
+                consumer
+                    .position(&args.topic, *p)
+                    .is_some_and(|pos| pos >= *end)
+            })
         {
             break;
         }
@@ -261,10 +302,17 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 }
 
 fn text(bytes: &Option<Bytes>) -> String {
-    bytes.as_ref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default()
+    bytes
+        .as_ref()
+        .map(|b| String::from_utf8_lossy(b).into_owned())
+        .unwrap_or_default()
 }
 
-fn print_record(out: &mut impl Write, record: &ConsumerRecord, format: Format) -> anyhow::Result<()> {
+fn print_record(
+    out: &mut impl Write,
+    record: &ConsumerRecord,
+    format: Format,
+) -> anyhow::Result<()> {
     match format {
         Format::Value => writeln!(out, "{}", text(&record.value))?,
         Format::Full => writeln!(
@@ -280,7 +328,14 @@ fn print_record(out: &mut impl Write, record: &ConsumerRecord, format: Format) -
             let headers: serde_json::Map<String, serde_json::Value> = record
                 .headers
                 .iter()
-                .map(|h| (h.key.clone(), h.value.as_ref().map_or(serde_json::Value::Null, |v| String::from_utf8_lossy(v).into())))
+                .map(|h| {
+                    (
+                        h.key.clone(),
+                        h.value.as_ref().map_or(serde_json::Value::Null, |v| {
+                            String::from_utf8_lossy(v).into()
+                        }),
+                    )
+                })
                 .collect();
             let object = serde_json::json!({
                 "topic": record.topic,
@@ -306,7 +361,10 @@ mod tests {
         assert_eq!(parse_from("earliest").unwrap(), Offset::Earliest);
         assert_eq!(parse_from("latest").unwrap(), Offset::Latest);
         assert_eq!(parse_from("42").unwrap(), Offset::At(42));
-        assert_eq!(parse_from("@1700000000000").unwrap(), Offset::Timestamp(1_700_000_000_000));
+        assert_eq!(
+            parse_from("@1700000000000").unwrap(),
+            Offset::Timestamp(1_700_000_000_000)
+        );
         assert!(parse_from("soon").is_err());
         assert!(parse_from("@soon").is_err());
     }

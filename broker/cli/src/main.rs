@@ -13,7 +13,12 @@ use meridian_client::{Client, ClientConfig, Trust};
 use meridian_server::{Broker, BrokerConfig};
 
 #[derive(Parser)]
-#[command(name = "meridian", version, about = "Meridian event-streaming broker and CLI", propagate_version = true)]
+#[command(
+    name = "meridian",
+    version,
+    about = "Meridian event-streaming broker and CLI",
+    propagate_version = true
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -94,20 +99,29 @@ impl ConnectArgs {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let mut config = ClientConfig::new(self.broker.clone(), self.trust()?);
         config.server_name = self.server_name.clone();
-        Client::connect(config).await.with_context(|| format!("connecting to {}", self.broker))
+        Client::connect(config)
+            .await
+            .with_context(|| format!("connecting to {}", self.broker))
     }
 }
 
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn")
+    });
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     init_tracing();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -146,12 +160,19 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     let broker = Broker::start(config.clone()).await?;
     let addr = broker.local_addr();
-    println!("meridian broker {} listening on {addr} (QUIC, ALPN meridian/1)", config.broker_id);
+    println!(
+        "meridian broker {} listening on {addr} (QUIC, ALPN meridian/1)",
+        config.broker_id
+    );
     println!("  data dir:    {}", config.data_dir.display());
     println!(
         "  certificate: {}{}",
         broker.cert_path().display(),
-        if broker.generated_cert() { " (generated, self-signed)" } else { "" }
+        if broker.generated_cert() {
+            " (generated, self-signed)"
+        } else {
+            ""
+        }
     );
     println!("  fingerprint: {}", broker.fingerprint());
     if dev {
@@ -160,7 +181,10 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         println!("  meridian topic create demo --partitions 3");
         println!("  seq 1 5 | meridian produce demo -v");
         println!("  meridian consume demo --from earliest --format json");
-        println!("From elsewhere: --broker {addr} --fingerprint {}", broker.fingerprint());
+        println!(
+            "From elsewhere: --broker {addr} --fingerprint {}",
+            broker.fingerprint()
+        );
     }
     use std::io::Write;
     std::io::stdout().flush()?;
@@ -171,13 +195,14 @@ async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(term) => term,
-            Err(_) => {
-                let _ = ctrl_c.await;
-                return;
-            }
-        };
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(term) => term,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
         tokio::select! {
             _ = ctrl_c => {}
             _ = term.recv() => {}

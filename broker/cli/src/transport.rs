@@ -8,9 +8,15 @@ use rustls::pki_types::CertificateDer;
 
 pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
     let dir = tempfile::tempdir()?;
-    let identity = meridian_server::tls::load_or_generate(&dir.path().join("cert.pem"), &dir.path().join("key.pem"), &[])?;
-    let mut server_config = quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(&identity)?);
-    let mut transport = meridian_server::transport_config(&meridian_server::BrokerConfig::default())?;
+    let identity = meridian_server::tls::load_or_generate(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+        &[],
+    )?;
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(&identity)?);
+    let mut transport =
+        meridian_server::transport_config(&meridian_server::BrokerConfig::default())?;
     // The broker takes requests on bidirectional streams only; bulk transfer here
     // uses unidirectional ones.
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(1024));
@@ -26,9 +32,12 @@ pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
-    let mut client_config =
-        quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(tls)?));
-    client_config.transport_config(Arc::new(meridian_server::transport_config(&meridian_server::BrokerConfig::default())?));
+    let mut client_config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls)?,
+    ));
+    client_config.transport_config(Arc::new(meridian_server::transport_config(
+        &meridian_server::BrokerConfig::default(),
+    )?));
     let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
     client.set_default_client_config(client_config);
     Ok((server, client))

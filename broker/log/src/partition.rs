@@ -41,6 +41,8 @@ pub struct PartitionLog {
     dir: PathBuf,
     config: LogConfig,
     segments: Vec<Segment>,
+    /// The clean-shutdown marker is on disk; the next append removes it first.
+    marked_clean: bool,
 }
 
 /// Parses `NNNNNNNNNNNNNNNNNNNN.log` into its base offset.
@@ -121,6 +123,7 @@ impl PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments,
+            marked_clean: false,
         };
         tracing::debug!(
             dir = %log.dir.display(),
@@ -194,6 +197,10 @@ impl PartitionLog {
         leader_epoch: i32,
         now_ms: i64,
     ) -> Result<AppendInfo, LogError> {
+        if self.marked_clean {
+            std::fs::remove_file(self.dir.join(CLEAN_SHUTDOWN_MARKER))?;
+            self.marked_clean = false;
+        }
         let total_bytes = batches.total_bytes() as u64;
         if total_bytes > u32::MAX as u64 {
             return Err(LogError::MessageTooLarge {
@@ -368,10 +375,17 @@ impl PartitionLog {
 
     /// Flushes and writes the clean-shutdown marker, so the next open skips recovery.
     pub fn close(mut self) -> Result<(), LogError> {
+        self.mark_clean_shutdown()
+    }
+
+    /// Like [`PartitionLog::close`] for a log that stays reachable (behind a lock in
+    /// the broker): an append after this removes the marker again before writing.
+    pub fn mark_clean_shutdown(&mut self) -> Result<(), LogError> {
         self.flush()?;
         let marker = self.dir.join(CLEAN_SHUTDOWN_MARKER);
         File::create(&marker)?.sync_all()?;
         sync_dir(&self.dir)?;
+        self.marked_clean = true;
         Ok(())
     }
 }

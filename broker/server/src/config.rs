@@ -92,7 +92,10 @@ impl Default for BrokerConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read config file {path}: {source}")]
-    Read { path: PathBuf, source: std::io::Error },
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("invalid config: {0}")]
     Invalid(String),
 }
@@ -109,14 +112,19 @@ impl BrokerConfig {
         let mut table = toml::Table::try_from(BrokerConfig::default())
             .map_err(|e| ConfigError::Invalid(e.to_string()))?;
         if let Some(path) = file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
-            let from_file: toml::Table =
-                text.parse().map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.to_owned(),
+                source,
+            })?;
+            let from_file: toml::Table = text
+                .parse()
+                .map_err(|e| ConfigError::Invalid(format!("{}: {e}", path.display())))?;
             merge(&mut table, from_file);
         }
         for (name, value) in env {
-            let Some(key) = name.strip_prefix("MERIDIAN_") else { continue };
+            let Some(key) = name.strip_prefix("MERIDIAN_") else {
+                continue;
+            };
             // Variables the CLI reads for itself are not broker settings.
             if matches!(key, "BROKER" | "CA" | "FINGERPRINT" | "CONFIG" | "LOG") {
                 continue;
@@ -130,8 +138,9 @@ impl BrokerConfig {
                 .ok_or_else(|| ConfigError::Invalid(format!("`{item}` is not key=value")))?;
             set_key(&mut table, key.trim(), value.trim())?;
         }
-        let config: BrokerConfig =
-            toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
+        let config: BrokerConfig = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.to_string()))?;
         config.check()?;
         Ok(config)
     }
@@ -141,42 +150,63 @@ impl BrokerConfig {
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
             ("max_connections", self.max_connections as u64),
-            ("max_partitions_per_request", self.max_partitions_per_request as u64),
-            ("max_partitions_per_topic", self.max_partitions_per_topic as u64),
+            (
+                "max_partitions_per_request",
+                self.max_partitions_per_request as u64,
+            ),
+            (
+                "max_partitions_per_topic",
+                self.max_partitions_per_topic as u64,
+            ),
             ("default_partitions", self.default_partitions as u64),
             ("max_fetch_bytes", self.max_fetch_bytes as u64),
             ("flush_interval_ms", self.flush_interval_ms),
-            ("retention_check_interval_ms", self.retention_check_interval_ms),
+            (
+                "retention_check_interval_ms",
+                self.retention_check_interval_ms,
+            ),
             ("idle_timeout_ms", self.idle_timeout_ms),
         ];
         for (key, value) in positive {
             if value == 0 {
-                return Err(ConfigError::Invalid(format!("{key} must be greater than 0")));
+                return Err(ConfigError::Invalid(format!(
+                    "{key} must be greater than 0"
+                )));
             }
         }
         if self.max_frame_bytes < 1024 {
-            return Err(ConfigError::Invalid("max_frame_bytes must be at least 1024".into()));
+            return Err(ConfigError::Invalid(
+                "max_frame_bytes must be at least 1024".into(),
+            ));
         }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
     }
 
     pub fn advertised_host(&self) -> String {
-        self.advertised_host.clone().unwrap_or_else(|| self.listen.ip().to_string())
+        self.advertised_host
+            .clone()
+            .unwrap_or_else(|| self.listen.ip().to_string())
     }
 
     pub fn tls_cert_path(&self) -> PathBuf {
-        self.tls_cert.clone().unwrap_or_else(|| self.data_dir.join("tls").join("cert.pem"))
+        self.tls_cert
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls").join("cert.pem"))
     }
 
     pub fn tls_key_path(&self) -> PathBuf {
-        self.tls_key.clone().unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
+        self.tls_key
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
     }
 }
 
 fn merge(base: &mut toml::Table, overlay: toml::Table) {
     for (key, value) in overlay {
         match (base.get_mut(&key), value) {
-            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => merge(base_table, overlay_table),
+            (Some(toml::Value::Table(base_table)), toml::Value::Table(overlay_table)) => {
+                merge(base_table, overlay_table)
+            }
             (_, value) => {
                 base.insert(key, value);
             }
@@ -200,16 +230,18 @@ fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
     };
     match (existing, rest) {
         (toml::Value::Table(inner), Some(rest)) => set_key(inner, rest, raw),
-        (toml::Value::Table(_), None) => Err(ConfigError::Invalid(format!("`{key}` is a section, not a value"))),
+        (toml::Value::Table(_), None) => Err(ConfigError::Invalid(format!(
+            "`{key}` is a section, not a value"
+        ))),
         (_, Some(_)) => Err(ConfigError::Invalid(format!("unknown config key `{key}`"))),
         (slot, None) => {
             let value = match slot {
-                toml::Value::Integer(_) => toml::Value::Integer(
-                    raw.parse().map_err(|_| ConfigError::Invalid(format!("`{key}` wants an integer, got `{raw}`")))?,
-                ),
-                toml::Value::Boolean(_) => toml::Value::Boolean(
-                    raw.parse().map_err(|_| ConfigError::Invalid(format!("`{key}` wants true or false, got `{raw}`")))?,
-                ),
+                toml::Value::Integer(_) => toml::Value::Integer(raw.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("`{key}` wants an integer, got `{raw}`"))
+                })?),
+                toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("`{key}` wants true or false, got `{raw}`"))
+                })?),
                 _ => toml::Value::String(raw.to_owned()),
             };
             *slot = value;
@@ -226,16 +258,22 @@ mod tests {
     fn layers_apply_in_order() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("broker.toml");
-        std::fs::write(&file, "max_frame_bytes = 2048\nflush = \"always\"\n[topic_defaults]\nretention_ms = 5\n")
-            .unwrap();
+        std::fs::write(
+            &file,
+            "max_frame_bytes = 2048\nflush = \"always\"\n[topic_defaults]\nretention_ms = 5\n",
+        )
+        .unwrap();
         let env = vec![
             ("MERIDIAN_MAX_FRAME_BYTES".to_string(), "4096".to_string()),
             ("MERIDIAN_BROKER".to_string(), "ignored:1".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
-        let config =
-            BrokerConfig::load(Some(&file), env, &["topic_defaults.retention_ms=7".into(), "broker_id=3".into()])
-                .unwrap();
+        let config = BrokerConfig::load(
+            Some(&file),
+            env,
+            &["topic_defaults.retention_ms=7".into(), "broker_id=3".into()],
+        )
+        .unwrap();
         assert_eq!(config.max_frame_bytes, 4096);
         assert_eq!(config.flush, FlushPolicy::Always);
         assert_eq!(config.topic_defaults.retention_ms, 7);
@@ -247,13 +285,21 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("max_frame_bytez=1", "unknown config key `max_frame_bytez`"),
             ("max_frame_bytes=lots", "`max_frame_bytes` wants an integer"),
-            ("max_frame_bytes=0", "max_frame_bytes must be greater than 0"),
-            ("topic_defaults.nope=1", "unknown config key `topic_defaults.nope`"),
+            (
+                "max_frame_bytes=0",
+                "max_frame_bytes must be greater than 0",
+            ),
+            (
+                "topic_defaults.nope=1",
+                "unknown config key `topic_defaults.nope`",
+            ),
             ("flush=sometimes", "unknown variant `sometimes`"),
             ("no_equals_sign", "is not key=value"),
         ];
         for (input, want) in cases {
-            let err = BrokerConfig::load(None, vec![], &[input.to_string()]).unwrap_err().to_string();
+            let err = BrokerConfig::load(None, vec![], &[input.to_string()])
+                .unwrap_err()
+                .to_string();
             assert!(err.contains(want), "{input}: got `{err}`, want `{want}`");
         }
     }

@@ -44,7 +44,11 @@ impl Shared {
         ApiVersionsResponse {
             apis: ApiKey::ALL
                 .iter()
-                .map(|k| ApiVersionRange { api_key: *k as u16, min_version: k.min_version(), max_version: k.max_version() })
+                .map(|k| ApiVersionRange {
+                    api_key: *k as u16,
+                    min_version: k.min_version(),
+                    max_version: k.max_version(),
+                })
                 .collect(),
             broker_id: self.config.broker_id,
             cluster_id: self.config.cluster_id.clone(),
@@ -57,19 +61,24 @@ impl Shared {
         if let Some(topic) = self.registry.get(name) {
             return Ok(topic);
         }
-        meridian_wire::validate_topic_name(name).map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
+        meridian_wire::validate_topic_name(name)
+            .map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
         if !self.config.auto_create_topics {
             return Err(Failure::new(
                 ErrorCode::UnknownTopic,
                 format!("topic `{name}` does not exist (create it, or enable auto_create_topics)"),
             ));
         }
-        match self.registry.create(name, self.config.default_partitions, 1, Vec::new()) {
+        match self
+            .registry
+            .create(name, self.config.default_partitions, 1, Vec::new())
+        {
             Ok(topic) => Ok(topic),
             // Another request created it first.
-            Err(f) if f.code == ErrorCode::TopicAlreadyExists => {
-                self.registry.get(name).ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, "topic vanished"))
-            }
+            Err(f) if f.code == ErrorCode::TopicAlreadyExists => self
+                .registry
+                .get(name)
+                .ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, "topic vanished")),
             Err(f) => Err(f),
         }
     }
@@ -77,7 +86,10 @@ impl Shared {
     fn metadata(&self, request: MetadataRequest) -> MetadataResponse {
         let topics = match request.topics {
             None => self.registry.all().into_iter().map(Ok).collect::<Vec<_>>(),
-            Some(names) => names.iter().map(|n| self.topic(n).map_err(|f| (n.clone(), f))).collect(),
+            Some(names) => names
+                .iter()
+                .map(|n| self.topic(n).map_err(|f| (n.clone(), f)))
+                .collect(),
         };
         let broker_id = self.config.broker_id;
         MetadataResponse {
@@ -106,7 +118,11 @@ impl Shared {
                             })
                             .collect(),
                     },
-                    Err((name, failure)) => TopicMetadata { name, error: failure.code, partitions: Vec::new() },
+                    Err((name, failure)) => TopicMetadata {
+                        name,
+                        error: failure.code,
+                        partitions: Vec::new(),
+                    },
                 })
                 .collect(),
         }
@@ -117,11 +133,16 @@ impl Shared {
             .topics
             .into_iter()
             .map(|t| {
-                let configs: Vec<(String, String)> = t.configs.into_iter().map(|c| (c.key, c.value)).collect();
+                let configs: Vec<(String, String)> =
+                    t.configs.into_iter().map(|c| (c.key, c.value)).collect();
                 let outcome = if request.validate_only {
-                    self.registry.validate_create(&t.name, t.partitions, t.replication_factor, configs).map(drop)
+                    self.registry
+                        .validate_create(&t.name, t.partitions, t.replication_factor, configs)
+                        .map(drop)
                 } else {
-                    self.registry.create(&t.name, t.partitions, t.replication_factor, configs).map(drop)
+                    self.registry
+                        .create(&t.name, t.partitions, t.replication_factor, configs)
+                        .map(drop)
                 };
                 topic_result(t.name, outcome)
             })
@@ -134,7 +155,9 @@ impl Shared {
             let outcome = self.registry.delete(&name);
             topic_result(name, outcome)
         });
-        DeleteTopicsResponse { results: results.collect() }
+        DeleteTopicsResponse {
+            results: results.collect(),
+        }
     }
 
     fn describe_topics(&self, request: DescribeTopicsRequest) -> DescribeTopicsResponse {
@@ -148,7 +171,10 @@ impl Shared {
                     Some(topic) => Ok(topic),
                     None => Err((
                         name.clone(),
-                        Failure::new(ErrorCode::UnknownTopic, format!("topic `{name}` does not exist")),
+                        Failure::new(
+                            ErrorCode::UnknownTopic,
+                            format!("topic `{name}` does not exist"),
+                        ),
                     )),
                 })
                 .collect()
@@ -165,7 +191,11 @@ impl Shared {
                         .overrides
                         .describe(&self.registry.defaults)
                         .into_iter()
-                        .map(|(key, value, is_default)| DescribedConfig { key, value, is_default })
+                        .map(|(key, value, is_default)| DescribedConfig {
+                            key,
+                            value,
+                            is_default,
+                        })
                         .collect(),
                     partitions: topic
                         .partitions
@@ -203,7 +233,11 @@ impl Shared {
         DescribeTopicsResponse { topics }
     }
 
-    fn count_partitions<T>(&self, topics: &[T], partitions_of: impl Fn(&T) -> usize) -> Result<(), Failure> {
+    fn count_partitions<T>(
+        &self,
+        topics: &[T],
+        partitions_of: impl Fn(&T) -> usize,
+    ) -> Result<(), Failure> {
         let n: usize = topics.iter().map(partitions_of).sum();
         let limit = self.config.max_partitions_per_request as usize;
         if n > limit {
@@ -218,9 +252,13 @@ impl Shared {
     async fn produce(self: &Arc<Self>, request: ProduceRequest) -> Option<ProduceResponse> {
         let acks = request.acks;
         let refuse_all = if !matches!(acks, 0 | 1 | -1) {
-            Some(Failure::new(ErrorCode::InvalidRequiredAcks, format!("acks must be 0, 1 or all (-1), got {acks}")))
+            Some(Failure::new(
+                ErrorCode::InvalidRequiredAcks,
+                format!("acks must be 0, 1 or all (-1), got {acks}"),
+            ))
         } else {
-            self.count_partitions(&request.topics, |t| t.partitions.len()).err()
+            self.count_partitions(&request.topics, |t| t.partitions.len())
+                .err()
         };
         let wait_for_fsync = acks != 0 && self.config.flush == FlushPolicy::Always;
         let mut syncs = Vec::new();
@@ -257,7 +295,10 @@ impl Shared {
                     log_start_offset,
                 });
             }
-            topics.push(ProduceTopicResponse { name: produce_topic.name, partitions });
+            topics.push(ProduceTopicResponse {
+                name: produce_topic.name,
+                partitions,
+            });
         }
         // Group commit: every partition appended above waits for one shared fsync round.
         let mut waiters = Vec::with_capacity(syncs.len());
@@ -295,7 +336,10 @@ impl Shared {
         let batches = validate_batches(records, max_message_bytes).map_err(|e| match e {
             LogError::MessageTooLarge { size, limit } => Failure::new(
                 ErrorCode::MessageTooLarge,
-                format!("record batch of {size} bytes exceeds max.message.bytes={limit} of topic `{}`", topic.name),
+                format!(
+                    "record batch of {size} bytes exceeds max.message.bytes={limit} of topic `{}`",
+                    topic.name
+                ),
             ),
             other => Failure::from(other),
         })?;
@@ -312,10 +356,13 @@ impl Shared {
     }
 
     async fn fetch(self: &Arc<Self>, request: FetchRequest) -> FetchResponse {
-        let max_wait = Duration::from_millis(request.max_wait_ms.min(self.config.max_fetch_wait_ms) as u64);
+        let max_wait =
+            Duration::from_millis(request.max_wait_ms.min(self.config.max_fetch_wait_ms) as u64);
         let max_bytes = request.max_bytes.min(self.config.max_fetch_bytes).max(1);
         let deadline = tokio::time::Instant::now() + max_wait;
-        let refuse_all = self.count_partitions(&request.topics, |t| t.partitions.len()).err();
+        let refuse_all = self
+            .count_partitions(&request.topics, |t| t.partitions.len())
+            .err();
         // Resolve topics once; a topic deleted meanwhile keeps its open files until we finish.
         let targets: Vec<(String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>)> = request
             .topics
@@ -381,7 +428,12 @@ impl Shared {
                 let budget = (max_bytes as usize).saturating_sub(n_bytes);
                 let read = topic.as_ref().map_err(Clone::clone).and_then(|t| {
                     let partition = t.partition(p.partition)?;
-                    read_partition(partition, p, budget.min(p.partition_max_bytes as usize) as u32, n_bytes == 0)
+                    read_partition(
+                        partition,
+                        p,
+                        budget.min(p.partition_max_bytes as usize) as u32,
+                        n_bytes == 0,
+                    )
                 });
                 out.push(match read {
                     Ok((records, high_watermark, log_start_offset)) => {
@@ -408,13 +460,18 @@ impl Shared {
                     }
                 });
             }
-            topics.push(FetchTopicResponse { name: name.clone(), partitions: out });
+            topics.push(FetchTopicResponse {
+                name: name.clone(),
+                partitions: out,
+            });
         }
         (FetchResponse { topics }, n_bytes, any_error)
     }
 
     fn list_offsets(&self, request: ListOffsetsRequest) -> ListOffsetsResponse {
-        let refuse_all = self.count_partitions(&request.topics, |t| t.partitions.len()).err();
+        let refuse_all = self
+            .count_partitions(&request.topics, |t| t.partitions.len())
+            .err();
         let topics = request
             .topics
             .into_iter()
@@ -458,8 +515,16 @@ impl Shared {
 
 fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {
     match outcome {
-        Ok(()) => TopicResult { name, error: ErrorCode::None, message: String::new() },
-        Err(f) => TopicResult { name, error: f.code, message: f.message },
+        Ok(()) => TopicResult {
+            name,
+            error: ErrorCode::None,
+            message: String::new(),
+        },
+        Err(f) => TopicResult {
+            name,
+            error: f.code,
+            message: f.message,
+        },
     }
 }
 
@@ -478,12 +543,19 @@ fn read_partition(
         if budget == 0 && !first {
             return Ok((Bytes::new(), high_watermark, log_start));
         }
-        (log.read(request.fetch_offset, budget.max(1))?, high_watermark, log_start)
+        (
+            log.read(request.fetch_offset, budget.max(1))?,
+            high_watermark,
+            log_start,
+        )
     };
     let records = match slice {
-        Some(slice) => slice
-            .read()
-            .map_err(|e| Failure::new(ErrorCode::StorageError, format!("reading partition {}: {e}", partition.index)))?,
+        Some(slice) => slice.read().map_err(|e| {
+            Failure::new(
+                ErrorCode::StorageError,
+                format!("reading partition {}: {e}", partition.index),
+            )
+        })?,
         None => Bytes::new(),
     };
     Ok((records, high_watermark, log_start))

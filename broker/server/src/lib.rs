@@ -21,7 +21,9 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use meridian_log::GroupCommit;
-use meridian_wire::frame::{check_frame_length, decode_request, encode_error_response, encode_response, FrameError};
+use meridian_wire::frame::{
+    check_frame_length, decode_request, encode_error_response, encode_response, FrameError,
+};
 use tracing::Instrument;
 
 pub use config::{BrokerConfig, FlushPolicy};
@@ -67,11 +69,24 @@ impl Broker {
             .open(&lock_path)
             .with_context(|| format!("opening {}", lock_path.display()))?;
         dir_lock.try_lock().map_err(|_| {
-            anyhow::anyhow!("data dir {} is in use by another broker", config.data_dir.display())
+            anyhow::anyhow!(
+                "data dir {} is in use by another broker",
+                config.data_dir.display()
+            )
         })?;
 
+        // Each partition keeps a few files open (segment, indexes): lift the soft
+        // limit to the hard one so thousands of partitions fit.
+        match rlimit::increase_nofile_limit(u64::MAX) {
+            Ok(limit) => tracing::debug!(limit, "open-file limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+        }
         let started = std::time::Instant::now();
-        let registry = Registry::open(&config.data_dir, config.topic_defaults.clone(), config.max_partitions_per_topic)?;
+        let registry = Registry::open(
+            &config.data_dir,
+            config.topic_defaults.clone(),
+            config.max_partitions_per_topic,
+        )?;
         let n_partitions: usize = registry.all().iter().map(|t| t.partitions.len()).sum();
         tracing::info!(
             topics = registry.names().len(),
@@ -82,13 +97,22 @@ impl Broker {
         );
 
         let cert_path = config.tls_cert_path();
-        let identity = tls::load_or_generate(&cert_path, &config.tls_key_path(), &[config.advertised_host()])?;
+        let identity = tls::load_or_generate(
+            &cert_path,
+            &config.tls_key_path(),
+            &[config.advertised_host()],
+        )?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
         server_config.transport_config(Arc::new(transport_config(&config)?));
         let endpoint = quinn::Endpoint::server(server_config, config.listen)
             .with_context(|| format!("binding UDP {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
-        let shared = Arc::new(Shared { config, registry, group_commit: GroupCommit::start(), local_addr });
+        let shared = Arc::new(Shared {
+            config,
+            registry,
+            group_commit: GroupCommit::start(),
+            local_addr,
+        });
         Ok(Broker {
             shared,
             endpoint,
@@ -119,7 +143,10 @@ impl Broker {
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight requests
     /// finish briefly, flushes every log and marks it cleanly closed.
-    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> anyhow::Result<()> {
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
         let background = [
             tokio::spawn(flush_loop(self.shared.clone())),
             tokio::spawn(retention_loop(self.shared.clone())),
@@ -132,7 +159,10 @@ impl Broker {
         for task in background {
             task.abort();
         }
-        self.endpoint.close(quinn::VarInt::from_u32(close_codes::SHUTDOWN), b"broker shutting down");
+        self.endpoint.close(
+            quinn::VarInt::from_u32(close_codes::SHUTDOWN),
+            b"broker shutting down",
+        );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || shared.registry.close()).await?;
@@ -151,7 +181,9 @@ pub fn transport_config(config: &BrokerConfig) -> anyhow::Result<quinn::Transpor
     transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
     transport.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
     transport.send_window(64 * 1024 * 1024);
-    transport.max_idle_timeout(Some(Duration::from_millis(config.idle_timeout_ms).try_into()?));
+    transport.max_idle_timeout(Some(
+        Duration::from_millis(config.idle_timeout_ms).try_into()?,
+    ));
     Ok(transport)
 }
 
@@ -199,7 +231,11 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
 
 /// Reads one request frame, answers it, finishes the stream. Errors caused by the
 /// peer end this stream only.
-async fn serve_stream(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn serve_stream(
+    shared: Arc<Shared>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let limit = shared.config.max_frame_bytes;
     let frame = match read_frame(&mut recv, limit).await {
         Ok(frame) => frame,
@@ -210,7 +246,9 @@ async fn serve_stream(shared: Arc<Shared>, mut send: quinn::SendStream, mut recv
                 // Do not read the rest: tell the peer to stop sending.
                 let _ = recv.stop(quinn::VarInt::from_u32(close_codes::FRAME_TOO_LARGE));
             }
-            let _ = send.write_all(&encode_error_response(e.code(), &e.to_string())).await;
+            let _ = send
+                .write_all(&encode_error_response(e.code(), &e.to_string()))
+                .await;
             let _ = send.finish();
             return;
         }
@@ -255,9 +293,10 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: u32) -> Result<Bytes, S
     let length = check_frame_length(prefix, limit).map_err(StreamError::Frame)?;
     let mut body = vec![0u8; length];
     recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(got) => {
-            StreamError::Frame(FrameError::Truncated { expected: length + 4, got: got + 4 })
-        }
+        quinn::ReadExactError::FinishedEarly(got) => StreamError::Frame(FrameError::Truncated {
+            expected: length + 4,
+            got: got + 4,
+        }),
         quinn::ReadExactError::ReadError(_) => StreamError::Gone,
     })?;
     Ok(Bytes::from(body))
@@ -282,7 +321,9 @@ async fn flush_loop(shared: Arc<Shared>) {
                 let handle = log.sync_handle();
                 drop(log);
                 let (tx, rx) = tokio::sync::oneshot::channel();
-                shared.group_commit.sync(handle, Box::new(move |r| drop(tx.send(r))));
+                shared
+                    .group_commit
+                    .sync(handle, Box::new(move |r| drop(tx.send(r))));
                 waiters.push((topic.name.clone(), partition.index, rx));
             }
         }
@@ -296,7 +337,9 @@ async fn flush_loop(shared: Arc<Shared>) {
 
 /// Deletes old segments by `retention.ms` / `retention.bytes`.
 async fn retention_loop(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(shared.config.retention_check_interval_ms));
+    let mut tick = tokio::time::interval(Duration::from_millis(
+        shared.config.retention_check_interval_ms,
+    ));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -305,7 +348,9 @@ async fn retention_loop(shared: Arc<Shared>) {
             let now = handlers::now_ms();
             for topic in shared.registry.all() {
                 for partition in &topic.partitions {
-                    let Ok(mut log) = partition.log() else { continue };
+                    let Ok(mut log) = partition.log() else {
+                        continue;
+                    };
                     match log.apply_retention(now) {
                         Ok(outcome) if outcome.deleted_segments > 0 => tracing::info!(
                             topic = %topic.name,
@@ -316,7 +361,9 @@ async fn retention_loop(shared: Arc<Shared>) {
                             "retention deleted segments"
                         ),
                         Ok(_) => {}
-                        Err(e) => tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "retention failed"),
+                        Err(e) => {
+                            tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "retention failed")
+                        }
                     }
                 }
             }

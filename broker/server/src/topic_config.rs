@@ -75,7 +75,9 @@ impl TopicDefaults {
 pub struct TopicOverrides(pub BTreeMap<String, String>);
 
 fn parse_int(key: &str, value: &str, min: i64) -> Result<i64, String> {
-    let v: i64 = value.parse().map_err(|_| format!("{key} must be an integer, got `{value}`"))?;
+    let v: i64 = value
+        .parse()
+        .map_err(|_| format!("{key} must be an integer, got `{value}`"))?;
     if v < min {
         return Err(format!("{key} must be at least {min}, got {v}"));
     }
@@ -102,7 +104,9 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
 }
 
 impl TopicOverrides {
-    pub fn parse(entries: impl IntoIterator<Item = (String, String)>) -> Result<TopicOverrides, String> {
+    pub fn parse(
+        entries: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<TopicOverrides, String> {
         let mut map = BTreeMap::new();
         for (key, value) in entries {
             check_value(&key, &value)?;
@@ -123,9 +127,15 @@ impl TopicOverrides {
     }
 
     fn effective(&self, defaults: &TopicDefaults, key: &str) -> i64 {
-        let value = self.0.get(key).cloned().unwrap_or_else(|| defaults.value_of(key));
+        let value = self
+            .0
+            .get(key)
+            .cloned()
+            .unwrap_or_else(|| defaults.value_of(key));
         // Values were checked when they were accepted.
-        value.parse().unwrap_or_else(|_| panic!("checked topic config {key}={value} no longer parses"))
+        value
+            .parse()
+            .unwrap_or_else(|_| panic!("checked topic config {key}={value} no longer parses"))
     }
 
     pub fn log_config(&self, defaults: &TopicDefaults) -> LogConfig {
@@ -135,8 +145,12 @@ impl TopicOverrides {
             segment_ms: self.effective(defaults, "segment.ms") as u64,
             retention_ms: optional(self.effective(defaults, "retention.ms")),
             retention_bytes: optional(self.effective(defaults, "retention.bytes")),
-            max_message_bytes: self.effective(defaults, "max.message.bytes").min(u32::MAX as i64) as u32,
-            index_interval_bytes: self.effective(defaults, "index.interval.bytes").min(u32::MAX as i64) as u32,
+            max_message_bytes: self
+                .effective(defaults, "max.message.bytes")
+                .min(u32::MAX as i64) as u32,
+            index_interval_bytes: self
+                .effective(defaults, "index.interval.bytes")
+                .min(u32::MAX as i64) as u32,
         }
     }
 }
@@ -163,14 +177,18 @@ mod tests {
             let got = check_value(key, value).err();
             match want {
                 None => assert_eq!(got, None, "{key}={value}"),
-                Some(want) => assert!(got.as_deref().unwrap_or("").contains(want), "{key}={value}: {got:?}"),
+                Some(want) => assert!(
+                    got.as_deref().unwrap_or("").contains(want),
+                    "{key}={value}: {got:?}"
+                ),
             }
         }
     }
 
     #[test]
     fn overrides_beat_defaults() {
-        let overrides = TopicOverrides::parse([("retention.ms".to_string(), "-1".to_string())]).unwrap();
+        let overrides =
+            TopicOverrides::parse([("retention.ms".to_string(), "-1".to_string())]).unwrap();
         let config = overrides.log_config(&TopicDefaults::default());
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.segment_bytes, 1 << 30);

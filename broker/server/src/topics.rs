@@ -26,13 +26,19 @@ pub struct Failure {
 
 impl Failure {
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Failure {
-        Failure { code, message: message.into() }
+        Failure {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 impl From<LogError> for Failure {
     fn from(e: LogError) -> Failure {
-        Failure { code: e.code(), message: e.to_string() }
+        Failure {
+            code: e.code(),
+            message: e.to_string(),
+        }
     }
 }
 
@@ -79,7 +85,11 @@ impl Topic {
         self.partitions.get(index as usize).ok_or_else(|| {
             Failure::new(
                 ErrorCode::InvalidPartition,
-                format!("topic `{}` has {} partitions; partition {index} does not exist", self.name, self.partitions.len()),
+                format!(
+                    "topic `{}` has {} partitions; partition {index} does not exist",
+                    self.name,
+                    self.partitions.len()
+                ),
             )
         })
     }
@@ -104,7 +114,11 @@ fn now_ms() -> i64 {
 impl Registry {
     /// Loads every topic under `<data_dir>/topics`, recovering each partition's log.
     /// A partition whose log is corrupted stays offline (reported loudly); the rest serve.
-    pub fn open(data_dir: &Path, defaults: TopicDefaults, max_partitions_per_topic: u32) -> anyhow::Result<Registry> {
+    pub fn open(
+        data_dir: &Path,
+        defaults: TopicDefaults,
+        max_partitions_per_topic: u32,
+    ) -> anyhow::Result<Registry> {
         let topics_dir = data_dir.join("topics");
         std::fs::create_dir_all(&topics_dir)?;
         let mut topics = HashMap::new();
@@ -120,7 +134,13 @@ impl Registry {
             let topic = load_topic(&entry.path(), &name, &defaults)?;
             topics.insert(name, Arc::new(topic));
         }
-        Ok(Registry { topics_dir, defaults, max_partitions_per_topic, topics: RwLock::new(topics), admin: Mutex::new(()) })
+        Ok(Registry {
+            topics_dir,
+            defaults,
+            max_partitions_per_topic,
+            topics: RwLock::new(topics),
+            admin: Mutex::new(()),
+        })
     }
 
     pub fn get(&self, name: &str) -> Option<Arc<Topic>> {
@@ -147,7 +167,8 @@ impl Registry {
         replication_factor: u16,
         configs: Vec<(String, String)>,
     ) -> Result<TopicOverrides, Failure> {
-        meridian_wire::validate_topic_name(name).map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
+        meridian_wire::validate_topic_name(name)
+            .map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
         if partitions == 0 || partitions > self.max_partitions_per_topic {
             return Err(Failure::new(
                 ErrorCode::InvalidPartitions,
@@ -160,9 +181,13 @@ impl Registry {
                 format!("replication factor {replication_factor} needs {replication_factor} brokers; this is a single-broker cluster"),
             ));
         }
-        let overrides = TopicOverrides::parse(configs).map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
+        let overrides = TopicOverrides::parse(configs)
+            .map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
         if self.topics.read().contains_key(name) {
-            return Err(Failure::new(ErrorCode::TopicAlreadyExists, format!("topic `{name}` already exists")));
+            return Err(Failure::new(
+                ErrorCode::TopicAlreadyExists,
+                format!("topic `{name}` already exists"),
+            ));
         }
         Ok(overrides)
     }
@@ -176,13 +201,22 @@ impl Registry {
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
-        let storage = |e: std::io::Error| Failure::new(ErrorCode::StorageError, format!("creating topic `{name}`: {e}"));
+        let storage = |e: std::io::Error| {
+            Failure::new(
+                ErrorCode::StorageError,
+                format!("creating topic `{name}`: {e}"),
+            )
+        };
         let staging = self.topics_dir.join(format!(".creating-{name}"));
         if staging.exists() {
             std::fs::remove_dir_all(&staging).map_err(storage)?;
         }
         std::fs::create_dir_all(&staging).map_err(storage)?;
-        let file = TopicFile { partitions, replication_factor, configs: overrides };
+        let file = TopicFile {
+            partitions,
+            replication_factor,
+            configs: overrides,
+        };
         let json = serde_json::to_vec_pretty(&file).expect("topic file serializes");
         std::fs::write(staging.join("topic.json"), json).map_err(storage)?;
         for index in 0..partitions {
@@ -190,7 +224,8 @@ impl Registry {
         }
         let dir = self.topics_dir.join(name);
         std::fs::rename(&staging, &dir).map_err(storage)?;
-        let topic = load_topic(&dir, name, &self.defaults).map_err(|e| storage(std::io::Error::other(e.to_string())))?;
+        let topic = load_topic(&dir, name, &self.defaults)
+            .map_err(|e| storage(std::io::Error::other(e.to_string())))?;
         let topic = Arc::new(topic);
         self.topics.write().insert(name.to_owned(), topic.clone());
         tracing::info!(topic = name, partitions, "created topic");
@@ -200,11 +235,20 @@ impl Registry {
     pub fn delete(&self, name: &str) -> Result<(), Failure> {
         let _admin = self.admin.lock();
         let Some(topic) = self.topics.write().remove(name) else {
-            return Err(Failure::new(ErrorCode::UnknownTopic, format!("topic `{name}` does not exist")));
+            return Err(Failure::new(
+                ErrorCode::UnknownTopic,
+                format!("topic `{name}` does not exist"),
+            ));
         };
-        let aside = self.topics_dir.join(format!(".deleted-{name}-{}", now_ms()));
-        std::fs::rename(&topic.dir, &aside)
-            .map_err(|e| Failure::new(ErrorCode::StorageError, format!("deleting topic `{name}`: {e}")))?;
+        let aside = self
+            .topics_dir
+            .join(format!(".deleted-{name}-{}", now_ms()));
+        std::fs::rename(&topic.dir, &aside).map_err(|e| {
+            Failure::new(
+                ErrorCode::StorageError,
+                format!("deleting topic `{name}`: {e}"),
+            )
+        })?;
         // Fetches still holding the topic keep working on open files; the files go now.
         if let Err(e) = std::fs::remove_dir_all(&aside) {
             tracing::warn!(topic = name, error = %e, "could not remove deleted topic's files; they go at next start");
@@ -222,13 +266,9 @@ impl Registry {
         for topic in topics {
             for partition in &topic.partitions {
                 if let Ok(mut log) = partition.log() {
-                    if let Err(e) = log.flush() {
+                    if let Err(e) = log.mark_clean_shutdown() {
                         tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "flush at shutdown failed");
                     }
-                    // Closing consumes the log; swap in nothing: the registry is going away.
-                    log.mark_clean_shutdown().unwrap_or_else(|e| {
-                        tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "could not write clean-shutdown marker")
-                    });
                 }
             }
         }
@@ -246,7 +286,10 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
             Ok(log) => Ok(Mutex::new(log)),
             Err(e) => {
                 tracing::error!(topic = name, partition = index, error = %e, "PARTITION OFFLINE: its log could not be opened");
-                Err(Failure::new(ErrorCode::CorruptLog, format!("partition {name}/{index} is offline: {e}")))
+                Err(Failure::new(
+                    ErrorCode::CorruptLog,
+                    format!("partition {name}/{index} is offline: {e}"),
+                ))
             }
         };
         partitions.push(Arc::new(Partition {

@@ -100,7 +100,10 @@ pub struct ProducerConfig {
     pub acks: Acks,
     /// How long one produce request may take. Default 30 s.
     pub request_timeout: Duration,
-    /// Produce requests in flight per partition. Default 5.
+    /// Produce requests in flight per partition. Default 1, which keeps records in
+    /// `send` order: the broker handles concurrent requests (one QUIC stream each)
+    /// independently, so two in-flight batches of one partition may be appended in
+    /// either order. Raise it only when per-partition order does not matter.
     pub max_in_flight_per_partition: usize,
     /// Bytes of records buffered (queued or in flight) before [`Producer::send`] waits
     /// for room. Default 32 MiB.
@@ -118,7 +121,7 @@ impl Default for ProducerConfig {
             compression: Compression::None,
             acks: Acks::All,
             request_timeout: Duration::from_secs(30),
-            max_in_flight_per_partition: 5,
+            max_in_flight_per_partition: 1,
             buffer_memory: 32 * 1024 * 1024,
             retries: 3,
         }
@@ -243,11 +246,10 @@ struct RecordHandle {
 /// last clone is dropped, buffered records are still sent (call [`Producer::flush`]
 /// to wait for them).
 ///
-/// Ordering: records of one partition are written in the order `send` was called.
-/// A batch that fails with a retriable error (or a lost connection) is retried before
-/// any later batch of its partition is sent; but batches already in flight at that
-/// moment may land first when `max_in_flight_per_partition > 1`. Set it to 1 for
-/// strict order under retries (as with Kafka's non-idempotent producer).
+/// Ordering: with the default `max_in_flight_per_partition = 1`, records of one
+/// partition are written in the order `send` was called, retries included (a retried
+/// batch goes before any later batch of its partition). With more in flight, the
+/// broker may append concurrent batches of a partition in either order.
 ///
 /// ```no_run
 /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
@@ -665,7 +667,7 @@ mod tests {
         assert_eq!(config.compression, Compression::None);
         assert_eq!(config.acks, Acks::All);
         assert_eq!(config.request_timeout, Duration::from_secs(30));
-        assert_eq!(config.max_in_flight_per_partition, 5);
+        assert_eq!(config.max_in_flight_per_partition, 1);
         assert_eq!(config.buffer_memory, 32 << 20);
         assert_eq!(config.retries, 3);
     }
