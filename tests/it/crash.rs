@@ -13,7 +13,9 @@ use crate::harness::TestBroker;
 async fn kill_during_produce(settings: &[&str], acks: Acks, acked_target: usize) {
     let mut broker = TestBroker::start(settings);
     // Requests cut off by the kill fail fast instead of waiting out the default timeout.
-    let client = broker.client_with(|c| c.request_timeout = Duration::from_secs(2)).await;
+    let client = broker
+        .client_with(|c| c.request_timeout = Duration::from_secs(2))
+        .await;
     client
         .admin()
         .create_topic(NewTopic::new("crash", 4))

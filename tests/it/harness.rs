@@ -101,12 +101,18 @@ impl TestBroker {
     }
 
     pub async fn client(&self) -> Client {
-        Client::connect(ClientConfig::new(
+        self.client_with(|_| {}).await
+    }
+
+    pub async fn client_with(&self, adjust: impl FnOnce(&mut ClientConfig)) -> Client {
+        let mut config = ClientConfig::new(
             self.addr.clone(),
             Trust::parse_fingerprint(&self.fingerprint).unwrap(),
-        ))
-        .await
-        .expect("connect to test broker")
+        );
+        adjust(&mut config);
+        Client::connect(config)
+            .await
+            .expect("connect to test broker")
     }
 
     /// `meridian <args>` against this broker, with stdin; returns (status ok, stdout, stderr).
@@ -139,6 +145,10 @@ impl TestBroker {
 
     /// A raw QUIC connection speaking ALPN meridian/1, for sending malformed frames.
     pub async fn raw_connection(&self) -> quinn::Connection {
+        self.try_raw_connection().await.expect("raw QUIC connect")
+    }
+
+    pub async fn try_raw_connection(&self) -> Result<quinn::Connection, quinn::ConnectionError> {
         let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(self.cert_path())
             .unwrap()
             .collect::<Result<_, _>>()
@@ -161,7 +171,6 @@ impl TestBroker {
             .connect(self.addr.parse().unwrap(), "localhost")
             .unwrap()
             .await
-            .expect("raw QUIC connect")
     }
 }
 

@@ -5,5 +5,6 @@ mod bad_input;
 mod cli;
 mod crash;
 mod harness;
+mod limits;
 mod produce_consume;
 mod tls;

@@ -431,21 +431,7 @@ async fn run_producers(
                 }
                 anyhow::Ok(latency)
             });
-            let mut i = 0u64;
-            loop {
-                if deadline.is_none() && i >= per_producer {
-                    break;
-                }
-                let intended = if per_producer_rate > 0.0 {
-                    let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
-                    tokio::time::sleep_until(at.into()).await;
-                    at
-                } else {
-                    Instant::now()
-                };
-                if deadline.is_some_and(|d| intended >= d) {
-                    break;
-                }
+            let make_record = move |i: u64, intended: Instant| {
                 let value = payloads[(i as usize + producer_idx) % payloads.len()].clone();
                 let mut record = ProducerRecord::new(topic.clone(), value);
                 if let Some(epoch) = stamp {
@@ -455,17 +441,62 @@ async fn run_producers(
                         Bytes::copy_from_slice(&micros.to_be_bytes()),
                     );
                 }
-                let delivery = producer.send(record).await?;
-                if tx.send((intended, delivery)).await.is_err() {
-                    break;
-                }
-                i += 1;
+                record
+            };
+            let count = move |i: u64| {
                 sent.fetch_add(1, Ordering::Relaxed);
-                if i % 1024 == 0 {
+                if i.is_multiple_of(1024) {
                     bar.inc(1024);
                 }
-            }
-            drop(tx);
+            };
+            let i = if per_producer_rate > 0.0 {
+                // Paced: the send loop runs on its own OS thread, because
+                // std::thread::sleep wakes within tens of microseconds where tokio's
+                // millisecond timer would add up to a millisecond of the bench's own
+                // lateness to every record's measured latency.
+                let runtime = tokio::runtime::Handle::current();
+                let send_producer = producer.clone();
+                tokio::task::spawn_blocking(move || {
+                    let mut i = 0u64;
+                    loop {
+                        let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
+                        if (deadline.is_none() && i >= per_producer)
+                            || deadline.is_some_and(|d| at >= d)
+                        {
+                            break;
+                        }
+                        if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let delivery = runtime.block_on(send_producer.send(make_record(i, at)))?;
+                        if tx.blocking_send((at, delivery)).is_err() {
+                            break;
+                        }
+                        i += 1;
+                        count(i);
+                    }
+                    anyhow::Ok(i)
+                })
+                .await??
+            } else {
+                let mut i = 0u64;
+                loop {
+                    let now = Instant::now();
+                    if (deadline.is_none() && i >= per_producer)
+                        || deadline.is_some_and(|d| now >= d)
+                    {
+                        break;
+                    }
+                    let delivery = producer.send(make_record(i, now)).await?;
+                    if tx.send((now, delivery)).await.is_err() {
+                        break;
+                    }
+                    i += 1;
+                    count(i);
+                }
+                drop(tx);
+                i
+            };
             producer.flush().await?;
             let latency = collector.await??;
             anyhow::Ok((i, latency))
@@ -902,19 +933,29 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
         Trust::parse_fingerprint(&restarted.fingerprint)?,
     ))
     .await?;
-    let end = client
-        .admin()
-        .list_offsets("recovery", 0, Offset::Latest)
-        .await?;
+    let admin = client.admin();
+    let mut stored = admin.list_offsets("recovery", 0, Offset::Latest).await?;
     let seconds = started.elapsed().as_secs_f64();
+    for p in 1..args.partitions {
+        stored += admin.list_offsets("recovery", p, Offset::Latest).await?;
+    }
     let gib = filled.bytes as f64 / (1u64 << 30) as f64;
+    if (stored as u64) < filled.records {
+        bail!(
+            "after restart only {stored} of {} acknowledged records are in the log",
+            filled.records
+        );
+    }
     if args.json {
         println!(
             "{}",
-            serde_json::json!({"bench": "recovery", "log_gib": gib, "restart_seconds": seconds, "partition0_end": end})
+            serde_json::json!({"bench": "recovery", "log_gib": gib, "restart_seconds": seconds, "records_acknowledged": filled.records, "records_after_restart": stored})
         );
     } else {
-        println!("restart after kill -9 with {gib:.2} GiB of log: serving again in {seconds:.3} s");
+        println!(
+            "restart after kill -9 with {gib:.2} GiB of log: serving again in {seconds:.3} s ({stored} records in the log, {} acknowledged before the kill)",
+            filled.records
+        );
     }
     drop(restarted);
     Ok(())

@@ -81,7 +81,7 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 64 * 1024 * 1024,
             flush: FlushPolicy::Interval,
-            flush_interval_ms: 1000,
+            flush_interval_ms: 5000,
             retention_check_interval_ms: 60_000,
             idle_timeout_ms: 60_000,
             topic_defaults: TopicDefaults::default(),
@@ -283,16 +283,13 @@ mod tests {
     #[test]
     fn mistakes_are_refused_with_the_key_named() {
         let cases: &[(&str, &str)] = &[
-            ("max_frame_bytez=1", "unknown config key `max_frame_bytez`"),
+            ("max_frame_bytez=1", "unknown field `max_frame_bytez`"),
             ("max_frame_bytes=lots", "`max_frame_bytes` wants an integer"),
             (
                 "max_frame_bytes=0",
                 "max_frame_bytes must be greater than 0",
             ),
-            (
-                "topic_defaults.nope=1",
-                "unknown config key `topic_defaults.nope`",
-            ),
+            ("topic_defaults.nope=1", "unknown field `nope`"),
             ("flush=sometimes", "unknown variant `sometimes`"),
             ("no_equals_sign", "is not key=value"),
         ];

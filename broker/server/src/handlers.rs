@@ -18,6 +18,9 @@ use crate::config::FlushPolicy;
 use crate::topics::{Failure, Partition, Topic};
 use crate::Shared;
 
+/// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
+type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
+
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -80,6 +83,18 @@ impl Shared {
                 .get(name)
                 .ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, "topic vanished")),
             Err(f) => Err(f),
+        }
+    }
+
+    /// The topic, or the request-wide refusal when there is one.
+    fn topic_unless(
+        &self,
+        refuse_all: &Option<Failure>,
+        name: &str,
+    ) -> Result<Arc<Topic>, Failure> {
+        match refuse_all {
+            Some(f) => Err(f.clone()),
+            None => self.topic(name),
         }
     }
 
@@ -251,7 +266,7 @@ impl Shared {
 
     async fn produce(self: &Arc<Self>, request: ProduceRequest) -> Option<ProduceResponse> {
         let acks = request.acks;
-        let refuse_all = if !matches!(acks, 0 | 1 | -1) {
+        let refuse_all = if !(-1..=1).contains(&acks) {
             Some(Failure::new(
                 ErrorCode::InvalidRequiredAcks,
                 format!("acks must be 0, 1 or all (-1), got {acks}"),
@@ -264,10 +279,7 @@ impl Shared {
         let mut syncs = Vec::new();
         let mut topics = Vec::with_capacity(request.topics.len());
         for produce_topic in request.topics {
-            let topic = match &refuse_all {
-                Some(f) => Err(f.clone()),
-                None => self.topic(&produce_topic.name),
-            };
+            let topic = self.topic_unless(&refuse_all, &produce_topic.name);
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
@@ -364,14 +376,11 @@ impl Shared {
             .count_partitions(&request.topics, |t| t.partitions.len())
             .err();
         // Resolve topics once; a topic deleted meanwhile keeps its open files until we finish.
-        let targets: Vec<(String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>)> = request
+        let targets: Vec<FetchTarget> = request
             .topics
             .into_iter()
             .map(|t| {
-                let topic = match &refuse_all {
-                    Some(f) => Err(f.clone()),
-                    None => self.topic(&t.name),
-                };
+                let topic = self.topic_unless(&refuse_all, &t.name);
                 (t.name, topic, t.partitions)
             })
             .collect();
@@ -416,7 +425,7 @@ impl Shared {
 
     async fn read_partitions(
         &self,
-        targets: &[(String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>)],
+        targets: &[FetchTarget],
         max_bytes: u32,
     ) -> (FetchResponse, usize, bool) {
         let mut n_bytes = 0usize;
@@ -476,10 +485,7 @@ impl Shared {
             .topics
             .into_iter()
             .map(|t| {
-                let topic = match &refuse_all {
-                    Some(f) => Err(f.clone()),
-                    None => self.topic(&t.name),
-                };
+                let topic = self.topic_unless(&refuse_all, &t.name);
                 let partitions = t
                     .partitions
                     .iter()

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use meridian_log::GroupCommit;
 use meridian_wire::frame::{
     check_frame_length, decode_request, encode_error_response, encode_response, FrameError,
@@ -190,7 +190,7 @@ pub fn transport_config(config: &BrokerConfig) -> anyhow::Result<quinn::Transpor
 async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     static NEXT_CONNECTION: AtomicU64 = AtomicU64::new(1);
     while let Some(incoming) = endpoint.accept().await {
-        if endpoint.open_connections() > shared.config.max_connections as usize {
+        if endpoint.open_connections() >= shared.config.max_connections as usize {
             tracing::warn!(remote = %incoming.remote_address(), limit = shared.config.max_connections, "refusing connection: max_connections reached");
             incoming.refuse();
             continue;
@@ -291,15 +291,23 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: u32) -> Result<Bytes, S
         quinn::ReadExactError::ReadError(_) => StreamError::Gone,
     })?;
     let length = check_frame_length(prefix, limit).map_err(StreamError::Frame)?;
-    let mut body = vec![0u8; length];
-    recv.read_exact(&mut body).await.map_err(|e| match e {
-        quinn::ReadExactError::FinishedEarly(got) => StreamError::Frame(FrameError::Truncated {
-            expected: length + 4,
-            got: got + 4,
-        }),
-        quinn::ReadExactError::ReadError(_) => StreamError::Gone,
-    })?;
-    Ok(Bytes::from(body))
+    // Grow the buffer as bytes arrive instead of trusting the length prefix: a peer
+    // announcing many large frames without sending them must not make us allocate.
+    // What we hold is then bounded by QUIC flow control (the connection window).
+    let mut body = BytesMut::with_capacity(length.min(64 * 1024));
+    while body.len() < length {
+        match recv.read_chunk(length - body.len(), true).await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
+            Ok(None) => {
+                return Err(StreamError::Frame(FrameError::Truncated {
+                    expected: length + 4,
+                    got: body.len() + 4,
+                }))
+            }
+            Err(_) => return Err(StreamError::Gone),
+        }
+    }
+    Ok(body.freeze())
 }
 
 /// With `flush = "interval"`, fsyncs partitions written since the last round.

@@ -340,6 +340,10 @@ impl ProducerIdentity {
 }
 
 /// Encodes records into one v2 batch with base offset 0 (the broker assigns offsets).
+///
+/// Uncompressed batches are written in one pass straight into the output buffer (record
+/// sizes are computed up front, so no per-record allocation); compressed ones encode
+/// the records once and compress them into the output.
 pub fn encode_batch(
     records: &[NewRecord],
     compression: Compression,
@@ -348,33 +352,17 @@ pub fn encode_batch(
     assert!(!records.is_empty(), "a batch holds at least one record");
     let base_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
-    let mut raw = BytesMut::with_capacity(records.iter().map(|r| r.estimated_size()).sum());
-    for (offset_delta, record) in records.iter().enumerate() {
-        encode_record(
-            &mut raw,
-            record,
-            offset_delta as i32,
-            record.timestamp - base_timestamp,
-        );
-    }
-    let body: Vec<u8> = match compression {
-        Compression::None => raw.to_vec(),
-        Compression::Zstd => {
-            zstd::bulk::compress(&raw, 3).map_err(|e| BatchError::Decompress(e.to_string()))?
-        }
-        Compression::Lz4 => {
-            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
-            std::io::Write::write_all(&mut encoder, &raw)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?;
-            encoder
-                .finish()
-                .map_err(|e| BatchError::Decompress(e.to_string()))?
-        }
-    };
-    let total = BATCH_HEADER_LEN + body.len();
-    let mut out = BytesMut::with_capacity(total);
+    let records_len: usize = records
+        .iter()
+        .enumerate()
+        .map(|(i, r)| {
+            let body = record_body_len(r, i as i32, r.timestamp - base_timestamp);
+            varint_len(body as i32) + body
+        })
+        .sum();
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + records_len);
     out.put_i64(0);
-    out.put_i32((total - BATCH_LOG_OVERHEAD) as i32);
+    out.put_i32(0); // batch length, filled below.
     out.put_i32(-1);
     out.put_u8(MAGIC_V2);
     out.put_u32(0); // CRC, filled below.
@@ -386,27 +374,95 @@ pub fn encode_batch(
     out.put_i16(producer.producer_epoch);
     out.put_i32(producer.base_sequence);
     out.put_i32(records.len() as i32);
-    out.put_slice(&body);
+    match compression {
+        Compression::None => encode_records(&mut out, records, base_timestamp),
+        Compression::Zstd | Compression::Lz4 => {
+            let mut raw = BytesMut::with_capacity(records_len);
+            encode_records(&mut raw, records, base_timestamp);
+            let compressed = match compression {
+                Compression::Zstd => zstd::bulk::compress(&raw, 3)
+                    .map_err(|e| BatchError::Decompress(e.to_string()))?,
+                _ => {
+                    let mut encoder =
+                        lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
+                    std::io::Write::write_all(&mut encoder, &raw)
+                        .map_err(|e| BatchError::Decompress(e.to_string()))?;
+                    encoder
+                        .finish()
+                        .map_err(|e| BatchError::Decompress(e.to_string()))?
+                }
+            };
+            out.put_slice(&compressed);
+        }
+    }
+    let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
     Ok(out.freeze())
 }
 
-fn encode_record(out: &mut BytesMut, record: &NewRecord, offset_delta: i32, timestamp_delta: i64) {
-    let mut body = BytesMut::with_capacity(record.estimated_size());
-    body.put_u8(0); // record attributes, unused
-    put_varlong(&mut body, timestamp_delta);
-    put_varint(&mut body, offset_delta);
-    put_nullable_bytes(&mut body, record.key.as_deref());
-    put_nullable_bytes(&mut body, record.value.as_deref());
-    put_varint(&mut body, record.headers.len() as i32);
-    for header in &record.headers {
-        put_varint(&mut body, header.key.len() as i32);
-        body.put_slice(header.key.as_bytes());
-        put_nullable_bytes(&mut body, header.value.as_deref());
+fn encode_records(out: &mut BytesMut, records: &[NewRecord], base_timestamp: i64) {
+    for (offset_delta, record) in records.iter().enumerate() {
+        let timestamp_delta = record.timestamp - base_timestamp;
+        let body_len = record_body_len(record, offset_delta as i32, timestamp_delta);
+        let before = out.len();
+        put_varint(out, body_len as i32);
+        let body_start = out.len();
+        out.put_u8(0); // record attributes, unused
+        put_varlong(out, timestamp_delta);
+        put_varint(out, offset_delta as i32);
+        put_nullable_bytes(out, record.key.as_deref());
+        put_nullable_bytes(out, record.value.as_deref());
+        put_varint(out, record.headers.len() as i32);
+        for header in &record.headers {
+            put_varint(out, header.key.len() as i32);
+            out.put_slice(header.key.as_bytes());
+            put_nullable_bytes(out, header.value.as_deref());
+        }
+        debug_assert_eq!(
+            out.len() - body_start,
+            body_len,
+            "record size computed wrongly"
+        );
+        debug_assert!(out.len() > before);
     }
-    put_varint(out, body.len() as i32);
-    out.put_slice(&body);
+}
+
+fn varint_len(v: i32) -> usize {
+    varlong_len(v as i64)
+}
+
+fn varlong_len(v: i64) -> usize {
+    let mut raw = ((v << 1) ^ (v >> 63)) as u64;
+    let mut n = 1;
+    while raw >= 0x80 {
+        raw >>= 7;
+        n += 1;
+    }
+    n
+}
+
+fn nullable_len(value: Option<&[u8]>) -> usize {
+    match value {
+        None => varint_len(-1),
+        Some(v) => varint_len(v.len() as i32) + v.len(),
+    }
+}
+
+/// Encoded size of a record after its length prefix.
+fn record_body_len(record: &NewRecord, offset_delta: i32, timestamp_delta: i64) -> usize {
+    let headers: usize = record
+        .headers
+        .iter()
+        .map(|h| varint_len(h.key.len() as i32) + h.key.len() + nullable_len(h.value.as_deref()))
+        .sum();
+    1 + varlong_len(timestamp_delta)
+        + varint_len(offset_delta)
+        + nullable_len(record.key.as_deref())
+        + nullable_len(record.value.as_deref())
+        + varint_len(record.headers.len() as i32)
+        + headers
 }
 
 fn put_nullable_bytes(out: &mut BytesMut, value: Option<&[u8]>) {
@@ -661,10 +717,8 @@ mod tests {
         #[test]
         fn arbitrary_bytes_never_panic_the_parser(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
             let bytes = Bytes::from(bytes);
-            for result in split_batches(bytes) {
-                if let Ok((header, batch)) = result {
-                    let _ = decode_records(&header, &batch);
-                }
+            for (header, batch) in split_batches(bytes).flatten() {
+                let _ = decode_records(&header, &batch);
             }
         }
     }
