@@ -21,7 +21,14 @@ pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
     // uses unidirectional ones.
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(1024));
     server_config.transport_config(Arc::new(transport));
-    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?;
+    let buffer = meridian_server::BrokerConfig::default().udp_buffer_bytes as usize;
+    let runtime = Arc::new(quinn::TokioRuntime);
+    let server = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(server_config),
+        meridian_server::bind_udp("127.0.0.1:0".parse()?, buffer)?,
+        runtime.clone(),
+    )?;
 
     let mut roots = rustls::RootCertStore::empty();
     let leaf: &CertificateDer<'static> = identity.certs.first().context("no certificate")?;
@@ -38,7 +45,12 @@ pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
     client_config.transport_config(Arc::new(meridian_server::transport_config(
         &meridian_server::BrokerConfig::default(),
     )?));
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse()?)?;
+    let mut client = quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        None,
+        meridian_server::bind_udp("127.0.0.1:0".parse()?, buffer)?,
+        runtime,
+    )?;
     client.set_default_client_config(client_config);
     Ok((server, client))
 }

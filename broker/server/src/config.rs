@@ -57,6 +57,9 @@ pub struct BrokerConfig {
     pub retention_check_interval_ms: u64,
     /// Close connections idle for this long.
     pub idle_timeout_ms: u64,
+    /// UDP socket send and receive buffers (the kernel caps them at
+    /// net.core.rmem_max / wmem_max).
+    pub udp_buffer_bytes: u32,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
 }
@@ -81,9 +84,10 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 64 * 1024 * 1024,
             flush: FlushPolicy::Interval,
-            flush_interval_ms: 5000,
+            flush_interval_ms: 60_000,
             retention_check_interval_ms: 60_000,
             idle_timeout_ms: 60_000,
+            udp_buffer_bytes: 4 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -166,6 +170,7 @@ impl BrokerConfig {
                 self.retention_check_interval_ms,
             ),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("udp_buffer_bytes", self.udp_buffer_bytes as u64),
         ];
         for (key, value) in positive {
             if value == 0 {

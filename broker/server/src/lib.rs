@@ -104,8 +104,14 @@ impl Broker {
         )?;
         let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
         server_config.transport_config(Arc::new(transport_config(&config)?));
-        let endpoint = quinn::Endpoint::server(server_config, config.listen)
+        let socket = bind_udp(config.listen, config.udp_buffer_bytes as usize)
             .with_context(|| format!("binding UDP {}", config.listen))?;
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         let local_addr = endpoint.local_addr()?;
         let shared = Arc::new(Shared {
             config,
@@ -169,6 +175,22 @@ impl Broker {
         tracing::info!("stopped cleanly");
         Ok(())
     }
+}
+
+/// Binds a UDP socket with kernel buffers of `buffer_bytes` (capped by the kernel's
+/// `net.core.rmem_max`/`wmem_max`). The defaults (about 200 KiB) overflow under bursts,
+/// and every dropped datagram costs QUIC a loss-recovery round: tail latency.
+pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer than asked is still a working socket.
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
 }
 
 /// QUIC transport settings shared by the broker and `bench transport`.

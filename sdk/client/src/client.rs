@@ -301,8 +301,14 @@ impl Client {
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let mut endpoint = quinn::Endpoint::client(bind)
+        let socket = udp_socket(bind, config.udp_buffer_bytes)
             .map_err(|e| Error::Connect(format!("cannot open a UDP socket on {bind}: {e}")))?;
+        let runtime = quinn::default_runtime().ok_or_else(|| {
+            Error::Connect("no async runtime for QUIC (call from within tokio)".into())
+        })?;
+        let mut endpoint =
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
+                .map_err(|e| Error::Connect(format!("cannot open a UDP socket on {bind}: {e}")))?;
         endpoint.set_default_client_config(self.inner.quic_config.clone());
         let connecting = endpoint
             .connect(address, &config.server_name)
@@ -510,4 +516,20 @@ fn read_error(api: ApiKey, error: quinn::ReadExactError) -> RoundTripError {
         )),
         quinn::ReadExactError::ReadError(e) => Error::Transport(e.to_string()),
     })
+}
+
+/// A UDP socket with kernel buffers of `buffer_bytes` (capped by the kernel's
+/// `net.core.rmem_max`/`wmem_max`). The defaults (about 200 KiB) overflow under bursts,
+/// and every dropped datagram costs QUIC a loss-recovery round: tail latency.
+fn udp_socket(bind: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(bind), Type::DGRAM, Some(Protocol::UDP))?;
+    if bind.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    // Best effort: a smaller buffer than asked is still a working socket.
+    let _ = socket.set_recv_buffer_size(buffer_bytes);
+    let _ = socket.set_send_buffer_size(buffer_bytes);
+    socket.bind(&bind.into())?;
+    Ok(socket.into())
 }

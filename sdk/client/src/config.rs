@@ -108,6 +108,9 @@ pub struct ClientConfig {
     pub max_response_bytes: u32,
     /// Sent to the broker in the ApiVersions handshake (shows up in its logs).
     pub client_software: String,
+    /// UDP socket send and receive buffers, default 4 MiB (the kernel caps them at
+    /// `net.core.rmem_max` / `wmem_max`). Small buffers drop datagrams under bursts.
+    pub udp_buffer_bytes: usize,
 }
 
 /// Default [`ClientConfig::request_timeout`].
@@ -125,6 +128,7 @@ impl ClientConfig {
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             client_software: concat!("meridian-client/", env!("CARGO_PKG_VERSION")).into(),
+            udp_buffer_bytes: 4 * 1024 * 1024,
         }
     }
 
