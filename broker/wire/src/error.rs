@@ -71,8 +71,10 @@ impl ErrorCode {
     }
 }
 
+/// The name only (`UnknownTopic`): errors carry their own message, which says more
+/// than [`ErrorCode::description`].
 impl std::fmt::Display for ErrorCode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} ({})", self.name(), self.description())
+        f.write_str(self.name())
     }
 }
