@@ -4,32 +4,10 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meridian_client::{ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
-use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
 use meridian_wire::frame::{decode_response, encode_request, ResponseFrame};
 use meridian_wire::messages::*;
 
-use crate::harness::{raw_request, TestBroker};
-
-fn batch(value_len: usize) -> Bytes {
-    let record = NewRecord {
-        timestamp: 1,
-        key: None,
-        value: Some(Bytes::from(vec![1u8; value_len])),
-        headers: vec![],
-    };
-    encode_batch(&[record], Compression::None, ProducerIdentity::NONE).unwrap()
-}
-
-fn produce(topic: &str, partition: u32, acks: i8, records: Bytes) -> Request {
-    Request::Produce(ProduceRequest {
-        acks,
-        timeout_ms: 10_000,
-        topics: vec![ProduceTopic {
-            name: topic.into(),
-            partitions: vec![ProducePartition { partition, records }],
-        }],
-    })
-}
+use crate::harness::{batch, fetch, produce, raw_request, TestBroker};
 
 /// Sends a produce request and returns the one partition's error code and message.
 async fn produce_error(client: &meridian_client::Client, request: Request) -> (ErrorCode, String) {
@@ -244,28 +222,17 @@ async fn fetch_out_of_range_is_an_error() {
         .await
         .unwrap();
     produce_error(&client, produce("f", 0, 1, batch(5))).await;
-    let fetch = |offset| {
-        Request::Fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 0,
-            max_bytes: 1 << 20,
-            topics: vec![FetchTopic {
-                name: "f".into(),
-                partitions: vec![FetchPartition {
-                    partition: 0,
-                    fetch_offset: offset,
-                    partition_max_bytes: 1 << 20,
-                }],
-            }],
-        })
-    };
     for (offset, code) in [
         (0, ErrorCode::None),
         (1, ErrorCode::None),
         (2, ErrorCode::OffsetOutOfRange),
         (-5, ErrorCode::OffsetOutOfRange),
     ] {
-        let Response::Fetch(r) = client.request(fetch(offset)).await.unwrap() else {
+        let Response::Fetch(r) = client
+            .request(fetch("f", offset, 0, 0, 1 << 20))
+            .await
+            .unwrap()
+        else {
             panic!("not a fetch response")
         };
         assert_eq!(r.topics[0].partitions[0].error, code, "offset {offset}");

@@ -233,3 +233,61 @@ pub async fn raw_request(connection: &quinn::Connection, bytes: &[u8]) -> Option
     assert!(response.len() >= 4, "short response frame");
     Some(Bytes::from(response).slice(4..))
 }
+
+/// One uncompressed batch holding one record of `value_len` bytes.
+pub fn batch(value_len: usize) -> Bytes {
+    let record = meridian_wire::batch::NewRecord {
+        timestamp: 1,
+        key: None,
+        value: Some(Bytes::from(vec![1u8; value_len])),
+        headers: vec![],
+    };
+    meridian_wire::batch::encode_batch(
+        &[record],
+        meridian_wire::batch::Compression::None,
+        meridian_wire::batch::ProducerIdentity::NONE,
+    )
+    .unwrap()
+}
+
+/// A produce request for one partition.
+pub fn produce(
+    topic: &str,
+    partition: u32,
+    acks: i8,
+    records: Bytes,
+) -> meridian_wire::messages::Request {
+    use meridian_wire::messages::*;
+    Request::Produce(ProduceRequest {
+        acks,
+        timeout_ms: 10_000,
+        topics: vec![ProduceTopic {
+            name: topic.into(),
+            partitions: vec![ProducePartition { partition, records }],
+        }],
+    })
+}
+
+/// A fetch request for partition 0 of `topic`.
+pub fn fetch(
+    topic: &str,
+    offset: i64,
+    max_wait_ms: u32,
+    min_bytes: u32,
+    max_bytes: u32,
+) -> meridian_wire::messages::Request {
+    use meridian_wire::messages::*;
+    Request::Fetch(FetchRequest {
+        max_wait_ms,
+        min_bytes,
+        max_bytes,
+        topics: vec![FetchTopic {
+            name: topic.into(),
+            partitions: vec![FetchPartition {
+                partition: 0,
+                fetch_offset: offset,
+                partition_max_bytes: max_bytes,
+            }],
+        }],
+    })
+}

@@ -3,28 +3,10 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
 use meridian_client::NewTopic;
-use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
 use meridian_wire::messages::*;
 
-use crate::harness::TestBroker;
-
-fn fetch(topic: &str, offset: i64, max_wait_ms: u32, max_bytes: u32) -> Request {
-    Request::Fetch(FetchRequest {
-        max_wait_ms,
-        min_bytes: 1,
-        max_bytes,
-        topics: vec![FetchTopic {
-            name: topic.into(),
-            partitions: vec![FetchPartition {
-                partition: 0,
-                fetch_offset: offset,
-                partition_max_bytes: max_bytes,
-            }],
-        }],
-    })
-}
+use crate::harness::{batch, fetch, produce, TestBroker};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_connections_refuses_extra_connections() {
@@ -72,7 +54,7 @@ async fn max_fetch_wait_caps_long_polls() {
         .unwrap();
     let started = std::time::Instant::now();
     let Response::Fetch(r) = client
-        .request(fetch("quiet", 0, 25_000, 1 << 20))
+        .request(fetch("quiet", 0, 25_000, 1, 1 << 20))
         .await
         .unwrap()
     else {
@@ -95,34 +77,22 @@ async fn max_fetch_bytes_caps_responses_but_returns_at_least_one_batch() {
         .create_topic(NewTopic::new("big", 1))
         .await
         .unwrap();
-    let batch = |len: usize| {
-        let record = NewRecord {
-            timestamp: 1,
-            key: None,
-            value: Some(Bytes::from(vec![3u8; len])),
-            headers: vec![],
-        };
-        encode_batch(&[record], Compression::None, ProducerIdentity::NONE).unwrap()
-    };
-    let produce = |records: Bytes| {
-        Request::Produce(ProduceRequest {
-            acks: 1,
-            timeout_ms: 1000,
-            topics: vec![ProduceTopic {
-                name: "big".into(),
-                partitions: vec![ProducePartition {
-                    partition: 0,
-                    records,
-                }],
-            }],
-        })
-    };
     // One batch bigger than the cap, then ten small ones.
-    client.request(produce(batch(5000))).await.unwrap();
+    client
+        .request(produce("big", 0, 1, batch(5000)))
+        .await
+        .unwrap();
     for _ in 0..10 {
-        client.request(produce(batch(1000))).await.unwrap();
+        client
+            .request(produce("big", 0, 1, batch(1000)))
+            .await
+            .unwrap();
     }
-    let Response::Fetch(r) = client.request(fetch("big", 0, 0, 1 << 20)).await.unwrap() else {
+    let Response::Fetch(r) = client
+        .request(fetch("big", 0, 0, 1, 1 << 20))
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     let first = &r.topics[0].partitions[0].records;
@@ -131,7 +101,11 @@ async fn max_fetch_bytes_caps_responses_but_returns_at_least_one_batch() {
         "exactly the oversized batch: {}",
         first.len()
     );
-    let Response::Fetch(r) = client.request(fetch("big", 1, 0, 1 << 20)).await.unwrap() else {
+    let Response::Fetch(r) = client
+        .request(fetch("big", 1, 0, 1, 1 << 20))
+        .await
+        .unwrap()
+    else {
         panic!()
     };
     let rest = &r.topics[0].partitions[0].records;
