@@ -5,6 +5,7 @@ mod bad_input;
 mod cli;
 mod crash;
 mod harness;
+mod lifecycle;
 mod limits;
 mod produce_consume;
 mod tls;
