@@ -145,7 +145,7 @@ fn consume_follow_tails_new_records() {
             "tail",
             "--follow",
             "--from",
-            "latest",
+            "earliest",
             "--broker",
             &broker.addr,
             "--fingerprint",
@@ -155,12 +155,30 @@ fn consume_follow_tails_new_records() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(follower.stdout.take().unwrap()).lines();
-    // Give the follower time to resolve `latest` before producing.
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // Lines arrive on a channel so a missing line fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = follower.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let next = || {
+        rx.recv_timeout(std::time::Duration::from_secs(30))
+            .expect("the follower printed nothing")
+    };
     ok(broker.cli(&["produce", "tail"], "one\ntwo\n"));
-    assert_eq!(lines.next().unwrap().unwrap(), "one");
-    assert_eq!(lines.next().unwrap().unwrap(), "two");
+    assert_eq!(next(), "one");
+    assert_eq!(next(), "two");
+    // Records produced after the follower caught up arrive too: it tails.
+    ok(broker.cli(&["produce", "tail"], "three\n"));
+    assert_eq!(next(), "three");
+    assert!(
+        follower.try_wait().unwrap().is_none(),
+        "--follow must keep running"
+    );
     let _ = follower.kill();
     let _ = follower.wait();
 }
