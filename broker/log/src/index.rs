@@ -191,6 +191,27 @@ impl IndexCursor {
         last_time_entry: i64::MIN,
     };
 
+    /// Accounts for a batch found by a scan at `position` of the segment starting at
+    /// `segment_base`, appending the index entries it earns to `index`.
+    pub fn index_scanned(
+        &mut self,
+        index: &mut SegmentIndex,
+        segment_base: i64,
+        header: &meridian_wire::batch::BatchHeader,
+        position: u64,
+        index_interval_bytes: u32,
+    ) {
+        let (offset_entry, time_entry) = self.advance(
+            (header.base_offset - segment_base) as u32,
+            position as u32,
+            header.total_len() as u64,
+            header.max_timestamp,
+            index_interval_bytes,
+        );
+        index.offsets.extend(offset_entry);
+        index.times.extend(time_entry);
+    }
+
     /// Accounts for a batch about to be placed at `position`, returning the index
     /// entries to write for it.
     pub fn advance(

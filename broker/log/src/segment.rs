@@ -572,15 +572,13 @@ impl Segment {
             scan_offset,
             true,
             |header, position| {
-                let (offset_entry, time_entry) = cursor.advance(
-                    (header.base_offset - base_offset) as u32,
-                    position as u32,
-                    header.total_len() as u64,
-                    header.max_timestamp,
+                cursor.index_scanned(
+                    &mut index,
+                    base_offset,
+                    header,
+                    position,
                     index_interval_bytes,
-                );
-                index.offsets.extend(offset_entry);
-                index.times.extend(time_entry);
+                )
             },
         )?;
         if clean && scan.problem.is_some() {
@@ -762,15 +760,13 @@ impl Segment {
             base_offset,
             true,
             |header, position| {
-                let (offset_entry, time_entry) = cursor.advance(
-                    (header.base_offset - base_offset) as u32,
-                    position as u32,
-                    header.total_len() as u64,
-                    header.max_timestamp,
+                cursor.index_scanned(
+                    &mut index,
+                    base_offset,
+                    header,
+                    position,
                     index_interval_bytes,
-                );
-                index.offsets.extend(offset_entry);
-                index.times.extend(time_entry);
+                )
             },
         )?;
         if let Some((position, detail)) = scan.problem {
