@@ -33,7 +33,6 @@ use topics::Registry;
 pub mod close_codes {
     pub const SHUTDOWN: u32 = 0;
     pub const FRAME_TOO_LARGE: u32 = 1;
-    pub const TOO_MANY_CONNECTIONS: u32 = 2;
 }
 
 /// State shared by every connection and background task.
@@ -87,9 +86,10 @@ impl Broker {
             config.topic_defaults.clone(),
             config.max_partitions_per_topic,
         )?;
-        let n_partitions: usize = registry.all().iter().map(|t| t.partitions.len()).sum();
+        let topics = registry.all();
+        let n_partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
         tracing::info!(
-            topics = registry.names().len(),
+            topics = topics.len(),
             partitions = n_partitions,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "opened data dir {}",

@@ -147,12 +147,6 @@ impl Registry {
         self.topics.read().get(name).cloned()
     }
 
-    pub fn names(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.topics.read().keys().cloned().collect();
-        names.sort();
-        names
-    }
-
     pub fn all(&self) -> Vec<Arc<Topic>> {
         let mut topics: Vec<Arc<Topic>> = self.topics.read().values().cloned().collect();
         topics.sort_by(|a, b| a.name.cmp(&b.name));
