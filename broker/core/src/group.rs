@@ -1,0 +1,798 @@
+//! The consumer-group coordinator as a state machine.
+//!
+//! Membership: a consumer *joins* (gets a member id), *syncs* (reports the partitions
+//! it owns and receives the partitions it may own now), *heartbeats* (stays alive and
+//! learns whether its assignment changed) and *leaves*. The coordinator computes the
+//! assignment itself with the group's assignor (server-side assignment, as in Kafka's
+//! KIP-848), and hands a partition to its new owner only once the old owner has
+//! reported giving it up, or has left or died. So a partition never has two owners,
+//! and with the cooperative assignor members keep consuming what does not move.
+//!
+//! Offsets: commits are validated here and applied after the driver has made them
+//! durable (the driver writes them to the offsets topic).
+//!
+//! No I/O and no clock: every input carries `now_ms`; [`Coordinator::tick`] expires
+//! sessions and stuck revocations.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::assignor::Assignor;
+use crate::TopicPartition;
+
+/// Coordinator limits. Every one is a broker config key (see the server's config).
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// `group_min_session_timeout_ms`: the shortest session a member may ask for.
+    pub min_session_timeout_ms: u32,
+    /// `group_max_session_timeout_ms`: the longest session a member may ask for.
+    pub max_session_timeout_ms: u32,
+    /// `group_max_size`: members per group.
+    pub max_group_size: u32,
+    /// `group_heartbeat_interval_ms`: how often members heartbeat (and the longest a
+    /// heartbeat is held open waiting for an assignment change).
+    pub heartbeat_interval_ms: u32,
+    /// `offset_metadata_max_bytes`: the longest metadata string of a commit.
+    pub offset_metadata_max_bytes: u32,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            min_session_timeout_ms: 6_000,
+            max_session_timeout_ms: 1_800_000,
+            max_group_size: 1_000,
+            heartbeat_interval_ms: 3_000,
+            offset_metadata_max_bytes: 4_096,
+        }
+    }
+}
+
+/// Why a group request was refused. The server maps each to a wire error code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupError {
+    InvalidGroupId(String),
+    /// The member id is not (or no longer) in the group: rejoin.
+    UnknownMemberId(String),
+    /// A static member's instance id was taken over by a newer member.
+    FencedInstanceId(String),
+    IllegalGeneration(String),
+    InvalidSessionTimeout(String),
+    GroupMaxSizeReached(String),
+    InconsistentProtocol(String),
+    GroupIdNotFound(String),
+    NonEmptyGroup(String),
+    OffsetMetadataTooLarge(String),
+    InvalidCommitOffset(String),
+}
+
+impl GroupError {
+    pub fn message(&self) -> &str {
+        match self {
+            GroupError::InvalidGroupId(m)
+            | GroupError::UnknownMemberId(m)
+            | GroupError::FencedInstanceId(m)
+            | GroupError::IllegalGeneration(m)
+            | GroupError::InvalidSessionTimeout(m)
+            | GroupError::GroupMaxSizeReached(m)
+            | GroupError::InconsistentProtocol(m)
+            | GroupError::GroupIdNotFound(m)
+            | GroupError::NonEmptyGroup(m)
+            | GroupError::OffsetMetadataTooLarge(m)
+            | GroupError::InvalidCommitOffset(m) => m,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, GroupError>;
+
+/// Longest group id accepted.
+pub const MAX_GROUP_ID_LEN: usize = 255;
+
+#[derive(Clone, Debug)]
+pub struct JoinRequest {
+    pub group_id: String,
+    /// Empty for a new member.
+    pub member_id: String,
+    /// Static membership: a stable id that survives restarts without a rebalance.
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub topics: BTreeSet<String>,
+    pub assignor: Assignor,
+    pub session_timeout_ms: u32,
+    /// How long the member may take to give up partitions once asked (Kafka's
+    /// `max.poll.interval.ms`): a member that keeps them longer is removed.
+    pub rebalance_timeout_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JoinResponse {
+    pub member_id: String,
+    pub member_epoch: i32,
+    pub heartbeat_interval_ms: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SyncResponse {
+    pub member_epoch: i32,
+    /// The partitions this member may own now.
+    pub assignment: BTreeSet<TopicPartition>,
+    /// The member's target holds partitions it cannot have yet (their old owner has
+    /// not given them up); another sync follows when they are free.
+    pub pending: bool,
+}
+
+/// A committed offset.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CommittedOffset {
+    pub offset: i64,
+    pub metadata: String,
+    pub commit_timestamp_ms: i64,
+}
+
+/// Something that happened on its own (from [`Coordinator::tick`]), for logs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Event {
+    SessionExpired { group_id: String, member_id: String },
+    RevocationTimedOut { group_id: String, member_id: String },
+}
+
+impl Event {
+    pub fn group_id(&self) -> &str {
+        match self {
+            Event::SessionExpired { group_id, .. } | Event::RevocationTimedOut { group_id, .. } => {
+                group_id
+            }
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GroupState {
+    /// No members (committed offsets may exist).
+    Empty,
+    /// Some member does not own exactly its target yet.
+    Reconciling,
+    Stable,
+}
+
+impl GroupState {
+    pub fn name(self) -> &'static str {
+        match self {
+            GroupState::Empty => "Empty",
+            GroupState::Reconciling => "Reconciling",
+            GroupState::Stable => "Stable",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberDescription {
+    pub member_id: String,
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub member_epoch: i32,
+    pub topics: BTreeSet<String>,
+    pub owned: BTreeSet<TopicPartition>,
+    pub target: BTreeSet<TopicPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupDescription {
+    pub group_id: String,
+    pub state: GroupState,
+    pub assignor: Option<Assignor>,
+    pub epoch: i32,
+    pub members: Vec<MemberDescription>,
+}
+
+#[derive(Debug)]
+struct Member {
+    instance_id: Option<String>,
+    client_id: String,
+    client_host: String,
+    topics: BTreeSet<String>,
+    session_timeout_ms: u32,
+    rebalance_timeout_ms: u32,
+    last_seen_ms: i64,
+    /// The group epoch this member last synced at.
+    epoch: i32,
+    /// What the member said it owns at its last sync.
+    owned: BTreeSet<TopicPartition>,
+    /// What the last sync told it to own.
+    sent: BTreeSet<TopicPartition>,
+    /// Since when the member holds partitions its target no longer has.
+    revoking_since_ms: Option<i64>,
+}
+
+#[derive(Debug, Default)]
+struct Group {
+    epoch: i32,
+    assignor: Option<Assignor>,
+    members: BTreeMap<String, Member>,
+    /// instance id → member id, for static members.
+    instances: BTreeMap<String, String>,
+    target: BTreeMap<String, BTreeSet<TopicPartition>>,
+    /// Eager assignors: partitions are withheld from everyone until every member has
+    /// given up all it owned.
+    revoking_all: bool,
+    offsets: BTreeMap<TopicPartition, CommittedOffset>,
+}
+
+impl Group {
+    fn state(&self) -> GroupState {
+        if self.members.is_empty() {
+            GroupState::Empty
+        } else if self.revoking_all
+            || self
+                .members
+                .iter()
+                .any(|(id, m)| m.owned != self.target[id] || m.sent != m.owned)
+        {
+            GroupState::Reconciling
+        } else {
+            GroupState::Stable
+        }
+    }
+
+    /// What `member_id` may own now: its target minus anything another member owns or
+    /// was told it may own.
+    fn allowed(&self, member_id: &str) -> BTreeSet<TopicPartition> {
+        if self.revoking_all {
+            return BTreeSet::new();
+        }
+        let Some(target) = self.target.get(member_id) else {
+            return BTreeSet::new();
+        };
+        target
+            .iter()
+            .filter(|tp| {
+                !self.members.iter().any(|(id, m)| {
+                    id != member_id && (m.owned.contains(*tp) || m.sent.contains(*tp))
+                })
+            })
+            .cloned()
+            .collect()
+    }
+
+    fn recompute(&mut self, partition_counts: &BTreeMap<String, u32>, now_ms: i64) {
+        let Some(assignor) = self.assignor else {
+            return;
+        };
+        let subscriptions: BTreeMap<String, BTreeSet<String>> = self
+            .members
+            .iter()
+            .map(|(id, m)| (id.clone(), m.topics.clone()))
+            .collect();
+        let target = assignor.assign(&subscriptions, partition_counts, &self.target);
+        if target == self.target {
+            return;
+        }
+        self.target = target;
+        self.epoch += 1;
+        if assignor.is_eager() {
+            self.revoking_all = self
+                .members
+                .values()
+                .any(|m| !m.owned.is_empty() || !m.sent.is_empty());
+        }
+        self.update_revocations(now_ms);
+    }
+
+    fn update_revocations(&mut self, now_ms: i64) {
+        if self.revoking_all
+            && self
+                .members
+                .values()
+                .all(|m| m.owned.is_empty() && m.sent.is_empty())
+        {
+            self.revoking_all = false;
+        }
+        for (id, member) in &mut self.members {
+            let must_give_up = if self.revoking_all {
+                !member.owned.is_empty()
+            } else {
+                !member.owned.is_subset(&self.target[id])
+            };
+            if !must_give_up {
+                member.revoking_since_ms = None;
+            } else if member.revoking_since_ms.is_none() {
+                member.revoking_since_ms = Some(now_ms);
+            }
+        }
+    }
+
+    fn remove_member(&mut self, member_id: &str) {
+        if let Some(member) = self.members.remove(member_id) {
+            if let Some(instance) = member.instance_id {
+                if self.instances.get(&instance).map(String::as_str) == Some(member_id) {
+                    self.instances.remove(&instance);
+                }
+            }
+        }
+        self.target.remove(member_id);
+        if self.members.is_empty() {
+            self.assignor = None;
+            self.revoking_all = false;
+        }
+    }
+}
+
+/// Every group this coordinator owns.
+#[derive(Debug)]
+pub struct Coordinator {
+    config: CoordinatorConfig,
+    groups: BTreeMap<String, Group>,
+    /// Partition count of every topic (from the driver).
+    partition_counts: BTreeMap<String, u32>,
+    /// Makes member ids unique across coordinator restarts (given by the driver).
+    incarnation: u64,
+    next_member: u64,
+}
+
+impl Coordinator {
+    pub fn new(config: CoordinatorConfig, incarnation: u64) -> Coordinator {
+        Coordinator {
+            config,
+            groups: BTreeMap::new(),
+            partition_counts: BTreeMap::new(),
+            incarnation,
+            next_member: 0,
+        }
+    }
+
+    pub fn config(&self) -> &CoordinatorConfig {
+        &self.config
+    }
+
+    /// A topic was created (`Some(count)`) or deleted (`None`). Groups subscribed to it
+    /// are rebalanced. Returns the groups whose assignment changed.
+    pub fn topic_changed(
+        &mut self,
+        topic: &str,
+        partitions: Option<u32>,
+        now_ms: i64,
+    ) -> Vec<String> {
+        match partitions {
+            Some(n) => self.partition_counts.insert(topic.to_string(), n),
+            None => self.partition_counts.remove(topic),
+        };
+        let mut changed = Vec::new();
+        for (group_id, group) in &mut self.groups {
+            if group.members.values().any(|m| m.topics.contains(topic)) {
+                let epoch = group.epoch;
+                group.recompute(&self.partition_counts, now_ms);
+                if group.epoch != epoch {
+                    changed.push(group_id.clone());
+                }
+            }
+        }
+        changed
+    }
+
+    pub fn join(&mut self, request: JoinRequest, now_ms: i64) -> Result<JoinResponse> {
+        validate_group_id(&request.group_id)?;
+        let config = &self.config;
+        if request.session_timeout_ms < config.min_session_timeout_ms
+            || request.session_timeout_ms > config.max_session_timeout_ms
+        {
+            return Err(GroupError::InvalidSessionTimeout(format!(
+                "session timeout {} ms is outside the broker's range {}..={} ms (group_min_session_timeout_ms, group_max_session_timeout_ms)",
+                request.session_timeout_ms, config.min_session_timeout_ms, config.max_session_timeout_ms
+            )));
+        }
+        if request.topics.is_empty() {
+            return Err(GroupError::InconsistentProtocol(
+                "a member must subscribe to at least one topic".into(),
+            ));
+        }
+        let group = self.groups.entry(request.group_id.clone()).or_default();
+        if let Some(assignor) = group.assignor {
+            if assignor != request.assignor && !group.members.is_empty() {
+                return Err(GroupError::InconsistentProtocol(format!(
+                    "group `{}` uses the {} assignor; this member asked for {}",
+                    request.group_id,
+                    assignor.name(),
+                    request.assignor.name()
+                )));
+            }
+        }
+
+        // A known member joining again (for example after a network blip) keeps its id.
+        if !request.member_id.is_empty() {
+            let Some(member) = group.members.get_mut(&request.member_id) else {
+                return Err(GroupError::UnknownMemberId(format!(
+                    "member `{}` is not in group `{}`; join with an empty member id",
+                    request.member_id, request.group_id
+                )));
+            };
+            member.last_seen_ms = now_ms;
+            member.session_timeout_ms = request.session_timeout_ms;
+            member.rebalance_timeout_ms = request.rebalance_timeout_ms;
+            let topics_changed = member.topics != request.topics;
+            member.topics = request.topics;
+            let epoch = member.epoch;
+            if topics_changed {
+                group.recompute(&self.partition_counts, now_ms);
+            }
+            return Ok(JoinResponse {
+                member_id: request.member_id,
+                member_epoch: epoch,
+                heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+            });
+        }
+
+        self.next_member += 1;
+        let member_id = format!(
+            "{}-{:x}-{}",
+            if request.client_id.is_empty() {
+                "member"
+            } else {
+                &request.client_id
+            },
+            self.incarnation,
+            self.next_member
+        );
+        let mut member = Member {
+            instance_id: request.instance_id.clone(),
+            client_id: request.client_id,
+            client_host: request.client_host,
+            topics: request.topics,
+            session_timeout_ms: request.session_timeout_ms,
+            rebalance_timeout_ms: request.rebalance_timeout_ms,
+            last_seen_ms: now_ms,
+            epoch: group.epoch,
+            owned: BTreeSet::new(),
+            sent: BTreeSet::new(),
+            revoking_since_ms: None,
+        };
+
+        // A static member coming back takes over its predecessor's place and target,
+        // without a rebalance; the predecessor is fenced.
+        if let Some(instance) = &request.instance_id {
+            if let Some(old_id) = group.instances.get(instance).cloned() {
+                let old = group
+                    .members
+                    .remove(&old_id)
+                    .expect("instances index members");
+                let target = group.target.remove(&old_id).unwrap_or_default();
+                if old.topics == member.topics {
+                    group.instances.insert(instance.clone(), member_id.clone());
+                    group.target.insert(member_id.clone(), target);
+                    group.members.insert(member_id.clone(), member);
+                    group.update_revocations(now_ms);
+                    return Ok(JoinResponse {
+                        member_id,
+                        member_epoch: group.epoch,
+                        heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+                    });
+                }
+                // Subscriptions changed: treat it as a new member.
+                group.instances.remove(instance);
+                member.epoch = group.epoch;
+            }
+        }
+        if group.members.len() as u32 >= self.config.max_group_size {
+            return Err(GroupError::GroupMaxSizeReached(format!(
+                "group `{}` already has {} members (group_max_size)",
+                request.group_id,
+                group.members.len()
+            )));
+        }
+        if let Some(instance) = request.instance_id {
+            group.instances.insert(instance, member_id.clone());
+        }
+        group.assignor = Some(request.assignor);
+        group.members.insert(member_id.clone(), member);
+        group.target.insert(member_id.clone(), BTreeSet::new());
+        group.recompute(&self.partition_counts, now_ms);
+        Ok(JoinResponse {
+            member_id,
+            member_epoch: group.epoch,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+        })
+    }
+
+    fn member_mut<'a>(
+        groups: &'a mut BTreeMap<String, Group>,
+        group_id: &str,
+        member_id: &str,
+    ) -> Result<(&'a mut Group, String)> {
+        let unknown = || {
+            GroupError::UnknownMemberId(format!(
+                "member `{member_id}` is not in group `{group_id}` (its session may have expired); rejoin"
+            ))
+        };
+        let group = groups.get_mut(group_id).ok_or_else(unknown)?;
+        if !group.members.contains_key(member_id) {
+            return Err(unknown());
+        }
+        Ok((group, member_id.to_string()))
+    }
+
+    /// The member reports what it owns and learns what it may own now.
+    pub fn sync(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        owned: BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) -> Result<SyncResponse> {
+        let (group, member_id) = Self::member_mut(&mut self.groups, group_id, member_id)?;
+        {
+            let member = group.members.get_mut(&member_id).expect("checked above");
+            member.last_seen_ms = now_ms;
+            // A member can only own what it was given at some point; anything else it
+            // claims is ignored. (Not just the last `sent`: if that sync's response was
+            // lost, the member still holds what it owned before.)
+            member.owned = owned
+                .into_iter()
+                .filter(|tp| member.sent.contains(tp) || member.owned.contains(tp))
+                .collect();
+        }
+        // Recompute `sent` from scratch: the member gives up `sent` first, so what it
+        // was told before does not block its own new assignment.
+        group
+            .members
+            .get_mut(&member_id)
+            .expect("checked")
+            .sent
+            .clear();
+        group.update_revocations(now_ms);
+        let allowed = group.allowed(&member_id);
+        let epoch = group.epoch;
+        let target_len = group.target.get(&member_id).map_or(0, BTreeSet::len);
+        let member = group.members.get_mut(&member_id).expect("checked");
+        member.sent = allowed.clone();
+        member.epoch = epoch;
+        group.update_revocations(now_ms);
+        Ok(SyncResponse {
+            member_epoch: epoch,
+            pending: allowed.len() < target_len,
+            assignment: allowed,
+        })
+    }
+
+    /// Keeps the member alive. `Ok(true)` when the member should sync because what it
+    /// may own differs from what it was last told.
+    pub fn heartbeat(&mut self, group_id: &str, member_id: &str, now_ms: i64) -> Result<bool> {
+        let (group, member_id) = Self::member_mut(&mut self.groups, group_id, member_id)?;
+        let member = group.members.get_mut(&member_id).expect("checked");
+        member.last_seen_ms = now_ms;
+        let sent = member.sent.clone();
+        Ok(group.allowed(&member_id) != sent)
+    }
+
+    /// A member leaves; its partitions go to the others at once. A static member may
+    /// be removed by instance id (with an empty member id).
+    pub fn leave(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        instance_id: Option<&str>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let Some(group) = self.groups.get_mut(group_id) else {
+            return Err(GroupError::UnknownMemberId(format!(
+                "group `{group_id}` has no members"
+            )));
+        };
+        let member_id = match (member_id, instance_id) {
+            ("", Some(instance)) => group.instances.get(instance).cloned().ok_or_else(|| {
+                GroupError::UnknownMemberId(format!(
+                    "no member of group `{group_id}` has instance id `{instance}`"
+                ))
+            })?,
+            (id, _) => id.to_string(),
+        };
+        if !group.members.contains_key(&member_id) {
+            return Err(GroupError::UnknownMemberId(format!(
+                "member `{member_id}` is not in group `{group_id}`"
+            )));
+        }
+        group.remove_member(&member_id);
+        group.recompute(&self.partition_counts, now_ms);
+        group.update_revocations(now_ms);
+        Ok(())
+    }
+
+    /// Expires members whose session ran out and members that held on to partitions
+    /// past their rebalance timeout.
+    pub fn tick(&mut self, now_ms: i64) -> Vec<Event> {
+        let mut events = Vec::new();
+        for (group_id, group) in &mut self.groups {
+            let mut expired = Vec::new();
+            for (id, m) in &group.members {
+                if now_ms - m.last_seen_ms > i64::from(m.session_timeout_ms) {
+                    expired.push(Event::SessionExpired {
+                        group_id: group_id.clone(),
+                        member_id: id.clone(),
+                    });
+                } else if m
+                    .revoking_since_ms
+                    .is_some_and(|since| now_ms - since > i64::from(m.rebalance_timeout_ms))
+                {
+                    expired.push(Event::RevocationTimedOut {
+                        group_id: group_id.clone(),
+                        member_id: id.clone(),
+                    });
+                }
+            }
+            for event in &expired {
+                let (Event::SessionExpired { member_id, .. }
+                | Event::RevocationTimedOut { member_id, .. }) = event;
+                group.remove_member(member_id);
+            }
+            if !expired.is_empty() {
+                group.recompute(&self.partition_counts, now_ms);
+                group.update_revocations(now_ms);
+            }
+            events.extend(expired);
+        }
+        events
+    }
+
+    /// The earliest time [`tick`](Coordinator::tick) has something to do.
+    pub fn poll_timeout(&self) -> Option<i64> {
+        self.groups
+            .values()
+            .flat_map(|g| g.members.values())
+            .flat_map(|m| {
+                let session = m.last_seen_ms + i64::from(m.session_timeout_ms) + 1;
+                let revoke = m
+                    .revoking_since_ms
+                    .map(|s| s + i64::from(m.rebalance_timeout_ms) + 1);
+                std::iter::once(session).chain(revoke)
+            })
+            .min()
+    }
+
+    /// Checks that a commit may be made. Members commit with their id and epoch; with
+    /// an empty member id (a consumer outside the group, or an admin reset) a commit is
+    /// allowed only while the group has no members.
+    pub fn validate_commit(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        member_epoch: i32,
+        offsets: &[(TopicPartition, i64, String)],
+    ) -> Result<()> {
+        validate_group_id(group_id)?;
+        for (tp, offset, metadata) in offsets {
+            if metadata.len() > self.config.offset_metadata_max_bytes as usize {
+                return Err(GroupError::OffsetMetadataTooLarge(format!(
+                    "commit metadata for {tp} is {} bytes; the limit is {} (offset_metadata_max_bytes)",
+                    metadata.len(),
+                    self.config.offset_metadata_max_bytes
+                )));
+            }
+            if *offset < 0 {
+                return Err(GroupError::InvalidCommitOffset(format!(
+                    "offset {offset} for {tp} is negative"
+                )));
+            }
+        }
+        let group = self.groups.get(group_id);
+        let n_members = group.map_or(0, |g| g.members.len());
+        if member_id.is_empty() {
+            if n_members > 0 {
+                return Err(GroupError::NonEmptyGroup(format!(
+                    "group `{group_id}` has {n_members} active members; only members may commit (stop them first)"
+                )));
+            }
+            return Ok(());
+        }
+        let Some(member) = group.and_then(|g| g.members.get(member_id)) else {
+            return Err(GroupError::UnknownMemberId(format!(
+                "member `{member_id}` is not in group `{group_id}`; its partitions may have moved"
+            )));
+        };
+        // Fencing is by member id: a member removed from the group cannot commit. The
+        // epoch only has to be one this group has handed out to it.
+        let group_epoch = group.map_or(0, |g| g.epoch);
+        if member_epoch > group_epoch || member_epoch < 0 {
+            return Err(GroupError::IllegalGeneration(format!(
+                "member epoch {member_epoch} was never handed out by group `{group_id}` (epoch {group_epoch}, member at {})",
+                member.epoch
+            )));
+        }
+        Ok(())
+    }
+
+    /// Records a commit made durable by the driver (also used when loading).
+    pub fn apply_commit(&mut self, group_id: &str, tp: TopicPartition, committed: CommittedOffset) {
+        self.groups
+            .entry(group_id.to_string())
+            .or_default()
+            .offsets
+            .insert(tp, committed);
+    }
+
+    /// Removes a committed offset (a tombstone while loading).
+    pub fn remove_commit(&mut self, group_id: &str, tp: &TopicPartition) {
+        if let Some(group) = self.groups.get_mut(group_id) {
+            group.offsets.remove(tp);
+            if group.offsets.is_empty() && group.members.is_empty() {
+                self.groups.remove(group_id);
+            }
+        }
+    }
+
+    pub fn committed(&self, group_id: &str) -> BTreeMap<TopicPartition, CommittedOffset> {
+        self.groups
+            .get(group_id)
+            .map(|g| g.offsets.clone())
+            .unwrap_or_default()
+    }
+
+    /// Checks a group can be deleted and returns its committed partitions (the driver
+    /// writes tombstones for them, then calls [`Coordinator::forget`]).
+    pub fn prepare_delete(&self, group_id: &str) -> Result<Vec<TopicPartition>> {
+        let Some(group) = self.groups.get(group_id) else {
+            return Err(GroupError::GroupIdNotFound(format!(
+                "group `{group_id}` does not exist"
+            )));
+        };
+        if !group.members.is_empty() {
+            return Err(GroupError::NonEmptyGroup(format!(
+                "group `{group_id}` has {} active members; stop them before deleting it",
+                group.members.len()
+            )));
+        }
+        Ok(group.offsets.keys().cloned().collect())
+    }
+
+    pub fn forget(&mut self, group_id: &str) {
+        if self
+            .groups
+            .get(group_id)
+            .is_some_and(|g| g.members.is_empty())
+        {
+            self.groups.remove(group_id);
+        }
+    }
+
+    pub fn list(&self) -> Vec<(String, GroupState)> {
+        self.groups
+            .iter()
+            .map(|(id, g)| (id.clone(), g.state()))
+            .collect()
+    }
+
+    pub fn describe(&self, group_id: &str) -> Option<GroupDescription> {
+        let group = self.groups.get(group_id)?;
+        Some(GroupDescription {
+            group_id: group_id.to_string(),
+            state: group.state(),
+            assignor: group.assignor,
+            epoch: group.epoch,
+            members: group
+                .members
+                .iter()
+                .map(|(id, m)| MemberDescription {
+                    member_id: id.clone(),
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    member_epoch: m.epoch,
+                    topics: m.topics.clone(),
+                    owned: m.owned.clone(),
+                    target: group.target.get(id).cloned().unwrap_or_default(),
+                })
+                .collect(),
+        })
+    }
+}
+
+fn validate_group_id(group_id: &str) -> Result<()> {
+    if group_id.is_empty()
+        || group_id.len() > MAX_GROUP_ID_LEN
+        || group_id.chars().any(char::is_control)
+    {
+        return Err(GroupError::InvalidGroupId(format!(
+            "group id must be 1..={MAX_GROUP_ID_LEN} bytes without control characters, got {group_id:?}"
+        )));
+    }
+    Ok(())
+}
