@@ -7,8 +7,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_client::{
-    Acks, Compression, ConsumerConfig, ConsumerRecord, NewTopic, Offset, ProducerConfig,
-    ProducerRecord,
+    Acks, Assignor, Compression, ConsumerConfig, ConsumerRecord, GroupConfig, NewTopic, Offset,
+    OffsetReset, ProducerConfig, ProducerRecord,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -31,6 +31,9 @@ pub enum TopicCommand {
     },
     /// List topic names.
     List {
+        /// Include internal topics (`__consumer_offsets`).
+        #[arg(long)]
+        internal: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -68,9 +71,11 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             connect.connect().await?.admin().create_topic(topic).await?;
             println!("created topic {name} with {partitions} partition(s)");
         }
-        TopicCommand::List { connect } => {
+        TopicCommand::List { internal, connect } => {
             for name in connect.connect().await?.admin().list_topics().await? {
-                println!("{name}");
+                if internal || !name.starts_with("__") {
+                    println!("{name}");
+                }
             }
         }
         TopicCommand::Describe { name, connect } => {
@@ -226,11 +231,31 @@ pub struct ConsumeArgs {
     /// Only these partitions (repeatable); default all.
     #[arg(long, short)]
     pub partition: Vec<u32>,
+    /// Consume as a member of this consumer group: partitions come from the group,
+    /// reading resumes from its committed offsets (`--from earliest|latest|none` says
+    /// where to start without one), and positions are committed as records print.
+    /// Runs until -n records, --idle-exit-ms, or Ctrl-C.
+    #[arg(long, short)]
+    pub group: Option<String>,
+    /// Group assignor: cooperative-sticky, range or roundrobin.
+    #[arg(long, default_value = "cooperative-sticky", requires = "group")]
+    pub assignor: String,
+    /// Static membership: a restart with the same id keeps the partitions.
+    #[arg(long, requires = "group")]
+    pub instance_id: Option<String>,
+    #[arg(long, default_value_t = 45_000, requires = "group")]
+    pub session_timeout_ms: u64,
+    /// How often positions are committed.
+    #[arg(long, default_value_t = 5_000, requires = "group")]
+    pub commit_interval_ms: u64,
+    /// With --group: exit after this long without a record.
+    #[arg(long, requires = "group")]
+    pub idle_exit_ms: Option<u64>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
 
-fn parse_from(from: &str) -> anyhow::Result<Offset> {
+pub(crate) fn parse_from(from: &str) -> anyhow::Result<Offset> {
     Ok(match from {
         "earliest" | "beginning" => Offset::Earliest,
         "latest" | "end" => Offset::Latest,
@@ -246,6 +271,9 @@ fn parse_from(from: &str) -> anyhow::Result<Offset> {
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
+    if args.group.is_some() {
+        return consume_group(args).await;
+    }
     let from = parse_from(&args.from)?;
     let client = args.connect.connect().await?;
     let mut consumer = client.consumer(ConsumerConfig::default());
@@ -298,6 +326,85 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         }
     }
     stdout.flush()?;
+    Ok(())
+}
+
+async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
+    let group_id = args.group.clone().expect("checked by the caller");
+    let reset = match args.from.as_str() {
+        "earliest" | "beginning" => OffsetReset::Earliest,
+        "latest" | "end" => OffsetReset::Latest,
+        "none" => OffsetReset::None,
+        other => anyhow::bail!(
+            "--from {other}: with --group, --from says where to start without a committed offset: earliest, latest or none \
+             (use `meridian group reset-offsets` to move a group)"
+        ),
+    };
+    let assignor = Assignor::parse(&args.assignor).with_context(|| {
+        format!(
+            "--assignor {}: expected cooperative-sticky, range or roundrobin",
+            args.assignor
+        )
+    })?;
+    if !args.partition.is_empty() {
+        anyhow::bail!("--partition and --group exclude each other: the group assigns partitions");
+    }
+    let client = args.connect.connect().await?;
+    let mut consumer = client.consumer(ConsumerConfig {
+        auto_offset_reset: reset,
+        ..ConsumerConfig::default()
+    });
+    let config = GroupConfig {
+        instance_id: args.instance_id.clone(),
+        client_id: "meridian-cli".into(),
+        assignor,
+        session_timeout: Duration::from_millis(args.session_timeout_ms),
+        auto_commit_interval: Duration::from_millis(args.commit_interval_ms),
+        ..GroupConfig::new(group_id)
+    };
+    consumer.subscribe(config, &[&args.topic]).await?;
+    let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
+    let limit = args.count.unwrap_or(u64::MAX);
+    let mut printed = 0u64;
+    let mut last_record = std::time::Instant::now();
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    while printed < limit {
+        if args
+            .idle_exit_ms
+            .is_some_and(|ms| last_record.elapsed() >= Duration::from_millis(ms))
+        {
+            break;
+        }
+        let records = tokio::select! {
+            records = consumer.poll(Duration::from_millis(200)) => records?,
+            _ = &mut ctrl_c => break,
+        };
+        if !records.is_empty() {
+            last_record = std::time::Instant::now();
+        }
+        // Only what was returned by `poll` can be committed; print it all and flush
+        // before the next poll may commit it, so a crash never skips a record.
+        let n_print = records.len().min((limit - printed) as usize);
+        for record in &records[..n_print] {
+            print_record(&mut stdout, record, args.format)?;
+        }
+        printed += n_print as u64;
+        stdout.flush()?;
+        // Stopping inside a batch: rewind to the first record not printed, so the
+        // commit on close does not cover it.
+        let mut rewound = std::collections::BTreeSet::new();
+        for record in &records[n_print..] {
+            if rewound.insert(record.partition) {
+                consumer
+                    .seek(&record.topic, record.partition, Offset::At(record.offset))
+                    .await?;
+            }
+        }
+    }
+    stdout.flush()?;
+    drop(stdout);
+    consumer.close().await?;
     Ok(())
 }
 

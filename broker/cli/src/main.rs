@@ -1,8 +1,9 @@
 //! `meridian`: the broker (`broker`, `dev`) and its command-line client (`topic`,
-//! `produce`, `consume`, `bench`) in one binary.
+//! `produce`, `consume`, `group`, `bench`) in one binary.
 
 mod bench;
 mod client_cmds;
+mod group_cmds;
 mod transport;
 
 use std::path::PathBuf;
@@ -38,6 +39,9 @@ enum Command {
     Produce(client_cmds::ProduceArgs),
     /// Consume records and print them.
     Consume(client_cmds::ConsumeArgs),
+    /// List, describe, reset and delete consumer groups.
+    #[command(subcommand)]
+    Group(group_cmds::GroupCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -144,6 +148,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Topic(cmd) => client_cmds::topic(cmd).await,
         Command::Produce(args) => client_cmds::produce(args).await,
         Command::Consume(args) => client_cmds::consume(args).await,
+        Command::Group(cmd) => group_cmds::group(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
     }
 }

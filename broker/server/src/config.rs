@@ -60,6 +60,18 @@ pub struct BrokerConfig {
     /// UDP socket send and receive buffers (the kernel caps them at
     /// net.core.rmem_max / wmem_max).
     pub udp_buffer_bytes: u32,
+    /// Consumer groups: the shortest and longest session a member may ask for.
+    pub group_min_session_timeout_ms: u32,
+    pub group_max_session_timeout_ms: u32,
+    /// Members one group may have.
+    pub group_max_size: u32,
+    /// How often group members heartbeat; also the longest a heartbeat is held open
+    /// waiting for an assignment change.
+    pub group_heartbeat_interval_ms: u32,
+    /// Longest metadata string stored with a committed offset.
+    pub offset_metadata_max_bytes: u32,
+    /// Partitions of the internal `__consumer_offsets` topic (fixed once created).
+    pub offsets_topic_num_partitions: u32,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
 }
@@ -88,6 +100,12 @@ impl Default for BrokerConfig {
             retention_check_interval_ms: 60_000,
             idle_timeout_ms: 60_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            group_min_session_timeout_ms: 6_000,
+            group_max_session_timeout_ms: 1_800_000,
+            group_max_size: 1_000,
+            group_heartbeat_interval_ms: 3_000,
+            offset_metadata_max_bytes: 4_096,
+            offsets_topic_num_partitions: 50,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -171,6 +189,19 @@ impl BrokerConfig {
             ),
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("udp_buffer_bytes", self.udp_buffer_bytes as u64),
+            (
+                "group_min_session_timeout_ms",
+                self.group_min_session_timeout_ms as u64,
+            ),
+            ("group_max_size", self.group_max_size as u64),
+            (
+                "group_heartbeat_interval_ms",
+                self.group_heartbeat_interval_ms as u64,
+            ),
+            (
+                "offsets_topic_num_partitions",
+                self.offsets_topic_num_partitions as u64,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -184,7 +215,27 @@ impl BrokerConfig {
                 "max_frame_bytes must be at least 1024".into(),
             ));
         }
+        if self.group_min_session_timeout_ms > self.group_max_session_timeout_ms {
+            return Err(ConfigError::Invalid(
+                "group_min_session_timeout_ms must not exceed group_max_session_timeout_ms".into(),
+            ));
+        }
+        if self.offsets_topic_num_partitions > self.max_partitions_per_topic {
+            return Err(ConfigError::Invalid(
+                "offsets_topic_num_partitions must not exceed max_partitions_per_topic".into(),
+            ));
+        }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
+    }
+
+    pub fn coordinator_config(&self) -> meridian_core::group::CoordinatorConfig {
+        meridian_core::group::CoordinatorConfig {
+            min_session_timeout_ms: self.group_min_session_timeout_ms,
+            max_session_timeout_ms: self.group_max_session_timeout_ms,
+            max_group_size: self.group_max_size,
+            heartbeat_interval_ms: self.group_heartbeat_interval_ms,
+            offset_metadata_max_bytes: self.offset_metadata_max_bytes,
+        }
     }
 
     pub fn advertised_host(&self) -> String {

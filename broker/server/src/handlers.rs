@@ -30,7 +30,11 @@ pub(crate) fn now_ms() -> i64 {
 
 impl Shared {
     /// Dispatches one request. `None` means "send no response" (acks=0 produce).
-    pub(crate) async fn handle(self: &Arc<Self>, request: Request) -> Option<Response> {
+    pub(crate) async fn handle(
+        self: &Arc<Self>,
+        request: Request,
+        peer: std::net::SocketAddr,
+    ) -> Option<Response> {
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
             Request::Metadata(r) => Response::Metadata(self.metadata(r)),
@@ -40,6 +44,16 @@ impl Shared {
             Request::Produce(r) => return self.produce(r).await.map(Response::Produce),
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
+            Request::FindCoordinator(r) => Response::FindCoordinator(self.find_coordinator(r)),
+            Request::JoinGroup(r) => Response::JoinGroup(self.join_group(r, peer.to_string())),
+            Request::SyncGroup(r) => Response::SyncGroup(self.sync_group(r)),
+            Request::Heartbeat(r) => Response::Heartbeat(self.heartbeat(r).await),
+            Request::LeaveGroup(r) => Response::LeaveGroup(self.leave_group(r)),
+            Request::OffsetCommit(r) => Response::OffsetCommit(self.offset_commit(r).await),
+            Request::OffsetFetch(r) => Response::OffsetFetch(self.offset_fetch(r)),
+            Request::ListGroups(_) => Response::ListGroups(self.list_groups()),
+            Request::DescribeGroups(r) => Response::DescribeGroups(self.describe_groups(r)),
+            Request::DeleteGroups(r) => Response::DeleteGroups(self.delete_groups(r).await),
         })
     }
 
@@ -76,7 +90,11 @@ impl Shared {
             .registry
             .create(name, self.config.default_partitions, 1, Vec::new())
         {
-            Ok(topic) => Ok(topic),
+            Ok(topic) => {
+                self.groups
+                    .topic_changed(name, Some(topic.partitions.len() as u32));
+                Ok(topic)
+            }
             // Another request created it first.
             Err(f) if f.code == ErrorCode::TopicAlreadyExists => self
                 .registry
@@ -157,7 +175,10 @@ impl Shared {
                 } else {
                     self.registry
                         .create(&t.name, t.partitions, t.replication_factor, configs)
-                        .map(drop)
+                        .map(|topic| {
+                            self.groups
+                                .topic_changed(&topic.name, Some(topic.partitions.len() as u32))
+                        })
                 };
                 topic_result(t.name, outcome)
             })
@@ -167,7 +188,11 @@ impl Shared {
 
     fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
         let results = request.names.into_iter().map(|name| {
-            let outcome = self.registry.delete(&name);
+            let outcome = refuse_internal(&name, "deleted").and_then(|()| {
+                self.registry.delete(&name)?;
+                self.groups.topic_changed(&name, None);
+                Ok(())
+            });
             topic_result(name, outcome)
         });
         DeleteTopicsResponse {
@@ -279,7 +304,8 @@ impl Shared {
         let mut syncs = Vec::new();
         let mut topics = Vec::with_capacity(request.topics.len());
         for produce_topic in request.topics {
-            let topic = self.topic_unless(&refuse_all, &produce_topic.name);
+            let topic = refuse_internal(&produce_topic.name, "produced to")
+                .and_then(|()| self.topic_unless(&refuse_all, &produce_topic.name));
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
@@ -338,7 +364,7 @@ impl Shared {
     }
 
     /// Validates (outside the partition lock) and appends one partition's batches.
-    fn append(
+    pub(crate) fn append(
         &self,
         topic: &Topic,
         partition: &Partition,
@@ -517,6 +543,17 @@ impl Shared {
             .collect();
         ListOffsetsResponse { topics }
     }
+}
+
+/// Internal topics (`__consumer_offsets`) are written only by the broker itself.
+fn refuse_internal(name: &str, action: &str) -> Result<(), Failure> {
+    if name == crate::groups::OFFSETS_TOPIC {
+        return Err(Failure::new(
+            ErrorCode::PolicyViolation,
+            format!("`{name}` is an internal topic and cannot be {action} by clients"),
+        ));
+    }
+    Ok(())
 }
 
 fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {

@@ -8,6 +8,7 @@
 //! can make the broker buffer.
 
 pub mod config;
+mod groups;
 mod handlers;
 pub mod tls;
 pub mod topic_config;
@@ -39,6 +40,7 @@ pub mod close_codes {
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) registry: Registry,
+    pub(crate) groups: groups::Groups,
     pub(crate) group_commit: GroupCommit,
     pub(crate) local_addr: SocketAddr,
 }
@@ -96,6 +98,8 @@ impl Broker {
             config.data_dir.display()
         );
 
+        let groups = groups::Groups::open(&config, &registry)?;
+
         let cert_path = config.tls_cert_path();
         let identity = tls::load_or_generate(
             &cert_path,
@@ -116,6 +120,7 @@ impl Broker {
         let shared = Arc::new(Shared {
             config,
             registry,
+            groups,
             group_commit: GroupCommit::start(),
             local_addr,
         });
@@ -156,6 +161,7 @@ impl Broker {
         let background = [
             tokio::spawn(flush_loop(self.shared.clone())),
             tokio::spawn(retention_loop(self.shared.clone())),
+            tokio::spawn(groups::tick_loop(self.shared.clone())),
         ];
         let accept = accept_loop(self.shared.clone(), self.endpoint.clone());
         tokio::select! {
@@ -247,7 +253,8 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
             }
         };
         let shared = shared.clone();
-        tokio::spawn(serve_stream(shared, send, recv).in_current_span());
+        let peer = connection.remote_address();
+        tokio::spawn(serve_stream(shared, send, recv, peer).in_current_span());
     }
 }
 
@@ -257,6 +264,7 @@ async fn serve_stream(
     shared: Arc<Shared>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
+    peer: SocketAddr,
 ) {
     let limit = shared.config.max_frame_bytes;
     let frame = match read_frame(&mut recv, limit).await {
@@ -279,7 +287,7 @@ async fn serve_stream(
         Ok(request) => {
             let api = request.api_key();
             let span = tracing::debug_span!("request", ?api);
-            match shared.handle(request).instrument(span).await {
+            match shared.handle(request, peer).instrument(span).await {
                 Some(response) => encode_response(&response),
                 None => Bytes::new(),
             }

@@ -63,6 +63,19 @@ error_codes! {
     TopicDeletionInProgress = 20, true, "the topic is being deleted";
     BrokerShuttingDown = 21, true, "the broker is shutting down";
     CorruptLog = 22, false, "the partition's log on disk is corrupted; an operator must repair it";
+    NotCoordinator = 23, true, "this broker is not the coordinator of the group";
+    CoordinatorNotAvailable = 24, true, "the group coordinator is not available yet";
+    InvalidGroupId = 25, false, "the group id is invalid";
+    UnknownMemberId = 26, false, "the member is not in the group (its session may have expired); rejoin";
+    FencedInstanceId = 27, false, "a newer member took over this static member's instance id";
+    IllegalGeneration = 28, false, "the member epoch is not one the group handed out";
+    InvalidSessionTimeout = 29, false, "the session timeout is outside the broker's allowed range";
+    GroupMaxSizeReached = 30, false, "the group has as many members as the broker allows";
+    InconsistentGroupProtocol = 31, false, "the member's assignor or subscription conflicts with the group's";
+    GroupIdNotFound = 32, false, "the group does not exist";
+    NonEmptyGroup = 33, false, "the group has active members";
+    OffsetMetadataTooLarge = 34, false, "the commit's metadata string is longer than the broker allows";
+    InvalidCommitOffset = 35, false, "the committed offset is invalid";
 }
 
 impl ErrorCode {

@@ -5,13 +5,14 @@
 //!
 //! - [`batch`]: Kafka RecordBatch v2, the one record format used end to end.
 //! - [`frame`]: length-prefixed request/response frames and their limits.
-//! - [`messages`]: the typed requests and responses.
+//! - [`messages`]: the typed requests and responses ([`group`]: consumer groups).
 //! - [`error`]: error codes carried in responses.
 
 pub mod batch;
 pub mod codec;
 pub mod error;
 pub mod frame;
+pub mod group;
 pub mod messages;
 
 pub use error::ErrorCode;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
+pub use crate::group::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -18,10 +19,20 @@ pub enum ApiKey {
     Produce = 5,
     Fetch = 6,
     ListOffsets = 7,
+    FindCoordinator = 8,
+    JoinGroup = 9,
+    SyncGroup = 10,
+    Heartbeat = 11,
+    LeaveGroup = 12,
+    OffsetCommit = 13,
+    OffsetFetch = 14,
+    ListGroups = 15,
+    DescribeGroups = 16,
+    DeleteGroups = 17,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 18] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -30,6 +41,16 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::FindCoordinator,
+        ApiKey::JoinGroup,
+        ApiKey::SyncGroup,
+        ApiKey::Heartbeat,
+        ApiKey::LeaveGroup,
+        ApiKey::OffsetCommit,
+        ApiKey::OffsetFetch,
+        ApiKey::ListGroups,
+        ApiKey::DescribeGroups,
+        ApiKey::DeleteGroups,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -58,6 +79,16 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    FindCoordinator(FindCoordinatorRequest),
+    JoinGroup(JoinGroupRequest),
+    SyncGroup(SyncGroupRequest),
+    Heartbeat(HeartbeatRequest),
+    LeaveGroup(LeaveGroupRequest),
+    OffsetCommit(OffsetCommitRequest),
+    OffsetFetch(OffsetFetchRequest),
+    ListGroups(ListGroupsRequest),
+    DescribeGroups(DescribeGroupsRequest),
+    DeleteGroups(DeleteGroupsRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +101,16 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    FindCoordinator(FindCoordinatorResponse),
+    JoinGroup(JoinGroupResponse),
+    SyncGroup(SyncGroupResponse),
+    Heartbeat(HeartbeatResponse),
+    LeaveGroup(LeaveGroupResponse),
+    OffsetCommit(OffsetCommitResponse),
+    OffsetFetch(OffsetFetchResponse),
+    ListGroups(ListGroupsResponse),
+    DescribeGroups(DescribeGroupsResponse),
+    DeleteGroups(DeleteGroupsResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -393,6 +434,16 @@ impl Request {
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::FindCoordinator(_) => ApiKey::FindCoordinator,
+            Request::JoinGroup(_) => ApiKey::JoinGroup,
+            Request::SyncGroup(_) => ApiKey::SyncGroup,
+            Request::Heartbeat(_) => ApiKey::Heartbeat,
+            Request::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Request::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Request::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Request::ListGroups(_) => ApiKey::ListGroups,
+            Request::DescribeGroups(_) => ApiKey::DescribeGroups,
+            Request::DeleteGroups(_) => ApiKey::DeleteGroups,
         }
     }
 
@@ -447,6 +498,16 @@ impl Request {
                     });
                 });
             }
+            Request::FindCoordinator(m) => m.encode(w),
+            Request::JoinGroup(m) => m.encode(w),
+            Request::SyncGroup(m) => m.encode(w),
+            Request::Heartbeat(m) => m.encode(w),
+            Request::LeaveGroup(m) => m.encode(w),
+            Request::OffsetCommit(m) => m.encode(w),
+            Request::OffsetFetch(m) => m.encode(w),
+            Request::ListGroups(m) => m.encode(w),
+            Request::DescribeGroups(m) => m.encode(w),
+            Request::DeleteGroups(m) => m.encode(w),
         }
     }
 
@@ -525,6 +586,16 @@ impl Request {
                     })
                 })?,
             }),
+            ApiKey::FindCoordinator => Request::FindCoordinator(FindCoordinatorRequest::decode(r)?),
+            ApiKey::JoinGroup => Request::JoinGroup(JoinGroupRequest::decode(r)?),
+            ApiKey::SyncGroup => Request::SyncGroup(SyncGroupRequest::decode(r)?),
+            ApiKey::Heartbeat => Request::Heartbeat(HeartbeatRequest::decode(r)?),
+            ApiKey::LeaveGroup => Request::LeaveGroup(LeaveGroupRequest::decode(r)?),
+            ApiKey::OffsetCommit => Request::OffsetCommit(OffsetCommitRequest::decode(r)?),
+            ApiKey::OffsetFetch => Request::OffsetFetch(OffsetFetchRequest::decode(r)?),
+            ApiKey::ListGroups => Request::ListGroups(ListGroupsRequest::decode(r)?),
+            ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(r)?),
+            ApiKey::DeleteGroups => Request::DeleteGroups(DeleteGroupsRequest::decode(r)?),
         })
     }
 }
@@ -540,6 +611,16 @@ impl Response {
             Response::Produce(_) => ApiKey::Produce,
             Response::Fetch(_) => ApiKey::Fetch,
             Response::ListOffsets(_) => ApiKey::ListOffsets,
+            Response::FindCoordinator(_) => ApiKey::FindCoordinator,
+            Response::JoinGroup(_) => ApiKey::JoinGroup,
+            Response::SyncGroup(_) => ApiKey::SyncGroup,
+            Response::Heartbeat(_) => ApiKey::Heartbeat,
+            Response::LeaveGroup(_) => ApiKey::LeaveGroup,
+            Response::OffsetCommit(_) => ApiKey::OffsetCommit,
+            Response::OffsetFetch(_) => ApiKey::OffsetFetch,
+            Response::ListGroups(_) => ApiKey::ListGroups,
+            Response::DescribeGroups(_) => ApiKey::DescribeGroups,
+            Response::DeleteGroups(_) => ApiKey::DeleteGroups,
         }
     }
 
@@ -635,6 +716,16 @@ impl Response {
                     });
                 });
             }
+            Response::FindCoordinator(m) => m.encode(w),
+            Response::JoinGroup(m) => m.encode(w),
+            Response::SyncGroup(m) => m.encode(w),
+            Response::Heartbeat(m) => m.encode(w),
+            Response::LeaveGroup(m) => m.encode(w),
+            Response::OffsetCommit(m) => m.encode(w),
+            Response::OffsetFetch(m) => m.encode(w),
+            Response::ListGroups(m) => m.encode(w),
+            Response::DescribeGroups(m) => m.encode(w),
+            Response::DeleteGroups(m) => m.encode(w),
         }
     }
 
@@ -760,6 +851,18 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::FindCoordinator => {
+                Response::FindCoordinator(FindCoordinatorResponse::decode(r)?)
+            }
+            ApiKey::JoinGroup => Response::JoinGroup(JoinGroupResponse::decode(r)?),
+            ApiKey::SyncGroup => Response::SyncGroup(SyncGroupResponse::decode(r)?),
+            ApiKey::Heartbeat => Response::Heartbeat(HeartbeatResponse::decode(r)?),
+            ApiKey::LeaveGroup => Response::LeaveGroup(LeaveGroupResponse::decode(r)?),
+            ApiKey::OffsetCommit => Response::OffsetCommit(OffsetCommitResponse::decode(r)?),
+            ApiKey::OffsetFetch => Response::OffsetFetch(OffsetFetchResponse::decode(r)?),
+            ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode(r)?),
+            ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
+            ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),
         })
     }
 }
@@ -949,6 +1052,146 @@ mod tests {
                     offset: 5,
                     timestamp: 100,
                 }],
+            }],
+        }));
+    }
+
+    #[test]
+    fn every_group_message_round_trips() {
+        let tps = vec![TopicPartitions {
+            topic: "t".into(),
+            partitions: vec![0, 3],
+        }];
+        let offsets = vec![TopicOffsets {
+            topic: "t".into(),
+            partitions: vec![PartitionOffset {
+                partition: 2,
+                offset: 99,
+                metadata: "m".into(),
+                commit_timestamp_ms: 1_700_000_000_000,
+            }],
+        }];
+        check_request(Request::FindCoordinator(FindCoordinatorRequest {
+            group_id: "g".into(),
+        }));
+        check_request(Request::JoinGroup(JoinGroupRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            instance_id: Some("host-1".into()),
+            client_id: "c".into(),
+            topics: vec!["t".into(), "u".into()],
+            assignor: "cooperative-sticky".into(),
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 300_000,
+        }));
+        check_request(Request::SyncGroup(SyncGroupRequest {
+            group_id: "g".into(),
+            member_id: "m".into(),
+            owned: tps.clone(),
+        }));
+        check_request(Request::Heartbeat(HeartbeatRequest {
+            group_id: "g".into(),
+            member_id: "m".into(),
+            member_epoch: 4,
+            max_wait_ms: 3000,
+        }));
+        check_request(Request::LeaveGroup(LeaveGroupRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            instance_id: Some("host-1".into()),
+        }));
+        check_request(Request::OffsetCommit(OffsetCommitRequest {
+            group_id: "g".into(),
+            member_id: "m".into(),
+            member_epoch: 4,
+            topics: offsets.clone(),
+        }));
+        check_request(Request::OffsetFetch(OffsetFetchRequest {
+            group_id: "g".into(),
+            topics: Some(tps.clone()),
+        }));
+        check_request(Request::OffsetFetch(OffsetFetchRequest {
+            group_id: "g".into(),
+            topics: None,
+        }));
+        check_request(Request::ListGroups(ListGroupsRequest {}));
+        check_request(Request::DescribeGroups(DescribeGroupsRequest {
+            group_ids: vec!["g".into()],
+        }));
+        check_request(Request::DeleteGroups(DeleteGroupsRequest {
+            group_ids: vec!["g".into(), "h".into()],
+        }));
+
+        check_response(Response::FindCoordinator(FindCoordinatorResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id: 1,
+            host: "127.0.0.1".into(),
+            port: 9092,
+        }));
+        check_response(Response::JoinGroup(JoinGroupResponse {
+            error: ErrorCode::InvalidSessionTimeout,
+            message: "too short".into(),
+            member_id: "m".into(),
+            member_epoch: 1,
+            heartbeat_interval_ms: 3000,
+        }));
+        check_response(Response::SyncGroup(SyncGroupResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            member_epoch: 2,
+            assignment: tps.clone(),
+            pending: true,
+        }));
+        check_response(Response::Heartbeat(HeartbeatResponse {
+            error: ErrorCode::UnknownMemberId,
+            message: "gone".into(),
+            sync_needed: false,
+        }));
+        check_response(Response::LeaveGroup(LeaveGroupResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+        }));
+        check_response(Response::OffsetCommit(OffsetCommitResponse {
+            error: ErrorCode::NonEmptyGroup,
+            message: "busy".into(),
+        }));
+        check_response(Response::OffsetFetch(OffsetFetchResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            topics: offsets,
+        }));
+        check_response(Response::ListGroups(ListGroupsResponse {
+            groups: vec![GroupListing {
+                group_id: "g".into(),
+                state: "Stable".into(),
+            }],
+        }));
+        check_response(Response::DescribeGroups(DescribeGroupsResponse {
+            groups: vec![GroupDescription {
+                group_id: "g".into(),
+                error: ErrorCode::None,
+                message: String::new(),
+                state: "Stable".into(),
+                assignor: "range".into(),
+                epoch: 3,
+                members: vec![GroupMember {
+                    member_id: "m".into(),
+                    instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "127.0.0.1:5000".into(),
+                    member_epoch: 3,
+                    topics: vec!["t".into()],
+                    owned: tps.clone(),
+                    target: tps,
+                }],
+            }],
+        }));
+        check_response(Response::DeleteGroups(DeleteGroupsResponse {
+            results: vec![GroupResult {
+                group_id: "g".into(),
+                error: ErrorCode::GroupIdNotFound,
+                message: "no such group".into(),
             }],
         }));
     }

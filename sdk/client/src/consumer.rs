@@ -1,7 +1,7 @@
 //! The consumer: reads assigned partitions from chosen positions, with one fetch
 //! request kept in flight in the background while the caller processes records.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,7 @@ use crate::accumulator::TopicPartition;
 use crate::admin::Offset;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
+use crate::group::{self, GroupConfig, Membership, RebalanceListener};
 
 /// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
 /// before the error is reported by [`Consumer::poll`]; fetching goes on either way.
@@ -54,6 +55,18 @@ pub struct ConsumerConfig {
     /// Record bytes fetched ahead of [`Consumer::poll`]; the background fetch waits
     /// while this much is buffered. Default 64 MiB.
     pub prefetch_bytes: usize,
+    /// Where a group member starts a partition its group has no committed offset for
+    /// (Kafka's `auto.offset.reset`). Default [`OffsetReset::Latest`].
+    pub auto_offset_reset: OffsetReset,
+}
+
+/// Where to start without a committed offset.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OffsetReset {
+    Earliest,
+    Latest,
+    /// Fail: [`Consumer::poll`] returns an error naming the partition.
+    None,
 }
 
 impl Default for ConsumerConfig {
@@ -64,6 +77,7 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 50 * 1024 * 1024,
             max_partition_fetch_bytes: 1024 * 1024,
             prefetch_bytes: 64 * 1024 * 1024,
+            auto_offset_reset: OffsetReset::Latest,
         }
     }
 }
@@ -122,6 +136,10 @@ pub struct Consumer {
     fetcher: Option<Fetcher>,
     /// An error to return from the next `poll`.
     pending_error: Option<Error>,
+    /// Set by [`Consumer::subscribe`]: group membership.
+    group: Option<Membership>,
+    /// In a mutex only so `Consumer` stays `Sync`; `&mut self` reaches it unlocked.
+    listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
 }
 
 /// The background fetch task and its output. Dropping it stops the task and throws
@@ -175,6 +193,8 @@ impl Consumer {
             partitions: BTreeMap::new(),
             fetcher: None,
             pending_error: None,
+            group: None,
+            listener: None,
         }
     }
 
@@ -290,23 +310,44 @@ impl Consumer {
     /// an empty vector when none came. A partition error is returned as `Err` (after
     /// the records fetched together with it).
     pub async fn poll(&mut self, timeout: Duration) -> Result<Vec<ConsumerRecord>> {
+        let deadline = Instant::now() + timeout;
+        self.maintain_group().await?;
         if let Some(error) = self.pending_error.take() {
             return Err(error);
         }
-        if self.partitions.is_empty() {
+        if self.partitions.is_empty() && self.group.is_none() {
             return Err(Error::Config("no partitions are assigned".into()));
         }
-        let deadline = Instant::now() + timeout;
         if self.fetcher.is_none() {
             self.fetcher = self.start_fetcher();
         }
         loop {
-            let Some(fetcher) = self.fetcher.as_mut() else {
-                // Every partition is paused after an error: nothing to fetch.
-                tokio::time::sleep_until(deadline).await;
-                return Ok(Vec::new());
+            let assignment_ready = self.group.as_ref().map(|g| g.assignment_ready.clone());
+            let assignment_changed = async {
+                match &assignment_ready {
+                    Some(ready) => ready.notified().await,
+                    None => std::future::pending().await,
+                }
             };
-            let result = match tokio::time::timeout_at(deadline, fetcher.results.recv()).await {
+            let Some(fetcher) = self.fetcher.as_mut() else {
+                // Nothing to fetch (no partitions, or all paused after an error): wait
+                // for the group to hand some out, or for the timeout.
+                tokio::select! {
+                    _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
+                    _ = assignment_changed => {}
+                }
+                self.apply_group_changes().await?;
+                continue;
+            };
+            let received = tokio::select! {
+                received = tokio::time::timeout_at(deadline, fetcher.results.recv()) => Some(received),
+                _ = assignment_changed => None,
+            };
+            let Some(received) = received else {
+                self.apply_group_changes().await?;
+                continue;
+            };
+            let result = match received {
                 Err(_elapsed) => return Ok(Vec::new()),
                 Ok(Some(result)) => result,
                 Ok(None) => {
@@ -358,6 +399,15 @@ impl Consumer {
         records
     }
 
+    /// Applies what the membership task reported, then resumes fetching.
+    async fn apply_group_changes(&mut self) -> Result<()> {
+        self.maintain_group().await?;
+        if self.fetcher.is_none() {
+            self.fetcher = self.start_fetcher();
+        }
+        Ok(())
+    }
+
     fn restart_fetching(&mut self) {
         self.fetcher = None;
     }
@@ -387,6 +437,331 @@ impl Consumer {
             budget,
         })
     }
+}
+
+/// Consumer groups.
+impl Consumer {
+    /// Joins `config.group_id` and consumes `topics` as the group assigns them.
+    /// Partitions start at the group's committed offsets (or per
+    /// [`ConsumerConfig::auto_offset_reset`] when none); assignments arrive and are
+    /// applied inside [`poll`](Consumer::poll). Replaces any manual assignment.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// use std::time::Duration;
+    /// use meridian_client::{ConsumerConfig, GroupConfig};
+    /// let mut consumer = client.consumer(ConsumerConfig::default());
+    /// consumer.subscribe(GroupConfig::new("billing"), &["orders"]).await?;
+    /// loop {
+    ///     for record in consumer.poll(Duration::from_secs(1)).await? {
+    ///         println!("{}/{}@{}", record.topic, record.partition, record.offset);
+    ///     }
+    ///     // Auto-commit is on by default; or commit explicitly after processing:
+    ///     consumer.commit().await?;
+    /// }
+    /// # }
+    /// ```
+    pub async fn subscribe(&mut self, config: GroupConfig, topics: &[&str]) -> Result<()> {
+        if topics.is_empty() {
+            return Err(Error::Config("subscribe needs at least one topic".into()));
+        }
+        if config.group_id.is_empty() {
+            return Err(Error::Config("group_id must not be empty".into()));
+        }
+        if let Some(old) = self.group.take() {
+            old.leave(&self.client).await?;
+        }
+        self.partitions.clear();
+        self.restart_fetching();
+        let topics: BTreeSet<String> = topics.iter().map(|t| t.to_string()).collect();
+        self.group = Some(Membership::start(self.client.clone(), config, topics));
+        Ok(())
+    }
+
+    /// Called from `poll` as partitions are assigned, revoked or lost.
+    pub fn set_rebalance_listener(&mut self, listener: Box<dyn RebalanceListener>) {
+        self.listener = Some(std::sync::Mutex::new(listener));
+    }
+
+    /// This consumer's member id in its group, once joined.
+    pub fn member_id(&self) -> Option<String> {
+        let group = self.group.as_ref()?;
+        let id = group::lock(&group.state).member_id.clone();
+        (!id.is_empty()).then_some(id)
+    }
+
+    /// Commits the current position of every owned partition (the offset after the
+    /// last record `poll` returned) and waits for the broker to store it.
+    pub async fn commit(&mut self) -> Result<()> {
+        let positions = self.positions();
+        self.commit_positions(positions).await
+    }
+
+    /// Starts committing the current positions without waiting; the returned handle
+    /// gives the outcome.
+    pub fn commit_async(&mut self) -> tokio::task::JoinHandle<Result<()>> {
+        let positions = self.positions();
+        let client = self.client.clone();
+        let target = self.commit_target();
+        tokio::spawn(async move {
+            let (group_id, member_id, epoch) = target?;
+            group::commit(&client, &group_id, &member_id, epoch, &positions).await
+        })
+    }
+
+    /// Commits explicit offsets: `(topic, partition, next offset to consume)`.
+    pub async fn commit_offsets(&mut self, offsets: &[(String, u32, i64)]) -> Result<()> {
+        let offsets = offsets
+            .iter()
+            .map(|(topic, partition, offset)| (tp(topic, *partition), *offset))
+            .collect();
+        self.commit_positions(offsets).await
+    }
+
+    async fn commit_positions(&mut self, offsets: BTreeMap<TopicPartition, i64>) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (group_id, member_id, epoch) = self.commit_target()?;
+        group::commit(&self.client, &group_id, &member_id, epoch, &offsets).await
+    }
+
+    /// The group's committed offset of a partition.
+    pub async fn committed(&self, topic: &str, partition: u32) -> Result<Option<i64>> {
+        let group = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Config("not subscribed to a group".into()))?;
+        let committed = self
+            .client
+            .admin()
+            .committed_offsets(&group.config.group_id, Some(topic))
+            .await?;
+        Ok(committed
+            .into_iter()
+            .find(|c| c.partition == partition)
+            .map(|c| c.offset))
+    }
+
+    /// Commits (with auto-commit on), leaves the group so its partitions move on at
+    /// once (static members stay until their session expires) and stops.
+    pub async fn close(mut self) -> Result<()> {
+        let Some(group) = self.group.take() else {
+            return Ok(());
+        };
+        let mut result = Ok(());
+        if group.config.enable_auto_commit {
+            let positions = self.positions();
+            let state = group::lock(&group.state);
+            let (member_id, epoch) = (state.member_id.clone(), state.member_epoch);
+            drop(state);
+            if !member_id.is_empty() && !positions.is_empty() {
+                result = group::commit(
+                    &self.client,
+                    &group.config.group_id,
+                    &member_id,
+                    epoch,
+                    &positions,
+                )
+                .await;
+            }
+        }
+        group.leave(&self.client).await?;
+        result
+    }
+
+    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+        self.partitions
+            .iter()
+            .map(|(tp, state)| (tp.clone(), state.position))
+            .collect()
+    }
+
+    fn commit_target(&self) -> Result<(String, String, i32)> {
+        let group = self
+            .group
+            .as_ref()
+            .ok_or_else(|| Error::Config("commit needs a group: call subscribe first".into()))?;
+        let state = group::lock(&group.state);
+        if state.member_id.is_empty() {
+            return Err(Error::broker(
+                ErrorCode::UnknownMemberId,
+                "not a member of the group right now (joining or rejoining)",
+            ));
+        }
+        Ok((
+            group.config.group_id.clone(),
+            state.member_id.clone(),
+            state.member_epoch,
+        ))
+    }
+
+    /// Applies what the membership task reported: a lost membership, a new
+    /// assignment (revoke first, then assign), and auto-commit when due.
+    async fn maintain_group(&mut self) -> Result<()> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(());
+        };
+        let (lost, assignment, error) = {
+            let mut state = group::lock(&group.state);
+            state.last_poll = Some(Instant::now());
+            let lost = std::mem::take(&mut state.lost);
+            if lost {
+                state.owned.clear();
+            }
+            (lost, state.assignment.take(), state.error.take())
+        };
+        // A poll after a max-poll-interval leave rejoins.
+        group.sync_now.notify_one();
+        if let Some(error) = error {
+            return Err(error);
+        }
+        if lost && !self.partitions.is_empty() {
+            let gone: Vec<(String, u32)> = self
+                .partitions
+                .keys()
+                .map(|k| (k.topic.clone(), k.partition))
+                .collect();
+            self.partitions.clear();
+            self.restart_fetching();
+            self.tell_listener(|l| l.on_lost(&gone));
+        }
+        let Some(assignment) = assignment else {
+            return self.auto_commit_if_due().await;
+        };
+        let owned: BTreeSet<TopicPartition> = self.partitions.keys().cloned().collect();
+        let revoked: Vec<TopicPartition> = owned.difference(&assignment).cloned().collect();
+        let added: Vec<TopicPartition> = assignment.difference(&owned).cloned().collect();
+        let auto_commit = self
+            .group
+            .as_ref()
+            .is_some_and(|g| g.config.enable_auto_commit);
+        if !revoked.is_empty() {
+            if auto_commit {
+                let positions: BTreeMap<TopicPartition, i64> = revoked
+                    .iter()
+                    .filter_map(|tp| self.partitions.get(tp).map(|s| (tp.clone(), s.position)))
+                    .collect();
+                if let Err(e) = self.commit_positions(positions).await {
+                    tracing::warn!(error = %e, "commit before revoking partitions failed");
+                }
+            }
+            for tp in &revoked {
+                self.partitions.remove(tp);
+            }
+            let names = names(&revoked);
+            self.tell_listener(|l| l.on_revoked(&names));
+        }
+        let mut failed = None;
+        if !added.is_empty() {
+            match self.starting_positions(&added).await {
+                Ok(positions) => {
+                    for (tp, position) in positions {
+                        self.partitions.insert(
+                            tp,
+                            PartitionState {
+                                position,
+                                high_watermark: None,
+                                paused: false,
+                            },
+                        );
+                    }
+                }
+                Err(e) => failed = Some(e),
+            }
+        }
+        let group = self.group.as_ref().expect("checked above");
+        group::lock(&group.state).owned = self.partitions.keys().cloned().collect();
+        group.sync_now.notify_one();
+        self.restart_fetching();
+        if let Some(e) = failed {
+            // Not taken: tell the group at the next sync, and the caller now.
+            return Err(e);
+        }
+        if !added.is_empty() {
+            let names = names(&added);
+            self.tell_listener(|l| l.on_assigned(&names));
+        }
+        Ok(())
+    }
+
+    fn tell_listener(&mut self, call: impl FnOnce(&mut dyn RebalanceListener)) {
+        if let Some(listener) = self.listener.as_mut() {
+            let listener = listener.get_mut().unwrap_or_else(|p| p.into_inner());
+            call(listener.as_mut());
+        }
+    }
+
+    /// Committed offsets of `partitions`, or the reset position where none exists.
+    async fn starting_positions(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, i64)>> {
+        let group = self.group.as_ref().expect("called for group members only");
+        let admin = self.client.admin();
+        let mut topics: BTreeSet<&str> = BTreeSet::new();
+        for tp in partitions {
+            topics.insert(&tp.topic);
+        }
+        let mut committed: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        for topic in topics {
+            for c in admin
+                .committed_offsets(&group.config.group_id, Some(topic))
+                .await?
+            {
+                committed.insert(tp(&c.topic, c.partition), c.offset);
+            }
+        }
+        let mut positions = Vec::with_capacity(partitions.len());
+        for key in partitions {
+            let position = match committed.get(key) {
+                Some(offset) => *offset,
+                None => {
+                    let at = match self.config.auto_offset_reset {
+                        OffsetReset::Earliest => Offset::Earliest,
+                        OffsetReset::Latest => Offset::Latest,
+                        OffsetReset::None => {
+                            return Err(Error::Config(format!(
+                                "group `{}` has no committed offset for {}/{} and auto_offset_reset is none",
+                                group.config.group_id, key.topic, key.partition
+                            )))
+                        }
+                    };
+                    admin.list_offsets(&key.topic, key.partition, at).await?
+                }
+            };
+            positions.push((key.clone(), position));
+        }
+        Ok(positions)
+    }
+
+    async fn auto_commit_if_due(&mut self) -> Result<()> {
+        let Some(group) = self.group.as_mut() else {
+            return Ok(());
+        };
+        if !group.config.enable_auto_commit
+            || group.last_auto_commit.elapsed() < group.config.auto_commit_interval
+        {
+            return Ok(());
+        }
+        group.last_auto_commit = Instant::now();
+        if self.partitions.is_empty() {
+            return Ok(());
+        }
+        // In the background: a slow commit must not stall consumption. A failed one
+        // is retried at the next interval with newer positions.
+        let handle = self.commit_async();
+        tokio::spawn(async move {
+            if let Ok(Err(e)) = handle.await {
+                tracing::debug!(error = %e, "auto-commit failed");
+            }
+        });
+        Ok(())
+    }
+}
+
+fn names(tps: &[TopicPartition]) -> Vec<(String, u32)> {
+    tps.iter().map(|k| (k.topic.clone(), k.partition)).collect()
 }
 
 fn tp(topic: &str, partition: u32) -> TopicPartition {

@@ -5,8 +5,10 @@
 //! - [`Producer`]: batches records per partition, compresses client-side, partitions
 //!   keys like Kafka (murmur2), applies backpressure and retries.
 //! - [`Consumer`]: reads assigned partitions from chosen offsets with a background
-//!   prefetch.
-//! - [`Admin`]: creates, deletes and describes topics, looks up offsets.
+//!   prefetch, or joins a consumer group ([`Consumer::subscribe`]) with committed
+//!   offsets and rebalancing.
+//! - [`Admin`]: creates, deletes and describes topics, looks up offsets, lists,
+//!   describes, resets and deletes consumer groups.
 //!
 //! The broker is single-node for now, so the client sends every request to the
 //! bootstrap address; routing to partition leaders comes with replication.
@@ -43,6 +45,7 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+mod group;
 mod partitioner;
 mod producer;
 mod tls;
@@ -53,9 +56,11 @@ pub use config::{
     certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use error::{Error, Result};
+pub use group::{Assignor, CommittedOffset, GroupConfig, GroupListing, RebalanceListener};
 pub use meridian_wire::batch::{Compression, Header};
+pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
 pub use producer::{

@@ -1,0 +1,197 @@
+//! `meridian group list|describe|reset-offsets|delete`.
+
+use std::collections::BTreeMap;
+
+use clap::{Args, Subcommand};
+use meridian_client::{Admin, Offset};
+
+use crate::client_cmds::parse_from;
+use crate::ConnectArgs;
+
+#[derive(Subcommand)]
+pub enum GroupCommand {
+    /// List consumer groups and their state.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Show a group's members, assignments, committed offsets and lag.
+    Describe {
+        group: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Move a group's committed offsets (only while the group has no active members).
+    ResetOffsets(ResetArgs),
+    /// Delete a group and its committed offsets (only while it has no active members).
+    Delete {
+        group: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct ResetArgs {
+    pub group: String,
+    /// The topic whose offsets to move.
+    #[arg(long)]
+    pub topic: String,
+    /// earliest, latest, an offset, or @TIMESTAMP_MS.
+    #[arg(long)]
+    pub to: String,
+    /// Only these partitions (repeatable); default all.
+    #[arg(long, short)]
+    pub partition: Vec<u32>,
+    /// Print the new offsets without committing them.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
+    match cmd {
+        GroupCommand::List { connect } => {
+            let client = connect.connect().await?;
+            let groups = client.admin().list_groups().await?;
+            println!("{:<40} STATE", "GROUP");
+            for g in groups {
+                println!("{:<40} {}", g.group_id, g.state);
+            }
+        }
+        GroupCommand::Describe { group, connect } => {
+            let client = connect.connect().await?;
+            describe(&client.admin(), &group).await?;
+        }
+        GroupCommand::ResetOffsets(args) => {
+            let client = args.connect.connect().await?;
+            reset(&client.admin(), &args).await?;
+        }
+        GroupCommand::Delete { group, connect } => {
+            let client = connect.connect().await?;
+            client.admin().delete_group(&group).await?;
+            println!("deleted group {group}");
+        }
+    }
+    Ok(())
+}
+
+async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
+    let committed = admin.committed_offsets(group, None).await?;
+    let description = match admin.describe_group(group).await {
+        Ok(d) => Some(d),
+        // A group with only committed offsets and no members left is still worth showing.
+        Err(e) if committed.is_empty() => return Err(e.into()),
+        Err(_) => None,
+    };
+    let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
+    match &description {
+        Some(d) => {
+            println!(
+                "group {group}: state {}, assignor {}, epoch {}, {} members",
+                d.state,
+                if d.assignor.is_empty() {
+                    "-"
+                } else {
+                    &d.assignor
+                },
+                d.epoch,
+                d.members.len()
+            );
+            for m in &d.members {
+                let assigned: Vec<String> = m
+                    .owned
+                    .iter()
+                    .flat_map(|t| t.partitions.iter().map(move |p| format!("{}/{p}", t.topic)))
+                    .collect();
+                println!(
+                    "  member {}{} from {} ({}): {}",
+                    m.member_id,
+                    m.instance_id
+                        .as_ref()
+                        .map(|i| format!(" [instance {i}]"))
+                        .unwrap_or_default(),
+                    m.client_host,
+                    m.client_id,
+                    if assigned.is_empty() {
+                        "no partitions".to_string()
+                    } else {
+                        assigned.join(" ")
+                    }
+                );
+                for t in &m.owned {
+                    for p in &t.partitions {
+                        owners.insert((t.topic.clone(), *p), m.member_id.clone());
+                    }
+                }
+            }
+        }
+        None => println!("group {group}: state Empty, no members"),
+    }
+    // Lag for every partition with a commit or an owner.
+    let mut rows: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
+    for c in &committed {
+        rows.insert((c.topic.clone(), c.partition), Some(c.offset));
+    }
+    for key in owners.keys() {
+        rows.entry(key.clone()).or_insert(None);
+    }
+    println!();
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>9}  OWNER",
+        "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
+    );
+    for ((topic, partition), offset) in rows {
+        let end = admin
+            .list_offsets(&topic, partition, Offset::Latest)
+            .await
+            .ok();
+        let lag = match (offset, end) {
+            (Some(o), Some(e)) => (e - o).max(0).to_string(),
+            (None, Some(e)) => e.to_string(),
+            _ => "-".into(),
+        };
+        println!(
+            "{:<24} {:>9} {:>12} {:>12} {:>9}  {}",
+            topic,
+            partition,
+            offset.map_or("-".into(), |o| o.to_string()),
+            end.map_or("-".into(), |e| e.to_string()),
+            lag,
+            owners
+                .get(&(topic.clone(), partition))
+                .map_or("-", String::as_str)
+        );
+    }
+    Ok(())
+}
+
+async fn reset(admin: &Admin, args: &ResetArgs) -> anyhow::Result<()> {
+    let to = parse_from(&args.to)?;
+    let partitions: Vec<u32> = if args.partition.is_empty() {
+        let n = admin.describe_topic(&args.topic).await?.partitions.len() as u32;
+        (0..n).collect()
+    } else {
+        args.partition.clone()
+    };
+    let mut plan = Vec::with_capacity(partitions.len());
+    for p in partitions {
+        // Like Kafka's tool: an offset outside the log is clamped to its ends.
+        let start = admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
+        let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
+        let offset = admin.list_offsets(&args.topic, p, to).await?;
+        plan.push((args.topic.clone(), p, offset.clamp(start, end)));
+    }
+    println!("{:<24} {:>9} {:>12}", "TOPIC", "PARTITION", "NEW-OFFSET");
+    for (topic, p, offset) in &plan {
+        println!("{topic:<24} {p:>9} {offset:>12}");
+    }
+    if args.dry_run {
+        println!("(dry run: nothing committed)");
+        return Ok(());
+    }
+    admin.set_committed_offsets(&args.group, &plan).await?;
+    println!("committed {} offsets for group {}", plan.len(), args.group);
+    Ok(())
+}
