@@ -136,21 +136,11 @@ fn topic_produce_consume_tour() {
 #[test]
 fn consume_follow_tails_new_records() {
     use std::io::{BufRead, BufReader};
-    use std::process::{Command, Stdio};
+    use std::process::Stdio;
     let broker = TestBroker::start(&[]);
     ok(broker.cli(&["topic", "create", "tail"], ""));
-    let mut follower = Command::new(crate::harness::meridian_bin())
-        .args([
-            "consume",
-            "tail",
-            "--follow",
-            "--from",
-            "earliest",
-            "--broker",
-            &broker.addr,
-            "--fingerprint",
-            &broker.fingerprint,
-        ])
+    let mut follower = broker
+        .cli_command(&["consume", "tail", "--follow", "--from", "earliest"])
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

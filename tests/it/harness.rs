@@ -115,15 +115,23 @@ impl TestBroker {
             .expect("connect to test broker")
     }
 
-    /// `meridian <args>` against this broker, with stdin; returns (status ok, stdout, stderr).
-    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
-        use std::io::Write;
-        let mut child = Command::new(meridian_bin())
+    /// A `meridian <args>` command aimed at this broker, to spawn as the test likes.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(meridian_bin());
+        command
             .args(args)
             .arg("--broker")
             .arg(&self.addr)
             .arg("--fingerprint")
-            .arg(&self.fingerprint)
+            .arg(&self.fingerprint);
+        command
+    }
+
+    /// `meridian <args>` against this broker, with stdin; returns (status ok, stdout, stderr).
+    pub fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        use std::io::Write;
+        let mut child = self
+            .cli_command(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())

@@ -4,6 +4,7 @@
 mod bad_input;
 mod cli;
 mod crash;
+mod groups;
 mod harness;
 mod lifecycle;
 mod limits;

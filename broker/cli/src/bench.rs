@@ -43,6 +43,8 @@ pub enum BenchCommand {
     Idle(IdleArgs),
     /// Time for a broker to serve again after kill -9 with a large log.
     Recovery(RecoveryArgs),
+    /// Consumer-group rebalance time after a member leaves cleanly and after one crashes.
+    Rebalance(RebalanceArgs),
 }
 
 #[derive(Args, Clone)]
@@ -140,6 +142,27 @@ pub struct IdleArgs {
 }
 
 #[derive(Args)]
+pub struct RebalanceArgs {
+    #[arg(long, default_value_t = 100)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 3)]
+    pub members: usize,
+    /// Member session timeout: a crashed member's partitions move after it.
+    #[arg(long, default_value_t = 6_000)]
+    pub session_timeout_ms: u64,
+    /// Leave/rejoin and crash/rejoin rounds.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: u32,
+    /// cooperative-sticky, range or roundrobin.
+    #[arg(long, default_value = "cooperative-sticky")]
+    pub assignor: String,
+    #[command(flatten)]
+    pub broker: BrokerArgs,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
 pub struct RecoveryArgs {
     /// GiB of log to write before the kill.
     #[arg(long, default_value_t = 10.0)]
@@ -159,6 +182,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Disk(args) => disk_bench(args),
         BenchCommand::Idle(args) => idle_bench(args).await,
         BenchCommand::Recovery(args) => recovery_bench(args).await,
+        BenchCommand::Rebalance(args) => crate::group_bench::rebalance_bench(args).await,
     }
 }
 
@@ -253,7 +277,10 @@ impl Drop for ChildBroker {
     }
 }
 
-async fn connect(args: &BrokerArgs, child: &Option<ChildBroker>) -> anyhow::Result<Client> {
+pub(crate) async fn connect(
+    args: &BrokerArgs,
+    child: &Option<ChildBroker>,
+) -> anyhow::Result<Client> {
     let (addr, trust) = match (child, &args.broker) {
         (Some(child), _) => (
             child.addr.clone(),
@@ -272,7 +299,7 @@ async fn connect(args: &BrokerArgs, child: &Option<ChildBroker>) -> anyhow::Resu
     Ok(Client::connect(ClientConfig::new(addr, trust)).await?)
 }
 
-fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
+pub(crate) fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
     if args.broker.is_some() {
         return Ok(None);
     }
@@ -282,7 +309,11 @@ fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
     )?))
 }
 
-async fn ensure_topic(client: &Client, topic: &str, partitions: u32) -> anyhow::Result<()> {
+pub(crate) async fn ensure_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+) -> anyhow::Result<()> {
     match client
         .admin()
         .create_topic(NewTopic::new(topic, partitions))

@@ -72,10 +72,14 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("created topic {name} with {partitions} partition(s)");
         }
         TopicCommand::List { internal, connect } => {
-            for name in connect.connect().await?.admin().list_topics().await? {
-                if internal || !name.starts_with("__") {
-                    println!("{name}");
-                }
+            let admin = connect.connect().await?.admin();
+            let names = if internal {
+                admin.list_all_topics().await?
+            } else {
+                admin.list_topics().await?
+            };
+            for name in names {
+                println!("{name}");
             }
         }
         TopicCommand::Describe { name, connect } => {

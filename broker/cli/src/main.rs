@@ -3,6 +3,7 @@
 
 mod bench;
 mod client_cmds;
+mod group_bench;
 mod group_cmds;
 mod transport;
 

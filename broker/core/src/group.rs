@@ -558,10 +558,25 @@ impl Coordinator {
     /// may own differs from what it was last told.
     pub fn heartbeat(&mut self, group_id: &str, member_id: &str, now_ms: i64) -> Result<bool> {
         let (group, member_id) = Self::member_mut(&mut self.groups, group_id, member_id)?;
-        let member = group.members.get_mut(&member_id).expect("checked");
-        member.last_seen_ms = now_ms;
-        let sent = member.sent.clone();
-        Ok(group.allowed(&member_id) != sent)
+        group
+            .members
+            .get_mut(&member_id)
+            .expect("checked")
+            .last_seen_ms = now_ms;
+        self.sync_needed(group_id, &member_id)
+    }
+
+    /// Whether the member should sync, without counting as a sign of life (for a
+    /// heartbeat held open: the member is only known alive when the heartbeat came).
+    pub fn sync_needed(&self, group_id: &str, member_id: &str) -> Result<bool> {
+        let unknown = || {
+            GroupError::UnknownMemberId(format!(
+                "member `{member_id}` is not in group `{group_id}` (its session may have expired); rejoin"
+            ))
+        };
+        let group = self.groups.get(group_id).ok_or_else(unknown)?;
+        let member = group.members.get(member_id).ok_or_else(unknown)?;
+        Ok(group.allowed(member_id) != member.sent)
     }
 
     /// A member leaves; its partitions go to the others at once. A static member may

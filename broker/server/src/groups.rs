@@ -360,41 +360,48 @@ impl Shared {
     }
 
     /// Answers at once when the member should sync (or is unknown); otherwise holds
-    /// the heartbeat until its assignment changes or the wait ends.
+    /// the heartbeat until its assignment changes or the wait ends. The member counts
+    /// as alive when the heartbeat arrives, not while it is held: a client that dies
+    /// mid-hold is expired one session after its last heartbeat.
     pub(crate) async fn heartbeat(&self, r: HeartbeatRequest) -> HeartbeatResponse {
         let wait = Duration::from_millis(u64::from(
             r.max_wait_ms.min(self.config.group_heartbeat_interval_ms),
         ));
         let deadline = tokio::time::Instant::now() + wait;
         let notify = self.groups.notify(&r.group_id);
-        loop {
+        let mut first = true;
+        let outcome = loop {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let outcome =
-                self.groups
-                    .coordinator
-                    .lock()
-                    .heartbeat(&r.group_id, &r.member_id, now_ms());
-            let (error, message, sync_needed) = match outcome {
-                Ok(true) => (ErrorCode::None, String::new(), true),
-                Ok(false) if tokio::time::Instant::now() < deadline => {
-                    tokio::select! {
-                        _ = notified => continue,
-                        _ = tokio::time::sleep_until(deadline) => continue,
-                    }
-                }
-                Ok(false) => (ErrorCode::None, String::new(), false),
-                Err(e) => {
-                    let (error, message) = group_error(e);
-                    (error, message, false)
+            let outcome = {
+                let mut coordinator = self.groups.coordinator.lock();
+                if first {
+                    coordinator.heartbeat(&r.group_id, &r.member_id, now_ms())
+                } else {
+                    coordinator.sync_needed(&r.group_id, &r.member_id)
                 }
             };
-            return HeartbeatResponse {
-                error,
-                message,
-                sync_needed,
-            };
+            first = false;
+            if !matches!(outcome, Ok(false)) {
+                break outcome;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => break outcome,
+            }
+        };
+        let (error, message, sync_needed) = match outcome {
+            Ok(sync_needed) => (ErrorCode::None, String::new(), sync_needed),
+            Err(e) => {
+                let (error, message) = group_error(e);
+                (error, message, false)
+            }
+        };
+        HeartbeatResponse {
+            error,
+            message,
+            sync_needed,
         }
     }
 

@@ -128,8 +128,16 @@ impl Admin {
         topic_result(&response.results, name)
     }
 
-    /// Names of all topics, sorted.
+    /// Names of all topics, sorted, without internal ones (`__consumer_offsets`), as
+    /// Kafka's admin client lists them.
     pub async fn list_topics(&self) -> Result<Vec<String>> {
+        let mut names = self.list_all_topics().await?;
+        names.retain(|name| !name.starts_with("__"));
+        Ok(names)
+    }
+
+    /// Names of all topics including internal ones, sorted.
+    pub async fn list_all_topics(&self) -> Result<Vec<String>> {
         let metadata = self.client.metadata(None).await?;
         let mut names: Vec<String> = metadata.topics.into_iter().map(|t| t.name).collect();
         names.sort();

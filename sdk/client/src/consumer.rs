@@ -523,7 +523,16 @@ impl Consumer {
             return Ok(());
         }
         let (group_id, member_id, epoch) = self.commit_target()?;
+        self.wait_for_auto_commit().await;
         group::commit(&self.client, &group_id, &member_id, epoch, &offsets).await
+    }
+
+    async fn wait_for_auto_commit(&mut self) {
+        if let Some(handle) = self.group.as_mut().and_then(|g| g.auto_commit.take()) {
+            if let Ok(Err(e)) = handle.await {
+                tracing::debug!(error = %e, "auto-commit failed");
+            }
+        }
     }
 
     /// The group's committed offset of a partition.
@@ -546,15 +555,19 @@ impl Consumer {
     /// Commits (with auto-commit on), leaves the group so its partitions move on at
     /// once (static members stay until their session expires) and stops.
     pub async fn close(mut self) -> Result<()> {
-        let Some(group) = self.group.take() else {
+        let Some(mut group) = self.group.take() else {
             return Ok(());
         };
         let mut result = Ok(());
+        if let Some(handle) = group.auto_commit.as_mut() {
+            let _ = handle.await;
+        }
         if group.config.enable_auto_commit {
             let positions = self.positions();
-            let state = group::lock(&group.state);
-            let (member_id, epoch) = (state.member_id.clone(), state.member_epoch);
-            drop(state);
+            let (member_id, epoch) = {
+                let state = group::lock(&group.state);
+                (state.member_id.clone(), state.member_epoch)
+            };
             if !member_id.is_empty() && !positions.is_empty() {
                 result = group::commit(
                     &self.client,
@@ -602,17 +615,20 @@ impl Consumer {
         let Some(group) = self.group.as_mut() else {
             return Ok(());
         };
-        let (lost, assignment, error) = {
+        let (lost, assignment, error, outside) = {
             let mut state = group::lock(&group.state);
             state.last_poll = Some(Instant::now());
             let lost = std::mem::take(&mut state.lost);
             if lost {
                 state.owned.clear();
             }
-            (lost, state.assignment.take(), state.error.take())
+            let outside = state.member_id.is_empty();
+            (lost, state.assignment.take(), state.error.take(), outside)
         };
-        // A poll after a max-poll-interval leave rejoins.
-        group.sync_now.notify_one();
+        if outside {
+            // Wakes a membership task that left after max_poll_interval: rejoin.
+            group.sync_now.notify_one();
+        }
         if let Some(error) = error {
             return Err(error);
         }
@@ -750,12 +766,19 @@ impl Consumer {
         }
         // In the background: a slow commit must not stall consumption. A failed one
         // is retried at the next interval with newer positions.
+        if self
+            .group
+            .as_ref()
+            .and_then(|g| g.auto_commit.as_ref())
+            .is_some_and(|h| !h.is_finished())
+        {
+            return Ok(());
+        }
+        self.wait_for_auto_commit().await;
         let handle = self.commit_async();
-        tokio::spawn(async move {
-            if let Ok(Err(e)) = handle.await {
-                tracing::debug!(error = %e, "auto-commit failed");
-            }
-        });
+        if let Some(group) = self.group.as_mut() {
+            group.auto_commit = Some(handle);
+        }
         Ok(())
     }
 }

@@ -145,6 +145,9 @@ pub(crate) struct Membership {
     pub(crate) assignment_ready: Arc<Notify>,
     task: tokio::task::JoinHandle<()>,
     pub(crate) last_auto_commit: Instant,
+    /// The background auto-commit under way, awaited before any other commit so an
+    /// older position can never land after a newer one.
+    pub(crate) auto_commit: Option<tokio::task::JoinHandle<Result<()>>>,
 }
 
 impl Drop for Membership {
@@ -186,6 +189,7 @@ impl Membership {
             assignment_ready,
             task,
             last_auto_commit: Instant::now(),
+            auto_commit: None,
         }
     }
 

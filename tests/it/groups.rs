@@ -1,0 +1,730 @@
+//! Consumer groups through the real broker: members in separate processes, crashes,
+//! cooperative and eager rebalances, static membership, committed offsets across
+//! restarts, admin commands and limits.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use meridian_client::{
+    Assignor, Client, ConsumerConfig, ErrorCode, GroupConfig, NewTopic, OffsetReset,
+    ProducerConfig, ProducerRecord, RebalanceListener,
+};
+
+use crate::harness::TestBroker;
+
+/// Broker settings that let tests use short sessions.
+const FAST_GROUPS: &[&str] = &[
+    "group_min_session_timeout_ms=500",
+    "group_heartbeat_interval_ms=300",
+    "offsets_topic_num_partitions=4",
+];
+
+/// A broker with fast group settings, a client, and one topic.
+async fn broker_with_topic(topic: &str, partitions: u32) -> (TestBroker, Client) {
+    let broker = TestBroker::start(FAST_GROUPS);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new(topic, partitions))
+        .await
+        .unwrap();
+    (broker, client)
+}
+
+fn group_config(group: &str, assignor: Assignor) -> GroupConfig {
+    GroupConfig {
+        assignor,
+        session_timeout: Duration::from_millis(2_000),
+        auto_commit_interval: Duration::from_millis(200),
+        ..GroupConfig::new(group)
+    }
+}
+
+async fn produce_n(client: &Client, topic: &str, partitions: u32, n: u32) {
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..n {
+        let record = ProducerRecord::new(topic, format!("v{i}")).partition(i % partitions);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for d in deliveries {
+        d.await.unwrap();
+    }
+}
+
+/// A `meridian consume --group` process whose stdout lines are collected.
+struct CliMember {
+    child: Child,
+    lines: Arc<Mutex<Vec<String>>>,
+    reader: Option<std::thread::JoinHandle<()>>,
+}
+
+impl CliMember {
+    fn start(broker: &TestBroker, topic: &str, group: &str) -> CliMember {
+        let mut child = broker
+            .cli_command(&[
+                "consume",
+                topic,
+                "--group",
+                group,
+                "--from",
+                "earliest",
+                "--format",
+                "full",
+                "--session-timeout-ms",
+                "1500",
+                "--commit-interval-ms",
+                "100",
+                "--idle-exit-ms",
+                "5000",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn consumer");
+        let stdout = child.stdout.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let reader = std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                sink.lock().unwrap().push(line);
+            }
+        });
+        CliMember {
+            child,
+            lines,
+            reader: Some(reader),
+        }
+    }
+
+    fn count(&self) -> usize {
+        self.lines.lock().unwrap().len()
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit by itself; its printed (partition, offset) pairs.
+    fn finish(mut self, within: Duration) -> Vec<(u32, i64)> {
+        let deadline = Instant::now() + within;
+        loop {
+            if self.child.try_wait().unwrap().is_some() {
+                break;
+            }
+            assert!(Instant::now() < deadline, "consumer did not exit in time");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.collect()
+    }
+
+    fn collect(&mut self) -> Vec<(u32, i64)> {
+        if let Some(reader) = self.reader.take() {
+            reader.join().unwrap();
+        }
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| {
+                let mut fields = line.split('\t');
+                let partition = fields.next().unwrap().parse().unwrap();
+                let offset = fields.next().unwrap().parse().unwrap();
+                (partition, offset)
+            })
+            .collect()
+    }
+}
+
+impl Drop for CliMember {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Three members in three processes; one is killed with SIGKILL mid-stream. Every
+/// record is printed at least once with no gap, and the only duplicates are the
+/// killed member's uncommitted tail of each of its partitions, re-read by the member
+/// that took the partition over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_of_three_members_loses_nothing() {
+    let partitions = 6;
+    let total = 30_000u32;
+    let (broker, client) = broker_with_topic("events", partitions).await;
+    let mut members: Vec<CliMember> = (0..3)
+        .map(|_| CliMember::start(&broker, "events", "workers"))
+        .collect();
+
+    // Produce while they consume; kill member 0 once it has printed a share.
+    let producer = tokio::spawn({
+        let client = client.clone();
+        async move {
+            for _ in 0..50 {
+                produce_n(&client, "events", partitions, total / 50).await;
+                tokio::time::sleep(Duration::from_millis(60)).await;
+            }
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while members[0].count() < 2_000 {
+        assert!(Instant::now() < deadline, "member 0 never got going");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    members[0].kill9();
+    let killed = members[0].collect();
+    producer.await.unwrap();
+
+    let survivors: Vec<Vec<(u32, i64)>> = members
+        .drain(1..)
+        .map(|m| m.finish(Duration::from_secs(60)))
+        .collect();
+    let mut seen: BTreeMap<(u32, i64), usize> = BTreeMap::new();
+    for out in survivors.iter().chain([&killed]) {
+        for key in out {
+            *seen.entry(*key).or_default() += 1;
+        }
+    }
+    // No gap: every offset of every partition, as many as were produced.
+    for p in 0..partitions {
+        let offsets: Vec<i64> = seen
+            .keys()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        let expected: Vec<i64> = (0..i64::from(total / partitions)).collect();
+        assert_eq!(offsets, expected, "partition {p} has gaps or extra offsets");
+    }
+    // Survivors never print the same record twice between them.
+    let mut survivor_seen = BTreeSet::new();
+    for out in &survivors {
+        for key in out {
+            assert!(
+                survivor_seen.insert(*key),
+                "{key:?} printed twice by survivors"
+            );
+        }
+    }
+    // Duplicates are a suffix of what the killed member printed per partition: the
+    // window after its last commit.
+    for p in 0..partitions {
+        let killed_p: Vec<i64> = killed
+            .iter()
+            .filter(|(q, _)| *q == p)
+            .map(|(_, o)| *o)
+            .collect();
+        let dups: Vec<i64> = seen
+            .iter()
+            .filter(|((q, _), n)| *q == p && **n > 1)
+            .map(|((_, o), _)| *o)
+            .collect();
+        if let Some(first) = dups.first() {
+            let tail: Vec<i64> = killed_p.iter().copied().filter(|o| o >= first).collect();
+            assert_eq!(
+                dups, tail,
+                "partition {p}: duplicates are not the killed member's uncommitted tail"
+            );
+        }
+    }
+    let n_dups: usize = seen.values().filter(|n| **n > 1).count();
+    eprintln!(
+        "killed member printed {}, duplicates after takeover: {n_dups}",
+        killed.len()
+    );
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Event {
+    Assigned(Vec<(String, u32)>),
+    Revoked(Vec<(String, u32)>),
+    Lost(Vec<(String, u32)>),
+}
+
+struct Recorder(Arc<Mutex<Vec<Event>>>);
+
+impl RebalanceListener for Recorder {
+    fn on_assigned(&mut self, partitions: &[(String, u32)]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::Assigned(partitions.to_vec()));
+    }
+    fn on_revoked(&mut self, partitions: &[(String, u32)]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::Revoked(partitions.to_vec()));
+    }
+    fn on_lost(&mut self, partitions: &[(String, u32)]) {
+        self.0
+            .lock()
+            .unwrap()
+            .push(Event::Lost(partitions.to_vec()));
+    }
+}
+
+/// Polls `consumer` until `done` says so; returns how many records it read.
+async fn poll_until(
+    consumer: &mut meridian_client::Consumer,
+    within: Duration,
+    mut done: impl FnMut(&meridian_client::Consumer) -> bool,
+) -> usize {
+    let deadline = Instant::now() + within;
+    let mut n = 0;
+    while !done(consumer) {
+        assert!(
+            Instant::now() < deadline,
+            "condition not reached; assignment {:?}",
+            consumer.assignment()
+        );
+        n += consumer
+            .poll(Duration::from_millis(50))
+            .await
+            .unwrap()
+            .len();
+    }
+    n
+}
+
+/// A second member joins a group of one on six partitions. Cooperative-sticky moves
+/// exactly three partitions and the first member keeps consuming the other three
+/// throughout; the eager range assignor takes all six away first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cooperative_rebalance_keeps_unaffected_partitions_consuming() {
+    let broker = TestBroker::start(FAST_GROUPS);
+    let client = broker.client().await;
+    for (topic, assignor) in [
+        ("coop", Assignor::CooperativeSticky),
+        ("eager", Assignor::Range),
+    ] {
+        client
+            .admin()
+            .create_topic(NewTopic::new(topic, 6))
+            .await
+            .unwrap();
+        produce_n(&client, topic, 6, 600).await;
+        let events = Arc::new(Mutex::new(Vec::new()));
+        let mut first = client.consumer(ConsumerConfig {
+            auto_offset_reset: OffsetReset::Earliest,
+            max_partition_fetch_bytes: 256,
+            ..ConsumerConfig::default()
+        });
+        first.set_rebalance_listener(Box::new(Recorder(events.clone())));
+        first
+            .subscribe(group_config(topic, assignor), &[topic])
+            .await
+            .unwrap();
+        poll_until(&mut first, Duration::from_secs(10), |c| {
+            c.assignment().len() == 6
+        })
+        .await;
+
+        let mut second = client.consumer(ConsumerConfig {
+            auto_offset_reset: OffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        });
+        second
+            .subscribe(group_config(topic, assignor), &[topic])
+            .await
+            .unwrap();
+        // Keep producing so there is always something to read.
+        let producing = tokio::spawn({
+            let client = client.clone();
+            async move {
+                for _ in 0..20 {
+                    produce_n(&client, topic, 6, 60).await;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        });
+        let second_task = tokio::spawn(async move {
+            poll_until(&mut second, Duration::from_secs(15), |c| {
+                c.assignment().len() == 3
+            })
+            .await;
+            second
+        });
+        let mut smallest_assignment = 6;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !(first.assignment().len() == 3 && second_task.is_finished()) {
+            assert!(Instant::now() < deadline, "rebalance did not settle");
+            first.poll(Duration::from_millis(50)).await.unwrap();
+            smallest_assignment = smallest_assignment.min(first.assignment().len());
+        }
+        let second = second_task.await.unwrap();
+        producing.await.unwrap();
+        let kept: BTreeSet<(String, u32)> = first.assignment().into_iter().collect();
+        let moved: BTreeSet<(String, u32)> = second.assignment().into_iter().collect();
+        assert!(kept.is_disjoint(&moved));
+        let events = events.lock().unwrap().clone();
+        let revoked: Vec<(String, u32)> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Revoked(p) => Some(p.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert!(
+            !events.iter().any(|e| matches!(e, Event::Lost(_))),
+            "{events:?}"
+        );
+        if assignor == Assignor::CooperativeSticky {
+            assert_eq!(
+                smallest_assignment, 3,
+                "the first member never stopped its kept partitions"
+            );
+            let revoked: BTreeSet<(String, u32)> = revoked.into_iter().collect();
+            assert_eq!(
+                revoked, moved,
+                "only the moved partitions were revoked: {events:?}"
+            );
+        } else {
+            // Eager: all six were revoked before three came back.
+            assert_eq!(revoked.len(), 6, "{events:?}");
+        }
+        first.close().await.unwrap();
+        second.close().await.unwrap();
+    }
+}
+
+/// Ten partitions, eleven members: every partition has one owner, one member idles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eleventh_member_of_ten_partitions_is_idle() {
+    let (_broker, client) = broker_with_topic("ten", 10).await;
+    let mut consumers = Vec::new();
+    for _ in 0..11 {
+        let mut c = client.consumer(ConsumerConfig::default());
+        c.subscribe(
+            group_config("eleven", Assignor::CooperativeSticky),
+            &["ten"],
+        )
+        .await
+        .unwrap();
+        consumers.push(c);
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        for c in &mut consumers {
+            c.poll(Duration::from_millis(10)).await.unwrap();
+        }
+        let owned: Vec<usize> = consumers.iter().map(|c| c.assignment().len()).collect();
+        let all: BTreeSet<(String, u32)> = consumers.iter().flat_map(|c| c.assignment()).collect();
+        if all.len() == 10 && owned.iter().sum::<usize>() == 10 {
+            assert_eq!(owned.iter().filter(|n| **n == 0).count(), 1, "{owned:?}");
+            assert!(owned.iter().all(|n| *n <= 1), "{owned:?}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "not settled: {owned:?}");
+    }
+    let description = client.admin().describe_group("eleven").await.unwrap();
+    assert_eq!(description.members.len(), 11);
+    assert_eq!(description.state, "Stable");
+}
+
+/// A static member that restarts within its session gets its partitions back without
+/// a rebalance: the group epoch does not move and the other member loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_member_restart_keeps_its_partitions() {
+    let (_broker, client) = broker_with_topic("s", 4).await;
+    let config = |instance: &str| GroupConfig {
+        instance_id: Some(instance.into()),
+        session_timeout: Duration::from_secs(10),
+        ..group_config("static", Assignor::CooperativeSticky)
+    };
+    let events = Arc::new(Mutex::new(Vec::new()));
+    let mut a = client.consumer(ConsumerConfig::default());
+    a.subscribe(config("a"), &["s"]).await.unwrap();
+    let mut b = client.consumer(ConsumerConfig::default());
+    b.set_rebalance_listener(Box::new(Recorder(events.clone())));
+    b.subscribe(config("b"), &["s"]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !(a.assignment().len() == 2 && b.assignment().len() == 2) {
+        assert!(Instant::now() < deadline);
+        a.poll(Duration::from_millis(20)).await.unwrap();
+        b.poll(Duration::from_millis(20)).await.unwrap();
+    }
+    let a_partitions = a.assignment();
+    let epoch = client.admin().describe_group("static").await.unwrap().epoch;
+    a.close().await.unwrap(); // a static member does not leave
+    let b_before = events.lock().unwrap().len();
+
+    let mut a2 = client.consumer(ConsumerConfig::default());
+    a2.subscribe(config("a"), &["s"]).await.unwrap();
+    poll_until(&mut a2, Duration::from_secs(10), |c| {
+        c.assignment().len() == 2
+    })
+    .await;
+    b.poll(Duration::from_millis(200)).await.unwrap();
+    assert_eq!(a2.assignment(), a_partitions);
+    assert_eq!(
+        client.admin().describe_group("static").await.unwrap().epoch,
+        epoch
+    );
+    assert_eq!(events.lock().unwrap().len(), b_before, "b saw a rebalance");
+
+    // Removing the static member by instance id hands its partitions to b at once.
+    drop(a2);
+    client
+        .admin()
+        .remove_static_member("static", "a")
+        .await
+        .unwrap();
+    poll_until(&mut b, Duration::from_secs(10), |c| {
+        c.assignment().len() == 4
+    })
+    .await;
+}
+
+/// Offsets committed by a CLI consumer survive a broker restart; the next member
+/// resumes exactly after them. Admin commands: describe, reset (refused while
+/// members are active, dry run), delete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_survive_restart_and_admin_commands_work() {
+    let mut broker = TestBroker::start(FAST_GROUPS);
+    {
+        let client = broker.client().await;
+        client
+            .admin()
+            .create_topic(NewTopic::new("orders", 2))
+            .await
+            .unwrap();
+        produce_n(&client, "orders", 2, 100).await;
+    }
+    let consume = |broker: &TestBroker, extra: &[&str]| {
+        let mut args = vec![
+            "consume",
+            "orders",
+            "--group",
+            "billing",
+            "--from",
+            "earliest",
+            "--format",
+            "full",
+            "--idle-exit-ms",
+            "1500",
+        ];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = broker.cli(&args, "");
+        assert!(ok, "{err}");
+        out.lines()
+            .map(|l| {
+                let mut f = l.split('\t');
+                (
+                    f.next().unwrap().parse::<u32>().unwrap(),
+                    f.next().unwrap().parse::<i64>().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    let reset = |broker: &TestBroker, to: &[&str]| {
+        let mut args = vec![
+            "group",
+            "reset-offsets",
+            "billing",
+            "--topic",
+            "orders",
+            "--to",
+        ];
+        args.extend_from_slice(to);
+        broker.cli(&args, "")
+    };
+    let first = consume(&broker, &["-n", "30"]);
+    assert_eq!(first.len(), 30);
+    broker.stop();
+    broker.restart();
+    let described = broker.cli(&["group", "describe", "billing"], "").1;
+    assert!(described.contains("COMMITTED"), "{described}");
+    let rest = consume(&broker, &[]);
+    assert_eq!(rest.len(), 70, "resumed after the commit");
+    let all: BTreeSet<(u32, i64)> = first.iter().chain(&rest).copied().collect();
+    assert_eq!(all.len(), 100, "no record twice, none missed");
+
+    // Reset to earliest: dry run changes nothing; the real one rewinds.
+    let (ok, out, err) = reset(&broker, &["earliest", "--dry-run"]);
+    assert!(ok && out.contains("dry run"), "{out}{err}");
+    assert!(
+        consume(&broker, &[]).is_empty(),
+        "dry run committed nothing"
+    );
+    let (ok, _, err) = reset(&broker, &["earliest"]);
+    assert!(ok, "{err}");
+    assert_eq!(consume(&broker, &[]).len(), 100);
+
+    // With a member active, reset and delete are refused.
+    let client = broker.client().await;
+    let mut member = client.consumer(ConsumerConfig::default());
+    member
+        .subscribe(group_config("billing", Assignor::Range), &["orders"])
+        .await
+        .unwrap();
+    poll_until(&mut member, Duration::from_secs(10), |c| {
+        c.assignment().len() == 2
+    })
+    .await;
+    let (ok, _, err) = reset(&broker, &["latest"]);
+    assert!(!ok && err.contains("NonEmptyGroup"), "{err}");
+    let (ok, _, err) = broker.cli(&["group", "delete", "billing"], "");
+    assert!(!ok && err.contains("NonEmptyGroup"), "{err}");
+    let listed = broker.cli(&["group", "list"], "").1;
+    assert!(
+        listed.contains("billing") && listed.contains("Stable"),
+        "{listed}"
+    );
+    member.close().await.unwrap();
+    let (ok, _, err) = broker.cli(&["group", "delete", "billing"], "");
+    assert!(ok, "{err}");
+    assert!(!broker.cli(&["group", "list"], "").1.contains("billing"));
+    let (ok, _, err) = broker.cli(&["group", "describe", "billing"], "");
+    assert!(!ok && err.contains("GroupIdNotFound"), "{err}");
+}
+
+/// A member that stops polling leaves after max_poll_interval; its partitions move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_that_stops_polling_loses_its_partitions() {
+    let (_broker, client) = broker_with_topic("slow", 2).await;
+    let config = GroupConfig {
+        max_poll_interval: Duration::from_millis(1_500),
+        ..group_config("slow", Assignor::CooperativeSticky)
+    };
+    let mut stuck = client.consumer(ConsumerConfig::default());
+    stuck.subscribe(config.clone(), &["slow"]).await.unwrap();
+    let mut live = client.consumer(ConsumerConfig::default());
+    live.subscribe(config, &["slow"]).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !(stuck.assignment().len() == 1 && live.assignment().len() == 1) {
+        assert!(Instant::now() < deadline);
+        stuck.poll(Duration::from_millis(20)).await.unwrap();
+        live.poll(Duration::from_millis(20)).await.unwrap();
+    }
+    // `stuck` stops polling; `live` takes over everything.
+    let started = Instant::now();
+    poll_until(&mut live, Duration::from_secs(10), |c| {
+        c.assignment().len() == 2
+    })
+    .await;
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_000),
+        "moved before the interval ran out"
+    );
+}
+
+/// Every group limit, and auto_offset_reset=none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn group_limits_are_enforced() {
+    let broker = TestBroker::start(&[
+        "group_min_session_timeout_ms=1000",
+        "group_max_session_timeout_ms=5000",
+        "group_max_size=2",
+        "offset_metadata_max_bytes=8",
+        "offsets_topic_num_partitions=2",
+    ]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("l", 1))
+        .await
+        .unwrap();
+    produce_n(&client, "l", 1, 5).await;
+    async fn first_error(
+        client: &Client,
+        config: GroupConfig,
+        reset: OffsetReset,
+    ) -> meridian_client::Error {
+        let mut c = client.consumer(ConsumerConfig {
+            auto_offset_reset: reset,
+            ..ConsumerConfig::default()
+        });
+        c.subscribe(config, &["l"]).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match c.poll(Duration::from_millis(50)).await {
+                Err(e) => return e,
+                Ok(_) => assert!(Instant::now() < deadline, "no error"),
+            }
+        }
+    }
+    for session in [Duration::from_millis(999), Duration::from_millis(5001)] {
+        let config = GroupConfig {
+            session_timeout: session,
+            ..GroupConfig::new("limits")
+        };
+        let e = first_error(&client, config, OffsetReset::Latest).await;
+        assert_eq!(e.code(), Some(ErrorCode::InvalidSessionTimeout), "{e}");
+    }
+    let config = GroupConfig {
+        session_timeout: Duration::from_secs(2),
+        ..GroupConfig::new("limits")
+    };
+    // No committed offset and auto_offset_reset=none: a clear error.
+    let none = GroupConfig {
+        group_id: "limits-none".into(),
+        ..config.clone()
+    };
+    let e = first_error(&client, none, OffsetReset::None).await;
+    assert!(e.to_string().contains("no committed offset"), "{e}");
+
+    // group_max_size=2: the third member is refused.
+    let mut members = Vec::new();
+    for _ in 0..2 {
+        let mut c = client.consumer(ConsumerConfig::default());
+        c.subscribe(config.clone(), &["l"]).await.unwrap();
+        c.poll(Duration::from_millis(300)).await.unwrap();
+        members.push(c);
+    }
+    let e = first_error(&client, config.clone(), OffsetReset::Latest).await;
+    assert_eq!(e.code(), Some(ErrorCode::GroupMaxSizeReached), "{e}");
+
+    // offset_metadata_max_bytes=8.
+    use meridian_wire::messages::*;
+    let long = OffsetCommitRequest {
+        group_id: "other".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        topics: vec![TopicOffsets {
+            topic: "l".into(),
+            partitions: vec![PartitionOffset {
+                partition: 0,
+                offset: 1,
+                metadata: "123456789".into(),
+                commit_timestamp_ms: -1,
+            }],
+        }],
+    };
+    let Response::OffsetCommit(r) = client.request(Request::OffsetCommit(long)).await.unwrap()
+    else {
+        panic!("wrong response");
+    };
+    assert_eq!(r.error, ErrorCode::OffsetMetadataTooLarge, "{}", r.message);
+    // An unknown topic in a commit is refused as a whole.
+    let bad = OffsetCommitRequest {
+        group_id: "other".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        topics: vec![TopicOffsets {
+            topic: "missing".into(),
+            partitions: vec![PartitionOffset {
+                partition: 0,
+                offset: 1,
+                metadata: String::new(),
+                commit_timestamp_ms: -1,
+            }],
+        }],
+    };
+    let Response::OffsetCommit(r) = client.request(Request::OffsetCommit(bad)).await.unwrap()
+    else {
+        panic!("wrong response");
+    };
+    assert_eq!(r.error, ErrorCode::UnknownTopic, "{}", r.message);
+    // Clients cannot write to the offsets topic.
+    let produce = crate::harness::produce("__consumer_offsets", 0, 1, crate::harness::batch(10));
+    let Response::Produce(r) = client.request(produce).await.unwrap() else {
+        panic!("wrong response");
+    };
+    assert_eq!(r.topics[0].partitions[0].error, ErrorCode::PolicyViolation);
+}
