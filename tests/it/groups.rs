@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_client::{
-    Assignor, Client, ConsumerConfig, ErrorCode, GroupConfig, NewTopic, OffsetReset,
+    Assignor, Client, ConsumerConfig, ErrorCode, GroupConfig, NewTopic, OffsetCommit, OffsetReset,
     ProducerConfig, ProducerRecord, RebalanceListener,
 };
 
@@ -679,6 +679,21 @@ async fn group_limits_are_enforced() {
     }
     let e = first_error(&client, config.clone(), OffsetReset::Latest).await;
     assert_eq!(e.code(), Some(ErrorCode::GroupMaxSizeReached), "{e}");
+
+    // A member's commit carries its metadata string.
+    members[0]
+        .commit_offsets(&[OffsetCommit::new("l", 0, 3).metadata("batch-7")])
+        .await
+        .unwrap();
+    let committed = client
+        .admin()
+        .committed_offsets("limits", Some("l"))
+        .await
+        .unwrap();
+    assert_eq!(
+        (committed[0].offset, committed[0].metadata.as_str()),
+        (3, "batch-7")
+    );
 
     // offset_metadata_max_bytes=8.
     use meridian_wire::messages::*;

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
-use meridian_client::{Admin, Offset};
+use meridian_client::{Admin, Offset, OffsetCommit};
 
 use crate::client_cmds::parse_from;
 use crate::ConnectArgs;
@@ -181,11 +181,15 @@ async fn reset(admin: &Admin, args: &ResetArgs) -> anyhow::Result<()> {
         let start = admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
         let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
         let offset = admin.list_offsets(&args.topic, p, to).await?;
-        plan.push((args.topic.clone(), p, offset.clamp(start, end)));
+        plan.push(OffsetCommit::new(
+            args.topic.clone(),
+            p,
+            offset.clamp(start, end),
+        ));
     }
     println!("{:<24} {:>9} {:>12}", "TOPIC", "PARTITION", "NEW-OFFSET");
-    for (topic, p, offset) in &plan {
-        println!("{topic:<24} {p:>9} {offset:>12}");
+    for o in &plan {
+        println!("{:<24} {:>9} {:>12}", o.topic, o.partition, o.offset);
     }
     if args.dry_run {
         println!("(dry run: nothing committed)");

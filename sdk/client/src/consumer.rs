@@ -20,7 +20,7 @@ use crate::accumulator::TopicPartition;
 use crate::admin::Offset;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
-use crate::group::{self, GroupConfig, Membership, RebalanceListener};
+use crate::group::{self, GroupConfig, Membership, OffsetCommit, RebalanceListener};
 
 /// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
 /// before the error is reported by [`Consumer::poll`]; fetching goes on either way.
@@ -509,13 +509,15 @@ impl Consumer {
         })
     }
 
-    /// Commits explicit offsets: `(topic, partition, next offset to consume)`.
-    pub async fn commit_offsets(&mut self, offsets: &[(String, u32, i64)]) -> Result<()> {
-        let offsets = offsets
-            .iter()
-            .map(|(topic, partition, offset)| (tp(topic, *partition), *offset))
-            .collect();
-        self.commit_positions(offsets).await
+    /// Commits explicit offsets, each the next offset to consume, with an optional
+    /// metadata string stored beside it (`Admin::committed_offsets` shows it).
+    pub async fn commit_offsets(&mut self, offsets: &[OffsetCommit]) -> Result<()> {
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        let (group_id, member_id, epoch) = self.commit_target()?;
+        self.wait_for_auto_commit().await;
+        group::commit_with_metadata(&self.client, &group_id, &member_id, epoch, offsets).await
     }
 
     async fn commit_positions(&mut self, offsets: BTreeMap<TopicPartition, i64>) -> Result<()> {

@@ -421,21 +421,61 @@ async fn join(
     Ok(r)
 }
 
-/// Commits `offsets` for a group: as a member (`member_id`, `member_epoch`) or, with an
-/// empty member id, for a group that has no active members.
+/// One offset to commit: the next offset to consume of a partition, and a metadata
+/// string kept with it (up to the broker's `offset_metadata_max_bytes`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetCommit {
+    pub topic: String,
+    pub partition: u32,
+    pub offset: i64,
+    pub metadata: String,
+}
+
+impl OffsetCommit {
+    pub fn new(topic: impl Into<String>, partition: u32, offset: i64) -> OffsetCommit {
+        OffsetCommit {
+            topic: topic.into(),
+            partition,
+            offset,
+            metadata: String::new(),
+        }
+    }
+
+    pub fn metadata(mut self, metadata: impl Into<String>) -> OffsetCommit {
+        self.metadata = metadata.into();
+        self
+    }
+}
+
+/// Commits positions for a group: as a member (`member_id`, `member_epoch`) or, with
+/// an empty member id, for a group that has no active members.
 pub(crate) async fn commit(
     client: &Client,
     group_id: &str,
     member_id: &str,
     member_epoch: i32,
-    offsets: &BTreeMap<TopicPartition, i64>,
+    positions: &BTreeMap<TopicPartition, i64>,
+) -> Result<()> {
+    let offsets: Vec<OffsetCommit> = positions
+        .iter()
+        .map(|(tp, offset)| OffsetCommit::new(tp.topic.clone(), tp.partition, *offset))
+        .collect();
+    commit_with_metadata(client, group_id, member_id, member_epoch, &offsets).await
+}
+
+pub(crate) async fn commit_with_metadata(
+    client: &Client,
+    group_id: &str,
+    member_id: &str,
+    member_epoch: i32,
+    offsets: &[OffsetCommit],
 ) -> Result<()> {
     let mut topics: BTreeMap<&str, Vec<PartitionOffset>> = BTreeMap::new();
-    for (tp, offset) in offsets {
-        topics.entry(&tp.topic).or_default().push(PartitionOffset {
-            partition: tp.partition,
-            offset: *offset,
-            metadata: String::new(),
+    for o in offsets {
+        topics.entry(&o.topic).or_default().push(PartitionOffset {
+            partition: o.partition,
+            offset: o.offset,
+            metadata: o.metadata.clone(),
             commit_timestamp_ms: -1,
         });
     }
@@ -575,21 +615,9 @@ impl Admin {
     pub async fn set_committed_offsets(
         &self,
         group_id: &str,
-        offsets: &[(String, u32, i64)],
+        offsets: &[OffsetCommit],
     ) -> Result<()> {
-        let offsets: BTreeMap<TopicPartition, i64> = offsets
-            .iter()
-            .map(|(topic, partition, offset)| {
-                (
-                    TopicPartition {
-                        topic: topic.clone(),
-                        partition: *partition,
-                    },
-                    *offset,
-                )
-            })
-            .collect();
-        commit(self.client(), group_id, "", -1, &offsets).await
+        commit_with_metadata(self.client(), group_id, "", -1, offsets).await
     }
 
     /// Deletes a group and its committed offsets. Refused with

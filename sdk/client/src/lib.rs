@@ -58,7 +58,9 @@ pub use config::{
 };
 pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
 pub use error::{Error, Result};
-pub use group::{Assignor, CommittedOffset, GroupConfig, GroupListing, RebalanceListener};
+pub use group::{
+    Assignor, CommittedOffset, GroupConfig, GroupListing, OffsetCommit, RebalanceListener,
+};
 pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 pub use meridian_wire::ErrorCode;
