@@ -1,0 +1,764 @@
+//! Partition replication inside a region, as state machines: the controller's view
+//! of brokers and partitions ([`Controller`]) and one broker's replica of one partition
+//! ([`Replica`]): leader or follower, log end offset, high watermark, leader-epoch
+//! cache and ISR.
+//!
+//! The model is Kafka's (KRaft era):
+//! - The controller (backed by a Raft quorum in the server) fences brokers that stop
+//!   heartbeating, elects leaders from the ISR only (unclean election only when the
+//!   partition allows it), bumps the leader epoch on every leader change, and accepts
+//!   ISR changes only from the current leader at the current partition epoch.
+//! - Followers pull from the leader with their fetch offset and last fetched epoch;
+//!   a leader that does not have that epoch's history answers with where it diverges
+//!   and the follower truncates there (leader-epoch truncation, KIP-101/KIP-320), so a
+//!   follower never keeps a tail the leader does not have.
+//! - The high watermark is the smallest log end among the *maximal* ISR: the ISR the
+//!   controller committed plus additions the leader has proposed. A shrink counts only
+//!   once the controller confirms it. So every record below the high watermark is on
+//!   every replica the controller could elect.
+//!
+//! Records themselves never pass through here: the driver moves bytes and tells the
+//! state machine what it appended (counts and epochs).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub type BrokerId = u32;
+
+/// Leader epochs of a log: `(epoch, start_offset)` ascending in both.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EpochCache {
+    entries: Vec<(i32, i64)>,
+}
+
+impl EpochCache {
+    pub fn latest_epoch(&self) -> Option<i32> {
+        self.entries.last().map(|(e, _)| *e)
+    }
+
+    pub fn entries(&self) -> &[(i32, i64)] {
+        &self.entries
+    }
+
+    /// Records that `epoch` starts at `start_offset` (no-op when it is already the latest).
+    pub fn assign(&mut self, epoch: i32, start_offset: i64) {
+        match self.entries.last() {
+            Some((latest, _)) if *latest == epoch => {}
+            Some((latest, start)) => {
+                assert!(epoch > *latest, "epochs only grow: {epoch} after {latest}");
+                assert!(start_offset >= *start, "epoch starts only grow");
+                self.entries.push((epoch, start_offset));
+            }
+            None => self.entries.push((epoch, start_offset)),
+        }
+    }
+
+    /// The largest epoch at or below `epoch`, and where it ends (the start of the
+    /// next epoch, or `log_end`). `None` when every known epoch is above `epoch`.
+    pub fn end_offset_for(&self, epoch: i32, log_end: i64) -> Option<(i32, i64)> {
+        let i = self.entries.partition_point(|(e, _)| *e <= epoch);
+        if i == 0 {
+            return None;
+        }
+        let found = self.entries[i - 1].0;
+        let end = self.entries.get(i).map_or(log_end, |(_, start)| *start);
+        Some((found, end))
+    }
+
+    /// Forgets epochs starting at or after `offset` (the log was truncated there).
+    pub fn truncate_from(&mut self, offset: i64) {
+        self.entries.retain(|(_, start)| *start < offset);
+    }
+}
+
+/// The controller's record of one partition, pushed to its replicas.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderAndIsr {
+    pub leader: Option<BrokerId>,
+    pub leader_epoch: i32,
+    pub isr: BTreeSet<BrokerId>,
+    pub replicas: Vec<BrokerId>,
+    /// Bumped on every change (leader or ISR): orders the records a broker receives.
+    pub partition_epoch: i32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReplicationError {
+    /// This replica is not the leader (or not at that epoch).
+    NotLeader,
+    /// acks=all with fewer in-sync replicas than `min.insync.replicas`.
+    NotEnoughReplicas { isr: usize, min: usize },
+    /// The request's leader epoch is older than the leader's.
+    FencedLeaderEpoch,
+    /// The request's leader epoch is newer than what this replica knows.
+    UnknownLeaderEpoch,
+}
+
+/// A follower's fetch, as the leader sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FollowerFetch {
+    pub replica: BrokerId,
+    /// The leader epoch the follower believes current.
+    pub leader_epoch: i32,
+    pub fetch_offset: i64,
+    /// The epoch of the follower's last record, for divergence checks.
+    pub last_fetched_epoch: Option<i32>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FetchAnswer {
+    /// Send the records from `fetch_offset` up to the log end, and the high watermark.
+    Records { high_watermark: i64 },
+    /// The follower's log diverges: truncate to at most `end_offset` of `epoch`.
+    Diverging { epoch: i32, end_offset: i64 },
+}
+
+/// An ISR change the leader asks the controller for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AlterIsr {
+    pub leader: BrokerId,
+    pub leader_epoch: i32,
+    pub partition_epoch: i32,
+    pub isr: BTreeSet<BrokerId>,
+}
+
+#[derive(Clone, Debug, Default)]
+struct Progress {
+    /// The follower's log end as of its last fetch; -1 until it fetched at this epoch.
+    log_end: i64,
+    last_caught_up_ms: i64,
+    last_fetch_ms: i64,
+    leader_end_at_last_fetch: i64,
+}
+
+#[derive(Clone, Debug)]
+struct LeaderState {
+    followers: BTreeMap<BrokerId, Progress>,
+    /// Proposed to the controller and not yet answered, with when it was sent.
+    pending: Option<(AlterIsr, i64)>,
+}
+
+#[derive(Clone, Debug)]
+enum Role {
+    Leader(LeaderState),
+    Follower,
+    /// Not a replica, or no leader known.
+    None,
+}
+
+/// Settings of one partition's replication.
+#[derive(Clone, Copy, Debug)]
+pub struct ReplicaConfig {
+    /// `replica.lag.time.max.ms`: a follower not caught up for this long leaves the ISR.
+    pub replica_lag_time_max_ms: i64,
+    /// `min.insync.replicas`.
+    pub min_insync_replicas: usize,
+    /// How long the leader waits for the controller's answer before asking again.
+    pub alter_isr_retry_ms: i64,
+}
+
+impl Default for ReplicaConfig {
+    fn default() -> Self {
+        ReplicaConfig {
+            replica_lag_time_max_ms: 30_000,
+            min_insync_replicas: 1,
+            alter_isr_retry_ms: 1_000,
+        }
+    }
+}
+
+/// One broker's replica of one partition.
+#[derive(Clone, Debug)]
+pub struct Replica {
+    pub id: BrokerId,
+    config: ReplicaConfig,
+    state: Option<LeaderAndIsr>,
+    role: Role,
+    log_end: i64,
+    high_watermark: i64,
+    epochs: EpochCache,
+}
+
+impl Replica {
+    /// A replica whose log (after recovery) ends at `log_end` with `epochs`.
+    pub fn new(id: BrokerId, config: ReplicaConfig, log_end: i64, epochs: EpochCache) -> Replica {
+        Replica {
+            id,
+            config,
+            state: None,
+            role: Role::None,
+            log_end,
+            high_watermark: 0,
+            epochs,
+        }
+    }
+
+    pub fn log_end(&self) -> i64 {
+        self.log_end
+    }
+
+    pub fn high_watermark(&self) -> i64 {
+        self.high_watermark
+    }
+
+    pub fn epochs(&self) -> &EpochCache {
+        &self.epochs
+    }
+
+    pub fn is_leader(&self) -> bool {
+        matches!(self.role, Role::Leader(_))
+    }
+
+    pub fn leader_epoch(&self) -> Option<i32> {
+        self.state.as_ref().map(|s| s.leader_epoch)
+    }
+
+    pub fn leader(&self) -> Option<BrokerId> {
+        self.state.as_ref().and_then(|s| s.leader)
+    }
+
+    pub fn isr(&self) -> BTreeSet<BrokerId> {
+        self.state
+            .as_ref()
+            .map(|s| s.isr.clone())
+            .unwrap_or_default()
+    }
+
+    /// Applies the controller's record if it is newer than what this replica has.
+    /// Returns true when leadership or the leader epoch changed.
+    pub fn apply(&mut self, update: LeaderAndIsr, now_ms: i64) -> bool {
+        if let Some(current) = &self.state {
+            let newer = (update.leader_epoch, update.partition_epoch)
+                > (current.leader_epoch, current.partition_epoch);
+            if !newer {
+                return false;
+            }
+        }
+        let epoch_changed =
+            self.state.as_ref().map(|s| s.leader_epoch) != Some(update.leader_epoch);
+        let leads = update.leader == Some(self.id);
+        if leads && epoch_changed {
+            // A new epoch starts at our log end; followers are unknown until they fetch.
+            self.epochs.assign(update.leader_epoch, self.log_end);
+            let followers = update
+                .replicas
+                .iter()
+                .filter(|r| **r != self.id)
+                .map(|r| {
+                    (
+                        *r,
+                        Progress {
+                            log_end: -1,
+                            last_caught_up_ms: now_ms,
+                            ..Progress::default()
+                        },
+                    )
+                })
+                .collect();
+            self.role = Role::Leader(LeaderState {
+                followers,
+                pending: None,
+            });
+        } else if leads {
+            // Same epoch, new ISR: the controller answered our proposal.
+            if let Role::Leader(leader) = &mut self.role {
+                leader.pending = None;
+            }
+        } else if update.leader.is_some() && update.replicas.contains(&self.id) {
+            self.role = Role::Follower;
+        } else {
+            self.role = Role::None;
+        }
+        self.state = Some(update);
+        self.maybe_advance_high_watermark();
+        epoch_changed
+    }
+
+    /// Checks a produce before the driver appends it.
+    pub fn check_append(&self, acks_all: bool) -> Result<i32, ReplicationError> {
+        let (Role::Leader(_), Some(state)) = (&self.role, &self.state) else {
+            return Err(ReplicationError::NotLeader);
+        };
+        if acks_all && state.isr.len() < self.config.min_insync_replicas {
+            return Err(ReplicationError::NotEnoughReplicas {
+                isr: state.isr.len(),
+                min: self.config.min_insync_replicas,
+            });
+        }
+        Ok(state.leader_epoch)
+    }
+
+    /// The leader appended `n_records` at its log end, stamped with its epoch. Returns
+    /// their base offset.
+    pub fn appended_as_leader(&mut self, n_records: u32) -> i64 {
+        assert!(self.is_leader(), "only a leader appends produced records");
+        let base = self.log_end;
+        self.log_end += i64::from(n_records);
+        self.maybe_advance_high_watermark();
+        base
+    }
+
+    /// Handles a follower's fetch on the leader.
+    pub fn handle_fetch(
+        &mut self,
+        fetch: FollowerFetch,
+        now_ms: i64,
+    ) -> Result<FetchAnswer, ReplicationError> {
+        let (Role::Leader(leader), Some(state)) = (&mut self.role, &self.state) else {
+            return Err(ReplicationError::NotLeader);
+        };
+        if fetch.leader_epoch < state.leader_epoch {
+            return Err(ReplicationError::FencedLeaderEpoch);
+        }
+        if fetch.leader_epoch > state.leader_epoch {
+            return Err(ReplicationError::UnknownLeaderEpoch);
+        }
+        let Some(progress) = leader.followers.get_mut(&fetch.replica) else {
+            return Err(ReplicationError::NotLeader);
+        };
+        if let Some(last_epoch) = fetch.last_fetched_epoch {
+            match self.epochs.end_offset_for(last_epoch, self.log_end) {
+                Some((epoch, end)) if epoch == last_epoch && fetch.fetch_offset <= end => {}
+                Some((epoch, end)) => {
+                    return Ok(FetchAnswer::Diverging {
+                        epoch,
+                        end_offset: end,
+                    })
+                }
+                None => {
+                    return Ok(FetchAnswer::Diverging {
+                        epoch: -1,
+                        end_offset: 0,
+                    })
+                }
+            }
+        } else if fetch.fetch_offset > 0 {
+            // Records without epochs: keep nothing we cannot vouch for.
+            return Ok(FetchAnswer::Diverging {
+                epoch: -1,
+                end_offset: 0,
+            });
+        }
+        if fetch.fetch_offset > self.log_end {
+            return Ok(FetchAnswer::Diverging {
+                epoch: self.epochs.latest_epoch().unwrap_or(-1),
+                end_offset: self.log_end,
+            });
+        }
+        // Kafka's rule: caught up if at our end now, or at least where our end was at
+        // the previous fetch (then it was caught up as of that fetch).
+        if fetch.fetch_offset >= self.log_end {
+            progress.last_caught_up_ms = now_ms;
+        } else if fetch.fetch_offset >= progress.leader_end_at_last_fetch {
+            progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.last_fetch_ms);
+        }
+        progress.log_end = fetch.fetch_offset;
+        progress.leader_end_at_last_fetch = self.log_end;
+        progress.last_fetch_ms = now_ms;
+        self.maybe_advance_high_watermark();
+        Ok(FetchAnswer::Records {
+            high_watermark: self.high_watermark,
+        })
+    }
+
+    /// The smallest log end among the maximal ISR.
+    fn maybe_advance_high_watermark(&mut self) {
+        let (Role::Leader(leader), Some(state)) = (&self.role, &self.state) else {
+            return;
+        };
+        let mut maximal = state.isr.clone();
+        if let Some((proposal, _)) = &leader.pending {
+            maximal.extend(proposal.isr.iter().copied());
+        }
+        let min_end = maximal
+            .iter()
+            .map(|r| {
+                if *r == self.id {
+                    self.log_end
+                } else {
+                    leader.followers.get(r).map_or(-1, |p| p.log_end)
+                }
+            })
+            .min()
+            .unwrap_or(self.log_end);
+        // Only records of the current epoch's log can be vouched for by follower log
+        // ends learned in this epoch (they passed the divergence check).
+        if min_end > self.high_watermark {
+            self.high_watermark = min_end;
+        }
+    }
+
+    /// ISR maintenance on the leader: followers lagging longer than
+    /// `replica_lag_time_max_ms` leave, caught-up ones join. Returns a proposal for the
+    /// controller when the ISR should change and none is outstanding.
+    pub fn poll_isr_change(&mut self, now_ms: i64) -> Option<AlterIsr> {
+        let (Role::Leader(leader), Some(state)) = (&mut self.role, &self.state) else {
+            return None;
+        };
+        if let Some((proposal, sent_ms)) = &leader.pending {
+            if now_ms - sent_ms < self.config.alter_isr_retry_ms {
+                return None;
+            }
+            let proposal = proposal.clone();
+            leader.pending = Some((proposal.clone(), now_ms));
+            return Some(proposal);
+        }
+        let epoch_start = self
+            .epochs
+            .end_offset_for(state.leader_epoch, self.log_end)
+            .and_then(|_| self.epochs.entries().last().map(|(_, s)| *s))
+            .unwrap_or(0);
+        let mut isr = state.isr.clone();
+        for (id, progress) in &leader.followers {
+            let in_isr = isr.contains(id);
+            let lagging = now_ms - progress.last_caught_up_ms > self.config.replica_lag_time_max_ms;
+            if in_isr && lagging {
+                isr.remove(id);
+            } else if !in_isr
+                && progress.log_end >= self.high_watermark
+                && progress.log_end >= epoch_start
+                && !lagging
+            {
+                isr.insert(*id);
+            }
+        }
+        isr.insert(self.id);
+        if isr == state.isr {
+            return None;
+        }
+        let proposal = AlterIsr {
+            leader: self.id,
+            leader_epoch: state.leader_epoch,
+            partition_epoch: state.partition_epoch,
+            isr,
+        };
+        leader.pending = Some((proposal.clone(), now_ms));
+        self.maybe_advance_high_watermark();
+        Some(proposal)
+    }
+
+    /// The controller refused our proposal (stale epoch): drop it; a newer record
+    /// from the controller follows.
+    pub fn alter_isr_refused(&mut self) {
+        if let Role::Leader(leader) = &mut self.role {
+            leader.pending = None;
+        }
+    }
+
+    /// What a follower asks its leader for next.
+    pub fn next_fetch(&self) -> Option<(BrokerId, FollowerFetch)> {
+        let (Role::Follower, Some(state)) = (&self.role, &self.state) else {
+            return None;
+        };
+        let leader = state.leader?;
+        Some((
+            leader,
+            FollowerFetch {
+                replica: self.id,
+                leader_epoch: state.leader_epoch,
+                fetch_offset: self.log_end,
+                last_fetched_epoch: self.epochs.latest_epoch(),
+            },
+        ))
+    }
+
+    /// A follower learns it diverges: where to truncate its log to. The driver
+    /// truncates, then calls [`Replica::truncated`].
+    pub fn divergence_truncation(&self, epoch: i32, end_offset: i64) -> i64 {
+        match self.epochs.end_offset_for(epoch, self.log_end) {
+            Some((_, own_end)) => own_end.min(end_offset).min(self.log_end),
+            None => 0,
+        }
+    }
+
+    /// The driver truncated the log to `offset`.
+    pub fn truncated(&mut self, offset: i64) {
+        assert!(!self.is_leader(), "a leader never truncates");
+        assert!(offset <= self.log_end);
+        self.log_end = offset;
+        self.epochs.truncate_from(offset);
+        self.high_watermark = self.high_watermark.min(offset);
+    }
+
+    /// The driver appended a fetched batch `(epoch, base_offset, n_records)` as a
+    /// follower; `leader_high_watermark` came with it.
+    pub fn appended_as_follower(
+        &mut self,
+        batches: &[(i32, i64, u32)],
+        leader_high_watermark: i64,
+    ) {
+        assert!(!self.is_leader(), "followers append fetched records");
+        for (epoch, base, n) in batches {
+            assert_eq!(*base, self.log_end, "fetched batches continue the log");
+            self.epochs.assign(*epoch, *base);
+            self.log_end += i64::from(*n);
+        }
+        self.high_watermark = self
+            .high_watermark
+            .max(leader_high_watermark.min(self.log_end));
+    }
+}
+
+/// The controller's view of a broker.
+#[derive(Clone, Debug)]
+struct BrokerRecord {
+    last_heartbeat_ms: i64,
+    incarnation: u64,
+    fenced: bool,
+}
+
+/// The controller's view of one partition, with its election policy.
+#[derive(Clone, Debug)]
+pub struct PartitionRecord {
+    pub state: LeaderAndIsr,
+    pub unclean_leader_election: bool,
+}
+
+/// Something the controller decided on its own (for logs and tests).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ControllerEvent {
+    BrokerFenced(BrokerId),
+    LeaderElected {
+        partition: u32,
+        leader: BrokerId,
+        epoch: i32,
+        unclean: bool,
+    },
+    PartitionOffline {
+        partition: u32,
+    },
+}
+
+/// Brokers, partitions, leaders and ISRs; the state the metadata quorum replicates.
+#[derive(Clone, Debug)]
+pub struct Controller {
+    session_timeout_ms: i64,
+    brokers: BTreeMap<BrokerId, BrokerRecord>,
+    partitions: BTreeMap<u32, PartitionRecord>,
+}
+
+impl Controller {
+    pub fn new(session_timeout_ms: i64) -> Controller {
+        Controller {
+            session_timeout_ms,
+            brokers: BTreeMap::new(),
+            partitions: BTreeMap::new(),
+        }
+    }
+
+    pub fn partition(&self, partition: u32) -> Option<&LeaderAndIsr> {
+        self.partitions.get(&partition).map(|p| &p.state)
+    }
+
+    pub fn partitions(&self) -> impl Iterator<Item = (&u32, &LeaderAndIsr)> {
+        self.partitions.iter().map(|(k, v)| (k, &v.state))
+    }
+
+    pub fn is_fenced(&self, broker: BrokerId) -> bool {
+        self.brokers.get(&broker).is_none_or(|b| b.fenced)
+    }
+
+    /// Creates a partition on `replicas` (the first live one leads).
+    pub fn create_partition(
+        &mut self,
+        partition: u32,
+        replicas: Vec<BrokerId>,
+        unclean_leader_election: bool,
+    ) {
+        let leader = replicas.iter().copied().find(|r| !self.is_fenced(*r));
+        let state = LeaderAndIsr {
+            leader,
+            leader_epoch: 0,
+            isr: replicas.iter().copied().collect(),
+            replicas,
+            partition_epoch: 0,
+        };
+        self.partitions.insert(
+            partition,
+            PartitionRecord {
+                state,
+                unclean_leader_election,
+            },
+        );
+    }
+
+    /// A broker's heartbeat. A new incarnation (the broker restarted) is treated as a
+    /// failure of the old one: partitions it led get a new epoch. Returns changed
+    /// partitions.
+    pub fn heartbeat(&mut self, broker: BrokerId, incarnation: u64, now_ms: i64) -> Vec<u32> {
+        let record = self.brokers.entry(broker).or_insert(BrokerRecord {
+            last_heartbeat_ms: now_ms,
+            incarnation,
+            fenced: true,
+        });
+        record.last_heartbeat_ms = now_ms;
+        let restarted = record.incarnation != incarnation;
+        record.incarnation = incarnation;
+        let was_fenced = record.fenced;
+        record.fenced = false;
+        let mut changed = Vec::new();
+        if restarted {
+            // Its in-memory replica state is gone: re-elect where it led.
+            changed.extend(self.elect_away_from(broker, false));
+        }
+        if was_fenced || restarted {
+            // Offline partitions may come back with this broker.
+            for (id, p) in &mut self.partitions {
+                if p.state.leader.is_none() && p.state.isr.contains(&broker) {
+                    p.state.leader = Some(broker);
+                    p.state.leader_epoch += 1;
+                    p.state.partition_epoch += 1;
+                    changed.push(*id);
+                }
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        changed
+    }
+
+    /// Fences brokers whose heartbeats stopped and moves their leaderships. Returns the
+    /// events and the partitions that changed.
+    pub fn tick(&mut self, now_ms: i64) -> (Vec<ControllerEvent>, Vec<u32>) {
+        let expired: Vec<BrokerId> = self
+            .brokers
+            .iter()
+            .filter(|(_, b)| !b.fenced && now_ms - b.last_heartbeat_ms > self.session_timeout_ms)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut events = Vec::new();
+        let mut changed = Vec::new();
+        for broker in expired {
+            self.brokers.get_mut(&broker).expect("listed above").fenced = true;
+            events.push(ControllerEvent::BrokerFenced(broker));
+            changed.extend(self.elect_away_from(broker, true));
+        }
+        for id in &changed {
+            let p = &self.partitions[id].state;
+            match p.leader {
+                Some(leader) => events.push(ControllerEvent::LeaderElected {
+                    partition: *id,
+                    leader,
+                    epoch: p.leader_epoch,
+                    unclean: !p.isr.contains(&leader),
+                }),
+                None => events.push(ControllerEvent::PartitionOffline { partition: *id }),
+            }
+        }
+        changed.sort_unstable();
+        changed.dedup();
+        (events, changed)
+    }
+
+    fn fenced(&self) -> BTreeSet<BrokerId> {
+        self.brokers
+            .iter()
+            .filter(|(_, b)| b.fenced)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+
+    /// Moves leadership off `broker` (fenced, or restarted) and, when fenced, takes it
+    /// out of ISRs (never emptying one: the last member is the one that has the data).
+    fn elect_away_from(&mut self, broker: BrokerId, remove_from_isr: bool) -> Vec<u32> {
+        let fenced = self.fenced();
+        let mut changed = Vec::new();
+        for (id, p) in &mut self.partitions {
+            let mut touched = false;
+            if remove_from_isr && p.state.isr.contains(&broker) && p.state.isr.len() > 1 {
+                p.state.isr.remove(&broker);
+                touched = true;
+            }
+            if p.state.leader == Some(broker) {
+                let candidates: Vec<BrokerId> = p
+                    .state
+                    .replicas
+                    .iter()
+                    .copied()
+                    .filter(|r| p.state.isr.contains(r) && !fenced.contains(r))
+                    .collect();
+                // A restarted leader may lead again (it is still in sync); prefer others.
+                let clean = candidates
+                    .iter()
+                    .copied()
+                    .find(|r| *r != broker)
+                    .or_else(|| candidates.first().copied());
+                let leader = match clean {
+                    Some(l) => Some(l),
+                    None if p.unclean_leader_election => p
+                        .state
+                        .replicas
+                        .iter()
+                        .copied()
+                        .find(|r| !fenced.contains(r) && *r != broker),
+                    None => None,
+                };
+                if let Some(l) = leader {
+                    if !p.state.isr.contains(&l) {
+                        // Unclean: the new leader's log is the truth from now on.
+                        p.state.isr = [l].into_iter().collect();
+                    }
+                }
+                p.state.leader = leader;
+                p.state.leader_epoch += 1;
+                touched = true;
+            }
+            if touched {
+                p.state.partition_epoch += 1;
+                changed.push(*id);
+            }
+        }
+        changed
+    }
+
+    /// An ISR change from a partition's leader. Accepted only from the current leader
+    /// at the current leader and partition epochs, and only with unfenced members.
+    pub fn alter_isr(
+        &mut self,
+        partition: u32,
+        request: &AlterIsr,
+    ) -> Result<(), ReplicationError> {
+        let fenced = self.fenced();
+        let p = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(ReplicationError::NotLeader)?;
+        if p.state.leader != Some(request.leader) || p.state.leader_epoch != request.leader_epoch {
+            return Err(ReplicationError::FencedLeaderEpoch);
+        }
+        if p.state.partition_epoch != request.partition_epoch {
+            return Err(ReplicationError::FencedLeaderEpoch);
+        }
+        if !request.isr.contains(&request.leader)
+            || request
+                .isr
+                .iter()
+                .any(|r| fenced.contains(r) || !p.state.replicas.contains(r))
+        {
+            return Err(ReplicationError::NotLeader);
+        }
+        p.state.isr = request.isr.clone();
+        p.state.partition_epoch += 1;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn epoch_cache_end_offsets() {
+        let mut cache = EpochCache::default();
+        cache.assign(0, 0);
+        cache.assign(0, 5);
+        cache.assign(2, 10);
+        cache.assign(5, 12);
+        assert_eq!(cache.end_offset_for(0, 20), Some((0, 10)));
+        assert_eq!(cache.end_offset_for(1, 20), Some((0, 10)));
+        assert_eq!(cache.end_offset_for(2, 20), Some((2, 12)));
+        assert_eq!(cache.end_offset_for(9, 20), Some((5, 20)));
+        assert_eq!(cache.end_offset_for(-1, 20), None);
+        cache.truncate_from(12);
+        assert_eq!(cache.latest_epoch(), Some(2));
+    }
+}

@@ -1,0 +1,251 @@
+//! Seeded simulation of the group coordinator with members that join, heartbeat, sync,
+//! apply assignments late, pause past their session, crash, leave and come back
+//! (static members too), while topics appear. After every step it checks that no
+//! partition is owned by two live members; at the end, with faults stopped, that the
+//! group converges to every partition owned exactly once.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use meridian_core::assignor::Assignor;
+use meridian_core::group::{Coordinator, CoordinatorConfig, GroupError, GroupState, JoinRequest};
+use meridian_core::TopicPartition;
+
+use crate::rng::Rng;
+
+const GROUP: &str = "g";
+const SESSION_MS: u32 = 10_000;
+const REBALANCE_MS: u32 = 20_000;
+
+/// A simulated consumer: what it believes, as the SDK would.
+#[derive(Default)]
+struct Member {
+    member_id: Option<String>,
+    instance_id: Option<String>,
+    /// Partitions it is consuming.
+    owned: BTreeSet<TopicPartition>,
+    /// The last assignment a sync gave it, not yet applied.
+    assigned: Option<BTreeSet<TopicPartition>>,
+    /// Paused members do nothing until this time (a GC pause, SIGSTOP).
+    paused_until: i64,
+    /// Whether its last heartbeat said "sync".
+    must_sync: bool,
+}
+
+struct Sim {
+    rng: Rng,
+    now: i64,
+    coordinator: Coordinator,
+    members: Vec<Member>,
+    assignor: Assignor,
+    topics: BTreeSet<String>,
+}
+
+impl Sim {
+    fn join(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        let request = JoinRequest {
+            group_id: GROUP.into(),
+            member_id: String::new(),
+            instance_id: m.instance_id.clone(),
+            client_id: format!("c{i}"),
+            client_host: "sim".into(),
+            topics: self.topics.clone(),
+            assignor: self.assignor,
+            session_timeout_ms: SESSION_MS,
+            rebalance_timeout_ms: REBALANCE_MS,
+        };
+        let response = self
+            .coordinator
+            .join(request, self.now)
+            .expect("join succeeds");
+        m.member_id = Some(response.member_id);
+        m.must_sync = true;
+    }
+
+    /// What the SDK does on UnknownMemberId / FencedInstanceId: drop everything.
+    fn lost(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        m.member_id = None;
+        m.owned.clear();
+        m.assigned = None;
+    }
+
+    fn step(&mut self, i: usize) {
+        if self.members[i].paused_until > self.now {
+            return;
+        }
+        let Some(member_id) = self.members[i].member_id.clone() else {
+            self.join(i);
+            return;
+        };
+        match self.rng.below(4) {
+            0 => match self.coordinator.heartbeat(GROUP, &member_id, self.now) {
+                Ok(changed) => self.members[i].must_sync |= changed,
+                Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+                Err(e) => panic!("heartbeat: {e:?}"),
+            },
+            1 if self.members[i].must_sync => {
+                let owned = self.members[i].owned.clone();
+                match self.coordinator.sync(GROUP, &member_id, owned, self.now) {
+                    Ok(response) => {
+                        let m = &mut self.members[i];
+                        m.assigned = Some(response.assignment);
+                        m.must_sync = response.pending;
+                    }
+                    Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+                    Err(e) => panic!("sync: {e:?}"),
+                }
+            }
+            // Apply the assignment at the next poll: revoke, then take the new ones,
+            // then tell the coordinator.
+            2 => {
+                let m = &mut self.members[i];
+                if let Some(assigned) = m.assigned.take() {
+                    m.owned = assigned;
+                    m.must_sync = true;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn fault(&mut self) {
+        let i = self.rng.below(self.members.len() as u64) as usize;
+        match self.rng.below(5) {
+            // Crash: gone without a word; restarts later as a new process.
+            0 => self.lost(i),
+            // Pause past the session timeout sometimes.
+            1 => {
+                self.members[i].paused_until =
+                    self.now + self.rng.below(2 * SESSION_MS as u64) as i64
+            }
+            // Clean leave.
+            2 => {
+                if let Some(id) = self.members[i].member_id.clone() {
+                    match self.coordinator.leave(GROUP, &id, None, self.now) {
+                        Ok(()) | Err(GroupError::UnknownMemberId(_)) => {}
+                        Err(e) => panic!("leave: {e:?}"),
+                    }
+                    self.lost(i);
+                }
+            }
+            // A new topic appears.
+            3 => {
+                let name = format!("t{}", self.topics.len());
+                if self.topics.len() < 4 {
+                    self.coordinator.topic_changed(
+                        &name,
+                        Some(1 + self.rng.below(8) as u32),
+                        self.now,
+                    );
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// No partition is consumed by two members the coordinator still counts as members.
+    fn check_exclusive(&self, seed: u64) {
+        let live: BTreeSet<String> = self
+            .coordinator
+            .describe(GROUP)
+            .map(|d| d.members.into_iter().map(|m| m.member_id).collect())
+            .unwrap_or_default();
+        let mut seen: BTreeMap<&TopicPartition, usize> = BTreeMap::new();
+        for (i, m) in self.members.iter().enumerate() {
+            if !m.member_id.as_ref().is_some_and(|id| live.contains(id)) {
+                continue;
+            }
+            for tp in &m.owned {
+                if let Some(other) = seen.insert(tp, i) {
+                    panic!(
+                        "seed {seed}: at {} ms {tp} is owned by members {other} and {i}",
+                        self.now
+                    );
+                }
+            }
+        }
+    }
+}
+
+fn run(seed: u64) {
+    let mut rng = Rng::new(seed);
+    let assignor = Assignor::ALL[rng.below(3) as usize];
+    let n_members = 1 + rng.below(6) as usize;
+    let config = CoordinatorConfig {
+        min_session_timeout_ms: 1_000,
+        ..CoordinatorConfig::default()
+    };
+    let mut coordinator = Coordinator::new(config, seed);
+    let mut topics = BTreeSet::new();
+    for t in 0..4 {
+        topics.insert(format!("t{t}"));
+    }
+    coordinator.topic_changed("t0", Some(1 + rng.below(12) as u32), 0);
+    let members = (0..n_members)
+        .map(|i| Member {
+            instance_id: (i % 2 == 0).then(|| format!("static-{i}")),
+            ..Member::default()
+        })
+        .collect();
+    let mut sim = Sim {
+        rng,
+        now: 0,
+        coordinator,
+        members,
+        assignor,
+        topics,
+    };
+    // Faulty phase.
+    for _ in 0..2_000 {
+        sim.now += sim.rng.below(500) as i64;
+        for event in sim.coordinator.tick(sim.now) {
+            let _ = event;
+        }
+        if sim.rng.chance(3) {
+            sim.fault();
+        }
+        let i = sim.rng.below(n_members as u64) as usize;
+        sim.step(i);
+        sim.check_exclusive(seed);
+    }
+    // Quiet phase: everyone alive and attentive; the group must settle.
+    for m in &mut sim.members {
+        m.paused_until = 0;
+    }
+    for _ in 0..5_000 {
+        sim.now += 10;
+        sim.coordinator.tick(sim.now);
+        for i in 0..n_members {
+            sim.step(i);
+        }
+        sim.check_exclusive(seed);
+        let description = sim.coordinator.describe(GROUP).expect("group exists");
+        if description.state == GroupState::Stable
+            && sim.members.iter().all(|m| m.assigned.is_none())
+        {
+            let owned: Vec<&TopicPartition> = sim.members.iter().flat_map(|m| &m.owned).collect();
+            let distinct: BTreeSet<&TopicPartition> = owned.iter().copied().collect();
+            assert_eq!(
+                owned.len(),
+                distinct.len(),
+                "seed {seed}: a partition owned twice"
+            );
+            let expected: usize = description.members.iter().map(|m| m.target.len()).sum();
+            if owned.len() == expected {
+                return;
+            }
+        }
+    }
+    panic!(
+        "seed {seed}: the group did not settle: {:#?}",
+        sim.coordinator.describe(GROUP)
+    );
+}
+
+#[test]
+fn group_membership_simulation() {
+    for seed in crate::rng::seeds(200) {
+        run(seed);
+    }
+}
