@@ -6,6 +6,7 @@ mod cli;
 mod crash;
 mod groups;
 mod harness;
+mod idempotence;
 mod lifecycle;
 mod limits;
 mod produce_consume;

@@ -59,6 +59,7 @@
 mod group_commit;
 mod index;
 mod partition;
+mod producer_state;
 mod segment;
 mod validate;
 
@@ -69,6 +70,7 @@ use meridian_wire::ErrorCode;
 
 pub use group_commit::{GroupCommit, SyncHandle};
 pub use partition::{AppendInfo, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER};
+pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
 pub use segment::ReadSlice;
 pub use validate::{validate_batches, ValidatedBatches};
 
@@ -124,6 +126,12 @@ pub enum LogError {
     },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Sequence(#[from] SequenceError),
+    #[error(
+        "a batch from an idempotent producer must be the only batch for its partition in a request"
+    )]
+    IdempotentBatchNotAlone,
     #[error("corrupt log segment {} at byte {position}: {detail}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -143,6 +151,16 @@ impl LogError {
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::Io(_) => ErrorCode::StorageError,
             LogError::Corrupt { .. } => ErrorCode::CorruptLog,
+            LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
+                ErrorCode::OutOfOrderSequenceNumber
+            }
+            LogError::Sequence(SequenceError::InvalidProducerEpoch { .. }) => {
+                ErrorCode::InvalidProducerEpoch
+            }
+            LogError::Sequence(SequenceError::UnknownProducerId { .. }) => {
+                ErrorCode::UnknownProducerId
+            }
+            LogError::IdempotentBatchNotAlone => ErrorCode::InvalidRequest,
         }
     }
 }

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use meridian_wire::batch::{patch_batch, BATCH_LOG_OVERHEAD};
 
 use crate::group_commit::SyncHandle;
+use crate::producer_state::{self, ProducerStates, SequenceCheck};
 use crate::segment::{PlannedBatch, ReadSlice, Segment};
 use crate::validate::ValidatedBatches;
 use crate::{LogConfig, LogError};
@@ -21,6 +22,9 @@ pub struct AppendInfo {
     pub last_offset: i64,
     pub max_timestamp: i64,
     pub n_records: u64,
+    /// An idempotent producer's retry of a batch already in the log: nothing was
+    /// written and the offsets are the original ones.
+    pub duplicate: bool,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,7 +47,12 @@ pub struct PartitionLog {
     segments: Vec<Segment>,
     /// The clean-shutdown marker is on disk; the next append removes it first.
     marked_clean: bool,
+    /// Idempotent producers' recent batches (see `producer_state`).
+    producers: ProducerStates,
 }
+
+/// Producer snapshots kept per partition (the newest is the one used).
+const SNAPSHOTS_KEPT: usize = 2;
 
 /// Parses `NNNNNNNNNNNNNNNNNNNN.log` into its base offset.
 fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
@@ -119,12 +128,14 @@ impl PartitionLog {
             std::fs::remove_file(&marker)?;
             sync_dir(dir)?;
         }
-        let log = PartitionLog {
+        let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             config,
             segments,
             marked_clean: false,
+            producers: ProducerStates::default(),
         };
+        log.load_producer_states(now_ms)?;
         tracing::debug!(
             dir = %log.dir.display(),
             clean,
@@ -134,6 +145,43 @@ impl PartitionLog {
             "opened partition log"
         );
         Ok(log)
+    }
+
+    /// Rebuilds producer state: the newest snapshot at or below the active segment's
+    /// base, then the batch headers after it (normally just the active segment).
+    /// Replayed producers count as active at `now_ms` (when they last wrote is not in
+    /// the log).
+    fn load_producer_states(&mut self, now_ms: i64) -> Result<(), LogError> {
+        let active_base = self.active().base_offset;
+        let (from, states) = match producer_state::load_latest(&self.dir, active_base)? {
+            Some((offset, states)) => (offset, states),
+            None => (self.log_start_offset(), ProducerStates::default()),
+        };
+        self.producers = states;
+        for segment in &self.segments {
+            if segment.next_offset <= from {
+                continue;
+            }
+            let producers = &mut self.producers;
+            segment.for_each_header(|header| {
+                if header.base_offset >= from {
+                    producers.record(header, header.base_offset, now_ms);
+                }
+            })?;
+        }
+        producer_state::prune_snapshots(&self.dir, SNAPSHOTS_KEPT, self.log_end_offset())?;
+        Ok(())
+    }
+
+    /// Idempotent producers this partition remembers.
+    pub fn producer_count(&self) -> usize {
+        self.producers.len()
+    }
+
+    /// Forgets idempotent producers silent for `expiration_ms` (Kafka's
+    /// `producer.id.expiration.ms`); their next batch must start a new producer id.
+    pub fn expire_producers(&mut self, now_ms: i64, expiration_ms: i64) -> usize {
+        self.producers.expire(now_ms, expiration_ms)
     }
 
     pub fn config(&self) -> &LogConfig {
@@ -208,6 +256,26 @@ impl PartitionLog {
                 limit: u32::MAX,
             });
         }
+        let idempotent = batches.headers.iter().any(|h| h.producer_id >= 0);
+        if idempotent {
+            if batches.headers.len() != 1 {
+                return Err(LogError::IdempotentBatchNotAlone);
+            }
+            let header = &batches.headers[0];
+            if let SequenceCheck::Duplicate {
+                base_offset,
+                last_offset,
+            } = self.producers.check(header)?
+            {
+                return Ok(AppendInfo {
+                    base_offset,
+                    last_offset,
+                    max_timestamp: header.max_timestamp,
+                    n_records: header.records_count as u64,
+                    duplicate: true,
+                });
+            }
+        }
         if self.should_roll(total_bytes, batches.n_offsets(), now_ms) {
             self.roll()?;
         }
@@ -236,11 +304,17 @@ impl PartitionLog {
         let interval = self.config.index_interval_bytes;
         self.active_mut()
             .append(&bytes, &planned, interval, now_ms)?;
+        if idempotent {
+            for (header, planned) in batches.headers.iter().zip(&planned) {
+                self.producers.record(header, planned.base_offset, now_ms);
+            }
+        }
         Ok(AppendInfo {
             base_offset,
             last_offset: offset - 1,
             max_timestamp,
             n_records: batches.n_records(),
+            duplicate: false,
         })
     }
 
@@ -264,6 +338,10 @@ impl PartitionLog {
     fn roll(&mut self) -> Result<(), LogError> {
         self.active().sync()?;
         let next_base = self.log_end_offset();
+        // The producer state as of the new segment's start, so recovery replays only
+        // the new active segment.
+        producer_state::write_snapshot(&self.dir, next_base, &self.producers)?;
+        producer_state::prune_snapshots(&self.dir, SNAPSHOTS_KEPT, next_base)?;
         // On failure `create` leaves nothing behind and the old segment stays active.
         let segment = Segment::create(&self.dir, next_base)?;
         self.active_mut().seal();

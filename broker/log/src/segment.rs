@@ -332,6 +332,24 @@ impl Segment {
         })
     }
 
+    /// Calls `f` with every batch header, in order (no CRC checks: recovery already
+    /// vouched for the data).
+    pub fn for_each_header(&self, mut f: impl FnMut(&BatchHeader)) -> Result<(), LogError> {
+        let scan = scan_batches(
+            &self.file,
+            self.base_offset,
+            0,
+            self.size,
+            self.base_offset,
+            false,
+            |header, _| f(header),
+        )?;
+        if let Some((position, detail)) = scan.problem {
+            return Err(self.corrupt(position, detail));
+        }
+        Ok(())
+    }
+
     pub fn first_append_ms(&self) -> Option<i64> {
         self.active.as_ref().and_then(|a| a.first_append_ms)
     }

@@ -72,6 +72,9 @@ pub struct BrokerConfig {
     pub offset_metadata_max_bytes: u32,
     /// Partitions of the internal `__consumer_offsets` topic (fixed once created).
     pub offsets_topic_num_partitions: u32,
+    /// An idempotent producer silent this long is forgotten by each partition
+    /// (Kafka's `producer.id.expiration.ms`).
+    pub producer_id_expiration_ms: u64,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
 }
@@ -106,6 +109,7 @@ impl Default for BrokerConfig {
             group_heartbeat_interval_ms: 3_000,
             offset_metadata_max_bytes: 4_096,
             offsets_topic_num_partitions: 50,
+            producer_id_expiration_ms: 86_400_000,
             topic_defaults: TopicDefaults::default(),
         }
     }
@@ -202,6 +206,7 @@ impl BrokerConfig {
                 "offsets_topic_num_partitions",
                 self.offsets_topic_num_partitions as u64,
             ),
+            ("producer_id_expiration_ms", self.producer_id_expiration_ms),
         ];
         for (key, value) in positive {
             if value == 0 {

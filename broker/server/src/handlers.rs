@@ -54,7 +54,35 @@ impl Shared {
             Request::ListGroups(_) => Response::ListGroups(self.list_groups()),
             Request::DescribeGroups(r) => Response::DescribeGroups(self.describe_groups(r)),
             Request::DeleteGroups(r) => Response::DeleteGroups(self.delete_groups(r).await),
+            Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
         })
+    }
+
+    fn init_producer_id(&self, r: InitProducerIdRequest) -> InitProducerIdResponse {
+        let refuse = |error, message: String| InitProducerIdResponse {
+            error,
+            message,
+            producer_id: -1,
+            producer_epoch: -1,
+        };
+        if r.transactional_id.is_some() {
+            return refuse(
+                ErrorCode::UnsupportedVersion,
+                "transactions are not supported; omit the transactional id".into(),
+            );
+        }
+        match self.producer_ids.next() {
+            Ok(producer_id) => InitProducerIdResponse {
+                error: ErrorCode::None,
+                message: String::new(),
+                producer_id,
+                producer_epoch: 0,
+            },
+            Err(e) => refuse(
+                ErrorCode::StorageError,
+                format!("allocating a producer id: {e}"),
+            ),
+        }
     }
 
     fn api_versions(&self) -> ApiVersionsResponse {

@@ -10,6 +10,7 @@
 pub mod config;
 mod groups;
 mod handlers;
+mod producer_ids;
 pub mod tls;
 pub mod topic_config;
 pub mod topics;
@@ -41,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
     pub(crate) registry: Registry,
     pub(crate) groups: groups::Groups,
+    pub(crate) producer_ids: producer_ids::ProducerIds,
     pub(crate) group_commit: GroupCommit,
     pub(crate) local_addr: SocketAddr,
 }
@@ -99,6 +101,7 @@ impl Broker {
         );
 
         let groups = groups::Groups::open(&config, &registry)?;
+        let producer_ids = producer_ids::ProducerIds::open(&config.data_dir)?;
 
         let cert_path = config.tls_cert_path();
         let identity = tls::load_or_generate(
@@ -121,6 +124,7 @@ impl Broker {
             config,
             registry,
             groups,
+            producer_ids,
             group_commit: GroupCommit::start(),
             local_addr,
         });
@@ -389,6 +393,12 @@ async fn retention_loop(shared: Arc<Shared>) {
                     let Ok(mut log) = partition.log() else {
                         continue;
                     };
+                    let expiration_ms =
+                        shared.config.producer_id_expiration_ms.min(i64::MAX as u64) as i64;
+                    let expired = log.expire_producers(now, expiration_ms);
+                    if expired > 0 {
+                        tracing::debug!(topic = %topic.name, partition = partition.index, expired, "forgot idle idempotent producers");
+                    }
                     match log.apply_retention(now) {
                         Ok(outcome) if outcome.deleted_segments > 0 => tracing::info!(
                             topic = %topic.name,

@@ -76,6 +76,9 @@ error_codes! {
     NonEmptyGroup = 33, false, "the group has active members";
     OffsetMetadataTooLarge = 34, false, "the commit's metadata string is longer than the broker allows";
     InvalidCommitOffset = 35, false, "the committed offset is invalid";
+    OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
+    InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
+    UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
 }
 
 impl ErrorCode {

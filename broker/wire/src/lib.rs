@@ -13,6 +13,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod group;
+pub mod idempotence;
 pub mod messages;
 
 pub use error::ErrorCode;

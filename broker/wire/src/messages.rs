@@ -7,6 +7,7 @@ use bytes::Bytes;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 pub use crate::group::*;
+pub use crate::idempotence::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -29,10 +30,11 @@ pub enum ApiKey {
     ListGroups = 15,
     DescribeGroups = 16,
     DeleteGroups = 17,
+    InitProducerId = 18,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 18] = [
+    pub const ALL: [ApiKey; 19] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -51,6 +53,7 @@ impl ApiKey {
         ApiKey::ListGroups,
         ApiKey::DescribeGroups,
         ApiKey::DeleteGroups,
+        ApiKey::InitProducerId,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -89,6 +92,7 @@ pub enum Request {
     ListGroups(ListGroupsRequest),
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
+    InitProducerId(InitProducerIdRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -111,6 +115,7 @@ pub enum Response {
     ListGroups(ListGroupsResponse),
     DescribeGroups(DescribeGroupsResponse),
     DeleteGroups(DeleteGroupsResponse),
+    InitProducerId(InitProducerIdResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -444,6 +449,7 @@ impl Request {
             Request::ListGroups(_) => ApiKey::ListGroups,
             Request::DescribeGroups(_) => ApiKey::DescribeGroups,
             Request::DeleteGroups(_) => ApiKey::DeleteGroups,
+            Request::InitProducerId(_) => ApiKey::InitProducerId,
         }
     }
 
@@ -508,6 +514,7 @@ impl Request {
             Request::ListGroups(m) => m.encode(w),
             Request::DescribeGroups(m) => m.encode(w),
             Request::DeleteGroups(m) => m.encode(w),
+            Request::InitProducerId(m) => m.encode(w),
         }
     }
 
@@ -596,6 +603,7 @@ impl Request {
             ApiKey::ListGroups => Request::ListGroups(ListGroupsRequest::decode(r)?),
             ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(r)?),
             ApiKey::DeleteGroups => Request::DeleteGroups(DeleteGroupsRequest::decode(r)?),
+            ApiKey::InitProducerId => Request::InitProducerId(InitProducerIdRequest::decode(r)?),
         })
     }
 }
@@ -621,6 +629,7 @@ impl Response {
             Response::ListGroups(_) => ApiKey::ListGroups,
             Response::DescribeGroups(_) => ApiKey::DescribeGroups,
             Response::DeleteGroups(_) => ApiKey::DeleteGroups,
+            Response::InitProducerId(_) => ApiKey::InitProducerId,
         }
     }
 
@@ -726,6 +735,7 @@ impl Response {
             Response::ListGroups(m) => m.encode(w),
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
+            Response::InitProducerId(m) => m.encode(w),
         }
     }
 
@@ -863,6 +873,7 @@ impl Response {
             ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode(r)?),
             ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
             ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),
+            ApiKey::InitProducerId => Response::InitProducerId(InitProducerIdResponse::decode(r)?),
         })
     }
 }
@@ -1186,6 +1197,15 @@ mod tests {
                     target: tps,
                 }],
             }],
+        }));
+        check_request(Request::InitProducerId(InitProducerIdRequest {
+            transactional_id: None,
+        }));
+        check_response(Response::InitProducerId(InitProducerIdResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            producer_id: 4_000,
+            producer_epoch: 0,
         }));
         check_response(Response::DeleteGroups(DeleteGroupsResponse {
             results: vec![GroupResult {

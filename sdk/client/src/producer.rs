@@ -13,7 +13,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use meridian_wire::batch::{encode_batch, Compression, Header, NewRecord, ProducerIdentity};
 use meridian_wire::messages::{
-    ApiKey, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic, Request, Response,
+    ApiKey, InitProducerIdRequest, ProducePartition, ProduceRequest, ProduceResponse, ProduceTopic,
+    Request, Response,
 };
 use meridian_wire::ErrorCode;
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
@@ -111,6 +112,12 @@ pub struct ProducerConfig {
     /// How often a batch is sent again after a retriable error or connection loss.
     /// Default 3.
     pub retries: u32,
+    /// Idempotence: batches carry a producer id and per-partition sequence numbers, so
+    /// a retry of a batch the broker already wrote (say, its answer was lost) is not
+    /// written twice, and a gap is refused. Default on; it applies with
+    /// `max_in_flight_per_partition = 1` and acks other than [`Acks::None`] (otherwise
+    /// it is off).
+    pub enable_idempotence: bool,
 }
 
 impl Default for ProducerConfig {
@@ -124,6 +131,7 @@ impl Default for ProducerConfig {
             max_in_flight_per_partition: 1,
             buffer_memory: 32 * 1024 * 1024,
             retries: 3,
+            enable_idempotence: true,
         }
     }
 }
@@ -283,6 +291,63 @@ struct Shared {
     /// One permit per buffered byte.
     memory: Arc<Semaphore>,
     sender_started: AtomicBool,
+    /// Set when idempotence is in effect.
+    idempotence: Option<Idempotence>,
+}
+
+/// The producer id and the next sequence number of each partition.
+struct Idempotence {
+    /// `(producer_id, producer_epoch)`, fetched from the broker on first use and again
+    /// after a batch failed for good (its sequence numbers may now have a gap).
+    identity: tokio::sync::Mutex<Option<(i64, i16)>>,
+    /// Next sequence per partition, under the current identity.
+    sequences: StdMutex<std::collections::HashMap<TopicPartition, i32>>,
+}
+
+impl Idempotence {
+    async fn identity(&self, client: &Client) -> Result<(i64, i16)> {
+        let mut identity = self.identity.lock().await;
+        if let Some(known) = *identity {
+            return Ok(known);
+        }
+        let response = client
+            .request(Request::InitProducerId(InitProducerIdRequest {
+                transactional_id: None,
+            }))
+            .await?;
+        let Response::InitProducerId(r) = response else {
+            return Err(unexpected(ApiKey::InitProducerId, &response));
+        };
+        if !r.error.is_ok() {
+            return Err(Error::broker(r.error, r.message));
+        }
+        *identity = Some((r.producer_id, r.producer_epoch));
+        self.sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        Ok((r.producer_id, r.producer_epoch))
+    }
+
+    /// Takes the sequence numbers for `n` records of a partition.
+    fn take_sequence(&self, tp: &TopicPartition, n: usize) -> i32 {
+        let mut sequences = self.sequences.lock().unwrap_or_else(|p| p.into_inner());
+        let next = sequences.entry(tp.clone()).or_insert(0);
+        let first = *next;
+        *next = ((i64::from(first) + n as i64) % (i64::from(i32::MAX) + 1)) as i32;
+        first
+    }
+
+    /// A batch failed for good: later batches start over under a new producer id.
+    fn reset(&self) {
+        if let Ok(mut identity) = self.identity.try_lock() {
+            *identity = None;
+        }
+        self.sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+    }
 }
 
 /// Dropped with the last `Producer` clone: lets the sender send what is left and stop.
@@ -322,8 +387,16 @@ impl Producer {
             },
             RandomState::new().hash_one(Instant::now()) as u32,
         );
+        let idempotence = (config.enable_idempotence
+            && config.max_in_flight_per_partition == 1
+            && config.acks != Acks::None)
+            .then(|| Idempotence {
+                identity: tokio::sync::Mutex::new(None),
+                sequences: StdMutex::new(std::collections::HashMap::new()),
+            });
         let shared = Arc::new(Shared {
             client,
+            idempotence,
             memory: Arc::new(Semaphore::new(config.buffer_memory)),
             config,
             accumulator: StdMutex::new(accumulator),
@@ -478,7 +551,21 @@ async fn send_batches(shared: Arc<Shared>, batches: Vec<ProducerBatch<RecordHand
     let mut sendable = Vec::with_capacity(batches.len());
     for mut batch in batches {
         if batch.encoded.is_none() {
-            match encode_batch(&batch.records, config.compression, ProducerIdentity::NONE) {
+            let producer = match &shared.idempotence {
+                None => ProducerIdentity::NONE,
+                Some(idempotence) => match idempotence.identity(&shared.client).await {
+                    Ok((producer_id, producer_epoch)) => ProducerIdentity {
+                        producer_id,
+                        producer_epoch,
+                        base_sequence: idempotence.take_sequence(&batch.tp, batch.records.len()),
+                    },
+                    Err(e) => {
+                        settle(&shared, batch, Err(e));
+                        continue;
+                    }
+                },
+            };
+            match encode_batch(&batch.records, config.compression, producer) {
                 Ok(bytes) => batch.encoded = Some(bytes),
                 Err(e) => {
                     let error = Error::Config(format!("cannot encode batch: {e}"));
@@ -589,6 +676,13 @@ fn settle(shared: &Shared, batch: ProducerBatch<RecordHandle>, result: Result<(i
         shared.lock().retry(batch, Instant::now());
         shared.progress.send_modify(|n| *n += 1);
         return;
+    }
+    if result.is_err() {
+        if let Some(idempotence) = &shared.idempotence {
+            if batch.encoded.is_some() {
+                idempotence.reset();
+            }
+        }
     }
     let epoch = batch.epoch();
     let ProducerBatch {
