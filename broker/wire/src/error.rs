@@ -63,6 +63,8 @@ error_codes! {
     TopicDeletionInProgress = 20, true, "the topic is being deleted";
     BrokerShuttingDown = 21, true, "the broker is shutting down";
     CorruptLog = 22, false, "the partition's log on disk is corrupted; an operator must repair it";
+    // 60..=69: log lifecycle (compaction, delete records).
+    InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
 }
 
 impl ErrorCode {
