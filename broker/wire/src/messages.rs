@@ -18,10 +18,12 @@ pub enum ApiKey {
     Produce = 5,
     Fetch = 6,
     ListOffsets = 7,
+    /// Kafka's number. 8..=17 and 24..=29 are reserved for other work in progress.
+    DeleteRecords = 20,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 9] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -30,6 +32,7 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::DeleteRecords,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -58,6 +61,7 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +74,7 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    DeleteRecords(DeleteRecordsResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -346,6 +351,50 @@ pub struct ListOffsetsResponse {
     pub topics: Vec<ListOffsetsTopicResponse>,
 }
 
+// ---- DeleteRecords -----------------------------------------------------------------
+
+/// `DeleteRecordsPartition::offset` asking to delete everything (up to the log end).
+pub const DELETE_TO_END: i64 = -1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsPartition {
+    pub partition: u32,
+    /// The new log start offset: every record below it is deleted. [`DELETE_TO_END`]
+    /// means the log end offset.
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsTopic {
+    pub name: String,
+    pub partitions: Vec<DeleteRecordsPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsRequest {
+    pub topics: Vec<DeleteRecordsTopic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsPartitionResponse {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub message: String,
+    /// The log start offset after the request (Kafka's low watermark); -1 on error.
+    pub low_watermark: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsTopicResponse {
+    pub name: String,
+    pub partitions: Vec<DeleteRecordsPartitionResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsResponse {
+    pub topics: Vec<DeleteRecordsTopicResponse>,
+}
+
 // ---- encoding ----------------------------------------------------------------------
 
 fn error_code(r: &mut Reader) -> Result<ErrorCode, DecodeError> {
@@ -393,6 +442,7 @@ impl Request {
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::DeleteRecords(_) => ApiKey::DeleteRecords,
         }
     }
 
@@ -444,6 +494,15 @@ impl Request {
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.i64(p.timestamp);
+                    });
+                });
+            }
+            Request::DeleteRecords(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.i64(p.offset);
                     });
                 });
             }
@@ -525,6 +584,19 @@ impl Request {
                     })
                 })?,
             }),
+            ApiKey::DeleteRecords => Request::DeleteRecords(DeleteRecordsRequest {
+                topics: r.array(6, |r| {
+                    Ok(DeleteRecordsTopic {
+                        name: r.string()?,
+                        partitions: r.array(12, |r| {
+                            Ok(DeleteRecordsPartition {
+                                partition: r.u32()?,
+                                offset: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
         })
     }
 }
@@ -540,6 +612,7 @@ impl Response {
             Response::Produce(_) => ApiKey::Produce,
             Response::Fetch(_) => ApiKey::Fetch,
             Response::ListOffsets(_) => ApiKey::ListOffsets,
+            Response::DeleteRecords(_) => ApiKey::DeleteRecords,
         }
     }
 
@@ -632,6 +705,17 @@ impl Response {
                         w.u16(p.error as u16);
                         w.i64(p.offset);
                         w.i64(p.timestamp);
+                    });
+                });
+            }
+            Response::DeleteRecords(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.string(&p.message);
+                        w.i64(p.low_watermark);
                     });
                 });
             }
@@ -760,6 +844,21 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::DeleteRecords => Response::DeleteRecords(DeleteRecordsResponse {
+                topics: r.array(6, |r| {
+                    Ok(DeleteRecordsTopicResponse {
+                        name: r.string()?,
+                        partitions: r.array(16, |r| {
+                            Ok(DeleteRecordsPartitionResponse {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                message: r.string()?,
+                                low_watermark: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
         })
     }
 }
@@ -847,6 +946,21 @@ mod tests {
                     partition: 1,
                     timestamp: EARLIEST_TIMESTAMP,
                 }],
+            }],
+        }));
+        check_request(Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: "t".into(),
+                partitions: vec![
+                    DeleteRecordsPartition {
+                        partition: 0,
+                        offset: 42,
+                    },
+                    DeleteRecordsPartition {
+                        partition: 3,
+                        offset: DELETE_TO_END,
+                    },
+                ],
             }],
         }));
     }
@@ -949,6 +1063,25 @@ mod tests {
                     offset: 5,
                     timestamp: 100,
                 }],
+            }],
+        }));
+        check_response(Response::DeleteRecords(DeleteRecordsResponse {
+            topics: vec![DeleteRecordsTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    DeleteRecordsPartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        low_watermark: 42,
+                    },
+                    DeleteRecordsPartitionResponse {
+                        partition: 1,
+                        error: ErrorCode::OffsetOutOfRange,
+                        message: "past the end".into(),
+                        low_watermark: -1,
+                    },
+                ],
             }],
         }));
     }

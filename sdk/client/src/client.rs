@@ -420,6 +420,7 @@ fn response_kind(response: &Response) -> &'static str {
         Response::Produce(_) => "Produce",
         Response::Fetch(_) => "Fetch",
         Response::ListOffsets(_) => "ListOffsets",
+        Response::DeleteRecords(_) => "DeleteRecords",
     }
 }
 
