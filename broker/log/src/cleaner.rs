@@ -384,7 +384,8 @@ fn delete_oldest_first(segments: &[Segment]) -> io::Result<()> {
 }
 
 impl CleanedGroup {
-    fn discard(self) {
+    /// Drops the group without swapping it in, removing its files.
+    pub fn discard(self) {
         let paths = cleaned_paths(&self.dir, self.base_offset);
         for path in [&paths.log, &paths.offset_index, &paths.time_index] {
             if let Err(e) = remove_if_exists(path) {
