@@ -2,9 +2,10 @@
 
 use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
-    ConfigEntry, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, Request, Response,
-    TopicDescription, TopicResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    ConfigEntry, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition, DeleteRecordsRequest,
+    DeleteRecordsTopic, DeleteTopicsRequest, DescribeTopicsRequest, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, Request, Response, TopicDescription, TopicResult,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
@@ -179,6 +180,60 @@ impl Admin {
             .next()
             .ok_or_else(|| Error::Protocol(format!("no offset for {topic}/{partition}")))?
             .1
+    }
+
+    /// Deletes the records below `before` in each given partition of `topic` (Kafka's
+    /// DeleteRecords): `before` becomes the log start offset, reads below it fail with
+    /// [`ErrorCode::OffsetOutOfRange`], and `Offset::Latest` deletes everything written
+    /// so far. Returns each partition's new log start offset, in the order asked; a
+    /// partition that failed (unknown, or `before` past its end) is an `Err` there.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        before: &[(u32, Offset)],
+    ) -> Result<Vec<(u32, Result<i64>)>> {
+        let mut partitions = Vec::with_capacity(before.len());
+        for &(partition, at) in before {
+            let offset = match at {
+                Offset::At(offset) if offset >= 0 => offset,
+                Offset::Latest => DELETE_TO_END,
+                other => {
+                    return Err(Error::Config(format!(
+                        "delete_records takes an offset or Latest, not {other:?}"
+                    )))
+                }
+            };
+            partitions.push(DeleteRecordsPartition { partition, offset });
+        }
+        let request = Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: topic.to_string(),
+                partitions,
+            }],
+        });
+        let response = self.client.request(request).await?;
+        let Response::DeleteRecords(response) = response else {
+            return Err(unexpected(ApiKey::DeleteRecords, &response));
+        };
+        let answers = response.topics.iter().find(|t| t.name == topic);
+        Ok(before
+            .iter()
+            .map(|&(partition, _)| {
+                let found =
+                    answers.and_then(|t| t.partitions.iter().find(|p| p.partition == partition));
+                let result = match found {
+                    None => Err(Error::Protocol(format!(
+                        "DeleteRecords response lacks {topic}/{partition}"
+                    ))),
+                    Some(p) if p.error.is_ok() => Ok(p.low_watermark),
+                    Some(p) => Err(Error::broker(
+                        p.error,
+                        format!("{topic}/{partition}: {}", p.message),
+                    )),
+                };
+                (partition, result)
+            })
+            .collect())
     }
 
     /// Looks up several partitions of one topic in one request; one result per asked
