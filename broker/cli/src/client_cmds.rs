@@ -46,6 +46,19 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Delete the records below an offset (Kafka's delete-records): the offset becomes
+    /// the partition's log start offset, and reads below it fail with OffsetOutOfRange.
+    TruncateBefore {
+        name: String,
+        /// Partition to truncate, repeatable (default: every partition).
+        #[arg(long, short)]
+        partition: Vec<u32>,
+        /// The new log start offset, or `latest` for everything written so far.
+        #[arg(long)]
+        offset: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
 }
 
 pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
@@ -89,7 +102,7 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("configs:");
             for c in &d.configs {
                 println!(
-                    "  {:<22} {}{}",
+                    "  {:<26} {}{}",
                     c.key,
                     c.value,
                     if c.is_default { "  (default)" } else { "" }
@@ -114,6 +127,43 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Delete { name, connect } => {
             connect.connect().await?.admin().delete_topic(&name).await?;
             println!("deleted topic {name}");
+        }
+        TopicCommand::TruncateBefore {
+            name,
+            partition,
+            offset,
+            connect,
+        } => {
+            let offset = match offset.as_str() {
+                "latest" | "end" => Offset::Latest,
+                s => Offset::At(
+                    s.parse()
+                        .ok()
+                        .filter(|o: &i64| *o >= 0)
+                        .with_context(|| format!("--offset {s}: expected an offset or latest"))?,
+                ),
+            };
+            let admin = connect.connect().await?.admin();
+            let partitions = if partition.is_empty() {
+                let n = admin.describe_topic(&name).await?.partitions.len() as u32;
+                (0..n).collect()
+            } else {
+                partition
+            };
+            let asks: Vec<(u32, Offset)> = partitions.iter().map(|&p| (p, offset)).collect();
+            let mut failed = 0;
+            for (p, result) in admin.delete_records(&name, &asks).await? {
+                match result {
+                    Ok(start) => println!("{name}/{p}: log start offset {start}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{name}/{p}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} partition(s) were not truncated");
+            }
         }
     }
     Ok(())
