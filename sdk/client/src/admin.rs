@@ -216,24 +216,23 @@ impl Admin {
             return Err(unexpected(ApiKey::DeleteRecords, &response));
         };
         let answers = response.topics.iter().find(|t| t.name == topic);
-        Ok(before
-            .iter()
-            .map(|&(partition, _)| {
-                let found =
-                    answers.and_then(|t| t.partitions.iter().find(|p| p.partition == partition));
-                let result = match found {
-                    None => Err(Error::Protocol(format!(
-                        "DeleteRecords response lacks {topic}/{partition}"
-                    ))),
-                    Some(p) if p.error.is_ok() => Ok(p.low_watermark),
-                    Some(p) => Err(Error::broker(
+        Ok(per_partition(
+            ApiKey::DeleteRecords,
+            topic,
+            before.iter().map(|&(partition, _)| partition),
+            answers.map_or(&[], |t| &t.partitions[..]),
+            |p| p.partition,
+            |p| {
+                if p.error.is_ok() {
+                    Ok(p.low_watermark)
+                } else {
+                    Err(Error::broker(
                         p.error,
-                        format!("{topic}/{partition}: {}", p.message),
-                    )),
-                };
-                (partition, result)
-            })
-            .collect())
+                        format!("{topic}/{}: {}", p.partition, p.message),
+                    ))
+                }
+            },
+        ))
     }
 
     /// Looks up several partitions of one topic in one request; one result per asked
@@ -260,33 +259,53 @@ impl Admin {
             return Err(unexpected(ApiKey::ListOffsets, &response));
         };
         let answers = response.topics.iter().find(|t| t.name == topic);
-        Ok(asks
-            .iter()
-            .map(|&(partition, _)| {
-                let found =
-                    answers.and_then(|t| t.partitions.iter().find(|p| p.partition == partition));
-                let result = match found {
-                    None => Err(Error::Protocol(format!(
-                        "ListOffsets response lacks {topic}/{partition}"
-                    ))),
-                    Some(p) if p.error.is_ok() => Ok(p.offset),
-                    Some(p) => {
-                        if matches!(
-                            p.error,
-                            ErrorCode::UnknownTopic | ErrorCode::InvalidPartition
-                        ) {
-                            self.client.invalidate_partition_count(topic);
-                        }
-                        Err(Error::broker(
-                            p.error,
-                            format!("{topic}/{partition}: {}", p.error.description()),
-                        ))
-                    }
-                };
-                (partition, result)
-            })
-            .collect())
+        Ok(per_partition(
+            ApiKey::ListOffsets,
+            topic,
+            asks.iter().map(|&(partition, _)| partition),
+            answers.map_or(&[], |t| &t.partitions[..]),
+            |p| p.partition,
+            |p| {
+                if p.error.is_ok() {
+                    return Ok(p.offset);
+                }
+                if matches!(
+                    p.error,
+                    ErrorCode::UnknownTopic | ErrorCode::InvalidPartition
+                ) {
+                    self.client.invalidate_partition_count(topic);
+                }
+                Err(Error::broker(
+                    p.error,
+                    format!("{topic}/{}: {}", p.partition, p.error.description()),
+                ))
+            },
+        ))
     }
+}
+
+/// One result per asked partition, in the order asked: `answer` turns a partition's
+/// entry of the response into its result; a partition the response lacks is a
+/// protocol error.
+fn per_partition<P>(
+    api: ApiKey,
+    topic: &str,
+    asked: impl Iterator<Item = u32>,
+    answers: &[P],
+    partition_of: impl Fn(&P) -> u32,
+    answer: impl Fn(&P) -> Result<i64>,
+) -> Vec<(u32, Result<i64>)> {
+    asked
+        .map(|partition| {
+            let result = match answers.iter().find(|p| partition_of(p) == partition) {
+                None => Err(Error::Protocol(format!(
+                    "{api:?} response lacks {topic}/{partition}"
+                ))),
+                Some(p) => answer(p),
+            };
+            (partition, result)
+        })
+        .collect()
 }
 
 fn topic_result(results: &[TopicResult], name: &str) -> Result<()> {
