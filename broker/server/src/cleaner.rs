@@ -50,11 +50,17 @@ impl IoBudget {
         end.saturating_duration_since(now)
     }
 
-    /// Accounts for `bytes` just read or written, sleeping to stay within the budget.
-    pub(crate) fn consume(&self, bytes: u64) {
-        let wait = self.reserve(Instant::now(), bytes);
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
+    /// Accounts for `bytes` just read or written, sleeping to stay within the budget,
+    /// unless `stop` is set (checked whenever the thread is unparked).
+    pub(crate) fn consume(&self, bytes: u64, stop: &AtomicBool) {
+        let now = Instant::now();
+        let deadline = now + self.reserve(now, bytes);
+        loop {
+            let now = Instant::now();
+            if now >= deadline || stop.load(Ordering::SeqCst) {
+                return;
+            }
+            std::thread::park_timeout(deadline - now);
         }
     }
 }
@@ -93,8 +99,9 @@ impl Cleaner {
         Ok(Cleaner { state, threads })
     }
 
-    /// Stops the threads: a clean in progress drops its current group (its temporary
-    /// files are removed) instead of swapping it in, and stops pacing its I/O.
+    /// Stops the threads: a clean in progress stops pacing its I/O (a thread waiting
+    /// for budget is woken) and drops its current group (its temporary files are
+    /// removed) instead of swapping it in.
     pub(crate) fn stop(self) {
         self.state.stop.store(true, Ordering::SeqCst);
         for thread in &self.threads {
@@ -179,11 +186,7 @@ fn clean_partition(
     };
     let stopping = || state.stop.load(Ordering::SeqCst);
     let stats = plan.run(
-        &mut |bytes| {
-            if !stopping() {
-                state.budget.consume(bytes);
-            }
-        },
+        &mut |bytes| state.budget.consume(bytes, &state.stop),
         &mut |group| match partition.log() {
             Ok(mut log) if !stopping() => log.swap_cleaned(group),
             _ => {
@@ -221,12 +224,30 @@ mod tests {
     #[test]
     fn consuming_over_budget_takes_the_time_it_should() {
         let budget = IoBudget::new(2_000_000);
+        let stop = AtomicBool::new(false);
         let started = Instant::now();
         for _ in 0..4 {
-            budget.consume(100_000);
+            budget.consume(100_000, &stop);
         }
         let elapsed = started.elapsed();
         assert!(elapsed >= Duration::from_millis(200), "{elapsed:?}");
         assert!(elapsed < Duration::from_secs(2), "{elapsed:?}");
+    }
+
+    #[test]
+    fn stopping_wakes_a_thread_waiting_for_budget() {
+        let budget = Arc::new(IoBudget::new(1));
+        let stop = Arc::new(AtomicBool::new(false));
+        let waiter = {
+            let (budget, stop) = (budget.clone(), stop.clone());
+            // A day's worth of budget at 1 byte per second.
+            std::thread::spawn(move || budget.consume(86_400, &stop))
+        };
+        std::thread::sleep(Duration::from_millis(50));
+        stop.store(true, Ordering::SeqCst);
+        waiter.thread().unpark();
+        let started = Instant::now();
+        waiter.join().unwrap();
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
