@@ -22,9 +22,13 @@
 //!
 //! # Invariants
 //!
-//! - Offsets inside a segment are dense: each batch's base offset is the previous
-//!   batch's last offset + 1, and the first batch's is the segment's base offset.
-//!   Recovery and reads check this (a base offset is not covered by the CRC).
+//! - Offsets inside the active segment are dense: each batch's base offset is the
+//!   previous batch's last offset + 1, and the first batch's is the segment's base
+//!   offset. Sealed segments may have gaps after compaction (see [`CleanPlan`]): there
+//!   each batch starts after the previous one ends, the first at or after the base
+//!   offset. Recovery and reads check this (a base offset is not covered by the CRC).
+//! - The log start offset is the first segment's base offset, or later after
+//!   [`PartitionLog::delete_before`] (persisted in [`LOG_START_OFFSET_FILE`]).
 //! - A sealed segment is non-empty, at most 4 GiB, ends exactly at a batch boundary,
 //!   and its last offset is below the next segment's base offset. Sealed files are
 //!   fdatasynced (with their indexes and the directory) before the next segment exists.
@@ -36,7 +40,8 @@
 //!
 //! # Crash recovery
 //!
-//! Only the active segment is ever scanned. Recovery starts at the last time-index
+//! Before anything else, open completes or removes an interrupted clean (see
+//! [`CleanPlan`]). Only the active segment is ever scanned. Recovery starts at the last time-index
 //! entry that has a matching offset-index entry (starting at a time entry keeps the
 //! running max timestamp, and so the rebuilt time index, exact) or at the segment
 //! start, walks batch headers up to the last offset-index entry (requiring it to land

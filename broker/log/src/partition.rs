@@ -319,9 +319,10 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Plans a read of whole batches from the batch holding `offset`, up to `max_bytes`
-    /// but always at least one whole batch. `offset == log_end_offset()` gives `None`;
-    /// outside `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
+    /// Plans a read of whole batches from the batch holding `offset` (or, when
+    /// compaction removed it, the first batch after it), up to `max_bytes` but always
+    /// at least one whole batch. `offset == log_end_offset()` gives `None`; outside
+    /// `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
     pub fn read(&self, offset: i64, max_bytes: u32) -> Result<Option<ReadSlice>, LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
         if offset < log_start || offset > log_end {
