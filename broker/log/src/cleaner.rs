@@ -45,8 +45,9 @@
 //! `min.cleanable.dirty.ratio` of the cleanable bytes. The checkpoint (the first dirty
 //! offset) lives in [`CLEANER_CHECKPOINT_FILE`].
 //!
-//! The key map holds every distinct key of the dirty part (its memory is the sum of
-//! those keys plus ~40 bytes each).
+//! The key map holds the distinct keys of the dirty part (their bytes plus ~48 bytes
+//! each), up to a cap ([`CleanPlan::limit_key_map`]): a full map ends the pass at a
+//! segment boundary and the rest of the dirty part waits for the next pass.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
@@ -103,6 +104,8 @@ pub struct CleanPlan {
     pub dirty_bytes: u64,
     /// Bytes of all cleanable segments.
     pub cleanable_bytes: u64,
+    /// Memory the key map may take (estimated); see [`CleanPlan::limit_key_map`].
+    key_map_bytes_max: u64,
 }
 
 /// What a clean did.
@@ -119,6 +122,9 @@ pub struct CleanStats {
     /// False when a swap found the log changed meanwhile (retention or
     /// `delete_before` removed a segment) and the pass stopped; it runs again later.
     pub completed: bool,
+    /// Everything before this offset is clean after this pass (the next checkpoint).
+    /// Short of the plan's cleanable end when the key map filled up.
+    pub end_offset: i64,
 }
 
 /// One group of segments rewritten into one new (maybe empty) segment, not yet
@@ -274,6 +280,7 @@ impl PartitionLog {
             index_interval_bytes: config.index_interval_bytes,
             dirty_bytes,
             cleanable_bytes,
+            key_map_bytes_max: u64::MAX,
         }))
     }
 
@@ -352,9 +359,13 @@ impl PartitionLog {
         Ok(true)
     }
 
-    /// Records that everything the plan covered is clean (writes the checkpoint).
-    pub fn finish_clean(&mut self, plan: &CleanPlan) -> Result<(), LogError> {
-        write_offset_file(&self.dir, CLEANER_CHECKPOINT_FILE, plan.end_offset)
+    /// Records what a completed pass cleaned (writes the checkpoint); does nothing
+    /// after an incomplete one.
+    pub fn finish_clean(&mut self, stats: &CleanStats) -> Result<(), LogError> {
+        if !stats.completed {
+            return Ok(());
+        }
+        write_offset_file(&self.dir, CLEANER_CHECKPOINT_FILE, stats.end_offset)
     }
 
     /// Plans, runs and swaps a clean in one call, holding `&mut self` throughout (for
@@ -369,9 +380,7 @@ impl PartitionLog {
             return Ok(None);
         };
         let stats = plan.run(io, &mut |group| self.swap_cleaned(group))?;
-        if stats.completed {
-            self.finish_clean(&plan)?;
-        }
+        self.finish_clean(&stats)?;
         Ok(Some(stats))
     }
 }
@@ -398,10 +407,20 @@ impl CleanedGroup {
 /// Latest offset of every key in the dirty part.
 type KeyMap = HashMap<Box<[u8]>, i64>;
 
+/// Estimated memory of one key-map entry besides the key bytes: the boxed slice's
+/// pointer and length, the offset, and the hash table's slot and control byte with
+/// its spare capacity.
+const KEY_ENTRY_OVERHEAD_BYTES: u64 = 48;
+
 impl CleanPlan {
-    /// Base offset of the first segment not covered (the checkpoint after this clean).
-    pub fn end_offset(&self) -> i64 {
-        self.end_offset
+    /// Caps the key map at about `bytes` (keys plus ~48 bytes each): once it is full,
+    /// mapping stops at the end of the current batch and this pass cleans only the
+    /// segments before the one being mapped; the rest stays dirty for the next pass.
+    /// The first dirty segment is always mapped whole, so every pass makes progress;
+    /// the map may exceed the cap by that segment's keys or one batch's.
+    pub fn limit_key_map(mut self, bytes: u64) -> CleanPlan {
+        self.key_map_bytes_max = bytes;
+        self
     }
 
     /// Runs the clean: builds the key map, rewrites each group and hands it to `swap`
@@ -412,12 +431,16 @@ impl CleanPlan {
         io: &mut dyn FnMut(u64),
         swap: &mut dyn FnMut(CleanedGroup) -> Result<bool, LogError>,
     ) -> Result<CleanStats, LogError> {
-        let map = self.build_key_map(io)?;
+        let (map, n_covered) = self.build_key_map(io)?;
         let mut stats = CleanStats {
-            segments_before: self.segments.len(),
+            segments_before: n_covered,
+            end_offset: self
+                .segments
+                .get(n_covered)
+                .map_or(self.end_offset, |s| s.base_offset),
             ..CleanStats::default()
         };
-        for group in self.groups() {
+        for group in self.groups(n_covered) {
             let cleaned = self.clean_group(&map, group, io, &mut stats)?;
             let has_output = cleaned.output.is_some();
             if !swap(cleaned)? {
@@ -429,39 +452,55 @@ impl CleanPlan {
         Ok(stats)
     }
 
-    fn build_key_map(&self, io: &mut dyn FnMut(u64)) -> Result<KeyMap, LogError> {
+    /// Maps the dirty segments' keys to their latest offsets, up to the key-map cap.
+    /// Also returns how many leading segments this pass cleans: all of them, or those
+    /// before the segment whose mapping the cap cut short. Offsets in the map from a
+    /// partly mapped segment are still right to use: a record they supersede has a
+    /// later record in the log.
+    fn build_key_map(&self, io: &mut dyn FnMut(u64)) -> Result<(KeyMap, usize), LogError> {
         let mut map = KeyMap::new();
-        for segment in &self.segments {
+        let mut map_bytes = 0u64;
+        let mut first_dirty = true;
+        for (i, segment) in self.segments.iter().enumerate() {
             if segment.next_offset <= self.first_dirty_offset {
                 continue;
             }
+            let mut cut_short = false;
             for_each_batch(segment, io, |header, batch, _| {
-                if header.is_control() {
-                    return Ok(());
-                }
-                for_each_record(header, &batch, |record| {
-                    if let Some(key) = record.key {
-                        match map.get_mut(key) {
-                            Some(latest) => *latest = record.offset,
-                            None => {
-                                map.insert(key.into(), record.offset);
+                if !header.is_control() {
+                    for_each_record(header, &batch, |record| {
+                        if let Some(key) = record.key {
+                            match map.get_mut(key) {
+                                Some(latest) => *latest = record.offset,
+                                None => {
+                                    map_bytes += key.len() as u64 + KEY_ENTRY_OVERHEAD_BYTES;
+                                    map.insert(key.into(), record.offset);
+                                }
                             }
                         }
-                    }
-                })?;
-                Ok(())
+                    })?;
+                }
+                cut_short = !first_dirty && map_bytes > self.key_map_bytes_max;
+                Ok(!cut_short)
             })?;
+            if cut_short {
+                return Ok((map, i));
+            }
+            first_dirty = false;
+            if map_bytes > self.key_map_bytes_max {
+                return Ok((map, i + 1));
+            }
         }
-        Ok(map)
+        Ok((map, self.segments.len()))
     }
 
-    /// Consecutive segments whose total size fits one segment and whose offsets fit
-    /// one segment's `u32` relative offsets.
-    fn groups(&self) -> Vec<Range<usize>> {
+    /// The first `n` segments in groups of consecutive segments whose total size fits
+    /// one segment and whose offsets fit one segment's `u32` relative offsets.
+    fn groups(&self, n: usize) -> Vec<Range<usize>> {
         let mut groups = Vec::new();
         let mut start = 0;
         let mut bytes = 0u64;
-        for (i, segment) in self.segments.iter().enumerate() {
+        for (i, segment) in self.segments[..n].iter().enumerate() {
             let base = self.segments[start].base_offset;
             let fits = bytes + segment.size <= self.max_group_bytes
                 && segment.next_offset - 1 - base <= u32::MAX as i64;
@@ -472,7 +511,7 @@ impl CleanPlan {
             }
             bytes += segment.size;
         }
-        groups.push(start..self.segments.len());
+        groups.push(start..n);
         groups
     }
 
@@ -547,7 +586,7 @@ impl CleanPlan {
                 } else {
                     match retain_records(header, &batch, |record| self.keep(map, record))? {
                         Retained::All => batch,
-                        Retained::Nothing => return Ok(()),
+                        Retained::Nothing => return Ok(true),
                         Retained::Some(rewritten) => rewritten,
                     }
                 };
@@ -569,7 +608,7 @@ impl CleanPlan {
                     written += out.len() as u64;
                     out.clear();
                 }
-                Ok(())
+                Ok(true)
             })?;
         }
         if !out.is_empty() {
@@ -596,11 +635,12 @@ impl CleanPlan {
 }
 
 /// Calls `f` with every batch of a sealed segment, CRC-checked (a clean must not
-/// launder corruption into a fresh CRC), reading in large chunks.
+/// launder corruption into a fresh CRC), reading in large chunks, until `f` returns
+/// `false`.
 fn for_each_batch(
     segment: &SegmentSnapshot,
     io: &mut dyn FnMut(u64),
-    mut f: impl FnMut(&BatchHeader, Bytes, &mut dyn FnMut(u64)) -> Result<(), LogError>,
+    mut f: impl FnMut(&BatchHeader, Bytes, &mut dyn FnMut(u64)) -> Result<bool, LogError>,
 ) -> Result<(), LogError> {
     let corrupt = |position: u64, detail: String| LogError::Corrupt {
         path: segment.path.clone(),
@@ -625,7 +665,9 @@ fn for_each_batch(
             header
                 .validate(&batch)
                 .map_err(|e| corrupt(position + consumed, e.to_string()))?;
-            f(&header, batch, io)?;
+            if !f(&header, batch, io)? {
+                return Ok(());
+            }
             consumed += header.total_len() as u64;
         }
         if consumed == 0 {
@@ -649,7 +691,9 @@ fn for_each_batch(
             header
                 .validate(&batch)
                 .map_err(|e| corrupt(position, e.to_string()))?;
-            f(&header, batch, io)?;
+            if !f(&header, batch, io)? {
+                return Ok(());
+            }
             consumed = len;
         }
         position += consumed;

@@ -184,6 +184,10 @@ fn clean_partition(
     let Some(plan) = plan else {
         return Ok(None);
     };
+    let config = &state.shared.config;
+    let plan = plan.limit_key_map(
+        config.log_cleaner_dedupe_buffer_size / u64::from(config.log_cleaner_threads.max(1)),
+    );
     let stopping = || state.stop.load(Ordering::SeqCst);
     let stats = plan.run(
         &mut |bytes| state.budget.consume(bytes, &state.stop),
@@ -195,10 +199,8 @@ fn clean_partition(
             }
         },
     )?;
-    if stats.completed {
-        if let Ok(mut log) = partition.log() {
-            log.finish_clean(&plan)?;
-        }
+    if let Ok(mut log) = partition.log() {
+        log.finish_clean(&stats)?;
     }
     Ok(Some(stats))
 }

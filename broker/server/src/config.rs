@@ -64,6 +64,10 @@ pub struct BrokerConfig {
     /// How long an idle cleaner thread waits before looking for a partition to clean
     /// again (Kafka's `log.cleaner.backoff.ms`).
     pub log_cleaner_backoff_ms: u64,
+    /// Memory for the cleaners' key maps, split evenly between the threads (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`); a partition with more distinct dirty keys is
+    /// cleaned over several passes.
+    pub log_cleaner_dedupe_buffer_size: u64,
     /// Close connections idle for this long.
     pub idle_timeout_ms: u64,
     /// UDP socket send and receive buffers (the kernel caps them at
@@ -98,6 +102,7 @@ impl Default for BrokerConfig {
             log_cleaner_threads: 1,
             log_cleaner_io_max_bytes_per_second: 0,
             log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 * 1024 * 1024,
             idle_timeout_ms: 60_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
@@ -184,6 +189,10 @@ impl BrokerConfig {
             ("idle_timeout_ms", self.idle_timeout_ms),
             ("log_cleaner_threads", self.log_cleaner_threads as u64),
             ("log_cleaner_backoff_ms", self.log_cleaner_backoff_ms),
+            (
+                "log_cleaner_dedupe_buffer_size",
+                self.log_cleaner_dedupe_buffer_size,
+            ),
             ("udp_buffer_bytes", self.udp_buffer_bytes as u64),
         ];
         for (key, value) in positive {
@@ -319,6 +328,10 @@ mod tests {
             (
                 "log_cleaner_backoff_ms=0",
                 "log_cleaner_backoff_ms must be greater than 0",
+            ),
+            (
+                "log_cleaner_dedupe_buffer_size=0",
+                "log_cleaner_dedupe_buffer_size must be greater than 0",
             ),
             (
                 "topic_defaults.cleanup_policy=compacted",

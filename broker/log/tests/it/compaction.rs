@@ -545,6 +545,54 @@ fn a_group_changed_by_retention_meanwhile_is_not_swapped() {
 }
 
 #[test]
+fn a_full_key_map_cleans_in_several_passes_to_the_same_result() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    // Many distinct keys: every segment brings new ones.
+    let records: Vec<Produced> = (0..400u16)
+        .map(|i| Produced {
+            key: Some((i % 97) as u8),
+            value: Some(i),
+            timestamp: 10,
+        })
+        .collect();
+    let produced = produce(&mut log, &records, &[4], Compression::None);
+    let bases = log.segment_base_offsets();
+    let sealed_end = *bases.last().unwrap();
+    assert!(bases.len() > 4);
+    // A cap of one byte: each pass maps one dirty segment, cleans up to its end.
+    let mut passes = 0;
+    let mut checkpoints = Vec::new();
+    while let Some(plan) = log.plan_clean(100).unwrap() {
+        let plan = plan.limit_key_map(1);
+        let stats = plan
+            .run(&mut |_| {}, &mut |group| log.swap_cleaned(group))
+            .unwrap();
+        assert!(stats.completed);
+        log.finish_clean(&stats).unwrap();
+        checkpoints.push(stats.end_offset);
+        passes += 1;
+        assert!(passes <= bases.len(), "no progress: {checkpoints:?}");
+    }
+    assert_eq!(
+        checkpoints.first(),
+        Some(&bases[1]),
+        "the first pass covers one segment"
+    );
+    assert!(
+        checkpoints.windows(2).all(|w| w[0] < w[1]),
+        "{checkpoints:?}"
+    );
+    assert_eq!(checkpoints.last(), Some(&sealed_end));
+    assert_eq!(passes, bases.len() - 1);
+    check_contents(
+        &log,
+        &produced,
+        &expected_after_clean(&produced, sealed_end, 0),
+    );
+}
+
+#[test]
 fn the_io_callback_sees_every_byte_read_and_written() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
