@@ -172,7 +172,7 @@ fn record_strategy() -> impl Strategy<Value = Produced> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
     /// After cleaning (twice, with more data in between, and after a reopen), reading
     /// from the start gives every record that must stay and nothing else: the latest
@@ -224,6 +224,17 @@ proptest! {
                 position = header.last_offset() + 1;
             }
             prop_assert_eq!(first_read, first_after);
+        }
+
+        // Timestamp lookups find the first remaining record at or after a time.
+        let by_offset: HashMap<i64, i64> =
+            produced.iter().map(|(o, r)| (*o, r.timestamp)).collect();
+        for timestamp in [0, 1, 25, 50, 99, 100] {
+            let want = expected
+                .iter()
+                .map(|o| (*o, by_offset[o]))
+                .find(|(_, t)| *t >= timestamp);
+            prop_assert_eq!(log.offset_for_timestamp(timestamp).unwrap(), want);
         }
 
         drop(log);
