@@ -168,9 +168,14 @@ async fn topic_admin_errors() {
             "unknown topic config",
         ),
         (
-            NewTopic::new("cfg", 1).config("cleanup.policy", "compact"),
+            NewTopic::new("cfg", 1).config("cleanup.policy", "compacted"),
             ErrorCode::InvalidConfig,
-            "not supported yet",
+            "expected delete, compact or compact,delete",
+        ),
+        (
+            NewTopic::new("cfg", 1).config("min.cleanable.dirty.ratio", "1.5"),
+            ErrorCode::InvalidConfig,
+            "between 0 and 1",
         ),
         (
             NewTopic {

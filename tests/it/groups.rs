@@ -9,8 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use meridian_client::{
-    Assignor, Client, ConsumerConfig, ErrorCode, GroupConfig, NewTopic, OffsetCommit, OffsetReset,
-    ProducerConfig, ProducerRecord, RebalanceListener,
+    Assignor, AutoOffsetReset, Client, ConsumerConfig, ErrorCode, GroupConfig, NewTopic,
+    OffsetCommit, ProducerConfig, ProducerRecord, RebalanceListener,
 };
 
 use crate::harness::TestBroker;
@@ -310,7 +310,7 @@ async fn cooperative_rebalance_keeps_unaffected_partitions_consuming() {
         produce_n(&client, topic, 6, 600).await;
         let events = Arc::new(Mutex::new(Vec::new()));
         let mut first = client.consumer(ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
+            auto_offset_reset: AutoOffsetReset::Earliest,
             max_partition_fetch_bytes: 256,
             ..ConsumerConfig::default()
         });
@@ -325,7 +325,7 @@ async fn cooperative_rebalance_keeps_unaffected_partitions_consuming() {
         .await;
 
         let mut second = client.consumer(ConsumerConfig {
-            auto_offset_reset: OffsetReset::Earliest,
+            auto_offset_reset: AutoOffsetReset::Earliest,
             ..ConsumerConfig::default()
         });
         second
@@ -634,7 +634,7 @@ async fn group_limits_are_enforced() {
     async fn first_error(
         client: &Client,
         config: GroupConfig,
-        reset: OffsetReset,
+        reset: AutoOffsetReset,
     ) -> meridian_client::Error {
         let mut c = client.consumer(ConsumerConfig {
             auto_offset_reset: reset,
@@ -654,7 +654,7 @@ async fn group_limits_are_enforced() {
             session_timeout: session,
             ..GroupConfig::new("limits")
         };
-        let e = first_error(&client, config, OffsetReset::Latest).await;
+        let e = first_error(&client, config, AutoOffsetReset::Latest).await;
         assert_eq!(e.code(), Some(ErrorCode::InvalidSessionTimeout), "{e}");
     }
     let config = GroupConfig {
@@ -666,7 +666,7 @@ async fn group_limits_are_enforced() {
         group_id: "limits-none".into(),
         ..config.clone()
     };
-    let e = first_error(&client, none, OffsetReset::None).await;
+    let e = first_error(&client, none, AutoOffsetReset::None).await;
     assert!(e.to_string().contains("no committed offset"), "{e}");
 
     // group_max_size=2: the third member is refused.
@@ -677,7 +677,7 @@ async fn group_limits_are_enforced() {
         c.poll(Duration::from_millis(300)).await.unwrap();
         members.push(c);
     }
-    let e = first_error(&client, config.clone(), OffsetReset::Latest).await;
+    let e = first_error(&client, config.clone(), AutoOffsetReset::Latest).await;
     assert_eq!(e.code(), Some(ErrorCode::GroupMaxSizeReached), "{e}");
 
     // A member's commit carries its metadata string.

@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod cli;
+mod compaction;
 mod crash;
 mod groups;
 mod harness;

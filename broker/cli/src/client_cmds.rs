@@ -7,8 +7,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_client::{
-    Acks, Assignor, Compression, ConsumerConfig, ConsumerRecord, GroupConfig, NewTopic, Offset,
-    OffsetReset, ProducerConfig, ProducerRecord,
+    Acks, Assignor, AutoOffsetReset, Compression, ConsumerConfig, ConsumerRecord, GroupConfig,
+    NewTopic, Offset, ProducerConfig, ProducerRecord,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -46,6 +46,19 @@ pub enum TopicCommand {
     /// Delete a topic and its data.
     Delete {
         name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Delete the records below an offset (Kafka's delete-records): the offset becomes
+    /// the partition's log start offset, and reads below it fail with OffsetOutOfRange.
+    TruncateBefore {
+        name: String,
+        /// Partition to truncate, repeatable (default: every partition).
+        #[arg(long, short)]
+        partition: Vec<u32>,
+        /// The new log start offset, or `latest` for everything written so far.
+        #[arg(long)]
+        offset: String,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -98,7 +111,7 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             println!("configs:");
             for c in &d.configs {
                 println!(
-                    "  {:<22} {}{}",
+                    "  {:<26} {}{}",
                     c.key,
                     c.value,
                     if c.is_default { "  (default)" } else { "" }
@@ -123,6 +136,43 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
         TopicCommand::Delete { name, connect } => {
             connect.connect().await?.admin().delete_topic(&name).await?;
             println!("deleted topic {name}");
+        }
+        TopicCommand::TruncateBefore {
+            name,
+            partition,
+            offset,
+            connect,
+        } => {
+            let offset = match offset.as_str() {
+                "latest" | "end" => Offset::Latest,
+                s => Offset::At(
+                    s.parse()
+                        .ok()
+                        .filter(|o: &i64| *o >= 0)
+                        .with_context(|| format!("--offset {s}: expected an offset or latest"))?,
+                ),
+            };
+            let admin = connect.connect().await?.admin();
+            let partitions = if partition.is_empty() {
+                let n = admin.describe_topic(&name).await?.partitions.len() as u32;
+                (0..n).collect()
+            } else {
+                partition
+            };
+            let asks: Vec<(u32, Offset)> = partitions.iter().map(|&p| (p, offset)).collect();
+            let mut failed = 0;
+            for (p, result) in admin.delete_records(&name, &asks).await? {
+                match result {
+                    Ok(start) => println!("{name}/{p}: log start offset {start}"),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{name}/{p}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                anyhow::bail!("{failed} partition(s) were not truncated");
+            }
         }
     }
     Ok(())
@@ -336,9 +386,9 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
 async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     let group_id = args.group.clone().expect("checked by the caller");
     let reset = match args.from.as_str() {
-        "earliest" | "beginning" => OffsetReset::Earliest,
-        "latest" | "end" => OffsetReset::Latest,
-        "none" => OffsetReset::None,
+        "earliest" | "beginning" => AutoOffsetReset::Earliest,
+        "latest" | "end" => AutoOffsetReset::Latest,
+        "none" => AutoOffsetReset::None,
         other => anyhow::bail!(
             "--from {other}: with --group, --from says where to start without a committed offset: earliest, latest or none \
              (use `meridian group reset-offsets` to move a group)"

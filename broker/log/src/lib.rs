@@ -22,9 +22,13 @@
 //!
 //! # Invariants
 //!
-//! - Offsets inside a segment are dense: each batch's base offset is the previous
-//!   batch's last offset + 1, and the first batch's is the segment's base offset.
-//!   Recovery and reads check this (a base offset is not covered by the CRC).
+//! - Offsets inside the active segment are dense: each batch's base offset is the
+//!   previous batch's last offset + 1, and the first batch's is the segment's base
+//!   offset. Sealed segments may have gaps after compaction (see [`CleanPlan`]): there
+//!   each batch starts after the previous one ends, the first at or after the base
+//!   offset. Recovery and reads check this (a base offset is not covered by the CRC).
+//! - The log start offset is the first segment's base offset, or later after
+//!   [`PartitionLog::delete_before`] (persisted in [`LOG_START_OFFSET_FILE`]).
 //! - A sealed segment is non-empty, at most 4 GiB, ends exactly at a batch boundary,
 //!   and its last offset is below the next segment's base offset. Sealed files are
 //!   fdatasynced (with their indexes and the directory) before the next segment exists.
@@ -36,7 +40,8 @@
 //!
 //! # Crash recovery
 //!
-//! Only the active segment is ever scanned. Recovery starts at the last time-index
+//! Before anything else, open completes or removes an interrupted clean (see
+//! [`CleanPlan`]). Only the active segment is ever scanned. Recovery starts at the last time-index
 //! entry that has a matching offset-index entry (starting at a time entry keeps the
 //! running max timestamp, and so the rebuilt time index, exact) or at the segment
 //! start, walks batch headers up to the last offset-index entry (requiring it to land
@@ -56,6 +61,7 @@
 //! Measured once (release build, 2-core VM, ext4): a 10 GiB partition of 11 segments
 //! reopens after a crash in 0.5 ms with a warm page cache and 4 ms after dropping it.
 
+mod cleaner;
 mod group_commit;
 mod index;
 mod partition;
@@ -68,16 +74,73 @@ use std::path::PathBuf;
 use meridian_wire::batch::BatchError;
 use meridian_wire::ErrorCode;
 
+pub use cleaner::{CleanPlan, CleanStats, CleanedGroup, CLEANER_CHECKPOINT_FILE};
 pub use group_commit::{GroupCommit, SyncHandle};
-pub use partition::{AppendInfo, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER};
+pub use partition::{
+    AppendInfo, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER, LOG_START_OFFSET_FILE,
+};
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
 pub use segment::ReadSlice;
-pub use validate::{validate_batches, ValidatedBatches};
+pub use validate::{require_keys, validate_batches, ValidatedBatches};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// What happens to old data (`cleanup.policy`): deletion by retention, compaction by
+/// key, or both (`compact,delete`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CleanupPolicy {
+    pub delete: bool,
+    pub compact: bool,
+}
+
+impl CleanupPolicy {
+    pub const DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: false,
+    };
+    pub const COMPACT: CleanupPolicy = CleanupPolicy {
+        delete: false,
+        compact: true,
+    };
+    pub const COMPACT_DELETE: CleanupPolicy = CleanupPolicy {
+        delete: true,
+        compact: true,
+    };
+
+    /// The Kafka spelling: `delete`, `compact` or `compact,delete`.
+    pub fn name(self) -> &'static str {
+        match (self.compact, self.delete) {
+            (true, true) => "compact,delete",
+            (true, false) => "compact",
+            _ => "delete",
+        }
+    }
+}
+
+impl std::str::FromStr for CleanupPolicy {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let mut policy = CleanupPolicy {
+            delete: false,
+            compact: false,
+        };
+        for part in s.split(',') {
+            match part.trim() {
+                "delete" if !policy.delete => policy.delete = true,
+                "compact" if !policy.compact => policy.compact = true,
+                _ => {
+                    return Err(format!(
+                        "cleanup.policy `{s}`: expected delete, compact or compact,delete"
+                    ))
+                }
+            }
+        }
+        Ok(policy)
+    }
+}
+
 /// Per-partition storage settings. Every field is a topic config in the broker.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct LogConfig {
     /// Roll to a new segment when an append would make the active one larger than this.
     /// Positions in the offset index are `u32`, so values above 4 GiB act as 4 GiB.
@@ -96,6 +159,17 @@ pub struct LogConfig {
     pub max_message_bytes: u32,
     /// Bytes of log between two offset-index entries.
     pub index_interval_bytes: u32,
+    /// Retention (`delete`) applies `retention_ms` / `retention_bytes`; `compact` lets
+    /// the cleaner keep only the latest record per key in sealed segments.
+    pub cleanup_policy: CleanupPolicy,
+    /// A tombstone (null value) that is the latest record of its key is removed by a
+    /// clean once its own timestamp is older than this.
+    pub delete_retention_ms: u64,
+    /// Clean when the dirty part (sealed bytes not yet cleaned) is at least this share
+    /// of the cleanable sealed bytes.
+    pub min_cleanable_dirty_ratio: f64,
+    /// A segment is cleanable only once its newest record is at least this old.
+    pub min_compaction_lag_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -107,6 +181,10 @@ impl Default for LogConfig {
             retention_bytes: None,
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
+            cleanup_policy: CleanupPolicy::DELETE,
+            delete_retention_ms: DAY_MS,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
         }
     }
 }
@@ -124,6 +202,8 @@ pub enum LogError {
         log_start: i64,
         log_end: i64,
     },
+    #[error("record at offset delta {offset_delta} of a batch has no key; a compacted topic needs one on every record")]
+    MissingKey { offset_delta: i64 },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -149,6 +229,7 @@ impl LogError {
             LogError::Batch(_) => ErrorCode::CorruptMessage,
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
+            LogError::MissingKey { .. } => ErrorCode::InvalidRecord,
             LogError::Io(_) => ErrorCode::StorageError,
             LogError::Corrupt { .. } => ErrorCode::CorruptLog,
             LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {
@@ -188,6 +269,10 @@ mod tests {
                     log_end: 1,
                 },
                 ErrorCode::OffsetOutOfRange,
+            ),
+            (
+                LogError::MissingKey { offset_delta: 0 },
+                ErrorCode::InvalidRecord,
             ),
             (
                 std::io::Error::other("disk full").into(),

@@ -42,9 +42,12 @@ pub struct RetentionOutcome {
 /// here (`read` returns a [`ReadSlice`] to read after releasing the lock).
 #[derive(Debug)]
 pub struct PartitionLog {
-    dir: PathBuf,
-    config: LogConfig,
-    segments: Vec<Segment>,
+    pub(crate) dir: PathBuf,
+    pub(crate) config: LogConfig,
+    pub(crate) segments: Vec<Segment>,
+    /// The first readable offset: at least the first segment's base offset, and
+    /// further on after `delete_before` (persisted in [`LOG_START_OFFSET_FILE`]).
+    pub(crate) log_start_offset: i64,
     /// The clean-shutdown marker is on disk; the next append removes it first.
     marked_clean: bool,
     /// Idempotent producers' recent batches (see `producer_state`).
@@ -53,9 +56,41 @@ pub struct PartitionLog {
 
 /// Producer snapshots kept per partition (the newest is the one used).
 const SNAPSHOTS_KEPT: usize = 2;
+/// Holds the log start offset set by [`PartitionLog::delete_before`] when it lies
+/// inside the first segment (so it survives a restart).
+pub const LOG_START_OFFSET_FILE: &str = "log-start-offset";
+
+/// Reads a file holding one decimal offset; `None` if there is none.
+pub(crate) fn read_offset_file(dir: &Path, name: &str) -> Result<Option<i64>, LogError> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => match text.trim().parse() {
+            Ok(offset) => Ok(Some(offset)),
+            Err(_) => Err(LogError::Corrupt {
+                path,
+                position: 0,
+                detail: format!("expected one offset, found {text:?}"),
+            }),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Replaces a one-offset file atomically and durably: write a temporary file, sync
+/// it, rename it over the old one, sync the directory.
+pub(crate) fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), LogError> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let file = File::create(&tmp)?;
+    std::io::Write::write_all(&mut &file, format!("{offset}\n").as_bytes())?;
+    file.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    sync_dir(dir)?;
+    Ok(())
+}
 
 /// Parses `NNNNNNNNNNNNNNNNNNNN.log` into its base offset.
-fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
+pub(crate) fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
     let stem = name.strip_suffix(extension)?.strip_suffix('.')?;
     if stem.len() != 20 || !stem.bytes().all(|b| b.is_ascii_digit()) {
         return None;
@@ -63,7 +98,7 @@ fn parse_segment_name(name: &str, extension: &str) -> Option<i64> {
     stem.parse().ok()
 }
 
-fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
@@ -78,6 +113,7 @@ impl PartitionLog {
     /// segment is rebuilt from its log. The marker is removed once open.
     pub fn open(dir: &Path, config: LogConfig, now_ms: i64) -> Result<PartitionLog, LogError> {
         std::fs::create_dir_all(dir)?;
+        crate::cleaner::recover_interrupted_clean(dir)?;
         let marker = dir.join(CLEAN_SHUTDOWN_MARKER);
         let clean = marker.exists();
         let mut bases = Vec::new();
@@ -128,13 +164,20 @@ impl PartitionLog {
             std::fs::remove_file(&marker)?;
             sync_dir(dir)?;
         }
+        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE)?;
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
+            log_start_offset: segments[0].base_offset,
             config,
             segments,
             marked_clean: false,
             producers: ProducerStates::default(),
         };
+        if let Some(start) = persisted_start {
+            // A crash may have come between persisting the start and deleting the
+            // segments below it: finish that now.
+            log.advance_log_start(start.min(log.log_end_offset()))?;
+        }
         log.load_producer_states(now_ms)?;
         tracing::debug!(
             dir = %log.dir.display(),
@@ -209,7 +252,7 @@ impl PartitionLog {
     }
 
     pub fn log_start_offset(&self) -> i64 {
-        self.segments[0].base_offset
+        self.log_start_offset
     }
 
     /// The next offset to be assigned.
@@ -353,9 +396,10 @@ impl PartitionLog {
         Ok(())
     }
 
-    /// Plans a read of whole batches from the batch holding `offset`, up to `max_bytes`
-    /// but always at least one whole batch. `offset == log_end_offset()` gives `None`;
-    /// outside `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
+    /// Plans a read of whole batches from the batch holding `offset` (or, when
+    /// compaction removed it, the first batch after it), up to `max_bytes` but always
+    /// at least one whole batch. `offset == log_end_offset()` gives `None`; outside
+    /// `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
     pub fn read(&self, offset: i64, max_bytes: u32) -> Result<Option<ReadSlice>, LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
         if offset < log_start || offset > log_end {
@@ -370,7 +414,7 @@ impl PartitionLog {
         }
         let mut i = self.segments.partition_point(|s| s.base_offset <= offset) - 1;
         let mut offset = offset;
-        // Skip a gap between segments (none today, but offsets need not be dense).
+        // Skip a gap between segments (compaction may empty the end of a segment).
         while offset >= self.segments[i].next_offset {
             i += 1;
             if i == self.segments.len() {
@@ -384,13 +428,22 @@ impl PartitionLog {
     }
 
     /// The earliest offset whose record timestamp is `>= timestamp`, with that record's
-    /// timestamp; `None` if every record is older.
+    /// timestamp; `None` if every record is older. Records below the log start offset
+    /// (after `delete_before`) are not considered; offsets in gaps left by compaction
+    /// are never returned, only offsets of records that exist.
     pub fn offset_for_timestamp(&self, timestamp: i64) -> Result<Option<(i64, i64)>, LogError> {
         for segment in &self.segments {
-            if segment.size == 0 || segment.max_timestamp < timestamp {
+            if segment.size == 0
+                || segment.max_timestamp < timestamp
+                || segment.next_offset <= self.log_start_offset
+            {
                 continue;
             }
-            let found = segment.find_timestamp(timestamp, self.config.index_interval_bytes)?;
+            let found = segment.find_timestamp(
+                timestamp,
+                self.log_start_offset,
+                self.config.index_interval_bytes,
+            )?;
             if found.is_some() {
                 return Ok(found);
             }
@@ -413,13 +466,17 @@ impl PartitionLog {
 
     /// Deletes whole sealed segments from the front of the log: while the oldest one's
     /// max timestamp is older than `now_ms - retention_ms`, or while the log without it
-    /// is still at least `retention_bytes`. Never the active segment.
+    /// is still at least `retention_bytes`. Never the active segment. Does nothing
+    /// unless the cleanup policy includes `delete`.
     pub fn apply_retention(&mut self, now_ms: i64) -> Result<RetentionOutcome, LogError> {
         let mut outcome = RetentionOutcome {
             deleted_segments: 0,
             deleted_bytes: 0,
             log_start_offset: self.log_start_offset(),
         };
+        if !self.config.cleanup_policy.delete {
+            return Ok(outcome);
+        }
         let mut total = self.size_bytes();
         while self.segments.len() > 1 {
             let oldest = &self.segments[0];
@@ -436,6 +493,7 @@ impl PartitionLog {
             }
             let segment = self.segments.remove(0);
             total -= segment.size;
+            self.log_start_offset = self.log_start_offset.max(self.segments[0].base_offset);
             outcome.deleted_segments += 1;
             outcome.deleted_bytes += segment.size;
             outcome.log_start_offset = self.log_start_offset();
@@ -449,6 +507,40 @@ impl PartitionLog {
             segment.delete_files()?;
         }
         Ok(outcome)
+    }
+
+    /// Makes `offset` the new log start offset (Kafka's DeleteRecords): reads below it
+    /// fail with `OffsetOutOfRange` from now on and after a restart (the offset is
+    /// persisted before anything is deleted), and sealed segments lying wholly below it
+    /// are deleted. An offset at or below the current start changes nothing; one past
+    /// the log end is `OffsetOutOfRange`. Returns the log start offset.
+    pub fn delete_before(&mut self, offset: i64) -> Result<i64, LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        if offset > log_end || offset < 0 {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        if offset <= log_start {
+            return Ok(log_start);
+        }
+        write_offset_file(&self.dir, LOG_START_OFFSET_FILE, offset)?;
+        self.advance_log_start(offset)?;
+        tracing::info!(dir = %self.dir.display(), log_start_offset = offset, "deleted records before offset");
+        Ok(self.log_start_offset)
+    }
+
+    /// Sets the log start offset to at least `offset` and deletes the sealed segments
+    /// that lie wholly below it (oldest first, never the active segment).
+    fn advance_log_start(&mut self, offset: i64) -> Result<(), LogError> {
+        self.log_start_offset = self.log_start_offset.max(offset);
+        while self.segments.len() > 1 && self.segments[1].base_offset <= self.log_start_offset {
+            let segment = self.segments.remove(0);
+            segment.delete_files()?;
+        }
+        Ok(())
     }
 
     /// Flushes and writes the clean-shutdown marker, so the next open skips recovery.

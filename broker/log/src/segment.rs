@@ -100,7 +100,7 @@ pub(crate) fn read_header(
     Ok(Ok(header))
 }
 
-fn read_batch(file: &File, position: u64, header: &BatchHeader) -> io::Result<Bytes> {
+pub(crate) fn read_batch(file: &File, position: u64, header: &BatchHeader) -> io::Result<Bytes> {
     let mut buf = vec![0u8; header.total_len()];
     file.read_exact_at(&mut buf, position)?;
     Ok(Bytes::from(buf))
@@ -119,18 +119,40 @@ pub(crate) struct Scan {
     pub problem: Option<(u64, String)>,
 }
 
+/// How the offsets of consecutive batches in a segment relate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offsets {
+    /// Each batch starts right after the previous one: the active segment, which the
+    /// cleaner never touches.
+    Dense,
+    /// Each batch starts after the previous one, maybe with a gap: a sealed segment,
+    /// which compaction may have thinned out.
+    Increasing,
+}
+
+/// What [`scan_batches`] checks besides headers.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ScanChecks {
+    pub verify_crc: bool,
+    pub offsets: Offsets,
+}
+
 /// Walks batches from `start` to `limit`, checking each header (and each CRC when
-/// `verify_crc`), that offsets are dense from `first_offset`, and that relative offsets
-/// fit the index. Stops at the first problem.
+/// `verify_crc`), that offsets follow `offsets` from `first_offset`, and that relative
+/// offsets fit the index. Stops at the first problem.
 pub(crate) fn scan_batches(
     file: &File,
     base_offset: i64,
     start: u64,
     limit: u64,
     first_offset: i64,
-    verify_crc: bool,
+    checks: ScanChecks,
     mut on_batch: impl FnMut(&BatchHeader, u64),
 ) -> io::Result<Scan> {
+    let ScanChecks {
+        verify_crc,
+        offsets,
+    } = checks;
     let mut scan = Scan {
         end: start,
         next_offset: first_offset,
@@ -147,8 +169,11 @@ pub(crate) fn scan_batches(
                 break;
             }
         };
-        // Offsets inside a segment are dense: each batch starts right after the last.
-        let problem = if header.base_offset != scan.next_offset {
+        let out_of_order = match offsets {
+            Offsets::Dense => header.base_offset != scan.next_offset,
+            Offsets::Increasing => header.base_offset < scan.next_offset,
+        };
+        let problem = if out_of_order {
             Some(format!(
                 "batch base offset {} where {} was expected",
                 header.base_offset, scan.next_offset
@@ -198,7 +223,7 @@ fn len_optional(path: &Path) -> io::Result<Option<u64>> {
 
 /// Writes both index files from scratch and, if `sync`, syncs them; returns the open
 /// handles.
-fn write_index_files(
+pub(crate) fn write_index_files(
     paths: &SegmentPaths,
     index: &SegmentIndex,
     sync: bool,
@@ -341,13 +366,39 @@ impl Segment {
             0,
             self.size,
             self.base_offset,
-            false,
+            // Cleaned segments have gaps; offsets only have to increase.
+            ScanChecks {
+                verify_crc: false,
+                offsets: Offsets::Increasing,
+            },
             |header, _| f(header),
         )?;
         if let Some((position, detail)) = scan.problem {
             return Err(self.corrupt(position, detail));
         }
         Ok(())
+    }
+
+    /// A sealed segment the cleaner just wrote (and synced, indexes included).
+    pub(crate) fn cleaned(
+        base_offset: i64,
+        paths: SegmentPaths,
+        file: File,
+        size: u64,
+        next_offset: i64,
+        max_timestamp: i64,
+        index: SegmentIndex,
+    ) -> Segment {
+        Segment {
+            base_offset,
+            next_offset,
+            size,
+            max_timestamp,
+            paths,
+            file: Arc::new(file),
+            index: Mutex::new(Some(LoadedIndex::built(index))),
+            active: None,
+        }
     }
 
     pub fn first_append_ms(&self) -> Option<i64> {
@@ -391,7 +442,10 @@ impl Segment {
                     position,
                     size,
                     first_offset,
-                    false,
+                    ScanChecks {
+                        verify_crc: false,
+                        offsets: Offsets::Increasing,
+                    },
                     |_, _| {},
                 )?;
                 if let Some((position, detail)) = scan.problem {
@@ -553,7 +607,10 @@ impl Segment {
                 start.position,
                 last.position as u64,
                 start.first_offset,
-                false,
+                ScanChecks {
+                    verify_crc: false,
+                    offsets: Offsets::Dense,
+                },
                 |_, _| {},
             )?;
             let lands_on_last_entry = walk.problem.is_none()
@@ -588,7 +645,10 @@ impl Segment {
             scan_position,
             file_size,
             scan_offset,
-            true,
+            ScanChecks {
+                verify_crc: true,
+                offsets: Offsets::Dense,
+            },
             |header, position| {
                 cursor.index_scanned(
                     &mut index,
@@ -776,7 +836,10 @@ impl Segment {
             0,
             self.size,
             base_offset,
-            true,
+            ScanChecks {
+                verify_crc: true,
+                offsets: Offsets::Increasing,
+            },
             |header, position| {
                 cursor.index_scanned(
                     &mut index,
@@ -808,7 +871,15 @@ impl Segment {
         let position = entry.position as u64;
         let header = self.header_at(position)?;
         let expected = self.base_offset + entry.relative_offset as i64;
-        if header.base_offset != expected {
+        // The segment start is an implicit entry; compaction may have removed the
+        // batches at the very start of a sealed segment, so the first one can begin
+        // later. Real entries always name the batch they point at.
+        let matches = if position == 0 {
+            header.base_offset >= expected
+        } else {
+            header.base_offset == expected
+        };
+        if !matches {
             return Err(self.corrupt(
                 position,
                 format!(
@@ -833,15 +904,7 @@ impl Segment {
         let mut position = self.indexed_batch(entry)?.0;
         loop {
             let header = self.header_at(position)?;
-            if header.base_offset > offset {
-                return Err(self.corrupt(
-                    position,
-                    format!(
-                        "offset {offset} falls in a gap before batch {}",
-                        header.base_offset
-                    ),
-                ));
-            }
+            // An offset in a gap left by compaction is served by the next batch.
             if header.last_offset() >= offset {
                 return Ok((position, header));
             }
@@ -886,11 +949,12 @@ impl Segment {
         })
     }
 
-    /// The earliest record in this segment with a timestamp `>= timestamp`, as
-    /// `(offset, timestamp)`.
+    /// The earliest record in this segment at or after `min_offset` with a timestamp
+    /// `>= timestamp`, as `(offset, timestamp)`.
     pub fn find_timestamp(
         &self,
         timestamp: i64,
+        min_offset: i64,
         index_interval_bytes: u32,
     ) -> Result<Option<(i64, i64)>, LogError> {
         self.with_index(index_interval_bytes, |index| {
@@ -898,7 +962,7 @@ impl Segment {
             let mut position = self.indexed_batch(index.entry_for_offset(start))?.0;
             while position < self.size {
                 let header = self.header_at(position)?;
-                if header.max_timestamp >= timestamp {
+                if header.max_timestamp >= timestamp && header.last_offset() >= min_offset {
                     let batch = read_batch(&self.file, position, &header)?;
                     let records = decode_records(&header, &batch)?;
                     let log_append_time = header.attributes & LOG_APPEND_TIME_BIT != 0;
@@ -908,7 +972,7 @@ impl Segment {
                         } else {
                             record.timestamp
                         };
-                        if record_timestamp >= timestamp {
+                        if record_timestamp >= timestamp && record.offset >= min_offset {
                             return Ok(Some((record.offset, record_timestamp)));
                         }
                     }

@@ -1,7 +1,7 @@
 //! Validation of produced batches, done by the server outside the partition lock.
 
 use bytes::Bytes;
-use meridian_wire::batch::{BatchError, BatchHeader, BATCH_HEADER_LEN};
+use meridian_wire::batch::{for_each_record, BatchError, BatchHeader, BATCH_HEADER_LEN};
 
 use crate::LogError;
 
@@ -35,6 +35,27 @@ impl ValidatedBatches {
             .map(|h| h.last_offset_delta as i64 + 1)
             .sum()
     }
+}
+
+/// Refuses batches holding a record without a key, as a compacted topic must (the
+/// cleaner keeps the latest record per key; a key-less record has none). Decodes
+/// (and decompresses) every batch, so the server calls it only for compacted topics,
+/// outside the partition lock.
+pub fn require_keys(batches: &ValidatedBatches) -> Result<(), LogError> {
+    let mut rest = batches.bytes.clone();
+    for header in &batches.headers {
+        let batch = rest.split_to(header.total_len());
+        let mut missing = None;
+        for_each_record(header, &batch, |record| {
+            if record.key.is_none() && missing.is_none() {
+                missing = Some(record.offset - header.base_offset);
+            }
+        })?;
+        if let Some(offset_delta) = missing {
+            return Err(LogError::MissingKey { offset_delta });
+        }
+    }
+    Ok(())
 }
 
 /// Validates one or more back-to-back v2 batches (as in a produce request).

@@ -55,6 +55,19 @@ pub struct BrokerConfig {
     /// With `flush = "interval"`: how often dirty partitions are fsynced.
     pub flush_interval_ms: u64,
     pub retention_check_interval_ms: u64,
+    /// Background threads compacting `cleanup.policy=compact` topics (Kafka's
+    /// `log.cleaner.threads`).
+    pub log_cleaner_threads: u32,
+    /// Bytes per second all cleaner threads together may read plus write; 0 means
+    /// unlimited (Kafka's `log.cleaner.io.max.bytes.per.second`).
+    pub log_cleaner_io_max_bytes_per_second: u64,
+    /// How long an idle cleaner thread waits before looking for a partition to clean
+    /// again (Kafka's `log.cleaner.backoff.ms`).
+    pub log_cleaner_backoff_ms: u64,
+    /// Memory for the cleaners' key maps, split evenly between the threads (Kafka's
+    /// `log.cleaner.dedupe.buffer.size`); a partition with more distinct dirty keys is
+    /// cleaned over several passes.
+    pub log_cleaner_dedupe_buffer_size: u64,
     /// Close connections idle for this long.
     pub idle_timeout_ms: u64,
     /// UDP socket send and receive buffers (the kernel caps them at
@@ -101,6 +114,10 @@ impl Default for BrokerConfig {
             flush: FlushPolicy::Interval,
             flush_interval_ms: 60_000,
             retention_check_interval_ms: 60_000,
+            log_cleaner_threads: 1,
+            log_cleaner_io_max_bytes_per_second: 0,
+            log_cleaner_backoff_ms: 15_000,
+            log_cleaner_dedupe_buffer_size: 128 * 1024 * 1024,
             idle_timeout_ms: 60_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             group_min_session_timeout_ms: 6_000,
@@ -192,6 +209,12 @@ impl BrokerConfig {
                 self.retention_check_interval_ms,
             ),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("log_cleaner_threads", self.log_cleaner_threads as u64),
+            ("log_cleaner_backoff_ms", self.log_cleaner_backoff_ms),
+            (
+                "log_cleaner_dedupe_buffer_size",
+                self.log_cleaner_dedupe_buffer_size,
+            ),
             ("udp_buffer_bytes", self.udp_buffer_bytes as u64),
             (
                 "group_min_session_timeout_ms",
@@ -303,6 +326,9 @@ fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
                 toml::Value::Boolean(_) => toml::Value::Boolean(raw.parse().map_err(|_| {
                     ConfigError::Invalid(format!("`{key}` wants true or false, got `{raw}`"))
                 })?),
+                toml::Value::Float(_) => toml::Value::Float(raw.parse().map_err(|_| {
+                    ConfigError::Invalid(format!("`{key}` wants a number, got `{raw}`"))
+                })?),
                 _ => toml::Value::String(raw.to_owned()),
             };
             *slot = value;
@@ -351,6 +377,26 @@ mod tests {
                 "max_frame_bytes must be greater than 0",
             ),
             ("topic_defaults.nope=1", "unknown field `nope`"),
+            (
+                "log_cleaner_threads=0",
+                "log_cleaner_threads must be greater than 0",
+            ),
+            (
+                "log_cleaner_backoff_ms=0",
+                "log_cleaner_backoff_ms must be greater than 0",
+            ),
+            (
+                "log_cleaner_dedupe_buffer_size=0",
+                "log_cleaner_dedupe_buffer_size must be greater than 0",
+            ),
+            (
+                "topic_defaults.cleanup_policy=compacted",
+                "expected delete, compact or compact,delete",
+            ),
+            (
+                "topic_defaults.min_cleanable_dirty_ratio=2.0",
+                "between 0 and 1",
+            ),
             ("flush=sometimes", "unknown variant `sometimes`"),
             ("no_equals_sign", "is not key=value"),
         ];

@@ -3,7 +3,7 @@
 //! assignment changes, and keeps committed offsets in the internal
 //! `__consumer_offsets` topic so they survive restarts.
 //!
-//! Offsets topic records (RecordBatch v2, uncompressed):
+//! Offsets topic records (RecordBatch v2, uncompressed; the topic is compacted):
 //! key `u16 version=0 | string group | string topic | u32 partition`,
 //! value `u16 version=0 | i64 offset | string metadata | i64 commit_timestamp_ms`, or
 //! no value (a tombstone) when a group is deleted. Last record per key wins.
@@ -154,7 +154,9 @@ impl Groups {
                     OFFSETS_TOPIC,
                     config.offsets_topic_num_partitions,
                     1,
-                    vec![("retention.ms".into(), "-1".into())],
+                    // Like Kafka's: compacted, so it keeps the latest commit per
+                    // group/topic/partition and deleted groups' tombstones go.
+                    vec![("cleanup.policy".into(), "compact".into())],
                 )
                 .map_err(|f| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {}", f.message))?,
         };

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_log::{validate_batches, LogError};
+use meridian_log::{require_keys, validate_batches, LogError};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use tokio::sync::oneshot;
@@ -55,6 +55,7 @@ impl Shared {
             Request::DescribeGroups(r) => Response::DescribeGroups(self.describe_groups(r)),
             Request::DeleteGroups(r) => Response::DeleteGroups(self.delete_groups(r).await),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
+            Request::DeleteRecords(r) => Response::DeleteRecords(self.delete_records(r)),
         })
     }
 
@@ -409,6 +410,18 @@ impl Shared {
             ),
             other => Failure::from(other),
         })?;
+        if topic.log_config.cleanup_policy.compact {
+            require_keys(&batches).map_err(|e| {
+                Failure::new(
+                    e.code(),
+                    format!(
+                        "topic `{}` is compacted (cleanup.policy={}): {e}",
+                        topic.name,
+                        topic.log_config.cleanup_policy.name()
+                    ),
+                )
+            })?;
+        }
         let mut log = partition.log()?;
         let info = log.append(batches, 0, now_ms()).map_err(|e| {
             tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
@@ -570,6 +583,56 @@ impl Shared {
             })
             .collect();
         ListOffsetsResponse { topics }
+    }
+
+    /// Moves log start offsets forward (Kafka's DeleteRecords). Each partition's new
+    /// start is persisted before the answer; whole segments below it are deleted.
+    fn delete_records(&self, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
+        let refuse_all = self
+            .count_partitions(&request.topics, |t| t.partitions.len())
+            .err();
+        let topics = request
+            .topics
+            .into_iter()
+            .map(|t| {
+                let topic = self.topic_unless(&refuse_all, &t.name);
+                let partitions = t
+                    .partitions
+                    .iter()
+                    .map(|p| {
+                        let outcome = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
+                            let mut log = topic.partition(p.partition)?.log()?;
+                            let offset = match p.offset {
+                                DELETE_TO_END => log.log_end_offset(),
+                                offset => offset,
+                            };
+                            log.delete_before(offset).map_err(|e| {
+                                if !matches!(e, LogError::OffsetOutOfRange { .. }) {
+                                    tracing::error!(topic = %topic.name, partition = p.partition, error = %e, "delete records failed");
+                                }
+                                Failure::from(e)
+                            })
+                        });
+                        match outcome {
+                            Ok(low_watermark) => DeleteRecordsPartitionResponse {
+                                partition: p.partition,
+                                error: ErrorCode::None,
+                                message: String::new(),
+                                low_watermark,
+                            },
+                            Err(f) => DeleteRecordsPartitionResponse {
+                                partition: p.partition,
+                                error: f.code,
+                                message: f.message,
+                                low_watermark: -1,
+                            },
+                        }
+                    })
+                    .collect();
+                DeleteRecordsTopicResponse { name: t.name, partitions }
+            })
+            .collect();
+        DeleteRecordsResponse { topics }
     }
 }
 

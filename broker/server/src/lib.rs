@@ -7,6 +7,7 @@
 //! open at once (`max_inflight_requests`) and QUIC flow control bound what a client
 //! can make the broker buffer.
 
+mod cleaner;
 pub mod config;
 mod groups;
 mod handlers;
@@ -167,6 +168,8 @@ impl Broker {
             tokio::spawn(retention_loop(self.shared.clone())),
             tokio::spawn(groups::tick_loop(self.shared.clone())),
         ];
+        let cleaner = cleaner::Cleaner::start(self.shared.clone())
+            .context("starting the log cleaner threads")?;
         let accept = accept_loop(self.shared.clone(), self.endpoint.clone());
         tokio::select! {
             _ = accept => {}
@@ -181,7 +184,11 @@ impl Broker {
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         let shared = self.shared.clone();
-        tokio::task::spawn_blocking(move || shared.registry.close()).await?;
+        tokio::task::spawn_blocking(move || {
+            cleaner.stop();
+            shared.registry.close()
+        })
+        .await?;
         tracing::info!("stopped cleanly");
         Ok(())
     }

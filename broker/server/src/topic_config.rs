@@ -3,14 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use meridian_log::LogConfig;
+use meridian_log::{CleanupPolicy, LogConfig};
 use serde::{Deserialize, Serialize};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
 /// Broker-wide defaults for topic settings (`[topic_defaults]` in the config file).
 /// `-1` means "no limit" where Kafka uses it that way.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct TopicDefaults {
     pub retention_ms: i64,
@@ -20,6 +20,9 @@ pub struct TopicDefaults {
     pub max_message_bytes: i64,
     pub index_interval_bytes: i64,
     pub cleanup_policy: String,
+    pub delete_retention_ms: i64,
+    pub min_cleanable_dirty_ratio: f64,
+    pub min_compaction_lag_ms: i64,
 }
 
 impl Default for TopicDefaults {
@@ -32,15 +35,21 @@ impl Default for TopicDefaults {
             max_message_bytes: 1_048_588,
             index_interval_bytes: 4096,
             cleanup_policy: "delete".into(),
+            delete_retention_ms: DAY_MS as i64,
+            min_cleanable_dirty_ratio: 0.5,
+            min_compaction_lag_ms: 0,
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 7] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "cleanup.policy",
+    "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
+    "min.cleanable.dirty.ratio",
+    "min.compaction.lag.ms",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -57,6 +66,9 @@ impl TopicDefaults {
             "max.message.bytes" => self.max_message_bytes.to_string(),
             "index.interval.bytes" => self.index_interval_bytes.to_string(),
             "cleanup.policy" => self.cleanup_policy.clone(),
+            "delete.retention.ms" => self.delete_retention_ms.to_string(),
+            "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
+            "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -92,14 +104,18 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "segment.ms" => parse_int(key, value, 1).map(drop),
         "max.message.bytes" => parse_int(key, value, 128).map(drop),
         "index.interval.bytes" => parse_int(key, value, 0).map(drop),
-        "cleanup.policy" => match value {
-            "delete" => Ok(()),
-            "compact" | "compact,delete" | "delete,compact" => {
-                Err(format!("cleanup.policy={value} is not supported yet: log compaction is not built; use delete"))
-            }
-            other => Err(format!("cleanup.policy must be delete, got `{other}`")),
+        "cleanup.policy" => value.parse::<CleanupPolicy>().map(drop),
+        "delete.retention.ms" | "min.compaction.lag.ms" => parse_int(key, value, 0).map(drop),
+        "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
+            Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
+            _ => Err(format!(
+                "{key} must be a number between 0 and 1, got `{value}`"
+            )),
         },
-        other => Err(format!("unknown topic config `{other}`; known: {}", TOPIC_CONFIG_KEYS.join(", "))),
+        other => Err(format!(
+            "unknown topic config `{other}`; known: {}",
+            TOPIC_CONFIG_KEYS.join(", ")
+        )),
     }
 }
 
@@ -126,7 +142,7 @@ impl TopicOverrides {
             .collect()
     }
 
-    fn effective(&self, defaults: &TopicDefaults, key: &str) -> i64 {
+    fn effective<T: std::str::FromStr>(&self, defaults: &TopicDefaults, key: &str) -> T {
         let value = self
             .0
             .get(key)
@@ -140,17 +156,18 @@ impl TopicOverrides {
 
     pub fn log_config(&self, defaults: &TopicDefaults) -> LogConfig {
         let optional = |v: i64| if v < 0 { None } else { Some(v as u64) };
+        let int = |key| self.effective::<i64>(defaults, key);
         LogConfig {
-            segment_bytes: self.effective(defaults, "segment.bytes") as u64,
-            segment_ms: self.effective(defaults, "segment.ms") as u64,
-            retention_ms: optional(self.effective(defaults, "retention.ms")),
-            retention_bytes: optional(self.effective(defaults, "retention.bytes")),
-            max_message_bytes: self
-                .effective(defaults, "max.message.bytes")
-                .min(u32::MAX as i64) as u32,
-            index_interval_bytes: self
-                .effective(defaults, "index.interval.bytes")
-                .min(u32::MAX as i64) as u32,
+            segment_bytes: int("segment.bytes") as u64,
+            segment_ms: int("segment.ms") as u64,
+            retention_ms: optional(int("retention.ms")),
+            retention_bytes: optional(int("retention.bytes")),
+            max_message_bytes: int("max.message.bytes").min(u32::MAX as i64) as u32,
+            index_interval_bytes: int("index.interval.bytes").min(u32::MAX as i64) as u32,
+            cleanup_policy: self.effective(defaults, "cleanup.policy"),
+            delete_retention_ms: int("delete.retention.ms") as u64,
+            min_cleanable_dirty_ratio: self.effective(defaults, "min.cleanable.dirty.ratio"),
+            min_compaction_lag_ms: int("min.compaction.lag.ms") as u64,
         }
     }
 }
@@ -169,8 +186,21 @@ mod tests {
             ("segment.bytes", "10", Some("at least 1024")),
             ("max.message.bytes", "1048588", None),
             ("cleanup.policy", "delete", None),
-            ("cleanup.policy", "compact", Some("not supported yet")),
-            ("cleanup.policy", "bogus", Some("must be delete")),
+            ("cleanup.policy", "compact", None),
+            ("cleanup.policy", "compact,delete", None),
+            ("cleanup.policy", "delete,compact", None),
+            (
+                "cleanup.policy",
+                "compact,compact",
+                Some("expected delete, compact"),
+            ),
+            ("cleanup.policy", "bogus", Some("expected delete, compact")),
+            ("delete.retention.ms", "0", None),
+            ("delete.retention.ms", "-1", Some("at least 0")),
+            ("min.compaction.lag.ms", "-5", Some("at least 0")),
+            ("min.cleanable.dirty.ratio", "0.25", None),
+            ("min.cleanable.dirty.ratio", "1.5", Some("between 0 and 1")),
+            ("min.cleanable.dirty.ratio", "x", Some("between 0 and 1")),
             ("retention.hours", "1", Some("unknown topic config")),
         ];
         for (key, value, want) in cases {
@@ -195,5 +225,29 @@ mod tests {
         let described = overrides.describe(&TopicDefaults::default());
         assert!(described.contains(&("retention.ms".into(), "-1".into(), false)));
         assert!(described.contains(&("cleanup.policy".into(), "delete".into(), true)));
+        assert!(described.contains(&("min.cleanable.dirty.ratio".into(), "0.5".into(), true)));
+        assert!(described.contains(&("delete.retention.ms".into(), "86400000".into(), true)));
+    }
+
+    #[test]
+    fn compaction_settings_reach_the_log_config() {
+        let overrides = TopicOverrides::parse(
+            [
+                ("cleanup.policy", "compact,delete"),
+                ("delete.retention.ms", "1000"),
+                ("min.cleanable.dirty.ratio", "0.1"),
+                ("min.compaction.lag.ms", "20"),
+            ]
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        )
+        .unwrap();
+        let config = overrides.log_config(&TopicDefaults::default());
+        assert_eq!(config.cleanup_policy, CleanupPolicy::COMPACT_DELETE);
+        assert_eq!(config.delete_retention_ms, 1000);
+        assert_eq!(config.min_cleanable_dirty_ratio, 0.1);
+        assert_eq!(config.min_compaction_lag_ms, 20);
+        let defaults = TopicOverrides::default().log_config(&TopicDefaults::default());
+        assert_eq!(defaults.cleanup_policy, CleanupPolicy::DELETE);
+        assert_eq!(defaults.delete_retention_ms, 86_400_000);
     }
 }

@@ -379,20 +379,7 @@ pub fn encode_batch(
         Compression::Zstd | Compression::Lz4 => {
             let mut raw = BytesMut::with_capacity(records_len);
             encode_records(&mut raw, records, base_timestamp);
-            let compressed = match compression {
-                Compression::Zstd => zstd::bulk::compress(&raw, 3)
-                    .map_err(|e| BatchError::Decompress(e.to_string()))?,
-                _ => {
-                    let mut encoder =
-                        lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
-                    std::io::Write::write_all(&mut encoder, &raw)
-                        .map_err(|e| BatchError::Decompress(e.to_string()))?;
-                    encoder
-                        .finish()
-                        .map_err(|e| BatchError::Decompress(e.to_string()))?
-                }
-            };
-            out.put_slice(&compressed);
+            out.put_slice(&compress(compression, &raw)?);
         }
     }
     let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
@@ -400,6 +387,24 @@ pub fn encode_batch(
     let crc = crc32c::crc32c(&out[CRC_START..]);
     out[17..21].copy_from_slice(&crc.to_be_bytes());
     Ok(out.freeze())
+}
+
+/// Compresses encoded records with `compression` (not `None`), as the producer does.
+fn compress(compression: Compression, raw: &[u8]) -> Result<Vec<u8>, BatchError> {
+    match compression {
+        Compression::None => Ok(raw.to_vec()),
+        Compression::Zstd => {
+            zstd::bulk::compress(raw, 3).map_err(|e| BatchError::Decompress(e.to_string()))
+        }
+        Compression::Lz4 => {
+            let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
+            std::io::Write::write_all(&mut encoder, raw)
+                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            encoder
+                .finish()
+                .map_err(|e| BatchError::Decompress(e.to_string()))
+        }
+    }
 }
 
 fn encode_records(out: &mut BytesMut, records: &[NewRecord], base_timestamp: i64) {
@@ -481,8 +486,21 @@ pub const MAX_DECOMPRESSED_BATCH_BYTES: usize = 256 * 1024 * 1024;
 
 /// Decodes all records of one validated batch (decompressing if needed).
 pub fn decode_records(header: &BatchHeader, batch: &Bytes) -> Result<Vec<Record>, BatchError> {
+    let raw = raw_records(header, batch)?;
+    let count = header.records_count.max(0) as usize;
+    // Each record takes at least 7 bytes, so this cannot over-allocate on a lying count.
+    let mut records = Vec::with_capacity(count.min(raw.len() / 7 + 1));
+    let mut cursor = raw;
+    for _ in 0..count {
+        records.push(decode_record(&mut cursor, header)?);
+    }
+    Ok(records)
+}
+
+/// The records section of a batch, decompressed when needed.
+fn raw_records(header: &BatchHeader, batch: &Bytes) -> Result<Bytes, BatchError> {
     let body = batch.slice(BATCH_HEADER_LEN..);
-    let raw: Bytes = match header.compression()? {
+    Ok(match header.compression()? {
         Compression::None => body,
         Compression::Zstd => {
             let mut decoder = zstd::stream::read::Decoder::new(&body[..])
@@ -493,15 +511,162 @@ pub fn decode_records(header: &BatchHeader, batch: &Bytes) -> Result<Vec<Record>
             let mut decoder = lz4_flex::frame::FrameDecoder::new(&body[..]);
             read_bounded(&mut decoder)?
         }
-    };
-    let count = header.records_count.max(0) as usize;
-    // Each record takes at least 7 bytes, so this cannot over-allocate on a lying count.
-    let mut records = Vec::with_capacity(count.min(raw.len() / 7 + 1));
-    let mut cursor = raw;
-    for _ in 0..count {
-        records.push(decode_record(&mut cursor, header)?);
+    })
+}
+
+/// What compaction needs to know about one record, borrowed from the batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordSummary<'a> {
+    pub offset: i64,
+    /// The record's timestamp, or the batch's max timestamp under LogAppendTime.
+    pub timestamp: i64,
+    pub key: Option<&'a [u8]>,
+    /// A null value: a tombstone in a compacted topic.
+    pub is_tombstone: bool,
+}
+
+/// What [`retain_records`] made of a batch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Retained {
+    /// Every record was kept: the batch is unchanged.
+    All,
+    /// No record was kept: the batch goes.
+    Nothing,
+    /// A rewritten batch holding only the kept records.
+    Some(Bytes),
+}
+
+/// Calls `f` for every record of a validated batch, in order, without allocating per
+/// record (compressed batches are decompressed once).
+pub fn for_each_record(
+    header: &BatchHeader,
+    batch: &Bytes,
+    mut f: impl FnMut(&RecordSummary<'_>),
+) -> Result<(), BatchError> {
+    let raw = raw_records(header, batch)?;
+    walk_records(header, &raw, |_, summary| f(summary))
+}
+
+/// Keeps the records of a validated batch for which `keep` says yes.
+///
+/// A rewritten batch keeps everything that makes offsets and timestamps stable: base
+/// offset, last offset delta (so the batch still ends where it did and a consumer
+/// moves past it), base timestamp, producer fields and every kept record's bytes
+/// (their offset and timestamp deltas are relative to the unchanged base). Records
+/// count, batch length and max timestamp are updated, a compressed batch is
+/// re-compressed with the same codec, and the CRC is recomputed.
+pub fn retain_records(
+    header: &BatchHeader,
+    batch: &Bytes,
+    mut keep: impl FnMut(&RecordSummary<'_>) -> bool,
+) -> Result<Retained, BatchError> {
+    let raw = raw_records(header, batch)?;
+    let mut kept = Vec::new();
+    let mut n_kept = 0i32;
+    let mut all = true;
+    let mut max_timestamp = i64::MIN;
+    walk_records(header, &raw, |record_bytes, summary| {
+        if keep(summary) {
+            n_kept += 1;
+            max_timestamp = max_timestamp.max(summary.timestamp);
+            kept.extend_from_slice(record_bytes);
+        } else {
+            all = false;
+        }
+    })?;
+    if all {
+        return Ok(Retained::All);
     }
-    Ok(records)
+    if n_kept == 0 {
+        return Ok(Retained::Nothing);
+    }
+    let compression = header.compression()?;
+    let records = match compression {
+        Compression::None => kept,
+        _ => compress(compression, &kept)?,
+    };
+    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + records.len());
+    out.put_slice(&batch[..BATCH_HEADER_LEN]);
+    out.put_slice(&records);
+    let batch_length = (out.len() - BATCH_LOG_OVERHEAD) as i32;
+    out[8..12].copy_from_slice(&batch_length.to_be_bytes());
+    out[35..43].copy_from_slice(&max_timestamp.to_be_bytes());
+    out[57..61].copy_from_slice(&n_kept.to_be_bytes());
+    let crc = crc32c::crc32c(&out[CRC_START..]);
+    out[17..21].copy_from_slice(&crc.to_be_bytes());
+    Ok(Retained::Some(out.freeze()))
+}
+
+/// Reads a zigzag varint from the front of `buf`, advancing it.
+fn take_varlong(buf: &mut &[u8]) -> Result<i64, BatchError> {
+    let mut raw = 0u64;
+    for i in 0..10 {
+        let Some((&byte, rest)) = buf.split_first() else {
+            return Err(BatchError::Record("truncated varint".into()));
+        };
+        *buf = rest;
+        raw |= ((byte & 0x7f) as u64) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Ok(((raw >> 1) as i64) ^ -((raw & 1) as i64));
+        }
+    }
+    Err(BatchError::Record("varint longer than 10 bytes".into()))
+}
+
+/// Walks the records of a batch's (decompressed) records section, giving each
+/// record's full bytes (length prefix included) and its summary.
+fn walk_records(
+    header: &BatchHeader,
+    raw: &[u8],
+    mut f: impl FnMut(&[u8], &RecordSummary<'_>),
+) -> Result<(), BatchError> {
+    let log_append_time = header.attributes & 0x08 != 0;
+    let mut cursor = raw;
+    for _ in 0..header.records_count.max(0) {
+        let record_start = cursor;
+        let length = take_varlong(&mut cursor)?;
+        if length < 1 || length as usize > cursor.len() {
+            return Err(BatchError::Record(format!(
+                "record length {length} exceeds batch"
+            )));
+        }
+        let prefix_len = record_start.len() - cursor.len();
+        let record_bytes = &record_start[..prefix_len + length as usize];
+        let mut body = &cursor[1..length as usize];
+        cursor = &cursor[length as usize..];
+        let timestamp_delta = take_varlong(&mut body)?;
+        let offset_delta = take_varlong(&mut body)?;
+        if !(0..=header.last_offset_delta as i64).contains(&offset_delta) {
+            return Err(BatchError::Record(format!(
+                "offset delta {offset_delta} outside the batch"
+            )));
+        }
+        let key_len = take_varlong(&mut body)?;
+        let key = if key_len < 0 {
+            None
+        } else if key_len as usize > body.len() {
+            return Err(BatchError::Record(format!(
+                "key of {key_len} bytes exceeds record"
+            )));
+        } else {
+            let (key, rest) = body.split_at(key_len as usize);
+            body = rest;
+            Some(key)
+        };
+        let value_len = take_varlong(&mut body)?;
+        let summary = RecordSummary {
+            offset: header.base_offset + offset_delta,
+            timestamp: if log_append_time {
+                header.max_timestamp
+            } else {
+                header.base_timestamp.saturating_add(timestamp_delta)
+            },
+            key,
+            is_tombstone: value_len < 0,
+        };
+        f(record_bytes, &summary);
+    }
+    Ok(())
 }
 
 fn read_bounded(reader: &mut impl std::io::Read) -> Result<Bytes, BatchError> {
@@ -583,6 +748,73 @@ mod tests {
                 key: "h".into(),
                 value: Some(Bytes::from_static(b"v")),
             }],
+        }
+    }
+
+    #[test]
+    fn retain_records_keeps_offsets_and_codec() {
+        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+            let records: Vec<NewRecord> = (0..5)
+                .map(|i| {
+                    let mut r = record(Some(&format!("k{}", i % 2)), &format!("v{i}"), 100 + i);
+                    if i == 3 {
+                        r.value = None;
+                    }
+                    r
+                })
+                .collect();
+            let mut bytes = encode_batch(&records, compression, ProducerIdentity::NONE)
+                .unwrap()
+                .to_vec();
+            patch_batch(&mut bytes, 40, 0);
+            let batch = Bytes::from(bytes);
+            let header = BatchHeader::parse(&batch).unwrap();
+            let mut seen = Vec::new();
+            for_each_record(&header, &batch, |r| {
+                seen.push((
+                    r.offset,
+                    r.timestamp,
+                    r.key.unwrap().to_vec(),
+                    r.is_tombstone,
+                ))
+            })
+            .unwrap();
+            assert_eq!(seen.len(), 5);
+            assert_eq!(seen[3], (43, 103, b"k1".to_vec(), true));
+            assert_eq!(
+                retain_records(&header, &batch, |_| true).unwrap(),
+                Retained::All
+            );
+            assert_eq!(
+                retain_records(&header, &batch, |_| false).unwrap(),
+                Retained::Nothing
+            );
+            let Retained::Some(rewritten) =
+                retain_records(&header, &batch, |r| r.offset == 41 || r.offset == 43).unwrap()
+            else {
+                panic!("expected a rewritten batch");
+            };
+            let new_header = BatchHeader::parse(&rewritten).unwrap();
+            new_header.validate(&rewritten).unwrap();
+            assert_eq!(new_header.compression().unwrap(), compression);
+            assert_eq!(new_header.base_offset, 40);
+            assert_eq!(
+                new_header.last_offset(),
+                44,
+                "the batch still ends where it did"
+            );
+            assert_eq!(new_header.records_count, 2);
+            assert_eq!(new_header.base_timestamp, 100);
+            assert_eq!(new_header.max_timestamp, 103);
+            let decoded = decode_records(&new_header, &rewritten).unwrap();
+            let got: Vec<_> = decoded
+                .iter()
+                .map(|r| (r.offset, r.timestamp, r.value.clone()))
+                .collect();
+            assert_eq!(
+                got,
+                vec![(41, 101, Some(Bytes::from_static(b"v1"))), (43, 103, None)]
+            );
         }
     }
 

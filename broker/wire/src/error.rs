@@ -79,6 +79,8 @@ error_codes! {
     OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
     InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
+    // 60..=69: log lifecycle (compaction, delete records).
+    InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
 }
 
 impl ErrorCode {

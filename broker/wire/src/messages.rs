@@ -31,10 +31,12 @@ pub enum ApiKey {
     DescribeGroups = 16,
     DeleteGroups = 17,
     InitProducerId = 18,
+    /// Delete records below an offset (log start moves up).
+    DeleteRecords = 20,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 19] = [
+    pub const ALL: [ApiKey; 20] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -54,6 +56,7 @@ impl ApiKey {
         ApiKey::DescribeGroups,
         ApiKey::DeleteGroups,
         ApiKey::InitProducerId,
+        ApiKey::DeleteRecords,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -93,6 +96,7 @@ pub enum Request {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     InitProducerId(InitProducerIdRequest),
+    DeleteRecords(DeleteRecordsRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -116,6 +120,7 @@ pub enum Response {
     DescribeGroups(DescribeGroupsResponse),
     DeleteGroups(DeleteGroupsResponse),
     InitProducerId(InitProducerIdResponse),
+    DeleteRecords(DeleteRecordsResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -392,6 +397,50 @@ pub struct ListOffsetsResponse {
     pub topics: Vec<ListOffsetsTopicResponse>,
 }
 
+// ---- DeleteRecords -----------------------------------------------------------------
+
+/// `DeleteRecordsPartition::offset` asking to delete everything (up to the log end).
+pub const DELETE_TO_END: i64 = -1;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsPartition {
+    pub partition: u32,
+    /// The new log start offset: every record below it is deleted. [`DELETE_TO_END`]
+    /// means the log end offset.
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsTopic {
+    pub name: String,
+    pub partitions: Vec<DeleteRecordsPartition>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsRequest {
+    pub topics: Vec<DeleteRecordsTopic>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsPartitionResponse {
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub message: String,
+    /// The log start offset after the request (Kafka's low watermark); -1 on error.
+    pub low_watermark: i64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsTopicResponse {
+    pub name: String,
+    pub partitions: Vec<DeleteRecordsPartitionResponse>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeleteRecordsResponse {
+    pub topics: Vec<DeleteRecordsTopicResponse>,
+}
+
 // ---- encoding ----------------------------------------------------------------------
 
 fn error_code(r: &mut Reader) -> Result<ErrorCode, DecodeError> {
@@ -450,6 +499,7 @@ impl Request {
             Request::DescribeGroups(_) => ApiKey::DescribeGroups,
             Request::DeleteGroups(_) => ApiKey::DeleteGroups,
             Request::InitProducerId(_) => ApiKey::InitProducerId,
+            Request::DeleteRecords(_) => ApiKey::DeleteRecords,
         }
     }
 
@@ -515,6 +565,15 @@ impl Request {
             Request::DescribeGroups(m) => m.encode(w),
             Request::DeleteGroups(m) => m.encode(w),
             Request::InitProducerId(m) => m.encode(w),
+            Request::DeleteRecords(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.i64(p.offset);
+                    });
+                });
+            }
         }
     }
 
@@ -604,6 +663,19 @@ impl Request {
             ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(r)?),
             ApiKey::DeleteGroups => Request::DeleteGroups(DeleteGroupsRequest::decode(r)?),
             ApiKey::InitProducerId => Request::InitProducerId(InitProducerIdRequest::decode(r)?),
+            ApiKey::DeleteRecords => Request::DeleteRecords(DeleteRecordsRequest {
+                topics: r.array(6, |r| {
+                    Ok(DeleteRecordsTopic {
+                        name: r.string()?,
+                        partitions: r.array(12, |r| {
+                            Ok(DeleteRecordsPartition {
+                                partition: r.u32()?,
+                                offset: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
         })
     }
 }
@@ -630,6 +702,7 @@ impl Response {
             Response::DescribeGroups(_) => ApiKey::DescribeGroups,
             Response::DeleteGroups(_) => ApiKey::DeleteGroups,
             Response::InitProducerId(_) => ApiKey::InitProducerId,
+            Response::DeleteRecords(_) => ApiKey::DeleteRecords,
         }
     }
 
@@ -736,6 +809,17 @@ impl Response {
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
             Response::InitProducerId(m) => m.encode(w),
+            Response::DeleteRecords(r) => {
+                w.array(&r.topics, |w, t| {
+                    w.string(&t.name);
+                    w.array(&t.partitions, |w, p| {
+                        w.u32(p.partition);
+                        w.u16(p.error as u16);
+                        w.string(&p.message);
+                        w.i64(p.low_watermark);
+                    });
+                });
+            }
         }
     }
 
@@ -874,6 +958,21 @@ impl Response {
             ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
             ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),
             ApiKey::InitProducerId => Response::InitProducerId(InitProducerIdResponse::decode(r)?),
+            ApiKey::DeleteRecords => Response::DeleteRecords(DeleteRecordsResponse {
+                topics: r.array(6, |r| {
+                    Ok(DeleteRecordsTopicResponse {
+                        name: r.string()?,
+                        partitions: r.array(16, |r| {
+                            Ok(DeleteRecordsPartitionResponse {
+                                partition: r.u32()?,
+                                error: error_code(r)?,
+                                message: r.string()?,
+                                low_watermark: r.i64()?,
+                            })
+                        })?,
+                    })
+                })?,
+            }),
         })
     }
 }
@@ -961,6 +1060,21 @@ mod tests {
                     partition: 1,
                     timestamp: EARLIEST_TIMESTAMP,
                 }],
+            }],
+        }));
+        check_request(Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: "t".into(),
+                partitions: vec![
+                    DeleteRecordsPartition {
+                        partition: 0,
+                        offset: 42,
+                    },
+                    DeleteRecordsPartition {
+                        partition: 3,
+                        offset: DELETE_TO_END,
+                    },
+                ],
             }],
         }));
     }
@@ -1063,6 +1177,25 @@ mod tests {
                     offset: 5,
                     timestamp: 100,
                 }],
+            }],
+        }));
+        check_response(Response::DeleteRecords(DeleteRecordsResponse {
+            topics: vec![DeleteRecordsTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    DeleteRecordsPartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        low_watermark: 42,
+                    },
+                    DeleteRecordsPartitionResponse {
+                        partition: 1,
+                        error: ErrorCode::OffsetOutOfRange,
+                        message: "past the end".into(),
+                        low_watermark: -1,
+                    },
+                ],
             }],
         }));
     }

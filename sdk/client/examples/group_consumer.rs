@@ -10,7 +10,7 @@ mod common;
 
 use std::time::Duration;
 
-use meridian_client::{ConsumerConfig, GroupConfig, OffsetReset, RebalanceListener};
+use meridian_client::{AutoOffsetReset, ConsumerConfig, GroupConfig, RebalanceListener};
 
 /// Prints partitions as the group moves them.
 struct Announce;
@@ -38,7 +38,7 @@ async fn main() -> anyhow::Result<()> {
     let client = common::connect(&args).await?;
 
     let mut consumer = client.consumer(ConsumerConfig {
-        auto_offset_reset: OffsetReset::Earliest,
+        auto_offset_reset: AutoOffsetReset::Earliest,
         ..ConsumerConfig::default()
     });
     consumer.set_rebalance_listener(Box::new(Announce));

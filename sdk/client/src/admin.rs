@@ -2,9 +2,10 @@
 
 use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
-    ConfigEntry, CreateTopic, CreateTopicsRequest, DeleteTopicsRequest, DescribeTopicsRequest,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, Request, Response,
-    TopicDescription, TopicResult, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    ConfigEntry, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition, DeleteRecordsRequest,
+    DeleteRecordsTopic, DeleteTopicsRequest, DescribeTopicsRequest, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, Request, Response, TopicDescription, TopicResult,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
@@ -189,6 +190,59 @@ impl Admin {
             .1
     }
 
+    /// Deletes the records below `before` in each given partition of `topic` (Kafka's
+    /// DeleteRecords): `before` becomes the log start offset, reads below it fail with
+    /// [`ErrorCode::OffsetOutOfRange`], and `Offset::Latest` deletes everything written
+    /// so far. Returns each partition's new log start offset, in the order asked; a
+    /// partition that failed (unknown, or `before` past its end) is an `Err` there.
+    pub async fn delete_records(
+        &self,
+        topic: &str,
+        before: &[(u32, Offset)],
+    ) -> Result<Vec<(u32, Result<i64>)>> {
+        let mut partitions = Vec::with_capacity(before.len());
+        for &(partition, at) in before {
+            let offset = match at {
+                Offset::At(offset) if offset >= 0 => offset,
+                Offset::Latest => DELETE_TO_END,
+                other => {
+                    return Err(Error::Config(format!(
+                        "delete_records takes an offset or Latest, not {other:?}"
+                    )))
+                }
+            };
+            partitions.push(DeleteRecordsPartition { partition, offset });
+        }
+        let request = Request::DeleteRecords(DeleteRecordsRequest {
+            topics: vec![DeleteRecordsTopic {
+                name: topic.to_string(),
+                partitions,
+            }],
+        });
+        let response = self.client.request(request).await?;
+        let Response::DeleteRecords(response) = response else {
+            return Err(unexpected(ApiKey::DeleteRecords, &response));
+        };
+        let answers = response.topics.iter().find(|t| t.name == topic);
+        Ok(per_partition(
+            ApiKey::DeleteRecords,
+            topic,
+            before.iter().map(|&(partition, _)| partition),
+            answers.map_or(&[], |t| &t.partitions[..]),
+            |p| p.partition,
+            |p| {
+                if p.error.is_ok() {
+                    Ok(p.low_watermark)
+                } else {
+                    Err(Error::broker(
+                        p.error,
+                        format!("{topic}/{}: {}", p.partition, p.message),
+                    ))
+                }
+            },
+        ))
+    }
+
     /// Looks up several partitions of one topic in one request; one result per asked
     /// partition, in the order asked.
     pub(crate) async fn list_offsets_many(
@@ -213,33 +267,53 @@ impl Admin {
             return Err(unexpected(ApiKey::ListOffsets, &response));
         };
         let answers = response.topics.iter().find(|t| t.name == topic);
-        Ok(asks
-            .iter()
-            .map(|&(partition, _)| {
-                let found =
-                    answers.and_then(|t| t.partitions.iter().find(|p| p.partition == partition));
-                let result = match found {
-                    None => Err(Error::Protocol(format!(
-                        "ListOffsets response lacks {topic}/{partition}"
-                    ))),
-                    Some(p) if p.error.is_ok() => Ok(p.offset),
-                    Some(p) => {
-                        if matches!(
-                            p.error,
-                            ErrorCode::UnknownTopic | ErrorCode::InvalidPartition
-                        ) {
-                            self.client.invalidate_partition_count(topic);
-                        }
-                        Err(Error::broker(
-                            p.error,
-                            format!("{topic}/{partition}: {}", p.error.description()),
-                        ))
-                    }
-                };
-                (partition, result)
-            })
-            .collect())
+        Ok(per_partition(
+            ApiKey::ListOffsets,
+            topic,
+            asks.iter().map(|&(partition, _)| partition),
+            answers.map_or(&[], |t| &t.partitions[..]),
+            |p| p.partition,
+            |p| {
+                if p.error.is_ok() {
+                    return Ok(p.offset);
+                }
+                if matches!(
+                    p.error,
+                    ErrorCode::UnknownTopic | ErrorCode::InvalidPartition
+                ) {
+                    self.client.invalidate_partition_count(topic);
+                }
+                Err(Error::broker(
+                    p.error,
+                    format!("{topic}/{}: {}", p.partition, p.error.description()),
+                ))
+            },
+        ))
     }
+}
+
+/// One result per asked partition, in the order asked: `answer` turns a partition's
+/// entry of the response into its result; a partition the response lacks is a
+/// protocol error.
+fn per_partition<P>(
+    api: ApiKey,
+    topic: &str,
+    asked: impl Iterator<Item = u32>,
+    answers: &[P],
+    partition_of: impl Fn(&P) -> u32,
+    answer: impl Fn(&P) -> Result<i64>,
+) -> Vec<(u32, Result<i64>)> {
+    asked
+        .map(|partition| {
+            let result = match answers.iter().find(|p| partition_of(p) == partition) {
+                None => Err(Error::Protocol(format!(
+                    "{api:?} response lacks {topic}/{partition}"
+                ))),
+                Some(p) => answer(p),
+            };
+            (partition, result)
+        })
+        .collect()
 }
 
 fn topic_result(results: &[TopicResult], name: &str) -> Result<()> {

@@ -55,18 +55,38 @@ pub struct ConsumerConfig {
     /// Record bytes fetched ahead of [`Consumer::poll`]; the background fetch waits
     /// while this much is buffered. Default 64 MiB.
     pub prefetch_bytes: usize,
-    /// Where a group member starts a partition its group has no committed offset for
-    /// (Kafka's `auto.offset.reset`). Default [`OffsetReset::Latest`].
-    pub auto_offset_reset: OffsetReset,
+    /// Where to go when a partition's position is outside its log (retention or
+    /// `delete_records` removed it, or it is past the end), and where a group member
+    /// starts a partition its group has no committed offset for: Kafka's
+    /// `auto.offset.reset`. Default [`AutoOffsetReset::Latest`], as in Kafka.
+    pub auto_offset_reset: AutoOffsetReset,
 }
 
-/// Where to start without a committed offset.
+/// Where a consumer goes when its position is out of range or, in a group, when
+/// nothing is committed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum OffsetReset {
+pub enum AutoOffsetReset {
+    /// To the log start offset: read everything still there.
     Earliest,
+    /// To the log end offset: read only what comes next.
     Latest,
-    /// Fail: [`Consumer::poll`] returns an error naming the partition.
+    /// Nowhere: [`Consumer::poll`] returns the [`ErrorCode::OffsetOutOfRange`] error
+    /// and the partition pauses until [`Consumer::seek`].
     None,
+}
+
+impl std::str::FromStr for AutoOffsetReset {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, Self::Err> {
+        match s {
+            "earliest" => Ok(AutoOffsetReset::Earliest),
+            "latest" => Ok(AutoOffsetReset::Latest),
+            "none" => Ok(AutoOffsetReset::None),
+            other => Err(format!(
+                "auto offset reset `{other}`: expected earliest, latest or none"
+            )),
+        }
+    }
 }
 
 impl Default for ConsumerConfig {
@@ -77,7 +97,7 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 50 * 1024 * 1024,
             max_partition_fetch_bytes: 1024 * 1024,
             prefetch_bytes: 64 * 1024 * 1024,
-            auto_offset_reset: OffsetReset::Latest,
+            auto_offset_reset: AutoOffsetReset::Latest,
         }
     }
 }
@@ -109,9 +129,10 @@ struct PartitionState {
 /// A background task keeps one fetch request in flight for all assigned partitions
 /// while the caller processes records, bounded by
 /// [`ConsumerConfig::prefetch_bytes`]. Records of a partition come in offset order,
-/// never duplicated and never skipped. A partition error (for example
-/// [`ErrorCode::OffsetOutOfRange`]) is returned by the next [`poll`](Consumer::poll)
-/// and pauses that partition until it is sought or assigned again.
+/// never duplicated and never skipped. A position outside the log is reset per
+/// [`ConsumerConfig::auto_offset_reset`] (or, with `None`, reported as below). Any other
+/// partition error is returned by the next [`poll`](Consumer::poll) and pauses that
+/// partition until it is sought or assigned again.
 ///
 /// ```no_run
 /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
@@ -140,6 +161,8 @@ pub struct Consumer {
     group: Option<Membership>,
     /// In a mutex only so `Consumer` stays `Sync`; `&mut self` reaches it unlocked.
     listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
+    /// Partitions found out of range, to reset per `auto_offset_reset`.
+    pending_resets: Vec<TopicPartition>,
 }
 
 /// The background fetch task and its output. Dropping it stops the task and throws
@@ -195,6 +218,7 @@ impl Consumer {
             pending_error: None,
             group: None,
             listener: None,
+            pending_resets: Vec::new(),
         }
     }
 
@@ -360,6 +384,9 @@ impl Consumer {
             };
             fetcher.budget.add_permits(result.reserved_bytes);
             let records = self.apply(result);
+            if !self.pending_resets.is_empty() {
+                self.reset_out_of_range().await;
+            }
             if !records.is_empty() {
                 return Ok(records);
             }
@@ -390,7 +417,12 @@ impl Consumer {
             records.extend(fetched.records);
             if let Some(error) = fetched.error {
                 state.paused = true;
-                self.pending_error.get_or_insert(error);
+                let out_of_range = error.code() == Some(ErrorCode::OffsetOutOfRange);
+                if out_of_range && self.config.auto_offset_reset != AutoOffsetReset::None {
+                    self.pending_resets.push(fetched.tp);
+                } else {
+                    self.pending_error.get_or_insert(error);
+                }
             }
         }
         if let Some(error) = result.error {
@@ -406,6 +438,40 @@ impl Consumer {
             self.fetcher = self.start_fetcher();
         }
         Ok(())
+    }
+
+    /// Moves partitions found out of range to their log start or end, per
+    /// `auto_offset_reset`, and resumes fetching. A failed lookup leaves the partition
+    /// paused and is returned by the next `poll`.
+    async fn reset_out_of_range(&mut self) {
+        let to = match self.config.auto_offset_reset {
+            AutoOffsetReset::Earliest => Offset::Earliest,
+            AutoOffsetReset::Latest => Offset::Latest,
+            AutoOffsetReset::None => return,
+        };
+        let admin = self.client.admin();
+        for key in std::mem::take(&mut self.pending_resets) {
+            match admin.list_offsets(&key.topic, key.partition, to).await {
+                Ok(position) => {
+                    if let Some(state) = self.partitions.get_mut(&key) {
+                        tracing::warn!(
+                            topic = %key.topic,
+                            partition = key.partition,
+                            from = state.position,
+                            to = position,
+                            "position out of range; reset per auto_offset_reset"
+                        );
+                        state.position = position;
+                        state.paused = false;
+                    }
+                }
+                Err(e) => {
+                    self.pending_error.get_or_insert(e);
+                }
+            }
+        }
+        // The running fetcher skips paused partitions; start one with the new positions.
+        self.fetcher = self.start_fetcher();
     }
 
     fn restart_fetching(&mut self) {
@@ -736,9 +802,9 @@ impl Consumer {
                 Some(offset) => *offset,
                 None => {
                     let at = match self.config.auto_offset_reset {
-                        OffsetReset::Earliest => Offset::Earliest,
-                        OffsetReset::Latest => Offset::Latest,
-                        OffsetReset::None => {
+                        AutoOffsetReset::Earliest => Offset::Earliest,
+                        AutoOffsetReset::Latest => Offset::Latest,
+                        AutoOffsetReset::None => {
                             return Err(Error::Config(format!(
                                 "group `{}` has no committed offset for {}/{} and auto_offset_reset is none",
                                 group.config.group_id, key.topic, key.partition
@@ -1176,5 +1242,8 @@ mod tests {
         assert_eq!(config.fetch_max_bytes, 50 << 20);
         assert_eq!(config.max_partition_fetch_bytes, 1 << 20);
         assert_eq!(config.prefetch_bytes, 64 << 20);
+        assert_eq!(config.auto_offset_reset, AutoOffsetReset::Latest);
+        assert_eq!("none".parse(), Ok(AutoOffsetReset::None));
+        assert!("smallest".parse::<AutoOffsetReset>().is_err());
     }
 }

@@ -56,7 +56,7 @@ pub use config::{
     certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, OffsetReset};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord};
 pub use error::{Error, Result};
 pub use group::{
     Assignor, CommittedOffset, GroupConfig, GroupListing, OffsetCommit, RebalanceListener,

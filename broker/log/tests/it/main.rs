@@ -1,5 +1,6 @@
 //! Integration tests of `meridian-log` on real files in temporary directories.
 
+mod compaction;
 mod disk_full;
 mod group_commit;
 mod log;
