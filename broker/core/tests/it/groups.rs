@@ -221,7 +221,14 @@ fn run(seed: u64) {
         }
         sim.check_exclusive(seed);
         let description = sim.coordinator.describe(GROUP).expect("group exists");
+        let live: BTreeSet<&String> = description.members.iter().map(|m| &m.member_id).collect();
+        // A member expired while paused still believes in its partitions until its next
+        // heartbeat tells it otherwise (as in Kafka); settled means it has heard.
+        let zombies_heard = sim.members.iter().all(|m| {
+            m.member_id.as_ref().is_some_and(|id| live.contains(id)) || m.owned.is_empty()
+        });
         if description.state == GroupState::Stable
+            && zombies_heard
             && sim.members.iter().all(|m| m.assigned.is_none())
         {
             let owned: Vec<&TopicPartition> = sim.members.iter().flat_map(|m| &m.owned).collect();
