@@ -25,12 +25,13 @@
 //!
 //! Which records stay (Kafka's rules):
 //! - a record whose key has a later record in the dirty part goes;
-//! - the latest record of a key stays, unless it is a tombstone (null value) whose
-//!   timestamp is older than `delete.retention.ms` before the clean. Kafka (KIP-534)
-//!   counts that time from the first clean that saw the tombstone; we count from the
-//!   tombstone's own timestamp, which needs no extra state in the batch. Either way a
-//!   consumer that reads from the start within `delete.retention.ms` of the delete sees
-//!   the tombstone;
+//! - the latest record of a key stays, unless it is a tombstone (null value) that
+//!   was first cleaned at least `delete.retention.ms` ago: as in Kafka, a tombstone's
+//!   retention starts when a clean first takes it into the clean part of the log (the
+//!   first clean keeps it, a later one removes it), not at its own timestamp, which
+//!   the producer chose. The checkpoint file records when each stretch of offsets was
+//!   first cleaned. So a consumer that reads from the start and finishes within
+//!   `delete.retention.ms` of a tombstone's first clean sees it;
 //! - records without a key (written before the topic became compacted; produce refuses
 //!   them afterwards) and control batches are kept.
 //!
@@ -42,8 +43,12 @@
 //! When: only sealed segments are cleaned, never the active one; a segment is cleanable
 //! once its newest record is at least `min.compaction.lag.ms` old (and so is every
 //! segment after it). The partition is due when the dirty bytes are at least
-//! `min.cleanable.dirty.ratio` of the cleanable bytes. The checkpoint (the first dirty
-//! offset) lives in [`CLEANER_CHECKPOINT_FILE`].
+//! `min.cleanable.dirty.ratio` of the cleanable bytes. The checkpoint lives in
+//! [`CLEANER_CHECKPOINT_FILE`]: one line `END_OFFSET CLEANED_AT_MS` per pass, in
+//! order; the last end offset is the first dirty offset, and a line says that the
+//! offsets after the previous line's end were first cleaned at that time. Lines older
+//! than `delete.retention.ms` are merged into one (all their tombstones may go), so
+//! the file holds about one line per pass within that window.
 //!
 //! The key map holds the distinct keys of the dirty part (their bytes plus ~48 bytes
 //! each), up to a cap ([`CleanPlan::limit_key_map`]): a full map ends the pass at a
@@ -63,13 +68,11 @@ use meridian_wire::batch::{
 };
 
 use crate::index::{IndexCursor, SegmentIndex};
-use crate::partition::{
-    parse_segment_name, read_offset_file, sync_dir, write_offset_file, PartitionLog,
-};
+use crate::partition::{parse_segment_name, replace_file, sync_dir, PartitionLog};
 use crate::segment::{segment_file_name, write_index_files, Segment, SegmentPaths};
 use crate::LogError;
 
-/// Holds the first dirty offset: everything before it has been cleaned.
+/// Holds when each stretch of offsets was first cleaned; see the module docs.
 pub const CLEANER_CHECKPOINT_FILE: &str = "cleaner-offset-checkpoint";
 const CLEANED_SUFFIX: &str = ".cleaned";
 const SWAP_EXTENSION: &str = "swap";
@@ -97,7 +100,10 @@ pub struct CleanPlan {
     first_dirty_offset: i64,
     /// The base offset of the first segment not cleaned (the next checkpoint).
     end_offset: i64,
-    tombstone_cutoff_ms: i64,
+    /// The checkpoint's passes: `(end offset, first cleaned at)`, in order.
+    passes: Vec<(i64, i64)>,
+    now_ms: i64,
+    delete_retention_ms: i64,
     max_group_bytes: u64,
     index_interval_bytes: u32,
     /// Bytes of cleanable segments after the checkpoint.
@@ -125,6 +131,57 @@ pub struct CleanStats {
     /// Everything before this offset is clean after this pass (the next checkpoint).
     /// Short of the plan's cleanable end when the key map filled up.
     pub end_offset: i64,
+    /// The `now_ms` of the plan: when the newly cleaned offsets were first cleaned.
+    pub cleaned_at_ms: i64,
+}
+
+/// Reads the checkpoint: `(end offset, first cleaned at)` per pass, in order.
+fn read_checkpoint(dir: &Path) -> Result<Vec<(i64, i64)>, LogError> {
+    let path = dir.join(CLEANER_CHECKPOINT_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut passes: Vec<(i64, i64)> = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let parsed = line
+            .split_once(' ')
+            .and_then(|(end, at)| Some((end.parse().ok()?, at.parse().ok()?)));
+        match parsed {
+            Some(pass) if passes.last().is_none_or(|last| last.0 < pass.0) => passes.push(pass),
+            _ => {
+                return Err(LogError::Corrupt {
+                    path,
+                    position: n as u64,
+                    detail: format!("checkpoint line {} is not `END CLEANED_AT_MS` after the previous end: {line:?}", n + 1),
+                })
+            }
+        }
+    }
+    Ok(passes)
+}
+
+/// The checkpoint after a pass ending at `end_offset` at `now_ms`: the pass appended,
+/// and the passes first cleaned at least `delete_retention_ms` ago merged into the
+/// last of them (every tombstone they cover may go; a later time is conservative).
+fn next_checkpoint(
+    mut passes: Vec<(i64, i64)>,
+    end_offset: i64,
+    now_ms: i64,
+    delete_retention_ms: i64,
+) -> Vec<(i64, i64)> {
+    if passes.last().is_none_or(|last| last.0 < end_offset) {
+        passes.push((end_offset, now_ms));
+    }
+    let expired = passes
+        .iter()
+        .take_while(|(_, at)| now_ms.saturating_sub(*at) >= delete_retention_ms)
+        .count();
+    if expired > 1 {
+        passes.drain(..expired - 1);
+    }
+    passes
 }
 
 /// One group of segments rewritten into one new (maybe empty) segment, not yet
@@ -246,8 +303,8 @@ impl PartitionLog {
         if n_cleanable == 0 {
             return Ok(None);
         }
-        let first_dirty_offset =
-            read_offset_file(&self.dir, CLEANER_CHECKPOINT_FILE)?.unwrap_or(i64::MIN);
+        let passes = read_checkpoint(&self.dir)?;
+        let first_dirty_offset = passes.last().map_or(i64::MIN, |last| last.0);
         let segments: Vec<SegmentSnapshot> = sealed[..n_cleanable]
             .iter()
             .map(|s| SegmentSnapshot {
@@ -275,7 +332,9 @@ impl PartitionLog {
             end_offset: self.segments[n_cleanable].base_offset,
             segments,
             first_dirty_offset,
-            tombstone_cutoff_ms: now_ms.saturating_sub(delete_retention_ms),
+            passes,
+            now_ms,
+            delete_retention_ms,
             max_group_bytes: config.segment_bytes.clamp(1, u32::MAX as u64),
             index_interval_bytes: config.index_interval_bytes,
             dirty_bytes,
@@ -365,7 +424,17 @@ impl PartitionLog {
         if !stats.completed {
             return Ok(());
         }
-        write_offset_file(&self.dir, CLEANER_CHECKPOINT_FILE, stats.end_offset)
+        let passes = next_checkpoint(
+            read_checkpoint(&self.dir)?,
+            stats.end_offset,
+            stats.cleaned_at_ms,
+            self.config.delete_retention_ms.min(i64::MAX as u64) as i64,
+        );
+        let text: String = passes
+            .iter()
+            .map(|(end, at)| format!("{end} {at}\n"))
+            .collect();
+        replace_file(&self.dir, CLEANER_CHECKPOINT_FILE, text.as_bytes())
     }
 
     /// Plans, runs and swaps a clean in one call, holding `&mut self` throughout (for
@@ -438,6 +507,7 @@ impl CleanPlan {
                 .segments
                 .get(n_covered)
                 .map_or(self.end_offset, |s| s.base_offset),
+            cleaned_at_ms: self.now_ms,
             ..CleanStats::default()
         };
         for group in self.groups(n_covered) {
@@ -522,7 +592,18 @@ impl CleanPlan {
         if map.get(key).is_some_and(|&latest| latest > record.offset) {
             return false;
         }
-        !(record.is_tombstone && record.timestamp < self.tombstone_cutoff_ms)
+        !(record.is_tombstone
+            && self
+                .now_ms
+                .saturating_sub(self.first_cleaned_at(record.offset))
+                >= self.delete_retention_ms)
+    }
+
+    /// When `offset` was first cleaned: by an earlier pass if it lies before the
+    /// checkpoint, by this one otherwise.
+    fn first_cleaned_at(&self, offset: i64) -> i64 {
+        let i = self.passes.partition_point(|(end, _)| *end <= offset);
+        self.passes.get(i).map_or(self.now_ms, |(_, at)| *at)
     }
 
     fn clean_group(
@@ -704,6 +785,40 @@ fn for_each_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn checkpoints_append_passes_and_merge_expired_ones() {
+        let passes = next_checkpoint(vec![], 10, 1000, 100);
+        assert_eq!(passes, vec![(10, 1000)]);
+        let passes = next_checkpoint(passes, 20, 1050, 100);
+        assert_eq!(passes, vec![(10, 1000), (20, 1050)]);
+        // A pass that cleaned nothing new adds nothing.
+        let passes = next_checkpoint(passes, 20, 1060, 100);
+        assert_eq!(passes, vec![(10, 1000), (20, 1050)]);
+        // At 1150 both earlier passes are expired: one line stands for both, with the
+        // later time (its tombstones are as expired as the earlier ones').
+        let passes = next_checkpoint(passes, 30, 1150, 100);
+        assert_eq!(passes, vec![(20, 1050), (30, 1150)]);
+    }
+
+    #[test]
+    fn checkpoint_files_parse_strictly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(CLEANER_CHECKPOINT_FILE);
+        assert_eq!(read_checkpoint(dir.path()).unwrap(), vec![]);
+        std::fs::write(&path, "10 1000\n20 1050\n").unwrap();
+        assert_eq!(
+            read_checkpoint(dir.path()).unwrap(),
+            vec![(10, 1000), (20, 1050)]
+        );
+        for bad in ["10\n", "10 x\n", "20 1\n10 2\n"] {
+            std::fs::write(&path, bad).unwrap();
+            assert!(
+                matches!(read_checkpoint(dir.path()), Err(LogError::Corrupt { .. })),
+                "{bad:?}"
+            );
+        }
+    }
 
     #[test]
     fn swap_names_round_trip() {

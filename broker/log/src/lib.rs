@@ -162,8 +162,8 @@ pub struct LogConfig {
     /// Retention (`delete`) applies `retention_ms` / `retention_bytes`; `compact` lets
     /// the cleaner keep only the latest record per key in sealed segments.
     pub cleanup_policy: CleanupPolicy,
-    /// A tombstone (null value) that is the latest record of its key is removed by a
-    /// clean once its own timestamp is older than this.
+    /// A tombstone (null value) that is the latest record of its key is removed by the
+    /// first clean at least this long after the clean that first took it in.
     pub delete_retention_ms: u64,
     /// Clean when the dirty part (sealed bytes not yet cleaned) is at least this share
     /// of the cleanable sealed bytes.

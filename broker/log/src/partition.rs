@@ -77,12 +77,17 @@ pub(crate) fn read_offset_file(dir: &Path, name: &str) -> Result<Option<i64>, Lo
     }
 }
 
-/// Replaces a one-offset file atomically and durably: write a temporary file, sync
-/// it, rename it over the old one, sync the directory.
+/// Replaces a one-offset file atomically and durably.
 pub(crate) fn write_offset_file(dir: &Path, name: &str, offset: i64) -> Result<(), LogError> {
+    replace_file(dir, name, format!("{offset}\n").as_bytes())
+}
+
+/// Replaces a small file atomically and durably: write a temporary file, sync it,
+/// rename it over the old one, sync the directory.
+pub(crate) fn replace_file(dir: &Path, name: &str, contents: &[u8]) -> Result<(), LogError> {
     let tmp = dir.join(format!("{name}.tmp"));
     let file = File::create(&tmp)?;
-    std::io::Write::write_all(&mut &file, format!("{offset}\n").as_bytes())?;
+    std::io::Write::write_all(&mut &file, contents)?;
     file.sync_all()?;
     std::fs::rename(&tmp, dir.join(name))?;
     sync_dir(dir)?;

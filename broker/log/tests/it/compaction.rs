@@ -101,12 +101,13 @@ fn produce(
     out
 }
 
-/// What a log must hold after cleaning everything below `cleaned_end` at a time
-/// where tombstones older than `tombstone_cutoff` may go.
+/// What a log must hold after cleaning everything below `cleaned_end`, where
+/// `tombstone_expired(offset)` says whether a tombstone there was first cleaned at
+/// least `delete.retention.ms` before the last clean.
 fn expected_after_clean(
     produced: &[(i64, Produced)],
     cleaned_end: i64,
-    tombstone_cutoff: i64,
+    tombstone_expired: impl Fn(i64) -> bool,
 ) -> Vec<i64> {
     let mut latest: HashMap<u8, i64> = HashMap::new();
     for (offset, record) in produced {
@@ -123,8 +124,7 @@ fn expected_after_clean(
                 return true;
             }
             let Some(key) = record.key else { return true };
-            latest[&key] == *offset
-                && !(record.value.is_none() && record.timestamp < tombstone_cutoff)
+            latest[&key] == *offset && !(record.value.is_none() && tombstone_expired(*offset))
         })
         .map(|(offset, _)| *offset)
         .collect()
@@ -174,33 +174,38 @@ fn record_strategy() -> impl Strategy<Value = Produced> {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
 
-    /// After cleaning (twice, with more data in between, and after a reopen), reading
-    /// from the start gives every record that must stay and nothing else: the latest
-    /// record of every key below the cleaned end, tombstones only while within
-    /// `delete.retention.ms`, everything in the uncleaned tail; at their original
-    /// offsets, in increasing order, with their original contents.
+    /// After cleaning (twice, with more data and some time in between, and after a
+    /// reopen), reading from the start gives every record that must stay and nothing
+    /// else: the latest record of every key below the cleaned end, tombstones until a
+    /// clean at least `delete.retention.ms` (50 ms here) after their first clean,
+    /// everything in the uncleaned tail; at their original offsets, in increasing
+    /// order, with their original contents.
     #[test]
     fn cleaning_keeps_the_latest_record_per_key(
         first in prop::collection::vec(record_strategy(), 1..250),
         second in prop::collection::vec(record_strategy(), 0..150),
         batch_sizes in prop::collection::vec(1usize..9, 1..6),
         compression in compression_strategy(),
+        later_ms in prop_oneof![Just(0i64), Just(49), Just(50), Just(500)],
     ) {
         let dir = tempfile::tempdir().unwrap();
         let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
-        let now_ms = 100;
-        let tombstone_cutoff = now_ms - 50;
         let mut produced = produce(&mut log, &first, &batch_sizes, compression);
-        let sealed_end = *log.segment_base_offsets().last().unwrap();
-        let stats = log.clean(now_ms, &mut |_| {}).unwrap();
-        prop_assert_eq!(stats.is_some(), sealed_end > 0);
-        let expected = expected_after_clean(&produced, sealed_end, tombstone_cutoff);
+        let first_end = *log.segment_base_offsets().last().unwrap();
+        let stats = log.clean(100, &mut |_| {}).unwrap();
+        prop_assert_eq!(stats.is_some(), first_end > 0);
+        // A first clean keeps every tombstone.
+        let expected = expected_after_clean(&produced, first_end, |_| false);
         check_contents(&log, &produced, &expected);
 
         produced.extend(produce(&mut log, &second, &batch_sizes, compression));
         let sealed_end = *log.segment_base_offsets().last().unwrap();
-        log.clean(now_ms, &mut |_| {}).unwrap();
-        let expected = expected_after_clean(&produced, sealed_end, tombstone_cutoff);
+        let second_clean = log.clean(100 + later_ms, &mut |_| {}).unwrap();
+        prop_assert_eq!(second_clean.is_some(), sealed_end > first_end);
+        // The second drops the tombstones the first one took in, once 50 ms passed.
+        let expired = second_clean.is_some() && later_ms >= 50;
+        let expected =
+            expected_after_clean(&produced, sealed_end, |offset| expired && offset < first_end);
         check_contents(&log, &produced, &expected);
 
         // From every offset, gap or not, a consumer reaches the first record at or
@@ -276,7 +281,7 @@ fn the_active_segment_is_never_cleaned_and_the_dirty_ratio_decides() {
     assert!(stats.completed);
     assert!(stats.records_kept < stats.records_read);
     assert_eq!(*log.segment_base_offsets().last().unwrap(), active_base);
-    let expected = expected_after_clean(&produced, active_base, 0);
+    let expected = expected_after_clean(&produced, active_base, |_| false);
     check_contents(&log, &produced, &expected);
     assert!(
         log.segment_count() < segments_before,
@@ -339,36 +344,49 @@ fn tombstones_stay_for_delete_retention_then_go() {
         value: Some(v),
         timestamp: 30,
     }));
-    let produced = produce(&mut log, &records, &[1], Compression::Zstd);
-    let sealed_end = *log.segment_base_offsets().last().unwrap();
-    // At 60 the tombstone (stamped 20, retention 50) is 40 ms old: it stays.
-    log.clean(60, &mut |_| {}).unwrap().unwrap();
+    let mut produced = produce(&mut log, &records, &[1], Compression::Zstd);
+    // Retention counts from the first clean, not from the record's timestamp (20):
+    // the clean at 1000 takes the tombstone in and keeps it.
+    log.clean(1000, &mut |_| {}).unwrap().unwrap();
     let read = read_records(&log);
     assert_eq!(read[0].0, 1, "the old value goes, the tombstone stays");
     assert!(read[0].2.is_none());
-    check_contents(
-        &log,
-        &produced,
-        &expected_after_clean(&produced, sealed_end, 10),
+    // Later cleans (each needs new dirty data) keep it for 50 ms after that.
+    let mut more = |log: &mut PartitionLog, key: u8| {
+        let records: Vec<Produced> = (0..80)
+            .map(|v| Produced {
+                key: Some(key),
+                value: Some(v),
+                timestamp: 30,
+            })
+            .collect();
+        produced.extend(produce(log, &records, &[1], Compression::Zstd));
+    };
+    more(&mut log, 3);
+    log.clean(1049, &mut |_| {}).unwrap().unwrap();
+    assert_eq!(
+        read_records(&log)[0].0,
+        1,
+        "49 ms after its first clean: stays"
     );
-    // More dirty data, and at 71 it is 51 ms old: gone.
-    let more: Vec<Produced> = (0..80)
-        .map(|v| Produced {
-            key: Some(3),
-            value: Some(v),
-            timestamp: 30,
-        })
-        .collect();
-    let mut produced = produced;
-    produced.extend(produce(&mut log, &more, &[1], Compression::Zstd));
+    more(&mut log, 4);
+    log.clean(1050, &mut |_| {}).unwrap().unwrap();
+    assert!(
+        read_records(&log).iter().all(|r| r.0 > 1),
+        "50 ms after: gone"
+    );
+    more(&mut log, 5);
+    log.clean(1200, &mut |_| {}).unwrap().unwrap();
     let sealed_end = *log.segment_base_offsets().last().unwrap();
-    log.clean(71, &mut |_| {}).unwrap().unwrap();
-    assert!(read_records(&log).iter().all(|r| r.0 > 1));
     check_contents(
         &log,
         &produced,
-        &expected_after_clean(&produced, sealed_end, 21),
+        &expected_after_clean(&produced, sealed_end, |offset| offset == 1),
     );
+    // The checkpoint merged the three passes older than the retention into one line.
+    let checkpoint =
+        std::fs::read_to_string(dir.path().join(meridian_log::CLEANER_CHECKPOINT_FILE)).unwrap();
+    assert_eq!(checkpoint.lines().count(), 2, "{checkpoint}");
 }
 
 #[test]
@@ -471,7 +489,7 @@ fn a_crash_at_any_point_of_a_swap_recovers_to_before_or_after() {
     check_contents(
         &log,
         &produced,
-        &expected_after_clean(&produced, cleaned_end, 0),
+        &expected_after_clean(&produced, cleaned_end, |_| false),
     );
     log.close().unwrap();
     let cleaned_log = after_dir.join(format!("{:020}.log", 0));
@@ -599,7 +617,7 @@ fn a_full_key_map_cleans_in_several_passes_to_the_same_result() {
     check_contents(
         &log,
         &produced,
-        &expected_after_clean(&produced, sealed_end, 0),
+        &expected_after_clean(&produced, sealed_end, |_| false),
     );
 }
 
