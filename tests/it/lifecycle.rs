@@ -216,6 +216,27 @@ async fn truncate_before_moves_the_log_start_durably() {
     let first: serde_json::Value = serde_json::from_str(values.lines().next().unwrap()).unwrap();
     assert_eq!(first["offset"], 17, "{values}");
     assert_eq!(values.lines().count(), 30 - 17);
+    // From below the start: the CLI stops with the error, or resets when asked to.
+    let (success, _, stderr) = broker.cli(&["consume", "trunc", "-p", "0", "--from", "5"], "");
+    assert!(!success);
+    assert!(stderr.contains("OffsetOutOfRange"), "{stderr}");
+    let values = ok(broker.cli(
+        &[
+            "consume",
+            "trunc",
+            "-p",
+            "0",
+            "--from",
+            "5",
+            "--auto-offset-reset",
+            "earliest",
+            "--format",
+            "json",
+        ],
+        "",
+    ));
+    let first: serde_json::Value = serde_json::from_str(values.lines().next().unwrap()).unwrap();
+    assert_eq!(first["offset"], 17, "{values}");
 
     // All partitions, to the end, through the SDK; then a restart keeps it.
     let results = admin

@@ -305,6 +305,11 @@ pub struct ConsumeArgs {
     /// With --group: exit after this long without a record.
     #[arg(long, requires = "group")]
     pub idle_exit_ms: Option<u64>,
+    /// When a position is outside the log (e.g. retention deleted it): move to the
+    /// `earliest` or `latest` offset, or stop with the error (`none`). With --group,
+    /// --from sets this (it also says where to start without a committed offset).
+    #[arg(long, default_value = "none")]
+    pub auto_offset_reset: AutoOffsetReset,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -330,7 +335,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     }
     let from = parse_from(&args.from)?;
     let client = args.connect.connect().await?;
-    let mut consumer = client.consumer(ConsumerConfig::default());
+    let mut consumer = client.consumer(ConsumerConfig {
+        auto_offset_reset: args.auto_offset_reset,
+        ..ConsumerConfig::default()
+    });
     let partitions = if args.partition.is_empty() {
         consumer.assign_all(&args.topic).await?
     } else {
