@@ -296,7 +296,12 @@ impl PartitionLog {
         let sealed = &self.segments[..self.segments.len() - 1];
         let n_cleanable = if lag_ms > 0 {
             let cutoff = now_ms.saturating_sub(lag_ms);
-            sealed.partition_point(|s| s.max_timestamp <= cutoff)
+            // Timestamps need not grow from segment to segment: stop at the first
+            // segment holding a record newer than the cutoff.
+            sealed
+                .iter()
+                .position(|s| s.max_timestamp > cutoff)
+                .unwrap_or(sealed.len())
         } else {
             sealed.len()
         };

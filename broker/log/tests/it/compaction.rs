@@ -320,6 +320,36 @@ fn min_compaction_lag_keeps_recent_segments_dirty() {
     assert!(log.clean(500, &mut |_| {}).unwrap().is_none());
     let stats = log.clean(1010, &mut |_| {}).unwrap().unwrap();
     assert!(stats.records_kept < stats.records_read);
+
+    // A segment holding a recent record stops the cleanable part, even when older
+    // segments follow it (timestamps are the producers' and need not grow).
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        min_compaction_lag_ms: 1000,
+        ..compact_config()
+    };
+    let mut log = PartitionLog::open(dir.path(), config, 0).unwrap();
+    let stamped = |timestamp: i64, n: u16| -> Vec<Produced> {
+        (0..n)
+            .map(|v| Produced {
+                key: Some((v % 5) as u8),
+                value: Some(v),
+                timestamp,
+            })
+            .collect()
+    };
+    produce(&mut log, &stamped(10, 100), &[5], Compression::None);
+    let recent_from = log.log_end_offset();
+    produce(&mut log, &stamped(2000, 5), &[5], Compression::None);
+    produce(&mut log, &stamped(10, 200), &[5], Compression::None);
+    let bases = log.segment_base_offsets();
+    let recent_segment = bases.partition_point(|&b| b <= recent_from) - 1;
+    assert!(
+        bases.len() > recent_segment + 3,
+        "old segments follow: {bases:?}"
+    );
+    let stats = log.clean(1500, &mut |_| {}).unwrap().unwrap();
+    assert_eq!(stats.end_offset, bases[recent_segment]);
 }
 
 #[test]
