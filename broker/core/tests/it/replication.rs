@@ -7,7 +7,9 @@
 //! - every replica's log below its high watermark agrees with the committed log (so
 //!   committed prefixes are identical everywhere, and what a consumer can read below
 //!   the high watermark never changes);
-//! - an acknowledged record is in the committed log at its offset.
+//! - an acknowledged record is in the committed log at its offset;
+//! - no record is committed twice, though the idempotent producer retries every
+//!   unanswered record (to whoever leads by then).
 //!
 //! And at the end, with faults healed: every replica holds the whole committed log,
 //! including every acknowledged record, and all logs are equal.
@@ -51,9 +53,22 @@ enum Msg {
     },
     ProduceReply {
         request: u64,
-        result: Result<i64, ReplicationError>,
+        result: Result<i64, ProduceError>,
     },
 }
+
+#[derive(Clone, Debug)]
+enum ProduceError {
+    /// Not the leader, or too few in-sync replicas: try again.
+    Refused,
+    /// An idempotent record whose predecessor is not in this leader's log.
+    OutOfOrderSequence,
+}
+
+/// Record ids from this one up belong to the idempotent producer: id - base is its
+/// sequence number. It sends one record at a time and retries it (same sequence)
+/// until acknowledged, like the SDK's idempotent producer.
+const IDEMPOTENT_BASE: u64 = 1 << 40;
 
 #[derive(Clone, Debug)]
 enum Reply {
@@ -133,11 +148,15 @@ struct Sim {
     cut: BTreeSet<(BrokerId, BrokerId)>,
     drop_percent: u64,
     committed: Vec<(i32, u64)>,
+    committed_ids: BTreeSet<u64>,
     leaders: BTreeMap<i32, BrokerId>,
     acked: Vec<(i64, u64)>,
     next_request: u64,
     next_record: u64,
     produce_in_flight: BTreeMap<u64, u64>,
+    /// The idempotent producer's one request: (request, sent at).
+    idempotent_in_flight: Option<(u64, i64)>,
+    next_idempotent_seq: u64,
 }
 
 impl Sim {
@@ -172,11 +191,14 @@ impl Sim {
             cut: BTreeSet::new(),
             drop_percent: 0,
             committed: Vec::new(),
+            committed_ids: BTreeSet::new(),
             leaders: BTreeMap::new(),
             acked: Vec::new(),
             next_request: 0,
             next_record: 0,
             produce_in_flight: BTreeMap::new(),
+            idempotent_in_flight: None,
+            next_idempotent_seq: 0,
         };
         sim.broadcast_state();
         sim
@@ -257,6 +279,12 @@ impl Sim {
         let Some(record) = self.produce_in_flight.remove(&request) else {
             return;
         };
+        if record >= IDEMPOTENT_BASE && self.idempotent_in_flight.map(|(r, _)| r) == Some(request) {
+            self.idempotent_in_flight = None;
+            if result.is_ok() {
+                self.next_idempotent_seq += 1;
+            }
+        }
         if let Ok(offset) = result {
             let position = offset as usize;
             assert!(
@@ -287,7 +315,7 @@ impl Sim {
                             CLIENT,
                             Msg::ProduceReply {
                                 request,
-                                result: Err(ReplicationError::NotLeader),
+                                result: Err(ProduceError::Refused),
                             },
                         );
                     }
@@ -296,13 +324,38 @@ impl Sim {
             Msg::AlterIsrRefused => node.replica.alter_isr_refused(),
             Msg::Produce { request, record } => {
                 let result = match node.replica.check_append(true) {
+                    Err(_) => Some(Err(ProduceError::Refused)),
+                    Ok(epoch) if record >= IDEMPOTENT_BASE => {
+                        // The producer state a real partition keeps is what its log
+                        // says; a new leader rebuilds it from replicated batches.
+                        if let Some(offset) = node.log.iter().position(|(_, r)| *r == record) {
+                            // A retry: answer with the original offset once committed.
+                            node.pending_acks.push((offset as i64, request));
+                            None
+                        } else {
+                            let last = node
+                                .log
+                                .iter()
+                                .map(|(_, r)| *r)
+                                .filter(|r| *r >= IDEMPOTENT_BASE)
+                                .max();
+                            let expected = last.map_or(IDEMPOTENT_BASE, |r| r + 1);
+                            if record == expected {
+                                node.log.push((epoch, record));
+                                let offset = node.replica.appended_as_leader(1);
+                                node.pending_acks.push((offset, request));
+                                None
+                            } else {
+                                Some(Err(ProduceError::OutOfOrderSequence))
+                            }
+                        }
+                    }
                     Ok(epoch) => {
                         node.log.push((epoch, record));
                         let offset = node.replica.appended_as_leader(1);
                         node.pending_acks.push((offset, request));
                         None
                     }
-                    Err(e) => Some(Err(e)),
                 };
                 if let Some(result) = result {
                     self.send(to, CLIENT, Msg::ProduceReply { request, result });
@@ -425,6 +478,26 @@ impl Sim {
         self.send(CLIENT, leader, Msg::Produce { request, record });
     }
 
+    /// The idempotent producer: sends its next record, or the same one again after
+    /// 300 ms without an answer (to whoever leads now).
+    fn produce_idempotent(&mut self) {
+        if self
+            .idempotent_in_flight
+            .is_some_and(|(_, sent)| self.now - sent < 300)
+        {
+            return;
+        }
+        let Some(leader) = self.controller.partition(PARTITION).and_then(|p| p.leader) else {
+            return;
+        };
+        self.next_request += 1;
+        let request = self.next_request;
+        let record = IDEMPOTENT_BASE + self.next_idempotent_seq;
+        self.produce_in_flight.insert(request, record);
+        self.idempotent_in_flight = Some((request, self.now));
+        self.send(CLIENT, leader, Msg::Produce { request, record });
+    }
+
     fn fault(&mut self) {
         let b = BROKERS[self.rng.below(3) as usize];
         match self.rng.below(6) {
@@ -483,6 +556,12 @@ impl Sim {
                     ),
                     None => {
                         assert_eq!(offset, self.committed.len());
+                        let record = node.log[offset].1;
+                        assert!(
+                            self.committed_ids.insert(record),
+                            "seed {}: record {record} committed twice (offset {offset})",
+                            self.seed
+                        );
                         self.committed.push(node.log[offset]);
                     }
                 }
@@ -504,13 +583,15 @@ impl Sim {
     }
 }
 
-/// Runs one seed; returns how many records were acknowledged.
-fn run(seed: u64) -> usize {
+/// Runs one seed; returns how many records were acknowledged (all, and the idempotent
+/// producer's).
+fn run(seed: u64) -> (usize, usize) {
     let mut sim = Sim::new(seed);
     for _ in 0..3_000 {
         if sim.rng.chance(30) {
             sim.produce();
         }
+        sim.produce_idempotent();
         if sim.rng.chance(2) {
             sim.fault();
         }
@@ -553,25 +634,27 @@ fn run(seed: u64) -> usize {
         sim.nodes.iter().all(|n| &n.log == first),
         "seed {seed}: logs did not converge"
     );
-    sim.acked.len()
+    (sim.acked.len(), sim.next_idempotent_seq as usize)
 }
 
 #[test]
 fn replication_simulation() {
     let seeds = crate::rng::seeds(100);
-    let mut acked = 0;
+    let (mut acked, mut idempotent) = (0, 0);
     for &seed in &seeds {
-        acked += std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
+        let (all, idem) = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
             eprintln!(
                 "replication simulation failed with seed {seed}; replay: MERIDIAN_SIM_SEED={seed}"
             );
             std::panic::resume_unwind(e)
         });
+        acked += all;
+        idempotent += idem;
     }
     // The faults must not stop all progress: on average each run acknowledges writes.
     assert!(
-        acked >= seeds.len() * 50,
-        "only {acked} records acknowledged over {} seeds",
+        acked >= seeds.len() * 50 && idempotent >= seeds.len() * 10,
+        "only {acked} records ({idempotent} idempotent) acknowledged over {} seeds",
         seeds.len()
     );
 }
