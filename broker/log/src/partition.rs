@@ -4,7 +4,14 @@ use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use meridian_wire::batch::{patch_batch, BATCH_LOG_OVERHEAD};
+use meridian_wire::batch::BATCH_LOG_OVERHEAD;
+
+/// Patches the first 16 bytes of a batch (base offset, length, leader epoch) the way
+/// `meridian_wire::batch::patch_batch` patches a whole one (the CRC covers neither).
+fn patch_front(front: &mut [u8; 16], base_offset: i64, leader_epoch: i32) {
+    front[0..8].copy_from_slice(&base_offset.to_be_bytes());
+    front[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
+}
 
 use crate::group_commit::SyncHandle;
 use crate::producer_state::{self, ProducerStates, SequenceCheck};
@@ -327,7 +334,12 @@ impl PartitionLog {
         if self.should_roll(total_bytes, batches.n_offsets(), now_ms) {
             self.roll()?;
         }
-        let mut bytes = batches.bytes.to_vec();
+        // The producer's bytes are written as they are, except the 16 bytes at the
+        // front of each batch that carry the base offset and leader epoch: those go
+        // from patched copies. One `pwritev`, no copy of the payload.
+        const PATCHED_LEN: usize = 16;
+        let bytes = &batches.bytes;
+        let mut headers: Vec<[u8; PATCHED_LEN]> = Vec::with_capacity(batches.headers.len());
         let mut planned = Vec::with_capacity(batches.headers.len());
         let mut position = 0usize;
         let mut offset = self.log_end_offset();
@@ -335,7 +347,10 @@ impl PartitionLog {
         for header in &batches.headers {
             let len = header.total_len();
             assert!(len >= BATCH_LOG_OVERHEAD && position + len <= bytes.len());
-            patch_batch(&mut bytes[position..position + len], offset, leader_epoch);
+            let mut front = [0u8; PATCHED_LEN];
+            front.copy_from_slice(&bytes[position..position + PATCHED_LEN]);
+            patch_front(&mut front, offset, leader_epoch);
+            headers.push(front);
             let last_offset = offset + header.last_offset_delta as i64;
             planned.push(PlannedBatch {
                 base_offset: offset,
@@ -348,10 +363,18 @@ impl PartitionLog {
             offset = last_offset + 1;
         }
         assert_eq!(position, bytes.len(), "validated batches cover the input");
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(2 * headers.len());
+        let mut position = 0usize;
+        for (front, batch) in headers.iter().zip(&planned) {
+            let len = batch.len as usize;
+            parts.push(front);
+            parts.push(&bytes[position + PATCHED_LEN..position + len]);
+            position += len;
+        }
         let base_offset = self.log_end_offset();
         let interval = self.config.index_interval_bytes;
         self.active_mut()
-            .append(&bytes, &planned, interval, now_ms)?;
+            .append(&parts, &planned, interval, now_ms)?;
         if idempotent {
             for (header, planned) in batches.headers.iter().zip(&planned) {
                 self.producers.record(header, planned.base_offset, now_ms);

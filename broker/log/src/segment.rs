@@ -278,6 +278,27 @@ impl LoadedIndex {
     }
 }
 
+/// Writes `parts` back to back at `position` with `pwritev`, continuing after short
+/// writes and in chunks of at most `IOV_MAX` buffers.
+fn write_all_vectored_at(file: &File, parts: &[&[u8]], mut position: u64) -> io::Result<()> {
+    const IOV_MAX: usize = 1024;
+    let mut slices: Vec<io::IoSlice<'_>> = parts.iter().map(|p| io::IoSlice::new(p)).collect();
+    let mut rest: &mut [io::IoSlice<'_>] = &mut slices;
+    while !rest.is_empty() {
+        let chunk = rest.len().min(IOV_MAX);
+        let written = rustix::io::pwritev(file, &rest[..chunk], position)?;
+        if written == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                "pwritev wrote nothing",
+            ));
+        }
+        position += written as u64;
+        io::IoSlice::advance_slices(&mut rest, written);
+    }
+    Ok(())
+}
+
 /// Files and state that only the active segment has.
 #[derive(Debug)]
 struct ActiveFiles {
@@ -988,7 +1009,7 @@ impl Segment {
     /// in-memory state is left untouched.
     pub fn append(
         &mut self,
-        bytes: &[u8],
+        parts: &[&[u8]],
         batches: &[PlannedBatch],
         index_interval_bytes: u32,
         now_ms: i64,
@@ -1024,11 +1045,12 @@ impl Segment {
             position += batch.len;
             max_timestamp = max_timestamp.max(batch.max_timestamp);
         }
-        assert_eq!(position - self.size, bytes.len() as u64);
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        assert_eq!(position - self.size, total as u64);
         let offsets_len = (index.offsets.len() * OFFSET_ENTRY_LEN) as u64;
         let times_len = (index.times.len() * TIME_ENTRY_LEN) as u64;
         let written = (|| -> io::Result<()> {
-            self.file.write_all_at(bytes, self.size)?;
+            write_all_vectored_at(&self.file, parts, self.size)?;
             if !new_offsets.is_empty() {
                 let new = SegmentIndex {
                     offsets: new_offsets.clone(),
