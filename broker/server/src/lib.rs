@@ -25,7 +25,7 @@ use anyhow::Context;
 use bytes::{Bytes, BytesMut};
 use meridian_log::GroupCommit;
 use meridian_wire::frame::{
-    check_frame_length, decode_request, encode_error_response, encode_response, FrameError,
+    check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
 };
 use tracing::Instrument;
 
@@ -294,22 +294,24 @@ async fn serve_stream(
             return;
         }
     };
-    let reply = match decode_request(frame) {
+    let mut reply = match decode_request(frame) {
         Ok(request) => {
             let api = request.api_key();
             let span = tracing::debug_span!("request", ?api);
             match shared.handle(request, peer).instrument(span).await {
-                Some(response) => encode_response(&response),
-                None => Bytes::new(),
+                // Chunks: fetched batches go out from the buffers they were read
+                // into, not copied into the frame.
+                Some(response) => encode_response_chunks(&response),
+                None => Vec::new(),
             }
         }
         Err(e) => {
             tracing::debug!(error = %e, "malformed request");
-            encode_error_response(e.code(), &e.to_string())
+            vec![encode_error_response(e.code(), &e.to_string())]
         }
     };
     if !reply.is_empty() {
-        if let Err(e) = send.write_all(&reply).await {
+        if let Err(e) = send.write_all_chunks(&mut reply).await {
             tracing::debug!(error = %e, "client went away before the response was sent");
             return;
         }

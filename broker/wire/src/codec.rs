@@ -139,14 +139,42 @@ impl Reader {
     }
 }
 
-/// Writes primitives into a `BytesMut`.
+/// Payloads at least this long are sent as chunks of their own by a chunked writer
+/// instead of being copied into the frame.
+pub const SHARED_CHUNK_MIN: usize = 4096;
+
+/// Writes primitives into a `BytesMut`. A *chunked* writer (see
+/// [`Writer::chunked`]) also hands large payloads over as separate `Bytes`, so record
+/// batches go out without being copied into the frame.
 pub struct Writer<'a> {
     pub buf: &'a mut BytesMut,
+    chunks: Option<&'a mut Vec<Bytes>>,
 }
 
 impl<'a> Writer<'a> {
     pub fn new(buf: &'a mut BytesMut) -> Writer<'a> {
-        Writer { buf }
+        Writer { buf, chunks: None }
+    }
+
+    /// A writer that moves what is written so far into `chunks` whenever a large
+    /// payload is written with [`Writer::shared_bytes`], and the payload after it.
+    pub fn chunked(buf: &'a mut BytesMut, chunks: &'a mut Vec<Bytes>) -> Writer<'a> {
+        Writer {
+            buf,
+            chunks: Some(chunks),
+        }
+    }
+
+    /// Like [`Writer::bytes`]; a chunked writer does not copy a large payload.
+    pub fn shared_bytes(&mut self, v: &Bytes) {
+        match &mut self.chunks {
+            Some(chunks) if v.len() >= SHARED_CHUNK_MIN => {
+                self.buf.put_u32(v.len() as u32);
+                chunks.push(self.buf.split().freeze());
+                chunks.push(v.clone());
+            }
+            _ => self.bytes(v),
+        }
     }
     pub fn u8(&mut self, v: u8) {
         self.buf.put_u8(v)

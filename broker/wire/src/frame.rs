@@ -165,6 +165,40 @@ pub fn encode_response(response: &Response) -> Bytes {
     })
 }
 
+/// Encodes a frame as chunks to write back to back: record batches stay in their own
+/// buffers instead of being copied into the frame (see [`Writer::chunked`]).
+fn chunks_with_length_prefix(body: impl FnOnce(&mut Writer<'_>)) -> Vec<Bytes> {
+    let mut buf = BytesMut::with_capacity(256);
+    let mut chunks = Vec::new();
+    body(&mut Writer::chunked(&mut buf, &mut chunks));
+    if !buf.is_empty() {
+        chunks.push(buf.freeze());
+    }
+    let length: usize = chunks.iter().map(Bytes::len).sum();
+    let prefix = Bytes::copy_from_slice(&(length as u32).to_be_bytes());
+    chunks.insert(0, prefix);
+    chunks
+}
+
+/// [`encode_request`] as chunks (for `write_all_chunks`): produced batches are not copied.
+pub fn encode_request_chunks(request: &Request) -> Vec<Bytes> {
+    chunks_with_length_prefix(|w| {
+        let api = request.api_key();
+        w.u16(api as u16);
+        w.u16(api.max_version());
+        request.encode_body(w);
+    })
+}
+
+/// [`encode_response`] as chunks (for `write_all_chunks`): fetched batches are not copied.
+pub fn encode_response_chunks(response: &Response) -> Vec<Bytes> {
+    chunks_with_length_prefix(|w| {
+        w.u16(ErrorCode::None as u16);
+        w.string("");
+        response.encode_body(w);
+    })
+}
+
 /// Encodes a request-level error (the request could not be understood at all).
 pub fn encode_error_response(code: ErrorCode, message: &str) -> Bytes {
     assert!(code != ErrorCode::None);
@@ -240,6 +274,51 @@ mod tests {
                 expected: 14,
                 got: 6
             })
+        );
+    }
+
+    #[test]
+    fn chunked_frames_equal_flat_frames() {
+        use crate::messages::*;
+        let big = Bytes::from(vec![7u8; 3 * crate::codec::SHARED_CHUNK_MIN]);
+        let small = Bytes::from_static(b"tiny");
+        let request = Request::Produce(ProduceRequest {
+            acks: 1,
+            timeout_ms: 1,
+            topics: vec![ProduceTopic {
+                name: "t".into(),
+                partitions: vec![
+                    ProducePartition {
+                        partition: 0,
+                        records: big.clone(),
+                    },
+                    ProducePartition {
+                        partition: 1,
+                        records: small.clone(),
+                    },
+                ],
+            }],
+        });
+        let flat = encode_request(&request);
+        let chunks = encode_request_chunks(&request);
+        assert!(chunks.len() > 2, "the large batch travels as its own chunk");
+        assert_eq!(chunks.concat(), flat.to_vec());
+        let response = Response::Fetch(FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![FetchPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: 1,
+                    log_start_offset: 0,
+                    records: big,
+                }],
+            }],
+        });
+        assert_eq!(
+            encode_response_chunks(&response).concat(),
+            encode_response(&response).to_vec()
         );
     }
 

@@ -528,7 +528,7 @@ impl Request {
                     w.string(&t.name);
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
-                        w.bytes(&p.records);
+                        w.shared_bytes(&p.records);
                     });
                 });
             }
@@ -783,7 +783,7 @@ impl Response {
                         w.string(&p.message);
                         w.i64(p.high_watermark);
                         w.i64(p.log_start_offset);
-                        w.bytes(&p.records);
+                        w.shared_bytes(&p.records);
                     });
                 });
             }

@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex as StdMutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use meridian_wire::frame::{check_frame_length, decode_response, encode_request, ResponseFrame};
+use meridian_wire::frame::{
+    check_frame_length, decode_response, encode_request_chunks, ResponseFrame,
+};
 use meridian_wire::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, Request,
     Response,
@@ -118,7 +120,7 @@ impl Client {
     pub async fn send_no_response(&self, request: Request) -> Result<()> {
         let timeout = self.inner.config.request_timeout;
         let api = request.api_key();
-        let frame = encode_request(&request);
+        let frame = encode_request_chunks(&request);
         tokio::time::timeout(timeout, self.exchange(api, frame, false))
             .await
             .map_err(|_| Error::Timeout)??;
@@ -131,7 +133,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Response> {
         let api = request.api_key();
-        let frame = encode_request(&request);
+        let frame = encode_request_chunks(&request);
         let response = tokio::time::timeout(timeout, self.exchange(api, frame, true))
             .await
             .map_err(|_| Error::Timeout)??;
@@ -323,7 +325,7 @@ impl Client {
         let response = round_trip(
             &connection,
             ApiKey::ApiVersions,
-            encode_request(&request),
+            encode_request_chunks(&request),
             true,
             config.max_response_bytes,
         )
@@ -349,14 +351,18 @@ impl Client {
     async fn exchange(
         &self,
         api: ApiKey,
-        frame: Bytes,
+        frame: Vec<Bytes>,
         expect_response: bool,
     ) -> Result<Option<Response>> {
         let mut reconnected = false;
         loop {
             let connected = self.connection().await?;
             check_supported(&connected.broker, api)?;
-            let body_len = frame.len().saturating_sub(4);
+            let body_len = frame
+                .iter()
+                .map(Bytes::len)
+                .sum::<usize>()
+                .saturating_sub(4);
             if body_len > connected.broker.max_frame_bytes as usize {
                 return Err(Error::broker(
                     ErrorCode::FrameTooLarge,
@@ -457,7 +463,7 @@ impl From<RoundTripError> for Error {
 async fn round_trip(
     connection: &quinn::Connection,
     api: ApiKey,
-    frame: Bytes,
+    mut frame: Vec<Bytes>,
     expect_response: bool,
     max_response_bytes: u32,
 ) -> Result<Option<Response>, RoundTripError> {
@@ -466,7 +472,8 @@ async fn round_trip(
         .await
         .map_err(|e| RoundTripError::NotSent(Error::Transport(e.to_string())))?;
     let failed = |e: String| RoundTripError::Failed(Error::Transport(e));
-    send.write_chunk(frame)
+    // Chunks: the batches of a produce go out from their own buffers, uncopied.
+    send.write_all_chunks(&mut frame)
         .await
         .map_err(|e| failed(e.to_string()))?;
     send.finish().map_err(|e| failed(e.to_string()))?;
