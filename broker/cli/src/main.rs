@@ -3,6 +3,7 @@
 
 mod bench;
 mod client_cmds;
+mod plugin_cmds;
 mod transport;
 
 use std::path::PathBuf;
@@ -41,6 +42,9 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Scaffold, build and locally test WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmds::PluginCommand),
 }
 
 #[derive(Args, Clone)]
@@ -145,6 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => client_cmds::produce(args).await,
         Command::Consume(args) => client_cmds::consume(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Plugin(cmd) => plugin_cmds::run(cmd),
     }
 }
 
