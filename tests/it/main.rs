@@ -7,5 +7,6 @@ mod crash;
 mod harness;
 mod lifecycle;
 mod limits;
+mod plugins;
 mod produce_consume;
 mod tls;
