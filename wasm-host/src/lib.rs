@@ -222,6 +222,8 @@ impl Host {
     pub fn new(config: HostConfig) -> Result<Host, HostError> {
         let mut wasm_config = Config::new();
         wasm_config.epoch_interruption(true);
+        // Failure messages go to producers and logs: the trap itself, not a backtrace.
+        wasm_config.wasm_backtrace(false);
         wasm_config.cranelift_opt_level(wasmtime::OptLevel::Speed);
         let engine = Engine::new(&wasm_config).map_err(|e| HostError(e.to_string()))?;
         let mut linker = Linker::new(&engine);

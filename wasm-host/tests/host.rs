@@ -8,51 +8,9 @@ use meridian_wasm_host::{
 };
 use meridian_wire::batch::Record;
 
-/// A filter module: input at 1024 (grown by `meridian_alloc`), output area at 65536.
-/// `$process_body` runs before the "keep every record" output is written.
-fn filter_wat(abi: i32, kind: i32, process_prelude: &str) -> String {
-    format!(
-        r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 2)
-  (data (i32.const 512) "hello from wasm\n")
-  (func (export "meridian_abi_version") (result i32) (i32.const {abi}))
-  (func (export "meridian_kind") (result i32) (i32.const {kind}))
-  (func (export "meridian_alloc") (param $len i32) (result i32)
-    (i32.const 1024))
-  (func (export "meridian_init") (param $ptr i32) (param $len i32) (result i64)
-    ;; refuse a params blob with 2 or more entries, to test parameter errors
-    (if (i32.ge_u (i32.load (local.get $ptr)) (i32.const 2))
-      (then
-        (i32.store8 (i32.const 65536) (i32.const 1))
-        (i32.store (i32.const 65537) (i32.const 3))
-        (i32.store8 (i32.const 65541) (i32.const 98))
-        (i32.store8 (i32.const 65542) (i32.const 97))
-        (i32.store8 (i32.const 65543) (i32.const 100))
-        (return (i64.or (i64.shl (i64.const 65536) (i64.const 32)) (i64.const 8)))))
-    (i32.store8 (i32.const 65536) (i32.const 0))
-    (i64.or (i64.shl (i64.const 65536) (i64.const 32)) (i64.const 1)))
-  (func (export "meridian_process") (param $ptr i32) (param $len i32) (result i64)
-    (local $n i32)
-    {process_prelude}
-    (local.set $n (i32.load (i32.add (local.get $ptr) (i32.const 4))))
-    (i32.store8 (i32.const 65536) (i32.const 0))
-    (memory.fill (i32.const 65537) (i32.const 1) (local.get $n))
-    (i64.or (i64.shl (i64.const 65536) (i64.const 32))
-            (i64.extend_i32_u (i32.add (local.get $n) (i32.const 1)))))
-)"#
-    )
-}
-
-const LOG_LINE: &str = r#"
-    ;; iovec at 256: (512, 16)
-    (i32.store (i32.const 256) (i32.const 512))
-    (i32.store (i32.const 260) (i32.const 16))
-    (drop (call $fd_write (i32.const 1) (i32.const 256) (i32.const 1) (i32.const 300)))"#;
-
-const TRAP: &str = "(if (i32.gt_u (i32.load (i32.add (local.get $ptr) (i32.const 4))) (i32.const 2)) (then unreachable))";
-const LOOP_FOREVER: &str = "(if (i32.gt_u (i32.load (i32.add (local.get $ptr) (i32.const 4))) (i32.const 2)) (then (loop $l (br $l))))";
-const MEMORY_BOMB: &str = "(if (i32.gt_u (i32.load (i32.add (local.get $ptr) (i32.const 4))) (i32.const 2)) (then (loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1))))))";
+#[path = "fixtures/wat.rs"]
+mod wat_fixtures;
+use wat_fixtures::*;
 
 fn host() -> Host {
     Host::new(HostConfig::default()).unwrap()
@@ -115,7 +73,11 @@ fn check_contained(prelude: &str, limits: Limits, expected: FailureKind) {
 
 #[test]
 fn trap_fails_only_its_batch() {
-    check_contained(TRAP, Limits::default(), FailureKind::Trap);
+    check_contained(
+        &when(MORE_THAN_2_RECORDS, TRAP),
+        Limits::default(),
+        FailureKind::Trap,
+    );
 }
 
 #[test]
@@ -125,7 +87,11 @@ fn infinite_loop_hits_the_batch_deadline() {
         ..Limits::default()
     };
     let started = Instant::now();
-    check_contained(LOOP_FOREVER, limits, FailureKind::Timeout);
+    check_contained(
+        &when(MORE_THAN_2_RECORDS, LOOP_FOREVER),
+        limits,
+        FailureKind::Timeout,
+    );
     // Two good batches and one that ran to its deadline: well under a second.
     assert!(started.elapsed() < Duration::from_secs(2));
 }
@@ -136,7 +102,11 @@ fn memory_bomb_hits_the_memory_cap() {
         memory_max_bytes: 4 << 20,
         ..Limits::default()
     };
-    check_contained(MEMORY_BOMB, limits, FailureKind::MemoryLimit);
+    check_contained(
+        &when(MORE_THAN_2_RECORDS, MEMORY_BOMB),
+        limits,
+        FailureKind::MemoryLimit,
+    );
 }
 
 #[test]
