@@ -267,3 +267,430 @@ fn scaffolded_plugins_build_test_and_run() {
         }
     }
 }
+
+// ---- In the broker ----------------------------------------------------------------
+
+#[path = "../../wasm-host/tests/fixtures/wat.rs"]
+mod wat_fixtures;
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use meridian_client::{
+    Attachment, Client, ConsumerConfig, ErrorCode, NewTopic, Offset, ProducerConfig, ProducerRecord,
+};
+
+use crate::harness::TestBroker;
+
+fn attachment(plugin: &str, params: &[(&str, &str)], on_failure: &str) -> Attachment {
+    Attachment {
+        plugin: plugin.into(),
+        params: params
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        batch_time_max_ms: 0,
+        memory_max_bytes: 0,
+        on_failure: on_failure.into(),
+    }
+}
+
+async fn deploy(client: &Client, name: &str, module: &str) -> meridian_client::PluginInfo {
+    let wasm = std::fs::read(plugin_module(module)).unwrap();
+    client
+        .admin()
+        .deploy_plugin(name, "1.0.0", Bytes::from(wasm))
+        .await
+        .unwrap()
+}
+
+async fn deploy_wat(client: &Client, name: &str, wat: &str) -> meridian_client::Result<()> {
+    let wasm = wat::parse_str(wat).unwrap();
+    client
+        .admin()
+        .deploy_plugin(name, "test", Bytes::from(wasm))
+        .await
+        .map(|_| ())
+}
+
+async fn create(client: &Client, topic: &str, partitions: u32) {
+    client
+        .admin()
+        .create_topic(NewTopic::new(topic, partitions))
+        .await
+        .unwrap();
+}
+
+/// Sends each value as one request (one batch) and waits for it; returns each outcome.
+async fn send_each(
+    client: &Client,
+    topic: &str,
+    values: &[&str],
+) -> Vec<meridian_client::Result<()>> {
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::ZERO,
+        retries: 0,
+        ..ProducerConfig::default()
+    });
+    let mut out = Vec::new();
+    for v in values {
+        let record = ProducerRecord::new(topic, Bytes::from(v.to_string())).partition(0);
+        let delivery = producer.send(record).await.unwrap();
+        // A failed batch fails flush too; the delivery says which.
+        let _ = producer.flush().await;
+        out.push(delivery.await.map(|_| ()));
+    }
+    out
+}
+
+/// Every value in the topic (all partitions), in partition then offset order.
+async fn read_all(client: &Client, topic: &str) -> Vec<String> {
+    let admin = client.admin();
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    let partitions = consumer.assign_all(topic).await.unwrap();
+    let mut ends = Vec::new();
+    for &p in &partitions {
+        consumer.seek(topic, p, Offset::Earliest).await.unwrap();
+        ends.push(admin.list_offsets(topic, p, Offset::Latest).await.unwrap());
+    }
+    let mut values: Vec<(u32, i64, String)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while partitions
+        .iter()
+        .zip(&ends)
+        .any(|(&p, &end)| consumer.position(topic, p).unwrap_or(0) < end)
+    {
+        assert!(Instant::now() < deadline, "timed out reading {topic}");
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            values.push((
+                r.partition,
+                r.offset,
+                String::from_utf8_lossy(r.value.as_deref().unwrap_or_default()).into_owned(),
+            ));
+        }
+    }
+    values.sort();
+    values.into_iter().map(|(_, _, v)| v).collect()
+}
+
+fn broker_code(result: &meridian_client::Result<()>) -> Option<ErrorCode> {
+    result.as_ref().err().and_then(|e| e.code())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_list_describe_remove_and_refusals() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    let info = deploy(&client, "json-filter", "json_filter").await;
+    assert_eq!(info.kind, "filter");
+    assert_eq!(info.sha256.len(), 64);
+    let stored = broker
+        .data_dir
+        .join("plugins/modules")
+        .join(format!("{}.wasm", info.sha256));
+    assert_eq!(
+        std::fs::read(stored).unwrap(),
+        std::fs::read(plugin_module("json_filter")).unwrap()
+    );
+    assert_eq!(admin.list_plugins().await.unwrap(), vec![info.clone()]);
+
+    // Refused at upload: malformed, not a plugin, wrong ABI version.
+    for (module, message) in [
+        (b"garbage".to_vec(), "not a valid WebAssembly module"),
+        (b"\0asm\x01\0\0\0".to_vec(), "does not export `memory`"),
+        (
+            wat::parse_str(wat_fixtures::filter_wat(2, 0, "")).unwrap(),
+            "module speaks plugin ABI version 2; this broker speaks version 1",
+        ),
+    ] {
+        let err = admin
+            .deploy_plugin("bad", "1", Bytes::from(module))
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin), "{err}");
+        assert!(err.to_string().contains(message), "{err}");
+    }
+    let err = admin.describe_plugin("bad").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginNotFound));
+
+    // Bad parameters are refused at attach, by the plugin itself.
+    create(&client, "orders", 1).await;
+    let err = admin
+        .attach_plugin("orders", attachment("json-filter", &[], "reject"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin));
+    assert!(
+        err.to_string().contains("missing parameter `where`"),
+        "{err}"
+    );
+    let err = admin
+        .attach_plugin(
+            "orders",
+            attachment("json-filter", &[("where", "a=1")], "maybe"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig));
+
+    admin
+        .attach_plugin(
+            "orders",
+            attachment("json-filter", &[("where", "a=1")], "reject"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        admin
+            .describe_plugin("json-filter")
+            .await
+            .unwrap()
+            .attached_to,
+        ["orders"]
+    );
+    let err = admin.remove_plugin("json-filter").await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginInUse));
+    admin.detach_plugin("orders", "json-filter").await.unwrap();
+    admin.remove_plugin("json-filter").await.unwrap();
+    assert!(admin.list_plugins().await.unwrap().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn produce_chain_filters_then_transforms_and_survives_restart() {
+    let mut broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    deploy(&client, "big-orders", "json_filter").await;
+    deploy(&client, "redact", "pii_redactor").await;
+    create(&client, "orders", 1).await;
+    admin
+        .attach_plugin(
+            "orders",
+            attachment("big-orders", &[("where", "total>=100")], "reject"),
+        )
+        .await
+        .unwrap();
+    admin
+        .attach_plugin(
+            "orders",
+            attachment("redact", &[("paths", "name")], "reject"),
+        )
+        .await
+        .unwrap();
+    let results = send_each(
+        &client,
+        "orders",
+        &[
+            r#"{"total":50,"name":"Ann","email":"ann@x.org"}"#,
+            r#"{"total":150,"name":"Bob","email":"bob@y.org"}"#,
+        ],
+    )
+    .await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(
+        read_all(&client, "orders").await,
+        [r#"{"email":"[EMAIL]","name":"[REDACTED]","total":150}"#]
+    );
+
+    // Plugins, modules and attachments survive a restart.
+    drop(client);
+    broker.stop();
+    broker.restart();
+    let client = broker.client().await;
+    let results = send_each(&client, "orders", &[r#"{"total":500,"name":"Cy"}"#]).await;
+    assert!(results[0].is_ok(), "{results:?}");
+    assert_eq!(
+        read_all(&client, "orders").await.last().unwrap(),
+        r#"{"name":"[REDACTED]","total":500}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failure_policies_reject_skip_and_dead_letter() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    deploy(&client, "where-a", "json_filter").await;
+    let params = [("where", "a=1")];
+    for (topic, policy) in [
+        ("rejecting", "reject"),
+        ("skipping", "skip"),
+        ("dead-lettering", "dead-letter:dlq"),
+    ] {
+        create(&client, topic, 1).await;
+        admin
+            .attach_plugin(topic, attachment("where-a", &params, policy))
+            .await
+            .unwrap();
+        let results = send_each(&client, topic, &[r#"{"a":1}"#, "not json", r#"{"a":2}"#]).await;
+        assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+        match policy {
+            "reject" => {
+                assert_eq!(broker_code(&results[1]), Some(ErrorCode::PluginRejected));
+                let message = results[1].as_ref().unwrap_err().to_string();
+                assert!(
+                    message.contains(
+                        "plugin `where-a` rejected the record at offset 0: value is not JSON"
+                    ),
+                    "{message}"
+                );
+            }
+            _ => assert!(results[1].is_ok(), "{results:?}"),
+        }
+        assert_eq!(read_all(&client, topic).await, [r#"{"a":1}"#]);
+    }
+    assert_eq!(read_all(&client, "dlq").await, ["not json"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trap_infinite_loop_and_memory_bomb_are_contained() {
+    use wat_fixtures::*;
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    create(&client, "other", 1).await;
+    for (name, action, expected) in [
+        ("trapper", TRAP, "trap"),
+        ("looper", LOOP_FOREVER, "timeout"),
+        ("bomber", MEMORY_BOMB, "memory limit"),
+    ] {
+        let wat = filter_wat(1, 0, &when(FIRST_VALUE_STARTS_WITH_B, action));
+        deploy_wat(&client, name, &wat).await.unwrap();
+        create(&client, name, 1).await;
+        let mut a = attachment(name, &[], "reject");
+        a.batch_time_max_ms = 100;
+        a.memory_max_bytes = 8 << 20;
+        admin.attach_plugin(name, a).await.unwrap();
+
+        // Another topic keeps producing while the bad batch runs into its limit.
+        let other = {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let started = Instant::now();
+                let results = send_each(&client, "other", &["x"; 20]).await;
+                (results.iter().all(Result::is_ok), started.elapsed())
+            })
+        };
+        let started = Instant::now();
+        let results = send_each(&client, name, &["fine", "boom", "fine again"]).await;
+        assert!(started.elapsed() < Duration::from_secs(10));
+        assert!(
+            results[0].is_ok() && results[2].is_ok(),
+            "{name}: {results:?}"
+        );
+        assert_eq!(broker_code(&results[1]), Some(ErrorCode::PluginRejected));
+        let message = results[1].as_ref().unwrap_err().to_string();
+        assert!(
+            message.contains(&format!(
+                "plugin `{name}` failed on the batch starting at offset 0: {expected}"
+            )),
+            "{message}"
+        );
+        let (all_ok, _) = other.await.unwrap();
+        assert!(all_ok);
+        assert_eq!(read_all(&client, name).await, ["fine", "fine again"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hot_swap_under_load_loses_and_duplicates_nothing_and_logs_reach_the_topic() {
+    use wat_fixtures::*;
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    create(&client, "events", 2).await;
+    // v1 keeps everything silently; v2 keeps everything and prints a line per batch.
+    deploy_wat(&client, "keep", &filter_wat(1, 0, ""))
+        .await
+        .unwrap();
+    let v1 = admin.describe_plugin("keep").await.unwrap();
+    admin
+        .attach_plugin("events", attachment("keep", &[], "reject"))
+        .await
+        .unwrap();
+    let n = 4000usize;
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(1),
+        batch_size: 2048,
+        ..ProducerConfig::default()
+    });
+    let mut deliveries = Vec::with_capacity(n);
+    for i in 0..n {
+        if i == n / 2 {
+            deploy_wat(&client, "keep", &filter_wat(1, 0, LOG_LINE))
+                .await
+                .unwrap();
+        }
+        let record =
+            ProducerRecord::new("events", Bytes::from(format!("{i}"))).partition((i % 2) as u32);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        d.await.unwrap();
+    }
+    drop(producer);
+    let v2 = admin.describe_plugin("keep").await.unwrap();
+    assert_ne!(v1.sha256, v2.sha256);
+    let mut values: Vec<usize> = read_all(&client, "events")
+        .await
+        .iter()
+        .map(|v| v.parse().unwrap())
+        .collect();
+    values.sort_unstable();
+    assert_eq!(values, (0..n).collect::<Vec<_>>(), "no loss, no duplicates");
+    // The new version ran (its output is in the logs topic), and only after the swap.
+    let logs = read_all(&client, "__plugin_logs").await;
+    assert!(!logs.is_empty());
+    assert!(logs.iter().all(|l| l == "hello from wasm"), "{logs:?}");
+}
+
+#[test]
+fn cli_deploys_attaches_and_detaches() {
+    let broker = TestBroker::start(&["auto_create_topics=true"]);
+    let module = plugin_module("json_filter");
+    let (ok, stdout, stderr) = broker.cli(
+        &[
+            "plugin",
+            "deploy",
+            module.to_str().unwrap(),
+            "--plugin-version",
+            "2.1.0",
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.starts_with("json-filter\t2.1.0\tfilter\t"),
+        "{stdout}"
+    );
+    let (ok, _, stderr) = broker.cli(&["topic", "create", "t"], "");
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = broker.cli(
+        &[
+            "topic",
+            "attach",
+            "t",
+            "--plugin",
+            "json-filter",
+            "--param",
+            "where=keep=yes",
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = broker.cli(&["produce", "t"], "{\"keep\":\"yes\"}\n{\"keep\":\"no\"}\n");
+    assert!(ok, "{stderr}");
+    let (ok, stdout, stderr) = broker.cli(&["consume", "t"], "");
+    assert!(ok, "{stderr}");
+    assert_eq!(stdout, "{\"keep\":\"yes\"}\n");
+    let (ok, stdout, _) = broker.cli(&["plugin", "list"], "");
+    assert!(ok && stdout.trim_end().ends_with("\tt"), "{stdout}");
+    let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");
+    assert!(!ok && stderr.contains("PluginInUse"), "{stderr}");
+    let (ok, _, stderr) = broker.cli(&["topic", "detach", "t", "--plugin", "json-filter"], "");
+    assert!(ok, "{stderr}");
+    let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");
+    assert!(ok, "{stderr}");
+}

@@ -46,10 +46,16 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Append a deployed plugin to the topic's produce chain.
+    Attach(crate::plugin_cmds::AttachArgs),
+    /// Remove a plugin from the topic's produce chain.
+    Detach(crate::plugin_cmds::DetachArgs),
 }
 
 pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
+        TopicCommand::Attach(args) => crate::plugin_cmds::attach(args).await?,
+        TopicCommand::Detach(args) => crate::plugin_cmds::detach(args).await?,
         TopicCommand::Create {
             name,
             partitions,

@@ -149,7 +149,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => client_cmds::produce(args).await,
         Command::Consume(args) => client_cmds::consume(args).await,
         Command::Bench(cmd) => bench::run(cmd).await,
-        Command::Plugin(cmd) => plugin_cmds::run(cmd),
+        Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
     }
 }
 

@@ -7,8 +7,11 @@ use std::process::Command;
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use meridian_client::{Attachment, PluginInfo};
 use meridian_wasm_host::{BatchOutput, Host, HostConfig, Limits, LogStream, PluginKind};
 use meridian_wire::batch::{Header, NewRecord, Record};
+
+use crate::ConnectArgs;
 
 #[derive(Subcommand)]
 pub enum PluginCommand {
@@ -19,6 +22,107 @@ pub enum PluginCommand {
     /// Run a plugin module locally over records from a JSON-lines file and print the
     /// result as JSON lines.
     Test(TestArgs),
+    /// Upload a module to the broker (validated there); redeploying a name hot-swaps it.
+    Deploy {
+        /// The compiled module (.wasm).
+        module: PathBuf,
+        /// Plugin name (default: the file name without .wasm).
+        #[arg(long)]
+        name: Option<String>,
+        /// Version label stored with the plugin.
+        #[arg(long, default_value = "0.0.0")]
+        plugin_version: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// List deployed plugins.
+    List {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Show one plugin: version, sha256, kind, size, attached topics.
+    Describe {
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Remove a plugin no topic uses.
+    Remove {
+        name: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+#[derive(Args)]
+pub struct AttachArgs {
+    pub topic: String,
+    #[arg(long)]
+    pub plugin: String,
+    /// Plugin parameter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, String)>,
+    /// Time one batch call may take (0: the broker's plugins.batch_time_max_ms).
+    #[arg(long, default_value_t = 0)]
+    pub batch_time_max_ms: u32,
+    /// Linear memory cap (0: the broker's plugins.memory_max_bytes).
+    #[arg(long, default_value_t = 0)]
+    pub memory_max_bytes: u64,
+    /// What a record error or failed batch does: reject, skip or dead-letter:TOPIC.
+    #[arg(long, default_value = "reject")]
+    pub on_failure: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+#[derive(Args)]
+pub struct DetachArgs {
+    pub topic: String,
+    #[arg(long)]
+    pub plugin: String,
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+pub async fn attach(args: AttachArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    client
+        .admin()
+        .attach_plugin(
+            &args.topic,
+            Attachment {
+                plugin: args.plugin.clone(),
+                params: args.params,
+                batch_time_max_ms: args.batch_time_max_ms,
+                memory_max_bytes: args.memory_max_bytes,
+                on_failure: args.on_failure,
+            },
+        )
+        .await?;
+    println!("attached {} to {}", args.plugin, args.topic);
+    Ok(())
+}
+
+pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
+    let client = args.connect.connect().await?;
+    client
+        .admin()
+        .detach_plugin(&args.topic, &args.plugin)
+        .await?;
+    println!("detached {} from {}", args.plugin, args.topic);
+    Ok(())
+}
+
+fn print_info(p: &PluginInfo) {
+    let attached = if p.attached_to.is_empty() {
+        "-".to_string()
+    } else {
+        p.attached_to.join(",")
+    };
+    println!(
+        "{}\t{}\t{}\t{}\t{}\t{}",
+        p.name, p.version, p.kind, p.size_bytes, p.sha256, attached
+    );
 }
 
 #[derive(Args)]
@@ -82,8 +186,49 @@ pub fn parse_param(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("`{s}` is not KEY=VALUE"))
 }
 
-pub fn run(cmd: PluginCommand) -> anyhow::Result<()> {
+pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
     match cmd {
+        PluginCommand::Deploy {
+            module,
+            name,
+            plugin_version,
+            connect,
+        } => {
+            let name = match name {
+                Some(n) => n,
+                None => module
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .map(|s| s.replace('_', "-"))
+                    .context("--name is needed for this file name")?,
+            };
+            let wasm = std::fs::read(&module).with_context(|| module.display().to_string())?;
+            let client = connect.connect().await?;
+            let info = client
+                .admin()
+                .deploy_plugin(&name, &plugin_version, Bytes::from(wasm))
+                .await?;
+            print_info(&info);
+            Ok(())
+        }
+        PluginCommand::List { connect } => {
+            let client = connect.connect().await?;
+            for p in client.admin().list_plugins().await? {
+                print_info(&p);
+            }
+            Ok(())
+        }
+        PluginCommand::Describe { name, connect } => {
+            let client = connect.connect().await?;
+            print_info(&client.admin().describe_plugin(&name).await?);
+            Ok(())
+        }
+        PluginCommand::Remove { name, connect } => {
+            let client = connect.connect().await?;
+            client.admin().remove_plugin(&name).await?;
+            println!("removed {name}");
+            Ok(())
+        }
         PluginCommand::New(args) => new(args),
         PluginCommand::Build(args) => {
             for wasm in build(&args.dir)? {

@@ -62,6 +62,8 @@ pub struct BrokerConfig {
     pub udp_buffer_bytes: u32,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
+    /// WebAssembly plugin limits and defaults.
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 impl Default for BrokerConfig {
@@ -89,6 +91,7 @@ impl Default for BrokerConfig {
             idle_timeout_ms: 60_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
             topic_defaults: TopicDefaults::default(),
+            plugins: crate::plugins::PluginsConfig::default(),
         }
     }
 }

@@ -40,6 +40,13 @@ impl Shared {
             Request::Produce(r) => return self.produce(r).await.map(Response::Produce),
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
+            // Plugin administration (plugins.rs).
+            Request::PluginDeploy(r) => Response::PluginDeploy(self.plugin_deploy(r)),
+            Request::PluginList => Response::PluginList(self.plugin_list()),
+            Request::PluginDescribe(r) => Response::PluginDescribe(self.plugin_describe(r)),
+            Request::PluginRemove(r) => Response::PluginRemove(self.plugin_remove(r)),
+            Request::TopicAttach(r) => Response::TopicAttach(self.topic_attach(r)),
+            Request::TopicDetach(r) => Response::TopicDetach(self.topic_detach(r)),
         })
     }
 
@@ -60,7 +67,7 @@ impl Shared {
     }
 
     /// Finds a topic, creating it when `auto_create_topics` is on.
-    fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
         if let Some(topic) = self.registry.get(name) {
             return Ok(topic);
         }
@@ -284,7 +291,7 @@ impl Shared {
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
                     let partition = t.partition(p.partition)?;
-                    self.append(t, partition, &p.records)
+                    self.append_produced(t, partition, &p.records)
                 });
                 let (error, message, base_offset, log_start_offset) = match outcome {
                     Ok((base_offset, log_start, sync)) => {
@@ -338,7 +345,7 @@ impl Shared {
     }
 
     /// Validates (outside the partition lock) and appends one partition's batches.
-    fn append(
+    pub(crate) fn append(
         &self,
         topic: &Topic,
         partition: &Partition,

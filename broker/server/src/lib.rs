@@ -9,6 +9,7 @@
 
 pub mod config;
 mod handlers;
+mod plugins;
 pub mod tls;
 pub mod topic_config;
 pub mod topics;
@@ -41,6 +42,7 @@ pub(crate) struct Shared {
     pub(crate) registry: Registry,
     pub(crate) group_commit: GroupCommit,
     pub(crate) local_addr: SocketAddr,
+    pub(crate) plugins: plugins::Plugins,
 }
 
 /// A running broker.
@@ -86,6 +88,7 @@ impl Broker {
             config.topic_defaults.clone(),
             config.max_partitions_per_topic,
         )?;
+        let plugins = plugins::Plugins::open(&config.data_dir, &config.plugins)?;
         let topics = registry.all();
         let n_partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
         tracing::info!(
@@ -118,6 +121,7 @@ impl Broker {
             registry,
             group_commit: GroupCommit::start(),
             local_addr,
+            plugins,
         });
         Ok(Broker {
             shared,

@@ -63,6 +63,11 @@ error_codes! {
     TopicDeletionInProgress = 20, true, "the topic is being deleted";
     BrokerShuttingDown = 21, true, "the broker is shutting down";
     CorruptLog = 22, false, "the partition's log on disk is corrupted; an operator must repair it";
+    // 70..=89: WebAssembly plugins.
+    PluginNotFound = 70, false, "no plugin is deployed under that name";
+    InvalidPlugin = 71, false, "the module is not a valid plugin (malformed, wrong ABI version or exports, or refused its parameters)";
+    PluginRejected = 72, false, "a plugin attached to the topic rejected a record or failed on the batch";
+    PluginInUse = 73, false, "the plugin is attached to a topic; detach it first";
 }
 
 impl ErrorCode {

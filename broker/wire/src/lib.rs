@@ -13,6 +13,7 @@ pub mod codec;
 pub mod error;
 pub mod frame;
 pub mod messages;
+pub mod plugin_messages;
 
 pub use error::ErrorCode;
 

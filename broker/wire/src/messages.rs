@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
+use crate::plugin_messages::{self as pm, *};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -18,10 +19,17 @@ pub enum ApiKey {
     Produce = 5,
     Fetch = 6,
     ListOffsets = 7,
+    // 24..=29: WebAssembly plugins (plugin_messages.rs).
+    PluginDeploy = 24,
+    PluginList = 25,
+    PluginDescribe = 26,
+    PluginRemove = 27,
+    TopicAttach = 28,
+    TopicDetach = 29,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 8] = [
+    pub const ALL: [ApiKey; 14] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -30,6 +38,12 @@ impl ApiKey {
         ApiKey::Produce,
         ApiKey::Fetch,
         ApiKey::ListOffsets,
+        ApiKey::PluginDeploy,
+        ApiKey::PluginList,
+        ApiKey::PluginDescribe,
+        ApiKey::PluginRemove,
+        ApiKey::TopicAttach,
+        ApiKey::TopicDetach,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -58,6 +72,12 @@ pub enum Request {
     Produce(ProduceRequest),
     Fetch(FetchRequest),
     ListOffsets(ListOffsetsRequest),
+    PluginDeploy(PluginDeployRequest),
+    PluginList,
+    PluginDescribe(PluginNameRequest),
+    PluginRemove(PluginNameRequest),
+    TopicAttach(TopicAttachRequest),
+    TopicDetach(TopicDetachRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -70,6 +90,12 @@ pub enum Response {
     Produce(ProduceResponse),
     Fetch(FetchResponse),
     ListOffsets(ListOffsetsResponse),
+    PluginDeploy(PluginInfoResponse),
+    PluginList(PluginListResponse),
+    PluginDescribe(PluginInfoResponse),
+    PluginRemove(PluginResult),
+    TopicAttach(PluginResult),
+    TopicDetach(PluginResult),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -393,6 +419,12 @@ impl Request {
             Request::Produce(_) => ApiKey::Produce,
             Request::Fetch(_) => ApiKey::Fetch,
             Request::ListOffsets(_) => ApiKey::ListOffsets,
+            Request::PluginDeploy(_) => ApiKey::PluginDeploy,
+            Request::PluginList => ApiKey::PluginList,
+            Request::PluginDescribe(_) => ApiKey::PluginDescribe,
+            Request::PluginRemove(_) => ApiKey::PluginRemove,
+            Request::TopicAttach(_) => ApiKey::TopicAttach,
+            Request::TopicDetach(_) => ApiKey::TopicDetach,
         }
     }
 
@@ -447,6 +479,11 @@ impl Request {
                     });
                 });
             }
+            Request::PluginDeploy(r) => pm::put_deploy(w, r),
+            Request::PluginList => {}
+            Request::PluginDescribe(r) | Request::PluginRemove(r) => pm::put_name(w, r),
+            Request::TopicAttach(r) => pm::put_attach(w, r),
+            Request::TopicDetach(r) => pm::put_detach(w, r),
         }
     }
 
@@ -525,6 +562,12 @@ impl Request {
                     })
                 })?,
             }),
+            ApiKey::PluginDeploy => Request::PluginDeploy(pm::get_deploy(r)?),
+            ApiKey::PluginList => Request::PluginList,
+            ApiKey::PluginDescribe => Request::PluginDescribe(pm::get_name(r)?),
+            ApiKey::PluginRemove => Request::PluginRemove(pm::get_name(r)?),
+            ApiKey::TopicAttach => Request::TopicAttach(pm::get_attach(r)?),
+            ApiKey::TopicDetach => Request::TopicDetach(pm::get_detach(r)?),
         })
     }
 }
@@ -540,6 +583,12 @@ impl Response {
             Response::Produce(_) => ApiKey::Produce,
             Response::Fetch(_) => ApiKey::Fetch,
             Response::ListOffsets(_) => ApiKey::ListOffsets,
+            Response::PluginDeploy(_) => ApiKey::PluginDeploy,
+            Response::PluginList(_) => ApiKey::PluginList,
+            Response::PluginDescribe(_) => ApiKey::PluginDescribe,
+            Response::PluginRemove(_) => ApiKey::PluginRemove,
+            Response::TopicAttach(_) => ApiKey::TopicAttach,
+            Response::TopicDetach(_) => ApiKey::TopicDetach,
         }
     }
 
@@ -634,6 +683,11 @@ impl Response {
                         w.i64(p.timestamp);
                     });
                 });
+            }
+            Response::PluginDeploy(r) | Response::PluginDescribe(r) => pm::put_info_response(w, r),
+            Response::PluginList(r) => pm::put_list_response(w, r),
+            Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
+                pm::put_result(w, r)
             }
         }
     }
@@ -760,6 +814,12 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::PluginDeploy => Response::PluginDeploy(pm::get_info_response(r)?),
+            ApiKey::PluginList => Response::PluginList(pm::get_list_response(r)?),
+            ApiKey::PluginDescribe => Response::PluginDescribe(pm::get_info_response(r)?),
+            ApiKey::PluginRemove => Response::PluginRemove(pm::get_result(r)?),
+            ApiKey::TopicAttach => Response::TopicAttach(pm::get_result(r)?),
+            ApiKey::TopicDetach => Response::TopicDetach(pm::get_result(r)?),
         })
     }
 }

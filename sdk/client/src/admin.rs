@@ -81,7 +81,7 @@ impl NewTopic {
 /// ```
 #[derive(Clone)]
 pub struct Admin {
-    client: Client,
+    pub(crate) client: Client,
 }
 
 impl Admin {

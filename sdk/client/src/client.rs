@@ -406,21 +406,8 @@ fn check_supported(broker: &ApiVersionsResponse, api: ApiKey) -> Result<()> {
 pub(crate) fn unexpected(api: ApiKey, response: &Response) -> Error {
     Error::Protocol(format!(
         "asked {api:?}, got a {:?} response",
-        response_kind(response)
+        response.api_key()
     ))
-}
-
-fn response_kind(response: &Response) -> &'static str {
-    match response {
-        Response::ApiVersions(_) => "ApiVersions",
-        Response::Metadata(_) => "Metadata",
-        Response::CreateTopics(_) => "CreateTopics",
-        Response::DeleteTopics(_) => "DeleteTopics",
-        Response::DescribeTopics(_) => "DescribeTopics",
-        Response::Produce(_) => "Produce",
-        Response::Fetch(_) => "Fetch",
-        Response::ListOffsets(_) => "ListOffsets",
-    }
 }
 
 async fn resolve(bootstrap: &str) -> Result<SocketAddr> {

@@ -44,6 +44,7 @@ mod config;
 mod consumer;
 mod error;
 mod partitioner;
+mod plugin_admin;
 mod producer;
 mod tls;
 
@@ -58,6 +59,7 @@ pub use error::{Error, Result};
 pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
+pub use plugin_admin::{Attachment, PluginInfo};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
 };
