@@ -289,5 +289,6 @@ pub fn fetch(
                 partition_max_bytes: max_bytes,
             }],
         }],
+        filter: None,
     })
 }

@@ -232,6 +232,12 @@ pub struct ConsumeArgs {
     /// Only these partitions (repeatable); default all.
     #[arg(long, short)]
     pub partition: Vec<u32>,
+    /// Deployed filter plugin the broker runs over the fetched records.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Parameter of --filter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::plugin_cmds::parse_param, requires = "filter")]
+    pub params: Vec<(String, String)>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -254,7 +260,16 @@ fn parse_from(from: &str) -> anyhow::Result<Offset> {
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let from = parse_from(&args.from)?;
     let client = args.connect.connect().await?;
-    let mut consumer = client.consumer(ConsumerConfig::default());
+    let mut consumer = client.consumer(ConsumerConfig {
+        filter: args
+            .filter
+            .clone()
+            .map(|plugin| meridian_client::FetchFilter {
+                plugin,
+                params: args.params.clone(),
+            }),
+        ..ConsumerConfig::default()
+    });
     let partitions = if args.partition.is_empty() {
         consumer.assign_all(&args.topic).await?
     } else {

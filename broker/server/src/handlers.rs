@@ -412,7 +412,7 @@ impl Shared {
                 || wakeups.is_empty()
                 || tokio::time::Instant::now() >= deadline;
             if done {
-                return response;
+                return self.filter_fetch(request.filter.as_ref(), response);
             }
             let any_wakeup = std::future::poll_fn(|cx| {
                 for w in wakeups.iter_mut() {
@@ -425,7 +425,8 @@ impl Shared {
             if tokio::time::timeout_at(deadline, any_wakeup).await.is_err() {
                 // Deadline passed: one last read below returns whatever is there.
                 drop(wakeups);
-                return self.read_partitions(&targets, max_bytes).await.0;
+                let response = self.read_partitions(&targets, max_bytes).await.0;
+                return self.filter_fetch(request.filter.as_ref(), response);
             }
         }
     }

@@ -26,11 +26,13 @@ use meridian_wasm_host::{
     Plugin, PluginKind,
 };
 use meridian_wire::batch::{
-    decode_records, encode_batch, split_batches, Header, NewRecord, ProducerIdentity, Record,
+    decode_records, encode_batch, encode_batch_at, split_batches, split_fetched_batches, Header,
+    NewRecord, ProducerIdentity, Record,
 };
+use meridian_wire::messages::FetchResponse;
 use meridian_wire::plugin_messages::{
-    Attachment, PluginDeployRequest, PluginInfo, PluginInfoResponse, PluginListResponse,
-    PluginNameRequest, PluginResult, TopicAttachRequest, TopicDetachRequest,
+    Attachment, FetchFilter, PluginDeployRequest, PluginInfo, PluginInfoResponse,
+    PluginListResponse, PluginNameRequest, PluginResult, TopicAttachRequest, TopicDetachRequest,
 };
 use meridian_wire::ErrorCode;
 use parking_lot::{Mutex, RwLock};
@@ -127,6 +129,10 @@ struct State {
     /// Compiled plugins by name (the module of `meta.plugins[name]`).
     loaded: HashMap<String, Plugin>,
 }
+
+/// Instance slots kept before fetch-filter slots are dropped (they are remade on use).
+const FETCH_SLOTS_MAX: usize = 4096;
+const FETCH_SLOT_PREFIX: &str = "fetch:";
 
 /// One instance slot: the module it was made from, and the instance.
 type Slot = Arc<Mutex<Option<(String, Instance)>>>;
@@ -426,8 +432,13 @@ impl Plugins {
     }
 
     fn slot(&self, topic: &str, partition: u32, plugin: &str) -> Slot {
-        self.slots
-            .lock()
+        let mut slots = self.slots.lock();
+        // Fetch filters get a slot per (partition, plugin, params): consumers choose the
+        // params, so their slots are bounded by dropping them all when there are too many.
+        if slots.len() >= FETCH_SLOTS_MAX {
+            slots.retain(|(_, _, key), _| !key.starts_with(FETCH_SLOT_PREFIX));
+        }
+        slots
             .entry((topic.to_string(), partition, plugin.to_string()))
             .or_default()
             .clone()
@@ -767,6 +778,126 @@ impl Shared {
             }
             Some(out) => self.append(topic, partition, &out),
         }
+    }
+
+    /// Runs a consumer's fetch filter over every partition of a fetch response. Records
+    /// keep their offsets; each batch still spans the records dropped, so the consumer
+    /// moves past them. A record the filter errors on is dropped; a failed batch fails
+    /// that partition with `PluginRejected`.
+    pub(crate) fn filter_fetch(
+        &self,
+        filter: Option<&FetchFilter>,
+        mut response: FetchResponse,
+    ) -> FetchResponse {
+        let Some(filter) = filter else {
+            return response;
+        };
+        let plugin = self
+            .plugins
+            .state
+            .read()
+            .loaded
+            .get(&filter.plugin)
+            .cloned();
+        for topic in &mut response.topics {
+            for p in &mut topic.partitions {
+                if !p.error.is_ok() || p.records.is_empty() {
+                    continue;
+                }
+                let outcome = match &plugin {
+                    None => Err(not_found(&filter.plugin)),
+                    Some(plugin) if plugin.kind() != PluginKind::Filter => Err(failure(
+                        ErrorCode::InvalidPlugin,
+                        format!(
+                            "plugin `{}` is a {}; fetch takes filters",
+                            filter.plugin,
+                            plugin.kind()
+                        ),
+                    )),
+                    Some(plugin) => {
+                        self.filter_partition(&topic.name, p.partition, plugin, filter, &p.records)
+                    }
+                };
+                match outcome {
+                    Ok(records) => p.records = records,
+                    Err(f) => {
+                        p.error = f.code;
+                        p.message = f.message;
+                        p.records = Bytes::new();
+                    }
+                }
+            }
+        }
+        response
+    }
+
+    fn filter_partition(
+        &self,
+        topic_name: &str,
+        partition: u32,
+        plugin: &Plugin,
+        filter: &FetchFilter,
+        records: &Bytes,
+    ) -> Result<Bytes, Failure> {
+        let topic = self.registry.get(topic_name).ok_or_else(|| {
+            failure(
+                ErrorCode::UnknownTopic,
+                format!("topic `{topic_name}` vanished"),
+            )
+        })?;
+        let attachment = AttachmentMeta {
+            plugin: format!("{FETCH_SLOT_PREFIX}{}:{:?}", filter.plugin, filter.params),
+            params: filter.params.clone(),
+            batch_time_max_ms: self.plugins.config.batch_time_max_ms,
+            memory_max_bytes: self.plugins.config.memory_max_bytes,
+            on_failure: "skip".into(),
+        };
+        let mut out = Vec::with_capacity(records.len() / 4);
+        for batch in split_fetched_batches(records.clone()) {
+            let (header, batch) =
+                batch.map_err(|e| failure(ErrorCode::CorruptLog, format!("stored batch: {e}")))?;
+            if header.is_control() {
+                out.extend_from_slice(&batch);
+                continue;
+            }
+            let corrupt =
+                |e: meridian_wire::batch::BatchError| failure(ErrorCode::CorruptLog, e.to_string());
+            let compression = header.compression().map_err(corrupt)?;
+            let decoded = decode_records(&header, &batch).map_err(corrupt)?;
+            let output = self
+                .run_one(&topic, partition, &attachment, plugin, &decoded)
+                .map_err(|f| {
+                    failure(
+                        ErrorCode::PluginRejected,
+                        format!(
+                            "fetch filter `{}` failed on the batch at offset {}: {f}",
+                            filter.plugin, header.base_offset
+                        ),
+                    )
+                })?;
+            let BatchOutput::Filter(keep) = output else {
+                return Err(failure(
+                    ErrorCode::InvalidPlugin,
+                    "fetch filter returned no filter output",
+                ));
+            };
+            let (kept, deltas): (Vec<NewRecord>, Vec<i32>) = decoded
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| matches!(k, Ok(true)))
+                .map(|(r, _)| (to_new(r), (r.offset - header.base_offset) as i32))
+                .unzip();
+            let encoded = encode_batch_at(
+                &kept,
+                &deltas,
+                header.base_offset,
+                header.last_offset_delta,
+                compression,
+            )
+            .map_err(|e| failure(ErrorCode::Unknown, format!("re-encoding batch: {e}")))?;
+            out.extend_from_slice(&encoded);
+        }
+        Ok(Bytes::from(out))
     }
 
     pub(crate) fn attach_plugin(

@@ -308,6 +308,9 @@ pub struct FetchRequest {
     pub min_bytes: u32,
     pub max_bytes: u32,
     pub topics: Vec<FetchTopic>,
+    /// A filter plugin run by the broker over the fetched records (appended to v0
+    /// before any release: nothing had shipped). `min_bytes` counts bytes before it.
+    pub filter: Option<FetchFilter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -469,6 +472,7 @@ impl Request {
                         w.u32(p.partition_max_bytes);
                     });
                 });
+                w.option(r.filter.as_ref(), pm::put_fetch_filter);
             }
             Request::ListOffsets(r) => {
                 w.array(&r.topics, |w, t| {
@@ -548,6 +552,7 @@ impl Request {
                         })?,
                     })
                 })?,
+                filter: r.option(pm::get_fetch_filter)?,
             }),
             ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest {
                 topics: r.array(6, |r| {
@@ -899,6 +904,10 @@ mod tests {
                     partition_max_bytes: 1024,
                 }],
             }],
+            filter: Some(FetchFilter {
+                plugin: "f".into(),
+                params: vec![("where".into(), "a=1".into())],
+            }),
         }));
         check_request(Request::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {

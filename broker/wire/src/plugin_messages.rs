@@ -83,6 +83,37 @@ pub struct TopicDetachRequest {
     pub plugin: String,
 }
 
+/// A filter plugin a consumer asks the broker to run over what it fetches (the fetch
+/// attach point): only kept records cross the network.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchFilter {
+    pub plugin: String,
+    pub params: Vec<(String, String)>,
+}
+
+pub(crate) fn put_fetch_filter(w: &mut Writer<'_>, f: &FetchFilter) {
+    w.string(&f.plugin);
+    put_params(w, &f.params);
+}
+
+pub(crate) fn get_fetch_filter(r: &mut Reader) -> Result<FetchFilter, DecodeError> {
+    Ok(FetchFilter {
+        plugin: r.string()?,
+        params: get_params(r)?,
+    })
+}
+
+fn put_params(w: &mut Writer<'_>, params: &[(String, String)]) {
+    w.array(params, |w, (k, v)| {
+        w.string(k);
+        w.string(v);
+    });
+}
+
+fn get_params(r: &mut Reader) -> Result<Vec<(String, String)>, DecodeError> {
+    r.array(4, |r| Ok((r.string()?, r.string()?)))
+}
+
 fn error_code(r: &mut Reader) -> Result<ErrorCode, DecodeError> {
     Ok(ErrorCode::from_u16(r.u16()?))
 }
@@ -169,10 +200,7 @@ pub(crate) fn put_attach(w: &mut Writer<'_>, m: &TopicAttachRequest) {
     w.string(&m.topic);
     let a = &m.attachment;
     w.string(&a.plugin);
-    w.array(&a.params, |w, (k, v)| {
-        w.string(k);
-        w.string(v);
-    });
+    put_params(w, &a.params);
     w.u32(a.batch_time_max_ms);
     w.u64(a.memory_max_bytes);
     w.string(&a.on_failure);
@@ -183,7 +211,7 @@ pub(crate) fn get_attach(r: &mut Reader) -> Result<TopicAttachRequest, DecodeErr
         topic: r.string()?,
         attachment: Attachment {
             plugin: r.string()?,
-            params: r.array(4, |r| Ok((r.string()?, r.string()?)))?,
+            params: get_params(r)?,
             batch_time_max_ms: r.u32()?,
             memory_max_bytes: r.u64()?,
             on_failure: r.string()?,

@@ -11,6 +11,7 @@ use meridian_wire::messages::{
     ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
     LATEST_TIMESTAMP,
 };
+pub use meridian_wire::plugin_messages::FetchFilter;
 use meridian_wire::ErrorCode;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -54,6 +55,9 @@ pub struct ConsumerConfig {
     /// Record bytes fetched ahead of [`Consumer::poll`]; the background fetch waits
     /// while this much is buffered. Default 64 MiB.
     pub prefetch_bytes: usize,
+    /// A deployed filter plugin the broker runs over every fetch, so only the records
+    /// it keeps cross the network. Default none.
+    pub filter: Option<FetchFilter>,
 }
 
 impl Default for ConsumerConfig {
@@ -64,6 +68,7 @@ impl Default for ConsumerConfig {
             fetch_max_bytes: 50 * 1024 * 1024,
             max_partition_fetch_bytes: 1024 * 1024,
             prefetch_bytes: 64 * 1024 * 1024,
+            filter: None,
         }
     }
 }
@@ -484,6 +489,7 @@ fn fetch_request(
         min_bytes: config.fetch_min_bytes,
         max_bytes,
         topics,
+        filter: config.filter.clone(),
     })
 }
 

@@ -54,7 +54,7 @@ pub use config::{
     certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
-pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord};
+pub use consumer::{Consumer, ConsumerConfig, ConsumerRecord, FetchFilter};
 pub use error::{Error, Result};
 pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::ErrorCode;
