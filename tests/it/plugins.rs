@@ -760,6 +760,154 @@ async fn read_error(client: &Client, topic: &str, plugin: &str) -> Option<ErrorC
     None
 }
 
+/// Sends `values` (null keys unless given) in one batch without a partition.
+async fn produce_unassigned(
+    client: &Client,
+    topic: &str,
+    records: &[(Option<&str>, &str)],
+) -> meridian_wire::messages::ProducePartitionResponse {
+    use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
+    use meridian_wire::messages::{Response, UNASSIGNED_PARTITION};
+    let records: Vec<NewRecord> = records
+        .iter()
+        .map(|(k, v)| NewRecord {
+            timestamp: 1,
+            key: k.map(|k| Bytes::from(k.to_string())),
+            value: Some(Bytes::from(v.to_string())),
+            headers: vec![],
+        })
+        .collect();
+    let batch = encode_batch(&records, Compression::Lz4, ProducerIdentity::NONE).unwrap();
+    let request = crate::harness::produce(topic, UNASSIGNED_PARTITION, 1, batch);
+    let Response::Produce(response) = client.request(request).await.unwrap() else {
+        panic!("not a produce response")
+    };
+    response.topics[0].partitions[0].clone()
+}
+
+/// Values per partition.
+async fn by_partition(client: &Client, topic: &str, n_partitions: u32) -> Vec<Vec<String>> {
+    let mut out = Vec::new();
+    for p in 0..n_partitions {
+        let mut consumer = client.consumer(ConsumerConfig::default());
+        consumer.assign(topic, &[p]).await.unwrap();
+        consumer.seek(topic, p, Offset::Earliest).await.unwrap();
+        let end = client
+            .admin()
+            .list_offsets(topic, p, Offset::Latest)
+            .await
+            .unwrap();
+        let mut values = Vec::new();
+        while consumer.position(topic, p).unwrap_or(0) < end {
+            for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+                values.push(String::from_utf8_lossy(r.value.as_deref().unwrap()).into_owned());
+            }
+        }
+        out.push(values);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioners_route_records_sent_without_a_partition() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    deploy(&client, "regions", "region_router").await;
+    deploy(&client, "salter", "hot_key_salter").await;
+    deploy(&client, "jf", "json_filter").await;
+    create(&client, "geo", 3).await;
+
+    // No partitioner attached: a record without a partition is refused.
+    let response = produce_unassigned(&client, "geo", &[(None, r#"{"region":"eu"}"#)]).await;
+    assert_eq!(
+        response.error,
+        ErrorCode::InvalidPartition,
+        "{}",
+        response.message
+    );
+
+    // A filter runs first, then the partitioner routes what is left.
+    admin
+        .attach_plugin(
+            "geo",
+            attachment(
+                "regions",
+                &[("field", "region"), ("map", "eu=0,us=1,apac=2")],
+                "dead-letter:geo-dlq",
+            ),
+        )
+        .await
+        .unwrap();
+    admin
+        .attach_plugin(
+            "geo",
+            attachment(
+                "jf",
+                &[("where", "drop!=yes"), ("missing", "keep")],
+                "reject",
+            ),
+        )
+        .await
+        .unwrap();
+    let response = produce_unassigned(
+        &client,
+        "geo",
+        &[
+            (None, r#"{"region":"us","n":1}"#),
+            (None, r#"{"region":"eu","n":2}"#),
+            (None, r#"{"region":"apac","n":3}"#),
+            (None, r#"{"region":"us","n":4,"drop":"yes"}"#),
+            (None, r#"{"region":"mars","n":5}"#),
+            (None, r#"{"region":"eu","n":6}"#),
+        ],
+    )
+    .await;
+    assert_eq!(response.error, ErrorCode::None, "{}", response.message);
+    assert_eq!(
+        by_partition(&client, "geo", 3).await,
+        [
+            vec![r#"{"region":"eu","n":2}"#, r#"{"region":"eu","n":6}"#],
+            vec![r#"{"region":"us","n":1}"#],
+            vec![r#"{"region":"apac","n":3}"#],
+        ]
+    );
+    assert_eq!(
+        read_all(&client, "geo-dlq").await,
+        [r#"{"region":"mars","n":5}"#]
+    );
+    // Records sent with a partition are not routed.
+    let results = send_each(&client, "geo", &[r#"{"region":"apac"}"#]).await;
+    assert!(results[0].is_ok());
+    assert_eq!(by_partition(&client, "geo", 3).await[0].len(), 3);
+
+    // One partitioner per topic.
+    let err = admin
+        .attach_plugin("geo", attachment("salter", &[("hot_keys", "h")], "reject"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{err}");
+
+    // The hot-key salter spreads a hot key over every partition of the topic.
+    create(&client, "clicks", 4).await;
+    admin
+        .attach_plugin(
+            "clicks",
+            attachment("salter", &[("hot_keys", "hot")], "reject"),
+        )
+        .await
+        .unwrap();
+    let records: Vec<(Option<&str>, &str)> = (0..8).map(|_| (Some("hot"), "x")).collect();
+    let response = produce_unassigned(&client, "clicks", &records).await;
+    assert_eq!(response.error, ErrorCode::None, "{}", response.message);
+    let counts: Vec<usize> = by_partition(&client, "clicks", 4)
+        .await
+        .iter()
+        .map(Vec::len)
+        .collect();
+    assert_eq!(counts, [2, 2, 2, 2]);
+}
+
 #[test]
 fn cli_deploys_attaches_and_detaches() {
     let broker = TestBroker::start(&["auto_create_topics=true"]);

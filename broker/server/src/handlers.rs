@@ -290,13 +290,20 @@ impl Shared {
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
+                    if p.partition == UNASSIGNED_PARTITION {
+                        // Routed by the topic's partitioner plugin (plugins.rs).
+                        return self.append_routed(t, &p.records);
+                    }
                     let partition = t.partition(p.partition)?;
                     self.append_produced(t, partition, &p.records)
+                        .map(|(base, start, sync)| (base, start, vec![sync]))
                 });
                 let (error, message, base_offset, log_start_offset) = match outcome {
                     Ok((base_offset, log_start, sync)) => {
                         if wait_for_fsync {
-                            syncs.push((topics.len(), partitions.len(), sync));
+                            for sync in sync {
+                                syncs.push((topics.len(), partitions.len(), sync));
+                            }
                         }
                         (ErrorCode::None, String::new(), base_offset, log_start)
                     }

@@ -130,6 +130,9 @@ struct State {
     loaded: HashMap<String, Plugin>,
 }
 
+/// Instance-slot partition of records produced without a partition.
+const UNASSIGNED: u32 = meridian_wire::messages::UNASSIGNED_PARTITION;
+
 /// Instance slots kept before fetch-filter slots are dropped (they are remade on use).
 const FETCH_SLOTS_MAX: usize = 4096;
 const FETCH_SLOT_PREFIX: &str = "fetch:";
@@ -360,10 +363,28 @@ impl Plugins {
             .ok_or_else(|| not_found(&meta.plugin))?
             .clone();
         if plugin.kind() == PluginKind::Partitioner {
-            return Err(failure(
-                ErrorCode::InvalidPlugin,
-                "partitioner plugins cannot be attached to a topic by this broker yet; filters and transforms can",
-            ));
+            let other = state
+                .meta
+                .attachments
+                .get(&topic.name)
+                .into_iter()
+                .flatten()
+                .find(|a| {
+                    a.plugin != meta.plugin
+                        && state
+                            .loaded
+                            .get(&a.plugin)
+                            .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+                });
+            if let Some(other) = other {
+                return Err(failure(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "topic `{}` already has partitioner `{}`; detach it first",
+                        topic.name, other.plugin
+                    ),
+                ));
+            }
         }
         plugin
             .instantiate(&meta.params, limits(&meta))
@@ -490,6 +511,14 @@ impl Shared {
         let Some(chain) = self.plugins.chain(&topic.name) else {
             return Ok(None);
         };
+        let routes_only = chain.iter().all(|(_, p)| {
+            p.as_ref()
+                .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+        });
+        if routes_only {
+            // A record with an explicit partition is not routed.
+            return Ok(None);
+        }
         let mut out = Vec::new();
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0;
@@ -540,6 +569,10 @@ impl Shared {
             }
             let name = &attachment.plugin;
             let plugin = plugin.as_ref().ok_or_else(|| not_found(name))?;
+            if plugin.kind() == PluginKind::Partitioner {
+                // Routes only records produced without a partition (append_routed).
+                continue;
+            }
             let policy = FailurePolicy::parse(&attachment.on_failure)
                 .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
             let result = self.run_one(topic, partition, attachment, plugin, &records);
@@ -898,6 +931,127 @@ impl Shared {
             out.extend_from_slice(&encoded);
         }
         Ok(Bytes::from(out))
+    }
+
+    /// The produce path for records sent without a partition: the topic's filters and
+    /// transforms run first, then its partitioner plugin picks each record's partition,
+    /// and each partition's records are appended as one batch. The base offset reported
+    /// is -1 (records land on several partitions).
+    pub(crate) fn append_routed(
+        &self,
+        topic: &Topic,
+        records: &Bytes,
+    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
+        let chain = self.plugins.chain(&topic.name).unwrap_or_default();
+        let Some((router, Some(router_plugin))) = chain
+            .iter()
+            .find(|(_, p)| {
+                p.as_ref()
+                    .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+            })
+            .cloned()
+        else {
+            return Err(failure(
+                ErrorCode::InvalidPartition,
+                format!(
+                    "topic `{}` has no partitioner plugin attached: name a partition",
+                    topic.name
+                ),
+            ));
+        };
+        let policy = FailurePolicy::parse(&router.on_failure)
+            .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+        let n_partitions = topic.partitions.len();
+        let mut buckets: Vec<Vec<NewRecord>> = vec![Vec::new(); n_partitions];
+        let mut compression = meridian_wire::batch::Compression::None;
+        let mut dead_letters = Vec::new();
+        let mut n_skipped = 0u64;
+        let mut first_offset = 0i64;
+        for batch in split_batches(records.clone()) {
+            let (header, batch) = batch
+                .map_err(|e| failure(ErrorCode::CorruptMessage, format!("record batch: {e}")))?;
+            compression = header
+                .compression()
+                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
+            let mut decoded = decode_records(&header, &batch)
+                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
+            for r in &mut decoded {
+                r.offset += first_offset;
+            }
+            first_offset += i64::from(header.last_offset_delta) + 1;
+            let outcome = self.run_chain(topic, UNASSIGNED, &chain, decoded)?;
+            dead_letters.extend(outcome.dead_letters);
+            n_skipped += outcome.n_skipped;
+            let records = outcome.records;
+            if records.is_empty() {
+                continue;
+            }
+            let name = &router.plugin;
+            let choices = match self.run_one(topic, UNASSIGNED, &router, &router_plugin, &records) {
+                Ok(BatchOutput::Partition(choices)) => choices,
+                Ok(_) => {
+                    return Err(failure(
+                        ErrorCode::InvalidPlugin,
+                        "partitioner returned no partitions",
+                    ))
+                }
+                Err(f) => match &policy {
+                    FailurePolicy::Reject => {
+                        return Err(failure(
+                            ErrorCode::PluginRejected,
+                            format!(
+                            "partitioner `{name}` failed on the batch starting at offset {}: {f}",
+                            records[0].offset
+                        ),
+                        ))
+                    }
+                    FailurePolicy::Skip => {
+                        n_skipped += records.len() as u64;
+                        continue;
+                    }
+                    FailurePolicy::DeadLetter(dlq) => {
+                        dead_letters.extend(records.iter().map(|r| (dlq.clone(), to_new(r))));
+                        continue;
+                    }
+                },
+            };
+            for (r, choice) in records.iter().zip(choices) {
+                match (choice, &policy) {
+                    (Ok(p), _) => buckets[p as usize].push(to_new(r)),
+                    (Err(reason), FailurePolicy::Reject) => {
+                        return Err(failure(
+                            ErrorCode::PluginRejected,
+                            format!(
+                                "partitioner `{name}` rejected the record at offset {}: {reason}",
+                                r.offset
+                            ),
+                        ))
+                    }
+                    (Err(_), FailurePolicy::Skip) => n_skipped += 1,
+                    (Err(_), FailurePolicy::DeadLetter(dlq)) => {
+                        dead_letters.push((dlq.clone(), to_new(r)))
+                    }
+                }
+            }
+        }
+        if n_skipped > 0 {
+            tracing::warn!(topic = %topic.name, n_skipped, "plugin failure policy skipped records");
+        }
+        self.write_dead_letters(dead_letters)?;
+        let mut syncs = Vec::new();
+        let mut log_start = -1;
+        for (index, bucket) in buckets.iter().enumerate() {
+            if bucket.is_empty() {
+                continue;
+            }
+            let batch = encode_batch(bucket, compression, ProducerIdentity::NONE)
+                .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
+            let partition = topic.partition(index as u32)?;
+            let (_, start, sync) = self.append(topic, partition, &batch)?;
+            log_start = start;
+            syncs.push(sync);
+        }
+        Ok((-1, log_start, syncs))
     }
 
     pub(crate) fn attach_plugin(

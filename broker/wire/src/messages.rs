@@ -57,6 +57,10 @@ impl ApiKey {
     }
 }
 
+/// Produce partition meaning "no partition chosen": the broker routes each record with
+/// the partitioner plugin attached to the topic (`InvalidPartition` when there is none).
+pub const UNASSIGNED_PARTITION: u32 = u32::MAX;
+
 /// `ListOffsets` timestamp asking for the log start offset.
 pub const EARLIEST_TIMESTAMP: i64 = -2;
 /// `ListOffsets` timestamp asking for the log end offset (next offset to be written).
@@ -246,6 +250,8 @@ pub struct DescribeTopicsResponse {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducePartition {
+    /// The partition, or [`UNASSIGNED_PARTITION`] to let the topic's partitioner plugin
+    /// route each record.
     pub partition: u32,
     /// One or more v2 record batches, back to back.
     pub records: Bytes,
