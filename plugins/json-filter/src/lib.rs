@@ -72,10 +72,7 @@ impl Condition {
         use std::cmp::Ordering;
         let ordering = match (value.as_f64(), self.number) {
             (Some(v), Some(n)) => v.partial_cmp(&n),
-            _ => match json_path::scalar_text(value) {
-                Some(text) => Some(text.as_str().cmp(self.literal.as_str())),
-                None => None,
-            },
+            _ => json_path::scalar_text(value).map(|text| text.as_str().cmp(self.literal.as_str())),
         };
         let Some(ordering) = ordering else {
             // Objects, arrays and NaN compare unequal to everything.
