@@ -43,7 +43,13 @@ pub enum BenchCommand {
     Idle(IdleArgs),
     /// Time for a broker to serve again after kill -9 with a large log.
     Recovery(RecoveryArgs),
+    /// Cost of a pass-through filter plugin on produce, bytes saved by a fetch filter,
+    /// instantiation time.
+    Plugin(plugin::PluginBenchArgs),
 }
+
+#[path = "bench_plugin.rs"]
+mod plugin;
 
 #[derive(Args, Clone)]
 pub struct BrokerArgs {
@@ -159,6 +165,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Disk(args) => disk_bench(args),
         BenchCommand::Idle(args) => idle_bench(args).await,
         BenchCommand::Recovery(args) => recovery_bench(args).await,
+        BenchCommand::Plugin(args) => plugin::run(args).await,
     }
 }
 

@@ -495,6 +495,8 @@ fn to_new(r: &Record) -> NewRecord {
 /// What the chain did to one partition's records.
 struct ChainOutcome {
     records: Vec<Record>,
+    /// No record was dropped or transformed: the original batch can be appended as is.
+    unchanged: bool,
     dead_letters: DeadLetters,
     n_skipped: u64,
 }
@@ -542,6 +544,11 @@ impl Shared {
             if outcome.records.is_empty() {
                 continue;
             }
+            if outcome.unchanged {
+                // Filters kept every record: the producer's batch goes in byte for byte.
+                out.extend_from_slice(&batch);
+                continue;
+            }
             let new: Vec<NewRecord> = outcome.records.iter().map(to_new).collect();
             let encoded = encode_batch(&new, compression, ProducerIdentity::NONE)
                 .map_err(|e| failure(ErrorCode::Unknown, format!("re-encoding batch: {e}")))?;
@@ -563,6 +570,8 @@ impl Shared {
     ) -> Result<ChainOutcome, Failure> {
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0u64;
+        let n_in = records.len();
+        let mut transformed = false;
         for (attachment, plugin) in chain {
             if records.is_empty() {
                 break;
@@ -629,6 +638,7 @@ impl Shared {
                     }
                 }
                 BatchOutput::Transform(outs) => {
+                    transformed = true;
                     for (r, o) in records.into_iter().zip(outs) {
                         match o {
                             Ok(new_records) => {
@@ -656,6 +666,7 @@ impl Shared {
             records = next;
         }
         Ok(ChainOutcome {
+            unchanged: !transformed && records.len() == n_in,
             records,
             dead_letters,
             n_skipped,
