@@ -457,6 +457,21 @@ async fn deploy_list_describe_remove_and_refusals() {
     assert_eq!(err.code(), Some(ErrorCode::PluginInUse));
     admin.detach_plugin("orders", "json-filter").await.unwrap();
     admin.remove_plugin("json-filter").await.unwrap();
+
+    // Deleting a topic drops its attachments: a topic recreated under the name has none.
+    deploy(&client, "jf", "json_filter").await;
+    admin
+        .attach_plugin("orders", attachment("jf", &[("where", "a=1")], "reject"))
+        .await
+        .unwrap();
+    admin.delete_topic("orders").await.unwrap();
+    assert!(admin
+        .describe_plugin("jf")
+        .await
+        .unwrap()
+        .attached_to
+        .is_empty());
+    admin.remove_plugin("jf").await.unwrap();
     assert!(admin.list_plugins().await.unwrap().is_empty());
 }
 
@@ -906,6 +921,77 @@ async fn partitioners_route_records_sent_without_a_partition() {
         .map(Vec::len)
         .collect();
     assert_eq!(counts, [2, 2, 2, 2]);
+}
+
+/// Every `plugins.*` limit, set on the broker, takes effect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugin_limits_come_from_the_broker_config() {
+    use wat_fixtures::*;
+    let broker = TestBroker::start(&[
+        "plugins.module_size_max_bytes=100000",
+        "plugins.batch_time_max_ms=50",
+        "plugins.memory_max_bytes=4194304",
+        "plugins.epoch_tick_ms=1",
+        "plugins.log_line_bytes_max=5",
+        "plugins.log_lines_per_sec_max=1",
+        "plugins.logs_topic=my-plugin-logs",
+    ]);
+    let client = broker.client().await;
+    let admin = client.admin();
+
+    // json_filter is ~150 KB, over the 100,000-byte cap.
+    let wasm = std::fs::read(plugin_module("json_filter")).unwrap();
+    let err = admin
+        .deploy_plugin("big", "1", Bytes::from(wasm))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin));
+    assert!(
+        err.to_string().contains("over the 100000-byte cap"),
+        "{err}"
+    );
+
+    // Attachments that set no limits get the broker's.
+    for (name, action, expected) in [
+        ("looper", LOOP_FOREVER, "timeout"),
+        ("bomber", MEMORY_BOMB, "memory limit"),
+    ] {
+        let wat = filter_wat(1, 0, &when(FIRST_VALUE_STARTS_WITH_B, action));
+        deploy_wat(&client, name, &wat).await.unwrap();
+        create(&client, name, 1).await;
+        admin
+            .attach_plugin(name, attachment(name, &[], "reject"))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let results = send_each(&client, name, &["boom"]).await;
+        let message = results[0].as_ref().unwrap_err().to_string();
+        assert!(message.contains(expected), "{message}");
+        if expected == "timeout" {
+            assert!(started.elapsed() < Duration::from_secs(2));
+        }
+    }
+
+    // Output lines are cut and rate-capped, and go to the configured topic.
+    deploy_wat(&client, "talker", &filter_wat(1, 0, LOG_LINE))
+        .await
+        .unwrap();
+    create(&client, "talk", 1).await;
+    admin
+        .attach_plugin("talk", attachment("talker", &[], "reject"))
+        .await
+        .unwrap();
+    let results = send_each(&client, "talk", &["a", "b", "c"]).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let logs = read_all(&client, "my-plugin-logs").await;
+    assert_eq!(logs[0], "hello");
+    assert!(logs.len() >= 2, "the dropped lines are reported: {logs:?}");
+    assert!(
+        logs[1..]
+            .iter()
+            .all(|l| l.ends_with("lines dropped (plugins.log_lines_per_sec_max)")),
+        "{logs:?}"
+    );
 }
 
 #[test]

@@ -175,6 +175,10 @@ impl Shared {
     fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
         let results = request.names.into_iter().map(|name| {
             let outcome = self.registry.delete(&name);
+            if outcome.is_ok() {
+                // A topic recreated under this name starts without plugins.
+                self.plugins.forget_topic(&name);
+            }
             topic_result(name, outcome)
         });
         DeleteTopicsResponse {

@@ -434,6 +434,23 @@ impl Plugins {
         Ok(())
     }
 
+    /// Drops a deleted topic's attachments and instances. Failing to persist that is
+    /// logged: the topic is gone either way, and the next change rewrites the file.
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        let mut state = self.state.write();
+        if !state.meta.attachments.contains_key(topic) {
+            return;
+        }
+        let mut all = state.meta.clone();
+        all.attachments.remove(topic);
+        if let Err(f) = self.save(&all) {
+            tracing::error!(topic, message = %f.message, "cannot persist plugin detachment of a deleted topic");
+        }
+        state.meta = all;
+        drop(state);
+        self.drop_slots(topic, None);
+    }
+
     fn drop_slots(&self, topic: &str, plugin: Option<&str>) {
         self.slots
             .lock()
