@@ -123,6 +123,27 @@ fn json_filter_module_keeps_matching_records() {
 }
 
 #[test]
+fn schema_validator_module_reports_violations() {
+    let schema =
+        r#"schema={"type":"object","required":["id"],"properties":{"id":{"type":"integer"}}}"#;
+    let out = plugin_test(
+        "schema_validator",
+        &[
+            r#"{"value": "{\"id\":1}"}"#,
+            r#"{"value": "{\"id\":\"x\"}"}"#,
+        ],
+        &["--param", schema],
+    )
+    .unwrap();
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[0]["offset"], 0);
+    assert_eq!(
+        out[1]["error"],
+        "schema violation: `$.id` is not of type \"integer\""
+    );
+}
+
+#[test]
 fn module_refusing_its_params_fails_the_command() {
     let err = plugin_test("json_filter", &[r#"{"value":"{}"}"#], &[]).unwrap_err();
     assert!(
