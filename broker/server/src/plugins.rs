@@ -26,8 +26,8 @@ use meridian_wasm_host::{
     Plugin, PluginKind,
 };
 use meridian_wire::batch::{
-    decode_records, encode_batch, encode_batch_at, split_batches, split_fetched_batches, Header,
-    NewRecord, ProducerIdentity, Record,
+    decode_records, encode_batch, encode_batch_at, split_batches, split_fetched_batches,
+    Compression, Header, NewRecord, ProducerIdentity, Record,
 };
 use meridian_wire::messages::FetchResponse;
 use meridian_wire::plugin_messages::{
@@ -509,6 +509,28 @@ fn to_new(r: &Record) -> NewRecord {
     }
 }
 
+/// Splits, CRC-checks and decodes the batches of one produce partition. Record offsets
+/// are positions within the request (batches base offset 0 as the producer sent them),
+/// used by plugins and in error messages.
+fn decode_produced(records: &Bytes) -> Result<Vec<(Bytes, Compression, Vec<Record>)>, Failure> {
+    let corrupt = |e: meridian_wire::batch::BatchError| {
+        failure(ErrorCode::CorruptMessage, format!("record batch: {e}"))
+    };
+    let mut out = Vec::new();
+    let mut first_offset = 0i64;
+    for batch in split_batches(records.clone()) {
+        let (header, batch) = batch.map_err(corrupt)?;
+        let compression = header.compression().map_err(corrupt)?;
+        let mut decoded = decode_records(&header, &batch).map_err(corrupt)?;
+        for r in &mut decoded {
+            r.offset += first_offset;
+        }
+        first_offset += i64::from(header.last_offset_delta) + 1;
+        out.push((batch, compression, decoded));
+    }
+    Ok(out)
+}
+
 /// What the chain did to one partition's records.
 struct ChainOutcome {
     records: Vec<Record>,
@@ -541,20 +563,7 @@ impl Shared {
         let mut out = Vec::new();
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0;
-        let mut first_offset = 0i64;
-        for batch in split_batches(records.clone()) {
-            let (header, batch) = batch
-                .map_err(|e| failure(ErrorCode::CorruptMessage, format!("record batch: {e}")))?;
-            let compression = header
-                .compression()
-                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
-            let mut decoded = decode_records(&header, &batch)
-                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
-            // Offsets within this request, for error messages and plugins.
-            for r in &mut decoded {
-                r.offset += first_offset;
-            }
-            first_offset += i64::from(header.last_offset_delta) + 1;
+        for (batch, compression, decoded) in decode_produced(records)? {
             let outcome = self.run_chain(topic, partition, &chain, decoded)?;
             dead_letters.extend(outcome.dead_letters);
             n_skipped += outcome.n_skipped;
@@ -812,12 +821,8 @@ impl Shared {
                 Err(f) => return Err(f),
             },
         };
-        let batch = encode_batch(
-            &records,
-            meridian_wire::batch::Compression::None,
-            ProducerIdentity::NONE,
-        )
-        .map_err(|e| failure(ErrorCode::Unknown, e.to_string()))?;
+        let batch = encode_batch(&records, Compression::None, ProducerIdentity::NONE)
+            .map_err(|e| failure(ErrorCode::Unknown, e.to_string()))?;
         let partition = topic.partition(0)?;
         self.append(&topic, partition, &batch).map(|_| ())
     }
@@ -991,22 +996,11 @@ impl Shared {
             .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
         let n_partitions = topic.partitions.len();
         let mut buckets: Vec<Vec<NewRecord>> = vec![Vec::new(); n_partitions];
-        let mut compression = meridian_wire::batch::Compression::None;
+        let mut compression = Compression::None;
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0u64;
-        let mut first_offset = 0i64;
-        for batch in split_batches(records.clone()) {
-            let (header, batch) = batch
-                .map_err(|e| failure(ErrorCode::CorruptMessage, format!("record batch: {e}")))?;
-            compression = header
-                .compression()
-                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
-            let mut decoded = decode_records(&header, &batch)
-                .map_err(|e| failure(ErrorCode::CorruptMessage, e.to_string()))?;
-            for r in &mut decoded {
-                r.offset += first_offset;
-            }
-            first_offset += i64::from(header.last_offset_delta) + 1;
+        for (_, batch_compression, decoded) in decode_produced(records)? {
+            compression = batch_compression;
             let outcome = self.run_chain(topic, UNASSIGNED, &chain, decoded)?;
             dead_letters.extend(outcome.dead_letters);
             n_skipped += outcome.n_skipped;

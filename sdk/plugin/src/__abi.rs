@@ -76,16 +76,16 @@ fn respond(f: impl FnOnce(&mut Vec<u8>) -> Result<(), String>) -> i64 {
     })
 }
 
-fn put_u32(out: &mut Vec<u8>, v: u32) {
+pub(crate) fn put_u32(out: &mut Vec<u8>, v: u32) {
     out.extend_from_slice(&v.to_le_bytes());
 }
 
-fn put_str(out: &mut Vec<u8>, s: &str) {
+pub(crate) fn put_str(out: &mut Vec<u8>, s: &str) {
     put_u32(out, s.len() as u32);
     out.extend_from_slice(s.as_bytes());
 }
 
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
+pub(crate) fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
     match b {
         None => out.extend_from_slice(&(-1i32).to_le_bytes()),
         Some(b) => {

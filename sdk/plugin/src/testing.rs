@@ -15,7 +15,7 @@
 //! assert_eq!(out.unwrap(), vec![Ok(true), Ok(false)]);
 //! ```
 
-use crate::__abi::{self, decode_batch};
+use crate::__abi::{self, decode_batch, put_bytes, put_str, put_u32};
 use crate::{Filter, OutputRecord, Partitioner, Record, Transform};
 
 /// The plugin's answer for one record: `Err` carries the message of a record error.
@@ -23,40 +23,27 @@ pub type RecordResult<T> = Result<T, String>;
 
 fn encode_params(params: &[(&str, &str)]) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&(params.len() as u32).to_le_bytes());
+    put_u32(&mut out, params.len() as u32);
     for (k, v) in params {
-        for s in [k, v] {
-            out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-            out.extend_from_slice(s.as_bytes());
-        }
+        put_str(&mut out, k);
+        put_str(&mut out, v);
     }
     out
-}
-
-fn put_bytes(out: &mut Vec<u8>, b: Option<&[u8]>) {
-    match b {
-        None => out.extend_from_slice(&(-1i32).to_le_bytes()),
-        Some(b) => {
-            out.extend_from_slice(&(b.len() as i32).to_le_bytes());
-            out.extend_from_slice(b);
-        }
-    }
 }
 
 /// Encodes records exactly as the host does.
 pub fn encode_batch(records: &[Record<'_>], n_partitions: u32) -> Vec<u8> {
     let mut out = Vec::new();
-    out.extend_from_slice(&n_partitions.to_le_bytes());
-    out.extend_from_slice(&(records.len() as u32).to_le_bytes());
+    put_u32(&mut out, n_partitions);
+    put_u32(&mut out, records.len() as u32);
     for r in records {
         out.extend_from_slice(&r.offset.to_le_bytes());
         out.extend_from_slice(&r.timestamp.to_le_bytes());
         put_bytes(&mut out, r.key);
         put_bytes(&mut out, r.value);
-        out.extend_from_slice(&(r.headers.len() as u32).to_le_bytes());
+        put_u32(&mut out, r.headers.len() as u32);
         for h in &r.headers {
-            out.extend_from_slice(&(h.key.len() as u32).to_le_bytes());
-            out.extend_from_slice(h.key.as_bytes());
+            put_str(&mut out, h.key);
             put_bytes(&mut out, h.value);
         }
     }
