@@ -284,18 +284,8 @@ impl Host {
             .linker
             .instantiate_pre(&module)
             .map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
-        let mut plugin = Plugin {
-            inner: Arc::new(PluginInner {
-                host: self.inner.clone(),
-                pre,
-                sha256,
-                size_bytes: wasm.len(),
-                kind: PluginKind::Filter,
-            }),
-        };
         // Instantiate once with default limits to ask the module its ABI version and kind.
-        let mut live = plugin
-            .new_live(Limits::default())
+        let mut live = new_live(&self.inner, &pre, Limits::default())
             .map_err(|f| LoadError::Start(f.message))?;
         let call = |live: &mut Live, name: &str| -> Result<i32, LoadError> {
             let f = live
@@ -317,12 +307,15 @@ impl Host {
         let code = call(&mut live, "meridian_kind")?;
         let kind = PluginKind::from_abi(code).ok_or(LoadError::UnknownKind(code))?;
         drop(live);
-        // Sole owner at this point: nothing else has seen `plugin` yet.
-        if let Some(inner) = Arc::get_mut(&mut plugin.inner) {
-            inner.kind = kind;
-        }
-        debug_assert_eq!(plugin.kind(), kind);
-        Ok(plugin)
+        Ok(Plugin {
+            inner: Arc::new(PluginInner {
+                host: self.inner.clone(),
+                pre,
+                sha256,
+                size_bytes: wasm.len(),
+                kind,
+            }),
+        })
     }
 }
 
@@ -467,56 +460,62 @@ impl Plugin {
     }
 
     fn new_live(&self, limits: Limits) -> Result<Live, BatchFailure> {
-        let host = &self.inner.host;
-        let state = StoreState {
-            limiter: MemoryLimiter {
-                memory_max_bytes: limits.memory_max_bytes,
-                exceeded: false,
-            },
-            logs: wasi::LogCapture::new(
-                host.config.log_line_bytes_max,
-                host.config.log_lines_per_sec_max,
-            ),
-            started: Instant::now(),
-            random_state: seed(),
-        };
-        let mut store = Store::new(&host.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(deadline_ticks(&limits, &host.config));
-        let instance = self
-            .inner
-            .pre
-            .instantiate(&mut store)
-            .map_err(|e| classify(&store, e))?;
-        let bad = |e: wasmtime::Error| BatchFailure {
-            kind: FailureKind::BadOutput,
-            message: e.to_string(),
-        };
-        let memory = instance
-            .get_memory(&mut store, "memory")
-            .ok_or_else(|| BatchFailure {
-                kind: FailureKind::BadOutput,
-                message: "no memory export".into(),
-            })?;
-        let alloc = instance
-            .get_typed_func(&mut store, "meridian_alloc")
-            .map_err(bad)?;
-        let process = instance
-            .get_typed_func(&mut store, "meridian_process")
-            .map_err(bad)?;
-        let init = instance
-            .get_typed_func(&mut store, "meridian_init")
-            .map_err(bad)?;
-        Ok(Live {
-            store,
-            instance,
-            memory,
-            alloc,
-            process,
-            init,
-        })
+        new_live(&self.inner.host, &self.inner.pre, limits)
     }
+}
+
+/// A fresh store and instance with `limits`, its hot exports looked up.
+fn new_live(
+    host: &HostInner,
+    pre: &InstancePre<StoreState>,
+    limits: Limits,
+) -> Result<Live, BatchFailure> {
+    let state = StoreState {
+        limiter: MemoryLimiter {
+            memory_max_bytes: limits.memory_max_bytes,
+            exceeded: false,
+        },
+        logs: wasi::LogCapture::new(
+            host.config.log_line_bytes_max,
+            host.config.log_lines_per_sec_max,
+        ),
+        started: Instant::now(),
+        random_state: seed(),
+    };
+    let mut store = Store::new(&host.engine, state);
+    store.limiter(|s| &mut s.limiter);
+    store.epoch_deadline_trap();
+    store.set_epoch_deadline(deadline_ticks(&limits, &host.config));
+    let instance = pre
+        .instantiate(&mut store)
+        .map_err(|e| classify(&store, e))?;
+    let bad = |e: wasmtime::Error| BatchFailure {
+        kind: FailureKind::BadOutput,
+        message: e.to_string(),
+    };
+    let memory = instance
+        .get_memory(&mut store, "memory")
+        .ok_or_else(|| BatchFailure {
+            kind: FailureKind::BadOutput,
+            message: "no memory export".into(),
+        })?;
+    let alloc = instance
+        .get_typed_func(&mut store, "meridian_alloc")
+        .map_err(bad)?;
+    let process = instance
+        .get_typed_func(&mut store, "meridian_process")
+        .map_err(bad)?;
+    let init = instance
+        .get_typed_func(&mut store, "meridian_init")
+        .map_err(bad)?;
+    Ok(Live {
+        store,
+        instance,
+        memory,
+        alloc,
+        process,
+        init,
+    })
 }
 
 fn seed() -> u64 {
