@@ -917,6 +917,27 @@ async fn partitioners_route_records_sent_without_a_partition() {
     assert!(results[0].is_ok());
     assert_eq!(by_partition(&client, "geo", 3).await[0].len(), 3);
 
+    // The Rust producer asks for routing with UNASSIGNED_PARTITION.
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for region in ["us", "apac", "us"] {
+        let value = format!(r#"{{"region":"{region}","from":"sdk"}}"#);
+        let record = ProducerRecord::new("geo", Bytes::from(value))
+            .partition(meridian_client::UNASSIGNED_PARTITION);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for d in deliveries {
+        let meta = d.await.unwrap();
+        assert_eq!(
+            (meta.partition, meta.offset),
+            (meridian_client::UNASSIGNED_PARTITION, -1)
+        );
+    }
+    let placed = by_partition(&client, "geo", 3).await;
+    let from_sdk = |p: usize| placed[p].iter().filter(|v| v.contains("sdk")).count();
+    assert_eq!((from_sdk(0), from_sdk(1), from_sdk(2)), (0, 2, 1));
+
     // One partitioner per topic.
     let err = admin
         .attach_plugin("geo", attachment("salter", &[("hot_keys", "h")], "reject"))
