@@ -14,7 +14,9 @@
 //! swaps it for the new module at the next batch (hot swap), the old one serving until
 //! then. What plugins print goes to the logs topic (`plugins.logs_topic`).
 //!
-//! Plugin calls block the request's task for at most the attachment's batch deadline.
+//! Plugin calls block the request's task for at most the attachment's batch deadline,
+//! inside `block_in_place`, so a slow plugin does not hold a runtime worker that other
+//! connections need.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -457,6 +459,10 @@ impl Plugins {
             .retain(|(t, _, p), _| !(t == topic && plugin.is_none_or(|name| name == p)));
     }
 
+    fn has_attachments(&self, topic: &str) -> bool {
+        self.state.read().meta.attachments.contains_key(topic)
+    }
+
     /// The chain attached to a topic (cloned, so no lock is held while it runs).
     fn chain(&self, topic: &str) -> Option<Vec<(AttachmentMeta, Option<Plugin>)>> {
         let state = self.state.read();
@@ -480,6 +486,17 @@ impl Plugins {
             .entry((topic.to_string(), partition, plugin.to_string()))
             .or_default()
             .clone()
+    }
+}
+
+/// Runs plugin work (which may take up to a batch deadline) without stalling the
+/// runtime: on the multi-threaded runtime the worker hands its other tasks over first.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
     }
 }
 
@@ -543,7 +560,7 @@ struct ChainOutcome {
 impl Shared {
     /// Runs the topic's produce chain over one partition's batches. `None`: no chain,
     /// append as is. `Some(bytes)`: append these instead (possibly empty).
-    pub(crate) fn apply_produce_plugins(
+    fn apply_produce_plugins(
         &self,
         topic: &Topic,
         partition: u32,
@@ -836,7 +853,10 @@ impl Shared {
         partition: &Partition,
         records: &Bytes,
     ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
-        match self.apply_produce_plugins(topic, partition.index, records)? {
+        if !self.plugins.has_attachments(&topic.name) {
+            return self.append(topic, partition, records);
+        }
+        match blocking(|| self.apply_produce_plugins(topic, partition.index, records))? {
             None => self.append(topic, partition, records),
             Some(out) if out.is_empty() => {
                 let log = partition.log()?;
@@ -880,9 +900,9 @@ impl Shared {
                             plugin.kind()
                         ),
                     )),
-                    Some(plugin) => {
+                    Some(plugin) => blocking(|| {
                         self.filter_partition(&topic.name, p.partition, plugin, filter, &p.records)
-                    }
+                    }),
                 };
                 match outcome {
                     Ok(records) => p.records = records,
@@ -971,6 +991,14 @@ impl Shared {
     /// and each partition's records are appended as one batch. The base offset reported
     /// is -1 (records land on several partitions).
     pub(crate) fn append_routed(
+        &self,
+        topic: &Topic,
+        records: &Bytes,
+    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
+        blocking(|| self.route_and_append(topic, records))
+    }
+
+    fn route_and_append(
         &self,
         topic: &Topic,
         records: &Bytes,
