@@ -28,6 +28,7 @@ use meridian_wire::frame::{
 use tracing::Instrument;
 
 pub use config::{BrokerConfig, FlushPolicy};
+pub use plugins::PluginsConfig;
 use topics::Registry;
 
 /// QUIC application error codes used when the broker closes a stream or connection.
