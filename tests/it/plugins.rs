@@ -938,6 +938,15 @@ async fn partitioners_route_records_sent_without_a_partition() {
     let from_sdk = |p: usize| placed[p].iter().filter(|v| v.contains("sdk")).count();
     assert_eq!((from_sdk(0), from_sdk(1), from_sdk(2)), (0, 2, 1));
 
+    // And from the CLI.
+    let (ok, _, stderr) = broker.cli(
+        &["produce", "geo", "--partition", "4294967295"],
+        "{\"region\":\"apac\",\"from\":\"cli\"}\n",
+    );
+    assert!(ok, "{stderr}");
+    let placed = by_partition(&client, "geo", 3).await;
+    assert!(placed[2].iter().any(|v| v.contains("cli")), "{placed:?}");
+
     // One partitioner per topic.
     let err = admin
         .attach_plugin("geo", attachment("salter", &[("hot_keys", "h")], "reject"))

@@ -131,7 +131,8 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value (lines without it get no key).
     #[arg(long, short = 'K')]
     pub key_separator: Option<String>,
-    /// Send every record to this partition (default: by key, or spread when no key).
+    /// Send every record to this partition (default: by key, or spread when no key);
+    /// `4294967295` (UNASSIGNED_PARTITION) lets the topic's partitioner plugin route them.
     #[arg(long, short)]
     pub partition: Option<u32>,
     #[arg(long, short = 'z', default_value = "none")]
