@@ -308,5 +308,6 @@ pub fn fetch(
                 partition_max_bytes: max_bytes,
             }],
         }],
+        filter: None,
     })
 }

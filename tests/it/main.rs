@@ -10,5 +10,6 @@ mod harness;
 mod idempotence;
 mod lifecycle;
 mod limits;
+mod plugins;
 mod produce_consume;
 mod tls;

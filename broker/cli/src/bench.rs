@@ -48,7 +48,13 @@ pub enum BenchCommand {
     /// Log compaction speed, in process against `meridian-log` (no broker): fills a
     /// partition with records over a fixed key set, then cleans it on one core.
     Compaction(CompactionArgs),
+    /// Cost of a pass-through filter plugin on produce, bytes saved by a fetch filter,
+    /// instantiation time.
+    Plugin(plugin::PluginBenchArgs),
 }
+
+#[path = "bench_plugin.rs"]
+mod plugin;
 
 #[derive(Args, Clone)]
 pub struct BrokerArgs {
@@ -212,6 +218,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Recovery(args) => recovery_bench(args).await,
         BenchCommand::Rebalance(args) => crate::group_bench::rebalance_bench(args).await,
         BenchCommand::Compaction(args) => compaction_bench(args),
+        BenchCommand::Plugin(args) => plugin::run(args).await,
     }
 }
 

@@ -62,10 +62,16 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Append a deployed plugin to the topic's produce chain.
+    Attach(crate::plugin_cmds::AttachArgs),
+    /// Remove a plugin from the topic's produce chain.
+    Detach(crate::plugin_cmds::DetachArgs),
 }
 
 pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
+        TopicCommand::Attach(args) => crate::plugin_cmds::attach(args).await?,
+        TopicCommand::Detach(args) => crate::plugin_cmds::detach(args).await?,
         TopicCommand::Create {
             name,
             partitions,
@@ -184,7 +190,8 @@ pub struct ProduceArgs {
     /// Split each line at the first SEP into key and value (lines without it get no key).
     #[arg(long, short = 'K')]
     pub key_separator: Option<String>,
-    /// Send every record to this partition (default: by key, or spread when no key).
+    /// Send every record to this partition (default: by key, or spread when no key);
+    /// `4294967295` (UNASSIGNED_PARTITION) lets the topic's partitioner plugin route them.
     #[arg(long, short)]
     pub partition: Option<u32>,
     #[arg(long, short = 'z', default_value = "none")]
@@ -310,6 +317,12 @@ pub struct ConsumeArgs {
     /// --from sets this (it also says where to start without a committed offset).
     #[arg(long, default_value = "none")]
     pub auto_offset_reset: AutoOffsetReset,
+    /// Deployed filter plugin the broker runs over the fetched records.
+    #[arg(long)]
+    pub filter: Option<String>,
+    /// Parameter of --filter (repeatable).
+    #[arg(long = "param", value_name = "KEY=VALUE", value_parser = crate::plugin_cmds::parse_param, requires = "filter")]
+    pub params: Vec<(String, String)>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -337,6 +350,13 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     let client = args.connect.connect().await?;
     let mut consumer = client.consumer(ConsumerConfig {
         auto_offset_reset: args.auto_offset_reset,
+        filter: args
+            .filter
+            .clone()
+            .map(|plugin| meridian_client::FetchFilter {
+                plugin,
+                params: args.params.clone(),
+            }),
         ..ConsumerConfig::default()
     });
     let partitions = if args.partition.is_empty() {

@@ -5,6 +5,7 @@ mod bench;
 mod client_cmds;
 mod group_bench;
 mod group_cmds;
+mod plugin_cmds;
 mod transport;
 
 use std::path::PathBuf;
@@ -46,6 +47,9 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// Scaffold, build and locally test WebAssembly plugins.
+    #[command(subcommand)]
+    Plugin(plugin_cmds::PluginCommand),
 }
 
 #[derive(Args, Clone)]
@@ -151,6 +155,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Consume(args) => client_cmds::consume(args).await,
         Command::Group(cmd) => group_cmds::group(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
+        Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
     }
 }
 

@@ -90,6 +90,8 @@ pub struct BrokerConfig {
     pub producer_id_expiration_ms: u64,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
+    /// WebAssembly plugin limits and defaults.
+    pub plugins: crate::plugins::PluginsConfig,
 }
 
 impl Default for BrokerConfig {
@@ -128,6 +130,7 @@ impl Default for BrokerConfig {
             offsets_topic_num_partitions: 50,
             producer_id_expiration_ms: 86_400_000,
             topic_defaults: TopicDefaults::default(),
+            plugins: crate::plugins::PluginsConfig::default(),
         }
     }
 }

@@ -56,6 +56,13 @@ impl Shared {
             Request::DeleteGroups(r) => Response::DeleteGroups(self.delete_groups(r).await),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DeleteRecords(r) => Response::DeleteRecords(self.delete_records(r)),
+            // Plugin administration (plugins.rs).
+            Request::PluginDeploy(r) => Response::PluginDeploy(self.plugin_deploy(r)),
+            Request::PluginList => Response::PluginList(self.plugin_list()),
+            Request::PluginDescribe(r) => Response::PluginDescribe(self.plugin_describe(r)),
+            Request::PluginRemove(r) => Response::PluginRemove(self.plugin_remove(r)),
+            Request::TopicAttach(r) => Response::TopicAttach(self.topic_attach(r)),
+            Request::TopicDetach(r) => Response::TopicDetach(self.topic_detach(r)),
         })
     }
 
@@ -103,7 +110,7 @@ impl Shared {
     }
 
     /// Finds a topic, creating it when `auto_create_topics` is on.
-    fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
+    pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
         if let Some(topic) = self.registry.get(name) {
             return Ok(topic);
         }
@@ -220,6 +227,8 @@ impl Shared {
             let outcome = refuse_internal(&name, "deleted").and_then(|()| {
                 self.registry.delete(&name)?;
                 self.groups.topic_changed(&name, None);
+                // A topic recreated under this name starts without plugins.
+                self.plugins.forget_topic(&name);
                 Ok(())
             });
             topic_result(name, outcome)
@@ -338,13 +347,20 @@ impl Shared {
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
+                    if p.partition == UNASSIGNED_PARTITION {
+                        // Routed by the topic's partitioner plugin (plugins.rs).
+                        return self.append_routed(t, &p.records);
+                    }
                     let partition = t.partition(p.partition)?;
-                    self.append(t, partition, &p.records)
+                    self.append_produced(t, partition, &p.records)
+                        .map(|(base, start, sync)| (base, start, vec![sync]))
                 });
                 let (error, message, base_offset, log_start_offset) = match outcome {
                     Ok((base_offset, log_start, sync)) => {
                         if wait_for_fsync {
-                            syncs.push((topics.len(), partitions.len(), sync));
+                            for sync in sync {
+                                syncs.push((topics.len(), partitions.len(), sync));
+                            }
                         }
                         (ErrorCode::None, String::new(), base_offset, log_start)
                     }
@@ -472,7 +488,7 @@ impl Shared {
                 || wakeups.is_empty()
                 || tokio::time::Instant::now() >= deadline;
             if done {
-                return response;
+                return self.filter_fetch(request.filter.as_ref(), response);
             }
             let any_wakeup = std::future::poll_fn(|cx| {
                 for w in wakeups.iter_mut() {
@@ -485,7 +501,8 @@ impl Shared {
             if tokio::time::timeout_at(deadline, any_wakeup).await.is_err() {
                 // Deadline passed: one last read below returns whatever is there.
                 drop(wakeups);
-                return self.read_partitions(&targets, max_bytes).await.0;
+                let response = self.read_partitions(&targets, max_bytes).await.0;
+                return self.filter_fetch(request.filter.as_ref(), response);
             }
         }
     }

@@ -11,6 +11,7 @@ mod cleaner;
 pub mod config;
 mod groups;
 mod handlers;
+mod plugins;
 mod producer_ids;
 pub mod tls;
 pub mod topic_config;
@@ -30,6 +31,7 @@ use meridian_wire::frame::{
 use tracing::Instrument;
 
 pub use config::{BrokerConfig, FlushPolicy};
+pub use plugins::PluginsConfig;
 use topics::Registry;
 
 /// QUIC application error codes used when the broker closes a stream or connection.
@@ -46,6 +48,7 @@ pub(crate) struct Shared {
     pub(crate) producer_ids: producer_ids::ProducerIds,
     pub(crate) group_commit: GroupCommit,
     pub(crate) local_addr: SocketAddr,
+    pub(crate) plugins: plugins::Plugins,
 }
 
 /// A running broker.
@@ -91,6 +94,7 @@ impl Broker {
             config.topic_defaults.clone(),
             config.max_partitions_per_topic,
         )?;
+        let plugins = plugins::Plugins::open(&config.data_dir, &config.plugins)?;
         let topics = registry.all();
         let n_partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();
         tracing::info!(
@@ -128,6 +132,7 @@ impl Broker {
             producer_ids,
             group_commit: GroupCommit::start(),
             local_addr,
+            plugins,
         });
         Ok(Broker {
             shared,

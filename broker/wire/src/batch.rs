@@ -350,13 +350,62 @@ pub fn encode_batch(
     producer: ProducerIdentity,
 ) -> Result<Bytes, BatchError> {
     assert!(!records.is_empty(), "a batch holds at least one record");
+    encode_batch_inner(
+        records,
+        None,
+        records.len() as i32 - 1,
+        compression,
+        producer,
+    )
+}
+
+/// Encodes records at given offset deltas from `base_offset` into one batch spanning
+/// `base_offset ..= base_offset + last_offset_delta`, gaps allowed, possibly with no
+/// record at all. The broker uses it to answer a fetch filtered by a plugin: the kept
+/// records keep their offsets, and the batch still spans the records dropped, so the
+/// consumer's position moves past them.
+pub fn encode_batch_at(
+    records: &[NewRecord],
+    offset_deltas: &[i32],
+    base_offset: i64,
+    last_offset_delta: i32,
+    compression: Compression,
+) -> Result<Bytes, BatchError> {
+    assert_eq!(records.len(), offset_deltas.len());
+    assert!(
+        offset_deltas.windows(2).all(|w| w[0] < w[1]),
+        "deltas increase"
+    );
+    assert!(offset_deltas
+        .iter()
+        .all(|&d| (0..=last_offset_delta).contains(&d)));
+    let batch = encode_batch_inner(
+        records,
+        Some(offset_deltas),
+        last_offset_delta,
+        compression,
+        ProducerIdentity::NONE,
+    )?;
+    let mut bytes = BytesMut::from(&batch[..]);
+    patch_batch(&mut bytes, base_offset, -1);
+    Ok(bytes.freeze())
+}
+
+fn encode_batch_inner(
+    records: &[NewRecord],
+    offset_deltas: Option<&[i32]>,
+    last_offset_delta: i32,
+    compression: Compression,
+    producer: ProducerIdentity,
+) -> Result<Bytes, BatchError> {
+    let delta = |i: usize| offset_deltas.map_or(i as i32, |d| d[i]);
     let base_timestamp = records.iter().map(|r| r.timestamp).min().unwrap_or(0);
     let max_timestamp = records.iter().map(|r| r.timestamp).max().unwrap_or(0);
     let records_len: usize = records
         .iter()
         .enumerate()
         .map(|(i, r)| {
-            let body = record_body_len(r, i as i32, r.timestamp - base_timestamp);
+            let body = record_body_len(r, delta(i), r.timestamp - base_timestamp);
             varint_len(body as i32) + body
         })
         .sum();
@@ -367,7 +416,7 @@ pub fn encode_batch(
     out.put_u8(MAGIC_V2);
     out.put_u32(0); // CRC, filled below.
     out.put_u16(compression.attribute_bits());
-    out.put_i32(records.len() as i32 - 1);
+    out.put_i32(last_offset_delta);
     out.put_i64(base_timestamp);
     out.put_i64(max_timestamp);
     out.put_i64(producer.producer_id);
@@ -375,10 +424,10 @@ pub fn encode_batch(
     out.put_i32(producer.base_sequence);
     out.put_i32(records.len() as i32);
     match compression {
-        Compression::None => encode_records(&mut out, records, base_timestamp),
+        Compression::None => encode_records(&mut out, records, &delta, base_timestamp),
         Compression::Zstd | Compression::Lz4 => {
             let mut raw = BytesMut::with_capacity(records_len);
-            encode_records(&mut raw, records, base_timestamp);
+            encode_records(&mut raw, records, &delta, base_timestamp);
             out.put_slice(&compress(compression, &raw)?);
         }
     }
@@ -407,16 +456,22 @@ fn compress(compression: Compression, raw: &[u8]) -> Result<Vec<u8>, BatchError>
     }
 }
 
-fn encode_records(out: &mut BytesMut, records: &[NewRecord], base_timestamp: i64) {
-    for (offset_delta, record) in records.iter().enumerate() {
+fn encode_records(
+    out: &mut BytesMut,
+    records: &[NewRecord],
+    delta: &impl Fn(usize) -> i32,
+    base_timestamp: i64,
+) {
+    for (i, record) in records.iter().enumerate() {
+        let offset_delta = delta(i);
         let timestamp_delta = record.timestamp - base_timestamp;
-        let body_len = record_body_len(record, offset_delta as i32, timestamp_delta);
+        let body_len = record_body_len(record, offset_delta, timestamp_delta);
         let before = out.len();
         put_varint(out, body_len as i32);
         let body_start = out.len();
         out.put_u8(0); // record attributes, unused
         put_varlong(out, timestamp_delta);
-        put_varint(out, offset_delta as i32);
+        put_varint(out, offset_delta);
         put_nullable_bytes(out, record.key.as_deref());
         put_nullable_bytes(out, record.value.as_deref());
         put_varint(out, record.headers.len() as i32);
@@ -953,5 +1008,33 @@ mod tests {
                 let _ = decode_records(&header, &batch);
             }
         }
+    }
+
+    #[test]
+    fn batch_at_offsets_keeps_gaps_and_spans_dropped_records() {
+        let record = |v: &'static str| NewRecord {
+            timestamp: 5,
+            key: None,
+            value: Some(Bytes::from_static(v.as_bytes())),
+            headers: vec![],
+        };
+        for compression in [Compression::None, Compression::Zstd] {
+            let batch =
+                encode_batch_at(&[record("a"), record("b")], &[1, 3], 100, 4, compression).unwrap();
+            let header = BatchHeader::parse(&batch).unwrap();
+            header.validate(&batch).unwrap();
+            assert_eq!((header.base_offset, header.last_offset()), (100, 104));
+            let offsets: Vec<i64> = decode_records(&header, &batch)
+                .unwrap()
+                .iter()
+                .map(|r| r.offset)
+                .collect();
+            assert_eq!(offsets, [101, 103]);
+        }
+        let empty = encode_batch_at(&[], &[], 7, 2, Compression::None).unwrap();
+        let header = BatchHeader::parse(&empty).unwrap();
+        header.validate(&empty).unwrap();
+        assert_eq!(header.last_offset(), 9);
+        assert!(decode_records(&header, &empty).unwrap().is_empty());
     }
 }

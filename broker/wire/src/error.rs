@@ -81,6 +81,11 @@ error_codes! {
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
+    // 70..=89: WebAssembly plugins.
+    PluginNotFound = 70, false, "no plugin is deployed under that name";
+    InvalidPlugin = 71, false, "the module is not a valid plugin (malformed, wrong ABI version or exports, or refused its parameters)";
+    PluginRejected = 72, false, "a plugin attached to the topic rejected a record or failed on the batch";
+    PluginInUse = 73, false, "the plugin is attached to a topic; detach it first";
 }
 
 impl ErrorCode {

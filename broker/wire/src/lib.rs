@@ -15,6 +15,7 @@ pub mod frame;
 pub mod group;
 pub mod idempotence;
 pub mod messages;
+pub mod plugin_messages;
 
 pub use error::ErrorCode;
 

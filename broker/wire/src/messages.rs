@@ -8,6 +8,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
+use crate::plugin_messages::{self as pm, *};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -33,10 +34,17 @@ pub enum ApiKey {
     InitProducerId = 18,
     /// Delete records below an offset (log start moves up).
     DeleteRecords = 20,
+    // 24..=29: WebAssembly plugins (plugin_messages.rs).
+    PluginDeploy = 24,
+    PluginList = 25,
+    PluginDescribe = 26,
+    PluginRemove = 27,
+    TopicAttach = 28,
+    TopicDetach = 29,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 20] = [
+    pub const ALL: [ApiKey; 26] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -57,6 +65,12 @@ impl ApiKey {
         ApiKey::DeleteGroups,
         ApiKey::InitProducerId,
         ApiKey::DeleteRecords,
+        ApiKey::PluginDeploy,
+        ApiKey::PluginList,
+        ApiKey::PluginDescribe,
+        ApiKey::PluginRemove,
+        ApiKey::TopicAttach,
+        ApiKey::TopicDetach,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -69,6 +83,10 @@ impl ApiKey {
         0
     }
 }
+
+/// Produce partition meaning "no partition chosen": the broker routes each record with
+/// the partitioner plugin attached to the topic (`InvalidPartition` when there is none).
+pub const UNASSIGNED_PARTITION: u32 = u32::MAX;
 
 /// `ListOffsets` timestamp asking for the log start offset.
 pub const EARLIEST_TIMESTAMP: i64 = -2;
@@ -97,6 +115,12 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     InitProducerId(InitProducerIdRequest),
     DeleteRecords(DeleteRecordsRequest),
+    PluginDeploy(PluginDeployRequest),
+    PluginList,
+    PluginDescribe(PluginNameRequest),
+    PluginRemove(PluginNameRequest),
+    TopicAttach(TopicAttachRequest),
+    TopicDetach(TopicDetachRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -121,6 +145,12 @@ pub enum Response {
     DeleteGroups(DeleteGroupsResponse),
     InitProducerId(InitProducerIdResponse),
     DeleteRecords(DeleteRecordsResponse),
+    PluginDeploy(PluginInfoResponse),
+    PluginList(PluginListResponse),
+    PluginDescribe(PluginInfoResponse),
+    PluginRemove(PluginResult),
+    TopicAttach(PluginResult),
+    TopicDetach(PluginResult),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -271,6 +301,8 @@ pub struct DescribeTopicsResponse {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducePartition {
+    /// The partition, or [`UNASSIGNED_PARTITION`] to let the topic's partitioner plugin
+    /// route each record.
     pub partition: u32,
     /// One or more v2 record batches, back to back.
     pub records: Bytes,
@@ -333,6 +365,9 @@ pub struct FetchRequest {
     pub min_bytes: u32,
     pub max_bytes: u32,
     pub topics: Vec<FetchTopic>,
+    /// A filter plugin run by the broker over the fetched records (appended to v0
+    /// before any release: nothing had shipped). `min_bytes` counts bytes before it.
+    pub filter: Option<FetchFilter>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -500,6 +535,12 @@ impl Request {
             Request::DeleteGroups(_) => ApiKey::DeleteGroups,
             Request::InitProducerId(_) => ApiKey::InitProducerId,
             Request::DeleteRecords(_) => ApiKey::DeleteRecords,
+            Request::PluginDeploy(_) => ApiKey::PluginDeploy,
+            Request::PluginList => ApiKey::PluginList,
+            Request::PluginDescribe(_) => ApiKey::PluginDescribe,
+            Request::PluginRemove(_) => ApiKey::PluginRemove,
+            Request::TopicAttach(_) => ApiKey::TopicAttach,
+            Request::TopicDetach(_) => ApiKey::TopicDetach,
         }
     }
 
@@ -544,6 +585,7 @@ impl Request {
                         w.u32(p.partition_max_bytes);
                     });
                 });
+                w.option(r.filter.as_ref(), pm::put_fetch_filter);
             }
             Request::ListOffsets(r) => {
                 w.array(&r.topics, |w, t| {
@@ -574,6 +616,11 @@ impl Request {
                     });
                 });
             }
+            Request::PluginDeploy(r) => pm::put_deploy(w, r),
+            Request::PluginList => {}
+            Request::PluginDescribe(r) | Request::PluginRemove(r) => pm::put_name(w, r),
+            Request::TopicAttach(r) => pm::put_attach(w, r),
+            Request::TopicDetach(r) => pm::put_detach(w, r),
         }
     }
 
@@ -638,6 +685,7 @@ impl Request {
                         })?,
                     })
                 })?,
+                filter: r.option(pm::get_fetch_filter)?,
             }),
             ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest {
                 topics: r.array(6, |r| {
@@ -676,6 +724,12 @@ impl Request {
                     })
                 })?,
             }),
+            ApiKey::PluginDeploy => Request::PluginDeploy(pm::get_deploy(r)?),
+            ApiKey::PluginList => Request::PluginList,
+            ApiKey::PluginDescribe => Request::PluginDescribe(pm::get_name(r)?),
+            ApiKey::PluginRemove => Request::PluginRemove(pm::get_name(r)?),
+            ApiKey::TopicAttach => Request::TopicAttach(pm::get_attach(r)?),
+            ApiKey::TopicDetach => Request::TopicDetach(pm::get_detach(r)?),
         })
     }
 }
@@ -703,6 +757,12 @@ impl Response {
             Response::DeleteGroups(_) => ApiKey::DeleteGroups,
             Response::InitProducerId(_) => ApiKey::InitProducerId,
             Response::DeleteRecords(_) => ApiKey::DeleteRecords,
+            Response::PluginDeploy(_) => ApiKey::PluginDeploy,
+            Response::PluginList(_) => ApiKey::PluginList,
+            Response::PluginDescribe(_) => ApiKey::PluginDescribe,
+            Response::PluginRemove(_) => ApiKey::PluginRemove,
+            Response::TopicAttach(_) => ApiKey::TopicAttach,
+            Response::TopicDetach(_) => ApiKey::TopicDetach,
         }
     }
 
@@ -819,6 +879,11 @@ impl Response {
                         w.i64(p.low_watermark);
                     });
                 });
+            }
+            Response::PluginDeploy(r) | Response::PluginDescribe(r) => pm::put_info_response(w, r),
+            Response::PluginList(r) => pm::put_list_response(w, r),
+            Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
+                pm::put_result(w, r)
             }
         }
     }
@@ -973,6 +1038,12 @@ impl Response {
                     })
                 })?,
             }),
+            ApiKey::PluginDeploy => Response::PluginDeploy(pm::get_info_response(r)?),
+            ApiKey::PluginList => Response::PluginList(pm::get_list_response(r)?),
+            ApiKey::PluginDescribe => Response::PluginDescribe(pm::get_info_response(r)?),
+            ApiKey::PluginRemove => Response::PluginRemove(pm::get_result(r)?),
+            ApiKey::TopicAttach => Response::TopicAttach(pm::get_result(r)?),
+            ApiKey::TopicDetach => Response::TopicDetach(pm::get_result(r)?),
         })
     }
 }
@@ -1052,6 +1123,10 @@ mod tests {
                     partition_max_bytes: 1024,
                 }],
             }],
+            filter: Some(FetchFilter {
+                plugin: "f".into(),
+                params: vec![("where".into(), "a=1".into())],
+            }),
         }));
         check_request(Request::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {

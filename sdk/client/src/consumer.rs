@@ -11,6 +11,7 @@ use meridian_wire::messages::{
     ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
     LATEST_TIMESTAMP,
 };
+pub use meridian_wire::plugin_messages::FetchFilter;
 use meridian_wire::ErrorCode;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::task::JoinHandle;
@@ -60,6 +61,9 @@ pub struct ConsumerConfig {
     /// starts a partition its group has no committed offset for: Kafka's
     /// `auto.offset.reset`. Default [`AutoOffsetReset::Latest`], as in Kafka.
     pub auto_offset_reset: AutoOffsetReset,
+    /// A deployed filter plugin the broker runs over every fetch, so only the records
+    /// it keeps cross the network. Default none.
+    pub filter: Option<FetchFilter>,
 }
 
 /// Where a consumer goes when its position is out of range or, in a group, when
@@ -98,6 +102,7 @@ impl Default for ConsumerConfig {
             max_partition_fetch_bytes: 1024 * 1024,
             prefetch_bytes: 64 * 1024 * 1024,
             auto_offset_reset: AutoOffsetReset::Latest,
+            filter: None,
         }
     }
 }
@@ -950,6 +955,7 @@ fn fetch_request(
         min_bytes: config.fetch_min_bytes,
         max_bytes,
         topics,
+        filter: config.filter.clone(),
     })
 }
 

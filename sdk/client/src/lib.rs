@@ -47,6 +47,7 @@ mod consumer;
 mod error;
 mod group;
 mod partitioner;
+mod plugin_admin;
 mod producer;
 mod tls;
 
@@ -56,7 +57,7 @@ pub use config::{
     certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_REQUEST_TIMEOUT,
 };
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord};
+pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, FetchFilter};
 pub use error::{Error, Result};
 pub use group::{
     Assignor, CommittedOffset, GroupConfig, GroupListing, OffsetCommit, RebalanceListener,
@@ -65,6 +66,8 @@ pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
+pub use plugin_admin::{Attachment, PluginInfo};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
+    UNASSIGNED_PARTITION,
 };

@@ -23,6 +23,7 @@ use crate::accumulator::{AccumulatorConfig, ProducerBatch, RecordAccumulator, To
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
 use crate::partitioner::partition_for_key;
+pub use meridian_wire::messages::UNASSIGNED_PARTITION;
 
 /// Pause before a failed batch is sent again.
 const RETRY_BACKOFF: Duration = Duration::from_millis(100);
@@ -148,7 +149,8 @@ impl Default for ProducerConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProducerRecord {
     pub topic: String,
-    /// Explicit partition; wins over the key.
+    /// Explicit partition; wins over the key. [`UNASSIGNED_PARTITION`] leaves the choice
+    /// to the partitioner plugin attached to the topic on the broker.
     pub partition: Option<u32>,
     /// Records with the same key go to the same partition (Kafka's murmur2 mapping).
     pub key: Option<Bytes>,
@@ -431,6 +433,9 @@ impl Producer {
         }
         let n_partitions = shared.client.partition_count(&record.topic).await?;
         let partition = match (record.partition, &record.key) {
+            // The broker's partitioner plugin routes each record; delivery metadata then
+            // carries this partition and offset -1.
+            (Some(UNASSIGNED_PARTITION), _) => UNASSIGNED_PARTITION,
             (Some(p), _) if p >= n_partitions => {
                 return Err(Error::broker(
                     ErrorCode::InvalidPartition,

@@ -1,0 +1,1180 @@
+//! WebAssembly plugins in the broker: the content-addressed plugin store, topic
+//! attachments, and the produce-path chain.
+//!
+//! On disk, under `<data_dir>/plugins/`:
+//! - `modules/<sha256>.wasm`: deployed modules, by content;
+//! - `cache/<sha256>.cwasm`: compiled artifacts (meridian-wasm-host's cache);
+//! - `plugins.json`: name → (version, sha256) and topic → attachment chain, rewritten
+//!   atomically (temp file + rename) on every change.
+//!
+//! Produce path: when a topic has attachments, each partition's batches are decoded, run
+//! through the chain in order (one guest call per batch per plugin), and the surviving
+//! records re-encoded with the batch's codec before the usual validation and append.
+//! One instance per (topic, partition, plugin) is reused across batches; a redeploy
+//! swaps it for the new module at the next batch (hot swap), the old one serving until
+//! then. What plugins print goes to the logs topic (`plugins.logs_topic`).
+//!
+//! Plugin calls block the request's task for at most the attachment's batch deadline,
+//! inside `block_in_place`, so a slow plugin does not hold a runtime worker that other
+//! connections need.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use meridian_wasm_host::{
+    BatchFailure, BatchOutput, Host, HostConfig, Instance, InstantiateError, Limits, LogStream,
+    Plugin, PluginKind,
+};
+use meridian_wire::batch::{
+    decode_records, encode_batch, encode_batch_at, split_batches, split_fetched_batches,
+    Compression, Header, NewRecord, ProducerIdentity, Record,
+};
+use meridian_wire::messages::FetchResponse;
+use meridian_wire::plugin_messages::{
+    Attachment, FetchFilter, PluginDeployRequest, PluginInfo, PluginInfoResponse,
+    PluginListResponse, PluginNameRequest, PluginResult, TopicAttachRequest, TopicDetachRequest,
+};
+use meridian_wire::ErrorCode;
+use parking_lot::{Mutex, RwLock};
+use serde::{Deserialize, Serialize};
+
+use crate::topics::{Failure, Partition, Topic};
+use crate::Shared;
+
+/// `[plugins]` section of the broker configuration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PluginsConfig {
+    /// Largest module accepted by a deploy.
+    pub module_size_max_bytes: u64,
+    /// Default time one batch call may take, for attachments that set none.
+    pub batch_time_max_ms: u64,
+    /// Default linear memory cap of an instance, for attachments that set none.
+    pub memory_max_bytes: u64,
+    /// Granularity of batch deadlines (the epoch ticker's period).
+    pub epoch_tick_ms: u64,
+    /// Plugin output lines are cut at this many bytes.
+    pub log_line_bytes_max: u64,
+    /// Output lines kept per instance per second; the rest are counted and dropped.
+    pub log_lines_per_sec_max: u32,
+    /// Topic that receives plugin output (created on first use, one partition).
+    pub logs_topic: String,
+}
+
+impl Default for PluginsConfig {
+    fn default() -> Self {
+        PluginsConfig {
+            module_size_max_bytes: 16 << 20,
+            batch_time_max_ms: 200,
+            memory_max_bytes: 64 << 20,
+            epoch_tick_ms: 5,
+            log_line_bytes_max: 1024,
+            log_lines_per_sec_max: 100,
+            logs_topic: "__plugin_logs".into(),
+        }
+    }
+}
+
+/// What happens to a record a plugin returns an error for, or to the records of a batch
+/// the plugin failed on (trap, timeout, memory cap).
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum FailurePolicy {
+    /// The produce of that partition fails with `PluginRejected`.
+    Reject,
+    /// The records are dropped (and counted in the broker log).
+    Skip,
+    /// The original records are appended to this topic instead.
+    DeadLetter(String),
+}
+
+impl FailurePolicy {
+    fn parse(s: &str) -> Result<FailurePolicy, String> {
+        match s {
+            "" | "reject" => Ok(FailurePolicy::Reject),
+            "skip" => Ok(FailurePolicy::Skip),
+            other => match other.strip_prefix("dead-letter:") {
+                Some(topic) if !topic.is_empty() => Ok(FailurePolicy::DeadLetter(topic.into())),
+                _ => Err(format!(
+                    "on_failure `{other}`: expected reject, skip or dead-letter:TOPIC"
+                )),
+            },
+        }
+    }
+}
+
+/// Persistent metadata (`plugins.json`).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Metadata {
+    plugins: BTreeMap<String, DeployedMeta>,
+    attachments: BTreeMap<String, Vec<AttachmentMeta>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct DeployedMeta {
+    version: String,
+    sha256: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct AttachmentMeta {
+    plugin: String,
+    params: Vec<(String, String)>,
+    batch_time_max_ms: u64,
+    memory_max_bytes: u64,
+    on_failure: String,
+}
+
+struct State {
+    meta: Metadata,
+    /// Compiled plugins by name (the module of `meta.plugins[name]`).
+    loaded: HashMap<String, Plugin>,
+}
+
+/// Instance-slot partition of records produced without a partition.
+const UNASSIGNED: u32 = meridian_wire::messages::UNASSIGNED_PARTITION;
+
+/// Instance slots kept before fetch-filter slots are dropped (they are remade on use).
+const FETCH_SLOTS_MAX: usize = 4096;
+const FETCH_SLOT_PREFIX: &str = "fetch:";
+
+/// One instance slot: the module it was made from, and the instance.
+type Slot = Arc<Mutex<Option<(String, Instance)>>>;
+
+pub(crate) struct Plugins {
+    host: Host,
+    dir: PathBuf,
+    config: PluginsConfig,
+    state: RwLock<State>,
+    /// (topic, partition, plugin) → instance. Held only to find a slot; the slot's own
+    /// lock is held while a batch runs, so partitions run in parallel.
+    slots: Mutex<HashMap<(String, u32, String), Slot>>,
+}
+
+fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
+    Failure::new(code, message)
+}
+
+impl Plugins {
+    pub(crate) fn open(data_dir: &Path, config: &PluginsConfig) -> anyhow::Result<Plugins> {
+        let dir = data_dir.join("plugins");
+        std::fs::create_dir_all(dir.join("modules"))?;
+        let host = Host::new(HostConfig {
+            module_size_max_bytes: config.module_size_max_bytes as usize,
+            cache_dir: Some(dir.join("cache")),
+            epoch_tick_ms: config.epoch_tick_ms,
+            log_line_bytes_max: config.log_line_bytes_max as usize,
+            log_lines_per_sec_max: config.log_lines_per_sec_max,
+            ..HostConfig::default()
+        })?;
+        let meta: Metadata = match std::fs::read(dir.join("plugins.json")) {
+            Ok(bytes) => serde_json::from_slice(&bytes)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Metadata::default(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut loaded = HashMap::new();
+        for (name, deployed) in &meta.plugins {
+            let path = dir
+                .join("modules")
+                .join(format!("{}.wasm", deployed.sha256));
+            let result = std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|wasm| host.load(&wasm).map_err(|e| e.to_string()));
+            match result {
+                Ok(plugin) => {
+                    loaded.insert(name.clone(), plugin);
+                }
+                // Produces through its attachments fail with PluginNotFound until it is
+                // redeployed; the broker itself still starts.
+                Err(e) => {
+                    tracing::error!(plugin = %name, path = %path.display(), error = %e, "cannot load deployed plugin")
+                }
+            }
+        }
+        Ok(Plugins {
+            host,
+            dir,
+            config: config.clone(),
+            state: RwLock::new(State { meta, loaded }),
+            slots: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn save(&self, meta: &Metadata) -> Result<(), Failure> {
+        let tmp = self.dir.join("plugins.json.tmp");
+        let bytes = serde_json::to_vec_pretty(meta)
+            .map_err(|e| failure(ErrorCode::Unknown, e.to_string()))?;
+        std::fs::write(&tmp, bytes)
+            .and_then(|()| std::fs::rename(&tmp, self.dir.join("plugins.json")))
+            .map_err(|e| {
+                failure(
+                    ErrorCode::StorageError,
+                    format!("writing plugin metadata: {e}"),
+                )
+            })
+    }
+
+    fn info(state: &State, name: &str) -> Option<PluginInfo> {
+        let deployed = state.meta.plugins.get(name)?;
+        let plugin = state.loaded.get(name);
+        Some(PluginInfo {
+            name: name.to_string(),
+            version: deployed.version.clone(),
+            sha256: deployed.sha256.clone(),
+            kind: plugin.map_or("unloadable", |p| p.kind().name()).to_string(),
+            size_bytes: plugin.map_or(0, |p| p.size_bytes() as u64),
+            attached_to: state
+                .meta
+                .attachments
+                .iter()
+                .filter(|(_, chain)| chain.iter().any(|a| a.plugin == name))
+                .map(|(topic, _)| topic.clone())
+                .collect(),
+        })
+    }
+
+    /// Validates, stores and (re)places a plugin; attachments pick it up at their next
+    /// batch.
+    pub(crate) fn deploy(
+        &self,
+        name: &str,
+        version: &str,
+        wasm: &[u8],
+    ) -> Result<PluginInfo, Failure> {
+        meridian_wire::validate_topic_name(name)
+            .map_err(|m| failure(ErrorCode::InvalidPlugin, format!("plugin name: {m}")))?;
+        let plugin = self
+            .host
+            .load(wasm)
+            .map_err(|e| failure(ErrorCode::InvalidPlugin, e.to_string()))?;
+        let sha256 = plugin.sha256().to_string();
+        let path = self.dir.join("modules").join(format!("{sha256}.wasm"));
+        if !path.exists() {
+            let tmp = path.with_extension("wasm.tmp");
+            std::fs::write(&tmp, wasm)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| failure(ErrorCode::StorageError, format!("storing module: {e}")))?;
+        }
+        let mut state = self.state.write();
+        if let Some(old) = state.loaded.get(name) {
+            let attached = state
+                .meta
+                .attachments
+                .values()
+                .flatten()
+                .any(|a| a.plugin == name);
+            if attached && old.kind() != plugin.kind() {
+                return Err(failure(
+                    ErrorCode::InvalidPlugin,
+                    format!(
+                        "`{name}` is attached as a {}; a {} cannot replace it",
+                        old.kind(),
+                        plugin.kind()
+                    ),
+                ));
+            }
+        }
+        let mut meta = state.meta.clone();
+        meta.plugins.insert(
+            name.to_string(),
+            DeployedMeta {
+                version: version.to_string(),
+                sha256,
+            },
+        );
+        self.save(&meta)?;
+        state.meta = meta;
+        state.loaded.insert(name.to_string(), plugin);
+        tracing::info!(plugin = %name, %version, "plugin deployed");
+        Ok(Self::info(&state, name).expect("just inserted"))
+    }
+
+    pub(crate) fn list(&self) -> Vec<PluginInfo> {
+        let state = self.state.read();
+        state
+            .meta
+            .plugins
+            .keys()
+            .filter_map(|name| Self::info(&state, name))
+            .collect()
+    }
+
+    pub(crate) fn describe(&self, name: &str) -> Result<PluginInfo, Failure> {
+        Self::info(&self.state.read(), name).ok_or_else(|| not_found(name))
+    }
+
+    /// Removes a plugin that no topic uses. Its module file stays if another name
+    /// shares the same content.
+    pub(crate) fn remove(&self, name: &str) -> Result<(), Failure> {
+        let mut state = self.state.write();
+        let info = Self::info(&state, name).ok_or_else(|| not_found(name))?;
+        if !info.attached_to.is_empty() {
+            return Err(failure(
+                ErrorCode::PluginInUse,
+                format!(
+                    "plugin `{name}` is attached to {}; detach it first",
+                    info.attached_to.join(", ")
+                ),
+            ));
+        }
+        let mut meta = state.meta.clone();
+        meta.plugins.remove(name);
+        self.save(&meta)?;
+        state.meta = meta;
+        state.loaded.remove(name);
+        if !state.meta.plugins.values().any(|d| d.sha256 == info.sha256) {
+            let _ = std::fs::remove_file(
+                self.dir
+                    .join("modules")
+                    .join(format!("{}.wasm", info.sha256)),
+            );
+        }
+        Ok(())
+    }
+
+    /// Appends `attachment` to the topic's produce chain, replacing an attachment of
+    /// the same plugin in place. The plugin is instantiated once with the parameters
+    /// first, so bad parameters are refused here rather than at the first produce.
+    pub(crate) fn attach(&self, topic: &Topic, attachment: Attachment) -> Result<(), Failure> {
+        if topic.name.starts_with("__") {
+            return Err(failure(
+                ErrorCode::PolicyViolation,
+                format!("internal topic `{}` takes no plugins", topic.name),
+            ));
+        }
+        FailurePolicy::parse(&attachment.on_failure)
+            .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+        let meta = AttachmentMeta {
+            plugin: attachment.plugin.clone(),
+            params: attachment.params,
+            batch_time_max_ms: match attachment.batch_time_max_ms {
+                0 => self.config.batch_time_max_ms,
+                ms => u64::from(ms),
+            },
+            memory_max_bytes: match attachment.memory_max_bytes {
+                0 => self.config.memory_max_bytes,
+                b => b,
+            },
+            on_failure: attachment.on_failure,
+        };
+        let mut state = self.state.write();
+        let plugin = state
+            .loaded
+            .get(&meta.plugin)
+            .ok_or_else(|| not_found(&meta.plugin))?
+            .clone();
+        if plugin.kind() == PluginKind::Partitioner {
+            let other = state
+                .meta
+                .attachments
+                .get(&topic.name)
+                .into_iter()
+                .flatten()
+                .find(|a| {
+                    a.plugin != meta.plugin
+                        && state
+                            .loaded
+                            .get(&a.plugin)
+                            .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+                });
+            if let Some(other) = other {
+                return Err(failure(
+                    ErrorCode::InvalidConfig,
+                    format!(
+                        "topic `{}` already has partitioner `{}`; detach it first",
+                        topic.name, other.plugin
+                    ),
+                ));
+            }
+        }
+        plugin
+            .instantiate(&meta.params, limits(&meta))
+            .map_err(|e| match e {
+                InstantiateError::Params(m) => failure(
+                    ErrorCode::InvalidPlugin,
+                    format!("plugin `{}` refused its parameters: {m}", meta.plugin),
+                ),
+                InstantiateError::Failed(f) => failure(
+                    ErrorCode::InvalidPlugin,
+                    format!("plugin `{}` failed to start: {f}", meta.plugin),
+                ),
+            })?;
+        let mut all = state.meta.clone();
+        let chain = all.attachments.entry(topic.name.clone()).or_default();
+        match chain.iter_mut().find(|a| a.plugin == meta.plugin) {
+            Some(existing) => *existing = meta.clone(),
+            None => chain.push(meta.clone()),
+        }
+        self.save(&all)?;
+        state.meta = all;
+        drop(state);
+        // Instances made with the old parameters go; the next batch makes new ones.
+        self.drop_slots(&topic.name, Some(&meta.plugin));
+        Ok(())
+    }
+
+    pub(crate) fn detach(&self, topic: &str, plugin: &str) -> Result<(), Failure> {
+        let mut state = self.state.write();
+        let mut all = state.meta.clone();
+        let chain = all.attachments.entry(topic.to_string()).or_default();
+        let before = chain.len();
+        chain.retain(|a| a.plugin != plugin);
+        if chain.len() == before {
+            return Err(failure(
+                ErrorCode::PluginNotFound,
+                format!("plugin `{plugin}` is not attached to topic `{topic}`"),
+            ));
+        }
+        if chain.is_empty() {
+            all.attachments.remove(topic);
+        }
+        self.save(&all)?;
+        state.meta = all;
+        drop(state);
+        self.drop_slots(topic, Some(plugin));
+        Ok(())
+    }
+
+    /// Drops a deleted topic's attachments and instances. Failing to persist that is
+    /// logged: the topic is gone either way, and the next change rewrites the file.
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        let mut state = self.state.write();
+        if !state.meta.attachments.contains_key(topic) {
+            return;
+        }
+        let mut all = state.meta.clone();
+        all.attachments.remove(topic);
+        if let Err(f) = self.save(&all) {
+            tracing::error!(topic, message = %f.message, "cannot persist plugin detachment of a deleted topic");
+        }
+        state.meta = all;
+        drop(state);
+        self.drop_slots(topic, None);
+    }
+
+    fn drop_slots(&self, topic: &str, plugin: Option<&str>) {
+        self.slots
+            .lock()
+            .retain(|(t, _, p), _| !(t == topic && plugin.is_none_or(|name| name == p)));
+    }
+
+    fn has_attachments(&self, topic: &str) -> bool {
+        self.state.read().meta.attachments.contains_key(topic)
+    }
+
+    /// The chain attached to a topic (cloned, so no lock is held while it runs).
+    fn chain(&self, topic: &str) -> Option<Vec<(AttachmentMeta, Option<Plugin>)>> {
+        let state = self.state.read();
+        let chain = state.meta.attachments.get(topic)?;
+        Some(
+            chain
+                .iter()
+                .map(|a| (a.clone(), state.loaded.get(&a.plugin).cloned()))
+                .collect(),
+        )
+    }
+
+    fn slot(&self, topic: &str, partition: u32, plugin: &str) -> Slot {
+        let mut slots = self.slots.lock();
+        // Fetch filters get a slot per (partition, plugin, params): consumers choose the
+        // params, so their slots are bounded by dropping them all when there are too many.
+        if slots.len() >= FETCH_SLOTS_MAX {
+            slots.retain(|(_, _, key), _| !key.starts_with(FETCH_SLOT_PREFIX));
+        }
+        slots
+            .entry((topic.to_string(), partition, plugin.to_string()))
+            .or_default()
+            .clone()
+    }
+}
+
+/// Runs plugin work (which may take up to a batch deadline) without stalling the
+/// runtime: on the multi-threaded runtime the worker hands its other tasks over first.
+fn blocking<R>(f: impl FnOnce() -> R) -> R {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(f)
+        }
+        _ => f(),
+    }
+}
+
+fn not_found(name: &str) -> Failure {
+    failure(
+        ErrorCode::PluginNotFound,
+        format!("no plugin named `{name}` is deployed"),
+    )
+}
+
+fn limits(a: &AttachmentMeta) -> Limits {
+    Limits {
+        batch_time_max_ms: a.batch_time_max_ms,
+        memory_max_bytes: a.memory_max_bytes,
+    }
+}
+
+/// Records bound for a dead-letter topic, in order.
+type DeadLetters = Vec<(String, NewRecord)>;
+
+fn to_new(r: &Record) -> NewRecord {
+    NewRecord {
+        timestamp: r.timestamp,
+        key: r.key.clone(),
+        value: r.value.clone(),
+        headers: r.headers.clone(),
+    }
+}
+
+/// Splits, CRC-checks and decodes the batches of one produce partition. Record offsets
+/// are positions within the request (batches base offset 0 as the producer sent them),
+/// used by plugins and in error messages.
+fn decode_produced(records: &Bytes) -> Result<Vec<(Bytes, Compression, Vec<Record>)>, Failure> {
+    let corrupt = |e: meridian_wire::batch::BatchError| {
+        failure(ErrorCode::CorruptMessage, format!("record batch: {e}"))
+    };
+    let mut out = Vec::new();
+    let mut first_offset = 0i64;
+    for batch in split_batches(records.clone()) {
+        let (header, batch) = batch.map_err(corrupt)?;
+        let compression = header.compression().map_err(corrupt)?;
+        let mut decoded = decode_records(&header, &batch).map_err(corrupt)?;
+        for r in &mut decoded {
+            r.offset += first_offset;
+        }
+        first_offset += i64::from(header.last_offset_delta) + 1;
+        out.push((batch, compression, decoded));
+    }
+    Ok(out)
+}
+
+/// What the chain did to one partition's records.
+struct ChainOutcome {
+    records: Vec<Record>,
+    /// No record was dropped or transformed: the original batch can be appended as is.
+    unchanged: bool,
+    dead_letters: DeadLetters,
+    n_skipped: u64,
+}
+
+impl Shared {
+    /// Runs the topic's produce chain over one partition's batches. `None`: no chain,
+    /// append as is. `Some(bytes)`: append these instead (possibly empty).
+    fn apply_produce_plugins(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        records: &Bytes,
+    ) -> Result<Option<Bytes>, Failure> {
+        let Some(chain) = self.plugins.chain(&topic.name) else {
+            return Ok(None);
+        };
+        let routes_only = chain.iter().all(|(_, p)| {
+            p.as_ref()
+                .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+        });
+        if routes_only {
+            // A record with an explicit partition is not routed.
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut dead_letters = Vec::new();
+        let mut n_skipped = 0;
+        for (batch, compression, decoded) in decode_produced(records)? {
+            let outcome = self.run_chain(topic, partition, &chain, decoded)?;
+            dead_letters.extend(outcome.dead_letters);
+            n_skipped += outcome.n_skipped;
+            if outcome.records.is_empty() {
+                continue;
+            }
+            if outcome.unchanged {
+                // Filters kept every record: the producer's batch goes in byte for byte.
+                out.extend_from_slice(&batch);
+                continue;
+            }
+            let new: Vec<NewRecord> = outcome.records.iter().map(to_new).collect();
+            let encoded = encode_batch(&new, compression, ProducerIdentity::NONE)
+                .map_err(|e| failure(ErrorCode::Unknown, format!("re-encoding batch: {e}")))?;
+            out.extend_from_slice(&encoded);
+        }
+        if n_skipped > 0 {
+            tracing::warn!(topic = %topic.name, partition, n_skipped, "plugin failure policy skipped records");
+        }
+        self.write_dead_letters(dead_letters)?;
+        Ok(Some(Bytes::from(out)))
+    }
+
+    fn run_chain(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        chain: &[(AttachmentMeta, Option<Plugin>)],
+        mut records: Vec<Record>,
+    ) -> Result<ChainOutcome, Failure> {
+        let mut dead_letters = Vec::new();
+        let mut n_skipped = 0u64;
+        let n_in = records.len();
+        let mut transformed = false;
+        for (attachment, plugin) in chain {
+            if records.is_empty() {
+                break;
+            }
+            let name = &attachment.plugin;
+            let plugin = plugin.as_ref().ok_or_else(|| not_found(name))?;
+            if plugin.kind() == PluginKind::Partitioner {
+                // Routes only records produced without a partition (append_routed).
+                continue;
+            }
+            let policy = FailurePolicy::parse(&attachment.on_failure)
+                .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+            let result = self.run_one(topic, partition, attachment, plugin, &records);
+            let output = match result {
+                Ok(output) => output,
+                Err(f) => {
+                    match &policy {
+                        FailurePolicy::Reject => {
+                            return Err(failure(
+                                ErrorCode::PluginRejected,
+                                format!(
+                                "plugin `{name}` failed on the batch starting at offset {}: {f}",
+                                records[0].offset
+                            ),
+                            ))
+                        }
+                        FailurePolicy::Skip => n_skipped += records.len() as u64,
+                        FailurePolicy::DeadLetter(dlq) => {
+                            dead_letters.extend(records.iter().map(|r| (dlq.clone(), to_new(r))))
+                        }
+                    }
+                    records.clear();
+                    continue;
+                }
+            };
+            let mut next = Vec::with_capacity(records.len());
+            let mut on_error = |r: &Record, reason: String| -> Result<(), Failure> {
+                match &policy {
+                    FailurePolicy::Reject => Err(failure(
+                        ErrorCode::PluginRejected,
+                        format!(
+                            "plugin `{name}` rejected the record at offset {}: {reason}",
+                            r.offset
+                        ),
+                    )),
+                    FailurePolicy::Skip => {
+                        n_skipped += 1;
+                        Ok(())
+                    }
+                    FailurePolicy::DeadLetter(dlq) => {
+                        dead_letters.push((dlq.clone(), to_new(r)));
+                        Ok(())
+                    }
+                }
+            };
+            match output {
+                BatchOutput::Filter(keep) => {
+                    for (r, k) in records.into_iter().zip(keep) {
+                        match k {
+                            Ok(true) => next.push(r),
+                            Ok(false) => {}
+                            Err(reason) => on_error(&r, reason)?,
+                        }
+                    }
+                }
+                BatchOutput::Transform(outs) => {
+                    transformed = true;
+                    for (r, o) in records.into_iter().zip(outs) {
+                        match o {
+                            Ok(new_records) => {
+                                next.extend(new_records.into_iter().map(|n| Record {
+                                    offset: r.offset,
+                                    timestamp: n.timestamp,
+                                    key: n.key,
+                                    value: n.value,
+                                    headers: n.headers,
+                                }))
+                            }
+                            Err(reason) => on_error(&r, reason)?,
+                        }
+                    }
+                }
+                BatchOutput::Partition(_) => {
+                    return Err(failure(
+                        ErrorCode::InvalidPlugin,
+                        format!(
+                            "plugin `{name}` is a partitioner, which cannot run in a produce chain"
+                        ),
+                    ))
+                }
+            }
+            records = next;
+        }
+        Ok(ChainOutcome {
+            unchanged: !transformed && records.len() == n_in,
+            records,
+            dead_letters,
+            n_skipped,
+        })
+    }
+
+    /// One plugin over one batch, on the (topic, partition, plugin) instance: made on
+    /// first use, remade when the plugin was redeployed (hot swap) or failed.
+    fn run_one(
+        &self,
+        topic: &Topic,
+        partition: u32,
+        attachment: &AttachmentMeta,
+        plugin: &Plugin,
+        records: &[Record],
+    ) -> Result<BatchOutput, BatchFailure> {
+        let slot = self
+            .plugins
+            .slot(&topic.name, partition, &attachment.plugin);
+        let mut slot = slot.lock();
+        if slot.as_ref().is_none_or(|(sha, _)| sha != plugin.sha256()) {
+            if let Some((_, mut old)) = slot.take() {
+                self.write_plugin_logs(&attachment.plugin, &topic.name, partition, &mut old);
+            }
+            let instance = plugin
+                .instantiate(&attachment.params, limits(attachment))
+                .map_err(|e| match e {
+                    InstantiateError::Failed(f) => f,
+                    InstantiateError::Params(message) => BatchFailure {
+                        kind: meridian_wasm_host::FailureKind::BadOutput,
+                        message: format!("refused its parameters: {message}"),
+                    },
+                })?;
+            *slot = Some((plugin.sha256().to_string(), instance));
+        }
+        let (_, instance) = slot.as_mut().expect("filled above");
+        let n_partitions = topic.partitions.len() as u32;
+        let result = instance.run(records, n_partitions);
+        self.write_plugin_logs(&attachment.plugin, &topic.name, partition, instance);
+        result
+    }
+
+    /// Appends what the instance printed to the logs topic (created on first use). A
+    /// failure to do so is logged, never fails the produce.
+    fn write_plugin_logs(
+        &self,
+        plugin: &str,
+        topic: &str,
+        partition: u32,
+        instance: &mut Instance,
+    ) {
+        let (lines, dropped) = instance.take_logs();
+        if lines.is_empty() && dropped == 0 {
+            return;
+        }
+        let now = crate::handlers::now_ms();
+        let header = |k: &str, v: String| Header {
+            key: k.to_string(),
+            value: Some(Bytes::from(v)),
+        };
+        let mut records: Vec<NewRecord> = lines
+            .into_iter()
+            .map(|line| NewRecord {
+                timestamp: now,
+                key: Some(Bytes::from(plugin.to_string())),
+                value: Some(Bytes::from(line.text)),
+                headers: vec![
+                    header("topic", topic.to_string()),
+                    header("partition", partition.to_string()),
+                    header(
+                        "stream",
+                        match line.stream {
+                            LogStream::Stdout => "stdout",
+                            LogStream::Stderr => "stderr",
+                        }
+                        .to_string(),
+                    ),
+                ],
+            })
+            .collect();
+        if dropped > 0 {
+            records.push(NewRecord {
+                timestamp: now,
+                key: Some(Bytes::from(plugin.to_string())),
+                value: Some(Bytes::from(format!(
+                    "{dropped} lines dropped (plugins.log_lines_per_sec_max)"
+                ))),
+                headers: vec![header("topic", topic.to_string())],
+            });
+        }
+        if let Err(f) = self.append_internal(&self.plugins.config.logs_topic, records) {
+            tracing::warn!(plugin, code = ?f.code, message = %f.message, "cannot write plugin logs");
+        }
+    }
+
+    fn write_dead_letters(&self, dead_letters: DeadLetters) -> Result<(), Failure> {
+        let mut by_topic: BTreeMap<String, Vec<NewRecord>> = BTreeMap::new();
+        for (topic, record) in dead_letters {
+            by_topic.entry(topic).or_default().push(record);
+        }
+        for (topic, records) in by_topic {
+            self.append_internal(&topic, records).map_err(|f| {
+                failure(
+                    ErrorCode::PluginRejected,
+                    format!("dead-letter topic `{topic}`: {}", f.message),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Appends records the broker makes itself (logs, dead letters) to partition 0 of
+    /// a topic, creating the topic with one partition when missing.
+    fn append_internal(&self, topic_name: &str, records: Vec<NewRecord>) -> Result<(), Failure> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let topic = match self.registry.get(topic_name) {
+            Some(topic) => topic,
+            None => match self.registry.create(topic_name, 1, 1, Vec::new()) {
+                Ok(topic) => topic,
+                Err(f) if f.code == ErrorCode::TopicAlreadyExists => self
+                    .registry
+                    .get(topic_name)
+                    .ok_or_else(|| failure(ErrorCode::UnknownTopic, "topic vanished"))?,
+                Err(f) => return Err(f),
+            },
+        };
+        let batch = encode_batch(&records, Compression::None, ProducerIdentity::NONE)
+            .map_err(|e| failure(ErrorCode::Unknown, e.to_string()))?;
+        let partition = topic.partition(0)?;
+        self.append(&topic, partition, &batch).map(|_| ())
+    }
+
+    /// The produce path's append: runs the topic's plugin chain (if any) over the
+    /// partition's batches, then appends what is left. When nothing is left, nothing is
+    /// appended and the base offset is -1.
+    pub(crate) fn append_produced(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        records: &Bytes,
+    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+        if !self.plugins.has_attachments(&topic.name) {
+            return self.append(topic, partition, records);
+        }
+        match blocking(|| self.apply_produce_plugins(topic, partition.index, records))? {
+            None => self.append(topic, partition, records),
+            Some(out) if out.is_empty() => {
+                let log = partition.log()?;
+                Ok((-1, log.log_start_offset(), log.sync_handle()))
+            }
+            Some(out) => self.append(topic, partition, &out),
+        }
+    }
+
+    /// Runs a consumer's fetch filter over every partition of a fetch response. Records
+    /// keep their offsets; each batch still spans the records dropped, so the consumer
+    /// moves past them. A record the filter errors on is dropped; a failed batch fails
+    /// that partition with `PluginRejected`.
+    pub(crate) fn filter_fetch(
+        &self,
+        filter: Option<&FetchFilter>,
+        mut response: FetchResponse,
+    ) -> FetchResponse {
+        let Some(filter) = filter else {
+            return response;
+        };
+        let plugin = self
+            .plugins
+            .state
+            .read()
+            .loaded
+            .get(&filter.plugin)
+            .cloned();
+        for topic in &mut response.topics {
+            for p in &mut topic.partitions {
+                if !p.error.is_ok() || p.records.is_empty() {
+                    continue;
+                }
+                let outcome = match &plugin {
+                    None => Err(not_found(&filter.plugin)),
+                    Some(plugin) if plugin.kind() != PluginKind::Filter => Err(failure(
+                        ErrorCode::InvalidPlugin,
+                        format!(
+                            "plugin `{}` is a {}; fetch takes filters",
+                            filter.plugin,
+                            plugin.kind()
+                        ),
+                    )),
+                    Some(plugin) => blocking(|| {
+                        self.filter_partition(&topic.name, p.partition, plugin, filter, &p.records)
+                    }),
+                };
+                match outcome {
+                    Ok(records) => p.records = records,
+                    Err(f) => {
+                        p.error = f.code;
+                        p.message = f.message;
+                        p.records = Bytes::new();
+                    }
+                }
+            }
+        }
+        response
+    }
+
+    fn filter_partition(
+        &self,
+        topic_name: &str,
+        partition: u32,
+        plugin: &Plugin,
+        filter: &FetchFilter,
+        records: &Bytes,
+    ) -> Result<Bytes, Failure> {
+        let topic = self.registry.get(topic_name).ok_or_else(|| {
+            failure(
+                ErrorCode::UnknownTopic,
+                format!("topic `{topic_name}` vanished"),
+            )
+        })?;
+        let attachment = AttachmentMeta {
+            plugin: format!("{FETCH_SLOT_PREFIX}{}:{:?}", filter.plugin, filter.params),
+            params: filter.params.clone(),
+            batch_time_max_ms: self.plugins.config.batch_time_max_ms,
+            memory_max_bytes: self.plugins.config.memory_max_bytes,
+            on_failure: "skip".into(),
+        };
+        let mut out = Vec::with_capacity(records.len() / 4);
+        for batch in split_fetched_batches(records.clone()) {
+            let (header, batch) =
+                batch.map_err(|e| failure(ErrorCode::CorruptLog, format!("stored batch: {e}")))?;
+            if header.is_control() {
+                out.extend_from_slice(&batch);
+                continue;
+            }
+            let corrupt =
+                |e: meridian_wire::batch::BatchError| failure(ErrorCode::CorruptLog, e.to_string());
+            let compression = header.compression().map_err(corrupt)?;
+            let decoded = decode_records(&header, &batch).map_err(corrupt)?;
+            let output = self
+                .run_one(&topic, partition, &attachment, plugin, &decoded)
+                .map_err(|f| {
+                    failure(
+                        ErrorCode::PluginRejected,
+                        format!(
+                            "fetch filter `{}` failed on the batch at offset {}: {f}",
+                            filter.plugin, header.base_offset
+                        ),
+                    )
+                })?;
+            let BatchOutput::Filter(keep) = output else {
+                return Err(failure(
+                    ErrorCode::InvalidPlugin,
+                    "fetch filter returned no filter output",
+                ));
+            };
+            let (kept, deltas): (Vec<NewRecord>, Vec<i32>) = decoded
+                .iter()
+                .zip(keep)
+                .filter(|(_, k)| matches!(k, Ok(true)))
+                .map(|(r, _)| (to_new(r), (r.offset - header.base_offset) as i32))
+                .unzip();
+            let encoded = encode_batch_at(
+                &kept,
+                &deltas,
+                header.base_offset,
+                header.last_offset_delta,
+                compression,
+            )
+            .map_err(|e| failure(ErrorCode::Unknown, format!("re-encoding batch: {e}")))?;
+            out.extend_from_slice(&encoded);
+        }
+        Ok(Bytes::from(out))
+    }
+
+    /// The produce path for records sent without a partition: the topic's filters and
+    /// transforms run first, then its partitioner plugin picks each record's partition,
+    /// and each partition's records are appended as one batch. The base offset reported
+    /// is -1 (records land on several partitions).
+    pub(crate) fn append_routed(
+        &self,
+        topic: &Topic,
+        records: &Bytes,
+    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
+        blocking(|| self.route_and_append(topic, records))
+    }
+
+    fn route_and_append(
+        &self,
+        topic: &Topic,
+        records: &Bytes,
+    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
+        let chain = self.plugins.chain(&topic.name).unwrap_or_default();
+        let Some((router, Some(router_plugin))) = chain
+            .iter()
+            .find(|(_, p)| {
+                p.as_ref()
+                    .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+            })
+            .cloned()
+        else {
+            return Err(failure(
+                ErrorCode::InvalidPartition,
+                format!(
+                    "topic `{}` has no partitioner plugin attached: name a partition",
+                    topic.name
+                ),
+            ));
+        };
+        let policy = FailurePolicy::parse(&router.on_failure)
+            .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+        let n_partitions = topic.partitions.len();
+        let mut buckets: Vec<Vec<NewRecord>> = vec![Vec::new(); n_partitions];
+        let mut compression = Compression::None;
+        let mut dead_letters = Vec::new();
+        let mut n_skipped = 0u64;
+        for (_, batch_compression, decoded) in decode_produced(records)? {
+            compression = batch_compression;
+            let outcome = self.run_chain(topic, UNASSIGNED, &chain, decoded)?;
+            dead_letters.extend(outcome.dead_letters);
+            n_skipped += outcome.n_skipped;
+            let records = outcome.records;
+            if records.is_empty() {
+                continue;
+            }
+            let name = &router.plugin;
+            let choices = match self.run_one(topic, UNASSIGNED, &router, &router_plugin, &records) {
+                Ok(BatchOutput::Partition(choices)) => choices,
+                Ok(_) => {
+                    return Err(failure(
+                        ErrorCode::InvalidPlugin,
+                        "partitioner returned no partitions",
+                    ))
+                }
+                Err(f) => match &policy {
+                    FailurePolicy::Reject => {
+                        return Err(failure(
+                            ErrorCode::PluginRejected,
+                            format!(
+                            "partitioner `{name}` failed on the batch starting at offset {}: {f}",
+                            records[0].offset
+                        ),
+                        ))
+                    }
+                    FailurePolicy::Skip => {
+                        n_skipped += records.len() as u64;
+                        continue;
+                    }
+                    FailurePolicy::DeadLetter(dlq) => {
+                        dead_letters.extend(records.iter().map(|r| (dlq.clone(), to_new(r))));
+                        continue;
+                    }
+                },
+            };
+            for (r, choice) in records.iter().zip(choices) {
+                match (choice, &policy) {
+                    (Ok(p), _) => buckets[p as usize].push(to_new(r)),
+                    (Err(reason), FailurePolicy::Reject) => {
+                        return Err(failure(
+                            ErrorCode::PluginRejected,
+                            format!(
+                                "partitioner `{name}` rejected the record at offset {}: {reason}",
+                                r.offset
+                            ),
+                        ))
+                    }
+                    (Err(_), FailurePolicy::Skip) => n_skipped += 1,
+                    (Err(_), FailurePolicy::DeadLetter(dlq)) => {
+                        dead_letters.push((dlq.clone(), to_new(r)))
+                    }
+                }
+            }
+        }
+        if n_skipped > 0 {
+            tracing::warn!(topic = %topic.name, n_skipped, "plugin failure policy skipped records");
+        }
+        self.write_dead_letters(dead_letters)?;
+        let mut syncs = Vec::new();
+        let mut log_start = -1;
+        for (index, bucket) in buckets.iter().enumerate() {
+            if bucket.is_empty() {
+                continue;
+            }
+            let batch = encode_batch(bucket, compression, ProducerIdentity::NONE)
+                .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
+            let partition = topic.partition(index as u32)?;
+            let (_, start, sync) = self.append(topic, partition, &batch)?;
+            log_start = start;
+            syncs.push(sync);
+        }
+        Ok((-1, log_start, syncs))
+    }
+
+    pub(crate) fn attach_plugin(
+        &self,
+        topic_name: &str,
+        attachment: Attachment,
+    ) -> Result<(), Failure> {
+        let topic = self.topic(topic_name)?;
+        if let Ok(FailurePolicy::DeadLetter(dlq)) = FailurePolicy::parse(&attachment.on_failure) {
+            if dlq == topic_name {
+                return Err(failure(
+                    ErrorCode::InvalidConfig,
+                    "a topic cannot be its own dead-letter topic",
+                ));
+            }
+        }
+        self.plugins.attach(&topic, attachment)
+    }
+}
+
+fn info_response(outcome: Result<PluginInfo, Failure>) -> PluginInfoResponse {
+    match outcome {
+        Ok(plugin) => PluginInfoResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            plugin: Some(plugin),
+        },
+        Err(f) => PluginInfoResponse {
+            error: f.code,
+            message: f.message,
+            plugin: None,
+        },
+    }
+}
+
+fn result(outcome: Result<(), Failure>) -> PluginResult {
+    match outcome {
+        Ok(()) => PluginResult {
+            error: ErrorCode::None,
+            message: String::new(),
+        },
+        Err(f) => PluginResult {
+            error: f.code,
+            message: f.message,
+        },
+    }
+}
+
+/// Request handlers of the plugin APIs (dispatched from handlers.rs).
+impl Shared {
+    pub(crate) fn plugin_deploy(&self, r: PluginDeployRequest) -> PluginInfoResponse {
+        info_response(self.plugins.deploy(&r.name, &r.version, &r.module))
+    }
+
+    pub(crate) fn plugin_list(&self) -> PluginListResponse {
+        PluginListResponse {
+            plugins: self.plugins.list(),
+        }
+    }
+
+    pub(crate) fn plugin_describe(&self, r: PluginNameRequest) -> PluginInfoResponse {
+        info_response(self.plugins.describe(&r.name))
+    }
+
+    pub(crate) fn plugin_remove(&self, r: PluginNameRequest) -> PluginResult {
+        result(self.plugins.remove(&r.name))
+    }
+
+    pub(crate) fn topic_attach(&self, r: TopicAttachRequest) -> PluginResult {
+        result(self.attach_plugin(&r.topic, r.attachment))
+    }
+
+    pub(crate) fn topic_detach(&self, r: TopicDetachRequest) -> PluginResult {
+        result(self.plugins.detach(&r.topic, &r.plugin))
+    }
+}
