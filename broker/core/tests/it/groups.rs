@@ -168,7 +168,7 @@ impl Sim {
     }
 }
 
-fn run(seed: u64) {
+pub(crate) fn run(seed: u64) {
     let mut rng = Rng::new(seed);
     let assignor = Assignor::ALL[rng.below(3) as usize];
     let n_members = 1 + rng.below(6) as usize;

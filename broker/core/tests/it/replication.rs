@@ -585,7 +585,7 @@ impl Sim {
 
 /// Runs one seed; returns how many records were acknowledged (all, and the idempotent
 /// producer's).
-fn run(seed: u64) -> (usize, usize) {
+pub(crate) fn run(seed: u64) -> (usize, usize) {
     let mut sim = Sim::new(seed);
     for _ in 0..3_000 {
         if sim.rng.chance(30) {

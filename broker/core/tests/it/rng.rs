@@ -25,6 +25,8 @@ impl Rng {
 
 /// Seeds to run: `MERIDIAN_SIM_SEED=<seed>` replays one, `MERIDIAN_SIM_SEEDS=<n>` runs
 /// `n` (default `default_n`).
+// The `sim` example shares this file and picks its own seeds.
+#[allow(dead_code)]
 pub fn seeds(default_n: u64) -> Vec<u64> {
     if let Ok(seed) = std::env::var("MERIDIAN_SIM_SEED") {
         return vec![seed.parse().expect("MERIDIAN_SIM_SEED is a number")];
