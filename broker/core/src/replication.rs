@@ -504,6 +504,8 @@ struct BrokerRecord {
     last_heartbeat_ms: i64,
     incarnation: u64,
     fenced: bool,
+    /// In controlled shutdown: stays fenced until it comes back as a new incarnation.
+    shutting_down: bool,
 }
 
 /// The controller's view of one partition, with its election policy.
@@ -589,9 +591,15 @@ impl Controller {
             last_heartbeat_ms: now_ms,
             incarnation,
             fenced: true,
+            shutting_down: false,
         });
         record.last_heartbeat_ms = now_ms;
         let restarted = record.incarnation != incarnation;
+        if record.shutting_down && !restarted {
+            // Its last heartbeats before it stops: it stays out.
+            return Vec::new();
+        }
+        record.shutting_down = false;
         record.incarnation = incarnation;
         let was_fenced = record.fenced;
         record.fenced = false;
@@ -655,6 +663,28 @@ impl Controller {
             .filter(|(_, b)| b.fenced)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Controlled shutdown: before `broker` stops, its leaderships move to other in-sync
+    /// replicas and it leaves every ISR (so acks=all writes stop waiting for it). It
+    /// stays fenced until it restarts (a new incarnation). A partition with no other
+    /// in-sync replica goes offline rather than electing an out-of-sync one (unless its
+    /// unclean election is allowed); the broker leads it again when it comes back.
+    /// Returns the partitions that changed.
+    ///
+    /// The request carries the broker's incarnation: a request from an earlier life of
+    /// the broker (delayed in the network past a restart) is ignored, or it would fence
+    /// the new one for good (Kafka's broker epoch serves the same purpose).
+    pub fn controlled_shutdown(&mut self, broker: BrokerId, incarnation: u64) -> Vec<u32> {
+        let Some(record) = self.brokers.get_mut(&broker) else {
+            return Vec::new();
+        };
+        if record.incarnation != incarnation {
+            return Vec::new();
+        }
+        record.fenced = true;
+        record.shutting_down = true;
+        self.elect_away_from(broker, true)
     }
 
     /// Moves leadership off `broker` (fenced, or restarted) and, when fenced, takes it

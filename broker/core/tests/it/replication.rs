@@ -1,5 +1,6 @@
 //! Seeded simulation of one partition replicated on three brokers with a controller:
-//! a client producing with acks=all while brokers crash and restart, links are cut
+//! a client producing with acks=all while brokers crash, shut down cleanly (leadership
+//! moved away first) and restart, links are cut
 //! and healed, messages are dropped, delayed and reordered, and clocks are skewed.
 //!
 //! Checked after every event:
@@ -36,6 +37,11 @@ enum Msg {
     Heartbeat {
         incarnation: u64,
     },
+    /// A broker asks to stop cleanly; the controller answers with `ShutdownDone`.
+    ControlledShutdown {
+        incarnation: u64,
+    },
+    ShutdownDone,
     State(LeaderAndIsr),
     AlterIsr(AlterIsr),
     AlterIsrRefused,
@@ -98,7 +104,13 @@ struct Node {
     next_heartbeat_ms: i64,
     fetch_in_flight: Option<(u64, i64)>,
     pending_acks: Vec<PendingAck>,
+    /// Asked for a controlled shutdown at this time; stops when the controller answers,
+    /// or after `SHUTDOWN_WAIT_MS` without an answer (as Kafka's broker gives up
+    /// waiting and stops anyway).
+    stopping_since: Option<i64>,
 }
+
+const SHUTDOWN_WAIT_MS: i64 = 500;
 
 impl Node {
     /// A killed broker comes back: same log, fresh state, a new incarnation.
@@ -117,6 +129,7 @@ impl Node {
         self.fetch_in_flight = None;
         self.pending_acks.clear();
         self.next_heartbeat_ms = 0;
+        self.stopping_since = None;
     }
 }
 
@@ -178,6 +191,7 @@ impl Sim {
                 next_heartbeat_ms: 0,
                 fetch_in_flight: None,
                 pending_acks: Vec::new(),
+                stopping_since: None,
             })
             .collect();
         let mut sim = Sim {
@@ -264,6 +278,16 @@ impl Sim {
                     self.broadcast_state();
                 }
             }
+            Msg::ControlledShutdown { incarnation } => {
+                if !self
+                    .controller
+                    .controlled_shutdown(from, incarnation)
+                    .is_empty()
+                {
+                    self.broadcast_state();
+                }
+                self.send(CONTROLLER, from, Msg::ShutdownDone);
+            }
             Msg::AlterIsr(request) => match self.controller.alter_isr(PARTITION, &request) {
                 Ok(()) => self.broadcast_state(),
                 Err(_) => self.send(CONTROLLER, from, Msg::AlterIsrRefused),
@@ -322,6 +346,13 @@ impl Sim {
                 }
             }
             Msg::AlterIsrRefused => node.replica.alter_isr_refused(),
+            // Leadership has moved: now the process stops.
+            Msg::ShutdownDone => {
+                // A late answer to a previous incarnation's request means nothing now.
+                if node.stopping_since.is_some() {
+                    node.alive = false;
+                }
+            }
             Msg::Produce { request, record } => {
                 let result = match node.replica.check_append(true) {
                     Err(_) => Some(Err(ProduceError::Refused)),
@@ -423,6 +454,13 @@ impl Sim {
                 continue;
             }
             let id = self.nodes[i].id;
+            if self.nodes[i]
+                .stopping_since
+                .is_some_and(|since| self.now - since > SHUTDOWN_WAIT_MS)
+            {
+                self.nodes[i].alive = false;
+                continue;
+            }
             let now = self.local_now(id);
             if now >= self.nodes[i].next_heartbeat_ms {
                 self.nodes[i].next_heartbeat_ms = now + HEARTBEAT_MS;
@@ -498,12 +536,40 @@ impl Sim {
         self.send(CLIENT, leader, Msg::Produce { request, record });
     }
 
+    /// Every broker's view and the controller's, for failure messages.
+    fn describe(&self) -> String {
+        let mut out = format!("controller: {:?}\n", self.controller.partition(PARTITION));
+        for n in &self.nodes {
+            out += &format!(
+                "broker {}: alive {} log {} hw {} leader {:?} epoch {:?} isr {:?} fenced {}\n",
+                n.id,
+                n.alive,
+                n.log.len(),
+                n.replica.high_watermark(),
+                n.replica.leader(),
+                n.replica.leader_epoch(),
+                n.replica.isr(),
+                self.controller.is_fenced(n.id)
+            );
+        }
+        out + &format!("committed {}", self.committed.len())
+    }
+
     fn fault(&mut self) {
         let b = BROKERS[self.rng.below(3) as usize];
-        match self.rng.below(6) {
+        match self.rng.below(7) {
             0 => {
                 let node = self.node(b);
                 node.alive = false;
+            }
+            6 => {
+                let now = self.now;
+                let node = self.node(b);
+                if node.alive && node.stopping_since.is_none() {
+                    node.stopping_since = Some(now);
+                    let incarnation = node.incarnation;
+                    self.send(b, CONTROLLER, Msg::ControlledShutdown { incarnation });
+                }
             }
             1 => {
                 self.node(b).restart_if_down();
@@ -601,7 +667,12 @@ pub(crate) fn run(seed: u64) -> (usize, usize) {
     sim.cut.clear();
     sim.drop_percent = 0;
     for b in BROKERS {
-        sim.node(b).restart_if_down();
+        let node = sim.node(b);
+        if node.stopping_since.is_some() {
+            // Finish a shutdown under way, then start again.
+            node.alive = false;
+        }
+        node.restart_if_down();
     }
     for _ in 0..3_000 {
         sim.step();
@@ -618,9 +689,10 @@ pub(crate) fn run(seed: u64) -> (usize, usize) {
         assert!(
             node.log.len() >= sim.committed.len()
                 && node.log[..sim.committed.len()] == sim.committed[..],
-            "seed {}: broker {} lacks committed records after healing",
+            "seed {}: broker {} lacks committed records after healing\n{}",
             seed,
-            node.id
+            node.id,
+            sim.describe()
         );
         for (offset, record) in &sim.acked {
             assert_eq!(
