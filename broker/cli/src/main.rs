@@ -34,7 +34,7 @@ enum Command {
     Dev(ServeArgs),
     /// Run a broker from a config file, environment variables and flags.
     Broker(ServeArgs),
-    /// Create, list, describe and delete topics.
+    /// Create, list, describe, truncate and delete topics; attach and detach plugins.
     #[command(subcommand)]
     Topic(client_cmds::TopicCommand),
     /// Produce lines from stdin as records.
@@ -47,7 +47,7 @@ enum Command {
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
-    /// Scaffold, build and locally test WebAssembly plugins.
+    /// WebAssembly plugins: scaffold, build and test locally, deploy, list, describe, remove.
     #[command(subcommand)]
     Plugin(plugin_cmds::PluginCommand),
 }
