@@ -259,9 +259,20 @@ impl Replica {
                 pending: None,
             });
         } else if leads {
-            // Same epoch, new ISR: the controller answered our proposal.
+            // Same epoch: a new ISR (the controller answered our proposal) or new
+            // replicas (a reassignment adds some to copy the log, then drops the old).
             if let Role::Leader(leader) = &mut self.role {
                 leader.pending = None;
+                leader
+                    .followers
+                    .retain(|id, _| update.replicas.contains(id));
+                for r in update.replicas.iter().filter(|r| **r != self.id) {
+                    leader.followers.entry(*r).or_insert(Progress {
+                        log_end: -1,
+                        last_caught_up_ms: now_ms,
+                        ..Progress::default()
+                    });
+                }
             }
         } else if update.leader.is_some() && update.replicas.contains(&self.id) {
             self.role = Role::Follower;
@@ -513,6 +524,9 @@ struct BrokerRecord {
 pub struct PartitionRecord {
     pub state: LeaderAndIsr,
     pub unclean_leader_election: bool,
+    /// A reassignment under way: the replicas it ends with. Until all of them are in
+    /// sync, the partition is replicated to the old and the new replicas together.
+    pub reassigning_to: Option<Vec<BrokerId>>,
 }
 
 /// Something the controller decided on its own (for logs and tests).
@@ -579,6 +593,7 @@ impl Controller {
             PartitionRecord {
                 state,
                 unclean_leader_election,
+                reassigning_to: None,
             },
         );
     }
@@ -663,6 +678,66 @@ impl Controller {
             .filter(|(_, b)| b.fenced)
             .map(|(id, _)| *id)
             .collect()
+    }
+
+    /// Starts moving a partition to `target` replicas (Kafka's reassignment): the new
+    /// replicas are added and copy the log as followers; once every one of them is in
+    /// the ISR, the old ones are dropped (and leadership moves if the leader is one of
+    /// them). Data is never removed from a replica before its successor holds it.
+    pub fn reassign(
+        &mut self,
+        partition: u32,
+        target: Vec<BrokerId>,
+    ) -> Result<bool, ReplicationError> {
+        let p = self
+            .partitions
+            .get_mut(&partition)
+            .ok_or(ReplicationError::NotLeader)?;
+        if target.is_empty() || target == p.state.replicas {
+            return Ok(false);
+        }
+        let mut replicas = p.state.replicas.clone();
+        for r in &target {
+            if !replicas.contains(r) {
+                replicas.push(*r);
+            }
+        }
+        p.reassigning_to = Some(target);
+        if replicas != p.state.replicas {
+            p.state.replicas = replicas;
+            p.state.partition_epoch += 1;
+        }
+        self.finish_reassignments();
+        Ok(true)
+    }
+
+    /// Completes reassignments whose new replicas are all in sync. Returns the
+    /// partitions that changed.
+    fn finish_reassignments(&mut self) -> Vec<u32> {
+        let fenced = self.fenced();
+        let mut changed = Vec::new();
+        for (id, p) in &mut self.partitions {
+            let Some(target) = &p.reassigning_to else {
+                continue;
+            };
+            if !target.iter().all(|r| p.state.isr.contains(r)) {
+                continue;
+            }
+            let target = target.clone();
+            p.state.isr.retain(|r| target.contains(r));
+            p.state.replicas = target.clone();
+            if p.state.leader.is_some_and(|l| !target.contains(&l)) {
+                p.state.leader = target
+                    .iter()
+                    .copied()
+                    .find(|r| p.state.isr.contains(r) && !fenced.contains(r));
+                p.state.leader_epoch += 1;
+            }
+            p.state.partition_epoch += 1;
+            p.reassigning_to = None;
+            changed.push(*id);
+        }
+        changed
     }
 
     /// Controlled shutdown: before `broker` stops, its leaderships move to other in-sync
@@ -768,6 +843,7 @@ impl Controller {
         }
         p.state.isr = request.isr.clone();
         p.state.partition_epoch += 1;
+        self.finish_reassignments();
         Ok(())
     }
 }

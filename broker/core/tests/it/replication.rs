@@ -1,4 +1,5 @@
-//! Seeded simulation of one partition replicated on three brokers with a controller:
+//! Seeded simulation of one partition replicated on three of four brokers with a
+//! controller, reassigned among them now and then:
 //! a client producing with acks=all while brokers crash, shut down cleanly (leadership
 //! moved away first) and restart, links are cut
 //! and healed, messages are dropped, delayed and reordered, and clocks are skewed.
@@ -26,7 +27,8 @@ use crate::rng::Rng;
 
 const CONTROLLER: BrokerId = 100;
 const CLIENT: BrokerId = 200;
-const BROKERS: [BrokerId; 3] = [1, 2, 3];
+/// Four brokers; the partition starts on the first three and is reassigned among all.
+const BROKERS: [BrokerId; 4] = [1, 2, 3, 4];
 const PARTITION: u32 = 0;
 const HEARTBEAT_MS: i64 = 50;
 const FETCH_RETRY_MS: i64 = 300;
@@ -178,7 +180,7 @@ impl Sim {
         for b in BROKERS {
             controller.heartbeat(b, 0, 0);
         }
-        controller.create_partition(PARTITION, BROKERS.to_vec(), false);
+        controller.create_partition(PARTITION, BROKERS[..3].to_vec(), false);
         let nodes = BROKERS
             .iter()
             .map(|&id| Node {
@@ -556,8 +558,20 @@ impl Sim {
     }
 
     fn fault(&mut self) {
-        let b = BROKERS[self.rng.below(3) as usize];
-        match self.rng.below(7) {
+        let b = BROKERS[self.rng.below(BROKERS.len() as u64) as usize];
+        match self.rng.below(8) {
+            7 => {
+                // Reassign to three of the four brokers, in a random order.
+                let mut target = BROKERS.to_vec();
+                for i in (1..target.len()).rev() {
+                    let j = self.rng.below(i as u64 + 1) as usize;
+                    target.swap(i, j);
+                }
+                target.truncate(3);
+                if self.controller.reassign(PARTITION, target).unwrap_or(false) {
+                    self.broadcast_state();
+                }
+            }
             0 => {
                 let node = self.node(b);
                 node.alive = false;
@@ -575,8 +589,8 @@ impl Sim {
                 self.node(b).restart_if_down();
             }
             2 => {
-                let other =
-                    [BROKERS[0], BROKERS[1], BROKERS[2], CONTROLLER][self.rng.below(4) as usize];
+                let other = [BROKERS[0], BROKERS[1], BROKERS[2], BROKERS[3], CONTROLLER]
+                    [self.rng.below(5) as usize];
                 if other != b {
                     self.cut.insert((b.min(other), b.max(other)));
                 }
@@ -650,8 +664,8 @@ impl Sim {
 }
 
 /// Runs one seed; returns how many records were acknowledged (all, and the idempotent
-/// producer's).
-pub(crate) fn run(seed: u64) -> (usize, usize) {
+/// producer's), and whether the partition ended on other replicas than it started.
+pub(crate) fn run(seed: u64) -> (usize, usize, bool) {
     let mut sim = Sim::new(seed);
     for _ in 0..3_000 {
         if sim.rng.chance(30) {
@@ -674,18 +688,32 @@ pub(crate) fn run(seed: u64) -> (usize, usize) {
         }
         node.restart_if_down();
     }
+    // Let a reassignment under way finish too; then only the current replicas matter.
+    let replicas = |sim: &Sim| -> Vec<usize> {
+        let state = sim.controller.partition(PARTITION).expect("created");
+        sim.nodes
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| state.replicas.contains(&n.id))
+            .map(|(i, _)| i)
+            .collect()
+    };
     for _ in 0..3_000 {
         sim.step();
-        let first = &sim.nodes[0].log;
-        let converged = sim
-            .nodes
-            .iter()
-            .all(|n| &n.log == first && n.replica.high_watermark() == n.log.len() as i64);
+        let current = replicas(&sim);
+        let first = &sim.nodes[current[0]].log;
+        let converged = current.len() == 3
+            && current.iter().all(|&i| {
+                let n = &sim.nodes[i];
+                &n.log == first && n.replica.high_watermark() == n.log.len() as i64
+            });
         if converged && first.len() >= sim.committed.len() {
             break;
         }
     }
-    for node in &sim.nodes {
+    let current = replicas(&sim);
+    for &i in &current {
+        let node = &sim.nodes[i];
         assert!(
             node.log.len() >= sim.committed.len()
                 && node.log[..sim.committed.len()] == sim.committed[..],
@@ -701,20 +729,27 @@ pub(crate) fn run(seed: u64) -> (usize, usize) {
             );
         }
     }
-    let first = &sim.nodes[0].log;
+    let first = &sim.nodes[current[0]].log;
     assert!(
-        sim.nodes.iter().all(|n| &n.log == first),
-        "seed {seed}: logs did not converge"
+        current.iter().all(|&i| &sim.nodes[i].log == first),
+        "seed {seed}: replicas did not converge\n{}",
+        sim.describe()
     );
-    (sim.acked.len(), sim.next_idempotent_seq as usize)
+    let moved = sim
+        .controller
+        .partition(PARTITION)
+        .expect("created")
+        .replicas
+        != BROKERS[..3];
+    (sim.acked.len(), sim.next_idempotent_seq as usize, moved)
 }
 
 #[test]
 fn replication_simulation() {
     let seeds = crate::rng::seeds(100);
-    let (mut acked, mut idempotent) = (0, 0);
+    let (mut acked, mut idempotent, mut moved) = (0, 0, 0);
     for &seed in &seeds {
-        let (all, idem) = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
+        let (all, idem, reassigned) = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
             eprintln!(
                 "replication simulation failed with seed {seed}; replay: MERIDIAN_SIM_SEED={seed}"
             );
@@ -722,11 +757,18 @@ fn replication_simulation() {
         });
         acked += all;
         idempotent += idem;
+        moved += usize::from(reassigned);
     }
     // The faults must not stop all progress: on average each run acknowledges writes.
     assert!(
         acked >= seeds.len() * 50 && idempotent >= seeds.len() * 10,
         "only {acked} records ({idempotent} idempotent) acknowledged over {} seeds",
+        seeds.len()
+    );
+    // Reassignments must complete, not just start.
+    assert!(
+        moved * 5 >= seeds.len(),
+        "only {moved} of {} runs ended reassigned",
         seeds.len()
     );
 }
