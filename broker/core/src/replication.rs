@@ -548,6 +548,8 @@ pub enum ControllerEvent {
 #[derive(Clone, Debug)]
 pub struct Controller {
     session_timeout_ms: i64,
+    /// Partitions given an out-of-sync leader since the last `take_unclean_elections`.
+    unclean_elections: Vec<u32>,
     brokers: BTreeMap<BrokerId, BrokerRecord>,
     partitions: BTreeMap<u32, PartitionRecord>,
 }
@@ -556,6 +558,7 @@ impl Controller {
     pub fn new(session_timeout_ms: i64) -> Controller {
         Controller {
             session_timeout_ms,
+            unclean_elections: Vec::new(),
             brokers: BTreeMap::new(),
             partitions: BTreeMap::new(),
         }
@@ -662,7 +665,7 @@ impl Controller {
                     partition: *id,
                     leader,
                     epoch: p.leader_epoch,
-                    unclean: !p.isr.contains(&leader),
+                    unclean: self.unclean_elections.contains(id),
                 }),
                 None => events.push(ControllerEvent::PartitionOffline { partition: *id }),
             }
@@ -670,6 +673,12 @@ impl Controller {
         changed.sort_unstable();
         changed.dedup();
         (events, changed)
+    }
+
+    /// Partitions that got a leader from outside their ISR since the last call: the
+    /// driver logs each as possible data loss.
+    pub fn take_unclean_elections(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.unclean_elections)
     }
 
     fn fenced(&self) -> BTreeSet<BrokerId> {
@@ -767,6 +776,7 @@ impl Controller {
     fn elect_away_from(&mut self, broker: BrokerId, remove_from_isr: bool) -> Vec<u32> {
         let fenced = self.fenced();
         let mut changed = Vec::new();
+        let mut unclean = Vec::new();
         for (id, p) in &mut self.partitions {
             let mut touched = false;
             if remove_from_isr && p.state.isr.contains(&broker) && p.state.isr.len() > 1 {
@@ -801,6 +811,7 @@ impl Controller {
                     if !p.state.isr.contains(&l) {
                         // Unclean: the new leader's log is the truth from now on.
                         p.state.isr = [l].into_iter().collect();
+                        unclean.push(*id);
                     }
                 }
                 p.state.leader = leader;
@@ -812,6 +823,7 @@ impl Controller {
                 changed.push(*id);
             }
         }
+        self.unclean_elections.extend(unclean);
         changed
     }
 

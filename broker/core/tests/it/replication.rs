@@ -152,6 +152,10 @@ fn epochs_of(log: &[(i32, u64)]) -> EpochCache {
 }
 
 struct Sim {
+    /// This run's partition allows unclean leader election (every eighth seed): then
+    /// data loss is allowed and only leadership and convergence are checked.
+    unclean: bool,
+    unclean_elections: usize,
     seed: u64,
     rng: Rng,
     now: i64,
@@ -180,7 +184,8 @@ impl Sim {
         for b in BROKERS {
             controller.heartbeat(b, 0, 0);
         }
-        controller.create_partition(PARTITION, BROKERS[..3].to_vec(), false);
+        let unclean = seed % 8 == 7;
+        controller.create_partition(PARTITION, BROKERS[..3].to_vec(), unclean);
         let nodes = BROKERS
             .iter()
             .map(|&id| Node {
@@ -197,6 +202,8 @@ impl Sim {
             })
             .collect();
         let mut sim = Sim {
+            unclean,
+            unclean_elections: 0,
             seed,
             rng: Rng::new(seed),
             now: 0,
@@ -311,7 +318,7 @@ impl Sim {
                 self.next_idempotent_seq += 1;
             }
         }
-        if let Ok(offset) = result {
+        if let (Ok(offset), false) = (result, self.unclean) {
             let position = offset as usize;
             assert!(
                 self.committed.get(position).map(|e| e.1) == Some(record),
@@ -502,6 +509,14 @@ impl Sim {
             }
         }
         let (_, changed) = self.controller.tick(self.now);
+        if !self.controller.take_unclean_elections().is_empty() {
+            assert!(
+                self.unclean,
+                "seed {}: unclean election on a partition that does not allow it",
+                self.seed
+            );
+            self.unclean_elections += 1;
+        }
         if !changed.is_empty() {
             self.broadcast_state();
         }
@@ -627,6 +642,9 @@ impl Sim {
             }
             let hw = node.replica.high_watermark() as usize;
             assert!(hw <= node.log.len());
+            if self.unclean {
+                continue;
+            }
             for offset in 0..hw {
                 match self.committed.get(offset) {
                     Some(entry) => assert_eq!(
@@ -664,8 +682,9 @@ impl Sim {
 }
 
 /// Runs one seed; returns how many records were acknowledged (all, and the idempotent
-/// producer's), and whether the partition ended on other replicas than it started.
-pub(crate) fn run(seed: u64) -> (usize, usize, bool) {
+/// producer's), whether the partition ended on other replicas than it started, and how
+/// many unclean elections happened (only runs that allow them have any).
+pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
     let mut sim = Sim::new(seed);
     for _ in 0..3_000 {
         if sim.rng.chance(30) {
@@ -712,7 +731,7 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool) {
         }
     }
     let current = replicas(&sim);
-    for &i in &current {
+    for &i in current.iter().filter(|_| !sim.unclean) {
         let node = &sim.nodes[i];
         assert!(
             node.log.len() >= sim.committed.len()
@@ -741,23 +760,30 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool) {
         .expect("created")
         .replicas
         != BROKERS[..3];
-    (sim.acked.len(), sim.next_idempotent_seq as usize, moved)
+    (
+        sim.acked.len(),
+        sim.next_idempotent_seq as usize,
+        moved,
+        sim.unclean_elections,
+    )
 }
 
 #[test]
 fn replication_simulation() {
     let seeds = crate::rng::seeds(100);
-    let (mut acked, mut idempotent, mut moved) = (0, 0, 0);
+    let (mut acked, mut idempotent, mut moved, mut unclean) = (0, 0, 0, 0);
     for &seed in &seeds {
-        let (all, idem, reassigned) = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
-            eprintln!(
+        let (all, idem, reassigned, unclean_elections) = std::panic::catch_unwind(|| run(seed))
+            .unwrap_or_else(|e| {
+                eprintln!(
                 "replication simulation failed with seed {seed}; replay: MERIDIAN_SIM_SEED={seed}"
             );
-            std::panic::resume_unwind(e)
-        });
+                std::panic::resume_unwind(e)
+            });
         acked += all;
         idempotent += idem;
         moved += usize::from(reassigned);
+        unclean += unclean_elections;
     }
     // The faults must not stop all progress: on average each run acknowledges writes.
     assert!(
@@ -769,6 +795,12 @@ fn replication_simulation() {
     assert!(
         moved * 5 >= seeds.len(),
         "only {moved} of {} runs ended reassigned",
+        seeds.len()
+    );
+    // Runs that allow unclean election do elect out-of-sync leaders sometimes.
+    assert!(
+        unclean > 0 || seeds.len() < 100,
+        "no unclean election in {} runs",
         seeds.len()
     );
 }
