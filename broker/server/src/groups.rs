@@ -69,26 +69,12 @@ fn java_hash(s: &str) -> i32 {
 }
 
 fn to_wire(tps: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in tps {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| TopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
-        .collect()
+    TopicPartitions::group(tps.iter().map(|tp| (tp.topic.as_str(), tp.partition)))
 }
 
 fn from_wire(tps: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
-    tps.iter()
-        .flat_map(|t| {
-            t.partitions
-                .iter()
-                .map(|p| TopicPartition::new(t.topic.clone(), *p))
-        })
+    TopicPartitions::pairs(tps)
+        .map(|(topic, partition)| TopicPartition::new(topic, partition))
         .collect()
 }
 

@@ -14,6 +14,30 @@ pub struct TopicPartitions {
     pub partitions: Vec<u32>,
 }
 
+impl TopicPartitions {
+    /// Groups `(topic, partition)` pairs by topic (topics sorted, partitions in the
+    /// order given).
+    pub fn group<'a>(pairs: impl IntoIterator<Item = (&'a str, u32)>) -> Vec<TopicPartitions> {
+        let mut by_topic: std::collections::BTreeMap<&str, Vec<u32>> = Default::default();
+        for (topic, partition) in pairs {
+            by_topic.entry(topic).or_default().push(partition);
+        }
+        by_topic
+            .into_iter()
+            .map(|(topic, partitions)| TopicPartitions {
+                topic: topic.to_string(),
+                partitions,
+            })
+            .collect()
+    }
+
+    /// The `(topic, partition)` pairs of a list, in order.
+    pub fn pairs(list: &[TopicPartitions]) -> impl Iterator<Item = (&str, u32)> {
+        list.iter()
+            .flat_map(|t| t.partitions.iter().map(move |p| (t.topic.as_str(), *p)))
+    }
+}
+
 fn put_tps(w: &mut Writer<'_>, tps: &[TopicPartitions]) {
     w.array(tps, |w, t| {
         w.string(&t.topic);

@@ -206,29 +206,14 @@ impl Membership {
 }
 
 fn wire_tps(tps: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
-    let mut by_topic: BTreeMap<&str, Vec<u32>> = BTreeMap::new();
-    for tp in tps {
-        by_topic.entry(&tp.topic).or_default().push(tp.partition);
-    }
-    by_topic
-        .into_iter()
-        .map(|(topic, partitions)| TopicPartitions {
-            topic: topic.to_string(),
-            partitions,
-        })
-        .collect()
+    TopicPartitions::group(tps.iter().map(|tp| (tp.topic.as_str(), tp.partition)))
 }
 
 fn from_wire(tps: Vec<TopicPartitions>) -> BTreeSet<TopicPartition> {
-    tps.into_iter()
-        .flat_map(|t| {
-            let topic = t.topic;
-            t.partitions
-                .into_iter()
-                .map(move |partition| TopicPartition {
-                    topic: topic.clone(),
-                    partition,
-                })
+    TopicPartitions::pairs(&tps)
+        .map(|(topic, partition)| TopicPartition {
+            topic: topic.to_string(),
+            partition,
         })
         .collect()
 }
