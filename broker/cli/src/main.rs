@@ -7,6 +7,7 @@ mod group_bench;
 mod group_cmds;
 mod plugin_cmds;
 mod transport;
+mod up;
 
 use std::path::PathBuf;
 
@@ -34,6 +35,9 @@ enum Command {
     Dev(ServeArgs),
     /// Run a broker from a config file, environment variables and flags.
     Broker(ServeArgs),
+    /// Run every broker of a region file (e.g. regions/local-3.toml) on this machine
+    /// as child processes; Ctrl-C stops them all.
+    Up(up::UpArgs),
     /// Create, list, describe, truncate and delete topics; attach and detach plugins.
     #[command(subcommand)]
     Topic(client_cmds::TopicCommand),
@@ -150,6 +154,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Dev(args) => serve(args, true).await,
         Command::Broker(args) => serve(args, false).await,
+        Command::Up(args) => up::run(args).await,
         Command::Topic(cmd) => client_cmds::topic(cmd).await,
         Command::Produce(args) => client_cmds::produce(args).await,
         Command::Consume(args) => client_cmds::consume(args).await,
@@ -202,7 +207,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
     broker.serve(shutdown_signal()).await
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
