@@ -51,6 +51,10 @@ pub enum BenchCommand {
     /// Cost of a pass-through filter plugin on produce, bytes saved by a fetch filter,
     /// instantiation time.
     Plugin(plugin::PluginBenchArgs),
+    /// A region of real brokers under acks=all load while leaders are killed (or a
+    /// follower paused, or the cluster restarted): how fast writes resume, and a
+    /// checker for lost, duplicated and reordered records.
+    Failover(crate::bench_failover::FailoverArgs),
 }
 
 #[path = "bench_plugin.rs"]
@@ -71,6 +75,10 @@ pub struct BrokerArgs {
     /// Data dir for the broker the bench starts (default: a fresh temporary dir).
     #[arg(long)]
     pub broker_data_dir: Option<PathBuf>,
+    /// Start every broker of this region file (e.g. regions/local-3.toml), with data
+    /// in a fresh temporary dir, instead of one broker.
+    #[arg(long, conflicts_with = "broker")]
+    pub region: Option<PathBuf>,
 }
 
 #[derive(Args, Clone)]
@@ -79,6 +87,9 @@ pub struct LoadArgs {
     pub topic: String,
     #[arg(long, default_value_t = 16)]
     pub partitions: u32,
+    /// Replication factor of the topic the bench creates.
+    #[arg(long, default_value_t = 1)]
+    pub replication_factor: u16,
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
     /// Records to send (ignored when --duration is set).
@@ -219,6 +230,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Rebalance(args) => crate::group_bench::rebalance_bench(args).await,
         BenchCommand::Compaction(args) => compaction_bench(args),
         BenchCommand::Plugin(args) => plugin::run(args).await,
+        BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
     }
 }
 
@@ -226,7 +238,10 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
 
 /// A broker child process started by the bench; killed on drop.
 pub struct ChildBroker {
-    child: Child,
+    /// `None` when the bench runs a region (`region` holds its processes).
+    child: Option<Child>,
+    region: Option<crate::up::RegionRunner>,
+    /// The broker's address, or the region's comma-separated bootstrap list.
     pub addr: String,
     pub fingerprint: String,
     _temp: Option<tempfile::TempDir>,
@@ -290,20 +305,68 @@ impl ChildBroker {
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
         Ok(ChildBroker {
-            child,
+            child: Some(child),
+            region: None,
             addr: addr.expect("checked above"),
             fingerprint: fingerprint.expect("checked above"),
             _temp: temp,
         })
     }
 
+    /// Starts every broker of `region` with data in a fresh temporary directory and
+    /// waits until all of them are registered.
+    pub async fn start_region(region: &std::path::Path) -> anyhow::Result<ChildBroker> {
+        let mut region = crate::up::RegionFile::load(region)?;
+        let temp = tempfile::Builder::new()
+            .prefix("meridian-bench-region-")
+            .tempdir_in(".")?;
+        region.region.data_dir = temp.path().to_owned();
+        let mut runner = crate::up::RegionRunner::prepare(region, crate::up::Output::LogFiles)?;
+        for id in runner.broker_ids() {
+            runner.start(id)?;
+        }
+        let child = ChildBroker {
+            child: None,
+            addr: runner.region.bootstrap(),
+            fingerprint: runner.fingerprint.clone(),
+            region: Some(runner),
+            _temp: Some(temp),
+        };
+        child.wait_for_region().await?;
+        Ok(child)
+    }
+
+    async fn wait_for_region(&self) -> anyhow::Result<()> {
+        let Some(runner) = &self.region else {
+            return Ok(());
+        };
+        let want = runner.broker_ids().len();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let trust = Trust::parse_fingerprint(&self.fingerprint)?;
+        let mut last = String::new();
+        while Instant::now() < deadline {
+            match Client::connect(ClientConfig::new(self.addr.clone(), trust.clone())).await {
+                Ok(client) => match client.metadata(None).await {
+                    Ok(m) if m.brokers.len() >= want => return Ok(()),
+                    Ok(m) => last = format!("{} of {want} brokers registered", m.brokers.len()),
+                    Err(e) => last = e.to_string(),
+                },
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        bail!("the region's brokers did not all register within 60 s: {last}")
+    }
+
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.child.as_ref().map_or(0, Child::id)
     }
 
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 
@@ -335,9 +398,15 @@ pub(crate) async fn connect(
     Ok(Client::connect(ClientConfig::new(addr, trust)).await?)
 }
 
-pub(crate) fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
+pub(crate) async fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
     if args.broker.is_some() {
         return Ok(None);
+    }
+    if let Some(region) = &args.region {
+        if !args.broker_set.is_empty() || args.broker_data_dir.is_some() {
+            bail!("--broker-set and --broker-data-dir apply to a single broker; set broker options in the region file");
+        }
+        return Ok(Some(ChildBroker::start_region(region).await?));
     }
     Ok(Some(ChildBroker::start(
         args.broker_data_dir.clone(),
@@ -350,11 +419,20 @@ pub(crate) async fn ensure_topic(
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<()> {
-    match client
-        .admin()
-        .create_topic(NewTopic::new(topic, partitions))
-        .await
-    {
+    ensure_replicated_topic(client, topic, partitions, 1).await
+}
+
+pub(crate) async fn ensure_replicated_topic(
+    client: &Client,
+    topic: &str,
+    partitions: u32,
+    replication_factor: u16,
+) -> anyhow::Result<()> {
+    let new = NewTopic {
+        replication_factor,
+        ..NewTopic::new(topic, partitions)
+    };
+    match client.admin().create_topic(new).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(meridian_client::ErrorCode::TopicAlreadyExists) => Ok(()),
         Err(e) => Err(e.into()),
@@ -598,9 +676,15 @@ async fn producer_clients(
 }
 
 async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
-    let child = broker_for(&args.broker)?;
+    let child = broker_for(&args.broker).await?;
     let clients = producer_clients(&args, &child).await?;
-    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    ensure_replicated_topic(
+        &clients[0],
+        &args.topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
     let outcome = run_producers(&clients, &args, None, &bar).await?;
     let seconds = outcome.elapsed.as_secs_f64();
@@ -621,9 +705,15 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
 // ---- consume ------------------------------------------------------------------------
 
 async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
-    let child = broker_for(&args.broker)?;
+    let child = broker_for(&args.broker).await?;
     let clients = producer_clients(&args, &child).await?;
-    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    ensure_replicated_topic(
+        &clients[0],
+        &args.topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     let admin = clients[0].admin();
     let mut available = 0;
     for p in 0..args.partitions {
@@ -709,9 +799,15 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
 // ---- end to end ---------------------------------------------------------------------
 
 async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
-    let child = broker_for(&args.broker)?;
+    let child = broker_for(&args.broker).await?;
     let clients = producer_clients(&args, &child).await?;
-    ensure_topic(&clients[0], &args.topic, args.partitions).await?;
+    ensure_replicated_topic(
+        &clients[0],
+        &args.topic,
+        args.partitions,
+        args.replication_factor,
+    )
+    .await?;
     let epoch = Instant::now();
     let consumer_client = connect(&args.broker, &child).await?;
     let mut consumer = consumer_client.consumer(ConsumerConfig {
@@ -969,6 +1065,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
     let load = LoadArgs {
         topic: "recovery".into(),
         partitions: args.partitions,
+        replication_factor: 1,
         record_size,
         records: n_records,
         duration: None,
@@ -987,6 +1084,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
             ca: None,
             broker_set: vec![],
             broker_data_dir: None,
+            region: None,
         },
     };
     let bar = progress(Some(n_records), "fill   ");

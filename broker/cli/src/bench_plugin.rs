@@ -57,7 +57,7 @@ pub async fn run(args: PluginBenchArgs) -> anyhow::Result<()> {
     })?;
     let (instantiate_us, guest_call_ns_per_record) = host_figures(&wasm, args.load.record_size)?;
 
-    let child = broker_for(&args.load.broker)?;
+    let child = broker_for(&args.load.broker).await?;
     let clients = producer_clients(&args.load, &child).await?;
     let admin = clients[0].admin();
     admin

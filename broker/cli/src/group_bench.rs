@@ -134,7 +134,7 @@ pub async fn rebalance_bench(args: RebalanceArgs) -> anyhow::Result<()> {
         broker_set: settings,
         ..args.broker.clone()
     };
-    let child = broker_for(&broker_args)?;
+    let child = broker_for(&broker_args).await?;
     let admin_client = connect(&args.broker, &child).await?;
     ensure_topic(&admin_client, "rebalance", args.partitions).await?;
     let mut members = Vec::with_capacity(args.members);

@@ -2,6 +2,7 @@
 //! `produce`, `consume`, `group`, `bench`) in one binary.
 
 mod bench;
+mod bench_failover;
 mod client_cmds;
 mod group_bench;
 mod group_cmds;

@@ -158,9 +158,179 @@ fn path_value(path: &Path) -> anyhow::Result<toml::Value> {
 }
 
 struct Running {
-    id: u32,
     child: Child,
     exited: bool,
+}
+
+/// Where a region's broker processes write their output.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// To this process's stdout/stderr, each line prefixed with `[broker-N]`.
+    Prefixed,
+    /// Appended to `<data_dir>/broker-N.log` (benchmarks keep the terminal quiet).
+    LogFiles,
+}
+
+/// The broker processes of one region on this machine.
+pub struct RegionRunner {
+    pub region: RegionFile,
+    pub cert: PathBuf,
+    pub fingerprint: String,
+    exe: PathBuf,
+    output: Output,
+    children: std::collections::BTreeMap<u32, Running>,
+}
+
+impl RegionRunner {
+    /// Creates the region's directory and its TLS identity (once); starts nothing.
+    pub fn prepare(region: RegionFile, output: Output) -> anyhow::Result<RegionRunner> {
+        std::fs::create_dir_all(&region.region.data_dir)
+            .with_context(|| format!("creating {}", region.region.data_dir.display()))?;
+        let (cert, key) = region.tls_paths();
+        let hosts: Vec<String> = region
+            .brokers
+            .iter()
+            .map(|b| b.listen.ip().to_string())
+            .collect();
+        let identity = meridian_server::tls::load_or_generate(&cert, &key, &hosts)?;
+        Ok(RegionRunner {
+            region,
+            cert,
+            fingerprint: identity.fingerprint,
+            exe: std::env::current_exe().context("locating the meridian binary")?,
+            output,
+            children: Default::default(),
+        })
+    }
+
+    pub fn broker_ids(&self) -> Vec<u32> {
+        self.region.brokers.iter().map(|b| b.id).collect()
+    }
+
+    /// Starts broker `id` (again, if it ran before).
+    pub fn start(&mut self, id: u32) -> anyhow::Result<()> {
+        if self.children.get(&id).is_some_and(|r| !r.exited) {
+            bail!("broker {id} is already running");
+        }
+        let broker = self
+            .region
+            .brokers
+            .iter()
+            .find(|b| b.id == id)
+            .with_context(|| format!("the region has no broker {id}"))?;
+        let dir = &self.region.region.data_dir;
+        let config_path = dir.join(format!("broker-{id}.toml"));
+        std::fs::write(&config_path, self.region.broker_config(broker)?)
+            .with_context(|| format!("writing {}", config_path.display()))?;
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("broker")
+            .arg("--config")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        match self.output {
+            Output::Prefixed => {
+                command.stdout(Stdio::piped()).stderr(Stdio::piped());
+            }
+            Output::LogFiles => {
+                let log_path = dir.join(format!("broker-{id}.log"));
+                let log = std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&log_path)
+                    .with_context(|| format!("opening {}", log_path.display()))?;
+                command.stdout(log.try_clone()?).stderr(log);
+            }
+        }
+        let mut child = command
+            .spawn()
+            .with_context(|| format!("starting broker {id}"))?;
+        let tag = format!("[broker-{id}]");
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(prefix_lines(tag.clone(), out, false));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(prefix_lines(tag, err, true));
+        }
+        self.children.insert(
+            id,
+            Running {
+                child,
+                exited: false,
+            },
+        );
+        Ok(())
+    }
+
+    pub fn is_running(&self, id: u32) -> bool {
+        self.children.get(&id).is_some_and(|r| !r.exited)
+    }
+
+    /// Sends `signal` to broker `id` if it is running.
+    pub fn signal(&self, id: u32, signal: rustix::process::Signal) {
+        if let Some(pid) = self
+            .children
+            .get(&id)
+            .filter(|r| !r.exited)
+            .and_then(|r| r.child.id())
+        {
+            send_signal(pid, signal);
+        }
+    }
+
+    /// SIGKILL to broker `id`, waiting until it is gone.
+    pub async fn kill9(&mut self, id: u32) {
+        if let Some(r) = self.children.get_mut(&id).filter(|r| !r.exited) {
+            let _ = r.child.kill().await;
+            r.exited = true;
+        }
+    }
+
+    /// Notes brokers that exited on their own; returns `(id, status)` for each.
+    pub fn reap(&mut self) -> anyhow::Result<Vec<(u32, std::process::ExitStatus)>> {
+        let mut exited = Vec::new();
+        for (id, r) in self.children.iter_mut().filter(|(_, r)| !r.exited) {
+            if let Some(status) = r.child.try_wait()? {
+                r.exited = true;
+                exited.push((*id, status));
+            }
+        }
+        Ok(exited)
+    }
+
+    /// SIGTERM to every running broker, then waits; SIGKILL for those past `timeout`.
+    /// Returns whether any broker failed or had to be killed.
+    pub async fn stop_all(&mut self, timeout: Duration) -> bool {
+        for id in self.children.keys() {
+            self.signal(*id, rustix::process::Signal::TERM);
+        }
+        let mut failed = false;
+        for (id, r) in self.children.iter_mut().filter(|(_, r)| !r.exited) {
+            match tokio::time::timeout(timeout, r.child.wait()).await {
+                Ok(Ok(status)) => {
+                    failed |= !status.success();
+                    if self.output == Output::Prefixed {
+                        println!("[broker-{id}] stopped: {status}");
+                    }
+                }
+                Ok(Err(e)) => {
+                    failed = true;
+                    eprintln!("[broker-{id}] could not be waited for: {e}");
+                }
+                Err(_) => {
+                    failed = true;
+                    eprintln!(
+                        "[broker-{id}] still running after {}s: killing it",
+                        timeout.as_secs()
+                    );
+                    let _ = r.child.kill().await;
+                }
+            }
+            r.exited = true;
+        }
+        failed
+    }
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
@@ -170,66 +340,30 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             bail!("--broker {id}: the region has no broker {id}");
         }
     }
-    std::fs::create_dir_all(&region.region.data_dir)
-        .with_context(|| format!("creating {}", region.region.data_dir.display()))?;
-    let (cert, key) = region.tls_paths();
-    let hosts: Vec<String> = region
-        .brokers
-        .iter()
-        .map(|b| b.listen.ip().to_string())
+    let mut runner = RegionRunner::prepare(region, Output::Prefixed)?;
+    let ids: Vec<u32> = runner
+        .broker_ids()
+        .into_iter()
+        .filter(|id| args.only.is_empty() || args.only.contains(id))
         .collect();
-    let identity = meridian_server::tls::load_or_generate(&cert, &key, &hosts)?;
-    let exe = std::env::current_exe().context("locating the meridian binary")?;
-
-    let mut running = Vec::new();
-    for broker in &region.brokers {
-        if !args.only.is_empty() && !args.only.contains(&broker.id) {
-            continue;
-        }
-        let config_path = region
-            .region
-            .data_dir
-            .join(format!("broker-{}.toml", broker.id));
-        std::fs::write(&config_path, region.broker_config(broker)?)
-            .with_context(|| format!("writing {}", config_path.display()))?;
-        let mut child = Command::new(&exe)
-            .arg("broker")
-            .arg("--config")
-            .arg(&config_path)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting broker {}", broker.id))?;
-        let tag = format!("[broker-{}]", broker.id);
-        if let Some(out) = child.stdout.take() {
-            tokio::spawn(prefix_lines(tag.clone(), out, false));
-        }
-        if let Some(err) = child.stderr.take() {
-            tokio::spawn(prefix_lines(tag, err, true));
-        }
-        running.push(Running {
-            id: broker.id,
-            child,
-            exited: false,
-        });
+    for id in &ids {
+        runner.start(*id)?;
     }
-
+    let region = &runner.region;
     println!(
         "region {}: {} broker(s) starting, data under {}",
         region.region.name,
-        running.len(),
+        ids.len(),
         region.region.data_dir.display()
     );
     println!("  bootstrap:   {}", region.bootstrap());
-    println!("  certificate: {}", cert.display());
-    println!("  fingerprint: {}", identity.fingerprint);
+    println!("  certificate: {}", runner.cert.display());
+    println!("  fingerprint: {}", runner.fingerprint);
     println!(
         "Try: meridian topic create demo --partitions 3 --replication-factor {} --broker {} --ca {}",
         region.brokers.len().min(3),
         region.bootstrap(),
-        cert.display()
+        runner.cert.display()
     );
     println!("Ctrl-C stops every broker (controlled shutdown first).");
     {
@@ -241,74 +375,36 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
     loop {
-        if running.iter().all(|r| r.exited) {
+        for (id, status) in runner.reap()? {
+            failed |= !status.success();
+            println!("[broker-{id}] exited: {status}");
+        }
+        if ids.iter().all(|id| !runner.is_running(*id)) {
             break;
         }
         tokio::select! {
             _ = &mut stop => {
-                println!("stopping region {}", region.region.name);
-                failed |= stop_all(&mut running, Duration::from_secs(args.stop_timeout_secs)).await;
+                println!("stopping region {}", runner.region.region.name);
+                failed |= runner.stop_all(Duration::from_secs(args.stop_timeout_secs)).await;
                 break;
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => {
-                for r in running.iter_mut().filter(|r| !r.exited) {
-                    if let Some(status) = r.child.try_wait()? {
-                        r.exited = true;
-                        failed |= !status.success();
-                        println!("[broker-{}] exited: {status}", r.id);
-                    }
-                }
-            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
     if failed {
         bail!(
             "a broker of region {} did not stop cleanly",
-            region.region.name
+            runner.region.region.name
         );
     }
     Ok(())
 }
 
-/// SIGTERM to every running broker, then waits; SIGKILL for those past `timeout`.
-/// Returns whether any broker failed or had to be killed.
-async fn stop_all(running: &mut [Running], timeout: Duration) -> bool {
-    for r in running.iter().filter(|r| !r.exited) {
-        if let Some(pid) = r.child.id() {
-            terminate(pid);
-        }
-    }
-    let mut failed = false;
-    for r in running.iter_mut().filter(|r| !r.exited) {
-        match tokio::time::timeout(timeout, r.child.wait()).await {
-            Ok(Ok(status)) => {
-                failed |= !status.success();
-                println!("[broker-{}] stopped: {status}", r.id);
-            }
-            Ok(Err(e)) => {
-                failed = true;
-                println!("[broker-{}] could not be waited for: {e}", r.id);
-            }
-            Err(_) => {
-                failed = true;
-                println!(
-                    "[broker-{}] still running after {}s: killing it",
-                    r.id,
-                    timeout.as_secs()
-                );
-                let _ = r.child.kill().await;
-            }
-        }
-        r.exited = true;
-    }
-    failed
-}
-
-fn terminate(pid: u32) {
+fn send_signal(pid: u32, signal: rustix::process::Signal) {
     let Some(pid) = rustix::process::Pid::from_raw(pid as i32) else {
         return;
     };
-    if let Err(e) = rustix::process::kill_process(pid, rustix::process::Signal::TERM) {
+    if let Err(e) = rustix::process::kill_process(pid, signal) {
         eprintln!("could not signal broker process {pid:?}: {e}");
     }
 }
