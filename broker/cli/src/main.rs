@@ -6,6 +6,7 @@ mod bench_failover;
 mod client_cmds;
 mod group_bench;
 mod group_cmds;
+mod partition_cmds;
 mod plugin_cmds;
 mod transport;
 mod up;
@@ -46,6 +47,9 @@ enum Command {
     Produce(client_cmds::ProduceArgs),
     /// Consume records and print them.
     Consume(client_cmds::ConsumeArgs),
+    /// Where partitions' replicas live, and moving them to other brokers.
+    #[command(subcommand)]
+    Partition(partition_cmds::PartitionCommand),
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group_cmds::GroupCommand),
@@ -160,6 +164,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Produce(args) => client_cmds::produce(args).await,
         Command::Consume(args) => client_cmds::consume(args).await,
         Command::Group(cmd) => group_cmds::group(cmd).await,
+        Command::Partition(cmd) => partition_cmds::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
     }

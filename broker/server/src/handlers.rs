@@ -63,7 +63,50 @@ impl Shared {
             Request::PluginRemove(r) => Response::PluginRemove(self.plugin_remove(r)),
             Request::TopicAttach(r) => Response::TopicAttach(self.topic_attach(r)),
             Request::TopicDetach(r) => Response::TopicDetach(self.topic_detach(r)),
+            Request::AlterPartitionReassignments(r) => {
+                Response::AlterPartitionReassignments(self.reassign_partitions(r))
+            }
         })
+    }
+
+    /// A single broker holds every replica, so the only valid target is itself.
+    fn reassign_partitions(
+        &self,
+        r: AlterPartitionReassignmentsRequest,
+    ) -> AlterPartitionReassignmentsResponse {
+        let me = self.config.broker_id;
+        let results = r
+            .reassignments
+            .into_iter()
+            .map(|re| {
+                let (error, message) = match self
+                    .registry
+                    .get(&re.topic)
+                    .ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, format!("no topic {}", re.topic)))
+                    .and_then(|t| t.partition(re.partition).map(|_| ()))
+                {
+                    Err(f) => (f.code, f.message),
+                    Ok(()) => match &re.replicas {
+                        None => (
+                            ErrorCode::NoReassignmentInProgress,
+                            format!("{}/{} is not being reassigned", re.topic, re.partition),
+                        ),
+                        Some(replicas) if replicas.as_slice() == [me] => (ErrorCode::None, String::new()),
+                        Some(replicas) => (
+                            ErrorCode::InvalidReplicaAssignment,
+                            format!("replicas {replicas:?}: this is a single-broker cluster (broker {me})"),
+                        ),
+                    },
+                };
+                ReassignmentResult {
+                    topic: re.topic,
+                    partition: re.partition,
+                    error,
+                    message,
+                }
+            })
+            .collect();
+        AlterPartitionReassignmentsResponse { results }
     }
 
     fn init_producer_id(&self, r: InitProducerIdRequest) -> InitProducerIdResponse {

@@ -106,7 +106,7 @@ impl Broker {
         );
 
         let groups = groups::Groups::open(&config, &registry)?;
-        let producer_ids = producer_ids::ProducerIds::open(&config.data_dir)?;
+        let producer_ids = producer_ids::ProducerIds::open(&config.data_dir, config.broker_id)?;
 
         let cert_path = config.tls_cert_path();
         let identity = tls::load_or_generate(

@@ -86,6 +86,9 @@ error_codes! {
     InvalidPlugin = 71, false, "the module is not a valid plugin (malformed, wrong ABI version or exports, or refused its parameters)";
     PluginRejected = 72, false, "a plugin attached to the topic rejected a record or failed on the batch";
     PluginInUse = 73, false, "the plugin is attached to a topic; detach it first";
+    // 90..=99: partition placement.
+    InvalidReplicaAssignment = 90, false, "the replica list is invalid (empty, repeats a broker, or names a broker that is not registered)";
+    NoReassignmentInProgress = 91, false, "the partition has no reassignment to cancel";
 }
 
 impl ErrorCode {

@@ -16,6 +16,7 @@ pub mod group;
 pub mod idempotence;
 pub mod messages;
 pub mod plugin_messages;
+pub mod reassign;
 
 pub use error::ErrorCode;
 

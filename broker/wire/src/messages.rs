@@ -9,6 +9,7 @@ use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
 use crate::plugin_messages::{self as pm, *};
+pub use crate::reassign::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -41,10 +42,12 @@ pub enum ApiKey {
     PluginRemove = 27,
     TopicAttach = 28,
     TopicDetach = 29,
+    /// Move partitions' replicas to other brokers (reassign.rs).
+    AlterPartitionReassignments = 44,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 26] = [
+    pub const ALL: [ApiKey; 27] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -71,6 +74,7 @@ impl ApiKey {
         ApiKey::PluginRemove,
         ApiKey::TopicAttach,
         ApiKey::TopicDetach,
+        ApiKey::AlterPartitionReassignments,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -121,6 +125,7 @@ pub enum Request {
     PluginRemove(PluginNameRequest),
     TopicAttach(TopicAttachRequest),
     TopicDetach(TopicDetachRequest),
+    AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +156,7 @@ pub enum Response {
     PluginRemove(PluginResult),
     TopicAttach(PluginResult),
     TopicDetach(PluginResult),
+    AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -541,6 +547,7 @@ impl Request {
             Request::PluginRemove(_) => ApiKey::PluginRemove,
             Request::TopicAttach(_) => ApiKey::TopicAttach,
             Request::TopicDetach(_) => ApiKey::TopicDetach,
+            Request::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         }
     }
 
@@ -621,6 +628,7 @@ impl Request {
             Request::PluginDescribe(r) | Request::PluginRemove(r) => pm::put_name(w, r),
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
+            Request::AlterPartitionReassignments(m) => m.encode(w),
         }
     }
 
@@ -730,6 +738,9 @@ impl Request {
             ApiKey::PluginRemove => Request::PluginRemove(pm::get_name(r)?),
             ApiKey::TopicAttach => Request::TopicAttach(pm::get_attach(r)?),
             ApiKey::TopicDetach => Request::TopicDetach(pm::get_detach(r)?),
+            ApiKey::AlterPartitionReassignments => {
+                Request::AlterPartitionReassignments(AlterPartitionReassignmentsRequest::decode(r)?)
+            }
         })
     }
 }
@@ -763,6 +774,7 @@ impl Response {
             Response::PluginRemove(_) => ApiKey::PluginRemove,
             Response::TopicAttach(_) => ApiKey::TopicAttach,
             Response::TopicDetach(_) => ApiKey::TopicDetach,
+            Response::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
         }
     }
 
@@ -869,6 +881,7 @@ impl Response {
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
             Response::InitProducerId(m) => m.encode(w),
+            Response::AlterPartitionReassignments(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1044,6 +1057,9 @@ impl Response {
             ApiKey::PluginRemove => Response::PluginRemove(pm::get_result(r)?),
             ApiKey::TopicAttach => Response::TopicAttach(pm::get_result(r)?),
             ApiKey::TopicDetach => Response::TopicDetach(pm::get_result(r)?),
+            ApiKey::AlterPartitionReassignments => Response::AlterPartitionReassignments(
+                AlterPartitionReassignmentsResponse::decode(r)?,
+            ),
         })
     }
 }
@@ -1409,6 +1425,32 @@ mod tests {
         check_request(Request::InitProducerId(InitProducerIdRequest {
             transactional_id: None,
         }));
+        check_request(Request::AlterPartitionReassignments(
+            AlterPartitionReassignmentsRequest {
+                reassignments: vec![
+                    PartitionReassignment {
+                        topic: "t".into(),
+                        partition: 2,
+                        replicas: Some(vec![3, 1, 4]),
+                    },
+                    PartitionReassignment {
+                        topic: "t".into(),
+                        partition: 0,
+                        replicas: None,
+                    },
+                ],
+            },
+        ));
+        check_response(Response::AlterPartitionReassignments(
+            AlterPartitionReassignmentsResponse {
+                results: vec![ReassignmentResult {
+                    topic: "t".into(),
+                    partition: 2,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                }],
+            },
+        ));
         check_response(Response::InitProducerId(InitProducerIdResponse {
             error: ErrorCode::None,
             message: String::new(),

@@ -2,10 +2,11 @@
 
 use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
-    ConfigEntry, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition, DeleteRecordsRequest,
-    DeleteRecordsTopic, DeleteTopicsRequest, DescribeTopicsRequest, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsTopic, Request, Response, TopicDescription, TopicResult,
-    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    AlterPartitionReassignmentsRequest, ConfigEntry, CreateTopic, CreateTopicsRequest,
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
+    DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    PartitionReassignment, Request, Response, TopicDescription, TopicResult, DELETE_TO_END,
+    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
@@ -243,6 +244,64 @@ impl Admin {
         ))
     }
 
+    /// Moves partitions' replicas to other brokers: `(partition, Some(replicas))`
+    /// starts a reassignment (the first replica is the preferred leader), `(partition,
+    /// None)` cancels one under way. The data is copied in the background; watch
+    /// [`Client::metadata`](crate::Client::metadata) until the replicas and ISR match.
+    /// One result per asked partition, in the order asked.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// let results = client.admin().reassign_partitions("orders", &[(0, Some(vec![2, 3, 4]))]).await?;
+    /// for (partition, result) in results {
+    ///     result?;
+    ///     println!("partition {partition} is moving");
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn reassign_partitions(
+        &self,
+        topic: &str,
+        moves: &[(u32, Option<Vec<u32>>)],
+    ) -> Result<Vec<(u32, Result<()>)>> {
+        let request = Request::AlterPartitionReassignments(AlterPartitionReassignmentsRequest {
+            reassignments: moves
+                .iter()
+                .map(|(partition, replicas)| PartitionReassignment {
+                    topic: topic.to_string(),
+                    partition: *partition,
+                    replicas: replicas.clone(),
+                })
+                .collect(),
+        });
+        let response = self.client.request(request).await?;
+        let Response::AlterPartitionReassignments(response) = response else {
+            return Err(unexpected(ApiKey::AlterPartitionReassignments, &response));
+        };
+        let answers: Vec<_> = response
+            .results
+            .into_iter()
+            .filter(|r| r.topic == topic)
+            .collect();
+        Ok(per_partition(
+            ApiKey::AlterPartitionReassignments,
+            topic,
+            moves.iter().map(|(partition, _)| *partition),
+            &answers,
+            |r| r.partition,
+            |r| {
+                if r.error.is_ok() {
+                    Ok(())
+                } else {
+                    Err(Error::broker(
+                        r.error,
+                        format!("{topic}/{}: {}", r.partition, r.message),
+                    ))
+                }
+            },
+        ))
+    }
+
     /// Looks up several partitions of one topic in one request; one result per asked
     /// partition, in the order asked.
     pub(crate) async fn list_offsets_many(
@@ -295,14 +354,14 @@ impl Admin {
 /// One result per asked partition, in the order asked: `answer` turns a partition's
 /// entry of the response into its result; a partition the response lacks is a
 /// protocol error.
-fn per_partition<P>(
+fn per_partition<P, T>(
     api: ApiKey,
     topic: &str,
     asked: impl Iterator<Item = u32>,
     answers: &[P],
     partition_of: impl Fn(&P) -> u32,
-    answer: impl Fn(&P) -> Result<i64>,
-) -> Vec<(u32, Result<i64>)> {
+    answer: impl Fn(&P) -> Result<T>,
+) -> Vec<(u32, Result<T>)> {
     asked
         .map(|partition| {
             let result = match answers.iter().find(|p| partition_of(p) == partition) {

@@ -1,0 +1,168 @@
+//! `meridian partition list|reassign`: where each partition's replicas live, and
+//! moving them to other brokers.
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use clap::Subcommand;
+use meridian_client::Client;
+
+use crate::ConnectArgs;
+
+#[derive(Subcommand)]
+pub enum PartitionCommand {
+    /// Leader, leader epoch, replicas and in-sync replicas of each partition.
+    List {
+        topic: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Move a partition's replicas to other brokers. The new replicas copy the log
+    /// from the leader in the background; the old ones are dropped once every new
+    /// one is in sync, so nothing acknowledged is lost.
+    Reassign {
+        topic: String,
+        /// Partition to move, repeatable.
+        #[arg(long, short, required = true)]
+        partition: Vec<u32>,
+        /// The brokers to end on, comma-separated; the first is the preferred leader.
+        #[arg(long, value_delimiter = ',', required_unless_present = "cancel")]
+        replicas: Vec<u32>,
+        /// Cancel a reassignment under way instead.
+        #[arg(long, conflicts_with = "replicas")]
+        cancel: bool,
+        /// Wait until the partitions sit on exactly the new replicas, all in sync.
+        #[arg(long)]
+        wait: bool,
+        /// With --wait: give up after this many seconds.
+        #[arg(long, default_value_t = 600)]
+        wait_timeout_secs: u64,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
+    match cmd {
+        PartitionCommand::List { topic, connect } => {
+            let client = connect.connect().await?;
+            println!(
+                "{:>9} {:>7} {:>6}  {:<16} isr",
+                "partition", "leader", "epoch", "replicas"
+            );
+            for p in partitions(&client, &topic).await? {
+                let leader = if p.leader == u32::MAX {
+                    "none".to_string()
+                } else {
+                    p.leader.to_string()
+                };
+                println!(
+                    "{:>9} {:>7} {:>6}  {:<16} {}",
+                    p.partition,
+                    leader,
+                    p.leader_epoch,
+                    list(&p.replicas),
+                    list(&p.isr)
+                );
+            }
+            Ok(())
+        }
+        PartitionCommand::Reassign {
+            topic,
+            partition,
+            replicas,
+            cancel,
+            wait,
+            wait_timeout_secs,
+            connect,
+        } => {
+            let target = if cancel {
+                None
+            } else {
+                let unique: BTreeSet<u32> = replicas.iter().copied().collect();
+                if unique.len() != replicas.len() {
+                    bail!("--replicas {}: a broker appears twice", list(&replicas));
+                }
+                Some(replicas.clone())
+            };
+            let client = connect.connect().await?;
+            let moves: Vec<(u32, Option<Vec<u32>>)> =
+                partition.iter().map(|p| (*p, target.clone())).collect();
+            let mut failed = 0;
+            for (p, result) in client.admin().reassign_partitions(&topic, &moves).await? {
+                match result {
+                    Ok(()) if cancel => println!("{topic}/{p}: reassignment cancelled"),
+                    Ok(()) => println!("{topic}/{p}: moving to [{}]", list(&replicas)),
+                    Err(e) => {
+                        failed += 1;
+                        eprintln!("{topic}/{p}: {e}");
+                    }
+                }
+            }
+            if failed > 0 {
+                bail!("{failed} partition(s) could not be reassigned");
+            }
+            if wait && !cancel {
+                wait_for(&client, &topic, &partition, &replicas, wait_timeout_secs).await?;
+            }
+            Ok(())
+        }
+    }
+}
+
+async fn partitions(
+    client: &Client,
+    topic: &str,
+) -> anyhow::Result<Vec<meridian_wire::messages::PartitionMetadata>> {
+    let metadata = client.metadata(Some(vec![topic.to_string()])).await?;
+    let t = metadata
+        .topics
+        .into_iter()
+        .find(|t| t.name == topic)
+        .with_context(|| format!("no topic {topic} in the metadata"))?;
+    if !t.error.is_ok() {
+        bail!("{topic}: {}", t.error.name());
+    }
+    Ok(t.partitions)
+}
+
+async fn wait_for(
+    client: &Client,
+    topic: &str,
+    moving: &[u32],
+    replicas: &[u32],
+    timeout_secs: u64,
+) -> anyhow::Result<()> {
+    let want: BTreeSet<u32> = replicas.iter().copied().collect();
+    let started = Instant::now();
+    loop {
+        let current = partitions(client, topic).await?;
+        let pending: Vec<u32> = moving
+            .iter()
+            .copied()
+            .filter(|p| {
+                current.iter().find(|m| m.partition == *p).is_none_or(|m| {
+                    m.replicas.iter().copied().collect::<BTreeSet<_>>() != want
+                        || m.isr.iter().copied().collect::<BTreeSet<_>>() != want
+                })
+            })
+            .collect();
+        if pending.is_empty() {
+            println!(
+                "done in {:.1}s: every partition is on [{}], all in sync",
+                started.elapsed().as_secs_f64(),
+                list(replicas)
+            );
+            return Ok(());
+        }
+        if started.elapsed() > Duration::from_secs(timeout_secs) {
+            bail!("partitions {pending:?} still moving after {timeout_secs}s");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn list(ids: &[u32]) -> String {
+    ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
