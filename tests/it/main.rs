@@ -12,4 +12,5 @@ mod lifecycle;
 mod limits;
 mod plugins;
 mod produce_consume;
+mod replication;
 mod tls;
