@@ -372,3 +372,48 @@ async fn a_new_leader_truncates_the_old_leaders_divergent_tail_by_epoch() {
         ErrorCode::FencedLeaderEpoch
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_exposes_only_the_checkpointed_high_watermark() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "replica_high_watermark_checkpoint_interval_ms=100",
+            "replica_fetch_wait_max_ms=200",
+        ],
+    )
+    .await;
+    cluster.create_topic(TOPIC, 1, &[]);
+    cluster.apply(TOPIC, 0, &state(1, 0, &[1, 2, 3], 0));
+    let client = cluster.broker(1).client().await;
+    for _ in 0..4 {
+        assert_eq!(
+            produce_one(&client, -1, 10_000, 20).await.0,
+            ErrorCode::None
+        );
+    }
+    // The periodic checkpoint has the high watermark.
+    let checkpoint = cluster
+        .broker(1)
+        .data_dir
+        .join("replication-offset-checkpoint");
+    wait_until("the high watermark is checkpointed", || {
+        std::fs::read_to_string(&checkpoint)
+            .is_ok_and(|text| text.contains(&format!("{TOPIC} 0 4")))
+    })
+    .await;
+    // Uncommitted records at the leader, then a restart with the followers still down.
+    cluster.broker(2).stop().await;
+    cluster.broker(3).stop().await;
+    assert_eq!(produce_one(&client, 1, 10_000, 20).await.0, ErrorCode::None);
+    client.close();
+    cluster.broker(1).stop().await;
+    cluster.restart(1).await;
+    cluster.apply(TOPIC, 0, &state(1, 1, &[1, 2, 3], 1));
+    let client = cluster.broker(1).client().await;
+    let (error, hw, bases) = consume(&client, 0, 0).await;
+    assert_eq!((error, hw), (ErrorCode::None, 4));
+    assert_eq!(bases, vec![0, 1, 2, 3]);
+    let status = cluster.broker(1).manager.status(TOPIC, 0).unwrap();
+    assert_eq!((status.log_end_offset, status.high_watermark), (5, 4));
+}

@@ -293,9 +293,10 @@ impl ReplicaManager {
         })?;
         let partition_ref = topic_ref.partition(partition)?.clone();
         let now = now_ms();
-        let (old_leader, new_leader) = {
+        let (old_leader, new_leader, changed) = {
             let mut log = partition_ref.log()?;
             let mut slot = partition_ref.replication.lock();
+            let created = slot.is_none();
             let entry = slot.get_or_insert_with(|| {
                 let mut epochs = EpochCache::default();
                 for (epoch, start) in log.leader_epochs().entries() {
@@ -337,18 +338,18 @@ impl ReplicaManager {
             } else if epoch_changed && !entry.replica.is_leader() {
                 tracing::info!(topic, partition, leader = ?entry.replica.leader(), epoch = ?entry.replica.leader_epoch(), "following");
             }
-            let new_leader = (!entry.replica.is_leader()
-                && state.replicas.contains(&self.broker_id()))
-            .then(|| entry.replica.leader())
-            .flatten();
-            (old_leader, new_leader)
+            // Whom this broker fetches from now, if it follows.
+            let new_leader = entry.replica.next_fetch().map(|(leader, _)| leader);
+            let changed = created || epoch_changed || old_leader != entry.replica.leader();
+            (old_leader, new_leader, changed)
         };
         replication
             .managed
             .lock()
             .insert((topic.to_owned(), partition), partition_ref.clone());
         if let Some(leader) = new_leader {
-            self.ensure_fetcher(leader);
+            // An ISR-only change does not disturb the fetcher's long poll.
+            self.ensure_fetcher(leader, changed);
         }
         if let Some(old) = old_leader.filter(|old| Some(*old) != new_leader) {
             if let Some(fetcher) = replication.fetchers.lock().get(&old) {
@@ -394,11 +395,15 @@ impl ReplicaManager {
             .cloned()
     }
 
-    fn ensure_fetcher(&self, leader: u32) {
+    /// Starts the fetcher for `leader` if it is not running; `wake` makes a running
+    /// one plan its request again (a partition joined it or changed epoch).
+    fn ensure_fetcher(&self, leader: u32, wake: bool) {
         let mut fetchers = self.shared.replication.fetchers.lock();
         if let Some(fetcher) = fetchers.get(&leader) {
             if !fetcher.task.is_finished() {
-                fetcher.wake.notify_one();
+                if wake {
+                    fetcher.wake.notify_one();
+                }
                 return;
             }
         }
