@@ -13,4 +13,5 @@ mod limits;
 mod plugins;
 mod produce_consume;
 mod region;
+mod replication;
 mod tls;

@@ -688,7 +688,9 @@ async fn hot_swap_under_load_loses_and_duplicates_nothing_and_logs_reach_the_top
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_filter_sends_only_kept_records_and_consumers_move_past_the_rest() {
-    use meridian_wire::messages::{FetchPartition, FetchRequest, FetchTopic, Request, Response};
+    use meridian_wire::messages::{
+        FetchPartition, FetchRequest, FetchTopic, Request, Response, CONSUMER_REPLICA_ID,
+    };
     let broker = TestBroker::start(&[]);
     let client = broker.client().await;
     deploy(&client, "jf", "json_filter").await;
@@ -736,13 +738,10 @@ async fn fetch_filter_sends_only_kept_records_and_consumers_move_past_the_rest()
                 max_bytes: 64 << 20,
                 topics: vec![FetchTopic {
                     name: "events".into(),
-                    partitions: vec![FetchPartition {
-                        partition: 0,
-                        fetch_offset: 0,
-                        partition_max_bytes: 64 << 20,
-                    }],
+                    partitions: vec![FetchPartition::new(0, 0, 64 << 20)],
                 }],
                 filter,
+                replica_id: CONSUMER_REPLICA_ID,
             });
             let Response::Fetch(response) = client.request(request).await.unwrap() else {
                 panic!("not a fetch response")

@@ -11,7 +11,9 @@
 
 use meridian_wasm_host::{Host, HostConfig, Limits};
 use meridian_wire::batch::{split_fetched_batches, Record};
-use meridian_wire::messages::{FetchPartition, FetchRequest, FetchTopic, Request, Response};
+use meridian_wire::messages::{
+    FetchPartition, FetchRequest, FetchTopic, Request, Response, CONSUMER_REPLICA_ID,
+};
 
 use std::path::Path;
 
@@ -198,13 +200,10 @@ async fn fetch_all_bytes(
                 max_bytes: 8 << 20,
                 topics: vec![FetchTopic {
                     name: topic.into(),
-                    partitions: vec![FetchPartition {
-                        partition,
-                        fetch_offset: offset,
-                        partition_max_bytes: 8 << 20,
-                    }],
+                    partitions: vec![FetchPartition::new(partition, offset, 8 << 20)],
                 }],
                 filter: filter.clone(),
+                replica_id: CONSUMER_REPLICA_ID,
             });
             let Response::Fetch(response) = client.request(request).await? else {
                 bail!("not a fetch response");

@@ -61,6 +61,7 @@
 //! Measured once (release build, 2-core VM, ext4): a 10 GiB partition of 11 segments
 //! reopens after a crash in 0.5 ms with a warm page cache and 4 ms after dropping it.
 
+pub mod checkpoint;
 mod cleaner;
 mod group_commit;
 mod index;
@@ -74,10 +75,12 @@ use std::path::PathBuf;
 use meridian_wire::batch::BatchError;
 use meridian_wire::ErrorCode;
 
+pub use checkpoint::LeaderEpochs;
 pub use cleaner::{CleanPlan, CleanStats, CleanedGroup, CLEANER_CHECKPOINT_FILE};
 pub use group_commit::{GroupCommit, SyncHandle};
 pub use partition::{
-    AppendInfo, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER, LOG_START_OFFSET_FILE,
+    AppendInfo, FollowerBatch, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER,
+    LOG_START_OFFSET_FILE,
 };
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
 pub use segment::ReadSlice;
@@ -212,6 +215,14 @@ pub enum LogError {
         "a batch from an idempotent producer must be the only batch for its partition in a request"
     )]
     IdempotentBatchNotAlone,
+    #[error("replicated batch starts at offset {found} but the log ends at {expected}")]
+    NotContiguous { expected: i64, found: i64 },
+    #[error("replicated batch at offset {offset} has leader epoch {epoch}, older than the log's latest {latest}")]
+    EpochRegression {
+        epoch: i32,
+        latest: i32,
+        offset: i64,
+    },
     #[error("corrupt log segment {} at byte {position}: {detail}", path.display())]
     Corrupt {
         path: PathBuf,
@@ -242,6 +253,9 @@ impl LogError {
                 ErrorCode::UnknownProducerId
             }
             LogError::IdempotentBatchNotAlone => ErrorCode::InvalidRequest,
+            LogError::NotContiguous { .. } | LogError::EpochRegression { .. } => {
+                ErrorCode::CorruptMessage
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ fn patch_front(front: &mut [u8; 16], base_offset: i64, leader_epoch: i32) {
     front[12..16].copy_from_slice(&leader_epoch.to_be_bytes());
 }
 
+use crate::checkpoint::LeaderEpochs;
 use crate::group_commit::SyncHandle;
 use crate::producer_state::{self, ProducerStates, SequenceCheck};
 use crate::segment::{PlannedBatch, ReadSlice, Segment};
@@ -59,7 +60,15 @@ pub struct PartitionLog {
     marked_clean: bool,
     /// Idempotent producers' recent batches (see `producer_state`).
     producers: ProducerStates,
+    /// Which leader epoch starts where, persisted in `leader-epoch-checkpoint`
+    /// (see `checkpoint`). Never behind the log: a new epoch is stored before its
+    /// first records are written.
+    epochs: LeaderEpochs,
 }
+
+/// One batch a follower appended: `(partition leader epoch, base offset, offsets it
+/// takes)`, the shape `meridian_core::replication::Replica::appended_as_follower` wants.
+pub type FollowerBatch = (i32, i64, u32);
 
 /// Producer snapshots kept per partition (the newest is the one used).
 const SNAPSHOTS_KEPT: usize = 2;
@@ -184,6 +193,7 @@ impl PartitionLog {
             segments,
             marked_clean: false,
             producers: ProducerStates::default(),
+            epochs: LeaderEpochs::default(),
         };
         if let Some(start) = persisted_start {
             // A crash may have come between persisting the start and deleting the
@@ -191,6 +201,7 @@ impl PartitionLog {
             log.advance_log_start(start.min(log.log_end_offset()))?;
         }
         log.load_producer_states(now_ms)?;
+        log.load_leader_epochs()?;
         tracing::debug!(
             dir = %log.dir.display(),
             clean,
@@ -225,6 +236,53 @@ impl PartitionLog {
             })?;
         }
         producer_state::prune_snapshots(&self.dir, SNAPSHOTS_KEPT, self.log_end_offset())?;
+        Ok(())
+    }
+
+    /// Loads the leader-epoch checkpoint, dropping epochs that start at or after the
+    /// recovered log end (their records did not survive). A missing or damaged
+    /// checkpoint is rebuilt from the batches' `partitionLeaderEpoch` fields.
+    fn load_leader_epochs(&mut self) -> Result<(), LogError> {
+        let log_end = self.log_end_offset();
+        match LeaderEpochs::load(&self.dir)? {
+            Some(mut epochs) => {
+                if epochs.truncate_from(log_end) {
+                    epochs.store(&self.dir)?;
+                }
+                self.epochs = epochs;
+            }
+            None => {
+                let mut epochs = LeaderEpochs::default();
+                let log_start = self.log_start_offset;
+                for segment in &self.segments {
+                    segment.for_each_header(|header| {
+                        let epoch = header.partition_leader_epoch;
+                        if header.last_offset() >= log_start
+                            && epoch >= 0
+                            && epochs.latest_epoch().is_none_or(|latest| epoch > latest)
+                        {
+                            epochs.assign(epoch, header.base_offset.max(log_start));
+                        }
+                    })?;
+                }
+                epochs.store(&self.dir)?;
+                self.epochs = epochs;
+            }
+        }
+        Ok(())
+    }
+
+    /// Leader epochs of this log and where each starts.
+    pub fn leader_epochs(&self) -> &LeaderEpochs {
+        &self.epochs
+    }
+
+    /// Records (durably) that `epoch` starts at the log end: a replica became leader
+    /// at a new epoch. Appends do this themselves for the epoch they stamp.
+    pub fn assign_leader_epoch(&mut self, epoch: i32) -> Result<(), LogError> {
+        if self.epochs.assign(epoch, self.log_end_offset()) {
+            self.epochs.store(&self.dir)?;
+        }
         Ok(())
     }
 
@@ -334,6 +392,7 @@ impl PartitionLog {
         if self.should_roll(total_bytes, batches.n_offsets(), now_ms) {
             self.roll()?;
         }
+        self.assign_leader_epoch(leader_epoch)?;
         // The producer's bytes are written as they are, except the 16 bytes at the
         // front of each batch that carry the base offset and leader epoch: those go
         // from patched copies. One `pwritev`, no copy of the payload.
@@ -389,6 +448,160 @@ impl PartitionLog {
         })
     }
 
+    /// Appends batches fetched from the leader exactly as they are: their offsets and
+    /// leader epochs are the leader's and nothing is patched or re-encoded, so the
+    /// follower's segments hold the leader's bytes.
+    ///
+    /// Checks before writing anything: every batch parses and passes its CRC, the
+    /// first starts at the log end and each next one right after the previous one
+    /// (the active segment stays dense), and no batch's epoch is older than the
+    /// log's latest. Indexes, the time index, producer state and leader epochs are
+    /// updated as for a leader append (a new epoch is stored before its records are
+    /// written). Empty input appends nothing. Returns what was appended, per batch.
+    pub fn append_as_follower(
+        &mut self,
+        records: &bytes::Bytes,
+        now_ms: i64,
+    ) -> Result<Vec<FollowerBatch>, LogError> {
+        use meridian_wire::batch::{BatchError, BatchHeader};
+        let mut headers = Vec::new();
+        let mut position = 0usize;
+        let mut next_offset = self.log_end_offset();
+        let mut latest_epoch = self.epochs.latest_epoch();
+        while position < records.len() {
+            let header = BatchHeader::parse(&records[position..])?;
+            let len = header.total_len();
+            if position + len > records.len() {
+                return Err(BatchError::Truncated {
+                    needed: len,
+                    available: records.len() - position,
+                }
+                .into());
+            }
+            header.validate(&records[position..position + len])?;
+            if header.base_offset != next_offset || header.last_offset_delta < 0 {
+                return Err(LogError::NotContiguous {
+                    expected: next_offset,
+                    found: header.base_offset,
+                });
+            }
+            let epoch = header.partition_leader_epoch;
+            if latest_epoch.is_some_and(|latest| epoch < latest) {
+                return Err(LogError::EpochRegression {
+                    epoch,
+                    latest: latest_epoch.unwrap_or(-1),
+                    offset: header.base_offset,
+                });
+            }
+            latest_epoch = Some(epoch);
+            next_offset = header.last_offset() + 1;
+            position += len;
+            headers.push(header);
+        }
+        if headers.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.marked_clean {
+            std::fs::remove_file(self.dir.join(CLEAN_SHUTDOWN_MARKER))?;
+            self.marked_clean = false;
+        }
+        let n_offsets = next_offset - self.log_end_offset();
+        if self.should_roll(records.len() as u64, n_offsets, now_ms) {
+            self.roll()?;
+        }
+        let mut epochs = self.epochs.clone();
+        for header in headers.iter().filter(|h| h.partition_leader_epoch >= 0) {
+            epochs.assign(header.partition_leader_epoch, header.base_offset);
+        }
+        if epochs != self.epochs {
+            epochs.store(&self.dir)?;
+            self.epochs = epochs;
+        }
+        let planned: Vec<PlannedBatch> = headers
+            .iter()
+            .map(|h| PlannedBatch {
+                base_offset: h.base_offset,
+                last_offset: h.last_offset(),
+                len: h.total_len() as u64,
+                max_timestamp: h.max_timestamp,
+            })
+            .collect();
+        let interval = self.config.index_interval_bytes;
+        self.active_mut()
+            .append(&[&records[..]], &planned, interval, now_ms)?;
+        for header in &headers {
+            self.producers.record(header, header.base_offset, now_ms);
+        }
+        Ok(headers
+            .iter()
+            .map(|h| {
+                (
+                    h.partition_leader_epoch,
+                    h.base_offset,
+                    (h.last_offset_delta as u32) + 1,
+                )
+            })
+            .collect())
+    }
+
+    /// Removes every batch holding an offset at or after `offset` (a follower whose
+    /// tail diverges from its leader's). `offset` inside a batch removes that whole
+    /// batch. Segments wholly past it are deleted (newest first), the one holding it
+    /// is cut and becomes the active segment, leader epochs starting at or after the
+    /// new end are forgotten (durably), and producer state is rebuilt from the newest
+    /// snapshot at or below the new active segment. Returns the new log end offset.
+    /// Truncating below the log start offset is `OffsetOutOfRange`.
+    pub fn truncate_to(&mut self, offset: i64, now_ms: i64) -> Result<i64, LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        if offset >= log_end {
+            return Ok(log_end);
+        }
+        if offset < log_start {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        if self.marked_clean {
+            std::fs::remove_file(self.dir.join(CLEAN_SHUTDOWN_MARKER))?;
+            self.marked_clean = false;
+        }
+        let keep = self.segments.partition_point(|s| s.base_offset <= offset);
+        // The first segment's base is at most the log start, so `keep >= 1`.
+        assert!(
+            keep >= 1,
+            "truncation offset {offset} below the first segment"
+        );
+        let interval = self.config.index_interval_bytes;
+        let position = self.segments[keep - 1].position_of(offset, interval)?;
+        while self.segments.len() > keep {
+            let segment = self.segments.pop().expect("more than `keep` segments");
+            segment.delete_files()?;
+        }
+        let segment = self.segments.pop().expect("`keep >= 1` segments remain");
+        let base = segment.base_offset;
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(&segment.paths.log)?;
+        file.set_len(position)?;
+        file.sync_data()?;
+        drop((file, segment));
+        // Reopening as the active segment re-checks the cut tail and rewrites the
+        // indexes to end where the log now ends.
+        let active = Segment::open_active(&self.dir, base, true, interval, now_ms)?;
+        self.segments.push(active);
+        sync_dir(&self.dir)?;
+        let new_end = self.log_end_offset();
+        if self.epochs.truncate_from(new_end) {
+            self.epochs.store(&self.dir)?;
+        }
+        producer_state::prune_snapshots(&self.dir, usize::MAX, new_end)?;
+        self.load_producer_states(now_ms)?;
+        tracing::info!(dir = %self.dir.display(), requested = offset, log_end_offset = new_end, removed = log_end - new_end, "truncated log");
+        Ok(new_end)
+    }
+
     fn should_roll(&self, append_bytes: u64, append_offsets: i64, now_ms: i64) -> bool {
         let active = self.active();
         if active.size == 0 {
@@ -429,6 +642,18 @@ impl PartitionLog {
     /// at least one whole batch. `offset == log_end_offset()` gives `None`; outside
     /// `[log_start, log_end]` is `OffsetOutOfRange`. Never crosses a segment.
     pub fn read(&self, offset: i64, max_bytes: u32) -> Result<Option<ReadSlice>, LogError> {
+        self.read_up_to(offset, max_bytes, i64::MAX)
+    }
+
+    /// Like [`PartitionLog::read`], but returns only batches that end below
+    /// `end_offset` (a consumer's read stops at the high watermark); `None` when the
+    /// first batch does not.
+    pub fn read_up_to(
+        &self,
+        offset: i64,
+        max_bytes: u32,
+        end_offset: i64,
+    ) -> Result<Option<ReadSlice>, LogError> {
         let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
         if offset < log_start || offset > log_end {
             return Err(LogError::OffsetOutOfRange {
@@ -450,8 +675,19 @@ impl PartitionLog {
             }
             offset = offset.max(self.segments[i].base_offset);
         }
-        let slice =
-            self.segments[i].plan_read(offset, max_bytes, self.config.index_interval_bytes)?;
+        if offset >= end_offset {
+            return Ok(None);
+        }
+        let interval = self.config.index_interval_bytes;
+        let segment = &self.segments[i];
+        let mut slice = segment.plan_read(offset, max_bytes, interval)?;
+        if end_offset < segment.next_offset {
+            let limit = segment.position_of(end_offset, interval)?;
+            if limit <= slice.position() {
+                return Ok(None);
+            }
+            slice.limit_to(limit);
+        }
         Ok(Some(slice))
     }
 

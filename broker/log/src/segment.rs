@@ -64,6 +64,13 @@ impl ReadSlice {
         self.position
     }
 
+    /// Cuts the slice so it ends at or before byte `position` of the file (a batch
+    /// boundary).
+    pub(crate) fn limit_to(&mut self, position: u64) {
+        let end = self.position + self.len as u64;
+        self.len = (end.min(position).saturating_sub(self.position)) as usize;
+    }
+
     /// Reads the planned whole batches with one `pread`.
     pub fn read(&self) -> io::Result<Bytes> {
         let mut buf = vec![0u8; self.len];
@@ -967,6 +974,22 @@ impl Segment {
                 position: start,
                 len: (end - start) as usize,
             })
+        })
+    }
+
+    /// Byte position of the first batch that ends at or after `offset` (the batch
+    /// holding it, or the next one after a gap); the segment size when `offset` is at
+    /// or past the segment's end. Cutting the segment there removes every batch that
+    /// holds an offset `>= offset`.
+    pub fn position_of(&self, offset: i64, index_interval_bytes: u32) -> Result<u64, LogError> {
+        if offset >= self.next_offset {
+            return Ok(self.size);
+        }
+        if offset <= self.base_offset {
+            return Ok(0);
+        }
+        self.with_index(index_interval_bytes, |index| {
+            Ok(self.find_batch(index, offset)?.0)
         })
     }
 

@@ -88,6 +88,27 @@ pub struct BrokerConfig {
     /// An idempotent producer silent this long is forgotten by each partition
     /// (Kafka's `producer.id.expiration.ms`).
     pub producer_id_expiration_ms: u64,
+    /// A controller manages this broker's partitions (replication): a partition serves
+    /// produce and fetch only once the controller has named its leader and ISR
+    /// (`ReplicaManager::apply`). `false` (single node): every partition is its own
+    /// leader, its high watermark is its log end and acks=all equals acks=1. Internal
+    /// topics (`__` prefix) are served by the broker itself either way.
+    pub cluster_mode: bool,
+    /// A follower that has not caught up with the leader's log end for this long
+    /// leaves the ISR (Kafka's `replica.lag.time.max.ms`).
+    pub replica_lag_time_max_ms: u64,
+    /// How long a follower's fetch waits at the leader for new records (Kafka's
+    /// `replica.fetch.wait.max.ms`); also how soon a fetcher notices new partitions.
+    pub replica_fetch_wait_max_ms: u32,
+    /// Bytes a follower asks for per fetch and per partition (Kafka's
+    /// `replica.fetch.max.bytes`); at least one batch comes back regardless.
+    pub replica_fetch_max_bytes: u32,
+    /// How long a fetcher waits after a failed fetch (connection lost, not the leader,
+    /// stale epoch) before trying again (Kafka's `replica.fetch.backoff.ms`).
+    pub replica_fetch_backoff_ms: u64,
+    /// How often high watermarks are written to `replication-offset-checkpoint`
+    /// (Kafka's `replica.high.watermark.checkpoint.interval.ms`).
+    pub replica_high_watermark_checkpoint_interval_ms: u64,
     /// Defaults for per-topic settings (a topic's own configs override these).
     pub topic_defaults: TopicDefaults,
     /// WebAssembly plugin limits and defaults.
@@ -129,6 +150,12 @@ impl Default for BrokerConfig {
             offset_metadata_max_bytes: 4_096,
             offsets_topic_num_partitions: 50,
             producer_id_expiration_ms: 86_400_000,
+            cluster_mode: false,
+            replica_lag_time_max_ms: 30_000,
+            replica_fetch_wait_max_ms: 500,
+            replica_fetch_max_bytes: 1024 * 1024,
+            replica_fetch_backoff_ms: 1_000,
+            replica_high_watermark_checkpoint_interval_ms: 5_000,
             topic_defaults: TopicDefaults::default(),
             plugins: crate::plugins::PluginsConfig::default(),
         }
@@ -233,6 +260,16 @@ impl BrokerConfig {
                 self.offsets_topic_num_partitions as u64,
             ),
             ("producer_id_expiration_ms", self.producer_id_expiration_ms),
+            ("replica_lag_time_max_ms", self.replica_lag_time_max_ms),
+            (
+                "replica_fetch_max_bytes",
+                self.replica_fetch_max_bytes as u64,
+            ),
+            ("replica_fetch_backoff_ms", self.replica_fetch_backoff_ms),
+            (
+                "replica_high_watermark_checkpoint_interval_ms",
+                self.replica_high_watermark_checkpoint_interval_ms,
+            ),
         ];
         for (key, value) in positive {
             if value == 0 {
@@ -254,6 +291,11 @@ impl BrokerConfig {
         if self.offsets_topic_num_partitions > self.max_partitions_per_topic {
             return Err(ConfigError::Invalid(
                 "offsets_topic_num_partitions must not exceed max_partitions_per_topic".into(),
+            ));
+        }
+        if self.replica_fetch_wait_max_ms as u64 >= self.replica_lag_time_max_ms {
+            return Err(ConfigError::Invalid(
+                "replica_fetch_wait_max_ms must be below replica_lag_time_max_ms (a caught-up follower waiting at the leader would leave the ISR)".into(),
             ));
         }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
@@ -371,6 +413,36 @@ mod tests {
     }
 
     #[test]
+    fn replication_settings_have_kafkas_defaults_and_can_be_set() {
+        let config = BrokerConfig::default();
+        assert!(!config.cluster_mode);
+        assert_eq!(config.replica_lag_time_max_ms, 30_000);
+        assert_eq!(config.replica_fetch_wait_max_ms, 500);
+        assert_eq!(config.replica_fetch_max_bytes, 1_048_576);
+        assert_eq!(config.replica_fetch_backoff_ms, 1_000);
+        assert_eq!(config.replica_high_watermark_checkpoint_interval_ms, 5_000);
+        assert_eq!(config.topic_defaults.min_insync_replicas, 1);
+        let config = BrokerConfig::load(
+            None,
+            vec![("MERIDIAN_REPLICA_LAG_TIME_MAX_MS".into(), "2000".into())],
+            &[
+                "cluster_mode=true".into(),
+                "replica_fetch_wait_max_ms=100".into(),
+                "replica_fetch_max_bytes=4096".into(),
+                "replica_fetch_backoff_ms=50".into(),
+                "topic_defaults.min_insync_replicas=2".into(),
+            ],
+        )
+        .unwrap();
+        assert!(config.cluster_mode);
+        assert_eq!(config.replica_lag_time_max_ms, 2_000);
+        assert_eq!(config.replica_fetch_wait_max_ms, 100);
+        assert_eq!(config.replica_fetch_max_bytes, 4096);
+        assert_eq!(config.replica_fetch_backoff_ms, 50);
+        assert_eq!(config.topic_defaults.min_insync_replicas, 2);
+    }
+
+    #[test]
     fn mistakes_are_refused_with_the_key_named() {
         let cases: &[(&str, &str)] = &[
             ("max_frame_bytez=1", "unknown field `max_frame_bytez`"),
@@ -401,6 +473,27 @@ mod tests {
                 "between 0 and 1",
             ),
             ("flush=sometimes", "unknown variant `sometimes`"),
+            (
+                "replica_lag_time_max_ms=0",
+                "replica_lag_time_max_ms must be greater than 0",
+            ),
+            (
+                "replica_fetch_max_bytes=0",
+                "replica_fetch_max_bytes must be greater than 0",
+            ),
+            (
+                "replica_fetch_backoff_ms=0",
+                "replica_fetch_backoff_ms must be greater than 0",
+            ),
+            (
+                "replica_high_watermark_checkpoint_interval_ms=0",
+                "replica_high_watermark_checkpoint_interval_ms must be greater than 0",
+            ),
+            (
+                "replica_fetch_wait_max_ms=30000",
+                "replica_fetch_wait_max_ms must be below replica_lag_time_max_ms",
+            ),
+            ("topic_defaults.min_insync_replicas=0", "at least 1"),
             ("no_equals_sign", "is not key=value"),
         ];
         for (input, want) in cases {

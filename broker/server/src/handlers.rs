@@ -204,12 +204,23 @@ impl Shared {
                 .collect(),
         };
         let broker_id = self.config.broker_id;
+        let mut brokers = vec![BrokerInfo {
+            broker_id,
+            host: self.config.advertised_host(),
+            port: self.local_addr.port(),
+        }];
+        // Peers the control plane told us about (replication).
+        for (id, addr) in self.replication.brokers() {
+            if id != broker_id {
+                brokers.push(BrokerInfo {
+                    broker_id: id,
+                    host: addr.ip().to_string(),
+                    port: addr.port(),
+                });
+            }
+        }
         MetadataResponse {
-            brokers: vec![BrokerInfo {
-                broker_id,
-                host: self.config.advertised_host(),
-                port: self.local_addr.port(),
-            }],
+            brokers,
             controller_id: broker_id,
             topics: topics
                 .into_iter()
@@ -220,13 +231,32 @@ impl Shared {
                         partitions: topic
                             .partitions
                             .iter()
-                            .map(|p| PartitionMetadata {
-                                partition: p.index,
-                                error: p.log().err().map_or(ErrorCode::None, |f| f.code),
-                                leader: broker_id,
-                                leader_epoch: 0,
-                                replicas: vec![broker_id],
-                                isr: vec![broker_id],
+                            .map(|p| {
+                                let error = p.log().err().map_or(ErrorCode::None, |f| f.code);
+                                match p.replication.lock().as_ref().and_then(|r| r.record.clone()) {
+                                    // No leader: reported as leader u32::MAX with
+                                    // NotLeaderOrFollower.
+                                    Some(record) => PartitionMetadata {
+                                        partition: p.index,
+                                        error: if record.leader.is_none() && error.is_ok() {
+                                            ErrorCode::NotLeaderOrFollower
+                                        } else {
+                                            error
+                                        },
+                                        leader: record.leader.unwrap_or(u32::MAX),
+                                        leader_epoch: record.leader_epoch,
+                                        replicas: record.replicas.clone(),
+                                        isr: record.isr.iter().copied().collect(),
+                                    },
+                                    None => PartitionMetadata {
+                                        partition: p.index,
+                                        error,
+                                        leader: broker_id,
+                                        leader_epoch: 0,
+                                        replicas: vec![broker_id],
+                                        isr: vec![broker_id],
+                                    },
+                                }
                             })
                             .collect(),
                     },
@@ -326,7 +356,7 @@ impl Shared {
                                 partition: p.index,
                                 error: ErrorCode::None,
                                 log_start_offset: log.log_start_offset(),
-                                high_watermark: log.log_end_offset(),
+                                high_watermark: Self::high_watermark_of(p, log.log_end_offset()),
                                 size_bytes: log.size_bytes(),
                                 segments: log.segment_count() as u32,
                             },
@@ -382,6 +412,10 @@ impl Shared {
                 .err()
         };
         let wait_for_fsync = acks != 0 && self.config.flush == FlushPolicy::Always;
+        let timeout = Duration::from_millis(u64::from(request.timeout_ms));
+        // acks=all: (topic index, partition index, partition, offset the high
+        // watermark must reach).
+        let mut commits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
         let mut syncs = Vec::new();
         let mut topics = Vec::with_capacity(request.topics.len());
         for produce_topic in request.topics {
@@ -390,13 +424,35 @@ impl Shared {
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
-                    if p.partition == UNASSIGNED_PARTITION {
-                        // Routed by the topic's partitioner plugin (plugins.rs).
-                        return self.append_routed(t, &p.records);
+                    let touched: Vec<&Arc<Partition>> = if p.partition == UNASSIGNED_PARTITION {
+                        t.partitions.iter().collect()
+                    } else {
+                        vec![t.partition(p.partition)?]
+                    };
+                    if p.partition != UNASSIGNED_PARTITION {
+                        self.check_produce(t, touched[0], acks == -1)?;
                     }
-                    let partition = t.partition(p.partition)?;
-                    self.append_produced(t, partition, &p.records)
-                        .map(|(base, start, sync)| (base, start, vec![sync]))
+                    let appended = if p.partition == UNASSIGNED_PARTITION {
+                        // Routed by the topic's partitioner plugin (plugins.rs).
+                        self.append_routed(t, &p.records)?
+                    } else {
+                        self.append_produced(t, touched[0], &p.records)
+                            .map(|(base, start, sync)| (base, start, vec![sync]))?
+                    };
+                    if acks == -1 {
+                        for partition in touched {
+                            if partition.replication.lock().is_some() {
+                                let required = partition.log()?.log_end_offset();
+                                commits.push((
+                                    topics.len(),
+                                    partitions.len(),
+                                    partition.clone(),
+                                    required,
+                                ));
+                            }
+                        }
+                    }
+                    Ok(appended)
                 });
                 let (error, message, base_offset, log_start_offset) = match outcome {
                     Ok((base_offset, log_start, sync)) => {
@@ -448,6 +504,20 @@ impl Shared {
             slot.error = ErrorCode::StorageError;
             slot.message = failure;
         }
+        // acks=all: wait until every in-sync replica has the records (the high
+        // watermark covers them), all partitions against one deadline.
+        let deadline = tokio::time::Instant::now() + timeout;
+        for (topic_idx, partition_idx, partition, required) in commits {
+            if topics[topic_idx].partitions[partition_idx].error != ErrorCode::None {
+                continue;
+            }
+            if let Err(f) = self.wait_for_commit(&partition, required, deadline).await {
+                tracing::debug!(topic = %topics[topic_idx].name, partition = partition.index, code = ?f.code, message = %f.message, "acks=all produce not committed");
+                let slot = &mut topics[topic_idx].partitions[partition_idx];
+                slot.error = f.code;
+                slot.message = f.message;
+            }
+        }
         (acks != 0).then_some(ProduceResponse { topics })
     }
 
@@ -482,10 +552,12 @@ impl Shared {
             })?;
         }
         let mut log = partition.log()?;
-        let info = log.append(batches, 0, now_ms()).map_err(|e| {
+        let epoch = self.append_epoch(topic, partition, &log)?;
+        let info = log.append(batches, epoch, now_ms()).map_err(|e| {
             tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
             Failure::from(e)
         })?;
+        Self::appended_as_leader(partition, &log);
         let result = (info.base_offset, log.log_start_offset(), log.sync_handle());
         drop(log);
         partition.mark_dirty();
@@ -498,9 +570,26 @@ impl Shared {
             Duration::from_millis(request.max_wait_ms.min(self.config.max_fetch_wait_ms) as u64);
         let max_bytes = request.max_bytes.min(self.config.max_fetch_bytes).max(1);
         let deadline = tokio::time::Instant::now() + max_wait;
-        let refuse_all = self
+        // Followers replicate the batches as they are: no filter runs for them.
+        let filter = if request.replica_id == CONSUMER_REPLICA_ID {
+            request.filter.as_ref()
+        } else {
+            None
+        };
+        let refuse_all = if request.replica_id < CONSUMER_REPLICA_ID {
+            Some(Failure::new(
+                ErrorCode::InvalidRequest,
+                format!(
+                    "replica_id {} is neither a broker id nor -1 (consumer)",
+                    request.replica_id
+                ),
+            ))
+        } else {
+            None
+        };
+        let refuse_all = refuse_all.or(self
             .count_partitions(&request.topics, |t| t.partitions.len())
-            .err();
+            .err());
         // Resolve topics once; a topic deleted meanwhile keeps its open files until we finish.
         let targets: Vec<FetchTarget> = request
             .topics
@@ -525,13 +614,15 @@ impl Shared {
                     }
                 }
             }
-            let (response, n_bytes, any_error) = self.read_partitions(&targets, max_bytes).await;
+            let (response, n_bytes, any_error) = self
+                .read_partitions(&targets, max_bytes, request.replica_id)
+                .await;
             let done = n_bytes >= request.min_bytes as usize
                 || any_error
                 || wakeups.is_empty()
                 || tokio::time::Instant::now() >= deadline;
             if done {
-                return self.filter_fetch(request.filter.as_ref(), response);
+                return self.filter_fetch(filter, response);
             }
             let any_wakeup = std::future::poll_fn(|cx| {
                 for w in wakeups.iter_mut() {
@@ -544,8 +635,11 @@ impl Shared {
             if tokio::time::timeout_at(deadline, any_wakeup).await.is_err() {
                 // Deadline passed: one last read below returns whatever is there.
                 drop(wakeups);
-                let response = self.read_partitions(&targets, max_bytes).await.0;
-                return self.filter_fetch(request.filter.as_ref(), response);
+                let response = self
+                    .read_partitions(&targets, max_bytes, request.replica_id)
+                    .await
+                    .0;
+                return self.filter_fetch(filter, response);
             }
         }
     }
@@ -554,6 +648,7 @@ impl Shared {
         &self,
         targets: &[FetchTarget],
         max_bytes: u32,
+        replica_id: i32,
     ) -> (FetchResponse, usize, bool) {
         let mut n_bytes = 0usize;
         let mut any_error = false;
@@ -564,23 +659,28 @@ impl Shared {
                 let budget = (max_bytes as usize).saturating_sub(n_bytes);
                 let read = topic.as_ref().map_err(Clone::clone).and_then(|t| {
                     let partition = t.partition(p.partition)?;
-                    read_partition(
+                    self.read_partition(
+                        t,
                         partition,
                         p,
                         budget.min(p.partition_max_bytes as usize) as u32,
                         n_bytes == 0,
+                        replica_id,
                     )
                 });
                 out.push(match read {
-                    Ok((records, high_watermark, log_start_offset)) => {
-                        n_bytes += records.len();
+                    Ok(read) => {
+                        n_bytes += read.records.len();
+                        // A follower told to truncate is answered at once.
+                        any_error |= read.diverging_epoch.is_some();
                         FetchPartitionResponse {
                             partition: p.partition,
                             error: ErrorCode::None,
                             message: String::new(),
-                            high_watermark,
-                            log_start_offset,
-                            records,
+                            high_watermark: read.high_watermark,
+                            log_start_offset: read.log_start_offset,
+                            records: read.records,
+                            diverging_epoch: read.diverging_epoch,
                         }
                     }
                     Err(f) => {
@@ -592,6 +692,7 @@ impl Shared {
                             high_watermark: -1,
                             log_start_offset: -1,
                             records: Bytes::new(),
+                            diverging_epoch: None,
                         }
                     }
                 });
@@ -618,10 +719,13 @@ impl Shared {
                     .iter()
                     .map(|p| {
                         let found = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
-                            let log = topic.partition(p.partition)?.log()?;
+                            let partition = topic.partition(p.partition)?;
+                            let log = partition.log()?;
+                            // Consumers see offsets up to the high watermark, at the leader.
+                            let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, log.log_end_offset())?;
                             Ok(match p.timestamp {
                                 EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
-                                LATEST_TIMESTAMP => (log.log_end_offset(), -1),
+                                LATEST_TIMESTAMP => (bound.high_watermark, -1),
                                 ts if ts >= 0 => log.offset_for_timestamp(ts)?.unwrap_or((log.log_end_offset(), -1)),
                                 ts => {
                                     return Err(Failure::new(
@@ -722,35 +826,89 @@ fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {
     }
 }
 
-/// Reads whole batches from `fetch_offset`. Plans under the partition lock, reads
-/// outside it. `budget == 0` reads nothing unless this is the first partition with
-/// data (a fetch always returns at least one batch if any exists, so it progresses).
-fn read_partition(
-    partition: &Partition,
-    request: &FetchPartition,
-    budget: u32,
-    first: bool,
-) -> Result<(Bytes, i64, i64), Failure> {
-    let (slice, high_watermark, log_start) = {
-        let log = partition.log()?;
-        let (high_watermark, log_start) = (log.log_end_offset(), log.log_start_offset());
-        if budget == 0 && !first {
-            return Ok((Bytes::new(), high_watermark, log_start));
-        }
-        (
-            log.read(request.fetch_offset, budget.max(1))?,
-            high_watermark,
-            log_start,
-        )
-    };
-    let records = match slice {
-        Some(slice) => slice.read().map_err(|e| {
-            Failure::new(
-                ErrorCode::StorageError,
-                format!("reading partition {}: {e}", partition.index),
+/// One partition's part of a fetch answer.
+struct PartitionRead {
+    records: Bytes,
+    high_watermark: i64,
+    log_start_offset: i64,
+    diverging_epoch: Option<DivergingEpoch>,
+}
+
+impl Shared {
+    /// Reads whole batches from `fetch_offset`: for a consumer up to the high
+    /// watermark, for a follower (`replica_id >= 0`) up to the log end after the
+    /// leader checked its epochs and recorded its progress. Plans under the partition
+    /// lock, reads outside it. `budget == 0` reads nothing unless this is the first
+    /// partition with data (a fetch always returns at least one batch if any exists,
+    /// so it progresses).
+    fn read_partition(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        request: &FetchPartition,
+        budget: u32,
+        first: bool,
+        replica_id: i32,
+    ) -> Result<PartitionRead, Failure> {
+        let follower_hw = if replica_id >= 0 {
+            match self.follower_fetch(partition, replica_id, request)? {
+                Ok(high_watermark) => Some(high_watermark),
+                Err(diverging) => {
+                    let log = partition.log()?;
+                    return Ok(PartitionRead {
+                        records: Bytes::new(),
+                        high_watermark: Self::high_watermark_of(partition, log.log_end_offset()),
+                        log_start_offset: log.log_start_offset(),
+                        diverging_epoch: Some(diverging),
+                    });
+                }
+            }
+        } else {
+            None
+        };
+        let (slice, high_watermark, log_start) = {
+            let log = partition.log()?;
+            let log_start = log.log_start_offset();
+            let (end_offset, high_watermark) = match follower_hw {
+                Some(high_watermark) => (i64::MAX, high_watermark),
+                None => {
+                    let bound = self.consumer_read_bound(
+                        topic,
+                        partition,
+                        request.current_leader_epoch,
+                        log.log_end_offset(),
+                    )?;
+                    (bound.end_offset, bound.high_watermark)
+                }
+            };
+            if budget == 0 && !first {
+                return Ok(PartitionRead {
+                    records: Bytes::new(),
+                    high_watermark,
+                    log_start_offset: log_start,
+                    diverging_epoch: None,
+                });
+            }
+            (
+                log.read_up_to(request.fetch_offset, budget.max(1), end_offset)?,
+                high_watermark,
+                log_start,
             )
-        })?,
-        None => Bytes::new(),
-    };
-    Ok((records, high_watermark, log_start))
+        };
+        let records = match slice {
+            Some(slice) => slice.read().map_err(|e| {
+                Failure::new(
+                    ErrorCode::StorageError,
+                    format!("reading partition {}: {e}", partition.index),
+                )
+            })?,
+            None => Bytes::new(),
+        };
+        Ok(PartitionRead {
+            records,
+            high_watermark,
+            log_start_offset: log_start,
+            diverging_epoch: None,
+        })
+    }
 }

@@ -13,6 +13,7 @@ mod groups;
 mod handlers;
 mod plugins;
 mod producer_ids;
+pub mod replica_manager;
 pub mod tls;
 pub mod topic_config;
 pub mod topics;
@@ -32,6 +33,7 @@ use tracing::Instrument;
 
 pub use config::{BrokerConfig, FlushPolicy};
 pub use plugins::PluginsConfig;
+pub use replica_manager::{AlterIsrSink, IsrChange, ReplicaManager, ReplicaStatus};
 use topics::Registry;
 
 /// QUIC application error codes used when the broker closes a stream or connection.
@@ -49,6 +51,7 @@ pub(crate) struct Shared {
     pub(crate) group_commit: GroupCommit,
     pub(crate) local_addr: SocketAddr,
     pub(crate) plugins: plugins::Plugins,
+    pub(crate) replication: replica_manager::ReplicationState,
 }
 
 /// A running broker.
@@ -125,6 +128,8 @@ impl Broker {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
+        let replication =
+            replica_manager::ReplicationState::open(&config.data_dir, &identity.fingerprint)?;
         let shared = Arc::new(Shared {
             config,
             registry,
@@ -133,6 +138,7 @@ impl Broker {
             group_commit: GroupCommit::start(),
             local_addr,
             plugins,
+            replication,
         });
         Ok(Broker {
             shared,
@@ -146,6 +152,12 @@ impl Broker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The control plane's handle on this broker's partition replicas: `apply` leader
+    /// and ISR changes, receive ISR proposals.
+    pub fn replica_manager(&self) -> ReplicaManager {
+        ReplicaManager::new(self.shared.clone())
     }
 
     /// `sha256:<hex>` of the broker's certificate, for clients to pin.
@@ -172,6 +184,7 @@ impl Broker {
             tokio::spawn(flush_loop(self.shared.clone())),
             tokio::spawn(retention_loop(self.shared.clone())),
             tokio::spawn(groups::tick_loop(self.shared.clone())),
+            tokio::spawn(replica_manager::tick_loop(self.shared.clone())),
         ];
         let cleaner = cleaner::Cleaner::start(self.shared.clone())
             .context("starting the log cleaner threads")?;
@@ -183,6 +196,7 @@ impl Broker {
         for task in background {
             task.abort();
         }
+        self.shared.replication.stop();
         self.endpoint.close(
             quinn::VarInt::from_u32(close_codes::SHUTDOWN),
             b"broker shutting down",
@@ -191,6 +205,7 @@ impl Broker {
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
             cleaner.stop();
+            replica_manager::checkpoint_high_watermarks(&shared, Default::default());
             shared.registry.close()
         })
         .await?;

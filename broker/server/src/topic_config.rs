@@ -23,6 +23,9 @@ pub struct TopicDefaults {
     pub delete_retention_ms: i64,
     pub min_cleanable_dirty_ratio: f64,
     pub min_compaction_lag_ms: i64,
+    /// acks=all needs at least this many in-sync replicas (Kafka's
+    /// `min.insync.replicas`, default 1).
+    pub min_insync_replicas: i64,
 }
 
 impl Default for TopicDefaults {
@@ -38,18 +41,20 @@ impl Default for TopicDefaults {
             delete_retention_ms: DAY_MS as i64,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            min_insync_replicas: 1,
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "cleanup.policy",
     "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
+    "min.insync.replicas",
     "retention.bytes",
     "retention.ms",
     "segment.bytes",
@@ -69,6 +74,7 @@ impl TopicDefaults {
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "min.insync.replicas" => self.min_insync_replicas.to_string(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -106,6 +112,7 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "index.interval.bytes" => parse_int(key, value, 0).map(drop),
         "cleanup.policy" => value.parse::<CleanupPolicy>().map(drop),
         "delete.retention.ms" | "min.compaction.lag.ms" => parse_int(key, value, 0).map(drop),
+        "min.insync.replicas" => parse_int(key, value, 1).map(drop),
         "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
             Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
             _ => Err(format!(
@@ -154,6 +161,12 @@ impl TopicOverrides {
             .unwrap_or_else(|_| panic!("checked topic config {key}={value} no longer parses"))
     }
 
+    /// `min.insync.replicas`: acks=all is refused with fewer in-sync replicas.
+    pub fn min_insync_replicas(&self, defaults: &TopicDefaults) -> usize {
+        self.effective::<i64>(defaults, "min.insync.replicas")
+            .max(1) as usize
+    }
+
     pub fn log_config(&self, defaults: &TopicDefaults) -> LogConfig {
         let optional = |v: i64| if v < 0 { None } else { Some(v as u64) };
         let int = |key| self.effective::<i64>(defaults, key);
@@ -198,6 +211,8 @@ mod tests {
             ("delete.retention.ms", "0", None),
             ("delete.retention.ms", "-1", Some("at least 0")),
             ("min.compaction.lag.ms", "-5", Some("at least 0")),
+            ("min.insync.replicas", "2", None),
+            ("min.insync.replicas", "0", Some("at least 1")),
             ("min.cleanable.dirty.ratio", "0.25", None),
             ("min.cleanable.dirty.ratio", "1.5", Some("between 0 and 1")),
             ("min.cleanable.dirty.ratio", "x", Some("between 0 and 1")),
@@ -227,6 +242,11 @@ mod tests {
         assert!(described.contains(&("cleanup.policy".into(), "delete".into(), true)));
         assert!(described.contains(&("min.cleanable.dirty.ratio".into(), "0.5".into(), true)));
         assert!(described.contains(&("delete.retention.ms".into(), "86400000".into(), true)));
+        assert!(described.contains(&("min.insync.replicas".into(), "1".into(), true)));
+        assert_eq!(overrides.min_insync_replicas(&TopicDefaults::default()), 1);
+        let two =
+            TopicOverrides::parse([("min.insync.replicas".to_string(), "2".to_string())]).unwrap();
+        assert_eq!(two.min_insync_replicas(&TopicDefaults::default()), 2);
     }
 
     #[test]

@@ -47,8 +47,13 @@ impl From<LogError> for Failure {
 pub struct Partition {
     pub index: u32,
     log: Result<Mutex<PartitionLog>, Failure>,
-    /// Woken after every append, for long-polling fetches.
+    /// Woken after every append and whenever the high watermark, leader or ISR
+    /// changes, for long-polling fetches and acks=all produces.
     pub appended: tokio::sync::Notify,
+    /// The replication state machine, once the control plane configured this
+    /// partition (`ReplicaManager::apply`); `None` for a standalone partition (single
+    /// node). Lock order: the log first, then this.
+    pub(crate) replication: Mutex<Option<crate::replica_manager::PartitionReplica>>,
     /// Set by appends, cleared by the periodic flusher.
     pub dirty: AtomicBool,
 }
@@ -76,6 +81,8 @@ pub struct Topic {
     /// The effective log settings (overrides over broker defaults), computed once.
     pub log_config: meridian_log::LogConfig,
     pub replication_factor: u16,
+    /// `min.insync.replicas` (overrides over broker defaults).
+    pub min_insync_replicas: usize,
     pub partitions: Vec<Arc<Partition>>,
     dir: PathBuf,
 }
@@ -161,6 +168,24 @@ impl Registry {
         replication_factor: u16,
         configs: Vec<(String, String)>,
     ) -> Result<TopicOverrides, Failure> {
+        if replication_factor != 1 {
+            return Err(Failure::new(
+                ErrorCode::InvalidReplicationFactor,
+                format!("replication factor {replication_factor} needs {replication_factor} brokers; this is a single-broker cluster"),
+            ));
+        }
+        self.validate_replicated_create(name, partitions, replication_factor, configs)
+    }
+
+    /// Checks a create whose replicas the control plane placed (any replication
+    /// factor from 1).
+    fn validate_replicated_create(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+    ) -> Result<TopicOverrides, Failure> {
         meridian_wire::validate_topic_name(name)
             .map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
         if partitions == 0 || partitions > self.max_partitions_per_topic {
@@ -169,10 +194,10 @@ impl Registry {
                 format!("partitions must be between 1 and {} (max_partitions_per_topic), got {partitions}", self.max_partitions_per_topic),
             ));
         }
-        if replication_factor != 1 {
+        if replication_factor == 0 {
             return Err(Failure::new(
                 ErrorCode::InvalidReplicationFactor,
-                format!("replication factor {replication_factor} needs {replication_factor} brokers; this is a single-broker cluster"),
+                "replication factor must be at least 1",
             ));
         }
         let overrides = TopicOverrides::parse(configs)
@@ -195,6 +220,32 @@ impl Registry {
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
+        self.create_validated(name, partitions, replication_factor, overrides)
+    }
+
+    /// Creates this broker's replicas of a topic the control plane placed here (any
+    /// replication factor). Its partitions serve nothing in cluster mode until the
+    /// control plane names their leaders (`ReplicaManager::apply`).
+    pub fn create_replicated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        configs: Vec<(String, String)>,
+    ) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let overrides =
+            self.validate_replicated_create(name, partitions, replication_factor, configs)?;
+        self.create_validated(name, partitions, replication_factor, overrides)
+    }
+
+    fn create_validated(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        overrides: TopicOverrides,
+    ) -> Result<Arc<Topic>, Failure> {
         let storage = |e: std::io::Error| {
             Failure::new(
                 ErrorCode::StorageError,
@@ -290,10 +341,12 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
             index,
             log,
             appended: tokio::sync::Notify::new(),
+            replication: Mutex::new(None),
             dirty: AtomicBool::new(false),
         }));
     }
     Ok(Topic {
+        min_insync_replicas: file.configs.min_insync_replicas(defaults),
         name: name.to_owned(),
         overrides: file.configs,
         log_config,

@@ -79,6 +79,12 @@ error_codes! {
     OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
     InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
+    // 40..=49: replication.
+    NotLeaderOrFollower = 40, true, "this broker is not the leader of the partition (nor, for a follower's fetch, a replica of it); refresh metadata and retry at the leader";
+    FencedLeaderEpoch = 41, true, "the request's leader epoch is older than the partition's: a newer leader was elected; refresh metadata";
+    UnknownLeaderEpoch = 42, true, "the request's leader epoch is newer than this broker knows: it has not seen the leader change yet; retry";
+    NotEnoughReplicas = 43, true, "acks=all refused before appending: fewer in-sync replicas than the topic's min.insync.replicas";
+    NotEnoughReplicasAfterAppend = 44, true, "the records were written but the in-sync replicas fell below min.insync.replicas before they were committed; retry (an idempotent producer will not duplicate)";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

@@ -313,6 +313,7 @@ mod tests {
                     high_watermark: 1,
                     log_start_offset: 0,
                     records: big,
+                    diverging_epoch: None,
                 }],
             }],
         });

@@ -352,11 +352,36 @@ pub struct ProduceResponse {
 
 // ---- Fetch -------------------------------------------------------------------------
 
+/// `FetchRequest::replica_id` of a consumer (any fetch not from a follower broker).
+pub const CONSUMER_REPLICA_ID: i32 = -1;
+/// `current_leader_epoch` / `last_fetched_epoch` meaning "not known / not checked".
+pub const NO_LEADER_EPOCH: i32 = -1;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchPartition {
     pub partition: u32,
     pub fetch_offset: i64,
     pub partition_max_bytes: u32,
+    /// The leader epoch the fetcher believes current: the leader answers
+    /// `FencedLeaderEpoch` when it is older than its own and `UnknownLeaderEpoch` when
+    /// newer. [`NO_LEADER_EPOCH`] skips the check (consumers that do not track epochs).
+    pub current_leader_epoch: i32,
+    /// A follower's epoch of its last record ([`NO_LEADER_EPOCH`] when its log holds
+    /// none), so the leader can tell where the follower's log diverges from its own.
+    pub last_fetched_epoch: i32,
+}
+
+impl FetchPartition {
+    /// A consumer's fetch of one partition, without epoch checks.
+    pub fn new(partition: u32, fetch_offset: i64, partition_max_bytes: u32) -> FetchPartition {
+        FetchPartition {
+            partition,
+            fetch_offset,
+            partition_max_bytes,
+            current_leader_epoch: NO_LEADER_EPOCH,
+            last_fetched_epoch: NO_LEADER_EPOCH,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -374,6 +399,11 @@ pub struct FetchRequest {
     /// A filter plugin run by the broker over the fetched records (appended to v0
     /// before any release: nothing had shipped). `min_bytes` counts bytes before it.
     pub filter: Option<FetchFilter>,
+    /// The fetching follower's broker id, or [`CONSUMER_REPLICA_ID`]. A follower
+    /// reads up to the log end and its fetch offset tells the leader how far it has
+    /// replicated; a consumer reads only up to the high watermark. (Like the filter,
+    /// added to v0 before any release.)
+    pub replica_id: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -385,6 +415,16 @@ pub struct FetchPartitionResponse {
     pub log_start_offset: i64,
     /// Whole batches; a batch containing `fetch_offset` is returned from its start.
     pub records: Bytes,
+    /// To a follower whose log diverges from the leader's: the largest epoch at or
+    /// below its last fetched epoch that the leader has, and where that epoch ends on
+    /// the leader. The follower truncates there (no records come with it).
+    pub diverging_epoch: Option<DivergingEpoch>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DivergingEpoch {
+    pub epoch: i32,
+    pub end_offset: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -590,9 +630,12 @@ impl Request {
                         w.u32(p.partition);
                         w.i64(p.fetch_offset);
                         w.u32(p.partition_max_bytes);
+                        w.i32(p.current_leader_epoch);
+                        w.i32(p.last_fetched_epoch);
                     });
                 });
                 w.option(r.filter.as_ref(), pm::put_fetch_filter);
+                w.i32(r.replica_id);
             }
             Request::ListOffsets(r) => {
                 w.array(&r.topics, |w, t| {
@@ -684,16 +727,19 @@ impl Request {
                 topics: r.array(6, |r| {
                     Ok(FetchTopic {
                         name: r.string()?,
-                        partitions: r.array(16, |r| {
+                        partitions: r.array(24, |r| {
                             Ok(FetchPartition {
                                 partition: r.u32()?,
                                 fetch_offset: r.i64()?,
                                 partition_max_bytes: r.u32()?,
+                                current_leader_epoch: r.i32()?,
+                                last_fetched_epoch: r.i32()?,
                             })
                         })?,
                     })
                 })?,
                 filter: r.option(pm::get_fetch_filter)?,
+                replica_id: r.i32()?,
             }),
             ApiKey::ListOffsets => Request::ListOffsets(ListOffsetsRequest {
                 topics: r.array(6, |r| {
@@ -856,6 +902,10 @@ impl Response {
                         w.i64(p.high_watermark);
                         w.i64(p.log_start_offset);
                         w.shared_bytes(&p.records);
+                        w.option(p.diverging_epoch.as_ref(), |w, d| {
+                            w.i32(d.epoch);
+                            w.i64(d.end_offset);
+                        });
                     });
                 });
             }
@@ -995,7 +1045,7 @@ impl Response {
                 topics: r.array(6, |r| {
                     Ok(FetchTopicResponse {
                         name: r.string()?,
-                        partitions: r.array(28, |r| {
+                        partitions: r.array(29, |r| {
                             Ok(FetchPartitionResponse {
                                 partition: r.u32()?,
                                 error: error_code(r)?,
@@ -1003,6 +1053,12 @@ impl Response {
                                 high_watermark: r.i64()?,
                                 log_start_offset: r.i64()?,
                                 records: r.bytes()?,
+                                diverging_epoch: r.option(|r| {
+                                    Ok(DivergingEpoch {
+                                        epoch: r.i32()?,
+                                        end_offset: r.i64()?,
+                                    })
+                                })?,
                             })
                         })?,
                     })
@@ -1137,12 +1193,27 @@ mod tests {
                     partition: 0,
                     fetch_offset: 42,
                     partition_max_bytes: 1024,
+                    current_leader_epoch: 3,
+                    last_fetched_epoch: 2,
                 }],
             }],
             filter: Some(FetchFilter {
                 plugin: "f".into(),
                 params: vec![("where".into(), "a=1".into())],
             }),
+            replica_id: CONSUMER_REPLICA_ID,
+        }));
+        // A follower's fetch.
+        check_request(Request::Fetch(FetchRequest {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "t".into(),
+                partitions: vec![FetchPartition::new(1, 0, 7)],
+            }],
+            filter: None,
+            replica_id: 2,
         }));
         check_request(Request::ListOffsets(ListOffsetsRequest {
             topics: vec![ListOffsetsTopic {
@@ -1256,6 +1327,24 @@ mod tests {
                     high_watermark: 9,
                     log_start_offset: 0,
                     records: Bytes::from_static(b"xyz"),
+                    diverging_epoch: None,
+                }],
+            }],
+        }));
+        check_response(Response::Fetch(FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![FetchPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: 9,
+                    log_start_offset: 0,
+                    records: Bytes::new(),
+                    diverging_epoch: Some(DivergingEpoch {
+                        epoch: 4,
+                        end_offset: 120,
+                    }),
                 }],
             }],
         }));

@@ -9,7 +9,7 @@ use bytes::Bytes;
 use meridian_wire::batch::{decode_records, split_fetched_batches, Header};
 use meridian_wire::messages::{
     ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
-    LATEST_TIMESTAMP,
+    CONSUMER_REPLICA_ID, LATEST_TIMESTAMP,
 };
 pub use meridian_wire::plugin_messages::FetchFilter;
 use meridian_wire::ErrorCode;
@@ -937,11 +937,11 @@ fn fetch_request(
 ) -> Request {
     let mut topics: Vec<FetchTopic> = Vec::new();
     for (key, position) in positions {
-        let partition = FetchPartition {
-            partition: key.partition,
-            fetch_offset: *position,
-            partition_max_bytes: config.max_partition_fetch_bytes.min(max_bytes),
-        };
+        let partition = FetchPartition::new(
+            key.partition,
+            *position,
+            config.max_partition_fetch_bytes.min(max_bytes),
+        );
         match topics.last_mut() {
             Some(topic) if topic.name == key.topic => topic.partitions.push(partition),
             _ => topics.push(FetchTopic {
@@ -956,6 +956,7 @@ fn fetch_request(
         max_bytes,
         topics,
         filter: config.filter.clone(),
+        replica_id: CONSUMER_REPLICA_ID,
     })
 }
 
@@ -1183,6 +1184,7 @@ mod tests {
             high_watermark: 20,
             log_start_offset: 0,
             records,
+            diverging_epoch: None,
         }
     }
 

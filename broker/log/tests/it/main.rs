@@ -5,4 +5,5 @@ mod disk_full;
 mod group_commit;
 mod log;
 mod recovery;
+mod replication;
 mod support;

@@ -1,0 +1,291 @@
+//! What replication needs from the log: follower appends of the leader's bytes,
+//! truncation of a divergent tail, reads bounded by the high watermark, and the
+//! durable leader-epoch checkpoint, including after kill-style reopen.
+
+use bytes::Bytes;
+use meridian_log::checkpoint::LEADER_EPOCH_CHECKPOINT_FILE;
+use meridian_log::{validate_batches, PartitionLog};
+use meridian_wire::batch::{
+    encode_batch, split_batches, BatchHeader, Compression, NewRecord, ProducerIdentity,
+};
+use meridian_wire::ErrorCode;
+
+use crate::support::*;
+
+fn append_at_epoch(log: &mut PartitionLog, batch: &Bytes, epoch: i32) -> i64 {
+    let validated = validate_batches(batch, log.config().max_message_bytes).unwrap();
+    log.append(validated, epoch, 0).unwrap().base_offset
+}
+
+/// Everything in the log, as the bytes `read` returns.
+fn all_bytes(log: &PartitionLog) -> Vec<u8> {
+    let mut out = Vec::new();
+    for (_, bytes) in read_all(log) {
+        out.extend_from_slice(&bytes);
+    }
+    out
+}
+
+fn idempotent_batch(producer_id: i64, base_sequence: i32, n: usize) -> Bytes {
+    let records: Vec<NewRecord> = (0..n)
+        .map(|i| NewRecord {
+            timestamp: 5,
+            key: None,
+            value: Some(Bytes::from(format!("v{i}"))),
+            headers: vec![],
+        })
+        .collect();
+    encode_batch(
+        &records,
+        Compression::None,
+        ProducerIdentity {
+            producer_id,
+            producer_epoch: 0,
+            base_sequence,
+        },
+    )
+    .unwrap()
+}
+
+/// A leader log of 60 batches over three epochs and several segments.
+fn leader_log(dir: &std::path::Path) -> PartitionLog {
+    let mut log = PartitionLog::open(dir, small_config(), 0).unwrap();
+    for i in 0..60usize {
+        let epoch = [0, 3, 4][i / 20];
+        append_at_epoch(
+            &mut log,
+            &batch(1 + i % 3, 100 + 3 * i, 100 + i as i64),
+            epoch,
+        );
+    }
+    assert!(log.segment_count() > 3);
+    log
+}
+
+#[test]
+fn a_follower_stores_the_leaders_bytes_with_their_offsets_and_epochs() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = leader_log(&dir.path().join("leader"));
+    let mut follower = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    // Fetch in chunks of whatever size the leader's reads give, like the fetcher.
+    let mut fetched = Vec::new();
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let slice = leader
+            .read(follower.log_end_offset(), 700)
+            .unwrap()
+            .unwrap();
+        let bytes = slice.read().unwrap();
+        let end = follower.log_end_offset();
+        let appended = follower.append_as_follower(&bytes, 0).unwrap();
+        assert_eq!(appended[0].1, end);
+        let n: i64 = appended.iter().map(|(_, _, n)| i64::from(*n)).sum();
+        assert_eq!(follower.log_end_offset(), end + n);
+        fetched.extend(appended);
+    }
+    assert_eq!(all_bytes(&follower), all_bytes(&leader));
+    assert_eq!(follower.leader_epochs(), leader.leader_epochs());
+    assert_eq!(
+        leader
+            .leader_epochs()
+            .entries()
+            .iter()
+            .map(|(e, _)| *e)
+            .collect::<Vec<_>>(),
+        vec![0, 3, 4]
+    );
+    let epochs: Vec<i32> = fetched.iter().map(|(e, _, _)| *e).collect();
+    assert_eq!(epochs.len(), 60);
+    assert!(epochs.windows(2).all(|w| w[0] <= w[1]));
+
+    // Timestamp lookups use the follower's own time index.
+    assert_eq!(
+        follower.offset_for_timestamp(130).unwrap(),
+        leader.offset_for_timestamp(130).unwrap()
+    );
+
+    // Reopened after a kill (no clean close), it is the same log.
+    drop(follower);
+    let follower = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    assert_eq!(all_bytes(&follower), all_bytes(&leader));
+    assert_eq!(follower.leader_epochs(), leader.leader_epochs());
+}
+
+#[test]
+fn follower_appends_refuse_gaps_corruption_and_older_epochs_without_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let leader = leader_log(&dir.path().join("leader"));
+    let mut follower = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    let first = leader.read(0, 1).unwrap().unwrap().read().unwrap();
+    let second = leader.read(1, 1).unwrap().unwrap().read().unwrap();
+    let check = |follower: &mut PartitionLog, bytes: Bytes, code: ErrorCode| {
+        let end = follower.log_end_offset();
+        let error = follower.append_as_follower(&bytes, 0).unwrap_err();
+        assert_eq!(error.code(), code, "{error}");
+        assert_eq!(follower.log_end_offset(), end);
+    };
+    check(&mut follower, second.clone(), ErrorCode::CorruptMessage);
+    let mut flipped = first.to_vec();
+    *flipped.last_mut().unwrap() ^= 1;
+    check(
+        &mut follower,
+        Bytes::from(flipped),
+        ErrorCode::CorruptMessage,
+    );
+    check(
+        &mut follower,
+        first.slice(..first.len() - 1),
+        ErrorCode::CorruptMessage,
+    );
+    assert!(follower
+        .append_as_follower(&Bytes::new(), 0)
+        .unwrap()
+        .is_empty());
+    follower.append_as_follower(&first, 0).unwrap();
+    follower.append_as_follower(&second, 0).unwrap();
+    assert_eq!(follower.log_end_offset(), 3);
+    // A batch stamped with an epoch older than the log's latest is refused.
+    let mut late = PartitionLog::open(&dir.path().join("late"), small_config(), 0).unwrap();
+    late.assign_leader_epoch(9).unwrap();
+    check(&mut late, first, ErrorCode::CorruptMessage);
+}
+
+#[test]
+fn truncation_cuts_across_segments_and_survives_a_kill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let mut log = leader_log(&path);
+    let before = read_all(&log);
+    let segments_before = log.segment_count();
+    // An offset inside a batch removes that whole batch.
+    let (cut_header, _) = before
+        .iter()
+        .find(|(h, _)| h.last_offset() > h.base_offset && h.base_offset > 12)
+        .unwrap()
+        .clone();
+    let new_end = log.truncate_to(cut_header.base_offset + 1, 0).unwrap();
+    assert_eq!(new_end, cut_header.base_offset);
+    assert_eq!(log.log_end_offset(), new_end);
+    assert!(log.segment_count() < segments_before);
+    let kept: Vec<(BatchHeader, Bytes)> = before
+        .iter()
+        .filter(|(h, _)| h.base_offset < new_end)
+        .cloned()
+        .collect();
+    assert_eq!(read_all(&log), kept);
+    // All epochs started before the cut except those after it.
+    assert_eq!(log.leader_epochs().entries(), &[(0, 0)]);
+    assert!(log.read(new_end, 100).unwrap().is_none());
+    assert_eq!(
+        log.read(new_end + 1, 100).unwrap_err().code(),
+        ErrorCode::OffsetOutOfRange
+    );
+    // Appending continues densely at the new end, in a new epoch.
+    let base = append_at_epoch(&mut log, &batch(2, 10, 1), 6);
+    assert_eq!(base, new_end);
+    assert_eq!(log.leader_epochs().entries(), &[(0, 0), (6, new_end)]);
+    // Kill and reopen: the truncation and the epochs are durable.
+    drop(log);
+    let log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), new_end + 2);
+    assert_eq!(log.leader_epochs().entries(), &[(0, 0), (6, new_end)]);
+    assert_eq!(read_all(&log)[..kept.len()], kept[..]);
+
+    // Truncating to the log end changes nothing; below the log start is refused.
+    let mut log = log;
+    assert_eq!(log.truncate_to(i64::MAX, 0).unwrap(), new_end + 2);
+    assert_eq!(log.truncate_to(0, 0).unwrap(), 0);
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.leader_epochs().entries().is_empty());
+    assert_eq!(append_at_epoch(&mut log, &batch(1, 1, 1), 7), 0);
+}
+
+#[test]
+fn truncation_rebuilds_producer_state() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    // Sequences 0..40 in 20 batches of two records, over several segments (rolls
+    // write producer snapshots).
+    let mut bases = Vec::new();
+    for i in 0..20 {
+        let b = idempotent_batch(42, 2 * i, 2);
+        bases.push(append_at_epoch(&mut log, &b, 1));
+        append_at_epoch(&mut log, &batch(1, 300, 1), 1);
+    }
+    assert!(log.segment_count() > 2);
+    // Cut off the last eight idempotent batches: their sequences are free again.
+    log.truncate_to(bases[12], 0).unwrap();
+    let retry = idempotent_batch(42, 24, 2);
+    let validated = validate_batches(&retry, u32::MAX).unwrap();
+    let info = log.append(validated, 2, 0).unwrap();
+    assert!(!info.duplicate, "the removed batch is not remembered");
+    assert_eq!(info.base_offset, bases[12]);
+    // The batch before the cut is still a duplicate.
+    let validated = validate_batches(&idempotent_batch(42, 22, 2), u32::MAX).unwrap();
+    let info = log.append(validated, 2, 0).unwrap();
+    assert!(info.duplicate);
+    assert_eq!(info.base_offset, bases[11]);
+}
+
+#[test]
+fn reads_stop_at_an_upper_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = leader_log(dir.path());
+    let headers: Vec<BatchHeader> = read_all(&log).into_iter().map(|(h, _)| h).collect();
+    let read = |offset: i64, end: i64| -> Vec<i64> {
+        match log.read_up_to(offset, 1 << 20, end).unwrap() {
+            None => vec![],
+            Some(slice) => split_batches(slice.read().unwrap())
+                .map(|r| r.unwrap().0.base_offset)
+                .collect(),
+        }
+    };
+    let b = |i: usize| headers[i].base_offset;
+    // Up to a batch boundary: every batch below it (within the segment read).
+    let got = read(0, b(3));
+    assert_eq!(got, vec![b(0), b(1), b(2)]);
+    // A bound inside a batch (batch 2 holds three records) leaves that batch out.
+    assert_eq!(headers[2].last_offset(), b(2) + 2);
+    assert_eq!(read(0, b(2) + 1), vec![b(0), b(1)]);
+    assert_eq!(read(b(2), b(2) + 2), Vec::<i64>::new());
+    assert_eq!(read(b(3), b(3)), Vec::<i64>::new());
+    assert_eq!(read(b(3), b(4)), vec![b(3)]);
+    // Unbounded is the ordinary read.
+    assert_eq!(read(b(5), i64::MAX), read_bases(&log, b(5), 1 << 20));
+}
+
+#[test]
+fn the_leader_epoch_checkpoint_is_rebuilt_and_trimmed_on_recovery() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let log = leader_log(&path);
+    let epochs = log.leader_epochs().clone();
+    let end = log.log_end_offset();
+    drop(log);
+    // Missing: rebuilt from the batches' epochs.
+    std::fs::remove_file(path.join(LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+    let log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(log.leader_epochs(), &epochs);
+    drop(log);
+    // Damaged: rebuilt too.
+    std::fs::write(path.join(LEADER_EPOCH_CHECKPOINT_FILE), "0\n7\ngarbage").unwrap();
+    let mut log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(log.leader_epochs(), &epochs);
+    // A new epoch is durable before its records: a crash that tears the only batch of
+    // epoch 8 leaves the epoch behind in the file; recovery drops it with the batch.
+    append_at_epoch(&mut log, &batch(1, 5, 1), 8);
+    assert_eq!(log.leader_epochs().latest_epoch(), Some(8));
+    drop(log);
+    let active = segment_files(&path, "log").pop().unwrap();
+    let len = std::fs::metadata(&active).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&active)
+        .unwrap()
+        .set_len(len - 3)
+        .unwrap();
+    let log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(log.log_end_offset(), end);
+    assert_eq!(log.leader_epochs(), &epochs);
+    let text = std::fs::read_to_string(path.join(LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
+    assert_eq!(text.lines().nth(1), Some("3"), "{text}");
+}
