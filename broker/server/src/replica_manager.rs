@@ -671,7 +671,15 @@ pub(crate) fn checkpoint_high_watermarks(
     shared: &Shared,
     previous: BTreeMap<(String, u32), i64>,
 ) -> BTreeMap<(String, u32), i64> {
-    let mut offsets = BTreeMap::new();
+    // Partitions not configured since the start keep their checkpointed value (the
+    // control plane may not have reached them yet), unless their topic is gone.
+    let mut offsets: BTreeMap<(String, u32), i64> = shared
+        .replication
+        .checkpointed
+        .iter()
+        .filter(|((topic, _), _)| shared.registry.get(topic).is_some())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     for (key, partition) in shared.managed_partitions() {
         if let Some(entry) = partition.replication.lock().as_ref() {
             offsets.insert(key, entry.high_watermark());
