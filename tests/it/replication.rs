@@ -417,3 +417,40 @@ async fn a_restarted_leader_exposes_only_the_checkpointed_high_watermark() {
     let status = cluster.broker(1).manager.status(TOPIC, 0).unwrap();
     assert_eq!((status.log_end_offset, status.high_watermark), (5, 4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_all_fails_after_append_when_the_isr_shrinks_below_the_minimum() {
+    let mut cluster = Cluster::start(
+        3,
+        &[
+            "replica_lag_time_max_ms=1000",
+            "replica_fetch_wait_max_ms=200",
+        ],
+    )
+    .await;
+    cluster.create_topic(TOPIC, 1, &[("min.insync.replicas", "3")]);
+    cluster.apply(TOPIC, 0, &state(1, 0, &[1, 2, 3], 0));
+    let leader = cluster.broker(1).client().await;
+    assert_eq!(
+        produce_one(&leader, -1, 10_000, 10).await.0,
+        ErrorCode::None
+    );
+    cluster.broker(3).stop().await;
+    // Accepted (the ISR still has three members), then waiting for broker 3 ...
+    let waiting = {
+        let leader = leader.clone();
+        tokio::spawn(async move { produce_one(&leader, -1, 15_000, 10).await })
+    };
+    // ... until the controller drops it: the records are committed by the two left,
+    // but that is fewer than min.insync.replicas.
+    let change = cluster.next_isr_change(WAIT).await;
+    assert_eq!(change.request.isr, BTreeSet::from([1, 2]));
+    cluster.apply(TOPIC, 0, &state(1, 0, &[1, 2], 1));
+    let (error, message, _) = waiting.await.unwrap();
+    assert_eq!(error, ErrorCode::NotEnoughReplicasAfterAppend, "{message}");
+    // Now acks=all is refused up front.
+    assert_eq!(
+        produce_one(&leader, -1, 1_000, 10).await.0,
+        ErrorCode::NotEnoughReplicas
+    );
+}

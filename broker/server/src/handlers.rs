@@ -299,6 +299,7 @@ impl Shared {
         let results = request.names.into_iter().map(|name| {
             let outcome = refuse_internal(&name, "deleted").and_then(|()| {
                 self.registry.delete(&name)?;
+                self.replication.forget_topic(&name);
                 self.groups.topic_changed(&name, None);
                 // A topic recreated under this name starts without plugins.
                 self.plugins.forget_topic(&name);

@@ -194,6 +194,11 @@ impl ReplicationState {
         }
     }
 
+    /// A deleted topic's partitions stop replicating.
+    pub(crate) fn forget_topic(&self, topic: &str) {
+        self.managed.lock().retain(|(t, _), _| t != topic);
+    }
+
     pub(crate) fn brokers(&self) -> BTreeMap<u32, SocketAddr> {
         self.brokers.lock().clone()
     }
@@ -666,7 +671,15 @@ pub(crate) fn checkpoint_high_watermarks(
     shared: &Shared,
     previous: BTreeMap<(String, u32), i64>,
 ) -> BTreeMap<(String, u32), i64> {
-    let mut offsets = BTreeMap::new();
+    // Partitions not configured since the start keep their checkpointed value (the
+    // control plane may not have reached them yet), unless their topic is gone.
+    let mut offsets: BTreeMap<(String, u32), i64> = shared
+        .replication
+        .checkpointed
+        .iter()
+        .filter(|((topic, _), _)| shared.registry.get(topic).is_some())
+        .map(|(k, v)| (k.clone(), *v))
+        .collect();
     for (key, partition) in shared.managed_partitions() {
         if let Some(entry) = partition.replication.lock().as_ref() {
             offsets.insert(key, entry.high_watermark());
@@ -700,6 +713,10 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
     // Partitions that failed, with the leader epoch they failed at: skipped until
     // the backoff passes or a new epoch arrives.
     let mut paused: HashMap<(String, u32), (i32, tokio::time::Instant)> = HashMap::new();
+    // A request names at most `max_partitions_per_request` partitions (the leader's
+    // limit too); with more, successive requests take turns from a rotating start.
+    let limit = config.max_partitions_per_request as usize;
+    let mut rotation = 0usize;
     tracing::debug!(leader, "fetcher started");
     loop {
         let now = tokio::time::Instant::now();
@@ -732,6 +749,13 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
         if targets.is_empty() {
             let _ = tokio::time::timeout(backoff, wake.notified()).await;
             continue;
+        }
+        if targets.len() > limit {
+            rotation = (rotation + limit) % targets.len();
+            targets.rotate_left(rotation);
+            targets.truncate(limit);
+            targets
+                .sort_by(|a, b| (&a.topic, a.fetch.partition).cmp(&(&b.topic, b.fetch.partition)));
         }
         let Some(addr) = shared.replication.brokers.lock().get(&leader).copied() else {
             tracing::warn!(leader, "no address known for the leader");
