@@ -79,6 +79,12 @@ error_codes! {
     OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
     InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
+    NotLeaderOrFollower = 39, true, "this broker is not the leader of the partition (leadership moved); refresh metadata and retry";
+    LeaderNotAvailable = 40, true, "the partition has no leader right now (an election is under way); retry";
+    FencedLeaderEpoch = 41, true, "the request's leader epoch is older than the partition's; refresh metadata and retry";
+    UnknownLeaderEpoch = 42, true, "the request's leader epoch is newer than this broker knows; retry";
+    NotEnoughReplicas = 43, true, "fewer in-sync replicas than min.insync.replicas; the batch was not written";
+    NotEnoughReplicasAfterAppend = 44, true, "the batch was written but too few in-sync replicas remain to acknowledge it";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

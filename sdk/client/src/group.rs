@@ -233,7 +233,7 @@ async fn leave_group(
     instance_id: Option<String>,
 ) -> Result<()> {
     let response = client
-        .request(Request::LeaveGroup(LeaveGroupRequest {
+        .coordinator_request(group_id, Request::LeaveGroup(LeaveGroupRequest {
             group_id: group_id.to_string(),
             member_id: member_id.to_string(),
             instance_id,
@@ -313,7 +313,7 @@ async fn run_membership(
         if must_sync {
             let owned = lock(&state).owned.clone();
             let response = client
-                .request(Request::SyncGroup(SyncGroupRequest {
+                .coordinator_request(&config.group_id, Request::SyncGroup(SyncGroupRequest {
                     group_id: config.group_id.clone(),
                     member_id: member_id.clone(),
                     owned: wire_tps(&owned),
@@ -360,7 +360,7 @@ async fn run_membership(
         // our assignment changes; `poll` interrupts it when it has news to sync.
         let max_wait = heartbeat_interval.min(config.session_timeout / 3);
         let epoch = lock(&state).member_epoch;
-        let heartbeat = client.request(Request::Heartbeat(HeartbeatRequest {
+        let heartbeat = client.coordinator_request(&config.group_id, Request::Heartbeat(HeartbeatRequest {
             group_id: config.group_id.clone(),
             member_id: member_id.clone(),
             member_epoch: epoch,
@@ -388,7 +388,7 @@ async fn join(
     topics: &BTreeSet<String>,
 ) -> Result<JoinGroupResponse> {
     let response = client
-        .request(Request::JoinGroup(JoinGroupRequest {
+        .coordinator_request(&config.group_id, Request::JoinGroup(JoinGroupRequest {
             group_id: config.group_id.clone(),
             member_id: String::new(),
             instance_id: config.instance_id.clone(),
@@ -465,7 +465,7 @@ pub(crate) async fn commit_with_metadata(
         });
     }
     let response = client
-        .request(Request::OffsetCommit(OffsetCommitRequest {
+        .coordinator_request(group_id, Request::OffsetCommit(OffsetCommitRequest {
             group_id: group_id.to_string(),
             member_id: member_id.to_string(),
             member_epoch,
@@ -532,7 +532,7 @@ impl Admin {
     ) -> Result<meridian_wire::group::GroupDescription> {
         let response = self
             .client()
-            .request(Request::DescribeGroups(DescribeGroupsRequest {
+            .coordinator_request(group_id, Request::DescribeGroups(DescribeGroupsRequest {
                 group_ids: vec![group_id.to_string()],
             }))
             .await?;
@@ -568,7 +568,7 @@ impl Admin {
         };
         let response = self
             .client()
-            .request(Request::OffsetFetch(OffsetFetchRequest {
+            .coordinator_request(group_id, Request::OffsetFetch(OffsetFetchRequest {
                 group_id: group_id.to_string(),
                 topics,
             }))
@@ -610,7 +610,7 @@ impl Admin {
     pub async fn delete_group(&self, group_id: &str) -> Result<()> {
         let response = self
             .client()
-            .request(Request::DeleteGroups(DeleteGroupsRequest {
+            .coordinator_request(group_id, Request::DeleteGroups(DeleteGroupsRequest {
                 group_ids: vec![group_id.to_string()],
             }))
             .await?;
