@@ -8,8 +8,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use meridian_client::{
-    Client, ClientConfig, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord,
-    Trust,
+    Client, ClientConfig, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, Trust,
 };
 
 use crate::harness::{meridian_bin, TestBroker};
@@ -29,7 +28,10 @@ async fn the_first_reachable_bootstrap_address_is_used() {
     let trust = Trust::parse_fingerprint(&broker.fingerprint).unwrap();
     let mut config = ClientConfig::new(format!("{dead}, {}", broker.addr), trust.clone());
     config.connect_timeout = Duration::from_millis(300);
-    assert_eq!(config.bootstrap_servers, vec![dead.clone(), broker.addr.clone()]);
+    assert_eq!(
+        config.bootstrap_servers,
+        vec![dead.clone(), broker.addr.clone()]
+    );
     let client = Client::connect(config).await.unwrap();
     let broker_id = client.broker_info().await.unwrap().broker_id;
 
@@ -75,7 +77,10 @@ async fn the_first_reachable_bootstrap_address_is_used() {
     let (_other, dead_too) = silent_address();
     let mut config = ClientConfig::with_bootstrap([dead.clone(), dead_too.clone()], trust);
     config.connect_timeout = Duration::from_millis(200);
-    let error = Client::connect(config).await.err().expect("nothing answers");
+    let error = Client::connect(config)
+        .await
+        .err()
+        .expect("nothing answers");
     let message = error.to_string();
     assert!(
         message.contains(&dead) && message.contains(&dead_too),
@@ -109,7 +114,10 @@ async fn the_cli_takes_a_bootstrap_list() {
     run(&["topic", "create", "cli-a", "--bootstrap", &list], None);
     run(&["topic", "create", "cli-b", "--broker", &list], None);
     let listed = run(&["topic", "list"], Some(("MERIDIAN_BOOTSTRAP", &list)));
-    assert!(listed.contains("cli-a") && listed.contains("cli-b"), "{listed}");
+    assert!(
+        listed.contains("cli-a") && listed.contains("cli-b"),
+        "{listed}"
+    );
     let listed = run(&["topic", "list"], Some(("MERIDIAN_BROKER", &broker.addr)));
     assert!(listed.contains("cli-a"), "{listed}");
 }
@@ -151,8 +159,8 @@ async fn a_broker_lost_mid_produce_is_retried_without_duplicates_or_reordering()
         tokio::spawn(async move {
             let mut deliveries = Vec::with_capacity(n);
             for i in 0..n {
-                let record = ProducerRecord::new("moving", format!("{i:06}"))
-                    .key(format!("k{}", i % 7));
+                let record =
+                    ProducerRecord::new("moving", format!("{i:06}")).key(format!("k{}", i % 7));
                 deliveries.push(producer.send(record).await.unwrap());
                 if i % 50 == 0 {
                     tokio::time::sleep(Duration::from_millis(5)).await;
@@ -178,7 +186,12 @@ async fn a_broker_lost_mid_produce_is_retried_without_duplicates_or_reordering()
         .iter()
         .filter_map(|o| o.as_ref().err().map(|e| e.to_string()))
         .collect();
-    assert!(failed.is_empty(), "{} failed, first: {:?}", failed.len(), failed.first());
+    assert!(
+        failed.is_empty(),
+        "{} failed, first: {:?}",
+        failed.len(),
+        failed.first()
+    );
 
     // Every record once, and each key's records in send order.
     let reader = broker.client().await;

@@ -503,12 +503,15 @@ mod tests {
         drained.by_destination.remove(&1).unwrap_or_default()
     }
 
+    /// Drained handle ids per broker, as `(broker, [(partition, [handle ids])])`.
+    type ByBroker = Vec<(u32, Vec<(u32, Vec<u32>)>)>;
+
     /// Leaders by partition for routing tests: `None` is no known leader.
     fn routed(
         acc: &mut RecordAccumulator<u32>,
         now: Instant,
         leaders: &[Option<u32>],
-    ) -> (Vec<(u32, Vec<(u32, Vec<u32>)>)>, bool) {
+    ) -> (ByBroker, bool) {
         let drained = acc.drain(now, usize::MAX, |tp| {
             match leaders.get(tp.partition as usize).copied().flatten() {
                 Some(broker) => Routing::To(broker),
@@ -570,7 +573,10 @@ mod tests {
         );
         acc.append(tp(1), record(500), 5, t1).unwrap();
         assert_eq!(ids(&drain(&mut acc, t1, usize::MAX)), vec![(1, vec![3, 4])]);
-        assert_eq!(ids(&drain(&mut acc, t1 + 5 * MS, usize::MAX)), vec![(1, vec![5])]);
+        assert_eq!(
+            ids(&drain(&mut acc, t1 + 5 * MS, usize::MAX)),
+            vec![(1, vec![5])]
+        );
     }
 
     #[test]
@@ -619,7 +625,10 @@ mod tests {
             acc.append(tp(p), record(600), p, t0).unwrap();
         }
         let at = t0 + 5 * MS;
-        assert_eq!(ids(&drain(&mut acc, at, 1000)), vec![(0, vec![0]), (1, vec![1])]);
+        assert_eq!(
+            ids(&drain(&mut acc, at, 1000)),
+            vec![(0, vec![0]), (1, vec![1])]
+        );
         assert_eq!(
             ids(&drain(&mut acc, at, usize::MAX)),
             vec![(2, vec![2]), (3, vec![3])]
@@ -681,7 +690,10 @@ mod tests {
         assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
         // The later batch is unaffected by the finished flush.
         assert!(drain(&mut acc, t0 + MS, usize::MAX).is_empty());
-        assert_eq!(ids(&drain(&mut acc, t0 + 5 * MS, usize::MAX)), vec![(0, vec![3])]);
+        assert_eq!(
+            ids(&drain(&mut acc, t0 + 5 * MS, usize::MAX)),
+            vec![(0, vec![3])]
+        );
     }
 
     #[test]
@@ -736,7 +748,10 @@ mod tests {
         let (groups, waiting) = routed(&mut acc, at, &leaders);
         assert_eq!(
             groups,
-            vec![(1, vec![(0, vec![0]), (2, vec![2])]), (2, vec![(1, vec![1])])]
+            vec![
+                (1, vec![(0, vec![0]), (2, vec![2])]),
+                (2, vec![(1, vec![1])])
+            ]
         );
         assert!(waiting, "the sender must refresh metadata");
         assert_eq!(routed(&mut acc, at, &leaders), (vec![], true));
@@ -784,7 +799,11 @@ mod tests {
         let mut sent = acc.drain(t0, usize::MAX, |_| Routing::To(1u32));
         let first = sent.by_destination.remove(&1).unwrap().remove(0);
         assert_eq!(first.handles, vec![0]);
-        assert_eq!(routed(&mut acc, t0, &[Some(1)]), (vec![], false), "one in flight");
+        assert_eq!(
+            routed(&mut acc, t0, &[Some(1)]),
+            (vec![], false),
+            "one in flight"
+        );
         // Broker 1 answers NotLeaderOrFollower: the batch comes back, and while no
         // leader is known nothing of the partition moves.
         let t1 = t0 + MS;
@@ -832,9 +851,18 @@ mod tests {
         let expired = acc.expire(t0 + 10_000 * MS);
         assert_eq!(ids(&expired), vec![(0, vec![1])]);
         for batch in &expired {
-            acc.complete(&batch.tp, batch.attempts, batch.epoch(), Err(Error::Timeout));
+            acc.complete(
+                &batch.tp,
+                batch.attempts,
+                batch.epoch(),
+                Err(Error::Timeout),
+            );
         }
-        assert_eq!(acc.next_wakeup(), Some(t0 + 3005 * MS), "linger of the second");
+        assert_eq!(
+            acc.next_wakeup(),
+            Some(t0 + 3005 * MS),
+            "linger of the second"
+        );
         let expired = acc.expire(t0 + 13_000 * MS);
         assert_eq!(ids(&expired), vec![(0, vec![2])]);
         acc.complete(&expired[0].tp, 0, expired[0].epoch(), Err(Error::Timeout));

@@ -354,7 +354,8 @@ impl Admin {
             for (ask, code) in routed.missing {
                 let partition = partition_of(&ask);
                 client.invalidate_partition_count(topic);
-                let error = Error::broker(code, format!("{topic}/{partition}: {}", code.description()));
+                let error =
+                    Error::broker(code, format!("{topic}/{partition}: {}", code.description()));
                 results.insert(partition, Err(error));
             }
             let mut again: Vec<(A, Error)> = routed
@@ -383,7 +384,9 @@ impl Admin {
                     let partition = partition_of(&ask);
                     match answers.iter().find(|(p, _)| *p == partition) {
                         None => {}
-                        Some((_, Err(e))) if client.partition_failed(topic, partition, e) != OnError::Fail => {
+                        Some((_, Err(e)))
+                            if client.partition_failed(topic, partition, e) != OnError::Fail =>
+                        {
                             again.push((ask, e.clone()));
                         }
                         Some((_, result)) => {
@@ -402,7 +405,12 @@ impl Admin {
                 }
                 return Ok(results);
             }
-            tracing::debug!(topic, attempt, ?backoff, "partition leaders moved or unreachable; retrying");
+            tracing::debug!(
+                topic,
+                attempt,
+                ?backoff,
+                "partition leaders moved or unreachable; retrying"
+            );
             tokio::time::sleep(backoff).await;
             pending = again.into_iter().map(|(ask, _)| ask).collect();
         }

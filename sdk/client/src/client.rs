@@ -121,7 +121,9 @@ enum Target {
 /// Locks ignoring poison: every critical section here leaves its data consistent
 /// (single inserts, removes and reads), so a panic elsewhere cannot leave it torn.
 fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 impl Client {
@@ -185,7 +187,11 @@ impl Client {
         self.send_no_response_to_target(Target::Any, request).await
     }
 
-    pub(crate) async fn send_no_response_to(&self, broker: BrokerId, request: Request) -> Result<()> {
+    pub(crate) async fn send_no_response_to(
+        &self,
+        broker: BrokerId,
+        request: Request,
+    ) -> Result<()> {
         self.send_no_response_to_target(Target::Broker(broker), request)
             .await
     }
@@ -255,9 +261,8 @@ impl Client {
         let _refreshing = self.inner.refreshing.lock().await;
         let topics = {
             let cache = lock(&self.inner.metadata);
-            let answered = |t: &String| {
-                cache.partition_count(t).is_some() || cache.missing_topic(t).is_some()
-            };
+            let answered =
+                |t: &String| cache.partition_count(t).is_some() || cache.missing_topic(t).is_some();
             let fresh = !cache.needs_refresh(Instant::now(), self.inner.config.metadata_max_age);
             if cache.version() != seen && fresh && wanted.iter().all(answered) {
                 return Ok(());
@@ -276,9 +281,9 @@ impl Client {
         let needed = {
             let cache = lock(&self.inner.metadata);
             cache.needs_refresh(Instant::now(), self.inner.config.metadata_max_age)
-                || topics.iter().any(|t| {
-                    cache.partition_count(t).is_none() && cache.missing_topic(t).is_none()
-                })
+                || topics
+                    .iter()
+                    .any(|t| cache.partition_count(t).is_none() && cache.missing_topic(t).is_none())
         };
         if needed {
             self.refresh_metadata(topics).await?;

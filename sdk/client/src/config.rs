@@ -308,7 +308,10 @@ mod tests {
         check("127.0.0.1:9092", &["127.0.0.1:9092"]);
         check("a:1,b:2", &["a:1", "b:2"]);
         check(" a:1 , b:2 ,", &["a:1", "b:2"]);
-        check("[::1]:9092,localhost:9093", &["[::1]:9092", "localhost:9093"]);
+        check(
+            "[::1]:9092,localhost:9093",
+            &["[::1]:9092", "localhost:9093"],
+        );
         check("", &[]);
         let config = ClientConfig::new("a:1, b:2", Trust::CaPem(Vec::new()));
         assert_eq!(config.bootstrap_list(), "a:1,b:2");
@@ -325,7 +328,15 @@ mod tests {
         let got: Vec<Duration> = (0..7).map(|a| backoff(ms(100), ms(1000), a)).collect();
         assert_eq!(
             got,
-            vec![ms(100), ms(100), ms(200), ms(400), ms(800), ms(1000), ms(1000)]
+            vec![
+                ms(100),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000)
+            ]
         );
         assert_eq!(backoff(ms(100), ms(1000), u32::MAX), ms(1000));
     }

@@ -77,7 +77,8 @@ impl MetadataCache {
         if asked.is_none() {
             let present: std::collections::HashSet<&str> =
                 response.topics.iter().map(|t| t.name.as_str()).collect();
-            self.topics.retain(|name, _| present.contains(name.as_str()));
+            self.topics
+                .retain(|name, _| present.contains(name.as_str()));
         }
         for topic in &response.topics {
             if !topic.error.is_ok() {
@@ -382,10 +383,7 @@ mod tests {
         assert_eq!(cache.broker_address(3), Some("127.0.0.1:9093"));
         assert_eq!(cache.broker_address(4), None);
         assert!(!cache.needs_refresh(t0 + MINUTE / 2, MINUTE));
-        assert!(
-            cache.needs_refresh(t0 + MINUTE, MINUTE),
-            "periodic refresh"
-        );
+        assert!(cache.needs_refresh(t0 + MINUTE, MINUTE), "periodic refresh");
     }
 
     #[test]

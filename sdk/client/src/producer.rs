@@ -570,10 +570,17 @@ async fn run_sender(shared: Arc<Shared>) {
             let mut accumulator = shared.lock();
             let expired = accumulator.expire(now);
             let cache = shared.client.metadata_cache();
-            let drained = accumulator.drain(now, MAX_REQUEST_BYTES, |tp| route_partition(&cache, tp));
+            let drained =
+                accumulator.drain(now, MAX_REQUEST_BYTES, |tp| route_partition(&cache, tp));
             let refresh = drained.waiting_for_leader || cache.needs_refresh(now, max_age);
             let finished = accumulator.is_closed() && accumulator.is_empty();
-            (expired, drained, accumulator.next_wakeup(), finished, refresh)
+            (
+                expired,
+                drained,
+                accumulator.next_wakeup(),
+                finished,
+                refresh,
+            )
         };
         let mut progressed = false;
         for batch in expired {
@@ -585,7 +592,12 @@ async fn run_sender(shared: Arc<Shared>) {
         for (batch, code) in drained.failed {
             let error = Error::broker(
                 code,
-                format!("{}/{}: {}", batch.tp.topic, batch.tp.partition, code.description()),
+                format!(
+                    "{}/{}: {}",
+                    batch.tp.topic,
+                    batch.tp.partition,
+                    code.description()
+                ),
             );
             settle(&shared, batch, Err(error));
             progressed = true;
