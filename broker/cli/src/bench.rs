@@ -62,8 +62,8 @@ mod plugin;
 
 #[derive(Args, Clone)]
 pub struct BrokerArgs {
-    /// Use a running broker instead of starting one.
-    #[arg(long)]
+    /// Use a running broker (or cluster: `host:port,host:port`) instead of starting one.
+    #[arg(long, visible_alias = "bootstrap")]
     pub broker: Option<String>,
     #[arg(long)]
     pub fingerprint: Option<String>,

@@ -80,8 +80,16 @@ struct ServeArgs {
 /// How CLI commands reach and trust the broker.
 #[derive(Args, Clone, Debug)]
 pub struct ConnectArgs {
-    /// Broker address (host:port).
-    #[arg(long, env = "MERIDIAN_BROKER", default_value = "127.0.0.1:9092")]
+    /// Brokers to bootstrap from: `host:port`, or several separated by commas (the
+    /// first that answers is used; requests then go to each partition's leader).
+    /// Also `MERIDIAN_BOOTSTRAP`, or the older `--broker` / `MERIDIAN_BROKER`.
+    #[arg(
+        long = "bootstrap",
+        visible_alias = "broker",
+        env = "MERIDIAN_BOOTSTRAP",
+        default_value_t = default_bootstrap(),
+        value_name = "HOST:PORT[,HOST:PORT…]"
+    )]
     pub broker: String,
     /// Trust the broker certificate in this PEM file.
     #[arg(long, env = "MERIDIAN_CA")]
@@ -92,6 +100,14 @@ pub struct ConnectArgs {
     /// TLS server name to verify.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+}
+
+/// `MERIDIAN_BROKER` (the variable's name before clusters), else the dev broker.
+fn default_bootstrap() -> String {
+    std::env::var("MERIDIAN_BROKER")
+        .ok()
+        .filter(|v| !v.trim().is_empty())
+        .unwrap_or_else(|| "127.0.0.1:9092".to_string())
 }
 
 impl ConnectArgs {
@@ -115,7 +131,7 @@ impl ConnectArgs {
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
-        let mut config = ClientConfig::new(self.broker.clone(), self.trust()?);
+        let mut config = ClientConfig::new(&self.broker, self.trust()?);
         config.server_name = self.server_name.clone();
         Client::connect(config)
             .await
@@ -204,7 +220,7 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         println!("  seq 1 5 | meridian produce demo -v");
         println!("  meridian consume demo --from earliest --format json");
         println!(
-            "From elsewhere: --broker {addr} --fingerprint {}",
+            "From elsewhere: --bootstrap {addr} --fingerprint {}",
             broker.fingerprint()
         );
     }

@@ -360,7 +360,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  certificate: {}", runner.cert.display());
     println!("  fingerprint: {}", runner.fingerprint);
     println!(
-        "Try: meridian topic create demo --partitions 3 --replication-factor {} --broker {} --ca {}",
+        "Try: meridian topic create demo --partitions 3 --replication-factor {} --bootstrap {} --ca {}",
         region.brokers.len().min(3),
         region.bootstrap(),
         runner.cert.display()

@@ -85,6 +85,7 @@ error_codes! {
     UnknownLeaderEpoch = 42, true, "the request's leader epoch is newer than this broker knows: it has not seen the leader change yet; retry";
     NotEnoughReplicas = 43, true, "acks=all refused before appending: fewer in-sync replicas than the topic's min.insync.replicas";
     NotEnoughReplicasAfterAppend = 44, true, "the records were written but the in-sync replicas fell below min.insync.replicas before they were committed; retry (an idempotent producer will not duplicate)";
+    LeaderNotAvailable = 45, true, "the partition has no leader right now (an election is under way, or every in-sync replica is down); retry";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

@@ -11,6 +11,12 @@
 //!   nothing else is sent while it is in flight, so retries never overtake each other
 //!   or later batches. (Batches already in flight when an earlier one failed can still
 //!   land before the retry; `max_in_flight = 1` rules that out.)
+//! - a batch is drained only towards a known destination (its partition's leader):
+//!   a partition whose leader is unknown keeps its batches queued, in order, until
+//!   metadata names one, so a batch re-routed to a new leader still goes before
+//!   every later batch of its partition;
+//! - a queued batch older than `delivery_timeout` leaves through
+//!   [`RecordAccumulator::expire`], never through `drain`.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -18,7 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_wire::batch::NewRecord;
 
+use crate::config::backoff;
 use crate::error::{Error, Result};
+use meridian_wire::ErrorCode;
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub(crate) struct TopicPartition {
@@ -31,7 +39,35 @@ pub(crate) struct AccumulatorConfig {
     pub batch_size: usize,
     pub linger: Duration,
     pub max_in_flight: usize,
+    /// Pause before the first retry of a batch; doubles per attempt up to
+    /// `retry_backoff_max`.
     pub retry_backoff: Duration,
+    pub retry_backoff_max: Duration,
+    /// A batch not acknowledged this long after it was created fails.
+    pub delivery_timeout: Duration,
+}
+
+/// Where a partition's batches go now, as the caller's routing decides.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Routing<D> {
+    /// To this destination (a broker).
+    To(D),
+    /// Nowhere yet (no known leader): keep the batches queued.
+    Wait,
+    /// The partition does not exist: fail its batches.
+    Fail(ErrorCode),
+}
+
+/// What [`RecordAccumulator::drain`] took, by destination.
+#[derive(Debug)]
+pub(crate) struct Drained<D, T> {
+    /// Ready batches per destination, each group up to the request size.
+    pub by_destination: BTreeMap<D, Vec<ProducerBatch<T>>>,
+    /// Batches of partitions that do not exist, with the reason; in flight like the
+    /// others until completed.
+    pub failed: Vec<(ProducerBatch<T>, ErrorCode)>,
+    /// Some ready partition has no known leader: refresh metadata.
+    pub waiting_for_leader: bool,
 }
 
 /// A batch of records for one partition, with one completion handle per record.
@@ -203,23 +239,47 @@ impl<T> RecordAccumulator<T> {
                 || self.flush_through.is_some_and(|e| head.epoch <= e))
     }
 
-    /// Takes the ready batches, at most one per partition, stopping once their total
-    /// size passes `max_request_bytes` (at least one batch is taken if any is ready).
-    /// Each taken batch counts as in flight until [`complete`](Self::complete) or
+    /// Takes the ready batches, at most one per partition, grouped by the destination
+    /// `route` gives their partition; each destination's group stops once its size
+    /// passes `max_request_bytes` (at least one batch is taken per destination if any
+    /// is ready). Partitions routed to [`Routing::Wait`] keep their batches. Each
+    /// taken batch counts as in flight until [`complete`](Self::complete) or
     /// [`retry`](Self::retry).
-    pub fn drain(&mut self, now: Instant, max_request_bytes: usize) -> Vec<ProducerBatch<T>> {
+    pub fn drain<D: Ord + Clone>(
+        &mut self,
+        now: Instant,
+        max_request_bytes: usize,
+        route: impl Fn(&TopicPartition) -> Routing<D>,
+    ) -> Drained<D, T> {
         let ready: Vec<TopicPartition> = self
             .partitions
             .iter()
             .filter(|(_, queue)| self.is_ready(queue, now))
             .map(|(tp, _)| tp.clone())
             .collect();
-        let mut drained = Vec::new();
-        let mut total = 0usize;
+        let mut drained = Drained {
+            by_destination: BTreeMap::new(),
+            failed: Vec::new(),
+            waiting_for_leader: false,
+        };
+        let mut totals: BTreeMap<D, usize> = BTreeMap::new();
         for tp in ready {
-            if !drained.is_empty() && total >= max_request_bytes {
-                break;
-            }
+            let destination = match route(&tp) {
+                Routing::Wait => {
+                    drained.waiting_for_leader = true;
+                    continue;
+                }
+                Routing::Fail(code) => Err(code),
+                Routing::To(destination) => {
+                    if totals
+                        .get(&destination)
+                        .is_some_and(|total| *total >= max_request_bytes)
+                    {
+                        continue;
+                    }
+                    Ok(destination)
+                }
+            };
             let Some(queue) = self.partitions.get_mut(&tp) else {
                 continue;
             };
@@ -235,16 +295,48 @@ impl<T> RecordAccumulator<T> {
                     sticky.partition = (sticky.partition + 1) % sticky.n_partitions;
                 }
             }
-            total += batch.size_bytes;
-            drained.push(batch);
+            match destination {
+                Ok(destination) => {
+                    *totals.entry(destination.clone()).or_default() += batch.size_bytes;
+                    drained
+                        .by_destination
+                        .entry(destination)
+                        .or_default()
+                        .push(batch);
+                }
+                Err(code) => drained.failed.push((batch, code)),
+            }
         }
         drained
+    }
+
+    /// Takes the queued batches (not in flight) created `delivery_timeout` or longer
+    /// ago, to be failed; they count as in flight until completed.
+    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T>> {
+        let timeout = self.config.delivery_timeout;
+        let mut expired = Vec::new();
+        for queue in self.partitions.values_mut() {
+            // Batches are queued oldest first (a retry is older than what it
+            // overtakes), so the expired ones are a prefix.
+            while queue
+                .batches
+                .front()
+                .is_some_and(|b| now.saturating_duration_since(b.created) >= timeout)
+            {
+                if let Some(batch) = queue.batches.pop_front() {
+                    queue.in_flight += 1;
+                    expired.push(batch);
+                }
+            }
+        }
+        expired
     }
 
     /// When the next batch becomes ready by time alone (linger or retry backoff);
     /// `None` if only a new record or a completion can make one ready.
     pub fn next_wakeup(&self) -> Option<Instant> {
-        self.partitions
+        let ready_at = self
+            .partitions
             .values()
             .filter(|queue| !queue.retry_in_flight)
             .filter_map(|queue| {
@@ -257,7 +349,15 @@ impl<T> RecordAccumulator<T> {
                     None
                 }
             })
-            .min()
+            .min();
+        // A batch waiting for a leader (or behind an in-flight one) still expires.
+        let expires_at = self
+            .partitions
+            .values()
+            .filter_map(|queue| queue.batches.front())
+            .map(|head| head.created + self.config.delivery_timeout)
+            .min();
+        ready_at.into_iter().chain(expires_at).min()
     }
 
     /// A drained batch is done: acknowledged (`Ok`) or failed for good.
@@ -300,7 +400,13 @@ impl<T> RecordAccumulator<T> {
             queue.retry_in_flight = false;
         }
         batch.attempts += 1;
-        batch.not_before = Some(now + self.config.retry_backoff);
+        batch.not_before = Some(
+            now + backoff(
+                self.config.retry_backoff,
+                self.config.retry_backoff_max,
+                batch.attempts,
+            ),
+        );
         let position = queue
             .batches
             .iter()
@@ -360,6 +466,11 @@ impl<T> ProducerBatch<T> {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
+
+    /// When the batch's first record was appended.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
 }
 
 #[cfg(test)]
@@ -375,7 +486,45 @@ mod tests {
             linger: 5 * MS,
             max_in_flight: 2,
             retry_backoff: 100 * MS,
+            retry_backoff_max: 1000 * MS,
+            delivery_timeout: 10_000 * MS,
         }
+    }
+
+    /// Drains with every partition routed to one broker, as against a single broker.
+    fn drain(
+        acc: &mut RecordAccumulator<u32>,
+        now: Instant,
+        max_request_bytes: usize,
+    ) -> Vec<ProducerBatch<u32>> {
+        let mut drained = acc.drain(now, max_request_bytes, |_| Routing::To(1u32));
+        assert!(drained.failed.is_empty() && !drained.waiting_for_leader);
+        assert!(drained.by_destination.len() <= 1);
+        drained.by_destination.remove(&1).unwrap_or_default()
+    }
+
+    /// Drained handle ids per broker, as `(broker, [(partition, [handle ids])])`.
+    type ByBroker = Vec<(u32, Vec<(u32, Vec<u32>)>)>;
+
+    /// Leaders by partition for routing tests: `None` is no known leader.
+    fn routed(
+        acc: &mut RecordAccumulator<u32>,
+        now: Instant,
+        leaders: &[Option<u32>],
+    ) -> (ByBroker, bool) {
+        let drained = acc.drain(now, usize::MAX, |tp| {
+            match leaders.get(tp.partition as usize).copied().flatten() {
+                Some(broker) => Routing::To(broker),
+                None => Routing::Wait,
+            }
+        });
+        assert!(drained.failed.is_empty());
+        let groups = drained
+            .by_destination
+            .iter()
+            .map(|(broker, batches)| (*broker, ids(batches)))
+            .collect();
+        (groups, drained.waiting_for_leader)
     }
 
     fn tp(partition: u32) -> TopicPartition {
@@ -408,10 +557,10 @@ mod tests {
         let mut acc = RecordAccumulator::new(config(), 0);
         assert!(acc.append(tp(0), record(400), 1, t0).unwrap());
         assert!(!acc.append(tp(0), record(400), 2, t0).unwrap());
-        assert!(acc.drain(t0 + 4 * MS, usize::MAX).is_empty());
+        assert!(drain(&mut acc, t0 + 4 * MS, usize::MAX).is_empty());
         assert_eq!(acc.next_wakeup(), Some(t0 + 5 * MS));
         assert_eq!(
-            ids(&acc.drain(t0 + 5 * MS, usize::MAX)),
+            ids(&drain(&mut acc, t0 + 5 * MS, usize::MAX)),
             vec![(0, vec![1, 2])]
         );
 
@@ -423,8 +572,11 @@ mod tests {
             "full batch wakes the sender"
         );
         acc.append(tp(1), record(500), 5, t1).unwrap();
-        assert_eq!(ids(&acc.drain(t1, usize::MAX)), vec![(1, vec![3, 4])]);
-        assert_eq!(ids(&acc.drain(t1 + 5 * MS, usize::MAX)), vec![(1, vec![5])]);
+        assert_eq!(ids(&drain(&mut acc, t1, usize::MAX)), vec![(1, vec![3, 4])]);
+        assert_eq!(
+            ids(&drain(&mut acc, t1 + 5 * MS, usize::MAX)),
+            vec![(1, vec![5])]
+        );
     }
 
     #[test]
@@ -436,10 +588,10 @@ mod tests {
         acc.append(tp(0), record(100), 3, t0).unwrap();
         // Two batches queued: the first is ready (a later one exists), and so is the
         // full second one, but one per partition per drain.
-        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![1])]);
-        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![2])]);
+        assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![1])]);
+        assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![2])]);
         assert!(
-            acc.drain(t0, usize::MAX).is_empty(),
+            drain(&mut acc, t0, usize::MAX).is_empty(),
             "in-flight limit 2 reached"
         );
     }
@@ -451,14 +603,18 @@ mod tests {
         for id in 0..4 {
             acc.append(tp(0), record(1000), id, t0).unwrap();
         }
-        let first = acc.drain(t0, usize::MAX);
-        let second = acc.drain(t0, usize::MAX);
-        assert!(acc.drain(t0, usize::MAX).is_empty());
-        assert_eq!(acc.next_wakeup(), None, "blocked until a completion");
+        let first = drain(&mut acc, t0, usize::MAX);
+        let second = drain(&mut acc, t0, usize::MAX);
+        assert!(drain(&mut acc, t0, usize::MAX).is_empty());
+        assert_eq!(
+            acc.next_wakeup(),
+            Some(t0 + 10_000 * MS),
+            "blocked until a completion, or until the queued batches expire"
+        );
         acc.complete(&first[0].tp, 0, first[0].epoch(), Ok(()));
-        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![2])]);
+        assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![2])]);
         acc.complete(&second[0].tp, 0, second[0].epoch(), Ok(()));
-        assert_eq!(ids(&acc.drain(t0, usize::MAX)), vec![(0, vec![3])]);
+        assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![3])]);
     }
 
     #[test]
@@ -469,9 +625,12 @@ mod tests {
             acc.append(tp(p), record(600), p, t0).unwrap();
         }
         let at = t0 + 5 * MS;
-        assert_eq!(ids(&acc.drain(at, 1000)), vec![(0, vec![0]), (1, vec![1])]);
         assert_eq!(
-            ids(&acc.drain(at, usize::MAX)),
+            ids(&drain(&mut acc, at, 1000)),
+            vec![(0, vec![0]), (1, vec![1])]
+        );
+        assert_eq!(
+            ids(&drain(&mut acc, at, usize::MAX)),
             vec![(2, vec![2]), (3, vec![3])]
         );
     }
@@ -483,31 +642,31 @@ mod tests {
         for id in 0..3 {
             acc.append(tp(0), record(1000), id, t0).unwrap();
         }
-        let mut a = acc.drain(t0, usize::MAX);
-        let mut b = acc.drain(t0, usize::MAX);
+        let mut a = drain(&mut acc, t0, usize::MAX);
+        let mut b = drain(&mut acc, t0, usize::MAX);
         // Both fail (say, the connection dropped); completions arrive in reverse.
         let t1 = t0 + MS;
         acc.retry(b.remove(0), t1);
         assert!(
-            acc.drain(t1, usize::MAX).is_empty(),
+            drain(&mut acc, t1, usize::MAX).is_empty(),
             "retry waits for in-flight batch"
         );
         acc.retry(a.remove(0), t1);
-        assert!(acc.drain(t1, usize::MAX).is_empty(), "retry backoff");
+        assert!(drain(&mut acc, t1, usize::MAX).is_empty(), "retry backoff");
         assert_eq!(acc.next_wakeup(), Some(t1 + 100 * MS));
         let t2 = t1 + 100 * MS;
-        let retried = acc.drain(t2, usize::MAX);
+        let retried = drain(&mut acc, t2, usize::MAX);
         assert_eq!(ids(&retried), vec![(0, vec![0])]);
         assert_eq!(retried[0].attempts, 1);
         assert!(
-            acc.drain(t2, usize::MAX).is_empty(),
+            drain(&mut acc, t2, usize::MAX).is_empty(),
             "nothing passes a retry in flight"
         );
         acc.complete(&retried[0].tp, 1, retried[0].epoch(), Ok(()));
-        let retried = acc.drain(t2, usize::MAX);
+        let retried = drain(&mut acc, t2, usize::MAX);
         assert_eq!(ids(&retried), vec![(0, vec![1])]);
         acc.complete(&retried[0].tp, 1, retried[0].epoch(), Ok(()));
-        assert_eq!(ids(&acc.drain(t2, usize::MAX)), vec![(0, vec![2])]);
+        assert_eq!(ids(&drain(&mut acc, t2, usize::MAX)), vec![(0, vec![2])]);
     }
 
     #[test]
@@ -520,7 +679,7 @@ mod tests {
         assert_eq!(acc.flush_status(epoch).map(|r| r.is_ok()), None);
         // A record after the flush starts a new batch that lingers as usual.
         acc.append(tp(0), record(100), 3, t0).unwrap();
-        let drained = acc.drain(t0, usize::MAX);
+        let drained = drain(&mut acc, t0, usize::MAX);
         assert_eq!(ids(&drained), vec![(0, vec![1]), (1, vec![2])]);
         acc.complete(&drained[0].tp, 0, drained[0].epoch(), Ok(()));
         assert!(acc.flush_status(epoch).is_none());
@@ -530,8 +689,11 @@ mod tests {
         assert_eq!(status.unwrap_err().code(), Some(ErrorCode::MessageTooLarge));
         assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
         // The later batch is unaffected by the finished flush.
-        assert!(acc.drain(t0 + MS, usize::MAX).is_empty());
-        assert_eq!(ids(&acc.drain(t0 + 5 * MS, usize::MAX)), vec![(0, vec![3])]);
+        assert!(drain(&mut acc, t0 + MS, usize::MAX).is_empty());
+        assert_eq!(
+            ids(&drain(&mut acc, t0 + 5 * MS, usize::MAX)),
+            vec![(0, vec![3])]
+        );
     }
 
     #[test]
@@ -549,7 +711,7 @@ mod tests {
         assert_eq!(first, 7 % 3);
         assert_eq!(acc.sticky_partition("t", 3), first);
         acc.append(tp(first), record(100), 1, t0).unwrap();
-        acc.drain(t0 + 5 * MS, usize::MAX);
+        drain(&mut acc, t0 + 5 * MS, usize::MAX);
         let second = acc.sticky_partition("t", 3);
         assert_ne!(second, first);
         // A different partition count (topic recreated) resets it into range.
@@ -566,10 +728,159 @@ mod tests {
             acc.append(tp(0), record(100), 2, t0),
             Err(Error::Closed)
         ));
-        let drained = acc.drain(t0, usize::MAX);
+        let drained = drain(&mut acc, t0, usize::MAX);
         assert_eq!(ids(&drained), vec![(0, vec![1])]);
         assert!(!acc.is_empty());
         acc.complete(&drained[0].tp, 0, drained[0].epoch(), Ok(()));
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn batches_are_grouped_by_leader_and_wait_for_an_unknown_one() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        for p in 0..4 {
+            acc.append(tp(p), record(100), p, t0).unwrap();
+        }
+        let at = t0 + 5 * MS;
+        // Partitions 0 and 2 on broker 1, 1 on broker 2, 3 has no leader yet.
+        let leaders = [Some(1), Some(2), Some(1), None];
+        let (groups, waiting) = routed(&mut acc, at, &leaders);
+        assert_eq!(
+            groups,
+            vec![
+                (1, vec![(0, vec![0]), (2, vec![2])]),
+                (2, vec![(1, vec![1])])
+            ]
+        );
+        assert!(waiting, "the sender must refresh metadata");
+        assert_eq!(routed(&mut acc, at, &leaders), (vec![], true));
+        // Metadata names a leader: the batch goes.
+        let leaders = [Some(1), Some(2), Some(1), Some(3)];
+        assert_eq!(
+            routed(&mut acc, at, &leaders),
+            (vec![(3, vec![(3, vec![3])])], false)
+        );
+    }
+
+    #[test]
+    fn the_request_size_limit_applies_per_broker() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        for p in 0..4 {
+            acc.append(tp(p), record(600), p, t0).unwrap();
+        }
+        let drained = acc.drain(t0 + 5 * MS, 1000, |tp| Routing::To(tp.partition % 2));
+        let sizes: Vec<(u32, usize)> = drained
+            .by_destination
+            .iter()
+            .map(|(broker, batches)| (*broker, batches.len()))
+            .collect();
+        // 600 + 600 passes 1000 on each broker: two batches each, one request each.
+        assert_eq!(sizes, vec![(0, 2), (1, 2)]);
+        let drained = acc.drain(t0 + 5 * MS, 500, |tp| Routing::To(tp.partition % 2));
+        assert!(drained.by_destination.is_empty());
+    }
+
+    #[test]
+    fn a_batch_refused_by_a_moved_leader_goes_to_the_new_one_first() {
+        // One in flight per partition, as with idempotence.
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(
+            AccumulatorConfig {
+                max_in_flight: 1,
+                ..config()
+            },
+            0,
+        );
+        for id in 0..3 {
+            acc.append(tp(0), record(1000), id, t0).unwrap();
+        }
+        let mut sent = acc.drain(t0, usize::MAX, |_| Routing::To(1u32));
+        let first = sent.by_destination.remove(&1).unwrap().remove(0);
+        assert_eq!(first.handles, vec![0]);
+        assert_eq!(
+            routed(&mut acc, t0, &[Some(1)]),
+            (vec![], false),
+            "one in flight"
+        );
+        // Broker 1 answers NotLeaderOrFollower: the batch comes back, and while no
+        // leader is known nothing of the partition moves.
+        let t1 = t0 + MS;
+        acc.retry(first, t1);
+        let after_backoff = t1 + 100 * MS;
+        assert_eq!(routed(&mut acc, after_backoff, &[None]), (vec![], true));
+        // The new leader is broker 2: the retried batch goes first and alone (with
+        // its encoded bytes, so the same producer id, epoch and sequence).
+        let mut sent = acc.drain(after_backoff, usize::MAX, |_| Routing::To(2u32));
+        let retried = sent.by_destination.remove(&2).unwrap().remove(0);
+        assert_eq!((retried.handles.clone(), retried.attempts), (vec![0], 1));
+        assert_eq!(routed(&mut acc, after_backoff, &[Some(2)]), (vec![], false));
+        acc.complete(&retried.tp, 1, retried.epoch(), Ok(()));
+        assert_eq!(
+            routed(&mut acc, after_backoff, &[Some(2)]),
+            (vec![(2, vec![(0, vec![1])])], false)
+        );
+    }
+
+    #[test]
+    fn retry_backoff_doubles_per_attempt() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(1000), 1, t0).unwrap();
+        let mut now = t0;
+        for expected_backoff in [100, 200, 400, 800, 1000, 1000] {
+            let batch = drain(&mut acc, now, usize::MAX).remove(0);
+            acc.retry(batch, now);
+            assert_eq!(acc.next_wakeup(), Some(now + expected_backoff * MS));
+            assert!(drain(&mut acc, now + (expected_backoff - 1) * MS, usize::MAX).is_empty());
+            now += expected_backoff * MS;
+        }
+    }
+
+    #[test]
+    fn batches_expire_after_the_delivery_timeout() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(1000), 1, t0).unwrap();
+        acc.append(tp(0), record(1000), 2, t0 + 3000 * MS).unwrap();
+        // No leader for a long time: the batches wait, but the sender wakes up to
+        // expire them.
+        assert_eq!(routed(&mut acc, t0 + 5 * MS, &[None]), (vec![], true));
+        assert!(acc.expire(t0 + 9_999 * MS).is_empty());
+        let expired = acc.expire(t0 + 10_000 * MS);
+        assert_eq!(ids(&expired), vec![(0, vec![1])]);
+        for batch in &expired {
+            acc.complete(
+                &batch.tp,
+                batch.attempts,
+                batch.epoch(),
+                Err(Error::Timeout),
+            );
+        }
+        assert_eq!(
+            acc.next_wakeup(),
+            Some(t0 + 3005 * MS),
+            "linger of the second"
+        );
+        let expired = acc.expire(t0 + 13_000 * MS);
+        assert_eq!(ids(&expired), vec![(0, vec![2])]);
+        acc.complete(&expired[0].tp, 0, expired[0].epoch(), Err(Error::Timeout));
+        assert!(acc.is_empty());
+    }
+
+    #[test]
+    fn batches_of_missing_partitions_fail() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(config(), 0);
+        acc.append(tp(0), record(100), 1, t0).unwrap();
+        let drained = acc.drain(t0 + 5 * MS, usize::MAX, |_| {
+            Routing::<u32>::Fail(ErrorCode::UnknownTopic)
+        });
+        assert_eq!(drained.failed.len(), 1);
+        let (batch, code) = &drained.failed[0];
+        assert_eq!(*code, ErrorCode::UnknownTopic);
+        acc.complete(&batch.tp, 0, batch.epoch(), Err(Error::broker(*code, "")));
         assert!(acc.is_empty());
     }
 }

@@ -10,8 +10,12 @@ use meridian_wire::messages::{
 };
 use meridian_wire::ErrorCode;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
+use crate::metadata::{route, OnError};
 
 /// A position in a partition's log, as a consumer or [`Admin::list_offsets`] names it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -214,33 +218,49 @@ impl Admin {
             };
             partitions.push(DeleteRecordsPartition { partition, offset });
         }
-        let request = Request::DeleteRecords(DeleteRecordsRequest {
-            topics: vec![DeleteRecordsTopic {
-                name: topic.to_string(),
+        let topic_name = topic.to_string();
+        let answers = self
+            .to_leaders(
+                topic,
                 partitions,
-            }],
-        });
-        let response = self.client.request(request).await?;
-        let Response::DeleteRecords(response) = response else {
-            return Err(unexpected(ApiKey::DeleteRecords, &response));
-        };
-        let answers = response.topics.iter().find(|t| t.name == topic);
-        Ok(per_partition(
+                |p| p.partition,
+                |group| {
+                    Request::DeleteRecords(DeleteRecordsRequest {
+                        topics: vec![DeleteRecordsTopic {
+                            name: topic_name.clone(),
+                            partitions: group.to_vec(),
+                        }],
+                    })
+                },
+                |response| {
+                    let Response::DeleteRecords(response) = response else {
+                        return Err(unexpected(ApiKey::DeleteRecords, &response));
+                    };
+                    Ok(response
+                        .topics
+                        .into_iter()
+                        .filter(|t| t.name == topic)
+                        .flat_map(|t| t.partitions)
+                        .map(|p| {
+                            let result = if p.error.is_ok() {
+                                Ok(p.low_watermark)
+                            } else {
+                                Err(Error::broker(
+                                    p.error,
+                                    format!("{topic}/{}: {}", p.partition, p.message),
+                                ))
+                            };
+                            (p.partition, result)
+                        })
+                        .collect())
+                },
+            )
+            .await?;
+        Ok(in_asked_order(
             ApiKey::DeleteRecords,
             topic,
             before.iter().map(|&(partition, _)| partition),
-            answers.map_or(&[], |t| &t.partitions[..]),
-            |p| p.partition,
-            |p| {
-                if p.error.is_ok() {
-                    Ok(p.low_watermark)
-                } else {
-                    Err(Error::broker(
-                        p.error,
-                        format!("{topic}/{}: {}", p.partition, p.message),
-                    ))
-                }
-            },
+            answers,
         ))
     }
 
@@ -278,27 +298,27 @@ impl Admin {
         let Response::AlterPartitionReassignments(response) = response else {
             return Err(unexpected(ApiKey::AlterPartitionReassignments, &response));
         };
-        let answers: Vec<_> = response
+        let answers: HashMap<u32, Result<()>> = response
             .results
             .into_iter()
             .filter(|r| r.topic == topic)
-            .collect();
-        Ok(per_partition(
-            ApiKey::AlterPartitionReassignments,
-            topic,
-            moves.iter().map(|(partition, _)| *partition),
-            &answers,
-            |r| r.partition,
-            |r| {
-                if r.error.is_ok() {
+            .map(|r| {
+                let result = if r.error.is_ok() {
                     Ok(())
                 } else {
                     Err(Error::broker(
                         r.error,
                         format!("{topic}/{}: {}", r.partition, r.message),
                     ))
-                }
-            },
+                };
+                (r.partition, result)
+            })
+            .collect();
+        Ok(in_asked_order(
+            ApiKey::AlterPartitionReassignments,
+            topic,
+            moves.iter().map(|(partition, _)| *partition),
+            answers,
         ))
     }
 
@@ -309,67 +329,168 @@ impl Admin {
         topic: &str,
         asks: &[(u32, i64)],
     ) -> Result<Vec<(u32, Result<i64>)>> {
-        let request = Request::ListOffsets(ListOffsetsRequest {
-            topics: vec![ListOffsetsTopic {
-                name: topic.to_string(),
-                partitions: asks
-                    .iter()
-                    .map(|&(partition, timestamp)| ListOffsetsPartition {
-                        partition,
-                        timestamp,
+        let asks: Vec<ListOffsetsPartition> = asks
+            .iter()
+            .map(|&(partition, timestamp)| ListOffsetsPartition {
+                partition,
+                timestamp,
+            })
+            .collect();
+        let topic_name = topic.to_string();
+        let answers = self
+            .to_leaders(
+                topic,
+                asks.clone(),
+                |p| p.partition,
+                |group| {
+                    Request::ListOffsets(ListOffsetsRequest {
+                        topics: vec![ListOffsetsTopic {
+                            name: topic_name.clone(),
+                            partitions: group.to_vec(),
+                        }],
                     })
-                    .collect(),
-            }],
-        });
-        let response = self.client.request(request).await?;
-        let Response::ListOffsets(response) = response else {
-            return Err(unexpected(ApiKey::ListOffsets, &response));
-        };
-        let answers = response.topics.iter().find(|t| t.name == topic);
-        Ok(per_partition(
+                },
+                |response| {
+                    let Response::ListOffsets(response) = response else {
+                        return Err(unexpected(ApiKey::ListOffsets, &response));
+                    };
+                    Ok(response
+                        .topics
+                        .into_iter()
+                        .filter(|t| t.name == topic)
+                        .flat_map(|t| t.partitions)
+                        .map(|p| {
+                            let result = if p.error.is_ok() {
+                                Ok(p.offset)
+                            } else {
+                                Err(Error::broker(
+                                    p.error,
+                                    format!("{topic}/{}: {}", p.partition, p.error.description()),
+                                ))
+                            };
+                            (p.partition, result)
+                        })
+                        .collect())
+                },
+            )
+            .await?;
+        Ok(in_asked_order(
             ApiKey::ListOffsets,
             topic,
-            asks.iter().map(|&(partition, _)| partition),
-            answers.map_or(&[], |t| &t.partitions[..]),
-            |p| p.partition,
-            |p| {
-                if p.error.is_ok() {
-                    return Ok(p.offset);
-                }
-                if matches!(
-                    p.error,
-                    ErrorCode::UnknownTopic | ErrorCode::InvalidPartition
-                ) {
-                    self.client.invalidate_partition_count(topic);
-                }
-                Err(Error::broker(
-                    p.error,
-                    format!("{topic}/{}: {}", p.partition, p.error.description()),
-                ))
-            },
+            asks.iter().map(|p| p.partition),
+            answers,
         ))
+    }
+
+    /// Sends a per-partition request about `topic` to each partition's leader (one
+    /// request per leader) and gathers one result per partition. Partitions whose
+    /// leader moved, has none right now, or could not be reached are asked again
+    /// after a backoff, with fresh metadata, until the request timeout; then their
+    /// last error is their result. A request-level error that retrying cannot fix
+    /// fails the whole call, as one request did before routing.
+    async fn to_leaders<A: Clone>(
+        &self,
+        topic: &str,
+        asks: Vec<A>,
+        partition_of: impl Fn(&A) -> u32,
+        request_for: impl Fn(&[A]) -> Request,
+        answers_of: impl Fn(Response) -> Result<Vec<(u32, Result<i64>)>>,
+    ) -> Result<HashMap<u32, Result<i64>>> {
+        let client = &self.client;
+        let topics = [topic.to_string()];
+        let started = Instant::now();
+        let timeout = client.config().request_timeout;
+        let mut results: HashMap<u32, Result<i64>> = HashMap::new();
+        let mut pending = asks;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            client.ensure_metadata(&topics).await?;
+            let routed = {
+                let cache = client.metadata_cache();
+                route(pending, |ask| cache.leader(topic, partition_of(ask)))
+            };
+            for (ask, code) in routed.missing {
+                let partition = partition_of(&ask);
+                client.invalidate_partition_count(topic);
+                let error =
+                    Error::broker(code, format!("{topic}/{partition}: {}", code.description()));
+                results.insert(partition, Err(error));
+            }
+            let mut again: Vec<(A, Error)> = routed
+                .unroutable
+                .into_iter()
+                .map(|ask| {
+                    let error = Error::broker(
+                        ErrorCode::LeaderNotAvailable,
+                        format!("{topic}/{} has no leader right now", partition_of(&ask)),
+                    );
+                    (ask, error)
+                })
+                .collect();
+            for (broker, group) in routed.by_broker {
+                let answers = match client.request_to(broker, request_for(&group)).await {
+                    Ok(response) => answers_of(response)?,
+                    Err(e) => {
+                        if client.broker_failed(broker, &e) == OnError::Fail {
+                            return Err(e);
+                        }
+                        again.extend(group.into_iter().map(|ask| (ask, e.clone())));
+                        continue;
+                    }
+                };
+                for ask in group {
+                    let partition = partition_of(&ask);
+                    match answers.iter().find(|(p, _)| *p == partition) {
+                        None => {}
+                        Some((_, Err(e)))
+                            if client.partition_failed(topic, partition, e) != OnError::Fail =>
+                        {
+                            again.push((ask, e.clone()));
+                        }
+                        Some((_, result)) => {
+                            results.insert(partition, result.clone());
+                        }
+                    }
+                }
+            }
+            if again.is_empty() {
+                return Ok(results);
+            }
+            let backoff = client.config().backoff(attempt);
+            if started.elapsed() + backoff >= timeout || client.is_closed() {
+                for (ask, error) in again {
+                    results.insert(partition_of(&ask), Err(error));
+                }
+                return Ok(results);
+            }
+            tracing::debug!(
+                topic,
+                attempt,
+                ?backoff,
+                "partition leaders moved or unreachable; retrying"
+            );
+            tokio::time::sleep(backoff).await;
+            pending = again.into_iter().map(|(ask, _)| ask).collect();
+        }
     }
 }
 
-/// One result per asked partition, in the order asked: `answer` turns a partition's
-/// entry of the response into its result; a partition the response lacks is a
-/// protocol error.
-fn per_partition<P, T>(
+/// One result per asked partition, in the order asked; a partition the answers lack
+/// is a protocol error.
+fn in_asked_order<T>(
     api: ApiKey,
     topic: &str,
     asked: impl Iterator<Item = u32>,
-    answers: &[P],
-    partition_of: impl Fn(&P) -> u32,
-    answer: impl Fn(&P) -> Result<T>,
+    mut answers: HashMap<u32, Result<T>>,
 ) -> Vec<(u32, Result<T>)> {
     asked
         .map(|partition| {
-            let result = match answers.iter().find(|p| partition_of(p) == partition) {
-                None => Err(Error::Protocol(format!(
+            let result = answers.remove(&partition).unwrap_or_else(|| {
+                Err(Error::Protocol(format!(
                     "{api:?} response lacks {topic}/{partition}"
-                ))),
-                Some(p) => answer(p),
-            };
+                )))
+            });
             (partition, result)
         })
         .collect()

@@ -1,43 +1,51 @@
-//! The connection to the broker: one QUIC connection shared by everything made from a
-//! [`Client`], one bidirectional stream per request.
+//! Connections to the cluster: one QUIC connection per broker, opened lazily and
+//! shared by everything made from a [`Client`], one bidirectional stream per request;
+//! the metadata cache that says which broker leads which partition; and the group
+//! coordinator look-up.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex as StdMutex};
-use std::time::Duration;
+use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meridian_wire::frame::{
     check_frame_length, decode_response, encode_request_chunks, ResponseFrame,
 };
 use meridian_wire::messages::{
-    ApiKey, ApiVersionsRequest, ApiVersionsResponse, MetadataRequest, MetadataResponse, Request,
-    Response,
+    ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest, MetadataRequest,
+    MetadataResponse, Request, Response,
 };
 use meridian_wire::ErrorCode;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::metadata::{on_error, BrokerId, LeaderLookup, MetadataCache, OnError};
 
 /// QUIC application error code sent when the client closes the connection on purpose.
 const CLOSE_CODE_NORMAL: u32 = 0;
 
-/// A connection to a Meridian broker.
+/// A connection to a Meridian cluster (or a single broker).
 ///
-/// Cheap to clone: clones share one QUIC connection, which producers, consumers and
-/// the admin handle made from the client all use. Each request travels on its own
-/// QUIC stream, so requests never wait behind each other. If the connection dies, the
-/// next request opens a new one (and repeats the ApiVersions handshake).
+/// Cheap to clone: clones share the connections, which producers, consumers and the
+/// admin handle made from the client all use. The client starts from the first
+/// reachable of [`ClientConfig::bootstrap_servers`], learns from metadata which broker
+/// leads each partition, and opens one QUIC connection per broker it needs, lazily:
+/// produce, fetch and offset look-ups go to the partition's leader, group requests to
+/// the group's coordinator, everything else to any live broker. When a leader moves
+/// (a broker answers `NotLeaderOrFollower`, or its connection dies) the client
+/// refreshes metadata and retries. Each request travels on its own QUIC stream, so
+/// requests never wait behind each other. If a connection dies, the next request
+/// to that broker opens a new one (and repeats the ApiVersions handshake).
 ///
-/// The broker is single-node for now: the client sends everything to the bootstrap
-/// address. Routing requests to partition leaders comes with replication.
+/// Against a single broker, which leads everything, all of this is one connection.
 ///
 /// ```no_run
 /// # async fn example() -> meridian_client::Result<()> {
 /// use meridian_client::{Client, ClientConfig, Trust};
 /// let trust = Trust::parse_fingerprint(&std::env::var("MERIDIAN_FINGERPRINT").unwrap_or_default())?;
-/// let client = Client::connect(ClientConfig::new("127.0.0.1:9092", trust)).await?;
+/// let client = Client::connect(ClientConfig::new("127.0.0.1:9092,127.0.0.1:9093", trust)).await?;
 /// let topics = client.admin().list_topics().await?;
 /// println!("{topics:?}");
 /// client.close();
@@ -48,37 +56,79 @@ pub struct Client {
     inner: Arc<Inner>,
 }
 
+/// Shared state. Every `StdMutex` here is held only for a moment and never across an
+/// await; the tokio mutexes serialise slow work (connecting, refreshing metadata) so
+/// that concurrent requests wait for one attempt instead of starting many.
 struct Inner {
     config: ClientConfig,
     quic_config: quinn::ClientConfig,
-    /// The live connection with what its broker supports. Only held for a moment.
-    current: StdMutex<Option<Connected>>,
-    /// Held while opening a connection, so concurrent requests after a connection loss
-    /// open one new connection, not many.
-    reconnect: tokio::sync::Mutex<()>,
+    /// One UDP endpoint per address family, made on first use and shared by every
+    /// connection of that family.
+    endpoints: StdMutex<Endpoints>,
+    /// The live (or last) connection to each broker.
+    connections: StdMutex<HashMap<BrokerId, Connected>>,
+    /// Held while connecting to a broker, one lock per broker: a dead broker's
+    /// connect timeout never delays connecting to the others.
+    connecting: StdMutex<HashMap<BrokerId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while looking for any reachable broker (bootstrap and re-bootstrap).
+    bootstrapping: tokio::sync::Mutex<()>,
+    /// The broker that answers requests any broker can answer, while it is reachable.
+    home: StdMutex<Option<BrokerId>>,
+    /// Addresses known to lead to a broker besides the one metadata advertises:
+    /// bootstrap addresses that answered as it, coordinator answers.
+    addresses: StdMutex<HashMap<BrokerId, Vec<String>>>,
+    metadata: StdMutex<MetadataCache>,
+    /// Held while a metadata request is in flight: one at a time.
+    refreshing: tokio::sync::Mutex<()>,
+    /// The coordinator of each group, from FindCoordinator.
+    coordinators: StdMutex<HashMap<String, BrokerId>>,
     /// Set by [`Client::close`]; no new connection is opened afterwards.
     closed: AtomicBool,
-    /// Partition counts by topic, learned from metadata responses.
-    partition_counts: StdMutex<HashMap<String, u32>>,
+}
+
+#[derive(Default)]
+struct Endpoints {
+    v4: Option<quinn::Endpoint>,
+    v6: Option<quinn::Endpoint>,
 }
 
 #[derive(Clone)]
 struct Connected {
-    endpoint: quinn::Endpoint,
     connection: quinn::Connection,
     broker: Arc<ApiVersionsResponse>,
 }
 
 impl Connected {
+    fn is_live(&self) -> bool {
+        self.connection.close_reason().is_none()
+    }
+
     fn close(&self) {
         let code = quinn::VarInt::from_u32(CLOSE_CODE_NORMAL);
         self.connection.close(code, b"client closed");
-        self.endpoint.close(code, b"client closed");
     }
 }
 
+/// Where a request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    /// Any live broker (admin, metadata, producer ids).
+    Any,
+    /// This broker (a partition leader, a group coordinator).
+    Broker(BrokerId),
+}
+
+/// Locks ignoring poison: every critical section here leaves its data consistent
+/// (single inserts, removes and reads), so a panic elsewhere cannot leave it torn.
+fn lock<T>(mutex: &StdMutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 impl Client {
-    /// Connects to `config.bootstrap` and performs the ApiVersions handshake.
+    /// Connects to the first reachable of `config.bootstrap_servers` and performs the
+    /// ApiVersions handshake.
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         config.validate()?;
         let quic_config = crate::tls::quic_client_config(&config)?;
@@ -86,13 +136,19 @@ impl Client {
             inner: Arc::new(Inner {
                 config,
                 quic_config,
-                current: StdMutex::new(None),
-                reconnect: tokio::sync::Mutex::new(()),
+                endpoints: StdMutex::new(Endpoints::default()),
+                connections: StdMutex::new(HashMap::new()),
+                connecting: StdMutex::new(HashMap::new()),
+                bootstrapping: tokio::sync::Mutex::new(()),
+                home: StdMutex::new(None),
+                addresses: StdMutex::new(HashMap::new()),
+                metadata: StdMutex::new(MetadataCache::new()),
+                refreshing: tokio::sync::Mutex::new(()),
+                coordinators: StdMutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
-                partition_counts: StdMutex::new(HashMap::new()),
             }),
         };
-        client.connection().await?;
+        client.any_connection().await?;
         Ok(client)
     }
 
@@ -101,27 +157,50 @@ impl Client {
         &self.inner.config
     }
 
-    /// What the broker said about itself in the last handshake (broker id, cluster id,
-    /// supported APIs, frame limit).
+    /// What the broker answering general requests said about itself in its handshake
+    /// (broker id, cluster id, supported APIs, frame limit).
     pub async fn broker_info(&self) -> Result<ApiVersionsResponse> {
-        Ok(self.connection().await?.broker.as_ref().clone())
+        Ok(self.any_connection().await?.broker.as_ref().clone())
     }
 
-    /// Sends one request and waits for its response. A request-level error from the
-    /// broker becomes [`Error::Broker`]; per-topic and per-partition error codes inside
-    /// the response are left for the caller.
+    /// Sends one request to any live broker and waits for its response. A
+    /// request-level error from the broker becomes [`Error::Broker`]; per-topic and
+    /// per-partition error codes inside the response are left for the caller.
+    ///
+    /// Produce, fetch and list-offsets requests sent this way are not routed to
+    /// partition leaders (use [`Client::request_to`] with [`Client::leader`]); the
+    /// producer, consumer and admin handle route their own.
     pub async fn request(&self, request: Request) -> Result<Response> {
         self.request_with_timeout(request, self.inner.config.request_timeout)
             .await
     }
 
-    /// Sends a request that gets no response (a produce with `acks=0`): returns once
-    /// the request is written and the stream finished.
+    /// Sends one request to the broker with id `broker_id` (as metadata names it).
+    pub async fn request_to(&self, broker_id: u32, request: Request) -> Result<Response> {
+        self.request_to_with_timeout(broker_id, request, self.inner.config.request_timeout)
+            .await
+    }
+
+    /// Sends a request that gets no response (a produce with `acks=0`) to any broker:
+    /// returns once the request is written and the stream finished.
     pub async fn send_no_response(&self, request: Request) -> Result<()> {
+        self.send_no_response_to_target(Target::Any, request).await
+    }
+
+    pub(crate) async fn send_no_response_to(
+        &self,
+        broker: BrokerId,
+        request: Request,
+    ) -> Result<()> {
+        self.send_no_response_to_target(Target::Broker(broker), request)
+            .await
+    }
+
+    async fn send_no_response_to_target(&self, target: Target, request: Request) -> Result<()> {
         let timeout = self.inner.config.request_timeout;
         let api = request.api_key();
         let frame = encode_request_chunks(&request);
-        tokio::time::timeout(timeout, self.exchange(api, frame, false))
+        tokio::time::timeout(timeout, self.exchange(target, api, frame, false))
             .await
             .map_err(|_| Error::Timeout)??;
         Ok(())
@@ -132,39 +211,148 @@ impl Client {
         request: Request,
         timeout: Duration,
     ) -> Result<Response> {
+        self.request_target(Target::Any, request, timeout).await
+    }
+
+    pub(crate) async fn request_to_with_timeout(
+        &self,
+        broker: BrokerId,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response> {
+        self.request_target(Target::Broker(broker), request, timeout)
+            .await
+    }
+
+    async fn request_target(
+        &self,
+        target: Target,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response> {
         let api = request.api_key();
         let frame = encode_request_chunks(&request);
-        let response = tokio::time::timeout(timeout, self.exchange(api, frame, true))
+        let response = tokio::time::timeout(timeout, self.exchange(target, api, frame, true))
             .await
             .map_err(|_| Error::Timeout)??;
         response.ok_or_else(|| Error::Protocol(format!("no response to {api:?}")))
     }
 
-    /// Asks for metadata of `topics` (`None`: every topic) and refreshes the cached
-    /// partition counts from the answer.
+    /// Asks any broker for metadata of `topics` (`None`: every topic) and refreshes the
+    /// cached leaders, broker addresses and partition counts from the answer.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<MetadataResponse> {
         let response = self
-            .request(Request::Metadata(MetadataRequest { topics }))
+            .request(Request::Metadata(MetadataRequest {
+                topics: topics.clone(),
+            }))
             .await?;
         let Response::Metadata(metadata) = response else {
             return Err(unexpected(ApiKey::Metadata, &response));
         };
-        if let Ok(mut counts) = self.inner.partition_counts.lock() {
-            for topic in &metadata.topics {
-                if topic.error.is_ok() {
-                    counts.insert(topic.name.clone(), topic.partitions.len() as u32);
-                } else {
-                    counts.remove(&topic.name);
-                }
-            }
-        }
+        lock(&self.inner.metadata).apply(&metadata, topics.as_deref(), Instant::now());
         Ok(metadata)
     }
 
-    /// The number of partitions of `topic`, from a cache filled by metadata requests.
-    /// An unknown topic is [`Error::Broker`] with [`ErrorCode::UnknownTopic`].
+    /// Refreshes metadata for every cached topic and `wanted`, unless another refresh
+    /// finished while this one waited its turn and left nothing to do. One metadata
+    /// request is in flight at a time.
+    pub(crate) async fn refresh_metadata(&self, wanted: &[String]) -> Result<()> {
+        let seen = lock(&self.inner.metadata).version();
+        let _refreshing = self.inner.refreshing.lock().await;
+        let topics = {
+            let cache = lock(&self.inner.metadata);
+            let answered =
+                |t: &String| cache.partition_count(t).is_some() || cache.missing_topic(t).is_some();
+            let fresh = !cache.needs_refresh(Instant::now(), self.inner.config.metadata_max_age);
+            if cache.version() != seen && fresh && wanted.iter().all(answered) {
+                return Ok(());
+            }
+            let mut topics = cache.topics();
+            topics.extend(wanted.iter().cloned());
+            topics.sort();
+            topics.dedup();
+            topics
+        };
+        self.metadata(Some(topics)).await.map(drop)
+    }
+
+    /// Refreshes metadata if it is stale, old, or lacks one of `topics`.
+    pub(crate) async fn ensure_metadata(&self, topics: &[String]) -> Result<()> {
+        let needed = {
+            let cache = lock(&self.inner.metadata);
+            cache.needs_refresh(Instant::now(), self.inner.config.metadata_max_age)
+                || topics
+                    .iter()
+                    .any(|t| cache.partition_count(t).is_none() && cache.missing_topic(t).is_none())
+        };
+        if needed {
+            self.refresh_metadata(topics).await?;
+        }
+        Ok(())
+    }
+
+    /// The metadata cache, for routing decisions. Held only for a moment.
+    pub(crate) fn metadata_cache(&self) -> MutexGuard<'_, MetadataCache> {
+        lock(&self.inner.metadata)
+    }
+
+    /// A request for a partition failed: when the error says its leader may have
+    /// moved, stop routing there until metadata is refreshed. Returns what to do.
+    pub(crate) fn partition_failed(&self, topic: &str, partition: u32, error: &Error) -> OnError {
+        let action = on_error(error);
+        if action == OnError::RefreshAndRetry {
+            lock(&self.inner.metadata).leader_failed(topic, partition);
+        }
+        if matches!(
+            error.code(),
+            Some(ErrorCode::UnknownTopic | ErrorCode::InvalidPartition)
+        ) {
+            lock(&self.inner.metadata).forget_topic(topic);
+        }
+        action
+    }
+
+    /// A request to `broker` failed as a whole (no connection, no answer): every
+    /// partition it leads waits for fresh metadata.
+    pub(crate) fn broker_failed(&self, broker: BrokerId, error: &Error) -> OnError {
+        let action = on_error(error);
+        if action == OnError::RefreshAndRetry {
+            lock(&self.inner.metadata).broker_failed(broker);
+        }
+        action
+    }
+
+    /// The broker leading `topic`/`partition` now, refreshing metadata when it is not
+    /// known. A partition without a leader (an election under way) is
+    /// [`ErrorCode::LeaderNotAvailable`], which is worth retrying.
+    pub async fn leader(&self, topic: &str, partition: u32) -> Result<u32> {
+        let wanted = [topic.to_string()];
+        self.ensure_metadata(&wanted).await?;
+        for refreshed in [false, true] {
+            let lookup = lock(&self.inner.metadata).leader(topic, partition);
+            match lookup {
+                LeaderLookup::Known { broker, .. } => return Ok(broker),
+                LeaderLookup::Missing(code) => {
+                    return Err(Error::broker(
+                        code,
+                        format!("{topic}/{partition}: {}", code.description()),
+                    ))
+                }
+                LeaderLookup::Unknown if !refreshed => self.refresh_metadata(&wanted).await?,
+                LeaderLookup::Unknown => {}
+            }
+        }
+        Err(Error::broker(
+            ErrorCode::LeaderNotAvailable,
+            format!("{topic}/{partition} has no leader right now"),
+        ))
+    }
+
+    /// The number of partitions of `topic`, from the metadata cache (asking a broker
+    /// when the topic is not cached). An unknown topic is [`Error::Broker`] with
+    /// [`ErrorCode::UnknownTopic`].
     pub async fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(n) = self.cached_partition_count(topic) {
+        if let Some(n) = lock(&self.inner.metadata).partition_count(topic) {
             return Ok(n);
         }
         let metadata = self.metadata(Some(vec![topic.to_string()])).await?;
@@ -188,20 +376,90 @@ impl Client {
         Ok(found.partitions.len() as u32)
     }
 
-    fn cached_partition_count(&self, topic: &str) -> Option<u32> {
-        self.inner
-            .partition_counts
-            .lock()
-            .ok()
-            .and_then(|counts| counts.get(topic).copied())
+    /// Forgets what is cached about `topic`, so the next use asks a broker. Called
+    /// after errors that suggest the topic changed.
+    pub(crate) fn invalidate_partition_count(&self, topic: &str) {
+        lock(&self.inner.metadata).forget_topic(topic);
     }
 
-    /// Forgets the cached partition count of `topic`, so the next use asks the broker.
-    /// Called after errors that suggest the topic changed.
-    pub(crate) fn invalidate_partition_count(&self, topic: &str) {
-        if let Ok(mut counts) = self.inner.partition_counts.lock() {
-            counts.remove(topic);
+    /// Sends a group request to the group's coordinator (found with FindCoordinator,
+    /// cached). When the coordinator says it is not (or not yet) the coordinator, or
+    /// cannot be reached, the cached answer is dropped, and the request is tried again
+    /// after a backoff as long as nothing can have reached the group (those errors
+    /// and connection failures), within the request timeout. Other failures are
+    /// returned as they are.
+    pub(crate) async fn coordinator_request(
+        &self,
+        group_id: &str,
+        request: Request,
+    ) -> Result<Response> {
+        let started = Instant::now();
+        let timeout = self.inner.config.request_timeout;
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let result = match self.coordinator(group_id).await {
+                Ok(coordinator) => self.request_to(coordinator, request.clone()).await,
+                Err(e) => Err(e),
+            };
+            let failure = match &result {
+                Ok(response) => group_error(response)
+                    .filter(|code| {
+                        matches!(
+                            code,
+                            ErrorCode::NotCoordinator | ErrorCode::CoordinatorNotAvailable
+                        )
+                    })
+                    .map(|code| Error::broker(code, "")),
+                Err(e) => Some(e.clone()),
+            };
+            let Some(failure) = failure else {
+                return result;
+            };
+            if on_error(&failure) == OnError::RefreshAndRetry {
+                lock(&self.inner.coordinators).remove(group_id);
+            }
+            let safe_to_repeat = matches!(failure, Error::Broker { .. } | Error::Connect(_));
+            let backoff = self.inner.config.backoff(attempt);
+            if !safe_to_repeat
+                || on_error(&failure) != OnError::RefreshAndRetry
+                || started.elapsed() + backoff >= timeout
+                || self.is_closed()
+            {
+                return result;
+            }
+            tracing::debug!(group = group_id, error = %failure, "coordinator moved or unreachable; retrying");
+            tokio::time::sleep(backoff).await;
         }
+    }
+
+    /// The coordinator of `group_id`, cached.
+    async fn coordinator(&self, group_id: &str) -> Result<BrokerId> {
+        if let Some(known) = lock(&self.inner.coordinators).get(group_id).copied() {
+            return Ok(known);
+        }
+        let response = self
+            .request(Request::FindCoordinator(FindCoordinatorRequest {
+                group_id: group_id.to_string(),
+            }))
+            .await?;
+        let Response::FindCoordinator(found) = response else {
+            return Err(unexpected(ApiKey::FindCoordinator, &response));
+        };
+        if !found.error.is_ok() {
+            return Err(Error::broker(found.error, found.message));
+        }
+        let port = u16::try_from(found.port).map_err(|_| {
+            Error::Protocol(format!("coordinator port {} is out of range", found.port))
+        })?;
+        let address = if found.host.contains(':') && !found.host.starts_with('[') {
+            format!("[{}]:{port}", found.host)
+        } else {
+            format!("{}:{port}", found.host)
+        };
+        self.remember_address(found.broker_id, &address);
+        lock(&self.inner.coordinators).insert(group_id.to_string(), found.broker_id);
+        Ok(found.broker_id)
     }
 
     /// An admin handle (topics, offsets).
@@ -209,27 +467,32 @@ impl Client {
         crate::admin::Admin::new(self.clone())
     }
 
-    /// A producer sharing this client's connection.
+    /// A producer sharing this client's connections.
     pub fn producer(&self, config: crate::producer::ProducerConfig) -> crate::producer::Producer {
         crate::producer::Producer::new(self.clone(), config)
     }
 
-    /// A consumer sharing this client's connection.
+    /// A consumer sharing this client's connections.
     pub fn consumer(&self, config: crate::consumer::ConsumerConfig) -> crate::consumer::Consumer {
         crate::consumer::Consumer::new(self.clone(), config)
     }
 
-    /// Closes the connection gracefully. Requests under way fail, later ones return
+    /// Closes every connection gracefully. Requests under way fail, later ones return
     /// [`Error::Closed`]. Call [`Producer::flush`](crate::Producer::flush) first to
     /// deliver buffered records.
     pub fn close(&self) {
         self.inner.closed.store(true, Ordering::SeqCst);
-        let taken = match self.inner.current.lock() {
-            Ok(mut current) => current.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(connected) = taken {
+        let taken: Vec<Connected> = lock(&self.inner.connections)
+            .drain()
+            .map(|(_, c)| c)
+            .collect();
+        for connected in taken {
             connected.close();
+        }
+        let endpoints = std::mem::take(&mut *lock(&self.inner.endpoints));
+        let code = quinn::VarInt::from_u32(CLOSE_CODE_NORMAL);
+        for endpoint in [endpoints.v4, endpoints.v6].into_iter().flatten() {
+            endpoint.close(code, b"client closed");
         }
     }
 
@@ -238,54 +501,16 @@ impl Client {
         self.inner.closed.load(Ordering::SeqCst)
     }
 
-    /// The live connection, opening a new one if there is none or it died.
-    async fn connection(&self) -> Result<Connected> {
-        if let Some(connected) = self.live_connection()? {
-            return Ok(connected);
-        }
-        let _reconnecting = self.inner.reconnect.lock().await;
-        // Another request may have reconnected while this one waited for the lock.
-        if let Some(connected) = self.live_connection()? {
-            return Ok(connected);
-        }
-        let connected = tokio::time::timeout(self.inner.config.request_timeout, self.open())
-            .await
-            .map_err(|_| {
-                Error::Connect(format!(
-                    "no connection to {} within {:?}",
-                    self.inner.config.bootstrap, self.inner.config.request_timeout
-                ))
-            })??;
-        let mut current = self
-            .inner
-            .current
-            .lock()
-            .map_err(|_| Error::Protocol("connection state poisoned".into()))?;
-        // Checked under the lock `close` takes, so a close racing with this reconnect
-        // either sees the new connection or this code sees `closed`.
-        if self.is_closed() {
-            connected.close();
-            return Err(Error::Closed);
-        }
-        *current = Some(connected.clone());
-        Ok(connected)
-    }
-
-    fn live_connection(&self) -> Result<Option<Connected>> {
+    fn live(&self, broker: BrokerId) -> Result<Option<Connected>> {
         if self.is_closed() {
             return Err(Error::Closed);
         }
-        let current = self
-            .inner
-            .current
-            .lock()
-            .map_err(|_| Error::Protocol("connection state poisoned".into()))?;
-        match current.as_ref() {
-            Some(connected) if connected.connection.close_reason().is_none() => {
-                Ok(Some(connected.clone()))
-            }
+        let connections = lock(&self.inner.connections);
+        match connections.get(&broker) {
+            Some(connected) if connected.is_live() => Ok(Some(connected.clone())),
             Some(connected) => {
                 tracing::debug!(
+                    broker,
                     reason = ?connected.connection.close_reason(),
                     "connection to the broker was lost; reconnecting"
                 );
@@ -295,15 +520,186 @@ impl Client {
         }
     }
 
-    async fn open(&self) -> Result<Connected> {
-        let config = &self.inner.config;
-        let address = resolve(&config.bootstrap).await?;
+    /// Keeps a new connection, unless the client was closed meanwhile.
+    fn store(&self, connected: &Connected) -> Result<()> {
+        let mut connections = lock(&self.inner.connections);
+        // Checked under the lock `close` takes, so a close racing with this connect
+        // either sees the new connection or this code sees `closed`.
+        if self.is_closed() {
+            connected.close();
+            return Err(Error::Closed);
+        }
+        connections.insert(connected.broker.broker_id, connected.clone());
+        Ok(())
+    }
+
+    fn remember_address(&self, broker: BrokerId, address: &str) {
+        let mut addresses = lock(&self.inner.addresses);
+        let known = addresses.entry(broker).or_default();
+        if !known.iter().any(|a| a == address) {
+            known.push(address.to_string());
+        }
+    }
+
+    /// Addresses to try for `broker`: those proven to lead there first (a bootstrap
+    /// address that answered as it), then the one metadata advertises.
+    fn addresses_of(&self, broker: BrokerId) -> Vec<String> {
+        let mut addresses = lock(&self.inner.addresses)
+            .get(&broker)
+            .cloned()
+            .unwrap_or_default();
+        if let Some(advertised) = lock(&self.inner.metadata).broker_address(broker) {
+            if !addresses.iter().any(|a| a == advertised) {
+                addresses.push(advertised.to_string());
+            }
+        }
+        addresses
+    }
+
+    /// The connection to `broker`, opening one if there is none or it died.
+    async fn connection_to(&self, broker: BrokerId) -> Result<Connected> {
+        if let Some(connected) = self.live(broker)? {
+            return Ok(connected);
+        }
+        let connect_lock = lock(&self.inner.connecting)
+            .entry(broker)
+            .or_default()
+            .clone();
+        let _connecting = connect_lock.lock().await;
+        // Another request may have connected while this one waited for the lock.
+        if let Some(connected) = self.live(broker)? {
+            return Ok(connected);
+        }
+        let addresses = self.addresses_of(broker);
+        if addresses.is_empty() {
+            lock(&self.inner.metadata).mark_stale();
+            return Err(Error::Connect(format!(
+                "broker {broker} is not in the cluster metadata"
+            )));
+        }
+        let mut last_error = None;
+        for address in addresses {
+            match self.open(&address).await {
+                Ok(connected) if connected.broker.broker_id == broker => {
+                    self.store(&connected)?;
+                    return Ok(connected);
+                }
+                Ok(connected) => {
+                    // Another broker listens there now: keep it, and the metadata
+                    // that sent us here is out of date.
+                    let other = connected.broker.broker_id;
+                    if self.live(other)?.is_none() {
+                        self.store(&connected)?;
+                    }
+                    lock(&self.inner.metadata).mark_stale();
+                    last_error = Some(Error::Connect(format!(
+                        "{address} is broker {other}, not broker {broker}"
+                    )));
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        Err(last_error.unwrap_or_else(|| Error::Connect(format!("broker {broker} unreachable"))))
+    }
+
+    /// A connection for requests any broker can answer: the current one while it
+    /// lives, else any live one, else the first reachable of the brokers metadata
+    /// lists and then of the bootstrap addresses, in order.
+    async fn any_connection(&self) -> Result<Connected> {
+        if let Some(connected) = self.live_home()? {
+            return Ok(connected);
+        }
+        let _bootstrapping = self.inner.bootstrapping.lock().await;
+        if let Some(connected) = self.live_home()? {
+            return Ok(connected);
+        }
+        let live = lock(&self.inner.connections)
+            .values()
+            .find(|c| c.is_live())
+            .cloned();
+        if let Some(connected) = live {
+            *lock(&self.inner.home) = Some(connected.broker.broker_id);
+            return Ok(connected);
+        }
+        let mut failures = Vec::new();
+        let known: Vec<BrokerId> = lock(&self.inner.metadata)
+            .brokers()
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        for broker in known {
+            match self.connection_to(broker).await {
+                Ok(connected) => {
+                    *lock(&self.inner.home) = Some(broker);
+                    return Ok(connected);
+                }
+                Err(Error::Closed) => return Err(Error::Closed),
+                Err(e) => failures.push(format!("broker {broker}: {e}")),
+            }
+        }
+        let mut only_error = None;
+        for address in &self.inner.config.bootstrap_servers {
+            match self.open(address).await {
+                Ok(connected) => {
+                    let broker = connected.broker.broker_id;
+                    self.remember_address(broker, address);
+                    let connected = match self.live(broker)? {
+                        // Raced with a connect to the same broker: use that one.
+                        Some(existing) => {
+                            connected.close();
+                            existing
+                        }
+                        None => {
+                            self.store(&connected)?;
+                            connected
+                        }
+                    };
+                    *lock(&self.inner.home) = Some(broker);
+                    return Ok(connected);
+                }
+                Err(e) => {
+                    tracing::debug!(%address, error = %e, "bootstrap address unreachable");
+                    failures.push(format!("{address}: {e}"));
+                    only_error = Some(e);
+                }
+            }
+        }
+        match (failures.len(), only_error) {
+            // One address, as before clusters: its own error (TLS errors stay TLS).
+            (1, Some(e)) => Err(e),
+            _ => Err(Error::Connect(format!(
+                "no broker reachable ({})",
+                failures.join("; ")
+            ))),
+        }
+    }
+
+    fn live_home(&self) -> Result<Option<Connected>> {
+        let home = *lock(&self.inner.home);
+        match home {
+            Some(broker) => self.live(broker),
+            None if self.is_closed() => Err(Error::Closed),
+            None => Ok(None),
+        }
+    }
+
+    /// The endpoint for `address`'s family, made on first use.
+    fn endpoint_for(&self, address: SocketAddr) -> Result<quinn::Endpoint> {
+        let mut endpoints = lock(&self.inner.endpoints);
+        let slot = if address.is_ipv4() {
+            &mut endpoints.v4
+        } else {
+            &mut endpoints.v6
+        };
+        if let Some(endpoint) = slot {
+            return Ok(endpoint.clone());
+        }
         let bind: SocketAddr = if address.is_ipv4() {
             SocketAddr::from(([0, 0, 0, 0], 0))
         } else {
             SocketAddr::from(([0u16; 8], 0))
         };
-        let socket = udp_socket(bind, config.udp_buffer_bytes)
+        let socket = udp_socket(bind, self.inner.config.udp_buffer_bytes)
             .map_err(|e| Error::Connect(format!("cannot open a UDP socket on {bind}: {e}")))?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
             Error::Connect("no async runtime for QUIC (call from within tokio)".into())
@@ -312,13 +708,33 @@ impl Client {
             quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)
                 .map_err(|e| Error::Connect(format!("cannot open a UDP socket on {bind}: {e}")))?;
         endpoint.set_default_client_config(self.inner.quic_config.clone());
+        *slot = Some(endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// Opens a connection to `address` and performs the handshake, within
+    /// `connect_timeout`.
+    async fn open(&self, address: &str) -> Result<Connected> {
+        let timeout = self.inner.config.connect_timeout;
+        tokio::time::timeout(timeout, self.open_unbounded(address))
+            .await
+            .map_err(|_| Error::Connect(format!("no connection to {address} within {timeout:?}")))?
+    }
+
+    async fn open_unbounded(&self, address_text: &str) -> Result<Connected> {
+        if self.is_closed() {
+            return Err(Error::Closed);
+        }
+        let config = &self.inner.config;
+        let address = resolve(address_text).await?;
+        let endpoint = self.endpoint_for(address)?;
         let connecting = endpoint
             .connect(address, &config.server_name)
-            .map_err(|e| Error::Connect(format!("{}: {e}", config.bootstrap)))?;
+            .map_err(|e| Error::Connect(format!("{address_text}: {e}")))?;
         let connection = connecting
             .await
-            .map_err(|e| connect_error(&config.bootstrap, e))?;
-        tracing::debug!(%address, "connected to the broker");
+            .map_err(|e| connect_error(address_text, e))?;
+        tracing::debug!(%address, "connected to a broker");
         let request = Request::ApiVersions(ApiVersionsRequest {
             client_software: config.client_software.clone(),
         });
@@ -339,24 +755,27 @@ impl Client {
             check_supported(&broker, required)?;
         }
         Ok(Connected {
-            endpoint,
             connection,
             broker: Arc::new(broker),
         })
     }
 
-    /// One request/response on a fresh stream. If the connection turns out to be dead
-    /// before the request was written, reconnects once and tries again: nothing reached
-    /// the broker, so this is safe for every request.
+    /// One request/response on a fresh stream to `target`. If the connection turns out
+    /// to be dead before the request was written, reconnects once and tries again:
+    /// nothing reached the broker, so this is safe for every request.
     async fn exchange(
         &self,
+        target: Target,
         api: ApiKey,
         frame: Vec<Bytes>,
         expect_response: bool,
     ) -> Result<Option<Response>> {
         let mut reconnected = false;
         loop {
-            let connected = self.connection().await?;
+            let connected = match target {
+                Target::Any => self.any_connection().await?,
+                Target::Broker(broker) => self.connection_to(broker).await?,
+            };
             check_supported(&connected.broker, api)?;
             let body_len = frame
                 .iter()
@@ -391,6 +810,21 @@ impl Client {
                 Ok(response) => return Ok(response),
             }
         }
+    }
+}
+
+/// The error code of a group response (the first group's, for the multi-group ones).
+fn group_error(response: &Response) -> Option<ErrorCode> {
+    match response {
+        Response::JoinGroup(r) => Some(r.error),
+        Response::SyncGroup(r) => Some(r.error),
+        Response::Heartbeat(r) => Some(r.error),
+        Response::LeaveGroup(r) => Some(r.error),
+        Response::OffsetCommit(r) => Some(r.error),
+        Response::OffsetFetch(r) => Some(r.error),
+        Response::DescribeGroups(r) => r.groups.first().map(|g| g.error),
+        Response::DeleteGroups(r) => r.results.first().map(|g| g.error),
+        _ => None,
     }
 }
 

@@ -92,17 +92,29 @@ pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
 /// use meridian_client::{ClientConfig, Trust};
 /// let mut config = ClientConfig::new("127.0.0.1:9092", Trust::CaFile("broker-cert.pem".into()));
 /// config.request_timeout = Duration::from_secs(10);
+/// // Several brokers of one cluster: the first that answers is used to bootstrap.
+/// let cluster = ClientConfig::new("10.0.0.1:9092,10.0.0.2:9092", Trust::Fingerprint([0; 32]));
+/// assert_eq!(cluster.bootstrap_servers.len(), 2);
 /// ```
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// `host:port` of the broker to connect to (resolved with the system resolver).
-    pub bootstrap: String,
+    /// `host:port` of brokers to bootstrap from (resolved with the system resolver),
+    /// tried in order: the first that answers gives the cluster's metadata, after
+    /// which requests go to the broker that leads each partition. One address of a
+    /// single broker is enough; list several so a dead one is not fatal.
+    pub bootstrap_servers: Vec<String>,
     /// Name checked against the broker's certificate (not used with a pinned
-    /// fingerprint). Default `localhost`.
+    /// fingerprint). Default `localhost`. Brokers of one cluster share one TLS
+    /// identity, so one name and one [`Trust`] fit all of them.
     pub server_name: String,
     pub trust: Trust,
     /// How long one request may take, connection set-up included. Default 30 s.
     pub request_timeout: Duration,
+    /// How long opening a connection to one broker (QUIC and TLS handshake, then
+    /// ApiVersions) may take before the next address is tried. A dead address
+    /// gives no answer at all over UDP, so this bounds what it costs. Kafka's
+    /// `socket.connection.setup.timeout.ms`, default 10 s.
+    pub connect_timeout: Duration,
     /// Largest response frame accepted; checked before anything is allocated.
     /// Default 256 MiB.
     pub max_response_bytes: u32,
@@ -111,33 +123,91 @@ pub struct ClientConfig {
     /// UDP socket send and receive buffers, default 4 MiB (the kernel caps them at
     /// `net.core.rmem_max` / `wmem_max`). Small buffers drop datagrams under bursts.
     pub udp_buffer_bytes: usize,
+    /// Metadata (partition leaders, broker addresses) is refreshed at least this
+    /// often, besides on demand after errors. Kafka's `metadata.max.age.ms`, default
+    /// 5 minutes.
+    pub metadata_max_age: Duration,
+    /// First pause before a request that failed in a retriable way (say, the
+    /// partition's leader moved) is tried again; it doubles per attempt up to
+    /// [`retry_backoff_max`](Self::retry_backoff_max). Kafka's `retry.backoff.ms`,
+    /// default 100 ms.
+    pub retry_backoff: Duration,
+    /// Longest pause between retries. Kafka's `retry.backoff.max.ms`, default 1 s.
+    pub retry_backoff_max: Duration,
 }
 
 /// Default [`ClientConfig::request_timeout`].
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default [`ClientConfig::connect_timeout`].
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default [`ClientConfig::max_response_bytes`].
 pub const DEFAULT_MAX_RESPONSE_BYTES: u32 = 256 * 1024 * 1024;
+/// Default [`ClientConfig::metadata_max_age`].
+pub const DEFAULT_METADATA_MAX_AGE: Duration = Duration::from_secs(300);
+/// Default [`ClientConfig::retry_backoff`].
+pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(100);
+/// Default [`ClientConfig::retry_backoff_max`].
+pub const DEFAULT_RETRY_BACKOFF_MAX: Duration = Duration::from_secs(1);
+
+/// Splits a comma-separated bootstrap list (`host:port,host:port`, as the CLI and
+/// `MERIDIAN_BOOTSTRAP` take it) into addresses; blanks around commas are ignored.
+pub fn parse_bootstrap(list: &str) -> Vec<String> {
+    list.split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect()
+}
 
 impl ClientConfig {
-    /// A configuration with defaults for everything but the address and trust.
-    pub fn new(bootstrap: impl Into<String>, trust: Trust) -> ClientConfig {
+    /// A configuration with defaults for everything but the addresses and trust.
+    /// `bootstrap` is one `host:port` or several separated by commas.
+    pub fn new(bootstrap: impl AsRef<str>, trust: Trust) -> ClientConfig {
+        ClientConfig::with_bootstrap(parse_bootstrap(bootstrap.as_ref()), trust)
+    }
+
+    /// A configuration bootstrapping from `servers`, tried in order.
+    pub fn with_bootstrap<S: Into<String>>(
+        servers: impl IntoIterator<Item = S>,
+        trust: Trust,
+    ) -> ClientConfig {
         ClientConfig {
-            bootstrap: bootstrap.into(),
+            bootstrap_servers: servers.into_iter().map(Into::into).collect(),
             server_name: "localhost".into(),
             trust,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             client_software: concat!("meridian-client/", env!("CARGO_PKG_VERSION")).into(),
             udp_buffer_bytes: 4 * 1024 * 1024,
+            metadata_max_age: DEFAULT_METADATA_MAX_AGE,
+            retry_backoff: DEFAULT_RETRY_BACKOFF,
+            retry_backoff_max: DEFAULT_RETRY_BACKOFF_MAX,
         }
     }
 
+    /// The bootstrap addresses as one comma-separated string (for messages).
+    pub fn bootstrap_list(&self) -> String {
+        self.bootstrap_servers.join(",")
+    }
+
+    /// The pause before retry number `attempt` (1 for the first retry): the
+    /// backoff doubled per earlier attempt, capped by `retry_backoff_max`.
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        backoff(self.retry_backoff, self.retry_backoff_max, attempt)
+    }
+
     pub(crate) fn validate(&self) -> Result<()> {
-        if self.bootstrap.trim().is_empty() {
+        if self.bootstrap_servers.is_empty()
+            || self.bootstrap_servers.iter().any(|s| s.trim().is_empty())
+        {
             return Err(Error::Config("bootstrap address is empty".into()));
         }
         if self.request_timeout.is_zero() {
             return Err(Error::Config("request_timeout must be above zero".into()));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::Config("connect_timeout must be above zero".into()));
         }
         if self.max_response_bytes < 1024 {
             return Err(Error::Config(format!(
@@ -145,8 +215,20 @@ impl ClientConfig {
                 self.max_response_bytes
             )));
         }
+        if self.retry_backoff_max < self.retry_backoff {
+            return Err(Error::Config(format!(
+                "retry_backoff_max {:?} is below retry_backoff {:?}",
+                self.retry_backoff_max, self.retry_backoff
+            )));
+        }
         Ok(())
     }
+}
+
+/// `base * 2^(attempt - 1)`, capped by `max` (attempt 0 counts as 1).
+pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
+    let doublings = attempt.saturating_sub(1).min(20);
+    base.saturating_mul(1 << doublings).min(max)
 }
 
 #[cfg(test)]
@@ -206,8 +288,56 @@ mod tests {
         assert_eq!(config.max_response_bytes, 256 << 20);
         assert!(config.client_software.starts_with("meridian-client/"));
         assert!(config.validate().is_ok());
+        assert_eq!(config.bootstrap_servers, vec!["127.0.0.1:9092".to_string()]);
+        assert_eq!(config.metadata_max_age, Duration::from_secs(300));
+        assert_eq!(config.retry_backoff, Duration::from_millis(100));
+        assert_eq!(config.retry_backoff_max, Duration::from_secs(1));
         let mut bad = config.clone();
-        bad.bootstrap = String::new();
+        bad.bootstrap_servers = Vec::new();
         assert!(bad.validate().is_err());
+        let mut bad = config.clone();
+        bad.retry_backoff_max = Duration::from_millis(10);
+        assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn bootstrap_lists_split_on_commas() {
+        let check = |input: &str, expected: &[&str]| {
+            assert_eq!(parse_bootstrap(input), expected, "{input}");
+        };
+        check("127.0.0.1:9092", &["127.0.0.1:9092"]);
+        check("a:1,b:2", &["a:1", "b:2"]);
+        check(" a:1 , b:2 ,", &["a:1", "b:2"]);
+        check(
+            "[::1]:9092,localhost:9093",
+            &["[::1]:9092", "localhost:9093"],
+        );
+        check("", &[]);
+        let config = ClientConfig::new("a:1, b:2", Trust::CaPem(Vec::new()));
+        assert_eq!(config.bootstrap_list(), "a:1,b:2");
+        assert!(ClientConfig::new(" , ", Trust::CaPem(Vec::new()))
+            .validate()
+            .is_err());
+        let config = ClientConfig::with_bootstrap(["x:1", "y:2"], Trust::CaPem(Vec::new()));
+        assert_eq!(config.bootstrap_servers, vec!["x:1", "y:2"]);
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap() {
+        let ms = Duration::from_millis;
+        let got: Vec<Duration> = (0..7).map(|a| backoff(ms(100), ms(1000), a)).collect();
+        assert_eq!(
+            got,
+            vec![
+                ms(100),
+                ms(100),
+                ms(200),
+                ms(400),
+                ms(800),
+                ms(1000),
+                ms(1000)
+            ]
+        );
+        assert_eq!(backoff(ms(100), ms(1000), u32::MAX), ms(1000));
     }
 }

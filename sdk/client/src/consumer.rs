@@ -1,7 +1,7 @@
 //! The consumer: reads assigned partitions from chosen positions, with one fetch
 //! request kept in flight in the background while the caller processes records.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -22,6 +22,7 @@ use crate::admin::Offset;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
 use crate::group::{self, GroupConfig, Membership, OffsetCommit, RebalanceListener};
+use crate::metadata::{on_error, route, BrokerId, OnError};
 
 /// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
 /// before the error is reported by [`Consumer::poll`]; fetching goes on either way.
@@ -867,8 +868,11 @@ fn tp(topic: &str, partition: u32) -> TopicPartition {
     }
 }
 
-/// The background fetch loop: one request at a time for every partition still being
-/// read, each waiting for budget first.
+/// The background fetch loop: partitions are grouped by their leader, with one fetch
+/// request in flight per leader (so a partition has at most one, and its records come
+/// in order), each waiting for budget first. A partition whose leader moved or is
+/// unknown waits for fresh metadata and a backoff, then goes to the new leader from
+/// the same position.
 async fn run_fetcher(
     client: Client,
     config: ConsumerConfig,
@@ -878,25 +882,133 @@ async fn run_fetcher(
 ) {
     let reserve = (config.fetch_max_bytes as usize).min(config.prefetch_bytes);
     let request_timeout = client.config().request_timeout + config.fetch_max_wait;
+    // Consecutive failed requests, for reporting; per-broker ones, for backoff.
     let mut failures = 0u32;
-    let mut backoff = FETCH_BACKOFF_MIN;
-    while !positions.is_empty() {
-        let Ok(permit) = budget.acquire_many(reserve as u32).await else {
+    let mut broker_failures: HashMap<BrokerId, u32> = HashMap::new();
+    let mut in_flight = tokio::task::JoinSet::new();
+    let mut busy: BTreeSet<TopicPartition> = BTreeSet::new();
+    let mut waiting_since: Option<u32> = None;
+    loop {
+        if positions.is_empty() && in_flight.is_empty() {
+            return;
+        }
+        let idle: Vec<TopicPartition> = positions
+            .keys()
+            .filter(|tp| !busy.contains(*tp))
+            .cloned()
+            .collect();
+        let mut waiting_for_leader = false;
+        if !idle.is_empty() {
+            let mut topics: Vec<String> = idle.iter().map(|tp| tp.topic.clone()).collect();
+            topics.dedup();
+            if let Err(e) = client.ensure_metadata(&topics).await {
+                tracing::debug!(error = %e, "metadata refresh for the consumer failed");
+            }
+            let routed = {
+                let cache = client.metadata_cache();
+                route(idle, |tp| cache.leader(&tp.topic, tp.partition))
+            };
+            if !routed.missing.is_empty() {
+                let mut result = FetchResult::default();
+                for (tp, code) in routed.missing {
+                    let position = positions.remove(&tp).unwrap_or_default();
+                    let error = Error::broker(
+                        code,
+                        format!(
+                            "{}/{} at offset {position}: {}",
+                            tp.topic,
+                            tp.partition,
+                            code.description()
+                        ),
+                    );
+                    result.partitions.push(PartitionFetch {
+                        tp,
+                        records: Vec::new(),
+                        next_offset: position,
+                        high_watermark: None,
+                        error: Some(error),
+                    });
+                }
+                if results.send(result).await.is_err() {
+                    return;
+                }
+            }
+            waiting_for_leader = !routed.unroutable.is_empty();
+            let n_destinations = routed.by_broker.len().max(1);
+            // Against one leader, the whole reserve; against several, a share each,
+            // so the prefetch bound holds.
+            let per_request = (reserve / n_destinations).max(1);
+            for (broker, tps) in routed.by_broker {
+                let delay = match broker_failures.get(&broker) {
+                    Some(n) if *n > 0 => fetch_backoff(*n),
+                    _ => Duration::ZERO,
+                };
+                let request_positions: BTreeMap<TopicPartition, i64> = tps
+                    .iter()
+                    .filter_map(|tp| positions.get(tp).map(|p| (tp.clone(), *p)))
+                    .collect();
+                busy.extend(tps.iter().cloned());
+                let request = fetch_request(&config, &request_positions, per_request as u32);
+                let client = client.clone();
+                let budget = budget.clone();
+                in_flight.spawn(async move {
+                    tokio::time::sleep(delay).await;
+                    let Ok(permit) = budget.acquire_many(per_request as u32).await else {
+                        return (broker, tps, Err(Error::Closed), 0);
+                    };
+                    permit.forget();
+                    let response = match client
+                        .request_to_with_timeout(broker, request, request_timeout)
+                        .await
+                    {
+                        Ok(Response::Fetch(response)) => Ok(response),
+                        Ok(other) => Err(unexpected(ApiKey::Fetch, &other)),
+                        Err(e) => Err(e),
+                    };
+                    (broker, tps, response, per_request)
+                });
+            }
+        }
+        if waiting_for_leader {
+            let n = waiting_since.get_or_insert(0);
+            *n += 1;
+        } else {
+            waiting_since = None;
+        }
+        let finished = if in_flight.is_empty() {
+            if let Some(n) = waiting_since {
+                // Only partitions without a leader: wait, then look again.
+                tokio::time::sleep(fetch_backoff(n)).await;
+                client.metadata_cache().mark_stale();
+            }
+            continue;
+        } else if let Some(n) = waiting_since {
+            tokio::select! {
+                finished = in_flight.join_next() => finished,
+                () = tokio::time::sleep(fetch_backoff(n)) => {
+                    client.metadata_cache().mark_stale();
+                    continue;
+                }
+            }
+        } else {
+            in_flight.join_next().await
+        };
+        let Some(Ok((broker, tps, response, reserved))) = finished else {
+            // A fetch task panicked or was cancelled: nothing sensible to go on with.
             return;
         };
-        permit.forget();
-        let request = fetch_request(&config, &positions, reserve as u32);
-        let response = match client.request_with_timeout(request, request_timeout).await {
-            Ok(Response::Fetch(response)) => Ok(response),
-            Ok(other) => Err(unexpected(ApiKey::Fetch, &other)),
-            Err(e) => Err(e),
-        };
+        for tp in &tps {
+            busy.remove(tp);
+        }
         let response = match response {
             Ok(response) => response,
+            Err(Error::Closed) => return,
             Err(error) => {
-                budget.add_permits(reserve);
+                budget.add_permits(reserved);
                 failures += 1;
-                let retriable = error.is_retriable();
+                *broker_failures.entry(broker).or_default() += 1;
+                let action = client.broker_failed(broker, &error);
+                let retriable = action != OnError::Fail;
                 if !retriable || failures >= QUIET_FETCH_FAILURES {
                     let report = FetchResult {
                         error: Some(error.clone()),
@@ -907,27 +1019,48 @@ async fn run_fetcher(
                     }
                     failures = 0;
                 }
-                tracing::debug!(%error, ?backoff, "fetch failed; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+                tracing::debug!(%error, broker, "fetch failed; retrying");
                 continue;
             }
         };
         failures = 0;
-        let (result, stalled) = read_response(&response, &mut positions, reserve);
+        // Only the partitions of this request; the others are in flight elsewhere.
+        let mut asked: BTreeMap<TopicPartition, i64> = tps
+            .iter()
+            .filter_map(|tp| positions.get(tp).map(|p| (tp.clone(), *p)))
+            .collect();
+        let (result, stalled, moved) = read_response(&response, &mut asked, reserved);
+        for tp in &tps {
+            match asked.get(tp) {
+                Some(position) => {
+                    positions.insert(tp.clone(), *position);
+                }
+                None => {
+                    positions.remove(tp);
+                }
+            }
+        }
+        for (tp, code) in &moved {
+            client.partition_failed(&tp.topic, tp.partition, &Error::broker(*code, ""));
+        }
         // Give back the budget the response did not use.
-        budget.add_permits(reserve - result.reserved_bytes);
+        budget.add_permits(reserved - result.reserved_bytes);
         if results.send(result).await.is_err() {
             return;
         }
+        let broker_failed = broker_failures.entry(broker).or_default();
         if stalled {
             // Only retriable partition errors came back: don't hammer the broker.
-            tokio::time::sleep(backoff).await;
-            backoff = (backoff * 2).min(FETCH_BACKOFF_MAX);
+            *broker_failed += 1;
         } else {
-            backoff = FETCH_BACKOFF_MIN;
+            *broker_failed = 0;
         }
     }
+}
+
+/// Pause before the `n`th consecutive retry of a fetch.
+fn fetch_backoff(n: u32) -> Duration {
+    crate::config::backoff(FETCH_BACKOFF_MIN, FETCH_BACKOFF_MAX, n)
 }
 
 fn fetch_request(
@@ -962,12 +1095,14 @@ fn fetch_request(
 
 /// Turns a fetch response into records, advancing `positions`; partitions that fail
 /// for good are removed from `positions`. Returns whether no partition made progress
-/// because of retriable errors (so the caller should back off).
+/// because of retriable errors (so the caller should back off), and the partitions
+/// whose errors say their leader moved (the caller refreshes metadata for them).
 fn read_response(
     response: &FetchResponse,
     positions: &mut BTreeMap<TopicPartition, i64>,
     reserve: usize,
-) -> (FetchResult, bool) {
+) -> (FetchResult, bool, Vec<(TopicPartition, ErrorCode)>) {
+    let mut moved = Vec::new();
     let mut result = FetchResult::default();
     let mut bytes = 0usize;
     let mut retriable_errors = 0usize;
@@ -982,6 +1117,9 @@ fn read_response(
             if !answer.error.is_ok() {
                 if answer.error.is_retriable() {
                     retriable_errors += 1;
+                    if on_error(&Error::broker(answer.error, "")) == OnError::RefreshAndRetry {
+                        moved.push((key.clone(), answer.error));
+                    }
                     tracing::debug!(topic = %key.topic, partition = key.partition, error = %answer.error, "fetch partition error; retrying");
                     continue;
                 }
@@ -1030,7 +1168,7 @@ fn read_response(
     }
     result.reserved_bytes = bytes.min(reserve);
     let stalled = !progressed && retriable_errors > 0;
-    (result, stalled)
+    (result, stalled, moved)
 }
 
 /// Decodes the batches fetched for one partition starting at `position`: skips
@@ -1201,8 +1339,8 @@ mod tests {
                 ],
             }],
         };
-        let (result, stalled) = read_response(&response, &mut positions, 1 << 20);
-        assert!(!stalled);
+        let (result, stalled, moved) = read_response(&response, &mut positions, 1 << 20);
+        assert!(!stalled && moved.is_empty());
         assert_eq!(
             positions,
             BTreeMap::from([(tp("t", 0), 3), (tp("t", 2), 0)])
@@ -1222,8 +1360,33 @@ mod tests {
                 partitions: vec![partition_answer(2, ErrorCode::StorageError, Bytes::new())],
             }],
         };
-        let (_, stalled) = read_response(&response, &mut positions, 1 << 20);
-        assert!(stalled);
+        let (_, stalled, moved) = read_response(&response, &mut positions, 1 << 20);
+        assert!(stalled && moved.is_empty());
+
+        // The leader moved: the partition keeps its position and is reported for a
+        // metadata refresh, so the next fetch goes to the new leader.
+        let response = FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    partition_answer(0, ErrorCode::NotLeaderOrFollower, Bytes::new()),
+                    partition_answer(2, ErrorCode::FencedLeaderEpoch, Bytes::new()),
+                ],
+            }],
+        };
+        let (result, stalled, moved) = read_response(&response, &mut positions, 1 << 20);
+        assert!(stalled && result.partitions.is_empty());
+        assert_eq!(
+            moved,
+            vec![
+                (tp("t", 0), ErrorCode::NotLeaderOrFollower),
+                (tp("t", 2), ErrorCode::FencedLeaderEpoch)
+            ]
+        );
+        assert_eq!(
+            positions,
+            BTreeMap::from([(tp("t", 0), 3), (tp("t", 2), 0)])
+        );
     }
 
     #[test]

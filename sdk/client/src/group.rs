@@ -233,11 +233,14 @@ async fn leave_group(
     instance_id: Option<String>,
 ) -> Result<()> {
     let response = client
-        .request(Request::LeaveGroup(LeaveGroupRequest {
-            group_id: group_id.to_string(),
-            member_id: member_id.to_string(),
-            instance_id,
-        }))
+        .coordinator_request(
+            group_id,
+            Request::LeaveGroup(LeaveGroupRequest {
+                group_id: group_id.to_string(),
+                member_id: member_id.to_string(),
+                instance_id,
+            }),
+        )
         .await?;
     let Response::LeaveGroup(r) = response else {
         return Err(unexpected(ApiKey::LeaveGroup, &response));
@@ -313,11 +316,14 @@ async fn run_membership(
         if must_sync {
             let owned = lock(&state).owned.clone();
             let response = client
-                .request(Request::SyncGroup(SyncGroupRequest {
-                    group_id: config.group_id.clone(),
-                    member_id: member_id.clone(),
-                    owned: wire_tps(&owned),
-                }))
+                .coordinator_request(
+                    &config.group_id,
+                    Request::SyncGroup(SyncGroupRequest {
+                        group_id: config.group_id.clone(),
+                        member_id: member_id.clone(),
+                        owned: wire_tps(&owned),
+                    }),
+                )
                 .await;
             match response {
                 Ok(Response::SyncGroup(r)) if r.error.is_ok() => {
@@ -360,12 +366,15 @@ async fn run_membership(
         // our assignment changes; `poll` interrupts it when it has news to sync.
         let max_wait = heartbeat_interval.min(config.session_timeout / 3);
         let epoch = lock(&state).member_epoch;
-        let heartbeat = client.request(Request::Heartbeat(HeartbeatRequest {
-            group_id: config.group_id.clone(),
-            member_id: member_id.clone(),
-            member_epoch: epoch,
-            max_wait_ms: max_wait.as_millis() as u32,
-        }));
+        let heartbeat = client.coordinator_request(
+            &config.group_id,
+            Request::Heartbeat(HeartbeatRequest {
+                group_id: config.group_id.clone(),
+                member_id: member_id.clone(),
+                member_epoch: epoch,
+                max_wait_ms: max_wait.as_millis() as u32,
+            }),
+        );
         tokio::select! {
             _ = sync_now.notified() => {
                 must_sync = true;
@@ -388,16 +397,19 @@ async fn join(
     topics: &BTreeSet<String>,
 ) -> Result<JoinGroupResponse> {
     let response = client
-        .request(Request::JoinGroup(JoinGroupRequest {
-            group_id: config.group_id.clone(),
-            member_id: String::new(),
-            instance_id: config.instance_id.clone(),
-            client_id: config.client_id.clone(),
-            topics: topics.iter().cloned().collect(),
-            assignor: config.assignor.name().to_string(),
-            session_timeout_ms: config.session_timeout.as_millis() as u32,
-            rebalance_timeout_ms: config.max_poll_interval.as_millis() as u32,
-        }))
+        .coordinator_request(
+            &config.group_id,
+            Request::JoinGroup(JoinGroupRequest {
+                group_id: config.group_id.clone(),
+                member_id: String::new(),
+                instance_id: config.instance_id.clone(),
+                client_id: config.client_id.clone(),
+                topics: topics.iter().cloned().collect(),
+                assignor: config.assignor.name().to_string(),
+                session_timeout_ms: config.session_timeout.as_millis() as u32,
+                rebalance_timeout_ms: config.max_poll_interval.as_millis() as u32,
+            }),
+        )
         .await?;
     let Response::JoinGroup(r) = response else {
         return Err(unexpected(ApiKey::JoinGroup, &response));
@@ -465,18 +477,21 @@ pub(crate) async fn commit_with_metadata(
         });
     }
     let response = client
-        .request(Request::OffsetCommit(OffsetCommitRequest {
-            group_id: group_id.to_string(),
-            member_id: member_id.to_string(),
-            member_epoch,
-            topics: topics
-                .into_iter()
-                .map(|(topic, partitions)| TopicOffsets {
-                    topic: topic.to_string(),
-                    partitions,
-                })
-                .collect(),
-        }))
+        .coordinator_request(
+            group_id,
+            Request::OffsetCommit(OffsetCommitRequest {
+                group_id: group_id.to_string(),
+                member_id: member_id.to_string(),
+                member_epoch,
+                topics: topics
+                    .into_iter()
+                    .map(|(topic, partitions)| TopicOffsets {
+                        topic: topic.to_string(),
+                        partitions,
+                    })
+                    .collect(),
+            }),
+        )
         .await?;
     let Response::OffsetCommit(r) = response else {
         return Err(unexpected(ApiKey::OffsetCommit, &response));
@@ -532,9 +547,12 @@ impl Admin {
     ) -> Result<meridian_wire::group::GroupDescription> {
         let response = self
             .client()
-            .request(Request::DescribeGroups(DescribeGroupsRequest {
-                group_ids: vec![group_id.to_string()],
-            }))
+            .coordinator_request(
+                group_id,
+                Request::DescribeGroups(DescribeGroupsRequest {
+                    group_ids: vec![group_id.to_string()],
+                }),
+            )
             .await?;
         let Response::DescribeGroups(r) = response else {
             return Err(unexpected(ApiKey::DescribeGroups, &response));
@@ -568,10 +586,13 @@ impl Admin {
         };
         let response = self
             .client()
-            .request(Request::OffsetFetch(OffsetFetchRequest {
-                group_id: group_id.to_string(),
-                topics,
-            }))
+            .coordinator_request(
+                group_id,
+                Request::OffsetFetch(OffsetFetchRequest {
+                    group_id: group_id.to_string(),
+                    topics,
+                }),
+            )
             .await?;
         let Response::OffsetFetch(r) = response else {
             return Err(unexpected(ApiKey::OffsetFetch, &response));
@@ -610,9 +631,12 @@ impl Admin {
     pub async fn delete_group(&self, group_id: &str) -> Result<()> {
         let response = self
             .client()
-            .request(Request::DeleteGroups(DeleteGroupsRequest {
-                group_ids: vec![group_id.to_string()],
-            }))
+            .coordinator_request(
+                group_id,
+                Request::DeleteGroups(DeleteGroupsRequest {
+                    group_ids: vec![group_id.to_string()],
+                }),
+            )
             .await?;
         let Response::DeleteGroups(r) = response else {
             return Err(unexpected(ApiKey::DeleteGroups, &response));

@@ -10,8 +10,11 @@
 //! - [`Admin`]: creates, deletes and describes topics, looks up offsets, lists,
 //!   describes, resets and deletes consumer groups.
 //!
-//! The broker is single-node for now, so the client sends every request to the
-//! bootstrap address; routing to partition leaders comes with replication.
+//! The client bootstraps from one or more brokers ([`ClientConfig::bootstrap_servers`])
+//! and routes each partition's produce, fetch and offset requests to its leader, with
+//! one QUIC connection per broker; when a leader moves, it refreshes metadata and
+//! retries (idempotent batches keep their sequence numbers, so nothing is written
+//! twice).
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -46,6 +49,7 @@ mod config;
 mod consumer;
 mod error;
 mod group;
+mod metadata;
 mod partitioner;
 mod plugin_admin;
 mod producer;
@@ -54,8 +58,9 @@ mod tls;
 pub use admin::{Admin, NewTopic, Offset};
 pub use client::Client;
 pub use config::{
-    certificate_fingerprint, format_fingerprint, ClientConfig, Trust, DEFAULT_MAX_RESPONSE_BYTES,
-    DEFAULT_REQUEST_TIMEOUT,
+    certificate_fingerprint, format_fingerprint, parse_bootstrap, ClientConfig, Trust,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_METADATA_MAX_AGE,
+    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
 };
 pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, FetchFilter};
 pub use error::{Error, Result};

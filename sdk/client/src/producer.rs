@@ -19,14 +19,15 @@ use meridian_wire::messages::{
 use meridian_wire::ErrorCode;
 use tokio::sync::{oneshot, watch, Notify, OwnedSemaphorePermit, Semaphore};
 
-use crate::accumulator::{AccumulatorConfig, ProducerBatch, RecordAccumulator, TopicPartition};
+use crate::accumulator::{
+    AccumulatorConfig, ProducerBatch, RecordAccumulator, Routing, TopicPartition,
+};
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
+use crate::metadata::{BrokerId, LeaderLookup, MetadataCache, OnError};
 use crate::partitioner::partition_for_key;
 pub use meridian_wire::messages::UNASSIGNED_PARTITION;
 
-/// Pause before a failed batch is sent again.
-const RETRY_BACKOFF: Duration = Duration::from_millis(100);
 /// Soft limit on the record bytes of one produce request (several partitions' batches
 /// are grouped up to this size; one oversized batch still goes alone).
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
@@ -110,9 +111,17 @@ pub struct ProducerConfig {
     /// Bytes of records buffered (queued or in flight) before [`Producer::send`] waits
     /// for room. Default 32 MiB.
     pub buffer_memory: usize,
-    /// How often a batch is sent again after a retriable error or connection loss.
-    /// Default 3.
+    /// How often a batch is sent again after a retriable error (the partition's
+    /// leader moved, too few in-sync replicas, a lost connection, no answer), with
+    /// [`ClientConfig::retry_backoff`](crate::ClientConfig::retry_backoff) doubling
+    /// between attempts. Default unlimited (`u32::MAX`), as in Kafka: retries stop at
+    /// [`delivery_timeout`](Self::delivery_timeout). `0` fails a batch at its first
+    /// error.
     pub retries: u32,
+    /// How long a record may take from [`Producer::send`] to its acknowledgement,
+    /// retries and waiting for a partition leader included; then it fails with
+    /// [`Error::Timeout`]. Kafka's `delivery.timeout.ms`, default 2 minutes.
+    pub delivery_timeout: Duration,
     /// Idempotence: batches carry a producer id and per-partition sequence numbers, so
     /// a retry of a batch the broker already wrote (say, its answer was lost) is not
     /// written twice, and a gap is refused. Default on; it applies with
@@ -131,7 +140,8 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_partition: 1,
             buffer_memory: 32 * 1024 * 1024,
-            retries: 3,
+            retries: u32::MAX,
+            delivery_timeout: Duration::from_secs(120),
             enable_idempotence: true,
         }
     }
@@ -293,6 +303,8 @@ struct Shared {
     /// One permit per buffered byte.
     memory: Arc<Semaphore>,
     sender_started: AtomicBool,
+    /// A metadata refresh for the sender is under way (one at a time).
+    refreshing: AtomicBool,
     /// Set when idempotence is in effect.
     idempotence: Option<Idempotence>,
 }
@@ -385,7 +397,9 @@ impl Producer {
                 batch_size: config.batch_size,
                 linger: config.linger,
                 max_in_flight: config.max_in_flight_per_partition,
-                retry_backoff: RETRY_BACKOFF,
+                retry_backoff: client.config().retry_backoff,
+                retry_backoff_max: client.config().retry_backoff_max,
+                delivery_timeout: config.delivery_timeout,
             },
             RandomState::new().hash_one(Instant::now()) as u32,
         );
@@ -405,6 +419,7 @@ impl Producer {
             wake: Notify::new(),
             progress: watch::channel(0).0,
             sender_started: AtomicBool::new(false),
+            refreshing: AtomicBool::new(false),
         });
         Producer {
             _close_on_drop: Arc::new(CloseOnDrop(shared.clone())),
@@ -516,22 +531,85 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// The sender task: drains ready batches into produce requests (each request runs in
-/// its own task, so up to `max_in_flight_per_partition` are under way per partition)
-/// and sleeps until the next linger deadline or a wake-up.
+/// Where a produce request goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Destination {
+    /// The partition's leader.
+    Leader(BrokerId),
+    /// Any broker: records for [`UNASSIGNED_PARTITION`], which the broker's
+    /// partitioner plugin routes.
+    Any,
+}
+
+/// The routing decision for one partition's batches.
+fn route_partition(cache: &MetadataCache, tp: &TopicPartition) -> Routing<Destination> {
+    if tp.partition == UNASSIGNED_PARTITION {
+        return Routing::To(Destination::Any);
+    }
+    match cache.leader(&tp.topic, tp.partition) {
+        LeaderLookup::Known { broker, .. } => Routing::To(Destination::Leader(broker)),
+        LeaderLookup::Unknown => Routing::Wait,
+        LeaderLookup::Missing(code) => Routing::Fail(code),
+    }
+}
+
+/// The sender task: expires batches past their delivery timeout, drains ready batches
+/// into one produce request per leader (each request runs in its own task, so up to
+/// `max_in_flight_per_partition` are under way per partition), asks for fresh
+/// metadata when a partition's leader is unknown, and sleeps until the next linger,
+/// backoff or expiry deadline or a wake-up.
 async fn run_sender(shared: Arc<Shared>) {
+    let max_age = shared.client.config().metadata_max_age;
     loop {
         // The `Notified` future is created before looking at the accumulator, so a
         // wake-up between the look and the wait is not lost.
         let notified = shared.wake.notified();
-        let (batches, wakeup, finished) = {
+        let now = Instant::now();
+        let (expired, drained, wakeup, finished, refresh) = {
+            // Lock order: accumulator, then metadata; nothing takes them the other way.
             let mut accumulator = shared.lock();
-            let batches = accumulator.drain(Instant::now(), MAX_REQUEST_BYTES);
+            let expired = accumulator.expire(now);
+            let cache = shared.client.metadata_cache();
+            let drained =
+                accumulator.drain(now, MAX_REQUEST_BYTES, |tp| route_partition(&cache, tp));
+            let refresh = drained.waiting_for_leader || cache.needs_refresh(now, max_age);
             let finished = accumulator.is_closed() && accumulator.is_empty();
-            (batches, accumulator.next_wakeup(), finished)
+            (
+                expired,
+                drained,
+                accumulator.next_wakeup(),
+                finished,
+                refresh,
+            )
         };
-        if !batches.is_empty() {
-            tokio::spawn(send_batches(shared.clone(), batches));
+        let mut progressed = false;
+        for batch in expired {
+            let error = Error::Timeout;
+            tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, "batch expired after delivery_timeout");
+            settle(&shared, batch, Err(error));
+            progressed = true;
+        }
+        for (batch, code) in drained.failed {
+            let error = Error::broker(
+                code,
+                format!(
+                    "{}/{}: {}",
+                    batch.tp.topic,
+                    batch.tp.partition,
+                    code.description()
+                ),
+            );
+            settle(&shared, batch, Err(error));
+            progressed = true;
+        }
+        for (destination, batches) in drained.by_destination {
+            tokio::spawn(send_batches(shared.clone(), destination, batches));
+            progressed = true;
+        }
+        if refresh && !shared.refreshing.swap(true, Ordering::SeqCst) {
+            tokio::spawn(refresh_for_sender(shared.clone()));
+        }
+        if progressed {
             continue;
         }
         if finished {
@@ -549,9 +627,27 @@ async fn run_sender(shared: Arc<Shared>) {
     }
 }
 
-/// Sends one produce request holding `batches` and settles every batch: acknowledged,
-/// failed, or back to the accumulator for a retry.
-async fn send_batches(shared: Arc<Shared>, batches: Vec<ProducerBatch<RecordHandle>>) {
+/// Refreshes metadata for the sender, wakes it, and then holds off the next refresh
+/// for a backoff, so a partition without a leader (an election under way, a dead
+/// broker) does not turn into a stream of metadata requests.
+async fn refresh_for_sender(shared: Arc<Shared>) {
+    let result = shared.client.refresh_metadata(&[]).await;
+    if let Err(e) = &result {
+        tracing::debug!(error = %e, "metadata refresh for the producer failed");
+    }
+    shared.wake.notify_one();
+    tokio::time::sleep(shared.client.config().retry_backoff).await;
+    shared.refreshing.store(false, Ordering::SeqCst);
+    shared.wake.notify_one();
+}
+
+/// Sends one produce request holding `batches` to `destination` and settles every
+/// batch: acknowledged, failed, or back to the accumulator for a retry.
+async fn send_batches(
+    shared: Arc<Shared>,
+    destination: Destination,
+    batches: Vec<ProducerBatch<RecordHandle>>,
+) {
     let config = &shared.config;
     let mut sendable = Vec::with_capacity(batches.len());
     for mut batch in batches {
@@ -586,19 +682,36 @@ async fn send_batches(shared: Arc<Shared>, batches: Vec<ProducerBatch<RecordHand
         return;
     }
     let request = produce_request(config, &sendable);
+    let client = &shared.client;
     let outcome = if config.acks == Acks::None {
-        shared.client.send_no_response(request).await.map(|()| None)
+        match destination {
+            Destination::Leader(broker) => client.send_no_response_to(broker, request).await,
+            Destination::Any => client.send_no_response(request).await,
+        }
+        .map(|()| None)
     } else {
-        match shared
-            .client
-            .request_with_timeout(request, config.request_timeout)
-            .await
-        {
+        let response = match destination {
+            Destination::Leader(broker) => {
+                client
+                    .request_to_with_timeout(broker, request, config.request_timeout)
+                    .await
+            }
+            Destination::Any => {
+                client
+                    .request_with_timeout(request, config.request_timeout)
+                    .await
+            }
+        };
+        match response {
             Ok(Response::Produce(response)) => Ok(Some(response)),
             Ok(other) => Err(unexpected(ApiKey::Produce, &other)),
             Err(e) => Err(e),
         }
     };
+    if let (Destination::Leader(broker), Err(e)) = (destination, &outcome) {
+        // No answer at all: whatever the broker leads waits for fresh metadata.
+        client.broker_failed(broker, e);
+    }
     for batch in sendable {
         let result = match &outcome {
             Err(e) => Err(e.clone()),
@@ -660,11 +773,21 @@ fn partition_result(response: &ProduceResponse, tp: &TopicPartition) -> Result<(
     }
 }
 
-/// Completes, fails or re-queues one batch after its request finished.
+/// Completes, fails or re-queues one batch after its request finished. A retriable
+/// failure (by [`on_error`](crate::metadata::on_error)) goes back to the accumulator
+/// while attempts remain and the delivery timeout has not passed; one that says the
+/// leader moved also marks the partition for a metadata refresh, so the retry goes
+/// to the new leader with the same bytes (producer id, epoch and sequence).
 fn settle(shared: &Shared, batch: ProducerBatch<RecordHandle>, result: Result<(i64, i64)>) {
     let retry = match &result {
         Err(e) => {
-            e.is_retriable() && batch.attempts < shared.config.retries && !shared.client.is_closed()
+            let action = shared
+                .client
+                .partition_failed(&batch.tp.topic, batch.tp.partition, e);
+            action != OnError::Fail
+                && batch.attempts < shared.config.retries
+                && batch.created().elapsed() < shared.config.delivery_timeout
+                && !shared.client.is_closed()
         }
         Ok(_) => false,
     };
@@ -768,7 +891,8 @@ mod tests {
         assert_eq!(config.request_timeout, Duration::from_secs(30));
         assert_eq!(config.max_in_flight_per_partition, 1);
         assert_eq!(config.buffer_memory, 32 << 20);
-        assert_eq!(config.retries, 3);
+        assert_eq!(config.retries, u32::MAX);
+        assert_eq!(config.delivery_timeout, Duration::from_secs(120));
     }
 
     #[test]
