@@ -79,6 +79,12 @@ error_codes! {
     OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
     InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
+    // 40..=49: cluster control plane (metadata quorum, controller, leaders).
+    NotController = 40, true, "this broker is not the controller; ask the controller named in the response";
+    LeaderNotAvailable = 41, true, "the partition has no leader right now (an election is under way or every in-sync replica is down)";
+    InvalidUpdateVersion = 42, false, "the partition changed since the request's partition epoch; use the state in the response";
+    FencedLeaderEpoch = 43, false, "the request's leader epoch is older than the partition's: leadership moved";
+    StaleBrokerEpoch = 44, false, "the request comes from an earlier incarnation of the broker";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

@@ -8,6 +8,7 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
+pub use crate::cluster::*;
 use crate::plugin_messages::{self as pm, *};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -41,10 +42,16 @@ pub enum ApiKey {
     PluginRemove = 27,
     TopicAttach = 28,
     TopicDetach = 29,
+    // 40..=43: the cluster control plane, broker to broker (cluster.rs).
+    /// A Raft RPC of the metadata quorum.
+    Raft = 40,
+    BrokerHeartbeat = 41,
+    AlterPartition = 42,
+    ControlledShutdown = 43,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 26] = [
+    pub const ALL: [ApiKey; 30] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -71,6 +78,10 @@ impl ApiKey {
         ApiKey::PluginRemove,
         ApiKey::TopicAttach,
         ApiKey::TopicDetach,
+        ApiKey::Raft,
+        ApiKey::BrokerHeartbeat,
+        ApiKey::AlterPartition,
+        ApiKey::ControlledShutdown,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -121,6 +132,10 @@ pub enum Request {
     PluginRemove(PluginNameRequest),
     TopicAttach(TopicAttachRequest),
     TopicDetach(TopicDetachRequest),
+    Raft(RaftRequest),
+    BrokerHeartbeat(BrokerHeartbeatRequest),
+    AlterPartition(AlterPartitionRequest),
+    ControlledShutdown(ControlledShutdownRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -151,6 +166,10 @@ pub enum Response {
     PluginRemove(PluginResult),
     TopicAttach(PluginResult),
     TopicDetach(PluginResult),
+    Raft(RaftResponse),
+    BrokerHeartbeat(BrokerHeartbeatResponse),
+    AlterPartition(AlterPartitionResponse),
+    ControlledShutdown(ControlledShutdownResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -541,6 +560,10 @@ impl Request {
             Request::PluginRemove(_) => ApiKey::PluginRemove,
             Request::TopicAttach(_) => ApiKey::TopicAttach,
             Request::TopicDetach(_) => ApiKey::TopicDetach,
+            Request::Raft(_) => ApiKey::Raft,
+            Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            Request::AlterPartition(_) => ApiKey::AlterPartition,
+            Request::ControlledShutdown(_) => ApiKey::ControlledShutdown,
         }
     }
 
@@ -621,6 +644,10 @@ impl Request {
             Request::PluginDescribe(r) | Request::PluginRemove(r) => pm::put_name(w, r),
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
+            Request::Raft(m) => m.encode(w),
+            Request::BrokerHeartbeat(m) => m.encode(w),
+            Request::AlterPartition(m) => m.encode(w),
+            Request::ControlledShutdown(m) => m.encode(w),
         }
     }
 
@@ -730,6 +757,12 @@ impl Request {
             ApiKey::PluginRemove => Request::PluginRemove(pm::get_name(r)?),
             ApiKey::TopicAttach => Request::TopicAttach(pm::get_attach(r)?),
             ApiKey::TopicDetach => Request::TopicDetach(pm::get_detach(r)?),
+            ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
+            ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
+            ApiKey::AlterPartition => Request::AlterPartition(AlterPartitionRequest::decode(r)?),
+            ApiKey::ControlledShutdown => {
+                Request::ControlledShutdown(ControlledShutdownRequest::decode(r)?)
+            }
         })
     }
 }
@@ -763,6 +796,10 @@ impl Response {
             Response::PluginRemove(_) => ApiKey::PluginRemove,
             Response::TopicAttach(_) => ApiKey::TopicAttach,
             Response::TopicDetach(_) => ApiKey::TopicDetach,
+            Response::Raft(_) => ApiKey::Raft,
+            Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            Response::AlterPartition(_) => ApiKey::AlterPartition,
+            Response::ControlledShutdown(_) => ApiKey::ControlledShutdown,
         }
     }
 
@@ -885,6 +922,10 @@ impl Response {
             Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
                 pm::put_result(w, r)
             }
+            Response::Raft(m) => m.encode(w),
+            Response::BrokerHeartbeat(m) => m.encode(w),
+            Response::AlterPartition(m) => m.encode(w),
+            Response::ControlledShutdown(m) => m.encode(w),
         }
     }
 
@@ -1044,6 +1085,14 @@ impl Response {
             ApiKey::PluginRemove => Response::PluginRemove(pm::get_result(r)?),
             ApiKey::TopicAttach => Response::TopicAttach(pm::get_result(r)?),
             ApiKey::TopicDetach => Response::TopicDetach(pm::get_result(r)?),
+            ApiKey::Raft => Response::Raft(RaftResponse::decode(r)?),
+            ApiKey::BrokerHeartbeat => {
+                Response::BrokerHeartbeat(BrokerHeartbeatResponse::decode(r)?)
+            }
+            ApiKey::AlterPartition => Response::AlterPartition(AlterPartitionResponse::decode(r)?),
+            ApiKey::ControlledShutdown => {
+                Response::ControlledShutdown(ControlledShutdownResponse::decode(r)?)
+            }
         })
     }
 }
@@ -1071,6 +1120,62 @@ mod tests {
         for cut in 4..frame.len() {
             let _ = decode_response(response.api_key(), frame.slice(4..cut));
         }
+    }
+
+    #[test]
+    fn cluster_messages_round_trip() {
+        check_request(Request::Raft(RaftRequest {
+            rpc: RaftRpc::Vote,
+            from: 2,
+            payload: Bytes::from_static(b"{\"vote\":1}"),
+        }));
+        check_response(Response::Raft(RaftResponse {
+            payload: Bytes::from_static(b"{}"),
+        }));
+        check_request(Request::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: 3,
+            incarnation: u64::MAX - 1,
+            host: "127.0.0.1".into(),
+            port: 9103,
+            rack: Some("rack-a".into()),
+            wants_shutdown: true,
+        }));
+        check_response(Response::BrokerHeartbeat(BrokerHeartbeatResponse {
+            error: ErrorCode::NotController,
+            message: "ask 1".into(),
+            controller_id: 1,
+            fenced: true,
+            shutdown_ready: false,
+        }));
+        check_request(Request::AlterPartition(AlterPartitionRequest {
+            broker_id: 1,
+            topic: "t".into(),
+            partition: 4,
+            leader_epoch: 2,
+            partition_epoch: 7,
+            isr: vec![1, 3],
+        }));
+        check_response(Response::AlterPartition(AlterPartitionResponse {
+            error: ErrorCode::InvalidUpdateVersion,
+            message: "stale".into(),
+            leader: NO_BROKER,
+            leader_epoch: 3,
+            partition_epoch: 8,
+            isr: vec![1],
+            replicas: vec![1, 2, 3],
+        }));
+        check_request(Request::ControlledShutdown(ControlledShutdownRequest {
+            broker_id: 2,
+            incarnation: 99,
+        }));
+        check_response(Response::ControlledShutdown(ControlledShutdownResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            remaining: vec![TopicPartitions {
+                topic: "t".into(),
+                partitions: vec![0, 2],
+            }],
+        }));
     }
 
     #[test]
