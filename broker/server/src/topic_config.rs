@@ -23,6 +23,9 @@ pub struct TopicDefaults {
     pub delete_retention_ms: i64,
     pub min_cleanable_dirty_ratio: f64,
     pub min_compaction_lag_ms: i64,
+    /// Allow electing a leader from outside the ISR when no in-sync replica is left
+    /// (availability over durability: acknowledged records may be lost).
+    pub unclean_leader_election_enable: bool,
 }
 
 impl Default for TopicDefaults {
@@ -38,12 +41,13 @@ impl Default for TopicDefaults {
             delete_retention_ms: DAY_MS as i64,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            unclean_leader_election_enable: false,
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "cleanup.policy",
     "delete.retention.ms",
     "index.interval.bytes",
@@ -54,6 +58,7 @@ pub const TOPIC_CONFIG_KEYS: [&str; 10] = [
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 impl TopicDefaults {
@@ -69,6 +74,7 @@ impl TopicDefaults {
             "delete.retention.ms" => self.delete_retention_ms.to_string(),
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
+            "unclean.leader.election.enable" => self.unclean_leader_election_enable.to_string(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -106,6 +112,10 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "index.interval.bytes" => parse_int(key, value, 0).map(drop),
         "cleanup.policy" => value.parse::<CleanupPolicy>().map(drop),
         "delete.retention.ms" | "min.compaction.lag.ms" => parse_int(key, value, 0).map(drop),
+        "unclean.leader.election.enable" => match value {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("{key} must be true or false, got `{value}`")),
+        },
         "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
             Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
             _ => Err(format!(
@@ -152,6 +162,11 @@ impl TopicOverrides {
         value
             .parse()
             .unwrap_or_else(|_| panic!("checked topic config {key}={value} no longer parses"))
+    }
+
+    /// `unclean.leader.election.enable`, explicit or the broker default.
+    pub fn unclean_leader_election(&self, defaults: &TopicDefaults) -> bool {
+        self.effective(defaults, "unclean.leader.election.enable")
     }
 
     pub fn log_config(&self, defaults: &TopicDefaults) -> LogConfig {
