@@ -234,10 +234,16 @@ mod tests {
             vec![2]
         );
         let p = image.partition("t", 0).unwrap();
-        assert_eq!((p.leader, p.leader_epoch, p.isr.clone()), (Some(2), 1, vec![2]));
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (Some(2), 1, vec![2])
+        );
         assert!(image.topics["t"].unclean_leader_election());
         let json = serde_json::to_vec(&image).unwrap();
-        assert_eq!(serde_json::from_slice::<MetadataImage>(&json).unwrap(), image);
+        assert_eq!(
+            serde_json::from_slice::<MetadataImage>(&json).unwrap(),
+            image
+        );
         image.apply(&MetadataRecord::TopicDeleted { name: "t".into() });
         assert!(image.topics.is_empty());
     }

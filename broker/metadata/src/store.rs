@@ -339,7 +339,8 @@ impl StateMachine {
         let (image, last_applied, membership, snapshot) =
             match std::fs::read(dir.join("snapshot.json")) {
                 Ok(bytes) => {
-                    let stored: StoredSnapshot = serde_json::from_slice(&bytes).map_err(io_error)?;
+                    let stored: StoredSnapshot =
+                        serde_json::from_slice(&bytes).map_err(io_error)?;
                     let data = serde_json::to_vec(&stored.image).map_err(io_error)?;
                     (
                         stored.image,
@@ -387,8 +388,8 @@ impl StateMachine {
 impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         let mut inner = self.lock();
-        let data = serde_json::to_vec(&inner.image)
-            .map_err(|e| StorageIOError::read_state_machine(&e))?;
+        let data =
+            serde_json::to_vec(&inner.image).map_err(|e| StorageIOError::read_state_machine(&e))?;
         inner.n_snapshots += 1;
         let snapshot_id = match inner.last_applied {
             Some(l) => format!("{}-{}-{}", l.leader_id, l.index, inner.n_snapshots),

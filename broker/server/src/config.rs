@@ -525,11 +525,17 @@ mod tests {
         let cluster = config.cluster.unwrap();
         assert_eq!(cluster.broker_session_timeout_ms, 5_000);
         write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\ndefault_replication_factor = 1\npeer_trust = \"ca.pem\"\n");
-        let cluster = BrokerConfig::load(Some(&file), vec![], &[]).unwrap().cluster.unwrap();
+        let cluster = BrokerConfig::load(Some(&file), vec![], &[])
+            .unwrap()
+            .cluster
+            .unwrap();
         assert_eq!(cluster.default_replication_factor(), 1);
         assert_eq!(cluster.peer_trust.as_deref(), Some("ca.pem"));
         write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\n");
-        let cluster = BrokerConfig::load(Some(&file), vec![], &[]).unwrap().cluster.unwrap();
+        let cluster = BrokerConfig::load(Some(&file), vec![], &[])
+            .unwrap()
+            .cluster
+            .unwrap();
         assert_eq!(cluster.default_replication_factor(), 2, "min(3, voters)");
 
         let check = |text: &str, want: &str| {
@@ -544,8 +550,14 @@ mod tests {
             "unknown field `voterz`",
         );
         check("[cluster]\nvoters = []\n", "at least one voter");
-        check("[cluster]\nvoters = [\"127.0.0.1:9101\"]\n", "is not `<broker_id>@<host>:<port>`");
-        check("[cluster]\nvoters = [\"1@127.0.0.1\"]\n", "is not `<broker_id>@<host>:<port>`");
+        check(
+            "[cluster]\nvoters = [\"127.0.0.1:9101\"]\n",
+            "is not `<broker_id>@<host>:<port>`",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@127.0.0.1\"]\n",
+            "is not `<broker_id>@<host>:<port>`",
+        );
         check(
             "[cluster]\nvoters = [\"1@a:1\", \"1@b:2\"]\n",
             "broker id 1 appears twice",

@@ -57,8 +57,8 @@ impl Shared {
             }),
             // The cluster control plane (cluster/).
             Request::Raft(r) => Response::Raft(self.raft_rpc(r).await),
-            Request::BrokerHeartbeat(r) => {
-                Response::BrokerHeartbeat(match self.controller_local(|tx| Command::Heartbeat(r, tx)).await {
+            Request::BrokerHeartbeat(r) => Response::BrokerHeartbeat(
+                match self.controller_local(|tx| Command::Heartbeat(r, tx)).await {
                     Ok(response) => response,
                     Err((error, message)) => BrokerHeartbeatResponse {
                         error,
@@ -67,10 +67,13 @@ impl Shared {
                         fenced: true,
                         shutdown_ready: false,
                     },
-                })
-            }
-            Request::AlterPartition(r) => {
-                Response::AlterPartition(match self.controller_local(|tx| Command::AlterPartition(r, tx)).await {
+                },
+            ),
+            Request::AlterPartition(r) => Response::AlterPartition(
+                match self
+                    .controller_local(|tx| Command::AlterPartition(r, tx))
+                    .await
+                {
                     Ok(response) => response,
                     Err((error, message)) => AlterPartitionResponse {
                         error,
@@ -81,10 +84,13 @@ impl Shared {
                         isr: Vec::new(),
                         replicas: Vec::new(),
                     },
-                })
-            }
+                },
+            ),
             Request::ControlledShutdown(r) => Response::ControlledShutdown(
-                match self.controller_local(|tx| Command::ControlledShutdown(r, tx)).await {
+                match self
+                    .controller_local(|tx| Command::ControlledShutdown(r, tx))
+                    .await
+                {
                     Ok(response) => response,
                     Err((error, message)) => ControlledShutdownResponse {
                         error,
@@ -126,7 +132,8 @@ impl Shared {
         let Some(cluster) = &self.cluster else {
             return Err((
                 ErrorCode::NotController,
-                "this broker runs alone (no [cluster] in its config): there is no controller".into(),
+                "this broker runs alone (no [cluster] in its config): there is no controller"
+                    .into(),
             ));
         };
         cluster.controller.local(command).await.ok_or_else(|| {
@@ -139,7 +146,10 @@ impl Shared {
 
     async fn raft_rpc(&self, request: RaftRequest) -> RaftResponse {
         let Some(cluster) = &self.cluster else {
-            tracing::warn!(from = request.from, "Raft RPC received, but this broker is not in a cluster");
+            tracing::warn!(
+                from = request.from,
+                "Raft RPC received, but this broker is not in a cluster"
+            );
             return RaftResponse {
                 payload: Bytes::new(),
             };
@@ -879,7 +889,10 @@ impl Shared {
 
 /// Creates topics through the controller (forwarded to it when another broker is the
 /// controller), answering once the records are committed.
-async fn cluster_create_topics(cluster: &Cluster, request: CreateTopicsRequest) -> CreateTopicsResponse {
+async fn cluster_create_topics(
+    cluster: &Cluster,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
     let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
     match cluster.controller.create_topics(request).await {
         Ok(response) => response,
@@ -896,7 +909,10 @@ async fn cluster_create_topics(cluster: &Cluster, request: CreateTopicsRequest) 
     }
 }
 
-async fn cluster_delete_topics(cluster: &Cluster, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
+async fn cluster_delete_topics(
+    cluster: &Cluster,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
     let names = request.names.clone();
     match cluster.controller.delete_topics(request).await {
         Ok(response) => response,

@@ -212,9 +212,8 @@ impl Broker {
         if let Some(cluster) = &self.shared.cluster {
             // Leadership moves away while this broker still serves (followers catch
             // up, peers still reach it), then it stops.
-            let timeout = Duration::from_millis(
-                (cluster.session_timeout_ms() * 2).clamp(1_000, 30_000),
-            );
+            let timeout =
+                Duration::from_millis((cluster.session_timeout_ms() * 2).clamp(1_000, 30_000));
             cluster.controlled_shutdown(timeout).await;
         }
         accept.abort();

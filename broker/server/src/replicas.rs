@@ -117,7 +117,9 @@ pub(crate) fn publish(shared: &Shared, previous: &MetadataImage, image: &Metadat
                 shared.groups.topic_changed(name, None);
                 shared.plugins.forget_topic(name);
             }
-            Err(f) => tracing::error!(topic = %name, error = %f.message, "could not delete the local replica of a deleted topic"),
+            Err(f) => {
+                tracing::error!(topic = %name, error = %f.message, "could not delete the local replica of a deleted topic")
+            }
         }
     }
 }

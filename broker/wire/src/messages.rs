@@ -4,11 +4,11 @@
 
 use bytes::Bytes;
 
+pub use crate::cluster::*;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
-pub use crate::cluster::*;
 use crate::plugin_messages::{self as pm, *};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

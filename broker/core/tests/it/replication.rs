@@ -583,7 +583,11 @@ impl Sim {
                     target.swap(i, j);
                 }
                 target.truncate(3);
-                if self.controller.reassign(&PARTITION, target).unwrap_or(false) {
+                if self
+                    .controller
+                    .reassign(&PARTITION, target)
+                    .unwrap_or(false)
+                {
                     self.broadcast_state();
                 }
             }

@@ -34,10 +34,16 @@ pub(crate) type PartitionKey = (String, u32);
 
 /// A request for the controller, with where to send the answer.
 pub(crate) enum Command {
-    Heartbeat(BrokerHeartbeatRequest, oneshot::Sender<BrokerHeartbeatResponse>),
+    Heartbeat(
+        BrokerHeartbeatRequest,
+        oneshot::Sender<BrokerHeartbeatResponse>,
+    ),
     CreateTopics(CreateTopicsRequest, oneshot::Sender<CreateTopicsResponse>),
     DeleteTopics(DeleteTopicsRequest, oneshot::Sender<DeleteTopicsResponse>),
-    AlterPartition(AlterPartitionRequest, oneshot::Sender<AlterPartitionResponse>),
+    AlterPartition(
+        AlterPartitionRequest,
+        oneshot::Sender<AlterPartitionResponse>,
+    ),
     ControlledShutdown(
         ControlledShutdownRequest,
         oneshot::Sender<ControlledShutdownResponse>,
@@ -64,28 +70,32 @@ impl Command {
                 fenced: true,
                 shutdown_ready: false,
             })),
-            Command::CreateTopics(r, tx) => drop(tx.send(CreateTopicsResponse {
-                results: r
-                    .topics
-                    .into_iter()
-                    .map(|t| TopicResult {
-                        name: t.name,
-                        error: code,
-                        message: message.clone(),
-                    })
-                    .collect(),
-            })),
-            Command::DeleteTopics(r, tx) => drop(tx.send(DeleteTopicsResponse {
-                results: r
-                    .names
-                    .into_iter()
-                    .map(|name| TopicResult {
-                        name,
-                        error: code,
-                        message: message.clone(),
-                    })
-                    .collect(),
-            })),
+            Command::CreateTopics(r, tx) => drop(
+                tx.send(CreateTopicsResponse {
+                    results: r
+                        .topics
+                        .into_iter()
+                        .map(|t| TopicResult {
+                            name: t.name,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
+            Command::DeleteTopics(r, tx) => drop(
+                tx.send(DeleteTopicsResponse {
+                    results: r
+                        .names
+                        .into_iter()
+                        .map(|name| TopicResult {
+                            name,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
             Command::AlterPartition(_, tx) => drop(tx.send(AlterPartitionResponse {
                 error: code,
                 message,
@@ -130,16 +140,20 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
         if leading {
             // Everything committed before this term must be in our image before we
             // decide anything: wait until our first entry of the term is applied.
-            let ready = tokio::time::timeout(
-                Duration::from_secs(5),
-                context.raft.ensure_linearizable(),
-            )
-            .await;
+            let ready =
+                tokio::time::timeout(Duration::from_secs(5), context.raft.ensure_linearizable())
+                    .await;
             if matches!(ready, Ok(Ok(_))) {
-                tracing::info!(broker = context.broker_id, "this broker is now the controller");
+                tracing::info!(
+                    broker = context.broker_id,
+                    "this broker is now the controller"
+                );
                 let mut active = Active::new(&context);
                 active.serve(&mut commands, &mut metrics).await;
-                tracing::info!(broker = context.broker_id, "this broker is no longer the controller");
+                tracing::info!(
+                    broker = context.broker_id,
+                    "this broker is no longer the controller"
+                );
                 continue;
             }
         }
@@ -302,11 +316,15 @@ impl<'a> Active<'a> {
 
     async fn tick(&mut self) -> Result<(), LostLeadership> {
         let (events, _) = self.core.tick(now_ms());
-        let unclean: BTreeSet<PartitionKey> = self.core.take_unclean_elections().into_iter().collect();
+        let unclean: BTreeSet<PartitionKey> =
+            self.core.take_unclean_elections().into_iter().collect();
         for event in &events {
             match event {
                 ControllerEvent::BrokerFenced(id) => {
-                    tracing::warn!(broker = id, "fenced broker: no heartbeat within the session timeout")
+                    tracing::warn!(
+                        broker = id,
+                        "fenced broker: no heartbeat within the session timeout"
+                    )
                 }
                 ControllerEvent::LeaderElected {
                     partition: (topic, partition),
@@ -322,7 +340,11 @@ impl<'a> Active<'a> {
                 }
                 ControllerEvent::PartitionOffline {
                     partition: (topic, partition),
-                } => tracing::warn!(topic, partition, "partition offline: no in-sync replica is alive"),
+                } => tracing::warn!(
+                    topic,
+                    partition,
+                    "partition offline: no in-sync replica is alive"
+                ),
             }
         }
         self.commit(Vec::new()).await
@@ -389,7 +411,9 @@ impl<'a> Active<'a> {
         let now = now_ms();
         self.core.heartbeat(r.broker_id, r.incarnation, now);
         if r.wants_shutdown {
-            let already = self.broker_state(r.broker_id).is_some_and(|s| s.shutting_down);
+            let already = self
+                .broker_state(r.broker_id)
+                .is_some_and(|s| s.shutting_down);
             if !already {
                 self.core.controlled_shutdown(r.broker_id, r.incarnation);
             }
@@ -513,15 +537,15 @@ impl<'a> Active<'a> {
         if t.partitions == 0 || t.partitions > max {
             return Err((
                 ErrorCode::InvalidPartitions,
-                format!("partitions must be between 1 and {max} (max_partitions_per_topic), got {}", t.partitions),
+                format!(
+                    "partitions must be between 1 and {max} (max_partitions_per_topic), got {}",
+                    t.partitions
+                ),
             ));
         }
-        let overrides = TopicOverrides::parse(
-            t.configs
-                .iter()
-                .map(|c| (c.key.clone(), c.value.clone())),
-        )
-        .map_err(|m| (ErrorCode::InvalidConfig, m))?;
+        let overrides =
+            TopicOverrides::parse(t.configs.iter().map(|c| (c.key.clone(), c.value.clone())))
+                .map_err(|m| (ErrorCode::InvalidConfig, m))?;
         if image.topics.contains_key(&t.name) || earlier_in_request.contains(&t.name) {
             return Err((
                 ErrorCode::TopicAlreadyExists,
@@ -613,7 +637,12 @@ impl<'a> Active<'a> {
         (DeleteTopicsResponse { results }, outcome)
     }
 
-    fn partition_answer(&self, key: &PartitionKey, error: ErrorCode, message: String) -> AlterPartitionResponse {
+    fn partition_answer(
+        &self,
+        key: &PartitionKey,
+        error: ErrorCode,
+        message: String,
+    ) -> AlterPartitionResponse {
         match self.core.partition(key) {
             Some(s) => AlterPartitionResponse {
                 error,
@@ -642,21 +671,35 @@ impl<'a> Active<'a> {
     ) -> (AlterPartitionResponse, Result<(), LostLeadership>) {
         let key = (r.topic.clone(), r.partition);
         let Some(current) = self.core.partition(&key).cloned() else {
-            return (self.partition_answer(&key, ErrorCode::None, String::new()), Ok(()));
+            return (
+                self.partition_answer(&key, ErrorCode::None, String::new()),
+                Ok(()),
+            );
         };
         if current.leader != Some(r.broker_id) || current.leader_epoch != r.leader_epoch {
             let message = format!(
                 "broker {} at leader epoch {} does not lead {}/{} (leader {:?}, epoch {})",
-                r.broker_id, r.leader_epoch, r.topic, r.partition, current.leader, current.leader_epoch
+                r.broker_id,
+                r.leader_epoch,
+                r.topic,
+                r.partition,
+                current.leader,
+                current.leader_epoch
             );
-            return (self.partition_answer(&key, ErrorCode::FencedLeaderEpoch, message), Ok(()));
+            return (
+                self.partition_answer(&key, ErrorCode::FencedLeaderEpoch, message),
+                Ok(()),
+            );
         }
         if current.partition_epoch != r.partition_epoch {
             let message = format!(
                 "partition epoch {} is stale; the partition is at {}",
                 r.partition_epoch, current.partition_epoch
             );
-            return (self.partition_answer(&key, ErrorCode::InvalidUpdateVersion, message), Ok(()));
+            return (
+                self.partition_answer(&key, ErrorCode::InvalidUpdateVersion, message),
+                Ok(()),
+            );
         }
         let request = AlterIsr {
             leader: r.broker_id,
@@ -669,11 +712,18 @@ impl<'a> Active<'a> {
                 "ISR {:?} refused ({e:?}): it must contain the leader and only live replicas of the partition",
                 r.isr
             );
-            return (self.partition_answer(&key, ErrorCode::InvalidRequest, message), Ok(()));
+            return (
+                self.partition_answer(&key, ErrorCode::InvalidRequest, message),
+                Ok(()),
+            );
         }
         tracing::info!(topic = %r.topic, partition = r.partition, isr = ?r.isr, "ISR changed");
         let outcome = self.commit(Vec::new()).await;
-        let error = if outcome.is_ok() { ErrorCode::None } else { ErrorCode::NotController };
+        let error = if outcome.is_ok() {
+            ErrorCode::None
+        } else {
+            ErrorCode::NotController
+        };
         (self.partition_answer(&key, error, String::new()), outcome)
     }
 
@@ -706,7 +756,11 @@ impl<'a> Active<'a> {
         }
         if !state.shutting_down {
             let moved = self.core.controlled_shutdown(r.broker_id, r.incarnation);
-            tracing::info!(broker = r.broker_id, partitions = moved.len(), "controlled shutdown: moving leadership away");
+            tracing::info!(
+                broker = r.broker_id,
+                partitions = moved.len(),
+                "controlled shutdown: moving leadership away"
+            );
         }
         let outcome = self.commit(Vec::new()).await;
         let remaining = TopicPartitions::group(
@@ -717,7 +771,11 @@ impl<'a> Active<'a> {
         );
         (
             ControlledShutdownResponse {
-                error: if outcome.is_ok() { ErrorCode::None } else { ErrorCode::NotController },
+                error: if outcome.is_ok() {
+                    ErrorCode::None
+                } else {
+                    ErrorCode::NotController
+                },
                 message: String::new(),
                 remaining,
             },
@@ -793,7 +851,11 @@ mod tests {
             assert_eq!(distinct.len(), 3, "{replicas:?} spans every rack");
             *leaders.entry(replicas[0]).or_default() += 1;
         }
-        assert_eq!(leaders.len(), 6, "every broker leads some partition: {leaders:?}");
+        assert_eq!(
+            leaders.len(),
+            6,
+            "every broker leads some partition: {leaders:?}"
+        );
         assert!(leaders.values().all(|n| *n == 2));
         // Without racks: distinct replicas, leaders spread.
         let plain: Vec<(u32, Option<String>)> = (1..=3).map(|i| (i, None)).collect();

@@ -79,9 +79,8 @@ impl Cluster {
             .with_context(|| format!("opening the metadata snapshot in {}", dir.display()))?;
         let image = state_machine.subscribe();
         let trust = match &cluster.peer_trust {
-            Some(t) if t.to_ascii_lowercase().starts_with("sha256:") => {
-                Trust::parse_fingerprint(t).map_err(|e| anyhow::anyhow!("cluster.peer_trust: {e}"))?
-            }
+            Some(t) if t.to_ascii_lowercase().starts_with("sha256:") => Trust::parse_fingerprint(t)
+                .map_err(|e| anyhow::anyhow!("cluster.peer_trust: {e}"))?,
             Some(path) => Trust::CaFile(path.into()),
             None => Trust::parse_fingerprint(own_fingerprint)
                 .map_err(|e| anyhow::anyhow!("this broker's certificate fingerprint: {e}"))?,
@@ -179,7 +178,12 @@ impl Cluster {
 
     /// Heartbeats to the controller every `broker_heartbeat_interval_ms`, for the
     /// broker's lifetime.
-    pub(crate) async fn heartbeat_loop(self: Arc<Self>, host: String, port: u16, rack: Option<String>) {
+    pub(crate) async fn heartbeat_loop(
+        self: Arc<Self>,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    ) {
         let interval = Duration::from_millis(self.config.broker_heartbeat_interval_ms);
         let mut tick = tokio::time::interval(interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,10 +201,17 @@ impl Cluster {
                 Ok(r) if r.error.is_ok() => {
                     let was = self.fenced.swap(r.fenced, Ordering::Relaxed);
                     if was != r.fenced {
-                        tracing::info!(broker = self.broker_id, fenced = r.fenced, controller = r.controller_id, "controller changed this broker's state");
+                        tracing::info!(
+                            broker = self.broker_id,
+                            fenced = r.fenced,
+                            controller = r.controller_id,
+                            "controller changed this broker's state"
+                        );
                     }
                 }
-                Ok(r) => tracing::debug!(error = %r.error, message = %r.message, "heartbeat refused"),
+                Ok(r) => {
+                    tracing::debug!(error = %r.error, message = %r.message, "heartbeat refused")
+                }
                 Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
             }
         }
@@ -216,13 +227,21 @@ impl Cluster {
                 broker_id: self.broker_id,
                 incarnation: self.incarnation,
             };
-            match self.controller.controlled_shutdown(request, Duration::from_secs(1)).await {
+            match self
+                .controller
+                .controlled_shutdown(request, Duration::from_secs(1))
+                .await
+            {
                 Ok(r) if r.error.is_ok() && r.remaining.is_empty() => {
                     tracing::info!("controlled shutdown: this broker leads no partition any more");
                     return;
                 }
-                Ok(r) => tracing::info!(error = %r.error, remaining = ?r.remaining, "controlled shutdown: waiting"),
-                Err(e) => tracing::info!(error = %e, "controlled shutdown: controller not reachable"),
+                Ok(r) => {
+                    tracing::info!(error = %r.error, remaining = ?r.remaining, "controlled shutdown: waiting")
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "controlled shutdown: controller not reachable")
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -259,7 +278,12 @@ impl ControllerClient {
     ) -> Result<T, ControllerError> {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let leader = self.raft.metrics().borrow().current_leader.map(|l| l as u32);
+            let leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .map(|l| l as u32);
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = match leader {
                 Some(id) if id == self.broker_id => {
@@ -267,7 +291,10 @@ impl ControllerClient {
                     if self.local.send(local(tx)).await.is_err() {
                         return Err(ControllerError::Unavailable(timeout));
                     }
-                    tokio::time::timeout(left, rx).await.ok().and_then(Result::ok)
+                    tokio::time::timeout(left, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
                 }
                 Some(id) => match self.peers.request(id, remote(), left).await {
                     Ok(response) => {
@@ -361,7 +388,11 @@ impl ControllerClient {
                 Response::CreateTopics(r) => Some(r),
                 _ => None,
             },
-            |r| r.results.iter().any(|t| t.error == ErrorCode::NotController),
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
         )
         .await
     }
@@ -378,7 +409,11 @@ impl ControllerClient {
                 Response::DeleteTopics(r) => Some(r),
                 _ => None,
             },
-            |r| r.results.iter().any(|t| t.error == ErrorCode::NotController),
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
         )
         .await
     }
@@ -387,7 +422,10 @@ impl ControllerClient {
     /// task (which refuses with `NotController` when this broker does not lead the
     /// quorum; the sender then retries with the leader). Never forwarded, so two
     /// brokers with different views of the leader cannot bounce a request between them.
-    pub(crate) async fn local<T>(&self, command: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+    pub(crate) async fn local<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Option<T> {
         let (tx, rx) = oneshot::channel();
         self.local.send(command(tx)).await.ok()?;
         rx.await.ok()
