@@ -31,8 +31,11 @@ use crate::{NodeId, TypeConfig};
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
+/// Externally tagged: an internally tagged enum is buffered by serde, and buffered
+/// maps keep their keys as strings, which openraft's `BTreeMap<u64, _>` (membership)
+/// cannot be read back from.
 #[derive(Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "snake_case")]
+#[serde(rename_all = "snake_case")]
 enum LogOp {
     Append { entry: Entry<TypeConfig> },
     Truncate { since: u64 },
