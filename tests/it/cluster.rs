@@ -1,238 +1,429 @@
-//! The SDK's cluster awareness against the real broker: several bootstrap addresses
-//! of which the first is dead, and a broker that goes away mid-produce and comes back
-//! (kill -9, restart on the same port): the producer re-routes through fresh metadata,
-//! retries, and idempotence keeps every record exactly once, in order.
+//! Three real brokers (`meridian broker` processes) forming a cluster on 127.0.0.1:
+//! the Raft metadata quorum, the controller, fencing and leader election, checked
+//! through what every broker answers to `Metadata`.
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
-use std::time::Duration;
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
-use meridian_client::{
-    Client, ClientConfig, ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, Trust,
-};
+use meridian_client::{Client, NewTopic};
+use meridian_wire::messages::{MetadataRequest, MetadataResponse, Request, Response, NO_BROKER};
+use meridian_wire::ErrorCode;
 
-use crate::harness::{meridian_bin, TestBroker};
+use crate::harness::TestBroker;
 
-/// An address where nothing answers: a UDP socket that is bound (so no ICMP error
-/// comes back) but never read, like a host that died. Kept alive by the caller.
-fn silent_address() -> (std::net::UdpSocket, String) {
-    let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let address = socket.local_addr().unwrap().to_string();
-    (socket, address)
+struct TestCluster {
+    /// `brokers[i]` has broker id `i + 1`.
+    brokers: Vec<TestBroker>,
+    _temp: tempfile::TempDir,
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_first_reachable_bootstrap_address_is_used() {
-    let broker = TestBroker::start(&[]);
-    let (_silent, dead) = silent_address();
-    let trust = Trust::parse_fingerprint(&broker.fingerprint).unwrap();
-    let mut config = ClientConfig::new(format!("{dead}, {}", broker.addr), trust.clone());
-    config.connect_timeout = Duration::from_millis(300);
-    assert_eq!(
-        config.bootstrap_servers,
-        vec![dead.clone(), broker.addr.clone()]
-    );
-    let client = Client::connect(config).await.unwrap();
-    let broker_id = client.broker_info().await.unwrap().broker_id;
+/// Distinct free UDP ports on 127.0.0.1 (held together while choosing, so distinct).
+fn free_ports(n: usize) -> Vec<u16> {
+    let sockets: Vec<std::net::UdpSocket> = (0..n)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
+        .collect();
+    sockets
+        .iter()
+        .map(|s| s.local_addr().unwrap().port())
+        .collect()
+}
 
-    // Everything works through the routed paths: admin, produce to the leader,
-    // list offsets and fetch from the leader.
-    client
+impl TestCluster {
+    /// Three brokers sharing one TLS identity; `extra` is appended to each config.
+    fn start(extra: &str) -> TestCluster {
+        let temp = tempfile::tempdir().unwrap();
+        let ports = free_ports(3);
+        let voters: Vec<String> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| format!("\"{}@127.0.0.1:{port}\"", i + 1))
+            .collect();
+        let cert = temp.path().join("cert.pem");
+        let key = temp.path().join("key.pem");
+        let mut brokers = Vec::new();
+        for (i, port) in ports.iter().enumerate() {
+            let id = i + 1;
+            let file = temp.path().join(format!("broker-{id}.toml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{extra}\n[cluster]\nvoters = [{}]\n",
+                    voters.join(", ")
+                ),
+            )
+            .unwrap();
+            let data_dir: PathBuf = temp.path().join(format!("data-{id}"));
+            // One at a time: the first generates the shared certificate.
+            brokers.push(TestBroker::start_configured(
+                &data_dir,
+                &file,
+                &format!("127.0.0.1:{port}"),
+                &[],
+            ));
+        }
+        TestCluster {
+            brokers,
+            _temp: temp,
+        }
+    }
+
+    fn broker(&mut self, id: u32) -> &mut TestBroker {
+        &mut self.brokers[id as usize - 1]
+    }
+
+    fn running(&self) -> Vec<u32> {
+        (1..=self.brokers.len() as u32)
+            .filter(|id| self.brokers[*id as usize - 1].is_running())
+            .collect()
+    }
+
+    async fn client(&self, id: u32) -> Client {
+        self.brokers[id as usize - 1]
+            .client_with(|c| c.request_timeout = Duration::from_secs(3))
+            .await
+    }
+
+    /// Metadata from every running broker (`None` where a request failed).
+    async fn metadata_everywhere(&self) -> BTreeMap<u32, Option<MetadataResponse>> {
+        let mut out = BTreeMap::new();
+        for id in self.running() {
+            let answer = async {
+                let mut config = meridian_client::ClientConfig::new(
+                    self.brokers[id as usize - 1].addr.clone(),
+                    meridian_client::Trust::parse_fingerprint(
+                        &self.brokers[id as usize - 1].fingerprint,
+                    )
+                    .unwrap(),
+                );
+                config.request_timeout = Duration::from_secs(2);
+                let client = Client::connect(config).await.ok()?;
+                let response = client
+                    .request(Request::Metadata(MetadataRequest { topics: None }))
+                    .await
+                    .ok();
+                client.close();
+                match response? {
+                    Response::Metadata(m) => Some(m),
+                    _ => None,
+                }
+            };
+            out.insert(id, answer.await);
+        }
+        out
+    }
+
+    /// Waits until every running broker agrees on a controller and lists `n_live`
+    /// brokers; returns the controller.
+    async fn agreed_controller(&self, n_live: usize, timeout: Duration) -> u32 {
+        wait_for("a controller every broker agrees on", timeout, || async {
+            let all = self.metadata_everywhere().await;
+            let mut controllers = all
+                .values()
+                .map(|m| m.as_ref().map(|m| (m.controller_id, m.brokers.len())));
+            let first = controllers.next()??;
+            let agreed = controllers.all(|c| c == Some(first));
+            (agreed && first.0 != NO_BROKER && first.1 == n_live).then_some(first.0)
+        })
+        .await
+    }
+
+    /// Waits until every running broker reports the same state for `topic` and
+    /// `accept` likes it; returns that state.
+    async fn agreed_topic(
+        &self,
+        topic: &str,
+        timeout: Duration,
+        accept: impl Fn(&[PartitionView]) -> bool,
+    ) -> Vec<PartitionView> {
+        wait_for(
+            &format!("agreement on topic `{topic}`"),
+            timeout,
+            || async {
+                let all = self.metadata_everywhere().await;
+                let mut views = Vec::new();
+                for m in all.values() {
+                    let m = m.as_ref()?;
+                    let t = m.topics.iter().find(|t| t.name == topic)?;
+                    views.push(
+                        t.partitions
+                            .iter()
+                            .map(|p| PartitionView {
+                                leader: p.leader,
+                                leader_epoch: p.leader_epoch,
+                                replicas: p.replicas.clone(),
+                                isr: p.isr.clone(),
+                                error: p.error,
+                            })
+                            .collect::<Vec<_>>(),
+                    );
+                }
+                let first = views.first()?.clone();
+                (views.iter().all(|v| *v == first) && accept(&first)).then_some(first)
+            },
+        )
+        .await
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct PartitionView {
+    leader: u32,
+    leader_epoch: i32,
+    replicas: Vec<u32>,
+    isr: Vec<u32>,
+    error: ErrorCode,
+}
+
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn rf3(name: &str, partitions: u32) -> NewTopic {
+    let mut topic = NewTopic::new(name, partitions);
+    topic.replication_factor = 3;
+    topic
+}
+
+#[tokio::test]
+async fn quorum_elects_a_controller_and_replaces_it_when_killed() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    // Created through a broker that is not the controller: it forwards.
+    let via = if controller == 1 { 2 } else { 1 };
+    cluster
+        .client(via)
+        .await
         .admin()
-        .create_topic(NewTopic::new("boot", 3))
+        .create_topic(rf3("orders", 3))
         .await
         .unwrap();
-    for p in 0..3 {
-        // A single broker leads everything.
-        assert_eq!(client.leader("boot", p).await.unwrap(), broker_id);
+    let views = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |_| true)
+        .await;
+    let mut leaders: Vec<u32> = views.iter().map(|p| p.leader).collect();
+    for p in &views {
+        assert_eq!(p.replicas.len(), 3, "{p:?}");
+        assert_eq!(p.isr, vec![1, 2, 3], "{p:?}");
+        assert_eq!(p.leader_epoch, 0);
+        assert_eq!(p.leader, p.replicas[0]);
     }
-    let producer = client.producer(ProducerConfig::default());
-    for i in 0..30 {
-        producer
-            .send(ProducerRecord::new("boot", format!("r{i}")).partition(i % 3))
-            .await
-            .unwrap();
-    }
-    producer.flush().await.unwrap();
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer.assign_all("boot").await.unwrap();
-    for p in 0..3 {
-        consumer.seek("boot", p, Offset::Earliest).await.unwrap();
-        assert_eq!(
-            client
-                .admin()
-                .list_offsets("boot", p, Offset::Latest)
-                .await
-                .unwrap(),
-            10
-        );
-    }
-    let mut n = 0;
-    while n < 30 {
-        n += consumer.poll(Duration::from_secs(5)).await.unwrap().len();
-    }
-    assert_eq!(n, 30);
+    leaders.sort_unstable();
+    assert_eq!(leaders, vec![1, 2, 3], "leaders spread over the brokers");
 
-    // Nothing reachable at all: one error naming every address.
-    let (_other, dead_too) = silent_address();
-    let mut config = ClientConfig::with_bootstrap([dead.clone(), dead_too.clone()], trust);
-    config.connect_timeout = Duration::from_millis(200);
-    let error = Client::connect(config)
-        .await
-        .err()
-        .expect("nothing answers");
-    let message = error.to_string();
-    assert!(
-        message.contains(&dead) && message.contains(&dead_too),
-        "{message}"
-    );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_cli_takes_a_bootstrap_list() {
-    let broker = TestBroker::start(&[]);
-    // An unresolvable first address fails fast; the second is the broker.
-    let list = format!("no-such-broker.invalid:9092,{}", broker.addr);
-    let run = |args: &[&str], env: Option<(&str, &str)>| {
-        let mut command = std::process::Command::new(meridian_bin());
-        command
-            .args(args)
-            .arg("--fingerprint")
-            .arg(&broker.fingerprint)
-            .env_remove("MERIDIAN_BROKER")
-            .env_remove("MERIDIAN_BOOTSTRAP")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        if let Some((key, value)) = env {
-            command.env(key, value);
-        }
-        let out = command.output().unwrap();
-        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(out.status.success(), "{args:?}: {stderr}");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
-    run(&["topic", "create", "cli-a", "--bootstrap", &list], None);
-    run(&["topic", "create", "cli-b", "--broker", &list], None);
-    let listed = run(&["topic", "list"], Some(("MERIDIAN_BOOTSTRAP", &list)));
-    assert!(
-        listed.contains("cli-a") && listed.contains("cli-b"),
-        "{listed}"
-    );
-    let listed = run(&["topic", "list"], Some(("MERIDIAN_BROKER", &broker.addr)));
-    assert!(listed.contains("cli-a"), "{listed}");
-}
-
-/// A free UDP port on 127.0.0.1, for a broker that must come back where it was.
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_lost_mid_produce_is_retried_without_duplicates_or_reordering() {
-    let listen = format!("listen=127.0.0.1:{}", free_port());
-    let mut broker = TestBroker::start(&[listen.as_str()]);
-    let client = broker
-        .client_with(|c| {
-            c.request_timeout = Duration::from_secs(2);
-            c.connect_timeout = Duration::from_millis(500);
+    // SIGKILL the controller: the survivors elect a new one and keep serving.
+    cluster.broker(controller).kill9();
+    let next = cluster.agreed_controller(2, Duration::from_secs(15)).await;
+    assert_ne!(next, controller);
+    // The partition the dead broker led moved to another in-sync replica.
+    let views = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |views| {
+            views.iter().all(|p| p.leader != controller)
         })
         .await;
-    client
+    for p in &views {
+        assert!(!p.isr.contains(&controller), "{p:?}");
+    }
+    // The new controller takes admin requests.
+    cluster
+        .client(next)
+        .await
         .admin()
-        .create_topic(NewTopic::new("moving", 2))
+        .create_topic(rf3("after", 1))
+        .await
+        .expect_err("RF 3 with two live brokers is refused");
+    let mut rf2 = NewTopic::new("after", 2);
+    rf2.replication_factor = 2;
+    cluster
+        .client(next)
+        .await
+        .admin()
+        .create_topic(rf2)
         .await
         .unwrap();
-    let producer = client.producer(ProducerConfig {
-        linger: Duration::from_millis(1),
-        batch_size: 512,
-        request_timeout: Duration::from_secs(2),
-        ..ProducerConfig::default()
-    });
-    assert!(producer.config().enable_idempotence);
-    let n = 2_000usize;
-    let sending = {
-        let producer = producer.clone();
-        tokio::spawn(async move {
-            let mut deliveries = Vec::with_capacity(n);
-            for i in 0..n {
-                let record =
-                    ProducerRecord::new("moving", format!("{i:06}")).key(format!("k{}", i % 7));
-                deliveries.push(producer.send(record).await.unwrap());
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-            }
-            let mut outcomes = Vec::with_capacity(n);
-            for d in deliveries {
-                outcomes.push(d.await);
-            }
-            outcomes
-        })
-    };
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    // The connection drops under the producer; the broker is gone for a while.
-    broker.kill9();
-    tokio::time::sleep(Duration::from_millis(1_500)).await;
-    broker.restart();
-    let outcomes = tokio::time::timeout(Duration::from_secs(60), sending)
-        .await
-        .expect("deliveries finish once the broker is back")
-        .unwrap();
-    let failed: Vec<String> = outcomes
-        .iter()
-        .filter_map(|o| o.as_ref().err().map(|e| e.to_string()))
-        .collect();
-    assert!(
-        failed.is_empty(),
-        "{} failed, first: {:?}",
-        failed.len(),
-        failed.first()
-    );
+    cluster
+        .agreed_topic("after", Duration::from_secs(10), |_| true)
+        .await;
 
-    // Every record once, and each key's records in send order.
-    let reader = broker.client().await;
-    let mut consumer = reader.consumer(ConsumerConfig::default());
-    consumer.assign_all("moving").await.unwrap();
-    let mut ends = BTreeMap::new();
-    for p in 0..2 {
-        consumer.seek("moving", p, Offset::Earliest).await.unwrap();
-        ends.insert(
-            p,
-            reader
-                .admin()
-                .list_offsets("moving", p, Offset::Latest)
-                .await
-                .unwrap(),
-        );
-    }
-    let mut by_key: BTreeMap<Vec<u8>, Vec<usize>> = BTreeMap::new();
-    let mut total = 0;
-    while ends
+    // The killed broker comes back, is unfenced and listed again.
+    cluster.broker(controller).restart();
+    cluster.agreed_controller(3, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn a_partition_leader_killed_is_replaced_within_the_session_timeout() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    cluster
+        .client(controller)
+        .await
+        .admin()
+        .create_topic(rf3("payments", 3))
+        .await
+        .unwrap();
+    let before = cluster
+        .agreed_topic("payments", Duration::from_secs(10), |_| true)
+        .await;
+    // A partition led by a broker other than the controller (the controller's own
+    // failover is the other test).
+    let (index, victim) = before
         .iter()
-        .any(|(p, end)| consumer.position("moving", *p).unwrap() < *end)
-    {
-        for r in consumer.poll(Duration::from_secs(2)).await.unwrap() {
-            let value: usize = std::str::from_utf8(r.value.as_ref().unwrap())
-                .unwrap()
-                .parse()
-                .unwrap();
-            by_key
-                .entry(r.key.unwrap().to_vec())
-                .or_default()
-                .push(value);
-            total += 1;
+        .enumerate()
+        .map(|(i, p)| (i, p.leader))
+        .find(|(_, leader)| *leader != controller)
+        .expect("leaders are spread");
+    let killed_at = Instant::now();
+    cluster.broker(victim).kill9();
+    let after = cluster
+        .agreed_topic("payments", Duration::from_secs(10), |views| {
+            views[index].leader != victim
+        })
+        .await;
+    let elapsed = killed_at.elapsed();
+    let p = &after[index];
+    assert!(before[index].isr.contains(&p.leader), "{p:?} from the ISR");
+    assert_eq!(p.leader_epoch, before[index].leader_epoch + 1);
+    assert!(!p.isr.contains(&victim));
+    assert!(
+        elapsed < Duration::from_millis(3_000),
+        "leadership moved after {elapsed:?}; the session timeout is 2 s"
+    );
+    // Restarted, it registers again and is unfenced (listed in metadata).
+    cluster.broker(victim).restart();
+    cluster.agreed_controller(3, Duration::from_secs(15)).await;
+}
+
+#[tokio::test]
+async fn unclean_election_happens_only_where_the_topic_allows_it() {
+    let mut cluster = TestCluster::start("");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(1).await.admin();
+    admin.create_topic(rf3("clean", 1)).await.unwrap();
+    admin
+        .create_topic(rf3("unclean", 1).config("unclean.leader.election.enable", "true"))
+        .await
+        .unwrap();
+    // Brokers 2 and 3 die one after the other and come back: each leaves the ISR
+    // (no replica manager re-adds them here), so broker 1 is the only in-sync replica.
+    for id in [2, 3] {
+        cluster.broker(id).kill9();
+        for topic in ["clean", "unclean"] {
+            cluster
+                .agreed_topic(topic, Duration::from_secs(10), |v| !v[0].isr.contains(&id))
+                .await;
         }
+        cluster.broker(id).restart();
+        cluster.agreed_controller(3, Duration::from_secs(15)).await;
     }
-    assert_eq!(total, n, "every acknowledged record exactly once");
-    for (key, values) in by_key {
-        assert!(
-            values.windows(2).all(|w| w[0] < w[1]),
-            "records of key {:?} out of order or duplicated",
-            String::from_utf8_lossy(&key)
-        );
+    for topic in ["clean", "unclean"] {
+        let v = cluster
+            .agreed_topic(topic, Duration::from_secs(5), |_| true)
+            .await;
+        assert_eq!((v[0].leader, v[0].isr.clone()), (1, vec![1]), "{topic}");
     }
+    cluster.broker(1).kill9();
+    let unclean = cluster
+        .agreed_topic("unclean", Duration::from_secs(15), |v| v[0].leader != 1)
+        .await;
+    assert!([2, 3].contains(&unclean[0].leader), "{unclean:?}");
+    assert_eq!(unclean[0].isr, vec![unclean[0].leader]);
+    let clean = cluster
+        .agreed_topic("clean", Duration::from_secs(5), |_| true)
+        .await;
+    assert_eq!(clean[0].leader, NO_BROKER, "no unclean election: {clean:?}");
+    assert_eq!(clean[0].error, ErrorCode::LeaderNotAvailable);
+    assert_eq!(
+        clean[0].isr,
+        vec![1],
+        "the ISR keeps the replica with the data"
+    );
+    // The in-sync replica comes back and leads again.
+    cluster.broker(1).restart();
+    cluster
+        .agreed_topic("clean", Duration::from_secs(15), |v| v[0].leader == 1)
+        .await;
+}
+
+#[tokio::test]
+async fn topics_survive_a_full_restart_and_sigterm_moves_leadership_first() {
+    let mut cluster = TestCluster::start("");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    cluster
+        .client(2)
+        .await
+        .admin()
+        .create_topic(rf3("kept", 3))
+        .await
+        .unwrap();
+    let before = cluster
+        .agreed_topic("kept", Duration::from_secs(10), |_| true)
+        .await;
+    for id in 1..=3 {
+        assert!(cluster.broker(id).data_dir.join("topics/kept/0").is_dir());
+    }
+
+    // SIGTERM: controlled shutdown moves broker 3's leaderships away before it exits.
+    cluster.broker(3).stop();
+    let moved = cluster
+        .agreed_topic("kept", Duration::from_secs(5), |_| true)
+        .await;
+    assert!(moved.iter().all(|p| p.leader != 3), "{moved:?}");
+    cluster.broker(3).restart();
+    cluster.agreed_controller(3, Duration::from_secs(15)).await;
+
+    for id in 1..=3 {
+        cluster.broker(id).kill9();
+    }
+    for id in 1..=3 {
+        cluster.broker(id).restart();
+    }
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let after = cluster
+        .agreed_topic("kept", Duration::from_secs(10), |_| true)
+        .await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(b.replicas, a.replicas);
+    }
+    // Deleted through any broker: gone from every image and every data dir.
+    cluster
+        .client(1)
+        .await
+        .admin()
+        .delete_topic("kept")
+        .await
+        .unwrap();
+    wait_for(
+        "local logs of the deleted topic to go",
+        Duration::from_secs(10),
+        || async {
+            let all = cluster.metadata_everywhere().await;
+            let gone_everywhere = all.values().all(|m| {
+                m.as_ref()
+                    .is_some_and(|m| m.topics.iter().all(|t| t.name != "kept"))
+            });
+            let dirs_gone = (1..=3).all(|id| {
+                !cluster.brokers[id - 1]
+                    .data_dir
+                    .join("topics/kept")
+                    .exists()
+            });
+            (gone_everywhere && dirs_gone).then_some(())
+        },
+    )
+    .await;
 }

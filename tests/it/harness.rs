@@ -38,6 +38,9 @@ pub struct TestBroker {
     pub fingerprint: String,
     pub data_dir: PathBuf,
     settings: Vec<String>,
+    /// `--listen` (default `127.0.0.1:0`) and `--config`, for cluster members.
+    listen: String,
+    config_file: Option<PathBuf>,
     _temp: Option<Arc<tempfile::TempDir>>,
 }
 
@@ -54,15 +57,45 @@ impl TestBroker {
         temp: Option<Arc<tempfile::TempDir>>,
     ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        let (child, addr, fingerprint) = spawn(data_dir, &settings);
+        let listen = "127.0.0.1:0".to_string();
+        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings);
         TestBroker {
             child: Some(child),
             addr,
             fingerprint,
             data_dir: data_dir.to_owned(),
             settings,
+            listen,
+            config_file: None,
             _temp: temp,
         }
+    }
+
+    /// A broker started with `--config config_file` on a fixed `listen` address (a
+    /// cluster member: the voters name each other's addresses).
+    pub fn start_configured(
+        data_dir: &Path,
+        config_file: &Path,
+        listen: &str,
+        settings: &[&str],
+    ) -> TestBroker {
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        let (child, addr, fingerprint) = spawn(data_dir, listen, Some(config_file), &settings);
+        TestBroker {
+            child: Some(child),
+            addr,
+            fingerprint,
+            data_dir: data_dir.to_owned(),
+            settings,
+            listen: listen.to_string(),
+            config_file: Some(config_file.to_owned()),
+            _temp: None,
+        }
+    }
+
+    /// Whether the process is running (not killed or stopped by the test).
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
     }
 
     /// Kills the process with SIGKILL (no clean shutdown).
@@ -101,7 +134,12 @@ impl TestBroker {
     /// Starts again on the same data dir (after `kill9` or `stop`).
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
-        let (child, addr, fingerprint) = spawn(&self.data_dir, &self.settings);
+        let (child, addr, fingerprint) = spawn(
+            &self.data_dir,
+            &self.listen,
+            self.config_file.as_deref(),
+            &self.settings,
+        );
         self.child = Some(child);
         self.addr = addr;
         self.fingerprint = fingerprint;
@@ -199,13 +237,21 @@ impl Drop for TestBroker {
     }
 }
 
-fn spawn(data_dir: &Path, settings: &[String]) -> (Child, String, String) {
+fn spawn(
+    data_dir: &Path,
+    listen: &str,
+    config_file: Option<&Path>,
+    settings: &[String],
+) -> (Child, String, String) {
     let mut cmd = Command::new(meridian_bin());
     cmd.arg("broker")
         .arg("--data-dir")
         .arg(data_dir)
         .arg("--listen")
-        .arg("127.0.0.1:0");
+        .arg(listen);
+    if let Some(file) = config_file {
+        cmd.arg("--config").arg(file);
+    }
     for s in settings {
         cmd.arg("--set").arg(s);
     }

@@ -15,4 +15,5 @@ mod plugins;
 mod produce_consume;
 mod region;
 mod replication;
+mod routing;
 mod tls;

@@ -531,31 +531,42 @@ pub struct PartitionRecord {
 
 /// Something the controller decided on its own (for logs and tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum ControllerEvent {
+pub enum ControllerEvent<P = u32> {
     BrokerFenced(BrokerId),
     LeaderElected {
-        partition: u32,
+        partition: P,
         leader: BrokerId,
         epoch: i32,
         unclean: bool,
     },
     PartitionOffline {
-        partition: u32,
+        partition: P,
     },
 }
 
 /// Brokers, partitions, leaders and ISRs; the state the metadata quorum replicates.
+///
+/// Partitions are keyed by `P`: a bare partition number in the simulation, a
+/// (topic, partition) pair in the broker.
 #[derive(Clone, Debug)]
-pub struct Controller {
+pub struct Controller<P = u32> {
     session_timeout_ms: i64,
     /// Partitions given an out-of-sync leader since the last `take_unclean_elections`.
-    unclean_elections: Vec<u32>,
+    unclean_elections: Vec<P>,
     brokers: BTreeMap<BrokerId, BrokerRecord>,
-    partitions: BTreeMap<u32, PartitionRecord>,
+    partitions: BTreeMap<P, PartitionRecord>,
 }
 
-impl Controller {
-    pub fn new(session_timeout_ms: i64) -> Controller {
+/// What the controller knows of a broker, for rebuilding it from replicated state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BrokerState {
+    pub incarnation: u64,
+    pub fenced: bool,
+    pub shutting_down: bool,
+}
+
+impl<P: Ord + Clone> Controller<P> {
+    pub fn new(session_timeout_ms: i64) -> Controller<P> {
         Controller {
             session_timeout_ms,
             unclean_elections: Vec::new(),
@@ -564,11 +575,11 @@ impl Controller {
         }
     }
 
-    pub fn partition(&self, partition: u32) -> Option<&LeaderAndIsr> {
-        self.partitions.get(&partition).map(|p| &p.state)
+    pub fn partition(&self, partition: &P) -> Option<&LeaderAndIsr> {
+        self.partitions.get(partition).map(|p| &p.state)
     }
 
-    pub fn partitions(&self) -> impl Iterator<Item = (&u32, &LeaderAndIsr)> {
+    pub fn partitions(&self) -> impl Iterator<Item = (&P, &LeaderAndIsr)> {
         self.partitions.iter().map(|(k, v)| (k, &v.state))
     }
 
@@ -579,7 +590,7 @@ impl Controller {
     /// Creates a partition on `replicas` (the first live one leads).
     pub fn create_partition(
         &mut self,
-        partition: u32,
+        partition: P,
         replicas: Vec<BrokerId>,
         unclean_leader_election: bool,
     ) {
@@ -604,7 +615,7 @@ impl Controller {
     /// A broker's heartbeat. A new incarnation (the broker restarted) is treated as a
     /// failure of the old one: partitions it led get a new epoch. Returns changed
     /// partitions.
-    pub fn heartbeat(&mut self, broker: BrokerId, incarnation: u64, now_ms: i64) -> Vec<u32> {
+    pub fn heartbeat(&mut self, broker: BrokerId, incarnation: u64, now_ms: i64) -> Vec<P> {
         let record = self.brokers.entry(broker).or_insert(BrokerRecord {
             last_heartbeat_ms: now_ms,
             incarnation,
@@ -633,7 +644,7 @@ impl Controller {
                     p.state.leader = Some(broker);
                     p.state.leader_epoch += 1;
                     p.state.partition_epoch += 1;
-                    changed.push(*id);
+                    changed.push(id.clone());
                 }
             }
         }
@@ -644,7 +655,7 @@ impl Controller {
 
     /// Fences brokers whose heartbeats stopped and moves their leaderships. Returns the
     /// events and the partitions that changed.
-    pub fn tick(&mut self, now_ms: i64) -> (Vec<ControllerEvent>, Vec<u32>) {
+    pub fn tick(&mut self, now_ms: i64) -> (Vec<ControllerEvent<P>>, Vec<P>) {
         let expired: Vec<BrokerId> = self
             .brokers
             .iter()
@@ -662,12 +673,14 @@ impl Controller {
             let p = &self.partitions[id].state;
             match p.leader {
                 Some(leader) => events.push(ControllerEvent::LeaderElected {
-                    partition: *id,
+                    partition: id.clone(),
                     leader,
                     epoch: p.leader_epoch,
                     unclean: self.unclean_elections.contains(id),
                 }),
-                None => events.push(ControllerEvent::PartitionOffline { partition: *id }),
+                None => events.push(ControllerEvent::PartitionOffline {
+                    partition: id.clone(),
+                }),
             }
         }
         changed.sort_unstable();
@@ -677,8 +690,59 @@ impl Controller {
 
     /// Partitions that got a leader from outside their ISR since the last call: the
     /// driver logs each as possible data loss.
-    pub fn take_unclean_elections(&mut self) -> Vec<u32> {
+    pub fn take_unclean_elections(&mut self) -> Vec<P> {
         std::mem::take(&mut self.unclean_elections)
+    }
+
+    /// Rebuilds a broker's record from replicated state (a new controller taking over).
+    /// Its session starts at `now_ms`: a new controller gives every broker a fresh
+    /// session before fencing anyone, since it never saw their earlier heartbeats.
+    pub fn restore_broker(&mut self, broker: BrokerId, state: BrokerState, now_ms: i64) {
+        self.brokers.insert(
+            broker,
+            BrokerRecord {
+                last_heartbeat_ms: now_ms,
+                incarnation: state.incarnation,
+                fenced: state.fenced,
+                shutting_down: state.shutting_down,
+            },
+        );
+    }
+
+    /// Rebuilds (or replaces) a partition from replicated state.
+    pub fn restore_partition(&mut self, partition: P, record: PartitionRecord) {
+        self.partitions.insert(partition, record);
+    }
+
+    /// Forgets a partition (its topic was deleted).
+    pub fn remove_partition(&mut self, partition: &P) {
+        self.partitions.remove(partition);
+    }
+
+    pub fn partition_record(&self, partition: &P) -> Option<&PartitionRecord> {
+        self.partitions.get(partition)
+    }
+
+    /// Every broker the controller knows, with its state.
+    pub fn brokers(&self) -> impl Iterator<Item = (BrokerId, BrokerState)> + '_ {
+        self.brokers.iter().map(|(id, b)| {
+            (
+                *id,
+                BrokerState {
+                    incarnation: b.incarnation,
+                    fenced: b.fenced,
+                    shutting_down: b.shutting_down,
+                },
+            )
+        })
+    }
+
+    /// Partitions `broker` leads.
+    pub fn led_by(&self, broker: BrokerId) -> impl Iterator<Item = &P> + '_ {
+        self.partitions
+            .iter()
+            .filter(move |(_, p)| p.state.leader == Some(broker))
+            .map(|(id, _)| id)
     }
 
     fn fenced(&self) -> BTreeSet<BrokerId> {
@@ -695,12 +759,12 @@ impl Controller {
     /// them). Data is never removed from a replica before its successor holds it.
     pub fn reassign(
         &mut self,
-        partition: u32,
+        partition: &P,
         target: Vec<BrokerId>,
     ) -> Result<bool, ReplicationError> {
         let p = self
             .partitions
-            .get_mut(&partition)
+            .get_mut(partition)
             .ok_or(ReplicationError::NotLeader)?;
         if target.is_empty() || target == p.state.replicas {
             return Ok(false);
@@ -722,7 +786,7 @@ impl Controller {
 
     /// Completes reassignments whose new replicas are all in sync. Returns the
     /// partitions that changed.
-    fn finish_reassignments(&mut self) -> Vec<u32> {
+    fn finish_reassignments(&mut self) -> Vec<P> {
         let fenced = self.fenced();
         let mut changed = Vec::new();
         for (id, p) in &mut self.partitions {
@@ -744,7 +808,7 @@ impl Controller {
             }
             p.state.partition_epoch += 1;
             p.reassigning_to = None;
-            changed.push(*id);
+            changed.push(id.clone());
         }
         changed
     }
@@ -759,7 +823,7 @@ impl Controller {
     /// The request carries the broker's incarnation: a request from an earlier life of
     /// the broker (delayed in the network past a restart) is ignored, or it would fence
     /// the new one for good (Kafka's broker epoch serves the same purpose).
-    pub fn controlled_shutdown(&mut self, broker: BrokerId, incarnation: u64) -> Vec<u32> {
+    pub fn controlled_shutdown(&mut self, broker: BrokerId, incarnation: u64) -> Vec<P> {
         let Some(record) = self.brokers.get_mut(&broker) else {
             return Vec::new();
         };
@@ -773,7 +837,7 @@ impl Controller {
 
     /// Moves leadership off `broker` (fenced, or restarted) and, when fenced, takes it
     /// out of ISRs (never emptying one: the last member is the one that has the data).
-    fn elect_away_from(&mut self, broker: BrokerId, remove_from_isr: bool) -> Vec<u32> {
+    fn elect_away_from(&mut self, broker: BrokerId, remove_from_isr: bool) -> Vec<P> {
         let fenced = self.fenced();
         let mut changed = Vec::new();
         let mut unclean = Vec::new();
@@ -811,7 +875,7 @@ impl Controller {
                     if !p.state.isr.contains(&l) {
                         // Unclean: the new leader's log is the truth from now on.
                         p.state.isr = [l].into_iter().collect();
-                        unclean.push(*id);
+                        unclean.push(id.clone());
                     }
                 }
                 p.state.leader = leader;
@@ -820,7 +884,7 @@ impl Controller {
             }
             if touched {
                 p.state.partition_epoch += 1;
-                changed.push(*id);
+                changed.push(id.clone());
             }
         }
         self.unclean_elections.extend(unclean);
@@ -829,15 +893,11 @@ impl Controller {
 
     /// An ISR change from a partition's leader. Accepted only from the current leader
     /// at the current leader and partition epochs, and only with unfenced members.
-    pub fn alter_isr(
-        &mut self,
-        partition: u32,
-        request: &AlterIsr,
-    ) -> Result<(), ReplicationError> {
+    pub fn alter_isr(&mut self, partition: &P, request: &AlterIsr) -> Result<(), ReplicationError> {
         let fenced = self.fenced();
         let p = self
             .partitions
-            .get_mut(&partition)
+            .get_mut(partition)
             .ok_or(ReplicationError::NotLeader)?;
         if p.state.leader != Some(request.leader) || p.state.leader_epoch != request.leader_epoch {
             return Err(ReplicationError::FencedLeaderEpoch);

@@ -30,6 +30,8 @@ pub struct BrokerConfig {
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
     pub broker_id: u32,
+    /// Rack (or zone) of this broker: replicas of a partition are spread over racks.
+    pub rack: Option<String>,
     pub cluster_id: String,
     /// PEM certificate and key; generated (self-signed) on first start when absent.
     pub tls_cert: Option<PathBuf>,
@@ -92,7 +94,9 @@ pub struct BrokerConfig {
     /// produce and fetch only once the controller has named its leader and ISR
     /// (`ReplicaManager::apply`). `false` (single node): every partition is its own
     /// leader, its high watermark is its log end and acks=all equals acks=1. Internal
-    /// topics (`__` prefix) are served by the broker itself either way.
+    /// topics (`__` prefix) are served by the broker itself either way. A `[cluster]`
+    /// section implies it; set alone, something outside the broker (a test playing
+    /// the controller) drives `ReplicaManager::apply`.
     pub cluster_mode: bool,
     /// A follower that has not caught up with the leader's log end for this long
     /// leaves the ISR (Kafka's `replica.lag.time.max.ms`).
@@ -113,6 +117,117 @@ pub struct BrokerConfig {
     pub topic_defaults: TopicDefaults,
     /// WebAssembly plugin limits and defaults.
     pub plugins: crate::plugins::PluginsConfig,
+    /// Multi-broker cluster (`[cluster]`); absent: a single broker, as before.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: the metadata quorum and broker liveness. Every voter is also a broker
+/// (combined mode, like KRaft's); every broker of the cluster lists the same voters.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// The Raft voters as `"<broker_id>@<host>:<port>"`, the broker's own QUIC address
+    /// (e.g. `["1@127.0.0.1:9101", "2@127.0.0.1:9102", "3@127.0.0.1:9103"]`).
+    pub voters: Vec<String>,
+    /// How brokers trust each other's certificate: `sha256:<hex>` (pin) or a PEM file
+    /// (CA or certificate). Absent: peers must present this broker's own certificate
+    /// (a cluster shares one TLS identity through `tls_cert`/`tls_key`).
+    pub peer_trust: Option<String>,
+    /// How often each broker heartbeats to the controller.
+    pub broker_heartbeat_interval_ms: u64,
+    /// A broker silent this long is fenced and loses its leaderships.
+    pub broker_session_timeout_ms: u64,
+    /// Replication factor of topics created without one (0 in the request).
+    /// Absent: min(3, number of voters).
+    pub default_replication_factor: Option<u16>,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            voters: Vec::new(),
+            peer_trust: None,
+            broker_heartbeat_interval_ms: 250,
+            broker_session_timeout_ms: 2_000,
+            default_replication_factor: None,
+        }
+    }
+}
+
+/// One voter of `cluster.voters`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Voter {
+    pub id: u32,
+    /// `host:port`.
+    pub address: String,
+}
+
+impl ClusterConfig {
+    /// The voters, parsed from `"<id>@<host>:<port>"`.
+    pub fn parsed_voters(&self) -> Result<Vec<Voter>, ConfigError> {
+        let mut voters: Vec<Voter> = Vec::new();
+        for entry in &self.voters {
+            let bad = || {
+                ConfigError::Invalid(format!(
+                    "cluster.voters: `{entry}` is not `<broker_id>@<host>:<port>`"
+                ))
+            };
+            let (id, address) = entry.split_once('@').ok_or_else(bad)?;
+            let id: u32 = id.trim().parse().map_err(|_| bad())?;
+            let (host, port) = address.rsplit_once(':').ok_or_else(bad)?;
+            if host.is_empty() || port.parse::<u16>().is_err() {
+                return Err(bad());
+            }
+            if voters.iter().any(|v| v.id == id) {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.voters: broker id {id} appears twice"
+                )));
+            }
+            voters.push(Voter {
+                id,
+                address: address.to_string(),
+            });
+        }
+        Ok(voters)
+    }
+
+    pub fn default_replication_factor(&self) -> u16 {
+        self.default_replication_factor
+            .unwrap_or_else(|| self.voters.len().min(3) as u16)
+    }
+
+    fn check(&self, broker_id: u32) -> Result<(), ConfigError> {
+        let voters = self.parsed_voters()?;
+        if voters.is_empty() {
+            return Err(ConfigError::Invalid(
+                "cluster.voters must name at least one voter".into(),
+            ));
+        }
+        if !voters.iter().any(|v| v.id == broker_id) {
+            return Err(ConfigError::Invalid(format!(
+                "broker_id {broker_id} is not among cluster.voters (every broker is a voter)"
+            )));
+        }
+        if self.broker_heartbeat_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.broker_heartbeat_interval_ms must be greater than 0".into(),
+            ));
+        }
+        if self.broker_session_timeout_ms <= self.broker_heartbeat_interval_ms {
+            return Err(ConfigError::Invalid(
+                "cluster.broker_session_timeout_ms must exceed cluster.broker_heartbeat_interval_ms"
+                    .into(),
+            ));
+        }
+        let rf = self.default_replication_factor();
+        if rf == 0 || rf as usize > voters.len() {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.default_replication_factor must be between 1 and the number of voters ({}), got {rf}",
+                voters.len()
+            )));
+        }
+        Ok(())
+    }
 }
 
 impl Default for BrokerConfig {
@@ -122,6 +237,7 @@ impl Default for BrokerConfig {
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
+            rack: None,
             cluster_id: "meridian-local".into(),
             tls_cert: None,
             tls_key: None,
@@ -158,6 +274,7 @@ impl Default for BrokerConfig {
             replica_high_watermark_checkpoint_interval_ms: 5_000,
             topic_defaults: TopicDefaults::default(),
             plugins: crate::plugins::PluginsConfig::default(),
+            cluster: None,
         }
     }
 }
@@ -297,6 +414,9 @@ impl BrokerConfig {
             return Err(ConfigError::Invalid(
                 "replica_fetch_wait_max_ms must be below replica_lag_time_max_ms (a caught-up follower waiting at the leader would leave the ISR)".into(),
             ));
+        }
+        if let Some(cluster) = &self.cluster {
+            cluster.check(self.broker_id)?;
         }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
     }
@@ -440,6 +560,98 @@ mod tests {
         assert_eq!(config.replica_fetch_max_bytes, 4096);
         assert_eq!(config.replica_fetch_backoff_ms, 50);
         assert_eq!(config.topic_defaults.min_insync_replicas, 2);
+    }
+
+    #[test]
+    fn cluster_section_defaults_and_checks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("broker.toml");
+        let write = |text: &str| std::fs::write(&file, text).unwrap();
+        // Absent: a single broker.
+        write("broker_id = 2\n");
+        let config = BrokerConfig::load(Some(&file), vec![], &[]).unwrap();
+        assert_eq!((config.cluster, config.rack), (None, None));
+
+        write(
+            "broker_id = 2\nrack = \"a\"\n[cluster]\nvoters = [\"1@127.0.0.1:9101\", \"2@127.0.0.1:9102\", \"3@127.0.0.1:9103\"]\n",
+        );
+        let config = BrokerConfig::load(Some(&file), vec![], &[]).unwrap();
+        assert_eq!(config.rack.as_deref(), Some("a"));
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.broker_heartbeat_interval_ms, 250);
+        assert_eq!(cluster.broker_session_timeout_ms, 2_000);
+        assert_eq!(cluster.peer_trust, None);
+        assert_eq!(cluster.default_replication_factor(), 3);
+        assert_eq!(
+            cluster.parsed_voters().unwrap()[1],
+            Voter {
+                id: 2,
+                address: "127.0.0.1:9102".into()
+            }
+        );
+        // Flags override keys of the section.
+        let config = BrokerConfig::load(
+            Some(&file),
+            vec![],
+            &["cluster.broker_session_timeout_ms=5000".into()],
+        )
+        .unwrap();
+        let cluster = config.cluster.unwrap();
+        assert_eq!(cluster.broker_session_timeout_ms, 5_000);
+        write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\ndefault_replication_factor = 1\npeer_trust = \"ca.pem\"\n");
+        let cluster = BrokerConfig::load(Some(&file), vec![], &[])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.default_replication_factor(), 1);
+        assert_eq!(cluster.peer_trust.as_deref(), Some("ca.pem"));
+        write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\n");
+        let cluster = BrokerConfig::load(Some(&file), vec![], &[])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.default_replication_factor(), 2, "min(3, voters)");
+
+        let check = |text: &str, want: &str| {
+            write(text);
+            let err = BrokerConfig::load(Some(&file), vec![], &[])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{text}: got `{err}`, want `{want}`");
+        };
+        check(
+            "[cluster]\nvoters = [\"1@127.0.0.1:9101\"]\nvoterz = []\n",
+            "unknown field `voterz`",
+        );
+        check("[cluster]\nvoters = []\n", "at least one voter");
+        check(
+            "[cluster]\nvoters = [\"127.0.0.1:9101\"]\n",
+            "is not `<broker_id>@<host>:<port>`",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@127.0.0.1\"]\n",
+            "is not `<broker_id>@<host>:<port>`",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\", \"1@b:2\"]\n",
+            "broker id 1 appears twice",
+        );
+        check(
+            "broker_id = 4\n[cluster]\nvoters = [\"1@a:1\"]\n",
+            "broker_id 4 is not among cluster.voters",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_heartbeat_interval_ms = 0\n",
+            "broker_heartbeat_interval_ms must be greater than 0",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_timeout_ms = 100\nbroker_heartbeat_interval_ms = 100\n",
+            "must exceed",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",
+            "between 1 and the number of voters (1), got 2",
+        );
     }
 
     #[test]

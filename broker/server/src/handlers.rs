@@ -14,6 +14,8 @@ use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use tokio::sync::oneshot;
 
+use crate::cluster::controller::Command;
+use crate::cluster::Cluster;
 use crate::config::FlushPolicy;
 use crate::topics::{Failure, Partition, Topic};
 use crate::Shared;
@@ -37,10 +39,66 @@ impl Shared {
     ) -> Option<Response> {
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
-            Request::Metadata(r) => Response::Metadata(self.metadata(r)),
-            Request::CreateTopics(r) => Response::CreateTopics(self.create_topics(r)),
-            Request::DeleteTopics(r) => Response::DeleteTopics(self.delete_topics(r)),
-            Request::DescribeTopics(r) => Response::DescribeTopics(self.describe_topics(r)),
+            Request::Metadata(r) => Response::Metadata(match &self.cluster {
+                Some(cluster) => self.cluster_metadata(cluster, r),
+                None => self.metadata(r),
+            }),
+            Request::CreateTopics(r) => Response::CreateTopics(match &self.cluster {
+                Some(cluster) => cluster_create_topics(cluster, r).await,
+                None => self.create_topics(r),
+            }),
+            Request::DeleteTopics(r) => Response::DeleteTopics(match &self.cluster {
+                Some(cluster) => cluster_delete_topics(cluster, r).await,
+                None => self.delete_topics(r),
+            }),
+            Request::DescribeTopics(r) => Response::DescribeTopics(match &self.cluster {
+                Some(cluster) => self.cluster_describe_topics(cluster, r),
+                None => self.describe_topics(r),
+            }),
+            // The cluster control plane (cluster/).
+            Request::Raft(r) => Response::Raft(self.raft_rpc(r).await),
+            Request::BrokerHeartbeat(r) => Response::BrokerHeartbeat(
+                match self.controller_local(|tx| Command::Heartbeat(r, tx)).await {
+                    Ok(response) => response,
+                    Err((error, message)) => BrokerHeartbeatResponse {
+                        error,
+                        message,
+                        controller_id: NO_BROKER,
+                        fenced: true,
+                        shutdown_ready: false,
+                    },
+                },
+            ),
+            Request::AlterPartition(r) => Response::AlterPartition(
+                match self
+                    .controller_local(|tx| Command::AlterPartition(r, tx))
+                    .await
+                {
+                    Ok(response) => response,
+                    Err((error, message)) => AlterPartitionResponse {
+                        error,
+                        message,
+                        leader: NO_BROKER,
+                        leader_epoch: -1,
+                        partition_epoch: -1,
+                        isr: Vec::new(),
+                        replicas: Vec::new(),
+                    },
+                },
+            ),
+            Request::ControlledShutdown(r) => Response::ControlledShutdown(
+                match self
+                    .controller_local(|tx| Command::ControlledShutdown(r, tx))
+                    .await
+                {
+                    Ok(response) => response,
+                    Err((error, message)) => ControlledShutdownResponse {
+                        error,
+                        message,
+                        remaining: Vec::new(),
+                    },
+                },
+            ),
             Request::Produce(r) => return self.produce(r).await.map(Response::Produce),
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
@@ -107,6 +165,182 @@ impl Shared {
             })
             .collect();
         AlterPartitionReassignmentsResponse { results }
+    }
+
+    /// A request only the controller answers, handed to this broker's controller task.
+    async fn controller_local<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, (ErrorCode, String)> {
+        let Some(cluster) = &self.cluster else {
+            return Err((
+                ErrorCode::NotController,
+                "this broker runs alone (no [cluster] in its config): there is no controller"
+                    .into(),
+            ));
+        };
+        cluster.controller.local(command).await.ok_or_else(|| {
+            (
+                ErrorCode::BrokerShuttingDown,
+                "the controller task stopped".into(),
+            )
+        })
+    }
+
+    async fn raft_rpc(&self, request: RaftRequest) -> RaftResponse {
+        let Some(cluster) = &self.cluster else {
+            tracing::warn!(
+                from = request.from,
+                "Raft RPC received, but this broker is not in a cluster"
+            );
+            return RaftResponse {
+                payload: Bytes::new(),
+            };
+        };
+        match cluster.serve_raft(request).await {
+            Ok(response) => response,
+            Err(message) => {
+                // The sender fails to parse an empty answer and retries.
+                tracing::warn!("{message}");
+                RaftResponse {
+                    payload: Bytes::new(),
+                }
+            }
+        }
+    }
+
+    /// Metadata from the cluster's image: brokers, the controller, and every
+    /// partition's leader, epoch, replicas and ISR.
+    fn cluster_metadata(&self, cluster: &Cluster, request: MetadataRequest) -> MetadataResponse {
+        let image = cluster.image();
+        let names: Vec<String> = match request.topics {
+            None => image.topics.keys().cloned().collect(),
+            Some(names) => names,
+        };
+        MetadataResponse {
+            brokers: image
+                .live_brokers()
+                .map(|b| BrokerInfo {
+                    broker_id: b.id,
+                    host: b.host.clone(),
+                    port: b.port,
+                })
+                .collect(),
+            controller_id: cluster.controller_id(),
+            topics: names
+                .into_iter()
+                .map(|name| match image.topics.get(&name) {
+                    Some(topic) => TopicMetadata {
+                        name,
+                        error: ErrorCode::None,
+                        partitions: topic
+                            .partitions
+                            .iter()
+                            .enumerate()
+                            .map(|(index, p)| PartitionMetadata {
+                                partition: index as u32,
+                                error: if p.leader.is_some() {
+                                    ErrorCode::None
+                                } else {
+                                    ErrorCode::LeaderNotAvailable
+                                },
+                                leader: p.leader.unwrap_or(NO_BROKER),
+                                leader_epoch: p.leader_epoch,
+                                replicas: p.replicas.clone(),
+                                isr: p.isr.clone(),
+                            })
+                            .collect(),
+                    },
+                    None => TopicMetadata {
+                        error: if meridian_wire::validate_topic_name(&name).is_err() {
+                            ErrorCode::InvalidTopic
+                        } else {
+                            ErrorCode::UnknownTopic
+                        },
+                        name,
+                        partitions: Vec::new(),
+                    },
+                })
+                .collect(),
+        }
+    }
+
+    /// Topics as the cluster's image has them; log figures from this broker's replica
+    /// where it has one (-1 where it does not).
+    fn cluster_describe_topics(
+        &self,
+        cluster: &Cluster,
+        request: DescribeTopicsRequest,
+    ) -> DescribeTopicsResponse {
+        let image = cluster.image();
+        let names: Vec<String> = if request.names.is_empty() {
+            image.topics.keys().cloned().collect()
+        } else {
+            request.names
+        };
+        let topics = names
+            .into_iter()
+            .map(|name| {
+                let Some(topic) = image.topics.get(&name) else {
+                    return TopicDescription {
+                        message: format!("topic `{name}` does not exist"),
+                        name,
+                        error: ErrorCode::UnknownTopic,
+                        replication_factor: 0,
+                        configs: Vec::new(),
+                        partitions: Vec::new(),
+                    };
+                };
+                let local = self.registry.get(&name);
+                TopicDescription {
+                    name: name.clone(),
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    replication_factor: topic.replication_factor,
+                    configs: crate::topic_config::TopicOverrides(topic.configs.clone())
+                        .describe(&self.registry.defaults)
+                        .into_iter()
+                        .map(|(key, value, is_default)| DescribedConfig {
+                            key,
+                            value,
+                            is_default,
+                        })
+                        .collect(),
+                    partitions: (0..topic.partitions.len() as u32)
+                        .map(|index| {
+                            let log = local.as_ref().and_then(|t| t.partition(index).ok());
+                            match log.map(|p| p.log()) {
+                                Some(Ok(log)) => PartitionDescription {
+                                    partition: index,
+                                    error: ErrorCode::None,
+                                    log_start_offset: log.log_start_offset(),
+                                    high_watermark: log.log_end_offset(),
+                                    size_bytes: log.size_bytes(),
+                                    segments: log.segment_count() as u32,
+                                },
+                                Some(Err(f)) => PartitionDescription {
+                                    partition: index,
+                                    error: f.code,
+                                    log_start_offset: -1,
+                                    high_watermark: -1,
+                                    size_bytes: 0,
+                                    segments: 0,
+                                },
+                                None => PartitionDescription {
+                                    partition: index,
+                                    error: ErrorCode::None,
+                                    log_start_offset: -1,
+                                    high_watermark: -1,
+                                    size_bytes: 0,
+                                    segments: 0,
+                                },
+                            }
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        DescribeTopicsResponse { topics }
     }
 
     fn init_producer_id(&self, r: InitProducerIdRequest) -> InitProducerIdResponse {
@@ -798,6 +1032,48 @@ impl Shared {
             })
             .collect();
         DeleteRecordsResponse { topics }
+    }
+}
+
+/// Creates topics through the controller (forwarded to it when another broker is the
+/// controller), answering once the records are committed.
+async fn cluster_create_topics(
+    cluster: &Cluster,
+    request: CreateTopicsRequest,
+) -> CreateTopicsResponse {
+    let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
+    match cluster.controller.create_topics(request).await {
+        Ok(response) => response,
+        Err(e) => CreateTopicsResponse {
+            results: names
+                .into_iter()
+                .map(|name| TopicResult {
+                    name,
+                    error: ErrorCode::NotController,
+                    message: e.to_string(),
+                })
+                .collect(),
+        },
+    }
+}
+
+async fn cluster_delete_topics(
+    cluster: &Cluster,
+    request: DeleteTopicsRequest,
+) -> DeleteTopicsResponse {
+    let names = request.names.clone();
+    match cluster.controller.delete_topics(request).await {
+        Ok(response) => response,
+        Err(e) => DeleteTopicsResponse {
+            results: names
+                .into_iter()
+                .map(|name| TopicResult {
+                    name,
+                    error: ErrorCode::NotController,
+                    message: e.to_string(),
+                })
+                .collect(),
+        },
     }
 }
 

@@ -450,7 +450,9 @@ impl Shared {
     /// A standalone partition serves unless this broker is in cluster mode (then only
     /// internal topics do).
     pub(crate) fn check_standalone(&self, topic: &Topic) -> Result<(), Failure> {
-        if self.config.cluster_mode && !topic.name.starts_with("__") {
+        if (self.config.cluster_mode || self.config.cluster.is_some())
+            && !topic.name.starts_with("__")
+        {
             return Err(Failure::new(
                 ErrorCode::NotLeaderOrFollower,
                 format!(

@@ -26,6 +26,9 @@ pub struct TopicDefaults {
     /// acks=all needs at least this many in-sync replicas (Kafka's
     /// `min.insync.replicas`, default 1).
     pub min_insync_replicas: i64,
+    /// Allow electing a leader from outside the ISR when no in-sync replica is left
+    /// (availability over durability: acknowledged records may be lost).
+    pub unclean_leader_election_enable: bool,
 }
 
 impl Default for TopicDefaults {
@@ -42,12 +45,13 @@ impl Default for TopicDefaults {
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
             min_insync_replicas: 1,
+            unclean_leader_election_enable: false,
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 12] = [
     "cleanup.policy",
     "delete.retention.ms",
     "index.interval.bytes",
@@ -59,6 +63,7 @@ pub const TOPIC_CONFIG_KEYS: [&str; 11] = [
     "retention.ms",
     "segment.bytes",
     "segment.ms",
+    "unclean.leader.election.enable",
 ];
 
 impl TopicDefaults {
@@ -75,6 +80,7 @@ impl TopicDefaults {
             "min.cleanable.dirty.ratio" => self.min_cleanable_dirty_ratio.to_string(),
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
+            "unclean.leader.election.enable" => self.unclean_leader_election_enable.to_string(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -113,6 +119,10 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "cleanup.policy" => value.parse::<CleanupPolicy>().map(drop),
         "delete.retention.ms" | "min.compaction.lag.ms" => parse_int(key, value, 0).map(drop),
         "min.insync.replicas" => parse_int(key, value, 1).map(drop),
+        "unclean.leader.election.enable" => match value {
+            "true" | "false" => Ok(()),
+            _ => Err(format!("{key} must be true or false, got `{value}`")),
+        },
         "min.cleanable.dirty.ratio" => match value.parse::<f64>() {
             Ok(ratio) if (0.0..=1.0).contains(&ratio) => Ok(()),
             _ => Err(format!(
@@ -165,6 +175,11 @@ impl TopicOverrides {
     pub fn min_insync_replicas(&self, defaults: &TopicDefaults) -> usize {
         self.effective::<i64>(defaults, "min.insync.replicas")
             .max(1) as usize
+    }
+
+    /// `unclean.leader.election.enable`, explicit or the broker default.
+    pub fn unclean_leader_election(&self, defaults: &TopicDefaults) -> bool {
+        self.effective(defaults, "unclean.leader.election.enable")
     }
 
     pub fn log_config(&self, defaults: &TopicDefaults) -> LogConfig {

@@ -220,7 +220,7 @@ impl Registry {
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
-        self.create_validated(name, partitions, replication_factor, overrides)
+        self.create_locked(name, partitions, replication_factor, overrides)
     }
 
     /// Creates this broker's replicas of a topic the control plane placed here (any
@@ -236,10 +236,28 @@ impl Registry {
         let _admin = self.admin.lock();
         let overrides =
             self.validate_replicated_create(name, partitions, replication_factor, configs)?;
-        self.create_validated(name, partitions, replication_factor, overrides)
+        self.create_locked(name, partitions, replication_factor, overrides)
     }
 
-    fn create_validated(
+    /// Makes sure a topic the cluster's controller created exists here (this broker
+    /// holds some of its replicas): creates it with the controller's settings when it
+    /// is absent, returns it when it is there. Validation was the controller's job.
+    pub fn ensure(
+        &self,
+        name: &str,
+        partitions: u32,
+        replication_factor: u16,
+        overrides: TopicOverrides,
+    ) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        if let Some(topic) = self.get(name) {
+            return Ok(topic);
+        }
+        self.create_locked(name, partitions, replication_factor, overrides)
+    }
+
+    /// Creates the topic on disk; the caller holds `admin` and checked the request.
+    fn create_locked(
         &self,
         name: &str,
         partitions: u32,

@@ -86,6 +86,10 @@ error_codes! {
     NotEnoughReplicas = 43, true, "acks=all refused before appending: fewer in-sync replicas than the topic's min.insync.replicas";
     NotEnoughReplicasAfterAppend = 44, true, "the records were written but the in-sync replicas fell below min.insync.replicas before they were committed; retry (an idempotent producer will not duplicate)";
     LeaderNotAvailable = 45, true, "the partition has no leader right now (an election is under way, or every in-sync replica is down); retry";
+    // 46..=49: cluster control plane (metadata quorum, controller).
+    NotController = 46, true, "this broker is not the controller; ask the controller named in the response";
+    InvalidUpdateVersion = 47, false, "the partition changed since the request's partition epoch; use the state in the response";
+    StaleBrokerEpoch = 48, false, "the request comes from an earlier incarnation of the broker";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

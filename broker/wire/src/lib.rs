@@ -7,8 +7,10 @@
 //! - [`frame`]: length-prefixed request/response frames and their limits.
 //! - [`messages`]: the typed requests and responses ([`group`]: consumer groups).
 //! - [`error`]: error codes carried in responses.
+//! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
 
 pub mod batch;
+pub mod cluster;
 pub mod codec;
 pub mod error;
 pub mod frame;

@@ -4,6 +4,7 @@
 
 use bytes::Bytes;
 
+pub use crate::cluster::*;
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 pub use crate::group::*;
@@ -44,10 +45,16 @@ pub enum ApiKey {
     TopicDetach = 29,
     /// Move partitions' replicas to other brokers (reassign.rs).
     AlterPartitionReassignments = 44,
+    // 40..=43: the cluster control plane, broker to broker (cluster.rs).
+    /// A Raft RPC of the metadata quorum.
+    Raft = 40,
+    BrokerHeartbeat = 41,
+    AlterPartition = 42,
+    ControlledShutdown = 43,
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 27] = [
+    pub const ALL: [ApiKey; 31] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -75,6 +82,10 @@ impl ApiKey {
         ApiKey::TopicAttach,
         ApiKey::TopicDetach,
         ApiKey::AlterPartitionReassignments,
+        ApiKey::Raft,
+        ApiKey::BrokerHeartbeat,
+        ApiKey::AlterPartition,
+        ApiKey::ControlledShutdown,
     ];
 
     pub fn from_u16(v: u16) -> Option<ApiKey> {
@@ -126,6 +137,10 @@ pub enum Request {
     TopicAttach(TopicAttachRequest),
     TopicDetach(TopicDetachRequest),
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
+    Raft(RaftRequest),
+    BrokerHeartbeat(BrokerHeartbeatRequest),
+    AlterPartition(AlterPartitionRequest),
+    ControlledShutdown(ControlledShutdownRequest),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -157,6 +172,10 @@ pub enum Response {
     TopicAttach(PluginResult),
     TopicDetach(PluginResult),
     AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
+    Raft(RaftResponse),
+    BrokerHeartbeat(BrokerHeartbeatResponse),
+    AlterPartition(AlterPartitionResponse),
+    ControlledShutdown(ControlledShutdownResponse),
 }
 
 // ---- ApiVersions -------------------------------------------------------------------
@@ -588,6 +607,10 @@ impl Request {
             Request::TopicAttach(_) => ApiKey::TopicAttach,
             Request::TopicDetach(_) => ApiKey::TopicDetach,
             Request::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+            Request::Raft(_) => ApiKey::Raft,
+            Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            Request::AlterPartition(_) => ApiKey::AlterPartition,
+            Request::ControlledShutdown(_) => ApiKey::ControlledShutdown,
         }
     }
 
@@ -672,6 +695,10 @@ impl Request {
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
             Request::AlterPartitionReassignments(m) => m.encode(w),
+            Request::Raft(m) => m.encode(w),
+            Request::BrokerHeartbeat(m) => m.encode(w),
+            Request::AlterPartition(m) => m.encode(w),
+            Request::ControlledShutdown(m) => m.encode(w),
         }
     }
 
@@ -787,6 +814,12 @@ impl Request {
             ApiKey::AlterPartitionReassignments => {
                 Request::AlterPartitionReassignments(AlterPartitionReassignmentsRequest::decode(r)?)
             }
+            ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
+            ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
+            ApiKey::AlterPartition => Request::AlterPartition(AlterPartitionRequest::decode(r)?),
+            ApiKey::ControlledShutdown => {
+                Request::ControlledShutdown(ControlledShutdownRequest::decode(r)?)
+            }
         })
     }
 }
@@ -821,6 +854,10 @@ impl Response {
             Response::TopicAttach(_) => ApiKey::TopicAttach,
             Response::TopicDetach(_) => ApiKey::TopicDetach,
             Response::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+            Response::Raft(_) => ApiKey::Raft,
+            Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
+            Response::AlterPartition(_) => ApiKey::AlterPartition,
+            Response::ControlledShutdown(_) => ApiKey::ControlledShutdown,
         }
     }
 
@@ -948,6 +985,10 @@ impl Response {
             Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
                 pm::put_result(w, r)
             }
+            Response::Raft(m) => m.encode(w),
+            Response::BrokerHeartbeat(m) => m.encode(w),
+            Response::AlterPartition(m) => m.encode(w),
+            Response::ControlledShutdown(m) => m.encode(w),
         }
     }
 
@@ -1116,6 +1157,14 @@ impl Response {
             ApiKey::AlterPartitionReassignments => Response::AlterPartitionReassignments(
                 AlterPartitionReassignmentsResponse::decode(r)?,
             ),
+            ApiKey::Raft => Response::Raft(RaftResponse::decode(r)?),
+            ApiKey::BrokerHeartbeat => {
+                Response::BrokerHeartbeat(BrokerHeartbeatResponse::decode(r)?)
+            }
+            ApiKey::AlterPartition => Response::AlterPartition(AlterPartitionResponse::decode(r)?),
+            ApiKey::ControlledShutdown => {
+                Response::ControlledShutdown(ControlledShutdownResponse::decode(r)?)
+            }
         })
     }
 }
@@ -1143,6 +1192,62 @@ mod tests {
         for cut in 4..frame.len() {
             let _ = decode_response(response.api_key(), frame.slice(4..cut));
         }
+    }
+
+    #[test]
+    fn cluster_messages_round_trip() {
+        check_request(Request::Raft(RaftRequest {
+            rpc: RaftRpc::Vote,
+            from: 2,
+            payload: Bytes::from_static(b"{\"vote\":1}"),
+        }));
+        check_response(Response::Raft(RaftResponse {
+            payload: Bytes::from_static(b"{}"),
+        }));
+        check_request(Request::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: 3,
+            incarnation: u64::MAX - 1,
+            host: "127.0.0.1".into(),
+            port: 9103,
+            rack: Some("rack-a".into()),
+            wants_shutdown: true,
+        }));
+        check_response(Response::BrokerHeartbeat(BrokerHeartbeatResponse {
+            error: ErrorCode::NotController,
+            message: "ask 1".into(),
+            controller_id: 1,
+            fenced: true,
+            shutdown_ready: false,
+        }));
+        check_request(Request::AlterPartition(AlterPartitionRequest {
+            broker_id: 1,
+            topic: "t".into(),
+            partition: 4,
+            leader_epoch: 2,
+            partition_epoch: 7,
+            isr: vec![1, 3],
+        }));
+        check_response(Response::AlterPartition(AlterPartitionResponse {
+            error: ErrorCode::InvalidUpdateVersion,
+            message: "stale".into(),
+            leader: NO_BROKER,
+            leader_epoch: 3,
+            partition_epoch: 8,
+            isr: vec![1],
+            replicas: vec![1, 2, 3],
+        }));
+        check_request(Request::ControlledShutdown(ControlledShutdownRequest {
+            broker_id: 2,
+            incarnation: 99,
+        }));
+        check_response(Response::ControlledShutdown(ControlledShutdownResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            remaining: vec![TopicPartitions {
+                topic: "t".into(),
+                partitions: vec![0, 2],
+            }],
+        }));
     }
 
     #[test]

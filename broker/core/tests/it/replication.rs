@@ -241,7 +241,7 @@ impl Sim {
     fn broadcast_state(&mut self) {
         let state = self
             .controller
-            .partition(PARTITION)
+            .partition(&PARTITION)
             .expect("created")
             .clone();
         for b in BROKERS {
@@ -279,7 +279,7 @@ impl Sim {
                 let changed = self.controller.heartbeat(from, incarnation, self.now);
                 let state = self
                     .controller
-                    .partition(PARTITION)
+                    .partition(&PARTITION)
                     .expect("created")
                     .clone();
                 self.send(CONTROLLER, from, Msg::State(state));
@@ -297,7 +297,7 @@ impl Sim {
                 }
                 self.send(CONTROLLER, from, Msg::ShutdownDone);
             }
-            Msg::AlterIsr(request) => match self.controller.alter_isr(PARTITION, &request) {
+            Msg::AlterIsr(request) => match self.controller.alter_isr(&PARTITION, &request) {
                 Ok(()) => self.broadcast_state(),
                 Err(_) => self.send(CONTROLLER, from, Msg::AlterIsrRefused),
             },
@@ -523,7 +523,7 @@ impl Sim {
     }
 
     fn produce(&mut self) {
-        let Some(leader) = self.controller.partition(PARTITION).and_then(|p| p.leader) else {
+        let Some(leader) = self.controller.partition(&PARTITION).and_then(|p| p.leader) else {
             return;
         };
         self.next_request += 1;
@@ -542,7 +542,7 @@ impl Sim {
         {
             return;
         }
-        let Some(leader) = self.controller.partition(PARTITION).and_then(|p| p.leader) else {
+        let Some(leader) = self.controller.partition(&PARTITION).and_then(|p| p.leader) else {
             return;
         };
         self.next_request += 1;
@@ -555,7 +555,7 @@ impl Sim {
 
     /// Every broker's view and the controller's, for failure messages.
     fn describe(&self) -> String {
-        let mut out = format!("controller: {:?}\n", self.controller.partition(PARTITION));
+        let mut out = format!("controller: {:?}\n", self.controller.partition(&PARTITION));
         for n in &self.nodes {
             out += &format!(
                 "broker {}: alive {} log {} hw {} leader {:?} epoch {:?} isr {:?} fenced {}\n",
@@ -583,7 +583,11 @@ impl Sim {
                     target.swap(i, j);
                 }
                 target.truncate(3);
-                if self.controller.reassign(PARTITION, target).unwrap_or(false) {
+                if self
+                    .controller
+                    .reassign(&PARTITION, target)
+                    .unwrap_or(false)
+                {
                     self.broadcast_state();
                 }
             }
@@ -709,7 +713,7 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
     }
     // Let a reassignment under way finish too; then only the current replicas matter.
     let replicas = |sim: &Sim| -> Vec<usize> {
-        let state = sim.controller.partition(PARTITION).expect("created");
+        let state = sim.controller.partition(&PARTITION).expect("created");
         sim.nodes
             .iter()
             .enumerate()
@@ -756,7 +760,7 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
     );
     let moved = sim
         .controller
-        .partition(PARTITION)
+        .partition(&PARTITION)
         .expect("created")
         .replicas
         != BROKERS[..3];

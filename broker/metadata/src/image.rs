@@ -1,0 +1,250 @@
+//! Metadata records and the image they build.
+//!
+//! The controller decides; what it decided travels through the Raft log as
+//! [`MetadataRecord`]s; every broker applies the committed records, in log order, to
+//! its [`MetadataImage`]. Applying is deterministic (no clock, no randomness, no I/O),
+//! so every broker that applied the same prefix holds the same image.
+//!
+//! Records and the image are serialized (Raft log, snapshots, the Raft RPC payloads):
+//! they are a compatibility promise. Add fields with `#[serde(default)]`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+pub type BrokerId = u32;
+
+/// One broker as registered with the controller.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BrokerRegistration {
+    pub id: BrokerId,
+    /// Unique per process start: a new one means the broker restarted.
+    pub incarnation: u64,
+    pub host: String,
+    pub port: u16,
+    pub rack: Option<String>,
+    /// Fenced brokers lead nothing and are not in any ISR the controller grows.
+    pub fenced: bool,
+    /// In controlled shutdown: stays fenced until a new incarnation registers.
+    #[serde(default)]
+    pub shutting_down: bool,
+}
+
+/// The replication state of one partition.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PartitionState {
+    /// `None`: offline (no eligible replica).
+    pub leader: Option<BrokerId>,
+    pub leader_epoch: i32,
+    /// Bumped on every change (leader, ISR, replicas).
+    pub partition_epoch: i32,
+    pub isr: Vec<BrokerId>,
+    pub replicas: Vec<BrokerId>,
+    /// A reassignment under way: the replicas it ends with.
+    #[serde(default)]
+    pub reassigning_to: Option<Vec<BrokerId>>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TopicImage {
+    pub name: String,
+    /// Explicit topic settings (`retention.ms`, `unclean.leader.election.enable`, …).
+    pub configs: BTreeMap<String, String>,
+    pub replication_factor: u16,
+    /// Indexed by partition number.
+    pub partitions: Vec<PartitionState>,
+}
+
+impl TopicImage {
+    /// Whether the topic allows electing a leader from outside the ISR.
+    pub fn unclean_leader_election(&self) -> bool {
+        self.configs
+            .get(UNCLEAN_LEADER_ELECTION_KEY)
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// The topic setting that allows unclean leader election.
+pub const UNCLEAN_LEADER_ELECTION_KEY: &str = "unclean.leader.election.enable";
+
+/// A change to the metadata, as written to the Raft log.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum MetadataRecord {
+    /// A broker (re)registered: new incarnation or new address. It starts fenced
+    /// unless `fenced` says otherwise.
+    BrokerRegistered(BrokerRegistration),
+    BrokerFenced {
+        id: BrokerId,
+    },
+    BrokerUnfenced {
+        id: BrokerId,
+    },
+    /// Controlled shutdown: fenced until it comes back as a new incarnation.
+    BrokerShuttingDown {
+        id: BrokerId,
+    },
+    TopicCreated(TopicImage),
+    TopicDeleted {
+        name: String,
+    },
+    PartitionChanged {
+        topic: String,
+        partition: u32,
+        state: PartitionState,
+    },
+}
+
+/// Brokers, topics, partition assignments, leaders, ISRs and epochs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MetadataImage {
+    pub brokers: BTreeMap<BrokerId, BrokerRegistration>,
+    pub topics: BTreeMap<String, TopicImage>,
+}
+
+impl MetadataImage {
+    /// Applies one committed record. Records that do not fit the image (a change to
+    /// a topic deleted meanwhile) are ignored: the log is the truth, and a later
+    /// record never depends on an ignored one.
+    pub fn apply(&mut self, record: &MetadataRecord) {
+        match record {
+            MetadataRecord::BrokerRegistered(registration) => {
+                self.brokers.insert(registration.id, registration.clone());
+            }
+            MetadataRecord::BrokerFenced { id } => {
+                if let Some(b) = self.brokers.get_mut(id) {
+                    b.fenced = true;
+                }
+            }
+            MetadataRecord::BrokerUnfenced { id } => {
+                if let Some(b) = self.brokers.get_mut(id) {
+                    b.fenced = false;
+                    b.shutting_down = false;
+                }
+            }
+            MetadataRecord::BrokerShuttingDown { id } => {
+                if let Some(b) = self.brokers.get_mut(id) {
+                    b.fenced = true;
+                    b.shutting_down = true;
+                }
+            }
+            MetadataRecord::TopicCreated(topic) => {
+                self.topics.insert(topic.name.clone(), topic.clone());
+            }
+            MetadataRecord::TopicDeleted { name } => {
+                self.topics.remove(name);
+            }
+            MetadataRecord::PartitionChanged {
+                topic,
+                partition,
+                state,
+            } => {
+                if let Some(slot) = self
+                    .topics
+                    .get_mut(topic)
+                    .and_then(|t| t.partitions.get_mut(*partition as usize))
+                {
+                    *slot = state.clone();
+                }
+            }
+        }
+    }
+
+    pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionState> {
+        self.topics
+            .get(topic)
+            .and_then(|t| t.partitions.get(partition as usize))
+    }
+
+    /// Unfenced brokers, by id.
+    pub fn live_brokers(&self) -> impl Iterator<Item = &BrokerRegistration> {
+        self.brokers.values().filter(|b| !b.fenced)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn broker(id: BrokerId) -> BrokerRegistration {
+        BrokerRegistration {
+            id,
+            incarnation: 7,
+            host: "127.0.0.1".into(),
+            port: 9100 + id as u16,
+            rack: None,
+            fenced: true,
+            shutting_down: false,
+        }
+    }
+
+    #[test]
+    fn records_build_the_image_and_round_trip() {
+        let state = PartitionState {
+            leader: Some(1),
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![1, 2],
+            replicas: vec![1, 2],
+            reassigning_to: None,
+        };
+        let records = vec![
+            MetadataRecord::BrokerRegistered(broker(1)),
+            MetadataRecord::BrokerRegistered(broker(2)),
+            MetadataRecord::BrokerUnfenced { id: 1 },
+            MetadataRecord::BrokerUnfenced { id: 2 },
+            MetadataRecord::TopicCreated(TopicImage {
+                name: "t".into(),
+                configs: [(UNCLEAN_LEADER_ELECTION_KEY.to_string(), "true".to_string())]
+                    .into_iter()
+                    .collect(),
+                replication_factor: 2,
+                partitions: vec![state.clone()],
+            }),
+            MetadataRecord::BrokerFenced { id: 1 },
+            MetadataRecord::PartitionChanged {
+                topic: "t".into(),
+                partition: 0,
+                state: PartitionState {
+                    leader: Some(2),
+                    leader_epoch: 1,
+                    partition_epoch: 1,
+                    isr: vec![2],
+                    ..state.clone()
+                },
+            },
+            // A change to a partition that does not exist is ignored.
+            MetadataRecord::PartitionChanged {
+                topic: "gone".into(),
+                partition: 0,
+                state,
+            },
+        ];
+        let mut image = MetadataImage::default();
+        for r in &records {
+            let json = serde_json::to_string(r).unwrap();
+            let back: MetadataRecord = serde_json::from_str(&json).unwrap();
+            assert_eq!(&back, r);
+            image.apply(r);
+        }
+        assert!(image.brokers[&1].fenced);
+        assert!(!image.brokers[&2].fenced);
+        assert_eq!(
+            image.live_brokers().map(|b| b.id).collect::<Vec<_>>(),
+            vec![2]
+        );
+        let p = image.partition("t", 0).unwrap();
+        assert_eq!(
+            (p.leader, p.leader_epoch, p.isr.clone()),
+            (Some(2), 1, vec![2])
+        );
+        assert!(image.topics["t"].unclean_leader_election());
+        let json = serde_json::to_vec(&image).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<MetadataImage>(&json).unwrap(),
+            image
+        );
+        image.apply(&MetadataRecord::TopicDeleted { name: "t".into() });
+        assert!(image.topics.is_empty());
+    }
+}

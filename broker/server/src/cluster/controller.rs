@@ -1,0 +1,872 @@
+//! The controller: runs on the Raft leader only. It registers brokers, tracks their
+//! liveness by heartbeat, fences the silent ones, elects partition leaders (from the
+//! ISR; unclean only where the topic allows it), creates and deletes topics, and takes
+//! ISR changes and controlled shutdowns. The decisions are `meridian_core`'s
+//! [`Controller`]; this driver writes them as records through Raft and answers only
+//! once they are committed.
+//!
+//! One task handles everything in order, so the core's state and the committed image
+//! never disagree: after each decision the driver diffs the core against the image
+//! and writes the difference. When Raft leadership moves, the new leader rebuilds the
+//! core from its image and gives every broker a fresh session before fencing anyone
+//! (it never saw their earlier heartbeats).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use meridian_core::replication::{
+    AlterIsr, BrokerState, Controller, ControllerEvent, LeaderAndIsr, PartitionRecord,
+};
+use meridian_metadata::openraft::ServerState;
+use meridian_metadata::{
+    BrokerRegistration, MetadataBatch, MetadataImage, MetadataRecord, PartitionState, TopicImage,
+};
+use meridian_wire::messages::*;
+use meridian_wire::ErrorCode;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::handlers::now_ms;
+use crate::topic_config::{TopicDefaults, TopicOverrides};
+
+/// (topic, partition)
+pub(crate) type PartitionKey = (String, u32);
+
+/// A request for the controller, with where to send the answer.
+pub(crate) enum Command {
+    Heartbeat(
+        BrokerHeartbeatRequest,
+        oneshot::Sender<BrokerHeartbeatResponse>,
+    ),
+    CreateTopics(CreateTopicsRequest, oneshot::Sender<CreateTopicsResponse>),
+    DeleteTopics(DeleteTopicsRequest, oneshot::Sender<DeleteTopicsResponse>),
+    AlterPartition(
+        AlterPartitionRequest,
+        oneshot::Sender<AlterPartitionResponse>,
+    ),
+    ControlledShutdown(
+        ControlledShutdownRequest,
+        oneshot::Sender<ControlledShutdownResponse>,
+    ),
+}
+
+impl Command {
+    /// Answers "not the controller" (this broker does not lead the quorum).
+    fn refuse(self, controller_id: u32) {
+        let message = format!(
+            "this broker is not the controller; the controller is {}",
+            if controller_id == NO_BROKER {
+                "not known yet".to_string()
+            } else {
+                format!("broker {controller_id}")
+            }
+        );
+        let code = ErrorCode::NotController;
+        match self {
+            Command::Heartbeat(_, tx) => drop(tx.send(BrokerHeartbeatResponse {
+                error: code,
+                message,
+                controller_id,
+                fenced: true,
+                shutdown_ready: false,
+            })),
+            Command::CreateTopics(r, tx) => drop(
+                tx.send(CreateTopicsResponse {
+                    results: r
+                        .topics
+                        .into_iter()
+                        .map(|t| TopicResult {
+                            name: t.name,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
+            Command::DeleteTopics(r, tx) => drop(
+                tx.send(DeleteTopicsResponse {
+                    results: r
+                        .names
+                        .into_iter()
+                        .map(|name| TopicResult {
+                            name,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
+            Command::AlterPartition(_, tx) => drop(tx.send(AlterPartitionResponse {
+                error: code,
+                message,
+                leader: NO_BROKER,
+                leader_epoch: -1,
+                partition_epoch: -1,
+                isr: Vec::new(),
+                replicas: Vec::new(),
+            })),
+            Command::ControlledShutdown(_, tx) => drop(tx.send(ControlledShutdownResponse {
+                error: code,
+                message,
+                remaining: Vec::new(),
+            })),
+        }
+    }
+}
+
+/// What the controller needs from the broker.
+pub(crate) struct Context {
+    pub(crate) broker_id: u32,
+    pub(crate) raft: meridian_metadata::Raft,
+    pub(crate) state_machine: meridian_metadata::StateMachine,
+    pub(crate) session_timeout_ms: u64,
+    pub(crate) default_replication_factor: u16,
+    pub(crate) max_partitions_per_topic: u32,
+    pub(crate) topic_defaults: TopicDefaults,
+}
+
+/// Runs for the broker's lifetime: idle (refusing commands) while another broker
+/// leads the quorum, the controller while this one does.
+pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Command>) {
+    let mut metrics = context.raft.metrics();
+    loop {
+        let (leading, leader) = {
+            let m = metrics.borrow_and_update();
+            (
+                m.state == ServerState::Leader,
+                m.current_leader.map_or(NO_BROKER, |l| l as u32),
+            )
+        };
+        if leading {
+            // Everything committed before this term must be in our image before we
+            // decide anything: wait until our first entry of the term is applied.
+            let ready =
+                tokio::time::timeout(Duration::from_secs(5), context.raft.ensure_linearizable())
+                    .await;
+            if matches!(ready, Ok(Ok(_))) {
+                tracing::info!(
+                    broker = context.broker_id,
+                    "this broker is now the controller"
+                );
+                let mut active = Active::new(&context);
+                active.serve(&mut commands, &mut metrics).await;
+                tracing::info!(
+                    broker = context.broker_id,
+                    "this broker is no longer the controller"
+                );
+                continue;
+            }
+        }
+        tokio::select! {
+            changed = metrics.changed() => if changed.is_err() { return },
+            command = commands.recv() => match command {
+                Some(command) => command.refuse(leader),
+                None => return,
+            },
+        }
+    }
+}
+
+fn to_state(s: &LeaderAndIsr, reassigning_to: &Option<Vec<u32>>) -> PartitionState {
+    PartitionState {
+        leader: s.leader,
+        leader_epoch: s.leader_epoch,
+        partition_epoch: s.partition_epoch,
+        isr: s.isr.iter().copied().collect(),
+        replicas: s.replicas.clone(),
+        reassigning_to: reassigning_to.clone(),
+    }
+}
+
+fn to_leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
+    LeaderAndIsr {
+        leader: s.leader,
+        leader_epoch: s.leader_epoch,
+        isr: s.isr.iter().copied().collect(),
+        replicas: s.replicas.clone(),
+        partition_epoch: s.partition_epoch,
+    }
+}
+
+/// The controller while this broker leads the quorum.
+struct Active<'a> {
+    context: &'a Context,
+    core: Controller<PartitionKey>,
+}
+
+/// Raft refused the write: we are not the leader any more.
+struct LostLeadership;
+
+impl<'a> Active<'a> {
+    fn new(context: &'a Context) -> Active<'a> {
+        let image = context.state_machine.image();
+        let now = now_ms();
+        let mut core = Controller::new(context.session_timeout_ms as i64);
+        for (id, b) in &image.brokers {
+            core.restore_broker(
+                *id,
+                BrokerState {
+                    incarnation: b.incarnation,
+                    fenced: b.fenced,
+                    shutting_down: b.shutting_down,
+                },
+                now,
+            );
+        }
+        for topic in image.topics.values() {
+            let unclean = TopicOverrides(topic.configs.clone())
+                .unclean_leader_election(&context.topic_defaults);
+            for (index, p) in topic.partitions.iter().enumerate() {
+                core.restore_partition(
+                    (topic.name.clone(), index as u32),
+                    PartitionRecord {
+                        state: to_leader_and_isr(p),
+                        unclean_leader_election: unclean,
+                        reassigning_to: p.reassigning_to.clone(),
+                    },
+                );
+            }
+        }
+        Active { context, core }
+    }
+
+    async fn serve(
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        metrics: &mut tokio::sync::watch::Receiver<
+            meridian_metadata::openraft::RaftMetrics<u64, meridian_metadata::openraft::BasicNode>,
+        >,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(100));
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let outcome = tokio::select! {
+                _ = tick.tick() => self.tick().await,
+                command = commands.recv() => match command {
+                    Some(command) => self.handle(command).await,
+                    None => return,
+                },
+                changed = metrics.changed() => {
+                    if changed.is_err() || metrics.borrow_and_update().state != ServerState::Leader {
+                        return;
+                    }
+                    Ok(())
+                }
+            };
+            if outcome.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Writes `records` (then the core's differences from the image) through Raft.
+    async fn commit(&self, mut records: Vec<MetadataRecord>) -> Result<(), LostLeadership> {
+        let mut image = (*self.context.state_machine.image()).clone();
+        for r in &records {
+            image.apply(r);
+        }
+        records.extend(self.diff(&image));
+        if records.is_empty() {
+            return Ok(());
+        }
+        tracing::debug!(?records, "controller writes");
+        match self
+            .context
+            .raft
+            .client_write(MetadataBatch { records })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                tracing::warn!(error = %e, "controller write failed; stepping down");
+                Err(LostLeadership)
+            }
+        }
+    }
+
+    /// Records that bring `image` to the core's state.
+    fn diff(&self, image: &MetadataImage) -> Vec<MetadataRecord> {
+        let mut records = Vec::new();
+        for (id, state) in self.core.brokers() {
+            let Some(b) = image.brokers.get(&id) else {
+                continue;
+            };
+            if state.shutting_down && !b.shutting_down {
+                records.push(MetadataRecord::BrokerShuttingDown { id });
+            } else if state.fenced && !b.fenced {
+                records.push(MetadataRecord::BrokerFenced { id });
+            } else if !state.fenced && b.fenced {
+                records.push(MetadataRecord::BrokerUnfenced { id });
+            }
+        }
+        for ((topic, partition), state) in self.core.partitions() {
+            let record = self.core.partition_record(&(topic.clone(), *partition));
+            let reassigning = record.and_then(|r| r.reassigning_to.clone());
+            let state = to_state(state, &reassigning);
+            if image.partition(topic, *partition) != Some(&state) {
+                records.push(MetadataRecord::PartitionChanged {
+                    topic: topic.clone(),
+                    partition: *partition,
+                    state,
+                });
+            }
+        }
+        records
+    }
+
+    async fn tick(&mut self) -> Result<(), LostLeadership> {
+        let (events, _) = self.core.tick(now_ms());
+        let unclean: BTreeSet<PartitionKey> =
+            self.core.take_unclean_elections().into_iter().collect();
+        for event in &events {
+            match event {
+                ControllerEvent::BrokerFenced(id) => {
+                    tracing::warn!(
+                        broker = id,
+                        "fenced broker: no heartbeat within the session timeout"
+                    )
+                }
+                ControllerEvent::LeaderElected {
+                    partition: (topic, partition),
+                    leader,
+                    epoch,
+                    unclean: was_unclean,
+                } => {
+                    if *was_unclean || unclean.contains(&(topic.clone(), *partition)) {
+                        tracing::warn!(topic, partition, leader, epoch, "UNCLEAN leader election: the new leader was not in sync; acknowledged records may be lost (unclean.leader.election.enable=true)");
+                    } else {
+                        tracing::info!(topic, partition, leader, epoch, "elected leader");
+                    }
+                }
+                ControllerEvent::PartitionOffline {
+                    partition: (topic, partition),
+                } => tracing::warn!(
+                    topic,
+                    partition,
+                    "partition offline: no in-sync replica is alive"
+                ),
+            }
+        }
+        self.commit(Vec::new()).await
+    }
+
+    async fn handle(&mut self, command: Command) -> Result<(), LostLeadership> {
+        match command {
+            Command::Heartbeat(r, tx) => {
+                let (response, outcome) = self.heartbeat(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+            Command::CreateTopics(r, tx) => {
+                let (response, outcome) = self.create_topics(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+            Command::DeleteTopics(r, tx) => {
+                let (response, outcome) = self.delete_topics(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+            Command::AlterPartition(r, tx) => {
+                let (response, outcome) = self.alter_partition(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+            Command::ControlledShutdown(r, tx) => {
+                let (response, outcome) = self.controlled_shutdown(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+        }
+    }
+
+    fn broker_state(&self, id: u32) -> Option<BrokerState> {
+        self.core.brokers().find(|(b, _)| *b == id).map(|(_, s)| s)
+    }
+
+    async fn heartbeat(
+        &mut self,
+        r: BrokerHeartbeatRequest,
+    ) -> (BrokerHeartbeatResponse, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let known = image.brokers.get(&r.broker_id);
+        if let Some(b) = known {
+            if r.incarnation < b.incarnation {
+                // A heartbeat from an earlier life of the broker, delayed.
+                return (
+                    BrokerHeartbeatResponse {
+                        error: ErrorCode::StaleBrokerEpoch,
+                        message: format!(
+                            "incarnation {} is older than the registered {}",
+                            r.incarnation, b.incarnation
+                        ),
+                        controller_id: self.context.broker_id,
+                        fenced: true,
+                        shutdown_ready: false,
+                    },
+                    Ok(()),
+                );
+            }
+        }
+        let now = now_ms();
+        self.core.heartbeat(r.broker_id, r.incarnation, now);
+        if r.wants_shutdown {
+            let already = self
+                .broker_state(r.broker_id)
+                .is_some_and(|s| s.shutting_down);
+            if !already {
+                self.core.controlled_shutdown(r.broker_id, r.incarnation);
+            }
+        }
+        let state = self
+            .broker_state(r.broker_id)
+            .expect("the core registers every broker that heartbeats");
+        let mut records = Vec::new();
+        let registration = BrokerRegistration {
+            id: r.broker_id,
+            incarnation: r.incarnation,
+            host: r.host.clone(),
+            port: r.port,
+            rack: r.rack.clone(),
+            fenced: state.fenced,
+            shutting_down: state.shutting_down,
+        };
+        let changed = known.is_none_or(|b| {
+            (b.incarnation, &b.host, b.port, &b.rack) != (r.incarnation, &r.host, r.port, &r.rack)
+        });
+        if changed {
+            tracing::info!(broker = r.broker_id, incarnation = r.incarnation, host = %r.host, port = r.port, rack = ?r.rack, "registered broker");
+            records.push(MetadataRecord::BrokerRegistered(registration));
+        }
+        let outcome = self.commit(records).await;
+        let leads_nothing = self.core.led_by(r.broker_id).next().is_none();
+        (
+            BrokerHeartbeatResponse {
+                error: if outcome.is_ok() {
+                    ErrorCode::None
+                } else {
+                    ErrorCode::NotController
+                },
+                message: String::new(),
+                controller_id: self.context.broker_id,
+                fenced: state.fenced,
+                shutdown_ready: state.shutting_down && leads_nothing,
+            },
+            outcome,
+        )
+    }
+
+    /// Unfenced brokers with their racks, from the core and the registrations.
+    fn live_brokers(&self, image: &MetadataImage) -> Vec<(u32, Option<String>)> {
+        self.core
+            .brokers()
+            .filter(|(_, s)| !s.fenced)
+            .map(|(id, _)| (id, image.brokers.get(&id).and_then(|b| b.rack.clone())))
+            .collect()
+    }
+
+    async fn create_topics(
+        &mut self,
+        request: CreateTopicsRequest,
+    ) -> (CreateTopicsResponse, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let live = self.live_brokers(&image);
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut created = Vec::new();
+        for t in request.topics {
+            let outcome = self.plan_topic(&image, &live, &t, &created);
+            match outcome {
+                Ok(topic) => {
+                    results.push(TopicResult {
+                        name: t.name.clone(),
+                        error: ErrorCode::None,
+                        message: String::new(),
+                    });
+                    created.push(t.name.clone());
+                    if !request.validate_only {
+                        records.push(MetadataRecord::TopicCreated(topic));
+                    }
+                }
+                Err((error, message)) => results.push(TopicResult {
+                    name: t.name.clone(),
+                    error,
+                    message,
+                }),
+            }
+        }
+        for record in &records {
+            let MetadataRecord::TopicCreated(topic) = record else {
+                continue;
+            };
+            let unclean = TopicOverrides(topic.configs.clone())
+                .unclean_leader_election(&self.context.topic_defaults);
+            for (index, p) in topic.partitions.iter().enumerate() {
+                self.core.restore_partition(
+                    (topic.name.clone(), index as u32),
+                    PartitionRecord {
+                        state: to_leader_and_isr(p),
+                        unclean_leader_election: unclean,
+                        reassigning_to: None,
+                    },
+                );
+            }
+            tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), replication_factor = topic.replication_factor, "created topic");
+        }
+        let outcome = self.commit(records).await;
+        if outcome.is_err() {
+            for r in &mut results {
+                if r.error == ErrorCode::None {
+                    r.error = ErrorCode::NotController;
+                    r.message = "the controller lost its leadership; retry".into();
+                }
+            }
+        }
+        (CreateTopicsResponse { results }, outcome)
+    }
+
+    fn plan_topic(
+        &self,
+        image: &MetadataImage,
+        live: &[(u32, Option<String>)],
+        t: &CreateTopic,
+        earlier_in_request: &[String],
+    ) -> Result<TopicImage, (ErrorCode, String)> {
+        meridian_wire::validate_topic_name(&t.name).map_err(|m| (ErrorCode::InvalidTopic, m))?;
+        let max = self.context.max_partitions_per_topic;
+        if t.partitions == 0 || t.partitions > max {
+            return Err((
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "partitions must be between 1 and {max} (max_partitions_per_topic), got {}",
+                    t.partitions
+                ),
+            ));
+        }
+        let overrides =
+            TopicOverrides::parse(t.configs.iter().map(|c| (c.key.clone(), c.value.clone())))
+                .map_err(|m| (ErrorCode::InvalidConfig, m))?;
+        if image.topics.contains_key(&t.name) || earlier_in_request.contains(&t.name) {
+            return Err((
+                ErrorCode::TopicAlreadyExists,
+                format!("topic `{}` already exists", t.name),
+            ));
+        }
+        let rf = if t.replication_factor == 0 {
+            self.context.default_replication_factor
+        } else {
+            t.replication_factor
+        };
+        if rf as usize > live.len() {
+            let ids: Vec<String> = live.iter().map(|(id, _)| id.to_string()).collect();
+            return Err((
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {rf} needs {rf} live brokers; {} live: [{}]",
+                    live.len(),
+                    ids.join(", ")
+                ),
+            ));
+        }
+        let assignment = assign_replicas(&t.name, t.partitions, rf, live);
+        Ok(TopicImage {
+            name: t.name.clone(),
+            configs: overrides.0,
+            replication_factor: rf,
+            partitions: assignment
+                .into_iter()
+                .map(|replicas| PartitionState {
+                    leader: replicas.first().copied(),
+                    leader_epoch: 0,
+                    partition_epoch: 0,
+                    isr: {
+                        let mut isr = replicas.clone();
+                        isr.sort_unstable();
+                        isr
+                    },
+                    replicas,
+                    reassigning_to: None,
+                })
+                .collect(),
+        })
+    }
+
+    async fn delete_topics(
+        &mut self,
+        request: DeleteTopicsRequest,
+    ) -> (DeleteTopicsResponse, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        for name in request.names {
+            let refusal = if name == crate::groups::OFFSETS_TOPIC {
+                Some((
+                    ErrorCode::PolicyViolation,
+                    format!("`{name}` is an internal topic and cannot be deleted by clients"),
+                ))
+            } else if !image.topics.contains_key(&name) {
+                Some((
+                    ErrorCode::UnknownTopic,
+                    format!("topic `{name}` does not exist"),
+                ))
+            } else {
+                None
+            };
+            match refusal {
+                Some((error, message)) => results.push(TopicResult {
+                    name,
+                    error,
+                    message,
+                }),
+                None => {
+                    let n = image.topics[&name].partitions.len() as u32;
+                    for p in 0..n {
+                        self.core.remove_partition(&(name.clone(), p));
+                    }
+                    tracing::info!(topic = %name, "deleting topic");
+                    records.push(MetadataRecord::TopicDeleted { name: name.clone() });
+                    results.push(TopicResult {
+                        name,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                    });
+                }
+            }
+        }
+        let outcome = self.commit(records).await;
+        (DeleteTopicsResponse { results }, outcome)
+    }
+
+    fn partition_answer(
+        &self,
+        key: &PartitionKey,
+        error: ErrorCode,
+        message: String,
+    ) -> AlterPartitionResponse {
+        match self.core.partition(key) {
+            Some(s) => AlterPartitionResponse {
+                error,
+                message,
+                leader: s.leader.unwrap_or(NO_BROKER),
+                leader_epoch: s.leader_epoch,
+                partition_epoch: s.partition_epoch,
+                isr: s.isr.iter().copied().collect(),
+                replicas: s.replicas.clone(),
+            },
+            None => AlterPartitionResponse {
+                error: ErrorCode::UnknownTopic,
+                message: format!("partition {}/{} does not exist", key.0, key.1),
+                leader: NO_BROKER,
+                leader_epoch: -1,
+                partition_epoch: -1,
+                isr: Vec::new(),
+                replicas: Vec::new(),
+            },
+        }
+    }
+
+    async fn alter_partition(
+        &mut self,
+        r: AlterPartitionRequest,
+    ) -> (AlterPartitionResponse, Result<(), LostLeadership>) {
+        let key = (r.topic.clone(), r.partition);
+        let Some(current) = self.core.partition(&key).cloned() else {
+            return (
+                self.partition_answer(&key, ErrorCode::None, String::new()),
+                Ok(()),
+            );
+        };
+        if current.leader != Some(r.broker_id) || current.leader_epoch != r.leader_epoch {
+            let message = format!(
+                "broker {} at leader epoch {} does not lead {}/{} (leader {:?}, epoch {})",
+                r.broker_id,
+                r.leader_epoch,
+                r.topic,
+                r.partition,
+                current.leader,
+                current.leader_epoch
+            );
+            return (
+                self.partition_answer(&key, ErrorCode::FencedLeaderEpoch, message),
+                Ok(()),
+            );
+        }
+        if current.partition_epoch != r.partition_epoch {
+            let message = format!(
+                "partition epoch {} is stale; the partition is at {}",
+                r.partition_epoch, current.partition_epoch
+            );
+            return (
+                self.partition_answer(&key, ErrorCode::InvalidUpdateVersion, message),
+                Ok(()),
+            );
+        }
+        let request = AlterIsr {
+            leader: r.broker_id,
+            leader_epoch: r.leader_epoch,
+            partition_epoch: r.partition_epoch,
+            isr: r.isr.iter().copied().collect(),
+        };
+        if let Err(e) = self.core.alter_isr(&key, &request) {
+            let message = format!(
+                "ISR {:?} refused ({e:?}): it must contain the leader and only live replicas of the partition",
+                r.isr
+            );
+            return (
+                self.partition_answer(&key, ErrorCode::InvalidRequest, message),
+                Ok(()),
+            );
+        }
+        tracing::info!(topic = %r.topic, partition = r.partition, isr = ?r.isr, "ISR changed");
+        let outcome = self.commit(Vec::new()).await;
+        let error = if outcome.is_ok() {
+            ErrorCode::None
+        } else {
+            ErrorCode::NotController
+        };
+        (self.partition_answer(&key, error, String::new()), outcome)
+    }
+
+    async fn controlled_shutdown(
+        &mut self,
+        r: ControlledShutdownRequest,
+    ) -> (ControlledShutdownResponse, Result<(), LostLeadership>) {
+        let Some(state) = self.broker_state(r.broker_id) else {
+            return (
+                ControlledShutdownResponse {
+                    error: ErrorCode::None,
+                    message: format!("broker {} is not registered", r.broker_id),
+                    remaining: Vec::new(),
+                },
+                Ok(()),
+            );
+        };
+        if state.incarnation != r.incarnation {
+            return (
+                ControlledShutdownResponse {
+                    error: ErrorCode::StaleBrokerEpoch,
+                    message: format!(
+                        "incarnation {} is not the registered {}",
+                        r.incarnation, state.incarnation
+                    ),
+                    remaining: Vec::new(),
+                },
+                Ok(()),
+            );
+        }
+        if !state.shutting_down {
+            let moved = self.core.controlled_shutdown(r.broker_id, r.incarnation);
+            tracing::info!(
+                broker = r.broker_id,
+                partitions = moved.len(),
+                "controlled shutdown: moving leadership away"
+            );
+        }
+        let outcome = self.commit(Vec::new()).await;
+        let remaining = TopicPartitions::group(
+            self.core
+                .led_by(r.broker_id)
+                .map(|(t, p)| (t.as_str(), *p))
+                .collect::<Vec<_>>(),
+        );
+        (
+            ControlledShutdownResponse {
+                error: if outcome.is_ok() {
+                    ErrorCode::None
+                } else {
+                    ErrorCode::NotController
+                },
+                message: String::new(),
+                remaining,
+            },
+            outcome,
+        )
+    }
+}
+
+/// Kafka-style replica placement: brokers ordered by interleaving racks (a1, b1, c1,
+/// a2, …), partition `p`'s replicas are consecutive brokers of that order starting at
+/// `start + p`, so leaders rotate over brokers and each partition's replicas span as
+/// many racks as there are. `start` comes from the topic name, so topics do not all
+/// put partition 0 on the same broker.
+pub(crate) fn assign_replicas(
+    topic: &str,
+    partitions: u32,
+    replication_factor: u16,
+    brokers: &[(u32, Option<String>)],
+) -> Vec<Vec<u32>> {
+    let mut by_rack: BTreeMap<Option<&str>, Vec<u32>> = BTreeMap::new();
+    for (id, rack) in brokers {
+        by_rack.entry(rack.as_deref()).or_default().push(*id);
+    }
+    for ids in by_rack.values_mut() {
+        ids.sort_unstable();
+    }
+    let mut order = Vec::with_capacity(brokers.len());
+    let longest = by_rack.values().map(Vec::len).max().unwrap_or(0);
+    for i in 0..longest {
+        for ids in by_rack.values() {
+            if let Some(id) = ids.get(i) {
+                order.push(*id);
+            }
+        }
+    }
+    let n = order.len();
+    assert!(n >= replication_factor as usize, "checked by the caller");
+    let start = topic
+        .bytes()
+        .fold(0usize, |h, b| h.wrapping_mul(31).wrapping_add(b as usize))
+        % n.max(1);
+    (0..partitions as usize)
+        .map(|p| {
+            (0..replication_factor as usize)
+                .map(|j| order[(start + p + j) % n])
+                .collect()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replicas_spread_over_racks_and_leaders_rotate() {
+        let brokers = vec![
+            (1, Some("a".to_string())),
+            (2, Some("a".to_string())),
+            (3, Some("b".to_string())),
+            (4, Some("b".to_string())),
+            (5, Some("c".to_string())),
+            (6, Some("c".to_string())),
+        ];
+        let racks: BTreeMap<u32, &str> = brokers
+            .iter()
+            .map(|(id, r)| (*id, r.as_deref().unwrap()))
+            .collect();
+        let assignment = assign_replicas("orders", 12, 3, &brokers);
+        let mut leaders = BTreeMap::<u32, usize>::new();
+        for replicas in &assignment {
+            let distinct: BTreeSet<&str> = replicas.iter().map(|r| racks[r]).collect();
+            assert_eq!(distinct.len(), 3, "{replicas:?} spans every rack");
+            *leaders.entry(replicas[0]).or_default() += 1;
+        }
+        assert_eq!(
+            leaders.len(),
+            6,
+            "every broker leads some partition: {leaders:?}"
+        );
+        assert!(leaders.values().all(|n| *n == 2));
+        // Without racks: distinct replicas, leaders spread.
+        let plain: Vec<(u32, Option<String>)> = (1..=3).map(|i| (i, None)).collect();
+        for replicas in assign_replicas("t", 3, 3, &plain) {
+            let distinct: BTreeSet<u32> = replicas.iter().copied().collect();
+            assert_eq!(distinct.len(), 3);
+        }
+        let leaders: BTreeSet<u32> = assign_replicas("t", 3, 1, &plain)
+            .into_iter()
+            .map(|r| r[0])
+            .collect();
+        assert_eq!(leaders.len(), 3);
+    }
+}

@@ -1,0 +1,433 @@
+//! The cluster control plane of a broker in a multi-broker cluster (`[cluster]` in
+//! the config): its Raft node of the metadata quorum, the controller (active on the
+//! Raft leader), the heartbeat loop that keeps this broker registered and unfenced,
+//! and the latest metadata image every request handler reads.
+//!
+//! Who talks to whom:
+//! - Raft RPCs between voters: `ApiKey::Raft`, served by [`Cluster::serve_raft`].
+//! - Every broker heartbeats to the controller (`BrokerHeartbeat`), partition leaders
+//!   send ISR changes (`AlterPartition`), a stopping broker asks for a controlled
+//!   shutdown. These go through [`ControllerClient`], which sends to the local
+//!   controller when this broker leads the quorum and to the leader's broker otherwise.
+//! - Topic creates and deletes from clients are forwarded the same way, so a client
+//!   may send them to any broker.
+
+pub(crate) mod controller;
+mod peers;
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use meridian_client::Trust;
+use meridian_metadata::openraft::BasicNode;
+use meridian_metadata::{AppliedImage, LogStore, MetadataImage, StateMachine};
+use meridian_wire::messages::*;
+use meridian_wire::ErrorCode;
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::config::{BrokerConfig, ClusterConfig};
+use controller::Command;
+use peers::Peers;
+
+/// How long a request for the controller keeps retrying while leadership settles.
+const CONTROLLER_RETRY_MS: u64 = 5_000;
+
+/// This broker's part of the cluster.
+pub(crate) struct Cluster {
+    pub(crate) broker_id: u32,
+    /// Unique per process start, so the controller tells a restart from a pause.
+    pub(crate) incarnation: u64,
+    pub(crate) raft: meridian_metadata::Raft,
+    /// The latest applied image (and its Raft index).
+    pub(crate) image: watch::Receiver<AppliedImage>,
+    pub(crate) controller: ControllerClient,
+    config: ClusterConfig,
+    /// Whether the controller last said this broker is fenced.
+    fenced: AtomicBool,
+    /// Set once controlled shutdown begins: heartbeats then ask to leave.
+    shutting_down: AtomicBool,
+}
+
+/// Sends requests to the controller, wherever it is. Cheap to clone.
+///
+/// The replica manager sends ISR changes with [`ControllerClient::alter_partition`].
+#[derive(Clone)]
+pub struct ControllerClient {
+    broker_id: u32,
+    raft: meridian_metadata::Raft,
+    local: mpsc::Sender<Command>,
+    peers: Arc<Peers>,
+}
+
+impl Cluster {
+    /// Opens the quorum's storage under `<data_dir>/metadata`, starts this broker's
+    /// Raft node and the controller task. `own_fingerprint` is this broker's
+    /// certificate's fingerprint: by default peers must present the same certificate.
+    pub(crate) async fn start(
+        config: &BrokerConfig,
+        cluster: &ClusterConfig,
+        own_fingerprint: &str,
+    ) -> anyhow::Result<Arc<Cluster>> {
+        let voters = cluster.parsed_voters()?;
+        let dir = config.data_dir.join("metadata");
+        let log_store = LogStore::open(&dir)
+            .with_context(|| format!("opening the metadata log in {}", dir.display()))?;
+        let state_machine = StateMachine::open(&dir)
+            .with_context(|| format!("opening the metadata snapshot in {}", dir.display()))?;
+        let image = state_machine.subscribe();
+        let trust = match &cluster.peer_trust {
+            Some(t) if t.to_ascii_lowercase().starts_with("sha256:") => Trust::parse_fingerprint(t)
+                .map_err(|e| anyhow::anyhow!("cluster.peer_trust: {e}"))?,
+            Some(path) => Trust::CaFile(path.into()),
+            None => Trust::parse_fingerprint(own_fingerprint)
+                .map_err(|e| anyhow::anyhow!("this broker's certificate fingerprint: {e}"))?,
+        };
+        let addresses: BTreeMap<u32, String> =
+            voters.iter().map(|v| (v.id, v.address.clone())).collect();
+        let peers = Arc::new(Peers::new(config.broker_id, addresses, trust));
+        let raft_config = Arc::new(
+            meridian_metadata::raft_config(&config.cluster_id)
+                .validate()
+                .context("Raft settings")?,
+        );
+        let raft = meridian_metadata::Raft::new(
+            config.broker_id as u64,
+            raft_config,
+            peers::Network {
+                peers: peers.clone(),
+            },
+            log_store,
+            state_machine.clone(),
+        )
+        .await
+        .context("starting the metadata quorum's Raft node")?;
+        // Every voter proposes the same initial membership; only a pristine node
+        // accepts it, so this is safe on every start (openraft's recommendation).
+        if !raft.is_initialized().await? {
+            let members: BTreeMap<u64, BasicNode> = voters
+                .iter()
+                .map(|v| (v.id as u64, BasicNode::new(&v.address)))
+                .collect();
+            if let Err(e) = raft.initialize(members).await {
+                tracing::debug!(error = %e, "metadata quorum already initialized");
+            }
+        }
+        let (tx, rx) = mpsc::channel(1024);
+        let context = Arc::new(controller::Context {
+            broker_id: config.broker_id,
+            raft: raft.clone(),
+            state_machine,
+            session_timeout_ms: cluster.broker_session_timeout_ms,
+            default_replication_factor: cluster.default_replication_factor(),
+            max_partitions_per_topic: config.max_partitions_per_topic,
+            topic_defaults: config.topic_defaults.clone(),
+        });
+        tokio::spawn(controller::run(context, rx));
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        Ok(Arc::new(Cluster {
+            broker_id: config.broker_id,
+            incarnation,
+            raft: raft.clone(),
+            image,
+            controller: ControllerClient {
+                broker_id: config.broker_id,
+                raft,
+                local: tx,
+                peers,
+            },
+            config: cluster.clone(),
+            fenced: AtomicBool::new(true),
+            shutting_down: AtomicBool::new(false),
+        }))
+    }
+
+    /// The latest metadata image.
+    pub(crate) fn image(&self) -> Arc<MetadataImage> {
+        self.image.borrow().image.clone()
+    }
+
+    /// The controller's broker id (the Raft leader), or [`NO_BROKER`].
+    pub(crate) fn controller_id(&self) -> u32 {
+        self.raft
+            .metrics()
+            .borrow()
+            .current_leader
+            .map_or(NO_BROKER, |l| l as u32)
+    }
+
+    pub(crate) fn session_timeout_ms(&self) -> u64 {
+        self.config.broker_session_timeout_ms
+    }
+
+    /// Answers a Raft RPC from a peer.
+    pub(crate) async fn serve_raft(&self, request: RaftRequest) -> Result<RaftResponse, String> {
+        let from = request.from;
+        peers::serve_raft(&self.raft, request)
+            .await
+            .map(|payload| RaftResponse {
+                payload: payload.into(),
+            })
+            .map_err(|e| format!("malformed Raft RPC from broker {from}: {e}"))
+    }
+
+    /// Heartbeats to the controller every `broker_heartbeat_interval_ms`, for the
+    /// broker's lifetime.
+    pub(crate) async fn heartbeat_loop(
+        self: Arc<Self>,
+        host: String,
+        port: u16,
+        rack: Option<String>,
+    ) {
+        let interval = Duration::from_millis(self.config.broker_heartbeat_interval_ms);
+        let mut tick = tokio::time::interval(interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let request = BrokerHeartbeatRequest {
+                broker_id: self.broker_id,
+                incarnation: self.incarnation,
+                host: host.clone(),
+                port,
+                rack: rack.clone(),
+                wants_shutdown: self.shutting_down.load(Ordering::Relaxed),
+            };
+            match self.controller.heartbeat(request, interval * 2).await {
+                Ok(r) if r.error.is_ok() => {
+                    let was = self.fenced.swap(r.fenced, Ordering::Relaxed);
+                    if was != r.fenced {
+                        tracing::info!(
+                            broker = self.broker_id,
+                            fenced = r.fenced,
+                            controller = r.controller_id,
+                            "controller changed this broker's state"
+                        );
+                    }
+                }
+                Ok(r) => {
+                    tracing::debug!(error = %r.error, message = %r.message, "heartbeat refused")
+                }
+                Err(e) => tracing::debug!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Controlled shutdown: asks the controller to move this broker's leaderships away
+    /// and waits until it leads nothing, or `timeout` passes.
+    pub(crate) async fn controlled_shutdown(&self, timeout: Duration) {
+        self.shutting_down.store(true, Ordering::Relaxed);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            let request = ControlledShutdownRequest {
+                broker_id: self.broker_id,
+                incarnation: self.incarnation,
+            };
+            match self
+                .controller
+                .controlled_shutdown(request, Duration::from_secs(1))
+                .await
+            {
+                Ok(r) if r.error.is_ok() && r.remaining.is_empty() => {
+                    tracing::info!("controlled shutdown: this broker leads no partition any more");
+                    return;
+                }
+                Ok(r) => {
+                    tracing::info!(error = %r.error, remaining = ?r.remaining, "controlled shutdown: waiting")
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "controlled shutdown: controller not reachable")
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tracing::warn!("controlled shutdown timed out; stopping with leaderships still here");
+    }
+
+    pub(crate) async fn shutdown(&self) {
+        if let Err(e) = self.raft.shutdown().await {
+            tracing::warn!(error = %e, "stopping the Raft node");
+        }
+    }
+}
+
+/// Why a request did not reach the controller.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    #[error("no controller answered within {0:?} (is a majority of the voters up?)")]
+    Unavailable(Duration),
+    #[error("the controller gave an unexpected answer: {0}")]
+    Protocol(String),
+}
+
+impl ControllerClient {
+    /// Sends `request` to the controller: to the local controller task when this
+    /// broker leads the quorum, else to the leader over QUIC. Retries while there is
+    /// no leader or the answer is `NotController`, for at most `timeout`.
+    async fn call<T>(
+        &self,
+        timeout: Duration,
+        local: impl Fn(oneshot::Sender<T>) -> Command,
+        remote: impl Fn() -> Request,
+        from_response: impl Fn(Response) -> Option<T>,
+        not_controller: impl Fn(&T) -> bool,
+    ) -> Result<T, ControllerError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let leader = self
+                .raft
+                .metrics()
+                .borrow()
+                .current_leader
+                .map(|l| l as u32);
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let answer = match leader {
+                Some(id) if id == self.broker_id => {
+                    let (tx, rx) = oneshot::channel();
+                    if self.local.send(local(tx)).await.is_err() {
+                        return Err(ControllerError::Unavailable(timeout));
+                    }
+                    tokio::time::timeout(left, rx)
+                        .await
+                        .ok()
+                        .and_then(Result::ok)
+                }
+                Some(id) => match self.peers.request(id, remote(), left).await {
+                    Ok(response) => {
+                        let kind = response.api_key();
+                        Some(from_response(response).ok_or_else(|| {
+                            ControllerError::Protocol(format!("a {kind:?} response"))
+                        })?)
+                    }
+                    Err(e) => {
+                        tracing::debug!(error = %e, "controller request failed");
+                        None
+                    }
+                },
+                None => None,
+            };
+            match answer {
+                Some(answer) if !not_controller(&answer) => return Ok(answer),
+                _ => {}
+            }
+            if tokio::time::Instant::now() + Duration::from_millis(100) >= deadline {
+                return Err(ControllerError::Unavailable(timeout));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub(crate) async fn heartbeat(
+        &self,
+        request: BrokerHeartbeatRequest,
+        timeout: Duration,
+    ) -> Result<BrokerHeartbeatResponse, ControllerError> {
+        self.call(
+            timeout,
+            |tx| Command::Heartbeat(request.clone(), tx),
+            || Request::BrokerHeartbeat(request.clone()),
+            |r| match r {
+                Response::BrokerHeartbeat(r) => Some(r),
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
+        )
+        .await
+    }
+
+    /// Asks the controller to change a partition's ISR (from the partition's leader).
+    /// The answer carries the partition's state after the request, accepted or not.
+    pub async fn alter_partition(
+        &self,
+        request: AlterPartitionRequest,
+    ) -> Result<AlterPartitionResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::AlterPartition(request.clone(), tx),
+            || Request::AlterPartition(request.clone()),
+            |r| match r {
+                Response::AlterPartition(r) => Some(r),
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
+        )
+        .await
+    }
+
+    pub(crate) async fn controlled_shutdown(
+        &self,
+        request: ControlledShutdownRequest,
+        timeout: Duration,
+    ) -> Result<ControlledShutdownResponse, ControllerError> {
+        self.call(
+            timeout,
+            |tx| Command::ControlledShutdown(request.clone(), tx),
+            || Request::ControlledShutdown(request.clone()),
+            |r| match r {
+                Response::ControlledShutdown(r) => Some(r),
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
+        )
+        .await
+    }
+
+    pub(crate) async fn create_topics(
+        &self,
+        request: CreateTopicsRequest,
+    ) -> Result<CreateTopicsResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::CreateTopics(request.clone(), tx),
+            || Request::CreateTopics(request.clone()),
+            |r| match r {
+                Response::CreateTopics(r) => Some(r),
+                _ => None,
+            },
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
+        )
+        .await
+    }
+
+    pub(crate) async fn delete_topics(
+        &self,
+        request: DeleteTopicsRequest,
+    ) -> Result<DeleteTopicsResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::DeleteTopics(request.clone(), tx),
+            || Request::DeleteTopics(request.clone()),
+            |r| match r {
+                Response::DeleteTopics(r) => Some(r),
+                _ => None,
+            },
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
+        )
+        .await
+    }
+
+    /// Hands a controller request that arrived over the wire to the local controller
+    /// task (which refuses with `NotController` when this broker does not lead the
+    /// quorum; the sender then retries with the leader). Never forwarded, so two
+    /// brokers with different views of the leader cannot bounce a request between them.
+    pub(crate) async fn local<T>(
+        &self,
+        command: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.local.send(command(tx)).await.ok()?;
+        rx.await.ok()
+    }
+}

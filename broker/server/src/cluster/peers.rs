@@ -1,0 +1,210 @@
+//! Connections to the other brokers of the cluster, and the Raft network over them.
+//!
+//! Every inter-broker request (Raft RPCs, heartbeats, forwarded admin requests, ISR
+//! changes) goes through one `meridian_client::Client` per peer: the same QUIC
+//! protocol clients speak, to the peer's ordinary endpoint.
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use meridian_client::{Client, ClientConfig, Trust};
+use meridian_metadata::openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
+use meridian_metadata::openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
+use meridian_metadata::openraft::raft::{
+    AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
+    VoteRequest, VoteResponse,
+};
+use meridian_metadata::openraft::BasicNode;
+use meridian_metadata::{NodeId, TypeConfig};
+use meridian_wire::messages::{RaftRequest, RaftRpc, Request, Response};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// Clients for the voters, made on first use and kept.
+pub(crate) struct Peers {
+    self_id: u32,
+    addresses: BTreeMap<u32, String>,
+    trust: Trust,
+    clients: tokio::sync::Mutex<HashMap<u32, Client>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum PeerError {
+    #[error("broker {0} is not a voter of this cluster")]
+    Unknown(u32),
+    #[error("broker {id} ({address}): {source}")]
+    Client {
+        id: u32,
+        address: String,
+        source: meridian_client::Error,
+    },
+    #[error("broker {0} did not answer in time")]
+    Timeout(u32),
+}
+
+impl Peers {
+    pub(crate) fn new(self_id: u32, addresses: BTreeMap<u32, String>, trust: Trust) -> Peers {
+        Peers {
+            self_id,
+            addresses,
+            trust,
+            clients: tokio::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn client(&self, id: u32) -> Result<Client, PeerError> {
+        let address = self.addresses.get(&id).ok_or(PeerError::Unknown(id))?;
+        if let Some(client) = self.clients.lock().await.get(&id) {
+            return Ok(client.clone());
+        }
+        let mut config = ClientConfig::new(address.clone(), self.trust.clone());
+        if let Some((host, _)) = address.rsplit_once(':') {
+            config.server_name = host.trim_matches(|c| c == '[' || c == ']').to_string();
+        }
+        config.request_timeout = Duration::from_secs(2);
+        config.client_software = format!("meridian-broker/{}", self.self_id);
+        let client = Client::connect(config)
+            .await
+            .map_err(|source| PeerError::Client {
+                id,
+                address: address.clone(),
+                source,
+            })?;
+        let mut clients = self.clients.lock().await;
+        Ok(clients.entry(id).or_insert(client).clone())
+    }
+
+    /// Sends one request to broker `id` and waits at most `timeout` for the answer.
+    pub(crate) async fn request(
+        &self,
+        id: u32,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, PeerError> {
+        let attempt = async {
+            let client = self.client(id).await?;
+            client
+                .request(request)
+                .await
+                .map_err(|source| PeerError::Client {
+                    id,
+                    address: self.addresses[&id].clone(),
+                    source,
+                })
+        };
+        tokio::time::timeout(timeout, attempt)
+            .await
+            .map_err(|_| PeerError::Timeout(id))?
+    }
+}
+
+/// openraft's network: a [`PeerNetwork`] per target voter.
+#[derive(Clone)]
+pub(crate) struct Network {
+    pub(crate) peers: std::sync::Arc<Peers>,
+}
+
+impl RaftNetworkFactory<TypeConfig> for Network {
+    type Network = PeerNetwork;
+
+    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerNetwork {
+        PeerNetwork {
+            peers: self.peers.clone(),
+            target,
+        }
+    }
+}
+
+pub(crate) struct PeerNetwork {
+    peers: std::sync::Arc<Peers>,
+    target: NodeId,
+}
+
+impl PeerNetwork {
+    async fn call<Req, Resp, E>(
+        &self,
+        rpc: RaftRpc,
+        request: &Req,
+        option: &RPCOption,
+    ) -> Result<Resp, RPCError<NodeId, BasicNode, RaftError<NodeId, E>>>
+    where
+        Req: Serialize,
+        Resp: DeserializeOwned,
+        E: std::error::Error + DeserializeOwned,
+    {
+        let payload =
+            serde_json::to_vec(request).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        let request = Request::Raft(RaftRequest {
+            rpc,
+            from: self.peers.self_id,
+            payload: payload.into(),
+        });
+        let response = self
+            .peers
+            .request(self.target as u32, request, option.hard_ttl())
+            .await
+            .map_err(|e| RPCError::Unreachable(Unreachable::new(&e)))?;
+        let Response::Raft(response) = response else {
+            let e = std::io::Error::other(format!(
+                "asked a Raft RPC, got a {:?} response",
+                response.api_key()
+            ));
+            return Err(RPCError::Network(NetworkError::new(&e)));
+        };
+        let result: Result<Resp, RaftError<NodeId, E>> = serde_json::from_slice(&response.payload)
+            .map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
+        result.map_err(|e| RPCError::RemoteError(RemoteError::new(self.target, e)))
+    }
+}
+
+impl RaftNetwork<TypeConfig> for PeerNetwork {
+    async fn append_entries(
+        &mut self,
+        rpc: AppendEntriesRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftRpc::AppendEntries, &rpc, &option).await
+    }
+
+    async fn install_snapshot(
+        &mut self,
+        rpc: InstallSnapshotRequest<TypeConfig>,
+        option: RPCOption,
+    ) -> Result<
+        InstallSnapshotResponse<NodeId>,
+        RPCError<NodeId, BasicNode, RaftError<NodeId, InstallSnapshotError>>,
+    > {
+        self.call(RaftRpc::InstallSnapshot, &rpc, &option).await
+    }
+
+    async fn vote(
+        &mut self,
+        rpc: VoteRequest<NodeId>,
+        option: RPCOption,
+    ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, BasicNode, RaftError<NodeId>>> {
+        self.call(RaftRpc::Vote, &rpc, &option).await
+    }
+}
+
+/// Serves a Raft RPC from a peer: decode, hand to the local Raft node, encode its result.
+pub(crate) async fn serve_raft(
+    raft: &meridian_metadata::Raft,
+    request: RaftRequest,
+) -> Result<Vec<u8>, serde_json::Error> {
+    match request.rpc {
+        RaftRpc::AppendEntries => {
+            let rpc: AppendEntriesRequest<TypeConfig> = serde_json::from_slice(&request.payload)?;
+            serde_json::to_vec(&raft.append_entries(rpc).await)
+        }
+        RaftRpc::Vote => {
+            let rpc: VoteRequest<NodeId> = serde_json::from_slice(&request.payload)?;
+            serde_json::to_vec(&raft.vote(rpc).await)
+        }
+        RaftRpc::InstallSnapshot => {
+            let rpc: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(&request.payload)?;
+            serde_json::to_vec(&raft.install_snapshot(rpc).await)
+        }
+    }
+}

@@ -1,0 +1,223 @@
+//! From metadata image to local partitions: every time the image changes, this
+//! broker makes its local state follow it. Partitions whose replicas include this
+//! broker get a local log (created through the topic registry); topics deleted from
+//! the image lose their local logs; every changed partition state this broker
+//! replicates is handed to the replica manager (leader or follower, ISR, epochs).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use meridian_core::replication::LeaderAndIsr;
+use meridian_metadata::{AppliedImage, MetadataImage, PartitionState};
+use tokio::sync::watch;
+
+use crate::cluster::ControllerClient;
+use crate::replica_manager::{AlterIsrSink, IsrChange, ReplicaManager};
+use crate::topic_config::TopicOverrides;
+use crate::Shared;
+use meridian_wire::messages::AlterPartitionRequest;
+use std::net::SocketAddr;
+
+/// One partition's new state, for the replica manager.
+#[derive(Clone, Debug)]
+pub struct PartitionUpdate {
+    pub topic: String,
+    pub partition: u32,
+    pub state: LeaderAndIsr,
+    /// `host:port` of every registered broker, to reach the leader.
+    pub brokers: Arc<BTreeMap<u32, String>>,
+}
+
+fn leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
+    LeaderAndIsr {
+        leader: s.leader,
+        leader_epoch: s.leader_epoch,
+        isr: s.isr.iter().copied().collect(),
+        replicas: s.replicas.clone(),
+        partition_epoch: s.partition_epoch,
+    }
+}
+
+/// Follows the image for the broker's lifetime.
+pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiver<AppliedImage>) {
+    // Start from an empty image: every hosted partition is "changed" once, and no
+    // local topic is deleted before the image has been seen to drop it.
+    let mut previous = Arc::new(MetadataImage::default());
+    loop {
+        let current = images.borrow_and_update().image.clone();
+        if !Arc::ptr_eq(&current, &previous) {
+            let shared = shared.clone();
+            let (before, after) = (previous.clone(), current.clone());
+            // Creating and deleting logs touches the disk.
+            let done =
+                tokio::task::spawn_blocking(move || publish(&shared, &before, &after)).await;
+            if let Err(e) = done {
+                tracing::error!(error = %e, "applying the metadata image panicked");
+            }
+            previous = current;
+        }
+        if images.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Makes local partitions follow `image` (the one before was `previous`).
+pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &MetadataImage) {
+    let me = shared.config.broker_id;
+    let brokers: Arc<BTreeMap<u32, String>> = Arc::new(
+        image
+            .brokers
+            .values()
+            .map(|b| (b.id, format!("{}:{}", b.host, b.port)))
+            .collect(),
+    );
+    for topic in image.topics.values() {
+        let hosted: Vec<u32> = (0..topic.partitions.len() as u32)
+            .filter(|p| topic.partitions[*p as usize].replicas.contains(&me))
+            .collect();
+        if hosted.is_empty() {
+            continue;
+        }
+        if shared.registry.get(&topic.name).is_none() {
+            // The registry keeps whole topics: every partition gets a (possibly
+            // empty) log here, but only the hosted ones are replicated.
+            match shared.registry.ensure(
+                &topic.name,
+                topic.partitions.len() as u32,
+                topic.replication_factor,
+                TopicOverrides(topic.configs.clone()),
+            ) {
+                Ok(t) => shared
+                    .groups
+                    .topic_changed(&topic.name, Some(t.partitions.len() as u32)),
+                Err(f) => {
+                    tracing::error!(topic = %topic.name, error = %f.message, "could not create the local replica of a topic");
+                    continue;
+                }
+            }
+        }
+        for partition in hosted {
+            let state = &topic.partitions[partition as usize];
+            if previous.partition(&topic.name, partition) == Some(state) {
+                continue;
+            }
+            apply_partition_change(
+                shared,
+                PartitionUpdate {
+                    topic: topic.name.clone(),
+                    partition,
+                    state: leader_and_isr(state),
+                    brokers: brokers.clone(),
+                },
+            );
+        }
+    }
+    for name in previous.topics.keys() {
+        if image.topics.contains_key(name) || shared.registry.get(name).is_none() {
+            continue;
+        }
+        match shared.registry.delete(name) {
+            Ok(()) => {
+                shared.groups.topic_changed(name, None);
+                shared.plugins.forget_topic(name);
+            }
+            Err(f) => {
+                tracing::error!(topic = %name, error = %f.message, "could not delete the local replica of a deleted topic")
+            }
+        }
+    }
+}
+
+/// THE call site for the replica manager: a partition this broker replicates changed
+/// (new leader, leader epoch, ISR or replicas). Called in image order, once per change,
+/// from a blocking context (the image follower's `spawn_blocking`).
+fn apply_partition_change(shared: &Arc<Shared>, update: PartitionUpdate) {
+    tracing::debug!(
+        topic = %update.topic,
+        partition = update.partition,
+        leader = ?update.state.leader,
+        leader_epoch = update.state.leader_epoch,
+        isr = ?update.state.isr,
+        "partition state changed"
+    );
+    let brokers: BTreeMap<u32, SocketAddr> = update
+        .brokers
+        .iter()
+        .filter_map(|(id, addr)| match resolve(addr) {
+            Some(resolved) => Some((*id, resolved)),
+            None => {
+                tracing::warn!(broker = id, %addr, "cannot resolve a broker's advertised address");
+                None
+            }
+        })
+        .collect();
+    let manager = ReplicaManager::new(shared.clone());
+    if let Err(f) = manager.apply(&update.topic, update.partition, update.state, &brokers) {
+        tracing::error!(
+            topic = %update.topic,
+            partition = update.partition,
+            error = %f.message,
+            "could not apply a partition's new state"
+        );
+    }
+}
+
+fn resolve(addr: &str) -> Option<SocketAddr> {
+    use std::net::ToSocketAddrs;
+    addr.parse()
+        .ok()
+        .or_else(|| addr.to_socket_addrs().ok()?.next())
+}
+
+/// Sends a leader's ISR proposals to the controller, one at a time per partition in
+/// the order made; a refused proposal is reported back to the replica, which then
+/// waits for the controller's state (an accepted one arrives through the image).
+pub(crate) struct ControllerIsrSink {
+    changes: tokio::sync::mpsc::UnboundedSender<IsrChange>,
+}
+
+impl ControllerIsrSink {
+    pub(crate) fn start(shared: Arc<Shared>, controller: ControllerClient) -> ControllerIsrSink {
+        let (changes, mut rx) = tokio::sync::mpsc::unbounded_channel::<IsrChange>();
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let request = AlterPartitionRequest {
+                    broker_id: shared.config.broker_id,
+                    topic: change.topic.clone(),
+                    partition: change.partition,
+                    leader_epoch: change.request.leader_epoch,
+                    partition_epoch: change.request.partition_epoch,
+                    isr: change.request.isr.iter().copied().collect(),
+                };
+                match controller.alter_partition(request).await {
+                    Ok(response) if response.error.is_ok() => {}
+                    Ok(response) => {
+                        tracing::info!(
+                            topic = %change.topic,
+                            partition = change.partition,
+                            error = ?response.error,
+                            "the controller refused an ISR change"
+                        );
+                        ReplicaManager::new(shared.clone())
+                            .alter_isr_refused(&change.topic, change.partition);
+                    }
+                    // Unanswered: the replica proposes again after its retry time.
+                    Err(e) => tracing::warn!(
+                        topic = %change.topic,
+                        partition = change.partition,
+                        error = %e,
+                        "could not reach the controller with an ISR change"
+                    ),
+                }
+            }
+        });
+        ControllerIsrSink { changes }
+    }
+}
+
+impl AlterIsrSink for ControllerIsrSink {
+    fn alter_isr(&self, change: IsrChange) {
+        let _ = self.changes.send(change);
+    }
+}
