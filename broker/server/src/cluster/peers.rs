@@ -94,9 +94,19 @@ impl Peers {
                     source,
                 })
         };
-        tokio::time::timeout(timeout, attempt)
+        let result = tokio::time::timeout(timeout, attempt)
             .await
-            .map_err(|_| PeerError::Timeout(id))?
+            .map_err(|_| PeerError::Timeout(id))
+            .and_then(|r| r);
+        if result.is_err() {
+            // A peer killed and restarted on the same address does not recognize our
+            // connection (and we cannot verify its stateless reset), so the old
+            // connection would hang until the idle timeout: start over next time.
+            if let Some(client) = self.clients.lock().await.remove(&id) {
+                client.close();
+            }
+        }
+        result
     }
 }
 
