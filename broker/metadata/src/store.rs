@@ -274,7 +274,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
                 inner.entries.insert(entry.log_id.index, entry);
             }
         }
-        let reported = result.as_ref().map(drop).map_err(|e| io_error(e));
+        let reported = result.as_ref().map(drop).map_err(io_error);
         callback.log_io_completed(reported);
         result.map_err(|e| StorageIOError::write_logs(&e).into())
     }

@@ -316,7 +316,18 @@ impl BrokerConfig {
                 continue;
             };
             // Variables the CLI reads for itself are not broker settings.
-            if matches!(key, "BROKER" | "CA" | "FINGERPRINT" | "CONFIG" | "LOG") {
+            if matches!(
+                key,
+                "BROKER"
+                    | "BOOTSTRAP"
+                    | "CA"
+                    | "FINGERPRINT"
+                    | "CONFIG"
+                    | "LOG"
+                    | "BIN"
+                    | "TEST_BROKER_LOG"
+                    | "BENCH_BROKER_LOG"
+            ) {
                 continue;
             }
             let key = key.to_ascii_lowercase().replace("__", ".");

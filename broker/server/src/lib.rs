@@ -208,10 +208,7 @@ impl Broker {
             // Leaders' ISR proposals go to the controller; its answers come back as
             // metadata images, applied by `follow_images`.
             ReplicaManager::new(self.shared.clone()).set_alter_isr_sink(Arc::new(
-                replicas::ControllerIsrSink::start(
-                    self.shared.clone(),
-                    cluster.controller.clone(),
-                ),
+                replicas::ControllerIsrSink::start(self.shared.clone(), cluster.controller.clone()),
             ));
             background.push(tokio::spawn(replicas::follow_images(
                 self.shared.clone(),

@@ -49,8 +49,7 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
             let shared = shared.clone();
             let (before, after) = (previous.clone(), current.clone());
             // Creating and deleting logs touches the disk.
-            let done =
-                tokio::task::spawn_blocking(move || publish(&shared, &before, &after)).await;
+            let done = tokio::task::spawn_blocking(move || publish(&shared, &before, &after)).await;
             if let Err(e) = done {
                 tracing::error!(error = %e, "applying the metadata image panicked");
             }
