@@ -273,7 +273,10 @@ pub(crate) fn on_error(error: &Error) -> OnError {
             | ErrorCode::UnknownLeaderEpoch
             | ErrorCode::BrokerShuttingDown
             | ErrorCode::NotCoordinator
-            | ErrorCode::CoordinatorNotAvailable => OnError::RefreshAndRetry,
+            | ErrorCode::CoordinatorNotAvailable
+            // A broker that just restarted may not have applied the topic yet; after
+            // the refresh, a topic the cluster does not have fails as `missing`.
+            | ErrorCode::UnknownTopic => OnError::RefreshAndRetry,
             code if code.is_retriable() => OnError::Retry,
             _ => OnError::Fail,
         },
@@ -505,8 +508,11 @@ mod tests {
         ] {
             check(Error::broker(code, ""), OnError::Retry);
         }
+        check(
+            Error::broker(ErrorCode::UnknownTopic, ""),
+            OnError::RefreshAndRetry,
+        );
         for code in [
-            ErrorCode::UnknownTopic,
             ErrorCode::MessageTooLarge,
             ErrorCode::OutOfOrderSequenceNumber,
             ErrorCode::InvalidProducerEpoch,

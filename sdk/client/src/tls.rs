@@ -19,8 +19,13 @@ const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 /// Connection-wide receive window, room for several large streams at once.
 const CONNECTION_RECEIVE_WINDOW: u32 = 128 * 1024 * 1024;
 const SEND_WINDOW: u64 = CONNECTION_RECEIVE_WINDOW as u64;
-const KEEP_ALIVE: Duration = Duration::from_secs(5);
-const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A broker killed outright (SIGKILL, power loss) sends nothing: over UDP there is no
+/// reset to notice. Keep-alives every half second and a short idle timeout make the
+/// client give up on such a connection after 2.5 s, so requests waiting on it fail
+/// and are retried at the partition's new leader instead of waiting out the request
+/// timeout.
+const KEEP_ALIVE: Duration = Duration::from_millis(500);
+const IDLE_TIMEOUT: Duration = Duration::from_millis(2_500);
 
 /// Builds the quinn client configuration for `config`.
 pub(crate) fn quic_client_config(config: &ClientConfig) -> Result<quinn::ClientConfig> {
