@@ -481,9 +481,18 @@ fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
         None => (key, None),
     };
     let Some(existing) = table.get_mut(head) else {
-        // Optional keys are absent from the serialized defaults.
+        // Optional keys (and keys of optional sections such as `[cluster]`) are
+        // absent from the serialized defaults: numbers and booleans are taken as
+        // such, anything else as a string.
         if rest.is_none() {
-            table.insert(head.to_owned(), toml::Value::String(raw.to_owned()));
+            let value = if let Ok(n) = raw.parse::<i64>() {
+                toml::Value::Integer(n)
+            } else if let Ok(b) = raw.parse::<bool>() {
+                toml::Value::Boolean(b)
+            } else {
+                toml::Value::String(raw.to_owned())
+            };
+            table.insert(head.to_owned(), value);
             return Ok(());
         }
         return Err(ConfigError::Invalid(format!("unknown config key `{key}`")));
