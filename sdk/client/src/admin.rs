@@ -242,14 +242,13 @@ impl Admin {
                         .filter(|t| t.name == topic)
                         .flat_map(|t| t.partitions)
                         .map(|p| {
-                            let result = if p.error.is_ok() {
-                                Ok(p.low_watermark)
-                            } else {
-                                Err(Error::broker(
-                                    p.error,
-                                    format!("{topic}/{}: {}", p.partition, p.message),
-                                ))
-                            };
+                            let result = partition_result(
+                                topic,
+                                p.partition,
+                                p.error,
+                                &p.message,
+                                p.low_watermark,
+                            );
                             (p.partition, result)
                         })
                         .collect())
@@ -303,14 +302,7 @@ impl Admin {
             .into_iter()
             .filter(|r| r.topic == topic)
             .map(|r| {
-                let result = if r.error.is_ok() {
-                    Ok(())
-                } else {
-                    Err(Error::broker(
-                        r.error,
-                        format!("{topic}/{}: {}", r.partition, r.message),
-                    ))
-                };
+                let result = partition_result(topic, r.partition, r.error, &r.message, ());
                 (r.partition, result)
             })
             .collect();
@@ -360,14 +352,13 @@ impl Admin {
                         .filter(|t| t.name == topic)
                         .flat_map(|t| t.partitions)
                         .map(|p| {
-                            let result = if p.error.is_ok() {
-                                Ok(p.offset)
-                            } else {
-                                Err(Error::broker(
-                                    p.error,
-                                    format!("{topic}/{}: {}", p.partition, p.error.description()),
-                                ))
-                            };
+                            let result = partition_result(
+                                topic,
+                                p.partition,
+                                p.error,
+                                p.error.description(),
+                                p.offset,
+                            );
                             (p.partition, result)
                         })
                         .collect())
@@ -478,6 +469,25 @@ impl Admin {
 
 /// One result per asked partition, in the order asked; a partition the answers lack
 /// is a protocol error.
+/// `value` if the broker's answer for `topic/partition` is a success, else its error
+/// with the partition named in the message.
+fn partition_result<T>(
+    topic: &str,
+    partition: u32,
+    error: ErrorCode,
+    message: &str,
+    value: T,
+) -> Result<T> {
+    if error.is_ok() {
+        Ok(value)
+    } else {
+        Err(Error::broker(
+            error,
+            format!("{topic}/{partition}: {message}"),
+        ))
+    }
+}
+
 fn in_asked_order<T>(
     api: ApiKey,
     topic: &str,
