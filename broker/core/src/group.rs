@@ -63,6 +63,11 @@ pub enum GroupError {
     NonEmptyGroup(String),
     OffsetMetadataTooLarge(String),
     InvalidCommitOffset(String),
+    /// Another broker coordinates the group (cluster mode): find the coordinator again.
+    NotCoordinator(String),
+    /// The group's coordinator is not ready (offsets topic not created, or its
+    /// partition still loading): retry.
+    CoordinatorNotAvailable(String),
 }
 
 impl GroupError {
@@ -78,7 +83,9 @@ impl GroupError {
             | GroupError::GroupIdNotFound(m)
             | GroupError::NonEmptyGroup(m)
             | GroupError::OffsetMetadataTooLarge(m)
-            | GroupError::InvalidCommitOffset(m) => m,
+            | GroupError::InvalidCommitOffset(m)
+            | GroupError::NotCoordinator(m)
+            | GroupError::CoordinatorNotAvailable(m) => m,
         }
     }
 }
@@ -766,6 +773,23 @@ impl Coordinator {
         {
             self.groups.remove(group_id);
         }
+    }
+
+    /// Drops every group `owned` says this coordinator no longer owns (another broker
+    /// coordinates them now), members included: they get "not coordinator" here and
+    /// rejoin at the new coordinator, which loaded the committed offsets from the log.
+    /// Returns the groups dropped.
+    pub fn unload(&mut self, mut owned: impl FnMut(&str) -> bool) -> Vec<String> {
+        let gone: Vec<String> = self
+            .groups
+            .keys()
+            .filter(|id| !owned(id))
+            .cloned()
+            .collect();
+        for id in &gone {
+            self.groups.remove(id);
+        }
+        gone
     }
 
     pub fn list(&self) -> Vec<(String, GroupState)> {

@@ -140,6 +140,14 @@ pub struct ClusterConfig {
     /// Replication factor of topics created without one (0 in the request).
     /// Absent: min(3, number of voters).
     pub default_replication_factor: Option<u16>,
+    /// Replication factor of the internal `__consumer_offsets` topic. The controller
+    /// creates the topic once this many brokers are live (until then group requests
+    /// get `CoordinatorNotAvailable`). Absent: the default replication factor.
+    pub offsets_topic_replication_factor: Option<u16>,
+    /// How long an offset commit (or group deletion) waits for every in-sync replica
+    /// of the group's `__consumer_offsets` partition (Kafka's
+    /// `offsets.commit.timeout.ms`).
+    pub offsets_commit_timeout_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -150,6 +158,8 @@ impl Default for ClusterConfig {
             broker_heartbeat_interval_ms: 250,
             broker_session_timeout_ms: 2_000,
             default_replication_factor: None,
+            offsets_topic_replication_factor: None,
+            offsets_commit_timeout_ms: 5_000,
         }
     }
 }
@@ -196,6 +206,11 @@ impl ClusterConfig {
             .unwrap_or_else(|| self.voters.len().min(3) as u16)
     }
 
+    pub fn offsets_topic_replication_factor(&self) -> u16 {
+        self.offsets_topic_replication_factor
+            .unwrap_or_else(|| self.default_replication_factor())
+    }
+
     fn check(&self, broker_id: u32) -> Result<(), ConfigError> {
         let voters = self.parsed_voters()?;
         if voters.is_empty() {
@@ -217,6 +232,16 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(
                 "cluster.broker_session_timeout_ms must exceed cluster.broker_heartbeat_interval_ms"
                     .into(),
+            ));
+        }
+        if self.offsets_topic_replication_factor == Some(0) {
+            return Err(ConfigError::Invalid(
+                "cluster.offsets_topic_replication_factor must be at least 1".into(),
+            ));
+        }
+        if self.offsets_commit_timeout_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.offsets_commit_timeout_ms must be greater than 0".into(),
             ));
         }
         let rf = self.default_replication_factor();
@@ -631,6 +656,18 @@ mod tests {
             .cluster
             .unwrap();
         assert_eq!(cluster.default_replication_factor(), 2, "min(3, voters)");
+        assert_eq!(
+            cluster.offsets_topic_replication_factor(),
+            2,
+            "the default RF"
+        );
+        assert_eq!(cluster.offsets_commit_timeout_ms, 5_000);
+        write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\noffsets_topic_replication_factor = 1\n");
+        let cluster = BrokerConfig::load(Some(&file), vec![], &[])
+            .unwrap()
+            .cluster
+            .unwrap();
+        assert_eq!(cluster.offsets_topic_replication_factor(), 1);
 
         let check = |text: &str, want: &str| {
             write(text);
@@ -667,6 +704,14 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_timeout_ms = 100\nbroker_heartbeat_interval_ms = 100\n",
             "must exceed",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\noffsets_topic_replication_factor = 0\n",
+            "offsets_topic_replication_factor must be at least 1",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\noffsets_commit_timeout_ms = 0\n",
+            "offsets_commit_timeout_ms must be greater than 0",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",

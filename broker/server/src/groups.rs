@@ -10,6 +10,13 @@
 //!
 //! A group's records live in partition `java_hash(group) % offsets_topic_num_partitions`
 //! (Kafka's placement), so one group's commits stay in order in one log.
+//!
+//! In a cluster the offsets topic is replicated (the controller creates it) and, as in
+//! Kafka, a group's coordinator is the leader of the group's offsets partition: when
+//! this broker becomes the leader it loads that partition's commits, when it stops
+//! being the leader it drops those groups (their members rejoin at the new leader).
+//! Commits are written like an acks=all produce and acknowledged once every in-sync
+//! replica has them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -19,21 +26,29 @@ use bytes::{Bytes, BytesMut};
 use meridian_core::assignor::Assignor;
 use meridian_core::group::{CommittedOffset, Coordinator, GroupError, JoinRequest};
 use meridian_core::TopicPartition;
+use meridian_metadata::MetadataImage;
 use meridian_wire::batch::{
     decode_records, encode_batch, split_batches, Compression, NewRecord, ProducerIdentity,
 };
 use meridian_wire::codec::{Reader, Writer};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use tokio::sync::{oneshot, Notify};
 
 use crate::config::FlushPolicy;
 use crate::handlers::now_ms;
-use crate::topics::{Failure, Registry, Topic};
+use crate::topics::{Failure, Partition, Registry, Topic};
 use crate::Shared;
 
 pub const OFFSETS_TOPIC: &str = "__consumer_offsets";
+
+/// Offsets records appended, not yet known to be durable.
+struct Written {
+    sync: meridian_log::SyncHandle,
+    /// A replicated partition, and the offset its high watermark must reach.
+    replicated: Option<(Arc<Partition>, i64)>,
+}
 const RECORD_VERSION: u16 = 0;
 /// How often session and revocation deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -42,7 +57,14 @@ pub(crate) struct Groups {
     coordinator: Mutex<Coordinator>,
     /// Woken whenever a group's membership or assignment changes (heartbeats wait on it).
     changed: Mutex<HashMap<String, Arc<Notify>>>,
-    offsets_topic: Arc<Topic>,
+    /// Standalone: the local offsets topic, from the start. Cluster: this broker's
+    /// replica of the replicated one, once it leads one of its partitions.
+    offsets_topic: RwLock<Option<Arc<Topic>>>,
+    /// Cluster mode: the offsets partitions this broker leads and has loaded, with the
+    /// leader epoch it loaded them in. Changed only under the coordinator lock, so a
+    /// request checked under that lock cannot race a load or unload. `None`:
+    /// standalone, every group is this broker's.
+    owned: Option<Mutex<BTreeMap<u32, i32>>>,
 }
 
 fn group_error(e: GroupError) -> (ErrorCode, String) {
@@ -58,6 +80,8 @@ fn group_error(e: GroupError) -> (ErrorCode, String) {
         GroupError::NonEmptyGroup(_) => ErrorCode::NonEmptyGroup,
         GroupError::OffsetMetadataTooLarge(_) => ErrorCode::OffsetMetadataTooLarge,
         GroupError::InvalidCommitOffset(_) => ErrorCode::InvalidCommitOffset,
+        GroupError::NotCoordinator(_) => ErrorCode::NotCoordinator,
+        GroupError::CoordinatorNotAvailable(_) => ErrorCode::CoordinatorNotAvailable,
     };
     (code, e.message().to_string())
 }
@@ -128,11 +152,26 @@ fn decode_record(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, Strin
 }
 
 impl Groups {
-    /// Creates the offsets topic when missing and loads every committed offset.
+    /// Standalone: creates the offsets topic when missing and loads every committed
+    /// offset. Cluster: starts empty; partitions are loaded as this broker becomes
+    /// their leader ([`Shared::offsets_leadership`]).
     pub(crate) fn open(
         config: &crate::config::BrokerConfig,
         registry: &Registry,
     ) -> anyhow::Result<Groups> {
+        let incarnation = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let mut coordinator = Coordinator::new(config.coordinator_config(), incarnation);
+        if config.cluster.is_some() {
+            return Ok(Groups {
+                coordinator: Mutex::new(coordinator),
+                changed: Mutex::new(HashMap::new()),
+                offsets_topic: RwLock::new(None),
+                owned: Some(Mutex::new(BTreeMap::new())),
+            });
+        }
         let offsets_topic = match registry.get(OFFSETS_TOPIC) {
             Some(topic) => topic,
             None => registry
@@ -146,48 +185,13 @@ impl Groups {
                 )
                 .map_err(|f| anyhow::anyhow!("creating {OFFSETS_TOPIC}: {}", f.message))?,
         };
-        let incarnation = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
-        let mut coordinator = Coordinator::new(config.coordinator_config(), incarnation);
         let now = now_ms();
         for topic in registry.all() {
             coordinator.topic_changed(&topic.name, Some(topic.partitions.len() as u32), now);
         }
         let mut n_records = 0u64;
         for partition in &offsets_topic.partitions {
-            let log = partition.log().map_err(|f| {
-                anyhow::anyhow!("{OFFSETS_TOPIC}/{}: {}", partition.index, f.message)
-            })?;
-            let mut offset = log.log_start_offset();
-            loop {
-                let slice = log.read(offset, 1024 * 1024).map_err(|e| {
-                    anyhow::anyhow!("reading {OFFSETS_TOPIC}/{}: {e}", partition.index)
-                })?;
-                let Some(slice) = slice else { break };
-                let bytes = slice.read()?;
-                for batch in split_batches(bytes) {
-                    let (header, batch) = batch
-                        .map_err(|e| anyhow::anyhow!("{OFFSETS_TOPIC}/{}: {e}", partition.index))?;
-                    offset = header.last_offset() + 1;
-                    for record in
-                        decode_records(&header, &batch).map_err(|e| anyhow::anyhow!("{e}"))?
-                    {
-                        let Some(key) = record.key else { continue };
-                        match decode_record(key, record.value) {
-                            Ok((group, tp, Some(committed))) => {
-                                coordinator.apply_commit(&group, tp, committed)
-                            }
-                            Ok((group, tp, None)) => coordinator.remove_commit(&group, &tp),
-                            Err(e) => {
-                                tracing::warn!(offset = record.offset, error = %e, "skipping unreadable offsets record")
-                            }
-                        }
-                        n_records += 1;
-                    }
-                }
-            }
+            n_records += load_offsets(partition, &mut coordinator)?;
         }
         tracing::info!(
             records = n_records,
@@ -197,8 +201,23 @@ impl Groups {
         Ok(Groups {
             coordinator: Mutex::new(coordinator),
             changed: Mutex::new(HashMap::new()),
-            offsets_topic,
+            offsets_topic: RwLock::new(Some(offsets_topic)),
+            owned: None,
         })
+    }
+
+    /// The coordinator, locked, if this broker coordinates `group_id`.
+    fn coordinator_for(&self, group_id: &str) -> Result<MutexGuard<'_, Coordinator>, GroupError> {
+        let coordinator = self.coordinator.lock();
+        let Some(owned) = &self.owned else {
+            return Ok(coordinator);
+        };
+        match self.offsets_partition(group_id) {
+            Some(p) if owned.lock().contains_key(&p) => Ok(coordinator),
+            _ => Err(GroupError::NotCoordinator(format!(
+                "this broker is not the coordinator of group `{group_id}` (the leader of its {OFFSETS_TOPIC} partition is)"
+            ))),
+        }
     }
 
     fn notify(&self, group_id: &str) -> Arc<Notify> {
@@ -227,8 +246,82 @@ impl Groups {
         }
     }
 
-    fn offsets_partition(&self, group_id: &str) -> u32 {
-        (java_hash(group_id) & 0x7fff_ffff) as u32 % self.offsets_topic.partitions.len() as u32
+    /// The group's offsets partition; `None` before this broker has the offsets topic.
+    fn offsets_partition(&self, group_id: &str) -> Option<u32> {
+        let n = self.offsets_topic.read().as_ref()?.partitions.len() as u32;
+        Some(offsets_partition(group_id, n))
+    }
+}
+
+fn offsets_partition(group_id: &str, partitions: u32) -> u32 {
+    (java_hash(group_id) & 0x7fff_ffff) as u32 % partitions
+}
+
+/// Applies every commit and tombstone in one offsets partition to `coordinator`;
+/// returns how many records it read.
+fn load_offsets(partition: &Partition, coordinator: &mut Coordinator) -> anyhow::Result<u64> {
+    let log = partition
+        .log()
+        .map_err(|f| anyhow::anyhow!("{OFFSETS_TOPIC}/{}: {}", partition.index, f.message))?;
+    let mut n_records = 0u64;
+    let mut offset = log.log_start_offset();
+    loop {
+        let slice = log
+            .read(offset, 1024 * 1024)
+            .map_err(|e| anyhow::anyhow!("reading {OFFSETS_TOPIC}/{}: {e}", partition.index))?;
+        let Some(slice) = slice else { break };
+        let bytes = slice.read()?;
+        for batch in split_batches(bytes) {
+            let (header, batch) =
+                batch.map_err(|e| anyhow::anyhow!("{OFFSETS_TOPIC}/{}: {e}", partition.index))?;
+            offset = header.last_offset() + 1;
+            for record in decode_records(&header, &batch).map_err(|e| anyhow::anyhow!("{e}"))? {
+                let Some(key) = record.key else { continue };
+                match decode_record(key, record.value) {
+                    Ok((group, tp, Some(committed))) => {
+                        coordinator.apply_commit(&group, tp, committed)
+                    }
+                    Ok((group, tp, None)) => coordinator.remove_commit(&group, &tp),
+                    Err(e) => {
+                        tracing::warn!(offset = record.offset, error = %e, "skipping unreadable offsets record")
+                    }
+                }
+                n_records += 1;
+            }
+        }
+    }
+    Ok(n_records)
+}
+
+/// The coordinator of `group_id` in a cluster: the leader of its offsets partition.
+fn cluster_coordinator(image: &MetadataImage, group_id: &str) -> FindCoordinatorResponse {
+    let unavailable = |message: String| FindCoordinatorResponse {
+        error: ErrorCode::CoordinatorNotAvailable,
+        message,
+        broker_id: 0,
+        host: String::new(),
+        port: 0,
+    };
+    let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
+        return unavailable(format!(
+            "{OFFSETS_TOPIC} does not exist yet: the controller creates it once cluster.offsets_topic_replication_factor brokers are live"
+        ));
+    };
+    let partition = offsets_partition(group_id, topic.partitions.len() as u32);
+    let leader = topic.partitions[partition as usize]
+        .leader
+        .and_then(|id| image.brokers.get(&id));
+    match leader {
+        Some(b) => FindCoordinatorResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id: b.id,
+            host: b.host.clone(),
+            port: u32::from(b.port),
+        },
+        None => unavailable(format!(
+            "{OFFSETS_TOPIC} partition {partition} has no leader right now"
+        )),
     }
 }
 
@@ -247,7 +340,88 @@ pub(crate) async fn tick_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
+    /// Partitions of `topic`, from the metadata image in a cluster (the coordinator
+    /// need not host the topic), from the local registry otherwise.
+    fn partition_count(&self, topic: &str) -> Option<u32> {
+        match &self.cluster {
+            Some(cluster) => cluster
+                .image()
+                .topics
+                .get(topic)
+                .map(|t| t.partitions.len() as u32),
+            None => self.registry.get(topic).map(|t| t.partitions.len() as u32),
+        }
+    }
+
+    /// Cluster mode: offsets partition `partition` now has `leader` in `leader_epoch`
+    /// (called from the image follower, in image order, after the replica manager
+    /// applied the change). Becoming its leader loads its commits; losing it drops
+    /// its groups.
+    pub(crate) fn offsets_leadership(
+        &self,
+        partition: u32,
+        leader: Option<u32>,
+        leader_epoch: i32,
+    ) {
+        let Some(owned) = &self.groups.owned else {
+            return;
+        };
+        let leading = leader == Some(self.config.broker_id);
+        let mut coordinator = self.groups.coordinator.lock();
+        let loaded_epoch = owned.lock().get(&partition).copied();
+        if loaded_epoch.is_some() && loaded_epoch != Some(leader_epoch).filter(|_| leading) {
+            owned.lock().remove(&partition);
+            let n = self
+                .groups
+                .offsets_topic
+                .read()
+                .as_ref()
+                .map_or(1, |t| t.partitions.len() as u32);
+            let still = owned.lock().clone();
+            let gone = coordinator.unload(|g| still.contains_key(&offsets_partition(g, n)));
+            tracing::info!(
+                partition,
+                groups = gone.len(),
+                "no longer the coordinator of an offsets partition's groups"
+            );
+            for group in gone {
+                self.groups.wake(&group);
+            }
+        }
+        if !leading || owned.lock().contains_key(&partition) {
+            return;
+        }
+        let Some(topic) = self.registry.get(OFFSETS_TOPIC) else {
+            tracing::error!("leading an offsets partition without a local {OFFSETS_TOPIC}");
+            return;
+        };
+        let Ok(local) = topic.partition(partition) else {
+            return;
+        };
+        match load_offsets(local, &mut coordinator) {
+            Ok(records) => {
+                self.groups
+                    .offsets_topic
+                    .write()
+                    .get_or_insert(topic.clone());
+                owned.lock().insert(partition, leader_epoch);
+                tracing::info!(
+                    partition,
+                    leader_epoch,
+                    records,
+                    "now the coordinator of an offsets partition's groups"
+                );
+            }
+            Err(e) => {
+                tracing::error!(partition, error = %e, "could not load an offsets partition; its groups stay unavailable here")
+            }
+        }
+    }
+
     pub(crate) fn find_coordinator(&self, r: FindCoordinatorRequest) -> FindCoordinatorResponse {
+        if let (Some(cluster), false) = (&self.cluster, r.group_id.is_empty()) {
+            return cluster_coordinator(&cluster.image(), &r.group_id);
+        }
         let (error, message) = if r.group_id.is_empty() {
             (
                 ErrorCode::InvalidGroupId,
@@ -296,7 +470,10 @@ impl Shared {
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
         };
-        let outcome = self.groups.coordinator.lock().join(request, now_ms());
+        let outcome = self
+            .groups
+            .coordinator_for(&group_id)
+            .and_then(|mut c| c.join(request, now_ms()));
         match outcome {
             Ok(joined) => {
                 self.groups.wake(&group_id);
@@ -316,12 +493,10 @@ impl Shared {
     }
 
     pub(crate) fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
-        let outcome = self.groups.coordinator.lock().sync(
-            &r.group_id,
-            &r.member_id,
-            from_wire(&r.owned),
-            now_ms(),
-        );
+        let outcome = self
+            .groups
+            .coordinator_for(&r.group_id)
+            .and_then(|mut c| c.sync(&r.group_id, &r.member_id, from_wire(&r.owned), now_ms()));
         match outcome {
             Ok(synced) => {
                 // What this member gave up may be someone else's now.
@@ -362,14 +537,13 @@ impl Shared {
             let notified = notify.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let outcome = {
-                let mut coordinator = self.groups.coordinator.lock();
+            let outcome = self.groups.coordinator_for(&r.group_id).and_then(|mut c| {
                 if first {
-                    coordinator.heartbeat(&r.group_id, &r.member_id, now_ms())
+                    c.heartbeat(&r.group_id, &r.member_id, now_ms())
                 } else {
-                    coordinator.sync_needed(&r.group_id, &r.member_id)
+                    c.sync_needed(&r.group_id, &r.member_id)
                 }
-            };
+            });
             first = false;
             if !matches!(outcome, Ok(false)) {
                 break outcome;
@@ -394,12 +568,14 @@ impl Shared {
     }
 
     pub(crate) fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {
-        let outcome = self.groups.coordinator.lock().leave(
-            &r.group_id,
-            &r.member_id,
-            r.instance_id.as_deref(),
-            now_ms(),
-        );
+        let outcome = self.groups.coordinator_for(&r.group_id).and_then(|mut c| {
+            c.leave(
+                &r.group_id,
+                &r.member_id,
+                r.instance_id.as_deref(),
+                now_ms(),
+            )
+        });
         let (error, message) = match outcome {
             Ok(()) => {
                 self.groups.wake(&r.group_id);
@@ -410,43 +586,68 @@ impl Shared {
         LeaveGroupResponse { error, message }
     }
 
-    /// Writes records to the group's offsets partition and waits for the flush policy.
-    /// Runs under the coordinator lock so the log's order is the order applied.
-    fn append_offsets(
-        &self,
-        group_id: &str,
-        records: Vec<NewRecord>,
-    ) -> Result<meridian_log::SyncHandle, Failure> {
-        let topic = &self.groups.offsets_topic;
-        let partition = topic.partition(self.groups.offsets_partition(group_id))?;
+    /// Writes records to the group's offsets partition (as its leader, in a cluster).
+    /// Runs under the coordinator lock so the log's order is the order applied; the
+    /// caller then waits with [`Shared::wait_durable`] outside the lock.
+    fn append_offsets(&self, group_id: &str, records: Vec<NewRecord>) -> Result<Written, Failure> {
+        let topic = self.groups.offsets_topic.read().clone().ok_or_else(|| {
+            Failure::new(
+                ErrorCode::CoordinatorNotAvailable,
+                format!("{OFFSETS_TOPIC} is not open on this broker"),
+            )
+        })?;
+        let index = offsets_partition(group_id, topic.partitions.len() as u32);
+        let partition = topic.partition(index)?.clone();
         let batch = encode_batch(&records, Compression::None, ProducerIdentity::NONE)
             .map_err(|e| Failure::new(ErrorCode::Unknown, format!("encoding offsets: {e}")))?;
-        let (_, _, sync) = self.append(topic, partition, &batch)?;
-        Ok(sync)
+        let (_, _, sync) = self.append(&topic, &partition, &batch)?;
+        let replicated = if partition.replication.lock().is_some() {
+            let required = partition.log()?.log_end_offset();
+            Some((partition, required))
+        } else {
+            None
+        };
+        Ok(Written { sync, replicated })
     }
 
-    async fn wait_durable(&self, sync: meridian_log::SyncHandle) -> Result<(), Failure> {
-        if self.config.flush != FlushPolicy::Always {
-            return Ok(());
+    /// Waits for what [`Shared::append_offsets`] wrote to be as safe as an acks=all
+    /// produce: fsynced under `flush=always`, and on every in-sync replica of a
+    /// replicated offsets partition (within `cluster.offsets_commit_timeout_ms`).
+    async fn wait_durable(&self, written: Written) -> Result<(), Failure> {
+        if self.config.flush == FlushPolicy::Always {
+            let (tx, rx) = oneshot::channel();
+            self.group_commit.sync(
+                written.sync,
+                Box::new(move |result| {
+                    let _ = tx.send(result);
+                }),
+            );
+            match rx.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    return Err(Failure::new(
+                        ErrorCode::StorageError,
+                        format!("fsync failed: {e}"),
+                    ))
+                }
+                Err(_) => {
+                    return Err(Failure::new(
+                        ErrorCode::StorageError,
+                        "fsync thread stopped",
+                    ))
+                }
+            }
         }
-        let (tx, rx) = oneshot::channel();
-        self.group_commit.sync(
-            sync,
-            Box::new(move |result| {
-                let _ = tx.send(result);
-            }),
-        );
-        match rx.await {
-            Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Failure::new(
-                ErrorCode::StorageError,
-                format!("fsync failed: {e}"),
-            )),
-            Err(_) => Err(Failure::new(
-                ErrorCode::StorageError,
-                "fsync thread stopped",
-            )),
+        if let Some((partition, required)) = written.replicated {
+            let timeout = self
+                .config
+                .cluster
+                .as_ref()
+                .map_or(5_000, |c| c.offsets_commit_timeout_ms);
+            let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
+            self.wait_for_commit(&partition, required, deadline).await?;
         }
+        Ok(())
     }
 
     pub(crate) async fn offset_commit(&self, r: OffsetCommitRequest) -> OffsetCommitResponse {
@@ -461,14 +662,22 @@ impl Shared {
     async fn offset_commit_inner(&self, r: OffsetCommitRequest) -> Result<(), Failure> {
         let mut offsets = Vec::new();
         for topic in &r.topics {
-            let t = self.registry.get(&topic.topic).ok_or_else(|| {
+            let count = self.partition_count(&topic.topic).ok_or_else(|| {
                 Failure::new(
                     ErrorCode::UnknownTopic,
                     format!("topic `{}` does not exist", topic.topic),
                 )
             })?;
             for p in &topic.partitions {
-                t.partition(p.partition)?;
+                if p.partition >= count {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidPartition,
+                        format!(
+                            "topic `{}` has {count} partitions; partition {} does not exist",
+                            topic.topic, p.partition
+                        ),
+                    ));
+                }
                 offsets.push((
                     TopicPartition::new(topic.topic.clone(), p.partition),
                     p.offset,
@@ -481,9 +690,13 @@ impl Shared {
         }
         let now = now_ms();
         let sync = {
-            let mut coordinator = self.groups.coordinator.lock();
-            coordinator
-                .validate_commit(&r.group_id, &r.member_id, r.member_epoch, &offsets)
+            let mut coordinator = self
+                .groups
+                .coordinator_for(&r.group_id)
+                .and_then(|c| {
+                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &offsets)?;
+                    Ok(c)
+                })
                 .map_err(|e| {
                     let (code, message) = group_error(e);
                     Failure::new(code, message)
@@ -520,7 +733,17 @@ impl Shared {
     }
 
     pub(crate) fn offset_fetch(&self, r: OffsetFetchRequest) -> OffsetFetchResponse {
-        let committed = self.groups.coordinator.lock().committed(&r.group_id);
+        let committed = match self.groups.coordinator_for(&r.group_id) {
+            Ok(coordinator) => coordinator.committed(&r.group_id),
+            Err(e) => {
+                let (error, message) = group_error(e);
+                return OffsetFetchResponse {
+                    error,
+                    message,
+                    topics: Vec::new(),
+                };
+            }
+        };
         let wanted: Vec<(String, Vec<u32>)> = match r.topics {
             Some(topics) => topics
                 .into_iter()
@@ -579,42 +802,59 @@ impl Shared {
     }
 
     pub(crate) fn describe_groups(&self, r: DescribeGroupsRequest) -> DescribeGroupsResponse {
-        let coordinator = self.groups.coordinator.lock();
         let groups = r
             .group_ids
             .into_iter()
-            .map(|group_id| match coordinator.describe(&group_id) {
-                Some(d) => GroupDescription {
-                    group_id,
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    state: d.state.name().to_string(),
-                    assignor: d.assignor.map(|a| a.name().to_string()).unwrap_or_default(),
-                    epoch: d.epoch,
-                    members: d
-                        .members
-                        .into_iter()
-                        .map(|m| GroupMember {
-                            member_id: m.member_id,
-                            instance_id: m.instance_id,
-                            client_id: m.client_id,
-                            client_host: m.client_host,
-                            member_epoch: m.member_epoch,
-                            topics: m.topics.into_iter().collect(),
-                            owned: to_wire(&m.owned),
-                            target: to_wire(&m.target),
-                        })
-                        .collect(),
-                },
-                None => GroupDescription {
-                    message: format!("group `{group_id}` does not exist"),
-                    group_id,
-                    error: ErrorCode::GroupIdNotFound,
-                    state: String::new(),
-                    assignor: String::new(),
-                    epoch: -1,
-                    members: Vec::new(),
-                },
+            .map(|group_id| {
+                match self
+                    .groups
+                    .coordinator_for(&group_id)
+                    .map(|c| c.describe(&group_id))
+                {
+                    Ok(Some(d)) => GroupDescription {
+                        group_id,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        state: d.state.name().to_string(),
+                        assignor: d.assignor.map(|a| a.name().to_string()).unwrap_or_default(),
+                        epoch: d.epoch,
+                        members: d
+                            .members
+                            .into_iter()
+                            .map(|m| GroupMember {
+                                member_id: m.member_id,
+                                instance_id: m.instance_id,
+                                client_id: m.client_id,
+                                client_host: m.client_host,
+                                member_epoch: m.member_epoch,
+                                topics: m.topics.into_iter().collect(),
+                                owned: to_wire(&m.owned),
+                                target: to_wire(&m.target),
+                            })
+                            .collect(),
+                    },
+                    Err(e) => {
+                        let (error, message) = group_error(e);
+                        GroupDescription {
+                            message,
+                            group_id,
+                            error,
+                            state: String::new(),
+                            assignor: String::new(),
+                            epoch: -1,
+                            members: Vec::new(),
+                        }
+                    }
+                    Ok(None) => GroupDescription {
+                        message: format!("group `{group_id}` does not exist"),
+                        group_id,
+                        error: ErrorCode::GroupIdNotFound,
+                        state: String::new(),
+                        assignor: String::new(),
+                        epoch: -1,
+                        members: Vec::new(),
+                    },
+                }
             })
             .collect();
         DescribeGroupsResponse { groups }
@@ -639,7 +879,10 @@ impl Shared {
 
     async fn delete_group(&self, group_id: &str) -> Result<(), Failure> {
         let sync = {
-            let mut coordinator = self.groups.coordinator.lock();
+            let mut coordinator = self.groups.coordinator_for(group_id).map_err(|e| {
+                let (code, message) = group_error(e);
+                Failure::new(code, message)
+            })?;
             let committed = coordinator.prepare_delete(group_id).map_err(|e| {
                 let (code, message) = group_error(e);
                 Failure::new(code, message)

@@ -1037,24 +1037,43 @@ impl Shared {
 
 /// Creates topics through the controller (forwarded to it when another broker is the
 /// controller), answering once the records are committed.
+/// Internal topics are created by the controller itself, never on request.
 async fn cluster_create_topics(
     cluster: &Cluster,
-    request: CreateTopicsRequest,
+    mut request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
+    let mut refused = Vec::new();
+    request
+        .topics
+        .retain(|t| match refuse_internal(&t.name, "created") {
+            Ok(()) => true,
+            Err(f) => {
+                refused.push(topic_result(t.name.clone(), Err(f)));
+                false
+            }
+        });
     let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
-    match cluster.controller.create_topics(request).await {
-        Ok(response) => response,
-        Err(e) => CreateTopicsResponse {
-            results: names
-                .into_iter()
-                .map(|name| TopicResult {
-                    name,
-                    error: ErrorCode::NotController,
-                    message: e.to_string(),
-                })
-                .collect(),
-        },
-    }
+    let mut response = if names.is_empty() {
+        CreateTopicsResponse {
+            results: Vec::new(),
+        }
+    } else {
+        match cluster.controller.create_topics(request).await {
+            Ok(response) => response,
+            Err(e) => CreateTopicsResponse {
+                results: names
+                    .into_iter()
+                    .map(|name| TopicResult {
+                        name,
+                        error: ErrorCode::NotController,
+                        message: e.to_string(),
+                    })
+                    .collect(),
+            },
+        }
+    };
+    response.results.extend(refused);
+    response
 }
 
 async fn cluster_delete_topics(

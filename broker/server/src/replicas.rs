@@ -87,9 +87,7 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
                 topic.replication_factor,
                 TopicOverrides(topic.configs.clone()),
             ) {
-                Ok(t) => shared
-                    .groups
-                    .topic_changed(&topic.name, Some(t.partitions.len() as u32)),
+                Ok(_) => {}
                 Err(f) => {
                     tracing::error!(topic = %topic.name, error = %f.message, "could not create the local replica of a topic");
                     continue;
@@ -110,15 +108,30 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
                     brokers: brokers.clone(),
                 },
             );
+            if topic.name == crate::groups::OFFSETS_TOPIC {
+                shared.offsets_leadership(partition, state.leader, state.leader_epoch);
+            }
+        }
+    }
+    // Group coordinators assign partitions of every topic, hosted here or not.
+    for topic in image.topics.values() {
+        let before = previous.topics.get(&topic.name).map(|t| t.partitions.len());
+        if before != Some(topic.partitions.len()) {
+            shared
+                .groups
+                .topic_changed(&topic.name, Some(topic.partitions.len() as u32));
         }
     }
     for name in previous.topics.keys() {
-        if image.topics.contains_key(name) || shared.registry.get(name).is_none() {
+        if image.topics.contains_key(name) {
+            continue;
+        }
+        shared.groups.topic_changed(name, None);
+        if shared.registry.get(name).is_none() {
             continue;
         }
         match shared.registry.delete(name) {
             Ok(()) => {
-                shared.groups.topic_changed(name, None);
                 shared.plugins.forget_topic(name);
             }
             Err(f) => {

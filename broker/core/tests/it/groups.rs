@@ -256,3 +256,46 @@ fn group_membership_simulation() {
         run(seed);
     }
 }
+
+/// A coordinator that loses a group's offsets partition drops the group, members
+/// and offsets included; groups it still owns are untouched.
+#[test]
+fn unload_drops_only_groups_no_longer_owned() {
+    use meridian_core::group::CommittedOffset;
+    let mut coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    coordinator.topic_changed("t", Some(2), 0);
+    for group in ["kept", "moved"] {
+        coordinator
+            .join(
+                JoinRequest {
+                    group_id: group.into(),
+                    member_id: String::new(),
+                    instance_id: None,
+                    client_id: "c".into(),
+                    client_host: "h".into(),
+                    topics: BTreeSet::from(["t".to_string()]),
+                    assignor: Assignor::ALL[0],
+                    session_timeout_ms: SESSION_MS,
+                    rebalance_timeout_ms: REBALANCE_MS,
+                },
+                0,
+            )
+            .expect("join succeeds");
+        coordinator.apply_commit(
+            group,
+            TopicPartition::new("t", 0),
+            CommittedOffset {
+                offset: 7,
+                metadata: String::new(),
+                commit_timestamp_ms: 0,
+            },
+        );
+    }
+    let gone = coordinator.unload(|group| group == "kept");
+    assert_eq!(gone, vec!["moved".to_string()]);
+    assert!(coordinator.describe("moved").is_none());
+    assert!(coordinator.committed("moved").is_empty());
+    let kept = coordinator.describe("kept").expect("kept group stays");
+    assert_eq!(kept.members.len(), 1);
+    assert_eq!(coordinator.committed("kept").len(), 1);
+}

@@ -123,6 +123,10 @@ pub(crate) struct Context {
     pub(crate) default_replication_factor: u16,
     pub(crate) max_partitions_per_topic: u32,
     pub(crate) topic_defaults: TopicDefaults,
+    /// Partitions and replication factor of `__consumer_offsets`, created by the
+    /// controller once enough brokers are live.
+    pub(crate) offsets_topic_partitions: u32,
+    pub(crate) offsets_topic_replication_factor: u16,
 }
 
 /// Runs for the broker's lifetime: idle (refusing commands) while another broker
@@ -347,7 +351,42 @@ impl<'a> Active<'a> {
                 ),
             }
         }
-        self.commit(Vec::new()).await
+        self.commit(Vec::new()).await?;
+        self.ensure_offsets_topic().await
+    }
+
+    /// Creates `__consumer_offsets` (compacted, like Kafka's) as soon as enough brokers
+    /// are live for its replication factor; group coordinators are the leaders of its
+    /// partitions.
+    async fn ensure_offsets_topic(&mut self) -> Result<(), LostLeadership> {
+        let image = self.context.state_machine.image();
+        let rf = self.context.offsets_topic_replication_factor;
+        if image.topics.contains_key(crate::groups::OFFSETS_TOPIC)
+            || self.live_brokers(&image).len() < usize::from(rf)
+        {
+            return Ok(());
+        }
+        let request = CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: crate::groups::OFFSETS_TOPIC.to_string(),
+                partitions: self.context.offsets_topic_partitions,
+                replication_factor: rf,
+                configs: vec![ConfigEntry {
+                    key: "cleanup.policy".into(),
+                    value: "compact".into(),
+                }],
+            }],
+            validate_only: false,
+        };
+        let (response, outcome) = self.create_topics(request).await;
+        for r in response
+            .results
+            .iter()
+            .filter(|r| r.error != ErrorCode::None)
+        {
+            tracing::warn!(topic = %r.name, error = ?r.error, message = %r.message, "could not create the offsets topic");
+        }
+        outcome
     }
 
     async fn handle(&mut self, command: Command) -> Result<(), LostLeadership> {

@@ -124,6 +124,8 @@ impl Cluster {
             default_replication_factor: cluster.default_replication_factor(),
             max_partitions_per_topic: config.max_partitions_per_topic,
             topic_defaults: config.topic_defaults.clone(),
+            offsets_topic_partitions: config.offsets_topic_num_partitions,
+            offsets_topic_replication_factor: cluster.offsets_topic_replication_factor(),
         });
         tokio::spawn(controller::run(context, rx));
         let incarnation = std::time::SystemTime::now()
