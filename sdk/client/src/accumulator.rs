@@ -310,6 +310,13 @@ impl<T> RecordAccumulator<T> {
         drained
     }
 
+    /// The topics with records queued or in flight, sorted, each once.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.partitions.keys().map(|tp| tp.topic.clone()).collect();
+        topics.dedup();
+        topics
+    }
+
     /// Takes the queued batches (not in flight) created `delivery_timeout` or longer
     /// ago, to be failed; they count as in flight until completed.
     pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T>> {

@@ -565,7 +565,7 @@ async fn run_sender(shared: Arc<Shared>) {
         // wake-up between the look and the wait is not lost.
         let notified = shared.wake.notified();
         let now = Instant::now();
-        let (expired, drained, wakeup, finished, refresh) = {
+        let (expired, drained, wakeup, finished, refresh, topics) = {
             // Lock order: accumulator, then metadata; nothing takes them the other way.
             let mut accumulator = shared.lock();
             let expired = accumulator.expire(now);
@@ -580,6 +580,7 @@ async fn run_sender(shared: Arc<Shared>) {
                 accumulator.next_wakeup(),
                 finished,
                 refresh,
+                accumulator.topics(),
             )
         };
         let mut progressed = false;
@@ -607,7 +608,7 @@ async fn run_sender(shared: Arc<Shared>) {
             progressed = true;
         }
         if refresh && !shared.refreshing.swap(true, Ordering::SeqCst) {
-            tokio::spawn(refresh_for_sender(shared.clone()));
+            tokio::spawn(refresh_for_sender(shared.clone(), topics));
         }
         if progressed {
             continue;
@@ -630,8 +631,15 @@ async fn run_sender(shared: Arc<Shared>) {
 /// Refreshes metadata for the sender, wakes it, and then holds off the next refresh
 /// for a backoff, so a partition without a leader (an election under way, a dead
 /// broker) does not turn into a stream of metadata requests.
-async fn refresh_for_sender(shared: Arc<Shared>) {
-    let result = shared.client.refresh_metadata(&[]).await;
+///
+/// The request names `topics`, every topic with records in the producer, and not
+/// only the topics cached: an `UnknownTopic` answer (say, from a leader that has
+/// not applied a just-created topic yet) drops the topic from the cache, and a
+/// refresh of the cached topics alone would then never learn its leaders again, so
+/// its batches would wait for a leader until their delivery timeout while a full
+/// buffer keeps `send` from asking for the topic.
+async fn refresh_for_sender(shared: Arc<Shared>, topics: Vec<String>) {
+    let result = shared.client.refresh_metadata(&topics).await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "metadata refresh for the producer failed");
     }
