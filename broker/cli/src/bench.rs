@@ -90,6 +90,10 @@ pub struct LoadArgs {
     /// Replication factor of the topic the bench creates.
     #[arg(long, default_value_t = 1)]
     pub replication_factor: u16,
+    /// min.insync.replicas of the topic the bench creates (default: the brokers'
+    /// default; 1 with --replication-factor 1).
+    #[arg(long)]
+    pub min_insync_replicas: Option<u32>,
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
     /// Records to send (ignored when --duration is set).
@@ -419,7 +423,7 @@ pub(crate) async fn ensure_topic(
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<()> {
-    ensure_replicated_topic(client, topic, partitions, 1).await
+    ensure_replicated_topic(client, topic, partitions, 1, None).await
 }
 
 pub(crate) async fn ensure_replicated_topic(
@@ -427,11 +431,17 @@ pub(crate) async fn ensure_replicated_topic(
     topic: &str,
     partitions: u32,
     replication_factor: u16,
+    min_insync_replicas: Option<u32>,
 ) -> anyhow::Result<()> {
-    let new = NewTopic {
+    let mut new = NewTopic {
         replication_factor,
         ..NewTopic::new(topic, partitions)
     };
+    // One replica is all an RF=1 topic can ever have in sync, whatever the brokers'
+    // default (a region's is often 2, which the brokers refuse for RF=1).
+    if let Some(n) = min_insync_replicas.or((replication_factor == 1).then_some(1)) {
+        new = new.config("min.insync.replicas", n.to_string());
+    }
     match client.admin().create_topic(new).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(meridian_client::ErrorCode::TopicAlreadyExists) => Ok(()),
@@ -683,6 +693,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
@@ -712,6 +723,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let admin = clients[0].admin();
@@ -806,6 +818,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let epoch = Instant::now();
@@ -1066,6 +1079,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
         topic: "recovery".into(),
         partitions: args.partitions,
         replication_factor: 1,
+        min_insync_replicas: None,
         record_size,
         records: n_records,
         duration: None,

@@ -568,6 +568,22 @@ impl<'a> Active<'a> {
                 ),
             ));
         }
+        // Fewer replicas than acks=all needs in sync: such writes could never be
+        // acknowledged, and producers would retry them until their delivery timeout.
+        let min_insync = overrides.min_insync_replicas(&self.context.topic_defaults);
+        if min_insync > rf as usize {
+            let source = if overrides.0.contains_key("min.insync.replicas") {
+                "the topic's min.insync.replicas"
+            } else {
+                "min.insync.replicas (from the brokers' topic_defaults.min_insync_replicas)"
+            };
+            return Err((
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {rf} is below {source} = {min_insync}: acks=all writes could never be acknowledged; raise the replication factor or create the topic with min.insync.replicas at most {rf}"
+                ),
+            ));
+        }
         let assignment = assign_replicas(&t.name, t.partitions, rf, live);
         Ok(TopicImage {
             name: t.name.clone(),
