@@ -222,7 +222,20 @@ pub struct CompactionArgs {
     pub json: bool,
 }
 
+/// Runs a bench until it finishes, fails, or the bench is interrupted (Ctrl-C,
+/// SIGTERM). Every broker a bench starts is owned by the bench's future, so on each of
+/// these exits it is dropped and its process killed; a bench killed outright
+/// (SIGKILL) takes its brokers along through their parent-death signal.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    tokio::select! {
+        result = run_bench(cmd) => result,
+        () = crate::shutdown_signal() => {
+            bail!("interrupted; the brokers this bench started were killed")
+        }
+    }
+}
+
+async fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Produce(args) => produce_bench(args).await,
         BenchCommand::Consume(args) => consume_bench(args).await,
@@ -273,6 +286,7 @@ impl ChildBroker {
     ) -> anyhow::Result<ChildBroker> {
         let exe = std::env::current_exe().context("locating the meridian binary")?;
         let mut cmd = Command::new(exe);
+        crate::up::die_with_parent(&mut cmd);
         cmd.arg("broker")
             .arg("--data-dir")
             .arg(&data_dir)
