@@ -135,8 +135,18 @@ pub struct ClusterConfig {
     pub peer_trust: Option<String>,
     /// How often each broker heartbeats to the controller.
     pub broker_heartbeat_interval_ms: u64,
-    /// A broker silent this long is fenced and loses its leaderships.
+    /// A broker silent this long is fenced and loses its leaderships: the bulk of
+    /// the time writes to a killed leader's partitions stall. Six heartbeats by
+    /// default (1.5 s), so a heartbeat or two lost to a busy machine fences nobody.
     pub broker_session_timeout_ms: u64,
+    /// A controller that just took over (the previous one died or stepped down)
+    /// never saw the brokers' earlier heartbeats: it fences a broker that does not
+    /// heartbeat to it within this long. Shorter than the session timeout, because
+    /// the previous controller is usually dead and its partitions wait for this; long
+    /// enough for live brokers to find the new controller (a few heartbeats).
+    /// Absent: four heartbeat intervals, at most the session timeout (1 s by
+    /// default).
+    pub broker_session_on_takeover_ms: Option<u64>,
     /// Replication factor of topics created without one (0 in the request).
     /// Absent: min(3, number of voters).
     pub default_replication_factor: Option<u16>,
@@ -148,7 +158,8 @@ impl Default for ClusterConfig {
             voters: Vec::new(),
             peer_trust: None,
             broker_heartbeat_interval_ms: 250,
-            broker_session_timeout_ms: 2_000,
+            broker_session_timeout_ms: 1_500,
+            broker_session_on_takeover_ms: None,
             default_replication_factor: None,
         }
     }
@@ -191,6 +202,13 @@ impl ClusterConfig {
         Ok(voters)
     }
 
+    /// `broker_session_on_takeover_ms`, or its default.
+    pub fn broker_session_on_takeover_ms(&self) -> u64 {
+        self.broker_session_on_takeover_ms.unwrap_or_else(|| {
+            (4 * self.broker_heartbeat_interval_ms).min(self.broker_session_timeout_ms)
+        })
+    }
+
     pub fn default_replication_factor(&self) -> u16 {
         self.default_replication_factor
             .unwrap_or_else(|| self.voters.len().min(3) as u16)
@@ -218,6 +236,17 @@ impl ClusterConfig {
                 "cluster.broker_session_timeout_ms must exceed cluster.broker_heartbeat_interval_ms"
                     .into(),
             ));
+        }
+        if let Some(takeover) = self.broker_session_on_takeover_ms {
+            if takeover < 2 * self.broker_heartbeat_interval_ms
+                || takeover > self.broker_session_timeout_ms
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.broker_session_on_takeover_ms must be at least twice cluster.broker_heartbeat_interval_ms ({}) and at most cluster.broker_session_timeout_ms ({}), got {takeover}",
+                    2 * self.broker_heartbeat_interval_ms,
+                    self.broker_session_timeout_ms,
+                )));
+            }
         }
         let rf = self.default_replication_factor();
         if rf == 0 || rf as usize > voters.len() {
@@ -599,7 +628,8 @@ mod tests {
         assert_eq!(config.rack.as_deref(), Some("a"));
         let cluster = config.cluster.unwrap();
         assert_eq!(cluster.broker_heartbeat_interval_ms, 250);
-        assert_eq!(cluster.broker_session_timeout_ms, 2_000);
+        assert_eq!(cluster.broker_session_timeout_ms, 1_500);
+        assert_eq!(cluster.broker_session_on_takeover_ms(), 1_000);
         assert_eq!(cluster.peer_trust, None);
         assert_eq!(cluster.default_replication_factor(), 3);
         assert_eq!(
@@ -667,6 +697,14 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_timeout_ms = 100\nbroker_heartbeat_interval_ms = 100\n",
             "must exceed",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 400\n",
+            "broker_session_on_takeover_ms must be at least twice",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 1600\n",
+            "at most cluster.broker_session_timeout_ms (1500)",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",

@@ -120,6 +120,8 @@ pub(crate) struct Context {
     pub(crate) raft: meridian_metadata::Raft,
     pub(crate) state_machine: meridian_metadata::StateMachine,
     pub(crate) session_timeout_ms: u64,
+    /// How long a broker has to heartbeat to a controller that just took over.
+    pub(crate) session_on_takeover_ms: u64,
     pub(crate) default_replication_factor: u16,
     pub(crate) max_partitions_per_topic: u32,
     pub(crate) topic_defaults: TopicDefaults,
@@ -202,6 +204,13 @@ impl<'a> Active<'a> {
         let image = context.state_machine.image();
         let now = now_ms();
         let mut core = Controller::new(context.session_timeout_ms as i64);
+        // Every broker's session is taken as started `session_on_takeover_ms` short of
+        // a full one: a live broker heartbeats to the new controller within a few
+        // heartbeat intervals, and a dead one (often the previous controller) is
+        // fenced that much sooner.
+        let session_started = now
+            - (context.session_timeout_ms as i64)
+                .saturating_sub(context.session_on_takeover_ms as i64);
         for (id, b) in &image.brokers {
             core.restore_broker(
                 *id,
@@ -210,7 +219,7 @@ impl<'a> Active<'a> {
                     fenced: b.fenced,
                     shutting_down: b.shutting_down,
                 },
-                now,
+                session_started,
             );
         }
         for topic in image.topics.values() {

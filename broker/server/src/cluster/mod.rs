@@ -121,6 +121,7 @@ impl Cluster {
             raft: raft.clone(),
             state_machine,
             session_timeout_ms: cluster.broker_session_timeout_ms,
+            session_on_takeover_ms: cluster.broker_session_on_takeover_ms(),
             default_replication_factor: cluster.default_replication_factor(),
             max_partitions_per_topic: config.max_partitions_per_topic,
             topic_defaults: config.topic_defaults.clone(),
