@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meridian_metadata::RaftTiming;
 use serde::{Deserialize, Serialize};
 
 use crate::topic_config::TopicDefaults;
@@ -150,6 +151,15 @@ pub struct ClusterConfig {
     /// Replication factor of topics created without one (0 in the request).
     /// Absent: min(3, number of voters).
     pub default_replication_factor: Option<u16>,
+    /// The metadata quorum's leader (the controller) heartbeats its followers this
+    /// often.
+    pub raft_heartbeat_interval_ms: u64,
+    /// A follower that hears nothing from the quorum's leader for
+    /// `raft_election_timeout_max_ms` (the leader's lease) plus a random timeout in
+    /// `[min, max)` starts an election: a dead controller is replaced after 0.75–1 s
+    /// by default.
+    pub raft_election_timeout_min_ms: u64,
+    pub raft_election_timeout_max_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -161,6 +171,9 @@ impl Default for ClusterConfig {
             broker_session_timeout_ms: 1_500,
             broker_session_on_takeover_ms: None,
             default_replication_factor: None,
+            raft_heartbeat_interval_ms: RaftTiming::default().heartbeat_interval_ms,
+            raft_election_timeout_min_ms: RaftTiming::default().election_timeout_min_ms,
+            raft_election_timeout_max_ms: RaftTiming::default().election_timeout_max_ms,
         }
     }
 }
@@ -202,6 +215,14 @@ impl ClusterConfig {
         Ok(voters)
     }
 
+    pub fn raft_timing(&self) -> RaftTiming {
+        RaftTiming {
+            heartbeat_interval_ms: self.raft_heartbeat_interval_ms,
+            election_timeout_min_ms: self.raft_election_timeout_min_ms,
+            election_timeout_max_ms: self.raft_election_timeout_max_ms,
+        }
+    }
+
     /// `broker_session_on_takeover_ms`, or its default.
     pub fn broker_session_on_takeover_ms(&self) -> u64 {
         self.broker_session_on_takeover_ms.unwrap_or_else(|| {
@@ -236,6 +257,17 @@ impl ClusterConfig {
                 "cluster.broker_session_timeout_ms must exceed cluster.broker_heartbeat_interval_ms"
                     .into(),
             ));
+        }
+        if self.raft_heartbeat_interval_ms == 0
+            || self.raft_heartbeat_interval_ms >= self.raft_election_timeout_min_ms
+            || self.raft_election_timeout_min_ms >= self.raft_election_timeout_max_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: need 0 < raft_heartbeat_interval_ms ({}) < raft_election_timeout_min_ms ({}) < raft_election_timeout_max_ms ({})",
+                self.raft_heartbeat_interval_ms,
+                self.raft_election_timeout_min_ms,
+                self.raft_election_timeout_max_ms
+            )));
         }
         if let Some(takeover) = self.broker_session_on_takeover_ms {
             if takeover < 2 * self.broker_heartbeat_interval_ms
@@ -630,6 +662,14 @@ mod tests {
         assert_eq!(cluster.broker_heartbeat_interval_ms, 250);
         assert_eq!(cluster.broker_session_timeout_ms, 1_500);
         assert_eq!(cluster.broker_session_on_takeover_ms(), 1_000);
+        assert_eq!(
+            (
+                cluster.raft_heartbeat_interval_ms,
+                cluster.raft_election_timeout_min_ms,
+                cluster.raft_election_timeout_max_ms
+            ),
+            (50, 250, 500)
+        );
         assert_eq!(cluster.peer_trust, None);
         assert_eq!(cluster.default_replication_factor(), 3);
         assert_eq!(
@@ -705,6 +745,10 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 1600\n",
             "at most cluster.broker_session_timeout_ms (1500)",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nraft_election_timeout_min_ms = 600\n",
+            "raft_election_timeout_min_ms (600) < raft_election_timeout_max_ms (500)",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",

@@ -89,7 +89,7 @@ impl Cluster {
             voters.iter().map(|v| (v.id, v.address.clone())).collect();
         let peers = Arc::new(Peers::new(config.broker_id, addresses, trust));
         let raft_config = Arc::new(
-            meridian_metadata::raft_config(&config.cluster_id)
+            meridian_metadata::raft_config(&config.cluster_id, cluster.raft_timing())
                 .validate()
                 .context("Raft settings")?,
         );
