@@ -453,7 +453,11 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
         .create_topic(NewTopic::new("single", 1))
         .await
         .expect_err("RF 1 below min.insync.replicas 2 is refused");
-    assert_eq!(err.code(), Some(ErrorCode::InvalidReplicationFactor), "{err}");
+    assert_eq!(
+        err.code(),
+        Some(ErrorCode::InvalidReplicationFactor),
+        "{err}"
+    );
     assert!(err.to_string().contains("min.insync.replicas"), "{err}");
 
     // A fresh client of a broker that is not the controller (it forwards the
@@ -461,7 +465,11 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
     // of them after the first batches arrive.
     let via = if controller == 1 { 2 } else { 1 };
     let client = cluster.client(via).await;
-    client.admin().create_topic(rf3("unpaced", 8)).await.unwrap();
+    client
+        .admin()
+        .create_topic(rf3("unpaced", 8))
+        .await
+        .unwrap();
     let producer = client.producer(ProducerConfig {
         acks: Acks::All,
         // Small, so `send` soon waits for room, as in an unpaced bench.
@@ -491,7 +499,10 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
     let mut consumer = client.consumer(Default::default());
     let partitions = consumer.assign_all("unpaced").await.unwrap();
     for p in &partitions {
-        consumer.seek("unpaced", *p, Offset::Earliest).await.unwrap();
+        consumer
+            .seek("unpaced", *p, Offset::Earliest)
+            .await
+            .unwrap();
     }
     let mut seen = vec![false; N_RECORDS as usize];
     let mut n_read = 0u64;

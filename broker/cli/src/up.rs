@@ -426,7 +426,9 @@ pub(crate) fn die_with_parent(command: &mut std::process::Command) {
                 ))?;
                 // The parent may have died before the prctl took effect.
                 if rustix::process::getppid() != Some(parent) {
-                    return Err(std::io::Error::other("the bench exited while starting a broker"));
+                    return Err(std::io::Error::other(
+                        "the bench exited while starting a broker",
+                    ));
                 }
                 Ok(())
             });

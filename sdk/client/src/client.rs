@@ -282,7 +282,11 @@ impl Client {
     /// at the connection's idle timeout, so asking it (or waiting for a refresh that
     /// asks it) would wait that long. The broker that answers becomes the one general
     /// requests go to if `avoid` was. Returns whether an answer was applied.
-    pub(crate) async fn refresh_metadata_avoiding(&self, avoid: BrokerId, timeout: Duration) -> bool {
+    pub(crate) async fn refresh_metadata_avoiding(
+        &self,
+        avoid: BrokerId,
+        timeout: Duration,
+    ) -> bool {
         let (topics, mut candidates) = {
             let cache = lock(&self.inner.metadata);
             let brokers: Vec<BrokerId> = cache
