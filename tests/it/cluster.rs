@@ -483,7 +483,17 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
             let mut value = vec![0u8; 1024];
             value[..8].copy_from_slice(&seq.to_be_bytes());
             let record = ProducerRecord::new("unpaced", value).partition((seq % 8) as u32);
-            deliveries.push(producer.send(record).await.expect("send"));
+            // `send` asks the broker it talks to for the partition count; right
+            // after the creation that broker may not have applied the topic yet.
+            let delivery = loop {
+                match producer.send(record.clone()).await {
+                    Err(e) if e.code() == Some(ErrorCode::UnknownTopic) && seq == 0 => {
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                    other => break other.expect("send"),
+                }
+            };
+            deliveries.push(delivery);
         }
         producer.flush().await.expect("flush");
         for delivery in deliveries {
