@@ -817,8 +817,9 @@ async fn leader_moved(shared: &Shared, broker: BrokerId, watched: &[(TopicPartit
 }
 
 /// Puts a batch whose request was abandoned back in the queue for the leader that
-/// metadata names now (unlike [`settle`], the partition's leader is not marked
-/// suspect: the cache was just refreshed). Fails it when no attempt or time is left.
+/// metadata names now, to go at once (unlike [`settle`], the partition's leader is
+/// not marked suspect and there is no backoff: the cache was just refreshed and
+/// names a new leader). Fails it when no attempt or time is left.
 fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<RecordHandle>, error: Error) {
     let retry = batch.attempts < shared.config.retries
         && batch.created().elapsed() < shared.config.delivery_timeout
@@ -828,7 +829,7 @@ fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<RecordHandle>, error: E
         return;
     }
     tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, attempt = batch.attempts + 1, error = %error, "retrying produce");
-    shared.lock().retry(batch, Instant::now());
+    shared.lock().retry_now(batch, Instant::now());
     shared.progress.send_modify(|n| *n += 1);
 }
 
