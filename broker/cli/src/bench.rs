@@ -90,6 +90,10 @@ pub struct LoadArgs {
     /// Replication factor of the topic the bench creates.
     #[arg(long, default_value_t = 1)]
     pub replication_factor: u16,
+    /// min.insync.replicas of the topic the bench creates (default: the brokers'
+    /// default; 1 with --replication-factor 1).
+    #[arg(long)]
+    pub min_insync_replicas: Option<u32>,
     #[arg(long, default_value_t = 1024)]
     pub record_size: usize,
     /// Records to send (ignored when --duration is set).
@@ -218,7 +222,20 @@ pub struct CompactionArgs {
     pub json: bool,
 }
 
+/// Runs a bench until it finishes, fails, or the bench is interrupted (Ctrl-C,
+/// SIGTERM). Every broker a bench starts is owned by the bench's future, so on each of
+/// these exits it is dropped and its process killed; a bench killed outright
+/// (SIGKILL) takes its brokers along through their parent-death signal.
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
+    tokio::select! {
+        result = run_bench(cmd) => result,
+        () = crate::shutdown_signal() => {
+            bail!("interrupted; the brokers this bench started were killed")
+        }
+    }
+}
+
+async fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Produce(args) => produce_bench(args).await,
         BenchCommand::Consume(args) => consume_bench(args).await,
@@ -269,6 +286,7 @@ impl ChildBroker {
     ) -> anyhow::Result<ChildBroker> {
         let exe = std::env::current_exe().context("locating the meridian binary")?;
         let mut cmd = Command::new(exe);
+        crate::up::die_with_parent(&mut cmd);
         cmd.arg("broker")
             .arg("--data-dir")
             .arg(&data_dir)
@@ -419,7 +437,7 @@ pub(crate) async fn ensure_topic(
     topic: &str,
     partitions: u32,
 ) -> anyhow::Result<()> {
-    ensure_replicated_topic(client, topic, partitions, 1).await
+    ensure_replicated_topic(client, topic, partitions, 1, None).await
 }
 
 pub(crate) async fn ensure_replicated_topic(
@@ -427,11 +445,17 @@ pub(crate) async fn ensure_replicated_topic(
     topic: &str,
     partitions: u32,
     replication_factor: u16,
+    min_insync_replicas: Option<u32>,
 ) -> anyhow::Result<()> {
-    let new = NewTopic {
+    let mut new = NewTopic {
         replication_factor,
         ..NewTopic::new(topic, partitions)
     };
+    // One replica is all an RF=1 topic can ever have in sync, whatever the brokers'
+    // default (a region's is often 2, which the brokers refuse for RF=1).
+    if let Some(n) = min_insync_replicas.or((replication_factor == 1).then_some(1)) {
+        new = new.config("min.insync.replicas", n.to_string());
+    }
     match client.admin().create_topic(new).await {
         Ok(()) => Ok(()),
         Err(e) if e.code() == Some(meridian_client::ErrorCode::TopicAlreadyExists) => Ok(()),
@@ -683,6 +707,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
@@ -712,6 +737,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let admin = clients[0].admin();
@@ -806,6 +832,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
         &args.topic,
         args.partitions,
         args.replication_factor,
+        args.min_insync_replicas,
     )
     .await?;
     let epoch = Instant::now();
@@ -1066,6 +1093,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
         topic: "recovery".into(),
         partitions: args.partitions,
         replication_factor: 1,
+        min_insync_replicas: None,
         record_size,
         records: n_records,
         duration: None,

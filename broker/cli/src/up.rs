@@ -229,6 +229,12 @@ impl RegionRunner {
             .arg(&config_path)
             .stdin(Stdio::null())
             .kill_on_drop(true);
+        if self.output == Output::LogFiles {
+            // A bench's brokers never outlive the bench, even one killed by SIGKILL
+            // (which runs no destructor). `meridian up`'s brokers are stopped by its
+            // signal handler instead, with a controlled shutdown.
+            die_with_parent(command.as_std_mut());
+        }
         match self.output {
             Output::Prefixed => {
                 command.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -398,6 +404,38 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// Makes the child started by `command` receive SIGKILL when this process dies
+/// (Linux `PR_SET_PDEATHSIG`; elsewhere nothing). The signal is tied to the thread
+/// that starts the child: children are started from the runtime's long-lived worker
+/// threads or the main thread, never from a short-lived blocking thread.
+pub(crate) fn die_with_parent(command: &mut std::process::Command) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::process::CommandExt;
+        let parent = rustix::process::getpid();
+        // SAFETY: the closure runs in the forked child before exec and calls only
+        // prctl and getppid, both async-signal-safe; it allocates nothing and takes
+        // no lock.
+        #[allow(unsafe_code)]
+        unsafe {
+            command.pre_exec(move || {
+                rustix::process::set_parent_process_death_signal(Some(
+                    rustix::process::Signal::KILL,
+                ))?;
+                // The parent may have died before the prctl took effect.
+                if rustix::process::getppid() != Some(parent) {
+                    return Err(std::io::Error::other(
+                        "the bench exited while starting a broker",
+                    ));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 fn send_signal(pid: u32, signal: rustix::process::Signal) {

@@ -44,15 +44,38 @@ openraft::declare_raft_types!(
 
 pub type Raft = openraft::Raft<TypeConfig>;
 
-/// Raft timing for a quorum of brokers on one LAN. Heartbeats every 100 ms; an election
-/// after 500–1000 ms of silence, so a dead controller is replaced well inside the 3 s
-/// the failover budget allows.
-pub fn raft_config(cluster_name: &str) -> openraft::Config {
+/// How fast the metadata quorum notices a dead leader (the controller).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RaftTiming {
+    /// The leader's heartbeat to followers.
+    pub heartbeat_interval_ms: u64,
+    /// A follower's election timeout is picked in `[min, max)`. openraft's followers
+    /// also honour the leader's lease (`max`) first, so a dead leader is replaced
+    /// `max` plus this timeout after its last heartbeat.
+    pub election_timeout_min_ms: u64,
+    pub election_timeout_max_ms: u64,
+}
+
+impl Default for RaftTiming {
+    /// For a quorum on one LAN: heartbeats every 50 ms, an election 750–1000 ms after
+    /// the last one (ten heartbeats missed at least), so a dead controller is
+    /// replaced well inside the 3 s the failover budget allows.
+    fn default() -> Self {
+        RaftTiming {
+            heartbeat_interval_ms: 50,
+            election_timeout_min_ms: 250,
+            election_timeout_max_ms: 500,
+        }
+    }
+}
+
+/// The Raft configuration of a cluster's metadata quorum.
+pub fn raft_config(cluster_name: &str, timing: RaftTiming) -> openraft::Config {
     openraft::Config {
         cluster_name: cluster_name.to_string(),
-        heartbeat_interval: 100,
-        election_timeout_min: 500,
-        election_timeout_max: 1000,
+        heartbeat_interval: timing.heartbeat_interval_ms,
+        election_timeout_min: timing.election_timeout_min_ms,
+        election_timeout_max: timing.election_timeout_max_ms,
         install_snapshot_timeout: 2000,
         // The image is small: snapshot often, keep the log short.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meridian_metadata::RaftTiming;
 use serde::{Deserialize, Serialize};
 
 use crate::topic_config::TopicDefaults;
@@ -135,8 +136,18 @@ pub struct ClusterConfig {
     pub peer_trust: Option<String>,
     /// How often each broker heartbeats to the controller.
     pub broker_heartbeat_interval_ms: u64,
-    /// A broker silent this long is fenced and loses its leaderships.
+    /// A broker silent this long is fenced and loses its leaderships: the bulk of
+    /// the time writes to a killed leader's partitions stall. Six heartbeats by
+    /// default (1.5 s), so a heartbeat or two lost to a busy machine fences nobody.
     pub broker_session_timeout_ms: u64,
+    /// A controller that just took over (the previous one died or stepped down)
+    /// never saw the brokers' earlier heartbeats: it fences a broker that does not
+    /// heartbeat to it within this long. Shorter than the session timeout, because
+    /// the previous controller is usually dead and its partitions wait for this; long
+    /// enough for live brokers to find the new controller (a few heartbeats).
+    /// Absent: four heartbeat intervals, at most the session timeout (1 s by
+    /// default).
+    pub broker_session_on_takeover_ms: Option<u64>,
     /// Replication factor of topics created without one (0 in the request).
     /// Absent: min(3, number of voters).
     pub default_replication_factor: Option<u16>,
@@ -148,6 +159,15 @@ pub struct ClusterConfig {
     /// of the group's `__consumer_offsets` partition (Kafka's
     /// `offsets.commit.timeout.ms`).
     pub offsets_commit_timeout_ms: u64,
+    /// The metadata quorum's leader (the controller) heartbeats its followers this
+    /// often.
+    pub raft_heartbeat_interval_ms: u64,
+    /// A follower that hears nothing from the quorum's leader for
+    /// `raft_election_timeout_max_ms` (the leader's lease) plus a random timeout in
+    /// `[min, max)` starts an election: a dead controller is replaced after 0.75–1 s
+    /// by default.
+    pub raft_election_timeout_min_ms: u64,
+    pub raft_election_timeout_max_ms: u64,
 }
 
 impl Default for ClusterConfig {
@@ -156,10 +176,14 @@ impl Default for ClusterConfig {
             voters: Vec::new(),
             peer_trust: None,
             broker_heartbeat_interval_ms: 250,
-            broker_session_timeout_ms: 2_000,
+            broker_session_timeout_ms: 1_500,
+            broker_session_on_takeover_ms: None,
             default_replication_factor: None,
             offsets_topic_replication_factor: None,
             offsets_commit_timeout_ms: 5_000,
+            raft_heartbeat_interval_ms: RaftTiming::default().heartbeat_interval_ms,
+            raft_election_timeout_min_ms: RaftTiming::default().election_timeout_min_ms,
+            raft_election_timeout_max_ms: RaftTiming::default().election_timeout_max_ms,
         }
     }
 }
@@ -199,6 +223,21 @@ impl ClusterConfig {
             });
         }
         Ok(voters)
+    }
+
+    pub fn raft_timing(&self) -> RaftTiming {
+        RaftTiming {
+            heartbeat_interval_ms: self.raft_heartbeat_interval_ms,
+            election_timeout_min_ms: self.raft_election_timeout_min_ms,
+            election_timeout_max_ms: self.raft_election_timeout_max_ms,
+        }
+    }
+
+    /// `broker_session_on_takeover_ms`, or its default.
+    pub fn broker_session_on_takeover_ms(&self) -> u64 {
+        self.broker_session_on_takeover_ms.unwrap_or_else(|| {
+            (4 * self.broker_heartbeat_interval_ms).min(self.broker_session_timeout_ms)
+        })
     }
 
     pub fn default_replication_factor(&self) -> u16 {
@@ -243,6 +282,28 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(
                 "cluster.offsets_commit_timeout_ms must be greater than 0".into(),
             ));
+        }
+        if self.raft_heartbeat_interval_ms == 0
+            || self.raft_heartbeat_interval_ms >= self.raft_election_timeout_min_ms
+            || self.raft_election_timeout_min_ms >= self.raft_election_timeout_max_ms
+        {
+            return Err(ConfigError::Invalid(format!(
+                "cluster: need 0 < raft_heartbeat_interval_ms ({}) < raft_election_timeout_min_ms ({}) < raft_election_timeout_max_ms ({})",
+                self.raft_heartbeat_interval_ms,
+                self.raft_election_timeout_min_ms,
+                self.raft_election_timeout_max_ms
+            )));
+        }
+        if let Some(takeover) = self.broker_session_on_takeover_ms {
+            if takeover < 2 * self.broker_heartbeat_interval_ms
+                || takeover > self.broker_session_timeout_ms
+            {
+                return Err(ConfigError::Invalid(format!(
+                    "cluster.broker_session_on_takeover_ms must be at least twice cluster.broker_heartbeat_interval_ms ({}) and at most cluster.broker_session_timeout_ms ({}), got {takeover}",
+                    2 * self.broker_heartbeat_interval_ms,
+                    self.broker_session_timeout_ms,
+                )));
+            }
         }
         let rf = self.default_replication_factor();
         if rf == 0 || rf as usize > voters.len() {
@@ -624,7 +685,16 @@ mod tests {
         assert_eq!(config.rack.as_deref(), Some("a"));
         let cluster = config.cluster.unwrap();
         assert_eq!(cluster.broker_heartbeat_interval_ms, 250);
-        assert_eq!(cluster.broker_session_timeout_ms, 2_000);
+        assert_eq!(cluster.broker_session_timeout_ms, 1_500);
+        assert_eq!(cluster.broker_session_on_takeover_ms(), 1_000);
+        assert_eq!(
+            (
+                cluster.raft_heartbeat_interval_ms,
+                cluster.raft_election_timeout_min_ms,
+                cluster.raft_election_timeout_max_ms
+            ),
+            (50, 250, 500)
+        );
         assert_eq!(cluster.peer_trust, None);
         assert_eq!(cluster.default_replication_factor(), 3);
         assert_eq!(
@@ -712,6 +782,18 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\noffsets_commit_timeout_ms = 0\n",
             "offsets_commit_timeout_ms must be greater than 0",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 400\n",
+            "broker_session_on_takeover_ms must be at least twice",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 1600\n",
+            "at most cluster.broker_session_timeout_ms (1500)",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nraft_election_timeout_min_ms = 600\n",
+            "raft_election_timeout_min_ms (600) < raft_election_timeout_max_ms (500)",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",

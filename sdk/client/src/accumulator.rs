@@ -310,6 +310,13 @@ impl<T> RecordAccumulator<T> {
         drained
     }
 
+    /// The topics with records queued or in flight, sorted, each once.
+    pub fn topics(&self) -> Vec<String> {
+        let mut topics: Vec<String> = self.partitions.keys().map(|tp| tp.topic.clone()).collect();
+        topics.dedup();
+        topics
+    }
+
     /// Takes the queued batches (not in flight) created `delivery_timeout` or longer
     /// ago, to be failed; they count as in flight until completed.
     pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T>> {
@@ -392,7 +399,23 @@ impl<T> RecordAccumulator<T> {
     /// A drained batch failed in a way worth retrying: it goes back to the queue,
     /// before every batch of its partition that was not sent yet, to be sent again
     /// after `retry_backoff` once nothing else of the partition is in flight.
-    pub fn retry(&mut self, mut batch: ProducerBatch<T>, now: Instant) {
+    pub fn retry(&mut self, batch: ProducerBatch<T>, now: Instant) {
+        let pause = backoff(
+            self.config.retry_backoff,
+            self.config.retry_backoff_max,
+            batch.attempts + 1,
+        );
+        self.requeue(batch, now + pause);
+    }
+
+    /// Like [`retry`](Self::retry) but without the backoff: for a batch whose
+    /// partition is known to have a new leader (its request went to the old one), so
+    /// there is nothing to wait for.
+    pub fn retry_now(&mut self, batch: ProducerBatch<T>, now: Instant) {
+        self.requeue(batch, now);
+    }
+
+    fn requeue(&mut self, mut batch: ProducerBatch<T>, not_before: Instant) {
         let queue = self.partitions.entry(batch.tp.clone()).or_default();
         assert!(queue.in_flight > 0, "retry without a batch in flight");
         queue.in_flight -= 1;
@@ -400,13 +423,7 @@ impl<T> RecordAccumulator<T> {
             queue.retry_in_flight = false;
         }
         batch.attempts += 1;
-        batch.not_before = Some(
-            now + backoff(
-                self.config.retry_backoff,
-                self.config.retry_backoff_max,
-                batch.attempts,
-            ),
-        );
+        batch.not_before = Some(not_before);
         let position = queue
             .batches
             .iter()

@@ -276,6 +276,52 @@ impl Client {
         self.metadata(Some(topics)).await.map(drop)
     }
 
+    /// Refreshes metadata from a broker other than `avoid`, each broker asked within
+    /// `timeout`, those with a live connection first. For when requests to `avoid`
+    /// go unanswered: it may be dead, and a broker killed outright is noticed only
+    /// at the connection's idle timeout, so asking it (or waiting for a refresh that
+    /// asks it) would wait that long. The broker that answers becomes the one general
+    /// requests go to if `avoid` was. Returns whether an answer was applied.
+    pub(crate) async fn refresh_metadata_avoiding(
+        &self,
+        avoid: BrokerId,
+        timeout: Duration,
+    ) -> bool {
+        let (topics, mut candidates) = {
+            let cache = lock(&self.inner.metadata);
+            let brokers: Vec<BrokerId> = cache
+                .brokers()
+                .into_iter()
+                .map(|(id, _)| id)
+                .filter(|id| *id != avoid)
+                .collect();
+            (cache.topics(), brokers)
+        };
+        // Stable: among the connected (and then the others) metadata's order stays.
+        candidates.sort_by_key(|id| !matches!(self.live(*id), Ok(Some(_))));
+        for broker in candidates {
+            let request = Request::Metadata(MetadataRequest {
+                topics: Some(topics.clone()),
+            });
+            match self.request_to_with_timeout(broker, request, timeout).await {
+                Ok(Response::Metadata(metadata)) => {
+                    lock(&self.inner.metadata).apply(&metadata, Some(&topics), Instant::now());
+                    let mut home = lock(&self.inner.home);
+                    if *home == Some(avoid) {
+                        *home = Some(broker);
+                    }
+                    return true;
+                }
+                Ok(other) => {
+                    tracing::debug!(broker, error = %unexpected(ApiKey::Metadata, &other), "metadata refresh");
+                }
+                Err(Error::Closed) => return false,
+                Err(e) => tracing::debug!(broker, error = %e, "metadata refresh failed"),
+            }
+        }
+        false
+    }
+
     /// Refreshes metadata if it is stale, old, or lacks one of `topics`.
     pub(crate) async fn ensure_metadata(&self, topics: &[String]) -> Result<()> {
         let needed = {

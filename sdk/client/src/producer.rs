@@ -32,6 +32,10 @@ pub use meridian_wire::messages::UNASSIGNED_PARTITION;
 /// are grouped up to this size; one oversized batch still goes alone).
 const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 
+/// Lower bound of [`ProducerConfig::leader_check_interval`]: metadata requests no
+/// more often than this per stalled request.
+const MIN_LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
+
 /// How many replicas must have a record before it is acknowledged.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acks {
@@ -128,6 +132,16 @@ pub struct ProducerConfig {
     /// `max_in_flight_per_partition = 1` and acks other than [`Acks::None`] (otherwise
     /// it is off).
     pub enable_idempotence: bool,
+    /// While a produce request goes unanswered, how often the producer asks another
+    /// broker whether the partitions it carries have a new leader; the first check
+    /// comes after twice this. A broker killed outright sends nothing, and its
+    /// connection fails only at the QUIC idle timeout (2.5 s); once metadata names a
+    /// new leader (another broker or a newer leader epoch), the request is abandoned
+    /// and its batches go to the new leader with the same bytes. Only with
+    /// idempotence: the producer id and sequence numbers make the broker drop a
+    /// batch it already has, so re-sending cannot duplicate. Default 250 ms; at least
+    /// 10 ms.
+    pub leader_check_interval: Duration,
 }
 
 impl Default for ProducerConfig {
@@ -143,6 +157,7 @@ impl Default for ProducerConfig {
             retries: u32::MAX,
             delivery_timeout: Duration::from_secs(120),
             enable_idempotence: true,
+            leader_check_interval: Duration::from_millis(250),
         }
     }
 }
@@ -390,6 +405,7 @@ impl Producer {
             batch_size: config.batch_size.max(1),
             max_in_flight_per_partition: config.max_in_flight_per_partition.max(1),
             buffer_memory: config.buffer_memory.clamp(1, u32::MAX as usize),
+            leader_check_interval: config.leader_check_interval.max(MIN_LEADER_CHECK_INTERVAL),
             ..config
         };
         let accumulator = RecordAccumulator::new(
@@ -565,7 +581,7 @@ async fn run_sender(shared: Arc<Shared>) {
         // wake-up between the look and the wait is not lost.
         let notified = shared.wake.notified();
         let now = Instant::now();
-        let (expired, drained, wakeup, finished, refresh) = {
+        let (expired, drained, wakeup, finished, refresh, topics) = {
             // Lock order: accumulator, then metadata; nothing takes them the other way.
             let mut accumulator = shared.lock();
             let expired = accumulator.expire(now);
@@ -580,6 +596,7 @@ async fn run_sender(shared: Arc<Shared>) {
                 accumulator.next_wakeup(),
                 finished,
                 refresh,
+                accumulator.topics(),
             )
         };
         let mut progressed = false;
@@ -607,7 +624,7 @@ async fn run_sender(shared: Arc<Shared>) {
             progressed = true;
         }
         if refresh && !shared.refreshing.swap(true, Ordering::SeqCst) {
-            tokio::spawn(refresh_for_sender(shared.clone()));
+            tokio::spawn(refresh_for_sender(shared.clone(), topics));
         }
         if progressed {
             continue;
@@ -630,8 +647,15 @@ async fn run_sender(shared: Arc<Shared>) {
 /// Refreshes metadata for the sender, wakes it, and then holds off the next refresh
 /// for a backoff, so a partition without a leader (an election under way, a dead
 /// broker) does not turn into a stream of metadata requests.
-async fn refresh_for_sender(shared: Arc<Shared>) {
-    let result = shared.client.refresh_metadata(&[]).await;
+///
+/// The request names `topics`, every topic with records in the producer, and not
+/// only the topics cached: an `UnknownTopic` answer (say, from a leader that has
+/// not applied a just-created topic yet) drops the topic from the cache, and a
+/// refresh of the cached topics alone would then never learn its leaders again, so
+/// its batches would wait for a leader until their delivery timeout while a full
+/// buffer keeps `send` from asking for the topic.
+async fn refresh_for_sender(shared: Arc<Shared>, topics: Vec<String>) {
+    let result = shared.client.refresh_metadata(&topics).await;
     if let Err(e) = &result {
         tracing::debug!(error = %e, "metadata refresh for the producer failed");
     }
@@ -683,6 +707,25 @@ async fn send_batches(
     }
     let request = produce_request(config, &sendable);
     let client = &shared.client;
+    // The partitions' leaders as this request is sent, to notice a move while it
+    // waits (idempotent producers only; see `leader_check_interval`).
+    let watched: Vec<(TopicPartition, i32)> = match destination {
+        Destination::Leader(broker) if shared.idempotence.is_some() => {
+            let cache = client.metadata_cache();
+            sendable
+                .iter()
+                .map(|batch| {
+                    let epoch = match cache.leader(&batch.tp.topic, batch.tp.partition) {
+                        LeaderLookup::Known { broker: b, epoch } if b == broker => epoch,
+                        // Routed by older metadata: only a different leader counts.
+                        _ => i32::MAX,
+                    };
+                    (batch.tp.clone(), epoch)
+                })
+                .collect()
+        }
+        _ => Vec::new(),
+    };
     let outcome = if config.acks == Acks::None {
         match destination {
             Destination::Leader(broker) => client.send_no_response_to(broker, request).await,
@@ -691,6 +734,26 @@ async fn send_batches(
         .map(|()| None)
     } else {
         let response = match destination {
+            Destination::Leader(broker) if !watched.is_empty() => {
+                tokio::select! {
+                    response = client.request_to_with_timeout(broker, request, config.request_timeout) => response,
+                    () = leader_moved(&shared, broker, &watched) => {
+                        tracing::debug!(broker, "a partition's leader moved while its produce request was unanswered; re-sending to the new leader");
+                        for batch in sendable {
+                            let error = Error::broker(
+                                ErrorCode::NotLeaderOrFollower,
+                                format!(
+                                    "{}/{}: the leader moved while broker {broker} left the produce request unanswered",
+                                    batch.tp.topic, batch.tp.partition
+                                ),
+                            );
+                            retry_elsewhere(&shared, batch, error);
+                        }
+                        shared.wake.notify_one();
+                        return;
+                    }
+                }
+            }
             Destination::Leader(broker) => {
                 client
                     .request_to_with_timeout(broker, request, config.request_timeout)
@@ -721,6 +784,53 @@ async fn send_batches(
         settle(&shared, batch, result);
     }
     shared.wake.notify_one();
+}
+
+/// Resolves once metadata, asked of brokers other than `broker` every
+/// `leader_check_interval` (the first time after twice that), names a new leader for
+/// one of `watched` (`(partition, leader epoch at send time)`): another broker, or
+/// a newer epoch.
+async fn leader_moved(shared: &Shared, broker: BrokerId, watched: &[(TopicPartition, i32)]) {
+    let interval = shared.config.leader_check_interval;
+    tokio::time::sleep(interval).await;
+    loop {
+        tokio::time::sleep(interval).await;
+        if !shared
+            .client
+            .refresh_metadata_avoiding(broker, interval.max(Duration::from_millis(500)))
+            .await
+        {
+            continue;
+        }
+        let cache = shared.client.metadata_cache();
+        let moved = watched.iter().any(|(tp, sent_epoch)| {
+            matches!(
+                cache.leader(&tp.topic, tp.partition),
+                LeaderLookup::Known { broker: now, epoch }
+                    if now != broker || (*sent_epoch != i32::MAX && epoch > *sent_epoch)
+            )
+        });
+        if moved {
+            return;
+        }
+    }
+}
+
+/// Puts a batch whose request was abandoned back in the queue for the leader that
+/// metadata names now, to go at once (unlike [`settle`], the partition's leader is
+/// not marked suspect and there is no backoff: the cache was just refreshed and
+/// names a new leader). Fails it when no attempt or time is left.
+fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<RecordHandle>, error: Error) {
+    let retry = batch.attempts < shared.config.retries
+        && batch.created().elapsed() < shared.config.delivery_timeout
+        && !shared.client.is_closed();
+    if !retry {
+        settle(shared, batch, Err(error));
+        return;
+    }
+    tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, attempt = batch.attempts + 1, error = %error, "retrying produce");
+    shared.lock().retry_now(batch, Instant::now());
+    shared.progress.send_modify(|n| *n += 1);
 }
 
 fn produce_request(config: &ProducerConfig, batches: &[ProducerBatch<RecordHandle>]) -> Request {
@@ -893,6 +1003,7 @@ mod tests {
         assert_eq!(config.buffer_memory, 32 << 20);
         assert_eq!(config.retries, u32::MAX);
         assert_eq!(config.delivery_timeout, Duration::from_secs(120));
+        assert_eq!(config.leader_check_interval, Duration::from_millis(250));
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub(crate) struct Context {
     pub(crate) raft: meridian_metadata::Raft,
     pub(crate) state_machine: meridian_metadata::StateMachine,
     pub(crate) session_timeout_ms: u64,
+    /// How long a broker has to heartbeat to a controller that just took over.
+    pub(crate) session_on_takeover_ms: u64,
     pub(crate) default_replication_factor: u16,
     pub(crate) max_partitions_per_topic: u32,
     pub(crate) topic_defaults: TopicDefaults,
@@ -206,6 +208,13 @@ impl<'a> Active<'a> {
         let image = context.state_machine.image();
         let now = now_ms();
         let mut core = Controller::new(context.session_timeout_ms as i64);
+        // Every broker's session is taken as started `session_on_takeover_ms` short of
+        // a full one: a live broker heartbeats to the new controller within a few
+        // heartbeat intervals, and a dead one (often the previous controller) is
+        // fenced that much sooner.
+        let session_started = now
+            - (context.session_timeout_ms as i64)
+                .saturating_sub(context.session_on_takeover_ms as i64);
         for (id, b) in &image.brokers {
             core.restore_broker(
                 *id,
@@ -214,7 +223,7 @@ impl<'a> Active<'a> {
                     fenced: b.fenced,
                     shutting_down: b.shutting_down,
                 },
-                now,
+                session_started,
             );
         }
         for topic in image.topics.values() {
@@ -371,10 +380,23 @@ impl<'a> Active<'a> {
                 name: crate::groups::OFFSETS_TOPIC.to_string(),
                 partitions: self.context.offsets_topic_partitions,
                 replication_factor: rf,
-                configs: vec![ConfigEntry {
-                    key: "cleanup.policy".into(),
-                    value: "compact".into(),
-                }],
+                configs: vec![
+                    ConfigEntry {
+                        key: "cleanup.policy".into(),
+                        value: "compact".into(),
+                    },
+                    // Commits need every in-sync replica, at least this many of them:
+                    // never more than the topic has replicas.
+                    ConfigEntry {
+                        key: "min.insync.replicas".into(),
+                        value: self
+                            .context
+                            .topic_defaults
+                            .min_insync_replicas
+                            .min(i64::from(rf))
+                            .to_string(),
+                    },
+                ],
             }],
             validate_only: false,
         };
@@ -604,6 +626,22 @@ impl<'a> Active<'a> {
                     "replication factor {rf} needs {rf} live brokers; {} live: [{}]",
                     live.len(),
                     ids.join(", ")
+                ),
+            ));
+        }
+        // Fewer replicas than acks=all needs in sync: such writes could never be
+        // acknowledged, and producers would retry them until their delivery timeout.
+        let min_insync = overrides.min_insync_replicas(&self.context.topic_defaults);
+        if min_insync > rf as usize {
+            let source = if overrides.0.contains_key("min.insync.replicas") {
+                "the topic's min.insync.replicas"
+            } else {
+                "min.insync.replicas (from the brokers' topic_defaults.min_insync_replicas)"
+            };
+            return Err((
+                ErrorCode::InvalidReplicationFactor,
+                format!(
+                    "replication factor {rf} is below {source} = {min_insync}: acks=all writes could never be acknowledged; raise the replication factor or create the topic with min.insync.replicas at most {rf}"
                 ),
             ));
         }

@@ -89,7 +89,7 @@ impl Cluster {
             voters.iter().map(|v| (v.id, v.address.clone())).collect();
         let peers = Arc::new(Peers::new(config.broker_id, addresses, trust));
         let raft_config = Arc::new(
-            meridian_metadata::raft_config(&config.cluster_id)
+            meridian_metadata::raft_config(&config.cluster_id, cluster.raft_timing())
                 .validate()
                 .context("Raft settings")?,
         );
@@ -121,6 +121,7 @@ impl Cluster {
             raft: raft.clone(),
             state_machine,
             session_timeout_ms: cluster.broker_session_timeout_ms,
+            session_on_takeover_ms: cluster.broker_session_on_takeover_ms(),
             default_replication_factor: cluster.default_replication_factor(),
             max_partitions_per_topic: config.max_partitions_per_topic,
             topic_defaults: config.topic_defaults.clone(),
