@@ -17,6 +17,7 @@ use std::time::Duration;
 
 use meridian_core::replication::{
     AlterIsr, BrokerState, Controller, ControllerEvent, LeaderAndIsr, PartitionRecord,
+    ReassignError, Reassignment,
 };
 use meridian_metadata::openraft::ServerState;
 use meridian_metadata::{
@@ -47,6 +48,10 @@ pub(crate) enum Command {
     ControlledShutdown(
         ControlledShutdownRequest,
         oneshot::Sender<ControlledShutdownResponse>,
+    ),
+    ReassignPartitions(
+        AlterPartitionReassignmentsRequest,
+        oneshot::Sender<AlterPartitionReassignmentsResponse>,
     ),
 }
 
@@ -110,6 +115,20 @@ impl Command {
                 message,
                 remaining: Vec::new(),
             })),
+            Command::ReassignPartitions(r, tx) => drop(
+                tx.send(AlterPartitionReassignmentsResponse {
+                    results: r
+                        .reassignments
+                        .into_iter()
+                        .map(|re| ReassignmentResult {
+                            topic: re.topic,
+                            partition: re.partition,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
         }
     }
 }
@@ -167,15 +186,25 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
     }
 }
 
-fn to_state(s: &LeaderAndIsr, reassigning_to: &Option<Vec<u32>>) -> PartitionState {
+fn to_state(s: &LeaderAndIsr, reassignment: Option<&Reassignment>) -> PartitionState {
     PartitionState {
         leader: s.leader,
         leader_epoch: s.leader_epoch,
         partition_epoch: s.partition_epoch,
         isr: s.isr.iter().copied().collect(),
         replicas: s.replicas.clone(),
-        reassigning_to: reassigning_to.clone(),
+        reassigning_to: reassignment.map(|r| r.target.clone()),
+        adding_replicas: reassignment.map(|r| r.adding.clone()).unwrap_or_default(),
+        removing_replicas: reassignment.map(|r| r.removing.clone()).unwrap_or_default(),
     }
+}
+
+fn to_reassignment(s: &PartitionState) -> Option<Reassignment> {
+    s.reassigning_to.as_ref().map(|target| Reassignment {
+        target: target.clone(),
+        adding: s.adding_replicas.clone(),
+        removing: s.removing_replicas.clone(),
+    })
 }
 
 fn to_leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
@@ -222,7 +251,7 @@ impl<'a> Active<'a> {
                     PartitionRecord {
                         state: to_leader_and_isr(p),
                         unclean_leader_election: unclean,
-                        reassigning_to: p.reassigning_to.clone(),
+                        reassignment: to_reassignment(p),
                     },
                 );
             }
@@ -301,8 +330,7 @@ impl<'a> Active<'a> {
         }
         for ((topic, partition), state) in self.core.partitions() {
             let record = self.core.partition_record(&(topic.clone(), *partition));
-            let reassigning = record.and_then(|r| r.reassigning_to.clone());
-            let state = to_state(state, &reassigning);
+            let state = to_state(state, record.and_then(|r| r.reassignment.as_ref()));
             if image.partition(topic, *partition) != Some(&state) {
                 records.push(MetadataRecord::PartitionChanged {
                     topic: topic.clone(),
@@ -374,6 +402,11 @@ impl<'a> Active<'a> {
             }
             Command::ControlledShutdown(r, tx) => {
                 let (response, outcome) = self.controlled_shutdown(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
+            Command::ReassignPartitions(r, tx) => {
+                let (response, outcome) = self.reassign_partitions(r).await;
                 let _ = tx.send(response);
                 outcome
             }
@@ -507,7 +540,7 @@ impl<'a> Active<'a> {
                     PartitionRecord {
                         state: to_leader_and_isr(p),
                         unclean_leader_election: unclean,
-                        reassigning_to: None,
+                        reassignment: None,
                     },
                 );
             }
@@ -586,6 +619,8 @@ impl<'a> Active<'a> {
                     },
                     replicas,
                     reassigning_to: None,
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 })
                 .collect(),
         })
@@ -725,6 +760,81 @@ impl<'a> Active<'a> {
             ErrorCode::NotController
         };
         (self.partition_answer(&key, error, String::new()), outcome)
+    }
+
+    /// Starts (or cancels) partition reassignments: validated and decided by the core,
+    /// written through Raft, answered once committed. Completion happens later, when
+    /// the leader's ISR expansion brings every target replica in sync.
+    async fn reassign_partitions(
+        &mut self,
+        r: AlterPartitionReassignmentsRequest,
+    ) -> (
+        AlterPartitionReassignmentsResponse,
+        Result<(), LostLeadership>,
+    ) {
+        let image = self.context.state_machine.image();
+        let mut results = Vec::new();
+        for re in r.reassignments {
+            let key = (re.topic.clone(), re.partition);
+            let outcome = if !image.topics.contains_key(&re.topic) {
+                Err((
+                    ErrorCode::UnknownTopic,
+                    format!("topic `{}` does not exist", re.topic),
+                ))
+            } else {
+                let decided = match &re.replicas {
+                    Some(target) => self.core.reassign(&key, target.clone()).map(drop),
+                    None => self.core.cancel_reassignment(&key),
+                };
+                decided.map_err(|e| match e {
+                    ReassignError::UnknownPartition => (
+                        ErrorCode::UnknownTopic,
+                        format!(
+                            "topic `{}` has no partition {} ({} partitions)",
+                            re.topic,
+                            re.partition,
+                            image.topics[&re.topic].partitions.len()
+                        ),
+                    ),
+                    ReassignError::InvalidAssignment(m) => (ErrorCode::InvalidReplicaAssignment, m),
+                    ReassignError::NoReassignmentInProgress => (
+                        ErrorCode::NoReassignmentInProgress,
+                        format!("{}/{} is not being reassigned", re.topic, re.partition),
+                    ),
+                    ReassignError::CannotCancel(m) => (ErrorCode::InvalidReplicaAssignment, m),
+                })
+            };
+            let (error, message) = match outcome {
+                Ok(()) => {
+                    match &re.replicas {
+                        Some(target) => {
+                            tracing::info!(topic = %re.topic, partition = re.partition, ?target, "reassigning partition")
+                        }
+                        None => {
+                            tracing::info!(topic = %re.topic, partition = re.partition, "reassignment cancelled")
+                        }
+                    }
+                    (ErrorCode::None, String::new())
+                }
+                Err(refusal) => refusal,
+            };
+            results.push(ReassignmentResult {
+                topic: re.topic,
+                partition: re.partition,
+                error,
+                message,
+            });
+        }
+        let outcome = self.commit(Vec::new()).await;
+        if outcome.is_err() {
+            for r in &mut results {
+                if r.error == ErrorCode::None {
+                    r.error = ErrorCode::NotController;
+                    r.message = "the controller lost its leadership; retry".into();
+                }
+            }
+        }
+        (AlterPartitionReassignmentsResponse { results }, outcome)
     }
 
     async fn controlled_shutdown(

@@ -418,6 +418,28 @@ impl ControllerClient {
         .await
     }
 
+    /// Starts or cancels partition reassignments at the controller.
+    pub(crate) async fn reassign_partitions(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+    ) -> Result<AlterPartitionReassignmentsResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::ReassignPartitions(request.clone(), tx),
+            || Request::AlterPartitionReassignments(request.clone()),
+            |r| match r {
+                Response::AlterPartitionReassignments(r) => Some(r),
+                _ => None,
+            },
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
+        )
+        .await
+    }
+
     /// Hands a controller request that arrived over the wire to the local controller
     /// task (which refuses with `NotController` when this broker does not lead the
     /// quorum; the sender then retries with the leader). Never forwarded, so two
