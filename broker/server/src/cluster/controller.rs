@@ -19,7 +19,7 @@ use meridian_core::replication::{
     AlterIsr, BrokerState, Controller, ControllerEvent, LeaderAndIsr, PartitionRecord,
     ReassignError, Reassignment,
 };
-use meridian_metadata::openraft::ServerState;
+use meridian_metadata::openraft::{BasicNode, ChangeMembers, ServerState};
 use meridian_metadata::{
     BrokerRegistration, MetadataBatch, MetadataImage, MetadataRecord, PartitionState, TopicImage,
 };
@@ -221,6 +221,9 @@ fn to_leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
 struct Active<'a> {
     context: &'a Context,
     core: Controller<PartitionKey>,
+    /// Brokers outside the quorum's membership being added as learners, with when
+    /// that was asked (asked again if it has not happened a few seconds later).
+    learners_asked: BTreeMap<u32, tokio::time::Instant>,
 }
 
 /// Raft refused the write: we are not the leader any more.
@@ -256,7 +259,11 @@ impl<'a> Active<'a> {
                 );
             }
         }
-        Active { context, core }
+        Active {
+            context,
+            core,
+            learners_asked: BTreeMap::new(),
+        }
     }
 
     async fn serve(
@@ -472,6 +479,9 @@ impl<'a> Active<'a> {
             records.push(MetadataRecord::BrokerRegistered(registration));
         }
         let outcome = self.commit(records).await;
+        if outcome.is_ok() {
+            self.ensure_quorum_member(r.broker_id, &r.host, r.port);
+        }
         let leads_nothing = self.core.led_by(r.broker_id).next().is_none();
         (
             BrokerHeartbeatResponse {
@@ -487,6 +497,65 @@ impl<'a> Active<'a> {
             },
             outcome,
         )
+    }
+
+    /// A broker that is not a member of the metadata quorum (not among the voters it
+    /// was started with) becomes a learner: the Raft leader then replicates the
+    /// metadata log to it, so it applies the same images as the voters. A learner
+    /// whose address changed gets its new address. In the background: the membership change
+    /// commits through Raft like any entry.
+    fn ensure_quorum_member(&mut self, id: u32, host: &str, port: u16) {
+        let address = format!("{host}:{port}");
+        let (member, same_address) = {
+            let metrics = self.context.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            // Voters keep the addresses of `cluster.voters`.
+            let voter = membership.voter_ids().any(|v| v == u64::from(id));
+            match membership.get_node(&u64::from(id)) {
+                Some(node) => (true, voter || node.addr == address),
+                None => (false, false),
+            }
+        };
+        if member && same_address {
+            self.learners_asked.remove(&id);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .learners_asked
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.learners_asked.insert(id, now);
+        let raft = self.context.raft.clone();
+        tokio::spawn(async move {
+            let node = BasicNode::new(&address);
+            let outcome = if member {
+                raft.change_membership(
+                    ChangeMembers::SetNodes([(u64::from(id), node)].into_iter().collect()),
+                    true,
+                )
+                .await
+            } else {
+                raft.add_learner(u64::from(id), node, false).await
+            };
+            match outcome {
+                Ok(_) if member => {
+                    tracing::info!(broker = id, %address, "updated a quorum member's address")
+                }
+                Ok(_) => tracing::info!(
+                    broker = id,
+                    %address,
+                    "added broker to the metadata quorum as a learner (it is not a voter)"
+                ),
+                Err(e) => {
+                    tracing::warn!(broker = id, error = %e, "could not add broker to the metadata quorum")
+                }
+            }
+        });
     }
 
     /// Unfenced brokers with their racks, from the core and the registrations.
