@@ -726,7 +726,7 @@ async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
     cluster
         .agreed_topic("held", Duration::from_secs(10), |_| true)
         .await;
-    let target = vec![replicas[0], outsider];
+    let target = [replicas[0], outsider];
     let (ok, out, err) = cluster.brokers_ref(via).cli(
         &[
             "partition",
