@@ -96,7 +96,7 @@ impl ListPartitionReassignmentsRequest {
 
     pub fn decode(r: &mut Reader) -> Result<ListPartitionReassignmentsRequest, DecodeError> {
         Ok(ListPartitionReassignmentsRequest {
-            topics: r.option(|r| r.array(4, |r| r.string()))?,
+            topics: r.option(|r| r.array(2, |r| r.string()))?,
         })
     }
 }
