@@ -16,7 +16,11 @@ use crate::harness::TestBroker;
 struct TestCluster {
     /// `brokers[i]` has broker id `i + 1`.
     brokers: Vec<TestBroker>,
-    _temp: tempfile::TempDir,
+    /// `cluster.voters`, as written in every config.
+    voters: String,
+    /// Appended to every config.
+    extra: String,
+    temp: tempfile::TempDir,
 }
 
 /// Distinct free UDP ports on 127.0.0.1 (held together while choosing, so distinct).
@@ -40,37 +44,51 @@ impl TestCluster {
             .enumerate()
             .map(|(i, port)| format!("\"{}@127.0.0.1:{port}\"", i + 1))
             .collect();
-        let cert = temp.path().join("cert.pem");
-        let key = temp.path().join("key.pem");
-        let mut brokers = Vec::new();
-        for (i, port) in ports.iter().enumerate() {
-            let id = i + 1;
-            let file = temp.path().join(format!("broker-{id}.toml"));
-            std::fs::write(
-                &file,
-                format!(
-                    "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{extra}\n[cluster]\nvoters = [{}]\n",
-                    voters.join(", ")
-                ),
-            )
-            .unwrap();
-            let data_dir: PathBuf = temp.path().join(format!("data-{id}"));
+        let mut cluster = TestCluster {
+            brokers: Vec::new(),
+            voters: voters.join(", "),
+            extra: extra.to_string(),
+            temp,
+        };
+        for port in ports {
             // One at a time: the first generates the shared certificate.
-            brokers.push(TestBroker::start_configured(
-                &data_dir,
-                &file,
-                &format!("127.0.0.1:{port}"),
-                &[],
-            ));
+            cluster.add_broker(port);
         }
-        TestCluster {
-            brokers,
-            _temp: temp,
-        }
+        cluster
+    }
+
+    /// Starts the next broker (id = number of brokers + 1) listening on `port`, with
+    /// the same voters: the first three are the voters, later ones join the running
+    /// cluster as brokers that do not vote.
+    fn add_broker(&mut self, port: u16) -> u32 {
+        let id = self.brokers.len() + 1;
+        let cert = self.temp.path().join("cert.pem");
+        let key = self.temp.path().join("key.pem");
+        let file = self.temp.path().join(format!("broker-{id}.toml"));
+        std::fs::write(
+            &file,
+            format!(
+                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}\n[cluster]\nvoters = [{}]\n",
+                self.extra, self.voters
+            ),
+        )
+        .unwrap();
+        let data_dir: PathBuf = self.temp.path().join(format!("data-{id}"));
+        self.brokers.push(TestBroker::start_configured(
+            &data_dir,
+            &file,
+            &format!("127.0.0.1:{port}"),
+            &[],
+        ));
+        id as u32
     }
 
     fn broker(&mut self, id: u32) -> &mut TestBroker {
         &mut self.brokers[id as usize - 1]
+    }
+
+    fn brokers_ref(&self, id: u32) -> &TestBroker {
+        &self.brokers[id as usize - 1]
     }
 
     fn running(&self) -> Vec<u32> {
@@ -310,21 +328,43 @@ async fn a_partition_leader_killed_is_replaced_within_the_session_timeout() {
     cluster.agreed_controller(3, Duration::from_secs(15)).await;
 }
 
-#[tokio::test]
-#[ignore = "since the data plane merged, the ISR of `clean` does not settle on [1] within the \
-            wait after its leader (broker 3) is killed; under investigation (issue 4 note)"]
+/// The replicas that die here are brokers 4 and 5, which do not vote: killing two of
+/// the three voters would leave the metadata quorum without a majority, and then no
+/// ISR change or election could be committed at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unclean_election_happens_only_where_the_topic_allows_it() {
     let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    for expected in [4, 5] {
+        let port = free_ports(1)[0];
+        assert_eq!(cluster.add_broker(port), expected);
+    }
+    cluster.agreed_controller(5, Duration::from_secs(20)).await;
     let admin = cluster.client(1).await.admin();
     admin.create_topic(rf3("clean", 1)).await.unwrap();
     admin
         .create_topic(rf3("unclean", 1).config("unclean.leader.election.enable", "true"))
         .await
         .unwrap();
-    // Brokers 2 and 3 die one after the other: each leaves the ISR, so broker 1 is
+    // Both partitions on brokers 3 (a voter), 4 and 5.
+    for topic in ["clean", "unclean"] {
+        cluster
+            .agreed_topic(topic, Duration::from_secs(10), |_| true)
+            .await;
+        let results = admin
+            .reassign_partitions(topic, &[(0, Some(vec![3, 4, 5]))])
+            .await
+            .unwrap();
+        assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+        cluster
+            .agreed_topic(topic, Duration::from_secs(15), |v| {
+                v[0].replicas == [3, 4, 5] && v[0].isr == [3, 4, 5]
+            })
+            .await;
+    }
+    // Brokers 4 and 5 die one after the other: each leaves the ISR, so broker 3 is
     // the only in-sync replica.
-    for id in [2, 3] {
+    for id in [4, 5] {
         cluster.broker(id).kill9();
         for topic in ["clean", "unclean"] {
             cluster
@@ -336,19 +376,24 @@ async fn unclean_election_happens_only_where_the_topic_allows_it() {
         let v = cluster
             .agreed_topic(topic, Duration::from_secs(5), |_| true)
             .await;
-        assert_eq!((v[0].leader, v[0].isr.clone()), (1, vec![1]), "{topic}");
+        assert_eq!((v[0].leader, v[0].isr.clone()), (3, vec![3]), "{topic}");
     }
-    // Then broker 1 dies too, and 2 and 3 (out of sync) come back: they are a quorum
-    // again, and only the topic that allows it gets an out-of-sync leader.
-    cluster.broker(1).kill9();
-    cluster.broker(2).restart();
-    cluster.broker(3).restart();
-    cluster.agreed_controller(2, Duration::from_secs(20)).await;
+    // Then broker 3 dies too (voters 1 and 2 are still a quorum), and 4 and 5 (out
+    // of sync) come back: only the topic that allows it gets an out-of-sync leader.
+    cluster.broker(3).kill9();
+    cluster.broker(4).restart();
+    cluster.broker(5).restart();
+    cluster.agreed_controller(4, Duration::from_secs(20)).await;
     let unclean = cluster
-        .agreed_topic("unclean", Duration::from_secs(15), |v| v[0].leader != 1)
+        .agreed_topic("unclean", Duration::from_secs(15), |v| v[0].leader != 3)
         .await;
-    assert!([2, 3].contains(&unclean[0].leader), "{unclean:?}");
-    assert_eq!(unclean[0].isr, vec![unclean[0].leader]);
+    assert!([4, 5].contains(&unclean[0].leader), "{unclean:?}");
+    // The ISR restarted from the new leader alone; the other restarted broker may have
+    // joined it since (its log matches the new leader's, which is now the truth).
+    assert!(
+        unclean[0].isr.contains(&unclean[0].leader) && !unclean[0].isr.contains(&3),
+        "{unclean:?}"
+    );
     let clean = cluster
         .agreed_topic("clean", Duration::from_secs(5), |_| true)
         .await;
@@ -356,13 +401,13 @@ async fn unclean_election_happens_only_where_the_topic_allows_it() {
     assert_eq!(clean[0].error, ErrorCode::LeaderNotAvailable);
     assert_eq!(
         clean[0].isr,
-        vec![1],
+        vec![3],
         "the ISR keeps the replica with the data"
     );
     // The in-sync replica comes back and leads again.
-    cluster.broker(1).restart();
+    cluster.broker(3).restart();
     cluster
-        .agreed_topic("clean", Duration::from_secs(15), |v| v[0].leader == 1)
+        .agreed_topic("clean", Duration::from_secs(15), |v| v[0].leader == 3)
         .await;
 }
 
@@ -532,4 +577,304 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
         }
     }
     assert!(seen.iter().all(|s| *s));
+}
+
+/// Bytes of record data in a broker's local log of `topic`/`partition`.
+fn local_log_bytes(broker: &TestBroker, topic: &str, partition: u32) -> u64 {
+    let dir = broker.data_dir.join(format!("topics/{topic}/{partition}"));
+    std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .filter_map(Result::ok)
+                .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+                .map(|e| e.metadata().map_or(0, |m| m.len()))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Every record of `topic`/0 from the log start, read through `client` (from the
+/// partition's leader): the values, in offset order.
+async fn read_values(client: &Client, topic: &str) -> Vec<String> {
+    use meridian_client::{ConsumerConfig, Offset};
+    let end = client
+        .admin()
+        .list_offsets(topic, 0, Offset::Latest)
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign(topic, &[0]).await.unwrap();
+    consumer.seek(topic, 0, Offset::Earliest).await.unwrap();
+    let mut values = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while consumer.position(topic, 0).unwrap() < end {
+        assert!(Instant::now() < deadline, "reading {topic} stalled");
+        for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
+            let value = record.value.expect("every record has a value");
+            values.push(String::from_utf8(value.to_vec()).unwrap());
+        }
+    }
+    values
+}
+
+/// Produces `prefix-0`, `prefix-1`, … at acks=all until `stop`, one record at a time;
+/// returns the values acknowledged, in order.
+async fn produce_until(
+    client: Client,
+    topic: &'static str,
+    prefix: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> Vec<String> {
+    use meridian_client::{ProducerConfig, ProducerRecord};
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(1),
+        delivery_timeout: Duration::from_secs(60),
+        ..ProducerConfig::default()
+    });
+    let mut acked = Vec::new();
+    let mut i = 0u64;
+    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+        let value = format!("{prefix}-{i}");
+        i += 1;
+        let delivery = producer
+            .send(ProducerRecord::new(topic, value.clone()).partition(0))
+            .await
+            .unwrap();
+        match delivery.await {
+            Ok(_) => acked.push(value),
+            Err(e) => eprintln!("{value} not acknowledged: {e}"),
+        }
+    }
+    acked
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassignment_onto_a_new_broker_copies_the_log_under_load_and_loses_nothing() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    admin
+        .create_topic(rf3("moving", 1).config("min.insync.replicas", "2"))
+        .await
+        .unwrap();
+    let before = cluster
+        .agreed_topic("moving", Duration::from_secs(10), |v| v[0].isr.len() == 3)
+        .await;
+    let old_leader = before[0].leader;
+    let kept: Vec<u32> = before[0]
+        .replicas
+        .iter()
+        .copied()
+        .filter(|r| *r != old_leader)
+        .collect();
+    // The producer bootstraps from a broker that stays.
+    let producing_client = cluster.client(kept[0]).await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let first = tokio::spawn(produce_until(
+        producing_client.clone(),
+        "moving",
+        "before",
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked_before = first.await.unwrap();
+    assert!(
+        acked_before.len() > 20,
+        "{} acknowledged",
+        acked_before.len()
+    );
+
+    // Broker 4 is not a voter: it joins the running cluster and is listed everywhere.
+    let port = free_ports(1)[0];
+    assert_eq!(cluster.add_broker(port), 4);
+    cluster.agreed_controller(4, Duration::from_secs(20)).await;
+
+    // Keep producing while the partition moves: 4 first (it leads once the move
+    // completes, since the old leader is the replica removed).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let during = tokio::spawn(produce_until(
+        producing_client.clone(),
+        "moving",
+        "during",
+        stop.clone(),
+    ));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let target = vec![4, kept[0], kept[1]];
+    // Sent to a broker that is not the controller: forwarded.
+    let via = *kept.iter().find(|b| **b != controller).unwrap();
+    let results = cluster
+        .client(via)
+        .await
+        .admin()
+        .reassign_partitions("moving", &[(0, Some(target.clone()))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    let mut sorted_target = target.clone();
+    sorted_target.sort_unstable();
+    let after = cluster
+        .agreed_topic("moving", Duration::from_secs(30), |v| {
+            v[0].replicas == target && v[0].isr == sorted_target
+        })
+        .await;
+    assert_eq!(after[0].leader, 4, "{after:?}");
+    assert_eq!(after[0].leader_epoch, before[0].leader_epoch + 1);
+    assert!(cluster
+        .client(via)
+        .await
+        .admin()
+        .list_reassignments(None)
+        .await
+        .unwrap()
+        .is_empty());
+    // Produce a little longer at the new leader, then stop.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked_during = during.await.unwrap();
+    assert!(
+        acked_during.len() > 20,
+        "{} acknowledged",
+        acked_during.len()
+    );
+
+    // The removed replica stopped and deleted its copy of the log.
+    wait_for(
+        "the removed replica's log to be deleted",
+        Duration::from_secs(10),
+        || async {
+            (local_log_bytes(cluster.brokers_ref(old_leader), "moving", 0) == 0).then_some(())
+        },
+    )
+    .await;
+    assert!(local_log_bytes(cluster.brokers_ref(4), "moving", 0) > 0);
+
+    // The removed broker dies; broker 4 leads and serves every acknowledged record
+    // exactly once, in the order acknowledged.
+    cluster.broker(old_leader).kill9();
+    let values = read_values(&cluster.client(4).await, "moving").await;
+    let acked: Vec<String> = acked_before.into_iter().chain(acked_during).collect();
+    let mut position = 0;
+    for value in &acked {
+        let found = values[position..]
+            .iter()
+            .position(|v| v == value)
+            .unwrap_or_else(|| panic!("acknowledged {value} missing or out of order"));
+        position += found + 1;
+    }
+    let distinct: std::collections::BTreeSet<&String> = values.iter().collect();
+    assert_eq!(distinct.len(), values.len(), "a record appears twice");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let mut rf2 = NewTopic::new("held", 1);
+    rf2.replication_factor = 2;
+    let admin = cluster.client(controller).await.admin();
+    admin.create_topic(rf2).await.unwrap();
+    let before = cluster
+        .agreed_topic("held", Duration::from_secs(10), |v| v[0].isr.len() == 2)
+        .await;
+    let replicas = before[0].replicas.clone();
+    let outsider = (1..=3).find(|b| !replicas.contains(b)).unwrap();
+
+    // Refused with a typed error: an unknown broker, a broker twice, no replicas, a
+    // partition that does not exist, a cancel with nothing to cancel.
+    let check = |results: Vec<(u32, meridian_client::Result<()>)>, code: ErrorCode| {
+        let [(_, Err(e))] = &results[..] else {
+            panic!("{results:?} should fail with {code:?}")
+        };
+        assert_eq!(e.code(), Some(code), "{e}");
+    };
+    // Asked through a replica (it stays up), not the controller if possible (forwarded).
+    let via = *replicas
+        .iter()
+        .find(|b| **b != controller)
+        .unwrap_or(&replicas[0]);
+    let admin = cluster.client(via).await.admin();
+    for (target, code) in [
+        (
+            Some(vec![replicas[0], 9]),
+            ErrorCode::InvalidReplicaAssignment,
+        ),
+        (Some(vec![1, 1]), ErrorCode::InvalidReplicaAssignment),
+        (Some(vec![]), ErrorCode::InvalidReplicaAssignment),
+        (None, ErrorCode::NoReassignmentInProgress),
+    ] {
+        check(
+            admin
+                .reassign_partitions("held", &[(0, target)])
+                .await
+                .unwrap(),
+            code,
+        );
+    }
+    check(
+        admin
+            .reassign_partitions("held", &[(5, Some(vec![1]))])
+            .await
+            .unwrap(),
+        ErrorCode::UnknownTopic,
+    );
+
+    // A move onto a broker that is down cannot complete: it shows as in progress, and
+    // is cancelled back to the original replicas.
+    cluster.broker(outsider).kill9();
+    cluster
+        .agreed_topic("held", Duration::from_secs(10), |_| true)
+        .await;
+    let target = [replicas[0], outsider];
+    let (ok, out, err) = cluster.brokers_ref(via).cli(
+        &[
+            "partition",
+            "reassign",
+            "held",
+            "-p",
+            "0",
+            "--replicas",
+            &format!("{},{}", target[0], target[1]),
+        ],
+        "",
+    );
+    assert!(ok, "{out}{err}");
+    cluster
+        .agreed_topic("held", Duration::from_secs(10), |v| {
+            v[0].replicas.len() == 3
+        })
+        .await;
+    let ongoing = admin.list_reassignments(Some("held")).await.unwrap();
+    assert_eq!(ongoing.len(), 1, "{ongoing:?}");
+    assert_eq!(
+        (ongoing[0].adding.clone(), ongoing[0].removing.clone()),
+        (vec![outsider], vec![replicas[1]])
+    );
+    let (ok, out, err) = cluster
+        .brokers_ref(via)
+        .cli(&["partition", "list", "held"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!(
+            "adding {outsider} (copying), removing {}",
+            replicas[1]
+        )),
+        "{out}"
+    );
+    let (ok, out, err) = cluster.brokers_ref(via).cli(
+        &["partition", "reassign", "held", "-p", "0", "--cancel"],
+        "",
+    );
+    assert!(ok, "{out}{err}");
+    let after = cluster
+        .agreed_topic("held", Duration::from_secs(10), |v| {
+            v[0].replicas == replicas
+        })
+        .await;
+    assert_eq!(after[0].isr, {
+        let mut r = replicas.clone();
+        r.sort_unstable();
+        r
+    });
+    assert!(admin.list_reassignments(None).await.unwrap().is_empty());
 }

@@ -1,18 +1,19 @@
 //! `meridian partition list|reassign`: where each partition's replicas live, and
 //! moving them to other brokers.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use meridian_client::Client;
+use meridian_client::{Client, OngoingReassignment};
 
 use crate::ConnectArgs;
 
 #[derive(Subcommand)]
 pub enum PartitionCommand {
-    /// Leader, leader epoch, replicas and in-sync replicas of each partition.
+    /// Leader, leader epoch, replicas and in-sync replicas of each partition, and the
+    /// reassignments under way (replicas being added and removed).
     List {
         topic: String,
         #[command(flatten)]
@@ -47,9 +48,10 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
     match cmd {
         PartitionCommand::List { topic, connect } => {
             let client = connect.connect().await?;
+            let moving = client.admin().list_reassignments(Some(&topic)).await?;
             println!(
-                "{:>9} {:>7} {:>6}  {:<16} isr",
-                "partition", "leader", "epoch", "replicas"
+                "{:>9} {:>7} {:>6}  {:<16} {:<16} reassignment",
+                "partition", "leader", "epoch", "replicas", "isr"
             );
             for p in partitions(&client, &topic).await? {
                 let leader = if p.leader == u32::MAX {
@@ -57,13 +59,18 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
                 } else {
                     p.leader.to_string()
                 };
+                let reassignment = moving
+                    .iter()
+                    .find(|m| m.partition == p.partition)
+                    .map_or_else(|| "-".to_string(), progress);
                 println!(
-                    "{:>9} {:>7} {:>6}  {:<16} {}",
+                    "{:>9} {:>7} {:>6}  {:<16} {:<16} {}",
                     p.partition,
                     leader,
                     p.leader_epoch,
                     list(&p.replicas),
-                    list(&p.isr)
+                    list(&p.isr),
+                    reassignment
                 );
             }
             Ok(())
@@ -127,6 +134,8 @@ async fn partitions(
     Ok(t.partitions)
 }
 
+/// Waits until every moving partition sits on exactly `replicas`, all in sync,
+/// printing each partition's progress whenever it changes.
 async fn wait_for(
     client: &Client,
     topic: &str,
@@ -136,18 +145,45 @@ async fn wait_for(
 ) -> anyhow::Result<()> {
     let want: BTreeSet<u32> = replicas.iter().copied().collect();
     let started = Instant::now();
+    let mut shown: BTreeMap<u32, String> = BTreeMap::new();
     loop {
+        let ongoing = client.admin().list_reassignments(Some(topic)).await?;
         let current = partitions(client, topic).await?;
-        let pending: Vec<u32> = moving
-            .iter()
-            .copied()
-            .filter(|p| {
-                current.iter().find(|m| m.partition == *p).is_none_or(|m| {
-                    m.replicas.iter().copied().collect::<BTreeSet<_>>() != want
-                        || m.isr.iter().copied().collect::<BTreeSet<_>>() != want
-                })
-            })
-            .collect();
+        let mut pending = Vec::new();
+        for p in moving {
+            let line = match ongoing.iter().find(|m| m.partition == *p) {
+                Some(m) => progress(m),
+                None => {
+                    let done = current.iter().find(|m| m.partition == *p).is_some_and(|m| {
+                        m.replicas.iter().copied().collect::<BTreeSet<_>>() == want
+                            && want.iter().all(|r| m.isr.contains(r))
+                    });
+                    if done {
+                        "done".to_string()
+                    } else if started.elapsed() > Duration::from_secs(5) {
+                        // Not moving and not there: cancelled, or replaced by another
+                        // reassignment. (Right after the request, the broker asked may
+                        // not have the new metadata yet.)
+                        bail!(
+                            "{topic}/{p}: no reassignment to [{}] under way any more (cancelled?)",
+                            list(replicas)
+                        );
+                    } else {
+                        "starting".to_string()
+                    }
+                }
+            };
+            if line != "done" {
+                pending.push(*p);
+            }
+            if shown.get(p) != Some(&line) {
+                println!(
+                    "{:>6.1}s {topic}/{p}: {line}",
+                    started.elapsed().as_secs_f64()
+                );
+                shown.insert(*p, line);
+            }
+        }
         if pending.is_empty() {
             println!(
                 "done in {:.1}s: every partition is on [{}], all in sync",
@@ -161,6 +197,29 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// `adding 4 (copying), removing 1 -> 2,3,4`: what a reassignment still waits for.
+fn progress(m: &OngoingReassignment) -> String {
+    let adding: Vec<String> = m
+        .adding
+        .iter()
+        .map(|r| {
+            if m.isr.contains(r) {
+                format!("{r} (in sync)")
+            } else {
+                format!("{r} (copying)")
+            }
+        })
+        .collect();
+    let mut parts = Vec::new();
+    if !adding.is_empty() {
+        parts.push(format!("adding {}", adding.join(" ")));
+    }
+    if !m.removing.is_empty() {
+        parts.push(format!("removing {}", list(&m.removing)));
+    }
+    format!("{} -> {}", parts.join(", "), list(&m.target))
 }
 
 fn list(ids: &[u32]) -> String {

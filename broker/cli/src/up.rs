@@ -62,6 +62,16 @@ pub struct RegionBroker {
     /// Settings for this broker only, over `broker_defaults`.
     #[serde(default)]
     pub settings: toml::Table,
+    /// Whether the broker votes in the metadata quorum. `false`: a broker added to
+    /// the region later (`meridian up REGION --broker N` while the others run); it
+    /// joins as a broker only, and partitions move onto it with
+    /// `meridian partition reassign`.
+    #[serde(default = "voter_by_default")]
+    pub voter: bool,
+}
+
+fn voter_by_default() -> bool {
+    true
 }
 
 impl RegionFile {
@@ -77,6 +87,12 @@ impl RegionFile {
     fn validate(&self) -> anyhow::Result<()> {
         if self.brokers.is_empty() {
             bail!("region {} has no [[broker]]", self.region.name);
+        }
+        if !self.brokers.iter().any(|b| b.voter) {
+            bail!(
+                "region {} has no voter: at least one [[broker]] must vote in the metadata quorum",
+                self.region.name
+            );
         }
         let mut ids = BTreeSet::new();
         let mut listens = BTreeSet::new();
@@ -103,10 +119,12 @@ impl RegionFile {
         Ok(())
     }
 
-    /// `1@127.0.0.1:9101` for each broker: every broker is a metadata-quorum voter.
+    /// `1@127.0.0.1:9101` for each voter of the metadata quorum (every broker but
+    /// those with `voter = false`).
     pub fn voters(&self) -> Vec<String> {
         self.brokers
             .iter()
+            .filter(|b| b.voter)
             .map(|b| format!("{}@{}", b.id, b.listen))
             .collect()
     }
@@ -513,6 +531,17 @@ mod tests {
             voters,
             ["1@127.0.0.1:9101", "2@127.0.0.1:9102", "3@127.0.0.1:9103"]
         );
+        // A broker added later does not vote; every broker lists the same voters.
+        let four =
+            format!("{THREE}\n[[broker]]\nid = 4\nlisten = \"127.0.0.1:9104\"\nvoter = false\n");
+        let with_four = region(&four).unwrap();
+        let four: toml::Table = with_four
+            .broker_config(&with_four.brokers[3])
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(four["cluster"]["voters"].as_array().unwrap().len(), 3);
+        assert!(with_four.bootstrap().ends_with(",127.0.0.1:9104"));
         let two: toml::Table = r.broker_config(&r.brokers[1]).unwrap().parse().unwrap();
         assert_eq!(two["flush"].as_str(), Some("interval"));
         assert!(two.get("rack").is_none());
@@ -536,6 +565,14 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("may not set broker_id"));
+        let no_voter = THREE.replace(
+            "listen = \"127.0.0.1:910",
+            "voter = false\n        listen = \"127.0.0.1:910",
+        );
+        assert!(region(&no_voter)
+            .unwrap_err()
+            .to_string()
+            .contains("no voter"));
         let none = "broker = []\n[region]\nname = \"x\"\ndata_dir = \"d\"\n";
         assert!(region(none)
             .unwrap_err()

@@ -524,9 +524,34 @@ struct BrokerRecord {
 pub struct PartitionRecord {
     pub state: LeaderAndIsr,
     pub unclean_leader_election: bool,
-    /// A reassignment under way: the replicas it ends with. Until all of them are in
-    /// sync, the partition is replicated to the old and the new replicas together.
-    pub reassigning_to: Option<Vec<BrokerId>>,
+    /// A reassignment under way. Until every target replica is in sync, the partition
+    /// is replicated to the old and the new replicas together.
+    pub reassignment: Option<Reassignment>,
+}
+
+/// A partition moving to other replicas (Kafka's KIP-455 state): `replicas` is the
+/// original ones followed by `adding`; `removing` are the original ones not in `target`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Reassignment {
+    /// The replicas the partition ends with, in order (the first is preferred).
+    pub target: Vec<BrokerId>,
+    /// In `target` but not among the original replicas: they copy the log.
+    pub adding: Vec<BrokerId>,
+    /// Original replicas not in `target`: dropped once every target replica is in sync.
+    pub removing: Vec<BrokerId>,
+}
+
+/// Why the controller refused a reassignment or its cancellation.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ReassignError {
+    UnknownPartition,
+    /// Empty, repeats a broker, or names a broker that is not registered.
+    InvalidAssignment(String),
+    /// A cancellation, but the partition is not being reassigned.
+    NoReassignmentInProgress,
+    /// Cancelling would leave no original replica in sync (the data lives only on
+    /// replicas being added): let the reassignment finish instead.
+    CannotCancel(String),
 }
 
 /// Something the controller decided on its own (for logs and tests).
@@ -607,7 +632,7 @@ impl<P: Ord + Clone> Controller<P> {
             PartitionRecord {
                 state,
                 unclean_leader_election,
-                reassigning_to: None,
+                reassignment: None,
             },
         );
     }
@@ -757,46 +782,149 @@ impl<P: Ord + Clone> Controller<P> {
     /// replicas are added and copy the log as followers; once every one of them is in
     /// the ISR, the old ones are dropped (and leadership moves if the leader is one of
     /// them). Data is never removed from a replica before its successor holds it.
+    ///
+    /// A new target for a partition already moving replaces the old one: replicas it
+    /// was adding that are still copying and not wanted any more are dropped; those
+    /// already in sync count as original ones (they may hold the only copy of the
+    /// latest records) and are removed only once the new target is in sync. Returns
+    /// whether anything changed.
     pub fn reassign(
         &mut self,
         partition: &P,
         target: Vec<BrokerId>,
-    ) -> Result<bool, ReplicationError> {
+    ) -> Result<bool, ReassignError> {
+        if target.is_empty() {
+            return Err(ReassignError::InvalidAssignment(
+                "the replica list is empty".into(),
+            ));
+        }
+        let mut seen = BTreeSet::new();
+        for r in &target {
+            if !seen.insert(*r) {
+                return Err(ReassignError::InvalidAssignment(format!(
+                    "broker {r} appears twice in {target:?}"
+                )));
+            }
+            if !self.brokers.contains_key(r) {
+                let registered: Vec<BrokerId> = self.brokers.keys().copied().collect();
+                return Err(ReassignError::InvalidAssignment(format!(
+                    "broker {r} is not registered (registered brokers: {registered:?})"
+                )));
+            }
+        }
         let p = self
             .partitions
             .get_mut(partition)
-            .ok_or(ReplicationError::NotLeader)?;
-        if target.is_empty() || target == p.state.replicas {
+            .ok_or(ReassignError::UnknownPartition)?;
+        let original: Vec<BrokerId> = match &p.reassignment {
+            Some(r) => p
+                .state
+                .replicas
+                .iter()
+                .copied()
+                .filter(|b| !r.adding.contains(b) || p.state.isr.contains(b))
+                .collect(),
+            None => p.state.replicas.clone(),
+        };
+        if target == original && p.reassignment.is_none() {
             return Ok(false);
         }
-        let mut replicas = p.state.replicas.clone();
+        let mut replicas = original.clone();
         for r in &target {
             if !replicas.contains(r) {
                 replicas.push(*r);
             }
         }
-        p.reassigning_to = Some(target);
-        if replicas != p.state.replicas {
-            p.state.replicas = replicas;
+        let before = p.state.clone();
+        // Every in-sync replica is among `original`, so the ISR and its leader stay.
+        assert!(p.state.isr.iter().all(|r| replicas.contains(r)));
+        p.state.replicas = replicas;
+        p.reassignment = (target != original).then(|| Reassignment {
+            adding: target
+                .iter()
+                .copied()
+                .filter(|r| !original.contains(r))
+                .collect(),
+            removing: original
+                .iter()
+                .copied()
+                .filter(|r| !target.contains(r))
+                .collect(),
+            target,
+        });
+        if p.state != before {
             p.state.partition_epoch += 1;
         }
         self.finish_reassignments();
         Ok(true)
     }
 
-    /// Completes reassignments whose new replicas are all in sync. Returns the
-    /// partitions that changed.
+    /// Cancels a reassignment under way: back to the original replicas (Kafka's
+    /// cancellation). The replicas being added leave the ISR and the replica list; if
+    /// one of them leads, leadership moves to an in-sync original replica.
+    pub fn cancel_reassignment(&mut self, partition: &P) -> Result<(), ReassignError> {
+        let fenced = self.fenced();
+        let p = self
+            .partitions
+            .get_mut(partition)
+            .ok_or(ReassignError::UnknownPartition)?;
+        let Some(reassignment) = &p.reassignment else {
+            return Err(ReassignError::NoReassignmentInProgress);
+        };
+        let original: Vec<BrokerId> = p
+            .state
+            .replicas
+            .iter()
+            .copied()
+            .filter(|b| !reassignment.adding.contains(b))
+            .collect();
+        let isr: BTreeSet<BrokerId> = p
+            .state
+            .isr
+            .iter()
+            .copied()
+            .filter(|r| original.contains(r))
+            .collect();
+        if isr.is_empty() {
+            return Err(ReassignError::CannotCancel(format!(
+                "no original replica {original:?} is in sync (ISR {:?}); let the reassignment finish",
+                p.state.isr
+            )));
+        }
+        p.state.isr = isr;
+        p.state.replicas = original;
+        if p.state
+            .leader
+            .is_some_and(|l| !p.state.replicas.contains(&l))
+        {
+            p.state.leader = p
+                .state
+                .replicas
+                .iter()
+                .copied()
+                .find(|r| p.state.isr.contains(r) && !fenced.contains(r));
+            p.state.leader_epoch += 1;
+        }
+        p.state.partition_epoch += 1;
+        p.reassignment = None;
+        Ok(())
+    }
+
+    /// Completes reassignments whose target replicas are all in sync: the replicas
+    /// become the target, the ISR keeps only target replicas, and a leader being
+    /// removed hands over to an in-sync target replica (a new leader epoch). Returns
+    /// the partitions that changed.
     fn finish_reassignments(&mut self) -> Vec<P> {
         let fenced = self.fenced();
         let mut changed = Vec::new();
         for (id, p) in &mut self.partitions {
-            let Some(target) = &p.reassigning_to else {
+            let Some(reassignment) = &p.reassignment else {
                 continue;
             };
+            let target = reassignment.target.clone();
             if !target.iter().all(|r| p.state.isr.contains(r)) {
                 continue;
             }
-            let target = target.clone();
             p.state.isr.retain(|r| target.contains(r));
             p.state.replicas = target.clone();
             if p.state.leader.is_some_and(|l| !target.contains(&l)) {
@@ -807,7 +935,7 @@ impl<P: Ord + Clone> Controller<P> {
                 p.state.leader_epoch += 1;
             }
             p.state.partition_epoch += 1;
-            p.reassigning_to = None;
+            p.reassignment = None;
             changed.push(id.clone());
         }
         changed
@@ -923,6 +1051,115 @@ impl<P: Ord + Clone> Controller<P> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn controller_with(brokers: &[BrokerId], replicas: Vec<BrokerId>) -> Controller {
+        let mut c = Controller::new(10_000);
+        for b in brokers {
+            c.heartbeat(*b, 1, 0);
+        }
+        c.create_partition(0, replicas, false);
+        c
+    }
+
+    fn isr_change(c: &mut Controller, isr: &[BrokerId]) -> Result<(), ReplicationError> {
+        let s = c.partition(&0).unwrap().clone();
+        c.alter_isr(
+            &0,
+            &AlterIsr {
+                leader: s.leader.unwrap(),
+                leader_epoch: s.leader_epoch,
+                partition_epoch: s.partition_epoch,
+                isr: isr.iter().copied().collect(),
+            },
+        )
+    }
+
+    #[test]
+    fn reassignment_adds_then_drops_and_moves_a_removed_leader() {
+        let mut c = controller_with(&[1, 2, 3, 4], vec![1, 2, 3]);
+        assert_eq!(c.reassign(&0, vec![2, 3, 4]), Ok(true));
+        let s = c.partition(&0).unwrap().clone();
+        assert_eq!(
+            (s.replicas.clone(), s.leader, s.leader_epoch),
+            (vec![1, 2, 3, 4], Some(1), 0)
+        );
+        let r = c
+            .partition_record(&0)
+            .unwrap()
+            .reassignment
+            .clone()
+            .unwrap();
+        assert_eq!((r.adding, r.removing), (vec![4], vec![1]));
+        // Broker 4 caught up: the leader adds it to the ISR, which completes the move.
+        isr_change(&mut c, &[1, 2, 3, 4]).unwrap();
+        let s = c.partition(&0).unwrap();
+        assert_eq!(s.replicas, vec![2, 3, 4]);
+        assert_eq!(s.isr, [2, 3, 4].into_iter().collect());
+        assert_eq!((s.leader, s.leader_epoch), (Some(2), 1));
+        assert!(c.partition_record(&0).unwrap().reassignment.is_none());
+    }
+
+    #[test]
+    fn reassignment_is_validated_and_can_be_cancelled() {
+        let mut c = controller_with(&[1, 2, 3, 4], vec![1, 2, 3]);
+        let invalid =
+            |r: Result<bool, ReassignError>| matches!(r, Err(ReassignError::InvalidAssignment(_)));
+        assert!(invalid(c.reassign(&0, vec![])));
+        assert!(invalid(c.reassign(&0, vec![2, 2, 4])));
+        assert!(invalid(c.reassign(&0, vec![2, 3, 9])));
+        assert_eq!(
+            c.reassign(&7, vec![1]),
+            Err(ReassignError::UnknownPartition)
+        );
+        assert_eq!(
+            c.cancel_reassignment(&0),
+            Err(ReassignError::NoReassignmentInProgress)
+        );
+        assert_eq!(c.reassign(&0, vec![1, 2, 3]), Ok(false));
+        c.reassign(&0, vec![4, 2, 3]).unwrap();
+        // Broker 4 joins the ISR... of a target it no longer has: a new target drops it.
+        c.reassign(&0, vec![1, 2]).unwrap();
+        let s = c.partition(&0).unwrap().clone();
+        assert_eq!(s.replicas, vec![1, 2]);
+        assert!(
+            c.partition_record(&0).unwrap().reassignment.is_none(),
+            "3 only leaves: done at once"
+        );
+        c.reassign(&0, vec![2, 4]).unwrap();
+        assert_eq!(c.partition(&0).unwrap().replicas, vec![1, 2, 4]);
+        c.cancel_reassignment(&0).unwrap();
+        let after = c.partition(&0).unwrap();
+        assert_eq!(
+            (after.replicas.clone(), after.leader),
+            (vec![1, 2], Some(1))
+        );
+        assert!(after.partition_epoch > s.partition_epoch);
+        assert!(c.partition_record(&0).unwrap().reassignment.is_none());
+    }
+
+    #[test]
+    fn a_new_target_keeps_replicas_already_in_sync_until_it_completes() {
+        let mut c = controller_with(&[1, 2, 3, 4, 5, 6], vec![1, 2, 3]);
+        c.reassign(&0, vec![2, 3, 4, 5]).unwrap();
+        isr_change(&mut c, &[1, 2, 3, 4]).unwrap();
+        c.reassign(&0, vec![1, 2, 6]).unwrap();
+        let s = c.partition(&0).unwrap();
+        assert_eq!(
+            s.replicas,
+            vec![1, 2, 3, 4, 6],
+            "5 was copying: dropped; 4 is in sync: kept"
+        );
+        let r = c
+            .partition_record(&0)
+            .unwrap()
+            .reassignment
+            .clone()
+            .unwrap();
+        assert_eq!((r.adding, r.removing), (vec![6], vec![3, 4]));
+        isr_change(&mut c, &[1, 2, 3, 4, 6]).unwrap();
+        let s = c.partition(&0).unwrap();
+        assert_eq!((s.replicas.clone(), s.leader), (vec![1, 2, 6], Some(1)));
+    }
 
     #[test]
     fn epoch_cache_end_offsets() {

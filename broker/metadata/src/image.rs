@@ -40,9 +40,16 @@ pub struct PartitionState {
     pub partition_epoch: i32,
     pub isr: Vec<BrokerId>,
     pub replicas: Vec<BrokerId>,
-    /// A reassignment under way: the replicas it ends with.
+    /// A reassignment under way: the replicas it ends with. `replicas` then holds the
+    /// original replicas followed by `adding_replicas`.
     #[serde(default)]
     pub reassigning_to: Option<Vec<BrokerId>>,
+    /// Replicas a reassignment adds: they copy the log from the leader.
+    #[serde(default)]
+    pub adding_replicas: Vec<BrokerId>,
+    /// Replicas a reassignment drops once every target replica is in sync.
+    #[serde(default)]
+    pub removing_replicas: Vec<BrokerId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +194,8 @@ mod tests {
             isr: vec![1, 2],
             replicas: vec![1, 2],
             reassigning_to: None,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
         };
         let records = vec![
             MetadataRecord::BrokerRegistered(broker(1)),

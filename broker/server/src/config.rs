@@ -124,6 +124,8 @@ pub struct BrokerConfig {
 
 /// `[cluster]`: the metadata quorum and broker liveness. Every voter is also a broker
 /// (combined mode, like KRaft's); every broker of the cluster lists the same voters.
+/// A broker whose id is not among them joins the running cluster as a broker that does
+/// not vote (a Raft learner: it receives the metadata log).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ClusterConfig {
@@ -250,18 +252,15 @@ impl ClusterConfig {
             .unwrap_or_else(|| self.default_replication_factor())
     }
 
-    fn check(&self, broker_id: u32) -> Result<(), ConfigError> {
+    fn check(&self) -> Result<(), ConfigError> {
         let voters = self.parsed_voters()?;
         if voters.is_empty() {
             return Err(ConfigError::Invalid(
                 "cluster.voters must name at least one voter".into(),
             ));
         }
-        if !voters.iter().any(|v| v.id == broker_id) {
-            return Err(ConfigError::Invalid(format!(
-                "broker_id {broker_id} is not among cluster.voters (every broker is a voter)"
-            )));
-        }
+        // A broker not among the voters is fine: it joins the running cluster as a
+        // broker only (a Raft learner, see `cluster::Cluster::start`).
         if self.broker_heartbeat_interval_ms == 0 {
             return Err(ConfigError::Invalid(
                 "cluster.broker_heartbeat_interval_ms must be greater than 0".into(),
@@ -513,7 +512,7 @@ impl BrokerConfig {
             ));
         }
         if let Some(cluster) = &self.cluster {
-            cluster.check(self.broker_id)?;
+            cluster.check()?;
         }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
     }
@@ -762,10 +761,6 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\", \"1@b:2\"]\n",
             "broker id 1 appears twice",
-        );
-        check(
-            "broker_id = 4\n[cluster]\nvoters = [\"1@a:1\"]\n",
-            "broker_id 4 is not among cluster.voters",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nbroker_heartbeat_interval_ms = 0\n",

@@ -122,9 +122,55 @@ impl Shared {
             Request::TopicAttach(r) => Response::TopicAttach(self.topic_attach(r)),
             Request::TopicDetach(r) => Response::TopicDetach(self.topic_detach(r)),
             Request::AlterPartitionReassignments(r) => {
-                Response::AlterPartitionReassignments(self.reassign_partitions(r))
+                Response::AlterPartitionReassignments(match &self.cluster {
+                    Some(cluster) => cluster_reassign_partitions(cluster, r).await,
+                    None => self.reassign_partitions(r),
+                })
+            }
+            Request::ListPartitionReassignments(r) => {
+                Response::ListPartitionReassignments(self.list_reassignments(r))
             }
         })
+    }
+
+    /// The reassignments under way, from this broker's metadata image (a single
+    /// broker has none).
+    fn list_reassignments(
+        &self,
+        r: ListPartitionReassignmentsRequest,
+    ) -> ListPartitionReassignmentsResponse {
+        let mut reassignments = Vec::new();
+        if let Some(cluster) = &self.cluster {
+            let image = cluster.image();
+            for topic in image.topics.values() {
+                if r.topics
+                    .as_ref()
+                    .is_some_and(|ts| !ts.contains(&topic.name))
+                {
+                    continue;
+                }
+                for (index, p) in topic.partitions.iter().enumerate() {
+                    let Some(target) = &p.reassigning_to else {
+                        continue;
+                    };
+                    reassignments.push(OngoingReassignment {
+                        topic: topic.name.clone(),
+                        partition: index as u32,
+                        replicas: p.replicas.clone(),
+                        target: target.clone(),
+                        adding: p.adding_replicas.clone(),
+                        removing: p.removing_replicas.clone(),
+                        isr: p.isr.clone(),
+                        leader: p.leader.unwrap_or(NO_BROKER),
+                    });
+                }
+            }
+        }
+        ListPartitionReassignmentsResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            reassignments,
+        }
     }
 
     /// A single broker holds every replica, so the only valid target is itself.
@@ -1074,6 +1120,33 @@ async fn cluster_create_topics(
     };
     response.results.extend(refused);
     response
+}
+
+/// Reassigns partitions through the controller (forwarded to it when another broker
+/// is the controller), answering once the decision is committed.
+async fn cluster_reassign_partitions(
+    cluster: &Cluster,
+    request: AlterPartitionReassignmentsRequest,
+) -> AlterPartitionReassignmentsResponse {
+    let asked: Vec<(String, u32)> = request
+        .reassignments
+        .iter()
+        .map(|r| (r.topic.clone(), r.partition))
+        .collect();
+    match cluster.controller.reassign_partitions(request).await {
+        Ok(response) => response,
+        Err(e) => AlterPartitionReassignmentsResponse {
+            results: asked
+                .into_iter()
+                .map(|(topic, partition)| ReassignmentResult {
+                    topic,
+                    partition,
+                    error: ErrorCode::NotController,
+                    message: e.to_string(),
+                })
+                .collect(),
+        },
+    }
 }
 
 async fn cluster_delete_topics(

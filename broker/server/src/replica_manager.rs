@@ -365,6 +365,76 @@ impl ReplicaManager {
         Ok(())
     }
 
+    /// This broker is no longer a replica of the partition (a reassignment moved it
+    /// away; `state` is the partition's record without it): it stops leading and
+    /// fetching, and its copy of the log is deleted (truncated to the log start, so
+    /// the partition is empty here). Produces still waiting for acks=all on it fail
+    /// with `NotLeaderOrFollower` (the producer retries at the new leader).
+    pub fn remove_replica(
+        &self,
+        topic: &str,
+        partition: u32,
+        state: LeaderAndIsr,
+    ) -> Result<(), Failure> {
+        assert!(!state.replicas.contains(&self.broker_id()));
+        let Some(topic_ref) = self.shared.registry.get(topic) else {
+            return Ok(());
+        };
+        let partition_ref = topic_ref.partition(partition)?.clone();
+        let replication = &self.shared.replication;
+        replication
+            .managed
+            .lock()
+            .remove(&(topic.to_owned(), partition));
+        let old_leader = {
+            let mut log = partition_ref.log()?;
+            let mut slot = partition_ref.replication.lock();
+            if slot.is_none() && log.log_end_offset() == log.log_start_offset() {
+                return Ok(());
+            }
+            let now = now_ms();
+            let old_leader = match slot.as_mut() {
+                Some(entry) => {
+                    let old_leader = entry.replica.leader();
+                    entry.replica.apply(state.clone(), now);
+                    if entry.replica.is_leader() {
+                        // Only a record older than the one that made it leader could
+                        // say so; records arrive in order, so this is a bug upstream.
+                        tracing::error!(
+                            topic,
+                            partition,
+                            "asked to drop a replica that still leads; keeping it"
+                        );
+                        return Ok(());
+                    }
+                    entry.record = Some(state);
+                    old_leader
+                }
+                None => None,
+            };
+            let start = log.log_start_offset();
+            let end = log.truncate_to(start, now).map_err(Failure::from)?;
+            if let Some(entry) = slot.as_mut() {
+                entry.replica.truncated(end);
+                entry.hw_floor = entry.hw_floor.min(end);
+            }
+            tracing::info!(
+                topic,
+                partition,
+                log_start_offset = start,
+                "not a replica any more: stopped replicating and deleted the local log"
+            );
+            old_leader
+        };
+        if let Some(old) = old_leader {
+            if let Some(fetcher) = replication.fetchers.lock().get(&old) {
+                fetcher.wake.notify_one();
+            }
+        }
+        partition_ref.appended.notify_waiters();
+        Ok(())
+    }
+
     /// The control plane refused the partition's last ISR proposal (a stale epoch): it
     /// is dropped; a newer `LeaderAndIsr` follows.
     pub fn alter_isr_refused(&self, topic: &str, partition: u32) {

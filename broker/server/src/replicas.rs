@@ -72,6 +72,22 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
             .collect(),
     );
     for topic in image.topics.values() {
+        // Partitions a reassignment just moved off this broker. (A replica dropped
+        // while this broker was down keeps its files: the first image after a start may
+        // be older than the newest decisions, and a log is never deleted on an old
+        // view. It is not served, and a later reassignment back truncates it by epoch.)
+        if shared.registry.get(&topic.name).is_some() {
+            for (index, state) in topic.partitions.iter().enumerate() {
+                let index = index as u32;
+                let dropped = !state.replicas.contains(&me)
+                    && previous
+                        .partition(&topic.name, index)
+                        .is_some_and(|p| p.replicas.contains(&me));
+                if dropped {
+                    remove_partition_replica(shared, &topic.name, index, state);
+                }
+            }
+        }
         let hosted: Vec<u32> = (0..topic.partitions.len() as u32)
             .filter(|p| topic.partitions[*p as usize].replicas.contains(&me))
             .collect();
@@ -172,6 +188,20 @@ fn apply_partition_change(shared: &Arc<Shared>, update: PartitionUpdate) {
             error = %f.message,
             "could not apply a partition's new state"
         );
+    }
+}
+
+/// A reassignment moved the partition off this broker: stop replicating it and
+/// delete the local copy.
+fn remove_partition_replica(
+    shared: &Arc<Shared>,
+    topic: &str,
+    partition: u32,
+    state: &PartitionState,
+) {
+    let manager = ReplicaManager::new(shared.clone());
+    if let Err(f) = manager.remove_replica(topic, partition, leader_and_isr(state)) {
+        tracing::error!(topic, partition, error = %f.message, "could not drop the local replica of a partition moved away");
     }
 }
 

@@ -45,6 +45,8 @@ pub enum ApiKey {
     TopicDetach = 29,
     /// Move partitions' replicas to other brokers (reassign.rs).
     AlterPartitionReassignments = 44,
+    /// The reassignments under way and their progress (reassign.rs).
+    ListPartitionReassignments = 45,
     // 40..=43: the cluster control plane, broker to broker (cluster.rs).
     /// A Raft RPC of the metadata quorum.
     Raft = 40,
@@ -54,7 +56,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 31] = [
+    pub const ALL: [ApiKey; 32] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -82,6 +84,7 @@ impl ApiKey {
         ApiKey::TopicAttach,
         ApiKey::TopicDetach,
         ApiKey::AlterPartitionReassignments,
+        ApiKey::ListPartitionReassignments,
         ApiKey::Raft,
         ApiKey::BrokerHeartbeat,
         ApiKey::AlterPartition,
@@ -137,6 +140,7 @@ pub enum Request {
     TopicAttach(TopicAttachRequest),
     TopicDetach(TopicDetachRequest),
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
+    ListPartitionReassignments(ListPartitionReassignmentsRequest),
     Raft(RaftRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
     AlterPartition(AlterPartitionRequest),
@@ -172,6 +176,7 @@ pub enum Response {
     TopicAttach(PluginResult),
     TopicDetach(PluginResult),
     AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
+    ListPartitionReassignments(ListPartitionReassignmentsResponse),
     Raft(RaftResponse),
     BrokerHeartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
@@ -607,6 +612,7 @@ impl Request {
             Request::TopicAttach(_) => ApiKey::TopicAttach,
             Request::TopicDetach(_) => ApiKey::TopicDetach,
             Request::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+            Request::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Request::Raft(_) => ApiKey::Raft,
             Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Request::AlterPartition(_) => ApiKey::AlterPartition,
@@ -695,6 +701,7 @@ impl Request {
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
             Request::AlterPartitionReassignments(m) => m.encode(w),
+            Request::ListPartitionReassignments(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w),
             Request::AlterPartition(m) => m.encode(w),
@@ -814,6 +821,9 @@ impl Request {
             ApiKey::AlterPartitionReassignments => {
                 Request::AlterPartitionReassignments(AlterPartitionReassignmentsRequest::decode(r)?)
             }
+            ApiKey::ListPartitionReassignments => {
+                Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
+            }
             ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
             ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
             ApiKey::AlterPartition => Request::AlterPartition(AlterPartitionRequest::decode(r)?),
@@ -854,6 +864,7 @@ impl Response {
             Response::TopicAttach(_) => ApiKey::TopicAttach,
             Response::TopicDetach(_) => ApiKey::TopicDetach,
             Response::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
+            Response::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Response::Raft(_) => ApiKey::Raft,
             Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Response::AlterPartition(_) => ApiKey::AlterPartition,
@@ -969,6 +980,7 @@ impl Response {
             Response::DeleteGroups(m) => m.encode(w),
             Response::InitProducerId(m) => m.encode(w),
             Response::AlterPartitionReassignments(m) => m.encode(w),
+            Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1157,6 +1169,9 @@ impl Response {
             ApiKey::AlterPartitionReassignments => Response::AlterPartitionReassignments(
                 AlterPartitionReassignmentsResponse::decode(r)?,
             ),
+            ApiKey::ListPartitionReassignments => {
+                Response::ListPartitionReassignments(ListPartitionReassignmentsResponse::decode(r)?)
+            }
             ApiKey::Raft => Response::Raft(RaftResponse::decode(r)?),
             ApiKey::BrokerHeartbeat => {
                 Response::BrokerHeartbeat(BrokerHeartbeatResponse::decode(r)?)
@@ -1642,6 +1657,30 @@ mod tests {
                     partition: 2,
                     error: ErrorCode::None,
                     message: String::new(),
+                }],
+            },
+        ));
+        check_request(Request::ListPartitionReassignments(
+            ListPartitionReassignmentsRequest {
+                topics: Some(vec!["t".into()]),
+            },
+        ));
+        check_request(Request::ListPartitionReassignments(
+            ListPartitionReassignmentsRequest { topics: None },
+        ));
+        check_response(Response::ListPartitionReassignments(
+            ListPartitionReassignmentsResponse {
+                error: ErrorCode::None,
+                message: String::new(),
+                reassignments: vec![OngoingReassignment {
+                    topic: "t".into(),
+                    partition: 1,
+                    replicas: vec![1, 2, 3, 4],
+                    target: vec![4, 2, 3],
+                    adding: vec![4],
+                    removing: vec![1],
+                    isr: vec![1, 2, 3],
+                    leader: 1,
                 }],
             },
         ));

@@ -78,3 +78,93 @@ impl AlterPartitionReassignmentsResponse {
         })
     }
 }
+
+/// `ListPartitionReassignments` (API key 45): the reassignments under way, with how
+/// far each has got. Any broker answers from its metadata image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPartitionReassignmentsRequest {
+    /// `None`: every topic.
+    pub topics: Option<Vec<String>>,
+}
+
+impl ListPartitionReassignmentsRequest {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.option(self.topics.as_ref(), |w, ts| {
+            w.array(ts, |w, t| w.string(t))
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ListPartitionReassignmentsRequest, DecodeError> {
+        Ok(ListPartitionReassignmentsRequest {
+            topics: r.option(|r| r.array(2, |r| r.string()))?,
+        })
+    }
+}
+
+/// One partition being reassigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OngoingReassignment {
+    pub topic: String,
+    pub partition: u32,
+    /// Every replica for now: the original ones and the ones being added.
+    pub replicas: Vec<u32>,
+    /// The replicas the partition ends with, in order (the first is preferred).
+    pub target: Vec<u32>,
+    /// Copying the log; they join the ISR once caught up.
+    pub adding: Vec<u32>,
+    /// Dropped (and their logs deleted) once every target replica is in sync.
+    pub removing: Vec<u32>,
+    pub isr: Vec<u32>,
+    pub leader: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPartitionReassignmentsResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub reassignments: Vec<OngoingReassignment>,
+}
+
+fn put_ids(w: &mut Writer<'_>, ids: &[u32]) {
+    w.array(ids, |w, b| w.u32(*b));
+}
+
+fn get_ids(r: &mut Reader) -> Result<Vec<u32>, DecodeError> {
+    r.array(4, |r| r.u32())
+}
+
+impl ListPartitionReassignmentsResponse {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u16(self.error as u16);
+        w.string(&self.message);
+        w.array(&self.reassignments, |w, r| {
+            w.string(&r.topic);
+            w.u32(r.partition);
+            put_ids(w, &r.replicas);
+            put_ids(w, &r.target);
+            put_ids(w, &r.adding);
+            put_ids(w, &r.removing);
+            put_ids(w, &r.isr);
+            w.u32(r.leader);
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ListPartitionReassignmentsResponse, DecodeError> {
+        Ok(ListPartitionReassignmentsResponse {
+            error: ErrorCode::from_u16(r.u16()?),
+            message: r.string()?,
+            reassignments: r.array(30, |r| {
+                Ok(OngoingReassignment {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    replicas: get_ids(r)?,
+                    target: get_ids(r)?,
+                    adding: get_ids(r)?,
+                    removing: get_ids(r)?,
+                    isr: get_ids(r)?,
+                    leader: r.u32()?,
+                })
+            })?,
+        })
+    }
+}

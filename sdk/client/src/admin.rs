@@ -5,8 +5,8 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, ConfigEntry, CreateTopic, CreateTopicsRequest,
     DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
     DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    PartitionReassignment, Request, Response, TopicDescription, TopicResult, DELETE_TO_END,
-    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    ListPartitionReassignmentsRequest, OngoingReassignment, PartitionReassignment, Request,
+    Response, TopicDescription, TopicResult, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
@@ -312,6 +312,29 @@ impl Admin {
             moves.iter().map(|(partition, _)| *partition),
             answers,
         ))
+    }
+
+    /// The reassignments under way (of `topic`, or of every topic): the replicas
+    /// being added and removed, and the ISR, so progress shows as the added replicas
+    /// join the ISR. A partition drops out of the list once its move completes.
+    pub async fn list_reassignments(
+        &self,
+        topic: Option<&str>,
+    ) -> Result<Vec<OngoingReassignment>> {
+        let request = Request::ListPartitionReassignments(ListPartitionReassignmentsRequest {
+            topics: topic.map(|t| vec![t.to_string()]),
+        });
+        let response = self.client.request(request).await?;
+        let Response::ListPartitionReassignments(response) = response else {
+            return Err(unexpected(ApiKey::ListPartitionReassignments, &response));
+        };
+        if !response.error.is_ok() {
+            return Err(Error::Broker {
+                code: response.error,
+                message: response.message,
+            });
+        }
+        Ok(response.reassignments)
     }
 
     /// Looks up several partitions of one topic in one request; one result per asked

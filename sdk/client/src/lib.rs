@@ -69,6 +69,7 @@ pub use group::{
 };
 pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
+pub use meridian_wire::reassign::OngoingReassignment;
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};

@@ -17,8 +17,9 @@ use std::time::Duration;
 
 use meridian_core::replication::{
     AlterIsr, BrokerState, Controller, ControllerEvent, LeaderAndIsr, PartitionRecord,
+    ReassignError, Reassignment,
 };
-use meridian_metadata::openraft::ServerState;
+use meridian_metadata::openraft::{BasicNode, ChangeMembers, ServerState};
 use meridian_metadata::{
     BrokerRegistration, MetadataBatch, MetadataImage, MetadataRecord, PartitionState, TopicImage,
 };
@@ -47,6 +48,10 @@ pub(crate) enum Command {
     ControlledShutdown(
         ControlledShutdownRequest,
         oneshot::Sender<ControlledShutdownResponse>,
+    ),
+    ReassignPartitions(
+        AlterPartitionReassignmentsRequest,
+        oneshot::Sender<AlterPartitionReassignmentsResponse>,
     ),
 }
 
@@ -110,6 +115,20 @@ impl Command {
                 message,
                 remaining: Vec::new(),
             })),
+            Command::ReassignPartitions(r, tx) => drop(
+                tx.send(AlterPartitionReassignmentsResponse {
+                    results: r
+                        .reassignments
+                        .into_iter()
+                        .map(|re| ReassignmentResult {
+                            topic: re.topic,
+                            partition: re.partition,
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
         }
     }
 }
@@ -173,15 +192,25 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
     }
 }
 
-fn to_state(s: &LeaderAndIsr, reassigning_to: &Option<Vec<u32>>) -> PartitionState {
+fn to_state(s: &LeaderAndIsr, reassignment: Option<&Reassignment>) -> PartitionState {
     PartitionState {
         leader: s.leader,
         leader_epoch: s.leader_epoch,
         partition_epoch: s.partition_epoch,
         isr: s.isr.iter().copied().collect(),
         replicas: s.replicas.clone(),
-        reassigning_to: reassigning_to.clone(),
+        reassigning_to: reassignment.map(|r| r.target.clone()),
+        adding_replicas: reassignment.map(|r| r.adding.clone()).unwrap_or_default(),
+        removing_replicas: reassignment.map(|r| r.removing.clone()).unwrap_or_default(),
     }
+}
+
+fn to_reassignment(s: &PartitionState) -> Option<Reassignment> {
+    s.reassigning_to.as_ref().map(|target| Reassignment {
+        target: target.clone(),
+        adding: s.adding_replicas.clone(),
+        removing: s.removing_replicas.clone(),
+    })
 }
 
 fn to_leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
@@ -198,6 +227,9 @@ fn to_leader_and_isr(s: &PartitionState) -> LeaderAndIsr {
 struct Active<'a> {
     context: &'a Context,
     core: Controller<PartitionKey>,
+    /// Brokers outside the quorum's membership being added as learners, with when
+    /// that was asked (asked again if it has not happened a few seconds later).
+    learners_asked: BTreeMap<u32, tokio::time::Instant>,
 }
 
 /// Raft refused the write: we are not the leader any more.
@@ -235,12 +267,16 @@ impl<'a> Active<'a> {
                     PartitionRecord {
                         state: to_leader_and_isr(p),
                         unclean_leader_election: unclean,
-                        reassigning_to: p.reassigning_to.clone(),
+                        reassignment: to_reassignment(p),
                     },
                 );
             }
         }
-        Active { context, core }
+        Active {
+            context,
+            core,
+            learners_asked: BTreeMap::new(),
+        }
     }
 
     async fn serve(
@@ -314,8 +350,7 @@ impl<'a> Active<'a> {
         }
         for ((topic, partition), state) in self.core.partitions() {
             let record = self.core.partition_record(&(topic.clone(), *partition));
-            let reassigning = record.and_then(|r| r.reassigning_to.clone());
-            let state = to_state(state, &reassigning);
+            let state = to_state(state, record.and_then(|r| r.reassignment.as_ref()));
             if image.partition(topic, *partition) != Some(&state) {
                 records.push(MetadataRecord::PartitionChanged {
                     topic: topic.clone(),
@@ -438,6 +473,11 @@ impl<'a> Active<'a> {
                 let _ = tx.send(response);
                 outcome
             }
+            Command::ReassignPartitions(r, tx) => {
+                let (response, outcome) = self.reassign_partitions(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
         }
     }
 
@@ -500,6 +540,9 @@ impl<'a> Active<'a> {
             records.push(MetadataRecord::BrokerRegistered(registration));
         }
         let outcome = self.commit(records).await;
+        if outcome.is_ok() {
+            self.ensure_quorum_member(r.broker_id, &r.host, r.port);
+        }
         let leads_nothing = self.core.led_by(r.broker_id).next().is_none();
         (
             BrokerHeartbeatResponse {
@@ -515,6 +558,65 @@ impl<'a> Active<'a> {
             },
             outcome,
         )
+    }
+
+    /// A broker that is not a member of the metadata quorum (not among the voters it
+    /// was started with) becomes a learner: the Raft leader then replicates the
+    /// metadata log to it, so it applies the same images as the voters. A learner
+    /// whose address changed gets its new address. In the background: the membership change
+    /// commits through Raft like any entry.
+    fn ensure_quorum_member(&mut self, id: u32, host: &str, port: u16) {
+        let address = format!("{host}:{port}");
+        let (member, same_address) = {
+            let metrics = self.context.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            // Voters keep the addresses of `cluster.voters`.
+            let voter = membership.voter_ids().any(|v| v == u64::from(id));
+            match membership.get_node(&u64::from(id)) {
+                Some(node) => (true, voter || node.addr == address),
+                None => (false, false),
+            }
+        };
+        if member && same_address {
+            self.learners_asked.remove(&id);
+            return;
+        }
+        let now = tokio::time::Instant::now();
+        if self
+            .learners_asked
+            .get(&id)
+            .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(5))
+        {
+            return;
+        }
+        self.learners_asked.insert(id, now);
+        let raft = self.context.raft.clone();
+        tokio::spawn(async move {
+            let node = BasicNode::new(&address);
+            let outcome = if member {
+                raft.change_membership(
+                    ChangeMembers::SetNodes([(u64::from(id), node)].into_iter().collect()),
+                    true,
+                )
+                .await
+            } else {
+                raft.add_learner(u64::from(id), node, false).await
+            };
+            match outcome {
+                Ok(_) if member => {
+                    tracing::info!(broker = id, %address, "updated a quorum member's address")
+                }
+                Ok(_) => tracing::info!(
+                    broker = id,
+                    %address,
+                    "added broker to the metadata quorum as a learner (it is not a voter)"
+                ),
+                Err(e) => {
+                    tracing::warn!(broker = id, error = %e, "could not add broker to the metadata quorum")
+                }
+            }
+        });
     }
 
     /// Unfenced brokers with their racks, from the core and the registrations.
@@ -568,7 +670,7 @@ impl<'a> Active<'a> {
                     PartitionRecord {
                         state: to_leader_and_isr(p),
                         unclean_leader_election: unclean,
-                        reassigning_to: None,
+                        reassignment: None,
                     },
                 );
             }
@@ -663,6 +765,8 @@ impl<'a> Active<'a> {
                     },
                     replicas,
                     reassigning_to: None,
+                    adding_replicas: Vec::new(),
+                    removing_replicas: Vec::new(),
                 })
                 .collect(),
         })
@@ -802,6 +906,81 @@ impl<'a> Active<'a> {
             ErrorCode::NotController
         };
         (self.partition_answer(&key, error, String::new()), outcome)
+    }
+
+    /// Starts (or cancels) partition reassignments: validated and decided by the core,
+    /// written through Raft, answered once committed. Completion happens later, when
+    /// the leader's ISR expansion brings every target replica in sync.
+    async fn reassign_partitions(
+        &mut self,
+        r: AlterPartitionReassignmentsRequest,
+    ) -> (
+        AlterPartitionReassignmentsResponse,
+        Result<(), LostLeadership>,
+    ) {
+        let image = self.context.state_machine.image();
+        let mut results = Vec::new();
+        for re in r.reassignments {
+            let key = (re.topic.clone(), re.partition);
+            let outcome = if !image.topics.contains_key(&re.topic) {
+                Err((
+                    ErrorCode::UnknownTopic,
+                    format!("topic `{}` does not exist", re.topic),
+                ))
+            } else {
+                let decided = match &re.replicas {
+                    Some(target) => self.core.reassign(&key, target.clone()).map(drop),
+                    None => self.core.cancel_reassignment(&key),
+                };
+                decided.map_err(|e| match e {
+                    ReassignError::UnknownPartition => (
+                        ErrorCode::UnknownTopic,
+                        format!(
+                            "topic `{}` has no partition {} ({} partitions)",
+                            re.topic,
+                            re.partition,
+                            image.topics[&re.topic].partitions.len()
+                        ),
+                    ),
+                    ReassignError::InvalidAssignment(m) => (ErrorCode::InvalidReplicaAssignment, m),
+                    ReassignError::NoReassignmentInProgress => (
+                        ErrorCode::NoReassignmentInProgress,
+                        format!("{}/{} is not being reassigned", re.topic, re.partition),
+                    ),
+                    ReassignError::CannotCancel(m) => (ErrorCode::InvalidReplicaAssignment, m),
+                })
+            };
+            let (error, message) = match outcome {
+                Ok(()) => {
+                    match &re.replicas {
+                        Some(target) => {
+                            tracing::info!(topic = %re.topic, partition = re.partition, ?target, "reassigning partition")
+                        }
+                        None => {
+                            tracing::info!(topic = %re.topic, partition = re.partition, "reassignment cancelled")
+                        }
+                    }
+                    (ErrorCode::None, String::new())
+                }
+                Err(refusal) => refusal,
+            };
+            results.push(ReassignmentResult {
+                topic: re.topic,
+                partition: re.partition,
+                error,
+                message,
+            });
+        }
+        let outcome = self.commit(Vec::new()).await;
+        if outcome.is_err() {
+            for r in &mut results {
+                if r.error == ErrorCode::None {
+                    r.error = ErrorCode::NotController;
+                    r.message = "the controller lost its leadership; retry".into();
+                }
+            }
+        }
+        (AlterPartitionReassignmentsResponse { results }, outcome)
     }
 
     async fn controlled_shutdown(

@@ -57,6 +57,10 @@ pub(crate) struct Cluster {
 #[derive(Clone)]
 pub struct ControllerClient {
     broker_id: u32,
+    /// Asked in turn while this broker knows no Raft leader (a broker that has just
+    /// joined has not heard from the leader yet): the controller answers, the others
+    /// refuse with `NotController`.
+    voters: Vec<u32>,
     raft: meridian_metadata::Raft,
     local: mpsc::Sender<Command>,
     peers: Arc<Peers>,
@@ -104,9 +108,19 @@ impl Cluster {
         )
         .await
         .context("starting the metadata quorum's Raft node")?;
+        let is_voter = voters.iter().any(|v| v.id == config.broker_id);
+        if !is_voter {
+            // A broker added to a running cluster: it heartbeats to the controller
+            // (found through the voters), which adds it to the quorum as a learner;
+            // from then on the leader replicates the metadata log to it.
+            tracing::info!(
+                broker = config.broker_id,
+                "not among cluster.voters: joining the cluster as a broker (a learner of the metadata quorum)"
+            );
+        }
         // Every voter proposes the same initial membership; only a pristine node
         // accepts it, so this is safe on every start (openraft's recommendation).
-        if !raft.is_initialized().await? {
+        if is_voter && !raft.is_initialized().await? {
             let members: BTreeMap<u64, BasicNode> = voters
                 .iter()
                 .map(|v| (v.id as u64, BasicNode::new(&v.address)))
@@ -140,6 +154,7 @@ impl Cluster {
             image,
             controller: ControllerClient {
                 broker_id: config.broker_id,
+                voters: voters.iter().map(|v| v.id).collect(),
                 raft,
                 local: tx,
                 peers,
@@ -280,13 +295,24 @@ impl ControllerClient {
         not_controller: impl Fn(&T) -> bool,
     ) -> Result<T, ControllerError> {
         let deadline = tokio::time::Instant::now() + timeout;
+        let others: Vec<u32> = self
+            .voters
+            .iter()
+            .copied()
+            .filter(|v| *v != self.broker_id)
+            .collect();
+        let mut attempt = 0usize;
         loop {
             let leader = self
                 .raft
                 .metrics()
                 .borrow()
                 .current_leader
-                .map(|l| l as u32);
+                .map(|l| l as u32)
+                .or_else(|| {
+                    attempt += 1;
+                    (!others.is_empty()).then(|| others[attempt % others.len()])
+                });
             let left = deadline.saturating_duration_since(tokio::time::Instant::now());
             let answer = match leader {
                 Some(id) if id == self.broker_id => {
@@ -410,6 +436,28 @@ impl ControllerClient {
             || Request::DeleteTopics(request.clone()),
             |r| match r {
                 Response::DeleteTopics(r) => Some(r),
+                _ => None,
+            },
+            |r| {
+                r.results
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
+        )
+        .await
+    }
+
+    /// Starts or cancels partition reassignments at the controller.
+    pub(crate) async fn reassign_partitions(
+        &self,
+        request: AlterPartitionReassignmentsRequest,
+    ) -> Result<AlterPartitionReassignmentsResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::ReassignPartitions(request.clone(), tx),
+            || Request::AlterPartitionReassignments(request.clone()),
+            |r| match r {
+                Response::AlterPartitionReassignments(r) => Some(r),
                 _ => None,
             },
             |r| {

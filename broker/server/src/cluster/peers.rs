@@ -22,17 +22,19 @@ use meridian_wire::messages::{RaftRequest, RaftRpc, Request, Response};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-/// Clients for the voters, made on first use and kept.
+/// Clients for the other brokers of the quorum (voters and learners), made on first
+/// use and kept.
 pub(crate) struct Peers {
     self_id: u32,
-    addresses: BTreeMap<u32, String>,
+    /// The voters from the configuration, then learners as Raft names them.
+    addresses: parking_lot::Mutex<BTreeMap<u32, String>>,
     trust: Trust,
     clients: tokio::sync::Mutex<HashMap<u32, Client>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum PeerError {
-    #[error("broker {0} is not a voter of this cluster")]
+    #[error("broker {0} is not a member of this cluster's metadata quorum")]
     Unknown(u32),
     #[error("broker {id} ({address}): {source}")]
     Client {
@@ -48,14 +50,37 @@ impl Peers {
     pub(crate) fn new(self_id: u32, addresses: BTreeMap<u32, String>, trust: Trust) -> Peers {
         Peers {
             self_id,
-            addresses,
+            addresses: parking_lot::Mutex::new(addresses),
             trust,
             clients: tokio::sync::Mutex::new(HashMap::new()),
         }
     }
 
+    fn address(&self, id: u32) -> Result<String, PeerError> {
+        self.addresses
+            .lock()
+            .get(&id)
+            .cloned()
+            .ok_or(PeerError::Unknown(id))
+    }
+
+    /// Records where broker `id` is (a learner the leader replicates to, as its
+    /// membership names it). A new address replaces the old connection.
+    async fn learn(&self, id: u32, address: &str) {
+        let replaced = {
+            let mut addresses = self.addresses.lock();
+            let old = addresses.insert(id, address.to_string());
+            old.is_some_and(|old| old != address)
+        };
+        if replaced {
+            if let Some(client) = self.clients.lock().await.remove(&id) {
+                client.close();
+            }
+        }
+    }
+
     async fn client(&self, id: u32) -> Result<Client, PeerError> {
-        let address = self.addresses.get(&id).ok_or(PeerError::Unknown(id))?;
+        let address = &self.address(id)?;
         if let Some(client) = self.clients.lock().await.get(&id) {
             return Ok(client.clone());
         }
@@ -90,7 +115,7 @@ impl Peers {
                 .await
                 .map_err(|source| PeerError::Client {
                     id,
-                    address: self.addresses[&id].clone(),
+                    address: self.address(id).unwrap_or_default(),
                     source,
                 })
         };
@@ -119,7 +144,8 @@ pub(crate) struct Network {
 impl RaftNetworkFactory<TypeConfig> for Network {
     type Network = PeerNetwork;
 
-    async fn new_client(&mut self, target: NodeId, _node: &BasicNode) -> PeerNetwork {
+    async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> PeerNetwork {
+        self.peers.learn(target as u32, &node.addr).await;
         PeerNetwork {
             peers: self.peers.clone(),
             target,
