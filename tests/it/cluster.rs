@@ -425,9 +425,24 @@ async fn topics_survive_a_full_restart_and_sigterm_moves_leadership_first() {
     let before = cluster
         .agreed_topic("kept", Duration::from_secs(10), |_| true)
         .await;
-    for id in 1..=3 {
-        assert!(cluster.broker(id).data_dir.join("topics/kept/0").is_dir());
-    }
+    // Metadata answers from the image; each broker creates its replicas just after
+    // applying it.
+    wait_for(
+        "every broker's replica of kept/0",
+        Duration::from_secs(5),
+        || async {
+            (1..=3)
+                .all(|id| {
+                    cluster
+                        .brokers_ref(id)
+                        .data_dir
+                        .join("topics/kept/0")
+                        .is_dir()
+                })
+                .then_some(())
+        },
+    )
+    .await;
 
     // SIGTERM: controlled shutdown moves broker 3's leaderships away before it exits.
     cluster.broker(3).stop();
@@ -877,4 +892,174 @@ async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
         r
     });
     assert!(admin.list_reassignments(None).await.unwrap().is_empty());
+}
+
+/// Consumer groups in a cluster, as in Kafka: the controller creates a replicated
+/// `__consumer_offsets`, and a group's coordinator is the leader of the group's
+/// partition of it. Two members bootstrapped to different brokers form one group with
+/// a disjoint, complete assignment; every broker lists the group; the offsets they
+/// commit survive a SIGKILL of the coordinator, and a member joining afterwards (at
+/// the new coordinator) resumes from them: it reads exactly the records produced
+/// after the commit, none before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_killed() {
+    use meridian_client::{AutoOffsetReset, ConsumerConfig, GroupConfig};
+    use meridian_wire::messages::FindCoordinatorRequest;
+    use std::collections::BTreeSet;
+
+    const PARTITIONS: u32 = 6;
+    let mut cluster = TestCluster::start(
+        "group_min_session_timeout_ms = 500\ngroup_heartbeat_interval_ms = 300\noffsets_topic_num_partitions = 4\n",
+    );
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let offsets = cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |v| {
+            v.iter().all(|p| p.isr.len() == 3)
+        })
+        .await;
+    assert_eq!(offsets.len(), 4, "offsets_topic_num_partitions");
+    let client1 = cluster.client(1).await;
+    let err = client1
+        .admin()
+        .create_topic(NewTopic::new("__consumer_offsets", 1))
+        .await
+        .expect_err("the internal topic is not the clients' to create");
+    assert_eq!(err.code(), Some(ErrorCode::PolicyViolation), "{err}");
+    client1
+        .admin()
+        .create_topic(rf3("events", PARTITIONS))
+        .await
+        .unwrap();
+    cluster
+        .agreed_topic("events", Duration::from_secs(10), |v| {
+            v.iter().all(|p| p.isr.len() == 3)
+        })
+        .await;
+
+    let produce = |client: Client, from: u32, n: u32| async move {
+        let producer = client.producer(ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        });
+        let mut deliveries = Vec::new();
+        for i in from..from + n {
+            let record = ProducerRecord::new("events", format!("v{i}")).partition(i % PARTITIONS);
+            deliveries.push(producer.send(record).await.unwrap());
+        }
+        for d in deliveries {
+            d.await.unwrap();
+        }
+    };
+    produce(client1.clone(), 0, 600).await;
+
+    let group = |client: &Client| {
+        let consumer = client.consumer(ConsumerConfig {
+            auto_offset_reset: AutoOffsetReset::Earliest,
+            ..ConsumerConfig::default()
+        });
+        let config = GroupConfig {
+            session_timeout: Duration::from_secs(2),
+            enable_auto_commit: false,
+            ..GroupConfig::new("billing")
+        };
+        (consumer, config)
+    };
+    let client2 = cluster.client(2).await;
+    let (mut a, config) = group(&client1);
+    a.subscribe(config, &["events"]).await.unwrap();
+    let (mut b, config) = group(&client2);
+    b.subscribe(config, &["events"]).await.unwrap();
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (sa, sb) = (a.assignment(), b.assignment());
+        let both: BTreeSet<_> = sa.iter().chain(&sb).cloned().collect();
+        if seen.len() == 600
+            && !sa.is_empty()
+            && !sb.is_empty()
+            && both.len() == sa.len() + sb.len()
+            && both.len() == PARTITIONS as usize
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "one group of two members reading all 600 records: a {sa:?}, b {sb:?}, {} read",
+            seen.len()
+        );
+        for consumer in [&mut a, &mut b] {
+            for record in consumer.poll(Duration::from_millis(50)).await.unwrap() {
+                seen.insert((record.partition, record.offset));
+            }
+        }
+    }
+    let description = cluster
+        .client(3)
+        .await
+        .admin()
+        .describe_group("billing")
+        .await
+        .unwrap();
+    assert_eq!(description.members.len(), 2, "{description:?}");
+    let listed = cluster.client(3).await.admin().list_groups().await.unwrap();
+    assert!(listed.iter().any(|g| g.group_id == "billing"), "{listed:?}");
+    a.commit().await.unwrap();
+    b.commit().await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+    // Produced after the commit: all a new member must read.
+    produce(client1.clone(), 600, 300).await;
+
+    let find = |client: Client| async move {
+        let response = client
+            .request(Request::FindCoordinator(FindCoordinatorRequest {
+                group_id: "billing".into(),
+            }))
+            .await
+            .ok()?;
+        match response {
+            Response::FindCoordinator(r) if r.error == ErrorCode::None => Some(r.broker_id),
+            _ => None,
+        }
+    };
+    let coordinator = find(client1.clone()).await.expect("a coordinator");
+    cluster.broker(coordinator).kill9();
+    let survivor = if coordinator == 1 { 2 } else { 1 };
+    let client = cluster.client(survivor).await;
+    let moved = wait_for("a new coordinator", Duration::from_secs(15), || {
+        let client = client.clone();
+        async move { find(client).await.filter(|id| *id != coordinator) }
+    })
+    .await;
+    assert_ne!(moved, coordinator);
+    let committed = client
+        .admin()
+        .committed_offsets("billing", Some("events"))
+        .await
+        .unwrap();
+    assert_eq!(committed.len(), PARTITIONS as usize, "{committed:?}");
+    assert!(committed.iter().all(|c| c.offset == 100), "{committed:?}");
+
+    let (mut c, config) = group(&client);
+    c.subscribe(config, &["events"]).await.unwrap();
+    let mut resumed = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while resumed.len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "resumed {} of 300 records",
+            resumed.len()
+        );
+        for record in c.poll(Duration::from_millis(100)).await.unwrap() {
+            assert!(
+                record.offset >= 100,
+                "record {}/{} was committed before the coordinator died",
+                record.partition,
+                record.offset
+            );
+            resumed.insert((record.partition, record.offset));
+        }
+    }
+    assert_eq!(resumed.len(), 300);
+    c.close().await.unwrap();
 }

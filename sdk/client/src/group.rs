@@ -522,21 +522,27 @@ impl Admin {
         &self.client
     }
 
-    /// Every group the broker coordinates, with its state.
+    /// Every group, with its state, sorted by id. Each broker lists the groups it
+    /// coordinates, so this asks every live broker (one, standalone); a broker that
+    /// does not answer fails the call rather than leaving its groups out.
     pub async fn list_groups(&self) -> Result<Vec<GroupListing>> {
-        let response = self
-            .client()
-            .request(Request::ListGroups(ListGroupsRequest {}))
-            .await?;
-        let Response::ListGroups(r) = response else {
-            return Err(unexpected(ApiKey::ListGroups, &response));
-        };
-        Ok(r.groups
+        let metadata = self.client().metadata(Some(Vec::new())).await?;
+        let mut groups = BTreeMap::new();
+        for broker in &metadata.brokers {
+            let response = self
+                .client()
+                .request_to(broker.broker_id, Request::ListGroups(ListGroupsRequest {}))
+                .await?;
+            let Response::ListGroups(r) = response else {
+                return Err(unexpected(ApiKey::ListGroups, &response));
+            };
+            // During a coordinator move a group may be listed twice; either state
+            // is recent.
+            groups.extend(r.groups.into_iter().map(|g| (g.group_id, g.state)));
+        }
+        Ok(groups
             .into_iter()
-            .map(|g| GroupListing {
-                group_id: g.group_id,
-                state: g.state,
-            })
+            .map(|(group_id, state)| GroupListing { group_id, state })
             .collect())
     }
 
