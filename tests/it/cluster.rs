@@ -1063,3 +1063,113 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
     assert_eq!(resumed.len(), 300);
     c.close().await.unwrap();
 }
+
+/// The log start offset of `topic`/0 persisted in a broker's data dir (`None`: the
+/// log never moved it).
+fn persisted_log_start(broker: &TestBroker, topic: &str) -> Option<i64> {
+    let path = broker
+        .data_dir
+        .join(format!("topics/{topic}/0/log-start-offset"));
+    let text = std::fs::read_to_string(path).ok()?;
+    text.trim().parse().ok()
+}
+
+/// DeleteRecords at the leader moves every replica's log start: a follower that is
+/// up follows it; one that was down meanwhile comes back with a log ending below
+/// the leader's start, so it empties its log, continues at the leader's start and
+/// rejoins the ISR (without this it would fetch an out-of-range offset forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_below_the_leaders_log_start_restarts_there_and_rejoins_the_isr() {
+    use meridian_client::Offset;
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let client = cluster.client(controller).await;
+    client
+        .admin()
+        .create_topic(rf3("trimmed", 1))
+        .await
+        .unwrap();
+    let views = cluster
+        .agreed_topic("trimmed", Duration::from_secs(10), |v| v[0].isr.len() == 3)
+        .await;
+    let leader = views[0].leader;
+    let mut followers: Vec<u32> = (1..=3).filter(|b| *b != leader).collect();
+    // Away: a follower that is not the controller, where there is one.
+    followers.sort_by_key(|b| *b == controller);
+    let (away, present) = (followers[0], followers[1]);
+
+    let produce = |n: u32| {
+        let client = client.clone();
+        async move {
+            let producer = client.producer(ProducerConfig {
+                acks: Acks::All,
+                ..ProducerConfig::default()
+            });
+            let mut deliveries = Vec::new();
+            for i in 0..n {
+                let record = ProducerRecord::new("trimmed", format!("r{i}")).partition(0);
+                deliveries.push(producer.send(record).await.unwrap());
+            }
+            for d in deliveries {
+                d.await.unwrap();
+            }
+        }
+    };
+    produce(100).await;
+    cluster.broker(away).kill9();
+    cluster
+        .agreed_topic("trimmed", Duration::from_secs(15), |v| {
+            !v[0].isr.contains(&away)
+        })
+        .await;
+    produce(100).await;
+    let deleted = client
+        .admin()
+        .delete_records("trimmed", &[(0, Offset::At(150))])
+        .await
+        .unwrap();
+    assert_eq!(deleted[0].1.as_ref().copied().unwrap(), 150);
+    let above = client
+        .admin()
+        .delete_records("trimmed", &[(0, Offset::At(201))])
+        .await
+        .unwrap();
+    assert_eq!(
+        above[0].1.as_ref().unwrap_err().code(),
+        Some(ErrorCode::OffsetOutOfRange),
+        "past the high watermark"
+    );
+    produce(50).await;
+    wait_for(
+        "the follower that is up to follow the leader's log start",
+        Duration::from_secs(10),
+        || async {
+            (persisted_log_start(cluster.brokers_ref(present), "trimmed") == Some(150))
+                .then_some(())
+        },
+    )
+    .await;
+
+    cluster.broker(away).restart();
+    cluster
+        .agreed_topic("trimmed", Duration::from_secs(30), |v| v[0].isr.len() == 3)
+        .await;
+    let returned = cluster.brokers_ref(away);
+    assert_eq!(persisted_log_start(returned, "trimmed"), Some(150));
+    assert!(
+        !returned
+            .data_dir
+            .join(format!("topics/trimmed/0/{:020}.log", 0))
+            .exists(),
+        "the old log is gone"
+    );
+    let earliest = client
+        .admin()
+        .list_offsets("trimmed", 0, Offset::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(earliest, 150);
+    let values = read_values(&client, "trimmed").await;
+    assert_eq!(values.len(), 100, "offsets 150..250");
+    assert_eq!(values[0], "r50");
+}

@@ -128,6 +128,10 @@ struct Progress {
     last_caught_up_ms: i64,
     last_fetch_ms: i64,
     leader_end_at_last_fetch: i64,
+    /// It fetched since it last left the ISR: only then may it rejoin (as in Kafka,
+    /// where expansion happens on a fetch), so a replica the controller just fenced
+    /// is not proposed back on the strength of its fetches before it died.
+    fetched_since_removal: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -266,6 +270,13 @@ impl Replica {
                 leader
                     .followers
                     .retain(|id, _| update.replicas.contains(id));
+                for (id, progress) in &mut leader.followers {
+                    if !update.isr.contains(id)
+                        && self.state.as_ref().is_some_and(|s| s.isr.contains(id))
+                    {
+                        progress.fetched_since_removal = false;
+                    }
+                }
                 for r in update.replicas.iter().filter(|r| **r != self.id) {
                     leader.followers.entry(*r).or_insert(Progress {
                         log_end: -1,
@@ -308,10 +319,11 @@ impl Replica {
         base
     }
 
-    /// Handles a follower's fetch on the leader.
+    /// Handles a follower's fetch on the leader, whose log now starts at `log_start`.
     pub fn handle_fetch(
         &mut self,
         fetch: FollowerFetch,
+        log_start: i64,
         now_ms: i64,
     ) -> Result<FetchAnswer, ReplicationError> {
         let (Role::Leader(leader), Some(state)) = (&mut self.role, &self.state) else {
@@ -342,8 +354,10 @@ impl Replica {
                     })
                 }
             }
-        } else if fetch.fetch_offset > 0 {
-            // Records without epochs: keep nothing we cannot vouch for.
+        } else if fetch.fetch_offset > log_start {
+            // Records without epochs: keep nothing we cannot vouch for. (A follower
+            // with an empty log at or below our log start has none; below it, the
+            // read fails and the follower restarts its log at our start.)
             return Ok(FetchAnswer::Diverging {
                 epoch: -1,
                 end_offset: 0,
@@ -363,6 +377,7 @@ impl Replica {
             progress.last_caught_up_ms = progress.last_caught_up_ms.max(progress.last_fetch_ms);
         }
         progress.log_end = fetch.fetch_offset;
+        progress.fetched_since_removal = true;
         progress.leader_end_at_last_fetch = self.log_end;
         progress.last_fetch_ms = now_ms;
         self.maybe_advance_high_watermark();
@@ -425,6 +440,7 @@ impl Replica {
             if in_isr && lagging {
                 isr.remove(id);
             } else if !in_isr
+                && progress.fetched_since_removal
                 && progress.log_end >= self.high_watermark
                 && progress.log_end >= epoch_start
                 && !lagging
@@ -488,6 +504,18 @@ impl Replica {
         self.log_end = offset;
         self.epochs.truncate_from(offset);
         self.high_watermark = self.high_watermark.min(offset);
+    }
+
+    /// The driver emptied the log and restarted it at `offset`: this follower had
+    /// fallen below the leader's log start (or its empty log restarts at the first
+    /// batch the leader sent). Nothing it had is kept, so no epochs either;
+    /// everything below `offset` was committed (a leader's log start never passes
+    /// its high watermark).
+    pub fn restarted_at(&mut self, offset: i64) {
+        assert!(!self.is_leader(), "a leader never restarts its log");
+        self.log_end = offset;
+        self.epochs = EpochCache::default();
+        self.high_watermark = offset;
     }
 
     /// The driver appended a fetched batch `(epoch, base_offset, n_records)` as a

@@ -16,7 +16,7 @@ fn patch_front(front: &mut [u8; 16], base_offset: i64, leader_epoch: i32) {
 use crate::checkpoint::LeaderEpochs;
 use crate::group_commit::SyncHandle;
 use crate::producer_state::{self, ProducerStates, SequenceCheck};
-use crate::segment::{PlannedBatch, ReadSlice, Segment};
+use crate::segment::{PlannedBatch, ReadSlice, Segment, SegmentPaths};
 use crate::validate::ValidatedBatches;
 use crate::{LogConfig, LogError};
 
@@ -159,6 +159,17 @@ impl PartitionLog {
                 std::fs::remove_file(&path)?;
             }
         }
+        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE)?;
+        // Segments wholly below a persisted log start (a crash came before they were
+        // deleted) go unopened: they may be anything, e.g. an empty former active
+        // segment that `truncate_fully_and_start_at` had not deleted yet.
+        if let Some(start) = persisted_start {
+            while bases.len() > 1 && bases[1] <= start {
+                let base = bases.remove(0);
+                tracing::info!(dir = %dir.display(), base_offset = base, log_start_offset = start, "deleting a segment below the log start");
+                SegmentPaths::new(dir, base).delete()?;
+            }
+        }
         let mut segments = Vec::with_capacity(bases.len().max(1));
         if let Some((&active_base, sealed)) = bases.split_last() {
             for (i, &base) in sealed.iter().enumerate() {
@@ -185,7 +196,6 @@ impl PartitionLog {
             std::fs::remove_file(&marker)?;
             sync_dir(dir)?;
         }
-        let persisted_start = read_offset_file(dir, LOG_START_OFFSET_FILE)?;
         let mut log = PartitionLog {
             dir: dir.to_path_buf(),
             log_start_offset: segments[0].base_offset,
@@ -771,6 +781,65 @@ impl PartitionLog {
             segment.delete_files()?;
         }
         Ok(outcome)
+    }
+
+    /// Empties the log and restarts it at `offset` (Kafka's `truncateFullyAndStartAt`):
+    /// past its end, for a follower that fell below its leader's log start (it holds
+    /// nothing the leader still has); anywhere, for an empty log (a follower whose
+    /// first fetched batch starts below its empty log's start). Past the end, the new
+    /// start is persisted first and the new empty segment created before the old ones
+    /// are deleted; a reopen after a crash in between deletes those unopened (see
+    /// [`PartitionLog::open`]). Leader epochs and producer state (all of it below
+    /// `offset`) are forgotten. Returns the new log start (= end) offset.
+    pub fn truncate_fully_and_start_at(
+        &mut self,
+        offset: i64,
+        now_ms: i64,
+    ) -> Result<i64, LogError> {
+        let (log_start, log_end) = (self.log_start_offset(), self.log_end_offset());
+        let empty = log_start == log_end;
+        if offset < 0 || (offset <= log_end && !empty) {
+            return Err(LogError::OffsetOutOfRange {
+                requested: offset,
+                log_start,
+                log_end,
+            });
+        }
+        if empty && offset == log_end {
+            return Ok(offset);
+        }
+        if self.marked_clean {
+            std::fs::remove_file(self.dir.join(CLEAN_SHUTDOWN_MARKER))?;
+            self.marked_clean = false;
+        }
+        write_offset_file(&self.dir, LOG_START_OFFSET_FILE, offset)?;
+        if offset > log_end {
+            // From here a reopen (after a crash) deletes the old segments unopened.
+            let segment = Segment::create(&self.dir, offset)?;
+            sync_dir(&self.dir)?;
+            let old = std::mem::replace(&mut self.segments, vec![segment]);
+            self.log_start_offset = offset;
+            for segment in old {
+                segment.delete_files()?;
+            }
+        } else {
+            // An empty log restarting lower. Its one segment holds nothing, so it goes
+            // first (a crash before the new one exists reopens as an empty log).
+            debug_assert_eq!(self.segments.len(), 1);
+            for segment in &self.segments {
+                segment.delete_files()?;
+            }
+            sync_dir(&self.dir)?;
+            self.segments = vec![Segment::create(&self.dir, offset)?];
+            self.log_start_offset = offset;
+        }
+        sync_dir(&self.dir)?;
+        self.epochs = LeaderEpochs::default();
+        self.epochs.store(&self.dir)?;
+        producer_state::prune_snapshots(&self.dir, 0, -1)?;
+        self.load_producer_states(now_ms)?;
+        tracing::info!(dir = %self.dir.display(), previous_log_end_offset = log_end, log_start_offset = offset, "emptied the log; it now starts at the leader's log start");
+        Ok(offset)
     }
 
     /// Makes `offset` the new log start offset (Kafka's DeleteRecords): reads below it

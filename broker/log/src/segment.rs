@@ -39,6 +39,19 @@ impl SegmentPaths {
             time_index: dir.join(segment_file_name(base_offset, "timeindex")),
         }
     }
+
+    /// Unlinks the log file and whichever index files exist.
+    pub fn delete(&self) -> io::Result<()> {
+        std::fs::remove_file(&self.log)?;
+        for path in [&self.offset_index, &self.time_index] {
+            match std::fs::remove_file(path) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A planned read. Holds an `Arc` to the segment file, so a read still works if
@@ -1138,14 +1151,6 @@ impl Segment {
 
     /// Unlinks the segment's files. Open `ReadSlice`s keep the log readable.
     pub fn delete_files(&self) -> io::Result<()> {
-        std::fs::remove_file(&self.paths.log)?;
-        for path in [&self.paths.offset_index, &self.paths.time_index] {
-            match std::fs::remove_file(path) {
-                Ok(()) => {}
-                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+        self.paths.delete()
     }
 }

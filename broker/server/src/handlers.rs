@@ -966,12 +966,22 @@ impl Shared {
                     }
                     Err(f) => {
                         any_error = true;
+                        // Out of range: where the log starts now (a follower that fell
+                        // below it restarts there).
+                        let log_start_offset = match (&topic, f.code) {
+                            (Ok(t), ErrorCode::OffsetOutOfRange) => t
+                                .partition(p.partition)
+                                .ok()
+                                .and_then(|partition| partition.log().ok())
+                                .map_or(-1, |log| log.log_start_offset()),
+                            _ => -1,
+                        };
                         FetchPartitionResponse {
                             partition: p.partition,
                             error: f.code,
                             message: f.message,
                             high_watermark: -1,
-                            log_start_offset: -1,
+                            log_start_offset,
                             records: Bytes::new(),
                             diverging_epoch: None,
                         }
@@ -1046,9 +1056,23 @@ impl Shared {
                     .iter()
                     .map(|p| {
                         let outcome = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
-                            let mut log = topic.partition(p.partition)?.log()?;
+                            let partition = topic.partition(p.partition)?;
+                            let mut log = partition.log()?;
+                            // Only the leader deletes (followers follow its log start),
+                            // and only committed records, as in Kafka.
+                            let high_watermark = self
+                                .consumer_read_bound(topic, partition, NO_LEADER_EPOCH, log.log_end_offset())?
+                                .high_watermark;
                             let offset = match p.offset {
-                                DELETE_TO_END => log.log_end_offset(),
+                                DELETE_TO_END => high_watermark,
+                                offset if offset > high_watermark => {
+                                    return Err(Failure::new(
+                                        ErrorCode::OffsetOutOfRange,
+                                        format!(
+                                            "offset {offset} is above the high watermark {high_watermark}: only committed records can be deleted"
+                                        ),
+                                    ))
+                                }
                                 offset => offset,
                             };
                             log.delete_before(offset).map_err(|e| {

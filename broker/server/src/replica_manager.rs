@@ -36,6 +36,7 @@ use meridian_core::replication::{
     ReplicationError,
 };
 use meridian_log::checkpoint::{read_offset_checkpoint, write_offset_checkpoint};
+use meridian_wire::batch::split_batches;
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use parking_lot::Mutex;
@@ -638,6 +639,7 @@ impl Shared {
         replica_id: i32,
         request: &FetchPartition,
     ) -> Result<Result<i64, DivergingEpoch>, Failure> {
+        let log_start = partition.log()?.log_start_offset();
         let mut slot = partition.replication.lock();
         let Some(entry) = slot.as_mut() else {
             return Err(Failure::new(
@@ -655,7 +657,7 @@ impl Shared {
         };
         let answer = entry
             .replica
-            .handle_fetch(fetch, now_ms())
+            .handle_fetch(fetch, log_start, now_ms())
             .map_err(|e| replication_failure(e, entry.replica.leader()))?;
         let moved = entry.replica.high_watermark() != before;
         let hw = entry.high_watermark();
@@ -925,12 +927,18 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
 /// are, or truncate where the log diverges. `Err` pauses the partition's fetching.
 fn apply_fetched(target: &FetchTarget, answer: FetchPartitionResponse) -> Result<(), String> {
     let partition = &target.partition;
-    if answer.error != ErrorCode::None {
+    // The follower's log ends below the leader's log start (it was away while the
+    // leader deleted records or segments).
+    let below_log_start = answer.error == ErrorCode::OffsetOutOfRange
+        && answer.log_start_offset > target.fetch.fetch_offset;
+    if answer.error != ErrorCode::None && !below_log_start {
         if !matches!(
             answer.error,
             ErrorCode::NotLeaderOrFollower
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
+                // The leader has not applied the new topic yet.
+                | ErrorCode::UnknownTopic
         ) {
             tracing::warn!(topic = %target.topic, partition = partition.index, code = ?answer.error, message = %answer.message, "fetch from the leader refused");
         }
@@ -949,6 +957,21 @@ fn apply_fetched(target: &FetchTarget, answer: FetchPartitionResponse) -> Result
         _ => return Ok(()),
     }
     let now = now_ms();
+    if below_log_start {
+        // Nothing it has is wanted: empty the log and continue at the leader's
+        // start, as Kafka's followers do.
+        let previous_end = log.log_end_offset();
+        let start = log
+            .truncate_fully_and_start_at(answer.log_start_offset, now)
+            .map_err(|e| {
+                tracing::error!(topic = %target.topic, partition = partition.index, error = %e, "emptying the log failed");
+                e.to_string()
+            })?;
+        entry.replica.restarted_at(start);
+        entry.hw_floor = entry.hw_floor.min(start);
+        tracing::warn!(topic = %target.topic, partition = partition.index, previous_log_end_offset = previous_end, leader_log_start_offset = start, "fell below the leader's log start: emptied the local log and continue from there");
+        return Ok(());
+    }
     if let Some(diverging) = answer.diverging_epoch {
         let to = entry
             .replica
@@ -958,6 +981,19 @@ fn apply_fetched(target: &FetchTarget, answer: FetchPartitionResponse) -> Result
         entry.hw_floor = entry.hw_floor.min(new_end);
         tracing::info!(topic = %target.topic, partition = partition.index, epoch = diverging.epoch, leader_end_offset = diverging.end_offset, log_end_offset = new_end, "truncated a diverging tail");
         return Ok(());
+    }
+    // An empty log (just restarted at the leader's log start) is sent the whole batch
+    // holding that offset, which may begin below it: the log restarts at the batch.
+    if log.log_start_offset() == log.log_end_offset() {
+        if let Some(Ok((first, _))) = split_batches(answer.records.clone()).next() {
+            if first.base_offset < log.log_end_offset() {
+                let start = log
+                    .truncate_fully_and_start_at(first.base_offset, now)
+                    .map_err(|e| e.to_string())?;
+                entry.replica.restarted_at(start);
+                entry.hw_floor = entry.hw_floor.min(start);
+            }
+        }
     }
     let batches = append_records(&mut log, &answer.records, now).map_err(|e| {
         tracing::error!(topic = %target.topic, partition = partition.index, error = %e, "appending fetched records failed");
@@ -969,6 +1005,12 @@ fn apply_fetched(target: &FetchTarget, answer: FetchPartitionResponse) -> Result
     assert_eq!(entry.replica.log_end(), log.log_end_offset());
     if !batches.is_empty() {
         partition.mark_dirty();
+    }
+    // The leader's log start moved (DeleteRecords, retention): follow it, as far as
+    // this replica knows the records to be committed.
+    let start = answer.log_start_offset.min(entry.replica.high_watermark());
+    if start > log.log_start_offset() {
+        log.delete_before(start).map_err(|e| e.to_string())?;
     }
     Ok(())
 }

@@ -197,9 +197,11 @@ impl Admin {
 
     /// Deletes the records below `before` in each given partition of `topic` (Kafka's
     /// DeleteRecords): `before` becomes the log start offset, reads below it fail with
-    /// [`ErrorCode::OffsetOutOfRange`], and `Offset::Latest` deletes everything written
-    /// so far. Returns each partition's new log start offset, in the order asked; a
-    /// partition that failed (unknown, or `before` past its end) is an `Err` there.
+    /// [`ErrorCode::OffsetOutOfRange`], and `Offset::Latest` deletes everything
+    /// committed so far. Sent to each partition's leader; its followers follow its new
+    /// log start. Returns each partition's new log start offset, in the order asked; a
+    /// partition that failed (unknown, or `before` past its high watermark) is an
+    /// `Err` there.
     pub async fn delete_records(
         &self,
         topic: &str,

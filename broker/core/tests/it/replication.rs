@@ -404,7 +404,7 @@ impl Sim {
             Msg::Fetch { request, fetch } => {
                 let reply = node
                     .replica
-                    .handle_fetch(fetch, now)
+                    .handle_fetch(fetch, 0, now)
                     .map(|answer| match answer {
                         FetchAnswer::Records { high_watermark } => {
                             let start = fetch.fetch_offset as usize;
@@ -807,4 +807,91 @@ fn replication_simulation() {
         "no unclean election in {} runs",
         seeds.len()
     );
+}
+
+/// A follower restarted at its leader's log start fetches from there, with no epoch
+/// to check divergence against, and the leader takes it back into the ISR once it
+/// reaches the log end.
+#[test]
+fn a_follower_restarted_at_the_leaders_log_start_fetches_from_there() {
+    let state = LeaderAndIsr {
+        leader: Some(1),
+        leader_epoch: 3,
+        isr: BTreeSet::from([1]),
+        replicas: vec![1, 2],
+        partition_epoch: 5,
+    };
+    let mut follower = Replica::new(2, replica_config(), 10, epochs_of(&[(0, 0); 10]));
+    follower.apply(state.clone(), 0);
+    assert_eq!(follower.next_fetch().unwrap().1.fetch_offset, 10);
+    follower.restarted_at(500);
+    let (to, fetch) = follower.next_fetch().unwrap();
+    assert_eq!(to, 1);
+    assert_eq!(
+        fetch,
+        FollowerFetch {
+            replica: 2,
+            leader_epoch: 3,
+            fetch_offset: 500,
+            last_fetched_epoch: None,
+        }
+    );
+    assert_eq!((follower.log_end(), follower.high_watermark()), (500, 500));
+    follower.appended_as_follower(&[(3, 500, 4)], 504);
+    assert_eq!((follower.log_end(), follower.high_watermark()), (504, 504));
+
+    // The leader, whose log starts at 500, serves an epoch-less fetch there (an
+    // empty follower log) but not past it (records it cannot vouch for).
+    let mut leader = Replica::new(1, replica_config(), 600, epochs_of(&[(3, 0); 600]));
+    leader.apply(state, 0);
+    let at = |fetch_offset| FollowerFetch {
+        replica: 2,
+        leader_epoch: 3,
+        fetch_offset,
+        last_fetched_epoch: None,
+    };
+    assert!(matches!(
+        leader.handle_fetch(at(500), 500, 0),
+        Ok(FetchAnswer::Records { .. })
+    ));
+    assert!(matches!(
+        leader.handle_fetch(at(501), 500, 0),
+        Ok(FetchAnswer::Diverging { .. })
+    ));
+}
+
+/// A follower the controller took out of the ISR (fenced: its broker died) is not
+/// proposed back on the strength of fetches from before; a fetch afterwards, caught
+/// up, brings it back.
+#[test]
+fn a_removed_follower_rejoins_only_after_fetching_again() {
+    let mut state = LeaderAndIsr {
+        leader: Some(1),
+        leader_epoch: 0,
+        isr: BTreeSet::from([1, 2, 3]),
+        replicas: vec![1, 2, 3],
+        partition_epoch: 0,
+    };
+    let mut leader = Replica::new(1, replica_config(), 0, EpochCache::default());
+    leader.apply(state.clone(), 0);
+    leader.appended_as_leader(10);
+    let at = |replica, fetch_offset| FollowerFetch {
+        replica,
+        leader_epoch: 0,
+        fetch_offset,
+        last_fetched_epoch: (fetch_offset > 0).then_some(0),
+    };
+    for follower in [2, 3] {
+        leader.handle_fetch(at(follower, 10), 0, 10).unwrap();
+    }
+    assert_eq!(leader.high_watermark(), 10);
+    assert_eq!(leader.poll_isr_change(20), None);
+    // The controller fences broker 2.
+    state.isr = BTreeSet::from([1, 3]);
+    state.partition_epoch = 1;
+    leader.apply(state.clone(), 30);
+    assert_eq!(leader.poll_isr_change(40), None, "not proposed back unseen");
+    leader.handle_fetch(at(2, 10), 0, 50).unwrap();
+    let proposal = leader.poll_isr_change(60).expect("caught up again");
+    assert_eq!(proposal.isr, BTreeSet::from([1, 2, 3]));
 }

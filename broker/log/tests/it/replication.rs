@@ -289,3 +289,75 @@ fn the_leader_epoch_checkpoint_is_rebuilt_and_trimmed_on_recovery() {
     let text = std::fs::read_to_string(path.join(LEADER_EPOCH_CHECKPOINT_FILE)).unwrap();
     assert_eq!(text.lines().nth(1), Some("3"), "{text}");
 }
+
+/// A follower whose log ends below its leader's log start empties its log and
+/// continues at the leader's start: durably, and a crash half-way (the new segment
+/// made, the old ones not yet deleted, even an empty one) reopens as the new log.
+#[test]
+fn a_follower_below_the_leaders_log_start_restarts_there() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p");
+    let mut log = leader_log(&path);
+    let end = log.log_end_offset();
+    assert!(log.segment_count() > 1);
+    assert_eq!(
+        log.truncate_fully_and_start_at(end, 0).unwrap_err().code(),
+        ErrorCode::OffsetOutOfRange,
+        "only past the log end"
+    );
+    let start = end + 500;
+    assert_eq!(log.truncate_fully_and_start_at(start, 0).unwrap(), start);
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (start, start)
+    );
+    assert_eq!(log.segment_count(), 1);
+    assert!(log.leader_epochs().entries().is_empty());
+    assert!(log.read(start, 100).unwrap().is_none());
+    assert_eq!(
+        log.read(0, 100).unwrap_err().code(),
+        ErrorCode::OffsetOutOfRange
+    );
+    assert_eq!(append_at_epoch(&mut log, &batch(2, 10, 1), 5), start);
+    drop(log);
+    let log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (start, start + 2)
+    );
+    assert_eq!(log.leader_epochs().entries(), &[(5, start)]);
+    assert_eq!(read_all(&log).len(), 1);
+
+    // An empty log may restart lower: at the first batch its leader sent, which holds
+    // the leader's log start but begins below it.
+    let mut log = log;
+    let end = log.log_end_offset();
+    log.truncate_fully_and_start_at(end + 50, 0).unwrap();
+    assert_eq!(
+        log.truncate_fully_and_start_at(end + 20, 0).unwrap(),
+        end + 20
+    );
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (end + 20, end + 20)
+    );
+    assert_eq!(append_at_epoch(&mut log, &batch(40, 10, 1), 6), end + 20);
+    drop(log);
+    let log = PartitionLog::open(&path, small_config(), 0).unwrap();
+    assert_eq!(
+        (log.log_start_offset(), log.log_end_offset()),
+        (end + 20, end + 60)
+    );
+
+    // A crash after the new segment was made: an empty old active segment (which
+    // alone would not open as a sealed one) and the new start persisted.
+    let crashed = dir.path().join("crashed");
+    let log = PartitionLog::open(&crashed, small_config(), 0).unwrap();
+    drop(log);
+    std::fs::write(crashed.join(format!("{:020}.log", 700)), b"").unwrap();
+    std::fs::write(crashed.join(meridian_log::LOG_START_OFFSET_FILE), b"700\n").unwrap();
+    let log = PartitionLog::open(&crashed, small_config(), 0).unwrap();
+    assert_eq!((log.log_start_offset(), log.log_end_offset()), (700, 700));
+    assert_eq!(log.segment_count(), 1);
+    assert!(!crashed.join(format!("{:020}.log", 0)).exists());
+}
