@@ -537,6 +537,21 @@ impl Replica {
     }
 }
 
+/// Ends a reassignment (finished or cancelled): `replicas` become the partition's
+/// replicas (the caller already narrowed the ISR to them); a leader not among them
+/// hands over to the first in-sync, unfenced one, in a new leader epoch.
+fn settle_replicas(state: &mut LeaderAndIsr, replicas: Vec<BrokerId>, fenced: &BTreeSet<BrokerId>) {
+    if state.leader.is_some_and(|l| !replicas.contains(&l)) {
+        state.leader = replicas
+            .iter()
+            .copied()
+            .find(|r| state.isr.contains(r) && !fenced.contains(r));
+        state.leader_epoch += 1;
+    }
+    state.replicas = replicas;
+    state.partition_epoch += 1;
+}
+
 /// The controller's view of a broker.
 #[derive(Clone, Debug)]
 struct BrokerRecord {
@@ -920,20 +935,7 @@ impl<P: Ord + Clone> Controller<P> {
             )));
         }
         p.state.isr = isr;
-        p.state.replicas = original;
-        if p.state
-            .leader
-            .is_some_and(|l| !p.state.replicas.contains(&l))
-        {
-            p.state.leader = p
-                .state
-                .replicas
-                .iter()
-                .copied()
-                .find(|r| p.state.isr.contains(r) && !fenced.contains(r));
-            p.state.leader_epoch += 1;
-        }
-        p.state.partition_epoch += 1;
+        settle_replicas(&mut p.state, original, &fenced);
         p.reassignment = None;
         Ok(())
     }
@@ -954,15 +956,7 @@ impl<P: Ord + Clone> Controller<P> {
                 continue;
             }
             p.state.isr.retain(|r| target.contains(r));
-            p.state.replicas = target.clone();
-            if p.state.leader.is_some_and(|l| !target.contains(&l)) {
-                p.state.leader = target
-                    .iter()
-                    .copied()
-                    .find(|r| p.state.isr.contains(r) && !fenced.contains(r));
-                p.state.leader_epoch += 1;
-            }
-            p.state.partition_epoch += 1;
+            settle_replicas(&mut p.state, target, &fenced);
             p.reassignment = None;
             changed.push(id.clone());
         }
