@@ -608,28 +608,17 @@ fn local_log_bytes(broker: &TestBroker, topic: &str, partition: u32) -> u64 {
         .unwrap_or(0)
 }
 
-/// Every record of `topic`/0 from the log start, read through `client` (from the
-/// partition's leader): the values, in offset order.
+/// Every value of `topic`/0 from the log start, read through `client` (from the
+/// partition's leader), in offset order.
 async fn read_values(client: &Client, topic: &str) -> Vec<String> {
-    use meridian_client::{ConsumerConfig, Offset};
-    let end = client
-        .admin()
-        .list_offsets(topic, 0, Offset::Latest)
+    crate::harness::read_partition_0(client, topic, Duration::from_secs(30))
         .await
-        .unwrap();
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer.assign(topic, &[0]).await.unwrap();
-    consumer.seek(topic, 0, Offset::Earliest).await.unwrap();
-    let mut values = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer.position(topic, 0).unwrap() < end {
-        assert!(Instant::now() < deadline, "reading {topic} stalled");
-        for record in consumer.poll(Duration::from_millis(300)).await.unwrap() {
+        .into_iter()
+        .map(|record| {
             let value = record.value.expect("every record has a value");
-            values.push(String::from_utf8(value.to_vec()).unwrap());
-        }
-    }
-    values
+            String::from_utf8(value.to_vec()).unwrap()
+        })
+        .collect()
 }
 
 /// Produces `prefix-0`, `prefix-1`, … at acks=all until `stop`, one record at a time;

@@ -5,9 +5,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_client::{
-    Compression, ConsumerConfig, ErrorCode, NewTopic, Offset, ProducerConfig, ProducerRecord,
-};
+use meridian_client::{Compression, ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
 
 use crate::harness::TestBroker;
 
@@ -19,23 +17,11 @@ async fn read_all(
     client: &meridian_client::Client,
     topic: &str,
 ) -> Vec<(i64, Bytes, Option<Bytes>)> {
-    let end = client
-        .admin()
-        .list_offsets(topic, 0, Offset::Latest)
+    crate::harness::read_partition_0(client, topic, Duration::from_secs(20))
         .await
-        .unwrap();
-    let mut consumer = client.consumer(ConsumerConfig::default());
-    consumer.assign(topic, &[0]).await.unwrap();
-    consumer.seek(topic, 0, Offset::Earliest).await.unwrap();
-    let mut out = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while consumer.position(topic, 0).unwrap() < end {
-        assert!(tokio::time::Instant::now() < deadline, "consume stalled");
-        for record in consumer.poll(Duration::from_millis(200)).await.unwrap() {
-            out.push((record.offset, record.key.unwrap(), record.value));
-        }
-    }
-    out
+        .into_iter()
+        .map(|record| (record.offset, record.key.unwrap(), record.value))
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -551,3 +551,32 @@ impl Cluster {
             .expect("sink open")
     }
 }
+
+/// Every record of `topic`/0 from its log start to its current end, through
+/// `client` (from the partition's leader), in offset order; fails the test if that
+/// takes longer than `within`.
+pub async fn read_partition_0(
+    client: &Client,
+    topic: &str,
+    within: Duration,
+) -> Vec<meridian_client::ConsumerRecord> {
+    use meridian_client::{ConsumerConfig, Offset};
+    let end = client
+        .admin()
+        .list_offsets(topic, 0, Offset::Latest)
+        .await
+        .unwrap();
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign(topic, &[0]).await.unwrap();
+    consumer.seek(topic, 0, Offset::Earliest).await.unwrap();
+    let mut out = Vec::new();
+    let deadline = tokio::time::Instant::now() + within;
+    while consumer.position(topic, 0).unwrap() < end {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "reading {topic} stalled"
+        );
+        out.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    out
+}
