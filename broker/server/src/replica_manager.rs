@@ -780,6 +780,21 @@ struct FetchTarget {
 
 /// Fetches every partition this broker follows on `leader`, in one long-polling
 /// request at a time, until the task is aborted (broker shutdown).
+/// How soon a follower asks again for a partition whose leader answered as if it had
+/// not applied the latest metadata yet (`UnknownTopic`, `UnknownLeaderEpoch`,
+/// `NotLeaderOrFollower`). With the full `replica_fetch_backoff_ms` (1 s), every new
+/// topic's first acks=all writes waited a second for followers refused in the few
+/// milliseconds before the leader applied the topic.
+const LEADER_METADATA_LAG_RETRY: Duration = Duration::from_millis(20);
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
     let config = &shared.config;
     let backoff = Duration::from_millis(config.replica_fetch_backoff_ms);
@@ -794,6 +809,10 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
     tracing::debug!(leader, "fetcher started");
     loop {
         let now = tokio::time::Instant::now();
+        paused.retain(|_, (_, until)| *until > now);
+        // The next paused partition to be retried: the fetcher re-plans then rather
+        // than wait out a long poll of the others.
+        let next_retry = paused.values().map(|(_, until)| *until).min();
         let mut targets = Vec::new();
         for ((topic, index), partition) in shared.managed_partitions() {
             let slot = partition.replication.lock();
@@ -821,7 +840,8 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
             });
         }
         if targets.is_empty() {
-            let _ = tokio::time::timeout(backoff, wake.notified()).await;
+            let until = next_retry.map_or(now + backoff, |at| at.min(now + backoff));
+            let _ = tokio::time::timeout_at(until, wake.notified()).await;
             continue;
         }
         if targets.len() > limit {
@@ -881,6 +901,8 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
             response = connection.request(request) => response,
             // New partitions or a leader change: plan the request again.
             _ = wake.notified() => continue,
+            // A paused partition is due: ask for it too.
+            _ = sleep_until_some(next_retry) => continue,
         };
         let response = match response {
             Ok(Response::Fetch(response)) => response,
@@ -907,13 +929,27 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
             let Some(answer) = answers.remove(&key) else {
                 continue;
             };
+            // The leader has not applied the metadata this follower acts on (the new
+            // topic, its leadership, the epoch): it will within a Raft heartbeat or
+            // two, so ask again soon rather than after the full backoff.
+            let leader_lags = matches!(
+                answer.error,
+                ErrorCode::UnknownTopic
+                    | ErrorCode::UnknownLeaderEpoch
+                    | ErrorCode::NotLeaderOrFollower
+            );
             if let Err(why) = apply_fetched(&target, answer) {
-                tracing::debug!(leader, topic = %key.0, partition = key.1, reason = %why, "pausing the partition's fetch");
+                let pause = if leader_lags {
+                    backoff.min(LEADER_METADATA_LAG_RETRY)
+                } else {
+                    backoff
+                };
+                tracing::debug!(leader, topic = %key.0, partition = key.1, reason = %why, ?pause, "pausing the partition's fetch");
                 paused.insert(
                     key,
                     (
                         target.fetch.current_leader_epoch,
-                        tokio::time::Instant::now() + backoff,
+                        tokio::time::Instant::now() + pause,
                     ),
                 );
             } else {

@@ -46,12 +46,16 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
     loop {
         let current = images.borrow_and_update().image.clone();
         if !Arc::ptr_eq(&current, &previous) {
-            let shared = shared.clone();
+            let publisher = shared.clone();
             let (before, after) = (previous.clone(), current.clone());
             // Creating and deleting logs touches the disk.
-            let done = tokio::task::spawn_blocking(move || publish(&shared, &before, &after)).await;
+            let done =
+                tokio::task::spawn_blocking(move || publish(&publisher, &before, &after)).await;
             if let Err(e) = done {
                 tracing::error!(error = %e, "applying the metadata image panicked");
+            }
+            if let Some(cluster) = &shared.cluster {
+                cluster.published(current.clone());
             }
             previous = current;
         }

@@ -41,8 +41,12 @@ pub(crate) struct Cluster {
     /// Unique per process start, so the controller tells a restart from a pause.
     pub(crate) incarnation: u64,
     pub(crate) raft: meridian_metadata::Raft,
-    /// The latest applied image (and its Raft index).
+    /// The latest image the Raft state machine applied (and its Raft index); the
+    /// broker's local state follows it (`replicas::follow_images`).
     pub(crate) image: watch::Receiver<AppliedImage>,
+    /// The latest image the local state has caught up with: its topics exist in the
+    /// registry and its leaders lead here. What this broker tells clients.
+    published: watch::Sender<Arc<MetadataImage>>,
     pub(crate) controller: ControllerClient,
     config: ClusterConfig,
     /// Whether the controller last said this broker is fenced.
@@ -152,6 +156,7 @@ impl Cluster {
             incarnation,
             raft: raft.clone(),
             image,
+            published: watch::Sender::new(Arc::new(MetadataImage::default())),
             controller: ControllerClient {
                 broker_id: config.broker_id,
                 voters: voters.iter().map(|v| v.id).collect(),
@@ -165,9 +170,16 @@ impl Cluster {
         }))
     }
 
-    /// The latest metadata image.
+    /// The latest metadata image this broker's local state has caught up with: a
+    /// client told a partition's leader from it finds that leader ready (the Raft
+    /// image runs ahead by the moments it takes to open logs and change roles).
     pub(crate) fn image(&self) -> Arc<MetadataImage> {
-        self.image.borrow().image.clone()
+        self.published.borrow().clone()
+    }
+
+    /// Records that the local state now follows `image`.
+    pub(crate) fn published(&self, image: Arc<MetadataImage>) {
+        self.published.send_replace(image);
     }
 
     /// The controller's broker id (the Raft leader), or [`NO_BROKER`].
