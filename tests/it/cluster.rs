@@ -8,7 +8,10 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use meridian_client::{Acks, Client, NewTopic, Offset, ProducerConfig, ProducerRecord};
-use meridian_wire::messages::{MetadataRequest, MetadataResponse, Request, Response, NO_BROKER};
+use meridian_wire::messages::{
+    CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
+    NO_BROKER,
+};
 use meridian_wire::ErrorCode;
 
 use crate::harness::TestBroker;
@@ -523,13 +526,26 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
     // A fresh client of a broker that is not the controller (it forwards the
     // creation): the new topic's leaders learn of it through the metadata log, some
     // of them after the first batches arrive.
+    // A raw request, not `Admin::create_topic`, which would wait until every broker
+    // serves the topic.
     let via = if controller == 1 { 2 } else { 1 };
     let client = cluster.client(via).await;
-    client
-        .admin()
-        .create_topic(rf3("unpaced", 8))
+    let response = client
+        .request(Request::CreateTopics(CreateTopicsRequest {
+            topics: vec![CreateTopic {
+                name: "unpaced".into(),
+                partitions: 8,
+                replication_factor: 3,
+                configs: Vec::new(),
+            }],
+            validate_only: false,
+        }))
         .await
         .unwrap();
+    let Response::CreateTopics(response) = response else {
+        panic!("{response:?}")
+    };
+    assert!(response.results[0].error.is_ok(), "{response:?}");
     let producer = client.producer(ProducerConfig {
         acks: Acks::All,
         // Small, so `send` soon waits for room, as in an unpaced bench.
@@ -592,6 +608,67 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
         }
     }
     assert!(seen.iter().all(|s| *s));
+}
+
+/// What one broker answers about `topic` to `Metadata`, over `client`'s connection.
+async fn topic_seen_by(client: &Client, broker: u32, topic: &str) -> Option<Vec<(ErrorCode, u32)>> {
+    let response = client
+        .request_to(
+            broker,
+            Request::Metadata(MetadataRequest {
+                topics: Some(vec![topic.to_string()]),
+            }),
+        )
+        .await
+        .unwrap();
+    let Response::Metadata(m) = response else {
+        panic!("{response:?}")
+    };
+    let t = m.topics.into_iter().find(|t| t.name == topic)?;
+    t.error
+        .is_ok()
+        .then(|| t.partitions.iter().map(|p| (p.error, p.leader)).collect())
+}
+
+#[tokio::test]
+async fn create_and_delete_return_once_every_broker_serves_the_change() {
+    let cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    // Through a broker that is not the controller (it forwards), with a connection to
+    // every broker already open, so each is asked the moment the call returns.
+    let via = if controller == 1 { 2 } else { 1 };
+    let client = cluster.client(via).await;
+    let admin = client.admin();
+    client.metadata(Some(Vec::new())).await.unwrap();
+    for broker in 1..=3 {
+        topic_seen_by(&client, broker, "warm-up").await;
+    }
+    for round in 0..5 {
+        let name = format!("ready-{round}");
+        admin.create_topic(rf3(&name, 6)).await.unwrap();
+        for broker in 1..=3 {
+            let seen = topic_seen_by(&client, broker, &name)
+                .await
+                .unwrap_or_else(|| {
+                    panic!("round {round}: broker {broker} does not know `{name}` yet")
+                });
+            assert_eq!(seen.len(), 6, "broker {broker}: {seen:?}");
+            for (error, leader) in seen {
+                assert!(
+                    error.is_ok() && leader != NO_BROKER,
+                    "broker {broker}: {error} leader {leader}"
+                );
+            }
+        }
+        admin.delete_topic(&name).await.unwrap();
+        for broker in 1..=3 {
+            assert_eq!(
+                topic_seen_by(&client, broker, &name).await,
+                None,
+                "round {round}: broker {broker} still serves deleted `{name}`"
+            );
+        }
+    }
 }
 
 /// Bytes of record data in a broker's local log of `topic`/`partition`.

@@ -5,13 +5,14 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, ConfigEntry, CreateTopic, CreateTopicsRequest,
     DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
     DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    ListPartitionReassignmentsRequest, OngoingReassignment, PartitionReassignment, Request,
-    Response, TopicDescription, TopicResult, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    ListPartitionReassignmentsRequest, MetadataRequest, OngoingReassignment, PartitionReassignment,
+    Request, Response, TopicDescription, TopicMetadata, TopicResult, DELETE_TO_END,
+    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
@@ -29,6 +30,30 @@ pub enum Offset {
     /// The first offset whose timestamp is at or after this many ms since the epoch
     /// (the log end offset if there is none).
     Timestamp(i64),
+}
+
+/// What [`Admin::await_everywhere`] waits for a broker to report about a topic.
+#[derive(Clone, Copy, Debug)]
+enum TopicSeen {
+    /// Known, with a leader for every partition.
+    Served,
+    /// Unknown.
+    Gone,
+}
+
+impl TopicSeen {
+    fn holds(self, topic: Option<&TopicMetadata>) -> bool {
+        match (self, topic) {
+            (TopicSeen::Served, Some(t)) => {
+                t.error.is_ok()
+                    && !t.partitions.is_empty()
+                    && t.partitions.iter().all(|p| p.error.is_ok())
+            }
+            (TopicSeen::Served, None) => false,
+            (TopicSeen::Gone, Some(t)) => t.error == ErrorCode::UnknownTopic,
+            (TopicSeen::Gone, None) => true,
+        }
+    }
 }
 
 /// A topic to create.
@@ -96,6 +121,12 @@ impl Admin {
     }
 
     /// Creates a topic. An existing topic is [`ErrorCode::TopicAlreadyExists`].
+    ///
+    /// In a cluster the controller answers once the topic is committed to the
+    /// metadata quorum; the other brokers apply it a moment later. This returns only
+    /// once every reachable broker serves the topic with a leader for each partition
+    /// (or the client's request timeout passes), so records sent right after are not
+    /// refused as `UnknownTopic` by a leader that has not caught up.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
         let request = Request::CreateTopics(CreateTopicsRequest {
@@ -116,10 +147,13 @@ impl Admin {
         let Response::CreateTopics(response) = response else {
             return Err(unexpected(ApiKey::CreateTopics, &response));
         };
-        topic_result(&response.results, &name)
+        topic_result(&response.results, &name)?;
+        self.await_everywhere(&name, TopicSeen::Served).await;
+        Ok(())
     }
 
-    /// Deletes a topic and all its data.
+    /// Deletes a topic and all its data. Like [`Admin::create_topic`], returns once
+    /// every reachable broker has stopped serving it.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let response = self
             .client
@@ -131,7 +165,65 @@ impl Admin {
         let Response::DeleteTopics(response) = response else {
             return Err(unexpected(ApiKey::DeleteTopics, &response));
         };
-        topic_result(&response.results, name)
+        topic_result(&response.results, name)?;
+        self.await_everywhere(name, TopicSeen::Gone).await;
+        Ok(())
+    }
+
+    /// Waits until every broker the cluster's metadata names sees `topic` as `want`
+    /// says, asking each again every 10 ms, for at most the request timeout. A broker
+    /// that does not answer within a second is not waited for (it may be down; it
+    /// catches up when it returns). Running out of time is not an error: the change is committed, only
+    /// not yet visible everywhere.
+    async fn await_everywhere(&self, topic: &str, want: TopicSeen) {
+        let deadline = tokio::time::Instant::now() + self.client.config().request_timeout;
+        let Ok(metadata) = self.client.metadata(Some(Vec::new())).await else {
+            return;
+        };
+        let mut waiting: Vec<u32> = metadata.brokers.iter().map(|b| b.broker_id).collect();
+        while !waiting.is_empty() {
+            let mut still = Vec::new();
+            for broker in waiting {
+                let request = Request::Metadata(MetadataRequest {
+                    topics: Some(vec![topic.to_string()]),
+                });
+                // A broker that is down costs at most a second.
+                let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                let answer = self
+                    .client
+                    .request_to_with_timeout(broker, request, left.min(Duration::from_secs(1)))
+                    .await;
+                let m = match answer {
+                    Ok(Response::Metadata(m)) => m,
+                    Ok(other) => {
+                        tracing::debug!(broker, response = ?other.api_key(), "unexpected answer to metadata");
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::debug!(broker, error = %e, "not waiting for a broker that does not answer");
+                        continue;
+                    }
+                };
+                if !want.holds(m.topics.iter().find(|t| t.name == topic)) {
+                    still.push(broker);
+                }
+            }
+            waiting = still;
+            if waiting.is_empty() || tokio::time::Instant::now() >= deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if waiting.is_empty() {
+            tracing::debug!(
+                topic,
+                ?want,
+                brokers = metadata.brokers.len(),
+                "every broker has applied the topic change"
+            );
+        } else {
+            tracing::debug!(topic, brokers = ?waiting, ?want, "brokers have not applied the topic change yet");
+        }
     }
 
     /// Names of all topics, sorted, without internal ones (`__consumer_offsets`), as
