@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{Acks, Client, NewTopic, Offset, ProducerConfig, ProducerRecord};
 use meridian_wire::messages::{
-    CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
-    NO_BROKER,
+    CreateTopic, CreateTopicsRequest, FetchPartition, FetchRequest, FetchTopic, MetadataRequest,
+    MetadataResponse, Request, Response, CONSUMER_REPLICA_ID, NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -104,6 +104,13 @@ impl TestCluster {
         self.brokers[id as usize - 1]
             .client_with(|c| c.request_timeout = Duration::from_secs(3))
             .await
+    }
+
+    /// Once the three brokers agree on a controller: a client of a broker that is not
+    /// the controller (it forwards what only the controller does).
+    async fn forwarding_client(&self) -> Client {
+        let controller = self.agreed_controller(3, Duration::from_secs(20)).await;
+        self.client(if controller == 1 { 2 } else { 1 }).await
     }
 
     /// Metadata from every running broker (`None` where a request failed).
@@ -633,11 +640,9 @@ async fn topic_seen_by(client: &Client, broker: u32, topic: &str) -> Option<Vec<
 #[tokio::test]
 async fn create_and_delete_return_once_every_broker_serves_the_change() {
     let cluster = TestCluster::start("");
-    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
     // Through a broker that is not the controller (it forwards), with a connection to
     // every broker already open, so each is asked the moment the call returns.
-    let via = if controller == 1 { 2 } else { 1 };
-    let client = cluster.client(via).await;
+    let client = cluster.forwarding_client().await;
     let admin = client.admin();
     client.metadata(Some(Vec::new())).await.unwrap();
     for broker in 1..=3 {
@@ -669,6 +674,63 @@ async fn create_and_delete_return_once_every_broker_serves_the_change() {
             );
         }
     }
+}
+
+#[tokio::test]
+async fn auto_create_topics_in_a_cluster_goes_through_the_controller() {
+    let cluster = TestCluster::start("auto_create_topics = true\ndefault_partitions = 4\n");
+    let client = cluster.forwarding_client().await;
+
+    // A fetch of an unknown topic is refused and creates nothing, not even a local
+    // topic on the broker asked (only Metadata auto-creates, through the controller).
+    let response = client
+        .request(Request::Fetch(FetchRequest {
+            max_wait_ms: 0,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![FetchTopic {
+                name: "fetched-first".into(),
+                partitions: vec![FetchPartition::new(0, 0, 1 << 20)],
+            }],
+            filter: None,
+            replica_id: CONSUMER_REPLICA_ID,
+        }))
+        .await
+        .unwrap();
+    let Response::Fetch(fetch) = response else {
+        panic!("{response:?}")
+    };
+    assert_eq!(fetch.topics[0].partitions[0].error, ErrorCode::UnknownTopic);
+    for broker in &cluster.brokers {
+        assert!(
+            !broker.data_dir.join("topics/fetched-first").exists(),
+            "a fetch created a local topic in {}",
+            broker.data_dir.display()
+        );
+    }
+
+    // A producer's first send asks for metadata, which creates the topic with the
+    // brokers' defaults: 4 partitions, replicated on all three brokers.
+    let producer = client.producer(ProducerConfig {
+        acks: Acks::All,
+        ..ProducerConfig::default()
+    });
+    let mut deliveries = Vec::new();
+    for i in 0..100 {
+        let record = ProducerRecord::new("auto-made", format!("v{i}")).partition(0);
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("acknowledged");
+    }
+    let views = cluster
+        .agreed_topic("auto-made", Duration::from_secs(10), |ps| ps.len() == 4)
+        .await;
+    for view in &views {
+        assert_eq!(view.replicas.len(), 3, "{views:?}");
+    }
+    let expected: Vec<String> = (0..100).map(|i| format!("v{i}")).collect();
+    assert_eq!(read_values(&client, "auto-made").await, expected);
 }
 
 /// Bytes of record data in a broker's local log of `topic`/`partition`.

@@ -20,6 +20,10 @@ use crate::config::FlushPolicy;
 use crate::topics::{Failure, Partition, Topic};
 use crate::Shared;
 
+/// How long a `Metadata` request that auto-created topics in a cluster waits for this
+/// broker to apply them before answering (usually a few milliseconds).
+const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
+
 /// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
 type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
 
@@ -40,7 +44,12 @@ impl Shared {
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
             Request::Metadata(r) => Response::Metadata(match &self.cluster {
-                Some(cluster) => self.cluster_metadata(cluster, r),
+                Some(cluster) => {
+                    if self.config.auto_create_topics {
+                        self.auto_create_in_cluster(cluster, &r).await;
+                    }
+                    self.cluster_metadata(cluster, r)
+                }
                 None => self.metadata(r),
             }),
             Request::CreateTopics(r) => Response::CreateTopics(match &self.cluster {
@@ -257,6 +266,71 @@ impl Shared {
 
     /// Metadata from the cluster's image: brokers, the controller, and every
     /// partition's leader, epoch, replicas and ISR.
+    /// `auto_create_topics` in a cluster, as Kafka does it: a `Metadata` request naming
+    /// topics that do not exist has the controller create them (`default_partitions`,
+    /// `cluster.default_replication_factor`, the topic defaults), then waits until
+    /// this broker serves them, so the answer already names their leaders. A refusal
+    /// (say, too few live brokers for the replication factor) is logged, and the
+    /// answer says `UnknownTopic`.
+    async fn auto_create_in_cluster(&self, cluster: &Cluster, request: &MetadataRequest) {
+        let Some(names) = &request.topics else {
+            return;
+        };
+        let image = cluster.image();
+        let missing: Vec<CreateTopic> = names
+            .iter()
+            .filter(|name| {
+                !image.topics.contains_key(*name)
+                    && !name.starts_with("__")
+                    && meridian_wire::validate_topic_name(name).is_ok()
+            })
+            .map(|name| CreateTopic {
+                name: name.clone(),
+                partitions: self.config.default_partitions,
+                replication_factor: 0,
+                configs: Vec::new(),
+            })
+            .collect();
+        if missing.is_empty() {
+            return;
+        }
+        let wanted: Vec<String> = missing.iter().map(|t| t.name.clone()).collect();
+        let request = CreateTopicsRequest {
+            topics: missing,
+            validate_only: false,
+        };
+        let mut created = Vec::new();
+        match cluster.controller.create_topics(request).await {
+            Ok(response) => {
+                for r in response.results {
+                    if r.error.is_ok() || r.error == ErrorCode::TopicAlreadyExists {
+                        if r.error.is_ok() {
+                            tracing::info!(topic = %r.name, "auto-created topic");
+                        }
+                        created.push(r.name);
+                    } else {
+                        tracing::warn!(topic = %r.name, error = %r.error, message = %r.message, "auto-creating a topic was refused");
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::warn!(topics = ?wanted, error = %e, "auto-creating topics failed: no controller");
+            }
+        }
+        if !created.is_empty() {
+            let waited = tokio::time::timeout(
+                AUTO_CREATE_WAIT,
+                cluster.published_where(|image| {
+                    created.iter().all(|name| image.topics.contains_key(name))
+                }),
+            )
+            .await;
+            if waited.is_err() {
+                tracing::debug!(topics = ?created, "auto-created topics not applied here yet; the client will retry");
+            }
+        }
+    }
+
     fn cluster_metadata(&self, cluster: &Cluster, request: MetadataRequest) -> MetadataResponse {
         let image = cluster.image();
         let names: Vec<String> = match request.topics {
@@ -432,13 +506,28 @@ impl Shared {
         }
     }
 
-    /// Finds a topic, creating it when `auto_create_topics` is on.
+    /// Finds a topic, creating it when `auto_create_topics` is on (a single broker;
+    /// in a cluster only `Metadata` creates topics, through the controller, see
+    /// [`Shared::auto_create_in_cluster`]).
     pub(crate) fn topic(&self, name: &str) -> Result<Arc<Topic>, Failure> {
         if let Some(topic) = self.registry.get(name) {
             return Ok(topic);
         }
         meridian_wire::validate_topic_name(name)
             .map_err(|m| Failure::new(ErrorCode::InvalidTopic, m))?;
+        if self.cluster.is_some() {
+            return Err(Failure::new(
+                ErrorCode::UnknownTopic,
+                format!(
+                    "topic `{name}` does not exist on this broker (create it{})",
+                    if self.config.auto_create_topics {
+                        "; with auto_create_topics a Metadata request for it creates it"
+                    } else {
+                        ", or enable auto_create_topics"
+                    }
+                ),
+            ));
+        }
         if !self.config.auto_create_topics {
             return Err(Failure::new(
                 ErrorCode::UnknownTopic,

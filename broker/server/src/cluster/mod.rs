@@ -182,6 +182,13 @@ impl Cluster {
         self.published.send_replace(image);
     }
 
+    /// Resolves once this broker's local state follows an image that `ready` likes.
+    pub(crate) async fn published_where(&self, ready: impl Fn(&MetadataImage) -> bool) {
+        let mut images = self.published.subscribe();
+        // The sender lives as long as `self`: `wait_for` ends only by `ready`.
+        let _ = images.wait_for(|image| ready(image)).await;
+    }
+
     /// The controller's broker id (the Raft leader), or [`NO_BROKER`].
     pub(crate) fn controller_id(&self) -> u32 {
         self.raft
