@@ -733,6 +733,66 @@ async fn auto_create_topics_in_a_cluster_goes_through_the_controller() {
     assert_eq!(read_values(&client, "auto-made").await, expected);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topics_deleted_or_created_again_while_a_broker_was_down_leave_it_when_it_returns() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let away = if controller == 3 { 2 } else { 3 };
+    let client = cluster.client(controller).await;
+    let admin = client.admin();
+    admin.create_topic(rf3("gone", 2)).await.unwrap();
+    admin.create_topic(rf3("reborn", 2)).await.unwrap();
+    // A producer per incarnation: a new topic does not know the first one's
+    // producer id, and refuses its sequence numbers (`UnknownProducerId`).
+    let send_all = |topic: &'static str, prefix: &'static str, n: usize| {
+        let producer = client.producer(ProducerConfig {
+            acks: Acks::All,
+            ..ProducerConfig::default()
+        });
+        async move {
+            let mut deliveries = Vec::new();
+            for i in 0..n {
+                let record = ProducerRecord::new(topic, format!("{prefix}-{i}")).partition(0);
+                deliveries.push(producer.send(record).await.expect("send"));
+            }
+            for d in deliveries {
+                d.await.expect("acknowledged");
+            }
+        }
+    };
+    send_all("gone", "old", 20).await;
+    send_all("reborn", "old", 20).await;
+    // acks=all: every replica, `away` too, has the records.
+    for topic in ["gone", "reborn"] {
+        assert!(local_log_bytes(cluster.brokers_ref(away), topic, 0) > 0);
+    }
+
+    cluster.broker(away).kill9();
+    // The controller fences it, so new topics go to the two brokers left.
+    cluster.agreed_controller(2, Duration::from_secs(20)).await;
+    admin.delete_topic("gone").await.unwrap();
+    admin.delete_topic("reborn").await.unwrap();
+    let mut reborn = NewTopic::new("reborn", 2);
+    reborn.replication_factor = 2;
+    admin.create_topic(reborn).await.unwrap();
+    send_all("reborn", "new", 10).await;
+
+    cluster.broker(away).restart();
+    cluster.agreed_controller(3, Duration::from_secs(30)).await;
+    let data_dir = cluster.brokers_ref(away).data_dir.clone();
+    wait_for(
+        "the returned broker to drop its copies of the deleted topic and of the earlier `reborn`",
+        Duration::from_secs(20),
+        || async {
+            let stale = ["gone", "reborn"].map(|t| data_dir.join("topics").join(t).exists());
+            (stale == [false, false]).then_some(())
+        },
+    )
+    .await;
+    let expected: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
+    assert_eq!(read_values(&client, "reborn").await, expected);
+}
+
 /// Bytes of record data in a broker's local log of `topic`/`partition`.
 fn local_log_bytes(broker: &TestBroker, topic: &str, partition: u32) -> u64 {
     let dir = broker.data_dir.join(format!("topics/{topic}/{partition}"));

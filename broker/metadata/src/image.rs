@@ -60,6 +60,13 @@ pub struct TopicImage {
     pub replication_factor: u16,
     /// Indexed by partition number.
     pub partitions: Vec<PartitionState>,
+    /// The incarnation: the Raft log index of the record that created the topic (set
+    /// when the record is applied, [`MetadataImage::apply_at`]; 0 in a record and in
+    /// images from before it existed). A topic deleted and created again under the
+    /// same name has a higher one, so a broker tells its old local copy from the new
+    /// topic.
+    #[serde(default)]
+    pub created_at: u64,
 }
 
 impl TopicImage {
@@ -110,6 +117,17 @@ pub struct MetadataImage {
 }
 
 impl MetadataImage {
+    /// Applies a record committed at Raft log `index`: as [`MetadataImage::apply`],
+    /// and a created topic takes `index` as its incarnation (`created_at`).
+    pub fn apply_at(&mut self, record: &MetadataRecord, index: u64) {
+        self.apply(record);
+        if let MetadataRecord::TopicCreated(created) = record {
+            if let Some(topic) = self.topics.get_mut(&created.name) {
+                topic.created_at = index;
+            }
+        }
+    }
+
     /// Applies one committed record. Records that do not fit the image (a change to
     /// a topic deleted meanwhile) are ignored: the log is the truth, and a later
     /// record never depends on an ignored one.
@@ -197,7 +215,7 @@ mod tests {
             adding_replicas: Vec::new(),
             removing_replicas: Vec::new(),
         };
-        let records = vec![
+        let records = [
             MetadataRecord::BrokerRegistered(broker(1)),
             MetadataRecord::BrokerRegistered(broker(2)),
             MetadataRecord::BrokerUnfenced { id: 1 },
@@ -209,6 +227,7 @@ mod tests {
                     .collect(),
                 replication_factor: 2,
                 partitions: vec![state.clone()],
+                created_at: 0,
             }),
             MetadataRecord::BrokerFenced { id: 1 },
             MetadataRecord::PartitionChanged {
@@ -230,12 +249,14 @@ mod tests {
             },
         ];
         let mut image = MetadataImage::default();
-        for r in &records {
+        for (index, r) in records.iter().enumerate() {
             let json = serde_json::to_string(r).unwrap();
             let back: MetadataRecord = serde_json::from_str(&json).unwrap();
             assert_eq!(&back, r);
-            image.apply(r);
+            image.apply_at(r, 100 + index as u64);
         }
+        // The creating record's index is the topic's incarnation.
+        assert_eq!(image.topics["t"].created_at, 104);
         assert!(image.brokers[&1].fenced);
         assert!(!image.brokers[&2].fenced);
         assert_eq!(

@@ -445,7 +445,7 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 EntryPayload::Blank => {}
                 EntryPayload::Normal(batch) => {
                     for record in &batch.records {
-                        inner.image.apply(record);
+                        inner.image.apply_at(record, entry.log_id.index);
                     }
                 }
                 EntryPayload::Membership(m) => {

@@ -44,13 +44,18 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
     // local topic is deleted before the image has been seen to drop it.
     let mut previous = Arc::new(MetadataImage::default());
     loop {
-        let current = images.borrow_and_update().image.clone();
+        let (current, applied_index) = {
+            let applied = images.borrow_and_update();
+            (applied.image.clone(), applied.applied_index)
+        };
         if !Arc::ptr_eq(&current, &previous) {
             let publisher = shared.clone();
             let (before, after) = (previous.clone(), current.clone());
             // Creating and deleting logs touches the disk.
-            let done =
-                tokio::task::spawn_blocking(move || publish(&publisher, &before, &after)).await;
+            let done = tokio::task::spawn_blocking(move || {
+                publish(&publisher, &before, &after, applied_index)
+            })
+            .await;
             if let Err(e) = done {
                 tracing::error!(error = %e, "applying the metadata image panicked");
             }
@@ -65,8 +70,14 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
     }
 }
 
-/// Makes local partitions follow `image` (the one before was `previous`).
-pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &MetadataImage) {
+/// Makes local partitions follow `image` (the one before was `previous`), the image
+/// as of Raft log index `applied_index`.
+pub(crate) fn publish(
+    shared: &Arc<Shared>,
+    previous: &MetadataImage,
+    image: &MetadataImage,
+    applied_index: u64,
+) {
     let me = shared.config.broker_id;
     let brokers: Arc<BTreeMap<u32, String>> = Arc::new(
         image
@@ -76,6 +87,22 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
             .collect(),
     );
     for topic in image.topics.values() {
+        // A local copy of another incarnation of the topic.
+        if let Some(local) = shared.registry.get(&topic.name) {
+            let known = local.created_at != 0 && topic.created_at != 0;
+            if known && local.created_at > topic.created_at {
+                // This image is older than the local copy (the first image after a
+                // start can be): leave the topic alone until a newer one.
+                continue;
+            }
+            if known && local.created_at < topic.created_at {
+                // Deleted and created again while this broker was away: the local
+                // records are the old topic's, and must never be served as the new
+                // one's (say, if this broker became a leader of it).
+                tracing::warn!(topic = %topic.name, local_incarnation = local.created_at, incarnation = topic.created_at, "deleting the local copy of an earlier topic of the same name");
+                drop_local_topic(shared, &topic.name);
+            }
+        }
         // Partitions a reassignment just moved off this broker. (A replica dropped
         // while this broker was down keeps its files: the first image after a start may
         // be older than the newest decisions, and a log is never deleted on an old
@@ -106,6 +133,7 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
                 topic.partitions.len() as u32,
                 topic.replication_factor,
                 TopicOverrides(topic.configs.clone()),
+                topic.created_at,
             ) {
                 Ok(_) => {}
                 Err(f) => {
@@ -114,9 +142,14 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
                 }
             }
         }
+        // Changes are relative to the same incarnation in the previous image.
+        let same_incarnation = previous
+            .topics
+            .get(&topic.name)
+            .is_some_and(|t| t.created_at == topic.created_at);
         for partition in hosted {
             let state = &topic.partitions[partition as usize];
-            if previous.partition(&topic.name, partition) == Some(state) {
+            if same_incarnation && previous.partition(&topic.name, partition) == Some(state) {
                 continue;
             }
             apply_partition_change(
@@ -150,13 +183,33 @@ pub(crate) fn publish(shared: &Arc<Shared>, previous: &MetadataImage, image: &Me
         if shared.registry.get(name).is_none() {
             continue;
         }
-        match shared.registry.delete(name) {
-            Ok(()) => {
-                shared.plugins.forget_topic(name);
-            }
-            Err(f) => {
-                tracing::error!(topic = %name, error = %f.message, "could not delete the local replica of a deleted topic")
-            }
+        drop_local_topic(shared, name);
+    }
+    // Local copies of topics deleted while this broker was away: the image has
+    // applied the record that created each (its incarnation), so one it no longer
+    // holds was deleted since. (Copies without an incarnation, from before it was
+    // kept, stay.)
+    for local in shared.registry.all() {
+        if local.created_at != 0
+            && local.created_at <= applied_index
+            && !image.topics.contains_key(&local.name)
+        {
+            tracing::info!(topic = %local.name, incarnation = local.created_at, "deleting the local copy of a topic deleted while this broker was away");
+            shared.groups.topic_changed(&local.name, None);
+            drop_local_topic(shared, &local.name);
+        }
+    }
+}
+
+/// Stops replicating a topic here and deletes its local copy.
+fn drop_local_topic(shared: &Arc<Shared>, name: &str) {
+    shared.replication.forget_topic(name);
+    match shared.registry.delete(name) {
+        Ok(()) => {
+            shared.plugins.forget_topic(name);
+        }
+        Err(f) => {
+            tracing::error!(topic = %name, error = %f.message, "could not delete the local copy of a topic")
         }
     }
 }

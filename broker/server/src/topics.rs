@@ -73,6 +73,10 @@ struct TopicFile {
     partitions: u32,
     replication_factor: u16,
     configs: TopicOverrides,
+    /// The cluster's incarnation of the topic (`TopicImage::created_at`); 0 for a
+    /// single broker's topics and for files from before it was kept.
+    #[serde(default)]
+    created_at: u64,
 }
 
 pub struct Topic {
@@ -84,6 +88,9 @@ pub struct Topic {
     /// `min.insync.replicas` (overrides over broker defaults).
     pub min_insync_replicas: usize,
     pub partitions: Vec<Arc<Partition>>,
+    /// The cluster's incarnation this local copy belongs to (`TopicImage::created_at`),
+    /// 0 when unknown (a single broker's topic).
+    pub created_at: u64,
     dir: PathBuf,
 }
 
@@ -220,7 +227,7 @@ impl Registry {
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
-        self.create_locked(name, partitions, replication_factor, overrides)
+        self.create_locked(name, partitions, replication_factor, overrides, 0)
     }
 
     /// Creates this broker's replicas of a topic the control plane placed here (any
@@ -236,7 +243,7 @@ impl Registry {
         let _admin = self.admin.lock();
         let overrides =
             self.validate_replicated_create(name, partitions, replication_factor, configs)?;
-        self.create_locked(name, partitions, replication_factor, overrides)
+        self.create_locked(name, partitions, replication_factor, overrides, 0)
     }
 
     /// Makes sure a topic the cluster's controller created exists here (this broker
@@ -248,12 +255,13 @@ impl Registry {
         partitions: u32,
         replication_factor: u16,
         overrides: TopicOverrides,
+        created_at: u64,
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         if let Some(topic) = self.get(name) {
             return Ok(topic);
         }
-        self.create_locked(name, partitions, replication_factor, overrides)
+        self.create_locked(name, partitions, replication_factor, overrides, created_at)
     }
 
     /// Creates the topic on disk; the caller holds `admin` and checked the request.
@@ -263,6 +271,7 @@ impl Registry {
         partitions: u32,
         replication_factor: u16,
         overrides: TopicOverrides,
+        created_at: u64,
     ) -> Result<Arc<Topic>, Failure> {
         let storage = |e: std::io::Error| {
             Failure::new(
@@ -279,6 +288,7 @@ impl Registry {
             partitions,
             replication_factor,
             configs: overrides,
+            created_at,
         };
         let json = serde_json::to_vec_pretty(&file).expect("topic file serializes");
         std::fs::write(staging.join("topic.json"), json).map_err(storage)?;
@@ -370,6 +380,7 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
         log_config,
         replication_factor: file.replication_factor,
         partitions,
+        created_at: file.created_at,
         dir: dir.to_owned(),
     })
 }

@@ -769,6 +769,8 @@ impl<'a> Active<'a> {
                     removing_replicas: Vec::new(),
                 })
                 .collect(),
+            // Set by the state machine when the record is applied.
+            created_at: 0,
         })
     }
 
