@@ -261,3 +261,64 @@ async fn retries_after_lost_answers_do_not_duplicate() {
         "without idempotence the same retries duplicate ({stored} stored)"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_the_partition_forgot_starts_its_sequence_again() {
+    // The broker forgets producers idle for 300 ms, looking every 100 ms.
+    let broker = TestBroker::start(&[
+        "producer_id_expiration_ms=300",
+        "retention_check_interval_ms=100",
+    ]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("idle", 1))
+        .await
+        .unwrap();
+    let producer = client.producer(meridian_client::ProducerConfig::default());
+    let send = |i: usize| {
+        let producer = producer.clone();
+        async move {
+            producer
+                .send(meridian_client::ProducerRecord::new(
+                    "idle",
+                    format!("r{i}"),
+                ))
+                .await
+                .unwrap()
+                .await
+                .unwrap_or_else(|e| panic!("record {i}: {e}"))
+        }
+    };
+    for i in 0..5 {
+        send(i).await;
+    }
+    // Idle past the expiration: the partition forgets the producer, and its next
+    // batch (sequence 5) would be refused as `UnknownProducerId`.
+    tokio::time::sleep(std::time::Duration::from_millis(1_000)).await;
+    for i in 5..10 {
+        send(i).await;
+    }
+    let records =
+        crate::harness::read_partition_0(&client, "idle", std::time::Duration::from_secs(10)).await;
+    let values: Vec<String> = records
+        .iter()
+        .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+        .collect();
+    let expected: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
+    assert_eq!(values, expected, "each record once, in order");
+    // The sequence started over under the same producer id.
+    let Response::Fetch(r) = client
+        .request(crate::harness::fetch("idle", 0, 0, 1, 1 << 20))
+        .await
+        .unwrap()
+    else {
+        panic!("not a fetch response");
+    };
+    let headers: Vec<_> =
+        meridian_wire::batch::split_batches(r.topics[0].partitions[0].records.clone())
+            .map(|item| item.unwrap().0)
+            .collect();
+    assert_eq!(headers[5].base_sequence, 0, "{headers:?}");
+    assert_eq!(headers[0].producer_id, headers[5].producer_id);
+}

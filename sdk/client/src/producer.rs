@@ -367,6 +367,16 @@ impl Idempotence {
         first
     }
 
+    /// The partition no longer knows this producer (it forgot an idle producer after
+    /// `producer_id_expiration_ms`, or the topic was deleted and created again): its
+    /// sequence numbers start over at 0, under the same producer id.
+    fn restart_partition(&self, tp: &TopicPartition) {
+        self.sequences
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(tp.clone(), 0);
+    }
+
     /// A batch failed for good: later batches start over under a new producer id.
     fn reset(&self) {
         if let Ok(mut identity) = self.identity.try_lock() {
@@ -888,7 +898,27 @@ fn partition_result(response: &ProduceResponse, tp: &TopicPartition) -> Result<(
 /// while attempts remain and the delivery timeout has not passed; one that says the
 /// leader moved also marks the partition for a metadata refresh, so the retry goes
 /// to the new leader with the same bytes (producer id, epoch and sequence).
-fn settle(shared: &Shared, batch: ProducerBatch<RecordHandle>, result: Result<(i64, i64)>) {
+fn settle(shared: &Shared, mut batch: ProducerBatch<RecordHandle>, result: Result<(i64, i64)>) {
+    // The partition has no state for this producer, so it cannot hold this batch (a
+    // lost answer to a write would have left the state there): with one batch in
+    // flight per partition, nothing later of the partition is encoded yet, and the
+    // batch goes again as the first of a restarted sequence (Kafka's KIP-360 does the
+    // same with an epoch bump).
+    if let (Some(idempotence), Err(Error::Broker { code, .. })) = (&shared.idempotence, &result) {
+        let unknown = *code == ErrorCode::UnknownProducerId;
+        if unknown
+            && batch.attempts < shared.config.retries
+            && batch.created().elapsed() < shared.config.delivery_timeout
+            && !shared.client.is_closed()
+        {
+            tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, "the partition does not know this producer: restarting its sequence at 0");
+            idempotence.restart_partition(&batch.tp);
+            batch.encoded = None;
+            shared.lock().retry(batch, Instant::now());
+            shared.progress.send_modify(|n| *n += 1);
+            return;
+        }
+    }
     let retry = match &result {
         Err(e) => {
             let action = shared
