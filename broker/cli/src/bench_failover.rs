@@ -445,8 +445,15 @@ fn resumed_after(records: &[Sent], fault_ms: f64, partitions: &[u32]) -> Option<
     Some(worst)
 }
 
-/// Reads every partition from the start to its high watermark and compares with what
-/// was acknowledged.
+/// Reads every partition from the start to its high watermark, and at least past
+/// its last acknowledged record, and compares with what was acknowledged.
+///
+/// The high watermark a leader reports can be below records already acknowledged:
+/// a leader elected moments ago starts from the high watermark it knew as a
+/// follower, and moves it once its followers fetch again (Kafka's leaders behave
+/// the same). Stopping at such a high watermark would count records as missing
+/// that are there, so reading goes on until the acknowledged ones are reachable,
+/// and only the 120 s deadline ends it short (whatever is unread then is missing).
 async fn check(
     args: &FailoverArgs,
     runner: &RegionRunner,
@@ -461,23 +468,38 @@ async fn check(
     // seq -> offsets at which it was found; per partition the seqs in offset order.
     let mut found: BTreeMap<u64, Vec<(u32, i64)>> = BTreeMap::new();
     let mut by_partition: BTreeMap<u32, Vec<u64>> = BTreeMap::new();
+    // Per partition, the offset after its last acknowledged record.
+    let mut acked_end: BTreeMap<u32, i64> = BTreeMap::new();
+    for r in records {
+        if let Some(offset) = r.offset {
+            let end = acked_end.entry(r.partition).or_insert(0);
+            *end = (*end).max(offset + 1);
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(120);
     let mut report = CheckReport::default();
     loop {
-        let done = partitions.iter().all(|p| {
-            match (
-                consumer.position(&args.topic, *p),
-                consumer.high_watermark(&args.topic, *p),
-            ) {
-                (Some(pos), Some(hw)) => pos >= hw,
-                _ => false,
-            }
-        });
-        if done {
+        let unread: Vec<u32> = partitions
+            .iter()
+            .copied()
+            .filter(|p| {
+                match (
+                    consumer.position(&args.topic, *p),
+                    consumer.high_watermark(&args.topic, *p),
+                ) {
+                    (Some(pos), Some(hw)) => pos < hw.max(acked_end.get(p).copied().unwrap_or(0)),
+                    _ => true,
+                }
+            })
+            .collect();
+        if unread.is_empty() {
             break;
         }
         if Instant::now() > deadline {
-            bail!("the checker could not read every partition to its end in 120 s");
+            eprintln!(
+                "checker: partitions {unread:?} not readable past their acknowledged records within 120 s; counting the rest as missing"
+            );
+            break;
         }
         for record in consumer.poll(Duration::from_millis(500)).await? {
             let value = record.value.unwrap_or_default();
