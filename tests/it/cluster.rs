@@ -793,6 +793,48 @@ async fn topics_deleted_or_created_again_while_a_broker_was_down_leave_it_when_i
     assert_eq!(read_values(&client, "reborn").await, expected);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_leader_does_not_lead_again_on_the_metadata_it_replays() {
+    let mut cluster = TestCluster::start("");
+    let client = cluster.forwarding_client().await;
+    client.admin().create_topic(rf3("zombie", 1)).await.unwrap();
+    let before = cluster
+        .agreed_topic("zombie", Duration::from_secs(10), |v| v[0].isr.len() == 3)
+        .await;
+    let victim = before[0].leader;
+    cluster.broker(victim).kill9();
+    let after = cluster
+        .agreed_topic("zombie", Duration::from_secs(20), |v| {
+            v[0].leader != victim && v[0].leader != NO_BROKER
+        })
+        .await;
+    assert!(after[0].leader_epoch > before[0].leader_epoch);
+
+    // On start the broker re-applies the metadata log it has, in which it still leads
+    // the partition at the old epoch. Until it has seen the newer decisions it must
+    // not act on that: an acks=1 write taken then would sit on a branch the new
+    // leader's epoch truncates.
+    cluster.broker(victim).restart();
+    let restarted = cluster.brokers_ref(victim).client().await;
+    let until = Instant::now() + Duration::from_secs(2);
+    let mut answers = Vec::new();
+    while Instant::now() < until {
+        let request = crate::harness::produce("zombie", 0, 1, crate::harness::batch(16));
+        if let Ok(Response::Produce(r)) = restarted.request(request).await {
+            let p = &r.topics[0].partitions[0];
+            answers.push(p.error);
+            assert_ne!(
+                p.error,
+                ErrorCode::None,
+                "the restarted broker took a write as leader at offset {} (answers so far: {answers:?})",
+                p.base_offset
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!answers.is_empty(), "the restarted broker never answered");
+}
+
 /// Bytes of record data in a broker's local log of `topic`/`partition`.
 fn local_log_bytes(broker: &TestBroker, topic: &str, partition: u32) -> u64 {
     let dir = broker.data_dir.join(format!("topics/{topic}/{partition}"));

@@ -43,12 +43,40 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
     // Start from an empty image: every hosted partition is "changed" once, and no
     // local topic is deleted before the image has been seen to drop it.
     let mut previous = Arc::new(MetadataImage::default());
+    let me = shared.config.broker_id;
+    let incarnation = shared.cluster.as_ref().map(|c| c.incarnation);
+    let mut waiting = false;
     loop {
         let (current, applied_index) = {
             let applied = images.borrow_and_update();
             (applied.image.clone(), applied.applied_index)
         };
-        if !Arc::ptr_eq(&current, &previous) {
+        // At start the state machine re-applies the metadata log as this broker left
+        // it, in which it may still lead partitions that have since moved on (a new
+        // leader, a new epoch). Acting on that would make it a second leader for a
+        // moment, taking writes a newer epoch truncates. So nothing is applied until
+        // the image holds this process's own registration: the controller wrote it
+        // after every decision taken while the broker was away (KRaft brokers
+        // likewise wait to catch up with the metadata log).
+        let caught_up = incarnation.is_none_or(|incarnation| {
+            current
+                .brokers
+                .get(&me)
+                .is_some_and(|b| b.incarnation == incarnation)
+        });
+        if !caught_up {
+            if !waiting {
+                tracing::info!(
+                    applied_index,
+                    "catching up with the metadata log before acting on it"
+                );
+                waiting = true;
+            }
+        } else if !Arc::ptr_eq(&current, &previous) {
+            if waiting {
+                tracing::info!(applied_index, "caught up with the metadata log");
+                waiting = false;
+            }
             let publisher = shared.clone();
             let (before, after) = (previous.clone(), current.clone());
             // Creating and deleting logs touches the disk.
