@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{Acks, Client, NewTopic, Offset, ProducerConfig, ProducerRecord};
 use meridian_wire::messages::{
-    CreateTopic, CreateTopicsRequest, FetchPartition, FetchRequest, FetchTopic, MetadataRequest,
-    MetadataResponse, Request, Response, CONSUMER_REPLICA_ID, NO_BROKER,
+    CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
+    NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -684,17 +684,7 @@ async fn auto_create_topics_in_a_cluster_goes_through_the_controller() {
     // A fetch of an unknown topic is refused and creates nothing, not even a local
     // topic on the broker asked (only Metadata auto-creates, through the controller).
     let response = client
-        .request(Request::Fetch(FetchRequest {
-            max_wait_ms: 0,
-            min_bytes: 1,
-            max_bytes: 1 << 20,
-            topics: vec![FetchTopic {
-                name: "fetched-first".into(),
-                partitions: vec![FetchPartition::new(0, 0, 1 << 20)],
-            }],
-            filter: None,
-            replica_id: CONSUMER_REPLICA_ID,
-        }))
+        .request(crate::harness::fetch("fetched-first", 0, 0, 1, 1 << 20))
         .await
         .unwrap();
     let Response::Fetch(fetch) = response else {

@@ -55,6 +55,23 @@ async fn producer_id(client: &Client) -> i64 {
     r.producer_id
 }
 
+/// The headers of the batches stored in partition 0 of `topic` (one fetch from 0).
+async fn stored_batch_headers(
+    client: &Client,
+    topic: &str,
+) -> Vec<meridian_wire::batch::BatchHeader> {
+    let Response::Fetch(r) = client
+        .request(crate::harness::fetch(topic, 0, 0, 1, 1 << 20))
+        .await
+        .unwrap()
+    else {
+        panic!("not a fetch response");
+    };
+    meridian_wire::batch::split_batches(r.topics[0].partitions[0].records.clone())
+        .map(|item| item.unwrap().0)
+        .collect()
+}
+
 async fn log_end(client: &Client, topic: &str) -> i64 {
     client
         .admin()
@@ -160,18 +177,9 @@ async fn the_sdk_producer_is_idempotent_by_default() {
             .unwrap();
     }
     // Read the stored batches: every one carries a producer id and consecutive sequences.
-    let Response::Fetch(r) = client
-        .request(crate::harness::fetch("sdk", 0, 0, 1, 1 << 20))
-        .await
-        .unwrap()
-    else {
-        panic!("not a fetch response");
-    };
-    let records = r.topics[0].partitions[0].records.clone();
     let mut expected_seq = 0;
     let mut producer_ids = std::collections::BTreeSet::new();
-    for item in meridian_wire::batch::split_batches(records) {
-        let (header, _) = item.unwrap();
+    for header in stored_batch_headers(&client, "sdk").await {
         assert!(header.producer_id >= 0, "batch without a producer id");
         assert_eq!(header.base_sequence, expected_seq);
         expected_seq += header.records_count;
@@ -308,17 +316,7 @@ async fn a_producer_the_partition_forgot_starts_its_sequence_again() {
     let expected: Vec<String> = (0..10).map(|i| format!("r{i}")).collect();
     assert_eq!(values, expected, "each record once, in order");
     // The sequence started over under the same producer id.
-    let Response::Fetch(r) = client
-        .request(crate::harness::fetch("idle", 0, 0, 1, 1 << 20))
-        .await
-        .unwrap()
-    else {
-        panic!("not a fetch response");
-    };
-    let headers: Vec<_> =
-        meridian_wire::batch::split_batches(r.topics[0].partitions[0].records.clone())
-            .map(|item| item.unwrap().0)
-            .collect();
+    let headers = stored_batch_headers(&client, "idle").await;
     assert_eq!(headers[5].base_sequence, 0, "{headers:?}");
     assert_eq!(headers[0].producer_id, headers[5].producer_id);
 }
