@@ -902,28 +902,25 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<RecordHandle>, result: Resul
     // The partition has no state for this producer, so it cannot hold this batch (a
     // lost answer to a write would have left the state there): with one batch in
     // flight per partition, nothing later of the partition is encoded yet, and the
-    // batch goes again as the first of a restarted sequence (Kafka's KIP-360 does the
+    // batch is retried as the first of a restarted sequence (Kafka's KIP-360 does the
     // same with an epoch bump).
-    if let (Some(idempotence), Err(Error::Broker { code, .. })) = (&shared.idempotence, &result) {
-        let unknown = *code == ErrorCode::UnknownProducerId;
-        if unknown
-            && batch.attempts < shared.config.retries
-            && batch.created().elapsed() < shared.config.delivery_timeout
-            && !shared.client.is_closed()
-        {
-            tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, "the partition does not know this producer: restarting its sequence at 0");
-            idempotence.restart_partition(&batch.tp);
-            batch.encoded = None;
-            shared.lock().retry(batch, Instant::now());
-            shared.progress.send_modify(|n| *n += 1);
-            return;
-        }
-    }
+    let restart_sequence = shared.idempotence.is_some()
+        && matches!(
+            &result,
+            Err(Error::Broker {
+                code: ErrorCode::UnknownProducerId,
+                ..
+            })
+        );
     let retry = match &result {
         Err(e) => {
-            let action = shared
-                .client
-                .partition_failed(&batch.tp.topic, batch.tp.partition, e);
+            let action = if restart_sequence {
+                OnError::Retry
+            } else {
+                shared
+                    .client
+                    .partition_failed(&batch.tp.topic, batch.tp.partition, e)
+            };
             action != OnError::Fail
                 && batch.attempts < shared.config.retries
                 && batch.created().elapsed() < shared.config.delivery_timeout
@@ -940,6 +937,12 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<RecordHandle>, result: Resul
                 error = %e,
                 "retrying produce"
             );
+        }
+        if restart_sequence {
+            if let Some(idempotence) = &shared.idempotence {
+                idempotence.restart_partition(&batch.tp);
+            }
+            batch.encoded = None;
         }
         shared.lock().retry(batch, Instant::now());
         shared.progress.send_modify(|n| *n += 1);
