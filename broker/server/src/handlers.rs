@@ -264,8 +264,6 @@ impl Shared {
         }
     }
 
-    /// Metadata from the cluster's image: brokers, the controller, and every
-    /// partition's leader, epoch, replicas and ISR.
     /// `auto_create_topics` in a cluster, as Kafka does it: a `Metadata` request naming
     /// topics that do not exist has the controller create them (`default_partitions`,
     /// `cluster.default_replication_factor`, the topic defaults), then waits until
@@ -331,6 +329,8 @@ impl Shared {
         }
     }
 
+    /// Metadata from the cluster's image: brokers, the controller, and every
+    /// partition's leader, epoch, replicas and ISR.
     fn cluster_metadata(&self, cluster: &Cluster, request: MetadataRequest) -> MetadataResponse {
         let image = cluster.image();
         let names: Vec<String> = match request.topics {

@@ -778,8 +778,6 @@ struct FetchTarget {
     fetch: FetchPartition,
 }
 
-/// Fetches every partition this broker follows on `leader`, in one long-polling
-/// request at a time, until the task is aborted (broker shutdown).
 /// How soon a follower asks again for a partition whose leader answered as if it had
 /// not applied the latest metadata yet (`UnknownTopic`, `UnknownLeaderEpoch`,
 /// `NotLeaderOrFollower`). With the full `replica_fetch_backoff_ms` (1 s), every new
@@ -795,6 +793,8 @@ async fn sleep_until_some(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// Fetches every partition this broker follows on `leader`, in one long-polling
+/// request at a time, until the task is aborted (broker shutdown).
 async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
     let config = &shared.config;
     let backoff = Duration::from_millis(config.replica_fetch_backoff_ms);

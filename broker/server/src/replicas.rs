@@ -119,8 +119,9 @@ pub(crate) fn publish(
         if let Some(local) = shared.registry.get(&topic.name) {
             let known = local.created_at != 0 && topic.created_at != 0;
             if known && local.created_at > topic.created_at {
-                // This image is older than the local copy (the first image after a
-                // start can be): leave the topic alone until a newer one.
+                // This image would be older than the local copy. `follow_images`
+                // publishes no image from before this process's registration, so this
+                // does not happen; should it, the local copy is left alone.
                 continue;
             }
             if known && local.created_at < topic.created_at {
@@ -132,9 +133,10 @@ pub(crate) fn publish(
             }
         }
         // Partitions a reassignment just moved off this broker. (A replica dropped
-        // while this broker was down keeps its files: the first image after a start may
-        // be older than the newest decisions, and a log is never deleted on an old
-        // view. It is not served, and a later reassignment back truncates it by epoch.)
+        // while this broker was down keeps its files: only a change seen between two
+        // images drops one, and the first image after a start is compared with an
+        // empty one. It is not served, and a later reassignment back truncates it by
+        // epoch.)
         if shared.registry.get(&topic.name).is_some() {
             for (index, state) in topic.partitions.iter().enumerate() {
                 let index = index as u32;

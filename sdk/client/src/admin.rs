@@ -173,8 +173,8 @@ impl Admin {
     /// Waits until every broker the cluster's metadata names sees `topic` as `want`
     /// says, asking each again every 10 ms, for at most the request timeout. A broker
     /// that does not answer within a second is not waited for (it may be down; it
-    /// catches up when it returns). Running out of time is not an error: the change is committed, only
-    /// not yet visible everywhere.
+    /// catches up when it returns). Running out of time is not an error: the change
+    /// is committed, only not yet visible everywhere.
     async fn await_everywhere(&self, topic: &str, want: TopicSeen) {
         let deadline = tokio::time::Instant::now() + self.client.config().request_timeout;
         let Ok(metadata) = self.client.metadata(Some(Vec::new())).await else {
