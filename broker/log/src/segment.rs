@@ -84,10 +84,27 @@ impl ReadSlice {
         self.len = (end.min(position).saturating_sub(self.position)) as usize;
     }
 
-    /// Reads the planned whole batches with one `pread`.
+    /// Reads the planned whole batches, with one `pread` unless the kernel returns
+    /// less. The read goes into uninitialised memory: zero-filling a megabyte first
+    /// (and faulting its pages in to do it) cost as much as the copy itself.
     pub fn read(&self) -> io::Result<Bytes> {
-        let mut buf = vec![0u8; self.len];
-        self.file.read_exact_at(&mut buf, self.position)?;
+        let mut buf: Vec<u8> = Vec::with_capacity(self.len);
+        while buf.len() < self.len {
+            let at = self.position + buf.len() as u64;
+            // Fills (part of) the spare capacity and grows the length to match.
+            let n = rustix::io::pread(&*self.file, rustix::buffer::spare_capacity(&mut buf), at)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "segment ends before byte {}",
+                        self.position + self.len as u64
+                    ),
+                ));
+            }
+        }
+        // The allocator may have given more capacity than asked for.
+        buf.truncate(self.len);
         Ok(Bytes::from(buf))
     }
 }

@@ -1,12 +1,17 @@
-//! The consumer: reads assigned partitions from chosen positions, with one fetch
-//! request kept in flight in the background while the caller processes records.
+//! The consumer: reads assigned partitions from chosen positions, with fetch
+//! requests kept in flight in the background while the caller processes records.
+//!
+//! The background task only frames what comes back (batch headers and CRCs: enough
+//! to know where the next fetch starts) and asks again at once; records are
+//! decompressed and decoded by [`Consumer::poll`], on the caller's task, so decoding
+//! one response overlaps with fetching the next.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_wire::batch::{decode_records, split_fetched_batches, Header};
+use meridian_wire::batch::{decode_records, split_fetched_batches, BatchHeader, Header};
 use meridian_wire::messages::{
     ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
     CONSUMER_REPLICA_ID, LATEST_TIMESTAMP,
@@ -32,6 +37,11 @@ const FETCH_BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// Fetch results buffered between the background task and `poll` (bytes are bounded
 /// separately by `prefetch_bytes`).
 const RESULT_QUEUE_LEN: usize = 4;
+/// Fetch requests kept in flight to one broker, each for its own share of the
+/// partitions led there. With one, the broker idles while the answer crosses the
+/// network and is framed and the next request comes back; with two, it is reading
+/// and sending one answer while the client takes in the other.
+const FETCHES_PER_BROKER: usize = 2;
 
 /// Consumer settings; the defaults match Kafka's where the concept is the same.
 ///
@@ -200,7 +210,9 @@ struct FetchResult {
 #[derive(Debug)]
 struct PartitionFetch {
     tp: TopicPartition,
-    records: Vec<ConsumerRecord>,
+    /// Whole batches with at least one record at or past the position the fetch
+    /// started from, CRCs checked, not yet decoded.
+    batches: Vec<(BatchHeader, Bytes)>,
     /// Where the next fetch of this partition starts.
     next_offset: i64,
     high_watermark: Option<i64>,
@@ -402,10 +414,11 @@ impl Consumer {
         }
     }
 
-    /// Moves positions past the fetched records and returns them; keeps the first
-    /// error for the caller.
+    /// Decodes the fetched batches, moves positions past them and returns their
+    /// records; keeps the first error for the caller.
     fn apply(&mut self, result: FetchResult) -> Vec<ConsumerRecord> {
         let mut records = Vec::new();
+        let mut restart = false;
         for fetched in result.partitions {
             let Some(state) = self.partitions.get_mut(&fetched.tp) else {
                 continue;
@@ -413,14 +426,24 @@ impl Consumer {
             // The fetcher starts from our positions and is replaced whenever they
             // change, so its results continue exactly where we are.
             debug_assert!(fetched
-                .records
+                .batches
                 .first()
-                .is_none_or(|r| r.offset >= state.position));
-            state.position = fetched.next_offset;
+                .is_none_or(|(header, _)| header.last_offset() >= state.position));
+            let undecodable =
+                decode_batches(&fetched.tp, &fetched.batches, state.position, &mut records);
             if fetched.high_watermark.is_some() {
                 state.high_watermark = fetched.high_watermark;
             }
-            records.extend(fetched.records);
+            if let Some((at, error)) = undecodable {
+                // The fetcher has gone on past this batch: stop the partition here
+                // and start fetching afresh from the positions we hold.
+                state.position = at;
+                state.paused = true;
+                self.pending_error.get_or_insert(error);
+                restart = true;
+                continue;
+            }
+            state.position = fetched.next_offset;
             if let Some(error) = fetched.error {
                 state.paused = true;
                 let out_of_range = error.code() == Some(ErrorCode::OffsetOutOfRange);
@@ -433,6 +456,9 @@ impl Consumer {
         }
         if let Some(error) = result.error {
             self.pending_error.get_or_insert(error);
+        }
+        if restart {
+            self.restart_fetching();
         }
         records
     }
@@ -886,6 +912,7 @@ async fn run_fetcher(
     let mut failures = 0u32;
     let mut broker_failures: HashMap<BrokerId, u32> = HashMap::new();
     let mut in_flight = tokio::task::JoinSet::new();
+    let mut requests_to: HashMap<BrokerId, usize> = HashMap::new();
     let mut busy: BTreeSet<TopicPartition> = BTreeSet::new();
     let mut waiting_since: Option<u32> = None;
     loop {
@@ -923,7 +950,7 @@ async fn run_fetcher(
                     );
                     result.partitions.push(PartitionFetch {
                         tp,
-                        records: Vec::new(),
+                        batches: Vec::new(),
                         next_offset: position,
                         high_watermark: None,
                         error: Some(error),
@@ -935,38 +962,43 @@ async fn run_fetcher(
             }
             waiting_for_leader = !routed.unroutable.is_empty();
             let n_destinations = routed.by_broker.len().max(1);
-            // Against one leader, the whole reserve; against several, a share each,
-            // so the prefetch bound holds.
-            let per_request = (reserve / n_destinations).max(1);
+            // Against one leader, the whole reserve; against several, or in several
+            // requests, a share each, so the prefetch bound holds.
+            let per_request = (reserve / (n_destinations * FETCHES_PER_BROKER)).max(1);
             for (broker, tps) in routed.by_broker {
                 let delay = match broker_failures.get(&broker) {
                     Some(n) if *n > 0 => fetch_backoff(*n),
                     _ => Duration::ZERO,
                 };
-                let request_positions: BTreeMap<TopicPartition, i64> = tps
-                    .iter()
-                    .filter_map(|tp| positions.get(tp).map(|p| (tp.clone(), *p)))
-                    .collect();
-                busy.extend(tps.iter().cloned());
-                let request = fetch_request(&config, &request_positions, per_request as u32);
-                let client = client.clone();
-                let budget = budget.clone();
-                in_flight.spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let Ok(permit) = budget.acquire_many(per_request as u32).await else {
-                        return (broker, tps, Err(Error::Closed), 0);
-                    };
-                    permit.forget();
-                    let response = match client
-                        .request_to_with_timeout(broker, request, request_timeout)
-                        .await
-                    {
-                        Ok(Response::Fetch(response)) => Ok(response),
-                        Ok(other) => Err(unexpected(ApiKey::Fetch, &other)),
-                        Err(e) => Err(e),
-                    };
-                    (broker, tps, response, per_request)
-                });
+                let requests = requests_to.entry(broker).or_default();
+                let free = FETCHES_PER_BROKER.saturating_sub(*requests).max(1);
+                for share in deal(tps, free) {
+                    *requests += 1;
+                    let request_positions: BTreeMap<TopicPartition, i64> = share
+                        .iter()
+                        .filter_map(|tp| positions.get(tp).map(|p| (tp.clone(), *p)))
+                        .collect();
+                    busy.extend(share.iter().cloned());
+                    let request = fetch_request(&config, &request_positions, per_request as u32);
+                    let client = client.clone();
+                    let budget = budget.clone();
+                    in_flight.spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let Ok(permit) = budget.acquire_many(per_request as u32).await else {
+                            return (broker, share, Err(Error::Closed), 0);
+                        };
+                        permit.forget();
+                        let response = match client
+                            .request_to_with_timeout(broker, request, request_timeout)
+                            .await
+                        {
+                            Ok(Response::Fetch(response)) => Ok(response),
+                            Ok(other) => Err(unexpected(ApiKey::Fetch, &other)),
+                            Err(e) => Err(e),
+                        };
+                        (broker, share, response, per_request)
+                    });
+                }
             }
         }
         if waiting_for_leader {
@@ -999,6 +1031,9 @@ async fn run_fetcher(
         };
         for tp in &tps {
             busy.remove(tp);
+        }
+        if let Some(requests) = requests_to.get_mut(&broker) {
+            *requests = requests.saturating_sub(1);
         }
         let response = match response {
             Ok(response) => response,
@@ -1059,6 +1094,17 @@ async fn run_fetcher(
 }
 
 /// Pause before the `n`th consecutive retry of a fetch.
+/// Deals `items` round-robin into at most `n` non-empty hands.
+fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
+    let n = n.clamp(1, items.len().max(1));
+    let mut hands: Vec<Vec<T>> = (0..n).map(|_| Vec::new()).collect();
+    for (i, item) in items.into_iter().enumerate() {
+        hands[i % n].push(item);
+    }
+    hands.retain(|hand| !hand.is_empty());
+    hands
+}
+
 fn fetch_backoff(n: u32) -> Duration {
     crate::config::backoff(FETCH_BACKOFF_MIN, FETCH_BACKOFF_MAX, n)
 }
@@ -1138,7 +1184,7 @@ fn read_response(
                 positions.remove(&key);
                 result.partitions.push(PartitionFetch {
                     tp: key,
-                    records: Vec::new(),
+                    batches: Vec::new(),
                     next_offset: position,
                     high_watermark,
                     error: Some(error),
@@ -1147,8 +1193,8 @@ fn read_response(
                 continue;
             }
             bytes += answer.records.len();
-            let (records, next_offset, error) =
-                decode_partition(&key, answer.records.clone(), position);
+            let (batches, next_offset, error) =
+                frame_partition(&key, answer.records.clone(), position);
             if next_offset != position || error.is_some() {
                 progressed = true;
             }
@@ -1159,7 +1205,7 @@ fn read_response(
             }
             result.partitions.push(PartitionFetch {
                 tp: key,
-                records,
+                batches,
                 next_offset,
                 high_watermark,
                 error,
@@ -1171,15 +1217,16 @@ fn read_response(
     (result, stalled, moved)
 }
 
-/// Decodes the batches fetched for one partition starting at `position`: skips
-/// records below it (a fetch returns whole batches) and control batches. Returns the
-/// records, the next position, and an error that stops the partition.
-fn decode_partition(
+/// Frames the batches fetched for one partition starting at `position`: checks each
+/// batch's header and CRC, and drops batches wholly below the position (a fetch
+/// returns whole batches) and control batches. Returns the batches to decode, the
+/// next position, and an error that stops the partition.
+fn frame_partition(
     key: &TopicPartition,
     bytes: Bytes,
     mut position: i64,
-) -> (Vec<ConsumerRecord>, i64, Option<Error>) {
-    let mut records = Vec::new();
+) -> (Vec<(BatchHeader, Bytes)>, i64, Option<Error>) {
+    let mut batches = Vec::new();
     let had_bytes = !bytes.is_empty();
     let start = position;
     for batch in split_fetched_batches(bytes) {
@@ -1190,39 +1237,16 @@ fn decode_partition(
                     "{}/{}: corrupt batch at offset {position}: {e}",
                     key.topic, key.partition
                 ));
-                return (records, position, Some(error));
+                return (batches, position, Some(error));
             }
         };
         if header.last_offset() < position {
             continue;
         }
-        if !header.is_control() {
-            let decoded = match decode_records(&header, &batch) {
-                Ok(decoded) => decoded,
-                Err(e) => {
-                    let error = Error::Protocol(format!(
-                        "{}/{}: cannot decode batch at offset {}: {e}",
-                        key.topic, key.partition, header.base_offset
-                    ));
-                    return (records, position, Some(error));
-                }
-            };
-            records.extend(
-                decoded
-                    .into_iter()
-                    .filter(|record| record.offset >= position)
-                    .map(|record| ConsumerRecord {
-                        topic: key.topic.clone(),
-                        partition: key.partition,
-                        offset: record.offset,
-                        timestamp: record.timestamp,
-                        key: record.key,
-                        value: record.value,
-                        headers: record.headers,
-                    }),
-            );
-        }
         position = header.last_offset() + 1;
+        if !header.is_control() {
+            batches.push((header, batch));
+        }
     }
     if had_bytes && position == start {
         // Bytes came back but not one whole batch at our position: a batch larger
@@ -1231,9 +1255,47 @@ fn decode_partition(
             "{}/{}: fetch at offset {start} returned no complete batch; raise max_partition_fetch_bytes",
             key.topic, key.partition
         ));
-        return (records, position, Some(error));
+        return (batches, position, Some(error));
     }
-    (records, position, None)
+    (batches, position, None)
+}
+
+/// Decodes framed batches into `records`, skipping records below `position`. On a
+/// batch that cannot be decoded (its CRC held, yet it does not decompress or parse),
+/// stops and returns that batch's first offset still wanted, with the error.
+fn decode_batches(
+    key: &TopicPartition,
+    batches: &[(BatchHeader, Bytes)],
+    position: i64,
+    records: &mut Vec<ConsumerRecord>,
+) -> Option<(i64, Error)> {
+    for (header, batch) in batches {
+        let decoded = match decode_records(header, batch) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                let error = Error::Protocol(format!(
+                    "{}/{}: cannot decode batch at offset {}: {e}",
+                    key.topic, key.partition, header.base_offset
+                ));
+                return Some((header.base_offset.max(position), error));
+            }
+        };
+        records.extend(
+            decoded
+                .into_iter()
+                .filter(|record| record.offset >= position)
+                .map(|record| ConsumerRecord {
+                    topic: key.topic.clone(),
+                    partition: key.partition,
+                    offset: record.offset,
+                    timestamp: record.timestamp,
+                    key: record.key,
+                    value: record.value,
+                    headers: record.headers,
+                }),
+        );
+    }
+    None
 }
 
 #[cfg(test)]
@@ -1266,6 +1328,47 @@ mod tests {
 
     fn offsets(records: &[ConsumerRecord]) -> Vec<i64> {
         records.iter().map(|r| r.offset).collect()
+    }
+
+    /// What the fetcher and then `poll` make of one partition's fetched bytes.
+    fn decode_partition(
+        key: &TopicPartition,
+        bytes: Bytes,
+        position: i64,
+    ) -> (Vec<ConsumerRecord>, i64, Option<Error>) {
+        let (batches, next, error) = frame_partition(key, bytes, position);
+        let mut records = Vec::new();
+        match decode_batches(key, &batches, position, &mut records) {
+            Some((at, error)) => (records, at, Some(error)),
+            None => (records, next, error),
+        }
+    }
+
+    #[test]
+    fn a_batch_that_does_not_decode_stops_the_partition_at_its_offset() {
+        let mut bytes = batch(0, 3, Compression::None).to_vec();
+        // A zstd batch relabelled lz4, CRC made right again: it frames, and only
+        // decoding finds it bad.
+        let mut bad = batch(3, 4, Compression::Zstd).to_vec();
+        bad[22] = (bad[22] & !0x07) | 0x03;
+        let crc = crc32c::crc32c(&bad[21..]);
+        bad[17..21].copy_from_slice(&crc.to_be_bytes());
+        bytes.extend_from_slice(&bad);
+        bytes.extend_from_slice(&batch(7, 2, Compression::None));
+
+        let (batches, next, error) = frame_partition(&key(), Bytes::from(bytes.clone()), 1);
+        assert!(error.is_none());
+        assert_eq!(batches.len(), 3);
+        assert_eq!(next, 9);
+
+        let (records, at, error) = decode_partition(&key(), Bytes::from(bytes), 1);
+        assert_eq!(offsets(&records), vec![1, 2]);
+        assert_eq!(at, 3);
+        let error = error.unwrap().to_string();
+        assert!(
+            error.contains("t/0: cannot decode batch at offset 3"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -1346,7 +1449,11 @@ mod tests {
             BTreeMap::from([(tp("t", 0), 3), (tp("t", 2), 0)])
         );
         assert_eq!(result.partitions.len(), 2);
-        assert_eq!(offsets(&result.partitions[0].records), vec![0, 1, 2]);
+        let mut records = Vec::new();
+        let fetched = &result.partitions[0];
+        assert!(decode_batches(&fetched.tp, &fetched.batches, 0, &mut records).is_none());
+        assert_eq!(offsets(&records), vec![0, 1, 2]);
+        assert_eq!(fetched.next_offset, 3);
         assert_eq!(result.partitions[0].high_watermark, Some(20));
         let error = result.partitions[1].error.as_ref().unwrap();
         assert_eq!(error.code(), Some(ErrorCode::OffsetOutOfRange));
@@ -1403,6 +1510,17 @@ mod tests {
         assert_eq!(request.topics[0].partitions[1].fetch_offset, 6);
         assert_eq!(request.topics[0].partitions[1].partition_max_bytes, 4096);
         assert_eq!(request.topics[1].name, "b");
+    }
+
+    #[test]
+    fn partitions_are_dealt_into_at_most_n_requests() {
+        assert_eq!(
+            deal(vec![1, 2, 3, 4, 5], 2),
+            vec![vec![1, 3, 5], vec![2, 4]]
+        );
+        assert_eq!(deal(vec![1], 2), vec![vec![1]]);
+        assert_eq!(deal(vec![1, 2], 1), vec![vec![1, 2]]);
+        assert!(deal(Vec::<u8>::new(), 2).is_empty());
     }
 
     #[test]
