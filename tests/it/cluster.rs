@@ -701,18 +701,7 @@ async fn auto_create_topics_in_a_cluster_goes_through_the_controller() {
 
     // A producer's first send asks for metadata, which creates the topic with the
     // brokers' defaults: 4 partitions, replicated on all three brokers.
-    let producer = client.producer(ProducerConfig {
-        acks: Acks::All,
-        ..ProducerConfig::default()
-    });
-    let mut deliveries = Vec::new();
-    for i in 0..100 {
-        let record = ProducerRecord::new("auto-made", format!("v{i}")).partition(0);
-        deliveries.push(producer.send(record).await.expect("send"));
-    }
-    for delivery in deliveries {
-        delivery.await.expect("acknowledged");
-    }
+    send_acked(&client, "auto-made", (0..100).map(|i| format!("v{i}"))).await;
     let views = cluster
         .agreed_topic("auto-made", Duration::from_secs(10), |ps| ps.len() == 4)
         .await;
@@ -732,23 +721,11 @@ async fn topics_deleted_or_created_again_while_a_broker_was_down_leave_it_when_i
     let admin = client.admin();
     admin.create_topic(rf3("gone", 2)).await.unwrap();
     admin.create_topic(rf3("reborn", 2)).await.unwrap();
-    // A producer per incarnation: a new topic does not know the first one's
-    // producer id, and refuses its sequence numbers (`UnknownProducerId`).
+    // A producer per incarnation (`send_acked` makes one per call): a new topic does
+    // not know the first one's producer id, and refuses its sequence numbers
+    // (`UnknownProducerId`).
     let send_all = |topic: &'static str, prefix: &'static str, n: usize| {
-        let producer = client.producer(ProducerConfig {
-            acks: Acks::All,
-            ..ProducerConfig::default()
-        });
-        async move {
-            let mut deliveries = Vec::new();
-            for i in 0..n {
-                let record = ProducerRecord::new(topic, format!("{prefix}-{i}")).partition(0);
-                deliveries.push(producer.send(record).await.expect("send"));
-            }
-            for d in deliveries {
-                d.await.expect("acknowledged");
-            }
-        }
+        send_acked(&client, topic, (0..n).map(move |i| format!("{prefix}-{i}")))
     };
     send_all("gone", "old", 20).await;
     send_all("reborn", "old", 20).await;
@@ -781,6 +758,59 @@ async fn topics_deleted_or_created_again_while_a_broker_was_down_leave_it_when_i
     .await;
     let expected: Vec<String> = (0..10).map(|i| format!("new-{i}")).collect();
     assert_eq!(read_values(&client, "reborn").await, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_moved_off_a_broker_while_it_was_down_is_deleted_when_it_returns() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let mut rf2 = NewTopic::new("moved", 1);
+    rf2.replication_factor = 2;
+    let client = cluster.client(controller).await;
+    let admin = client.admin();
+    admin.create_topic(rf2).await.unwrap();
+    let before = cluster
+        .agreed_topic("moved", Duration::from_secs(10), |v| v[0].isr.len() == 2)
+        .await;
+    let replicas = before[0].replicas.clone();
+    // The replica to take down: not the controller, which decides the move.
+    let away = *replicas.iter().find(|b| **b != controller).unwrap();
+    let stays = *replicas.iter().find(|b| **b != away).unwrap();
+    let outsider = (1..=3).find(|b| !replicas.contains(b)).unwrap();
+    send_acked(&client, "moved", (0..50).map(|i| format!("v-{i}"))).await;
+    assert!(local_log_bytes(cluster.brokers_ref(away), "moved", 0) > 0);
+
+    cluster.broker(away).kill9();
+    cluster.agreed_controller(2, Duration::from_secs(20)).await;
+    for (_, result) in admin
+        .reassign_partitions("moved", &[(0, Some(vec![stays, outsider]))])
+        .await
+        .unwrap()
+    {
+        result.unwrap();
+    }
+    cluster
+        .agreed_topic("moved", Duration::from_secs(30), |v| {
+            let mut r = v[0].replicas.clone();
+            r.sort();
+            let mut want = vec![stays, outsider];
+            want.sort();
+            r == want && v[0].isr.len() == 2
+        })
+        .await;
+
+    // Back, it hosts nothing of `moved`: the copy it left with is deleted, not kept
+    // on disk forever.
+    cluster.broker(away).restart();
+    cluster.agreed_controller(3, Duration::from_secs(30)).await;
+    wait_for(
+        "the returned broker to delete its copy of the partition moved away",
+        Duration::from_secs(20),
+        || async { (local_log_bytes(cluster.brokers_ref(away), "moved", 0) == 0).then_some(()) },
+    )
+    .await;
+    let expected: Vec<String> = (0..50).map(|i| format!("v-{i}")).collect();
+    assert_eq!(read_values(&client, "moved").await, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -823,6 +853,23 @@ async fn a_restarted_leader_does_not_lead_again_on_the_metadata_it_replays() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert!(!answers.is_empty(), "the restarted broker never answered");
+}
+
+/// Sends `values` to `topic`/0 with acks=all through a producer of its own, and
+/// waits until every one is acknowledged.
+async fn send_acked(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {
+    let producer = client.producer(ProducerConfig {
+        acks: Acks::All,
+        ..ProducerConfig::default()
+    });
+    let mut deliveries = Vec::new();
+    for value in values {
+        let record = ProducerRecord::new(topic, value).partition(0);
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    for delivery in deliveries {
+        delivery.await.expect("acknowledged");
+    }
 }
 
 /// Bytes of record data in a broker's local log of `topic`/`partition`.

@@ -132,18 +132,23 @@ pub(crate) fn publish(
                 drop_local_topic(shared, &topic.name);
             }
         }
-        // Partitions a reassignment just moved off this broker. (A replica dropped
-        // while this broker was down keeps its files: only a change seen between two
-        // images drops one, and the first image after a start is compared with an
-        // empty one. It is not served, and a later reassignment back truncates it by
-        // epoch.)
+        // Changes are relative to the same incarnation in the previous image.
+        let same_incarnation = previous
+            .topics
+            .get(&topic.name)
+            .is_some_and(|t| t.created_at == topic.created_at);
+        // Partitions a reassignment moved off this broker: seen between two images,
+        // or (the topic new to this process, e.g. the first image after a start,
+        // which `follow_images` publishes only once it is current) moved while this
+        // broker was down. Dropping one that never had a log here costs a look.
         if shared.registry.get(&topic.name).is_some() {
             for (index, state) in topic.partitions.iter().enumerate() {
                 let index = index as u32;
                 let dropped = !state.replicas.contains(&me)
-                    && previous
-                        .partition(&topic.name, index)
-                        .is_some_and(|p| p.replicas.contains(&me));
+                    && (!same_incarnation
+                        || previous
+                            .partition(&topic.name, index)
+                            .is_some_and(|p| p.replicas.contains(&me)));
                 if dropped {
                     remove_partition_replica(shared, &topic.name, index, state);
                 }
@@ -172,11 +177,6 @@ pub(crate) fn publish(
                 }
             }
         }
-        // Changes are relative to the same incarnation in the previous image.
-        let same_incarnation = previous
-            .topics
-            .get(&topic.name)
-            .is_some_and(|t| t.created_at == topic.created_at);
         for partition in hosted {
             let state = &topic.partitions[partition as usize];
             if same_incarnation && previous.partition(&topic.name, partition) == Some(state) {

@@ -193,7 +193,13 @@ impl<T> RecordAccumulator<T> {
         let size = record.estimated_size();
         let epoch = self.epoch;
         let batch_size = self.config.batch_size;
-        let queue = self.partitions.entry(tp.clone()).or_default();
+        // Looked up before inserting: `entry` would want a key of its own, which is a
+        // copy of the topic name for every record.
+        if !self.partitions.contains_key(&tp) {
+            self.partitions
+                .insert(tp.clone(), PartitionQueue::default());
+        }
+        let queue = self.partitions.get_mut(&tp).expect("inserted above");
         if let Some(open) = queue.batches.back_mut() {
             let appendable = open.attempts == 0 && open.encoded.is_none() && open.epoch == epoch;
             if appendable && open.size_bytes + size <= batch_size {
