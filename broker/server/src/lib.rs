@@ -26,7 +26,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
+use meridian_client::frame_io::{read_body, BodyError};
 use meridian_log::GroupCommit;
 use meridian_wire::frame::{
     check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
@@ -399,23 +400,15 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: u32) -> Result<Bytes, S
         quinn::ReadExactError::ReadError(_) => StreamError::Gone,
     })?;
     let length = check_frame_length(prefix, limit).map_err(StreamError::Frame)?;
-    // Grow the buffer as bytes arrive instead of trusting the length prefix: a peer
-    // announcing many large frames without sending them must not make us allocate.
-    // What we hold is then bounded by QUIC flow control (the connection window).
-    let mut body = BytesMut::with_capacity(length.min(64 * 1024));
-    while body.len() < length {
-        match recv.read_chunk(length - body.len(), true).await {
-            Ok(Some(chunk)) => body.extend_from_slice(&chunk.bytes),
-            Ok(None) => {
-                return Err(StreamError::Frame(FrameError::Truncated {
-                    expected: length + 4,
-                    got: body.len() + 4,
-                }))
-            }
-            Err(_) => return Err(StreamError::Gone),
-        }
-    }
-    Ok(body.freeze())
+    // Nothing is allocated before the bytes arrive: a peer announcing large frames
+    // without sending them costs nothing.
+    read_body(recv, length).await.map_err(|e| match e {
+        BodyError::FinishedEarly(got) => StreamError::Frame(FrameError::Truncated {
+            expected: length + 4,
+            got: got + 4,
+        }),
+        BodyError::Read(_) => StreamError::Gone,
+    })
 }
 
 /// With `flush = "interval"`, fsyncs partitions written since the last round.

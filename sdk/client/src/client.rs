@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use meridian_wire::frame::{
     check_frame_length, decode_response, encode_request_chunks, ResponseFrame,
 };
@@ -21,6 +21,7 @@ use meridian_wire::ErrorCode;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
+use crate::frame_io::BodyError;
 use crate::metadata::{on_error, BrokerId, LeaderLookup, MetadataCache, OnError};
 
 /// QUIC application error code sent when the client closes the connection on purpose.
@@ -968,11 +969,18 @@ async fn round_trip(
         .map_err(|e| read_error(api, e))?;
     let length = check_frame_length(prefix, max_response_bytes)
         .map_err(|e| RoundTripError::Failed(Error::Protocol(format!("{api:?} response: {e}"))))?;
-    let mut body = BytesMut::zeroed(length);
-    recv.read_exact(&mut body)
+    let body = crate::frame_io::read_body(&mut recv, length)
         .await
-        .map_err(|e| read_error(api, e))?;
-    match decode_response(api, body.freeze()) {
+        .map_err(|e| {
+            read_error(
+                api,
+                match e {
+                    BodyError::FinishedEarly(got) => quinn::ReadExactError::FinishedEarly(got),
+                    BodyError::Read(e) => quinn::ReadExactError::ReadError(e),
+                },
+            )
+        })?;
+    match decode_response(api, body) {
         Ok(ResponseFrame::Ok(response)) => Ok(Some(response)),
         Ok(ResponseFrame::Error { code, message }) => {
             Err(RoundTripError::Failed(Error::broker(code, message)))

@@ -48,6 +48,8 @@ mod client;
 mod config;
 mod consumer;
 mod error;
+#[doc(hidden)]
+pub mod frame_io;
 mod group;
 mod metadata;
 mod partitioner;
