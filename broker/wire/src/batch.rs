@@ -349,8 +349,21 @@ pub fn encode_batch(
     compression: Compression,
     producer: ProducerIdentity,
 ) -> Result<Bytes, BatchError> {
+    encode_batch_in(BytesMut::new(), records, compression, producer)
+}
+
+/// [`encode_batch`] into `buffer`, cleared first and grown if it is too small: a
+/// producer hands back the buffers of batches it has finished with, so a steady
+/// stream of batches does not fault a fresh megabyte of memory in for each.
+pub fn encode_batch_in(
+    buffer: BytesMut,
+    records: &[NewRecord],
+    compression: Compression,
+    producer: ProducerIdentity,
+) -> Result<Bytes, BatchError> {
     assert!(!records.is_empty(), "a batch holds at least one record");
     encode_batch_inner(
+        buffer,
         records,
         None,
         records.len() as i32 - 1,
@@ -380,6 +393,7 @@ pub fn encode_batch_at(
         .iter()
         .all(|&d| (0..=last_offset_delta).contains(&d)));
     let batch = encode_batch_inner(
+        BytesMut::new(),
         records,
         Some(offset_deltas),
         last_offset_delta,
@@ -392,6 +406,7 @@ pub fn encode_batch_at(
 }
 
 fn encode_batch_inner(
+    mut out: BytesMut,
     records: &[NewRecord],
     offset_deltas: Option<&[i32]>,
     last_offset_delta: i32,
@@ -409,7 +424,8 @@ fn encode_batch_inner(
             varint_len(body as i32) + body
         })
         .sum();
-    let mut out = BytesMut::with_capacity(BATCH_HEADER_LEN + records_len);
+    out.clear();
+    out.reserve(BATCH_HEADER_LEN + records_len);
     out.put_i64(0);
     out.put_i32(0); // batch length, filled below.
     out.put_i32(-1);
@@ -804,6 +820,28 @@ mod tests {
                 value: Some(Bytes::from_static(b"v")),
             }],
         }
+    }
+
+    #[test]
+    fn a_batch_buffer_handed_back_is_encoded_into_again() {
+        let big: Vec<NewRecord> = (0..100)
+            .map(|i| record(None, &"x".repeat(500), i))
+            .collect();
+        let first = encode_batch(&big, Compression::None, ProducerIdentity::NONE).unwrap();
+        let at = first.as_ptr();
+        let buffer = first.try_into_mut().expect("nothing else holds it");
+        assert!(buffer.capacity() >= 50_000);
+        let small = [record(Some("k"), "v", 7)];
+        for compression in [Compression::None, Compression::Zstd] {
+            let again =
+                encode_batch_in(buffer.clone(), &small, compression, ProducerIdentity::NONE)
+                    .unwrap();
+            let fresh = encode_batch(&small, compression, ProducerIdentity::NONE).unwrap();
+            assert_eq!(again, fresh, "{compression:?}");
+        }
+        let reused =
+            encode_batch_in(buffer, &small, Compression::None, ProducerIdentity::NONE).unwrap();
+        assert_eq!(reused.as_ptr(), at, "the same memory, not a new allocation");
     }
 
     #[test]
