@@ -1093,7 +1093,6 @@ async fn run_fetcher(
     }
 }
 
-/// Pause before the `n`th consecutive retry of a fetch.
 /// Deals `items` round-robin into at most `n` non-empty hands.
 fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
     let n = n.clamp(1, items.len().max(1));
@@ -1105,6 +1104,7 @@ fn deal<T>(items: Vec<T>, n: usize) -> Vec<Vec<T>> {
     hands
 }
 
+/// Pause before the `n`th consecutive retry of a fetch.
 fn fetch_backoff(n: u32) -> Duration {
     crate::config::backoff(FETCH_BACKOFF_MIN, FETCH_BACKOFF_MAX, n)
 }
