@@ -14,7 +14,7 @@ use bytes::Bytes;
 use meridian_wire::batch::{decode_records, split_fetched_batches, BatchHeader, Header};
 use meridian_wire::messages::{
     ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
-    CONSUMER_REPLICA_ID, LATEST_TIMESTAMP,
+    CONSUMER_REPLICA_ID, LATEST_TIMESTAMP, NO_LEADER_EPOCH,
 };
 pub use meridian_wire::plugin_messages::FetchFilter;
 use meridian_wire::ErrorCode;
@@ -27,7 +27,7 @@ use crate::admin::Offset;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
 use crate::group::{self, GroupConfig, Membership, OffsetCommit, RebalanceListener};
-use crate::metadata::{on_error, route, BrokerId, OnError};
+use crate::metadata::{on_error, route, BrokerId, LeaderLookup, OnError};
 
 /// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
 /// before the error is reported by [`Consumer::poll`]; fetching goes on either way.
@@ -931,9 +931,22 @@ async fn run_fetcher(
             if let Err(e) = client.ensure_metadata(&topics).await {
                 tracing::debug!(error = %e, "metadata refresh for the consumer failed");
             }
-            let routed = {
+            // Each fetch carries the leader epoch the metadata names, so a broker that
+            // has lost or not yet taken up the leadership refuses it (KIP-320's fencing)
+            // instead of serving from a log that is no longer, or not yet, the leader's.
+            let (routed, epochs) = {
                 let cache = client.metadata_cache();
-                route(idle, |tp| cache.leader(&tp.topic, tp.partition))
+                let routed = route(idle, |tp| cache.leader(&tp.topic, tp.partition));
+                let epochs: HashMap<TopicPartition, i32> = routed
+                    .by_broker
+                    .values()
+                    .flatten()
+                    .filter_map(|tp| match cache.leader(&tp.topic, tp.partition) {
+                        LeaderLookup::Known { epoch, .. } => Some((tp.clone(), epoch)),
+                        _ => None,
+                    })
+                    .collect();
+                (routed, epochs)
             };
             if !routed.missing.is_empty() {
                 let mut result = FetchResult::default();
@@ -974,9 +987,12 @@ async fn run_fetcher(
                 let free = FETCHES_PER_BROKER.saturating_sub(*requests).max(1);
                 for share in deal(tps, free) {
                     *requests += 1;
-                    let request_positions: BTreeMap<TopicPartition, i64> = share
+                    let request_positions: BTreeMap<TopicPartition, (i64, i32)> = share
                         .iter()
-                        .filter_map(|tp| positions.get(tp).map(|p| (tp.clone(), *p)))
+                        .filter_map(|tp| {
+                            let epoch = epochs.get(tp).copied().unwrap_or(NO_LEADER_EPOCH);
+                            positions.get(tp).map(|p| (tp.clone(), (*p, epoch)))
+                        })
                         .collect();
                     busy.extend(share.iter().cloned());
                     let request = fetch_request(&config, &request_positions, per_request as u32);
@@ -1109,18 +1125,23 @@ fn fetch_backoff(n: u32) -> Duration {
     crate::config::backoff(FETCH_BACKOFF_MIN, FETCH_BACKOFF_MAX, n)
 }
 
+/// A fetch of each partition from its position, with the leader epoch the client's
+/// metadata gives it ([`NO_LEADER_EPOCH`] for none).
 fn fetch_request(
     config: &ConsumerConfig,
-    positions: &BTreeMap<TopicPartition, i64>,
+    positions: &BTreeMap<TopicPartition, (i64, i32)>,
     max_bytes: u32,
 ) -> Request {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (key, position) in positions {
-        let partition = FetchPartition::new(
-            key.partition,
-            *position,
-            config.max_partition_fetch_bytes.min(max_bytes),
-        );
+    for (key, &(position, leader_epoch)) in positions {
+        let partition = FetchPartition {
+            current_leader_epoch: leader_epoch,
+            ..FetchPartition::new(
+                key.partition,
+                position,
+                config.max_partition_fetch_bytes.min(max_bytes),
+            )
+        };
         match topics.last_mut() {
             Some(topic) if topic.name == key.topic => topic.partitions.push(partition),
             _ => topics.push(FetchTopic {
@@ -1498,7 +1519,11 @@ mod tests {
 
     #[test]
     fn fetch_requests_group_partitions_by_topic() {
-        let positions = BTreeMap::from([(tp("a", 0), 5), (tp("a", 1), 6), (tp("b", 0), 7)]);
+        let positions = BTreeMap::from([
+            (tp("a", 0), (5, 3)),
+            (tp("a", 1), (6, NO_LEADER_EPOCH)),
+            (tp("b", 0), (7, 0)),
+        ]);
         let Request::Fetch(request) = fetch_request(&ConsumerConfig::default(), &positions, 4096)
         else {
             panic!("not a fetch");
@@ -1510,6 +1535,12 @@ mod tests {
         assert_eq!(request.topics[0].partitions[1].fetch_offset, 6);
         assert_eq!(request.topics[0].partitions[1].partition_max_bytes, 4096);
         assert_eq!(request.topics[1].name, "b");
+        let epochs: Vec<i32> = request
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.current_leader_epoch))
+            .collect();
+        assert_eq!(epochs, vec![3, NO_LEADER_EPOCH, 0]);
     }
 
     #[test]
