@@ -814,6 +814,53 @@ async fn a_partition_moved_off_a_broker_while_it_was_down_is_deleted_when_it_ret
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_broker_says_it_is_not_ready_rather_than_that_topics_do_not_exist() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let client = cluster.client(controller).await;
+    client.admin().create_topic(rf3("known", 2)).await.unwrap();
+    let restarted = if controller == 3 { 2 } else { 3 };
+    cluster.broker(restarted).kill9();
+    cluster.agreed_controller(2, Duration::from_secs(20)).await;
+
+    // Until it has caught up with the metadata log, the restarted broker knows no
+    // topic and no broker. Answering from that would tell a client `known` does not
+    // exist (a producer's send then fails with UnknownTopic); it must say it is not
+    // ready instead, and once it answers, name the topic.
+    cluster.broker(restarted).restart();
+    let raw = cluster.brokers_ref(restarted).client().await;
+    let until = Instant::now() + Duration::from_secs(3);
+    let (mut not_ready, mut answered) = (0, 0);
+    while Instant::now() < until {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec!["known".into()]),
+        });
+        match raw.request(request).await {
+            Ok(Response::Metadata(m)) => {
+                answered += 1;
+                assert_eq!(
+                    m.topics[0].error,
+                    ErrorCode::None,
+                    "answer {answered} (after {not_ready} not-ready ones): {m:?}"
+                );
+                assert!(!m.brokers.is_empty(), "an answer without brokers: {m:?}");
+            }
+            Ok(other) => panic!("not a metadata answer: {other:?}"),
+            Err(e) if e.code() == Some(ErrorCode::MetadataNotReady) => not_ready += 1,
+            Err(_) => {} // Not listening yet.
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(
+        answered > 0,
+        "never answered ({not_ready} not-ready refusals)"
+    );
+    // The SDK's own metadata call waits through the refusals.
+    let fresh = cluster.brokers_ref(restarted).client().await;
+    assert_eq!(fresh.partition_count("known").await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_leader_does_not_lead_again_on_the_metadata_it_replays() {
     let mut cluster = TestCluster::start("");
     let client = cluster.forwarding_client().await;

@@ -35,6 +35,24 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 impl Shared {
+    /// Whether `request` is answered from the cluster's metadata image and this
+    /// broker has none yet: it is then refused with the retriable `MetadataNotReady`
+    /// rather than answered from an empty image, which would tell a client that
+    /// every topic is unknown and no broker is alive.
+    pub(crate) fn not_ready_for(&self, request: &Request) -> bool {
+        let Some(cluster) = &self.cluster else {
+            return false;
+        };
+        !cluster.caught_up()
+            && matches!(
+                request,
+                Request::Metadata(_)
+                    | Request::DescribeTopics(_)
+                    | Request::FindCoordinator(_)
+                    | Request::ListPartitionReassignments(_)
+            )
+    }
+
     /// Dispatches one request. `None` means "send no response" (acks=0 produce).
     pub(crate) async fn handle(
         self: &Arc<Self>,

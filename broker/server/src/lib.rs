@@ -32,6 +32,7 @@ use meridian_log::GroupCommit;
 use meridian_wire::frame::{
     check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
 };
+use meridian_wire::ErrorCode;
 use tracing::Instrument;
 
 pub use cluster::{ControllerClient, ControllerError};
@@ -361,6 +362,10 @@ async fn serve_stream(
         }
     };
     let mut reply = match decode_request(frame) {
+        Ok(request) if shared.not_ready_for(&request) => {
+            let code = ErrorCode::MetadataNotReady;
+            vec![encode_error_response(code, code.description())]
+        }
         Ok(request) => {
             let api = request.api_key();
             let span = tracing::debug_span!("request", ?api);

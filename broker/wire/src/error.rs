@@ -90,6 +90,7 @@ error_codes! {
     NotController = 46, true, "this broker is not the controller; ask the controller named in the response";
     InvalidUpdateVersion = 47, false, "the partition changed since the request's partition epoch; use the state in the response";
     StaleBrokerEpoch = 48, false, "the request comes from an earlier incarnation of the broker";
+    MetadataNotReady = 49, true, "this broker has just started and not yet caught up with the cluster's metadata; retry, or ask another broker";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
     // 70..=89: WebAssembly plugins.

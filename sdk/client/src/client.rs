@@ -240,13 +240,28 @@ impl Client {
     }
 
     /// Asks any broker for metadata of `topics` (`None`: every topic) and refreshes the
-    /// cached leaders, broker addresses and partition counts from the answer.
+    /// cached leaders, broker addresses and partition counts from the answer. A broker
+    /// that has just started and not yet caught up with the cluster's metadata says
+    /// so (`MetadataNotReady`); it is asked again after a backoff, within the request
+    /// timeout.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<MetadataResponse> {
-        let response = self
-            .request(Request::Metadata(MetadataRequest {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut attempt = 0;
+        let response = loop {
+            let request = Request::Metadata(MetadataRequest {
                 topics: topics.clone(),
-            }))
-            .await?;
+            });
+            match self.request(request).await {
+                Err(e)
+                    if e.code() == Some(ErrorCode::MetadataNotReady)
+                        && Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(self.inner.config.backoff(attempt)).await;
+                }
+                other => break other?,
+            }
+        };
         let Response::Metadata(metadata) = response else {
             return Err(unexpected(ApiKey::Metadata, &response));
         };

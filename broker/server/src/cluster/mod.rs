@@ -47,6 +47,9 @@ pub(crate) struct Cluster {
     /// The latest image the local state has caught up with: its topics exist in the
     /// registry and its leaders lead here. What this broker tells clients.
     published: watch::Sender<Arc<MetadataImage>>,
+    /// Whether `published` holds an image yet (until then it is an empty one, which
+    /// says nothing about the cluster).
+    caught_up: AtomicBool,
     pub(crate) controller: ControllerClient,
     config: ClusterConfig,
     /// Whether the controller last said this broker is fenced.
@@ -157,6 +160,7 @@ impl Cluster {
             raft: raft.clone(),
             image,
             published: watch::Sender::new(Arc::new(MetadataImage::default())),
+            caught_up: AtomicBool::new(false),
             controller: ControllerClient {
                 broker_id: config.broker_id,
                 voters: voters.iter().map(|v| v.id).collect(),
@@ -180,6 +184,15 @@ impl Cluster {
     /// Records that the local state now follows `image`.
     pub(crate) fn published(&self, image: Arc<MetadataImage>) {
         self.published.send_replace(image);
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Whether this broker's local state follows an image yet. Until it does (just
+    /// after a start, while the metadata log is replayed and the start-up gate
+    /// waits for this process's registration), it knows nothing it could tell a
+    /// client about topics, leaders or coordinators.
+    pub(crate) fn caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
     }
 
     /// Resolves once this broker's local state follows an image that `ready` likes.
