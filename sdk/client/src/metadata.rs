@@ -274,6 +274,8 @@ pub(crate) fn on_error(error: &Error) -> OnError {
             | ErrorCode::BrokerShuttingDown
             | ErrorCode::NotCoordinator
             | ErrorCode::CoordinatorNotAvailable
+            // A broker that just started and has not caught up with the metadata log.
+            | ErrorCode::MetadataNotReady
             // A broker that just restarted may not have applied the topic yet; after
             // the refresh, a topic the cluster does not have fails as `missing`.
             | ErrorCode::UnknownTopic => OnError::RefreshAndRetry,
@@ -497,6 +499,7 @@ mod tests {
             ErrorCode::BrokerShuttingDown,
             ErrorCode::NotCoordinator,
             ErrorCode::CoordinatorNotAvailable,
+            ErrorCode::MetadataNotReady,
         ] {
             check(Error::broker(code, ""), OnError::RefreshAndRetry);
         }
