@@ -60,22 +60,24 @@ pub(crate) enum Routing<D> {
 
 /// What [`RecordAccumulator::drain`] took, by destination.
 #[derive(Debug)]
-pub(crate) struct Drained<D, T> {
+pub(crate) struct Drained<D, T, B = ()> {
     /// Ready batches per destination, each group up to the request size.
-    pub by_destination: BTreeMap<D, Vec<ProducerBatch<T>>>,
+    pub by_destination: BTreeMap<D, Vec<ProducerBatch<T, B>>>,
     /// Batches of partitions that do not exist, with the reason; in flight like the
     /// others until completed.
-    pub failed: Vec<(ProducerBatch<T>, ErrorCode)>,
+    pub failed: Vec<(ProducerBatch<T, B>, ErrorCode)>,
     /// Some ready partition has no known leader: refresh metadata.
     pub waiting_for_leader: bool,
 }
 
-/// A batch of records for one partition, with one completion handle per record.
+/// A batch of records for one partition, with a handle per record (`T`) and state
+/// of the caller's for the whole batch (`B`).
 #[derive(Debug)]
-pub(crate) struct ProducerBatch<T> {
+pub(crate) struct ProducerBatch<T, B = ()> {
     pub tp: TopicPartition,
     pub records: Vec<NewRecord>,
     pub handles: Vec<T>,
+    pub state: B,
     /// Sum of the records' estimated sizes.
     pub size_bytes: usize,
     /// How many times this batch was sent and came back for a retry.
@@ -91,15 +93,15 @@ pub(crate) struct ProducerBatch<T> {
 }
 
 #[derive(Debug)]
-struct PartitionQueue<T> {
-    batches: VecDeque<ProducerBatch<T>>,
+struct PartitionQueue<T, B> {
+    batches: VecDeque<ProducerBatch<T, B>>,
     in_flight: usize,
     /// A retried batch is in flight: nothing else may be sent meanwhile.
     retry_in_flight: bool,
     next_sequence: u64,
 }
 
-impl<T> Default for PartitionQueue<T> {
+impl<T, B> Default for PartitionQueue<T, B> {
     fn default() -> Self {
         PartitionQueue {
             batches: VecDeque::new(),
@@ -118,6 +120,16 @@ struct EpochState {
     error: Option<Error>,
 }
 
+/// Where [`RecordAccumulator::append_with`] put a record.
+pub(crate) struct Appended<'a, B> {
+    /// The sender should look again now (see [`RecordAccumulator::append`]).
+    pub wake: bool,
+    /// The record's position in its batch.
+    pub index: usize,
+    /// The batch's state.
+    pub state: &'a mut B,
+}
+
 /// The current sticky partition of a topic.
 #[derive(Debug)]
 pub(crate) struct StickyState {
@@ -126,9 +138,9 @@ pub(crate) struct StickyState {
 }
 
 #[derive(Debug)]
-pub(crate) struct RecordAccumulator<T> {
+pub(crate) struct RecordAccumulator<T, B = ()> {
     config: AccumulatorConfig,
-    partitions: BTreeMap<TopicPartition, PartitionQueue<T>>,
+    partitions: BTreeMap<TopicPartition, PartitionQueue<T, B>>,
     /// Sticky partition for records without key and partition, per topic.
     sticky: HashMap<String, StickyState>,
     sticky_seed: u32,
@@ -141,10 +153,10 @@ pub(crate) struct RecordAccumulator<T> {
     closed: bool,
 }
 
-impl<T> RecordAccumulator<T> {
+impl<T, B> RecordAccumulator<T, B> {
     /// `sticky_seed` picks the first sticky partition of each topic (pass something
     /// random so that producers started together spread out).
-    pub fn new(config: AccumulatorConfig, sticky_seed: u32) -> RecordAccumulator<T> {
+    pub fn new(config: AccumulatorConfig, sticky_seed: u32) -> RecordAccumulator<T, B> {
         assert!(config.max_in_flight > 0);
         RecordAccumulator {
             config,
@@ -163,13 +175,17 @@ impl<T> RecordAccumulator<T> {
     pub fn sticky_partition(&mut self, topic: &str, n_partitions: u32) -> u32 {
         assert!(n_partitions > 0);
         let seed = self.sticky_seed;
-        let state = self
-            .sticky
-            .entry(topic.to_string())
-            .or_insert_with(|| StickyState {
-                partition: seed % n_partitions,
-                n_partitions,
-            });
+        // Looked up before inserting, so the topic name is copied once, not per record.
+        if !self.sticky.contains_key(topic) {
+            self.sticky.insert(
+                topic.to_string(),
+                StickyState {
+                    partition: seed % n_partitions,
+                    n_partitions,
+                },
+            );
+        }
+        let state = self.sticky.get_mut(topic).expect("inserted above");
         if state.n_partitions != n_partitions || state.partition >= n_partitions {
             state.n_partitions = n_partitions;
             state.partition = seed % n_partitions;
@@ -180,13 +196,32 @@ impl<T> RecordAccumulator<T> {
     /// Adds a record to the open batch of its partition, or a new batch. Returns
     /// whether the sender should look again now (a new batch started a linger timer,
     /// or a batch became full).
+    #[cfg(test)]
     pub fn append(
         &mut self,
         tp: TopicPartition,
         record: NewRecord,
         handle: T,
         now: Instant,
-    ) -> Result<bool> {
+    ) -> Result<bool>
+    where
+        B: Default,
+    {
+        self.append_with(tp, record, handle, || now, |_| B::default())
+            .map(|appended| appended.wake)
+    }
+
+    /// [`append`](Self::append) for a caller with state per batch: `new_batch` makes
+    /// it when the record starts a batch, and `now` is asked only then (a clock read
+    /// per record is a measurable cost at hundreds of thousands of records a second).
+    pub fn append_with(
+        &mut self,
+        tp: TopicPartition,
+        record: NewRecord,
+        handle: T,
+        now: impl FnOnce() -> Instant,
+        new_batch: impl FnOnce(&TopicPartition) -> B,
+    ) -> Result<Appended<'_, B>> {
         if self.closed {
             return Err(Error::Closed);
         }
@@ -200,34 +235,49 @@ impl<T> RecordAccumulator<T> {
                 .insert(tp.clone(), PartitionQueue::default());
         }
         let queue = self.partitions.get_mut(&tp).expect("inserted above");
-        if let Some(open) = queue.batches.back_mut() {
-            let appendable = open.attempts == 0 && open.encoded.is_none() && open.epoch == epoch;
-            if appendable && open.size_bytes + size <= batch_size {
-                open.records.push(record);
-                open.handles.push(handle);
-                open.size_bytes += size;
-                return Ok(open.size_bytes >= batch_size);
-            }
+        let fits = queue.batches.back().is_some_and(|open| {
+            open.attempts == 0
+                && open.encoded.is_none()
+                && open.epoch == epoch
+                && open.size_bytes + size <= batch_size
+        });
+        if fits {
+            let open = queue.batches.back_mut().expect("checked above");
+            open.records.push(record);
+            open.handles.push(handle);
+            open.size_bytes += size;
+            return Ok(Appended {
+                wake: open.size_bytes >= batch_size,
+                index: open.records.len() - 1,
+                state: &mut open.state,
+            });
         }
         let sequence = queue.next_sequence;
         queue.next_sequence += 1;
+        let state = new_batch(&tp);
         queue.batches.push_back(ProducerBatch {
             tp,
             records: vec![record],
             handles: vec![handle],
+            state,
             size_bytes: size,
             attempts: 0,
             encoded: None,
-            created: now,
+            created: now(),
             not_before: None,
             sequence,
             epoch,
         });
         self.epochs.entry(epoch).or_default().unfinished += 1;
-        Ok(true)
+        let open = queue.batches.back_mut().expect("pushed above");
+        Ok(Appended {
+            wake: true,
+            index: 0,
+            state: &mut open.state,
+        })
     }
 
-    fn is_ready(&self, queue: &PartitionQueue<T>, now: Instant) -> bool {
+    fn is_ready(&self, queue: &PartitionQueue<T, B>, now: Instant) -> bool {
         let Some(head) = queue.batches.front() else {
             return false;
         };
@@ -256,7 +306,7 @@ impl<T> RecordAccumulator<T> {
         now: Instant,
         max_request_bytes: usize,
         route: impl Fn(&TopicPartition) -> Routing<D>,
-    ) -> Drained<D, T> {
+    ) -> Drained<D, T, B> {
         let ready: Vec<TopicPartition> = self
             .partitions
             .iter()
@@ -325,7 +375,7 @@ impl<T> RecordAccumulator<T> {
 
     /// Takes the queued batches (not in flight) created `delivery_timeout` or longer
     /// ago, to be failed; they count as in flight until completed.
-    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T>> {
+    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T, B>> {
         let timeout = self.config.delivery_timeout;
         let mut expired = Vec::new();
         for queue in self.partitions.values_mut() {
@@ -405,7 +455,7 @@ impl<T> RecordAccumulator<T> {
     /// A drained batch failed in a way worth retrying: it goes back to the queue,
     /// before every batch of its partition that was not sent yet, to be sent again
     /// after `retry_backoff` once nothing else of the partition is in flight.
-    pub fn retry(&mut self, batch: ProducerBatch<T>, now: Instant) {
+    pub fn retry(&mut self, batch: ProducerBatch<T, B>, now: Instant) {
         let pause = backoff(
             self.config.retry_backoff,
             self.config.retry_backoff_max,
@@ -417,11 +467,11 @@ impl<T> RecordAccumulator<T> {
     /// Like [`retry`](Self::retry) but without the backoff: for a batch whose
     /// partition is known to have a new leader (its request went to the old one), so
     /// there is nothing to wait for.
-    pub fn retry_now(&mut self, batch: ProducerBatch<T>, now: Instant) {
+    pub fn retry_now(&mut self, batch: ProducerBatch<T, B>, now: Instant) {
         self.requeue(batch, now);
     }
 
-    fn requeue(&mut self, mut batch: ProducerBatch<T>, not_before: Instant) {
+    fn requeue(&mut self, mut batch: ProducerBatch<T, B>, not_before: Instant) {
         let queue = self.partitions.entry(batch.tp.clone()).or_default();
         assert!(queue.in_flight > 0, "retry without a batch in flight");
         queue.in_flight -= 1;
@@ -485,7 +535,7 @@ impl<T> RecordAccumulator<T> {
     }
 }
 
-impl<T> ProducerBatch<T> {
+impl<T, B> ProducerBatch<T, B> {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -789,7 +839,7 @@ mod tests {
     #[test]
     fn the_request_size_limit_applies_per_broker() {
         let t0 = Instant::now();
-        let mut acc = RecordAccumulator::new(config(), 0);
+        let mut acc: RecordAccumulator<u32> = RecordAccumulator::new(config(), 0);
         for p in 0..4 {
             acc.append(tp(p), record(600), p, t0).unwrap();
         }
@@ -895,7 +945,7 @@ mod tests {
     #[test]
     fn batches_of_missing_partitions_fail() {
         let t0 = Instant::now();
-        let mut acc = RecordAccumulator::new(config(), 0);
+        let mut acc: RecordAccumulator<i32> = RecordAccumulator::new(config(), 0);
         acc.append(tp(0), record(100), 1, t0).unwrap();
         let drained = acc.drain(t0 + 5 * MS, usize::MAX, |_| {
             Routing::<u32>::Fail(ErrorCode::UnknownTopic)
