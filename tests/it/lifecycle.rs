@@ -350,7 +350,7 @@ async fn retention_at_scale_with_running_producers_and_lagging_consumers() {
         }
     }
     let mut seen = HashMap::new();
-    let mut last_offsets: HashMap<(String, u32), i64> = HashMap::new();
+    let mut last_offsets: HashMap<(std::sync::Arc<str>, u32), i64> = HashMap::new();
     let mut jumps = 0;
     let started = tokio::time::Instant::now();
     while started.elapsed() < Duration::from_secs(4) {
@@ -367,7 +367,7 @@ async fn retention_at_scale_with_running_producers_and_lagging_consumers() {
                 }
             }
             last_offsets.insert(key, record.offset);
-            let topic_id = u32::from(record.topic == "by-time");
+            let topic_id = u32::from(&*record.topic == "by-time");
             check_in_order(
                 &mut seen,
                 topic_id * 2 + record.partition,
@@ -469,7 +469,7 @@ async fn retention_at_scale_with_running_producers_and_lagging_consumers() {
                     "slow consumer never caught up"
                 );
                 for record in slow.poll(Duration::from_millis(100)).await.unwrap() {
-                    let topic_id = u32::from(record.topic == "by-time");
+                    let topic_id = u32::from(&*record.topic == "by-time");
                     check_in_order(
                         &mut seen,
                         topic_id * 2 + record.partition,

@@ -121,7 +121,8 @@ impl Default for ConsumerConfig {
 /// One record read from a partition.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
-    pub topic: String,
+    /// Shared by the records of one fetched partition.
+    pub topic: Arc<str>,
     pub partition: u32,
     pub offset: i64,
     pub timestamp: i64,
@@ -1290,6 +1291,8 @@ fn decode_batches(
     position: i64,
     records: &mut Vec<ConsumerRecord>,
 ) -> Option<(i64, Error)> {
+    // One copy of the name for all the records, not one each.
+    let topic: Arc<str> = Arc::from(key.topic.as_str());
     for (header, batch) in batches {
         let decoded = match decode_records(header, batch) {
             Ok(decoded) => decoded,
@@ -1306,7 +1309,7 @@ fn decode_batches(
                 .into_iter()
                 .filter(|record| record.offset >= position)
                 .map(|record| ConsumerRecord {
-                    topic: key.topic.clone(),
+                    topic: topic.clone(),
                     partition: key.partition,
                     offset: record.offset,
                     timestamp: record.timestamp,
