@@ -54,6 +54,9 @@ pub struct BrokerConfig {
     pub max_fetch_wait_ms: u32,
     /// Upper bound on a fetch response's size.
     pub max_fetch_bytes: u32,
+    /// Memory kept of the buffers of sent fetch responses, to read later fetches
+    /// into once the peer has acknowledged them (0: every read gets new memory).
+    pub read_buffer_cache_bytes: u64,
     pub flush: FlushPolicy,
     /// With `flush = "interval"`: how often dirty partitions are fsynced.
     pub flush_interval_ms: u64,
@@ -335,6 +338,7 @@ impl Default for BrokerConfig {
             max_partitions_per_topic: 10_000,
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 64 * 1024 * 1024,
+            read_buffer_cache_bytes: 64 * 1024 * 1024,
             flush: FlushPolicy::Interval,
             flush_interval_ms: 60_000,
             retention_check_interval_ms: 60_000,

@@ -1396,7 +1396,7 @@ impl Shared {
             )
         };
         let records = match slice {
-            Some(slice) => slice.read().map_err(|e| {
+            Some(slice) => slice.read_with(&self.read_buffers).map_err(|e| {
                 Failure::new(
                     ErrorCode::StorageError,
                     format!("reading partition {}: {e}", partition.index),

@@ -1,7 +1,7 @@
 //! Appends, reads, rolls, timestamp lookups and retention.
 
 use bytes::Bytes;
-use meridian_log::{validate_batches, LogConfig, LogError, PartitionLog};
+use meridian_log::{validate_batches, LogConfig, LogError, PartitionLog, ReadBuffers};
 use meridian_wire::batch::split_batches;
 use meridian_wire::ErrorCode;
 
@@ -46,6 +46,49 @@ fn round_trip_with_consecutive_offsets_across_segments() {
         let error = log.read(bad, 100).unwrap_err();
         assert_eq!(error.code(), ErrorCode::OffsetOutOfRange, "{bad}: {error}");
     }
+}
+
+#[test]
+fn reads_reuse_buffers_nothing_holds_and_keep_at_most_the_limit() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    let small = batch(1, 100, 1000);
+    let large = batch(3, 500, 1001);
+    let small_info = append(&mut log, &small, 0);
+    let large_info = append(&mut log, &large, 0);
+    let read = |offset: i64, buffers: &ReadBuffers| {
+        let slice = log.read(offset, 1).unwrap().unwrap();
+        slice.read_with(buffers).unwrap()
+    };
+    let buffers = ReadBuffers::new(4096);
+
+    // The first read has nothing to reuse.
+    let first = read(large_info.base_offset, &buffers);
+    assert_eq!(first, as_stored(&large, large_info.base_offset));
+    let address = first.as_ptr();
+    buffers.give_back(first.clone());
+    // Still held (as the transport holds bytes until they are acknowledged).
+    let second = read(large_info.base_offset, &buffers);
+    assert_ne!(second.as_ptr(), address);
+    drop((first, second));
+
+    // Released: the next read, even a smaller one, goes into the same memory, and
+    // what it returns is its own batch, not the old contents.
+    let reused = read(small_info.base_offset, &buffers);
+    assert_eq!(reused.as_ptr(), address);
+    assert_eq!(reused, as_stored(&small, small_info.base_offset));
+    assert_eq!(buffers.kept_bytes(), 0);
+
+    // A buffer smaller than the read stays kept for a later, smaller read.
+    buffers.give_back(reused);
+    let larger = read(large_info.base_offset, &buffers);
+    assert_eq!(larger, as_stored(&large, large_info.base_offset));
+    assert_eq!(buffers.kept_bytes(), small.len());
+
+    // Nothing beyond the limit is kept.
+    let limited = ReadBuffers::new(large.len() - 1);
+    limited.give_back(larger);
+    assert_eq!(limited.kept_bytes(), 0);
 }
 
 #[test]
