@@ -112,6 +112,10 @@ pub struct LoadArgs {
     pub batch_size: usize,
     #[arg(long, default_value_t = 2)]
     pub linger_ms: u64,
+    /// Each producer's buffer for records not yet acknowledged (the SDK's
+    /// `buffer_memory`, like Kafka's `buffer.memory`)
+    #[arg(long, default_value_t = ProducerConfig::default().buffer_memory)]
+    pub buffer_memory: usize,
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     #[arg(long, default_value = "1")]
@@ -580,6 +584,7 @@ async fn run_producers(
             linger: Duration::from_millis(args.linger_ms),
             compression: args.compression,
             acks: args.acks,
+            buffer_memory: args.buffer_memory,
             ..ProducerConfig::default()
         });
         let (topic, payloads, sent, bar) = (
@@ -1101,6 +1106,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
         consumers: 1,
         batch_size: 1 << 20,
         linger_ms: 5,
+        buffer_memory: ProducerConfig::default().buffer_memory,
         compression: Compression::None,
         acks: Acks::Leader,
         rate: 0.0,
