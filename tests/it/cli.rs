@@ -216,3 +216,50 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     let _ = dev.kill();
     let _ = dev.wait();
 }
+
+#[test]
+fn bench_ratio_runs_each_bench_and_relates_the_medians() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["bench", "ratio", "--json", "--rounds", "2"])
+        .args(["--transport-bytes", "16777216", "--records", "20000"])
+        .args(["--partitions", "2", "--record-size", "256"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let rounds = summary["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2, "{summary:#}");
+    let field = |round: &serde_json::Value, name: &str| round[name].as_f64().unwrap();
+    for round in rounds {
+        for name in [
+            "transport_mib_per_sec",
+            "consume_mib_per_sec",
+            "produce_mib_per_sec",
+        ] {
+            assert!(field(round, name) > 0.0, "{summary:#}");
+        }
+    }
+    // Two rounds: each median is the mean of the two runs.
+    let mean = |name: &str| (field(&rounds[0], name) + field(&rounds[1], name)) / 2.0;
+    let transport = mean("transport_mib_per_sec");
+    assert!((field(&summary, "transport_median") - transport).abs() < 1e-6);
+    let produce_ratio = mean("produce_mib_per_sec") / transport;
+    assert!(
+        (field(&summary, "produce_ratio") - produce_ratio).abs() < 1e-9,
+        "{summary:#}"
+    );
+    let consume_ratio = mean("consume_mib_per_sec") / transport;
+    assert!(
+        (field(&summary, "consume_ratio") - consume_ratio).abs() < 1e-9,
+        "{summary:#}"
+    );
+    // The benches' brokers ran in temporary dirs of their own and are gone.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

@@ -55,6 +55,10 @@ pub enum BenchCommand {
     /// follower paused, or the cluster restarted): how fast writes resume, and a
     /// checker for lost, duplicated and reordered records.
     Failover(crate::bench_failover::FailoverArgs),
+    /// Produce and consume throughput against the transport ceiling: interleaved
+    /// rounds of `transport`, `consume` and `produce`, each as its own process, with
+    /// medians and ratios.
+    Ratio(crate::bench_ratio::RatioArgs),
 }
 
 #[path = "bench_plugin.rs"]
@@ -252,6 +256,7 @@ async fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Compaction(args) => compaction_bench(args),
         BenchCommand::Plugin(args) => plugin::run(args).await,
         BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
+        BenchCommand::Ratio(args) => crate::bench_ratio::run(args).await,
     }
 }
 

@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_failover;
+mod bench_ratio;
 mod client_cmds;
 mod group_bench;
 mod group_cmds;
