@@ -141,6 +141,9 @@ impl ReadSlice {
 ///
 /// At most `max_bytes` of buffers are kept; reused ones keep their old contents
 /// (initialised memory), which the read overwrites.
+/// How many kept buffers [`ReadBuffers::take`] looks at before allocating.
+const MAX_BUFFERS_LOOKED_AT: usize = 32;
+
 #[derive(Debug)]
 pub struct ReadBuffers {
     max_bytes: usize,
@@ -172,9 +175,11 @@ impl ReadBuffers {
     }
 
     /// A kept buffer of at least `len` initialised bytes that nothing else holds.
+    /// Looks at no more than [`MAX_BUFFERS_LOOKED_AT`] of them (oldest first, so the
+    /// likeliest to be released), so a read costs little even when many are held.
     fn take(&self, len: usize) -> Option<Vec<u8>> {
         let mut kept = self.kept.lock();
-        for _ in 0..kept.buffers.len() {
+        for _ in 0..kept.buffers.len().min(MAX_BUFFERS_LOOKED_AT) {
             let bytes = kept.buffers.pop_front()?;
             let size = bytes.len();
             match bytes.try_into_mut() {
