@@ -132,6 +132,9 @@ impl ReadSlice {
     }
 }
 
+/// How many kept buffers [`ReadBuffers::take`] looks at before allocating.
+const MAX_BUFFERS_LOOKED_AT: usize = 32;
+
 /// Buffers of earlier reads, handed out again for later reads once nothing holds
 /// them any more (the transport keeps a response's bytes until the peer acknowledged
 /// them). A fresh buffer for every read costs a page fault and a page clear per
@@ -141,9 +144,6 @@ impl ReadSlice {
 ///
 /// At most `max_bytes` of buffers are kept; reused ones keep their old contents
 /// (initialised memory), which the read overwrites.
-/// How many kept buffers [`ReadBuffers::take`] looks at before allocating.
-const MAX_BUFFERS_LOOKED_AT: usize = 32;
-
 #[derive(Debug)]
 pub struct ReadBuffers {
     max_bytes: usize,
