@@ -347,6 +347,22 @@ struct BatchState {
     memory: Arc<Semaphore>,
 }
 
+impl BatchState {
+    /// A new batch's state, holding no memory yet.
+    fn new(tp: &TopicPartition, memory: &Arc<Semaphore>) -> BatchState {
+        BatchState {
+            outcome: Arc::new(BatchOutcome {
+                topic: Arc::from(tp.topic.as_str()),
+                partition: tp.partition,
+                result: OnceLock::new(),
+                wakers: StdMutex::new(Vec::new()),
+            }),
+            reserved: 0,
+            memory: memory.clone(),
+        }
+    }
+}
+
 impl Drop for BatchState {
     /// A batch leaves the producer through [`settle`], which finishes it; one dropped
     /// otherwise (the runtime shutting down under the sender) fails its records
@@ -635,17 +651,9 @@ impl Producer {
         self.start_sender();
         let (wake, outcome, index) = {
             let mut accumulator = shared.lock();
-            let appended =
-                accumulator.append_with(tp, new_record, (), Instant::now, |tp| BatchState {
-                    outcome: Arc::new(BatchOutcome {
-                        topic: Arc::from(tp.topic.as_str()),
-                        partition: tp.partition,
-                        result: OnceLock::new(),
-                        wakers: StdMutex::new(Vec::new()),
-                    }),
-                    reserved: 0,
-                    memory: shared.memory.clone(),
-                })?;
+            let appended = accumulator.append_with(tp, new_record, (), Instant::now, |tp| {
+                BatchState::new(tp, &shared.memory)
+            })?;
             // The batch gives the permits back when it is done.
             permit.forget();
             appended.state.reserved += reserve as usize;
@@ -1130,16 +1138,13 @@ mod tests {
     use super::*;
 
     fn batch_state(memory: &Arc<Semaphore>, reserved: usize) -> BatchState {
-        BatchState {
-            outcome: Arc::new(BatchOutcome {
-                topic: Arc::from("events"),
-                partition: 3,
-                result: OnceLock::new(),
-                wakers: StdMutex::new(Vec::new()),
-            }),
-            reserved,
-            memory: memory.clone(),
-        }
+        let tp = TopicPartition {
+            topic: "events".into(),
+            partition: 3,
+        };
+        let mut state = BatchState::new(&tp, memory);
+        state.reserved = reserved;
+        state
     }
 
     fn delivery(state: &BatchState, index: u32, timestamp: i64) -> DeliveryFuture {
