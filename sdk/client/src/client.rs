@@ -417,7 +417,12 @@ impl Client {
         if let Some(n) = lock(&self.inner.metadata).partition_count(topic) {
             return Ok(n);
         }
-        let metadata = self.metadata(Some(vec![topic.to_string()])).await?;
+        let mut metadata = self.metadata(Some(vec![topic.to_string()])).await?;
+        if says_unknown(&metadata, topic) {
+            if let Some(other) = self.metadata_from_one_that_knows(topic, &metadata).await {
+                metadata = other;
+            }
+        }
         let Some(found) = metadata.topics.iter().find(|t| t.name == topic) else {
             return Err(Error::broker(
                 ErrorCode::UnknownTopic,
@@ -436,6 +441,38 @@ impl Client {
             )));
         }
         Ok(found.partitions.len() as u32)
+    }
+
+    /// Asks the brokers `answer` lists, one at a time (each within a second, so one
+    /// that is down costs little), for `topic`, and returns and caches the first
+    /// answer that knows it. For when one broker said the topic does not exist: a
+    /// broker that has not applied a just-created topic yet says so too, and the
+    /// topic is missing only if none of them knows it.
+    async fn metadata_from_one_that_knows(
+        &self,
+        topic: &str,
+        answer: &MetadataResponse,
+    ) -> Option<MetadataResponse> {
+        for broker in answer.brokers.iter().map(|b| b.broker_id) {
+            let request = Request::Metadata(MetadataRequest {
+                topics: Some(vec![topic.to_string()]),
+            });
+            let Ok(Response::Metadata(other)) = self
+                .request_to_with_timeout(broker, request, Duration::from_secs(1))
+                .await
+            else {
+                continue;
+            };
+            if !says_unknown(&other, topic) {
+                lock(&self.inner.metadata).apply(
+                    &other,
+                    Some(&[topic.to_string()]),
+                    Instant::now(),
+                );
+                return Some(other);
+            }
+        }
+        None
     }
 
     /// Forgets what is cached about `topic`, so the next use asks a broker. Called
@@ -903,6 +940,15 @@ fn check_supported(broker: &ApiVersionsResponse, api: ApiKey) -> Result<()> {
             format!("the broker does not support {api:?} version {version}"),
         ))
     }
+}
+
+/// Whether a metadata answer says `topic` does not exist.
+fn says_unknown(metadata: &MetadataResponse, topic: &str) -> bool {
+    metadata
+        .topics
+        .iter()
+        .find(|t| t.name == topic)
+        .is_none_or(|t| t.error == ErrorCode::UnknownTopic)
 }
 
 pub(crate) fn unexpected(api: ApiKey, response: &Response) -> Error {
