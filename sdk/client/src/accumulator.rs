@@ -135,6 +135,15 @@ pub(crate) struct Appended<'a, B> {
 pub(crate) struct StickyState {
     partition: u32,
     n_partitions: u32,
+    /// Record bytes given to `partition` since it became the sticky one.
+    bytes: usize,
+}
+
+impl StickyState {
+    fn move_on(&mut self) {
+        self.partition = (self.partition + 1) % self.n_partitions;
+        self.bytes = 0;
+    }
 }
 
 #[derive(Debug)]
@@ -170,9 +179,17 @@ impl<T, B> RecordAccumulator<T, B> {
         }
     }
 
-    /// The partition for a record without key or explicit partition: the same one until
-    /// a batch of it is sent, then the next.
-    pub fn sticky_partition(&mut self, topic: &str, n_partitions: u32) -> u32 {
+    /// The partition for a record without key or explicit partition, of
+    /// `record_size` bytes ([`NewRecord::estimated_size`]): the same one until a
+    /// batch's worth (`batch_size`) has gone to it or a batch of it is sent, then the
+    /// next.
+    ///
+    /// The byte count is what keeps keyless records spread evenly when the producer
+    /// outruns the broker (KIP-794's fix to Kafka's first sticky partitioner): a
+    /// partition whose batches wait behind `max_in_flight` would otherwise take
+    /// records until the buffer memory ran out, so one partition of sixteen ended up
+    /// with six times the records of the others.
+    pub fn sticky_partition(&mut self, topic: &str, n_partitions: u32, record_size: usize) -> u32 {
         assert!(n_partitions > 0);
         let seed = self.sticky_seed;
         // Looked up before inserting, so the topic name is copied once, not per record.
@@ -182,6 +199,7 @@ impl<T, B> RecordAccumulator<T, B> {
                 StickyState {
                     partition: seed % n_partitions,
                     n_partitions,
+                    bytes: 0,
                 },
             );
         }
@@ -189,8 +207,14 @@ impl<T, B> RecordAccumulator<T, B> {
         if state.n_partitions != n_partitions || state.partition >= n_partitions {
             state.n_partitions = n_partitions;
             state.partition = seed % n_partitions;
+            state.bytes = 0;
         }
-        state.partition
+        let partition = state.partition;
+        state.bytes += record_size;
+        if state.bytes >= self.config.batch_size {
+            state.move_on();
+        }
+        partition
     }
 
     /// Adds a record to the open batch of its partition, or a new batch. Returns
@@ -347,8 +371,8 @@ impl<T, B> RecordAccumulator<T, B> {
                 queue.retry_in_flight = true;
             }
             if let Some(sticky) = self.sticky.get_mut(&tp.topic) {
-                if sticky.partition == tp.partition && sticky.n_partitions > 1 {
-                    sticky.partition = (sticky.partition + 1) % sticky.n_partitions;
+                if sticky.partition == tp.partition {
+                    sticky.move_on();
                 }
             }
             match destination {
@@ -780,15 +804,39 @@ mod tests {
     fn sticky_partition_moves_on_when_its_batch_is_sent() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 7);
-        let first = acc.sticky_partition("t", 3);
+        let first = acc.sticky_partition("t", 3, 100);
         assert_eq!(first, 7 % 3);
-        assert_eq!(acc.sticky_partition("t", 3), first);
+        assert_eq!(acc.sticky_partition("t", 3, 100), first);
         acc.append(tp(first), record(100), 1, t0).unwrap();
         drain(&mut acc, t0 + 5 * MS, usize::MAX);
-        let second = acc.sticky_partition("t", 3);
-        assert_ne!(second, first);
+        let second = acc.sticky_partition("t", 3, 100);
+        assert_eq!(second, (first + 1) % 3);
         // A different partition count (topic recreated) resets it into range.
-        assert!(acc.sticky_partition("t", 1) == 0);
+        assert!(acc.sticky_partition("t", 1, 100) == 0);
+    }
+
+    #[test]
+    fn sticky_partition_moves_on_after_a_batch_worth_even_if_nothing_is_sent() {
+        // A producer ahead of the broker: batches queue behind max_in_flight and none
+        // is drained. Each partition still gets one batch's worth in turn.
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::<u32>::new(config(), 0);
+        let mut per_partition = [0usize; 4];
+        for i in 0..400 {
+            let partition = acc.sticky_partition("t", 4, 100);
+            acc.append(tp(partition), record(100), i, t0).unwrap();
+            per_partition[partition as usize] += 1;
+        }
+        // batch_size 1000: ten records of 100 bytes, then the next partition.
+        assert_eq!(per_partition, [100; 4]);
+        let mut acc = RecordAccumulator::<u32>::new(config(), 0);
+        let picks: Vec<u32> = (0..25).map(|_| acc.sticky_partition("t", 4, 100)).collect();
+        assert_eq!(picks[..10], [0; 10]);
+        assert_eq!(picks[10..20], [1; 10]);
+        assert_eq!(picks[20..], [2; 5]);
+        // A record larger than a batch moves it on at once.
+        assert_eq!(acc.sticky_partition("t", 4, 5000), 2);
+        assert_eq!(acc.sticky_partition("t", 4, 100), 3);
     }
 
     #[test]

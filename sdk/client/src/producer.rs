@@ -603,7 +603,8 @@ impl Producer {
     /// Partitioning: an explicit partition wins (checked against the partition count,
     /// else [`ErrorCode::InvalidPartition`]); otherwise a key picks
     /// [`partition_for_key`] like Kafka's default partitioner; records with neither
-    /// stick to one partition until its batch is sent, then move to the next.
+    /// stick to one partition until a batch's worth has gone to it or its batch is
+    /// sent, then move to the next.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
         let shared = &self.shared;
         if shared.client.is_closed() {
@@ -613,7 +614,7 @@ impl Producer {
         let partition = match (record.partition, &record.key) {
             // The broker's partitioner plugin routes each record; delivery metadata then
             // carries this partition and offset -1.
-            (Some(UNASSIGNED_PARTITION), _) => UNASSIGNED_PARTITION,
+            (Some(UNASSIGNED_PARTITION), _) => Some(UNASSIGNED_PARTITION),
             (Some(p), _) if p >= n_partitions => {
                 return Err(Error::broker(
                     ErrorCode::InvalidPartition,
@@ -623,9 +624,10 @@ impl Producer {
                     ),
                 ))
             }
-            (Some(p), _) => p,
-            (None, Some(key)) => partition_for_key(key, n_partitions),
-            (None, None) => shared.lock().sticky_partition(&record.topic, n_partitions),
+            (Some(p), _) => Some(p),
+            (None, Some(key)) => Some(partition_for_key(key, n_partitions)),
+            // Sticky, once the record's size is known.
+            (None, None) => None,
         };
         let timestamp = record.timestamp.unwrap_or_else(now_ms);
         let new_record = NewRecord {
@@ -634,6 +636,11 @@ impl Producer {
             value: record.value,
             headers: record.headers,
         };
+        let partition = partition.unwrap_or_else(|| {
+            shared
+                .lock()
+                .sticky_partition(&record.topic, n_partitions, new_record.estimated_size())
+        });
         // A record larger than the whole buffer takes all of it rather than waiting
         // forever.
         let reserve = new_record
