@@ -60,23 +60,22 @@ pub(crate) enum Routing<D> {
 
 /// What [`RecordAccumulator::drain`] took, by destination.
 #[derive(Debug)]
-pub(crate) struct Drained<D, T, B = ()> {
+pub(crate) struct Drained<D, B = ()> {
     /// Ready batches per destination, each group up to the request size.
-    pub by_destination: BTreeMap<D, Vec<ProducerBatch<T, B>>>,
+    pub by_destination: BTreeMap<D, Vec<ProducerBatch<B>>>,
     /// Batches of partitions that do not exist, with the reason; in flight like the
     /// others until completed.
-    pub failed: Vec<(ProducerBatch<T, B>, ErrorCode)>,
+    pub failed: Vec<(ProducerBatch<B>, ErrorCode)>,
     /// Some ready partition has no known leader: refresh metadata.
     pub waiting_for_leader: bool,
 }
 
-/// A batch of records for one partition, with a handle per record (`T`) and state
-/// of the caller's for the whole batch (`B`).
+/// A batch of records for one partition, with state of the caller's for the whole
+/// batch (`B`).
 #[derive(Debug)]
-pub(crate) struct ProducerBatch<T, B = ()> {
+pub(crate) struct ProducerBatch<B = ()> {
     pub tp: TopicPartition,
     pub records: Vec<NewRecord>,
-    pub handles: Vec<T>,
     pub state: B,
     /// Sum of the records' estimated sizes.
     pub size_bytes: usize,
@@ -93,15 +92,15 @@ pub(crate) struct ProducerBatch<T, B = ()> {
 }
 
 #[derive(Debug)]
-struct PartitionQueue<T, B> {
-    batches: VecDeque<ProducerBatch<T, B>>,
+struct PartitionQueue<B> {
+    batches: VecDeque<ProducerBatch<B>>,
     in_flight: usize,
     /// A retried batch is in flight: nothing else may be sent meanwhile.
     retry_in_flight: bool,
     next_sequence: u64,
 }
 
-impl<T, B> Default for PartitionQueue<T, B> {
+impl<B> Default for PartitionQueue<B> {
     fn default() -> Self {
         PartitionQueue {
             batches: VecDeque::new(),
@@ -147,9 +146,9 @@ impl StickyState {
 }
 
 #[derive(Debug)]
-pub(crate) struct RecordAccumulator<T, B = ()> {
+pub(crate) struct RecordAccumulator<B = ()> {
     config: AccumulatorConfig,
-    partitions: BTreeMap<TopicPartition, PartitionQueue<T, B>>,
+    partitions: BTreeMap<TopicPartition, PartitionQueue<B>>,
     /// Sticky partition for records without key and partition, per topic.
     sticky: HashMap<String, StickyState>,
     sticky_seed: u32,
@@ -162,10 +161,10 @@ pub(crate) struct RecordAccumulator<T, B = ()> {
     closed: bool,
 }
 
-impl<T, B> RecordAccumulator<T, B> {
+impl<B> RecordAccumulator<B> {
     /// `sticky_seed` picks the first sticky partition of each topic (pass something
     /// random so that producers started together spread out).
-    pub fn new(config: AccumulatorConfig, sticky_seed: u32) -> RecordAccumulator<T, B> {
+    pub fn new(config: AccumulatorConfig, sticky_seed: u32) -> RecordAccumulator<B> {
         assert!(config.max_in_flight > 0);
         RecordAccumulator {
             config,
@@ -221,17 +220,11 @@ impl<T, B> RecordAccumulator<T, B> {
     /// whether the sender should look again now (a new batch started a linger timer,
     /// or a batch became full).
     #[cfg(test)]
-    pub fn append(
-        &mut self,
-        tp: TopicPartition,
-        record: NewRecord,
-        handle: T,
-        now: Instant,
-    ) -> Result<bool>
+    pub fn append(&mut self, tp: TopicPartition, record: NewRecord, now: Instant) -> Result<bool>
     where
         B: Default,
     {
-        self.append_with(tp, record, handle, || now, |_| B::default())
+        self.append_with(tp, record, || now, |_| B::default())
             .map(|appended| appended.wake)
     }
 
@@ -242,7 +235,6 @@ impl<T, B> RecordAccumulator<T, B> {
         &mut self,
         tp: TopicPartition,
         record: NewRecord,
-        handle: T,
         now: impl FnOnce() -> Instant,
         new_batch: impl FnOnce(&TopicPartition) -> B,
     ) -> Result<Appended<'_, B>> {
@@ -268,7 +260,6 @@ impl<T, B> RecordAccumulator<T, B> {
         if fits {
             let open = queue.batches.back_mut().expect("checked above");
             open.records.push(record);
-            open.handles.push(handle);
             open.size_bytes += size;
             return Ok(Appended {
                 wake: open.size_bytes >= batch_size,
@@ -282,7 +273,6 @@ impl<T, B> RecordAccumulator<T, B> {
         queue.batches.push_back(ProducerBatch {
             tp,
             records: vec![record],
-            handles: vec![handle],
             state,
             size_bytes: size,
             attempts: 0,
@@ -301,7 +291,7 @@ impl<T, B> RecordAccumulator<T, B> {
         })
     }
 
-    fn is_ready(&self, queue: &PartitionQueue<T, B>, now: Instant) -> bool {
+    fn is_ready(&self, queue: &PartitionQueue<B>, now: Instant) -> bool {
         let Some(head) = queue.batches.front() else {
             return false;
         };
@@ -330,7 +320,7 @@ impl<T, B> RecordAccumulator<T, B> {
         now: Instant,
         max_request_bytes: usize,
         route: impl Fn(&TopicPartition) -> Routing<D>,
-    ) -> Drained<D, T, B> {
+    ) -> Drained<D, B> {
         let ready: Vec<TopicPartition> = self
             .partitions
             .iter()
@@ -399,7 +389,7 @@ impl<T, B> RecordAccumulator<T, B> {
 
     /// Takes the queued batches (not in flight) created `delivery_timeout` or longer
     /// ago, to be failed; they count as in flight until completed.
-    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<T, B>> {
+    pub fn expire(&mut self, now: Instant) -> Vec<ProducerBatch<B>> {
         let timeout = self.config.delivery_timeout;
         let mut expired = Vec::new();
         for queue in self.partitions.values_mut() {
@@ -479,7 +469,7 @@ impl<T, B> RecordAccumulator<T, B> {
     /// A drained batch failed in a way worth retrying: it goes back to the queue,
     /// before every batch of its partition that was not sent yet, to be sent again
     /// after `retry_backoff` once nothing else of the partition is in flight.
-    pub fn retry(&mut self, batch: ProducerBatch<T, B>, now: Instant) {
+    pub fn retry(&mut self, batch: ProducerBatch<B>, now: Instant) {
         let pause = backoff(
             self.config.retry_backoff,
             self.config.retry_backoff_max,
@@ -491,11 +481,11 @@ impl<T, B> RecordAccumulator<T, B> {
     /// Like [`retry`](Self::retry) but without the backoff: for a batch whose
     /// partition is known to have a new leader (its request went to the old one), so
     /// there is nothing to wait for.
-    pub fn retry_now(&mut self, batch: ProducerBatch<T, B>, now: Instant) {
+    pub fn retry_now(&mut self, batch: ProducerBatch<B>, now: Instant) {
         self.requeue(batch, now);
     }
 
-    fn requeue(&mut self, mut batch: ProducerBatch<T, B>, not_before: Instant) {
+    fn requeue(&mut self, mut batch: ProducerBatch<B>, not_before: Instant) {
         let queue = self.partitions.entry(batch.tp.clone()).or_default();
         assert!(queue.in_flight > 0, "retry without a batch in flight");
         queue.in_flight -= 1;
@@ -559,7 +549,7 @@ impl<T, B> RecordAccumulator<T, B> {
     }
 }
 
-impl<T, B> ProducerBatch<T, B> {
+impl<B> ProducerBatch<B> {
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -590,22 +580,22 @@ mod tests {
 
     /// Drains with every partition routed to one broker, as against a single broker.
     fn drain(
-        acc: &mut RecordAccumulator<u32>,
+        acc: &mut RecordAccumulator,
         now: Instant,
         max_request_bytes: usize,
-    ) -> Vec<ProducerBatch<u32>> {
+    ) -> Vec<ProducerBatch> {
         let mut drained = acc.drain(now, max_request_bytes, |_| Routing::To(1u32));
         assert!(drained.failed.is_empty() && !drained.waiting_for_leader);
         assert!(drained.by_destination.len() <= 1);
         drained.by_destination.remove(&1).unwrap_or_default()
     }
 
-    /// Drained handle ids per broker, as `(broker, [(partition, [handle ids])])`.
+    /// Drained record ids per broker, as `(broker, [(partition, [record ids])])`.
     type ByBroker = Vec<(u32, Vec<(u32, Vec<u32>)>)>;
 
     /// Leaders by partition for routing tests: `None` is no known leader.
     fn routed(
-        acc: &mut RecordAccumulator<u32>,
+        acc: &mut RecordAccumulator,
         now: Instant,
         leaders: &[Option<u32>],
     ) -> (ByBroker, bool) {
@@ -631,20 +621,27 @@ mod tests {
         }
     }
 
-    /// A record whose estimated size is exactly `size` bytes.
-    fn record(size: usize) -> NewRecord {
+    /// A record whose estimated size is exactly `size` bytes, known by `id` (kept
+    /// in its timestamp, which the size does not depend on).
+    fn record(size: usize, id: u32) -> NewRecord {
         let overhead = NewRecord::default().estimated_size();
         NewRecord {
+            timestamp: i64::from(id),
             value: Some(Bytes::from(vec![0u8; size - overhead])),
             ..NewRecord::default()
         }
     }
 
-    /// Handles of drained batches, as `(partition, [handle ids])`.
-    fn ids(batches: &[ProducerBatch<u32>]) -> Vec<(u32, Vec<u32>)> {
+    /// The ids of a batch's records (see [`record`]).
+    fn record_ids(batch: &ProducerBatch) -> Vec<u32> {
+        batch.records.iter().map(|r| r.timestamp as u32).collect()
+    }
+
+    /// Record ids of drained batches, as `(partition, [record ids])`.
+    fn ids(batches: &[ProducerBatch]) -> Vec<(u32, Vec<u32>)> {
         batches
             .iter()
-            .map(|b| (b.tp.partition, b.handles.clone()))
+            .map(|b| (b.tp.partition, record_ids(b)))
             .collect()
     }
 
@@ -652,8 +649,8 @@ mod tests {
     fn a_batch_waits_for_linger_unless_full() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        assert!(acc.append(tp(0), record(400), 1, t0).unwrap());
-        assert!(!acc.append(tp(0), record(400), 2, t0).unwrap());
+        assert!(acc.append(tp(0), record(400, 1), t0).unwrap());
+        assert!(!acc.append(tp(0), record(400, 2), t0).unwrap());
         assert!(drain(&mut acc, t0 + 4 * MS, usize::MAX).is_empty());
         assert_eq!(acc.next_wakeup(), Some(t0 + 5 * MS));
         assert_eq!(
@@ -663,12 +660,12 @@ mod tests {
 
         // Filling the batch makes it ready at once and starts the next one.
         let t1 = t0 + 10 * MS;
-        acc.append(tp(1), record(500), 3, t1).unwrap();
+        acc.append(tp(1), record(500, 3), t1).unwrap();
         assert!(
-            acc.append(tp(1), record(500), 4, t1).unwrap(),
+            acc.append(tp(1), record(500, 4), t1).unwrap(),
             "full batch wakes the sender"
         );
-        acc.append(tp(1), record(500), 5, t1).unwrap();
+        acc.append(tp(1), record(500, 5), t1).unwrap();
         assert_eq!(ids(&drain(&mut acc, t1, usize::MAX)), vec![(1, vec![3, 4])]);
         assert_eq!(
             ids(&drain(&mut acc, t1 + 5 * MS, usize::MAX)),
@@ -680,9 +677,9 @@ mod tests {
     fn an_oversized_record_gets_a_batch_of_its_own() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(100), 1, t0).unwrap();
-        acc.append(tp(0), record(5000), 2, t0).unwrap();
-        acc.append(tp(0), record(100), 3, t0).unwrap();
+        acc.append(tp(0), record(100, 1), t0).unwrap();
+        acc.append(tp(0), record(5000, 2), t0).unwrap();
+        acc.append(tp(0), record(100, 3), t0).unwrap();
         // Two batches queued: the first is ready (a later one exists), and so is the
         // full second one, but one per partition per drain.
         assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![1])]);
@@ -698,7 +695,7 @@ mod tests {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
         for id in 0..4 {
-            acc.append(tp(0), record(1000), id, t0).unwrap();
+            acc.append(tp(0), record(1000, id), t0).unwrap();
         }
         let first = drain(&mut acc, t0, usize::MAX);
         let second = drain(&mut acc, t0, usize::MAX);
@@ -719,7 +716,7 @@ mod tests {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
         for p in 0..4 {
-            acc.append(tp(p), record(600), p, t0).unwrap();
+            acc.append(tp(p), record(600, p), t0).unwrap();
         }
         let at = t0 + 5 * MS;
         assert_eq!(
@@ -737,7 +734,7 @@ mod tests {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
         for id in 0..3 {
-            acc.append(tp(0), record(1000), id, t0).unwrap();
+            acc.append(tp(0), record(1000, id), t0).unwrap();
         }
         let mut a = drain(&mut acc, t0, usize::MAX);
         let mut b = drain(&mut acc, t0, usize::MAX);
@@ -770,12 +767,12 @@ mod tests {
     fn flush_makes_batches_ready_and_reports_failures_once() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(100), 1, t0).unwrap();
-        acc.append(tp(1), record(100), 2, t0).unwrap();
+        acc.append(tp(0), record(100, 1), t0).unwrap();
+        acc.append(tp(1), record(100, 2), t0).unwrap();
         let epoch = acc.begin_flush();
         assert_eq!(acc.flush_status(epoch).map(|r| r.is_ok()), None);
         // A record after the flush starts a new batch that lingers as usual.
-        acc.append(tp(0), record(100), 3, t0).unwrap();
+        acc.append(tp(0), record(100, 3), t0).unwrap();
         let drained = drain(&mut acc, t0, usize::MAX);
         assert_eq!(ids(&drained), vec![(0, vec![1]), (1, vec![2])]);
         acc.complete(&drained[0].tp, 0, drained[0].epoch(), Ok(()));
@@ -795,7 +792,7 @@ mod tests {
 
     #[test]
     fn flush_with_nothing_buffered_is_done_at_once() {
-        let mut acc: RecordAccumulator<u32> = RecordAccumulator::new(config(), 0);
+        let mut acc: RecordAccumulator = RecordAccumulator::new(config(), 0);
         let epoch = acc.begin_flush();
         assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
     }
@@ -807,7 +804,7 @@ mod tests {
         let first = acc.sticky_partition("t", 3, 100);
         assert_eq!(first, 7 % 3);
         assert_eq!(acc.sticky_partition("t", 3, 100), first);
-        acc.append(tp(first), record(100), 1, t0).unwrap();
+        acc.append(tp(first), record(100, 1), t0).unwrap();
         drain(&mut acc, t0 + 5 * MS, usize::MAX);
         let second = acc.sticky_partition("t", 3, 100);
         assert_eq!(second, (first + 1) % 3);
@@ -820,16 +817,16 @@ mod tests {
         // A producer ahead of the broker: batches queue behind max_in_flight and none
         // is drained. Each partition still gets one batch's worth in turn.
         let t0 = Instant::now();
-        let mut acc = RecordAccumulator::<u32>::new(config(), 0);
+        let mut acc = RecordAccumulator::<()>::new(config(), 0);
         let mut per_partition = [0usize; 4];
         for i in 0..400 {
             let partition = acc.sticky_partition("t", 4, 100);
-            acc.append(tp(partition), record(100), i, t0).unwrap();
+            acc.append(tp(partition), record(100, i), t0).unwrap();
             per_partition[partition as usize] += 1;
         }
         // batch_size 1000: ten records of 100 bytes, then the next partition.
         assert_eq!(per_partition, [100; 4]);
-        let mut acc = RecordAccumulator::<u32>::new(config(), 0);
+        let mut acc = RecordAccumulator::<()>::new(config(), 0);
         let picks: Vec<u32> = (0..25).map(|_| acc.sticky_partition("t", 4, 100)).collect();
         assert_eq!(picks[..10], [0; 10]);
         assert_eq!(picks[10..20], [1; 10]);
@@ -843,10 +840,10 @@ mod tests {
     fn close_sends_everything_and_refuses_new_records() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(100), 1, t0).unwrap();
+        acc.append(tp(0), record(100, 1), t0).unwrap();
         acc.close();
         assert!(matches!(
-            acc.append(tp(0), record(100), 2, t0),
+            acc.append(tp(0), record(100, 2), t0),
             Err(Error::Closed)
         ));
         let drained = drain(&mut acc, t0, usize::MAX);
@@ -861,7 +858,7 @@ mod tests {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
         for p in 0..4 {
-            acc.append(tp(p), record(100), p, t0).unwrap();
+            acc.append(tp(p), record(100, p), t0).unwrap();
         }
         let at = t0 + 5 * MS;
         // Partitions 0 and 2 on broker 1, 1 on broker 2, 3 has no leader yet.
@@ -887,9 +884,9 @@ mod tests {
     #[test]
     fn the_request_size_limit_applies_per_broker() {
         let t0 = Instant::now();
-        let mut acc: RecordAccumulator<u32> = RecordAccumulator::new(config(), 0);
+        let mut acc: RecordAccumulator = RecordAccumulator::new(config(), 0);
         for p in 0..4 {
-            acc.append(tp(p), record(600), p, t0).unwrap();
+            acc.append(tp(p), record(600, p), t0).unwrap();
         }
         let drained = acc.drain(t0 + 5 * MS, 1000, |tp| Routing::To(tp.partition % 2));
         let sizes: Vec<(u32, usize)> = drained
@@ -915,11 +912,11 @@ mod tests {
             0,
         );
         for id in 0..3 {
-            acc.append(tp(0), record(1000), id, t0).unwrap();
+            acc.append(tp(0), record(1000, id), t0).unwrap();
         }
         let mut sent = acc.drain(t0, usize::MAX, |_| Routing::To(1u32));
         let first = sent.by_destination.remove(&1).unwrap().remove(0);
-        assert_eq!(first.handles, vec![0]);
+        assert_eq!(record_ids(&first), vec![0]);
         assert_eq!(
             routed(&mut acc, t0, &[Some(1)]),
             (vec![], false),
@@ -935,7 +932,7 @@ mod tests {
         // its encoded bytes, so the same producer id, epoch and sequence).
         let mut sent = acc.drain(after_backoff, usize::MAX, |_| Routing::To(2u32));
         let retried = sent.by_destination.remove(&2).unwrap().remove(0);
-        assert_eq!((retried.handles.clone(), retried.attempts), (vec![0], 1));
+        assert_eq!((record_ids(&retried), retried.attempts), (vec![0], 1));
         assert_eq!(routed(&mut acc, after_backoff, &[Some(2)]), (vec![], false));
         acc.complete(&retried.tp, 1, retried.epoch(), Ok(()));
         assert_eq!(
@@ -948,7 +945,7 @@ mod tests {
     fn retry_backoff_doubles_per_attempt() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(1000), 1, t0).unwrap();
+        acc.append(tp(0), record(1000, 1), t0).unwrap();
         let mut now = t0;
         for expected_backoff in [100, 200, 400, 800, 1000, 1000] {
             let batch = drain(&mut acc, now, usize::MAX).remove(0);
@@ -963,8 +960,8 @@ mod tests {
     fn batches_expire_after_the_delivery_timeout() {
         let t0 = Instant::now();
         let mut acc = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(1000), 1, t0).unwrap();
-        acc.append(tp(0), record(1000), 2, t0 + 3000 * MS).unwrap();
+        acc.append(tp(0), record(1000, 1), t0).unwrap();
+        acc.append(tp(0), record(1000, 2), t0 + 3000 * MS).unwrap();
         // No leader for a long time: the batches wait, but the sender wakes up to
         // expire them.
         assert_eq!(routed(&mut acc, t0 + 5 * MS, &[None]), (vec![], true));
@@ -994,7 +991,7 @@ mod tests {
     fn batches_of_missing_partitions_fail() {
         let t0 = Instant::now();
         let mut acc: RecordAccumulator<i32> = RecordAccumulator::new(config(), 0);
-        acc.append(tp(0), record(100), 1, t0).unwrap();
+        acc.append(tp(0), record(100, 1), t0).unwrap();
         let drained = acc.drain(t0 + 5 * MS, usize::MAX, |_| {
             Routing::<u32>::Fail(ErrorCode::UnknownTopic)
         });

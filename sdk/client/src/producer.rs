@@ -409,7 +409,7 @@ pub struct Producer {
 struct Shared {
     client: Client,
     config: ProducerConfig,
-    accumulator: StdMutex<RecordAccumulator<(), BatchState>>,
+    accumulator: StdMutex<RecordAccumulator<BatchState>>,
     /// Wakes the sender task: a batch became ready or a request finished.
     wake: Notify,
     /// Bumped after every finished request, for `flush` to re-check.
@@ -536,7 +536,7 @@ impl Shared {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, RecordAccumulator<(), BatchState>> {
+    fn lock(&self) -> MutexGuard<'_, RecordAccumulator<BatchState>> {
         // The accumulator asserts its invariants; a panic there is a bug that poisoned
         // the state, so carrying on with it is no worse than what the assert caught.
         self.accumulator
@@ -658,7 +658,7 @@ impl Producer {
         self.start_sender();
         let (wake, outcome, index) = {
             let mut accumulator = shared.lock();
-            let appended = accumulator.append_with(tp, new_record, (), Instant::now, |tp| {
+            let appended = accumulator.append_with(tp, new_record, Instant::now, |tp| {
                 BatchState::new(tp, &shared.memory)
             })?;
             // The batch gives the permits back when it is done.
@@ -833,7 +833,7 @@ async fn refresh_for_sender(shared: Arc<Shared>, topics: Vec<String>) {
 async fn send_batches(
     shared: Arc<Shared>,
     destination: Destination,
-    batches: Vec<ProducerBatch<(), BatchState>>,
+    batches: Vec<ProducerBatch<BatchState>>,
 ) {
     let config = &shared.config;
     let mut sendable = Vec::with_capacity(batches.len());
@@ -988,7 +988,7 @@ async fn leader_moved(shared: &Shared, broker: BrokerId, watched: &[(TopicPartit
 /// metadata names now, to go at once (unlike [`settle`], the partition's leader is
 /// not marked suspect and there is no backoff: the cache was just refreshed and
 /// names a new leader). Fails it when no attempt or time is left.
-fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<(), BatchState>, error: Error) {
+fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<BatchState>, error: Error) {
     let retry = batch.attempts < shared.config.retries
         && batch.created().elapsed() < shared.config.delivery_timeout
         && !shared.client.is_closed();
@@ -1001,7 +1001,7 @@ fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<(), BatchState>, error:
     shared.progress.send_modify(|n| *n += 1);
 }
 
-fn produce_request(config: &ProducerConfig, batches: &[ProducerBatch<(), BatchState>]) -> Request {
+fn produce_request(config: &ProducerConfig, batches: &[ProducerBatch<BatchState>]) -> Request {
     let mut topics: Vec<ProduceTopic> = Vec::new();
     for batch in batches {
         let partition = ProducePartition {
@@ -1056,7 +1056,7 @@ fn partition_result(response: &ProduceResponse, tp: &TopicPartition) -> Result<(
 /// while attempts remain and the delivery timeout has not passed; one that says the
 /// leader moved also marks the partition for a metadata refresh, so the retry goes
 /// to the new leader with the same bytes (producer id, epoch and sequence).
-fn settle(shared: &Shared, mut batch: ProducerBatch<(), BatchState>, result: Result<(i64, i64)>) {
+fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<(i64, i64)>) {
     // The partition has no state for this producer, so it cannot hold this batch (a
     // lost answer to a write would have left the state there): with one batch in
     // flight per partition, nothing later of the partition is encoded yet, and the
