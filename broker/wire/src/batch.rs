@@ -38,7 +38,15 @@ pub const MAGIC_V2: u8 = 2;
 const CRC_START: usize = 21;
 const MAGIC_OFFSET: usize = 16;
 
-/// Compression codec carried in the low three attribute bits.
+/// Compression codec carried in the low three attribute bits. The producer
+/// compresses each batch; the broker stores and serves it as it came.
+///
+/// ```
+/// use meridian_wire::batch::Compression;
+/// let codec: Compression = "zstd".parse().unwrap();
+/// assert_eq!((codec.name(), codec.attribute_bits()), ("zstd", 4));
+/// assert!("gzip".parse::<Compression>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
     None,
@@ -283,7 +291,20 @@ pub fn split_fetched_batches(
     split_batches(bytes).filter(|r| !matches!(r, Err(BatchError::Truncated { .. })))
 }
 
-/// One record header (key/value pair attached to a record).
+/// One record header (key/value pair attached to a record). A record may carry
+/// several with the same key; their order is kept.
+///
+/// ```
+/// use bytes::Bytes;
+/// use meridian_wire::batch::Header;
+/// let header = Header {
+///     key: "trace-id".into(),
+///     value: Some(Bytes::from_static(b"abc123")),
+/// };
+/// assert_eq!(header.value.as_deref(), Some(&b"abc123"[..]));
+/// let flag = Header { key: "replayed".into(), value: None };
+/// assert!(flag.value.is_none());
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Header {
     pub key: String,

@@ -3,6 +3,17 @@
 
 macro_rules! error_codes {
     ($($name:ident = $code:literal, $retriable:literal, $doc:literal;)*) => {
+        /// Why a request or one of its partitions failed, as carried on the wire.
+        ///
+        /// ```
+        /// use meridian_wire::ErrorCode;
+        /// let code = ErrorCode::from_u16(ErrorCode::NotLeaderOrFollower as u16);
+        /// assert_eq!(code, ErrorCode::NotLeaderOrFollower);
+        /// // Retriable codes clear up on their own (a new leader, more replicas).
+        /// assert!(code.is_retriable());
+        /// assert!(!ErrorCode::UnknownTopic.is_retriable());
+        /// println!("{}", ErrorCode::UnknownTopic.description());
+        /// ```
         #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
         #[repr(u16)]
         pub enum ErrorCode {

@@ -8,6 +8,13 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 
 /// Partitions of one topic.
+///
+/// ```
+/// use meridian_wire::group::TopicPartitions;
+/// let grouped = TopicPartitions::group([("orders", 2), ("audit", 0), ("orders", 0)]);
+/// assert_eq!(grouped[0].topic, "audit");
+/// assert_eq!((grouped[1].topic.as_str(), &grouped[1].partitions[..]), ("orders", &[2, 0][..]));
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicPartitions {
     pub topic: String,
@@ -370,6 +377,23 @@ message! {
 }
 
 message! {
+    /// One member of a group, as [`GroupDescription`] lists it.
+    ///
+    /// ```
+    /// # fn example(group: meridian_wire::group::GroupDescription) {
+    /// for member in &group.members {
+    ///     let owned: Vec<String> = member
+    ///         .owned
+    ///         .iter()
+    ///         .map(|tp| format!("{}{:?}", tp.topic, tp.partitions))
+    ///         .collect();
+    ///     println!(
+    ///         "{} ({}) epoch {} owns {}",
+    ///         member.member_id, member.client_host, member.member_epoch, owned.join(" ")
+    ///     );
+    /// }
+    /// # }
+    /// ```
     pub struct GroupMember {
         member_id: string,
         instance_id: opt_string,
@@ -384,6 +408,17 @@ message! {
     }
 }
 
+/// A group's state, assignor and members, as the group coordinator describes it
+/// (`Admin::describe_group` in the SDK).
+///
+/// ```
+/// # fn example(group: meridian_wire::group::GroupDescription) {
+/// println!(
+///     "{}: {} with {} members (assignor {}, epoch {})",
+///     group.group_id, group.state, group.members.len(), group.assignor, group.epoch
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupDescription {
     pub group_id: String,

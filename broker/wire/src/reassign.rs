@@ -101,7 +101,19 @@ impl ListPartitionReassignmentsRequest {
     }
 }
 
-/// One partition being reassigned.
+/// One partition being reassigned (`Admin::list_reassignments` in the SDK).
+///
+/// ```
+/// # fn example(moves: Vec<meridian_wire::reassign::OngoingReassignment>) {
+/// for m in &moves {
+///     let caught_up = m.adding.iter().filter(|r| m.isr.contains(r)).count();
+///     println!(
+///         "{}/{}: {:?} -> {:?}, {caught_up} of {} new replicas in sync",
+///         m.topic, m.partition, m.replicas, m.target, m.adding.len()
+///     );
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OngoingReassignment {
     pub topic: String,

@@ -19,6 +19,25 @@ use crate::error::{Error, Result};
 use crate::metadata::{route, OnError};
 
 /// A position in a partition's log, as a consumer or [`Admin::list_offsets`] names it.
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use meridian_client::{ConsumerConfig, Offset};
+/// let admin = client.admin();
+/// let start = admin.list_offsets("orders", 0, Offset::Earliest).await?;
+/// let end = admin.list_offsets("orders", 0, Offset::Latest).await?;
+/// println!("partition 0 holds {} records", end - start);
+/// // A consumer starts where the records of the last hour begin.
+/// let an_hour_ago = std::time::SystemTime::now()
+///     .duration_since(std::time::UNIX_EPOCH)
+///     .unwrap()
+///     .as_millis() as i64
+///     - 3_600_000;
+/// let mut consumer = client.consumer(ConsumerConfig::default());
+/// consumer.assign("orders", &[0]).await?;
+/// consumer.seek("orders", 0, Offset::Timestamp(an_hour_ago)).await?;
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Offset {
     /// The first offset still in the log (the log start offset).

@@ -82,6 +82,16 @@ pub struct ConsumerConfig {
 
 /// Where a consumer goes when its position is out of range or, in a group, when
 /// nothing is committed.
+///
+/// ```
+/// use meridian_client::{AutoOffsetReset, ConsumerConfig};
+/// let config = ConsumerConfig {
+///     auto_offset_reset: "earliest".parse().unwrap(),
+///     ..ConsumerConfig::default()
+/// };
+/// assert_eq!(config.auto_offset_reset, AutoOffsetReset::Earliest);
+/// assert!("oldest".parse::<AutoOffsetReset>().is_err());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AutoOffsetReset {
     /// To the log start offset: read everything still there.
@@ -122,6 +132,26 @@ impl Default for ConsumerConfig {
 }
 
 /// One record read from a partition.
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use std::time::Duration;
+/// use meridian_client::{ConsumerConfig, Offset};
+/// let mut consumer = client.consumer(ConsumerConfig::default());
+/// consumer.assign("orders", &[0, 1]).await?;
+/// consumer.seek("orders", 0, Offset::Earliest).await?;
+/// consumer.seek("orders", 1, Offset::Earliest).await?;
+/// for record in consumer.poll(Duration::from_secs(1)).await? {
+///     let key = record.key.as_deref().map(String::from_utf8_lossy);
+///     let value = record.value.as_deref().map(String::from_utf8_lossy);
+///     println!(
+///         "{}/{}@{} ts={} key={key:?} value={value:?} headers={}",
+///         record.topic, record.partition, record.offset, record.timestamp,
+///         record.headers.len()
+///     );
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ConsumerRecord {
     /// Shared by the records of one fetched partition.

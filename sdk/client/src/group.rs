@@ -27,6 +27,16 @@ const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How partitions are spread over a group's members (all members must agree).
+///
+/// ```
+/// use meridian_client::{Assignor, GroupConfig};
+/// let config = GroupConfig {
+///     assignor: Assignor::parse("roundrobin").unwrap(),
+///     ..GroupConfig::new("billing")
+/// };
+/// assert_eq!(config.assignor.name(), "roundrobin");
+/// assert_eq!(GroupConfig::new("billing").assignor, Assignor::CooperativeSticky);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Assignor {
     /// Contiguous ranges per topic. Eager: every member stops on a rebalance.
@@ -108,6 +118,24 @@ impl GroupConfig {
 /// Called from [`Consumer::poll`](crate::Consumer::poll) as the group's assignment
 /// changes. Positions of revoked partitions are already committed when auto-commit
 /// is on; commit your own state here otherwise.
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use meridian_client::{ConsumerConfig, GroupConfig, RebalanceListener};
+/// struct Log;
+/// impl RebalanceListener for Log {
+///     fn on_assigned(&mut self, partitions: &[(String, u32)]) {
+///         println!("now consuming {partitions:?}");
+///     }
+///     fn on_revoked(&mut self, partitions: &[(String, u32)]) {
+///         println!("handed over {partitions:?}");
+///     }
+/// }
+/// let mut consumer = client.consumer(ConsumerConfig::default());
+/// consumer.set_rebalance_listener(Box::new(Log));
+/// consumer.subscribe(GroupConfig::new("billing"), &["orders"]).await?;
+/// # Ok(()) }
+/// ```
 pub trait RebalanceListener: Send {
     /// Partitions newly assigned, with their positions set.
     fn on_assigned(&mut self, _partitions: &[(String, u32)]) {}
@@ -420,6 +448,17 @@ async fn join(
 
 /// One offset to commit: the next offset to consume of a partition, and a metadata
 /// string kept with it (up to the broker's `offset_metadata_max_bytes`).
+///
+/// ```no_run
+/// # async fn example(mut consumer: meridian_client::Consumer) -> meridian_client::Result<()> {
+/// use meridian_client::OffsetCommit;
+/// // Processed up to offset 41 of orders/0: the next to consume is 42.
+/// consumer
+///     .commit_offsets(&[OffsetCommit::new("orders", 0, 42).metadata("batch 7")])
+///     .await?;
+/// assert_eq!(consumer.committed("orders", 0).await?, Some(42));
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OffsetCommit {
     pub topic: String,
@@ -500,6 +539,14 @@ pub(crate) async fn commit_with_metadata(
 }
 
 /// A group as listed by [`Admin::list_groups`].
+///
+/// ```no_run
+/// # async fn example(admin: meridian_client::Admin) -> meridian_client::Result<()> {
+/// for group in admin.list_groups().await? {
+///     println!("{} is {}", group.group_id, group.state);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct GroupListing {
     pub group_id: String,
@@ -508,6 +555,19 @@ pub struct GroupListing {
 }
 
 /// A committed offset of a group.
+///
+/// ```no_run
+/// # async fn example(admin: meridian_client::Admin) -> meridian_client::Result<()> {
+/// use meridian_client::Offset;
+/// // The group's lag on each partition of `orders`.
+/// for committed in admin.committed_offsets("billing", Some("orders")).await? {
+///     let end = admin
+///         .list_offsets(&committed.topic, committed.partition, Offset::Latest)
+///         .await?;
+///     println!("{}/{}: lag {}", committed.topic, committed.partition, end - committed.offset);
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedOffset {
     pub topic: String,

@@ -37,6 +37,18 @@ const MAX_REQUEST_BYTES: usize = 8 * 1024 * 1024;
 const MIN_LEADER_CHECK_INTERVAL: Duration = Duration::from_millis(10);
 
 /// How many replicas must have a record before it is acknowledged.
+///
+/// ```
+/// use meridian_client::{Acks, ProducerConfig};
+/// let acks: Acks = "all".parse().unwrap();
+/// assert_eq!(acks, Acks::All);
+/// assert_eq!("1".parse::<Acks>().unwrap().wire_value(), 1);
+/// let config = ProducerConfig {
+///     acks: Acks::Leader,
+///     ..ProducerConfig::default()
+/// };
+/// assert_eq!(config.acks.wire_value(), 1);
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Acks {
     /// `0`: no acknowledgement; the broker sends no response. Offsets are unknown (-1).
@@ -231,6 +243,15 @@ impl ProducerRecord {
 }
 
 /// Where an acknowledged record was written.
+///
+/// ```no_run
+/// # async fn example(producer: meridian_client::Producer) -> meridian_client::Result<()> {
+/// use meridian_client::{ProducerRecord, RecordMetadata};
+/// let delivery = producer.send(ProducerRecord::new("orders", "hello").key("k1")).await?;
+/// let RecordMetadata { topic, partition, offset, timestamp } = delivery.await?;
+/// println!("{topic}/{partition} @ {offset}, timestamp {timestamp}");
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RecordMetadata {
     /// Shared by the records of a batch.
