@@ -6,6 +6,7 @@ mod cli;
 mod cluster;
 mod compaction;
 mod crash;
+mod frame_io;
 mod groups;
 mod harness;
 mod idempotence;

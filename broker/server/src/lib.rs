@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use meridian_client::frame_io::{read_body, BodyError};
+use meridian_client::frame_io::{read_body, BodyBudget, BodyError};
 use meridian_log::{GroupCommit, ReadBuffers};
 use meridian_wire::frame::{
     check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
@@ -286,6 +286,11 @@ pub fn bind_udp(addr: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::n
     Ok(socket.into())
 }
 
+/// Bytes a client may send on one connection before the broker has taken them in;
+/// also the most the broker sets aside for request bodies still arriving on it
+/// ([`BodyBudget`]).
+const CONNECTION_RECEIVE_WINDOW: u32 = 64 * 1024 * 1024;
+
 /// QUIC transport settings shared by the broker and `bench transport`.
 pub fn transport_config(config: &BrokerConfig) -> anyhow::Result<quinn::TransportConfig> {
     let mut transport = quinn::TransportConfig::default();
@@ -294,7 +299,7 @@ pub fn transport_config(config: &BrokerConfig) -> anyhow::Result<quinn::Transpor
     // Windows sized for bulk produce on a fast link; memory per connection is bounded
     // by the connection window, not by what clients send.
     transport.stream_receive_window(quinn::VarInt::from_u32(16 * 1024 * 1024));
-    transport.receive_window(quinn::VarInt::from_u32(64 * 1024 * 1024));
+    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_RECEIVE_WINDOW));
     transport.send_window(64 * 1024 * 1024);
     transport.max_idle_timeout(Some(
         Duration::from_millis(config.idle_timeout_ms).try_into()?,
@@ -331,6 +336,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
 }
 
 async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
+    let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW);
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
@@ -341,7 +347,7 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
         };
         let shared = shared.clone();
         let peer = connection.remote_address();
-        tokio::spawn(serve_stream(shared, send, recv, peer).in_current_span());
+        tokio::spawn(serve_stream(shared, send, recv, peer, budget.clone()).in_current_span());
     }
 }
 
@@ -352,9 +358,10 @@ async fn serve_stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
     peer: SocketAddr,
+    budget: BodyBudget,
 ) {
     let limit = shared.config.max_frame_bytes;
-    let frame = match read_frame(&mut recv, limit).await {
+    let frame = match read_frame(&mut recv, limit, &budget).await {
         Ok(frame) => frame,
         Err(StreamError::Gone) => return,
         Err(StreamError::Frame(e)) => {
@@ -412,7 +419,11 @@ enum StreamError {
     Frame(FrameError),
 }
 
-async fn read_frame(recv: &mut quinn::RecvStream, limit: u32) -> Result<Bytes, StreamError> {
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+    limit: u32,
+    budget: &BodyBudget,
+) -> Result<Bytes, StreamError> {
     let mut prefix = [0u8; 4];
     recv.read_exact(&mut prefix).await.map_err(|e| match e {
         quinn::ReadExactError::FinishedEarly(got) => {
@@ -423,7 +434,7 @@ async fn read_frame(recv: &mut quinn::RecvStream, limit: u32) -> Result<Bytes, S
     let length = check_frame_length(prefix, limit).map_err(StreamError::Frame)?;
     // Nothing is allocated before the bytes arrive: a peer announcing large frames
     // without sending them costs nothing.
-    read_body(recv, length).await.map_err(|e| match e {
+    read_body(recv, length, budget).await.map_err(|e| match e {
         BodyError::FinishedEarly(got) => StreamError::Frame(FrameError::Truncated {
             expected: length + 4,
             got: got + 4,

@@ -21,7 +21,7 @@ use meridian_wire::ErrorCode;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
-use crate::frame_io::BodyError;
+use crate::frame_io::{BodyBudget, BodyError};
 use crate::metadata::{on_error, BrokerId, LeaderLookup, MetadataCache, OnError};
 
 /// QUIC application error code sent when the client closes the connection on purpose.
@@ -96,6 +96,8 @@ struct Endpoints {
 #[derive(Clone)]
 struct Connected {
     connection: quinn::Connection,
+    /// For response bodies being received on `connection`.
+    budget: BodyBudget,
     broker: Arc<ApiVersionsResponse>,
 }
 
@@ -837,8 +839,10 @@ impl Client {
         let request = Request::ApiVersions(ApiVersionsRequest {
             client_software: config.client_software.clone(),
         });
+        let budget = BodyBudget::new(crate::tls::CONNECTION_RECEIVE_WINDOW);
         let response = round_trip(
             &connection,
+            &budget,
             ApiKey::ApiVersions,
             encode_request_chunks(&request),
             true,
@@ -855,6 +859,7 @@ impl Client {
         }
         Ok(Connected {
             connection,
+            budget,
             broker: Arc::new(broker),
         })
     }
@@ -892,6 +897,7 @@ impl Client {
             }
             match round_trip(
                 &connected.connection,
+                &connected.budget,
                 api,
                 frame.clone(),
                 expect_response,
@@ -1004,6 +1010,7 @@ impl From<RoundTripError> for Error {
 
 async fn round_trip(
     connection: &quinn::Connection,
+    budget: &BodyBudget,
     api: ApiKey,
     mut frame: Vec<Bytes>,
     expect_response: bool,
@@ -1030,7 +1037,7 @@ async fn round_trip(
         .map_err(|e| read_error(api, e))?;
     let length = check_frame_length(prefix, max_response_bytes)
         .map_err(|e| RoundTripError::Failed(Error::Protocol(format!("{api:?} response: {e}"))))?;
-    let body = crate::frame_io::read_body(&mut recv, length)
+    let body = crate::frame_io::read_body(&mut recv, length, budget)
         .await
         .map_err(|e| {
             read_error(

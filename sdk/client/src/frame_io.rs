@@ -1,6 +1,9 @@
 //! Reading frame bodies off QUIC streams, shared by the client and the broker.
 
+use std::sync::Arc;
+
 use bytes::{Bytes, BytesMut};
+use tokio::sync::Semaphore;
 
 /// Why a frame body could not be read whole.
 #[derive(Debug)]
@@ -11,27 +14,82 @@ pub enum BodyError {
     Read(quinn::ReadError),
 }
 
+/// Memory one connection may set aside for frame bodies still arriving. Clones
+/// share it.
+///
+/// Sized at the connection's QUIC receive window, which already bounds what a peer
+/// can make the other side hold: a body is allocated whole when its first bytes
+/// arrive only while the bodies being received on the connection fit in it.
+#[derive(Clone, Debug)]
+pub struct BodyBudget(Arc<Semaphore>);
+
+impl BodyBudget {
+    pub fn new(bytes: u32) -> BodyBudget {
+        BodyBudget(Arc::new(Semaphore::new(bytes as usize)))
+    }
+
+    /// Bytes not set aside by a body being received.
+    pub fn available(&self) -> usize {
+        self.0.available_permits()
+    }
+}
+
 /// Reads the `length` bytes of a frame body.
 ///
-/// The chunks are kept as quinn hands them over and joined once at the end: one
-/// allocation of the exact size and one copy, or none at all when the body came in
-/// one chunk. Nothing is allocated ahead of the bytes arriving, so a peer that
-/// announces a large frame and never sends it costs nothing; and the body is never
-/// zero-filled first nor copied again as a growing buffer doubles.
-pub async fn read_body(recv: &mut quinn::RecvStream, length: usize) -> Result<Bytes, BodyError> {
-    let mut chunks: Vec<Bytes> = Vec::new();
-    let mut received = 0;
-    while received < length {
-        match recv.read_chunk(length - received, true).await {
-            Ok(Some(chunk)) => {
-                received += chunk.bytes.len();
-                chunks.push(chunk.bytes);
-            }
-            Ok(None) => return Err(BodyError::FinishedEarly(received)),
-            Err(e) => return Err(BodyError::Read(e)),
-        }
+/// Nothing is allocated ahead of the bytes arriving, so a peer that announces a large
+/// frame and never sends it costs nothing. When the first chunk arrives and
+/// `budget` allows, the body is allocated whole and each chunk is copied in as
+/// quinn hands it over, while it is still in the CPU's cache (the broker's copy
+/// of 1 GiB of produce requests took about a third fewer perf samples than joining
+/// the chunks at the end). Otherwise the chunks are kept and joined once at the end. Either way the
+/// body is one allocation of the exact size and one copy, or none when it came in
+/// one chunk.
+pub async fn read_body(
+    recv: &mut quinn::RecvStream,
+    length: usize,
+    budget: &BodyBudget,
+) -> Result<Bytes, BodyError> {
+    if length == 0 {
+        return Ok(Bytes::new());
     }
-    Ok(join(chunks, length))
+    let first = next_chunk(recv, length, 0).await?;
+    if first.len() == length {
+        return Ok(first);
+    }
+    let Some(_set_aside) = u32::try_from(length)
+        .ok()
+        .and_then(|n| budget.0.try_acquire_many(n).ok())
+    else {
+        let mut received = first.len();
+        let mut chunks = vec![first];
+        while received < length {
+            let chunk = next_chunk(recv, length, received).await?;
+            received += chunk.len();
+            chunks.push(chunk);
+        }
+        return Ok(join(chunks, length));
+    };
+    let mut body = BytesMut::with_capacity(length);
+    body.extend_from_slice(&first);
+    drop(first);
+    while body.len() < length {
+        let chunk = next_chunk(recv, length, body.len()).await?;
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body.freeze())
+}
+
+/// The next chunk of a body of `length` bytes of which `received` have come.
+async fn next_chunk(
+    recv: &mut quinn::RecvStream,
+    length: usize,
+    received: usize,
+) -> Result<Bytes, BodyError> {
+    match recv.read_chunk(length - received, true).await {
+        Ok(Some(chunk)) => Ok(chunk.bytes),
+        Ok(None) => Err(BodyError::FinishedEarly(received)),
+        Err(e) => Err(BodyError::Read(e)),
+    }
 }
 
 fn join(mut chunks: Vec<Bytes>, length: usize) -> Bytes {

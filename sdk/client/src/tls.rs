@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 /// Per-stream receive window: one fetch response of several MiB flows without stalls.
 const STREAM_RECEIVE_WINDOW: u32 = 16 * 1024 * 1024;
 /// Connection-wide receive window, room for several large streams at once.
-const CONNECTION_RECEIVE_WINDOW: u32 = 128 * 1024 * 1024;
+pub(crate) const CONNECTION_RECEIVE_WINDOW: u32 = 128 * 1024 * 1024;
 const SEND_WINDOW: u64 = CONNECTION_RECEIVE_WINDOW as u64;
 /// A broker killed outright (SIGKILL, power loss) sends nothing: over UDP there is no
 /// reset to notice. Keep-alives every half second and a short idle timeout make the

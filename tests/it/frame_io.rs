@@ -1,0 +1,131 @@
+//! `frame_io::read_body`, which broker and client both read frame bodies with, over
+//! a real QUIC connection on 127.0.0.1: a body is allocated whole on its first bytes
+//! only within the connection's budget, and read correctly either way.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use meridian_client::frame_io::{read_body, BodyBudget};
+use rustls::pki_types::CertificateDer;
+
+/// A server and a client endpoint connected to each other, the server taking
+/// unidirectional streams.
+async fn connected_pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connection) {
+    let dir = tempfile::tempdir().unwrap();
+    let identity = meridian_server::tls::load_or_generate(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+        &[],
+    )
+    .unwrap();
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(&identity).unwrap());
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
+    server_config.transport_config(Arc::new(transport));
+    let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
+
+    let mut roots = rustls::RootCertStore::empty();
+    let leaf: &CertificateDer<'static> = identity.certs.first().unwrap();
+    roots.add(leaf.clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
+    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    )));
+    let addr = server.local_addr().unwrap();
+    let (accepted, connected) = tokio::join!(
+        async { server.accept().await.unwrap().await.unwrap() },
+        async { client.connect(addr, "localhost").unwrap().await.unwrap() }
+    );
+    (server, accepted, connected)
+}
+
+async fn until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_body_sets_aside_memory_only_within_the_budget() {
+    let (_server, server_side, client_side) = connected_pair().await;
+    let budget = BodyBudget::new(1_000_000);
+    let body = |seed: u8| -> Vec<u8> {
+        (0..600_000u32)
+            .map(|i| (i as u8).wrapping_mul(seed))
+            .collect()
+    };
+    let (a, b) = (body(3), body(7));
+
+    // A's first bytes arrive: its whole body is set aside.
+    let mut send_a = client_side.open_uni().await.unwrap();
+    send_a.write_all(&a[..100]).await.unwrap();
+    let mut recv_a = server_side.accept_uni().await.unwrap();
+    let reader_budget = budget.clone();
+    let read_a = tokio::spawn(async move { read_body(&mut recv_a, 600_000, &reader_budget).await });
+    until("A's body to be set aside", || budget.available() == 400_000).await;
+
+    // B does not fit in what is left: it is read as chunks, joined at the end, and
+    // nothing more is set aside.
+    let mut send_b = client_side.open_uni().await.unwrap();
+    send_b.write_all(&b[..100]).await.unwrap();
+    let mut recv_b = server_side.accept_uni().await.unwrap();
+    let reader_budget = budget.clone();
+    let read_b = tokio::spawn(async move { read_body(&mut recv_b, 600_000, &reader_budget).await });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(budget.available(), 400_000);
+    for piece in b[100..].chunks(50_000) {
+        send_b.write_all(piece).await.unwrap();
+    }
+    let got_b = tokio::time::timeout(Duration::from_secs(10), read_b)
+        .await
+        .expect("B must not wait for A")
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    assert_eq!(
+        got_b, b,
+        "B, read as chunks, must come out whole and in order"
+    );
+    assert_eq!(budget.available(), 400_000, "A still holds its share");
+
+    // A's remaining bytes are copied in as they come; once read, its share is back.
+    for piece in a[100..].chunks(50_000) {
+        send_a.write_all(piece).await.unwrap();
+    }
+    let got_a = tokio::time::timeout(Duration::from_secs(10), read_a)
+        .await
+        .expect("A's body arrived")
+        .unwrap()
+        .map_err(|e| format!("{e:?}"))
+        .unwrap();
+    assert_eq!(
+        got_a, a,
+        "A, copied in as it came, must come out whole and in order"
+    );
+    assert_eq!(budget.available(), 1_000_000);
+
+    // A body cut short is an error, and gives its share back too.
+    let mut send_c = client_side.open_uni().await.unwrap();
+    send_c.write_all(&a[..1000]).await.unwrap();
+    send_c.finish().unwrap();
+    let mut recv_c = server_side.accept_uni().await.unwrap();
+    let short = read_body(&mut recv_c, 600_000, &budget).await;
+    assert!(
+        matches!(
+            short,
+            Err(meridian_client::frame_io::BodyError::FinishedEarly(1000))
+        ),
+        "{short:?}"
+    );
+    assert_eq!(budget.available(), 1_000_000);
+}
