@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use meridian_client::frame_io::{read_body, BodyBudget};
-use rustls::pki_types::CertificateDer;
+
+use crate::harness::raw_client_endpoint;
 
 /// A server and a client endpoint connected to each other, the server taking
 /// unidirectional streams.
@@ -25,20 +26,7 @@ async fn connected_pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connect
     server_config.transport_config(Arc::new(transport));
     let server = quinn::Endpoint::server(server_config, "127.0.0.1:0".parse().unwrap()).unwrap();
 
-    let mut roots = rustls::RootCertStore::empty();
-    let leaf: &CertificateDer<'static> = identity.certs.first().unwrap();
-    roots.add(leaf.clone()).unwrap();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
-    let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
-        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-    )));
+    let client = raw_client_endpoint(identity.certs[0].clone());
     let addr = server.local_addr().unwrap();
     let (accepted, connected) = tokio::join!(
         async { server.accept().await.unwrap().await.unwrap() },

@@ -210,25 +210,31 @@ impl TestBroker {
             .unwrap()
             .collect::<Result<_, _>>()
             .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(certs[0].clone()).unwrap();
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
-        let config = quinn::ClientConfig::new(Arc::new(
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
-        ));
-        let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-        endpoint.set_default_client_config(config);
-        endpoint
+        raw_client_endpoint(certs[0].clone())
             .connect(self.addr.parse().unwrap(), "localhost")
             .unwrap()
             .await
     }
+}
+
+/// A bare QUIC client endpoint on 127.0.0.1 speaking ALPN meridian/1 that trusts
+/// exactly `cert`.
+pub fn raw_client_endpoint(cert: CertificateDer<'static>) -> quinn::Endpoint {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
+    let config = quinn::ClientConfig::new(Arc::new(
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+    ));
+    let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(config);
+    endpoint
 }
 
 impl Drop for TestBroker {
