@@ -657,28 +657,24 @@ impl Producer {
             value: record.value,
             headers: record.headers,
         };
-        let partition = partition.unwrap_or_else(|| {
-            shared
-                .lock()
-                .sticky_partition(&record.topic, n_partitions, new_record.estimated_size())
-        });
+        let size = new_record.estimated_size();
         // A record larger than the whole buffer takes all of it rather than waiting
         // forever.
-        let reserve = new_record
-            .estimated_size()
-            .clamp(1, shared.config.buffer_memory) as u32;
+        let reserve = size.clamp(1, shared.config.buffer_memory) as u32;
         let permit = shared
             .memory
             .acquire_many(reserve)
             .await
             .map_err(|_| Error::Closed)?;
-        let tp = TopicPartition {
-            topic: record.topic,
-            partition,
-        };
         self.start_sender();
         let (wake, outcome, index) = {
             let mut accumulator = shared.lock();
+            let partition = partition
+                .unwrap_or_else(|| accumulator.sticky_partition(&record.topic, n_partitions, size));
+            let tp = TopicPartition {
+                topic: record.topic,
+                partition,
+            };
             let appended = accumulator.append_with(tp, new_record, Instant::now, |tp| {
                 BatchState::new(tp, &shared.memory)
             })?;
@@ -719,7 +715,10 @@ impl Producer {
     }
 
     fn start_sender(&self) {
-        if !self.shared.sender_started.swap(true, Ordering::SeqCst) {
+        // Read first: a write per record would take the flag's cache line away from
+        // every other core that sends.
+        let started = &self.shared.sender_started;
+        if !started.load(Ordering::Acquire) && !started.swap(true, Ordering::SeqCst) {
             tokio::spawn(run_sender(self.shared.clone()));
         }
     }
