@@ -39,11 +39,11 @@ impl BodyBudget {
 /// Nothing is allocated ahead of the bytes arriving, so a peer that announces a large
 /// frame and never sends it costs nothing. When the first chunk arrives and
 /// `budget` allows, the body is allocated whole and each chunk is copied in as
-/// quinn hands it over, while it is still in the CPU's cache (the broker's copy
-/// of 1 GiB of produce requests took about a third fewer perf samples than joining
-/// the chunks at the end). Otherwise the chunks are kept and joined once at the end. Either way the
-/// body is one allocation of the exact size and one copy, or none when it came in
-/// one chunk.
+/// quinn hands it over, while it is still in the CPU's cache (the broker's copy of
+/// 1 GiB of produce requests took about a third fewer perf samples than joining the
+/// chunks at the end). Otherwise the chunks are kept and joined once at the end.
+/// Either way the body is one allocation of the exact size and one copy, or none
+/// when it came in one chunk.
 pub async fn read_body(
     recv: &mut quinn::RecvStream,
     length: usize,
