@@ -37,7 +37,13 @@ pub(crate) struct TopicPartition {
 #[derive(Clone, Debug)]
 pub(crate) struct AccumulatorConfig {
     pub batch_size: usize,
+    /// The longest a batch waits for more records.
     pub linger: Duration,
+    /// How late the timer that wakes the sender may fire (tokio's: up to 1 ms, as
+    /// it rounds deadlines up to its millisecond ticks). A lingering batch is ready
+    /// half of this before its linger is over, so that it goes out within half a
+    /// tick either side of `linger` instead of up to a whole tick after it.
+    pub timer_resolution: Duration,
     pub max_in_flight: usize,
     /// Pause before the first retry of a batch; doubles per attempt up to
     /// `retry_backoff_max`.
@@ -305,7 +311,7 @@ impl<B> RecordAccumulator<B> {
             && (self.closed
                 || head.size_bytes >= self.config.batch_size
                 || queue.batches.len() > 1
-                || now >= head.created + self.config.linger
+                || now >= self.linger_over(head)
                 || self.flush_through.is_some_and(|e| head.epoch <= e))
     }
 
@@ -409,6 +415,15 @@ impl<B> RecordAccumulator<B> {
         expired
     }
 
+    /// When `batch` has lingered long enough to go, given the timer's resolution.
+    fn linger_over(&self, batch: &ProducerBatch<B>) -> Instant {
+        batch.created
+            + self
+                .config
+                .linger
+                .saturating_sub(self.config.timer_resolution / 2)
+    }
+
     /// When the next batch becomes ready by time alone (linger or retry backoff);
     /// `None` if only a new record or a completion can make one ready.
     pub fn next_wakeup(&self) -> Option<Instant> {
@@ -421,7 +436,7 @@ impl<B> RecordAccumulator<B> {
                 if head.attempts > 0 {
                     (queue.in_flight == 0).then_some(head.not_before?)
                 } else if queue.in_flight < self.config.max_in_flight {
-                    Some(head.created + self.config.linger)
+                    Some(self.linger_over(head))
                 } else {
                     None
                 }
@@ -571,6 +586,7 @@ mod tests {
         AccumulatorConfig {
             batch_size: 1000,
             linger: 5 * MS,
+            timer_resolution: Duration::ZERO,
             max_in_flight: 2,
             retry_backoff: 100 * MS,
             retry_backoff_max: 1000 * MS,
@@ -643,6 +659,37 @@ mod tests {
             .iter()
             .map(|b| (b.tp.partition, record_ids(b)))
             .collect()
+    }
+
+    #[test]
+    fn linger_ends_half_a_timer_tick_early_to_even_out_a_late_timer() {
+        let t0 = Instant::now();
+        let tick = AccumulatorConfig {
+            timer_resolution: MS,
+            ..config()
+        };
+        let mut acc = RecordAccumulator::new(tick.clone(), 0);
+        acc.append(tp(0), record(100, 1), t0).unwrap();
+        // Linger 5 ms, timer up to 1 ms late: woken at 4.5 ms, so sent between 4.5
+        // and 5.5 ms rather than between 5 and 6.
+        let half = Duration::from_micros(500);
+        assert_eq!(acc.next_wakeup(), Some(t0 + 4 * MS + half));
+        assert!(drain(&mut acc, t0 + 4 * MS, usize::MAX).is_empty());
+        assert_eq!(
+            ids(&drain(&mut acc, t0 + 4 * MS + half, usize::MAX)),
+            vec![(0, vec![1])]
+        );
+        // A linger of half a tick or less sends at once.
+        let mut acc = RecordAccumulator::new(
+            AccumulatorConfig {
+                linger: half,
+                ..tick
+            },
+            0,
+        );
+        acc.append(tp(0), record(100, 2), t0).unwrap();
+        assert_eq!(acc.next_wakeup(), Some(t0));
+        assert_eq!(ids(&drain(&mut acc, t0, usize::MAX)), vec![(0, vec![2])]);
     }
 
     #[test]
