@@ -145,7 +145,10 @@ impl Admin {
     /// metadata quorum; the other brokers apply it a moment later. This returns only
     /// once every reachable broker serves the topic with a leader for each partition
     /// (or the client's request timeout passes), so records sent right after are not
-    /// refused as `UnknownTopic` by a leader that has not caught up.
+    /// refused as `UnknownTopic` by a leader that has not caught up. That holds for
+    /// `TopicAlreadyExists` too: the topic may have been committed a moment ago (by
+    /// another client, or by an earlier attempt whose answer was lost), so "create
+    /// unless it exists, then use it" does not race the brokers either.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
         let request = Request::CreateTopics(CreateTopicsRequest {
@@ -166,9 +169,15 @@ impl Admin {
         let Response::CreateTopics(response) = response else {
             return Err(unexpected(ApiKey::CreateTopics, &response));
         };
-        topic_result(&response.results, &name)?;
-        self.await_everywhere(&name, TopicSeen::Served).await;
-        Ok(())
+        let result = topic_result(&response.results, &name);
+        let exists = match &result {
+            Ok(()) => true,
+            Err(e) => e.code() == Some(ErrorCode::TopicAlreadyExists),
+        };
+        if exists {
+            self.await_everywhere(&name, TopicSeen::Served).await;
+        }
+        result
     }
 
     /// Deletes a topic and all its data. Like [`Admin::create_topic`], returns once
