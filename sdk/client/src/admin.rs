@@ -56,6 +56,8 @@ pub enum Offset {
 enum TopicSeen {
     /// Known, with a leader for every partition.
     Served,
+    /// Known, with or without leaders.
+    Known,
     /// Unknown.
     Gone,
 }
@@ -68,7 +70,8 @@ impl TopicSeen {
                     && !t.partitions.is_empty()
                     && t.partitions.iter().all(|p| p.error.is_ok())
             }
-            (TopicSeen::Served, None) => false,
+            (TopicSeen::Known, Some(t)) => t.error != ErrorCode::UnknownTopic,
+            (TopicSeen::Served | TopicSeen::Known, None) => false,
             (TopicSeen::Gone, Some(t)) => t.error == ErrorCode::UnknownTopic,
             (TopicSeen::Gone, None) => true,
         }
@@ -145,10 +148,12 @@ impl Admin {
     /// metadata quorum; the other brokers apply it a moment later. This returns only
     /// once every reachable broker serves the topic with a leader for each partition
     /// (or the client's request timeout passes), so records sent right after are not
-    /// refused as `UnknownTopic` by a leader that has not caught up. That holds for
-    /// `TopicAlreadyExists` too: the topic may have been committed a moment ago (by
-    /// another client, or by an earlier attempt whose answer was lost), so "create
-    /// unless it exists, then use it" does not race the brokers either.
+    /// refused as `UnknownTopic` by a leader that has not caught up. Before returning
+    /// `TopicAlreadyExists` it waits, the same way, until every broker knows the
+    /// topic (leaders or not: an existing topic may be offline): it may have been
+    /// committed a moment ago, by another client or by an earlier attempt whose
+    /// answer was lost, so "create unless it exists, then use it" does not race the
+    /// brokers either.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
         let request = Request::CreateTopics(CreateTopicsRequest {
@@ -170,12 +175,12 @@ impl Admin {
             return Err(unexpected(ApiKey::CreateTopics, &response));
         };
         let result = topic_result(&response.results, &name);
-        let exists = match &result {
-            Ok(()) => true,
-            Err(e) => e.code() == Some(ErrorCode::TopicAlreadyExists),
-        };
-        if exists {
-            self.await_everywhere(&name, TopicSeen::Served).await;
+        match &result {
+            Ok(()) => self.await_everywhere(&name, TopicSeen::Served).await,
+            Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {
+                self.await_everywhere(&name, TopicSeen::Known).await
+            }
+            Err(_) => {}
         }
         result
     }
