@@ -5,8 +5,8 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, ConfigEntry, CreateTopic, CreateTopicsRequest,
     DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
     DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    ListPartitionReassignmentsRequest, MetadataRequest, OngoingReassignment, PartitionReassignment,
-    Request, Response, TopicDescription, TopicMetadata, TopicResult, DELETE_TO_END,
+    ListPartitionReassignmentsRequest, MetadataResponse, OngoingReassignment,
+    PartitionReassignment, Request, Response, TopicDescription, TopicResult, DELETE_TO_END,
     EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
@@ -14,7 +14,7 @@ use meridian_wire::ErrorCode;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use crate::client::{unexpected, Client};
+use crate::client::{says_unknown, unexpected, Client};
 use crate::error::{Error, Result};
 use crate::metadata::{route, OnError};
 
@@ -63,17 +63,16 @@ enum TopicSeen {
 }
 
 impl TopicSeen {
-    fn holds(self, topic: Option<&TopicMetadata>) -> bool {
-        match (self, topic) {
-            (TopicSeen::Served, Some(t)) => {
-                t.error.is_ok()
+    fn holds(self, metadata: &MetadataResponse, topic: &str) -> bool {
+        match self {
+            TopicSeen::Served => metadata.topics.iter().any(|t| {
+                t.name == topic
+                    && t.error.is_ok()
                     && !t.partitions.is_empty()
                     && t.partitions.iter().all(|p| p.error.is_ok())
-            }
-            (TopicSeen::Known, Some(t)) => t.error != ErrorCode::UnknownTopic,
-            (TopicSeen::Served | TopicSeen::Known, None) => false,
-            (TopicSeen::Gone, Some(t)) => t.error == ErrorCode::UnknownTopic,
-            (TopicSeen::Gone, None) => true,
+            }),
+            TopicSeen::Known => !says_unknown(metadata, topic),
+            TopicSeen::Gone => says_unknown(metadata, topic),
         }
     }
 }
@@ -217,28 +216,18 @@ impl Admin {
         while !waiting.is_empty() {
             let mut still = Vec::new();
             for broker in waiting {
-                let request = Request::Metadata(MetadataRequest {
-                    topics: Some(vec![topic.to_string()]),
-                });
                 // A broker that is down costs at most a second.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let answer = self
                     .client
-                    .request_to_with_timeout(broker, request, left.min(Duration::from_secs(1)))
+                    .topic_metadata_from(broker, topic, left.min(Duration::from_secs(1)))
                     .await;
-                let m = match answer {
-                    Ok(Response::Metadata(m)) => m,
-                    Ok(other) => {
-                        tracing::debug!(broker, response = ?other.api_key(), "unexpected answer to metadata");
-                        continue;
-                    }
+                match answer {
+                    Ok(m) if !want.holds(&m, topic) => still.push(broker),
+                    Ok(_) => {}
                     Err(e) => {
                         tracing::debug!(broker, error = %e, "not waiting for a broker that does not answer");
-                        continue;
                     }
-                };
-                if !want.holds(m.topics.iter().find(|t| t.name == topic)) {
-                    still.push(broker);
                 }
             }
             waiting = still;

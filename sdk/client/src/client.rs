@@ -456,11 +456,8 @@ impl Client {
         answer: &MetadataResponse,
     ) -> Option<MetadataResponse> {
         for broker in answer.brokers.iter().map(|b| b.broker_id) {
-            let request = Request::Metadata(MetadataRequest {
-                topics: Some(vec![topic.to_string()]),
-            });
-            let Ok(Response::Metadata(other)) = self
-                .request_to_with_timeout(broker, request, Duration::from_secs(1))
+            let Ok(other) = self
+                .topic_metadata_from(broker, topic, Duration::from_secs(1))
                 .await
             else {
                 continue;
@@ -475,6 +472,25 @@ impl Client {
             }
         }
         None
+    }
+
+    /// What `broker` alone says about `topic`, within `timeout`.
+    pub(crate) async fn topic_metadata_from(
+        &self,
+        broker: BrokerId,
+        topic: &str,
+        timeout: Duration,
+    ) -> Result<MetadataResponse> {
+        let request = Request::Metadata(MetadataRequest {
+            topics: Some(vec![topic.to_string()]),
+        });
+        match self
+            .request_to_with_timeout(broker, request, timeout)
+            .await?
+        {
+            Response::Metadata(metadata) => Ok(metadata),
+            other => Err(unexpected(ApiKey::Metadata, &other)),
+        }
     }
 
     /// Forgets what is cached about `topic`, so the next use asks a broker. Called
@@ -949,7 +965,8 @@ fn check_supported(broker: &ApiVersionsResponse, api: ApiKey) -> Result<()> {
 }
 
 /// Whether a metadata answer says `topic` does not exist.
-fn says_unknown(metadata: &MetadataResponse, topic: &str) -> bool {
+/// Whether `metadata` says `topic` does not exist (it is missing or `UnknownTopic`).
+pub(crate) fn says_unknown(metadata: &MetadataResponse, topic: &str) -> bool {
     metadata
         .topics
         .iter()
