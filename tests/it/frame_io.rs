@@ -1,11 +1,14 @@
 //! `frame_io::read_body`, which broker and client both read frame bodies with, over
 //! a real QUIC connection on 127.0.0.1: a body is allocated whole on its first bytes
-//! only within the connection's budget, and read correctly either way.
+//! only within the connection's budget, and read correctly either way; large bodies
+//! are received into the memory of earlier ones nobody holds any more.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use meridian_client::frame_io::{read_body, BodyBudget};
+use meridian_wire::buffers::{BufferPool, MIN_POOLED_BYTES};
 
 use crate::harness::raw_client_endpoint;
 
@@ -46,7 +49,7 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_body_sets_aside_memory_only_within_the_budget() {
     let (_server, server_side, client_side) = connected_pair().await;
-    let budget = BodyBudget::new(1_000_000);
+    let budget = BodyBudget::new(1_000_000, BufferPool::new(0));
     let body = |seed: u8| -> Vec<u8> {
         (0..600_000u32)
             .map(|i| (i as u8).wrapping_mul(seed))
@@ -116,4 +119,77 @@ async fn read_body_sets_aside_memory_only_within_the_budget() {
         "{short:?}"
     );
     assert_eq!(budget.available(), 1_000_000);
+}
+
+/// Sends `body` on a new stream and reads it with `read_body`.
+async fn send_and_read(
+    server_side: &quinn::Connection,
+    client_side: &quinn::Connection,
+    budget: &BodyBudget,
+    body: &[u8],
+) -> Bytes {
+    let mut send = client_side.open_uni().await.unwrap();
+    send.write_all(body).await.unwrap();
+    send.finish().unwrap();
+    let mut recv = server_side.accept_uni().await.unwrap();
+    let got = tokio::time::timeout(
+        Duration::from_secs(10),
+        read_body(&mut recv, body.len(), budget),
+    )
+    .await
+    .expect("the body arrived")
+    .map_err(|e| format!("{e:?}"))
+    .unwrap();
+    assert_eq!(got, body, "a body must come out whole and in order");
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_bodies_are_received_into_memory_nobody_holds_within_the_limit() {
+    let (_server, server_side, client_side) = connected_pair().await;
+    let kept = BufferPool::new(1_000_000);
+    let budget = BodyBudget::new(10_000_000, kept.clone());
+    let body = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(seed) ^ seed)
+            .collect()
+    };
+
+    // A is kept; while something holds part of it (a record), B needs new memory.
+    let a = send_and_read(&server_side, &client_side, &budget, &body(300_000, 3)).await;
+    assert_eq!(kept.kept_bytes(), 300_000);
+    let a_memory = a.as_ptr();
+    let a_record = a.slice(1000..2000);
+    drop(a);
+    let b = send_and_read(&server_side, &client_side, &budget, &body(300_000, 5)).await;
+    assert_ne!(b.as_ptr(), a_memory, "A's memory is still held");
+    assert_eq!(kept.kept_bytes(), 600_000);
+
+    // Once A's last record is dropped, C (smaller, but not much) lands in its memory.
+    drop(a_record);
+    let c = send_and_read(&server_side, &client_side, &budget, &body(250_000, 7)).await;
+    assert_eq!(c.as_ptr(), a_memory, "C must reuse A's memory");
+    assert_eq!(kept.kept_bytes(), 600_000, "A's buffer is counted once");
+
+    // D would take the kept memory past the limit: read into new memory, not kept.
+    let d = send_and_read(&server_side, &client_side, &budget, &body(500_000, 9)).await;
+    assert_eq!(kept.kept_bytes(), 600_000);
+    drop(d);
+
+    // Small bodies are left to the allocator.
+    let small = send_and_read(&server_side, &client_side, &budget, &body(10_000, 11)).await;
+    assert!(small.len() < MIN_POOLED_BYTES);
+    assert_eq!(kept.kept_bytes(), 600_000);
+
+    // A body far smaller than the free buffers does not take one of them.
+    drop((b, c));
+    let e = send_and_read(&server_side, &client_side, &budget, &body(70_000, 13)).await;
+    assert_ne!(e.as_ptr(), a_memory);
+    assert_eq!(kept.kept_bytes(), 670_000);
+
+    // Nothing kept at a limit of 0.
+    let none = BufferPool::new(0);
+    let budget = BodyBudget::new(10_000_000, none.clone());
+    send_and_read(&server_side, &client_side, &budget, &body(300_000, 15)).await;
+    assert_eq!(none.kept_bytes(), 0);
 }

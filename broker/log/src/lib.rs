@@ -83,7 +83,7 @@ pub use partition::{
     LOG_START_OFFSET_FILE,
 };
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
-pub use segment::{ReadBuffers, ReadSlice};
+pub use segment::ReadSlice;
 pub use validate::{require_keys, validate_batches, ValidatedBatches};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meridian_wire::batch::{decode_records, BatchHeader, BATCH_HEADER_LEN};
+use meridian_wire::buffers::BufferPool;
 use parking_lot::Mutex;
 
 use crate::index::{
@@ -88,6 +89,10 @@ impl ReadSlice {
     /// less. The read goes into uninitialised memory: zero-filling a megabyte first
     /// (and faulting its pages in to do it) cost as much as the copy itself.
     pub fn read(&self) -> io::Result<Bytes> {
+        self.read_new().map(Bytes::from)
+    }
+
+    fn read_new(&self) -> io::Result<Vec<u8>> {
         let mut buf: Vec<u8> = Vec::with_capacity(self.len);
         while buf.len() < self.len {
             let at = self.position + buf.len() as u64;
@@ -99,7 +104,7 @@ impl ReadSlice {
         }
         // The allocator may have given more capacity than asked for.
         buf.truncate(self.len);
-        Ok(Bytes::from(buf))
+        Ok(buf)
     }
 
     fn ends_early(&self) -> io::Error {
@@ -112,12 +117,18 @@ impl ReadSlice {
         )
     }
 
-    /// [`read`](Self::read), into a buffer of `buffers` when one is free.
-    pub fn read_with(&self, buffers: &ReadBuffers) -> io::Result<Bytes> {
-        let Some(mut buf) = buffers.take(self.len) else {
-            return self.read();
+    /// [`read`](Self::read), into a buffer of `pool` when one is free, kept in the
+    /// pool afterwards for later reads (once the transport let go of it: the peer
+    /// acknowledged it). A fresh buffer for every read cost a page fault and a page
+    /// clear per 4 KiB, ~9 % of the machine while the broker served one consumer.
+    pub fn read_with(&self, pool: &BufferPool) -> io::Result<Bytes> {
+        let Some(buffer) = pool.take(self.len) else {
+            return Ok(pool.keep_vec(self.read_new()?));
         };
-        buf.truncate(self.len);
+        // The old contents are initialised memory for the read to overwrite; only
+        // what is beyond them is zeroed first.
+        let mut buf = Vec::from(buffer);
+        buf.resize(self.len, 0);
         let mut filled = 0;
         while filled < self.len {
             let n = self
@@ -128,76 +139,7 @@ impl ReadSlice {
             }
             filled += n;
         }
-        Ok(Bytes::from(buf))
-    }
-}
-
-/// How many kept buffers [`ReadBuffers::take`] looks at before allocating.
-const MAX_BUFFERS_LOOKED_AT: usize = 32;
-
-/// Buffers of earlier reads, handed out again for later reads once nothing holds
-/// them any more (the transport keeps a response's bytes until the peer acknowledged
-/// them). A fresh buffer for every read costs a page fault and a page clear per
-/// 4 KiB when the allocator has given the memory back to the kernel, which glibc
-/// does for buffers of this size: measured at ~9 % of the machine while the broker
-/// served one consumer.
-///
-/// At most `max_bytes` of buffers are kept; reused ones keep their old contents
-/// (initialised memory), which the read overwrites.
-#[derive(Debug)]
-pub struct ReadBuffers {
-    max_bytes: usize,
-    kept: Mutex<KeptBuffers>,
-}
-
-#[derive(Debug, Default)]
-struct KeptBuffers {
-    buffers: std::collections::VecDeque<Bytes>,
-    bytes: usize,
-}
-
-impl ReadBuffers {
-    pub fn new(max_bytes: usize) -> ReadBuffers {
-        ReadBuffers {
-            max_bytes,
-            kept: Mutex::new(KeptBuffers::default()),
-        }
-    }
-
-    /// Keeps `bytes` (typically a read sent to a peer) to read into again once
-    /// nothing else holds it; dropped if that would pass the limit.
-    pub fn give_back(&self, bytes: Bytes) {
-        let mut kept = self.kept.lock();
-        if kept.bytes + bytes.len() <= self.max_bytes {
-            kept.bytes += bytes.len();
-            kept.buffers.push_back(bytes);
-        }
-    }
-
-    /// A kept buffer of at least `len` initialised bytes that nothing else holds.
-    /// Looks at no more than [`MAX_BUFFERS_LOOKED_AT`] of them (oldest first, so the
-    /// likeliest to be released), so a read costs little even when many are held.
-    fn take(&self, len: usize) -> Option<Vec<u8>> {
-        let mut kept = self.kept.lock();
-        for _ in 0..kept.buffers.len().min(MAX_BUFFERS_LOOKED_AT) {
-            let bytes = kept.buffers.pop_front()?;
-            let size = bytes.len();
-            match bytes.try_into_mut() {
-                Ok(buffer) if size >= len => {
-                    kept.bytes -= size;
-                    return Some(Vec::from(buffer));
-                }
-                // Too small for this read, or still held: look again next time.
-                Ok(buffer) => kept.buffers.push_back(buffer.freeze()),
-                Err(bytes) => kept.buffers.push_back(bytes),
-            }
-        }
-        None
-    }
-
-    /// Bytes of buffers kept.
-    pub fn kept_bytes(&self) -> usize {
-        self.kept.lock().bytes
+        Ok(pool.keep_vec(buf))
     }
 }
 

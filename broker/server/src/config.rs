@@ -57,6 +57,10 @@ pub struct BrokerConfig {
     /// Memory kept of the buffers of sent fetch responses, to read later fetches
     /// into once the peer has acknowledged them (0: every read gets new memory).
     pub read_buffer_cache_bytes: u64,
+    /// Memory kept of handled requests' bodies (those of 64 KiB or more: produce
+    /// requests), to receive later requests into once nothing holds them
+    /// (0: every request body gets new memory).
+    pub request_buffer_cache_bytes: u64,
     pub flush: FlushPolicy,
     /// With `flush = "interval"`: how often dirty partitions are fsynced.
     pub flush_interval_ms: u64,
@@ -339,6 +343,7 @@ impl Default for BrokerConfig {
             max_fetch_wait_ms: 30_000,
             max_fetch_bytes: 64 * 1024 * 1024,
             read_buffer_cache_bytes: 64 * 1024 * 1024,
+            request_buffer_cache_bytes: 64 * 1024 * 1024,
             flush: FlushPolicy::Interval,
             flush_interval_ms: 60_000,
             retention_check_interval_ms: 60_000,

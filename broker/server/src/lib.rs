@@ -28,7 +28,8 @@ use std::time::Duration;
 use anyhow::Context;
 use bytes::Bytes;
 use meridian_client::frame_io::{read_body, BodyBudget, BodyError};
-use meridian_log::{GroupCommit, ReadBuffers};
+use meridian_log::GroupCommit;
+use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
     check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
 };
@@ -47,10 +48,6 @@ pub mod close_codes {
     pub const FRAME_TOO_LARGE: u32 = 1;
 }
 
-/// Chunks of a response at least this large are kept as read buffers (see
-/// [`ReadBuffers`]); smaller ones are not worth the bookkeeping.
-const MIN_KEPT_READ_BUFFER: usize = 64 * 1024;
-
 /// State shared by every connection and background task.
 pub(crate) struct Shared {
     pub(crate) config: BrokerConfig,
@@ -59,7 +56,10 @@ pub(crate) struct Shared {
     pub(crate) producer_ids: producer_ids::ProducerIds,
     pub(crate) group_commit: GroupCommit,
     /// Buffers of sent fetch responses, read into again once the peer has them.
-    pub(crate) read_buffers: ReadBuffers,
+    /// Fetch reads, kept to read later fetches into.
+    pub(crate) read_buffers: BufferPool,
+    /// Request bodies of every connection, kept to receive later ones into.
+    request_buffers: BufferPool,
     pub(crate) local_addr: SocketAddr,
     pub(crate) plugins: plugins::Plugins,
     pub(crate) replication: replica_manager::ReplicationState,
@@ -150,8 +150,11 @@ impl Broker {
             None => None,
         };
         let shared = Arc::new(Shared {
-            read_buffers: ReadBuffers::new(
+            read_buffers: BufferPool::new(
                 usize::try_from(config.read_buffer_cache_bytes).unwrap_or(usize::MAX),
+            ),
+            request_buffers: BufferPool::new(
+                usize::try_from(config.request_buffer_cache_bytes).unwrap_or(usize::MAX),
             ),
             config,
             registry,
@@ -336,7 +339,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
 }
 
 async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
-    let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW);
+    let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW, shared.request_buffers.clone());
     loop {
         let (send, recv) = match connection.accept_bi().await {
             Ok(streams) => streams,
@@ -398,13 +401,6 @@ async fn serve_stream(
         }
     };
     if !reply.is_empty() {
-        // Fetched batches (the large chunks) become buffers for later reads once
-        // the transport lets go of them.
-        for chunk in &reply {
-            if chunk.len() >= MIN_KEPT_READ_BUFFER {
-                shared.read_buffers.give_back(chunk.clone());
-            }
-        }
         if let Err(e) = send.write_all_chunks(&mut reply).await {
             tracing::debug!(error = %e, "client went away before the response was sent");
             return;

@@ -8,8 +8,10 @@
 //! - [`messages`]: the typed requests and responses ([`group`]: consumer groups).
 //! - [`error`]: error codes carried in responses.
 //! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
+//! - [`buffers`]: a pool of large buffers, used again once nothing holds them.
 
 pub mod batch;
+pub mod buffers;
 pub mod cluster;
 pub mod codec;
 pub mod error;

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex as StdMutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
     check_frame_length, decode_response, encode_request_chunks, ResponseFrame,
 };
@@ -85,6 +86,8 @@ struct Inner {
     coordinators: StdMutex<HashMap<String, BrokerId>>,
     /// Set by [`Client::close`]; no new connection is opened afterwards.
     closed: AtomicBool,
+    /// Response bodies of every connection, kept to receive later ones into.
+    response_buffers: BufferPool,
 }
 
 #[derive(Default)]
@@ -135,6 +138,7 @@ impl Client {
     pub async fn connect(config: ClientConfig) -> Result<Client> {
         config.validate()?;
         let quic_config = crate::tls::quic_client_config(&config)?;
+        let response_buffers = BufferPool::new(config.response_buffer_cache_bytes);
         let client = Client {
             inner: Arc::new(Inner {
                 config,
@@ -149,6 +153,7 @@ impl Client {
                 refreshing: tokio::sync::Mutex::new(()),
                 coordinators: StdMutex::new(HashMap::new()),
                 closed: AtomicBool::new(false),
+                response_buffers,
             }),
         };
         client.any_connection().await?;
@@ -855,7 +860,10 @@ impl Client {
         let request = Request::ApiVersions(ApiVersionsRequest {
             client_software: config.client_software.clone(),
         });
-        let budget = BodyBudget::new(crate::tls::CONNECTION_RECEIVE_WINDOW);
+        let budget = BodyBudget::new(
+            crate::tls::CONNECTION_RECEIVE_WINDOW,
+            self.inner.response_buffers.clone(),
+        );
         let response = round_trip(
             &connection,
             &budget,

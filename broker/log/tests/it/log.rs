@@ -1,8 +1,9 @@
 //! Appends, reads, rolls, timestamp lookups and retention.
 
 use bytes::Bytes;
-use meridian_log::{validate_batches, LogConfig, LogError, PartitionLog, ReadBuffers};
+use meridian_log::{validate_batches, LogConfig, LogError, PartitionLog};
 use meridian_wire::batch::split_batches;
+use meridian_wire::buffers::{BufferPool, MIN_POOLED_BYTES};
 use meridian_wire::ErrorCode;
 
 use crate::support::*;
@@ -51,43 +52,52 @@ fn round_trip_with_consecutive_offsets_across_segments() {
 #[test]
 fn reads_reuse_buffers_nothing_holds_and_keep_at_most_the_limit() {
     let dir = tempfile::tempdir().unwrap();
-    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
-    let small = batch(1, 100, 1000);
-    let large = batch(3, 500, 1001);
+    let mut log = PartitionLog::open(dir.path(), LogConfig::default(), 0).unwrap();
+    // Both above the smallest buffer pooled, the large one under 4 times the small.
+    let small = batch(2, 40_000, 1000);
+    let large = batch(3, 40_000, 1001);
+    assert!(small.len() >= MIN_POOLED_BYTES && large.len() < 4 * small.len());
     let small_info = append(&mut log, &small, 0);
     let large_info = append(&mut log, &large, 0);
-    let read = |offset: i64, buffers: &ReadBuffers| {
+    let read = |offset: i64, pool: &BufferPool| {
         let slice = log.read(offset, 1).unwrap().unwrap();
-        slice.read_with(buffers).unwrap()
+        slice.read_with(pool).unwrap()
     };
-    let buffers = ReadBuffers::new(4096);
+    let pool = BufferPool::new(1 << 20);
 
-    // The first read has nothing to reuse.
-    let first = read(large_info.base_offset, &buffers);
+    // The first read has nothing to reuse; its buffer is kept.
+    let first = read(large_info.base_offset, &pool);
     assert_eq!(first, as_stored(&large, large_info.base_offset));
+    assert_eq!(pool.kept_bytes(), large.len());
     let address = first.as_ptr();
-    buffers.give_back(first.clone());
     // Still held (as the transport holds bytes until they are acknowledged).
-    let second = read(large_info.base_offset, &buffers);
+    let second = read(large_info.base_offset, &pool);
     assert_ne!(second.as_ptr(), address);
+    let second_address = second.as_ptr();
     drop((first, second));
 
     // Released: the next read, even a smaller one, goes into the same memory, and
     // what it returns is its own batch, not the old contents.
-    let reused = read(small_info.base_offset, &buffers);
+    let reused = read(small_info.base_offset, &pool);
     assert_eq!(reused.as_ptr(), address);
     assert_eq!(reused, as_stored(&small, small_info.base_offset));
-    assert_eq!(buffers.kept_bytes(), 0);
+    drop(reused);
 
-    // A buffer smaller than the read stays kept for a later, smaller read.
-    buffers.give_back(reused);
-    let larger = read(large_info.base_offset, &buffers);
-    assert_eq!(larger, as_stored(&large, large_info.base_offset));
-    assert_eq!(buffers.kept_bytes(), small.len());
+    // A larger read into a buffer holding a smaller one's bytes is whole too.
+    for _ in 0..2 {
+        let larger = read(large_info.base_offset, &pool);
+        assert!([address, second_address].contains(&larger.as_ptr()));
+        assert_eq!(larger, as_stored(&large, large_info.base_offset));
+    }
+    assert_eq!(
+        pool.kept_bytes(),
+        2 * large.len(),
+        "each buffer counted once"
+    );
 
     // Nothing beyond the limit is kept.
-    let limited = ReadBuffers::new(large.len() - 1);
-    limited.give_back(larger);
+    let limited = BufferPool::new(large.len() - 1);
+    let _ = read(large_info.base_offset, &limited);
     assert_eq!(limited.kept_bytes(), 0);
 }
 
