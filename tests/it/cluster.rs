@@ -7,7 +7,10 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use meridian_client::{Acks, Client, NewTopic, Offset, ProducerConfig, ProducerRecord};
+use meridian_client::{
+    Acks, AutoOffsetReset, Client, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, Offset,
+    ProducerConfig, ProducerRecord,
+};
 use meridian_wire::messages::{
     CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
     NO_BROKER,
@@ -419,6 +422,143 @@ async fn unclean_election_happens_only_where_the_topic_allows_it() {
     cluster
         .agreed_topic("clean", Duration::from_secs(15), |v| v[0].leader == 3)
         .await;
+}
+
+/// Polls `consumer` until it has returned `n` records or `timeout` passes.
+async fn poll_records(consumer: &mut Consumer, n: usize, timeout: Duration) -> Vec<ConsumerRecord> {
+    let deadline = Instant::now() + timeout;
+    let mut records = Vec::new();
+    while records.len() < n && Instant::now() < deadline {
+        records.extend(consumer.poll(Duration::from_millis(200)).await.unwrap());
+    }
+    records
+}
+
+fn values(records: &[ConsumerRecord]) -> Vec<(i64, String)> {
+    records
+        .iter()
+        .map(|r| {
+            let value = r.value.as_ref().expect("a value");
+            (r.offset, String::from_utf8(value.to_vec()).unwrap())
+        })
+        .collect()
+}
+
+/// KIP-320 for consumers. An unclean election cuts records a consumer has read; the
+/// new leader's log gets new records at those offsets. The consumer learns from the
+/// new leader where its log diverged and reads on from there, so it returns the new
+/// records, rather than finding its position out of range and jumping per
+/// `auto_offset_reset` (here to the log start, reading 0..50 again). With
+/// `auto_offset_reset = none` it reports the truncation instead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
+    let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    for expected in [4, 5] {
+        let port = free_ports(1)[0];
+        assert_eq!(cluster.add_broker(port), expected);
+    }
+    cluster.agreed_controller(5, Duration::from_secs(20)).await;
+    let client = cluster.client(1).await;
+    let admin = client.admin();
+    // On brokers 3, 4 and 5 (not the voters 1 and 2, which keep the quorum).
+    admin
+        .create_topic(rf3("cut", 1).config("unclean.leader.election.enable", "true"))
+        .await
+        .unwrap();
+    cluster
+        .agreed_topic("cut", Duration::from_secs(10), |_| true)
+        .await;
+    let results = admin
+        .reassign_partitions("cut", &[(0, Some(vec![3, 4, 5]))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    cluster
+        .agreed_topic("cut", Duration::from_secs(15), |v| {
+            v[0].replicas == [3, 4, 5] && v[0].isr == [3, 4, 5] && v[0].leader == 3
+        })
+        .await;
+
+    // 0..50 reach all three replicas; 50..100 only broker 3, the others dead.
+    send_acked(&client, "cut", (0..50).map(|i| format!("kept-{i}"))).await;
+    for id in [4, 5] {
+        cluster.broker(id).kill9();
+        cluster
+            .agreed_topic("cut", Duration::from_secs(10), |v| !v[0].isr.contains(&id))
+            .await;
+    }
+    send_with(
+        &client,
+        "cut",
+        (50..100).map(|i| format!("lost-{i}")),
+        Acks::Leader,
+    )
+    .await;
+
+    // Two consumers read all 100.
+    let mut reads_on = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    let mut reports = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::None,
+        ..ConsumerConfig::default()
+    });
+    for consumer in [&mut reads_on, &mut reports] {
+        consumer.assign("cut", &[0]).await.unwrap();
+        consumer.seek("cut", 0, Offset::Earliest).await.unwrap();
+        let records = poll_records(consumer, 100, Duration::from_secs(20)).await;
+        assert_eq!(records.len(), 100);
+        assert_eq!(values(&records[99..]), [(99, "lost-99".to_string())]);
+    }
+
+    // Broker 3 dies; 4 and 5 come back, and one of them leads without 50..100.
+    cluster.broker(3).kill9();
+    cluster.broker(4).restart();
+    cluster.broker(5).restart();
+    cluster
+        .agreed_topic("cut", Duration::from_secs(20), |v| {
+            [4, 5].contains(&v[0].leader)
+        })
+        .await;
+    send_with(
+        &client,
+        "cut",
+        (50..60).map(|i| format!("new-{i}")),
+        Acks::Leader,
+    )
+    .await;
+
+    let records = poll_records(&mut reads_on, 10, Duration::from_secs(20)).await;
+    let expected: Vec<(i64, String)> = (50..60).map(|i| (i, format!("new-{i}"))).collect();
+    assert_eq!(
+        values(&records),
+        expected,
+        "the consumer reads on from where the log was cut"
+    );
+    assert_eq!(reads_on.position("cut", 0), Some(60));
+
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let error = loop {
+        match reports.poll(Duration::from_millis(200)).await {
+            Ok(records) => assert!(records.is_empty(), "{:?}", values(&records)),
+            Err(e) => break e,
+        }
+        assert!(Instant::now() < deadline, "no truncation reported");
+    };
+    assert!(
+        matches!(
+            error,
+            meridian_client::Error::LogTruncated {
+                position: 100,
+                truncated_to: 50,
+                ..
+            }
+        ),
+        "{error}"
+    );
+    assert_eq!(reports.position("cut", 0), Some(100), "paused where it was");
 }
 
 #[tokio::test]
@@ -905,8 +1045,18 @@ async fn a_restarted_leader_does_not_lead_again_on_the_metadata_it_replays() {
 /// Sends `values` to `topic`/0 with acks=all through a producer of its own, and
 /// waits until every one is acknowledged.
 async fn send_acked(client: &Client, topic: &str, values: impl IntoIterator<Item = String>) {
+    send_with(client, topic, values, Acks::All).await;
+}
+
+/// [`send_acked`] with other acks.
+async fn send_with(
+    client: &Client,
+    topic: &str,
+    values: impl IntoIterator<Item = String>,
+    acks: Acks,
+) {
     let producer = client.producer(ProducerConfig {
-        acks: Acks::All,
+        acks,
         ..ProducerConfig::default()
     });
     let mut deliveries = Vec::new();
@@ -1217,7 +1367,7 @@ async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
 /// after the commit, none before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_killed() {
-    use meridian_client::{AutoOffsetReset, ConsumerConfig, GroupConfig};
+    use meridian_client::GroupConfig;
     use meridian_wire::messages::FindCoordinatorRequest;
     use std::collections::BTreeSet;
 

@@ -208,6 +208,24 @@ impl Replica {
         &self.epochs
     }
 
+    /// KIP-320 for consumers. A consumer whose last batch was written in
+    /// `last_fetched_epoch` and that now fetches from `fetch_offset` has read records
+    /// this log does not hold when that epoch (or the largest here below it) ends
+    /// here before `fetch_offset`: an unclean election or a failover to a replica
+    /// that was behind cut them. Returns that epoch and where it ends here, the
+    /// offset to read on from. `None` also when every epoch here is newer (nothing
+    /// to compare with), as Kafka's consumer does.
+    pub fn consumer_divergence(
+        &self,
+        last_fetched_epoch: i32,
+        fetch_offset: i64,
+    ) -> Option<(i32, i64)> {
+        let (epoch, end) = self
+            .epochs
+            .end_offset_for(last_fetched_epoch, self.log_end)?;
+        (end < fetch_offset).then_some((epoch, end))
+    }
+
     pub fn is_leader(&self) -> bool {
         matches!(self.role, Role::Leader(_))
     }
@@ -1181,6 +1199,24 @@ mod tests {
         isr_change(&mut c, &[1, 2, 3, 4, 6]).unwrap();
         let s = c.partition(&0).unwrap();
         assert_eq!((s.replicas.clone(), s.leader), (vec![1, 2, 6], Some(1)));
+    }
+
+    #[test]
+    fn a_consumer_past_where_its_epoch_ends_here_has_diverged() {
+        let mut epochs = EpochCache::default();
+        epochs.assign(1, 0);
+        epochs.assign(3, 50);
+        let replica = Replica::new(1, ReplicaConfig::default(), 60, epochs);
+        // Read up to 100 in epoch 2, which this log never had: epoch 1 ends at 50.
+        assert_eq!(replica.consumer_divergence(2, 100), Some((1, 50)));
+        // Read up to 40 in epoch 1, or 50: nothing cut.
+        assert_eq!(replica.consumer_divergence(1, 40), None);
+        assert_eq!(replica.consumer_divergence(1, 50), None);
+        // Read in epoch 3 up to the log end; and beyond it (cut after the read).
+        assert_eq!(replica.consumer_divergence(3, 60), None);
+        assert_eq!(replica.consumer_divergence(3, 70), Some((3, 60)));
+        // An epoch older than any here: nothing to compare with.
+        assert_eq!(replica.consumer_divergence(0, 100), None);
     }
 
     #[test]

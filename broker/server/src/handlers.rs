@@ -1336,7 +1336,8 @@ struct PartitionRead {
 
 impl Shared {
     /// Reads whole batches from `fetch_offset`: for a consumer up to the high
-    /// watermark, for a follower (`replica_id >= 0`) up to the log end after the
+    /// watermark (or, when its log diverged from what the consumer read, nothing but
+    /// where: [`DivergingEpoch`]), for a follower (`replica_id >= 0`) up to the log end after the
     /// leader checked its epochs and recorded its progress. Plans under the partition
     /// lock, reads outside it. `budget == 0` reads nothing unless this is the first
     /// partition with data (a fetch always returns at least one batch if any exists,
@@ -1378,6 +1379,15 @@ impl Shared {
                         request.current_leader_epoch,
                         log.log_end_offset(),
                     )?;
+                    // Checked after the leader epoch: only the leader's log counts.
+                    if let Some(diverging) = self.consumer_divergence(partition, request) {
+                        return Ok(PartitionRead {
+                            records: Bytes::new(),
+                            high_watermark: bound.high_watermark,
+                            log_start_offset: log_start,
+                            diverging_epoch: Some(diverging),
+                        });
+                    }
                     (bound.end_offset, bound.high_watermark)
                 }
             };

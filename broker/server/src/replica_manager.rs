@@ -518,6 +518,26 @@ impl Shared {
         }
     }
 
+    /// For a consumer's fetch that names the epoch of the last batch it read: where
+    /// this leader's log diverged from what it read, if it did (see
+    /// [`Replica::consumer_divergence`]). A standalone partition has no elections,
+    /// so nothing to check.
+    pub(crate) fn consumer_divergence(
+        &self,
+        partition: &Partition,
+        request: &FetchPartition,
+    ) -> Option<DivergingEpoch> {
+        if request.last_fetched_epoch < 0 {
+            return None;
+        }
+        let slot = partition.replication.lock();
+        let (epoch, end_offset) = slot
+            .as_ref()?
+            .replica
+            .consumer_divergence(request.last_fetched_epoch, request.fetch_offset)?;
+        Some(DivergingEpoch { epoch, end_offset })
+    }
+
     /// A standalone partition serves unless this broker is in cluster mode (then only
     /// internal topics do).
     pub(crate) fn check_standalone(&self, topic: &Topic) -> Result<(), Failure> {

@@ -13,8 +13,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use meridian_wire::batch::{decode_records, split_fetched_batches, BatchHeader, Header};
 use meridian_wire::messages::{
-    ApiKey, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request, Response,
-    CONSUMER_REPLICA_ID, LATEST_TIMESTAMP, NO_LEADER_EPOCH,
+    ApiKey, DivergingEpoch, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request,
+    Response, CONSUMER_REPLICA_ID, LATEST_TIMESTAMP, NO_LEADER_EPOCH,
 };
 pub use meridian_wire::plugin_messages::FetchFilter;
 use meridian_wire::ErrorCode;
@@ -168,9 +168,24 @@ pub struct ConsumerRecord {
 struct PartitionState {
     /// Offset of the next record `poll` returns.
     position: i64,
+    /// Leader epoch of the batch of the last record `poll` returned
+    /// ([`NO_LEADER_EPOCH`] when not known: after a seek). Fetches carry it so the
+    /// leader can tell whether its log still holds what was read (KIP-320).
+    epoch: i32,
     high_watermark: Option<i64>,
     /// Stopped after a partition error, until the next `seek` or `assign`.
     paused: bool,
+}
+
+impl PartitionState {
+    fn at(position: i64) -> PartitionState {
+        PartitionState {
+            position,
+            epoch: NO_LEADER_EPOCH,
+            high_watermark: None,
+            paused: false,
+        }
+    }
 }
 
 /// Reads records from assigned partitions (no consumer groups yet: the caller picks
@@ -249,9 +264,14 @@ struct PartitionFetch {
     batches: Vec<(BatchHeader, Bytes)>,
     /// Where the next fetch of this partition starts.
     next_offset: i64,
+    /// Leader epoch of the last of the batches (control batches included).
+    last_epoch: Option<i32>,
     high_watermark: Option<i64>,
     /// The partition stopped with this error.
     error: Option<Error>,
+    /// The leader's log does not hold what was read before `next_offset`: the
+    /// epoch it has there and where that ends. The fetcher stopped the partition.
+    diverged: Option<DivergingEpoch>,
 }
 
 impl Consumer {
@@ -304,14 +324,8 @@ impl Consumer {
         self.partitions
             .retain(|key, _| key.topic != topic || wanted.contains(&key.partition));
         for (partition, position) in resolved {
-            self.partitions.insert(
-                tp(topic, partition),
-                PartitionState {
-                    position,
-                    high_watermark: None,
-                    paused: false,
-                },
-            );
+            self.partitions
+                .insert(tp(topic, partition), PartitionState::at(position));
         }
         self.restart_fetching();
         Ok(())
@@ -360,8 +374,7 @@ impl Consumer {
             .list_offsets(topic, partition, to)
             .await?;
         if let Some(state) = self.partitions.get_mut(&key) {
-            state.position = position;
-            state.paused = false;
+            *state = PartitionState::at(position);
         }
         self.restart_fetching();
         Ok(())
@@ -472,12 +485,21 @@ impl Consumer {
                 // The fetcher has gone on past this batch: stop the partition here
                 // and start fetching afresh from the positions we hold.
                 state.position = at;
+                state.epoch = NO_LEADER_EPOCH;
                 state.paused = true;
                 self.pending_error.get_or_insert(error);
                 restart = true;
                 continue;
             }
             state.position = fetched.next_offset;
+            if let Some(epoch) = fetched.last_epoch {
+                state.epoch = epoch;
+            }
+            if let Some(diverging) = fetched.diverged {
+                self.truncated(&fetched.tp, diverging);
+                restart = true;
+                continue;
+            }
             if let Some(error) = fetched.error {
                 state.paused = true;
                 let out_of_range = error.code() == Some(ErrorCode::OffsetOutOfRange);
@@ -495,6 +517,33 @@ impl Consumer {
             self.restart_fetching();
         }
         records
+    }
+
+    /// The leader's log diverged from what this partition's records were read from
+    /// (see [`Error::LogTruncated`]): reads on from where it diverged, or with
+    /// `auto_offset_reset = None` pauses the partition and reports it.
+    fn truncated(&mut self, key: &TopicPartition, diverging: DivergingEpoch) {
+        let Some(state) = self.partitions.get_mut(key) else {
+            return;
+        };
+        // Later fetches name the epoch the leader has, which it can vouch for.
+        state.epoch = diverging.epoch;
+        if diverging.end_offset >= state.position {
+            return;
+        }
+        let error = Error::LogTruncated {
+            topic: key.topic.clone(),
+            partition: key.partition,
+            position: state.position,
+            truncated_to: diverging.end_offset,
+        };
+        if self.config.auto_offset_reset == AutoOffsetReset::None {
+            state.paused = true;
+            self.pending_error.get_or_insert(error);
+        } else {
+            tracing::warn!(%error, "reading on from where the leader's log diverged");
+            state.position = diverging.end_offset;
+        }
     }
 
     /// Applies what the membership task reported, then resumes fetching.
@@ -527,8 +576,7 @@ impl Consumer {
                             to = position,
                             "position out of range; reset per auto_offset_reset"
                         );
-                        state.position = position;
-                        state.paused = false;
+                        *state = PartitionState::at(position);
                     }
                 }
                 Err(e) => {
@@ -554,12 +602,19 @@ impl Consumer {
         if positions.is_empty() {
             return None;
         }
+        let read_epochs: HashMap<TopicPartition, i32> = self
+            .partitions
+            .iter()
+            .filter(|(_, state)| !state.paused && state.epoch != NO_LEADER_EPOCH)
+            .map(|(key, state)| (key.clone(), state.epoch))
+            .collect();
         let budget = Arc::new(Semaphore::new(self.config.prefetch_bytes));
         let (sender, results) = mpsc::channel(RESULT_QUEUE_LEN);
         let task = tokio::spawn(run_fetcher(
             self.client.clone(),
             self.config.clone(),
             positions,
+            read_epochs,
             budget.clone(),
             sender,
         ));
@@ -807,14 +862,7 @@ impl Consumer {
             match self.starting_positions(&added).await {
                 Ok(positions) => {
                     for (tp, position) in positions {
-                        self.partitions.insert(
-                            tp,
-                            PartitionState {
-                                position,
-                                high_watermark: None,
-                                paused: false,
-                            },
-                        );
+                        self.partitions.insert(tp, PartitionState::at(position));
                     }
                 }
                 Err(e) => failed = Some(e),
@@ -937,6 +985,7 @@ async fn run_fetcher(
     client: Client,
     config: ConsumerConfig,
     mut positions: BTreeMap<TopicPartition, i64>,
+    mut read_epochs: HashMap<TopicPartition, i32>,
     budget: Arc<Semaphore>,
     results: mpsc::Sender<FetchResult>,
 ) {
@@ -999,8 +1048,10 @@ async fn run_fetcher(
                         tp,
                         batches: Vec::new(),
                         next_offset: position,
+                        last_epoch: None,
                         high_watermark: None,
                         error: Some(error),
+                        diverged: None,
                     });
                 }
                 if results.send(result).await.is_err() {
@@ -1021,11 +1072,15 @@ async fn run_fetcher(
                 let free = FETCHES_PER_BROKER.saturating_sub(*requests).max(1);
                 for share in deal(tps, free) {
                     *requests += 1;
-                    let request_positions: BTreeMap<TopicPartition, (i64, i32)> = share
+                    let request_positions: BTreeMap<TopicPartition, FetchFrom> = share
                         .iter()
                         .filter_map(|tp| {
-                            let epoch = epochs.get(tp).copied().unwrap_or(NO_LEADER_EPOCH);
-                            positions.get(tp).map(|p| (tp.clone(), (*p, epoch)))
+                            let from = FetchFrom {
+                                offset: *positions.get(tp)?,
+                                leader_epoch: epochs.get(tp).copied().unwrap_or(NO_LEADER_EPOCH),
+                                read_epoch: read_epochs.get(tp).copied().unwrap_or(NO_LEADER_EPOCH),
+                            };
+                            Some((tp.clone(), from))
                         })
                         .collect();
                     busy.extend(share.iter().cloned());
@@ -1128,6 +1183,11 @@ async fn run_fetcher(
         for (tp, code) in &moved {
             client.partition_failed(&tp.topic, tp.partition, &Error::broker(*code, ""));
         }
+        for fetched in &result.partitions {
+            if let Some(epoch) = fetched.last_epoch {
+                read_epochs.insert(fetched.tp.clone(), epoch);
+            }
+        }
         // Give back the budget the response did not use.
         budget.add_permits(reserved - result.reserved_bytes);
         if results.send(result).await.is_err() {
@@ -1159,20 +1219,32 @@ fn fetch_backoff(n: u32) -> Duration {
     crate::config::backoff(FETCH_BACKOFF_MIN, FETCH_BACKOFF_MAX, n)
 }
 
+/// Where a fetch of one partition starts.
+#[derive(Clone, Copy, Debug)]
+struct FetchFrom {
+    offset: i64,
+    /// The leader epoch the client's metadata gives the partition.
+    leader_epoch: i32,
+    /// The leader epoch of the last batch read.
+    read_epoch: i32,
+}
+
 /// A fetch of each partition from its position, with the leader epoch the client's
-/// metadata gives it ([`NO_LEADER_EPOCH`] for none).
+/// metadata gives it and the epoch of the last batch read ([`NO_LEADER_EPOCH`] for
+/// none).
 fn fetch_request(
     config: &ConsumerConfig,
-    positions: &BTreeMap<TopicPartition, (i64, i32)>,
+    positions: &BTreeMap<TopicPartition, FetchFrom>,
     max_bytes: u32,
 ) -> Request {
     let mut topics: Vec<FetchTopic> = Vec::new();
-    for (key, &(position, leader_epoch)) in positions {
+    for (key, from) in positions {
         let partition = FetchPartition {
-            current_leader_epoch: leader_epoch,
+            current_leader_epoch: from.leader_epoch,
+            last_fetched_epoch: from.read_epoch,
             ..FetchPartition::new(
                 key.partition,
-                position,
+                from.offset,
                 config.max_partition_fetch_bytes.min(max_bytes),
             )
         };
@@ -1241,15 +1313,36 @@ fn read_response(
                     tp: key,
                     batches: Vec::new(),
                     next_offset: position,
+                    last_epoch: None,
                     high_watermark,
                     error: Some(error),
+                    diverged: None,
+                });
+                progressed = true;
+                continue;
+            }
+            if let Some(diverging) = answer.diverging_epoch {
+                // The consumer decides where to go on from; a new fetcher takes it up.
+                positions.remove(&key);
+                result.partitions.push(PartitionFetch {
+                    tp: key,
+                    batches: Vec::new(),
+                    next_offset: position,
+                    last_epoch: None,
+                    high_watermark,
+                    error: None,
+                    diverged: Some(diverging),
                 });
                 progressed = true;
                 continue;
             }
             bytes += answer.records.len();
-            let (batches, next_offset, error) =
-                frame_partition(&key, answer.records.clone(), position);
+            let Framed {
+                batches,
+                next_offset,
+                last_epoch,
+                error,
+            } = frame_partition(&key, answer.records.clone(), position);
             if next_offset != position || error.is_some() {
                 progressed = true;
             }
@@ -1262,8 +1355,10 @@ fn read_response(
                 tp: key,
                 batches,
                 next_offset,
+                last_epoch,
                 high_watermark,
                 error,
+                diverged: None,
             });
         }
     }
@@ -1272,16 +1367,25 @@ fn read_response(
     (result, stalled, moved)
 }
 
+/// What [`frame_partition`] made of one partition's fetched bytes.
+struct Framed {
+    /// The batches to decode.
+    batches: Vec<(BatchHeader, Bytes)>,
+    /// The next position.
+    next_offset: i64,
+    /// The leader epoch of the last batch at or past the position (control batches
+    /// too).
+    last_epoch: Option<i32>,
+    /// An error that stops the partition.
+    error: Option<Error>,
+}
+
 /// Frames the batches fetched for one partition starting at `position`: checks each
 /// batch's header and CRC, and drops batches wholly below the position (a fetch
-/// returns whole batches) and control batches. Returns the batches to decode, the
-/// next position, and an error that stops the partition.
-fn frame_partition(
-    key: &TopicPartition,
-    bytes: Bytes,
-    mut position: i64,
-) -> (Vec<(BatchHeader, Bytes)>, i64, Option<Error>) {
+/// returns whole batches) and control batches.
+fn frame_partition(key: &TopicPartition, bytes: Bytes, mut position: i64) -> Framed {
     let mut batches = Vec::new();
+    let mut last_epoch = None;
     let had_bytes = !bytes.is_empty();
     let start = position;
     for batch in split_fetched_batches(bytes) {
@@ -1292,13 +1396,19 @@ fn frame_partition(
                     "{}/{}: corrupt batch at offset {position}: {e}",
                     key.topic, key.partition
                 ));
-                return (batches, position, Some(error));
+                return Framed {
+                    batches,
+                    next_offset: position,
+                    last_epoch,
+                    error: Some(error),
+                };
             }
         };
         if header.last_offset() < position {
             continue;
         }
         position = header.last_offset() + 1;
+        last_epoch = Some(header.partition_leader_epoch);
         if !header.is_control() {
             batches.push((header, batch));
         }
@@ -1310,9 +1420,19 @@ fn frame_partition(
             "{}/{}: fetch at offset {start} returned no complete batch; raise max_partition_fetch_bytes",
             key.topic, key.partition
         ));
-        return (batches, position, Some(error));
+        return Framed {
+            batches,
+            next_offset: position,
+            last_epoch,
+            error: Some(error),
+        };
     }
-    (batches, position, None)
+    Framed {
+        batches,
+        next_offset: position,
+        last_epoch,
+        error: None,
+    }
 }
 
 /// Decodes framed batches into `records`, skipping records below `position`. On a
@@ -1393,7 +1513,12 @@ mod tests {
         bytes: Bytes,
         position: i64,
     ) -> (Vec<ConsumerRecord>, i64, Option<Error>) {
-        let (batches, next, error) = frame_partition(key, bytes, position);
+        let Framed {
+            batches,
+            next_offset: next,
+            error,
+            ..
+        } = frame_partition(key, bytes, position);
         let mut records = Vec::new();
         match decode_batches(key, &batches, position, &mut records) {
             Some((at, error)) => (records, at, Some(error)),
@@ -1413,7 +1538,12 @@ mod tests {
         bytes.extend_from_slice(&bad);
         bytes.extend_from_slice(&batch(7, 2, Compression::None));
 
-        let (batches, next, error) = frame_partition(&key(), Bytes::from(bytes.clone()), 1);
+        let Framed {
+            batches,
+            next_offset: next,
+            error,
+            ..
+        } = frame_partition(&key(), Bytes::from(bytes.clone()), 1);
         assert!(error.is_none());
         assert_eq!(batches.len(), 3);
         assert_eq!(next, 9);
@@ -1555,10 +1685,15 @@ mod tests {
 
     #[test]
     fn fetch_requests_group_partitions_by_topic() {
+        let from = |offset, leader_epoch, read_epoch| FetchFrom {
+            offset,
+            leader_epoch,
+            read_epoch,
+        };
         let positions = BTreeMap::from([
-            (tp("a", 0), (5, 3)),
-            (tp("a", 1), (6, NO_LEADER_EPOCH)),
-            (tp("b", 0), (7, 0)),
+            (tp("a", 0), from(5, 3, 2)),
+            (tp("a", 1), from(6, NO_LEADER_EPOCH, NO_LEADER_EPOCH)),
+            (tp("b", 0), from(7, 0, 0)),
         ]);
         let Request::Fetch(request) = fetch_request(&ConsumerConfig::default(), &positions, 4096)
         else {
@@ -1577,6 +1712,50 @@ mod tests {
             .flat_map(|t| t.partitions.iter().map(|p| p.current_leader_epoch))
             .collect();
         assert_eq!(epochs, vec![3, NO_LEADER_EPOCH, 0]);
+        let read_epochs: Vec<i32> = request
+            .topics
+            .iter()
+            .flat_map(|t| t.partitions.iter().map(|p| p.last_fetched_epoch))
+            .collect();
+        assert_eq!(read_epochs, vec![2, NO_LEADER_EPOCH, 0]);
+    }
+
+    #[test]
+    fn a_diverging_answer_stops_the_partition_and_batches_tell_their_epoch() {
+        let mut positions = BTreeMap::from([(tp("t", 0), 100), (tp("t", 1), 0)]);
+        let diverging = DivergingEpoch {
+            epoch: 1,
+            end_offset: 50,
+        };
+        let cut = FetchPartitionResponse {
+            diverging_epoch: Some(diverging),
+            ..partition_answer(0, ErrorCode::None, Bytes::new())
+        };
+        let mut bytes = batch(0, 2, Compression::None).to_vec();
+        patch_batch(&mut bytes, 0, 6);
+        let mut later = batch(2, 1, Compression::None).to_vec();
+        patch_batch(&mut later, 2, 7);
+        bytes.extend_from_slice(&later);
+        let response = FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: "t".into(),
+                partitions: vec![
+                    cut,
+                    partition_answer(1, ErrorCode::None, Bytes::from(bytes)),
+                ],
+            }],
+        };
+        let (result, stalled, moved) = read_response(&response, &mut positions, 1 << 20);
+        assert!(!stalled && moved.is_empty());
+        // The fetcher leaves the diverged partition to the consumer.
+        assert_eq!(positions, BTreeMap::from([(tp("t", 1), 3)]));
+        let [p0, p1] = &result.partitions[..] else {
+            panic!("{:?}", result.partitions);
+        };
+        assert_eq!((p0.diverged, p0.next_offset), (Some(diverging), 100));
+        assert!(p0.error.is_none());
+        // The epoch of the last batch is what the next fetch names.
+        assert_eq!((p1.last_epoch, p1.diverged), (Some(7), None));
     }
 
     #[test]

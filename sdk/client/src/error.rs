@@ -43,6 +43,21 @@ pub enum Error {
     /// The client, producer or consumer was closed.
     #[error("the client is closed")]
     Closed,
+    /// The partition's leader no longer holds records the consumer already returned:
+    /// a leader change to a replica that was behind (an unclean election, a
+    /// failover) cut the log at `truncated_to`, below the consumer's `position`.
+    /// Returned by `Consumer::poll` when `auto_offset_reset` is `None`, with the
+    /// partition paused at `position` until a seek; otherwise the consumer reads on
+    /// from `truncated_to` and logs a warning.
+    #[error(
+        "{topic}/{partition}: the leader's log ends at offset {truncated_to} for what this consumer read, below its position {position}: records were lost in a leader change"
+    )]
+    LogTruncated {
+        topic: String,
+        partition: u32,
+        position: i64,
+        truncated_to: i64,
+    },
 }
 
 impl Error {
@@ -64,7 +79,8 @@ impl Error {
             | Error::Protocol(_)
             | Error::Tls(_)
             | Error::Config(_)
-            | Error::Closed => false,
+            | Error::Closed
+            | Error::LogTruncated { .. } => false,
         }
     }
 

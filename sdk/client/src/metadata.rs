@@ -284,7 +284,11 @@ pub(crate) fn on_error(error: &Error) -> OnError {
         },
         // The broker may be gone; its partitions may have a new leader by now.
         Error::Transport(_) | Error::Timeout | Error::Connect(_) => OnError::RefreshAndRetry,
-        Error::Protocol(_) | Error::Tls(_) | Error::Config(_) | Error::Closed => OnError::Fail,
+        Error::Protocol(_)
+        | Error::Tls(_)
+        | Error::Config(_)
+        | Error::Closed
+        | Error::LogTruncated { .. } => OnError::Fail,
     }
 }
 
