@@ -260,6 +260,25 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
         (field(&summary, "consume_ratio") - consume_ratio).abs() < 1e-9,
         "{summary:#}"
     );
+    // Each run's CPU per GiB (read from /proc, in 10 ms ticks: a run this small may
+    // read 0), and the transport's median against produce's and consume's.
+    for round in rounds {
+        for name in [
+            "transport_cpu_seconds_per_gib",
+            "consume_cpu_seconds_per_gib",
+            "produce_cpu_seconds_per_gib",
+        ] {
+            assert!(field(round, name) >= 0.0, "{summary:#}");
+        }
+    }
+    let transport_cpu = mean("transport_cpu_seconds_per_gib");
+    for what in ["produce", "consume"] {
+        let cpu = mean(&format!("{what}_cpu_seconds_per_gib"));
+        if cpu > 0.0 {
+            let ratio = field(&summary, &format!("{what}_cpu_ratio"));
+            assert!((ratio - transport_cpu / cpu).abs() < 1e-9, "{summary:#}");
+        }
+    }
     // The benches' brokers ran in temporary dirs of their own and are gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

@@ -340,6 +340,15 @@ impl ChildBroker {
         })
     }
 
+    /// Process ids of the broker(s).
+    fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.child.iter().map(Child::id).collect();
+        if let Some(region) = &self.region {
+            pids.extend(region.pids());
+        }
+        pids
+    }
+
     /// Starts every broker of `region` with data in a fresh temporary directory and
     /// waits until all of them are registered.
     pub async fn start_region(region: &std::path::Path) -> anyhow::Result<ChildBroker> {
@@ -483,6 +492,74 @@ struct LoadResult {
     records_per_sec: f64,
     mib_per_sec: f64,
     latency_ms: Option<LatencySummary>,
+    #[serde(flatten)]
+    cpu: Option<CpuUse>,
+}
+
+/// CPU time (user and system) of the processes a bench measured, over its timed part:
+/// on a machine where client and broker share the cores this is what decides the
+/// throughput, and it moves much less from run to run than the throughput does.
+#[derive(Serialize)]
+struct CpuUse {
+    cpu_seconds: f64,
+    /// CPU seconds per GiB moved.
+    cpu_seconds_per_gib: f64,
+    /// Which processes: the bench and the brokers it started, or the bench only
+    /// (a broker given with `--broker` is not measured).
+    cpu_of: &'static str,
+}
+
+/// Reads the CPU time used so far by this process and the brokers the bench started,
+/// from `/proc/<pid>/stat` (Linux only: elsewhere nothing is reported).
+struct CpuClock {
+    pids: Vec<u32>,
+    of: &'static str,
+}
+
+impl CpuClock {
+    fn new(child: &Option<ChildBroker>) -> CpuClock {
+        let mut pids = vec![std::process::id()];
+        let brokers = child.as_ref().map(ChildBroker::pids).unwrap_or_default();
+        let of = if brokers.is_empty() {
+            "the bench process"
+        } else {
+            "the bench and broker processes"
+        };
+        pids.extend(brokers);
+        CpuClock { pids, of }
+    }
+
+    fn read(&self) -> Option<Duration> {
+        self.pids.iter().map(|&pid| process_cpu(pid)).sum()
+    }
+
+    /// The CPU used since `start` (a [`read`](Self::read)), for `bytes` moved.
+    fn since(&self, start: Option<Duration>, bytes: u64) -> Option<CpuUse> {
+        let used = self.read()?.checked_sub(start?)?.as_secs_f64();
+        Some(CpuUse {
+            cpu_seconds: used,
+            cpu_seconds_per_gib: used / (bytes.max(1) as f64 / (1u64 << 30) as f64),
+            cpu_of: self.of,
+        })
+    }
+}
+
+/// User plus system time of process `pid` (all its threads), from fields 14 and 15
+/// of `/proc/<pid>/stat`.
+fn process_cpu(pid: u32) -> Option<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = cpu_ticks(&stat)?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// utime + stime, in clock ticks, from a `/proc/<pid>/stat` line.
+fn cpu_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may hold spaces and ')'.
+    let after_name = stat.get(stat.rfind(')')? + 1..)?;
+    let fields: Vec<&str> = after_name.split_whitespace().collect();
+    // fields[0] is field 3 (state), so utime (14) and stime (15) are 11 and 12.
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 #[derive(Serialize)]
@@ -526,6 +603,12 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
         line.push_str(&format!(
             ", {:.2} ms avg latency, {:.2} ms max latency, {:.2} ms 50th, {:.2} ms 95th, {:.2} ms 99th, {:.2} ms 99.9th.",
             l.avg, l.max, l.p50, l.p95, l.p99, l.p999
+        ));
+    }
+    if let Some(cpu) = &result.cpu {
+        line.push_str(&format!(
+            " CPU {:.2} s ({:.2} s per GiB) in {}.",
+            cpu.cpu_seconds, cpu.cpu_seconds_per_gib, cpu.cpu_of
         ));
     }
     println!("{line}");
@@ -721,6 +804,8 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
     )
     .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
+    let cpu = CpuClock::new(&child);
+    let cpu_start = cpu.read();
     let outcome = run_producers(&clients, &args, None, &bar).await?;
     let seconds = outcome.elapsed.as_secs_f64();
     report(
@@ -732,6 +817,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: outcome.records as f64 / seconds,
             mib_per_sec: outcome.bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&outcome.latency)),
+            cpu: cpu.since(cpu_start, outcome.bytes),
         },
         args.json,
     )
@@ -769,6 +855,8 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
     let bar = progress(Some(target), "consume");
     let consumed = Arc::new(AtomicU64::new(0));
     let consumed_bytes = Arc::new(AtomicU64::new(0));
+    let cpu = CpuClock::new(&child);
+    let cpu_start = cpu.read();
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..n_consumers {
@@ -827,6 +915,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: records as f64 / seconds,
             mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: None,
+            cpu: cpu.since(cpu_start, bytes),
         },
         args.json,
     )
@@ -894,6 +983,8 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
         })
     };
     let bar = progress(expected, "e2e    ");
+    let cpu = CpuClock::new(&child);
+    let cpu_start = cpu.read();
     let outcome = run_producers(&clients, &args, Some(epoch), &bar).await?;
     done.store(outcome.records, Ordering::Relaxed);
     let (n, latency) = tokio::time::timeout(Duration::from_secs(60), consumer_task)
@@ -909,6 +1000,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: n as f64 / seconds,
             mib_per_sec: (n * args.record_size as u64) as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&latency)),
+            cpu: cpu.since(cpu_start, n * args.record_size as u64),
         },
         args.json,
     )
@@ -949,6 +1041,8 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
+    let cpu = CpuClock::new(&None);
+    let cpu_start = cpu.read();
     let start = Instant::now();
     let mut writers = Vec::new();
     for _ in 0..args.streams {
@@ -975,14 +1069,24 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
+    // Both endpoints are in this process.
+    let cpu = cpu.since(cpu_start, received);
     if args.json {
-        println!(
-            "{}",
-            serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec})
-        );
+        let mut result = serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec});
+        if let Some(cpu) = &cpu {
+            result["cpu_seconds"] = cpu.cpu_seconds.into();
+            result["cpu_seconds_per_gib"] = cpu.cpu_seconds_per_gib.into();
+        }
+        println!("{result}");
     } else {
+        let cpu = cpu.map_or(String::new(), |cpu| {
+            format!(
+                ", CPU {:.2} s ({:.2} s per GiB, both endpoints)",
+                cpu.cpu_seconds, cpu.cpu_seconds_per_gib
+            )
+        });
         println!(
-            "{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec",
+            "{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec{cpu}",
             args.streams
         );
     }
@@ -1240,4 +1344,34 @@ fn compaction_bench(args: CompactionArgs) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpu_ticks_are_utime_plus_stime_whatever_the_command_name() {
+        let stat = "4242 (tokio (rt) worker) S 1 4242 4242 0 -1 4194560 900 0 0 0 \
+                    123 45 0 0 20 0 3 0 100 2000000 500 18446744073709551615";
+        assert_eq!(cpu_ticks(stat), Some(168));
+        assert_eq!(cpu_ticks("4242 (short) S 1 2"), None);
+        assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn this_process_cpu_grows_with_work() {
+        let pid = std::process::id();
+        let before = process_cpu(pid).expect("/proc/<pid>/stat of this process");
+        // Work until the count moves by a few ticks; broken parsing never does.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut x = 0u64;
+        while process_cpu(pid).unwrap() < before + Duration::from_millis(50) {
+            for i in 0..1_000_000u64 {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            assert!(Instant::now() < deadline, "CPU time did not grow");
+        }
+        assert!(process_cpu(u32::MAX).is_none());
+    }
 }

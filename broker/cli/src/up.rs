@@ -200,6 +200,15 @@ pub struct RegionRunner {
 }
 
 impl RegionRunner {
+    /// Process ids of the brokers running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.children
+            .values()
+            .filter(|running| !running.exited)
+            .filter_map(|running| running.child.id())
+            .collect()
+    }
+
     /// Creates the region's directory and its TLS identity (once); starts nothing.
     pub fn prepare(region: RegionFile, output: Output) -> anyhow::Result<RegionRunner> {
         std::fs::create_dir_all(&region.region.data_dir)
