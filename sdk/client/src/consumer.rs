@@ -186,6 +186,13 @@ impl PartitionState {
             paused: false,
         }
     }
+
+    /// Sought or reset: read on from `position`, whose batch's epoch is not known.
+    fn moved_to(&mut self, position: i64) {
+        self.position = position;
+        self.epoch = NO_LEADER_EPOCH;
+        self.paused = false;
+    }
 }
 
 /// Reads records from assigned partitions (no consumer groups yet: the caller picks
@@ -374,7 +381,7 @@ impl Consumer {
             .list_offsets(topic, partition, to)
             .await?;
         if let Some(state) = self.partitions.get_mut(&key) {
-            *state = PartitionState::at(position);
+            state.moved_to(position);
         }
         self.restart_fetching();
         Ok(())
@@ -576,7 +583,7 @@ impl Consumer {
                             to = position,
                             "position out of range; reset per auto_offset_reset"
                         );
-                        *state = PartitionState::at(position);
+                        state.moved_to(position);
                     }
                 }
                 Err(e) => {
