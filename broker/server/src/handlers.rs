@@ -1120,7 +1120,7 @@ impl Shared {
                             let partition = topic.partition(p.partition)?;
                             let log = partition.log()?;
                             // Consumers see offsets up to the high watermark, at the leader.
-                            let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, log.log_end_offset())?;
+                            let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?;
                             Ok(match p.timestamp {
                                 EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
                                 LATEST_TIMESTAMP => (bound.high_watermark, -1),
@@ -1168,7 +1168,7 @@ impl Shared {
                             // Only the leader deletes (followers follow its log start),
                             // and only committed records, as in Kafka.
                             let high_watermark = self
-                                .consumer_read_bound(topic, partition, NO_LEADER_EPOCH, log.log_end_offset())?
+                                .consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?
                                 .high_watermark;
                             let offset = match p.offset {
                                 DELETE_TO_END => high_watermark,
@@ -1373,14 +1373,16 @@ impl Shared {
             let (end_offset, high_watermark) = match follower_hw {
                 Some(high_watermark) => (i64::MAX, high_watermark),
                 None => {
+                    let last_read = (request.last_fetched_epoch >= 0)
+                        .then_some((request.last_fetched_epoch, request.fetch_offset));
                     let bound = self.consumer_read_bound(
                         topic,
                         partition,
                         request.current_leader_epoch,
+                        last_read,
                         log.log_end_offset(),
                     )?;
-                    // Checked after the leader epoch: only the leader's log counts.
-                    if let Some(diverging) = self.consumer_divergence(partition, request) {
+                    if let Some(diverging) = bound.diverging {
                         return Ok(PartitionRead {
                             records: Bytes::new(),
                             high_watermark: bound.high_watermark,

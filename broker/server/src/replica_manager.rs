@@ -152,6 +152,9 @@ pub(crate) struct ReadBound {
     pub end_offset: i64,
     /// The high watermark to report.
     pub high_watermark: i64,
+    /// The leader's log diverged from what the consumer read: answer this instead
+    /// of records.
+    pub diverging: Option<DivergingEpoch>,
 }
 
 /// A running fetcher task (one per leader this broker follows).
@@ -492,20 +495,31 @@ impl ReplicaManager {
 impl Shared {
     /// How a consumer's read of `partition` is bounded: by the high watermark at the
     /// leader; not at all on a standalone partition. Refuses on a non-leader.
+    ///
+    /// `last_read` is a fetch's `(last_fetched_epoch, fetch_offset)` when it names
+    /// the epoch of the last batch read: the leader then also says whether its log
+    /// diverged from what was read ([`Replica::consumer_divergence`]), checked under
+    /// the same lock as its leadership. A standalone partition has no elections, so
+    /// nothing to check.
     pub(crate) fn consumer_read_bound(
         &self,
         topic: &Topic,
         partition: &Partition,
         current_leader_epoch: i32,
+        last_read: Option<(i32, i64)>,
         log_end: i64,
     ) -> Result<ReadBound, Failure> {
         match partition.replication.lock().as_ref() {
             Some(entry) => {
                 entry.check_leader(current_leader_epoch)?;
                 let high_watermark = entry.high_watermark();
+                let diverging = last_read
+                    .and_then(|(epoch, offset)| entry.replica.consumer_divergence(epoch, offset))
+                    .map(|(epoch, end_offset)| DivergingEpoch { epoch, end_offset });
                 Ok(ReadBound {
                     end_offset: high_watermark,
                     high_watermark,
+                    diverging,
                 })
             }
             None => {
@@ -513,29 +527,10 @@ impl Shared {
                 Ok(ReadBound {
                     end_offset: i64::MAX,
                     high_watermark: log_end,
+                    diverging: None,
                 })
             }
         }
-    }
-
-    /// For a consumer's fetch that names the epoch of the last batch it read: where
-    /// this leader's log diverged from what it read, if it did (see
-    /// [`Replica::consumer_divergence`]). A standalone partition has no elections,
-    /// so nothing to check.
-    pub(crate) fn consumer_divergence(
-        &self,
-        partition: &Partition,
-        request: &FetchPartition,
-    ) -> Option<DivergingEpoch> {
-        if request.last_fetched_epoch < 0 {
-            return None;
-        }
-        let slot = partition.replication.lock();
-        let (epoch, end_offset) = slot
-            .as_ref()?
-            .replica
-            .consumer_divergence(request.last_fetched_epoch, request.fetch_offset)?;
-        Some(DivergingEpoch { epoch, end_offset })
     }
 
     /// A standalone partition serves unless this broker is in cluster mode (then only
