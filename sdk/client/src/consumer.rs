@@ -281,6 +281,22 @@ struct PartitionFetch {
     diverged: Option<DivergingEpoch>,
 }
 
+impl PartitionFetch {
+    /// No batches: the fetcher stopped the partition at `position` (set `error` or
+    /// `diverged` to say why).
+    fn stopped(tp: TopicPartition, position: i64, high_watermark: Option<i64>) -> PartitionFetch {
+        PartitionFetch {
+            tp,
+            batches: Vec::new(),
+            next_offset: position,
+            last_epoch: None,
+            high_watermark,
+            error: None,
+            diverged: None,
+        }
+    }
+}
+
 impl Consumer {
     pub(crate) fn new(client: Client, config: ConsumerConfig) -> Consumer {
         let config = ConsumerConfig {
@@ -1052,13 +1068,8 @@ async fn run_fetcher(
                         ),
                     );
                     result.partitions.push(PartitionFetch {
-                        tp,
-                        batches: Vec::new(),
-                        next_offset: position,
-                        last_epoch: None,
-                        high_watermark: None,
                         error: Some(error),
-                        diverged: None,
+                        ..PartitionFetch::stopped(tp, position, None)
                     });
                 }
                 if results.send(result).await.is_err() {
@@ -1317,13 +1328,8 @@ fn read_response(
                 );
                 positions.remove(&key);
                 result.partitions.push(PartitionFetch {
-                    tp: key,
-                    batches: Vec::new(),
-                    next_offset: position,
-                    last_epoch: None,
-                    high_watermark,
                     error: Some(error),
-                    diverged: None,
+                    ..PartitionFetch::stopped(key, position, high_watermark)
                 });
                 progressed = true;
                 continue;
@@ -1332,13 +1338,8 @@ fn read_response(
                 // The consumer decides where to go on from; a new fetcher takes it up.
                 positions.remove(&key);
                 result.partitions.push(PartitionFetch {
-                    tp: key,
-                    batches: Vec::new(),
-                    next_offset: position,
-                    last_epoch: None,
-                    high_watermark,
-                    error: None,
                     diverged: Some(diverging),
+                    ..PartitionFetch::stopped(key, position, high_watermark)
                 });
                 progressed = true;
                 continue;
