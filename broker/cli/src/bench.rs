@@ -509,15 +509,27 @@ struct CpuUse {
     cpu_of: &'static str,
 }
 
-/// Reads the CPU time used so far by this process and the brokers the bench started,
-/// from `/proc/<pid>/stat` (Linux only: elsewhere nothing is reported).
+impl std::fmt::Display for CpuUse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "CPU {:.2} s ({:.2} s per GiB) in {}",
+            self.cpu_seconds, self.cpu_seconds_per_gib, self.cpu_of
+        )
+    }
+}
+
+/// Measures the CPU time processes use from its start, read from `/proc/<pid>/stat`
+/// (Linux only: elsewhere nothing is reported).
 struct CpuClock {
     pids: Vec<u32>,
     of: &'static str,
+    start: Option<Duration>,
 }
 
 impl CpuClock {
-    fn new(child: &Option<ChildBroker>) -> CpuClock {
+    /// Starts measuring this process and the brokers the bench started.
+    fn start(child: &Option<ChildBroker>) -> CpuClock {
         let mut pids = vec![std::process::id()];
         let brokers = child.as_ref().map(ChildBroker::pids).unwrap_or_default();
         let of = if brokers.is_empty() {
@@ -526,16 +538,22 @@ impl CpuClock {
             "the bench and broker processes"
         };
         pids.extend(brokers);
-        CpuClock { pids, of }
+        CpuClock::measuring(pids, of)
     }
 
-    fn read(&self) -> Option<Duration> {
-        self.pids.iter().map(|&pid| process_cpu(pid)).sum()
+    fn measuring(pids: Vec<u32>, of: &'static str) -> CpuClock {
+        let start = pids.iter().map(|&pid| process_cpu(pid)).sum();
+        CpuClock { pids, of, start }
     }
 
-    /// The CPU used since `start` (a [`read`](Self::read)), for `bytes` moved.
-    fn since(&self, start: Option<Duration>, bytes: u64) -> Option<CpuUse> {
-        let used = self.read()?.checked_sub(start?)?.as_secs_f64();
+    /// The CPU used since the start, for `bytes` moved.
+    fn used(&self, bytes: u64) -> Option<CpuUse> {
+        let now: Duration = self
+            .pids
+            .iter()
+            .map(|&pid| process_cpu(pid))
+            .sum::<Option<_>>()?;
+        let used = now.checked_sub(self.start?)?.as_secs_f64();
         Some(CpuUse {
             cpu_seconds: used,
             cpu_seconds_per_gib: used / (bytes.max(1) as f64 / (1u64 << 30) as f64),
@@ -606,10 +624,7 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
         ));
     }
     if let Some(cpu) = &result.cpu {
-        line.push_str(&format!(
-            " CPU {:.2} s ({:.2} s per GiB) in {}.",
-            cpu.cpu_seconds, cpu.cpu_seconds_per_gib, cpu.cpu_of
-        ));
+        line.push_str(&format!(" {cpu}."));
     }
     println!("{line}");
     Ok(())
@@ -804,8 +819,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
     )
     .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
-    let cpu = CpuClock::new(&child);
-    let cpu_start = cpu.read();
+    let cpu = CpuClock::start(&child);
     let outcome = run_producers(&clients, &args, None, &bar).await?;
     let seconds = outcome.elapsed.as_secs_f64();
     report(
@@ -817,7 +831,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: outcome.records as f64 / seconds,
             mib_per_sec: outcome.bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&outcome.latency)),
-            cpu: cpu.since(cpu_start, outcome.bytes),
+            cpu: cpu.used(outcome.bytes),
         },
         args.json,
     )
@@ -855,8 +869,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
     let bar = progress(Some(target), "consume");
     let consumed = Arc::new(AtomicU64::new(0));
     let consumed_bytes = Arc::new(AtomicU64::new(0));
-    let cpu = CpuClock::new(&child);
-    let cpu_start = cpu.read();
+    let cpu = CpuClock::start(&child);
     let start = Instant::now();
     let mut tasks = Vec::new();
     for c in 0..n_consumers {
@@ -915,7 +928,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: records as f64 / seconds,
             mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: None,
-            cpu: cpu.since(cpu_start, bytes),
+            cpu: cpu.used(bytes),
         },
         args.json,
     )
@@ -983,8 +996,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
         })
     };
     let bar = progress(expected, "e2e    ");
-    let cpu = CpuClock::new(&child);
-    let cpu_start = cpu.read();
+    let cpu = CpuClock::start(&child);
     let outcome = run_producers(&clients, &args, Some(epoch), &bar).await?;
     done.store(outcome.records, Ordering::Relaxed);
     let (n, latency) = tokio::time::timeout(Duration::from_secs(60), consumer_task)
@@ -1000,7 +1012,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: n as f64 / seconds,
             mib_per_sec: (n * args.record_size as u64) as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&latency)),
-            cpu: cpu.since(cpu_start, n * args.record_size as u64),
+            cpu: cpu.used(n * args.record_size as u64),
         },
         args.json,
     )
@@ -1041,8 +1053,7 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-    let cpu = CpuClock::new(&None);
-    let cpu_start = cpu.read();
+    let cpu = CpuClock::measuring(vec![std::process::id()], "both endpoints (this process)");
     let start = Instant::now();
     let mut writers = Vec::new();
     for _ in 0..args.streams {
@@ -1069,22 +1080,17 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
-    // Both endpoints are in this process.
-    let cpu = cpu.since(cpu_start, received);
+    let cpu = cpu.used(received);
     if args.json {
         let mut result = serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec});
-        if let Some(cpu) = &cpu {
-            result["cpu_seconds"] = cpu.cpu_seconds.into();
-            result["cpu_seconds_per_gib"] = cpu.cpu_seconds_per_gib.into();
+        if let (Some(fields), Some(cpu)) = (result.as_object_mut(), &cpu) {
+            if let serde_json::Value::Object(cpu) = serde_json::to_value(cpu)? {
+                fields.extend(cpu);
+            }
         }
         println!("{result}");
     } else {
-        let cpu = cpu.map_or(String::new(), |cpu| {
-            format!(
-                ", CPU {:.2} s ({:.2} s per GiB, both endpoints)",
-                cpu.cpu_seconds, cpu.cpu_seconds_per_gib
-            )
-        });
+        let cpu = cpu.map_or(String::new(), |cpu| format!(", {cpu}"));
         println!(
             "{received} bytes over {} QUIC streams in {seconds:.2} s: {mib_per_sec:.2} MiB/sec{cpu}",
             args.streams
