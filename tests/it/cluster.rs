@@ -341,11 +341,11 @@ async fn a_partition_leader_killed_is_replaced_within_the_session_timeout() {
     cluster.agreed_controller(3, Duration::from_secs(15)).await;
 }
 
-/// The replicas that die here are brokers 4 and 5, which do not vote: killing two of
-/// the three voters would leave the metadata quorum without a majority, and then no
-/// ISR change or election could be committed at all.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn unclean_election_happens_only_where_the_topic_allows_it() {
+/// The three voters and brokers 4 and 5, which do not vote, with a 3 s replica lag
+/// time: for tests whose replicas die (on brokers 3, 4 and 5, see [`on_3_4_5`]).
+/// Killing two of the three voters would leave the metadata quorum without a
+/// majority, and then no ISR change or election could be committed at all.
+async fn five_brokers() -> TestCluster {
     let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
     for expected in [4, 5] {
@@ -353,27 +353,40 @@ async fn unclean_election_happens_only_where_the_topic_allows_it() {
         assert_eq!(cluster.add_broker(port), expected);
     }
     cluster.agreed_controller(5, Duration::from_secs(20)).await;
+    cluster
+}
+
+/// Moves `topic`/0 onto brokers 3 (a voter), 4 and 5, and waits until all three are
+/// in sync.
+async fn on_3_4_5(cluster: &TestCluster, admin: &meridian_client::Admin, topic: &str) {
+    cluster
+        .agreed_topic(topic, Duration::from_secs(10), |_| true)
+        .await;
+    let results = admin
+        .reassign_partitions(topic, &[(0, Some(vec![3, 4, 5]))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    cluster
+        .agreed_topic(topic, Duration::from_secs(15), |v| {
+            v[0].replicas == [3, 4, 5] && v[0].isr == [3, 4, 5]
+        })
+        .await;
+}
+
+/// The replicas that die here are brokers 4 and 5, which do not vote (see
+/// [`five_brokers`]).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unclean_election_happens_only_where_the_topic_allows_it() {
+    let mut cluster = five_brokers().await;
     let admin = cluster.client(1).await.admin();
     admin.create_topic(rf3("clean", 1)).await.unwrap();
     admin
         .create_topic(rf3("unclean", 1).config("unclean.leader.election.enable", "true"))
         .await
         .unwrap();
-    // Both partitions on brokers 3 (a voter), 4 and 5.
     for topic in ["clean", "unclean"] {
-        cluster
-            .agreed_topic(topic, Duration::from_secs(10), |_| true)
-            .await;
-        let results = admin
-            .reassign_partitions(topic, &[(0, Some(vec![3, 4, 5]))])
-            .await
-            .unwrap();
-        assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
-        cluster
-            .agreed_topic(topic, Duration::from_secs(15), |v| {
-                v[0].replicas == [3, 4, 5] && v[0].isr == [3, 4, 5]
-            })
-            .await;
+        on_3_4_5(&cluster, &admin, topic).await;
     }
     // Brokers 4 and 5 die one after the other: each leaves the ISR, so broker 3 is
     // the only in-sync replica.
@@ -452,28 +465,16 @@ fn values(records: &[ConsumerRecord]) -> Vec<(i64, String)> {
 /// `auto_offset_reset = none` it reports the truncation instead.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
-    let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
-    cluster.agreed_controller(3, Duration::from_secs(20)).await;
-    for expected in [4, 5] {
-        let port = free_ports(1)[0];
-        assert_eq!(cluster.add_broker(port), expected);
-    }
-    cluster.agreed_controller(5, Duration::from_secs(20)).await;
+    let mut cluster = five_brokers().await;
     let client = cluster.client(1).await;
     let admin = client.admin();
-    // On brokers 3, 4 and 5 (not the voters 1 and 2, which keep the quorum).
+    // On brokers 3, 4 and 5 (not the voters 1 and 2, which keep the quorum), led
+    // by 3.
     admin
         .create_topic(rf3("cut", 1).config("unclean.leader.election.enable", "true"))
         .await
         .unwrap();
-    cluster
-        .agreed_topic("cut", Duration::from_secs(10), |_| true)
-        .await;
-    let results = admin
-        .reassign_partitions("cut", &[(0, Some(vec![3, 4, 5]))])
-        .await
-        .unwrap();
-    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    on_3_4_5(&cluster, &admin, "cut").await;
     cluster
         .agreed_topic("cut", Duration::from_secs(15), |v| {
             v[0].replicas == [3, 4, 5] && v[0].isr == [3, 4, 5] && v[0].leader == 3
