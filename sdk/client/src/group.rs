@@ -22,6 +22,7 @@ use crate::accumulator::TopicPartition;
 use crate::admin::Admin;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
+use crate::metadata::{on_error, OnError};
 
 const JOIN_BACKOFF_MIN: Duration = Duration::from_millis(100);
 const JOIN_BACKOFF_MAX: Duration = Duration::from_secs(5);
@@ -329,7 +330,10 @@ async fn run_membership(
                 }
                 Err(e) => {
                     tracing::debug!(group = %config.group_id, error = %e, "join failed");
-                    if !e.is_retriable() {
+                    // A coordinator that died (connection refused or timed out) is
+                    // replaced once its offsets partition has a new leader: retry, as
+                    // the client does for every request routed to a leader.
+                    if on_error(&e) == OnError::Fail {
                         lock(&state).error = Some(e);
                         assignment_ready.notify_one();
                     }
