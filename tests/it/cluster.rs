@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use meridian_client::{
-    Acks, AutoOffsetReset, Client, Consumer, ConsumerConfig, ConsumerRecord, NewTopic, Offset,
-    ProducerConfig, ProducerRecord,
+    Acks, AutoOffsetReset, Client, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, NewTopic,
+    Offset, ProducerConfig, ProducerRecord,
 };
 use meridian_wire::messages::{
     CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
@@ -348,6 +348,14 @@ async fn a_partition_leader_killed_is_replaced_within_the_session_timeout() {
 async fn five_brokers() -> TestCluster {
     let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    // The offsets topic goes onto the first three brokers (it is created once
+    // three are live), so group coordinators stay available whichever of 3, 4
+    // and 5 a test kills: brokers 1 and 2 hold a replica of every partition.
+    cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |v| {
+            v.iter().all(|p| p.leader != NO_BROKER)
+        })
+        .await;
     for expected in [4, 5] {
         let port = free_ports(1)[0];
         assert_eq!(cluster.add_broker(port), expected);
@@ -462,7 +470,9 @@ fn values(records: &[ConsumerRecord]) -> Vec<(i64, String)> {
 /// new leader where its log diverged and reads on from there, so it returns the new
 /// records, rather than finding its position out of range and jumping per
 /// `auto_offset_reset` (here to the log start, reading 0..50 again). With
-/// `auto_offset_reset = none` it reports the truncation instead.
+/// `auto_offset_reset = none` it reports the truncation instead. A group consumer
+/// resuming from a commit made before the cut does the same: the commit holds the
+/// leader epoch of the last record read.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
     let mut cluster = five_brokers().await;
@@ -513,6 +523,26 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         assert_eq!(records.len(), 100);
         assert_eq!(values(&records[99..]), [(99, "lost-99".to_string())]);
     }
+    // A group member reads all 100 too, commits and leaves.
+    let group = GroupConfig {
+        enable_auto_commit: false,
+        ..GroupConfig::new("resumes")
+    };
+    let mut member = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    member.subscribe(group.clone(), &["cut"]).await.unwrap();
+    let records = poll_records(&mut member, 100, Duration::from_secs(20)).await;
+    assert_eq!(records.len(), 100);
+    member.commit().await.unwrap();
+    member.close().await.unwrap();
+    let committed = admin
+        .committed_offsets("resumes", Some("cut"))
+        .await
+        .unwrap();
+    assert_eq!(committed[0].offset, 100);
+    assert_eq!(committed[0].leader_epoch, Some(records[99].leader_epoch));
 
     // Broker 3 dies; 4 and 5 come back, and one of them leads without 50..100.
     cluster.broker(3).kill9();
@@ -539,6 +569,20 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         "the consumer reads on from where the log was cut"
     );
     assert_eq!(reads_on.position("cut", 0), Some(60));
+
+    // Without the epoch in its commit, offset 100 would be out of range and the
+    // member would start over from offset 0.
+    let mut member = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    member.subscribe(group, &["cut"]).await.unwrap();
+    let records = poll_records(&mut member, 10, Duration::from_secs(20)).await;
+    assert_eq!(
+        values(&records),
+        expected,
+        "a member resuming from a commit made before the cut"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let error = loop {
@@ -1368,7 +1412,6 @@ async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
 /// after the commit, none before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_killed() {
-    use meridian_client::GroupConfig;
     use meridian_wire::messages::FindCoordinatorRequest;
     use std::collections::BTreeSet;
 

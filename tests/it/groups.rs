@@ -706,16 +706,32 @@ async fn group_limits_are_enforced() {
             partitions: vec![PartitionOffset {
                 partition: 0,
                 offset: 1,
+                leader_epoch: -1,
                 metadata: "123456789".into(),
                 commit_timestamp_ms: -1,
             }],
         }],
     };
-    let Response::OffsetCommit(r) = client.request(Request::OffsetCommit(long)).await.unwrap()
+    let Response::OffsetCommit(r) = client
+        .request(Request::OffsetCommit(long.clone()))
+        .await
+        .unwrap()
     else {
         panic!("wrong response");
     };
     assert_eq!(r.error, ErrorCode::OffsetMetadataTooLarge, "{}", r.message);
+    // A leader epoch below -1 (none) is not an epoch.
+    let mut bad_epoch = long.clone();
+    bad_epoch.topics[0].partitions[0].metadata = String::new();
+    bad_epoch.topics[0].partitions[0].leader_epoch = -5;
+    let Response::OffsetCommit(r) = client
+        .request(Request::OffsetCommit(bad_epoch))
+        .await
+        .unwrap()
+    else {
+        panic!("wrong response");
+    };
+    assert_eq!(r.error, ErrorCode::InvalidCommitOffset, "{}", r.message);
     // An unknown topic in a commit is refused as a whole.
     let bad = OffsetCommitRequest {
         group_id: "other".into(),
@@ -726,6 +742,7 @@ async fn group_limits_are_enforced() {
             partitions: vec![PartitionOffset {
                 partition: 0,
                 offset: 1,
+                leader_epoch: -1,
                 metadata: String::new(),
                 commit_timestamp_ms: -1,
             }],

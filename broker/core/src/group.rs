@@ -133,6 +133,8 @@ pub struct SyncResponse {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommittedOffset {
     pub offset: i64,
+    /// Leader epoch of the last consumed record's batch; -1 when not known.
+    pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
 }
@@ -678,20 +680,27 @@ impl Coordinator {
         group_id: &str,
         member_id: &str,
         member_epoch: i32,
-        offsets: &[(TopicPartition, i64, String)],
+        offsets: &[(TopicPartition, CommittedOffset)],
     ) -> Result<()> {
         validate_group_id(group_id)?;
-        for (tp, offset, metadata) in offsets {
-            if metadata.len() > self.config.offset_metadata_max_bytes as usize {
+        for (tp, committed) in offsets {
+            if committed.metadata.len() > self.config.offset_metadata_max_bytes as usize {
                 return Err(GroupError::OffsetMetadataTooLarge(format!(
                     "commit metadata for {tp} is {} bytes; the limit is {} (offset_metadata_max_bytes)",
-                    metadata.len(),
+                    committed.metadata.len(),
                     self.config.offset_metadata_max_bytes
                 )));
             }
-            if *offset < 0 {
+            if committed.offset < 0 {
                 return Err(GroupError::InvalidCommitOffset(format!(
-                    "offset {offset} for {tp} is negative"
+                    "offset {} for {tp} is negative",
+                    committed.offset
+                )));
+            }
+            if committed.leader_epoch < -1 {
+                return Err(GroupError::InvalidCommitOffset(format!(
+                    "leader epoch {} for {tp} is below -1 (none)",
+                    committed.leader_epoch
                 )));
             }
         }

@@ -49,7 +49,11 @@ struct Written {
     /// A replicated partition, and the offset its high watermark must reach.
     replicated: Option<(Arc<Partition>, i64)>,
 }
+/// Version of the offsets records' keys.
 const RECORD_VERSION: u16 = 0;
+/// Version of the offsets records' values written now: 1 added the leader epoch
+/// after the offset. Version 0 values (no epoch) are still read.
+const VALUE_VERSION: u16 = 1;
 /// How often session and revocation deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
 
@@ -115,8 +119,9 @@ fn encode_key(group: &str, tp: &TopicPartition) -> Bytes {
 fn encode_value(committed: &CommittedOffset) -> Bytes {
     let mut buf = BytesMut::new();
     let mut w = Writer::new(&mut buf);
-    w.u16(RECORD_VERSION);
+    w.u16(VALUE_VERSION);
     w.i64(committed.offset);
+    w.i32(committed.leader_epoch);
     w.string(&committed.metadata);
     w.i64(committed.commit_timestamp_ms);
     buf.freeze()
@@ -140,11 +145,18 @@ fn decode_record(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, Strin
     };
     let mut r = Reader::new(value);
     let version = r.u16().map_err(|e| e.to_string())?;
-    if version != RECORD_VERSION {
+    if version > VALUE_VERSION {
         return Err(format!("unknown offsets value version {version}"));
     }
+    let offset = r.i64().map_err(|e| e.to_string())?;
+    let leader_epoch = if version >= 1 {
+        r.i32().map_err(|e| e.to_string())?
+    } else {
+        NO_LEADER_EPOCH
+    };
     let committed = CommittedOffset {
-        offset: r.i64().map_err(|e| e.to_string())?,
+        offset,
+        leader_epoch,
         metadata: r.string().map_err(|e| e.to_string())?,
         commit_timestamp_ms: r.i64().map_err(|e| e.to_string())?,
     };
@@ -660,6 +672,7 @@ impl Shared {
     }
 
     async fn offset_commit_inner(&self, r: OffsetCommitRequest) -> Result<(), Failure> {
+        let now = now_ms();
         let mut offsets = Vec::new();
         for topic in &r.topics {
             let count = self.partition_count(&topic.topic).ok_or_else(|| {
@@ -680,15 +693,18 @@ impl Shared {
                 }
                 offsets.push((
                     TopicPartition::new(topic.topic.clone(), p.partition),
-                    p.offset,
-                    p.metadata.clone(),
+                    CommittedOffset {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata: p.metadata.clone(),
+                        commit_timestamp_ms: now,
+                    },
                 ));
             }
         }
         if offsets.is_empty() {
             return Ok(());
         }
-        let now = now_ms();
         let sync = {
             let mut coordinator = self
                 .groups
@@ -701,19 +717,7 @@ impl Shared {
                     let (code, message) = group_error(e);
                     Failure::new(code, message)
                 })?;
-            let committed: Vec<(TopicPartition, CommittedOffset)> = offsets
-                .into_iter()
-                .map(|(tp, offset, metadata)| {
-                    (
-                        tp,
-                        CommittedOffset {
-                            offset,
-                            metadata,
-                            commit_timestamp_ms: now,
-                        },
-                    )
-                })
-                .collect();
+            let committed = offsets;
             let records = committed
                 .iter()
                 .map(|(tp, c)| NewRecord {
@@ -770,6 +774,7 @@ impl Shared {
                         PartitionOffset {
                             partition,
                             offset: c.map_or(-1, |c| c.offset),
+                            leader_epoch: c.map_or(NO_LEADER_EPOCH, |c| c.leader_epoch),
                             metadata: c.map(|c| c.metadata.clone()).unwrap_or_default(),
                             commit_timestamp_ms: c.map_or(-1, |c| c.commit_timestamp_ms),
                         }
@@ -930,11 +935,29 @@ mod tests {
         let tp = TopicPartition::new("orders", 7);
         let committed = CommittedOffset {
             offset: 42,
+            leader_epoch: 5,
             metadata: "m".into(),
             commit_timestamp_ms: 1_700_000_000_000,
         };
         let decoded = decode_record(encode_key("g", &tp), Some(encode_value(&committed))).unwrap();
         assert_eq!(decoded, ("g".to_string(), tp.clone(), Some(committed)));
+        // A version 0 value, as brokers wrote before epochs were kept: no epoch.
+        let mut old = BytesMut::new();
+        let mut w = Writer::new(&mut old);
+        w.u16(0);
+        w.i64(42);
+        w.string("m");
+        w.i64(1_700_000_000_000);
+        let decoded = decode_record(encode_key("g", &tp), Some(old.freeze())).unwrap();
+        assert_eq!(
+            decoded.2,
+            Some(CommittedOffset {
+                offset: 42,
+                leader_epoch: NO_LEADER_EPOCH,
+                metadata: "m".into(),
+                commit_timestamp_ms: 1_700_000_000_000,
+            })
+        );
         assert_eq!(
             decode_record(encode_key("g", &tp), None).unwrap(),
             ("g".to_string(), tp, None)

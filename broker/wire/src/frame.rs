@@ -336,6 +336,27 @@ mod tests {
     }
 
     #[test]
+    fn offset_commits_from_before_leader_epochs_are_refused_not_misread() {
+        // Version 0 bodies lack the epoch field: decoding one as version 1 would
+        // shift every later field.
+        let api = ApiKey::OffsetCommit as u16;
+        let mut frame = api.to_be_bytes().to_vec();
+        frame.extend_from_slice(&0u16.to_be_bytes());
+        let err = decode_request(Bytes::from(frame)).unwrap_err();
+        assert_eq!(
+            err,
+            FrameError::UnsupportedVersion {
+                api: ApiKey::OffsetCommit,
+                version: 0,
+                min: 1,
+                max: 1
+            }
+        );
+        assert_eq!(ApiKey::OffsetFetch.min_version(), 1);
+        assert_eq!(ApiKey::Produce.max_version(), 0);
+    }
+
+    #[test]
     fn error_responses_round_trip() {
         let frame = encode_error_response(ErrorCode::FrameTooLarge, "too big");
         let decoded = decode_response(ApiKey::Produce, frame.slice(4..)).unwrap();

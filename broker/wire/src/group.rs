@@ -236,6 +236,11 @@ pub struct PartitionOffset {
     pub partition: u32,
     /// The next offset to consume; -1 in a fetch response when nothing is committed.
     pub offset: i64,
+    /// Leader epoch of the batch holding the last consumed record (the one before
+    /// `offset`), or [`NO_LEADER_EPOCH`](crate::messages::NO_LEADER_EPOCH). A
+    /// consumer resuming here fetches with it, so a log cut by a leader change since
+    /// the commit is noticed (KIP-320).
+    pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
 }
@@ -252,6 +257,7 @@ fn put_offsets(w: &mut Writer<'_>, topics: &[TopicOffsets]) {
         w.array(&t.partitions, |w, p| {
             w.u32(p.partition);
             w.i64(p.offset);
+            w.i32(p.leader_epoch);
             w.string(&p.metadata);
             w.i64(p.commit_timestamp_ms);
         });
@@ -266,6 +272,7 @@ fn get_offsets(r: &mut Reader) -> Result<Vec<TopicOffsets>, DecodeError> {
                 Ok(PartitionOffset {
                     partition: r.u32()?,
                     offset: r.i64()?,
+                    leader_epoch: r.i32()?,
                     metadata: r.string()?,
                     commit_timestamp_ms: r.i64()?,
                 })

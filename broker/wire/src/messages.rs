@@ -94,11 +94,18 @@ impl ApiKey {
     pub fn from_u16(v: u16) -> Option<ApiKey> {
         ApiKey::ALL.into_iter().find(|k| *k as u16 == v)
     }
+    /// Versions differ only where a body changed; a peer outside the range gets
+    /// [`FrameError::UnsupportedVersion`](crate::frame::FrameError::UnsupportedVersion).
     pub fn min_version(self) -> u16 {
-        0
+        self.max_version()
     }
+    /// Version 1 of `OffsetCommit` and `OffsetFetch` carries each offset's leader
+    /// epoch.
     pub fn max_version(self) -> u16 {
-        0
+        match self {
+            ApiKey::OffsetCommit | ApiKey::OffsetFetch => 1,
+            _ => 0,
+        }
     }
 }
 
@@ -1511,6 +1518,7 @@ mod tests {
             partitions: vec![PartitionOffset {
                 partition: 2,
                 offset: 99,
+                leader_epoch: 7,
                 metadata: "m".into(),
                 commit_timestamp_ms: 1_700_000_000_000,
             }],

@@ -26,7 +26,7 @@ use crate::accumulator::TopicPartition;
 use crate::admin::Offset;
 use crate::client::{unexpected, Client};
 use crate::error::{Error, Result};
-use crate::group::{self, GroupConfig, Membership, OffsetCommit, RebalanceListener};
+use crate::group::{self, GroupConfig, Membership, OffsetCommit, Position, RebalanceListener};
 use crate::metadata::{on_error, route, BrokerId, LeaderLookup, OnError};
 
 /// Consecutive failed fetch requests (lost connection, timeouts) tolerated quietly
@@ -157,6 +157,10 @@ pub struct ConsumerRecord {
     /// Shared by the records of one fetched partition.
     pub topic: Arc<str>,
     pub partition: u32,
+    /// Leader epoch of the batch holding the record. Committing it with the next
+    /// offset ([`OffsetCommit::leader_epoch`](crate::OffsetCommit::leader_epoch))
+    /// lets a consumer resuming there notice a log cut by a leader change.
+    pub leader_epoch: i32,
     pub offset: i64,
     pub timestamp: i64,
     pub key: Option<Bytes>,
@@ -179,11 +183,27 @@ struct PartitionState {
 
 impl PartitionState {
     fn at(position: i64) -> PartitionState {
-        PartitionState {
-            position,
+        PartitionState::resuming(Position {
+            offset: position,
             epoch: NO_LEADER_EPOCH,
+        })
+    }
+
+    /// At a committed position: the first fetch names the committed epoch, so a log
+    /// cut since the commit is caught like one cut under a running consumer.
+    fn resuming(at: Position) -> PartitionState {
+        PartitionState {
+            position: at.offset,
+            epoch: at.epoch,
             high_watermark: None,
             paused: false,
+        }
+    }
+
+    fn committable(&self) -> Position {
+        Position {
+            offset: self.position,
+            epoch: self.epoch,
         }
     }
 
@@ -730,7 +750,10 @@ impl Consumer {
         group::commit_with_metadata(&self.client, &group_id, &member_id, epoch, offsets).await
     }
 
-    async fn commit_positions(&mut self, offsets: BTreeMap<TopicPartition, i64>) -> Result<()> {
+    async fn commit_positions(
+        &mut self,
+        offsets: BTreeMap<TopicPartition, Position>,
+    ) -> Result<()> {
         if offsets.is_empty() {
             return Ok(());
         }
@@ -795,10 +818,10 @@ impl Consumer {
         result
     }
 
-    fn positions(&self) -> BTreeMap<TopicPartition, i64> {
+    fn positions(&self) -> BTreeMap<TopicPartition, Position> {
         self.partitions
             .iter()
-            .map(|(tp, state)| (tp.clone(), state.position))
+            .map(|(tp, state)| (tp.clone(), state.committable()))
             .collect()
     }
 
@@ -866,9 +889,13 @@ impl Consumer {
             .is_some_and(|g| g.config.enable_auto_commit);
         if !revoked.is_empty() {
             if auto_commit {
-                let positions: BTreeMap<TopicPartition, i64> = revoked
+                let positions: BTreeMap<TopicPartition, Position> = revoked
                     .iter()
-                    .filter_map(|tp| self.partitions.get(tp).map(|s| (tp.clone(), s.position)))
+                    .filter_map(|tp| {
+                        self.partitions
+                            .get(tp)
+                            .map(|s| (tp.clone(), s.committable()))
+                    })
                     .collect();
                 if let Err(e) = self.commit_positions(positions).await {
                     tracing::warn!(error = %e, "commit before revoking partitions failed");
@@ -885,7 +912,8 @@ impl Consumer {
             match self.starting_positions(&added).await {
                 Ok(positions) => {
                     for (tp, position) in positions {
-                        self.partitions.insert(tp, PartitionState::at(position));
+                        self.partitions
+                            .insert(tp, PartitionState::resuming(position));
                     }
                 }
                 Err(e) => failed = Some(e),
@@ -913,30 +941,34 @@ impl Consumer {
         }
     }
 
-    /// Committed offsets of `partitions`, or the reset position where none exists.
+    /// Committed positions of `partitions`, or the reset position where none exists.
     async fn starting_positions(
         &self,
         partitions: &[TopicPartition],
-    ) -> Result<Vec<(TopicPartition, i64)>> {
+    ) -> Result<Vec<(TopicPartition, Position)>> {
         let group = self.group.as_ref().expect("called for group members only");
         let admin = self.client.admin();
         let mut topics: BTreeSet<&str> = BTreeSet::new();
         for tp in partitions {
             topics.insert(&tp.topic);
         }
-        let mut committed: BTreeMap<TopicPartition, i64> = BTreeMap::new();
+        let mut committed: BTreeMap<TopicPartition, Position> = BTreeMap::new();
         for topic in topics {
             for c in admin
                 .committed_offsets(&group.config.group_id, Some(topic))
                 .await?
             {
-                committed.insert(tp(&c.topic, c.partition), c.offset);
+                let at = Position {
+                    offset: c.offset,
+                    epoch: c.leader_epoch.unwrap_or(NO_LEADER_EPOCH),
+                };
+                committed.insert(tp(&c.topic, c.partition), at);
             }
         }
         let mut positions = Vec::with_capacity(partitions.len());
         for key in partitions {
             let position = match committed.get(key) {
-                Some(offset) => *offset,
+                Some(at) => *at,
                 None => {
                     let at = match self.config.auto_offset_reset {
                         AutoOffsetReset::Earliest => Offset::Earliest,
@@ -948,7 +980,10 @@ impl Consumer {
                             )))
                         }
                     };
-                    admin.list_offsets(&key.topic, key.partition, at).await?
+                    Position {
+                        offset: admin.list_offsets(&key.topic, key.partition, at).await?,
+                        epoch: NO_LEADER_EPOCH,
+                    }
                 }
             };
             positions.push((key.clone(), position));
@@ -1472,6 +1507,7 @@ fn decode_batches(
                 .map(|record| ConsumerRecord {
                     topic: topic.clone(),
                     partition: key.partition,
+                    leader_epoch: header.partition_leader_epoch,
                     offset: record.offset,
                     timestamp: record.timestamp,
                     key: record.key,

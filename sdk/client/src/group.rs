@@ -453,6 +453,13 @@ async fn join(
 /// One offset to commit: the next offset to consume of a partition, and a metadata
 /// string kept with it (up to the broker's `offset_metadata_max_bytes`).
 ///
+/// With the leader epoch of the last consumed record
+/// ([`ConsumerRecord::leader_epoch`](crate::ConsumerRecord::leader_epoch)), a
+/// consumer that later resumes from this commit notices when a leader change has cut
+/// the log below it since, instead of reading on past a gap
+/// ([`Error::LogTruncated`](crate::Error::LogTruncated)). [`Consumer::commit`](crate::Consumer::commit)
+/// and auto-commit include it.
+///
 /// ```no_run
 /// # async fn example(mut consumer: meridian_client::Consumer) -> meridian_client::Result<()> {
 /// use meridian_client::OffsetCommit;
@@ -468,6 +475,7 @@ pub struct OffsetCommit {
     pub topic: String,
     pub partition: u32,
     pub offset: i64,
+    pub leader_epoch: Option<i32>,
     pub metadata: String,
 }
 
@@ -477,14 +485,30 @@ impl OffsetCommit {
             topic: topic.into(),
             partition,
             offset,
+            leader_epoch: None,
             metadata: String::new(),
         }
+    }
+
+    /// The leader epoch of the last consumed record (the one before `offset`).
+    pub fn leader_epoch(mut self, epoch: i32) -> OffsetCommit {
+        self.leader_epoch = (epoch >= 0).then_some(epoch);
+        self
     }
 
     pub fn metadata(mut self, metadata: impl Into<String>) -> OffsetCommit {
         self.metadata = metadata.into();
         self
     }
+}
+
+/// Where a consumer stands in a partition: the next offset to read, and the leader
+/// epoch of the batch of the last record read before it (`NO_LEADER_EPOCH` when
+/// not known).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Position {
+    pub offset: i64,
+    pub epoch: i32,
 }
 
 /// Commits positions for a group: as a member (`member_id`, `member_epoch`) or, with
@@ -494,11 +518,13 @@ pub(crate) async fn commit(
     group_id: &str,
     member_id: &str,
     member_epoch: i32,
-    positions: &BTreeMap<TopicPartition, i64>,
+    positions: &BTreeMap<TopicPartition, Position>,
 ) -> Result<()> {
     let offsets: Vec<OffsetCommit> = positions
         .iter()
-        .map(|(tp, offset)| OffsetCommit::new(tp.topic.clone(), tp.partition, *offset))
+        .map(|(tp, p)| {
+            OffsetCommit::new(tp.topic.clone(), tp.partition, p.offset).leader_epoch(p.epoch)
+        })
         .collect();
     commit_with_metadata(client, group_id, member_id, member_epoch, &offsets).await
 }
@@ -515,6 +541,7 @@ pub(crate) async fn commit_with_metadata(
         topics.entry(&o.topic).or_default().push(PartitionOffset {
             partition: o.partition,
             offset: o.offset,
+            leader_epoch: o.leader_epoch.unwrap_or(NO_LEADER_EPOCH),
             metadata: o.metadata.clone(),
             commit_timestamp_ms: -1,
         });
@@ -577,6 +604,8 @@ pub struct CommittedOffset {
     pub topic: String,
     pub partition: u32,
     pub offset: i64,
+    /// Leader epoch of the last consumed record, when the commit named it.
+    pub leader_epoch: Option<i32>,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
 }
@@ -679,6 +708,7 @@ impl Admin {
                         topic: topic.clone(),
                         partition: p.partition,
                         offset: p.offset,
+                        leader_epoch: (p.leader_epoch >= 0).then_some(p.leader_epoch),
                         metadata: p.metadata,
                         commit_timestamp_ms: p.commit_timestamp_ms,
                     })

@@ -286,6 +286,7 @@ fn unload_drops_only_groups_no_longer_owned() {
             TopicPartition::new("t", 0),
             CommittedOffset {
                 offset: 7,
+                leader_epoch: -1,
                 metadata: String::new(),
                 commit_timestamp_ms: 0,
             },
