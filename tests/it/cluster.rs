@@ -1290,6 +1290,49 @@ async fn reassignment_onto_a_new_broker_copies_the_log_under_load_and_loses_noth
     assert_eq!(distinct.len(), values.len(), "a record appears twice");
 }
 
+/// `replica_catch_up_bytes_per_sec` holds back a new replica copying the log: 4 MiB
+/// at 1 MB/s takes over three seconds (one second's worth may go at once), where
+/// without the limit it takes a fraction of one.
+#[tokio::test]
+async fn a_new_replica_copies_the_log_no_faster_than_the_catch_up_limit() {
+    let cluster = TestCluster::start("replica_catch_up_bytes_per_sec = 1000000\n");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    let mut rf1 = NewTopic::new("copied", 1);
+    rf1.replication_factor = 1;
+    admin.create_topic(rf1).await.unwrap();
+    let leader = cluster
+        .agreed_topic("copied", Duration::from_secs(10), |_| true)
+        .await[0]
+        .leader;
+    let client = cluster.client(leader).await;
+    send_with(
+        &client,
+        "copied",
+        (0..4096).map(|i| format!("{i:01024}")),
+        Acks::Leader,
+    )
+    .await;
+    let target = (1..=3).find(|b| *b != leader).unwrap();
+    let started = Instant::now();
+    let results = admin
+        .reassign_partitions("copied", &[(0, Some(vec![leader, target]))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    cluster
+        .agreed_topic("copied", Duration::from_secs(30), |v| {
+            v[0].isr.contains(&target)
+        })
+        .await;
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(2500),
+        "4 MiB copied in {took:?} despite a 1 MB/s limit"
+    );
+    assert_eq!(read_values(&client, "copied").await.len(), 4096);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
     let mut cluster = TestCluster::start("");

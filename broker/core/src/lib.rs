@@ -6,6 +6,7 @@
 pub mod assignor;
 pub mod group;
 pub mod replication;
+pub mod throttle;
 
 /// A partition of a topic, ordered by topic name then index.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]

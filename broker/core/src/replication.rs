@@ -489,6 +489,15 @@ impl Replica {
         }
     }
 
+    /// Whether the last `LeaderAndIsr` applied names this replica in the ISR. A
+    /// follower outside it is catching up: a new replica of a reassignment, or one
+    /// back after being away.
+    pub fn in_sync(&self) -> bool {
+        self.state
+            .as_ref()
+            .is_some_and(|state| state.isr.contains(&self.id))
+    }
+
     /// What a follower asks its leader for next.
     pub fn next_fetch(&self) -> Option<(BrokerId, FollowerFetch)> {
         let (Role::Follower, Some(state)) = (&self.role, &self.state) else {

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use meridian_core::throttle::ByteRate;
 use meridian_log::{CleanStats, LogError};
 use parking_lot::Mutex;
 
@@ -22,32 +23,30 @@ use crate::topics::{Partition, Topic};
 use crate::Shared;
 
 /// Paces the cleaner's reads and writes to `bytes_per_second` (0: unlimited), shared by
-/// all cleaner threads. Each chunk of I/O reserves its share of time after the previous
-/// reservation; the caller then sleeps until its reservation ends. Idle time builds no
-/// credit, so the rate over any window longer than one chunk stays within the budget.
+/// all cleaner threads. Each chunk of I/O is charged to a [`ByteRate`] without burst,
+/// and the caller then sleeps until that debt is paid off: a chunk waits for the ones
+/// before it, then its own share of time. Idle time builds no credit, so the rate over
+/// any window longer than one chunk stays within the budget.
 pub(crate) struct IoBudget {
-    bytes_per_second: u64,
-    next_free: Mutex<Option<Instant>>,
+    rate: Option<Mutex<ByteRate>>,
 }
 
 impl IoBudget {
     pub(crate) fn new(bytes_per_second: u64) -> IoBudget {
         IoBudget {
-            bytes_per_second,
-            next_free: Mutex::new(None),
+            rate: (bytes_per_second > 0)
+                .then(|| Mutex::new(ByteRate::new(bytes_per_second, 0, Instant::now()))),
         }
     }
 
     /// Accounts for `bytes` done at `now`; returns how long the caller must wait.
     fn reserve(&self, now: Instant, bytes: u64) -> Duration {
-        if self.bytes_per_second == 0 {
+        let Some(rate) = &self.rate else {
             return Duration::ZERO;
-        }
-        let mut next_free = self.next_free.lock();
-        let start = next_free.map_or(now, |next| next.max(now));
-        let end = start + Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        *next_free = Some(end);
-        end.saturating_duration_since(now)
+        };
+        let mut rate = rate.lock();
+        rate.charge(bytes, now);
+        rate.paid_off(now)
     }
 
     /// Accounts for `bytes` just read or written, sleeping to stay within the budget,

@@ -115,6 +115,12 @@ pub struct BrokerConfig {
     /// Bytes a follower asks for per fetch and per partition (Kafka's
     /// `replica.fetch.max.bytes`); at least one batch comes back regardless.
     pub replica_fetch_max_bytes: u32,
+    /// Bytes per second this broker fetches, in all, for follower replicas outside
+    /// the ISR: the new replicas of a reassignment, or replicas back after being
+    /// away. 0 (the default): no limit. In-sync followers are never held back
+    /// (acks=all producers wait on them). Kafka's
+    /// `follower.replication.throttled.rate` on every catching-up replica.
+    pub replica_catch_up_bytes_per_sec: u64,
     /// How long a fetcher waits after a failed fetch (connection lost, not the leader,
     /// stale epoch) before trying again (Kafka's `replica.fetch.backoff.ms`).
     pub replica_fetch_backoff_ms: u64,
@@ -364,6 +370,7 @@ impl Default for BrokerConfig {
             replica_lag_time_max_ms: 30_000,
             replica_fetch_wait_max_ms: 500,
             replica_fetch_max_bytes: 1024 * 1024,
+            replica_catch_up_bytes_per_sec: 0,
             replica_fetch_backoff_ms: 1_000,
             replica_high_watermark_checkpoint_interval_ms: 5_000,
             topic_defaults: TopicDefaults::default(),
@@ -653,6 +660,7 @@ mod tests {
         assert_eq!(config.replica_lag_time_max_ms, 30_000);
         assert_eq!(config.replica_fetch_wait_max_ms, 500);
         assert_eq!(config.replica_fetch_max_bytes, 1_048_576);
+        assert_eq!(config.replica_catch_up_bytes_per_sec, 0);
         assert_eq!(config.replica_fetch_backoff_ms, 1_000);
         assert_eq!(config.replica_high_watermark_checkpoint_interval_ms, 5_000);
         assert_eq!(config.topic_defaults.min_insync_replicas, 1);
@@ -663,6 +671,7 @@ mod tests {
                 "cluster_mode=true".into(),
                 "replica_fetch_wait_max_ms=100".into(),
                 "replica_fetch_max_bytes=4096".into(),
+                "replica_catch_up_bytes_per_sec=1000000".into(),
                 "replica_fetch_backoff_ms=50".into(),
                 "topic_defaults.min_insync_replicas=2".into(),
             ],
@@ -672,6 +681,7 @@ mod tests {
         assert_eq!(config.replica_lag_time_max_ms, 2_000);
         assert_eq!(config.replica_fetch_wait_max_ms, 100);
         assert_eq!(config.replica_fetch_max_bytes, 4096);
+        assert_eq!(config.replica_catch_up_bytes_per_sec, 1_000_000);
         assert_eq!(config.replica_fetch_backoff_ms, 50);
         assert_eq!(config.topic_defaults.min_insync_replicas, 2);
     }

@@ -141,8 +141,11 @@ impl Broker {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
-        let replication =
-            replica_manager::ReplicationState::open(&config.data_dir, &identity.fingerprint)?;
+        let replication = replica_manager::ReplicationState::open(
+            &config.data_dir,
+            &identity.fingerprint,
+            config.replica_catch_up_bytes_per_sec,
+        )?;
         let cluster = match &config.cluster {
             Some(cluster_config) => {
                 Some(cluster::Cluster::start(&config, cluster_config, &identity.fingerprint).await?)

@@ -28,13 +28,14 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_core::replication::{
     AlterIsr, EpochCache, FetchAnswer, FollowerFetch, LeaderAndIsr, Replica, ReplicaConfig,
     ReplicationError,
 };
+use meridian_core::throttle::ByteRate;
 use meridian_log::checkpoint::{read_offset_checkpoint, write_offset_checkpoint};
 use meridian_wire::batch::split_batches;
 use meridian_wire::messages::*;
@@ -174,12 +175,15 @@ pub(crate) struct ReplicationState {
     checkpointed: BTreeMap<(String, u32), i64>,
     /// How this broker trusts its peers: they share its TLS identity.
     peer_trust: meridian_client::Trust,
+    /// `replica_catch_up_bytes_per_sec`, shared by every fetcher; `None`: no limit.
+    catch_up: Option<Mutex<ByteRate>>,
 }
 
 impl ReplicationState {
     pub(crate) fn open(
         data_dir: &std::path::Path,
         fingerprint: &str,
+        catch_up_bytes_per_sec: u64,
     ) -> anyhow::Result<ReplicationState> {
         let checkpointed = read_offset_checkpoint(data_dir)?;
         Ok(ReplicationState {
@@ -189,6 +193,11 @@ impl ReplicationState {
             fetchers: Mutex::new(HashMap::new()),
             checkpointed,
             peer_trust: meridian_client::Trust::parse_fingerprint(fingerprint)?,
+            catch_up: (catch_up_bytes_per_sec > 0).then(|| {
+                // One second's worth may go at once.
+                let burst = catch_up_bytes_per_sec;
+                Mutex::new(ByteRate::new(catch_up_bytes_per_sec, burst, Instant::now()))
+            }),
         })
     }
 
@@ -791,7 +800,12 @@ struct FetchTarget {
     topic: String,
     partition: Arc<Partition>,
     fetch: FetchPartition,
+    /// Outside the ISR: counts against `replica_catch_up_bytes_per_sec`.
+    catching_up: bool,
 }
+
+/// The shortest a fetcher waits for the catch-up limit to allow more.
+const CATCH_UP_MIN_WAIT: Duration = Duration::from_millis(1);
 
 /// How soon a follower asks again for a partition whose leader answered as if it had
 /// not applied the latest metadata yet (`UnknownTopic`, `UnknownLeaderEpoch`,
@@ -847,15 +861,44 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 FetchPartition::new(index, fetch.fetch_offset, config.replica_fetch_max_bytes);
             request.current_leader_epoch = fetch.leader_epoch;
             request.last_fetched_epoch = fetch.last_fetched_epoch.unwrap_or(NO_LEADER_EPOCH);
+            let catching_up = !entry.replica.in_sync();
             drop(slot);
             targets.push(FetchTarget {
                 topic,
                 partition,
                 fetch: request,
+                catching_up,
             });
         }
+        // Catching-up replicas share what the limit allows now; while it is spent
+        // they sit out, and the fetcher re-plans when it is not.
+        let throttled_until = match &shared.replication.catch_up {
+            Some(rate) if targets.iter().any(|t| t.catching_up) => {
+                let mut rate = rate.lock();
+                let allowance = rate.allowance(now.into_std());
+                if allowance == 0 {
+                    targets.retain(|t| !t.catching_up);
+                    // At least a millisecond: an allowance of 0 with no debt is
+                    // a byte or so away.
+                    let wait = rate.paid_off(now.into_std()).max(CATCH_UP_MIN_WAIT);
+                    Some(now + wait)
+                } else {
+                    let n = targets.iter().filter(|t| t.catching_up).count() as u64;
+                    let share = (allowance / n).clamp(1, u64::from(config.replica_fetch_max_bytes));
+                    for t in targets.iter_mut().filter(|t| t.catching_up) {
+                        t.fetch.partition_max_bytes = share as u32;
+                    }
+                    None
+                }
+            }
+            _ => None,
+        };
+        let replan_at = match (next_retry, throttled_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         if targets.is_empty() {
-            let until = next_retry.map_or(now + backoff, |at| at.min(now + backoff));
+            let until = replan_at.map_or(now + backoff, |at| at.min(now + backoff));
             let _ = tokio::time::timeout_at(until, wake.notified()).await;
             continue;
         }
@@ -916,8 +959,9 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
             response = connection.request(request) => response,
             // New partitions or a leader change: plan the request again.
             _ = wake.notified() => continue,
-            // A paused partition is due: ask for it too.
-            _ = sleep_until_some(next_retry) => continue,
+            // A paused partition is due, or the catch-up limit allows more: ask
+            // for it too.
+            _ = sleep_until_some(replan_at) => continue,
         };
         let response = match response {
             Ok(Response::Fetch(response)) => response,
@@ -937,6 +981,17 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
         for t in response.topics {
             for p in t.partitions {
                 answers.insert((t.name.clone(), p.partition), p);
+            }
+        }
+        if let Some(rate) = &shared.replication.catch_up {
+            let caught: u64 = targets
+                .iter()
+                .filter(|t| t.catching_up)
+                .filter_map(|t| answers.get(&(t.topic.clone(), t.fetch.partition)))
+                .map(|answer| answer.records.len() as u64)
+                .sum();
+            if caught > 0 {
+                rate.lock().charge(caught, Instant::now());
             }
         }
         for target in targets {

@@ -895,3 +895,22 @@ fn a_removed_follower_rejoins_only_after_fetching_again() {
     let proposal = leader.poll_isr_change(60).expect("caught up again");
     assert_eq!(proposal.isr, BTreeSet::from([1, 2, 3]));
 }
+
+#[test]
+fn a_follower_knows_whether_it_is_catching_up() {
+    let mut state = LeaderAndIsr {
+        leader: Some(1),
+        leader_epoch: 1,
+        isr: BTreeSet::from([1]),
+        replicas: vec![1, 2],
+        partition_epoch: 1,
+    };
+    let mut follower = Replica::new(2, replica_config(), 0, epochs_of(&[]));
+    assert!(!follower.in_sync(), "no state yet");
+    follower.apply(state.clone(), 0);
+    assert!(!follower.in_sync(), "a new replica catches up");
+    state.isr.insert(2);
+    state.partition_epoch += 1;
+    follower.apply(state, 0);
+    assert!(follower.in_sync());
+}
