@@ -543,6 +543,7 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         .unwrap();
     assert_eq!(committed[0].offset, 100);
     assert_eq!(committed[0].leader_epoch, Some(records[99].leader_epoch));
+    let committed_epoch = records[99].leader_epoch;
 
     // Broker 3 dies; 4 and 5 come back, and one of them leads without 50..100.
     cluster.broker(3).kill9();
@@ -569,6 +570,19 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         "the consumer reads on from where the log was cut"
     );
     assert_eq!(reads_on.position("cut", 0), Some(60));
+
+    // Positions kept outside Meridian, with the epoch of the last record read.
+    let mut resumes = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    resumes.assign("cut", &[0]).await.unwrap();
+    resumes
+        .seek_with_epoch("cut", 0, 100, committed_epoch)
+        .await
+        .unwrap();
+    let records = poll_records(&mut resumes, 10, Duration::from_secs(20)).await;
+    assert_eq!(values(&records), expected, "a seek with the epoch read");
 
     // Without the epoch in its commit, offset 100 would be out of range and the
     // member would start over from offset 0.

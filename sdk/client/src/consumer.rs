@@ -207,10 +207,11 @@ impl PartitionState {
         }
     }
 
-    /// Sought or reset: read on from `position`, whose batch's epoch is not known.
-    fn moved_to(&mut self, position: i64) {
-        self.position = position;
-        self.epoch = NO_LEADER_EPOCH;
+    /// Sought or reset: read on from `at` (its epoch [`NO_LEADER_EPOCH`] unless the
+    /// caller knows the record before it).
+    fn moved_to(&mut self, at: Position) {
+        self.position = at.offset;
+        self.epoch = at.epoch.max(NO_LEADER_EPOCH);
         self.paused = false;
     }
 }
@@ -400,6 +401,12 @@ impl Consumer {
     /// `Timestamp` are resolved with the broker now. Resumes a partition paused by an
     /// error.
     pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<()> {
+        self.move_to(topic, partition, to, NO_LEADER_EPOCH).await
+    }
+
+    /// [`seek`](Self::seek), with the epoch of the record before the new position
+    /// when it is known.
+    async fn move_to(&mut self, topic: &str, partition: u32, to: Offset, epoch: i32) -> Result<()> {
         let key = tp(topic, partition);
         if !self.partitions.contains_key(&key) {
             return Err(Error::Config(format!(
@@ -417,10 +424,39 @@ impl Consumer {
             .list_offsets(topic, partition, to)
             .await?;
         if let Some(state) = self.partitions.get_mut(&key) {
-            state.moved_to(position);
+            state.moved_to(Position {
+                offset: position,
+                epoch,
+            });
         }
         self.restart_fetching();
         Ok(())
+    }
+
+    /// Moves to `offset` of an assigned partition, where the record before it was
+    /// read from a batch of `leader_epoch`: for positions kept outside Meridian
+    /// (stored with the application's own data), with
+    /// [`ConsumerRecord::leader_epoch`] of the last record processed. The first
+    /// fetch then checks that the log still holds what was read, as after a group
+    /// commit: a log cut by a leader change since is reported as
+    /// [`Error::LogTruncated`] or read on from the cut, per `auto_offset_reset`.
+    ///
+    /// ```no_run
+    /// # async fn example(mut consumer: meridian_client::Consumer) -> meridian_client::Result<()> {
+    /// // Saved with the output of the last record processed: offset 41, epoch 3.
+    /// consumer.assign("orders", &[0]).await?;
+    /// consumer.seek_with_epoch("orders", 0, 42, 3).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn seek_with_epoch(
+        &mut self,
+        topic: &str,
+        partition: u32,
+        offset: i64,
+        leader_epoch: i32,
+    ) -> Result<()> {
+        self.move_to(topic, partition, Offset::At(offset), leader_epoch)
+            .await
     }
 
     /// The offset of the next record [`poll`](Consumer::poll) returns for a partition.
@@ -619,7 +655,10 @@ impl Consumer {
                             to = position,
                             "position out of range; reset per auto_offset_reset"
                         );
-                        state.moved_to(position);
+                        state.moved_to(Position {
+                            offset: position,
+                            epoch: NO_LEADER_EPOCH,
+                        });
                     }
                 }
                 Err(e) => {
