@@ -140,10 +140,30 @@ impl ConnectArgs {
     }
 }
 
+/// Appended to the log filter unless `RUST_LOG` names openraft. Its replication logs
+/// every failed RPC to an unreachable voter (about ten lines a second for each), and
+/// its vote handling warns about routine races of an election. The broker logs a
+/// peer lost and regained once each instead (`cluster/peers.rs`), and openraft's
+/// errors outside replication still show.
+const QUIET_OPENRAFT: &str = "openraft=error,openraft::replication=off";
+
+/// The log filter: `RUST_LOG` if set (plus [`QUIET_OPENRAFT`]), else info for
+/// Meridian and warnings from the transport.
+fn log_filter(rust_log: Option<&str>) -> String {
+    match rust_log.map(str::trim) {
+        Some(env) if env.contains("openraft") => env.to_string(),
+        Some(env) if !env.is_empty() => format!("{env},{QUIET_OPENRAFT}"),
+        _ => format!("info,quinn=warn,quinn_proto=warn,rustls=warn,{QUIET_OPENRAFT}"),
+    }
+}
+
 fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,quinn=warn,quinn_proto=warn,rustls=warn")
-    });
+    let rust_log = std::env::var("RUST_LOG").ok();
+    let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref()))
+        .unwrap_or_else(|e| {
+            eprintln!("warning: RUST_LOG ignored: {e}");
+            tracing_subscriber::EnvFilter::new(log_filter(None))
+        });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -249,4 +269,23 @@ pub(crate) async fn shutdown_signal() {
     }
     #[cfg(not(unix))]
     let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openraft_is_quiet_unless_rust_log_names_it() {
+        assert!(log_filter(None).ends_with(QUIET_OPENRAFT));
+        assert_eq!(log_filter(Some("  ")), log_filter(None));
+        assert_eq!(log_filter(Some("debug")), format!("debug,{QUIET_OPENRAFT}"));
+        assert_eq!(
+            log_filter(Some("warn,openraft=debug")),
+            "warn,openraft=debug"
+        );
+        for rust_log in [None, Some("debug"), Some("warn,openraft=info")] {
+            tracing_subscriber::EnvFilter::try_new(log_filter(rust_log)).expect("valid filter");
+        }
+    }
 }

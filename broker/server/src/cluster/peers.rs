@@ -4,7 +4,7 @@
 //! changes) goes through one `meridian_client::Client` per peer: the same QUIC
 //! protocol clients speak, to the peer's ordinary endpoint.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use meridian_client::{Client, ClientConfig, Trust};
@@ -30,6 +30,51 @@ pub(crate) struct Peers {
     addresses: parking_lot::Mutex<BTreeMap<u32, String>>,
     trust: Trust,
     clients: tokio::sync::Mutex<HashMap<u32, Client>>,
+    reachability: parking_lot::Mutex<Reachability>,
+}
+
+/// Which peers answered their last request, so that losing and regaining one is
+/// logged once each rather than at every retry (Raft retries an unreachable voter
+/// every half second; openraft's own log of each attempt is off by default, see
+/// `broker/cli/src/main.rs`).
+#[derive(Debug, Default)]
+struct Reachability {
+    /// Peers that have answered since this broker started.
+    reached: BTreeSet<u32>,
+    /// Failed requests in a row, by peer.
+    unreachable: BTreeMap<u32, usize>,
+}
+
+/// Failed requests in a row before a peer that has never answered is reported:
+/// while a cluster starts, its brokers come up one after the other.
+const NEVER_REACHED_REPORTED_AFTER: usize = 20;
+
+#[derive(Debug, PartialEq, Eq)]
+enum Change {
+    /// A peer that answered before does not now.
+    Lost,
+    /// A peer has not answered any request since this broker started.
+    NeverReached,
+    /// Back, after this many failed requests.
+    Regained(usize),
+}
+
+impl Reachability {
+    fn record(&mut self, id: u32, answered: bool) -> Option<Change> {
+        if answered {
+            let first = self.reached.insert(id);
+            let failures = self.unreachable.remove(&id)?;
+            return (!first || failures >= NEVER_REACHED_REPORTED_AFTER)
+                .then_some(Change::Regained(failures));
+        }
+        let failures = self.unreachable.entry(id).or_default();
+        *failures += 1;
+        match (self.reached.contains(&id), *failures) {
+            (true, 1) => Some(Change::Lost),
+            (false, NEVER_REACHED_REPORTED_AFTER) => Some(Change::NeverReached),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -53,6 +98,7 @@ impl Peers {
             addresses: parking_lot::Mutex::new(addresses),
             trust,
             clients: tokio::sync::Mutex::new(HashMap::new()),
+            reachability: parking_lot::Mutex::new(Reachability::default()),
         }
     }
 
@@ -130,6 +176,26 @@ impl Peers {
             if let Some(client) = self.clients.lock().await.remove(&id) {
                 client.close();
             }
+        }
+        // A refusal with an error code is an answer; anything else (no connection,
+        // no answer in time) counts as unreachable.
+        let answered = match &result {
+            Ok(_) => true,
+            Err(PeerError::Client { source, .. }) => source.code().is_some(),
+            Err(PeerError::Timeout(_) | PeerError::Unknown(_)) => false,
+        };
+        let change = self.reachability.lock().record(id, answered);
+        match (change, &result) {
+            (Some(Change::Lost), Err(e)) => {
+                tracing::warn!(peer = id, error = %e, "cannot reach a broker of the cluster; retrying in the background")
+            }
+            (Some(Change::NeverReached), Err(e)) => {
+                tracing::warn!(peer = id, failures = NEVER_REACHED_REPORTED_AFTER, error = %e, "a broker of the cluster has not answered since this one started; retrying in the background")
+            }
+            (Some(Change::Regained(failures)), _) => {
+                tracing::info!(peer = id, failures, "reached a broker of the cluster again")
+            }
+            _ => {}
         }
         result
     }
@@ -242,5 +308,37 @@ pub(crate) async fn serve_raft(
             let rpc: InstallSnapshotRequest<TypeConfig> = serde_json::from_slice(&request.payload)?;
             serde_json::to_vec(&raft.install_snapshot(rpc).await)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn losing_and_regaining_a_peer_are_reported_once_each() {
+        let mut reachability = Reachability::default();
+        // Starting: a peer not up yet is reported only if it stays away.
+        assert_eq!(reachability.record(2, false), None);
+        assert_eq!(reachability.record(2, true), None);
+        for _ in 1..NEVER_REACHED_REPORTED_AFTER {
+            assert_eq!(reachability.record(4, false), None);
+        }
+        assert_eq!(reachability.record(4, false), Some(Change::NeverReached));
+        assert_eq!(reachability.record(4, false), None);
+        assert_eq!(
+            reachability.record(4, true),
+            Some(Change::Regained(NEVER_REACHED_REPORTED_AFTER + 1))
+        );
+        // Up and running: losing it and getting it back.
+        assert_eq!(reachability.record(2, false), Some(Change::Lost));
+        for _ in 0..10 {
+            assert_eq!(reachability.record(2, false), None);
+        }
+        // Another peer is tracked on its own.
+        assert_eq!(reachability.record(4, false), Some(Change::Lost));
+        assert_eq!(reachability.record(2, true), Some(Change::Regained(11)));
+        assert_eq!(reachability.record(2, true), None);
+        assert_eq!(reachability.record(2, false), Some(Change::Lost));
     }
 }
