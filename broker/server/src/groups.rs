@@ -673,7 +673,7 @@ impl Shared {
 
     async fn offset_commit_inner(&self, r: OffsetCommitRequest) -> Result<(), Failure> {
         let now = now_ms();
-        let mut offsets = Vec::new();
+        let mut committed = Vec::new();
         for topic in &r.topics {
             let count = self.partition_count(&topic.topic).ok_or_else(|| {
                 Failure::new(
@@ -691,7 +691,7 @@ impl Shared {
                         ),
                     ));
                 }
-                offsets.push((
+                committed.push((
                     TopicPartition::new(topic.topic.clone(), p.partition),
                     CommittedOffset {
                         offset: p.offset,
@@ -702,7 +702,7 @@ impl Shared {
                 ));
             }
         }
-        if offsets.is_empty() {
+        if committed.is_empty() {
             return Ok(());
         }
         let sync = {
@@ -710,14 +710,13 @@ impl Shared {
                 .groups
                 .coordinator_for(&r.group_id)
                 .and_then(|c| {
-                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &offsets)?;
+                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &committed)?;
                     Ok(c)
                 })
                 .map_err(|e| {
                     let (code, message) = group_error(e);
                     Failure::new(code, message)
                 })?;
-            let committed = offsets;
             let records = committed
                 .iter()
                 .map(|(tp, c)| NewRecord {
