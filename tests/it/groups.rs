@@ -760,3 +760,72 @@ async fn group_limits_are_enforced() {
     };
     assert_eq!(r.topics[0].partitions[0].error, ErrorCode::PolicyViolation);
 }
+
+/// A client from before leader epochs in commits speaks version 0 of OffsetCommit
+/// and OffsetFetch: the broker reads its commits (no epoch) and answers its fetches
+/// at version 0, and today's SDK, at version 1, sees those commits without an epoch.
+#[tokio::test]
+async fn clients_from_before_epochs_in_commits_are_served_at_version_0() {
+    use meridian_wire::frame::{decode_response_at, encode_request_chunks_at, ResponseFrame};
+    use meridian_wire::messages::*;
+    let broker = TestBroker::start(FAST_GROUPS);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("v0", 1))
+        .await
+        .unwrap();
+    let connection = broker.raw_connection().await;
+    let exchange = |request: Request| {
+        let connection = connection.clone();
+        async move {
+            let api = request.api_key();
+            let frame = encode_request_chunks_at(&request, 0).concat();
+            let body = crate::harness::raw_request(&connection, &frame)
+                .await
+                .expect("an answer");
+            match decode_response_at(api, 0, body).expect("a version 0 answer") {
+                ResponseFrame::Ok(response) => response,
+                ResponseFrame::Error { code, message } => panic!("{code:?}: {message}"),
+            }
+        }
+    };
+    let commit = OffsetCommitRequest {
+        group_id: "old".into(),
+        member_id: String::new(),
+        member_epoch: -1,
+        topics: vec![TopicOffsets {
+            topic: "v0".into(),
+            partitions: vec![PartitionOffset {
+                partition: 0,
+                offset: 5,
+                // Not in a version 0 body.
+                leader_epoch: 9,
+                metadata: "m".into(),
+                commit_timestamp_ms: -1,
+            }],
+        }],
+    };
+    let Response::OffsetCommit(r) = exchange(Request::OffsetCommit(commit)).await else {
+        panic!("not an OffsetCommit answer");
+    };
+    assert_eq!(r.error, ErrorCode::None, "{}", r.message);
+    let fetch = OffsetFetchRequest {
+        group_id: "old".into(),
+        topics: None,
+    };
+    let Response::OffsetFetch(r) = exchange(Request::OffsetFetch(fetch)).await else {
+        panic!("not an OffsetFetch answer");
+    };
+    let p = &r.topics[0].partitions[0];
+    assert_eq!(
+        (p.offset, p.leader_epoch, p.metadata.as_str()),
+        (5, NO_LEADER_EPOCH, "m")
+    );
+    let committed = client
+        .admin()
+        .committed_offsets("old", Some("v0"))
+        .await
+        .unwrap();
+    assert_eq!((committed[0].offset, committed[0].leader_epoch), (5, None));
+}

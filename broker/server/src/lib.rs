@@ -31,7 +31,8 @@ use meridian_client::frame_io::{read_body, BodyBudget, BodyError};
 use meridian_log::GroupCommit;
 use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
-    check_frame_length, decode_request, encode_error_response, encode_response_chunks, FrameError,
+    check_frame_length, decode_request_versioned, encode_error_response, encode_response_chunks_at,
+    FrameError,
 };
 use meridian_wire::ErrorCode;
 use tracing::Instrument;
@@ -383,18 +384,19 @@ async fn serve_stream(
             return;
         }
     };
-    let mut reply = match decode_request(frame) {
-        Ok(request) if shared.not_ready_for(&request) => {
+    let mut reply = match decode_request_versioned(frame) {
+        Ok((request, _)) if shared.not_ready_for(&request) => {
             let code = ErrorCode::MetadataNotReady;
             vec![encode_error_response(code, code.description())]
         }
-        Ok(request) => {
+        Ok((request, version)) => {
             let api = request.api_key();
-            let span = tracing::debug_span!("request", ?api);
+            let span = tracing::debug_span!("request", ?api, version);
             match shared.handle(request, peer).instrument(span).await {
                 // Chunks: fetched batches go out from the buffers they were read
-                // into, not copied into the frame.
-                Some(response) => encode_response_chunks(&response),
+                // into, not copied into the frame. The answer has the request's
+                // version.
+                Some(response) => encode_response_chunks_at(&response, version),
                 None => Vec::new(),
             }
         }

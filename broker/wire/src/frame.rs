@@ -127,18 +127,32 @@ fn with_length_prefix(body: impl FnOnce(&mut Writer<'_>)) -> Bytes {
     buf.freeze()
 }
 
-/// Encodes a request into a complete frame (length prefix included).
+/// Encodes a request into a complete frame (length prefix included), at its API's
+/// newest version.
 pub fn encode_request(request: &Request) -> Bytes {
-    with_length_prefix(|w| {
-        let api = request.api_key();
-        w.u16(api as u16);
-        w.u16(api.max_version());
-        request.encode_body(w);
-    })
+    let version = request.api_key().max_version();
+    with_length_prefix(|w| put_request(w, request, version))
+}
+
+fn put_request(w: &mut Writer<'_>, request: &Request, version: u16) {
+    let api = request.api_key();
+    assert!(
+        (api.min_version()..=api.max_version()).contains(&version),
+        "{api:?} has no version {version}"
+    );
+    w.u16(api as u16);
+    w.u16(version);
+    request.encode_body(w, version);
 }
 
 /// Decodes a request frame body (without the length prefix).
 pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
+    decode_request_versioned(frame).map(|(request, _)| request)
+}
+
+/// [`decode_request`], with the version the request came in: the response goes back
+/// at the same version ([`encode_response_chunks_at`]).
+pub fn decode_request_versioned(frame: Bytes) -> Result<(Request, u16), FrameError> {
     let mut reader = Reader::new(frame);
     let api_key = reader.u16()?;
     let version = reader.u16()?;
@@ -151,18 +165,21 @@ pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
             max: api.max_version(),
         });
     }
-    let request = Request::decode_body(api, &mut reader)?;
+    let request = Request::decode_body(api, version, &mut reader)?;
     reader.finish()?;
-    Ok(request)
+    Ok((request, version))
 }
 
-/// Encodes a successful response into a complete frame.
+/// Encodes a successful response into a complete frame, at its API's newest version.
 pub fn encode_response(response: &Response) -> Bytes {
-    with_length_prefix(|w| {
-        w.u16(ErrorCode::None as u16);
-        w.string("");
-        response.encode_body(w);
-    })
+    let version = response.api_key().max_version();
+    with_length_prefix(|w| put_response(w, response, version))
+}
+
+fn put_response(w: &mut Writer<'_>, response: &Response, version: u16) {
+    w.u16(ErrorCode::None as u16);
+    w.string("");
+    response.encode_body(w, version);
 }
 
 /// Encodes a frame as chunks to write back to back: record batches stay in their own
@@ -182,21 +199,23 @@ fn chunks_with_length_prefix(body: impl FnOnce(&mut Writer<'_>)) -> Vec<Bytes> {
 
 /// [`encode_request`] as chunks (for `write_all_chunks`): produced batches are not copied.
 pub fn encode_request_chunks(request: &Request) -> Vec<Bytes> {
-    chunks_with_length_prefix(|w| {
-        let api = request.api_key();
-        w.u16(api as u16);
-        w.u16(api.max_version());
-        request.encode_body(w);
-    })
+    encode_request_chunks_at(request, request.api_key().max_version())
+}
+
+/// [`encode_request_chunks`] at `version` (one the broker has: see the ApiVersions
+/// handshake). Panics on a version the API does not have.
+pub fn encode_request_chunks_at(request: &Request, version: u16) -> Vec<Bytes> {
+    chunks_with_length_prefix(|w| put_request(w, request, version))
 }
 
 /// [`encode_response`] as chunks (for `write_all_chunks`): fetched batches are not copied.
 pub fn encode_response_chunks(response: &Response) -> Vec<Bytes> {
-    chunks_with_length_prefix(|w| {
-        w.u16(ErrorCode::None as u16);
-        w.string("");
-        response.encode_body(w);
-    })
+    encode_response_chunks_at(response, response.api_key().max_version())
+}
+
+/// [`encode_response_chunks`] at `version`, the version of the request answered.
+pub fn encode_response_chunks_at(response: &Response, version: u16) -> Vec<Bytes> {
+    chunks_with_length_prefix(|w| put_response(w, response, version))
 }
 
 /// Encodes a request-level error (the request could not be understood at all).
@@ -217,13 +236,22 @@ pub enum ResponseFrame {
 
 /// Decodes a response frame body; the caller says which API it asked.
 pub fn decode_response(api: ApiKey, frame: Bytes) -> Result<ResponseFrame, FrameError> {
+    decode_response_at(api, api.max_version(), frame)
+}
+
+/// [`decode_response`] of a request sent at `version`.
+pub fn decode_response_at(
+    api: ApiKey,
+    version: u16,
+    frame: Bytes,
+) -> Result<ResponseFrame, FrameError> {
     let mut reader = Reader::new(frame);
     let code = ErrorCode::from_u16(reader.u16()?);
     let message = reader.string()?;
     if code != ErrorCode::None {
         return Ok(ResponseFrame::Error { code, message });
     }
-    let response = Response::decode_body(api, &mut reader)?;
+    let response = Response::decode_body(api, version, &mut reader)?;
     reader.finish()?;
     Ok(ResponseFrame::Ok(response))
 }
@@ -336,24 +364,71 @@ mod tests {
     }
 
     #[test]
-    fn offset_commits_from_before_leader_epochs_are_refused_not_misread() {
-        // Version 0 bodies lack the epoch field: decoding one as version 1 would
-        // shift every later field.
-        let api = ApiKey::OffsetCommit as u16;
-        let mut frame = api.to_be_bytes().to_vec();
-        frame.extend_from_slice(&0u16.to_be_bytes());
-        let err = decode_request(Bytes::from(frame)).unwrap_err();
+    fn offset_commits_and_fetches_are_served_at_both_versions() {
+        use crate::group::{
+            OffsetCommitRequest, OffsetFetchResponse, PartitionOffset, TopicOffsets,
+        };
+        use crate::messages::NO_LEADER_EPOCH;
+        let offsets = |leader_epoch| {
+            vec![TopicOffsets {
+                topic: "t".into(),
+                partitions: vec![PartitionOffset {
+                    partition: 1,
+                    offset: 42,
+                    leader_epoch,
+                    metadata: "m".into(),
+                    commit_timestamp_ms: 7,
+                }],
+            }]
+        };
+        let commit = Request::OffsetCommit(OffsetCommitRequest {
+            group_id: "g".into(),
+            member_id: String::new(),
+            member_epoch: -1,
+            topics: offsets(3),
+        });
+        let body = |chunks: Vec<Bytes>| Bytes::from(chunks.concat()).slice(4..);
+        // Version 1 keeps the epoch; version 0 (a client from before epochs) has
+        // none, and is read as such rather than misread by four bytes.
+        let v1 = body(encode_request_chunks_at(&commit, 1));
         assert_eq!(
-            err,
+            decode_request_versioned(v1.clone()).unwrap(),
+            (commit.clone(), 1)
+        );
+        let v0 = body(encode_request_chunks_at(&commit, 0));
+        let Ok((Request::OffsetCommit(read), 0)) = decode_request_versioned(v0.clone()) else {
+            panic!("not a version 0 commit");
+        };
+        assert_eq!(read.topics, offsets(NO_LEADER_EPOCH));
+        assert_eq!(v1.len(), v0.len() + 4);
+        // The answer to an OffsetFetch goes back at the request's version.
+        let fetched = Response::OffsetFetch(OffsetFetchResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            topics: offsets(3),
+        });
+        for version in [0, 1] {
+            let frame = body(encode_response_chunks_at(&fetched, version));
+            let Ok(ResponseFrame::Ok(Response::OffsetFetch(read))) =
+                decode_response_at(ApiKey::OffsetFetch, version, frame)
+            else {
+                panic!("no OffsetFetch response at version {version}");
+            };
+            let epoch = if version == 0 { NO_LEADER_EPOCH } else { 3 };
+            assert_eq!(read.topics, offsets(epoch));
+        }
+        // A version newer than the broker knows is refused with a typed error.
+        let mut v2 = (ApiKey::OffsetCommit as u16).to_be_bytes().to_vec();
+        v2.extend_from_slice(&2u16.to_be_bytes());
+        assert_eq!(
+            decode_request(Bytes::from(v2)).unwrap_err(),
             FrameError::UnsupportedVersion {
                 api: ApiKey::OffsetCommit,
-                version: 0,
-                min: 1,
+                version: 2,
+                min: 0,
                 max: 1
             }
         );
-        assert_eq!(ApiKey::OffsetFetch.min_version(), 1);
-        assert_eq!(ApiKey::Produce.max_version(), 0);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
+use crate::messages::NO_LEADER_EPOCH;
 
 /// Partitions of one topic.
 ///
@@ -251,20 +252,24 @@ pub struct TopicOffsets {
     pub partitions: Vec<PartitionOffset>,
 }
 
-fn put_offsets(w: &mut Writer<'_>, topics: &[TopicOffsets]) {
+/// Version 1 carries each offset's leader epoch; version 0 has none
+/// ([`NO_LEADER_EPOCH`] when read).
+fn put_offsets(w: &mut Writer<'_>, topics: &[TopicOffsets], version: u16) {
     w.array(topics, |w, t| {
         w.string(&t.topic);
         w.array(&t.partitions, |w, p| {
             w.u32(p.partition);
             w.i64(p.offset);
-            w.i32(p.leader_epoch);
+            if version >= 1 {
+                w.i32(p.leader_epoch);
+            }
             w.string(&p.metadata);
             w.i64(p.commit_timestamp_ms);
         });
     });
 }
 
-fn get_offsets(r: &mut Reader) -> Result<Vec<TopicOffsets>, DecodeError> {
+fn get_offsets(r: &mut Reader, version: u16) -> Result<Vec<TopicOffsets>, DecodeError> {
     r.array(6, |r| {
         Ok(TopicOffsets {
             topic: r.string()?,
@@ -272,7 +277,11 @@ fn get_offsets(r: &mut Reader) -> Result<Vec<TopicOffsets>, DecodeError> {
                 Ok(PartitionOffset {
                     partition: r.u32()?,
                     offset: r.i64()?,
-                    leader_epoch: r.i32()?,
+                    leader_epoch: if version >= 1 {
+                        r.i32()?
+                    } else {
+                        NO_LEADER_EPOCH
+                    },
                     metadata: r.string()?,
                     commit_timestamp_ms: r.i64()?,
                 })
@@ -292,18 +301,18 @@ pub struct OffsetCommitRequest {
 }
 
 impl OffsetCommitRequest {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.string(&self.group_id);
         w.string(&self.member_id);
         w.i32(self.member_epoch);
-        put_offsets(w, &self.topics);
+        put_offsets(w, &self.topics, version);
     }
-    pub fn decode(r: &mut Reader) -> Result<OffsetCommitRequest, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<OffsetCommitRequest, DecodeError> {
         Ok(OffsetCommitRequest {
             group_id: r.string()?,
             member_id: r.string()?,
             member_epoch: r.i32()?,
-            topics: get_offsets(r)?,
+            topics: get_offsets(r, version)?,
         })
     }
 }
@@ -341,16 +350,16 @@ pub struct OffsetFetchResponse {
 }
 
 impl OffsetFetchResponse {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         put_status(w, self.error, &self.message);
-        put_offsets(w, &self.topics);
+        put_offsets(w, &self.topics, version);
     }
-    pub fn decode(r: &mut Reader) -> Result<OffsetFetchResponse, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<OffsetFetchResponse, DecodeError> {
         let (error, message) = get_status(r)?;
         Ok(OffsetFetchResponse {
             error,
             message,
-            topics: get_offsets(r)?,
+            topics: get_offsets(r, version)?,
         })
     }
 }

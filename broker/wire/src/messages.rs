@@ -94,13 +94,15 @@ impl ApiKey {
     pub fn from_u16(v: u16) -> Option<ApiKey> {
         ApiKey::ALL.into_iter().find(|k| *k as u16 == v)
     }
-    /// Versions differ only where a body changed; a peer outside the range gets
-    /// [`FrameError::UnsupportedVersion`](crate::frame::FrameError::UnsupportedVersion).
+    /// The oldest version served. Versions differ only where a body changed; a peer
+    /// outside the range gets
+    /// [`FrameError::UnsupportedVersion`](crate::frame::FrameError::UnsupportedVersion),
+    /// and clients use the highest version both sides have (the ApiVersions handshake).
     pub fn min_version(self) -> u16 {
-        self.max_version()
+        0
     }
-    /// Version 1 of `OffsetCommit` and `OffsetFetch` carries each offset's leader
-    /// epoch.
+    /// Version 1 of `OffsetCommit` (request) and `OffsetFetch` (response) carries
+    /// each offset's leader epoch.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::OffsetCommit | ApiKey::OffsetFetch => 1,
@@ -627,7 +629,8 @@ impl Request {
         }
     }
 
-    pub fn encode_body(&self, w: &mut Writer<'_>) {
+    /// The body at `version` (of this request's API; the caller checks the range).
+    pub fn encode_body(&self, w: &mut Writer<'_>, version: u16) {
         match self {
             Request::ApiVersions(r) => w.string(&r.client_software),
             Request::Metadata(r) => w.option(r.topics.as_ref(), |w, t| put_strings(w, t)),
@@ -687,7 +690,7 @@ impl Request {
             Request::SyncGroup(m) => m.encode(w),
             Request::Heartbeat(m) => m.encode(w),
             Request::LeaveGroup(m) => m.encode(w),
-            Request::OffsetCommit(m) => m.encode(w),
+            Request::OffsetCommit(m) => m.encode(w, version),
             Request::OffsetFetch(m) => m.encode(w),
             Request::ListGroups(m) => m.encode(w),
             Request::DescribeGroups(m) => m.encode(w),
@@ -716,7 +719,7 @@ impl Request {
         }
     }
 
-    pub fn decode_body(api: ApiKey, r: &mut Reader) -> Result<Request, DecodeError> {
+    pub fn decode_body(api: ApiKey, version: u16, r: &mut Reader) -> Result<Request, DecodeError> {
         Ok(match api {
             ApiKey::ApiVersions => Request::ApiVersions(ApiVersionsRequest {
                 client_software: r.string()?,
@@ -800,7 +803,7 @@ impl Request {
             ApiKey::SyncGroup => Request::SyncGroup(SyncGroupRequest::decode(r)?),
             ApiKey::Heartbeat => Request::Heartbeat(HeartbeatRequest::decode(r)?),
             ApiKey::LeaveGroup => Request::LeaveGroup(LeaveGroupRequest::decode(r)?),
-            ApiKey::OffsetCommit => Request::OffsetCommit(OffsetCommitRequest::decode(r)?),
+            ApiKey::OffsetCommit => Request::OffsetCommit(OffsetCommitRequest::decode(r, version)?),
             ApiKey::OffsetFetch => Request::OffsetFetch(OffsetFetchRequest::decode(r)?),
             ApiKey::ListGroups => Request::ListGroups(ListGroupsRequest::decode(r)?),
             ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(r)?),
@@ -879,7 +882,8 @@ impl Response {
         }
     }
 
-    pub fn encode_body(&self, w: &mut Writer<'_>) {
+    /// The body at `version`, the version of the request answered.
+    pub fn encode_body(&self, w: &mut Writer<'_>, version: u16) {
         match self {
             Response::ApiVersions(r) => {
                 w.array(&r.apis, |w, a| {
@@ -981,7 +985,7 @@ impl Response {
             Response::Heartbeat(m) => m.encode(w),
             Response::LeaveGroup(m) => m.encode(w),
             Response::OffsetCommit(m) => m.encode(w),
-            Response::OffsetFetch(m) => m.encode(w),
+            Response::OffsetFetch(m) => m.encode(w, version),
             Response::ListGroups(m) => m.encode(w),
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
@@ -1011,7 +1015,7 @@ impl Response {
         }
     }
 
-    pub fn decode_body(api: ApiKey, r: &mut Reader) -> Result<Response, DecodeError> {
+    pub fn decode_body(api: ApiKey, version: u16, r: &mut Reader) -> Result<Response, DecodeError> {
         Ok(match api {
             ApiKey::ApiVersions => Response::ApiVersions(ApiVersionsResponse {
                 apis: r.array(6, |r| {
@@ -1147,7 +1151,7 @@ impl Response {
             ApiKey::Heartbeat => Response::Heartbeat(HeartbeatResponse::decode(r)?),
             ApiKey::LeaveGroup => Response::LeaveGroup(LeaveGroupResponse::decode(r)?),
             ApiKey::OffsetCommit => Response::OffsetCommit(OffsetCommitResponse::decode(r)?),
-            ApiKey::OffsetFetch => Response::OffsetFetch(OffsetFetchResponse::decode(r)?),
+            ApiKey::OffsetFetch => Response::OffsetFetch(OffsetFetchResponse::decode(r, version)?),
             ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode(r)?),
             ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
             ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
-    check_frame_length, decode_response, encode_request_chunks, ResponseFrame,
+    check_frame_length, decode_response_at, encode_request_chunks_at, ResponseFrame,
 };
 use meridian_wire::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest, MetadataRequest,
@@ -206,9 +206,7 @@ impl Client {
 
     async fn send_no_response_to_target(&self, target: Target, request: Request) -> Result<()> {
         let timeout = self.inner.config.request_timeout;
-        let api = request.api_key();
-        let frame = encode_request_chunks(&request);
-        tokio::time::timeout(timeout, self.exchange(target, api, frame, false))
+        tokio::time::timeout(timeout, self.exchange(target, &request, false))
             .await
             .map_err(|_| Error::Timeout)??;
         Ok(())
@@ -239,8 +237,7 @@ impl Client {
         timeout: Duration,
     ) -> Result<Response> {
         let api = request.api_key();
-        let frame = encode_request_chunks(&request);
-        let response = tokio::time::timeout(timeout, self.exchange(target, api, frame, true))
+        let response = tokio::time::timeout(timeout, self.exchange(target, &request, true))
             .await
             .map_err(|_| Error::Timeout)??;
         response.ok_or_else(|| Error::Protocol(format!("no response to {api:?}")))
@@ -867,8 +864,8 @@ impl Client {
         let response = round_trip(
             &connection,
             &budget,
-            ApiKey::ApiVersions,
-            encode_request_chunks(&request),
+            (ApiKey::ApiVersions, 0),
+            encode_request_chunks_at(&request, 0),
             true,
             config.max_response_bytes,
         )
@@ -879,7 +876,7 @@ impl Client {
             None => return Err(Error::Protocol("no ApiVersions response".into())),
         };
         for required in [ApiKey::ApiVersions, ApiKey::Metadata] {
-            check_supported(&broker, required)?;
+            negotiate(&broker, required)?;
         }
         Ok(Connected {
             connection,
@@ -894,17 +891,20 @@ impl Client {
     async fn exchange(
         &self,
         target: Target,
-        api: ApiKey,
-        frame: Vec<Bytes>,
+        request: &Request,
         expect_response: bool,
     ) -> Result<Option<Response>> {
+        let api = request.api_key();
         let mut reconnected = false;
         loop {
             let connected = match target {
                 Target::Any => self.any_connection().await?,
                 Target::Broker(broker) => self.connection_to(broker).await?,
             };
-            check_supported(&connected.broker, api)?;
+            // Encoded per connection: brokers of a cluster being upgraded one by
+            // one may have different versions.
+            let version = negotiate(&connected.broker, api)?;
+            let frame = encode_request_chunks_at(request, version);
             let body_len = frame
                 .iter()
                 .map(Bytes::len)
@@ -922,8 +922,8 @@ impl Client {
             match round_trip(
                 &connected.connection,
                 &connected.budget,
-                api,
-                frame.clone(),
+                (api, version),
+                frame,
                 expect_response,
                 self.inner.config.max_response_bytes,
             )
@@ -957,19 +957,26 @@ fn group_error(response: &Response) -> Option<ErrorCode> {
     }
 }
 
-fn check_supported(broker: &ApiVersionsResponse, api: ApiKey) -> Result<()> {
-    let version = api.max_version();
-    let supported = broker.apis.iter().any(|range| {
-        range.api_key == api as u16 && range.min_version <= version && version <= range.max_version
-    });
-    if supported {
-        Ok(())
-    } else {
-        Err(Error::broker(
-            ErrorCode::UnsupportedVersion,
-            format!("the broker does not support {api:?} version {version}"),
-        ))
-    }
+/// The version of `api` to speak with `broker`: the newest both have (from its
+/// ApiVersions answer), or `UnsupportedVersion` when they share none.
+fn negotiate(broker: &ApiVersionsResponse, api: ApiKey) -> Result<u16> {
+    let (min, max) = (api.min_version(), api.max_version());
+    broker
+        .apis
+        .iter()
+        .find(|range| range.api_key == api as u16)
+        .and_then(|range| {
+            let version = range.max_version.min(max);
+            (version >= min.max(range.min_version)).then_some(version)
+        })
+        .ok_or_else(|| {
+            Error::broker(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "the broker and this client share no version of {api:?} (this client has {min}..={max})"
+                ),
+            )
+        })
 }
 
 /// Whether a metadata answer says `topic` does not exist.
@@ -1036,7 +1043,7 @@ impl From<RoundTripError> for Error {
 async fn round_trip(
     connection: &quinn::Connection,
     budget: &BodyBudget,
-    api: ApiKey,
+    (api, version): (ApiKey, u16),
     mut frame: Vec<Bytes>,
     expect_response: bool,
     max_response_bytes: u32,
@@ -1073,7 +1080,7 @@ async fn round_trip(
                 },
             )
         })?;
-    match decode_response(api, body) {
+    match decode_response_at(api, version, body) {
         Ok(ResponseFrame::Ok(response)) => Ok(Some(response)),
         Ok(ResponseFrame::Error { code, message }) => {
             Err(RoundTripError::Failed(Error::broker(code, message)))
@@ -1107,4 +1114,42 @@ fn udp_socket(bind: SocketAddr, buffer_bytes: usize) -> std::io::Result<std::net
     let _ = socket.set_send_buffer_size(buffer_bytes);
     socket.bind(&bind.into())?;
     Ok(socket.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_wire::messages::ApiVersionRange;
+
+    fn broker(ranges: &[(ApiKey, u16, u16)]) -> ApiVersionsResponse {
+        ApiVersionsResponse {
+            apis: ranges
+                .iter()
+                .map(|&(api, min_version, max_version)| ApiVersionRange {
+                    api_key: api as u16,
+                    min_version,
+                    max_version,
+                })
+                .collect(),
+            broker_id: 1,
+            cluster_id: String::new(),
+            max_frame_bytes: 1 << 20,
+        }
+    }
+
+    #[test]
+    fn the_newest_version_both_sides_have_is_spoken() {
+        let commit = ApiKey::OffsetCommit;
+        assert_eq!(ApiKey::OffsetCommit.max_version(), 1);
+        // A broker like this client, one from before leader epochs in commits, and
+        // a newer one.
+        assert_eq!(negotiate(&broker(&[(commit, 0, 1)]), commit).unwrap(), 1);
+        assert_eq!(negotiate(&broker(&[(commit, 0, 0)]), commit).unwrap(), 0);
+        assert_eq!(negotiate(&broker(&[(commit, 0, 5)]), commit).unwrap(), 1);
+        // Nothing in common, or the API unknown to the broker.
+        for ranges in [&[(commit, 2, 5)][..], &[(ApiKey::Produce, 0, 0)][..]] {
+            let error = negotiate(&broker(ranges), commit).unwrap_err();
+            assert_eq!(error.code(), Some(ErrorCode::UnsupportedVersion), "{error}");
+        }
+    }
 }
