@@ -821,7 +821,7 @@ impl Client {
         let socket = udp_socket(bind, self.inner.config.udp_buffer_bytes)
             .map_err(|e| Error::Connect(format!("cannot open a UDP socket on {bind}: {e}")))?;
         let runtime = quinn::default_runtime().ok_or_else(|| {
-            Error::Connect("no async runtime for QUIC (call from within tokio)".into())
+            Error::Config("no async runtime for QUIC (call from within tokio)".into())
         })?;
         let mut endpoint =
             quinn::Endpoint::new(quinn::EndpointConfig::default(), None, socket, runtime)

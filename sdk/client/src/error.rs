@@ -70,13 +70,14 @@ impl Error {
     }
 
     /// Whether sending the same request again may succeed: retriable broker codes, a
-    /// lost connection and timeouts.
+    /// connection that could not be made or was lost, and timeouts. The client
+    /// treats them so itself: a consumer keeps fetching after reporting one from
+    /// `poll`, and a group member keeps trying to join.
     pub fn is_retriable(&self) -> bool {
         match self {
             Error::Broker { code, .. } => code.is_retriable(),
-            Error::Transport(_) | Error::Timeout => true,
-            Error::Connect(_)
-            | Error::Protocol(_)
+            Error::Connect(_) | Error::Transport(_) | Error::Timeout => true,
+            Error::Protocol(_)
             | Error::Tls(_)
             | Error::Config(_)
             | Error::Closed
@@ -115,6 +116,9 @@ mod tests {
         assert!(e.to_string().contains("could not write to disk"));
         assert_eq!(Error::Timeout.code(), None);
         assert!(Error::Transport("reset".into()).is_retriable());
+        // A broker down (say, a partition's leader killed) is a connect failure
+        // until the partition has a new leader.
+        assert!(Error::Connect("127.0.0.1:9092: timed out".into()).is_retriable());
         assert!(!Error::Closed.is_retriable());
     }
 }
