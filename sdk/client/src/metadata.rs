@@ -282,13 +282,11 @@ pub(crate) fn on_error(error: &Error) -> OnError {
             code if code.is_retriable() => OnError::Retry,
             _ => OnError::Fail,
         },
-        // The broker may be gone; its partitions may have a new leader by now.
-        Error::Transport(_) | Error::Timeout | Error::Connect(_) => OnError::RefreshAndRetry,
-        Error::Protocol(_)
-        | Error::Tls(_)
-        | Error::Config(_)
-        | Error::Closed
-        | Error::LogTruncated { .. } => OnError::Fail,
+        // No answer (no connection, a lost one, a timeout): the broker may be gone,
+        // and its partitions may have a new leader by now. Which errors those are
+        // is `Error::is_retriable`'s to say.
+        other if other.is_retriable() => OnError::RefreshAndRetry,
+        _ => OnError::Fail,
     }
 }
 
