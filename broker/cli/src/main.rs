@@ -141,7 +141,8 @@ impl ConnectArgs {
 }
 
 /// Appended to the log filter unless `RUST_LOG` names openraft. Its replication logs
-/// every failed RPC to an unreachable voter (about ten lines a second for each), and
+/// every failed RPC to an unreachable voter (about five lines a second for each, on
+/// the Raft leader), and
 /// its vote handling warns about routine races of an election. The broker logs a
 /// peer lost and regained once each instead (`cluster/peers.rs`), and openraft's
 /// errors outside replication still show.
