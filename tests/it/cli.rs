@@ -174,6 +174,54 @@ fn consume_follow_tails_new_records() {
 }
 
 #[test]
+fn a_producer_waiting_for_a_leader_sleeps_until_one_is_known() {
+    use std::io::{BufRead, BufReader, Write};
+    use std::process::Stdio;
+    use std::time::Duration;
+    let mut broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "waits"], ""));
+    let mut producer = broker
+        .cli_command(&["produce", "waits", "-v"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = producer.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let mut stdin = producer.stdin.take().unwrap();
+    writeln!(stdin, "one").unwrap();
+    let acked = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the first record was not acknowledged");
+    assert_eq!(acked, "0 0", "partition and offset of the first record");
+    // The only broker dies: the next record's partition has no reachable leader
+    // until the delivery timeout (2 minutes by default).
+    broker.kill9();
+    writeln!(stdin, "two").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    let before = crate::harness::process_cpu(producer.id());
+    std::thread::sleep(Duration::from_secs(3));
+    let used = crate::harness::process_cpu(producer.id()) - before;
+    let _ = producer.kill();
+    let _ = producer.wait();
+    // Waiting means a metadata request per retry backoff, not a sender task woken
+    // over and over by the record's linger, long past (it took 80-100 % of a core).
+    assert!(
+        used < Duration::from_millis(600),
+        "the producer used {used:?} of CPU in 3 s while waiting for a leader"
+    );
+}
+
+#[test]
 fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};

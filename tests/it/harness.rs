@@ -586,3 +586,14 @@ pub async fn read_partition_0(
     }
     out
 }
+
+/// CPU time (user plus system, all threads) process `pid` has used so far, from
+/// `/proc/<pid>/stat` (fields 14 and 15, after the parenthesised command name).
+pub fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/<pid>/stat");
+    let fields: Vec<&str> = stat[stat.rfind(')').expect("command name") + 1..]
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    Duration::from_secs_f64(ticks as f64 / rustix::param::clock_ticks_per_second() as f64)
+}

@@ -103,6 +103,11 @@ struct PartitionQueue<B> {
     in_flight: usize,
     /// A retried batch is in flight: nothing else may be sent meanwhile.
     retry_in_flight: bool,
+    /// The last drain found the queue ready but its partition without a known
+    /// leader. Only new metadata can change that, and the sender is woken for it, so
+    /// the queue's deadline must not wake it: being past, it would wake it at once,
+    /// over and over, for as long as an election or a dead broker lasts.
+    waiting_for_leader: bool,
     next_sequence: u64,
 }
 
@@ -112,6 +117,7 @@ impl<B> Default for PartitionQueue<B> {
             batches: VecDeque::new(),
             in_flight: 0,
             retry_in_flight: false,
+            waiting_for_leader: false,
             next_sequence: 0,
         }
     }
@@ -333,6 +339,9 @@ impl<B> RecordAccumulator<B> {
             .filter(|(_, queue)| self.is_ready(queue, now))
             .map(|(tp, _)| tp.clone())
             .collect();
+        for queue in self.partitions.values_mut() {
+            queue.waiting_for_leader = false;
+        }
         let mut drained = Drained {
             by_destination: BTreeMap::new(),
             failed: Vec::new(),
@@ -343,6 +352,9 @@ impl<B> RecordAccumulator<B> {
             let destination = match route(&tp) {
                 Routing::Wait => {
                     drained.waiting_for_leader = true;
+                    if let Some(queue) = self.partitions.get_mut(&tp) {
+                        queue.waiting_for_leader = true;
+                    }
                     continue;
                 }
                 Routing::Fail(code) => Err(code),
@@ -425,12 +437,14 @@ impl<B> RecordAccumulator<B> {
     }
 
     /// When the next batch becomes ready by time alone (linger or retry backoff);
-    /// `None` if only a new record or a completion can make one ready.
+    /// `None` if only a new record, a completion or new metadata can make one ready.
+    /// Partitions the last [`drain`](Self::drain) found without a leader count only by
+    /// their delivery timeout.
     pub fn next_wakeup(&self) -> Option<Instant> {
         let ready_at = self
             .partitions
             .values()
-            .filter(|queue| !queue.retry_in_flight)
+            .filter(|queue| !queue.retry_in_flight && !queue.waiting_for_leader)
             .filter_map(|queue| {
                 let head = queue.batches.front()?;
                 if head.attempts > 0 {
@@ -920,6 +934,13 @@ mod tests {
         );
         assert!(waiting, "the sender must refresh metadata");
         assert_eq!(routed(&mut acc, at, &leaders), (vec![], true));
+        // Partition 3's batch is past its linger, yet only metadata can send it: the
+        // sender is not to be woken for it before it expires.
+        assert_eq!(
+            acc.next_wakeup(),
+            Some(t0 + config().delivery_timeout),
+            "a batch waiting for a leader must not keep the sender spinning"
+        );
         // Metadata names a leader: the batch goes.
         let leaders = [Some(1), Some(2), Some(1), Some(3)];
         assert_eq!(
@@ -1023,11 +1044,9 @@ mod tests {
                 Err(Error::Timeout),
             );
         }
-        assert_eq!(
-            acc.next_wakeup(),
-            Some(t0 + 3005 * MS),
-            "linger of the second"
-        );
+        // The partition still has no leader: the second batch's linger, long past,
+        // does not count; its expiry does.
+        assert_eq!(acc.next_wakeup(), Some(t0 + 13_000 * MS));
         let expired = acc.expire(t0 + 13_000 * MS);
         assert_eq!(ids(&expired), vec![(0, vec![2])]);
         acc.complete(&expired[0].tp, 0, expired[0].epoch(), Err(Error::Timeout));
