@@ -173,18 +173,25 @@ fn consume_follow_tails_new_records() {
     let _ = follower.wait();
 }
 
-#[test]
-fn a_producer_waiting_for_a_leader_sleeps_until_one_is_known() {
-    use std::io::{BufRead, BufReader, Write};
+/// `meridian produce TOPIC -v` with its stdin, and its stdout's lines (partition
+/// and offset of each record) on a channel, so a missing line fails a test instead
+/// of hanging it.
+fn verbose_producer(
+    broker: &TestBroker,
+    topic: &str,
+    stderr: std::process::Stdio,
+) -> (
+    std::process::Child,
+    std::process::ChildStdin,
+    std::sync::mpsc::Receiver<String>,
+) {
+    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
-    use std::time::Duration;
-    let mut broker = TestBroker::start(&[]);
-    ok(broker.cli(&["topic", "create", "waits"], ""));
     let mut producer = broker
-        .cli_command(&["produce", "waits", "-v"])
+        .cli_command(&["produce", topic, "-v"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr)
         .spawn()
         .unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
@@ -196,7 +203,18 @@ fn a_producer_waiting_for_a_leader_sleeps_until_one_is_known() {
             }
         }
     });
-    let mut stdin = producer.stdin.take().unwrap();
+    let stdin = producer.stdin.take().unwrap();
+    (producer, stdin, rx)
+}
+
+#[test]
+fn a_producer_waiting_for_a_leader_sleeps_until_one_is_known() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let mut broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "waits"], ""));
+    let (mut producer, mut stdin, rx) = verbose_producer(&broker, "waits", Stdio::null());
     writeln!(stdin, "one").unwrap();
     let acked = rx
         .recv_timeout(Duration::from_secs(30))
@@ -219,6 +237,36 @@ fn a_producer_waiting_for_a_leader_sleeps_until_one_is_known() {
         used < Duration::from_millis(600),
         "the producer used {used:?} of CPU in 3 s while waiting for a leader"
     );
+}
+
+#[test]
+fn a_producer_that_lost_its_broker_before_its_first_record_delivers_it_once_back() {
+    use std::io::Write;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let mut broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "back"], ""));
+    let (producer, mut stdin, rx) = verbose_producer(&broker, "back", Stdio::piped());
+    // Connected, knowing nothing of the topic yet, when the broker dies: the first
+    // record's send has to learn the partition count while no broker answers.
+    std::thread::sleep(Duration::from_millis(500));
+    broker.kill9();
+    writeln!(stdin, "late").unwrap();
+    stdin.flush().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    broker.restart();
+    let acked = rx.recv_timeout(Duration::from_secs(30));
+    drop(stdin);
+    let out = producer.wait_with_output().unwrap();
+    assert_eq!(
+        acked.as_deref(),
+        Ok("0 0"),
+        "the record was not delivered; the producer said: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success());
+    let consumed = ok(broker.cli(&["consume", "back", "--from", "earliest", "-n", "1"], ""));
+    assert_eq!(consumed, "late\n");
 }
 
 #[test]

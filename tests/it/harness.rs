@@ -131,9 +131,13 @@ impl TestBroker {
         }
     }
 
-    /// Starts again on the same data dir (after `kill9` or `stop`).
+    /// Starts again on the same data dir and address (after `kill9` or `stop`), so
+    /// clients that knew it reconnect.
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "stop or kill the broker first");
+        if self.listen.ends_with(":0") {
+            self.listen = self.addr.clone();
+        }
         let (child, addr, fingerprint) = spawn(
             &self.data_dir,
             &self.listen,

@@ -283,3 +283,62 @@ async fn keyless_records_spread_evenly_when_the_producer_is_ahead() {
         "keyless records piled into some partitions: {per_partition:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_waits_at_most_max_block_for_partitions_and_for_buffer_room() {
+    use std::time::Instant;
+    let mut broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("known", 1))
+        .await
+        .unwrap();
+    let max_block = Duration::from_millis(1500);
+    let producer = client.producer(ProducerConfig {
+        buffer_memory: 4096,
+        max_block,
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    });
+    // The topic's partition count is learnt while the broker is up.
+    producer
+        .send(ProducerRecord::new("known", "first"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    broker.kill9();
+
+    // A topic never seen: send asks for its partitions while no broker answers,
+    // then fails with the reason, a retriable error.
+    let started = Instant::now();
+    let error = producer
+        .send(ProducerRecord::new("unseen", "x"))
+        .await
+        .expect_err("no broker can say how many partitions `unseen` has");
+    let waited = started.elapsed();
+    assert!(error.is_retriable(), "{error}");
+    assert!(
+        waited >= max_block / 2 && waited < Duration::from_secs(30),
+        "send gave up after {waited:?}, with max_block {max_block:?}: {error}"
+    );
+
+    // The buffer fills with a record nobody acknowledges; the next one waits for
+    // room for max_block, then fails with Timeout.
+    let _unacknowledged = producer
+        .send(ProducerRecord::new("known", vec![0u8; 4000]))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let error = producer
+        .send(ProducerRecord::new("known", vec![0u8; 1000]))
+        .await
+        .expect_err("the buffer is full");
+    let waited = started.elapsed();
+    assert!(matches!(error, meridian_client::Error::Timeout), "{error}");
+    assert!(
+        waited >= max_block - Duration::from_millis(100) && waited < Duration::from_secs(30),
+        "send gave up on buffer room after {waited:?}"
+    );
+}

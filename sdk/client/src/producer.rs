@@ -138,6 +138,12 @@ pub struct ProducerConfig {
     /// for room. Default 32 MiB. Buffers of sent batches are kept for reuse up to as
     /// much again.
     pub buffer_memory: usize,
+    /// The longest [`Producer::send`] waits: for a topic's partition count the first
+    /// time the topic is used (asking again, with the client's retry backoff, while
+    /// no broker answers), and for room in [`buffer_memory`](Self::buffer_memory).
+    /// Then `send` fails: with the last error for the partition count, with
+    /// [`Error::Timeout`] for room. Kafka's `max.block.ms`, default 60 s.
+    pub max_block: Duration,
     /// How often a batch is sent again after a retriable error (the partition's
     /// leader moved, too few in-sync replicas, a lost connection, no answer), with
     /// [`ClientConfig::retry_backoff`](crate::ClientConfig::retry_backoff) doubling
@@ -177,6 +183,7 @@ impl Default for ProducerConfig {
             request_timeout: Duration::from_secs(30),
             max_in_flight_per_partition: 1,
             buffer_memory: 32 * 1024 * 1024,
+            max_block: Duration::from_secs(60),
             retries: u32::MAX,
             delivery_timeout: Duration::from_secs(120),
             enable_idempotence: true,
@@ -630,7 +637,7 @@ impl Producer {
     /// Enqueues the record into its partition's batch and returns a future for its
     /// acknowledgement. Awaits only for buffer space (backpressure, see
     /// [`ProducerConfig::buffer_memory`]) and, the first time a topic is used, for its
-    /// partition count.
+    /// partition count; each for at most [`ProducerConfig::max_block`] in all.
     ///
     /// Partitioning: an explicit partition wins (checked against the partition count,
     /// else [`ErrorCode::InvalidPartition`]); otherwise a key picks
@@ -642,7 +649,8 @@ impl Producer {
         if shared.client.is_closed() {
             return Err(Error::Closed);
         }
-        let n_partitions = shared.client.partition_count(&record.topic).await?;
+        let deadline = Instant::now() + shared.config.max_block;
+        let n_partitions = self.partition_count(&record.topic, deadline).await?;
         let partition = match (record.partition, &record.key) {
             // The broker's partitioner plugin routes each record; delivery metadata then
             // carries this partition and offset -1.
@@ -672,10 +680,9 @@ impl Producer {
         // A record larger than the whole buffer takes all of it rather than waiting
         // forever.
         let reserve = size.clamp(1, shared.config.buffer_memory) as u32;
-        let permit = shared
-            .memory
-            .acquire_many(reserve)
+        let permit = tokio::time::timeout_at(deadline.into(), shared.memory.acquire_many(reserve))
             .await
+            .map_err(|_| Error::Timeout)?
             .map_err(|_| Error::Closed)?;
         self.start_sender();
         let (wake, outcome, index) = {
@@ -707,6 +714,28 @@ impl Producer {
             timestamp,
             registered: false,
         })
+    }
+
+    /// The partition count of `topic`, asked again while the error is retriable (no
+    /// broker reachable, say: the producer started, or lost its connection, while its
+    /// brokers were down) until `deadline`.
+    async fn partition_count(&self, topic: &str, deadline: Instant) -> Result<u32> {
+        let client = &self.shared.client;
+        let mut attempt = 0;
+        loop {
+            let error = match client.partition_count(topic).await {
+                Ok(n) => return Ok(n),
+                Err(e) if e.is_retriable() && !client.is_closed() => e,
+                Err(e) => return Err(e),
+            };
+            attempt += 1;
+            let wait = client.config().backoff(attempt);
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
+            tracing::debug!(topic, attempt, %error, "cannot learn the topic's partitions yet; asking again");
+            tokio::time::sleep(wait).await;
+        }
     }
 
     /// Sends every queued batch now and waits until all records sent before this call
