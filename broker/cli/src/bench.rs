@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
+use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use meridian_client::{
@@ -702,9 +703,25 @@ async fn run_producers(
             let collector = tokio::spawn(async move {
                 let mut latency =
                     Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                while let Some((intended, delivery)) = rx.recv().await {
-                    delivery.await?;
-                    let _ = latency.record(intended.elapsed().as_micros().max(1) as u64);
+                // Each record's latency is read when its own delivery completes, as
+                // kafka-producer-perf-test's callback does. Awaited in send order
+                // instead, a record would be charged with the slowest request of the
+                // records sent before it (other partitions' batches): every slow
+                // request would lift the tens of records sent after it to its latency.
+                let mut pending = FuturesUnordered::new();
+                let mut sending = true;
+                while sending || !pending.is_empty() {
+                    tokio::select! {
+                        next = rx.recv(), if sending => match next {
+                            Some((intended, delivery)) => pending.push(async move {
+                                delivery.await.map(|_| intended.elapsed())
+                            }),
+                            None => sending = false,
+                        },
+                        Some(delivered) = pending.next(), if !pending.is_empty() => {
+                            let _ = latency.record(delivered?.as_micros().max(1) as u64);
+                        }
+                    }
                 }
                 anyhow::Ok(latency)
             });
