@@ -1,7 +1,8 @@
 //! Runs Meridian's WebAssembly plugins (filters, transforms, partitioners) with wasmtime.
 //!
 //! - One [`Host`] per process owns the wasmtime engine and a ticker thread that advances
-//!   its epoch; a call that outlives its deadline traps at the next epoch check.
+//!   its epoch while guest code runs (and sleeps otherwise); a call that outlives its
+//!   deadline traps at the next epoch check.
 //! - [`Host::load`] validates a module (size cap, imports, exports, ABI version, kind),
 //!   compiles it once (or loads the compiled artifact from the disk cache) and prepares
 //!   its imports (`InstancePre`), giving a [`Plugin`].
@@ -20,8 +21,7 @@ mod cache;
 mod wasi;
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -199,16 +199,78 @@ struct HostInner {
     engine: Engine,
     linker: Linker<StoreState>,
     config: HostConfig,
-    stop_ticker: Arc<AtomicBool>,
-    ticker: Option<JoinHandle<()>>,
+    ticker: Arc<Ticker>,
+    ticker_thread: Option<JoinHandle<()>>,
 }
 
 impl Drop for HostInner {
     fn drop(&mut self) {
-        self.stop_ticker.store(true, Ordering::Relaxed);
-        if let Some(t) = self.ticker.take() {
+        self.ticker.lock().stop = true;
+        self.ticker.wake.notify_all();
+        if let Some(t) = self.ticker_thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+/// Advances the engine's epoch, the clock of every call's deadline, every tick while
+/// some guest code runs, and sleeps while none does, so that a broker without
+/// plugin calls is not woken 200 times a second. A deadline is set relative to the
+/// epoch when its call starts, so a paused clock changes no deadline.
+#[derive(Default)]
+struct Ticker {
+    state: Mutex<TickerState>,
+    wake: Condvar,
+}
+
+#[derive(Default)]
+struct TickerState {
+    /// Guest calls under way.
+    running: usize,
+    stop: bool,
+    /// Ticks so far (for tests).
+    ticks: u64,
+}
+
+impl Ticker {
+    fn lock(&self) -> MutexGuard<'_, TickerState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn run(&self, engine: &Engine, tick: Duration) {
+        let mut state = self.lock();
+        loop {
+            while state.running == 0 && !state.stop {
+                state = self.wake.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+            if state.stop {
+                return;
+            }
+            drop(state);
+            std::thread::sleep(tick);
+            engine.increment_epoch();
+            state = self.lock();
+            state.ticks += 1;
+        }
+    }
+
+    /// Keeps the clock going until the returned guard is dropped.
+    fn running(&self) -> Running<'_> {
+        let mut state = self.lock();
+        state.running += 1;
+        if state.running == 1 {
+            self.wake.notify_one();
+        }
+        Running(self)
+    }
+}
+
+/// A guest call under way (see [`Ticker::running`]).
+struct Running<'a>(&'a Ticker);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.lock().running -= 1;
     }
 }
 
@@ -232,19 +294,14 @@ impl Host {
             std::fs::create_dir_all(dir)
                 .map_err(|e| HostError(format!("cache dir {}: {e}", dir.display())))?;
         }
-        let stop_ticker = Arc::new(AtomicBool::new(false));
-        let ticker = {
+        let ticker = Arc::new(Ticker::default());
+        let ticker_thread = {
             let engine = engine.clone();
-            let stop = stop_ticker.clone();
+            let ticker = ticker.clone();
             let tick = Duration::from_millis(config.epoch_tick_ms.max(1));
             std::thread::Builder::new()
                 .name("wasm-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(tick);
-                        engine.increment_epoch();
-                    }
-                })
+                .spawn(move || ticker.run(&engine, tick))
                 .map_err(|e| HostError(format!("epoch ticker thread: {e}")))?
         };
         Ok(Host {
@@ -252,8 +309,8 @@ impl Host {
                 engine,
                 linker,
                 config,
-                stop_ticker,
-                ticker: Some(ticker),
+                ticker,
+                ticker_thread: Some(ticker_thread),
             }),
         })
     }
@@ -294,6 +351,7 @@ impl Host {
                 .map_err(|e| LoadError::Start(e.to_string()))?;
             live.store
                 .set_epoch_deadline(deadline_ticks(&Limits::default(), config));
+            let _running = self.inner.ticker.running();
             f.call(&mut live.store, ())
                 .map_err(|e| LoadError::Start(format!("{name}: {e:#}")))
         };
@@ -486,9 +544,11 @@ fn new_live(
     store.limiter(|s| &mut s.limiter);
     store.epoch_deadline_trap();
     store.set_epoch_deadline(deadline_ticks(&limits, &host.config));
+    let running = host.ticker.running();
     let instance = pre
         .instantiate(&mut store)
         .map_err(|e| classify(&store, e))?;
+    drop(running);
     let bad = |e: wasmtime::Error| BatchFailure {
         kind: FailureKind::BadOutput,
         message: e.to_string(),
@@ -622,8 +682,10 @@ impl Instance {
     /// Copies `self.input` into the guest and calls init or process; returns a copy of the
     /// output area.
     fn call(&self, live: &mut Live, init: bool) -> Result<Vec<u8>, BatchFailure> {
-        let ticks = deadline_ticks(&self.limits, &self.plugin.inner.host.config);
-        live.store.set_epoch_deadline(ticks);
+        let host = &self.plugin.inner.host;
+        live.store
+            .set_epoch_deadline(deadline_ticks(&self.limits, &host.config));
+        let _running = host.ticker.running();
         let len = i32::try_from(self.input.len()).map_err(|_| BatchFailure {
             kind: FailureKind::BadOutput,
             message: format!("batch of {} bytes is too large", self.input.len()),
@@ -709,5 +771,34 @@ impl Instance {
                 Err(failure)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_clock_sleeps_while_no_guest_code_runs() {
+        let host = Host::new(HostConfig {
+            epoch_tick_ms: 1,
+            ..HostConfig::default()
+        })
+        .unwrap();
+        let ticker = &host.inner.ticker;
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(ticker.lock().ticks, 0, "ticked with no call under way");
+        {
+            let _running = ticker.running();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while ticker.lock().ticks < 3 {
+                assert!(Instant::now() < deadline, "the clock did not start");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // At most the tick under way when the call ended follows it.
+        let after = ticker.lock().ticks;
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(ticker.lock().ticks <= after + 1);
     }
 }
