@@ -45,6 +45,20 @@ fn topic_produce_consume_tour() {
             "describe lacks `{needle}`:\n{described}"
         );
     }
+    // One column of values, however long the longest key
+    // (`unclean.leader.election.enable`).
+    let value_columns: std::collections::BTreeSet<usize> = described
+        .lines()
+        .skip_while(|l| *l != "configs:")
+        .skip(1)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| {
+            let key = l.trim_start().split(' ').next().unwrap();
+            let after_key = l.find(key).unwrap() + key.len();
+            after_key + (l[after_key..].len() - l[after_key..].trim_start().len())
+        })
+        .collect();
+    assert_eq!(value_columns.len(), 1, "{described}");
 
     // Keyed lines, explicit compression and acks, offsets printed with -v.
     let input = "a:1\nb:2\na:3\nc:4\n";

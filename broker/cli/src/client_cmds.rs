@@ -115,9 +115,10 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 d.replication_factor
             );
             println!("configs:");
+            let width = d.configs.iter().map(|c| c.key.len()).max().unwrap_or(0);
             for c in &d.configs {
                 println!(
-                    "  {:<26} {}{}",
+                    "  {:<width$} {}{}",
                     c.key,
                     c.value,
                     if c.is_default { "  (default)" } else { "" }
