@@ -66,6 +66,9 @@ pub(crate) struct Shared {
     pub(crate) replication: replica_manager::ReplicationState,
     /// The cluster control plane; `None` for a single broker (no `[cluster]`).
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// Held while a metadata image is applied to the local logs; `true` once the
+    /// broker stops, after which none is (see [`replicas::follow_images`]).
+    pub(crate) images_stopped: parking_lot::Mutex<bool>,
 }
 
 /// A running broker.
@@ -169,6 +172,7 @@ impl Broker {
             plugins,
             replication,
             cluster,
+            images_stopped: parking_lot::Mutex::new(false),
         });
         Ok(Broker {
             shared,
@@ -257,16 +261,22 @@ impl Broker {
             task.abort();
         }
         self.shared.replication.stop();
-        if let Some(cluster) = &self.shared.cluster {
-            cluster.shutdown().await;
-        }
+        // Peers' requests (Raft's among them) stop before the Raft node does, so none
+        // meets a stopped node.
         self.endpoint.close(
             quinn::VarInt::from_u32(close_codes::SHUTDOWN),
             b"broker shutting down",
         );
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.shutdown().await;
+        }
         let shared = self.shared.clone();
         tokio::task::spawn_blocking(move || {
+            // An image being applied (its task was aborted above, but the blocking
+            // part runs on) finishes first, and no later one starts: the logs are
+            // closed below.
+            *shared.images_stopped.lock() = true;
             cleaner.stop();
             replica_manager::checkpoint_high_watermarks(&shared, Default::default());
             shared.registry.close()

@@ -81,7 +81,10 @@ pub(crate) async fn follow_images(shared: Arc<Shared>, mut images: watch::Receiv
             let (before, after) = (previous.clone(), current.clone());
             // Creating and deleting logs touches the disk.
             let done = tokio::task::spawn_blocking(move || {
-                publish(&publisher, &before, &after, applied_index)
+                let stopped = publisher.images_stopped.lock();
+                if !*stopped {
+                    publish(&publisher, &before, &after, applied_index);
+                }
             })
             .await;
             if let Err(e) = done {
