@@ -145,7 +145,7 @@ impl ConnectArgs {
 /// the Raft leader), and
 /// its vote handling warns about routine races of an election. The broker logs a
 /// peer lost and regained once each instead (`cluster/peers.rs`), and openraft's
-/// errors outside replication still show.
+/// errors outside replication still show, but for those [`QuietVotes`] drops.
 const QUIET_OPENRAFT: &str = "openraft=error,openraft::replication=off";
 
 /// The log filter: `RUST_LOG` if set (plus [`QUIET_OPENRAFT`]), else info for
@@ -159,16 +159,88 @@ fn log_filter(rust_log: Option<&str>) -> String {
 }
 
 fn init_tracing() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::Layer;
     let rust_log = std::env::var("RUST_LOG").ok();
     let filter = tracing_subscriber::EnvFilter::try_new(log_filter(rust_log.as_deref()))
         .unwrap_or_else(|e| {
             eprintln!("warning: RUST_LOG ignored: {e}");
             tracing_subscriber::EnvFilter::new(log_filter(None))
         });
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+    let quiet_votes = QuietVotes {
+        on: !rust_log.is_some_and(|env| env.contains("openraft")),
+    };
+    tracing_subscriber::registry()
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_filter(filter)
+                .with_filter(quiet_votes),
+        )
         .init();
+}
+
+/// Drops openraft's error lines for requests to a voter that failed as such
+/// requests do while it is down, unless `RUST_LOG` names openraft: each vote request
+/// that failed or timed out (`while requesting vote`, and `timeout` of a `Vote`), and
+/// each voter that did not answer a new controller confirming its leadership. A voter that
+/// is down, or not started yet (every `meridian up` starts its brokers one after
+/// another), fails every vote request of every election, and the broker already
+/// logs a peer lost and regained once each (`cluster/peers.rs`). openraft's other
+/// errors still show.
+struct QuietVotes {
+    on: bool,
+}
+
+impl QuietVotes {
+    fn is_failed_vote(event: &tracing::Event<'_>) -> bool {
+        #[derive(Default)]
+        struct Fields {
+            message: String,
+            error: String,
+        }
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                match field.name() {
+                    "message" => self.message = format!("{value:?}"),
+                    "error" => self.error = format!("{value:?}"),
+                    _ => {}
+                }
+            }
+        }
+        if event.metadata().target() != "openraft::core::raft_core" {
+            return false;
+        }
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        match fields.message.as_str() {
+            "while requesting vote" => true,
+            "timeout" => fields.error.contains("when Vote"),
+            // Per voter, whether the majority confirmed or not; the controller says
+            // when it could not (`cluster/controller.rs`).
+            "timeout while confirming leadership for read request" => true,
+            _ => false,
+        }
+    }
+}
+
+impl<S> tracing_subscriber::layer::Filter<S> for QuietVotes {
+    fn enabled(
+        &self,
+        _: &tracing::Metadata<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        true
+    }
+
+    fn event_enabled(
+        &self,
+        event: &tracing::Event<'_>,
+        _: &tracing_subscriber::layer::Context<'_, S>,
+    ) -> bool {
+        !(self.on && Self::is_failed_vote(event))
+    }
 }
 
 fn main() -> std::process::ExitCode {
@@ -275,6 +347,47 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_vote_requests_are_dropped_and_other_errors_kept() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        use std::sync::Arc;
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::Layer;
+        struct Count(Arc<AtomicUsize>);
+        impl<S: tracing::Subscriber> Layer<S> for Count {
+            fn on_event(
+                &self,
+                _: &tracing::Event<'_>,
+                _: tracing_subscriber::layer::Context<'_, S>,
+            ) {
+                self.0.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        let shown = |on: bool| {
+            let count = Arc::new(AtomicUsize::new(0));
+            let subscriber = tracing_subscriber::registry()
+                .with(Count(count.clone()).with_filter(QuietVotes { on }));
+            tracing::subscriber::with_default(subscriber, || {
+                let unreachable = "Unreachable node: broker 2 did not answer in time";
+                tracing::error!(target: "openraft::core::raft_core", error = %unreachable, "while requesting vote");
+                let vote_timeout = "timeout after 1s when Vote 1->2";
+                tracing::error!(target: "openraft::core::raft_core", error = %vote_timeout, "timeout");
+                let confirming = "timeout while confirming leadership for read request";
+                tracing::error!(target: "openraft::core::raft_core", error = %unreachable, "{confirming}");
+                let late = "timeout after 1s when AppendEntries 1->2";
+                tracing::error!(target: "openraft::core::raft_core", error = %late, "{confirming}");
+                // Kept: a timeout of another RPC, another error, the same words elsewhere.
+                let append_timeout = "timeout after 1s when AppendEntries 1->2";
+                tracing::error!(target: "openraft::core::raft_core", error = %append_timeout, "timeout");
+                tracing::error!(target: "openraft::core::raft_core", "storage error");
+                tracing::error!(target: "meridian_server", "while requesting vote");
+            });
+            count.load(Ordering::SeqCst)
+        };
+        assert_eq!(shown(true), 3);
+        assert_eq!(shown(false), 7, "RUST_LOG naming openraft shows them all");
+    }
 
     #[test]
     fn openraft_is_quiet_unless_rust_log_names_it() {

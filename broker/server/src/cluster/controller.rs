@@ -154,6 +154,9 @@ pub(crate) struct Context {
 /// leads the quorum, the controller while this one does.
 pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Command>) {
     let mut metrics = context.raft.metrics();
+    // Said once per streak of failed attempts: openraft's own line per voter that
+    // did not answer is not logged (see the CLI's `QuietVotes`).
+    let mut unconfirmed_said = false;
     loop {
         let (leading, leader) = {
             let m = metrics.borrow_and_update();
@@ -168,7 +171,20 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
             let ready =
                 tokio::time::timeout(Duration::from_secs(5), context.raft.ensure_linearizable())
                     .await;
+            if !matches!(ready, Ok(Ok(_))) && !unconfirmed_said {
+                let error = match &ready {
+                    Ok(Err(e)) => e.to_string(),
+                    _ => "no majority answered within 5 s".to_string(),
+                };
+                tracing::warn!(
+                    broker = context.broker_id,
+                    %error,
+                    "this broker leads the metadata quorum but a majority of the voters has not confirmed it yet; no controller until one does"
+                );
+                unconfirmed_said = true;
+            }
             if matches!(ready, Ok(Ok(_))) {
+                unconfirmed_said = false;
                 tracing::info!(
                     broker = context.broker_id,
                     "this broker is now the controller"
