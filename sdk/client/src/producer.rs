@@ -17,7 +17,7 @@ use meridian_wire::messages::{
     Request, Response,
 };
 use meridian_wire::ErrorCode;
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, Semaphore, TryAcquireError};
 
 use crate::accumulator::{
     AccumulatorConfig, ProducerBatch, RecordAccumulator, Routing, TopicPartition,
@@ -140,9 +140,10 @@ pub struct ProducerConfig {
     pub buffer_memory: usize,
     /// The longest [`Producer::send`] waits: for a topic's partition count the first
     /// time the topic is used (asking again, with the client's retry backoff, while
-    /// no broker answers), and for room in [`buffer_memory`](Self::buffer_memory).
-    /// Then `send` fails: with the last error for the partition count, with
-    /// [`Error::Timeout`] for room. Kafka's `max.block.ms`, default 60 s.
+    /// no broker answers; counted from the first failed ask), and for room in
+    /// [`buffer_memory`](Self::buffer_memory). Then `send` fails: with the last
+    /// error for the partition count, with [`Error::Timeout`] for room. Kafka's
+    /// `max.block.ms`, default 60 s.
     pub max_block: Duration,
     /// How often a batch is sent again after a retriable error (the partition's
     /// leader moved, too few in-sync replicas, a lost connection, no answer), with
@@ -649,8 +650,9 @@ impl Producer {
         if shared.client.is_closed() {
             return Err(Error::Closed);
         }
-        let deadline = Instant::now() + shared.config.max_block;
-        let n_partitions = self.partition_count(&record.topic, deadline).await?;
+        // Set by the first wait, so a send that waits for nothing reads no clock.
+        let mut deadline = None;
+        let n_partitions = self.partition_count(&record.topic, &mut deadline).await?;
         let partition = match (record.partition, &record.key) {
             // The broker's partitioner plugin routes each record; delivery metadata then
             // carries this partition and offset -1.
@@ -680,10 +682,18 @@ impl Producer {
         // A record larger than the whole buffer takes all of it rather than waiting
         // forever.
         let reserve = size.clamp(1, shared.config.buffer_memory) as u32;
-        let permit = tokio::time::timeout_at(deadline.into(), shared.memory.acquire_many(reserve))
-            .await
-            .map_err(|_| Error::Timeout)?
-            .map_err(|_| Error::Closed)?;
+        let permit = match shared.memory.try_acquire_many(reserve) {
+            Ok(permit) => permit,
+            Err(TryAcquireError::Closed) => return Err(Error::Closed),
+            Err(TryAcquireError::NoPermits) => {
+                let deadline =
+                    *deadline.get_or_insert_with(|| Instant::now() + shared.config.max_block);
+                tokio::time::timeout_at(deadline.into(), shared.memory.acquire_many(reserve))
+                    .await
+                    .map_err(|_| Error::Timeout)?
+                    .map_err(|_| Error::Closed)?
+            }
+        };
         self.start_sender();
         let (wake, outcome, index) = {
             let mut accumulator = shared.lock();
@@ -718,8 +728,8 @@ impl Producer {
 
     /// The partition count of `topic`, asked again while the error is retriable (no
     /// broker reachable, say: the producer started, or lost its connection, while its
-    /// brokers were down) until `deadline`.
-    async fn partition_count(&self, topic: &str, deadline: Instant) -> Result<u32> {
+    /// brokers were down) until `deadline` (set to `max_block` from now if unset).
+    async fn partition_count(&self, topic: &str, deadline: &mut Option<Instant>) -> Result<u32> {
         let client = &self.shared.client;
         let mut attempt = 0;
         loop {
@@ -728,6 +738,8 @@ impl Producer {
                 Err(e) if e.is_retriable() && !client.is_closed() => e,
                 Err(e) => return Err(e),
             };
+            let deadline =
+                *deadline.get_or_insert_with(|| Instant::now() + self.shared.config.max_block);
             attempt += 1;
             let wait = client.config().backoff(attempt);
             if Instant::now() + wait >= deadline {
