@@ -320,7 +320,8 @@ async fn send_waits_at_most_max_block_for_partitions_and_for_buffer_room() {
     let waited = started.elapsed();
     assert!(error.is_retriable(), "{error}");
     assert!(
-        waited >= max_block / 2 && waited < Duration::from_secs(30),
+        waited >= max_block - Duration::from_millis(100)
+            && waited < max_block + Duration::from_secs(2),
         "send gave up after {waited:?}, with max_block {max_block:?}: {error}"
     );
 

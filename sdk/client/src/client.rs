@@ -418,7 +418,7 @@ impl Client {
     /// when the topic is not cached). An unknown topic is [`Error::Broker`] with
     /// [`ErrorCode::UnknownTopic`].
     pub async fn partition_count(&self, topic: &str) -> Result<u32> {
-        if let Some(n) = lock(&self.inner.metadata).partition_count(topic) {
+        if let Some(n) = self.cached_partition_count(topic) {
             return Ok(n);
         }
         let mut metadata = self.metadata(Some(vec![topic.to_string()])).await?;
@@ -445,6 +445,11 @@ impl Client {
             )));
         }
         Ok(found.partitions.len() as u32)
+    }
+
+    /// The partition count of `topic` if the metadata cache has it.
+    pub(crate) fn cached_partition_count(&self, topic: &str) -> Option<u32> {
+        lock(&self.inner.metadata).partition_count(topic)
     }
 
     /// Asks the brokers `answer` lists, one at a time (each within a second, so one

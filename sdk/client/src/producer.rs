@@ -138,12 +138,12 @@ pub struct ProducerConfig {
     /// for room. Default 32 MiB. Buffers of sent batches are kept for reuse up to as
     /// much again.
     pub buffer_memory: usize,
-    /// The longest [`Producer::send`] waits: for a topic's partition count the first
-    /// time the topic is used (asking again, with the client's retry backoff, while
-    /// no broker answers; counted from the first failed ask), and for room in
-    /// [`buffer_memory`](Self::buffer_memory). Then `send` fails: with the last
-    /// error for the partition count, with [`Error::Timeout`] for room. Kafka's
-    /// `max.block.ms`, default 60 s.
+    /// The longest [`Producer::send`] waits, in all: for a topic's partition count the
+    /// first time the topic is used (asking again, with the client's retry backoff,
+    /// while no broker answers), and for room in [`buffer_memory`](Self::buffer_memory).
+    /// Then `send` fails: with the last error of the asks for the partition count
+    /// ([`Error::Timeout`] if an ask was under way), with [`Error::Timeout`] for room.
+    /// Kafka's `max.block.ms`, default 60 s.
     pub max_block: Duration,
     /// How often a batch is sent again after a retriable error (the partition's
     /// leader moved, too few in-sync replicas, a lost connection, no answer), with
@@ -731,20 +731,30 @@ impl Producer {
     /// brokers were down) until `deadline` (set to `max_block` from now if unset).
     async fn partition_count(&self, topic: &str, deadline: &mut Option<Instant>) -> Result<u32> {
         let client = &self.shared.client;
+        if let Some(n) = client.cached_partition_count(topic) {
+            return Ok(n);
+        }
+        let deadline =
+            *deadline.get_or_insert_with(|| Instant::now() + self.shared.config.max_block);
         let mut attempt = 0;
         loop {
-            let error = match client.partition_count(topic).await {
-                Ok(n) => return Ok(n),
-                Err(e) if e.is_retriable() && !client.is_closed() => e,
-                Err(e) => return Err(e),
-            };
-            let deadline =
-                *deadline.get_or_insert_with(|| Instant::now() + self.shared.config.max_block);
-            attempt += 1;
-            let wait = client.config().backoff(attempt);
-            if Instant::now() + wait >= deadline {
+            // An ask of a broker that is down can take seconds (until the connection
+            // attempt times out); none runs past the deadline.
+            let error =
+                match tokio::time::timeout_at(deadline.into(), client.partition_count(topic)).await
+                {
+                    Ok(Ok(n)) => return Ok(n),
+                    Ok(Err(e)) if e.is_retriable() && !client.is_closed() => e,
+                    Ok(Err(e)) => return Err(e),
+                    Err(_) => return Err(Error::Timeout),
+                };
+            let now = Instant::now();
+            if now >= deadline {
                 return Err(error);
             }
+            attempt += 1;
+            // The last ask comes at the deadline, not a backoff before it.
+            let wait = client.config().backoff(attempt).min(deadline - now);
             tracing::debug!(topic, attempt, %error, "cannot learn the topic's partitions yet; asking again");
             tokio::time::sleep(wait).await;
         }
