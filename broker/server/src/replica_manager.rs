@@ -983,22 +983,18 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 answers.insert((t.name.clone(), p.partition), p);
             }
         }
-        if let Some(rate) = &shared.replication.catch_up {
-            let caught: u64 = targets
-                .iter()
-                .filter(|t| t.catching_up)
-                .filter_map(|t| answers.get(&(t.topic.clone(), t.fetch.partition)))
-                .map(|answer| answer.records.len() as u64)
-                .sum();
-            if caught > 0 {
-                rate.lock().charge(caught, Instant::now());
-            }
-        }
+        // Bytes fetched for catching-up replicas, charged to the catch-up limit as of
+        // their arrival.
+        let arrived_at = Instant::now();
+        let mut caught_up_bytes = 0u64;
         for target in targets {
             let key = (target.topic.clone(), target.fetch.partition);
             let Some(answer) = answers.remove(&key) else {
                 continue;
             };
+            if target.catching_up {
+                caught_up_bytes += answer.records.len() as u64;
+            }
             // The leader has not applied the metadata this follower acts on (the new
             // topic, its leadership, the epoch): it will within a Raft heartbeat or
             // two, so ask again soon rather than after the full backoff.
@@ -1024,6 +1020,11 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 );
             } else {
                 paused.remove(&key);
+            }
+        }
+        if let Some(rate) = &shared.replication.catch_up {
+            if caught_up_bytes > 0 {
+                rate.lock().charge(caught_up_bytes, arrived_at);
             }
         }
     }
