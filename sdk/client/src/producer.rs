@@ -638,7 +638,7 @@ impl Producer {
     /// Enqueues the record into its partition's batch and returns a future for its
     /// acknowledgement. Awaits only for buffer space (backpressure, see
     /// [`ProducerConfig::buffer_memory`]) and, the first time a topic is used, for its
-    /// partition count; each for at most [`ProducerConfig::max_block`] in all.
+    /// partition count; for at most [`ProducerConfig::max_block`] in all.
     ///
     /// Partitioning: an explicit partition wins (checked against the partition count,
     /// else [`ErrorCode::InvalidPartition`]); otherwise a key picks
