@@ -343,3 +343,112 @@ async fn send_waits_at_most_max_block_for_partitions_and_for_buffer_room() {
         "send gave up on buffer room after {waited:?}"
     );
 }
+
+/// `send_with_callback` over a real broker: every record's callback runs once, with
+/// the offset its record was written at, before `flush` returns; a batch the broker
+/// refuses gives its callbacks the broker's error. On a current-thread runtime, a
+/// loop of sends that never has to wait still lets the producer send meanwhile.
+#[tokio::test]
+async fn delivery_callbacks_report_each_record_before_flush_returns() {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    use meridian_client::ErrorCode;
+
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    admin.create_topic(NewTopic::new("cb", 2)).await.unwrap();
+    admin
+        .create_topic(NewTopic::new("small", 1).config("max.message.bytes", "1024"))
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    });
+
+    const N: u64 = 20_000;
+    let delivered = Arc::new(Mutex::new(Vec::new()));
+    let sent = Arc::new(AtomicU64::new(0));
+    // How many records had been sent when the first callback ran.
+    let sent_at_first_delivery = Arc::new(OnceLock::new());
+    for i in 0..N {
+        let (delivered, sent_then, first) = (
+            delivered.clone(),
+            sent.clone(),
+            sent_at_first_delivery.clone(),
+        );
+        let record = ProducerRecord::new("cb", format!("{i}")).partition((i % 2) as u32);
+        producer
+            .send_with_callback(record, move |metadata| {
+                let _ = first.set(sent_then.load(Ordering::Relaxed));
+                let metadata = metadata.expect("the broker accepts every record");
+                delivered
+                    .lock()
+                    .unwrap()
+                    .push((i, metadata.partition, metadata.offset));
+            })
+            .await
+            .unwrap();
+        sent.fetch_add(1, Ordering::Relaxed);
+    }
+    producer.flush().await.unwrap();
+    let delivered = std::mem::take(&mut *delivered.lock().unwrap());
+    assert_eq!(
+        delivered.len() as u64,
+        N,
+        "one callback per record by flush"
+    );
+    let first = *sent_at_first_delivery.get().unwrap();
+    assert!(
+        first < N,
+        "no record was acknowledged until all {N} had been sent: the send loop kept the sender from running"
+    );
+    // Each partition's records got consecutive offsets in send order.
+    let mut next = [0i64; 2];
+    let mut value_at = HashMap::new();
+    for &(i, partition, offset) in &delivered {
+        assert_eq!(partition, (i % 2) as u32);
+        assert_eq!(offset, next[partition as usize], "record {i}");
+        next[partition as usize] += 1;
+        value_at.insert((partition, offset), i);
+    }
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("cb").await.unwrap();
+    for p in 0..2 {
+        consumer.seek("cb", p, Offset::Earliest).await.unwrap();
+    }
+    let mut read = 0;
+    while read < N {
+        for record in consumer.poll(Duration::from_secs(5)).await.unwrap() {
+            let value = std::str::from_utf8(record.value.as_deref().unwrap()).unwrap();
+            assert_eq!(
+                value_at[&(record.partition, record.offset)].to_string(),
+                value,
+                "the callback's offset is where the record is"
+            );
+            read += 1;
+        }
+    }
+
+    // Refused by the broker: the error reaches the callback, flush reports it too.
+    let refused = Arc::new(OnceLock::new());
+    let seen = refused.clone();
+    producer
+        .send_with_callback(
+            ProducerRecord::new("small", vec![7u8; 4000]),
+            move |metadata| {
+                seen.set(metadata).unwrap();
+            },
+        )
+        .await
+        .unwrap();
+    let flushed = producer.flush().await;
+    let error = match refused.get() {
+        Some(Err(e)) => e,
+        other => panic!("the callback saw {other:?}"),
+    };
+    assert_eq!(error.code(), Some(ErrorCode::MessageTooLarge), "{error}");
+    assert!(flushed.is_err());
+}

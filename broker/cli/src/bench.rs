@@ -16,12 +16,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
-use futures_util::stream::{FuturesUnordered, StreamExt};
 use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use meridian_client::{
     Acks, Client, ClientConfig, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig,
-    ProducerRecord, Trust,
+    ProducerRecord, RecordMetadata, Trust,
 };
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
@@ -667,6 +666,61 @@ struct ProduceOutcome {
     latency: Histogram<u64>,
 }
 
+/// Each record's latency, read in its delivery callback when its batch is
+/// acknowledged, as kafka-producer-perf-test's callback does. (Awaited in send
+/// order instead, a record would be charged with the slowest request of the records
+/// sent before it, other partitions' batches included.) A callback costs a producer
+/// less than a delivery future per record does: no waker, no task to wake.
+struct LatencyCollector {
+    latency: std::sync::Mutex<Histogram<u64>>,
+    /// The first record that failed for good.
+    failure: std::sync::OnceLock<meridian_client::Error>,
+}
+
+impl LatencyCollector {
+    fn new() -> LatencyCollector {
+        LatencyCollector {
+            latency: std::sync::Mutex::new(
+                Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            ),
+            failure: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The callback of a record meant to be sent at `intended`.
+    fn on_delivery(
+        this: &Arc<LatencyCollector>,
+        intended: Instant,
+    ) -> impl FnOnce(meridian_client::Result<RecordMetadata>) + Send + 'static {
+        let this = this.clone();
+        move |delivered| match delivered {
+            Ok(_) => {
+                let micros = intended.elapsed().as_micros().max(1) as u64;
+                let _ = this.lock().record(micros);
+            }
+            Err(e) => {
+                let _ = this.failure.set(e);
+            }
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Histogram<u64>> {
+        self.latency.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn failed(&self) -> bool {
+        self.failure.get().is_some()
+    }
+
+    /// The latencies, or the first failure.
+    fn histogram(&self) -> anyhow::Result<Histogram<u64>> {
+        match self.failure.get() {
+            Some(e) => Err(e.clone().into()),
+            None => Ok(self.lock().clone()),
+        }
+    }
+}
+
 /// Runs `producers` producers; `stamp` puts the intended send time (µs since
 /// `epoch`) in a header so an end-to-end consumer can measure latency too.
 async fn run_producers(
@@ -698,33 +752,7 @@ async fn run_producers(
             bar.clone(),
         );
         tasks.push(tokio::spawn(async move {
-            let (tx, mut rx) =
-                tokio::sync::mpsc::channel::<(Instant, meridian_client::DeliveryFuture)>(100_000);
-            let collector = tokio::spawn(async move {
-                let mut latency =
-                    Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).expect("valid bounds");
-                // Each record's latency is read when its own delivery completes, as
-                // kafka-producer-perf-test's callback does. Awaited in send order
-                // instead, a record would be charged with the slowest request of the
-                // records sent before it (other partitions' batches): every slow
-                // request would lift the tens of records sent after it to its latency.
-                let mut pending = FuturesUnordered::new();
-                let mut sending = true;
-                while sending || !pending.is_empty() {
-                    tokio::select! {
-                        next = rx.recv(), if sending => match next {
-                            Some((intended, delivery)) => pending.push(async move {
-                                delivery.await.map(|_| intended.elapsed())
-                            }),
-                            None => sending = false,
-                        },
-                        Some(delivered) = pending.next(), if !pending.is_empty() => {
-                            let _ = latency.record(delivered?.as_micros().max(1) as u64);
-                        }
-                    }
-                }
-                anyhow::Ok(latency)
-            });
+            let collector = Arc::new(LatencyCollector::new());
             let make_record = move |i: u64, intended: Instant| {
                 let value = payloads[(i as usize + producer_idx) % payloads.len()].clone();
                 let mut record = ProducerRecord::new(topic.clone(), value);
@@ -749,23 +777,24 @@ async fn run_producers(
                 // millisecond timer would add up to a millisecond of the bench's own
                 // lateness to every record's measured latency.
                 let runtime = tokio::runtime::Handle::current();
-                let send_producer = producer.clone();
+                let (send_producer, collector) = (producer.clone(), collector.clone());
                 tokio::task::spawn_blocking(move || {
                     let mut i = 0u64;
                     loop {
                         let at = start + Duration::from_secs_f64(i as f64 / per_producer_rate);
                         if (deadline.is_none() && i >= per_producer)
                             || deadline.is_some_and(|d| at >= d)
+                            || collector.failed()
                         {
                             break;
                         }
                         if let Some(wait) = at.checked_duration_since(Instant::now()) {
                             std::thread::sleep(wait);
                         }
-                        let delivery = runtime.block_on(send_producer.send(make_record(i, at)))?;
-                        if tx.blocking_send((at, delivery)).is_err() {
-                            break;
-                        }
+                        let on_delivery = LatencyCollector::on_delivery(&collector, at);
+                        runtime.block_on(
+                            send_producer.send_with_callback(make_record(i, at), on_delivery),
+                        )?;
                         i += 1;
                         count(i);
                     }
@@ -778,22 +807,22 @@ async fn run_producers(
                     let now = Instant::now();
                     if (deadline.is_none() && i >= per_producer)
                         || deadline.is_some_and(|d| now >= d)
+                        || collector.failed()
                     {
                         break;
                     }
-                    let delivery = producer.send(make_record(i, now)).await?;
-                    if tx.send((now, delivery)).await.is_err() {
-                        break;
-                    }
+                    let on_delivery = LatencyCollector::on_delivery(&collector, now);
+                    producer
+                        .send_with_callback(make_record(i, now), on_delivery)
+                        .await?;
                     i += 1;
                     count(i);
                 }
-                drop(tx);
                 i
             };
+            // Every callback has run once `flush` returns.
             producer.flush().await?;
-            let latency = collector.await??;
-            anyhow::Ok((i, latency))
+            anyhow::Ok((i, collector.histogram()?))
         }));
     }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;

@@ -305,21 +305,7 @@ pub struct DeliveryFuture {
 
 impl DeliveryFuture {
     fn metadata(&self, result: &Result<(i64, i64)>) -> Result<RecordMetadata> {
-        let (base_offset, log_append_time) = result.as_ref().map_err(Clone::clone)?;
-        Ok(RecordMetadata {
-            topic: self.outcome.topic.clone(),
-            partition: self.outcome.partition,
-            offset: if *base_offset < 0 {
-                -1
-            } else {
-                base_offset + i64::from(self.index)
-            },
-            timestamp: if *log_append_time >= 0 {
-                *log_append_time
-            } else {
-                self.timestamp
-            },
-        })
+        self.outcome.metadata(result, self.index, self.timestamp)
     }
 }
 
@@ -362,6 +348,31 @@ struct BatchOutcome {
 }
 
 impl BatchOutcome {
+    /// What the record at `index` of the batch, created at `timestamp`, learns of
+    /// the batch's `result`.
+    fn metadata(
+        &self,
+        result: &Result<(i64, i64)>,
+        index: u32,
+        timestamp: i64,
+    ) -> Result<RecordMetadata> {
+        let (base_offset, log_append_time) = result.as_ref().map_err(Clone::clone)?;
+        Ok(RecordMetadata {
+            topic: self.topic.clone(),
+            partition: self.partition,
+            offset: if *base_offset < 0 {
+                -1
+            } else {
+                base_offset + i64::from(index)
+            },
+            timestamp: if *log_append_time >= 0 {
+                *log_append_time
+            } else {
+                timestamp
+            },
+        })
+    }
+
     fn lock_wakers(&self) -> MutexGuard<'_, Vec<Waker>> {
         self.wakers.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -377,13 +388,27 @@ impl BatchOutcome {
     }
 }
 
+/// What [`Producer::send_with_callback`] calls with a record's outcome.
+type DeliveryCallback = Box<dyn FnOnce(Result<RecordMetadata>) + Send>;
+
 /// The producer's state for one batch in the accumulator.
-#[derive(Debug)]
 struct BatchState {
     outcome: Arc<BatchOutcome>,
     /// Buffer-memory permits held for the batch's records.
     reserved: usize,
     memory: Arc<Semaphore>,
+    /// Records sent with a callback: index in the batch, timestamp, callback.
+    callbacks: Vec<(u32, i64, DeliveryCallback)>,
+}
+
+impl std::fmt::Debug for BatchState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BatchState")
+            .field("outcome", &self.outcome)
+            .field("reserved", &self.reserved)
+            .field("callbacks", &self.callbacks.len())
+            .finish()
+    }
 }
 
 impl BatchState {
@@ -398,6 +423,30 @@ impl BatchState {
             }),
             reserved: 0,
             memory: memory.clone(),
+            callbacks: Vec::new(),
+        }
+    }
+
+    /// Sets the batch's outcome, unless it is set already: wakes its records'
+    /// futures and calls their callbacks.
+    fn finish(&mut self, result: Result<(i64, i64)>) {
+        self.outcome.finish(result);
+        let Some(result) = self.outcome.result.get() else {
+            return;
+        };
+        for (index, timestamp, on_delivery) in self.callbacks.drain(..) {
+            let metadata = self.outcome.metadata(result, index, timestamp);
+            // A user's panic must not take the sender task, and every later batch of
+            // the producer, with it.
+            let called =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| on_delivery(metadata)));
+            if called.is_err() {
+                tracing::error!(
+                    topic = %self.outcome.topic,
+                    partition = self.outcome.partition,
+                    "a delivery callback panicked"
+                );
+            }
         }
     }
 }
@@ -405,10 +454,10 @@ impl BatchState {
 impl Drop for BatchState {
     /// A batch leaves the producer through [`settle`], which finishes it; one dropped
     /// otherwise (the runtime shutting down under the sender) fails its records
-    /// rather than leaving their futures pending. Either way its records' buffer
-    /// memory is free again.
+    /// rather than leaving their futures pending or their callbacks uncalled. Either
+    /// way its records' buffer memory is free again.
     fn drop(&mut self) {
-        self.outcome.finish(Err(Error::Closed));
+        self.finish(Err(Error::Closed));
         self.memory.add_permits(self.reserved);
     }
 }
@@ -646,10 +695,80 @@ impl Producer {
     /// stick to one partition until a batch's worth has gone to it or its batch is
     /// sent, then move to the next.
     pub async fn send(&self, record: ProducerRecord) -> Result<DeliveryFuture> {
+        let (outcome, index, timestamp) = self.enqueue(record, None).await?;
+        Ok(DeliveryFuture {
+            outcome,
+            index,
+            timestamp,
+            registered: false,
+        })
+    }
+
+    /// Like [`send`](Producer::send), but the outcome goes to `on_delivery` instead of
+    /// a future, as with the Java client's `send(record, callback)`.
+    ///
+    /// The callback runs on the producer's sender task when the record's batch is
+    /// acknowledged or fails for good, so it must be quick and must not block: a slow
+    /// callback holds up every later response. Callbacks of one batch run in the
+    /// order their records were sent. A callback that panics is reported in the log
+    /// and does not stop the producer.
+    ///
+    /// It costs less than a [`DeliveryFuture`] per record: no waker to register and
+    /// no task to wake, which matters at hundreds of thousands of records a second.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: meridian_client::Producer) -> meridian_client::Result<()> {
+    /// use std::sync::atomic::{AtomicU64, Ordering};
+    /// use std::sync::Arc;
+    /// use meridian_client::ProducerRecord;
+    /// let acknowledged = Arc::new(AtomicU64::new(0));
+    /// for i in 0..1000 {
+    ///     let acknowledged = acknowledged.clone();
+    ///     let record = ProducerRecord::new("events", format!("event {i}"));
+    ///     producer
+    ///         .send_with_callback(record, move |delivered| match delivered {
+    ///             Ok(_) => {
+    ///                 acknowledged.fetch_add(1, Ordering::Relaxed);
+    ///             }
+    ///             Err(e) => eprintln!("event {i} not delivered: {e}"),
+    ///         })
+    ///         .await?;
+    /// }
+    /// producer.flush().await?;
+    /// println!("{} acknowledged", acknowledged.load(Ordering::Relaxed));
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// An `Err` returned here means the record was not enqueued, and the callback is
+    /// dropped without being called.
+    pub async fn send_with_callback(
+        &self,
+        record: ProducerRecord,
+        on_delivery: impl FnOnce(Result<RecordMetadata>) + Send + 'static,
+    ) -> Result<()> {
+        self.enqueue(record, Some(Box::new(on_delivery))).await?;
+        Ok(())
+    }
+
+    /// Appends the record to its partition's batch; a callback is kept with the
+    /// batch. Returns the batch's outcome, the record's index in the batch and its
+    /// timestamp.
+    async fn enqueue(
+        &self,
+        record: ProducerRecord,
+        on_delivery: Option<DeliveryCallback>,
+    ) -> Result<(Arc<BatchOutcome>, u32, i64)> {
         let shared = &self.shared;
         if shared.client.is_closed() {
             return Err(Error::Closed);
         }
+        // A send that needs no wait completes without yielding, so a loop of them
+        // would hold its worker thread until the buffer is full, and with it the
+        // sender task, which its wake-up put on the same worker. Spending tokio's
+        // cooperative budget yields every so many sends. Without this, `bench
+        // produce` sent 20–40 % fewer MiB/s once it no longer awaited a channel
+        // send per record, whose budget had been doing the same.
+        tokio::task::consume_budget().await;
         // Set by the first wait, so a send that waits for nothing reads no clock.
         let mut deadline = None;
         let n_partitions = self.partition_count(&record.topic, &mut deadline).await?;
@@ -708,22 +827,20 @@ impl Producer {
             })?;
             // The batch gives the permits back when it is done.
             permit.forget();
+            let index = appended.index as u32;
             appended.state.reserved += reserve as usize;
-            (
-                appended.wake,
-                appended.state.outcome.clone(),
-                appended.index as u32,
-            )
+            if let Some(on_delivery) = on_delivery {
+                appended
+                    .state
+                    .callbacks
+                    .push((index, timestamp, on_delivery));
+            }
+            (appended.wake, appended.state.outcome.clone(), index)
         };
         if wake {
             shared.wake.notify_one();
         }
-        Ok(DeliveryFuture {
-            outcome,
-            index,
-            timestamp,
-            registered: false,
-        })
+        Ok((outcome, index, timestamp))
     }
 
     /// The partition count of `topic`, asked again while the error is retriable (no
@@ -761,8 +878,9 @@ impl Producer {
     }
 
     /// Sends every queued batch now and waits until all records sent before this call
-    /// are acknowledged or failed. Returns the first failure among them, if any (each
-    /// record's [`DeliveryFuture`] has its own outcome).
+    /// are acknowledged or failed, and their callbacks have run. Returns the first
+    /// failure among them, if any (each record's [`DeliveryFuture`] or callback has
+    /// its own outcome).
     pub async fn flush(&self) -> Result<()> {
         let mut progress = self.shared.progress.subscribe();
         let epoch = self.shared.lock().begin_flush();
@@ -1200,7 +1318,7 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
         tp,
         attempts,
         encoded,
-        state,
+        mut state,
         ..
     } = batch;
     if let Some(encoded) = encoded {
@@ -1211,13 +1329,12 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
             shared.client.invalidate_partition_count(&tp.topic);
         }
     }
-    shared.lock().complete(
-        &tp,
-        attempts,
-        epoch,
-        result.as_ref().map(|_| ()).map_err(Clone::clone),
-    );
-    state.outcome.finish(result);
+    let completed = result.as_ref().map(|_| ()).map_err(Clone::clone);
+    // The records' callbacks run before the accumulator counts the batch done, so a
+    // `flush` that returns has seen every callback of the records sent before it, as
+    // with the Java client.
+    state.finish(result);
+    shared.lock().complete(&tp, attempts, epoch, completed);
     drop(state);
     shared.progress.send_modify(|n| *n += 1);
 }
@@ -1290,6 +1407,56 @@ mod tests {
         drop(state);
         assert!(matches!(record.await.unwrap(), Err(Error::Closed)));
         assert_eq!(memory.available_permits(), 10);
+    }
+
+    /// What callbacks were called with: their tag and offset, or the error.
+    type Seen = Arc<StdMutex<Vec<Result<(i64, i64)>>>>;
+
+    /// A callback that appends what it was given to `seen`.
+    fn recorder(seen: &Seen, tag: i64, panic: bool) -> DeliveryCallback {
+        let seen = seen.clone();
+        Box::new(move |delivered: Result<RecordMetadata>| {
+            seen.lock()
+                .unwrap()
+                .push(delivered.map(|m| (tag, m.offset)));
+            assert!(!panic, "a user's callback panics");
+        })
+    }
+
+    #[test]
+    fn callbacks_run_once_in_send_order_and_a_panicking_one_spares_the_rest() {
+        let memory = Arc::new(Semaphore::new(100));
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let mut state = batch_state(&memory, 0);
+        state.callbacks.push((0, 1, recorder(&seen, 10, false)));
+        state.callbacks.push((1, 1, recorder(&seen, 11, true)));
+        state.callbacks.push((2, 1, recorder(&seen, 12, false)));
+        let mut future = delivery(&state, 2, 1);
+        state.finish(Ok((40, -1)));
+        // Finished already: neither a second outcome nor the drop calls them again.
+        state.finish(Err(Error::Timeout));
+        drop(state);
+        let seen = std::mem::take(&mut *seen.lock().unwrap());
+        let seen: Vec<_> = seen.into_iter().map(Result::unwrap).collect();
+        assert_eq!(seen, [(10, 40), (11, 41), (12, 42)]);
+        // The record's future sees the same outcome.
+        let polled = Pin::new(&mut future).poll(&mut Context::from_waker(Waker::noop()));
+        assert!(matches!(
+            polled,
+            Poll::Ready(Ok(RecordMetadata { offset: 42, .. }))
+        ));
+    }
+
+    #[test]
+    fn a_batch_dropped_unfinished_calls_its_callbacks_with_the_error() {
+        let memory = Arc::new(Semaphore::new(10));
+        let seen = Arc::new(StdMutex::new(Vec::new()));
+        let mut state = batch_state(&memory, 0);
+        state.callbacks.push((0, 1, recorder(&seen, 1, false)));
+        drop(state);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), 1);
+        assert!(matches!(seen[0], Err(Error::Closed)));
     }
 
     #[test]
