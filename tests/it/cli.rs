@@ -392,3 +392,34 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     // The benches' brokers ran in temporary dirs of their own and are gone.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+#[test]
+fn bench_disk_appends_with_and_without_fdatasync() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(crate::harness::meridian_bin())
+            .args(["bench", "disk", "--json", "--total-bytes", "1048576"])
+            .args(["--write-bytes", "65536"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let synced = run(&[]);
+    assert_eq!(synced["bytes"], 1048576, "{synced}");
+    assert_eq!(synced["fsyncs"], 16, "{synced}");
+    assert_eq!(synced["sync"], true, "{synced}");
+    let cached = run(&["--no-sync"]);
+    assert_eq!(cached["bytes"], 1048576, "{cached}");
+    assert_eq!(cached["fsyncs"], 0, "{cached}");
+    assert_eq!(cached["sync"], false, "{cached}");
+    assert!(cached["cpu_seconds_per_gib"].as_f64().unwrap() >= 0.0, "{cached}");
+    // The appended file went with the bench's temporary dir.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
