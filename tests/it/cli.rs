@@ -313,16 +313,7 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
         .unwrap()
         .to_owned();
     // From the same directory the CLI finds the dev certificate by itself.
-    let out = Command::new(crate::harness::meridian_bin())
-        .args(["topic", "create", "hello", "--broker", &addr])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    meridian_in(dir.path(), &["topic", "create", "hello", "--broker", &addr]);
     let _ = dev.kill();
     let _ = dev.wait();
 }
@@ -393,23 +384,29 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
+/// Runs `meridian` with `args` in `dir`; it must succeed. Returns its stdout.
+fn meridian_in(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "meridian {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 #[test]
 fn bench_disk_appends_with_and_without_fdatasync() {
     let dir = tempfile::tempdir().unwrap();
     let run = |extra: &[&str]| {
-        let out = std::process::Command::new(crate::harness::meridian_bin())
-            .args(["bench", "disk", "--json", "--total-bytes", "1048576"])
-            .args(["--write-bytes", "65536"])
-            .args(extra)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+        let mut args = vec!["bench", "disk", "--json", "--total-bytes", "1048576"];
+        args.extend(["--write-bytes", "65536"]);
+        args.extend(extra);
+        serde_json::from_slice::<serde_json::Value>(&meridian_in(dir.path(), &args)).unwrap()
     };
     let synced = run(&[]);
     assert_eq!(synced["bytes"], 1048576, "{synced}");
@@ -419,7 +416,10 @@ fn bench_disk_appends_with_and_without_fdatasync() {
     assert_eq!(cached["bytes"], 1048576, "{cached}");
     assert_eq!(cached["fsyncs"], 0, "{cached}");
     assert_eq!(cached["sync"], false, "{cached}");
-    assert!(cached["cpu_seconds_per_gib"].as_f64().unwrap() >= 0.0, "{cached}");
+    assert!(
+        cached["cpu_seconds_per_gib"].as_f64().unwrap() >= 0.0,
+        "{cached}"
+    );
     // The appended file went with the bench's temporary dir.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
