@@ -14,7 +14,9 @@
 //!   every record in a batch before relative offset `b` has a timestamp `<= t`.
 //!
 //! The last segment is the *active* one; all others are *sealed* (synced to disk when
-//! the log rolled past them and never written again). Recovery after a crash scans only
+//! the log rolled past them and never written again). The active segment's index
+//! entries are kept in memory and written to its index files in groups and at each
+//! sync, so after a crash the files may lack the newest entries; recovery adds them. Recovery after a crash scans only
 //! the active segment; sealed segments get a cheap sanity check so that a restart with
 //! many gigabytes of log stays fast. See [`PartitionLog::open`].
 //!

@@ -630,7 +630,7 @@ impl PartitionLog {
     /// Seals the active segment (after syncing it and its indexes) and starts a new one
     /// at the log end offset.
     fn roll(&mut self) -> Result<(), LogError> {
-        self.active().sync()?;
+        self.active_mut().sync()?;
         let next_base = self.log_end_offset();
         // The producer state as of the new segment's start, so recovery replays only
         // the new active segment.
@@ -727,7 +727,7 @@ impl PartitionLog {
 
     /// fdatasyncs the active segment and its indexes (sealed ones were synced on roll).
     pub fn flush(&mut self) -> Result<(), LogError> {
-        self.active().sync()?;
+        self.active_mut().sync()?;
         Ok(())
     }
 

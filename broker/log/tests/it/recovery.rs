@@ -378,3 +378,77 @@ fn a_wrong_but_well_formed_sealed_index_entry_is_repaired_on_read() {
         );
     }
 }
+
+/// The active segment's index entries reach their files 128 at a time and at each
+/// flush, not with every append; a crash in between loses none of them, and a
+/// reopen keeps the files' entries rather than rewriting them.
+#[test]
+fn index_entries_are_written_in_groups_and_a_crash_loses_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = LogConfig {
+        segment_bytes: 1 << 20,
+        // Every batch below is longer, so each after the first gets an offset entry,
+        // and a time entry too, its timestamp being larger than any before.
+        index_interval_bytes: 64,
+        retention_ms: None,
+        ..LogConfig::default()
+    };
+    let index_len = |extension| {
+        std::fs::metadata(segment_files(dir.path(), extension).pop().unwrap())
+            .unwrap()
+            .len()
+    };
+    let mut log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
+    let mut batches = Vec::new();
+    let mut add = |log: &mut PartitionLog, n: usize| {
+        for _ in 0..n {
+            let t = batches.len() as i64 * 10;
+            let batch = batch(1, 100, t);
+            let info = append(log, &batch, 0);
+            batches.push((info.base_offset, t, as_stored(&batch, info.base_offset)));
+        }
+    };
+    add(&mut log, 100);
+    assert_eq!((index_len("index"), index_len("timeindex")), (0, 0));
+    add(&mut log, 50);
+    // The first 128 entries went as one group (8 bytes an offset entry, 12 a time one).
+    assert_eq!(
+        (index_len("index"), index_len("timeindex")),
+        (128 * 8, 128 * 12)
+    );
+
+    // A crash: 21 entries were never written.
+    drop(log);
+    let log = PartitionLog::open(dir.path(), config.clone(), 0).unwrap();
+    assert_eq!(
+        stored(&log),
+        batches
+            .iter()
+            .map(|(_, _, b)| b.clone())
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        (index_len("index"), index_len("timeindex")),
+        (128 * 8, 128 * 12),
+        "the files' entries were kept as they were"
+    );
+    for &(base_offset, timestamp, _) in &batches {
+        assert_eq!(read_bases(&log, base_offset, 1)[0], base_offset);
+        assert_eq!(
+            log.offset_for_timestamp(timestamp).unwrap().unwrap().0,
+            base_offset
+        );
+    }
+
+    // A flush writes the rest; a clean reopen then finds every entry in the files.
+    let mut log = log;
+    log.flush().unwrap();
+    assert_eq!(
+        (index_len("index"), index_len("timeindex")),
+        (149 * 8, 149 * 12)
+    );
+    log.close().unwrap();
+    let log = PartitionLog::open(dir.path(), config, 0).unwrap();
+    assert_eq!(log.log_end_offset(), 150);
+    assert_eq!(read_bases(&log, 149, 1), [149]);
+}
