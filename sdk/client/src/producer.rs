@@ -707,11 +707,13 @@ impl Producer {
     /// Like [`send`](Producer::send), but the outcome goes to `on_delivery` instead of
     /// a future, as with the Java client's `send(record, callback)`.
     ///
-    /// The callback runs on the producer's sender task when the record's batch is
-    /// acknowledged or fails for good, so it must be quick and must not block: a slow
-    /// callback holds up every later response. Callbacks of one batch run in the
-    /// order their records were sent. A callback that panics is reported in the log
-    /// and does not stop the producer.
+    /// The callback runs on the producer's own task that handled the record's batch,
+    /// when the batch is acknowledged or fails for good, so it must be quick and must
+    /// not block: it holds up the handling of that response, and of the partition's
+    /// next batch. Callbacks of one batch run in the order their records were sent;
+    /// those of different brokers' requests may run at the same time on different
+    /// threads. A callback that panics is reported in the log and does not stop the
+    /// producer.
     ///
     /// It costs less than a [`DeliveryFuture`] per record: no waker to register and
     /// no task to wake, which matters at hundreds of thousands of records a second.
