@@ -423,3 +423,46 @@ fn bench_disk_appends_with_and_without_fdatasync() {
     // The appended file went with the bench's temporary dir.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// An offset past a partition's end is out of range without `--follow` too: an
+/// error under the default reset policy, else a move to the start or the end (it
+/// used to print nothing and succeed).
+#[test]
+fn consume_from_an_offset_past_the_end_is_out_of_range() {
+    let broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "short"], ""));
+    ok(broker.cli(&["produce", "short"], "a\nb\nc\n"));
+    let (success, stdout, stderr) = broker.cli(&["consume", "short", "--from", "5"], "");
+    assert!(!success, "stdout: {stdout}");
+    assert!(
+        stderr
+            .contains("OffsetOutOfRange: short/0 at offset 5: offset 5 is outside the log [0, 3]"),
+        "{stderr}"
+    );
+    let from_start = ok(broker.cli(
+        &[
+            "consume",
+            "short",
+            "--from",
+            "5",
+            "--auto-offset-reset",
+            "earliest",
+        ],
+        "",
+    ));
+    assert_eq!(from_start, "a\nb\nc\n");
+    let from_end = ok(broker.cli(
+        &[
+            "consume",
+            "short",
+            "--from",
+            "5",
+            "--auto-offset-reset",
+            "latest",
+        ],
+        "",
+    ));
+    assert_eq!(from_end, "");
+    // The end itself is not out of range: nothing to print, and success.
+    assert_eq!(ok(broker.cli(&["consume", "short", "--from", "3"], "")), "");
+}

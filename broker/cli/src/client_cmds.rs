@@ -372,7 +372,28 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     for &p in &partitions {
         consumer.seek(&args.topic, p, from).await?;
         if !args.follow {
-            ends.push((p, admin.list_offsets(&args.topic, p, Offset::Latest).await?));
+            let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
+            if let Offset::At(offset) = from {
+                if offset > end {
+                    // Past the end is out of range, as a fetch there says (with
+                    // --follow, or below the log start): without this the check
+                    // below took it for the end and printed nothing.
+                    let reset = match args.auto_offset_reset {
+                        AutoOffsetReset::Earliest => Offset::Earliest,
+                        AutoOffsetReset::Latest => Offset::Latest,
+                        AutoOffsetReset::None => {
+                            let start =
+                                admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
+                            anyhow::bail!(
+                                "OffsetOutOfRange: {}/{p} at offset {offset}: offset {offset} is outside the log [{start}, {end}]",
+                                args.topic
+                            );
+                        }
+                    };
+                    consumer.seek(&args.topic, p, reset).await?;
+                }
+            }
+            ends.push((p, end));
         }
     }
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
