@@ -829,3 +829,62 @@ async fn clients_from_before_epochs_in_commits_are_served_at_version_0() {
         .unwrap();
     assert_eq!((committed[0].offset, committed[0].leader_epoch), (5, None));
 }
+
+/// SIGTERM (what `kill`, `timeout` and service managers send) stops a CLI member as
+/// Ctrl-C does: it commits what it printed and leaves the group at once. Its
+/// session and commit interval are long, so neither would happen by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cli_member_stopped_with_sigterm_commits_and_leaves() {
+    let (broker, client) = broker_with_topic("events", 1).await;
+    produce_n(&client, "events", 1, 10).await;
+    let mut child = broker
+        .cli_command(&[
+            "consume",
+            "events",
+            "--group",
+            "term",
+            "--from",
+            "earliest",
+            "--session-timeout-ms",
+            "60000",
+            "--commit-interval-ms",
+            "600000",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    for i in 0..10 {
+        assert_eq!(lines.next().unwrap().unwrap(), format!("v{i}"));
+    }
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "the member keeps running"
+    );
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&child),
+        rustix::process::Signal::TERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "SIGTERM did not stop the member");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    let description = client.admin().describe_group("term").await.unwrap();
+    assert!(
+        description.members.is_empty(),
+        "the member left: {description:?}"
+    );
+    let committed = client
+        .admin()
+        .committed_offsets("term", Some("events"))
+        .await
+        .unwrap();
+    assert_eq!(committed[0].offset, 10, "{committed:?}");
+}

@@ -296,7 +296,7 @@ pub struct ConsumeArgs {
     /// Consume as a member of this consumer group: partitions come from the group,
     /// reading resumes from its committed offsets (`--from earliest|latest|none` says
     /// where to start without one), and positions are committed as records print.
-    /// Runs until -n records, --idle-exit-ms, or Ctrl-C.
+    /// Runs until -n records, --idle-exit-ms, Ctrl-C or SIGTERM (each commits and leaves the group).
     #[arg(long, short)]
     pub group: Option<String>,
     /// Group assignor: cooperative-sticky, range or roundrobin.
@@ -471,8 +471,11 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     let limit = args.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
     let mut last_record = std::time::Instant::now();
-    let ctrl_c = tokio::signal::ctrl_c();
-    tokio::pin!(ctrl_c);
+    // Ctrl-C or SIGTERM (`kill`, `timeout`, a service manager) ends the member
+    // cleanly: it commits what it printed and leaves the group, so its partitions go
+    // to the others at once instead of after the session timeout.
+    let stop = crate::shutdown_signal();
+    tokio::pin!(stop);
     while printed < limit {
         if args
             .idle_exit_ms
@@ -482,7 +485,7 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
         }
         let records = tokio::select! {
             records = consumer.poll(Duration::from_millis(200)) => records?,
-            _ = &mut ctrl_c => break,
+            () = &mut stop => break,
         };
         if !records.is_empty() {
             last_record = std::time::Instant::now();
