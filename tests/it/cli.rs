@@ -466,3 +466,52 @@ fn consume_from_an_offset_past_the_end_is_out_of_range() {
     // The end itself is not out of range: nothing to print, and success.
     assert_eq!(ok(broker.cli(&["consume", "short", "--from", "3"], "")), "");
 }
+
+/// Binary keys and values leave `meridian consume` intact: raw bytes with
+/// `--format value` and `full`, `{"base64": …}` in JSON lines (they used to be
+/// turned into text, every invalid byte into U+FFFD).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consume_prints_binary_records_without_mangling_them() {
+    use meridian_client::{NewTopic, ProducerConfig, ProducerRecord};
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("bin", 1))
+        .await
+        .unwrap();
+    let value: &[u8] = &[0x00, 0x9f, 0x92, 0x96, 0xff, b'\n', b'x'];
+    client
+        .producer(ProducerConfig::default())
+        .send(
+            ProducerRecord::new("bin", value.to_vec())
+                .key(vec![0xc3u8, 0x28])
+                .header("h", vec![0xfe_u8]),
+        )
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let stdout = |format: &str| {
+        let out = broker
+            .cli_command(&["consume", "bin", "--format", format])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    };
+    assert_eq!(stdout("value"), [value, b"\n"].concat());
+    let full = stdout("full");
+    assert!(
+        full.ends_with(&[b"\t\xc3\x28\t", value, b"\n"].concat()),
+        "{full:?}"
+    );
+    let json: serde_json::Value = serde_json::from_slice(&stdout("json")).unwrap();
+    assert_eq!(json["value"], serde_json::json!({"base64": "AJ+Slv8KeA=="}));
+    assert_eq!(json["key"], serde_json::json!({"base64": "wyg="}));
+    assert_eq!(json["headers"]["h"], serde_json::json!({"base64": "/g=="}));
+}

@@ -12,6 +12,7 @@ use meridian_client::{
 };
 use tokio::io::AsyncBufReadExt;
 
+use crate::json_bytes;
 use crate::ConnectArgs;
 
 #[derive(Subcommand)]
@@ -515,11 +516,9 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn text(bytes: &Option<Bytes>) -> String {
-    bytes
-        .as_ref()
-        .map(|b| String::from_utf8_lossy(b).into_owned())
-        .unwrap_or_default()
+/// A key or value as its bytes; a null one as none.
+fn raw(bytes: &Option<Bytes>) -> &[u8] {
+    bytes.as_deref().unwrap_or_default()
 }
 
 fn print_record(
@@ -527,37 +526,37 @@ fn print_record(
     record: &ConsumerRecord,
     format: Format,
 ) -> anyhow::Result<()> {
+    // Keys and values go out as their bytes, not as text: a binary payload piped to
+    // a file arrives intact (a null one prints as nothing).
     match format {
-        Format::Value => writeln!(out, "{}", text(&record.value))?,
-        Format::Full => writeln!(
-            out,
-            "{}\t{}\t{}\t{}\t{}",
-            record.partition,
-            record.offset,
-            record.timestamp,
-            text(&record.key),
-            text(&record.value)
-        )?,
+        Format::Value => {
+            out.write_all(raw(&record.value))?;
+            out.write_all(b"\n")?;
+        }
+        Format::Full => {
+            write!(
+                out,
+                "{}\t{}\t{}\t",
+                record.partition, record.offset, record.timestamp
+            )?;
+            out.write_all(raw(&record.key))?;
+            out.write_all(b"\t")?;
+            out.write_all(raw(&record.value))?;
+            out.write_all(b"\n")?;
+        }
         Format::Json => {
             let headers: serde_json::Map<String, serde_json::Value> = record
                 .headers
                 .iter()
-                .map(|h| {
-                    (
-                        h.key.clone(),
-                        h.value.as_ref().map_or(serde_json::Value::Null, |v| {
-                            String::from_utf8_lossy(v).into()
-                        }),
-                    )
-                })
+                .map(|h| (h.key.clone(), json_bytes::to_json(&h.value)))
                 .collect();
             let object = serde_json::json!({
                 "topic": record.topic,
                 "partition": record.partition,
                 "offset": record.offset,
                 "timestamp": record.timestamp,
-                "key": record.key.as_ref().map(|k| String::from_utf8_lossy(k).into_owned()),
-                "value": record.value.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()),
+                "key": json_bytes::to_json(&record.key),
+                "value": json_bytes::to_json(&record.value),
                 "headers": headers,
             });
             writeln!(out, "{object}")?;

@@ -7,6 +7,7 @@ mod bench_ratio;
 mod client_cmds;
 mod group_bench;
 mod group_cmds;
+mod json_bytes;
 mod partition_cmds;
 mod plugin_cmds;
 mod transport;

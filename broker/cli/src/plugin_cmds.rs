@@ -11,6 +11,7 @@ use meridian_client::{Attachment, PluginInfo};
 use meridian_wasm_host::{BatchOutput, Host, HostConfig, Limits, LogStream, PluginKind};
 use meridian_wire::batch::{Header, NewRecord, Record};
 
+use crate::json_bytes;
 use crate::ConnectArgs;
 
 #[derive(Subcommand)]
@@ -474,15 +475,6 @@ pub fn build(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     Ok(modules)
 }
 
-/// A string field as bytes; any other JSON value as its JSON text.
-fn str_field(v: &serde_json::Value, name: &str) -> Option<Bytes> {
-    match &v[name] {
-        serde_json::Value::Null => None,
-        serde_json::Value::String(s) => Some(Bytes::from(s.clone())),
-        other => Some(Bytes::from(other.to_string())),
-    }
-}
-
 /// Reads input records: `offset` is the line's position (0-based).
 pub fn read_records(path: &Path, values: bool) -> anyhow::Result<Vec<Record>> {
     let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
@@ -513,37 +505,35 @@ pub fn read_records(path: &Path, values: bool) -> anyhow::Result<Vec<Record>> {
         if !v.is_object() {
             bail!("{} line {}: expected a JSON object", path.display(), i + 1);
         }
+        let at = |what: &str| format!("{} line {}: {what}", path.display(), i + 1);
         let headers = match &v["headers"] {
             serde_json::Value::Object(map) => map
                 .iter()
-                .map(|(k, v)| Header {
-                    key: k.clone(),
-                    value: v.as_str().map(|s| Bytes::from(s.to_string())),
+                .map(|(k, v)| {
+                    Ok(Header {
+                        key: k.clone(),
+                        value: json_bytes::from_json(v)
+                            .with_context(|| at(&format!("header `{k}`")))?,
+                    })
                 })
-                .collect(),
+                .collect::<anyhow::Result<_>>()?,
             _ => Vec::new(),
         };
         records.push(Record {
             offset,
             timestamp: v["timestamp"].as_i64().unwrap_or(0),
-            key: str_field(&v, "key"),
-            value: str_field(&v, "value"),
+            key: json_bytes::from_json(&v["key"]).with_context(|| at("key"))?,
+            value: json_bytes::from_json(&v["value"]).with_context(|| at("value"))?,
             headers,
         });
     }
     Ok(records)
 }
 
-fn text(b: &Option<Bytes>) -> serde_json::Value {
-    b.as_ref().map_or(serde_json::Value::Null, |b| {
-        String::from_utf8_lossy(b).into()
-    })
-}
-
 fn headers_json(headers: &[Header]) -> serde_json::Value {
     headers
         .iter()
-        .map(|h| (h.key.clone(), text(&h.value)))
+        .map(|h| (h.key.clone(), json_bytes::to_json(&h.value)))
         .collect::<serde_json::Map<_, _>>()
         .into()
 }
@@ -552,8 +542,8 @@ fn record_json(r: &Record) -> serde_json::Value {
     serde_json::json!({
         "offset": r.offset,
         "timestamp": r.timestamp,
-        "key": text(&r.key),
-        "value": text(&r.value),
+        "key": json_bytes::to_json(&r.key),
+        "value": json_bytes::to_json(&r.value),
         "headers": headers_json(&r.headers),
     })
 }
@@ -562,8 +552,8 @@ fn new_record_json(from_offset: i64, r: &NewRecord) -> serde_json::Value {
     serde_json::json!({
         "from_offset": from_offset,
         "timestamp": r.timestamp,
-        "key": text(&r.key),
-        "value": text(&r.value),
+        "key": json_bytes::to_json(&r.key),
+        "value": json_bytes::to_json(&r.value),
         "headers": headers_json(&r.headers),
     })
 }
