@@ -829,23 +829,13 @@ impl Segment {
         let on_disk_is_prefix = on_disk_is_whole
             && index.offsets.starts_with(&on_disk.offsets)
             && index.times.starts_with(&on_disk.times);
-        let (offset_index, time_index, offsets_on_disk, times_on_disk) = if on_disk_is_prefix {
-            let (offset_index, time_index) = open_index_files(&paths)?;
-            (
-                offset_index,
-                time_index,
-                on_disk.offsets.len(),
-                on_disk.times.len(),
-            )
+        let (offset_index, time_index) = if on_disk_is_prefix {
+            open_index_files(&paths)?
         } else {
-            let (offset_index, time_index) = write_index_files(&paths, &index, true)?;
-            (
-                offset_index,
-                time_index,
-                index.offsets.len(),
-                index.times.len(),
-            )
+            write_index_files(&paths, &index, true)?
         };
+        let in_files = if on_disk_is_prefix { &on_disk } else { &index };
+        let (offsets_on_disk, times_on_disk) = (in_files.offsets.len(), in_files.times.len());
         let size = scan.end;
         Ok(Segment {
             base_offset,
