@@ -515,3 +515,40 @@ async fn consume_prints_binary_records_without_mangling_them() {
     assert_eq!(json["key"], serde_json::json!({"base64": "wyg="}));
     assert_eq!(json["headers"]["h"], serde_json::json!({"base64": "/g=="}));
 }
+
+/// A broker whose logs go to a pipe or a file writes them without ANSI colour codes
+/// (they used to fill `meridian dev > log` and service journals with escapes);
+/// `CLICOLOR_FORCE=1` asks for them anyway.
+#[test]
+fn broker_logs_carry_colour_codes_only_when_asked_off_a_terminal() {
+    use std::io::{BufRead, BufReader};
+    use std::process::Stdio;
+    let first_log_line = |force: Option<&str>| {
+        let dir = tempfile::tempdir().unwrap();
+        let mut command = std::process::Command::new(crate::harness::meridian_bin());
+        command
+            .args(["broker", "--set", "listen=127.0.0.1:0", "--set"])
+            .arg(format!("data_dir={}", dir.path().join("data").display()))
+            .env_remove("NO_COLOR")
+            .env_remove("CLICOLOR_FORCE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        if let Some(force) = force {
+            command.env("CLICOLOR_FORCE", force);
+        }
+        let mut broker = command.spawn().unwrap();
+        let line = BufReader::new(broker.stderr.take().unwrap())
+            .lines()
+            .map(Result::unwrap)
+            .find(|line| line.contains("opened data dir"))
+            .expect("the broker logs opening its data dir");
+        let _ = broker.kill();
+        let _ = broker.wait();
+        line
+    };
+    let plain = first_log_line(None);
+    assert!(!plain.contains('\u{1b}'), "{plain:?}");
+    assert!(plain.contains(" INFO "), "{plain:?}");
+    let coloured = first_log_line(Some("1"));
+    assert!(coloured.contains("\u{1b}["), "{coloured:?}");
+}

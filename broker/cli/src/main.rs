@@ -160,17 +160,39 @@ fn log_filter(rust_log: Option<&str>) -> String {
 }
 
 fn init_tracing() {
+    use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
     let rust_log = std::env::var("RUST_LOG").ok();
+    let colors = log_colors(
+        std::io::stderr().is_terminal(),
+        std::env::var("NO_COLOR").ok().as_deref(),
+        std::env::var("CLICOLOR_FORCE").ok().as_deref(),
+    );
     tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
+                .with_ansi(colors)
                 .with_filter(log_filters(rust_log.as_deref())),
         )
         .init();
+}
+
+/// Whether log lines carry ANSI colour codes: on a terminal, unless `NO_COLOR` is
+/// set (no-color.org); anywhere when `CLICOLOR_FORCE` is set to anything but `0`
+/// (which `meridian up` sets for its brokers when it writes to a terminal itself).
+/// Logs going to a file, a pipe or a service manager's journal get none.
+pub(crate) fn log_colors(
+    stderr_is_terminal: bool,
+    no_color: Option<&str>,
+    force: Option<&str>,
+) -> bool {
+    if force.is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    stderr_is_terminal && no_color.is_none_or(str::is_empty)
 }
 
 /// Whether `RUST_LOG` asks for openraft's logs, which then go unfiltered.
@@ -379,6 +401,20 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn logs_are_coloured_on_a_terminal_only_unless_told() {
+        assert!(log_colors(true, None, None));
+        assert!(!log_colors(false, None, None), "a file or a pipe");
+        assert!(!log_colors(true, Some("1"), None), "NO_COLOR");
+        assert!(
+            log_colors(true, Some(""), None),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(log_colors(false, None, Some("1")), "CLICOLOR_FORCE");
+        assert!(log_colors(false, Some("1"), Some("1")));
+        assert!(!log_colors(false, None, Some("0")));
+    }
 
     #[test]
     fn failed_vote_requests_are_dropped_and_other_errors_kept() {

@@ -265,6 +265,13 @@ impl RegionRunner {
         match self.output {
             Output::Prefixed => {
                 command.stdout(Stdio::piped()).stderr(Stdio::piped());
+                // The brokers write to pipes, so they would log without colours
+                // even when their lines end up on this terminal.
+                let terminal = std::io::IsTerminal::is_terminal(&std::io::stderr());
+                let no_color = std::env::var("NO_COLOR").ok();
+                if crate::log_colors(terminal, no_color.as_deref(), None) {
+                    command.env("CLICOLOR_FORCE", "1");
+                }
             }
             Output::LogFiles => {
                 let log_path = dir.join(format!("broker-{id}.log"));
