@@ -888,3 +888,54 @@ async fn a_cli_member_stopped_with_sigterm_commits_and_leaves() {
         .unwrap();
     assert_eq!(committed[0].offset, 10, "{committed:?}");
 }
+
+/// A membership lost with its coordinator (the broker restarted; members are not
+/// kept across coordinators) does not make the member read again what it read since
+/// its last auto-commit: the positions go in as a commit from outside the group,
+/// which the coordinator takes because the group has no member then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_membership_lost_with_its_coordinator_does_not_reread() {
+    let (mut broker, client) = broker_with_topic("events", 2).await;
+    produce_n(&client, "events", 2, 100).await;
+    let mut consumer = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    let config = GroupConfig {
+        // No auto-commit happens before the restart.
+        auto_commit_interval: Duration::from_secs(600),
+        ..group_config("restarts", Assignor::CooperativeSticky)
+    };
+    consumer.subscribe(config, &["events"]).await.unwrap();
+    let mut seen = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 100 {
+        assert!(Instant::now() < deadline, "read {} of 100", seen.len());
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            seen.push((r.partition, r.offset));
+        }
+    }
+    broker.kill9();
+    broker.restart();
+    // The member finds out at its next heartbeat, rejoins and resumes.
+    produce_n(&client, "events", 2, 10).await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 110 {
+        assert!(Instant::now() < deadline, "read {} of 110", seen.len());
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            seen.push((r.partition, r.offset));
+        }
+    }
+    // Nothing more comes: the first 100 are not read again.
+    for _ in 0..10 {
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            seen.push((r.partition, r.offset));
+        }
+    }
+    let unique: BTreeSet<_> = seen.iter().copied().collect();
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (110, 110),
+        "records read twice after the restart"
+    );
+}

@@ -892,7 +892,9 @@ impl Consumer {
         let (lost, assignment, error, outside) = {
             let mut state = group::lock(&group.state);
             state.last_poll = Some(Instant::now());
-            let lost = std::mem::take(&mut state.lost);
+            // Cleared below once the partitions are dropped: the membership task
+            // waits for that before joining again.
+            let lost = state.lost;
             if lost {
                 state.owned.clear();
             }
@@ -906,15 +908,25 @@ impl Consumer {
         if let Some(error) = error {
             return Err(error);
         }
-        if lost && !self.partitions.is_empty() {
-            let gone: Vec<(String, u32)> = self
-                .partitions
-                .keys()
-                .map(|k| (k.topic.clone(), k.partition))
-                .collect();
-            self.partitions.clear();
-            self.restart_fetching();
-            self.tell_listener(|l| l.on_lost(&gone));
+        if lost {
+            let auto_commit = group.config.enable_auto_commit;
+            if !self.partitions.is_empty() {
+                if auto_commit {
+                    self.save_lost_positions().await;
+                }
+                let gone: Vec<(String, u32)> = self
+                    .partitions
+                    .keys()
+                    .map(|k| (k.topic.clone(), k.partition))
+                    .collect();
+                self.partitions.clear();
+                self.restart_fetching();
+                self.tell_listener(|l| l.on_lost(&gone));
+            }
+            if let Some(group) = &self.group {
+                group::lock(&group.state).lost = false;
+                group.sync_now.notify_one();
+            }
         }
         let Some(assignment) = assignment else {
             return self.auto_commit_if_due().await;
@@ -981,6 +993,58 @@ impl Consumer {
     }
 
     /// Committed positions of `partitions`, or the reset position where none exists.
+    /// After the membership was lost, commits the positions of the partitions it
+    /// held that are ahead of the group's committed offsets, as a commit from outside
+    /// the group, which the coordinator takes only while the group has no member.
+    ///
+    /// That is the case when the membership went with its coordinator (the broker
+    /// died or restarted; members are not kept across coordinators), and then the
+    /// records read since the last auto-commit are not read again after rejoining.
+    /// While any member is in the group (ours timed out and the partitions moved on),
+    /// the commit is refused, as Kafka refuses a zombie's. Positions behind what is
+    /// committed are left out, so this never moves a group back.
+    async fn save_lost_positions(&mut self) {
+        let Some(group) = self.group.as_ref() else {
+            return;
+        };
+        let group_id = group.config.group_id.clone();
+        let mut ahead: BTreeMap<TopicPartition, Position> = self
+            .partitions
+            .iter()
+            .map(|(tp, state)| (tp.clone(), state.committable()))
+            .collect();
+        let topics: BTreeSet<String> = ahead.keys().map(|tp| tp.topic.clone()).collect();
+        let admin = self.client.admin();
+        for topic in topics {
+            match admin.committed_offsets(&group_id, Some(&topic)).await {
+                Ok(committed) => {
+                    for c in committed {
+                        let key = tp(&c.topic, c.partition);
+                        if ahead.get(&key).is_some_and(|p| p.offset <= c.offset) {
+                            ahead.remove(&key);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(group = %group_id, error = %e, "cannot read committed offsets after losing the membership; not committing");
+                    return;
+                }
+            }
+        }
+        if ahead.is_empty() {
+            return;
+        }
+        self.wait_for_auto_commit().await;
+        match group::commit(&self.client, &group_id, "", -1, &ahead).await {
+            Ok(()) => {
+                tracing::info!(group = %group_id, partitions = ahead.len(), "committed the positions of the lost membership (the group had no member)")
+            }
+            Err(e) => {
+                tracing::debug!(group = %group_id, error = %e, "positions of the lost membership not committed")
+            }
+        }
+    }
+
     async fn starting_positions(
         &self,
         partitions: &[TopicPartition],

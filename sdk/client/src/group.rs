@@ -156,7 +156,8 @@ pub(crate) struct MemberState {
     pub(crate) owned: BTreeSet<TopicPartition>,
     /// The latest assignment, waiting for `poll` to apply it.
     pub(crate) assignment: Option<BTreeSet<TopicPartition>>,
-    /// Membership was lost: `poll` drops every partition.
+    /// Membership was lost: `poll` drops every partition, then clears this (the
+    /// membership task waits for that before joining again).
     pub(crate) lost: bool,
     pub(crate) last_poll: Option<Instant>,
     /// A persistent failure to report from `poll` (e.g. a refused session timeout).
@@ -288,6 +289,22 @@ fn mark_lost(state: &Mutex<MemberState>, ready: &Notify) {
     ready.notify_one();
 }
 
+/// After the membership was lost, waits (at most `limit`) for `poll` to deal with
+/// it before joining again: the consumer then commits the positions it read since
+/// its last commit, which the coordinator takes only while the group has no member,
+/// this one's new membership included (see `Consumer::save_lost_positions`).
+async fn await_loss_handled(state: &Mutex<MemberState>, handled: &Notify, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while lock(state).lost {
+        if tokio::time::timeout_at(deadline, handled.notified())
+            .await
+            .is_err()
+        {
+            break;
+        }
+    }
+}
+
 async fn run_membership(
     client: Client,
     config: GroupConfig,
@@ -379,6 +396,7 @@ async fn run_membership(
                 {
                     tracing::info!(group = %config.group_id, reason = %r.message, "membership lost; rejoining");
                     mark_lost(&state, &assignment_ready);
+                    await_loss_handled(&state, &sync_now, config.session_timeout / 3).await;
                     continue;
                 }
                 Ok(other) => {
@@ -416,6 +434,7 @@ async fn run_membership(
                 Ok(Response::Heartbeat(r)) if matches!(r.error, ErrorCode::UnknownMemberId | ErrorCode::FencedInstanceId) => {
                     tracing::info!(group = %config.group_id, reason = %r.message, "membership lost; rejoining");
                     mark_lost(&state, &assignment_ready);
+                    await_loss_handled(&state, &sync_now, config.session_timeout / 3).await;
                 }
                 Ok(_) | Err(_) => tokio::time::sleep(JOIN_BACKOFF_MIN).await,
             }
