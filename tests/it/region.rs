@@ -249,6 +249,28 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     let mut values: Vec<&str> = out.lines().collect();
     values.sort();
     assert_eq!(values, ["a", "b", "c"]);
+    // From a directory whose meridian-data/ holds regions' certificates (where
+    // `meridian up` with the region files' default data dir runs), the CLI finds
+    // and trusts them without --ca.
+    let home = tempfile::tempdir().expect("temp dir");
+    for region in ["test", "other"] {
+        let found = home
+            .path()
+            .join(format!("meridian-data/{region}/tls/cert.pem"));
+        std::fs::create_dir_all(found.parent().unwrap()).unwrap();
+        std::fs::copy(&cert, &found).unwrap();
+    }
+    let out = Command::new(meridian_bin())
+        .args(["topic", "list", "--broker", &bootstrap])
+        .current_dir(home.path())
+        .output()
+        .expect("run cli");
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && listed.contains("replicated"),
+        "{listed}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let pid = rustix::process::Pid::from_raw(up.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");

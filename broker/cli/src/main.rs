@@ -13,7 +13,7 @@ mod plugin_cmds;
 mod transport;
 mod up;
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
@@ -104,6 +104,25 @@ pub struct ConnectArgs {
     pub server_name: String,
 }
 
+/// The certificates `meridian dev` (`root/tls`) and `meridian up` (`root/REGION/tls`,
+/// with the region files' default data dirs) generated under `root`: the dev one
+/// first, then every region's, sorted.
+fn local_certificates(root: &Path) -> Vec<PathBuf> {
+    let mut regions: Vec<PathBuf> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .map(|entry| entry.path().join("tls/cert.pem"))
+        .filter(|cert| cert.exists())
+        .collect();
+    regions.sort();
+    let dev = root.join("tls/cert.pem");
+    if dev.exists() {
+        regions.insert(0, dev);
+    }
+    regions
+}
+
 /// `MERIDIAN_BROKER` (the variable's name before clusters), else the dev broker.
 fn default_bootstrap() -> String {
     std::env::var("MERIDIAN_BROKER")
@@ -113,8 +132,8 @@ fn default_bootstrap() -> String {
 }
 
 impl ConnectArgs {
-    /// Fingerprint, else CA file, else the certificate `meridian dev` wrote in
-    /// ./meridian-data (so the dev tour needs no flags).
+    /// Fingerprint, else CA file, else the certificate `meridian dev` or `meridian
+    /// up` wrote under ./meridian-data (so the tours need no flags).
     pub fn trust(&self) -> anyhow::Result<Trust> {
         if let Some(fp) = &self.fingerprint {
             return Trust::parse_fingerprint(fp).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
@@ -122,14 +141,23 @@ impl ConnectArgs {
         if let Some(ca) = &self.ca {
             return Ok(Trust::CaFile(ca.clone()));
         }
-        let dev_cert = PathBuf::from("meridian-data/tls/cert.pem");
-        if dev_cert.exists() {
-            return Ok(Trust::CaFile(dev_cert));
+        match local_certificates(Path::new("meridian-data")).as_slice() {
+            [] => anyhow::bail!(
+                "don't know how to trust the broker: pass --fingerprint (printed by the broker at start) or --ca CERT.pem, \
+                 or run from the directory where `meridian dev` or `meridian up` keeps meridian-data/"
+            ),
+            [one] => Ok(Trust::CaFile(one.clone())),
+            // The dev broker and regions started here: trust each of them, so
+            // whichever `--bootstrap` names is reached without a flag.
+            several => {
+                let mut pem = Vec::new();
+                for cert in several {
+                    pem.extend(std::fs::read(cert).with_context(|| cert.display().to_string())?);
+                    pem.push(b'\n');
+                }
+                Ok(Trust::CaPem(pem))
+            }
         }
-        anyhow::bail!(
-            "don't know how to trust the broker: pass --fingerprint (printed by the broker at start) or --ca CERT.pem, \
-             or run from the directory where `meridian dev` keeps meridian-data/"
-        )
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
@@ -401,6 +429,29 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_cli_finds_the_dev_and_region_certificates() {
+        let root = tempfile::tempdir().unwrap();
+        let cert = |dir: &str| {
+            let path = root.path().join(dir).join("tls/cert.pem");
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "pem").unwrap();
+            path
+        };
+        assert!(local_certificates(root.path()).is_empty());
+        assert!(local_certificates(&root.path().join("missing")).is_empty());
+        let east = cert("east");
+        std::fs::create_dir_all(root.path().join("broker-1")).unwrap();
+        assert_eq!(local_certificates(root.path()), std::slice::from_ref(&east));
+        let west = cert("west");
+        assert_eq!(
+            local_certificates(root.path()),
+            [east.clone(), west.clone()]
+        );
+        let dev = cert("");
+        assert_eq!(local_certificates(root.path()), [dev, east, west]);
+    }
 
     #[test]
     fn logs_are_coloured_on_a_terminal_only_unless_told() {
