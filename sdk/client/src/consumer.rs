@@ -992,7 +992,6 @@ impl Consumer {
         }
     }
 
-    /// Committed positions of `partitions`, or the reset position where none exists.
     /// After the membership was lost, commits the positions of the partitions it
     /// held that are ahead of the group's committed offsets, as a commit from outside
     /// the group, which the coordinator takes only while the group has no member.
@@ -1045,6 +1044,7 @@ impl Consumer {
         }
     }
 
+    /// Committed positions of `partitions`, or the reset position where none exists.
     async fn starting_positions(
         &self,
         partitions: &[TopicPartition],
