@@ -1012,24 +1012,14 @@ impl Consumer {
             .iter()
             .map(|(tp, state)| (tp.clone(), state.committable()))
             .collect();
-        let topics: BTreeSet<String> = ahead.keys().map(|tp| tp.topic.clone()).collect();
-        let admin = self.client.admin();
-        for topic in topics {
-            match admin.committed_offsets(&group_id, Some(&topic)).await {
-                Ok(committed) => {
-                    for c in committed {
-                        let key = tp(&c.topic, c.partition);
-                        if ahead.get(&key).is_some_and(|p| p.offset <= c.offset) {
-                            ahead.remove(&key);
-                        }
-                    }
-                }
-                Err(e) => {
-                    tracing::debug!(group = %group_id, error = %e, "cannot read committed offsets after losing the membership; not committing");
-                    return;
-                }
+        let committed = match self.committed_positions(ahead.keys()).await {
+            Ok(committed) => committed,
+            Err(e) => {
+                tracing::debug!(group = %group_id, error = %e, "cannot read committed offsets after losing the membership; not committing");
+                return;
             }
-        }
+        };
+        ahead.retain(|key, at| committed.get(key).is_none_or(|c| at.offset > c.offset));
         if ahead.is_empty() {
             return;
         }
@@ -1044,18 +1034,16 @@ impl Consumer {
         }
     }
 
-    /// Committed positions of `partitions`, or the reset position where none exists.
-    async fn starting_positions(
+    /// The group's committed positions in the topics of `partitions` (all of each
+    /// topic's partitions that have one).
+    async fn committed_positions(
         &self,
-        partitions: &[TopicPartition],
-    ) -> Result<Vec<(TopicPartition, Position)>> {
+        partitions: impl IntoIterator<Item = &TopicPartition>,
+    ) -> Result<BTreeMap<TopicPartition, Position>> {
         let group = self.group.as_ref().expect("called for group members only");
         let admin = self.client.admin();
-        let mut topics: BTreeSet<&str> = BTreeSet::new();
-        for tp in partitions {
-            topics.insert(&tp.topic);
-        }
-        let mut committed: BTreeMap<TopicPartition, Position> = BTreeMap::new();
+        let topics: BTreeSet<&str> = partitions.into_iter().map(|tp| tp.topic.as_str()).collect();
+        let mut committed = BTreeMap::new();
         for topic in topics {
             for c in admin
                 .committed_offsets(&group.config.group_id, Some(topic))
@@ -1068,6 +1056,17 @@ impl Consumer {
                 committed.insert(tp(&c.topic, c.partition), at);
             }
         }
+        Ok(committed)
+    }
+
+    /// Committed positions of `partitions`, or the reset position where none exists.
+    async fn starting_positions(
+        &self,
+        partitions: &[TopicPartition],
+    ) -> Result<Vec<(TopicPartition, Position)>> {
+        let group = self.group.as_ref().expect("called for group members only");
+        let admin = self.client.admin();
+        let committed = self.committed_positions(partitions).await?;
         let mut positions = Vec::with_capacity(partitions.len());
         for key in partitions {
             let position = match committed.get(key) {

@@ -289,11 +289,18 @@ fn mark_lost(state: &Mutex<MemberState>, ready: &Notify) {
     ready.notify_one();
 }
 
-/// After the membership was lost, waits (at most `limit`) for `poll` to deal with
-/// it before joining again: the consumer then commits the positions it read since
-/// its last commit, which the coordinator takes only while the group has no member,
-/// this one's new membership included (see `Consumer::save_lost_positions`).
-async fn await_loss_handled(state: &Mutex<MemberState>, handled: &Notify, limit: Duration) {
+/// The coordinator no longer knows this member: marks the membership lost, then
+/// waits (at most `limit`) for `poll` to deal with it before the task joins again.
+/// The consumer then commits the positions it read since its last commit, which the
+/// coordinator takes only while the group has no member, this one's new membership
+/// included (see `Consumer::save_lost_positions`).
+async fn lose_membership(
+    state: &Mutex<MemberState>,
+    ready: &Notify,
+    handled: &Notify,
+    limit: Duration,
+) {
+    mark_lost(state, ready);
     let deadline = tokio::time::Instant::now() + limit;
     while lock(state).lost {
         if tokio::time::timeout_at(deadline, handled.notified())
@@ -395,8 +402,13 @@ async fn run_membership(
                     ) =>
                 {
                     tracing::info!(group = %config.group_id, reason = %r.message, "membership lost; rejoining");
-                    mark_lost(&state, &assignment_ready);
-                    await_loss_handled(&state, &sync_now, config.session_timeout / 3).await;
+                    lose_membership(
+                        &state,
+                        &assignment_ready,
+                        &sync_now,
+                        config.session_timeout / 3,
+                    )
+                    .await;
                     continue;
                 }
                 Ok(other) => {
@@ -433,8 +445,8 @@ async fn run_membership(
                 Ok(Response::Heartbeat(r)) if r.error.is_ok() => must_sync |= r.sync_needed,
                 Ok(Response::Heartbeat(r)) if matches!(r.error, ErrorCode::UnknownMemberId | ErrorCode::FencedInstanceId) => {
                     tracing::info!(group = %config.group_id, reason = %r.message, "membership lost; rejoining");
-                    mark_lost(&state, &assignment_ready);
-                    await_loss_handled(&state, &sync_now, config.session_timeout / 3).await;
+                    lose_membership(&state, &assignment_ready, &sync_now, config.session_timeout / 3)
+                        .await;
                 }
                 Ok(_) | Err(_) => tokio::time::sleep(JOIN_BACKOFF_MIN).await,
             }
