@@ -386,14 +386,19 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
 
 /// Runs `meridian` with `args` in `dir`; it must succeed. Returns its stdout.
 fn meridian_in(dir: &std::path::Path, args: &[&str]) -> Vec<u8> {
-    let out = std::process::Command::new(crate::harness::meridian_bin())
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap();
+    succeeded(
+        std::process::Command::new(crate::harness::meridian_bin())
+            .args(args)
+            .current_dir(dir),
+    )
+}
+
+/// Runs `command`; it must succeed. Returns its stdout, byte for byte.
+fn succeeded(command: &mut std::process::Command) -> Vec<u8> {
+    let out = command.output().unwrap();
     assert!(
         out.status.success(),
-        "meridian {args:?}: {}",
+        "{command:?}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
@@ -492,18 +497,8 @@ async fn consume_prints_binary_records_without_mangling_them() {
         .unwrap()
         .await
         .unwrap();
-    let stdout = |format: &str| {
-        let out = broker
-            .cli_command(&["consume", "bin", "--format", format])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out.stdout
-    };
+    let stdout =
+        |format: &str| succeeded(&mut broker.cli_command(&["consume", "bin", "--format", format]));
     assert_eq!(stdout("value"), [value, b"\n"].concat());
     let full = stdout("full");
     assert!(
