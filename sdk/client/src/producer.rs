@@ -399,6 +399,9 @@ struct BatchState {
     memory: Arc<Semaphore>,
     /// Records sent with a callback: index in the batch, timestamp, callback.
     callbacks: Vec<(u32, i64, DeliveryCallback)>,
+    /// The broker's answer to the last attempt, when it was a retriable error: what
+    /// the batch reports if its delivery timeout runs out before a retry succeeds.
+    last_refusal: Option<Error>,
 }
 
 impl std::fmt::Debug for BatchState {
@@ -424,6 +427,20 @@ impl BatchState {
             reserved: 0,
             memory: memory.clone(),
             callbacks: Vec::new(),
+            last_refusal: None,
+        }
+    }
+
+    /// The batch's error when its delivery timeout ran out: the broker's last
+    /// refusal (say `NotEnoughReplicas`, retried all along), else
+    /// [`Error::Timeout`].
+    fn expired(&mut self) -> Error {
+        match self.last_refusal.take() {
+            Some(Error::Broker { code, message }) => Error::Broker {
+                code,
+                message: format!("{message} (retried until the delivery timeout ran out)"),
+            },
+            _ => Error::Timeout,
         }
     }
 
@@ -965,8 +982,8 @@ async fn run_sender(shared: Arc<Shared>) {
             )
         };
         let mut progressed = false;
-        for batch in expired {
-            let error = Error::Timeout;
+        for mut batch in expired {
+            let error = batch.state.expired();
             tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, "batch expired after delivery_timeout");
             settle(&shared, batch, Err(error));
             progressed = true;
@@ -1290,6 +1307,9 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
     };
     if retry {
         if let Err(e) = &result {
+            if matches!(e, Error::Broker { .. }) {
+                batch.state.last_refusal = Some(e.clone());
+            }
             tracing::debug!(
                 topic = %batch.tp.topic,
                 partition = batch.tp.partition,
@@ -1423,6 +1443,25 @@ mod tests {
                 .push(delivered.map(|m| (tag, m.offset)));
             assert!(!panic, "a user's callback panics");
         })
+    }
+
+    #[test]
+    fn an_expired_batch_reports_the_brokers_last_refusal() {
+        let memory = Arc::new(Semaphore::new(100));
+        let mut state = batch_state(&memory, 0);
+        assert!(matches!(state.expired(), Error::Timeout));
+        state.last_refusal = Some(Error::broker(
+            ErrorCode::NotEnoughReplicas,
+            "events/3: 2 in sync, 3 needed",
+        ));
+        let error = state.expired();
+        assert_eq!(error.code(), Some(ErrorCode::NotEnoughReplicas));
+        assert!(
+            error
+                .to_string()
+                .contains("3 needed (retried until the delivery timeout ran out)"),
+            "{error}"
+        );
     }
 
     #[test]
