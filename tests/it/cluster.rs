@@ -1738,3 +1738,193 @@ async fn a_follower_below_the_leaders_log_start_restarts_there_and_rejoins_the_i
     assert_eq!(values.len(), 100, "offsets 150..250");
     assert_eq!(values[0], "r50");
 }
+
+/// Topic changes in a cluster go through the controller and reach every broker:
+/// added partitions are placed, led and replicated; settings reach each replica
+/// (`min.insync.replicas` in the leader's acks=all check, `max.message.bytes` in
+/// its size check) and every broker's describe; a broker down meanwhile catches up
+/// when it returns. Asked of a broker that is not the controller.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn topic_changes_reach_every_broker_and_a_returning_one() {
+    use meridian_client::TopicConfigChanges;
+
+    let mut cluster = TestCluster::start("replica_lag_time_max_ms = 3000\n");
+    let client = cluster.forwarding_client().await;
+    let admin = client.admin();
+    admin.create_topic(rf3("changing", 2)).await.unwrap();
+    send_acked(&client, "changing", (0..5).map(|i| format!("old-{i}"))).await;
+
+    admin.create_partitions("changing", 5).await.unwrap();
+    let views = cluster
+        .agreed_topic("changing", Duration::from_secs(20), |v| {
+            v.len() == 5 && v.iter().all(|p| p.isr.len() == 3)
+        })
+        .await;
+    let leaders: std::collections::BTreeSet<u32> = views.iter().map(|p| p.leader).collect();
+    assert_eq!(
+        leaders.len(),
+        3,
+        "leaders spread over the brokers: {views:?}"
+    );
+    for p in &views[2..] {
+        assert_eq!((p.leader_epoch, p.replicas.len()), (0, 3), "{views:?}");
+    }
+    let producer = client.producer(ProducerConfig {
+        acks: Acks::All,
+        ..ProducerConfig::default()
+    });
+    let delivery = producer
+        .send(ProducerRecord::new("changing", "new-4").partition(4))
+        .await
+        .unwrap();
+    assert_eq!(delivery.await.unwrap().offset, 0);
+    for (count, code) in [
+        (5, ErrorCode::InvalidPartitions),
+        (1, ErrorCode::InvalidPartitions),
+    ] {
+        let e = admin
+            .create_partitions("changing", count)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Some(code), "{count}: {e}");
+    }
+
+    // More in sync than there are replicas: refused, nothing changes.
+    let e = admin
+        .alter_topic_configs(
+            "changing",
+            TopicConfigChanges::new()
+                .set("max.message.bytes", "1024")
+                .set("min.insync.replicas", "4"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidConfig), "{e}");
+    assert!(e.to_string().contains("replication factor 3"), "{e}");
+    admin
+        .alter_topic_configs(
+            "changing",
+            TopicConfigChanges::new()
+                .set("max.message.bytes", "1024")
+                .set("min.insync.replicas", "3"),
+        )
+        .await
+        .unwrap();
+    for id in 1..=3 {
+        let d = cluster
+            .client(id)
+            .await
+            .admin()
+            .describe_topic("changing")
+            .await
+            .unwrap();
+        let value = |key: &str| {
+            d.configs
+                .iter()
+                .find(|c| c.key == key)
+                .unwrap()
+                .value
+                .clone()
+        };
+        assert_eq!(
+            (
+                d.partitions.len(),
+                value("max.message.bytes"),
+                value("min.insync.replicas")
+            ),
+            (5, "1024".to_string(), "3".to_string()),
+            "broker {id}"
+        );
+    }
+    let e = producer
+        .send(ProducerRecord::new("changing", vec![0u8; 4000]).partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::MessageTooLarge), "{e}");
+
+    // A follower of partition 0 stops: once the ISR shrinks to two, acks=all is
+    // refused there, as min.insync.replicas=3 now asks.
+    let leader = views[0].leader;
+    let follower = *views[0].replicas.iter().find(|r| **r != leader).unwrap();
+    cluster.broker(follower).stop();
+    cluster
+        .agreed_topic("changing", Duration::from_secs(20), |v| v[0].isr.len() == 2)
+        .await;
+    let strict = client.producer(ProducerConfig {
+        acks: Acks::All,
+        delivery_timeout: Duration::from_secs(2),
+        ..ProducerConfig::default()
+    });
+    let e = strict
+        .send(ProducerRecord::new("changing", "refused").partition(0))
+        .await
+        .unwrap()
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
+    // New partitions need as many live brokers as the topic has replicas.
+    let e = admin.create_partitions("changing", 6).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidReplicationFactor), "{e}");
+    // Back to the default (1) while the follower is down: acks=all goes through.
+    admin
+        .alter_topic_configs(
+            "changing",
+            TopicConfigChanges::new().reset("min.insync.replicas"),
+        )
+        .await
+        .unwrap();
+    send_acked(&client, "changing", ["accepted".to_string()]).await;
+
+    // The follower returns with the settings it missed; partitions added now
+    // reach it too.
+    cluster.broker(follower).restart();
+    cluster
+        .agreed_topic("changing", Duration::from_secs(30), |v| {
+            v.iter().all(|p| p.isr.len() == 3)
+        })
+        .await;
+    admin.create_partitions("changing", 6).await.unwrap();
+    let views = cluster
+        .agreed_topic("changing", Duration::from_secs(30), |v| {
+            v.len() == 6 && v.iter().all(|p| p.isr.len() == 3)
+        })
+        .await;
+    assert_eq!(views.len(), 6);
+    let d = cluster
+        .client(follower)
+        .await
+        .admin()
+        .describe_topic("changing")
+        .await
+        .unwrap();
+    let min_insync = d
+        .configs
+        .iter()
+        .find(|c| c.key == "min.insync.replicas")
+        .unwrap();
+    assert!(min_insync.is_default, "{min_insync:?}");
+    let local = cluster
+        .brokers_ref(follower)
+        .data_dir
+        .join("topics/changing");
+    assert!(
+        local.join("5").is_dir(),
+        "the returning broker has a log for partition 5"
+    );
+    // Its own copy of the topic has the settings changed while it was down.
+    let file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(local.join("topic.json")).unwrap()).unwrap();
+    assert_eq!(
+        (file["partitions"].as_u64(), &file["configs"]),
+        (Some(6), &serde_json::json!({"max.message.bytes": "1024"})),
+        "{file}"
+    );
+    let values = read_values(&client, "changing").await;
+    assert_eq!(
+        values.last().map(String::as_str),
+        Some("accepted"),
+        "{values:?}"
+    );
+}

@@ -18,3 +18,4 @@ mod region;
 mod replication;
 mod routing;
 mod tls;
+mod topic_changes;

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_client::{
     Acks, Assignor, AutoOffsetReset, Compression, ConsumerConfig, ConsumerRecord, GroupConfig,
-    NewTopic, Offset, ProducerConfig, ProducerRecord,
+    NewTopic, Offset, ProducerConfig, ProducerRecord, TopicConfigChanges,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -44,6 +44,23 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Change a topic's settings or add partitions to it.
+    #[command(arg_required_else_help = true)]
+    Alter {
+        name: String,
+        /// Raise the partition count to this (partitions cannot be removed; keyed
+        /// records may map to other partitions from then on).
+        #[arg(long, short)]
+        partitions: Option<u32>,
+        /// Set a topic setting, repeatable: `--config retention.ms=3600000`.
+        #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
+        configs: Vec<String>,
+        /// Revert a setting to the broker default, repeatable.
+        #[arg(long = "delete-config", value_name = "KEY")]
+        delete_configs: Vec<String>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Delete a topic and its data.
     Delete {
         name: String,
@@ -69,6 +86,14 @@ pub enum TopicCommand {
     Detach(crate::plugin_cmds::DetachArgs),
 }
 
+/// `KEY=VALUE`, trimmed.
+fn key_value(entry: &str) -> anyhow::Result<(&str, &str)> {
+    let (k, v) = entry
+        .split_once('=')
+        .with_context(|| format!("--config `{entry}` is not KEY=VALUE"))?;
+    Ok((k.trim(), v.trim()))
+}
+
 pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
     match cmd {
         TopicCommand::Attach(args) => crate::plugin_cmds::attach(args).await?,
@@ -82,11 +107,9 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
         } => {
             let mut topic = NewTopic::new(name.clone(), partitions);
             topic.replication_factor = replication_factor;
-            for entry in configs {
-                let (k, v) = entry
-                    .split_once('=')
-                    .with_context(|| format!("--config `{entry}` is not KEY=VALUE"))?;
-                topic = topic.config(k.trim(), v.trim());
+            for entry in &configs {
+                let (k, v) = key_value(entry)?;
+                topic = topic.config(k, v);
             }
             connect.connect().await?.admin().create_topic(topic).await?;
             println!("created topic {name} with {partitions} partition(s)");
@@ -139,6 +162,40 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                     "{:>9} {:>14} {:>14} {:>12} {:>8}  {status}",
                     p.partition, p.log_start_offset, p.high_watermark, p.size_bytes, p.segments
                 );
+            }
+        }
+        TopicCommand::Alter {
+            name,
+            partitions,
+            configs,
+            delete_configs,
+            connect,
+        } => {
+            if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
+                anyhow::bail!("nothing to change: give --partitions, --config or --delete-config");
+            }
+            let admin = connect.connect().await?.admin();
+            if !configs.is_empty() || !delete_configs.is_empty() {
+                let mut changes = TopicConfigChanges::new();
+                for entry in &configs {
+                    let (k, v) = key_value(entry)?;
+                    changes = changes.set(k, v);
+                }
+                for key in &delete_configs {
+                    changes = changes.reset(key.trim());
+                }
+                admin.alter_topic_configs(&name, changes).await?;
+                for entry in &configs {
+                    let (k, v) = key_value(entry)?;
+                    println!("set {k}={v} on topic {name}");
+                }
+                for key in &delete_configs {
+                    println!("reverted {} to the default on topic {name}", key.trim());
+                }
+            }
+            if let Some(count) = partitions {
+                admin.create_partitions(&name, count).await?;
+                println!("topic {name} now has {count} partitions");
             }
         }
         TopicCommand::Delete { name, connect } => {

@@ -200,6 +200,12 @@ impl Replica {
         self.log_end
     }
 
+    /// The topic's `min.insync.replicas` changed: acks=all appends from now on need
+    /// this many in-sync replicas.
+    pub fn set_min_insync_replicas(&mut self, n: usize) {
+        self.config.min_insync_replicas = n;
+    }
+
     pub fn high_watermark(&self) -> i64 {
         self.high_watermark
     }
@@ -783,6 +789,37 @@ impl<P: Ord + Clone> Controller<P> {
         (events, changed)
     }
 
+    /// The topic's `unclean.leader.election.enable` changed for `partition`. Turned
+    /// on while the partition is offline (no live replica in its ISR), a live replica
+    /// from outside the ISR leads at once, as when Kafka's setting is turned on
+    /// dynamically; it is then listed by [`Controller::take_unclean_elections`].
+    /// Returns whether the partition's state changed.
+    pub fn set_unclean_leader_election(&mut self, partition: &P, allowed: bool) -> bool {
+        let fenced = self.fenced();
+        let Some(p) = self.partitions.get_mut(partition) else {
+            return false;
+        };
+        p.unclean_leader_election = allowed;
+        if !allowed || p.state.leader.is_some() {
+            return false;
+        }
+        let Some(leader) = p
+            .state
+            .replicas
+            .iter()
+            .copied()
+            .find(|r| self.brokers.contains_key(r) && !fenced.contains(r))
+        else {
+            return false;
+        };
+        p.state.leader = Some(leader);
+        p.state.isr = [leader].into_iter().collect();
+        p.state.leader_epoch += 1;
+        p.state.partition_epoch += 1;
+        self.unclean_elections.push(partition.clone());
+        true
+    }
+
     /// Partitions that got a leader from outside their ISR since the last call: the
     /// driver logs each as possible data loss.
     pub fn take_unclean_elections(&mut self) -> Vec<P> {
@@ -1121,6 +1158,32 @@ mod tests {
                 isr: isr.iter().copied().collect(),
             },
         )
+    }
+
+    #[test]
+    fn allowing_unclean_election_brings_an_offline_partition_back_at_once() {
+        let mut c = controller_with(&[1, 2], vec![1, 2]);
+        // Broker 1 stops: 2 leads alone. Then 2 stops: offline, its ISR kept.
+        c.heartbeat(2, 1, 15_000);
+        c.tick(20_000);
+        c.tick(40_000);
+        let s = c.partition(&0).unwrap().clone();
+        assert_eq!((s.leader, s.isr.clone()), (None, [2].into_iter().collect()));
+        // Broker 1 returns, out of sync: the partition stays offline.
+        assert!(c.heartbeat(1, 1, 40_001).is_empty());
+        assert_eq!(c.partition(&0).unwrap().leader, None);
+        // Disallowing changes nothing; allowing elects broker 1 from outside the ISR.
+        assert!(!c.set_unclean_leader_election(&0, false));
+        assert!(c.set_unclean_leader_election(&0, true));
+        let after = c.partition(&0).unwrap();
+        assert_eq!(
+            (after.leader, after.isr.clone(), after.leader_epoch),
+            (Some(1), [1].into_iter().collect(), s.leader_epoch + 1)
+        );
+        assert_eq!(c.take_unclean_elections(), vec![0]);
+        // A partition with a leader keeps it.
+        assert!(!c.set_unclean_leader_election(&0, true));
+        assert!(c.partition_record(&0).unwrap().unclean_leader_election);
     }
 
     #[test]

@@ -107,6 +107,19 @@ pub enum MetadataRecord {
         partition: u32,
         state: PartitionState,
     },
+    /// A topic's explicit settings, all of them (not a difference): a setting
+    /// missing here takes the broker default.
+    TopicConfigsChanged {
+        name: String,
+        configs: BTreeMap<String, String>,
+    },
+    /// Partitions added to a topic: `partitions` are numbered from `first`, which is
+    /// the topic's partition count before them.
+    PartitionsCreated {
+        name: String,
+        first: u32,
+        partitions: Vec<PartitionState>,
+    },
 }
 
 /// Brokers, topics, partition assignments, leaders, ISRs and epochs.
@@ -170,6 +183,24 @@ impl MetadataImage {
                     .and_then(|t| t.partitions.get_mut(*partition as usize))
                 {
                     *slot = state.clone();
+                }
+            }
+            MetadataRecord::TopicConfigsChanged { name, configs } => {
+                if let Some(topic) = self.topics.get_mut(name) {
+                    topic.configs = configs.clone();
+                }
+            }
+            MetadataRecord::PartitionsCreated {
+                name,
+                first,
+                partitions,
+            } => {
+                if let Some(topic) = self
+                    .topics
+                    .get_mut(name)
+                    .filter(|t| t.partitions.len() == *first as usize)
+                {
+                    topic.partitions.extend(partitions.iter().cloned());
                 }
             }
         }
@@ -245,7 +276,24 @@ mod tests {
             MetadataRecord::PartitionChanged {
                 topic: "gone".into(),
                 partition: 0,
-                state,
+                state: state.clone(),
+            },
+            MetadataRecord::TopicConfigsChanged {
+                name: "t".into(),
+                configs: [("retention.ms".to_string(), "1000".to_string())]
+                    .into_iter()
+                    .collect(),
+            },
+            MetadataRecord::PartitionsCreated {
+                name: "t".into(),
+                first: 1,
+                partitions: vec![state.clone(), state.clone()],
+            },
+            // Numbered from a count the topic does not have: ignored.
+            MetadataRecord::PartitionsCreated {
+                name: "t".into(),
+                first: 1,
+                partitions: vec![state],
             },
         ];
         let mut image = MetadataImage::default();
@@ -268,7 +316,10 @@ mod tests {
             (p.leader, p.leader_epoch, p.isr.clone()),
             (Some(2), 1, vec![2])
         );
-        assert!(image.topics["t"].unclean_leader_election());
+        // The configs were replaced as a whole.
+        assert!(!image.topics["t"].unclean_leader_election());
+        assert_eq!(image.topics["t"].configs["retention.ms"], "1000");
+        assert_eq!(image.topics["t"].partitions.len(), 3);
         let json = serde_json::to_vec(&image).unwrap();
         assert_eq!(
             serde_json::from_slice::<MetadataImage>(&json).unwrap(),

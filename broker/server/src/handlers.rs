@@ -78,6 +78,14 @@ impl Shared {
                 Some(cluster) => cluster_delete_topics(cluster, r).await,
                 None => self.delete_topics(r),
             }),
+            Request::AlterTopicConfigs(r) => Response::AlterTopicConfigs(match &self.cluster {
+                Some(cluster) => cluster_alter_topic_configs(cluster, r).await,
+                None => self.alter_topic_configs(r),
+            }),
+            Request::CreatePartitions(r) => Response::CreatePartitions(match &self.cluster {
+                Some(cluster) => cluster_create_partitions(cluster, r).await,
+                None => self.create_partitions(r),
+            }),
             Request::DescribeTopics(r) => Response::DescribeTopics(match &self.cluster {
                 Some(cluster) => self.cluster_describe_topics(cluster, r),
                 None => self.describe_topics(r),
@@ -682,6 +690,35 @@ impl Shared {
         CreateTopicsResponse { results }
     }
 
+    fn alter_topic_configs(&self, request: AlterTopicConfigsRequest) -> AlterTopicConfigsResponse {
+        let results = request.topics.into_iter().map(|t| {
+            let outcome = refuse_internal(&t.name, "altered").and_then(|()| {
+                let changes = t.changes.into_iter().map(|c| (c.key, c.value)).collect();
+                self.registry.alter_configs(&t.name, changes).map(drop)
+            });
+            topic_result(t.name, outcome)
+        });
+        AlterTopicConfigsResponse {
+            results: results.collect(),
+        }
+    }
+
+    fn create_partitions(&self, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
+        let results = request.topics.into_iter().map(|t| {
+            let outcome = refuse_internal(&t.name, "altered").and_then(|()| {
+                let topic = self.registry.add_partitions(&t.name, t.count)?;
+                // Groups subscribed to the topic rebalance over the new partitions.
+                self.groups
+                    .topic_changed(&topic.name, Some(topic.partitions.len() as u32));
+                Ok(())
+            });
+            topic_result(t.name, outcome)
+        });
+        CreatePartitionsResponse {
+            results: results.collect(),
+        }
+    }
+
     fn delete_topics(&self, request: DeleteTopicsRequest) -> DeleteTopicsResponse {
         let results = request.names.into_iter().map(|name| {
             let outcome = refuse_internal(&name, "deleted").and_then(|()| {
@@ -1251,6 +1288,75 @@ async fn cluster_create_topics(
     };
     response.results.extend(refused);
     response
+}
+
+/// Refuses, per topic, what `refuse_internal` refuses; answers the rest with `ask`
+/// (the controller), or `NotController` for every topic when it cannot be reached.
+async fn through_controller<T, E: std::fmt::Display>(
+    topics: Vec<T>,
+    name_of: impl Fn(&T) -> &str,
+    action: &str,
+    ask: impl AsyncFnOnce(Vec<T>) -> Result<Vec<TopicResult>, E>,
+) -> Vec<TopicResult> {
+    let mut results = Vec::new();
+    let mut asked = Vec::new();
+    for t in topics {
+        match refuse_internal(name_of(&t), action) {
+            Ok(()) => asked.push(t),
+            Err(f) => results.push(topic_result(name_of(&t).to_string(), Err(f))),
+        }
+    }
+    if asked.is_empty() {
+        return results;
+    }
+    let names: Vec<String> = asked.iter().map(|t| name_of(t).to_string()).collect();
+    match ask(asked).await {
+        Ok(answers) => results.extend(answers),
+        Err(e) => results.extend(names.into_iter().map(|name| TopicResult {
+            name,
+            error: ErrorCode::NotController,
+            message: e.to_string(),
+        })),
+    }
+    results
+}
+
+/// Changes topic settings through the controller, answering once committed.
+async fn cluster_alter_topic_configs(
+    cluster: &Cluster,
+    request: AlterTopicConfigsRequest,
+) -> AlterTopicConfigsResponse {
+    let results = through_controller(
+        request.topics,
+        |t| &t.name,
+        "altered",
+        async |topics| {
+            let request = AlterTopicConfigsRequest { topics };
+            let response = cluster.controller.alter_topic_configs(request).await?;
+            Ok::<_, crate::cluster::ControllerError>(response.results)
+        },
+    )
+    .await;
+    AlterTopicConfigsResponse { results }
+}
+
+/// Adds partitions through the controller, answering once committed.
+async fn cluster_create_partitions(
+    cluster: &Cluster,
+    request: CreatePartitionsRequest,
+) -> CreatePartitionsResponse {
+    let results = through_controller(
+        request.topics,
+        |t| &t.name,
+        "altered",
+        async |topics| {
+            let request = CreatePartitionsRequest { topics };
+            let response = cluster.controller.create_partitions(request).await?;
+            Ok::<_, crate::cluster::ControllerError>(response.results)
+        },
+    )
+    .await;
+    CreatePartitionsResponse { results }
 }
 
 /// Reassigns partitions through the controller (forwarded to it when another broker

@@ -250,6 +250,19 @@ impl ReplicaManager {
         *self.shared.replication.sink.write() = Some(sink);
     }
 
+    /// The topic's settings changed: its replicas take its `min.insync.replicas`
+    /// (the logs took theirs from the registry).
+    pub(crate) fn topic_settings_changed(&self, topic: &Topic) {
+        for partition in &topic.partitions {
+            if let Some(entry) = partition.replication.lock().as_mut() {
+                entry.min_insync_replicas = topic.min_insync_replicas;
+                entry
+                    .replica
+                    .set_min_insync_replicas(topic.min_insync_replicas);
+            }
+        }
+    }
+
     /// Creates this broker's replica of a topic (its partition logs) as placed by the
     /// control plane. Idempotent: an existing topic is returned as it is.
     pub fn create_topic(

@@ -8,12 +8,13 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use meridian_core::replication::LeaderAndIsr;
-use meridian_metadata::{AppliedImage, MetadataImage, PartitionState};
+use meridian_metadata::{AppliedImage, MetadataImage, PartitionState, TopicImage};
 use tokio::sync::watch;
 
 use crate::cluster::ControllerClient;
 use crate::replica_manager::{AlterIsrSink, IsrChange, ReplicaManager};
 use crate::topic_config::TopicOverrides;
+use crate::topics::Topic;
 use crate::Shared;
 use meridian_wire::messages::AlterPartitionRequest;
 use std::net::SocketAddr;
@@ -135,6 +136,10 @@ pub(crate) fn publish(
                 drop_local_topic(shared, &topic.name);
             }
         }
+        // Settings changed and partitions added since the local copy was made.
+        if let Some(local) = shared.registry.get(&topic.name) {
+            follow_topic_changes(shared, &local, topic);
+        }
         // Changes are relative to the same incarnation in the previous image.
         let same_incarnation = previous
             .topics
@@ -230,6 +235,29 @@ pub(crate) fn publish(
             tracing::info!(topic = %local.name, incarnation = local.created_at, "deleting the local copy of a topic deleted while this broker was away");
             shared.groups.topic_changed(&local.name, None);
             drop_local_topic(shared, &local.name);
+        }
+    }
+}
+
+/// Gives the local copy of a topic the image's settings and partition count.
+fn follow_topic_changes(shared: &Arc<Shared>, local: &Topic, topic: &TopicImage) {
+    if local.overrides.0 != topic.configs {
+        match shared
+            .registry
+            .set_overrides(&topic.name, TopicOverrides(topic.configs.clone()))
+        {
+            Ok(changed) => ReplicaManager::new(shared.clone()).topic_settings_changed(&changed),
+            Err(f) => {
+                tracing::error!(topic = %topic.name, error = %f.message, "could not change the local copy's settings")
+            }
+        }
+    }
+    if topic.partitions.len() > local.partitions.len() {
+        if let Err(f) = shared
+            .registry
+            .ensure_partitions(&topic.name, topic.partitions.len() as u32)
+        {
+            tracing::error!(topic = %topic.name, error = %f.message, "could not add the new partitions here");
         }
     }
 }

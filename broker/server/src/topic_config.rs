@@ -148,6 +148,34 @@ impl TopicOverrides {
         Ok(TopicOverrides(map))
     }
 
+    /// These settings with `changes` applied in order: `Some(value)` sets a key,
+    /// `None` removes the topic's own value (the broker default applies again). Every
+    /// key and value is checked; one bad change refuses them all.
+    pub fn with_changes(
+        &self,
+        changes: impl IntoIterator<Item = (String, Option<String>)>,
+    ) -> Result<TopicOverrides, String> {
+        let mut map = self.0.clone();
+        for (key, value) in changes {
+            match value {
+                Some(value) => {
+                    check_value(&key, &value)?;
+                    map.insert(key, value);
+                }
+                None if TOPIC_CONFIG_KEYS.contains(&key.as_str()) => {
+                    map.remove(&key);
+                }
+                None => {
+                    return Err(format!(
+                        "unknown topic config `{key}`; known: {}",
+                        TOPIC_CONFIG_KEYS.join(", ")
+                    ))
+                }
+            }
+        }
+        Ok(TopicOverrides(map))
+    }
+
     /// Every setting with its effective value and whether it is the broker default.
     pub fn describe(&self, defaults: &TopicDefaults) -> Vec<(String, String, bool)> {
         TOPIC_CONFIG_KEYS
@@ -242,6 +270,45 @@ mod tests {
                     "{key}={value}: {got:?}"
                 ),
             }
+        }
+    }
+
+    #[test]
+    fn changes_set_and_revert_settings_or_refuse_them_all() {
+        let before = TopicOverrides::parse([
+            ("retention.ms".to_string(), "1000".to_string()),
+            ("segment.bytes".to_string(), "2048".to_string()),
+        ])
+        .unwrap();
+        let set = |k: &str, v: &str| (k.to_string(), Some(v.to_string()));
+        let revert = |k: &str| (k.to_string(), None);
+        let after = before
+            .with_changes([set("retention.ms", "5000"), revert("segment.bytes")])
+            .unwrap();
+        assert_eq!(
+            after.0.get("retention.ms").map(String::as_str),
+            Some("5000")
+        );
+        assert!(!after.0.contains_key("segment.bytes"));
+        // Reverting a setting the topic never had is fine; the last change wins.
+        let after = before
+            .with_changes([
+                revert("max.message.bytes"),
+                set("retention.ms", "1"),
+                set("retention.ms", "2"),
+            ])
+            .unwrap();
+        assert_eq!(after.0.get("retention.ms").map(String::as_str), Some("2"));
+        for bad in [
+            vec![set("retention.ms", "7"), set("segment.bytes", "10")],
+            vec![set("retention.hours", "1")],
+            vec![revert("retention.hours")],
+        ] {
+            let e = before.with_changes(bad.clone()).unwrap_err();
+            assert!(
+                e.contains("at least 1024") || e.contains("unknown topic config"),
+                "{bad:?}: {e}"
+            );
         }
     }
 

@@ -333,6 +333,147 @@ impl Registry {
         Ok(())
     }
 
+    /// Changes a topic's settings (single broker): `Some(value)` sets a key, `None`
+    /// reverts it to the broker default. Checked as a whole; nothing changes on a
+    /// refusal.
+    pub fn alter_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let topic = self.existing(name)?;
+        let overrides = topic
+            .overrides
+            .with_changes(changes)
+            .map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
+        self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
+    }
+
+    /// Gives a topic the settings the cluster's controller decided (already checked
+    /// there).
+    pub fn set_overrides(
+        &self,
+        name: &str,
+        overrides: TopicOverrides,
+    ) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let topic = self.existing(name)?;
+        if topic.overrides == overrides {
+            return Ok(topic);
+        }
+        self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
+    }
+
+    /// Raises a topic's partition count to `count` (single broker): a count at or
+    /// below the current one, or above `max_partitions_per_topic`, is refused.
+    pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let topic = self.existing(name)?;
+        let current = topic.partitions.len() as u32;
+        if count <= current {
+            return Err(Failure::new(
+                ErrorCode::InvalidPartitions,
+                format!("topic `{name}` has {current} partitions; the new count must be higher, got {count} (partitions cannot be removed)"),
+            ));
+        }
+        if count > self.max_partitions_per_topic {
+            return Err(Failure::new(
+                ErrorCode::InvalidPartitions,
+                format!(
+                    "partitions must be at most {} (max_partitions_per_topic), got {count}",
+                    self.max_partitions_per_topic
+                ),
+            ));
+        }
+        self.replace_locked(&topic, topic.overrides.clone(), count)
+    }
+
+    /// Gives a topic the partition count the cluster's controller decided; a count
+    /// at or below the local one changes nothing.
+    pub fn ensure_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>, Failure> {
+        let _admin = self.admin.lock();
+        let topic = self.existing(name)?;
+        if count <= topic.partitions.len() as u32 {
+            return Ok(topic);
+        }
+        self.replace_locked(&topic, topic.overrides.clone(), count)
+    }
+
+    fn existing(&self, name: &str) -> Result<Arc<Topic>, Failure> {
+        self.get(name).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownTopic,
+                format!("topic `{name}` does not exist"),
+            )
+        })
+    }
+
+    /// Replaces `topic` with one of these settings and `partitions` partitions (at
+    /// least as many as it has: new ones get empty logs). The caller holds `admin`.
+    ///
+    /// New partitions' directories come first and `topic.json` last, replaced by a
+    /// rename: a crash in between leaves the old topic, plus directories that no
+    /// `topic.json` counts (removed when the partitions are added again). The
+    /// partitions already there are shared with the old `Topic`, so requests holding
+    /// it keep working, and their logs take the new settings in place.
+    fn replace_locked(
+        &self,
+        topic: &Arc<Topic>,
+        overrides: TopicOverrides,
+        partitions: u32,
+    ) -> Result<Arc<Topic>, Failure> {
+        let name = &topic.name;
+        let storage = |e: std::io::Error| {
+            Failure::new(
+                ErrorCode::StorageError,
+                format!("changing topic `{name}`: {e}"),
+            )
+        };
+        let log_config = overrides.log_config(&self.defaults);
+        let mut all = topic.partitions.clone();
+        let now = now_ms();
+        for index in topic.partitions.len() as u32..partitions {
+            let dir = topic.dir.join(index.to_string());
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(storage)?;
+            }
+            std::fs::create_dir(&dir).map_err(storage)?;
+            all.push(open_partition(&topic.dir, name, index, &log_config, now));
+        }
+        let file = TopicFile {
+            partitions,
+            replication_factor: topic.replication_factor,
+            configs: overrides.clone(),
+            created_at: topic.created_at,
+        };
+        write_topic_file(&topic.dir, &file).map_err(storage)?;
+        if log_config != topic.log_config {
+            for partition in &topic.partitions {
+                if let Ok(mut log) = partition.log() {
+                    log.set_config(log_config.clone());
+                }
+            }
+        }
+        let replaced = Arc::new(Topic {
+            name: name.clone(),
+            min_insync_replicas: overrides.min_insync_replicas(&self.defaults),
+            overrides,
+            log_config,
+            replication_factor: topic.replication_factor,
+            partitions: all,
+            created_at: topic.created_at,
+            dir: topic.dir.clone(),
+        });
+        self.topics.write().insert(name.clone(), replaced.clone());
+        if partitions as usize > topic.partitions.len() {
+            tracing::info!(topic = %name, from = topic.partitions.len(), to = partitions, "added partitions");
+        } else {
+            tracing::info!(topic = %name, configs = ?replaced.overrides.0, "changed topic settings");
+        }
+        Ok(replaced)
+    }
+
     /// Flushes and marks every log cleanly closed.
     pub fn close(&self) {
         let topics: Vec<Arc<Topic>> = self.topics.write().drain().map(|(_, t)| t).collect();
@@ -353,26 +494,9 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
     let file: TopicFile = serde_json::from_slice(&json)?;
     let log_config = file.configs.log_config(defaults);
     let now = now_ms();
-    let mut partitions = Vec::with_capacity(file.partitions as usize);
-    for index in 0..file.partitions {
-        let log = match PartitionLog::open(&dir.join(index.to_string()), log_config.clone(), now) {
-            Ok(log) => Ok(Mutex::new(log)),
-            Err(e) => {
-                tracing::error!(topic = name, partition = index, error = %e, "PARTITION OFFLINE: its log could not be opened");
-                Err(Failure::new(
-                    ErrorCode::CorruptLog,
-                    format!("partition {name}/{index} is offline: {e}"),
-                ))
-            }
-        };
-        partitions.push(Arc::new(Partition {
-            index,
-            log,
-            appended: tokio::sync::Notify::new(),
-            replication: Mutex::new(None),
-            dirty: AtomicBool::new(false),
-        }));
-    }
+    let partitions = (0..file.partitions)
+        .map(|index| open_partition(dir, name, index, &log_config, now))
+        .collect();
     Ok(Topic {
         min_insync_replicas: file.configs.min_insync_replicas(defaults),
         name: name.to_owned(),
@@ -385,6 +509,48 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
     })
 }
 
+/// Opens partition `index` of the topic in `dir`; a log that cannot be opened leaves
+/// the partition offline (reported loudly), the rest of the topic serves.
+fn open_partition(
+    dir: &Path,
+    name: &str,
+    index: u32,
+    log_config: &meridian_log::LogConfig,
+    now: i64,
+) -> Arc<Partition> {
+    let log = match PartitionLog::open(&dir.join(index.to_string()), log_config.clone(), now) {
+        Ok(log) => Ok(Mutex::new(log)),
+        Err(e) => {
+            tracing::error!(topic = name, partition = index, error = %e, "PARTITION OFFLINE: its log could not be opened");
+            Err(Failure::new(
+                ErrorCode::CorruptLog,
+                format!("partition {name}/{index} is offline: {e}"),
+            ))
+        }
+    };
+    Arc::new(Partition {
+        index,
+        log,
+        appended: tokio::sync::Notify::new(),
+        replication: Mutex::new(None),
+        dirty: AtomicBool::new(false),
+    })
+}
+
+/// Replaces `topic.json` in `dir` by writing a new file, syncing it and renaming it
+/// over the old one, so a crash leaves one or the other whole.
+fn write_topic_file(dir: &Path, file: &TopicFile) -> std::io::Result<()> {
+    let json = serde_json::to_vec_pretty(file).expect("topic file serializes");
+    let staging = dir.join("topic.json.new");
+    {
+        let mut f = std::fs::File::create(&staging)?;
+        std::io::Write::write_all(&mut f, &json)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&staging, dir.join("topic.json"))?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
 impl Partition {
     pub fn mark_dirty(&self) {
         self.dirty.store(true, Ordering::Release);
@@ -392,5 +558,72 @@ impl Partition {
 
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn registry(dir: &Path) -> Registry {
+        Registry::open(dir, TopicDefaults::default(), 16).unwrap()
+    }
+
+    /// A crash after a new partition's directory was made but before `topic.json`
+    /// counted it leaves a directory no topic file counts: the topic loads without
+    /// it, and adding the partition again starts it empty.
+    #[test]
+    fn a_partition_directory_left_by_a_crash_is_not_served_and_is_replaced() {
+        let temp = tempfile::tempdir().unwrap();
+        let topics = registry(temp.path());
+        topics.create("t", 1, 1, Vec::new()).unwrap();
+        topics.close();
+        let stray = temp.path().join("topics/t/1");
+        std::fs::create_dir(&stray).unwrap();
+        std::fs::write(stray.join("00000000000000000000.log"), b"not a log").unwrap();
+
+        let topics = registry(temp.path());
+        assert_eq!(topics.get("t").unwrap().partitions.len(), 1);
+        let grown = topics.add_partitions("t", 2).unwrap();
+        let log = grown.partitions[1].log().unwrap();
+        assert_eq!((log.log_start_offset(), log.log_end_offset()), (0, 0));
+        assert!(!std::fs::read(stray.join("00000000000000000000.log"))
+            .unwrap_or_default()
+            .starts_with(b"not a log"));
+        drop(log);
+        topics.close();
+        assert_eq!(registry(temp.path()).get("t").unwrap().partitions.len(), 2);
+    }
+
+    /// Settings changed on a topic reach its open logs and its file; a refused
+    /// change leaves both as they were.
+    #[test]
+    fn changed_settings_reach_the_logs_and_the_file() {
+        let temp = tempfile::tempdir().unwrap();
+        let topics = registry(temp.path());
+        let before = topics.create("t", 2, 1, Vec::new()).unwrap();
+        let changed = topics
+            .alter_configs("t", vec![("retention.bytes".into(), Some("4096".into()))])
+            .unwrap();
+        for partition in &before.partitions {
+            assert_eq!(
+                partition.log().unwrap().config().retention_bytes,
+                Some(4096)
+            );
+        }
+        assert!(Arc::ptr_eq(&before.partitions[0], &changed.partitions[0]));
+        let refused = topics.alter_configs("t", vec![("retention.bytes".into(), Some("x".into()))]);
+        assert_eq!(
+            refused.err().map(|f| f.code),
+            Some(ErrorCode::InvalidConfig)
+        );
+        assert_eq!(
+            topics.get("t").unwrap().overrides.0.get("retention.bytes"),
+            Some(&"4096".to_string())
+        );
+        topics.close();
+        let reopened = registry(temp.path()).get("t").unwrap();
+        assert_eq!(reopened.log_config.retention_bytes, Some(4096));
+        assert!(!temp.path().join("topics/t/topic.json.new").exists());
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`batch`]: Kafka RecordBatch v2, the one record format used end to end.
 //! - [`frame`]: length-prefixed request/response frames and their limits.
-//! - [`messages`]: the typed requests and responses ([`group`]: consumer groups).
+//! - [`messages`]: the typed requests and responses ([`group`]: consumer groups;
+//!   [`topic_changes`]: settings and partitions of existing topics; [`reassign`]).
 //! - [`error`]: error codes carried in responses.
 //! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
 //! - [`buffers`]: a pool of large buffers, used again once nothing holds them.
@@ -21,6 +22,7 @@ pub mod idempotence;
 pub mod messages;
 pub mod plugin_messages;
 pub mod reassign;
+pub mod topic_changes;
 
 pub use error::ErrorCode;
 

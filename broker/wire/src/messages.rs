@@ -11,6 +11,7 @@ pub use crate::group::*;
 pub use crate::idempotence::*;
 use crate::plugin_messages::{self as pm, *};
 pub use crate::reassign::*;
+pub use crate::topic_changes::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -36,6 +37,10 @@ pub enum ApiKey {
     InitProducerId = 18,
     /// Delete records below an offset (log start moves up).
     DeleteRecords = 20,
+    /// Change topics' settings (topic_changes.rs).
+    AlterTopicConfigs = 21,
+    /// Add partitions to topics (topic_changes.rs).
+    CreatePartitions = 22,
     // 24..=29: WebAssembly plugins (plugin_messages.rs).
     PluginDeploy = 24,
     PluginList = 25,
@@ -56,7 +61,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 32] = [
+    pub const ALL: [ApiKey; 34] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -77,6 +82,8 @@ impl ApiKey {
         ApiKey::DeleteGroups,
         ApiKey::InitProducerId,
         ApiKey::DeleteRecords,
+        ApiKey::AlterTopicConfigs,
+        ApiKey::CreatePartitions,
         ApiKey::PluginDeploy,
         ApiKey::PluginList,
         ApiKey::PluginDescribe,
@@ -142,6 +149,8 @@ pub enum Request {
     DeleteGroups(DeleteGroupsRequest),
     InitProducerId(InitProducerIdRequest),
     DeleteRecords(DeleteRecordsRequest),
+    AlterTopicConfigs(AlterTopicConfigsRequest),
+    CreatePartitions(CreatePartitionsRequest),
     PluginDeploy(PluginDeployRequest),
     PluginList,
     PluginDescribe(PluginNameRequest),
@@ -178,6 +187,8 @@ pub enum Response {
     DeleteGroups(DeleteGroupsResponse),
     InitProducerId(InitProducerIdResponse),
     DeleteRecords(DeleteRecordsResponse),
+    AlterTopicConfigs(AlterTopicConfigsResponse),
+    CreatePartitions(CreatePartitionsResponse),
     PluginDeploy(PluginInfoResponse),
     PluginList(PluginListResponse),
     PluginDescribe(PluginInfoResponse),
@@ -561,13 +572,13 @@ fn error_code(r: &mut Reader) -> Result<ErrorCode, DecodeError> {
     Ok(ErrorCode::from_u16(r.u16()?))
 }
 
-fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
+pub(crate) fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
     w.string(&t.name);
     w.u16(t.error as u16);
     w.string(&t.message);
 }
 
-fn get_topic_result(r: &mut Reader) -> Result<TopicResult, DecodeError> {
+pub(crate) fn get_topic_result(r: &mut Reader) -> Result<TopicResult, DecodeError> {
     Ok(TopicResult {
         name: r.string()?,
         error: error_code(r)?,
@@ -614,6 +625,8 @@ impl Request {
             Request::DeleteGroups(_) => ApiKey::DeleteGroups,
             Request::InitProducerId(_) => ApiKey::InitProducerId,
             Request::DeleteRecords(_) => ApiKey::DeleteRecords,
+            Request::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
+            Request::CreatePartitions(_) => ApiKey::CreatePartitions,
             Request::PluginDeploy(_) => ApiKey::PluginDeploy,
             Request::PluginList => ApiKey::PluginList,
             Request::PluginDescribe(_) => ApiKey::PluginDescribe,
@@ -711,6 +724,8 @@ impl Request {
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
             Request::AlterPartitionReassignments(m) => m.encode(w),
+            Request::AlterTopicConfigs(m) => m.encode(w),
+            Request::CreatePartitions(m) => m.encode(w),
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w),
@@ -834,6 +849,12 @@ impl Request {
             ApiKey::ListPartitionReassignments => {
                 Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
             }
+            ApiKey::AlterTopicConfigs => {
+                Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r)?)
+            }
+            ApiKey::CreatePartitions => {
+                Request::CreatePartitions(CreatePartitionsRequest::decode(r)?)
+            }
             ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
             ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
             ApiKey::AlterPartition => Request::AlterPartition(AlterPartitionRequest::decode(r)?),
@@ -867,6 +888,8 @@ impl Response {
             Response::DeleteGroups(_) => ApiKey::DeleteGroups,
             Response::InitProducerId(_) => ApiKey::InitProducerId,
             Response::DeleteRecords(_) => ApiKey::DeleteRecords,
+            Response::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
+            Response::CreatePartitions(_) => ApiKey::CreatePartitions,
             Response::PluginDeploy(_) => ApiKey::PluginDeploy,
             Response::PluginList(_) => ApiKey::PluginList,
             Response::PluginDescribe(_) => ApiKey::PluginDescribe,
@@ -991,6 +1014,8 @@ impl Response {
             Response::DeleteGroups(m) => m.encode(w),
             Response::InitProducerId(m) => m.encode(w),
             Response::AlterPartitionReassignments(m) => m.encode(w),
+            Response::AlterTopicConfigs(m) => m.encode(w),
+            Response::CreatePartitions(m) => m.encode(w),
             Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
@@ -1182,6 +1207,12 @@ impl Response {
             ),
             ApiKey::ListPartitionReassignments => {
                 Response::ListPartitionReassignments(ListPartitionReassignmentsResponse::decode(r)?)
+            }
+            ApiKey::AlterTopicConfigs => {
+                Response::AlterTopicConfigs(AlterTopicConfigsResponse::decode(r)?)
+            }
+            ApiKey::CreatePartitions => {
+                Response::CreatePartitions(CreatePartitionsResponse::decode(r)?)
             }
             ApiKey::Raft => Response::Raft(RaftResponse::decode(r)?),
             ApiKey::BrokerHeartbeat => {
@@ -1680,6 +1711,41 @@ mod tests {
         check_request(Request::ListPartitionReassignments(
             ListPartitionReassignmentsRequest { topics: None },
         ));
+        check_request(Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+            topics: vec![TopicConfigChanges {
+                name: "t".into(),
+                changes: vec![
+                    ConfigChange {
+                        key: "retention.ms".into(),
+                        value: Some("60000".into()),
+                    },
+                    ConfigChange {
+                        key: "segment.bytes".into(),
+                        value: None,
+                    },
+                ],
+            }],
+        }));
+        check_response(Response::AlterTopicConfigs(AlterTopicConfigsResponse {
+            results: vec![TopicResult {
+                name: "t".into(),
+                error: ErrorCode::InvalidConfig,
+                message: "retention.ms must be an integer".into(),
+            }],
+        }));
+        check_request(Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![PartitionsIncrease {
+                name: "t".into(),
+                count: 12,
+            }],
+        }));
+        check_response(Response::CreatePartitions(CreatePartitionsResponse {
+            results: vec![TopicResult {
+                name: "t".into(),
+                error: ErrorCode::None,
+                message: String::new(),
+            }],
+        }));
         check_response(Response::ListPartitionReassignments(
             ListPartitionReassignmentsResponse {
                 error: ErrorCode::None,

@@ -2,12 +2,13 @@
 
 use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
-    AlterPartitionReassignmentsRequest, ConfigEntry, CreateTopic, CreateTopicsRequest,
-    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
-    DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    ListPartitionReassignmentsRequest, MetadataResponse, OngoingReassignment,
-    PartitionReassignment, Request, Response, TopicDescription, TopicResult, DELETE_TO_END,
-    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
+    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
+    DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeTopicsRequest,
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest,
+    MetadataResponse, OngoingReassignment, PartitionReassignment, PartitionsIncrease, Request,
+    Response, TopicConfigChanges as WireConfigChanges, TopicDescription, TopicResult,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
 };
 use meridian_wire::ErrorCode;
 
@@ -52,28 +53,87 @@ pub enum Offset {
 }
 
 /// What [`Admin::await_everywhere`] waits for a broker to report about a topic.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 enum TopicSeen {
-    /// Known, with a leader for every partition.
-    Served,
+    /// Known, with at least this many partitions, each with a leader.
+    Served { partitions: usize },
     /// Known, with or without leaders.
     Known,
     /// Unknown.
     Gone,
+    /// Described with these settings: `Some(value)` its own value, `None` the
+    /// broker default.
+    Settings(Vec<(String, Option<String>)>),
 }
 
 impl TopicSeen {
-    fn holds(self, metadata: &MetadataResponse, topic: &str) -> bool {
+    fn holds(&self, metadata: &MetadataResponse, topic: &str) -> bool {
         match self {
-            TopicSeen::Served => metadata.topics.iter().any(|t| {
+            TopicSeen::Served { partitions } => metadata.topics.iter().any(|t| {
                 t.name == topic
                     && t.error.is_ok()
                     && !t.partitions.is_empty()
+                    && t.partitions.len() >= *partitions
                     && t.partitions.iter().all(|p| p.error.is_ok())
             }),
             TopicSeen::Known => !says_unknown(metadata, topic),
             TopicSeen::Gone => says_unknown(metadata, topic),
+            TopicSeen::Settings(_) => unreachable!("settings are described, not in metadata"),
         }
+    }
+
+    fn described(settings: &[(String, Option<String>)], topic: &TopicDescription) -> bool {
+        topic.error.is_ok()
+            && settings.iter().all(|(key, want)| {
+                topic.configs.iter().any(|c| {
+                    c.key == *key
+                        && match want {
+                            Some(value) => !c.is_default && c.value == *value,
+                            None => c.is_default,
+                        }
+                })
+            })
+    }
+}
+
+/// Changes to a topic's settings, for [`Admin::alter_topic_configs`]: applied in
+/// order, all or none.
+///
+/// ```no_run
+/// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+/// use meridian_client::TopicConfigChanges;
+/// client
+///     .admin()
+///     .alter_topic_configs(
+///         "orders",
+///         TopicConfigChanges::new()
+///             .set("retention.ms", "3600000")
+///             .reset("max.message.bytes"),
+///     )
+///     .await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TopicConfigChanges {
+    /// `(key, Some(value))` sets a setting, `(key, None)` reverts it to the default.
+    pub changes: Vec<(String, Option<String>)>,
+}
+
+impl TopicConfigChanges {
+    pub fn new() -> TopicConfigChanges {
+        TopicConfigChanges::default()
+    }
+
+    /// Gives the topic its own value for `key`.
+    pub fn set(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.changes.push((key.into(), Some(value.into())));
+        self
+    }
+
+    /// Removes the topic's own value for `key`: the broker default applies again.
+    pub fn reset(mut self, key: impl Into<String>) -> Self {
+        self.changes.push((key.into(), None));
+        self
     }
 }
 
@@ -116,7 +176,7 @@ impl NewTopic {
     }
 }
 
-/// Creates, deletes and describes topics and looks up offsets. Made by
+/// Creates, changes, deletes and describes topics and looks up offsets. Made by
 /// [`Client::admin`]; cheap to clone.
 ///
 /// ```no_run
@@ -175,7 +235,10 @@ impl Admin {
         };
         let result = topic_result(&response.results, &name);
         match &result {
-            Ok(()) => self.await_everywhere(&name, TopicSeen::Served).await,
+            Ok(()) => {
+                self.await_everywhere(&name, TopicSeen::Served { partitions: 1 })
+                    .await
+            }
             Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {
                 self.await_everywhere(&name, TopicSeen::Known).await
             }
@@ -202,6 +265,83 @@ impl Admin {
         Ok(())
     }
 
+    /// Changes a topic's settings (Kafka's IncrementalAlterConfigs): each change sets a
+    /// setting or reverts it to the broker default. The changes are checked together
+    /// and applied all or none: an unknown key or a bad value is
+    /// [`ErrorCode::InvalidConfig`], an unknown topic [`ErrorCode::UnknownTopic`].
+    /// They take effect on the topic's existing data too: a shorter `retention.ms`
+    /// deletes old segments at the next retention check. Returns once every
+    /// reachable broker describes the topic with the new settings.
+    pub async fn alter_topic_configs(
+        &self,
+        topic: &str,
+        changes: TopicConfigChanges,
+    ) -> Result<()> {
+        let request = Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+            topics: vec![WireConfigChanges {
+                name: topic.to_string(),
+                changes: changes
+                    .changes
+                    .iter()
+                    .map(|(key, value)| ConfigChange {
+                        key: key.clone(),
+                        value: value.clone(),
+                    })
+                    .collect(),
+            }],
+        });
+        let response = self.client.request(request).await?;
+        let Response::AlterTopicConfigs(response) = response else {
+            return Err(unexpected(ApiKey::AlterTopicConfigs, &response));
+        };
+        topic_result(&response.results, topic)?;
+        // The last change of each key is the one that holds.
+        let mut last: Vec<(String, Option<String>)> = Vec::new();
+        for (key, value) in changes.changes.into_iter().rev() {
+            if !last.iter().any(|(k, _)| *k == key) {
+                last.push((key, value));
+            }
+        }
+        self.await_everywhere(topic, TopicSeen::Settings(last))
+            .await;
+        Ok(())
+    }
+
+    /// Raises a topic's partition count to `count` (Kafka's CreatePartitions). The
+    /// new partitions start empty; the existing ones keep their records. Records
+    /// with a key may go to another partition than before, since keys are hashed
+    /// over the new count. Producers pick the new partitions up when they next
+    /// refresh metadata ([`ClientConfig::metadata_max_age`](crate::ClientConfig)),
+    /// and consumer groups subscribed to the topic rebalance over them.
+    ///
+    /// A count at or below the current one, or above the brokers'
+    /// `max_partitions_per_topic`, is [`ErrorCode::InvalidPartitions`]. Returns once
+    /// every reachable broker serves the new partitions with a leader.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// client.admin().create_partitions("orders", 24).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<()> {
+        let request = Request::CreatePartitions(CreatePartitionsRequest {
+            topics: vec![PartitionsIncrease {
+                name: topic.to_string(),
+                count,
+            }],
+        });
+        let response = self.client.request(request).await?;
+        self.client.invalidate_partition_count(topic);
+        let Response::CreatePartitions(response) = response else {
+            return Err(unexpected(ApiKey::CreatePartitions, &response));
+        };
+        topic_result(&response.results, topic)?;
+        let partitions = count as usize;
+        self.await_everywhere(topic, TopicSeen::Served { partitions })
+            .await;
+        Ok(())
+    }
+
     /// Waits until every broker the cluster's metadata names sees `topic` as `want`
     /// says, asking each again every 10 ms, for at most the request timeout. A broker
     /// that does not answer within a second is not waited for (it may be down; it
@@ -219,12 +359,11 @@ impl Admin {
                 // A broker that is down costs at most a second.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                 let answer = self
-                    .client
-                    .topic_metadata_from(broker, topic, left.min(Duration::from_secs(1)))
+                    .seen_by(broker, topic, &want, left.min(Duration::from_secs(1)))
                     .await;
                 match answer {
-                    Ok(m) if !want.holds(&m, topic) => still.push(broker),
-                    Ok(_) => {}
+                    Ok(false) => still.push(broker),
+                    Ok(true) => {}
                     Err(e) => {
                         tracing::debug!(broker, error = %e, "not waiting for a broker that does not answer");
                     }
@@ -245,6 +384,37 @@ impl Admin {
             );
         } else {
             tracing::debug!(topic, brokers = ?waiting, ?want, "brokers have not applied the topic change yet");
+        }
+    }
+
+    /// Whether `broker` sees `topic` as `want` says.
+    async fn seen_by(
+        &self,
+        broker: u32,
+        topic: &str,
+        want: &TopicSeen,
+        timeout: Duration,
+    ) -> Result<bool> {
+        let TopicSeen::Settings(settings) = want else {
+            let metadata = self
+                .client
+                .topic_metadata_from(broker, topic, timeout)
+                .await?;
+            return Ok(want.holds(&metadata, topic));
+        };
+        let request = Request::DescribeTopics(DescribeTopicsRequest {
+            names: vec![topic.to_string()],
+        });
+        match self
+            .client
+            .request_to_with_timeout(broker, request, timeout)
+            .await?
+        {
+            Response::DescribeTopics(r) => Ok(r
+                .topics
+                .iter()
+                .any(|t| t.name == topic && TopicSeen::described(settings, t))),
+            other => Err(unexpected(ApiKey::DescribeTopics, &other)),
         }
     }
 

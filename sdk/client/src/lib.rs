@@ -57,7 +57,7 @@ mod plugin_admin;
 mod producer;
 mod tls;
 
-pub use admin::{Admin, NewTopic, Offset};
+pub use admin::{Admin, NewTopic, Offset, TopicConfigChanges};
 pub use client::Client;
 pub use config::{
     certificate_fingerprint, format_fingerprint, parse_bootstrap, ClientConfig, Trust,

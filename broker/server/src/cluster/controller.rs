@@ -41,6 +41,14 @@ pub(crate) enum Command {
     ),
     CreateTopics(CreateTopicsRequest, oneshot::Sender<CreateTopicsResponse>),
     DeleteTopics(DeleteTopicsRequest, oneshot::Sender<DeleteTopicsResponse>),
+    AlterTopicConfigs(
+        AlterTopicConfigsRequest,
+        oneshot::Sender<AlterTopicConfigsResponse>,
+    ),
+    CreatePartitions(
+        CreatePartitionsRequest,
+        oneshot::Sender<CreatePartitionsResponse>,
+    ),
     AlterPartition(
         AlterPartitionRequest,
         oneshot::Sender<AlterPartitionResponse>,
@@ -75,32 +83,18 @@ impl Command {
                 fenced: true,
                 shutdown_ready: false,
             })),
-            Command::CreateTopics(r, tx) => drop(
-                tx.send(CreateTopicsResponse {
-                    results: r
-                        .topics
-                        .into_iter()
-                        .map(|t| TopicResult {
-                            name: t.name,
-                            error: code,
-                            message: message.clone(),
-                        })
-                        .collect(),
-                }),
-            ),
-            Command::DeleteTopics(r, tx) => drop(
-                tx.send(DeleteTopicsResponse {
-                    results: r
-                        .names
-                        .into_iter()
-                        .map(|name| TopicResult {
-                            name,
-                            error: code,
-                            message: message.clone(),
-                        })
-                        .collect(),
-                }),
-            ),
+            Command::CreateTopics(r, tx) => drop(tx.send(CreateTopicsResponse {
+                results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
+            })),
+            Command::DeleteTopics(r, tx) => drop(tx.send(DeleteTopicsResponse {
+                results: refusals(r.names, code, &message),
+            })),
+            Command::AlterTopicConfigs(r, tx) => drop(tx.send(AlterTopicConfigsResponse {
+                results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
+            })),
+            Command::CreatePartitions(r, tx) => drop(tx.send(CreatePartitionsResponse {
+                results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
+            })),
             Command::AlterPartition(_, tx) => drop(tx.send(AlterPartitionResponse {
                 error: code,
                 message,
@@ -131,6 +125,22 @@ impl Command {
             ),
         }
     }
+}
+
+/// The same refusal for each of these topics.
+fn refusals(
+    names: impl IntoIterator<Item = String>,
+    error: ErrorCode,
+    message: &str,
+) -> Vec<TopicResult> {
+    names
+        .into_iter()
+        .map(|name| TopicResult {
+            name,
+            error,
+            message: message.to_string(),
+        })
+        .collect()
 }
 
 /// What the controller needs from the broker.
@@ -479,6 +489,16 @@ impl<'a> Active<'a> {
                 let _ = tx.send(response);
                 outcome
             }
+            Command::AlterTopicConfigs(r, tx) => {
+                let (results, outcome) = self.alter_topic_configs(r).await;
+                let _ = tx.send(AlterTopicConfigsResponse { results });
+                outcome
+            }
+            Command::CreatePartitions(r, tx) => {
+                let (results, outcome) = self.create_partitions(r).await;
+                let _ = tx.send(CreatePartitionsResponse { results });
+                outcome
+            }
             Command::AlterPartition(r, tx) => {
                 let (response, outcome) = self.alter_partition(r).await;
                 let _ = tx.send(response);
@@ -693,14 +713,7 @@ impl<'a> Active<'a> {
             tracing::info!(topic = %topic.name, partitions = topic.partitions.len(), replication_factor = topic.replication_factor, "created topic");
         }
         let outcome = self.commit(records).await;
-        if outcome.is_err() {
-            for r in &mut results {
-                if r.error == ErrorCode::None {
-                    r.error = ErrorCode::NotController;
-                    r.message = "the controller lost its leadership; retry".into();
-                }
-            }
-        }
+        let results = lost_unless_committed(results, &outcome);
         (CreateTopicsResponse { results }, outcome)
     }
 
@@ -768,23 +781,7 @@ impl<'a> Active<'a> {
             name: t.name.clone(),
             configs: overrides.0,
             replication_factor: rf,
-            partitions: assignment
-                .into_iter()
-                .map(|replicas| PartitionState {
-                    leader: replicas.first().copied(),
-                    leader_epoch: 0,
-                    partition_epoch: 0,
-                    isr: {
-                        let mut isr = replicas.clone();
-                        isr.sort_unstable();
-                        isr
-                    },
-                    replicas,
-                    reassigning_to: None,
-                    adding_replicas: Vec::new(),
-                    removing_replicas: Vec::new(),
-                })
-                .collect(),
+            partitions: assignment.into_iter().map(new_partition_state).collect(),
             // Set by the state machine when the record is applied.
             created_at: 0,
         })
@@ -834,6 +831,156 @@ impl<'a> Active<'a> {
         }
         let outcome = self.commit(records).await;
         (DeleteTopicsResponse { results }, outcome)
+    }
+
+    /// Changes topics' settings: each topic's changes are checked together, against
+    /// its settings in the image (and earlier changes in the same request), then
+    /// written as the topic's whole new settings. A changed
+    /// `unclean.leader.election.enable` reaches the core at once.
+    async fn alter_topic_configs(
+        &mut self,
+        request: AlterTopicConfigsRequest,
+    ) -> (Vec<TopicResult>, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let defaults = &self.context.topic_defaults;
+        let mut decided: BTreeMap<String, TopicOverrides> = BTreeMap::new();
+        let mut results = Vec::new();
+        for t in request.topics {
+            let planned = (|| {
+                let topic = existing_topic(&image, &t.name)?;
+                let current = decided
+                    .get(&t.name)
+                    .cloned()
+                    .unwrap_or_else(|| TopicOverrides(topic.configs.clone()));
+                let changes = t.changes.iter().map(|c| (c.key.clone(), c.value.clone()));
+                let overrides = current
+                    .with_changes(changes)
+                    .map_err(|m| (ErrorCode::InvalidConfig, m))?;
+                let min_insync = overrides.min_insync_replicas(defaults);
+                if min_insync > usize::from(topic.replication_factor) {
+                    return Err((
+                        ErrorCode::InvalidConfig,
+                        format!(
+                            "min.insync.replicas {min_insync} is above the topic's replication factor {}: acks=all writes could never be acknowledged",
+                            topic.replication_factor
+                        ),
+                    ));
+                }
+                Ok((topic.partitions.len() as u32, overrides))
+            })();
+            match planned {
+                Ok((partitions, overrides)) => {
+                    let unclean = overrides.unclean_leader_election(defaults);
+                    for p in 0..partitions {
+                        let key = (t.name.clone(), p);
+                        if self.core.set_unclean_leader_election(&key, unclean) {
+                            tracing::warn!(topic = %t.name, partition = p, "UNCLEAN leader election: unclean.leader.election.enable was turned on for an offline partition; acknowledged records may be lost");
+                        }
+                    }
+                    self.core.take_unclean_elections();
+                    tracing::info!(topic = %t.name, configs = ?overrides.0, "changing topic settings");
+                    decided.insert(t.name.clone(), overrides);
+                    results.push(topic_ok(t.name));
+                }
+                Err((error, message)) => results.push(TopicResult {
+                    name: t.name,
+                    error,
+                    message,
+                }),
+            }
+        }
+        let records = decided
+            .into_iter()
+            .filter(|(name, o)| image.topics.get(name).is_some_and(|t| t.configs != o.0))
+            .map(|(name, o)| MetadataRecord::TopicConfigsChanged { name, configs: o.0 })
+            .collect();
+        let outcome = self.commit(records).await;
+        (lost_unless_committed(results, &outcome), outcome)
+    }
+
+    /// Adds partitions to topics, placed on the live brokers as a new topic's would
+    /// be (continuing its round of brokers), each led by its first replica.
+    async fn create_partitions(
+        &mut self,
+        request: CreatePartitionsRequest,
+    ) -> (Vec<TopicResult>, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let live = self.live_brokers(&image);
+        let max = self.context.max_partitions_per_topic;
+        let mut results = Vec::new();
+        let mut records = Vec::new();
+        let mut decided: BTreeMap<String, u32> = BTreeMap::new();
+        for t in request.topics {
+            let planned = (|| {
+                let topic = existing_topic(&image, &t.name)?;
+                let current = decided
+                    .get(&t.name)
+                    .copied()
+                    .unwrap_or(topic.partitions.len() as u32);
+                if t.count <= current {
+                    return Err((
+                        ErrorCode::InvalidPartitions,
+                        format!("topic `{}` has {current} partitions; the new count must be higher, got {} (partitions cannot be removed)", t.name, t.count),
+                    ));
+                }
+                if t.count > max {
+                    return Err((
+                        ErrorCode::InvalidPartitions,
+                        format!(
+                            "partitions must be at most {max} (max_partitions_per_topic), got {}",
+                            t.count
+                        ),
+                    ));
+                }
+                let rf = topic.replication_factor;
+                if usize::from(rf) > live.len() {
+                    return Err((
+                        ErrorCode::InvalidReplicationFactor,
+                        format!(
+                            "the new partitions need {rf} live brokers (the topic's replication factor); {} live",
+                            live.len()
+                        ),
+                    ));
+                }
+                let unclean = TopicOverrides(topic.configs.clone())
+                    .unclean_leader_election(&self.context.topic_defaults);
+                Ok((current, rf, unclean))
+            })();
+            match planned {
+                Ok((current, rf, unclean)) => {
+                    let placed = assign_replicas(&t.name, t.count, rf, &live);
+                    let partitions: Vec<PartitionState> = placed[current as usize..]
+                        .iter()
+                        .map(|replicas| new_partition_state(replicas.clone()))
+                        .collect();
+                    for (i, p) in partitions.iter().enumerate() {
+                        self.core.restore_partition(
+                            (t.name.clone(), current + i as u32),
+                            PartitionRecord {
+                                state: to_leader_and_isr(p),
+                                unclean_leader_election: unclean,
+                                reassignment: None,
+                            },
+                        );
+                    }
+                    tracing::info!(topic = %t.name, from = current, to = t.count, "adding partitions");
+                    records.push(MetadataRecord::PartitionsCreated {
+                        name: t.name.clone(),
+                        first: current,
+                        partitions,
+                    });
+                    decided.insert(t.name.clone(), t.count);
+                    results.push(topic_ok(t.name));
+                }
+                Err((error, message)) => results.push(TopicResult {
+                    name: t.name,
+                    error,
+                    message,
+                }),
+            }
+        }
+        let outcome = self.commit(records).await;
+        (lost_unless_committed(results, &outcome), outcome)
     }
 
     fn partition_answer(
@@ -1056,6 +1203,61 @@ impl<'a> Active<'a> {
             outcome,
         )
     }
+}
+
+/// A new partition on `replicas`, led by the first, all of them in sync (its log is
+/// empty everywhere).
+fn new_partition_state(replicas: Vec<u32>) -> PartitionState {
+    let mut isr = replicas.clone();
+    isr.sort_unstable();
+    PartitionState {
+        leader: replicas.first().copied(),
+        leader_epoch: 0,
+        partition_epoch: 0,
+        isr,
+        replicas,
+        reassigning_to: None,
+        adding_replicas: Vec::new(),
+        removing_replicas: Vec::new(),
+    }
+}
+
+/// The topic named in a request to change it.
+fn existing_topic<'a>(
+    image: &'a MetadataImage,
+    name: &str,
+) -> Result<&'a TopicImage, (ErrorCode, String)> {
+    image.topics.get(name).ok_or_else(|| {
+        (
+            ErrorCode::UnknownTopic,
+            format!("topic `{name}` does not exist"),
+        )
+    })
+}
+
+fn topic_ok(name: String) -> TopicResult {
+    TopicResult {
+        name,
+        error: ErrorCode::None,
+        message: String::new(),
+    }
+}
+
+/// Results as answered, unless the write of what they promise failed: then each
+/// success becomes `NotController` (the client retries with the next controller).
+fn lost_unless_committed(
+    mut results: Vec<TopicResult>,
+    outcome: &Result<(), LostLeadership>,
+) -> Vec<TopicResult> {
+    if outcome.is_err() {
+        for r in &mut results {
+            if r.error == ErrorCode::None {
+                r.error = ErrorCode::NotController;
+                r.message = "the controller lost its leadership; retry".into();
+            }
+        }
+    }
+    results
 }
 
 /// Kafka-style replica placement: brokers ordered by interleaving racks (a1, b1, c1,

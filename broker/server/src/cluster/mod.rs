@@ -437,23 +437,43 @@ impl ControllerClient {
         .await
     }
 
+    /// A topic request for the controller, answered per topic: retried while any
+    /// topic's answer is `NotController`.
+    async fn topic_request<Q: Clone, A>(
+        &self,
+        request: Q,
+        local: fn(Q, oneshot::Sender<A>) -> Command,
+        remote: fn(Q) -> Request,
+        answer: fn(Response) -> Option<A>,
+        results: fn(&A) -> &[TopicResult],
+    ) -> Result<A, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| local(request.clone(), tx),
+            || remote(request.clone()),
+            answer,
+            |a| {
+                results(a)
+                    .iter()
+                    .any(|t| t.error == ErrorCode::NotController)
+            },
+        )
+        .await
+    }
+
     pub(crate) async fn create_topics(
         &self,
         request: CreateTopicsRequest,
     ) -> Result<CreateTopicsResponse, ControllerError> {
-        self.call(
-            Duration::from_millis(CONTROLLER_RETRY_MS),
-            |tx| Command::CreateTopics(request.clone(), tx),
-            || Request::CreateTopics(request.clone()),
+        self.topic_request(
+            request,
+            Command::CreateTopics,
+            Request::CreateTopics,
             |r| match r {
                 Response::CreateTopics(r) => Some(r),
                 _ => None,
             },
-            |r| {
-                r.results
-                    .iter()
-                    .any(|t| t.error == ErrorCode::NotController)
-            },
+            |r| &r.results,
         )
         .await
     }
@@ -462,19 +482,49 @@ impl ControllerClient {
         &self,
         request: DeleteTopicsRequest,
     ) -> Result<DeleteTopicsResponse, ControllerError> {
-        self.call(
-            Duration::from_millis(CONTROLLER_RETRY_MS),
-            |tx| Command::DeleteTopics(request.clone(), tx),
-            || Request::DeleteTopics(request.clone()),
+        self.topic_request(
+            request,
+            Command::DeleteTopics,
+            Request::DeleteTopics,
             |r| match r {
                 Response::DeleteTopics(r) => Some(r),
                 _ => None,
             },
-            |r| {
-                r.results
-                    .iter()
-                    .any(|t| t.error == ErrorCode::NotController)
+            |r| &r.results,
+        )
+        .await
+    }
+
+    pub(crate) async fn alter_topic_configs(
+        &self,
+        request: AlterTopicConfigsRequest,
+    ) -> Result<AlterTopicConfigsResponse, ControllerError> {
+        self.topic_request(
+            request,
+            Command::AlterTopicConfigs,
+            Request::AlterTopicConfigs,
+            |r| match r {
+                Response::AlterTopicConfigs(r) => Some(r),
+                _ => None,
             },
+            |r| &r.results,
+        )
+        .await
+    }
+
+    pub(crate) async fn create_partitions(
+        &self,
+        request: CreatePartitionsRequest,
+    ) -> Result<CreatePartitionsResponse, ControllerError> {
+        self.topic_request(
+            request,
+            Command::CreatePartitions,
+            Request::CreatePartitions,
+            |r| match r {
+                Response::CreatePartitions(r) => Some(r),
+                _ => None,
+            },
+            |r| &r.results,
         )
         .await
     }
