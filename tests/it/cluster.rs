@@ -1928,3 +1928,81 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
         "{values:?}"
     );
 }
+
+/// Appended entries of a broker's Raft log after its first `skip` lines: (term,
+/// leader id, the line).
+fn raft_entries_after(broker: &TestBroker, skip: usize) -> Vec<(u64, u64, String)> {
+    let log = std::fs::read_to_string(broker.data_dir.join("metadata/log")).unwrap();
+    log.lines()
+        .skip(skip)
+        .filter_map(|line| {
+            let op: serde_json::Value = serde_json::from_str(line).ok()?;
+            let leader = &op["append"]["entry"]["log_id"]["leader_id"];
+            Some((
+                leader["term"].as_u64()?,
+                leader["node_id"].as_u64()?,
+                line.to_string(),
+            ))
+        })
+        .collect()
+}
+
+fn raft_log_lines(broker: &TestBroker) -> usize {
+    std::fs::read_to_string(broker.data_dir.join("metadata/log"))
+        .unwrap()
+        .lines()
+        .count()
+}
+
+/// A broker stopped with SIGTERM takes no part in the quorum's decisions once it
+/// stops serving its peers: it neither wins a Raft election then (its vote requests
+/// would still go out while its leader's heartbeats no longer come in) nor, as the
+/// controller, fences the brokers whose heartbeats it can no longer receive. Checked
+/// in the survivors' Raft logs, for each broker stopped in turn (the controller among
+/// them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_broker_neither_takes_the_lead_nor_fences_the_others() {
+    let mut cluster = TestCluster::start("");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |v| {
+            v.iter().all(|p| p.leader != NO_BROKER)
+        })
+        .await;
+    for stopped in 1..=3u32 {
+        let survivors: Vec<u32> = (1..=3).filter(|id| *id != stopped).collect();
+        let seen: BTreeMap<u32, usize> = survivors
+            .iter()
+            .map(|id| (*id, raft_log_lines(cluster.brokers_ref(*id))))
+            .collect();
+        let term_before = survivors
+            .iter()
+            .flat_map(|id| raft_entries_after(cluster.brokers_ref(*id), 0))
+            .map(|(term, _, _)| term)
+            .max()
+            .unwrap();
+        cluster.broker(stopped).stop();
+        cluster.agreed_controller(2, Duration::from_secs(20)).await;
+        // Time for a shutdown's stray decisions to have reached the survivors' logs.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        for id in &survivors {
+            for (term, leader, line) in raft_entries_after(cluster.brokers_ref(*id), seen[id]) {
+                let shown = &line[..line.len().min(300)];
+                assert!(
+                    !(leader == u64::from(stopped) && term > term_before),
+                    "broker {stopped} led term {term} after it was stopped: {shown}"
+                );
+                for other in &survivors {
+                    assert!(
+                        !(leader == u64::from(stopped)
+                            && line
+                                .contains(&format!("\"type\":\"broker_fenced\",\"id\":{other}"))),
+                        "broker {stopped}, stopping, fenced broker {other}: {shown}…"
+                    );
+                }
+            }
+        }
+        cluster.broker(stopped).restart();
+        cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    }
+}

@@ -261,6 +261,9 @@ impl Broker {
             task.abort();
         }
         self.shared.replication.stop();
+        if let Some(cluster) = &self.shared.cluster {
+            cluster.retire();
+        }
         // Peers' requests (Raft's among them) stop before the Raft node does, so none
         // meets a stopped node.
         self.endpoint.close(

@@ -145,6 +145,10 @@ fn refusals(
 
 /// What the controller needs from the broker.
 pub(crate) struct Context {
+    /// Becomes true when the broker retires from the quorum's decisions on its way
+    /// out ([`Cluster::retire`](super::Cluster::retire)): the controller stops, and
+    /// commands are refused from then on.
+    pub(crate) retired: tokio::sync::watch::Receiver<bool>,
     pub(crate) broker_id: u32,
     pub(crate) raft: meridian_metadata::Raft,
     pub(crate) state_machine: meridian_metadata::StateMachine,
@@ -167,11 +171,12 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
     // Said once per streak of failed attempts: openraft's own line per voter that
     // did not answer is not logged (see the CLI's `QuietVotes`).
     let mut unconfirmed_said = false;
+    let mut retired = context.retired.clone();
     loop {
         let (leading, leader) = {
             let m = metrics.borrow_and_update();
             (
-                m.state == ServerState::Leader,
+                m.state == ServerState::Leader && !*retired.borrow_and_update(),
                 m.current_leader.map_or(NO_BROKER, |l| l as u32),
             )
         };
@@ -200,7 +205,9 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
                     "this broker is now the controller"
                 );
                 let mut active = Active::new(&context);
-                active.serve(&mut commands, &mut metrics).await;
+                active
+                    .serve(&mut commands, &mut metrics, &mut retired)
+                    .await;
                 tracing::info!(
                     broker = context.broker_id,
                     "this broker is no longer the controller"
@@ -210,6 +217,7 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
         }
         tokio::select! {
             changed = metrics.changed() => if changed.is_err() { return },
+            changed = retired.changed() => if changed.is_err() { return },
             command = commands.recv() => match command {
                 Some(command) => command.refuse(leader),
                 None => return,
@@ -311,6 +319,7 @@ impl<'a> Active<'a> {
         metrics: &mut tokio::sync::watch::Receiver<
             meridian_metadata::openraft::RaftMetrics<u64, meridian_metadata::openraft::BasicNode>,
         >,
+        retired: &mut tokio::sync::watch::Receiver<bool>,
     ) {
         let mut tick = tokio::time::interval(Duration::from_millis(100));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -327,6 +336,7 @@ impl<'a> Active<'a> {
                     }
                     Ok(())
                 }
+                _ = retired.changed() => return,
             };
             if outcome.is_err() {
                 return;

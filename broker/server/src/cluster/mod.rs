@@ -56,6 +56,9 @@ pub(crate) struct Cluster {
     fenced: AtomicBool,
     /// Set once controlled shutdown begins: heartbeats then ask to leave.
     shutting_down: AtomicBool,
+    /// Set once this broker stops taking part in the quorum's decisions (see
+    /// [`Cluster::retire`]); the controller task watches it.
+    retired: watch::Sender<bool>,
 }
 
 /// Sends requests to the controller, wherever it is. Cheap to clone.
@@ -137,7 +140,9 @@ impl Cluster {
             }
         }
         let (tx, rx) = mpsc::channel(1024);
+        let (retired, retired_rx) = watch::channel(false);
         let context = Arc::new(controller::Context {
+            retired: retired_rx,
             broker_id: config.broker_id,
             raft: raft.clone(),
             state_machine,
@@ -171,6 +176,7 @@ impl Cluster {
             config: cluster.clone(),
             fenced: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
+            retired,
         }))
     }
 
@@ -296,6 +302,18 @@ impl Cluster {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         tracing::warn!("controlled shutdown timed out; stopping with leaderships still here");
+    }
+
+    /// The last step before a stopping broker stops serving its peers: from here on it
+    /// neither campaigns for Raft leadership nor acts as the controller. Its inbound
+    /// connections close next, while its outbound ones still work; without this it
+    /// would still win elections (its vote requests go out, its leader's heartbeats no
+    /// longer come in) and, as the controller, fence every broker whose heartbeats it
+    /// can no longer receive. As a Raft leader it also stops sending heartbeats, so the
+    /// other voters elect a new leader after their election timeout.
+    pub(crate) fn retire(&self) {
+        self.raft.runtime_config().tick(false);
+        self.retired.send_replace(true);
     }
 
     pub(crate) async fn shutdown(&self) {
