@@ -268,6 +268,28 @@ impl RebalanceListener for Recorder {
     }
 }
 
+/// Waits until the broker reports `group` Stable, polling `consumers` meanwhile. A
+/// member reports the partitions it took up at its next sync, after `poll` has
+/// shown them to it: the group turns Stable a little after every member sees its
+/// assignment, not at once.
+async fn poll_until_stable(
+    client: &Client,
+    group: &str,
+    consumers: &mut [meridian_client::Consumer],
+) -> meridian_wire::group::GroupDescription {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let description = client.admin().describe_group(group).await.unwrap();
+        if description.state == "Stable" {
+            return description;
+        }
+        assert!(Instant::now() < deadline, "not Stable: {description:?}");
+        for consumer in consumers.iter_mut() {
+            consumer.poll(Duration::from_millis(20)).await.unwrap();
+        }
+    }
+}
+
 /// Polls `consumer` until `done` says so; returns how many records it read.
 async fn poll_until(
     consumer: &mut meridian_client::Consumer,
@@ -422,9 +444,8 @@ async fn eleventh_member_of_ten_partitions_is_idle() {
         }
         assert!(Instant::now() < deadline, "not settled: {owned:?}");
     }
-    let description = client.admin().describe_group("eleven").await.unwrap();
+    let description = poll_until_stable(&client, "eleven", &mut consumers).await;
     assert_eq!(description.members.len(), 11);
-    assert_eq!(description.state, "Stable");
 }
 
 /// A static member that restarts within its session gets its partitions back without
@@ -496,20 +517,20 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
             .unwrap();
         produce_n(&client, "orders", 2, 100).await;
     }
-    let consume = |broker: &TestBroker, extra: &[&str]| {
+    // A member that reads `expected` records (`-n`) and exits. The idle clock starts
+    // before the member has joined and fetched, so where records are expected it is
+    // only a backstop; where none are, it ends the run (a join slower than that
+    // reads nothing either, so the check cannot fail wrongly).
+    let consume = |broker: &TestBroker, expected: usize| {
+        let n = expected.to_string();
         let mut args = vec![
-            "consume",
-            "orders",
-            "--group",
-            "billing",
-            "--from",
-            "earliest",
-            "--format",
-            "full",
-            "--idle-exit-ms",
-            "1500",
+            "consume", "orders", "--group", "billing", "--from", "earliest", "--format", "full",
         ];
-        args.extend_from_slice(extra);
+        if expected > 0 {
+            args.extend_from_slice(&["-n", &n, "--idle-exit-ms", "20000"]);
+        } else {
+            args.extend_from_slice(&["--idle-exit-ms", "1500"]);
+        }
         let (ok, out, err) = broker.cli(&args, "");
         assert!(ok, "{err}");
         out.lines()
@@ -534,13 +555,13 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
         args.extend_from_slice(to);
         broker.cli(&args, "")
     };
-    let first = consume(&broker, &["-n", "30"]);
+    let first = consume(&broker, 30);
     assert_eq!(first.len(), 30);
     broker.stop();
     broker.restart();
     let described = broker.cli(&["group", "describe", "billing"], "").1;
     assert!(described.contains("COMMITTED"), "{described}");
-    let rest = consume(&broker, &[]);
+    let rest = consume(&broker, 70);
     assert_eq!(rest.len(), 70, "resumed after the commit");
     let all: BTreeSet<(u32, i64)> = first.iter().chain(&rest).copied().collect();
     assert_eq!(all.len(), 100, "no record twice, none missed");
@@ -548,13 +569,10 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
     // Reset to earliest: dry run changes nothing; the real one rewinds.
     let (ok, out, err) = reset(&broker, &["earliest", "--dry-run"]);
     assert!(ok && out.contains("dry run"), "{out}{err}");
-    assert!(
-        consume(&broker, &[]).is_empty(),
-        "dry run committed nothing"
-    );
+    assert!(consume(&broker, 0).is_empty(), "dry run committed nothing");
     let (ok, _, err) = reset(&broker, &["earliest"]);
     assert!(ok, "{err}");
-    assert_eq!(consume(&broker, &[]).len(), 100);
+    assert_eq!(consume(&broker, 100).len(), 100);
 
     // With a member active, reset and delete are refused.
     let client = broker.client().await;
@@ -571,6 +589,7 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
     assert!(!ok && err.contains("NonEmptyGroup"), "{err}");
     let (ok, _, err) = broker.cli(&["group", "delete", "billing"], "");
     assert!(!ok && err.contains("NonEmptyGroup"), "{err}");
+    poll_until_stable(&client, "billing", std::slice::from_mut(&mut member)).await;
     let listed = broker.cli(&["group", "list"], "").1;
     assert!(
         listed.contains("billing") && listed.contains("Stable"),
@@ -669,12 +688,21 @@ async fn group_limits_are_enforced() {
     let e = first_error(&client, none, AutoOffsetReset::None).await;
     assert!(e.to_string().contains("no committed offset"), "{e}");
 
-    // group_max_size=2: the third member is refused.
+    // group_max_size=2: the third member is refused. Members join in the background,
+    // so each is in the group before the next starts.
     let mut members = Vec::new();
     for _ in 0..2 {
         let mut c = client.consumer(ConsumerConfig::default());
         c.subscribe(config.clone(), &["l"]).await.unwrap();
-        c.poll(Duration::from_millis(300)).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while c.member_id().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "member {} never joined",
+                members.len() + 1
+            );
+            c.poll(Duration::from_millis(50)).await.unwrap();
+        }
         members.push(c);
     }
     let e = first_error(&client, config.clone(), AutoOffsetReset::Latest).await;
@@ -901,9 +929,15 @@ async fn a_membership_lost_with_its_coordinator_does_not_reread() {
         auto_offset_reset: AutoOffsetReset::Earliest,
         ..ConsumerConfig::default()
     });
+    let events = Arc::new(Mutex::new(Vec::new()));
+    consumer.set_rebalance_listener(Box::new(Recorder(events.clone())));
     let config = GroupConfig {
         // No auto-commit happens before the restart.
         auto_commit_interval: Duration::from_secs(600),
+        // Having lost its membership, the member waits a third of this (2 s) for
+        // `poll` to commit the positions before it joins again; a loaded machine
+        // needs the room.
+        session_timeout: Duration::from_secs(6),
         ..group_config("restarts", Assignor::CooperativeSticky)
     };
     consumer.subscribe(config, &["events"]).await.unwrap();
@@ -915,17 +949,57 @@ async fn a_membership_lost_with_its_coordinator_does_not_reread() {
             seen.push((r.partition, r.offset));
         }
     }
+    let member_before = consumer.member_id().expect("a member");
     broker.kill9();
     broker.restart();
-    // The member finds out at its next heartbeat, rejoins and resumes.
-    produce_n(&client, "events", 2, 10).await;
+    let producing = {
+        let client = client.clone();
+        tokio::spawn(async move { produce_n(&client, "events", 2, 10).await })
+    };
+    // The member finds out at its next heartbeat, and gives `poll` a third of the
+    // session (2 s) to commit what it read before it joins again. The application
+    // here is busy for a moment: it polls 500 ms later, or once the member has
+    // joined again, whichever is first. A member that did not wait has joined by
+    // then, so the commit is refused and the records are read again (measured from
+    // when the loss is seen, not from a step of unknown length on a loaded machine).
     let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < 110 {
-        assert!(Instant::now() < deadline, "read {} of 110", seen.len());
+    while consumer.member_id().as_ref() == Some(&member_before) {
+        assert!(Instant::now() < deadline, "the membership was never lost");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let lost_at = Instant::now();
+    while consumer.member_id().is_none() && lost_at.elapsed() < Duration::from_millis(500) {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // Rejoined: both partitions assigned again after they were lost.
+    let rejoined = |events: &[Event]| {
+        events
+            .iter()
+            .rposition(|e| matches!(e, Event::Lost(_)))
+            .is_some_and(|lost| {
+                let assigned: usize = events[lost..]
+                    .iter()
+                    .map(|e| match e {
+                        Event::Assigned(p) => p.len(),
+                        _ => 0,
+                    })
+                    .sum();
+                assigned == 2
+            })
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while seen.len() < 110 || !rejoined(&events.lock().unwrap()) {
+        assert!(
+            Instant::now() < deadline,
+            "read {} of 110; rebalance events {:?}",
+            seen.len(),
+            events.lock().unwrap()
+        );
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
             seen.push((r.partition, r.offset));
         }
     }
+    producing.await.unwrap();
     // Nothing more comes: the first 100 are not read again.
     for _ in 0..10 {
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {

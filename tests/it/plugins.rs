@@ -1018,12 +1018,17 @@ async fn plugin_limits_come_from_the_broker_config() {
         let message = results[0].as_ref().unwrap_err().to_string();
         assert!(message.contains(expected), "{message}");
         if expected == "timeout" {
-            assert!(started.elapsed() < Duration::from_secs(2));
+            // A liveness bound (the loop is cut at all), roomy for a loaded machine.
+            assert!(started.elapsed() < Duration::from_secs(15));
         }
     }
 
-    // Output lines are cut and rate-capped, and go to the configured topic.
-    deploy_wat(&client, "talker", &filter_wat(1, 0, LOG_LINE))
+    // Output lines are cut and rate-capped, and go to the configured topic. The
+    // plugin prints three lines per batch, all in one call: the rate cap's 1 s window
+    // starts as the instance is made, just before, so one is kept and two dropped
+    // (three batches, each a round trip, could span two windows).
+    let three_lines = LOG_LINE.repeat(3);
+    deploy_wat(&client, "talker", &filter_wat(1, 0, &three_lines))
         .await
         .unwrap();
     create(&client, "talk", 1).await;
@@ -1031,16 +1036,12 @@ async fn plugin_limits_come_from_the_broker_config() {
         .attach_plugin("talk", attachment("talker", &[], "reject"))
         .await
         .unwrap();
-    let results = send_each(&client, "talk", &["a", "b", "c"]).await;
+    let results = send_each(&client, "talk", &["a"]).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
     let logs = read_all(&client, "my-plugin-logs").await;
-    assert_eq!(logs[0], "hello");
-    assert!(logs.len() >= 2, "the dropped lines are reported: {logs:?}");
-    assert!(
-        logs[1..]
-            .iter()
-            .all(|l| l.ends_with("lines dropped (plugins.log_lines_per_sec_max)")),
-        "{logs:?}"
+    assert_eq!(
+        logs,
+        ["hello", "2 lines dropped (plugins.log_lines_per_sec_max)"]
     );
 }
 

@@ -92,8 +92,9 @@ fn infinite_loop_hits_the_batch_deadline() {
         limits,
         FailureKind::Timeout,
     );
-    // Two good batches and one that ran to its deadline: well under a second.
-    assert!(started.elapsed() < Duration::from_secs(2));
+    // Compiling the module, two good batches and one that ran to its deadline: well
+    // under a second alone; the bound is a liveness one, roomy for a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(20));
 }
 
 #[test]
@@ -252,13 +253,21 @@ fn compiled_artifacts_are_cached_on_disk() {
 #[test]
 fn instantiation_is_fast_once_compiled() {
     let plugin = host().load(&wasm(&filter_wat(1, 0, ""))).unwrap();
-    // Warm up, then time many instantiations (a new partition's first batch).
+    // Warm up, then time many instantiations (a new partition's first batch). The
+    // median, not the mean: one stall of a loaded machine (a second, say) would
+    // push the mean of all 200 over the bound, while each takes tens of µs.
     drop(plugin.instantiate(&[], Limits::default()).unwrap());
-    let n = 200;
-    let started = Instant::now();
-    for _ in 0..n {
-        drop(plugin.instantiate(&[], Limits::default()).unwrap());
-    }
-    let per = started.elapsed() / n;
-    assert!(per < Duration::from_millis(5), "{per:?} per instantiation");
+    let mut times: Vec<Duration> = (0..200)
+        .map(|_| {
+            let started = Instant::now();
+            drop(plugin.instantiate(&[], Limits::default()).unwrap());
+            started.elapsed()
+        })
+        .collect();
+    times.sort_unstable();
+    let median = times[times.len() / 2];
+    assert!(
+        median < Duration::from_millis(5),
+        "{median:?} per instantiation (median)"
+    );
 }
