@@ -183,9 +183,14 @@ pub(crate) async fn run(context: Arc<Context>, mut commands: mpsc::Receiver<Comm
         if leading {
             // Everything committed before this term must be in our image before we
             // decide anything: wait until our first entry of the term is applied.
-            let ready =
-                tokio::time::timeout(Duration::from_secs(5), context.raft.ensure_linearizable())
-                    .await;
+            let confirmed =
+                tokio::time::timeout(Duration::from_secs(5), context.raft.ensure_linearizable());
+            // A retiring broker stops waiting: its Raft node no longer heartbeats, so
+            // the confirmation may never come before the node stops.
+            let ready = tokio::select! {
+                ready = confirmed => ready,
+                _ = retired.wait_for(|r| *r) => continue,
+            };
             if !matches!(ready, Ok(Ok(_))) && !unconfirmed_said {
                 let error = match &ready {
                     Ok(Err(e)) => e.to_string(),
@@ -355,12 +360,14 @@ impl<'a> Active<'a> {
             return Ok(());
         }
         tracing::debug!(?records, "controller writes");
-        match self
-            .context
-            .raft
-            .client_write(MetadataBatch { records })
-            .await
-        {
+        let write = self.context.raft.client_write(MetadataBatch { records });
+        let mut retired = self.context.retired.clone();
+        let written = tokio::select! {
+            written = write => written,
+            // The broker is stopping: the write may or may not commit; nobody waits.
+            _ = retired.wait_for(|r| *r) => return Err(LostLeadership),
+        };
+        match written {
             Ok(_) => Ok(()),
             Err(e) => {
                 tracing::warn!(error = %e, "controller write failed; stepping down");
