@@ -17,6 +17,7 @@ use meridian_wire::messages::{
 };
 use meridian_wire::ErrorCode;
 
+use crate::harness::free_ports;
 use crate::harness::TestBroker;
 
 struct TestCluster {
@@ -27,17 +28,6 @@ struct TestCluster {
     /// Appended to every config.
     extra: String,
     temp: tempfile::TempDir,
-}
-
-/// Distinct free UDP ports on 127.0.0.1 (held together while choosing, so distinct).
-fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().unwrap().port())
-        .collect()
 }
 
 impl TestCluster {

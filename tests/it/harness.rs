@@ -12,6 +12,33 @@ use meridian_client::{Client, ClientConfig, Trust};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
+/// `n` distinct UDP ports on 127.0.0.1 that were free a moment ago, for brokers that
+/// must listen (or come back after a restart) on a known port.
+///
+/// Taken below the kernel's ephemeral range (`ip_local_port_range`, 32768 and up by
+/// default), from a counter of this process: a port chosen by the kernel for a
+/// `:0` bind (every client endpoint, every broker of another test started on `:0`)
+/// never lands there, so no other test takes a port between its release here (or a
+/// broker's stop) and the broker's bind.
+pub fn free_ports(n: usize) -> Vec<u16> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    // Different test processes start in different places.
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7919) % SPAN;
+    let mut ports = Vec::with_capacity(n);
+    while ports.len() < n {
+        let i = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(i < SPAN, "ran out of ports to give brokers");
+        let port = (FIRST + (start + i) % SPAN) as u16;
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            ports.push(port);
+        }
+    }
+    ports
+}
+
 /// The `meridian` binary: `MERIDIAN_BIN`, else next to this test's target dir.
 pub fn meridian_bin() -> PathBuf {
     if let Some(path) = std::env::var_os("MERIDIAN_BIN") {
@@ -38,7 +65,8 @@ pub struct TestBroker {
     pub fingerprint: String,
     pub data_dir: PathBuf,
     settings: Vec<String>,
-    /// `--listen` (default `127.0.0.1:0`) and `--config`, for cluster members.
+    /// `--listen` (a port from [`free_ports`] unless a setting says otherwise) and
+    /// `--config`, for cluster members.
     listen: String,
     config_file: Option<PathBuf>,
     _temp: Option<Arc<tempfile::TempDir>>,
@@ -57,7 +85,8 @@ impl TestBroker {
         temp: Option<Arc<tempfile::TempDir>>,
     ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        let listen = "127.0.0.1:0".to_string();
+        // A known port, so a restart comes back where clients knew the broker.
+        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
         let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings);
         TestBroker {
             child: Some(child),
@@ -389,7 +418,8 @@ impl ClusterBroker {
         overrides.push("cluster_mode=true".into());
         let mut config = meridian_server::BrokerConfig::load(None, vec![], &overrides)
             .expect("valid test broker settings");
-        config.listen = "127.0.0.1:0".parse().unwrap();
+        // A known port, so a restart comes back where its peers know it.
+        config.listen = std::net::SocketAddr::from(([127, 0, 0, 1], free_ports(1)[0]));
         config.data_dir = data_dir.to_owned();
         config.tls_cert = Some(tls_dir.join("cert.pem"));
         config.tls_key = Some(tls_dir.join("key.pem"));

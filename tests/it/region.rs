@@ -11,19 +11,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::harness::free_ports;
 use crate::harness::meridian_bin;
-
-/// Three free UDP ports on 127.0.0.1 (bound and released: another process could take
-/// one in between, which would fail the test loudly, not silently).
-fn free_ports(n: usize) -> Vec<u16> {
-    let sockets: Vec<std::net::UdpSocket> = (0..n)
-        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").expect("bind UDP"))
-        .collect();
-    sockets
-        .iter()
-        .map(|s| s.local_addr().expect("local addr").port())
-        .collect()
-}
 
 /// A region file for three brokers on free ports, data under `dir`.
 fn region_file(dir: &Path, extra: &str) -> std::path::PathBuf {

@@ -124,18 +124,9 @@ async fn the_cli_takes_a_bootstrap_list() {
     assert!(listed.contains("cli-a"), "{listed}");
 }
 
-/// A free UDP port on 127.0.0.1, for a broker that must come back where it was.
-fn free_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_lost_mid_produce_is_retried_without_duplicates_or_reordering() {
-    let listen = format!("listen=127.0.0.1:{}", free_port());
+    let listen = format!("listen=127.0.0.1:{}", crate::harness::free_ports(1)[0]);
     let mut broker = TestBroker::start(&[listen.as_str()]);
     let client = broker
         .client_with(|c| {

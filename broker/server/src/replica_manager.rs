@@ -1057,8 +1057,10 @@ fn apply_fetched(target: &FetchTarget, answer: FetchPartitionResponse) -> Result
             ErrorCode::NotLeaderOrFollower
                 | ErrorCode::FencedLeaderEpoch
                 | ErrorCode::UnknownLeaderEpoch
-                // The leader has not applied the new topic yet.
+                // The leader has not applied the new topic, or its new partitions
+                // (`CreatePartitions`), yet.
                 | ErrorCode::UnknownTopic
+                | ErrorCode::InvalidPartition
         ) {
             tracing::warn!(topic = %target.topic, partition = partition.index, code = ?answer.error, message = %answer.message, "fetch from the leader refused");
         }
