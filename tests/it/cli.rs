@@ -547,3 +547,57 @@ fn broker_logs_carry_colour_codes_only_when_asked_off_a_terminal() {
     let coloured = first_log_line(Some("1"));
     assert!(coloured.contains("\u{1b}["), "{coloured:?}");
 }
+
+/// Output into a pipe whose reader has gone (`| head`) ends a command quietly: no
+/// panic, no error. Admin commands end as Unix tools do (killed by SIGPIPE, or
+/// done); `consume` stops at the failed write and exits 0. The reader is closed
+/// before the command has connected, so every write meets the closed pipe.
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+
+    let broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "piped", "-p", "2"], ""));
+    let lines: String = (0..2000).map(|i| format!("record-{i}\n")).collect();
+    ok(broker.cli(&["produce", "piped"], &lines));
+    for args in [
+        &["topic", "describe", "piped"][..],
+        &["topic", "list"],
+        &["consume", "piped", "--from", "earliest", "-n", "2000"],
+        &[
+            "consume", "piped", "--group", "pipers", "--from", "earliest",
+        ],
+    ] {
+        let mut child = broker
+            .cli_command(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        drop(child.stdout.take());
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() || out.status.signal() == Some(libc::SIGPIPE),
+            "{args:?}: {} {stderr}",
+            out.status
+        );
+        assert!(
+            !stderr.contains("panicked") && !stderr.contains("error"),
+            "{args:?}: {stderr}"
+        );
+    }
+    // The group member left on its way out (its partitions are free at once, not
+    // after its session timeout), and committed nothing it could not print.
+    let described = ok(broker.cli(&["group", "describe", "pipers"], ""));
+    assert!(
+        described.contains("state Empty") && described.contains("0 members"),
+        "{described}"
+    );
+    for row in described.lines().filter(|l| l.starts_with("piped")) {
+        let committed = row.split_whitespace().nth(2);
+        assert!(matches!(committed, Some("0" | "-")), "{described}");
+    }
+}

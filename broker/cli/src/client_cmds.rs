@@ -528,6 +528,7 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
     let limit = args.count.unwrap_or(u64::MAX);
     let mut printed = 0u64;
+    let mut reader_gone = false;
     let mut last_record = std::time::Instant::now();
     // Ctrl-C or SIGTERM (`kill`, `timeout`, a service manager) ends the member
     // cleanly: it commits what it printed and leaves the group, so its partitions go
@@ -550,12 +551,22 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
         }
         // Only what was returned by `poll` can be committed; print it all and flush
         // before the next poll may commit it, so a crash never skips a record.
-        let n_print = records.len().min((limit - printed) as usize);
-        for record in &records[..n_print] {
-            print_record(&mut stdout, record, args.format)?;
+        let mut n_print = records.len().min((limit - printed) as usize);
+        let written = records[..n_print]
+            .iter()
+            .try_for_each(|record| print_record(&mut stdout, record, args.format))
+            .and_then(|()| Ok(stdout.flush()?));
+        if let Err(e) = written {
+            if !crate::is_broken_pipe(&e) {
+                return Err(e);
+            }
+            // What read the output has gone (`| head`): which of these records it
+            // got is unknown, so none counts as printed; the member commits what it
+            // printed before and leaves, as on Ctrl-C.
+            reader_gone = true;
+            n_print = 0;
         }
         printed += n_print as u64;
-        stdout.flush()?;
         // Stopping inside a batch: rewind to the first record not printed, so the
         // commit on close does not cover it.
         let mut rewound = std::collections::BTreeSet::new();
@@ -566,8 +577,14 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
                     .await?;
             }
         }
+        if reader_gone {
+            break;
+        }
     }
-    stdout.flush()?;
+    if !reader_gone {
+        stdout.flush()?;
+    }
+    // A BufWriter holding what a closed pipe refused drops it here.
     drop(stdout);
     consumer.close().await?;
     Ok(())

@@ -327,6 +327,12 @@ impl<S> tracing_subscriber::layer::Filter<S> for QuietVotes {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(
+        cli.command,
+        Command::Topic(_) | Command::Partition(_) | Command::Group(_) | Command::Plugin(_)
+    ) {
+        end_quietly_on_closed_pipe();
+    }
     init_tracing();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -340,11 +346,39 @@ fn main() -> std::process::ExitCode {
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // What read the output (`| head`) has had enough: not a failure.
+        Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Admin commands print their answer and end. When what reads it goes away
+/// (`meridian topic describe t | head -3`), they end too, quietly, as Unix tools do,
+/// instead of panicking in `println!` (Rust ignores SIGPIPE, which turns such a
+/// write into an error). Not for the broker, `up` and `bench` (they stop their
+/// brokers on the way out), nor for `produce`/`consume` (a closed pipe is a write
+/// error there, after which they finish: see `is_broken_pipe`; a group member
+/// commits what it printed before and leaves).
+fn end_quietly_on_closed_pipe() {
+    #[cfg(unix)]
+    // SAFETY: called first thing in `main`, before any other thread exists; it only
+    // sets one signal's disposition back to the default.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+/// Whether the error is a write to a pipe whose reader has gone.
+pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+    })
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
