@@ -1254,70 +1254,61 @@ impl Shared {
 /// Internal topics are created by the controller itself, never on request.
 async fn cluster_create_topics(
     cluster: &Cluster,
-    mut request: CreateTopicsRequest,
+    request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
-    let mut refused = Vec::new();
-    request
-        .topics
-        .retain(|t| match refuse_internal(&t.name, "created") {
-            Ok(()) => true,
-            Err(f) => {
-                refused.push(topic_result(t.name.clone(), Err(f)));
-                false
-            }
-        });
-    let names: Vec<String> = request.topics.iter().map(|t| t.name.clone()).collect();
-    let mut response = if names.is_empty() {
-        CreateTopicsResponse {
-            results: Vec::new(),
-        }
-    } else {
-        match cluster.controller.create_topics(request).await {
-            Ok(response) => response,
-            Err(e) => CreateTopicsResponse {
-                results: names
-                    .into_iter()
-                    .map(|name| TopicResult {
-                        name,
-                        error: ErrorCode::NotController,
-                        message: e.to_string(),
-                    })
-                    .collect(),
-            },
-        }
-    };
-    response.results.extend(refused);
-    response
+    let validate_only = request.validate_only;
+    let results = through_controller(
+        request.topics,
+        |t| &t.name,
+        "created",
+        async |topics| {
+            let request = CreateTopicsRequest {
+                topics,
+                validate_only,
+            };
+            let response = cluster.controller.create_topics(request).await?;
+            Ok::<_, crate::cluster::ControllerError>(response.results)
+        },
+    )
+    .await;
+    CreateTopicsResponse { results }
 }
 
 /// Refuses, per topic, what `refuse_internal` refuses; answers the rest with `ask`
 /// (the controller), or `NotController` for every topic when it cannot be reached.
+/// The refusals come after the controller's answers.
 async fn through_controller<T, E: std::fmt::Display>(
     topics: Vec<T>,
     name_of: impl Fn(&T) -> &str,
     action: &str,
     ask: impl AsyncFnOnce(Vec<T>) -> Result<Vec<TopicResult>, E>,
 ) -> Vec<TopicResult> {
-    let mut results = Vec::new();
+    let mut refused = Vec::new();
     let mut asked = Vec::new();
     for t in topics {
         match refuse_internal(name_of(&t), action) {
             Ok(()) => asked.push(t),
-            Err(f) => results.push(topic_result(name_of(&t).to_string(), Err(f))),
+            Err(f) => refused.push(topic_result(name_of(&t).to_string(), Err(f))),
         }
     }
-    if asked.is_empty() {
-        return results;
+    let mut results = Vec::new();
+    if !asked.is_empty() {
+        let names: Vec<String> = asked.iter().map(|t| name_of(t).to_string()).collect();
+        match ask(asked).await {
+            Ok(answers) => results = answers,
+            Err(e) => {
+                results = names
+                    .into_iter()
+                    .map(|name| TopicResult {
+                        name,
+                        error: ErrorCode::NotController,
+                        message: e.to_string(),
+                    })
+                    .collect()
+            }
+        }
     }
-    let names: Vec<String> = asked.iter().map(|t| name_of(t).to_string()).collect();
-    match ask(asked).await {
-        Ok(answers) => results.extend(answers),
-        Err(e) => results.extend(names.into_iter().map(|name| TopicResult {
-            name,
-            error: ErrorCode::NotController,
-            message: e.to_string(),
-        })),
-    }
+    results.extend(refused);
     results
 }
 
