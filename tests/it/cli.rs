@@ -13,7 +13,7 @@ fn ok(result: (bool, String, String)) -> String {
 
 #[test]
 fn topic_produce_consume_tour() {
-    let broker = TestBroker::start(&[]);
+    let broker = TestBroker::start(&["default_partitions=2"]);
     let out = ok(broker.cli(
         &[
             "topic",
@@ -26,7 +26,18 @@ fn topic_produce_consume_tour() {
         ],
         "",
     ));
-    assert!(out.contains("created topic demo"), "{out}");
+    assert!(
+        out.contains("created topic demo with 3 partition(s), replication factor 1"),
+        "{out}"
+    );
+    // Without flags: the broker's default_partitions, and the one replica a single
+    // broker has.
+    let out = ok(broker.cli(&["topic", "create", "plain"], ""));
+    assert!(
+        out.contains("created topic plain with 2 partition(s), replication factor 1"),
+        "{out}"
+    );
+    ok(broker.cli(&["topic", "delete", "plain"], ""));
     assert_eq!(ok(broker.cli(&["topic", "list"], "")), "demo\n");
 
     let described = ok(broker.cli(&["topic", "describe", "demo"], ""));

@@ -713,7 +713,7 @@ async fn unpaced_acks_all_load_on_a_new_rf3_topic_completes_and_reads_back() {
     let client = cluster.client(controller).await;
     let err = client
         .admin()
-        .create_topic(NewTopic::new("single", 1))
+        .create_topic(NewTopic::new("single", 1).replication_factor(1))
         .await
         .expect_err("RF 1 below min.insync.replicas 2 is refused");
     assert_eq!(

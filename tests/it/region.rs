@@ -202,18 +202,7 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     // The quorum needs a moment to elect a controller and register the brokers.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (ok, _, err) = cli(
-            &[
-                "topic",
-                "create",
-                "replicated",
-                "--partitions",
-                "3",
-                "--replication-factor",
-                "3",
-            ],
-            "",
-        );
+        let (ok, _, err) = cli(&["topic", "create", "replicated", "--partitions", "3"], "");
         // An earlier attempt may have been created but answered with an error (the
         // controller lost its leadership mid-write while the quorum settled).
         if ok || err.contains("TopicAlreadyExists") {
@@ -227,7 +216,11 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     }
     let (ok, out, err) = cli(&["topic", "describe", "replicated"], "");
     assert!(ok, "{err}");
-    assert!(out.contains("replicated"), "{out}");
+    // No --replication-factor: the cluster's default, 3 with three voters.
+    assert!(
+        out.contains("topic: replicated  partitions: 3  replication-factor: 3"),
+        "{out}"
+    );
     let (ok, _, err) = cli(&["produce", "replicated", "--acks", "all"], "a\nb\nc\n");
     assert!(ok, "{err}");
     let (ok, out, err) = cli(

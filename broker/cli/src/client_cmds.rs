@@ -20,10 +20,13 @@ pub enum TopicCommand {
     /// Create a topic.
     Create {
         name: String,
-        #[arg(long, short, default_value_t = 1)]
-        partitions: u32,
-        #[arg(long, default_value_t = 1)]
-        replication_factor: u16,
+        /// Default: the broker's `default_partitions`.
+        #[arg(long, short)]
+        partitions: Option<u32>,
+        /// Default: the cluster's `cluster.default_replication_factor` (1 on a
+        /// single broker).
+        #[arg(long)]
+        replication_factor: Option<u16>,
         /// Topic setting, repeatable: `--config retention.ms=3600000`.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
@@ -105,14 +108,21 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             configs,
             connect,
         } => {
-            let mut topic = NewTopic::new(name.clone(), partitions);
-            topic.replication_factor = replication_factor;
+            let mut topic = NewTopic::new(name.clone(), partitions.unwrap_or(0))
+                .replication_factor(replication_factor.unwrap_or(0));
             for entry in &configs {
                 let (k, v) = key_value(entry)?;
                 topic = topic.config(k, v);
             }
-            connect.connect().await?.admin().create_topic(topic).await?;
-            println!("created topic {name} with {partitions} partition(s)");
+            let admin = connect.connect().await?.admin();
+            admin.create_topic(topic).await?;
+            // What the defaults came to.
+            let created = admin.describe_topic(&name).await?;
+            println!(
+                "created topic {name} with {} partition(s), replication factor {}",
+                created.partitions.len(),
+                created.replication_factor
+            );
         }
         TopicCommand::List { internal, connect } => {
             let admin = connect.connect().await?.admin();

@@ -70,10 +70,18 @@ impl Shared {
                 }
                 None => self.metadata(r),
             }),
-            Request::CreateTopics(r) => Response::CreateTopics(match &self.cluster {
-                Some(cluster) => cluster_create_topics(cluster, r).await,
-                None => self.create_topics(r),
-            }),
+            Request::CreateTopics(mut r) => {
+                for t in &mut r.topics {
+                    if t.partitions == 0 {
+                        t.partitions = self.config.default_partitions;
+                    }
+                }
+                Response::CreateTopics(match &self.cluster {
+                    // The controller resolves a replication factor of 0.
+                    Some(cluster) => cluster_create_topics(cluster, r).await,
+                    None => self.create_topics(r),
+                })
+            }
             Request::DeleteTopics(r) => Response::DeleteTopics(match &self.cluster {
                 Some(cluster) => cluster_delete_topics(cluster, r).await,
                 None => self.delete_topics(r),
@@ -672,13 +680,15 @@ impl Shared {
             .map(|t| {
                 let configs: Vec<(String, String)> =
                     t.configs.into_iter().map(|c| (c.key, c.value)).collect();
+                // 0 is the cluster's default, which on one broker is 1.
+                let replication_factor = t.replication_factor.max(1);
                 let outcome = if request.validate_only {
                     self.registry
-                        .validate_create(&t.name, t.partitions, t.replication_factor, configs)
+                        .validate_create(&t.name, t.partitions, replication_factor, configs)
                         .map(drop)
                 } else {
                     self.registry
-                        .create(&t.name, t.partitions, t.replication_factor, configs)
+                        .create(&t.name, t.partitions, replication_factor, configs)
                         .map(|topic| {
                             self.groups
                                 .topic_changed(&topic.name, Some(topic.partitions.len() as u32))

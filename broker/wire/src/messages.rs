@@ -275,7 +275,9 @@ pub struct ConfigEntry {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateTopic {
     pub name: String,
+    /// 0: the receiving broker's `default_partitions`.
     pub partitions: u32,
+    /// 0: the cluster's `cluster.default_replication_factor` (1 on a single broker).
     pub replication_factor: u16,
     pub configs: Vec<ConfigEntry>,
 }

@@ -151,22 +151,32 @@ impl TopicConfigChanges {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NewTopic {
     pub name: String,
+    /// 0 takes the broker's `default_partitions`.
     pub partitions: u32,
-    /// 1 until replication lands.
+    /// Copies of each partition, on as many brokers. 0 (what [`NewTopic::new`]
+    /// sets) takes the cluster's `cluster.default_replication_factor`, which is
+    /// 1 on a single broker, as Kafka's `default.replication.factor` does.
     pub replication_factor: u16,
     /// Topic configuration overrides, e.g. `("retention.ms", "86400000")`.
     pub configs: Vec<(String, String)>,
 }
 
 impl NewTopic {
-    /// A topic with `partitions` partitions, replication factor 1 and default configs.
+    /// A topic with `partitions` partitions, the cluster's default replication
+    /// factor and default configs.
     pub fn new(name: impl Into<String>, partitions: u32) -> NewTopic {
         NewTopic {
             name: name.into(),
             partitions,
-            replication_factor: 1,
+            replication_factor: 0,
             configs: Vec::new(),
         }
+    }
+
+    /// Sets the replication factor.
+    pub fn replication_factor(mut self, replication_factor: u16) -> Self {
+        self.replication_factor = replication_factor;
+        self
     }
 
     /// Adds a configuration override.
@@ -838,7 +848,8 @@ mod tests {
             .config("cleanup.policy", "compact");
         assert_eq!(topic.name, "orders");
         assert_eq!(topic.partitions, 4);
-        assert_eq!(topic.replication_factor, 1);
+        assert_eq!(topic.replication_factor, 0, "the cluster's default");
+        assert_eq!(topic.clone().replication_factor(3).replication_factor, 3);
         assert_eq!(topic.configs.len(), 2);
         assert_eq!(
             topic.configs[1],
