@@ -1348,6 +1348,111 @@ async fn a_new_replica_copies_the_log_no_faster_than_the_catch_up_limit() {
     assert_eq!(read_values(&client, "copied").await.len(), 4096);
 }
 
+/// A new replica of a compacted topic copies a cleaned log, whose offsets skip the
+/// batches the cleaner removed. It stores them as they are, joins the ISR, and once
+/// it leads serves the same records at the same offsets. (It used to refuse the
+/// first batch after a gap, every second, and never caught up.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_replica_copies_a_compacted_log_with_gaps_and_takes_over() {
+    let mut cluster = TestCluster::start("log_cleaner_backoff_ms = 100\n");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    let topic = NewTopic::new("compacted", 1)
+        .replication_factor(1)
+        .config("cleanup.policy", "compact")
+        .config("segment.bytes", "1024")
+        .config("min.cleanable.dirty.ratio", "0.01");
+    admin.create_topic(topic).await.unwrap();
+    let leader = cluster
+        .agreed_topic("compacted", Duration::from_secs(10), |_| true)
+        .await[0]
+        .leader;
+    let client = cluster.client(leader).await;
+    // Rounds of two batches: keys `a` and `b` rewritten (every round's batch but the
+    // last loses all its records), then a key of the round's own, which stays.
+    let producer = client.producer(ProducerConfig::default());
+    let value = "v".repeat(300);
+    for round in 0..30 {
+        for key in ["a".to_string(), "b".to_string()] {
+            let record = ProducerRecord::new("compacted", value.clone())
+                .key(key)
+                .partition(0);
+            drop(producer.send(record).await.unwrap());
+        }
+        producer.flush().await.unwrap();
+        let record = ProducerRecord::new("compacted", value.clone())
+            .key(format!("own-{round}"))
+            .partition(0);
+        producer.send(record).await.unwrap().await.unwrap();
+    }
+    // The leader cleans its sealed segments: reading from the start skips offsets.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let before = loop {
+        let records =
+            crate::harness::read_partition_0(&client, "compacted", Duration::from_secs(30)).await;
+        let gaps = records
+            .windows(2)
+            .filter(|w| w[1].offset > w[0].offset + 1)
+            .count();
+        if gaps >= 10 {
+            break records;
+        }
+        assert!(Instant::now() < deadline, "not cleaned: {gaps} gaps");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+
+    let target = (1..=3).find(|b| *b != leader).unwrap();
+    let results = admin
+        .reassign_partitions("compacted", &[(0, Some(vec![leader, target]))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    cluster
+        .agreed_topic("compacted", Duration::from_secs(30), |v| {
+            v[0].isr.contains(&target)
+        })
+        .await;
+
+    // The old leader dies; the copy leads and serves what it served.
+    cluster.broker(leader).kill9();
+    cluster
+        .agreed_topic("compacted", Duration::from_secs(30), |v| {
+            v[0].leader == target
+        })
+        .await;
+    let after = crate::harness::read_partition_0(
+        &cluster.client(target).await,
+        "compacted",
+        Duration::from_secs(30),
+    )
+    .await;
+    // Cleaning goes on meanwhile, on both brokers, so `after` may hold fewer of the
+    // rewritten keys' records; never another record, and always each key's latest.
+    let offset_and_key = |records: &[ConsumerRecord]| -> Vec<(i64, String)> {
+        records
+            .iter()
+            .map(|r| {
+                assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
+                let key = r.key.as_ref().expect("keyed");
+                (r.offset, String::from_utf8(key.to_vec()).unwrap())
+            })
+            .collect()
+    };
+    let (before, after) = (offset_and_key(&before), offset_and_key(&after));
+    assert!(after.iter().all(|r| before.contains(r)), "{after:?}");
+    let mut latest = BTreeMap::new();
+    for (offset, key) in &before {
+        latest.insert(key.clone(), *offset);
+    }
+    assert_eq!(latest.len(), 32, "a, b and 30 own keys");
+    for (key, offset) in latest {
+        assert!(
+            after.contains(&(offset, key.clone())),
+            "{key} at {offset}: {after:?}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
     let mut cluster = TestCluster::start("");

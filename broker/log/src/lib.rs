@@ -24,11 +24,12 @@
 //!
 //! # Invariants
 //!
-//! - Offsets inside the active segment are dense: each batch's base offset is the
-//!   previous batch's last offset + 1, and the first batch's is the segment's base
-//!   offset. Sealed segments may have gaps after compaction (see [`CleanPlan`]): there
-//!   each batch starts after the previous one ends, the first at or after the base
-//!   offset. Recovery and reads check this (a base offset is not covered by the CRC).
+//! - Offsets increase inside a segment: each batch starts after the previous one
+//!   ends, the first at or after the segment's base offset. A leader's active segment
+//!   is dense (it assigns offsets from the log end), but there may be gaps elsewhere:
+//!   compaction thins out sealed segments (see [`CleanPlan`]), and a follower copying
+//!   a compacted leader's log copies its gaps, into its active segment too. Recovery
+//!   and reads check this (a base offset is not covered by the CRC).
 //! - The log start offset is the first segment's base offset, or later after
 //!   [`PartitionLog::delete_before`] (persisted in [`LOG_START_OFFSET_FILE`]).
 //! - A sealed segment is non-empty, at most 4 GiB, ends exactly at a batch boundary,
@@ -217,8 +218,8 @@ pub enum LogError {
         "a batch from an idempotent producer must be the only batch for its partition in a request"
     )]
     IdempotentBatchNotAlone,
-    #[error("replicated batch starts at offset {found} but the log ends at {expected}")]
-    NotContiguous { expected: i64, found: i64 },
+    #[error("replicated batch starts at offset {found}, below the log end {expected}")]
+    BelowLogEnd { expected: i64, found: i64 },
     #[error("replicated batch at offset {offset} has leader epoch {epoch}, older than the log's latest {latest}")]
     EpochRegression {
         epoch: i32,
@@ -255,7 +256,7 @@ impl LogError {
                 ErrorCode::UnknownProducerId
             }
             LogError::IdempotentBatchNotAlone => ErrorCode::InvalidRequest,
-            LogError::NotContiguous { .. } | LogError::EpochRegression { .. } => {
+            LogError::BelowLogEnd { .. } | LogError::EpochRegression { .. } => {
                 ErrorCode::CorruptMessage
             }
         }

@@ -463,9 +463,11 @@ impl PartitionLog {
     /// follower's segments hold the leader's bytes.
     ///
     /// Checks before writing anything: every batch parses and passes its CRC, the
-    /// first starts at the log end and each next one right after the previous one
-    /// (the active segment stays dense), and no batch's epoch is older than the
-    /// log's latest. Indexes, the time index, producer state and leader epochs are
+    /// first starts at or after the log end and each next one after the previous
+    /// one, and no batch's epoch is older than the log's latest. A batch may start
+    /// past where the previous one ended: the leader's log was compacted, and a batch
+    /// that lost every record left a gap in the offsets (Kafka's followers accept
+    /// such gaps the same way). Indexes, the time index, producer state and leader epochs are
     /// updated as for a leader append (a new epoch is stored before its records are
     /// written). Empty input appends nothing. Returns what was appended, per batch.
     pub fn append_as_follower(
@@ -489,8 +491,8 @@ impl PartitionLog {
                 .into());
             }
             header.validate(&records[position..position + len])?;
-            if header.base_offset != next_offset || header.last_offset_delta < 0 {
-                return Err(LogError::NotContiguous {
+            if header.base_offset < next_offset || header.last_offset_delta < 0 {
+                return Err(LogError::BelowLogEnd {
                     expected: next_offset,
                     found: header.base_offset,
                 });

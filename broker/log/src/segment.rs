@@ -190,27 +190,17 @@ pub(crate) struct Scan {
     pub problem: Option<(u64, String)>,
 }
 
-/// How the offsets of consecutive batches in a segment relate.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Offsets {
-    /// Each batch starts right after the previous one: the active segment, which the
-    /// cleaner never touches.
-    Dense,
-    /// Each batch starts after the previous one, maybe with a gap: a sealed segment,
-    /// which compaction may have thinned out.
-    Increasing,
-}
-
 /// What [`scan_batches`] checks besides headers.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ScanChecks {
     pub verify_crc: bool,
-    pub offsets: Offsets,
 }
 
 /// Walks batches from `start` to `limit`, checking each header (and each CRC when
-/// `verify_crc`), that offsets follow `offsets` from `first_offset`, and that relative
-/// offsets fit the index. Stops at the first problem.
+/// `verify_crc`), that each batch starts at or after `first_offset` and after the one
+/// before it, and that relative offsets fit the index. Offsets may skip: compaction
+/// thins out sealed segments, and a follower copies a compacted leader's gaps into
+/// its active one. Stops at the first problem.
 pub(crate) fn scan_batches(
     file: &File,
     base_offset: i64,
@@ -220,10 +210,7 @@ pub(crate) fn scan_batches(
     checks: ScanChecks,
     mut on_batch: impl FnMut(&BatchHeader, u64),
 ) -> io::Result<Scan> {
-    let ScanChecks {
-        verify_crc,
-        offsets,
-    } = checks;
+    let ScanChecks { verify_crc } = checks;
     let mut scan = Scan {
         end: start,
         next_offset: first_offset,
@@ -240,10 +227,7 @@ pub(crate) fn scan_batches(
                 break;
             }
         };
-        let out_of_order = match offsets {
-            Offsets::Dense => header.base_offset != scan.next_offset,
-            Offsets::Increasing => header.base_offset < scan.next_offset,
-        };
+        let out_of_order = header.base_offset < scan.next_offset;
         let problem = if out_of_order {
             Some(format!(
                 "batch base offset {} where {} was expected",
@@ -504,10 +488,7 @@ impl Segment {
             self.size,
             self.base_offset,
             // Cleaned segments have gaps; offsets only have to increase.
-            ScanChecks {
-                verify_crc: false,
-                offsets: Offsets::Increasing,
-            },
+            ScanChecks { verify_crc: false },
             |header, _| f(header),
         )?;
         if let Some((position, detail)) = scan.problem {
@@ -579,10 +560,7 @@ impl Segment {
                     position,
                     size,
                     first_offset,
-                    ScanChecks {
-                        verify_crc: false,
-                        offsets: Offsets::Increasing,
-                    },
+                    ScanChecks { verify_crc: false },
                     |_, _| {},
                 )?;
                 if let Some((position, detail)) = scan.problem {
@@ -744,17 +722,15 @@ impl Segment {
                 start.position,
                 last.position as u64,
                 start.first_offset,
-                ScanChecks {
-                    verify_crc: false,
-                    offsets: Offsets::Dense,
-                },
+                ScanChecks { verify_crc: false },
                 |_, _| {},
             )?;
+            let last_offset = base_offset + last.relative_offset as i64;
             let lands_on_last_entry = walk.problem.is_none()
-                && walk.next_offset == base_offset + last.relative_offset as i64
+                && walk.next_offset <= last_offset
                 && matches!(
                     read_header(&file, last.position as u64, file_size)?,
-                    Ok(header) if header.base_offset == walk.next_offset
+                    Ok(header) if header.base_offset == last_offset
                 );
             let last_walked_is_intact = match walk.last_batch {
                 Some((position, header)) => header
@@ -782,10 +758,7 @@ impl Segment {
             scan_position,
             file_size,
             scan_offset,
-            ScanChecks {
-                verify_crc: true,
-                offsets: Offsets::Dense,
-            },
+            ScanChecks { verify_crc: true },
             |header, position| {
                 cursor.index_scanned(
                     &mut index,
@@ -983,10 +956,7 @@ impl Segment {
             0,
             self.size,
             base_offset,
-            ScanChecks {
-                verify_crc: true,
-                offsets: Offsets::Increasing,
-            },
+            ScanChecks { verify_crc: true },
             |header, position| {
                 cursor.index_scanned(
                     &mut index,

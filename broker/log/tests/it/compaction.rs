@@ -732,3 +732,130 @@ fn a_crash_between_persisting_the_start_and_deleting_segments_finishes_on_open()
     assert_eq!(log.segment_base_offsets()[0], bases[3]);
     assert!(!dir.path().join(format!("{:020}.log", bases[0])).exists());
 }
+
+/// Base offset and offset count of every batch, read from the log start.
+fn batch_ranges(log: &PartitionLog) -> Vec<(i64, i64)> {
+    crate::support::read_all(log)
+        .iter()
+        .map(|(h, _)| (h.base_offset, h.last_offset()))
+        .collect()
+}
+
+/// A follower copying a compacted leader log (a new replica, or one whose disk was
+/// replaced) gets batches whose offsets skip the batches the cleaner removed. It
+/// stores them with their gaps, in its active segment too, keeps them across a
+/// kill and a clean restart, and appends after them as a leader would.
+#[test]
+fn a_follower_copies_a_compacted_log_with_its_gaps_and_keeps_them_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = PartitionLog::open(&dir.path().join("leader"), compact_config(), 0).unwrap();
+    // Rounds of two batches: keys 0 and 1 rewritten (so all but the last round's
+    // batch lose every record), then a key of the round's own, which stays.
+    let mut produced = Vec::new();
+    for round in 0..40u16 {
+        let rewritten = [0u8, 1].map(|key| Produced {
+            key: Some(key),
+            value: Some(round),
+            timestamp: 10,
+        });
+        produced.extend(produce(&mut leader, &rewritten, &[2], Compression::None));
+        let own = Produced {
+            key: Some(10 + round as u8),
+            value: Some(round),
+            timestamp: 10,
+        };
+        produced.extend(produce(&mut leader, &[own], &[1], Compression::None));
+    }
+    let active_base = *leader.segment_base_offsets().last().unwrap();
+    leader.clean(100, &mut |_| {}).unwrap().expect("due");
+    let ranges = batch_ranges(&leader);
+    let gaps = ranges.windows(2).filter(|w| w[1].0 > w[0].1 + 1).count();
+    assert!(gaps > 10, "the clean left gaps between batches: {ranges:?}");
+    assert_eq!(ranges[0].0, 2, "the first batch went too, not the segment");
+    assert_eq!(leader.log_start_offset(), 0);
+
+    // One segment for everything, so the gaps land in the follower's active one.
+    let follower_config = LogConfig {
+        segment_bytes: 1 << 30,
+        ..compact_config()
+    };
+    let path = dir.path().join("follower");
+    let mut follower = PartitionLog::open(&path, follower_config.clone(), 0).unwrap();
+    // Fetch as the fetcher does: from the log end, whatever the leader's read gives.
+    while follower.log_end_offset() < leader.log_end_offset() {
+        let end = follower.log_end_offset();
+        let bytes = leader.read(end, 700).unwrap().unwrap().read().unwrap();
+        let appended = follower.append_as_follower(&bytes, 0).unwrap();
+        assert!(appended[0].1 >= end);
+        let (_, base, n) = *appended.last().unwrap();
+        assert_eq!(follower.log_end_offset(), base + i64::from(n));
+    }
+    assert_eq!(follower.segment_count(), 1);
+    let expected = expected_after_clean(&produced, active_base, |_| false);
+    check_contents(&follower, &produced, &expected);
+    assert_eq!(batch_ranges(&follower), ranges);
+
+    // After a kill (no clean close), recovery scans the active segment in full and
+    // keeps every batch; after a clean close too.
+    drop(follower);
+    let follower = PartitionLog::open(&path, follower_config.clone(), 0).unwrap();
+    assert_eq!(batch_ranges(&follower), ranges);
+    follower.close().unwrap();
+    let mut follower = PartitionLog::open(&path, follower_config, 0).unwrap();
+    assert_eq!(batch_ranges(&follower), ranges);
+    check_contents(&follower, &produced, &expected);
+
+    // Made leader, it goes on from its log end.
+    let end = follower.log_end_offset();
+    assert_eq!(end, leader.log_end_offset());
+    let info = append(&mut follower, &batch(3, 10, 20), 0);
+    assert_eq!(info.base_offset, end);
+
+    // A batch below the log end is still refused.
+    let first = leader.read(0, 1).unwrap().unwrap().read().unwrap();
+    let error = follower.append_as_follower(&first, 0).unwrap_err();
+    assert!(matches!(error, LogError::BelowLogEnd { .. }), "{error}");
+}
+
+/// Truncating into a cleaned segment (a follower's diverging tail reaching that far
+/// back) makes it the active segment again; every batch below the cut stays, gaps
+/// and all, across a reopen.
+#[test]
+fn truncation_into_a_cleaned_segment_keeps_what_is_below_the_cut() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    for round in 0..60u16 {
+        let rewritten = [0u8, 1].map(|key| Produced {
+            key: Some(key),
+            value: Some(round),
+            timestamp: 10,
+        });
+        produce(&mut log, &rewritten, &[2], Compression::None);
+        let own = Produced {
+            key: Some(10 + round as u8),
+            value: Some(round),
+            timestamp: 10,
+        };
+        produce(&mut log, &[own], &[1], Compression::None);
+    }
+    log.clean(100, &mut |_| {}).unwrap().expect("due");
+    // Cut at the last batch of the first (cleaned) segment.
+    let second_base = log.segment_base_offsets()[1];
+    let ranges = batch_ranges(&log);
+    let cut = ranges
+        .iter()
+        .filter(|r| r.1 < second_base)
+        .last()
+        .unwrap()
+        .0;
+    let kept: Vec<(i64, i64)> = ranges.iter().copied().filter(|r| r.1 < cut).collect();
+    assert!(
+        kept.windows(2).any(|w| w[1].0 > w[0].1 + 1),
+        "gaps below the cut"
+    );
+    log.truncate_to(cut, 0).unwrap();
+    assert_eq!(batch_ranges(&log), kept);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    assert_eq!(batch_ranges(&log), kept);
+}

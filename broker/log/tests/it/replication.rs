@@ -111,7 +111,7 @@ fn a_follower_stores_the_leaders_bytes_with_their_offsets_and_epochs() {
 }
 
 #[test]
-fn follower_appends_refuse_gaps_corruption_and_older_epochs_without_writing() {
+fn follower_appends_refuse_overlaps_corruption_and_older_epochs_without_writing() {
     let dir = tempfile::tempdir().unwrap();
     let leader = leader_log(&dir.path().join("leader"));
     let mut follower = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
@@ -123,7 +123,6 @@ fn follower_appends_refuse_gaps_corruption_and_older_epochs_without_writing() {
         assert_eq!(error.code(), code, "{error}");
         assert_eq!(follower.log_end_offset(), end);
     };
-    check(&mut follower, second.clone(), ErrorCode::CorruptMessage);
     let mut flipped = first.to_vec();
     *flipped.last_mut().unwrap() ^= 1;
     check(
@@ -143,6 +142,9 @@ fn follower_appends_refuse_gaps_corruption_and_older_epochs_without_writing() {
     follower.append_as_follower(&first, 0).unwrap();
     follower.append_as_follower(&second, 0).unwrap();
     assert_eq!(follower.log_end_offset(), 3);
+    // What the log already holds (from its end, or a batch crossing it) is refused.
+    check(&mut follower, second.clone(), ErrorCode::CorruptMessage);
+    check(&mut follower, first.clone(), ErrorCode::CorruptMessage);
     // A batch stamped with an epoch older than the log's latest is refused.
     let mut late = PartitionLog::open(&dir.path().join("late"), small_config(), 0).unwrap();
     late.assign_leader_epoch(9).unwrap();
