@@ -5,7 +5,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_client::{Compression, ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
+use meridian_client::{
+    AutoOffsetReset, Compression, ConsumerConfig, ErrorCode, GroupConfig, NewTopic, Offset,
+    OffsetCommit, ProducerConfig, ProducerRecord,
+};
 
 use crate::harness::TestBroker;
 
@@ -139,6 +142,84 @@ async fn a_compacted_topic_keeps_the_latest_value_of_every_key() {
         .unwrap();
     assert_eq!(policy.value, "compact");
     check(&after_restart);
+}
+
+/// A group whose committed offset lies among records the cleaner removed from the
+/// front of the log resumes at the first record kept. The log start stays where it
+/// was, so the position is not out of range and the default reset (`latest`) does
+/// not skip what is left. (The log start used to move past the emptied segments.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_behind_cleaned_records_resumes_at_the_first_kept_one() {
+    let broker = TestBroker::start(&["log_cleaner_backoff_ms=100"]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(
+            NewTopic::new("state", 1)
+                .config("cleanup.policy", "compact")
+                .config("segment.bytes", "1024")
+                .config("min.cleanable.dirty.ratio", "0.01"),
+        )
+        .await
+        .unwrap();
+    // Key `a` rewritten in 40 batches of its own (three to a segment), then keys
+    // b0..b4 once each.
+    let producer = client.producer(ProducerConfig::default());
+    let value = Bytes::from("v".repeat(300));
+    let keys = (0..40)
+        .map(|_| "a".to_string())
+        .chain((0..5).map(|i| format!("b{i}")));
+    for key in keys {
+        let record = ProducerRecord::new("state", value.clone())
+            .key(key)
+            .partition(0);
+        producer.send(record).await.unwrap().await.unwrap();
+    }
+    // The group had read up to offset 3.
+    client
+        .admin()
+        .set_committed_offsets("g", &[OffsetCommit::new("state", 0, 3)])
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let read = read_all(&client, "state").await;
+        if read.first().is_some_and(|r| r.0 == 39) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "never cleaned");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let earliest = client
+        .admin()
+        .list_offsets("state", 0, Offset::Earliest)
+        .await
+        .unwrap();
+    assert_eq!(earliest, 0, "compaction does not move the log start");
+
+    let config = ConsumerConfig::default();
+    assert_eq!(config.auto_offset_reset, AutoOffsetReset::Latest);
+    let mut consumer = client.consumer(config);
+    consumer
+        .subscribe(GroupConfig::new("g"), &["state"])
+        .await
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 6 {
+        assert!(
+            tokio::time::Instant::now() < deadline + Duration::from_secs(20),
+            "read only {got:?}"
+        );
+        for record in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            got.push((record.offset, record.key.unwrap()));
+        }
+    }
+    let expected: Vec<(i64, Bytes)> = [(39, "a"), (40, "b0"), (41, "b1"), (42, "b2")]
+        .into_iter()
+        .chain([(43, "b3"), (44, "b4")])
+        .map(|(o, k)| (o, Bytes::from(k)))
+        .collect();
+    assert_eq!(got, expected);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -38,7 +38,10 @@
 //! Offsets never change. A batch that loses records is rewritten with the same base
 //! offset and last offset delta (so it still ends where it did), the kept records'
 //! bytes unchanged, and a fresh CRC; a compressed batch is re-compressed with its own
-//! codec. A batch that loses every record goes, which leaves a gap in the offsets.
+//! codec. A batch that loses every record goes, which leaves a gap in the offsets; so
+//! does a group of segments that loses every record, except at the front of the log,
+//! where an empty segment stays so that the log start offset does not move (as in
+//! Kafka, where compaction never changes the log start).
 //!
 //! When: only sealed segments are cleaned, never the active one; a segment is cleanable
 //! once its newest record is at least `min.compaction.lag.ms` old (and so is every
@@ -371,7 +374,15 @@ impl PartitionLog {
             return Ok(false);
         };
         let dir = self.dir.clone();
-        let old: Vec<Segment> = match group.output {
+        let output = match group.output {
+            // Every record of the log's first group went. An empty segment stays in
+            // its place, as in Kafka, so the log start offset does not move: a
+            // consumer whose position is below the first record kept reads on from
+            // it rather than being out of range (and reset, to the end by default).
+            None if i == 0 => Some(empty_output(&dir, group.base_offset)?),
+            output => output,
+        };
+        let old: Vec<Segment> = match output {
             Some(output) => {
                 let cleaned = cleaned_paths(&dir, group.base_offset);
                 let swap = dir.join(swap_file_name(group.base_offset, group.end_offset));
@@ -652,12 +663,7 @@ impl CleanPlan {
     ) -> Result<Option<CleanedOutput>, LogError> {
         let base_offset = segments[0].base_offset;
         let paths = cleaned_paths(&self.dir, base_offset);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&paths.log)?;
+        let file = create_cleaned_log(&paths)?;
         let mut out: Vec<u8> = Vec::with_capacity(WRITE_CHUNK_BYTES + (64 << 10));
         let mut written = 0u64;
         let mut cursor = IndexCursor::EMPTY;
@@ -718,6 +724,32 @@ impl CleanPlan {
             index,
         }))
     }
+}
+
+/// The new log file of a group's output (emptied if an earlier clean left one).
+fn create_cleaned_log(paths: &SegmentPaths) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&paths.log)
+}
+
+/// An empty cleaned segment at `base_offset`, written and synced like any other.
+fn empty_output(dir: &Path, base_offset: i64) -> Result<CleanedOutput, LogError> {
+    let paths = cleaned_paths(dir, base_offset);
+    let file = create_cleaned_log(&paths)?;
+    file.sync_data()?;
+    let index = SegmentIndex::default();
+    write_index_files(&paths, &index, true)?;
+    Ok(CleanedOutput {
+        file,
+        size: 0,
+        next_offset: base_offset,
+        max_timestamp: i64::MIN,
+        index,
+    })
 }
 
 /// Calls `f` with every batch of a sealed segment, CRC-checked (a clean must not

@@ -32,7 +32,8 @@
 //!   and reads check this (a base offset is not covered by the CRC).
 //! - The log start offset is the first segment's base offset, or later after
 //!   [`PartitionLog::delete_before`] (persisted in [`LOG_START_OFFSET_FILE`]).
-//! - A sealed segment is non-empty, at most 4 GiB, ends exactly at a batch boundary,
+//! - A sealed segment is non-empty (except the first, which the cleaner leaves empty
+//!   rather than move the log start), at most 4 GiB, ends exactly at a batch boundary,
 //!   and its last offset is below the next segment's base offset. Sealed files are
 //!   fdatasynced (with their indexes and the directory) before the next segment exists.
 //! - Index entries are hints checked on use: an entry that does not point at a batch

@@ -178,6 +178,7 @@ impl PartitionLog {
                     dir,
                     base,
                     next_base,
+                    i == 0,
                     config.index_interval_bytes,
                 )?);
             }

@@ -531,6 +531,7 @@ impl Segment {
         dir: &Path,
         base_offset: i64,
         next_segment_base: i64,
+        first: bool,
         index_interval_bytes: u32,
     ) -> Result<Segment, LogError> {
         let paths = SegmentPaths::new(dir, base_offset);
@@ -547,6 +548,12 @@ impl Segment {
             active: None,
         };
         if size == 0 {
+            // The cleaner leaves the log's first segment empty when it removes every
+            // record in it; anywhere else an empty sealed segment is damage.
+            if first {
+                *segment.index.get_mut() = Some(LoadedIndex::built(SegmentIndex::default()));
+                return Ok(segment);
+            }
             return Err(segment.corrupt(0, "sealed segment is empty"));
         }
         if size > u32::MAX as u64 {

@@ -733,7 +733,29 @@ fn a_crash_between_persisting_the_start_and_deleting_segments_finishes_on_open()
     assert!(!dir.path().join(format!("{:020}.log", bases[0])).exists());
 }
 
-/// Base offset and offset count of every batch, read from the log start.
+/// Rounds of two batches: keys 0 and 1 rewritten (so every round's batch but the
+/// last loses all its records when cleaned), then a key of the round's own, which
+/// stays. Returns every record with its offset.
+fn rewrites_and_own_keys(log: &mut PartitionLog, rounds: u8) -> Vec<(i64, Produced)> {
+    let mut produced = Vec::new();
+    for round in 0..rounds {
+        let rewritten = [0u8, 1].map(|key| Produced {
+            key: Some(key),
+            value: Some(round.into()),
+            timestamp: 10,
+        });
+        produced.extend(produce(log, &rewritten, &[2], Compression::None));
+        let own = Produced {
+            key: Some(10 + round),
+            value: Some(round.into()),
+            timestamp: 10,
+        };
+        produced.extend(produce(log, &[own], &[1], Compression::None));
+    }
+    produced
+}
+
+/// First and last offset of every batch, read from the log start.
 fn batch_ranges(log: &PartitionLog) -> Vec<(i64, i64)> {
     crate::support::read_all(log)
         .iter()
@@ -749,23 +771,7 @@ fn batch_ranges(log: &PartitionLog) -> Vec<(i64, i64)> {
 fn a_follower_copies_a_compacted_log_with_its_gaps_and_keeps_them_across_restarts() {
     let dir = tempfile::tempdir().unwrap();
     let mut leader = PartitionLog::open(&dir.path().join("leader"), compact_config(), 0).unwrap();
-    // Rounds of two batches: keys 0 and 1 rewritten (so all but the last round's
-    // batch lose every record), then a key of the round's own, which stays.
-    let mut produced = Vec::new();
-    for round in 0..40u16 {
-        let rewritten = [0u8, 1].map(|key| Produced {
-            key: Some(key),
-            value: Some(round),
-            timestamp: 10,
-        });
-        produced.extend(produce(&mut leader, &rewritten, &[2], Compression::None));
-        let own = Produced {
-            key: Some(10 + round as u8),
-            value: Some(round),
-            timestamp: 10,
-        };
-        produced.extend(produce(&mut leader, &[own], &[1], Compression::None));
-    }
+    let produced = rewrites_and_own_keys(&mut leader, 40);
     let active_base = *leader.segment_base_offsets().last().unwrap();
     leader.clean(100, &mut |_| {}).unwrap().expect("due");
     let ranges = batch_ranges(&leader);
@@ -824,30 +830,12 @@ fn a_follower_copies_a_compacted_log_with_its_gaps_and_keeps_them_across_restart
 fn truncation_into_a_cleaned_segment_keeps_what_is_below_the_cut() {
     let dir = tempfile::tempdir().unwrap();
     let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
-    for round in 0..60u16 {
-        let rewritten = [0u8, 1].map(|key| Produced {
-            key: Some(key),
-            value: Some(round),
-            timestamp: 10,
-        });
-        produce(&mut log, &rewritten, &[2], Compression::None);
-        let own = Produced {
-            key: Some(10 + round as u8),
-            value: Some(round),
-            timestamp: 10,
-        };
-        produce(&mut log, &[own], &[1], Compression::None);
-    }
+    rewrites_and_own_keys(&mut log, 60);
     log.clean(100, &mut |_| {}).unwrap().expect("due");
     // Cut at the last batch of the first (cleaned) segment.
     let second_base = log.segment_base_offsets()[1];
     let ranges = batch_ranges(&log);
-    let cut = ranges
-        .iter()
-        .filter(|r| r.1 < second_base)
-        .last()
-        .unwrap()
-        .0;
+    let cut = ranges.iter().rev().find(|r| r.1 < second_base).unwrap().0;
     let kept: Vec<(i64, i64)> = ranges.iter().copied().filter(|r| r.1 < cut).collect();
     assert!(
         kept.windows(2).any(|w| w[1].0 > w[0].1 + 1),
@@ -858,4 +846,52 @@ fn truncation_into_a_cleaned_segment_keeps_what_is_below_the_cut() {
     drop(log);
     let log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
     assert_eq!(batch_ranges(&log), kept);
+}
+
+/// When a clean removes every record of the log's first segments, an empty segment
+/// stays at the front (as in Kafka): the log start offset does not move, so reading
+/// from it (a consumer whose position is below the first record kept) gets the first
+/// record kept instead of `OffsetOutOfRange`. Across a kill, a clean restart and
+/// more cleaning.
+#[test]
+fn emptying_the_front_of_the_log_keeps_its_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    let mut produced = churn(&mut log, 60, Compression::None);
+    let active_base = *log.segment_base_offsets().last().unwrap();
+    let second_base = log.segment_base_offsets()[1];
+    log.clean(100, &mut |_| {}).unwrap().expect("due");
+    let expected = expected_after_clean(&produced, active_base, |_| false);
+    assert!(
+        expected[0] >= second_base,
+        "the first segment lost every record"
+    );
+    let check = |log: &PartitionLog, produced: &[(i64, Produced)], expected: &[i64]| {
+        assert_eq!(log.log_start_offset(), 0);
+        assert_eq!(log.segment_base_offsets()[0], 0);
+        check_contents(log, produced, expected);
+        let first = log.read(0, 1).unwrap().expect("records after 0");
+        let (header, _) = split_batches(first.read().unwrap())
+            .next()
+            .unwrap()
+            .unwrap();
+        assert_eq!(header.base_offset, expected[0]);
+    };
+    check(&log, &produced, &expected);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    check(&log, &produced, &expected);
+    log.close().unwrap();
+    let mut log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    check(&log, &produced, &expected);
+
+    // The empty segment joins the next clean's first group.
+    produced.extend(churn(&mut log, 60, Compression::None));
+    let active_base = *log.segment_base_offsets().last().unwrap();
+    log.clean(200, &mut |_| {}).unwrap().expect("due");
+    let expected = expected_after_clean(&produced, active_base, |_| false);
+    check(&log, &produced, &expected);
+    drop(log);
+    let log = PartitionLog::open(dir.path(), compact_config(), 0).unwrap();
+    check(&log, &produced, &expected);
 }
