@@ -148,11 +148,6 @@ async fn topic_admin_errors() {
             "limit is 249",
         ),
         (
-            NewTopic::new("zero", 0),
-            ErrorCode::InvalidPartitions,
-            "between 1 and 100",
-        ),
-        (
             NewTopic::new("huge", 101),
             ErrorCode::InvalidPartitions,
             "max_partitions_per_topic",
@@ -195,6 +190,13 @@ async fn topic_admin_errors() {
             "{name}: `{err}` lacks `{message}`"
         );
     }
+    // 0 partitions is not an error: it asks for the broker's default_partitions.
+    admin.create_topic(NewTopic::new("zero", 0)).await.unwrap();
+    assert_eq!(
+        admin.describe_topic("zero").await.unwrap().partitions.len(),
+        1
+    );
+    admin.delete_topic("zero").await.unwrap();
     admin.create_topic(NewTopic::new("dup", 1)).await.unwrap();
     let err = admin
         .create_topic(NewTopic::new("dup", 1))
