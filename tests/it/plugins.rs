@@ -1064,6 +1064,7 @@ fn cli_deploys_attaches_and_detaches() {
         stdout.starts_with("json-filter\t2.1.0\tfilter\t"),
         "{stdout}"
     );
+    assert!(!stderr.contains("note:"), "one broker has it all: {stderr}");
     let (ok, _, stderr) = broker.cli(&["topic", "create", "t"], "");
     assert!(ok, "{stderr}");
     let (ok, _, stderr) = broker.cli(

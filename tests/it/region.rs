@@ -231,6 +231,15 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     let mut values: Vec<&str> = out.lines().collect();
     values.sort();
     assert_eq!(values, ["a", "b", "c"]);
+    // Plugins stay with the broker that took them; the CLI says so in a cluster.
+    let module = crate::plugins::plugin_module("json_filter");
+    let (ok, out, err) = cli(&["plugin", "deploy", module.to_str().unwrap()], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("json-filter"), "{out}");
+    assert!(
+        err.contains("not yet shared across a cluster") && err.contains("of 3 live brokers"),
+        "{err}"
+    );
     // From a directory whose meridian-data/ holds regions' certificates (where
     // `meridian up` with the region files' default data dir runs), the CLI finds
     // and trusts them without --ca.
