@@ -468,9 +468,10 @@ impl PartitionLog {
     /// one, and no batch's epoch is older than the log's latest. A batch may start
     /// past where the previous one ended: the leader's log was compacted, and a batch
     /// that lost every record left a gap in the offsets (Kafka's followers accept
-    /// such gaps the same way). Indexes, the time index, producer state and leader epochs are
-    /// updated as for a leader append (a new epoch is stored before its records are
-    /// written). Empty input appends nothing. Returns what was appended, per batch.
+    /// such gaps the same way). Indexes, the time index, producer state and leader
+    /// epochs are updated as for a leader append (a new epoch is stored before its
+    /// records are written). Empty input appends nothing. Returns what was appended,
+    /// per batch.
     pub fn append_as_follower(
         &mut self,
         records: &bytes::Bytes,
