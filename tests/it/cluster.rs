@@ -1453,6 +1453,173 @@ async fn a_new_replica_copies_a_compacted_log_with_gaps_and_takes_over() {
     }
 }
 
+/// Plugins are cluster metadata: deployed through one broker and attached through
+/// another, they filter produce on every partition's leader, survive a leader's
+/// death, and reach a broker that was down meanwhile; a detach and a removal reach
+/// every broker too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plugins_deployed_through_one_broker_run_on_every_leader() {
+    let mut cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    admin
+        .create_topic(NewTopic::new("orders", 3).replication_factor(2))
+        .await
+        .unwrap();
+    // Broker 3 is away while the plugin is deployed and attached.
+    cluster.broker(3).stop();
+    let module = std::fs::read(crate::plugins::plugin_module("json_filter")).unwrap();
+    let info = cluster
+        .client(1)
+        .await
+        .admin()
+        .deploy_plugin("json-filter", "1.0.0", module.into())
+        .await
+        .unwrap();
+    assert_eq!(info.kind, "filter");
+    cluster
+        .client(2)
+        .await
+        .admin()
+        .attach_plugin(
+            "orders",
+            crate::plugins::attachment("json-filter", &[("where", "total>=100")], "reject"),
+        )
+        .await
+        .unwrap();
+    cluster.broker(3).restart();
+    let listed = |plugins: Vec<meridian_client::PluginInfo>| -> Vec<(String, Vec<String>)> {
+        plugins
+            .into_iter()
+            .map(|p| (p.name, p.attached_to))
+            .collect()
+    };
+    let expected = vec![("json-filter".to_string(), vec!["orders".to_string()])];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in 1..=3 {
+        loop {
+            let plugins = cluster.client(id).await.admin().list_plugins().await;
+            if plugins
+                .as_ref()
+                .is_ok_and(|p| listed(p.clone()) == expected)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker {id} lists {plugins:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    // Refusals, from the entry broker (parameters) or the controller (the rest).
+    let admin3 = cluster.client(3).await.admin();
+    let code = |r: meridian_client::Result<()>| r.unwrap_err().code();
+    let attachment = |plugin: &str, params: &[(&str, &str)]| {
+        crate::plugins::attachment(plugin, params, "reject")
+    };
+    assert_eq!(
+        code(admin3.remove_plugin("json-filter").await),
+        Some(ErrorCode::PluginInUse)
+    );
+    assert_eq!(
+        code(
+            admin3
+                .attach_plugin("ghost", attachment("json-filter", &[("where", "a=1")]))
+                .await
+        ),
+        Some(ErrorCode::UnknownTopic)
+    );
+    assert_eq!(
+        code(
+            admin3
+                .attach_plugin("orders", attachment("nothing", &[]))
+                .await
+        ),
+        Some(ErrorCode::PluginNotFound)
+    );
+    assert_eq!(
+        code(
+            admin3
+                .attach_plugin("orders", attachment("json-filter", &[]))
+                .await
+        ),
+        Some(ErrorCode::InvalidPlugin),
+        "json-filter needs `where`"
+    );
+
+    // Every leader filters, whichever broker it is.
+    let client = cluster.client(1).await;
+    let send = |partition: u32, total: u32| {
+        let value = format!("{{\"total\": {total}}}");
+        ProducerRecord::new("orders", value).partition(partition)
+    };
+    let producer = client.producer(ProducerConfig::default());
+    for p in 0..3 {
+        for total in [5, 150] {
+            producer.send(send(p, total)).await.unwrap().await.unwrap();
+        }
+    }
+    let totals = |records: Vec<ConsumerRecord>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect()
+    };
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign("orders", &[0, 1, 2]).await.unwrap();
+    for p in 0..3 {
+        consumer.seek("orders", p, Offset::Earliest).await.unwrap();
+    }
+    let mut got = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while got.len() < 3 && Instant::now() < deadline {
+        got.extend(totals(
+            consumer.poll(Duration::from_millis(200)).await.unwrap(),
+        ));
+    }
+    assert_eq!(got, vec!["{\"total\": 150}"; 3]);
+
+    // Partition 0's leader dies; the new one filters too.
+    let leader = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |_| true)
+        .await[0]
+        .leader;
+    cluster.broker(leader).kill9();
+    let survivor = (1..=3).find(|b| *b != leader).unwrap();
+    cluster
+        .agreed_topic("orders", Duration::from_secs(30), |v| {
+            v[0].leader != leader && v[0].leader != NO_BROKER
+        })
+        .await;
+    let client = cluster.client(survivor).await;
+    let producer = client.producer(ProducerConfig::default());
+    for total in [7, 700] {
+        producer.send(send(0, total)).await.unwrap().await.unwrap();
+    }
+    let values =
+        totals(crate::harness::read_partition_0(&client, "orders", Duration::from_secs(30)).await);
+    assert_eq!(values, vec!["{\"total\": 150}", "{\"total\": 700}"]);
+
+    // Detached and removed through the survivor: gone everywhere still running.
+    let admin = client.admin();
+    admin.detach_plugin("orders", "json-filter").await.unwrap();
+    admin.remove_plugin("json-filter").await.unwrap();
+    for id in cluster.running() {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let plugins = cluster.client(id).await.admin().list_plugins().await;
+            if plugins.as_ref().is_ok_and(|p| p.is_empty()) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "broker {id} lists {plugins:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    producer.send(send(0, 8)).await.unwrap().await.unwrap();
+    let values =
+        totals(crate::harness::read_partition_0(&client, "orders", Duration::from_secs(30)).await);
+    assert_eq!(values.last().map(String::as_str), Some("{\"total\": 8}"));
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
     let mut cluster = TestCluster::start("");

@@ -303,7 +303,7 @@ use meridian_client::{
 
 use crate::harness::TestBroker;
 
-fn attachment(plugin: &str, params: &[(&str, &str)], on_failure: &str) -> Attachment {
+pub fn attachment(plugin: &str, params: &[(&str, &str)], on_failure: &str) -> Attachment {
     Attachment {
         plugin: plugin.into(),
         params: params

@@ -101,28 +101,7 @@ pub async fn attach(args: AttachArgs) -> anyhow::Result<()> {
         )
         .await?;
     println!("attached {} to {}", args.plugin, args.topic);
-    note_if_cluster(&client, "attached it on").await;
     Ok(())
-}
-
-/// Plugins and attachments live in the data dir of the broker that took the request:
-/// the metadata quorum does not share them yet. In a cluster, say so on stderr after
-/// each change, naming the broker that has it.
-async fn note_if_cluster(client: &meridian_client::Client, done: &str) {
-    let Ok(metadata) = client.metadata(Some(Vec::new())).await else {
-        return;
-    };
-    if metadata.brokers.len() <= 1 {
-        return;
-    }
-    let here = match client.broker_info().await {
-        Ok(info) => format!("broker {}", info.broker_id),
-        Err(_) => "one broker".to_string(),
-    };
-    eprintln!(
-        "note: plugins are kept by each broker, not yet shared across a cluster: this {done} {here} only, of {} live brokers. Repeat it against each broker (--bootstrap HOST:PORT), and on a broker that joins later or loses its data dir; a partition whose leader lacks an attachment is not filtered or transformed.",
-        metadata.brokers.len()
-    );
 }
 
 pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
@@ -132,7 +111,6 @@ pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
         .detach_plugin(&args.topic, &args.plugin)
         .await?;
     println!("detached {} from {}", args.plugin, args.topic);
-    note_if_cluster(&client, "detached it on").await;
     Ok(())
 }
 
@@ -232,7 +210,6 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 .deploy_plugin(&name, &plugin_version, Bytes::from(wasm))
                 .await?;
             print_info(&info);
-            note_if_cluster(&client, "deployed it to").await;
             Ok(())
         }
         PluginCommand::List { connect } => {
@@ -251,7 +228,6 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
             let client = connect.connect().await?;
             client.admin().remove_plugin(&name).await?;
             println!("removed {name}");
-            note_if_cluster(&client, "removed it from").await;
             Ok(())
         }
         PluginCommand::New(args) => new(args),

@@ -78,6 +78,60 @@ impl TopicImage {
     }
 }
 
+/// A plugin deployed to the cluster: every broker stores, compiles and serves this
+/// module under the name.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PluginImage {
+    pub version: String,
+    /// `filter`, `transform` or `partitioner`, as the broker that took the deploy
+    /// found it.
+    pub kind: String,
+    /// Hex SHA-256 of `module`.
+    pub sha256: String,
+    /// The module, hex in the JSON log and snapshots.
+    #[serde(with = "hex_bytes")]
+    pub module: Vec<u8>,
+}
+
+/// One plugin in a topic's produce chain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachmentImage {
+    pub plugin: String,
+    pub params: Vec<(String, String)>,
+    /// 0: the broker default.
+    pub batch_time_max_ms: u32,
+    /// 0: the broker default.
+    pub memory_max_bytes: u64,
+    /// `reject`, `skip` or `dead-letter:TOPIC`.
+    pub on_failure: String,
+}
+
+mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        let mut out = String::with_capacity(bytes.len() * 2);
+        for b in bytes {
+            out.push_str(&format!("{b:02x}"));
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd hex length"));
+        }
+        (0..text.len())
+            .step_by(2)
+            .map(|i| {
+                u8::from_str_radix(&text[i..i + 2], 16)
+                    .map_err(|e| serde::de::Error::custom(format!("hex: {e}")))
+            })
+            .collect()
+    }
+}
+
 /// The topic setting that allows unclean leader election.
 pub const UNCLEAN_LEADER_ELECTION_KEY: &str = "unclean.leader.election.enable";
 
@@ -120,6 +174,19 @@ pub enum MetadataRecord {
         first: u32,
         partitions: Vec<PartitionState>,
     },
+    /// A plugin deployed, or its module replaced.
+    PluginDeployed {
+        name: String,
+        plugin: PluginImage,
+    },
+    PluginRemoved {
+        name: String,
+    },
+    /// A topic's whole produce chain (empty: no plugins).
+    AttachmentsChanged {
+        topic: String,
+        attachments: Vec<AttachmentImage>,
+    },
 }
 
 /// Brokers, topics, partition assignments, leaders, ISRs and epochs.
@@ -127,6 +194,12 @@ pub enum MetadataRecord {
 pub struct MetadataImage {
     pub brokers: BTreeMap<BrokerId, BrokerRegistration>,
     pub topics: BTreeMap<String, TopicImage>,
+    /// Deployed plugins, by name.
+    #[serde(default)]
+    pub plugins: BTreeMap<String, PluginImage>,
+    /// Each topic's produce chain, in order; topics without plugins are absent.
+    #[serde(default)]
+    pub attachments: BTreeMap<String, Vec<AttachmentImage>>,
 }
 
 impl MetadataImage {
@@ -171,6 +244,7 @@ impl MetadataImage {
             }
             MetadataRecord::TopicDeleted { name } => {
                 self.topics.remove(name);
+                self.attachments.remove(name);
             }
             MetadataRecord::PartitionChanged {
                 topic,
@@ -203,6 +277,19 @@ impl MetadataImage {
                     topic.partitions.extend(partitions.iter().cloned());
                 }
             }
+            MetadataRecord::PluginDeployed { name, plugin } => {
+                self.plugins.insert(name.clone(), plugin.clone());
+            }
+            MetadataRecord::PluginRemoved { name } => {
+                self.plugins.remove(name);
+            }
+            MetadataRecord::AttachmentsChanged { topic, attachments } => {
+                if attachments.is_empty() || !self.topics.contains_key(topic) {
+                    self.attachments.remove(topic);
+                } else {
+                    self.attachments.insert(topic.clone(), attachments.clone());
+                }
+            }
         }
     }
 
@@ -232,6 +319,75 @@ mod tests {
             fenced: true,
             shutting_down: false,
         }
+    }
+
+    #[test]
+    fn plugin_records_build_the_image_and_round_trip() {
+        let mut image = MetadataImage::default();
+        image.apply(&MetadataRecord::TopicCreated(TopicImage {
+            name: "orders".into(),
+            configs: BTreeMap::new(),
+            replication_factor: 1,
+            partitions: Vec::new(),
+            created_at: 0,
+        }));
+        let plugin = PluginImage {
+            version: "1.0.0".into(),
+            kind: "filter".into(),
+            sha256: "ab".into(),
+            module: vec![0, 97, 115, 109, 255],
+        };
+        let attachment = AttachmentImage {
+            plugin: "f".into(),
+            params: vec![("where".into(), "a=1".into())],
+            batch_time_max_ms: 0,
+            memory_max_bytes: 0,
+            on_failure: "reject".into(),
+        };
+        let records = [
+            MetadataRecord::PluginDeployed {
+                name: "f".into(),
+                plugin: plugin.clone(),
+            },
+            MetadataRecord::AttachmentsChanged {
+                topic: "orders".into(),
+                attachments: vec![attachment.clone()],
+            },
+            // A chain for a topic that does not exist is not kept.
+            MetadataRecord::AttachmentsChanged {
+                topic: "ghost".into(),
+                attachments: vec![attachment.clone()],
+            },
+        ];
+        for record in &records {
+            let json = serde_json::to_string(record).unwrap();
+            assert_eq!(
+                &serde_json::from_str::<MetadataRecord>(&json).unwrap(),
+                record
+            );
+            image.apply(record);
+        }
+        assert!(serde_json::to_string(&records[0])
+            .unwrap()
+            .contains("\"0061736dff\""));
+        assert_eq!(image.plugins["f"], plugin);
+        assert_eq!(image.attachments["orders"], vec![attachment]);
+        assert!(!image.attachments.contains_key("ghost"));
+        let json = serde_json::to_string(&image).unwrap();
+        assert_eq!(serde_json::from_str::<MetadataImage>(&json).unwrap(), image);
+        // An image from before plugins existed still loads.
+        let old = r#"{"brokers":{},"topics":{}}"#;
+        assert!(serde_json::from_str::<MetadataImage>(old)
+            .unwrap()
+            .plugins
+            .is_empty());
+
+        image.apply(&MetadataRecord::TopicDeleted {
+            name: "orders".into(),
+        });
+        assert!(image.attachments.is_empty(), "a deleted topic's chain goes");
+        image.apply(&MetadataRecord::PluginRemoved { name: "f".into() });
+        assert!(image.plugins.is_empty());
     }
 
     #[test]

@@ -158,12 +158,24 @@ impl Shared {
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DeleteRecords(r) => Response::DeleteRecords(self.delete_records(r)),
             // Plugin administration (plugins.rs).
-            Request::PluginDeploy(r) => Response::PluginDeploy(self.plugin_deploy(r)),
+            Request::PluginDeploy(r) => Response::PluginDeploy(match &self.cluster {
+                Some(cluster) => self.cluster_plugin_deploy(cluster, r).await,
+                None => self.plugin_deploy(r),
+            }),
             Request::PluginList => Response::PluginList(self.plugin_list()),
             Request::PluginDescribe(r) => Response::PluginDescribe(self.plugin_describe(r)),
-            Request::PluginRemove(r) => Response::PluginRemove(self.plugin_remove(r)),
-            Request::TopicAttach(r) => Response::TopicAttach(self.topic_attach(r)),
-            Request::TopicDetach(r) => Response::TopicDetach(self.topic_detach(r)),
+            Request::PluginRemove(r) => Response::PluginRemove(match &self.cluster {
+                Some(cluster) => self.cluster_plugin_remove(cluster, r).await,
+                None => self.plugin_remove(r),
+            }),
+            Request::TopicAttach(r) => Response::TopicAttach(match &self.cluster {
+                Some(cluster) => self.cluster_topic_attach(cluster, r).await,
+                None => self.topic_attach(r),
+            }),
+            Request::TopicDetach(r) => Response::TopicDetach(match &self.cluster {
+                Some(cluster) => self.cluster_topic_detach(cluster, r).await,
+                None => self.topic_detach(r),
+            }),
             Request::AlterPartitionReassignments(r) => {
                 Response::AlterPartitionReassignments(match &self.cluster {
                     Some(cluster) => cluster_reassign_partitions(cluster, r).await,

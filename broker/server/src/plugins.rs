@@ -23,6 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
+use meridian_metadata::{AttachmentImage, MetadataImage, PluginImage};
 use meridian_wasm_host::{
     BatchFailure, BatchOutput, Host, HostConfig, Instance, InstantiateError, Limits, LogStream,
     Plugin, PluginKind,
@@ -38,6 +39,10 @@ use meridian_wire::plugin_messages::{
 };
 use meridian_wire::ErrorCode;
 use parking_lot::{Mutex, RwLock};
+use std::time::Duration;
+
+use crate::cluster::controller::PluginChange;
+use crate::cluster::Cluster;
 use serde::{Deserialize, Serialize};
 
 use crate::topics::{Failure, Partition, Topic};
@@ -117,7 +122,7 @@ struct DeployedMeta {
     sha256: String,
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 struct AttachmentMeta {
     plugin: String,
     params: Vec<(String, String)>,
@@ -242,12 +247,7 @@ impl Plugins {
         version: &str,
         wasm: &[u8],
     ) -> Result<PluginInfo, Failure> {
-        meridian_wire::validate_topic_name(name)
-            .map_err(|m| failure(ErrorCode::InvalidPlugin, format!("plugin name: {m}")))?;
-        let plugin = self
-            .host
-            .load(wasm)
-            .map_err(|e| failure(ErrorCode::InvalidPlugin, e.to_string()))?;
+        let plugin = self.load_checked(name, wasm)?;
         let sha256 = plugin.sha256().to_string();
         let path = self.dir.join("modules").join(format!("{sha256}.wasm"));
         if !path.exists() {
@@ -333,20 +333,83 @@ impl Plugins {
         Ok(())
     }
 
-    /// Appends `attachment` to the topic's produce chain, replacing an attachment of
-    /// the same plugin in place. The plugin is instantiated once with the parameters
-    /// first, so bad parameters are refused here rather than at the first produce.
-    pub(crate) fn attach(&self, topic: &Topic, attachment: Attachment) -> Result<(), Failure> {
-        if topic.name.starts_with("__") {
+    /// A valid plugin name, and a module the host loads.
+    fn load_checked(&self, name: &str, wasm: &[u8]) -> Result<Plugin, Failure> {
+        meridian_wire::validate_topic_name(name)
+            .map_err(|m| failure(ErrorCode::InvalidPlugin, format!("plugin name: {m}")))?;
+        self.host
+            .load(wasm)
+            .map_err(|e| failure(ErrorCode::InvalidPlugin, e.to_string()))
+    }
+
+    /// Checks a module as [`Plugins::deploy`] does, without storing it: the name, and
+    /// that the host loads it. Returns its kind and SHA-256.
+    pub(crate) fn check_module(
+        &self,
+        name: &str,
+        wasm: &[u8],
+    ) -> Result<(String, String), Failure> {
+        let plugin = self.load_checked(name, wasm)?;
+        Ok((
+            plugin.kind().name().to_string(),
+            plugin.sha256().to_string(),
+        ))
+    }
+
+    /// Checks an attachment to `topic` without making it: not an internal topic, a
+    /// valid failure policy, a deployed plugin, and parameters the plugin accepts
+    /// (it is instantiated once with them). The partitioner rule ([`Plugins::attach`])
+    /// is left to the caller.
+    pub(crate) fn check_attachment(
+        &self,
+        topic: &str,
+        attachment: &Attachment,
+    ) -> Result<(), Failure> {
+        self.checked(topic, attachment.clone()).map(drop)
+    }
+
+    /// What [`Plugins::check_attachment`] checks; returns the attachment as stored,
+    /// with the plugin.
+    fn checked(
+        &self,
+        topic: &str,
+        attachment: Attachment,
+    ) -> Result<(AttachmentMeta, Plugin), Failure> {
+        if topic.starts_with("__") {
             return Err(failure(
                 ErrorCode::PolicyViolation,
-                format!("internal topic `{}` takes no plugins", topic.name),
+                format!("internal topic `{topic}` takes no plugins"),
             ));
         }
         FailurePolicy::parse(&attachment.on_failure)
             .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
-        let meta = AttachmentMeta {
-            plugin: attachment.plugin.clone(),
+        let meta = self.stored_attachment(attachment);
+        let plugin = self
+            .state
+            .read()
+            .loaded
+            .get(&meta.plugin)
+            .ok_or_else(|| not_found(&meta.plugin))?
+            .clone();
+        plugin
+            .instantiate(&meta.params, limits(&meta))
+            .map_err(|e| match e {
+                InstantiateError::Params(m) => failure(
+                    ErrorCode::InvalidPlugin,
+                    format!("plugin `{}` refused its parameters: {m}", meta.plugin),
+                ),
+                InstantiateError::Failed(f) => failure(
+                    ErrorCode::InvalidPlugin,
+                    format!("plugin `{}` failed to start: {f}", meta.plugin),
+                ),
+            })?;
+        Ok((meta, plugin))
+    }
+
+    /// An attachment as stored: limits of 0 become the broker's defaults.
+    fn stored_attachment(&self, attachment: Attachment) -> AttachmentMeta {
+        AttachmentMeta {
+            plugin: attachment.plugin,
             params: attachment.params,
             batch_time_max_ms: match attachment.batch_time_max_ms {
                 0 => self.config.batch_time_max_ms,
@@ -357,13 +420,15 @@ impl Plugins {
                 b => b,
             },
             on_failure: attachment.on_failure,
-        };
+        }
+    }
+
+    /// Appends `attachment` to the topic's produce chain, replacing an attachment of
+    /// the same plugin in place. The plugin is instantiated once with the parameters
+    /// first, so bad parameters are refused here rather than at the first produce.
+    pub(crate) fn attach(&self, topic: &Topic, attachment: Attachment) -> Result<(), Failure> {
+        let (meta, plugin) = self.checked(&topic.name, attachment)?;
         let mut state = self.state.write();
-        let plugin = state
-            .loaded
-            .get(&meta.plugin)
-            .ok_or_else(|| not_found(&meta.plugin))?
-            .clone();
         if plugin.kind() == PluginKind::Partitioner {
             let other = state
                 .meta
@@ -388,18 +453,6 @@ impl Plugins {
                 ));
             }
         }
-        plugin
-            .instantiate(&meta.params, limits(&meta))
-            .map_err(|e| match e {
-                InstantiateError::Params(m) => failure(
-                    ErrorCode::InvalidPlugin,
-                    format!("plugin `{}` refused its parameters: {m}", meta.plugin),
-                ),
-                InstantiateError::Failed(f) => failure(
-                    ErrorCode::InvalidPlugin,
-                    format!("plugin `{}` failed to start: {f}", meta.plugin),
-                ),
-            })?;
         let mut all = state.meta.clone();
         let chain = all.attachments.entry(topic.name.clone()).or_default();
         match chain.iter_mut().find(|a| a.plugin == meta.plugin) {
@@ -412,6 +465,94 @@ impl Plugins {
         // Instances made with the old parameters go; the next batch makes new ones.
         self.drop_slots(&topic.name, Some(&meta.plugin));
         Ok(())
+    }
+
+    /// Makes this broker's plugins those of the cluster's metadata image: each
+    /// topic's chain becomes the image's, modules it lacks (or holds another version
+    /// of) are stored and compiled, and plugins the image no longer has go. The
+    /// controller and the broker that took each change checked it; what fails here
+    /// (a module this broker cannot compile, a full disk) is logged, and produce
+    /// through an attachment of a plugin missing here fails with `PluginNotFound`.
+    pub(crate) fn follow_image(
+        &self,
+        plugins: &BTreeMap<String, meridian_metadata::PluginImage>,
+        attachments: &BTreeMap<String, Vec<meridian_metadata::AttachmentImage>>,
+    ) {
+        let wanted: BTreeMap<String, Vec<AttachmentMeta>> = attachments
+            .iter()
+            .map(|(topic, chain)| {
+                let chain = chain
+                    .iter()
+                    .map(|a| {
+                        self.stored_attachment(Attachment {
+                            plugin: a.plugin.clone(),
+                            params: a.params.clone(),
+                            batch_time_max_ms: a.batch_time_max_ms,
+                            memory_max_bytes: a.memory_max_bytes,
+                            on_failure: a.on_failure.clone(),
+                        })
+                    })
+                    .collect();
+                (topic.clone(), chain)
+            })
+            .collect();
+        let changed_topics: Vec<String> = {
+            let mut state = self.state.write();
+            let current = &state.meta.attachments;
+            let changed: Vec<String> = current
+                .keys()
+                .chain(wanted.keys())
+                .filter(|t| current.get(*t) != wanted.get(*t))
+                .cloned()
+                .collect();
+            if !changed.is_empty() {
+                let mut all = state.meta.clone();
+                all.attachments = wanted;
+                match self.save(&all) {
+                    Ok(()) => state.meta = all,
+                    Err(f) => {
+                        tracing::error!(error = %f.message, "cannot store the cluster's plugin attachments")
+                    }
+                }
+            }
+            changed
+        };
+        for topic in &changed_topics {
+            tracing::info!(topic = %topic, "plugin chain follows the cluster metadata");
+            self.drop_slots(topic, None);
+        }
+        for (name, image) in plugins {
+            let current = self.state.read().meta.plugins.get(name).cloned();
+            let loaded = self.state.read().loaded.contains_key(name);
+            if current.is_some_and(|c| c.sha256 == image.sha256 && c.version == image.version)
+                && loaded
+            {
+                continue;
+            }
+            match self.deploy(name, &image.version, &image.module) {
+                Ok(_) => {
+                    tracing::info!(plugin = %name, version = %image.version, "plugin follows the cluster metadata")
+                }
+                Err(f) => {
+                    tracing::error!(plugin = %name, error = %f.message, "cannot deploy a plugin of the cluster metadata here")
+                }
+            }
+        }
+        let gone: Vec<String> = self
+            .state
+            .read()
+            .meta
+            .plugins
+            .keys()
+            .filter(|name| !plugins.contains_key(*name))
+            .cloned()
+            .collect();
+        for name in gone {
+            tracing::warn!(plugin = %name, "removing a plugin the cluster metadata does not have (deploy it to the cluster again if it is wanted)");
+            if let Err(f) = self.remove(&name) {
+                tracing::error!(plugin = %name, error = %f.message, "cannot remove a plugin the cluster metadata does not have");
+            }
+        }
     }
 
     pub(crate) fn detach(&self, topic: &str, plugin: &str) -> Result<(), Failure> {
@@ -1177,4 +1318,138 @@ impl Shared {
     pub(crate) fn topic_detach(&self, r: TopicDetachRequest) -> PluginResult {
         result(self.plugins.detach(&r.topic, &r.plugin))
     }
+}
+
+/// The plugin APIs in a cluster: plugins are cluster metadata. This broker checks
+/// what needs a wasm host, the controller checks the rest against the image and
+/// writes it, and every broker follows the image (`Plugins::follow_image`). Each
+/// answers once this broker's own state has the change, so a request that follows
+/// (an attach after a deploy) finds it here.
+impl Shared {
+    pub(crate) async fn cluster_plugin_deploy(
+        &self,
+        cluster: &Cluster,
+        r: PluginDeployRequest,
+    ) -> PluginInfoResponse {
+        let (kind, sha256) = match self.plugins.check_module(&r.name, &r.module) {
+            Ok(checked) => checked,
+            Err(f) => return info_response(Err(f)),
+        };
+        let (name, version) = (r.name.clone(), r.version.clone());
+        let change = PluginChange::Deploy {
+            name: r.name,
+            plugin: PluginImage {
+                version: r.version,
+                kind,
+                sha256: sha256.clone(),
+                module: r.module.to_vec(),
+            },
+        };
+        let applied = |image: &MetadataImage| {
+            image
+                .plugins
+                .get(&name)
+                .is_some_and(|p| p.sha256 == sha256 && p.version == version)
+        };
+        match plugin_change(cluster, change, applied).await {
+            Ok(()) => info_response(self.plugins.describe(&name)),
+            Err(f) => info_response(Err(f)),
+        }
+    }
+
+    pub(crate) async fn cluster_plugin_remove(
+        &self,
+        cluster: &Cluster,
+        r: PluginNameRequest,
+    ) -> PluginResult {
+        let name = r.name.clone();
+        let change = PluginChange::Remove { name: r.name };
+        result(plugin_change(cluster, change, |image| !image.plugins.contains_key(&name)).await)
+    }
+
+    pub(crate) async fn cluster_topic_attach(
+        &self,
+        cluster: &Cluster,
+        r: TopicAttachRequest,
+    ) -> PluginResult {
+        if let Ok(FailurePolicy::DeadLetter(dlq)) = FailurePolicy::parse(&r.attachment.on_failure) {
+            if dlq == r.topic {
+                return result(Err(failure(
+                    ErrorCode::InvalidConfig,
+                    "a topic cannot be its own dead-letter topic",
+                )));
+            }
+        }
+        if let Err(f) = self.plugins.check_attachment(&r.topic, &r.attachment) {
+            return result(Err(f));
+        }
+        let a = r.attachment;
+        let attachment = AttachmentImage {
+            plugin: a.plugin,
+            params: a.params,
+            batch_time_max_ms: a.batch_time_max_ms,
+            memory_max_bytes: a.memory_max_bytes,
+            on_failure: a.on_failure,
+        };
+        let (topic, sent) = (r.topic.clone(), attachment.clone());
+        let change = PluginChange::Attach {
+            topic: r.topic,
+            attachment,
+        };
+        let applied = |image: &MetadataImage| {
+            image
+                .attachments
+                .get(&topic)
+                .is_some_and(|chain| chain.contains(&sent))
+        };
+        result(plugin_change(cluster, change, applied).await)
+    }
+
+    pub(crate) async fn cluster_topic_detach(
+        &self,
+        cluster: &Cluster,
+        r: TopicDetachRequest,
+    ) -> PluginResult {
+        let (topic, plugin) = (r.topic.clone(), r.plugin.clone());
+        let change = PluginChange::Detach {
+            topic: r.topic,
+            plugin: r.plugin,
+        };
+        let applied = |image: &MetadataImage| {
+            !image
+                .attachments
+                .get(&topic)
+                .is_some_and(|chain| chain.iter().any(|a| a.plugin == plugin))
+        };
+        result(plugin_change(cluster, change, applied).await)
+    }
+}
+
+/// How long a plugin change may take to reach this broker once the controller has
+/// written it (compiling a large module is most of it).
+const PLUGIN_CHANGE_APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Has the controller write `change`, then waits until this broker's published image
+/// is `applied`.
+async fn plugin_change(
+    cluster: &Cluster,
+    change: PluginChange,
+    applied: impl Fn(&MetadataImage) -> bool,
+) -> Result<(), Failure> {
+    match cluster.controller.plugin_change(change).await {
+        Ok(r) if r.error.is_ok() => {}
+        Ok(r) => return Err(failure(r.error, r.message)),
+        Err(e) => return Err(failure(ErrorCode::NotController, e.to_string())),
+    }
+    tokio::time::timeout(
+        PLUGIN_CHANGE_APPLY_TIMEOUT,
+        cluster.published_where(applied),
+    )
+    .await
+    .map_err(|_| {
+        failure(
+            ErrorCode::RequestTimedOut,
+            "the cluster took the plugin change, but this broker has not applied it yet",
+        )
+    })
 }

@@ -110,6 +110,15 @@ pub(crate) fn publish(
     image: &MetadataImage,
     applied_index: u64,
 ) {
+    // Plugins first, so a topic's chain is in place when this broker starts leading
+    // it. The first image (after the empty one) is always followed: the local
+    // registry may hold what the cluster no longer has.
+    let first = previous.brokers.is_empty();
+    if first || previous.plugins != image.plugins || previous.attachments != image.attachments {
+        shared
+            .plugins
+            .follow_image(&image.plugins, &image.attachments);
+    }
     let me = shared.config.broker_id;
     let brokers: Arc<BTreeMap<u32, String>> = Arc::new(
         image

@@ -353,11 +353,25 @@ impl Admin {
     }
 
     /// Waits until every broker the cluster's metadata names sees `topic` as `want`
-    /// says, asking each again every 10 ms, for at most the request timeout. A broker
-    /// that does not answer within a second is not waited for (it may be down; it
-    /// catches up when it returns). Running out of time is not an error: the change
-    /// is committed, only not yet visible everywhere.
+    /// says (see [`Admin::await_brokers`]).
     async fn await_everywhere(&self, topic: &str, want: TopicSeen) {
+        let what = format!("topic {topic}: {want:?}");
+        self.await_brokers(&what, async |broker, timeout| {
+            self.seen_by(broker, topic, &want, timeout).await
+        })
+        .await
+    }
+
+    /// Waits until `seen` holds for every broker the cluster's metadata names,
+    /// asking each again every 10 ms, for at most the request timeout. A broker that
+    /// does not answer within a second is not waited for (it may be down; it catches
+    /// up when it returns). Running out of time is not an error: the change is
+    /// committed, only not yet visible everywhere.
+    pub(crate) async fn await_brokers(
+        &self,
+        what: &str,
+        seen: impl AsyncFn(u32, Duration) -> Result<bool>,
+    ) {
         let deadline = tokio::time::Instant::now() + self.client.config().request_timeout;
         let Ok(metadata) = self.client.metadata(Some(Vec::new())).await else {
             return;
@@ -368,10 +382,7 @@ impl Admin {
             for broker in waiting {
                 // A broker that is down costs at most a second.
                 let left = deadline.saturating_duration_since(tokio::time::Instant::now());
-                let answer = self
-                    .seen_by(broker, topic, &want, left.min(Duration::from_secs(1)))
-                    .await;
-                match answer {
+                match seen(broker, left.min(Duration::from_secs(1))).await {
                     Ok(false) => still.push(broker),
                     Ok(true) => {}
                     Err(e) => {
@@ -387,13 +398,12 @@ impl Admin {
         }
         if waiting.is_empty() {
             tracing::debug!(
-                topic,
-                ?want,
+                what,
                 brokers = metadata.brokers.len(),
-                "every broker has applied the topic change"
+                "every broker has applied the change"
             );
         } else {
-            tracing::debug!(topic, brokers = ?waiting, ?want, "brokers have not applied the topic change yet");
+            tracing::debug!(what, brokers = ?waiting, "brokers have not applied the change yet");
         }
     }
 

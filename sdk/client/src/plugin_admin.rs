@@ -44,10 +44,41 @@ impl Admin {
             version: version.to_string(),
             module,
         });
-        match self.client.request(request).await? {
-            Response::PluginDeploy(r) => info(r),
-            other => Err(unexpected(ApiKey::PluginDeploy, &other)),
-        }
+        let info = match self.client.request(request).await? {
+            Response::PluginDeploy(r) => info(r)?,
+            other => return Err(unexpected(ApiKey::PluginDeploy, &other)),
+        };
+        self.plugins_everywhere(name, |plugins| {
+            plugins
+                .iter()
+                .any(|p| p.name == info.name && p.sha256 == info.sha256)
+        })
+        .await;
+        Ok(info)
+    }
+
+    /// In a cluster, plugins are metadata every broker follows: waits (as topic
+    /// changes do) until every broker the metadata names lists the plugins as `seen`
+    /// wants, so that records produced right after meet the change on every leader.
+    async fn plugins_everywhere(&self, what: &str, seen: impl Fn(&[PluginInfo]) -> bool) {
+        self.await_brokers(what, async |broker, timeout| {
+            match self
+                .client
+                .request_to_with_timeout(broker, Request::PluginList, timeout)
+                .await?
+            {
+                Response::PluginList(r) => Ok(seen(&r.plugins)),
+                other => Err(unexpected(ApiKey::PluginList, &other)),
+            }
+        })
+        .await
+    }
+
+    /// Whether `plugins` show `name` attached to `topic`.
+    fn attached(plugins: &[PluginInfo], name: &str, topic: &str) -> bool {
+        plugins
+            .iter()
+            .any(|p| p.name == name && p.attached_to.iter().any(|t| t == topic))
     }
 
     /// Every deployed plugin, by name.
@@ -74,21 +105,28 @@ impl Admin {
             name: name.to_string(),
         });
         match self.client.request(request).await? {
-            Response::PluginRemove(r) => ok(r),
-            other => Err(unexpected(ApiKey::PluginRemove, &other)),
+            Response::PluginRemove(r) => ok(r)?,
+            other => return Err(unexpected(ApiKey::PluginRemove, &other)),
         }
+        self.plugins_everywhere(name, |plugins| plugins.iter().all(|p| p.name != name))
+            .await;
+        Ok(())
     }
 
     /// Appends a plugin to a topic's produce chain (or updates its attachment).
     pub async fn attach_plugin(&self, topic: &str, attachment: Attachment) -> Result<()> {
+        let name = attachment.plugin.clone();
         let request = Request::TopicAttach(TopicAttachRequest {
             topic: topic.to_string(),
             attachment,
         });
         match self.client.request(request).await? {
-            Response::TopicAttach(r) => ok(r),
-            other => Err(unexpected(ApiKey::TopicAttach, &other)),
+            Response::TopicAttach(r) => ok(r)?,
+            other => return Err(unexpected(ApiKey::TopicAttach, &other)),
         }
+        self.plugins_everywhere(&name, |plugins| Self::attached(plugins, &name, topic))
+            .await;
+        Ok(())
     }
 
     pub async fn detach_plugin(&self, topic: &str, plugin: &str) -> Result<()> {
@@ -97,8 +135,11 @@ impl Admin {
             plugin: plugin.to_string(),
         });
         match self.client.request(request).await? {
-            Response::TopicDetach(r) => ok(r),
-            other => Err(unexpected(ApiKey::TopicDetach, &other)),
+            Response::TopicDetach(r) => ok(r)?,
+            other => return Err(unexpected(ApiKey::TopicDetach, &other)),
         }
+        self.plugins_everywhere(plugin, |plugins| !Self::attached(plugins, plugin, topic))
+            .await;
+        Ok(())
     }
 }

@@ -24,6 +24,7 @@ use meridian_metadata::{
     BrokerRegistration, MetadataBatch, MetadataImage, MetadataRecord, PartitionState, TopicImage,
 };
 use meridian_wire::messages::*;
+use meridian_wire::plugin_messages::PluginResult;
 use meridian_wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
@@ -61,6 +62,29 @@ pub(crate) enum Command {
         AlterPartitionReassignmentsRequest,
         oneshot::Sender<AlterPartitionReassignmentsResponse>,
     ),
+    Plugins(PluginChange, oneshot::Sender<PluginResult>),
+}
+
+/// A change to the cluster's plugins. The broker that took it from the client has
+/// checked what only a wasm host can (the module compiles, the parameters are
+/// accepted); the controller checks it against the image.
+#[derive(Clone, Debug)]
+pub(crate) enum PluginChange {
+    Deploy {
+        name: String,
+        plugin: meridian_metadata::PluginImage,
+    },
+    Remove {
+        name: String,
+    },
+    Attach {
+        topic: String,
+        attachment: meridian_metadata::AttachmentImage,
+    },
+    Detach {
+        topic: String,
+        plugin: String,
+    },
 }
 
 impl Command {
@@ -108,6 +132,10 @@ impl Command {
                 error: code,
                 message,
                 remaining: Vec::new(),
+            })),
+            Command::Plugins(_, tx) => drop(tx.send(PluginResult {
+                error: code,
+                message,
             })),
             Command::ReassignPartitions(r, tx) => drop(
                 tx.send(AlterPartitionReassignmentsResponse {
@@ -526,6 +554,11 @@ impl<'a> Active<'a> {
                 let _ = tx.send(response);
                 outcome
             }
+            Command::Plugins(change, tx) => {
+                let (response, outcome) = self.plugin_change(change).await;
+                let _ = tx.send(response);
+                outcome
+            }
             Command::ReassignPartitions(r, tx) => {
                 let (response, outcome) = self.reassign_partitions(r).await;
                 let _ = tx.send(response);
@@ -913,6 +946,125 @@ impl<'a> Active<'a> {
             .collect();
         let outcome = self.commit(records).await;
         (lost_unless_committed(results, &outcome), outcome)
+    }
+
+    /// Checks a plugin change against the image and writes it: a deploy (a new
+    /// module may not change the kind of an attached plugin), a removal (refused
+    /// while attached), or a topic's new produce chain (the topic and plugins exist,
+    /// at most one partitioner; attaching a plugin again replaces it in place).
+    async fn plugin_change(
+        &mut self,
+        change: PluginChange,
+    ) -> (PluginResult, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let attached_to = |name: &str| -> Vec<String> {
+            image
+                .attachments
+                .iter()
+                .filter(|(_, chain)| chain.iter().any(|a| a.plugin == name))
+                .map(|(topic, _)| topic.clone())
+                .collect()
+        };
+        let known = |name: &str| {
+            image.plugins.get(name).ok_or_else(|| {
+                (
+                    ErrorCode::PluginNotFound,
+                    format!("no plugin named `{name}` is deployed"),
+                )
+            })
+        };
+        let planned: Result<MetadataRecord, (ErrorCode, String)> = match change {
+            PluginChange::Deploy { name, plugin } => match image.plugins.get(&name) {
+                Some(old) if old.kind != plugin.kind && !attached_to(&name).is_empty() => Err((
+                    ErrorCode::InvalidPlugin,
+                    format!(
+                        "`{name}` is attached as a {}; a {} cannot replace it",
+                        old.kind, plugin.kind
+                    ),
+                )),
+                _ => Ok(MetadataRecord::PluginDeployed { name, plugin }),
+            },
+            PluginChange::Remove { name } => known(&name).and_then(|_| {
+                let topics = attached_to(&name);
+                if topics.is_empty() {
+                    Ok(MetadataRecord::PluginRemoved { name })
+                } else {
+                    Err((
+                        ErrorCode::PluginInUse,
+                        format!(
+                            "plugin `{name}` is attached to {}; detach it first",
+                            topics.join(", ")
+                        ),
+                    ))
+                }
+            }),
+            PluginChange::Attach { topic, attachment } => {
+                existing_topic(&image, &topic).and_then(|_| {
+                    let kind = &known(&attachment.plugin)?.kind;
+                    let mut chain = image.attachments.get(&topic).cloned().unwrap_or_default();
+                    if kind == "partitioner" {
+                        let other = chain.iter().find(|a| {
+                            a.plugin != attachment.plugin
+                                && image
+                                    .plugins
+                                    .get(&a.plugin)
+                                    .is_some_and(|p| p.kind == "partitioner")
+                        });
+                        if let Some(other) = other {
+                            return Err((
+                                ErrorCode::InvalidConfig,
+                                format!(
+                                    "topic `{topic}` already has partitioner `{}`; detach it first",
+                                    other.plugin
+                                ),
+                            ));
+                        }
+                    }
+                    match chain.iter_mut().find(|a| a.plugin == attachment.plugin) {
+                        Some(existing) => *existing = attachment,
+                        None => chain.push(attachment),
+                    }
+                    Ok(MetadataRecord::AttachmentsChanged {
+                        topic,
+                        attachments: chain,
+                    })
+                })
+            }
+            PluginChange::Detach { topic, plugin } => {
+                let mut chain = image.attachments.get(&topic).cloned().unwrap_or_default();
+                let before = chain.len();
+                chain.retain(|a| a.plugin != plugin);
+                if chain.len() == before {
+                    Err((
+                        ErrorCode::PluginNotFound,
+                        format!("plugin `{plugin}` is not attached to topic `{topic}`"),
+                    ))
+                } else {
+                    Ok(MetadataRecord::AttachmentsChanged {
+                        topic,
+                        attachments: chain,
+                    })
+                }
+            }
+        };
+        match planned {
+            Ok(record) => {
+                let outcome = self.commit(vec![record]).await;
+                let response = match outcome {
+                    Ok(()) => PluginResult {
+                        error: ErrorCode::None,
+                        message: String::new(),
+                    },
+                    Err(LostLeadership) => PluginResult {
+                        error: ErrorCode::NotController,
+                        message: "the controller lost its leadership while writing the change"
+                            .into(),
+                    },
+                };
+                (response, outcome)
+            }
+            Err((error, message)) => (PluginResult { error, message }, Ok(())),
+        }
     }
 
     /// Adds partitions to topics, placed on the live brokers as a new topic's would

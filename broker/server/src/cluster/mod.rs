@@ -25,6 +25,7 @@ use meridian_client::Trust;
 use meridian_metadata::openraft::BasicNode;
 use meridian_metadata::{AppliedImage, LogStore, MetadataImage, StateMachine};
 use meridian_wire::messages::*;
+use meridian_wire::plugin_messages::PluginResult;
 use meridian_wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -543,6 +544,59 @@ impl ControllerClient {
                 _ => None,
             },
             |r| &r.results,
+        )
+        .await
+    }
+
+    /// A plugin change for the controller. A controller on another broker is sent
+    /// the client's request again; that broker checks it as this one did.
+    pub(crate) async fn plugin_change(
+        &self,
+        change: controller::PluginChange,
+    ) -> Result<PluginResult, ControllerError> {
+        use controller::PluginChange;
+        use meridian_wire::plugin_messages::{
+            Attachment, PluginDeployRequest, PluginNameRequest, TopicAttachRequest,
+            TopicDetachRequest,
+        };
+        let remote = || match change.clone() {
+            PluginChange::Deploy { name, plugin } => Request::PluginDeploy(PluginDeployRequest {
+                name,
+                version: plugin.version,
+                module: plugin.module.into(),
+            }),
+            PluginChange::Remove { name } => Request::PluginRemove(PluginNameRequest { name }),
+            PluginChange::Attach { topic, attachment } => {
+                Request::TopicAttach(TopicAttachRequest {
+                    topic,
+                    attachment: Attachment {
+                        plugin: attachment.plugin,
+                        params: attachment.params,
+                        batch_time_max_ms: attachment.batch_time_max_ms,
+                        memory_max_bytes: attachment.memory_max_bytes,
+                        on_failure: attachment.on_failure,
+                    },
+                })
+            }
+            PluginChange::Detach { topic, plugin } => {
+                Request::TopicDetach(TopicDetachRequest { topic, plugin })
+            }
+        };
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::Plugins(change.clone(), tx),
+            remote,
+            |r| match r {
+                Response::PluginDeploy(r) => Some(PluginResult {
+                    error: r.error,
+                    message: r.message,
+                }),
+                Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
+                    Some(r)
+                }
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
         )
         .await
     }
