@@ -9,6 +9,7 @@
 //! they are a compatibility promise. Add fields with `#[serde(default)]`.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -88,9 +89,10 @@ pub struct PluginImage {
     pub kind: String,
     /// Hex SHA-256 of `module`.
     pub sha256: String,
-    /// The module, hex in the JSON log and snapshots.
+    /// The module, hex in the JSON log and snapshots; shared, so copies of the
+    /// image (one per applied batch of records) do not copy it.
     #[serde(with = "hex_bytes")]
-    pub module: Vec<u8>,
+    pub module: Arc<Vec<u8>>,
 }
 
 /// One plugin in a topic's produce chain.
@@ -107,17 +109,19 @@ pub struct AttachmentImage {
 }
 
 mod hex_bytes {
+    use std::sync::Arc;
+
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer>(bytes: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
         let mut out = String::with_capacity(bytes.len() * 2);
-        for b in bytes {
+        for b in bytes.iter() {
             out.push_str(&format!("{b:02x}"));
         }
         s.serialize_str(&out)
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Arc<Vec<u8>>, D::Error> {
         let text = String::deserialize(d)?;
         if text.len() % 2 != 0 {
             return Err(serde::de::Error::custom("odd hex length"));
@@ -128,7 +132,8 @@ mod hex_bytes {
                 u8::from_str_radix(&text[i..i + 2], 16)
                     .map_err(|e| serde::de::Error::custom(format!("hex: {e}")))
             })
-            .collect()
+            .collect::<Result<Vec<u8>, _>>()
+            .map(Arc::new)
     }
 }
 
@@ -335,7 +340,7 @@ mod tests {
             version: "1.0.0".into(),
             kind: "filter".into(),
             sha256: "ab".into(),
-            module: vec![0, 97, 115, 109, 255],
+            module: Arc::new(vec![0, 97, 115, 109, 255]),
         };
         let attachment = AttachmentImage {
             plugin: "f".into(),

@@ -1342,7 +1342,7 @@ impl Shared {
                 version: r.version,
                 kind,
                 sha256: sha256.clone(),
-                module: r.module.to_vec(),
+                module: Arc::new(r.module.to_vec()),
             },
         };
         let applied = |image: &MetadataImage| {

@@ -563,7 +563,7 @@ impl ControllerClient {
             PluginChange::Deploy { name, plugin } => Request::PluginDeploy(PluginDeployRequest {
                 name,
                 version: plugin.version,
-                module: plugin.module.into(),
+                module: bytes::Bytes::copy_from_slice(&plugin.module),
             }),
             PluginChange::Remove { name } => Request::PluginRemove(PluginNameRequest { name }),
             PluginChange::Attach { topic, attachment } => {
