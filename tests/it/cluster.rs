@@ -1536,6 +1536,15 @@ async fn plugins_deployed_through_one_broker_run_on_every_leader() {
         ),
         Some(ErrorCode::PluginNotFound)
     );
+    let own_dead_letters = crate::plugins::attachment(
+        "json-filter",
+        &[("where", "total>=100")],
+        "dead-letter:orders",
+    );
+    assert_eq!(
+        code(admin3.attach_plugin("orders", own_dead_letters).await),
+        Some(ErrorCode::InvalidConfig)
+    );
     assert_eq!(
         code(
             admin3

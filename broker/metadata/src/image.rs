@@ -114,9 +114,10 @@ mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
 
     pub fn serialize<S: Serializer>(bytes: &Arc<Vec<u8>>, s: S) -> Result<S::Ok, S::Error> {
+        use std::fmt::Write;
         let mut out = String::with_capacity(bytes.len() * 2);
         for b in bytes.iter() {
-            out.push_str(&format!("{b:02x}"));
+            write!(out, "{b:02x}").expect("writing to a String");
         }
         s.serialize_str(&out)
     }

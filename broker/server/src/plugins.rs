@@ -21,6 +21,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_metadata::{AttachmentImage, MetadataImage, PluginImage};
@@ -39,11 +40,10 @@ use meridian_wire::plugin_messages::{
 };
 use meridian_wire::ErrorCode;
 use parking_lot::{Mutex, RwLock};
-use std::time::Duration;
+use serde::{Deserialize, Serialize};
 
 use crate::cluster::controller::PluginChange;
 use crate::cluster::Cluster;
-use serde::{Deserialize, Serialize};
 
 use crate::topics::{Failure, Partition, Topic};
 use crate::Shared;
@@ -375,14 +375,20 @@ impl Plugins {
         topic: &str,
         attachment: Attachment,
     ) -> Result<(AttachmentMeta, Plugin), Failure> {
+        let policy = FailurePolicy::parse(&attachment.on_failure);
+        if matches!(&policy, Ok(FailurePolicy::DeadLetter(dlq)) if dlq == topic) {
+            return Err(failure(
+                ErrorCode::InvalidConfig,
+                "a topic cannot be its own dead-letter topic",
+            ));
+        }
         if topic.starts_with("__") {
             return Err(failure(
                 ErrorCode::PolicyViolation,
                 format!("internal topic `{topic}` takes no plugins"),
             ));
         }
-        FailurePolicy::parse(&attachment.on_failure)
-            .map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+        policy.map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
         let meta = self.stored_attachment(attachment);
         let plugin = self
             .state
@@ -475,23 +481,15 @@ impl Plugins {
     /// through an attachment of a plugin missing here fails with `PluginNotFound`.
     pub(crate) fn follow_image(
         &self,
-        plugins: &BTreeMap<String, meridian_metadata::PluginImage>,
-        attachments: &BTreeMap<String, Vec<meridian_metadata::AttachmentImage>>,
+        plugins: &BTreeMap<String, PluginImage>,
+        attachments: &BTreeMap<String, Vec<AttachmentImage>>,
     ) {
         let wanted: BTreeMap<String, Vec<AttachmentMeta>> = attachments
             .iter()
             .map(|(topic, chain)| {
                 let chain = chain
                     .iter()
-                    .map(|a| {
-                        self.stored_attachment(Attachment {
-                            plugin: a.plugin.clone(),
-                            params: a.params.clone(),
-                            batch_time_max_ms: a.batch_time_max_ms,
-                            memory_max_bytes: a.memory_max_bytes,
-                            on_failure: a.on_failure.clone(),
-                        })
-                    })
+                    .map(|a| self.stored_attachment(wire_attachment(a.clone())))
                     .collect();
                 (topic.clone(), chain)
             })
@@ -1251,14 +1249,6 @@ impl Shared {
         attachment: Attachment,
     ) -> Result<(), Failure> {
         let topic = self.topic(topic_name)?;
-        if let Ok(FailurePolicy::DeadLetter(dlq)) = FailurePolicy::parse(&attachment.on_failure) {
-            if dlq == topic_name {
-                return Err(failure(
-                    ErrorCode::InvalidConfig,
-                    "a topic cannot be its own dead-letter topic",
-                ));
-            }
-        }
         self.plugins.attach(&topic, attachment)
     }
 }
@@ -1372,25 +1362,10 @@ impl Shared {
         cluster: &Cluster,
         r: TopicAttachRequest,
     ) -> PluginResult {
-        if let Ok(FailurePolicy::DeadLetter(dlq)) = FailurePolicy::parse(&r.attachment.on_failure) {
-            if dlq == r.topic {
-                return result(Err(failure(
-                    ErrorCode::InvalidConfig,
-                    "a topic cannot be its own dead-letter topic",
-                )));
-            }
-        }
         if let Err(f) = self.plugins.check_attachment(&r.topic, &r.attachment) {
             return result(Err(f));
         }
-        let a = r.attachment;
-        let attachment = AttachmentImage {
-            plugin: a.plugin,
-            params: a.params,
-            batch_time_max_ms: a.batch_time_max_ms,
-            memory_max_bytes: a.memory_max_bytes,
-            on_failure: a.on_failure,
-        };
+        let attachment = image_attachment(r.attachment);
         let (topic, sent) = (r.topic.clone(), attachment.clone());
         let change = PluginChange::Attach {
             topic: r.topic,
@@ -1422,6 +1397,28 @@ impl Shared {
                 .is_some_and(|chain| chain.iter().any(|a| a.plugin == plugin))
         };
         result(plugin_change(cluster, change, applied).await)
+    }
+}
+
+/// An attachment as the cluster metadata holds it, from the wire's.
+fn image_attachment(a: Attachment) -> AttachmentImage {
+    AttachmentImage {
+        plugin: a.plugin,
+        params: a.params,
+        batch_time_max_ms: a.batch_time_max_ms,
+        memory_max_bytes: a.memory_max_bytes,
+        on_failure: a.on_failure,
+    }
+}
+
+/// An attachment of the cluster metadata, as the wire (and the local registry) takes it.
+pub(crate) fn wire_attachment(a: AttachmentImage) -> Attachment {
+    Attachment {
+        plugin: a.plugin,
+        params: a.params,
+        batch_time_max_ms: a.batch_time_max_ms,
+        memory_max_bytes: a.memory_max_bytes,
+        on_failure: a.on_failure,
     }
 }
 

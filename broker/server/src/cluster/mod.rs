@@ -556,8 +556,7 @@ impl ControllerClient {
     ) -> Result<PluginResult, ControllerError> {
         use controller::PluginChange;
         use meridian_wire::plugin_messages::{
-            Attachment, PluginDeployRequest, PluginNameRequest, TopicAttachRequest,
-            TopicDetachRequest,
+            PluginDeployRequest, PluginNameRequest, TopicAttachRequest, TopicDetachRequest,
         };
         let remote = || match change.clone() {
             PluginChange::Deploy { name, plugin } => Request::PluginDeploy(PluginDeployRequest {
@@ -569,13 +568,7 @@ impl ControllerClient {
             PluginChange::Attach { topic, attachment } => {
                 Request::TopicAttach(TopicAttachRequest {
                     topic,
-                    attachment: Attachment {
-                        plugin: attachment.plugin,
-                        params: attachment.params,
-                        batch_time_max_ms: attachment.batch_time_max_ms,
-                        memory_max_bytes: attachment.memory_max_bytes,
-                        on_failure: attachment.on_failure,
-                    },
+                    attachment: crate::plugins::wire_attachment(attachment),
                 })
             }
             PluginChange::Detach { topic, plugin } => {
