@@ -52,8 +52,9 @@ pub enum Offset {
     Timestamp(i64),
 }
 
-/// What [`Admin::await_everywhere`] waits for a broker to report about a topic.
-#[derive(Clone, Debug)]
+/// What [`Admin::await_everywhere`] waits for a broker's metadata to say about a
+/// topic.
+#[derive(Clone, Copy, Debug)]
 enum TopicSeen {
     /// Known, with at least this many partitions, each with a leader.
     Served { partitions: usize },
@@ -61,9 +62,6 @@ enum TopicSeen {
     Known,
     /// Unknown.
     Gone,
-    /// Described with these settings: `Some(value)` its own value, `None` the
-    /// broker default.
-    Settings(Vec<(String, Option<String>)>),
 }
 
 impl TopicSeen {
@@ -78,22 +76,23 @@ impl TopicSeen {
             }),
             TopicSeen::Known => !says_unknown(metadata, topic),
             TopicSeen::Gone => says_unknown(metadata, topic),
-            TopicSeen::Settings(_) => unreachable!("settings are described, not in metadata"),
         }
     }
+}
 
-    fn described(settings: &[(String, Option<String>)], topic: &TopicDescription) -> bool {
-        topic.error.is_ok()
-            && settings.iter().all(|(key, want)| {
-                topic.configs.iter().any(|c| {
-                    c.key == *key
-                        && match want {
-                            Some(value) => !c.is_default && c.value == *value,
-                            None => c.is_default,
-                        }
-                })
+/// Whether `topic` is described with `settings`: `Some(value)` its own value,
+/// `None` the broker default.
+fn described(settings: &[(String, Option<String>)], topic: &TopicDescription) -> bool {
+    topic.error.is_ok()
+        && settings.iter().all(|(key, want)| {
+            topic.configs.iter().any(|c| {
+                c.key == *key
+                    && match want {
+                        Some(value) => !c.is_default && c.value == *value,
+                        None => c.is_default,
+                    }
             })
-    }
+        })
 }
 
 /// Changes to a topic's settings, for [`Admin::alter_topic_configs`]: applied in
@@ -312,8 +311,11 @@ impl Admin {
                 last.push((key, value));
             }
         }
-        self.await_everywhere(topic, TopicSeen::Settings(last))
-            .await;
+        let what = format!("topic {topic}: settings {last:?}");
+        self.await_brokers(&what, async |broker, timeout| {
+            self.described_by(broker, topic, &last, timeout).await
+        })
+        .await;
         Ok(())
     }
 
@@ -357,7 +359,7 @@ impl Admin {
     async fn await_everywhere(&self, topic: &str, want: TopicSeen) {
         let what = format!("topic {topic}: {want:?}");
         self.await_brokers(&what, async |broker, timeout| {
-            self.seen_by(broker, topic, &want, timeout).await
+            self.seen_by(broker, topic, want, timeout).await
         })
         .await
     }
@@ -412,16 +414,24 @@ impl Admin {
         &self,
         broker: u32,
         topic: &str,
-        want: &TopicSeen,
+        want: TopicSeen,
         timeout: Duration,
     ) -> Result<bool> {
-        let TopicSeen::Settings(settings) = want else {
-            let metadata = self
-                .client
-                .topic_metadata_from(broker, topic, timeout)
-                .await?;
-            return Ok(want.holds(&metadata, topic));
-        };
+        let metadata = self
+            .client
+            .topic_metadata_from(broker, topic, timeout)
+            .await?;
+        Ok(want.holds(&metadata, topic))
+    }
+
+    /// Whether `broker` describes `topic` with `settings` (see [`described`]).
+    async fn described_by(
+        &self,
+        broker: u32,
+        topic: &str,
+        settings: &[(String, Option<String>)],
+        timeout: Duration,
+    ) -> Result<bool> {
         let request = Request::DescribeTopics(DescribeTopicsRequest {
             names: vec![topic.to_string()],
         });
@@ -433,7 +443,7 @@ impl Admin {
             Response::DescribeTopics(r) => Ok(r
                 .topics
                 .iter()
-                .any(|t| t.name == topic && TopicSeen::described(settings, t))),
+                .any(|t| t.name == topic && described(settings, t))),
             other => Err(unexpected(ApiKey::DescribeTopics, &other)),
         }
     }
