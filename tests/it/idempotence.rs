@@ -31,7 +31,7 @@ fn batch(producer_id: i64, epoch: i16, first_seq: i32, n: usize) -> Bytes {
 }
 
 /// Sends one batch to partition 0; `(error, base_offset)`.
-async fn send(client: &Client, topic: &str, records: Bytes) -> (ErrorCode, i64) {
+pub(crate) async fn send(client: &Client, topic: &str, records: Bytes) -> (ErrorCode, i64) {
     let Response::Produce(r) = client
         .request(produce(topic, 0, -1, records))
         .await
@@ -43,7 +43,7 @@ async fn send(client: &Client, topic: &str, records: Bytes) -> (ErrorCode, i64) 
     (p.error, p.base_offset)
 }
 
-async fn producer_id(client: &Client) -> i64 {
+pub(crate) async fn producer_id(client: &Client) -> i64 {
     let request = Request::InitProducerId(InitProducerIdRequest {
         transactional_id: None,
     });
@@ -56,7 +56,7 @@ async fn producer_id(client: &Client) -> i64 {
 }
 
 /// The headers of the batches stored in partition 0 of `topic` (one fetch from 0).
-async fn stored_batch_headers(
+pub(crate) async fn stored_batch_headers(
     client: &Client,
     topic: &str,
 ) -> Vec<meridian_wire::batch::BatchHeader> {
@@ -72,7 +72,7 @@ async fn stored_batch_headers(
         .collect()
 }
 
-async fn log_end(client: &Client, topic: &str) -> i64 {
+pub(crate) async fn log_end(client: &Client, topic: &str) -> i64 {
     client
         .admin()
         .list_offsets(topic, 0, Offset::Latest)

@@ -370,6 +370,19 @@ async fn read_all(client: &Client, topic: &str) -> Vec<String> {
 }
 
 async fn read_all_with(client: &Client, topic: &str, config: ConsumerConfig) -> Vec<String> {
+    read_records(client, topic, config)
+        .await
+        .into_iter()
+        .map(|(_, _, v)| v)
+        .collect()
+}
+
+/// Every record in the topic as (partition, offset, value), in that order.
+async fn read_records(
+    client: &Client,
+    topic: &str,
+    config: ConsumerConfig,
+) -> Vec<(u32, i64, String)> {
     let admin = client.admin();
     let mut consumer = client.consumer(config);
     let partitions = consumer.assign_all(topic).await.unwrap();
@@ -395,7 +408,7 @@ async fn read_all_with(client: &Client, topic: &str, config: ConsumerConfig) -> 
         }
     }
     values.sort();
-    values.into_iter().map(|(_, _, v)| v).collect()
+    values
 }
 
 fn broker_code(result: &meridian_client::Result<()>) -> Option<ErrorCode> {
@@ -544,6 +557,130 @@ async fn produce_chain_filters_then_transforms_and_survives_restart() {
         read_all(&client, "orders").await.last().unwrap(),
         r#"{"name":"[REDACTED]","total":500}"#
     );
+}
+
+/// A batch of JSON values `{"n":…}` from an idempotent producer.
+fn idempotent_batch(producer_id: i64, first_seq: i32, ns: &[u32]) -> Bytes {
+    use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
+    let records: Vec<NewRecord> = ns
+        .iter()
+        .map(|n| NewRecord {
+            timestamp: 1_700_000_000_000,
+            key: None,
+            value: Some(Bytes::from(format!(r#"{{"n":{n}}}"#))),
+            headers: vec![],
+        })
+        .collect();
+    let identity = ProducerIdentity {
+        producer_id,
+        producer_epoch: 0,
+        base_sequence: first_seq,
+    };
+    encode_batch(&records, Compression::Zstd, identity).unwrap()
+}
+
+/// A filter in the produce chain keeps what producers count on: each record sent takes
+/// its offset (the one the producer is told) whether kept or not, and an idempotent
+/// producer's sequence numbers go on across dropped records and emptied batches, so
+/// its next batch is taken and a retried one is still recognised, also after kill -9.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_produce_filter_keeps_offsets_and_an_idempotent_producers_sequence() {
+    use crate::idempotence::{log_end, producer_id, send, stored_batch_headers};
+    let mut broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    deploy(&client, "big", "json_filter").await;
+    create(&client, "orders", 1).await;
+    client
+        .admin()
+        .attach_plugin("orders", attachment("big", &[("where", "n>=10")], "reject"))
+        .await
+        .unwrap();
+    let pid = producer_id(&client).await;
+    let first = idempotent_batch(pid, 0, &[5, 10, 3, 20]);
+    let emptied = idempotent_batch(pid, 4, &[1, 2]);
+    let third = idempotent_batch(pid, 6, &[30]);
+    assert_eq!(
+        send(&client, "orders", first.clone()).await,
+        (ErrorCode::None, 0)
+    );
+    assert_eq!(
+        send(&client, "orders", emptied.clone()).await,
+        (ErrorCode::None, 4)
+    );
+    assert_eq!(
+        send(&client, "orders", third.clone()).await,
+        (ErrorCode::None, 6)
+    );
+    // Retries (their answers lost, say) are answered from the producer state.
+    assert_eq!(send(&client, "orders", first).await, (ErrorCode::None, 0));
+    assert_eq!(send(&client, "orders", emptied).await, (ErrorCode::None, 4));
+    assert_eq!(log_end(&client, "orders").await, 7);
+    let kept = read_records(&client, "orders", ConsumerConfig::default()).await;
+    let expected = [
+        (0, 1, r#"{"n":10}"#),
+        (0, 3, r#"{"n":20}"#),
+        (0, 6, r#"{"n":30}"#),
+    ];
+    let expected: Vec<(u32, i64, String)> = expected
+        .iter()
+        .map(|&(p, o, v)| (p, o, v.to_string()))
+        .collect();
+    assert_eq!(kept, expected);
+    let headers = stored_batch_headers(&client, "orders").await;
+    let stored: Vec<(i64, i32, i32, i32)> = headers
+        .iter()
+        .map(|h| {
+            (
+                h.producer_id,
+                h.base_sequence,
+                h.last_offset_delta,
+                h.records_count,
+            )
+        })
+        .collect();
+    assert_eq!(stored, [(pid, 0, 3, 2), (pid, 4, 1, 0), (pid, 6, 0, 1)]);
+
+    // The state comes back after kill -9: the last batch is still a duplicate and the
+    // sequence goes on.
+    broker.kill9();
+    broker.restart();
+    let client = broker.client().await;
+    assert_eq!(send(&client, "orders", third).await, (ErrorCode::None, 6));
+    let next = idempotent_batch(pid, 7, &[1, 40]);
+    assert_eq!(send(&client, "orders", next).await, (ErrorCode::None, 7));
+    assert_eq!(log_end(&client, "orders").await, 9);
+
+    // The SDK's producer (idempotent by default) is told each record's offset; the
+    // kept ones are where it was told.
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(20),
+        ..ProducerConfig::default()
+    });
+    let mut deliveries = Vec::new();
+    for n in 0..40u32 {
+        let value = Bytes::from(format!(r#"{{"n":{}}}"#, n * 7 % 20));
+        let record = ProducerRecord::new("orders", value.clone()).partition(0);
+        deliveries.push((value, producer.send(record).await.unwrap()));
+        if n % 9 == 0 {
+            producer.flush().await.unwrap();
+        }
+    }
+    producer.flush().await.unwrap();
+    let mut told = Vec::new();
+    for (value, delivery) in deliveries {
+        let metadata = delivery.await.unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&value).unwrap();
+        if v["n"].as_u64().unwrap() >= 10 {
+            told.push((
+                0,
+                metadata.offset,
+                String::from_utf8(value.to_vec()).unwrap(),
+            ));
+        }
+    }
+    let kept = read_records(&client, "orders", ConsumerConfig::default()).await;
+    assert_eq!(kept[4..], told[..]);
+    assert_eq!(log_end(&client, "orders").await, 49);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,7 +88,7 @@ pub use partition::{
 };
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
 pub use segment::ReadSlice;
-pub use validate::{require_keys, validate_batches, ValidatedBatches};
+pub use validate::{require_keys, validate_batches, validate_rewritten_batches, ValidatedBatches};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 

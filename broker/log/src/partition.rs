@@ -380,11 +380,14 @@ impl PartitionLog {
                 limit: u32::MAX,
             });
         }
-        let idempotent = batches.headers.iter().any(|h| h.producer_id >= 0);
+        // An idempotent producer's batch comes first and alone, but for producer-less
+        // batches after it (see `validate_rewritten_batches`): its sequence check
+        // decides for the whole append, and a duplicate is answered with its offsets.
+        if batches.headers[1..].iter().any(|h| h.producer_id >= 0) {
+            return Err(LogError::IdempotentBatchNotAlone);
+        }
+        let idempotent = batches.headers[0].producer_id >= 0;
         if idempotent {
-            if batches.headers.len() != 1 {
-                return Err(LogError::IdempotentBatchNotAlone);
-            }
             let header = &batches.headers[0];
             if let SequenceCheck::Duplicate {
                 base_offset,

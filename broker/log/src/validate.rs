@@ -63,10 +63,45 @@ pub fn require_keys(batches: &ValidatedBatches) -> Result<(), LogError> {
 ///
 /// Besides what [`BatchHeader::validate`] checks, a produced batch must hold at least
 /// one record and its last offset delta must be `records_count - 1` (producers never
-/// send compacted batches), so a batch takes exactly one offset per record.
+/// send compacted batches), so a batch takes exactly one offset per record; and a
+/// batch from an idempotent producer must come alone (as Kafka requires).
 pub fn validate_batches(
     records: &Bytes,
     max_message_bytes: u32,
+) -> Result<ValidatedBatches, LogError> {
+    let batches = validate(records, max_message_bytes, |header| {
+        if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
+            return Err(BatchError::BadOffsetDelta {
+                records: header.records_count,
+                last_offset_delta: header.last_offset_delta,
+            }
+            .into());
+        }
+        Ok(())
+    })?;
+    if batches.headers.len() > 1 && batches.headers.iter().any(|h| h.producer_id >= 0) {
+        return Err(LogError::IdempotentBatchNotAlone);
+    }
+    Ok(batches)
+}
+
+/// Validates batches the broker rewrote from a produce (a plugin chain dropped,
+/// changed or added records): like [`validate_batches`], except that a batch may
+/// span offsets it holds no record for, down to none at all (the records a filter
+/// dropped keep their offsets and sequence numbers), and an idempotent producer's
+/// batch may be followed by producer-less ones (records a transform added beyond
+/// what the producer's batch spans).
+pub fn validate_rewritten_batches(
+    records: &Bytes,
+    max_message_bytes: u32,
+) -> Result<ValidatedBatches, LogError> {
+    validate(records, max_message_bytes, |_| Ok(()))
+}
+
+fn validate(
+    records: &Bytes,
+    max_message_bytes: u32,
+    check: impl Fn(&BatchHeader) -> Result<(), LogError>,
 ) -> Result<ValidatedBatches, LogError> {
     if records.is_empty() {
         return Err(BatchError::Truncated {
@@ -96,13 +131,7 @@ pub fn validate_batches(
         }
         let batch = rest.split_to(total);
         header.validate(&batch)?;
-        if header.records_count < 1 || header.last_offset_delta != header.records_count - 1 {
-            return Err(BatchError::BadOffsetDelta {
-                records: header.records_count,
-                last_offset_delta: header.last_offset_delta,
-            }
-            .into());
-        }
+        check(&header)?;
         headers.push(header);
     }
     Ok(ValidatedBatches {

@@ -9,7 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_log::{require_keys, validate_batches, LogError};
+use meridian_log::{require_keys, validate_batches, LogError, ValidatedBatches};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use tokio::sync::oneshot;
@@ -975,8 +975,20 @@ impl Shared {
         partition: &Partition,
         records: &Bytes,
     ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+        self.append_checked(topic, partition, records, validate_batches)
+    }
+
+    /// [`Self::append`] with the validation given: a produce chain's rewritten
+    /// batches pass `validate_rewritten_batches`.
+    pub(crate) fn append_checked(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        records: &Bytes,
+        validate: fn(&Bytes, u32) -> Result<ValidatedBatches, LogError>,
+    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
         let max_message_bytes = topic.log_config.max_message_bytes;
-        let batches = validate_batches(records, max_message_bytes).map_err(|e| match e {
+        let batches = validate(records, max_message_bytes).map_err(|e| match e {
             LogError::MessageTooLarge { size, limit } => Failure::new(
                 ErrorCode::MessageTooLarge,
                 format!(

@@ -24,14 +24,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian_log::validate_rewritten_batches;
 use meridian_metadata::{AttachmentImage, MetadataImage, PluginImage};
 use meridian_wasm_host::{
     BatchFailure, BatchOutput, Host, HostConfig, Instance, InstantiateError, Limits, LogStream,
     Plugin, PluginKind,
 };
 use meridian_wire::batch::{
-    decode_records, encode_batch, encode_batch_at, split_batches, split_fetched_batches,
-    Compression, Header, NewRecord, ProducerIdentity, Record,
+    decode_records, encode_batch, encode_batch_at, encode_batch_spanning, split_batches,
+    split_fetched_batches, BatchHeader, Compression, Header, NewRecord, ProducerIdentity, Record,
 };
 use meridian_wire::messages::FetchResponse;
 use meridian_wire::plugin_messages::{
@@ -665,26 +666,119 @@ fn to_new(r: &Record) -> NewRecord {
     }
 }
 
+/// One produced batch, decoded for a plugin chain.
+struct ProducedBatch {
+    bytes: Bytes,
+    header: BatchHeader,
+    compression: Compression,
+    /// The position of its first record within the request.
+    first: i64,
+    records: Vec<Record>,
+}
+
 /// Splits, CRC-checks and decodes the batches of one produce partition. Record offsets
 /// are positions within the request (batches base offset 0 as the producer sent them),
 /// used by plugins and in error messages.
-fn decode_produced(records: &Bytes) -> Result<Vec<(Bytes, Compression, Vec<Record>)>, Failure> {
+fn decode_produced(records: &Bytes) -> Result<Vec<ProducedBatch>, Failure> {
     let corrupt = |e: meridian_wire::batch::BatchError| {
         failure(ErrorCode::CorruptMessage, format!("record batch: {e}"))
     };
     let mut out = Vec::new();
-    let mut first_offset = 0i64;
+    let mut first = 0i64;
     for batch in split_batches(records.clone()) {
-        let (header, batch) = batch.map_err(corrupt)?;
+        let (header, bytes) = batch.map_err(corrupt)?;
         let compression = header.compression().map_err(corrupt)?;
-        let mut decoded = decode_records(&header, &batch).map_err(corrupt)?;
+        let mut decoded = decode_records(&header, &bytes).map_err(corrupt)?;
         for r in &mut decoded {
-            r.offset += first_offset;
+            r.offset += first;
         }
-        first_offset += i64::from(header.last_offset_delta) + 1;
-        out.push((batch, compression, decoded));
+        let span = i64::from(header.last_offset_delta) + 1;
+        out.push(ProducedBatch {
+            bytes,
+            header,
+            compression,
+            first,
+            records: decoded,
+        });
+        first += span;
     }
     Ok(out)
+}
+
+/// Re-encodes a produced batch that a plugin chain changed into `out`, keeping what
+/// the producer can count on:
+/// - the batch still spans its offsets: a kept record stays at the offset the
+///   producer was told (base offset + its index), and a dropped one leaves a gap (as
+///   compaction does), down to a batch with no record at all;
+/// - an idempotent producer's identity and sequence numbers: the batch still counts
+///   one sequence number per record sent, so the producer's next batch follows on and
+///   a retry of this one is recognised as a duplicate.
+///
+/// A transform may output several records for one; they take the offsets after their
+/// input's, as far as free ones last. When the output holds more records than the
+/// batch spans, the batch grows; an idempotent producer's batch instead takes the
+/// first records and a producer-less batch after it the rest, so its sequence span
+/// stays the producer's.
+fn rewrite_batch(
+    batch: &ProducedBatch,
+    records: &[Record],
+    out: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let encoding_failed = |e: meridian_wire::batch::BatchError| {
+        failure(ErrorCode::Unknown, format!("re-encoding batch: {e}"))
+    };
+    let span = batch.header.last_offset_delta + 1;
+    let producer = ProducerIdentity {
+        producer_id: batch.header.producer_id,
+        producer_epoch: batch.header.producer_epoch,
+        base_sequence: batch.header.base_sequence,
+    };
+    let new: Vec<NewRecord> = records.iter().map(to_new).collect();
+    // An empty batch compresses to nothing worth a codec.
+    let compression = if new.is_empty() {
+        Compression::None
+    } else {
+        batch.compression
+    };
+    if new.len() > span as usize {
+        let (own, extra) = if producer.producer_id >= 0 {
+            new.split_at(span as usize)
+        } else {
+            (&new[..], &[][..])
+        };
+        out.extend_from_slice(&encode_batch(own, compression, producer).map_err(encoding_failed)?);
+        if !extra.is_empty() {
+            let extra = encode_batch(extra, compression, ProducerIdentity::NONE)
+                .map_err(encoding_failed)?;
+            out.extend_from_slice(&extra);
+        }
+        return Ok(());
+    }
+    let deltas = spread_deltas(records.iter().map(|r| r.offset - batch.first), span);
+    let encoded = encode_batch_spanning(&new, &deltas, span - 1, compression, producer)
+        .map_err(encoding_failed)?;
+    out.extend_from_slice(&encoded);
+    Ok(())
+}
+
+/// Offset deltas for records that came from the given deltas (non-decreasing; a
+/// transform's outputs share their input's), in a batch spanning `span` offsets with
+/// at least as many: each takes its own delta, or the next free one, but never so far
+/// that the records after it no longer fit.
+fn spread_deltas(wanted: impl ExactSizeIterator<Item = i64>, span: i32) -> Vec<i32> {
+    let n = wanted.len() as i32;
+    assert!(n <= span, "{n} records cannot fit in {span} offsets");
+    let mut deltas = Vec::with_capacity(n as usize);
+    let mut previous = -1;
+    for (i, want) in wanted.enumerate() {
+        let latest = span - (n - i as i32);
+        let delta = (want.clamp(0, i64::from(span)) as i32)
+            .max(previous + 1)
+            .min(latest);
+        deltas.push(delta);
+        previous = delta;
+    }
+    deltas
 }
 
 /// What the chain did to one partition's records.
@@ -719,22 +813,17 @@ impl Shared {
         let mut out = Vec::new();
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0;
-        for (batch, compression, decoded) in decode_produced(records)? {
+        for mut batch in decode_produced(records)? {
+            let decoded = std::mem::take(&mut batch.records);
             let outcome = self.run_chain(topic, partition, &chain, decoded)?;
             dead_letters.extend(outcome.dead_letters);
             n_skipped += outcome.n_skipped;
-            if outcome.records.is_empty() {
-                continue;
-            }
             if outcome.unchanged {
                 // Filters kept every record: the producer's batch goes in byte for byte.
-                out.extend_from_slice(&batch);
-                continue;
+                out.extend_from_slice(&batch.bytes);
+            } else {
+                rewrite_batch(&batch, &outcome.records, &mut out)?;
             }
-            let new: Vec<NewRecord> = outcome.records.iter().map(to_new).collect();
-            let encoded = encode_batch(&new, compression, ProducerIdentity::NONE)
-                .map_err(|e| failure(ErrorCode::Unknown, format!("re-encoding batch: {e}")))?;
-            out.extend_from_slice(&encoded);
         }
         if n_skipped > 0 {
             tracing::warn!(topic = %topic.name, partition, n_skipped, "plugin failure policy skipped records");
@@ -984,8 +1073,7 @@ impl Shared {
     }
 
     /// The produce path's append: runs the topic's plugin chain (if any) over the
-    /// partition's batches, then appends what is left. When nothing is left, nothing is
-    /// appended and the base offset is -1.
+    /// partition's batches, then appends what is left (see [`rewrite_batch`]).
     pub(crate) fn append_produced(
         &self,
         topic: &Topic,
@@ -997,11 +1085,7 @@ impl Shared {
         }
         match blocking(|| self.apply_produce_plugins(topic, partition.index, records))? {
             None => self.append(topic, partition, records),
-            Some(out) if out.is_empty() => {
-                let log = partition.log()?;
-                Ok((-1, log.log_start_offset(), log.sync_handle()))
-            }
-            Some(out) => self.append(topic, partition, &out),
+            Some(out) => self.append_checked(topic, partition, &out, validate_rewritten_batches),
         }
     }
 
@@ -1166,9 +1250,9 @@ impl Shared {
         let mut compression = Compression::None;
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0u64;
-        for (_, batch_compression, decoded) in decode_produced(records)? {
-            compression = batch_compression;
-            let outcome = self.run_chain(topic, UNASSIGNED, &chain, decoded)?;
+        for batch in decode_produced(records)? {
+            compression = batch.compression;
+            let outcome = self.run_chain(topic, UNASSIGNED, &chain, batch.records)?;
             dead_letters.extend(outcome.dead_letters);
             n_skipped += outcome.n_skipped;
             let records = outcome.records;
@@ -1449,4 +1533,125 @@ async fn plugin_change(
             "the cluster took the plugin change, but this broker has not applied it yet",
         )
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spread_deltas_keep_places_and_fit_added_records() {
+        let spread = |wanted: &[i64], span| spread_deltas(wanted.iter().copied(), span);
+        // Filters: every kept record keeps its delta.
+        assert_eq!(spread(&[1, 3], 4), [1, 3]);
+        assert_eq!(spread(&[], 2), Vec::<i32>::new());
+        // A transform's outputs share their input's delta: they take the next free
+        // ones, and give way when the records after them would not fit.
+        assert_eq!(spread(&[0, 0, 2], 4), [0, 1, 2]);
+        assert_eq!(spread(&[1, 1, 1], 4), [1, 2, 3]);
+        assert_eq!(spread(&[2, 2, 2], 4), [1, 2, 3]);
+        assert_eq!(spread(&[3, 3, 3, 3], 4), [0, 1, 2, 3]);
+    }
+
+    fn produced(values: &[&str], producer: ProducerIdentity) -> ProducedBatch {
+        let records: Vec<NewRecord> = values
+            .iter()
+            .map(|v| NewRecord {
+                timestamp: 9,
+                key: None,
+                value: Some(Bytes::from(v.to_string())),
+                headers: vec![],
+            })
+            .collect();
+        let bytes = encode_batch(&records, Compression::Lz4, producer).unwrap();
+        let mut batches = decode_produced(&bytes).unwrap();
+        assert_eq!(batches.len(), 1);
+        batches.pop().unwrap()
+    }
+
+    /// (producer id, base sequence, last offset delta, [(offset, value)]) per batch.
+    type Summary = Vec<(i64, i32, i32, Vec<(i64, String)>)>;
+
+    fn rewritten(batch: &ProducedBatch, out: &[(i64, &str)]) -> Summary {
+        let records: Vec<Record> = out
+            .iter()
+            .map(|&(offset, v)| Record {
+                offset,
+                timestamp: 9,
+                key: None,
+                value: Some(Bytes::from(v.to_string())),
+                headers: vec![],
+            })
+            .collect();
+        let mut bytes = Vec::new();
+        rewrite_batch(batch, &records, &mut bytes).unwrap();
+        split_batches(Bytes::from(bytes))
+            .map(|b| {
+                let (header, bytes) = b.unwrap();
+                let records = decode_records(&header, &bytes)
+                    .unwrap()
+                    .into_iter()
+                    .map(|r| {
+                        (
+                            r.offset,
+                            String::from_utf8(r.value.unwrap().to_vec()).unwrap(),
+                        )
+                    })
+                    .collect();
+                (
+                    header.producer_id,
+                    header.base_sequence,
+                    header.last_offset_delta,
+                    records,
+                )
+            })
+            .collect()
+    }
+
+    /// [`Summary`] as written in a test.
+    type Expected<'a> = (i64, i32, i32, &'a [(i64, &'a str)]);
+
+    fn summary(batches: &[Expected<'_>]) -> Summary {
+        batches
+            .iter()
+            .map(|&(id, seq, last, records)| {
+                let records = records.iter().map(|&(o, v)| (o, v.to_string())).collect();
+                (id, seq, last, records)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn rewritten_batches_keep_the_producers_span_and_sequence() {
+        let identity = ProducerIdentity {
+            producer_id: 3,
+            producer_epoch: 1,
+            base_sequence: 10,
+        };
+        let batch = produced(&["a", "b", "c"], identity);
+        // Filtered.
+        assert_eq!(
+            rewritten(&batch, &[(0, "a"), (2, "c")]),
+            summary(&[(3, 10, 2, &[(0, "a"), (2, "c")])])
+        );
+        // Emptied.
+        assert_eq!(rewritten(&batch, &[]), summary(&[(3, 10, 2, &[])]));
+        // Grown past its span: the producer's batch keeps three, the rest follow.
+        assert_eq!(
+            rewritten(
+                &batch,
+                &[(0, "a1"), (0, "a2"), (1, "b"), (2, "c1"), (2, "c2")]
+            ),
+            summary(&[
+                (3, 10, 2, &[(0, "a1"), (1, "a2"), (2, "b")]),
+                (-1, -1, 1, &[(0, "c1"), (1, "c2")]),
+            ])
+        );
+        // Without a producer, a grown batch stays one.
+        let batch = produced(&["a"], ProducerIdentity::NONE);
+        assert_eq!(
+            rewritten(&batch, &[(0, "a1"), (0, "a2")]),
+            summary(&[(-1, -1, 1, &[(0, "a1"), (1, "a2")])])
+        );
+    }
 }

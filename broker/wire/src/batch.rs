@@ -393,17 +393,17 @@ pub fn encode_batch_in(
     )
 }
 
-/// Encodes records at given offset deltas from `base_offset` into one batch spanning
-/// `base_offset ..= base_offset + last_offset_delta`, gaps allowed, possibly with no
-/// record at all. The broker uses it to answer a fetch filtered by a plugin: the kept
-/// records keep their offsets, and the batch still spans the records dropped, so the
-/// consumer's position moves past them.
-pub fn encode_batch_at(
+/// Encodes records at given offset deltas into one batch with base offset 0 spanning
+/// `0 ..= last_offset_delta`, gaps allowed, possibly with no record at all, carrying
+/// `producer`. The broker uses it for a produced batch its plugin chain changed: the
+/// kept records keep their places and the batch still spans (and, for an idempotent
+/// producer, still counts the sequence numbers of) the records dropped.
+pub fn encode_batch_spanning(
     records: &[NewRecord],
     offset_deltas: &[i32],
-    base_offset: i64,
     last_offset_delta: i32,
     compression: Compression,
+    producer: ProducerIdentity,
 ) -> Result<Bytes, BatchError> {
     assert_eq!(records.len(), offset_deltas.len());
     assert!(
@@ -413,10 +413,30 @@ pub fn encode_batch_at(
     assert!(offset_deltas
         .iter()
         .all(|&d| (0..=last_offset_delta).contains(&d)));
-    let batch = encode_batch_inner(
+    encode_batch_inner(
         BytesMut::new(),
         records,
         Some(offset_deltas),
+        last_offset_delta,
+        compression,
+        producer,
+    )
+}
+
+/// [`encode_batch_spanning`] at `base_offset`, without a producer. The broker uses it
+/// to answer a fetch filtered by a plugin: the kept records keep their offsets, and
+/// the batch still spans the records dropped, so the consumer's position moves past
+/// them.
+pub fn encode_batch_at(
+    records: &[NewRecord],
+    offset_deltas: &[i32],
+    base_offset: i64,
+    last_offset_delta: i32,
+    compression: Compression,
+) -> Result<Bytes, BatchError> {
+    let batch = encode_batch_spanning(
+        records,
+        offset_deltas,
         last_offset_delta,
         compression,
         ProducerIdentity::NONE,

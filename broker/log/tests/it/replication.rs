@@ -228,6 +228,121 @@ fn truncation_rebuilds_producer_state() {
     assert_eq!(info.base_offset, bases[11]);
 }
 
+/// Batches a produce chain rewrote: spanning offsets they hold no record for (none at
+/// all, even), an idempotent batch followed by a producer-less one. The producer's
+/// sequence goes on across them, retries are duplicates, a follower copies them and
+/// a reopened log rebuilds the same state.
+#[test]
+fn rewritten_batches_keep_offsets_and_producer_sequences() {
+    use meridian_log::validate_rewritten_batches;
+    use meridian_wire::batch::encode_batch_spanning;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(&dir.path().join("leader"), small_config(), 0).unwrap();
+    let record = |v: &str| NewRecord {
+        timestamp: 5,
+        key: None,
+        value: Some(Bytes::from(v.to_string())),
+        headers: vec![],
+    };
+    let identity = |base_sequence| ProducerIdentity {
+        producer_id: 42,
+        producer_epoch: 0,
+        base_sequence,
+    };
+    // Four records sent, two kept at deltas 1 and 3.
+    let kept = encode_batch_spanning(
+        &[record("b"), record("d")],
+        &[1, 3],
+        3,
+        Compression::Zstd,
+        identity(0),
+    )
+    .unwrap();
+    // Two sent, none kept.
+    let emptied = encode_batch_spanning(&[], &[], 1, Compression::None, identity(4)).unwrap();
+    // One sent, three out: the producer's batch takes one, a producer-less one the rest.
+    let grown = Bytes::from(
+        [
+            encode_batch(&[record("e1")], Compression::None, identity(6)).unwrap(),
+            encode_batch(
+                &[record("e2"), record("e3")],
+                Compression::None,
+                ProducerIdentity::NONE,
+            )
+            .unwrap(),
+        ]
+        .concat(),
+    );
+    for bytes in [&kept, &emptied, &grown] {
+        // A producer never sends such batches.
+        assert!(validate_batches(bytes, u32::MAX).is_err());
+    }
+    let append = |log: &mut PartitionLog, bytes: &Bytes| {
+        let validated = validate_rewritten_batches(bytes, u32::MAX).unwrap();
+        let info = log.append(validated, 1, 0).unwrap();
+        (info.base_offset, info.duplicate)
+    };
+    assert_eq!(append(&mut log, &kept), (0, false));
+    assert_eq!(append(&mut log, &emptied), (4, false));
+    assert_eq!(append(&mut log, &grown), (6, false));
+    assert_eq!(log.log_end_offset(), 9);
+    assert_eq!(append(&mut log, &kept), (0, true));
+    assert_eq!(append(&mut log, &emptied), (4, true));
+    assert_eq!(append(&mut log, &grown), (6, true));
+    assert_eq!(log.log_end_offset(), 9);
+    // The producer's next batch follows on from sequence 7.
+    assert_eq!(append_at_epoch(&mut log, &idempotent_batch(42, 7, 1), 1), 9);
+
+    let values = |log: &PartitionLog| -> Vec<(i64, String)> {
+        let mut out = Vec::new();
+        for (header, bytes) in read_all(log) {
+            for r in meridian_wire::batch::decode_records(&header, &bytes).unwrap() {
+                let v = String::from_utf8(r.value.unwrap().to_vec()).unwrap();
+                out.push((r.offset, v));
+            }
+        }
+        out
+    };
+    let expected: Vec<(i64, String)> = [(1, "b"), (3, "d"), (6, "e1"), (7, "e2"), (8, "e3")]
+        .iter()
+        .map(|&(o, v)| (o, v.to_string()))
+        .chain([(9, "v0".to_string())])
+        .collect();
+    assert_eq!(values(&log), expected);
+
+    // A follower copies them as they are, producer state included.
+    let mut follower = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    follower
+        .append_as_follower(&Bytes::from(all_bytes(&log)), 0)
+        .unwrap();
+    assert_eq!(all_bytes(&follower), all_bytes(&log));
+    assert_eq!(append(&mut follower, &emptied), (4, true));
+
+    // Reopened without a clean shutdown: the state is rebuilt from the batches.
+    drop(log);
+    let mut log = PartitionLog::open(&dir.path().join("leader"), small_config(), 0).unwrap();
+    assert_eq!(values(&log), expected);
+    assert_eq!(append(&mut log, &grown), (6, true));
+    assert_eq!(
+        append_at_epoch(&mut log, &idempotent_batch(42, 8, 1), 1),
+        10
+    );
+}
+
+/// Only the first batch of an append may carry a producer: its sequence check decides
+/// for the whole append.
+#[test]
+fn an_idempotent_batch_after_another_batch_is_refused() {
+    use meridian_log::validate_rewritten_batches;
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    let both = Bytes::from([batch(1, 10, 1), idempotent_batch(7, 0, 1)].concat());
+    let validated = validate_rewritten_batches(&both, u32::MAX).unwrap();
+    let err = log.append(validated, 0, 0).unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidRequest, "{err}");
+    assert_eq!(log.log_end_offset(), 0);
+}
+
 #[test]
 fn reads_stop_at_an_upper_offset() {
     let dir = tempfile::tempdir().unwrap();
