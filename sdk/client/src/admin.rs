@@ -312,8 +312,9 @@ impl Admin {
             }
         }
         let what = format!("topic {topic}: settings {last:?}");
-        self.await_brokers(&what, async |broker, timeout| {
-            self.described_by(broker, topic, &last, timeout).await
+        let last = &last;
+        self.await_brokers(&what, |broker, timeout| {
+            self.described_by(broker, topic, last, timeout)
         })
         .await;
         Ok(())
@@ -358,8 +359,8 @@ impl Admin {
     /// says (see [`Admin::await_brokers`]).
     async fn await_everywhere(&self, topic: &str, want: TopicSeen) {
         let what = format!("topic {topic}: {want:?}");
-        self.await_brokers(&what, async |broker, timeout| {
-            self.seen_by(broker, topic, want, timeout).await
+        self.await_brokers(&what, |broker, timeout| {
+            self.seen_by(broker, topic, want, timeout)
         })
         .await
     }
@@ -369,11 +370,14 @@ impl Admin {
     /// does not answer within a second is not waited for (it may be down; it catches
     /// up when it returns). Running out of time is not an error: the change is
     /// committed, only not yet visible everywhere.
-    pub(crate) async fn await_brokers(
-        &self,
-        what: &str,
-        seen: impl AsyncFn(u32, Duration) -> Result<bool>,
-    ) {
+    ///
+    /// `seen` is a closure returning a future rather than an async closure: the
+    /// compiler cannot yet prove an async closure's future `Send`, and the futures of
+    /// the admin calls must be (a caller may `tokio::spawn` them).
+    pub(crate) async fn await_brokers<F>(&self, what: &str, seen: impl Fn(u32, Duration) -> F)
+    where
+        F: std::future::Future<Output = Result<bool>>,
+    {
         let deadline = tokio::time::Instant::now() + self.client.config().request_timeout;
         let Ok(metadata) = self.client.metadata(Some(Vec::new())).await else {
             return;

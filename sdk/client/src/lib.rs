@@ -79,3 +79,79 @@ pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
     UNASSIGNED_PARTITION,
 };
+
+/// A check the compiler makes: every future of the public async API can be handed to
+/// `tokio::spawn` (it is `Send` and `'static` once its receiver and arguments are
+/// moved in), as callers expect of an async client. An async closure inside
+/// `Admin::await_brokers` once made the admin calls' futures not provably `Send`; a
+/// regression fails `cargo test` and `cargo clippy --all-targets` at compile time.
+#[cfg(test)]
+#[allow(dead_code)]
+mod futures_are_send {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::*;
+
+    macro_rules! spawns {
+        ($value:expr, $name:ident => $call:expr) => {{
+            #[allow(unused_mut)]
+            let mut $name = $value;
+            tokio::spawn(async move {
+                let _ = $call.await;
+            });
+        }};
+    }
+
+    fn every_call(client: Client, producer: Producer, record: ProducerRecord, at: Attachment) {
+        let admin = client.admin();
+        let config = || ClientConfig::new("127.0.0.1:9092", Trust::CaPem(Vec::new()));
+        spawns!(config(), c => Client::connect(c));
+        spawns!(client.clone(), c => c.broker_info());
+        spawns!(client.clone(), c => c.request(meridian_wire::messages::Request::PluginList));
+        spawns!(client.clone(), c => c.request_to(1, meridian_wire::messages::Request::PluginList));
+        spawns!(client.clone(), c => c.send_no_response(meridian_wire::messages::Request::PluginList));
+        spawns!(client.clone(), c => c.metadata(None));
+        spawns!(client.clone(), c => c.leader("t", 0));
+        spawns!(client.clone(), c => c.partition_count("t"));
+        spawns!(admin.clone(), a => a.create_topic(NewTopic::new("t", 1)));
+        spawns!(admin.clone(), a => a.delete_topic("t"));
+        spawns!(admin.clone(), a => a.alter_topic_configs("t", TopicConfigChanges::new()));
+        spawns!(admin.clone(), a => a.create_partitions("t", 2));
+        spawns!(admin.clone(), a => a.list_topics());
+        spawns!(admin.clone(), a => a.list_all_topics());
+        spawns!(admin.clone(), a => a.describe_topic("t"));
+        spawns!(admin.clone(), a => a.list_offsets("t", 0, Offset::Latest));
+        spawns!(admin.clone(), a => a.delete_records("t", &[(0, Offset::Latest)]));
+        spawns!(admin.clone(), a => a.reassign_partitions("t", &[(0, None)]));
+        spawns!(admin.clone(), a => a.list_reassignments(None));
+        spawns!(admin.clone(), a => a.list_groups());
+        spawns!(admin.clone(), a => a.describe_group("g"));
+        spawns!(admin.clone(), a => a.committed_offsets("g", None));
+        spawns!(admin.clone(), a => a.set_committed_offsets("g", &[]));
+        spawns!(admin.clone(), a => a.delete_group("g"));
+        spawns!(admin.clone(), a => a.remove_static_member("g", "i"));
+        spawns!(admin.clone(), a => a.deploy_plugin("p", "1", Bytes::new()));
+        spawns!(admin.clone(), a => a.list_plugins());
+        spawns!(admin.clone(), a => a.describe_plugin("p"));
+        spawns!(admin.clone(), a => a.remove_plugin("p"));
+        spawns!(admin.clone(), a => a.attach_plugin("t", at));
+        spawns!(admin.clone(), a => a.detach_plugin("t", "p"));
+        let sent = record.clone();
+        spawns!(producer.clone(), p => p.send(sent));
+        spawns!(producer.clone(), p => p.send_with_callback(record, |_| {}));
+        spawns!(producer.clone(), p => p.flush());
+        let consumer = || client.consumer(ConsumerConfig::default());
+        spawns!(consumer(), c => c.assign("t", &[0]));
+        spawns!(consumer(), c => c.assign_all("t"));
+        spawns!(consumer(), c => c.seek("t", 0, Offset::Earliest));
+        spawns!(consumer(), c => c.seek_with_epoch("t", 0, 5, 1));
+        spawns!(consumer(), c => c.poll(Duration::from_secs(1)));
+        spawns!(consumer(), c => c.subscribe(GroupConfig::new("g"), &["t"]));
+        spawns!(consumer(), c => c.commit());
+        spawns!(consumer(), c => c.commit_offsets(&[]));
+        spawns!(consumer(), c => c.committed("t", 0));
+        spawns!(consumer(), c => c.close());
+    }
+}

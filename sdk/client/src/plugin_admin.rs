@@ -60,8 +60,9 @@ impl Admin {
     /// In a cluster, plugins are metadata every broker follows: waits (as topic
     /// changes do) until every broker the metadata names lists the plugins as `seen`
     /// wants, so that records produced right after meet the change on every leader.
-    async fn plugins_everywhere(&self, what: &str, seen: impl Fn(&[PluginInfo]) -> bool) {
-        self.await_brokers(what, async |broker, timeout| {
+    async fn plugins_everywhere(&self, what: &str, seen: impl Fn(&[PluginInfo]) -> bool + Sync) {
+        let seen = &seen;
+        self.await_brokers(what, |broker, timeout| async move {
             match self
                 .client
                 .request_to_with_timeout(broker, Request::PluginList, timeout)
