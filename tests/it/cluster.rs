@@ -1453,6 +1453,118 @@ async fn a_new_replica_copies_a_compacted_log_with_gaps_and_takes_over() {
     }
 }
 
+/// What plugins write besides the topic's records — dead letters and their log lines
+/// — goes to topics of the cluster's, whichever broker ran the plugin: created
+/// through the controller with the cluster's default replication factor, listed by
+/// every broker, and readable from any.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_and_plugin_logs_go_to_the_clusters_topics() {
+    use crate::plugins::wat_fixtures::{filter_wat, LOG_LINE};
+    let cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let client = cluster.client(controller).await;
+    let admin = client.admin();
+    admin
+        .create_topic(NewTopic::new("events", 3).replication_factor(2))
+        .await
+        .unwrap();
+    let json_filter = std::fs::read(crate::plugins::plugin_module("json_filter")).unwrap();
+    admin
+        .deploy_plugin("has-n", "1.0.0", json_filter.into())
+        .await
+        .unwrap();
+    let chatty = wat::parse_str(filter_wat(1, 0, LOG_LINE)).unwrap();
+    admin
+        .deploy_plugin("chatty", "1.0.0", chatty.into())
+        .await
+        .unwrap();
+    admin
+        .attach_plugin(
+            "events",
+            crate::plugins::attachment("chatty", &[], "reject"),
+        )
+        .await
+        .unwrap();
+    let checks = [("where", "n>=0"), ("missing", "error")];
+    admin
+        .attach_plugin(
+            "events",
+            crate::plugins::attachment("has-n", &checks, "dead-letter:events-dlq"),
+        )
+        .await
+        .unwrap();
+    let leaders: Vec<u32> = cluster
+        .agreed_topic("events", Duration::from_secs(10), |_| true)
+        .await
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    let producer = client.producer(ProducerConfig::default());
+    for p in 0..3u32 {
+        for value in [format!("{{\"n\":{p}}}"), format!("{{\"x\":{p}}}")] {
+            let record = ProducerRecord::new("events", value).partition(p);
+            producer.send(record).await.unwrap().await.unwrap();
+        }
+    }
+    let values = |records: &[ConsumerRecord]| -> Vec<String> {
+        let mut values: Vec<String> = records
+            .iter()
+            .map(|r| String::from_utf8(r.value.clone().unwrap().to_vec()).unwrap())
+            .collect();
+        values.sort();
+        values
+    };
+
+    // The dead letters, from the leaders of all three partitions.
+    let mut distinct = leaders.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert!(distinct.len() > 1, "the leaders should differ: {leaders:?}");
+    // Every broker lists it: one partition, replicated by the cluster's default.
+    let dlq = cluster
+        .agreed_topic("events-dlq", Duration::from_secs(10), |_| true)
+        .await;
+    assert_eq!(dlq.len(), 1);
+    assert_eq!(dlq[0].replicas.len(), 3, "{:?}", dlq[0].replicas);
+    let dead =
+        crate::harness::read_partition_0(&client, "events-dlq", Duration::from_secs(20)).await;
+    assert_eq!(values(&dead), [r#"{"x":0}"#, r#"{"x":1}"#, r#"{"x":2}"#]);
+    let kept = values(
+        &[crate::harness::read_partition_0(&client, "events", Duration::from_secs(20)).await]
+            .concat(),
+    );
+    assert_eq!(kept, [r#"{"n":0}"#]);
+
+    // The log lines, written in the background: every partition's plugin run.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let reader = cluster.client(1 + (controller % 3)).await;
+        let listed = reader.admin().list_all_topics().await.unwrap();
+        if listed.iter().any(|t| t == "__plugin_logs") {
+            let logs =
+                crate::harness::read_partition_0(&reader, "__plugin_logs", Duration::from_secs(20))
+                    .await;
+            let mut partitions: Vec<String> = logs
+                .iter()
+                .filter(|r| r.key.as_deref() == Some(&b"chatty"[..]))
+                .flat_map(|r| &r.headers)
+                .filter(|h| h.key == "partition")
+                .map(|h| String::from_utf8(h.value.clone().unwrap().to_vec()).unwrap())
+                .collect();
+            partitions.sort();
+            partitions.dedup();
+            if partitions == ["0", "1", "2"] {
+                assert!(logs
+                    .iter()
+                    .all(|r| r.value.as_deref() == Some(&b"hello from wasm"[..])));
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "plugin logs of every partition");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Plugins are cluster metadata: deployed through one broker and attached through
 /// another, they filter produce on every partition's leader, survive a leader's
 /// death, and reach a broker that was down meanwhile; a detach and a removal reach

@@ -292,7 +292,7 @@ fn scaffolded_plugins_build_test_and_run() {
 // ---- In the broker ----------------------------------------------------------------
 
 #[path = "../../wasm-host/tests/fixtures/wat.rs"]
-mod wat_fixtures;
+pub(crate) mod wat_fixtures;
 
 use std::time::{Duration, Instant};
 

@@ -9,6 +9,7 @@
 
 mod cleaner;
 mod cluster;
+mod cluster_writer;
 pub mod config;
 mod groups;
 mod handlers;
@@ -66,6 +67,9 @@ pub(crate) struct Shared {
     pub(crate) replication: replica_manager::ReplicationState,
     /// The cluster control plane; `None` for a single broker (no `[cluster]`).
     pub(crate) cluster: Option<Arc<cluster::Cluster>>,
+    /// Writes plugin logs and dead letters to the cluster's topics; `None` for a
+    /// single broker, which appends them itself.
+    pub(crate) cluster_writer: Option<cluster_writer::ClusterWriter>,
     /// Held while a metadata image is applied to the local logs; `true` once the
     /// broker stops, after which none is (see [`replicas::follow_images`]).
     pub(crate) images_stopped: parking_lot::Mutex<bool>,
@@ -156,6 +160,20 @@ impl Broker {
             }
             None => None,
         };
+        let cluster_writer = cluster.as_ref().map(|cluster| {
+            let ip = match local_addr.ip() {
+                ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
+                ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+                ip => ip,
+            };
+            cluster_writer::ClusterWriter::new(
+                config.broker_id,
+                SocketAddr::new(ip, local_addr.port()).to_string(),
+                config.advertised_host(),
+                cluster.peer_trust(),
+                config.plugins.logs_queue_max,
+            )
+        });
         let shared = Arc::new(Shared {
             read_buffers: BufferPool::new(
                 usize::try_from(config.read_buffer_cache_bytes).unwrap_or(usize::MAX),
@@ -172,6 +190,7 @@ impl Broker {
             plugins,
             replication,
             cluster,
+            cluster_writer,
             images_stopped: parking_lot::Mutex::new(false),
         });
         Ok(Broker {

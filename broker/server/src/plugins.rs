@@ -67,6 +67,10 @@ pub struct PluginsConfig {
     pub log_lines_per_sec_max: u32,
     /// Topic that receives plugin output (created on first use, one partition).
     pub logs_topic: String,
+    /// In a cluster, writes of plugin output waiting for the broker's own producer
+    /// (each one instance's lines of one batch); past it, lines are dropped with a
+    /// warning rather than held.
+    pub logs_queue_max: usize,
 }
 
 impl Default for PluginsConfig {
@@ -79,6 +83,7 @@ impl Default for PluginsConfig {
             log_line_bytes_max: 1024,
             log_lines_per_sec_max: 100,
             logs_topic: "__plugin_logs".into(),
+            logs_queue_max: 1024,
         }
     }
 }
@@ -640,6 +645,20 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
+/// Waits for `future` from code that runs on a runtime worker inside [`blocking`] (a
+/// plugin chain), as the dead letters of a cluster do for their producer.
+fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+        }
+        _ => Err(failure(
+            ErrorCode::Unknown,
+            "writing to the cluster needs the broker's multi-threaded runtime",
+        )),
+    }
+}
+
 fn not_found(name: &str) -> Failure {
     failure(
         ErrorCode::PluginNotFound,
@@ -1028,9 +1047,20 @@ impl Shared {
                 headers: vec![header("topic", topic.to_string())],
             });
         }
-        if let Err(f) = self.append_internal(&self.plugins.config.logs_topic, records) {
+        let logs_topic = &self.plugins.config.logs_topic;
+        if let Some(writer) = &self.cluster_writer {
+            writer.write_later(logs_topic, records, self.cluster_has_topic(logs_topic));
+            return;
+        }
+        if let Err(f) = self.append_internal(logs_topic, records) {
             tracing::warn!(plugin, code = ?f.code, message = %f.message, "cannot write plugin logs");
         }
+    }
+
+    fn cluster_has_topic(&self, topic: &str) -> bool {
+        self.cluster
+            .as_ref()
+            .is_some_and(|c| c.image().topics.contains_key(topic))
     }
 
     fn write_dead_letters(&self, dead_letters: DeadLetters) -> Result<(), Failure> {
@@ -1039,7 +1069,15 @@ impl Shared {
             by_topic.entry(topic).or_default().push(record);
         }
         for (topic, records) in by_topic {
-            self.append_internal(&topic, records).map_err(|f| {
+            let written = match &self.cluster_writer {
+                Some(writer) => {
+                    let exists = self.cluster_has_topic(&topic);
+                    let write = writer.write(topic.clone(), records, exists);
+                    block_on(write).and_then(|written| written)
+                }
+                None => self.append_internal(&topic, records),
+            };
+            written.map_err(|f| {
                 failure(
                     ErrorCode::PluginRejected,
                     format!("dead-letter topic `{topic}`: {}", f.message),

@@ -78,6 +78,11 @@ pub struct ControllerClient {
 }
 
 impl Cluster {
+    /// What this broker trusts of its peers' certificates (`cluster.peer_trust`).
+    pub(crate) fn peer_trust(&self) -> Trust {
+        self.controller.peers.trust().clone()
+    }
+
     /// Opens the quorum's storage under `<data_dir>/metadata`, starts this broker's
     /// Raft node and the controller task. `own_fingerprint` is this broker's
     /// certificate's fingerprint: by default peers must present the same certificate.

@@ -102,6 +102,11 @@ impl Peers {
         }
     }
 
+    /// What this broker trusts of its peers' certificates.
+    pub(crate) fn trust(&self) -> &Trust {
+        &self.trust
+    }
+
     fn address(&self, id: u32) -> Result<String, PeerError> {
         self.addresses
             .lock()
