@@ -1453,6 +1453,127 @@ async fn a_new_replica_copies_a_compacted_log_with_gaps_and_takes_over() {
     }
 }
 
+/// A cluster of three brokers, its controller, a client of it, and `topic` with three
+/// partitions on two replicas each.
+async fn three_brokers_with(topic: &str) -> (TestCluster, u32, Client) {
+    let cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let client = cluster.client(controller).await;
+    client
+        .admin()
+        .create_topic(NewTopic::new(topic, 3).replication_factor(2))
+        .await
+        .unwrap();
+    (cluster, controller, client)
+}
+
+/// Attaches `plugin` to `topic` with `params` and the `on_failure` policy.
+async fn attach(
+    admin: &meridian_client::Admin,
+    topic: &str,
+    plugin: &str,
+    params: &[(&str, &str)],
+    on_failure: &str,
+) {
+    admin
+        .attach_plugin(
+            topic,
+            crate::plugins::attachment(plugin, params, on_failure),
+        )
+        .await
+        .unwrap();
+}
+
+/// A topic's partitioner routes records sent without a partition across the whole
+/// cluster: the broker that takes them (partition 0's leader, where the SDK sends
+/// them) passes each other partition's records to its leader, where the topic's
+/// produce chain runs as for any record of that partition.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partitioner_routes_records_to_every_leader() {
+    let (cluster, controller, client) = three_brokers_with("geo").await;
+    let admin = client.admin();
+    for (name, module) in [("regions", "region_router"), ("jf", "json_filter")] {
+        let bytes = std::fs::read(crate::plugins::plugin_module(module)).unwrap();
+        admin
+            .deploy_plugin(name, "1.0.0", bytes.into())
+            .await
+            .unwrap();
+    }
+    let map = [("field", "region"), ("map", "eu=0,us=1,apac=2")];
+    attach(&admin, "geo", "regions", &map, "dead-letter:geo-dlq").await;
+    let keep = [("where", "drop!=yes"), ("missing", "keep")];
+    attach(&admin, "geo", "jf", &keep, "reject").await;
+    let leaders: Vec<u32> = cluster
+        .agreed_topic("geo", Duration::from_secs(10), |_| true)
+        .await
+        .iter()
+        .map(|p| p.leader)
+        .collect();
+    assert!(
+        leaders[1..].iter().any(|l| *l != leaders[0]),
+        "another broker should lead a partition: {leaders:?}"
+    );
+
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for (n, region) in ["us", "eu", "apac", "us", "mars", "eu", "apac"]
+        .iter()
+        .enumerate()
+    {
+        let drop = if n == 3 { r#","drop":"yes""# } else { "" };
+        let value = format!(r#"{{"region":"{region}","n":{n}{drop}}}"#);
+        let record =
+            ProducerRecord::new("geo", value).partition(meridian_client::UNASSIGNED_PARTITION);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    producer.flush().await.unwrap();
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    let values = |records: Vec<ConsumerRecord>| -> Vec<String> {
+        records
+            .into_iter()
+            .map(|r| String::from_utf8(r.value.unwrap().to_vec()).unwrap())
+            .collect()
+    };
+    // Read from a broker other than the one that routed them.
+    let reader = cluster.client(1 + controller % 3).await;
+    let mut consumer = reader.consumer(ConsumerConfig::default());
+    consumer.assign("geo", &[0, 1, 2]).await.unwrap();
+    let mut by_partition: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for p in 0..3 {
+        consumer.seek("geo", p, Offset::Earliest).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while by_partition.values().map(Vec::len).sum::<usize>() < 5 {
+        assert!(Instant::now() < deadline, "got {by_partition:?}");
+        for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            let partition = r.partition;
+            by_partition
+                .entry(partition)
+                .or_default()
+                .extend(values(vec![r]));
+        }
+    }
+    let expected: BTreeMap<u32, Vec<String>> = [
+        (
+            0,
+            vec![r#"{"region":"eu","n":1}"#, r#"{"region":"eu","n":5}"#],
+        ),
+        (1, vec![r#"{"region":"us","n":0}"#]),
+        (
+            2,
+            vec![r#"{"region":"apac","n":2}"#, r#"{"region":"apac","n":6}"#],
+        ),
+    ]
+    .into_iter()
+    .map(|(p, v)| (p, v.into_iter().map(String::from).collect()))
+    .collect();
+    assert_eq!(by_partition, expected);
+    let dead = crate::harness::read_partition_0(&reader, "geo-dlq", Duration::from_secs(20)).await;
+    assert_eq!(values(dead), [r#"{"region":"mars","n":4}"#]);
+}
+
 /// What plugins write besides the topic's records — dead letters and their log lines
 /// — goes to topics of the cluster's, whichever broker ran the plugin: created
 /// through the controller with the cluster's default replication factor, listed by
@@ -1460,14 +1581,8 @@ async fn a_new_replica_copies_a_compacted_log_with_gaps_and_takes_over() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_plugin_logs_go_to_the_clusters_topics() {
     use crate::plugins::wat_fixtures::{filter_wat, LOG_LINE};
-    let cluster = TestCluster::start("");
-    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
-    let client = cluster.client(controller).await;
+    let (cluster, controller, client) = three_brokers_with("events").await;
     let admin = client.admin();
-    admin
-        .create_topic(NewTopic::new("events", 3).replication_factor(2))
-        .await
-        .unwrap();
     let json_filter = std::fs::read(crate::plugins::plugin_module("json_filter")).unwrap();
     admin
         .deploy_plugin("has-n", "1.0.0", json_filter.into())
@@ -1478,21 +1593,9 @@ async fn dead_letters_and_plugin_logs_go_to_the_clusters_topics() {
         .deploy_plugin("chatty", "1.0.0", chatty.into())
         .await
         .unwrap();
-    admin
-        .attach_plugin(
-            "events",
-            crate::plugins::attachment("chatty", &[], "reject"),
-        )
-        .await
-        .unwrap();
+    attach(&admin, "events", "chatty", &[], "reject").await;
     let checks = [("where", "n>=0"), ("missing", "error")];
-    admin
-        .attach_plugin(
-            "events",
-            crate::plugins::attachment("has-n", &checks, "dead-letter:events-dlq"),
-        )
-        .await
-        .unwrap();
+    attach(&admin, "events", "has-n", &checks, "dead-letter:events-dlq").await;
     let leaders: Vec<u32> = cluster
         .agreed_topic("events", Duration::from_secs(10), |_| true)
         .await

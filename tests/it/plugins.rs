@@ -999,7 +999,7 @@ async fn partitioners_route_records_sent_without_a_partition() {
         response.message
     );
 
-    // A filter runs first, then the partitioner routes what is left.
+    // The partitioner routes; each partition's chain (the filter) runs on what it got.
     admin
         .attach_plugin(
             "geo",

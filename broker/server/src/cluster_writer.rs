@@ -83,12 +83,13 @@ impl ClusterWriter {
         Ok(connection.insert((client, producer)).clone())
     }
 
-    /// Produces `records` to partition 0 of `topic` (created if missing) and waits
-    /// until every one is acknowledged by the partition's in-sync replicas.
-    /// `exists`: the cluster's metadata already lists the topic.
+    /// Produces `records` to `partition` of `topic` (created with one partition if
+    /// missing) and waits until every one is acknowledged by the partition's in-sync
+    /// replicas. `exists`: the cluster's metadata already lists the topic.
     pub(crate) async fn write(
         &self,
         topic: String,
+        partition: u32,
         records: Vec<NewRecord>,
         exists: bool,
     ) -> Result<(), Failure> {
@@ -112,7 +113,7 @@ impl ClusterWriter {
                 (None, Some(key)) => ProducerRecord::tombstone(topic.clone(), key.clone()),
                 (value, _) => ProducerRecord::new(topic.clone(), value.unwrap_or_default()),
             }
-            .partition(0)
+            .partition(partition)
             .timestamp(record.timestamp);
             if let Some(key) = record.key {
                 out = out.key(key);
@@ -146,7 +147,7 @@ impl ClusterWriter {
             let writer = self.clone();
             tokio::spawn(async move {
                 while let Some((topic, records, exists)) = rx.recv().await {
-                    if let Err(f) = writer.write(topic.clone(), records, exists).await {
+                    if let Err(f) = writer.write(topic.clone(), 0, records, exists).await {
                         tracing::warn!(topic, code = ?f.code, message = %f.message, "cannot write to an internal topic");
                     }
                 }

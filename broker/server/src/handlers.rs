@@ -871,20 +871,15 @@ impl Shared {
             let mut partitions = Vec::with_capacity(produce_topic.partitions.len());
             for p in produce_topic.partitions {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
-                    let touched: Vec<&Arc<Partition>> = if p.partition == UNASSIGNED_PARTITION {
-                        t.partitions.iter().collect()
-                    } else {
-                        vec![t.partition(p.partition)?]
-                    };
-                    if p.partition != UNASSIGNED_PARTITION {
-                        self.check_produce(t, touched[0], acks == -1)?;
-                    }
-                    let appended = if p.partition == UNASSIGNED_PARTITION {
+                    let (appended, touched) = if p.partition == UNASSIGNED_PARTITION {
                         // Routed by the topic's partitioner plugin (plugins.rs).
-                        self.append_routed(t, &p.records)?
+                        let routed = self.append_routed(t, &p.records, acks == -1)?;
+                        ((-1, routed.log_start, routed.syncs), routed.appended)
                     } else {
-                        self.append_produced(t, touched[0], &p.records)
-                            .map(|(base, start, sync)| (base, start, vec![sync]))?
+                        let partition = t.partition(p.partition)?;
+                        self.check_produce(t, partition, acks == -1)?;
+                        let (base, start, sync) = self.append_produced(t, partition, &p.records)?;
+                        ((base, start, vec![sync]), vec![partition.clone()])
                     };
                     if acks == -1 {
                         for partition in touched {

@@ -800,6 +800,17 @@ fn spread_deltas(wanted: impl ExactSizeIterator<Item = i64>, span: i32) -> Vec<i
     deltas
 }
 
+/// What a routed produce appended on this broker.
+pub(crate) struct Routed {
+    /// The log start offset of the last partition appended to (-1 if none).
+    pub(crate) log_start: i64,
+    /// One per partition appended to, for `flush=always`.
+    pub(crate) syncs: Vec<meridian_log::SyncHandle>,
+    /// The partitions appended to, for `acks=all` (records forwarded to other
+    /// leaders were acknowledged by all their in-sync replicas already).
+    pub(crate) appended: Vec<Arc<Partition>>,
+}
+
 /// What the chain did to one partition's records.
 struct ChainOutcome {
     records: Vec<Record>,
@@ -1072,7 +1083,7 @@ impl Shared {
             let written = match &self.cluster_writer {
                 Some(writer) => {
                     let exists = self.cluster_has_topic(&topic);
-                    let write = writer.write(topic.clone(), records, exists);
+                    let write = writer.write(topic.clone(), 0, records, exists);
                     block_on(write).and_then(|written| written)
                 }
                 None => self.append_internal(&topic, records),
@@ -1247,23 +1258,30 @@ impl Shared {
         Ok(Bytes::from(out))
     }
 
-    /// The produce path for records sent without a partition: the topic's filters and
-    /// transforms run first, then its partitioner plugin picks each record's partition,
-    /// and each partition's records are appended as one batch. The base offset reported
-    /// is -1 (records land on several partitions).
+    /// The produce path for records sent without a partition: the topic's partitioner
+    /// plugin picks each record's partition (its failure policy applies to records it
+    /// fails on), and each partition's records go through that partition's produce
+    /// path as one batch — the topic's filters and transforms run there, on the
+    /// partition's instances, as for records sent with that partition. A partition led
+    /// by another broker of the cluster gets its records through `ClusterWriter`
+    /// (`acks=all`); its leader runs the chain. The base offset reported is -1
+    /// (records land on several partitions). Not atomic across partitions: an error
+    /// on one leaves what went to the others.
     pub(crate) fn append_routed(
         &self,
         topic: &Topic,
         records: &Bytes,
-    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
-        blocking(|| self.route_and_append(topic, records))
+        acks_all: bool,
+    ) -> Result<Routed, Failure> {
+        blocking(|| self.route_and_append(topic, records, acks_all))
     }
 
     fn route_and_append(
         &self,
         topic: &Topic,
         records: &Bytes,
-    ) -> Result<(i64, i64, Vec<meridian_log::SyncHandle>), Failure> {
+        acks_all: bool,
+    ) -> Result<Routed, Failure> {
         let chain = self.plugins.chain(&topic.name).unwrap_or_default();
         let Some((router, Some(router_plugin))) = chain
             .iter()
@@ -1290,13 +1308,7 @@ impl Shared {
         let mut n_skipped = 0u64;
         for batch in decode_produced(records)? {
             compression = batch.compression;
-            let outcome = self.run_chain(topic, UNASSIGNED, &chain, batch.records)?;
-            dead_letters.extend(outcome.dead_letters);
-            n_skipped += outcome.n_skipped;
-            let records = outcome.records;
-            if records.is_empty() {
-                continue;
-            }
+            let records = batch.records;
             let name = &router.plugin;
             let choices = match self.run_one(topic, UNASSIGNED, &router, &router_plugin, &records) {
                 Ok(BatchOutput::Partition(choices)) => choices,
@@ -1349,20 +1361,36 @@ impl Shared {
             tracing::warn!(topic = %topic.name, n_skipped, "plugin failure policy skipped records");
         }
         self.write_dead_letters(dead_letters)?;
-        let mut syncs = Vec::new();
-        let mut log_start = -1;
-        for (index, bucket) in buckets.iter().enumerate() {
+        let mut routed = Routed {
+            log_start: -1,
+            syncs: Vec::new(),
+            appended: Vec::new(),
+        };
+        for (index, bucket) in buckets.into_iter().enumerate() {
             if bucket.is_empty() {
                 continue;
             }
-            let batch = encode_batch(bucket, compression, ProducerIdentity::NONE)
-                .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
             let partition = topic.partition(index as u32)?;
-            let (_, start, sync) = self.append(topic, partition, &batch)?;
-            log_start = start;
-            syncs.push(sync);
+            match (
+                self.check_produce(topic, partition, acks_all),
+                &self.cluster_writer,
+            ) {
+                (Err(f), Some(writer)) if f.code == ErrorCode::NotLeaderOrFollower => {
+                    let write = writer.write(topic.name.clone(), index as u32, bucket, true);
+                    block_on(write)??;
+                }
+                (Err(f), _) => return Err(f),
+                (Ok(()), _) => {
+                    let batch = encode_batch(&bucket, compression, ProducerIdentity::NONE)
+                        .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
+                    let (_, start, sync) = self.append_produced(topic, partition, &batch)?;
+                    routed.log_start = start;
+                    routed.syncs.push(sync);
+                    routed.appended.push(partition.clone());
+                }
+            }
         }
-        Ok((-1, log_start, syncs))
+        Ok(routed)
     }
 
     pub(crate) fn attach_plugin(

@@ -929,23 +929,18 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Where a produce request goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
-enum Destination {
-    /// The partition's leader.
-    Leader(BrokerId),
-    /// Any broker: records for [`UNASSIGNED_PARTITION`], which the broker's
-    /// partitioner plugin routes.
-    Any,
-}
-
-/// The routing decision for one partition's batches.
-fn route_partition(cache: &MetadataCache, tp: &TopicPartition) -> Routing<Destination> {
-    if tp.partition == UNASSIGNED_PARTITION {
-        return Routing::To(Destination::Any);
-    }
-    match cache.leader(&tp.topic, tp.partition) {
-        LeaderLookup::Known { broker, .. } => Routing::To(Destination::Leader(broker)),
+/// The routing decision for one partition's batches. Records for
+/// [`UNASSIGNED_PARTITION`] go where partition 0's would: the topic's partitioner
+/// plugin routes them on a broker that holds the topic (partition 0's leader), which
+/// passes other partitions' records on to their leaders.
+fn route_partition(cache: &MetadataCache, tp: &TopicPartition) -> Routing<BrokerId> {
+    let partition = if tp.partition == UNASSIGNED_PARTITION {
+        0
+    } else {
+        tp.partition
+    };
+    match cache.leader(&tp.topic, partition) {
+        LeaderLookup::Known { broker, .. } => Routing::To(broker),
         LeaderLookup::Unknown => Routing::Wait,
         LeaderLookup::Missing(code) => Routing::Fail(code),
     }
@@ -1001,8 +996,8 @@ async fn run_sender(shared: Arc<Shared>) {
             settle(&shared, batch, Err(error));
             progressed = true;
         }
-        for (destination, batches) in drained.by_destination {
-            tokio::spawn(send_batches(shared.clone(), destination, batches));
+        for (leader, batches) in drained.by_destination {
+            tokio::spawn(send_batches(shared.clone(), leader, batches));
             progressed = true;
         }
         if refresh && !shared.refreshing.swap(true, Ordering::SeqCst) {
@@ -1047,11 +1042,11 @@ async fn refresh_for_sender(shared: Arc<Shared>, topics: Vec<String>) {
     shared.wake.notify_one();
 }
 
-/// Sends one produce request holding `batches` to `destination` and settles every
+/// Sends one produce request holding `batches` to `leader` and settles every
 /// batch: acknowledged, failed, or back to the accumulator for a retry.
 async fn send_batches(
     shared: Arc<Shared>,
-    destination: Destination,
+    broker: BrokerId,
     batches: Vec<ProducerBatch<BatchState>>,
 ) {
     let config = &shared.config;
@@ -1096,60 +1091,50 @@ async fn send_batches(
     let client = &shared.client;
     // The partitions' leaders as this request is sent, to notice a move while it
     // waits (idempotent producers only; see `leader_check_interval`).
-    let watched: Vec<(TopicPartition, i32)> = match destination {
-        Destination::Leader(broker) if shared.idempotence.is_some() => {
-            let cache = client.metadata_cache();
-            sendable
-                .iter()
-                .map(|batch| {
-                    let epoch = match cache.leader(&batch.tp.topic, batch.tp.partition) {
-                        LeaderLookup::Known { broker: b, epoch } if b == broker => epoch,
-                        // Routed by older metadata: only a different leader counts.
-                        _ => i32::MAX,
-                    };
-                    (batch.tp.clone(), epoch)
-                })
-                .collect()
-        }
-        _ => Vec::new(),
+    let watched: Vec<(TopicPartition, i32)> = if shared.idempotence.is_some() {
+        let cache = client.metadata_cache();
+        sendable
+            .iter()
+            .map(|batch| {
+                let epoch = match cache.leader(&batch.tp.topic, batch.tp.partition) {
+                    LeaderLookup::Known { broker: b, epoch } if b == broker => epoch,
+                    // Routed by older metadata: only a different leader counts.
+                    _ => i32::MAX,
+                };
+                (batch.tp.clone(), epoch)
+            })
+            .collect()
+    } else {
+        Vec::new()
     };
     let outcome = if config.acks == Acks::None {
-        match destination {
-            Destination::Leader(broker) => client.send_no_response_to(broker, request).await,
-            Destination::Any => client.send_no_response(request).await,
-        }
-        .map(|()| None)
+        client
+            .send_no_response_to(broker, request)
+            .await
+            .map(|()| None)
     } else {
-        let response = match destination {
-            Destination::Leader(broker) if !watched.is_empty() => {
-                tokio::select! {
-                    response = client.request_to_with_timeout(broker, request, config.request_timeout) => response,
-                    () = leader_moved(&shared, broker, &watched) => {
-                        tracing::debug!(broker, "a partition's leader moved while its produce request was unanswered; re-sending to the new leader");
-                        for batch in sendable {
-                            let error = Error::broker(
-                                ErrorCode::NotLeaderOrFollower,
-                                format!(
-                                    "{}/{}: the leader moved while broker {broker} left the produce request unanswered",
-                                    batch.tp.topic, batch.tp.partition
-                                ),
-                            );
-                            retry_elsewhere(&shared, batch, error);
-                        }
-                        shared.wake.notify_one();
-                        return;
+        let response = if watched.is_empty() {
+            client
+                .request_to_with_timeout(broker, request, config.request_timeout)
+                .await
+        } else {
+            tokio::select! {
+                response = client.request_to_with_timeout(broker, request, config.request_timeout) => response,
+                () = leader_moved(&shared, broker, &watched) => {
+                    tracing::debug!(broker, "a partition's leader moved while its produce request was unanswered; re-sending to the new leader");
+                    for batch in sendable {
+                        let error = Error::broker(
+                            ErrorCode::NotLeaderOrFollower,
+                            format!(
+                                "{}/{}: the leader moved while broker {broker} left the produce request unanswered",
+                                batch.tp.topic, batch.tp.partition
+                            ),
+                        );
+                        retry_elsewhere(&shared, batch, error);
                     }
+                    shared.wake.notify_one();
+                    return;
                 }
-            }
-            Destination::Leader(broker) => {
-                client
-                    .request_to_with_timeout(broker, request, config.request_timeout)
-                    .await
-            }
-            Destination::Any => {
-                client
-                    .request_with_timeout(request, config.request_timeout)
-                    .await
             }
         };
         match response {
@@ -1158,7 +1143,7 @@ async fn send_batches(
             Err(e) => Err(e),
         }
     };
-    if let (Destination::Leader(broker), Err(e)) = (destination, &outcome) {
+    if let Err(e) = &outcome {
         // No answer at all: whatever the broker leads waits for fresh metadata.
         client.broker_failed(broker, e);
     }
