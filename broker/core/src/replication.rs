@@ -559,6 +559,13 @@ impl Replica {
         leader_high_watermark: i64,
     ) {
         assert!(!self.is_leader(), "followers append fetched records");
+        if !batches.is_empty() {
+            // Epochs starting at the log end hold no records here (this replica led
+            // in them and appended nothing): the leader's log says what comes next,
+            // possibly records of an older epoch (as Kafka's epoch cache lets a new
+            // entry replace later ones).
+            self.epochs.truncate_from(self.log_end);
+        }
         for (epoch, base, n) in batches {
             // A compacted leader log may skip offsets between batches.
             assert!(*base >= self.log_end, "fetched batches continue the log");
@@ -1290,6 +1297,30 @@ mod tests {
         assert_eq!(replica.consumer_divergence(3, 70), Some((3, 60)));
         // An epoch older than any here: nothing to compare with.
         assert_eq!(replica.consumer_divergence(0, 100), None);
+    }
+
+    /// A broker that became leader (its epoch starts at its log end) and lost the
+    /// leadership before appending anything follows a leader whose log holds records
+    /// of an older epoch from there: the epoch without records gives way to them.
+    #[test]
+    fn an_epoch_this_log_has_no_records_of_gives_way_to_the_leaders() {
+        let state = |leader, leader_epoch| LeaderAndIsr {
+            leader: Some(leader),
+            leader_epoch,
+            isr: [1, 2].into_iter().collect(),
+            replicas: vec![1, 2],
+            partition_epoch: leader_epoch,
+        };
+        let mut replica = Replica::new(1, ReplicaConfig::default(), 0, EpochCache::default());
+        replica.apply(state(1, 1), 0);
+        assert_eq!(replica.epochs().latest_epoch(), Some(1));
+        replica.apply(state(2, 2), 10);
+        // Broker 2 wrote offset 0 in epoch 0 and offset 1 in epoch 2.
+        replica.appended_as_follower(&[(0, 0, 1), (2, 1, 1)], 2);
+        assert_eq!(replica.log_end(), 2);
+        assert_eq!(replica.epochs().end_offset_for(0, 2), Some((0, 1)));
+        assert_eq!(replica.epochs().end_offset_for(1, 2), Some((0, 1)));
+        assert_eq!(replica.epochs().end_offset_for(2, 2), Some((2, 2)));
     }
 
     #[test]

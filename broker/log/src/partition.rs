@@ -468,7 +468,9 @@ impl PartitionLog {
     ///
     /// Checks before writing anything: every batch parses and passes its CRC, the
     /// first starts at or after the log end and each next one after the previous
-    /// one, and no batch's epoch is older than the log's latest. A batch may start
+    /// one, and no batch's epoch is older than the latest epoch the log has records
+    /// of (epochs starting at the log end, with no records here, give way: this
+    /// broker led in them and appended nothing). A batch may start
     /// past where the previous one ended: the leader's log was compacted, and a batch
     /// that lost every record left a gap in the offsets (Kafka's followers accept
     /// such gaps the same way). Indexes, the time index, producer state and leader
@@ -484,7 +486,13 @@ impl PartitionLog {
         let mut headers = Vec::new();
         let mut position = 0usize;
         let mut next_offset = self.log_end_offset();
-        let mut latest_epoch = self.epochs.latest_epoch();
+        // Epochs starting at the log end hold no records here (this broker led in
+        // them and appended nothing): the leader's log says what comes next, possibly
+        // records of an older epoch. Only an epoch older than one with records here
+        // is a regression.
+        let mut epochs = self.epochs.clone();
+        epochs.truncate_from(next_offset);
+        let mut latest_epoch = epochs.latest_epoch();
         while position < records.len() {
             let header = BatchHeader::parse(&records[position..])?;
             let len = header.total_len();
@@ -526,7 +534,6 @@ impl PartitionLog {
         if self.should_roll(records.len() as u64, n_offsets, now_ms) {
             self.roll()?;
         }
-        let mut epochs = self.epochs.clone();
         for header in headers.iter().filter(|h| h.partition_leader_epoch >= 0) {
             epochs.assign(header.partition_leader_epoch, header.base_offset);
         }

@@ -145,10 +145,12 @@ fn follower_appends_refuse_overlaps_corruption_and_older_epochs_without_writing(
     // What the log already holds (from its end, or a batch crossing it) is refused.
     check(&mut follower, second.clone(), ErrorCode::CorruptMessage);
     check(&mut follower, first.clone(), ErrorCode::CorruptMessage);
-    // A batch stamped with an epoch older than the log's latest is refused.
+    // A batch stamped with an epoch older than one the log has records of is refused.
     let mut late = PartitionLog::open(&dir.path().join("late"), small_config(), 0).unwrap();
-    late.assign_leader_epoch(9).unwrap();
-    check(&mut late, first, ErrorCode::CorruptMessage);
+    append_at_epoch(&mut late, &batch(1, 10, 1), 9);
+    let mut older = first.to_vec();
+    older[..8].copy_from_slice(&late.log_end_offset().to_be_bytes());
+    check(&mut late, Bytes::from(older), ErrorCode::CorruptMessage);
 }
 
 #[test]
@@ -326,6 +328,38 @@ fn rewritten_batches_keep_offsets_and_producer_sequences() {
     assert_eq!(
         append_at_epoch(&mut log, &idempotent_batch(42, 8, 1), 1),
         10
+    );
+}
+
+/// A broker that became leader in epoch 1 (the epoch starts at its log end) and
+/// lost the leadership before appending anything follows a leader whose log holds
+/// records of epoch 0 from there: the record-less epoch gives way, durably. An epoch
+/// older than one this log has records of is still refused.
+#[test]
+fn an_epoch_without_records_here_gives_way_to_the_leaders_older_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut leader = PartitionLog::open(&dir.path().join("leader"), small_config(), 0).unwrap();
+    append_at_epoch(&mut leader, &batch(2, 10, 1), 0);
+    append_at_epoch(&mut leader, &batch(1, 10, 1), 2);
+    let mut log = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    log.assign_leader_epoch(1).unwrap();
+    assert_eq!(log.leader_epochs().entries(), [(1, 0)]);
+    log.append_as_follower(&Bytes::from(all_bytes(&leader)), 0)
+        .unwrap();
+    assert_eq!(log.log_end_offset(), 3);
+    assert_eq!(log.leader_epochs().entries(), [(0, 0), (2, 2)]);
+    drop(log);
+    let mut log = PartitionLog::open(&dir.path().join("follower"), small_config(), 0).unwrap();
+    assert_eq!(log.leader_epochs().entries(), [(0, 0), (2, 2)]);
+    assert_eq!(all_bytes(&log), all_bytes(&leader));
+    // Epoch 2 has records here now: epoch 1 after it is a regression.
+    let mut older = batch(1, 10, 1).to_vec();
+    older[..8].copy_from_slice(&3i64.to_be_bytes());
+    older[12..16].copy_from_slice(&1i32.to_be_bytes());
+    let err = log.append_as_follower(&Bytes::from(older), 0).unwrap_err();
+    assert!(
+        matches!(err, meridian_log::LogError::EpochRegression { .. }),
+        "{err}"
     );
 }
 
