@@ -296,6 +296,20 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
         "{listed}{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // So does the benchmark against running brokers.
+    let out = Command::new(meridian_bin())
+        .args(["bench", "produce", "--broker", &bootstrap, "--json"])
+        .args(["--topic", "bench-region", "--partitions", "3"])
+        .args(["--replication-factor", "3", "--records", "2000"])
+        .current_dir(home.path())
+        .output()
+        .expect("run bench");
+    let summary = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && summary.contains("\"records\":2000"),
+        "{summary}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let pid = rustix::process::Pid::from_raw(up.id() as i32).expect("pid");
     rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");

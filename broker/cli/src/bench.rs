@@ -69,8 +69,12 @@ pub struct BrokerArgs {
     /// Use a running broker (or cluster: `host:port,host:port`) instead of starting one.
     #[arg(long, visible_alias = "bootstrap")]
     pub broker: Option<String>,
+    /// With --broker: pin its certificate by fingerprint (`sha256:…`). Without it or
+    /// --ca, the certificate `meridian dev` or `meridian up` wrote under
+    /// ./meridian-data is trusted, as by the other commands.
     #[arg(long)]
     pub fingerprint: Option<String>,
+    /// With --broker: trust the broker certificate in this PEM file.
     #[arg(long)]
     pub ca: Option<PathBuf>,
     /// Config for the broker the bench starts, repeatable: `--broker-set flush=always`.
@@ -425,14 +429,10 @@ pub(crate) async fn connect(
             child.addr.clone(),
             Trust::parse_fingerprint(&child.fingerprint)?,
         ),
-        (None, Some(addr)) => {
-            let trust = match (&args.fingerprint, &args.ca) {
-                (Some(fp), _) => Trust::parse_fingerprint(fp)?,
-                (None, Some(ca)) => Trust::CaFile(ca.clone()),
-                (None, None) => Trust::CaFile(PathBuf::from("meridian-data/tls/cert.pem")),
-            };
-            (addr.clone(), trust)
-        }
+        (None, Some(addr)) => (
+            addr.clone(),
+            crate::trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
+        ),
         (None, None) => unreachable!("a broker is started when none is given"),
     };
     Ok(Client::connect(ClientConfig::new(addr, trust)).await?)

@@ -132,32 +132,9 @@ fn default_bootstrap() -> String {
 }
 
 impl ConnectArgs {
-    /// Fingerprint, else CA file, else the certificate `meridian dev` or `meridian
-    /// up` wrote under ./meridian-data (so the tours need no flags).
+    /// See [`trust`].
     pub fn trust(&self) -> anyhow::Result<Trust> {
-        if let Some(fp) = &self.fingerprint {
-            return Trust::parse_fingerprint(fp).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
-        }
-        if let Some(ca) = &self.ca {
-            return Ok(Trust::CaFile(ca.clone()));
-        }
-        match local_certificates(Path::new("meridian-data")).as_slice() {
-            [] => anyhow::bail!(
-                "don't know how to trust the broker: pass --fingerprint (printed by the broker at start) or --ca CERT.pem, \
-                 or run from the directory where `meridian dev` or `meridian up` keeps meridian-data/"
-            ),
-            [one] => Ok(Trust::CaFile(one.clone())),
-            // The dev broker and regions started here: trust each of them, so
-            // whichever `--bootstrap` names is reached without a flag.
-            several => {
-                let mut pem = Vec::new();
-                for cert in several {
-                    pem.extend(std::fs::read(cert).with_context(|| cert.display().to_string())?);
-                    pem.push(b'\n');
-                }
-                Ok(Trust::CaPem(pem))
-            }
-        }
+        trust(self.fingerprint.as_deref(), self.ca.as_deref())
     }
 
     pub async fn connect(&self) -> anyhow::Result<Client> {
@@ -166,6 +143,35 @@ impl ConnectArgs {
         Client::connect(config)
             .await
             .with_context(|| format!("connecting to {}", self.broker))
+    }
+}
+
+/// Fingerprint, else CA file, else the certificate `meridian dev` or `meridian up`
+/// wrote under ./meridian-data (so the tours need no flags). Every command that
+/// connects to running brokers trusts them this way.
+pub(crate) fn trust(fingerprint: Option<&str>, ca: Option<&Path>) -> anyhow::Result<Trust> {
+    if let Some(fp) = fingerprint {
+        return Trust::parse_fingerprint(fp).map_err(|e| anyhow::anyhow!("--fingerprint: {e}"));
+    }
+    if let Some(ca) = ca {
+        return Ok(Trust::CaFile(ca.to_path_buf()));
+    }
+    match local_certificates(Path::new("meridian-data")).as_slice() {
+        [] => anyhow::bail!(
+            "don't know how to trust the broker: pass --fingerprint (printed by the broker at start) or --ca CERT.pem, \
+             or run from the directory where `meridian dev` or `meridian up` keeps meridian-data/"
+        ),
+        [one] => Ok(Trust::CaFile(one.clone())),
+        // The dev broker and regions started here: trust each of them, so
+        // whichever `--bootstrap` names is reached without a flag.
+        several => {
+            let mut pem = Vec::new();
+            for cert in several {
+                pem.extend(std::fs::read(cert).with_context(|| cert.display().to_string())?);
+                pem.push(b'\n');
+            }
+            Ok(Trust::CaPem(pem))
+        }
     }
 }
 
