@@ -639,6 +639,26 @@ async fn a_produce_filter_keeps_offsets_and_an_idempotent_producers_sequence() {
         })
         .collect();
     assert_eq!(stored, [(pid, 0, 3, 2), (pid, 4, 1, 0), (pid, 6, 0, 1)]);
+    // Such batches are the broker's to make: from a producer, one with a gap is
+    // refused even when the filter would keep all it holds.
+    let gap = meridian_wire::batch::encode_batch_spanning(
+        &[meridian_wire::batch::NewRecord {
+            timestamp: 1,
+            key: None,
+            value: Some(Bytes::from_static(br#"{"n":99}"#)),
+            headers: vec![],
+        }],
+        &[1],
+        1,
+        meridian_wire::batch::Compression::None,
+        meridian_wire::batch::ProducerIdentity::NONE,
+    )
+    .unwrap();
+    assert_eq!(
+        send(&client, "orders", gap).await.0,
+        ErrorCode::CorruptMessage
+    );
+    assert_eq!(log_end(&client, "orders").await, 7);
 
     // The state comes back after kill -9: the last batch is still a duplicate and the
     // sequence goes on.

@@ -10,7 +10,6 @@
 //! topic missing on first use is created through the controller with one partition
 //! and the cluster's default replication factor.
 
-use std::collections::HashSet;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -33,8 +32,6 @@ struct Inner {
     config: ClientConfig,
     /// Made on first use.
     connection: tokio::sync::Mutex<Option<(Client, Producer)>>,
-    /// Topics known to exist (created here or seen in the metadata).
-    ensured: parking_lot::Mutex<HashSet<String>>,
     /// Writes queued by [`ClusterWriter::write_later`], in order, for one task.
     queue: std::sync::OnceLock<mpsc::Sender<Queued>>,
     /// How many writes that queue holds (`plugins.logs_queue_max`).
@@ -61,7 +58,6 @@ impl ClusterWriter {
             inner: Arc::new(Inner {
                 config,
                 connection: tokio::sync::Mutex::new(None),
-                ensured: parking_lot::Mutex::new(HashSet::new()),
                 queue: std::sync::OnceLock::new(),
                 queue_max: queue_max.max(1),
             }),
@@ -97,15 +93,15 @@ impl ClusterWriter {
             return Ok(());
         }
         let (client, producer) = self.connection().await?;
-        let known = exists || self.inner.ensured.lock().contains(&topic);
-        if !known {
+        if !exists {
+            // Returns once every broker serves it, this one included, so the next
+            // write finds it in the metadata.
             let admin = client.admin();
             match admin.create_topic(NewTopic::new(topic.clone(), 1)).await {
                 Ok(()) => {}
                 Err(e) if e.code() == Some(ErrorCode::TopicAlreadyExists) => {}
                 Err(e) => return Err(failed(&format!("creating topic `{topic}`"), e)),
             }
-            self.inner.ensured.lock().insert(topic.clone());
         }
         let mut deliveries = Vec::with_capacity(records.len());
         for record in records {
@@ -118,6 +114,7 @@ impl ClusterWriter {
             if let Some(key) = record.key {
                 out = out.key(key);
             }
+            // A header without a value (rare) goes with an empty one.
             for header in record.headers {
                 out = out.header(header.key, header.value.unwrap_or_else(Bytes::new));
             }
@@ -134,9 +131,7 @@ impl ClusterWriter {
         }
         Ok(())
     }
-}
 
-impl ClusterWriter {
     /// [`ClusterWriter::write`] in the background, in the order of the calls; for
     /// records nothing waits on (plugin logs). A failure is logged. Needs a tokio
     /// runtime (the broker's). When `queue_max` writes are waiting already, the

@@ -982,8 +982,18 @@ impl Shared {
         records: &Bytes,
         validate: fn(&Bytes, u32) -> Result<ValidatedBatches, LogError>,
     ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
-        let max_message_bytes = topic.log_config.max_message_bytes;
-        let batches = validate(records, max_message_bytes).map_err(|e| match e {
+        let batches = Self::validated(topic, records, validate)?;
+        Self::require_keys_if_compacted(topic, &batches)?;
+        self.append_validated(topic, partition, batches)
+    }
+
+    /// `validate` over `records`, its refusal said for `topic`.
+    pub(crate) fn validated(
+        topic: &Topic,
+        records: &Bytes,
+        validate: fn(&Bytes, u32) -> Result<ValidatedBatches, LogError>,
+    ) -> Result<ValidatedBatches, Failure> {
+        validate(records, topic.log_config.max_message_bytes).map_err(|e| match e {
             LogError::MessageTooLarge { size, limit } => Failure::new(
                 ErrorCode::MessageTooLarge,
                 format!(
@@ -992,19 +1002,36 @@ impl Shared {
                 ),
             ),
             other => Failure::from(other),
-        })?;
-        if topic.log_config.cleanup_policy.compact {
-            require_keys(&batches).map_err(|e| {
-                Failure::new(
-                    e.code(),
-                    format!(
-                        "topic `{}` is compacted (cleanup.policy={}): {e}",
-                        topic.name,
-                        topic.log_config.cleanup_policy.name()
-                    ),
-                )
-            })?;
+        })
+    }
+
+    /// A compacted topic takes only records with a key.
+    pub(crate) fn require_keys_if_compacted(
+        topic: &Topic,
+        batches: &ValidatedBatches,
+    ) -> Result<(), Failure> {
+        if !topic.log_config.cleanup_policy.compact {
+            return Ok(());
         }
+        require_keys(batches).map_err(|e| {
+            Failure::new(
+                e.code(),
+                format!(
+                    "topic `{}` is compacted (cleanup.policy={}): {e}",
+                    topic.name,
+                    topic.log_config.cleanup_policy.name()
+                ),
+            )
+        })
+    }
+
+    /// Appends batches that passed validation (and the key check of a compacted topic).
+    pub(crate) fn append_validated(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        batches: ValidatedBatches,
+    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
         let mut log = partition.log()?;
         let epoch = self.append_epoch(topic, partition, &log)?;
         let info = log.append(batches, epoch, now_ms()).map_err(|e| {

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_log::validate_rewritten_batches;
+use meridian_log::{validate_batches, validate_rewritten_batches};
 use meridian_metadata::{AttachmentImage, MetadataImage, PluginImage};
 use meridian_wasm_host::{
     BatchFailure, BatchOutput, Host, HostConfig, Instance, InstantiateError, Limits, LogStream,
@@ -1132,8 +1132,13 @@ impl Shared {
         if !self.plugins.has_attachments(&topic.name) {
             return self.append(topic, partition, records);
         }
+        // What the producer sent must be valid as sent, whatever the chain makes of it.
+        let sent = Self::validated(topic, records, validate_batches)?;
         match blocking(|| self.apply_produce_plugins(topic, partition.index, records))? {
-            None => self.append(topic, partition, records),
+            None => {
+                Self::require_keys_if_compacted(topic, &sent)?;
+                self.append_validated(topic, partition, sent)
+            }
             Some(out) => self.append_checked(topic, partition, &out, validate_rewritten_batches),
         }
     }
