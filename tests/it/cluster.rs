@@ -1581,7 +1581,7 @@ async fn a_partitioner_routes_records_to_every_leader() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_and_plugin_logs_go_to_the_clusters_topics() {
     use crate::plugins::wat_fixtures::{filter_wat, LOG_LINE};
-    let (cluster, controller, client) = three_brokers_with("events").await;
+    let (mut cluster, controller, client) = three_brokers_with("events").await;
     let admin = client.admin();
     let json_filter = std::fs::read(crate::plugins::plugin_module("json_filter")).unwrap();
     admin
@@ -1666,6 +1666,39 @@ async fn dead_letters_and_plugin_logs_go_to_the_clusters_topics() {
         assert!(Instant::now() < deadline, "plugin logs of every partition");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+
+    // A dead-letter topic that cannot be written (its only replica is down) fails
+    // the produce within the request's timeout, not the broker's own producer's
+    // delivery timeout (two minutes).
+    admin
+        .create_topic(
+            NewTopic::new("frail-dlq", 1)
+                .replication_factor(1)
+                .config("min.insync.replicas", "1"),
+        )
+        .await
+        .unwrap();
+    let frail = cluster
+        .agreed_topic("frail-dlq", Duration::from_secs(10), |_| true)
+        .await[0]
+        .leader;
+    attach(&admin, "events", "has-n", &checks, "dead-letter:frail-dlq").await;
+    let (p, leader) = (0..3u32)
+        .zip(leaders.iter().copied())
+        .find(|(_, l)| *l != frail)
+        .expect("a partition led elsewhere");
+    cluster.broker(frail).kill9();
+    let producer = cluster.client(leader).await.producer(ProducerConfig {
+        request_timeout: Duration::from_secs(2),
+        retries: 0,
+        ..ProducerConfig::default()
+    });
+    let started = Instant::now();
+    let record = ProducerRecord::new("events", r#"{"x":9}"#).partition(p);
+    let err = producer.send(record).await.unwrap().await.unwrap_err();
+    assert_eq!(err.code(), Some(ErrorCode::PluginRejected), "{err}");
+    assert!(err.to_string().contains("did not finish"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(20), "{err}");
 }
 
 /// Plugins are cluster metadata: deployed through one broker and attached through

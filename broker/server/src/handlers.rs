@@ -860,6 +860,10 @@ impl Shared {
         };
         let wait_for_fsync = acks != 0 && self.config.flush == FlushPolicy::Always;
         let timeout = Duration::from_millis(u64::from(request.timeout_ms));
+        // What a produce chain waits for elsewhere in a cluster (dead letters, records
+        // passed on to other leaders): a fifth of the request's timeout stays for the
+        // rest and the answer, so the producer hears why before it gives up.
+        let plugin_wait = timeout.mul_f64(0.8);
         // acks=all: (topic index, partition index, partition, offset the high
         // watermark must reach).
         let mut commits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
@@ -873,12 +877,13 @@ impl Shared {
                 let outcome = topic.as_ref().map_err(Clone::clone).and_then(|t| {
                     let (appended, touched) = if p.partition == UNASSIGNED_PARTITION {
                         // Routed by the topic's partitioner plugin (plugins.rs).
-                        let routed = self.append_routed(t, &p.records, acks == -1)?;
+                        let routed = self.append_routed(t, &p.records, acks == -1, plugin_wait)?;
                         ((-1, routed.log_start, routed.syncs), routed.appended)
                     } else {
                         let partition = t.partition(p.partition)?;
                         self.check_produce(t, partition, acks == -1)?;
-                        let (base, start, sync) = self.append_produced(t, partition, &p.records)?;
+                        let (base, start, sync) =
+                            self.append_produced(t, partition, &p.records, plugin_wait)?;
                         ((base, start, vec![sync]), vec![partition.clone()])
                     };
                     if acks == -1 {

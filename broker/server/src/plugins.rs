@@ -645,12 +645,31 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Waits for `future` from code that runs on a runtime worker inside [`blocking`] (a
-/// plugin chain), as the dead letters of a cluster do for their producer.
-fn block_on<F: std::future::Future>(future: F) -> Result<F::Output, Failure> {
+/// Waits at most `within` (the produce request's timeout) for `future`, from code that
+/// runs on a runtime worker inside [`blocking`] (a plugin chain), as a cluster's dead
+/// letters and forwarded records do for the broker's own producer. On time out the
+/// records may still be written later (dead letters are at least once).
+fn block_on_within<T>(
+    within: Duration,
+    what: &str,
+    future: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    let bounded = async {
+        tokio::time::timeout(within, future)
+            .await
+            .unwrap_or_else(|_| {
+                Err(failure(
+                    ErrorCode::RequestTimedOut,
+                    format!(
+                        "{what} did not finish within the produce request's timeout ({} ms)",
+                        within.as_millis()
+                    ),
+                ))
+            })
+    };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            Ok(tokio::task::block_in_place(|| handle.block_on(future)))
+            tokio::task::block_in_place(|| handle.block_on(bounded))
         }
         _ => Err(failure(
             ErrorCode::Unknown,
@@ -828,6 +847,7 @@ impl Shared {
         topic: &Topic,
         partition: u32,
         records: &Bytes,
+        within: Duration,
     ) -> Result<Option<Bytes>, Failure> {
         let Some(chain) = self.plugins.chain(&topic.name) else {
             return Ok(None);
@@ -858,7 +878,7 @@ impl Shared {
         if n_skipped > 0 {
             tracing::warn!(topic = %topic.name, partition, n_skipped, "plugin failure policy skipped records");
         }
-        self.write_dead_letters(dead_letters)?;
+        self.write_dead_letters(dead_letters, within)?;
         Ok(Some(Bytes::from(out)))
     }
 
@@ -1074,7 +1094,12 @@ impl Shared {
             .is_some_and(|c| c.image().topics.contains_key(topic))
     }
 
-    fn write_dead_letters(&self, dead_letters: DeadLetters) -> Result<(), Failure> {
+    /// Writes dead letters; in a cluster, waiting at most `within` for them.
+    fn write_dead_letters(
+        &self,
+        dead_letters: DeadLetters,
+        within: Duration,
+    ) -> Result<(), Failure> {
         let mut by_topic: BTreeMap<String, Vec<NewRecord>> = BTreeMap::new();
         for (topic, record) in dead_letters {
             by_topic.entry(topic).or_default().push(record);
@@ -1084,7 +1109,7 @@ impl Shared {
                 Some(writer) => {
                     let exists = self.cluster_has_topic(&topic);
                     let write = writer.write(topic.clone(), 0, records, exists);
-                    block_on(write).and_then(|written| written)
+                    block_on_within(within, "writing dead letters", write)
                 }
                 None => self.append_internal(&topic, records),
             };
@@ -1123,18 +1148,22 @@ impl Shared {
 
     /// The produce path's append: runs the topic's plugin chain (if any) over the
     /// partition's batches, then appends what is left (see [`rewrite_batch`]).
+    ///
+    /// `within`: the produce request's timeout, the longest a cluster's dead letters
+    /// are waited for.
     pub(crate) fn append_produced(
         &self,
         topic: &Topic,
         partition: &Partition,
         records: &Bytes,
+        within: Duration,
     ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
         if !self.plugins.has_attachments(&topic.name) {
             return self.append(topic, partition, records);
         }
         // What the producer sent must be valid as sent, whatever the chain makes of it.
         let sent = Self::validated(topic, records, validate_batches)?;
-        match blocking(|| self.apply_produce_plugins(topic, partition.index, records))? {
+        match blocking(|| self.apply_produce_plugins(topic, partition.index, records, within))? {
             None => {
                 Self::require_keys_if_compacted(topic, &sent)?;
                 self.append_validated(topic, partition, sent)
@@ -1277,8 +1306,9 @@ impl Shared {
         topic: &Topic,
         records: &Bytes,
         acks_all: bool,
+        within: Duration,
     ) -> Result<Routed, Failure> {
-        blocking(|| self.route_and_append(topic, records, acks_all))
+        blocking(|| self.route_and_append(topic, records, acks_all, within))
     }
 
     fn route_and_append(
@@ -1286,6 +1316,7 @@ impl Shared {
         topic: &Topic,
         records: &Bytes,
         acks_all: bool,
+        within: Duration,
     ) -> Result<Routed, Failure> {
         let chain = self.plugins.chain(&topic.name).unwrap_or_default();
         let Some((router, Some(router_plugin))) = chain
@@ -1365,7 +1396,7 @@ impl Shared {
         if n_skipped > 0 {
             tracing::warn!(topic = %topic.name, n_skipped, "plugin failure policy skipped records");
         }
-        self.write_dead_letters(dead_letters)?;
+        self.write_dead_letters(dead_letters, within)?;
         let mut routed = Routed {
             log_start: -1,
             syncs: Vec::new(),
@@ -1382,13 +1413,14 @@ impl Shared {
             ) {
                 (Err(f), Some(writer)) if f.code == ErrorCode::NotLeaderOrFollower => {
                     let write = writer.write(topic.name.clone(), index as u32, bucket, true);
-                    block_on(write)??;
+                    block_on_within(within, "passing records on to their leader", write)?;
                 }
                 (Err(f), _) => return Err(f),
                 (Ok(()), _) => {
                     let batch = encode_batch(&bucket, compression, ProducerIdentity::NONE)
                         .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
-                    let (_, start, sync) = self.append_produced(topic, partition, &batch)?;
+                    let (_, start, sync) =
+                        self.append_produced(topic, partition, &batch, within)?;
                     routed.log_start = start;
                     routed.syncs.push(sync);
                     routed.appended.push(partition.clone());
