@@ -303,6 +303,13 @@ use meridian_client::{
 
 use crate::harness::TestBroker;
 
+/// A broker whose plugins may take 5 s per batch (the default is 200 ms): on a loaded
+/// 2-core machine a stalled test process must not turn a filter call into a plugin
+/// timeout. Tests of the deadline itself set their own.
+fn plugin_broker() -> TestBroker {
+    TestBroker::start(&["plugins.batch_time_max_ms=5000"])
+}
+
 pub fn attachment(plugin: &str, params: &[(&str, &str)], on_failure: &str) -> Attachment {
     Attachment {
         plugin: plugin.into(),
@@ -417,7 +424,7 @@ fn broker_code(result: &meridian_client::Result<()>) -> Option<ErrorCode> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deploy_list_describe_remove_and_refusals() {
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     let info = deploy(&client, "json-filter", "json_filter").await;
@@ -511,7 +518,7 @@ async fn deploy_list_describe_remove_and_refusals() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn produce_chain_filters_then_transforms_and_survives_restart() {
-    let mut broker = TestBroker::start(&[]);
+    let mut broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     deploy(&client, "big-orders", "json_filter").await;
@@ -586,7 +593,7 @@ fn idempotent_batch(producer_id: i64, first_seq: i32, ns: &[u32]) -> Bytes {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_produce_filter_keeps_offsets_and_an_idempotent_producers_sequence() {
     use crate::idempotence::{log_end, producer_id, send, stored_batch_headers};
-    let mut broker = TestBroker::start(&[]);
+    let mut broker = plugin_broker();
     let client = broker.client().await;
     deploy(&client, "big", "json_filter").await;
     create(&client, "orders", 1).await;
@@ -705,7 +712,7 @@ async fn a_produce_filter_keeps_offsets_and_an_idempotent_producers_sequence() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failure_policies_reject_skip_and_dead_letter() {
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     deploy(&client, "where-a", "json_filter").await;
@@ -743,7 +750,7 @@ async fn failure_policies_reject_skip_and_dead_letter() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn trap_infinite_loop_and_memory_bomb_are_contained() {
     use wat_fixtures::*;
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     create(&client, "other", 1).await;
@@ -793,7 +800,7 @@ async fn trap_infinite_loop_and_memory_bomb_are_contained() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_loses_and_duplicates_nothing_and_logs_reach_the_topic() {
     use wat_fixtures::*;
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     create(&client, "events", 2).await;
@@ -848,7 +855,7 @@ async fn fetch_filter_sends_only_kept_records_and_consumers_move_past_the_rest()
     use meridian_wire::messages::{
         FetchPartition, FetchRequest, FetchTopic, Request, Response, CONSUMER_REPLICA_ID,
     };
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     deploy(&client, "jf", "json_filter").await;
     create(&client, "events", 2).await;
@@ -1002,7 +1009,7 @@ async fn by_partition(client: &Client, topic: &str, n_partitions: u32) -> Vec<Ve
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioners_route_records_sent_without_a_partition() {
-    let broker = TestBroker::start(&[]);
+    let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
     deploy(&client, "regions", "region_router").await;
