@@ -645,7 +645,7 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Waits at most `within` (the produce request's timeout) for `future`, from code that
+/// Waits at most `within` (80 % of the produce request's timeout) for `future`, from code that
 /// runs on a runtime worker inside [`blocking`] (a plugin chain), as a cluster's dead
 /// letters and forwarded records do for the broker's own producer. On time out the
 /// records may still be written later (dead letters are at least once).
@@ -661,7 +661,7 @@ fn block_on_within<T>(
                 Err(failure(
                     ErrorCode::RequestTimedOut,
                     format!(
-                        "{what} did not finish within the produce request's timeout ({} ms)",
+                        "{what} did not finish within {} ms (80 % of the produce request's timeout)",
                         within.as_millis()
                     ),
                 ))
@@ -1149,8 +1149,8 @@ impl Shared {
     /// The produce path's append: runs the topic's plugin chain (if any) over the
     /// partition's batches, then appends what is left (see [`rewrite_batch`]).
     ///
-    /// `within`: the produce request's timeout, the longest a cluster's dead letters
-    /// are waited for.
+    /// `within`: the longest a cluster's dead letters are waited for (80 % of the
+    /// produce request's timeout).
     pub(crate) fn append_produced(
         &self,
         topic: &Topic,
