@@ -28,6 +28,17 @@ impl ValidatedBatches {
         self.bytes.len()
     }
 
+    /// Each batch with its header, in order (no parsing or CRC check again).
+    pub fn batches(&self) -> impl Iterator<Item = (BatchHeader, Bytes)> + '_ {
+        let mut position = 0;
+        self.headers.iter().map(move |header| {
+            let end = position + header.total_len();
+            let batch = self.bytes.slice(position..end);
+            position = end;
+            (*header, batch)
+        })
+    }
+
     /// Offsets the batches take in the log (each batch takes `last_offset_delta + 1`).
     pub(crate) fn n_offsets(&self) -> i64 {
         self.headers

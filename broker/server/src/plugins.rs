@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_log::{validate_batches, validate_rewritten_batches};
+use meridian_log::{validate_batches, validate_rewritten_batches, ValidatedBatches};
 use meridian_metadata::{AttachmentImage, MetadataImage, PluginImage};
 use meridian_wasm_host::{
     BatchFailure, BatchOutput, Host, HostConfig, Instance, InstantiateError, Limits, LogStream,
@@ -32,7 +32,8 @@ use meridian_wasm_host::{
 };
 use meridian_wire::batch::{
     decode_records, encode_batch, encode_batch_at, encode_batch_spanning, split_batches,
-    split_fetched_batches, BatchHeader, Compression, Header, NewRecord, ProducerIdentity, Record,
+    split_fetched_batches, BatchError, BatchHeader, Compression, Header, NewRecord,
+    ProducerIdentity, Record,
 };
 use meridian_wire::messages::FetchResponse;
 use meridian_wire::plugin_messages::{
@@ -714,16 +715,17 @@ struct ProducedBatch {
     records: Vec<Record>,
 }
 
-/// Splits, CRC-checks and decodes the batches of one produce partition. Record offsets
-/// are positions within the request (batches base offset 0 as the producer sent them),
-/// used by plugins and in error messages.
-fn decode_produced(records: &Bytes) -> Result<Vec<ProducedBatch>, Failure> {
-    let corrupt = |e: meridian_wire::batch::BatchError| {
-        failure(ErrorCode::CorruptMessage, format!("record batch: {e}"))
-    };
+/// Decodes the batches of one produce partition (split and CRC-checked by `batches`:
+/// [`split_batches`], or a validation's [`ValidatedBatches::batches`]). Record offsets
+/// are positions within the request (batches base offset 0 as the producer sent
+/// them), used by plugins and in error messages.
+fn decode_produced(
+    batches: impl Iterator<Item = Result<(BatchHeader, Bytes), BatchError>>,
+) -> Result<Vec<ProducedBatch>, Failure> {
+    let corrupt = |e: BatchError| failure(ErrorCode::CorruptMessage, format!("record batch: {e}"));
     let mut out = Vec::new();
     let mut first = 0i64;
-    for batch in split_batches(records.clone()) {
+    for batch in batches {
         let (header, bytes) = batch.map_err(corrupt)?;
         let compression = header.compression().map_err(corrupt)?;
         let mut decoded = decode_records(&header, &bytes).map_err(corrupt)?;
@@ -846,7 +848,7 @@ impl Shared {
         &self,
         topic: &Topic,
         partition: u32,
-        records: &Bytes,
+        sent: &ValidatedBatches,
         within: Duration,
     ) -> Result<Option<Bytes>, Failure> {
         let Some(chain) = self.plugins.chain(&topic.name) else {
@@ -863,7 +865,8 @@ impl Shared {
         let mut out = Vec::new();
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0;
-        for mut batch in decode_produced(records)? {
+        let batches = sent.batches().map(Ok);
+        for mut batch in decode_produced(batches)? {
             let decoded = std::mem::take(&mut batch.records);
             let outcome = self.run_chain(topic, partition, &chain, decoded)?;
             dead_letters.extend(outcome.dead_letters);
@@ -1163,7 +1166,7 @@ impl Shared {
         }
         // What the producer sent must be valid as sent, whatever the chain makes of it.
         let sent = Self::validated(topic, records, validate_batches)?;
-        match blocking(|| self.apply_produce_plugins(topic, partition.index, records, within))? {
+        match blocking(|| self.apply_produce_plugins(topic, partition.index, &sent, within))? {
             None => {
                 Self::require_keys_if_compacted(topic, &sent)?;
                 self.append_validated(topic, partition, sent)
@@ -1342,7 +1345,7 @@ impl Shared {
         let mut compression = Compression::None;
         let mut dead_letters = Vec::new();
         let mut n_skipped = 0u64;
-        for batch in decode_produced(records)? {
+        for batch in decode_produced(split_batches(records.clone()))? {
             compression = batch.compression;
             let records = batch.records;
             let name = &router.plugin;
@@ -1667,7 +1670,7 @@ mod tests {
             })
             .collect();
         let bytes = encode_batch(&records, Compression::Lz4, producer).unwrap();
-        let mut batches = decode_produced(&bytes).unwrap();
+        let mut batches = decode_produced(split_batches(bytes)).unwrap();
         assert_eq!(batches.len(), 1);
         batches.pop().unwrap()
     }
