@@ -295,12 +295,35 @@ fn a_producer_that_lost_its_broker_before_its_first_record_delivers_it_once_back
 }
 
 #[test]
+fn a_broker_with_a_bad_worker_thread_count_says_so_and_exits() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["broker", "--data-dir", "d", "--listen", "127.0.0.1:0"])
+        .args(["--set", "worker_threads=5000"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("worker_threads must be at most 1024"),
+        "{stderr}"
+    );
+}
+
+#[test]
 fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let dir = tempfile::tempdir().unwrap();
     let mut dev = Command::new(crate::harness::meridian_bin())
-        .args(["dev", "--listen", "127.0.0.1:0"])
+        .args([
+            "dev",
+            "--listen",
+            "127.0.0.1:0",
+            "--set",
+            "worker_threads=3",
+        ])
         .current_dir(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -314,6 +337,11 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     }
     assert!(printed.contains("listening on 127.0.0.1:"), "{printed}");
     assert!(printed.contains("(generated, self-signed)"), "{printed}");
+    // The runtime is sized by the config, read before it starts.
+    assert!(
+        printed.contains("workers:     3 async worker threads"),
+        "{printed}"
+    );
     assert!(dir.path().join("meridian-data/tls/cert.pem").exists());
     let addr = printed
         .split(" listening on ")

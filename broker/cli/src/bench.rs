@@ -87,6 +87,43 @@ pub struct BrokerArgs {
     /// in a fresh temporary dir, instead of one broker.
     #[arg(long, conflicts_with = "broker")]
     pub region: Option<PathBuf>,
+    /// Worker threads of the bench's own async runtime. Default: when the bench
+    /// starts one broker, half the CPU cores (at least one), and that broker gets the
+    /// rest as `worker_threads` (unless --broker-set sets it), so the load and the
+    /// broker do not take turns on the same cores; otherwise one per core.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub client_threads: Option<u16>,
+}
+
+impl BrokerArgs {
+    /// Worker threads for the bench's runtime, and for the one broker it starts
+    /// (`None` when it starts none, or a region).
+    pub fn threads(&self, cores: usize) -> (usize, Option<usize>) {
+        let starts_one = self.broker.is_none() && self.region.is_none();
+        let client = match self.client_threads {
+            Some(n) => usize::from(n),
+            None if starts_one => (cores / 2).max(1),
+            None => cores.max(1),
+        };
+        let broker = starts_one.then(|| cores.saturating_sub(client).max(1));
+        (client, broker)
+    }
+}
+
+/// Worker threads for the runtime `meridian bench` runs on (see
+/// [`BrokerArgs::threads`]); benches that start no broker use every core.
+pub fn client_threads(cmd: &BenchCommand, cores: usize) -> usize {
+    match cmd {
+        BenchCommand::Produce(args) | BenchCommand::Consume(args) | BenchCommand::E2e(args) => {
+            args.broker.threads(cores).0
+        }
+        BenchCommand::Rebalance(args) => args.broker.threads(cores).0,
+        _ => cores.max(1),
+    }
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }
 
 #[derive(Args, Clone)]
@@ -151,6 +188,11 @@ pub struct TransportArgs {
     pub streams: u32,
     #[arg(long, default_value_t = 256 * 1024)]
     pub chunk_size: usize,
+    /// Worker threads of each endpoint's own runtime (default: half the CPU cores, at
+    /// least one), the split `bench produce` and `consume` make between themselves
+    /// and the broker they start.
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
+    pub threads_per_endpoint: Option<u16>,
     #[arg(long)]
     pub json: bool,
 }
@@ -448,9 +490,16 @@ pub(crate) async fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<Child
         }
         return Ok(Some(ChildBroker::start_region(region).await?));
     }
+    let mut settings = args.broker_set.clone();
+    let set_by_user = settings
+        .iter()
+        .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
+    if let (Some(workers), false) = (args.threads(cores()).1, set_by_user) {
+        settings.push(format!("worker_threads={workers}"));
+    }
     Ok(Some(ChildBroker::start(
         args.broker_data_dir.clone(),
-        &args.broker_set,
+        &settings,
     )?))
 }
 
@@ -1071,32 +1120,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
 // ---- transport ----------------------------------------------------------------------
 
 async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
-    let (server, client) = crate::transport::endpoints().await?;
-    let addr = server.local_addr()?;
-    let server_task = tokio::spawn(async move {
-        let Some(incoming) = server.accept().await else {
-            return anyhow::Ok(0u64);
-        };
-        let connection = incoming.await?;
-        let mut total = 0u64;
-        let mut readers = Vec::new();
-        while let Ok(mut recv) = connection.accept_uni().await {
-            readers.push(tokio::spawn(async move {
-                let mut n = 0u64;
-                while let Some(chunk) = recv.read_chunk(usize::MAX, false).await? {
-                    n += chunk.bytes.len() as u64;
-                }
-                anyhow::Ok(n)
-            }));
-        }
-        for r in readers {
-            total += r.await??;
-        }
-        Ok(total)
-    });
-    let connection = client.connect(addr, "localhost")?.await?;
-    let per_stream = args.bytes / args.streams as u64;
-    let chunk = Bytes::from(vec![0xA5u8; args.chunk_size]);
+    let identity = crate::transport::identity()?;
     let bar = ProgressBar::new(args.bytes);
     bar.set_style(
         ProgressStyle::with_template("transport {bar:40} {bytes}/{total_bytes} {bytes_per_sec}")
@@ -1105,28 +1129,36 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
     let cpu = CpuClock::measuring(vec![std::process::id()], "both endpoints (this process)");
     let start = Instant::now();
-    let mut writers = Vec::new();
-    for _ in 0..args.streams {
-        let mut send = connection.open_uni().await?;
-        let (chunk, bar) = (chunk.clone(), bar.clone());
-        writers.push(tokio::spawn(async move {
-            let mut sent = 0u64;
-            while sent < per_stream {
-                let n = (per_stream - sent).min(chunk.len() as u64) as usize;
-                send.write_chunk(chunk.slice(..n)).await?;
-                sent += n as u64;
-                bar.inc(n as u64);
-            }
-            send.finish()?;
-            send.stopped().await?;
-            anyhow::Ok(())
-        }));
-    }
-    for w in writers {
-        w.await??;
-    }
-    connection.close(0u32.into(), b"done");
-    let received = server_task.await??;
+    // Each endpoint on its own runtime, as the bench's client and its broker are.
+    let threads = args
+        .threads_per_endpoint
+        .map_or((cores() / 2).max(1), usize::from);
+    let (server_rt, client_rt) = (worker_runtime(threads)?, worker_runtime(threads)?);
+    let server = {
+        let _in = server_rt.enter();
+        crate::transport::server(&identity)?
+    };
+    let client = {
+        let _in = client_rt.enter();
+        crate::transport::client(&identity)?
+    };
+    let addr = server.local_addr()?;
+    let receiving = server_rt.spawn(receive_all(server));
+    let sending = client_rt.spawn(send_all(
+        client,
+        addr,
+        args.streams,
+        args.bytes,
+        args.chunk_size,
+        bar.clone(),
+    ));
+    let sent = sending.await;
+    let received = receiving.await;
+    // Dropping a runtime may block, which an async context must not.
+    server_rt.shutdown_background();
+    client_rt.shutdown_background();
+    sent??;
+    let received = received??;
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
@@ -1146,6 +1178,72 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
             args.streams
         );
     }
+    Ok(())
+}
+
+fn worker_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build()?)
+}
+
+/// Accepts one connection and reads every unidirectional stream to its end.
+async fn receive_all(server: quinn::Endpoint) -> anyhow::Result<u64> {
+    let Some(incoming) = server.accept().await else {
+        return Ok(0);
+    };
+    let connection = incoming.await?;
+    let mut readers = Vec::new();
+    while let Ok(mut recv) = connection.accept_uni().await {
+        readers.push(tokio::spawn(async move {
+            let mut n = 0u64;
+            while let Some(chunk) = recv.read_chunk(usize::MAX, false).await? {
+                n += chunk.bytes.len() as u64;
+            }
+            anyhow::Ok(n)
+        }));
+    }
+    let mut total = 0u64;
+    for r in readers {
+        total += r.await??;
+    }
+    Ok(total)
+}
+
+/// Sends `bytes` to `addr` over `streams` unidirectional streams.
+async fn send_all(
+    client: quinn::Endpoint,
+    addr: std::net::SocketAddr,
+    streams: u32,
+    bytes: u64,
+    chunk_size: usize,
+    bar: ProgressBar,
+) -> anyhow::Result<()> {
+    let connection = client.connect(addr, "localhost")?.await?;
+    let per_stream = bytes / streams as u64;
+    let chunk = Bytes::from(vec![0xA5u8; chunk_size]);
+    let mut writers = Vec::new();
+    for _ in 0..streams {
+        let mut send = connection.open_uni().await?;
+        let (chunk, bar) = (chunk.clone(), bar.clone());
+        writers.push(tokio::spawn(async move {
+            let mut sent = 0u64;
+            while sent < per_stream {
+                let n = (per_stream - sent).min(chunk.len() as u64) as usize;
+                send.write_chunk(chunk.slice(..n)).await?;
+                sent += n as u64;
+                bar.inc(n as u64);
+            }
+            send.finish()?;
+            send.stopped().await?;
+            anyhow::Ok(())
+        }));
+    }
+    for w in writers {
+        w.await??;
+    }
+    connection.close(0u32.into(), b"done");
     client.wait_idle().await;
     Ok(())
 }
@@ -1296,6 +1394,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
             broker_set: vec![],
             broker_data_dir: None,
             region: None,
+            client_threads: None,
         },
     };
     let bar = progress(Some(n_records), "fill   ");
@@ -1417,6 +1516,27 @@ fn compaction_bench(args: CompactionArgs) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bench_that_starts_one_broker_splits_the_cores_with_it() {
+        let args = |broker: Option<&str>, region: Option<&str>, client: Option<u16>| BrokerArgs {
+            broker: broker.map(String::from),
+            fingerprint: None,
+            ca: None,
+            broker_set: vec![],
+            broker_data_dir: None,
+            region: region.map(PathBuf::from),
+            client_threads: client,
+        };
+        assert_eq!(args(None, None, None).threads(2), (1, Some(1)));
+        assert_eq!(args(None, None, None).threads(8), (4, Some(4)));
+        assert_eq!(args(None, None, None).threads(1), (1, Some(1)));
+        assert_eq!(args(None, None, Some(3)).threads(8), (3, Some(5)));
+        assert_eq!(args(None, None, Some(2)).threads(2), (2, Some(1)));
+        // A running broker or a region: the bench takes every core.
+        assert_eq!(args(Some("h:1"), None, None).threads(8), (8, None));
+        assert_eq!(args(None, Some("r.toml"), None).threads(8), (8, None));
+    }
 
     #[test]
     fn cpu_ticks_are_utime_plus_stime_whatever_the_command_name() {

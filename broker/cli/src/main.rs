@@ -340,7 +340,22 @@ fn main() -> std::process::ExitCode {
         end_quietly_on_closed_pipe();
     }
     init_tracing();
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    // A broker's runtime is sized by its config, so the config is read first.
+    let config = match &cli.command {
+        Command::Dev(args) | Command::Broker(args) => match serve_config(args) {
+            Ok(config) => Some(config),
+            Err(e) => return fail(e),
+        },
+        _ => None,
+    };
+    let workers = match (&cli.command, &config) {
+        (_, Some(config)) => config.worker_threads_for(cores),
+        (Command::Bench(cmd), None) => bench::client_threads(cmd, cores),
+        _ => cores,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
         .enable_all()
         .build()
     {
@@ -350,15 +365,18 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(cli)) {
+    let result = runtime.block_on(run(cli.command, config));
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // What read the output (`| head`) has had enough: not a failure.
         Err(e) if is_broken_pipe(&e) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("error: {e:#}");
-            std::process::ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
+}
+
+fn fail(e: anyhow::Error) -> std::process::ExitCode {
+    eprintln!("error: {e:#}");
+    std::process::ExitCode::FAILURE
 }
 
 /// Admin commands print their answer and end. When what reads it goes away
@@ -387,10 +405,12 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
     })
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    match cli.command {
-        Command::Dev(args) => serve(args, true).await,
-        Command::Broker(args) => serve(args, false).await,
+/// Runs `command`; `config` is the broker config `main` read for `dev` and `broker`.
+async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<()> {
+    let serving = |args: &ServeArgs| config.map_or_else(|| serve_config(args), Ok);
+    match command {
+        Command::Dev(args) => serve(serving(&args)?, true).await,
+        Command::Broker(args) => serve(serving(&args)?, false).await,
         Command::Up(args) => up::run(args).await,
         Command::Topic(cmd) => client_cmds::topic(cmd).await,
         Command::Produce(args) => client_cmds::produce(args).await,
@@ -402,7 +422,8 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     }
 }
 
-async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
+/// The config of `meridian dev`/`broker`: file, environment, then flags.
+fn serve_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     let mut overrides = Vec::new();
     if let Some(listen) = &args.listen {
         overrides.push(format!("listen={listen}"));
@@ -411,7 +432,14 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         overrides.push(format!("data_dir={}", dir.display()));
     }
     overrides.extend(args.overrides.iter().cloned());
-    let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    Ok(BrokerConfig::load(
+        args.config.as_deref(),
+        std::env::vars(),
+        &overrides,
+    )?)
+}
+
+async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
     let broker = Broker::start(config.clone()).await?;
     let addr = broker.local_addr();
     println!(
@@ -419,6 +447,10 @@ async fn serve(args: ServeArgs, dev: bool) -> anyhow::Result<()> {
         config.broker_id
     );
     println!("  data dir:    {}", config.data_dir.display());
+    println!(
+        "  workers:     {} async worker threads (worker_threads)",
+        tokio::runtime::Handle::current().metrics().num_workers()
+    );
     println!(
         "  certificate: {}{}",
         broker.cert_path().display(),

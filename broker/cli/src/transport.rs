@@ -6,15 +6,20 @@ use std::sync::Arc;
 use anyhow::Context;
 use rustls::pki_types::CertificateDer;
 
-pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
+/// A fresh self-signed identity for the two endpoints.
+pub fn identity() -> anyhow::Result<meridian_server::tls::Identity> {
     let dir = tempfile::tempdir()?;
-    let identity = meridian_server::tls::load_or_generate(
+    meridian_server::tls::load_or_generate(
         &dir.path().join("cert.pem"),
         &dir.path().join("key.pem"),
         &[],
-    )?;
+    )
+}
+
+/// The receiving endpoint; its driver runs on the runtime this is called in.
+pub fn server(identity: &meridian_server::tls::Identity) -> anyhow::Result<quinn::Endpoint> {
     let mut server_config =
-        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(&identity)?);
+        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(identity)?);
     let mut transport =
         meridian_server::transport_config(&meridian_server::BrokerConfig::default())?;
     // The broker takes requests on bidirectional streams only; bulk transfer here
@@ -22,13 +27,18 @@ pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(1024));
     server_config.transport_config(Arc::new(transport));
     let buffer = meridian_server::BrokerConfig::default().udp_buffer_bytes as usize;
-    let runtime = Arc::new(quinn::TokioRuntime);
-    let server = quinn::Endpoint::new(
+    Ok(quinn::Endpoint::new(
         quinn::EndpointConfig::default(),
         Some(server_config),
         meridian_server::bind_udp("127.0.0.1:0".parse()?, buffer)?,
-        runtime.clone(),
-    )?;
+        Arc::new(quinn::TokioRuntime),
+    )?)
+}
+
+/// The sending endpoint, trusting `identity`; its driver runs on the runtime this is
+/// called in.
+pub fn client(identity: &meridian_server::tls::Identity) -> anyhow::Result<quinn::Endpoint> {
+    let buffer = meridian_server::BrokerConfig::default().udp_buffer_bytes as usize;
 
     let mut roots = rustls::RootCertStore::empty();
     let leaf: &CertificateDer<'static> = identity.certs.first().context("no certificate")?;
@@ -49,8 +59,8 @@ pub async fn endpoints() -> anyhow::Result<(quinn::Endpoint, quinn::Endpoint)> {
         quinn::EndpointConfig::default(),
         None,
         meridian_server::bind_udp("127.0.0.1:0".parse()?, buffer)?,
-        runtime,
+        Arc::new(quinn::TokioRuntime),
     )?;
     client.set_default_client_config(client_config);
-    Ok((server, client))
+    Ok(client)
 }

@@ -10,6 +10,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::topic_config::TopicDefaults;
 
+/// The most runtime worker threads `worker_threads` may ask for.
+pub const MAX_WORKER_THREADS: u32 = 1024;
+
 /// When appended data is forced to disk.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -83,6 +86,10 @@ pub struct BrokerConfig {
     /// UDP socket send and receive buffers (the kernel caps them at
     /// net.core.rmem_max / wmem_max).
     pub udp_buffer_bytes: u32,
+    /// Worker threads of the broker's async runtime (requests, replication, the
+    /// QUIC endpoint); 0 means one per CPU core. Set by `meridian broker`/`dev`
+    /// when they start (`worker_threads_for`).
+    pub worker_threads: u32,
     /// Consumer groups: the shortest and longest session a member may ask for.
     pub group_min_session_timeout_ms: u32,
     pub group_max_session_timeout_ms: u32,
@@ -359,6 +366,7 @@ impl Default for BrokerConfig {
             log_cleaner_dedupe_buffer_size: 128 * 1024 * 1024,
             idle_timeout_ms: 60_000,
             udp_buffer_bytes: 4 * 1024 * 1024,
+            worker_threads: 0,
             group_min_session_timeout_ms: 6_000,
             group_max_session_timeout_ms: 1_800_000,
             group_max_size: 1_000,
@@ -507,6 +515,11 @@ impl BrokerConfig {
                 )));
             }
         }
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(ConfigError::Invalid(format!(
+                "worker_threads must be at most {MAX_WORKER_THREADS} (0: one per CPU core)"
+            )));
+        }
         if self.max_frame_bytes < 1024 {
             return Err(ConfigError::Invalid(
                 "max_frame_bytes must be at least 1024".into(),
@@ -531,6 +544,14 @@ impl BrokerConfig {
             cluster.check()?;
         }
         self.topic_defaults.check().map_err(ConfigError::Invalid)
+    }
+
+    /// The runtime's worker threads: `worker_threads`, or one per CPU core.
+    pub fn worker_threads_for(&self, cores: usize) -> usize {
+        match self.worker_threads {
+            0 => cores.max(1),
+            n => n as usize,
+        }
     }
 
     pub fn coordinator_config(&self) -> meridian_core::group::CoordinatorConfig {
@@ -816,6 +837,17 @@ mod tests {
     }
 
     #[test]
+    fn worker_threads_default_to_one_per_core() {
+        let config = BrokerConfig::load(None, std::iter::empty(), &[]).unwrap();
+        assert_eq!(config.worker_threads, 0);
+        assert_eq!(config.worker_threads_for(2), 2);
+        assert_eq!(config.worker_threads_for(0), 1);
+        let config =
+            BrokerConfig::load(None, std::iter::empty(), &["worker_threads=1".into()]).unwrap();
+        assert_eq!(config.worker_threads_for(8), 1);
+    }
+
+    #[test]
     fn mistakes_are_refused_with_the_key_named() {
         let cases: &[(&str, &str)] = &[
             ("max_frame_bytez=1", "unknown field `max_frame_bytez`"),
@@ -829,6 +861,7 @@ mod tests {
                 "log_cleaner_threads=0",
                 "log_cleaner_threads must be greater than 0",
             ),
+            ("worker_threads=1025", "worker_threads must be at most 1024"),
             (
                 "log_cleaner_backoff_ms=0",
                 "log_cleaner_backoff_ms must be greater than 0",
