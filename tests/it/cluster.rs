@@ -1521,6 +1521,19 @@ async fn a_partitioner_routes_records_to_every_leader() {
     attach(&admin, "geo", "regions", &map, "dead-letter:geo-dlq").await;
     let keep = [("where", "drop!=yes"), ("missing", "keep")];
     attach(&admin, "geo", "jf", &keep, "reject").await;
+    // One partitioner per topic, checked by the controller against the image.
+    let again = std::fs::read(crate::plugins::plugin_module("region_router")).unwrap();
+    admin
+        .deploy_plugin("regions-too", "1.0.0", again.into())
+        .await
+        .unwrap();
+    let refused = admin
+        .attach_plugin(
+            "geo",
+            crate::plugins::attachment("regions-too", &map, "reject"),
+        )
+        .await;
+    crate::plugins::refused_as_second_partitioner(refused, "regions");
     cluster.spread_leaders("geo").await;
 
     let producer = client.producer(ProducerConfig::default());
@@ -2019,6 +2032,12 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
         .create_topic(NewTopic::new("__consumer_offsets", 1))
         .await
         .expect_err("the internal topic is not the clients' to create");
+    assert_eq!(err.code(), Some(ErrorCode::PolicyViolation), "{err}");
+    let err = client1
+        .admin()
+        .delete_topic("__consumer_offsets")
+        .await
+        .expect_err("nor to delete");
     assert_eq!(err.code(), Some(ErrorCode::PolicyViolation), "{err}");
     client1
         .admin()

@@ -323,6 +323,14 @@ pub fn attachment(plugin: &str, params: &[(&str, &str)], on_failure: &str) -> At
     }
 }
 
+/// Asserts that attaching a partitioner failed because the topic has `existing`.
+pub fn refused_as_second_partitioner(attached: meridian_client::Result<()>, existing: &str) {
+    let err = attached.expect_err("a topic takes one partitioner");
+    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{err}");
+    let named = format!("already has partitioner `{existing}`");
+    assert!(err.to_string().contains(&named), "{err}");
+}
+
 async fn deploy(client: &Client, name: &str, module: &str) -> meridian_client::PluginInfo {
     let wasm = std::fs::read(plugin_module(module)).unwrap();
     client
@@ -1111,11 +1119,10 @@ async fn partitioners_route_records_sent_without_a_partition() {
     assert!(placed[2].iter().any(|v| v.contains("cli")), "{placed:?}");
 
     // One partitioner per topic.
-    let err = admin
+    let refused = admin
         .attach_plugin("geo", attachment("salter", &[("hot_keys", "h")], "reject"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{err}");
+        .await;
+    refused_as_second_partitioner(refused, "regions");
 
     // The hot-key salter spreads a hot key over every partition of the topic.
     create(&client, "clicks", 4).await;

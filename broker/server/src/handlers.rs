@@ -1438,24 +1438,25 @@ async fn cluster_reassign_partitions(
     }
 }
 
+/// Deletes topics through the controller, answering once committed.
 async fn cluster_delete_topics(
     cluster: &Cluster,
     request: DeleteTopicsRequest,
 ) -> DeleteTopicsResponse {
-    let names = request.names.clone();
-    match cluster.controller.delete_topics(request).await {
-        Ok(response) => response,
-        Err(e) => DeleteTopicsResponse {
-            results: names
-                .into_iter()
-                .map(|name| TopicResult {
-                    name,
-                    error: ErrorCode::NotController,
-                    message: e.to_string(),
-                })
-                .collect(),
+    let results = through_controller(
+        request.names,
+        |name| name,
+        "deleted",
+        async |names| {
+            let response = cluster
+                .controller
+                .delete_topics(DeleteTopicsRequest { names })
+                .await?;
+            Ok::<_, crate::cluster::ControllerError>(response.results)
         },
-    }
+    )
+    .await;
+    DeleteTopicsResponse { results }
 }
 
 /// Internal topics (`__consumer_offsets`) are written only by the broker itself.

@@ -168,6 +168,29 @@ fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
     Failure::new(code, message)
 }
 
+/// A topic has at most one partitioner: attaching `plugin` (a partitioner when
+/// `attaching_partitioner`) to a topic whose chain already names another one is
+/// refused. Attaching the same plugin again replaces it in place. The one rule for
+/// a single broker's registry ([`Plugins::attach`]) and a cluster's metadata image
+/// (`Controller::plugin_change`).
+pub(crate) fn one_partitioner<'a>(
+    topic: &str,
+    plugin: &str,
+    attaching_partitioner: bool,
+    mut chain: impl Iterator<Item = &'a str>,
+    is_partitioner: impl Fn(&str) -> bool,
+) -> Result<(), String> {
+    if !attaching_partitioner {
+        return Ok(());
+    }
+    match chain.find(|other| *other != plugin && is_partitioner(other)) {
+        Some(other) => Err(format!(
+            "topic `{topic}` already has partitioner `{other}`; detach it first"
+        )),
+        None => Ok(()),
+    }
+}
+
 impl Plugins {
     pub(crate) fn open(data_dir: &Path, config: &PluginsConfig) -> anyhow::Result<Plugins> {
         let dir = data_dir.join("plugins");
@@ -442,30 +465,25 @@ impl Plugins {
     pub(crate) fn attach(&self, topic: &Topic, attachment: Attachment) -> Result<(), Failure> {
         let (meta, plugin) = self.checked(&topic.name, attachment)?;
         let mut state = self.state.write();
-        if plugin.kind() == PluginKind::Partitioner {
-            let other = state
-                .meta
-                .attachments
-                .get(&topic.name)
-                .into_iter()
-                .flatten()
-                .find(|a| {
-                    a.plugin != meta.plugin
-                        && state
-                            .loaded
-                            .get(&a.plugin)
-                            .is_some_and(|p| p.kind() == PluginKind::Partitioner)
-                });
-            if let Some(other) = other {
-                return Err(failure(
-                    ErrorCode::InvalidConfig,
-                    format!(
-                        "topic `{}` already has partitioner `{}`; detach it first",
-                        topic.name, other.plugin
-                    ),
-                ));
-            }
-        }
+        let chain = state
+            .meta
+            .attachments
+            .get(&topic.name)
+            .into_iter()
+            .flatten();
+        one_partitioner(
+            &topic.name,
+            &meta.plugin,
+            plugin.kind() == PluginKind::Partitioner,
+            chain.map(|a| a.plugin.as_str()),
+            |name| {
+                state
+                    .loaded
+                    .get(name)
+                    .is_some_and(|p| p.kind() == PluginKind::Partitioner)
+            },
+        )
+        .map_err(|message| failure(ErrorCode::InvalidConfig, message))?;
         let mut all = state.meta.clone();
         let chain = all.attachments.entry(topic.name.clone()).or_default();
         match chain.iter_mut().find(|a| a.plugin == meta.plugin) {
@@ -1644,6 +1662,29 @@ async fn plugin_change(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_topic_takes_one_partitioner() {
+        let partitioners = ["router", "other-router"];
+        let check = |plugin: &str, attaching_partitioner, chain: &[&'static str]| {
+            one_partitioner(
+                "t",
+                plugin,
+                attaching_partitioner,
+                chain.iter().copied(),
+                |p| partitioners.contains(&p),
+            )
+        };
+        assert_eq!(
+            check("other-router", true, &["filter", "router"]),
+            Err("topic `t` already has partitioner `router`; detach it first".into())
+        );
+        // Attached again (new parameters): replaced in place.
+        assert_eq!(check("router", true, &["filter", "router"]), Ok(()));
+        assert_eq!(check("router", true, &["filter"]), Ok(()));
+        // Filters and transforms join any chain.
+        assert_eq!(check("filter2", false, &["router"]), Ok(()));
+    }
 
     #[test]
     fn spread_deltas_keep_places_and_fit_added_records() {

@@ -1002,24 +1002,19 @@ impl<'a> Active<'a> {
                 existing_topic(&image, &topic).and_then(|_| {
                     let kind = &known(&attachment.plugin)?.kind;
                     let mut chain = image.attachments.get(&topic).cloned().unwrap_or_default();
-                    if kind == "partitioner" {
-                        let other = chain.iter().find(|a| {
-                            a.plugin != attachment.plugin
-                                && image
-                                    .plugins
-                                    .get(&a.plugin)
-                                    .is_some_and(|p| p.kind == "partitioner")
-                        });
-                        if let Some(other) = other {
-                            return Err((
-                                ErrorCode::InvalidConfig,
-                                format!(
-                                    "topic `{topic}` already has partitioner `{}`; detach it first",
-                                    other.plugin
-                                ),
-                            ));
-                        }
-                    }
+                    crate::plugins::one_partitioner(
+                        &topic,
+                        &attachment.plugin,
+                        kind == "partitioner",
+                        chain.iter().map(|a| a.plugin.as_str()),
+                        |name| {
+                            image
+                                .plugins
+                                .get(name)
+                                .is_some_and(|p| p.kind == "partitioner")
+                        },
+                    )
+                    .map_err(|message| (ErrorCode::InvalidConfig, message))?;
                     match chain.iter_mut().find(|a| a.plugin == attachment.plugin) {
                         Some(existing) => *existing = attachment,
                         None => chain.push(attachment),
