@@ -1474,7 +1474,9 @@ impl TestCluster {
 /// A cluster of three brokers, its controller, a client of it, and `topic` with three
 /// partitions on two replicas each.
 async fn three_brokers_with(topic: &str) -> (TestCluster, u32, Client) {
-    let cluster = TestCluster::start("");
+    // Plugins get 5 s a batch, as in the single-broker plugin tests: these tests
+    // are not about the deadline, and a stalled test process must not fail them.
+    let cluster = TestCluster::start("[plugins]\nbatch_time_max_ms = 5000\n");
     let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
     let client = cluster.client(controller).await;
     client
