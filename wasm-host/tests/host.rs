@@ -208,15 +208,27 @@ fn stdout_is_captured_with_a_rate_cap() {
     })
     .unwrap();
     let plugin = host.load(&wasm(&filter_wat(1, 0, LOG_LINE))).unwrap();
+    // The cap's one-second window starts with the instance.
+    let started = std::time::Instant::now();
     let mut instance = plugin.instantiate(&[], Limits::default()).unwrap();
     for _ in 0..5 {
         instance.run(&records(1), 0).unwrap();
     }
+    let within_one_window = started.elapsed() < std::time::Duration::from_secs(1);
     let (lines, dropped) = instance.take_logs();
-    assert_eq!(lines.len(), 3);
     assert_eq!(lines[0].stream, LogStream::Stdout);
     assert_eq!(lines[0].text, "hello from wasm");
-    assert_eq!(dropped, 2);
+    assert_eq!(lines.len() + dropped as usize, 5);
+    if within_one_window {
+        assert_eq!((lines.len(), dropped), (3, 2));
+    } else {
+        // A machine slow enough to span two windows lets up to three more through.
+        assert!(
+            lines.len() >= 3 && dropped <= 2,
+            "{} {dropped}",
+            lines.len()
+        );
+    }
     assert_eq!(instance.take_logs(), (Vec::new(), 0));
 }
 
