@@ -1127,42 +1127,18 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
     bar.set_draw_target(indicatif::ProgressDrawTarget::stderr_with_hz(4));
-    let cpu = CpuClock::measuring(vec![std::process::id()], "both endpoints (this process)");
-    let start = Instant::now();
     // Each endpoint on its own runtime, as the bench's client and its broker are.
     let threads = args
         .threads_per_endpoint
         .map_or((cores() / 2).max(1), usize::from);
     let (server_rt, client_rt) = (worker_runtime(threads)?, worker_runtime(threads)?);
-    let server = {
-        let _in = server_rt.enter();
-        crate::transport::server(&identity)?
-    };
-    let client = {
-        let _in = client_rt.enter();
-        crate::transport::client(&identity)?
-    };
-    let addr = server.local_addr()?;
-    let receiving = server_rt.spawn(receive_all(server));
-    let sending = client_rt.spawn(send_all(
-        client,
-        addr,
-        args.streams,
-        args.bytes,
-        args.chunk_size,
-        bar.clone(),
-    ));
-    let sent = sending.await;
-    let received = receiving.await;
+    let outcome = transport_run(&args, &identity, &server_rt, &client_rt, &bar).await;
     // Dropping a runtime may block, which an async context must not.
     server_rt.shutdown_background();
     client_rt.shutdown_background();
-    sent??;
-    let received = received??;
-    let seconds = start.elapsed().as_secs_f64();
+    let (received, seconds, cpu) = outcome?;
     bar.finish_and_clear();
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
-    let cpu = cpu.used(received);
     if args.json {
         let mut result = serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec});
         if let (Some(fields), Some(cpu)) = (result.as_object_mut(), &cpu) {
@@ -1188,6 +1164,53 @@ fn worker_runtime(threads: usize) -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
+/// Connects the endpoints, then times moving the bytes: from the first write to
+/// the receiver's count (connection set-up and the wait for the close to finish
+/// are not counted, as before the endpoints had runtimes of their own). Returns
+/// the bytes received, the seconds and the CPU used meanwhile.
+async fn transport_run(
+    args: &TransportArgs,
+    identity: &meridian_server::tls::Identity,
+    server_rt: &tokio::runtime::Runtime,
+    client_rt: &tokio::runtime::Runtime,
+    bar: &ProgressBar,
+) -> anyhow::Result<(u64, f64, Option<CpuUse>)> {
+    let server = {
+        let _in = server_rt.enter();
+        crate::transport::server(identity)?
+    };
+    let client = {
+        let _in = client_rt.enter();
+        crate::transport::client(identity)?
+    };
+    let addr = server.local_addr()?;
+    let receiving = server_rt.spawn(receive_all(server));
+    // Connected from the client's runtime, which then drives the connection.
+    let endpoint = client.clone();
+    let connection = client_rt
+        .spawn(async move { anyhow::Ok(endpoint.connect(addr, "localhost")?.await?) })
+        .await??;
+    let cpu = CpuClock::measuring(vec![std::process::id()], "both endpoints (this process)");
+    let start = Instant::now();
+    let sending = client_rt.spawn(send_all(
+        connection.clone(),
+        args.streams,
+        args.bytes,
+        args.chunk_size,
+        bar.clone(),
+    ));
+    sending.await??;
+    // The receiver counts until the connection closes.
+    connection.close(0u32.into(), b"done");
+    let received = receiving.await??;
+    let seconds = start.elapsed().as_secs_f64();
+    let cpu = cpu.used(received);
+    client_rt
+        .spawn(async move { client.wait_idle().await })
+        .await?;
+    Ok((received, seconds, cpu))
+}
+
 /// Accepts one connection and reads every unidirectional stream to its end.
 async fn receive_all(server: quinn::Endpoint) -> anyhow::Result<u64> {
     let Some(incoming) = server.accept().await else {
@@ -1211,16 +1234,15 @@ async fn receive_all(server: quinn::Endpoint) -> anyhow::Result<u64> {
     Ok(total)
 }
 
-/// Sends `bytes` to `addr` over `streams` unidirectional streams.
+/// Sends `bytes` over `streams` unidirectional streams of `connection`, each until
+/// the peer has it all.
 async fn send_all(
-    client: quinn::Endpoint,
-    addr: std::net::SocketAddr,
+    connection: quinn::Connection,
     streams: u32,
     bytes: u64,
     chunk_size: usize,
     bar: ProgressBar,
 ) -> anyhow::Result<()> {
-    let connection = client.connect(addr, "localhost")?.await?;
     let per_stream = bytes / streams as u64;
     let chunk = Bytes::from(vec![0xA5u8; chunk_size]);
     let mut writers = Vec::new();
@@ -1243,8 +1265,6 @@ async fn send_all(
     for w in writers {
         w.await??;
     }
-    connection.close(0u32.into(), b"done");
-    client.wait_idle().await;
     Ok(())
 }
 
