@@ -357,6 +357,41 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
     let _ = dev.wait();
 }
 
+/// A bench that starts its broker splits the cores with it, reports the split, and
+/// leaves a `worker_threads` given with --broker-set alone.
+#[test]
+fn bench_produce_splits_the_cores_with_the_broker_it_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let cpu_of = |extra: &[&str]| -> String {
+        let out = std::process::Command::new(crate::harness::meridian_bin())
+            .args(["bench", "produce", "--json", "--records", "2000"])
+            .args(["--record-size", "128", "--partitions", "2"])
+            .args(extra)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout}");
+        let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        summary["cpu_of"].as_str().unwrap().to_string()
+    };
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let (client, broker) = ((cores / 2).max(1), (cores - (cores / 2).max(1)).max(1));
+    let plural = |n: usize| if n == 1 { "" } else { "s" };
+    assert_eq!(
+        cpu_of(&[]),
+        format!(
+            "the bench ({client} runtime thread{}) and broker ({broker} worker{}) processes",
+            plural(client),
+            plural(broker)
+        )
+    );
+    assert_eq!(
+        cpu_of(&["--client-threads", "3", "--broker-set", "worker_threads=2"]),
+        "the bench (3 runtime threads) and broker (2 workers) processes"
+    );
+}
+
 #[test]
 fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     let dir = tempfile::tempdir().unwrap();

@@ -320,6 +320,8 @@ pub struct ChildBroker {
     /// The broker's address, or the region's comma-separated bootstrap list.
     pub addr: String,
     pub fingerprint: String,
+    /// The worker threads the broker said it runs with (one broker only).
+    workers: Option<usize>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -365,7 +367,7 @@ impl ChildBroker {
             .context("starting broker")?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut fingerprint) = (None, None);
+        let (mut addr, mut fingerprint, mut workers) = (None, None, None);
         while addr.is_none() || fingerprint.is_none() {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
@@ -378,6 +380,9 @@ impl ChildBroker {
             if let Some(fp) = line.trim().strip_prefix("fingerprint:") {
                 fingerprint = Some(fp.trim().to_owned());
             }
+            if let Some(rest) = line.trim().strip_prefix("workers:") {
+                workers = rest.split_whitespace().next().and_then(|n| n.parse().ok());
+            }
         }
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
@@ -386,6 +391,7 @@ impl ChildBroker {
             region: None,
             addr: addr.expect("checked above"),
             fingerprint: fingerprint.expect("checked above"),
+            workers,
             _temp: temp,
         })
     }
@@ -415,6 +421,7 @@ impl ChildBroker {
             child: None,
             addr: runner.region.bootstrap(),
             fingerprint: runner.fingerprint.clone(),
+            workers: None,
             region: Some(runner),
             _temp: Some(temp),
         };
@@ -558,8 +565,8 @@ struct CpuUse {
     /// CPU seconds per GiB moved.
     cpu_seconds_per_gib: f64,
     /// Which processes: the bench and the brokers it started, or the bench only
-    /// (a broker given with `--broker` is not measured).
-    cpu_of: &'static str,
+    /// (a broker given with `--broker` is not measured), with their thread counts.
+    cpu_of: String,
 }
 
 impl std::fmt::Display for CpuUse {
@@ -576,7 +583,7 @@ impl std::fmt::Display for CpuUse {
 /// (Linux only: elsewhere nothing is reported).
 struct CpuClock {
     pids: Vec<u32>,
-    of: &'static str,
+    of: String,
     start: Option<Duration>,
 }
 
@@ -585,18 +592,24 @@ impl CpuClock {
     fn start(child: &Option<ChildBroker>) -> CpuClock {
         let mut pids = vec![std::process::id()];
         let brokers = child.as_ref().map(ChildBroker::pids).unwrap_or_default();
-        let of = if brokers.is_empty() {
-            "the bench process"
-        } else {
-            "the bench and broker processes"
+        let threads = tokio::runtime::Handle::current().metrics().num_workers();
+        let bench = format!("the bench ({threads} runtime thread{})", plural(threads));
+        let of = match child.as_ref().and_then(|c| c.workers) {
+            _ if brokers.is_empty() => format!("{bench} process"),
+            Some(n) => format!("{bench} and broker ({n} worker{}) processes", plural(n)),
+            None => format!("{bench} and broker processes"),
         };
         pids.extend(brokers);
         CpuClock::measuring(pids, of)
     }
 
-    fn measuring(pids: Vec<u32>, of: &'static str) -> CpuClock {
+    fn measuring(pids: Vec<u32>, of: impl Into<String>) -> CpuClock {
         let start = pids.iter().map(|&pid| process_cpu(pid)).sum();
-        CpuClock { pids, of, start }
+        CpuClock {
+            pids,
+            of: of.into(),
+            start,
+        }
     }
 
     /// The CPU used since the start, for `bytes` moved.
@@ -610,8 +623,16 @@ impl CpuClock {
         Some(CpuUse {
             cpu_seconds: used,
             cpu_seconds_per_gib: used / (bytes.max(1) as f64 / (1u64 << 30) as f64),
-            cpu_of: self.of,
+            cpu_of: self.of.clone(),
         })
+    }
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
     }
 }
 
