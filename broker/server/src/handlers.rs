@@ -860,10 +860,7 @@ impl Shared {
         };
         let wait_for_fsync = acks != 0 && self.config.flush == FlushPolicy::Always;
         let timeout = Duration::from_millis(u64::from(request.timeout_ms));
-        // What a produce chain waits for elsewhere in a cluster (dead letters, records
-        // passed on to other leaders): a fifth of the request's timeout stays for the
-        // rest and the answer, so the producer hears why before it gives up.
-        let plugin_wait = timeout.mul_f64(0.8);
+        let plugin_wait = timeout * crate::plugins::PLUGIN_WAIT_PERCENT / 100;
         // acks=all: (topic index, partition index, partition, offset the high
         // watermark must reach).
         let mut commits: Vec<(usize, usize, Arc<Partition>, i64)> = Vec::new();
@@ -1460,7 +1457,7 @@ async fn cluster_delete_topics(
 }
 
 /// Internal topics (`__consumer_offsets`) are written only by the broker itself.
-fn refuse_internal(name: &str, action: &str) -> Result<(), Failure> {
+pub(crate) fn refuse_internal(name: &str, action: &str) -> Result<(), Failure> {
     if name == crate::groups::OFFSETS_TOPIC {
         return Err(Failure::new(
             ErrorCode::PolicyViolation,

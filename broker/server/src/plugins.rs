@@ -664,10 +664,16 @@ fn blocking<R>(f: impl FnOnce() -> R) -> R {
     }
 }
 
-/// Waits at most `within` (80 % of the produce request's timeout) for `future`, from code that
-/// runs on a runtime worker inside [`blocking`] (a plugin chain), as a cluster's dead
-/// letters and forwarded records do for the broker's own producer. On time out the
-/// records may still be written later (dead letters are at least once).
+/// The share of a produce request's timeout its plugin chain may wait for what it
+/// writes elsewhere in a cluster (dead letters, records passed on to other leaders):
+/// the rest stays for the answer, so the producer hears why before it gives up.
+pub(crate) const PLUGIN_WAIT_PERCENT: u32 = 80;
+
+/// Waits at most `within` ([`PLUGIN_WAIT_PERCENT`] of the produce request's timeout)
+/// for `future`, from code that runs on a runtime worker inside [`blocking`] (a plugin
+/// chain), as a cluster's dead letters and forwarded records do for the broker's own
+/// producer. On time out the records may still be written later (dead letters are at
+/// least once).
 fn block_on_within<T>(
     within: Duration,
     what: &str,
@@ -680,7 +686,7 @@ fn block_on_within<T>(
                 Err(failure(
                     ErrorCode::RequestTimedOut,
                     format!(
-                        "{what} did not finish within {} ms (80 % of the produce request's timeout)",
+                        "{what} did not finish within {} ms ({PLUGIN_WAIT_PERCENT} % of the produce request's timeout)",
                         within.as_millis()
                     ),
                 ))
@@ -1170,8 +1176,8 @@ impl Shared {
     /// The produce path's append: runs the topic's plugin chain (if any) over the
     /// partition's batches, then appends what is left (see [`rewrite_batch`]).
     ///
-    /// `within`: the longest a cluster's dead letters are waited for (80 % of the
-    /// produce request's timeout).
+    /// `within`: the longest a cluster's dead letters are waited for
+    /// ([`PLUGIN_WAIT_PERCENT`] of the produce request's timeout).
     pub(crate) fn append_produced(
         &self,
         topic: &Topic,

@@ -845,11 +845,8 @@ impl<'a> Active<'a> {
         let mut results = Vec::new();
         let mut records = Vec::new();
         for name in request.names {
-            let refusal = if name == crate::groups::OFFSETS_TOPIC {
-                Some((
-                    ErrorCode::PolicyViolation,
-                    format!("`{name}` is an internal topic and cannot be deleted by clients"),
-                ))
+            let refusal = if let Err(f) = crate::handlers::refuse_internal(&name, "deleted") {
+                Some((f.code, f.message))
             } else if !image.topics.contains_key(&name) {
                 Some((
                     ErrorCode::UnknownTopic,
