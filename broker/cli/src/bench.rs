@@ -122,7 +122,8 @@ pub fn client_threads(cmd: &BenchCommand, cores: usize) -> usize {
     }
 }
 
-fn cores() -> usize {
+/// CPU cores this process may use (at least one).
+pub(crate) fn cores() -> usize {
     std::thread::available_parallelism().map_or(1, usize::from)
 }
 

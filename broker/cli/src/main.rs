@@ -340,7 +340,7 @@ fn main() -> std::process::ExitCode {
         end_quietly_on_closed_pipe();
     }
     init_tracing();
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let cores = bench::cores();
     // A broker's runtime is sized by its config, so the config is read first.
     let config = match &cli.command {
         Command::Dev(args) | Command::Broker(args) => match serve_config(args) {
