@@ -2305,6 +2305,36 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
     admin.create_topic(rf3("changing", 2)).await.unwrap();
     send_acked(&client, "changing", (0..5).map(|i| format!("old-{i}"))).await;
 
+    // Validated only, by the controller, through a broker that is not it: nothing
+    // changes (were the partitions added, the real request below would be refused).
+    admin
+        .validate_create_partitions("changing", 5)
+        .await
+        .unwrap();
+    admin
+        .validate_topic_configs(
+            "changing",
+            TopicConfigChanges::new().set("retention.ms", "12345"),
+        )
+        .await
+        .unwrap();
+    let e = admin
+        .validate_create_topic(rf3("changing", 2))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::TopicAlreadyExists), "{e}");
+    admin
+        .validate_create_topic(rf3("validated", 2))
+        .await
+        .unwrap();
+    let e = admin
+        .validate_topic_configs(
+            "changing",
+            TopicConfigChanges::new().set("min.insync.replicas", "4"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidConfig), "{e}");
     admin.create_partitions("changing", 5).await.unwrap();
     let views = cluster
         .agreed_topic("changing", Duration::from_secs(20), |v| {
@@ -2381,11 +2411,22 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
             (
                 d.partitions.len(),
                 value("max.message.bytes"),
-                value("min.insync.replicas")
+                value("min.insync.replicas"),
+                d.configs
+                    .iter()
+                    .any(|c| c.key == "retention.ms" && c.is_default),
             ),
-            (5, "1024".to_string(), "3".to_string()),
-            "broker {id}"
+            (5, "1024".to_string(), "3".to_string(), true),
+            "broker {id}: the validated retention.ms was not applied"
         );
+        let names = cluster
+            .client(id)
+            .await
+            .admin()
+            .list_topics()
+            .await
+            .unwrap();
+        assert!(!names.contains(&"validated".to_string()), "{names:?}");
     }
     let e = producer
         .send(ProducerRecord::new("changing", vec![0u8; 4000]).partition(0))
@@ -2417,8 +2458,14 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
-    // New partitions need as many live brokers as the topic has replicas.
+    // New partitions need as many live brokers as the topic has replicas; a
+    // validation finds that out the same way.
     let e = admin.create_partitions("changing", 6).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::InvalidReplicationFactor), "{e}");
+    let e = admin
+        .validate_create_partitions("changing", 6)
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::InvalidReplicationFactor), "{e}");
     // Back to the default (1) while the follower is down: acks=all goes through.
     admin

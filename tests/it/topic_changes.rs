@@ -253,6 +253,92 @@ async fn added_partitions_serve_at_once_reach_groups_and_survive_a_restart() {
     assert_eq!(records[0].value.as_deref(), Some(&b"new-3"[..]));
 }
 
+/// Validated only (Kafka's `validateOnly`): each check answers as the real change
+/// would, and nothing changes, on disk either (a restart shows the same topic).
+#[tokio::test]
+async fn validating_changes_answers_as_the_change_would_and_changes_nothing() {
+    let mut broker = TestBroker::start(&[
+        "max_partitions_per_topic=8",
+        "offsets_topic_num_partitions=4",
+    ]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    admin.create_topic(NewTopic::new("v", 2)).await.unwrap();
+
+    admin
+        .validate_create_topic(NewTopic::new("new", 3).config("retention.ms", "1000"))
+        .await
+        .unwrap();
+    let refusals = [
+        (NewTopic::new("v", 1), ErrorCode::TopicAlreadyExists),
+        (NewTopic::new("bad name!", 1), ErrorCode::InvalidTopic),
+        (
+            NewTopic::new("new", 1).config("segment.bytes", "10"),
+            ErrorCode::InvalidConfig,
+        ),
+        (NewTopic::new("new", 9), ErrorCode::InvalidPartitions),
+    ];
+    for (topic, expected) in refusals {
+        let what = format!("{topic:?}");
+        assert_eq!(
+            code(admin.validate_create_topic(topic).await),
+            Some(expected),
+            "{what}"
+        );
+    }
+
+    let retention = TopicConfigChanges::new().set("retention.ms", "60000");
+    admin
+        .validate_topic_configs("v", retention.clone())
+        .await
+        .unwrap();
+    let bad = TopicConfigChanges::new().set("segment.bytes", "10");
+    assert_eq!(
+        code(admin.validate_topic_configs("v", bad).await),
+        Some(ErrorCode::InvalidConfig)
+    );
+    assert_eq!(
+        code(
+            admin
+                .validate_topic_configs("nope", retention.clone())
+                .await
+        ),
+        Some(ErrorCode::UnknownTopic)
+    );
+    assert_eq!(
+        code(
+            admin
+                .validate_topic_configs("__consumer_offsets", retention)
+                .await
+        ),
+        Some(ErrorCode::PolicyViolation)
+    );
+
+    admin.validate_create_partitions("v", 4).await.unwrap();
+    for count in [2, 1, 9] {
+        assert_eq!(
+            code(admin.validate_create_partitions("v", count).await),
+            Some(ErrorCode::InvalidPartitions),
+            "{count}"
+        );
+    }
+    assert_eq!(
+        code(admin.validate_create_partitions("nope", 4).await),
+        Some(ErrorCode::UnknownTopic)
+    );
+
+    client.close();
+    broker.stop();
+    broker.restart();
+    let client = broker.client().await;
+    assert_eq!(client.admin().list_topics().await.unwrap(), vec!["v"]);
+    let d = client.admin().describe_topic("v").await.unwrap();
+    assert_eq!(d.partitions.len(), 2);
+    assert!(setting(&client, "v", "retention.ms").await.1);
+    // What was validated can be done.
+    client.admin().create_partitions("v", 4).await.unwrap();
+}
+
 /// `meridian topic alter`: settings, resets and partitions in one command, a
 /// refusal with the broker's reason, and no command without a change.
 #[test]
@@ -322,4 +408,70 @@ fn topic_alter_from_the_cli() {
     let (ok, _, stderr) = broker.cli(&["topic", "alter", "c"], "");
     assert!(!ok);
     assert!(stderr.contains("nothing to change"), "{stderr}");
+
+    // Both parts are checked before either applies: a refused partition count
+    // leaves the settings as they were.
+    let (ok, _, stderr) = broker.cli(
+        &[
+            "topic",
+            "alter",
+            "c",
+            "--config",
+            "retention.ms=1000",
+            "--partitions",
+            "2",
+        ],
+        "",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("partitions cannot be removed"), "{stderr}");
+    // A dry run says what would change and changes nothing.
+    let (ok, stdout, stderr) = broker.cli(
+        &[
+            "topic",
+            "alter",
+            "c",
+            "--config",
+            "retention.ms=2000",
+            "--partitions",
+            "5",
+            "--dry-run",
+        ],
+        "",
+    );
+    assert!(ok, "{stderr}");
+    assert!(
+        stdout.contains("would set retention.ms=2000 on topic c"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("topic c would have 5 partitions"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("nothing was changed"), "{stdout}");
+    let (ok, _, stderr) = broker.cli(
+        &["topic", "alter", "c", "--partitions", "10001", "--dry-run"],
+        "",
+    );
+    assert!(!ok);
+    assert!(stderr.contains("max_partitions_per_topic"), "{stderr}");
+    let (ok, stdout, stderr) =
+        broker.cli(&["topic", "create", "d", "-p", "2", "--validate-only"], "");
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("topic d can be created"), "{stdout}");
+    let (ok, _, stderr) = broker.cli(&["topic", "create", "c", "--dry-run"], "");
+    assert!(!ok);
+    assert!(stderr.contains("already exists"), "{stderr}");
+
+    let (ok, stdout, _) = broker.cli(&["topic", "describe", "c"], "");
+    assert!(ok);
+    assert!(stdout.contains("partitions: 3"), "{stdout}");
+    let retention = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("retention.ms"))
+        .unwrap_or_default();
+    assert!(retention.contains("60000"), "{stdout}");
+    let (ok, stdout, _) = broker.cli(&["topic", "list"], "");
+    assert!(ok);
+    assert!(!stdout.lines().any(|l| l == "d"), "{stdout}");
 }

@@ -7,8 +7,8 @@ use anyhow::Context;
 use bytes::Bytes;
 use clap::{Args, Subcommand, ValueEnum};
 use meridian_client::{
-    Acks, Assignor, AutoOffsetReset, Compression, ConsumerConfig, ConsumerRecord, GroupConfig,
-    NewTopic, Offset, ProducerConfig, ProducerRecord, TopicConfigChanges,
+    Acks, Assignor, AutoOffsetReset, Compression, ConsumerConfig, ConsumerRecord, ErrorCode,
+    GroupConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, TopicConfigChanges,
 };
 use tokio::io::AsyncBufReadExt;
 
@@ -30,6 +30,9 @@ pub enum TopicCommand {
         /// Topic setting, repeatable: `--config retention.ms=3600000`.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
         configs: Vec<String>,
+        /// Only ask the broker whether it would create the topic; create nothing.
+        #[arg(long, visible_alias = "validate-only")]
+        dry_run: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -47,7 +50,8 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Change a topic's settings or add partitions to it.
+    /// Change a topic's settings or add partitions to it. Both parts are checked by
+    /// the broker before either is applied.
     #[command(arg_required_else_help = true)]
     Alter {
         name: String,
@@ -61,6 +65,9 @@ pub enum TopicCommand {
         /// Revert a setting to the broker default, repeatable.
         #[arg(long = "delete-config", value_name = "KEY")]
         delete_configs: Vec<String>,
+        /// Only ask the broker whether it would accept the changes; change nothing.
+        #[arg(long, visible_alias = "validate-only")]
+        dry_run: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -106,6 +113,7 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             partitions,
             replication_factor,
             configs,
+            dry_run,
             connect,
         } => {
             let mut topic = NewTopic::new(name.clone(), partitions.unwrap_or(0))
@@ -115,6 +123,11 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 topic = topic.config(k, v);
             }
             let admin = connect.connect().await?.admin();
+            if dry_run {
+                admin.validate_create_topic(topic).await?;
+                println!("topic {name} can be created as given (dry run: nothing created)");
+                return Ok(());
+            }
             admin.create_topic(topic).await?;
             // What the defaults came to.
             let created = admin.describe_topic(&name).await?;
@@ -179,33 +192,59 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             partitions,
             configs,
             delete_configs,
+            dry_run,
             connect,
         } => {
             if partitions.is_none() && configs.is_empty() && delete_configs.is_empty() {
                 anyhow::bail!("nothing to change: give --partitions, --config or --delete-config");
             }
+            let mut changes = TopicConfigChanges::new();
+            for entry in &configs {
+                let (k, v) = key_value(entry)?;
+                changes = changes.set(k, v);
+            }
+            for key in &delete_configs {
+                changes = changes.reset(key.trim());
+            }
+            let settings = !(configs.is_empty() && delete_configs.is_empty());
             let admin = connect.connect().await?.admin();
-            if !configs.is_empty() || !delete_configs.is_empty() {
-                let mut changes = TopicConfigChanges::new();
-                for entry in &configs {
-                    let (k, v) = key_value(entry)?;
-                    changes = changes.set(k, v);
-                }
-                for key in &delete_configs {
-                    changes = changes.reset(key.trim());
-                }
-                admin.alter_topic_configs(&name, changes).await?;
-                for entry in &configs {
-                    let (k, v) = key_value(entry)?;
-                    println!("set {k}={v} on topic {name}");
-                }
-                for key in &delete_configs {
-                    println!("reverted {} to the default on topic {name}", key.trim());
-                }
+            // Both parts are checked before either is applied, so a refused partition
+            // count does not leave the settings changed, nor the other way round. A
+            // broker from before such checks cannot make them without applying the
+            // changes (UnsupportedVersion): then only a dry run fails.
+            let checked = |result: meridian_client::Result<()>| match result {
+                Err(e) if !dry_run && e.code() == Some(ErrorCode::UnsupportedVersion) => Ok(()),
+                result => result,
+            };
+            if settings {
+                checked(admin.validate_topic_configs(&name, changes.clone()).await)?;
             }
             if let Some(count) = partitions {
-                admin.create_partitions(&name, count).await?;
-                println!("topic {name} now has {count} partitions");
+                checked(admin.validate_create_partitions(&name, count).await)?;
+            }
+            let (set, reverted, grown) = if dry_run {
+                ("would set", "would revert", "would have")
+            } else {
+                ("set", "reverted", "now has")
+            };
+            if settings && !dry_run {
+                admin.alter_topic_configs(&name, changes).await?;
+            }
+            for entry in &configs {
+                let (k, v) = key_value(entry)?;
+                println!("{set} {k}={v} on topic {name}");
+            }
+            for key in &delete_configs {
+                println!("{reverted} {} to the default on topic {name}", key.trim());
+            }
+            if let Some(count) = partitions {
+                if !dry_run {
+                    admin.create_partitions(&name, count).await?;
+                }
+                println!("topic {name} {grown} {count} partitions");
+            }
+            if dry_run {
+                println!("dry run: the broker accepts these changes; nothing was changed");
             }
         }
         TopicCommand::Delete { name, connect } => {

@@ -716,7 +716,11 @@ impl Shared {
         let results = request.topics.into_iter().map(|t| {
             let outcome = refuse_internal(&t.name, "altered").and_then(|()| {
                 let changes = t.changes.into_iter().map(|c| (c.key, c.value)).collect();
-                self.registry.alter_configs(&t.name, changes).map(drop)
+                if request.validate_only {
+                    self.registry.validate_alter_configs(&t.name, changes)
+                } else {
+                    self.registry.alter_configs(&t.name, changes).map(drop)
+                }
             });
             topic_result(t.name, outcome)
         });
@@ -728,6 +732,9 @@ impl Shared {
     fn create_partitions(&self, request: CreatePartitionsRequest) -> CreatePartitionsResponse {
         let results = request.topics.into_iter().map(|t| {
             let outcome = refuse_internal(&t.name, "altered").and_then(|()| {
+                if request.validate_only {
+                    return self.registry.validate_add_partitions(&t.name, t.count);
+                }
                 let topic = self.registry.add_partitions(&t.name, t.count)?;
                 // Groups subscribed to the topic rebalance over the new partitions.
                 self.groups
@@ -1375,12 +1382,16 @@ async fn cluster_alter_topic_configs(
     cluster: &Cluster,
     request: AlterTopicConfigsRequest,
 ) -> AlterTopicConfigsResponse {
+    let validate_only = request.validate_only;
     let results = through_controller(
         request.topics,
         |t| &t.name,
         "altered",
         async |topics| {
-            let request = AlterTopicConfigsRequest { topics };
+            let request = AlterTopicConfigsRequest {
+                topics,
+                validate_only,
+            };
             let response = cluster.controller.alter_topic_configs(request).await?;
             Ok::<_, crate::cluster::ControllerError>(response.results)
         },
@@ -1394,12 +1405,16 @@ async fn cluster_create_partitions(
     cluster: &Cluster,
     request: CreatePartitionsRequest,
 ) -> CreatePartitionsResponse {
+    let validate_only = request.validate_only;
     let results = through_controller(
         request.topics,
         |t| &t.name,
         "altered",
         async |topics| {
-            let request = CreatePartitionsRequest { topics };
+            let request = CreatePartitionsRequest {
+                topics,
+                validate_only,
+            };
             let response = cluster.controller.create_partitions(request).await?;
             Ok::<_, crate::cluster::ControllerError>(response.results)
         },

@@ -342,12 +342,32 @@ impl Registry {
         changes: Vec<(String, Option<String>)>,
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
+        let (topic, overrides) = self.changed_overrides(name, changes)?;
+        self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
+    }
+
+    /// Checks changes as [`TopicRegistry::alter_configs`] does, changing nothing.
+    pub fn validate_alter_configs(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<(), Failure> {
+        let _admin = self.admin.lock();
+        self.changed_overrides(name, changes).map(drop)
+    }
+
+    /// Topic `name` and the settings `changes` give it. The caller holds `admin`.
+    fn changed_overrides(
+        &self,
+        name: &str,
+        changes: Vec<(String, Option<String>)>,
+    ) -> Result<(Arc<Topic>, TopicOverrides), Failure> {
         let topic = self.existing(name)?;
         let overrides = topic
             .overrides
             .with_changes(changes)
             .map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
-        self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
+        Ok((topic, overrides))
     }
 
     /// Gives a topic the settings the cluster's controller decided (already checked
@@ -370,7 +390,19 @@ impl Registry {
     pub fn add_partitions(&self, name: &str, count: u32) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let topic = self.existing(name)?;
-        let current = topic.partitions.len() as u32;
+        self.check_partition_count(&topic, count)?;
+        self.replace_locked(&topic, topic.overrides.clone(), count)
+    }
+
+    /// Checks a count as [`TopicRegistry::add_partitions`] does, adding nothing.
+    pub fn validate_add_partitions(&self, name: &str, count: u32) -> Result<(), Failure> {
+        let _admin = self.admin.lock();
+        let topic = self.existing(name)?;
+        self.check_partition_count(&topic, count)
+    }
+
+    fn check_partition_count(&self, topic: &Topic, count: u32) -> Result<(), Failure> {
+        let (name, current) = (&topic.name, topic.partitions.len() as u32);
         if count <= current {
             return Err(Failure::new(
                 ErrorCode::InvalidPartitions,
@@ -386,7 +418,7 @@ impl Registry {
                 ),
             ));
         }
-        self.replace_locked(&topic, topic.overrides.clone(), count)
+        Ok(())
     }
 
     /// Gives a topic the partition count the cluster's controller decided; a count

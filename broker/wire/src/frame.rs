@@ -432,6 +432,50 @@ mod tests {
     }
 
     #[test]
+    fn topic_changes_validate_only_from_version_1() {
+        use crate::topic_changes::{
+            AlterTopicConfigsRequest, ConfigChange, CreatePartitionsRequest, PartitionsIncrease,
+            TopicConfigChanges,
+        };
+        let alter = |validate_only| {
+            Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+                topics: vec![TopicConfigChanges {
+                    name: "t".into(),
+                    changes: vec![ConfigChange {
+                        key: "retention.ms".into(),
+                        value: Some("1000".into()),
+                    }],
+                }],
+                validate_only,
+            })
+        };
+        let grow = |validate_only| {
+            Request::CreatePartitions(CreatePartitionsRequest {
+                topics: vec![PartitionsIncrease {
+                    name: "t".into(),
+                    count: 4,
+                }],
+                validate_only,
+            })
+        };
+        let body = |chunks: Vec<Bytes>| Bytes::from(chunks.concat()).slice(4..);
+        for request in [alter(true), grow(true)] {
+            assert_eq!(request.lowest_version(), 1);
+            let v1 = body(encode_request_chunks_at(&request, 1));
+            assert_eq!(decode_request_versioned(v1.clone()).unwrap(), (request, 1));
+        }
+        // Version 0 has no flag: such a request applies its changes, so a client
+        // must not send one that validates only at version 0 (lowest_version says so).
+        for (applying, validating) in [(alter(false), alter(true)), (grow(false), grow(true))] {
+            assert_eq!(applying.lowest_version(), 0);
+            let v0 = body(encode_request_chunks_at(&validating, 0));
+            assert_eq!(decode_request_versioned(v0).unwrap(), (applying.clone(), 0));
+            let v1 = body(encode_request_chunks_at(&applying, 1));
+            assert_eq!(decode_request_versioned(v1).unwrap(), (applying, 1));
+        }
+    }
+
+    #[test]
     fn error_responses_round_trip() {
         let frame = encode_error_response(ErrorCode::FrameTooLarge, "too big");
         let decoded = decode_response(ApiKey::Produce, frame.slice(4..)).unwrap();

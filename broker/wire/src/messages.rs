@@ -109,10 +109,14 @@ impl ApiKey {
         0
     }
     /// Version 1 of `OffsetCommit` (request) and `OffsetFetch` (response) carries
-    /// each offset's leader epoch.
+    /// each offset's leader epoch; version 1 of `AlterTopicConfigs` and
+    /// `CreatePartitions` (requests) can ask to validate only.
     pub fn max_version(self) -> u16 {
         match self {
-            ApiKey::OffsetCommit | ApiKey::OffsetFetch => 1,
+            ApiKey::OffsetCommit
+            | ApiKey::OffsetFetch
+            | ApiKey::AlterTopicConfigs
+            | ApiKey::CreatePartitions => 1,
             _ => 0,
         }
     }
@@ -605,6 +609,17 @@ fn get_strings(r: &mut Reader) -> Result<Vec<String>, DecodeError> {
 }
 
 impl Request {
+    /// The oldest version of its API that can carry everything this request says.
+    /// A request that validates only needs the version with that flag: sent at an
+    /// older one, it would be applied.
+    pub fn lowest_version(&self) -> u16 {
+        match self {
+            Request::AlterTopicConfigs(r) if r.validate_only => 1,
+            Request::CreatePartitions(r) if r.validate_only => 1,
+            _ => self.api_key().min_version(),
+        }
+    }
+
     pub fn api_key(&self) -> ApiKey {
         match self {
             Request::ApiVersions(_) => ApiKey::ApiVersions,
@@ -726,8 +741,8 @@ impl Request {
             Request::TopicAttach(r) => pm::put_attach(w, r),
             Request::TopicDetach(r) => pm::put_detach(w, r),
             Request::AlterPartitionReassignments(m) => m.encode(w),
-            Request::AlterTopicConfigs(m) => m.encode(w),
-            Request::CreatePartitions(m) => m.encode(w),
+            Request::AlterTopicConfigs(m) => m.encode(w, version),
+            Request::CreatePartitions(m) => m.encode(w, version),
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w),
@@ -852,10 +867,10 @@ impl Request {
                 Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
             }
             ApiKey::AlterTopicConfigs => {
-                Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r)?)
+                Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r, version)?)
             }
             ApiKey::CreatePartitions => {
-                Request::CreatePartitions(CreatePartitionsRequest::decode(r)?)
+                Request::CreatePartitions(CreatePartitionsRequest::decode(r, version)?)
             }
             ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
             ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
@@ -1727,6 +1742,7 @@ mod tests {
                     },
                 ],
             }],
+            validate_only: true,
         }));
         check_response(Response::AlterTopicConfigs(AlterTopicConfigsResponse {
             results: vec![TopicResult {
@@ -1740,6 +1756,7 @@ mod tests {
                 name: "t".into(),
                 count: 12,
             }],
+            validate_only: true,
         }));
         check_response(Response::CreatePartitions(CreatePartitionsResponse {
             results: vec![TopicResult {

@@ -2,6 +2,10 @@
 //! settings or reverts them to the broker defaults, as Kafka's
 //! IncrementalAlterConfigs does for topics; `CreatePartitions` (API key 22) raises a
 //! topic's partition count. Both answer per topic with a [`TopicResult`].
+//!
+//! Version 1 of each request adds `validate_only`: the broker checks the changes as
+//! it would apply them and answers the same way, but changes nothing (Kafka's
+//! `validateOnly`). A version 0 request never validates only.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::messages::{get_topic_result, put_topic_result, TopicResult};
@@ -26,10 +30,12 @@ pub struct TopicConfigChanges {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AlterTopicConfigsRequest {
     pub topics: Vec<TopicConfigChanges>,
+    /// Check the changes, apply none (version 1).
+    pub validate_only: bool,
 }
 
 impl AlterTopicConfigsRequest {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.array(&self.topics, |w, t| {
             w.string(&t.name);
             w.array(&t.changes, |w, c| {
@@ -37,9 +43,12 @@ impl AlterTopicConfigsRequest {
                 w.option(c.value.as_ref(), |w, v| w.string(v));
             });
         });
+        if version >= 1 {
+            w.bool(self.validate_only);
+        }
     }
 
-    pub fn decode(r: &mut Reader) -> Result<AlterTopicConfigsRequest, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<AlterTopicConfigsRequest, DecodeError> {
         Ok(AlterTopicConfigsRequest {
             topics: r.array(6, |r| {
                 Ok(TopicConfigChanges {
@@ -52,6 +61,7 @@ impl AlterTopicConfigsRequest {
                     })?,
                 })
             })?,
+            validate_only: version >= 1 && r.bool()?,
         })
     }
 }
@@ -87,17 +97,22 @@ pub struct PartitionsIncrease {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreatePartitionsRequest {
     pub topics: Vec<PartitionsIncrease>,
+    /// Check the new counts, add no partitions (version 1).
+    pub validate_only: bool,
 }
 
 impl CreatePartitionsRequest {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.array(&self.topics, |w, t| {
             w.string(&t.name);
             w.u32(t.count);
         });
+        if version >= 1 {
+            w.bool(self.validate_only);
+        }
     }
 
-    pub fn decode(r: &mut Reader) -> Result<CreatePartitionsRequest, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<CreatePartitionsRequest, DecodeError> {
         Ok(CreatePartitionsRequest {
             topics: r.array(6, |r| {
                 Ok(PartitionsIncrease {
@@ -105,6 +120,7 @@ impl CreatePartitionsRequest {
                     count: r.u32()?,
                 })
             })?,
+            validate_only: version >= 1 && r.bool()?,
         })
     }
 }

@@ -224,19 +224,7 @@ impl Admin {
     /// brokers either.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
-        let request = Request::CreateTopics(CreateTopicsRequest {
-            topics: vec![CreateTopic {
-                name: topic.name,
-                partitions: topic.partitions,
-                replication_factor: topic.replication_factor,
-                configs: topic
-                    .configs
-                    .into_iter()
-                    .map(|(key, value)| ConfigEntry { key, value })
-                    .collect(),
-            }],
-            validate_only: false,
-        });
+        let request = create_topic_request(topic, false);
         let response = self.client.request(request).await?;
         self.client.invalidate_partition_count(&name);
         let Response::CreateTopics(response) = response else {
@@ -274,6 +262,31 @@ impl Admin {
         Ok(())
     }
 
+    /// Checks a topic as [`Admin::create_topic`] would create it, and creates
+    /// nothing (Kafka's `validateOnly`): `Ok` when the creation would succeed now,
+    /// otherwise the error it would meet (a bad name, partition count, replication
+    /// factor or setting, an existing topic, too few live brokers).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// use meridian_client::NewTopic;
+    /// let topic = NewTopic::new("clicks", 3).config("retention.ms", "3600000");
+    /// client.admin().validate_create_topic(topic.clone()).await?;
+    /// client.admin().create_topic(topic).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn validate_create_topic(&self, topic: NewTopic) -> Result<()> {
+        let name = topic.name.clone();
+        let response = self
+            .client
+            .request(create_topic_request(topic, true))
+            .await?;
+        let Response::CreateTopics(response) = response else {
+            return Err(unexpected(ApiKey::CreateTopics, &response));
+        };
+        topic_result(&response.results, &name)
+    }
+
     /// Changes a topic's settings (Kafka's IncrementalAlterConfigs): each change sets a
     /// setting or reverts it to the broker default. The changes are checked together
     /// and applied all or none: an unknown key or a bad value is
@@ -286,19 +299,7 @@ impl Admin {
         topic: &str,
         changes: TopicConfigChanges,
     ) -> Result<()> {
-        let request = Request::AlterTopicConfigs(AlterTopicConfigsRequest {
-            topics: vec![WireConfigChanges {
-                name: topic.to_string(),
-                changes: changes
-                    .changes
-                    .iter()
-                    .map(|(key, value)| ConfigChange {
-                        key: key.clone(),
-                        value: value.clone(),
-                    })
-                    .collect(),
-            }],
-        });
+        let request = alter_configs_request(topic, &changes, false);
         let response = self.client.request(request).await?;
         let Response::AlterTopicConfigs(response) = response else {
             return Err(unexpected(ApiKey::AlterTopicConfigs, &response));
@@ -320,6 +321,23 @@ impl Admin {
         Ok(())
     }
 
+    /// Checks `changes` as [`Admin::alter_topic_configs`] would apply them, and
+    /// changes nothing: `Ok` when they would be accepted now, otherwise the error
+    /// they would meet. Brokers older than this check answer
+    /// [`ErrorCode::UnsupportedVersion`] rather than apply the changes.
+    pub async fn validate_topic_configs(
+        &self,
+        topic: &str,
+        changes: TopicConfigChanges,
+    ) -> Result<()> {
+        let request = alter_configs_request(topic, &changes, true);
+        let response = self.client.request(request).await?;
+        let Response::AlterTopicConfigs(response) = response else {
+            return Err(unexpected(ApiKey::AlterTopicConfigs, &response));
+        };
+        topic_result(&response.results, topic)
+    }
+
     /// Raises a topic's partition count to `count` (Kafka's CreatePartitions). The
     /// new partitions start empty; the existing ones keep their records. Records
     /// with a key may go to another partition than before, since keys are hashed
@@ -337,12 +355,7 @@ impl Admin {
     /// # Ok(()) }
     /// ```
     pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<()> {
-        let request = Request::CreatePartitions(CreatePartitionsRequest {
-            topics: vec![PartitionsIncrease {
-                name: topic.to_string(),
-                count,
-            }],
-        });
+        let request = create_partitions_request(topic, count, false);
         let response = self.client.request(request).await?;
         self.client.invalidate_partition_count(topic);
         let Response::CreatePartitions(response) = response else {
@@ -353,6 +366,19 @@ impl Admin {
         self.await_everywhere(topic, TopicSeen::Served { partitions })
             .await;
         Ok(())
+    }
+
+    /// Checks a new partition count as [`Admin::create_partitions`] would, and adds
+    /// no partitions: `Ok` when the change would be accepted now, otherwise the
+    /// error it would meet. Brokers older than this check answer
+    /// [`ErrorCode::UnsupportedVersion`] rather than add the partitions.
+    pub async fn validate_create_partitions(&self, topic: &str, count: u32) -> Result<()> {
+        let request = create_partitions_request(topic, count, true);
+        let response = self.client.request(request).await?;
+        let Response::CreatePartitions(response) = response else {
+            return Err(unexpected(ApiKey::CreatePartitions, &response));
+        };
+        topic_result(&response.results, topic)
     }
 
     /// Waits until every broker the cluster's metadata names sees `topic` as `want`
@@ -847,6 +873,53 @@ fn in_asked_order<T>(
             (partition, result)
         })
         .collect()
+}
+
+fn create_topic_request(topic: NewTopic, validate_only: bool) -> Request {
+    Request::CreateTopics(CreateTopicsRequest {
+        topics: vec![CreateTopic {
+            name: topic.name,
+            partitions: topic.partitions,
+            replication_factor: topic.replication_factor,
+            configs: topic
+                .configs
+                .into_iter()
+                .map(|(key, value)| ConfigEntry { key, value })
+                .collect(),
+        }],
+        validate_only,
+    })
+}
+
+fn alter_configs_request(
+    topic: &str,
+    changes: &TopicConfigChanges,
+    validate_only: bool,
+) -> Request {
+    Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+        topics: vec![WireConfigChanges {
+            name: topic.to_string(),
+            changes: changes
+                .changes
+                .iter()
+                .map(|(key, value)| ConfigChange {
+                    key: key.clone(),
+                    value: value.clone(),
+                })
+                .collect(),
+        }],
+        validate_only,
+    })
+}
+
+fn create_partitions_request(topic: &str, count: u32, validate_only: bool) -> Request {
+    Request::CreatePartitions(CreatePartitionsRequest {
+        topics: vec![PartitionsIncrease {
+            name: topic.to_string(),
+            count,
+        }],
+        validate_only,
+    })
 }
 
 fn topic_result(results: &[TopicResult], name: &str) -> Result<()> {

@@ -881,7 +881,7 @@ impl Client {
             None => return Err(Error::Protocol("no ApiVersions response".into())),
         };
         for required in [ApiKey::ApiVersions, ApiKey::Metadata] {
-            negotiate(&broker, required)?;
+            negotiate(&broker, required, 0)?;
         }
         Ok(Connected {
             connection,
@@ -908,7 +908,7 @@ impl Client {
             };
             // Encoded per connection: brokers of a cluster being upgraded one by
             // one may have different versions.
-            let version = negotiate(&connected.broker, api)?;
+            let version = negotiate(&connected.broker, api, request.lowest_version())?;
             let frame = encode_request_chunks_at(request, version);
             let body_len = frame
                 .iter()
@@ -963,25 +963,37 @@ fn group_error(response: &Response) -> Option<ErrorCode> {
 }
 
 /// The version of `api` to speak with `broker`: the newest both have (from its
-/// ApiVersions answer), or `UnsupportedVersion` when they share none.
-fn negotiate(broker: &ApiVersionsResponse, api: ApiKey) -> Result<u16> {
+/// ApiVersions answer), or `UnsupportedVersion` when they share none at or above
+/// `lowest` (the oldest version that can carry the request, see
+/// [`Request::lowest_version`]).
+fn negotiate(broker: &ApiVersionsResponse, api: ApiKey, lowest: u16) -> Result<u16> {
     let (min, max) = (api.min_version(), api.max_version());
-    broker
-        .apis
-        .iter()
-        .find(|range| range.api_key == api as u16)
-        .and_then(|range| {
-            let version = range.max_version.min(max);
-            (version >= min.max(range.min_version)).then_some(version)
-        })
-        .ok_or_else(|| {
-            Error::broker(
-                ErrorCode::UnsupportedVersion,
-                format!(
-                    "the broker and this client share no version of {api:?} (this client has {min}..={max})"
-                ),
-            )
-        })
+    let Some(range) = broker.apis.iter().find(|range| range.api_key == api as u16) else {
+        return Err(Error::broker(
+            ErrorCode::UnsupportedVersion,
+            format!("the broker does not serve {api:?}"),
+        ));
+    };
+    let version = range.max_version.min(max);
+    if version < min.max(range.min_version) {
+        return Err(Error::broker(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "the broker and this client share no version of {api:?} (the broker has {}..={}, this client {min}..={max})",
+                range.min_version, range.max_version
+            ),
+        ));
+    }
+    if version < lowest {
+        return Err(Error::broker(
+            ErrorCode::UnsupportedVersion,
+            format!(
+                "this request needs {api:?} version {lowest} or newer; the broker has {}..={} (an older broker cannot validate without applying)",
+                range.min_version, range.max_version
+            ),
+        ));
+    }
+    Ok(version)
 }
 
 /// Whether a metadata answer says `topic` does not exist.
@@ -1148,13 +1160,20 @@ mod tests {
         assert_eq!(ApiKey::OffsetCommit.max_version(), 1);
         // A broker like this client, one from before leader epochs in commits, and
         // a newer one.
-        assert_eq!(negotiate(&broker(&[(commit, 0, 1)]), commit).unwrap(), 1);
-        assert_eq!(negotiate(&broker(&[(commit, 0, 0)]), commit).unwrap(), 0);
-        assert_eq!(negotiate(&broker(&[(commit, 0, 5)]), commit).unwrap(), 1);
+        assert_eq!(negotiate(&broker(&[(commit, 0, 1)]), commit, 0).unwrap(), 1);
+        assert_eq!(negotiate(&broker(&[(commit, 0, 0)]), commit, 0).unwrap(), 0);
+        assert_eq!(negotiate(&broker(&[(commit, 0, 5)]), commit, 0).unwrap(), 1);
         // Nothing in common, or the API unknown to the broker.
         for ranges in [&[(commit, 2, 5)][..], &[(ApiKey::Produce, 0, 0)][..]] {
-            let error = negotiate(&broker(ranges), commit).unwrap_err();
+            let error = negotiate(&broker(ranges), commit, 0).unwrap_err();
             assert_eq!(error.code(), Some(ErrorCode::UnsupportedVersion), "{error}");
         }
+        // A request that needs a version the broker lacks (validate only, sent to a
+        // broker that would apply it) is refused here, not sent.
+        let alter = ApiKey::AlterTopicConfigs;
+        assert_eq!(negotiate(&broker(&[(alter, 0, 1)]), alter, 1).unwrap(), 1);
+        let error = negotiate(&broker(&[(alter, 0, 0)]), alter, 1).unwrap_err();
+        assert_eq!(error.code(), Some(ErrorCode::UnsupportedVersion), "{error}");
+        assert!(error.to_string().contains("version 1 or newer"), "{error}");
     }
 }

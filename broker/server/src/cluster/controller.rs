@@ -883,7 +883,8 @@ impl<'a> Active<'a> {
     /// Changes topics' settings: each topic's changes are checked together, against
     /// its settings in the image (and earlier changes in the same request), then
     /// written as the topic's whole new settings. A changed
-    /// `unclean.leader.election.enable` reaches the core at once.
+    /// `unclean.leader.election.enable` reaches the core at once. A request that
+    /// validates only is checked the same way and changes nothing.
     async fn alter_topic_configs(
         &mut self,
         request: AlterTopicConfigsRequest,
@@ -917,15 +918,17 @@ impl<'a> Active<'a> {
             })();
             match planned {
                 Ok((partitions, overrides)) => {
-                    let unclean = overrides.unclean_leader_election(defaults);
-                    for p in 0..partitions {
-                        let key = (t.name.clone(), p);
-                        if self.core.set_unclean_leader_election(&key, unclean) {
-                            tracing::warn!(topic = %t.name, partition = p, "UNCLEAN leader election: unclean.leader.election.enable was turned on for an offline partition; acknowledged records may be lost");
+                    if !request.validate_only {
+                        let unclean = overrides.unclean_leader_election(defaults);
+                        for p in 0..partitions {
+                            let key = (t.name.clone(), p);
+                            if self.core.set_unclean_leader_election(&key, unclean) {
+                                tracing::warn!(topic = %t.name, partition = p, "UNCLEAN leader election: unclean.leader.election.enable was turned on for an offline partition; acknowledged records may be lost");
+                            }
                         }
+                        self.core.take_unclean_elections();
+                        tracing::info!(topic = %t.name, configs = ?overrides.0, "changing topic settings");
                     }
-                    self.core.take_unclean_elections();
-                    tracing::info!(topic = %t.name, configs = ?overrides.0, "changing topic settings");
                     decided.insert(t.name.clone(), overrides);
                     results.push(topic_ok(t.name));
                 }
@@ -938,6 +941,7 @@ impl<'a> Active<'a> {
         }
         let records = decided
             .into_iter()
+            .filter(|_| !request.validate_only)
             .filter(|(name, o)| image.topics.get(name).is_some_and(|t| t.configs != o.0))
             .map(|(name, o)| MetadataRecord::TopicConfigsChanged { name, configs: o.0 })
             .collect();
@@ -1060,7 +1064,8 @@ impl<'a> Active<'a> {
     }
 
     /// Adds partitions to topics, placed on the live brokers as a new topic's would
-    /// be (continuing its round of brokers), each led by its first replica.
+    /// be (continuing its round of brokers), each led by its first replica. A
+    /// request that validates only is checked the same way and adds nothing.
     async fn create_partitions(
         &mut self,
         request: CreatePartitionsRequest,
@@ -1108,6 +1113,10 @@ impl<'a> Active<'a> {
                 Ok((current, rf, unclean))
             })();
             match planned {
+                Ok(_) if request.validate_only => {
+                    decided.insert(t.name.clone(), t.count);
+                    results.push(topic_ok(t.name));
+                }
                 Ok((current, rf, unclean)) => {
                     let placed = assign_replicas(&t.name, t.count, rf, &live);
                     let partitions: Vec<PartitionState> = placed[current as usize..]
