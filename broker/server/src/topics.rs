@@ -346,7 +346,7 @@ impl Registry {
         self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
     }
 
-    /// Checks changes as [`TopicRegistry::alter_configs`] does, changing nothing.
+    /// Checks changes as [`Registry::alter_configs`] does, changing nothing.
     pub fn validate_alter_configs(
         &self,
         name: &str,
@@ -394,7 +394,7 @@ impl Registry {
         self.replace_locked(&topic, topic.overrides.clone(), count)
     }
 
-    /// Checks a count as [`TopicRegistry::add_partitions`] does, adding nothing.
+    /// Checks a count as [`Registry::add_partitions`] does, adding nothing.
     pub fn validate_add_partitions(&self, name: &str, count: u32) -> Result<(), Failure> {
         let _admin = self.admin.lock();
         let topic = self.existing(name)?;
