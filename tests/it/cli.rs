@@ -39,6 +39,30 @@ fn topic_produce_consume_tour() {
     );
     ok(broker.cli(&["topic", "delete", "plain"], ""));
     assert_eq!(ok(broker.cli(&["topic", "list"], "")), "demo\n");
+    // Scripts that set topics up run again: an existing topic or a missing one is
+    // an error unless asked otherwise, and then it is left as it is.
+    let (success, _, stderr) = broker.cli(&["topic", "create", "demo", "-p", "5"], "");
+    assert!(
+        !success && stderr.contains("TopicAlreadyExists"),
+        "{stderr}"
+    );
+    let out = ok(broker.cli(
+        &["topic", "create", "demo", "-p", "5", "--if-not-exists"],
+        "",
+    ));
+    assert!(
+        out.contains("topic demo already exists with 3 partition(s), replication factor 1"),
+        "{out}"
+    );
+    let out = ok(broker.cli(&["topic", "create", "again", "--if-not-exists"], ""));
+    assert!(out.contains("created topic again"), "{out}");
+    let (success, _, stderr) = broker.cli(&["topic", "delete", "gone"], "");
+    assert!(!success && stderr.contains("UnknownTopic"), "{stderr}");
+    let out = ok(broker.cli(&["topic", "delete", "gone", "--if-exists"], ""));
+    assert!(out.contains("topic gone does not exist"), "{out}");
+    let out = ok(broker.cli(&["topic", "delete", "again", "--if-exists"], ""));
+    assert!(out.contains("deleted topic again"), "{out}");
+    assert_eq!(ok(broker.cli(&["topic", "list"], "")), "demo\n");
 
     let described = ok(broker.cli(&["topic", "describe", "demo"], ""));
     for needle in [

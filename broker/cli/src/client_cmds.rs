@@ -33,6 +33,10 @@ pub enum TopicCommand {
         /// Only ask the broker whether it would create the topic; create nothing.
         #[arg(long, visible_alias = "validate-only")]
         dry_run: bool,
+        /// A topic of this name that exists already is not an error (it is left as
+        /// it is, whatever its settings).
+        #[arg(long)]
+        if_not_exists: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -74,6 +78,9 @@ pub enum TopicCommand {
     /// Delete a topic and its data.
     Delete {
         name: String,
+        /// A topic that does not exist is not an error.
+        #[arg(long)]
+        if_exists: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -114,6 +121,7 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             replication_factor,
             configs,
             dry_run,
+            if_not_exists,
             connect,
         } => {
             let mut topic = NewTopic::new(name.clone(), partitions.unwrap_or(0))
@@ -123,12 +131,27 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 topic = topic.config(k, v);
             }
             let admin = connect.connect().await?.admin();
+            let outcome = if dry_run {
+                admin.validate_create_topic(topic).await
+            } else {
+                admin.create_topic(topic).await
+            };
+            match outcome {
+                Err(e) if if_not_exists && e.code() == Some(ErrorCode::TopicAlreadyExists) => {
+                    let existing = admin.describe_topic(&name).await?;
+                    println!(
+                        "topic {name} already exists with {} partition(s), replication factor {}; left as it is",
+                        existing.partitions.len(),
+                        existing.replication_factor
+                    );
+                    return Ok(());
+                }
+                outcome => outcome?,
+            }
             if dry_run {
-                admin.validate_create_topic(topic).await?;
                 println!("topic {name} can be created as given (dry run: nothing created)");
                 return Ok(());
             }
-            admin.create_topic(topic).await?;
             // What the defaults came to.
             let created = admin.describe_topic(&name).await?;
             println!(
@@ -247,10 +270,19 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 println!("dry run: the broker accepts these changes; nothing was changed");
             }
         }
-        TopicCommand::Delete { name, connect } => {
-            connect.connect().await?.admin().delete_topic(&name).await?;
-            println!("deleted topic {name}");
-        }
+        TopicCommand::Delete {
+            name,
+            if_exists,
+            connect,
+        } => match connect.connect().await?.admin().delete_topic(&name).await {
+            Err(e) if if_exists && e.code() == Some(ErrorCode::UnknownTopic) => {
+                println!("topic {name} does not exist; nothing deleted");
+            }
+            outcome => {
+                outcome?;
+                println!("deleted topic {name}");
+            }
+        },
         TopicCommand::TruncateBefore {
             name,
             partition,
