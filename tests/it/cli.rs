@@ -108,6 +108,10 @@ fn topic_produce_consume_tour() {
             "--acks",
             "all",
             "-v",
+            "-H",
+            "source=cli",
+            "--header",
+            "trace=a=7",
         ],
         input,
     ));
@@ -141,6 +145,13 @@ fn topic_produce_consume_tour() {
     assert!(a.iter().all(|r| r["partition"] == acks[0].0
         && r["topic"] == "demo"
         && r["timestamp"].as_i64().unwrap() > 0));
+    // -H puts the same headers on every record (split at the first `=`).
+    assert!(
+        records
+            .iter()
+            .all(|r| r["headers"] == serde_json::json!({"source": "cli", "trace": "a=7"})),
+        "{json}"
+    );
 
     let full = ok(broker.cli(
         &[

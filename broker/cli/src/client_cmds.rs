@@ -346,6 +346,10 @@ pub struct ProduceArgs {
     /// Print `partition offset` of each record as it is acknowledged.
     #[arg(long, short)]
     pub verbose: bool,
+    /// A header on every record, repeatable: `-H source=billing` (kcat's -H).
+    /// `consume --format json` shows them.
+    #[arg(long = "header", short = 'H', value_name = "KEY=VALUE", value_parser = crate::plugin_cmds::parse_param)]
+    pub headers: Vec<(String, String)>,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -390,6 +394,9 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         if let Some(p) = args.partition {
             record = record.partition(p);
+        }
+        for (k, v) in &args.headers {
+            record = record.header(k.clone(), Bytes::copy_from_slice(v.as_bytes()));
         }
         let delivery = producer.send(record).await?;
         if tx.send(delivery).await.is_err() {
