@@ -169,6 +169,30 @@ fn topic_produce_consume_tour() {
     assert_eq!(first[3], "a");
     assert_eq!(first[4], "1");
 
+    // -N: the last N offsets of each partition, never before the log start.
+    let a_partition = acks[0].0.to_string();
+    let last =
+        |from: &str| ok(broker.cli(&["consume", "demo", "-p", &a_partition, "--from", from], ""));
+    // The values in that partition, in offset order (line i of the input was i + 1).
+    let mut held: Vec<(i64, String)> = (0..acks.len())
+        .filter(|&i| acks[i].0 == acks[0].0)
+        .map(|i| (acks[i].1, format!("{}\n", i + 1)))
+        .collect();
+    held.sort();
+    let held: Vec<String> = held.into_iter().map(|(_, v)| v).collect();
+    assert!(held.len() >= 2, "{acks:?}");
+    assert_eq!(last("-1"), held[held.len() - 1]);
+    assert_eq!(last("-2"), held[held.len() - 2..].concat());
+    assert_eq!(last("-10"), held.concat());
+    assert_eq!(last("-0"), "");
+    let non_empty = acks
+        .iter()
+        .map(|(p, _)| p)
+        .collect::<std::collections::BTreeSet<_>>()
+        .len();
+    let tails = ok(broker.cli(&["consume", "demo", "--from", "-1"], ""));
+    assert_eq!(tails.lines().count(), non_empty, "{tails}");
+
     // -n and --from OFFSET on one partition.
     ok(broker.cli(&["produce", "demo", "--partition", "0"], "x0\nx1\nx2\nx3\n"));
     let some = ok(broker.cli(&["consume", "demo", "-p", "0", "--from", "latest"], ""));

@@ -425,8 +425,9 @@ pub enum Format {
 #[derive(Args)]
 pub struct ConsumeArgs {
     pub topic: String,
-    /// earliest, latest, an offset, or @TIMESTAMP_MS.
-    #[arg(long, default_value = "earliest")]
+    /// earliest, latest, an offset, @TIMESTAMP_MS, or -N: the last N offsets of
+    /// each partition (kcat's `-o -N`; with --follow, like `tail -n N -f`).
+    #[arg(long, default_value = "earliest", allow_hyphen_values = true)]
     pub from: String,
     /// Stop after N records.
     #[arg(long, short = 'n')]
@@ -483,17 +484,32 @@ pub(crate) fn parse_from(from: &str) -> anyhow::Result<Offset> {
                 .parse()
                 .with_context(|| format!("--from {s}: expected @TIMESTAMP_MS"))?,
         ),
-        s => Offset::At(s.parse().with_context(|| {
+        s => Offset::At(s.parse().ok().filter(|o: &i64| *o >= 0).with_context(|| {
             format!("--from {s}: expected earliest, latest, OFFSET or @TIMESTAMP_MS")
         })?),
     })
+}
+
+/// `--from -N` of `consume`: how many offsets before each partition's end to start.
+fn parse_back(from: &str) -> anyhow::Result<Option<i64>> {
+    let Some(n) = from.strip_prefix('-') else {
+        return Ok(None);
+    };
+    let n = n.parse::<i64>().ok().filter(|n| *n >= 0).with_context(|| {
+        format!("--from {from}: expected -N, a count of offsets before the end")
+    })?;
+    Ok(Some(n))
 }
 
 pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     if args.group.is_some() {
         return consume_group(args).await;
     }
-    let from = parse_from(&args.from)?;
+    let back = parse_back(&args.from)?;
+    let from = match back {
+        Some(_) => Offset::Latest, // per partition, below
+        None => parse_from(&args.from)?,
+    };
     let client = args.connect.connect().await?;
     let mut consumer = client.consumer(ConsumerConfig {
         auto_offset_reset: args.auto_offset_reset,
@@ -516,6 +532,14 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     // Without --follow, stop at the end of each partition as it is now.
     let mut ends = Vec::new();
     for &p in &partitions {
+        let from = match back {
+            Some(n) => {
+                let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
+                let start = admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
+                Offset::At(end.saturating_sub(n).max(start))
+            }
+            None => from,
+        };
         consumer.seek(&args.topic, p, from).await?;
         if !args.follow {
             let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
@@ -741,6 +765,11 @@ mod tests {
             Offset::Timestamp(1_700_000_000_000)
         );
         assert!(parse_from("soon").is_err());
+        assert!(parse_from("-3").is_err());
+        assert_eq!(parse_back("-3").unwrap(), Some(3));
+        assert_eq!(parse_back("12").unwrap(), None);
+        assert!(parse_back("-x").is_err());
+        assert!(parse_back("--3").is_err());
         assert!(parse_from("@soon").is_err());
     }
 }
