@@ -169,6 +169,30 @@ fn topic_produce_consume_tour() {
     assert_eq!(first[3], "a");
     assert_eq!(first[4], "1");
 
+    // A kcat-style template.
+    let templated = ok(broker.cli(
+        &[
+            "consume",
+            "demo",
+            "-p",
+            &acks[0].0.to_string(),
+            "-n",
+            "1",
+            "--format",
+            r"%t/%p@%o %k=%s [%h]\n",
+        ],
+        "",
+    ));
+    assert_eq!(
+        templated,
+        format!(
+            "demo/{}@{} a=1 [source=cli,trace=a=7]\n",
+            acks[0].0, acks[0].1
+        )
+    );
+    let (success, _, stderr) = broker.cli(&["consume", "demo", "--format", "%q"], "");
+    assert!(!success && stderr.contains("unknown field %q"), "{stderr}");
+
     // -N: the last N offsets of each partition, never before the log start.
     let a_partition = acks[0].0.to_string();
     let last =

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use bytes::Bytes;
-use clap::{Args, Subcommand, ValueEnum};
+use clap::{Args, Subcommand};
 use meridian_client::{
     Acks, Assignor, AutoOffsetReset, Compression, ConsumerConfig, ConsumerRecord, ErrorCode,
     GroupConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, TopicConfigChanges,
@@ -412,7 +412,8 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-#[derive(Clone, Copy, ValueEnum)]
+/// How `consume` prints each record.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Format {
     /// The value only.
     Value,
@@ -420,6 +421,90 @@ pub enum Format {
     Full,
     /// One JSON object per line.
     Json,
+    /// A kcat-style template (`--format '%k=%s\n'`).
+    Template(Vec<Piece>),
+}
+
+/// A part of a [`Format::Template`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Text(Vec<u8>),
+    Topic,
+    Partition,
+    Offset,
+    Timestamp,
+    Key,
+    Value,
+    /// `key=value` pairs joined by `,`.
+    Headers,
+    /// Length in bytes, `-1` when null.
+    KeyLength,
+    ValueLength,
+}
+
+/// `value`, `full`, `json`, or a template with `%` fields: `%t` topic, `%p`
+/// partition, `%o` offset, `%T` timestamp (ms), `%k` key, `%s` value, `%h` headers,
+/// `%K` / `%S` key / value length (-1 when null), `%%` a percent sign; `\n`, `\t`
+/// and `\\` are a newline, a tab and a backslash.
+fn parse_format(s: &str) -> Result<Format, String> {
+    match s {
+        "value" => return Ok(Format::Value),
+        "full" => return Ok(Format::Full),
+        "json" => return Ok(Format::Json),
+        _ => {}
+    }
+    if !s.contains('%') {
+        return Err(format!(
+            "`{s}`: expected value, full, json, or a template with % fields such as '%k=%s\\n'"
+        ));
+    }
+    let mut pieces = Vec::new();
+    let mut text = Vec::new();
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        let piece = match c {
+            '%' => match chars.next() {
+                Some('t') => Piece::Topic,
+                Some('p') => Piece::Partition,
+                Some('o') => Piece::Offset,
+                Some('T') => Piece::Timestamp,
+                Some('k') => Piece::Key,
+                Some('s') => Piece::Value,
+                Some('h') => Piece::Headers,
+                Some('K') => Piece::KeyLength,
+                Some('S') => Piece::ValueLength,
+                Some('%') => {
+                    text.push(b'%');
+                    continue;
+                }
+                Some(other) => return Err(format!("`{s}`: unknown field %{other}")),
+                None => return Err(format!("`{s}`: a lone % at the end")),
+            },
+            '\\' => {
+                let escaped = match chars.next() {
+                    Some('n') => '\n',
+                    Some('t') => '\t',
+                    Some('\\') => '\\',
+                    Some(other) => return Err(format!("`{s}`: unknown escape \\{other}")),
+                    None => return Err(format!("`{s}`: a lone \\ at the end")),
+                };
+                text.extend_from_slice(escaped.encode_utf8(&mut [0; 4]).as_bytes());
+                continue;
+            }
+            c => {
+                text.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes());
+                continue;
+            }
+        };
+        if !text.is_empty() {
+            pieces.push(Piece::Text(std::mem::take(&mut text)));
+        }
+        pieces.push(piece);
+    }
+    if !text.is_empty() {
+        pieces.push(Piece::Text(text));
+    }
+    Ok(Format::Template(pieces))
 }
 
 #[derive(Args)]
@@ -432,7 +517,11 @@ pub struct ConsumeArgs {
     /// Stop after N records.
     #[arg(long, short = 'n')]
     pub count: Option<u64>,
-    #[arg(long, short, value_enum, default_value = "value")]
+    /// value, full (partition, offset, timestamp, key, value), json, or a kcat-style
+    /// template: %t topic, %p partition, %o offset, %T timestamp (ms), %k key,
+    /// %s value, %h headers (k=v,…), %K / %S key / value length (-1 when null),
+    /// %% a percent sign; \n and \t escapes. Example: '%p:%o %k=%s\n'.
+    #[arg(long, short, default_value = "value", value_parser = parse_format)]
     pub format: Format,
     /// Keep waiting for new records (like `tail -f`) instead of stopping at the end.
     #[arg(long, short = 'F')]
@@ -592,7 +681,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                     continue;
                 }
             }
-            print_record(&mut stdout, &record, args.format)?;
+            print_record(&mut stdout, &record, &args.format)?;
             printed += 1;
         }
         if args.follow {
@@ -666,7 +755,7 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
         let mut n_print = records.len().min((limit - printed) as usize);
         let written = records[..n_print]
             .iter()
-            .try_for_each(|record| print_record(&mut stdout, record, args.format))
+            .try_for_each(|record| print_record(&mut stdout, record, &args.format))
             .and_then(|()| Ok(stdout.flush()?));
         if let Err(e) = written {
             if !crate::is_broken_pipe(&e) {
@@ -710,7 +799,7 @@ fn raw(bytes: &Option<Bytes>) -> &[u8] {
 fn print_record(
     out: &mut impl Write,
     record: &ConsumerRecord,
-    format: Format,
+    format: &Format,
 ) -> anyhow::Result<()> {
     // Keys and values go out as their bytes, not as text: a binary payload piped to
     // a file arrives intact (a null one prints as nothing).
@@ -747,6 +836,32 @@ fn print_record(
             });
             writeln!(out, "{object}")?;
         }
+        Format::Template(pieces) => {
+            let length = |b: &Option<Bytes>| b.as_ref().map_or(-1, |b| b.len() as i64);
+            for piece in pieces {
+                match piece {
+                    Piece::Text(text) => out.write_all(text)?,
+                    Piece::Topic => out.write_all(record.topic.as_bytes())?,
+                    Piece::Partition => write!(out, "{}", record.partition)?,
+                    Piece::Offset => write!(out, "{}", record.offset)?,
+                    Piece::Timestamp => write!(out, "{}", record.timestamp)?,
+                    Piece::Key => out.write_all(raw(&record.key))?,
+                    Piece::Value => out.write_all(raw(&record.value))?,
+                    Piece::KeyLength => write!(out, "{}", length(&record.key))?,
+                    Piece::ValueLength => write!(out, "{}", length(&record.value))?,
+                    Piece::Headers => {
+                        for (i, h) in record.headers.iter().enumerate() {
+                            if i > 0 {
+                                out.write_all(b",")?;
+                            }
+                            out.write_all(h.key.as_bytes())?;
+                            out.write_all(b"=")?;
+                            out.write_all(raw(&h.value))?;
+                        }
+                    }
+                }
+            }
+        }
     }
     Ok(())
 }
@@ -754,6 +869,50 @@ fn print_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn render(format: &str, record: &ConsumerRecord) -> String {
+        let mut out = Vec::new();
+        print_record(&mut out, record, &parse_format(format).unwrap()).unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn templates_print_each_field() {
+        let record = ConsumerRecord {
+            topic: "orders".into(),
+            partition: 2,
+            leader_epoch: 0,
+            offset: 41,
+            timestamp: 1_700_000_000_000,
+            key: Some(Bytes::from_static(b"alice")),
+            value: Some(Bytes::from_static(b"book")),
+            headers: vec![
+                meridian_client::Header {
+                    key: "source".into(),
+                    value: Some(Bytes::from_static(b"cli")),
+                },
+                meridian_client::Header {
+                    key: "empty".into(),
+                    value: None,
+                },
+            ],
+        };
+        assert_eq!(
+            render(r"%t/%p@%o %T %k=%s [%h] %K %S 100%%\\\t\n", &record),
+            "orders/2@41 1700000000000 alice=book [source=cli,empty=] 5 4 100%\\\t\n"
+        );
+        let null = ConsumerRecord {
+            key: None,
+            value: None,
+            headers: Vec::new(),
+            ..record
+        };
+        assert_eq!(render("%K %S <%k><%s><%h>", &null), "-1 -1 <><><>");
+        assert_eq!(parse_format("json").unwrap(), Format::Json);
+        for bad in ["%x", "ends in %", "no fields", "\\q%s", "%s\\"] {
+            assert!(parse_format(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn from_parses_every_form() {
