@@ -42,7 +42,7 @@ enum Command {
     /// Run every broker of a region file (e.g. regions/local-3.toml) on this machine
     /// as child processes; Ctrl-C stops them all.
     Up(up::UpArgs),
-    /// Create, list, describe, truncate and delete topics; attach and detach plugins.
+    /// Create, list, describe, alter, truncate and delete topics; attach and detach plugins.
     #[command(subcommand)]
     Topic(client_cmds::TopicCommand),
     /// Produce lines from stdin as records.
