@@ -217,6 +217,33 @@ fn topic_produce_consume_tour() {
     let tails = ok(broker.cli(&["consume", "demo", "--from", "-1"], ""));
     assert_eq!(tails.lines().count(), non_empty, "{tails}");
 
+    // --until: before an offset, or before the first record at or after a time.
+    let window = |from: &str, until: &str| {
+        ok(broker.cli(
+            &[
+                "consume",
+                "demo",
+                "-p",
+                &a_partition,
+                "--from",
+                from,
+                "--until",
+                until,
+            ],
+            "",
+        ))
+    };
+    assert_eq!(window("earliest", "1"), held[0]);
+    assert_eq!(window("1", "2"), held[1]);
+    assert_eq!(window("earliest", "@0"), "");
+    assert_eq!(window("earliest", "@99999999999999"), held.concat());
+    assert_eq!(window("2", "1"), "");
+    let (success, _, stderr) = broker.cli(&["consume", "demo", "--until", "1", "--follow"], "");
+    assert!(
+        !success && stderr.contains("cannot be used with"),
+        "{stderr}"
+    );
+
     // -n and --from OFFSET on one partition.
     ok(broker.cli(&["produce", "demo", "--partition", "0"], "x0\nx1\nx2\nx3\n"));
     let some = ok(broker.cli(&["consume", "demo", "-p", "0", "--from", "latest"], ""));

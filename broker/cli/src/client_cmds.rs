@@ -526,6 +526,11 @@ pub struct ConsumeArgs {
     /// Keep waiting for new records (like `tail -f`) instead of stopping at the end.
     #[arg(long, short = 'F')]
     pub follow: bool,
+    /// Stop each partition before this offset, or with @TIMESTAMP_MS before its first
+    /// record at or after that time (`--from @T1 --until @T2`: the records of
+    /// [T1, T2)).
+    #[arg(long, value_name = "OFFSET|@TIMESTAMP_MS", conflicts_with_all = ["follow", "group"])]
+    pub until: Option<String>,
     /// Only these partitions (repeatable); default all.
     #[arg(long, short)]
     pub partition: Vec<u32>,
@@ -599,6 +604,11 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         Some(_) => Offset::Latest, // per partition, below
         None => parse_from(&args.from)?,
     };
+    let until = args
+        .until
+        .as_deref()
+        .map(|u| parse_from(u).with_context(|| "--until".to_string()))
+        .transpose()?;
     let client = args.connect.connect().await?;
     let mut consumer = client.consumer(ConsumerConfig {
         auto_offset_reset: args.auto_offset_reset,
@@ -618,7 +628,8 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
         args.partition.clone()
     };
     let admin = client.admin();
-    // Without --follow, stop at the end of each partition as it is now.
+    // Without --follow, stop at the end of each partition as it is now, or earlier
+    // at --until.
     let mut ends = Vec::new();
     for &p in &partitions {
         let from = match back {
@@ -652,7 +663,15 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                     consumer.seek(&args.topic, p, reset).await?;
                 }
             }
-            ends.push((p, end));
+            let stop = match until {
+                // A time after every record resolves to no offset (-1): the end.
+                Some(at) => match admin.list_offsets(&args.topic, p, at).await? {
+                    offset if offset < 0 => end,
+                    offset => offset.min(end),
+                },
+                None => end,
+            };
+            ends.push((p, stop));
         }
     }
     let mut stdout = std::io::BufWriter::new(std::io::stdout().lock());
