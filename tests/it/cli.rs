@@ -152,6 +152,33 @@ fn topic_produce_consume_tour() {
             .all(|r| r["headers"] == serde_json::json!({"source": "cli", "trace": "a=7"})),
         "{json}"
     );
+    // JSON lines go back in: a copy keeps partitions, offsets, timestamps, keys,
+    // values and headers.
+    ok(broker.cli(&["topic", "create", "copy", "-p", "3"], ""));
+    ok(broker.cli(
+        &["produce", "copy", "--format", "json", "--keep-partition"],
+        &json,
+    ));
+    let copied = ok(broker.cli(&["consume", "copy", "--format", "json"], ""));
+    let without_topic = |lines: &str| {
+        let mut records: Vec<serde_json::Value> = lines
+            .lines()
+            .map(|l| {
+                let mut r: serde_json::Value = serde_json::from_str(l).unwrap();
+                r.as_object_mut().unwrap().remove("topic");
+                r
+            })
+            .collect();
+        records.sort_by_key(|r| (r["partition"].as_u64(), r["offset"].as_u64()));
+        records
+    };
+    assert_eq!(without_topic(&copied), without_topic(&json));
+    let (success, _, stderr) = broker.cli(
+        &["produce", "copy", "--format", "json"],
+        "{\"value\": \"ok\"}\n{\"value\": \n",
+    );
+    assert!(!success && stderr.contains("line 2 of stdin"), "{stderr}");
+    ok(broker.cli(&["topic", "delete", "copy"], ""));
 
     let full = ok(broker.cli(
         &[

@@ -350,8 +350,63 @@ pub struct ProduceArgs {
     /// `consume --format json` shows them.
     #[arg(long = "header", short = 'H', value_name = "KEY=VALUE", value_parser = crate::plugin_cmds::parse_param)]
     pub headers: Vec<(String, String)>,
+    /// How stdin is read: `lines` (each line a value, or key and value with -K), or
+    /// `json`: each line an object as `consume --format json` prints one (key, value,
+    /// headers and timestamp are kept; strings, `{"base64": …}` or null), so
+    /// `consume --format json | produce --format json` copies records.
+    #[arg(long, short = 'f', value_enum, default_value = "lines")]
+    pub format: InputFormat,
+    /// With --format json: send each record to the partition its line names (by key
+    /// or spread when it names none).
+    #[arg(long)]
+    pub keep_partition: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum InputFormat {
+    Lines,
+    Json,
+}
+
+/// The record line `n` (from 1) of `produce`'s input stands for.
+fn input_record(args: &ProduceArgs, line: String, n: u64) -> anyhow::Result<ProducerRecord> {
+    let mut record = match args.format {
+        InputFormat::Lines => {
+            let (key, value) = match &args.key_separator {
+                Some(sep) => match line.split_once(sep.as_str()) {
+                    Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), v.to_owned()),
+                    None => (None, line),
+                },
+                None => (None, line),
+            };
+            let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
+            record.key = key;
+            record
+        }
+        InputFormat::Json => {
+            let parsed = serde_json::from_str(&line)
+                .map_err(anyhow::Error::from)
+                .and_then(|v| crate::json_bytes::record(&v))
+                .with_context(|| format!("line {n} of stdin"))?;
+            ProducerRecord {
+                topic: args.topic.clone(),
+                partition: parsed.partition.filter(|_| args.keep_partition),
+                key: parsed.key,
+                value: parsed.value,
+                headers: parsed.headers,
+                timestamp: parsed.timestamp,
+            }
+        }
+    };
+    if let Some(p) = args.partition {
+        record = record.partition(p);
+    }
+    for (k, v) in &args.headers {
+        record = record.header(k.clone(), Bytes::copy_from_slice(v.as_bytes()));
+    }
+    Ok(record)
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
@@ -379,25 +434,17 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(n)
     });
+    if args.keep_partition && args.format != InputFormat::Json {
+        anyhow::bail!("--keep-partition reads the partition of JSON lines: add --format json");
+    }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+    let mut n = 0u64;
     while let Some(line) = lines.next_line().await.context("reading stdin")? {
-        let (key, value) = match &args.key_separator {
-            Some(sep) => match line.split_once(sep.as_str()) {
-                Some((k, v)) => (Some(Bytes::copy_from_slice(k.as_bytes())), v.to_owned()),
-                None => (None, line),
-            },
-            None => (None, line),
-        };
-        let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
-        if let Some(key) = key {
-            record = record.key(key);
+        n += 1;
+        if args.format == InputFormat::Json && line.trim().is_empty() {
+            continue;
         }
-        if let Some(p) = args.partition {
-            record = record.partition(p);
-        }
-        for (k, v) in &args.headers {
-            record = record.header(k.clone(), Bytes::copy_from_slice(v.as_bytes()));
-        }
+        let record = input_record(&args, line, n)?;
         let delivery = producer.send(record).await?;
         if tx.send(delivery).await.is_err() {
             break; // The printer stopped on an error; it is reported below.

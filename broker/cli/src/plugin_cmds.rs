@@ -502,29 +502,14 @@ pub fn read_records(path: &Path, values: bool) -> anyhow::Result<Vec<Record>> {
                 i + 1
             )
         })?;
-        if !v.is_object() {
-            bail!("{} line {}: expected a JSON object", path.display(), i + 1);
-        }
-        let at = |what: &str| format!("{} line {}: {what}", path.display(), i + 1);
-        let headers = match &v["headers"] {
-            serde_json::Value::Object(map) => map
-                .iter()
-                .map(|(k, v)| {
-                    Ok(Header {
-                        key: k.clone(),
-                        value: json_bytes::from_json(v)
-                            .with_context(|| at(&format!("header `{k}`")))?,
-                    })
-                })
-                .collect::<anyhow::Result<_>>()?,
-            _ => Vec::new(),
-        };
+        let r =
+            json_bytes::record(&v).with_context(|| format!("{} line {}", path.display(), i + 1))?;
         records.push(Record {
             offset,
-            timestamp: v["timestamp"].as_i64().unwrap_or(0),
-            key: json_bytes::from_json(&v["key"]).with_context(|| at("key"))?,
-            value: json_bytes::from_json(&v["value"]).with_context(|| at("value"))?,
-            headers,
+            timestamp: r.timestamp.unwrap_or(0),
+            key: r.key,
+            value: r.value,
+            headers: r.headers,
         });
     }
     Ok(records)
