@@ -574,6 +574,34 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
     assert!(ok, "{err}");
     assert_eq!(consume(&broker, 100).len(), 100);
 
+    // Shift back by 10 in each partition: those 20 records again, no more; a shift
+    // never leaves the log; a group without commits has nothing to shift.
+    let shift = |group: &str, n: &str, extra: &[&str]| {
+        let mut args = vec![
+            "group",
+            "reset-offsets",
+            group,
+            "--topic",
+            "orders",
+            "--shift-by",
+            n,
+        ];
+        args.extend_from_slice(extra);
+        broker.cli(&args, "")
+    };
+    let (ok, out, err) = shift("billing", "+1000", &["--dry-run"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches(" 50\n").count(), 2, "clamped to the end: {out}");
+    let (ok, out, err) = shift("billing", "-10", &[]);
+    assert!(ok, "{err}");
+    assert_eq!(out.matches(" 40\n").count(), 2, "{out}");
+    let again = consume(&broker, 20);
+    assert_eq!(again.len(), 20);
+    assert!(again.iter().all(|(_, o)| (40..50).contains(o)), "{again:?}");
+    assert!(consume(&broker, 0).is_empty(), "no more than the 20");
+    let (ok, _, err) = shift("nobody", "-1", &[]);
+    assert!(!ok && err.contains("no committed offset"), "{err}");
+
     // With a member active, reset and delete are refused.
     let client = broker.client().await;
     let mut member = client.consumer(ConsumerConfig::default());

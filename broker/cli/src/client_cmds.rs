@@ -711,7 +711,7 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
                 }
             }
             let stop = match until {
-                // A time after every record resolves to no offset (-1): the end.
+                // A time after every record resolves to the log end; never past `end`.
                 Some(at) => match admin.list_offsets(&args.topic, p, at).await? {
                     offset if offset < 0 => end,
                     offset => offset.min(end),

@@ -38,8 +38,17 @@ pub struct ResetArgs {
     #[arg(long)]
     pub topic: String,
     /// earliest, latest, an offset, or @TIMESTAMP_MS.
-    #[arg(long)]
-    pub to: String,
+    #[arg(long, required_unless_present = "shift_by")]
+    pub to: Option<String>,
+    /// Move each committed offset by N (negative: back, to read again), within the
+    /// log. A partition without a committed offset is refused.
+    #[arg(
+        long,
+        value_name = "N",
+        allow_hyphen_values = true,
+        conflicts_with = "to"
+    )]
+    pub shift_by: Option<i64>,
     /// Only these partitions (repeatable); default all.
     #[arg(long, short)]
     pub partition: Vec<u32>,
@@ -168,7 +177,16 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
 }
 
 async fn reset(admin: &Admin, args: &ResetArgs) -> anyhow::Result<()> {
-    let to = parse_from(&args.to)?;
+    let to = args.to.as_deref().map(parse_from).transpose()?;
+    let committed: BTreeMap<u32, i64> = match args.shift_by {
+        Some(_) => admin
+            .committed_offsets(&args.group, Some(&args.topic))
+            .await?
+            .into_iter()
+            .map(|c| (c.partition, c.offset))
+            .collect(),
+        None => BTreeMap::new(),
+    };
     let partitions: Vec<u32> = if args.partition.is_empty() {
         let n = admin.describe_topic(&args.topic).await?.partitions.len() as u32;
         (0..n).collect()
@@ -180,7 +198,18 @@ async fn reset(admin: &Admin, args: &ResetArgs) -> anyhow::Result<()> {
         // Like Kafka's tool: an offset outside the log is clamped to its ends.
         let start = admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
         let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
-        let offset = admin.list_offsets(&args.topic, p, to).await?;
+        let offset = match (to, args.shift_by) {
+            (Some(to), _) => admin.list_offsets(&args.topic, p, to).await?,
+            (None, Some(n)) => match committed.get(&p) {
+                Some(c) => c.saturating_add(n),
+                None => anyhow::bail!(
+                    "group {} has no committed offset for {}/{p} to shift (use --to, or -p for the partitions it has)",
+                    args.group,
+                    args.topic
+                ),
+            },
+            (None, None) => unreachable!("clap requires --to or --shift-by"),
+        };
         plan.push(OffsetCommit::new(
             args.topic.clone(),
             p,
