@@ -178,6 +178,15 @@ fn topic_produce_consume_tour() {
         "{\"value\": \"ok\"}\n{\"value\": \n",
     );
     assert!(!success && stderr.contains("line 2 of stdin"), "{stderr}");
+    for (args, why) in [
+        (&["--keep-partition"][..], "add --format json"),
+        (&["--format", "json", "-K", ":"][..], "carry their own key"),
+    ] {
+        let mut cmd = vec!["produce", "copy"];
+        cmd.extend_from_slice(args);
+        let (success, _, stderr) = broker.cli(&cmd, "x\n");
+        assert!(!success && stderr.contains(why), "{stderr}");
+    }
     ok(broker.cli(&["topic", "delete", "copy"], ""));
 
     let full = ok(broker.cli(

@@ -410,6 +410,15 @@ fn input_record(args: &ProduceArgs, line: String, n: u64) -> anyhow::Result<Prod
 }
 
 pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
+    match args.format {
+        InputFormat::Lines if args.keep_partition => {
+            anyhow::bail!("--keep-partition reads the partition of JSON lines: add --format json")
+        }
+        InputFormat::Json if args.key_separator.is_some() => {
+            anyhow::bail!("-K splits lines into key and value; JSON lines carry their own key")
+        }
+        _ => {}
+    }
     let client = args.connect.connect().await?;
     let config = ProducerConfig {
         batch_size: args.batch_size,
@@ -434,9 +443,6 @@ pub async fn produce(args: ProduceArgs) -> anyhow::Result<()> {
         }
         anyhow::Ok(n)
     });
-    if args.keep_partition && args.format != InputFormat::Json {
-        anyhow::bail!("--keep-partition reads the partition of JSON lines: add --format json");
-    }
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     let mut n = 0u64;
     while let Some(line) = lines.next_line().await.context("reading stdin")? {
