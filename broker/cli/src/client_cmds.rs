@@ -360,6 +360,10 @@ pub struct ProduceArgs {
     /// or spread when it names none).
     #[arg(long)]
     pub keep_partition: bool,
+    /// An empty value is null: with -K, `alice:` is a tombstone that deletes `alice`
+    /// from a compacted topic (kcat's -Z).
+    #[arg(long, short = 'Z')]
+    pub empty_as_null: bool,
     #[command(flatten)]
     pub connect: ConnectArgs,
 }
@@ -383,6 +387,9 @@ fn input_record(args: &ProduceArgs, line: String, n: u64) -> anyhow::Result<Prod
             };
             let mut record = ProducerRecord::new(args.topic.clone(), Bytes::from(value));
             record.key = key;
+            if args.empty_as_null && record.value.as_ref().is_some_and(|v| v.is_empty()) {
+                record.value = None;
+            }
             record
         }
         InputFormat::Json => {
