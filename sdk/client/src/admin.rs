@@ -323,8 +323,8 @@ impl Admin {
 
     /// Checks `changes` as [`Admin::alter_topic_configs`] would apply them, and
     /// changes nothing: `Ok` when they would be accepted now, otherwise the error
-    /// they would meet. Brokers older than this check answer
-    /// [`ErrorCode::UnsupportedVersion`] rather than apply the changes.
+    /// they would meet. Against a broker older than this check the call fails with
+    /// [`ErrorCode::UnsupportedVersion`], unsent, rather than apply the changes.
     pub async fn validate_topic_configs(
         &self,
         topic: &str,
@@ -370,8 +370,9 @@ impl Admin {
 
     /// Checks a new partition count as [`Admin::create_partitions`] would, and adds
     /// no partitions: `Ok` when the change would be accepted now, otherwise the
-    /// error it would meet. Brokers older than this check answer
-    /// [`ErrorCode::UnsupportedVersion`] rather than add the partitions.
+    /// error it would meet. Against a broker older than this check the call fails
+    /// with [`ErrorCode::UnsupportedVersion`], unsent, rather than add the
+    /// partitions.
     pub async fn validate_create_partitions(&self, topic: &str, count: u32) -> Result<()> {
         let request = create_partitions_request(topic, count, true);
         let response = self.client.request(request).await?;

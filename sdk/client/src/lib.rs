@@ -119,6 +119,9 @@ mod futures_are_send {
         spawns!(admin.clone(), a => a.delete_topic("t"));
         spawns!(admin.clone(), a => a.alter_topic_configs("t", TopicConfigChanges::new()));
         spawns!(admin.clone(), a => a.create_partitions("t", 2));
+        spawns!(admin.clone(), a => a.validate_create_topic(NewTopic::new("t", 1)));
+        spawns!(admin.clone(), a => a.validate_topic_configs("t", TopicConfigChanges::new()));
+        spawns!(admin.clone(), a => a.validate_create_partitions("t", 2));
         spawns!(admin.clone(), a => a.list_topics());
         spawns!(admin.clone(), a => a.list_all_topics());
         spawns!(admin.clone(), a => a.describe_topic("t"));
