@@ -224,13 +224,11 @@ impl Admin {
     /// brokers either.
     pub async fn create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
-        let request = create_topic_request(topic, false);
-        let response = self.client.request(request).await?;
+        let results = self
+            .topic_change(create_topic_request(topic, false))
+            .await?;
         self.client.invalidate_partition_count(&name);
-        let Response::CreateTopics(response) = response else {
-            return Err(unexpected(ApiKey::CreateTopics, &response));
-        };
-        let result = topic_result(&response.results, &name);
+        let result = topic_result(&results, &name);
         match &result {
             Ok(()) => {
                 self.await_everywhere(&name, TopicSeen::Served { partitions: 1 })
@@ -247,17 +245,12 @@ impl Admin {
     /// Deletes a topic and all its data. Like [`Admin::create_topic`], returns once
     /// every reachable broker has stopped serving it.
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
-        let response = self
-            .client
-            .request(Request::DeleteTopics(DeleteTopicsRequest {
-                names: vec![name.to_string()],
-            }))
-            .await?;
+        let request = Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec![name.to_string()],
+        });
+        let results = self.topic_change(request).await?;
         self.client.invalidate_partition_count(name);
-        let Response::DeleteTopics(response) = response else {
-            return Err(unexpected(ApiKey::DeleteTopics, &response));
-        };
-        topic_result(&response.results, name)?;
+        topic_result(&results, name)?;
         self.await_everywhere(name, TopicSeen::Gone).await;
         Ok(())
     }
@@ -277,14 +270,8 @@ impl Admin {
     /// ```
     pub async fn validate_create_topic(&self, topic: NewTopic) -> Result<()> {
         let name = topic.name.clone();
-        let response = self
-            .client
-            .request(create_topic_request(topic, true))
-            .await?;
-        let Response::CreateTopics(response) = response else {
-            return Err(unexpected(ApiKey::CreateTopics, &response));
-        };
-        topic_result(&response.results, &name)
+        let results = self.topic_change(create_topic_request(topic, true)).await?;
+        topic_result(&results, &name)
     }
 
     /// Changes a topic's settings (Kafka's IncrementalAlterConfigs): each change sets a
@@ -300,11 +287,7 @@ impl Admin {
         changes: TopicConfigChanges,
     ) -> Result<()> {
         let request = alter_configs_request(topic, &changes, false);
-        let response = self.client.request(request).await?;
-        let Response::AlterTopicConfigs(response) = response else {
-            return Err(unexpected(ApiKey::AlterTopicConfigs, &response));
-        };
-        topic_result(&response.results, topic)?;
+        topic_result(&self.topic_change(request).await?, topic)?;
         // The last change of each key is the one that holds.
         let mut last: Vec<(String, Option<String>)> = Vec::new();
         for (key, value) in changes.changes.into_iter().rev() {
@@ -331,11 +314,7 @@ impl Admin {
         changes: TopicConfigChanges,
     ) -> Result<()> {
         let request = alter_configs_request(topic, &changes, true);
-        let response = self.client.request(request).await?;
-        let Response::AlterTopicConfigs(response) = response else {
-            return Err(unexpected(ApiKey::AlterTopicConfigs, &response));
-        };
-        topic_result(&response.results, topic)
+        topic_result(&self.topic_change(request).await?, topic)
     }
 
     /// Raises a topic's partition count to `count` (Kafka's CreatePartitions). The
@@ -356,12 +335,9 @@ impl Admin {
     /// ```
     pub async fn create_partitions(&self, topic: &str, count: u32) -> Result<()> {
         let request = create_partitions_request(topic, count, false);
-        let response = self.client.request(request).await?;
+        let results = self.topic_change(request).await?;
         self.client.invalidate_partition_count(topic);
-        let Response::CreatePartitions(response) = response else {
-            return Err(unexpected(ApiKey::CreatePartitions, &response));
-        };
-        topic_result(&response.results, topic)?;
+        topic_result(&results, topic)?;
         let partitions = count as usize;
         self.await_everywhere(topic, TopicSeen::Served { partitions })
             .await;
@@ -375,11 +351,20 @@ impl Admin {
     /// partitions.
     pub async fn validate_create_partitions(&self, topic: &str, count: u32) -> Result<()> {
         let request = create_partitions_request(topic, count, true);
-        let response = self.client.request(request).await?;
-        let Response::CreatePartitions(response) = response else {
-            return Err(unexpected(ApiKey::CreatePartitions, &response));
-        };
-        topic_result(&response.results, topic)
+        topic_result(&self.topic_change(request).await?, topic)
+    }
+
+    /// Sends a request that creates, deletes or changes topics, and returns its
+    /// answer per topic (`Err` only when there is no answer of that kind).
+    async fn topic_change(&self, request: Request) -> Result<Vec<TopicResult>> {
+        let api = request.api_key();
+        match self.client.request(request).await? {
+            Response::CreateTopics(r) if api == ApiKey::CreateTopics => Ok(r.results),
+            Response::DeleteTopics(r) if api == ApiKey::DeleteTopics => Ok(r.results),
+            Response::AlterTopicConfigs(r) if api == ApiKey::AlterTopicConfigs => Ok(r.results),
+            Response::CreatePartitions(r) if api == ApiKey::CreatePartitions => Ok(r.results),
+            other => Err(unexpected(api, &other)),
+        }
     }
 
     /// Waits until every broker the cluster's metadata names sees `topic` as `want`

@@ -988,7 +988,7 @@ fn negotiate(broker: &ApiVersionsResponse, api: ApiKey, lowest: u16) -> Result<u
         return Err(Error::broker(
             ErrorCode::UnsupportedVersion,
             format!(
-                "this request needs {api:?} version {lowest} or newer; the broker has {}..={} (an older broker cannot validate without applying)",
+                "this request needs {api:?} version {lowest} or newer; the broker has {}..={} (older versions cannot carry all it says)",
                 range.min_version, range.max_version
             ),
         ));
