@@ -402,23 +402,8 @@ impl Registry {
     }
 
     fn check_partition_count(&self, topic: &Topic, count: u32) -> Result<(), Failure> {
-        let (name, current) = (&topic.name, topic.partitions.len() as u32);
-        if count <= current {
-            return Err(Failure::new(
-                ErrorCode::InvalidPartitions,
-                format!("topic `{name}` has {current} partitions; the new count must be higher, got {count} (partitions cannot be removed)"),
-            ));
-        }
-        if count > self.max_partitions_per_topic {
-            return Err(Failure::new(
-                ErrorCode::InvalidPartitions,
-                format!(
-                    "partitions must be at most {} (max_partitions_per_topic), got {count}",
-                    self.max_partitions_per_topic
-                ),
-            ));
-        }
-        Ok(())
+        let current = topic.partitions.len() as u32;
+        check_new_partition_count(&topic.name, current, count, self.max_partitions_per_topic)
     }
 
     /// Gives a topic the partition count the cluster's controller decided; a count
@@ -591,6 +576,30 @@ impl Partition {
     pub fn take_dirty(&self) -> bool {
         self.dirty.swap(false, Ordering::AcqRel)
     }
+}
+
+/// The rule for raising topic `name`'s partition count from `current` to `count`,
+/// for a single broker's registry and a cluster's controller alike: higher than now,
+/// and at most `max` (`max_partitions_per_topic`).
+pub(crate) fn check_new_partition_count(
+    name: &str,
+    current: u32,
+    count: u32,
+    max: u32,
+) -> Result<(), Failure> {
+    if count <= current {
+        return Err(Failure::new(
+            ErrorCode::InvalidPartitions,
+            format!("topic `{name}` has {current} partitions; the new count must be higher, got {count} (partitions cannot be removed)"),
+        ));
+    }
+    if count > max {
+        return Err(Failure::new(
+            ErrorCode::InvalidPartitions,
+            format!("partitions must be at most {max} (max_partitions_per_topic), got {count}"),
+        ));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

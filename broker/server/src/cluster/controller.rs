@@ -1083,21 +1083,8 @@ impl<'a> Active<'a> {
                     .get(&t.name)
                     .copied()
                     .unwrap_or(topic.partitions.len() as u32);
-                if t.count <= current {
-                    return Err((
-                        ErrorCode::InvalidPartitions,
-                        format!("topic `{}` has {current} partitions; the new count must be higher, got {} (partitions cannot be removed)", t.name, t.count),
-                    ));
-                }
-                if t.count > max {
-                    return Err((
-                        ErrorCode::InvalidPartitions,
-                        format!(
-                            "partitions must be at most {max} (max_partitions_per_topic), got {}",
-                            t.count
-                        ),
-                    ));
-                }
+                crate::topics::check_new_partition_count(&t.name, current, t.count, max)
+                    .map_err(|f| (f.code, f.message))?;
                 let rf = topic.replication_factor;
                 if usize::from(rf) > live.len() {
                     return Err((
