@@ -692,17 +692,21 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
     // at --until.
     let mut ends = Vec::new();
     for &p in &partitions {
-        let from = match back {
-            Some(n) => {
-                let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
+        // The partition's end as it is now: where -N counts back from, and where
+        // reading stops without --follow.
+        let end = match (back, args.follow) {
+            (None, true) => None,
+            _ => Some(admin.list_offsets(&args.topic, p, Offset::Latest).await?),
+        };
+        let from = match (back, end) {
+            (Some(n), Some(end)) => {
                 let start = admin.list_offsets(&args.topic, p, Offset::Earliest).await?;
                 Offset::At(end.saturating_sub(n).max(start))
             }
-            None => from,
+            _ => from,
         };
         consumer.seek(&args.topic, p, from).await?;
-        if !args.follow {
-            let end = admin.list_offsets(&args.topic, p, Offset::Latest).await?;
+        if let (Some(end), false) = (end, args.follow) {
             if let Offset::At(offset) = from {
                 if offset > end {
                     // Past the end is out of range, as a fetch there says (with
