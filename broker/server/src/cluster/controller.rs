@@ -28,6 +28,7 @@ use meridian_wire::plugin_messages::PluginResult;
 use meridian_wire::ErrorCode;
 use tokio::sync::{mpsc, oneshot};
 
+use super::RaftCalls;
 use crate::handlers::now_ms;
 use crate::topic_config::{TopicDefaults, TopicOverrides};
 
@@ -177,6 +178,8 @@ pub(crate) struct Context {
     /// out ([`Cluster::retire`](super::Cluster::retire)): the controller stops, and
     /// commands are refused from then on.
     pub(crate) retired: tokio::sync::watch::Receiver<bool>,
+    /// Membership changes run through it (see [`RaftCalls`]).
+    pub(crate) raft_calls: Arc<RaftCalls>,
     pub(crate) broker_id: u32,
     pub(crate) raft: meridian_metadata::Raft,
     pub(crate) state_machine: meridian_metadata::StateMachine,
@@ -678,16 +681,23 @@ impl<'a> Active<'a> {
         }
         self.learners_asked.insert(id, now);
         let raft = self.context.raft.clone();
+        let calls = self.context.raft_calls.clone();
         tokio::spawn(async move {
             let node = BasicNode::new(&address);
-            let outcome = if member {
-                raft.change_membership(
-                    ChangeMembers::SetNodes([(u64::from(id), node)].into_iter().collect()),
-                    true,
-                )
-                .await
-            } else {
-                raft.add_learner(u64::from(id), node, false).await
+            let change = async {
+                if member {
+                    raft.change_membership(
+                        ChangeMembers::SetNodes([(u64::from(id), node)].into_iter().collect()),
+                        true,
+                    )
+                    .await
+                } else {
+                    raft.add_learner(u64::from(id), node, false).await
+                }
+            };
+            // The broker is stopping: the change is asked again by the next controller.
+            let Some(outcome) = calls.run(change).await else {
+                return;
             };
             match outcome {
                 Ok(_) if member => {

@@ -60,6 +60,40 @@ pub(crate) struct Cluster {
     /// Set once this broker stops taking part in the quorum's decisions (see
     /// [`Cluster::retire`]); the controller task watches it.
     retired: watch::Sender<bool>,
+    /// Calls into the Raft node on behalf of others (peers' RPCs, the controller's
+    /// membership changes); [`Cluster::shutdown`] closes it before stopping the node.
+    raft_calls: Arc<RaftCalls>,
+}
+
+/// A gate for calls into the Raft node that nobody cancels when the broker stops: a
+/// call the node accepted but never answered (it stopped) is logged by openraft as
+/// an error, so the node stops only after the calls in flight have ended, and none
+/// starts afterwards.
+#[derive(Default)]
+pub(crate) struct RaftCalls {
+    closed: tokio::sync::RwLock<bool>,
+}
+
+impl RaftCalls {
+    /// Runs `call` unless the gate is closed (then `None`).
+    pub(crate) async fn run<T>(&self, call: impl std::future::Future<Output = T>) -> Option<T> {
+        let closed = self.closed.read().await;
+        if *closed {
+            return None;
+        }
+        Some(call.await)
+    }
+
+    /// Waits (at most `timeout`) for the calls in flight, then refuses new ones.
+    async fn close(&self, timeout: Duration) {
+        match tokio::time::timeout(timeout, self.closed.write()).await {
+            Ok(mut closed) => *closed = true,
+            Err(_) => tracing::warn!(
+                ?timeout,
+                "calls into the metadata quorum's Raft node still running at shutdown"
+            ),
+        }
+    }
 }
 
 /// Sends requests to the controller, wherever it is. Cheap to clone.
@@ -147,8 +181,10 @@ impl Cluster {
         }
         let (tx, rx) = mpsc::channel(1024);
         let (retired, retired_rx) = watch::channel(false);
+        let raft_calls = Arc::new(RaftCalls::default());
         let context = Arc::new(controller::Context {
             retired: retired_rx,
+            raft_calls: raft_calls.clone(),
             broker_id: config.broker_id,
             raft: raft.clone(),
             state_machine,
@@ -183,6 +219,7 @@ impl Cluster {
             fenced: AtomicBool::new(true),
             shutting_down: AtomicBool::new(false),
             retired,
+            raft_calls,
         }))
     }
 
@@ -230,8 +267,10 @@ impl Cluster {
     /// Answers a Raft RPC from a peer.
     pub(crate) async fn serve_raft(&self, request: RaftRequest) -> Result<RaftResponse, String> {
         let from = request.from;
-        peers::serve_raft(&self.raft, request)
+        self.raft_calls
+            .run(peers::serve_raft(&self.raft, request))
             .await
+            .ok_or_else(|| format!("Raft RPC from broker {from} while stopping: not served"))?
             .map(|payload| RaftResponse {
                 payload: payload.into(),
             })
@@ -323,6 +362,7 @@ impl Cluster {
     }
 
     pub(crate) async fn shutdown(&self) {
+        self.raft_calls.close(Duration::from_secs(2)).await;
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping the Raft node");
         }
@@ -632,5 +672,66 @@ impl ControllerClient {
         let (tx, rx) = oneshot::channel();
         self.local.send(command(tx)).await.ok()?;
         rx.await.ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn closing_the_raft_gate_waits_for_calls_in_flight_and_refuses_later_ones() {
+        let calls = Arc::new(RaftCalls::default());
+        let (release, released) = oneshot::channel::<()>();
+        let (started, has_started) = oneshot::channel::<()>();
+        let in_flight = tokio::spawn({
+            let calls = calls.clone();
+            async move {
+                calls
+                    .run(async {
+                        started.send(()).unwrap();
+                        released.await.unwrap();
+                        7
+                    })
+                    .await
+            }
+        });
+        has_started.await.unwrap();
+        let closing = tokio::spawn({
+            let calls = calls.clone();
+            async move { calls.close(Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!closing.is_finished(), "closed with a call in flight");
+        release.send(()).unwrap();
+        assert_eq!(in_flight.await.unwrap(), Some(7));
+        closing.await.unwrap();
+        assert_eq!(calls.run(async { 8 }).await, None);
+    }
+
+    #[tokio::test]
+    async fn a_call_that_never_ends_does_not_hold_up_shutdown() {
+        let calls = Arc::new(RaftCalls::default());
+        let (started, has_started) = oneshot::channel::<()>();
+        let stuck = tokio::spawn({
+            let calls = calls.clone();
+            async move {
+                calls
+                    .run(async {
+                        started.send(()).unwrap();
+                        std::future::pending::<()>().await
+                    })
+                    .await
+            }
+        });
+        has_started.await.unwrap();
+        let closed = tokio::time::timeout(
+            Duration::from_secs(10),
+            calls.close(Duration::from_millis(50)),
+        )
+        .await;
+        assert!(closed.is_ok(), "shutdown waited for a call that never ends");
+        assert!(!stuck.is_finished());
+        stuck.abort();
     }
 }
