@@ -2008,10 +2008,12 @@ async fn reassignment_is_validated_shows_progress_and_can_be_cancelled() {
 /// Consumer groups in a cluster, as in Kafka: the controller creates a replicated
 /// `__consumer_offsets`, and a group's coordinator is the leader of the group's
 /// partition of it. Two members bootstrapped to different brokers form one group with
-/// a disjoint, complete assignment; every broker lists the group; the offsets they
-/// commit survive a SIGKILL of the coordinator, and a member joining afterwards (at
-/// the new coordinator) resumes from them: it reads exactly the records produced
-/// after the commit, none before.
+/// a disjoint, complete assignment; every broker lists the group. The coordinator is
+/// killed (SIGKILL) under them: the new one loads the group's membership with its
+/// commits, so both carry on with their ids and partitions and read what is produced
+/// next, without a rebalance. The offsets they committed survive too: a member
+/// joining after they left (at the new coordinator) resumes from them and reads
+/// exactly the records produced after the commit, none before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_killed() {
     use meridian_wire::messages::FindCoordinatorRequest;
@@ -2074,7 +2076,9 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
             ..ConsumerConfig::default()
         });
         let config = GroupConfig {
-            session_timeout: Duration::from_secs(2),
+            // Room to find the new coordinator on a loaded machine: sessions start
+            // again when it loads the group.
+            session_timeout: Duration::from_secs(6),
             enable_auto_commit: false,
             ..GroupConfig::new("billing")
         };
@@ -2121,10 +2125,8 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
     assert!(listed.iter().any(|g| g.group_id == "billing"), "{listed:?}");
     a.commit().await.unwrap();
     b.commit().await.unwrap();
-    a.close().await.unwrap();
-    b.close().await.unwrap();
-    // Produced after the commit: all a new member must read.
-    produce(client1.clone(), 600, 300).await;
+    let members = (a.member_id().unwrap(), b.member_id().unwrap());
+    let assignments = (a.assignment(), b.assignment());
 
     let find = |client: Client| async move {
         let response = client
@@ -2148,6 +2150,48 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
     })
     .await;
     assert_ne!(moved, coordinator);
+    // Produced after the commit: what the members read next, and all a new member
+    // must read.
+    produce(client.clone(), 600, 300).await;
+    let mut next = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while next.len() < 300 {
+        assert!(
+            Instant::now() < deadline,
+            "the members read {} of the 300 records produced after the coordinator died",
+            next.len()
+        );
+        for consumer in [&mut a, &mut b] {
+            for record in consumer.poll(Duration::from_millis(50)).await.unwrap() {
+                assert!(
+                    record.offset >= 100,
+                    "{}/{} again",
+                    record.partition,
+                    record.offset
+                );
+                next.insert((record.partition, record.offset));
+            }
+        }
+    }
+    assert_eq!(
+        (a.member_id().unwrap(), b.member_id().unwrap()),
+        members,
+        "the members carried on"
+    );
+    assert_eq!((a.assignment(), b.assignment()), assignments);
+    let description = client.admin().describe_group("billing").await.unwrap();
+    let ids: BTreeSet<String> = description
+        .members
+        .iter()
+        .map(|m| m.member_id.clone())
+        .collect();
+    assert_eq!(
+        ids,
+        BTreeSet::from([members.0.clone(), members.1.clone()]),
+        "{description:?}"
+    );
+    a.close().await.unwrap();
+    b.close().await.unwrap();
     let committed = client
         .admin()
         .committed_offsets("billing", Some("events"))

@@ -55,6 +55,17 @@ async fn produce_n(client: &Client, topic: &str, partitions: u32, n: u32) {
     }
 }
 
+/// `meridian consume TOPIC --group GROUP --from earliest EXTRA…`, its stdout piped.
+fn spawn_cli_member(broker: &TestBroker, topic: &str, group: &str, extra: &[&str]) -> Child {
+    broker
+        .cli_command(&["consume", topic, "--group", group, "--from", "earliest"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn consumer")
+}
+
 /// A `meridian consume --group` process whose stdout lines are collected.
 struct CliMember {
     child: Child,
@@ -64,14 +75,11 @@ struct CliMember {
 
 impl CliMember {
     fn start(broker: &TestBroker, topic: &str, group: &str) -> CliMember {
-        let mut child = broker
-            .cli_command(&[
-                "consume",
-                topic,
-                "--group",
-                group,
-                "--from",
-                "earliest",
+        let mut child = spawn_cli_member(
+            broker,
+            topic,
+            group,
+            &[
                 "--format",
                 "full",
                 "--session-timeout-ms",
@@ -80,11 +88,8 @@ impl CliMember {
                 "100",
                 "--idle-exit-ms",
                 "5000",
-            ])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn consumer");
+            ],
+        );
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -893,23 +898,17 @@ async fn clients_from_before_epochs_in_commits_are_served_at_version_0() {
 async fn a_cli_member_stopped_with_sigterm_commits_and_leaves() {
     let (broker, client) = broker_with_topic("events", 1).await;
     produce_n(&client, "events", 1, 10).await;
-    let mut child = broker
-        .cli_command(&[
-            "consume",
-            "events",
-            "--group",
-            "term",
-            "--from",
-            "earliest",
+    let mut child = spawn_cli_member(
+        &broker,
+        "events",
+        "term",
+        &[
             "--session-timeout-ms",
             "60000",
             "--commit-interval-ms",
             "600000",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+        ],
+    );
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     for i in 0..10 {
         assert_eq!(lines.next().unwrap().unwrap(), format!("v{i}"));
@@ -945,12 +944,11 @@ async fn a_cli_member_stopped_with_sigterm_commits_and_leaves() {
     assert_eq!(committed[0].offset, 10, "{committed:?}");
 }
 
-/// A membership lost with its coordinator (the broker restarted; members are not
-/// kept across coordinators) does not make the member read again what it read since
-/// its last auto-commit: the positions go in as a commit from outside the group,
-/// which the coordinator takes because the group has no member then.
+/// A member carries on across its coordinator's restart (kill -9): the coordinator
+/// loads the group's membership from the offsets topic, so the member keeps its id
+/// and its partitions, nothing is lost or assigned again, and nothing is read twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_membership_lost_with_its_coordinator_does_not_reread() {
+async fn a_member_carries_on_across_its_coordinators_restart() {
     let (mut broker, client) = broker_with_topic("events", 2).await;
     produce_n(&client, "events", 2, 100).await;
     let mut consumer = client.consumer(ConsumerConfig {
@@ -960,11 +958,11 @@ async fn a_membership_lost_with_its_coordinator_does_not_reread() {
     let events = Arc::new(Mutex::new(Vec::new()));
     consumer.set_rebalance_listener(Box::new(Recorder(events.clone())));
     let config = GroupConfig {
-        // No auto-commit happens before the restart.
+        // No auto-commit happens before the restart: a member that rejoined would
+        // start again from the beginning.
         auto_commit_interval: Duration::from_secs(600),
-        // Having lost its membership, the member waits a third of this (2 s) for
-        // `poll` to commit the positions before it joins again; a loaded machine
-        // needs the room.
+        // Room for the broker to restart and the client to reconnect on a loaded
+        // machine: the session starts again when the coordinator loads the group.
         session_timeout: Duration::from_secs(6),
         ..group_config("restarts", Assignor::CooperativeSticky)
     };
@@ -978,66 +976,129 @@ async fn a_membership_lost_with_its_coordinator_does_not_reread() {
         }
     }
     let member_before = consumer.member_id().expect("a member");
+    let events_before = events.lock().unwrap().len();
+    let epoch_before = client
+        .admin()
+        .describe_group("restarts")
+        .await
+        .unwrap()
+        .epoch;
     broker.kill9();
     broker.restart();
-    let producing = {
-        let client = client.clone();
-        tokio::spawn(async move { produce_n(&client, "events", 2, 10).await })
-    };
-    // The member finds out at its next heartbeat, and gives `poll` a third of the
-    // session (2 s) to commit what it read before it joins again. The application
-    // here is busy for a moment: it polls 500 ms later, or once the member has
-    // joined again, whichever is first. A member that did not wait has joined by
-    // then, so the commit is refused and the records are read again (measured from
-    // when the loss is seen, not from a step of unknown length on a loaded machine).
+    produce_n(&client, "events", 2, 10).await;
     let deadline = Instant::now() + Duration::from_secs(30);
-    while consumer.member_id().as_ref() == Some(&member_before) {
-        assert!(Instant::now() < deadline, "the membership was never lost");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    let lost_at = Instant::now();
-    while consumer.member_id().is_none() && lost_at.elapsed() < Duration::from_millis(500) {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    // Rejoined: both partitions assigned again after they were lost.
-    let rejoined = |events: &[Event]| {
-        events
-            .iter()
-            .rposition(|e| matches!(e, Event::Lost(_)))
-            .is_some_and(|lost| {
-                let assigned: usize = events[lost..]
-                    .iter()
-                    .map(|e| match e {
-                        Event::Assigned(p) => p.len(),
-                        _ => 0,
-                    })
-                    .sum();
-                assigned == 2
-            })
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while seen.len() < 110 || !rejoined(&events.lock().unwrap()) {
-        assert!(
-            Instant::now() < deadline,
-            "read {} of 110; rebalance events {:?}",
-            seen.len(),
-            events.lock().unwrap()
-        );
+    while seen.len() < 110 {
+        assert!(Instant::now() < deadline, "read {} of 110", seen.len());
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
             seen.push((r.partition, r.offset));
         }
     }
-    producing.await.unwrap();
-    // Nothing more comes: the first 100 are not read again.
+    // Heartbeats go on across the restart, and the member stays.
     for _ in 0..10 {
         for r in consumer.poll(Duration::from_millis(200)).await.unwrap() {
             seen.push((r.partition, r.offset));
         }
     }
+    assert_eq!(consumer.member_id(), Some(member_before.clone()));
+    {
+        let events = events.lock().unwrap();
+        assert_eq!(
+            events.len(),
+            events_before,
+            "no rebalance after the restart: {:?}",
+            &events[events_before..]
+        );
+    }
+    let description = client.admin().describe_group("restarts").await.unwrap();
+    assert_eq!(description.epoch, epoch_before, "{description:?}");
+    assert_eq!(description.members.len(), 1, "{description:?}");
+    assert_eq!(description.members[0].member_id, member_before);
+    let owned: usize = description.members[0]
+        .owned
+        .iter()
+        .map(|t| t.partitions.len())
+        .sum();
+    assert_eq!(owned, 2, "{description:?}");
     let unique: BTreeSet<_> = seen.iter().copied().collect();
     assert_eq!(
         (seen.len(), unique.len()),
         (110, 110),
         "records read twice after the restart"
+    );
+}
+
+/// A member the coordinator removed while it was stopped (SIGSTOP past its session)
+/// finds out when it resumes, and does not read again what it read since its last
+/// commit: before joining again it commits its positions as a commit from outside
+/// the group, which the coordinator takes because the group has no member then.
+/// (This is also what a member does whose coordinator lost the group's membership,
+/// say a broker from before membership was kept.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_member_removed_while_stopped_does_not_reread_when_it_resumes() {
+    let (broker, client) = broker_with_topic("events", 2).await;
+    produce_n(&client, "events", 2, 100).await;
+    let mut child = spawn_cli_member(
+        &broker,
+        "events",
+        "paused",
+        &[
+            "--format",
+            "full",
+            "--session-timeout-ms",
+            "1000",
+            "--commit-interval-ms",
+            "600000",
+        ],
+    );
+    let stdout = child.stdout.take().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let reader = {
+        let lines = lines.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let mut fields = line.split('\t');
+                let partition: u32 = fields.next().unwrap().parse().unwrap();
+                let offset: i64 = fields.next().unwrap().parse().unwrap();
+                lines.lock().unwrap().push((partition, offset));
+            }
+        })
+    };
+    let wait_for = |n: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while lines.lock().unwrap().len() < n {
+            assert!(
+                Instant::now() < deadline,
+                "read {} of {n}",
+                lines.lock().unwrap().len()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for(100);
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let description = client.admin().describe_group("paused").await.unwrap();
+        if description.members.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never removed: {description:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    produce_n(&client, "events", 2, 10).await;
+    rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
+    wait_for(110);
+    // Nothing more comes: the first 100 are not read again.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    reader.join().unwrap();
+    let seen = lines.lock().unwrap().clone();
+    let unique: BTreeSet<_> = seen.iter().copied().collect();
+    assert_eq!(
+        (seen.len(), unique.len()),
+        (110, 110),
+        "records read twice after the member resumed"
     );
 }

@@ -196,6 +196,40 @@ pub struct GroupDescription {
     pub members: Vec<MemberDescription>,
 }
 
+/// A group's own part of its membership, as the driver persists it (with one
+/// [`MemberRecord`] per member): enough for another coordinator, or this one after a
+/// restart, to carry on with the same members without a rebalance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRecord {
+    pub epoch: i32,
+    pub assignor: Assignor,
+    /// Eager assignors: partitions are withheld until every member gave up all it owned.
+    pub revoking_all: bool,
+}
+
+/// One member as the driver persists it: everything but when it was last heard
+/// from (its session starts again when a coordinator loads it, as in Kafka).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecord {
+    pub instance_id: Option<String>,
+    pub client_id: String,
+    pub client_host: String,
+    pub topics: BTreeSet<String>,
+    pub session_timeout_ms: u32,
+    pub rebalance_timeout_ms: u32,
+    pub epoch: i32,
+    pub owned: BTreeSet<TopicPartition>,
+    pub sent: BTreeSet<TopicPartition>,
+    pub target: BTreeSet<TopicPartition>,
+    /// It holds partitions its target no longer has (its rebalance timeout runs
+    /// again from the load).
+    pub revoking: bool,
+}
+
+/// A group's membership as persisted: `None` and no members for a group without
+/// members.
+pub type Membership = (Option<GroupRecord>, BTreeMap<String, MemberRecord>);
+
 #[derive(Debug)]
 struct Member {
     instance_id: Option<String>,
@@ -799,6 +833,101 @@ impl Coordinator {
             self.groups.remove(id);
         }
         gone
+    }
+
+    /// The group's membership as the driver persists it (see [`GroupRecord`]). The
+    /// driver compares it with what it wrote last and writes the difference, so a
+    /// change made here is in the log before any answer that depends on it.
+    pub fn membership(&self, group_id: &str) -> Membership {
+        let Some(group) = self.groups.get(group_id) else {
+            return (None, BTreeMap::new());
+        };
+        let Some(assignor) = group.assignor.filter(|_| !group.members.is_empty()) else {
+            return (None, BTreeMap::new());
+        };
+        let members = group
+            .members
+            .iter()
+            .map(|(id, m)| {
+                let record = MemberRecord {
+                    instance_id: m.instance_id.clone(),
+                    client_id: m.client_id.clone(),
+                    client_host: m.client_host.clone(),
+                    topics: m.topics.clone(),
+                    session_timeout_ms: m.session_timeout_ms,
+                    rebalance_timeout_ms: m.rebalance_timeout_ms,
+                    epoch: m.epoch,
+                    owned: m.owned.clone(),
+                    sent: m.sent.clone(),
+                    target: group.target.get(id).cloned().unwrap_or_default(),
+                    revoking: m.revoking_since_ms.is_some(),
+                };
+                (id.clone(), record)
+            })
+            .collect();
+        let record = GroupRecord {
+            epoch: group.epoch,
+            assignor,
+            revoking_all: group.revoking_all,
+        };
+        (Some(record), members)
+    }
+
+    /// Takes over a group's membership persisted by a coordinator before (when loading
+    /// the offsets log). Every member's session, and any revocation's timeout, starts
+    /// at `now_ms`: a member that is gone is removed one session from now. Replaces
+    /// the members this coordinator had for the group; keeps its committed offsets.
+    pub fn restore_membership(&mut self, group_id: &str, membership: Membership, now_ms: i64) {
+        let (record, members) = membership;
+        let group = self.groups.entry(group_id.to_string()).or_default();
+        group.members.clear();
+        group.instances.clear();
+        group.target.clear();
+        group.revoking_all = false;
+        group.assignor = None;
+        let Some(record) = record.filter(|_| !members.is_empty()) else {
+            if group.offsets.is_empty() {
+                self.groups.remove(group_id);
+            }
+            return;
+        };
+        group.epoch = record.epoch;
+        group.assignor = Some(record.assignor);
+        group.revoking_all = record.revoking_all;
+        for (id, m) in members {
+            if let Some(instance) = &m.instance_id {
+                group.instances.insert(instance.clone(), id.clone());
+            }
+            group.target.insert(id.clone(), m.target);
+            let member = Member {
+                instance_id: m.instance_id,
+                client_id: m.client_id,
+                client_host: m.client_host,
+                topics: m.topics,
+                session_timeout_ms: m.session_timeout_ms,
+                rebalance_timeout_ms: m.rebalance_timeout_ms,
+                last_seen_ms: now_ms,
+                epoch: m.epoch,
+                owned: m.owned,
+                sent: m.sent,
+                revoking_since_ms: m.revoking.then_some(now_ms),
+            };
+            group.members.insert(id, member);
+        }
+    }
+
+    /// Computes every group's assignment again (after loading: topics may have changed
+    /// while no coordinator had the group). Returns the groups whose target changed.
+    pub fn recompute_all(&mut self, now_ms: i64) -> Vec<String> {
+        let mut changed = Vec::new();
+        for (group_id, group) in &mut self.groups {
+            let epoch = group.epoch;
+            group.recompute(&self.partition_counts, now_ms);
+            if group.epoch != epoch {
+                changed.push(group_id.clone());
+            }
+        }
+        changed
     }
 
     pub fn list(&self) -> Vec<(String, GroupState)> {

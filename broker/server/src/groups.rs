@@ -8,6 +8,16 @@
 //! value `u16 version=0 | i64 offset | string metadata | i64 commit_timestamp_ms`, or
 //! no value (a tombstone) when a group is deleted. Last record per key wins.
 //!
+//! Membership (Kafka keeps it in the same topic): key version 1 `string group` holds
+//! the group's own record (epoch, assignor, eager revocation under way), key version 2
+//! `string group | string member` one member's record (ids, subscription, timeouts,
+//! epoch, what it owns, was told and should own). After every join, sync, leave and
+//! expiry the driver writes the records that changed (tombstones for members gone,
+//! and for the group record once the group is empty), and answers only once they are
+//! as durable as a commit; so a coordinator that loads the partition (after a
+//! restart, or as the new leader) knows everything any member was told, and members
+//! carry on with their ids and partitions instead of rejoining.
+//!
 //! A group's records live in partition `java_hash(group) % offsets_topic_num_partitions`
 //! (Kafka's placement), so one group's commits stay in order in one log.
 //!
@@ -24,13 +34,15 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meridian_core::assignor::Assignor;
-use meridian_core::group::{CommittedOffset, Coordinator, GroupError, JoinRequest};
+use meridian_core::group::{
+    CommittedOffset, Coordinator, GroupError, GroupRecord, JoinRequest, MemberRecord, Membership,
+};
 use meridian_core::TopicPartition;
 use meridian_metadata::MetadataImage;
 use meridian_wire::batch::{
     decode_records, encode_batch, split_batches, Compression, NewRecord, ProducerIdentity,
 };
-use meridian_wire::codec::{Reader, Writer};
+use meridian_wire::codec::{DecodeError, Reader, Writer};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -49,8 +61,14 @@ struct Written {
     /// A replicated partition, and the offset its high watermark must reach.
     replicated: Option<(Arc<Partition>, i64)>,
 }
-/// Version of the offsets records' keys.
+/// Version of the offsets records' keys: a commit's.
 const RECORD_VERSION: u16 = 0;
+/// Key version of a group's own membership record.
+const GROUP_KEY_VERSION: u16 = 1;
+/// Key version of a member's record.
+const MEMBER_KEY_VERSION: u16 = 2;
+/// Version of the membership records' values.
+const MEMBERSHIP_VALUE_VERSION: u16 = 0;
 /// Version of the offsets records' values written now: 1 added the leader epoch
 /// after the offset. Version 0 values (no epoch) are still read.
 const VALUE_VERSION: u16 = 1;
@@ -69,6 +87,54 @@ pub(crate) struct Groups {
     /// request checked under that lock cannot race a load or unload. `None`:
     /// standalone, every group is this broker's.
     owned: Option<Mutex<BTreeMap<u32, i32>>>,
+    /// Each group's membership records as last written (or loaded), to write only what
+    /// changed. Taken under the coordinator lock.
+    persisted: Mutex<HashMap<String, Persisted>>,
+}
+
+/// A group's membership records as encoded: the group's own and each member's.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+struct Persisted {
+    group: Option<Bytes>,
+    members: BTreeMap<String, Bytes>,
+}
+
+impl Persisted {
+    fn of(membership: &Membership) -> Persisted {
+        Persisted {
+            group: membership.0.as_ref().map(encode_group_value),
+            members: membership
+                .1
+                .iter()
+                .map(|(id, m)| (id.clone(), encode_member_value(m)))
+                .collect(),
+        }
+    }
+
+    /// The records that turn `self` (what the log has) into `now`.
+    fn changes(&self, group_id: &str, now: &Persisted, timestamp: i64) -> Vec<NewRecord> {
+        let record = |key: Bytes, value: Option<&Bytes>| NewRecord {
+            timestamp,
+            key: Some(key),
+            value: value.cloned(),
+            headers: Vec::new(),
+        };
+        let mut records = Vec::new();
+        for (id, value) in &now.members {
+            if self.members.get(id) != Some(value) {
+                records.push(record(encode_member_key(group_id, id), Some(value)));
+            }
+        }
+        for id in self.members.keys() {
+            if !now.members.contains_key(id) {
+                records.push(record(encode_member_key(group_id, id), None));
+            }
+        }
+        if self.group != now.group {
+            records.push(record(encode_group_key(group_id), now.group.as_ref()));
+        }
+        records
+    }
 }
 
 fn group_error(e: GroupError) -> (ErrorCode, String) {
@@ -127,40 +193,164 @@ fn encode_value(committed: &CommittedOffset) -> Bytes {
     buf.freeze()
 }
 
-type LoadedRecord = (String, TopicPartition, Option<CommittedOffset>);
+fn encode_group_key(group: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(&mut buf);
+    w.u16(GROUP_KEY_VERSION);
+    w.string(group);
+    buf.freeze()
+}
+
+fn encode_member_key(group: &str, member: &str) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(&mut buf);
+    w.u16(MEMBER_KEY_VERSION);
+    w.string(group);
+    w.string(member);
+    buf.freeze()
+}
+
+fn encode_group_value(group: &GroupRecord) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(&mut buf);
+    w.u16(MEMBERSHIP_VALUE_VERSION);
+    w.i32(group.epoch);
+    w.string(group.assignor.name());
+    w.bool(group.revoking_all);
+    buf.freeze()
+}
+
+fn encode_member_value(m: &MemberRecord) -> Bytes {
+    let mut buf = BytesMut::new();
+    let mut w = Writer::new(&mut buf);
+    w.u16(MEMBERSHIP_VALUE_VERSION);
+    put_opt_string(&mut w, &m.instance_id);
+    w.string(&m.client_id);
+    w.string(&m.client_host);
+    put_strings(&mut w, &m.topics.iter().cloned().collect::<Vec<_>>());
+    w.u32(m.session_timeout_ms);
+    w.u32(m.rebalance_timeout_ms);
+    w.i32(m.epoch);
+    put_tps(&mut w, &to_wire(&m.owned));
+    put_tps(&mut w, &to_wire(&m.sent));
+    put_tps(&mut w, &to_wire(&m.target));
+    w.bool(m.revoking);
+    buf.freeze()
+}
+
+/// One record of the offsets topic, decoded.
+#[derive(Debug, PartialEq)]
+enum LoadedRecord {
+    /// A commit, or its tombstone.
+    Commit(String, TopicPartition, Option<CommittedOffset>),
+    /// A group's own membership record, or its tombstone (the group has no members).
+    Group(String, Option<GroupRecord>),
+    /// A member's record, or its tombstone (it left or expired).
+    Member(String, String, Option<MemberRecord>),
+}
 
 fn decode_record(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, String> {
-    let mut r = Reader::new(key);
-    let version = r.u16().map_err(|e| e.to_string())?;
-    if version != RECORD_VERSION {
-        return Err(format!("unknown offsets key version {version}"));
+    decode_record_inner(key, value).map_err(|e| match e {
+        Decoded::Wire(e) => e.to_string(),
+        Decoded::Invalid(m) => m,
+    })
+}
+
+enum Decoded {
+    Wire(DecodeError),
+    Invalid(String),
+}
+
+impl From<DecodeError> for Decoded {
+    fn from(e: DecodeError) -> Decoded {
+        Decoded::Wire(e)
     }
-    let group = r.string().map_err(|e| e.to_string())?;
-    let tp = TopicPartition::new(
-        r.string().map_err(|e| e.to_string())?,
-        r.u32().map_err(|e| e.to_string())?,
-    );
+}
+
+fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, Decoded> {
+    let mut r = Reader::new(key);
+    let version = r.u16()?;
+    match version {
+        RECORD_VERSION => {}
+        GROUP_KEY_VERSION => {
+            let group = r.string()?;
+            let Some(value) = value else {
+                return Ok(LoadedRecord::Group(group, None));
+            };
+            let mut r = membership_value(value)?;
+            let epoch = r.i32()?;
+            let name = r.string()?;
+            let assignor = Assignor::parse(&name)
+                .ok_or_else(|| Decoded::Invalid(format!("unknown assignor `{name}`")))?;
+            let revoking_all = r.bool()?;
+            let record = GroupRecord {
+                epoch,
+                assignor,
+                revoking_all,
+            };
+            return Ok(LoadedRecord::Group(group, Some(record)));
+        }
+        MEMBER_KEY_VERSION => {
+            let group = r.string()?;
+            let member = r.string()?;
+            let Some(value) = value else {
+                return Ok(LoadedRecord::Member(group, member, None));
+            };
+            let mut r = membership_value(value)?;
+            let record = MemberRecord {
+                instance_id: get_opt_string(&mut r)?,
+                client_id: r.string()?,
+                client_host: r.string()?,
+                topics: get_strings(&mut r)?.into_iter().collect(),
+                session_timeout_ms: r.u32()?,
+                rebalance_timeout_ms: r.u32()?,
+                epoch: r.i32()?,
+                owned: from_wire(&get_tps(&mut r)?),
+                sent: from_wire(&get_tps(&mut r)?),
+                target: from_wire(&get_tps(&mut r)?),
+                revoking: r.bool()?,
+            };
+            return Ok(LoadedRecord::Member(group, member, Some(record)));
+        }
+        v => return Err(Decoded::Invalid(format!("unknown offsets key version {v}"))),
+    }
+    let group = r.string()?;
+    let tp = TopicPartition::new(r.string()?, r.u32()?);
     let Some(value) = value else {
-        return Ok((group, tp, None));
+        return Ok(LoadedRecord::Commit(group, tp, None));
     };
     let mut r = Reader::new(value);
-    let version = r.u16().map_err(|e| e.to_string())?;
+    let version = r.u16()?;
     if version > VALUE_VERSION {
-        return Err(format!("unknown offsets value version {version}"));
+        return Err(Decoded::Invalid(format!(
+            "unknown offsets value version {version}"
+        )));
     }
-    let offset = r.i64().map_err(|e| e.to_string())?;
+    let offset = r.i64()?;
     let leader_epoch = if version >= 1 {
-        r.i32().map_err(|e| e.to_string())?
+        r.i32()?
     } else {
         NO_LEADER_EPOCH
     };
     let committed = CommittedOffset {
         offset,
         leader_epoch,
-        metadata: r.string().map_err(|e| e.to_string())?,
-        commit_timestamp_ms: r.i64().map_err(|e| e.to_string())?,
+        metadata: r.string()?,
+        commit_timestamp_ms: r.i64()?,
     };
-    Ok((group, tp, Some(committed)))
+    Ok(LoadedRecord::Commit(group, tp, Some(committed)))
+}
+
+/// A membership record's value, past its version.
+fn membership_value(value: Bytes) -> Result<Reader, Decoded> {
+    let mut r = Reader::new(value);
+    let version = r.u16()?;
+    if version > MEMBERSHIP_VALUE_VERSION {
+        return Err(Decoded::Invalid(format!(
+            "unknown membership value version {version}"
+        )));
+    }
+    Ok(r)
 }
 
 impl Groups {
@@ -182,6 +372,7 @@ impl Groups {
                 changed: Mutex::new(HashMap::new()),
                 offsets_topic: RwLock::new(None),
                 owned: Some(Mutex::new(BTreeMap::new())),
+                persisted: Mutex::new(HashMap::new()),
             });
         }
         let offsets_topic = match registry.get(OFFSETS_TOPIC) {
@@ -202,19 +393,22 @@ impl Groups {
             coordinator.topic_changed(&topic.name, Some(topic.partitions.len() as u32), now);
         }
         let mut n_records = 0u64;
+        let mut persisted = HashMap::new();
         for partition in &offsets_topic.partitions {
-            n_records += load_offsets(partition, &mut coordinator)?;
+            n_records += load_offsets(partition, &mut coordinator, &mut persisted, now)?;
         }
+        coordinator.recompute_all(now);
         tracing::info!(
             records = n_records,
             groups = coordinator.list().len(),
-            "loaded committed offsets"
+            "loaded committed offsets and group memberships"
         );
         Ok(Groups {
             coordinator: Mutex::new(coordinator),
             changed: Mutex::new(HashMap::new()),
             offsets_topic: RwLock::new(Some(offsets_topic)),
             owned: None,
+            persisted: Mutex::new(persisted),
         })
     }
 
@@ -269,9 +463,17 @@ fn offsets_partition(group_id: &str, partitions: u32) -> u32 {
     (java_hash(group_id) & 0x7fff_ffff) as u32 % partitions
 }
 
-/// Applies every commit and tombstone in one offsets partition to `coordinator`;
-/// returns how many records it read.
-fn load_offsets(partition: &Partition, coordinator: &mut Coordinator) -> anyhow::Result<u64> {
+/// Applies every record of one offsets partition to `coordinator`: commits and their
+/// tombstones, then each group's membership as the log has it last (sessions start
+/// at `now_ms`). Notes in `persisted` what the log holds. Returns how many records
+/// it read.
+fn load_offsets(
+    partition: &Partition,
+    coordinator: &mut Coordinator,
+    persisted: &mut HashMap<String, Persisted>,
+    now_ms: i64,
+) -> anyhow::Result<u64> {
+    let mut memberships: BTreeMap<String, Membership> = BTreeMap::new();
     let log = partition
         .log()
         .map_err(|f| anyhow::anyhow!("{OFFSETS_TOPIC}/{}: {}", partition.index, f.message))?;
@@ -290,10 +492,21 @@ fn load_offsets(partition: &Partition, coordinator: &mut Coordinator) -> anyhow:
             for record in decode_records(&header, &batch).map_err(|e| anyhow::anyhow!("{e}"))? {
                 let Some(key) = record.key else { continue };
                 match decode_record(key, record.value) {
-                    Ok((group, tp, Some(committed))) => {
+                    Ok(LoadedRecord::Commit(group, tp, Some(committed))) => {
                         coordinator.apply_commit(&group, tp, committed)
                     }
-                    Ok((group, tp, None)) => coordinator.remove_commit(&group, &tp),
+                    Ok(LoadedRecord::Commit(group, tp, None)) => {
+                        coordinator.remove_commit(&group, &tp)
+                    }
+                    Ok(LoadedRecord::Group(group, record)) => {
+                        memberships.entry(group).or_default().0 = record;
+                    }
+                    Ok(LoadedRecord::Member(group, member, Some(m))) => {
+                        memberships.entry(group).or_default().1.insert(member, m);
+                    }
+                    Ok(LoadedRecord::Member(group, member, None)) => {
+                        memberships.entry(group).or_default().1.remove(&member);
+                    }
                     Err(e) => {
                         tracing::warn!(offset = record.offset, error = %e, "skipping unreadable offsets record")
                     }
@@ -301,6 +514,10 @@ fn load_offsets(partition: &Partition, coordinator: &mut Coordinator) -> anyhow:
                 n_records += 1;
             }
         }
+    }
+    for (group, membership) in memberships {
+        persisted.insert(group.clone(), Persisted::of(&membership));
+        coordinator.restore_membership(&group, membership, now_ms);
     }
     Ok(n_records)
 }
@@ -343,7 +560,19 @@ pub(crate) async fn tick_loop(shared: Arc<Shared>) {
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         interval.tick().await;
-        let events = shared.groups.coordinator.lock().tick(now_ms());
+        let events = {
+            let mut coordinator = shared.groups.coordinator.lock();
+            let events = coordinator.tick(now_ms());
+            let groups: BTreeSet<&str> = events.iter().map(|e| e.group_id()).collect();
+            for group in groups {
+                // Nobody waits for these: a coordinator that loads the group without
+                // them removes the same members again one session later.
+                if let Err(f) = shared.write_membership(&coordinator, group) {
+                    tracing::warn!(group, error = %f.message, "could not write a group's membership");
+                }
+            }
+            events
+        };
         for event in events {
             tracing::info!(?event, "group member removed");
             shared.groups.wake(event.group_id());
@@ -391,6 +620,11 @@ impl Shared {
                 .map_or(1, |t| t.partitions.len() as u32);
             let still = owned.lock().clone();
             let gone = coordinator.unload(|g| still.contains_key(&offsets_partition(g, n)));
+            let mut persisted = self.groups.persisted.lock();
+            for group in &gone {
+                persisted.remove(group);
+            }
+            drop(persisted);
             tracing::info!(
                 partition,
                 groups = gone.len(),
@@ -410,8 +644,16 @@ impl Shared {
         let Ok(local) = topic.partition(partition) else {
             return;
         };
-        match load_offsets(local, &mut coordinator) {
+        let now = now_ms();
+        let loaded = load_offsets(
+            local,
+            &mut coordinator,
+            &mut self.groups.persisted.lock(),
+            now,
+        );
+        match loaded {
             Ok(records) => {
+                coordinator.recompute_all(now);
                 self.groups
                     .offsets_topic
                     .write()
@@ -451,7 +693,11 @@ impl Shared {
         }
     }
 
-    pub(crate) fn join_group(&self, r: JoinGroupRequest, client_host: String) -> JoinGroupResponse {
+    pub(crate) async fn join_group(
+        &self,
+        r: JoinGroupRequest,
+        client_host: String,
+    ) -> JoinGroupResponse {
         let refuse = |error: ErrorCode, message: String| JoinGroupResponse {
             error,
             message,
@@ -482,55 +728,112 @@ impl Shared {
             session_timeout_ms: r.session_timeout_ms,
             rebalance_timeout_ms: r.rebalance_timeout_ms,
         };
-        let outcome = self
-            .groups
-            .coordinator_for(&group_id)
-            .and_then(|mut c| c.join(request, now_ms()));
-        match outcome {
-            Ok(joined) => {
-                self.groups.wake(&group_id);
-                JoinGroupResponse {
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    member_id: joined.member_id,
-                    member_epoch: joined.member_epoch,
-                    heartbeat_interval_ms: joined.heartbeat_interval_ms,
-                }
-            }
-            Err(e) => {
-                let (error, message) = group_error(e);
-                refuse(error, message)
-            }
+        let outcome = self.change_membership(&group_id, |c| c.join(request, now_ms()));
+        let (joined, written) = match outcome {
+            Ok(changed) => changed,
+            Err(f) => return refuse(f.code, f.message),
+        };
+        self.groups.wake(&group_id);
+        if let Err(f) = self.wait_written(written).await {
+            // The member will not know its id: it leaves again rather than hold a
+            // share of the partitions until its session ends.
+            let _ = self.change_membership(&group_id, |c| {
+                c.leave(&group_id, &joined.member_id, None, now_ms())
+            });
+            self.groups.wake(&group_id);
+            return refuse(f.code, f.message);
+        }
+        JoinGroupResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            member_id: joined.member_id,
+            member_epoch: joined.member_epoch,
+            heartbeat_interval_ms: joined.heartbeat_interval_ms,
         }
     }
 
-    pub(crate) fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
-        let outcome = self
-            .groups
-            .coordinator_for(&r.group_id)
-            .and_then(|mut c| c.sync(&r.group_id, &r.member_id, from_wire(&r.owned), now_ms()));
-        match outcome {
-            Ok(synced) => {
+    /// Runs `change` on the group's coordinator and writes what it changed in the
+    /// group's membership, under the coordinator lock (so the log has changes in the
+    /// order they were made). The caller answers after [`Shared::wait_written`]. A
+    /// change whose records could not be written stays in memory (the next change
+    /// writes it) but is answered with the error.
+    fn change_membership<T>(
+        &self,
+        group_id: &str,
+        change: impl FnOnce(&mut Coordinator) -> Result<T, GroupError>,
+    ) -> Result<(T, Option<Written>), Failure> {
+        let to_failure = |e| {
+            let (code, message) = group_error(e);
+            Failure::new(code, message)
+        };
+        let mut coordinator = self.groups.coordinator_for(group_id).map_err(to_failure)?;
+        let outcome = change(&mut coordinator).map_err(to_failure)?;
+        let written = self.write_membership(&coordinator, group_id)?;
+        Ok((outcome, written))
+    }
+
+    /// Under the coordinator lock, after a change to `group_id`: appends the group's
+    /// membership records that differ from what the log has (`None`: nothing did).
+    fn write_membership(
+        &self,
+        coordinator: &Coordinator,
+        group_id: &str,
+    ) -> Result<Option<Written>, Failure> {
+        let now = Persisted::of(&coordinator.membership(group_id));
+        let mut persisted = self.groups.persisted.lock();
+        let records = persisted
+            .get(group_id)
+            .unwrap_or(&Persisted::default())
+            .changes(group_id, &now, now_ms());
+        if records.is_empty() {
+            return Ok(None);
+        }
+        let written = self.append_offsets(group_id, records)?;
+        if now == Persisted::default() {
+            persisted.remove(group_id);
+        } else {
+            persisted.insert(group_id.to_string(), now);
+        }
+        Ok(Some(written))
+    }
+
+    async fn wait_written(&self, written: Option<Written>) -> Result<(), Failure> {
+        match written {
+            Some(written) => self.wait_durable(written).await,
+            None => Ok(()),
+        }
+    }
+
+    pub(crate) async fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
+        let outcome = self.change_membership(&r.group_id, |c| {
+            c.sync(&r.group_id, &r.member_id, from_wire(&r.owned), now_ms())
+        });
+        let outcome = match outcome {
+            Ok((synced, written)) => {
                 // What this member gave up may be someone else's now.
                 self.groups.wake(&r.group_id);
-                SyncGroupResponse {
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    member_epoch: synced.member_epoch,
-                    assignment: to_wire(&synced.assignment),
-                    pending: synced.pending,
-                }
+                self.wait_written(written).await.map(|()| synced)
             }
-            Err(e) => {
-                let (error, message) = group_error(e);
-                SyncGroupResponse {
-                    error,
-                    message,
-                    member_epoch: -1,
-                    assignment: Vec::new(),
-                    pending: false,
-                }
-            }
+            Err(f) => Err(f),
+        };
+        match outcome {
+            Ok(synced) => SyncGroupResponse {
+                error: ErrorCode::None,
+                message: String::new(),
+                member_epoch: synced.member_epoch,
+                assignment: to_wire(&synced.assignment),
+                pending: synced.pending,
+            },
+            Err(Failure {
+                code: error,
+                message,
+            }) => SyncGroupResponse {
+                error,
+                message,
+                member_epoch: -1,
+                assignment: Vec::new(),
+                pending: false,
+            },
         }
     }
 
@@ -579,8 +882,8 @@ impl Shared {
         }
     }
 
-    pub(crate) fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {
-        let outcome = self.groups.coordinator_for(&r.group_id).and_then(|mut c| {
+    pub(crate) async fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {
+        let outcome = self.change_membership(&r.group_id, |c| {
             c.leave(
                 &r.group_id,
                 &r.member_id,
@@ -588,12 +891,16 @@ impl Shared {
                 now_ms(),
             )
         });
-        let (error, message) = match outcome {
-            Ok(()) => {
+        let outcome = match outcome {
+            Ok(((), written)) => {
                 self.groups.wake(&r.group_id);
-                (ErrorCode::None, String::new())
+                self.wait_written(written).await
             }
-            Err(e) => group_error(e),
+            Err(f) => Err(f),
+        };
+        let (error, message) = match outcome {
+            Ok(()) => (ErrorCode::None, String::new()),
+            Err(f) => (f.code, f.message),
         };
         LeaveGroupResponse { error, message }
     }
@@ -907,6 +1214,7 @@ impl Shared {
                 Some(self.append_offsets(group_id, records)?)
             };
             coordinator.forget(group_id);
+            self.groups.persisted.lock().remove(group_id);
             sync
         };
         match sync {
@@ -939,7 +1247,10 @@ mod tests {
             commit_timestamp_ms: 1_700_000_000_000,
         };
         let decoded = decode_record(encode_key("g", &tp), Some(encode_value(&committed))).unwrap();
-        assert_eq!(decoded, ("g".to_string(), tp.clone(), Some(committed)));
+        assert_eq!(
+            decoded,
+            LoadedRecord::Commit("g".to_string(), tp.clone(), Some(committed))
+        );
         // A version 0 value, as brokers wrote before epochs were kept: no epoch.
         let mut old = BytesMut::new();
         let mut w = Writer::new(&mut old);
@@ -948,19 +1259,126 @@ mod tests {
         w.string("m");
         w.i64(1_700_000_000_000);
         let decoded = decode_record(encode_key("g", &tp), Some(old.freeze())).unwrap();
+        let expected = CommittedOffset {
+            offset: 42,
+            leader_epoch: NO_LEADER_EPOCH,
+            metadata: "m".into(),
+            commit_timestamp_ms: 1_700_000_000_000,
+        };
         assert_eq!(
-            decoded.2,
-            Some(CommittedOffset {
-                offset: 42,
-                leader_epoch: NO_LEADER_EPOCH,
-                metadata: "m".into(),
-                commit_timestamp_ms: 1_700_000_000_000,
-            })
+            decoded,
+            LoadedRecord::Commit("g".to_string(), tp.clone(), Some(expected))
         );
         assert_eq!(
             decode_record(encode_key("g", &tp), None).unwrap(),
-            ("g".to_string(), tp, None)
+            LoadedRecord::Commit("g".to_string(), tp, None)
         );
         assert!(decode_record(Bytes::from_static(b"\x00\x09junk"), None).is_err());
+    }
+
+    fn member(owned: &[u32], revoking: bool) -> MemberRecord {
+        let tps = |ps: &[u32]| ps.iter().map(|p| TopicPartition::new("t", *p)).collect();
+        MemberRecord {
+            instance_id: Some("i-1".into()),
+            client_id: "c".into(),
+            client_host: "127.0.0.1:5000".into(),
+            topics: BTreeSet::from(["t".to_string(), "u".to_string()]),
+            session_timeout_ms: 45_000,
+            rebalance_timeout_ms: 300_000,
+            epoch: 3,
+            owned: tps(owned),
+            sent: tps(&[0]),
+            target: tps(&[0, 2]),
+            revoking,
+        }
+    }
+
+    #[test]
+    fn membership_records_round_trip() {
+        let group = GroupRecord {
+            epoch: 7,
+            assignor: Assignor::Range,
+            revoking_all: true,
+        };
+        assert_eq!(
+            decode_record(encode_group_key("g"), Some(encode_group_value(&group))).unwrap(),
+            LoadedRecord::Group("g".into(), Some(group))
+        );
+        assert_eq!(
+            decode_record(encode_group_key("g"), None).unwrap(),
+            LoadedRecord::Group("g".into(), None)
+        );
+        let m = member(&[0, 1], true);
+        assert_eq!(
+            decode_record(encode_member_key("g", "m-1"), Some(encode_member_value(&m))).unwrap(),
+            LoadedRecord::Member("g".into(), "m-1".into(), Some(m))
+        );
+        assert_eq!(
+            decode_record(encode_member_key("g", "m-1"), None).unwrap(),
+            LoadedRecord::Member("g".into(), "m-1".into(), None)
+        );
+        // A later version, or a cut record, is refused (and skipped by the loader).
+        let mut newer = BytesMut::new();
+        Writer::new(&mut newer).u16(MEMBERSHIP_VALUE_VERSION + 1);
+        assert!(decode_record(encode_group_key("g"), Some(newer.freeze())).is_err());
+        let cut = encode_member_value(&member(&[0], false)).slice(..10);
+        assert!(decode_record(encode_member_key("g", "m"), Some(cut)).is_err());
+    }
+
+    /// Only what changed is written: a member's record when it changed, a tombstone
+    /// for a member gone, the group's record when it changed or the group emptied.
+    #[test]
+    fn membership_changes_are_written_as_differences() {
+        let group = GroupRecord {
+            epoch: 1,
+            assignor: Assignor::CooperativeSticky,
+            revoking_all: false,
+        };
+        let before = Persisted::of(&(
+            Some(group.clone()),
+            BTreeMap::from([
+                ("a".to_string(), member(&[0], false)),
+                ("b".to_string(), member(&[1], false)),
+            ]),
+        ));
+        let keys = |records: Vec<NewRecord>| -> Vec<(LoadedRecord, bool)> {
+            records
+                .into_iter()
+                .map(|r| {
+                    let tombstone = r.value.is_none();
+                    (decode_record(r.key.unwrap(), r.value).unwrap(), tombstone)
+                })
+                .collect()
+        };
+        assert!(before.changes("g", &before, 0).is_empty());
+        // b changes, c joins.
+        let now = Persisted::of(&(
+            Some(group.clone()),
+            BTreeMap::from([
+                ("a".to_string(), member(&[0], false)),
+                ("b".to_string(), member(&[1], true)),
+                ("c".to_string(), member(&[], false)),
+            ]),
+        ));
+        let written = keys(before.changes("g", &now, 0));
+        assert_eq!(written.len(), 2);
+        assert!(matches!(&written[0].0, LoadedRecord::Member(_, id, Some(_)) if id == "b"));
+        assert!(matches!(&written[1].0, LoadedRecord::Member(_, id, Some(_)) if id == "c"));
+        // Everyone leaves: a tombstone each, and one for the group.
+        let written = keys(now.changes("g", &Persisted::default(), 0));
+        assert_eq!(written.len(), 4);
+        assert!(written.iter().all(|(_, tombstone)| *tombstone));
+        assert!(matches!(&written[3].0, LoadedRecord::Group(g, None) if g == "g"));
+        // A new epoch rewrites the group's record only.
+        let bumped = Persisted::of(&(
+            Some(GroupRecord { epoch: 2, ..group }),
+            BTreeMap::from([
+                ("a".to_string(), member(&[0], false)),
+                ("b".to_string(), member(&[1], false)),
+            ]),
+        ));
+        let written = keys(before.changes("g", &bumped, 0));
+        assert_eq!(written.len(), 1);
+        assert!(matches!(&written[0].0, LoadedRecord::Group(_, Some(r)) if r.epoch == 2));
     }
 }

@@ -146,10 +146,12 @@ impl Shared {
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
             Request::FindCoordinator(r) => Response::FindCoordinator(self.find_coordinator(r)),
-            Request::JoinGroup(r) => Response::JoinGroup(self.join_group(r, peer.to_string())),
-            Request::SyncGroup(r) => Response::SyncGroup(self.sync_group(r)),
+            Request::JoinGroup(r) => {
+                Response::JoinGroup(self.join_group(r, peer.to_string()).await)
+            }
+            Request::SyncGroup(r) => Response::SyncGroup(self.sync_group(r).await),
             Request::Heartbeat(r) => Response::Heartbeat(self.heartbeat(r).await),
-            Request::LeaveGroup(r) => Response::LeaveGroup(self.leave_group(r)),
+            Request::LeaveGroup(r) => Response::LeaveGroup(self.leave_group(r).await),
             Request::OffsetCommit(r) => Response::OffsetCommit(self.offset_commit(r).await),
             Request::OffsetFetch(r) => Response::OffsetFetch(self.offset_fetch(r)),
             Request::ListGroups(_) => Response::ListGroups(self.list_groups()),

@@ -46,14 +46,17 @@ impl TopicPartitions {
     }
 }
 
-fn put_tps(w: &mut Writer<'_>, tps: &[TopicPartitions]) {
+/// Writes partitions grouped by topic (as in the group messages; also used by the
+/// broker's persisted group records).
+pub fn put_tps(w: &mut Writer<'_>, tps: &[TopicPartitions]) {
     w.array(tps, |w, t| {
         w.string(&t.topic);
         w.array(&t.partitions, |w, p| w.u32(*p));
     });
 }
 
-fn get_tps(r: &mut Reader) -> Result<Vec<TopicPartitions>, DecodeError> {
+/// Reads what [`put_tps`] wrote.
+pub fn get_tps(r: &mut Reader) -> Result<Vec<TopicPartitions>, DecodeError> {
     r.array(6, |r| {
         Ok(TopicPartitions {
             topic: r.string()?,
@@ -62,19 +65,23 @@ fn get_tps(r: &mut Reader) -> Result<Vec<TopicPartitions>, DecodeError> {
     })
 }
 
-fn put_opt_string(w: &mut Writer<'_>, s: &Option<String>) {
+/// Writes an optional string.
+pub fn put_opt_string(w: &mut Writer<'_>, s: &Option<String>) {
     w.option(s.as_ref(), |w, s| w.string(s));
 }
 
-fn get_opt_string(r: &mut Reader) -> Result<Option<String>, DecodeError> {
+/// Reads what [`put_opt_string`] wrote.
+pub fn get_opt_string(r: &mut Reader) -> Result<Option<String>, DecodeError> {
     r.option(|r| r.string())
 }
 
-fn put_strings(w: &mut Writer<'_>, values: &[String]) {
+/// Writes a list of strings.
+pub fn put_strings(w: &mut Writer<'_>, values: &[String]) {
     w.array(values, |w, v| w.string(v));
 }
 
-fn get_strings(r: &mut Reader) -> Result<Vec<String>, DecodeError> {
+/// Reads what [`put_strings`] wrote.
+pub fn get_strings(r: &mut Reader) -> Result<Vec<String>, DecodeError> {
     r.array(2, |r| r.string())
 }
 

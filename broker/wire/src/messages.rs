@@ -600,14 +600,6 @@ fn get_u32s(r: &mut Reader) -> Result<Vec<u32>, DecodeError> {
     r.array(4, |r| r.u32())
 }
 
-fn put_strings(w: &mut Writer<'_>, values: &[String]) {
-    w.array(values, |w, v| w.string(v));
-}
-
-fn get_strings(r: &mut Reader) -> Result<Vec<String>, DecodeError> {
-    r.array(2, |r| r.string())
-}
-
 impl Request {
     /// The oldest version of its API that can carry everything this request says.
     /// A request that validates only needs the version with that flag: sent at an

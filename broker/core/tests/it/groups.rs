@@ -1,6 +1,7 @@
 //! Seeded simulation of the group coordinator with members that join, heartbeat, sync,
 //! apply assignments late, pause past their session, crash, leave and come back
-//! (static members too), while topics appear. After every step it checks that no
+//! (static members too), while topics appear and the coordinator fails over (a new
+//! one restores the membership the old one persisted). After every step it checks that no
 //! partition is owned by two live members; at the end, with faults stopped, that the
 //! group converges to every partition owned exactly once.
 
@@ -38,6 +39,10 @@ struct Sim {
     members: Vec<Member>,
     assignor: Assignor,
     topics: BTreeSet<String>,
+    /// Partition counts the coordinator was told, for a new coordinator.
+    counts: BTreeMap<String, u32>,
+    config: CoordinatorConfig,
+    failovers: u64,
 }
 
 impl Sim {
@@ -131,17 +136,31 @@ impl Sim {
             }
             // A new topic appears.
             3 => {
-                let name = format!("t{}", self.topics.len());
-                if self.topics.len() < 4 {
-                    self.coordinator.topic_changed(
-                        &name,
-                        Some(1 + self.rng.below(8) as u32),
-                        self.now,
-                    );
+                let name = format!("t{}", self.counts.len());
+                if self.counts.len() < 4 {
+                    let count = 1 + self.rng.below(8) as u32;
+                    self.counts.insert(name.clone(), count);
+                    self.coordinator.topic_changed(&name, Some(count), self.now);
                 }
             }
+            4 => self.fail_over(),
             _ => {}
         }
+    }
+
+    /// The coordinator stops; a new one (another broker, or this one restarted) takes
+    /// over with the membership the old one persisted after its last change, as the
+    /// driver writes it before answering.
+    fn fail_over(&mut self) {
+        let persisted = self.coordinator.membership(GROUP);
+        self.failovers += 1;
+        let mut next = Coordinator::new(self.config.clone(), 1_000 + self.failovers);
+        for (topic, count) in &self.counts {
+            next.topic_changed(topic, Some(*count), self.now);
+        }
+        next.restore_membership(GROUP, persisted, self.now);
+        next.recompute_all(self.now);
+        self.coordinator = next;
     }
 
     /// No partition is consumed by two members the coordinator still counts as members.
@@ -176,12 +195,13 @@ pub(crate) fn run(seed: u64) {
         min_session_timeout_ms: 1_000,
         ..CoordinatorConfig::default()
     };
-    let mut coordinator = Coordinator::new(config, seed);
+    let mut coordinator = Coordinator::new(config.clone(), seed);
     let mut topics = BTreeSet::new();
     for t in 0..4 {
         topics.insert(format!("t{t}"));
     }
-    coordinator.topic_changed("t0", Some(1 + rng.below(12) as u32), 0);
+    let t0 = 1 + rng.below(12) as u32;
+    coordinator.topic_changed("t0", Some(t0), 0);
     let members = (0..n_members)
         .map(|i| Member {
             instance_id: (i % 2 == 0).then(|| format!("static-{i}")),
@@ -195,6 +215,9 @@ pub(crate) fn run(seed: u64) {
         members,
         assignor,
         topics,
+        counts: BTreeMap::from([("t0".to_string(), t0)]),
+        config,
+        failovers: 0,
     };
     // Faulty phase.
     for _ in 0..2_000 {
@@ -220,7 +243,11 @@ pub(crate) fn run(seed: u64) {
             sim.step(i);
         }
         sim.check_exclusive(seed);
-        let description = sim.coordinator.describe(GROUP).expect("group exists");
+        // A coordinator that took over a group without members has no group until
+        // someone joins.
+        let Some(description) = sim.coordinator.describe(GROUP) else {
+            continue;
+        };
         let live: BTreeSet<&String> = description.members.iter().map(|m| &m.member_id).collect();
         // A member expired while paused still believes in its partitions until its next
         // heartbeat tells it otherwise (as in Kafka); settled means it has heard.
@@ -257,6 +284,22 @@ fn group_membership_simulation() {
     }
 }
 
+/// A new member of `group` subscribing to topic `t`.
+#[cfg(test)]
+fn join_t(group: &str, instance: Option<&str>) -> JoinRequest {
+    JoinRequest {
+        group_id: group.into(),
+        member_id: String::new(),
+        instance_id: instance.map(str::to_string),
+        client_id: "c".into(),
+        client_host: "h".into(),
+        topics: BTreeSet::from(["t".to_string()]),
+        assignor: Assignor::ALL[0],
+        session_timeout_ms: SESSION_MS,
+        rebalance_timeout_ms: REBALANCE_MS,
+    }
+}
+
 /// A coordinator that loses a group's offsets partition drops the group, members
 /// and offsets included; groups it still owns are untouched.
 #[test]
@@ -266,20 +309,7 @@ fn unload_drops_only_groups_no_longer_owned() {
     coordinator.topic_changed("t", Some(2), 0);
     for group in ["kept", "moved"] {
         coordinator
-            .join(
-                JoinRequest {
-                    group_id: group.into(),
-                    member_id: String::new(),
-                    instance_id: None,
-                    client_id: "c".into(),
-                    client_host: "h".into(),
-                    topics: BTreeSet::from(["t".to_string()]),
-                    assignor: Assignor::ALL[0],
-                    session_timeout_ms: SESSION_MS,
-                    rebalance_timeout_ms: REBALANCE_MS,
-                },
-                0,
-            )
+            .join(join_t(group, None), 0)
             .expect("join succeeds");
         coordinator.apply_commit(
             group,
@@ -299,4 +329,71 @@ fn unload_drops_only_groups_no_longer_owned() {
     let kept = coordinator.describe("kept").expect("kept group stays");
     assert_eq!(kept.members.len(), 1);
     assert_eq!(coordinator.committed("kept").len(), 1);
+}
+
+/// A coordinator that takes over a group's persisted membership carries on with the
+/// same members, ids, epochs and assignments: no one has to rejoin or sync, and
+/// sessions run from the takeover.
+#[test]
+fn a_new_coordinator_carries_on_with_the_persisted_membership() {
+    let config = CoordinatorConfig {
+        min_session_timeout_ms: 1_000,
+        ..CoordinatorConfig::default()
+    };
+    let mut old = Coordinator::new(config.clone(), 1);
+    old.topic_changed("t", Some(4), 0);
+    let join = |c: &mut Coordinator, instance: Option<&str>, now| {
+        c.join(join_t(GROUP, instance), now)
+            .expect("join succeeds")
+            .member_id
+    };
+    let a = join(&mut old, None, 0);
+    let b = join(&mut old, Some("static-b"), 0);
+    for _ in 0..3 {
+        for id in [&a, &b] {
+            let owned = old
+                .describe(GROUP)
+                .unwrap()
+                .members
+                .into_iter()
+                .find(|m| &m.member_id == id)
+                .unwrap()
+                .owned;
+            let given = old.sync(GROUP, id, owned, 0).expect("sync").assignment;
+            old.sync(GROUP, id, given, 0).expect("sync");
+        }
+    }
+    let before = old.describe(GROUP).expect("group");
+    assert_eq!(before.state, GroupState::Stable);
+
+    let mut new = Coordinator::new(config, 2);
+    new.topic_changed("t", Some(4), 50_000);
+    new.restore_membership(GROUP, old.membership(GROUP), 50_000);
+    assert!(new.recompute_all(50_000).is_empty(), "nothing to move");
+    assert_eq!(new.describe(GROUP), Some(before.clone()));
+    assert_eq!(new.membership(GROUP), old.membership(GROUP));
+    for id in [&a, &b] {
+        assert_eq!(
+            new.heartbeat(GROUP, id, 50_000),
+            Ok(false),
+            "{id} carries on"
+        );
+    }
+    // The static member's instance id still points at it: a restart of it takes
+    // over its place.
+    let b2 = join(&mut new, Some("static-b"), 51_000);
+    assert_ne!(b2, b);
+    assert!(
+        new.heartbeat(GROUP, &b, 51_000).is_err(),
+        "the old one is fenced"
+    );
+    // A member not heard from after the takeover expires one session later.
+    assert!(new.tick(50_000 + i64::from(SESSION_MS)).is_empty());
+    let expired = new.tick(51_000 + i64::from(SESSION_MS) + 1);
+    assert_eq!(expired.len(), 2, "{expired:?}");
+
+    // An empty membership (the group's last member left) restores to no members.
+    let mut empty = Coordinator::new(CoordinatorConfig::default(), 3);
+    empty.restore_membership(GROUP, (None, BTreeMap::new()), 0);
+    assert!(empty.describe(GROUP).is_none());
 }
