@@ -436,6 +436,37 @@ async fn disk_full_refuses_writes_and_keeps_serving_reads() {
     let (code, message) = full.expect("the 3 MiB disk never filled");
     assert_eq!(code, ErrorCode::StorageError, "{message}");
     assert!(accepted > 0);
+    // Fill the last pages with small batches too.
+    for _ in 0..2_000 {
+        let (code, _) = produce_error(&client, produce("data", 0, 1, batch(100))).await;
+        if code != ErrorCode::None {
+            break;
+        }
+        accepted += 1;
+    }
+    // A group's membership cannot be written either: the join is refused, and no
+    // member is left behind holding a share of the partitions.
+    let join = Request::JoinGroup(JoinGroupRequest {
+        group_id: "g".into(),
+        member_id: String::new(),
+        instance_id: None,
+        client_id: "c".into(),
+        topics: vec!["data".into()],
+        assignor: "range".into(),
+        session_timeout_ms: 30_000,
+        rebalance_timeout_ms: 30_000,
+    });
+    let Response::JoinGroup(joined) = client.request(join).await.unwrap() else {
+        panic!()
+    };
+    assert_eq!(joined.error, ErrorCode::StorageError, "{}", joined.message);
+    let members = client
+        .admin()
+        .describe_group("g")
+        .await
+        .map(|d| d.members.len())
+        .unwrap_or(0);
+    assert_eq!(members, 0, "a member left behind");
     // Reads work and see exactly the accepted batches.
     let described = client.admin().describe_topic("data").await.unwrap();
     assert_eq!(described.partitions[0].high_watermark, accepted);

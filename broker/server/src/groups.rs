@@ -61,6 +61,9 @@ struct Written {
     /// A replicated partition, and the offset its high watermark must reach.
     replicated: Option<(Arc<Partition>, i64)>,
 }
+/// A membership change's records appended (`None`: nothing changed), or why not.
+type Write = Result<Option<Written>, Failure>;
+
 /// Version of the offsets records' keys: a commit's.
 const RECORD_VERSION: u16 = 0;
 /// Key version of a group's own membership record.
@@ -736,7 +739,8 @@ impl Shared {
         self.groups.wake(&group_id);
         if let Err(f) = self.wait_written(written).await {
             // The member will not know its id: it leaves again rather than hold a
-            // share of the partitions until its session ends.
+            // share of the partitions until its session ends. (Its records may be
+            // in the log, or may come with the next change: their tombstones too.)
             let _ = self.change_membership(&group_id, |c| {
                 c.leave(&group_id, &joined.member_id, None, now_ms())
             });
@@ -754,31 +758,28 @@ impl Shared {
 
     /// Runs `change` on the group's coordinator and writes what it changed in the
     /// group's membership, under the coordinator lock (so the log has changes in the
-    /// order they were made). The caller answers after [`Shared::wait_written`]. A
-    /// change whose records could not be written stays in memory (the next change
-    /// writes it) but is answered with the error.
+    /// order they were made). Returns the core's answer and the write, which the
+    /// caller waits for with [`Shared::wait_written`] before it answers. A change
+    /// whose records could not be written stays in memory (the next change writes
+    /// it) but is answered with the error.
     fn change_membership<T>(
         &self,
         group_id: &str,
         change: impl FnOnce(&mut Coordinator) -> Result<T, GroupError>,
-    ) -> Result<(T, Option<Written>), Failure> {
+    ) -> Result<(T, Write), Failure> {
         let to_failure = |e| {
             let (code, message) = group_error(e);
             Failure::new(code, message)
         };
         let mut coordinator = self.groups.coordinator_for(group_id).map_err(to_failure)?;
         let outcome = change(&mut coordinator).map_err(to_failure)?;
-        let written = self.write_membership(&coordinator, group_id)?;
+        let written = self.write_membership(&coordinator, group_id);
         Ok((outcome, written))
     }
 
     /// Under the coordinator lock, after a change to `group_id`: appends the group's
     /// membership records that differ from what the log has (`None`: nothing did).
-    fn write_membership(
-        &self,
-        coordinator: &Coordinator,
-        group_id: &str,
-    ) -> Result<Option<Written>, Failure> {
+    fn write_membership(&self, coordinator: &Coordinator, group_id: &str) -> Write {
         let now = Persisted::of(&coordinator.membership(group_id));
         let mut persisted = self.groups.persisted.lock();
         let records = persisted
@@ -797,8 +798,8 @@ impl Shared {
         Ok(Some(written))
     }
 
-    async fn wait_written(&self, written: Option<Written>) -> Result<(), Failure> {
-        match written {
+    async fn wait_written(&self, written: Write) -> Result<(), Failure> {
+        match written? {
             Some(written) => self.wait_durable(written).await,
             None => Ok(()),
         }
