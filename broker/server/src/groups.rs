@@ -42,7 +42,7 @@ use meridian_metadata::MetadataImage;
 use meridian_wire::batch::{
     decode_records, encode_batch, split_batches, Compression, NewRecord, ProducerIdentity,
 };
-use meridian_wire::codec::{DecodeError, Reader, Writer};
+use meridian_wire::codec::{Reader, Writer};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use parking_lot::{Mutex, MutexGuard, RwLock};
@@ -252,25 +252,9 @@ enum LoadedRecord {
     Member(String, String, Option<MemberRecord>),
 }
 
-fn decode_record(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, String> {
-    decode_record_inner(key, value).map_err(|e| match e {
-        Decoded::Wire(e) => e.to_string(),
-        Decoded::Invalid(m) => m,
-    })
-}
-
-enum Decoded {
-    Wire(DecodeError),
-    Invalid(String),
-}
-
-impl From<DecodeError> for Decoded {
-    fn from(e: DecodeError) -> Decoded {
-        Decoded::Wire(e)
-    }
-}
-
-fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord, Decoded> {
+/// Decodes one record of the offsets topic (an unknown version is an error: the
+/// loader skips the record with a warning).
+fn decode_record(key: Bytes, value: Option<Bytes>) -> anyhow::Result<LoadedRecord> {
     let mut r = Reader::new(key);
     let version = r.u16()?;
     match version {
@@ -284,7 +268,7 @@ fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord,
             let epoch = r.i32()?;
             let name = r.string()?;
             let assignor = Assignor::parse(&name)
-                .ok_or_else(|| Decoded::Invalid(format!("unknown assignor `{name}`")))?;
+                .ok_or_else(|| anyhow::anyhow!("unknown assignor `{name}`"))?;
             let revoking_all = r.bool()?;
             let record = GroupRecord {
                 epoch,
@@ -315,7 +299,7 @@ fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord,
             };
             return Ok(LoadedRecord::Member(group, member, Some(record)));
         }
-        v => return Err(Decoded::Invalid(format!("unknown offsets key version {v}"))),
+        v => anyhow::bail!("unknown offsets key version {v}"),
     }
     let group = r.string()?;
     let tp = TopicPartition::new(r.string()?, r.u32()?);
@@ -325,9 +309,7 @@ fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord,
     let mut r = Reader::new(value);
     let version = r.u16()?;
     if version > VALUE_VERSION {
-        return Err(Decoded::Invalid(format!(
-            "unknown offsets value version {version}"
-        )));
+        anyhow::bail!("unknown offsets value version {version}");
     }
     let offset = r.i64()?;
     let leader_epoch = if version >= 1 {
@@ -345,13 +327,11 @@ fn decode_record_inner(key: Bytes, value: Option<Bytes>) -> Result<LoadedRecord,
 }
 
 /// A membership record's value, past its version.
-fn membership_value(value: Bytes) -> Result<Reader, Decoded> {
+fn membership_value(value: Bytes) -> anyhow::Result<Reader> {
     let mut r = Reader::new(value);
     let version = r.u16()?;
     if version > MEMBERSHIP_VALUE_VERSION {
-        return Err(Decoded::Invalid(format!(
-            "unknown membership value version {version}"
-        )));
+        anyhow::bail!("unknown membership value version {version}");
     }
     Ok(r)
 }
