@@ -820,7 +820,8 @@ impl Coordinator {
 
     /// Drops every group `owned` says this coordinator no longer owns (another broker
     /// coordinates them now), members included: they get "not coordinator" here and
-    /// rejoin at the new coordinator, which loaded the committed offsets from the log.
+    /// carry on at the new coordinator, which loaded the group (committed offsets and
+    /// membership) from the log.
     /// Returns the groups dropped.
     pub fn unload(&mut self, mut owned: impl FnMut(&str) -> bool) -> Vec<String> {
         let gone: Vec<String> = self

@@ -23,10 +23,10 @@
 //!
 //! In a cluster the offsets topic is replicated (the controller creates it) and, as in
 //! Kafka, a group's coordinator is the leader of the group's offsets partition: when
-//! this broker becomes the leader it loads that partition's commits, when it stops
-//! being the leader it drops those groups (their members rejoin at the new leader).
-//! Commits are written like an acks=all produce and acknowledged once every in-sync
-//! replica has them.
+//! this broker becomes the leader it loads that partition's commits and memberships,
+//! when it stops being the leader it drops those groups (their members carry on at
+//! the new leader). Commits and membership records are written like an acks=all
+//! produce and acknowledged once every in-sync replica has them.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;

@@ -996,9 +996,11 @@ impl Consumer {
     /// held that are ahead of the group's committed offsets, as a commit from outside
     /// the group, which the coordinator takes only while the group has no member.
     ///
-    /// That is the case when the membership went with its coordinator (the broker
-    /// died or restarted; members are not kept across coordinators), and then the
-    /// records read since the last auto-commit are not read again after rejoining.
+    /// That is the case when the group's only member was removed (its session expired,
+    /// say while the process was stopped), or when the membership went with its
+    /// coordinator (a broker that does not keep memberships: those from before
+    /// Meridian kept them in `__consumer_offsets`); then the records read since the
+    /// last auto-commit are not read again after rejoining.
     /// While any member is in the group (ours timed out and the partitions moved on),
     /// the commit is refused, as Kafka refuses a zombie's. Positions behind what is
     /// committed are left out, so this never moves a group back.
