@@ -891,6 +891,97 @@ async fn clients_from_before_epochs_in_commits_are_served_at_version_0() {
     assert_eq!((committed[0].offset, committed[0].leader_epoch), (5, None));
 }
 
+/// `group delete-offsets` (Kafka's OffsetDelete) deletes a group's commits of a
+/// topic it no longer reads, some partitions or all, also of a topic deleted since;
+/// it is refused while a member subscribes to the topic and for an unknown group;
+/// the deletion survives a restart, and the other topic's commits stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn committed_offsets_of_a_topic_no_longer_read_can_be_deleted() {
+    let (mut broker, client) = broker_with_topic("events", 2).await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("old", 3))
+        .await
+        .unwrap();
+    let commits: Vec<OffsetCommit> = ["events", "old"]
+        .iter()
+        .flat_map(|t| (0..2).map(move |p| OffsetCommit::new(*t, p, 5)))
+        .collect();
+    client
+        .admin()
+        .set_committed_offsets("g", &commits)
+        .await
+        .unwrap();
+    let committed = |client: Client, topic: &'static str| async move {
+        client
+            .admin()
+            .committed_offsets("g", None)
+            .await
+            .unwrap()
+            .into_iter()
+            .filter(|c| c.topic == topic)
+            .map(|c| c.partition)
+            .collect::<Vec<_>>()
+    };
+    let mut member = client.consumer(ConsumerConfig::default());
+    member
+        .subscribe(group_config("g", Assignor::Range), &["events"])
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while member.assignment().is_empty() {
+        assert!(Instant::now() < deadline, "never assigned");
+        member.poll(Duration::from_millis(100)).await.unwrap();
+    }
+
+    let (ok, _, err) = broker.cli(&["group", "delete-offsets", "g", "--topic", "events"], "");
+    assert!(!ok);
+    assert!(err.contains("GroupSubscribedToTopic"), "{err}");
+    assert_eq!(committed(client.clone(), "events").await, vec![0, 1]);
+
+    let (ok, out, err) = broker.cli(
+        &[
+            "group",
+            "delete-offsets",
+            "g",
+            "--topic",
+            "old",
+            "-p",
+            "1",
+            "-p",
+            "2",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(out.contains("partition(s) 1\n"), "{out}");
+    assert_eq!(committed(client.clone(), "old").await, vec![0]);
+
+    client.admin().delete_topic("old").await.unwrap();
+    let deleted = client
+        .admin()
+        .delete_committed_offsets("g", "old", None)
+        .await
+        .unwrap();
+    assert_eq!(deleted, vec![0], "a deleted topic's commits go too");
+    let (ok, out, err) = broker.cli(&["group", "delete-offsets", "g", "--topic", "old"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("no committed offsets of old"), "{out}");
+    let err = client
+        .admin()
+        .delete_committed_offsets("nobody", "old", None)
+        .await
+        .expect_err("no such group");
+    assert_eq!(err.code(), Some(ErrorCode::GroupIdNotFound), "{err}");
+
+    member.close().await.unwrap();
+    broker.kill9();
+    broker.restart();
+    let client = broker.client().await;
+    assert_eq!(committed(client.clone(), "old").await, Vec::<u32>::new());
+    assert_eq!(committed(client.clone(), "events").await, vec![0, 1]);
+}
+
 /// SIGTERM (what `kill`, `timeout` and service managers send) stops a CLI member as
 /// Ctrl-C does: it commits what it printed and leaves the group at once. Its
 /// session and commit interval are long, so neither would happen by itself.

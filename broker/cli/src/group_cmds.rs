@@ -1,4 +1,4 @@
-//! `meridian group list|describe|reset-offsets|delete`.
+//! `meridian group list|describe|reset-offsets|delete-offsets|delete`.
 
 use std::collections::BTreeMap;
 
@@ -23,6 +23,19 @@ pub enum GroupCommand {
     },
     /// Move a group's committed offsets (only while the group has no active members).
     ResetOffsets(ResetArgs),
+    /// Delete a group's committed offsets of a topic (refused while a member
+    /// subscribes to it), e.g. of a topic the group no longer reads.
+    DeleteOffsets {
+        group: String,
+        /// The topic whose committed offsets to delete (it may no longer exist).
+        #[arg(long)]
+        topic: String,
+        /// Only these partitions (repeatable); default every one the group committed.
+        #[arg(long, short)]
+        partition: Vec<u32>,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
     /// Delete a group and its committed offsets (only while it has no active members).
     Delete {
         group: String,
@@ -76,6 +89,28 @@ pub async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
         GroupCommand::ResetOffsets(args) => {
             let client = args.connect.connect().await?;
             reset(&client.admin(), &args).await?;
+        }
+        GroupCommand::DeleteOffsets {
+            group,
+            topic,
+            partition,
+            connect,
+        } => {
+            let client = connect.connect().await?;
+            let partitions = (!partition.is_empty()).then_some(partition.as_slice());
+            let deleted = client
+                .admin()
+                .delete_committed_offsets(&group, &topic, partitions)
+                .await?;
+            if deleted.is_empty() {
+                println!("group {group} had no committed offsets of {topic} to delete");
+            } else {
+                let list: Vec<String> = deleted.iter().map(u32::to_string).collect();
+                println!(
+                    "deleted group {group}'s committed offsets of {topic} partition(s) {}",
+                    list.join(", ")
+                );
+            }
         }
         GroupCommand::Delete { group, connect } => {
             let client = connect.connect().await?;

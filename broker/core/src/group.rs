@@ -61,6 +61,8 @@ pub enum GroupError {
     InconsistentProtocol(String),
     GroupIdNotFound(String),
     NonEmptyGroup(String),
+    /// Offsets of a topic a member subscribes to cannot be deleted.
+    GroupSubscribedToTopic(String),
     OffsetMetadataTooLarge(String),
     InvalidCommitOffset(String),
     /// Another broker coordinates the group (cluster mode): find the coordinator again.
@@ -82,6 +84,7 @@ impl GroupError {
             | GroupError::InconsistentProtocol(m)
             | GroupError::GroupIdNotFound(m)
             | GroupError::NonEmptyGroup(m)
+            | GroupError::GroupSubscribedToTopic(m)
             | GroupError::OffsetMetadataTooLarge(m)
             | GroupError::InvalidCommitOffset(m)
             | GroupError::NotCoordinator(m)
@@ -806,6 +809,45 @@ impl Coordinator {
             )));
         }
         Ok(group.offsets.keys().cloned().collect())
+    }
+
+    /// Checks that committed offsets of `topics` may be deleted (Kafka's OffsetDelete):
+    /// the group exists and no member subscribes to any of them. Returns the
+    /// partitions whose commits go: of each topic those listed, or every one it
+    /// committed when none are, that have a commit. The driver writes tombstones for
+    /// them, then calls [`Coordinator::remove_commit`].
+    pub fn prepare_delete_offsets(
+        &self,
+        group_id: &str,
+        topics: &BTreeMap<String, BTreeSet<u32>>,
+    ) -> Result<Vec<TopicPartition>> {
+        let Some(group) = self.groups.get(group_id) else {
+            return Err(GroupError::GroupIdNotFound(format!(
+                "group `{group_id}` does not exist"
+            )));
+        };
+        let subscribed: BTreeSet<&str> = topics
+            .keys()
+            .filter(|t| group.members.values().any(|m| m.topics.contains(*t)))
+            .map(String::as_str)
+            .collect();
+        if !subscribed.is_empty() {
+            let names: Vec<String> = subscribed.iter().map(|t| format!("`{t}`")).collect();
+            return Err(GroupError::GroupSubscribedToTopic(format!(
+                "members of group `{group_id}` subscribe to {}; stop them or change their subscription first",
+                names.join(", ")
+            )));
+        }
+        Ok(group
+            .offsets
+            .keys()
+            .filter(|tp| {
+                topics
+                    .get(&tp.topic)
+                    .is_some_and(|ps| ps.is_empty() || ps.contains(&tp.partition))
+            })
+            .cloned()
+            .collect())
     }
 
     pub fn forget(&mut self, group_id: &str) {

@@ -151,12 +151,18 @@ fn group_error(e: GroupError) -> (ErrorCode, String) {
         GroupError::InconsistentProtocol(_) => ErrorCode::InconsistentGroupProtocol,
         GroupError::GroupIdNotFound(_) => ErrorCode::GroupIdNotFound,
         GroupError::NonEmptyGroup(_) => ErrorCode::NonEmptyGroup,
+        GroupError::GroupSubscribedToTopic(_) => ErrorCode::GroupSubscribedToTopic,
         GroupError::OffsetMetadataTooLarge(_) => ErrorCode::OffsetMetadataTooLarge,
         GroupError::InvalidCommitOffset(_) => ErrorCode::InvalidCommitOffset,
         GroupError::NotCoordinator(_) => ErrorCode::NotCoordinator,
         GroupError::CoordinatorNotAvailable(_) => ErrorCode::CoordinatorNotAvailable,
     };
     (code, e.message().to_string())
+}
+
+fn group_failure(e: GroupError) -> Failure {
+    let (code, message) = group_error(e);
+    Failure::new(code, message)
 }
 
 /// Java's `String.hashCode`, so a group lands on the same offsets partition as in Kafka.
@@ -747,12 +753,11 @@ impl Shared {
         group_id: &str,
         change: impl FnOnce(&mut Coordinator) -> Result<T, GroupError>,
     ) -> Result<(T, Write), Failure> {
-        let to_failure = |e| {
-            let (code, message) = group_error(e);
-            Failure::new(code, message)
-        };
-        let mut coordinator = self.groups.coordinator_for(group_id).map_err(to_failure)?;
-        let outcome = change(&mut coordinator).map_err(to_failure)?;
+        let mut coordinator = self
+            .groups
+            .coordinator_for(group_id)
+            .map_err(group_failure)?;
+        let outcome = change(&mut coordinator).map_err(group_failure)?;
         let written = self.write_membership(&coordinator, group_id);
         Ok((outcome, written))
     }
@@ -1001,10 +1006,7 @@ impl Shared {
                     c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &committed)?;
                     Ok(c)
                 })
-                .map_err(|e| {
-                    let (code, message) = group_error(e);
-                    Failure::new(code, message)
-                })?;
+                .map_err(group_failure)?;
             let records = committed
                 .iter()
                 .map(|(tp, c)| NewRecord {
@@ -1171,37 +1173,86 @@ impl Shared {
 
     async fn delete_group(&self, group_id: &str) -> Result<(), Failure> {
         let sync = {
-            let mut coordinator = self.groups.coordinator_for(group_id).map_err(|e| {
-                let (code, message) = group_error(e);
-                Failure::new(code, message)
-            })?;
-            let committed = coordinator.prepare_delete(group_id).map_err(|e| {
-                let (code, message) = group_error(e);
-                Failure::new(code, message)
-            })?;
-            let now = now_ms();
-            let records: Vec<NewRecord> = committed
-                .iter()
-                .map(|tp| NewRecord {
-                    timestamp: now,
-                    key: Some(encode_key(group_id, tp)),
-                    value: None,
-                    headers: Vec::new(),
-                })
-                .collect();
-            let sync = if records.is_empty() {
-                None
-            } else {
-                Some(self.append_offsets(group_id, records)?)
-            };
+            let mut coordinator = self
+                .groups
+                .coordinator_for(group_id)
+                .map_err(group_failure)?;
+            let committed = coordinator
+                .prepare_delete(group_id)
+                .map_err(group_failure)?;
+            let sync = self.remove_commits(&mut coordinator, group_id, &committed)?;
             coordinator.forget(group_id);
             self.groups.persisted.lock().remove(group_id);
             sync
         };
-        match sync {
-            Some(sync) => self.wait_durable(sync).await,
-            None => Ok(()),
+        self.wait_written(Ok(sync)).await
+    }
+
+    /// Under the coordinator lock: writes tombstones for the group's commits of
+    /// `partitions` and removes them (`None`: there were none).
+    fn remove_commits(
+        &self,
+        coordinator: &mut Coordinator,
+        group_id: &str,
+        partitions: &[TopicPartition],
+    ) -> Result<Option<Written>, Failure> {
+        if partitions.is_empty() {
+            return Ok(None);
         }
+        let now = now_ms();
+        let records = partitions
+            .iter()
+            .map(|tp| NewRecord {
+                timestamp: now,
+                key: Some(encode_key(group_id, tp)),
+                value: None,
+                headers: Vec::new(),
+            })
+            .collect();
+        let written = self.append_offsets(group_id, records)?;
+        for tp in partitions {
+            coordinator.remove_commit(group_id, tp);
+        }
+        Ok(Some(written))
+    }
+
+    pub(crate) async fn offset_delete(&self, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
+        let outcome = self.offset_delete_inner(&r).await;
+        let (error, message, deleted) = match outcome {
+            Ok(deleted) => (ErrorCode::None, String::new(), to_wire(&deleted)),
+            Err(f) => (f.code, f.message, Vec::new()),
+        };
+        OffsetDeleteResponse {
+            error,
+            message,
+            deleted,
+        }
+    }
+
+    async fn offset_delete_inner(
+        &self,
+        r: &OffsetDeleteRequest,
+    ) -> Result<BTreeSet<TopicPartition>, Failure> {
+        let mut topics: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
+        for t in &r.topics {
+            topics
+                .entry(t.topic.clone())
+                .or_default()
+                .extend(&t.partitions);
+        }
+        let (deleted, written) = {
+            let mut coordinator = self
+                .groups
+                .coordinator_for(&r.group_id)
+                .map_err(group_failure)?;
+            let deleted = coordinator
+                .prepare_delete_offsets(&r.group_id, &topics)
+                .map_err(group_failure)?;
+            let written = self.remove_commits(&mut coordinator, &r.group_id, &deleted)?;
+            (deleted, written)
+        };
+        self.wait_written(Ok(written)).await?;
+        Ok(deleted.into_iter().collect())
     }
 }
 

@@ -157,6 +157,7 @@ impl Shared {
             Request::ListGroups(_) => Response::ListGroups(self.list_groups()),
             Request::DescribeGroups(r) => Response::DescribeGroups(self.describe_groups(r)),
             Request::DeleteGroups(r) => Response::DeleteGroups(self.delete_groups(r).await),
+            Request::OffsetDelete(r) => Response::OffsetDelete(self.offset_delete(r).await),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DeleteRecords(r) => Response::DeleteRecords(self.delete_records(r)),
             // Plugin administration (plugins.rs).

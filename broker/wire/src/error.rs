@@ -90,6 +90,7 @@ error_codes! {
     OutOfOrderSequenceNumber = 36, false, "the producer's batch does not follow its previous one (records lost or reordered)";
     InvalidProducerEpoch = 37, false, "the producer epoch is older than the partition's: a newer producer took over";
     UnknownProducerId = 38, false, "the partition has no state for this producer id; start a new producer id";
+    GroupSubscribedToTopic = 39, false, "a member of the group subscribes to the topic; stop it or change its subscription first";
     // 40..=49: replication.
     NotLeaderOrFollower = 40, true, "this broker is not the leader of the partition (nor, for a follower's fetch, a replica of it); refresh metadata and retry at the leader";
     FencedLeaderEpoch = 41, true, "the request's leader epoch is older than the partition's: a newer leader was elected; refresh metadata";

@@ -495,6 +495,18 @@ message! {
 }
 
 message! {
+    /// Deletes some of a group's committed offsets (Kafka's OffsetDelete), refused
+    /// while a member subscribes to their topic. A topic listed without partitions
+    /// means every partition the group has committed for it (a deleted topic too).
+    pub struct OffsetDeleteRequest { group_id: string, topics: tps }
+}
+
+message! {
+    /// `deleted`: the partitions whose commits went (those without one are left out).
+    pub struct OffsetDeleteResponse { error: error, message: string, deleted: tps }
+}
+
+message! {
     pub struct GroupResult { group_id: string, error: error, message: string }
 }
 

@@ -35,6 +35,8 @@ pub enum ApiKey {
     DescribeGroups = 16,
     DeleteGroups = 17,
     InitProducerId = 18,
+    /// Delete some of a group's committed offsets (group.rs).
+    OffsetDelete = 19,
     /// Delete records below an offset (log start moves up).
     DeleteRecords = 20,
     /// Change topics' settings (topic_changes.rs).
@@ -61,7 +63,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 34] = [
+    pub const ALL: [ApiKey; 35] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -81,6 +83,7 @@ impl ApiKey {
         ApiKey::DescribeGroups,
         ApiKey::DeleteGroups,
         ApiKey::InitProducerId,
+        ApiKey::OffsetDelete,
         ApiKey::DeleteRecords,
         ApiKey::AlterTopicConfigs,
         ApiKey::CreatePartitions,
@@ -152,6 +155,7 @@ pub enum Request {
     DescribeGroups(DescribeGroupsRequest),
     DeleteGroups(DeleteGroupsRequest),
     InitProducerId(InitProducerIdRequest),
+    OffsetDelete(OffsetDeleteRequest),
     DeleteRecords(DeleteRecordsRequest),
     AlterTopicConfigs(AlterTopicConfigsRequest),
     CreatePartitions(CreatePartitionsRequest),
@@ -190,6 +194,7 @@ pub enum Response {
     DescribeGroups(DescribeGroupsResponse),
     DeleteGroups(DeleteGroupsResponse),
     InitProducerId(InitProducerIdResponse),
+    OffsetDelete(OffsetDeleteResponse),
     DeleteRecords(DeleteRecordsResponse),
     AlterTopicConfigs(AlterTopicConfigsResponse),
     CreatePartitions(CreatePartitionsResponse),
@@ -632,6 +637,7 @@ impl Request {
             Request::ListGroups(_) => ApiKey::ListGroups,
             Request::DescribeGroups(_) => ApiKey::DescribeGroups,
             Request::DeleteGroups(_) => ApiKey::DeleteGroups,
+            Request::OffsetDelete(_) => ApiKey::OffsetDelete,
             Request::InitProducerId(_) => ApiKey::InitProducerId,
             Request::DeleteRecords(_) => ApiKey::DeleteRecords,
             Request::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
@@ -717,6 +723,7 @@ impl Request {
             Request::ListGroups(m) => m.encode(w),
             Request::DescribeGroups(m) => m.encode(w),
             Request::DeleteGroups(m) => m.encode(w),
+            Request::OffsetDelete(m) => m.encode(w),
             Request::InitProducerId(m) => m.encode(w),
             Request::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
@@ -832,6 +839,7 @@ impl Request {
             ApiKey::ListGroups => Request::ListGroups(ListGroupsRequest::decode(r)?),
             ApiKey::DescribeGroups => Request::DescribeGroups(DescribeGroupsRequest::decode(r)?),
             ApiKey::DeleteGroups => Request::DeleteGroups(DeleteGroupsRequest::decode(r)?),
+            ApiKey::OffsetDelete => Request::OffsetDelete(OffsetDeleteRequest::decode(r)?),
             ApiKey::InitProducerId => Request::InitProducerId(InitProducerIdRequest::decode(r)?),
             ApiKey::DeleteRecords => Request::DeleteRecords(DeleteRecordsRequest {
                 topics: r.array(6, |r| {
@@ -895,6 +903,7 @@ impl Response {
             Response::ListGroups(_) => ApiKey::ListGroups,
             Response::DescribeGroups(_) => ApiKey::DescribeGroups,
             Response::DeleteGroups(_) => ApiKey::DeleteGroups,
+            Response::OffsetDelete(_) => ApiKey::OffsetDelete,
             Response::InitProducerId(_) => ApiKey::InitProducerId,
             Response::DeleteRecords(_) => ApiKey::DeleteRecords,
             Response::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
@@ -1021,6 +1030,7 @@ impl Response {
             Response::ListGroups(m) => m.encode(w),
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
+            Response::OffsetDelete(m) => m.encode(w),
             Response::InitProducerId(m) => m.encode(w),
             Response::AlterPartitionReassignments(m) => m.encode(w),
             Response::AlterTopicConfigs(m) => m.encode(w),
@@ -1189,6 +1199,7 @@ impl Response {
             ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode(r)?),
             ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
             ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),
+            ApiKey::OffsetDelete => Response::OffsetDelete(OffsetDeleteResponse::decode(r)?),
             ApiKey::InitProducerId => Response::InitProducerId(InitProducerIdResponse::decode(r)?),
             ApiKey::DeleteRecords => Response::DeleteRecords(DeleteRecordsResponse {
                 topics: r.array(6, |r| {
@@ -1617,6 +1628,10 @@ mod tests {
         check_request(Request::DeleteGroups(DeleteGroupsRequest {
             group_ids: vec!["g".into(), "h".into()],
         }));
+        check_request(Request::OffsetDelete(OffsetDeleteRequest {
+            group_id: "g".into(),
+            topics: tps.clone(),
+        }));
 
         check_response(Response::FindCoordinator(FindCoordinatorResponse {
             error: ErrorCode::None,
@@ -1778,6 +1793,14 @@ mod tests {
             message: String::new(),
             producer_id: 4_000,
             producer_epoch: 0,
+        }));
+        check_response(Response::OffsetDelete(OffsetDeleteResponse {
+            error: ErrorCode::GroupSubscribedToTopic,
+            message: "subscribed".into(),
+            deleted: vec![TopicPartitions {
+                topic: "t".into(),
+                partitions: vec![0, 2],
+            }],
         }));
         check_response(Response::DeleteGroups(DeleteGroupsResponse {
             results: vec![GroupResult {

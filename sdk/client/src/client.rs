@@ -958,6 +958,7 @@ fn group_error(response: &Response) -> Option<ErrorCode> {
         Response::OffsetFetch(r) => Some(r.error),
         Response::DescribeGroups(r) => r.groups.first().map(|g| g.error),
         Response::DeleteGroups(r) => r.results.first().map(|g| g.error),
+        Response::OffsetDelete(r) => Some(r.error),
         _ => None,
     }
 }

@@ -780,6 +780,44 @@ impl Admin {
         check(result.error, result.message)
     }
 
+    /// Deletes the group's committed offsets of `topic` (Kafka's OffsetDelete): of
+    /// `partitions`, or of every partition it committed when `None` (the topic may no
+    /// longer exist). Returns the partitions whose commits were deleted. Refused with
+    /// [`ErrorCode::GroupSubscribedToTopic`] while a member subscribes to the topic,
+    /// and with [`ErrorCode::GroupIdNotFound`] for a group the coordinator does not
+    /// know. A group left with neither members nor commits is gone.
+    pub async fn delete_committed_offsets(
+        &self,
+        group_id: &str,
+        topic: &str,
+        partitions: Option<&[u32]>,
+    ) -> Result<Vec<u32>> {
+        if partitions.is_some_and(<[u32]>::is_empty) {
+            return Ok(Vec::new());
+        }
+        let response = self
+            .client()
+            .coordinator_request(
+                group_id,
+                Request::OffsetDelete(OffsetDeleteRequest {
+                    group_id: group_id.to_string(),
+                    topics: vec![TopicPartitions {
+                        topic: topic.to_string(),
+                        partitions: partitions.map(<[u32]>::to_vec).unwrap_or_default(),
+                    }],
+                }),
+            )
+            .await?;
+        let Response::OffsetDelete(r) = response else {
+            return Err(unexpected(ApiKey::OffsetDelete, &response));
+        };
+        check(r.error, r.message)?;
+        Ok(TopicPartitions::pairs(&r.deleted)
+            .filter(|(t, _)| *t == topic)
+            .map(|(_, p)| p)
+            .collect())
+    }
+
     /// Removes a static member by instance id (it would otherwise stay until its
     /// session times out).
     pub async fn remove_static_member(&self, group_id: &str, instance_id: &str) -> Result<()> {

@@ -397,3 +397,46 @@ fn a_new_coordinator_carries_on_with_the_persisted_membership() {
     empty.restore_membership(GROUP, (None, BTreeMap::new()), 0);
     assert!(empty.describe(GROUP).is_none());
 }
+
+/// Deleting committed offsets: refused for a topic a member subscribes to and for an
+/// unknown group; otherwise the listed partitions that have a commit, or all of a
+/// topic's when none are listed.
+#[test]
+fn offsets_of_topics_no_member_reads_can_be_deleted() {
+    use meridian_core::group::CommittedOffset;
+    let mut coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    coordinator.topic_changed("t", Some(2), 0);
+    coordinator
+        .join(join_t("g", None), 0)
+        .expect("join succeeds");
+    for (topic, partition) in [("t", 0), ("old", 0), ("old", 1), ("old", 3)] {
+        let committed = CommittedOffset {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        coordinator.apply_commit("g", TopicPartition::new(topic, partition), committed);
+    }
+    let topics = |list: &[(&str, &[u32])]| -> BTreeMap<String, BTreeSet<u32>> {
+        list.iter()
+            .map(|(t, ps)| (t.to_string(), ps.iter().copied().collect()))
+            .collect()
+    };
+    assert!(matches!(
+        coordinator.prepare_delete_offsets("g", &topics(&[("old", &[]), ("t", &[0])])),
+        Err(GroupError::GroupSubscribedToTopic(m)) if m.contains("`t`")
+    ));
+    assert!(matches!(
+        coordinator.prepare_delete_offsets("h", &topics(&[("old", &[])])),
+        Err(GroupError::GroupIdNotFound(_))
+    ));
+    let some = coordinator
+        .prepare_delete_offsets("g", &topics(&[("old", &[1, 2])]))
+        .unwrap();
+    assert_eq!(some, vec![TopicPartition::new("old", 1)]);
+    let all = coordinator
+        .prepare_delete_offsets("g", &topics(&[("old", &[])]))
+        .unwrap();
+    assert_eq!(all.len(), 3, "{all:?}");
+}
