@@ -958,6 +958,13 @@ async fn committed_offsets_of_a_topic_no_longer_read_can_be_deleted() {
     assert_eq!(committed(client.clone(), "old").await, vec![0]);
 
     client.admin().delete_topic("old").await.unwrap();
+    let (ok, described, err) = broker.cli(&["group", "describe", "g"], "");
+    assert!(ok, "{err}");
+    assert!(
+        described.contains("topic old no longer exists")
+            && described.contains("meridian group delete-offsets g --topic old"),
+        "{described}"
+    );
     let deleted = client
         .admin()
         .delete_committed_offsets("g", "old", None)

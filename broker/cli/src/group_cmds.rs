@@ -1,9 +1,9 @@
 //! `meridian group list|describe|reset-offsets|delete-offsets|delete`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use clap::{Args, Subcommand};
-use meridian_client::{Admin, Offset, OffsetCommit};
+use meridian_client::{Admin, ErrorCode, Offset, OffsetCommit};
 
 use crate::client_cmds::parse_from;
 use crate::ConnectArgs;
@@ -186,11 +186,18 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
         "{:<24} {:>9} {:>12} {:>12} {:>9}  OWNER",
         "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
     );
+    // Topics deleted since the group committed to them.
+    let mut gone: BTreeSet<String> = BTreeSet::new();
     for ((topic, partition), offset) in rows {
-        let end = admin
-            .list_offsets(&topic, partition, Offset::Latest)
-            .await
-            .ok();
+        let end = match admin.list_offsets(&topic, partition, Offset::Latest).await {
+            Ok(end) => Some(end),
+            Err(e) => {
+                if e.code() == Some(ErrorCode::UnknownTopic) {
+                    gone.insert(topic.clone());
+                }
+                None
+            }
+        };
         let lag = match (offset, end) {
             (Some(o), Some(e)) => (e - o).max(0).to_string(),
             (None, Some(e)) => e.to_string(),
@@ -206,6 +213,11 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
             owners
                 .get(&(topic.clone(), partition))
                 .map_or("-", String::as_str)
+        );
+    }
+    for topic in gone {
+        println!(
+            "\ntopic {topic} no longer exists; to drop the group's commits of it: meridian group delete-offsets {group} --topic {topic}"
         );
     }
     Ok(())
