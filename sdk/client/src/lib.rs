@@ -133,6 +133,7 @@ mod futures_are_send {
         spawns!(admin.clone(), a => a.describe_group("g"));
         spawns!(admin.clone(), a => a.committed_offsets("g", None));
         spawns!(admin.clone(), a => a.set_committed_offsets("g", &[]));
+        spawns!(admin.clone(), a => a.delete_committed_offsets("g", "t", None));
         spawns!(admin.clone(), a => a.delete_group("g"));
         spawns!(admin.clone(), a => a.remove_static_member("g", "i"));
         spawns!(admin.clone(), a => a.deploy_plugin("p", "1", Bytes::new()));
