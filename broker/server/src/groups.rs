@@ -181,70 +181,71 @@ fn from_wire(tps: &[TopicPartitions]) -> BTreeSet<TopicPartition> {
         .collect()
 }
 
-fn encode_key(group: &str, tp: &TopicPartition) -> Bytes {
+/// One record's key or value, written by `write`.
+fn encode(write: impl FnOnce(&mut Writer<'_>)) -> Bytes {
     let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(RECORD_VERSION);
-    w.string(group);
-    w.string(&tp.topic);
-    w.u32(tp.partition);
+    write(&mut Writer::new(&mut buf));
     buf.freeze()
+}
+
+fn encode_key(group: &str, tp: &TopicPartition) -> Bytes {
+    encode(|w| {
+        w.u16(RECORD_VERSION);
+        w.string(group);
+        w.string(&tp.topic);
+        w.u32(tp.partition);
+    })
 }
 
 fn encode_value(committed: &CommittedOffset) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(VALUE_VERSION);
-    w.i64(committed.offset);
-    w.i32(committed.leader_epoch);
-    w.string(&committed.metadata);
-    w.i64(committed.commit_timestamp_ms);
-    buf.freeze()
+    encode(|w| {
+        w.u16(VALUE_VERSION);
+        w.i64(committed.offset);
+        w.i32(committed.leader_epoch);
+        w.string(&committed.metadata);
+        w.i64(committed.commit_timestamp_ms);
+    })
 }
 
 fn encode_group_key(group: &str) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(GROUP_KEY_VERSION);
-    w.string(group);
-    buf.freeze()
+    encode(|w| {
+        w.u16(GROUP_KEY_VERSION);
+        w.string(group);
+    })
 }
 
 fn encode_member_key(group: &str, member: &str) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(MEMBER_KEY_VERSION);
-    w.string(group);
-    w.string(member);
-    buf.freeze()
+    encode(|w| {
+        w.u16(MEMBER_KEY_VERSION);
+        w.string(group);
+        w.string(member);
+    })
 }
 
 fn encode_group_value(group: &GroupRecord) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(MEMBERSHIP_VALUE_VERSION);
-    w.i32(group.epoch);
-    w.string(group.assignor.name());
-    w.bool(group.revoking_all);
-    buf.freeze()
+    encode(|w| {
+        w.u16(MEMBERSHIP_VALUE_VERSION);
+        w.i32(group.epoch);
+        w.string(group.assignor.name());
+        w.bool(group.revoking_all);
+    })
 }
 
 fn encode_member_value(m: &MemberRecord) -> Bytes {
-    let mut buf = BytesMut::new();
-    let mut w = Writer::new(&mut buf);
-    w.u16(MEMBERSHIP_VALUE_VERSION);
-    put_opt_string(&mut w, &m.instance_id);
-    w.string(&m.client_id);
-    w.string(&m.client_host);
-    put_strings(&mut w, &m.topics.iter().cloned().collect::<Vec<_>>());
-    w.u32(m.session_timeout_ms);
-    w.u32(m.rebalance_timeout_ms);
-    w.i32(m.epoch);
-    put_tps(&mut w, &to_wire(&m.owned));
-    put_tps(&mut w, &to_wire(&m.sent));
-    put_tps(&mut w, &to_wire(&m.target));
-    w.bool(m.revoking);
-    buf.freeze()
+    encode(|w| {
+        w.u16(MEMBERSHIP_VALUE_VERSION);
+        put_opt_string(w, &m.instance_id);
+        w.string(&m.client_id);
+        w.string(&m.client_host);
+        put_strings(w, &m.topics.iter().cloned().collect::<Vec<_>>());
+        w.u32(m.session_timeout_ms);
+        w.u32(m.rebalance_timeout_ms);
+        w.i32(m.epoch);
+        put_tps(w, &to_wire(&m.owned));
+        put_tps(w, &to_wire(&m.sent));
+        put_tps(w, &to_wire(&m.target));
+        w.bool(m.revoking);
+    })
 }
 
 /// One record of the offsets topic, decoded.
@@ -1284,13 +1285,13 @@ mod tests {
             LoadedRecord::Commit("g".to_string(), tp.clone(), Some(committed))
         );
         // A version 0 value, as brokers wrote before epochs were kept: no epoch.
-        let mut old = BytesMut::new();
-        let mut w = Writer::new(&mut old);
-        w.u16(0);
-        w.i64(42);
-        w.string("m");
-        w.i64(1_700_000_000_000);
-        let decoded = decode_record(encode_key("g", &tp), Some(old.freeze())).unwrap();
+        let old = encode(|w| {
+            w.u16(0);
+            w.i64(42);
+            w.string("m");
+            w.i64(1_700_000_000_000);
+        });
+        let decoded = decode_record(encode_key("g", &tp), Some(old)).unwrap();
         let expected = CommittedOffset {
             offset: 42,
             leader_epoch: NO_LEADER_EPOCH,
@@ -1350,9 +1351,8 @@ mod tests {
             LoadedRecord::Member("g".into(), "m-1".into(), None)
         );
         // A later version, or a cut record, is refused (and skipped by the loader).
-        let mut newer = BytesMut::new();
-        Writer::new(&mut newer).u16(MEMBERSHIP_VALUE_VERSION + 1);
-        assert!(decode_record(encode_group_key("g"), Some(newer.freeze())).is_err());
+        let newer = encode(|w| w.u16(MEMBERSHIP_VALUE_VERSION + 1));
+        assert!(decode_record(encode_group_key("g"), Some(newer)).is_err());
         let cut = encode_member_value(&member(&[0], false)).slice(..10);
         assert!(decode_record(encode_member_key("g", "m"), Some(cut)).is_err());
     }
