@@ -743,6 +743,20 @@ impl Shared {
         }
     }
 
+    /// A membership change answered once its records are durable: runs it (see
+    /// [`Shared::change_membership`]), wakes the group's held heartbeats (what one
+    /// member gave up may be another's now), and waits for the write.
+    async fn membership_change<T>(
+        &self,
+        group_id: &str,
+        change: impl FnOnce(&mut Coordinator) -> Result<T, GroupError>,
+    ) -> Result<T, Failure> {
+        let (outcome, written) = self.change_membership(group_id, change)?;
+        self.groups.wake(group_id);
+        self.wait_written(written).await?;
+        Ok(outcome)
+    }
+
     /// Runs `change` on the group's coordinator and writes what it changed in the
     /// group's membership, under the coordinator lock (so the log has changes in the
     /// order they were made). Returns the core's answer and the write, which the
@@ -792,17 +806,11 @@ impl Shared {
     }
 
     pub(crate) async fn sync_group(&self, r: SyncGroupRequest) -> SyncGroupResponse {
-        let outcome = self.change_membership(&r.group_id, |c| {
-            c.sync(&r.group_id, &r.member_id, from_wire(&r.owned), now_ms())
-        });
-        let outcome = match outcome {
-            Ok((synced, written)) => {
-                // What this member gave up may be someone else's now.
-                self.groups.wake(&r.group_id);
-                self.wait_written(written).await.map(|()| synced)
-            }
-            Err(f) => Err(f),
-        };
+        let outcome = self
+            .membership_change(&r.group_id, |c| {
+                c.sync(&r.group_id, &r.member_id, from_wire(&r.owned), now_ms())
+            })
+            .await;
         match outcome {
             Ok(synced) => SyncGroupResponse {
                 error: ErrorCode::None,
@@ -870,21 +878,16 @@ impl Shared {
     }
 
     pub(crate) async fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {
-        let outcome = self.change_membership(&r.group_id, |c| {
-            c.leave(
-                &r.group_id,
-                &r.member_id,
-                r.instance_id.as_deref(),
-                now_ms(),
-            )
-        });
-        let outcome = match outcome {
-            Ok(((), written)) => {
-                self.groups.wake(&r.group_id);
-                self.wait_written(written).await
-            }
-            Err(f) => Err(f),
-        };
+        let outcome = self
+            .membership_change(&r.group_id, |c| {
+                c.leave(
+                    &r.group_id,
+                    &r.member_id,
+                    r.instance_id.as_deref(),
+                    now_ms(),
+                )
+            })
+            .await;
         let (error, message) = match outcome {
             Ok(()) => (ErrorCode::None, String::new()),
             Err(f) => (f.code, f.message),
