@@ -75,13 +75,11 @@ struct CliMember {
 
 impl CliMember {
     fn start(broker: &TestBroker, topic: &str, group: &str) -> CliMember {
-        let mut child = spawn_cli_member(
+        CliMember::spawn(
             broker,
             topic,
             group,
             &[
-                "--format",
-                "full",
                 "--session-timeout-ms",
                 "1500",
                 "--commit-interval-ms",
@@ -89,7 +87,13 @@ impl CliMember {
                 "--idle-exit-ms",
                 "5000",
             ],
-        );
+        )
+    }
+
+    /// A member printing `--format full` lines, with `extra` arguments.
+    fn spawn(broker: &TestBroker, topic: &str, group: &str, extra: &[&str]) -> CliMember {
+        let args: Vec<&str> = ["--format", "full"].iter().chain(extra).copied().collect();
+        let mut child = spawn_cli_member(broker, topic, group, &args);
         let stdout = child.stdout.take().unwrap();
         let lines = Arc::new(Mutex::new(Vec::new()));
         let sink = lines.clone();
@@ -108,6 +112,15 @@ impl CliMember {
 
     fn count(&self) -> usize {
         self.lines.lock().unwrap().len()
+    }
+
+    /// Waits (at most 30 s) until it has printed `n` records.
+    async fn wait_count(&self, n: usize) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.count() < n {
+            assert!(Instant::now() < deadline, "printed {} of {n}", self.count());
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn kill9(&mut self) {
@@ -176,11 +189,7 @@ async fn killing_one_of_three_members_loses_nothing() {
             }
         }
     });
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while members[0].count() < 2_000 {
-        assert!(Instant::now() < deadline, "member 0 never got going");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    members[0].wait_count(2_000).await;
     members[0].kill9();
     let killed = members[0].collect();
     producer.await.unwrap();
@@ -1135,45 +1144,19 @@ async fn a_member_carries_on_across_its_coordinators_restart() {
 async fn a_member_removed_while_stopped_does_not_reread_when_it_resumes() {
     let (broker, client) = broker_with_topic("events", 2).await;
     produce_n(&client, "events", 2, 100).await;
-    let mut child = spawn_cli_member(
+    let mut member = CliMember::spawn(
         &broker,
         "events",
         "paused",
         &[
-            "--format",
-            "full",
             "--session-timeout-ms",
             "1000",
             "--commit-interval-ms",
             "600000",
         ],
     );
-    let stdout = child.stdout.take().unwrap();
-    let lines = Arc::new(Mutex::new(Vec::new()));
-    let reader = {
-        let lines = lines.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                let mut fields = line.split('\t');
-                let partition: u32 = fields.next().unwrap().parse().unwrap();
-                let offset: i64 = fields.next().unwrap().parse().unwrap();
-                lines.lock().unwrap().push((partition, offset));
-            }
-        })
-    };
-    let wait_for = |n: usize| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while lines.lock().unwrap().len() < n {
-            assert!(
-                Instant::now() < deadline,
-                "read {} of {n}",
-                lines.lock().unwrap().len()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    };
-    wait_for(100);
-    let pid = rustix::process::Pid::from_child(&child);
+    member.wait_count(100).await;
+    let pid = rustix::process::Pid::from_child(&member.child);
     rustix::process::kill_process(pid, rustix::process::Signal::STOP).unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -1186,13 +1169,11 @@ async fn a_member_removed_while_stopped_does_not_reread_when_it_resumes() {
     }
     produce_n(&client, "events", 2, 10).await;
     rustix::process::kill_process(pid, rustix::process::Signal::CONT).unwrap();
-    wait_for(110);
+    member.wait_count(110).await;
     // Nothing more comes: the first 100 are not read again.
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let _ = child.kill();
-    let _ = child.wait();
-    reader.join().unwrap();
-    let seen = lines.lock().unwrap().clone();
+    member.kill9();
+    let seen = member.collect();
     let unique: BTreeSet<_> = seen.iter().copied().collect();
     assert_eq!(
         (seen.len(), unique.len()),
