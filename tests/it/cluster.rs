@@ -2153,26 +2153,34 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
     // Produced after the commit: what the members read next, and all a new member
     // must read.
     produce(client.clone(), 600, 300).await;
-    let mut next = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while next.len() < 300 {
-        assert!(
-            Instant::now() < deadline,
-            "the members read {} of the 300 records produced after the coordinator died",
-            next.len()
-        );
-        for consumer in [&mut a, &mut b] {
-            for record in consumer.poll(Duration::from_millis(50)).await.unwrap() {
-                assert!(
-                    record.offset >= 100,
-                    "{}/{} again",
-                    record.partition,
-                    record.offset
-                );
-                next.insert((record.partition, record.offset));
+    // `what` reads the 300 records produced after the commit, none before it.
+    async fn read_the_next_300(
+        consumers: &mut [&mut Consumer],
+        what: &str,
+    ) -> BTreeSet<(u32, i64)> {
+        let mut read = BTreeSet::new();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while read.len() < 300 {
+            assert!(
+                Instant::now() < deadline,
+                "{what} read {} of the 300 records produced after the commit",
+                read.len()
+            );
+            for consumer in consumers.iter_mut() {
+                for record in consumer.poll(Duration::from_millis(50)).await.unwrap() {
+                    assert!(
+                        record.offset >= 100,
+                        "{what} read {}/{}, committed before the coordinator died",
+                        record.partition,
+                        record.offset
+                    );
+                    read.insert((record.partition, record.offset));
+                }
             }
         }
+        read
     }
+    read_the_next_300(&mut [&mut a, &mut b], "the carried-on members").await;
     assert_eq!(
         (a.member_id().unwrap(), b.member_id().unwrap()),
         members,
@@ -2202,24 +2210,7 @@ async fn a_consumer_group_spans_brokers_and_its_commits_survive_the_coordinator_
 
     let (mut c, config) = group(&client);
     c.subscribe(config, &["events"]).await.unwrap();
-    let mut resumed = BTreeSet::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while resumed.len() < 300 {
-        assert!(
-            Instant::now() < deadline,
-            "resumed {} of 300 records",
-            resumed.len()
-        );
-        for record in c.poll(Duration::from_millis(100)).await.unwrap() {
-            assert!(
-                record.offset >= 100,
-                "record {}/{} was committed before the coordinator died",
-                record.partition,
-                record.offset
-            );
-            resumed.insert((record.partition, record.offset));
-        }
-    }
+    let resumed = read_the_next_300(&mut [&mut c], "a new member").await;
     assert_eq!(resumed.len(), 300);
     c.close().await.unwrap();
 }
