@@ -838,3 +838,32 @@ fn output_into_a_closed_pipe_ends_quietly() {
         assert!(matches!(committed, Some("0" | "-")), "{described}");
     }
 }
+
+/// The broker row of `cluster describe`: its columns split on whitespace.
+fn broker_row(text: &str) -> Vec<String> {
+    text.lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("no row of broker 1: {text}"))
+        .split_whitespace()
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn cluster_describe_shows_a_single_broker_as_its_own_controller() {
+    let broker = TestBroker::start(&["rack=eu-1a"]);
+    let before = ok(broker.cli(&["cluster", "describe"], ""));
+    assert!(
+        before.contains("controller:   broker 1 (a single broker: no metadata quorum)"),
+        "{before}"
+    );
+    // broker, address, rack, state, quorum, leads, replicas, lag.
+    let row = broker_row(&before);
+    assert_eq!(row[1], broker.addr, "{before}");
+    assert_eq!(&row[2..5], ["eu-1a", "running", "-"], "{before}");
+    ok(broker.cli(&["topic", "create", "t", "--partitions", "3"], ""));
+    let after = broker_row(&ok(broker.cli(&["cluster", "describe"], "")));
+    let count = |row: &[String], column: usize| row[column].parse::<u32>().unwrap();
+    assert_eq!(count(&after, 5), count(&row, 5) + 3, "{after:?}");
+    assert_eq!(count(&after, 6), count(&after, 5), "{after:?}");
+}

@@ -8,8 +8,8 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use meridian_client::{
-    Acks, AutoOffsetReset, Client, Consumer, ConsumerConfig, ConsumerRecord, GroupConfig, NewTopic,
-    Offset, ProducerConfig, ProducerRecord,
+    Acks, AutoOffsetReset, BrokerState, Client, Consumer, ConsumerConfig, ConsumerRecord,
+    GroupConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, QuorumRole,
 };
 use meridian_wire::messages::{
     CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
@@ -251,10 +251,74 @@ async fn quorum_elects_a_controller_and_replaces_it_when_killed() {
     leaders.sort_unstable();
     assert_eq!(leaders, vec![1, 2, 3], "leaders spread over the brokers");
 
+    // Asked of a broker that is not the controller, `describe_cluster` also asks the
+    // controller, which knows how far each broker has copied the metadata log.
+    let admin = cluster.client(via).await.admin();
+    let described = admin.describe_cluster().await.unwrap();
+    assert_eq!(
+        (described.broker_id, described.controller_id),
+        (controller, controller)
+    );
+    let quorum = described.quorum.clone().expect("a cluster has a quorum");
+    assert!(quorum.from_controller && quorum.term >= 1, "{quorum:?}");
+    let ids: Vec<u32> = described.brokers.iter().map(|b| b.broker_id).collect();
+    assert_eq!(ids, vec![1, 2, 3]);
+    for b in &described.brokers {
+        assert_eq!(
+            (b.state, b.role),
+            (BrokerState::Running, QuorumRole::Voter),
+            "{b:?}"
+        );
+        assert!(b.leaders >= 1 && b.replicas >= 3, "{b:?}");
+        assert!(
+            (0..=quorum.last_log_index).contains(&b.matched_index),
+            "{b:?} against {quorum:?}"
+        );
+    }
+    let (ok, text, err) = cluster.brokers_ref(via).cli(&["cluster", "describe"], "");
+    assert!(ok, "{err}");
+    assert!(
+        text.contains(&format!("controller:   broker {controller}, Raft term")),
+        "{text}"
+    );
+    assert_eq!(text.matches(" running ").count(), 3, "{text}");
+
     // SIGKILL the controller: the survivors elect a new one and keep serving.
     cluster.broker(controller).kill9();
     let next = cluster.agreed_controller(2, Duration::from_secs(15)).await;
     assert_ne!(next, controller);
+    // The new controller fences the dead broker once its session runs out; both
+    // survivors describe it so, and the CLI says so in capitals.
+    let survivor = cluster.client(next).await.admin();
+    wait_for(
+        "the killed broker described as fenced",
+        Duration::from_secs(15),
+        || async {
+            let described = survivor.describe_cluster().await.ok()?;
+            let dead = described
+                .brokers
+                .iter()
+                .find(|b| b.broker_id == controller)?;
+            (described.controller_id == next && dead.state == BrokerState::Fenced).then_some(())
+        },
+    )
+    .await;
+    let other = if next == via {
+        6 - controller - next
+    } else {
+        via
+    };
+    let (ok, text, err) = cluster.brokers_ref(other).cli(&["cluster", "describe"], "");
+    assert!(ok, "{err}");
+    let dead_row = text
+        .lines()
+        .find(|l| l.trim_start().starts_with(&format!("{controller} ")))
+        .unwrap_or_else(|| panic!("no row of broker {controller}: {text}"));
+    assert!(dead_row.contains("FENCED"), "{text}");
+    assert!(
+        text.contains(&format!("controller:   broker {next},")),
+        "{text}"
+    );
     // The partition the dead broker led moved to another in-sync replica.
     let views = cluster
         .agreed_topic("orders", Duration::from_secs(10), |views| {

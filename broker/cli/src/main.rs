@@ -5,6 +5,7 @@ mod bench;
 mod bench_failover;
 mod bench_ratio;
 mod client_cmds;
+mod cluster_cmds;
 mod group_bench;
 mod group_cmds;
 mod json_bytes;
@@ -55,6 +56,9 @@ enum Command {
     /// List, describe, reset and delete consumer groups.
     #[command(subcommand)]
     Group(group_cmds::GroupCommand),
+    /// The cluster's brokers and its metadata quorum.
+    #[command(subcommand)]
+    Cluster(cluster_cmds::ClusterCommand),
     /// Measure throughput and latency.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -335,7 +339,11 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(
         cli.command,
-        Command::Topic(_) | Command::Partition(_) | Command::Group(_) | Command::Plugin(_)
+        Command::Topic(_)
+            | Command::Partition(_)
+            | Command::Group(_)
+            | Command::Cluster(_)
+            | Command::Plugin(_)
     ) {
         end_quietly_on_closed_pipe();
     }
@@ -417,6 +425,7 @@ async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<(
         Command::Consume(args) => client_cmds::consume(args).await,
         Command::Group(cmd) => group_cmds::group(cmd).await,
         Command::Partition(cmd) => partition_cmds::run(cmd).await,
+        Command::Cluster(cmd) => cluster_cmds::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
     }

@@ -50,6 +50,7 @@ impl Shared {
                     | Request::DescribeTopics(_)
                     | Request::FindCoordinator(_)
                     | Request::ListPartitionReassignments(_)
+                    | Request::DescribeCluster
             )
     }
 
@@ -188,7 +189,52 @@ impl Shared {
             Request::ListPartitionReassignments(r) => {
                 Response::ListPartitionReassignments(self.list_reassignments(r))
             }
+            Request::DescribeCluster => Response::DescribeCluster(match &self.cluster {
+                Some(cluster) => cluster.describe(&self.config.cluster_id),
+                None => self.describe_single_broker(),
+            }),
         })
+    }
+
+    /// A single broker is the whole cluster and its own controller; it has no
+    /// quorum. It leads every partition it holds, except where a control plane made
+    /// another broker the leader (in-process replication, `replica_manager.rs`).
+    fn describe_single_broker(&self) -> DescribeClusterResponse {
+        let me = self.config.broker_id;
+        let (mut leaders, mut replicas) = (0, 0);
+        for topic in self.registry.all() {
+            for p in &topic.partitions {
+                replicas += 1;
+                let led_elsewhere = p
+                    .replication
+                    .lock()
+                    .as_ref()
+                    .and_then(|r| r.record.as_ref())
+                    .is_some_and(|record| record.leader != Some(me));
+                if !led_elsewhere {
+                    leaders += 1;
+                }
+            }
+        }
+        DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: self.config.cluster_id.clone(),
+            broker_id: me,
+            controller_id: me,
+            quorum: None,
+            brokers: vec![BrokerStatus {
+                broker_id: me,
+                host: self.config.advertised_host(),
+                port: self.local_addr.port(),
+                rack: self.config.rack.clone(),
+                state: BrokerState::Running,
+                role: QuorumRole::None,
+                leaders,
+                replicas,
+                matched_index: -1,
+            }],
+        }
     }
 
     /// The reassignments under way, from this broker's metadata image (a single

@@ -9,12 +9,14 @@
 //!   [`topic_changes`]: settings and partitions of existing topics; [`reassign`]).
 //! - [`error`]: error codes carried in responses.
 //! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
+//! - [`describe_cluster`]: the brokers and the metadata quorum, for operators.
 //! - [`buffers`]: a pool of large buffers, used again once nothing holds them.
 
 pub mod batch;
 pub mod buffers;
 pub mod cluster;
 pub mod codec;
+pub mod describe_cluster;
 pub mod error;
 pub mod frame;
 pub mod group;

@@ -6,6 +6,7 @@ use bytes::Bytes;
 
 pub use crate::cluster::*;
 use crate::codec::{DecodeError, Reader, Writer};
+pub use crate::describe_cluster::*;
 use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
@@ -54,6 +55,8 @@ pub enum ApiKey {
     AlterPartitionReassignments = 44,
     /// The reassignments under way and their progress (reassign.rs).
     ListPartitionReassignments = 45,
+    /// Brokers and the metadata quorum's state (describe_cluster.rs).
+    DescribeCluster = 46,
     // 40..=43: the cluster control plane, broker to broker (cluster.rs).
     /// A Raft RPC of the metadata quorum.
     Raft = 40,
@@ -63,7 +66,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 35] = [
+    pub const ALL: [ApiKey; 36] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -95,6 +98,7 @@ impl ApiKey {
         ApiKey::TopicDetach,
         ApiKey::AlterPartitionReassignments,
         ApiKey::ListPartitionReassignments,
+        ApiKey::DescribeCluster,
         ApiKey::Raft,
         ApiKey::BrokerHeartbeat,
         ApiKey::AlterPartition,
@@ -167,6 +171,7 @@ pub enum Request {
     TopicDetach(TopicDetachRequest),
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
+    DescribeCluster,
     Raft(RaftRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
     AlterPartition(AlterPartitionRequest),
@@ -206,6 +211,7 @@ pub enum Response {
     TopicDetach(PluginResult),
     AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
     ListPartitionReassignments(ListPartitionReassignmentsResponse),
+    DescribeCluster(DescribeClusterResponse),
     Raft(RaftResponse),
     BrokerHeartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
@@ -650,6 +656,7 @@ impl Request {
             Request::TopicDetach(_) => ApiKey::TopicDetach,
             Request::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
             Request::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
+            Request::DescribeCluster => ApiKey::DescribeCluster,
             Request::Raft(_) => ApiKey::Raft,
             Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Request::AlterPartition(_) => ApiKey::AlterPartition,
@@ -743,6 +750,7 @@ impl Request {
             Request::AlterTopicConfigs(m) => m.encode(w, version),
             Request::CreatePartitions(m) => m.encode(w, version),
             Request::ListPartitionReassignments(m) => m.encode(w),
+            Request::DescribeCluster => {}
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w),
             Request::AlterPartition(m) => m.encode(w),
@@ -866,6 +874,7 @@ impl Request {
             ApiKey::ListPartitionReassignments => {
                 Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
             }
+            ApiKey::DescribeCluster => Request::DescribeCluster,
             ApiKey::AlterTopicConfigs => {
                 Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r, version)?)
             }
@@ -916,6 +925,7 @@ impl Response {
             Response::TopicDetach(_) => ApiKey::TopicDetach,
             Response::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
             Response::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
+            Response::DescribeCluster(_) => ApiKey::DescribeCluster,
             Response::Raft(_) => ApiKey::Raft,
             Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Response::AlterPartition(_) => ApiKey::AlterPartition,
@@ -1036,6 +1046,7 @@ impl Response {
             Response::AlterTopicConfigs(m) => m.encode(w),
             Response::CreatePartitions(m) => m.encode(w),
             Response::ListPartitionReassignments(m) => m.encode(w),
+            Response::DescribeCluster(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1227,6 +1238,9 @@ impl Response {
             ),
             ApiKey::ListPartitionReassignments => {
                 Response::ListPartitionReassignments(ListPartitionReassignmentsResponse::decode(r)?)
+            }
+            ApiKey::DescribeCluster => {
+                Response::DescribeCluster(DescribeClusterResponse::decode(r)?)
             }
             ApiKey::AlterTopicConfigs => {
                 Response::AlterTopicConfigs(AlterTopicConfigsResponse::decode(r)?)
@@ -1735,6 +1749,54 @@ mod tests {
         check_request(Request::ListPartitionReassignments(
             ListPartitionReassignmentsRequest { topics: None },
         ));
+        check_request(Request::DescribeCluster);
+        check_response(Response::DescribeCluster(DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: "c1".into(),
+            broker_id: 2,
+            controller_id: 1,
+            quorum: Some(QuorumStatus {
+                term: 4,
+                last_log_index: 812,
+                applied_index: 810,
+                from_controller: false,
+                millis_since_quorum_ack: -1,
+            }),
+            brokers: vec![
+                BrokerStatus {
+                    broker_id: 1,
+                    host: "127.0.0.1".into(),
+                    port: 9192,
+                    rack: Some("eu-1a".into()),
+                    state: BrokerState::Running,
+                    role: QuorumRole::Voter,
+                    leaders: 6,
+                    replicas: 18,
+                    matched_index: 812,
+                },
+                BrokerStatus {
+                    broker_id: 4,
+                    host: String::new(),
+                    port: 0,
+                    rack: None,
+                    state: BrokerState::Unregistered,
+                    role: QuorumRole::Observer,
+                    leaders: 0,
+                    replicas: 0,
+                    matched_index: -1,
+                },
+            ],
+        }));
+        check_response(Response::DescribeCluster(DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: String::new(),
+            broker_id: 1,
+            controller_id: 1,
+            quorum: None,
+            brokers: Vec::new(),
+        }));
         check_request(Request::AlterTopicConfigs(AlterTopicConfigsRequest {
             topics: vec![TopicConfigChanges {
                 name: "t".into(),

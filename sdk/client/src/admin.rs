@@ -4,11 +4,12 @@ use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
     CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
-    DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeTopicsRequest,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest,
-    MetadataResponse, OngoingReassignment, PartitionReassignment, PartitionsIncrease, Request,
-    Response, TopicConfigChanges as WireConfigChanges, TopicDescription, TopicResult,
-    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP,
+    DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeClusterResponse,
+    DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    ListPartitionReassignmentsRequest, MetadataResponse, OngoingReassignment,
+    PartitionReassignment, PartitionsIncrease, Request, Response,
+    TopicConfigChanges as WireConfigChanges, TopicDescription, TopicResult, DELETE_TO_END,
+    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -667,6 +668,61 @@ impl Admin {
             });
         }
         Ok(response.reassignments)
+    }
+
+    /// The cluster's brokers (running, fenced, shutting down, or a voter not started
+    /// yet), the partitions each leads and holds, and the metadata quorum: the Raft
+    /// term and, from the controller, how far each broker has copied the metadata
+    /// log. Asked of any broker; when that is not the controller, the controller is
+    /// asked as well for that progress, and if it does not answer the first answer
+    /// is returned (its [`QuorumStatus::from_controller`] is then `false`). A single
+    /// broker describes itself, with no quorum.
+    ///
+    /// [`QuorumStatus::from_controller`]: crate::QuorumStatus::from_controller
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// let cluster = client.admin().describe_cluster().await?;
+    /// for broker in &cluster.brokers {
+    ///     println!("broker {} {}:{} {}", broker.broker_id, broker.host, broker.port, broker.state.name());
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn describe_cluster(&self) -> Result<DescribeClusterResponse> {
+        let first = self.describe_cluster_from(None).await?;
+        let controller = first.controller_id;
+        let asked_controller = first.quorum.as_ref().is_some_and(|q| q.from_controller);
+        if asked_controller || controller == NO_BROKER || controller == first.broker_id {
+            return Ok(first);
+        }
+        // Brokers are reached by id through the metadata (it has their addresses).
+        let asked = async {
+            self.client.metadata(Some(Vec::new())).await?;
+            self.describe_cluster_from(Some(controller)).await
+        };
+        match asked.await {
+            Ok(answer) if answer.quorum.as_ref().is_some_and(|q| q.from_controller) => Ok(answer),
+            Ok(_) => Ok(first),
+            Err(e) => {
+                tracing::debug!(controller, error = %e, "the controller did not describe the cluster");
+                Ok(first)
+            }
+        }
+    }
+
+    /// `DescribeCluster` from `broker`, or from any broker.
+    async fn describe_cluster_from(&self, broker: Option<u32>) -> Result<DescribeClusterResponse> {
+        let response = match broker {
+            Some(id) => self.client.request_to(id, Request::DescribeCluster).await?,
+            None => self.client.request(Request::DescribeCluster).await?,
+        };
+        let Response::DescribeCluster(response) = response else {
+            return Err(unexpected(ApiKey::DescribeCluster, &response));
+        };
+        if !response.error.is_ok() {
+            return Err(Error::broker(response.error, response.message));
+        }
+        Ok(response)
     }
 
     /// Looks up several partitions of one topic in one request; one result per asked

@@ -70,6 +70,9 @@ pub use group::{
     Assignor, CommittedOffset, GroupConfig, GroupListing, OffsetCommit, RebalanceListener,
 };
 pub use meridian_wire::batch::{Compression, Header};
+pub use meridian_wire::describe_cluster::{
+    BrokerState, BrokerStatus, DescribeClusterResponse, QuorumRole, QuorumStatus,
+};
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 pub use meridian_wire::reassign::OngoingReassignment;
 pub use meridian_wire::ErrorCode;
@@ -129,6 +132,7 @@ mod futures_are_send {
         spawns!(admin.clone(), a => a.delete_records("t", &[(0, Offset::Latest)]));
         spawns!(admin.clone(), a => a.reassign_partitions("t", &[(0, None)]));
         spawns!(admin.clone(), a => a.list_reassignments(None));
+        spawns!(admin.clone(), a => a.describe_cluster());
         spawns!(admin.clone(), a => a.list_groups());
         spawns!(admin.clone(), a => a.describe_group("g"));
         spawns!(admin.clone(), a => a.committed_offsets("g", None));

@@ -251,6 +251,46 @@ impl Cluster {
         let _ = images.wait_for(|image| ready(image)).await;
     }
 
+    /// The brokers and the quorum as this broker sees them (`DescribeCluster`); on
+    /// the controller with each member's progress through the metadata log.
+    pub(crate) fn describe(&self, cluster_id: &str) -> DescribeClusterResponse {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let members: Vec<Member> = membership
+            .nodes()
+            .map(|(id, node)| Member {
+                id: *id as u32,
+                addr: node.addr.clone(),
+                voter: membership.voter_ids().any(|v| v == *id),
+            })
+            .collect();
+        let leader = metrics.state == meridian_metadata::openraft::ServerState::Leader;
+        let last_log_index = metrics.last_log_index.map_or(-1, |i| i as i64);
+        let matched: BTreeMap<u32, i64> = metrics
+            .replication
+            .iter()
+            .flatten()
+            .map(|(id, log)| (*id as u32, log.map_or(-1, |l| l.index as i64)))
+            // The leader's own log is all its own.
+            .chain(leader.then_some((self.broker_id, last_log_index)))
+            .collect();
+        DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: cluster_id.to_string(),
+            broker_id: self.broker_id,
+            controller_id: metrics.current_leader.map_or(NO_BROKER, |l| l as u32),
+            quorum: Some(QuorumStatus {
+                term: metrics.current_term,
+                last_log_index,
+                applied_index: metrics.last_applied.map_or(-1, |l| l.index as i64),
+                from_controller: leader,
+                millis_since_quorum_ack: metrics.millis_since_quorum_ack.map_or(-1, |ms| ms as i64),
+            }),
+            brokers: broker_statuses(&self.image(), &members, &matched),
+        }
+    }
+
     /// The controller's broker id (the Raft leader), or [`NO_BROKER`].
     pub(crate) fn controller_id(&self) -> u32 {
         self.raft
@@ -675,9 +715,175 @@ impl ControllerClient {
     }
 }
 
+/// A member of the metadata quorum, for [`broker_statuses`].
+struct Member {
+    id: u32,
+    /// `host:port` as the membership has it.
+    addr: String,
+    voter: bool,
+}
+
+/// Every broker the image has registered or the quorum names, with its state, its
+/// part in the quorum, how many partitions it leads and holds, and `matched` (the
+/// leader's view of each member's metadata log; empty elsewhere).
+fn broker_statuses(
+    image: &MetadataImage,
+    members: &[Member],
+    matched: &BTreeMap<u32, i64>,
+) -> Vec<BrokerStatus> {
+    let mut leaders: BTreeMap<u32, u32> = BTreeMap::new();
+    let mut replicas: BTreeMap<u32, u32> = BTreeMap::new();
+    for p in image.topics.values().flat_map(|t| &t.partitions) {
+        if let Some(leader) = p.leader {
+            *leaders.entry(leader).or_default() += 1;
+        }
+        for r in &p.replicas {
+            *replicas.entry(*r).or_default() += 1;
+        }
+    }
+    let ids: std::collections::BTreeSet<u32> = image
+        .brokers
+        .keys()
+        .copied()
+        .chain(members.iter().map(|m| m.id))
+        .collect();
+    ids.into_iter()
+        .map(|id| {
+            let member = members.iter().find(|m| m.id == id);
+            let role = match member {
+                Some(m) if m.voter => QuorumRole::Voter,
+                Some(_) => QuorumRole::Observer,
+                None => QuorumRole::None,
+            };
+            let (host, port, rack, state) = match image.brokers.get(&id) {
+                Some(b) => (
+                    b.host.clone(),
+                    b.port,
+                    b.rack.clone(),
+                    if b.shutting_down {
+                        BrokerState::ShuttingDown
+                    } else if b.fenced {
+                        BrokerState::Fenced
+                    } else {
+                        BrokerState::Running
+                    },
+                ),
+                None => {
+                    let (host, port) = member
+                        .and_then(|m| m.addr.rsplit_once(':'))
+                        .map(|(h, p)| (h.to_string(), p.parse().unwrap_or(0)))
+                        .unwrap_or_default();
+                    (host, port, None, BrokerState::Unregistered)
+                }
+            };
+            BrokerStatus {
+                broker_id: id,
+                host,
+                port,
+                rack,
+                state,
+                role,
+                leaders: leaders.get(&id).copied().unwrap_or(0),
+                replicas: replicas.get(&id).copied().unwrap_or(0),
+                matched_index: matched.get(&id).copied().unwrap_or(-1),
+            }
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn brokers_are_described_with_their_state_role_partitions_and_progress() {
+        use meridian_metadata::{BrokerRegistration, PartitionState, TopicImage};
+        let mut image = MetadataImage::default();
+        let registration = |id: u32, fenced: bool, shutting_down: bool| BrokerRegistration {
+            id,
+            incarnation: 1,
+            host: "127.0.0.1".into(),
+            port: 9000 + id as u16,
+            rack: (id == 1).then(|| "eu-1a".to_string()),
+            fenced,
+            shutting_down,
+        };
+        image.brokers.insert(1, registration(1, false, false));
+        image.brokers.insert(2, registration(2, true, false));
+        image.brokers.insert(3, registration(3, true, true));
+        image.brokers.insert(5, registration(5, false, false));
+        let partition = |leader: Option<u32>, replicas: Vec<u32>| PartitionState {
+            leader,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: replicas.clone(),
+            replicas,
+            reassigning_to: None,
+            adding_replicas: Vec::new(),
+            removing_replicas: Vec::new(),
+        };
+        image.topics.insert(
+            "t".into(),
+            TopicImage {
+                name: "t".into(),
+                configs: BTreeMap::new(),
+                replication_factor: 2,
+                partitions: vec![
+                    partition(Some(1), vec![1, 2]),
+                    partition(Some(1), vec![1, 5]),
+                    partition(None, vec![2, 3]),
+                ],
+                created_at: 1,
+            },
+        );
+        let member = |id: u32, voter: bool| Member {
+            id,
+            addr: format!("127.0.0.1:{}", 9400 + id),
+            voter,
+        };
+        let members = [
+            member(1, true),
+            member(2, true),
+            member(4, true),
+            member(5, false),
+        ];
+        let matched = BTreeMap::from([(1, 40), (2, 31), (5, 40)]);
+        let described = broker_statuses(&image, &members, &matched);
+        let summary: Vec<_> = described
+            .iter()
+            .map(|b| {
+                (
+                    b.broker_id,
+                    b.state,
+                    b.role,
+                    b.leaders,
+                    b.replicas,
+                    b.matched_index,
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            vec![
+                (1, BrokerState::Running, QuorumRole::Voter, 2, 2, 40),
+                (2, BrokerState::Fenced, QuorumRole::Voter, 0, 2, 31),
+                (3, BrokerState::ShuttingDown, QuorumRole::None, 0, 1, -1),
+                (4, BrokerState::Unregistered, QuorumRole::Voter, 0, 0, -1),
+                (5, BrokerState::Running, QuorumRole::Observer, 0, 1, 40),
+            ]
+        );
+        // Registered brokers keep their own address; a voter that never registered
+        // shows the quorum's.
+        assert_eq!(
+            (described[0].host.as_str(), described[0].port),
+            ("127.0.0.1", 9001)
+        );
+        assert_eq!(described[0].rack.as_deref(), Some("eu-1a"));
+        assert_eq!(
+            (described[3].host.as_str(), described[3].port),
+            ("127.0.0.1", 9404)
+        );
+    }
 
     #[tokio::test]
     async fn closing_the_raft_gate_waits_for_calls_in_flight_and_refuses_later_ones() {

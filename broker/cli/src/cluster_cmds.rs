@@ -1,0 +1,235 @@
+//! `meridian cluster describe`: the brokers of a cluster and its metadata quorum.
+
+use clap::Subcommand;
+use meridian_client::{BrokerState, DescribeClusterResponse, QuorumRole};
+
+use crate::ConnectArgs;
+
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The brokers (address, rack, running / fenced / shutting down / not started,
+    /// part in the metadata quorum, partitions led and held) and the quorum: the
+    /// controller, the Raft term, and how far each broker's copy of the metadata log
+    /// is behind the controller's (Kafka's `kafka-metadata-quorum describe`).
+    Describe {
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+}
+
+pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
+    match cmd {
+        ClusterCommand::Describe { connect } => {
+            let client = connect.connect().await?;
+            let cluster = client.admin().describe_cluster().await?;
+            print!("{}", render(&cluster));
+            Ok(())
+        }
+    }
+}
+
+/// The text `cluster describe` prints.
+fn render(cluster: &DescribeClusterResponse) -> String {
+    let mut out = String::new();
+    let id = if cluster.cluster_id.is_empty() {
+        "-"
+    } else {
+        &cluster.cluster_id
+    };
+    out.push_str(&format!("cluster id:   {id}\n"));
+    let controller_log = cluster
+        .quorum
+        .as_ref()
+        .filter(|q| q.from_controller)
+        .map(|q| q.last_log_index);
+    match &cluster.quorum {
+        None => out.push_str(&format!(
+            "controller:   broker {} (a single broker: no metadata quorum)\n",
+            cluster.broker_id
+        )),
+        Some(quorum) => {
+            let voters = cluster
+                .brokers
+                .iter()
+                .filter(|b| b.role == QuorumRole::Voter)
+                .count();
+            let controller = if cluster.controller_id == meridian_wire::messages::NO_BROKER {
+                "none known (no voter has a majority's support)".to_string()
+            } else {
+                format!("broker {}", cluster.controller_id)
+            };
+            out.push_str(&format!(
+                "controller:   {controller}, Raft term {}, {voters} voters\n",
+                quorum.term
+            ));
+            match controller_log {
+                Some(index) => {
+                    let acked = if quorum.millis_since_quorum_ack >= 0 {
+                        format!(", a majority acknowledged it {} ms ago", quorum.millis_since_quorum_ack)
+                    } else {
+                        String::new()
+                    };
+                    out.push_str(&format!("metadata log: index {index} on the controller{acked}\n"));
+                }
+                None => out.push_str(&format!(
+                    "metadata log: index {} on broker {}, which answered (the controller did not: lag unknown)\n",
+                    quorum.last_log_index, cluster.broker_id
+                )),
+            }
+        }
+    }
+    out.push('\n');
+    let mut rows = vec![[
+        "broker".to_string(),
+        "address".to_string(),
+        "rack".to_string(),
+        "state".to_string(),
+        "quorum".to_string(),
+        "leads".to_string(),
+        "replicas".to_string(),
+        "metadata lag".to_string(),
+    ]];
+    for b in &cluster.brokers {
+        let address = if b.host.is_empty() {
+            "-".to_string()
+        } else {
+            format!("{}:{}", b.host, b.port)
+        };
+        let mut role = b.role.name().to_string();
+        if b.broker_id == cluster.controller_id && cluster.quorum.is_some() {
+            role.push_str(" (controller)");
+        }
+        let lag = match controller_log {
+            Some(end) if b.matched_index >= 0 => (end - b.matched_index).max(0).to_string(),
+            Some(_) if b.role != QuorumRole::None => "not copying".to_string(),
+            _ => "-".to_string(),
+        };
+        let state = if b.state == BrokerState::Running {
+            b.state.name().to_string()
+        } else {
+            b.state.name().to_uppercase()
+        };
+        rows.push([
+            b.broker_id.to_string(),
+            address,
+            b.rack.clone().unwrap_or_else(|| "-".into()),
+            state,
+            role,
+            b.leaders.to_string(),
+            b.replicas.to_string(),
+            lag,
+        ]);
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .enumerate()
+            .map(|(c, (cell, width))| match c {
+                // Numbers right-aligned.
+                0 | 5 | 6 => format!("{cell:>width$}"),
+                _ => format!("{cell:<width$}"),
+            })
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_client::{BrokerStatus, ErrorCode, QuorumStatus};
+
+    fn broker(id: u32, state: BrokerState, role: QuorumRole, matched: i64) -> BrokerStatus {
+        BrokerStatus {
+            broker_id: id,
+            host: "127.0.0.1".into(),
+            port: 9000 + id as u16,
+            rack: None,
+            state,
+            role,
+            leaders: id,
+            replicas: 3,
+            matched_index: matched,
+        }
+    }
+
+    #[test]
+    fn a_cluster_shows_each_brokers_state_and_lag_behind_the_controller() {
+        let cluster = DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: "c1".into(),
+            broker_id: 2,
+            controller_id: 2,
+            quorum: Some(QuorumStatus {
+                term: 4,
+                last_log_index: 812,
+                applied_index: 812,
+                from_controller: true,
+                millis_since_quorum_ack: 3,
+            }),
+            brokers: vec![
+                broker(1, BrokerState::Running, QuorumRole::Voter, 812),
+                broker(2, BrokerState::Running, QuorumRole::Voter, 812),
+                broker(3, BrokerState::Fenced, QuorumRole::Voter, 800),
+                broker(4, BrokerState::Running, QuorumRole::Observer, -1),
+            ],
+        };
+        let text = render(&cluster);
+        assert!(
+            text.contains("controller:   broker 2, Raft term 4, 3 voters"),
+            "{text}"
+        );
+        assert!(
+            text.contains("index 812 on the controller, a majority acknowledged it 3 ms ago"),
+            "{text}"
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines[4],
+            "broker  address         rack  state    quorum              leads  replicas  metadata lag"
+        );
+        assert_eq!(
+            lines[6],
+            "     2  127.0.0.1:9002  -     running  voter (controller)      2         3  0"
+        );
+        assert_eq!(
+            lines[7],
+            "     3  127.0.0.1:9003  -     FENCED   voter                   3         3  12"
+        );
+        assert!(lines[8].ends_with("not copying"), "{text}");
+    }
+
+    #[test]
+    fn an_answer_without_the_controllers_view_says_the_lag_is_unknown() {
+        let cluster = DescribeClusterResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            cluster_id: String::new(),
+            broker_id: 1,
+            controller_id: 2,
+            quorum: Some(QuorumStatus {
+                term: 4,
+                last_log_index: 700,
+                applied_index: 690,
+                from_controller: false,
+                millis_since_quorum_ack: -1,
+            }),
+            brokers: vec![broker(1, BrokerState::Running, QuorumRole::Voter, -1)],
+        };
+        let text = render(&cluster);
+        assert!(
+            text.contains(
+                "index 700 on broker 1, which answered (the controller did not: lag unknown)"
+            ),
+            "{text}"
+        );
+        assert!(text.lines().last().unwrap().ends_with(" -"), "{text}");
+    }
+}
