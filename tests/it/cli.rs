@@ -866,4 +866,10 @@ fn cluster_describe_shows_a_single_broker_as_its_own_controller() {
     let count = |row: &[String], column: usize| row[column].parse::<u32>().unwrap();
     assert_eq!(count(&after, 5), count(&row, 5) + 3, "{after:?}");
     assert_eq!(count(&after, 6), count(&after, 5), "{after:?}");
+    // A single broker leads every partition already: nothing to elect.
+    let elected = ok(broker.cli(&["partition", "elect-leaders", "t"], ""));
+    assert_eq!(
+        elected,
+        "3 partition(s) already led by their preferred replica\n"
+    );
 }

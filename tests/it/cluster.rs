@@ -27,12 +27,19 @@ struct TestCluster {
     voters: String,
     /// Appended to every config.
     extra: String,
+    /// Appended to every config's `[cluster]` table.
+    cluster_extra: String,
     temp: tempfile::TempDir,
 }
 
 impl TestCluster {
     /// Three brokers sharing one TLS identity; `extra` is appended to each config.
     fn start(extra: &str) -> TestCluster {
+        TestCluster::start_with(extra, "")
+    }
+
+    /// As [`TestCluster::start`], with `cluster_extra` in each `[cluster]` table.
+    fn start_with(extra: &str, cluster_extra: &str) -> TestCluster {
         let temp = tempfile::tempdir().unwrap();
         let ports = free_ports(3);
         let voters: Vec<String> = ports
@@ -44,6 +51,7 @@ impl TestCluster {
             brokers: Vec::new(),
             voters: voters.join(", "),
             extra: extra.to_string(),
+            cluster_extra: cluster_extra.to_string(),
             temp,
         };
         for port in ports {
@@ -64,8 +72,8 @@ impl TestCluster {
         std::fs::write(
             &file,
             format!(
-                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}\n[cluster]\nvoters = [{}]\n",
-                self.extra, self.voters
+                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}\n[cluster]\nvoters = [{}]\n{}",
+                self.extra, self.voters, self.cluster_extra
             ),
         )
         .unwrap();
@@ -2704,4 +2712,154 @@ async fn a_stopping_broker_neither_takes_the_lead_nor_fences_the_others() {
         cluster.broker(stopped).restart();
         cluster.agreed_controller(3, Duration::from_secs(20)).await;
     }
+}
+
+/// Stops `broker` with SIGTERM (its leaderships move away) and starts it again;
+/// returns once it is back in the ISR of every partition of `topic`.
+async fn stop_and_return(cluster: &mut TestCluster, broker: u32, topic: &str) {
+    cluster.broker(broker).stop();
+    cluster
+        .agreed_topic(topic, Duration::from_secs(15), |views| {
+            views.iter().all(|p| p.leader != broker)
+        })
+        .await;
+    cluster.broker(broker).restart();
+    cluster
+        .agreed_topic(topic, Duration::from_secs(30), |views| {
+            views.iter().all(|p| p.isr.contains(&broker))
+        })
+        .await;
+}
+
+/// Three brokers with `cluster_extra`, an RF=3 topic `orders` of `partitions`: the
+/// cluster, its controller, an admin client of it, the topic's partitions, and a
+/// broker that is not the controller (to stop and bring back).
+async fn three_with_orders(
+    cluster_extra: &str,
+    partitions: u32,
+) -> (
+    TestCluster,
+    u32,
+    meridian_client::Admin,
+    Vec<PartitionView>,
+    u32,
+) {
+    let cluster = TestCluster::start_with("", cluster_extra);
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    admin.create_topic(rf3("orders", partitions)).await.unwrap();
+    let before = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |_| true)
+        .await;
+    let back = if controller == 3 { 2 } else { 3 };
+    (cluster, controller, admin, before, back)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_administrator_gives_a_returning_broker_its_leaderships_back() {
+    let (mut cluster, controller, admin, before, back) =
+        three_with_orders("auto_leader_rebalance_enable = false\n", 3).await;
+    let led_by_back = before.iter().position(|p| p.leader == back).unwrap() as u32;
+
+    stop_and_return(&mut cluster, back, "orders").await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let views = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |_| true)
+        .await;
+    assert!(
+        views.iter().all(|p| p.leader != back),
+        "with automatic rebalance off, nothing moves back on its own: {views:?}"
+    );
+
+    // From the CLI: the partition goes back to its preferred replica, the others
+    // are counted as led by theirs already.
+    let (ok, text, err) = cluster
+        .brokers_ref(controller)
+        .cli(&["partition", "elect-leaders", "orders"], "");
+    assert!(ok, "{text}{err}");
+    assert!(
+        text.contains(&format!("orders/{led_by_back}: now led by broker {back}")),
+        "{text}"
+    );
+    assert!(
+        text.contains("2 partition(s) already led by their preferred replica"),
+        "{text}"
+    );
+    let views = cluster
+        .agreed_topic("orders", Duration::from_secs(10), |views| {
+            views[led_by_back as usize].leader == back
+        })
+        .await;
+    let p = &views[led_by_back as usize];
+    assert!(p.leader_epoch >= 2, "a new leader epoch each move: {p:?}");
+    assert_eq!(p.isr.len(), 3, "{p:?}");
+    // Records still flow to the new leader and read back.
+    send_acked(
+        &cluster.client(back).await,
+        "orders",
+        (0..30).map(|i| format!("r{i}")),
+    )
+    .await;
+    assert_eq!(
+        read_values(&cluster.client(controller).await, "orders")
+            .await
+            .len(),
+        30
+    );
+
+    // A preferred replica that is down cannot lead: refused per partition, and the
+    // CLI fails.
+    cluster.broker(back).kill9();
+    cluster
+        .agreed_topic("orders", Duration::from_secs(15), |views| {
+            views.iter().all(|p| p.leader != back)
+        })
+        .await;
+    let results = admin
+        .elect_preferred_leaders(Some(&[("orders", led_by_back), ("orders", 9), ("nope", 0)]))
+        .await
+        .unwrap();
+    let codes: Vec<ErrorCode> = results.iter().map(|r| r.error).collect();
+    assert_eq!(
+        codes,
+        vec![
+            ErrorCode::PreferredLeaderNotAvailable,
+            ErrorCode::InvalidPartition,
+            ErrorCode::UnknownTopic
+        ],
+        "{results:?}"
+    );
+    assert!(
+        results[0].message.contains(&format!("broker {back}")),
+        "{results:?}"
+    );
+    let (ok, _, err) = cluster.brokers_ref(controller).cli(
+        &[
+            "partition",
+            "elect-leaders",
+            "orders",
+            "-p",
+            &led_by_back.to_string(),
+        ],
+        "",
+    );
+    assert!(!ok, "a refused election fails the command");
+    assert!(err.contains("PreferredLeaderNotAvailable"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_gives_a_returning_broker_its_leaderships_back_on_its_own() {
+    let (mut cluster, _, _, before, back) =
+        three_with_orders("leader_imbalance_check_interval_ms = 1000\n", 6).await;
+    stop_and_return(&mut cluster, back, "orders").await;
+    // Every partition ends led by its preferred replica again, as at creation.
+    let after = cluster
+        .agreed_topic("orders", Duration::from_secs(15), |views| {
+            views.iter().all(|p| p.leader == p.replicas[0])
+        })
+        .await;
+    for (b, a) in before.iter().zip(&after) {
+        assert_eq!(a.leader, b.leader, "{before:?} {after:?}");
+    }
+    assert!(after.iter().any(|p| p.leader == back));
 }

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use meridian_client::{Client, OngoingReassignment};
+use meridian_client::{Client, ElectionResult, ErrorCode, OngoingReassignment};
 
 use crate::ConnectArgs;
 
@@ -16,6 +16,24 @@ pub enum PartitionCommand {
     /// reassignments under way (replicas being added and removed).
     List {
         topic: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Move leadership back to partitions' preferred replicas (the first of each
+    /// partition's replicas), where that replica is alive and in sync: after a broker
+    /// was stopped or restarted, the partitions it gave away go back to it (Kafka's
+    /// preferred leader election; the controller also does it on its own every
+    /// `cluster.leader_imbalance_check_interval_ms`).
+    ElectLeaders {
+        /// The topic; without one, --all.
+        #[arg(required_unless_present = "all")]
+        topic: Option<String>,
+        /// Only these partitions of the topic (repeatable); default all of them.
+        #[arg(long, short, requires = "topic")]
+        partition: Vec<u32>,
+        /// Every partition of every topic.
+        #[arg(long, conflicts_with = "topic")]
+        all: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -72,6 +90,37 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
                     list(&p.isr),
                     reassignment
                 );
+            }
+            Ok(())
+        }
+        PartitionCommand::ElectLeaders {
+            topic,
+            partition,
+            all: _,
+            connect,
+        } => {
+            let client = connect.connect().await?;
+            let asked: Option<Vec<(&str, u32)>> = match &topic {
+                None => None,
+                Some(topic) if partition.is_empty() => Some(
+                    partitions(&client, topic)
+                        .await?
+                        .iter()
+                        .map(|p| (topic.as_str(), p.partition))
+                        .collect(),
+                ),
+                Some(topic) => Some(partition.iter().map(|p| (topic.as_str(), *p)).collect()),
+            };
+            let results = client
+                .admin()
+                .elect_preferred_leaders(asked.as_deref())
+                .await?;
+            let (report, refusals) = election_report(&results);
+            print!("{report}");
+            eprint!("{refusals}");
+            let failed = refusals.lines().count();
+            if failed > 0 {
+                bail!("{failed} partition(s) could not get their preferred leader");
             }
             Ok(())
         }
@@ -197,6 +246,33 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// What `partition elect-leaders` prints: on stdout a line per partition elected and
+/// how many were led by their preferred replica already; on stderr a line per
+/// partition refused.
+fn election_report(results: &[ElectionResult]) -> (String, String) {
+    let (mut out, mut refused) = (String::new(), String::new());
+    let mut already = 0;
+    for r in results {
+        match r.error {
+            ErrorCode::None => out.push_str(&format!(
+                "{}/{}: now led by broker {}\n",
+                r.topic, r.partition, r.leader
+            )),
+            ErrorCode::ElectionNotNeeded => already += 1,
+            error => refused.push_str(&format!(
+                "{}/{}: {error}: {}\n",
+                r.topic, r.partition, r.message
+            )),
+        }
+    }
+    if already > 0 {
+        out.push_str(&format!(
+            "{already} partition(s) already led by their preferred replica\n"
+        ));
+    }
+    (out, refused)
 }
 
 /// `adding 4 (copying), removing 1 -> 2,3,4`: what a reassignment still waits for.

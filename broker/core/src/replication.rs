@@ -638,6 +638,17 @@ pub enum ReassignError {
     CannotCancel(String),
 }
 
+/// Why the controller did not move a partition's leadership to its preferred replica.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ElectError {
+    UnknownPartition,
+    /// The preferred replica leads it already.
+    NotNeeded,
+    /// The preferred replica is fenced or not registered, not in the ISR, or the
+    /// partition is being reassigned (the reassignment decides where leadership ends).
+    PreferredNotAvailable(String),
+}
+
 /// Something the controller decided on its own (for logs and tests).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ControllerEvent<P = u32> {
@@ -1113,6 +1124,79 @@ impl<P: Ord + Clone> Controller<P> {
         changed
     }
 
+    /// Moves `partition`'s leadership to its preferred replica, the first of its
+    /// replicas (Kafka's preferred leader election), with a new leader epoch. Only to
+    /// a replica that is registered, unfenced and in the ISR, so it holds every
+    /// acknowledged record, and not while the partition is being reassigned.
+    pub fn elect_preferred_leader(&mut self, partition: &P) -> Result<(), ElectError> {
+        let preferred = self.preferred_leader(partition)?;
+        let p = self.partitions.get_mut(partition).expect("checked above");
+        p.state.leader = Some(preferred);
+        p.state.leader_epoch += 1;
+        p.state.partition_epoch += 1;
+        Ok(())
+    }
+
+    /// The replica [`Controller::elect_preferred_leader`] would make `partition`'s
+    /// leader, or why it would not.
+    fn preferred_leader(&self, partition: &P) -> Result<BrokerId, ElectError> {
+        let p = self
+            .partitions
+            .get(partition)
+            .ok_or(ElectError::UnknownPartition)?;
+        let Some(&preferred) = p.state.replicas.first() else {
+            return Err(ElectError::UnknownPartition);
+        };
+        if p.state.leader == Some(preferred) {
+            return Err(ElectError::NotNeeded);
+        }
+        let unavailable = |why: String| Err(ElectError::PreferredNotAvailable(why));
+        if p.reassignment.is_some() {
+            return unavailable("the partition is being reassigned".into());
+        }
+        if self.is_fenced(preferred) {
+            return unavailable(format!(
+                "its preferred replica, broker {preferred}, is fenced or not registered"
+            ));
+        }
+        if !p.state.isr.contains(&preferred) {
+            return unavailable(format!(
+                "its preferred replica, broker {preferred}, is not in the ISR"
+            ));
+        }
+        Ok(preferred)
+    }
+
+    /// The partitions an automatic leader rebalance moves (Kafka's
+    /// `auto.leader.rebalance.enable`): for each broker that is the preferred replica
+    /// of partitions it does not lead, when those are more than `imbalance_percent`
+    /// of the partitions it is preferred for, the ones whose preferred leader
+    /// election can happen now. Nothing while any partition is being reassigned.
+    pub fn imbalanced_partitions(&self, imbalance_percent: u32) -> Vec<P> {
+        if self.partitions.values().any(|p| p.reassignment.is_some()) {
+            return Vec::new();
+        }
+        // Per preferred broker: partitions it is preferred for, and those it does not lead.
+        let mut preferred: BTreeMap<BrokerId, (usize, Vec<&P>)> = BTreeMap::new();
+        for (id, p) in &self.partitions {
+            let Some(&first) = p.state.replicas.first() else {
+                continue;
+            };
+            let entry = preferred.entry(first).or_default();
+            entry.0 += 1;
+            if p.state.leader != Some(first) {
+                entry.1.push(id);
+            }
+        }
+        preferred
+            .into_values()
+            .filter(|(total, not_led)| not_led.len() * 100 > *total * imbalance_percent as usize)
+            .flat_map(|(_, not_led)| not_led)
+            .filter(|id| self.preferred_leader(id).is_ok())
+            .cloned()
+            .collect()
+    }
+
     /// An ISR change from a partition's leader. Accepted only from the current leader
     /// at the current leader and partition epochs, and only with unfenced members.
     pub fn alter_isr(&mut self, partition: &P, request: &AlterIsr) -> Result<(), ReplicationError> {
@@ -1217,6 +1301,62 @@ mod tests {
         assert_eq!(s.isr, [2, 3, 4].into_iter().collect());
         assert_eq!((s.leader, s.leader_epoch), (Some(2), 1));
         assert!(c.partition_record(&0).unwrap().reassignment.is_none());
+    }
+
+    #[test]
+    fn leadership_returns_to_the_preferred_replica_only_when_it_is_in_sync() {
+        let mut c = controller_with(&[1, 2, 3], vec![1, 2, 3]);
+        assert_eq!(c.elect_preferred_leader(&0), Err(ElectError::NotNeeded));
+        assert_eq!(
+            c.elect_preferred_leader(&7),
+            Err(ElectError::UnknownPartition)
+        );
+        // Broker 1 stops and comes back: 2 leads, and 1 is out of the ISR until it
+        // catches up.
+        c.controlled_shutdown(1, 1);
+        assert_eq!(c.partition(&0).unwrap().leader, Some(2));
+        assert!(matches!(
+            c.elect_preferred_leader(&0),
+            Err(ElectError::PreferredNotAvailable(why)) if why.contains("fenced")
+        ));
+        c.heartbeat(1, 2, 0);
+        assert!(matches!(
+            c.elect_preferred_leader(&0),
+            Err(ElectError::PreferredNotAvailable(why)) if why.contains("not in the ISR")
+        ));
+        assert_eq!(c.imbalanced_partitions(10), Vec::<u32>::new());
+        isr_change(&mut c, &[1, 2, 3]).unwrap();
+        assert_eq!(c.imbalanced_partitions(10), vec![0]);
+        let before = c.partition(&0).unwrap().clone();
+        c.elect_preferred_leader(&0).unwrap();
+        let after = c.partition(&0).unwrap();
+        assert_eq!(after.leader, Some(1));
+        assert_eq!(after.leader_epoch, before.leader_epoch + 1);
+        assert_eq!(after.partition_epoch, before.partition_epoch + 1);
+        assert_eq!(after.isr, before.isr);
+        assert_eq!(c.imbalanced_partitions(10), Vec::<u32>::new());
+    }
+
+    #[test]
+    fn a_rebalance_moves_only_brokers_past_the_imbalance_threshold() {
+        let mut c: Controller = Controller::new(10_000);
+        for b in [1, 2, 3] {
+            c.heartbeat(b, 1, 0);
+        }
+        // Broker 1 is preferred for partitions 0..4, broker 2 for 4..8.
+        for p in 0..8 {
+            let replicas = if p < 4 { vec![1, 2] } else { vec![2, 1] };
+            c.create_partition(p, replicas, false);
+        }
+        // One of broker 1's four (25 %) and none of broker 2's led elsewhere.
+        let mut moved = c.partitions[&0].state.clone();
+        moved.leader = Some(2);
+        c.partitions.get_mut(&0).unwrap().state = moved;
+        assert_eq!(c.imbalanced_partitions(25), Vec::<u32>::new());
+        assert_eq!(c.imbalanced_partitions(10), vec![0]);
+        // A reassignment under way holds every rebalance back.
+        c.reassign(&5, vec![2, 3]).unwrap();
+        assert_eq!(c.imbalanced_partitions(10), Vec::<u32>::new());
     }
 
     #[test]

@@ -190,6 +190,18 @@ pub struct ClusterConfig {
     /// by default.
     pub raft_election_timeout_min_ms: u64,
     pub raft_election_timeout_max_ms: u64,
+    /// The controller moves leadership back to each partition's preferred replica
+    /// (the first of its replicas) once that is in sync again, as Kafka's
+    /// `auto.leader.rebalance.enable`: without it, leaderships a stopped broker gave
+    /// away stay with the others after it returns.
+    pub auto_leader_rebalance_enable: bool,
+    /// How often the controller checks the leader imbalance (Kafka's
+    /// `leader.imbalance.check.interval.seconds`, 300 s).
+    pub leader_imbalance_check_interval_ms: u64,
+    /// A broker's partitions are given back to it when more than this percentage of
+    /// the partitions it is the preferred replica of are led by others (Kafka's
+    /// `leader.imbalance.per.broker.percentage`).
+    pub leader_imbalance_per_broker_percentage: u32,
 }
 
 impl Default for ClusterConfig {
@@ -206,6 +218,9 @@ impl Default for ClusterConfig {
             raft_heartbeat_interval_ms: RaftTiming::default().heartbeat_interval_ms,
             raft_election_timeout_min_ms: RaftTiming::default().election_timeout_min_ms,
             raft_election_timeout_max_ms: RaftTiming::default().election_timeout_max_ms,
+            auto_leader_rebalance_enable: true,
+            leader_imbalance_check_interval_ms: 300_000,
+            leader_imbalance_per_broker_percentage: 10,
         }
     }
 }
@@ -301,6 +316,17 @@ impl ClusterConfig {
             return Err(ConfigError::Invalid(
                 "cluster.offsets_commit_timeout_ms must be greater than 0".into(),
             ));
+        }
+        if self.leader_imbalance_check_interval_ms == 0 {
+            return Err(ConfigError::Invalid(
+                "cluster.leader_imbalance_check_interval_ms must be greater than 0".into(),
+            ));
+        }
+        if self.leader_imbalance_per_broker_percentage > 100 {
+            return Err(ConfigError::Invalid(format!(
+                "cluster.leader_imbalance_per_broker_percentage is {}; it must be at most 100",
+                self.leader_imbalance_per_broker_percentage
+            )));
         }
         if self.raft_heartbeat_interval_ms == 0
             || self.raft_heartbeat_interval_ms >= self.raft_election_timeout_min_ms
@@ -771,6 +797,9 @@ mod tests {
             "the default RF"
         );
         assert_eq!(cluster.offsets_commit_timeout_ms, 5_000);
+        assert!(cluster.auto_leader_rebalance_enable);
+        assert_eq!(cluster.leader_imbalance_check_interval_ms, 300_000);
+        assert_eq!(cluster.leader_imbalance_per_broker_percentage, 10);
         write("[cluster]\nvoters = [\"1@a:1\", \"2@b:2\"]\noffsets_topic_replication_factor = 1\n");
         let cluster = BrokerConfig::load(Some(&file), vec![], &[])
             .unwrap()
@@ -817,6 +846,14 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\noffsets_commit_timeout_ms = 0\n",
             "offsets_commit_timeout_ms must be greater than 0",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_check_interval_ms = 0\n",
+            "leader_imbalance_check_interval_ms must be greater than 0",
+        );
+        check(
+            "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_per_broker_percentage = 101\n",
+            "leader_imbalance_per_broker_percentage is 101; it must be at most 100",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nbroker_session_on_takeover_ms = 400\n",

@@ -189,11 +189,74 @@ impl Shared {
             Request::ListPartitionReassignments(r) => {
                 Response::ListPartitionReassignments(self.list_reassignments(r))
             }
+            Request::ElectLeaders(r) => Response::ElectLeaders(match &self.cluster {
+                Some(cluster) => match cluster.controller.elect_leaders(r).await {
+                    Ok(response) => response,
+                    Err(e) => ElectLeadersResponse {
+                        error: ErrorCode::NotController,
+                        message: e.to_string(),
+                        results: Vec::new(),
+                    },
+                },
+                None => self.elect_leaders_single_broker(r),
+            }),
             Request::DescribeCluster => Response::DescribeCluster(match &self.cluster {
                 Some(cluster) => cluster.describe(&self.config.cluster_id),
                 None => self.describe_single_broker(),
             }),
         })
+    }
+
+    /// A single broker is every partition's only replica, so its preferred leader:
+    /// there is nothing to elect.
+    fn elect_leaders_single_broker(&self, r: ElectLeadersRequest) -> ElectLeadersResponse {
+        let me = self.config.broker_id;
+        let asked: Vec<(String, u32)> = match &r.partitions {
+            Some(list) => TopicPartitions::pairs(list)
+                .map(|(topic, partition)| (topic.to_string(), partition))
+                .collect(),
+            None => self
+                .registry
+                .all()
+                .iter()
+                .flat_map(|t| t.partitions.iter().map(|p| (t.name.clone(), p.index)))
+                .collect(),
+        };
+        let results = asked
+            .into_iter()
+            .map(|(topic, partition)| {
+                let (error, message, leader) = match self
+                    .registry
+                    .get(&topic)
+                    .ok_or_else(|| {
+                        Failure::new(
+                            ErrorCode::UnknownTopic,
+                            format!("topic `{topic}` does not exist"),
+                        )
+                    })
+                    .and_then(|t| t.partition(partition).map(|_| ()))
+                {
+                    Err(f) => (f.code, f.message, NO_BROKER),
+                    Ok(()) => (
+                        ErrorCode::ElectionNotNeeded,
+                        format!("a single broker (broker {me}) leads every partition"),
+                        me,
+                    ),
+                };
+                ElectionResult {
+                    topic,
+                    partition,
+                    error,
+                    message,
+                    leader,
+                }
+            })
+            .collect();
+        ElectLeadersResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            results,
+        }
     }
 
     /// A single broker is the whole cluster and its own controller; it has no

@@ -113,6 +113,8 @@ error_codes! {
     // 90..=99: partition placement.
     InvalidReplicaAssignment = 90, false, "the replica list is invalid (empty, repeats a broker, or names a broker that is not registered)";
     NoReassignmentInProgress = 91, false, "the partition has no reassignment to cancel";
+    ElectionNotNeeded = 92, false, "the partition's preferred replica (the first of its replicas) leads it already";
+    PreferredLeaderNotAvailable = 93, true, "the partition's preferred replica cannot lead it now: it is fenced or not registered, not in the ISR, or the partition is being reassigned";
 }
 
 impl ErrorCode {

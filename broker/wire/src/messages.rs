@@ -57,6 +57,8 @@ pub enum ApiKey {
     ListPartitionReassignments = 45,
     /// Brokers and the metadata quorum's state (describe_cluster.rs).
     DescribeCluster = 46,
+    /// Move leadership back to preferred replicas (reassign.rs).
+    ElectLeaders = 47,
     // 40..=43: the cluster control plane, broker to broker (cluster.rs).
     /// A Raft RPC of the metadata quorum.
     Raft = 40,
@@ -66,7 +68,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 36] = [
+    pub const ALL: [ApiKey; 37] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -99,6 +101,7 @@ impl ApiKey {
         ApiKey::AlterPartitionReassignments,
         ApiKey::ListPartitionReassignments,
         ApiKey::DescribeCluster,
+        ApiKey::ElectLeaders,
         ApiKey::Raft,
         ApiKey::BrokerHeartbeat,
         ApiKey::AlterPartition,
@@ -172,6 +175,7 @@ pub enum Request {
     AlterPartitionReassignments(AlterPartitionReassignmentsRequest),
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
     DescribeCluster,
+    ElectLeaders(ElectLeadersRequest),
     Raft(RaftRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
     AlterPartition(AlterPartitionRequest),
@@ -212,6 +216,7 @@ pub enum Response {
     AlterPartitionReassignments(AlterPartitionReassignmentsResponse),
     ListPartitionReassignments(ListPartitionReassignmentsResponse),
     DescribeCluster(DescribeClusterResponse),
+    ElectLeaders(ElectLeadersResponse),
     Raft(RaftResponse),
     BrokerHeartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
@@ -657,6 +662,7 @@ impl Request {
             Request::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
             Request::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Request::DescribeCluster => ApiKey::DescribeCluster,
+            Request::ElectLeaders(_) => ApiKey::ElectLeaders,
             Request::Raft(_) => ApiKey::Raft,
             Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Request::AlterPartition(_) => ApiKey::AlterPartition,
@@ -751,6 +757,7 @@ impl Request {
             Request::CreatePartitions(m) => m.encode(w, version),
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::DescribeCluster => {}
+            Request::ElectLeaders(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w),
             Request::AlterPartition(m) => m.encode(w),
@@ -875,6 +882,7 @@ impl Request {
                 Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
             }
             ApiKey::DescribeCluster => Request::DescribeCluster,
+            ApiKey::ElectLeaders => Request::ElectLeaders(ElectLeadersRequest::decode(r)?),
             ApiKey::AlterTopicConfigs => {
                 Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r, version)?)
             }
@@ -926,6 +934,7 @@ impl Response {
             Response::AlterPartitionReassignments(_) => ApiKey::AlterPartitionReassignments,
             Response::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Response::DescribeCluster(_) => ApiKey::DescribeCluster,
+            Response::ElectLeaders(_) => ApiKey::ElectLeaders,
             Response::Raft(_) => ApiKey::Raft,
             Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Response::AlterPartition(_) => ApiKey::AlterPartition,
@@ -1047,6 +1056,7 @@ impl Response {
             Response::CreatePartitions(m) => m.encode(w),
             Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DescribeCluster(m) => m.encode(w),
+            Response::ElectLeaders(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1242,6 +1252,7 @@ impl Response {
             ApiKey::DescribeCluster => {
                 Response::DescribeCluster(DescribeClusterResponse::decode(r)?)
             }
+            ApiKey::ElectLeaders => Response::ElectLeaders(ElectLeadersResponse::decode(r)?),
             ApiKey::AlterTopicConfigs => {
                 Response::AlterTopicConfigs(AlterTopicConfigsResponse::decode(r)?)
             }
@@ -1750,6 +1761,35 @@ mod tests {
             ListPartitionReassignmentsRequest { topics: None },
         ));
         check_request(Request::DescribeCluster);
+        check_request(Request::ElectLeaders(ElectLeadersRequest {
+            partitions: None,
+        }));
+        check_request(Request::ElectLeaders(ElectLeadersRequest {
+            partitions: Some(vec![TopicPartitions {
+                topic: "t".into(),
+                partitions: vec![0, 2],
+            }]),
+        }));
+        check_response(Response::ElectLeaders(ElectLeadersResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            results: vec![
+                ElectionResult {
+                    topic: "t".into(),
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    leader: 1,
+                },
+                ElectionResult {
+                    topic: "t".into(),
+                    partition: 2,
+                    error: ErrorCode::PreferredLeaderNotAvailable,
+                    message: "broker 3 is fenced".into(),
+                    leader: 2,
+                },
+            ],
+        }));
         check_response(Response::DescribeCluster(DescribeClusterResponse {
             error: ErrorCode::None,
             message: String::new(),

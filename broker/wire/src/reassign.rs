@@ -180,3 +180,78 @@ impl ListPartitionReassignmentsResponse {
         })
     }
 }
+
+/// `ElectLeaders` (API key 47): move partitions' leadership back to their preferred
+/// replica (the first of their replicas), as Kafka's preferred leader election. The
+/// controller elects a preferred replica only while it is alive and in the ISR.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectLeadersRequest {
+    /// `None`: every partition of every topic.
+    pub partitions: Option<Vec<crate::group::TopicPartitions>>,
+}
+
+impl ElectLeadersRequest {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.option(self.partitions.as_ref(), |w, tps| {
+            crate::group::put_tps(w, tps)
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ElectLeadersRequest, DecodeError> {
+        Ok(ElectLeadersRequest {
+            partitions: r.option(crate::group::get_tps)?,
+        })
+    }
+}
+
+/// One partition of [`ElectLeadersResponse`]: `ElectionNotNeeded` where the preferred
+/// replica leads already, `PreferredLeaderNotAvailable` where it cannot lead now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectionResult {
+    pub topic: String,
+    pub partition: u32,
+    pub error: ErrorCode,
+    pub message: String,
+    /// The partition's leader after the request ([`NO_BROKER`](crate::messages::NO_BROKER)
+    /// if none or unknown).
+    pub leader: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ElectLeadersResponse {
+    /// A failure of the whole request (say, no controller); otherwise `None` and one
+    /// result per partition.
+    pub error: ErrorCode,
+    pub message: String,
+    pub results: Vec<ElectionResult>,
+}
+
+impl ElectLeadersResponse {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u16(self.error as u16);
+        w.string(&self.message);
+        w.array(&self.results, |w, r| {
+            w.string(&r.topic);
+            w.u32(r.partition);
+            w.u16(r.error as u16);
+            w.string(&r.message);
+            w.u32(r.leader);
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<ElectLeadersResponse, DecodeError> {
+        Ok(ElectLeadersResponse {
+            error: ErrorCode::from_u16(r.u16()?),
+            message: r.string()?,
+            results: r.array(14, |r| {
+                Ok(ElectionResult {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    error: ErrorCode::from_u16(r.u16()?),
+                    message: r.string()?,
+                    leader: r.u32()?,
+                })
+            })?,
+        })
+    }
+}

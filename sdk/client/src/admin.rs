@@ -5,11 +5,11 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
     CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
     DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeClusterResponse,
-    DescribeTopicsRequest, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    ListPartitionReassignmentsRequest, MetadataResponse, OngoingReassignment,
-    PartitionReassignment, PartitionsIncrease, Request, Response,
-    TopicConfigChanges as WireConfigChanges, TopicDescription, TopicResult, DELETE_TO_END,
-    EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
+    DescribeTopicsRequest, ElectLeadersRequest, ElectionResult, ListOffsetsPartition,
+    ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest, MetadataResponse,
+    OngoingReassignment, PartitionReassignment, PartitionsIncrease, Request, Response,
+    TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -668,6 +668,56 @@ impl Admin {
             });
         }
         Ok(response.reassignments)
+    }
+
+    /// Moves leadership back to partitions' preferred replicas (the first of each
+    /// partition's replicas), Kafka's preferred leader election: after a broker was
+    /// stopped or restarted, the partitions it gave away go back to it. `partitions`
+    /// as `(topic, partition)`, or `None` for every partition. The controller elects
+    /// a preferred replica only while it is alive and in the ISR. One result per
+    /// partition, in the order asked: `error` is `None` (elected), `ElectionNotNeeded` (it leads
+    /// already), `PreferredLeaderNotAvailable` (it cannot lead now, `message` says
+    /// why), `UnknownTopic` or `InvalidPartition`; `leader` is the leader after the
+    /// request. The controller also does this on its own
+    /// (`cluster.auto_leader_rebalance_enable`).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// use meridian_client::ErrorCode;
+    /// for r in client.admin().elect_preferred_leaders(Some(&[("orders", 0)])).await? {
+    ///     match r.error {
+    ///         ErrorCode::None => println!("{}/{} now led by {}", r.topic, r.partition, r.leader),
+    ///         ErrorCode::ElectionNotNeeded => {}
+    ///         other => eprintln!("{}/{}: {other}: {}", r.topic, r.partition, r.message),
+    ///     }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn elect_preferred_leaders(
+        &self,
+        partitions: Option<&[(&str, u32)]>,
+    ) -> Result<Vec<ElectionResult>> {
+        let request = Request::ElectLeaders(ElectLeadersRequest {
+            partitions: partitions.map(|list| TopicPartitions::group(list.iter().copied())),
+        });
+        let response = self.client.request(request).await?;
+        let Response::ElectLeaders(response) = response else {
+            return Err(unexpected(ApiKey::ElectLeaders, &response));
+        };
+        if !response.error.is_ok() {
+            return Err(Error::broker(response.error, response.message));
+        }
+        let mut results = response.results;
+        if let Some(asked) = partitions {
+            // The request groups partitions by topic; answer in the order asked.
+            let position = |r: &ElectionResult| {
+                asked
+                    .iter()
+                    .position(|(t, p)| *t == r.topic && *p == r.partition)
+            };
+            results.sort_by_key(|r| position(r).unwrap_or(usize::MAX));
+        }
+        Ok(results)
     }
 
     /// The cluster's brokers (running, fenced, shutting down, or a voter not started

@@ -74,7 +74,7 @@ pub use meridian_wire::describe_cluster::{
     BrokerState, BrokerStatus, DescribeClusterResponse, QuorumRole, QuorumStatus,
 };
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
-pub use meridian_wire::reassign::OngoingReassignment;
+pub use meridian_wire::reassign::{ElectionResult, OngoingReassignment};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};
@@ -133,6 +133,7 @@ mod futures_are_send {
         spawns!(admin.clone(), a => a.reassign_partitions("t", &[(0, None)]));
         spawns!(admin.clone(), a => a.list_reassignments(None));
         spawns!(admin.clone(), a => a.describe_cluster());
+        spawns!(admin.clone(), a => a.elect_preferred_leaders(None));
         spawns!(admin.clone(), a => a.list_groups());
         spawns!(admin.clone(), a => a.describe_group("g"));
         spawns!(admin.clone(), a => a.committed_offsets("g", None));

@@ -177,6 +177,8 @@ struct Sim {
     /// The idempotent producer's one request: (request, sent at).
     idempotent_in_flight: Option<(u64, i64)>,
     next_idempotent_seq: u64,
+    /// Leaderships moved back to the preferred replica.
+    preferred_elections: usize,
 }
 
 impl Sim {
@@ -223,6 +225,7 @@ impl Sim {
             produce_in_flight: BTreeMap::new(),
             idempotent_in_flight: None,
             next_idempotent_seq: 0,
+            preferred_elections: 0,
         };
         sim.broadcast_state();
         sim
@@ -627,6 +630,15 @@ impl Sim {
         }
     }
 
+    /// A preferred leader election (asked, or the automatic rebalance): leadership
+    /// moves back while records are in flight to the old leader.
+    fn elect_preferred(&mut self) {
+        if self.controller.elect_preferred_leader(&PARTITION).is_ok() {
+            self.preferred_elections += 1;
+            self.broadcast_state();
+        }
+    }
+
     fn controlled_shutdown(&mut self, b: BrokerId) {
         let now = self.now;
         let node = self.node(b);
@@ -699,10 +711,23 @@ impl Sim {
     }
 }
 
-/// Runs one seed; returns how many records were acknowledged (all, and the idempotent
-/// producer's), whether the partition ended on other replicas than it started, and how
-/// many unclean elections happened (only runs that allow them have any).
-pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
+/// What one seed did, so the test can check the faults happened (the `sim` example
+/// only runs seeds).
+#[derive(Default)]
+#[cfg_attr(not(test), allow(dead_code))]
+pub(crate) struct Outcome {
+    /// Records acknowledged, all and the idempotent producer's.
+    acked: usize,
+    idempotent: usize,
+    /// Whether the partition ended on other replicas than it started.
+    moved: bool,
+    /// Unclean elections (only runs that allow them have any).
+    unclean_elections: usize,
+    preferred_elections: usize,
+}
+
+/// Runs one seed.
+pub(crate) fn run(seed: u64) -> Outcome {
     let mut sim = Sim::new(seed);
     for _ in 0..3_000 {
         if sim.rng.chance(30) {
@@ -711,6 +736,9 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
         sim.produce_idempotent();
         if sim.rng.chance(2) {
             sim.fault();
+        }
+        if sim.rng.chance(1) {
+            sim.elect_preferred();
         }
         sim.step();
     }
@@ -778,31 +806,40 @@ pub(crate) fn run(seed: u64) -> (usize, usize, bool, usize) {
         .expect("created")
         .replicas
         != BROKERS[..3];
-    (
-        sim.acked.len(),
-        sim.next_idempotent_seq as usize,
+    Outcome {
+        acked: sim.acked.len(),
+        idempotent: sim.next_idempotent_seq as usize,
         moved,
-        sim.unclean_elections,
-    )
+        unclean_elections: sim.unclean_elections,
+        preferred_elections: sim.preferred_elections,
+    }
 }
 
 #[test]
 fn replication_simulation() {
     let seeds = crate::rng::seeds(100);
-    let (mut acked, mut idempotent, mut moved, mut unclean) = (0, 0, 0, 0);
+    let mut total = Outcome::default();
+    let mut moved = 0;
     for &seed in &seeds {
-        let (all, idem, reassigned, unclean_elections) = std::panic::catch_unwind(|| run(seed))
-            .unwrap_or_else(|e| {
-                eprintln!(
+        let outcome = std::panic::catch_unwind(|| run(seed)).unwrap_or_else(|e| {
+            eprintln!(
                 "replication simulation failed with seed {seed}; replay: MERIDIAN_SIM_SEED={seed}"
             );
-                std::panic::resume_unwind(e)
-            });
-        acked += all;
-        idempotent += idem;
-        moved += usize::from(reassigned);
-        unclean += unclean_elections;
+            std::panic::resume_unwind(e)
+        });
+        total.acked += outcome.acked;
+        total.idempotent += outcome.idempotent;
+        moved += usize::from(outcome.moved);
+        total.unclean_elections += outcome.unclean_elections;
+        total.preferred_elections += outcome.preferred_elections;
     }
+    let Outcome {
+        acked,
+        idempotent,
+        unclean_elections: unclean,
+        preferred_elections,
+        ..
+    } = total;
     // The faults must not stop all progress: on average each run acknowledges writes.
     assert!(
         acked >= seeds.len() * 50 && idempotent >= seeds.len() * 10,
@@ -819,6 +856,12 @@ fn replication_simulation() {
     assert!(
         unclean > 0 || seeds.len() < 100,
         "no unclean election in {} runs",
+        seeds.len()
+    );
+    // Leadership does move back to the preferred replica, under the same faults.
+    assert!(
+        preferred_elections * 5 >= seeds.len(),
+        "only {preferred_elections} preferred leader elections in {} runs",
         seeds.len()
     );
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use meridian_core::replication::{
-    AlterIsr, BrokerState, Controller, ControllerEvent, LeaderAndIsr, PartitionRecord,
+    AlterIsr, BrokerState, Controller, ControllerEvent, ElectError, LeaderAndIsr, PartitionRecord,
     ReassignError, Reassignment,
 };
 use meridian_metadata::openraft::{BasicNode, ChangeMembers, ServerState};
@@ -64,6 +64,7 @@ pub(crate) enum Command {
         oneshot::Sender<AlterPartitionReassignmentsResponse>,
     ),
     Plugins(PluginChange, oneshot::Sender<PluginResult>),
+    ElectLeaders(ElectLeadersRequest, oneshot::Sender<ElectLeadersResponse>),
 }
 
 /// A change to the cluster's plugins. The broker that took it from the client has
@@ -138,6 +139,11 @@ impl Command {
                 error: code,
                 message,
             })),
+            Command::ElectLeaders(_, tx) => drop(tx.send(ElectLeadersResponse {
+                error: code,
+                message,
+                results: Vec::new(),
+            })),
             Command::ReassignPartitions(r, tx) => drop(
                 tx.send(AlterPartitionReassignmentsResponse {
                     results: r
@@ -193,6 +199,15 @@ pub(crate) struct Context {
     /// controller once enough brokers are live.
     pub(crate) offsets_topic_partitions: u32,
     pub(crate) offsets_topic_replication_factor: u16,
+    /// Automatic preferred leader elections (`cluster.auto_leader_rebalance_enable`).
+    pub(crate) leader_rebalance: Option<LeaderRebalance>,
+}
+
+/// When the controller gives brokers their leaderships back on its own.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaderRebalance {
+    pub(crate) interval: Duration,
+    pub(crate) imbalance_percent: u32,
 }
 
 /// Runs for the broker's lifetime: idle (refusing commands) while another broker
@@ -300,6 +315,8 @@ struct Active<'a> {
     /// Brokers outside the quorum's membership being added as learners, with when
     /// that was asked (asked again if it has not happened a few seconds later).
     learners_asked: BTreeMap<u32, tokio::time::Instant>,
+    /// When the leader imbalance is next checked (with `leader_rebalance`).
+    next_rebalance: tokio::time::Instant,
 }
 
 /// Raft refused the write: we are not the leader any more.
@@ -342,10 +359,14 @@ impl<'a> Active<'a> {
                 );
             }
         }
+        let first_check = context
+            .leader_rebalance
+            .map_or(Duration::ZERO, |r| r.interval);
         Active {
             context,
             core,
             learners_asked: BTreeMap::new(),
+            next_rebalance: tokio::time::Instant::now() + first_check,
         }
     }
 
@@ -469,8 +490,35 @@ impl<'a> Active<'a> {
                 ),
             }
         }
+        self.rebalance_leaders();
         self.commit(Vec::new()).await?;
         self.ensure_offsets_topic().await
+    }
+
+    /// Every `leader_imbalance_check_interval_ms`: leaderships back to preferred
+    /// replicas where a broker has lost more than its allowed share (Kafka's automatic
+    /// preferred leader election). The caller commits.
+    fn rebalance_leaders(&mut self) {
+        let Some(rebalance) = self.context.leader_rebalance else {
+            return;
+        };
+        let now = tokio::time::Instant::now();
+        if now < self.next_rebalance {
+            return;
+        }
+        self.next_rebalance = now + rebalance.interval;
+        for key in self.core.imbalanced_partitions(rebalance.imbalance_percent) {
+            if self.core.elect_preferred_leader(&key).is_ok() {
+                let state = self.core.partition(&key).expect("just elected");
+                tracing::info!(
+                    topic = %key.0,
+                    partition = key.1,
+                    leader = ?state.leader,
+                    epoch = state.leader_epoch,
+                    "leadership back to the preferred replica (automatic leader rebalance)"
+                );
+            }
+        }
     }
 
     /// Creates `__consumer_offsets` (compacted, like Kafka's) as soon as enough brokers
@@ -567,7 +615,107 @@ impl<'a> Active<'a> {
                 let _ = tx.send(response);
                 outcome
             }
+            Command::ElectLeaders(r, tx) => {
+                let (response, outcome) = self.elect_leaders(r).await;
+                let _ = tx.send(response);
+                outcome
+            }
         }
+    }
+
+    /// Commits what the core decided for a request answered per partition; when the
+    /// write fails (leadership lost), the results that said done say `NotController`.
+    async fn commit_results<R>(
+        &self,
+        results: &mut [R],
+        status: fn(&mut R) -> (&mut ErrorCode, &mut String),
+    ) -> Result<(), LostLeadership> {
+        let outcome = self.commit(Vec::new()).await;
+        if outcome.is_err() {
+            for r in results.iter_mut() {
+                let (error, message) = status(r);
+                if *error == ErrorCode::None {
+                    *error = ErrorCode::NotController;
+                    *message = "the controller lost its leadership; retry".into();
+                }
+            }
+        }
+        outcome
+    }
+
+    /// Preferred leader elections asked by an administrator (`ElectLeaders`): each
+    /// asked partition, or every partition, gets its preferred replica as leader
+    /// where that can happen now; one result per partition.
+    async fn elect_leaders(
+        &mut self,
+        r: ElectLeadersRequest,
+    ) -> (ElectLeadersResponse, Result<(), LostLeadership>) {
+        let image = self.context.state_machine.image();
+        let asked: Vec<PartitionKey> = match &r.partitions {
+            Some(list) => TopicPartitions::pairs(list)
+                .map(|(topic, partition)| (topic.to_string(), partition))
+                .collect(),
+            None => image
+                .topics
+                .values()
+                .flat_map(|t| (0..t.partitions.len() as u32).map(|p| (t.name.clone(), p)))
+                .collect(),
+        };
+        let mut results = Vec::with_capacity(asked.len());
+        for key in asked {
+            let decided = match image.topics.get(&key.0) {
+                None => Err((
+                    ErrorCode::UnknownTopic,
+                    format!("topic `{}` does not exist", key.0),
+                )),
+                Some(topic) => self.core.elect_preferred_leader(&key).map_err(|e| match e {
+                    ElectError::UnknownPartition => (
+                        ErrorCode::InvalidPartition,
+                        format!(
+                            "topic `{}` has no partition {} ({} partitions)",
+                            key.0,
+                            key.1,
+                            topic.partitions.len()
+                        ),
+                    ),
+                    ElectError::NotNeeded => (
+                        ErrorCode::ElectionNotNeeded,
+                        "its preferred replica leads it already".to_string(),
+                    ),
+                    ElectError::PreferredNotAvailable(why) => {
+                        (ErrorCode::PreferredLeaderNotAvailable, why)
+                    }
+                }),
+            };
+            let leader = self
+                .core
+                .partition(&key)
+                .and_then(|s| s.leader)
+                .unwrap_or(NO_BROKER);
+            let (error, message) = match decided {
+                Ok(()) => {
+                    tracing::info!(topic = %key.0, partition = key.1, leader, "leadership back to the preferred replica (asked)");
+                    (ErrorCode::None, String::new())
+                }
+                Err(refusal) => refusal,
+            };
+            results.push(ElectionResult {
+                topic: key.0,
+                partition: key.1,
+                error,
+                message,
+                leader,
+            });
+        }
+        let outcome = self
+            .commit_results(&mut results, |r| (&mut r.error, &mut r.message))
+            .await;
+        let response = ElectLeadersResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            results,
+        };
+        (response, outcome)
     }
 
     fn broker_state(&self, id: u32) -> Option<BrokerState> {
@@ -1303,15 +1451,9 @@ impl<'a> Active<'a> {
                 message,
             });
         }
-        let outcome = self.commit(Vec::new()).await;
-        if outcome.is_err() {
-            for r in &mut results {
-                if r.error == ErrorCode::None {
-                    r.error = ErrorCode::NotController;
-                    r.message = "the controller lost its leadership; retry".into();
-                }
-            }
-        }
+        let outcome = self
+            .commit_results(&mut results, |r| (&mut r.error, &mut r.message))
+            .await;
         (AlterPartitionReassignmentsResponse { results }, outcome)
     }
 

@@ -195,6 +195,12 @@ impl Cluster {
             topic_defaults: config.topic_defaults.clone(),
             offsets_topic_partitions: config.offsets_topic_num_partitions,
             offsets_topic_replication_factor: cluster.offsets_topic_replication_factor(),
+            leader_rebalance: cluster.auto_leader_rebalance_enable.then_some(
+                controller::LeaderRebalance {
+                    interval: Duration::from_millis(cluster.leader_imbalance_check_interval_ms),
+                    imbalance_percent: cluster.leader_imbalance_per_broker_percentage,
+                },
+            ),
         });
         tokio::spawn(controller::run(context, rx));
         let incarnation = std::time::SystemTime::now()
@@ -672,6 +678,24 @@ impl ControllerClient {
                 Response::PluginRemove(r) | Response::TopicAttach(r) | Response::TopicDetach(r) => {
                     Some(r)
                 }
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
+        )
+        .await
+    }
+
+    /// Preferred leader elections at the controller.
+    pub(crate) async fn elect_leaders(
+        &self,
+        request: ElectLeadersRequest,
+    ) -> Result<ElectLeadersResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::ElectLeaders(request.clone(), tx),
+            || Request::ElectLeaders(request.clone()),
+            |r| match r {
+                Response::ElectLeaders(r) => Some(r),
                 _ => None,
             },
             |r| r.error == ErrorCode::NotController,
