@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use meridian_client::{
     Acks, AutoOffsetReset, BrokerState, Client, Consumer, ConsumerConfig, ConsumerRecord,
-    GroupConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, QuorumRole,
+    GroupConfig, NewTopic, Offset, ProducerConfig, ProducerRecord, QuorumRole, TopicConfigChanges,
 };
 use meridian_wire::messages::{
     CreateTopic, CreateTopicsRequest, MetadataRequest, MetadataResponse, Request, Response,
@@ -2761,6 +2761,13 @@ async fn an_administrator_gives_a_returning_broker_its_leaderships_back() {
         three_with_orders("auto_leader_rebalance_enable = false\n", 3).await;
     let led_by_back = before.iter().position(|p| p.leader == back).unwrap() as u32;
 
+    let (ok, out, err) = cluster
+        .brokers_ref(controller)
+        .cli(&["partition", "list", "--under-replicated"], "");
+    assert!(
+        ok && !out.contains("\norders "),
+        "all in sync at creation: {out}{err}"
+    );
     stop_and_return(&mut cluster, back, "orders").await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let views = cluster
@@ -2815,6 +2822,39 @@ async fn an_administrator_gives_a_returning_broker_its_leaderships_back() {
             views.iter().all(|p| p.leader != back)
         })
         .await;
+    // `partition list` filters show what the dead broker left behind: every
+    // partition of `orders` under-replicated, none offline, and, once acks=all needs
+    // all three replicas, all of them under their min.insync.replicas.
+    let rows = |args: &[&str]| -> Vec<String> {
+        let (ok, out, err) = cluster.brokers_ref(controller).cli(args, "");
+        assert!(ok, "{args:?}: {err}");
+        out.lines()
+            .filter(|l| l.starts_with("orders "))
+            .map(str::to_string)
+            .collect()
+    };
+    assert_eq!(rows(&["partition", "list", "--under-replicated"]).len(), 3);
+    assert_eq!(
+        rows(&["partition", "list", "orders", "--unavailable"]).len(),
+        0
+    );
+    assert_eq!(
+        rows(&["partition", "list", "orders", "--under-min-isr"]).len(),
+        0
+    );
+    admin
+        .alter_topic_configs(
+            "orders",
+            TopicConfigChanges::new().set("min.insync.replicas", "3"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        rows(&["partition", "list", "orders", "--under-min-isr"]).len(),
+        3
+    );
+    assert_eq!(rows(&["partition", "list", "orders"]).len(), 3);
+
     let results = admin
         .elect_preferred_leaders(Some(&[("orders", led_by_back), ("orders", 9), ("nope", 0)]))
         .await

@@ -7,15 +7,30 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::Subcommand;
 use meridian_client::{Client, ElectionResult, ErrorCode, OngoingReassignment};
+use meridian_wire::messages::{PartitionMetadata, NO_BROKER};
 
 use crate::ConnectArgs;
 
 #[derive(Subcommand)]
 pub enum PartitionCommand {
     /// Leader, leader epoch, replicas and in-sync replicas of each partition, and the
-    /// reassignments under way (replicas being added and removed).
+    /// reassignments under way (replicas being added and removed). The filters
+    /// (Kafka's `kafka-topics --describe --under-replicated-partitions` and
+    /// friends) keep the partitions that match any of them.
     List {
-        topic: String,
+        /// The topic; without one, every topic (internal ones included).
+        topic: Option<String>,
+        /// Only partitions with fewer in-sync replicas than replicas (replicas a
+        /// reassignment is still adding do not count).
+        #[arg(long)]
+        under_replicated: bool,
+        /// Only partitions without a leader (offline).
+        #[arg(long)]
+        unavailable: bool,
+        /// Only partitions with fewer in-sync replicas than their topic's
+        /// min.insync.replicas: acks=all writes to them are refused.
+        #[arg(long)]
+        under_min_isr: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -64,33 +79,23 @@ pub enum PartitionCommand {
 
 pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
     match cmd {
-        PartitionCommand::List { topic, connect } => {
+        PartitionCommand::List {
+            topic,
+            under_replicated,
+            unavailable,
+            under_min_isr,
+            connect,
+        } => {
             let client = connect.connect().await?;
-            let moving = client.admin().list_reassignments(Some(&topic)).await?;
-            println!(
-                "{:>9} {:>7} {:>6}  {:<16} {:<16} reassignment",
-                "partition", "leader", "epoch", "replicas", "isr"
+            let filter = Filter {
+                under_replicated,
+                unavailable,
+                under_min_isr,
+            };
+            print!(
+                "{}",
+                list_partitions(&client, topic.as_deref(), filter).await?
             );
-            for p in partitions(&client, &topic).await? {
-                let leader = if p.leader == u32::MAX {
-                    "none".to_string()
-                } else {
-                    p.leader.to_string()
-                };
-                let reassignment = moving
-                    .iter()
-                    .find(|m| m.partition == p.partition)
-                    .map_or_else(|| "-".to_string(), progress);
-                println!(
-                    "{:>9} {:>7} {:>6}  {:<16} {:<16} {}",
-                    p.partition,
-                    leader,
-                    p.leader_epoch,
-                    list(&p.replicas),
-                    list(&p.isr),
-                    reassignment
-                );
-            }
             Ok(())
         }
         PartitionCommand::ElectLeaders {
@@ -246,6 +251,88 @@ async fn wait_for(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+}
+
+/// Which partitions `partition list` keeps: any that matches one that is set, or
+/// all when none is.
+#[derive(Clone, Copy, Debug, Default)]
+struct Filter {
+    under_replicated: bool,
+    unavailable: bool,
+    under_min_isr: bool,
+}
+
+impl Filter {
+    fn keeps(&self, p: &PartitionMetadata, adding: usize, min_insync: Option<u32>) -> bool {
+        if !(self.under_replicated || self.unavailable || self.under_min_isr) {
+            return true;
+        }
+        let isr = p.isr.len();
+        (self.under_replicated && isr < p.replicas.len().saturating_sub(adding))
+            || (self.unavailable && p.leader == NO_BROKER)
+            || (self.under_min_isr && min_insync.is_some_and(|m| (isr as u32) < m))
+    }
+}
+
+/// The table `partition list` prints: `topic` (or every topic) filtered by `filter`.
+async fn list_partitions(
+    client: &Client,
+    topic: Option<&str>,
+    filter: Filter,
+) -> anyhow::Result<String> {
+    let metadata = client.metadata(topic.map(|t| vec![t.to_string()])).await?;
+    let moving = client.admin().list_reassignments(topic).await?;
+    let mut topics = metadata.topics;
+    topics.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut out = format!(
+        "{:<24} {:>9} {:>7} {:>6}  {:<16} {:<16} reassignment\n",
+        "topic", "partition", "leader", "epoch", "replicas", "isr"
+    );
+    for t in topics {
+        if !t.error.is_ok() {
+            bail!("{}: {}", t.name, t.error.name());
+        }
+        let min_insync = if filter.under_min_isr {
+            Some(min_insync_replicas(client, &t.name).await?)
+        } else {
+            None
+        };
+        for p in &t.partitions {
+            let ongoing = moving
+                .iter()
+                .find(|m| m.topic == t.name && m.partition == p.partition);
+            if !filter.keeps(p, ongoing.map_or(0, |m| m.adding.len()), min_insync) {
+                continue;
+            }
+            let leader = if p.leader == NO_BROKER {
+                "none".to_string()
+            } else {
+                p.leader.to_string()
+            };
+            out.push_str(&format!(
+                "{:<24} {:>9} {:>7} {:>6}  {:<16} {:<16} {}\n",
+                t.name,
+                p.partition,
+                leader,
+                p.leader_epoch,
+                list(&p.replicas),
+                list(&p.isr),
+                ongoing.map_or_else(|| "-".to_string(), progress)
+            ));
+        }
+    }
+    Ok(out)
+}
+
+/// The topic's `min.insync.replicas`, its own or the broker default.
+async fn min_insync_replicas(client: &Client, topic: &str) -> anyhow::Result<u32> {
+    let described = client.admin().describe_topic(topic).await?;
+    described
+        .configs
+        .iter()
+        .find(|c| c.key == "min.insync.replicas")
+        .and_then(|c| c.value.parse().ok())
+        .with_context(|| format!("{topic}: its description has no min.insync.replicas"))
 }
 
 /// What `partition elect-leaders` prints: on stdout a line per partition elected and
