@@ -764,7 +764,11 @@ impl Admin {
     async fn describe_cluster_from(&self, broker: Option<u32>) -> Result<DescribeClusterResponse> {
         let response = match broker {
             Some(id) => self.client.request_to(id, Request::DescribeCluster).await?,
-            None => self.client.request(Request::DescribeCluster).await?,
+            None => {
+                self.client
+                    .request_once_ready(Request::DescribeCluster)
+                    .await?
+            }
         };
         let Response::DescribeCluster(response) = response else {
             return Err(unexpected(ApiKey::DescribeCluster, &response));

@@ -183,6 +183,26 @@ impl Client {
             .await
     }
 
+    /// Sends `request` to any broker, asking again (with the retry backoff, within the
+    /// request timeout) while the broker answers `MetadataNotReady`: a broker that
+    /// has just started has not caught up with the cluster's metadata yet.
+    pub(crate) async fn request_once_ready(&self, request: Request) -> Result<Response> {
+        let deadline = Instant::now() + self.inner.config.request_timeout;
+        let mut attempt = 0;
+        loop {
+            match self.request(request.clone()).await {
+                Err(e)
+                    if e.code() == Some(ErrorCode::MetadataNotReady)
+                        && Instant::now() < deadline =>
+                {
+                    attempt += 1;
+                    tokio::time::sleep(self.inner.config.backoff(attempt)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// Sends one request to the broker with id `broker_id` (as metadata names it).
     pub async fn request_to(&self, broker_id: u32, request: Request) -> Result<Response> {
         self.request_to_with_timeout(broker_id, request, self.inner.config.request_timeout)
@@ -249,23 +269,10 @@ impl Client {
     /// so (`MetadataNotReady`); it is asked again after a backoff, within the request
     /// timeout.
     pub async fn metadata(&self, topics: Option<Vec<String>>) -> Result<MetadataResponse> {
-        let deadline = Instant::now() + self.inner.config.request_timeout;
-        let mut attempt = 0;
-        let response = loop {
-            let request = Request::Metadata(MetadataRequest {
-                topics: topics.clone(),
-            });
-            match self.request(request).await {
-                Err(e)
-                    if e.code() == Some(ErrorCode::MetadataNotReady)
-                        && Instant::now() < deadline =>
-                {
-                    attempt += 1;
-                    tokio::time::sleep(self.inner.config.backoff(attempt)).await;
-                }
-                other => break other?,
-            }
-        };
+        let request = Request::Metadata(MetadataRequest {
+            topics: topics.clone(),
+        });
+        let response = self.request_once_ready(request).await?;
         let Response::Metadata(metadata) = response else {
             return Err(unexpected(ApiKey::Metadata, &response));
         };
