@@ -245,7 +245,7 @@ pub struct PartitionOffset {
     /// The next offset to consume; -1 in a fetch response when nothing is committed.
     pub offset: i64,
     /// Leader epoch of the batch holding the last consumed record (the one before
-    /// `offset`), or [`NO_LEADER_EPOCH`](crate::messages::NO_LEADER_EPOCH). A
+    /// `offset`), or [`NO_LEADER_EPOCH`]. A
     /// consumer resuming here fetches with it, so a log cut by a leader change since
     /// the commit is noticed (KIP-320).
     pub leader_epoch: i32,
