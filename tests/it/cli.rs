@@ -866,6 +866,20 @@ fn cluster_describe_shows_a_single_broker_as_its_own_controller() {
     let count = |row: &[String], column: usize| row[column].parse::<u32>().unwrap();
     assert_eq!(count(&after, 5), count(&row, 5) + 3, "{after:?}");
     assert_eq!(count(&after, 6), count(&after, 5), "{after:?}");
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(broker.cli(&["cluster", "describe", "--json"], ""))).unwrap();
+    assert_eq!(json["controller_id"], 1, "{json}");
+    assert!(json["quorum"].is_null(), "{json}");
+    let me = &json["brokers"][0];
+    assert_eq!(
+        (&me["state"], &me["rack"]),
+        (&"running".into(), &"eu-1a".into())
+    );
+    assert_eq!(
+        me["leaders"].as_u64(),
+        Some(count(&after, 5) as u64),
+        "{json}"
+    );
     // A single broker leads every partition already: nothing to elect.
     let elected = ok(broker.cli(&["partition", "elect-leaders", "t"], ""));
     assert_eq!(

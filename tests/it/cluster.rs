@@ -323,6 +323,31 @@ async fn quorum_elects_a_controller_and_replaces_it_when_killed() {
         .find(|l| l.trim_start().starts_with(&format!("{controller} ")))
         .unwrap_or_else(|| panic!("no row of broker {controller}: {text}"));
     assert!(dead_row.contains("FENCED"), "{text}");
+    let (ok, json_text, err) = cluster
+        .brokers_ref(other)
+        .cli(&["cluster", "describe", "--json"], "");
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json_text).unwrap();
+    let states: Vec<(u64, &str)> = json["brokers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| (b["id"].as_u64().unwrap(), b["state"].as_str().unwrap()))
+        .collect();
+    let want: Vec<(u64, &str)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                if id == controller as u64 {
+                    "fenced"
+                } else {
+                    "running"
+                },
+            )
+        })
+        .collect();
+    assert_eq!(states, want, "{json}");
+    assert_eq!(json["controller_id"], next, "{json}");
     assert!(
         text.contains(&format!("controller:   broker {next},")),
         "{text}"

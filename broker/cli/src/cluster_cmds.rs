@@ -1,7 +1,7 @@
 //! `meridian cluster describe`: the brokers of a cluster and its metadata quorum.
 
 use clap::Subcommand;
-use meridian_client::{BrokerState, DescribeClusterResponse, QuorumRole};
+use meridian_client::{BrokerState, BrokerStatus, DescribeClusterResponse, QuorumRole};
 
 use crate::ConnectArgs;
 
@@ -12,6 +12,10 @@ pub enum ClusterCommand {
     /// controller, the Raft term, and how far each broker's copy of the metadata log
     /// is behind the controller's (Kafka's `kafka-metadata-quorum describe`).
     Describe {
+        /// One JSON object instead of the table (for scripts: `jq '.brokers[] |
+        /// select(.state != "running")'`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -19,13 +23,80 @@ pub enum ClusterCommand {
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
     match cmd {
-        ClusterCommand::Describe { connect } => {
+        ClusterCommand::Describe { json, connect } => {
             let client = connect.connect().await?;
             let cluster = client.admin().describe_cluster().await?;
-            print!("{}", render(&cluster));
+            if json {
+                println!("{}", to_json(&cluster));
+            } else {
+                print!("{}", render(&cluster));
+            }
             Ok(())
         }
     }
+}
+
+/// The controller's last metadata log index, when the answer is the controller's.
+fn controller_log(cluster: &DescribeClusterResponse) -> Option<i64> {
+    cluster
+        .quorum
+        .as_ref()
+        .filter(|q| q.from_controller)
+        .map(|q| q.last_log_index)
+}
+
+/// How many metadata log entries `b` is behind the controller, when known.
+fn lag(cluster: &DescribeClusterResponse, b: &BrokerStatus) -> Option<i64> {
+    controller_log(cluster)
+        .filter(|_| b.matched_index >= 0)
+        .map(|end| (end - b.matched_index).max(0))
+}
+
+/// What `cluster describe --json` prints: the same facts as the table, with `null`
+/// for what is not known.
+fn to_json(cluster: &DescribeClusterResponse) -> serde_json::Value {
+    let known = |v: i64| (v >= 0).then_some(v);
+    let brokers: Vec<serde_json::Value> = cluster
+        .brokers
+        .iter()
+        .map(|b| {
+            serde_json::json!({
+                "id": b.broker_id,
+                "host": (!b.host.is_empty()).then_some(&b.host),
+                "port": (!b.host.is_empty()).then_some(b.port),
+                "rack": b.rack,
+                "state": match b.state {
+                    BrokerState::Running => "running",
+                    BrokerState::Fenced => "fenced",
+                    BrokerState::ShuttingDown => "shutting_down",
+                    BrokerState::Unregistered => "unregistered",
+                },
+                "quorum_role": match b.role {
+                    QuorumRole::Voter => Some("voter"),
+                    QuorumRole::Observer => Some("observer"),
+                    QuorumRole::None => None,
+                },
+                "controller": b.broker_id == cluster.controller_id,
+                "leaders": b.leaders,
+                "replicas": b.replicas,
+                "metadata_lag": lag(cluster, b),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "cluster_id": cluster.cluster_id,
+        "answered_by": cluster.broker_id,
+        "controller_id": (cluster.controller_id != meridian_wire::messages::NO_BROKER)
+            .then_some(cluster.controller_id),
+        "quorum": cluster.quorum.as_ref().map(|q| serde_json::json!({
+            "term": q.term,
+            "last_log_index": known(q.last_log_index),
+            "applied_index": known(q.applied_index),
+            "from_controller": q.from_controller,
+            "millis_since_quorum_ack": known(q.millis_since_quorum_ack),
+        })),
+        "brokers": brokers,
+    })
 }
 
 /// The text `cluster describe` prints.
@@ -37,11 +108,7 @@ fn render(cluster: &DescribeClusterResponse) -> String {
         &cluster.cluster_id
     };
     out.push_str(&format!("cluster id:   {id}\n"));
-    let controller_log = cluster
-        .quorum
-        .as_ref()
-        .filter(|q| q.from_controller)
-        .map(|q| q.last_log_index);
+    let controller_log = controller_log(cluster);
     match &cluster.quorum {
         None => out.push_str(&format!(
             "controller:   broker {} (a single broker: no metadata quorum)\n",
@@ -99,9 +166,9 @@ fn render(cluster: &DescribeClusterResponse) -> String {
         if b.broker_id == cluster.controller_id && cluster.quorum.is_some() {
             role.push_str(" (controller)");
         }
-        let lag = match controller_log {
-            Some(end) if b.matched_index >= 0 => (end - b.matched_index).max(0).to_string(),
-            Some(_) if b.role != QuorumRole::None => "not copying".to_string(),
+        let lag = match (lag(cluster, b), controller_log) {
+            (Some(lag), _) => lag.to_string(),
+            (None, Some(_)) if b.role != QuorumRole::None => "not copying".to_string(),
             _ => "-".to_string(),
         };
         let state = if b.state == BrokerState::Running {
@@ -143,7 +210,7 @@ fn render(cluster: &DescribeClusterResponse) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use meridian_client::{BrokerStatus, ErrorCode, QuorumStatus};
+    use meridian_client::{ErrorCode, QuorumStatus};
 
     fn broker(id: u32, state: BrokerState, role: QuorumRole, matched: i64) -> BrokerStatus {
         BrokerStatus {
@@ -204,6 +271,14 @@ mod tests {
             "     3  127.0.0.1:9003  -     FENCED   voter                   3         3  12"
         );
         assert!(lines[8].ends_with("not copying"), "{text}");
+        let json = to_json(&cluster);
+        assert_eq!(json["controller_id"], 2);
+        assert_eq!(json["quorum"]["term"], 4);
+        assert_eq!(json["brokers"][1]["controller"], true);
+        assert_eq!(json["brokers"][2]["state"], "fenced");
+        assert_eq!(json["brokers"][2]["metadata_lag"], 12);
+        assert_eq!(json["brokers"][3]["quorum_role"], "observer");
+        assert!(json["brokers"][3]["metadata_lag"].is_null());
     }
 
     #[test]
