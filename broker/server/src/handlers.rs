@@ -207,6 +207,18 @@ impl Shared {
         })
     }
 
+    /// Whether this broker holds `topic`'s `partition`, for administrative requests
+    /// (unlike [`Shared::topic`], never creates the topic).
+    fn existing_partition(&self, topic: &str, partition: u32) -> Result<(), Failure> {
+        let t = self.registry.get(topic).ok_or_else(|| {
+            Failure::new(
+                ErrorCode::UnknownTopic,
+                format!("topic `{topic}` does not exist"),
+            )
+        })?;
+        t.partition(partition).map(|_| ())
+    }
+
     /// A single broker is every partition's only replica, so its preferred leader:
     /// there is nothing to elect.
     fn elect_leaders_single_broker(&self, r: ElectLeadersRequest) -> ElectLeadersResponse {
@@ -225,17 +237,7 @@ impl Shared {
         let results = asked
             .into_iter()
             .map(|(topic, partition)| {
-                let (error, message, leader) = match self
-                    .registry
-                    .get(&topic)
-                    .ok_or_else(|| {
-                        Failure::new(
-                            ErrorCode::UnknownTopic,
-                            format!("topic `{topic}` does not exist"),
-                        )
-                    })
-                    .and_then(|t| t.partition(partition).map(|_| ()))
-                {
+                let (error, message, leader) = match self.existing_partition(&topic, partition) {
                     Err(f) => (f.code, f.message, NO_BROKER),
                     Ok(()) => (
                         ErrorCode::ElectionNotNeeded,
@@ -350,12 +352,7 @@ impl Shared {
             .reassignments
             .into_iter()
             .map(|re| {
-                let (error, message) = match self
-                    .registry
-                    .get(&re.topic)
-                    .ok_or_else(|| Failure::new(ErrorCode::UnknownTopic, format!("no topic {}", re.topic)))
-                    .and_then(|t| t.partition(re.partition).map(|_| ()))
-                {
+                let (error, message) = match self.existing_partition(&re.topic, re.partition) {
                     Err(f) => (f.code, f.message),
                     Ok(()) => match &re.replicas {
                         None => (
