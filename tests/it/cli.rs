@@ -38,6 +38,15 @@ fn topic_produce_consume_tour() {
         "{out}"
     );
     ok(broker.cli(&["topic", "delete", "plain"], ""));
+    // An explicit zero is a mistake, not a request for the default (which the wire
+    // encodes as 0): refused before anything is sent.
+    for flag in ["--partitions", "--replication-factor"] {
+        let (success, _, stderr) = broker.cli(&["topic", "create", "zero", flag, "0"], "");
+        assert!(
+            !success && stderr.contains("not in 1.."),
+            "{flag}: {stderr}"
+        );
+    }
     assert_eq!(ok(broker.cli(&["topic", "list"], "")), "demo\n");
     // Scripts that set topics up run again: an existing topic or a missing one is
     // an error unless asked otherwise, and then it is left as it is.

@@ -21,11 +21,11 @@ pub enum TopicCommand {
     Create {
         name: String,
         /// Default: the broker's `default_partitions`.
-        #[arg(long, short)]
+        #[arg(long, short, value_parser = clap::value_parser!(u32).range(1..))]
         partitions: Option<u32>,
         /// Default: the cluster's `cluster.default_replication_factor` (1 on a
         /// single broker).
-        #[arg(long)]
+        #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
         replication_factor: Option<u16>,
         /// Topic setting, repeatable: `--config retention.ms=3600000`.
         #[arg(long = "config", short = 'c', value_name = "KEY=VALUE")]
