@@ -745,12 +745,7 @@ impl Admin {
         if asked_controller || controller == NO_BROKER || controller == first.broker_id {
             return Ok(first);
         }
-        // Brokers are reached by id through the metadata (it has their addresses).
-        let asked = async {
-            self.client.metadata(Some(Vec::new())).await?;
-            self.describe_cluster_from(Some(controller)).await
-        };
-        match asked.await {
+        match self.describe_cluster_from(Some(controller)).await {
             Ok(answer) if answer.quorum.as_ref().is_some_and(|q| q.from_controller) => Ok(answer),
             Ok(_) => Ok(first),
             Err(e) => {

@@ -701,7 +701,15 @@ impl Client {
         if let Some(connected) = self.live(broker)? {
             return Ok(connected);
         }
-        let addresses = self.addresses_of(broker);
+        let mut addresses = self.addresses_of(broker);
+        if addresses.is_empty() {
+            // A broker named by an answer (a controller, a coordinator, a leader)
+            // that this client has not heard of yet, or that joined since: the
+            // metadata has its address.
+            // (Boxed: the refresh's own request may come back here.)
+            Box::pin(self.refresh_metadata(&[])).await?;
+            addresses = self.addresses_of(broker);
+        }
         if addresses.is_empty() {
             lock(&self.inner.metadata).mark_stale();
             return Err(Error::Connect(format!(
