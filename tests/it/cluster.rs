@@ -72,7 +72,8 @@ impl TestCluster {
         std::fs::write(
             &file,
             format!(
-                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\n{}\n[cluster]\nvoters = [{}]\n{}",
+                // Metrics on the TCP port of the same number as the QUIC (UDP) one.
+                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\nmetrics_listen = \"127.0.0.1:{port}\"\n{}\n[cluster]\nvoters = [{}]\n{}",
                 self.extra, self.voters, self.cluster_extra
             ),
         )
@@ -421,6 +422,22 @@ async fn a_partition_leader_killed_is_replaced_within_the_session_timeout() {
     assert!(before[index].isr.contains(&p.leader), "{p:?} from the ISR");
     assert_eq!(p.leader_epoch, before[index].leader_epoch + 1);
     assert!(!p.isr.contains(&victim));
+    // The new leader's metrics say the same: it leads the partition, one of its
+    // three replicas out of sync.
+    let metrics = cluster.brokers_ref(p.leader).addr.clone();
+    let labels = format!("{{topic=\"payments\",partition=\"{index}\"}}");
+    let samples = wait_for("the new leader's metrics", Duration::from_secs(10), || {
+        let samples = crate::metrics::scrape(&metrics);
+        let in_sync = samples.get(&format!("meridian_partition_in_sync_replicas{labels}"));
+        let ready = in_sync == Some(&2.0);
+        async move { ready.then_some(samples) }
+    })
+    .await;
+    for (name, expected) in [("leader", 1.0), ("replicas", 3.0)] {
+        let key = format!("meridian_partition_{name}{labels}");
+        assert_eq!(crate::metrics::value(&samples, &key), expected, "{key}");
+    }
+    assert!(crate::metrics::value(&samples, "meridian_partitions_under_replicated") >= 1.0);
     // A liveness bound, not the speed target (that is `meridian bench failover`'s):
     // the session timeout is 1.5 s, so this only fails if fencing does not happen.
     assert!(

@@ -12,6 +12,7 @@ mod harness;
 mod idempotence;
 mod lifecycle;
 mod limits;
+mod metrics;
 mod plugins;
 mod produce_consume;
 mod region;

@@ -78,6 +78,10 @@ struct ServeArgs {
     /// Directory for logs, topic metadata and the TLS identity.
     #[arg(long)]
     data_dir: Option<PathBuf>,
+    /// Serve Prometheus metrics on this TCP address (`GET /metrics`), e.g.
+    /// `127.0.0.1:9644`; the `metrics_listen` key.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<String>,
     /// Any config key, e.g. `--set flush=always --set topic_defaults.retention_ms=3600000`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -440,6 +444,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(dir) = &args.data_dir {
         overrides.push(format!("data_dir={}", dir.display()));
     }
+    if let Some(addr) = &args.metrics_listen {
+        overrides.push(format!("metrics_listen={addr}"));
+    }
     overrides.extend(args.overrides.iter().cloned());
     Ok(BrokerConfig::load(
         args.config.as_deref(),
@@ -470,6 +477,9 @@ async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
         }
     );
     println!("  fingerprint: {}", broker.fingerprint());
+    if let Some(metrics) = broker.metrics_addr() {
+        println!("  metrics:     http://{metrics}/metrics");
+    }
     if dev {
         println!();
         println!("Try, from this directory:");

@@ -30,6 +30,9 @@ pub enum FlushPolicy {
 pub struct BrokerConfig {
     /// UDP address the QUIC endpoint binds.
     pub listen: SocketAddr,
+    /// TCP address of the Prometheus metrics listener (`GET /metrics`); off when
+    /// unset.
+    pub metrics_listen: Option<SocketAddr>,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -365,6 +368,7 @@ impl Default for BrokerConfig {
     fn default() -> Self {
         BrokerConfig {
             listen: "127.0.0.1:9092".parse().expect("valid literal address"),
+            metrics_listen: None,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,

@@ -79,7 +79,7 @@ const VALUE_VERSION: u16 = 1;
 const TICK: Duration = Duration::from_millis(100);
 
 pub(crate) struct Groups {
-    coordinator: Mutex<Coordinator>,
+    pub(crate) coordinator: Mutex<Coordinator>,
     /// Woken whenever a group's membership or assignment changes (heartbeats wait on it).
     changed: Mutex<HashMap<String, Arc<Notify>>>,
     /// Standalone: the local offsets topic, from the start. Cluster: this broker's

@@ -1078,6 +1078,11 @@ impl Shared {
                 slot.message = f.message;
             }
         }
+        for slot in topics.iter().flat_map(|t| &t.partitions) {
+            if slot.error != ErrorCode::None {
+                self.metrics.produce_refused(slot.error);
+            }
+        }
         (acks != 0).then_some(ProduceResponse { topics })
     }
 

@@ -13,6 +13,7 @@ mod cluster_writer;
 pub mod config;
 mod groups;
 mod handlers;
+mod metrics;
 mod plugins;
 mod producer_ids;
 pub mod replica_manager;
@@ -73,6 +74,9 @@ pub(crate) struct Shared {
     /// Held while a metadata image is applied to the local logs; `true` once the
     /// broker stops, after which none is (see [`replicas::follow_images`]).
     pub(crate) images_stopped: parking_lot::Mutex<bool>,
+    /// Counters for the metrics listener (`metrics_listen`), kept whether or not it
+    /// is on.
+    pub(crate) metrics: Arc<metrics::Metrics>,
 }
 
 /// A running broker.
@@ -82,6 +86,9 @@ pub struct Broker {
     fingerprint: String,
     cert_path: std::path::PathBuf,
     generated_cert: bool,
+    /// Bound in [`Broker::start`] when `metrics_listen` is set; served by
+    /// [`Broker::serve`].
+    metrics_listener: Option<std::net::TcpListener>,
     /// Held for the broker's lifetime: a second broker on the same data dir is refused.
     _dir_lock: std::fs::File,
 }
@@ -149,6 +156,16 @@ impl Broker {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
+        let metrics_listener = match config.metrics_listen {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr).with_context(|| {
+                    format!("binding the metrics listener {addr} (metrics_listen)")
+                })?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let replication = replica_manager::ReplicationState::open(
             &config.data_dir,
             &identity.fingerprint,
@@ -192,6 +209,7 @@ impl Broker {
             cluster,
             cluster_writer,
             images_stopped: parking_lot::Mutex::new(false),
+            metrics: Arc::default(),
         });
         Ok(Broker {
             shared,
@@ -199,12 +217,21 @@ impl Broker {
             fingerprint: identity.fingerprint,
             cert_path,
             generated_cert: identity.generated,
+            metrics_listener,
             _dir_lock: dir_lock,
         })
     }
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Where Prometheus metrics are served (`GET /metrics`), when `metrics_listen`
+    /// is set.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
     }
 
     /// The control plane's handle on this broker's partition replicas: `apply` leader
@@ -245,6 +272,11 @@ impl Broker {
             tokio::spawn(groups::tick_loop(self.shared.clone())),
             tokio::spawn(replica_manager::tick_loop(self.shared.clone())),
         ];
+        if let Some(listener) = self.metrics_listener {
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("serving the metrics listener")?;
+            background.push(tokio::spawn(metrics::serve(self.shared.clone(), listener)));
+        }
         if let Some(cluster) = &self.shared.cluster {
             // Leaders' ISR proposals go to the controller; its answers come back as
             // metadata images, applied by `follow_images`.
@@ -351,6 +383,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         if endpoint.open_connections() >= shared.config.max_connections as usize {
             tracing::warn!(remote = %incoming.remote_address(), limit = shared.config.max_connections, "refusing connection: max_connections reached");
+            shared.metrics.connection_refused();
             incoming.refuse();
             continue;
         }
@@ -363,6 +396,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                 match incoming.await {
                     Ok(connection) => {
                         tracing::debug!("connected");
+                        let _open = shared.metrics.connection_opened();
                         serve_connection(shared, connection).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "handshake failed"),
@@ -405,6 +439,7 @@ async fn serve_stream(
         Err(StreamError::Gone) => return,
         Err(StreamError::Frame(e)) => {
             tracing::debug!(error = %e, "bad request frame");
+            shared.metrics.frame_error();
             if matches!(e, FrameError::TooLarge { .. }) {
                 // Do not read the rest: tell the peer to stop sending.
                 let _ = recv.stop(quinn::VarInt::from_u32(close_codes::FRAME_TOO_LARGE));
@@ -416,6 +451,7 @@ async fn serve_stream(
             return;
         }
     };
+    let frame_bytes = frame.len() + 4;
     let mut reply = match decode_request_versioned(frame) {
         Ok((request, _)) if shared.not_ready_for(&request) => {
             let code = ErrorCode::MetadataNotReady;
@@ -423,17 +459,24 @@ async fn serve_stream(
         }
         Ok((request, version)) => {
             let api = request.api_key();
+            let started = std::time::Instant::now();
             let span = tracing::debug_span!("request", ?api, version);
-            match shared.handle(request, peer).instrument(span).await {
+            let reply = match shared.handle(request, peer).instrument(span).await {
                 // Chunks: fetched batches go out from the buffers they were read
                 // into, not copied into the frame. The answer has the request's
                 // version.
                 Some(response) => encode_response_chunks_at(&response, version),
                 None => Vec::new(),
-            }
+            };
+            let reply_bytes = reply.iter().map(Bytes::len).sum();
+            shared
+                .metrics
+                .request(api, frame_bytes, reply_bytes, started.elapsed());
+            reply
         }
         Err(e) => {
             tracing::debug!(error = %e, "malformed request");
+            shared.metrics.frame_error();
             vec![encode_error_response(e.code(), &e.to_string())]
         }
     };

@@ -1,0 +1,186 @@
+//! The Prometheus metrics listener (`metrics_listen`) as a scraper sees it.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use crate::harness::{free_ports, raw_request, TestBroker};
+
+/// Sends `request` as it is and returns the status line and body.
+fn http(addr: &str, request: &[u8]) -> (String, String) {
+    let mut stream = TcpStream::connect(addr).expect("connect to the metrics listener");
+    stream
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    stream.write_all(request).unwrap();
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).expect("read the answer");
+    let text = String::from_utf8(response).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    (status, body.to_string())
+}
+
+/// Scrapes `/metrics`: each sample line as `name{labels}` → value.
+pub(crate) fn scrape(addr: &str) -> BTreeMap<String, f64> {
+    let (status, body) = http(addr, b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n");
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    body.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (name, value) = l.rsplit_once(' ').expect("name and value");
+            (name.to_string(), value.parse().expect("a number"))
+        })
+        .collect()
+}
+
+pub(crate) fn value(samples: &BTreeMap<String, f64>, key: &str) -> f64 {
+    *samples
+        .get(key)
+        .unwrap_or_else(|| panic!("no `{key}` in the scrape: {samples:#?}"))
+}
+
+#[test]
+fn a_scrape_shows_requests_partitions_groups_and_refusals() {
+    let port = free_ports(1)[0];
+    let addr = format!("127.0.0.1:{port}");
+    let setting = format!("metrics_listen={addr}");
+    let broker = TestBroker::start(&[&setting]);
+    let ok = |args: &[&str], stdin: &str| {
+        let (success, out, err) = broker.cli(args, stdin);
+        assert!(success, "{args:?}: {out} {err}");
+    };
+    ok(&["topic", "create", "orders", "-p", "2"], "");
+    ok(&["produce", "orders", "-p", "0"], &"x\n".repeat(10));
+    ok(
+        &["topic", "create", "small", "-c", "max.message.bytes=200"],
+        "",
+    );
+    let (refused, _, err) = broker.cli(&["produce", "small"], &"y".repeat(500));
+    assert!(!refused && err.contains("MessageTooLarge"), "{err}");
+    ok(
+        &[
+            "consume", "orders", "--group", "billing", "--from", "earliest", "-n", "4",
+        ],
+        "",
+    );
+    // A malformed request frame (a length prefix and garbage).
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let connection = broker.raw_connection().await;
+        let answer = raw_request(&connection, &[0, 0, 0, 3, 0xff, 0xff, 0xff]).await;
+        assert!(answer.is_some(), "a malformed frame is answered");
+    });
+
+    let samples = scrape(&addr);
+    for (key, expected) in [
+        (
+            r#"meridian_partition_log_end_offset{topic="orders",partition="0"}"#,
+            10.0,
+        ),
+        (
+            r#"meridian_partition_high_watermark{topic="orders",partition="0"}"#,
+            10.0,
+        ),
+        (
+            r#"meridian_partition_log_end_offset{topic="orders",partition="1"}"#,
+            0.0,
+        ),
+        (
+            r#"meridian_group_committed_offset{group="billing",topic="orders",partition="0"}"#,
+            4.0,
+        ),
+        (
+            r#"meridian_group_lag{group="billing",topic="orders",partition="0"}"#,
+            6.0,
+        ),
+        (r#"meridian_group_members{group="billing"}"#, 0.0),
+        (r#"meridian_groups{state="Empty"}"#, 1.0),
+        (
+            r#"meridian_produce_errors_total{error="MessageTooLarge"}"#,
+            1.0,
+        ),
+        ("meridian_request_frame_errors_total", 1.0),
+        ("meridian_partitions_under_replicated", 0.0),
+        // orders (2), small (1) and the 50 partitions of __consumer_offsets.
+        ("meridian_partitions", 53.0),
+    ] {
+        assert_eq!(value(&samples, key), expected, "{key}");
+    }
+    assert!(
+        value(
+            &samples,
+            r#"meridian_partition_size_bytes{topic="orders",partition="0"}"#
+        ) > 0.0
+    );
+    assert!(value(&samples, "meridian_log_size_bytes") > 0.0);
+
+    let produces = value(&samples, r#"meridian_requests_total{api="Produce"}"#);
+    assert!(produces >= 2.0, "{produces}");
+    assert_eq!(
+        value(
+            &samples,
+            r#"meridian_request_duration_seconds_count{api="Produce"}"#
+        ),
+        produces
+    );
+    assert_eq!(
+        value(
+            &samples,
+            r#"meridian_request_duration_seconds_bucket{api="Produce",le="+Inf"}"#
+        ),
+        produces
+    );
+    assert!(value(&samples, r#"meridian_request_bytes_total{api="Produce"}"#) > 500.0);
+    assert!(value(&samples, r#"meridian_response_bytes_total{api="Fetch"}"#) > 0.0);
+    assert!(value(&samples, "meridian_connections_accepted_total") >= 5.0);
+
+    // Anything else gets a plain HTTP refusal, and the listener keeps serving.
+    let cases: [(&[u8], &str); 4] = [
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 404 Not Found"),
+        (
+            b"POST /metrics HTTP/1.1\r\n\r\n",
+            "HTTP/1.1 405 Method Not Allowed",
+        ),
+        (
+            b"\x16\x03\x01 tls hello\r\n\r\n",
+            "HTTP/1.1 400 Bad Request",
+        ),
+        (
+            &[b'a'; 20_000],
+            "HTTP/1.1 431 Request Header Fields Too Large",
+        ),
+    ];
+    for (request, expected) in cases {
+        let (status, _) = http(&addr, request);
+        assert_eq!(status, expected);
+    }
+    // A scraper that connects and says nothing holds the listener only until its
+    // time is up (5 s).
+    let _silent = TcpStream::connect(&addr).unwrap();
+    let started = Instant::now();
+    let samples = scrape(&addr);
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(value(&samples, r#"meridian_requests_total{api="Produce"}"#) >= produces);
+    ok(&["topic", "list"], "");
+}
+
+#[test]
+fn a_bad_metrics_address_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["broker", "--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-listen",
+            "localhost-ish",
+        ])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("metrics_listen"), "{stderr}");
+}
