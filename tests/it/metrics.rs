@@ -46,7 +46,11 @@ fn a_scrape_shows_requests_partitions_groups_and_refusals() {
     let port = free_ports(1)[0];
     let addr = format!("127.0.0.1:{port}");
     let setting = format!("metrics_listen={addr}");
-    let broker = TestBroker::start(&[&setting]);
+    let broker = TestBroker::start(&[
+        &setting,
+        "metrics_scrape_timeout_ms=1000",
+        "metrics_max_head_bytes=4096",
+    ]);
     let ok = |args: &[&str], stdin: &str| {
         let (success, out, err) = broker.cli(args, stdin);
         assert!(success, "{args:?}: {out} {err}");
@@ -148,7 +152,8 @@ fn a_scrape_shows_requests_partitions_groups_and_refusals() {
             "HTTP/1.1 400 Bad Request",
         ),
         (
-            &[b'a'; 20_000],
+            // Over metrics_max_head_bytes (4096 here), under the 8 KiB default.
+            &[b'a'; 5_000],
             "HTTP/1.1 431 Request Header Fields Too Large",
         ),
     ];
@@ -157,11 +162,16 @@ fn a_scrape_shows_requests_partitions_groups_and_refusals() {
         assert_eq!(status, expected);
     }
     // A scraper that connects and says nothing holds the listener only until its
-    // time is up (5 s).
+    // time is up (metrics_scrape_timeout_ms, 1 s here; a liveness bound with room
+    // for a slow machine, under the 5 s default).
     let _silent = TcpStream::connect(&addr).unwrap();
     let started = Instant::now();
     let samples = scrape(&addr);
-    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
     assert!(value(&samples, r#"meridian_requests_total{api="Produce"}"#) >= produces);
     ok(&["topic", "list"], "");
 }

@@ -33,6 +33,12 @@ pub struct BrokerConfig {
     /// TCP address of the Prometheus metrics listener (`GET /metrics`); off when
     /// unset.
     pub metrics_listen: Option<SocketAddr>,
+    /// A scrape (reading its request, writing the answer) must finish within this;
+    /// scrapes are served one at a time, so this bounds how long a stalled client
+    /// holds the listener.
+    pub metrics_scrape_timeout_ms: u64,
+    /// Largest HTTP request head the metrics listener reads (431 beyond).
+    pub metrics_max_head_bytes: u32,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -369,6 +375,8 @@ impl Default for BrokerConfig {
         BrokerConfig {
             listen: "127.0.0.1:9092".parse().expect("valid literal address"),
             metrics_listen: None,
+            metrics_scrape_timeout_ms: 5_000,
+            metrics_max_head_bytes: 8 * 1024,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -506,6 +514,8 @@ impl BrokerConfig {
                 self.retention_check_interval_ms,
             ),
             ("idle_timeout_ms", self.idle_timeout_ms),
+            ("metrics_scrape_timeout_ms", self.metrics_scrape_timeout_ms),
+            ("metrics_max_head_bytes", self.metrics_max_head_bytes as u64),
             ("log_cleaner_threads", self.log_cleaner_threads as u64),
             ("log_cleaner_backoff_ms", self.log_cleaner_backoff_ms),
             (

@@ -5,7 +5,8 @@
 //!
 //! The text format is built by plain functions ([`Exposition`], [`route`]); the HTTP
 //! side is a small tokio loop that answers `GET /metrics` and nothing else, one
-//! connection at a time: a scraper on a private interface, not a web server.
+//! connection at a time, each within `metrics_scrape_timeout_ms`: a scraper on a
+//! private interface, not a web server.
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -22,12 +23,6 @@ use crate::Shared;
 pub(crate) const LATENCY_BUCKETS: [f64; 14] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
 ];
-
-/// The largest HTTP request head read; a longer one is answered 431.
-pub(crate) const MAX_HEAD_BYTES: usize = 8 * 1024;
-
-/// How long a scraper may take to send its request and read the answer.
-pub(crate) const SCRAPE_IO_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Error codes counted for produce refusals (every code the wire defines is below).
 const ERROR_CODE_SLOTS: usize = 128;
@@ -658,7 +653,9 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
                 continue;
             }
         };
-        match tokio::time::timeout(SCRAPE_IO_TIMEOUT, answer(&shared, &mut stream)).await {
+        let timeout = Duration::from_millis(shared.config.metrics_scrape_timeout_ms);
+        let max_head = shared.config.metrics_max_head_bytes as usize;
+        match tokio::time::timeout(timeout, answer(&shared, &mut stream, max_head)).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics scrape failed"),
             Err(_) => tracing::debug!(%peer, "metrics scrape timed out"),
@@ -666,14 +663,19 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
     }
 }
 
-async fn answer(shared: &Shared, stream: &mut tokio::net::TcpStream) -> std::io::Result<()> {
+/// Answers one scrape whose request head may be up to `max_head` bytes (431 beyond).
+async fn answer(
+    shared: &Shared,
+    stream: &mut tokio::net::TcpStream,
+    max_head: usize,
+) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let route = loop {
         if head_end(&buffer).is_some() {
             break Some(route(&buffer));
         }
-        if buffer.len() > MAX_HEAD_BYTES {
+        if buffer.len() > max_head {
             break None;
         }
         let n = stream.read(&mut chunk).await?;
@@ -686,7 +688,7 @@ async fn answer(shared: &Shared, stream: &mut tokio::net::TcpStream) -> std::io:
         None => (
             "431 Request Header Fields Too Large",
             "",
-            format!("request head over {MAX_HEAD_BYTES} bytes\n"),
+            format!("request head over {max_head} bytes (metrics_max_head_bytes)\n"),
         ),
         Some(Route::Metrics { head }) => {
             let body = render(shared);
