@@ -69,6 +69,8 @@ pub struct TestBroker {
     /// `--config`, for cluster members.
     listen: String,
     config_file: Option<PathBuf>,
+    /// Environment variables of the broker process (besides `RUST_LOG`).
+    env: Vec<(String, String)>,
     _temp: Option<Arc<tempfile::TempDir>>,
 }
 
@@ -87,7 +89,7 @@ impl TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         // A known port, so a restart comes back where clients knew the broker.
         let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings);
+        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings, &[]);
         TestBroker {
             child: Some(child),
             addr,
@@ -96,7 +98,32 @@ impl TestBroker {
             settings,
             listen,
             config_file: None,
+            env: Vec::new(),
             _temp: temp,
+        }
+    }
+
+    /// A broker whose process also gets the environment variables `env`.
+    pub fn start_with_env(settings: &[&str], env: &[(&str, &str)]) -> TestBroker {
+        let temp = Arc::new(tempfile::tempdir().expect("temp dir"));
+        let data_dir = temp.path().join("data");
+        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let (child, addr, fingerprint) = spawn(&data_dir, &listen, None, &settings, &env);
+        TestBroker {
+            child: Some(child),
+            addr,
+            fingerprint,
+            data_dir,
+            settings,
+            listen,
+            config_file: None,
+            env,
+            _temp: Some(temp),
         }
     }
 
@@ -109,7 +136,7 @@ impl TestBroker {
         settings: &[&str],
     ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        let (child, addr, fingerprint) = spawn(data_dir, listen, Some(config_file), &settings);
+        let (child, addr, fingerprint) = spawn(data_dir, listen, Some(config_file), &settings, &[]);
         TestBroker {
             child: Some(child),
             addr,
@@ -118,6 +145,7 @@ impl TestBroker {
             settings,
             listen: listen.to_string(),
             config_file: Some(config_file.to_owned()),
+            env: Vec::new(),
             _temp: None,
         }
     }
@@ -172,6 +200,7 @@ impl TestBroker {
             &self.listen,
             self.config_file.as_deref(),
             &self.settings,
+            &self.env,
         );
         self.child = Some(child);
         self.addr = addr;
@@ -281,6 +310,7 @@ fn spawn(
     listen: &str,
     config_file: Option<&Path>,
     settings: &[String],
+    env: &[(String, String)],
 ) -> (Child, String, String) {
     let mut cmd = Command::new(meridian_bin());
     cmd.arg("broker")
@@ -298,6 +328,7 @@ fn spawn(
         "RUST_LOG",
         std::env::var("MERIDIAN_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
     );
+    cmd.envs(env.iter().map(|(k, v)| (k, v)));
     let mut child = cmd
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

@@ -13,6 +13,7 @@ mod idempotence;
 mod lifecycle;
 mod limits;
 mod metrics;
+mod otel;
 mod plugins;
 mod produce_consume;
 mod region;

@@ -9,6 +9,7 @@ mod cluster_cmds;
 mod group_bench;
 mod group_cmds;
 mod json_bytes;
+mod otel;
 mod partition_cmds;
 mod plugin_cmds;
 mod transport;
@@ -201,7 +202,9 @@ fn log_filter(rust_log: Option<&str>) -> String {
     }
 }
 
-fn init_tracing() {
+/// Logs to stderr, and spans to an OpenTelemetry collector when `tracer` is given
+/// (see [`otel`]).
+fn init_tracing(tracer: Option<opentelemetry_sdk::trace::Tracer>) {
     use std::io::IsTerminal;
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
@@ -219,6 +222,11 @@ fn init_tracing() {
                 .with_ansi(colors)
                 .with_filter(log_filters(rust_log.as_deref())),
         )
+        .with(tracer.map(|tracer| {
+            tracing_opentelemetry::layer()
+                .with_tracer(tracer)
+                .with_filter(tracing_subscriber::EnvFilter::new(otel::EXPORT_FILTER))
+        }))
         .init();
 }
 
@@ -351,7 +359,16 @@ fn main() -> std::process::ExitCode {
     ) {
         end_quietly_on_closed_pipe();
     }
-    init_tracing();
+    // Brokers export their spans when the environment names an OTLP endpoint.
+    let serving = matches!(cli.command, Command::Dev(_) | Command::Broker(_));
+    let (exporting, tracer) = match otel::endpoint(|k| std::env::var(k).ok()) {
+        Some(_) if serving => match otel::Exporting::start() {
+            Ok((exporting, tracer)) => (Some(exporting), Some(tracer)),
+            Err(e) => return fail(e),
+        },
+        _ => (None, None),
+    };
+    init_tracing(tracer);
     let cores = bench::cores();
     // A broker's runtime is sized by its config, so the config is read first.
     let config = match &cli.command {
@@ -378,6 +395,9 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = runtime.block_on(run(cli.command, config));
+    if let Some(exporting) = exporting {
+        exporting.shutdown();
+    }
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         // What read the output (`| head`) has had enough: not a failure.

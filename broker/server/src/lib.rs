@@ -397,7 +397,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(connection) => {
                         tracing::debug!("connected");
                         let _open = shared.metrics.connection_opened();
-                        serve_connection(shared, connection).await;
+                        serve_connection(shared, connection, id).await;
                     }
                     Err(e) => tracing::debug!(error = %e, "handshake failed"),
                 }
@@ -408,7 +408,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     }
 }
 
-async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
+async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, id: u64) {
     let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW, shared.request_buffers.clone());
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -420,7 +420,9 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection) {
         };
         let shared = shared.clone();
         let peer = connection.remote_address();
-        tokio::spawn(serve_stream(shared, send, recv, peer, budget.clone()).in_current_span());
+        tokio::spawn(
+            serve_stream(shared, send, recv, (id, peer), budget.clone()).in_current_span(),
+        );
     }
 }
 
@@ -430,7 +432,7 @@ async fn serve_stream(
     shared: Arc<Shared>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    peer: SocketAddr,
+    (connection, peer): (u64, SocketAddr),
     budget: BodyBudget,
 ) {
     let limit = shared.config.max_frame_bytes;
@@ -460,7 +462,19 @@ async fn serve_stream(
         Ok((request, version)) => {
             let api = request.api_key();
             let started = std::time::Instant::now();
-            let span = tracing::debug_span!("request", ?api, version);
+            // A root of its own (exported traces get one per request, not one per
+            // connection), so it names its connection itself; `otel.*` name and
+            // kind it for OpenTelemetry.
+            let span = tracing::debug_span!(
+                parent: None,
+                "request",
+                ?api,
+                version,
+                connection,
+                %peer,
+                "otel.name" = ?api,
+                "otel.kind" = "server",
+            );
             let reply = match shared.handle(request, peer).instrument(span).await {
                 // Chunks: fetched batches go out from the buffers they were read
                 // into, not copied into the frame. The answer has the request's

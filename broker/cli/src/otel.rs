@@ -1,0 +1,131 @@
+//! Traces to an OpenTelemetry collector. A broker (`meridian dev`, `meridian broker`,
+//! and the brokers `meridian up` starts) exports its spans over OTLP (HTTP,
+//! protobuf) when the standard `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`) is set, unless `OTEL_SDK_DISABLED=true`.
+//! Every request is a trace of its own, named by its API (`Produce`, `Fetch`, …);
+//! the SDK reads the other standard variables itself (`OTEL_SERVICE_NAME`,
+//! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`). Without the
+//! endpoint nothing is installed and nothing is paid.
+
+use anyhow::Context as _;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use opentelemetry_sdk::Resource;
+
+/// What is exported: the broker's request spans (debug level) and the events in
+/// them, and the rest of Meridian's spans and events from info up.
+pub(crate) const EXPORT_FILTER: &str = "warn,meridian_server=debug,meridian_log=info,meridian_metadata=info,meridian_wasm_host=info,meridian=info";
+
+/// The OTLP endpoint the environment asks spans to go to (the traces-specific
+/// variable first), or `None`: not set, empty, or `OTEL_SDK_DISABLED=true`.
+pub(crate) fn endpoint(env: impl Fn(&str) -> Option<String>) -> Option<String> {
+    if env("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
+        return None;
+    }
+    [
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+    ]
+    .iter()
+    .find_map(|key| env(key).filter(|v| !v.trim().is_empty()))
+}
+
+/// Whether the environment names a service already (else it is `meridian`).
+fn names_service(env: impl Fn(&str) -> Option<String>) -> bool {
+    env("OTEL_SERVICE_NAME").is_some_and(|v| !v.trim().is_empty())
+        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
+            v.split(',')
+                .any(|kv| kv.trim().starts_with("service.name="))
+        })
+}
+
+/// The exporting pipeline; [`Exporting::shutdown`] sends what is still queued.
+pub(crate) struct Exporting {
+    provider: SdkTracerProvider,
+}
+
+impl Exporting {
+    /// Builds the exporter (a blocking HTTP client on the batch processor's own
+    /// thread: call this outside the async runtime) and the tracer for the
+    /// `tracing` layer.
+    pub(crate) fn start() -> anyhow::Result<(Exporting, Tracer)> {
+        let exporter = opentelemetry_otlp::SpanExporter::builder()
+            .with_http()
+            .with_protocol(Protocol::HttpBinary)
+            .build()
+            .context("configuring the OTLP trace exporter")?;
+        let mut resource = Resource::builder();
+        if !names_service(|k| std::env::var(k).ok()) {
+            resource = resource.with_service_name("meridian");
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_batch_exporter(exporter)
+            .with_resource(resource.build())
+            .build();
+        let tracer = provider.tracer("meridian");
+        Ok((Exporting { provider }, tracer))
+    }
+
+    /// Exports the spans still queued and stops the exporter.
+    pub(crate) fn shutdown(self) {
+        if let Err(e) = self.provider.shutdown() {
+            eprintln!("warning: exporting the last traces: {e}");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
+        move |key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn the_endpoint_comes_from_the_standard_variables() {
+        assert_eq!(endpoint(env(&[])), None);
+        assert_eq!(endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")])), None);
+        assert_eq!(
+            endpoint(env(&[("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318")])).as_deref(),
+            Some("http://c:4318")
+        );
+        assert_eq!(
+            endpoint(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://t:4318/v1/traces"
+                ),
+            ]))
+            .as_deref(),
+            Some("http://t:4318/v1/traces")
+        );
+        assert_eq!(
+            endpoint(env(&[
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_SDK_DISABLED", "TRUE"),
+            ])),
+            None
+        );
+    }
+
+    #[test]
+    fn the_service_is_meridian_unless_the_environment_names_one() {
+        assert!(!names_service(env(&[])));
+        assert!(names_service(env(&[("OTEL_SERVICE_NAME", "eu-broker")])));
+        assert!(names_service(env(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "deployment.environment=prod, service.name=eu"
+        )])));
+        assert!(!names_service(env(&[(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "service.namespace=x"
+        )])));
+    }
+}
