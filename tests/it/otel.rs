@@ -114,6 +114,8 @@ fn a_broker_exports_one_trace_per_request_to_the_otlp_endpoint() {
         proto_string(5, "CreateTopics"),
         proto_string(5, "Produce"),
         proto_string(1, "test-broker"),
+        // The resource names the broker: service.instance.id is CLUSTER/ID.
+        proto_string(1, "meridian-local/1"),
     ];
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

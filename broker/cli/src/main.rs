@@ -359,18 +359,8 @@ fn main() -> std::process::ExitCode {
     ) {
         end_quietly_on_closed_pipe();
     }
-    // Brokers export their spans when the environment names an OTLP endpoint.
-    let serving = matches!(cli.command, Command::Dev(_) | Command::Broker(_));
-    let (exporting, tracer) = match otel::endpoint(|k| std::env::var(k).ok()) {
-        Some(_) if serving => match otel::Exporting::start() {
-            Ok((exporting, tracer)) => (Some(exporting), Some(tracer)),
-            Err(e) => return fail(e),
-        },
-        _ => (None, None),
-    };
-    init_tracing(tracer);
-    let cores = bench::cores();
-    // A broker's runtime is sized by its config, so the config is read first.
+    // A broker's runtime is sized by its config, so the config is read first (it
+    // logs nothing: errors go to stderr by `fail`).
     let config = match &cli.command {
         Command::Dev(args) | Command::Broker(args) => match serve_config(args) {
             Ok(config) => Some(config),
@@ -378,6 +368,16 @@ fn main() -> std::process::ExitCode {
         },
         _ => None,
     };
+    // Brokers export their spans when the environment names an OTLP endpoint.
+    let (exporting, tracer) = match (otel::endpoint(|k| std::env::var(k).ok()), &config) {
+        (Some(_), Some(config)) => match otel::Exporting::start(config) {
+            Ok((exporting, tracer)) => (Some(exporting), Some(tracer)),
+            Err(e) => return fail(e),
+        },
+        _ => (None, None),
+    };
+    init_tracing(tracer);
+    let cores = bench::cores();
     let workers = match (&cli.command, &config) {
         (_, Some(config)) => config.worker_threads_for(cores),
         (Command::Bench(cmd), None) => bench::client_threads(cmd, cores),

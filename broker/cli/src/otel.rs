@@ -8,7 +8,9 @@
 //! endpoint nothing is installed and nothing is paid.
 
 use anyhow::Context as _;
+use meridian_server::config::BrokerConfig;
 use opentelemetry::trace::TracerProvider as _;
+use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
 use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
 use opentelemetry_sdk::Resource;
@@ -34,10 +36,15 @@ pub(crate) fn endpoint(env: impl Fn(&str) -> Option<String>) -> Option<String> {
 /// Whether the environment names a service already (else it is `meridian`).
 fn names_service(env: impl Fn(&str) -> Option<String>) -> bool {
     env("OTEL_SERVICE_NAME").is_some_and(|v| !v.trim().is_empty())
-        || env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
-            v.split(',')
-                .any(|kv| kv.trim().starts_with("service.name="))
-        })
+        || names_attribute(env, "service.name")
+}
+
+/// Whether `OTEL_RESOURCE_ATTRIBUTES` sets `key`.
+fn names_attribute(env: impl Fn(&str) -> Option<String>, key: &str) -> bool {
+    env("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|v| {
+        v.split(',')
+            .any(|kv| kv.split_once('=').is_some_and(|(k, _)| k.trim() == key))
+    })
 }
 
 /// The exporting pipeline; [`Exporting::shutdown`] sends what is still queued.
@@ -48,17 +55,31 @@ pub(crate) struct Exporting {
 impl Exporting {
     /// Builds the exporter (a blocking HTTP client on the batch processor's own
     /// thread: call this outside the async runtime) and the tracer for the
-    /// `tracing` layer.
-    pub(crate) fn start() -> anyhow::Result<(Exporting, Tracer)> {
+    /// `tracing` layer. The resource names the broker (`meridian.broker.id`,
+    /// `meridian.cluster.id`, and `service.instance.id` as `CLUSTER/ID` unless the
+    /// environment sets it), so the brokers of a region tell apart.
+    pub(crate) fn start(config: &BrokerConfig) -> anyhow::Result<(Exporting, Tracer)> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .build()
             .context("configuring the OTLP trace exporter")?;
         let mut resource = Resource::builder();
-        if !names_service(|k| std::env::var(k).ok()) {
+        let env = |k: &str| std::env::var(k).ok();
+        if !names_service(env) {
             resource = resource.with_service_name("meridian");
         }
+        let mut attributes = vec![
+            KeyValue::new("meridian.broker.id", i64::from(config.broker_id)),
+            KeyValue::new("meridian.cluster.id", config.cluster_id.clone()),
+        ];
+        if !names_attribute(env, "service.instance.id") {
+            attributes.push(KeyValue::new(
+                "service.instance.id",
+                format!("{}/{}", config.cluster_id, config.broker_id),
+            ));
+        }
+        resource = resource.with_attributes(attributes);
         let provider = SdkTracerProvider::builder()
             .with_batch_exporter(exporter)
             .with_resource(resource.build())
@@ -113,6 +134,17 @@ mod tests {
             ])),
             None
         );
+    }
+
+    #[test]
+    fn resource_attributes_are_matched_by_whole_key() {
+        let vars = [(
+            "OTEL_RESOURCE_ATTRIBUTES",
+            "a=1, service.instance.id = eu-1,service.instance.idx=2",
+        )];
+        assert!(names_attribute(env(&vars), "service.instance.id"));
+        assert!(!names_attribute(env(&vars), "service.instance"));
+        assert!(!names_attribute(env(&[]), "a"));
     }
 
     #[test]
