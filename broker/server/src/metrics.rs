@@ -122,24 +122,24 @@ impl Metrics {
 
     /// The counters, in the text exposition format.
     fn render_counters(&self, out: &mut Exposition) {
-        out.family(
+        self.per_api(
+            out,
             "meridian_requests_total",
-            "counter",
             "Requests answered, by API.",
+            |s| &s.requests,
         );
-        self.per_api(out, "meridian_requests_total", |s| &s.requests);
-        out.family(
+        self.per_api(
+            out,
             "meridian_request_bytes_total",
-            "counter",
             "Bytes of request frames, by API.",
+            |s| &s.request_bytes,
         );
-        self.per_api(out, "meridian_request_bytes_total", |s| &s.request_bytes);
-        out.family(
+        self.per_api(
+            out,
             "meridian_response_bytes_total",
-            "counter",
             "Bytes of response frames, by API.",
+            |s| &s.response_bytes,
         );
-        self.per_api(out, "meridian_response_bytes_total", |s| &s.response_bytes);
         out.family(
             "meridian_request_duration_seconds",
             "histogram",
@@ -178,14 +178,10 @@ impl Metrics {
                 cumulative,
             );
         }
-        out.family(
+        out.single(
             "meridian_request_frame_errors_total",
             "counter",
             "Request frames refused before decoding: malformed, truncated or over max_frame_bytes.",
-        );
-        out.sample(
-            "meridian_request_frame_errors_total",
-            &[],
             self.frame_errors.load(Ordering::Relaxed),
         );
         out.family(
@@ -200,39 +196,35 @@ impl Metrics {
                 out.sample("meridian_produce_errors_total", &[("error", name)], n);
             }
         }
-        out.family(
+        out.single(
             "meridian_connections_accepted_total",
             "counter",
             "Client and peer connections established.",
-        );
-        out.sample(
-            "meridian_connections_accepted_total",
-            &[],
             self.connections_accepted.load(Ordering::Relaxed),
         );
-        out.family(
+        out.single(
             "meridian_connections_refused_total",
             "counter",
             "Connections refused because max_connections were open.",
-        );
-        out.sample(
-            "meridian_connections_refused_total",
-            &[],
             self.connections_refused.load(Ordering::Relaxed),
         );
-        out.family(
+        out.single(
             "meridian_connections_open",
             "gauge",
             "Connections open now.",
-        );
-        out.sample(
-            "meridian_connections_open",
-            &[],
             self.connections_open.load(Ordering::Relaxed),
         );
     }
 
-    fn per_api(&self, out: &mut Exposition, name: &str, counter: impl Fn(&ApiStats) -> &AtomicU64) {
+    /// A counter family with a sample per API asked at least once.
+    fn per_api(
+        &self,
+        out: &mut Exposition,
+        name: &str,
+        help: &str,
+        counter: impl Fn(&ApiStats) -> &AtomicU64,
+    ) {
+        out.family(name, "counter", help);
         for (api, stats) in ApiKey::ALL.iter().zip(&self.apis) {
             if stats.requests.load(Ordering::Relaxed) > 0 {
                 let value = counter(stats).load(Ordering::Relaxed);
@@ -266,6 +258,18 @@ impl Exposition {
     pub(crate) fn family(&mut self, name: &str, kind: &str, help: &str) {
         let _ = writeln!(self.out, "# HELP {name} {}", escape_help(help));
         let _ = writeln!(self.out, "# TYPE {name} {kind}");
+    }
+
+    /// A family of one unlabelled sample.
+    pub(crate) fn single(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        value: impl std::fmt::Display,
+    ) {
+        self.family(name, kind, help);
+        self.sample(name, &[], value);
     }
 
     pub(crate) fn sample(
@@ -323,8 +327,9 @@ pub(crate) fn render(shared: &Shared) -> String {
         1,
     );
     shared.metrics.render_counters(&mut out);
-    render_partitions(shared, &mut out);
-    render_groups(shared, &mut out);
+    let rows = partition_rows(shared);
+    render_partitions(&rows, &mut out);
+    render_groups(shared, &rows, &mut out);
     out.finish()
 }
 
@@ -385,48 +390,39 @@ fn partition_rows(shared: &Shared) -> Vec<PartitionRow> {
     rows
 }
 
-fn render_partitions(shared: &Shared, out: &mut Exposition) {
-    let rows = partition_rows(shared);
-    let leads = |r: &PartitionRow| r.replicas.as_ref().is_none_or(|x| x.leader);
+/// Whether this broker leads the row's partition (holds it alone, or is its leader).
+fn leads(row: &PartitionRow) -> bool {
+    row.replicas.as_ref().is_none_or(|x| x.leader)
+}
+
+fn render_partitions(rows: &[PartitionRow], out: &mut Exposition) {
     let under_replicated = |r: &PartitionRow| {
         r.replicas
             .as_ref()
             .is_some_and(|x| x.leader && x.in_sync < x.replicas)
     };
-    out.family(
+    out.single(
         "meridian_partitions",
         "gauge",
         "Partitions with a log on this broker.",
+        rows.len(),
     );
-    out.sample("meridian_partitions", &[], rows.len());
-    out.family(
+    out.single(
         "meridian_partitions_leader",
         "gauge",
         "Partitions this broker leads (every local one on a single broker).",
-    );
-    out.sample(
-        "meridian_partitions_leader",
-        &[],
         rows.iter().filter(|r| leads(r)).count(),
     );
-    out.family(
+    out.single(
         "meridian_partitions_under_replicated",
         "gauge",
         "Partitions this broker leads with fewer in-sync replicas than replicas.",
-    );
-    out.sample(
-        "meridian_partitions_under_replicated",
-        &[],
         rows.iter().filter(|r| under_replicated(r)).count(),
     );
-    out.family(
+    out.single(
         "meridian_log_size_bytes",
         "gauge",
         "Bytes of all local partitions' segments.",
-    );
-    out.sample(
-        "meridian_log_size_bytes",
-        &[],
         rows.iter().map(|r| r.size_bytes).sum::<u64>(),
     );
     type Column = fn(&PartitionRow) -> Option<i64>;
@@ -485,7 +481,7 @@ fn render_partitions(shared: &Shared, out: &mut Exposition) {
             continue;
         }
         out.family(name, "gauge", help);
-        for row in &rows {
+        for row in rows {
             if let Some(value) = column(row) {
                 out.sample(
                     name,
@@ -497,9 +493,10 @@ fn render_partitions(shared: &Shared, out: &mut Exposition) {
     }
 }
 
-fn render_groups(shared: &Shared, out: &mut Exposition) {
-    // Each group's state and commits, taken under the coordinator lock; the logs'
-    // ends are read after it is released.
+/// `rows`: the local partitions as this scrape read them (their high watermarks
+/// give the lag of those this broker leads).
+fn render_groups(shared: &Shared, rows: &[PartitionRow], out: &mut Exposition) {
+    // Each group's state and commits, taken under the coordinator lock.
     let groups: Vec<_> = {
         let coordinator = shared.groups.coordinator.lock();
         coordinator
@@ -537,6 +534,11 @@ fn render_groups(shared: &Shared, out: &mut Exposition) {
         "gauge",
         "Each group's committed offset per partition.",
     );
+    let led: std::collections::HashMap<(&str, &str), i64> = rows
+        .iter()
+        .filter(|r| leads(r))
+        .map(|r| ((r.topic.as_str(), r.partition.as_str()), r.high_watermark))
+        .collect();
     let mut lags = Vec::new();
     for (id, _, _, committed) in &groups {
         for (tp, offset) in committed {
@@ -547,7 +549,7 @@ fn render_groups(shared: &Shared, out: &mut Exposition) {
                 ("partition", partition.as_str()),
             ];
             out.sample("meridian_group_committed_offset", &labels, offset.offset);
-            if let Some(end) = local_high_watermark(shared, &tp.topic, tp.partition) {
+            if let Some(&end) = led.get(&(tp.topic.as_str(), partition.as_str())) {
                 lags.push((
                     id.clone(),
                     tp.topic.clone(),
@@ -575,19 +577,6 @@ fn render_groups(shared: &Shared, out: &mut Exposition) {
             ],
             lag,
         );
-    }
-}
-
-/// The high watermark of a partition this broker leads (or holds alone).
-fn local_high_watermark(shared: &Shared, topic: &str, partition: u32) -> Option<i64> {
-    let topic = shared.registry.get(topic)?;
-    let partition = topic.partition(partition).ok()?;
-    let log_end = partition.log().ok()?.log_end_offset();
-    let replication = partition.replication.lock();
-    match replication.as_ref() {
-        Some(entry) if entry.replica.is_leader() => Some(entry.high_watermark()),
-        Some(_) => None,
-        None => Some(log_end),
     }
 }
 
@@ -684,6 +673,7 @@ async fn answer(
         }
         buffer.extend_from_slice(&chunk[..n]);
     };
+    let mut send_body = true;
     let (status, extra, body) = match route {
         None => (
             "431 Request Header Fields Too Large",
@@ -691,15 +681,8 @@ async fn answer(
             format!("request head over {max_head} bytes (metrics_max_head_bytes)\n"),
         ),
         Some(Route::Metrics { head }) => {
-            let body = render(shared);
-            if head {
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                );
-                return stream.write_all(response.as_bytes()).await;
-            }
-            ("200 OK", "", body)
+            send_body = !head;
+            ("200 OK", "", render(shared))
         }
         Some(Route::NotFound) => (
             "404 Not Found",
@@ -718,9 +701,11 @@ async fn answer(
     } else {
         "text/plain; charset=utf-8"
     };
+    // HEAD: the length of the body a GET would get, and no body.
     let response = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
-        body.len()
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{}",
+        body.len(),
+        if send_body { body.as_str() } else { "" }
     );
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
