@@ -76,9 +76,18 @@ pub struct TestBroker {
 
 impl TestBroker {
     pub fn start(settings: &[&str]) -> TestBroker {
+        Self::start_with_env(settings, &[])
+    }
+
+    /// A broker whose process also gets the environment variables `env`.
+    pub fn start_with_env(settings: &[&str], env: &[(&str, &str)]) -> TestBroker {
         let temp = Arc::new(tempfile::tempdir().expect("temp dir"));
         let data_dir = temp.path().join("data");
-        Self::start_in(&data_dir, settings, Some(temp))
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Self::launch(&data_dir, settings, env, Some(temp))
     }
 
     pub fn start_in(
@@ -86,10 +95,19 @@ impl TestBroker {
         settings: &[&str],
         temp: Option<Arc<tempfile::TempDir>>,
     ) -> TestBroker {
+        Self::launch(data_dir, settings, Vec::new(), temp)
+    }
+
+    fn launch(
+        data_dir: &Path,
+        settings: &[&str],
+        env: Vec<(String, String)>,
+        temp: Option<Arc<tempfile::TempDir>>,
+    ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         // A known port, so a restart comes back where clients knew the broker.
         let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings, &[]);
+        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings, &env);
         TestBroker {
             child: Some(child),
             addr,
@@ -98,32 +116,8 @@ impl TestBroker {
             settings,
             listen,
             config_file: None,
-            env: Vec::new(),
-            _temp: temp,
-        }
-    }
-
-    /// A broker whose process also gets the environment variables `env`.
-    pub fn start_with_env(settings: &[&str], env: &[(&str, &str)]) -> TestBroker {
-        let temp = Arc::new(tempfile::tempdir().expect("temp dir"));
-        let data_dir = temp.path().join("data");
-        let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        let env: Vec<(String, String)> = env
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let (child, addr, fingerprint) = spawn(&data_dir, &listen, None, &settings, &env);
-        TestBroker {
-            child: Some(child),
-            addr,
-            fingerprint,
-            data_dir,
-            settings,
-            listen,
-            config_file: None,
             env,
-            _temp: Some(temp),
+            _temp: temp,
         }
     }
 
