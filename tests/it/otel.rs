@@ -160,3 +160,131 @@ fn a_broker_whose_collector_is_gone_serves_as_before() {
     let (ok, out, err) = broker.cli(&["consume", "t", "--from", "earliest"], "");
     assert!(ok && out == "x\nx\nx\n", "{out} {err}");
 }
+
+/// The fields of one span, as `Visit` saw them (values in their `Debug` or
+/// `Display` form, strings bare).
+#[derive(Default)]
+struct SpanFields(std::collections::HashMap<String, String>);
+
+impl tracing::field::Visit for SpanFields {
+    fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+        self.0
+            .insert(field.name().to_string(), format!("{value:?}"));
+    }
+
+    fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+        self.0.insert(field.name().to_string(), value.to_string());
+    }
+}
+
+/// A `tracing` layer that keeps every closed span's name and fields.
+struct SpanRecorder(Arc<Mutex<Vec<SpanFields>>>);
+
+impl<S> tracing_subscriber::Layer<S> for SpanRecorder
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    fn on_new_span(
+        &self,
+        attrs: &tracing::span::Attributes<'_>,
+        id: &tracing::span::Id,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        let mut fields = SpanFields::default();
+        attrs.record(&mut fields);
+        fields
+            .0
+            .insert("name".into(), attrs.metadata().name().to_string());
+        if let Some(span) = ctx.span(id) {
+            span.extensions_mut().insert(fields);
+        }
+    }
+
+    fn on_record(
+        &self,
+        id: &tracing::span::Id,
+        values: &tracing::span::Record<'_>,
+        ctx: tracing_subscriber::layer::Context<'_, S>,
+    ) {
+        if let Some(span) = ctx.span(id) {
+            if let Some(fields) = span.extensions_mut().get_mut::<SpanFields>() {
+                values.record(fields);
+            }
+        }
+    }
+
+    fn on_close(&self, id: tracing::span::Id, ctx: tracing_subscriber::layer::Context<'_, S>) {
+        if let Some(span) = ctx.span(&id) {
+            if let Some(fields) = span.extensions_mut().remove::<SpanFields>() {
+                self.0.lock().unwrap().push(fields);
+            }
+        }
+    }
+}
+
+#[test]
+fn the_client_traces_each_request_in_a_span() {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    let closed = Arc::new(Mutex::new(Vec::new()));
+    let subscriber = tracing_subscriber::registry().with(
+        SpanRecorder(closed.clone()).with_filter(
+            tracing_subscriber::filter::Targets::new()
+                .with_target("meridian_client", tracing::Level::DEBUG),
+        ),
+    );
+    // For this thread only; the runtime below runs every task on it.
+    let _default = tracing::subscriber::set_default(subscriber);
+    let mut broker = TestBroker::start(&[]);
+    let (ok, out, err) = broker.cli(&["topic", "create", "spans"], "");
+    assert!(ok, "{out} {err}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = runtime.block_on(async {
+        let client = broker
+            .client_with(|config| config.connect_timeout = Duration::from_millis(500))
+            .await;
+        let producer = client.producer(meridian_client::ProducerConfig::default());
+        let delivery = producer
+            .send(meridian_client::ProducerRecord::new("spans", "v"))
+            .await
+            .unwrap();
+        delivery.await.unwrap();
+        client
+    });
+    let spans = std::mem::take(&mut *closed.lock().unwrap());
+    let produce = spans
+        .iter()
+        .find(|s| s.0.get("api").map(String::as_str) == Some("Produce"))
+        .unwrap_or_else(|| {
+            let names: Vec<_> = spans.iter().map(|s| format!("{:?}", s.0)).collect();
+            panic!("no Produce span among {names:?}")
+        });
+    let field = |name: &str| produce.0.get(name).cloned().unwrap_or_default();
+    assert_eq!(field("name"), "request");
+    assert_eq!(field("otel.name"), "Produce");
+    assert_eq!(field("otel.kind"), "client");
+    assert_eq!(field("broker"), "1");
+    assert_eq!(field("peer"), broker.addr);
+    assert!(!field("version").is_empty());
+    assert!(!produce.0.contains_key("error"), "{:?}", produce.0);
+
+    // A request that fails says why in its span.
+    broker.stop();
+    let failed = runtime.block_on(client.metadata(None));
+    assert!(failed.is_err());
+    let spans = std::mem::take(&mut *closed.lock().unwrap());
+    let metadata = spans
+        .iter()
+        .find(|s| s.0.get("api").map(String::as_str) == Some("Metadata"))
+        .expect("a Metadata span");
+    assert_eq!(
+        metadata.0.get("otel.status_code").map(String::as_str),
+        Some("ERROR")
+    );
+    let error = metadata.0.get("error").cloned().unwrap_or_default();
+    assert_eq!(error, failed.unwrap_err().to_string());
+}

@@ -19,6 +19,7 @@ use meridian_wire::messages::{
     MetadataResponse, Request, Response,
 };
 use meridian_wire::ErrorCode;
+use tracing::Instrument;
 
 use crate::config::ClientConfig;
 use crate::error::{Error, Result};
@@ -908,11 +909,45 @@ impl Client {
     /// One request/response on a fresh stream to `target`. If the connection turns out
     /// to be dead before the request was written, reconnects once and tries again:
     /// nothing reached the broker, so this is safe for every request.
+    ///
+    /// Runs in a `request` span at DEBUG level (fields `api`, `version`, `broker`,
+    /// `peer`, and `error` when it fails; `otel.name` and `otel.kind = "client"` for
+    /// OpenTelemetry), the client's side of the broker's `request` span.
     async fn exchange(
         &self,
         target: Target,
         request: &Request,
         expect_response: bool,
+    ) -> Result<Option<Response>> {
+        let api = request.api_key();
+        let span = tracing::debug_span!(
+            "request",
+            ?api,
+            version = tracing::field::Empty,
+            broker = tracing::field::Empty,
+            peer = tracing::field::Empty,
+            error = tracing::field::Empty,
+            "otel.name" = ?api,
+            "otel.kind" = "client",
+            "otel.status_code" = tracing::field::Empty,
+        );
+        let result = self
+            .exchange_unspanned(target, request, expect_response, &span)
+            .instrument(span.clone())
+            .await;
+        if let Err(e) = &result {
+            span.record("error", tracing::field::display(e));
+            span.record("otel.status_code", "ERROR");
+        }
+        result
+    }
+
+    async fn exchange_unspanned(
+        &self,
+        target: Target,
+        request: &Request,
+        expect_response: bool,
+        span: &tracing::Span,
     ) -> Result<Option<Response>> {
         let api = request.api_key();
         let mut reconnected = false;
@@ -924,6 +959,16 @@ impl Client {
             // Encoded per connection: brokers of a cluster being upgraded one by
             // one may have different versions.
             let version = negotiate(&connected.broker, api, request.lowest_version())?;
+            if !span.is_disabled() {
+                span.record("version", version);
+                span.record("broker", connected.broker.broker_id);
+                // Asking quinn for the address takes the connection's lock: only
+                // when someone listens.
+                span.record(
+                    "peer",
+                    tracing::field::display(connected.connection.remote_address()),
+                );
+            }
             let frame = encode_request_chunks_at(request, version);
             let body_len = frame
                 .iter()
