@@ -6,6 +6,7 @@ use meridian_client::{
     partition_for_key, Acks, Compression, ConsumerConfig, NewTopic, Offset, ProducerConfig,
     ProducerRecord,
 };
+use meridian_wire::ErrorCode;
 
 use crate::harness::TestBroker;
 
@@ -455,4 +456,169 @@ async fn delivery_callbacks_report_each_record_before_flush_returns() {
     };
     assert_eq!(error.code(), Some(ErrorCode::MessageTooLarge), "{error}");
     assert!(flushed.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn producer_metrics_count_what_became_of_each_record() {
+    let broker = TestBroker::start(&[]);
+    let (ok, out, err) = broker.cli(
+        &[
+            "topic",
+            "create",
+            "counted",
+            "-p",
+            "2",
+            "-c",
+            "max.message.bytes=2000",
+        ],
+        "",
+    );
+    assert!(ok, "{out} {err}");
+    let client = broker.client().await;
+    let config = ProducerConfig {
+        linger: Duration::ZERO,
+        ..ProducerConfig::default()
+    };
+    let buffer_memory = config.buffer_memory as u64;
+    let producer = client.producer(config);
+    assert_eq!(producer.metrics().buffer_available_bytes, buffer_memory);
+
+    let mut deliveries = Vec::new();
+    for i in 0..50u32 {
+        let record = ProducerRecord::new("counted", format!("record {i}")).partition(i % 2);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    let pending = producer.metrics();
+    assert_eq!(pending.records_accepted, 50);
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+    // Over the topic's max.message.bytes: refused for good, no retry.
+    let too_large = producer
+        .send(ProducerRecord::new("counted", vec![b'x'; 4000]))
+        .await
+        .unwrap();
+    assert!(too_large.await.is_err());
+    // `flush` reports the failure since the last flush.
+    let flushed = producer.flush().await.unwrap_err();
+    assert_eq!(
+        flushed.code(),
+        Some(ErrorCode::MessageTooLarge),
+        "{flushed}"
+    );
+
+    let metrics = producer.metrics();
+    assert_eq!(metrics.records_accepted, 51);
+    assert_eq!(metrics.records_delivered, 50);
+    assert_eq!(metrics.records_failed, 1);
+    assert_eq!(metrics.records_pending(), 0);
+    // MessageTooLarge is not retriable (retries are counted in the replication
+    // test `acks_all_is_refused_below_min_insync_replicas`).
+    assert_eq!(metrics.retries, 0, "{metrics:?}");
+    assert!(metrics.batches_delivered >= 2, "{metrics:?}");
+    // Each delivered record is at least its value's bytes on the wire.
+    assert!(metrics.bytes_delivered > 50 * 9, "{metrics:?}");
+    // The delivered batches went in one request or more, the refused one in its own.
+    assert!(metrics.requests >= 2, "{metrics:?}");
+    assert_eq!(metrics.requests_unanswered, 0);
+    assert_eq!(metrics.buffer_available_bytes, buffer_memory);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_too_large_for_its_topic_goes_again_in_halves() {
+    // 40 records of ~120 bytes batch to ~5 KB, over the topic's 1000 bytes: the
+    // producer halves the batch until each part fits, and only the one record that
+    // can never fit fails. Futures and callbacks learn the offsets the halves got.
+    let broker = TestBroker::start(&[]);
+    let (ok, out, err) = broker.cli(
+        &["topic", "create", "small", "-c", "max.message.bytes=1000"],
+        "",
+    );
+    assert!(ok, "{out} {err}");
+    let client = broker.client().await;
+    let producer = client.producer(ProducerConfig {
+        // Everything goes in one batch.
+        linger: Duration::from_millis(200),
+        ..ProducerConfig::default()
+    });
+    let value = |i: usize| {
+        if i == 25 {
+            Bytes::from(vec![b'x'; 1500])
+        } else {
+            Bytes::from(format!("{i:03} {}", "y".repeat(110)))
+        }
+    };
+    let called = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut futures = Vec::new();
+    for i in 0..40 {
+        let record = ProducerRecord::new("small", value(i));
+        if i % 2 == 0 {
+            futures.push((i, producer.send(record).await.unwrap()));
+        } else {
+            let called = called.clone();
+            producer
+                .send_with_callback(record, move |delivered| {
+                    called.lock().unwrap().push((i, delivered));
+                })
+                .await
+                .unwrap();
+        }
+    }
+    let flushed = producer.flush().await.unwrap_err();
+    assert_eq!(
+        flushed.code(),
+        Some(ErrorCode::MessageTooLarge),
+        "{flushed}"
+    );
+    let mut offsets: Vec<(usize, i64)> = Vec::new();
+    for (i, future) in futures {
+        offsets.push((i, future.await.unwrap().offset));
+    }
+    for (i, delivered) in called.lock().unwrap().drain(..) {
+        match delivered {
+            Ok(metadata) => offsets.push((i, metadata.offset)),
+            Err(e) => {
+                assert_eq!(i, 25, "record {i} failed: {e}");
+                assert_eq!(e.code(), Some(ErrorCode::MessageTooLarge));
+            }
+        }
+    }
+    offsets.sort_unstable();
+    assert_eq!(offsets.len(), 39);
+    // In send order, one offset each, from 0 with no gap (nothing else was written).
+    let expected: Vec<(usize, i64)> = (0..40)
+        .filter(|i| *i != 25)
+        .enumerate()
+        .map(|(offset, i)| (i, offset as i64))
+        .collect();
+    assert_eq!(offsets, expected);
+    let metrics = producer.metrics();
+    assert_eq!(
+        (
+            metrics.records_delivered,
+            metrics.records_failed,
+            metrics.retries
+        ),
+        (39, 1, 0),
+        "{metrics:?}"
+    );
+
+    // The log holds them in that order, each once.
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("small").await.unwrap();
+    consumer.seek("small", 0, Offset::Earliest).await.unwrap();
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read.len() < 39 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "read {}",
+            read.len()
+        );
+        for record in consumer.poll(Duration::from_secs(1)).await.unwrap() {
+            read.push((record.offset, record.value.unwrap()));
+        }
+    }
+    let want: Vec<(i64, Bytes)> = expected.iter().map(|(i, o)| (*o, value(*i))).collect();
+    assert_eq!(read, want);
 }

@@ -205,6 +205,27 @@ async fn acks_all_is_refused_below_min_insync_replicas() {
         .configs
         .iter()
         .any(|c| c.key == "min.insync.replicas" && c.value == "3" && !c.is_default));
+    // The SDK's producer retries the refusal (it is retriable), then fails the record
+    // with it, and counts both.
+    let producer = leader.producer(meridian_client::ProducerConfig {
+        retries: 2,
+        linger: Duration::ZERO,
+        ..meridian_client::ProducerConfig::default()
+    });
+    let delivery = producer
+        .send(meridian_client::ProducerRecord::new(TOPIC, "refused"))
+        .await
+        .unwrap();
+    let e = delivery.await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::NotEnoughReplicas), "{e}");
+    let metrics = producer.metrics();
+    assert_eq!(metrics.retries, 2, "{metrics:?}");
+    assert_eq!(metrics.requests, 3, "{metrics:?}");
+    assert_eq!(
+        (metrics.records_failed, metrics.records_delivered),
+        (1, 0),
+        "{metrics:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -514,6 +514,47 @@ impl<B> RecordAccumulator<B> {
         self.requeue(batch, now);
     }
 
+    /// A drained batch refused as too large: the records from `at` on go to a new
+    /// batch with state `rest`, and both go back to the head of the queue, before
+    /// every batch of the partition not sent yet, in order, to be sent at once. The
+    /// attempt count is kept (a split is not a retry).
+    pub fn split(&mut self, mut batch: ProducerBatch<B>, at: usize, rest: B) {
+        assert!(0 < at && at < batch.records.len(), "split inside the batch");
+        self.epochs.entry(batch.epoch).or_default().unfinished += 1;
+        let queue = self.partitions.entry(batch.tp.clone()).or_default();
+        assert!(queue.in_flight > 0, "split without a batch in flight");
+        queue.in_flight -= 1;
+        if batch.attempts > 0 {
+            queue.retry_in_flight = false;
+        }
+        let records = batch.records.split_off(at);
+        let size_bytes: usize = records.iter().map(NewRecord::estimated_size).sum();
+        batch.size_bytes = batch.size_bytes.saturating_sub(size_bytes);
+        batch.encoded = None;
+        batch.not_before = None;
+        let rest = ProducerBatch {
+            tp: batch.tp.clone(),
+            records,
+            state: rest,
+            size_bytes,
+            attempts: batch.attempts,
+            encoded: None,
+            created: batch.created,
+            not_before: None,
+            sequence: batch.sequence,
+            epoch: batch.epoch,
+        };
+        // Before the parts of an earlier split of the same batch (they share its
+        // sequence and hold later records) as well as the batches after it.
+        let position = queue
+            .batches
+            .iter()
+            .position(|b| b.sequence >= batch.sequence)
+            .unwrap_or(queue.batches.len());
+        queue.batches.insert(position, rest);
+        queue.batches.insert(position, batch);
+    }
+
     fn requeue(&mut self, mut batch: ProducerBatch<B>, not_before: Instant) {
         let queue = self.partitions.entry(batch.tp.clone()).or_default();
         assert!(queue.in_flight > 0, "retry without a batch in flight");
@@ -523,10 +564,12 @@ impl<B> RecordAccumulator<B> {
         }
         batch.attempts += 1;
         batch.not_before = Some(not_before);
+        // `>=`: the queued parts of a split batch share its sequence and hold later
+        // records.
         let position = queue
             .batches
             .iter()
-            .position(|b| b.sequence > batch.sequence)
+            .position(|b| b.sequence >= batch.sequence)
             .unwrap_or(queue.batches.len());
         queue.batches.insert(position, batch);
     }
@@ -822,6 +865,52 @@ mod tests {
         assert_eq!(ids(&retried), vec![(0, vec![1])]);
         acc.complete(&retried[0].tp, 1, retried[0].epoch(), Ok(()));
         assert_eq!(ids(&drain(&mut acc, t2, usize::MAX)), vec![(0, vec![2])]);
+    }
+
+    #[test]
+    fn a_split_batch_goes_again_in_order_before_what_followed_it() {
+        let t0 = Instant::now();
+        let mut acc = RecordAccumulator::new(
+            AccumulatorConfig {
+                max_in_flight: 1,
+                ..config()
+            },
+            0,
+        );
+        for id in 0..4 {
+            acc.append(tp(0), record(200, id), t0).unwrap();
+        }
+        acc.append(tp(0), record(1000, 9), t0).unwrap();
+        let epoch = acc.begin_flush();
+        let mut sent = drain(&mut acc, t0, usize::MAX);
+        assert_eq!(ids(&sent), vec![(0, vec![0, 1, 2, 3])]);
+        // Refused as too large: halves, then the second half's halves, each before
+        // what was queued behind the batch.
+        acc.split(sent.remove(0), 2, ());
+        let mut first = drain(&mut acc, t0, usize::MAX);
+        assert_eq!(ids(&first), vec![(0, vec![0, 1])]);
+        assert_eq!(first[0].attempts, 0, "a split is not a retry");
+        let first = first.remove(0);
+        acc.complete(&first.tp, 0, first.epoch(), Ok(()));
+        let mut second = drain(&mut acc, t0, usize::MAX);
+        assert_eq!(ids(&second), vec![(0, vec![2, 3])]);
+        acc.split(second.remove(0), 1, ());
+        // A part that fails in a retriable way is retried before its sibling.
+        let part = drain(&mut acc, t0, usize::MAX).remove(0);
+        assert_eq!(ids(std::slice::from_ref(&part)), vec![(0, vec![2])]);
+        acc.retry(part, t0);
+        let t1 = t0 + 100 * MS;
+        for want in [vec![2], vec![3], vec![9]] {
+            let batch = drain(&mut acc, t1, usize::MAX).remove(0);
+            assert_eq!(ids(std::slice::from_ref(&batch)), vec![(0, want)]);
+            assert!(
+                acc.flush_status(epoch).is_none(),
+                "flush waits for every part"
+            );
+            acc.complete(&batch.tp, batch.attempts, batch.epoch(), Ok(()));
+        }
+        assert!(matches!(acc.flush_status(epoch), Some(Ok(()))));
+        assert!(acc.is_empty());
     }
 
     #[test]

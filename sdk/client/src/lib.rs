@@ -79,8 +79,8 @@ pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};
 pub use producer::{
-    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerRecord, RecordMetadata,
-    UNASSIGNED_PARTITION,
+    Acks, DeliveryFuture, Producer, ProducerConfig, ProducerMetrics, ProducerRecord,
+    RecordMetadata, UNASSIGNED_PARTITION,
 };
 
 /// A check the compiler makes: every future of the public async API can be handed to

@@ -5,7 +5,7 @@ use std::collections::hash_map::RandomState;
 use std::future::Future;
 use std::hash::BuildHasher;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex, MutexGuard, OnceLock};
 use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -309,19 +309,43 @@ impl DeliveryFuture {
     }
 }
 
+impl DeliveryFuture {
+    /// Follows the record to the batch that took it over when its own was split
+    /// (see [`split`]); true if it moved.
+    fn follow(&mut self) -> bool {
+        let Some((start, next)) = self.outcome.forwarded(self.index) else {
+            return false;
+        };
+        self.outcome = next;
+        self.index -= start;
+        self.registered = false;
+        true
+    }
+}
+
 impl Future for DeliveryFuture {
     type Output = Result<RecordMetadata>;
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = &mut *self;
-        if let Some(result) = this.outcome.result.get() {
-            return Poll::Ready(this.metadata(result));
-        }
-        let mut wakers = this.outcome.lock_wakers();
-        // Checked again under the lock: `finish` sets the result before it takes the
-        // wakers, so either it is visible here or this waker is among those taken.
-        if let Some(result) = this.outcome.result.get() {
-            return Poll::Ready(this.metadata(result));
-        }
+        let mut wakers = loop {
+            if this.follow() {
+                continue;
+            }
+            if let Some(result) = this.outcome.result.get() {
+                return Poll::Ready(this.metadata(result));
+            }
+            let wakers = this.outcome.lock_wakers();
+            // Checked again under the lock: `finish` sets the result and `forward`
+            // adds a forward before they take the wakers, so either it is visible
+            // here or this waker is among those taken.
+            if this.outcome.forwarded(this.index).is_some() {
+                continue;
+            }
+            if let Some(result) = this.outcome.result.get() {
+                return Poll::Ready(this.metadata(result));
+            }
+            break wakers;
+        };
         let waker = cx.waker();
         if !this.registered {
             wakers.push(waker.clone());
@@ -345,6 +369,10 @@ struct BatchOutcome {
     /// error; set once.
     result: OnceLock<Result<(i64, i64)>>,
     wakers: StdMutex<Vec<Waker>>,
+    /// Where records moved when the batch was split: the records from `start` on
+    /// (up to the next entry's start) belong to the batch of that outcome, at
+    /// `index - start`.
+    forwards: StdMutex<Vec<(u32, Arc<BatchOutcome>)>>,
 }
 
 impl BatchOutcome {
@@ -377,6 +405,31 @@ impl BatchOutcome {
         self.wakers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn lock_forwards(&self) -> MutexGuard<'_, Vec<(u32, Arc<BatchOutcome>)>> {
+        self.forwards.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The outcome the record at `index` moved to, and the index it moved from the
+    /// start of, if its part of the batch was split off.
+    fn forwarded(&self, index: u32) -> Option<(u32, Arc<BatchOutcome>)> {
+        self.lock_forwards()
+            .iter()
+            .filter(|(start, _)| *start <= index)
+            .max_by_key(|(start, _)| *start)
+            .map(|(start, outcome)| (*start, outcome.clone()))
+    }
+
+    /// The records from `start` on (up to an earlier forward's start) now belong to
+    /// the batch of `to`; the futures waiting here look again.
+    fn forward(&self, start: u32, to: Arc<BatchOutcome>) {
+        let mut wakers = self.lock_wakers();
+        self.lock_forwards().push((start, to));
+        let wakers = std::mem::take(&mut *wakers);
+        for waker in wakers {
+            waker.wake();
+        }
+    }
+
     /// Sets the outcome, unless it is set already, and wakes the futures waiting.
     fn finish(&self, result: Result<(i64, i64)>) {
         if self.result.set(result).is_ok() {
@@ -397,6 +450,9 @@ struct BatchState {
     /// Buffer-memory permits held for the batch's records.
     reserved: usize,
     memory: Arc<Semaphore>,
+    /// Records in the batch, counted delivered or failed when it finishes.
+    records: u64,
+    counters: Arc<Counters>,
     /// Records sent with a callback: index in the batch, timestamp, callback.
     callbacks: Vec<(u32, i64, DeliveryCallback)>,
     /// The broker's answer to the last attempt, when it was a retriable error: what
@@ -416,19 +472,44 @@ impl std::fmt::Debug for BatchState {
 
 impl BatchState {
     /// A new batch's state, holding no memory yet.
-    fn new(tp: &TopicPartition, memory: &Arc<Semaphore>) -> BatchState {
+    fn new(tp: &TopicPartition, memory: &Arc<Semaphore>, counters: &Arc<Counters>) -> BatchState {
         BatchState {
             outcome: Arc::new(BatchOutcome {
                 topic: Arc::from(tp.topic.as_str()),
                 partition: tp.partition,
                 result: OnceLock::new(),
                 wakers: StdMutex::new(Vec::new()),
+                forwards: StdMutex::new(Vec::new()),
             }),
             reserved: 0,
             memory: memory.clone(),
+            records: 0,
+            counters: counters.clone(),
             callbacks: Vec::new(),
             last_refusal: None,
         }
+    }
+
+    /// Hands the records from `at` on, their callbacks and their share of the
+    /// buffer memory to a new batch state, and forwards their futures to it.
+    fn split_off(&mut self, at: u32, tp: &TopicPartition) -> BatchState {
+        let mut rest = BatchState::new(tp, &self.memory, &self.counters);
+        let total = self.records.max(1);
+        rest.records = self.records.saturating_sub(u64::from(at));
+        self.records -= rest.records;
+        rest.reserved = (self.reserved as u64 * rest.records / total) as usize;
+        self.reserved -= rest.reserved;
+        let callbacks = std::mem::take(&mut self.callbacks);
+        for (index, timestamp, callback) in callbacks {
+            if index < at {
+                self.callbacks.push((index, timestamp, callback));
+            } else {
+                rest.callbacks.push((index - at, timestamp, callback));
+            }
+        }
+        rest.last_refusal = self.last_refusal.clone();
+        self.outcome.forward(at, rest.outcome.clone());
+        rest
     }
 
     /// The batch's error when its delivery timeout ran out: the broker's last
@@ -447,10 +528,18 @@ impl BatchState {
     /// Sets the batch's outcome, unless it is set already: wakes its records'
     /// futures and calls their callbacks.
     fn finish(&mut self, result: Result<(i64, i64)>) {
+        let first = self.outcome.result.get().is_none();
         self.outcome.finish(result);
         let Some(result) = self.outcome.result.get() else {
             return;
         };
+        if first {
+            let counter = match result {
+                Ok(_) => &self.counters.records_delivered,
+                Err(_) => &self.counters.records_failed,
+            };
+            counter.fetch_add(self.records, Ordering::Relaxed);
+        }
         for (index, timestamp, on_delivery) in self.callbacks.drain(..) {
             let metadata = self.outcome.metadata(result, index, timestamp);
             // A user's panic must not take the sender task, and every later batch of
@@ -528,6 +617,56 @@ struct Shared {
     idempotence: Option<Idempotence>,
     /// Buffers of finished batches, to encode the next ones in.
     spare_buffers: StdMutex<SpareBuffers>,
+    counters: Arc<Counters>,
+}
+
+/// What [`Producer::metrics`] reports, kept as relaxed atomics: each count is exact,
+/// a snapshot of several is not taken at one instant.
+#[derive(Default)]
+struct Counters {
+    records_accepted: AtomicU64,
+    records_delivered: AtomicU64,
+    records_failed: AtomicU64,
+    batches_delivered: AtomicU64,
+    bytes_delivered: AtomicU64,
+    requests: AtomicU64,
+    requests_unanswered: AtomicU64,
+    retries: AtomicU64,
+}
+
+/// A producer's counts since it was made, from [`Producer::metrics`]: what Kafka's
+/// Java client reports as `record-send-total`, `record-error-total`,
+/// `record-retry-total`, `request-total` and `buffer-available-bytes`, to feed to
+/// whatever metrics system the application uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerMetrics {
+    /// Records `send` or `send_with_callback` accepted.
+    pub records_accepted: u64,
+    /// Records the brokers acknowledged (with [`Acks::None`]: written to the
+    /// broker).
+    pub records_delivered: u64,
+    /// Records that failed for good: their future or callback got the error.
+    pub records_failed: u64,
+    /// Batches delivered, and their bytes as sent (after compression).
+    pub batches_delivered: u64,
+    pub bytes_delivered: u64,
+    /// Produce requests sent, and those that got no answer (the connection was lost,
+    /// the request timed out, or it was abandoned when its partitions' leader moved).
+    pub requests: u64,
+    pub requests_unanswered: u64,
+    /// Times a batch was queued to be sent again after a retriable error.
+    pub retries: u64,
+    /// Bytes of [`ProducerConfig::buffer_memory`] free for new records now.
+    pub buffer_available_bytes: u64,
+}
+
+impl ProducerMetrics {
+    /// Records accepted and not yet delivered or failed: queued or in flight.
+    pub fn records_pending(&self) -> u64 {
+        self.records_accepted
+            .saturating_sub(self.records_delivered + self.records_failed)
+    }
 }
 
 /// Buffers of batches the producer is done with, at most `buffer_memory` bytes of
@@ -580,6 +719,17 @@ impl Idempotence {
         let first = *next;
         *next = ((i64::from(first) + n as i64) % (i64::from(i32::MAX) + 1)) as i32;
         first
+    }
+
+    /// Gives back the last `n` sequence numbers taken for a partition, those of a
+    /// batch the broker refused without writing (nothing was taken after them). A
+    /// partition forgotten meanwhile (`reset`) starts over anyway.
+    fn give_back(&self, tp: &TopicPartition, n: usize) {
+        let mut sequences = self.sequences.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(next) = sequences.get_mut(tp) {
+            let modulus = i64::from(i32::MAX) + 1;
+            *next = ((i64::from(*next) - n as i64).rem_euclid(modulus)) as i32;
+        }
     }
 
     /// The partition no longer knows this producer (it forgot an idle producer after
@@ -689,6 +839,7 @@ impl Producer {
             sender_started: AtomicBool::new(false),
             refreshing: AtomicBool::new(false),
             spare_buffers: StdMutex::new(SpareBuffers::default()),
+            counters: Arc::new(Counters::default()),
         });
         Producer {
             _close_on_drop: Arc::new(CloseOnDrop(shared.clone())),
@@ -699,6 +850,38 @@ impl Producer {
     /// The configuration in effect.
     pub fn config(&self) -> &ProducerConfig {
         &self.shared.config
+    }
+
+    /// The producer's counts so far: records accepted, delivered and failed, bytes
+    /// and requests sent, retries, free buffer memory.
+    ///
+    /// ```no_run
+    /// # async fn example(producer: meridian_client::Producer) -> meridian_client::Result<()> {
+    /// producer.flush().await?;
+    /// let metrics = producer.metrics();
+    /// println!(
+    ///     "{} delivered, {} failed, {} retries, {} pending",
+    ///     metrics.records_delivered,
+    ///     metrics.records_failed,
+    ///     metrics.retries,
+    ///     metrics.records_pending()
+    /// );
+    /// # Ok(()) }
+    /// ```
+    pub fn metrics(&self) -> ProducerMetrics {
+        let c = &self.shared.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        ProducerMetrics {
+            records_accepted: load(&c.records_accepted),
+            records_delivered: load(&c.records_delivered),
+            records_failed: load(&c.records_failed),
+            batches_delivered: load(&c.batches_delivered),
+            bytes_delivered: load(&c.bytes_delivered),
+            requests: load(&c.requests),
+            requests_unanswered: load(&c.requests_unanswered),
+            retries: load(&c.retries),
+            buffer_available_bytes: self.shared.memory.available_permits() as u64,
+        }
     }
 
     /// Enqueues the record into its partition's batch and returns a future for its
@@ -842,12 +1025,17 @@ impl Producer {
                 partition,
             };
             let appended = accumulator.append_with(tp, new_record, Instant::now, |tp| {
-                BatchState::new(tp, &shared.memory)
+                BatchState::new(tp, &shared.memory, &shared.counters)
             })?;
             // The batch gives the permits back when it is done.
             permit.forget();
             let index = appended.index as u32;
             appended.state.reserved += reserve as usize;
+            appended.state.records += 1;
+            shared
+                .counters
+                .records_accepted
+                .fetch_add(1, Ordering::Relaxed);
             if let Some(on_delivery) = on_delivery {
                 appended
                     .state
@@ -1088,6 +1276,7 @@ async fn send_batches(
         return;
     }
     let request = produce_request(config, &sendable);
+    shared.counters.requests.fetch_add(1, Ordering::Relaxed);
     let client = &shared.client;
     // The partitions' leaders as this request is sent, to notice a move while it
     // waits (idempotent producers only; see `leader_check_interval`).
@@ -1132,6 +1321,7 @@ async fn send_batches(
                         );
                         retry_elsewhere(&shared, batch, error);
                     }
+                    shared.counters.requests_unanswered.fetch_add(1, Ordering::Relaxed);
                     shared.wake.notify_one();
                     return;
                 }
@@ -1145,6 +1335,10 @@ async fn send_batches(
     };
     if let Err(e) = &outcome {
         // No answer at all: whatever the broker leads waits for fresh metadata.
+        shared
+            .counters
+            .requests_unanswered
+            .fetch_add(1, Ordering::Relaxed);
         client.broker_failed(broker, e);
     }
     for batch in sendable {
@@ -1188,6 +1382,33 @@ async fn leader_moved(shared: &Shared, broker: BrokerId, watched: &[(TopicPartit
     }
 }
 
+/// A batch the broker refused as larger than its topic's `max.message.bytes`, with
+/// more than one record in it, goes again as two halves at the head of its
+/// partition's queue (each halved again if still too large), as with Kafka's
+/// producer: the records that fit are not failed with one that does not, or with a
+/// batch that only grew too large by batching. Not counted as a retry.
+fn split(shared: &Shared, mut batch: ProducerBatch<BatchState>) {
+    let at = batch.records.len() / 2;
+    if let Some(encoded) = batch.encoded.take() {
+        // The broker wrote nothing of it: its sequence numbers are taken again by
+        // the halves (with one batch in flight per partition, nothing later of the
+        // partition was encoded).
+        if let Some(idempotence) = &shared.idempotence {
+            idempotence.give_back(&batch.tp, batch.records.len());
+        }
+        shared.keep_buffer(encoded);
+    }
+    tracing::debug!(
+        topic = %batch.tp.topic,
+        partition = batch.tp.partition,
+        records = batch.records.len(),
+        "splitting a batch refused as too large"
+    );
+    let rest = batch.state.split_off(at as u32, &batch.tp);
+    shared.lock().split(batch, at, rest);
+    shared.progress.send_modify(|n| *n += 1);
+}
+
 /// Puts a batch whose request was abandoned back in the queue for the leader that
 /// metadata names now, to go at once (unlike [`settle`], the partition's leader is
 /// not marked suspect and there is no backoff: the cache was just refreshed and
@@ -1201,6 +1422,7 @@ fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<BatchState>, error: Err
         return;
     }
     tracing::debug!(topic = %batch.tp.topic, partition = batch.tp.partition, attempt = batch.attempts + 1, error = %error, "retrying produce");
+    shared.counters.retries.fetch_add(1, Ordering::Relaxed);
     shared.lock().retry_now(batch, Instant::now());
     shared.progress.send_modify(|n| *n += 1);
 }
@@ -1261,6 +1483,21 @@ fn partition_result(response: &ProduceResponse, tp: &TopicPartition) -> Result<(
 /// leader moved also marks the partition for a metadata refresh, so the retry goes
 /// to the new leader with the same bytes (producer id, epoch and sequence).
 fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<(i64, i64)>) {
+    let too_large = matches!(
+        &result,
+        Err(Error::Broker {
+            code: ErrorCode::MessageTooLarge,
+            ..
+        })
+    );
+    if too_large
+        && batch.records.len() > 1
+        && batch.created().elapsed() < shared.config.delivery_timeout
+        && !shared.client.is_closed()
+    {
+        split(shared, batch);
+        return;
+    }
     // The partition has no state for this producer, so it cannot hold this batch (a
     // lost answer to a write would have left the state there): with one batch in
     // flight per partition, nothing later of the partition is encoded yet, and the
@@ -1309,6 +1546,7 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
             }
             batch.encoded = None;
         }
+        shared.counters.retries.fetch_add(1, Ordering::Relaxed);
         shared.lock().retry(batch, Instant::now());
         shared.progress.send_modify(|n| *n += 1);
         return;
@@ -1329,6 +1567,13 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
         ..
     } = batch;
     if let Some(encoded) = encoded {
+        if result.is_ok() {
+            let counters = &shared.counters;
+            counters.batches_delivered.fetch_add(1, Ordering::Relaxed);
+            counters
+                .bytes_delivered
+                .fetch_add(encoded.len() as u64, Ordering::Relaxed);
+        }
         shared.keep_buffer(encoded);
     }
     if let Err(Error::Broker { code, .. }) = &result {
@@ -1355,7 +1600,7 @@ mod tests {
             topic: "events".into(),
             partition: 3,
         };
-        let mut state = BatchState::new(&tp, memory);
+        let mut state = BatchState::new(&tp, memory, &Arc::new(Counters::default()));
         state.reserved = reserved;
         state
     }
