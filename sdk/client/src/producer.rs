@@ -373,6 +373,8 @@ struct BatchOutcome {
     /// (up to the next entry's start) belong to the batch of that outcome, at
     /// `index - start`.
     forwards: StdMutex<Vec<(u32, Arc<BatchOutcome>)>>,
+    /// `forwards` is not empty: a poll of a batch never split takes no lock for it.
+    split: AtomicBool,
 }
 
 impl BatchOutcome {
@@ -412,6 +414,9 @@ impl BatchOutcome {
     /// The outcome the record at `index` moved to, and the index it moved from the
     /// start of, if its part of the batch was split off.
     fn forwarded(&self, index: u32) -> Option<(u32, Arc<BatchOutcome>)> {
+        if !self.split.load(Ordering::Acquire) {
+            return None;
+        }
         self.lock_forwards()
             .iter()
             .filter(|(start, _)| *start <= index)
@@ -424,6 +429,7 @@ impl BatchOutcome {
     fn forward(&self, start: u32, to: Arc<BatchOutcome>) {
         let mut wakers = self.lock_wakers();
         self.lock_forwards().push((start, to));
+        self.split.store(true, Ordering::Release);
         let wakers = std::mem::take(&mut *wakers);
         for waker in wakers {
             waker.wake();
@@ -480,6 +486,7 @@ impl BatchState {
                 result: OnceLock::new(),
                 wakers: StdMutex::new(Vec::new()),
                 forwards: StdMutex::new(Vec::new()),
+                split: AtomicBool::new(false),
             }),
             reserved: 0,
             memory: memory.clone(),
@@ -1647,6 +1654,53 @@ mod tests {
         assert_eq!(record.await.unwrap().offset, -1);
         let record = delivery(&state, 1, 7);
         assert_eq!(record.await.unwrap().timestamp, 555);
+    }
+
+    #[tokio::test]
+    async fn split_batches_forward_their_records_futures_callbacks_and_memory() {
+        let memory = Arc::new(Semaphore::new(100));
+        memory.acquire_many(40).await.unwrap().forget();
+        let mut first = batch_state(&memory, 40);
+        first.records = 4;
+        let called = Arc::new(StdMutex::new(Vec::new()));
+        let mut waiting = Vec::new();
+        for index in 0..4u32 {
+            if index == 3 {
+                let called = called.clone();
+                first.callbacks.push((
+                    index,
+                    0,
+                    Box::new(move |delivered| called.lock().unwrap().push(delivered)),
+                ));
+            } else {
+                waiting.push(tokio::spawn(delivery(&first, index, 0)));
+            }
+        }
+        tokio::task::yield_now().await;
+        let tp = TopicPartition {
+            topic: "events".into(),
+            partition: 3,
+        };
+        // Halves [0, 1] and [2, 3], then [0] and [1].
+        let mut third = first.split_off(2, &tp);
+        let mut second = first.split_off(1, &tp);
+        assert_eq!((first.records, second.records, third.records), (1, 1, 2));
+        assert_eq!(first.reserved + second.reserved + third.reserved, 40);
+        assert_eq!(third.callbacks.len(), 1, "the callback moved with record 3");
+        third.finish(Ok((200, -1)));
+        second.finish(Ok((150, -1)));
+        first.finish(Ok((100, -1)));
+        let mut offsets = Vec::new();
+        for task in waiting {
+            offsets.push(task.await.unwrap().unwrap().offset);
+        }
+        assert_eq!(offsets, vec![100, 150, 200]);
+        let delivered = called.lock().unwrap().pop().unwrap().unwrap();
+        assert_eq!(delivered.offset, 201);
+        // Futures made after the split follow the forwards too.
+        assert_eq!(delivery(&first, 3, 0).await.unwrap().offset, 201);
+        drop((first, second, third));
+        assert_eq!(memory.available_permits(), 100);
     }
 
     #[tokio::test]
