@@ -123,6 +123,19 @@ impl<B> Default for PartitionQueue<B> {
     }
 }
 
+impl<B> PartitionQueue<B> {
+    /// Where a batch of queue sequence `sequence` coming back goes: before every
+    /// batch not sent yet that came after it, and before the queued parts of an
+    /// earlier split of the same batch (they share its sequence and hold later
+    /// records).
+    fn position_back(&self, sequence: u64) -> usize {
+        self.batches
+            .iter()
+            .position(|b| b.sequence >= sequence)
+            .unwrap_or(self.batches.len())
+    }
+}
+
 #[derive(Debug, Default)]
 struct EpochState {
     /// Batches of this epoch not yet acknowledged or failed for good.
@@ -521,12 +534,7 @@ impl<B> RecordAccumulator<B> {
     pub fn split(&mut self, mut batch: ProducerBatch<B>, at: usize, rest: B) {
         assert!(0 < at && at < batch.records.len(), "split inside the batch");
         self.epochs.entry(batch.epoch).or_default().unfinished += 1;
-        let queue = self.partitions.entry(batch.tp.clone()).or_default();
-        assert!(queue.in_flight > 0, "split without a batch in flight");
-        queue.in_flight -= 1;
-        if batch.attempts > 0 {
-            queue.retry_in_flight = false;
-        }
+        let queue = self.take_back(&batch);
         let records = batch.records.split_off(at);
         let size_bytes: usize = records.iter().map(NewRecord::estimated_size).sum();
         batch.size_bytes = batch.size_bytes.saturating_sub(size_bytes);
@@ -544,33 +552,28 @@ impl<B> RecordAccumulator<B> {
             sequence: batch.sequence,
             epoch: batch.epoch,
         };
-        // Before the parts of an earlier split of the same batch (they share its
-        // sequence and hold later records) as well as the batches after it.
-        let position = queue
-            .batches
-            .iter()
-            .position(|b| b.sequence >= batch.sequence)
-            .unwrap_or(queue.batches.len());
+        let position = queue.position_back(batch.sequence);
         queue.batches.insert(position, rest);
         queue.batches.insert(position, batch);
     }
 
-    fn requeue(&mut self, mut batch: ProducerBatch<B>, not_before: Instant) {
+    /// The queue a drained batch comes back to (retried or split), the batch no
+    /// longer counted in flight.
+    fn take_back(&mut self, batch: &ProducerBatch<B>) -> &mut PartitionQueue<B> {
         let queue = self.partitions.entry(batch.tp.clone()).or_default();
-        assert!(queue.in_flight > 0, "retry without a batch in flight");
+        assert!(queue.in_flight > 0, "a batch back without one in flight");
         queue.in_flight -= 1;
         if batch.attempts > 0 {
             queue.retry_in_flight = false;
         }
+        queue
+    }
+
+    fn requeue(&mut self, mut batch: ProducerBatch<B>, not_before: Instant) {
+        let queue = self.take_back(&batch);
         batch.attempts += 1;
         batch.not_before = Some(not_before);
-        // `>=`: the queued parts of a split batch share its sequence and hold later
-        // records.
-        let position = queue
-            .batches
-            .iter()
-            .position(|b| b.sequence >= batch.sequence)
-            .unwrap_or(queue.batches.len());
+        let position = queue.position_back(batch.sequence);
         queue.batches.insert(position, batch);
     }
 
