@@ -1416,14 +1416,18 @@ fn split(shared: &Shared, mut batch: ProducerBatch<BatchState>) {
     shared.progress.send_modify(|n| *n += 1);
 }
 
+/// Whether a batch that came back may be sent again at all: its delivery timeout
+/// has not run out and the client is open (retries also need attempts left).
+fn may_go_again(shared: &Shared, batch: &ProducerBatch<BatchState>) -> bool {
+    batch.created().elapsed() < shared.config.delivery_timeout && !shared.client.is_closed()
+}
+
 /// Puts a batch whose request was abandoned back in the queue for the leader that
 /// metadata names now, to go at once (unlike [`settle`], the partition's leader is
 /// not marked suspect and there is no backoff: the cache was just refreshed and
 /// names a new leader). Fails it when no attempt or time is left.
 fn retry_elsewhere(shared: &Shared, batch: ProducerBatch<BatchState>, error: Error) {
-    let retry = batch.attempts < shared.config.retries
-        && batch.created().elapsed() < shared.config.delivery_timeout
-        && !shared.client.is_closed();
+    let retry = batch.attempts < shared.config.retries && may_go_again(shared, &batch);
     if !retry {
         settle(shared, batch, Err(error));
         return;
@@ -1497,11 +1501,7 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
             ..
         })
     );
-    if too_large
-        && batch.records.len() > 1
-        && batch.created().elapsed() < shared.config.delivery_timeout
-        && !shared.client.is_closed()
-    {
+    if too_large && batch.records.len() > 1 && may_go_again(shared, &batch) {
         split(shared, batch);
         return;
     }
@@ -1529,8 +1529,7 @@ fn settle(shared: &Shared, mut batch: ProducerBatch<BatchState>, result: Result<
             };
             action != OnError::Fail
                 && batch.attempts < shared.config.retries
-                && batch.created().elapsed() < shared.config.delivery_timeout
-                && !shared.client.is_closed()
+                && may_go_again(shared, &batch)
         }
         Ok(_) => false,
     };
