@@ -288,3 +288,103 @@ fn the_client_traces_each_request_in_a_span() {
     let error = metadata.0.get("error").cloned().unwrap_or_default();
     assert_eq!(error, failed.unwrap_err().to_string());
 }
+
+/// An OpenTelemetry exporter that keeps the spans the application (this test)
+/// exports.
+#[derive(Debug, Default, Clone)]
+struct KeptSpans(Arc<Mutex<Vec<opentelemetry_sdk::trace::SpanData>>>);
+
+impl opentelemetry_sdk::trace::SpanExporter for KeptSpans {
+    async fn export(
+        &self,
+        batch: Vec<opentelemetry_sdk::trace::SpanData>,
+    ) -> opentelemetry_sdk::error::OTelSdkResult {
+        self.0.lock().unwrap().extend(batch);
+        Ok(())
+    }
+}
+
+#[test]
+fn the_brokers_span_of_a_request_joins_the_clients_trace() {
+    use opentelemetry::trace::{SpanKind, TracerProvider as _};
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    let (addr, received) = collector();
+    let endpoint = format!("http://{addr}");
+    let broker = TestBroker::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ],
+    );
+    let (ok, out, err) = broker.cli(&["topic", "create", "joined"], "");
+    assert!(ok, "{out} {err}");
+
+    // The application: the SDK's request spans exported through
+    // tracing-opentelemetry, as a service using Meridian would.
+    let kept = KeptSpans::default();
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(kept.clone())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("app"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new()
+                    .with_target("meridian_client", tracing::Level::DEBUG),
+            ),
+    );
+    let _default = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = broker.client().await;
+        let producer = client.producer(meridian_client::ProducerConfig::default());
+        let delivery = producer
+            .send(meridian_client::ProducerRecord::new("joined", "v"))
+            .await
+            .unwrap();
+        delivery.await.unwrap();
+    });
+    let produce = kept
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|s| s.name == "Produce")
+        .cloned()
+        .expect("the client exported its Produce span");
+    assert_eq!(produce.span_kind, SpanKind::Client);
+    let trace_id = produce.span_context.trace_id().to_bytes();
+    let span_id = produce.span_context.span_id().to_bytes();
+
+    // The broker's Produce span: the client's trace id (OTLP `Span` field 1) and
+    // the client's span as its parent (field 4).
+    let mut same_trace = vec![0x0a, 16];
+    same_trace.extend_from_slice(&trace_id);
+    let mut child_of_client = vec![0x22, 8];
+    child_of_client.extend_from_slice(&span_id);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exports = received.lock().unwrap();
+        let joined = exports.iter().any(|e| {
+            contains(&e.body, &same_trace)
+                && contains(&e.body, &child_of_client)
+                && contains(&e.body, &proto_string(5, "Produce"))
+        });
+        if joined {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the broker exported no span of trace {trace_id:02x?} under the client's span in 20 s ({} exports)",
+            exports.len()
+        );
+        drop(exports);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -33,8 +33,8 @@ use meridian_client::frame_io::{read_body, BodyBudget, BodyError};
 use meridian_log::GroupCommit;
 use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
-    check_frame_length, decode_request_versioned, encode_error_response, encode_response_chunks_at,
-    FrameError,
+    check_frame_length, decode_request_traced, encode_error_response, encode_response_chunks_at,
+    FrameError, TraceContext,
 };
 use meridian_wire::ErrorCode;
 use tracing::Instrument;
@@ -454,12 +454,12 @@ async fn serve_stream(
         }
     };
     let frame_bytes = frame.len() + 4;
-    let mut reply = match decode_request_versioned(frame) {
-        Ok((request, _)) if shared.not_ready_for(&request) => {
+    let mut reply = match decode_request_traced(frame) {
+        Ok((request, _, _)) if shared.not_ready_for(&request) => {
             let code = ErrorCode::MetadataNotReady;
             vec![encode_error_response(code, code.description())]
         }
-        Ok((request, version)) => {
+        Ok((request, version, trace)) => {
             let api = request.api_key();
             let started = std::time::Instant::now();
             // A root of its own (exported traces get one per request, not one per
@@ -475,6 +475,9 @@ async fn serve_stream(
                 "otel.name" = ?api,
                 "otel.kind" = "server",
             );
+            if let Some(trace) = trace {
+                join_client_trace(&span, &trace);
+            }
             let reply = match shared.handle(request, peer).instrument(span).await {
                 // Chunks: fetched batches go out from the buffers they were read
                 // into, not copied into the frame. The answer has the request's
@@ -501,6 +504,28 @@ async fn serve_stream(
         }
     }
     let _ = send.finish();
+}
+
+/// Makes `span` (not entered yet) a child of the client's span that sent the
+/// request, when traces are exported (else there is nothing to join, and nothing
+/// is done). An invalid context (all-zero ids) leaves the span a root.
+fn join_client_trace(span: &tracing::Span, trace: &TraceContext) {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt as _, TraceFlags, TraceId, TraceState,
+    };
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if span.is_disabled() || !trace.is_valid() {
+        return;
+    }
+    let parent = SpanContext::new(
+        TraceId::from_bytes(trace.trace_id),
+        SpanId::from_bytes(trace.span_id),
+        TraceFlags::new(trace.flags),
+        true,
+        TraceState::default(),
+    );
+    // Fails only without an OpenTelemetry layer: the span is then not exported.
+    let _ = span.set_parent(opentelemetry::Context::new().with_remote_span_context(parent));
 }
 
 enum StreamError {

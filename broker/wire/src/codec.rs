@@ -80,6 +80,14 @@ impl Reader {
         Ok(self.buf.get_i64())
     }
 
+    /// `N` bytes with no length prefix.
+    pub fn array_of<const N: usize>(&mut self) -> Result<[u8; N], DecodeError> {
+        self.need(N)?;
+        let mut out = [0u8; N];
+        self.buf.copy_to_slice(&mut out);
+        Ok(out)
+    }
+
     /// A `u32`-length-prefixed blob, returned as a zero-copy slice.
     pub fn bytes(&mut self) -> Result<Bytes, DecodeError> {
         let len = self.u32()? as usize;
@@ -202,6 +210,10 @@ impl<'a> Writer<'a> {
     }
     pub fn i64(&mut self, v: i64) {
         self.buf.put_i64(v)
+    }
+    /// Bytes with no length prefix (the reader knows how many).
+    pub fn fixed(&mut self, v: &[u8]) {
+        self.buf.put_slice(v);
     }
     pub fn bytes(&mut self, v: &[u8]) {
         self.buf.put_u32(v.len() as u32);

@@ -5,12 +5,16 @@
 //! how many requests are in flight per connection.
 //!
 //! ```text
-//! request frame:  u32 length | u16 api_key | u16 api_version | body
+//! request frame:  u32 length | u16 api_key | u16 api_version | [trace context] | body
 //! response frame: u32 length | u16 error_code | string message | body (only when error_code = 0)
+//! trace context:  16 bytes trace id | 8 bytes parent span id | u8 trace flags
 //! ```
 //!
 //! `length` counts the bytes after itself and is checked against the receiver's limit
-//! before anything is allocated.
+//! before anything is allocated. Bit 15 of `api_version` ([`TRACE_CONTEXT_FLAG`])
+//! says a trace context follows: the W3C `traceparent` fields of the client's span,
+//! so the broker's span of the request joins the client's trace. Clients set it only
+//! for brokers that list version [`TRACE_CONTEXT_API_VERSIONS`] of `ApiVersions`.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -25,6 +29,48 @@ pub const FRAME_LENGTH_LEN: usize = 4;
 
 /// The ALPN protocol id of this wire protocol.
 pub const ALPN: &[u8] = b"meridian/1";
+
+/// Bit of a request's `api_version` saying a [`TraceContext`] follows it.
+pub const TRACE_CONTEXT_FLAG: u16 = 0x8000;
+
+/// The `ApiVersions` version from which a broker reads a [`TraceContext`] in
+/// request frames (its bodies are those of version 0).
+pub const TRACE_CONTEXT_API_VERSIONS: u16 = 1;
+
+/// The W3C trace context (`traceparent`) of the client span a request was sent
+/// from, in binary: the broker makes its span of the request a child of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: [u8; 16],
+    /// The client's span: the parent of the broker's.
+    pub span_id: [u8; 8],
+    /// W3C trace flags; bit 0 says the client's span is sampled.
+    pub flags: u8,
+}
+
+impl TraceContext {
+    pub const LEN: usize = 16 + 8 + 1;
+
+    /// All-zero trace or span ids are invalid in W3C trace context: a broker
+    /// starts a trace of its own then.
+    pub fn is_valid(&self) -> bool {
+        self.trace_id != [0; 16] && self.span_id != [0; 8]
+    }
+
+    fn put(&self, w: &mut Writer<'_>) {
+        w.fixed(&self.trace_id);
+        w.fixed(&self.span_id);
+        w.u8(self.flags);
+    }
+
+    fn read(r: &mut Reader) -> Result<TraceContext, DecodeError> {
+        Ok(TraceContext {
+            trace_id: r.array_of()?,
+            span_id: r.array_of()?,
+            flags: r.u8()?,
+        })
+    }
+}
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq, Clone)]
 pub enum FrameError {
@@ -131,17 +177,23 @@ fn with_length_prefix(body: impl FnOnce(&mut Writer<'_>)) -> Bytes {
 /// newest version.
 pub fn encode_request(request: &Request) -> Bytes {
     let version = request.api_key().max_version();
-    with_length_prefix(|w| put_request(w, request, version))
+    with_length_prefix(|w| put_request(w, request, version, None))
 }
 
-fn put_request(w: &mut Writer<'_>, request: &Request, version: u16) {
+fn put_request(w: &mut Writer<'_>, request: &Request, version: u16, trace: Option<&TraceContext>) {
     let api = request.api_key();
     assert!(
         (api.min_version()..=api.max_version()).contains(&version),
         "{api:?} has no version {version}"
     );
     w.u16(api as u16);
-    w.u16(version);
+    match trace {
+        Some(trace) => {
+            w.u16(version | TRACE_CONTEXT_FLAG);
+            trace.put(w);
+        }
+        None => w.u16(version),
+    }
     request.encode_body(w, version);
 }
 
@@ -153,9 +205,18 @@ pub fn decode_request(frame: Bytes) -> Result<Request, FrameError> {
 /// [`decode_request`], with the version the request came in: the response goes back
 /// at the same version ([`encode_response_chunks_at`]).
 pub fn decode_request_versioned(frame: Bytes) -> Result<(Request, u16), FrameError> {
+    decode_request_traced(frame).map(|(request, version, _)| (request, version))
+}
+
+/// [`decode_request_versioned`], with the client's trace context when the frame
+/// carries one.
+pub fn decode_request_traced(
+    frame: Bytes,
+) -> Result<(Request, u16, Option<TraceContext>), FrameError> {
     let mut reader = Reader::new(frame);
     let api_key = reader.u16()?;
-    let version = reader.u16()?;
+    let flagged = reader.u16()?;
+    let version = flagged & !TRACE_CONTEXT_FLAG;
     let api = ApiKey::from_u16(api_key).ok_or(FrameError::UnknownApi { api_key })?;
     if version < api.min_version() || version > api.max_version() {
         return Err(FrameError::UnsupportedVersion {
@@ -165,9 +226,14 @@ pub fn decode_request_versioned(frame: Bytes) -> Result<(Request, u16), FrameErr
             max: api.max_version(),
         });
     }
+    let trace = if flagged & TRACE_CONTEXT_FLAG != 0 {
+        Some(TraceContext::read(&mut reader)?)
+    } else {
+        None
+    };
     let request = Request::decode_body(api, version, &mut reader)?;
     reader.finish()?;
-    Ok((request, version))
+    Ok((request, version, trace))
 }
 
 /// Encodes a successful response into a complete frame, at its API's newest version.
@@ -205,7 +271,17 @@ pub fn encode_request_chunks(request: &Request) -> Vec<Bytes> {
 /// [`encode_request_chunks`] at `version` (one the broker has: see the ApiVersions
 /// handshake). Panics on a version the API does not have.
 pub fn encode_request_chunks_at(request: &Request, version: u16) -> Vec<Bytes> {
-    chunks_with_length_prefix(|w| put_request(w, request, version))
+    encode_request_chunks_traced(request, version, None)
+}
+
+/// [`encode_request_chunks_at`], carrying `trace` (only to a broker that reads it:
+/// see [`TRACE_CONTEXT_API_VERSIONS`]).
+pub fn encode_request_chunks_traced(
+    request: &Request,
+    version: u16,
+    trace: Option<&TraceContext>,
+) -> Vec<Bytes> {
+    chunks_with_length_prefix(|w| put_request(w, request, version, trace))
 }
 
 /// [`encode_response`] as chunks (for `write_all_chunks`): fetched batches are not copied.
@@ -486,5 +562,83 @@ mod tests {
                 message: "too big".into()
             }
         );
+    }
+
+    fn metadata_request() -> Request {
+        Request::Metadata(crate::messages::MetadataRequest {
+            topics: Some(vec!["orders".into()]),
+        })
+    }
+
+    fn frame_body(chunks: Vec<Bytes>) -> Bytes {
+        Bytes::from(chunks.concat()).slice(FRAME_LENGTH_LEN..)
+    }
+
+    #[test]
+    fn a_trace_context_travels_between_the_version_and_the_body() {
+        let trace = TraceContext {
+            trace_id: *b"0123456789abcdef",
+            span_id: *b"span-id!",
+            flags: 1,
+        };
+        let request = metadata_request();
+        let traced = frame_body(encode_request_chunks_traced(&request, 0, Some(&trace)));
+        let plain = frame_body(encode_request_chunks_at(&request, 0));
+        assert_eq!(traced.len(), plain.len() + TraceContext::LEN);
+        assert_eq!(&traced[2..4], &TRACE_CONTEXT_FLAG.to_be_bytes());
+        assert_eq!(
+            decode_request_traced(traced.clone()).unwrap(),
+            (request.clone(), 0, Some(trace))
+        );
+        assert_eq!(
+            decode_request_traced(plain).unwrap(),
+            (request.clone(), 0, None)
+        );
+        // Readers that do not ask for it still get the request and its version.
+        assert_eq!(decode_request_versioned(traced).unwrap(), (request, 0));
+    }
+
+    #[test]
+    fn the_flag_is_not_part_of_the_version_checked() {
+        let mut body = BytesMut::new();
+        body.put_u16(ApiKey::Metadata as u16);
+        body.put_u16(1 | TRACE_CONTEXT_FLAG);
+        body.put_slice(&[7; TraceContext::LEN]);
+        assert!(matches!(
+            decode_request_traced(body.freeze()),
+            Err(FrameError::UnsupportedVersion { version: 1, .. })
+        ));
+    }
+
+    #[test]
+    fn a_cut_trace_context_is_a_malformed_frame() {
+        let frame = frame_body(encode_request_chunks_traced(
+            &metadata_request(),
+            0,
+            Some(&TraceContext {
+                trace_id: [1; 16],
+                span_id: [2; 8],
+                flags: 0,
+            }),
+        ));
+        let cut = frame.slice(..4 + 10);
+        assert!(matches!(
+            decode_request_traced(cut),
+            Err(FrameError::Decode(DecodeError::Truncated { .. }))
+        ));
+    }
+
+    #[test]
+    fn all_zero_ids_are_no_trace_context() {
+        let mut trace = TraceContext {
+            trace_id: [0; 16],
+            span_id: [9; 8],
+            flags: 1,
+        };
+        assert!(!trace.is_valid());
+        trace.trace_id[15] = 1;
+        assert!(trace.is_valid());
+        trace.span_id = [0; 8];
+        assert!(!trace.is_valid());
     }
 }

@@ -120,10 +120,13 @@ impl ApiKey {
     }
     /// Version 1 of `OffsetCommit` (request) and `OffsetFetch` (response) carries
     /// each offset's leader epoch; version 1 of `AlterTopicConfigs` and
-    /// `CreatePartitions` (requests) can ask to validate only.
+    /// `CreatePartitions` (requests) can ask to validate only. Version 1 of
+    /// `ApiVersions` has version 0's bodies: a broker listing it reads a trace
+    /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]).
     pub fn max_version(self) -> u16 {
         match self {
-            ApiKey::OffsetCommit
+            ApiKey::ApiVersions
+            | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::AlterTopicConfigs
             | ApiKey::CreatePartitions => 1,

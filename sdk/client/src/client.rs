@@ -12,7 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use meridian_wire::buffers::BufferPool;
 use meridian_wire::frame::{
-    check_frame_length, decode_response_at, encode_request_chunks_at, ResponseFrame,
+    check_frame_length, decode_response_at, encode_request_chunks_at, encode_request_chunks_traced,
+    ResponseFrame, TraceContext, TRACE_CONTEXT_API_VERSIONS,
 };
 use meridian_wire::messages::{
     ApiKey, ApiVersionsRequest, ApiVersionsResponse, FindCoordinatorRequest, MetadataRequest,
@@ -951,6 +952,7 @@ impl Client {
     ) -> Result<Option<Response>> {
         let api = request.api_key();
         let mut reconnected = false;
+        let trace = trace_context(span);
         loop {
             let connected = match target {
                 Target::Any => self.any_connection().await?,
@@ -969,7 +971,10 @@ impl Client {
                     tracing::field::display(connected.connection.remote_address()),
                 );
             }
-            let frame = encode_request_chunks_at(request, version);
+            let trace = trace
+                .as_ref()
+                .filter(|_| reads_trace_context(&connected.broker));
+            let frame = encode_request_chunks_traced(request, version, trace);
             let body_len = frame
                 .iter()
                 .map(Bytes::len)
@@ -1027,6 +1032,38 @@ fn group_error(response: &Response) -> Option<ErrorCode> {
 /// ApiVersions answer), or `UnsupportedVersion` when they share none at or above
 /// `lowest` (the oldest version that can carry the request, see
 /// [`Request::lowest_version`]).
+/// Whether `broker` reads a trace context in request frames.
+fn reads_trace_context(broker: &ApiVersionsResponse) -> bool {
+    broker.apis.iter().any(|range| {
+        range.api_key == ApiKey::ApiVersions as u16
+            && range.max_version >= TRACE_CONTEXT_API_VERSIONS
+    })
+}
+
+/// The OpenTelemetry context of a request's `span`, to send with it: with the
+/// `otel` feature, when the application exports the span through a
+/// `tracing-opentelemetry` layer (else there is no trace to join).
+#[cfg(feature = "otel")]
+fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
+    use opentelemetry::trace::TraceContextExt as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    if span.is_disabled() {
+        return None;
+    }
+    let context = span.context();
+    let span_context = context.span().span_context().clone();
+    span_context.is_valid().then(|| TraceContext {
+        trace_id: span_context.trace_id().to_bytes(),
+        span_id: span_context.span_id().to_bytes(),
+        flags: span_context.trace_flags().to_u8(),
+    })
+}
+
+#[cfg(not(feature = "otel"))]
+fn trace_context(_span: &tracing::Span) -> Option<TraceContext> {
+    None
+}
+
 fn negotiate(broker: &ApiVersionsResponse, api: ApiKey, lowest: u16) -> Result<u16> {
     let (min, max) = (api.min_version(), api.max_version());
     let Some(range) = broker.apis.iter().find(|range| range.api_key == api as u16) else {
@@ -1213,6 +1250,16 @@ mod tests {
             cluster_id: String::new(),
             max_frame_bytes: 1 << 20,
         }
+    }
+
+    #[test]
+    fn trace_contexts_go_only_to_brokers_that_read_them() {
+        let versions = ApiKey::ApiVersions;
+        assert!(reads_trace_context(&broker(&[(versions, 0, 1)])));
+        assert!(reads_trace_context(&broker(&[(versions, 0, 2)])));
+        // A broker from before trace contexts would refuse the flagged version.
+        assert!(!reads_trace_context(&broker(&[(versions, 0, 0)])));
+        assert!(!reads_trace_context(&broker(&[(ApiKey::Metadata, 0, 1)])));
     }
 
     #[test]

@@ -16,6 +16,11 @@
 //! retries (idempotent batches keep their sequence numbers, so nothing is written
 //! twice).
 //!
+//! Each request runs in a DEBUG `request` span of target `meridian_client`. With the
+//! `otel` feature, an application exporting spans through `tracing-opentelemetry`
+//! also sends each request span's trace context to the broker, whose span of the
+//! request then joins the application's trace.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use meridian_client::{Client, ClientConfig, NewTopic, Offset, ProducerConfig,
