@@ -93,18 +93,40 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
 
-#[test]
-fn a_broker_exports_one_trace_per_request_to_the_otlp_endpoint() {
+/// A broker exporting to a [`collector`] every 100 ms, with `env` besides.
+fn exporting_broker(env: &[(&str, &str)]) -> (TestBroker, Arc<Mutex<Vec<Export>>>) {
     let (addr, received) = collector();
     let endpoint = format!("http://{addr}");
-    let broker = TestBroker::start_with_env(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-            ("OTEL_SERVICE_NAME", "test-broker"),
-        ],
-    );
+    let mut all = vec![
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+    ];
+    all.extend_from_slice(env);
+    (TestBroker::start_with_env(&[], &all), received)
+}
+
+/// Waits up to 20 s for the exports to satisfy `done`; `missing` says what did not
+/// come.
+fn await_exports(received: &Mutex<Vec<Export>>, done: impl Fn(&[Export]) -> bool, missing: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let exports = received.lock().unwrap();
+        if done(&exports) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{missing} in 20 s ({} exports)",
+            exports.len()
+        );
+        drop(exports);
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_broker_exports_one_trace_per_request_to_the_otlp_endpoint() {
+    let (broker, received) = exporting_broker(&[("OTEL_SERVICE_NAME", "test-broker")]);
     let (ok, out, err) = broker.cli(&["topic", "create", "traced"], "");
     assert!(ok, "{out} {err}");
     let (ok, out, err) = broker.cli(&["produce", "traced"], "one\ntwo\n");
@@ -117,24 +139,17 @@ fn a_broker_exports_one_trace_per_request_to_the_otlp_endpoint() {
         // The resource names the broker: service.instance.id is CLUSTER/ID.
         proto_string(1, "meridian-local/1"),
     ];
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let exports = received.lock().unwrap();
-        let all: Vec<u8> = exports.iter().flat_map(|e| e.body.clone()).collect();
-        if wanted.iter().all(|w| contains(&all, w)) {
-            for export in exports.iter() {
-                assert_eq!(export.path, "/v1/traces");
-                assert_eq!(export.content_type, "application/x-protobuf");
-            }
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no Produce and CreateTopics spans of service test-broker exported in 20 s ({} exports)",
-            exports.len()
-        );
-        drop(exports);
-        std::thread::sleep(Duration::from_millis(100));
+    await_exports(
+        &received,
+        |exports| {
+            let all: Vec<u8> = exports.iter().flat_map(|e| e.body.clone()).collect();
+            wanted.iter().all(|w| contains(&all, w))
+        },
+        "no Produce and CreateTopics spans of service test-broker exported",
+    );
+    for export in received.lock().unwrap().iter() {
+        assert_eq!(export.path, "/v1/traces");
+        assert_eq!(export.content_type, "application/x-protobuf");
     }
 }
 
@@ -310,15 +325,7 @@ fn the_brokers_span_of_a_request_joins_the_clients_trace() {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::Layer;
 
-    let (addr, received) = collector();
-    let endpoint = format!("http://{addr}");
-    let broker = TestBroker::start_with_env(
-        &[],
-        &[
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
-            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
-        ],
-    );
+    let (broker, received) = exporting_broker(&[]);
     let (ok, out, err) = broker.cli(&["topic", "create", "joined"], "");
     assert!(ok, "{out} {err}");
 
@@ -368,23 +375,15 @@ fn the_brokers_span_of_a_request_joins_the_clients_trace() {
     same_trace.extend_from_slice(&trace_id);
     let mut child_of_client = vec![0x22, 8];
     child_of_client.extend_from_slice(&span_id);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let exports = received.lock().unwrap();
-        let joined = exports.iter().any(|e| {
-            contains(&e.body, &same_trace)
-                && contains(&e.body, &child_of_client)
-                && contains(&e.body, &proto_string(5, "Produce"))
-        });
-        if joined {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the broker exported no span of trace {trace_id:02x?} under the client's span in 20 s ({} exports)",
-            exports.len()
-        );
-        drop(exports);
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    await_exports(
+        &received,
+        |exports| {
+            exports.iter().any(|e| {
+                contains(&e.body, &same_trace)
+                    && contains(&e.body, &child_of_client)
+                    && contains(&e.body, &proto_string(5, "Produce"))
+            })
+        },
+        &format!("the broker exported no span of trace {trace_id:02x?} under the client's span"),
+    );
 }
