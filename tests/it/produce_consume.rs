@@ -622,3 +622,70 @@ async fn a_batch_too_large_for_its_topic_goes_again_in_halves() {
     let want: Vec<(i64, Bytes)> = expected.iter().map(|(i, o)| (*o, value(*i))).collect();
     assert_eq!(read, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumer_metrics_count_records_fetches_and_lag() {
+    let mut broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("lagged", 2))
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..40u32 {
+        let partition = if i < 30 { 0 } else { 1 };
+        let record = ProducerRecord::new("lagged", format!("record {i:02}")).partition(partition);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("lagged").await.unwrap();
+    assert_eq!(
+        consumer.metrics(),
+        meridian_client::ConsumerMetrics::default(),
+        "nothing fetched yet"
+    );
+    assert_eq!(consumer.lag("lagged", 0), None);
+    for partition in 0..2 {
+        consumer
+            .seek("lagged", partition, Offset::Earliest)
+            .await
+            .unwrap();
+    }
+    let mut read = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read < 40 || consumer.lag("lagged", 1).is_none() {
+        assert!(tokio::time::Instant::now() < deadline, "read {read}");
+        read += consumer.poll(Duration::from_secs(1)).await.unwrap().len();
+    }
+    let metrics = consumer.metrics();
+    assert_eq!(metrics.records_consumed, 40, "{metrics:?}");
+    // Each record is at least its 9-byte value in its batch.
+    assert!(metrics.bytes_consumed > 40 * 9, "{metrics:?}");
+    assert!(metrics.fetch_requests >= 1, "{metrics:?}");
+    assert_eq!(metrics.fetch_failures, 0, "{metrics:?}");
+    assert_eq!(metrics.records_lag_max, Some(0), "{metrics:?}");
+
+    // Back to offset 5 of partition 0: 25 records to read again.
+    consumer.seek("lagged", 0, Offset::At(5)).await.unwrap();
+    assert_eq!(consumer.lag("lagged", 0), Some(25));
+    assert_eq!(consumer.lag("lagged", 1), Some(0));
+    assert_eq!(consumer.metrics().records_lag_max, Some(25));
+
+    // Fetches from a broker that went away fail (and are retried).
+    broker.stop();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while consumer.metrics().fetch_failures == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{:?}",
+            consumer.metrics()
+        );
+        let _ = consumer.poll(Duration::from_millis(200)).await;
+    }
+}

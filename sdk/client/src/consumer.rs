@@ -7,6 +7,7 @@
 //! one response overlaps with fetching the next.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -200,6 +201,10 @@ impl PartitionState {
         }
     }
 
+    fn lag(&self) -> Option<i64> {
+        self.high_watermark.map(|hw| (hw - self.position).max(0))
+    }
+
     fn committable(&self) -> Position {
         Position {
             offset: self.position,
@@ -256,6 +261,38 @@ pub struct Consumer {
     listener: Option<std::sync::Mutex<Box<dyn RebalanceListener>>>,
     /// Partitions found out of range, to reset per `auto_offset_reset`.
     pending_resets: Vec<TopicPartition>,
+    /// Kept by the fetcher tasks, one after another.
+    fetch_counters: Arc<FetchCounters>,
+    /// Records `poll` returned, and the bytes of the batches they came in.
+    records_consumed: u64,
+    bytes_consumed: u64,
+}
+
+/// What the fetcher tasks of a consumer did, across restarts.
+#[derive(Debug, Default)]
+struct FetchCounters {
+    requests: AtomicU64,
+    failures: AtomicU64,
+}
+
+/// A snapshot of what a [`Consumer`] did since it was made: the counts the Kafka Java
+/// client reports as `records-consumed-total`, `bytes-consumed-total`,
+/// `fetch-total` and `records-lag-max`, to feed to whatever metrics system the
+/// application uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConsumerMetrics {
+    /// Records [`poll`](Consumer::poll) returned.
+    pub records_consumed: u64,
+    /// Bytes of the record batches those records came in, as fetched (compressed).
+    pub bytes_consumed: u64,
+    /// Fetch requests sent, and those that failed (each is retried, and reported
+    /// by `poll` when failures go on).
+    pub fetch_requests: u64,
+    pub fetch_failures: u64,
+    /// The largest [`lag`](Consumer::lag) of the assigned partitions, `None` before
+    /// any fetch brought a high watermark.
+    pub records_lag_max: Option<i64>,
 }
 
 /// The background fetch task and its output. Dropping it stops the task and throws
@@ -335,6 +372,34 @@ impl Consumer {
             group: None,
             listener: None,
             pending_resets: Vec::new(),
+            fetch_counters: Arc::default(),
+            records_consumed: 0,
+            bytes_consumed: 0,
+        }
+    }
+
+    /// What this consumer did so far; see [`ConsumerMetrics`].
+    ///
+    /// ```no_run
+    /// # fn example(consumer: &meridian_client::Consumer) {
+    /// let metrics = consumer.metrics();
+    /// println!(
+    ///     "{} records, {} fetches, lag {:?}",
+    ///     metrics.records_consumed, metrics.fetch_requests, metrics.records_lag_max
+    /// );
+    /// # }
+    /// ```
+    pub fn metrics(&self) -> ConsumerMetrics {
+        ConsumerMetrics {
+            records_consumed: self.records_consumed,
+            bytes_consumed: self.bytes_consumed,
+            fetch_requests: self.fetch_counters.requests.load(Ordering::Relaxed),
+            fetch_failures: self.fetch_counters.failures.load(Ordering::Relaxed),
+            records_lag_max: self
+                .partitions
+                .values()
+                .filter_map(PartitionState::lag)
+                .max(),
         }
     }
 
@@ -474,6 +539,14 @@ impl Consumer {
             .and_then(|state| state.high_watermark)
     }
 
+    /// Records of an assigned partition between the position and the high watermark
+    /// last seen (`None` before a fetch brought one): what `poll` has yet to return.
+    pub fn lag(&self, topic: &str, partition: u32) -> Option<i64> {
+        self.partitions
+            .get(&tp(topic, partition))
+            .and_then(PartitionState::lag)
+    }
+
     /// Returns prefetched records, or waits up to `timeout` for a fetch to bring some;
     /// an empty vector when none came. A partition error is returned as `Err` (after
     /// the records fetched together with it).
@@ -557,6 +630,11 @@ impl Consumer {
                 .is_none_or(|(header, _)| header.last_offset() >= state.position));
             let undecodable =
                 decode_batches(&fetched.tp, &fetched.batches, state.position, &mut records);
+            self.bytes_consumed += fetched
+                .batches
+                .iter()
+                .map(|(_, bytes)| bytes.len() as u64)
+                .sum::<u64>();
             if fetched.high_watermark.is_some() {
                 state.high_watermark = fetched.high_watermark;
             }
@@ -595,6 +673,7 @@ impl Consumer {
         if restart {
             self.restart_fetching();
         }
+        self.records_consumed += records.len() as u64;
         records
     }
 
@@ -699,6 +778,7 @@ impl Consumer {
             read_epochs,
             budget.clone(),
             sender,
+            self.fetch_counters.clone(),
         ));
         Some(Fetcher {
             task,
@@ -1150,6 +1230,7 @@ async fn run_fetcher(
     mut read_epochs: HashMap<TopicPartition, i32>,
     budget: Arc<Semaphore>,
     results: mpsc::Sender<FetchResult>,
+    counters: Arc<FetchCounters>,
 ) {
     let reserve = (config.fetch_max_bytes as usize).min(config.prefetch_bytes);
     let request_timeout = client.config().request_timeout + config.fetch_max_wait;
@@ -1244,12 +1325,14 @@ async fn run_fetcher(
                     let request = fetch_request(&config, &request_positions, per_request as u32);
                     let client = client.clone();
                     let budget = budget.clone();
+                    let counters = counters.clone();
                     in_flight.spawn(async move {
                         tokio::time::sleep(delay).await;
                         let Ok(permit) = budget.acquire_many(per_request as u32).await else {
                             return (broker, share, Err(Error::Closed), 0);
                         };
                         permit.forget();
+                        counters.requests.fetch_add(1, Ordering::Relaxed);
                         let response = match client
                             .request_to_with_timeout(broker, request, request_timeout)
                             .await
@@ -1302,6 +1385,7 @@ async fn run_fetcher(
             Err(Error::Closed) => return,
             Err(error) => {
                 budget.add_permits(reserved);
+                counters.failures.fetch_add(1, Ordering::Relaxed);
                 failures += 1;
                 *broker_failures.entry(broker).or_default() += 1;
                 let action = client.broker_failed(broker, &error);

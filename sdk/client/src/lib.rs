@@ -69,7 +69,9 @@ pub use config::{
     DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_METADATA_MAX_AGE,
     DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
 };
-pub use consumer::{AutoOffsetReset, Consumer, ConsumerConfig, ConsumerRecord, FetchFilter};
+pub use consumer::{
+    AutoOffsetReset, Consumer, ConsumerConfig, ConsumerMetrics, ConsumerRecord, FetchFilter,
+};
 pub use error::{Error, Result};
 pub use group::{
     Assignor, CommittedOffset, GroupConfig, GroupListing, OffsetCommit, RebalanceListener,
