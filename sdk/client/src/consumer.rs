@@ -279,6 +279,17 @@ struct FetchCounters {
 /// client reports as `records-consumed-total`, `bytes-consumed-total`,
 /// `fetch-total` and `records-lag-max`, to feed to whatever metrics system the
 /// application uses.
+///
+/// ```no_run
+/// # async fn example(mut consumer: meridian_client::Consumer) -> meridian_client::Result<()> {
+/// use std::time::Duration;
+/// consumer.poll(Duration::from_secs(1)).await?;
+/// let metrics = consumer.metrics();
+/// if metrics.records_lag_max.unwrap_or(0) > 100_000 {
+///     eprintln!("falling behind: {metrics:?}");
+/// }
+/// # Ok(()) }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ConsumerMetrics {

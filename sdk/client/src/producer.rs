@@ -645,6 +645,17 @@ struct Counters {
 /// Java client reports as `record-send-total`, `record-error-total`,
 /// `record-retry-total`, `request-total` and `buffer-available-bytes`, to feed to
 /// whatever metrics system the application uses.
+///
+/// ```no_run
+/// # fn example(producer: &meridian_client::Producer) {
+/// let before = producer.metrics();
+/// // … a minute of sending …
+/// let now = producer.metrics();
+/// let sent = now.records_delivered - before.records_delivered;
+/// let per_request = sent as f64 / (now.requests - before.requests).max(1) as f64;
+/// println!("{sent} records delivered, {per_request:.1} per request");
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ProducerMetrics {
