@@ -71,6 +71,8 @@ pub struct TestBroker {
     config_file: Option<PathBuf>,
     /// Environment variables of the broker process (besides `RUST_LOG`).
     env: Vec<(String, String)>,
+    /// Where the broker's stderr (its log) goes, else the test's own stderr.
+    log_file: Option<PathBuf>,
     _temp: Option<Arc<tempfile::TempDir>>,
 }
 
@@ -81,13 +83,31 @@ impl TestBroker {
 
     /// A broker whose process also gets the environment variables `env`.
     pub fn start_with_env(settings: &[&str], env: &[(&str, &str)]) -> TestBroker {
+        Self::start_in_temp(settings, env, None)
+    }
+
+    /// [`start_with_env`](Self::start_with_env), the broker's log (stderr, at
+    /// `MERIDIAN_TEST_BROKER_LOG` or warn) appended to `log_file`.
+    pub fn start_logging_to(
+        log_file: &Path,
+        settings: &[&str],
+        env: &[(&str, &str)],
+    ) -> TestBroker {
+        Self::start_in_temp(settings, env, Some(log_file.to_owned()))
+    }
+
+    fn start_in_temp(
+        settings: &[&str],
+        env: &[(&str, &str)],
+        log_file: Option<PathBuf>,
+    ) -> TestBroker {
         let temp = Arc::new(tempfile::tempdir().expect("temp dir"));
         let data_dir = temp.path().join("data");
         let env = env
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        Self::launch(&data_dir, settings, env, Some(temp))
+        Self::launch(&data_dir, settings, env, Some(temp), log_file)
     }
 
     pub fn start_in(
@@ -95,7 +115,7 @@ impl TestBroker {
         settings: &[&str],
         temp: Option<Arc<tempfile::TempDir>>,
     ) -> TestBroker {
-        Self::launch(data_dir, settings, Vec::new(), temp)
+        Self::launch(data_dir, settings, Vec::new(), temp, None)
     }
 
     fn launch(
@@ -103,11 +123,19 @@ impl TestBroker {
         settings: &[&str],
         env: Vec<(String, String)>,
         temp: Option<Arc<tempfile::TempDir>>,
+        log_file: Option<PathBuf>,
     ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
         // A known port, so a restart comes back where clients knew the broker.
         let listen = format!("127.0.0.1:{}", free_ports(1)[0]);
-        let (child, addr, fingerprint) = spawn(data_dir, &listen, None, &settings, &env);
+        let (child, addr, fingerprint) = spawn(
+            data_dir,
+            &listen,
+            None,
+            &settings,
+            &env,
+            log_file.as_deref(),
+        );
         TestBroker {
             child: Some(child),
             addr,
@@ -117,6 +145,7 @@ impl TestBroker {
             listen,
             config_file: None,
             env,
+            log_file,
             _temp: temp,
         }
     }
@@ -130,7 +159,8 @@ impl TestBroker {
         settings: &[&str],
     ) -> TestBroker {
         let settings: Vec<String> = settings.iter().map(|s| s.to_string()).collect();
-        let (child, addr, fingerprint) = spawn(data_dir, listen, Some(config_file), &settings, &[]);
+        let (child, addr, fingerprint) =
+            spawn(data_dir, listen, Some(config_file), &settings, &[], None);
         TestBroker {
             child: Some(child),
             addr,
@@ -140,6 +170,7 @@ impl TestBroker {
             listen: listen.to_string(),
             config_file: Some(config_file.to_owned()),
             env: Vec::new(),
+            log_file: None,
             _temp: None,
         }
     }
@@ -195,6 +226,7 @@ impl TestBroker {
             self.config_file.as_deref(),
             &self.settings,
             &self.env,
+            self.log_file.as_deref(),
         );
         self.child = Some(child);
         self.addr = addr;
@@ -305,6 +337,7 @@ fn spawn(
     config_file: Option<&Path>,
     settings: &[String],
     env: &[(String, String)],
+    log_file: Option<&Path>,
 ) -> (Child, String, String) {
     let mut cmd = Command::new(meridian_bin());
     cmd.arg("broker")
@@ -323,9 +356,19 @@ fn spawn(
         std::env::var("MERIDIAN_TEST_BROKER_LOG").unwrap_or_else(|_| "warn".into()),
     );
     cmd.envs(env.iter().map(|(k, v)| (k, v)));
+    let stderr = match log_file {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .expect("open the broker's log file"),
+        ),
+        None => Stdio::inherit(),
+    };
     let mut child = cmd
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(stderr)
         .spawn()
         .expect("spawn broker");
     let stdout = child.stdout.take().expect("stdout");

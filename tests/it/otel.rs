@@ -158,7 +158,10 @@ fn a_broker_whose_collector_is_gone_serves_as_before() {
     // Nothing listens there: exports fail (and are dropped), requests do not.
     let port = crate::harness::free_ports(1)[0];
     let endpoint = format!("http://127.0.0.1:{port}");
-    let broker = TestBroker::start_with_env(
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("broker.log");
+    let broker = TestBroker::start_logging_to(
+        &log,
         &[],
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
@@ -174,6 +177,26 @@ fn a_broker_whose_collector_is_gone_serves_as_before() {
     }
     let (ok, out, err) = broker.cli(&["consume", "t", "--from", "earliest"], "");
     assert!(ok && out == "x\nx\nx\n", "{out} {err}");
+
+    // The log says so, once, naming the endpoint, though several batches failed.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let said = |text: &str| text.matches("exporting traces failed").count();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if said(&text) > 0 {
+            // Later batches fail too, without saying it again.
+            std::thread::sleep(Duration::from_millis(500));
+            let text = std::fs::read_to_string(&log).unwrap();
+            assert_eq!(said(&text), 1, "{text}");
+            assert!(text.contains(&endpoint), "{text}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no export failure logged: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 /// The fields of one span, as `Visit` saw them (values in their `Debug` or

@@ -370,7 +370,7 @@ fn main() -> std::process::ExitCode {
     };
     // Brokers export their spans when the environment names an OTLP endpoint.
     let (exporting, tracer) = match (otel::endpoint(|k| std::env::var(k).ok()), &config) {
-        (Some(_), Some(config)) => match otel::Exporting::start(config) {
+        (Some(endpoint), Some(config)) => match otel::Exporting::start(config, endpoint) {
             Ok((exporting, tracer)) => (Some(exporting), Some(tracer)),
             Err(e) => return fail(e),
         },

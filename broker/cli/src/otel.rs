@@ -7,12 +7,16 @@
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`). Without the
 //! endpoint nothing is installed and nothing is paid.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
 use anyhow::Context as _;
 use meridian_server::config::BrokerConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{Protocol, WithExportConfig as _};
-use opentelemetry_sdk::trace::{SdkTracerProvider, Tracer};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, Tracer};
 use opentelemetry_sdk::Resource;
 
 /// What is exported: the broker's request spans (debug level) and the events in
@@ -58,12 +62,20 @@ impl Exporting {
     /// `tracing` layer. The resource names the broker (`meridian.broker.id`,
     /// `meridian.cluster.id`, and `service.instance.id` as `CLUSTER/ID` unless the
     /// environment sets it), so the brokers of a region tell apart.
-    pub(crate) fn start(config: &BrokerConfig) -> anyhow::Result<(Exporting, Tracer)> {
+    pub(crate) fn start(
+        config: &BrokerConfig,
+        endpoint: String,
+    ) -> anyhow::Result<(Exporting, Tracer)> {
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .build()
             .context("configuring the OTLP trace exporter")?;
+        let exporter = LoggedExporter {
+            inner: exporter,
+            endpoint,
+            health: ExportHealth::default(),
+        };
         let mut resource = Resource::builder();
         let env = |k: &str| std::env::var(k).ok();
         if !names_service(env) {
@@ -96,9 +108,102 @@ impl Exporting {
     }
 }
 
+/// Whether exports work, to say so when that changes rather than at every batch.
+#[derive(Debug, Default)]
+struct ExportHealth {
+    failing: AtomicBool,
+    /// Spans dropped since exports started failing.
+    dropped: AtomicU64,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum HealthChange {
+    /// The first failure after exports worked (or at start).
+    Failing,
+    /// Exports work again, after this many spans were dropped.
+    Recovered { dropped: u64 },
+}
+
+impl ExportHealth {
+    /// Records an export of `spans` spans: its outcome, and what changed.
+    fn record(&self, ok: bool, spans: usize) -> Option<HealthChange> {
+        if !ok {
+            self.dropped.fetch_add(spans as u64, Ordering::Relaxed);
+        }
+        match (self.failing.swap(!ok, Ordering::Relaxed), ok) {
+            (false, false) => Some(HealthChange::Failing),
+            (true, true) => Some(HealthChange::Recovered {
+                dropped: self.dropped.swap(0, Ordering::Relaxed),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// The OTLP exporter, saying in the broker's log when exports start failing (a
+/// collector gone, a wrong endpoint) and when they work again: once each, not at
+/// every batch.
+#[derive(Debug)]
+struct LoggedExporter<E> {
+    inner: E,
+    endpoint: String,
+    health: ExportHealth,
+}
+
+impl<E: SpanExporter> SpanExporter for LoggedExporter<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let spans = batch.len();
+        let result = self.inner.export(batch).await;
+        match (self.health.record(result.is_ok(), spans), &result) {
+            (Some(HealthChange::Failing), Err(e)) => tracing::warn!(
+                endpoint = %self.endpoint,
+                "exporting traces failed: {e}; spans are dropped until exports work again (said once)"
+            ),
+            (Some(HealthChange::Recovered { dropped }), _) => tracing::info!(
+                endpoint = %self.endpoint,
+                dropped,
+                "exporting traces works again"
+            ),
+            _ => {}
+        }
+        result
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn export_failures_are_said_once_and_recovery_with_what_was_dropped() {
+        let health = ExportHealth::default();
+        assert_eq!(health.record(true, 3), None);
+        assert_eq!(health.record(false, 4), Some(HealthChange::Failing));
+        assert_eq!(health.record(false, 5), None);
+        assert_eq!(
+            health.record(true, 1),
+            Some(HealthChange::Recovered { dropped: 9 })
+        );
+        assert_eq!(health.record(true, 1), None);
+        // A second outage counts afresh.
+        assert_eq!(health.record(false, 2), Some(HealthChange::Failing));
+        assert_eq!(
+            health.record(true, 1),
+            Some(HealthChange::Recovered { dropped: 2 })
+        );
+    }
 
     fn env<'a>(vars: &'a [(&'a str, &'a str)]) -> impl Fn(&str) -> Option<String> + 'a {
         move |key| {
