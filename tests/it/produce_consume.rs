@@ -689,3 +689,71 @@ async fn consumer_metrics_count_records_fetches_and_lag() {
         let _ = consumer.poll(Duration::from_millis(200)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_partition_returns_nothing_until_resumed() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    client
+        .admin()
+        .create_topic(NewTopic::new("held", 2))
+        .await
+        .unwrap();
+    let producer = client.producer(ProducerConfig::default());
+    let mut deliveries = Vec::new();
+    for i in 0..20u32 {
+        let record = ProducerRecord::new("held", format!("{i}")).partition(i % 2);
+        deliveries.push(producer.send(record).await.unwrap());
+    }
+    for delivery in deliveries {
+        delivery.await.unwrap();
+    }
+
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign_all("held").await.unwrap();
+    for partition in 0..2 {
+        consumer
+            .seek("held", partition, Offset::Earliest)
+            .await
+            .unwrap();
+    }
+    consumer.pause("held", &[0]).unwrap();
+    assert_eq!(consumer.paused(), vec![("held".to_string(), 0)]);
+    let err = consumer.pause("held", &[7]).unwrap_err();
+    assert!(err.to_string().contains("not assigned"), "{err}");
+
+    // Partition 1's ten records, none of partition 0's, however long we wait.
+    let mut read = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while read.len() < 10 {
+        assert!(tokio::time::Instant::now() < deadline, "read {read:?}");
+        for record in consumer.poll(Duration::from_secs(1)).await.unwrap() {
+            read.push((record.partition, record.offset));
+        }
+    }
+    assert_eq!(read, (0..10).map(|o| (1, o)).collect::<Vec<_>>());
+    assert!(consumer
+        .poll(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
+    // A seek moves a paused partition without resuming it.
+    consumer.seek("held", 0, Offset::At(4)).await.unwrap();
+    assert!(consumer
+        .poll(Duration::from_millis(500))
+        .await
+        .unwrap()
+        .is_empty());
+    assert_eq!(consumer.position("held", 0), Some(4));
+
+    consumer.resume("held", &[0]).unwrap();
+    assert!(consumer.paused().is_empty());
+    let mut read = Vec::new();
+    while read.len() < 6 {
+        assert!(tokio::time::Instant::now() < deadline, "read {read:?}");
+        for record in consumer.poll(Duration::from_secs(1)).await.unwrap() {
+            read.push((record.partition, record.offset));
+        }
+    }
+    assert_eq!(read, (4..10).map(|o| (0, o)).collect::<Vec<_>>());
+}

@@ -179,6 +179,8 @@ struct PartitionState {
     epoch: i32,
     high_watermark: Option<i64>,
     /// Stopped after a partition error, until the next `seek` or `assign`.
+    stopped: bool,
+    /// Paused by the application ([`Consumer::pause`]) until it resumes it.
     paused: bool,
 }
 
@@ -197,8 +199,14 @@ impl PartitionState {
             position: at.offset,
             epoch: at.epoch,
             high_watermark: None,
+            stopped: false,
             paused: false,
         }
+    }
+
+    /// Neither stopped by an error nor paused: the fetcher reads it.
+    fn fetching(&self) -> bool {
+        !self.stopped && !self.paused
     }
 
     fn lag(&self) -> Option<i64> {
@@ -217,7 +225,7 @@ impl PartitionState {
     fn moved_to(&mut self, at: Position) {
         self.position = at.offset;
         self.epoch = at.epoch.max(NO_LEADER_EPOCH);
-        self.paused = false;
+        self.stopped = false;
     }
 }
 
@@ -474,8 +482,8 @@ impl Consumer {
     }
 
     /// Moves the position of an assigned partition. `Earliest`, `Latest` and
-    /// `Timestamp` are resolved with the broker now. Resumes a partition paused by an
-    /// error.
+    /// `Timestamp` are resolved with the broker now. Restarts a partition stopped by
+    /// an error (one [`pause`](Self::pause)d stays paused).
     pub async fn seek(&mut self, topic: &str, partition: u32, to: Offset) -> Result<()> {
         self.move_to(topic, partition, to, NO_LEADER_EPOCH).await
     }
@@ -535,6 +543,64 @@ impl Consumer {
             .await
     }
 
+    /// Stops fetching `partitions` of `topic` (assigned ones) until
+    /// [`resume`](Self::resume): `poll` returns none of their records meanwhile,
+    /// while the other partitions go on, as with Kafka's `pause`. For an application
+    /// whose work for some partitions is backed up. Positions stay where they are
+    /// (records prefetched for them are fetched again after resuming); a seek does
+    /// not resume; a group rebalance that takes a partition away and gives it back
+    /// does.
+    ///
+    /// ```no_run
+    /// # async fn example(mut consumer: meridian_client::Consumer) -> meridian_client::Result<()> {
+    /// use std::time::Duration;
+    /// consumer.pause("orders", &[0])?;
+    /// let others = consumer.poll(Duration::from_secs(1)).await?; // none of partition 0
+    /// consumer.resume("orders", &[0])?;
+    /// # Ok(()) }
+    /// ```
+    pub fn pause(&mut self, topic: &str, partitions: &[u32]) -> Result<()> {
+        self.set_paused(topic, partitions, true)
+    }
+
+    /// Fetches `partitions` of `topic` again after [`pause`](Self::pause), from
+    /// their positions.
+    pub fn resume(&mut self, topic: &str, partitions: &[u32]) -> Result<()> {
+        self.set_paused(topic, partitions, false)
+    }
+
+    /// The partitions [`pause`](Self::pause)d, sorted.
+    pub fn paused(&self) -> Vec<(String, u32)> {
+        self.partitions
+            .iter()
+            .filter(|(_, state)| state.paused)
+            .map(|(key, _)| (key.topic.clone(), key.partition))
+            .collect()
+    }
+
+    fn set_paused(&mut self, topic: &str, partitions: &[u32], paused: bool) -> Result<()> {
+        let what = if paused { "pause" } else { "resume" };
+        if let Some(p) = partitions
+            .iter()
+            .find(|p| !self.partitions.contains_key(&tp(topic, **p)))
+        {
+            return Err(Error::Config(format!(
+                "cannot {what} {topic}/{p}: the partition is not assigned"
+            )));
+        }
+        let mut changed = false;
+        for p in partitions {
+            if let Some(state) = self.partitions.get_mut(&tp(topic, *p)) {
+                changed |= std::mem::replace(&mut state.paused, paused) != paused;
+            }
+        }
+        if changed {
+            // The fetcher reads a fixed set of partitions: start one for the new set.
+            self.restart_fetching();
+        }
+        Ok(())
+    }
+
     /// The offset of the next record [`poll`](Consumer::poll) returns for a partition.
     pub fn position(&self, topic: &str, partition: u32) -> Option<i64> {
         self.partitions
@@ -582,7 +648,7 @@ impl Consumer {
                 }
             };
             let Some(fetcher) = self.fetcher.as_mut() else {
-                // Nothing to fetch (no partitions, or all paused after an error): wait
+                // Nothing to fetch (no partitions, or all paused or stopped): wait
                 // for the group to hand some out, or for the timeout.
                 tokio::select! {
                     _ = tokio::time::sleep_until(deadline) => return Ok(Vec::new()),
@@ -654,7 +720,7 @@ impl Consumer {
                 // and start fetching afresh from the positions we hold.
                 state.position = at;
                 state.epoch = NO_LEADER_EPOCH;
-                state.paused = true;
+                state.stopped = true;
                 self.pending_error.get_or_insert(error);
                 restart = true;
                 continue;
@@ -669,7 +735,7 @@ impl Consumer {
                 continue;
             }
             if let Some(error) = fetched.error {
-                state.paused = true;
+                state.stopped = true;
                 let out_of_range = error.code() == Some(ErrorCode::OffsetOutOfRange);
                 if out_of_range && self.config.auto_offset_reset != AutoOffsetReset::None {
                     self.pending_resets.push(fetched.tp);
@@ -707,7 +773,7 @@ impl Consumer {
             truncated_to: diverging.end_offset,
         };
         if self.config.auto_offset_reset == AutoOffsetReset::None {
-            state.paused = true;
+            state.stopped = true;
             self.pending_error.get_or_insert(error);
         } else {
             tracing::warn!(%error, "reading on from where the leader's log diverged");
@@ -726,7 +792,7 @@ impl Consumer {
 
     /// Moves partitions found out of range to their log start or end, per
     /// `auto_offset_reset`, and resumes fetching. A failed lookup leaves the partition
-    /// paused and is returned by the next `poll`.
+    /// stopped and is returned by the next `poll`.
     async fn reset_out_of_range(&mut self) {
         let to = match self.config.auto_offset_reset {
             AutoOffsetReset::Earliest => Offset::Earliest,
@@ -756,7 +822,7 @@ impl Consumer {
                 }
             }
         }
-        // The running fetcher skips paused partitions; start one with the new positions.
+        // The running fetcher skips stopped partitions; start one with the new positions.
         self.fetcher = self.start_fetcher();
     }
 
@@ -768,7 +834,7 @@ impl Consumer {
         let positions: BTreeMap<TopicPartition, i64> = self
             .partitions
             .iter()
-            .filter(|(_, state)| !state.paused)
+            .filter(|(_, state)| state.fetching())
             .map(|(key, state)| (key.clone(), state.position))
             .collect();
         if positions.is_empty() {
@@ -777,7 +843,7 @@ impl Consumer {
         let read_epochs: HashMap<TopicPartition, i32> = self
             .partitions
             .iter()
-            .filter(|(_, state)| !state.paused && state.epoch != NO_LEADER_EPOCH)
+            .filter(|(_, state)| state.fetching() && state.epoch != NO_LEADER_EPOCH)
             .map(|(key, state)| (key.clone(), state.epoch))
             .collect();
         let budget = Arc::new(Semaphore::new(self.config.prefetch_bytes));
