@@ -1028,10 +1028,6 @@ fn group_error(response: &Response) -> Option<ErrorCode> {
     }
 }
 
-/// The version of `api` to speak with `broker`: the newest both have (from its
-/// ApiVersions answer), or `UnsupportedVersion` when they share none at or above
-/// `lowest` (the oldest version that can carry the request, see
-/// [`Request::lowest_version`]).
 /// Whether `broker` reads a trace context in request frames.
 fn reads_trace_context(broker: &ApiVersionsResponse) -> bool {
     broker.apis.iter().any(|range| {
@@ -1064,6 +1060,10 @@ fn trace_context(_span: &tracing::Span) -> Option<TraceContext> {
     None
 }
 
+/// The version of `api` to speak with `broker`: the newest both have (from its
+/// ApiVersions answer), or `UnsupportedVersion` when they share none at or above
+/// `lowest` (the oldest version that can carry the request, see
+/// [`Request::lowest_version`]).
 fn negotiate(broker: &ApiVersionsResponse, api: ApiKey, lowest: u16) -> Result<u16> {
     let (min, max) = (api.min_version(), api.max_version());
     let Some(range) = broker.apis.iter().find(|range| range.api_key == api as u16) else {
