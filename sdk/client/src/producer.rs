@@ -535,18 +535,20 @@ impl BatchState {
     /// Sets the batch's outcome, unless it is set already: wakes its records'
     /// futures and calls their callbacks.
     fn finish(&mut self, result: Result<(i64, i64)>) {
-        let first = self.outcome.result.get().is_none();
-        self.outcome.finish(result);
-        let Some(result) = self.outcome.result.get() else {
-            return;
-        };
-        if first {
-            let counter = match result {
+        if self.outcome.result.get().is_none() {
+            // Counted, and the records' buffer memory given back, before the futures
+            // wake: whoever sees a record's outcome sees it in `Producer::metrics`.
+            let counter = match &result {
                 Ok(_) => &self.counters.records_delivered,
                 Err(_) => &self.counters.records_failed,
             };
             counter.fetch_add(self.records, Ordering::Relaxed);
+            self.memory.add_permits(std::mem::take(&mut self.reserved));
         }
+        self.outcome.finish(result);
+        let Some(result) = self.outcome.result.get() else {
+            return;
+        };
         for (index, timestamp, on_delivery) in self.callbacks.drain(..) {
             let metadata = self.outcome.metadata(result, index, timestamp);
             // A user's panic must not take the sender task, and every later batch of
@@ -571,7 +573,7 @@ impl Drop for BatchState {
     /// way its records' buffer memory is free again.
     fn drop(&mut self) {
         self.finish(Err(Error::Closed));
-        self.memory.add_permits(self.reserved);
+        self.memory.add_permits(std::mem::take(&mut self.reserved));
     }
 }
 
@@ -1664,6 +1666,43 @@ mod tests {
         assert_eq!(record.await.unwrap().offset, -1);
         let record = delivery(&state, 1, 7);
         assert_eq!(record.await.unwrap().timestamp, 555);
+    }
+
+    /// A waker that notes, when woken, what the producer's metrics say.
+    struct Observer {
+        counters: Arc<Counters>,
+        memory: Arc<Semaphore>,
+        seen: StdMutex<Option<(u64, usize)>>,
+    }
+
+    impl std::task::Wake for Observer {
+        fn wake(self: Arc<Self>) {
+            let failed = self.counters.records_failed.load(Ordering::Relaxed);
+            *self.seen.lock().unwrap() = Some((failed, self.memory.available_permits()));
+        }
+    }
+
+    #[tokio::test]
+    async fn whoever_sees_an_outcome_sees_it_counted_and_the_memory_free() {
+        let memory = Arc::new(Semaphore::new(100));
+        memory.acquire_many(30).await.unwrap().forget();
+        let mut state = batch_state(&memory, 30);
+        state.records = 3;
+        let observer = Arc::new(Observer {
+            counters: state.counters.clone(),
+            memory: memory.clone(),
+            seen: StdMutex::new(None),
+        });
+        let waker = std::task::Waker::from(observer.clone());
+        let mut future = std::pin::pin!(delivery(&state, 1, 0));
+        let mut cx = std::task::Context::from_waker(&waker);
+        assert!(future.as_mut().poll(&mut cx).is_pending());
+        state.finish(Err(Error::Timeout));
+        // Woken with the batch still held by the sender: already counted and freed.
+        assert_eq!(*observer.seen.lock().unwrap(), Some((3, 100)));
+        assert!(future.as_mut().poll(&mut cx).is_ready());
+        drop(state);
+        assert_eq!(memory.available_permits(), 100, "freed once");
     }
 
     #[tokio::test]
