@@ -19,7 +19,8 @@
 //! Each request runs in a DEBUG `request` span of target `meridian_client`. With the
 //! `otel` feature, an application exporting spans through `tracing-opentelemetry`
 //! also sends each request span's trace context to the broker, whose span of the
-//! request then joins the application's trace.
+//! request then joins the client's trace (the application's, for a request made
+//! inside one of its spans; see `examples/traced.rs`).
 //!
 //! ```no_run
 //! use std::time::Duration;
