@@ -564,6 +564,45 @@ fn bench_produce_splits_the_cores_with_the_broker_it_starts() {
     );
 }
 
+/// Produce and consume benches say how many requests carried their records.
+#[test]
+fn bench_produce_and_consume_count_their_requests() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |args: &[&str]| -> String {
+        let out = std::process::Command::new(crate::harness::meridian_bin())
+            .arg("bench")
+            .args(args)
+            .args([
+                "--records",
+                "3000",
+                "--record-size",
+                "100",
+                "--partitions",
+                "2",
+            ])
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{stdout}");
+        stdout
+    };
+    let produced: serde_json::Value =
+        serde_json::from_str(bench(&["produce", "--json", "--linger-ms", "0"]).trim()).unwrap();
+    let requests = produced["requests"].as_u64().unwrap();
+    // At least a request per partition; fewer than one per record at full speed
+    // would also pass, more than one per record would not.
+    assert!((2..=3000).contains(&requests), "{produced}");
+    let line = bench(&["consume"]);
+    let fetches: u64 = line
+        .split(" fetch requests (")
+        .next()
+        .and_then(|head| head.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no fetch request count in {line}"));
+    assert!((1..3000).contains(&fetches), "{line}");
+}
+
 #[test]
 fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     let dir = tempfile::tempdir().unwrap();

@@ -553,6 +553,10 @@ struct LoadResult {
     records_per_sec: f64,
     mib_per_sec: f64,
     latency_ms: Option<LatencySummary>,
+    /// Produce requests the bench's producers sent (produce, e2e) or fetch
+    /// requests its consumers sent (consume): with `records`, how many records
+    /// one request carried, which is what CPU and latency at a fixed rate follow.
+    requests: u64,
     #[serde(flatten)]
     cpu: Option<CpuUse>,
 }
@@ -698,6 +702,18 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
             l.avg, l.max, l.p50, l.p95, l.p99, l.p999
         ));
     }
+    let kind = match result.bench {
+        "consume" => "fetch",
+        _ => "produce",
+    };
+    if !line.ends_with('.') {
+        line.push('.');
+    }
+    line.push_str(&format!(
+        " {} {kind} requests ({:.1} records each).",
+        result.requests,
+        result.records as f64 / result.requests.max(1) as f64
+    ));
     if let Some(cpu) = &result.cpu {
         line.push_str(&format!(" {cpu}."));
     }
@@ -739,6 +755,8 @@ struct ProduceOutcome {
     bytes: u64,
     elapsed: Duration,
     latency: Histogram<u64>,
+    /// Produce requests sent (`ProducerMetrics::requests`, summed).
+    requests: u64,
 }
 
 /// Each record's latency, read in its delivery callback when its batch is
@@ -897,14 +915,15 @@ async fn run_producers(
             };
             // Every callback has run once `flush` returns.
             producer.flush().await?;
-            anyhow::Ok((i, collector.histogram()?))
+            anyhow::Ok((i, collector.histogram()?, producer.metrics().requests))
         }));
     }
     let mut latency = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
-    let mut records = 0;
+    let (mut records, mut requests) = (0, 0);
     for task in tasks {
-        let (n, h) = task.await??;
+        let (n, h, sent) = task.await??;
         records += n;
+        requests += sent;
         latency.add(&h)?;
     }
     let elapsed = start.elapsed();
@@ -914,6 +933,7 @@ async fn run_producers(
         bytes: records * args.record_size as u64,
         elapsed,
         latency,
+        requests,
     })
 }
 
@@ -952,6 +972,7 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: outcome.records as f64 / seconds,
             mib_per_sec: outcome.bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&outcome.latency)),
+            requests: outcome.requests,
             cpu: cpu.used(outcome.bytes),
         },
         args.json,
@@ -1030,11 +1051,12 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
                     break; // This consumer's share is exhausted.
                 }
             }
-            anyhow::Ok(())
+            anyhow::Ok(consumer.metrics().fetch_requests)
         }));
     }
+    let mut requests = 0;
     for task in tasks {
-        task.await??;
+        requests += task.await??;
     }
     let seconds = start.elapsed().as_secs_f64();
     bar.finish_and_clear();
@@ -1049,6 +1071,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: records as f64 / seconds,
             mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: None,
+            requests,
             cpu: cpu.used(bytes),
         },
         args.json,
@@ -1133,6 +1156,7 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
             records_per_sec: n as f64 / seconds,
             mib_per_sec: (n * args.record_size as u64) as f64 / seconds / (1024.0 * 1024.0),
             latency_ms: Some(summarize(&latency)),
+            requests: outcome.requests,
             cpu: cpu.used(n * args.record_size as u64),
         },
         args.json,
