@@ -410,3 +410,89 @@ fn the_brokers_span_of_a_request_joins_the_clients_trace() {
         &format!("the broker exported no span of trace {trace_id:02x?} under the client's span"),
     );
 }
+
+#[test]
+fn records_sent_in_an_exported_span_carry_its_trace_context() {
+    use opentelemetry::trace::{TraceContextExt as _, TracerProvider as _};
+    use tracing::Instrument as _;
+    use tracing_opentelemetry::OpenTelemetrySpanExt as _;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::Layer;
+
+    let broker = TestBroker::start(&[]);
+    let (ok, out, err) = broker.cli(&["topic", "create", "carried"], "");
+    assert!(ok, "{out} {err}");
+    let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_simple_exporter(KeptSpans::default())
+        .build();
+    let subscriber = tracing_subscriber::registry().with(
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("app"))
+            .with_filter(
+                tracing_subscriber::filter::Targets::new().with_target("app", tracing::Level::INFO),
+            ),
+    );
+    let _default = tracing::subscriber::set_default(subscriber);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let span = tracing::info_span!(target: "app", "place_order");
+    let expected = span.context().span().span_context().clone();
+    assert!(expected.is_valid());
+    let records = runtime.block_on(async {
+        let client = broker.client().await;
+        let send = |config: meridian_client::ProducerConfig, value: &'static str| {
+            let producer = client.producer(config);
+            async move {
+                producer
+                    .send(meridian_client::ProducerRecord::new("carried", value))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+            }
+        };
+        let default = meridian_client::ProducerConfig::default();
+        send(default.clone(), "in the span")
+            .instrument(span.clone())
+            .await;
+        send(default.clone(), "outside any span").await;
+        let off = meridian_client::ProducerConfig {
+            propagate_trace_context: false,
+            ..default
+        };
+        send(off, "in the span, propagation off")
+            .instrument(span.clone())
+            .await;
+        let mut consumer = client.consumer(meridian_client::ConsumerConfig::default());
+        consumer.assign_all("carried").await.unwrap();
+        consumer
+            .seek("carried", 0, meridian_client::Offset::Earliest)
+            .await
+            .unwrap();
+        let mut records = Vec::new();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while records.len() < 3 {
+            assert!(Instant::now() < deadline, "{records:?}");
+            records.extend(consumer.poll(Duration::from_secs(1)).await.unwrap());
+        }
+        records
+    });
+    let parent = records[0].trace_parent().expect("a traceparent header");
+    assert_eq!(parent.trace_id, expected.trace_id().to_bytes());
+    assert_eq!(parent.span_id, expected.span_id().to_bytes());
+    assert_eq!(parent.flags, 1, "sampled");
+    let header = records[0]
+        .headers
+        .iter()
+        .find(|h| h.key == meridian_client::TRACEPARENT_HEADER)
+        .unwrap();
+    assert_eq!(
+        header.value.as_deref(),
+        Some(format!("00-{}-{}-01", expected.trace_id(), expected.span_id()).as_bytes())
+    );
+    assert_eq!(records[1].trace_parent(), None, "{:?}", records[1].headers);
+    assert!(records[1].headers.is_empty());
+    assert!(records[2].headers.is_empty(), "{:?}", records[2].headers);
+}

@@ -836,6 +836,8 @@ async fn run_producers(
             compression: args.compression,
             acks: args.acks,
             buffer_memory: args.buffer_memory,
+            // The bench exports no spans: no per-record look for one.
+            propagate_trace_context: false,
             ..ProducerConfig::default()
         });
         let (topic, payloads, sent, bar) = (

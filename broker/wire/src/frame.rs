@@ -57,6 +57,60 @@ impl TraceContext {
         self.trace_id != [0; 16] && self.span_id != [0; 8]
     }
 
+    /// The W3C `traceparent` header value: `00-{trace id}-{span id}-{flags}` in
+    /// lowercase hex.
+    pub fn to_traceparent(&self) -> String {
+        use std::fmt::Write as _;
+        let mut out = String::with_capacity(55);
+        out.push_str("00-");
+        for b in self.trace_id {
+            let _ = write!(out, "{b:02x}");
+        }
+        out.push('-');
+        for b in self.span_id {
+            let _ = write!(out, "{b:02x}");
+        }
+        let _ = write!(out, "-{:02x}", self.flags);
+        out
+    }
+
+    /// Parses a W3C `traceparent` value of version 00 (or a later version, reading
+    /// its first four fields, as the specification asks); `None` when malformed or
+    /// invalid (all-zero ids).
+    pub fn from_traceparent(value: &[u8]) -> Option<TraceContext> {
+        fn hex<const N: usize>(field: &[u8]) -> Option<[u8; N]> {
+            if field.len() != 2 * N
+                || !field
+                    .iter()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+            {
+                return None;
+            }
+            let mut out = [0u8; N];
+            for (i, pair) in field.chunks(2).enumerate() {
+                let digits = std::str::from_utf8(pair).ok()?;
+                out[i] = u8::from_str_radix(digits, 16).ok()?;
+            }
+            Some(out)
+        }
+        let mut fields = value.split(|&c| c == b'-');
+        let version: [u8; 1] = hex(fields.next()?)?;
+        let trace_id = hex(fields.next()?)?;
+        let span_id = hex(fields.next()?)?;
+        let [flags] = hex(fields.next()?)?;
+        let rest = fields.next();
+        // Version ff is invalid; version 00 has exactly four fields.
+        if version[0] == 0xff || (version[0] == 0 && rest.is_some()) {
+            return None;
+        }
+        let context = TraceContext {
+            trace_id,
+            span_id,
+            flags,
+        };
+        context.is_valid().then_some(context)
+    }
+
     fn put(&self, w: &mut Writer<'_>) {
         w.fixed(&self.trace_id);
         w.fixed(&self.span_id);
@@ -626,6 +680,39 @@ mod tests {
             decode_request_traced(cut),
             Err(FrameError::Decode(DecodeError::Truncated { .. }))
         ));
+    }
+
+    #[test]
+    fn traceparent_headers_round_trip_and_bad_ones_are_none() {
+        let value = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let context = TraceContext::from_traceparent(value.as_bytes()).unwrap();
+        assert_eq!(
+            context.span_id,
+            [0x00, 0xf0, 0x67, 0xaa, 0x0b, 0xa9, 0x02, 0xb7]
+        );
+        assert_eq!(context.flags, 1);
+        assert_eq!(context.to_traceparent(), value);
+        // A later version may add fields; its first four are read.
+        assert!(
+            TraceContext::from_traceparent(format!("01{}-x", &value[2..]).as_bytes()).is_some()
+        );
+        for bad in [
+            "",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47g6-00f067aa0ba902b7-01",
+        ] {
+            assert_eq!(
+                TraceContext::from_traceparent(bad.as_bytes()),
+                None,
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1036,11 +1036,11 @@ fn reads_trace_context(broker: &ApiVersionsResponse) -> bool {
     })
 }
 
-/// The OpenTelemetry context of a request's `span`, to send with it: with the
-/// `otel` feature, when the application exports the span through a
-/// `tracing-opentelemetry` layer (else there is no trace to join).
+/// The OpenTelemetry context of `span` (a request's, or the one a record is sent
+/// in), to send with it: with the `otel` feature, when the application exports the
+/// span through a `tracing-opentelemetry` layer (else there is no trace to join).
 #[cfg(feature = "otel")]
-fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
+pub(crate) fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
     use opentelemetry::trace::TraceContextExt as _;
     use tracing_opentelemetry::OpenTelemetrySpanExt as _;
     if span.is_disabled() {
@@ -1056,7 +1056,7 @@ fn trace_context(span: &tracing::Span) -> Option<TraceContext> {
 }
 
 #[cfg(not(feature = "otel"))]
-fn trace_context(_span: &tracing::Span) -> Option<TraceContext> {
+pub(crate) fn trace_context(_span: &tracing::Span) -> Option<TraceContext> {
     None
 }
 

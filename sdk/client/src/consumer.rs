@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use meridian_wire::batch::{decode_records, split_fetched_batches, BatchHeader, Header};
+use meridian_wire::frame::TraceContext;
 use meridian_wire::messages::{
     ApiKey, DivergingEpoch, FetchPartition, FetchRequest, FetchResponse, FetchTopic, Request,
     Response, CONSUMER_REPLICA_ID, LATEST_TIMESTAMP, NO_LEADER_EPOCH,
@@ -167,6 +168,29 @@ pub struct ConsumerRecord {
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
     pub headers: Vec<Header>,
+}
+
+impl ConsumerRecord {
+    /// The W3C trace context in the record's `traceparent` header (the producer's
+    /// span, see [`ProducerConfig::propagate_trace_context`](crate::ProducerConfig::propagate_trace_context)),
+    /// when it has a valid one: to make the span that processes the record a child of
+    /// it, or to link to it.
+    ///
+    /// ```
+    /// # use meridian_client::ConsumerRecord;
+    /// # fn example(record: &ConsumerRecord) {
+    /// if let Some(parent) = record.trace_parent() {
+    ///     println!("produced in trace {:02x?}", parent.trace_id);
+    /// }
+    /// # }
+    /// ```
+    pub fn trace_parent(&self) -> Option<TraceContext> {
+        let header = self
+            .headers
+            .iter()
+            .find(|h| h.key == crate::producer::TRACEPARENT_HEADER)?;
+        TraceContext::from_traceparent(header.value.as_deref()?)
+    }
 }
 
 #[derive(Debug)]

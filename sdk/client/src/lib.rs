@@ -81,6 +81,7 @@ pub use meridian_wire::batch::{Compression, Header};
 pub use meridian_wire::describe_cluster::{
     BrokerState, BrokerStatus, DescribeClusterResponse, QuorumRole, QuorumStatus,
 };
+pub use meridian_wire::frame::TraceContext;
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 pub use meridian_wire::reassign::{ElectionResult, OngoingReassignment};
 pub use meridian_wire::ErrorCode;
@@ -88,7 +89,7 @@ pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};
 pub use producer::{
     Acks, DeliveryFuture, Producer, ProducerConfig, ProducerMetrics, ProducerRecord,
-    RecordMetadata, UNASSIGNED_PARTITION,
+    RecordMetadata, TRACEPARENT_HEADER, UNASSIGNED_PARTITION,
 };
 
 /// A check the compiler makes: every future of the public async API can be handed to
