@@ -22,8 +22,9 @@ async fn connected_pair() -> (quinn::Endpoint, quinn::Connection, quinn::Connect
         &[],
     )
     .unwrap();
-    let mut server_config =
-        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(&identity).unwrap());
+    let mut server_config = quinn::ServerConfig::with_crypto(
+        meridian_server::tls::server_crypto(&identity, None).unwrap(),
+    );
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
     server_config.transport_config(Arc::new(transport));

@@ -138,48 +138,65 @@ fn whole_cluster_killed_and_restarted_keeps_acknowledged_records() {
     );
 }
 
-/// `meridian up` starts the region, the CLI works against any broker, and Ctrl-C
-/// (SIGINT) stops every broker cleanly; nothing on the way logs an error.
-#[test]
-fn up_runs_a_region_and_stops_it_on_ctrl_c() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let region = region_file(dir.path(), "");
-    let mut up = Command::new(meridian_bin())
-        .arg("up")
-        .arg(&region)
-        .env_remove("RUST_LOG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("start meridian up");
-    let stderr = up.stderr.take().expect("stderr");
-    let logged = std::thread::spawn(move || {
-        BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<_>>()
-    });
-    let stdout = up.stdout.take().expect("stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let (mut bootstrap, mut cert) = (None, None);
-    while bootstrap.is_none() || cert.is_none() {
-        let line = lines
-            .next()
-            .expect("meridian up ended early")
-            .expect("read line");
-        if let Some(b) = line.trim().strip_prefix("bootstrap:") {
-            bootstrap = Some(b.trim().to_owned());
+/// `meridian up REGION` running: the bootstrap list and certificate it printed, and
+/// its output and log collected until it stops.
+struct UpRegion {
+    up: std::process::Child,
+    bootstrap: String,
+    cert: String,
+    stdout: std::thread::JoinHandle<Vec<String>>,
+    stderr: std::thread::JoinHandle<Vec<String>>,
+}
+
+impl UpRegion {
+    fn start(region: &Path) -> UpRegion {
+        let mut up = Command::new(meridian_bin())
+            .arg("up")
+            .arg(region)
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start meridian up");
+        let stderr = up.stderr.take().expect("stderr");
+        let stderr = std::thread::spawn(move || {
+            BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+                .collect::<Vec<_>>()
+        });
+        let stdout = up.stdout.take().expect("stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let (mut bootstrap, mut cert) = (None, None);
+        while bootstrap.is_none() || cert.is_none() {
+            let line = lines
+                .next()
+                .expect("meridian up ended early")
+                .expect("read line");
+            if let Some(b) = line.trim().strip_prefix("bootstrap:") {
+                bootstrap = Some(b.trim().to_owned());
+            }
+            if let Some(c) = line.trim().strip_prefix("certificate:") {
+                cert = Some(c.trim().to_owned());
+            }
         }
-        if let Some(c) = line.trim().strip_prefix("certificate:") {
-            cert = Some(c.trim().to_owned());
+        let stdout = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
+        UpRegion {
+            up,
+            bootstrap: bootstrap.unwrap(),
+            cert: cert.unwrap(),
+            stdout,
+            stderr,
         }
     }
-    let (bootstrap, cert) = (bootstrap.unwrap(), cert.unwrap());
-    let collected = std::thread::spawn(move || lines.map_while(Result::ok).collect::<Vec<_>>());
-    let cli = |args: &[&str], stdin: &str| {
+
+    /// `meridian ARGS --broker BOOTSTRAP` and `connect` (`--ca CERT` by default),
+    /// with `stdin`; returns (status ok, stdout, stderr).
+    fn cli_with(&self, args: &[&str], stdin: &str, connect: &[&str]) -> (bool, String, String) {
         let mut child = Command::new(meridian_bin())
             .args(args)
-            .args(["--broker", &bootstrap, "--ca", &cert])
+            .args(["--broker", &self.bootstrap])
+            .args(connect)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -198,22 +215,75 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
             String::from_utf8_lossy(&out.stdout).into_owned(),
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
-    };
-    // The quorum needs a moment to elect a controller and register the brokers.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let (ok, _, err) = cli(&["topic", "create", "replicated", "--partitions", "3"], "");
-        // An earlier attempt may have been created but answered with an error (the
-        // controller lost its leadership mid-write while the quorum settled).
-        if ok || err.contains("TopicAlreadyExists") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "topic create kept failing: {err}"
-        );
-        std::thread::sleep(Duration::from_millis(500));
     }
+
+    fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {
+        self.cli_with(args, stdin, &["--ca", &self.cert])
+    }
+
+    /// Creates a topic once the quorum has elected a controller and registered the
+    /// brokers.
+    fn create_topic(&self, args: &[&str], connect: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let (ok, _, err) = self.cli_with(args, "", connect);
+            // An earlier attempt may have been created but answered with an error (the
+            // controller lost its leadership mid-write while the quorum settled).
+            if ok || err.contains("TopicAlreadyExists") {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "topic create kept failing: {err}"
+            );
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    /// Stops the region with Ctrl-C (SIGINT); asserts every broker stopped cleanly
+    /// and returns the brokers' log.
+    fn stop(mut self) -> Vec<String> {
+        let pid = rustix::process::Pid::from_raw(self.up.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = self.up.try_wait().expect("wait") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "meridian up did not stop");
+            std::thread::sleep(Duration::from_millis(100));
+        };
+        let output = self.stdout.join().expect("reader");
+        assert!(
+            status.success(),
+            "meridian up failed to stop cleanly: {status}\n{}",
+            output.join("\n")
+        );
+        for id in 1..=3 {
+            assert!(
+                output
+                    .iter()
+                    .any(|l| l.starts_with(&format!("[broker-{id}] stopped: exit status: 0"))),
+                "broker {id} did not stop cleanly:\n{}",
+                output.join("\n")
+            );
+        }
+        self.stderr.join().expect("reader")
+    }
+}
+
+/// `meridian up` starts the region, the CLI works against any broker, and Ctrl-C
+/// (SIGINT) stops every broker cleanly; nothing on the way logs an error.
+#[test]
+fn up_runs_a_region_and_stops_it_on_ctrl_c() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let region = UpRegion::start(&region_file(dir.path(), ""));
+    let (bootstrap, cert) = (region.bootstrap.clone(), region.cert.clone());
+    let cli = |args: &[&str], stdin: &str| region.cli(args, stdin);
+    region.create_topic(
+        &["topic", "create", "replicated", "--partitions", "3"],
+        &["--ca", &cert],
+    );
     let (ok, out, err) = cli(&["topic", "describe", "replicated"], "");
     assert!(ok, "{err}");
     // No --replication-factor: the cluster's default, 3 with three voters.
@@ -311,34 +381,91 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
         String::from_utf8_lossy(&out.stderr)
     );
 
-    let pid = rustix::process::Pid::from_raw(up.id() as i32).expect("pid");
-    rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = up.try_wait().expect("wait") {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "meridian up did not stop");
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let output = collected.join().expect("reader");
-    assert!(
-        status.success(),
-        "meridian up failed to stop cleanly: {status}\n{}",
-        output.join("\n")
-    );
-    for id in 1..=3 {
-        assert!(
-            output
-                .iter()
-                .any(|l| l.starts_with(&format!("[broker-{id}] stopped: exit status: 0"))),
-            "broker {id} did not stop cleanly:\n{}",
-            output.join("\n")
-        );
-    }
+    let logged = region.stop();
     // Brokers started one after another are not errors (openraft logged each vote
     // request to a broker not yet up).
-    let logged = logged.join().expect("reader");
+    let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors logged:\n{errors:#?}");
+}
+
+/// A region whose brokers require client certificates (`tls_client_ca`): they show
+/// their own to each other, so the metadata quorum, replication and acks=all work
+/// as before; a client with a certificate from the CA produces and consumes, one
+/// without is refused.
+#[test]
+fn a_region_requiring_client_certificates_still_replicates() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let certs = dir.path().join("certs");
+    crate::tls::ca_with(&certs, &["alice"]);
+    // The region's shared identity, signed by the CA (`meridian up` keeps what it
+    // finds in <data_dir>/tls).
+    let certs_dir = certs.to_str().unwrap();
+    crate::tls::cert(&[
+        "create",
+        "region",
+        "--dir",
+        certs_dir,
+        "--host",
+        "127.0.0.1",
+        "--host",
+        "localhost",
+    ]);
+    let tls = dir.path().join("region/tls");
+    std::fs::create_dir_all(&tls).unwrap();
+    std::fs::copy(certs.join("region.pem"), tls.join("cert.pem")).unwrap();
+    std::fs::copy(certs.join("region.key"), tls.join("key.pem")).unwrap();
+    let ca = certs.join("ca.pem");
+    let region = UpRegion::start(&region_file(
+        dir.path(),
+        &format!("tls_client_ca = \"{}\"", ca.display()),
+    ));
+    let (ca, alice_pem, alice_key) = (
+        ca.to_str().unwrap().to_owned(),
+        certs.join("alice.pem").to_str().unwrap().to_owned(),
+        certs.join("alice.key").to_str().unwrap().to_owned(),
+    );
+    let alice = ["--ca", &ca, "--cert", &alice_pem, "--key", &alice_key];
+    region.create_topic(&["topic", "create", "secured", "--partitions", "2"], &alice);
+    let (ok, out, err) = region.cli_with(&["topic", "describe", "secured"], "", &alice);
+    assert!(ok && out.contains("replication-factor: 3"), "{out}{err}");
+    let (ok, _, err) = region.cli_with(
+        &["produce", "secured", "--acks", "all"],
+        "a\nb\nc\n",
+        &alice,
+    );
+    assert!(ok, "{err}");
+    let (ok, out, err) = region.cli_with(
+        &["consume", "secured", "--from", "earliest", "-n", "3"],
+        "",
+        &alice,
+    );
+    assert!(ok, "{err}");
+    let mut values: Vec<&str> = out.lines().collect();
+    values.sort();
+    assert_eq!(values, ["a", "b", "c"]);
+    let (ok, _, err) = region.cli_with(&["topic", "list"], "", &["--ca", &ca]);
+    assert!(
+        !ok && err.contains("requires a client certificate"),
+        "{err}"
+    );
+    let logged = region.stop();
+    let refused: Vec<&String> = logged
+        .iter()
+        .filter(|l| l.contains("refused a client's certificate"))
+        .collect();
+    // The CLI without a certificate, at each bootstrap broker it tried; never a
+    // broker's connection to a peer.
+    assert!(
+        (1..=3).contains(&refused.len()) && refused.iter().all(|l| l.contains("error 116")),
+        "only the CLI without a certificate:\n{refused:#?}"
+    );
+    // A broker whose peers refused it (its replica fetchers, its controller
+    // connections) would say so in a warning.
+    let peer_refusals: Vec<&String> = logged
+        .iter()
+        .filter(|l| l.contains("client certificate") && !l.contains("refused a client's"))
+        .collect();
+    assert!(peer_refusals.is_empty(), "{peer_refusals:#?}");
     let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "errors logged:\n{errors:#?}");
 }

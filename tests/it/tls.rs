@@ -1,7 +1,10 @@
 //! Clients trust the broker by pinned fingerprint or by its PEM certificate, and
-//! refuse a wrong pin or a wrong name.
+//! refuse a wrong pin or a wrong name; brokers with `tls_client_ca` admit only
+//! clients with a certificate from that CA (mutual TLS).
 
-use meridian_client::{Client, ClientConfig, Trust};
+use meridian_client::{
+    Client, ClientConfig, ClientIdentity, Error, NewTopic, ProducerConfig, ProducerRecord, Trust,
+};
 
 use crate::harness::TestBroker;
 
@@ -53,4 +56,185 @@ async fn trust_by_fingerprint_or_certificate_and_refuse_impostors() {
         Client::connect(wrong_name).await.is_err(),
         "a certificate for another name must be refused"
     );
+}
+
+/// Runs `meridian cert ARGS` and insists it succeeds.
+pub fn cert(args: &[&str]) {
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .arg("cert")
+        .args(args)
+        .output()
+        .expect("run meridian cert");
+    assert!(
+        out.status.success(),
+        "meridian cert {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A CA made by `meridian cert create-ca` in `dir`, with certificates for `names`.
+pub fn ca_with(dir: &std::path::Path, names: &[&str]) {
+    let dir = dir.to_str().unwrap();
+    cert(&["create-ca", "--dir", dir]);
+    for name in names {
+        cert(&["create", name, "--dir", dir]);
+    }
+}
+
+/// With `tls_client_ca` set, the broker admits a client whose certificate that CA
+/// signed, names it in its log, and refuses a client without a certificate or with
+/// one from another CA, each with an error that says so; the CLI presents one with
+/// `--cert` and `--key`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, other) = (dir.path().join("certs"), dir.path().join("other"));
+    ca_with(&certs, &["alice"]);
+    ca_with(&other, &["mallory"]);
+    let log = dir.path().join("broker.log");
+    let client_ca = format!("tls_client_ca={}", certs.join("ca.pem").display());
+    let broker = TestBroker::start_logging_to(&log, &[&client_ca], &[("RUST_LOG", "info")]);
+    let config = |identity: Option<&str>| {
+        let mut config = ClientConfig::new(
+            broker.addr.clone(),
+            Trust::parse_fingerprint(&broker.fingerprint).unwrap(),
+        );
+        config.identity = identity.map(|name| {
+            let base = if name == "mallory" { &other } else { &certs };
+            ClientIdentity::from_files(
+                base.join(format!("{name}.pem")),
+                base.join(format!("{name}.key")),
+            )
+            .unwrap()
+        });
+        config
+    };
+
+    match Client::connect(config(None)).await {
+        Err(Error::Tls(message)) => assert!(
+            message.contains("requires a client certificate"),
+            "{message}"
+        ),
+        other => panic!(
+            "a client without a certificate must be refused: {:?}",
+            other.err()
+        ),
+    }
+    match Client::connect(config(Some("mallory"))).await {
+        Err(Error::Tls(message)) => assert!(
+            message.contains("refused the client certificate"),
+            "{message}"
+        ),
+        other => panic!(
+            "a certificate from another CA must be refused: {:?}",
+            other.err()
+        ),
+    }
+
+    let alice = Client::connect(config(Some("alice"))).await.unwrap();
+    alice
+        .admin()
+        .create_topic(NewTopic::new("mtls", 1))
+        .await
+        .unwrap();
+    let producer = alice.producer(ProducerConfig::default());
+    producer
+        .send(ProducerRecord::new("mtls", "hello"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // The CLI: --cert and --key, or MERIDIAN_CERT and MERIDIAN_KEY.
+    let (alice_pem, alice_key) = (certs.join("alice.pem"), certs.join("alice.key"));
+    let (alice_pem, alice_key) = (alice_pem.to_str().unwrap(), alice_key.to_str().unwrap());
+    let (ok, out, err) = broker.cli(
+        &[
+            "consume", "mtls", "--from", "earliest", "-n", "1", "--cert", alice_pem, "--key",
+            alice_key,
+        ],
+        "",
+    );
+    assert!(ok && out == "hello\n", "{out}{err}");
+    let out = broker
+        .cli_command(&["topic", "list"])
+        .env("MERIDIAN_CERT", alice_pem)
+        .env("MERIDIAN_KEY", alice_key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("mtls"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (ok, _, err) = broker.cli(&["topic", "list"], "");
+    assert!(
+        !ok && err.contains("requires a client certificate") && err.contains("--cert"),
+        "{err}"
+    );
+    let (ok, _, err) = broker.cli(&["topic", "list", "--cert", alice_pem], "");
+    assert!(!ok && err.contains("--key"), "{err}");
+
+    let logged = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        logged.contains("client=\"alice\""),
+        "requests of alice's connection carry her name:\n{logged}"
+    );
+    // The SDK without a certificate, mallory's, the CLI without one.
+    assert_eq!(
+        logged.matches("refused a client's certificate").count(),
+        3,
+        "{logged}"
+    );
+}
+
+/// `meridian cert` refuses to overwrite, and to sign without a CA.
+#[test]
+fn cert_refuses_to_overwrite_or_to_sign_without_a_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ca_with(&certs, &["alice"]);
+    let before = std::fs::read(certs.join("alice.key")).unwrap();
+    let run = |args: &[&str]| {
+        std::process::Command::new(crate::harness::meridian_bin())
+            .arg("cert")
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let certs_dir = certs.to_str().unwrap();
+    for args in [
+        vec!["create-ca", "--dir", certs_dir],
+        vec!["create", "alice", "--dir", certs_dir],
+    ] {
+        let out = run(&args);
+        assert!(!out.status.success(), "{args:?} must not overwrite");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("not overwriting"),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    assert_eq!(std::fs::read(certs.join("alice.key")).unwrap(), before);
+    let elsewhere = dir.path().join("empty");
+    let out = run(&["create", "bob", "--dir", elsewhere.to_str().unwrap()]);
+    assert!(
+        !out.status.success()
+            && String::from_utf8_lossy(&out.stderr).contains("create the CA first"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run(&["create", "../escape", "--dir", certs_dir]);
+    assert!(!out.status.success(), "a name is a file name, not a path");
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in ["ca.key", "alice.key"] {
+            let mode = std::fs::metadata(certs.join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o077, 0, "{key} is private to its owner");
+        }
+    }
 }

@@ -77,6 +77,9 @@ pub struct BrokerArgs {
     /// With --broker: trust the broker certificate in this PEM file.
     #[arg(long)]
     pub ca: Option<PathBuf>,
+    /// With --broker: the client certificate to present (`--cert`, `--key`).
+    #[command(flatten)]
+    pub identity: crate::IdentityArgs,
     /// Config for the broker the bench starts, repeatable: `--broker-set flush=always`.
     #[arg(long = "broker-set", value_name = "KEY=VALUE")]
     pub broker_set: Vec<String>,
@@ -436,10 +439,9 @@ impl ChildBroker {
         };
         let want = runner.broker_ids().len();
         let deadline = Instant::now() + Duration::from_secs(60);
-        let trust = Trust::parse_fingerprint(&self.fingerprint)?;
         let mut last = String::new();
         while Instant::now() < deadline {
-            match Client::connect(ClientConfig::new(self.addr.clone(), trust.clone())).await {
+            match Client::connect(self.client_config()?).await {
                 Ok(client) => match client.metadata(None).await {
                     Ok(m) if m.brokers.len() >= want => return Ok(()),
                     Ok(m) => last = format!("{} of {want} brokers registered", m.brokers.len()),
@@ -450,6 +452,19 @@ impl ChildBroker {
             tokio::time::sleep(Duration::from_millis(250)).await;
         }
         bail!("the region's brokers did not all register within 60 s: {last}")
+    }
+
+    /// How to reach this broker (or region): its pinned certificate, and the
+    /// region's identity for brokers that require a client certificate.
+    pub fn client_config(&self) -> anyhow::Result<ClientConfig> {
+        let mut config = ClientConfig::new(
+            self.addr.clone(),
+            Trust::parse_fingerprint(&self.fingerprint)?,
+        );
+        if let Some(region) = &self.region {
+            config.identity = Some(region.identity()?);
+        }
+        Ok(config)
     }
 
     pub fn pid(&self) -> u32 {
@@ -474,18 +489,19 @@ pub(crate) async fn connect(
     args: &BrokerArgs,
     child: &Option<ChildBroker>,
 ) -> anyhow::Result<Client> {
-    let (addr, trust) = match (child, &args.broker) {
-        (Some(child), _) => (
-            child.addr.clone(),
-            Trust::parse_fingerprint(&child.fingerprint)?,
-        ),
-        (None, Some(addr)) => (
-            addr.clone(),
-            crate::trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
-        ),
+    let config = match (child, &args.broker) {
+        (Some(child), _) => child.client_config()?,
+        (None, Some(addr)) => {
+            let mut config = ClientConfig::new(
+                addr,
+                crate::trust(args.fingerprint.as_deref(), args.ca.as_deref())?,
+            );
+            config.identity = args.identity.load()?;
+            config
+        }
         (None, None) => unreachable!("a broker is started when none is given"),
     };
-    Ok(Client::connect(ClientConfig::new(addr, trust)).await?)
+    Ok(Client::connect(config).await?)
 }
 
 pub(crate) async fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<ChildBroker>> {
@@ -1459,6 +1475,7 @@ async fn recovery_bench(args: RecoveryArgs) -> anyhow::Result<()> {
             broker: None,
             fingerprint: None,
             ca: None,
+            identity: Default::default(),
             broker_set: vec![],
             broker_data_dir: None,
             region: None,
@@ -1591,6 +1608,7 @@ mod tests {
             broker: broker.map(String::from),
             fingerprint: None,
             ca: None,
+            identity: Default::default(),
             broker_set: vec![],
             broker_data_dir: None,
             region: region.map(PathBuf::from),

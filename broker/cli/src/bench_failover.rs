@@ -170,10 +170,11 @@ pub async fn run(args: FailoverArgs) -> anyhow::Result<()> {
 }
 
 async fn client_for(runner: &RegionRunner) -> anyhow::Result<Client> {
-    let config = ClientConfig::new(
+    let mut config = ClientConfig::new(
         runner.region.bootstrap(),
         Trust::CaFile(runner.cert.clone()),
     );
+    config.identity = Some(runner.identity()?);
     Ok(Client::connect(config).await?)
 }
 

@@ -4,6 +4,7 @@
 mod bench;
 mod bench_failover;
 mod bench_ratio;
+mod cert_cmds;
 mod client_cmds;
 mod cluster_cmds;
 mod group_bench;
@@ -19,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use meridian_client::{Client, ClientConfig, Trust};
+use meridian_client::{Client, ClientConfig, ClientIdentity, Trust};
 use meridian_server::{Broker, BrokerConfig};
 
 #[derive(Parser)]
@@ -66,6 +67,9 @@ enum Command {
     /// WebAssembly plugins: scaffold, build and test locally, deploy, list, describe, remove.
     #[command(subcommand)]
     Plugin(plugin_cmds::PluginCommand),
+    /// Certificates: a CA, and certificates it signs for clients and brokers (mutual TLS).
+    #[command(subcommand)]
+    Cert(cert_cmds::CertCommand),
 }
 
 #[derive(Args, Clone)]
@@ -111,6 +115,31 @@ pub struct ConnectArgs {
     /// TLS server name to verify.
     #[arg(long, default_value = "localhost")]
     pub server_name: String,
+    #[command(flatten)]
+    pub identity: IdentityArgs,
+}
+
+/// The client certificate to present to brokers that require one (`tls_client_ca`).
+#[derive(clap::Args, Clone, Debug, Default)]
+pub struct IdentityArgs {
+    /// Present this client certificate (PEM, e.g. from `meridian cert create`), for
+    /// brokers that require one; with --key.
+    #[arg(long, env = "MERIDIAN_CERT", requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM); with --cert.
+    #[arg(long, env = "MERIDIAN_KEY", requires = "cert")]
+    pub key: Option<PathBuf>,
+}
+
+impl IdentityArgs {
+    /// The identity to set on a `ClientConfig`, if --cert and --key name one.
+    pub fn load(&self) -> anyhow::Result<Option<ClientIdentity>> {
+        match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => Ok(Some(ClientIdentity::from_files(cert, key)?)),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!("--cert and --key go together"),
+        }
+    }
 }
 
 /// The certificates `meridian dev` (`root/tls`) and `meridian up` (`root/REGION/tls`,
@@ -149,6 +178,7 @@ impl ConnectArgs {
     pub async fn connect(&self) -> anyhow::Result<Client> {
         let mut config = ClientConfig::new(&self.broker, self.trust()?);
         config.server_name = self.server_name.clone();
+        config.identity = self.identity.load()?;
         Client::connect(config)
             .await
             .with_context(|| format!("connecting to {}", self.broker))
@@ -452,6 +482,7 @@ async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<(
         Command::Cluster(cmd) => cluster_cmds::run(cmd).await,
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
+        Command::Cert(cmd) => cert_cmds::run(cmd),
     }
 }
 

@@ -19,7 +19,7 @@ pub fn identity() -> anyhow::Result<meridian_server::tls::Identity> {
 /// The receiving endpoint; its driver runs on the runtime this is called in.
 pub fn server(identity: &meridian_server::tls::Identity) -> anyhow::Result<quinn::Endpoint> {
     let mut server_config =
-        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(identity)?);
+        quinn::ServerConfig::with_crypto(meridian_server::tls::server_crypto(identity, None)?);
     let mut transport =
         meridian_server::transport_config(&meridian_server::BrokerConfig::default())?;
     // The broker takes requests on bidirectional streams only; bulk transfer here

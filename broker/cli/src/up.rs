@@ -230,6 +230,13 @@ impl RegionRunner {
         })
     }
 
+    /// The region's TLS identity as a client certificate: the bench's clients show
+    /// it to brokers that require one (`tls_client_ca` in `[broker_defaults]`).
+    pub fn identity(&self) -> anyhow::Result<meridian_client::ClientIdentity> {
+        let (cert, key) = self.region.tls_paths();
+        Ok(meridian_client::ClientIdentity::from_files(cert, key)?)
+    }
+
     pub fn broker_ids(&self) -> Vec<u32> {
         self.region.brokers.iter().map(|b| b.id).collect()
     }

@@ -14,7 +14,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meridian_client::{
-    Acks, Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord, Trust,
+    Acks, Client, ClientConfig, ClientIdentity, NewTopic, Producer, ProducerConfig, ProducerRecord,
+    Trust,
 };
 use meridian_wire::batch::NewRecord;
 use meridian_wire::ErrorCode;
@@ -48,10 +49,11 @@ impl ClusterWriter {
         broker_id: u32,
         address: String,
         server_name: String,
-        trust: Trust,
+        (trust, identity): (Trust, ClientIdentity),
         queue_max: usize,
     ) -> Self {
         let mut config = ClientConfig::new(address, trust);
+        config.identity = Some(identity);
         config.server_name = server_name;
         config.client_software = format!("meridian-broker/{broker_id}/internal");
         ClusterWriter {
@@ -192,7 +194,13 @@ mod tests {
         let unanswered = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let address = unanswered.local_addr().unwrap().to_string();
         let trust = Trust::CaPem(Vec::new());
-        let writer = ClusterWriter::new(1, address, "localhost".into(), trust, 3);
+        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+        let identity = ClientIdentity::from_pem(
+            made.cert.pem().as_bytes(),
+            made.key_pair.serialize_pem().as_bytes(),
+        )
+        .unwrap();
+        let writer = ClusterWriter::new(1, address, "localhost".into(), (trust, identity), 3);
         // One may be taken off the queue by the writing task, three wait in it.
         let queued: Vec<bool> = (0..6)
             .map(|_| writer.write_later("t", line(), true))

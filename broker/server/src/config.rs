@@ -49,6 +49,11 @@ pub struct BrokerConfig {
     /// PEM certificate and key; generated (self-signed) on first start when absent.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
+    /// PEM file of CA certificates. When set, every client must present a
+    /// certificate one of them signed (mutual TLS) or the handshake fails; brokers
+    /// present their own (`tls_cert`) to each other, so theirs must be signed by it
+    /// too. Absent: clients are not asked for a certificate.
+    pub tls_client_ca: Option<PathBuf>,
     /// Create a topic on first produce/fetch/metadata request naming it.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic.
@@ -384,6 +389,7 @@ impl Default for BrokerConfig {
             cluster_id: "meridian-local".into(),
             tls_cert: None,
             tls_key: None,
+            tls_client_ca: None,
             auto_create_topics: false,
             default_partitions: 1,
             max_frame_bytes: meridian_wire::frame::DEFAULT_MAX_FRAME_BYTES,
@@ -469,6 +475,8 @@ impl BrokerConfig {
                     | "BOOTSTRAP"
                     | "CA"
                     | "FINGERPRINT"
+                    | "CERT"
+                    | "KEY"
                     | "CONFIG"
                     | "LOG"
                     | "BIN"
@@ -700,6 +708,9 @@ mod tests {
         let env = vec![
             ("MERIDIAN_MAX_FRAME_BYTES".to_string(), "4096".to_string()),
             ("MERIDIAN_BROKER".to_string(), "ignored:1".to_string()),
+            // The CLI's client certificate, not a broker setting.
+            ("MERIDIAN_CERT".to_string(), "alice.pem".to_string()),
+            ("MERIDIAN_KEY".to_string(), "alice.key".to_string()),
             ("PATH".to_string(), "/bin".to_string()),
         ];
         let config = BrokerConfig::load(

@@ -145,7 +145,14 @@ impl Broker {
             &config.tls_key_path(),
             &[config.advertised_host()],
         )?;
-        let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(&identity)?);
+        let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(
+            &identity,
+            config.tls_client_ca.as_deref(),
+        )?);
+        let peer_tls = (
+            cluster::peer_trust(config.cluster.as_ref(), &identity.fingerprint)?,
+            tls::peer_identity(&cert_path, &config.tls_key_path())?,
+        );
         server_config.transport_config(Arc::new(transport_config(&config)?));
         let socket = bind_udp(config.listen, config.udp_buffer_bytes as usize)
             .with_context(|| format!("binding UDP {}", config.listen))?;
@@ -168,16 +175,17 @@ impl Broker {
         };
         let replication = replica_manager::ReplicationState::open(
             &config.data_dir,
-            &identity.fingerprint,
+            peer_tls.clone(),
             config.replica_catch_up_bytes_per_sec,
         )?;
         let cluster = match &config.cluster {
             Some(cluster_config) => {
-                Some(cluster::Cluster::start(&config, cluster_config, &identity.fingerprint).await?)
+                let (trust, identity) = peer_tls.clone();
+                Some(cluster::Cluster::start(&config, cluster_config, trust, identity).await?)
             }
             None => None,
         };
-        let cluster_writer = cluster.as_ref().map(|cluster| {
+        let cluster_writer = cluster.as_ref().map(|_| {
             let ip = match local_addr.ip() {
                 ip if ip.is_unspecified() && ip.is_ipv6() => std::net::Ipv6Addr::LOCALHOST.into(),
                 ip if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
@@ -187,7 +195,7 @@ impl Broker {
                 config.broker_id,
                 SocketAddr::new(ip, local_addr.port()).to_string(),
                 config.advertised_host(),
-                cluster.peer_trust(),
+                peer_tls.clone(),
                 config.plugins.logs_queue_max,
             )
         });
@@ -391,13 +399,26 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
         let id = NEXT_CONNECTION.fetch_add(1, Ordering::Relaxed);
         tokio::spawn(async move {
             let remote = incoming.remote_address();
-            let span = tracing::info_span!("connection", id, %remote);
+            let span =
+                tracing::info_span!("connection", id, %remote, client = tracing::field::Empty);
             async move {
                 match incoming.await {
                     Ok(connection) => {
+                        // Under `tls_client_ca`, who the client proved to be: every
+                        // line logged for its requests says so.
+                        if let Some((name, fingerprint)) = client_certificate(&connection) {
+                            tracing::Span::current().record("client", name.as_str());
+                            tracing::debug!(%fingerprint, "client certificate accepted");
+                        }
                         tracing::debug!("connected");
                         let _open = shared.metrics.connection_opened();
                         serve_connection(shared, connection, id).await;
+                    }
+                    // A client without an acceptable certificate (`tls_client_ca`)
+                    // is worth an operator's notice; other failed handshakes (a
+                    // client that gave up, a port scan) are not.
+                    Err(e) if is_certificate_alert(&e) => {
+                        tracing::info!(error = %e, "refused a client's certificate")
                     }
                     Err(e) => tracing::debug!(error = %e, "handshake failed"),
                 }
@@ -406,6 +427,27 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             .await
         });
     }
+}
+
+/// Whether this broker ended a handshake with a TLS alert about the client's
+/// certificate (missing, unknown CA, expired, ...).
+fn is_certificate_alert(error: &quinn::ConnectionError) -> bool {
+    let quinn::ConnectionError::TransportError(e) = error else {
+        return false;
+    };
+    matches!(
+        u64::from(e.code).checked_sub(0x100),
+        Some(42..=46 | 48 | 49 | 51 | 116)
+    )
+}
+
+/// The name and fingerprint of the certificate the client presented, if any.
+fn client_certificate(connection: &quinn::Connection) -> Option<(String, String)> {
+    let chain = connection
+        .peer_identity()?
+        .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
+        .ok()?;
+    chain.first().map(tls::client_name)
 }
 
 async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, id: u64) {

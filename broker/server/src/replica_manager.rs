@@ -173,8 +173,10 @@ pub(crate) struct ReplicationState {
     fetchers: Mutex<HashMap<u32, Fetcher>>,
     /// High watermarks from `replication-offset-checkpoint` at start.
     checkpointed: BTreeMap<(String, u32), i64>,
-    /// How this broker trusts its peers: they share its TLS identity.
+    /// How this broker trusts its peers (`cluster.peer_trust`, else they share its
+    /// TLS identity), and the certificate it shows them.
     peer_trust: meridian_client::Trust,
+    peer_identity: meridian_client::ClientIdentity,
     /// `replica_catch_up_bytes_per_sec`, shared by every fetcher; `None`: no limit.
     catch_up: Option<Mutex<ByteRate>>,
 }
@@ -182,7 +184,7 @@ pub(crate) struct ReplicationState {
 impl ReplicationState {
     pub(crate) fn open(
         data_dir: &std::path::Path,
-        fingerprint: &str,
+        (peer_trust, peer_identity): (meridian_client::Trust, meridian_client::ClientIdentity),
         catch_up_bytes_per_sec: u64,
     ) -> anyhow::Result<ReplicationState> {
         let checkpointed = read_offset_checkpoint(data_dir)?;
@@ -192,7 +194,8 @@ impl ReplicationState {
             managed: Mutex::new(BTreeMap::new()),
             fetchers: Mutex::new(HashMap::new()),
             checkpointed,
-            peer_trust: meridian_client::Trust::parse_fingerprint(fingerprint)?,
+            peer_trust,
+            peer_identity,
             catch_up: (catch_up_bytes_per_sec > 0).then(|| {
                 // One second's worth may go at once.
                 let burst = catch_up_bytes_per_sec;
@@ -935,6 +938,7 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 addr.to_string(),
                 shared.replication.peer_trust.clone(),
             );
+            client_config.identity = Some(shared.replication.peer_identity.clone());
             client_config.client_software = format!("meridian-broker-{}/fetcher", config.broker_id);
             client_config.request_timeout =
                 Duration::from_millis(u64::from(config.replica_fetch_wait_max_ms) + 10_000);

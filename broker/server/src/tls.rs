@@ -75,7 +75,8 @@ pub fn load_or_generate(
     })
 }
 
-fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+/// Writes a new file readable by its owner only; an existing one is an error.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
@@ -87,18 +88,209 @@ fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
-/// A QUIC server config speaking ALPN `meridian/1` with this identity.
+/// A QUIC server config speaking ALPN `meridian/1` with this identity. With
+/// `client_ca` (a PEM file of CA certificates), clients must present a certificate
+/// one of those CAs signed.
 pub fn server_crypto(
     identity: &Identity,
+    client_ca: Option<&Path>,
 ) -> anyhow::Result<Arc<quinn::crypto::rustls::QuicServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_no_client_auth()
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_file_iter(path)
+                .with_context(|| format!("reading tls_client_ca {}", path.display()))?
+            {
+                let cert =
+                    cert.with_context(|| format!("parsing tls_client_ca {}", path.display()))?;
+                roots.add(cert).with_context(|| {
+                    format!(
+                        "an unusable certificate in tls_client_ca {}",
+                        path.display()
+                    )
+                })?;
+            }
+            if roots.is_empty() {
+                anyhow::bail!("tls_client_ca {} holds no certificate", path.display());
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .with_context(|| format!("tls_client_ca {}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut tls = builder
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
         .context("certificate and key do not match")?;
     tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
     Ok(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(
         tls,
     )?))
+}
+
+/// This broker's identity (its `tls_cert` and `tls_key` files) as a client
+/// certificate, presented on its connections to other brokers: they may require one
+/// (`tls_client_ca`).
+pub fn peer_identity(
+    cert_path: &Path,
+    key_path: &Path,
+) -> anyhow::Result<meridian_client::ClientIdentity> {
+    meridian_client::ClientIdentity::from_files(cert_path, key_path)
+        .context("this broker's certificate as a client certificate for its peers")
+}
+
+/// Who a client's certificate names: its subject's common name (else the whole
+/// subject), and its fingerprint.
+pub fn client_name(leaf: &CertificateDer<'_>) -> (String, String) {
+    let name = match x509_parser::parse_x509_certificate(leaf.as_ref()) {
+        Ok((_, cert)) => {
+            let subject = cert.subject();
+            match subject.iter_common_name().next().map(|cn| cn.as_str()) {
+                Some(Ok(cn)) => cn.to_string(),
+                _ => subject.to_string(),
+            }
+        }
+        Err(_) => "?".to_string(),
+    };
+    (name, fingerprint(leaf))
+}
+
+/// `meridian cert create-ca`: a CA certificate and key that sign brokers' and
+/// clients' certificates (`meridian cert create`), valid for `days`.
+/// Without a `name`, "Meridian CA" and a tag of its key: two CAs made this way never
+/// share a name (a certificate names its issuer by name only).
+pub fn create_ca(name: Option<&str>, days: u32) -> anyhow::Result<(String, String)> {
+    let key = rcgen::KeyPair::generate()?;
+    let name = match name {
+        Some(name) => name.to_string(),
+        None => {
+            let digest = Sha256::digest(key.public_key_raw());
+            let tag: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+            format!("Meridian CA {tag}")
+        }
+    };
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new())?;
+    params.distinguished_name = common_name(&name);
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+        rcgen::KeyUsagePurpose::DigitalSignature,
+    ];
+    valid_for(&mut params, days);
+    let cert = params.self_signed(&key)?;
+    Ok((cert.pem(), key.serialize_pem()))
+}
+
+/// `meridian cert create`: a certificate for `name` signed by the CA (its PEM
+/// certificate and key), usable by a broker (for `hosts`, names and IP addresses
+/// clients connect to) and by a client alike. Returns the certificate, followed
+/// by the CA's so the chain is complete, and the new key.
+pub fn create_signed(
+    name: &str,
+    hosts: &[String],
+    days: u32,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> anyhow::Result<(String, String)> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).context("parsing the CA key")?;
+    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
+        .context("parsing the CA certificate")?;
+    if ca_params.is_ca == rcgen::IsCa::NoCa {
+        anyhow::bail!("that certificate is not a CA (no CA basic constraint)");
+    }
+    let ca = ca_params.self_signed(&ca_key)?;
+    let mut params = rcgen::CertificateParams::new(hosts.to_vec())
+        .context("a host is neither an IP address nor a DNS name")?;
+    params.distinguished_name = common_name(name);
+    params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.use_authority_key_identifier_extension = true;
+    valid_for(&mut params, days);
+    let key = rcgen::KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key)?;
+    // The CA's own certificate, as written by `create_ca`, completes the chain.
+    let chain = format!("{}{}", cert.pem(), ca_cert_pem.trim_start());
+    Ok((chain, key.serialize_pem()))
+}
+
+fn common_name(name: &str) -> rcgen::DistinguishedName {
+    let mut dn = rcgen::DistinguishedName::new();
+    dn.push(rcgen::DnType::CommonName, name);
+    dn
+}
+
+/// From a day ago (clocks drift) to `days` from now.
+fn valid_for(params: &mut rcgen::CertificateParams, days: u32) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(i64::from(days));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn leaf(pem: &str) -> CertificateDer<'static> {
+        CertificateDer::pem_slice_iter(pem.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap()
+    }
+
+    #[test]
+    fn certificates_signed_by_a_new_ca_name_their_holder_and_chain_to_it() {
+        let (ca_pem, ca_key) = create_ca(None, 30).unwrap();
+        let (ca_name, _) = client_name(&leaf(&ca_pem));
+        assert!(ca_name.starts_with("Meridian CA "), "{ca_name}");
+        let (other_ca, other_key) = create_ca(None, 30).unwrap();
+        assert_ne!(
+            client_name(&leaf(&other_ca)).0,
+            ca_name,
+            "two CAs, two names"
+        );
+
+        let (chain, key) =
+            create_signed("alice", &["127.0.0.1".into()], 30, &ca_pem, &ca_key).unwrap();
+        let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(certs.len(), 2, "the certificate, then the CA's");
+        let (name, fingerprint_shown) = client_name(&certs[0]);
+        assert_eq!(name, "alice");
+        assert_eq!(fingerprint_shown, fingerprint(&certs[0]));
+        assert!(key.contains("PRIVATE KEY"));
+
+        // A verifier like the broker's with the CA as tls_client_ca accepts it.
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(leaf(&ca_pem)).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            Arc::new(rustls::crypto::ring::default_provider()),
+        )
+        .build()
+        .unwrap();
+        let now = rustls::pki_types::UnixTime::now();
+        assert!(verifier
+            .verify_client_cert(&certs[0], &certs[1..], now)
+            .is_ok());
+        // Not one from another CA.
+        let (mallory, _) = create_signed("mallory", &[], 30, &other_ca, &other_key).unwrap();
+        assert!(verifier
+            .verify_client_cert(&leaf(&mallory), &[], now)
+            .is_err());
+        // And only a CA signs.
+        let refused = create_signed("bob", &[], 30, &chain, &key).unwrap_err();
+        assert!(refused.to_string().contains("not a CA"), "{refused}");
+    }
 }

@@ -874,7 +874,7 @@ impl Client {
             .map_err(|e| Error::Connect(format!("{address_text}: {e}")))?;
         let connection = connecting
             .await
-            .map_err(|e| connect_error(address_text, e))?;
+            .map_err(|e| connect_error(address_text, e, config.identity.is_some()))?;
         tracing::debug!(%address, "connected to a broker");
         let request = Request::ApiVersions(ApiVersionsRequest {
             client_software: config.client_software.clone(),
@@ -883,7 +883,7 @@ impl Client {
             crate::tls::CONNECTION_RECEIVE_WINDOW,
             self.inner.response_buffers.clone(),
         );
-        let response = round_trip(
+        let response = match round_trip(
             &connection,
             &budget,
             (ApiKey::ApiVersions, 0),
@@ -891,7 +891,21 @@ impl Client {
             true,
             config.max_response_bytes,
         )
-        .await?;
+        .await
+        {
+            Ok(response) => response,
+            // A broker that refuses the client's certificate (or wants one) lets the
+            // handshake finish on this side and closes the connection with a TLS
+            // alert right after: say so rather than "connection lost".
+            Err(e) => {
+                return Err(connection
+                    .close_reason()
+                    .and_then(|reason| {
+                        certificate_refused(address_text, &reason, config.identity.is_some())
+                    })
+                    .unwrap_or_else(|| e.into()))
+            }
+        };
         let broker = match response {
             Some(Response::ApiVersions(broker)) => broker,
             Some(other) => return Err(unexpected(ApiKey::ApiVersions, &other)),
@@ -1122,7 +1136,54 @@ async fn resolve(bootstrap: &str) -> Result<SocketAddr> {
         .ok_or_else(|| Error::Connect(format!("`{bootstrap}` resolves to no address")))
 }
 
-fn connect_error(bootstrap: &str, error: quinn::ConnectionError) -> Error {
+/// The TLS alert a broker closed the connection with, when it is about the client's
+/// certificate: missing, not signed by a CA the broker trusts, expired or revoked.
+fn certificate_refused(
+    address: &str,
+    reason: &quinn::ConnectionError,
+    presented: bool,
+) -> Option<Error> {
+    let quinn::ConnectionError::ConnectionClosed(close) = reason else {
+        return None;
+    };
+    let alert = u64::from(close.error_code).checked_sub(0x100)?;
+    let why = match alert {
+        // certificate_required
+        116 => "requires a client certificate and this client presented none (`ClientConfig::identity`; `--cert` and `--key` on the command line)".to_string(),
+        42..=46 | 48 | 49 | 51 => format!(
+            "refused the client certificate{}: {}",
+            if presented { "" } else { " (none was presented)" },
+            alert_text(close)
+        ),
+        _ => return None,
+    };
+    Some(Error::Tls(format!("{address} {why}")))
+}
+
+/// What the broker said when it closed with a TLS alert.
+fn alert_text(close: &quinn::ConnectionClose) -> String {
+    if !close.reason.is_empty() {
+        return String::from_utf8_lossy(&close.reason).into_owned();
+    }
+    let alert = u64::from(close.error_code) - 0x100;
+    let name = match alert {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired or not yet valid",
+        46 => "certificate unknown",
+        48 => "unknown CA: not signed by a CA the broker trusts (tls_client_ca)",
+        49 => "access denied",
+        51 => "signature does not verify: not signed by the CA the broker trusts (tls_client_ca)",
+        _ => "",
+    };
+    format!("TLS alert {alert} ({name})")
+}
+
+fn connect_error(bootstrap: &str, error: quinn::ConnectionError, presented: bool) -> Error {
+    if let Some(refused) = certificate_refused(bootstrap, &error, presented) {
+        return refused;
+    }
     match error {
         quinn::ConnectionError::TransportError(ref e)
             if e.code.to_string().contains("crypto") || e.reason.contains("certificate") =>

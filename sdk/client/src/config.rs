@@ -1,7 +1,11 @@
 //! Client configuration and how the broker's certificate is trusted.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::error::{Error, Result};
 
@@ -85,6 +89,84 @@ pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(der).into()
 }
 
+/// A certificate and its private key, presented to brokers that ask clients to
+/// prove who they are (a broker with `tls_client_ca` set admits only clients whose
+/// certificate a CA in that file signed: mutual TLS).
+///
+/// `meridian cert create-ca` and `meridian cert create NAME` make such a CA and
+/// certificates; any X.509 certificate the broker's CA signed does as well.
+///
+/// ```no_run
+/// use meridian_client::{ClientConfig, ClientIdentity, Trust};
+/// let mut config = ClientConfig::new("127.0.0.1:9092", Trust::CaFile("certs/ca.pem".into()));
+/// config.identity = Some(ClientIdentity::from_files("certs/alice.pem", "certs/alice.key")?);
+/// # Ok::<(), meridian_client::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct ClientIdentity {
+    pub(crate) chain: Vec<CertificateDer<'static>>,
+    pub(crate) key: Arc<PrivateKeyDer<'static>>,
+}
+
+impl ClientIdentity {
+    /// The certificate chain (leaf first, then any intermediates) and the private key
+    /// (PKCS#8, PKCS#1 or SEC1), both PEM.
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<ClientIdentity> {
+        Self::parse(chain_pem, "the certificate PEM", key_pem, "the key PEM")
+    }
+
+    /// [`from_pem`](Self::from_pem) with the PEM read from two files.
+    pub fn from_files(chain: impl AsRef<Path>, key: impl AsRef<Path>) -> Result<ClientIdentity> {
+        let (chain, key) = (chain.as_ref(), key.as_ref());
+        let read = |path: &Path, what: &str| {
+            std::fs::read(path)
+                .map_err(|e| Error::Tls(format!("cannot read {what} {}: {e}", path.display())))
+        };
+        Self::parse(
+            &read(chain, "client certificate")?,
+            &chain.display().to_string(),
+            &read(key, "client key")?,
+            &key.display().to_string(),
+        )
+    }
+
+    fn parse(
+        chain_pem: &[u8],
+        chain_source: &str,
+        key_pem: &[u8],
+        key_source: &str,
+    ) -> Result<ClientIdentity> {
+        let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem)
+            .collect::<std::result::Result<_, _>>()
+            .map_err(|e| Error::Tls(format!("cannot parse {chain_source}: {e}")))?;
+        if chain.is_empty() {
+            return Err(Error::Tls(format!(
+                "{chain_source} holds no PEM certificate"
+            )));
+        }
+        let key = PrivateKeyDer::from_pem_slice(key_pem)
+            .map_err(|e| Error::Tls(format!("{key_source} holds no usable private key: {e}")))?;
+        Ok(ClientIdentity {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
+    /// SHA-256 of the leaf certificate, as the broker logs it.
+    pub fn fingerprint(&self) -> [u8; 32] {
+        certificate_fingerprint(self.chain[0].as_ref())
+    }
+}
+
+/// Shows the certificate's fingerprint, never the key.
+impl std::fmt::Debug for ClientIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientIdentity")
+            .field("certificate", &format_fingerprint(&self.fingerprint()))
+            .finish_non_exhaustive()
+    }
+}
+
 /// Connection settings shared by everything made from one [`Client`](crate::Client).
 ///
 /// ```no_run
@@ -108,6 +190,9 @@ pub struct ClientConfig {
     /// identity, so one name and one [`Trust`] fit all of them.
     pub server_name: String,
     pub trust: Trust,
+    /// The certificate this client presents, for brokers that require one
+    /// (`tls_client_ca`). Default none.
+    pub identity: Option<ClientIdentity>,
     /// How long one request may take, connection set-up included. Default 30 s.
     pub request_timeout: Duration,
     /// How long opening a connection to one broker (QUIC and TLS handshake, then
@@ -183,6 +268,7 @@ impl ClientConfig {
             bootstrap_servers: servers.into_iter().map(Into::into).collect(),
             server_name: "localhost".into(),
             trust,
+            identity: None,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
@@ -243,6 +329,50 @@ pub(crate) fn backoff(base: Duration, max: Duration, attempt: u32) -> Duration {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_client_identity_needs_a_certificate_and_its_key_and_never_shows_the_key() {
+        let made = rcgen::generate_simple_self_signed(vec!["alice".to_string()]).unwrap();
+        let (cert, key) = (made.cert.pem(), made.key_pair.serialize_pem());
+        let identity = ClientIdentity::from_pem(cert.as_bytes(), key.as_bytes()).unwrap();
+        assert_eq!(
+            identity.fingerprint(),
+            certificate_fingerprint(made.cert.der())
+        );
+        let shown = format!("{identity:?}");
+        assert!(shown.contains("sha256:"), "{shown}");
+        assert!(
+            !shown.contains("PRIVATE") && !shown.contains("key:"),
+            "{shown}"
+        );
+        let tls = |r: Result<ClientIdentity>| match r {
+            Err(Error::Tls(message)) => message,
+            other => panic!("expected a TLS error, got {other:?}"),
+        };
+        let message = tls(ClientIdentity::from_pem(b"", key.as_bytes()));
+        assert!(message.contains("no PEM certificate"), "{message}");
+        let message = tls(ClientIdentity::from_pem(cert.as_bytes(), cert.as_bytes()));
+        assert!(message.contains("no usable private key"), "{message}");
+        let message = tls(ClientIdentity::from_files(
+            "/nonexistent/alice.pem",
+            "/nonexistent/alice.key",
+        ));
+        assert!(message.contains("/nonexistent/alice.pem"), "{message}");
+        // A key that is not the certificate's: refused before any connection.
+        let other = rcgen::KeyPair::generate().unwrap().serialize_pem();
+        let mismatched = ClientIdentity::from_pem(cert.as_bytes(), other.as_bytes()).unwrap();
+        let mut config = ClientConfig::new("127.0.0.1:1", Trust::Fingerprint([0; 32]));
+        config.identity = Some(mismatched);
+        match crate::tls::quic_client_config(&config) {
+            Err(Error::Tls(message)) => {
+                assert!(message.contains("client certificate"), "{message}")
+            }
+            Err(other) => panic!("expected a TLS error, got {other:?}"),
+            Ok(_) => panic!("a key that is not the certificate's must be refused"),
+        }
+        config.identity = Some(identity);
+        assert!(crate::tls::quic_client_config(&config).is_ok());
+    }
 
     fn check_parse(input: &str, expected: Option<[u8; 32]>) {
         match (Trust::parse_fingerprint(input), expected) {

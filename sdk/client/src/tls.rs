@@ -33,24 +33,25 @@ pub(crate) fn quic_client_config(config: &ClientConfig) -> Result<quinn::ClientC
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(|e| Error::Tls(e.to_string()))?;
-    let mut tls = match &config.trust {
+    let builder = match &config.trust {
         Trust::CaFile(path) => {
             let pem = std::fs::read(path)
                 .map_err(|e| Error::Tls(format!("cannot read CA file {}: {e}", path.display())))?;
-            builder
-                .with_root_certificates(root_store(&pem, &path.display().to_string())?)
-                .with_no_client_auth()
+            builder.with_root_certificates(root_store(&pem, &path.display().to_string())?)
         }
-        Trust::CaPem(pem) => builder
-            .with_root_certificates(root_store(pem, "the CA PEM")?)
-            .with_no_client_auth(),
+        Trust::CaPem(pem) => builder.with_root_certificates(root_store(pem, "the CA PEM")?),
         Trust::Fingerprint(pin) => builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(PinnedCertificate {
                 pin: *pin,
                 provider,
-            }))
-            .with_no_client_auth(),
+            })),
+    };
+    let mut tls = match &config.identity {
+        None => builder.with_no_client_auth(),
+        Some(identity) => builder
+            .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+            .map_err(|e| Error::Tls(format!("the client certificate is unusable: {e}")))?,
     };
     tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use meridian_client::Trust;
+use meridian_client::{ClientIdentity, Trust};
 use meridian_metadata::openraft::BasicNode;
 use meridian_metadata::{AppliedImage, LogStore, MetadataImage, StateMachine};
 use meridian_wire::messages::*;
@@ -111,19 +111,32 @@ pub struct ControllerClient {
     peers: Arc<Peers>,
 }
 
-impl Cluster {
-    /// What this broker trusts of its peers' certificates (`cluster.peer_trust`).
-    pub(crate) fn peer_trust(&self) -> Trust {
-        self.controller.peers.trust().clone()
-    }
+/// How a broker trusts its peers' certificates: `cluster.peer_trust` (a pin or a PEM
+/// file), else its own certificate (`own_fingerprint`: the cluster shares one
+/// identity).
+pub(crate) fn peer_trust(
+    cluster: Option<&ClusterConfig>,
+    own_fingerprint: &str,
+) -> anyhow::Result<Trust> {
+    Ok(match cluster.and_then(|c| c.peer_trust.as_ref()) {
+        Some(t) if t.to_ascii_lowercase().starts_with("sha256:") => {
+            Trust::parse_fingerprint(t).map_err(|e| anyhow::anyhow!("cluster.peer_trust: {e}"))?
+        }
+        Some(path) => Trust::CaFile(path.into()),
+        None => Trust::parse_fingerprint(own_fingerprint)
+            .map_err(|e| anyhow::anyhow!("this broker's certificate fingerprint: {e}"))?,
+    })
+}
 
+impl Cluster {
     /// Opens the quorum's storage under `<data_dir>/metadata`, starts this broker's
-    /// Raft node and the controller task. `own_fingerprint` is this broker's
-    /// certificate's fingerprint: by default peers must present the same certificate.
+    /// Raft node and the controller task. Peers are trusted by `trust` (see
+    /// [`peer_trust`]) and shown `identity`, this broker's certificate.
     pub(crate) async fn start(
         config: &BrokerConfig,
         cluster: &ClusterConfig,
-        own_fingerprint: &str,
+        trust: Trust,
+        identity: ClientIdentity,
     ) -> anyhow::Result<Arc<Cluster>> {
         let voters = cluster.parsed_voters()?;
         let dir = config.data_dir.join("metadata");
@@ -132,16 +145,9 @@ impl Cluster {
         let state_machine = StateMachine::open(&dir)
             .with_context(|| format!("opening the metadata snapshot in {}", dir.display()))?;
         let image = state_machine.subscribe();
-        let trust = match &cluster.peer_trust {
-            Some(t) if t.to_ascii_lowercase().starts_with("sha256:") => Trust::parse_fingerprint(t)
-                .map_err(|e| anyhow::anyhow!("cluster.peer_trust: {e}"))?,
-            Some(path) => Trust::CaFile(path.into()),
-            None => Trust::parse_fingerprint(own_fingerprint)
-                .map_err(|e| anyhow::anyhow!("this broker's certificate fingerprint: {e}"))?,
-        };
         let addresses: BTreeMap<u32, String> =
             voters.iter().map(|v| (v.id, v.address.clone())).collect();
-        let peers = Arc::new(Peers::new(config.broker_id, addresses, trust));
+        let peers = Arc::new(Peers::new(config.broker_id, addresses, trust, identity));
         let raft_config = Arc::new(
             meridian_metadata::raft_config(&config.cluster_id, cluster.raft_timing())
                 .validate()

@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use meridian_client::{Client, ClientConfig, Trust};
+use meridian_client::{Client, ClientConfig, ClientIdentity, Trust};
 use meridian_metadata::openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -29,6 +29,8 @@ pub(crate) struct Peers {
     /// The voters from the configuration, then learners as Raft names them.
     addresses: parking_lot::Mutex<BTreeMap<u32, String>>,
     trust: Trust,
+    /// This broker's certificate, for peers that require clients to present one.
+    identity: ClientIdentity,
     clients: tokio::sync::Mutex<HashMap<u32, Client>>,
     reachability: parking_lot::Mutex<Reachability>,
 }
@@ -92,19 +94,20 @@ pub(crate) enum PeerError {
 }
 
 impl Peers {
-    pub(crate) fn new(self_id: u32, addresses: BTreeMap<u32, String>, trust: Trust) -> Peers {
+    pub(crate) fn new(
+        self_id: u32,
+        addresses: BTreeMap<u32, String>,
+        trust: Trust,
+        identity: ClientIdentity,
+    ) -> Peers {
         Peers {
             self_id,
             addresses: parking_lot::Mutex::new(addresses),
             trust,
+            identity,
             clients: tokio::sync::Mutex::new(HashMap::new()),
             reachability: parking_lot::Mutex::new(Reachability::default()),
         }
-    }
-
-    /// What this broker trusts of its peers' certificates.
-    pub(crate) fn trust(&self) -> &Trust {
-        &self.trust
     }
 
     fn address(&self, id: u32) -> Result<String, PeerError> {
@@ -136,6 +139,7 @@ impl Peers {
             return Ok(client.clone());
         }
         let mut config = ClientConfig::new(address.clone(), self.trust.clone());
+        config.identity = Some(self.identity.clone());
         if let Some((host, _)) = address.rsplit_once(':') {
             config.server_name = host.trim_matches(|c| c == '[' || c == ']').to_string();
         }
