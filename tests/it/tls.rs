@@ -93,7 +93,12 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     ca_with(&other, &["mallory"]);
     let log = dir.path().join("broker.log");
     let client_ca = format!("tls_client_ca={}", certs.join("ca.pem").display());
-    let broker = TestBroker::start_logging_to(&log, &[&client_ca], &[("RUST_LOG", "info")]);
+    let metrics = format!("127.0.0.1:{}", crate::harness::free_ports(1)[0]);
+    let broker = TestBroker::start_logging_to(
+        &log,
+        &[&client_ca, &format!("metrics_listen={metrics}")],
+        &[("RUST_LOG", "info")],
+    );
     let config = |identity: Option<&str>| {
         let mut config = ClientConfig::new(
             broker.addr.clone(),
@@ -185,6 +190,11 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
         logged.matches("refused a client's certificate").count(),
         3,
         "{logged}"
+    );
+    let samples = crate::metrics::scrape(&metrics);
+    assert_eq!(
+        crate::metrics::value(&samples, "meridian_client_certificates_refused_total"),
+        3.0
     );
 }
 

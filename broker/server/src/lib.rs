@@ -418,6 +418,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     // is worth an operator's notice; other failed handshakes (a
                     // client that gave up, a port scan) are not.
                     Err(e) if is_certificate_alert(&e) => {
+                        shared.metrics.client_certificate_refused();
                         tracing::info!(error = %e, "refused a client's certificate")
                     }
                     Err(e) => tracing::debug!(error = %e, "handshake failed"),

@@ -47,6 +47,8 @@ pub(crate) struct Metrics {
     frame_errors: AtomicU64,
     connections_accepted: AtomicU64,
     connections_refused: AtomicU64,
+    /// Handshakes failed for the client's certificate (`tls_client_ca`).
+    client_certificates_refused: AtomicU64,
     connections_open: AtomicI64,
     /// Produce partition refusals by error code.
     produce_errors: Vec<AtomicU64>,
@@ -59,6 +61,7 @@ impl Default for Metrics {
             frame_errors: AtomicU64::new(0),
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
+            client_certificates_refused: AtomicU64::new(0),
             connections_open: AtomicI64::new(0),
             produce_errors: (0..ERROR_CODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -105,6 +108,11 @@ impl Metrics {
 
     pub(crate) fn connection_refused(&self) {
         self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn client_certificate_refused(&self) {
+        self.client_certificates_refused
+            .fetch_add(1, Ordering::Relaxed);
     }
 
     /// A connection was established; the guard counts it open until dropped.
@@ -207,6 +215,12 @@ impl Metrics {
             "counter",
             "Connections refused because max_connections were open.",
             self.connections_refused.load(Ordering::Relaxed),
+        );
+        out.single(
+            "meridian_client_certificates_refused_total",
+            "counter",
+            "TLS handshakes refused for the client's certificate (tls_client_ca): none, an unknown CA's, expired.",
+            self.client_certificates_refused.load(Ordering::Relaxed),
         );
         out.single(
             "meridian_connections_open",
