@@ -248,3 +248,92 @@ fn cert_refuses_to_overwrite_or_to_sign_without_a_ca() {
         }
     }
 }
+
+/// `kill -HUP` makes a broker re-read its certificate and `tls_client_ca`: new
+/// connections see the new certificate and are held to the new CA, and a reload of
+/// a broken file keeps what was loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_reloads_the_certificate_and_the_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    ca_with(&first, &["alice"]);
+    ca_with(&second, &["bob"]);
+    let second_dir = second.to_str().unwrap();
+    cert(&[
+        "create",
+        "broker",
+        "--dir",
+        second_dir,
+        "--host",
+        "localhost",
+        "--host",
+        "127.0.0.1",
+    ]);
+    let client_ca = dir.path().join("client-ca.pem");
+    std::fs::copy(first.join("ca.pem"), &client_ca).unwrap();
+    let log = dir.path().join("broker.log");
+    let broker = TestBroker::start_logging_to(
+        &log,
+        &[&format!("tls_client_ca={}", client_ca.display())],
+        &[("RUST_LOG", "info")],
+    );
+    let connect = |trust: Trust, (base, name): (&std::path::Path, &str)| {
+        let mut config = ClientConfig::new(broker.addr.clone(), trust);
+        config.identity = Some(
+            ClientIdentity::from_files(
+                base.join(format!("{name}.pem")),
+                base.join(format!("{name}.key")),
+            )
+            .unwrap(),
+        );
+        Client::connect(config)
+    };
+    let pinned = || Trust::parse_fingerprint(&broker.fingerprint).unwrap();
+    let by_second_ca = || Trust::CaFile(second.join("ca.pem"));
+    connect(pinned(), (&first, "alice")).await.unwrap();
+    assert!(connect(pinned(), (&second, "bob")).await.is_err());
+
+    // Rotate: the second CA's broker certificate, and the second CA for clients.
+    let tls = broker.data_dir.join("tls");
+    std::fs::copy(second.join("broker.pem"), tls.join("cert.pem")).unwrap();
+    std::fs::copy(second.join("broker.key"), tls.join("key.pem")).unwrap();
+    std::fs::copy(second.join("ca.pem"), &client_ca).unwrap();
+    let reloads = |log: &std::path::Path, what: &str, n: usize| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let logged = std::fs::read_to_string(log).unwrap();
+            if logged.matches(what).count() >= n {
+                return logged;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{what}` logged:\n{logged}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    };
+    broker.signal("HUP");
+    reloads(&log, "SIGHUP: reloaded", 1);
+    connect(by_second_ca(), (&second, "bob")).await.unwrap();
+    match connect(by_second_ca(), (&first, "alice")).await {
+        Err(Error::Tls(message)) => {
+            assert!(
+                message.contains("refused the client certificate"),
+                "{message}"
+            )
+        }
+        other => panic!("alice's CA is no longer trusted: {:?}", other.err()),
+    }
+    assert!(
+        connect(pinned(), (&second, "bob")).await.is_err(),
+        "the broker no longer shows its first certificate"
+    );
+
+    // A broken client CA file: the reload fails and changes nothing.
+    std::fs::write(&client_ca, "not a certificate").unwrap();
+    broker.signal("HUP");
+    let logged = reloads(&log, "TLS reload failed", 1);
+    assert!(logged.contains("tls_client_ca"), "{logged}");
+    connect(by_second_ca(), (&second, "bob")).await.unwrap();
+    assert!(broker.is_running());
+}

@@ -544,7 +544,39 @@ async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
     }
     use std::io::Write;
     std::io::stdout().flush()?;
+    // A daemon's convention. `meridian dev` keeps SIGHUP's default, so closing its
+    // terminal still stops it.
+    #[cfg(unix)]
+    if !dev {
+        tokio::spawn(reload_tls_on_sighup(broker.tls_reloader()));
+    }
     broker.serve(shutdown_signal()).await
+}
+
+/// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key` and `tls_client_ca`
+/// ([`meridian_server::TlsReloader`]); a failed reload keeps what was loaded.
+#[cfg(unix)]
+async fn reload_tls_on_sighup(reloader: meridian_server::TlsReloader) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files are read at start only");
+            return;
+        }
+    };
+    while hangups.recv().await.is_some() {
+        match reloader.reload() {
+            Ok(fingerprint) => tracing::info!(
+                %fingerprint,
+                "SIGHUP: reloaded the TLS certificate, key and tls_client_ca"
+            ),
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: TLS reload failed; keeping the certificate and CAs loaded before"
+            ),
+        }
+    }
 }
 
 pub(crate) async fn shutdown_signal() {

@@ -14,8 +14,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use meridian_client::{
-    Acks, Client, ClientConfig, ClientIdentity, NewTopic, Producer, ProducerConfig, ProducerRecord,
-    Trust,
+    Acks, Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord, Trust,
 };
 use meridian_wire::batch::NewRecord;
 use meridian_wire::ErrorCode;
@@ -31,6 +30,8 @@ pub(crate) struct ClusterWriter {
 
 struct Inner {
     config: ClientConfig,
+    /// The broker's certificate, presented when connecting (current at each connect).
+    identity: crate::tls::PeerIdentity,
     /// Made on first use.
     connection: tokio::sync::Mutex<Option<(Client, Producer)>>,
     /// Writes queued by [`ClusterWriter::write_later`], in order, for one task.
@@ -49,16 +50,16 @@ impl ClusterWriter {
         broker_id: u32,
         address: String,
         server_name: String,
-        (trust, identity): (Trust, ClientIdentity),
+        (trust, identity): (Trust, crate::tls::PeerIdentity),
         queue_max: usize,
     ) -> Self {
         let mut config = ClientConfig::new(address, trust);
-        config.identity = Some(identity);
         config.server_name = server_name;
         config.client_software = format!("meridian-broker/{broker_id}/internal");
         ClusterWriter {
             inner: Arc::new(Inner {
                 config,
+                identity,
                 connection: tokio::sync::Mutex::new(None),
                 queue: std::sync::OnceLock::new(),
                 queue_max: queue_max.max(1),
@@ -71,7 +72,9 @@ impl ClusterWriter {
         if let Some(connection) = &*connection {
             return Ok(connection.clone());
         }
-        let client = Client::connect(self.inner.config.clone())
+        let mut config = self.inner.config.clone();
+        config.identity = Some(self.inner.identity.read().clone());
+        let client = Client::connect(config)
             .await
             .map_err(|e| failed("connecting to this broker", e))?;
         let producer = client.producer(ProducerConfig {
@@ -195,11 +198,12 @@ mod tests {
         let address = unanswered.local_addr().unwrap().to_string();
         let trust = Trust::CaPem(Vec::new());
         let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let identity = ClientIdentity::from_pem(
+        let identity = meridian_client::ClientIdentity::from_pem(
             made.cert.pem().as_bytes(),
             made.key_pair.serialize_pem().as_bytes(),
         )
         .unwrap();
+        let identity = Arc::new(parking_lot::RwLock::new(identity));
         let writer = ClusterWriter::new(1, address, "localhost".into(), (trust, identity), 3);
         // One may be taken off the queue by the writing task, three wait in it.
         let queued: Vec<bool> = (0..6)

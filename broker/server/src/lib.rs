@@ -83,6 +83,8 @@ pub(crate) struct Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
+    /// What [`TlsReloader`] replaces.
+    peer_identity: tls::PeerIdentity,
     fingerprint: String,
     cert_path: std::path::PathBuf,
     generated_cert: bool,
@@ -145,15 +147,14 @@ impl Broker {
             &config.tls_key_path(),
             &[config.advertised_host()],
         )?;
-        let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(
-            &identity,
-            config.tls_client_ca.as_deref(),
-        )?);
+        let server_config = quic_server_config(&config, &identity)?;
+        let peer_identity: tls::PeerIdentity = Arc::new(parking_lot::RwLock::new(
+            tls::peer_identity(&cert_path, &config.tls_key_path())?,
+        ));
         let peer_tls = (
             cluster::peer_trust(config.cluster.as_ref(), &identity.fingerprint)?,
-            tls::peer_identity(&cert_path, &config.tls_key_path())?,
+            peer_identity.clone(),
         );
-        server_config.transport_config(Arc::new(transport_config(&config)?));
         let socket = bind_udp(config.listen, config.udp_buffer_bytes as usize)
             .with_context(|| format!("binding UDP {}", config.listen))?;
         let endpoint = quinn::Endpoint::new(
@@ -222,6 +223,7 @@ impl Broker {
         Ok(Broker {
             shared,
             endpoint,
+            peer_identity,
             fingerprint: identity.fingerprint,
             cert_path,
             generated_cert: identity.generated,
@@ -232,6 +234,16 @@ impl Broker {
 
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// A handle that re-reads the TLS files while the broker serves (`meridian
+    /// broker` does on SIGHUP).
+    pub fn tls_reloader(&self) -> TlsReloader {
+        TlsReloader {
+            shared: self.shared.clone(),
+            endpoint: self.endpoint.clone(),
+            peer_identity: self.peer_identity.clone(),
+        }
     }
 
     /// Where Prometheus metrics are served (`GET /metrics`), when `metrics_listen`
@@ -427,6 +439,51 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
             .instrument(span)
             .await
         });
+    }
+}
+
+/// The endpoint's QUIC and TLS configuration: the identity, `tls_client_ca` and the
+/// transport settings.
+fn quic_server_config(
+    config: &BrokerConfig,
+    identity: &tls::Identity,
+) -> anyhow::Result<quinn::ServerConfig> {
+    let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(
+        identity,
+        config.tls_client_ca.as_deref(),
+    )?);
+    server_config.transport_config(Arc::new(transport_config(config)?));
+    Ok(server_config)
+}
+
+/// Re-reads `tls_cert`, `tls_key` and `tls_client_ca` while the broker serves, so
+/// certificates rotate and the client CA changes without a restart: new
+/// connections get the new certificate and are checked against the new CAs, and
+/// connections to peers made from then on present the new certificate. Connections
+/// already open carry on. A reload that fails (a missing or unparsable file, a key
+/// that is not the certificate's) changes nothing.
+///
+/// How peers are trusted does not change: with the default `cluster.peer_trust`
+/// (the certificate the cluster's brokers share, pinned at start), a new shared
+/// certificate needs the brokers restarted; trust a CA instead to rotate by reload.
+#[derive(Clone)]
+pub struct TlsReloader {
+    shared: Arc<Shared>,
+    endpoint: quinn::Endpoint,
+    peer_identity: tls::PeerIdentity,
+}
+
+impl TlsReloader {
+    /// Reloads; returns the new certificate's fingerprint.
+    pub fn reload(&self) -> anyhow::Result<String> {
+        let config = &self.shared.config;
+        let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
+        let identity = tls::load_or_generate(&cert, &key, &[config.advertised_host()])?;
+        let server_config = quic_server_config(config, &identity)?;
+        let peer_identity = tls::peer_identity(&cert, &key)?;
+        self.endpoint.set_server_config(Some(server_config));
+        *self.peer_identity.write() = peer_identity;
+        Ok(identity.fingerprint)
     }
 }
 

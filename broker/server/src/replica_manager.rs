@@ -176,7 +176,7 @@ pub(crate) struct ReplicationState {
     /// How this broker trusts its peers (`cluster.peer_trust`, else they share its
     /// TLS identity), and the certificate it shows them.
     peer_trust: meridian_client::Trust,
-    peer_identity: meridian_client::ClientIdentity,
+    peer_identity: crate::tls::PeerIdentity,
     /// `replica_catch_up_bytes_per_sec`, shared by every fetcher; `None`: no limit.
     catch_up: Option<Mutex<ByteRate>>,
 }
@@ -184,7 +184,7 @@ pub(crate) struct ReplicationState {
 impl ReplicationState {
     pub(crate) fn open(
         data_dir: &std::path::Path,
-        (peer_trust, peer_identity): (meridian_client::Trust, meridian_client::ClientIdentity),
+        (peer_trust, peer_identity): (meridian_client::Trust, crate::tls::PeerIdentity),
         catch_up_bytes_per_sec: u64,
     ) -> anyhow::Result<ReplicationState> {
         let checkpointed = read_offset_checkpoint(data_dir)?;
@@ -938,7 +938,7 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 addr.to_string(),
                 shared.replication.peer_trust.clone(),
             );
-            client_config.identity = Some(shared.replication.peer_identity.clone());
+            client_config.identity = Some(shared.replication.peer_identity.read().clone());
             client_config.client_software = format!("meridian-broker-{}/fetcher", config.broker_id);
             client_config.request_timeout =
                 Duration::from_millis(u64::from(config.replica_fetch_wait_max_ms) + 10_000);

@@ -135,6 +135,10 @@ pub fn server_crypto(
     )?))
 }
 
+/// The certificate a broker presents to its peers, shared by everything that
+/// connects to them and replaced when the broker reloads its TLS files (SIGHUP).
+pub type PeerIdentity = Arc<parking_lot::RwLock<meridian_client::ClientIdentity>>;
+
 /// This broker's identity (its `tls_cert` and `tls_key` files) as a client
 /// certificate, presented on its connections to other brokers: they may require one
 /// (`tls_client_ca`).

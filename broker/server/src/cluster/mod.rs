@@ -21,7 +21,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use meridian_client::{ClientIdentity, Trust};
+use meridian_client::Trust;
 use meridian_metadata::openraft::BasicNode;
 use meridian_metadata::{AppliedImage, LogStore, MetadataImage, StateMachine};
 use meridian_wire::messages::*;
@@ -136,7 +136,7 @@ impl Cluster {
         config: &BrokerConfig,
         cluster: &ClusterConfig,
         trust: Trust,
-        identity: ClientIdentity,
+        identity: crate::tls::PeerIdentity,
     ) -> anyhow::Result<Arc<Cluster>> {
         let voters = cluster.parsed_voters()?;
         let dir = config.data_dir.join("metadata");

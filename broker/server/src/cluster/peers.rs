@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use meridian_client::{Client, ClientConfig, ClientIdentity, Trust};
+use meridian_client::{Client, ClientConfig, Trust};
 use meridian_metadata::openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -30,7 +30,7 @@ pub(crate) struct Peers {
     addresses: parking_lot::Mutex<BTreeMap<u32, String>>,
     trust: Trust,
     /// This broker's certificate, for peers that require clients to present one.
-    identity: ClientIdentity,
+    identity: crate::tls::PeerIdentity,
     clients: tokio::sync::Mutex<HashMap<u32, Client>>,
     reachability: parking_lot::Mutex<Reachability>,
 }
@@ -98,7 +98,7 @@ impl Peers {
         self_id: u32,
         addresses: BTreeMap<u32, String>,
         trust: Trust,
-        identity: ClientIdentity,
+        identity: crate::tls::PeerIdentity,
     ) -> Peers {
         Peers {
             self_id,
@@ -139,7 +139,7 @@ impl Peers {
             return Ok(client.clone());
         }
         let mut config = ClientConfig::new(address.clone(), self.trust.clone());
-        config.identity = Some(self.identity.clone());
+        config.identity = Some(self.identity.read().clone());
         if let Some((host, _)) = address.rsplit_once(':') {
             config.server_name = host.trim_matches(|c| c == '[' || c == ']').to_string();
         }
