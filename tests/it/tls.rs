@@ -97,7 +97,8 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     let broker = TestBroker::start_logging_to(
         &log,
         &[&client_ca, &format!("metrics_listen={metrics}")],
-        &[("RUST_LOG", "info")],
+        // Request spans are DEBUG.
+        &[("RUST_LOG", "info,meridian_server=debug")],
     );
     let config = |identity: Option<&str>| {
         let mut config = ClientConfig::new(
@@ -181,9 +182,19 @@ async fn mutual_tls_admits_only_clients_with_a_certificate_from_the_ca() {
     assert!(!ok && err.contains("--key"), "{err}");
 
     let logged = std::fs::read_to_string(&log).unwrap();
+    // Her connection's span and each of her requests' spans (roots of their own,
+    // for traces) name her.
     assert!(
-        logged.contains("client=\"alice\""),
-        "requests of alice's connection carry her name:\n{logged}"
+        logged.lines().any(|l| l.contains("request{")
+            && l.contains("client=\"alice\"")
+            && l.contains("created topic")),
+        "alice's requests carry her name:\n{logged}"
+    );
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("connection{") && l.contains("client=\"alice\"")),
+        "{logged}"
     );
     // The SDK without a certificate, mallory's, the CLI without one.
     assert_eq!(

@@ -418,13 +418,14 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(connection) => {
                         // Under `tls_client_ca`, who the client proved to be: every
                         // line logged for its requests says so.
-                        if let Some((name, fingerprint)) = client_certificate(&connection) {
+                        let client = client_certificate(&connection).map(|(name, fingerprint)| {
                             tracing::Span::current().record("client", name.as_str());
                             tracing::debug!(%fingerprint, "client certificate accepted");
-                        }
+                            Arc::<str>::from(name)
+                        });
                         tracing::debug!("connected");
                         let _open = shared.metrics.connection_opened();
-                        serve_connection(shared, connection, id).await;
+                        serve_connection(shared, connection, (id, client)).await;
                     }
                     // A client without an acceptable certificate (`tls_client_ca`)
                     // is worth an operator's notice; other failed handshakes (a
@@ -508,7 +509,12 @@ fn client_certificate(connection: &quinn::Connection) -> Option<(String, String)
     chain.first().map(tls::client_name)
 }
 
-async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, id: u64) {
+/// Serves connection `id`'s requests; `client` is the name its certificate gave.
+async fn serve_connection(
+    shared: Arc<Shared>,
+    connection: quinn::Connection,
+    (id, client): (u64, Option<Arc<str>>),
+) {
     let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW, shared.request_buffers.clone());
     loop {
         let (send, recv) = match connection.accept_bi().await {
@@ -521,7 +527,14 @@ async fn serve_connection(shared: Arc<Shared>, connection: quinn::Connection, id
         let shared = shared.clone();
         let peer = connection.remote_address();
         tokio::spawn(
-            serve_stream(shared, send, recv, (id, peer), budget.clone()).in_current_span(),
+            serve_stream(
+                shared,
+                send,
+                recv,
+                (id, peer, client.clone()),
+                budget.clone(),
+            )
+            .in_current_span(),
         );
     }
 }
@@ -532,7 +545,7 @@ async fn serve_stream(
     shared: Arc<Shared>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    (connection, peer): (u64, SocketAddr),
+    (connection, peer, client): (u64, SocketAddr, Option<Arc<str>>),
     budget: BodyBudget,
 ) {
     let limit = shared.config.max_frame_bytes;
@@ -563,8 +576,8 @@ async fn serve_stream(
             let api = request.api_key();
             let started = std::time::Instant::now();
             // A root of its own (exported traces get one per request, not one per
-            // connection), so it names its connection itself; `otel.*` name and
-            // kind it for OpenTelemetry.
+            // connection), so it names its connection (and its client's
+            // certificate) itself; `otel.*` name and kind it for OpenTelemetry.
             let span = tracing::debug_span!(
                 parent: None,
                 "request",
@@ -572,9 +585,13 @@ async fn serve_stream(
                 version,
                 connection,
                 %peer,
+                client = tracing::field::Empty,
                 "otel.name" = ?api,
                 "otel.kind" = "server",
             );
+            if let Some(client) = &client {
+                span.record("client", &**client);
+            }
             if let Some(trace) = trace {
                 join_client_trace(&span, &trace);
             }
