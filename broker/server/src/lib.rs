@@ -494,10 +494,7 @@ fn is_certificate_alert(error: &quinn::ConnectionError) -> bool {
     let quinn::ConnectionError::TransportError(e) = error else {
         return false;
     };
-    matches!(
-        u64::from(e.code).checked_sub(0x100),
-        Some(42..=46 | 48 | 49 | 51 | 116)
-    )
+    meridian_client::client_certificate_alert(u64::from(e.code)).is_some()
 }
 
 /// The name and fingerprint of the certificate the client presented, if any.

@@ -22,7 +22,7 @@ use meridian_wire::messages::{
 use meridian_wire::ErrorCode;
 use tracing::Instrument;
 
-use crate::config::ClientConfig;
+use crate::config::{client_certificate_alert, ClientConfig};
 use crate::error::{Error, Result};
 use crate::frame_io::{BodyBudget, BodyError};
 use crate::metadata::{on_error, BrokerId, LeaderLookup, MetadataCache, OnError};
@@ -1146,38 +1146,27 @@ fn certificate_refused(
     let quinn::ConnectionError::ConnectionClosed(close) = reason else {
         return None;
     };
-    let alert = u64::from(close.error_code).checked_sub(0x100)?;
-    let why = match alert {
+    let code = u64::from(close.error_code);
+    let alert = client_certificate_alert(code)?;
+    let why = if code == 0x100 + 116 {
         // certificate_required
-        116 => "requires a client certificate and this client presented none (`ClientConfig::identity`; `--cert` and `--key` on the command line)".to_string(),
-        42..=46 | 48 | 49 | 51 => format!(
-            "refused the client certificate{}: {}",
-            if presented { "" } else { " (none was presented)" },
-            alert_text(close)
-        ),
-        _ => return None,
+        "requires a client certificate and this client presented none (`ClientConfig::identity`; `--cert` and `--key` on the command line)".to_string()
+    } else {
+        let said = if close.reason.is_empty() {
+            format!("TLS alert {} ({alert})", code - 0x100)
+        } else {
+            String::from_utf8_lossy(&close.reason).into_owned()
+        };
+        format!(
+            "refused the client certificate{}: {said}",
+            if presented {
+                ""
+            } else {
+                " (none was presented)"
+            },
+        )
     };
     Some(Error::Tls(format!("{address} {why}")))
-}
-
-/// What the broker said when it closed with a TLS alert.
-fn alert_text(close: &quinn::ConnectionClose) -> String {
-    if !close.reason.is_empty() {
-        return String::from_utf8_lossy(&close.reason).into_owned();
-    }
-    let alert = u64::from(close.error_code) - 0x100;
-    let name = match alert {
-        42 => "bad certificate",
-        43 => "unsupported certificate",
-        44 => "certificate revoked",
-        45 => "certificate expired or not yet valid",
-        46 => "certificate unknown",
-        48 => "unknown CA: not signed by a CA the broker trusts (tls_client_ca)",
-        49 => "access denied",
-        51 => "signature does not verify: not signed by the CA the broker trusts (tls_client_ca)",
-        _ => "",
-    };
-    format!("TLS alert {alert} ({name})")
 }
 
 fn connect_error(bootstrap: &str, error: quinn::ConnectionError, presented: bool) -> Error {

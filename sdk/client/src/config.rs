@@ -89,6 +89,25 @@ pub fn certificate_fingerprint(der: &[u8]) -> [u8; 32] {
     sha2::Sha256::digest(der).into()
 }
 
+/// What a TLS alert says about a client's certificate, when it is about one; the
+/// alert as QUIC carries it, a crypto error code `0x100 + alert`. A broker with
+/// `tls_client_ca` ends the handshake of a client it refuses with one of these
+/// (and counts it), and the client reports it as [`Error::Tls`].
+pub fn client_certificate_alert(quic_error_code: u64) -> Option<&'static str> {
+    Some(match quic_error_code.checked_sub(0x100)? {
+        42 => "bad certificate",
+        43 => "unsupported certificate",
+        44 => "certificate revoked",
+        45 => "certificate expired or not yet valid",
+        46 => "certificate unknown",
+        48 => "unknown CA: not signed by a CA the broker trusts (tls_client_ca)",
+        49 => "access denied",
+        51 => "signature does not verify: not signed by the CA the broker trusts (tls_client_ca)",
+        116 => "certificate required",
+        _ => return None,
+    })
+}
+
 /// A certificate and its private key, presented to brokers that ask clients to
 /// prove who they are (a broker with `tls_client_ca` set admits only clients whose
 /// certificate a CA in that file signed: mutual TLS).

@@ -66,9 +66,10 @@ mod tls;
 pub use admin::{Admin, NewTopic, Offset, TopicConfigChanges};
 pub use client::Client;
 pub use config::{
-    certificate_fingerprint, format_fingerprint, parse_bootstrap, ClientConfig, ClientIdentity,
-    Trust, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_METADATA_MAX_AGE,
-    DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF, DEFAULT_RETRY_BACKOFF_MAX,
+    certificate_fingerprint, client_certificate_alert, format_fingerprint, parse_bootstrap,
+    ClientConfig, ClientIdentity, Trust, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_METADATA_MAX_AGE, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRY_BACKOFF,
+    DEFAULT_RETRY_BACKOFF_MAX,
 };
 pub use consumer::{
     AutoOffsetReset, Consumer, ConsumerConfig, ConsumerMetrics, ConsumerRecord, FetchFilter,
