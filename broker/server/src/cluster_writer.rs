@@ -13,9 +13,7 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use meridian_client::{
-    Acks, Client, ClientConfig, NewTopic, Producer, ProducerConfig, ProducerRecord, Trust,
-};
+use meridian_client::{Acks, Client, NewTopic, Producer, ProducerConfig, ProducerRecord};
 use meridian_wire::batch::NewRecord;
 use meridian_wire::ErrorCode;
 use tokio::sync::mpsc;
@@ -29,9 +27,12 @@ pub(crate) struct ClusterWriter {
 }
 
 struct Inner {
-    config: ClientConfig,
-    /// The broker's certificate, presented when connecting (current at each connect).
-    identity: crate::tls::PeerIdentity,
+    /// This broker's own endpoint.
+    address: String,
+    /// Trust and certificate as towards a peer (current at each connect).
+    tls: crate::tls::PeerTls,
+    server_name: String,
+    client_software: String,
     /// Made on first use.
     connection: tokio::sync::Mutex<Option<(Client, Producer)>>,
     /// Writes queued by [`ClusterWriter::write_later`], in order, for one task.
@@ -50,16 +51,15 @@ impl ClusterWriter {
         broker_id: u32,
         address: String,
         server_name: String,
-        (trust, identity): (Trust, crate::tls::PeerIdentity),
+        tls: crate::tls::PeerTls,
         queue_max: usize,
     ) -> Self {
-        let mut config = ClientConfig::new(address, trust);
-        config.server_name = server_name;
-        config.client_software = format!("meridian-broker/{broker_id}/internal");
         ClusterWriter {
             inner: Arc::new(Inner {
-                config,
-                identity,
+                address,
+                tls,
+                server_name,
+                client_software: format!("meridian-broker/{broker_id}/internal"),
                 connection: tokio::sync::Mutex::new(None),
                 queue: std::sync::OnceLock::new(),
                 queue_max: queue_max.max(1),
@@ -72,8 +72,9 @@ impl ClusterWriter {
         if let Some(connection) = &*connection {
             return Ok(connection.clone());
         }
-        let mut config = self.inner.config.clone();
-        config.identity = Some(self.inner.identity.read().clone());
+        let mut config = self.inner.tls.client_config(&self.inner.address);
+        config.server_name = self.inner.server_name.clone();
+        config.client_software = self.inner.client_software.clone();
         let client = Client::connect(config)
             .await
             .map_err(|e| failed("connecting to this broker", e))?;
@@ -196,15 +197,16 @@ mod tests {
     async fn a_full_queue_drops_writes() {
         let unanswered = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let address = unanswered.local_addr().unwrap().to_string();
-        let trust = Trust::CaPem(Vec::new());
-        let made = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
-        let identity = meridian_client::ClientIdentity::from_pem(
-            made.cert.pem().as_bytes(),
-            made.key_pair.serialize_pem().as_bytes(),
+        let trust = meridian_client::Trust::CaPem(Vec::new());
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::tls::load_or_generate(
+            &dir.path().join("cert.pem"),
+            &dir.path().join("key.pem"),
+            &[],
         )
         .unwrap();
-        let identity = Arc::new(parking_lot::RwLock::new(identity));
-        let writer = ClusterWriter::new(1, address, "localhost".into(), (trust, identity), 3);
+        let tls = crate::tls::PeerTls::new(trust, &identity).unwrap();
+        let writer = ClusterWriter::new(1, address, "localhost".into(), tls, 3);
         // One may be taken off the queue by the writing task, three wait in it.
         let queued: Vec<bool> = (0..6)
             .map(|_| writer.write_later("t", line(), true))

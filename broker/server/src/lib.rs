@@ -83,8 +83,8 @@ pub(crate) struct Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
-    /// What [`TlsReloader`] replaces.
-    peer_identity: tls::PeerIdentity,
+    /// Whose certificate [`TlsReloader`] replaces.
+    peer_tls: tls::PeerTls,
     fingerprint: String,
     cert_path: std::path::PathBuf,
     generated_cert: bool,
@@ -148,13 +148,10 @@ impl Broker {
             &[config.advertised_host()],
         )?;
         let server_config = quic_server_config(&config, &identity)?;
-        let peer_identity: tls::PeerIdentity = Arc::new(parking_lot::RwLock::new(
-            tls::peer_identity(&cert_path, &config.tls_key_path())?,
-        ));
-        let peer_tls = (
+        let peer_tls = tls::PeerTls::new(
             cluster::peer_trust(config.cluster.as_ref(), &identity.fingerprint)?,
-            peer_identity.clone(),
-        );
+            &identity,
+        )?;
         let socket = bind_udp(config.listen, config.udp_buffer_bytes as usize)
             .with_context(|| format!("binding UDP {}", config.listen))?;
         let endpoint = quinn::Endpoint::new(
@@ -181,8 +178,7 @@ impl Broker {
         )?;
         let cluster = match &config.cluster {
             Some(cluster_config) => {
-                let (trust, identity) = peer_tls.clone();
-                Some(cluster::Cluster::start(&config, cluster_config, trust, identity).await?)
+                Some(cluster::Cluster::start(&config, cluster_config, peer_tls.clone()).await?)
             }
             None => None,
         };
@@ -223,7 +219,7 @@ impl Broker {
         Ok(Broker {
             shared,
             endpoint,
-            peer_identity,
+            peer_tls,
             fingerprint: identity.fingerprint,
             cert_path,
             generated_cert: identity.generated,
@@ -242,7 +238,7 @@ impl Broker {
         TlsReloader {
             shared: self.shared.clone(),
             endpoint: self.endpoint.clone(),
-            peer_identity: self.peer_identity.clone(),
+            peer_tls: self.peer_tls.clone(),
         }
     }
 
@@ -471,7 +467,7 @@ fn quic_server_config(
 pub struct TlsReloader {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
-    peer_identity: tls::PeerIdentity,
+    peer_tls: tls::PeerTls,
 }
 
 impl TlsReloader {
@@ -481,9 +477,8 @@ impl TlsReloader {
         let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
         let identity = tls::load_or_generate(&cert, &key, &[config.advertised_host()])?;
         let server_config = quic_server_config(config, &identity)?;
-        let peer_identity = tls::peer_identity(&cert, &key)?;
+        self.peer_tls.replace_identity(&identity)?;
         self.endpoint.set_server_config(Some(server_config));
-        *self.peer_identity.write() = peer_identity;
         Ok(identity.fingerprint)
     }
 }

@@ -175,8 +175,7 @@ pub(crate) struct ReplicationState {
     checkpointed: BTreeMap<(String, u32), i64>,
     /// How this broker trusts its peers (`cluster.peer_trust`, else they share its
     /// TLS identity), and the certificate it shows them.
-    peer_trust: meridian_client::Trust,
-    peer_identity: crate::tls::PeerIdentity,
+    peer_tls: crate::tls::PeerTls,
     /// `replica_catch_up_bytes_per_sec`, shared by every fetcher; `None`: no limit.
     catch_up: Option<Mutex<ByteRate>>,
 }
@@ -184,7 +183,7 @@ pub(crate) struct ReplicationState {
 impl ReplicationState {
     pub(crate) fn open(
         data_dir: &std::path::Path,
-        (peer_trust, peer_identity): (meridian_client::Trust, crate::tls::PeerIdentity),
+        peer_tls: crate::tls::PeerTls,
         catch_up_bytes_per_sec: u64,
     ) -> anyhow::Result<ReplicationState> {
         let checkpointed = read_offset_checkpoint(data_dir)?;
@@ -194,8 +193,7 @@ impl ReplicationState {
             managed: Mutex::new(BTreeMap::new()),
             fetchers: Mutex::new(HashMap::new()),
             checkpointed,
-            peer_trust,
-            peer_identity,
+            peer_tls,
             catch_up: (catch_up_bytes_per_sec > 0).then(|| {
                 // One second's worth may go at once.
                 let burst = catch_up_bytes_per_sec;
@@ -934,11 +932,7 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
             .as_ref()
             .is_none_or(|(a, c)| *a != addr || c.is_closed())
         {
-            let mut client_config = meridian_client::ClientConfig::new(
-                addr.to_string(),
-                shared.replication.peer_trust.clone(),
-            );
-            client_config.identity = Some(shared.replication.peer_identity.read().clone());
+            let mut client_config = shared.replication.peer_tls.client_config(addr.to_string());
             client_config.client_software = format!("meridian-broker-{}/fetcher", config.broker_id);
             client_config.request_timeout =
                 Duration::from_millis(u64::from(config.replica_fetch_wait_max_ms) + 10_000);

@@ -171,6 +171,21 @@ impl ClientIdentity {
         })
     }
 
+    /// A chain (leaf first) and key already parsed, e.g. by a broker that holds them
+    /// as its own identity.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ClientIdentity> {
+        if chain.is_empty() {
+            return Err(Error::Tls("a client identity needs a certificate".into()));
+        }
+        Ok(ClientIdentity {
+            chain,
+            key: Arc::new(key),
+        })
+    }
+
     /// SHA-256 of the leaf certificate, as the broker logs it.
     pub fn fingerprint(&self) -> [u8; 32] {
         certificate_fingerprint(self.chain[0].as_ref())

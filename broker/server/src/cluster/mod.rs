@@ -130,13 +130,11 @@ pub(crate) fn peer_trust(
 
 impl Cluster {
     /// Opens the quorum's storage under `<data_dir>/metadata`, starts this broker's
-    /// Raft node and the controller task. Peers are trusted by `trust` (see
-    /// [`peer_trust`]) and shown `identity`, this broker's certificate.
+    /// Raft node and the controller task, connecting to peers with `tls`.
     pub(crate) async fn start(
         config: &BrokerConfig,
         cluster: &ClusterConfig,
-        trust: Trust,
-        identity: crate::tls::PeerIdentity,
+        tls: crate::tls::PeerTls,
     ) -> anyhow::Result<Arc<Cluster>> {
         let voters = cluster.parsed_voters()?;
         let dir = config.data_dir.join("metadata");
@@ -147,7 +145,7 @@ impl Cluster {
         let image = state_machine.subscribe();
         let addresses: BTreeMap<u32, String> =
             voters.iter().map(|v| (v.id, v.address.clone())).collect();
-        let peers = Arc::new(Peers::new(config.broker_id, addresses, trust, identity));
+        let peers = Arc::new(Peers::new(config.broker_id, addresses, tls));
         let raft_config = Arc::new(
             meridian_metadata::raft_config(&config.cluster_id, cluster.raft_timing())
                 .validate()

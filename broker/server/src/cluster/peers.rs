@@ -7,7 +7,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use meridian_client::{Client, ClientConfig, Trust};
+use meridian_client::Client;
 use meridian_metadata::openraft::error::{
     InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
 };
@@ -28,9 +28,7 @@ pub(crate) struct Peers {
     self_id: u32,
     /// The voters from the configuration, then learners as Raft names them.
     addresses: parking_lot::Mutex<BTreeMap<u32, String>>,
-    trust: Trust,
-    /// This broker's certificate, for peers that require clients to present one.
-    identity: crate::tls::PeerIdentity,
+    tls: crate::tls::PeerTls,
     clients: tokio::sync::Mutex<HashMap<u32, Client>>,
     reachability: parking_lot::Mutex<Reachability>,
 }
@@ -97,14 +95,12 @@ impl Peers {
     pub(crate) fn new(
         self_id: u32,
         addresses: BTreeMap<u32, String>,
-        trust: Trust,
-        identity: crate::tls::PeerIdentity,
+        tls: crate::tls::PeerTls,
     ) -> Peers {
         Peers {
             self_id,
             addresses: parking_lot::Mutex::new(addresses),
-            trust,
-            identity,
+            tls,
             clients: tokio::sync::Mutex::new(HashMap::new()),
             reachability: parking_lot::Mutex::new(Reachability::default()),
         }
@@ -138,8 +134,7 @@ impl Peers {
         if let Some(client) = self.clients.lock().await.get(&id) {
             return Ok(client.clone());
         }
-        let mut config = ClientConfig::new(address.clone(), self.trust.clone());
-        config.identity = Some(self.identity.read().clone());
+        let mut config = self.tls.client_config(address);
         if let Some((host, _)) = address.rsplit_once(':') {
             config.server_name = host.trim_matches(|c| c == '[' || c == ']').to_string();
         }
