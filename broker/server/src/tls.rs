@@ -100,31 +100,7 @@ pub fn server_crypto(
         .with_protocol_versions(&[&rustls::version::TLS13])?;
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_file_iter(path)
-                .with_context(|| format!("reading tls_client_ca {}", path.display()))?
-            {
-                let cert =
-                    cert.with_context(|| format!("parsing tls_client_ca {}", path.display()))?;
-                roots.add(cert).with_context(|| {
-                    format!(
-                        "an unusable certificate in tls_client_ca {}",
-                        path.display()
-                    )
-                })?;
-            }
-            if roots.is_empty() {
-                anyhow::bail!("tls_client_ca {} holds no certificate", path.display());
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider,
-            )
-            .build()
-            .with_context(|| format!("tls_client_ca {}", path.display()))?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
     };
     let mut tls = builder
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
@@ -133,6 +109,33 @@ pub fn server_crypto(
     Ok(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(
         tls,
     )?))
+}
+
+/// The check of client certificates against the CAs in `path` (`tls_client_ca`).
+fn client_verifier(
+    path: &Path,
+    provider: Arc<rustls::crypto::CryptoProvider>,
+) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(path)
+        .with_context(|| format!("reading tls_client_ca {}", path.display()))?
+    {
+        let cert = cert.with_context(|| format!("parsing tls_client_ca {}", path.display()))?;
+        roots.add(cert).with_context(|| {
+            format!(
+                "an unusable certificate in tls_client_ca {}",
+                path.display()
+            )
+        })?;
+    }
+    if roots.is_empty() {
+        anyhow::bail!("tls_client_ca {} holds no certificate", path.display());
+    }
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .with_context(|| format!("tls_client_ca {}", path.display()))?;
+    Ok(verifier)
 }
 
 /// How a broker connects to its peers: what it trusts of their certificates
@@ -301,15 +304,12 @@ mod tests {
         assert_eq!(fingerprint_shown, fingerprint(&certs[0]));
         assert!(key.contains("PRIVATE KEY"));
 
-        // A verifier like the broker's with the CA as tls_client_ca accepts it.
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(leaf(&ca_pem)).unwrap();
-        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-            Arc::new(roots),
-            Arc::new(rustls::crypto::ring::default_provider()),
-        )
-        .build()
-        .unwrap();
+        // The broker's verifier with the CA as tls_client_ca accepts it.
+        let dir = tempfile::tempdir().unwrap();
+        let ca_file = dir.path().join("ca.pem");
+        std::fs::write(&ca_file, &ca_pem).unwrap();
+        let verifier =
+            client_verifier(&ca_file, Arc::new(rustls::crypto::ring::default_provider())).unwrap();
         let now = rustls::pki_types::UnixTime::now();
         assert!(verifier
             .verify_client_cert(&certs[0], &certs[1..], now)
