@@ -1233,14 +1233,13 @@ async fn send_with(
         acks,
         ..ProducerConfig::default()
     });
-    let mut deliveries = Vec::new();
-    for value in values {
-        let record = ProducerRecord::new(topic, value).partition(0);
-        deliveries.push(producer.send(record).await.expect("send"));
-    }
-    for delivery in deliveries {
-        delivery.await.expect("acknowledged");
-    }
+    crate::harness::send_all(
+        &producer,
+        values
+            .into_iter()
+            .map(|value| ProducerRecord::new(topic, value).partition(0)),
+    )
+    .await;
 }
 
 /// Bytes of record data in a broker's local log of `topic`/`partition`.

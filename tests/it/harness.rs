@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use meridian_client::{Client, ClientConfig, Trust};
+use meridian_client::{Client, ClientConfig, Producer, ProducerRecord, RecordMetadata, Trust};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::CertificateDer;
 
@@ -20,6 +20,39 @@ use rustls::pki_types::CertificateDer;
 /// `:0` bind (every client endpoint, every broker of another test started on `:0`)
 /// never lands there, so no other test takes a port between its release here (or a
 /// broker's stop) and the broker's bind.
+/// Sends every record, then waits until each is acknowledged.
+pub async fn send_all(
+    producer: &Producer,
+    records: impl IntoIterator<Item = ProducerRecord>,
+) -> Vec<RecordMetadata> {
+    let mut deliveries = Vec::new();
+    for record in records {
+        deliveries.push(producer.send(record).await.expect("send"));
+    }
+    let mut acknowledged = Vec::new();
+    for delivery in deliveries {
+        acknowledged.push(delivery.await.expect("acknowledged"));
+    }
+    acknowledged
+}
+
+/// Waits (up to 20 s) until the log file at `log` says `text` at least `times`
+/// times; returns the log.
+pub fn await_log(log: &Path, text: &str, times: usize) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let logged = std::fs::read_to_string(log).unwrap_or_default();
+        if logged.matches(text).count() >= times {
+            return logged;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `{text}` logged:\n{logged}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 pub fn free_ports(n: usize) -> Vec<u16> {
     use std::sync::atomic::{AtomicU32, Ordering};
     const FIRST: u32 = 20_000;

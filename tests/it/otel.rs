@@ -179,24 +179,12 @@ fn a_broker_whose_collector_is_gone_serves_as_before() {
     assert!(ok && out == "x\nx\nx\n", "{out} {err}");
 
     // The log says so, once, naming the endpoint, though several batches failed.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let said = |text: &str| text.matches("exporting traces failed").count();
-    loop {
-        let text = std::fs::read_to_string(&log).unwrap_or_default();
-        if said(&text) > 0 {
-            // Later batches fail too, without saying it again.
-            std::thread::sleep(Duration::from_millis(500));
-            let text = std::fs::read_to_string(&log).unwrap();
-            assert_eq!(said(&text), 1, "{text}");
-            assert!(text.contains(&endpoint), "{text}");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no export failure logged: {text}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    crate::harness::await_log(&log, "exporting traces failed", 1);
+    // Later batches fail too, without saying it again.
+    std::thread::sleep(Duration::from_millis(500));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(text.matches("exporting traces failed").count(), 1, "{text}");
+    assert!(text.contains(&endpoint), "{text}");
 }
 
 /// The fields of one span, as `Visit` saw them (values in their `Debug` or

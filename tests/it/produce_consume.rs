@@ -633,15 +633,14 @@ async fn consumer_metrics_count_records_fetches_and_lag() {
         .await
         .unwrap();
     let producer = client.producer(ProducerConfig::default());
-    let mut deliveries = Vec::new();
-    for i in 0..40u32 {
-        let partition = if i < 30 { 0 } else { 1 };
-        let record = ProducerRecord::new("lagged", format!("record {i:02}")).partition(partition);
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
+    crate::harness::send_all(
+        &producer,
+        (0..40u32).map(|i| {
+            let partition = if i < 30 { 0 } else { 1 };
+            ProducerRecord::new("lagged", format!("record {i:02}")).partition(partition)
+        }),
+    )
+    .await;
 
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign_all("lagged").await.unwrap();
@@ -700,14 +699,11 @@ async fn a_paused_partition_returns_nothing_until_resumed() {
         .await
         .unwrap();
     let producer = client.producer(ProducerConfig::default());
-    let mut deliveries = Vec::new();
-    for i in 0..20u32 {
-        let record = ProducerRecord::new("held", format!("{i}")).partition(i % 2);
-        deliveries.push(producer.send(record).await.unwrap());
-    }
-    for delivery in deliveries {
-        delivery.await.unwrap();
-    }
+    crate::harness::send_all(
+        &producer,
+        (0..20u32).map(|i| ProducerRecord::new("held", format!("{i}")).partition(i % 2)),
+    )
+    .await;
 
     let mut consumer = client.consumer(ConsumerConfig::default());
     consumer.assign_all("held").await.unwrap();

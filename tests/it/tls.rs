@@ -309,22 +309,8 @@ async fn sighup_reloads_the_certificate_and_the_client_ca() {
     std::fs::copy(second.join("broker.pem"), tls.join("cert.pem")).unwrap();
     std::fs::copy(second.join("broker.key"), tls.join("key.pem")).unwrap();
     std::fs::copy(second.join("ca.pem"), &client_ca).unwrap();
-    let reloads = |log: &std::path::Path, what: &str, n: usize| {
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-        loop {
-            let logged = std::fs::read_to_string(log).unwrap();
-            if logged.matches(what).count() >= n {
-                return logged;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "no `{what}` logged:\n{logged}"
-            );
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        }
-    };
     broker.signal("HUP");
-    reloads(&log, "SIGHUP: reloaded", 1);
+    crate::harness::await_log(&log, "SIGHUP: reloaded", 1);
     connect(by_second_ca(), (&second, "bob")).await.unwrap();
     match connect(by_second_ca(), (&first, "alice")).await {
         Err(Error::Tls(message)) => {
@@ -343,7 +329,7 @@ async fn sighup_reloads_the_certificate_and_the_client_ca() {
     // A broken client CA file: the reload fails and changes nothing.
     std::fs::write(&client_ca, "not a certificate").unwrap();
     broker.signal("HUP");
-    let logged = reloads(&log, "TLS reload failed", 1);
+    let logged = crate::harness::await_log(&log, "TLS reload failed", 1);
     assert!(logged.contains("tls_client_ca"), "{logged}");
     connect(by_second_ca(), (&second, "bob")).await.unwrap();
     assert!(broker.is_running());
