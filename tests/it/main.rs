@@ -1,6 +1,7 @@
 //! Workspace integration tests: the real `meridian` binary, real QUIC on 127.0.0.1,
 //! real files. One test binary (this one) keeps link time down.
 
+mod acl;
 mod bad_input;
 mod cli;
 mod cluster;

@@ -388,15 +388,22 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     assert!(errors.is_empty(), "errors logged:\n{errors:#?}");
 }
 
-/// A region whose brokers require client certificates (`tls_client_ca`): they show
-/// their own to each other, so the metadata quorum, replication and acks=all work
-/// as before; a client with a certificate from the CA produces and consumes, one
-/// without is refused.
+/// A region whose brokers require client certificates (`tls_client_ca`) and follow
+/// an `acl_file`: they show their own certificate to each other, so the metadata
+/// quorum, replication and acks=all work as before; a client with a certificate
+/// from the CA produces and consumes what the rules allow it, one the rules do not
+/// name is refused, and one without a certificate is refused at the handshake.
 #[test]
 fn a_region_requiring_client_certificates_still_replicates() {
     let dir = tempfile::tempdir().expect("temp dir");
     let certs = dir.path().join("certs");
-    crate::tls::ca_with(&certs, &["alice"]);
+    crate::tls::ca_with(&certs, &["alice", "bob"]);
+    let acl_file = dir.path().join("acl.toml");
+    std::fs::write(
+        &acl_file,
+        "[[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ntopics = [\"secured\"]\n",
+    )
+    .unwrap();
     // The region's shared identity, signed by the CA (`meridian up` keeps what it
     // finds in <data_dir>/tls).
     let certs_dir = certs.to_str().unwrap();
@@ -417,7 +424,11 @@ fn a_region_requiring_client_certificates_still_replicates() {
     let ca = certs.join("ca.pem");
     let region = UpRegion::start(&region_file(
         dir.path(),
-        &format!("tls_client_ca = \"{}\"", ca.display()),
+        &format!(
+            "tls_client_ca = \"{}\"\nacl_file = \"{}\"",
+            ca.display(),
+            acl_file.display()
+        ),
     ));
     let (ca, alice_pem, alice_key) = (
         ca.to_str().unwrap().to_owned(),
@@ -443,6 +454,16 @@ fn a_region_requiring_client_certificates_still_replicates() {
     let mut values: Vec<&str> = out.lines().collect();
     values.sort();
     assert_eq!(values, ["a", "b", "c"]);
+    let (bob_pem, bob_key) = (
+        certs.join("bob.pem").to_str().unwrap().to_owned(),
+        certs.join("bob.key").to_str().unwrap().to_owned(),
+    );
+    let bob = ["--ca", &ca, "--cert", &bob_pem, "--key", &bob_key];
+    let (ok, _, err) = region.cli_with(&["produce", "secured"], "x\n", &bob);
+    assert!(
+        !ok && err.contains("TopicAuthorizationFailed: topic `secured`"),
+        "{err}"
+    );
     let (ok, _, err) = region.cli_with(&["topic", "list"], "", &["--ca", &ca]);
     assert!(
         !ok && err.contains("requires a client certificate"),

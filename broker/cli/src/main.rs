@@ -548,20 +548,21 @@ async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
     // terminal still stops it.
     #[cfg(unix)]
     if !dev {
-        tokio::spawn(reload_tls_on_sighup(broker.tls_reloader()));
+        tokio::spawn(reload_on_sighup(broker.tls_reloader()));
     }
     broker.serve(shutdown_signal()).await
 }
 
-/// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key` and `tls_client_ca`
-/// ([`meridian_server::TlsReloader`]); a failed reload keeps what was loaded.
+/// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`
+/// and `acl_file` ([`meridian_server::TlsReloader`]); a failed reload keeps what was
+/// loaded.
 #[cfg(unix)]
-async fn reload_tls_on_sighup(reloader: meridian_server::TlsReloader) {
+async fn reload_on_sighup(reloader: meridian_server::TlsReloader) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
         Err(e) => {
-            tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files are read at start only");
+            tracing::warn!(error = %e, "cannot listen for SIGHUP: TLS files and acl_file are read at start only");
             return;
         }
     };
@@ -574,6 +575,14 @@ async fn reload_tls_on_sighup(reloader: meridian_server::TlsReloader) {
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: TLS reload failed; keeping the certificate and CAs loaded before"
+            ),
+        }
+        match reloader.reload_acl() {
+            Ok(Some(rules)) => tracing::info!(rules, "SIGHUP: reloaded acl_file"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: acl_file reload failed; keeping the rules loaded before"
             ),
         }
     }

@@ -54,6 +54,10 @@ pub struct BrokerConfig {
     /// present their own (`tls_cert`) to each other, so theirs must be signed by it
     /// too. Absent: clients are not asked for a certificate.
     pub tls_client_ca: Option<PathBuf>,
+    /// TOML file of authorization rules: which client (by its certificate's common
+    /// name) may do what to which topics, groups and the cluster. Needs
+    /// `tls_client_ca`. Absent: every admitted client may do everything.
+    pub acl_file: Option<PathBuf>,
     /// Create a topic on first produce/fetch/metadata request naming it.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic.
@@ -390,6 +394,7 @@ impl Default for BrokerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            acl_file: None,
             auto_create_topics: false,
             default_partitions: 1,
             max_frame_bytes: meridian_wire::frame::DEFAULT_MAX_FRAME_BYTES,
@@ -502,6 +507,11 @@ impl BrokerConfig {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if self.acl_file.is_some() && self.tls_client_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "acl_file needs tls_client_ca: rules name clients by their certificates".into(),
+            ));
+        }
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
@@ -924,6 +934,7 @@ mod tests {
                 "log_cleaner_threads must be greater than 0",
             ),
             ("worker_threads=1025", "worker_threads must be at most 1024"),
+            ("acl_file=acl.toml", "acl_file needs tls_client_ca"),
             (
                 "log_cleaner_backoff_ms=0",
                 "log_cleaner_backoff_ms must be greater than 0",

@@ -14,6 +14,7 @@ use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
 use tokio::sync::oneshot;
 
+use crate::acl;
 use crate::cluster::controller::Command;
 use crate::cluster::Cluster;
 use crate::config::FlushPolicy;
@@ -52,6 +53,42 @@ impl Shared {
                     | Request::ListPartitionReassignments(_)
                     | Request::DescribeCluster
             )
+    }
+
+    /// Checks `request` from `client` against `acl_file`: the request to serve (which
+    /// may have lost topics the client may not touch) and what finishes its answer,
+    /// or why it is refused whole. Without `acl_file` every request passes as it is.
+    pub(crate) fn authorize(
+        &self,
+        client: Option<&acl::Principal>,
+        request: Request,
+        span: &tracing::Span,
+    ) -> Result<(Request, acl::Finish), acl::Denied> {
+        let Some(rules) = &self.acl else {
+            return Ok((request, acl::Finish::default()));
+        };
+        let acl = rules.read().clone();
+        // `tls_client_ca` (which `acl_file` needs) admits no client without a
+        // certificate; a name no certificate can have, should one get through.
+        let principal = client.cloned().unwrap_or_else(|| acl::Principal {
+            name: Arc::from("(no certificate)"),
+            broker: false,
+        });
+        match acl::check(&acl, &principal, request, self) {
+            acl::Checked::Refuse(denied) => {
+                self.metrics.authorization_denied(1);
+                tracing::debug!(parent: span, reason = %denied.message, "refused by acl_file");
+                Err(denied)
+            }
+            acl::Checked::Serve { request, after } => {
+                let denied = after.denied_topics();
+                if denied > 0 {
+                    self.metrics.authorization_denied(denied);
+                    tracing::debug!(parent: span, topics = denied, "topics refused by acl_file");
+                }
+                Ok((request, acl::Finish::new(acl, principal, after)))
+            }
+        }
     }
 
     /// Dispatches one request. `None` means "send no response" (acks=0 produce).
@@ -1707,5 +1744,17 @@ impl Shared {
             log_start_offset: log_start,
             diverging_epoch: None,
         })
+    }
+}
+
+impl acl::Topics for Shared {
+    fn would_create(&self, topic: &str) -> bool {
+        if !self.config.auto_create_topics || self.registry.get(topic).is_some() {
+            return false;
+        }
+        match &self.cluster {
+            Some(cluster) => !cluster.image().topics.contains_key(topic),
+            None => true,
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! open at once (`max_inflight_requests`) and QUIC flow control bound what a client
 //! can make the broker buffer.
 
+pub mod acl;
 mod cleaner;
 mod cluster;
 mod cluster_writer;
@@ -77,6 +78,13 @@ pub(crate) struct Shared {
     /// Counters for the metrics listener (`metrics_listen`), kept whether or not it
     /// is on.
     pub(crate) metrics: Arc<metrics::Metrics>,
+    /// The rules of `acl_file` (replaced on reload); `None` without one: every
+    /// admitted client may do everything.
+    pub(crate) acl: Option<parking_lot::RwLock<Arc<acl::Acl>>>,
+    /// Fingerprints of every certificate this process has loaded as its own: a
+    /// client presenting one is a broker of the cluster, which `acl_file` does not
+    /// restrict.
+    own_fingerprints: parking_lot::RwLock<std::collections::HashSet<String>>,
 }
 
 /// A running broker.
@@ -141,6 +149,18 @@ impl Broker {
         let groups = groups::Groups::open(&config, &registry)?;
         let producer_ids = producer_ids::ProducerIds::open(&config.data_dir, config.broker_id)?;
 
+        let acl = match &config.acl_file {
+            Some(path) => {
+                let acl = acl::Acl::load(path)?;
+                tracing::info!(
+                    rules = acl.rule_count(),
+                    "authorization rules from {}",
+                    path.display()
+                );
+                Some(parking_lot::RwLock::new(Arc::new(acl)))
+            }
+            None => None,
+        };
         let cert_path = config.tls_cert_path();
         let identity = tls::load_or_generate(
             &cert_path,
@@ -215,6 +235,8 @@ impl Broker {
             cluster_writer,
             images_stopped: parking_lot::Mutex::new(false),
             metrics: Arc::default(),
+            acl,
+            own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
         });
         Ok(Broker {
             shared,
@@ -417,7 +439,10 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                         let client = client_certificate(&connection).map(|(name, fingerprint)| {
                             tracing::Span::current().record("client", name.as_str());
                             tracing::debug!(%fingerprint, "client certificate accepted");
-                            Arc::<str>::from(name)
+                            acl::Principal {
+                                name: Arc::<str>::from(name),
+                                broker: shared.own_fingerprints.read().contains(&fingerprint),
+                            }
                         });
                         tracing::debug!("connected");
                         let _open = shared.metrics.connection_opened();
@@ -479,7 +504,23 @@ impl TlsReloader {
         let server_config = quic_server_config(config, &identity)?;
         self.peer_tls.replace_identity(&identity)?;
         self.endpoint.set_server_config(Some(server_config));
+        self.shared
+            .own_fingerprints
+            .write()
+            .insert(identity.fingerprint.clone());
         Ok(identity.fingerprint)
+    }
+
+    /// Re-reads `acl_file`; returns how many rules it holds, or `None` when the
+    /// broker has no `acl_file`. A file that fails to parse changes nothing.
+    pub fn reload_acl(&self) -> anyhow::Result<Option<usize>> {
+        let (Some(path), Some(current)) = (&self.shared.config.acl_file, &self.shared.acl) else {
+            return Ok(None);
+        };
+        let acl = acl::Acl::load(path)?;
+        let rules = acl.rule_count();
+        *current.write() = Arc::new(acl);
+        Ok(Some(rules))
     }
 }
 
@@ -505,7 +546,7 @@ fn client_certificate(connection: &quinn::Connection) -> Option<(String, String)
 async fn serve_connection(
     shared: Arc<Shared>,
     connection: quinn::Connection,
-    (id, client): (u64, Option<Arc<str>>),
+    (id, client): (u64, Option<acl::Principal>),
 ) {
     let budget = BodyBudget::new(CONNECTION_RECEIVE_WINDOW, shared.request_buffers.clone());
     loop {
@@ -537,7 +578,7 @@ async fn serve_stream(
     shared: Arc<Shared>,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
-    (connection, peer, client): (u64, SocketAddr, Option<Arc<str>>),
+    (connection, peer, client): (u64, SocketAddr, Option<acl::Principal>),
     budget: BodyBudget,
 ) {
     let limit = shared.config.max_frame_bytes;
@@ -582,17 +623,20 @@ async fn serve_stream(
                 "otel.kind" = "server",
             );
             if let Some(client) = &client {
-                span.record("client", &**client);
+                span.record("client", &*client.name);
             }
             if let Some(trace) = trace {
                 join_client_trace(&span, &trace);
             }
-            let reply = match shared.handle(request, peer).instrument(span).await {
-                // Chunks: fetched batches go out from the buffers they were read
-                // into, not copied into the frame. The answer has the request's
-                // version.
-                Some(response) => encode_response_chunks_at(&response, version),
-                None => Vec::new(),
+            let reply = match shared.authorize(client.as_ref(), request, &span) {
+                Err(denied) => vec![encode_error_response(denied.code, &denied.message)],
+                Ok((request, after)) => match shared.handle(request, peer).instrument(span).await {
+                    // Chunks: fetched batches go out from the buffers they were read
+                    // into, not copied into the frame. The answer has the request's
+                    // version.
+                    Some(response) => encode_response_chunks_at(&after.finish(response), version),
+                    None => Vec::new(),
+                },
             };
             let reply_bytes = reply.iter().map(Bytes::len).sum();
             shared

@@ -49,6 +49,8 @@ pub(crate) struct Metrics {
     connections_refused: AtomicU64,
     /// Handshakes failed for the client's certificate (`tls_client_ca`).
     client_certificates_refused: AtomicU64,
+    /// Requests and topics of requests refused by `acl_file`.
+    authorization_denied: AtomicU64,
     connections_open: AtomicI64,
     /// Produce partition refusals by error code.
     produce_errors: Vec<AtomicU64>,
@@ -62,6 +64,7 @@ impl Default for Metrics {
             connections_accepted: AtomicU64::new(0),
             connections_refused: AtomicU64::new(0),
             client_certificates_refused: AtomicU64::new(0),
+            authorization_denied: AtomicU64::new(0),
             connections_open: AtomicI64::new(0),
             produce_errors: (0..ERROR_CODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -113,6 +116,12 @@ impl Metrics {
     pub(crate) fn client_certificate_refused(&self) {
         self.client_certificates_refused
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// `acl_file` refused a request, or `topics` of its topics.
+    pub(crate) fn authorization_denied(&self, topics: u64) {
+        self.authorization_denied
+            .fetch_add(topics, Ordering::Relaxed);
     }
 
     /// A connection was established; the guard counts it open until dropped.
@@ -221,6 +230,12 @@ impl Metrics {
             "counter",
             "TLS handshakes refused for the client's certificate (tls_client_ca): none, an unknown CA's, expired.",
             self.client_certificates_refused.load(Ordering::Relaxed),
+        );
+        out.single(
+            "meridian_authorization_denied_total",
+            "counter",
+            "Requests refused by acl_file, counting a request that lost some of its topics once per topic.",
+            self.authorization_denied.load(Ordering::Relaxed),
         );
         out.single(
             "meridian_connections_open",

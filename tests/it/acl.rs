@@ -1,0 +1,250 @@
+//! `acl_file`: a broker with mutual TLS lets each client (named by its certificate)
+//! do only what the file's rules allow, per topic within a request, and re-reads
+//! the file on SIGHUP.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use meridian_client::{
+    AutoOffsetReset, Client, ClientConfig, ClientIdentity, ConsumerConfig, Error, GroupConfig,
+    NewTopic, ProducerConfig, ProducerRecord, Trust,
+};
+use meridian_wire::ErrorCode;
+
+use crate::harness::TestBroker;
+use crate::tls::ca_with;
+
+const RULES: &str = r#"
+super_users = ["ops"]
+
+[[allow]]
+principals = ["writer"]
+operations = ["write"]
+topics = ["orders"]
+
+[[allow]]
+principals = ["reader"]
+operations = ["read"]
+topics = ["orders"]
+groups = ["billing"]
+"#;
+
+fn code(error: &Error) -> Option<ErrorCode> {
+    match error {
+        Error::Broker { code, .. } => Some(*code),
+        _ => None,
+    }
+}
+
+async fn connect(broker: &TestBroker, certs: &Path, name: &str) -> Client {
+    let mut config = ClientConfig::new(
+        broker.addr.clone(),
+        Trust::parse_fingerprint(&broker.fingerprint).unwrap(),
+    );
+    config.identity = Some(
+        ClientIdentity::from_files(
+            certs.join(format!("{name}.pem")),
+            certs.join(format!("{name}.key")),
+        )
+        .unwrap(),
+    );
+    Client::connect(config).await.unwrap()
+}
+
+/// Writer may write `orders` and nothing else (within one producer, its records to
+/// `orders` land while those to `audit` fail); reader may read `orders` in group
+/// `billing` and sees no other topic; ops (a super user) may do everything; the CLI
+/// says why it was refused; SIGHUP re-reads the rules, and a broken file keeps the
+/// old ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_client_does_only_what_the_acl_file_allows() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ca_with(&certs, &["ops", "writer", "reader"]);
+    let acl_file = dir.path().join("acl.toml");
+    std::fs::write(&acl_file, RULES).unwrap();
+    let log = dir.path().join("broker.log");
+    let metrics = format!("127.0.0.1:{}", crate::harness::free_ports(1)[0]);
+    let broker = TestBroker::start_logging_to(
+        &log,
+        &[
+            &format!("tls_client_ca={}", certs.join("ca.pem").display()),
+            &format!("acl_file={}", acl_file.display()),
+            &format!("metrics_listen={metrics}"),
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    crate::harness::await_log(&log, "authorization rules from", 1);
+
+    let ops = connect(&broker, &certs, "ops").await;
+    for topic in ["orders", "audit"] {
+        ops.admin()
+            .create_topic(NewTopic::new(topic, 2))
+            .await
+            .unwrap();
+    }
+
+    // Writer: `orders` yes, `audit` no, in the same producer at the same time.
+    let writer = connect(&broker, &certs, "writer").await;
+    let producer = writer.producer(ProducerConfig::default());
+    let to_orders = producer
+        .send(ProducerRecord::new("orders", "paid").key("o-1"))
+        .await
+        .unwrap();
+    let to_audit = producer.send(ProducerRecord::new("audit", "x")).await;
+    let to_audit = match to_audit {
+        Ok(delivery) => delivery.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    to_orders.await.unwrap();
+    let err = to_audit.unwrap_err();
+    assert_eq!(
+        code(&err),
+        Some(ErrorCode::TopicAuthorizationFailed),
+        "{err}"
+    );
+    let err = writer
+        .admin()
+        .create_topic(NewTopic::new("mine", 1))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        code(&err),
+        Some(ErrorCode::TopicAuthorizationFailed),
+        "{err}"
+    );
+    assert!(
+        err.to_string()
+            .contains("client `writer` may not create topic `mine`"),
+        "{err}"
+    );
+    let err = writer.admin().describe_cluster().await.unwrap_err();
+    assert_eq!(
+        code(&err),
+        Some(ErrorCode::ClusterAuthorizationFailed),
+        "{err}"
+    );
+
+    // Reader: consumes `orders` in group `billing` and commits; sees only `orders`.
+    let reader = connect(&broker, &certs, "reader").await;
+    assert_eq!(reader.admin().list_topics().await.unwrap(), ["orders"]);
+    let mut consumer = reader.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    consumer
+        .subscribe(
+            GroupConfig {
+                enable_auto_commit: false,
+                ..GroupConfig::new("billing")
+            },
+            &["orders"],
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut values = Vec::new();
+    while values.is_empty() {
+        assert!(Instant::now() < deadline, "reader got nothing from orders");
+        for record in consumer.poll(Duration::from_millis(200)).await.unwrap() {
+            values.push(record.value.clone());
+        }
+    }
+    assert_eq!(values, [Some(bytes::Bytes::from("paid"))]);
+    consumer.commit().await.unwrap();
+    consumer.close().await.unwrap();
+    // Joining happens in the background; `poll` reports why it failed.
+    let mut elsewhere = reader.consumer(ConsumerConfig::default());
+    elsewhere
+        .subscribe(GroupConfig::new("payroll"), &["orders"])
+        .await
+        .unwrap();
+    let err = loop {
+        assert!(Instant::now() < deadline, "reader joined group payroll");
+        if let Err(e) = elsewhere.poll(Duration::from_millis(100)).await {
+            break e;
+        }
+    };
+    assert_eq!(
+        code(&err),
+        Some(ErrorCode::GroupAuthorizationFailed),
+        "{err}"
+    );
+    let reader_producer = reader.producer(ProducerConfig::default());
+    let refused = match reader_producer
+        .send(ProducerRecord::new("orders", "no"))
+        .await
+    {
+        Ok(delivery) => delivery.await.map(|_| ()),
+        Err(e) => Err(e),
+    };
+    assert!(refused.is_err(), "reader may not write");
+
+    // The CLI says who may not do what.
+    let (writer_pem, writer_key) = (certs.join("writer.pem"), certs.join("writer.key"));
+    let (ok, _, err) = broker.cli(
+        &[
+            "produce",
+            "audit",
+            "--cert",
+            writer_pem.to_str().unwrap(),
+            "--key",
+            writer_key.to_str().unwrap(),
+        ],
+        "x\n",
+    );
+    assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+    let (ok, out, err) = broker.cli(
+        &[
+            "topic",
+            "list",
+            "--cert",
+            certs.join("reader.pem").to_str().unwrap(),
+            "--key",
+            certs.join("reader.key").to_str().unwrap(),
+        ],
+        "",
+    );
+    assert!(
+        ok && out.contains("orders") && !out.contains("audit"),
+        "{out}{err}"
+    );
+    let samples = crate::metrics::scrape(&metrics);
+    assert!(
+        crate::metrics::value(&samples, "meridian_authorization_denied_total") >= 5.0,
+        "{samples:?}"
+    );
+
+    // SIGHUP: writer may now write `audit` too.
+    std::fs::write(
+        &acl_file,
+        RULES.replace(
+            "topics = [\"orders\"]\n\n[[allow]]\nprincipals = [\"reader\"]",
+            "topics = [\"orders\", \"audit\"]\n\n[[allow]]\nprincipals = [\"reader\"]",
+        ),
+    )
+    .unwrap();
+    broker.signal("HUP");
+    crate::harness::await_log(&log, "SIGHUP: reloaded acl_file", 1);
+    let writer = connect(&broker, &certs, "writer").await;
+    let producer = writer.producer(ProducerConfig::default());
+    producer
+        .send(ProducerRecord::new("audit", "now allowed"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+
+    // A broken file: the reload fails, the rules stay.
+    std::fs::write(&acl_file, "[[allow]]\nprincipals = [\"writer\"]\n").unwrap();
+    broker.signal("HUP");
+    let logged = crate::harness::await_log(&log, "acl_file reload failed", 1);
+    assert!(logged.contains("missing field `operations`"), "{logged}");
+    producer
+        .send(ProducerRecord::new("audit", "still allowed"))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(broker.is_running());
+}
