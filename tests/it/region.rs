@@ -141,31 +141,55 @@ fn whole_cluster_killed_and_restarted_keeps_acknowledged_records() {
 /// `meridian up REGION` running: the bootstrap list and certificate it printed, and
 /// its output and log collected until it stops.
 struct UpRegion {
-    up: std::process::Child,
+    up: UpProcess,
     bootstrap: String,
     cert: String,
     stdout: std::thread::JoinHandle<Vec<String>>,
     stderr: std::thread::JoinHandle<Vec<String>>,
 }
 
+/// The `meridian up` process. A test that fails before [`UpRegion::stop`] leaves
+/// it running: dropping it stops it (SIGINT, then SIGKILL, which its brokers follow),
+/// so a region never outlives its test.
+struct UpProcess(std::process::Child);
+
+impl Drop for UpProcess {
+    fn drop(&mut self) {
+        if !matches!(self.0.try_wait(), Ok(None)) {
+            return;
+        }
+        if let Some(pid) = rustix::process::Pid::from_raw(self.0.id() as i32) {
+            let _ = rustix::process::kill_process(pid, rustix::process::Signal::INT);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while matches!(self.0.try_wait(), Ok(None)) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 impl UpRegion {
     fn start(region: &Path) -> UpRegion {
-        let mut up = Command::new(meridian_bin())
-            .arg("up")
-            .arg(region)
-            .env_remove("RUST_LOG")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start meridian up");
-        let stderr = up.stderr.take().expect("stderr");
+        let mut up = UpProcess(
+            Command::new(meridian_bin())
+                .arg("up")
+                .arg(region)
+                .env_remove("RUST_LOG")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start meridian up"),
+        );
+        let stderr = up.0.stderr.take().expect("stderr");
         let stderr = std::thread::spawn(move || {
             BufReader::new(stderr)
                 .lines()
                 .map_while(Result::ok)
                 .collect::<Vec<_>>()
         });
-        let stdout = up.stdout.take().expect("stdout");
+        let stdout = up.0.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
         let (mut bootstrap, mut cert) = (None, None);
         while bootstrap.is_none() || cert.is_none() {
@@ -243,11 +267,11 @@ impl UpRegion {
     /// Stops the region with Ctrl-C (SIGINT); asserts every broker stopped cleanly
     /// and returns the brokers' log.
     fn stop(mut self) -> Vec<String> {
-        let pid = rustix::process::Pid::from_raw(self.up.id() as i32).expect("pid");
+        let pid = rustix::process::Pid::from_raw(self.up.0.id() as i32).expect("pid");
         rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
-            if let Some(status) = self.up.try_wait().expect("wait") {
+            if let Some(status) = self.up.0.try_wait().expect("wait") {
                 break status;
             }
             assert!(Instant::now() < deadline, "meridian up did not stop");
