@@ -248,3 +248,76 @@ async fn each_client_does_only_what_the_acl_file_allows() {
         .unwrap();
     assert!(broker.is_running());
 }
+
+/// `meridian acl check` parses a file as a broker would and says which rule decides
+/// for a client, an operation and a resource, failing when the rules refuse.
+#[test]
+fn acl_check_says_which_rule_decides() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("acl.toml");
+    let rules = format!("{RULES}\n[[deny]]\nprincipals = [\"*\"]\noperations = [\"read\"]\ntopics = [\"orders\"]\ngroups = [\"billing\"]\n");
+    std::fs::write(&file, rules).unwrap();
+    let acl = |args: &[&str]| {
+        let out = std::process::Command::new(crate::harness::meridian_bin())
+            .args(["acl", "check"])
+            .arg(&file)
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (ok, out, err) = acl(&[]);
+    assert!(
+        ok && out.contains("2 allow rules, 1 deny rule, 1 super user"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = acl(&[
+        "--client",
+        "writer",
+        "--operation",
+        "write",
+        "--topic",
+        "orders",
+    ]);
+    assert!(
+        ok && out.contains("client `writer` write topic `orders`: allowed by [[allow]] number 1"),
+        "{out}{err}"
+    );
+    let (ok, _, err) = acl(&[
+        "--client",
+        "writer",
+        "--operation",
+        "read",
+        "--topic",
+        "orders",
+    ]);
+    assert!(!ok && err.contains("denied by [[deny]] number 1"), "{err}");
+    let (ok, _, err) = acl(&[
+        "--client",
+        "writer",
+        "--operation",
+        "write",
+        "--topic",
+        "audit",
+    ]);
+    assert!(!ok && err.contains("denied: no rule allows it"), "{err}");
+    let (ok, out, _) = acl(&["--client", "ops", "--operation", "alter", "--cluster"]);
+    assert!(ok && out.contains("allowed: a super user"), "{out}");
+    let (ok, _, err) = acl(&["--client", "ops", "--operation", "fly", "--cluster"]);
+    assert!(!ok && err.contains("unknown operation `fly`"), "{err}");
+
+    std::fs::write(
+        &file,
+        "[[allow]]\nprincipals = [\"a\"]\noperations = [\"reed\"]\ntopics = [\"t\"]\n",
+    )
+    .unwrap();
+    let (ok, _, err) = acl(&[]);
+    assert!(
+        !ok && err.contains("[[allow]] number 1: unknown operation `reed`"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
 //! `meridian`: the broker (`broker`, `dev`) and its command-line client (`topic`,
 //! `produce`, `consume`, `group`, `bench`) in one binary.
 
+mod acl_cmds;
 mod bench;
 mod bench_failover;
 mod bench_ratio;
@@ -70,6 +71,9 @@ enum Command {
     /// Certificates: a CA, and certificates it signs for clients and brokers (mutual TLS).
     #[command(subcommand)]
     Cert(cert_cmds::CertCommand),
+    /// Authorization rules (`acl_file`): check a file, and what it decides.
+    #[command(subcommand)]
+    Acl(acl_cmds::AclCommand),
 }
 
 #[derive(Args, Clone)]
@@ -483,6 +487,7 @@ async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<(
         Command::Bench(cmd) => bench::run(cmd).await,
         Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
         Command::Cert(cmd) => cert_cmds::run(cmd),
+        Command::Acl(cmd) => acl_cmds::run(cmd),
     }
 }
 

@@ -24,7 +24,7 @@ use serde::Deserialize;
 
 /// What a request does to a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Operation {
+pub enum Operation {
     Read,
     Write,
     Create,
@@ -46,7 +46,12 @@ impl Operation {
         Operation::ClusterAction,
     ];
 
-    fn name(self) -> &'static str {
+    /// By its name in the file (`read`, `cluster_action`).
+    pub fn parse(name: &str) -> Option<Operation> {
+        Operation::ALL.into_iter().find(|op| op.name() == name)
+    }
+
+    pub fn name(self) -> &'static str {
         match self {
             Operation::Read => "read",
             Operation::Write => "write",
@@ -77,7 +82,7 @@ enum Kind {
 
 /// What an operation is done to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Resource<'a> {
+pub enum Resource<'a> {
     Topic(&'a str),
     Group(&'a str),
     Cluster,
@@ -114,9 +119,9 @@ impl fmt::Display for Resource<'_> {
 /// Who sent a request: the common name of its certificate, and whether it is one of
 /// the cluster's brokers (it presented this broker's own certificate).
 #[derive(Clone, Debug)]
-pub(crate) struct Principal {
-    pub(crate) name: std::sync::Arc<str>,
-    pub(crate) broker: bool,
+pub struct Principal {
+    pub name: std::sync::Arc<str>,
+    pub broker: bool,
 }
 
 /// A name, a prefix (`orders.*`) or anything (`*`).
@@ -238,7 +243,7 @@ impl RuleFile {
                 operations.extend(Operation::ALL);
                 continue;
             }
-            let Some(op) = Operation::ALL.into_iter().find(|op| op.name() == name) else {
+            let Some(op) = Operation::parse(name) else {
                 return Err(at(format!(
                     "unknown operation `{name}` (read, write, create, delete, alter, describe, cluster_action, all)"
                 )));
@@ -293,23 +298,37 @@ impl Acl {
         self.allow.len() + self.deny.len()
     }
 
+    /// What the file holds: "2 allow rules, 1 deny rule, 1 super user".
+    pub fn summary(&self) -> String {
+        let count = |n: usize, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
+        format!(
+            "{}, {}, {}",
+            count(self.allow.len(), "allow rule"),
+            count(self.deny.len(), "deny rule"),
+            count(self.super_users.len(), "super user")
+        )
+    }
+
     /// Whether `principal` may do `op` to `resource`.
-    pub(crate) fn allows(
-        &self,
-        principal: &Principal,
-        op: Operation,
-        resource: Resource<'_>,
-    ) -> bool {
-        if principal.broker || self.super_users.contains(&*principal.name) {
-            return true;
+    pub fn allows(&self, principal: &Principal, op: Operation, resource: Resource<'_>) -> bool {
+        self.decide(principal, op, resource).allowed()
+    }
+
+    /// Whether `principal` may do `op` to `resource`, and which rule says so.
+    pub fn decide(&self, principal: &Principal, op: Operation, resource: Resource<'_>) -> Decision {
+        if principal.broker {
+            return Decision::Broker;
+        }
+        if self.super_users.contains(&*principal.name) {
+            return Decision::SuperUser;
         }
         let name = &*principal.name;
-        if self
+        if let Some(i) = self
             .deny
             .iter()
-            .any(|r| r.operations.contains(&op) && r.covers(name, resource))
+            .position(|r| r.operations.contains(&op) && r.covers(name, resource))
         {
-            return false;
+            return Decision::DeniedBy(i + 1);
         }
         let implied = |r: &Rule| match (op, resource.kind()) {
             (Operation::Describe, Kind::Topic) => r.operations.iter().any(|o| {
@@ -324,15 +343,20 @@ impl Acl {
                 .any(|o| matches!(o, Operation::Read | Operation::Delete)),
             _ => false,
         };
-        let allowed = |resource: Resource<'_>| {
-            self.allow
-                .iter()
-                .any(|r| (r.operations.contains(&op) || implied(r)) && r.covers(name, resource))
+        let allowed_by = |resource: Resource<'_>| {
+            self.allow.iter().position(|r| {
+                (r.operations.contains(&op) || implied(r)) && r.covers(name, resource)
+            })
         };
-        allowed(resource)
-            || (op == Operation::Create
-                && matches!(resource, Resource::Topic(_))
-                && allowed(Resource::Cluster))
+        let by_cluster = || {
+            (op == Operation::Create && matches!(resource, Resource::Topic(_)))
+                .then(|| allowed_by(Resource::Cluster))
+                .flatten()
+        };
+        match allowed_by(resource).or_else(by_cluster) {
+            Some(i) => Decision::AllowedBy(i + 1),
+            None => Decision::NoRule,
+        }
     }
 
     /// `Ok` if `principal` may, else the error to answer with.
@@ -359,6 +383,41 @@ impl Acl {
                     && !r.topics.is_empty()
                     && r.principals.iter().any(|p| p.matches(&principal.name))
             })
+    }
+}
+
+/// What [`Acl::decide`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    /// The client presented this broker's own certificate.
+    Broker,
+    SuperUser,
+    /// The `[[allow]]` rule of this number (from 1, in file order).
+    AllowedBy(usize),
+    /// The `[[deny]]` rule of this number.
+    DeniedBy(usize),
+    /// No rule allows it.
+    NoRule,
+}
+
+impl Decision {
+    pub fn allowed(self) -> bool {
+        matches!(
+            self,
+            Decision::Broker | Decision::SuperUser | Decision::AllowedBy(_)
+        )
+    }
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::Broker => f.write_str("allowed: a broker of the cluster"),
+            Decision::SuperUser => f.write_str("allowed: a super user"),
+            Decision::AllowedBy(i) => write!(f, "allowed by [[allow]] number {i}"),
+            Decision::DeniedBy(i) => write!(f, "denied by [[deny]] number {i}"),
+            Decision::NoRule => f.write_str("denied: no rule allows it"),
+        }
     }
 }
 
@@ -854,6 +913,40 @@ mod tests {
         };
         assert!(acl.allows(&broker, ClusterAction, Resource::Cluster));
         assert!(!acl.allows(&who("region"), ClusterAction, Resource::Cluster));
+    }
+
+    #[test]
+    fn a_decision_names_the_rule_that_made_it() {
+        use Operation::*;
+        let acl = Acl::parse(RULES).unwrap();
+        let decide = |name: &str, op, resource| acl.decide(&who(name), op, resource);
+        assert_eq!(
+            decide("orders-app", Write, Resource::Topic("orders")),
+            Decision::AllowedBy(1)
+        );
+        assert_eq!(
+            decide("x", Read, Resource::Topic("public.secret")),
+            Decision::DeniedBy(1)
+        );
+        assert_eq!(
+            decide("x", Read, Resource::Topic("public.a")),
+            Decision::AllowedBy(2)
+        );
+        // Creating a topic through the cluster's create.
+        assert_eq!(
+            decide("admin", Create, Resource::Topic("t")),
+            Decision::AllowedBy(3)
+        );
+        assert_eq!(
+            decide("x", Write, Resource::Topic("orders")),
+            Decision::NoRule
+        );
+        assert_eq!(decide("ops", Alter, Resource::Cluster), Decision::SuperUser);
+        assert_eq!(
+            Decision::DeniedBy(1).to_string(),
+            "denied by [[deny]] number 1"
+        );
+        assert_eq!(acl.summary(), "3 allow rules, 1 deny rule, 1 super user");
     }
 
     #[test]
