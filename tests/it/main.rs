@@ -17,6 +17,7 @@ mod metrics;
 mod otel;
 mod plugins;
 mod produce_consume;
+mod quotas;
 mod region;
 mod replication;
 mod routing;

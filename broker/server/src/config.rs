@@ -58,6 +58,16 @@ pub struct BrokerConfig {
     /// name) may do what to which topics, groups and the cluster. Needs
     /// `tls_client_ca`. Absent: every admitted client may do everything.
     pub acl_file: Option<PathBuf>,
+    /// Bytes per second each client may produce (produce request frames), counted
+    /// per client certificate name (per IP address without client certificates);
+    /// over it, the broker holds its answers back. 0: no limit.
+    pub producer_byte_rate: u64,
+    /// Bytes per second of fetch answers each client may receive; 0: no limit.
+    pub consumer_byte_rate: u64,
+    /// Per-client exceptions to the two rates, by certificate name (or IP address):
+    /// `[client_quotas.NAME]` with `producer_byte_rate` / `consumer_byte_rate`
+    /// (0: no limit for that client).
+    pub client_quotas: std::collections::BTreeMap<String, ClientQuota>,
     /// Create a topic on first produce/fetch/metadata request naming it.
     pub auto_create_topics: bool,
     /// Partitions of an auto-created topic.
@@ -158,6 +168,15 @@ pub struct BrokerConfig {
     pub plugins: crate::plugins::PluginsConfig,
     /// Multi-broker cluster (`[cluster]`); absent: a single broker, as before.
     pub cluster: Option<ClusterConfig>,
+}
+
+/// `[client_quotas.NAME]`: one client's rates instead of the broker's
+/// `producer_byte_rate` / `consumer_byte_rate` (absent: those; 0: no limit).
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct ClientQuota {
+    pub producer_byte_rate: Option<u64>,
+    pub consumer_byte_rate: Option<u64>,
 }
 
 /// `[cluster]`: the metadata quorum and broker liveness. Every voter is also a broker
@@ -395,6 +414,9 @@ impl Default for BrokerConfig {
             tls_key: None,
             tls_client_ca: None,
             acl_file: None,
+            producer_byte_rate: 0,
+            consumer_byte_rate: 0,
+            client_quotas: Default::default(),
             auto_create_topics: false,
             default_partitions: 1,
             max_frame_bytes: meridian_wire::frame::DEFAULT_MAX_FRAME_BYTES,
@@ -675,7 +697,12 @@ fn set_key(table: &mut toml::Table, key: &str, raw: &str) -> Result<(), ConfigEr
             table.insert(head.to_owned(), value);
             return Ok(());
         }
-        return Err(ConfigError::Invalid(format!("unknown config key `{key}`")));
+        // A section absent from the defaults (`[cluster]`, `[client_quotas.NAME]`):
+        // made here, and checked field by field when the whole is read.
+        let mut section = toml::Table::new();
+        set_key(&mut section, rest.unwrap_or_default(), raw)?;
+        table.insert(head.to_owned(), toml::Value::Table(section));
+        return Ok(());
     };
     match (existing, rest) {
         (toml::Value::Table(inner), Some(rest)) => set_key(inner, rest, raw),
@@ -935,6 +962,14 @@ mod tests {
             ),
             ("worker_threads=1025", "worker_threads must be at most 1024"),
             ("acl_file=acl.toml", "acl_file needs tls_client_ca"),
+            (
+                "client_quota.a.producer_byte_rate=1",
+                "unknown field `client_quota`",
+            ),
+            (
+                "client_quotas.a.producer_rate=1",
+                "unknown field `producer_rate`",
+            ),
             (
                 "log_cleaner_backoff_ms=0",
                 "log_cleaner_backoff_ms must be greater than 0",

@@ -17,6 +17,7 @@ mod handlers;
 mod metrics;
 mod plugins;
 mod producer_ids;
+mod quotas;
 pub mod replica_manager;
 pub mod replicas;
 pub mod tls;
@@ -37,6 +38,7 @@ use meridian_wire::frame::{
     check_frame_length, decode_request_traced, encode_error_response, encode_response_chunks_at,
     FrameError, TraceContext,
 };
+use meridian_wire::messages::{Request, CONSUMER_REPLICA_ID};
 use meridian_wire::ErrorCode;
 use tracing::Instrument;
 
@@ -85,6 +87,8 @@ pub(crate) struct Shared {
     /// client presenting one is a broker of the cluster, which `acl_file` does not
     /// restrict.
     own_fingerprints: parking_lot::RwLock<std::collections::HashSet<String>>,
+    /// `producer_byte_rate`, `consumer_byte_rate` and `[client_quotas]`.
+    quotas: quotas::Quotas,
 }
 
 /// A running broker.
@@ -216,6 +220,7 @@ impl Broker {
                 config.plugins.logs_queue_max,
             )
         });
+        let quotas = quotas::Quotas::new(&config);
         let shared = Arc::new(Shared {
             read_buffers: BufferPool::new(
                 usize::try_from(config.read_buffer_cache_bytes).unwrap_or(usize::MAX),
@@ -236,6 +241,7 @@ impl Broker {
             images_stopped: parking_lot::Mutex::new(false),
             metrics: Arc::default(),
             acl,
+            quotas,
             own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
         });
         Ok(Broker {
@@ -628,6 +634,7 @@ async fn serve_stream(
             if let Some(trace) = trace {
                 join_client_trace(&span, &trace);
             }
+            let flow = shared.quota_flow(client.as_ref(), &request);
             let reply = match shared.authorize(client.as_ref(), request, &span) {
                 Err(denied) => vec![encode_error_response(denied.code, &denied.message)],
                 Ok((request, after)) => match shared.handle(request, peer).instrument(span).await {
@@ -642,6 +649,13 @@ async fn serve_stream(
             shared
                 .metrics
                 .request(api, frame_bytes, reply_bytes, started.elapsed());
+            if let Some(flow) = flow {
+                let bytes = match flow {
+                    quotas::Flow::Produce => frame_bytes,
+                    quotas::Flow::Fetch => reply_bytes,
+                };
+                shared.throttle(flow, client.as_ref(), peer, bytes).await;
+            }
             reply
         }
         Err(e) => {
@@ -657,6 +671,48 @@ async fn serve_stream(
         }
     }
     let _ = send.finish();
+}
+
+impl Shared {
+    /// The quota `request` counts against, if any: produce requests and consumers'
+    /// fetches of clients other than the cluster's brokers, when some client has a
+    /// quota for them.
+    fn quota_flow(
+        &self,
+        client: Option<&acl::Principal>,
+        request: &Request,
+    ) -> Option<quotas::Flow> {
+        let flow = match request {
+            Request::Produce(_) => quotas::Flow::Produce,
+            Request::Fetch(f) if f.replica_id == CONSUMER_REPLICA_ID => quotas::Flow::Fetch,
+            _ => return None,
+        };
+        let broker = client.is_some_and(|c| c.broker);
+        (!broker && self.quotas.active(flow)).then_some(flow)
+    }
+
+    /// Charges `bytes` to the client (its certificate's name, else its IP address)
+    /// and holds the answer while it is over its quota.
+    async fn throttle(
+        &self,
+        flow: quotas::Flow,
+        client: Option<&acl::Principal>,
+        peer: SocketAddr,
+        bytes: usize,
+    ) {
+        let key = match client {
+            Some(client) => client.name.to_string(),
+            None => peer.ip().to_string(),
+        };
+        let delay = self
+            .quotas
+            .charge(flow, &key, bytes as u64, std::time::Instant::now());
+        if !delay.is_zero() {
+            self.metrics.throttled(flow, delay);
+            tracing::debug!(client = %key, flow = flow.name(), delay_ms = delay.as_millis() as u64, "over its quota: answer held");
+            tokio::time::sleep(delay).await;
+        }
+    }
 }
 
 /// Makes `span` (not entered yet) a child of the client's span that sent the

@@ -51,6 +51,8 @@ pub(crate) struct Metrics {
     client_certificates_refused: AtomicU64,
     /// Requests and topics of requests refused by `acl_file`.
     authorization_denied: AtomicU64,
+    /// Microseconds answers were held for clients over their quota: produce, fetch.
+    throttled_micros: [AtomicU64; 2],
     connections_open: AtomicI64,
     /// Produce partition refusals by error code.
     produce_errors: Vec<AtomicU64>,
@@ -65,6 +67,7 @@ impl Default for Metrics {
             connections_refused: AtomicU64::new(0),
             client_certificates_refused: AtomicU64::new(0),
             authorization_denied: AtomicU64::new(0),
+            throttled_micros: Default::default(),
             connections_open: AtomicI64::new(0),
             produce_errors: (0..ERROR_CODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -122,6 +125,15 @@ impl Metrics {
     pub(crate) fn authorization_denied(&self, topics: u64) {
         self.authorization_denied
             .fetch_add(topics, Ordering::Relaxed);
+    }
+
+    /// An answer was held `delay` for a client over its `flow` quota.
+    pub(crate) fn throttled(&self, flow: crate::quotas::Flow, delay: Duration) {
+        let slot = match flow {
+            crate::quotas::Flow::Produce => 0,
+            crate::quotas::Flow::Fetch => 1,
+        };
+        self.throttled_micros[slot].fetch_add(delay.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// A connection was established; the guard counts it open until dropped.
@@ -231,6 +243,19 @@ impl Metrics {
             "TLS handshakes refused for the client's certificate (tls_client_ca): none, an unknown CA's, expired.",
             self.client_certificates_refused.load(Ordering::Relaxed),
         );
+        out.family(
+            "meridian_client_throttle_seconds_total",
+            "counter",
+            "Time answers were held for clients over their byte-rate quota, by flow.",
+        );
+        for (flow, slot) in ["produce", "fetch"].iter().zip(&self.throttled_micros) {
+            let seconds = slot.load(Ordering::Relaxed) as f64 / 1e6;
+            out.sample(
+                "meridian_client_throttle_seconds_total",
+                &[("flow", flow)],
+                seconds,
+            );
+        }
         out.single(
             "meridian_authorization_denied_total",
             "counter",
