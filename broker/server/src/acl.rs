@@ -588,6 +588,11 @@ pub(crate) fn check(
                 |t| (&t.name, partitions(&t.partitions, |p| p.partition)),
                 |name| topic_op(name, Read),
             );
+            if r.topics.is_empty() {
+                // Nothing left to wait for: answer the refusals now, not at the
+                // end of the long poll.
+                r.max_wait_ms = 0;
+            }
             Checked::Serve {
                 request: Request::Fetch(r),
                 after: After::AddDenied(denied),
@@ -1108,6 +1113,38 @@ mod tests {
             check(&acl, &broker, follower_fetch, &Existing(false)),
             Checked::Serve { .. }
         ));
+    }
+
+    #[test]
+    fn a_fetch_left_with_no_topic_is_answered_at_once() {
+        let acl = Acl::parse(RULES).unwrap();
+        let fetch = |topics: &[&str]| {
+            Request::Fetch(FetchRequest {
+                max_wait_ms: 500,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                topics: topics
+                    .iter()
+                    .map(|name| FetchTopic {
+                        name: name.to_string(),
+                        partitions: vec![FetchPartition::new(0, 0, 1 << 20)],
+                    })
+                    .collect(),
+                filter: None,
+                replica_id: CONSUMER_REPLICA_ID,
+            })
+        };
+        let served = |request| match check(&acl, &who("x"), request, &Existing(false)) {
+            Checked::Serve {
+                request: Request::Fetch(r),
+                after,
+            } => (r, after.denied_topics()),
+            other => panic!("{other:?}"),
+        };
+        let (r, denied) = served(fetch(&["public.a", "orders"]));
+        assert_eq!((r.topics.len(), r.max_wait_ms, denied), (1, 500, 1));
+        let (r, denied) = served(fetch(&["orders"]));
+        assert_eq!((r.topics.len(), r.max_wait_ms, denied), (0, 0, 1));
     }
 
     #[test]
