@@ -3,11 +3,28 @@
 
 use std::time::{Duration, Instant};
 
-use meridian_client::{ConsumerConfig, NewTopic, Offset, ProducerConfig, ProducerRecord};
+use meridian_client::{
+    Client, ConsumerConfig, NewTopic, Offset, Producer, ProducerConfig, ProducerRecord,
+};
 
 use crate::harness::{send_all, TestBroker};
 
 const RATE: usize = 256 * 1024;
+
+/// Topic `quota` (one partition), and a producer.
+async fn topic_and_producer(client: &Client) -> Producer {
+    client
+        .admin()
+        .create_topic(NewTopic::new("quota", 1))
+        .await
+        .unwrap();
+    client.producer(ProducerConfig::default())
+}
+
+/// 1 MiB for topic `quota`, in 1 KiB records.
+fn megabyte() -> impl Iterator<Item = ProducerRecord> {
+    (0..1024).map(|_| ProducerRecord::new("quota", vec![b'q'; 1024]))
+}
 
 /// One MiB produced and fetched at 256 KiB/s (a second of burst, then the rate)
 /// takes three seconds or more each way, and the broker counts the time it held
@@ -21,16 +38,9 @@ async fn a_client_over_its_quota_is_held_to_its_rate() {
         &format!("metrics_listen={metrics}"),
     ]);
     let client = broker.client().await;
-    client
-        .admin()
-        .create_topic(NewTopic::new("quota", 1))
-        .await
-        .unwrap();
-    let value = vec![b'q'; 1024];
-    let records = (0..1024).map(|_| ProducerRecord::new("quota", value.clone()));
-    let producer = client.producer(ProducerConfig::default());
+    let producer = topic_and_producer(&client).await;
     let started = Instant::now();
-    send_all(&producer, records).await;
+    send_all(&producer, megabyte()).await;
     let produced_in = started.elapsed();
     // 1 MiB less the 256 KiB of burst, at 256 KiB/s.
     assert!(
@@ -68,4 +78,42 @@ async fn a_client_over_its_quota_is_held_to_its_rate() {
         );
         assert!(held >= 2.0, "{flow}: answers held {held} s");
     }
+}
+
+/// SIGHUP reads the configuration file again and takes its client quotas: a quota
+/// lifted there holds nothing back any more, without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_takes_the_quotas_of_the_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broker.toml");
+    std::fs::write(&config, format!("producer_byte_rate = {RATE}\n")).unwrap();
+    let log = dir.path().join("broker.log");
+    let metrics = format!("127.0.0.1:{}", crate::harness::free_ports(1)[0]);
+    let broker = TestBroker::start_logging_to(
+        &log,
+        &[&format!("metrics_listen={metrics}")],
+        &[
+            ("MERIDIAN_CONFIG", config.to_str().unwrap()),
+            ("RUST_LOG", "info"),
+        ],
+    );
+    let producer = topic_and_producer(&broker.client().await).await;
+    send_all(&producer, megabyte()).await;
+    let held = || {
+        crate::metrics::value(
+            &crate::metrics::scrape(&metrics),
+            "meridian_client_throttle_seconds_total{flow=\"produce\"}",
+        )
+    };
+    let before = held();
+    assert!(before > 0.0, "the quota held nothing back");
+
+    std::fs::write(&config, "producer_byte_rate = 0\n").unwrap();
+    broker.signal("HUP");
+    let logged = crate::harness::await_log(&log, "SIGHUP: reloaded the client quotas", 1);
+    assert!(logged.contains("producer_byte_rate=0"), "{logged}");
+    for _ in 0..4 {
+        send_all(&producer, megabyte()).await;
+    }
+    assert_eq!(held(), before, "answers held after the quota was lifted");
 }

@@ -475,8 +475,8 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
 async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<()> {
     let serving = |args: &ServeArgs| config.map_or_else(|| serve_config(args), Ok);
     match command {
-        Command::Dev(args) => serve(serving(&args)?, true).await,
-        Command::Broker(args) => serve(serving(&args)?, false).await,
+        Command::Dev(args) => serve(serving(&args)?, None).await,
+        Command::Broker(args) => serve(serving(&args)?, Some(args)).await,
         Command::Up(args) => up::run(args).await,
         Command::Topic(cmd) => client_cmds::topic(cmd).await,
         Command::Produce(args) => client_cmds::produce(args).await,
@@ -511,7 +511,10 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     )?)
 }
 
-async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
+/// Runs a broker; `broker_args` are `meridian broker`'s arguments (`None`: `meridian
+/// dev`), from which SIGHUP reads the configuration again.
+async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::Result<()> {
+    let dev = broker_args.is_none();
     let broker = Broker::start(config.clone()).await?;
     let addr = broker.local_addr();
     println!(
@@ -552,17 +555,17 @@ async fn serve(config: BrokerConfig, dev: bool) -> anyhow::Result<()> {
     // A daemon's convention. `meridian dev` keeps SIGHUP's default, so closing its
     // terminal still stops it.
     #[cfg(unix)]
-    if !dev {
-        tokio::spawn(reload_on_sighup(broker.tls_reloader()));
+    if let Some(args) = broker_args {
+        tokio::spawn(reload_on_sighup(broker.tls_reloader(), args));
     }
     broker.serve(shutdown_signal()).await
 }
 
-/// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`
-/// and `acl_file` ([`meridian_server::TlsReloader`]); a failed reload keeps what was
-/// loaded.
+/// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`,
+/// `acl_file` and, from the configuration read again, the client quotas
+/// ([`meridian_server::TlsReloader`]); a failed reload keeps what was loaded.
 #[cfg(unix)]
-async fn reload_on_sighup(reloader: meridian_server::TlsReloader) {
+async fn reload_on_sighup(reloader: meridian_server::TlsReloader, args: ServeArgs) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -588,6 +591,21 @@ async fn reload_on_sighup(reloader: meridian_server::TlsReloader) {
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: acl_file reload failed; keeping the rules loaded before"
+            ),
+        }
+        match serve_config(&args) {
+            Ok(config) => {
+                reloader.reload_quotas(&config);
+                tracing::info!(
+                    producer_byte_rate = config.producer_byte_rate,
+                    consumer_byte_rate = config.consumer_byte_rate,
+                    overrides = config.client_quotas.len(),
+                    "SIGHUP: reloaded the client quotas"
+                );
+            }
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: reading the configuration failed; keeping the client quotas"
             ),
         }
     }

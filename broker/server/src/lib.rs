@@ -517,6 +517,13 @@ impl TlsReloader {
         Ok(identity.fingerprint)
     }
 
+    /// Takes the client quotas (`producer_byte_rate`, `consumer_byte_rate`,
+    /// `[client_quotas]`) of `config`, the broker's configuration read again; the
+    /// rest of it is read at start only.
+    pub fn reload_quotas(&self, config: &BrokerConfig) {
+        self.shared.quotas.replace(config);
+    }
+
     /// Re-reads `acl_file`; returns how many rules it holds, or `None` when the
     /// broker has no `acl_file`. A file that fails to parse changes nothing.
     pub fn reload_acl(&self) -> anyhow::Result<Option<usize>> {

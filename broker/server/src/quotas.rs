@@ -38,29 +38,24 @@ impl Flow {
 }
 
 pub(crate) struct Quotas {
-    producer_byte_rate: u64,
-    consumer_byte_rate: u64,
-    overrides: BTreeMap<String, ClientQuota>,
+    settings: parking_lot::RwLock<Settings>,
     buckets: parking_lot::Mutex<HashMap<(Flow, String), ByteRate>>,
 }
 
-impl Quotas {
-    pub(crate) fn new(config: &BrokerConfig) -> Quotas {
-        Quotas {
+/// The rates of the config, replaced on reload.
+struct Settings {
+    producer_byte_rate: u64,
+    consumer_byte_rate: u64,
+    overrides: BTreeMap<String, ClientQuota>,
+}
+
+impl Settings {
+    fn new(config: &BrokerConfig) -> Settings {
+        Settings {
             producer_byte_rate: config.producer_byte_rate,
             consumer_byte_rate: config.consumer_byte_rate,
             overrides: config.client_quotas.clone(),
-            buckets: parking_lot::Mutex::default(),
         }
-    }
-
-    /// Whether any client has a quota for `flow` (else there is nothing to charge).
-    pub(crate) fn active(&self, flow: Flow) -> bool {
-        self.global(flow) > 0
-            || self
-                .overrides
-                .values()
-                .any(|q| q.rate(flow).unwrap_or(0) > 0)
     }
 
     fn global(&self, flow: Flow) -> u64 {
@@ -77,11 +72,37 @@ impl Quotas {
             .and_then(|q| q.rate(flow))
             .unwrap_or_else(|| self.global(flow))
     }
+}
+
+impl Quotas {
+    pub(crate) fn new(config: &BrokerConfig) -> Quotas {
+        Quotas {
+            settings: parking_lot::RwLock::new(Settings::new(config)),
+            buckets: parking_lot::Mutex::default(),
+        }
+    }
+
+    /// Takes the rates of `config` from now on; every client starts again with a
+    /// full bucket at its new rate.
+    pub(crate) fn replace(&self, config: &BrokerConfig) {
+        *self.settings.write() = Settings::new(config);
+        self.buckets.lock().clear();
+    }
+
+    /// Whether any client has a quota for `flow` (else there is nothing to charge).
+    pub(crate) fn active(&self, flow: Flow) -> bool {
+        let settings = self.settings.read();
+        settings.global(flow) > 0
+            || settings
+                .overrides
+                .values()
+                .any(|q| q.rate(flow).unwrap_or(0) > 0)
+    }
 
     /// Charges `bytes` of `flow` to `client` at `now`; returns how long to hold its
     /// answer (zero within its quota).
     pub(crate) fn charge(&self, flow: Flow, client: &str, bytes: u64, now: Instant) -> Duration {
-        let rate = self.rate(flow, client);
+        let rate = self.settings.read().rate(flow, client);
         if rate == 0 {
             return Duration::ZERO;
         }
@@ -159,6 +180,16 @@ mod tests {
         assert_eq!(
             q.charge(Flow::Produce, "other", 1 << 30, t0),
             Duration::ZERO
+        );
+
+        // A reload: new rates, fresh buckets.
+        let settings = ["producer_byte_rate=10".to_string()];
+        q.replace(&BrokerConfig::load(None, vec![], &settings).unwrap());
+        assert!(q.active(Flow::Produce) && !q.active(Flow::Fetch));
+        assert_eq!(q.charge(Flow::Fetch, "other", 1 << 30, t0), Duration::ZERO);
+        assert_eq!(
+            q.charge(Flow::Produce, "slow", 20, t0),
+            Duration::from_secs(1)
         );
     }
 }
