@@ -556,16 +556,16 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
     // terminal still stops it.
     #[cfg(unix)]
     if let Some(args) = broker_args {
-        tokio::spawn(reload_on_sighup(broker.tls_reloader(), args));
+        tokio::spawn(reload_on_sighup(broker.reloader(), args));
     }
     broker.serve(shutdown_signal()).await
 }
 
 /// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`,
 /// `acl_file` and, from the configuration read again, the client quotas
-/// ([`meridian_server::TlsReloader`]); a failed reload keeps what was loaded.
+/// ([`meridian_server::Reloader`]); a failed reload keeps what was loaded.
 #[cfg(unix)]
-async fn reload_on_sighup(reloader: meridian_server::TlsReloader, args: ServeArgs) {
+async fn reload_on_sighup(reloader: meridian_server::Reloader, args: ServeArgs) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut hangups = match signal(SignalKind::hangup()) {
         Ok(hangups) => hangups,
@@ -575,7 +575,7 @@ async fn reload_on_sighup(reloader: meridian_server::TlsReloader, args: ServeArg
         }
     };
     while hangups.recv().await.is_some() {
-        match reloader.reload() {
+        match reloader.reload_tls() {
             Ok(fingerprint) => tracing::info!(
                 %fingerprint,
                 "SIGHUP: reloaded the TLS certificate, key and tls_client_ca"

@@ -95,7 +95,7 @@ pub(crate) struct Shared {
 pub struct Broker {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
-    /// Whose certificate [`TlsReloader`] replaces.
+    /// Whose certificate [`Reloader`] replaces.
     peer_tls: tls::PeerTls,
     fingerprint: String,
     cert_path: std::path::PathBuf,
@@ -260,10 +260,10 @@ impl Broker {
         self.shared.local_addr
     }
 
-    /// A handle that re-reads the TLS files while the broker serves (`meridian
-    /// broker` does on SIGHUP).
-    pub fn tls_reloader(&self) -> TlsReloader {
-        TlsReloader {
+    /// A handle that re-reads the TLS files, `acl_file` and the client quotas while
+    /// the broker serves (`meridian broker` does on SIGHUP).
+    pub fn reloader(&self) -> Reloader {
+        Reloader {
             shared: self.shared.clone(),
             endpoint: self.endpoint.clone(),
             peer_tls: self.peer_tls.clone(),
@@ -484,8 +484,12 @@ fn quic_server_config(
     Ok(server_config)
 }
 
-/// Re-reads `tls_cert`, `tls_key` and `tls_client_ca` while the broker serves, so
-/// certificates rotate and the client CA changes without a restart: new
+/// Takes new settings while the broker serves (`meridian broker` does on SIGHUP):
+/// [`Reloader::reload_tls`] re-reads `tls_cert`, `tls_key` and `tls_client_ca`,
+/// [`Reloader::reload_acl`] `acl_file`, [`Reloader::reload_quotas`] the client
+/// quotas of a configuration read again.
+///
+/// TLS: certificates rotate and the client CA changes without a restart: new
 /// connections get the new certificate and are checked against the new CAs, and
 /// connections to peers made from then on present the new certificate. Connections
 /// already open carry on. A reload that fails (a missing or unparsable file, a key
@@ -495,15 +499,15 @@ fn quic_server_config(
 /// (the certificate the cluster's brokers share, pinned at start), a new shared
 /// certificate needs the brokers restarted; trust a CA instead to rotate by reload.
 #[derive(Clone)]
-pub struct TlsReloader {
+pub struct Reloader {
     shared: Arc<Shared>,
     endpoint: quinn::Endpoint,
     peer_tls: tls::PeerTls,
 }
 
-impl TlsReloader {
-    /// Reloads; returns the new certificate's fingerprint.
-    pub fn reload(&self) -> anyhow::Result<String> {
+impl Reloader {
+    /// Reloads the TLS files; returns the new certificate's fingerprint.
+    pub fn reload_tls(&self) -> anyhow::Result<String> {
         let config = &self.shared.config;
         let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
         let identity = tls::load_or_generate(&cert, &key, &[config.advertised_host()])?;
