@@ -548,11 +548,16 @@ pub(crate) fn check(
         },
         Err(denied) => Checked::Refuse(denied),
     };
-    let all = |items: &mut dyn Iterator<Item = Result<(), Denied>>| -> Result<(), Denied> {
-        items.collect::<Result<Vec<()>, Denied>>().map(|_| ())
+    // `op` on every one of `names`, else the first refusal.
+    let topics_need = |op, names: &mut dyn Iterator<Item = &str>| -> Result<(), Denied> {
+        for name in names {
+            acl.require(principal, op, Resource::Topic(name))?;
+        }
+        Ok(())
     };
     let cluster = |op| acl.require(principal, op, Resource::Cluster);
     let group = |op, id: &str| acl.require(principal, op, Resource::Group(id));
+    let groups_need = |op, ids: &[String]| ids.iter().try_for_each(|id| group(op, id));
     match request {
         Request::ApiVersions(_) => whole(Ok(()), request),
         Request::Metadata(mut r) => {
@@ -610,17 +615,11 @@ pub(crate) fn check(
             }
         }
         Request::CreateTopics(ref r) => {
-            let result = all(&mut r
-                .topics
-                .iter()
-                .map(|t| acl.require(principal, Create, Resource::Topic(&t.name))));
+            let result = topics_need(Create, &mut r.topics.iter().map(|t| t.name.as_str()));
             whole(result, request)
         }
         Request::DeleteTopics(ref r) => {
-            let result = all(&mut r
-                .names
-                .iter()
-                .map(|n| acl.require(principal, Delete, Resource::Topic(n))));
+            let result = topics_need(Delete, &mut r.names.iter().map(String::as_str));
             whole(result, request)
         }
         Request::DescribeTopics(ref r) if r.names.is_empty() => Checked::Serve {
@@ -628,31 +627,19 @@ pub(crate) fn check(
             after: After::FilterDescribable,
         },
         Request::DescribeTopics(ref r) => {
-            let result = all(&mut r
-                .names
-                .iter()
-                .map(|n| acl.require(principal, Describe, Resource::Topic(n))));
+            let result = topics_need(Describe, &mut r.names.iter().map(String::as_str));
             whole(result, request)
         }
         Request::AlterTopicConfigs(ref r) => {
-            let result = all(&mut r
-                .topics
-                .iter()
-                .map(|t| acl.require(principal, Alter, Resource::Topic(&t.name))));
+            let result = topics_need(Alter, &mut r.topics.iter().map(|t| t.name.as_str()));
             whole(result, request)
         }
         Request::CreatePartitions(ref r) => {
-            let result = all(&mut r
-                .topics
-                .iter()
-                .map(|t| acl.require(principal, Alter, Resource::Topic(&t.name))));
+            let result = topics_need(Alter, &mut r.topics.iter().map(|t| t.name.as_str()));
             whole(result, request)
         }
         Request::DeleteRecords(ref r) => {
-            let result = all(&mut r
-                .topics
-                .iter()
-                .map(|t| acl.require(principal, Delete, Resource::Topic(&t.name))));
+            let result = topics_need(Delete, &mut r.topics.iter().map(|t| t.name.as_str()));
             whole(result, request)
         }
         Request::FindCoordinator(ref r) => whole(group(Describe, &r.group_id), request),
@@ -661,21 +648,16 @@ pub(crate) fn check(
         Request::Heartbeat(ref r) => whole(group(Read, &r.group_id), request),
         Request::LeaveGroup(ref r) => whole(group(Read, &r.group_id), request),
         Request::OffsetCommit(ref r) => {
-            let result = group(Read, &r.group_id).and_then(|()| {
-                all(&mut r
-                    .topics
-                    .iter()
-                    .map(|t| acl.require(principal, Read, Resource::Topic(&t.topic))))
-            });
+            let result = group(Read, &r.group_id)
+                .and_then(|()| topics_need(Read, &mut r.topics.iter().map(|t| t.topic.as_str())));
             whole(result, request)
         }
         Request::OffsetFetch(ref r) => {
             let result = group(Describe, &r.group_id).and_then(|()| {
-                all(&mut r
-                    .topics
-                    .iter()
-                    .flatten()
-                    .map(|t| acl.require(principal, Describe, Resource::Topic(&t.topic))))
+                topics_need(
+                    Describe,
+                    &mut r.topics.iter().flatten().map(|t| t.topic.as_str()),
+                )
             });
             match result {
                 Ok(()) => Checked::Serve {
@@ -690,20 +672,16 @@ pub(crate) fn check(
             after: After::FilterDescribable,
         },
         Request::DescribeGroups(ref r) => {
-            let result = all(&mut r.group_ids.iter().map(|g| group(Describe, g)));
+            let result = groups_need(Describe, &r.group_ids);
             whole(result, request)
         }
         Request::DeleteGroups(ref r) => {
-            let result = all(&mut r.group_ids.iter().map(|g| group(Delete, g)));
+            let result = groups_need(Delete, &r.group_ids);
             whole(result, request)
         }
         Request::OffsetDelete(ref r) => {
-            let result = group(Delete, &r.group_id).and_then(|()| {
-                all(&mut r
-                    .topics
-                    .iter()
-                    .map(|t| acl.require(principal, Read, Resource::Topic(&t.topic))))
-            });
+            let result = group(Delete, &r.group_id)
+                .and_then(|()| topics_need(Read, &mut r.topics.iter().map(|t| t.topic.as_str())));
             whole(result, request)
         }
         Request::InitProducerId(_) => {
