@@ -11,6 +11,7 @@ mod frame_io;
 mod groups;
 mod harness;
 mod idempotence;
+mod kafka;
 mod lifecycle;
 mod limits;
 mod metrics;

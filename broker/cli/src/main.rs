@@ -91,6 +91,10 @@ struct ServeArgs {
     /// `127.0.0.1:9644`; the `metrics_listen` key.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<String>,
+    /// Serve Kafka clients on this TCP address, e.g. `127.0.0.1:9092` (TCP, beside
+    /// the QUIC endpoint's UDP port); the `kafka_listen` key.
+    #[arg(long, value_name = "ADDR")]
+    kafka_listen: Option<String>,
     /// Any config key, e.g. `--set flush=always --set topic_defaults.retention_ms=3600000`.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     overrides: Vec<String>,
@@ -503,6 +507,9 @@ fn serve_config(args: &ServeArgs) -> anyhow::Result<BrokerConfig> {
     if let Some(addr) = &args.metrics_listen {
         overrides.push(format!("metrics_listen={addr}"));
     }
+    if let Some(addr) = &args.kafka_listen {
+        overrides.push(format!("kafka_listen={addr}"));
+    }
     overrides.extend(args.overrides.iter().cloned());
     Ok(BrokerConfig::load(
         args.config.as_deref(),
@@ -538,6 +545,9 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
     println!("  fingerprint: {}", broker.fingerprint());
     if let Some(metrics) = broker.metrics_addr() {
         println!("  metrics:     http://{metrics}/metrics");
+    }
+    if let Some(kafka) = broker.kafka_addr() {
+        println!("  kafka:       {kafka} (Kafka protocol over TCP, for Kafka clients)");
     }
     if dev {
         println!();

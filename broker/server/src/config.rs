@@ -39,6 +39,12 @@ pub struct BrokerConfig {
     pub metrics_scrape_timeout_ms: u64,
     /// Largest HTTP request head the metrics listener reads (431 beyond).
     pub metrics_max_head_bytes: u32,
+    /// TCP address of the Kafka listener: Kafka clients (their own wire protocol,
+    /// plain TCP, no client authentication) produce, consume, commit offsets and
+    /// manage topics through it; off when unset. A single broker only, and not
+    /// with `tls_client_ca`. Its frames obey `max_frame_bytes`, its connections
+    /// `max_connections` and `max_inflight_requests`.
+    pub kafka_listen: Option<SocketAddr>,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -405,6 +411,7 @@ impl Default for BrokerConfig {
             metrics_listen: None,
             metrics_scrape_timeout_ms: 5_000,
             metrics_max_head_bytes: 8 * 1024,
+            kafka_listen: None,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -529,6 +536,20 @@ impl BrokerConfig {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
+        if self.kafka_listen.is_some() && self.tls_client_ca.is_some() {
+            return Err(ConfigError::Invalid(
+                "kafka_listen cannot be combined with tls_client_ca: Kafka clients connect \
+                 over plain TCP without certificates, so they would bypass mutual TLS"
+                    .into(),
+            ));
+        }
+        if self.kafka_listen.is_some() && self.cluster.is_some() {
+            return Err(ConfigError::Invalid(
+                "kafka_listen is served by a single broker only: in a cluster, Kafka clients \
+                 would need every broker's Kafka address, which cluster metadata does not carry"
+                    .into(),
+            ));
+        }
         if self.acl_file.is_some() && self.tls_client_ca.is_none() {
             return Err(ConfigError::Invalid(
                 "acl_file needs tls_client_ca: rules name clients by their certificates".into(),
@@ -908,6 +929,14 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\noffsets_commit_timeout_ms = 0\n",
             "offsets_commit_timeout_ms must be greater than 0",
+        );
+        check(
+            "kafka_listen = \"127.0.0.1:9092\"\n[cluster]\nvoters = [\"1@a:1\"]\n",
+            "kafka_listen is served by a single broker only",
+        );
+        check(
+            "kafka_listen = \"127.0.0.1:9092\"\ntls_client_ca = \"ca.pem\"\n",
+            "kafka_listen cannot be combined with tls_client_ca",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_check_interval_ms = 0\n",

@@ -14,6 +14,7 @@ mod cluster_writer;
 pub mod config;
 mod groups;
 mod handlers;
+mod kafka_listener;
 mod metrics;
 mod plugins;
 mod producer_ids;
@@ -38,7 +39,7 @@ use meridian_wire::frame::{
     check_frame_length, decode_request_traced, encode_error_response, encode_response_chunks_at,
     FrameError, TraceContext,
 };
-use meridian_wire::messages::{Request, CONSUMER_REPLICA_ID};
+use meridian_wire::messages::{Request, Response, CONSUMER_REPLICA_ID};
 use meridian_wire::ErrorCode;
 use tracing::Instrument;
 
@@ -103,6 +104,9 @@ pub struct Broker {
     /// Bound in [`Broker::start`] when `metrics_listen` is set; served by
     /// [`Broker::serve`].
     metrics_listener: Option<std::net::TcpListener>,
+    /// Bound in [`Broker::start`] when `kafka_listen` is set; served by
+    /// [`Broker::serve`].
+    kafka_listener: Option<std::net::TcpListener>,
     /// Held for the broker's lifetime: a second broker on the same data dir is refused.
     _dir_lock: std::fs::File,
 }
@@ -195,6 +199,15 @@ impl Broker {
             }
             None => None,
         };
+        let kafka_listener = match config.kafka_listen {
+            Some(addr) => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .with_context(|| format!("binding the Kafka listener {addr} (kafka_listen)"))?;
+                listener.set_nonblocking(true)?;
+                Some(listener)
+            }
+            None => None,
+        };
         let replication = replica_manager::ReplicationState::open(
             &config.data_dir,
             peer_tls.clone(),
@@ -252,6 +265,7 @@ impl Broker {
             cert_path,
             generated_cert: identity.generated,
             metrics_listener,
+            kafka_listener,
             _dir_lock: dir_lock,
         })
     }
@@ -274,6 +288,13 @@ impl Broker {
     /// is set.
     pub fn metrics_addr(&self) -> Option<SocketAddr> {
         self.metrics_listener
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+    }
+
+    /// Where Kafka clients connect (TCP), when `kafka_listen` is set.
+    pub fn kafka_addr(&self) -> Option<SocketAddr> {
+        self.kafka_listener
             .as_ref()
             .and_then(|l| l.local_addr().ok())
     }
@@ -320,6 +341,17 @@ impl Broker {
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("serving the metrics listener")?;
             background.push(tokio::spawn(metrics::serve(self.shared.clone(), listener)));
+        }
+        if let Some(listener) = self.kafka_listener {
+            let bound = listener.local_addr()?;
+            let listener = tokio::net::TcpListener::from_std(listener)
+                .context("serving the Kafka listener")?;
+            let advertised = kafka_listener::advertised(&self.shared, bound);
+            background.push(tokio::spawn(kafka_listener::serve(
+                self.shared.clone(),
+                listener,
+                advertised,
+            )));
         }
         if let Some(cluster) = &self.shared.cluster {
             // Leaders' ISR proposals go to the controller; its answers come back as
@@ -624,7 +656,6 @@ async fn serve_stream(
         }
         Ok((request, version, trace)) => {
             let api = request.api_key();
-            let started = std::time::Instant::now();
             // A root of its own (exported traces get one per request, not one per
             // connection), so it names its connection (and its client's
             // certificate) itself; `otel.*` name and kind it for OpenTelemetry.
@@ -645,29 +676,25 @@ async fn serve_stream(
             if let Some(trace) = trace {
                 join_client_trace(&span, &trace);
             }
-            let flow = shared.quota_flow(client.as_ref(), &request);
-            let reply = match shared.authorize(client.as_ref(), request, &span) {
-                Err(denied) => vec![encode_error_response(denied.code, &denied.message)],
-                Ok((request, after)) => match shared.handle(request, peer).instrument(span).await {
-                    // Chunks: fetched batches go out from the buffers they were read
-                    // into, not copied into the frame. The answer has the request's
-                    // version.
-                    Some(response) => encode_response_chunks_at(&after.finish(response), version),
-                    None => Vec::new(),
-                },
+            let caller = Caller {
+                client: client.as_ref(),
+                peer,
+                frame_bytes,
             };
-            let reply_bytes = reply.iter().map(Bytes::len).sum();
             shared
-                .metrics
-                .request(api, frame_bytes, reply_bytes, started.elapsed());
-            if let Some(flow) = flow {
-                let bytes = match flow {
-                    quotas::Flow::Produce => frame_bytes,
-                    quotas::Flow::Fetch => reply_bytes,
-                };
-                shared.throttle(flow, client.as_ref(), peer, bytes).await;
-            }
-            reply
+                .serve_request(request, caller, span, |answer| {
+                    let reply = match answer {
+                        Err(denied) => vec![encode_error_response(denied.code, &denied.message)],
+                        // Chunks: fetched batches go out from the buffers they were
+                        // read into, not copied into the frame. The answer has the
+                        // request's version.
+                        Ok(Some(response)) => encode_response_chunks_at(&response, version),
+                        Ok(None) => Vec::new(),
+                    };
+                    let bytes = reply.iter().map(Bytes::len).sum();
+                    (reply, bytes)
+                })
+                .await
         }
         Err(e) => {
             tracing::debug!(error = %e, "malformed request");
@@ -684,7 +711,51 @@ async fn serve_stream(
     let _ = send.finish();
 }
 
+/// Who sent a request, for [`Shared::serve_request`].
+pub(crate) struct Caller<'a> {
+    /// The client's certificate, when it presented one.
+    pub(crate) client: Option<&'a acl::Principal>,
+    pub(crate) peer: SocketAddr,
+    /// Size of the request as received, counted against the client's produce quota.
+    pub(crate) frame_bytes: usize,
+}
+
 impl Shared {
+    /// Serves one decoded request as every listener does: authorizes it, hands it to
+    /// [`Shared::handle`] inside `span`, lets `encode` make the reply (and say its
+    /// size), counts it, and holds the reply while the client is over its quota.
+    pub(crate) async fn serve_request<R>(
+        self: &Arc<Self>,
+        request: Request,
+        caller: Caller<'_>,
+        span: tracing::Span,
+        encode: impl FnOnce(Result<Option<Response>, acl::Denied>) -> (R, usize),
+    ) -> R {
+        let api = request.api_key();
+        let started = std::time::Instant::now();
+        let client = caller.client;
+        let flow = self.quota_flow(client, &request);
+        let answer = match self.authorize(client, request, &span) {
+            Err(denied) => Err(denied),
+            Ok((request, after)) => Ok(self
+                .handle(request, caller.peer)
+                .instrument(span)
+                .await
+                .map(|response| after.finish(response))),
+        };
+        let (reply, reply_bytes) = encode(answer);
+        self.metrics
+            .request(api, caller.frame_bytes, reply_bytes, started.elapsed());
+        if let Some(flow) = flow {
+            let bytes = match flow {
+                quotas::Flow::Produce => caller.frame_bytes,
+                quotas::Flow::Fetch => reply_bytes,
+            };
+            self.throttle(flow, client, caller.peer, bytes).await;
+        }
+        reply
+    }
+
     /// The quota `request` counts against, if any: produce requests and consumers'
     /// fetches of clients other than the cluster's brokers, when some client has a
     /// quota for them.

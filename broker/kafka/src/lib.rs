@@ -1,0 +1,1202 @@
+//! Kafka's wire protocol, spoken by translation: a Kafka client's request becomes the
+//! Meridian request that does the same thing, and Meridian's answer becomes the Kafka
+//! response the client expects. Both protocols carry records as Kafka RecordBatch v2,
+//! so records pass through untouched either way.
+//!
+//! Sans-IO: [`decode`] takes one request frame (without its 4-byte size) and says
+//! what to do; [`Pending::respond`] turns the broker's answer into the response frame
+//! (with its size). The broker's TCP listener drives it; tests drive it directly.
+//!
+//! Served: the APIs of [`APIS`] at the versions listed there, enough for producers
+//! (idempotent ones included), consumers (assigning partitions themselves, or as
+//! members of a consumer group with an eager assignor) and topic administration. Not
+//! served (a client asking gets a closed connection, as from a Kafka broker for an
+//! API it lacks): transactions, SASL, group listing and description, ACL and config
+//! administration.
+//!
+//! Consumer groups: Kafka's classic protocol has one member (the leader) compute
+//! the assignment; Meridian's coordinator computes it (with the assignor the
+//! member named: `range` or `roundrobin`). So every member is told that another
+//! leads, and gets its partitions from SyncGroup. When the coordinator wants
+//! partitions to move, a member's Heartbeat answers `REBALANCE_IN_PROGRESS`; an
+//! eager member then gives up all it holds, joins again and syncs, which is when the
+//! coordinator learns its partitions are free. `cooperative-sticky` members keep
+//! their partitions across a rejoin, which Meridian cannot learn through SyncGroup,
+//! so they are refused (`INCONSISTENT_GROUP_PROTOCOL`, naming the eager ones).
+
+use bytes::{BufMut, Bytes, BytesMut};
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages::{self as k, ApiKey, BrokerId, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, StrBytes};
+use meridian_wire::group as g;
+use meridian_wire::messages as m;
+use meridian_wire::ErrorCode;
+
+/// The APIs served, with the lowest and highest version of each, as `ApiVersions`
+/// tells clients. Versions stop where Kafka moved to what Meridian lacks: topic ids
+/// (Produce 13, Fetch 13, DeleteTopics 6), fetch sessions beyond sessionless full
+/// fetches, batched coordinator lookups (FindCoordinator 4, OffsetFetch 8) and the
+/// `max timestamp` offset lookup (ListOffsets 7).
+pub const APIS: &[(ApiKey, i16, i16)] = &[
+    (ApiKey::Produce, 3, 11),
+    (ApiKey::Fetch, 4, 12),
+    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::Metadata, 0, 12),
+    (ApiKey::OffsetCommit, 2, 8),
+    (ApiKey::OffsetFetch, 1, 7),
+    (ApiKey::FindCoordinator, 0, 3),
+    (ApiKey::JoinGroup, 0, 9),
+    (ApiKey::SyncGroup, 0, 5),
+    (ApiKey::Heartbeat, 0, 4),
+    (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::ApiVersions, 0, 3),
+    (ApiKey::CreateTopics, 2, 7),
+    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::InitProducerId, 0, 4),
+];
+
+/// Where Kafka clients reach this broker: what Metadata and FindCoordinator answers
+/// name (the Kafka listener, not the QUIC endpoint).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Listener {
+    pub broker_id: u32,
+    pub host: String,
+    pub port: u16,
+    pub cluster_id: String,
+}
+
+/// Why a frame cannot be served. The connection is closed after any of them, as a
+/// Kafka broker does: the client cannot tell which response would be missing.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KafkaError {
+    #[error("request frame of {0} bytes is shorter than a request header")]
+    Truncated(usize),
+    #[error("API key {0} is not served on the Kafka listener (served: {list})", list = served_list())]
+    UnknownApi(i16),
+    #[error("{api:?} version {version} is not served (versions {min} to {max} are)")]
+    UnsupportedVersion {
+        api: ApiKey,
+        version: i16,
+        min: i16,
+        max: i16,
+    },
+    #[error("malformed {api:?} v{version} request: {reason}")]
+    Malformed {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+    #[error("{api:?} got a {got:?} answer from the broker")]
+    WrongAnswer { api: ApiKey, got: m::ApiKey },
+    #[error("encoding the {api:?} v{version} response: {reason}")]
+    Encode {
+        api: ApiKey,
+        version: i16,
+        reason: String,
+    },
+}
+
+fn served_list() -> String {
+    let names: Vec<String> = APIS.iter().map(|(api, _, _)| format!("{api:?}")).collect();
+    names.join(", ")
+}
+
+/// What to do with one request frame.
+#[derive(Debug)]
+pub enum Step {
+    /// Hand the request to the broker, then [`Pending::respond`] with its answer.
+    Serve(Box<m::Request>, Pending),
+    /// Send this response frame; the broker is not involved (ApiVersions).
+    Reply(Bytes),
+    /// Send this response frame, which refuses the request whole for `reason` (a
+    /// Kafka feature not served, such as transactions); worth logging, since some
+    /// responses have no room for a message.
+    Refused { reply: Bytes, reason: String },
+}
+
+/// A request handed to the broker: what its response needs besides the answer.
+#[derive(Debug)]
+pub struct Pending {
+    header: Header,
+    /// The Meridian API the request went to, which its answer must come from.
+    sent: m::ApiKey,
+    shape: Shape,
+}
+
+#[derive(Clone, Debug)]
+struct Header {
+    api: ApiKey,
+    version: i16,
+    correlation_id: i32,
+    client_id: Option<String>,
+}
+
+/// What a response needs from its request.
+#[derive(Debug)]
+enum Shape {
+    Plain,
+    /// Topics refused before reaching the broker (manual replica assignments).
+    CreateTopics {
+        refused: Vec<(String, String)>,
+    },
+    /// Every partition named, each of which gets the commit's outcome.
+    OffsetCommit {
+        partitions: Vec<(String, Vec<i32>)>,
+    },
+    /// The partitions asked for (`None`: every committed one), each answered even
+    /// when nothing is committed for it.
+    OffsetFetch {
+        partitions: Option<Vec<(String, Vec<i32>)>>,
+    },
+    /// The protocol (assignor) chosen from the member's list.
+    JoinGroup {
+        protocol: StrBytes,
+    },
+    /// Echoed back (version 5 checks them).
+    SyncGroup {
+        protocol_type: Option<StrBytes>,
+        protocol_name: Option<StrBytes>,
+    },
+    /// Version 3 on: the member who left, named in the answer.
+    LeaveGroup {
+        member: Option<(StrBytes, Option<StrBytes>)>,
+    },
+}
+
+/// The assignors Meridian's coordinator runs for Kafka's eager protocols, by the
+/// names Kafka clients give them.
+const EAGER_PROTOCOLS: [&str; 2] = ["range", "roundrobin"];
+
+const TRANSACTIONS: &str = "transactions are not served by this broker";
+
+/// Reads one request frame (the bytes after its size).
+pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
+    if frame.len() < 8 {
+        return Err(KafkaError::Truncated(frame.len()));
+    }
+    let key = i16::from_be_bytes([frame[0], frame[1]]);
+    let version = i16::from_be_bytes([frame[2], frame[3]]);
+    let api = ApiKey::try_from(key).map_err(|_| KafkaError::UnknownApi(key))?;
+    let &(_, min, max) = APIS
+        .iter()
+        .find(|(served, _, _)| *served == api)
+        .ok_or(KafkaError::UnknownApi(key))?;
+    if !(min..=max).contains(&version) {
+        if api == ApiKey::ApiVersions && version > max {
+            // A client newer than this broker: answer in version 0 with the versions
+            // served, and it retries with one of them (KIP-511).
+            let correlation_id = i32::from_be_bytes([frame[4], frame[5], frame[6], frame[7]]);
+            let header = Header {
+                api,
+                version: 0,
+                correlation_id,
+                client_id: None,
+            };
+            let body = api_versions(ResponseError::UnsupportedVersion.code());
+            return Ok(Step::Reply(header.frame(&body)?));
+        }
+        return Err(KafkaError::UnsupportedVersion {
+            api,
+            version,
+            min,
+            max,
+        });
+    }
+    let mut buf = frame;
+    let malformed = |reason: String| KafkaError::Malformed {
+        api,
+        version,
+        reason,
+    };
+    let request_header = k::RequestHeader::decode(&mut buf, api.request_header_version(version))
+        .map_err(|e| malformed(format!("{e:#}")))?;
+    let header = Header {
+        api,
+        version,
+        correlation_id: request_header.correlation_id,
+        client_id: request_header.client_id.map(|s| s.to_string()),
+    };
+    let serve = |request: m::Request, shape: Shape| {
+        let pending = Pending {
+            header: header.clone(),
+            sent: request.api_key(),
+            shape,
+        };
+        Ok(Step::Serve(Box::new(request), pending))
+    };
+    macro_rules! body {
+        ($t:ty) => {
+            <$t>::decode(&mut buf, version).map_err(|e| malformed(format!("{e:#}")))?
+        };
+    }
+    match api {
+        ApiKey::ApiVersions => {
+            let _ = body!(k::ApiVersionsRequest);
+            Ok(Step::Reply(header.frame(&api_versions(0))?))
+        }
+        ApiKey::Metadata => {
+            let r = body!(k::MetadataRequest);
+            let topics = match r.topics {
+                // Version 0 has no null list: empty meant every topic.
+                Some(list) if version == 0 && list.is_empty() => None,
+                Some(list) => Some(
+                    list.into_iter()
+                        .filter_map(|t| t.name.map(|n| n.0.to_string()))
+                        .collect(),
+                ),
+                None => None,
+            };
+            serve(
+                m::Request::Metadata(m::MetadataRequest { topics }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::Produce => {
+            let r = body!(k::ProduceRequest);
+            if r.transactional_id.is_some() {
+                return header.refuse(&refuse_produce(&r), TRANSACTIONS.into());
+            }
+            let topics = r
+                .topic_data
+                .into_iter()
+                .map(|t| m::ProduceTopic {
+                    name: t.name.0.to_string(),
+                    partitions: t
+                        .partition_data
+                        .into_iter()
+                        .map(|p| m::ProducePartition {
+                            partition: partition(p.index),
+                            records: p.records.unwrap_or_default(),
+                        })
+                        .collect(),
+                })
+                .collect();
+            serve(
+                m::Request::Produce(m::ProduceRequest {
+                    acks: r.acks.clamp(i8::MIN as i16, i8::MAX as i16) as i8,
+                    timeout_ms: r.timeout_ms.max(0) as u32,
+                    topics,
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::Fetch => {
+            let r = body!(k::FetchRequest);
+            if r.session_id != 0 || r.session_epoch > 0 {
+                // Sessions are never handed out (every answer says session 0), so
+                // an incremental fetch names one this broker does not have.
+                let body = k::FetchResponse::default()
+                    .with_error_code(ResponseError::FetchSessionIdNotFound.code());
+                let reason = format!(
+                    "incremental fetch of session {}: this broker creates no fetch sessions",
+                    r.session_id
+                );
+                return header.refuse(&body, reason);
+            }
+            let topics = r
+                .topics
+                .into_iter()
+                .map(|t| m::FetchTopic {
+                    name: t.topic.0.to_string(),
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| m::FetchPartition {
+                            partition: partition(p.partition),
+                            fetch_offset: p.fetch_offset,
+                            partition_max_bytes: p.partition_max_bytes.max(0) as u32,
+                            current_leader_epoch: p.current_leader_epoch,
+                            last_fetched_epoch: p.last_fetched_epoch,
+                        })
+                        .collect(),
+                })
+                .collect();
+            serve(
+                m::Request::Fetch(m::FetchRequest {
+                    max_wait_ms: r.max_wait_ms.max(0) as u32,
+                    min_bytes: r.min_bytes.max(0) as u32,
+                    max_bytes: r.max_bytes.max(0) as u32,
+                    topics,
+                    filter: None,
+                    // Always a consumer: a Kafka broker cannot follow a Meridian one.
+                    replica_id: m::CONSUMER_REPLICA_ID,
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::ListOffsets => {
+            let r = body!(k::ListOffsetsRequest);
+            let topics = r
+                .topics
+                .into_iter()
+                .map(|t| m::ListOffsetsTopic {
+                    name: t.name.0.to_string(),
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| m::ListOffsetsPartition {
+                            partition: partition(p.partition_index),
+                            timestamp: p.timestamp,
+                        })
+                        .collect(),
+                })
+                .collect();
+            serve(
+                m::Request::ListOffsets(m::ListOffsetsRequest { topics }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::CreateTopics => {
+            let r = body!(k::CreateTopicsRequest);
+            let mut refused = Vec::new();
+            let mut topics = Vec::new();
+            for t in r.topics {
+                let name = t.name.0.to_string();
+                if !t.assignments.is_empty() {
+                    refused.push((
+                        name,
+                        "replica assignments are not taken at creation; create the topic, then \
+                         `meridian partition reassign`"
+                            .to_string(),
+                    ));
+                    continue;
+                }
+                topics.push(m::CreateTopic {
+                    name,
+                    // -1, Kafka's "the broker's default", is Meridian's 0.
+                    partitions: t.num_partitions.max(0) as u32,
+                    replication_factor: t.replication_factor.max(0) as u16,
+                    configs: t
+                        .configs
+                        .into_iter()
+                        .filter_map(|c| {
+                            c.value.map(|v| m::ConfigEntry {
+                                key: c.name.to_string(),
+                                value: v.to_string(),
+                            })
+                        })
+                        .collect(),
+                });
+            }
+            serve(
+                m::Request::CreateTopics(m::CreateTopicsRequest {
+                    topics,
+                    validate_only: r.validate_only,
+                }),
+                Shape::CreateTopics { refused },
+            )
+        }
+        ApiKey::DeleteTopics => {
+            let r = body!(k::DeleteTopicsRequest);
+            let names = r.topic_names.into_iter().map(|n| n.0.to_string()).collect();
+            serve(
+                m::Request::DeleteTopics(m::DeleteTopicsRequest { names }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::InitProducerId => {
+            let r = body!(k::InitProducerIdRequest);
+            if r.transactional_id.is_some() {
+                // Transactions are not served; an idempotent producer has no id.
+                let body = k::InitProducerIdResponse::default()
+                    .with_error_code(ResponseError::InvalidRequest.code())
+                    .with_producer_id((-1).into());
+                return header.refuse(&body, TRANSACTIONS.into());
+            }
+            serve(
+                m::Request::InitProducerId(meridian_wire::idempotence::InitProducerIdRequest {
+                    transactional_id: None,
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::FindCoordinator => {
+            let r = body!(k::FindCoordinatorRequest);
+            if r.key_type != 0 {
+                // 1: a transaction coordinator.
+                let body = k::FindCoordinatorResponse::default()
+                    .with_error_code(ResponseError::CoordinatorNotAvailable.code())
+                    .with_error_message(Some(StrBytes::from_static_str(TRANSACTIONS)))
+                    .with_node_id((-1).into())
+                    .with_port(-1);
+                return header.refuse(&body, TRANSACTIONS.into());
+            }
+            serve(
+                m::Request::FindCoordinator(g::FindCoordinatorRequest {
+                    group_id: r.key.to_string(),
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::OffsetCommit => {
+            let r = body!(k::OffsetCommitRequest);
+            let partitions = r
+                .topics
+                .iter()
+                .map(|t| {
+                    let list = t.partitions.iter().map(|p| p.partition_index).collect();
+                    (t.name.0.to_string(), list)
+                })
+                .collect();
+            let topics = r
+                .topics
+                .into_iter()
+                .map(|t| g::TopicOffsets {
+                    topic: t.name.0.to_string(),
+                    partitions: t
+                        .partitions
+                        .into_iter()
+                        .map(|p| g::PartitionOffset {
+                            partition: partition(p.partition_index),
+                            offset: p.committed_offset,
+                            leader_epoch: p.committed_leader_epoch,
+                            metadata: p
+                                .committed_metadata
+                                .map(|s| s.to_string())
+                                .unwrap_or_default(),
+                            commit_timestamp_ms: -1,
+                        })
+                        .collect(),
+                })
+                .collect();
+            serve(
+                m::Request::OffsetCommit(g::OffsetCommitRequest {
+                    group_id: r.group_id.0.to_string(),
+                    member_id: r.member_id.to_string(),
+                    member_epoch: r.generation_id_or_member_epoch,
+                    topics,
+                }),
+                Shape::OffsetCommit { partitions },
+            )
+        }
+        ApiKey::OffsetFetch => {
+            let r = body!(k::OffsetFetchRequest);
+            let partitions: Option<Vec<(String, Vec<i32>)>> = r.topics.map(|topics| {
+                topics
+                    .into_iter()
+                    .map(|t| (t.name.0.to_string(), t.partition_indexes))
+                    .collect()
+            });
+            let topics = partitions.as_ref().map(|list| {
+                list.iter()
+                    .map(|(topic, ps)| g::TopicPartitions {
+                        topic: topic.clone(),
+                        partitions: ps.iter().map(|p| partition(*p)).collect(),
+                    })
+                    .collect()
+            });
+            serve(
+                m::Request::OffsetFetch(g::OffsetFetchRequest {
+                    group_id: r.group_id.0.to_string(),
+                    topics,
+                }),
+                Shape::OffsetFetch { partitions },
+            )
+        }
+        ApiKey::JoinGroup => {
+            let r = body!(k::JoinGroupRequest);
+            let refuse = |reason: String| {
+                let body = k::JoinGroupResponse::default()
+                    .with_error_code(ResponseError::InconsistentGroupProtocol.code())
+                    .with_generation_id(-1)
+                    .with_member_id(r.member_id.clone())
+                    .with_protocol_name(Some(StrBytes::default()));
+                header.refuse(&body, reason)
+            };
+            if &*r.protocol_type != "consumer" {
+                return refuse(format!(
+                    "protocol type `{}`: only consumer groups (`consumer`) are served",
+                    &*r.protocol_type
+                ));
+            }
+            let Some(protocol) = r
+                .protocols
+                .iter()
+                .find(|p| EAGER_PROTOCOLS.contains(&&*p.name))
+            else {
+                let offered: Vec<&str> = r.protocols.iter().map(|p| &*p.name).collect();
+                return refuse(format!(
+                    "assignors {offered:?}: Meridian's coordinator runs {EAGER_PROTOCOLS:?} for Kafka clients"
+                ));
+            };
+            let subscription = versioned::<k::ConsumerProtocolSubscription>(&protocol.metadata)
+                .map_err(|reason| KafkaError::Malformed {
+                    api,
+                    version,
+                    reason: format!("the `{}` subscription: {reason}", &*protocol.name),
+                })?;
+            let session_timeout_ms = r.session_timeout_ms.max(0) as u32;
+            let rebalance_timeout_ms = if version >= 1 {
+                r.rebalance_timeout_ms.max(0) as u32
+            } else {
+                session_timeout_ms
+            };
+            serve(
+                m::Request::JoinGroup(g::JoinGroupRequest {
+                    group_id: r.group_id.0.to_string(),
+                    member_id: r.member_id.to_string(),
+                    instance_id: r.group_instance_id.map(|s| s.to_string()),
+                    client_id: header.client_id.clone().unwrap_or_default(),
+                    topics: subscription.topics.iter().map(|t| t.to_string()).collect(),
+                    assignor: protocol.name.to_string(),
+                    session_timeout_ms,
+                    rebalance_timeout_ms,
+                }),
+                Shape::JoinGroup {
+                    protocol: protocol.name.clone(),
+                },
+            )
+        }
+        ApiKey::SyncGroup => {
+            let r = body!(k::SyncGroupRequest);
+            // An eager member syncs after giving up everything it held.
+            serve(
+                m::Request::SyncGroup(g::SyncGroupRequest {
+                    group_id: r.group_id.0.to_string(),
+                    member_id: r.member_id.to_string(),
+                    owned: Vec::new(),
+                }),
+                Shape::SyncGroup {
+                    protocol_type: r.protocol_type,
+                    protocol_name: r.protocol_name,
+                },
+            )
+        }
+        ApiKey::Heartbeat => {
+            let r = body!(k::HeartbeatRequest);
+            serve(
+                m::Request::Heartbeat(g::HeartbeatRequest {
+                    group_id: r.group_id.0.to_string(),
+                    member_id: r.member_id.to_string(),
+                    member_epoch: r.generation_id,
+                    // Kafka's heartbeats are answered at once.
+                    max_wait_ms: 0,
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::LeaveGroup => {
+            let r = body!(k::LeaveGroupRequest);
+            let (member_id, instance_id, member) = if version >= 3 {
+                let [one] = &r.members[..] else {
+                    let body = k::LeaveGroupResponse::default()
+                        .with_error_code(ResponseError::InvalidRequest.code());
+                    let reason = format!(
+                        "{} members leaving in one request: one at a time is served",
+                        r.members.len()
+                    );
+                    return header.refuse(&body, reason);
+                };
+                let named = (one.member_id.clone(), one.group_instance_id.clone());
+                (
+                    one.member_id.to_string(),
+                    one.group_instance_id.as_ref().map(|s| s.to_string()),
+                    Some(named),
+                )
+            } else {
+                (r.member_id.to_string(), None, None)
+            };
+            serve(
+                m::Request::LeaveGroup(g::LeaveGroupRequest {
+                    group_id: r.group_id.0.to_string(),
+                    member_id,
+                    instance_id,
+                }),
+                Shape::LeaveGroup { member },
+            )
+        }
+        _ => Err(KafkaError::UnknownApi(key)),
+    }
+}
+
+/// Kafka's embedded group messages: a version, then the message at that version
+/// (read at the newest this crate knows when the client's is newer still).
+fn versioned<T: Decodable + kafka_protocol::protocol::Message>(bytes: &Bytes) -> Result<T, String> {
+    let mut buf = bytes.clone();
+    if buf.len() < 2 {
+        return Err("shorter than its version".into());
+    }
+    let version = i16::from_be_bytes([buf[0], buf[1]]);
+    bytes::Buf::advance(&mut buf, 2);
+    if version < T::VERSIONS.min {
+        return Err(format!("version {version}"));
+    }
+    T::decode(&mut buf, version.min(T::VERSIONS.max)).map_err(|e| format!("{e:#}"))
+}
+
+/// Kafka's partition index, for Meridian. A negative one becomes an index no topic
+/// has (`max_partitions_per_topic` is far below it), so the broker answers it as a
+/// partition out of range, as Kafka does; not [`m::UNASSIGNED_PARTITION`], which
+/// would ask a partitioner plugin to route the records.
+fn partition(index: i32) -> u32 {
+    u32::try_from(index).unwrap_or(m::UNASSIGNED_PARTITION - 1)
+}
+
+/// A produce of a transactional producer, refused partition by partition.
+fn refuse_produce(r: &k::ProduceRequest) -> k::ProduceResponse {
+    let code = ResponseError::TransactionalIdAuthorizationFailed.code();
+    let responses = r
+        .topic_data
+        .iter()
+        .map(|t| {
+            k::produce_response::TopicProduceResponse::default()
+                .with_name(t.name.clone())
+                .with_partition_responses(
+                    t.partition_data
+                        .iter()
+                        .map(|p| {
+                            k::produce_response::PartitionProduceResponse::default()
+                                .with_index(p.index)
+                                .with_error_code(code)
+                                .with_base_offset(-1)
+                                .with_error_message(Some(StrBytes::from_static_str(TRANSACTIONS)))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::ProduceResponse::default().with_responses(responses)
+}
+
+fn api_versions(error_code: i16) -> k::ApiVersionsResponse {
+    let api_keys = APIS
+        .iter()
+        .map(|&(api, min, max)| {
+            k::api_versions_response::ApiVersion::default()
+                .with_api_key(api as i16)
+                .with_min_version(min)
+                .with_max_version(max)
+        })
+        .collect();
+    k::ApiVersionsResponse::default()
+        .with_error_code(error_code)
+        .with_api_keys(api_keys)
+}
+
+impl Header {
+    fn refuse<T: Encodable>(&self, body: &T, reason: String) -> Result<Step, KafkaError> {
+        Ok(Step::Refused {
+            reply: self.frame(body)?,
+            reason,
+        })
+    }
+
+    /// The response frame: size, response header, body.
+    fn frame<T: Encodable>(&self, body: &T) -> Result<Bytes, KafkaError> {
+        let encode_error = |reason: String| KafkaError::Encode {
+            api: self.api,
+            version: self.version,
+            reason,
+        };
+        let mut out = BytesMut::with_capacity(64);
+        out.put_i32(0);
+        k::ResponseHeader::default()
+            .with_correlation_id(self.correlation_id)
+            .encode(&mut out, self.api.response_header_version(self.version))
+            .map_err(|e| encode_error(format!("{e:#}")))?;
+        body.encode(&mut out, self.version)
+            .map_err(|e| encode_error(format!("{e:#}")))?;
+        let size = (out.len() - 4) as i32;
+        out[..4].copy_from_slice(&size.to_be_bytes());
+        Ok(out.freeze())
+    }
+}
+
+impl Pending {
+    pub fn api(&self) -> ApiKey {
+        self.header.api
+    }
+
+    pub fn version(&self) -> i16 {
+        self.header.version
+    }
+
+    /// The `client.id` the client sent, if any.
+    pub fn client_id(&self) -> Option<&str> {
+        self.header.client_id.as_deref()
+    }
+
+    /// The response frame for the broker's answer; `None` when there is none to
+    /// send (a produce with acks=0).
+    pub fn respond(
+        self,
+        answer: Option<m::Response>,
+        listener: &Listener,
+    ) -> Result<Option<Bytes>, KafkaError> {
+        let Some(answer) = answer else {
+            return Ok(None);
+        };
+        let h = &self.header;
+        if answer.api_key() != self.sent {
+            return Err(KafkaError::WrongAnswer {
+                api: h.api,
+                got: answer.api_key(),
+            });
+        }
+        let frame = match (answer, self.shape) {
+            (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
+            (m::Response::Produce(r), _) => h.frame(&produce(r))?,
+            (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
+            (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r))?,
+            (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
+                h.frame(&create_topics(r, refused))?
+            }
+            (m::Response::DeleteTopics(r), _) => {
+                let responses = r
+                    .results
+                    .into_iter()
+                    .map(|t| {
+                        k::delete_topics_response::DeletableTopicResult::default()
+                            .with_name(Some(topic_name(t.name)))
+                            .with_error_code(code(t.error))
+                            .with_error_message(message(t.error, t.message))
+                    })
+                    .collect();
+                h.frame(&k::DeleteTopicsResponse::default().with_responses(responses))?
+            }
+            (m::Response::InitProducerId(r), _) => h.frame(
+                &k::InitProducerIdResponse::default()
+                    .with_error_code(code(r.error))
+                    .with_producer_id(r.producer_id.into())
+                    .with_producer_epoch(r.producer_epoch),
+            )?,
+            (m::Response::FindCoordinator(r), _) => {
+                let body = if r.error.is_ok() && r.broker_id == listener.broker_id {
+                    k::FindCoordinatorResponse::default()
+                        .with_node_id(broker_id(listener.broker_id))
+                        .with_host(StrBytes::from_string(listener.host.clone()))
+                        .with_port(listener.port.into())
+                } else {
+                    let (error, text) = if r.error.is_ok() {
+                        (
+                            ErrorCode::CoordinatorNotAvailable,
+                            format!("the group's coordinator is broker {}, which Kafka clients cannot reach through this listener", r.broker_id),
+                        )
+                    } else {
+                        (r.error, r.message)
+                    };
+                    k::FindCoordinatorResponse::default()
+                        .with_error_code(code(error))
+                        .with_error_message(message(error, text))
+                        .with_node_id((-1).into())
+                        .with_port(-1)
+                };
+                h.frame(&body)?
+            }
+            (m::Response::OffsetCommit(r), Shape::OffsetCommit { partitions }) => {
+                let error = code(r.error);
+                let topics = partitions
+                    .into_iter()
+                    .map(|(topic, ps)| {
+                        k::offset_commit_response::OffsetCommitResponseTopic::default()
+                            .with_name(topic_name(topic))
+                            .with_partitions(
+                                ps.into_iter()
+                                    .map(|p| {
+                                        k::offset_commit_response::OffsetCommitResponsePartition::default()
+                                            .with_partition_index(p)
+                                            .with_error_code(error)
+                                    })
+                                    .collect(),
+                            )
+                    })
+                    .collect();
+                h.frame(&k::OffsetCommitResponse::default().with_topics(topics))?
+            }
+            (m::Response::OffsetFetch(r), Shape::OffsetFetch { partitions }) => {
+                h.frame(&offset_fetch(r, partitions))?
+            }
+            (m::Response::JoinGroup(r), Shape::JoinGroup { protocol }) => {
+                // Nobody leads: the coordinator assigns, and SyncGroup hands it out.
+                let body = k::JoinGroupResponse::default()
+                    .with_error_code(code(r.error))
+                    .with_generation_id(if r.error.is_ok() { r.member_epoch } else { -1 })
+                    .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+                    .with_protocol_name(Some(protocol))
+                    .with_leader(StrBytes::default())
+                    .with_member_id(StrBytes::from_string(r.member_id));
+                h.frame(&body)?
+            }
+            (
+                m::Response::SyncGroup(r),
+                Shape::SyncGroup {
+                    protocol_type,
+                    protocol_name,
+                },
+            ) => {
+                let assignment = if r.error.is_ok() {
+                    assignment(&r.assignment)?
+                } else {
+                    Bytes::new()
+                };
+                let body = k::SyncGroupResponse::default()
+                    .with_error_code(code(r.error))
+                    .with_protocol_type(protocol_type)
+                    .with_protocol_name(protocol_name)
+                    .with_assignment(assignment);
+                h.frame(&body)?
+            }
+            (m::Response::Heartbeat(r), _) => {
+                let error = if r.error.is_ok() && r.sync_needed {
+                    // Partitions are to move: give them up, join again, sync.
+                    ResponseError::RebalanceInProgress.code()
+                } else {
+                    code(r.error)
+                };
+                h.frame(&k::HeartbeatResponse::default().with_error_code(error))?
+            }
+            (m::Response::LeaveGroup(r), Shape::LeaveGroup { member }) => {
+                let error = code(r.error);
+                let members = member
+                    .into_iter()
+                    .map(|(member_id, instance_id)| {
+                        k::leave_group_response::MemberResponse::default()
+                            .with_member_id(member_id)
+                            .with_group_instance_id(instance_id)
+                            .with_error_code(error)
+                    })
+                    .collect();
+                h.frame(
+                    &k::LeaveGroupResponse::default()
+                        .with_error_code(error)
+                        .with_members(members),
+                )?
+            }
+            (other, _) => {
+                return Err(KafkaError::WrongAnswer {
+                    api: h.api,
+                    got: other.api_key(),
+                })
+            }
+        };
+        Ok(Some(frame))
+    }
+}
+
+/// A member's assignment as Kafka's consumers read it: `ConsumerProtocolAssignment`
+/// version 0, after its version.
+fn assignment(partitions: &[g::TopicPartitions]) -> Result<Bytes, KafkaError> {
+    let assigned = partitions
+        .iter()
+        .map(|t| {
+            k::consumer_protocol_assignment::TopicPartition::default()
+                .with_topic(topic_name(t.topic.clone()))
+                .with_partitions(t.partitions.iter().map(|p| *p as i32).collect())
+        })
+        .collect();
+    let message = k::ConsumerProtocolAssignment::default().with_assigned_partitions(assigned);
+    let mut out = BytesMut::new();
+    out.put_i16(0);
+    message
+        .encode(&mut out, 0)
+        .map_err(|e| KafkaError::Encode {
+            api: ApiKey::SyncGroup,
+            version: 0,
+            reason: format!("the assignment: {e:#}"),
+        })?;
+    Ok(out.freeze())
+}
+
+fn topic_name(name: String) -> TopicName {
+    TopicName(StrBytes::from_string(name))
+}
+
+fn broker_id(id: u32) -> BrokerId {
+    BrokerId(i32::try_from(id).unwrap_or(-1))
+}
+
+/// Meridian's message for a failure; none for success.
+fn message(error: ErrorCode, text: String) -> Option<StrBytes> {
+    if error.is_ok() {
+        None
+    } else if text.is_empty() {
+        Some(StrBytes::from_static_str(error.description()))
+    } else {
+        Some(StrBytes::from_string(text))
+    }
+}
+
+fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse {
+    // Every broker named is this one (the listener serves single brokers), reached
+    // through the Kafka listener.
+    let brokers = r
+        .brokers
+        .iter()
+        .filter(|b| b.broker_id == listener.broker_id)
+        .map(|_| {
+            k::metadata_response::MetadataResponseBroker::default()
+                .with_node_id(broker_id(listener.broker_id))
+                .with_host(StrBytes::from_string(listener.host.clone()))
+                .with_port(listener.port.into())
+        })
+        .collect();
+    let ids = |list: Vec<u32>| list.into_iter().map(broker_id).collect();
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            // The broker's own topics (`__consumer_offsets`), as Kafka marks them.
+            let internal = t.name.starts_with("__");
+            k::metadata_response::MetadataResponseTopic::default()
+                .with_is_internal(internal)
+                .with_name(Some(topic_name(t.name)))
+                .with_error_code(code(t.error))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            k::metadata_response::MetadataResponsePartition::default()
+                                .with_partition_index(p.partition as i32)
+                                .with_error_code(code(p.error))
+                                .with_leader_id(broker_id(p.leader))
+                                .with_leader_epoch(p.leader_epoch)
+                                .with_replica_nodes(ids(p.replicas))
+                                .with_isr_nodes(ids(p.isr))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::MetadataResponse::default()
+        .with_brokers(brokers)
+        .with_cluster_id(Some(StrBytes::from_string(listener.cluster_id.clone())))
+        .with_controller_id(broker_id(r.controller_id))
+        .with_topics(topics)
+}
+
+fn produce(r: m::ProduceResponse) -> k::ProduceResponse {
+    let responses = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            k::produce_response::TopicProduceResponse::default()
+                .with_name(topic_name(t.name))
+                .with_partition_responses(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            k::produce_response::PartitionProduceResponse::default()
+                                .with_index(p.partition as i32)
+                                .with_error_code(code(p.error))
+                                .with_base_offset(p.base_offset)
+                                .with_log_append_time_ms(p.log_append_time)
+                                .with_log_start_offset(p.log_start_offset)
+                                .with_error_message(message(p.error, p.message))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::ProduceResponse::default().with_responses(responses)
+}
+
+fn fetch(r: m::FetchResponse) -> k::FetchResponse {
+    let responses = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            k::fetch_response::FetchableTopicResponse::default()
+                .with_topic(topic_name(t.name))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            // No transactions: everything below the high watermark
+                            // is stable, and nothing was aborted.
+                            k::fetch_response::PartitionData::default()
+                                .with_partition_index(p.partition as i32)
+                                .with_error_code(code(p.error))
+                                .with_high_watermark(p.high_watermark)
+                                .with_last_stable_offset(p.high_watermark)
+                                .with_log_start_offset(p.log_start_offset)
+                                .with_aborted_transactions(Some(Vec::new()))
+                                .with_preferred_read_replica((-1).into())
+                                .with_records(Some(p.records))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    // Session 0: no fetch session was created; the client keeps sending full fetches.
+    k::FetchResponse::default()
+        .with_session_id(0)
+        .with_responses(responses)
+}
+
+fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            k::list_offsets_response::ListOffsetsTopicResponse::default()
+                .with_name(topic_name(t.name))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            k::list_offsets_response::ListOffsetsPartitionResponse::default()
+                                .with_partition_index(p.partition as i32)
+                                .with_error_code(code(p.error))
+                                .with_offset(p.offset)
+                                .with_timestamp(p.timestamp)
+                                .with_leader_epoch(-1)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::ListOffsetsResponse::default().with_topics(topics)
+}
+
+fn create_topics(
+    r: m::CreateTopicsResponse,
+    refused: Vec<(String, String)>,
+) -> k::CreateTopicsResponse {
+    let result = |name: String, error: ErrorCode, text: String| {
+        k::create_topics_response::CreatableTopicResult::default()
+            .with_name(topic_name(name))
+            .with_error_code(code(error))
+            .with_error_message(message(error, text))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+    };
+    let topics = r
+        .results
+        .into_iter()
+        .map(|t| result(t.name, t.error, t.message))
+        .chain(
+            refused
+                .into_iter()
+                .map(|(name, text)| result(name, ErrorCode::InvalidReplicaAssignment, text)),
+        )
+        .collect();
+    k::CreateTopicsResponse::default().with_topics(topics)
+}
+
+fn offset_fetch(
+    r: g::OffsetFetchResponse,
+    asked: Option<Vec<(String, Vec<i32>)>>,
+) -> k::OffsetFetchResponse {
+    use k::offset_fetch_response::{OffsetFetchResponsePartition, OffsetFetchResponseTopic};
+    let committed: std::collections::HashMap<(&str, u32), &g::PartitionOffset> = r
+        .topics
+        .iter()
+        .flat_map(|t| {
+            t.partitions
+                .iter()
+                .map(move |p| ((t.topic.as_str(), p.partition), p))
+        })
+        .collect();
+    let answer = |index: i32, found: Option<&g::PartitionOffset>| {
+        let partition = OffsetFetchResponsePartition::default().with_partition_index(index);
+        match found {
+            Some(p) => partition
+                .with_committed_offset(p.offset)
+                .with_committed_leader_epoch(p.leader_epoch)
+                .with_metadata(Some(StrBytes::from_string(p.metadata.clone()))),
+            // Nothing committed: offset -1, as Kafka answers.
+            None => partition
+                .with_committed_offset(-1)
+                .with_committed_leader_epoch(-1)
+                .with_metadata(Some(StrBytes::default())),
+        }
+    };
+    let topics = match asked {
+        Some(list) => list
+            .into_iter()
+            .map(|(topic, ps)| {
+                let partitions = ps
+                    .into_iter()
+                    .map(|i| answer(i, committed.get(&(topic.as_str(), partition(i))).copied()))
+                    .collect();
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic_name(topic))
+                    .with_partitions(partitions)
+            })
+            .collect(),
+        None => r
+            .topics
+            .iter()
+            .map(|t| {
+                OffsetFetchResponseTopic::default()
+                    .with_name(topic_name(t.topic.clone()))
+                    .with_partitions(
+                        t.partitions
+                            .iter()
+                            .map(|p| answer(p.partition as i32, Some(p)))
+                            .collect(),
+                    )
+            })
+            .collect(),
+    };
+    k::OffsetFetchResponse::default()
+        .with_error_code(code(r.error))
+        .with_topics(topics)
+}
+
+/// Kafka's error code for Meridian's.
+pub fn code(error: ErrorCode) -> i16 {
+    use ErrorCode as E;
+    use ResponseError as K;
+    let kafka = match error {
+        E::None => return 0,
+        E::Unknown | E::InvalidUpdateVersion => K::UnknownServerError,
+        E::CorruptMessage => K::CorruptMessage,
+        E::UnknownTopic | E::InvalidPartition | E::TopicDeletionInProgress => {
+            K::UnknownTopicOrPartition
+        }
+        E::MessageTooLarge => K::MessageTooLarge,
+        E::InvalidTopic => K::InvalidTopicException,
+        E::InvalidConfig => K::InvalidConfig,
+        E::TopicAlreadyExists => K::TopicAlreadyExists,
+        E::OffsetOutOfRange => K::OffsetOutOfRange,
+        E::StorageError | E::CorruptLog => K::KafkaStorageError,
+        E::UnsupportedVersion => K::UnsupportedVersion,
+        E::InvalidRequest | E::FrameTooLarge => K::InvalidRequest,
+        E::RequestTimedOut => K::RequestTimedOut,
+        E::UnsupportedCompression => K::UnsupportedCompressionType,
+        E::InvalidPartitions => K::InvalidPartitions,
+        E::InvalidReplicationFactor => K::InvalidReplicationFactor,
+        E::InvalidRequiredAcks => K::InvalidRequiredAcks,
+        E::PolicyViolation => K::PolicyViolation,
+        // Retriable either way: the client looks for the partition's leader again.
+        E::BrokerShuttingDown | E::NotLeaderOrFollower => K::NotLeaderOrFollower,
+        E::NotCoordinator => K::NotCoordinator,
+        E::CoordinatorNotAvailable => K::CoordinatorNotAvailable,
+        E::InvalidGroupId => K::InvalidGroupId,
+        E::UnknownMemberId => K::UnknownMemberId,
+        E::FencedInstanceId => K::FencedInstanceId,
+        E::IllegalGeneration => K::IllegalGeneration,
+        E::InvalidSessionTimeout => K::InvalidSessionTimeout,
+        E::GroupMaxSizeReached => K::GroupMaxSizeReached,
+        E::InconsistentGroupProtocol => K::InconsistentGroupProtocol,
+        E::GroupIdNotFound => K::GroupIdNotFound,
+        E::NonEmptyGroup => K::NonEmptyGroup,
+        E::OffsetMetadataTooLarge => K::OffsetMetadataTooLarge,
+        E::InvalidCommitOffset => K::InvalidCommitOffsetSize,
+        E::OutOfOrderSequenceNumber => K::OutOfOrderSequenceNumber,
+        E::InvalidProducerEpoch => K::InvalidProducerEpoch,
+        E::UnknownProducerId => K::UnknownProducerId,
+        E::GroupSubscribedToTopic => K::GroupSubscribedToTopic,
+        E::FencedLeaderEpoch => K::FencedLeaderEpoch,
+        E::UnknownLeaderEpoch => K::UnknownLeaderEpoch,
+        E::NotEnoughReplicas => K::NotEnoughReplicas,
+        E::NotEnoughReplicasAfterAppend => K::NotEnoughReplicasAfterAppend,
+        E::LeaderNotAvailable | E::MetadataNotReady => K::LeaderNotAvailable,
+        E::NotController => K::NotController,
+        E::StaleBrokerEpoch => K::StaleBrokerEpoch,
+        E::InvalidRecord | E::PluginRejected => K::InvalidRecord,
+        E::PluginNotFound | E::InvalidPlugin | E::PluginInUse => K::InvalidRequest,
+        E::InvalidReplicaAssignment => K::InvalidReplicaAssignment,
+        E::NoReassignmentInProgress => K::NoReassignmentInProgress,
+        E::ElectionNotNeeded => K::ElectionNotNeeded,
+        E::PreferredLeaderNotAvailable => K::PreferredLeaderNotAvailable,
+        E::TopicAuthorizationFailed => K::TopicAuthorizationFailed,
+        E::GroupAuthorizationFailed => K::GroupAuthorizationFailed,
+        E::ClusterAuthorizationFailed => K::ClusterAuthorizationFailed,
+    };
+    kafka.code()
+}
+
+#[cfg(test)]
+mod tests;

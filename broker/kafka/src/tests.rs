@@ -1,0 +1,805 @@
+//! The translation, driven as a Kafka client would: requests encoded by the
+//! client half of kafka-protocol, responses decoded by it.
+
+use super::*;
+use bytes::Buf;
+use kafka_protocol::protocol::HeaderVersion;
+
+fn listener() -> Listener {
+    Listener {
+        broker_id: 1,
+        host: "kafka.example".into(),
+        port: 9092,
+        cluster_id: "meridian-test".into(),
+    }
+}
+
+/// A request frame as a client sends it (without the size).
+fn frame_of<T: Encodable + HeaderVersion>(api: ApiKey, version: i16, body: &T) -> Bytes {
+    let mut out = BytesMut::new();
+    k::RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(42)
+        .with_client_id(Some(StrBytes::from_static_str("test-client")))
+        .encode(&mut out, T::header_version(version))
+        .unwrap();
+    body.encode(&mut out, version).unwrap();
+    out.freeze()
+}
+
+/// The body of a response frame, after checking its size and correlation id.
+fn response<T: Decodable>(api: ApiKey, version: i16, frame: Bytes) -> T {
+    let mut frame = frame;
+    let size = frame.get_i32();
+    assert_eq!(size as usize, frame.len());
+    let header =
+        k::ResponseHeader::decode(&mut frame, api.response_header_version(version)).unwrap();
+    assert_eq!(header.correlation_id, 42);
+    let body = T::decode(&mut frame, version).unwrap();
+    assert!(!frame.has_remaining(), "{} bytes left over", frame.len());
+    body
+}
+
+fn serve(frame: Bytes) -> (m::Request, Pending) {
+    match decode(frame).unwrap() {
+        Step::Serve(request, pending) => (*request, pending),
+        Step::Reply(_) | Step::Refused { .. } => panic!("answered without the broker"),
+    }
+}
+
+fn reply(frame: Bytes) -> Bytes {
+    match decode(frame).unwrap() {
+        Step::Reply(bytes) | Step::Refused { reply: bytes, .. } => bytes,
+        Step::Serve(request, _) => panic!("handed to the broker: {request:?}"),
+    }
+}
+
+#[test]
+fn api_versions_lists_what_is_served_at_every_version() {
+    for version in 0..=3 {
+        let frame = frame_of(
+            ApiKey::ApiVersions,
+            version,
+            &k::ApiVersionsRequest::default(),
+        );
+        let r: k::ApiVersionsResponse = response(ApiKey::ApiVersions, version, reply(frame));
+        assert_eq!(r.error_code, 0);
+        let produce = r
+            .api_keys
+            .iter()
+            .find(|a| a.api_key == ApiKey::Produce as i16)
+            .unwrap();
+        assert_eq!((produce.min_version, produce.max_version), (3, 11));
+        assert_eq!(r.api_keys.len(), APIS.len());
+        assert!(!r
+            .api_keys
+            .iter()
+            .any(|a| a.api_key == ApiKey::DescribeGroups as i16));
+    }
+}
+
+#[test]
+fn a_newer_api_versions_gets_version_0_with_the_versions_served() {
+    let frame = frame_of(ApiKey::ApiVersions, 3, &k::ApiVersionsRequest::default());
+    // The same bytes, claiming version 9 (a client from the future).
+    let mut bytes = frame.to_vec();
+    bytes[2..4].copy_from_slice(&9i16.to_be_bytes());
+    let r: k::ApiVersionsResponse = response(ApiKey::ApiVersions, 0, reply(bytes.into()));
+    assert_eq!(r.error_code, ResponseError::UnsupportedVersion.code());
+    assert_eq!(r.api_keys.len(), APIS.len());
+}
+
+#[test]
+fn what_is_not_served_is_refused_by_name() {
+    let describe = frame_of(
+        ApiKey::DescribeGroups,
+        5,
+        &k::DescribeGroupsRequest::default(),
+    );
+    let e = decode(describe).unwrap_err();
+    assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeGroups as i16));
+    assert!(e.to_string().contains("Produce, Fetch"), "{e}");
+    let fetch13 = frame_of(ApiKey::Fetch, 13, &k::FetchRequest::default());
+    assert_eq!(
+        decode(fetch13).unwrap_err(),
+        KafkaError::UnsupportedVersion {
+            api: ApiKey::Fetch,
+            version: 13,
+            min: 4,
+            max: 12
+        }
+    );
+    assert_eq!(
+        decode(Bytes::from_static(&[0, 1, 0])).unwrap_err(),
+        KafkaError::Truncated(3)
+    );
+    assert_eq!(
+        decode(Bytes::from_static(&[0x7f, 0, 0, 0, 0, 0, 0, 1])).unwrap_err(),
+        KafkaError::UnknownApi(0x7f00)
+    );
+}
+
+#[test]
+fn a_truncated_body_is_malformed_not_a_panic() {
+    let mut topic =
+        k::produce_request::TopicProduceData::default().with_name(topic_name("orders".into()));
+    topic.partition_data.push(
+        k::produce_request::PartitionProduceData::default()
+            .with_index(0)
+            .with_records(Some(Bytes::from_static(&[1; 100]))),
+    );
+    let frame = frame_of(
+        ApiKey::Produce,
+        9,
+        &k::ProduceRequest::default()
+            .with_acks(1)
+            .with_topic_data(vec![topic]),
+    );
+    for cut in 8..frame.len() {
+        match decode(frame.slice(..cut)) {
+            Err(KafkaError::Malformed {
+                api: ApiKey::Produce,
+                version: 9,
+                ..
+            }) => {}
+            other => panic!("cut at {cut}: {other:?}"),
+        }
+    }
+}
+
+#[test]
+fn produce_passes_records_through_and_answers_per_partition() {
+    for version in [3, 7, 9, 11] {
+        let records = Bytes::from_static(b"a record batch, untouched");
+        let topic = k::produce_request::TopicProduceData::default()
+            .with_name(topic_name("orders".into()))
+            .with_partition_data(vec![
+                k::produce_request::PartitionProduceData::default()
+                    .with_index(2)
+                    .with_records(Some(records.clone())),
+                k::produce_request::PartitionProduceData::default()
+                    .with_index(-1)
+                    .with_records(Some(records.clone())),
+            ]);
+        let frame = frame_of(
+            ApiKey::Produce,
+            version,
+            &k::ProduceRequest::default()
+                .with_acks(-1)
+                .with_timeout_ms(1500)
+                .with_topic_data(vec![topic]),
+        );
+        let (request, pending) = serve(frame);
+        let m::Request::Produce(p) = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!((p.acks, p.timeout_ms), (-1, 1500));
+        assert_eq!(p.topics[0].name, "orders");
+        assert_eq!(p.topics[0].partitions[0].partition, 2);
+        assert_eq!(p.topics[0].partitions[0].records, records);
+        // Never "unassigned" (a partitioner plugin's cue): out of range instead.
+        assert_ne!(p.topics[0].partitions[1].partition, m::UNASSIGNED_PARTITION);
+        let answer = m::ProduceResponse {
+            topics: vec![m::ProduceTopicResponse {
+                name: "orders".into(),
+                partitions: vec![
+                    m::ProducePartitionResponse {
+                        partition: 2,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        base_offset: 17,
+                        log_append_time: -1,
+                        log_start_offset: 0,
+                    },
+                    m::ProducePartitionResponse {
+                        partition: u32::MAX - 1,
+                        error: ErrorCode::InvalidPartition,
+                        message: "no such partition".into(),
+                        base_offset: -1,
+                        log_append_time: -1,
+                        log_start_offset: -1,
+                    },
+                ],
+            }],
+        };
+        let frame = pending
+            .respond(Some(m::Response::Produce(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::ProduceResponse = response(ApiKey::Produce, version, frame);
+        let ps = &r.responses[0].partition_responses;
+        assert_eq!(
+            (ps[0].index, ps[0].error_code, ps[0].base_offset),
+            (2, 0, 17)
+        );
+        assert_eq!(
+            ps[1].error_code,
+            ResponseError::UnknownTopicOrPartition.code()
+        );
+        if version >= 8 {
+            assert_eq!(ps[1].error_message.as_deref(), Some("no such partition"));
+        }
+    }
+}
+
+#[test]
+fn acks_0_gets_no_response_and_transactions_are_refused() {
+    let frame = frame_of(
+        ApiKey::Produce,
+        9,
+        &k::ProduceRequest::default().with_acks(0),
+    );
+    let (_, pending) = serve(frame);
+    assert_eq!(pending.respond(None, &listener()).unwrap(), None);
+
+    let topic = k::produce_request::TopicProduceData::default()
+        .with_name(topic_name("orders".into()))
+        .with_partition_data(vec![
+            k::produce_request::PartitionProduceData::default().with_index(0)
+        ]);
+    let transactional = k::ProduceRequest::default()
+        .with_transactional_id(Some(StrBytes::from_static_str("tx").into()))
+        .with_acks(-1)
+        .with_topic_data(vec![topic]);
+    let r: k::ProduceResponse = response(
+        ApiKey::Produce,
+        9,
+        reply(frame_of(ApiKey::Produce, 9, &transactional)),
+    );
+    assert_eq!(
+        r.responses[0].partition_responses[0].error_code,
+        ResponseError::TransactionalIdAuthorizationFailed.code()
+    );
+    let init = k::InitProducerIdRequest::default()
+        .with_transactional_id(Some(StrBytes::from_static_str("tx").into()));
+    let r: k::InitProducerIdResponse = response(
+        ApiKey::InitProducerId,
+        4,
+        reply(frame_of(ApiKey::InitProducerId, 4, &init)),
+    );
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+}
+
+#[test]
+fn metadata_names_the_kafka_listener() {
+    for version in [0, 1, 4, 9, 12] {
+        let asked = k::MetadataRequest::default().with_topics(Some(vec![
+            k::metadata_request::MetadataRequestTopic::default()
+                .with_name(Some(topic_name("orders".into()))),
+        ]));
+        let (request, pending) = serve(frame_of(ApiKey::Metadata, version, &asked));
+        assert_eq!(
+            request,
+            m::Request::Metadata(m::MetadataRequest {
+                topics: Some(vec!["orders".into()])
+            })
+        );
+        let answer = m::MetadataResponse {
+            brokers: vec![m::BrokerInfo {
+                broker_id: 1,
+                host: "127.0.0.1".into(),
+                port: 7000,
+            }],
+            controller_id: 1,
+            topics: vec![m::TopicMetadata {
+                name: "orders".into(),
+                error: ErrorCode::None,
+                partitions: vec![m::PartitionMetadata {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    leader: 1,
+                    leader_epoch: 3,
+                    replicas: vec![1],
+                    isr: vec![1],
+                }],
+            }],
+        };
+        let frame = pending
+            .respond(Some(m::Response::Metadata(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::MetadataResponse = response(ApiKey::Metadata, version, frame);
+        assert_eq!(r.brokers.len(), 1);
+        assert_eq!(
+            (&*r.brokers[0].host, r.brokers[0].port),
+            ("kafka.example", 9092)
+        );
+        let t = &r.topics[0];
+        assert_eq!(t.name.as_ref().map(|n| &*n.0), Some("orders"));
+        assert_eq!(t.partitions[0].leader_id, BrokerId(1));
+        if version >= 2 {
+            assert_eq!(r.cluster_id.as_deref(), Some("meridian-test"));
+        }
+    }
+    // Version 0 has no null list: empty asks for every topic.
+    let every = k::MetadataRequest::default().with_topics(Some(Vec::new()));
+    let (request, _) = serve(frame_of(ApiKey::Metadata, 0, &every));
+    assert_eq!(
+        request,
+        m::Request::Metadata(m::MetadataRequest { topics: None })
+    );
+    let (request, _) = serve(frame_of(ApiKey::Metadata, 4, &every));
+    assert_eq!(
+        request,
+        m::Request::Metadata(m::MetadataRequest {
+            topics: Some(Vec::new())
+        })
+    );
+}
+
+#[test]
+fn fetch_is_sessionless_and_carries_records_back() {
+    let asked = k::FetchRequest::default()
+        .with_replica_id(BrokerId(3))
+        .with_max_wait_ms(500)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![k::fetch_request::FetchTopic::default()
+            .with_topic(topic_name("orders".into()))
+            .with_partitions(vec![k::fetch_request::FetchPartition::default()
+                .with_partition(1)
+                .with_fetch_offset(40)
+                .with_partition_max_bytes(65536)])]);
+    for version in [4, 7, 11, 12] {
+        let (request, pending) = serve(frame_of(ApiKey::Fetch, version, &asked));
+        let m::Request::Fetch(f) = request else {
+            panic!()
+        };
+        // A Kafka client is never taken for a follower.
+        assert_eq!(f.replica_id, m::CONSUMER_REPLICA_ID);
+        assert_eq!(
+            (f.max_wait_ms, f.topics[0].partitions[0].fetch_offset),
+            (500, 40)
+        );
+        let records = Bytes::from_static(b"batches as stored");
+        let answer = m::FetchResponse {
+            topics: vec![m::FetchTopicResponse {
+                name: "orders".into(),
+                partitions: vec![m::FetchPartitionResponse {
+                    partition: 1,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: 90,
+                    log_start_offset: 0,
+                    records: records.clone(),
+                    diverging_epoch: None,
+                }],
+            }],
+        };
+        let frame = pending
+            .respond(Some(m::Response::Fetch(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::FetchResponse = response(ApiKey::Fetch, version, frame);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!((p.high_watermark, p.last_stable_offset), (90, 90));
+        assert_eq!(p.records.as_ref(), Some(&records));
+        assert_eq!(r.session_id, 0);
+    }
+    // An incremental fetch names a session this broker never created.
+    let incremental = asked.with_session_id(7).with_session_epoch(1);
+    let r: k::FetchResponse = response(
+        ApiKey::Fetch,
+        12,
+        reply(frame_of(ApiKey::Fetch, 12, &incremental)),
+    );
+    assert_eq!(r.error_code, ResponseError::FetchSessionIdNotFound.code());
+}
+
+#[test]
+fn offsets_commit_and_fetch_answer_every_partition_named() {
+    let commit = k::OffsetCommitRequest::default()
+        .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            k::offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(topic_name("orders".into()))
+                .with_partitions(vec![
+                    k::offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(0)
+                        .with_committed_offset(5),
+                    k::offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(9)
+                        .with_committed_metadata(Some(StrBytes::from_static_str("m"))),
+                ]),
+        ]);
+    let (request, pending) = serve(frame_of(ApiKey::OffsetCommit, 8, &commit));
+    let m::Request::OffsetCommit(c) = request else {
+        panic!()
+    };
+    assert_eq!(
+        (c.group_id.as_str(), c.member_id.as_str(), c.member_epoch),
+        ("billing", "", -1)
+    );
+    assert_eq!(c.topics[0].partitions[1].offset, 9);
+    assert_eq!(c.topics[0].partitions[1].metadata, "m");
+    let answer = g::OffsetCommitResponse {
+        error: ErrorCode::UnknownTopic,
+        message: "no".into(),
+    };
+    let frame = pending
+        .respond(Some(m::Response::OffsetCommit(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::OffsetCommitResponse = response(ApiKey::OffsetCommit, 8, frame);
+    let codes: Vec<i16> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.error_code)
+        .collect();
+    assert_eq!(codes, [3, 3]);
+
+    let fetch = k::OffsetFetchRequest::default()
+        .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+        .with_topics(Some(vec![
+            k::offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(topic_name("orders".into()))
+                .with_partition_indexes(vec![0, 1]),
+        ]));
+    let (request, pending) = serve(frame_of(ApiKey::OffsetFetch, 7, &fetch));
+    let m::Request::OffsetFetch(f) = request else {
+        panic!()
+    };
+    assert_eq!(f.topics.as_ref().unwrap()[0].partitions, [0, 1]);
+    let answer = g::OffsetFetchResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        topics: vec![g::TopicOffsets {
+            topic: "orders".into(),
+            partitions: vec![g::PartitionOffset {
+                partition: 1,
+                offset: 9,
+                leader_epoch: -1,
+                metadata: "m".into(),
+                commit_timestamp_ms: 0,
+            }],
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::OffsetFetch(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::OffsetFetchResponse = response(ApiKey::OffsetFetch, 7, frame);
+    let offsets: Vec<(i32, i64)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect();
+    assert_eq!(offsets, [(0, -1), (1, 9)]);
+}
+
+#[test]
+fn the_coordinator_is_this_listener() {
+    let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));
+    let (request, pending) = serve(frame_of(ApiKey::FindCoordinator, 3, &find));
+    assert_eq!(
+        request,
+        m::Request::FindCoordinator(g::FindCoordinatorRequest {
+            group_id: "billing".into()
+        })
+    );
+    let answer = g::FindCoordinatorResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        broker_id: 1,
+        host: "127.0.0.1".into(),
+        port: 7000,
+    };
+    let frame = pending
+        .respond(Some(m::Response::FindCoordinator(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::FindCoordinatorResponse = response(ApiKey::FindCoordinator, 3, frame);
+    assert_eq!((r.error_code, &*r.host, r.port), (0, "kafka.example", 9092));
+    // Transaction coordinators: none.
+    let txn = find.with_key_type(1);
+    let r: k::FindCoordinatorResponse = response(
+        ApiKey::FindCoordinator,
+        3,
+        reply(frame_of(ApiKey::FindCoordinator, 3, &txn)),
+    );
+    assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
+}
+
+#[test]
+fn create_topics_takes_kafka_defaults_and_refuses_assignments() {
+    let asked = k::CreateTopicsRequest::default().with_topics(vec![
+        k::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name("orders".into()))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_configs(vec![
+                k::create_topics_request::CreatableTopicConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_value(Some(StrBytes::from_static_str("60000"))),
+            ]),
+        k::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name("placed".into()))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)
+            .with_assignments(vec![
+                k::create_topics_request::CreatableReplicaAssignment::default(),
+            ]),
+    ]);
+    let (request, pending) = serve(frame_of(ApiKey::CreateTopics, 7, &asked));
+    let m::Request::CreateTopics(c) = request else {
+        panic!()
+    };
+    assert_eq!(c.topics.len(), 1);
+    assert_eq!(
+        (c.topics[0].partitions, c.topics[0].replication_factor),
+        (0, 0)
+    );
+    assert_eq!(c.topics[0].configs[0].key, "retention.ms");
+    let answer = m::CreateTopicsResponse {
+        results: vec![m::TopicResult {
+            name: "orders".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::CreateTopics(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(&*r.topics[1].name.0, "placed");
+    assert_eq!(
+        r.topics[1].error_code,
+        ResponseError::InvalidReplicaAssignment.code()
+    );
+}
+
+#[test]
+fn a_mismatched_answer_is_an_error_not_a_wrong_frame() {
+    let (_, pending) = serve(frame_of(
+        ApiKey::Metadata,
+        9,
+        &k::MetadataRequest::default(),
+    ));
+    let e = pending
+        .respond(
+            Some(m::Response::DeleteTopics(m::DeleteTopicsResponse {
+                results: Vec::new(),
+            })),
+            &listener(),
+        )
+        .unwrap_err();
+    assert_eq!(
+        e,
+        KafkaError::WrongAnswer {
+            api: ApiKey::Metadata,
+            got: m::ApiKey::DeleteTopics
+        }
+    );
+}
+
+#[test]
+fn every_meridian_error_has_a_kafka_code_clients_know() {
+    for raw in 0..=u16::from(u8::MAX) {
+        let error = ErrorCode::from_u16(raw);
+        if error == ErrorCode::Unknown && raw != ErrorCode::Unknown as u16 {
+            continue;
+        }
+        let kafka = code(error);
+        assert_eq!(kafka == 0, error.is_ok(), "{error:?}");
+        assert!(
+            !matches!(
+                ResponseError::try_from_code(kafka),
+                Some(ResponseError::Unknown(_))
+            ),
+            "{error:?} -> {kafka}"
+        );
+    }
+}
+
+fn subscription(topics: &[&'static str]) -> Bytes {
+    let mut out = BytesMut::new();
+    out.put_i16(1);
+    k::ConsumerProtocolSubscription::default()
+        .with_topics(
+            topics
+                .iter()
+                .map(|t| StrBytes::from_static_str(t))
+                .collect(),
+        )
+        .encode(&mut out, 1)
+        .unwrap();
+    out.freeze()
+}
+
+fn join(protocols: &[&'static str], metadata: Bytes) -> k::JoinGroupRequest {
+    k::JoinGroupRequest::default()
+        .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(60_000)
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocols(
+            protocols
+                .iter()
+                .map(|name| {
+                    k::join_group_request::JoinGroupRequestProtocol::default()
+                        .with_name(StrBytes::from_static_str(name))
+                        .with_metadata(metadata.clone())
+                })
+                .collect(),
+        )
+}
+
+#[test]
+fn a_member_joins_with_the_first_eager_assignor_it_offers() {
+    for version in [0, 5, 7, 9] {
+        let asked = join(
+            &["cooperative-sticky", "range", "roundrobin"],
+            subscription(&["orders", "audit"]),
+        );
+        let (request, pending) = serve(frame_of(ApiKey::JoinGroup, version, &asked));
+        let m::Request::JoinGroup(j) = request else {
+            panic!()
+        };
+        assert_eq!(j.assignor, "range");
+        assert_eq!(j.topics, ["orders", "audit"]);
+        assert_eq!(j.client_id, "test-client");
+        assert_eq!(
+            j.rebalance_timeout_ms,
+            if version == 0 { 10_000 } else { 60_000 }
+        );
+        let answer = g::JoinGroupResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            member_id: "test-client-1".into(),
+            member_epoch: 4,
+            heartbeat_interval_ms: 3000,
+        };
+        let frame = pending
+            .respond(Some(m::Response::JoinGroup(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, version, frame);
+        assert_eq!(
+            (r.error_code, r.generation_id, &*r.member_id),
+            (0, 4, "test-client-1")
+        );
+        // Not the leader: it syncs and is given its partitions.
+        assert_ne!(r.leader, r.member_id);
+        assert!(r.members.is_empty());
+        if version >= 7 {
+            assert_eq!(r.protocol_name.as_deref(), Some("range"));
+        }
+    }
+    // Only cooperative (or unknown) assignors: refused, with the reason for the log.
+    let cooperative = join(&["cooperative-sticky"], subscription(&["orders"]));
+    match decode(frame_of(ApiKey::JoinGroup, 7, &cooperative)).unwrap() {
+        Step::Refused { reply, reason } => {
+            let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, 7, reply);
+            assert_eq!(
+                r.error_code,
+                ResponseError::InconsistentGroupProtocol.code()
+            );
+            assert!(
+                reason.contains("cooperative-sticky") && reason.contains("range"),
+                "{reason}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // A subscription that does not parse is malformed.
+    let garbled = join(&["range"], Bytes::from_static(&[0, 1, 0xff]));
+    assert!(matches!(
+        decode(frame_of(ApiKey::JoinGroup, 7, &garbled)),
+        Err(KafkaError::Malformed {
+            api: ApiKey::JoinGroup,
+            ..
+        })
+    ));
+}
+
+#[test]
+fn sync_hands_out_the_coordinators_assignment_and_heartbeats_call_rebalances() {
+    let sync = k::SyncGroupRequest::default()
+        .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+        .with_generation_id(4)
+        .with_member_id(StrBytes::from_static_str("m-1"))
+        .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+        .with_protocol_name(Some(StrBytes::from_static_str("range")));
+    let (request, pending) = serve(frame_of(ApiKey::SyncGroup, 5, &sync));
+    let m::Request::SyncGroup(s) = request else {
+        panic!()
+    };
+    assert!(
+        s.owned.is_empty(),
+        "an eager member owns nothing when it syncs"
+    );
+    let answer = g::SyncGroupResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        member_epoch: 4,
+        assignment: vec![g::TopicPartitions {
+            topic: "orders".into(),
+            partitions: vec![0, 2],
+        }],
+        pending: false,
+    };
+    let frame = pending
+        .respond(Some(m::Response::SyncGroup(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::SyncGroupResponse = response(ApiKey::SyncGroup, 5, frame);
+    assert_eq!(r.protocol_name.as_deref(), Some("range"));
+    let mut bytes = r.assignment.clone();
+    assert_eq!(bytes.get_i16(), 0);
+    let assigned = k::ConsumerProtocolAssignment::decode(&mut bytes, 0).unwrap();
+    assert_eq!(&*assigned.assigned_partitions[0].topic.0, "orders");
+    assert_eq!(assigned.assigned_partitions[0].partitions, [0, 2]);
+
+    let beat = k::HeartbeatRequest::default()
+        .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+        .with_generation_id(4)
+        .with_member_id(StrBytes::from_static_str("m-1"));
+    for (sync_needed, error, expected) in [
+        (false, ErrorCode::None, 0),
+        (
+            true,
+            ErrorCode::None,
+            ResponseError::RebalanceInProgress.code(),
+        ),
+        (
+            false,
+            ErrorCode::UnknownMemberId,
+            ResponseError::UnknownMemberId.code(),
+        ),
+    ] {
+        let (request, pending) = serve(frame_of(ApiKey::Heartbeat, 4, &beat));
+        let m::Request::Heartbeat(h) = request else {
+            panic!()
+        };
+        assert_eq!((h.member_epoch, h.max_wait_ms), (4, 0));
+        let answer = g::HeartbeatResponse {
+            error,
+            message: String::new(),
+            sync_needed,
+        };
+        let frame = pending
+            .respond(Some(m::Response::Heartbeat(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::HeartbeatResponse = response(ApiKey::Heartbeat, 4, frame);
+        assert_eq!(r.error_code, expected);
+    }
+}
+
+#[test]
+fn a_member_leaves_by_id_in_every_version() {
+    for version in [0, 2, 3, 5] {
+        let mut leave = k::LeaveGroupRequest::default()
+            .with_group_id(k::GroupId(StrBytes::from_static_str("billing")));
+        if version >= 3 {
+            leave = leave.with_members(vec![k::leave_group_request::MemberIdentity::default()
+                .with_member_id(StrBytes::from_static_str("m-1"))]);
+        } else {
+            leave = leave.with_member_id(StrBytes::from_static_str("m-1"));
+        }
+        let (request, pending) = serve(frame_of(ApiKey::LeaveGroup, version, &leave));
+        let m::Request::LeaveGroup(l) = request else {
+            panic!()
+        };
+        assert_eq!(l.member_id, "m-1");
+        let answer = g::LeaveGroupResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+        };
+        let frame = pending
+            .respond(Some(m::Response::LeaveGroup(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::LeaveGroupResponse = response(ApiKey::LeaveGroup, version, frame);
+        assert_eq!(r.error_code, 0);
+        if version >= 3 {
+            assert_eq!(&*r.members[0].member_id, "m-1");
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! The Kafka listener (`kafka_listen`): Kafka clients over TCP. Each request frame is
+//! translated by `meridian-kafka` into a Meridian request, served like one from the
+//! QUIC endpoint ([`Shared::serve_request`]: the same handlers, metrics and quotas),
+//! and its answer translated back.
+//!
+//! A connection pipelines: requests are read and served while earlier ones are
+//! still in flight (up to `max_inflight_requests`), and responses go out in request
+//! order, as Kafka clients expect. A frame over `max_frame_bytes`, an API or
+//! version not served, or a malformed request closes the connection, as a Kafka
+//! broker does; nothing else is affected.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use meridian_kafka::{Listener, Pending, Step};
+use meridian_wire::messages::Request;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::{Caller, Shared};
+
+/// What Kafka clients are told to connect to: `advertised_host` (else the address
+/// the listener is bound to) and the listener's port.
+pub(crate) fn advertised(shared: &Shared, bound: SocketAddr) -> Listener {
+    let config = &shared.config;
+    Listener {
+        broker_id: config.broker_id,
+        host: config
+            .advertised_host
+            .clone()
+            .unwrap_or_else(|| bound.ip().to_string()),
+        port: bound.port(),
+        cluster_id: config.cluster_id.clone(),
+    }
+}
+
+/// Accepts Kafka connections until the task is aborted; at most `max_connections`
+/// at once (beyond, a new connection is closed at once).
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, advertised: Listener) {
+    let advertised = Arc::new(advertised);
+    let limit = shared.config.max_connections as usize;
+    let slots = Arc::new(Semaphore::new(limit));
+    let mut id = 0u64;
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                // Out of file descriptors, say: wait rather than spin.
+                tracing::warn!(error = %e, "accepting a Kafka connection");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(%peer, limit, "Kafka connection closed: max_connections reached");
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        id += 1;
+        let span = tracing::debug_span!("kafka_connection", id, %peer);
+        tokio::spawn(
+            connection(shared.clone(), advertised.clone(), stream, peer, slot).instrument(span),
+        );
+    }
+}
+
+/// A response owed, in request order.
+type Owed = JoinHandle<Result<Option<Bytes>, String>>;
+
+async fn connection(
+    shared: Arc<Shared>,
+    advertised: Arc<Listener>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _slot: OwnedSemaphorePermit,
+) {
+    tracing::debug!("Kafka client connected");
+    let (mut reader, mut writer) = stream.into_split();
+    let (owed, mut due) = mpsc::channel::<Owed>(shared.config.max_inflight_requests as usize);
+    let write = async move {
+        while let Some(response) = due.recv().await {
+            let frame = match response.await {
+                Ok(Ok(Some(frame))) => frame,
+                // acks=0: nothing to send.
+                Ok(Ok(None)) => continue,
+                Ok(Err(reason)) => {
+                    tracing::warn!(%reason, "closing the Kafka connection");
+                    return;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "a Kafka request's task failed; closing the connection");
+                    return;
+                }
+            };
+            if let Err(e) = writer.write_all(&frame).await {
+                tracing::debug!(error = %e, "Kafka client went away");
+                return;
+            }
+        }
+    };
+    let read = async move {
+        let limit = shared.config.max_frame_bytes;
+        let idle = Duration::from_millis(shared.config.idle_timeout_ms);
+        loop {
+            let frame = match read_frame(&mut reader, limit, idle).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(fault) => {
+                    if !matches!(fault, Fault::Idle) {
+                        shared.metrics.frame_error();
+                    }
+                    tracing::debug!(%fault, "closing the Kafka connection");
+                    break;
+                }
+            };
+            let frame_bytes = frame.len() + 4;
+            let response: Owed = match meridian_kafka::decode(frame) {
+                Ok(Step::Reply(frame)) => tokio::spawn(async move { Ok(Some(frame)) }),
+                Ok(Step::Refused { reply, reason }) => {
+                    tracing::info!(%peer, %reason, "Kafka request refused");
+                    tokio::spawn(async move { Ok(Some(reply)) })
+                }
+                Ok(Step::Serve(request, pending)) => tokio::spawn(serve_one(
+                    shared.clone(),
+                    advertised.clone(),
+                    (*request, pending),
+                    peer,
+                    frame_bytes,
+                )),
+                Err(e) => {
+                    shared.metrics.frame_error();
+                    tracing::info!(%peer, error = %e, "Kafka request refused; closing the connection");
+                    break;
+                }
+            };
+            if owed.send(response).await.is_err() {
+                break;
+            }
+        }
+        // Dropping `owed` lets the writer finish the responses still owed, then stop.
+    };
+    tokio::join!(read, write);
+    tracing::debug!("Kafka client disconnected");
+}
+
+async fn serve_one(
+    shared: Arc<Shared>,
+    advertised: Arc<Listener>,
+    (request, pending): (Request, Pending),
+    peer: SocketAddr,
+    frame_bytes: usize,
+) -> Result<Option<Bytes>, String> {
+    let api = pending.api();
+    let span = tracing::debug_span!(
+        parent: None,
+        "request",
+        api = ?request.api_key(),
+        kafka_api = ?api,
+        version = pending.version(),
+        %peer,
+        client_id = pending.client_id().unwrap_or(""),
+        "otel.name" = ?api,
+        "otel.kind" = "server",
+    );
+    let caller = Caller {
+        // Kafka clients present no certificate (`kafka_listen` cannot be combined
+        // with `tls_client_ca`): quotas count them by IP address.
+        client: None,
+        peer,
+        frame_bytes,
+    };
+    shared
+        .serve_request(request, caller, span, |answer| {
+            let reply = match answer {
+                Ok(answer) => pending
+                    .respond(answer, &advertised)
+                    .map_err(|e| e.to_string()),
+                Err(denied) => Err(denied.message),
+            };
+            let bytes = reply
+                .as_ref()
+                .map_or(0, |f| f.as_ref().map_or(0, Bytes::len));
+            (reply, bytes)
+        })
+        .await
+}
+
+#[derive(Debug, thiserror::Error)]
+enum Fault {
+    #[error("request frame of {size} bytes is over max_frame_bytes ({limit})")]
+    TooLarge { size: i64, limit: u32 },
+    #[error("idle for idle_timeout_ms")]
+    Idle,
+    #[error("reading a request: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Reads one size-prefixed request frame; `None` when the client closed the
+/// connection between frames. The size is checked before anything is allocated.
+async fn read_frame(
+    reader: &mut OwnedReadHalf,
+    limit: u32,
+    idle: Duration,
+) -> Result<Option<Bytes>, Fault> {
+    let mut size = [0u8; 4];
+    match tokio::time::timeout(idle, reader.read_exact(&mut size)).await {
+        Err(_) => return Err(Fault::Idle),
+        Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Ok(Err(e)) => return Err(e.into()),
+        Ok(Ok(_)) => {}
+    }
+    let size = i32::from_be_bytes(size);
+    if size < 0 || size as u32 > limit {
+        return Err(Fault::TooLarge {
+            size: size.into(),
+            limit,
+        });
+    }
+    let mut frame = BytesMut::zeroed(size as usize);
+    // A client stalled in the middle of a frame is as idle as one between frames.
+    tokio::time::timeout(idle, reader.read_exact(&mut frame))
+        .await
+        .map_err(|_| Fault::Idle)??;
+    Ok(Some(frame.freeze()))
+}

@@ -1,0 +1,609 @@
+//! The Kafka listener (`kafka_listen`) as Kafka clients see it. rskafka, a Kafka
+//! client written for Kafka brokers, creates topics, produces and fetches; records
+//! cross between the Kafka and Meridian protocols both ways; offsets committed
+//! through Kafka's API are the group's; bad frames close their own connection only.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use kafka_protocol::messages::{self as k, ApiKey, GroupId, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use rskafka::chrono::{TimeZone, Utc};
+use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
+use rskafka::client::{Client, ClientBuilder};
+use rskafka::record::Record;
+
+use crate::harness::{free_ports, TestBroker};
+
+/// A broker with a Kafka listener, and that listener's address.
+fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let listen = format!("kafka_listen={addr}");
+    let mut all = vec![listen.as_str()];
+    all.extend_from_slice(settings);
+    (TestBroker::start(&all), addr)
+}
+
+async fn kafka_client(addr: &str) -> Client {
+    ClientBuilder::new(vec![addr.to_string()])
+        .client_id("meridian-it")
+        .build()
+        .await
+        .expect("rskafka connects to the Kafka listener")
+}
+
+fn record(i: usize) -> Record {
+    Record {
+        key: Some(format!("key-{i}").into_bytes()),
+        value: Some(format!("value-{i}").into_bytes()),
+        headers: [("n".to_string(), i.to_string().into_bytes())].into(),
+        timestamp: Utc
+            .timestamp_millis_opt(1_700_000_000_000 + i as i64)
+            .unwrap(),
+    }
+}
+
+/// Every record of `partition` from `from` to the high watermark, in order.
+async fn fetch_all(
+    client: &rskafka::client::partition::PartitionClient,
+    from: i64,
+) -> Vec<(i64, Record)> {
+    let mut got = Vec::new();
+    let mut next = from;
+    loop {
+        let (records, high_watermark) = client
+            .fetch_records(next, 1..1_000_000, 1_000)
+            .await
+            .expect("fetch");
+        // A fetch inside a batch returns the whole batch; the client skips ahead.
+        for r in records {
+            if r.offset < next {
+                continue;
+            }
+            assert_eq!(r.offset, next, "offsets in order, none missing");
+            next += 1;
+            got.push((r.offset, r.record));
+        }
+        if next >= high_watermark {
+            return got;
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_kafka_client_creates_a_topic_produces_and_fetches() {
+    let (broker, addr) = kafka_broker(&[]);
+    let client = kafka_client(&addr).await;
+    let controller = client.controller_client().unwrap();
+    controller
+        .create_topic("orders", 3, 1, 5_000)
+        .await
+        .unwrap();
+    let again = controller.create_topic("orders", 3, 1, 5_000).await;
+    let e = format!("{:?}", again.expect_err("the topic exists"));
+    assert!(e.contains("TopicAlreadyExists"), "{e}");
+
+    let topics = client.list_topics().await.unwrap();
+    let orders = topics.iter().find(|t| t.name == "orders").expect("listed");
+    assert_eq!(orders.partitions.len(), 3);
+
+    let p0 = client
+        .partition_client("orders", 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let plain: Vec<Record> = (0..100).map(record).collect();
+    let offsets = p0.produce(plain, Compression::NoCompression).await.unwrap();
+    assert_eq!(offsets, (0..100).collect::<Vec<i64>>());
+    let zstd: Vec<Record> = (100..300).map(record).collect();
+    let offsets = p0.produce(zstd, Compression::Zstd).await.unwrap();
+    assert_eq!(offsets, (100..300).collect::<Vec<i64>>());
+
+    let got = fetch_all(&p0, 0).await;
+    assert_eq!(got.len(), 300);
+    for (offset, r) in &got {
+        let expected = record(*offset as usize);
+        assert_eq!(r.key, expected.key);
+        assert_eq!(r.value, expected.value);
+        assert_eq!(r.headers, expected.headers);
+        assert_eq!(r.timestamp, expected.timestamp);
+    }
+    // From the middle of the zstd batch.
+    assert_eq!(fetch_all(&p0, 150).await[0].0, 150);
+    assert_eq!(p0.get_offset(OffsetAt::Earliest).await.unwrap(), 0);
+    assert_eq!(p0.get_offset(OffsetAt::Latest).await.unwrap(), 300);
+    let at = Utc.timestamp_millis_opt(1_700_000_000_000 + 120).unwrap();
+    assert_eq!(p0.get_offset(OffsetAt::Timestamp(at)).await.unwrap(), 120);
+
+    // Meridian's own CLI (QUIC) reads what the Kafka client wrote.
+    let (ok, out, err) = broker.cli(
+        &[
+            "consume", "orders", "--from", "earliest", "-n", "300", "--format", "json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 300);
+    assert_eq!(lines[7]["key"], "key-7");
+    assert_eq!(lines[7]["value"], "value-7");
+    assert_eq!(lines[250]["offset"], 250);
+
+    // And the Kafka client reads what Meridian's CLI wrote, compressed.
+    let (ok, _, err) = broker.cli(
+        &[
+            "produce",
+            "orders",
+            "-p",
+            "1",
+            "-K",
+            ":",
+            "--compression",
+            "zstd",
+        ],
+        "a:1\nb:2\nc:3\n",
+    );
+    assert!(ok, "{err}");
+    let p1 = client
+        .partition_client("orders", 1, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let got: Vec<(Vec<u8>, Vec<u8>)> = fetch_all(&p1, 0)
+        .await
+        .into_iter()
+        .map(|(_, r)| (r.key.unwrap(), r.value.unwrap()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (b"a".to_vec(), b"1".to_vec()),
+            (b"b".to_vec(), b"2".to_vec()),
+            (b"c".to_vec(), b"3".to_vec())
+        ]
+    );
+
+    // Unknown topics and partitions are Kafka's errors.
+    let missing = client
+        .partition_client("nope", 0, UnknownTopicHandling::Error)
+        .await;
+    assert!(missing.is_err());
+    let far = client
+        .partition_client("orders", 7, UnknownTopicHandling::Error)
+        .await;
+    assert!(far.is_err());
+
+    controller.delete_topic("orders", 5_000).await.unwrap();
+    let (ok, out, err) = broker.cli(&["topic", "list"], "");
+    assert!(ok, "{err}");
+    assert!(!out.contains("orders"), "{out}");
+}
+
+/// A raw Kafka connection: requests encoded, responses decoded by kafka-protocol.
+struct Raw {
+    stream: TcpStream,
+    correlation: i32,
+}
+
+impl Raw {
+    fn connect(addr: &str) -> Raw {
+        let stream = TcpStream::connect(addr).expect("connect to the Kafka listener");
+        stream
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        Raw {
+            stream,
+            correlation: 0,
+        }
+    }
+
+    fn send<T: Encodable + HeaderVersion>(&mut self, api: ApiKey, version: i16, body: &T) {
+        self.correlation += 1;
+        let mut frame = BytesMut::new();
+        frame.put_i32(0);
+        k::RequestHeader::default()
+            .with_request_api_key(api as i16)
+            .with_request_api_version(version)
+            .with_correlation_id(self.correlation)
+            .with_client_id(Some(StrBytes::from_static_str("raw")))
+            .encode(&mut frame, T::header_version(version))
+            .unwrap();
+        body.encode(&mut frame, version).unwrap();
+        let size = (frame.len() - 4) as i32;
+        frame[..4].copy_from_slice(&size.to_be_bytes());
+        self.stream.write_all(&frame).unwrap();
+    }
+
+    fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> T {
+        let mut size = [0u8; 4];
+        self.stream.read_exact(&mut size).expect("a response");
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        self.stream.read_exact(&mut body).unwrap();
+        let mut body = Bytes::from(body);
+        let header =
+            k::ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
+        assert_eq!(header.correlation_id, self.correlation);
+        let response = T::decode(&mut body, version).unwrap();
+        assert!(!body.has_remaining());
+        response
+    }
+
+    /// Whether the broker closed the connection (reading gives end of file).
+    fn closed(&mut self) -> bool {
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0))
+            || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    fn api_versions(&mut self) -> k::ApiVersionsResponse {
+        self.send(ApiKey::ApiVersions, 3, &k::ApiVersionsRequest::default());
+        self.receive(ApiKey::ApiVersions, 3)
+    }
+}
+
+fn name(s: &'static str) -> TopicName {
+    TopicName(StrBytes::from_static_str(s))
+}
+
+#[tokio::test]
+async fn offsets_committed_through_kafka_are_the_groups() {
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "ledger", "-p", "2"], "");
+    assert!(ok, "{err}");
+    let (ok, _, err) = broker.cli(&["produce", "ledger", "-p", "1"], &"x\n".repeat(20));
+    assert!(ok, "{err}");
+
+    let mut raw = Raw::connect(&addr);
+    let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));
+    raw.send(ApiKey::FindCoordinator, 3, &find);
+    let coordinator: k::FindCoordinatorResponse = raw.receive(ApiKey::FindCoordinator, 3);
+    assert_eq!(coordinator.error_code, 0);
+    assert_eq!(format!("{}:{}", &*coordinator.host, coordinator.port), addr);
+
+    // A consumer that assigns itself partitions commits as a "simple" group member.
+    let commit = k::OffsetCommitRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_generation_id_or_member_epoch(-1)
+        .with_topics(vec![
+            k::offset_commit_request::OffsetCommitRequestTopic::default()
+                .with_name(name("ledger"))
+                .with_partitions(vec![
+                    k::offset_commit_request::OffsetCommitRequestPartition::default()
+                        .with_partition_index(1)
+                        .with_committed_offset(12)
+                        .with_committed_metadata(Some(StrBytes::from_static_str("from kafka"))),
+                ]),
+        ]);
+    raw.send(ApiKey::OffsetCommit, 8, &commit);
+    let committed: k::OffsetCommitResponse = raw.receive(ApiKey::OffsetCommit, 8);
+    assert_eq!(committed.topics[0].partitions[0].error_code, 0);
+
+    let fetch = k::OffsetFetchRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_topics(Some(vec![
+            k::offset_fetch_request::OffsetFetchRequestTopic::default()
+                .with_name(name("ledger"))
+                .with_partition_indexes(vec![0, 1]),
+        ]));
+    raw.send(ApiKey::OffsetFetch, 7, &fetch);
+    let fetched: k::OffsetFetchResponse = raw.receive(ApiKey::OffsetFetch, 7);
+    let offsets: Vec<(i32, i64)> = fetched.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.committed_offset))
+        .collect();
+    assert_eq!(offsets, [(0, -1), (1, 12)]);
+
+    // The group's offsets as Meridian's tools see them: 12 of 20 read, lag 8.
+    let (ok, out, err) = broker.cli(&["group", "describe", "billing"], "");
+    assert!(ok, "{err}");
+    let row = out
+        .lines()
+        .find(|l| l.contains("ledger") && l.split_whitespace().any(|w| w == "12"))
+        .unwrap_or_else(|| panic!("no committed offset 12 in:\n{out}"));
+    assert!(row.split_whitespace().any(|w| w == "8"), "lag 8 in `{row}`");
+
+    // Committing to a partition that does not exist is Kafka's error for it.
+    let bad = commit.with_topics(vec![
+        k::offset_commit_request::OffsetCommitRequestTopic::default()
+            .with_name(name("ledger"))
+            .with_partitions(vec![
+                k::offset_commit_request::OffsetCommitRequestPartition::default()
+                    .with_partition_index(5)
+                    .with_committed_offset(1),
+            ]),
+    ]);
+    raw.send(ApiKey::OffsetCommit, 8, &bad);
+    let refused: k::OffsetCommitResponse = raw.receive(ApiKey::OffsetCommit, 8);
+    assert_eq!(refused.topics[0].partitions[0].error_code, 3);
+}
+
+/// A member of group `billing` as Kafka's eager consumers behave: joins, syncs for
+/// its partitions, heartbeats, and on `REBALANCE_IN_PROGRESS` gives up everything,
+/// joins again and syncs.
+struct Member {
+    raw: Raw,
+    id: StrBytes,
+    generation: i32,
+}
+
+impl Member {
+    fn join(addr: &str, protocols: &[&'static str]) -> Result<Member, i16> {
+        let mut member = Member {
+            raw: Raw::connect(addr),
+            id: StrBytes::default(),
+            generation: -1,
+        };
+        member.rejoin(protocols)?;
+        Ok(member)
+    }
+
+    fn rejoin(&mut self, protocols: &[&'static str]) -> Result<(), i16> {
+        let mut subscription = BytesMut::new();
+        subscription.put_i16(1);
+        k::ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("events")])
+            .encode(&mut subscription, 1)
+            .unwrap();
+        let subscription = subscription.freeze();
+        let join = k::JoinGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_session_timeout_ms(10_000)
+            .with_rebalance_timeout_ms(30_000)
+            .with_member_id(self.id.clone())
+            .with_protocol_type(StrBytes::from_static_str("consumer"))
+            .with_protocols(
+                protocols
+                    .iter()
+                    .map(|name| {
+                        k::join_group_request::JoinGroupRequestProtocol::default()
+                            .with_name(StrBytes::from_static_str(name))
+                            .with_metadata(subscription.clone())
+                    })
+                    .collect(),
+            );
+        self.raw.send(ApiKey::JoinGroup, 7, &join);
+        let joined: k::JoinGroupResponse = self.raw.receive(ApiKey::JoinGroup, 7);
+        if joined.error_code != 0 {
+            return Err(joined.error_code);
+        }
+        assert_eq!(joined.protocol_name.as_deref(), Some("range"));
+        assert_ne!(joined.leader, joined.member_id, "the coordinator assigns");
+        self.id = joined.member_id;
+        self.generation = joined.generation_id;
+        Ok(())
+    }
+
+    /// The partitions of `events` the coordinator gives this member now.
+    fn sync(&mut self) -> Vec<i32> {
+        let sync = k::SyncGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_generation_id(self.generation)
+            .with_member_id(self.id.clone())
+            .with_protocol_type(Some(StrBytes::from_static_str("consumer")))
+            .with_protocol_name(Some(StrBytes::from_static_str("range")));
+        self.raw.send(ApiKey::SyncGroup, 5, &sync);
+        let synced: k::SyncGroupResponse = self.raw.receive(ApiKey::SyncGroup, 5);
+        assert_eq!(synced.error_code, 0);
+        let mut bytes = synced.assignment;
+        let version = bytes.get_i16();
+        let assignment = k::ConsumerProtocolAssignment::decode(&mut bytes, version).unwrap();
+        let mut partitions: Vec<i32> = assignment
+            .assigned_partitions
+            .iter()
+            .filter(|t| &*t.topic.0 == "events")
+            .flat_map(|t| t.partitions.clone())
+            .collect();
+        partitions.sort_unstable();
+        partitions
+    }
+
+    fn heartbeat(&mut self) -> i16 {
+        let beat = k::HeartbeatRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_generation_id(self.generation)
+            .with_member_id(self.id.clone());
+        self.raw.send(ApiKey::Heartbeat, 4, &beat);
+        let answer: k::HeartbeatResponse = self.raw.receive(ApiKey::Heartbeat, 4);
+        answer.error_code
+    }
+
+    /// Heartbeats until told to rebalance, then rejoins and syncs (eager: all its
+    /// partitions were given up first).
+    fn rebalance(&mut self) -> Vec<i32> {
+        for _ in 0..100 {
+            match self.heartbeat() {
+                0 => std::thread::sleep(Duration::from_millis(50)),
+                27 => {
+                    self.rejoin(&["range"]).unwrap();
+                    return self.sync();
+                }
+                other => panic!("heartbeat error {other}"),
+            }
+        }
+        panic!("never told to rebalance");
+    }
+
+    fn leave(&mut self) {
+        let leave = k::LeaveGroupRequest::default()
+            .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+            .with_members(vec![
+                k::leave_group_request::MemberIdentity::default().with_member_id(self.id.clone())
+            ]);
+        self.raw.send(ApiKey::LeaveGroup, 5, &leave);
+        let left: k::LeaveGroupResponse = self.raw.receive(ApiKey::LeaveGroup, 5);
+        assert_eq!(left.error_code, 0);
+        assert_eq!(left.members[0].error_code, 0);
+    }
+}
+
+#[tokio::test]
+async fn kafka_consumers_share_a_groups_partitions_and_rebalance() {
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "events", "-p", "4"], "");
+    assert!(ok, "{err}");
+
+    // A member offering cooperative-sticky first is served with range.
+    let mut a = Member::join(&addr, &["cooperative-sticky", "range"]).unwrap();
+    assert_eq!(a.sync(), [0, 1, 2, 3]);
+    assert_eq!(a.heartbeat(), 0);
+
+    // B joins: A is told to rebalance; once A gave its partitions up, B gets its share.
+    let mut b = Member::join(&addr, &["range"]).unwrap();
+    let first = b.sync();
+    let a_now = a.rebalance();
+    assert_eq!(a_now.len(), 2, "A keeps half: {a_now:?}");
+    let b_now = if first.len() == 2 {
+        first
+    } else {
+        b.rebalance()
+    };
+    let mut all: Vec<i32> = a_now.iter().chain(&b_now).copied().collect();
+    all.sort_unstable();
+    assert_eq!(all, [0, 1, 2, 3], "A {a_now:?}, B {b_now:?}");
+    assert_eq!(a.heartbeat(), 0);
+    assert_eq!(b.heartbeat(), 0);
+
+    // The group as Meridian's tools see it: two members.
+    let (ok, out, err) = broker.cli(&["group", "describe", "billing"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains(&*a.id) && out.contains(&*b.id), "{out}");
+
+    // B leaves: A is told to rebalance and takes everything.
+    b.leave();
+    assert_eq!(a.rebalance(), [0, 1, 2, 3]);
+
+    // Only a cooperative assignor: refused, naming the protocol problem.
+    let refused = Member::join(&addr, &["cooperative-sticky"]).err();
+    assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
+}
+
+/// kafka-python (`tests/kafka/consumer_group.py`): admin, an acks=all producer and
+/// two group consumers, as Kafka's users run them. `.ci/run` installs it and names
+/// its Python in `KAFKA_PYTHON_FOR_TESTS` (not `MERIDIAN_*`: the broker would read that as
+/// a config key).
+#[test]
+fn kafka_python_produces_and_consumes_in_a_group() {
+    let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
+        println!(
+            "skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs kafka-python and sets it)"
+        );
+        return;
+    };
+    let (broker, addr) = kafka_broker(&[]);
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/consumer_group.py");
+    let out = std::process::Command::new(python)
+        .arg(&script)
+        .arg(&addr)
+        .output()
+        .expect("run kafka-python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
+    assert_eq!(summary["records"], 2000);
+    assert_eq!(summary["split"], serde_json::json!([[0, 1], [2, 3]]));
+    // What kafka-python committed is the group's, for Meridian's tools too.
+    let (ok, described, err) = broker.cli(&["group", "describe", "py-group"], "");
+    assert!(ok, "{err}");
+    for (partition, offset) in summary["committed"].as_object().unwrap() {
+        let row = described
+            .lines()
+            .find(|l| {
+                let words: Vec<&str> = l.split_whitespace().collect();
+                words.contains(&"py-orders") && words.contains(&partition.as_str())
+            })
+            .unwrap_or_else(|| panic!("partition {partition} not in:\n{described}"));
+        assert!(
+            row.contains(&offset.to_string()),
+            "{row} (committed {offset})"
+        );
+    }
+}
+
+#[tokio::test]
+async fn bad_frames_close_their_connection_and_nothing_else() {
+    let (broker, addr) = kafka_broker(&["max_frame_bytes=65536", "max_connections=3"]);
+    let versions = Raw::connect(&addr).api_versions();
+    assert_eq!(versions.error_code, 0);
+    let listed: Vec<i16> = versions.api_keys.iter().map(|a| a.api_key).collect();
+    assert!(listed.contains(&(ApiKey::Produce as i16)));
+    assert!(listed.contains(&(ApiKey::JoinGroup as i16)));
+    assert!(!listed.contains(&(ApiKey::DescribeGroups as i16)));
+
+    // A frame over max_frame_bytes: refused from its size, before any body is read.
+    let mut raw = Raw::connect(&addr);
+    raw.stream.write_all(&(1i32 << 30).to_be_bytes()).unwrap();
+    assert!(raw.closed(), "an oversized frame closes the connection");
+
+    // An API not served (group description).
+    let mut raw = Raw::connect(&addr);
+    raw.send(
+        ApiKey::DescribeGroups,
+        5,
+        &k::DescribeGroupsRequest::default(),
+    );
+    assert!(raw.closed());
+
+    // A version not served.
+    let mut raw = Raw::connect(&addr);
+    raw.send(ApiKey::Fetch, 13, &k::FetchRequest::default());
+    assert!(raw.closed());
+
+    // A truncated body: the header says Metadata v9, the body stops short.
+    let mut raw = Raw::connect(&addr);
+    let mut frame = BytesMut::new();
+    frame.put_i32(10);
+    frame.put_i16(ApiKey::Metadata as i16);
+    frame.put_i16(9);
+    frame.put_i32(1);
+    frame.put_u8(0); // a compact client id, then nothing.
+    frame.put_u8(0);
+    raw.stream.write_all(&frame).unwrap();
+    assert!(raw.closed());
+
+    // Pipelined requests are answered in order on a connection that behaves.
+    let mut raw = Raw::connect(&addr);
+    for _ in 0..3 {
+        raw.send(ApiKey::ApiVersions, 3, &k::ApiVersionsRequest::default());
+    }
+    for n in 1..=3 {
+        let mut size = [0u8; 4];
+        raw.stream.read_exact(&mut size).unwrap();
+        let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
+        raw.stream.read_exact(&mut body).unwrap();
+        assert_eq!(i32::from_be_bytes(body[..4].try_into().unwrap()), n);
+    }
+
+    // max_connections: two more fit beside `raw`, the fourth is closed at once.
+    let mut held = vec![Raw::connect(&addr), Raw::connect(&addr)];
+    for r in &mut held {
+        assert_eq!(r.api_versions().error_code, 0);
+    }
+    let mut over = Raw::connect(&addr);
+    assert!(over.closed(), "a connection over max_connections is closed");
+    drop(held);
+    drop(raw);
+
+    // The broker serves on, through both protocols.
+    let client = {
+        let mut tries = 0;
+        loop {
+            match ClientBuilder::new(vec![addr.clone()]).build().await {
+                Ok(client) => break client,
+                // Closed connections free their slots a moment after the close.
+                Err(_) if tries < 50 => {
+                    tries += 1;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    assert!(client.list_topics().await.is_ok());
+    let (ok, _, err) = broker.cli(&["topic", "list"], "");
+    assert!(ok, "{err}");
+}
