@@ -82,6 +82,15 @@ if committed != {tp.partition: end for tp, end in ends.items()}:
     fail(f"committed {committed}, end offsets {ends}")
 split = [sorted(tp.partition for tp in c.assignment()) for c in (first, second)]
 
+# Kafka's group tools: the group is listed and described, Stable, both members in.
+groups = admin.list_groups()
+if GROUP not in json.dumps(groups, default=str):
+    fail(f"{GROUP} not listed: {groups}")
+described = json.dumps(admin.describe_groups([GROUP]), default=str)
+for expected in ("Stable", "first", "second"):
+    if expected not in described:
+        fail(f"no {expected} in the description: {described}")
+
 # The first leaves; the second is told to rebalance and takes every partition.
 first.close()
 deadline = time.time() + 60

@@ -11,8 +11,7 @@
 //! (idempotent ones included), consumers (assigning partitions themselves, or as
 //! members of a consumer group with an eager assignor) and topic administration. Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
-//! API it lacks): transactions, SASL, group listing and description, ACL and config
-//! administration.
+//! API it lacks): transactions, SASL, ACL and config administration.
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
 //! the assignment; Meridian's coordinator computes it (with the assignor the
@@ -49,6 +48,8 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::SyncGroup, 0, 5),
     (ApiKey::Heartbeat, 0, 4),
     (ApiKey::LeaveGroup, 0, 5),
+    (ApiKey::ListGroups, 0, 5),
+    (ApiKey::DescribeGroups, 0, 5),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
@@ -160,6 +161,10 @@ enum Shape {
     /// Version 3 on: the member who left, named in the answer.
     LeaveGroup {
         member: Option<(StrBytes, Option<StrBytes>)>,
+    },
+    /// Version 4 on: only groups in these (Kafka) states; empty: all.
+    ListGroups {
+        states: Vec<StrBytes>,
     },
 }
 
@@ -605,7 +610,34 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
                 Shape::LeaveGroup { member },
             )
         }
+        ApiKey::ListGroups => {
+            let r = body!(k::ListGroupsRequest);
+            serve(
+                m::Request::ListGroups(g::ListGroupsRequest {}),
+                Shape::ListGroups {
+                    states: r.states_filter,
+                },
+            )
+        }
+        ApiKey::DescribeGroups => {
+            let r = body!(k::DescribeGroupsRequest);
+            serve(
+                m::Request::DescribeGroups(g::DescribeGroupsRequest {
+                    group_ids: r.groups.into_iter().map(|g| g.0.to_string()).collect(),
+                }),
+                Shape::Plain,
+            )
+        }
         _ => Err(KafkaError::UnknownApi(key)),
+    }
+}
+
+/// Kafka's name for a group state of Meridian's coordinator. A group moving
+/// partitions (`Reconciling`) is what Kafka calls a rebalance under way.
+fn kafka_state(state: &str) -> &str {
+    match state {
+        "Reconciling" => "PreparingRebalance",
+        other => other,
     }
 }
 
@@ -862,6 +894,31 @@ impl Pending {
                         .with_members(members),
                 )?
             }
+            (m::Response::ListGroups(r), Shape::ListGroups { states }) => {
+                let groups = r
+                    .groups
+                    .into_iter()
+                    .filter(|l| {
+                        states.is_empty() || states.iter().any(|s| &**s == kafka_state(&l.state))
+                    })
+                    .map(|l| {
+                        k::list_groups_response::ListedGroup::default()
+                            .with_group_state(StrBytes::from_string(kafka_state(&l.state).into()))
+                            .with_group_id(k::GroupId(StrBytes::from_string(l.group_id)))
+                            .with_protocol_type(StrBytes::from_static_str("consumer"))
+                            .with_group_type(StrBytes::from_static_str("classic"))
+                    })
+                    .collect();
+                h.frame(&k::ListGroupsResponse::default().with_groups(groups))?
+            }
+            (m::Response::DescribeGroups(r), _) => {
+                let groups = r
+                    .groups
+                    .into_iter()
+                    .map(described_group)
+                    .collect::<Result<_, _>>()?;
+                h.frame(&k::DescribeGroupsResponse::default().with_groups(groups))?
+            }
             (other, _) => {
                 return Err(KafkaError::WrongAnswer {
                     api: h.api,
@@ -871,6 +928,50 @@ impl Pending {
         };
         Ok(Some(frame))
     }
+}
+
+/// A group as Kafka's group tools read it: each member's subscription and what it
+/// owns, in the consumer protocol's own encodings.
+fn described_group(
+    d: g::GroupDescription,
+) -> Result<k::describe_groups_response::DescribedGroup, KafkaError> {
+    let members = d
+        .members
+        .into_iter()
+        .map(|member| {
+            let mut metadata = BytesMut::new();
+            metadata.put_i16(0);
+            k::ConsumerProtocolSubscription::default()
+                .with_topics(
+                    member
+                        .topics
+                        .into_iter()
+                        .map(StrBytes::from_string)
+                        .collect(),
+                )
+                .encode(&mut metadata, 0)
+                .map_err(|e| KafkaError::Encode {
+                    api: ApiKey::DescribeGroups,
+                    version: 0,
+                    reason: format!("a subscription: {e:#}"),
+                })?;
+            Ok(k::describe_groups_response::DescribedGroupMember::default()
+                .with_member_id(StrBytes::from_string(member.member_id))
+                .with_group_instance_id(member.instance_id.map(StrBytes::from_string))
+                .with_client_id(StrBytes::from_string(member.client_id))
+                .with_client_host(StrBytes::from_string(member.client_host))
+                .with_member_metadata(metadata.freeze())
+                .with_member_assignment(assignment(&member.owned)?))
+        })
+        .collect::<Result<_, KafkaError>>()?;
+    Ok(k::describe_groups_response::DescribedGroup::default()
+        .with_error_code(code(d.error))
+        .with_error_message(message(d.error, d.message))
+        .with_group_id(k::GroupId(StrBytes::from_string(d.group_id)))
+        .with_group_state(StrBytes::from_string(kafka_state(&d.state).into()))
+        .with_protocol_type(StrBytes::from_static_str("consumer"))
+        .with_protocol_data(StrBytes::from_string(d.assignor))
+        .with_members(members))
 }
 
 /// A member's assignment as Kafka's consumers read it: `ConsumerProtocolAssignment`

@@ -75,7 +75,7 @@ fn api_versions_lists_what_is_served_at_every_version() {
         assert!(!r
             .api_keys
             .iter()
-            .any(|a| a.api_key == ApiKey::DescribeGroups as i16));
+            .any(|a| a.api_key == ApiKey::DescribeConfigs as i16));
     }
 }
 
@@ -93,12 +93,12 @@ fn a_newer_api_versions_gets_version_0_with_the_versions_served() {
 #[test]
 fn what_is_not_served_is_refused_by_name() {
     let describe = frame_of(
-        ApiKey::DescribeGroups,
-        5,
-        &k::DescribeGroupsRequest::default(),
+        ApiKey::DescribeConfigs,
+        4,
+        &k::DescribeConfigsRequest::default(),
     );
     let e = decode(describe).unwrap_err();
-    assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeGroups as i16));
+    assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeConfigs as i16));
     assert!(e.to_string().contains("Produce, Fetch"), "{e}");
     let fetch13 = frame_of(ApiKey::Fetch, 13, &k::FetchRequest::default());
     assert_eq!(
@@ -802,4 +802,105 @@ fn a_member_leaves_by_id_in_every_version() {
             assert_eq!(&*r.members[0].member_id, "m-1");
         }
     }
+}
+
+#[test]
+fn groups_are_listed_and_described_for_kafkas_group_tools() {
+    let listing = |states: Vec<StrBytes>| {
+        let asked = k::ListGroupsRequest::default().with_states_filter(states);
+        let (request, pending) = serve(frame_of(ApiKey::ListGroups, 4, &asked));
+        assert_eq!(request, m::Request::ListGroups(g::ListGroupsRequest {}));
+        let answer = g::ListGroupsResponse {
+            groups: vec![
+                g::GroupListing {
+                    group_id: "billing".into(),
+                    state: "Stable".into(),
+                },
+                g::GroupListing {
+                    group_id: "audit".into(),
+                    state: "Reconciling".into(),
+                },
+            ],
+        };
+        let frame = pending
+            .respond(Some(m::Response::ListGroups(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::ListGroupsResponse = response(ApiKey::ListGroups, 4, frame);
+        r.groups
+            .iter()
+            .map(|l| (l.group_id.0.to_string(), l.group_state.to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        listing(Vec::new()),
+        [
+            ("billing".into(), "Stable".into()),
+            ("audit".into(), "PreparingRebalance".into())
+        ]
+    );
+    assert_eq!(
+        listing(vec![StrBytes::from_static_str("PreparingRebalance")]),
+        [("audit".to_string(), "PreparingRebalance".to_string())]
+    );
+
+    let asked = k::DescribeGroupsRequest::default()
+        .with_groups(vec![k::GroupId(StrBytes::from_static_str("billing"))]);
+    let (request, pending) = serve(frame_of(ApiKey::DescribeGroups, 5, &asked));
+    assert_eq!(
+        request,
+        m::Request::DescribeGroups(g::DescribeGroupsRequest {
+            group_ids: vec!["billing".into()]
+        })
+    );
+    let answer = g::DescribeGroupsResponse {
+        groups: vec![g::GroupDescription {
+            group_id: "billing".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+            state: "Stable".into(),
+            assignor: "range".into(),
+            epoch: 3,
+            members: vec![g::GroupMember {
+                member_id: "m-1".into(),
+                instance_id: None,
+                client_id: "app".into(),
+                client_host: "127.0.0.1".into(),
+                member_epoch: 3,
+                topics: vec!["orders".into()],
+                owned: vec![g::TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![1],
+                }],
+                target: vec![g::TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![1],
+                }],
+            }],
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::DescribeGroups(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::DescribeGroupsResponse = response(ApiKey::DescribeGroups, 5, frame);
+    let group = &r.groups[0];
+    assert_eq!(
+        (
+            &*group.group_state,
+            &*group.protocol_type,
+            &*group.protocol_data
+        ),
+        ("Stable", "consumer", "range")
+    );
+    let member = &group.members[0];
+    assert_eq!((&*member.member_id, &*member.client_id), ("m-1", "app"));
+    let mut metadata = member.member_metadata.clone();
+    let version = metadata.get_i16();
+    let subscription = k::ConsumerProtocolSubscription::decode(&mut metadata, version).unwrap();
+    assert_eq!(&*subscription.topics[0], "orders");
+    let mut owned = member.member_assignment.clone();
+    let version = owned.get_i16();
+    let owned = k::ConsumerProtocolAssignment::decode(&mut owned, version).unwrap();
+    assert_eq!(owned.assigned_partitions[0].partitions, [1]);
 }

@@ -15,7 +15,8 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use meridian_kafka::{Listener, Pending, Step};
-use meridian_wire::messages::Request;
+use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
+use meridian_wire::messages::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedReadHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -175,6 +176,22 @@ async fn serve_one(
         peer,
         frame_bytes,
     };
+    if let Request::SyncGroup(sync) = &request {
+        let sync = sync.clone();
+        let answer = shared
+            .serve_request(request, caller, span, |answer| (answer, 0))
+            .await;
+        let answer = match answer {
+            Ok(Some(Response::SyncGroup(given))) if given.error.is_ok() => {
+                Some(confirm_sync(&shared, sync, given, peer).await)
+            }
+            Ok(other) => other,
+            Err(denied) => return Err(denied.message),
+        };
+        return pending
+            .respond(answer, &advertised)
+            .map_err(|e| e.to_string());
+    }
     shared
         .serve_request(request, caller, span, |answer| {
             let reply = match answer {
@@ -189,6 +206,30 @@ async fn serve_one(
             (reply, bytes)
         })
         .await
+}
+
+/// Tells the coordinator that an eager member owns what its SyncGroup just gave it
+/// (Meridian's own members say so at their next sync; Kafka's never sync again
+/// until the next rebalance), and answers with what it may own now: the same,
+/// unless the group changed in between, when it gets less and the heartbeat that
+/// follows calls a rebalance. Without this the coordinator would count the
+/// member's partitions as given but never taken, and the group as never settled.
+async fn confirm_sync(
+    shared: &Arc<Shared>,
+    sync: SyncGroupRequest,
+    given: SyncGroupResponse,
+    peer: SocketAddr,
+) -> Response {
+    let confirm = SyncGroupRequest {
+        owned: given.assignment.clone(),
+        ..sync
+    };
+    match shared.handle(Request::SyncGroup(confirm), peer).await {
+        Some(Response::SyncGroup(now)) => Response::SyncGroup(now),
+        // The handler answers a sync with a sync; were it not so, the first answer
+        // still holds.
+        _ => Response::SyncGroup(given),
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
