@@ -51,6 +51,16 @@ def consumer(name):
 
 
 first, second = consumer("first"), consumer("second")
+ends = first.end_offsets([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
+
+
+def caught_up(c):
+    """Whether `c` has read each partition it holds to the end. A partition that
+    moved in a rebalance is read again from the start by its new owner (nothing was
+    committed yet), so having seen every record is not enough to commit the ends."""
+    return all(c.position(tp) == ends[tp] for tp in c.assignment())
+
+
 seen = {}  # (partition, offset) -> (key, value)
 deadline = time.time() + 90
 while time.time() < deadline:
@@ -59,7 +69,8 @@ while time.time() < deadline:
             for r in records:
                 seen[(r.partition, r.offset)] = (r.key, r.value)
     a, b = first.assignment(), second.assignment()
-    if len(seen) == RECORDS and len(a) == 2 and len(b) == 2 and not (a & b):
+    settled = len(a) == 2 and len(b) == 2 and not (a & b)
+    if len(seen) == RECORDS and settled and caught_up(first) and caught_up(second):
         break
 else:
     fail(f"saw {len(seen)} records; assignments {first.assignment()} {second.assignment()}")
@@ -77,7 +88,6 @@ for c in (first, second):
 committed = {
     tp.partition: c.committed(tp) for c in (first, second) for tp in c.assignment()
 }
-ends = first.end_offsets([TopicPartition(TOPIC, p) for p in range(PARTITIONS)])
 if committed != {tp.partition: end for tp, end in ends.items()}:
     fail(f"committed {committed}, end offsets {ends}")
 split = [sorted(tp.partition for tp in c.assignment()) for c in (first, second)]
