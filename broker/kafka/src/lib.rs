@@ -857,7 +857,7 @@ impl Pending {
                 },
             ) => {
                 let assignment = if r.error.is_ok() {
-                    assignment(&r.assignment)?
+                    assignment(&r.assignment, ApiKey::SyncGroup)?
                 } else {
                     Bytes::new()
                 };
@@ -939,29 +939,20 @@ fn described_group(
         .members
         .into_iter()
         .map(|member| {
-            let mut metadata = BytesMut::new();
-            metadata.put_i16(0);
-            k::ConsumerProtocolSubscription::default()
-                .with_topics(
-                    member
-                        .topics
-                        .into_iter()
-                        .map(StrBytes::from_string)
-                        .collect(),
-                )
-                .encode(&mut metadata, 0)
-                .map_err(|e| KafkaError::Encode {
-                    api: ApiKey::DescribeGroups,
-                    version: 0,
-                    reason: format!("a subscription: {e:#}"),
-                })?;
+            let topics = member
+                .topics
+                .into_iter()
+                .map(StrBytes::from_string)
+                .collect();
+            let subscription = k::ConsumerProtocolSubscription::default().with_topics(topics);
+            let metadata = embedded(&subscription, ApiKey::DescribeGroups, "a subscription")?;
             Ok(k::describe_groups_response::DescribedGroupMember::default()
                 .with_member_id(StrBytes::from_string(member.member_id))
                 .with_group_instance_id(member.instance_id.map(StrBytes::from_string))
                 .with_client_id(StrBytes::from_string(member.client_id))
                 .with_client_host(StrBytes::from_string(member.client_host))
-                .with_member_metadata(metadata.freeze())
-                .with_member_assignment(assignment(&member.owned)?))
+                .with_member_metadata(metadata)
+                .with_member_assignment(assignment(&member.owned, ApiKey::DescribeGroups)?))
         })
         .collect::<Result<_, KafkaError>>()?;
     Ok(k::describe_groups_response::DescribedGroup::default()
@@ -976,7 +967,7 @@ fn described_group(
 
 /// A member's assignment as Kafka's consumers read it: `ConsumerProtocolAssignment`
 /// version 0, after its version.
-fn assignment(partitions: &[g::TopicPartitions]) -> Result<Bytes, KafkaError> {
+fn assignment(partitions: &[g::TopicPartitions], api: ApiKey) -> Result<Bytes, KafkaError> {
     let assigned = partitions
         .iter()
         .map(|t| {
@@ -986,14 +977,20 @@ fn assignment(partitions: &[g::TopicPartitions]) -> Result<Bytes, KafkaError> {
         })
         .collect();
     let message = k::ConsumerProtocolAssignment::default().with_assigned_partitions(assigned);
+    embedded(&message, api, "an assignment")
+}
+
+/// A group message embedded in another as bytes: its version (0), then the message
+/// at that version. What [`versioned`] reads.
+fn embedded<T: Encodable>(message: &T, api: ApiKey, what: &str) -> Result<Bytes, KafkaError> {
     let mut out = BytesMut::new();
     out.put_i16(0);
     message
         .encode(&mut out, 0)
         .map_err(|e| KafkaError::Encode {
-            api: ApiKey::SyncGroup,
+            api,
             version: 0,
-            reason: format!("the assignment: {e:#}"),
+            reason: format!("{what}: {e:#}"),
         })?;
     Ok(out.freeze())
 }

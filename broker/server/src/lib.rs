@@ -189,25 +189,9 @@ impl Broker {
             Arc::new(quinn::TokioRuntime),
         )?;
         let local_addr = endpoint.local_addr()?;
-        let metrics_listener = match config.metrics_listen {
-            Some(addr) => {
-                let listener = std::net::TcpListener::bind(addr).with_context(|| {
-                    format!("binding the metrics listener {addr} (metrics_listen)")
-                })?;
-                listener.set_nonblocking(true)?;
-                Some(listener)
-            }
-            None => None,
-        };
-        let kafka_listener = match config.kafka_listen {
-            Some(addr) => {
-                let listener = std::net::TcpListener::bind(addr)
-                    .with_context(|| format!("binding the Kafka listener {addr} (kafka_listen)"))?;
-                listener.set_nonblocking(true)?;
-                Some(listener)
-            }
-            None => None,
-        };
+        let metrics_listener =
+            bind_tcp(config.metrics_listen, "metrics listener", "metrics_listen")?;
+        let kafka_listener = bind_tcp(config.kafka_listen, "Kafka listener", "kafka_listen")?;
         let replication = replica_manager::ReplicationState::open(
             &config.data_dir,
             peer_tls.clone(),
@@ -709,6 +693,22 @@ async fn serve_stream(
         }
     }
     let _ = send.finish();
+}
+
+/// Binds a TCP listener (`what`, configured by `key`) when its address is set,
+/// non-blocking for tokio's `TcpListener::from_std` in [`Broker::serve`].
+fn bind_tcp(
+    addr: Option<SocketAddr>,
+    what: &str,
+    key: &str,
+) -> anyhow::Result<Option<std::net::TcpListener>> {
+    let Some(addr) = addr else {
+        return Ok(None);
+    };
+    let listener = std::net::TcpListener::bind(addr)
+        .with_context(|| format!("binding the {what} {addr} ({key})"))?;
+    listener.set_nonblocking(true)?;
+    Ok(Some(listener))
 }
 
 /// Who sent a request, for [`Shared::serve_request`].
