@@ -26,7 +26,7 @@ fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
     (TestBroker::start(&all), addr)
 }
 
-async fn kafka_client(addr: &str) -> Client {
+pub(crate) async fn kafka_client(addr: &str) -> Client {
     ClientBuilder::new(vec![addr.to_string()])
         .client_id("meridian-it")
         .build()
@@ -34,7 +34,7 @@ async fn kafka_client(addr: &str) -> Client {
         .expect("rskafka connects to the Kafka listener")
 }
 
-fn record(i: usize) -> Record {
+pub(crate) fn record(i: usize) -> Record {
     Record {
         key: Some(format!("key-{i}").into_bytes()),
         value: Some(format!("value-{i}").into_bytes()),
@@ -46,7 +46,7 @@ fn record(i: usize) -> Record {
 }
 
 /// Every record of `partition` from `from` to the high watermark, in order.
-async fn fetch_all(
+pub(crate) async fn fetch_all(
     client: &rskafka::client::partition::PartitionClient,
     from: i64,
 ) -> Vec<(i64, Record)> {
@@ -183,13 +183,13 @@ async fn a_kafka_client_creates_a_topic_produces_and_fetches() {
 }
 
 /// A raw Kafka connection: requests encoded, responses decoded by kafka-protocol.
-struct Raw {
+pub(crate) struct Raw {
     stream: TcpStream,
     correlation: i32,
 }
 
 impl Raw {
-    fn connect(addr: &str) -> Raw {
+    pub(crate) fn connect(addr: &str) -> Raw {
         let stream = TcpStream::connect(addr).expect("connect to the Kafka listener");
         stream
             .set_read_timeout(Some(Duration::from_secs(20)))
@@ -200,7 +200,12 @@ impl Raw {
         }
     }
 
-    fn send<T: Encodable + HeaderVersion>(&mut self, api: ApiKey, version: i16, body: &T) {
+    pub(crate) fn send<T: Encodable + HeaderVersion>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        body: &T,
+    ) {
         self.correlation += 1;
         let mut frame = BytesMut::new();
         frame.put_i32(0);
@@ -217,7 +222,7 @@ impl Raw {
         self.stream.write_all(&frame).unwrap();
     }
 
-    fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> T {
+    pub(crate) fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> T {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).expect("a response");
         let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
@@ -534,23 +539,24 @@ async fn kafka_consumers_share_a_groups_partitions_and_rebalance() {
     assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
 }
 
-/// kafka-python (`tests/kafka/consumer_group.py`): admin, an acks=all producer and
-/// two group consumers, as Kafka's users run them. `.ci/run` installs it and names
-/// its Python in `KAFKA_PYTHON_FOR_TESTS` (not `MERIDIAN_*`: the broker would read that as
-/// a config key).
-#[test]
-fn kafka_python_produces_and_consumes_in_a_group() {
+/// Runs `tests/kafka/consumer_group.py` against `bootstrap` (topic `py-orders` with
+/// `replication_factor`) and returns its summary after checking it; `None`, saying
+/// so, when KAFKA_PYTHON_FOR_TESTS is not set.
+pub(crate) fn kafka_python_group(
+    bootstrap: &str,
+    replication_factor: u16,
+) -> Option<serde_json::Value> {
     let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
         println!(
             "skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs kafka-python and sets it)"
         );
-        return;
+        return None;
     };
-    let (broker, addr) = kafka_broker(&[]);
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/consumer_group.py");
     let out = std::process::Command::new(python)
         .arg(&script)
-        .arg(&addr)
+        .arg(bootstrap)
+        .arg(replication_factor.to_string())
         .output()
         .expect("run kafka-python");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -559,6 +565,19 @@ fn kafka_python_produces_and_consumes_in_a_group() {
     let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
     assert_eq!(summary["records"], 2000);
     assert_eq!(summary["split"], serde_json::json!([[0, 1], [2, 3]]));
+    Some(summary)
+}
+
+/// kafka-python (`tests/kafka/consumer_group.py`): admin, an acks=all producer and
+/// two group consumers, as Kafka's users run them. `.ci/run` installs it and names
+/// its Python in `KAFKA_PYTHON_FOR_TESTS` (not `MERIDIAN_*`: the broker would read that as
+/// a config key).
+#[test]
+fn kafka_python_produces_and_consumes_in_a_group() {
+    let (broker, addr) = kafka_broker(&[]);
+    let Some(summary) = kafka_python_group(&addr, 1) else {
+        return;
+    };
     // What kafka-python committed is the group's, for Meridian's tools too.
     let (ok, described, err) = broker.cli(&["group", "describe", "py-group"], "");
     assert!(ok, "{err}");

@@ -16,6 +16,15 @@ use crate::harness::meridian_bin;
 
 /// A region file for three brokers on free ports, data under `dir`.
 fn region_file(dir: &Path, extra: &str) -> std::path::PathBuf {
+    region_file_with(dir, extra, |_| String::new())
+}
+
+/// [`region_file`], with `broker_lines(id)` added to broker `id`'s table.
+fn region_file_with(
+    dir: &Path,
+    extra: &str,
+    broker_lines: impl Fn(usize) -> String,
+) -> std::path::PathBuf {
     let ports = free_ports(3);
     let mut text = format!(
         "[region]\nname = \"test\"\ndata_dir = \"{}\"\n\n[broker_defaults]\n{extra}\n",
@@ -23,9 +32,10 @@ fn region_file(dir: &Path, extra: &str) -> std::path::PathBuf {
     );
     for (i, port) in ports.iter().enumerate() {
         text.push_str(&format!(
-            "\n[[broker]]\nid = {}\nlisten = \"127.0.0.1:{port}\"\nrack = \"r{}\"\n",
+            "\n[[broker]]\nid = {}\nlisten = \"127.0.0.1:{port}\"\nrack = \"r{}\"\n{}",
             i + 1,
-            i + 1
+            i + 1,
+            broker_lines(i + 1)
         ));
     }
     let path = dir.join("region.toml");
@@ -144,6 +154,8 @@ struct UpRegion {
     up: UpProcess,
     bootstrap: String,
     cert: String,
+    /// The Kafka bootstrap list, when brokers have Kafka listeners.
+    kafka: Option<String>,
     stdout: std::thread::JoinHandle<Vec<String>>,
     stderr: std::thread::JoinHandle<Vec<String>>,
 }
@@ -191,7 +203,7 @@ impl UpRegion {
         });
         let stdout = up.0.stdout.take().expect("stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let (mut bootstrap, mut cert) = (None, None);
+        let (mut bootstrap, mut cert, mut kafka) = (None, None, None);
         while bootstrap.is_none() || cert.is_none() {
             let line = lines
                 .next()
@@ -199,6 +211,9 @@ impl UpRegion {
                 .expect("read line");
             if let Some(b) = line.trim().strip_prefix("bootstrap:") {
                 bootstrap = Some(b.trim().to_owned());
+            }
+            if let Some(k) = line.trim().strip_prefix("kafka:") {
+                kafka = k.split_whitespace().next().map(str::to_owned);
             }
             if let Some(c) = line.trim().strip_prefix("certificate:") {
                 cert = Some(c.trim().to_owned());
@@ -209,6 +224,7 @@ impl UpRegion {
             up,
             bootstrap: bootstrap.unwrap(),
             cert: cert.unwrap(),
+            kafka,
             stdout,
             stderr,
         }
@@ -408,6 +424,175 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     let logged = region.stop();
     // Brokers started one after another are not errors (openraft logged each vote
     // request to a broker not yet up).
+    let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
+    assert!(errors.is_empty(), "errors logged:\n{errors:#?}");
+}
+
+/// Kafka clients in a region (`kafka_listen` on each broker): every broker registers
+/// its Kafka listener with the controller, so a Kafka client that bootstraps from
+/// any one broker is sent to each partition's leader and to its group's coordinator
+/// at their own Kafka listeners, wherever those are.
+#[test]
+fn kafka_clients_reach_every_broker_of_a_region() {
+    use crate::kafka::{fetch_all, kafka_client, kafka_python_group, record, Raw};
+    use kafka_protocol::messages::{self as k, ApiKey};
+    use kafka_protocol::protocol::StrBytes;
+    use rskafka::client::partition::{Compression, UnknownTopicHandling};
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let ports = free_ports(3);
+    let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+    let region = UpRegion::start(&region_file_with(dir.path(), "", |id| {
+        format!("settings = {{ kafka_listen = \"{}\" }}\n", addrs[id - 1])
+    }));
+    assert_eq!(region.kafka.as_deref(), Some(addrs.join(",").as_str()));
+    region.create_topic(
+        &[
+            "topic",
+            "create",
+            "k-orders",
+            "--partitions",
+            "6",
+            "--replication-factor",
+            "3",
+        ],
+        &["--ca", &region.cert],
+    );
+
+    // Metadata through broker 3's Kafka listener names all three brokers at their
+    // Kafka listeners, with their racks, once each has registered.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metadata = loop {
+        let mut raw = Raw::connect(&addrs[2]);
+        raw.send(
+            ApiKey::Metadata,
+            12,
+            &k::MetadataRequest::default().with_topics(None),
+        );
+        let r: k::MetadataResponse = raw.receive(ApiKey::Metadata, 12);
+        let led = r
+            .topics
+            .iter()
+            .find(|t| t.name.as_ref().is_some_and(|n| &*n.0 == "k-orders"))
+            .is_some_and(|t| {
+                t.partitions.len() == 6 && t.partitions.iter().all(|p| p.leader_id.0 > 0)
+            });
+        if r.brokers.len() == 3 && led {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the region never settled: {r:?}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut brokers: Vec<(i32, String, i32, Option<String>)> = metadata
+        .brokers
+        .iter()
+        .map(|b| {
+            (
+                b.node_id.0,
+                b.host.to_string(),
+                b.port,
+                b.rack.as_ref().map(|r| r.to_string()),
+            )
+        })
+        .collect();
+    brokers.sort();
+    let expected: Vec<(i32, String, i32, Option<String>)> = (1..=3)
+        .map(|id| {
+            (
+                id,
+                "127.0.0.1".to_string(),
+                i32::from(ports[id as usize - 1]),
+                Some(format!("r{id}")),
+            )
+        })
+        .collect();
+    assert_eq!(brokers, expected);
+    let leaders: std::collections::BTreeSet<i32> = metadata
+        .topics
+        .iter()
+        .flat_map(|t| t.partitions.iter().map(|p| p.leader_id.0))
+        .collect();
+    assert!(
+        leaders.len() >= 2,
+        "leaders spread over brokers: {leaders:?}"
+    );
+
+    // Every broker names the same coordinator for a group, at its Kafka listener.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for addr in &addrs {
+        let find =
+            k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));
+        let r = loop {
+            let mut raw = Raw::connect(addr);
+            raw.send(ApiKey::FindCoordinator, 3, &find);
+            let r: k::FindCoordinatorResponse = raw.receive(ApiKey::FindCoordinator, 3);
+            if r.error_code == 0 {
+                break r;
+            }
+            // The offsets topic is created once enough brokers are live.
+            assert!(Instant::now() < deadline, "no coordinator: {r:?}");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        let id = r.node_id.0;
+        assert_eq!(
+            (&*r.host, r.port),
+            ("127.0.0.1", i32::from(ports[id as usize - 1])),
+            "{r:?}"
+        );
+    }
+
+    // rskafka, bootstrapping from broker 1, writes to and reads from each
+    // partition's leader.
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = kafka_client(&addrs[0]).await;
+        for p in 0..6 {
+            let partition = client
+                .partition_client("k-orders", p, UnknownTopicHandling::Retry)
+                .await
+                .unwrap();
+            let first = p as usize * 50;
+            let records = (first..first + 50).map(record).collect();
+            let offsets = partition.produce(records, Compression::Zstd).await.unwrap();
+            assert_eq!(offsets, (0..50).collect::<Vec<i64>>());
+            let got = fetch_all(&partition, 0).await;
+            let values: Vec<Option<Vec<u8>>> = got.into_iter().map(|(_, r)| r.value).collect();
+            let expected: Vec<Option<Vec<u8>>> =
+                (first..first + 50).map(|i| record(i).value).collect();
+            assert_eq!(values, expected, "partition {p}");
+        }
+    });
+    // Meridian's CLI reads what the Kafka client wrote.
+    let (ok, out, err) = region.cli(
+        &["consume", "k-orders", "--from", "earliest", "-n", "300"],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.lines().filter(|l| l.starts_with("value-")).count(),
+        300,
+        "{out}"
+    );
+
+    // kafka-python's producer and group, with the region's bootstrap list: its
+    // topic replicated three ways, its group on whichever broker coordinates it.
+    if let Some(summary) = kafka_python_group(region.kafka.as_deref().unwrap(), 3) {
+        let (ok, described, err) = region.cli(&["group", "describe", "py-group"], "");
+        assert!(ok, "{err}");
+        for (partition, offset) in summary["committed"].as_object().unwrap() {
+            assert!(
+                described.lines().any(|l| {
+                    let words: Vec<&str> = l.split_whitespace().collect();
+                    words.contains(&"py-orders")
+                        && words.contains(&partition.as_str())
+                        && words.contains(&offset.to_string().as_str())
+                }),
+                "partition {partition} at {offset} not in:\n{described}"
+            );
+        }
+    }
+
+    let logged = region.stop();
     let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "errors logged:\n{errors:#?}");
 }

@@ -1,6 +1,7 @@
 """kafka-python, a Kafka client by others, against Meridian's Kafka listener.
 
-Run by tests/it/kafka.rs with the listener's address: creates a topic, produces
+Run by tests/it/kafka.rs with the listener's address (or a region's Kafka
+bootstrap list and the topic's replication factor): creates a topic, produces
 keyed records with acks=all, then two consumers of one group share its partitions,
 read every record, commit, and the survivor takes everything when the other leaves.
 Prints one JSON line of what it saw; exits non-zero, saying why, on any mismatch.
@@ -13,7 +14,8 @@ import time
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
-BOOTSTRAP = sys.argv[1]
+BOOTSTRAP = sys.argv[1]  # one address, or a region's list "host:port,host:port"
+REPLICATION = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 TOPIC, GROUP, PARTITIONS, RECORDS = "py-orders", "py-group", 4, 2000
 
 
@@ -23,9 +25,13 @@ def fail(why):
 
 
 admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="it-admin")
-admin.create_topics([NewTopic(TOPIC, PARTITIONS, 1)])
-if TOPIC not in admin.list_topics():
-    fail("the created topic is not listed")
+admin.create_topics([NewTopic(TOPIC, PARTITIONS, REPLICATION)])
+# In a region, the broker asked may learn of the topic a moment after the controller.
+deadline = time.time() + 30
+while TOPIC not in admin.list_topics():
+    if time.time() > deadline:
+        fail("the created topic is not listed")
+    time.sleep(0.2)
 
 producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
 sent = [

@@ -70,6 +70,15 @@ pub struct RegionBroker {
     pub voter: bool,
 }
 
+impl RegionBroker {
+    /// The broker's `kafka_listen` setting, if it has one.
+    fn kafka_listen(&self) -> Option<&str> {
+        self.settings
+            .get("kafka_listen")
+            .and_then(toml::Value::as_str)
+    }
+}
+
 fn voter_by_default() -> bool {
     true
 }
@@ -96,6 +105,7 @@ impl RegionFile {
         }
         let mut ids = BTreeSet::new();
         let mut listens = BTreeSet::new();
+        let mut kafka_listens = BTreeSet::new();
         for b in &self.brokers {
             if !ids.insert(b.id) {
                 bail!("broker id {} appears twice", b.id);
@@ -103,6 +113,17 @@ impl RegionFile {
             if !listens.insert(b.listen) {
                 bail!("two brokers listen on {}", b.listen);
             }
+            if let Some(kafka) = b.kafka_listen() {
+                if !kafka_listens.insert(kafka.to_string()) {
+                    bail!("two brokers have kafka_listen = {kafka}");
+                }
+            }
+        }
+        if self.broker_defaults.contains_key("kafka_listen") {
+            bail!(
+                "[broker_defaults] may not set kafka_listen: each broker needs its own \
+                 address (set it in each [[broker]]'s settings)"
+            );
         }
         for key in [
             "broker_id",
@@ -127,6 +148,17 @@ impl RegionFile {
             .filter(|b| b.voter)
             .map(|b| format!("{}@{}", b.id, b.listen))
             .collect()
+    }
+
+    /// The brokers' Kafka listeners, as Kafka clients' `bootstrap.servers`; `None`
+    /// when no broker has one.
+    pub fn kafka_bootstrap(&self) -> Option<String> {
+        let addrs: Vec<&str> = self
+            .brokers
+            .iter()
+            .filter_map(RegionBroker::kafka_listen)
+            .collect();
+        (!addrs.is_empty()).then(|| addrs.join(","))
     }
 
     pub fn bootstrap(&self) -> String {
@@ -404,6 +436,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         region.region.data_dir.display()
     );
     println!("  bootstrap:   {}", region.bootstrap());
+    if let Some(kafka) = region.kafka_bootstrap() {
+        println!("  kafka:       {kafka} (bootstrap.servers for Kafka clients)");
+    }
     println!("  certificate: {}", runner.cert.display());
     println!("  fingerprint: {}", runner.fingerprint);
     println!(
@@ -602,5 +637,44 @@ mod tests {
             .to_string()
             .contains("no [[broker]]"));
         assert!(region(&THREE.replace("[region]", "[region]\nport = 1")).is_err());
+        let shared_kafka = THREE.replace("flush = \"always\"", "kafka_listen = \"127.0.0.1:9092\"");
+        assert!(region(&shared_kafka)
+            .unwrap_err()
+            .to_string()
+            .contains("may not set kafka_listen"));
+        let same_kafka = THREE
+            .replace(
+                "listen = \"127.0.0.1:9101\"",
+                "listen = \"127.0.0.1:9101\"\nsettings = { kafka_listen = \"127.0.0.1:9092\" }",
+            )
+            .replace(
+                "settings = { flush = \"interval\" }",
+                "settings = { kafka_listen = \"127.0.0.1:9092\" }",
+            );
+        assert!(region(&same_kafka)
+            .unwrap_err()
+            .to_string()
+            .contains("two brokers have kafka_listen = 127.0.0.1:9092"));
+    }
+
+    #[test]
+    fn kafka_listeners_make_the_kafka_bootstrap() {
+        assert_eq!(region(THREE).unwrap().kafka_bootstrap(), None);
+        let kafka = THREE
+            .replace(
+                "listen = \"127.0.0.1:9101\"",
+                "listen = \"127.0.0.1:9101\"\nsettings = { kafka_listen = \"127.0.0.1:9191\" }",
+            )
+            .replace(
+                "settings = { flush = \"interval\" }",
+                "settings = { kafka_listen = \"127.0.0.1:9192\" }",
+            );
+        let r = region(&kafka).unwrap();
+        assert_eq!(
+            r.kafka_bootstrap().as_deref(),
+            Some("127.0.0.1:9191,127.0.0.1:9192")
+        );
+        let two: toml::Table = r.broker_config(&r.brokers[1]).unwrap().parse().unwrap();
+        assert_eq!(two["kafka_listen"].as_str(), Some("127.0.0.1:9192"));
     }
 }

@@ -56,14 +56,31 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::InitProducerId, 0, 4),
 ];
 
-/// Where Kafka clients reach this broker: what Metadata and FindCoordinator answers
-/// name (the Kafka listener, not the QUIC endpoint).
+/// Where Kafka clients reach the brokers: what Metadata and FindCoordinator answers
+/// name (Kafka listeners, not QUIC endpoints).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Listener {
+    /// The broker answering.
     pub broker_id: u32,
+    pub cluster_id: String,
+    /// The brokers with a Kafka listener, this one included; a broker missing here
+    /// (in a cluster, one without `kafka_listen`) is left out of Metadata answers.
+    pub brokers: Vec<KafkaBroker>,
+}
+
+/// One broker's Kafka listener.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KafkaBroker {
+    pub id: u32,
     pub host: String,
     pub port: u16,
-    pub cluster_id: String,
+    pub rack: Option<String>,
+}
+
+impl Listener {
+    fn broker(&self, id: u32) -> Option<&KafkaBroker> {
+        self.brokers.iter().find(|b| b.id == id)
+    }
 }
 
 /// Why a frame cannot be served. The connection is closed after any of them, as a
@@ -735,6 +752,12 @@ impl Header {
 }
 
 impl Pending {
+    /// Whether the response names brokers (Metadata, FindCoordinator): the only
+    /// ones whose [`Listener::brokers`] must be current.
+    pub fn names_brokers(&self) -> bool {
+        matches!(self.header.api, ApiKey::Metadata | ApiKey::FindCoordinator)
+    }
+
     pub fn api(&self) -> ApiKey {
         self.header.api
     }
@@ -793,16 +816,17 @@ impl Pending {
                     .with_producer_epoch(r.producer_epoch),
             )?,
             (m::Response::FindCoordinator(r), _) => {
-                let body = if r.error.is_ok() && r.broker_id == listener.broker_id {
+                let coordinator = listener.broker(r.broker_id).filter(|_| r.error.is_ok());
+                let body = if let Some(b) = coordinator {
                     k::FindCoordinatorResponse::default()
-                        .with_node_id(broker_id(listener.broker_id))
-                        .with_host(StrBytes::from_string(listener.host.clone()))
-                        .with_port(listener.port.into())
+                        .with_node_id(broker_id(b.id))
+                        .with_host(StrBytes::from_string(b.host.clone()))
+                        .with_port(b.port.into())
                 } else {
                     let (error, text) = if r.error.is_ok() {
                         (
                             ErrorCode::CoordinatorNotAvailable,
-                            format!("the group's coordinator is broker {}, which Kafka clients cannot reach through this listener", r.broker_id),
+                            format!("the group's coordinator is broker {}, which has no Kafka listener (kafka_listen)", r.broker_id),
                         )
                     } else {
                         (r.error, r.message)
@@ -1015,17 +1039,19 @@ fn message(error: ErrorCode, text: String) -> Option<StrBytes> {
 }
 
 fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse {
-    // Every broker named is this one (the listener serves single brokers), reached
-    // through the Kafka listener.
+    // The live brokers, each at its Kafka listener; one without (a cluster broker
+    // without `kafka_listen`) is left out, and a client sees the partitions it
+    // leads as without a reachable leader.
     let brokers = r
         .brokers
         .iter()
-        .filter(|b| b.broker_id == listener.broker_id)
-        .map(|_| {
+        .filter_map(|b| listener.broker(b.broker_id))
+        .map(|b| {
             k::metadata_response::MetadataResponseBroker::default()
-                .with_node_id(broker_id(listener.broker_id))
-                .with_host(StrBytes::from_string(listener.host.clone()))
-                .with_port(listener.port.into())
+                .with_node_id(broker_id(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port.into())
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
         })
         .collect();
     let ids = |list: Vec<u32>| list.into_iter().map(broker_id).collect();

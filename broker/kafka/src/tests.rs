@@ -8,9 +8,13 @@ use kafka_protocol::protocol::HeaderVersion;
 fn listener() -> Listener {
     Listener {
         broker_id: 1,
-        host: "kafka.example".into(),
-        port: 9092,
         cluster_id: "meridian-test".into(),
+        brokers: vec![KafkaBroker {
+            id: 1,
+            host: "kafka.example".into(),
+            port: 9092,
+            rack: None,
+        }],
     }
 }
 
@@ -502,6 +506,118 @@ fn the_coordinator_is_this_listener() {
         reply(frame_of(ApiKey::FindCoordinator, 3, &txn)),
     );
     assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
+}
+
+/// Brokers 1 and 2 of a cluster have Kafka listeners; broker 3 has none.
+fn cluster_listener() -> Listener {
+    let kafka = |id: u32, rack: &str| KafkaBroker {
+        id,
+        host: format!("kafka-{id}.example"),
+        port: 9090 + id as u16,
+        rack: Some(rack.into()),
+    };
+    Listener {
+        broker_id: 1,
+        cluster_id: "meridian-test".into(),
+        brokers: vec![kafka(1, "a"), kafka(2, "b")],
+    }
+}
+
+#[test]
+fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
+    let asked = k::MetadataRequest::default().with_topics(None);
+    let (_, pending) = serve(frame_of(ApiKey::Metadata, 12, &asked));
+    assert!(pending.names_brokers());
+    let info = |broker_id: u32| m::BrokerInfo {
+        broker_id,
+        host: "127.0.0.1".into(),
+        port: 7000 + broker_id as u16,
+    };
+    let partition = |partition: u32, leader: u32| m::PartitionMetadata {
+        partition,
+        error: ErrorCode::None,
+        leader,
+        leader_epoch: 1,
+        replicas: vec![1, 2, 3],
+        isr: vec![1, 2, 3],
+    };
+    let answer = m::MetadataResponse {
+        brokers: vec![info(1), info(2), info(3)],
+        controller_id: 2,
+        topics: vec![m::TopicMetadata {
+            name: "orders".into(),
+            error: ErrorCode::None,
+            partitions: vec![partition(0, 1), partition(1, 2), partition(2, 3)],
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::Metadata(answer)), &cluster_listener())
+        .unwrap()
+        .unwrap();
+    let r: k::MetadataResponse = response(ApiKey::Metadata, 12, frame);
+    let brokers: Vec<(i32, &str, i32, Option<&str>)> = r
+        .brokers
+        .iter()
+        .map(|b| (b.node_id.0, &*b.host, b.port, b.rack.as_deref()))
+        .collect();
+    // Broker 3 has no Kafka listener: not named, so the partition it leads has no
+    // leader a Kafka client can reach (it retries until another leads).
+    assert_eq!(
+        brokers,
+        [
+            (1, "kafka-1.example", 9091, Some("a")),
+            (2, "kafka-2.example", 9092, Some("b"))
+        ]
+    );
+    let leaders: Vec<i32> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| p.leader_id.0)
+        .collect();
+    assert_eq!(leaders, [1, 2, 3]);
+    assert_eq!(r.controller_id, BrokerId(2));
+}
+
+#[test]
+fn in_a_cluster_the_coordinator_is_its_brokers_kafka_listener() {
+    let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));
+    let at = |coordinator: u32| {
+        let (_, pending) = serve(frame_of(ApiKey::FindCoordinator, 3, &find));
+        assert!(pending.names_brokers());
+        let answer = g::FindCoordinatorResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id: coordinator,
+            host: "127.0.0.1".into(),
+            port: 7000,
+        };
+        let frame = pending
+            .respond(
+                Some(m::Response::FindCoordinator(answer)),
+                &cluster_listener(),
+            )
+            .unwrap()
+            .unwrap();
+        response::<k::FindCoordinatorResponse>(ApiKey::FindCoordinator, 3, frame)
+    };
+    let r = at(2);
+    assert_eq!(
+        (r.error_code, r.node_id.0, &*r.host, r.port),
+        (0, 2, "kafka-2.example", 9092)
+    );
+    let r = at(3);
+    assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
+    assert_eq!(
+        r.error_message.as_deref(),
+        Some("the group's coordinator is broker 3, which has no Kafka listener (kafka_listen)")
+    );
+    // Only these two answers name brokers.
+    let (_, pending) = serve(frame_of(
+        ApiKey::Heartbeat,
+        4,
+        &k::HeartbeatRequest::default().with_group_id(k::GroupId(StrBytes::from_static_str("g"))),
+    ));
+    assert!(!pending.names_brokers());
 }
 
 #[test]

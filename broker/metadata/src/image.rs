@@ -29,6 +29,17 @@ pub struct BrokerRegistration {
     /// In controlled shutdown: stays fenced until a new incarnation registers.
     #[serde(default)]
     pub shutting_down: bool,
+    /// Where Kafka clients reach the broker (its `kafka_listen`), if it has a Kafka
+    /// listener.
+    #[serde(default)]
+    pub kafka: Option<Endpoint>,
+}
+
+/// A host and port clients connect to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    pub port: u16,
 }
 
 /// The replication state of one partition.
@@ -324,7 +335,34 @@ mod tests {
             rack: None,
             fenced: true,
             shutting_down: false,
+            kafka: None,
         }
+    }
+
+    #[test]
+    fn a_registration_from_before_kafka_listeners_loads_and_one_with_it_round_trips() {
+        let old = r#"{"type":"broker_registered","id":2,"incarnation":7,"host":"127.0.0.1","port":9102,"rack":null,"fenced":false}"#;
+        let MetadataRecord::BrokerRegistered(registration) =
+            serde_json::from_str::<MetadataRecord>(old).unwrap()
+        else {
+            panic!("not a registration");
+        };
+        assert_eq!(registration.kafka, None);
+        assert!(!registration.shutting_down);
+        let mut with = broker(3);
+        with.kafka = Some(Endpoint {
+            host: "10.0.0.3".into(),
+            port: 9092,
+        });
+        let record = MetadataRecord::BrokerRegistered(with.clone());
+        let json = serde_json::to_string(&record).unwrap();
+        assert_eq!(
+            serde_json::from_str::<MetadataRecord>(&json).unwrap(),
+            record
+        );
+        let mut image = MetadataImage::default();
+        image.apply(&record);
+        assert_eq!(image.brokers[&3].kafka, with.kafka);
     }
 
     #[test]

@@ -17,8 +17,8 @@ pub mod store;
 use std::io::Cursor;
 
 pub use image::{
-    AttachmentImage, BrokerId, BrokerRegistration, MetadataImage, MetadataRecord, PartitionState,
-    PluginImage, TopicImage, UNCLEAN_LEADER_ELECTION_KEY,
+    AttachmentImage, BrokerId, BrokerRegistration, Endpoint, MetadataImage, MetadataRecord,
+    PartitionState, PluginImage, TopicImage, UNCLEAN_LEADER_ELECTION_KEY,
 };
 pub use openraft;
 use serde::{Deserialize, Serialize};

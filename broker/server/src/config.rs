@@ -41,9 +41,10 @@ pub struct BrokerConfig {
     pub metrics_max_head_bytes: u32,
     /// TCP address of the Kafka listener: Kafka clients (their own wire protocol,
     /// plain TCP, no client authentication) produce, consume, commit offsets and
-    /// manage topics through it; off when unset. A single broker only, and not
-    /// with `tls_client_ca`. Its frames obey `max_frame_bytes`, its connections
-    /// `max_connections` and `max_inflight_requests`.
+    /// manage topics through it; off when unset. In a cluster each broker
+    /// registers its own with the controller, so Kafka clients are sent to every
+    /// broker's. Not with `tls_client_ca`. Its frames obey `max_frame_bytes`, its
+    /// connections `max_connections` and `max_inflight_requests`.
     pub kafka_listen: Option<SocketAddr>,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
@@ -543,13 +544,6 @@ impl BrokerConfig {
                     .into(),
             ));
         }
-        if self.kafka_listen.is_some() && self.cluster.is_some() {
-            return Err(ConfigError::Invalid(
-                "kafka_listen is served by a single broker only: in a cluster, Kafka clients \
-                 would need every broker's Kafka address, which cluster metadata does not carry"
-                    .into(),
-            ));
-        }
         if self.acl_file.is_some() && self.tls_client_ca.is_none() {
             return Err(ConfigError::Invalid(
                 "acl_file needs tls_client_ca: rules name clients by their certificates".into(),
@@ -929,10 +923,6 @@ mod tests {
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\noffsets_commit_timeout_ms = 0\n",
             "offsets_commit_timeout_ms must be greater than 0",
-        );
-        check(
-            "kafka_listen = \"127.0.0.1:9092\"\n[cluster]\nvoters = [\"1@a:1\"]\n",
-            "kafka_listen is served by a single broker only",
         );
         check(
             "kafka_listen = \"127.0.0.1:9092\"\ntls_client_ca = \"ca.pem\"\n",

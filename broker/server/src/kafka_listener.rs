@@ -14,7 +14,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use meridian_kafka::{Listener, Pending, Step};
+use meridian_kafka::{KafkaBroker, Listener, Pending, Step};
+use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
 use meridian_wire::messages::{Request, Response};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -26,25 +27,82 @@ use tracing::Instrument;
 
 use crate::{Caller, Shared};
 
-/// What Kafka clients are told to connect to: `advertised_host` (else the address
-/// the listener is bound to) and the listener's port.
-pub(crate) fn advertised(shared: &Shared, bound: SocketAddr) -> Listener {
+/// What Kafka clients are told to connect to for this broker: `advertised_host`
+/// (else the address the listener is bound to) and the listener's port.
+pub(crate) fn advertised(shared: &Shared, bound: SocketAddr) -> KafkaBroker {
     let config = &shared.config;
-    Listener {
-        broker_id: config.broker_id,
+    KafkaBroker {
+        id: config.broker_id,
         host: config
             .advertised_host
             .clone()
             .unwrap_or_else(|| bound.ip().to_string()),
         port: bound.port(),
-        cluster_id: config.cluster_id.clone(),
+        rack: config.rack.clone(),
+    }
+}
+
+/// Where Kafka clients reach the brokers: this one, and in a cluster every other
+/// broker that registered a Kafka listener (from the metadata image, rebuilt when
+/// the image changes and a response names brokers).
+pub(crate) struct Directory {
+    own: Arc<Listener>,
+    /// In a cluster: the image the listener was last built from, and that listener.
+    cached: parking_lot::Mutex<Option<(Arc<MetadataImage>, Arc<Listener>)>>,
+}
+
+impl Directory {
+    pub(crate) fn new(shared: &Shared, own: KafkaBroker) -> Directory {
+        Directory {
+            own: Arc::new(Listener {
+                broker_id: own.id,
+                cluster_id: shared.config.cluster_id.clone(),
+                brokers: vec![own],
+            }),
+            cached: parking_lot::Mutex::new(None),
+        }
+    }
+
+    /// The listener a response to `pending` needs.
+    fn for_response(&self, shared: &Shared, pending: &Pending) -> Arc<Listener> {
+        let Some(cluster) = shared.cluster.as_ref().filter(|_| pending.names_brokers()) else {
+            return self.own.clone();
+        };
+        let image = cluster.image();
+        let mut cached = self.cached.lock();
+        if let Some((built_from, listener)) = cached.as_ref() {
+            if Arc::ptr_eq(built_from, &image) {
+                return listener.clone();
+            }
+        }
+        let mut brokers = self.own.brokers.clone();
+        brokers.extend(
+            image
+                .brokers
+                .values()
+                .filter(|b| b.id != self.own.broker_id)
+                .filter_map(|b| {
+                    b.kafka.as_ref().map(|kafka| KafkaBroker {
+                        id: b.id,
+                        host: kafka.host.clone(),
+                        port: kafka.port,
+                        rack: b.rack.clone(),
+                    })
+                }),
+        );
+        let listener = Arc::new(Listener {
+            brokers,
+            ..(*self.own).clone()
+        });
+        *cached = Some((image, listener.clone()));
+        listener
     }
 }
 
 /// Accepts Kafka connections until the task is aborted; at most `max_connections`
 /// at once (beyond, a new connection is closed at once).
-pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, advertised: Listener) {
-    let advertised = Arc::new(advertised);
+pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, directory: Directory) {
+    let directory = Arc::new(directory);
     let limit = shared.config.max_connections as usize;
     let slots = Arc::new(Semaphore::new(limit));
     let mut id = 0u64;
@@ -66,7 +124,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, advertised
         id += 1;
         let span = tracing::debug_span!("kafka_connection", id, %peer);
         tokio::spawn(
-            connection(shared.clone(), advertised.clone(), stream, peer, slot).instrument(span),
+            connection(shared.clone(), directory.clone(), stream, peer, slot).instrument(span),
         );
     }
 }
@@ -76,7 +134,7 @@ type Owed = JoinHandle<Result<Option<Bytes>, String>>;
 
 async fn connection(
     shared: Arc<Shared>,
-    advertised: Arc<Listener>,
+    directory: Arc<Directory>,
     stream: TcpStream,
     peer: SocketAddr,
     _slot: OwnedSemaphorePermit,
@@ -129,7 +187,7 @@ async fn connection(
                 }
                 Ok(Step::Serve(request, pending)) => tokio::spawn(serve_one(
                     shared.clone(),
-                    advertised.clone(),
+                    directory.clone(),
                     (*request, pending),
                     peer,
                     frame_bytes,
@@ -152,12 +210,13 @@ async fn connection(
 
 async fn serve_one(
     shared: Arc<Shared>,
-    advertised: Arc<Listener>,
+    directory: Arc<Directory>,
     (request, pending): (Request, Pending),
     peer: SocketAddr,
     frame_bytes: usize,
 ) -> Result<Option<Bytes>, String> {
     let api = pending.api();
+    let listener = directory.for_response(&shared, &pending);
     let span = tracing::debug_span!(
         parent: None,
         "request",
@@ -189,14 +248,14 @@ async fn serve_one(
             Err(denied) => return Err(denied.message),
         };
         return pending
-            .respond(answer, &advertised)
+            .respond(answer, &listener)
             .map_err(|e| e.to_string());
     }
     shared
         .serve_request(request, caller, span, |answer| {
             let reply = match answer {
                 Ok(answer) => pending
-                    .respond(answer, &advertised)
+                    .respond(answer, &listener)
                     .map_err(|e| e.to_string()),
                 Err(denied) => Err(denied.message),
             };

@@ -326,15 +326,18 @@ impl Broker {
                 .context("serving the metrics listener")?;
             background.push(tokio::spawn(metrics::serve(self.shared.clone(), listener)));
         }
+        let mut kafka = None;
         if let Some(listener) = self.kafka_listener {
             let bound = listener.local_addr()?;
             let listener = tokio::net::TcpListener::from_std(listener)
                 .context("serving the Kafka listener")?;
             let advertised = kafka_listener::advertised(&self.shared, bound);
+            kafka = Some((advertised.host.clone(), advertised.port));
+            let directory = kafka_listener::Directory::new(&self.shared, advertised);
             background.push(tokio::spawn(kafka_listener::serve(
                 self.shared.clone(),
                 listener,
-                advertised,
+                directory,
             )));
         }
         if let Some(cluster) = &self.shared.cluster {
@@ -351,6 +354,7 @@ impl Broker {
                 self.shared.config.advertised_host(),
                 self.shared.local_addr.port(),
                 self.shared.config.rack.clone(),
+                kafka,
             )));
         }
         let cleaner = cleaner::Cleaner::start(self.shared.clone())

@@ -68,6 +68,9 @@ pub struct BrokerHeartbeatRequest {
     pub rack: Option<String>,
     /// Set during controlled shutdown: the broker is leaving.
     pub wants_shutdown: bool,
+    /// Where Kafka clients reach this broker (host, port), if it has a Kafka listener
+    /// (version 1; a controller at version 0 does not learn it).
+    pub kafka: Option<(String, u16)>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -162,15 +165,21 @@ impl RaftResponse {
 }
 
 impl BrokerHeartbeatRequest {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.u32(self.broker_id);
         w.u64(self.incarnation);
         w.string(&self.host);
         w.u16(self.port);
         w.option(self.rack.as_ref(), |w, s| w.string(s));
         w.bool(self.wants_shutdown);
+        if version >= 1 {
+            w.option(self.kafka.as_ref(), |w, (host, port)| {
+                w.string(host);
+                w.u16(*port);
+            });
+        }
     }
-    pub fn decode(r: &mut Reader) -> Result<BrokerHeartbeatRequest, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<BrokerHeartbeatRequest, DecodeError> {
         Ok(BrokerHeartbeatRequest {
             broker_id: r.u32()?,
             incarnation: r.u64()?,
@@ -178,6 +187,11 @@ impl BrokerHeartbeatRequest {
             port: r.u16()?,
             rack: r.option(|r| r.string())?,
             wants_shutdown: r.bool()?,
+            kafka: if version >= 1 {
+                r.option(|r| Ok((r.string()?, r.u16()?)))?
+            } else {
+                None
+            },
         })
     }
 }

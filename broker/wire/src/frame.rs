@@ -494,6 +494,30 @@ mod tests {
     }
 
     #[test]
+    fn a_heartbeat_names_its_kafka_listener_at_version_1_only() {
+        use crate::cluster::BrokerHeartbeatRequest;
+        let heartbeat = |kafka| {
+            Request::BrokerHeartbeat(BrokerHeartbeatRequest {
+                broker_id: 2,
+                incarnation: 9,
+                host: "127.0.0.1".into(),
+                port: 9102,
+                rack: None,
+                wants_shutdown: false,
+                kafka,
+            })
+        };
+        let with = heartbeat(Some(("127.0.0.1".into(), 9192)));
+        let body = |chunks: Vec<Bytes>| Bytes::from(chunks.concat()).slice(4..);
+        let v1 = body(encode_request_chunks_at(&with, 1));
+        assert_eq!(decode_request_versioned(v1).unwrap(), (with.clone(), 1));
+        // A controller from before Kafka listeners reads version 0: the same
+        // heartbeat, without the listener.
+        let v0 = body(encode_request_chunks_at(&with, 0));
+        assert_eq!(decode_request_versioned(v0).unwrap(), (heartbeat(None), 0));
+    }
+
+    #[test]
     fn offset_commits_and_fetches_are_served_at_both_versions() {
         use crate::group::{
             OffsetCommitRequest, OffsetFetchResponse, PartitionOffset, TopicOffsets,

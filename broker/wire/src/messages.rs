@@ -122,14 +122,16 @@ impl ApiKey {
     /// each offset's leader epoch; version 1 of `AlterTopicConfigs` and
     /// `CreatePartitions` (requests) can ask to validate only. Version 1 of
     /// `ApiVersions` has version 0's bodies: a broker listing it reads a trace
-    /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]).
+    /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]). Version 1
+    /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::ApiVersions
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::AlterTopicConfigs
-            | ApiKey::CreatePartitions => 1,
+            | ApiKey::CreatePartitions
+            | ApiKey::BrokerHeartbeat => 1,
             _ => 0,
         }
     }
@@ -762,7 +764,7 @@ impl Request {
             Request::DescribeCluster => {}
             Request::ElectLeaders(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
-            Request::BrokerHeartbeat(m) => m.encode(w),
+            Request::BrokerHeartbeat(m) => m.encode(w, version),
             Request::AlterPartition(m) => m.encode(w),
             Request::ControlledShutdown(m) => m.encode(w),
         }
@@ -893,7 +895,9 @@ impl Request {
                 Request::CreatePartitions(CreatePartitionsRequest::decode(r, version)?)
             }
             ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
-            ApiKey::BrokerHeartbeat => Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r)?),
+            ApiKey::BrokerHeartbeat => {
+                Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r, version)?)
+            }
             ApiKey::AlterPartition => Request::AlterPartition(AlterPartitionRequest::decode(r)?),
             ApiKey::ControlledShutdown => {
                 Request::ControlledShutdown(ControlledShutdownRequest::decode(r)?)
@@ -1316,6 +1320,7 @@ mod tests {
             port: 9103,
             rack: Some("rack-a".into()),
             wants_shutdown: true,
+            kafka: Some(("10.0.0.3".into(), 9092)),
         }));
         check_response(Response::BrokerHeartbeat(BrokerHeartbeatResponse {
             error: ErrorCode::NotController,

@@ -21,7 +21,8 @@ use meridian_core::replication::{
 };
 use meridian_metadata::openraft::{BasicNode, ChangeMembers, ServerState};
 use meridian_metadata::{
-    BrokerRegistration, MetadataBatch, MetadataImage, MetadataRecord, PartitionState, TopicImage,
+    BrokerRegistration, Endpoint, MetadataBatch, MetadataImage, MetadataRecord, PartitionState,
+    TopicImage,
 };
 use meridian_wire::messages::*;
 use meridian_wire::plugin_messages::PluginResult;
@@ -768,12 +769,23 @@ impl<'a> Active<'a> {
             rack: r.rack.clone(),
             fenced: state.fenced,
             shutting_down: state.shutting_down,
+            kafka: r.kafka.as_ref().map(|(host, port)| Endpoint {
+                host: host.clone(),
+                port: *port,
+            }),
         };
         let changed = known.is_none_or(|b| {
-            (b.incarnation, &b.host, b.port, &b.rack) != (r.incarnation, &r.host, r.port, &r.rack)
+            (b.incarnation, &b.host, b.port, &b.rack, &b.kafka)
+                != (
+                    registration.incarnation,
+                    &registration.host,
+                    registration.port,
+                    &registration.rack,
+                    &registration.kafka,
+                )
         });
         if changed {
-            tracing::info!(broker = r.broker_id, incarnation = r.incarnation, host = %r.host, port = r.port, rack = ?r.rack, "registered broker");
+            tracing::info!(broker = r.broker_id, incarnation = r.incarnation, host = %r.host, port = r.port, rack = ?r.rack, kafka = ?r.kafka, "registered broker");
             records.push(MetadataRecord::BrokerRegistered(registration));
         }
         let outcome = self.commit(records).await;

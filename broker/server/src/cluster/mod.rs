@@ -334,6 +334,7 @@ impl Cluster {
         host: String,
         port: u16,
         rack: Option<String>,
+        kafka: Option<(String, u16)>,
     ) {
         let interval = Duration::from_millis(self.config.broker_heartbeat_interval_ms);
         let mut tick = tokio::time::interval(interval);
@@ -347,6 +348,7 @@ impl Cluster {
                 port,
                 rack: rack.clone(),
                 wants_shutdown: self.shutting_down.load(Ordering::Relaxed),
+                kafka: kafka.clone(),
             };
             match self.controller.heartbeat(request, interval * 2).await {
                 Ok(r) if r.error.is_ok() => {
@@ -835,6 +837,7 @@ mod tests {
             rack: (id == 1).then(|| "eu-1a".to_string()),
             fenced,
             shutting_down,
+            kafka: None,
         };
         image.brokers.insert(1, registration(1, false, false));
         image.brokers.insert(2, registration(2, true, false));
