@@ -270,6 +270,136 @@ fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
 }
 
+/// Kafka's admin requests (as `kafka-configs`, `kafka-topics --alter` and
+/// `kafka-delete-records` send them) read and change what Meridian's own tools see.
+#[tokio::test]
+async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
+    use k::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "admin", "-p", "2"], "");
+    assert!(ok, "{err}");
+    let mut raw = Raw::connect(&addr);
+
+    // Set a topic setting (a broker's settings are refused, the topic's still set).
+    let set = |value: &'static str| {
+        k::IncrementalAlterConfigsRequest::default().with_resources(vec![
+            AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("admin"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str("retention.ms"))
+                    .with_config_operation(0)
+                    .with_value(Some(StrBytes::from_static_str(value)))]),
+            AlterConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(StrBytes::from_static_str("1")),
+        ])
+    };
+    raw.send(ApiKey::IncrementalAlterConfigs, 1, &set("3600000"));
+    let r: k::IncrementalAlterConfigsResponse = raw.receive(ApiKey::IncrementalAlterConfigs, 1);
+    let mut codes: Vec<(i8, i16)> = r
+        .responses
+        .iter()
+        .map(|r| (r.resource_type, r.error_code))
+        .collect();
+    codes.sort();
+    assert_eq!(codes, [(2, 0), (4, 42)], "{r:?}");
+    raw.send(ApiKey::IncrementalAlterConfigs, 1, &set("-7"));
+    let r: k::IncrementalAlterConfigsResponse = raw.receive(ApiKey::IncrementalAlterConfigs, 1);
+    let topic = r.responses.iter().find(|r| r.resource_type == 2).unwrap();
+    assert_eq!(topic.error_code, 40, "INVALID_CONFIG: {r:?}");
+    assert!(
+        topic
+            .error_message
+            .as_deref()
+            .unwrap()
+            .contains("retention.ms"),
+        "{r:?}"
+    );
+
+    // Read it back, as Kafka's tools and Meridian's do.
+    let describe = k::DescribeConfigsRequest::default().with_resources(vec![
+        k::describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(2)
+            .with_resource_name(StrBytes::from_static_str("admin"))
+            .with_configuration_keys(None),
+    ]);
+    raw.send(ApiKey::DescribeConfigs, 4, &describe);
+    let r: k::DescribeConfigsResponse = raw.receive(ApiKey::DescribeConfigs, 4);
+    let configs: std::collections::BTreeMap<String, (String, i8)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            (
+                c.name.to_string(),
+                (
+                    c.value.as_deref().unwrap_or("").to_string(),
+                    c.config_source,
+                ),
+            )
+        })
+        .collect();
+    assert_eq!(
+        configs["retention.ms"],
+        ("3600000".to_string(), 1),
+        "{configs:?}"
+    );
+    assert_eq!(
+        configs["cleanup.policy"],
+        ("delete".to_string(), 5),
+        "{configs:?}"
+    );
+    let (ok, out, err) = broker.cli(&["topic", "describe", "admin"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("retention.ms") && out.contains("3600000"),
+        "{out}"
+    );
+
+    // Add partitions; fewer than there are is refused.
+    let grow = |count| {
+        k::CreatePartitionsRequest::default().with_topics(vec![
+            k::create_partitions_request::CreatePartitionsTopic::default()
+                .with_name(name("admin"))
+                .with_count(count)
+                .with_assignments(None),
+        ])
+    };
+    raw.send(ApiKey::CreatePartitions, 3, &grow(4));
+    let r: k::CreatePartitionsResponse = raw.receive(ApiKey::CreatePartitions, 3);
+    assert_eq!(r.results[0].error_code, 0, "{r:?}");
+    raw.send(ApiKey::CreatePartitions, 3, &grow(3));
+    let r: k::CreatePartitionsResponse = raw.receive(ApiKey::CreatePartitions, 3);
+    assert_eq!(r.results[0].error_code, 37, "INVALID_PARTITIONS: {r:?}");
+    let (ok, out, err) = broker.cli(&["topic", "describe", "admin"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains("partitions: 4"), "{out}");
+
+    // Delete records below an offset (rskafka sends DeleteRecords).
+    let client = kafka_client(&addr).await;
+    let p3 = client
+        .partition_client("admin", 3, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    p3.produce((0..10).map(record).collect(), Compression::NoCompression)
+        .await
+        .unwrap();
+    p3.delete_records(4, 5_000).await.unwrap();
+    assert_eq!(p3.get_offset(OffsetAt::Earliest).await.unwrap(), 4);
+    assert_eq!(fetch_all(&p3, 4).await.len(), 6);
+    let (ok, out, err) = broker.cli(
+        &[
+            "consume", "admin", "-p", "3", "--from", "earliest", "-n", "6", "--format", "json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert!(
+        out.lines().next().unwrap().contains("\"offset\":4"),
+        "{out}"
+    );
+}
+
 #[tokio::test]
 async fn offsets_committed_through_kafka_are_the_groups() {
     let (broker, addr) = kafka_broker(&[]);
@@ -604,20 +734,17 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
     let listed: Vec<i16> = versions.api_keys.iter().map(|a| a.api_key).collect();
     assert!(listed.contains(&(ApiKey::Produce as i16)));
     assert!(listed.contains(&(ApiKey::JoinGroup as i16)));
-    assert!(!listed.contains(&(ApiKey::DescribeConfigs as i16)));
+    assert!(listed.contains(&(ApiKey::DescribeConfigs as i16)));
+    assert!(!listed.contains(&(ApiKey::AlterConfigs as i16)));
 
     // A frame over max_frame_bytes: refused from its size, before any body is read.
     let mut raw = Raw::connect(&addr);
     raw.stream.write_all(&(1i32 << 30).to_be_bytes()).unwrap();
     assert!(raw.closed(), "an oversized frame closes the connection");
 
-    // An API not served (topic configs).
+    // An API not served (the legacy, whole-set AlterConfigs).
     let mut raw = Raw::connect(&addr);
-    raw.send(
-        ApiKey::DescribeConfigs,
-        4,
-        &k::DescribeConfigsRequest::default(),
-    );
+    raw.send(ApiKey::AlterConfigs, 2, &k::AlterConfigsRequest::default());
     assert!(raw.closed());
 
     // A version not served.

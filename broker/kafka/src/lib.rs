@@ -11,7 +11,7 @@
 //! (idempotent ones included), consumers (assigning partitions themselves, or as
 //! members of a consumer group with an eager assignor) and topic administration. Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
-//! API it lacks): transactions, SASL, ACL and config administration.
+//! API it lacks): transactions, SASL, ACL administration and the legacy, whole-set AlterConfigs.
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
 //! the assignment; Meridian's coordinator computes it (with the assignor the
@@ -22,6 +22,8 @@
 //! coordinator learns its partitions are free. `cooperative-sticky` members keep
 //! their partitions across a rejoin, which Meridian cannot learn through SyncGroup,
 //! so they are refused (`INCONSISTENT_GROUP_PROTOCOL`, naming the eager ones).
+
+mod admin;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -54,6 +56,10 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
+    (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::IncrementalAlterConfigs, 0, 1),
+    (ApiKey::CreatePartitions, 0, 3),
+    (ApiKey::DeleteRecords, 0, 2),
 ];
 
 /// Where Kafka clients reach the brokers: what Metadata and FindCoordinator answers
@@ -182,6 +188,18 @@ enum Shape {
     /// Version 4 on: only groups in these (Kafka) states; empty: all.
     ListGroups {
         states: Vec<StrBytes>,
+    },
+    /// The resources asked about, in order.
+    DescribeConfigs {
+        asked: Vec<admin::Described>,
+    },
+    /// Resources refused before reaching the broker.
+    AlterConfigs {
+        refused: Vec<admin::Refusal>,
+    },
+    /// Topics refused before reaching the broker (manual replica assignments).
+    CreatePartitions {
+        refused: Vec<(String, String)>,
     },
 }
 
@@ -408,6 +426,33 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
                 Shape::CreateTopics { refused },
             )
         }
+        ApiKey::DescribeConfigs => {
+            let (request, asked) = admin::describe_configs(body!(k::DescribeConfigsRequest));
+            match request {
+                Some(request) => serve(request, Shape::DescribeConfigs { asked }),
+                None => Ok(Step::Reply(
+                    header.frame(&admin::described_configs(None, asked))?,
+                )),
+            }
+        }
+        ApiKey::IncrementalAlterConfigs => {
+            let r = body!(k::IncrementalAlterConfigsRequest);
+            let (request, refused) = admin::alter_configs(r);
+            match request {
+                Some(request) => serve(request, Shape::AlterConfigs { refused }),
+                None => Ok(Step::Reply(
+                    header.frame(&admin::altered_configs(None, refused))?,
+                )),
+            }
+        }
+        ApiKey::CreatePartitions => {
+            let (request, refused) = admin::create_partitions(body!(k::CreatePartitionsRequest));
+            serve(request, Shape::CreatePartitions { refused })
+        }
+        ApiKey::DeleteRecords => serve(
+            admin::delete_records(body!(k::DeleteRecordsRequest)),
+            Shape::Plain,
+        ),
         ApiKey::DeleteTopics => {
             let r = body!(k::DeleteTopicsRequest);
             let names = r.topic_names.into_iter().map(|n| n.0.to_string()).collect();
@@ -796,6 +841,16 @@ impl Pending {
             (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
                 h.frame(&create_topics(r, refused))?
             }
+            (m::Response::DescribeTopics(r), Shape::DescribeConfigs { asked }) => {
+                h.frame(&admin::described_configs(Some(r), asked))?
+            }
+            (m::Response::AlterTopicConfigs(r), Shape::AlterConfigs { refused }) => {
+                h.frame(&admin::altered_configs(Some(r), refused))?
+            }
+            (m::Response::CreatePartitions(r), Shape::CreatePartitions { refused }) => {
+                h.frame(&admin::created_partitions(r, refused))?
+            }
+            (m::Response::DeleteRecords(r), _) => h.frame(&admin::deleted_records(r))?,
             (m::Response::DeleteTopics(r), _) => {
                 let responses = r
                     .results
@@ -1184,8 +1239,17 @@ fn create_topics(
             .with_num_partitions(-1)
             .with_replication_factor(-1)
     };
-    let topics = r
-        .results
+    k::CreateTopicsResponse::default().with_topics(with_refused(r.results, refused, result))
+}
+
+/// The broker's per-topic results, then the topics refused before reaching it (for
+/// naming replica assignments), each made by `result`.
+fn with_refused<T>(
+    results: Vec<m::TopicResult>,
+    refused: Vec<(String, String)>,
+    result: impl Fn(String, ErrorCode, String) -> T,
+) -> Vec<T> {
+    results
         .into_iter()
         .map(|t| result(t.name, t.error, t.message))
         .chain(
@@ -1193,8 +1257,7 @@ fn create_topics(
                 .into_iter()
                 .map(|(name, text)| result(name, ErrorCode::InvalidReplicaAssignment, text)),
         )
-        .collect();
-    k::CreateTopicsResponse::default().with_topics(topics)
+        .collect()
 }
 
 fn offset_fetch(

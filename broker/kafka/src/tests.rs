@@ -79,7 +79,7 @@ fn api_versions_lists_what_is_served_at_every_version() {
         assert!(!r
             .api_keys
             .iter()
-            .any(|a| a.api_key == ApiKey::DescribeConfigs as i16));
+            .any(|a| a.api_key == ApiKey::AlterConfigs as i16));
     }
 }
 
@@ -96,13 +96,11 @@ fn a_newer_api_versions_gets_version_0_with_the_versions_served() {
 
 #[test]
 fn what_is_not_served_is_refused_by_name() {
-    let describe = frame_of(
-        ApiKey::DescribeConfigs,
-        4,
-        &k::DescribeConfigsRequest::default(),
-    );
-    let e = decode(describe).unwrap_err();
-    assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeConfigs as i16));
+    // AlterConfigs replaces a resource's whole set of settings; Kafka's tools send
+    // IncrementalAlterConfigs, which is served.
+    let alter = frame_of(ApiKey::AlterConfigs, 2, &k::AlterConfigsRequest::default());
+    let e = decode(alter).unwrap_err();
+    assert_eq!(e, KafkaError::UnknownApi(ApiKey::AlterConfigs as i16));
     assert!(e.to_string().contains("Produce, Fetch"), "{e}");
     let fetch13 = frame_of(ApiKey::Fetch, 13, &k::FetchRequest::default());
     assert_eq!(
@@ -1019,4 +1017,315 @@ fn groups_are_listed_and_described_for_kafkas_group_tools() {
     let version = owned.get_i16();
     let owned = k::ConsumerProtocolAssignment::decode(&mut owned, version).unwrap();
     assert_eq!(owned.assigned_partitions[0].partitions, [1]);
+}
+
+fn config_resource(
+    resource_type: i8,
+    name: &'static str,
+) -> k::describe_configs_request::DescribeConfigsResource {
+    k::describe_configs_request::DescribeConfigsResource::default()
+        .with_resource_type(resource_type)
+        .with_resource_name(StrBytes::from_static_str(name))
+}
+
+#[test]
+fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
+    let asked = k::DescribeConfigsRequest::default().with_resources(vec![
+        config_resource(2, "orders"),
+        config_resource(4, "1"),
+        config_resource(2, "ghost"),
+        config_resource(2, "orders")
+            .with_configuration_keys(Some(vec![StrBytes::from_static_str("retention.ms")])),
+    ]);
+    for version in [1, 4] {
+        let (request, pending) = serve(frame_of(ApiKey::DescribeConfigs, version, &asked));
+        assert_eq!(
+            request,
+            m::Request::DescribeTopics(m::DescribeTopicsRequest {
+                names: vec!["orders".into(), "ghost".into(), "orders".into()]
+            })
+        );
+        let config = |key: &str, value: &str, is_default| m::DescribedConfig {
+            key: key.into(),
+            value: value.into(),
+            is_default,
+        };
+        let described = m::TopicDescription {
+            name: "orders".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+            replication_factor: 1,
+            configs: vec![
+                config("cleanup.policy", "delete", true),
+                config("retention.ms", "3600000", false),
+            ],
+            partitions: Vec::new(),
+        };
+        let answer = m::DescribeTopicsResponse {
+            topics: vec![
+                described.clone(),
+                m::TopicDescription {
+                    name: "ghost".into(),
+                    error: ErrorCode::UnknownTopic,
+                    message: "no topic ghost".into(),
+                    replication_factor: 0,
+                    configs: Vec::new(),
+                    partitions: Vec::new(),
+                },
+                described,
+            ],
+        };
+        let frame = pending
+            .respond(Some(m::Response::DescribeTopics(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, version, frame);
+        type Config<'a> = (&'a str, &'a str, i8);
+        let summary: Vec<(i16, i8, &str, Vec<Config<'_>>)> = r
+            .results
+            .iter()
+            .map(|res| {
+                (
+                    res.error_code,
+                    res.resource_type,
+                    &*res.resource_name,
+                    res.configs
+                        .iter()
+                        .map(|c| (&*c.name, c.value.as_deref().unwrap(), c.config_source))
+                        .collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                (
+                    0,
+                    2,
+                    "orders",
+                    vec![
+                        ("cleanup.policy", "delete", 5),
+                        ("retention.ms", "3600000", 1)
+                    ]
+                ),
+                (ResponseError::InvalidRequest.code(), 4, "1", vec![]),
+                (
+                    ResponseError::UnknownTopicOrPartition.code(),
+                    2,
+                    "ghost",
+                    vec![]
+                ),
+                (0, 2, "orders", vec![("retention.ms", "3600000", 1)]),
+            ]
+        );
+        assert_eq!(
+            r.results[2].error_message.as_deref(),
+            Some("no topic ghost")
+        );
+    }
+    // Only a broker asked about: answered without the broker.
+    let brokers =
+        k::DescribeConfigsRequest::default().with_resources(vec![config_resource(4, "1")]);
+    let r: k::DescribeConfigsResponse = response(
+        ApiKey::DescribeConfigs,
+        4,
+        reply(frame_of(ApiKey::DescribeConfigs, 4, &brokers)),
+    );
+    assert_eq!(r.results.len(), 1);
+    assert!(r.results[0]
+        .error_message
+        .as_deref()
+        .unwrap()
+        .contains("configuration file"));
+}
+
+#[test]
+fn incremental_alter_configs_sets_and_deletes_topic_settings() {
+    use k::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    let change = |name: &'static str, op: i8, value: Option<&'static str>| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_config_operation(op)
+            .with_value(value.map(StrBytes::from_static_str))
+    };
+    let resource = |resource_type: i8, name: &'static str, configs| {
+        AlterConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(StrBytes::from_static_str(name))
+            .with_configs(configs)
+    };
+    let asked = k::IncrementalAlterConfigsRequest::default()
+        .with_validate_only(true)
+        .with_resources(vec![
+            resource(
+                2,
+                "orders",
+                vec![
+                    change("retention.ms", 0, Some("1000")),
+                    change("segment.ms", 1, None),
+                ],
+            ),
+            resource(
+                2,
+                "listy",
+                vec![change("cleanup.policy", 2, Some("compact"))],
+            ),
+            resource(4, "1", vec![change("log.retention.ms", 0, Some("1"))]),
+        ]);
+    let (request, pending) = serve(frame_of(ApiKey::IncrementalAlterConfigs, 1, &asked));
+    assert_eq!(
+        request,
+        m::Request::AlterTopicConfigs(meridian_wire::topic_changes::AlterTopicConfigsRequest {
+            topics: vec![meridian_wire::topic_changes::TopicConfigChanges {
+                name: "orders".into(),
+                changes: vec![
+                    meridian_wire::topic_changes::ConfigChange {
+                        key: "retention.ms".into(),
+                        value: Some("1000".into())
+                    },
+                    meridian_wire::topic_changes::ConfigChange {
+                        key: "segment.ms".into(),
+                        value: None
+                    },
+                ],
+            }],
+            validate_only: true,
+        })
+    );
+    let answer = meridian_wire::topic_changes::AlterTopicConfigsResponse {
+        results: vec![m::TopicResult {
+            name: "orders".into(),
+            error: ErrorCode::InvalidConfig,
+            message: "retention.ms: too small".into(),
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::AlterTopicConfigs(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::IncrementalAlterConfigsResponse = response(ApiKey::IncrementalAlterConfigs, 1, frame);
+    let results: Vec<(&str, i16)> = r
+        .responses
+        .iter()
+        .map(|res| (&*res.resource_name, res.error_code))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("listy", ResponseError::InvalidRequest.code()),
+            ("1", ResponseError::InvalidRequest.code()),
+            ("orders", ResponseError::InvalidConfig.code()),
+        ]
+    );
+    assert_eq!(
+        r.responses[2].error_message.as_deref(),
+        Some("retention.ms: too small")
+    );
+}
+
+#[test]
+fn create_partitions_and_delete_records_reach_the_broker() {
+    use k::create_partitions_request::{CreatePartitionsAssignment, CreatePartitionsTopic};
+    let grow = k::CreatePartitionsRequest::default().with_topics(vec![
+        CreatePartitionsTopic::default()
+            .with_name(topic_name("orders".into()))
+            .with_count(6),
+        CreatePartitionsTopic::default()
+            .with_name(topic_name("placed".into()))
+            .with_count(2)
+            .with_assignments(Some(vec![
+                CreatePartitionsAssignment::default().with_broker_ids(vec![BrokerId(1)])
+            ])),
+    ]);
+    let (request, pending) = serve(frame_of(ApiKey::CreatePartitions, 3, &grow));
+    assert_eq!(
+        request,
+        m::Request::CreatePartitions(meridian_wire::topic_changes::CreatePartitionsRequest {
+            topics: vec![meridian_wire::topic_changes::PartitionsIncrease {
+                name: "orders".into(),
+                count: 6
+            }],
+            validate_only: false,
+        })
+    );
+    let answer = meridian_wire::topic_changes::CreatePartitionsResponse {
+        results: vec![m::TopicResult {
+            name: "orders".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::CreatePartitions(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::CreatePartitionsResponse = response(ApiKey::CreatePartitions, 3, frame);
+    let results: Vec<(&str, i16)> = r
+        .results
+        .iter()
+        .map(|t| (&*t.name.0, t.error_code))
+        .collect();
+    assert_eq!(
+        results,
+        [
+            ("orders", 0),
+            ("placed", ResponseError::InvalidReplicaAssignment.code())
+        ]
+    );
+
+    let delete = k::DeleteRecordsRequest::default().with_topics(vec![
+        k::delete_records_request::DeleteRecordsTopic::default()
+            .with_name(topic_name("orders".into()))
+            .with_partitions(vec![
+                k::delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(0)
+                    .with_offset(40),
+                k::delete_records_request::DeleteRecordsPartition::default()
+                    .with_partition_index(1)
+                    .with_offset(-1),
+            ]),
+    ]);
+    let (request, pending) = serve(frame_of(ApiKey::DeleteRecords, 2, &delete));
+    let m::Request::DeleteRecords(asked) = request else {
+        panic!("not a DeleteRecords: {request:?}");
+    };
+    let offsets: Vec<(u32, i64)> = asked.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition, p.offset))
+        .collect();
+    assert_eq!(offsets, [(0, 40), (1, m::DELETE_TO_END)]);
+    let answer = m::DeleteRecordsResponse {
+        topics: vec![m::DeleteRecordsTopicResponse {
+            name: "orders".into(),
+            partitions: vec![
+                m::DeleteRecordsPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    low_watermark: 40,
+                },
+                m::DeleteRecordsPartitionResponse {
+                    partition: 1,
+                    error: ErrorCode::OffsetOutOfRange,
+                    message: "beyond the end".into(),
+                    low_watermark: -1,
+                },
+            ],
+        }],
+    };
+    let frame = pending
+        .respond(Some(m::Response::DeleteRecords(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::DeleteRecordsResponse = response(ApiKey::DeleteRecords, 2, frame);
+    let partitions: Vec<(i32, i64, i16)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.partition_index, p.low_watermark, p.error_code))
+        .collect();
+    assert_eq!(
+        partitions,
+        [(0, 40, 0), (1, -1, ResponseError::OffsetOutOfRange.code())]
+    );
 }

@@ -1,0 +1,321 @@
+//! Kafka's topic administration beyond create and delete, as Kafka's tools send it
+//! (`kafka-configs`, `kafka-topics --alter`, `kafka-delete-records`, admin clients):
+//! DescribeConfigs and IncrementalAlterConfigs of topics, CreatePartitions and
+//! DeleteRecords, each translated to the Meridian request that does the same.
+//!
+//! Only topics have settings a client can read or change here: a broker resource
+//! (Meridian's broker settings live in its configuration file and flags) and the
+//! list operations `APPEND`/`SUBTRACT` are refused per resource, with a message,
+//! while the request's other resources are served.
+
+use kafka_protocol::error::ResponseError;
+use kafka_protocol::messages as k;
+use kafka_protocol::protocol::StrBytes;
+use meridian_wire::messages as m;
+use meridian_wire::topic_changes as tc;
+use meridian_wire::ErrorCode;
+
+use super::{code, message, partition, topic_name, with_refused};
+
+/// Kafka's resource type of a topic.
+const TOPIC: i8 = 2;
+/// Kafka's `config_source` of a value set on the topic, and of a default.
+const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const DEFAULT_CONFIG: i8 = 5;
+/// `config_operation` of IncrementalAlterConfigs.
+const SET: i8 = 0;
+const DELETE: i8 = 1;
+
+/// A resource answered without the broker, in the request's order.
+#[derive(Debug)]
+pub(crate) struct Refusal {
+    resource_type: i8,
+    name: String,
+    error: ResponseError,
+    text: String,
+}
+
+fn refusal(resource_type: i8, name: String, error: ResponseError, text: &str) -> Refusal {
+    Refusal {
+        resource_type,
+        name,
+        error,
+        text: text.to_string(),
+    }
+}
+
+const NOT_A_TOPIC: &str = "only topics have settings served over Kafka; a Meridian broker's \
+                           settings are its configuration file and flags";
+
+/// The resources asked about, in order: a topic's name and the keys it asks for
+/// (`None`: all), or a refusal.
+#[derive(Debug)]
+pub(crate) enum Described {
+    Topic {
+        name: String,
+        keys: Option<Vec<String>>,
+    },
+    Refused(Refusal),
+}
+
+/// The Meridian request for a DescribeConfigs (`None` when no topic is asked
+/// about), and what its response needs.
+pub(crate) fn describe_configs(
+    r: k::DescribeConfigsRequest,
+) -> (Option<m::Request>, Vec<Described>) {
+    let mut names = Vec::new();
+    let asked: Vec<Described> = r
+        .resources
+        .into_iter()
+        .map(|resource| {
+            let name = resource.resource_name.to_string();
+            if resource.resource_type != TOPIC {
+                return Described::Refused(refusal(
+                    resource.resource_type,
+                    name,
+                    ResponseError::InvalidRequest,
+                    NOT_A_TOPIC,
+                ));
+            }
+            names.push(name.clone());
+            Described::Topic {
+                name,
+                // Null asks for every setting; so does an empty list, which would
+                // otherwise ask for none.
+                keys: resource
+                    .configuration_keys
+                    .filter(|keys| !keys.is_empty())
+                    .map(|keys| keys.iter().map(ToString::to_string).collect()),
+            }
+        })
+        .collect();
+    // An empty list would ask for every topic.
+    let request =
+        (!names.is_empty()).then(|| m::Request::DescribeTopics(m::DescribeTopicsRequest { names }));
+    (request, asked)
+}
+
+/// The DescribeConfigs response: each topic's settings from the broker's
+/// description (`answer`; `None` when none was asked), refusals in place.
+pub(crate) fn described_configs(
+    answer: Option<m::DescribeTopicsResponse>,
+    asked: Vec<Described>,
+) -> k::DescribeConfigsResponse {
+    let mut topics = answer.map(|a| a.topics).unwrap_or_default();
+    let results = asked
+        .into_iter()
+        .map(|asked| match asked {
+            Described::Refused(refused) => {
+                k::describe_configs_response::DescribeConfigsResult::default()
+                    .with_error_code(refused.error.code())
+                    .with_error_message(Some(StrBytes::from_string(refused.text)))
+                    .with_resource_type(refused.resource_type)
+                    .with_resource_name(StrBytes::from_string(refused.name))
+            }
+            Described::Topic { name, keys } => {
+                let result = k::describe_configs_response::DescribeConfigsResult::default()
+                    .with_resource_type(TOPIC)
+                    .with_resource_name(StrBytes::from_string(name.clone()));
+                let Some(i) = topics.iter().position(|t| t.name == name) else {
+                    return result
+                        .with_error_code(code(ErrorCode::UnknownTopic))
+                        .with_error_message(message(ErrorCode::UnknownTopic, String::new()));
+                };
+                let topic = topics.swap_remove(i);
+                if !topic.error.is_ok() {
+                    return result
+                        .with_error_code(code(topic.error))
+                        .with_error_message(message(topic.error, topic.message));
+                }
+                let configs = topic
+                    .configs
+                    .into_iter()
+                    .filter(|c| keys.as_ref().is_none_or(|keys| keys.contains(&c.key)))
+                    .map(|c| {
+                        k::describe_configs_response::DescribeConfigsResourceResult::default()
+                            .with_name(StrBytes::from_string(c.key))
+                            .with_value(Some(StrBytes::from_string(c.value)))
+                            .with_config_source(if c.is_default {
+                                DEFAULT_CONFIG
+                            } else {
+                                DYNAMIC_TOPIC_CONFIG
+                            })
+                    })
+                    .collect();
+                result.with_configs(configs)
+            }
+        })
+        .collect();
+    k::DescribeConfigsResponse::default().with_results(results)
+}
+
+/// The Meridian request for an IncrementalAlterConfigs (`None` when every
+/// resource is refused), and the refusals, which go before the broker's results.
+pub(crate) fn alter_configs(
+    r: k::IncrementalAlterConfigsRequest,
+) -> (Option<m::Request>, Vec<Refusal>) {
+    let mut refused = Vec::new();
+    let mut topics = Vec::new();
+    'resources: for resource in r.resources {
+        let name = resource.resource_name.to_string();
+        if resource.resource_type != TOPIC {
+            refused.push(refusal(
+                resource.resource_type,
+                name,
+                ResponseError::InvalidRequest,
+                NOT_A_TOPIC,
+            ));
+            continue;
+        }
+        let mut changes = Vec::new();
+        for config in resource.configs {
+            let value = match config.config_operation {
+                SET => Some(config.value.map(|v| v.to_string()).unwrap_or_default()),
+                DELETE => None,
+                _ => {
+                    refused.push(refusal(
+                        TOPIC,
+                        name,
+                        ResponseError::InvalidRequest,
+                        "APPEND and SUBTRACT are not served: SET the whole value (a topic's \
+                         only list setting is cleanup.policy)",
+                    ));
+                    continue 'resources;
+                }
+            };
+            changes.push(tc::ConfigChange {
+                key: config.name.to_string(),
+                value,
+            });
+        }
+        topics.push(tc::TopicConfigChanges { name, changes });
+    }
+    let request = (!topics.is_empty()).then(|| {
+        m::Request::AlterTopicConfigs(tc::AlterTopicConfigsRequest {
+            topics,
+            validate_only: r.validate_only,
+        })
+    });
+    (request, refused)
+}
+
+pub(crate) fn altered_configs(
+    answer: Option<tc::AlterTopicConfigsResponse>,
+    refused: Vec<Refusal>,
+) -> k::IncrementalAlterConfigsResponse {
+    let resource = |resource_type: i8, name: String, error: i16, text: Option<StrBytes>| {
+        k::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
+            .with_error_code(error)
+            .with_error_message(text)
+            .with_resource_type(resource_type)
+            .with_resource_name(StrBytes::from_string(name))
+    };
+    let responses = refused
+        .into_iter()
+        .map(|r| {
+            resource(
+                r.resource_type,
+                r.name,
+                r.error.code(),
+                Some(StrBytes::from_string(r.text)),
+            )
+        })
+        .chain(
+            answer
+                .into_iter()
+                .flat_map(|a| a.results)
+                .map(|t| resource(TOPIC, t.name, code(t.error), message(t.error, t.message))),
+        )
+        .collect();
+    k::IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+/// The Meridian request for a CreatePartitions, and the topics refused before it
+/// (those naming replica assignments).
+pub(crate) fn create_partitions(
+    r: k::CreatePartitionsRequest,
+) -> (m::Request, Vec<(String, String)>) {
+    let mut refused = Vec::new();
+    let mut topics = Vec::new();
+    for t in r.topics {
+        let name = t.name.0.to_string();
+        if t.assignments.as_ref().is_some_and(|a| !a.is_empty()) {
+            refused.push((
+                name,
+                "replica assignments are not taken for new partitions; add them, then \
+                 `meridian partition reassign`"
+                    .to_string(),
+            ));
+            continue;
+        }
+        topics.push(tc::PartitionsIncrease {
+            name,
+            count: t.count.max(0) as u32,
+        });
+    }
+    let request = m::Request::CreatePartitions(tc::CreatePartitionsRequest {
+        topics,
+        validate_only: r.validate_only,
+    });
+    (request, refused)
+}
+
+pub(crate) fn created_partitions(
+    answer: tc::CreatePartitionsResponse,
+    refused: Vec<(String, String)>,
+) -> k::CreatePartitionsResponse {
+    let result = |name: String, error: ErrorCode, text: String| {
+        k::create_partitions_response::CreatePartitionsTopicResult::default()
+            .with_name(topic_name(name))
+            .with_error_code(code(error))
+            .with_error_message(message(error, text))
+    };
+    k::CreatePartitionsResponse::default().with_results(with_refused(
+        answer.results,
+        refused,
+        result,
+    ))
+}
+
+pub(crate) fn delete_records(r: k::DeleteRecordsRequest) -> m::Request {
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| m::DeleteRecordsTopic {
+            name: t.name.0.to_string(),
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| m::DeleteRecordsPartition {
+                    partition: partition(p.partition_index),
+                    // Kafka's -1 (the high watermark) is Meridian's DELETE_TO_END.
+                    offset: p.offset,
+                })
+                .collect(),
+        })
+        .collect();
+    m::Request::DeleteRecords(m::DeleteRecordsRequest { topics })
+}
+
+pub(crate) fn deleted_records(answer: m::DeleteRecordsResponse) -> k::DeleteRecordsResponse {
+    let topics = answer
+        .topics
+        .into_iter()
+        .map(|t| {
+            k::delete_records_response::DeleteRecordsTopicResult::default()
+                .with_name(topic_name(t.name))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            k::delete_records_response::DeleteRecordsPartitionResult::default()
+                                .with_partition_index(p.partition as i32)
+                                .with_low_watermark(p.low_watermark)
+                                .with_error_code(code(p.error))
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::DeleteRecordsResponse::default().with_topics(topics)
+}
