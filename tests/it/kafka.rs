@@ -398,6 +398,20 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
         out.lines().next().unwrap().contains("\"offset\":4"),
         "{out}"
     );
+
+    // kafka-python's admin client does the same (`tests/kafka/admin.py`).
+    if let Some(summary) = kafka_python("admin.py", &[&addr]) {
+        assert_eq!(
+            summary,
+            serde_json::json!({"modified": {"retention.ms": "3600000"}, "partitions": 4, "low_watermark": 4})
+        );
+        let (ok, out, err) = broker.cli(&["topic", "describe", "py-admin"], "");
+        assert!(ok, "{err}");
+        assert!(
+            out.contains("partitions: 4") && out.contains("3600000"),
+            "{out}"
+        );
+    }
 }
 
 #[tokio::test]
@@ -676,26 +690,37 @@ pub(crate) fn kafka_python_group(
     bootstrap: &str,
     replication_factor: u16,
 ) -> Option<serde_json::Value> {
+    let summary = kafka_python(
+        "consumer_group.py",
+        &[bootstrap, &replication_factor.to_string()],
+    )?;
+    assert_eq!(summary["records"], 2000);
+    assert_eq!(summary["split"], serde_json::json!([[0, 1], [2, 3]]));
+    Some(summary)
+}
+
+/// Runs `tests/kafka/SCRIPT ARGS` with kafka-python and returns the JSON line it
+/// prints, after checking it succeeded; `None`, saying so, when
+/// KAFKA_PYTHON_FOR_TESTS is not set.
+fn kafka_python(script: &str, args: &[&str]) -> Option<serde_json::Value> {
     let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
         println!(
             "skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs kafka-python and sets it)"
         );
         return None;
     };
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/consumer_group.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("kafka")
+        .join(script);
     let out = std::process::Command::new(python)
         .arg(&script)
-        .arg(bootstrap)
-        .arg(replication_factor.to_string())
+        .args(args)
         .output()
         .expect("run kafka-python");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).expect(&stdout);
-    assert_eq!(summary["records"], 2000);
-    assert_eq!(summary["split"], serde_json::json!([[0, 1], [2, 3]]));
-    Some(summary)
+    Some(serde_json::from_str(stdout.trim()).expect(&stdout))
 }
 
 /// kafka-python (`tests/kafka/consumer_group.py`): admin, an acks=all producer and

@@ -1,0 +1,79 @@
+"""kafka-python's admin client against Meridian's Kafka listener.
+
+Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
+(IncrementalAlterConfigs), reads them back as `kafka-configs --describe` does
+(DescribeConfigs, modified only and all), resets one, adds partitions, and deletes
+the records below an offset. Prints one JSON line of what it saw; exits non-zero,
+saying why, on any mismatch.
+"""
+
+import json
+import sys
+import time
+
+from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+
+BOOTSTRAP = sys.argv[1]
+TOPIC = "py-admin"
+
+
+def fail(why):
+    print(f"FAILED: {why}", file=sys.stderr)
+    sys.exit(1)
+
+
+def topic(configs=None):
+    return ConfigResource(ConfigResourceType.TOPIC, TOPIC, configs)
+
+
+admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="it-admin")
+admin.create_topics([NewTopic(TOPIC, 2, 1)])
+deadline = time.time() + 30
+while TOPIC not in admin.list_topics():
+    if time.time() > deadline:
+        fail("the created topic is not listed")
+    time.sleep(0.2)
+
+altered = admin.alter_configs([topic({"retention.ms": "3600000", "segment.ms": "600000"})])
+if altered != {"topic": {TOPIC: "OK"}}:
+    fail(f"alter_configs answered {altered}")
+
+
+def modified():
+    described = admin.describe_configs([topic()])
+    return {k: v["value"] for k, v in described["topic"][TOPIC].items()}
+
+
+if modified() != {"retention.ms": "3600000", "segment.ms": "600000"}:
+    fail(f"modified settings: {modified()}")
+everything = admin.describe_configs([topic()], config_filter="all")["topic"][TOPIC]
+if everything.get("cleanup.policy", {}).get("value") != "delete":
+    fail(f"all settings: {everything}")
+
+# A bad value is refused with Kafka's error and Meridian's reason.
+refused = admin.alter_configs([topic({"retention.ms": "-7"})])["topic"][TOPIC]
+if "InvalidConfig" not in refused:
+    fail(f"a negative retention.ms was answered {refused}")
+
+admin.reset_configs([topic(["segment.ms"])])
+after_reset = modified()
+if after_reset != {"retention.ms": "3600000"}:
+    fail(f"after resetting segment.ms: {after_reset}")
+
+admin.create_partitions({TOPIC: NewPartitions(4)})
+partitions = len(admin.describe_topics([TOPIC])[0]["partitions"])
+if partitions != 4:
+    fail(f"{partitions} partitions after growing to 4")
+
+producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
+for i in range(10):
+    producer.send(TOPIC, value=f"{i}".encode(), partition=3)
+producer.flush()
+producer.close()
+deleted = admin.delete_records({TopicPartition(TOPIC, 3): 4})
+low = {tp.partition: meta["low_watermark"] for tp, meta in deleted.items()}
+if low != {3: 4}:
+    fail(f"delete_records answered {deleted}")
+
+print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3]}))
