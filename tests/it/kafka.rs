@@ -753,7 +753,12 @@ fn kafka_python_produces_and_consumes_in_a_group() {
 
 #[tokio::test]
 async fn bad_frames_close_their_connection_and_nothing_else() {
-    let (broker, addr) = kafka_broker(&["max_frame_bytes=65536", "max_connections=3"]);
+    let metrics = format!("metrics_listen=127.0.0.1:{}", free_ports(1)[0]);
+    let (broker, addr) = kafka_broker(&[
+        "max_frame_bytes=65536",
+        "max_connections=3",
+        metrics.as_str(),
+    ]);
     let versions = Raw::connect(&addr).api_versions();
     assert_eq!(versions.error_code, 0);
     let listed: Vec<i16> = versions.api_keys.iter().map(|a| a.api_key).collect();
@@ -807,6 +812,13 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
     let held: Vec<Raw> = (0..2).map(|_| Raw::connect_served(&addr)).collect();
     let mut over = Raw::connect(&addr);
     assert!(over.closed(), "a connection over max_connections is closed");
+    // Kafka connections have metrics of their own.
+    let samples = crate::metrics::scrape(metrics.trim_start_matches("metrics_listen="));
+    let value = |key| crate::metrics::value(&samples, key);
+    assert_eq!(value("meridian_kafka_connections_open"), 3.0);
+    assert!(value("meridian_kafka_connections_refused_total") >= 1.0);
+    assert_eq!(value("meridian_kafka_connections_accepted_total"), 8.0);
+    assert_eq!(value("meridian_connections_refused_total"), 0.0);
     drop(held);
     drop(raw);
 

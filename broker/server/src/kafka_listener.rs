@@ -25,6 +25,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::metrics::Protocol;
 use crate::{Caller, Shared};
 
 /// What Kafka clients are told to connect to for this broker: `advertised_host`
@@ -118,6 +119,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, directory:
         };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::warn!(%peer, limit, "Kafka connection closed: max_connections reached");
+            shared.metrics.connection_refused(Protocol::Kafka);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -140,6 +142,7 @@ async fn connection(
     _slot: OwnedSemaphorePermit,
 ) {
     tracing::debug!("Kafka client connected");
+    let _open = shared.metrics.connection_opened(Protocol::Kafka);
     let (mut reader, mut writer) = stream.into_split();
     let (owed, mut due) = mpsc::channel::<Owed>(shared.config.max_inflight_requests as usize);
     let write = async move {

@@ -447,7 +447,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
     while let Some(incoming) = endpoint.accept().await {
         if endpoint.open_connections() >= shared.config.max_connections as usize {
             tracing::warn!(remote = %incoming.remote_address(), limit = shared.config.max_connections, "refusing connection: max_connections reached");
-            shared.metrics.connection_refused();
+            shared.metrics.connection_refused(metrics::Protocol::Quic);
             incoming.refuse();
             continue;
         }
@@ -471,7 +471,7 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                             }
                         });
                         tracing::debug!("connected");
-                        let _open = shared.metrics.connection_opened();
+                        let _open = shared.metrics.connection_opened(metrics::Protocol::Quic);
                         serve_connection(shared, connection, (id, client)).await;
                     }
                     // A client without an acceptable certificate (`tls_client_ca`)

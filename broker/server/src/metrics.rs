@@ -45,15 +45,16 @@ pub(crate) struct Metrics {
     /// Request frames refused before a request was decoded (malformed, truncated,
     /// too large).
     frame_errors: AtomicU64,
-    connections_accepted: AtomicU64,
-    connections_refused: AtomicU64,
+    /// Indexed by [`Protocol`]: QUIC, Kafka.
+    connections_accepted: [AtomicU64; 2],
+    connections_refused: [AtomicU64; 2],
     /// Handshakes failed for the client's certificate (`tls_client_ca`).
     client_certificates_refused: AtomicU64,
     /// Requests and topics of requests refused by `acl_file`.
     authorization_denied: AtomicU64,
     /// Microseconds answers were held for clients over their quota: produce, fetch.
     throttled_micros: [AtomicU64; 2],
-    connections_open: AtomicI64,
+    connections_open: [AtomicI64; 2],
     /// Produce partition refusals by error code.
     produce_errors: Vec<AtomicU64>,
 }
@@ -63,12 +64,12 @@ impl Default for Metrics {
         Metrics {
             apis: ApiKey::ALL.iter().map(|_| ApiStats::default()).collect(),
             frame_errors: AtomicU64::new(0),
-            connections_accepted: AtomicU64::new(0),
-            connections_refused: AtomicU64::new(0),
+            connections_accepted: Default::default(),
+            connections_refused: Default::default(),
             client_certificates_refused: AtomicU64::new(0),
             authorization_denied: AtomicU64::new(0),
             throttled_micros: Default::default(),
-            connections_open: AtomicI64::new(0),
+            connections_open: Default::default(),
             produce_errors: (0..ERROR_CODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
         }
     }
@@ -112,8 +113,8 @@ impl Metrics {
         self.frame_errors.fetch_add(1, Ordering::Relaxed);
     }
 
-    pub(crate) fn connection_refused(&self) {
-        self.connections_refused.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn connection_refused(&self, on: Protocol) {
+        self.connections_refused[on as usize].fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn client_certificate_refused(&self) {
@@ -137,10 +138,10 @@ impl Metrics {
     }
 
     /// A connection was established; the guard counts it open until dropped.
-    pub(crate) fn connection_opened(self: &Arc<Self>) -> OpenConnection {
-        self.connections_accepted.fetch_add(1, Ordering::Relaxed);
-        self.connections_open.fetch_add(1, Ordering::Relaxed);
-        OpenConnection(self.clone())
+    pub(crate) fn connection_opened(self: &Arc<Self>, on: Protocol) -> OpenConnection {
+        self.connections_accepted[on as usize].fetch_add(1, Ordering::Relaxed);
+        self.connections_open[on as usize].fetch_add(1, Ordering::Relaxed);
+        OpenConnection(self.clone(), on)
     }
 
     pub(crate) fn produce_refused(&self, code: ErrorCode) {
@@ -225,18 +226,37 @@ impl Metrics {
                 out.sample("meridian_produce_errors_total", &[("error", name)], n);
             }
         }
-        out.single(
-            "meridian_connections_accepted_total",
-            "counter",
-            "Client and peer connections established.",
-            self.connections_accepted.load(Ordering::Relaxed),
-        );
-        out.single(
-            "meridian_connections_refused_total",
-            "counter",
-            "Connections refused because max_connections were open.",
-            self.connections_refused.load(Ordering::Relaxed),
-        );
+        for (on, prefix, whose) in [
+            (
+                Protocol::Quic,
+                "meridian",
+                "Client and peer connections (QUIC)",
+            ),
+            (
+                Protocol::Kafka,
+                "meridian_kafka",
+                "Kafka clients' connections (kafka_listen)",
+            ),
+        ] {
+            out.single(
+                &format!("{prefix}_connections_accepted_total"),
+                "counter",
+                &format!("{whose} established."),
+                self.connections_accepted[on as usize].load(Ordering::Relaxed),
+            );
+            out.single(
+                &format!("{prefix}_connections_refused_total"),
+                "counter",
+                &format!("{whose} refused because max_connections were open."),
+                self.connections_refused[on as usize].load(Ordering::Relaxed),
+            );
+            out.single(
+                &format!("{prefix}_connections_open"),
+                "gauge",
+                &format!("{whose} open now."),
+                self.connections_open[on as usize].load(Ordering::Relaxed),
+            );
+        }
         out.single(
             "meridian_client_certificates_refused_total",
             "counter",
@@ -262,12 +282,6 @@ impl Metrics {
             "Requests refused by acl_file, counting a request that lost some of its topics once per topic.",
             self.authorization_denied.load(Ordering::Relaxed),
         );
-        out.single(
-            "meridian_connections_open",
-            "gauge",
-            "Connections open now.",
-            self.connections_open.load(Ordering::Relaxed),
-        );
     }
 
     /// A counter family with a sample per API asked at least once.
@@ -288,12 +302,19 @@ impl Metrics {
     }
 }
 
+/// Which listener a connection came through: Meridian's QUIC one or the Kafka one.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Protocol {
+    Quic = 0,
+    Kafka = 1,
+}
+
 /// Counts a connection open while it lives.
-pub(crate) struct OpenConnection(Arc<Metrics>);
+pub(crate) struct OpenConnection(Arc<Metrics>, Protocol);
 
 impl Drop for OpenConnection {
     fn drop(&mut self) {
-        self.0.connections_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.connections_open[self.1 as usize].fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -848,12 +869,27 @@ mod tests {
     #[test]
     fn open_connections_are_counted_until_their_guard_drops() {
         let metrics = Arc::new(Metrics::default());
-        let a = metrics.connection_opened();
-        let b = metrics.connection_opened();
+        let a = metrics.connection_opened(Protocol::Quic);
+        let b = metrics.connection_opened(Protocol::Quic);
+        let kafka = metrics.connection_opened(Protocol::Kafka);
         drop(a);
-        assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 1);
-        assert_eq!(metrics.connections_accepted.load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.connections_open[0].load(Ordering::Relaxed), 1);
+        assert_eq!(metrics.connections_accepted[0].load(Ordering::Relaxed), 2);
+        assert_eq!(metrics.connections_open[1].load(Ordering::Relaxed), 1);
         drop(b);
-        assert_eq!(metrics.connections_open.load(Ordering::Relaxed), 0);
+        drop(kafka);
+        assert_eq!(metrics.connections_open[0].load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.connections_open[1].load(Ordering::Relaxed), 0);
+        assert_eq!(metrics.connections_accepted[1].load(Ordering::Relaxed), 1);
+        let mut out = Exposition::default();
+        metrics.render_counters(&mut out);
+        let text = out.finish();
+        for line in [
+            "meridian_connections_accepted_total 2",
+            "meridian_kafka_connections_accepted_total 1",
+            "meridian_kafka_connections_open 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
+        }
     }
 }
