@@ -26,23 +26,16 @@ const DEFAULT_CONFIG: i8 = 5;
 const SET: i8 = 0;
 const DELETE: i8 = 1;
 
-/// A resource answered without the broker, in the request's order.
+/// A resource refused without the broker: always `INVALID_REQUEST`, with `why`.
 #[derive(Debug)]
 pub(crate) struct Refusal {
     resource_type: i8,
     name: String,
-    error: ResponseError,
-    text: String,
+    why: &'static str,
 }
 
-fn refusal(resource_type: i8, name: String, error: ResponseError, text: &str) -> Refusal {
-    Refusal {
-        resource_type,
-        name,
-        error,
-        text: text.to_string(),
-    }
-}
+/// The refusal's error code and message.
+const REFUSED: ResponseError = ResponseError::InvalidRequest;
 
 const NOT_A_TOPIC: &str = "only topics have settings served over Kafka; a Meridian broker's \
                            settings are its configuration file and flags";
@@ -70,12 +63,11 @@ pub(crate) fn describe_configs(
         .map(|resource| {
             let name = resource.resource_name.to_string();
             if resource.resource_type != TOPIC {
-                return Described::Refused(refusal(
-                    resource.resource_type,
+                return Described::Refused(Refusal {
+                    resource_type: resource.resource_type,
                     name,
-                    ResponseError::InvalidRequest,
-                    NOT_A_TOPIC,
-                ));
+                    why: NOT_A_TOPIC,
+                });
             }
             names.push(name.clone());
             Described::Topic {
@@ -107,8 +99,8 @@ pub(crate) fn described_configs(
         .map(|asked| match asked {
             Described::Refused(refused) => {
                 k::describe_configs_response::DescribeConfigsResult::default()
-                    .with_error_code(refused.error.code())
-                    .with_error_message(Some(StrBytes::from_string(refused.text)))
+                    .with_error_code(REFUSED.code())
+                    .with_error_message(Some(StrBytes::from_static_str(refused.why)))
                     .with_resource_type(refused.resource_type)
                     .with_resource_name(StrBytes::from_string(refused.name))
             }
@@ -159,12 +151,11 @@ pub(crate) fn alter_configs(
     'resources: for resource in r.resources {
         let name = resource.resource_name.to_string();
         if resource.resource_type != TOPIC {
-            refused.push(refusal(
-                resource.resource_type,
+            refused.push(Refusal {
+                resource_type: resource.resource_type,
                 name,
-                ResponseError::InvalidRequest,
-                NOT_A_TOPIC,
-            ));
+                why: NOT_A_TOPIC,
+            });
             continue;
         }
         let mut changes = Vec::new();
@@ -173,13 +164,12 @@ pub(crate) fn alter_configs(
                 SET => Some(config.value.map(|v| v.to_string()).unwrap_or_default()),
                 DELETE => None,
                 _ => {
-                    refused.push(refusal(
-                        TOPIC,
+                    refused.push(Refusal {
+                        resource_type: TOPIC,
                         name,
-                        ResponseError::InvalidRequest,
-                        "APPEND and SUBTRACT are not served: SET the whole value (a topic's \
-                         only list setting is cleanup.policy)",
-                    ));
+                        why: "APPEND and SUBTRACT are not served: SET the whole value (a \
+                              topic's only list setting is cleanup.policy)",
+                    });
                     continue 'resources;
                 }
             };
@@ -216,8 +206,8 @@ pub(crate) fn altered_configs(
             resource(
                 r.resource_type,
                 r.name,
-                r.error.code(),
-                Some(StrBytes::from_string(r.text)),
+                REFUSED.code(),
+                Some(StrBytes::from_static_str(r.why)),
             )
         })
         .chain(

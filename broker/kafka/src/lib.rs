@@ -11,7 +11,8 @@
 //! (idempotent ones included), consumers (assigning partitions themselves, or as
 //! members of a consumer group with an eager assignor) and topic administration. Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
-//! API it lacks): transactions, SASL, ACL administration and the legacy, whole-set AlterConfigs.
+//! API it lacks): transactions, SASL, ACL administration and the legacy, whole-set
+//! AlterConfigs.
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
 //! the assignment; Meridian's coordinator computes it (with the assignor the
