@@ -34,6 +34,22 @@ pub(crate) async fn kafka_client(addr: &str) -> Client {
         .expect("rskafka connects to the Kafka listener")
 }
 
+/// The first `n` records of `topic` as `meridian consume --format json` prints them.
+fn consume_json(broker: &TestBroker, topic: &str, n: usize) -> Vec<serde_json::Value> {
+    let n = n.to_string();
+    let args = [
+        "consume", topic, "--from", "earliest", "-n", &n, "--format", "json",
+    ];
+    let (ok, out, err) = broker.cli(&args, "");
+    assert!(ok, "{err}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len().to_string(), n, "{out}");
+    lines
+}
+
 pub(crate) fn record(i: usize) -> Record {
     Record {
         key: Some(format!("key-{i}").into_bytes()),
@@ -117,18 +133,7 @@ async fn a_kafka_client_creates_a_topic_produces_and_fetches() {
     assert_eq!(p0.get_offset(OffsetAt::Timestamp(at)).await.unwrap(), 120);
 
     // Meridian's own CLI (QUIC) reads what the Kafka client wrote.
-    let (ok, out, err) = broker.cli(
-        &[
-            "consume", "orders", "--from", "earliest", "-n", "300", "--format", "json",
-        ],
-        "",
-    );
-    assert!(ok, "{err}");
-    let lines: Vec<serde_json::Value> = out
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(lines.len(), 300);
+    let lines = consume_json(&broker, "orders", 300);
     assert_eq!(lines[7]["key"], "key-7");
     assert_eq!(lines[7]["value"], "value-7");
     assert_eq!(lines[250]["offset"], 250);
@@ -263,6 +268,96 @@ impl Raw {
     fn api_versions(&mut self) -> k::ApiVersionsResponse {
         self.send(ApiKey::ApiVersions, 3, &k::ApiVersionsRequest::default());
         self.receive(ApiKey::ApiVersions, 3)
+    }
+}
+
+/// Gzip and snappy batches are stored as they came and read by every client: rskafka
+/// writes snappy as one raw block (as librdkafka does), kafka-python in snappy-java's
+/// stream format (as Kafka's Java client does), Meridian's CLI in the latter too.
+#[tokio::test]
+async fn gzip_and_snappy_batches_cross_between_kafka_and_meridian_clients() {
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "codecs", "--partitions", "1"], "");
+    assert!(ok, "{err}");
+    let cli_records: Vec<(String, String)> = ["gzip", "snappy"]
+        .iter()
+        .flat_map(|codec| (0..3).map(move |i| (format!("cli-{codec}-{i}"), format!("{codec} {i}"))))
+        .collect();
+    for (codec, records) in ["gzip", "snappy"].iter().zip(cli_records.chunks(3)) {
+        let lines: String = records.iter().map(|(k, v)| format!("{k}:{v}\n")).collect();
+        let (ok, _, err) = broker.cli(
+            &["produce", "codecs", "-K", ":", "--compression", codec],
+            &lines,
+        );
+        assert!(ok, "{err}");
+    }
+
+    let client = kafka_client(&addr).await;
+    let p0 = client
+        .partition_client("codecs", 0, UnknownTopicHandling::Error)
+        .await
+        .unwrap();
+    let gzip = p0.produce((0..100).map(record).collect(), Compression::Gzip);
+    assert_eq!(gzip.await.unwrap(), (6..106).collect::<Vec<i64>>());
+    let snappy = p0.produce((100..200).map(record).collect(), Compression::Snappy);
+    assert_eq!(snappy.await.unwrap(), (106..206).collect::<Vec<i64>>());
+    let got = fetch_all(&p0, 0).await;
+    assert_eq!(got.len(), 206);
+    for (offset, r) in &got[..6] {
+        let (key, value) = &cli_records[*offset as usize];
+        assert_eq!(r.key.as_deref(), Some(key.as_bytes()));
+        assert_eq!(r.value.as_deref(), Some(value.as_bytes()));
+    }
+    for (offset, r) in &got[6..] {
+        let expected = record(*offset as usize - 6);
+        assert_eq!(
+            (&r.key, &r.value, &r.headers),
+            (&expected.key, &expected.value, &expected.headers)
+        );
+    }
+    // From inside the snappy batch.
+    assert_eq!(fetch_all(&p0, 150).await[0].0, 150);
+
+    // kafka-python adds 300 records of each codec and reads all the partition back.
+    let mut end: usize = 206;
+    if let Some(summary) = kafka_python("compression.py", &[&addr, "codecs"]) {
+        end = 806;
+        assert_eq!(summary["end"], end);
+        let seen = summary["records"].as_array().unwrap();
+        assert_eq!(seen.len(), end);
+        for (i, r) in seen.iter().enumerate() {
+            assert_eq!(r[0], i, "{r}");
+        }
+        assert_eq!(seen[4][1], "cli-snappy-1");
+        assert_eq!(seen[4][2], "snappy 1");
+        assert_eq!(seen[150][1], "key-144");
+        assert_eq!(seen[206][1], "gzip-0");
+        assert_eq!(seen[805][1], "snappy-299");
+        assert_eq!(seen[805][2], "snappy 299 ".repeat(40));
+    }
+
+    // Stored as the clients sent them: snappy-java streams (the CLI's, kafka-python's)
+    // and gzip members are in the log, not records decompressed by the broker.
+    let log = std::fs::read(
+        broker
+            .data_dir
+            .join("topics/codecs/0/00000000000000000000.log"),
+    )
+    .unwrap();
+    let count = |needle: &[u8]| log.windows(needle.len()).filter(|w| *w == needle).count();
+    let streams = if end == 806 { 2 } else { 1 };
+    assert_eq!(count(b"\x82SNAPPY\0"), streams);
+    // The CLI's, rskafka's and kafka-python's gzip batches.
+    assert!(count(b"\x1f\x8b\x08") > streams, "gzip members");
+
+    // Meridian's CLI reads every batch, whichever client compressed it.
+    let lines = consume_json(&broker, "codecs", end);
+    assert_eq!(lines[2]["value"], "gzip 2");
+    assert_eq!(lines[120]["key"], "key-114");
+    if end == 806 {
+        assert_eq!(lines[300]["key"], "gzip-94");
+        assert_eq!(lines[700]["key"], "snappy-194");
+        assert_eq!(lines[700]["value"], "snappy 194 ".repeat(40));
     }
 }
 

@@ -334,6 +334,8 @@ pub struct ProduceArgs {
     /// `4294967295` (UNASSIGNED_PARTITION) lets the topic's partitioner plugin route them.
     #[arg(long, short)]
     pub partition: Option<u32>,
+    /// none, gzip, snappy, lz4 or zstd: the CLI compresses each batch, the broker
+    /// stores it as sent.
     #[arg(long, short = 'z', default_value = "none")]
     pub compression: Compression,
     /// 0, 1 or all.

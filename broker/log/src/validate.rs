@@ -181,7 +181,7 @@ mod tests {
         let mut zero_records = a.to_vec();
         zero_records[57..61].copy_from_slice(&0i32.to_be_bytes());
         let mut bad_codec = a.to_vec();
-        bad_codec[22] = 1; // gzip, with the CRC recomputed so the codec check is reached
+        bad_codec[22] = 5; // no codec of Kafka's; the CRC recomputed so the codec check is reached
         let crc = crc32c::crc32c(&bad_codec[21..]);
         bad_codec[17..21].copy_from_slice(&crc.to_be_bytes());
 

@@ -41,40 +41,57 @@ const MAGIC_OFFSET: usize = 16;
 /// Compression codec carried in the low three attribute bits. The producer
 /// compresses each batch; the broker stores and serves it as it came.
 ///
+/// All of Kafka's codecs: gzip and snappy mostly for Kafka clients (the Kafka
+/// listener stores their batches as they came), lz4 and zstd the faster choices.
+///
 /// ```
 /// use meridian_wire::batch::Compression;
 /// let codec: Compression = "zstd".parse().unwrap();
 /// assert_eq!((codec.name(), codec.attribute_bits()), ("zstd", 4));
-/// assert!("gzip".parse::<Compression>().is_err());
+/// assert_eq!("snappy".parse::<Compression>().unwrap().attribute_bits(), 2);
+/// assert!("brotli".parse::<Compression>().is_err());
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Compression {
     None,
+    Gzip,
+    Snappy,
     Lz4,
     Zstd,
 }
 
 impl Compression {
+    pub const ALL: [Compression; 5] = [
+        Compression::None,
+        Compression::Gzip,
+        Compression::Snappy,
+        Compression::Lz4,
+        Compression::Zstd,
+    ];
+
     pub fn attribute_bits(self) -> u16 {
         match self {
             Compression::None => 0,
+            Compression::Gzip => 1,
+            Compression::Snappy => 2,
             Compression::Lz4 => 3,
             Compression::Zstd => 4,
         }
     }
 
     fn from_attributes(attributes: u16) -> Result<Compression, BatchError> {
-        match attributes & 0x7 {
-            0 => Ok(Compression::None),
-            3 => Ok(Compression::Lz4),
-            4 => Ok(Compression::Zstd),
-            other => Err(BatchError::UnsupportedCompression(other as u8)),
-        }
+        let bits = attributes & 0x7;
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.attribute_bits() == bits)
+            .ok_or(BatchError::UnsupportedCompression(bits as u8))
     }
 
     pub fn name(self) -> &'static str {
         match self {
             Compression::None => "none",
+            Compression::Gzip => "gzip",
+            Compression::Snappy => "snappy",
             Compression::Lz4 => "lz4",
             Compression::Zstd => "zstd",
         }
@@ -84,14 +101,12 @@ impl Compression {
 impl std::str::FromStr for Compression {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "none" => Ok(Compression::None),
-            "lz4" => Ok(Compression::Lz4),
-            "zstd" => Ok(Compression::Zstd),
-            other => Err(format!(
-                "unknown compression `{other}` (expected none, lz4 or zstd)"
-            )),
-        }
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| {
+                format!("unknown compression `{s}` (expected none, gzip, snappy, lz4 or zstd)")
+            })
     }
 }
 
@@ -482,7 +497,7 @@ fn encode_batch_inner(
     out.put_i32(records.len() as i32);
     match compression {
         Compression::None => encode_records(&mut out, records, &delta, base_timestamp),
-        Compression::Zstd | Compression::Lz4 => {
+        _ => {
             let mut raw = BytesMut::with_capacity(records_len);
             encode_records(&mut raw, records, &delta, base_timestamp);
             out.put_slice(&compress(compression, &raw)?);
@@ -497,20 +512,98 @@ fn encode_batch_inner(
 
 /// Compresses encoded records with `compression` (not `None`), as the producer does.
 fn compress(compression: Compression, raw: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let failed = |e: std::io::Error| BatchError::Decompress(e.to_string());
     match compression {
         Compression::None => Ok(raw.to_vec()),
-        Compression::Zstd => {
-            zstd::bulk::compress(raw, 3).map_err(|e| BatchError::Decompress(e.to_string()))
+        Compression::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(raw.len() / 2),
+                flate2::Compression::default(),
+            );
+            std::io::Write::write_all(&mut encoder, raw).map_err(failed)?;
+            encoder.finish().map_err(failed)
         }
+        Compression::Snappy => xerial_snappy(raw),
+        Compression::Zstd => zstd::bulk::compress(raw, 3).map_err(failed),
         Compression::Lz4 => {
             let mut encoder = lz4_flex::frame::FrameEncoder::new(Vec::with_capacity(raw.len() / 2));
-            std::io::Write::write_all(&mut encoder, raw)
-                .map_err(|e| BatchError::Decompress(e.to_string()))?;
+            std::io::Write::write_all(&mut encoder, raw).map_err(failed)?;
             encoder
                 .finish()
                 .map_err(|e| BatchError::Decompress(e.to_string()))
         }
     }
+}
+
+/// The header of snappy-java's stream format (its magic, version 1, compatible with 1),
+/// which Kafka's Java client writes and every Kafka client reads.
+const XERIAL_HEADER: [u8; 16] = [
+    0x82, b'S', b'N', b'A', b'P', b'P', b'Y', 0, 0, 0, 0, 1, 0, 0, 0, 1,
+];
+
+/// Uncompressed bytes per block of the snappy-java stream format (its default).
+const XERIAL_BLOCK: usize = 32 * 1024;
+
+/// Snappy in snappy-java's stream format, as Kafka's Java client writes it: the
+/// header, then per 32 KiB of input a big-endian length and a raw snappy block.
+fn xerial_snappy(raw: &[u8]) -> Result<Vec<u8>, BatchError> {
+    let mut out = Vec::with_capacity(XERIAL_HEADER.len() + raw.len() / 2);
+    out.extend_from_slice(&XERIAL_HEADER);
+    let mut encoder = snap::raw::Encoder::new();
+    let mut block = vec![0; snap::raw::max_compress_len(XERIAL_BLOCK)];
+    for chunk in raw.chunks(XERIAL_BLOCK) {
+        let n = encoder
+            .compress(chunk, &mut block)
+            .map_err(|e| BatchError::Decompress(e.to_string()))?;
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+        out.extend_from_slice(&block[..n]);
+    }
+    Ok(out)
+}
+
+/// Snappy as Kafka clients write it: snappy-java's stream format (Java, kafka-python)
+/// or one raw snappy block (librdkafka's default). Each block's decompressed length is
+/// read from its header and checked before anything is allocated for it.
+fn unsnappy(body: &[u8]) -> Result<Bytes, BatchError> {
+    let failed = |e: snap::Error| BatchError::Decompress(format!("snappy: {e}"));
+    let mut blocks = Vec::new();
+    if body.len() >= XERIAL_HEADER.len() && body[..8] == XERIAL_HEADER[..8] {
+        let mut rest = &body[XERIAL_HEADER.len()..];
+        while !rest.is_empty() {
+            let Some((length, after)) = rest.split_first_chunk::<4>() else {
+                return Err(BatchError::Decompress(
+                    "snappy: truncated block length".into(),
+                ));
+            };
+            let length = u32::from_be_bytes(*length) as usize;
+            if length > after.len() {
+                return Err(BatchError::Decompress(format!(
+                    "snappy: block of {length} bytes, {} left",
+                    after.len()
+                )));
+            }
+            let (block, next) = after.split_at(length);
+            blocks.push(block);
+            rest = next;
+        }
+    } else {
+        blocks.push(body);
+    }
+    let mut total = 0usize;
+    for block in &blocks {
+        total = total.saturating_add(snap::raw::decompress_len(block).map_err(failed)?);
+    }
+    if total > MAX_DECOMPRESSED_BATCH_BYTES {
+        return Err(too_large());
+    }
+    let mut out = vec![0; total];
+    let mut decoder = snap::raw::Decoder::new();
+    let mut at = 0;
+    for block in blocks {
+        at += decoder.decompress(block, &mut out[at..]).map_err(failed)?;
+    }
+    out.truncate(at);
+    Ok(Bytes::from(out))
 }
 
 fn encode_records(
@@ -623,6 +716,9 @@ fn raw_records(header: &BatchHeader, batch: &Bytes) -> Result<Bytes, BatchError>
             let mut decoder = lz4_flex::frame::FrameDecoder::new(&body[..]);
             read_bounded(&mut decoder)?
         }
+        // A gzip stream may hold several members, as Java's GZIPInputStream reads.
+        Compression::Gzip => read_bounded(&mut flate2::read::MultiGzDecoder::new(&body[..]))?,
+        Compression::Snappy => unsnappy(&body)?,
     })
 }
 
@@ -787,11 +883,15 @@ fn read_bounded(reader: &mut impl std::io::Read) -> Result<Bytes, BatchError> {
     std::io::Read::read_to_end(&mut limited, &mut out)
         .map_err(|e| BatchError::Decompress(e.to_string()))?;
     if out.len() > MAX_DECOMPRESSED_BATCH_BYTES {
-        return Err(BatchError::Decompress(format!(
-            "decompressed batch exceeds {MAX_DECOMPRESSED_BATCH_BYTES} bytes"
-        )));
+        return Err(too_large());
     }
     Ok(Bytes::from(out))
+}
+
+fn too_large() -> BatchError {
+    BatchError::Decompress(format!(
+        "decompressed batch exceeds {MAX_DECOMPRESSED_BATCH_BYTES} bytes"
+    ))
 }
 
 fn decode_record(cursor: &mut Bytes, header: &BatchHeader) -> Result<Record, BatchError> {
@@ -887,7 +987,7 @@ mod tests {
 
     #[test]
     fn retain_records_keeps_offsets_and_codec() {
-        for compression in [Compression::None, Compression::Lz4, Compression::Zstd] {
+        for compression in Compression::ALL {
             let records: Vec<NewRecord> = (0..5)
                 .map(|i| {
                     let mut r = record(Some(&format!("k{}", i % 2)), &format!("v{i}"), 100 + i);
@@ -1055,11 +1155,132 @@ mod tests {
             })
     }
 
+    /// A batch whose records section is `body`, compressed with `codec` by hand.
+    fn batch_with_body(codec: Compression, records: i32, body: &[u8]) -> Bytes {
+        let plain = encode_batch(
+            &[record(None, "x", 1)],
+            Compression::None,
+            ProducerIdentity::NONE,
+        )
+        .unwrap();
+        let mut bytes = plain[..BATCH_HEADER_LEN].to_vec();
+        bytes.extend_from_slice(body);
+        let attributes =
+            (u16::from_be_bytes([bytes[21], bytes[22]]) & !0x7) | codec.attribute_bits();
+        bytes[21..23].copy_from_slice(&attributes.to_be_bytes());
+        bytes[23..27].copy_from_slice(&(records - 1).to_be_bytes());
+        bytes[57..61].copy_from_slice(&records.to_be_bytes());
+        let length = (bytes.len() - BATCH_LOG_OVERHEAD) as i32;
+        bytes[8..12].copy_from_slice(&length.to_be_bytes());
+        let crc = crc32c::crc32c(&bytes[CRC_START..]);
+        bytes[17..21].copy_from_slice(&crc.to_be_bytes());
+        Bytes::from(bytes)
+    }
+
+    fn values(batch: &Bytes) -> Result<Vec<Bytes>, BatchError> {
+        let header = BatchHeader::parse(batch).unwrap();
+        header.validate(batch).unwrap();
+        Ok(decode_records(&header, batch)?
+            .into_iter()
+            .map(|r| r.value.unwrap())
+            .collect())
+    }
+
+    #[test]
+    fn snappy_reads_snappy_java_streams_and_raw_blocks() {
+        // Records over several 32 KiB blocks, so the stream format has more than one.
+        let records: Vec<NewRecord> = (0..40)
+            .map(|i| record(None, &format!("{i:0>2}").repeat(1000), i))
+            .collect();
+        let written = encode_batch(&records, Compression::Snappy, ProducerIdentity::NONE).unwrap();
+        let body = &written[BATCH_HEADER_LEN..];
+        assert_eq!(
+            &body[..16],
+            &XERIAL_HEADER,
+            "snappy-java's stream format, as Java writes"
+        );
+        let want: Vec<Bytes> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(values(&written).unwrap(), want);
+
+        // librdkafka's default: the records section as one raw snappy block.
+        let raw = raw_records(&BatchHeader::parse(&written).unwrap(), &written).unwrap();
+        let block = snap::raw::Encoder::new().compress_vec(&raw).unwrap();
+        assert_eq!(
+            values(&batch_with_body(Compression::Snappy, 40, &block)).unwrap(),
+            want
+        );
+
+        // A block length past the end, and a block that is not snappy: typed errors.
+        let mut cut = XERIAL_HEADER.to_vec();
+        cut.extend_from_slice(&1000u32.to_be_bytes());
+        cut.extend_from_slice(b"short");
+        let err = values(&batch_with_body(Compression::Snappy, 1, &cut)).unwrap_err();
+        assert!(
+            matches!(&err, BatchError::Decompress(m) if m.contains("block of 1000 bytes")),
+            "{err}"
+        );
+        let err = values(&batch_with_body(
+            Compression::Snappy,
+            1,
+            b"\xff\xff\xff\xff\x0fjunk",
+        ))
+        .unwrap_err();
+        assert!(matches!(err, BatchError::Decompress(_)), "{err}");
+    }
+
+    #[test]
+    fn snappy_and_gzip_refuse_to_inflate_past_the_limit_before_allocating() {
+        // A raw snappy block whose header claims more than the limit allows.
+        let mut claim = Vec::new();
+        let mut n = (MAX_DECOMPRESSED_BATCH_BYTES + 1) as u64;
+        while n >= 0x80 {
+            claim.push((n as u8) | 0x80);
+            n >>= 7;
+        }
+        claim.push(n as u8);
+        let err = values(&batch_with_body(Compression::Snappy, 1, &claim)).unwrap_err();
+        assert_eq!(err, too_large());
+
+        // Gzip of more zeros than the limit: read up to it and no further.
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        let zeros = vec![0u8; 1 << 20];
+        for _ in 0..=MAX_DECOMPRESSED_BATCH_BYTES >> 20 {
+            std::io::Write::write_all(&mut encoder, &zeros).unwrap();
+        }
+        let bomb = encoder.finish().unwrap();
+        assert!(
+            bomb.len() * 100 < MAX_DECOMPRESSED_BATCH_BYTES,
+            "{}",
+            bomb.len()
+        );
+        let err = values(&batch_with_body(Compression::Gzip, 1, &bomb)).unwrap_err();
+        assert_eq!(err, too_large());
+    }
+
+    #[test]
+    fn gzip_reads_every_member_of_a_stream() {
+        let records: Vec<NewRecord> = (0..6).map(|i| record(None, &format!("v{i}"), i)).collect();
+        let plain = encode_batch(&records, Compression::None, ProducerIdentity::NONE).unwrap();
+        let raw = &plain[BATCH_HEADER_LEN..];
+        // Two gzip members, as a writer that restarts its stream may leave.
+        let (first, second) = raw.split_at(raw.len() / 2);
+        let mut body = Vec::new();
+        for part in [first, second] {
+            let mut encoder =
+                flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+            std::io::Write::write_all(&mut encoder, part).unwrap();
+            body.extend(encoder.finish().unwrap());
+        }
+        let got = values(&batch_with_body(Compression::Gzip, 6, &body)).unwrap();
+        let want: Vec<Bytes> = records.iter().map(|r| r.value.clone().unwrap()).collect();
+        assert_eq!(got, want);
+    }
+
     proptest! {
         #[test]
         fn records_round_trip_through_every_codec(
             records in proptest::collection::vec(arb_record(), 1..30),
-            codec in prop_oneof![Just(Compression::None), Just(Compression::Lz4), Just(Compression::Zstd)],
+            codec in proptest::sample::select(Compression::ALL.to_vec()),
             base_offset in 0i64..1 << 40,
         ) {
             let batch = encode_batch(&records, codec, ProducerIdentity::NONE).unwrap();
@@ -1097,7 +1318,7 @@ mod tests {
             value: Some(Bytes::from_static(v.as_bytes())),
             headers: vec![],
         };
-        for compression in [Compression::None, Compression::Zstd] {
+        for compression in Compression::ALL {
             let batch =
                 encode_batch_at(&[record("a"), record("b")], &[1, 3], 100, 4, compression).unwrap();
             let header = BatchHeader::parse(&batch).unwrap();

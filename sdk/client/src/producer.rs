@@ -123,7 +123,8 @@ pub struct ProducerConfig {
     /// `linger` after its first record; a linger of 0.5 ms or less sends at once.
     /// Default 5 ms.
     pub linger: Duration,
-    /// Codec for batches, applied in the client. Default none.
+    /// Codec for batches, applied in the client: any of Kafka's (none, gzip,
+    /// snappy, lz4, zstd; zstd and lz4 are the fast ones). Default none.
     pub compression: Compression,
     /// Default [`Acks::All`].
     pub acks: Acks,

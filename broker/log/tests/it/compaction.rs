@@ -151,11 +151,7 @@ fn check_contents(log: &PartitionLog, produced: &[(i64, Produced)], expected: &[
 }
 
 fn compression_strategy() -> impl Strategy<Value = Compression> {
-    prop_oneof![
-        Just(Compression::None),
-        Just(Compression::Lz4),
-        Just(Compression::Zstd)
-    ]
+    proptest::sample::select(Compression::ALL.to_vec())
 }
 
 fn record_strategy() -> impl Strategy<Value = Produced> {
