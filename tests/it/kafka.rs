@@ -846,6 +846,38 @@ fn kafka_python_produces_and_consumes_in_a_group() {
     }
 }
 
+/// kafka-python's admin client manages groups as `kafka-consumer-groups` does:
+/// offsets set, read and deleted (refused per partition while a member subscribes),
+/// groups deleted (refused while one has members), and Meridian's tools agree.
+#[test]
+fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
+    let (broker, addr) = kafka_broker(&[]);
+    let Some(seen) = kafka_python("groups_admin.py", &[&addr]) else {
+        return;
+    };
+    let expected = serde_json::json!({
+        "altered": {"py-groups/0": "NoError", "py-groups/1": "NoError"},
+        "committed": {"py-groups/0": 3, "py-groups/1": 5},
+        "offsets_deleted": {"py-groups/0": "NoError"},
+        "committed_after": {"py-groups/1": 5},
+        "busy_offsets_deleted": {
+            "py-groups/0": "GroupSubscribedToTopicError",
+            "py-groups/1": "GroupSubscribedToTopicError"
+        },
+        "busy_deleted": {"py-busy": "NonEmptyGroupError"},
+        "deleted": {"py-busy": "OK", "py-idle": "OK"},
+        "deleted_again": {"py-idle": "GroupIdNotFoundError"},
+        "listed_after": []
+    });
+    assert_eq!(seen, expected);
+    let (ok, listed, err) = broker.cli(&["group", "list"], "");
+    assert!(ok, "{err}");
+    assert!(
+        !listed.contains("py-idle") && !listed.contains("py-busy"),
+        "{listed}"
+    );
+}
+
 #[tokio::test]
 async fn bad_frames_close_their_connection_and_nothing_else() {
     let metrics = format!("metrics_listen=127.0.0.1:{}", free_ports(1)[0]);

@@ -9,18 +9,14 @@ saying why, on any mismatch.
 
 import json
 import sys
-import time
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
-from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions, NewTopic
+from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
+
+from common import create_topic, fail
 
 BOOTSTRAP = sys.argv[1]
 TOPIC = "py-admin"
-
-
-def fail(why):
-    print(f"FAILED: {why}", file=sys.stderr)
-    sys.exit(1)
 
 
 def topic(configs=None):
@@ -28,12 +24,7 @@ def topic(configs=None):
 
 
 admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="it-admin")
-admin.create_topics([NewTopic(TOPIC, 2, 1)])
-deadline = time.time() + 30
-while TOPIC not in admin.list_topics():
-    if time.time() > deadline:
-        fail("the created topic is not listed")
-    time.sleep(0.2)
+create_topic(admin, TOPIC, 2, 1)
 
 altered = admin.alter_configs([topic({"retention.ms": "3600000", "segment.ms": "600000"})])
 if altered != {"topic": {TOPIC: "OK"}}:

@@ -14,13 +14,10 @@ import sys
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.codec import has_snappy
 
+from common import fail
+
 BOOTSTRAP, TOPIC = sys.argv[1], sys.argv[2]
 PER_CODEC = 300
-
-
-def fail(why):
-    print(f"FAILED: {why}", file=sys.stderr)
-    sys.exit(1)
 
 
 if not has_snappy():

@@ -12,26 +12,16 @@ import sys
 import time
 
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
-from kafka.admin import NewTopic
+
+from common import create_topic, fail
 
 BOOTSTRAP = sys.argv[1]  # one address, or a region's list "host:port,host:port"
 REPLICATION = int(sys.argv[2]) if len(sys.argv) > 2 else 1
 TOPIC, GROUP, PARTITIONS, RECORDS = "py-orders", "py-group", 4, 2000
 
 
-def fail(why):
-    print(f"FAILED: {why}", file=sys.stderr)
-    sys.exit(1)
-
-
 admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="it-admin")
-admin.create_topics([NewTopic(TOPIC, PARTITIONS, REPLICATION)])
-# In a region, the broker asked may learn of the topic a moment after the controller.
-deadline = time.time() + 30
-while TOPIC not in admin.list_topics():
-    if time.time() > deadline:
-        fail("the created topic is not listed")
-    time.sleep(0.2)
+create_topic(admin, TOPIC, PARTITIONS, REPLICATION)
 
 producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", linger_ms=5)
 sent = [

@@ -53,6 +53,8 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::LeaveGroup, 0, 5),
     (ApiKey::ListGroups, 0, 5),
     (ApiKey::DescribeGroups, 0, 5),
+    (ApiKey::DeleteGroups, 0, 2),
+    (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
     (ApiKey::DeleteTopics, 1, 5),
@@ -185,6 +187,11 @@ enum Shape {
     /// Version 3 on: the member who left, named in the answer.
     LeaveGroup {
         member: Option<(StrBytes, Option<StrBytes>)>,
+    },
+    /// The partitions named (each answered), with those that cannot be a
+    /// partition's index.
+    OffsetDelete {
+        partitions: Vec<(String, Vec<i32>)>,
     },
     /// Version 4 on: only groups in these (Kafka) states; empty: all.
     ListGroups {
@@ -691,8 +698,90 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
                 Shape::Plain,
             )
         }
+        ApiKey::DeleteGroups => {
+            let r = body!(k::DeleteGroupsRequest);
+            serve(
+                m::Request::DeleteGroups(g::DeleteGroupsRequest {
+                    group_ids: r
+                        .groups_names
+                        .into_iter()
+                        .map(|g| g.0.to_string())
+                        .collect(),
+                }),
+                Shape::Plain,
+            )
+        }
+        ApiKey::OffsetDelete => {
+            let r = body!(k::OffsetDeleteRequest);
+            let partitions: Vec<(String, Vec<i32>)> = r
+                .topics
+                .into_iter()
+                .map(|t| {
+                    let list = t.partitions.iter().map(|p| p.partition_index).collect();
+                    (t.name.0.to_string(), list)
+                })
+                .collect();
+            // Meridian reads a topic without partitions as all of them; Kafka as none.
+            let topics = partitions
+                .iter()
+                .filter(|(_, ps)| !ps.is_empty())
+                .map(|(topic, ps)| g::TopicPartitions {
+                    topic: topic.clone(),
+                    partitions: ps.iter().map(|&p| partition(p)).collect(),
+                })
+                .collect();
+            serve(
+                m::Request::OffsetDelete(g::OffsetDeleteRequest {
+                    group_id: r.group_id.0.to_string(),
+                    topics,
+                }),
+                Shape::OffsetDelete { partitions },
+            )
+        }
         _ => Err(KafkaError::UnknownApi(key)),
     }
+}
+
+/// Kafka's OffsetDelete answer: errors about a topic (a member subscribes to it, the
+/// client may not read it) on each partition named, since Meridian refuses the
+/// whole request for them; errors about the group at the top, without partitions.
+fn offset_delete(
+    r: g::OffsetDeleteResponse,
+    partitions: Vec<(String, Vec<i32>)>,
+) -> k::OffsetDeleteResponse {
+    use k::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
+    let per_partition = matches!(
+        r.error,
+        ErrorCode::None
+            | ErrorCode::GroupSubscribedToTopic
+            | ErrorCode::TopicAuthorizationFailed
+            | ErrorCode::UnknownTopic
+    );
+    if !per_partition {
+        return k::OffsetDeleteResponse::default().with_error_code(code(r.error));
+    }
+    let topics = partitions
+        .into_iter()
+        .map(|(topic, ps)| {
+            let answers = ps
+                .into_iter()
+                .map(|p| {
+                    let error = if p < 0 {
+                        ErrorCode::UnknownTopic
+                    } else {
+                        r.error
+                    };
+                    OffsetDeleteResponsePartition::default()
+                        .with_partition_index(p)
+                        .with_error_code(code(error))
+                })
+                .collect();
+            OffsetDeleteResponseTopic::default()
+                .with_name(topic_name(topic))
+                .with_partitions(answers)
+        })
+        .collect();
+    k::OffsetDeleteResponse::default().with_topics(topics)
 }
 
 /// Kafka's name for a group state of Meridian's coordinator. A group moving
@@ -990,6 +1079,21 @@ impl Pending {
                     })
                     .collect();
                 h.frame(&k::ListGroupsResponse::default().with_groups(groups))?
+            }
+            (m::Response::DeleteGroups(r), _) => {
+                let results = r
+                    .results
+                    .into_iter()
+                    .map(|g| {
+                        k::delete_groups_response::DeletableGroupResult::default()
+                            .with_group_id(k::GroupId(StrBytes::from_string(g.group_id)))
+                            .with_error_code(code(g.error))
+                    })
+                    .collect();
+                h.frame(&k::DeleteGroupsResponse::default().with_results(results))?
+            }
+            (m::Response::OffsetDelete(r), Shape::OffsetDelete { partitions }) => {
+                h.frame(&offset_delete(r, partitions))?
             }
             (m::Response::DescribeGroups(r), _) => {
                 let groups = r

@@ -1329,3 +1329,112 @@ fn create_partitions_and_delete_records_reach_the_broker() {
         [(0, 40, 0), (1, -1, ResponseError::OffsetOutOfRange.code())]
     );
 }
+
+#[test]
+fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
+    let group = |name: &'static str| k::GroupId(StrBytes::from_static_str(name));
+    for version in 0..=2 {
+        let asked = k::DeleteGroupsRequest::default()
+            .with_groups_names(vec![group("billing"), group("busy")]);
+        let (request, pending) = serve(frame_of(ApiKey::DeleteGroups, version, &asked));
+        assert_eq!(
+            request,
+            m::Request::DeleteGroups(g::DeleteGroupsRequest {
+                group_ids: vec!["billing".into(), "busy".into()]
+            })
+        );
+        let result = |group_id: &str, error| g::GroupResult {
+            group_id: group_id.into(),
+            error,
+            message: String::new(),
+        };
+        let answer = g::DeleteGroupsResponse {
+            results: vec![
+                result("billing", ErrorCode::None),
+                result("busy", ErrorCode::NonEmptyGroup),
+            ],
+        };
+        let frame = pending
+            .respond(Some(m::Response::DeleteGroups(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::DeleteGroupsResponse = response(ApiKey::DeleteGroups, version, frame);
+        let got: Vec<(String, i16)> = r
+            .results
+            .iter()
+            .map(|g| (g.group_id.0.to_string(), g.error_code))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("billing".to_string(), 0),
+                ("busy".to_string(), ResponseError::NonEmptyGroup.code())
+            ]
+        );
+    }
+
+    use k::offset_delete_request::{OffsetDeleteRequestPartition, OffsetDeleteRequestTopic};
+    let topic = |name: &'static str, partitions: &[i32]| {
+        OffsetDeleteRequestTopic::default()
+            .with_name(TopicName(StrBytes::from_static_str(name)))
+            .with_partitions(
+                partitions
+                    .iter()
+                    .map(|&p| OffsetDeleteRequestPartition::default().with_partition_index(p))
+                    .collect(),
+            )
+    };
+    let asked = k::OffsetDeleteRequest::default()
+        .with_group_id(group("billing"))
+        .with_topics(vec![topic("orders", &[0, 2]), topic("audit", &[])]);
+    let answered = |error: ErrorCode| {
+        let (request, pending) = serve(frame_of(ApiKey::OffsetDelete, 0, &asked));
+        // A topic named without partitions deletes none of its commits, as in Kafka.
+        assert_eq!(
+            request,
+            m::Request::OffsetDelete(g::OffsetDeleteRequest {
+                group_id: "billing".into(),
+                topics: vec![g::TopicPartitions {
+                    topic: "orders".into(),
+                    partitions: vec![0, 2],
+                }],
+            })
+        );
+        let answer = g::OffsetDeleteResponse {
+            error,
+            message: String::new(),
+            deleted: Vec::new(),
+        };
+        let frame = pending
+            .respond(Some(m::Response::OffsetDelete(answer)), &listener())
+            .unwrap()
+            .unwrap();
+        let r: k::OffsetDeleteResponse = response(ApiKey::OffsetDelete, 0, frame);
+        let partitions: Vec<(String, i32, i16)> = r
+            .topics
+            .iter()
+            .flat_map(|t| {
+                t.partitions
+                    .iter()
+                    .map(|p| (t.name.0.to_string(), p.partition_index, p.error_code))
+            })
+            .collect();
+        (r.error_code, partitions)
+    };
+    let each = |code: i16| {
+        vec![
+            ("orders".to_string(), 0, code),
+            ("orders".to_string(), 2, code),
+        ]
+    };
+    assert_eq!(answered(ErrorCode::None), (0, each(0)));
+    // A member subscribes to the topic: each partition says so, as Kafka's do.
+    let subscribed = ResponseError::GroupSubscribedToTopic.code();
+    assert_eq!(
+        answered(ErrorCode::GroupSubscribedToTopic),
+        (0, each(subscribed))
+    );
+    // About the group: at the top, as Kafka's admin clients look for it.
+    let missing = ResponseError::GroupIdNotFound.code();
+    assert_eq!(answered(ErrorCode::GroupIdNotFound), (missing, Vec::new()));
+}
