@@ -18,11 +18,12 @@
 //! - a queued batch older than `delivery_timeout` leaves through
 //!   [`RecordAccumulator::expire`], never through `drain`.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_wire::batch::NewRecord;
+use rustc_hash::FxHashMap;
 
 use crate::config::backoff;
 use crate::error::{Error, Result};
@@ -175,7 +176,7 @@ pub(crate) struct RecordAccumulator<B = ()> {
     config: AccumulatorConfig,
     partitions: BTreeMap<TopicPartition, PartitionQueue<B>>,
     /// Sticky partition for records without key and partition, per topic.
-    sticky: HashMap<String, StickyState>,
+    sticky: FxHashMap<String, StickyState>,
     sticky_seed: u32,
     /// Epoch given to new batches; bumped by every flush.
     epoch: u64,
@@ -194,7 +195,7 @@ impl<B> RecordAccumulator<B> {
         RecordAccumulator {
             config,
             partitions: BTreeMap::new(),
-            sticky: HashMap::new(),
+            sticky: FxHashMap::default(),
             sticky_seed,
             epoch: 0,
             flush_through: None,

@@ -12,11 +12,12 @@
 //! - a leader that is not among the answer's brokers is no leader: the partition is
 //!   unroutable until a later answer names both.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use meridian_wire::messages::MetadataResponse;
 use meridian_wire::ErrorCode;
+use rustc_hash::FxHashMap;
 
 use crate::error::Error;
 
@@ -49,9 +50,9 @@ pub(crate) enum LeaderLookup {
 pub(crate) struct MetadataCache {
     brokers: BTreeMap<BrokerId, String>,
     controller: Option<BrokerId>,
-    topics: HashMap<String, Vec<PartitionEntry>>,
+    topics: FxHashMap<String, Vec<PartitionEntry>>,
     /// Topics the last answers said do not exist, with the code they gave.
-    missing: HashMap<String, ErrorCode>,
+    missing: FxHashMap<String, ErrorCode>,
     refreshed_at: Option<Instant>,
     /// Something failed in a way newer metadata may fix.
     stale: bool,

@@ -1024,7 +1024,13 @@ impl Producer {
         tokio::task::consume_budget().await;
         // Set by the first wait, so a send that waits for nothing reads no clock.
         let mut deadline = None;
-        let n_partitions = self.partition_count(&record.topic, &mut deadline).await?;
+        // The waits below are boxed: they are rare (a topic not in the metadata cache
+        // yet, a full buffer), and inline they made this future kilobytes long, which
+        // its caller copied for every record.
+        let n_partitions = match shared.client.cached_partition_count(&record.topic) {
+            Some(n) => n,
+            None => Box::pin(self.partition_count(&record.topic, &mut deadline)).await?,
+        };
         let partition = match (record.partition, &record.key) {
             // The broker's partitioner plugin routes each record; delivery metadata then
             // carries this partition and offset -1.
@@ -1060,10 +1066,13 @@ impl Producer {
             Err(TryAcquireError::NoPermits) => {
                 let deadline =
                     *deadline.get_or_insert_with(|| Instant::now() + shared.config.max_block);
-                tokio::time::timeout_at(deadline.into(), shared.memory.acquire_many(reserve))
-                    .await
-                    .map_err(|_| Error::Timeout)?
-                    .map_err(|_| Error::Closed)?
+                Box::pin(tokio::time::timeout_at(
+                    deadline.into(),
+                    shared.memory.acquire_many(reserve),
+                ))
+                .await
+                .map_err(|_| Error::Timeout)?
+                .map_err(|_| Error::Closed)?
             }
         };
         self.start_sender();
