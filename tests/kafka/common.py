@@ -21,3 +21,12 @@ def create_topic(admin, name, partitions, replication=1):
         if time.time() > deadline:
             fail(f"the created topic {name} is not listed")
         time.sleep(0.2)
+
+
+def deliver(producer, sent):
+    """Flushes `producer`, waits for every send in `sent` (each raises if its record
+    was refused), then closes it."""
+    producer.flush()
+    for future in sent:
+        future.get(timeout=30)
+    producer.close()

@@ -14,7 +14,7 @@ import sys
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.codec import has_snappy
 
-from common import fail
+from common import deliver, fail
 
 BOOTSTRAP, TOPIC = sys.argv[1], sys.argv[2]
 PER_CODEC = 300
@@ -38,10 +38,7 @@ for codec in ["gzip", "snappy"]:
         )
         for i in range(PER_CODEC)
     ]
-    producer.flush()
-    for future in sent:
-        future.get(timeout=30)
-    producer.close()
+    deliver(producer, sent)
 
 consumer = KafkaConsumer(
     bootstrap_servers=BOOTSTRAP, auto_offset_reset="earliest", enable_auto_commit=False

@@ -547,7 +547,12 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
         println!("  metrics:     http://{metrics}/metrics");
     }
     if let Some(kafka) = broker.kafka_addr() {
-        println!("  kafka:       {kafka} (Kafka protocol over TCP, for Kafka clients)");
+        let over = match (config.kafka_tls, &config.tls_client_ca) {
+            (false, _) => "TCP",
+            (true, None) => "TLS (security.protocol=SSL)",
+            (true, Some(_)) => "TLS with client certificates (security.protocol=SSL)",
+        };
+        println!("  kafka:       {kafka} (Kafka protocol over {over}, for Kafka clients)");
     }
     if dev {
         println!();

@@ -39,13 +39,18 @@ pub struct BrokerConfig {
     pub metrics_scrape_timeout_ms: u64,
     /// Largest HTTP request head the metrics listener reads (431 beyond).
     pub metrics_max_head_bytes: u32,
-    /// TCP address of the Kafka listener: Kafka clients (their own wire protocol,
-    /// plain TCP, no client authentication) produce, consume, commit offsets and
-    /// manage topics through it; off when unset. In a cluster each broker
-    /// registers its own with the controller, so Kafka clients are sent to every
-    /// broker's. Not with `tls_client_ca`. Its frames obey `max_frame_bytes`, its
+    /// TCP address of the Kafka listener: Kafka clients (their own wire protocol)
+    /// produce, consume, commit offsets and manage topics through it; off when
+    /// unset. In a cluster each broker registers its own with the controller, so
+    /// Kafka clients are sent to every broker's. Plain TCP unless `kafka_tls`; with
+    /// `tls_client_ca` only with `kafka_tls`. Its frames obey `max_frame_bytes`, its
     /// connections `max_connections` and `max_inflight_requests`.
     pub kafka_listen: Option<SocketAddr>,
+    /// The Kafka listener speaks TLS (Kafka's `SSL` security protocol) with the
+    /// broker's certificate (`tls_cert`, `tls_key`; reloaded with them); with
+    /// `tls_client_ca`, Kafka clients must present a certificate it signed, which
+    /// names them to `acl_file` and the client quotas as on the QUIC endpoint.
+    pub kafka_tls: bool,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -413,6 +418,7 @@ impl Default for BrokerConfig {
             metrics_scrape_timeout_ms: 5_000,
             metrics_max_head_bytes: 8 * 1024,
             kafka_listen: None,
+            kafka_tls: false,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -537,11 +543,16 @@ impl BrokerConfig {
     }
 
     fn check(&self) -> Result<(), ConfigError> {
-        if self.kafka_listen.is_some() && self.tls_client_ca.is_some() {
+        if self.kafka_listen.is_some() && self.tls_client_ca.is_some() && !self.kafka_tls {
             return Err(ConfigError::Invalid(
-                "kafka_listen cannot be combined with tls_client_ca: Kafka clients connect \
-                 over plain TCP without certificates, so they would bypass mutual TLS"
+                "kafka_listen with tls_client_ca needs kafka_tls = true: over plain TCP \
+                 Kafka clients present no certificate, so they would bypass mutual TLS"
                     .into(),
+            ));
+        }
+        if self.kafka_tls && self.kafka_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "kafka_tls needs kafka_listen: it is the Kafka listener that speaks TLS".into(),
             ));
         }
         if self.acl_file.is_some() && self.tls_client_ca.is_none() {
@@ -926,8 +937,9 @@ mod tests {
         );
         check(
             "kafka_listen = \"127.0.0.1:9092\"\ntls_client_ca = \"ca.pem\"\n",
-            "kafka_listen cannot be combined with tls_client_ca",
+            "kafka_listen with tls_client_ca needs kafka_tls = true",
         );
+        check("kafka_tls = true\n", "kafka_tls needs kafka_listen");
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_check_interval_ms = 0\n",
             "leader_imbalance_check_interval_ms must be greater than 0",

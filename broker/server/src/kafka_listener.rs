@@ -18,13 +18,13 @@ use meridian_kafka::{KafkaBroker, Listener, Pending, Step};
 use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
 use meridian_wire::messages::{Request, Response};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
+use crate::acl::Principal;
 use crate::metrics::Protocol;
 use crate::{Caller, Shared};
 
@@ -124,26 +124,98 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, directory:
         };
         let _ = stream.set_nodelay(true);
         id += 1;
-        let span = tracing::debug_span!("kafka_connection", id, %peer);
+        let span = tracing::debug_span!(
+            "kafka_connection",
+            id,
+            %peer,
+            client = tracing::field::Empty
+        );
+        let (shared, directory) = (shared.clone(), directory.clone());
         tokio::spawn(
-            connection(shared.clone(), directory.clone(), stream, peer, slot).instrument(span),
+            async move {
+                let Some(tls) = shared.kafka_tls.as_ref().map(|c| c.read().clone()) else {
+                    let (reader, writer) = stream.into_split();
+                    return connection(shared, directory, (reader, writer), peer, None, slot).await;
+                };
+                let Some((stream, client)) = handshake(&shared, tls, stream).await else {
+                    return;
+                };
+                let (reader, writer) = tokio::io::split(stream);
+                connection(shared, directory, (reader, writer), peer, client, slot).await
+            }
+            .instrument(span),
         );
     }
+}
+
+/// The TLS handshake of a Kafka connection under `kafka_tls`, within
+/// `idle_timeout_ms`; the stream and, under `tls_client_ca`, the client its
+/// certificate names. `None` (logged, and counted when the client's certificate was
+/// refused) when it fails.
+async fn handshake(
+    shared: &Shared,
+    tls: Arc<rustls::ServerConfig>,
+    stream: TcpStream,
+) -> Option<(
+    tokio_rustls::server::TlsStream<TcpStream>,
+    Option<Principal>,
+)> {
+    let idle = Duration::from_millis(shared.config.idle_timeout_ms);
+    let accepted = tokio::time::timeout(idle, tokio_rustls::TlsAcceptor::from(tls).accept(stream));
+    let stream = match accepted.await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(e)) => {
+            let refused = e
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                    )
+                });
+            if refused {
+                shared.metrics.client_certificate_refused();
+                tracing::info!(error = %e, "refused a Kafka client's certificate");
+            } else {
+                tracing::debug!(error = %e, "Kafka TLS handshake failed");
+            }
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("Kafka TLS handshake did not finish within idle_timeout_ms");
+            return None;
+        }
+    };
+    let client = stream
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .map(|leaf| shared.principal_of(leaf));
+    Some((stream, client))
 }
 
 /// A response owed, in request order.
 type Owed = JoinHandle<Result<Option<Bytes>, String>>;
 
+/// Serves one Kafka connection, plain or TLS, read through `reader` and answered
+/// through `writer`; `client` is who its certificate names, if it presented one.
 async fn connection(
     shared: Arc<Shared>,
     directory: Arc<Directory>,
-    stream: TcpStream,
+    (mut reader, mut writer): (
+        impl AsyncRead + Unpin + Send + 'static,
+        impl AsyncWrite + Unpin + Send + 'static,
+    ),
     peer: SocketAddr,
+    client: Option<Principal>,
     _slot: OwnedSemaphorePermit,
 ) {
     tracing::debug!("Kafka client connected");
     let _open = shared.metrics.connection_opened(Protocol::Kafka);
-    let (mut reader, mut writer) = stream.into_split();
+    let client = client.map(Arc::new);
     let (owed, mut due) = mpsc::channel::<Owed>(shared.config.max_inflight_requests as usize);
     let write = async move {
         while let Some(response) = due.recv().await {
@@ -192,7 +264,7 @@ async fn connection(
                     shared.clone(),
                     directory.clone(),
                     (*request, pending),
-                    peer,
+                    (peer, client.clone()),
                     frame_bytes,
                 )),
                 Err(e) => {
@@ -215,7 +287,7 @@ async fn serve_one(
     shared: Arc<Shared>,
     directory: Arc<Directory>,
     (request, pending): (Request, Pending),
-    peer: SocketAddr,
+    (peer, client): (SocketAddr, Option<Arc<Principal>>),
     frame_bytes: usize,
 ) -> Result<Option<Bytes>, String> {
     let api = pending.api();
@@ -232,9 +304,9 @@ async fn serve_one(
         "otel.kind" = "server",
     );
     let caller = Caller {
-        // Kafka clients present no certificate (`kafka_listen` cannot be combined
-        // with `tls_client_ca`): quotas count them by IP address.
-        client: None,
+        // Without a certificate (plain TCP, or TLS without `tls_client_ca`) quotas
+        // count a Kafka client by its IP address.
+        client: client.as_deref(),
         peer,
         frame_bytes,
     };
@@ -307,7 +379,7 @@ enum Fault {
 /// Reads one size-prefixed request frame; `None` when the client closed the
 /// connection between frames. The size is checked before anything is allocated.
 async fn read_frame(
-    reader: &mut OwnedReadHalf,
+    reader: &mut (impl AsyncRead + Unpin),
     limit: u32,
     idle: Duration,
 ) -> Result<Option<Bytes>, Fault> {

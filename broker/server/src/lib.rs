@@ -90,6 +90,8 @@ pub(crate) struct Shared {
     own_fingerprints: parking_lot::RwLock<std::collections::HashSet<String>>,
     /// `producer_byte_rate`, `consumer_byte_rate` and `[client_quotas]`.
     quotas: quotas::Quotas,
+    /// The Kafka listener's TLS under `kafka_tls` (replaced on reload).
+    kafka_tls: Option<parking_lot::RwLock<Arc<rustls::ServerConfig>>>,
 }
 
 /// A running broker.
@@ -176,6 +178,7 @@ impl Broker {
             &[config.advertised_host()],
         )?;
         let server_config = quic_server_config(&config, &identity)?;
+        let kafka_tls = kafka_tls_config(&config, &identity)?.map(parking_lot::RwLock::new);
         let peer_tls = tls::PeerTls::new(
             cluster::peer_trust(config.cluster.as_ref(), &identity.fingerprint)?,
             &identity,
@@ -240,6 +243,7 @@ impl Broker {
             acl,
             quotas,
             own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
+            kafka_tls,
         });
         Ok(Broker {
             shared,
@@ -462,14 +466,8 @@ async fn accept_loop(shared: Arc<Shared>, endpoint: quinn::Endpoint) {
                     Ok(connection) => {
                         // Under `tls_client_ca`, who the client proved to be: every
                         // line logged for its requests says so.
-                        let client = client_certificate(&connection).map(|(name, fingerprint)| {
-                            tracing::Span::current().record("client", name.as_str());
-                            tracing::debug!(%fingerprint, "client certificate accepted");
-                            acl::Principal {
-                                name: Arc::<str>::from(name),
-                                broker: shared.own_fingerprints.read().contains(&fingerprint),
-                            }
-                        });
+                        let client =
+                            client_certificate(&connection).map(|leaf| shared.principal_of(&leaf));
                         tracing::debug!("connected");
                         let _open = shared.metrics.connection_opened(metrics::Protocol::Quic);
                         serve_connection(shared, connection, (id, client)).await;
@@ -504,13 +502,24 @@ fn quic_server_config(
     Ok(server_config)
 }
 
+/// The Kafka listener's TLS configuration, under `kafka_tls`.
+fn kafka_tls_config(
+    config: &BrokerConfig,
+    identity: &tls::Identity,
+) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
+    if !config.kafka_tls {
+        return Ok(None);
+    }
+    tls::kafka_server_config(identity, config.tls_client_ca.as_deref()).map(Some)
+}
+
 /// Takes new settings while the broker serves (`meridian broker` does on SIGHUP):
 /// [`Reloader::reload_tls`] re-reads `tls_cert`, `tls_key` and `tls_client_ca`,
 /// [`Reloader::reload_acl`] `acl_file`, [`Reloader::reload_quotas`] the client
 /// quotas of a configuration read again.
 ///
 /// TLS: certificates rotate and the client CA changes without a restart: new
-/// connections get the new certificate and are checked against the new CAs, and
+/// connections (QUIC, and Kafka ones under `kafka_tls`) get the new certificate and are checked against the new CAs, and
 /// connections to peers made from then on present the new certificate. Connections
 /// already open carry on. A reload that fails (a missing or unparsable file, a key
 /// that is not the certificate's) changes nothing.
@@ -532,8 +541,12 @@ impl Reloader {
         let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
         let identity = tls::load_or_generate(&cert, &key, &[config.advertised_host()])?;
         let server_config = quic_server_config(config, &identity)?;
+        let kafka_tls = kafka_tls_config(config, &identity)?;
         self.peer_tls.replace_identity(&identity)?;
         self.endpoint.set_server_config(Some(server_config));
+        if let (Some(current), Some(new)) = (&self.shared.kafka_tls, kafka_tls) {
+            *current.write() = new;
+        }
         self.shared
             .own_fingerprints
             .write()
@@ -570,13 +583,15 @@ fn is_certificate_alert(error: &quinn::ConnectionError) -> bool {
     meridian_client::client_certificate_alert(u64::from(e.code)).is_some()
 }
 
-/// The name and fingerprint of the certificate the client presented, if any.
-fn client_certificate(connection: &quinn::Connection) -> Option<(String, String)> {
+/// The certificate the client presented, if any.
+fn client_certificate(
+    connection: &quinn::Connection,
+) -> Option<rustls::pki_types::CertificateDer<'static>> {
     let chain = connection
         .peer_identity()?
         .downcast::<Vec<rustls::pki_types::CertificateDer<'static>>>()
         .ok()?;
-    chain.first().map(tls::client_name)
+    chain.first().cloned()
 }
 
 /// Serves connection `id`'s requests; `client` is the name its certificate gave.
@@ -725,6 +740,21 @@ pub(crate) struct Caller<'a> {
 }
 
 impl Shared {
+    /// The client a certificate accepted under `tls_client_ca` names, noted in the
+    /// current span (its connection's): every line logged for its requests says so.
+    pub(crate) fn principal_of(
+        &self,
+        leaf: &rustls::pki_types::CertificateDer<'_>,
+    ) -> acl::Principal {
+        let (name, fingerprint) = tls::client_name(leaf);
+        tracing::Span::current().record("client", name.as_str());
+        tracing::debug!(%fingerprint, "client certificate accepted");
+        acl::Principal {
+            name: Arc::<str>::from(name),
+            broker: self.own_fingerprints.read().contains(&fingerprint),
+        }
+    }
+
     /// Serves one decoded request as every listener does: authorizes it, hands it to
     /// [`Shared::handle`] inside `span`, lets `encode` make the reply (and say its
     /// size), counts it, and holds the reply while the client is over its quota.

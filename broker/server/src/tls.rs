@@ -95,20 +95,39 @@ pub fn server_crypto(
     identity: &Identity,
     client_ca: Option<&Path>,
 ) -> anyhow::Result<Arc<quinn::crypto::rustls::QuicServerConfig>> {
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])?;
-    let builder = match client_ca {
-        None => builder.with_no_client_auth(),
-        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
-    };
-    let mut tls = builder
-        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
-        .context("certificate and key do not match")?;
+    let mut tls = server_tls(identity, client_ca, &[&rustls::version::TLS13])?;
     tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
     Ok(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(
         tls,
     )?))
+}
+
+/// The Kafka listener's TLS (`kafka_tls`): this identity, TLS 1.2 or 1.3 (Kafka's
+/// clients speak either), no ALPN, and with `client_ca` the same check of client
+/// certificates as the QUIC endpoint's.
+pub fn kafka_server_config(
+    identity: &Identity,
+    client_ca: Option<&Path>,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
+    Ok(Arc::new(server_tls(identity, client_ca, &versions)?))
+}
+
+fn server_tls(
+    identity: &Identity,
+    client_ca: Option<&Path>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(versions)?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+    };
+    builder
+        .with_single_cert(identity.certs.clone(), identity.key.clone_key())
+        .context("certificate and key do not match")
 }
 
 /// The check of client certificates against the CAs in `path` (`tls_client_ca`).

@@ -1,0 +1,111 @@
+"""kafka-python over TLS to Meridian's Kafka listener (`kafka_tls`).
+
+Run by tests/it/kafka.rs as
+
+    tls.py BOOTSTRAP CAFILE CERT KEY ACTION TOPIC
+
+CAFILE is the PEM the broker's certificate is checked against; CERT and KEY are the
+client's certificate and key, or `-` to present none. ACTION is one of:
+
+- `roundtrip`: create TOPIC (2 partitions), produce 200 records with acks=all over
+  TLS, read them all back; prints {"produced": N, "consumed": N, "values_match": bool};
+- `produce`: send one record to TOPIC; prints {"result": "ok"} or the name of the
+  Kafka error that refused it;
+- `plaintext`: connect without TLS; prints {"result": "connected"} or the name of the
+  error.
+
+Exits non-zero, saying why, on anything else.
+"""
+
+import json
+import sys
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.errors import KafkaError
+
+from common import create_topic, deliver, fail
+
+BOOTSTRAP, CAFILE, CERT, KEY, ACTION, TOPIC = sys.argv[1:7]
+RECORDS = 200
+
+TLS = {
+    "security_protocol": "SSL",
+    "ssl_cafile": CAFILE,
+}
+if CERT != "-":
+    TLS["ssl_certfile"] = CERT
+    TLS["ssl_keyfile"] = KEY
+
+
+def error_name(e):
+    return type(e).__name__
+
+
+def roundtrip():
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, **TLS)
+    create_topic(admin, TOPIC, 2)
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", **TLS)
+    sent = [
+        producer.send(TOPIC, key=f"k{i}".encode(), value=f"over tls {i}".encode())
+        for i in range(RECORDS)
+    ]
+    deliver(producer, sent)
+    consumer = KafkaConsumer(
+        bootstrap_servers=BOOTSTRAP,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **TLS,
+    )
+    partitions = [TopicPartition(TOPIC, p) for p in range(2)]
+    consumer.assign(partitions)
+    values = []
+    while len(values) < RECORDS:
+        polled = consumer.poll(timeout_ms=10_000)
+        if not polled:
+            fail(f"only {len(values)} of {RECORDS} records read back")
+        for batch in polled.values():
+            values.extend(r.value.decode() for r in batch)
+    consumer.close()
+    expected = sorted(f"over tls {i}" for i in range(RECORDS))
+    return {
+        "produced": len(sent),
+        "consumed": len(values),
+        "values_match": sorted(values) == expected,
+    }
+
+
+def produce():
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=BOOTSTRAP, acks="all", max_block_ms=10_000, **TLS
+        )
+    except KafkaError as e:
+        return {"result": error_name(e)}
+    try:
+        producer.send(TOPIC, value=b"one").get(timeout=30)
+        return {"result": "ok"}
+    except KafkaError as e:
+        return {"result": error_name(e)}
+    finally:
+        producer.close(timeout=5)
+
+
+def plaintext():
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=BOOTSTRAP,
+            security_protocol="PLAINTEXT",
+            request_timeout_ms=5000,
+            max_block_ms=5000,
+        )
+    except KafkaError as e:
+        return {"result": error_name(e)}
+    producer.close(timeout=5)
+    return {"result": "connected"}
+
+
+ACTIONS = {"roundtrip": roundtrip, "produce": produce, "plaintext": plaintext}
+if ACTION not in ACTIONS:
+    fail(f"unknown action {ACTION}")
+print(json.dumps(ACTIONS[ACTION]()))
