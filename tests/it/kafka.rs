@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 use kafka_protocol::messages::{self as k, ApiKey, GroupId, TopicName};
@@ -246,6 +246,19 @@ impl Raw {
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0))
             || matches!(self.stream.read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset)
+    }
+
+    /// Whether the broker ends the connection within the read timeout, whatever it
+    /// sends first (a TLS listener answers bytes that are not TLS with an alert).
+    fn ends(&mut self) -> bool {
+        let mut buffer = [0u8; 512];
+        loop {
+            match self.stream.read(&mut buffer) {
+                Ok(0) => return true,
+                Ok(_) => continue,
+                Err(e) => return e.kind() == std::io::ErrorKind::ConnectionReset,
+            }
+        }
     }
 
     /// A connection the broker serves, waiting (up to 5 s) for a free slot.
@@ -875,6 +888,25 @@ fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
     assert!(
         !listed.contains("py-idle") && !listed.contains("py-busy"),
         "{listed}"
+    );
+}
+
+/// `kafka_tls`: a client speaking plain Kafka to the TLS listener is closed at its
+/// first bytes, and one that opens a connection and sends nothing is closed after
+/// `idle_timeout_ms` instead of holding a connection slot and a task for ever.
+#[test]
+fn kafka_tls_closes_plaintext_and_stalled_handshakes() {
+    let (_broker, addr) = kafka_broker(&["kafka_tls=true", "idle_timeout_ms=1500"]);
+    let mut plain = Raw::connect(&addr);
+    plain.send(ApiKey::ApiVersions, 3, &k::ApiVersionsRequest::default());
+    assert!(plain.ends(), "plain Kafka bytes end the connection");
+    let mut stalled = Raw::connect(&addr);
+    let opened = Instant::now();
+    assert!(stalled.ends(), "a handshake that never starts is closed");
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(1000) && waited < Duration::from_secs(15),
+        "closed after {waited:?}, with idle_timeout_ms=1500"
     );
 }
 

@@ -215,7 +215,6 @@ async fn connection(
 ) {
     tracing::debug!("Kafka client connected");
     let _open = shared.metrics.connection_opened(Protocol::Kafka);
-    let client = client.map(Arc::new);
     let (owed, mut due) = mpsc::channel::<Owed>(shared.config.max_inflight_requests as usize);
     let write = async move {
         while let Some(response) = due.recv().await {
@@ -287,7 +286,7 @@ async fn serve_one(
     shared: Arc<Shared>,
     directory: Arc<Directory>,
     (request, pending): (Request, Pending),
-    (peer, client): (SocketAddr, Option<Arc<Principal>>),
+    (peer, client): (SocketAddr, Option<Principal>),
     frame_bytes: usize,
 ) -> Result<Option<Bytes>, String> {
     let api = pending.api();
@@ -306,7 +305,7 @@ async fn serve_one(
     let caller = Caller {
         // Without a certificate (plain TCP, or TLS without `tls_client_ca`) quotas
         // count a Kafka client by its IP address.
-        client: client.as_deref(),
+        client: client.as_ref(),
         peer,
         frame_bytes,
     };
