@@ -657,6 +657,13 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
             assert!(field(round, name) >= 0.0, "{summary:#}");
         }
     }
+    // What the hypervisor stole meanwhile, per round and in all (Linux's /proc/stat).
+    if std::path::Path::new("/proc/stat").exists() {
+        let stolen = rounds.iter().map(|r| field(r, "stolen_seconds"));
+        assert!(stolen.clone().all(|s| s >= 0.0), "{summary:#}");
+        let all = field(&summary, "stolen_seconds");
+        assert!((all - stolen.sum::<f64>()).abs() < 1e-9, "{summary:#}");
+    }
     let transport_cpu = mean("transport_cpu_seconds_per_gib");
     for what in ["produce", "consume"] {
         let cpu = mean(&format!("{what}_cpu_seconds_per_gib"));
@@ -710,6 +717,12 @@ fn bench_disk_appends_with_and_without_fdatasync() {
         cached["cpu_seconds_per_gib"].as_f64().unwrap() >= 0.0,
         "{cached}"
     );
+    if std::path::Path::new("/proc/stat").exists() {
+        assert!(
+            cached["stolen_seconds"].as_f64().unwrap() >= 0.0,
+            "{cached}"
+        );
+    }
     // The appended file went with the bench's temporary dir.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
@@ -755,6 +768,31 @@ fn consume_from_an_offset_past_the_end_is_out_of_range() {
     assert_eq!(from_end, "");
     // The end itself is not out of range: nothing to print, and success.
     assert_eq!(ok(broker.cli(&["consume", "short", "--from", "3"], "")), "");
+    // Below the log start the consumer resets per the policy, and a reset the user
+    // asked for is news, not a warning.
+    ok(broker.cli(&["topic", "truncate-before", "short", "--offset", "1"], ""));
+    let (success, stdout, stderr) = broker.cli(
+        &[
+            "consume",
+            "short",
+            "--from",
+            "0",
+            "--auto-offset-reset",
+            "earliest",
+        ],
+        "",
+    );
+    assert!(success, "{stderr}");
+    assert_eq!(stdout, "b\nc\n");
+    let reset = stderr
+        .lines()
+        .find(|line| line.contains("reset per auto_offset_reset"))
+        .unwrap_or_else(|| panic!("no reset logged: {stderr}"));
+    assert!(
+        reset.contains("INFO") && reset.contains("from=0 to=1"),
+        "{reset}"
+    );
+    assert!(!stderr.contains("WARN"), "{stderr}");
 }
 
 /// Binary keys and values leave `meridian consume` intact: raw bytes with

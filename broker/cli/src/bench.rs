@@ -588,6 +588,12 @@ struct CpuUse {
     /// Which processes: the bench and the brokers it started, or the bench only
     /// (a broker given with `--broker` is not measured), with their thread counts.
     cpu_of: String,
+    /// CPU seconds the hypervisor gave to other guests meanwhile, summed over this
+    /// machine's cores (the `steal` column of `/proc/stat`). On a shared VM the
+    /// latency tail and the throughput follow it: a run with seconds stolen is not
+    /// comparable with a quiet one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    stolen_seconds: Option<f64>,
 }
 
 impl std::fmt::Display for CpuUse {
@@ -596,7 +602,11 @@ impl std::fmt::Display for CpuUse {
             f,
             "CPU {:.2} s ({:.2} s per GiB) in {}",
             self.cpu_seconds, self.cpu_seconds_per_gib, self.cpu_of
-        )
+        )?;
+        if let Some(stolen) = self.stolen_seconds {
+            write!(f, "; {stolen:.2} CPU s stolen by the hypervisor")?;
+        }
+        Ok(())
     }
 }
 
@@ -606,6 +616,7 @@ struct CpuClock {
     pids: Vec<u32>,
     of: String,
     start: Option<Duration>,
+    stolen_at_start: Option<Duration>,
 }
 
 impl CpuClock {
@@ -630,6 +641,7 @@ impl CpuClock {
             pids,
             of: of.into(),
             start,
+            stolen_at_start: machine_stolen(),
         }
     }
 
@@ -645,6 +657,10 @@ impl CpuClock {
             cpu_seconds: used,
             cpu_seconds_per_gib: used / (bytes.max(1) as f64 / (1u64 << 30) as f64),
             cpu_of: self.of.clone(),
+            stolen_seconds: machine_stolen()
+                .zip(self.stolen_at_start)
+                .and_then(|(now, start)| now.checked_sub(start))
+                .map(|stolen| stolen.as_secs_f64()),
         })
     }
 }
@@ -664,6 +680,22 @@ fn process_cpu(pid: u32) -> Option<Duration> {
     let ticks = cpu_ticks(&stat)?;
     let per_second = rustix::param::clock_ticks_per_second().max(1);
     Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// CPU time stolen from this machine by its hypervisor since boot, all cores, from
+/// `/proc/stat`.
+fn machine_stolen() -> Option<Duration> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let ticks = steal_ticks(&stat)?;
+    let per_second = rustix::param::clock_ticks_per_second().max(1);
+    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+}
+
+/// The `steal` column (the 8th value) of the all-cores `cpu` line of `/proc/stat`;
+/// `None` on kernels too old to have it.
+fn steal_ticks(stat: &str) -> Option<u64> {
+    let line = stat.lines().find(|line| line.starts_with("cpu "))?;
+    line.split_whitespace().nth(8)?.parse().ok()
 }
 
 /// utime + stime, in clock ticks, from a `/proc/<pid>/stat` line.
@@ -1361,9 +1393,10 @@ fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
     let mib_per_sec = written as f64 / seconds / (1024.0 * 1024.0);
     if args.json {
         let mut summary = serde_json::json!({"bench": "disk", "bytes": written, "fsyncs": syncs, "seconds": seconds, "mib_per_sec": mib_per_sec, "write_bytes": chunk.len(), "sync": !args.no_sync});
-        if let (Some(cpu), Some(fields)) = (cpu, summary.as_object_mut()) {
-            fields.insert("cpu_seconds".into(), cpu.cpu_seconds.into());
-            fields.insert("cpu_seconds_per_gib".into(), cpu.cpu_seconds_per_gib.into());
+        if let (Some(fields), Some(cpu)) = (summary.as_object_mut(), &cpu) {
+            if let serde_json::Value::Object(cpu) = serde_json::to_value(cpu)? {
+                fields.extend(cpu);
+            }
         }
         println!("{summary}");
     } else {
@@ -1631,6 +1664,21 @@ mod tests {
         assert_eq!(cpu_ticks(stat), Some(168));
         assert_eq!(cpu_ticks("4242 (short) S 1 2"), None);
         assert_eq!(cpu_ticks("no parenthesis"), None);
+    }
+
+    #[test]
+    fn steal_is_the_eighth_value_of_the_all_cores_line() {
+        let stat = "cpu  543052 0 59601 1739755 6053 0 5418 24218 0 0\n\
+                    cpu0 271000 0 29000 869000 3000 0 2700 12100 0 0\n\
+                    intr 1 2 3\n";
+        assert_eq!(steal_ticks(stat), Some(24218));
+        // Kernels before 2.6.11 had no steal column; per-core lines are not the total.
+        assert_eq!(steal_ticks("cpu  1 2 3 4 5 6 7\n"), None);
+        assert_eq!(steal_ticks("cpu0 1 2 3 4 5 6 7 8 0 0\n"), None);
+        assert_eq!(steal_ticks(""), None);
+        if std::path::Path::new("/proc/stat").exists() {
+            assert!(machine_stolen().is_some(), "/proc/stat has a steal column");
+        }
     }
 
     #[test]

@@ -828,7 +828,7 @@ impl Consumer {
             match admin.list_offsets(&key.topic, key.partition, to).await {
                 Ok(position) => {
                     if let Some(state) = self.partitions.get_mut(&key) {
-                        tracing::warn!(
+                        tracing::info!(
                             topic = %key.topic,
                             partition = key.partition,
                             from = state.position,
