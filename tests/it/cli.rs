@@ -871,6 +871,18 @@ fn broker_logs_carry_colour_codes_only_when_asked_off_a_terminal() {
     assert!(coloured.contains("\u{1b}["), "{coloured:?}");
 }
 
+/// Starts a CLI command with no stdin and its stdout and stderr piped to the test.
+fn spawn_piped(broker: &TestBroker, args: &[&str]) -> std::process::Child {
+    use std::process::Stdio;
+    broker
+        .cli_command(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Output into a pipe whose reader has gone (`| head`) ends a command quietly: no
 /// panic, no error. Admin commands end as Unix tools do (killed by SIGPIPE, or
 /// done); `consume` stops at the failed write and exits 0. The reader is closed
@@ -878,7 +890,6 @@ fn broker_logs_carry_colour_codes_only_when_asked_off_a_terminal() {
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     use std::os::unix::process::ExitStatusExt;
-    use std::process::Stdio;
 
     let broker = TestBroker::start(&[]);
     ok(broker.cli(&["topic", "create", "piped", "-p", "2"], ""));
@@ -892,13 +903,7 @@ fn output_into_a_closed_pipe_ends_quietly() {
             "consume", "piped", "--group", "pipers", "--from", "earliest",
         ],
     ] {
-        let mut child = broker
-            .cli_command(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
+        let mut child = spawn_piped(&broker, args);
         drop(child.stdout.take());
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);
@@ -923,6 +928,52 @@ fn output_into_a_closed_pipe_ends_quietly() {
         let committed = row.split_whitespace().nth(2);
         assert!(matches!(committed, Some("0" | "-")), "{described}");
     }
+}
+
+/// A consumer that has printed everything and waits for more (`--follow`, or a
+/// group member) ends when its reader goes (`| head -3` has its lines), though no
+/// new record comes to fail writing; the group member commits what it printed.
+#[test]
+fn a_waiting_consumer_ends_when_its_reader_goes() {
+    use std::io::BufRead;
+
+    let broker = TestBroker::start(&[]);
+    ok(broker.cli(&["topic", "create", "waited"], ""));
+    ok(broker.cli(&["produce", "waited"], "a\nb\nc\n"));
+    for args in [
+        &["consume", "waited", "--from", "earliest", "--follow"][..],
+        &[
+            "consume", "waited", "--group", "heads", "--from", "earliest",
+        ],
+    ] {
+        let mut child = spawn_piped(&broker, args);
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let read: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
+        assert_eq!(read, ["a", "b", "c"], "{args:?}");
+        drop(lines);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                panic!("{args:?} still waits after its reader went");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(status.success(), "{args:?}: {status} {stderr}");
+        assert!(!stderr.contains("error"), "{args:?}: {stderr}");
+    }
+    let described = ok(broker.cli(&["group", "describe", "heads"], ""));
+    let row = described
+        .lines()
+        .find(|l| l.starts_with("waited"))
+        .unwrap_or_else(|| panic!("{described}"));
+    assert_eq!(row.split_whitespace().nth(2), Some("3"), "{described}");
+    assert!(described.contains("0 members"), "{described}");
 }
 
 /// The broker row of `cluster describe`: its columns split on whitespace.

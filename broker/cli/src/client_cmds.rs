@@ -757,6 +757,10 @@ pub async fn consume(args: ConsumeArgs) -> anyhow::Result<()> {
             break;
         }
         let records = consumer.poll(Duration::from_millis(500)).await?;
+        if records.is_empty() && args.follow && crate::stdout_reader_gone() {
+            // `--follow | head -3`: the reader has what it wanted.
+            break;
+        }
         for record in records {
             if printed >= limit {
                 break;
@@ -834,6 +838,11 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
         };
         if !records.is_empty() {
             last_record = std::time::Instant::now();
+        } else if crate::stdout_reader_gone() {
+            // `| head -3` has ended while no record came to fail writing: commit
+            // what was printed and leave, as on a write to the closed pipe.
+            reader_gone = true;
+            break;
         }
         // Only what was returned by `poll` can be committed; print it all and flush
         // before the next poll may commit it, so a crash never skips a record.

@@ -455,7 +455,8 @@ fn fail(e: anyhow::Error) -> std::process::ExitCode {
 /// write into an error). Not for the broker, `up` and `bench` (they stop their
 /// brokers on the way out), nor for `produce`/`consume` (a closed pipe is a write
 /// error there, after which they finish: see `is_broken_pipe`; a group member
-/// commits what it printed before and leaves).
+/// commits what it printed before and leaves; a consumer waiting for records asks
+/// `stdout_reader_gone` between polls).
 fn end_quietly_on_closed_pipe() {
     #[cfg(unix)]
     // SAFETY: called first thing in `main`, before any other thread exists; it only
@@ -473,6 +474,30 @@ pub(crate) fn is_broken_pipe(e: &anyhow::Error) -> bool {
             .downcast_ref::<std::io::Error>()
             .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
     })
+}
+
+/// Whether what reads stdout has gone: a pipe without a reader (`| head` has ended)
+/// or a hung-up terminal. A consumer that waits for records writes nothing, so a
+/// write error would tell it only when the next record comes, perhaps never; it asks
+/// this between polls instead, as GNU `tail -f` does. A poll(2) of stdout that asks
+/// for no events and does not wait: the kernel reports POLLERR and POLLHUP anyway.
+pub(crate) fn stdout_reader_gone() -> bool {
+    #[cfg(unix)]
+    {
+        use rustix::event::{poll, PollFd, PollFlags, Timespec};
+        use std::os::fd::AsFd;
+        let stdout = std::io::stdout();
+        let fd = stdout.as_fd();
+        let mut fds = [PollFd::new(&fd, PollFlags::empty())];
+        let now = Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        matches!(poll(&mut fds, Some(&now)), Ok(n) if n > 0)
+            && fds[0].revents().intersects(PollFlags::ERR | PollFlags::HUP)
+    }
+    #[cfg(not(unix))]
+    false
 }
 
 /// Runs `command`; `config` is the broker config `main` read for `dev` and `broker`.
