@@ -572,6 +572,16 @@ async fn produce_chain_filters_then_transforms_and_survives_restart() {
         read_all(&client, "orders").await.last().unwrap(),
         r#"{"name":"[REDACTED]","total":500}"#
     );
+    // Describing the topic shows the chain in order, with the broker's limits
+    // (this broker's batch time, the default memory cap) and the failure policy.
+    let described = client.admin().describe_topic("orders").await.unwrap();
+    let mut big_orders = attachment("big-orders", &[("where", "total>=100")], "reject");
+    big_orders.batch_time_max_ms = 5000;
+    big_orders.memory_max_bytes = 64 << 20;
+    let mut redact = attachment("redact", &[("paths", "name")], "reject");
+    redact.batch_time_max_ms = 5000;
+    redact.memory_max_bytes = 64 << 20;
+    assert_eq!(described.plugins, [big_orders, redact]);
 }
 
 /// A batch of JSON values `{"n":…}` from an idempotent producer.
@@ -1251,6 +1261,15 @@ fn cli_deploys_attaches_and_detaches() {
         "",
     );
     assert!(ok, "{stderr}");
+    let (ok, described, stderr) = broker.cli(&["topic", "describe", "t"], "");
+    assert!(ok, "{stderr}");
+    assert!(
+        described.contains(
+            "  1. json-filter (filter)  --param where=keep=yes  --on-failure reject  \
+             --batch-time-max-ms 200  --memory-max-bytes 67108864\n"
+        ),
+        "{described}"
+    );
     let (ok, _, stderr) = broker.cli(&["produce", "t"], "{\"keep\":\"yes\"}\n{\"keep\":\"no\"}\n");
     assert!(ok, "{stderr}");
     let (ok, stdout, stderr) = broker.cli(&["consume", "t"], "");
@@ -1262,6 +1281,8 @@ fn cli_deploys_attaches_and_detaches() {
     assert!(!ok && stderr.contains("PluginInUse"), "{stderr}");
     let (ok, _, stderr) = broker.cli(&["topic", "detach", "t", "--plugin", "json-filter"], "");
     assert!(ok, "{stderr}");
+    let (ok, described, stderr) = broker.cli(&["topic", "describe", "t"], "");
+    assert!(ok && !described.contains("plugins"), "{described} {stderr}");
     let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");
     assert!(ok, "{stderr}");
 }

@@ -359,6 +359,13 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
         "",
     );
     assert!(ok, "{err}");
+    // Any broker describes the chain the cluster's metadata holds.
+    let (ok, out, err) = cli(&["topic", "describe", "replicated"], "");
+    assert!(ok, "{err}");
+    assert!(
+        out.contains("  1. json-filter (filter)  --param where=n>=10  --on-failure reject"),
+        "{out}"
+    );
     let lines: String = (0..3)
         .flat_map(|p| [format!("{{\"n\": {p}}}"), format!("{{\"n\": 1{p}}}")])
         .map(|line| line + "\n")

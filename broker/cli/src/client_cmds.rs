@@ -172,12 +172,8 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Describe { name, connect } => {
-            let d = connect
-                .connect()
-                .await?
-                .admin()
-                .describe_topic(&name)
-                .await?;
+            let admin = connect.connect().await?.admin();
+            let d = admin.describe_topic(&name).await?;
             println!(
                 "topic: {}  partitions: {}  replication-factor: {}",
                 d.name,
@@ -193,6 +189,36 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                     c.value,
                     if c.is_default { "  (default)" } else { "" }
                 );
+            }
+            if !d.plugins.is_empty() {
+                // Kinds from the plugin list; a broker that cannot list them leaves
+                // the kinds out rather than the chain.
+                let kinds: std::collections::HashMap<String, String> = admin
+                    .list_plugins()
+                    .await
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|p| (p.name, p.kind))
+                    .collect();
+                println!("plugins (in attach order; a partitioner routes before the rest run):");
+                for (i, a) in d.plugins.iter().enumerate() {
+                    let kind = kinds
+                        .get(&a.plugin)
+                        .map_or(String::new(), |k| format!(" ({k})"));
+                    let params: String = a
+                        .params
+                        .iter()
+                        .map(|(k, v)| format!("  --param {k}={v}"))
+                        .collect();
+                    println!(
+                        "  {}. {}{kind}{params}  --on-failure {}  --batch-time-max-ms {}  --memory-max-bytes {}",
+                        i + 1,
+                        a.plugin,
+                        a.on_failure,
+                        a.batch_time_max_ms,
+                        a.memory_max_bytes
+                    );
+                }
             }
             println!(
                 "{:>9} {:>14} {:>14} {:>12} {:>8}  status",

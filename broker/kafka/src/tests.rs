@@ -1060,6 +1060,7 @@ fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
                 config("retention.ms", "3600000", false),
             ],
             partitions: Vec::new(),
+            plugins: Vec::new(),
         };
         let answer = m::DescribeTopicsResponse {
             topics: vec![
@@ -1071,6 +1072,7 @@ fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
                     replication_factor: 0,
                     configs: Vec::new(),
                     partitions: Vec::new(),
+                    plugins: Vec::new(),
                 },
                 described,
             ],

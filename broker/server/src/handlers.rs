@@ -601,10 +601,12 @@ impl Shared {
                         replication_factor: 0,
                         configs: Vec::new(),
                         partitions: Vec::new(),
+                        plugins: Vec::new(),
                     };
                 };
                 let local = self.registry.get(&name);
                 TopicDescription {
+                    plugins: self.plugins.described_chain(&name),
                     name: name.clone(),
                     error: ErrorCode::None,
                     message: String::new(),
@@ -934,6 +936,7 @@ impl Shared {
             .into_iter()
             .map(|t| match t {
                 Ok(topic) => TopicDescription {
+                    plugins: self.plugins.described_chain(&topic.name),
                     name: topic.name.clone(),
                     error: ErrorCode::None,
                     message: String::new(),
@@ -978,6 +981,7 @@ impl Shared {
                     replication_factor: 0,
                     configs: Vec::new(),
                     partitions: Vec::new(),
+                    plugins: Vec::new(),
                 },
             })
             .collect();

@@ -123,7 +123,8 @@ impl ApiKey {
     /// `CreatePartitions` (requests) can ask to validate only. Version 1 of
     /// `ApiVersions` has version 0's bodies: a broker listing it reads a trace
     /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]). Version 1
-    /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener.
+    /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener. Version 1
+    /// of `DescribeTopics` (response) carries each topic's plugin chain.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::ApiVersions
@@ -131,7 +132,8 @@ impl ApiKey {
             | ApiKey::OffsetFetch
             | ApiKey::AlterTopicConfigs
             | ApiKey::CreatePartitions
-            | ApiKey::BrokerHeartbeat => 1,
+            | ApiKey::BrokerHeartbeat
+            | ApiKey::DescribeTopics => 1,
             _ => 0,
         }
     }
@@ -367,6 +369,10 @@ pub struct TopicDescription {
     pub replication_factor: u16,
     pub configs: Vec<DescribedConfig>,
     pub partitions: Vec<PartitionDescription>,
+    /// The topic's produce chain of plugins, in the order they run, with the limits
+    /// in effect (broker defaults filled in) and the failure policy spelled out.
+    /// Version 1; a version 0 answer has none.
+    pub plugins: Vec<crate::plugin_messages::Attachment>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1003,6 +1009,9 @@ impl Response {
                         w.u64(p.size_bytes);
                         w.u32(p.segments);
                     });
+                    if version >= 1 {
+                        w.array(&t.plugins, crate::plugin_messages::put_attachment);
+                    }
                 });
             }
             Response::Produce(r) => {
@@ -1157,6 +1166,11 @@ impl Response {
                                 segments: r.u32()?,
                             })
                         })?,
+                        plugins: if version >= 1 {
+                            r.array(20, crate::plugin_messages::get_attachment)?
+                        } else {
+                            Vec::new()
+                        },
                     })
                 })?,
             }),
@@ -1301,6 +1315,42 @@ mod tests {
         for cut in 4..frame.len() {
             let _ = decode_response(response.api_key(), frame.slice(4..cut));
         }
+    }
+
+    /// A version 0 answer to DescribeTopics (to a client from before plugin chains
+    /// were described) leaves the chain out, and decodes as one without plugins.
+    #[test]
+    fn describe_topics_at_version_0_has_no_plugin_chain() {
+        let topic = |plugins| TopicDescription {
+            name: "t".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+            replication_factor: 1,
+            configs: vec![],
+            partitions: vec![],
+            plugins,
+        };
+        let chain = vec![crate::plugin_messages::Attachment {
+            plugin: "sampler".into(),
+            params: vec![("every".into(), "10".into())],
+            batch_time_max_ms: 100,
+            memory_max_bytes: 1 << 20,
+            on_failure: "skip".into(),
+        }];
+        let response = Response::DescribeTopics(DescribeTopicsResponse {
+            topics: vec![topic(chain.clone())],
+        });
+        let at = |version| {
+            let chunks = crate::frame::encode_response_chunks_at(&response, version);
+            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let body = Bytes::from(frame).slice(4..);
+            crate::frame::decode_response_at(ApiKey::DescribeTopics, version, body).unwrap()
+        };
+        let without = Response::DescribeTopics(DescribeTopicsResponse {
+            topics: vec![topic(vec![])],
+        });
+        assert_eq!(at(0), ResponseFrame::Ok(without));
+        assert_eq!(at(1), ResponseFrame::Ok(response.clone()));
     }
 
     #[test]
@@ -1516,6 +1566,13 @@ mod tests {
                     high_watermark: 10,
                     size_bytes: 1000,
                     segments: 1,
+                }],
+                plugins: vec![crate::plugin_messages::Attachment {
+                    plugin: "json-filter".into(),
+                    params: vec![("where".into(), "total>=100".into())],
+                    batch_time_max_ms: 100,
+                    memory_max_bytes: 1 << 24,
+                    on_failure: "dead-letter:orders-dlq".into(),
                 }],
             }],
         }));

@@ -198,7 +198,18 @@ pub(crate) fn get_result(r: &mut Reader) -> Result<PluginResult, DecodeError> {
 
 pub(crate) fn put_attach(w: &mut Writer<'_>, m: &TopicAttachRequest) {
     w.string(&m.topic);
-    let a = &m.attachment;
+    put_attachment(w, &m.attachment);
+}
+
+pub(crate) fn get_attach(r: &mut Reader) -> Result<TopicAttachRequest, DecodeError> {
+    Ok(TopicAttachRequest {
+        topic: r.string()?,
+        attachment: get_attachment(r)?,
+    })
+}
+
+/// An attachment: in `TopicAttach` requests and `DescribeTopics` answers (version 1).
+pub(crate) fn put_attachment(w: &mut Writer<'_>, a: &Attachment) {
     w.string(&a.plugin);
     put_params(w, &a.params);
     w.u32(a.batch_time_max_ms);
@@ -206,16 +217,13 @@ pub(crate) fn put_attach(w: &mut Writer<'_>, m: &TopicAttachRequest) {
     w.string(&a.on_failure);
 }
 
-pub(crate) fn get_attach(r: &mut Reader) -> Result<TopicAttachRequest, DecodeError> {
-    Ok(TopicAttachRequest {
-        topic: r.string()?,
-        attachment: Attachment {
-            plugin: r.string()?,
-            params: get_params(r)?,
-            batch_time_max_ms: r.u32()?,
-            memory_max_bytes: r.u64()?,
-            on_failure: r.string()?,
-        },
+pub(crate) fn get_attachment(r: &mut Reader) -> Result<Attachment, DecodeError> {
+    Ok(Attachment {
+        plugin: r.string()?,
+        params: get_params(r)?,
+        batch_time_max_ms: r.u32()?,
+        memory_max_bytes: r.u64()?,
+        on_failure: r.string()?,
     })
 }
 
