@@ -317,7 +317,8 @@ impl UpRegion {
 #[test]
 fn up_runs_a_region_and_stops_it_on_ctrl_c() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let region = UpRegion::start(&region_file(dir.path(), ""));
+    let region_path = region_file(dir.path(), "");
+    let region = UpRegion::start(&region_path);
     let (bootstrap, cert) = (region.bootstrap.clone(), region.cert.clone());
     let cli = |args: &[&str], stdin: &str| region.cli(args, stdin);
     region.create_topic(
@@ -426,6 +427,36 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
         out.status.success() && summary.contains("\"records\":2000"),
         "{summary}{}",
         String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Starting a broker that is already running fails at once, and `up` says which
+    // broker ended and that its own lines say why (not that it did not stop).
+    let mut again = Command::new(meridian_bin())
+        .arg("up")
+        .arg(&region_path)
+        .args(["--broker", "2"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run up");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while again.try_wait().expect("wait").is_none() {
+        if Instant::now() > deadline {
+            again.kill().ok();
+            panic!("a second `up --broker 2` kept running");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = again.wait_with_output().expect("up output");
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(!out.status.success(), "{stdout}{stderr}");
+    assert!(stderr.contains("is in use by another broker"), "{stderr}");
+    assert!(
+        stderr.contains("error: broker-2 (exit status: 1) of region test exited on its own"),
+        "{stdout}{stderr}"
     );
 
     let logged = region.stop();

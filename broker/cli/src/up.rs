@@ -453,12 +453,17 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
     }
 
+    // Brokers that ended on their own with an error (say, at start), and whether
+    // stopping the rest on Ctrl-C went wrong.
+    let mut exited: Vec<(u32, std::process::ExitStatus)> = Vec::new();
     let mut failed = false;
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
     loop {
         for (id, status) in runner.reap()? {
-            failed |= !status.success();
+            if !status.success() {
+                exited.push((id, status));
+            }
             println!("[broker-{id}] exited: {status}");
         }
         if ids.iter().all(|id| !runner.is_running(*id)) {
@@ -473,11 +478,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
     }
-    if failed {
+    let region = &runner.region.region.name;
+    if !exited.is_empty() {
+        let brokers: Vec<String> = exited
+            .iter()
+            .map(|(id, status)| format!("broker-{id} ({status})"))
+            .collect();
         bail!(
-            "a broker of region {} did not stop cleanly",
-            runner.region.region.name
+            "{} of region {region} exited on its own; its lines above say why",
+            brokers.join(", ")
         );
+    }
+    if failed {
+        bail!("a broker of region {region} did not stop cleanly");
     }
     Ok(())
 }
