@@ -1275,6 +1275,29 @@ fn cli_deploys_attaches_and_detaches() {
     let (ok, stdout, stderr) = broker.cli(&["consume", "t"], "");
     assert!(ok, "{stderr}");
     assert_eq!(stdout, "{\"keep\":\"yes\"}\n");
+    // The same for scripts.
+    let (ok, described, stderr) = broker.cli(&["topic", "describe", "t", "--json"], "");
+    assert!(ok, "{stderr}");
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    assert_eq!(described["topic"], "t", "{described}");
+    assert_eq!(
+        described["plugins"],
+        serde_json::json!([{"plugin": "json-filter", "params": {"where": "keep=yes"},
+            "on_failure": "reject", "batch_time_max_ms": 200, "memory_max_bytes": 67108864}]),
+        "{described}"
+    );
+    assert_eq!(
+        described["configs"]["retention.ms"],
+        serde_json::json!({"value": "604800000", "default": true}),
+        "{described}"
+    );
+    let partition = &described["partitions"][0];
+    assert_eq!(partition["partition"], 0, "{described}");
+    assert_eq!(partition["status"], "online", "{described}");
+    assert!(
+        partition["high_watermark"].as_i64() >= Some(1),
+        "{described}"
+    );
     let (ok, stdout, _) = broker.cli(&["plugin", "list"], "");
     assert!(ok && stdout.trim_end().ends_with("\tt"), "{stdout}");
     let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");

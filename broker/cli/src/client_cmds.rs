@@ -48,9 +48,13 @@ pub enum TopicCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// Show a topic's settings and partitions.
+    /// Show a topic's settings, plugin chain and partitions.
     Describe {
         name: String,
+        /// One JSON object instead of the text (for scripts: `jq
+        /// '.configs["retention.ms"].value'`, `jq '.partitions[].high_watermark'`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -171,9 +175,17 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 println!("{name}");
             }
         }
-        TopicCommand::Describe { name, connect } => {
+        TopicCommand::Describe {
+            name,
+            json,
+            connect,
+        } => {
             let admin = connect.connect().await?.admin();
             let d = admin.describe_topic(&name).await?;
+            if json {
+                println!("{}", topic_json(&d));
+                return Ok(());
+            }
             println!(
                 "topic: {}  partitions: {}  replication-factor: {}",
                 d.name,
@@ -909,6 +921,60 @@ async fn consume_group(args: ConsumeArgs) -> anyhow::Result<()> {
     drop(stdout);
     consumer.close().await?;
     Ok(())
+}
+
+/// What `topic describe --json` prints: the facts of the text, settings keyed by
+/// name, partitions with `-1` offsets (a broker without a replica) as `null`.
+fn topic_json(d: &meridian_client::TopicDescription) -> serde_json::Value {
+    use serde_json::json;
+    let configs: serde_json::Map<String, serde_json::Value> = d
+        .configs
+        .iter()
+        .map(|c| {
+            let value = json!({"value": c.value, "default": c.is_default});
+            (c.key.clone(), value)
+        })
+        .collect();
+    let plugins: Vec<serde_json::Value> = d
+        .plugins
+        .iter()
+        .map(|a| {
+            let params: serde_json::Map<String, serde_json::Value> = a
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone().into()))
+                .collect();
+            json!({
+                "plugin": a.plugin,
+                "params": params,
+                "on_failure": a.on_failure,
+                "batch_time_max_ms": a.batch_time_max_ms,
+                "memory_max_bytes": a.memory_max_bytes,
+            })
+        })
+        .collect();
+    let known = |v: i64| (v >= 0).then_some(v);
+    let partitions: Vec<serde_json::Value> = d
+        .partitions
+        .iter()
+        .map(|p| {
+            json!({
+                "partition": p.partition,
+                "log_start_offset": known(p.log_start_offset),
+                "high_watermark": known(p.high_watermark),
+                "size_bytes": p.size_bytes,
+                "segments": p.segments,
+                "status": if p.error.is_ok() { "online" } else { p.error.name() },
+            })
+        })
+        .collect();
+    json!({
+        "topic": d.name,
+        "replication_factor": d.replication_factor,
+        "configs": configs,
+        "plugins": plugins,
+        "partitions": partitions,
+    })
 }
 
 /// A key or value as its bytes; a null one as none.
