@@ -575,6 +575,25 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
     broker.restart();
     let described = broker.cli(&["group", "describe", "billing"], "").1;
     assert!(described.contains("COMMITTED"), "{described}");
+    // The same for scripts: 30 of the 100 records committed, 70 of lag, no member.
+    let (ok, json, err) = broker.cli(&["group", "describe", "billing", "--json"], "");
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(json["group"], "billing", "{json}");
+    assert_eq!(json["members"], serde_json::json!([]), "{json}");
+    let partitions = json["partitions"].as_array().unwrap();
+    let sum = |field: &str| -> i64 { partitions.iter().map(|p| p[field].as_i64().unwrap()).sum() };
+    assert_eq!(
+        (sum("committed"), sum("log_end"), sum("lag")),
+        (30, 100, 70),
+        "{json}"
+    );
+    assert!(
+        partitions
+            .iter()
+            .all(|p| p["owner"].is_null() && p["topic"] == "orders"),
+        "{json}"
+    );
     let rest = consume(&broker, 70);
     assert_eq!(rest.len(), 70, "resumed after the commit");
     let all: BTreeSet<(u32, i64)> = first.iter().chain(&rest).copied().collect();

@@ -18,6 +18,10 @@ pub enum GroupCommand {
     /// Show a group's members, assignments, committed offsets and lag.
     Describe {
         group: String,
+        /// One JSON object instead of the text (for lag monitoring: `jq
+        /// '[.partitions[].lag // 0] | add'`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -82,9 +86,13 @@ pub async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
                 println!("{:<40} {}", g.group_id, g.state);
             }
         }
-        GroupCommand::Describe { group, connect } => {
+        GroupCommand::Describe {
+            group,
+            json,
+            connect,
+        } => {
             let client = connect.connect().await?;
-            describe(&client.admin(), &group).await?;
+            describe(&client.admin(), &group, json).await?;
         }
         GroupCommand::ResetOffsets(args) => {
             let client = args.connect.connect().await?;
@@ -121,7 +129,25 @@ pub async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
+/// One row of `group describe`: a partition the group has a commit for or a member
+/// owns.
+struct LagRow {
+    topic: String,
+    partition: u32,
+    committed: Option<i64>,
+    /// The log end offset; `None` when it could not be read (say, the topic is gone).
+    end: Option<i64>,
+    owner: Option<String>,
+}
+
+impl LagRow {
+    /// Records between the commit (or, without one, offset 0) and the log end.
+    fn lag(&self) -> Option<i64> {
+        Some((self.end? - self.committed.unwrap_or(0)).max(0))
+    }
+}
+
+async fn describe(admin: &Admin, group: &str, json: bool) -> anyhow::Result<()> {
     let committed = admin.committed_offsets(group, None).await?;
     let description = match admin.describe_group(group).await {
         Ok(d) => Some(d),
@@ -130,6 +156,47 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
         Err(_) => None,
     };
     let mut owners: BTreeMap<(String, u32), String> = BTreeMap::new();
+    for m in description.iter().flat_map(|d| &d.members) {
+        for t in &m.owned {
+            for p in &t.partitions {
+                owners.insert((t.topic.clone(), *p), m.member_id.clone());
+            }
+        }
+    }
+    // Every partition with a commit or an owner.
+    let mut offsets: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
+    for c in &committed {
+        offsets.insert((c.topic.clone(), c.partition), Some(c.offset));
+    }
+    for key in owners.keys() {
+        offsets.entry(key.clone()).or_insert(None);
+    }
+    // Topics deleted since the group committed to them.
+    let mut gone: BTreeSet<String> = BTreeSet::new();
+    let mut rows = Vec::new();
+    for ((topic, partition), committed) in offsets {
+        let end = match admin.list_offsets(&topic, partition, Offset::Latest).await {
+            Ok(end) => Some(end),
+            Err(e) => {
+                if e.code() == Some(ErrorCode::UnknownTopic) {
+                    gone.insert(topic.clone());
+                }
+                None
+            }
+        };
+        let owner = owners.get(&(topic.clone(), partition)).cloned();
+        rows.push(LagRow {
+            topic,
+            partition,
+            committed,
+            end,
+            owner,
+        });
+    }
+    if json {
+        println!("{}", group_json(group, description.as_ref(), &rows, &gone));
+        return Ok(());
+    }
     match &description {
         Some(d) => {
             println!(
@@ -164,55 +231,25 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
                         assigned.join(" ")
                     }
                 );
-                for t in &m.owned {
-                    for p in &t.partitions {
-                        owners.insert((t.topic.clone(), *p), m.member_id.clone());
-                    }
-                }
             }
         }
         None => println!("group {group}: state Empty, no members"),
-    }
-    // Lag for every partition with a commit or an owner.
-    let mut rows: BTreeMap<(String, u32), Option<i64>> = BTreeMap::new();
-    for c in &committed {
-        rows.insert((c.topic.clone(), c.partition), Some(c.offset));
-    }
-    for key in owners.keys() {
-        rows.entry(key.clone()).or_insert(None);
     }
     println!();
     println!(
         "{:<24} {:>9} {:>12} {:>12} {:>9}  OWNER",
         "TOPIC", "PARTITION", "COMMITTED", "LOG-END", "LAG"
     );
-    // Topics deleted since the group committed to them.
-    let mut gone: BTreeSet<String> = BTreeSet::new();
-    for ((topic, partition), offset) in rows {
-        let end = match admin.list_offsets(&topic, partition, Offset::Latest).await {
-            Ok(end) => Some(end),
-            Err(e) => {
-                if e.code() == Some(ErrorCode::UnknownTopic) {
-                    gone.insert(topic.clone());
-                }
-                None
-            }
-        };
-        let lag = match (offset, end) {
-            (Some(o), Some(e)) => (e - o).max(0).to_string(),
-            (None, Some(e)) => e.to_string(),
-            _ => "-".into(),
-        };
+    let dash = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+    for row in &rows {
         println!(
             "{:<24} {:>9} {:>12} {:>12} {:>9}  {}",
-            topic,
-            partition,
-            offset.map_or("-".into(), |o| o.to_string()),
-            end.map_or("-".into(), |e| e.to_string()),
-            lag,
-            owners
-                .get(&(topic.clone(), partition))
-                .map_or("-", String::as_str)
+            row.topic,
+            row.partition,
+            dash(row.committed),
+            dash(row.end),
+            dash(row.lag()),
+            row.owner.as_deref().unwrap_or("-")
         );
     }
     for topic in gone {
@@ -221,6 +258,57 @@ async fn describe(admin: &Admin, group: &str) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+/// What `group describe --json` prints: the facts of the text, `null` for what is
+/// not known (no commit, no owner, a log end that could not be read).
+fn group_json(
+    group: &str,
+    description: Option<&meridian_client::GroupDescription>,
+    rows: &[LagRow],
+    gone: &BTreeSet<String>,
+) -> serde_json::Value {
+    use serde_json::json;
+    let members: Vec<serde_json::Value> = description
+        .iter()
+        .flat_map(|d| &d.members)
+        .map(|m| {
+            let owned: Vec<serde_json::Value> = m
+                .owned
+                .iter()
+                .map(|t| json!({"topic": t.topic, "partitions": t.partitions}))
+                .collect();
+            json!({
+                "member_id": m.member_id,
+                "instance_id": m.instance_id,
+                "client_id": m.client_id,
+                "client_host": m.client_host,
+                "owned": owned,
+            })
+        })
+        .collect();
+    let partitions: Vec<serde_json::Value> = rows
+        .iter()
+        .map(|r| {
+            json!({
+                "topic": r.topic,
+                "partition": r.partition,
+                "committed": r.committed,
+                "log_end": r.end,
+                "lag": r.lag(),
+                "owner": r.owner,
+            })
+        })
+        .collect();
+    json!({
+        "group": group,
+        "state": description.map_or("Empty", |d| d.state.as_str()),
+        "assignor": description.map(|d| d.assignor.as_str()).filter(|a| !a.is_empty()),
+        "epoch": description.map(|d| d.epoch),
+        "members": members,
+        "partitions": partitions,
+        "deleted_topics": gone,
+    })
 }
 
 async fn reset(admin: &Admin, args: &ResetArgs) -> anyhow::Result<()> {
