@@ -2875,6 +2875,31 @@ async fn an_administrator_gives_a_returning_broker_its_leaderships_back() {
             .collect()
     };
     assert_eq!(rows(&["partition", "list", "--under-replicated"]).len(), 3);
+    // The same for scripts: each has a leader, three replicas, two in sync.
+    let (ok, json, err) = cluster.brokers_ref(controller).cli(
+        &[
+            "partition",
+            "list",
+            "orders",
+            "--under-replicated",
+            "--json",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let json: serde_json::Value = serde_json::from_str(&json).unwrap();
+    let listed = json.as_array().unwrap();
+    assert_eq!(listed.len(), 3, "{json}");
+    for p in listed {
+        assert_eq!(p["topic"], "orders", "{json}");
+        assert!(
+            p["leader"].as_u64().is_some_and(|l| l != u64::from(back)),
+            "{json}"
+        );
+        assert_eq!(p["replicas"].as_array().unwrap().len(), 3, "{json}");
+        assert_eq!(p["isr"].as_array().unwrap().len(), 2, "{json}");
+        assert!(p["reassignment"].is_null(), "{json}");
+    }
     assert_eq!(
         rows(&["partition", "list", "orders", "--unavailable"]).len(),
         0

@@ -31,6 +31,10 @@ pub enum PartitionCommand {
         /// min.insync.replicas: acks=all writes to them are refused.
         #[arg(long)]
         under_min_isr: bool,
+        /// One JSON array of the partitions instead of the table (for scripts:
+        /// `jq 'map(select(.leader == null))'`).
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -84,6 +88,7 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
             under_replicated,
             unavailable,
             under_min_isr,
+            json,
             connect,
         } => {
             let client = connect.connect().await?;
@@ -94,7 +99,7 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
             };
             print!(
                 "{}",
-                list_partitions(&client, topic.as_deref(), filter).await?
+                list_partitions(&client, topic.as_deref(), filter, json).await?
             );
             Ok(())
         }
@@ -279,6 +284,7 @@ async fn list_partitions(
     client: &Client,
     topic: Option<&str>,
     filter: Filter,
+    json: bool,
 ) -> anyhow::Result<String> {
     let metadata = client.metadata(topic.map(|t| vec![t.to_string()])).await?;
     let moving = client.admin().list_reassignments(topic).await?;
@@ -288,6 +294,7 @@ async fn list_partitions(
         "{:<24} {:>9} {:>7} {:>6}  {:<16} {:<16} reassignment\n",
         "topic", "partition", "leader", "epoch", "replicas", "isr"
     );
+    let mut rows = Vec::new();
     for t in topics {
         if !t.error.is_ok() {
             bail!("{}: {}", t.name, t.error.name());
@@ -302,6 +309,22 @@ async fn list_partitions(
                 .iter()
                 .find(|m| m.topic == t.name && m.partition == p.partition);
             if !filter.keeps(p, ongoing.map_or(0, |m| m.adding.len()), min_insync) {
+                continue;
+            }
+            if json {
+                rows.push(serde_json::json!({
+                    "topic": t.name,
+                    "partition": p.partition,
+                    "leader": (p.leader != NO_BROKER).then_some(p.leader),
+                    "leader_epoch": p.leader_epoch,
+                    "replicas": p.replicas,
+                    "isr": p.isr,
+                    "reassignment": ongoing.map(|m| serde_json::json!({
+                        "target": m.target,
+                        "adding": m.adding,
+                        "removing": m.removing,
+                    })),
+                }));
                 continue;
             }
             let leader = if p.leader == NO_BROKER {
@@ -320,6 +343,9 @@ async fn list_partitions(
                 ongoing.map_or_else(|| "-".to_string(), progress)
             ));
         }
+    }
+    if json {
+        return Ok(format!("{}\n", serde_json::Value::Array(rows)));
     }
     Ok(out)
 }
