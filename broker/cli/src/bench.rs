@@ -665,6 +665,16 @@ impl CpuClock {
     }
 }
 
+/// Adds a bench's CPU figures (those it could read) to its `--json` summary object.
+fn add_cpu(summary: &mut serde_json::Value, cpu: Option<&CpuUse>) -> anyhow::Result<()> {
+    if let (Some(fields), Some(cpu)) = (summary.as_object_mut(), cpu) {
+        if let serde_json::Value::Object(cpu) = serde_json::to_value(cpu)? {
+            fields.extend(cpu);
+        }
+    }
+    Ok(())
+}
+
 fn plural(n: usize) -> &'static str {
     if n == 1 {
         ""
@@ -677,18 +687,20 @@ fn plural(n: usize) -> &'static str {
 /// of `/proc/<pid>/stat`.
 fn process_cpu(pid: u32) -> Option<Duration> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    let ticks = cpu_ticks(&stat)?;
-    let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    Some(clock_ticks(cpu_ticks(&stat)?))
 }
 
 /// CPU time stolen from this machine by its hypervisor since boot, all cores, from
 /// `/proc/stat`.
 fn machine_stolen() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let ticks = steal_ticks(&stat)?;
+    Some(clock_ticks(steal_ticks(&stat)?))
+}
+
+/// A count of the kernel's clock ticks (`/proc` CPU times) as a duration.
+fn clock_ticks(ticks: u64) -> Duration {
     let per_second = rustix::param::clock_ticks_per_second().max(1);
-    Some(Duration::from_secs_f64(ticks as f64 / per_second as f64))
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 /// The `steal` column (the 8th value) of the all-cores `cpu` line of `/proc/stat`;
@@ -1237,11 +1249,7 @@ async fn transport_bench(args: TransportArgs) -> anyhow::Result<()> {
     let mib_per_sec = received as f64 / seconds / (1024.0 * 1024.0);
     if args.json {
         let mut result = serde_json::json!({"bench": "transport", "bytes": received, "seconds": seconds, "mib_per_sec": mib_per_sec});
-        if let (Some(fields), Some(cpu)) = (result.as_object_mut(), &cpu) {
-            if let serde_json::Value::Object(cpu) = serde_json::to_value(cpu)? {
-                fields.extend(cpu);
-            }
-        }
+        add_cpu(&mut result, cpu.as_ref())?;
         println!("{result}");
     } else {
         let cpu = cpu.map_or(String::new(), |cpu| format!(", {cpu}"));
@@ -1393,11 +1401,7 @@ fn disk_bench(args: DiskArgs) -> anyhow::Result<()> {
     let mib_per_sec = written as f64 / seconds / (1024.0 * 1024.0);
     if args.json {
         let mut summary = serde_json::json!({"bench": "disk", "bytes": written, "fsyncs": syncs, "seconds": seconds, "mib_per_sec": mib_per_sec, "write_bytes": chunk.len(), "sync": !args.no_sync});
-        if let (Some(fields), Some(cpu)) = (summary.as_object_mut(), &cpu) {
-            if let serde_json::Value::Object(cpu) = serde_json::to_value(cpu)? {
-                fields.extend(cpu);
-            }
-        }
+        add_cpu(&mut summary, cpu.as_ref())?;
         println!("{summary}");
     } else {
         let how = if args.no_sync {
