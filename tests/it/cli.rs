@@ -483,30 +483,57 @@ fn a_broker_with_a_bad_worker_thread_count_says_so_and_exits() {
     );
 }
 
-#[test]
-fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
+/// `meridian dev` in `dir` with `args`; returns it and what it printed up to its
+/// "From elsewhere" line.
+fn start_dev(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
-    let dir = tempfile::tempdir().unwrap();
     let mut dev = Command::new(crate::harness::meridian_bin())
-        .args([
-            "dev",
-            "--listen",
-            "127.0.0.1:0",
-            "--set",
-            "worker_threads=3",
-        ])
-        .current_dir(dir.path())
+        .arg("dev")
+        .args(args)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let mut printed = String::new();
-    while !printed.contains("fingerprint: sha256:") {
+    while !printed.contains("From elsewhere:") {
         printed.push_str(&lines.next().unwrap().unwrap());
         printed.push('\n');
     }
+    (dev, printed)
+}
+
+/// Runs the commands `meridian dev` printed under "Try, from this directory" as a
+/// shell script in `dir`, with `edit` applied to it; returns their output.
+fn run_dev_tour(dir: &std::path::Path, printed: &str, edit: impl Fn(&str) -> String) -> String {
+    let script: String = printed
+        .split("Try, from this directory:\n")
+        .nth(1)
+        .unwrap()
+        .lines()
+        .take_while(|line| line.starts_with("  "))
+        .map(|line| format!("{}\n", line.trim()))
+        .collect();
+    let bin_dir = crate::harness::meridian_bin().parent().unwrap().to_owned();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let out = succeeded(
+        std::process::Command::new("sh")
+            .args(["-e", "-c", &edit(&script)])
+            .env("PATH", path)
+            .current_dir(dir),
+    );
+    String::from_utf8(out).unwrap()
+}
+
+#[test]
+fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut dev, printed) = start_dev(
+        dir.path(),
+        &["--listen", "127.0.0.1:0", "--set", "worker_threads=3"],
+    );
     assert!(printed.contains("listening on 127.0.0.1:"), "{printed}");
     assert!(printed.contains("(generated, self-signed)"), "{printed}");
     // The runtime is sized by the config, read before it starts.
@@ -523,8 +550,53 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
         .next()
         .unwrap()
         .to_owned();
-    // From the same directory the CLI finds the dev certificate by itself.
-    meridian_in(dir.path(), &["topic", "create", "hello", "--broker", &addr]);
+    // From the same directory the CLI finds the dev certificate by itself; the port
+    // is not the default one, so the tour sets the address first.
+    assert!(
+        printed.contains(&format!("  export MERIDIAN_BOOTSTRAP={addr}\n")),
+        "{printed}"
+    );
+    let out = run_dev_tour(dir.path(), &printed, str::to_owned);
+    assert!(out.contains(r#""value":"5""#), "{out}");
+    let _ = dev.kill();
+    let _ = dev.wait();
+}
+
+/// A dev broker whose certificate is not under ./meridian-data and which requires
+/// client certificates prints a tour that works once a certificate is named.
+#[test]
+fn dev_tour_names_what_reaching_the_broker_takes() {
+    let dir = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let certs = certs.to_str().unwrap();
+    meridian_in(dir.path(), &["cert", "create-ca", "--dir", certs]);
+    meridian_in(dir.path(), &["cert", "create", "alice", "--dir", certs]);
+    let data_dir = elsewhere.path().to_str().unwrap();
+    let (mut dev, printed) = start_dev(
+        dir.path(),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--data-dir",
+            data_dir,
+            "--set",
+            "tls_client_ca=certs/ca.pem",
+        ],
+    );
+    assert!(
+        printed.contains("present a certificate signed by certs/ca.pem"),
+        "{printed}"
+    );
+    assert!(printed.contains("MERIDIAN_CA="), "{printed}");
+    assert!(
+        printed.contains("--cert DIR/NAME.pem --key DIR/NAME.key\n"),
+        "{printed}"
+    );
+    let out = run_dev_tour(dir.path(), &printed, |script| {
+        script.replace("DIR/NAME", &format!("{certs}/alice"))
+    });
+    assert!(out.contains(r#""value":"5""#), "{out}");
     let _ = dev.kill();
     let _ = dev.wait();
 }

@@ -17,6 +17,7 @@ mod plugin_cmds;
 mod transport;
 mod up;
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -582,12 +583,18 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
     if dev {
         println!();
         println!("Try, from this directory:");
-        println!("  meridian topic create demo --partitions 3");
-        println!("  seq 1 5 | meridian produce demo -v");
-        println!("  meridian consume demo --from earliest --format json");
+        for line in dev_tour(addr, broker.cert_path(), config.tls_client_ca.as_deref()) {
+            println!("  {line}");
+        }
         println!(
-            "From elsewhere: --bootstrap {addr} --fingerprint {}",
-            broker.fingerprint()
+            "From elsewhere: --bootstrap {} --fingerprint {}{}",
+            reachable(addr),
+            broker.fingerprint(),
+            if config.tls_client_ca.is_some() {
+                " --cert DIR/NAME.pem --key DIR/NAME.key"
+            } else {
+                ""
+            }
         );
     }
     use std::io::Write;
@@ -599,6 +606,57 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
         tokio::spawn(reload_on_sighup(broker.reloader(), args));
     }
     broker.serve(shutdown_signal()).await
+}
+
+/// The commands `meridian dev` suggests, preceded by the `export` that makes them
+/// reach this broker from the current directory when the CLI's defaults would not:
+/// a listener other than 127.0.0.1:9092, a certificate outside ./meridian-data, a
+/// broker that requires client certificates.
+fn dev_tour(addr: SocketAddr, cert: &Path, client_ca: Option<&Path>) -> Vec<String> {
+    let mut env = Vec::new();
+    let default_port = addr.port() == 9092
+        && matches!(addr.ip(), IpAddr::V4(ip) if ip.is_loopback() || ip.is_unspecified());
+    if !default_port {
+        env.push(format!("MERIDIAN_BOOTSTRAP={}", reachable(addr)));
+    }
+    let found_here = local_certificates(Path::new("meridian-data"))
+        .iter()
+        .filter_map(|found| found.canonicalize().ok())
+        .any(|found| cert.canonicalize().is_ok_and(|cert| cert == found));
+    if !found_here {
+        let cert = cert.canonicalize().unwrap_or_else(|_| cert.to_path_buf());
+        env.push(format!("MERIDIAN_CA={}", cert.display()));
+    }
+    let mut lines = Vec::new();
+    if let Some(ca) = client_ca {
+        lines.push(format!(
+            "# tls_client_ca: present a certificate signed by {} (`meridian cert create NAME --dir DIR` with its CA)",
+            ca.display()
+        ));
+        env.push("MERIDIAN_CERT=DIR/NAME.pem MERIDIAN_KEY=DIR/NAME.key".to_string());
+    }
+    if !env.is_empty() {
+        lines.push(format!("export {}", env.join(" ")));
+    }
+    lines.extend(
+        [
+            "meridian topic create demo --partitions 3",
+            "seq 1 5 | meridian produce demo -v",
+            "meridian consume demo --from earliest --format json",
+        ]
+        .map(String::from),
+    );
+    lines
+}
+
+/// An address a client on this machine can connect to: `addr`, or loopback for a
+/// listener on every interface.
+fn reachable(addr: SocketAddr) -> SocketAddr {
+    match addr.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, addr.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, addr.port()).into(),
+        _ => addr,
+    }
 }
 
 /// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`,
@@ -675,6 +733,26 @@ pub(crate) async fn shutdown_signal() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_dev_tour_sets_only_what_the_defaults_miss() {
+        let cert = Path::new("/nonexistent/tls/cert.pem");
+        let tour = |addr: &str| dev_tour(addr.parse().unwrap(), cert, None);
+        // Every interface on the default port: 127.0.0.1:9092 reaches it.
+        assert_eq!(
+            tour("0.0.0.0:9092")[0],
+            "export MERIDIAN_CA=/nonexistent/tls/cert.pem"
+        );
+        assert_eq!(
+            tour("0.0.0.0:9300")[0],
+            "export MERIDIAN_BOOTSTRAP=127.0.0.1:9300 MERIDIAN_CA=/nonexistent/tls/cert.pem"
+        );
+        assert_eq!(
+            tour("[::]:9092")[0],
+            "export MERIDIAN_BOOTSTRAP=[::1]:9092 MERIDIAN_CA=/nonexistent/tls/cert.pem"
+        );
+        assert_eq!(tour("127.0.0.1:9092").len(), 4);
+    }
 
     #[test]
     fn the_cli_finds_the_dev_and_region_certificates() {
