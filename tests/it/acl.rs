@@ -27,6 +27,11 @@ principals = ["reader"]
 operations = ["read"]
 topics = ["orders"]
 groups = ["billing"]
+
+[[allow]]
+principals = ["creator"]
+operations = ["create"]
+cluster = true
 "#;
 
 fn code(error: &Error) -> Option<ErrorCode> {
@@ -60,7 +65,7 @@ async fn connect(broker: &TestBroker, certs: &Path, name: &str) -> Client {
 async fn each_client_does_only_what_the_acl_file_allows() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    ca_with(&certs, &["ops", "writer", "reader"]);
+    ca_with(&certs, &["ops", "writer", "reader", "creator"]);
     let acl_file = dir.path().join("acl.toml");
     std::fs::write(&acl_file, RULES).unwrap();
     let log = dir.path().join("broker.log");
@@ -194,6 +199,11 @@ async fn each_client_does_only_what_the_acl_file_allows() {
         "x\n",
     );
     assert!(!ok && err.contains("TopicAuthorizationFailed"), "{err}");
+    // The metadata answer says why (version 1), as the other refusals do.
+    assert!(
+        err.contains("client `writer` may not describe topic `audit` (acl_file)"),
+        "{err}"
+    );
     let (ok, out, err) = broker.cli(
         &[
             "topic",
@@ -209,6 +219,33 @@ async fn each_client_does_only_what_the_acl_file_allows() {
         ok && out.contains("orders") && !out.contains("audit"),
         "{out}{err}"
     );
+    // A client that may create topics but not describe them: the CLI creates and
+    // says so, without the figures it may not read.
+    let creator = [
+        "--cert",
+        certs.join("creator.pem").to_str().unwrap(),
+        "--key",
+        certs.join("creator.key").to_str().unwrap(),
+    ]
+    .map(str::to_owned);
+    let as_creator = |args: &[&str]| {
+        let mut all: Vec<&str> = args.to_vec();
+        all.extend(creator.iter().map(String::as_str));
+        broker.cli(&all, "")
+    };
+    let (ok, out, err) = as_creator(&["topic", "create", "fresh", "-p", "3"]);
+    assert!(
+        ok && out.contains("created topic fresh (this client may not describe it"),
+        "{out}{err}"
+    );
+    let (ok, out, err) = as_creator(&["topic", "create", "fresh", "--if-not-exists"]);
+    assert!(
+        ok && out.contains("topic fresh already exists; left as it is"),
+        "{out}{err}"
+    );
+    let fresh = ops.admin().describe_topic("fresh").await.unwrap();
+    assert_eq!(fresh.partitions.len(), 3);
+
     let samples = crate::metrics::scrape(&metrics);
     assert!(
         crate::metrics::value(&samples, "meridian_authorization_denied_total") >= 5.0,
@@ -272,7 +309,7 @@ fn acl_check_says_which_rule_decides() {
     };
     let (ok, out, err) = acl(&[]);
     assert!(
-        ok && out.contains("2 allow rules, 1 deny rule, 1 super user"),
+        ok && out.contains("3 allow rules, 1 deny rule, 1 super user"),
         "{out}{err}"
     );
     let (ok, out, err) = acl(&[

@@ -708,7 +708,9 @@ fn a_region_requiring_client_certificates_still_replicates() {
     let bob = ["--ca", &ca, "--cert", &bob_pem, "--key", &bob_key];
     let (ok, _, err) = region.cli_with(&["produce", "secured"], "x\n", &bob);
     assert!(
-        !ok && err.contains("TopicAuthorizationFailed: topic `secured`"),
+        !ok && err.contains(
+            "TopicAuthorizationFailed: client `bob` may not describe topic `secured` (acl_file)"
+        ),
         "{err}"
     );
     let (ok, _, err) = region.cli_with(&["topic", "list"], "", &["--ca", &ca]);

@@ -142,12 +142,14 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             };
             match outcome {
                 Err(e) if if_not_exists && e.code() == Some(ErrorCode::TopicAlreadyExists) => {
-                    let existing = admin.describe_topic(&name).await?;
-                    println!(
-                        "topic {name} already exists with {} partition(s), replication factor {}; left as it is",
-                        existing.partitions.len(),
-                        existing.replication_factor
-                    );
+                    match described(&admin, &name).await? {
+                        Some(existing) => println!(
+                            "topic {name} already exists with {} partition(s), replication factor {}; left as it is",
+                            existing.partitions.len(),
+                            existing.replication_factor
+                        ),
+                        None => println!("topic {name} already exists; left as it is"),
+                    }
                     return Ok(());
                 }
                 outcome => outcome?,
@@ -157,12 +159,16 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 return Ok(());
             }
             // What the defaults came to.
-            let created = admin.describe_topic(&name).await?;
-            println!(
-                "created topic {name} with {} partition(s), replication factor {}",
-                created.partitions.len(),
-                created.replication_factor
-            );
+            match described(&admin, &name).await? {
+                Some(created) => println!(
+                    "created topic {name} with {} partition(s), replication factor {}",
+                    created.partitions.len(),
+                    created.replication_factor
+                ),
+                None => println!(
+                    "created topic {name} (this client may not describe it, so its partition count and replication factor are not shown)"
+                ),
+            }
         }
         TopicCommand::List { internal, connect } => {
             let admin = connect.connect().await?.admin();
@@ -1050,6 +1056,19 @@ fn print_record(
         }
     }
     Ok(())
+}
+
+/// `name` described, or `None` when `acl_file` lets this client create topics but not
+/// describe them.
+async fn described(
+    admin: &meridian_client::Admin,
+    name: &str,
+) -> anyhow::Result<Option<meridian_client::TopicDescription>> {
+    match admin.describe_topic(name).await {
+        Ok(description) => Ok(Some(description)),
+        Err(e) if e.code() == Some(ErrorCode::TopicAuthorizationFailed) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 #[cfg(test)]

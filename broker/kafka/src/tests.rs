@@ -287,6 +287,7 @@ fn metadata_names_the_kafka_listener() {
             topics: vec![m::TopicMetadata {
                 name: "orders".into(),
                 error: ErrorCode::None,
+                message: String::new(),
                 partitions: vec![m::PartitionMetadata {
                     partition: 0,
                     error: ErrorCode::None,
@@ -545,6 +546,7 @@ fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
         topics: vec![m::TopicMetadata {
             name: "orders".into(),
             error: ErrorCode::None,
+            message: String::new(),
             partitions: vec![partition(0, 1), partition(1, 2), partition(2, 3)],
         }],
     };

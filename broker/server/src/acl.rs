@@ -793,6 +793,7 @@ impl After {
                     .extend(denied.into_iter().map(|(name, d)| TopicMetadata {
                         name,
                         error: d.code,
+                        message: d.message,
                         partitions: Vec::new(),
                     }));
                 Response::Metadata(r)
@@ -1141,6 +1142,7 @@ mod tests {
         let topic = |name: &str| TopicMetadata {
             name: name.into(),
             error: ErrorCode::None,
+            message: String::new(),
             partitions: Vec::new(),
         };
         let Response::Metadata(r) = after.apply(

@@ -545,6 +545,7 @@ impl Shared {
                     Some(topic) => TopicMetadata {
                         name,
                         error: ErrorCode::None,
+                        message: String::new(),
                         partitions: topic
                             .partitions
                             .iter()
@@ -563,15 +564,21 @@ impl Shared {
                             })
                             .collect(),
                     },
-                    None => TopicMetadata {
-                        error: if meridian_wire::validate_topic_name(&name).is_err() {
-                            ErrorCode::InvalidTopic
-                        } else {
-                            ErrorCode::UnknownTopic
-                        },
-                        name,
-                        partitions: Vec::new(),
-                    },
+                    None => {
+                        let (error, message) = match meridian_wire::validate_topic_name(&name) {
+                            Err(invalid) => (ErrorCode::InvalidTopic, invalid),
+                            Ok(()) => (
+                                ErrorCode::UnknownTopic,
+                                format!("topic `{name}` does not exist"),
+                            ),
+                        };
+                        TopicMetadata {
+                            name,
+                            error,
+                            message,
+                            partitions: Vec::new(),
+                        }
+                    }
                 })
                 .collect(),
         }
@@ -791,6 +798,7 @@ impl Shared {
                     Ok(topic) => TopicMetadata {
                         name: topic.name.clone(),
                         error: ErrorCode::None,
+                        message: String::new(),
                         partitions: topic
                             .partitions
                             .iter()
@@ -826,6 +834,7 @@ impl Shared {
                     Err((name, failure)) => TopicMetadata {
                         name,
                         error: failure.code,
+                        message: failure.message,
                         partitions: Vec::new(),
                     },
                 })

@@ -124,10 +124,12 @@ impl ApiKey {
     /// `ApiVersions` has version 0's bodies: a broker listing it reads a trace
     /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]). Version 1
     /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener. Version 1
-    /// of `DescribeTopics` (response) carries each topic's plugin chain.
+    /// of `DescribeTopics` (response) carries each topic's plugin chain. Version 1
+    /// of `Metadata` (response) carries a message with each topic's error.
     pub fn max_version(self) -> u16 {
         match self {
-            ApiKey::ApiVersions
+            ApiKey::Metadata
+            | ApiKey::ApiVersions
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::AlterTopicConfigs
@@ -281,6 +283,9 @@ pub struct PartitionMetadata {
 pub struct TopicMetadata {
     pub name: String,
     pub error: ErrorCode,
+    /// Why `error` (e.g. which rule refused the client); version 1, empty in a
+    /// version 0 answer.
+    pub message: String,
     pub partitions: Vec<PartitionMetadata>,
 }
 
@@ -978,6 +983,9 @@ impl Response {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
                     w.u16(t.error as u16);
+                    if version >= 1 {
+                        w.string(&t.message);
+                    }
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.u16(p.error as u16);
@@ -1123,6 +1131,11 @@ impl Response {
                     Ok(TopicMetadata {
                         name: r.string()?,
                         error: error_code(r)?,
+                        message: if version >= 1 {
+                            r.string()?
+                        } else {
+                            String::new()
+                        },
                         partitions: r.array(22, |r| {
                             Ok(PartitionMetadata {
                                 partition: r.u32()?,
@@ -1353,6 +1366,33 @@ mod tests {
         assert_eq!(at(1), ResponseFrame::Ok(response.clone()));
     }
 
+    /// A version 0 Metadata answer (to a client from before topic errors carried a
+    /// message) leaves the message out.
+    #[test]
+    fn metadata_at_version_0_has_no_topic_message() {
+        let response = |message: &str| {
+            Response::Metadata(MetadataResponse {
+                brokers: vec![],
+                controller_id: 1,
+                topics: vec![TopicMetadata {
+                    name: "audit".into(),
+                    error: ErrorCode::TopicAuthorizationFailed,
+                    message: message.into(),
+                    partitions: vec![],
+                }],
+            })
+        };
+        let denied = response("client `a` may not describe topic `audit` (acl_file)");
+        let at = |version| {
+            let chunks = crate::frame::encode_response_chunks_at(&denied, version);
+            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let body = Bytes::from(frame).slice(4..);
+            crate::frame::decode_response_at(ApiKey::Metadata, version, body).unwrap()
+        };
+        assert_eq!(at(0), ResponseFrame::Ok(response("")));
+        assert_eq!(at(1), ResponseFrame::Ok(denied.clone()));
+    }
+
     #[test]
     fn cluster_messages_round_trip() {
         check_request(Request::Raft(RaftRequest {
@@ -1525,18 +1565,27 @@ mod tests {
                 port: 9092,
             }],
             controller_id: 1,
-            topics: vec![TopicMetadata {
-                name: "t".into(),
-                error: ErrorCode::None,
-                partitions: vec![PartitionMetadata {
-                    partition: 0,
+            topics: vec![
+                TopicMetadata {
+                    name: "t".into(),
                     error: ErrorCode::None,
-                    leader: 1,
-                    leader_epoch: 0,
-                    replicas: vec![1],
-                    isr: vec![1],
-                }],
-            }],
+                    message: String::new(),
+                    partitions: vec![PartitionMetadata {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        leader: 1,
+                        leader_epoch: 0,
+                        replicas: vec![1],
+                        isr: vec![1],
+                    }],
+                },
+                TopicMetadata {
+                    name: "audit".into(),
+                    error: ErrorCode::TopicAuthorizationFailed,
+                    message: "client `a` may not describe topic `audit` (acl_file)".into(),
+                    partitions: vec![],
+                },
+            ],
         }));
         check_response(Response::CreateTopics(CreateTopicsResponse {
             results: vec![TopicResult {

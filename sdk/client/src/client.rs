@@ -443,10 +443,15 @@ impl Client {
             ));
         };
         if !found.error.is_ok() {
-            return Err(Error::broker(
-                found.error,
-                format!("topic `{topic}`: {}", found.error.description()),
-            ));
+            // A broker's message (metadata version 1) names the topic itself.
+            let message = if found.message.contains(&format!("`{topic}`")) {
+                found.message.clone()
+            } else if found.message.is_empty() {
+                format!("topic `{topic}`: {}", found.error.description())
+            } else {
+                format!("topic `{topic}`: {}", found.message)
+            };
+            return Err(Error::broker(found.error, message));
         }
         if found.partitions.is_empty() {
             return Err(Error::Protocol(format!(

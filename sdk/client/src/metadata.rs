@@ -353,6 +353,7 @@ mod tests {
                 .map(|(name, partitions)| TopicMetadata {
                     name: name.to_string(),
                     error: ErrorCode::None,
+                    message: String::new(),
                     partitions: partitions
                         .iter()
                         .enumerate()
