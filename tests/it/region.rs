@@ -458,6 +458,21 @@ fn up_runs_a_region_and_stops_it_on_ctrl_c() {
         stderr.contains("error: broker-2 (exit status: 1) of region test exited on its own"),
         "{stdout}{stderr}"
     );
+    // A broker the file does not have: the error lists those it has and how to add one.
+    let out = Command::new(meridian_bin())
+        .arg("up")
+        .arg(&region_path)
+        .args(["--broker", "9"])
+        .output()
+        .expect("run up");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(
+            "has no broker 9 (it has 1, 2, 3); to add one, give it a [[broker]] with id = 9"
+        ),
+        "{stderr}"
+    );
 
     let logged = region.stop();
     // Brokers started one after another are not errors (openraft logged each vote

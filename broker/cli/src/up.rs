@@ -416,7 +416,13 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let region = RegionFile::load(&args.region)?;
     for id in &args.only {
         if !region.brokers.iter().any(|b| b.id == *id) {
-            bail!("--broker {id}: the region has no broker {id}");
+            let ids: Vec<String> = region.brokers.iter().map(|b| b.id.to_string()).collect();
+            bail!(
+                "--broker {id}: {} has no broker {id} (it has {}); to add one, give it a \
+                 [[broker]] with id = {id}, its own listen address and voter = false",
+                args.region.display(),
+                ids.join(", ")
+            );
         }
     }
     let mut runner = RegionRunner::prepare(region, Output::Prefixed)?;
