@@ -1242,9 +1242,16 @@ fn cli_deploys_attaches_and_detaches() {
     );
     assert!(ok, "{stderr}");
     assert!(
-        stdout.starts_with("json-filter\t2.1.0\tfilter\t"),
+        stdout.starts_with("deployed json-filter 2.1.0 (filter, "),
         "{stdout}"
     );
+    let sha256 = stdout
+        .trim_end()
+        .trim_end_matches(')')
+        .rsplit(' ')
+        .next()
+        .unwrap();
+    assert_eq!(sha256.len(), 64, "{stdout}");
     assert!(!stderr.contains("note:"), "one broker has it all: {stderr}");
     let (ok, _, stderr) = broker.cli(&["topic", "create", "t"], "");
     assert!(ok, "{stderr}");
@@ -1299,7 +1306,31 @@ fn cli_deploys_attaches_and_detaches() {
         "{described}"
     );
     let (ok, stdout, _) = broker.cli(&["plugin", "list"], "");
-    assert!(ok && stdout.trim_end().ends_with("\tt"), "{stdout}");
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert!(ok && lines.len() == 2, "{stdout}");
+    assert!(
+        lines[0].starts_with("NAME ") && lines[0].ends_with("  TOPICS"),
+        "{stdout}"
+    );
+    let row: Vec<&str> = lines[1].split_whitespace().collect();
+    assert_eq!(
+        row,
+        ["json-filter", "2.1.0", "filter", row[3], &sha256[..12], "t"]
+    );
+    let (ok, stdout, _) = broker.cli(&["plugin", "list", "--json"], "");
+    let listed: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert!(ok, "{stdout}");
+    assert_eq!(
+        listed,
+        serde_json::json!([{"name": "json-filter", "version": "2.1.0", "kind": "filter",
+            "size_bytes": row[3].parse::<u64>().unwrap(), "sha256": sha256, "attached_to": ["t"]}])
+    );
+    let (ok, stdout, _) = broker.cli(&["plugin", "describe", "json-filter"], "");
+    assert!(
+        ok && stdout.contains(&format!("sha256:   {sha256}\n")),
+        "{stdout}"
+    );
+    assert!(stdout.contains("topics:   t\n"), "{stdout}");
     let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");
     assert!(!ok && stderr.contains("PluginInUse"), "{stderr}");
     let (ok, _, stderr) = broker.cli(&["topic", "detach", "t", "--plugin", "json-filter"], "");
@@ -1308,4 +1339,6 @@ fn cli_deploys_attaches_and_detaches() {
     assert!(ok && !described.contains("plugins"), "{described} {stderr}");
     let (ok, _, stderr) = broker.cli(&["plugin", "remove", "json-filter"], "");
     assert!(ok, "{stderr}");
+    let (ok, stdout, _) = broker.cli(&["plugin", "list", "--json"], "");
+    assert!(ok && stdout == "[]\n", "{stdout}");
 }

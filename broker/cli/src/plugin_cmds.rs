@@ -36,14 +36,21 @@ pub enum PluginCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
-    /// List deployed plugins.
+    /// List deployed plugins: name, version, kind, size, sha256 (its first 12 hex
+    /// digits; `describe` and `--json` show all), attached topics.
     List {
+        /// One JSON array of the plugins, for scripts.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
     /// Show one plugin: version, sha256, kind, size, attached topics.
     Describe {
         name: String,
+        /// One JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -114,16 +121,70 @@ pub async fn detach(args: DetachArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_info(p: &PluginInfo) {
-    let attached = if p.attached_to.is_empty() {
+/// The topics a plugin is attached to, comma-separated, or `-`.
+fn attached(p: &PluginInfo) -> String {
+    if p.attached_to.is_empty() {
         "-".to_string()
     } else {
         p.attached_to.join(",")
-    };
-    println!(
-        "{}\t{}\t{}\t{}\t{}\t{}",
-        p.name, p.version, p.kind, p.size_bytes, p.sha256, attached
+    }
+}
+
+/// `plugin list`: a header, then a row per plugin, columns aligned.
+fn plugin_table(plugins: &[PluginInfo]) -> String {
+    let name_width = plugins
+        .iter()
+        .map(|p| p.name.len())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    let version_width = plugins
+        .iter()
+        .map(|p| p.version.len())
+        .max()
+        .unwrap_or(0)
+        .max(7);
+    let mut table = format!(
+        "{:name_width$}  {:version_width$}  {:11}  {:>10}  {:12}  TOPICS\n",
+        "NAME", "VERSION", "KIND", "SIZE", "SHA256"
     );
+    for p in plugins {
+        table.push_str(&format!(
+            "{:name_width$}  {:version_width$}  {:11}  {:>10}  {:12}  {}\n",
+            p.name,
+            p.version,
+            p.kind,
+            p.size_bytes,
+            p.sha256.get(..12).unwrap_or(&p.sha256),
+            attached(p)
+        ));
+    }
+    table
+}
+
+/// `plugin describe`: one fact a line.
+fn plugin_text(p: &PluginInfo) -> String {
+    format!(
+        "plugin:   {}\nversion:  {}\nkind:     {}\nsize:     {} bytes\nsha256:   {}\ntopics:   {}\n",
+        p.name,
+        p.version,
+        p.kind,
+        p.size_bytes,
+        p.sha256,
+        attached(p)
+    )
+}
+
+/// What `plugin list --json` (an array of these) and `plugin describe --json` print.
+fn plugin_json(p: &PluginInfo) -> serde_json::Value {
+    serde_json::json!({
+        "name": p.name,
+        "version": p.version,
+        "kind": p.kind,
+        "size_bytes": p.size_bytes,
+        "sha256": p.sha256,
+        "attached_to": p.attached_to,
+    })
 }
 
 #[derive(Args)]
@@ -209,19 +270,35 @@ pub async fn run(cmd: PluginCommand) -> anyhow::Result<()> {
                 .admin()
                 .deploy_plugin(&name, &plugin_version, Bytes::from(wasm))
                 .await?;
-            print_info(&info);
+            println!(
+                "deployed {} {} ({}, {} bytes, sha256 {})",
+                info.name, info.version, info.kind, info.size_bytes, info.sha256
+            );
             Ok(())
         }
-        PluginCommand::List { connect } => {
+        PluginCommand::List { json, connect } => {
             let client = connect.connect().await?;
-            for p in client.admin().list_plugins().await? {
-                print_info(&p);
+            let plugins = client.admin().list_plugins().await?;
+            if json {
+                let all: Vec<serde_json::Value> = plugins.iter().map(plugin_json).collect();
+                println!("{}", serde_json::Value::Array(all));
+            } else {
+                print!("{}", plugin_table(&plugins));
             }
             Ok(())
         }
-        PluginCommand::Describe { name, connect } => {
+        PluginCommand::Describe {
+            name,
+            json,
+            connect,
+        } => {
             let client = connect.connect().await?;
-            print_info(&client.admin().describe_plugin(&name).await?);
+            let plugin = client.admin().describe_plugin(&name).await?;
+            if json {
+                println!("{}", plugin_json(&plugin));
+            } else {
+                print!("{}", plugin_text(&plugin));
+            }
             Ok(())
         }
         PluginCommand::Remove { name, connect } => {
