@@ -161,6 +161,27 @@ impl RegionFile {
         (!addrs.is_empty()).then(|| addrs.join(","))
     }
 
+    /// The command `meridian up` suggests: a topic created with the flags that reach
+    /// this region, a client certificate's among them when its brokers require one.
+    pub fn try_line(&self, cert: &Path) -> String {
+        let requires_certificates = self.broker_defaults.contains_key("tls_client_ca")
+            || self
+                .brokers
+                .iter()
+                .any(|b| b.settings.contains_key("tls_client_ca"));
+        format!(
+            "Try: meridian topic create demo --partitions 3 --replication-factor {} --bootstrap {} --ca {}{}",
+            self.brokers.len().min(3),
+            self.bootstrap(),
+            cert.display(),
+            if requires_certificates {
+                " --cert DIR/NAME.pem --key DIR/NAME.key (a client certificate signed by tls_client_ca)"
+            } else {
+                ""
+            }
+        )
+    }
+
     pub fn bootstrap(&self) -> String {
         let addrs: Vec<String> = self.brokers.iter().map(|b| b.listen.to_string()).collect();
         addrs.join(",")
@@ -447,12 +468,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     println!("  certificate: {}", runner.cert.display());
     println!("  fingerprint: {}", runner.fingerprint);
-    println!(
-        "Try: meridian topic create demo --partitions 3 --replication-factor {} --bootstrap {} --ca {}",
-        region.brokers.len().min(3),
-        region.bootstrap(),
-        runner.cert.display()
-    );
+    println!("{}", region.try_line(&runner.cert));
     println!("Ctrl-C stops every broker (controlled shutdown first).");
     {
         use std::io::Write;
@@ -581,6 +597,26 @@ mod tests {
         id = 3
         listen = "127.0.0.1:9103"
     "#;
+
+    #[test]
+    fn the_suggested_command_names_a_client_certificate_when_one_is_required() {
+        let cert = Path::new("data/tls/cert.pem");
+        let plain = region(THREE).unwrap().try_line(cert);
+        assert_eq!(
+            plain,
+            "Try: meridian topic create demo --partitions 3 --replication-factor 3 \
+             --bootstrap 127.0.0.1:9101,127.0.0.1:9102,127.0.0.1:9103 --ca data/tls/cert.pem"
+        );
+        let required = THREE.replace(
+            "flush = \"always\"",
+            "flush = \"always\"\n        tls_client_ca = \"certs/ca.pem\"",
+        );
+        let line = region(&required).unwrap().try_line(cert);
+        assert!(
+            line.starts_with(&plain) && line.contains(" --cert DIR/NAME.pem --key DIR/NAME.key"),
+            "{line}"
+        );
+    }
 
     #[test]
     fn broker_config_has_identity_cluster_and_settings() {
