@@ -872,15 +872,25 @@ impl Admin {
         loop {
             attempt += 1;
             client.ensure_metadata(&topics).await?;
-            let routed = {
+            let (routed, refused) = {
                 let cache = client.metadata_cache();
-                route(pending, |ask| cache.leader(topic, partition_of(ask)))
+                let routed = route(pending, |ask| cache.leader(topic, partition_of(ask)));
+                let refused: Vec<(u32, Error)> = routed
+                    .missing
+                    .iter()
+                    .map(|(ask, code)| {
+                        let partition = partition_of(ask);
+                        let why = cache.missing_reason(topic, *code);
+                        (
+                            partition,
+                            Error::broker(*code, format!("{topic}/{partition}: {why}")),
+                        )
+                    })
+                    .collect();
+                (routed, refused)
             };
-            for (ask, code) in routed.missing {
-                let partition = partition_of(&ask);
+            for (partition, error) in refused {
                 client.invalidate_partition_count(topic);
-                let error =
-                    Error::broker(code, format!("{topic}/{partition}: {}", code.description()));
                 results.insert(partition, Err(error));
             }
             let mut again: Vec<(A, Error)> = routed

@@ -408,10 +408,8 @@ impl Client {
             match lookup {
                 LeaderLookup::Known { broker, .. } => return Ok(broker),
                 LeaderLookup::Missing(code) => {
-                    return Err(Error::broker(
-                        code,
-                        format!("{topic}/{partition}: {}", code.description()),
-                    ))
+                    let why = lock(&self.inner.metadata).missing_reason(topic, code);
+                    return Err(Error::broker(code, format!("{topic}/{partition}: {why}")));
                 }
                 LeaderLookup::Unknown if !refreshed => self.refresh_metadata(&wanted).await?,
                 LeaderLookup::Unknown => {}

@@ -1361,9 +1361,14 @@ async fn run_fetcher(
             // Each fetch carries the leader epoch the metadata names, so a broker that
             // has lost or not yet taken up the leadership refuses it (KIP-320's fencing)
             // instead of serving from a log that is no longer, or not yet, the leader's.
-            let (routed, epochs) = {
+            let (routed, epochs, reasons) = {
                 let cache = client.metadata_cache();
                 let routed = route(idle, |tp| cache.leader(&tp.topic, tp.partition));
+                let reasons: Vec<String> = routed
+                    .missing
+                    .iter()
+                    .map(|(tp, code)| cache.missing_reason(&tp.topic, *code))
+                    .collect();
                 let epochs: HashMap<TopicPartition, i32> = routed
                     .by_broker
                     .values()
@@ -1373,20 +1378,15 @@ async fn run_fetcher(
                         _ => None,
                     })
                     .collect();
-                (routed, epochs)
+                (routed, epochs, reasons)
             };
             if !routed.missing.is_empty() {
                 let mut result = FetchResult::default();
-                for (tp, code) in routed.missing {
+                for ((tp, code), why) in routed.missing.into_iter().zip(reasons) {
                     let position = positions.remove(&tp).unwrap_or_default();
                     let error = Error::broker(
                         code,
-                        format!(
-                            "{}/{} at offset {position}: {}",
-                            tp.topic,
-                            tp.partition,
-                            code.description()
-                        ),
+                        format!("{}/{} at offset {position}: {why}", tp.topic, tp.partition),
                     );
                     result.partitions.push(PartitionFetch {
                         error: Some(error),

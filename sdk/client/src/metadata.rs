@@ -51,8 +51,9 @@ pub(crate) struct MetadataCache {
     brokers: BTreeMap<BrokerId, String>,
     controller: Option<BrokerId>,
     topics: FxHashMap<String, Vec<PartitionEntry>>,
-    /// Topics the last answers said do not exist, with the code they gave.
-    missing: FxHashMap<String, ErrorCode>,
+    /// Topics the last answers said do not exist or may not be used, with the code
+    /// and the broker's message (empty from a version 0 answer).
+    missing: FxHashMap<String, (ErrorCode, String)>,
     refreshed_at: Option<Instant>,
     /// Something failed in a way newer metadata may fix.
     stale: bool,
@@ -84,7 +85,8 @@ impl MetadataCache {
         for topic in &response.topics {
             if !topic.error.is_ok() {
                 self.topics.remove(&topic.name);
-                self.missing.insert(topic.name.clone(), topic.error);
+                self.missing
+                    .insert(topic.name.clone(), (topic.error, topic.message.clone()));
                 continue;
             }
             self.missing.remove(&topic.name);
@@ -130,7 +132,8 @@ impl MetadataCache {
                 if !response.topics.iter().any(|t| &t.name == name) {
                     // Asked but not answered: the broker knows no such topic.
                     self.topics.remove(name);
-                    self.missing.insert(name.clone(), ErrorCode::UnknownTopic);
+                    self.missing
+                        .insert(name.clone(), (ErrorCode::UnknownTopic, String::new()));
                 }
             }
         }
@@ -143,7 +146,7 @@ impl MetadataCache {
     pub fn leader(&self, topic: &str, partition: u32) -> LeaderLookup {
         let Some(partitions) = self.topics.get(topic) else {
             return match self.missing.get(topic) {
-                Some(code) => LeaderLookup::Missing(*code),
+                Some((code, _)) => LeaderLookup::Missing(*code),
                 None => LeaderLookup::Unknown,
             };
         };
@@ -169,7 +172,17 @@ impl MetadataCache {
 
     /// Whether the last answers said `topic` does not exist (and with which code).
     pub fn missing_topic(&self, topic: &str) -> Option<ErrorCode> {
-        self.missing.get(topic).copied()
+        self.missing.get(topic).map(|(code, _)| *code)
+    }
+
+    /// Why a partition of `topic` is [`LeaderLookup::Missing`] with `code`, for an
+    /// error: the broker's message for the topic when its answer gave one (which rule
+    /// refused this client), else the code's description.
+    pub fn missing_reason(&self, topic: &str, code: ErrorCode) -> String {
+        match self.missing.get(topic) {
+            Some((refused, message)) if *refused == code && !message.is_empty() => message.clone(),
+            _ => code.description().to_string(),
+        }
     }
 
     /// `host:port` of a broker, as metadata advertised it.
@@ -431,6 +444,29 @@ mod tests {
         // A full listing without it: forgotten.
         cache.apply(&answer(&[]), None, t0);
         assert_eq!(cache.leader("gone", 0), LeaderLookup::Unknown);
+    }
+
+    /// A refusal keeps the broker's message (Metadata version 1) for the errors of
+    /// the partitions it cannot route; without one, the code says what it can.
+    #[test]
+    fn a_refused_topic_keeps_the_brokers_reason() {
+        let t0 = Instant::now();
+        let mut cache = MetadataCache::new();
+        let mut response = answer(&[("audit", &[]), ("gone", &[])]);
+        response.topics[0].error = ErrorCode::TopicAuthorizationFailed;
+        response.topics[0].message = "client `a` may not describe topic `audit` (acl_file)".into();
+        response.topics[1].error = ErrorCode::UnknownTopic;
+        cache.apply(&response, None, t0);
+        let refused = ErrorCode::TopicAuthorizationFailed;
+        assert_eq!(cache.leader("audit", 0), LeaderLookup::Missing(refused));
+        assert_eq!(
+            cache.missing_reason("audit", refused),
+            "client `a` may not describe topic `audit` (acl_file)"
+        );
+        assert_eq!(
+            cache.missing_reason("gone", ErrorCode::UnknownTopic),
+            ErrorCode::UnknownTopic.description()
+        );
     }
 
     #[test]
