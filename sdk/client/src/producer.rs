@@ -1206,18 +1206,27 @@ async fn run_sender(shared: Arc<Shared>) {
         // wake-up between the look and the wait is not lost.
         let notified = shared.wake.notified();
         let now = Instant::now();
-        let (expired, drained, wakeup, finished, refresh, topics) = {
+        let (expired, drained, failed, wakeup, finished, refresh, topics) = {
             // Lock order: accumulator, then metadata; nothing takes them the other way.
             let mut accumulator = shared.lock();
             let expired = accumulator.expire(now);
             let cache = shared.client.metadata_cache();
-            let drained =
+            let mut drained =
                 accumulator.drain(now, MAX_REQUEST_BYTES, |tp| route_partition(&cache, tp));
+            // Each with the reason the metadata gave (which rule refused this client).
+            let failed: Vec<_> = std::mem::take(&mut drained.failed)
+                .into_iter()
+                .map(|(batch, code)| {
+                    let why = cache.missing_reason(&batch.tp.topic, code);
+                    (batch, code, why)
+                })
+                .collect();
             let refresh = drained.waiting_for_leader || cache.needs_refresh(now, max_age);
             let finished = accumulator.is_closed() && accumulator.is_empty();
             (
                 expired,
                 drained,
+                failed,
                 accumulator.next_wakeup(),
                 finished,
                 refresh,
@@ -1231,15 +1240,10 @@ async fn run_sender(shared: Arc<Shared>) {
             settle(&shared, batch, Err(error));
             progressed = true;
         }
-        for (batch, code) in drained.failed {
+        for (batch, code, why) in failed {
             let error = Error::broker(
                 code,
-                format!(
-                    "{}/{}: {}",
-                    batch.tp.topic,
-                    batch.tp.partition,
-                    code.description()
-                ),
+                format!("{}/{}: {why}", batch.tp.topic, batch.tp.partition),
             );
             settle(&shared, batch, Err(error));
             progressed = true;
