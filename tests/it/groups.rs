@@ -656,6 +656,12 @@ async fn committed_offsets_survive_restart_and_admin_commands_work() {
         listed.contains("billing") && listed.contains("Stable"),
         "{listed}"
     );
+    let listed = broker.cli(&["group", "list", "--json"], "").1;
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(
+        listed,
+        serde_json::json!([{"group": "billing", "state": "Stable"}])
+    );
     member.close().await.unwrap();
     let (ok, _, err) = broker.cli(&["group", "delete", "billing"], "");
     assert!(ok, "{err}");

@@ -12,6 +12,9 @@ use crate::ConnectArgs;
 pub enum GroupCommand {
     /// List consumer groups and their state.
     List {
+        /// One JSON array of `{"group", "state"}`, for scripts.
+        #[arg(long)]
+        json: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -78,9 +81,17 @@ pub struct ResetArgs {
 
 pub async fn group(cmd: GroupCommand) -> anyhow::Result<()> {
     match cmd {
-        GroupCommand::List { connect } => {
+        GroupCommand::List { json, connect } => {
             let client = connect.connect().await?;
             let groups = client.admin().list_groups().await?;
+            if json {
+                let all: Vec<serde_json::Value> = groups
+                    .iter()
+                    .map(|g| serde_json::json!({"group": g.group_id, "state": g.state}))
+                    .collect();
+                println!("{}", serde_json::Value::Array(all));
+                return Ok(());
+            }
             println!("{:<40} STATE", "GROUP");
             for g in groups {
                 println!("{:<40} {}", g.group_id, g.state);
