@@ -1448,6 +1448,80 @@ async fn a_new_replica_copies_the_log_no_faster_than_the_catch_up_limit() {
         .await
         .unwrap();
     assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+
+    // While it copies, each broker describes its own log (`DescribeLogs`): the new
+    // replica's holds part of the leader's, and `partition list` says how much.
+    // (The new replica knows the partition once it has applied the move.)
+    let asked = [("copied", 0)];
+    let copy = loop {
+        let copy = admin.describe_logs(target, Some(&asked)).await.unwrap();
+        if copy.iter().all(|l| l.error.is_ok() && l.replica) {
+            break copy;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{copy:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let of_leader = admin.describe_logs(leader, Some(&asked)).await.unwrap();
+    let (ok, listed, err) = cluster
+        .brokers_ref(target)
+        .cli(&["partition", "list", "copied"], "");
+    assert!(ok, "{err}");
+    let [of_leader] = &of_leader[..] else {
+        panic!("{of_leader:?}")
+    };
+    let [copy] = &copy[..] else {
+        panic!("{copy:?}")
+    };
+    assert_eq!(
+        (of_leader.error, of_leader.replica, of_leader.log_end_offset),
+        (ErrorCode::None, true, 4096)
+    );
+    assert!(of_leader.size_bytes > 4 << 20, "{of_leader:?}");
+    assert!(copy.error.is_ok() && copy.replica, "{copy:?}");
+    assert!(
+        copy.size_bytes < of_leader.size_bytes && copy.log_end_offset < 4096,
+        "copied at once despite the limit: {copy:?}"
+    );
+    let copying = format!("adding {target} (copying, ");
+    let line = listed
+        .lines()
+        .find(|l| l.starts_with("copied "))
+        .unwrap_or_else(|| panic!("{listed}"));
+    assert!(
+        line.contains(&copying) && line.contains(" of 4.") && line.contains(" MiB)"),
+        "{listed}"
+    );
+    // A broker answers for partitions it does not hold too, and names the ones it
+    // does not know; asked for everything, it lists only its replicas.
+    let other = (1..=3).find(|b| *b != leader && *b != target).unwrap();
+    let answers = admin
+        .describe_logs(other, Some(&[("copied", 0), ("copied", 7), ("nothing", 0)]))
+        .await
+        .unwrap();
+    let codes: Vec<(&str, u32, ErrorCode, bool)> = answers
+        .iter()
+        .map(|l| (l.topic.as_str(), l.partition, l.error, l.replica))
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            ("copied", 0, ErrorCode::None, false),
+            ("copied", 7, ErrorCode::InvalidPartition, false),
+            ("nothing", 0, ErrorCode::UnknownTopic, false),
+        ]
+    );
+    let everything = admin.describe_logs(other, None).await.unwrap();
+    assert!(
+        everything.iter().all(|l| l.replica && l.topic != "copied"),
+        "{everything:?}"
+    );
+    let everything = admin.describe_logs(leader, None).await.unwrap();
+    assert!(
+        everything
+            .iter()
+            .any(|l| l.replica && (l.topic.as_str(), l.partition) == ("copied", 0)),
+        "{everything:?}"
+    );
     cluster
         .agreed_topic("copied", Duration::from_secs(30), |v| {
             v[0].isr.contains(&target)

@@ -1,12 +1,12 @@
 //! `meridian partition list|reassign`: where each partition's replicas live, and
 //! moving them to other brokers.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Subcommand;
-use meridian_client::{Client, ElectionResult, ErrorCode, OngoingReassignment};
+use meridian_client::{Client, ElectionResult, ErrorCode, LocalLog, OngoingReassignment};
 use meridian_wire::messages::{PartitionMetadata, NO_BROKER};
 
 use crate::ConnectArgs;
@@ -194,7 +194,8 @@ async fn partitions(
 }
 
 /// Waits until every moving partition sits on exactly `replicas`, all in sync,
-/// printing each partition's progress whenever it changes.
+/// printing each partition's progress whenever a replica starts copying or joins
+/// the ISR, and how much it has copied every five seconds.
 async fn wait_for(
     client: &Client,
     topic: &str,
@@ -204,14 +205,22 @@ async fn wait_for(
 ) -> anyhow::Result<()> {
     let want: BTreeSet<u32> = replicas.iter().copied().collect();
     let started = Instant::now();
-    let mut shown: BTreeMap<u32, String> = BTreeMap::new();
+    // Per partition: the line printed last, its stage (the line without figures) and
+    // when it was printed.
+    let mut shown: BTreeMap<u32, (String, String, Instant)> = BTreeMap::new();
+    let no_figures = HashMap::new();
     loop {
         let ongoing = client.admin().list_reassignments(Some(topic)).await?;
+        let logs = copy_logs(client, &ongoing).await;
         let current = partitions(client, topic).await?;
         let mut pending = Vec::new();
         for p in moving {
+            let mut stage = None;
             let line = match ongoing.iter().find(|m| m.partition == *p) {
-                Some(m) => progress(m),
+                Some(m) => {
+                    stage = Some(progress(m, &no_figures));
+                    progress(m, &logs)
+                }
                 None => {
                     let done = current.iter().find(|m| m.partition == *p).is_some_and(|m| {
                         m.replicas.iter().copied().collect::<BTreeSet<_>>() == want
@@ -235,12 +244,20 @@ async fn wait_for(
             if line != "done" {
                 pending.push(*p);
             }
-            if shown.get(p) != Some(&line) {
+            let stage = stage.unwrap_or_else(|| line.clone());
+            let due = match shown.get(p) {
+                None => true,
+                Some((last, last_stage, at)) => {
+                    *last_stage != stage
+                        || (*last != line && at.elapsed() >= Duration::from_secs(5))
+                }
+            };
+            if due {
                 println!(
                     "{:>6.1}s {topic}/{p}: {line}",
                     started.elapsed().as_secs_f64()
                 );
-                shown.insert(*p, line);
+                shown.insert(*p, (line, stage, Instant::now()));
             }
         }
         if pending.is_empty() {
@@ -288,6 +305,7 @@ async fn list_partitions(
 ) -> anyhow::Result<String> {
     let metadata = client.metadata(topic.map(|t| vec![t.to_string()])).await?;
     let moving = client.admin().list_reassignments(topic).await?;
+    let logs = copy_logs(client, &moving).await;
     let mut topics = metadata.topics;
     topics.sort_by(|a, b| a.name.cmp(&b.name));
     let mut out = format!(
@@ -323,6 +341,7 @@ async fn list_partitions(
                         "target": m.target,
                         "adding": m.adding,
                         "removing": m.removing,
+                        "copying": copying_json(m, &logs),
                     })),
                 }));
                 continue;
@@ -340,7 +359,7 @@ async fn list_partitions(
                 p.leader_epoch,
                 list(&p.replicas),
                 list(&p.isr),
-                ongoing.map_or_else(|| "-".to_string(), progress)
+                ongoing.map_or_else(|| "-".to_string(), |m| progress(m, &logs))
             ));
         }
     }
@@ -388,14 +407,118 @@ fn election_report(results: &[ElectionResult]) -> (String, String) {
     (out, refused)
 }
 
-/// `adding 4 (copying), removing 1 -> 2,3,4`: what a reassignment still waits for.
-fn progress(m: &OngoingReassignment) -> String {
+/// The partition logs of moves under way that say how far each copy has got, by
+/// `(broker, topic, partition)`: the leader's and those of replicas being added and
+/// not in sync yet, each broker asked once and all at once. A broker that does not
+/// answer within two seconds (down, say) leaves its copies without figures.
+async fn copy_logs(
+    client: &Client,
+    moves: &[OngoingReassignment],
+) -> HashMap<(u32, String, u32), LocalLog> {
+    let mut asked: BTreeMap<u32, Vec<(String, u32)>> = BTreeMap::new();
+    for m in moves {
+        let copying: Vec<u32> = m
+            .adding
+            .iter()
+            .copied()
+            .filter(|r| !m.isr.contains(r))
+            .collect();
+        if copying.is_empty() || m.leader == NO_BROKER {
+            continue;
+        }
+        for broker in copying.into_iter().chain([m.leader]) {
+            asked
+                .entry(broker)
+                .or_default()
+                .push((m.topic.clone(), m.partition));
+        }
+    }
+    let mut answers = tokio::task::JoinSet::new();
+    for (broker, partitions) in asked {
+        let client = client.clone();
+        answers.spawn(async move {
+            let pairs: Vec<(&str, u32)> =
+                partitions.iter().map(|(t, p)| (t.as_str(), *p)).collect();
+            let admin = client.admin();
+            let asked = admin.describe_logs(broker, Some(&pairs));
+            match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                Ok(Ok(logs)) => (broker, logs),
+                _ => (broker, Vec::new()),
+            }
+        });
+    }
+    let mut found = HashMap::new();
+    while let Some(answer) = answers.join_next().await {
+        let Ok((broker, logs)) = answer else { continue };
+        for log in logs.into_iter().filter(|l| l.error.is_ok()) {
+            found.insert((broker, log.topic.clone(), log.partition), log);
+        }
+    }
+    found
+}
+
+/// A replica's copy against the leader's log: `(copy, leader)`, when both answered.
+fn copy_of<'a>(
+    m: &OngoingReassignment,
+    replica: u32,
+    logs: &'a HashMap<(u32, String, u32), LocalLog>,
+) -> Option<(&'a LocalLog, &'a LocalLog)> {
+    let log = |broker: u32| logs.get(&(broker, m.topic.clone(), m.partition));
+    Some((log(replica)?, log(m.leader)?))
+}
+
+/// `partition list --json`: per replica being copied, what it holds of the leader's
+/// log (`null` where either did not answer).
+fn copying_json(
+    m: &OngoingReassignment,
+    logs: &HashMap<(u32, String, u32), LocalLog>,
+) -> serde_json::Value {
+    let copies = m.adding.iter().filter(|r| !m.isr.contains(r)).map(|r| {
+        let copy = copy_of(m, *r, logs).map(|(copy, leader)| {
+            serde_json::json!({
+                "bytes": copy.size_bytes,
+                "leader_bytes": leader.size_bytes,
+                "log_end_offset": copy.log_end_offset,
+                "leader_log_end_offset": leader.log_end_offset,
+            })
+        });
+        (r.to_string(), copy.unwrap_or(serde_json::Value::Null))
+    });
+    serde_json::Value::Object(copies.collect())
+}
+
+/// `512 B`, `40.2 KiB`, `39.0 MiB`, `1.3 GiB`.
+fn size(bytes: u64) -> String {
+    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    if bytes < 1024 {
+        return format!("{bytes} B");
+    }
+    let mut value = bytes as f64 / 1024.0;
+    let mut unit = 0;
+    while value >= 1024.0 && unit + 1 < UNITS.len() {
+        value /= 1024.0;
+        unit += 1;
+    }
+    format!("{value:.1} {}", UNITS[unit])
+}
+
+/// `adding 4 (copying, 12.3 of 39.0 MiB), removing 1 -> 2,3,4`: what a reassignment
+/// still waits for (`(copying)` alone where the brokers did not say how far).
+fn progress(m: &OngoingReassignment, logs: &HashMap<(u32, String, u32), LocalLog>) -> String {
     let adding: Vec<String> = m
         .adding
         .iter()
         .map(|r| {
             if m.isr.contains(r) {
                 format!("{r} (in sync)")
+            } else if let Some((copy, leader)) = copy_of(m, *r, logs) {
+                let (copied, of) = (size(copy.size_bytes), size(leader.size_bytes));
+                // `12.3 of 39.0 MiB` where both have the same unit.
+                let copied = match (copied.split_once(' '), of.split_once(' ')) {
+                    (Some((n, unit)), Some((_, of_unit))) if unit == of_unit => n.to_string(),
+                    _ => copied,
+                };
+                format!("{r} (copying, {copied} of {of})")
             } else {
                 format!("{r} (copying)")
             }
@@ -413,4 +536,65 @@ fn progress(m: &OngoingReassignment) -> String {
 
 fn list(ids: &[u32]) -> String {
     ids.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn log(broker_bytes: u64, end: i64) -> LocalLog {
+        LocalLog {
+            topic: "orders".into(),
+            partition: 0,
+            error: ErrorCode::None,
+            replica: true,
+            log_start_offset: 0,
+            log_end_offset: end,
+            size_bytes: broker_bytes,
+        }
+    }
+
+    #[test]
+    fn a_copy_in_progress_shows_how_much_it_holds_of_the_leaders_log() {
+        let m = OngoingReassignment {
+            topic: "orders".into(),
+            partition: 0,
+            replicas: vec![1, 2, 3, 4, 5],
+            target: vec![4, 5, 2, 3],
+            adding: vec![4, 5],
+            removing: vec![1],
+            isr: vec![1, 2, 3, 5],
+            leader: 1,
+        };
+        let mut logs = HashMap::new();
+        assert_eq!(
+            progress(&m, &logs),
+            "adding 4 (copying) 5 (in sync), removing 1 -> 4,5,2,3"
+        );
+        logs.insert((1, "orders".into(), 0), log(40_522_687, 40_000));
+        logs.insert((4, "orders".into(), 0), log(10_470_044, 10_335));
+        assert_eq!(
+            progress(&m, &logs),
+            "adding 4 (copying, 10.0 of 38.6 MiB) 5 (in sync), removing 1 -> 4,5,2,3"
+        );
+        logs.insert((4, "orders".into(), 0), log(900_000, 880));
+        assert!(progress(&m, &logs).contains("(copying, 878.9 KiB of 38.6 MiB)"));
+        assert_eq!(
+            copying_json(&m, &logs),
+            serde_json::json!({"4": {"bytes": 900_000, "leader_bytes": 40_522_687,
+                "log_end_offset": 880, "leader_log_end_offset": 40_000}})
+        );
+        logs.remove(&(1, "orders".into(), 0));
+        assert_eq!(copying_json(&m, &logs), serde_json::json!({"4": null}));
+    }
+
+    #[test]
+    fn sizes_read_in_the_largest_unit_that_keeps_a_whole_number() {
+        assert_eq!(size(0), "0 B");
+        assert_eq!(size(1023), "1023 B");
+        assert_eq!(size(1024), "1.0 KiB");
+        assert_eq!(size(5 << 30), "5.0 GiB");
+        assert_eq!(size(3 << 40), "3.0 TiB");
+        assert_eq!(size(4096 << 40), "4096.0 TiB");
+    }
 }

@@ -711,9 +711,9 @@ pub(crate) fn check(
         Request::AlterPartitionReassignments(_) | Request::ElectLeaders(_) => {
             whole(cluster(Alter), request)
         }
-        Request::ListPartitionReassignments(_) | Request::DescribeCluster => {
-            whole(cluster(Describe), request)
-        }
+        Request::ListPartitionReassignments(_)
+        | Request::DescribeCluster
+        | Request::DescribeLogs(_) => whole(cluster(Describe), request),
         Request::Raft(_)
         | Request::BrokerHeartbeat(_)
         | Request::AlterPartition(_)

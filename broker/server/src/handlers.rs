@@ -52,6 +52,7 @@ impl Shared {
                     | Request::FindCoordinator(_)
                     | Request::ListPartitionReassignments(_)
                     | Request::DescribeCluster
+                    | Request::DescribeLogs(_)
             )
     }
 
@@ -226,6 +227,7 @@ impl Shared {
             Request::ListPartitionReassignments(r) => {
                 Response::ListPartitionReassignments(self.list_reassignments(r))
             }
+            Request::DescribeLogs(r) => Response::DescribeLogs(self.describe_logs(r)),
             Request::ElectLeaders(r) => Response::ElectLeaders(match &self.cluster {
                 Some(cluster) => match cluster.controller.elect_leaders(r).await {
                     Ok(response) => response,
@@ -376,6 +378,79 @@ impl Shared {
             error: ErrorCode::None,
             message: String::new(),
             reassignments,
+        }
+    }
+
+    /// The partition logs this broker holds, read from the logs themselves: every
+    /// partition its metadata makes it a replica of (a single broker: every one), or
+    /// those named, replica or not.
+    fn describe_logs(&self, r: DescribeLogsRequest) -> DescribeLogsResponse {
+        let me = self.config.broker_id;
+        let image = self.cluster.as_ref().map(|c| c.image());
+        let is_replica = |topic: &str, partition: u32| match &image {
+            None => true,
+            Some(image) => image
+                .topics
+                .get(topic)
+                .and_then(|t| t.partitions.get(partition as usize))
+                .is_some_and(|p| p.replicas.contains(&me)),
+        };
+        let describe = |topic: &str, partition: u32| {
+            let mut log = LocalLog {
+                topic: topic.to_owned(),
+                partition,
+                error: ErrorCode::None,
+                replica: is_replica(topic, partition),
+                log_start_offset: 0,
+                log_end_offset: 0,
+                size_bytes: 0,
+            };
+            let partitions = match &image {
+                Some(image) => image.topics.get(topic).map(|t| t.partitions.len()),
+                None => self.registry.get(topic).map(|t| t.partitions.len()),
+            };
+            match partitions {
+                None => log.error = ErrorCode::UnknownTopic,
+                Some(n) if partition as usize >= n => log.error = ErrorCode::InvalidPartition,
+                // A broker that holds no copy of the partition has nothing on disk.
+                Some(_) => {
+                    let local = self
+                        .registry
+                        .get(topic)
+                        .and_then(|t| t.partitions.get(partition as usize).cloned());
+                    if let Some(local) = local {
+                        match local.log() {
+                            Ok(l) => {
+                                log.log_start_offset = l.log_start_offset();
+                                log.log_end_offset = l.log_end_offset();
+                                log.size_bytes = l.size_bytes();
+                            }
+                            Err(e) => log.error = e.code,
+                        }
+                    }
+                }
+            }
+            log
+        };
+        let logs = match r.partitions {
+            Some(wanted) => wanted
+                .iter()
+                .flat_map(|tp| tp.partitions.iter().map(|p| describe(&tp.topic, *p)))
+                .collect(),
+            None => self
+                .registry
+                .all()
+                .iter()
+                .flat_map(|t| (0..t.partitions.len() as u32).map(|p| (t.name.clone(), p)))
+                .filter(|(t, p)| is_replica(t, *p))
+                .map(|(t, p)| describe(&t, p))
+                .collect(),
+        };
+        DescribeLogsResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id: me,
+            logs,
         }
     }
 

@@ -59,6 +59,8 @@ pub enum ApiKey {
     DescribeCluster = 46,
     /// Move leadership back to preferred replicas (reassign.rs).
     ElectLeaders = 47,
+    /// The partition logs a broker holds, their offsets and size (reassign.rs).
+    DescribeLogs = 48,
     // 40..=43: the cluster control plane, broker to broker (cluster.rs).
     /// A Raft RPC of the metadata quorum.
     Raft = 40,
@@ -68,7 +70,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 37] = [
+    pub const ALL: [ApiKey; 38] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -102,6 +104,7 @@ impl ApiKey {
         ApiKey::ListPartitionReassignments,
         ApiKey::DescribeCluster,
         ApiKey::ElectLeaders,
+        ApiKey::DescribeLogs,
         ApiKey::Raft,
         ApiKey::BrokerHeartbeat,
         ApiKey::AlterPartition,
@@ -185,6 +188,7 @@ pub enum Request {
     ListPartitionReassignments(ListPartitionReassignmentsRequest),
     DescribeCluster,
     ElectLeaders(ElectLeadersRequest),
+    DescribeLogs(DescribeLogsRequest),
     Raft(RaftRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
     AlterPartition(AlterPartitionRequest),
@@ -226,6 +230,7 @@ pub enum Response {
     ListPartitionReassignments(ListPartitionReassignmentsResponse),
     DescribeCluster(DescribeClusterResponse),
     ElectLeaders(ElectLeadersResponse),
+    DescribeLogs(DescribeLogsResponse),
     Raft(RaftResponse),
     BrokerHeartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
@@ -679,6 +684,7 @@ impl Request {
             Request::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Request::DescribeCluster => ApiKey::DescribeCluster,
             Request::ElectLeaders(_) => ApiKey::ElectLeaders,
+            Request::DescribeLogs(_) => ApiKey::DescribeLogs,
             Request::Raft(_) => ApiKey::Raft,
             Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Request::AlterPartition(_) => ApiKey::AlterPartition,
@@ -774,6 +780,7 @@ impl Request {
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::DescribeCluster => {}
             Request::ElectLeaders(m) => m.encode(w),
+            Request::DescribeLogs(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w, version),
             Request::AlterPartition(m) => m.encode(w),
@@ -899,6 +906,7 @@ impl Request {
             }
             ApiKey::DescribeCluster => Request::DescribeCluster,
             ApiKey::ElectLeaders => Request::ElectLeaders(ElectLeadersRequest::decode(r)?),
+            ApiKey::DescribeLogs => Request::DescribeLogs(DescribeLogsRequest::decode(r)?),
             ApiKey::AlterTopicConfigs => {
                 Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r, version)?)
             }
@@ -953,6 +961,7 @@ impl Response {
             Response::ListPartitionReassignments(_) => ApiKey::ListPartitionReassignments,
             Response::DescribeCluster(_) => ApiKey::DescribeCluster,
             Response::ElectLeaders(_) => ApiKey::ElectLeaders,
+            Response::DescribeLogs(_) => ApiKey::DescribeLogs,
             Response::Raft(_) => ApiKey::Raft,
             Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Response::AlterPartition(_) => ApiKey::AlterPartition,
@@ -1081,6 +1090,7 @@ impl Response {
             Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DescribeCluster(m) => m.encode(w),
             Response::ElectLeaders(m) => m.encode(w),
+            Response::DescribeLogs(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1287,6 +1297,7 @@ impl Response {
                 Response::DescribeCluster(DescribeClusterResponse::decode(r)?)
             }
             ApiKey::ElectLeaders => Response::ElectLeaders(ElectLeadersResponse::decode(r)?),
+            ApiKey::DescribeLogs => Response::DescribeLogs(DescribeLogsResponse::decode(r)?),
             ApiKey::AlterTopicConfigs => {
                 Response::AlterTopicConfigs(AlterTopicConfigsResponse::decode(r)?)
             }
@@ -1877,6 +1888,40 @@ mod tests {
         check_request(Request::DescribeCluster);
         check_request(Request::ElectLeaders(ElectLeadersRequest {
             partitions: None,
+        }));
+        check_request(Request::DescribeLogs(DescribeLogsRequest {
+            partitions: None,
+        }));
+        check_request(Request::DescribeLogs(DescribeLogsRequest {
+            partitions: Some(vec![TopicPartitions {
+                topic: "t".into(),
+                partitions: vec![3],
+            }]),
+        }));
+        check_response(Response::DescribeLogs(DescribeLogsResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            broker_id: 4,
+            logs: vec![
+                LocalLog {
+                    topic: "t".into(),
+                    partition: 3,
+                    error: ErrorCode::None,
+                    replica: true,
+                    log_start_offset: 10,
+                    log_end_offset: 40_000,
+                    size_bytes: 41_234_567_890,
+                },
+                LocalLog {
+                    topic: "gone".into(),
+                    partition: 0,
+                    error: ErrorCode::UnknownTopic,
+                    replica: false,
+                    log_start_offset: 0,
+                    log_end_offset: 0,
+                    size_bytes: 0,
+                },
+            ],
         }));
         check_request(Request::ElectLeaders(ElectLeadersRequest {
             partitions: Some(vec![TopicPartitions {

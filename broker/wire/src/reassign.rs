@@ -255,3 +255,98 @@ impl ElectLeadersResponse {
         })
     }
 }
+
+/// `DescribeLogs` (API key 48): the partition logs this broker holds, with their
+/// offsets and size on disk, as Kafka's `DescribeLogDirs`. Each broker answers for
+/// itself, so the size of a log being copied to a new replica, set against the
+/// leader's, tells how far the copy has got.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeLogsRequest {
+    /// `None`: every partition this broker is a replica of.
+    pub partitions: Option<Vec<crate::group::TopicPartitions>>,
+}
+
+impl DescribeLogsRequest {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.option(self.partitions.as_ref(), |w, tps| {
+            crate::group::put_tps(w, tps)
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<DescribeLogsRequest, DecodeError> {
+        Ok(DescribeLogsRequest {
+            partitions: r.option(crate::group::get_tps)?,
+        })
+    }
+}
+
+/// One partition's log on the broker that answered (`Admin::describe_logs` in the
+/// SDK).
+///
+/// ```
+/// # fn example(leader: meridian_wire::reassign::LocalLog, copy: meridian_wire::reassign::LocalLog) {
+/// let percent = 100 * copy.size_bytes / leader.size_bytes.max(1);
+/// println!("{}/{}: copied {percent} % of the leader's log", copy.topic, copy.partition);
+/// # }
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalLog {
+    pub topic: String,
+    pub partition: u32,
+    /// `UnknownTopic` or `InvalidPartition` where the cluster has no such topic or
+    /// partition (a broker holding no copy of one it has answers with zeros).
+    pub error: ErrorCode,
+    /// Whether the broker's metadata makes it a replica of the partition (a broker
+    /// that is not keeps an empty log, or one it is about to delete).
+    pub replica: bool,
+    pub log_start_offset: i64,
+    /// The next offset the local log will hold (a follower's may trail the leader's).
+    pub log_end_offset: i64,
+    /// Bytes of the log's segments on disk.
+    pub size_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DescribeLogsResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    /// The broker that answered.
+    pub broker_id: u32,
+    pub logs: Vec<LocalLog>,
+}
+
+impl DescribeLogsResponse {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u16(self.error as u16);
+        w.string(&self.message);
+        w.u32(self.broker_id);
+        w.array(&self.logs, |w, l| {
+            w.string(&l.topic);
+            w.u32(l.partition);
+            w.u16(l.error as u16);
+            w.bool(l.replica);
+            w.i64(l.log_start_offset);
+            w.i64(l.log_end_offset);
+            w.u64(l.size_bytes);
+        });
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<DescribeLogsResponse, DecodeError> {
+        Ok(DescribeLogsResponse {
+            error: ErrorCode::from_u16(r.u16()?),
+            message: r.string()?,
+            broker_id: r.u32()?,
+            logs: r.array(33, |r| {
+                Ok(LocalLog {
+                    topic: r.string()?,
+                    partition: r.u32()?,
+                    error: ErrorCode::from_u16(r.u16()?),
+                    replica: r.bool()?,
+                    log_start_offset: r.i64()?,
+                    log_end_offset: r.i64()?,
+                    size_bytes: r.u64()?,
+                })
+            })?,
+        })
+    }
+}

@@ -5,11 +5,11 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
     CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
     DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeClusterResponse,
-    DescribeTopicsRequest, ElectLeadersRequest, ElectionResult, ListOffsetsPartition,
-    ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest, MetadataResponse,
-    OngoingReassignment, PartitionReassignment, PartitionsIncrease, Request, Response,
-    TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
-    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
+    DescribeLogsRequest, DescribeTopicsRequest, ElectLeadersRequest, ElectionResult,
+    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest,
+    LocalLog, MetadataResponse, OngoingReassignment, PartitionReassignment, PartitionsIncrease,
+    Request, Response, TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions,
+    TopicResult, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -683,6 +683,53 @@ impl Admin {
             });
         }
         Ok(response.reassignments)
+    }
+
+    /// The partition logs `broker` holds, as that broker reads them: log start and end
+    /// offsets and bytes on disk, of `partitions` as `(topic, partition)` (in that
+    /// order, replica or not; `error` is `UnknownTopic` or `InvalidPartition` where
+    /// the broker has no such partition) or, with `None`, of every partition it is a
+    /// replica of. Set against the leader's, a new replica's figures say how far it
+    /// has copied the log (`meridian partition list` shows it for moves under way).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// let admin = client.admin();
+    /// let leader = &admin.describe_logs(1, Some(&[("orders", 0)])).await?[0];
+    /// let copy = &admin.describe_logs(4, Some(&[("orders", 0)])).await?[0];
+    /// println!("broker 4 holds {} of the leader's {} bytes", copy.size_bytes, leader.size_bytes);
+    /// # Ok(()) }
+    /// ```
+    pub async fn describe_logs(
+        &self,
+        broker: u32,
+        partitions: Option<&[(&str, u32)]>,
+    ) -> Result<Vec<LocalLog>> {
+        let request = Request::DescribeLogs(DescribeLogsRequest {
+            partitions: partitions.map(|ps| TopicPartitions::group(ps.iter().copied())),
+        });
+        let response = self.client.request_to(broker, request).await?;
+        let Response::DescribeLogs(response) = response else {
+            return Err(unexpected(ApiKey::DescribeLogs, &response));
+        };
+        if !response.error.is_ok() {
+            return Err(Error::Broker {
+                code: response.error,
+                message: response.message,
+            });
+        }
+        let mut logs = response.logs;
+        if let Some(asked) = partitions {
+            // The request groups partitions by topic; answer in the order asked.
+            let position = |l: &LocalLog| {
+                asked
+                    .iter()
+                    .position(|(t, p)| *t == l.topic && *p == l.partition)
+                    .unwrap_or(usize::MAX)
+            };
+            logs.sort_by_key(position);
+        }
+        Ok(logs)
     }
 
     /// Moves leadership back to partitions' preferred replicas (the first of each

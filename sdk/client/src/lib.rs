@@ -86,7 +86,7 @@ pub use meridian_wire::frame::TraceContext;
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 /// What [`Admin::describe_topic`] returns.
 pub use meridian_wire::messages::{DescribedConfig, PartitionDescription, TopicDescription};
-pub use meridian_wire::reassign::{ElectionResult, OngoingReassignment};
+pub use meridian_wire::reassign::{ElectionResult, LocalLog, OngoingReassignment};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};
