@@ -810,7 +810,7 @@ pub(crate) fn kafka_python_group(
 /// Runs `tests/kafka/SCRIPT ARGS` with kafka-python and returns the JSON line it
 /// prints, after checking it succeeded; `None`, saying so, when
 /// KAFKA_PYTHON_FOR_TESTS is not set.
-fn kafka_python(script: &str, args: &[&str]) -> Option<serde_json::Value> {
+pub(crate) fn kafka_python(script: &str, args: &[&str]) -> Option<serde_json::Value> {
     let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
         println!(
             "skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs kafka-python and sets it)"

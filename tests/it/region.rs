@@ -645,6 +645,32 @@ fn kafka_clients_reach_every_broker_of_a_region() {
         }
     }
 
+    // kafka-python's admin client, as Kafka's replica tools: a partition moved onto
+    // another broker and watched until done, refusals, the logs on the new replicas
+    // only, the preferred leader elected, an unclean election refused.
+    let bootstrap = region.kafka.as_deref().unwrap();
+    if let Some(seen) = crate::kafka::kafka_python("replicas_admin.py", &[bootstrap]) {
+        assert_eq!(
+            seen,
+            serde_json::json!({
+                "moved": {"py-moving/0": null},
+                "unknown_broker": {"py-moving/0": "InvalidReplicationAssignmentError"},
+                "cancel_none": {"py-moving/0": "NoReassignmentInProgressError"},
+                "leader_is_preferred": true,
+                "unclean": [[42, true]]
+            })
+        );
+        let (ok, listed, err) = region.cli(&["partition", "list", "py-moving", "--json"], "");
+        assert!(ok, "{err}");
+        let listed: serde_json::Value = serde_json::from_str(&listed).expect(&listed);
+        assert_eq!(
+            listed[0]["reassignment"],
+            serde_json::Value::Null,
+            "{listed}"
+        );
+        assert_eq!(listed[0]["replicas"].as_array().map(Vec::len), Some(2));
+    }
+
     let logged = region.stop();
     let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "errors logged:\n{errors:#?}");

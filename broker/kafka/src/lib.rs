@@ -9,7 +9,8 @@
 //!
 //! Served: the APIs of [`APIS`] at the versions listed there, enough for producers
 //! (idempotent ones included), consumers (assigning partitions themselves, or as
-//! members of a consumer group with an eager assignor) and topic administration. Not
+//! members of a consumer group with an eager assignor), topic administration and
+//! the replica tools' requests (reassignments, preferred elections, log directories). Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
 //! API it lacks): transactions, SASL, ACL administration and the legacy, whole-set
 //! AlterConfigs.
@@ -25,6 +26,7 @@
 //! so they are refused (`INCONSISTENT_GROUP_PROTOCOL`, naming the eager ones).
 
 mod admin;
+mod replicas;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -63,6 +65,10 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteRecords, 0, 2),
+    (ApiKey::AlterPartitionReassignments, 0, 0),
+    (ApiKey::ListPartitionReassignments, 0, 0),
+    (ApiKey::ElectLeaders, 0, 2),
+    (ApiKey::DescribeLogDirs, 1, 4),
 ];
 
 /// Where Kafka clients reach the brokers: what Metadata and FindCoordinator answers
@@ -208,6 +214,10 @@ enum Shape {
     /// Topics refused before reaching the broker (manual replica assignments).
     CreatePartitions {
         refused: Vec<(String, String)>,
+    },
+    /// The partitions asked about (Meridian's request names topics only).
+    ListReassignments {
+        asked: replicas::Listed,
     },
 }
 
@@ -459,6 +469,23 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
         }
         ApiKey::DeleteRecords => serve(
             admin::delete_records(body!(k::DeleteRecordsRequest)),
+            Shape::Plain,
+        ),
+        ApiKey::AlterPartitionReassignments => serve(
+            replicas::alter_reassignments(body!(k::AlterPartitionReassignmentsRequest)),
+            Shape::Plain,
+        ),
+        ApiKey::ListPartitionReassignments => {
+            let (request, asked) =
+                replicas::list_reassignments(body!(k::ListPartitionReassignmentsRequest));
+            serve(request, Shape::ListReassignments { asked })
+        }
+        ApiKey::ElectLeaders => match replicas::elect_leaders(body!(k::ElectLeadersRequest)) {
+            Ok(request) => serve(request, Shape::Plain),
+            Err(refused) => header.refuse(&refused, replicas::UNCLEAN.into()),
+        },
+        ApiKey::DescribeLogDirs => serve(
+            replicas::describe_log_dirs(body!(k::DescribeLogDirsRequest)),
             Shape::Plain,
         ),
         ApiKey::DeleteTopics => {
@@ -941,6 +968,14 @@ impl Pending {
                 h.frame(&admin::created_partitions(r, refused))?
             }
             (m::Response::DeleteRecords(r), _) => h.frame(&admin::deleted_records(r))?,
+            (m::Response::AlterPartitionReassignments(r), _) => {
+                h.frame(&replicas::altered_reassignments(r))?
+            }
+            (m::Response::ListPartitionReassignments(r), Shape::ListReassignments { asked }) => {
+                h.frame(&replicas::listed_reassignments(r, asked))?
+            }
+            (m::Response::ElectLeaders(r), _) => h.frame(&replicas::elected_leaders(r))?,
+            (m::Response::DescribeLogs(r), _) => h.frame(&replicas::described_log_dirs(r))?,
             (m::Response::DeleteTopics(r), _) => {
                 let responses = r
                     .results

@@ -1442,3 +1442,67 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
     let missing = ResponseError::GroupIdNotFound.code();
     assert_eq!(answered(ErrorCode::GroupIdNotFound), (missing, Vec::new()));
 }
+
+/// ListPartitionReassignments names partitions; Meridian's request names topics, so
+/// the answer keeps only the partitions asked about. An unclean election is refused
+/// without the broker, naming the topic setting that asks for one.
+#[test]
+fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
+    let asked = k::ListPartitionReassignmentsRequest::default().with_topics(Some(vec![
+        k::list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
+            .with_name(topic_name("orders".into()))
+            .with_partition_indexes(vec![1]),
+    ]));
+    let (request, pending) = serve(frame_of(ApiKey::ListPartitionReassignments, 0, &asked));
+    assert_eq!(
+        request,
+        m::Request::ListPartitionReassignments(m::ListPartitionReassignmentsRequest {
+            topics: Some(vec!["orders".into()])
+        })
+    );
+    let ongoing = |partition: u32| m::OngoingReassignment {
+        topic: "orders".into(),
+        partition,
+        replicas: vec![1, 2, 3],
+        target: vec![3, 2],
+        adding: vec![3],
+        removing: vec![1],
+        isr: vec![1, 2],
+        leader: 1,
+    };
+    let answer = m::Response::ListPartitionReassignments(m::ListPartitionReassignmentsResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        reassignments: vec![ongoing(0), ongoing(1)],
+    });
+    let frame = pending.respond(Some(answer), &listener()).unwrap().unwrap();
+    let r: k::ListPartitionReassignmentsResponse =
+        response(ApiKey::ListPartitionReassignments, 0, frame);
+    assert_eq!(r.topics.len(), 1);
+    let partitions = &r.topics[0].partitions;
+    assert_eq!(partitions.len(), 1);
+    assert_eq!(partitions[0].partition_index, 1);
+    assert_eq!(partitions[0].adding_replicas, vec![BrokerId(3)]);
+    assert_eq!(partitions[0].removing_replicas, vec![BrokerId(1)]);
+
+    let unclean = k::ElectLeadersRequest::default()
+        .with_election_type(1)
+        .with_topic_partitions(Some(vec![
+            k::elect_leaders_request::TopicPartitions::default()
+                .with_topic(topic_name("orders".into()))
+                .with_partitions(vec![0, 2]),
+        ]));
+    let r: k::ElectLeadersResponse = response(
+        ApiKey::ElectLeaders,
+        2,
+        reply(frame_of(ApiKey::ElectLeaders, 2, &unclean)),
+    );
+    let refused = ResponseError::InvalidRequest.code();
+    assert_eq!(r.error_code, refused);
+    let results = &r.replica_election_results[0].partition_result;
+    assert_eq!(results.len(), 2);
+    assert!(results.iter().all(|p| p.error_code == refused
+        && p.error_message
+            .as_deref()
+            .is_some_and(|m| m.contains("unclean.leader.election.enable"))));
+}

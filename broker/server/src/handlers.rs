@@ -450,6 +450,7 @@ impl Shared {
             error: ErrorCode::None,
             message: String::new(),
             broker_id: me,
+            log_dir: self.config.data_dir.join("topics").display().to_string(),
             logs,
         }
     }

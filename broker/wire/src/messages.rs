@@ -1902,6 +1902,7 @@ mod tests {
             error: ErrorCode::None,
             message: String::new(),
             broker_id: 4,
+            log_dir: "/var/lib/meridian/topics".into(),
             logs: vec![
                 LocalLog {
                     topic: "t".into(),

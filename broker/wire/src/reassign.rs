@@ -312,6 +312,8 @@ pub struct DescribeLogsResponse {
     pub message: String,
     /// The broker that answered.
     pub broker_id: u32,
+    /// The directory holding its partition logs (Kafka's `log_dir`).
+    pub log_dir: String,
     pub logs: Vec<LocalLog>,
 }
 
@@ -320,6 +322,7 @@ impl DescribeLogsResponse {
         w.u16(self.error as u16);
         w.string(&self.message);
         w.u32(self.broker_id);
+        w.string(&self.log_dir);
         w.array(&self.logs, |w, l| {
             w.string(&l.topic);
             w.u32(l.partition);
@@ -336,6 +339,7 @@ impl DescribeLogsResponse {
             error: ErrorCode::from_u16(r.u16()?),
             message: r.string()?,
             broker_id: r.u32()?,
+            log_dir: r.string()?,
             logs: r.array(33, |r| {
                 Ok(LocalLog {
                     topic: r.string()?,
