@@ -1533,6 +1533,29 @@ async fn a_new_replica_copies_the_log_no_faster_than_the_catch_up_limit() {
         "4 MiB copied in {took:?} despite a 1 MB/s limit"
     );
     assert_eq!(read_values(&client, "copied").await.len(), 4096);
+
+    // `partition reassign --wait` onto the third broker prints the copy's figures
+    // while the limit holds it back, then that it is done.
+    let third = (1..=3).find(|b| *b != leader && *b != target).unwrap();
+    let (ok, out, err) = cluster.brokers_ref(leader).cli(
+        &[
+            "partition",
+            "reassign",
+            "copied",
+            "-p",
+            "0",
+            "--replicas",
+            &format!("{leader},{third}"),
+            "--wait",
+        ],
+        "",
+    );
+    assert!(ok, "{out}{err}");
+    assert!(
+        out.contains(&format!("copied/0: adding {third} (copying, ")) && out.contains(" MiB"),
+        "{out}"
+    );
+    assert!(out.contains("done in "), "{out}");
 }
 
 /// A new replica of a compacted topic copies a cleaned log, whose offsets skip the

@@ -195,7 +195,8 @@ async fn partitions(
 
 /// Waits until every moving partition sits on exactly `replicas`, all in sync,
 /// printing each partition's progress whenever a replica starts copying or joins
-/// the ISR, and how much it has copied every five seconds.
+/// the ISR, and how much it has copied every five seconds, with the pace since it
+/// was first seen copying and the time left at that pace.
 async fn wait_for(
     client: &Client,
     topic: &str,
@@ -208,6 +209,8 @@ async fn wait_for(
     // Per partition: the line printed last, its stage (the line without figures) and
     // when it was printed.
     let mut shown: BTreeMap<u32, (String, String, Instant)> = BTreeMap::new();
+    // Per (partition, replica) copying: its bytes when first seen, and when.
+    let mut first_seen: HashMap<(u32, u32), (u64, Instant)> = HashMap::new();
     let no_figures = HashMap::new();
     loop {
         let ongoing = client.admin().list_reassignments(Some(topic)).await?;
@@ -218,8 +221,21 @@ async fn wait_for(
             let mut stage = None;
             let line = match ongoing.iter().find(|m| m.partition == *p) {
                 Some(m) => {
-                    stage = Some(progress(m, &no_figures));
-                    progress(m, &logs)
+                    stage = Some(progress(m, &no_figures, &HashMap::new()));
+                    let mut rates = HashMap::new();
+                    for r in &m.adding {
+                        let Some((copy, _)) = copy_of(m, *r, &logs) else {
+                            continue;
+                        };
+                        let (bytes, at) = *first_seen
+                            .entry((*p, *r))
+                            .or_insert((copy.size_bytes, Instant::now()));
+                        let secs = at.elapsed().as_secs_f64();
+                        if secs >= 1.0 && copy.size_bytes > bytes {
+                            rates.insert(*r, (copy.size_bytes - bytes) as f64 / secs);
+                        }
+                    }
+                    progress(m, &logs, &rates)
                 }
                 None => {
                     let done = current.iter().find(|m| m.partition == *p).is_some_and(|m| {
@@ -359,7 +375,7 @@ async fn list_partitions(
                 p.leader_epoch,
                 list(&p.replicas),
                 list(&p.isr),
-                ongoing.map_or_else(|| "-".to_string(), |m| progress(m, &logs))
+                ongoing.map_or_else(|| "-".to_string(), |m| progress(m, &logs, &HashMap::new()))
             ));
         }
     }
@@ -502,9 +518,25 @@ fn size(bytes: u64) -> String {
     format!("{value:.1} {}", UNITS[unit])
 }
 
+/// `45 s`, `12 min`, `2.5 h`.
+fn duration(secs: f64) -> String {
+    if secs < 90.0 {
+        format!("{:.0} s", secs.max(1.0))
+    } else if secs < 90.0 * 60.0 {
+        format!("{:.0} min", secs / 60.0)
+    } else {
+        format!("{:.1} h", secs / 3600.0)
+    }
+}
+
 /// `adding 4 (copying, 12.3 of 39.0 MiB), removing 1 -> 2,3,4`: what a reassignment
-/// still waits for (`(copying)` alone where the brokers did not say how far).
-fn progress(m: &OngoingReassignment, logs: &HashMap<(u32, String, u32), LocalLog>) -> String {
+/// still waits for (`(copying)` alone where the brokers did not say how far), with
+/// `, 2.0 MiB/s, about 13 s left` where `rates` has the replica's bytes per second.
+fn progress(
+    m: &OngoingReassignment,
+    logs: &HashMap<(u32, String, u32), LocalLog>,
+    rates: &HashMap<u32, f64>,
+) -> String {
     let adding: Vec<String> = m
         .adding
         .iter()
@@ -518,7 +550,15 @@ fn progress(m: &OngoingReassignment, logs: &HashMap<(u32, String, u32), LocalLog
                     (Some((n, unit)), Some((_, of_unit))) if unit == of_unit => n.to_string(),
                     _ => copied,
                 };
-                format!("{r} (copying, {copied} of {of})")
+                let pace = rates.get(r).map_or_else(String::new, |rate| {
+                    let left = leader.size_bytes.saturating_sub(copy.size_bytes) as f64;
+                    format!(
+                        ", {}/s, about {} left",
+                        size(*rate as u64),
+                        duration(left / rate)
+                    )
+                });
+                format!("{r} (copying, {copied} of {of}{pace})")
             } else {
                 format!("{r} (copying)")
             }
@@ -568,17 +608,23 @@ mod tests {
         };
         let mut logs = HashMap::new();
         assert_eq!(
-            progress(&m, &logs),
+            progress(&m, &logs, &HashMap::new()),
             "adding 4 (copying) 5 (in sync), removing 1 -> 4,5,2,3"
         );
         logs.insert((1, "orders".into(), 0), log(40_522_687, 40_000));
         logs.insert((4, "orders".into(), 0), log(10_470_044, 10_335));
         assert_eq!(
-            progress(&m, &logs),
+            progress(&m, &logs, &HashMap::new()),
             "adding 4 (copying, 10.0 of 38.6 MiB) 5 (in sync), removing 1 -> 4,5,2,3"
         );
+        let rates = HashMap::from([(4, 2.0 * 1024.0 * 1024.0)]);
+        assert_eq!(
+            progress(&m, &logs, &rates),
+            "adding 4 (copying, 10.0 of 38.6 MiB, 2.0 MiB/s, about 14 s left) 5 (in sync), \
+             removing 1 -> 4,5,2,3"
+        );
         logs.insert((4, "orders".into(), 0), log(900_000, 880));
-        assert!(progress(&m, &logs).contains("(copying, 878.9 KiB of 38.6 MiB)"));
+        assert!(progress(&m, &logs, &HashMap::new()).contains("(copying, 878.9 KiB of 38.6 MiB)"));
         assert_eq!(
             copying_json(&m, &logs),
             serde_json::json!({"4": {"bytes": 900_000, "leader_bytes": 40_522_687,
@@ -586,6 +632,14 @@ mod tests {
         );
         logs.remove(&(1, "orders".into(), 0));
         assert_eq!(copying_json(&m, &logs), serde_json::json!({"4": null}));
+    }
+
+    #[test]
+    fn times_left_read_in_seconds_minutes_or_hours() {
+        assert_eq!(duration(0.2), "1 s");
+        assert_eq!(duration(89.0), "89 s");
+        assert_eq!(duration(600.0), "10 min");
+        assert_eq!(duration(9000.0), "2.5 h");
     }
 
     #[test]
