@@ -933,7 +933,8 @@ fn kafka_clients_connect_over_tls() {
 
 /// `kafka_tls` with `tls_client_ca`: a Kafka client's certificate names it to
 /// `acl_file` as on the QUIC endpoint, so alice works in `alice.*` and is refused
-/// elsewhere; a Kafka client without a certificate is refused at the handshake,
+/// elsewhere (with Kafka's authorization errors, also for requests refused whole);
+/// a Kafka client without a certificate is refused at the handshake,
 /// which the broker counts.
 #[test]
 fn kafka_clients_are_named_by_their_certificates() {
@@ -972,6 +973,17 @@ fn kafka_clients_are_named_by_their_certificates() {
     assert_eq!(
         refused["result"], "TopicAuthorizationFailedError",
         "{refused}"
+    );
+    // Refused whole (a topic to create, a group, the cluster), a Kafka client gets
+    // the error in the request's response, as from Kafka, not a closed connection.
+    let refused = run(alice, "refused", "bob.orders").unwrap();
+    assert_eq!(
+        refused,
+        serde_json::json!({
+            "create": "TopicAuthorizationFailedError",
+            "cluster": "ClusterAuthorizationFailedError",
+            "group": "GroupAuthorizationFailedError"
+        })
     );
     assert_eq!(
         crate::metrics::value(

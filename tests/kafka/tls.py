@@ -11,6 +11,10 @@ client's certificate and key, or `-` to present none. ACTION is one of:
   TLS, read them all back; prints {"produced": N, "consumed": N, "values_match": bool};
 - `produce`: send one record to TOPIC; prints {"result": "ok"} or the name of the
   Kafka error that refused it;
+- `refused`: what a client refused whole gets: create TOPIC, consume TOPIC in group
+  `TOPIC-group`, ask for a reassignment list; prints {"create": ..., "group": ...,
+  "cluster": ...}, each the name of the Kafka error or "ok" (a closed connection
+  would show as a time-out);
 - `plaintext`: connect without TLS; prints {"result": "connected"} or the name of the
   error.
 
@@ -91,6 +95,40 @@ def produce():
         producer.close(timeout=5)
 
 
+def refused():
+    from kafka.admin import NewTopic
+
+    seen = {}
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10_000, **TLS)
+    try:
+        admin.create_topics([NewTopic(TOPIC, 1, 1)])
+        seen["create"] = "ok"
+    except KafkaError as e:
+        seen["create"] = error_name(e)
+    try:
+        admin.list_partition_reassignments()
+        seen["cluster"] = "ok"
+    except KafkaError as e:
+        seen["cluster"] = error_name(e)
+    admin.close()
+    consumer = KafkaConsumer(
+        TOPIC,
+        bootstrap_servers=BOOTSTRAP,
+        group_id=f"{TOPIC}-group",
+        request_timeout_ms=10_000,
+        consumer_timeout_ms=10_000,
+        **TLS,
+    )
+    try:
+        for _ in consumer:
+            pass
+        seen["group"] = "ok"
+    except KafkaError as e:
+        seen["group"] = error_name(e)
+    consumer.close()
+    return seen
+
+
 def plaintext():
     try:
         producer = KafkaProducer(
@@ -105,7 +143,12 @@ def plaintext():
     return {"result": "connected"}
 
 
-ACTIONS = {"roundtrip": roundtrip, "produce": produce, "plaintext": plaintext}
+ACTIONS = {
+    "roundtrip": roundtrip,
+    "produce": produce,
+    "refused": refused,
+    "plaintext": plaintext,
+}
 if ACTION not in ACTIONS:
     fail(f"unknown action {ACTION}")
 print(json.dumps(ACTIONS[ACTION]()))

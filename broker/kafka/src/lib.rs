@@ -26,7 +26,10 @@
 //! so they are refused (`INCONSISTENT_GROUP_PROTOCOL`, naming the eager ones).
 
 mod admin;
+mod refusals;
 mod replicas;
+
+pub use refusals::refusal;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;

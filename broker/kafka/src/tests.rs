@@ -1506,3 +1506,40 @@ fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
             .as_deref()
             .is_some_and(|m| m.contains("unclean.leader.election.enable"))));
 }
+
+/// A request `acl_file` refuses whole gets its own response with the error, which
+/// Kafka clients raise (a closed connection, they would retry).
+#[test]
+fn requests_refused_whole_are_answered_with_the_authorization_error() {
+    let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("g"));
+    let (request, pending) = serve(frame_of(ApiKey::FindCoordinator, 3, &find));
+    let answer = refusal(&request, ErrorCode::GroupAuthorizationFailed, "no group g");
+    let frame = pending.respond(answer, &listener()).unwrap().unwrap();
+    let r: k::FindCoordinatorResponse = response(ApiKey::FindCoordinator, 3, frame);
+    assert_eq!(r.error_code, ResponseError::GroupAuthorizationFailed.code());
+    assert_eq!(r.error_message.as_deref(), Some("no group g"));
+
+    let create = k::CreateTopicsRequest::default().with_topics(vec![
+        k::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name("bob.orders".into()))
+            .with_num_partitions(1)
+            .with_replication_factor(1),
+    ]);
+    let (request, pending) = serve(frame_of(ApiKey::CreateTopics, 7, &create));
+    let answer = refusal(&request, ErrorCode::TopicAuthorizationFailed, "not bob's");
+    let frame = pending.respond(answer, &listener()).unwrap().unwrap();
+    let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
+    assert_eq!(r.topics.len(), 1);
+    assert_eq!(r.topics[0].name.0.as_str(), "bob.orders");
+    assert_eq!(
+        r.topics[0].error_code,
+        ResponseError::TopicAuthorizationFailed.code()
+    );
+
+    // A request `acl_file` filters rather than refuses has no refusal of its own.
+    let list = m::Request::ListGroups(g::ListGroupsRequest {});
+    assert_eq!(
+        refusal(&list, ErrorCode::ClusterAuthorizationFailed, ""),
+        None
+    );
+}

@@ -291,6 +291,13 @@ async fn serve_one(
 ) -> Result<Option<Bytes>, String> {
     let api = pending.api();
     let listener = directory.for_response(&shared, &pending);
+    // Kept to answer a refusal of the whole request (`acl_file`) in its own response;
+    // the data path's requests are filtered per topic, never refused whole.
+    let kept = (!matches!(
+        request,
+        Request::Produce(_) | Request::Fetch(_) | Request::ListOffsets(_) | Request::Metadata(_)
+    ))
+    .then(|| request.clone());
     let span = tracing::debug_span!(
         parent: None,
         "request",
@@ -319,7 +326,7 @@ async fn serve_one(
                 Some(confirm_sync(&shared, sync, given, peer).await)
             }
             Ok(other) => other,
-            Err(denied) => return Err(denied.message),
+            Err(denied) => return refused(kept, denied, pending, &listener),
         };
         return pending
             .respond(answer, &listener)
@@ -331,7 +338,7 @@ async fn serve_one(
                 Ok(answer) => pending
                     .respond(answer, &listener)
                     .map_err(|e| e.to_string()),
-                Err(denied) => Err(denied.message),
+                Err(denied) => refused(kept, denied, pending, &listener),
             };
             let bytes = reply
                 .as_ref()
@@ -339,6 +346,26 @@ async fn serve_one(
             (reply, bytes)
         })
         .await
+}
+
+/// The answer to a request `acl_file` refused whole: its own response carrying the
+/// authorization error, as from a Kafka broker (`meridian_kafka::refusal`), or the
+/// connection closed with the reason where Kafka's response has no place for one.
+fn refused(
+    kept: Option<Request>,
+    denied: crate::acl::Denied,
+    pending: Pending,
+    listener: &Listener,
+) -> Result<Option<Bytes>, String> {
+    let answer = kept
+        .as_ref()
+        .and_then(|r| meridian_kafka::refusal(r, denied.code, &denied.message));
+    match answer {
+        Some(answer) => pending
+            .respond(Some(answer), listener)
+            .map_err(|e| e.to_string()),
+        None => Err(denied.message),
+    }
 }
 
 /// Tells the coordinator that an eager member owns what its SyncGroup just gave it
