@@ -454,8 +454,9 @@ pub(crate) enum Checked {
     /// Serve `request` (from which denied topics may have been removed), then pass
     /// the response through `after`.
     Serve { request: Request, after: After },
-    /// Answer the whole request with this error.
-    Refuse(Denied),
+    /// Answer the whole request with this error (the request handed back, for a
+    /// listener whose refusal names what was asked).
+    Refuse(Denied, Request),
 }
 
 /// What to do to a response once the request is served.
@@ -546,7 +547,7 @@ pub(crate) fn check(
             request,
             after: After::Nothing,
         },
-        Err(denied) => Checked::Refuse(denied),
+        Err(denied) => Checked::Refuse(denied, request),
     };
     // `op` on every one of `names`, else the first refusal.
     let topics_need = |op, names: &mut dyn Iterator<Item = &str>| -> Result<(), Denied> {
@@ -664,7 +665,7 @@ pub(crate) fn check(
                     request,
                     after: After::FilterDescribable,
                 },
-                Err(d) => Checked::Refuse(d),
+                Err(d) => Checked::Refuse(d, request),
             }
         }
         Request::ListGroups(_) => Checked::Serve {
@@ -1027,7 +1028,7 @@ mod tests {
         let refused =
             |name: &str, request: Request| match check(&acl, &who(name), request, &Existing(false))
             {
-                Checked::Refuse(d) => Some(d),
+                Checked::Refuse(d, _) => Some(d),
                 Checked::Serve { .. } => None,
             };
         let create = Request::CreateTopics(CreateTopicsRequest {

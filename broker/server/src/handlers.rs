@@ -58,13 +58,15 @@ impl Shared {
 
     /// Checks `request` from `client` against `acl_file`: the request to serve (which
     /// may have lost topics the client may not touch) and what finishes its answer,
-    /// or why it is refused whole. Without `acl_file` every request passes as it is.
+    /// or why it is refused whole (with the request, handed back; boxed, as refusals
+    /// are rare and the pair is large). Without `acl_file` every request passes as
+    /// it is.
     pub(crate) fn authorize(
         &self,
         client: Option<&acl::Principal>,
         request: Request,
         span: &tracing::Span,
-    ) -> Result<(Request, acl::Finish), acl::Denied> {
+    ) -> Result<(Request, acl::Finish), Box<(acl::Denied, Request)>> {
         let Some(rules) = &self.acl else {
             return Ok((request, acl::Finish::default()));
         };
@@ -76,10 +78,10 @@ impl Shared {
             broker: false,
         });
         match acl::check(&acl, &principal, request, self) {
-            acl::Checked::Refuse(denied) => {
+            acl::Checked::Refuse(denied, request) => {
                 self.metrics.authorization_denied(1);
                 tracing::debug!(parent: span, reason = %denied.message, "refused by acl_file");
-                Err(denied)
+                Err(Box::new((denied, request)))
             }
             acl::Checked::Serve { request, after } => {
                 let denied = after.denied_topics();

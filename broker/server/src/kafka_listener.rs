@@ -291,13 +291,6 @@ async fn serve_one(
 ) -> Result<Option<Bytes>, String> {
     let api = pending.api();
     let listener = directory.for_response(&shared, &pending);
-    // Kept to answer a refusal of the whole request (`acl_file`) in its own response;
-    // the data path's requests are filtered per topic, never refused whole.
-    let kept = (!matches!(
-        request,
-        Request::Produce(_) | Request::Fetch(_) | Request::ListOffsets(_) | Request::Metadata(_)
-    ))
-    .then(|| request.clone());
     let span = tracing::debug_span!(
         parent: None,
         "request",
@@ -326,7 +319,7 @@ async fn serve_one(
                 Some(confirm_sync(&shared, sync, given, peer).await)
             }
             Ok(other) => other,
-            Err(denied) => return refused(kept, denied, pending, &listener),
+            Err(refusal) => return refused(*refusal, pending, &listener),
         };
         return pending
             .respond(answer, &listener)
@@ -338,7 +331,7 @@ async fn serve_one(
                 Ok(answer) => pending
                     .respond(answer, &listener)
                     .map_err(|e| e.to_string()),
-                Err(denied) => refused(kept, denied, pending, &listener),
+                Err(refusal) => refused(*refusal, pending, &listener),
             };
             let bytes = reply
                 .as_ref()
@@ -350,17 +343,13 @@ async fn serve_one(
 
 /// The answer to a request `acl_file` refused whole: its own response carrying the
 /// authorization error, as from a Kafka broker (`meridian_kafka::refusal`), or the
-/// connection closed with the reason where Kafka's response has no place for one.
+/// connection closed with the reason for a request `refusal` has no answer for.
 fn refused(
-    kept: Option<Request>,
-    denied: crate::acl::Denied,
+    (denied, request): (crate::acl::Denied, Request),
     pending: Pending,
     listener: &Listener,
 ) -> Result<Option<Bytes>, String> {
-    let answer = kept
-        .as_ref()
-        .and_then(|r| meridian_kafka::refusal(r, denied.code, &denied.message));
-    match answer {
+    match meridian_kafka::refusal(&request, denied.code, &denied.message) {
         Some(answer) => pending
             .respond(Some(answer), listener)
             .map_err(|e| e.to_string()),

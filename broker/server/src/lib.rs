@@ -687,7 +687,10 @@ async fn serve_stream(
             shared
                 .serve_request(request, caller, span, |answer| {
                     let reply = match answer {
-                        Err(denied) => vec![encode_error_response(denied.code, &denied.message)],
+                        Err(refused) => {
+                            let (denied, _) = &*refused;
+                            vec![encode_error_response(denied.code, &denied.message)]
+                        }
                         // Chunks: fetched batches go out from the buffers they were
                         // read into, not copied into the frame. The answer has the
                         // request's version.
@@ -763,14 +766,14 @@ impl Shared {
         request: Request,
         caller: Caller<'_>,
         span: tracing::Span,
-        encode: impl FnOnce(Result<Option<Response>, acl::Denied>) -> (R, usize),
+        encode: impl FnOnce(Result<Option<Response>, Box<(acl::Denied, Request)>>) -> (R, usize),
     ) -> R {
         let api = request.api_key();
         let started = std::time::Instant::now();
         let client = caller.client;
         let flow = self.quota_flow(client, &request);
         let answer = match self.authorize(client, request, &span) {
-            Err(denied) => Err(denied),
+            Err(refused) => Err(refused),
             Ok((request, after)) => Ok(self
                 .handle(request, caller.peer)
                 .instrument(span)
