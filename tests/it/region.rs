@@ -280,11 +280,16 @@ impl UpRegion {
         }
     }
 
+    /// Sends `signal` to the `meridian up` process.
+    fn signal(&self, signal: rustix::process::Signal) {
+        let pid = rustix::process::Pid::from_raw(self.up.0.id() as i32).expect("pid");
+        rustix::process::kill_process(pid, signal).expect("signal meridian up");
+    }
+
     /// Stops the region with Ctrl-C (SIGINT); asserts every broker stopped cleanly
     /// and returns the brokers' log.
     fn stop(mut self) -> Vec<String> {
-        let pid = rustix::process::Pid::from_raw(self.up.0.id() as i32).expect("pid");
-        rustix::process::kill_process(pid, rustix::process::Signal::INT).expect("SIGINT");
+        self.signal(rustix::process::Signal::INT);
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
             if let Some(status) = self.up.0.try_wait().expect("wait") {
@@ -759,7 +764,34 @@ fn a_region_requiring_client_certificates_still_replicates() {
         !ok && err.contains("requires a client certificate"),
         "{err}"
     );
+    // SIGHUP to `meridian up` reaches every broker: each re-reads the rules, which
+    // now let bob write too (without a handler the signal would end `up` and leave
+    // its brokers unattended).
+    std::fs::write(
+        &acl_file,
+        "[[allow]]\nprincipals = [\"alice\", \"bob\"]\noperations = [\"all\"]\ntopics = [\"secured\"]\n",
+    )
+    .unwrap();
+    region.signal(rustix::process::Signal::HUP);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (ok, _, err) = region.cli_with(&["produce", "secured", "--acks", "all"], "x\n", &bob);
+        if ok {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob still refused: {err}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let logged = region.stop();
+    for id in 1..=3 {
+        assert!(
+            logged
+                .iter()
+                .any(|l| l.starts_with(&format!("[broker-{id}]"))
+                    && l.contains("SIGHUP: reloaded acl_file")),
+            "broker {id} did not reload its acl_file:\n{logged:#?}"
+        );
+    }
     let refused: Vec<&String> = logged
         .iter()
         .filter(|l| l.contains("refused a client's certificate"))

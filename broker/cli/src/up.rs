@@ -481,6 +481,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let mut failed = false;
     let stop = crate::shutdown_signal();
     tokio::pin!(stop);
+    let mut hangups = Hangups::listen();
     loop {
         for (id, status) in runner.reap()? {
             if !status.success() {
@@ -496,6 +497,21 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 println!("stopping region {}", runner.region.region.name);
                 failed |= runner.stop_all(Duration::from_secs(args.stop_timeout_secs)).await;
                 break;
+            }
+            () = hangups.recv() => {
+                let passed: Vec<String> = ids
+                    .iter()
+                    .filter(|id| runner.is_running(**id))
+                    .map(|id| {
+                        runner.signal(*id, rustix::process::Signal::HUP);
+                        format!("broker-{id}")
+                    })
+                    .collect();
+                println!(
+                    "SIGHUP: passed on to {} (each re-reads its TLS certificate, key, \
+                     tls_client_ca, acl_file and client quotas)",
+                    passed.join(", ")
+                );
             }
             _ = tokio::time::sleep(Duration::from_millis(200)) => {}
         }
@@ -515,6 +531,42 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         bail!("a broker of region {region} did not stop cleanly");
     }
     Ok(())
+}
+
+/// SIGHUP to `meridian up`, which passes it on to its brokers. Without a handler
+/// the signal would end `up` and leave its brokers running with nobody to stop them
+/// or print their lines.
+struct Hangups {
+    #[cfg(unix)]
+    signals: Option<tokio::signal::unix::Signal>,
+}
+
+impl Hangups {
+    fn listen() -> Hangups {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            let signals = signal(SignalKind::hangup())
+                .map_err(|e| {
+                    eprintln!("cannot listen for SIGHUP ({e}): signal the brokers directly")
+                })
+                .ok();
+            Hangups { signals }
+        }
+        #[cfg(not(unix))]
+        Hangups {}
+    }
+
+    /// The next SIGHUP; never, where none can come.
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        if let Some(signals) = &mut self.signals {
+            if signals.recv().await.is_some() {
+                return;
+            }
+        }
+        std::future::pending::<()>().await
+    }
 }
 
 /// Makes the child started by `command` receive SIGKILL when this process dies
