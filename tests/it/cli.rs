@@ -1089,6 +1089,35 @@ fn cluster_describe_shows_a_single_broker_as_its_own_controller() {
         Some(count(&after, 5) as u64),
         "{json}"
     );
+    // The broker's log directory: the bytes of its partition logs (none before a
+    // record), and the space of the file system they are on, as `df` has it.
+    let disk = rustix::fs::statvfs(&broker.data_dir).unwrap();
+    assert_eq!(
+        me["disk_total_bytes"].as_u64(),
+        Some(disk.f_blocks * disk.f_frsize),
+        "{json}"
+    );
+    let usable = me["disk_usable_bytes"].as_u64().unwrap();
+    assert!(
+        usable > 0 && usable <= disk.f_blocks * disk.f_frsize,
+        "{json}"
+    );
+    assert_eq!(
+        me["log_dir"].as_str(),
+        broker.data_dir.join("topics").to_str(),
+        "{json}"
+    );
+    assert_eq!(me["log_bytes"], 0, "{json}");
+    ok(broker.cli(&["produce", "t", "-p", "1"], &"x".repeat(5000)));
+    let json: serde_json::Value =
+        serde_json::from_str(&ok(broker.cli(&["cluster", "describe", "--json"], ""))).unwrap();
+    let logged = json["brokers"][0]["log_bytes"].as_u64().unwrap();
+    assert!((5000..6000).contains(&logged), "{json}");
+    let row = broker_row(&ok(broker.cli(&["cluster", "describe"], "")));
+    // …, replicas, logs (`5.0 KiB`), disk free (`41.2 GiB (42 %)`), lag.
+    let kib = format!("{:.1}", logged as f64 / 1024.0);
+    assert_eq!(&row[7..9], [kib.as_str(), "KiB"], "{row:?}");
+    assert_eq!(row[12], "%)", "{row:?}");
     // A single broker leads every partition already: nothing to elect.
     let elected = ok(broker.cli(&["partition", "elect-leaders", "t"], ""));
     assert_eq!(

@@ -81,6 +81,14 @@ while holding() != sorted(target):
         fail(f"the partition's logs are on {holding()}, not on {target}")
     time.sleep(0.2)
 
+# Each broker reports its log directory's file system (DescribeLogDirs version 4,
+# which kafka-log-dirs prints as totalBytes/usableBytes).
+for broker in admin.describe_log_dirs(topic_partitions={TOPIC: [0]}):
+    for log_dir in broker["log_dirs"]:
+        total, usable = log_dir.get("total_bytes"), log_dir.get("usable_bytes")
+        if not (isinstance(total, int) and isinstance(usable, int) and 0 < usable <= total):
+            fail(f"broker {broker['broker']}: total and usable bytes {total}, {usable}")
+
 elected = admin.elect_leaders(0, {TOPIC: [0]}, raise_errors=False)
 codes = [p.error_code for r in elected.replica_election_results for p in r.partition_result]
 # 0: elected; 84: ELECTION_NOT_NEEDED (the move made it leader already).

@@ -1,14 +1,21 @@
 //! `meridian cluster describe`: the brokers of a cluster and its metadata quorum.
 
-use clap::Subcommand;
-use meridian_client::{BrokerState, BrokerStatus, DescribeClusterResponse, QuorumRole};
+use std::collections::HashMap;
+use std::time::Duration;
 
+use clap::Subcommand;
+use meridian_client::{
+    BrokerState, BrokerStatus, Client, DescribeClusterResponse, LogDir, QuorumRole,
+};
+
+use crate::partition_cmds::size;
 use crate::ConnectArgs;
 
 #[derive(Subcommand)]
 pub enum ClusterCommand {
     /// The brokers (address, rack, running / fenced / shutting down / not started,
-    /// part in the metadata quorum, partitions led and held) and the quorum: the
+    /// part in the metadata quorum, partitions led and held, bytes of partition logs
+    /// and space left on the disk holding them) and the quorum: the
     /// controller, the Raft term, and how far each broker's copy of the metadata log
     /// is behind the controller's (Kafka's `kafka-metadata-quorum describe`).
     Describe {
@@ -26,14 +33,53 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
         ClusterCommand::Describe { json, connect } => {
             let client = connect.connect().await?;
             let cluster = client.admin().describe_cluster().await?;
+            let dirs = log_dirs(&client, &cluster).await;
             if json {
-                println!("{}", to_json(&cluster));
+                println!("{}", to_json(&cluster, &dirs));
             } else {
-                print!("{}", render(&cluster));
+                print!("{}", render(&cluster, &dirs));
             }
             Ok(())
         }
     }
+}
+
+/// The log directory of each broker that is up and answers within two seconds.
+async fn log_dirs(client: &Client, cluster: &DescribeClusterResponse) -> HashMap<u32, LogDir> {
+    let mut answers = tokio::task::JoinSet::new();
+    for b in cluster
+        .brokers
+        .iter()
+        .filter(|b| matches!(b.state, BrokerState::Running | BrokerState::ShuttingDown))
+    {
+        let (admin, id) = (client.admin(), b.broker_id);
+        answers.spawn(async move {
+            let asked = admin.log_dir(id);
+            match tokio::time::timeout(Duration::from_secs(2), asked).await {
+                Ok(Ok(dir)) => Some((id, dir)),
+                _ => None,
+            }
+        });
+    }
+    let mut dirs = HashMap::new();
+    while let Some(answer) = answers.join_next().await {
+        if let Ok(Some((id, dir))) = answer {
+            dirs.insert(id, dir);
+        }
+    }
+    dirs
+}
+
+/// Bytes of partition logs in a broker's directory.
+fn log_bytes(dir: &LogDir) -> u64 {
+    dir.logs.iter().map(|l| l.size_bytes).sum()
+}
+
+/// `41.2 GiB (42 %)`: the space left on a broker's disk, and its share of the disk.
+fn free(dir: &LogDir) -> Option<String> {
+    let (total, usable) = (dir.total_bytes?, dir.usable_bytes?);
+    let percent = (usable as f64 * 100.0 / total.max(1) as f64).floor();
+    Some(format!("{} ({percent:.0} %)", size(usable)))
 }
 
 /// The controller's last metadata log index, when the answer is the controller's.
@@ -54,12 +100,13 @@ fn lag(cluster: &DescribeClusterResponse, b: &BrokerStatus) -> Option<i64> {
 
 /// What `cluster describe --json` prints: the same facts as the table, with `null`
 /// for what is not known.
-fn to_json(cluster: &DescribeClusterResponse) -> serde_json::Value {
+fn to_json(cluster: &DescribeClusterResponse, dirs: &HashMap<u32, LogDir>) -> serde_json::Value {
     let known = |v: i64| (v >= 0).then_some(v);
     let brokers: Vec<serde_json::Value> = cluster
         .brokers
         .iter()
         .map(|b| {
+            let dir = dirs.get(&b.broker_id);
             serde_json::json!({
                 "id": b.broker_id,
                 "host": (!b.host.is_empty()).then_some(&b.host),
@@ -80,6 +127,10 @@ fn to_json(cluster: &DescribeClusterResponse) -> serde_json::Value {
                 "leaders": b.leaders,
                 "replicas": b.replicas,
                 "metadata_lag": lag(cluster, b),
+                "log_dir": dir.map(|d| &d.path),
+                "log_bytes": dir.map(log_bytes),
+                "disk_total_bytes": dir.and_then(|d| d.total_bytes),
+                "disk_usable_bytes": dir.and_then(|d| d.usable_bytes),
             })
         })
         .collect();
@@ -100,7 +151,7 @@ fn to_json(cluster: &DescribeClusterResponse) -> serde_json::Value {
 }
 
 /// The text `cluster describe` prints.
-fn render(cluster: &DescribeClusterResponse) -> String {
+fn render(cluster: &DescribeClusterResponse, dirs: &HashMap<u32, LogDir>) -> String {
     let mut out = String::new();
     let id = if cluster.cluster_id.is_empty() {
         "-"
@@ -154,6 +205,8 @@ fn render(cluster: &DescribeClusterResponse) -> String {
         "quorum".to_string(),
         "leads".to_string(),
         "replicas".to_string(),
+        "logs".to_string(),
+        "disk free".to_string(),
         "metadata lag".to_string(),
     ]];
     for b in &cluster.brokers {
@@ -176,6 +229,7 @@ fn render(cluster: &DescribeClusterResponse) -> String {
         } else {
             b.state.name().to_uppercase()
         };
+        let dir = dirs.get(&b.broker_id);
         rows.push([
             b.broker_id.to_string(),
             address,
@@ -184,10 +238,12 @@ fn render(cluster: &DescribeClusterResponse) -> String {
             role,
             b.leaders.to_string(),
             b.replicas.to_string(),
+            dir.map_or_else(|| "-".to_string(), |d| size(log_bytes(d))),
+            dir.and_then(free).unwrap_or_else(|| "-".to_string()),
             lag,
         ]);
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..10)
         .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
         .collect();
     for row in &rows {
@@ -197,7 +253,7 @@ fn render(cluster: &DescribeClusterResponse) -> String {
             .enumerate()
             .map(|(c, (cell, width))| match c {
                 // Numbers right-aligned.
-                0 | 5 | 6 => format!("{cell:>width$}"),
+                0 | 5 | 6 | 7 => format!("{cell:>width$}"),
                 _ => format!("{cell:<width$}"),
             })
             .collect();
@@ -248,7 +304,39 @@ mod tests {
                 broker(4, BrokerState::Running, QuorumRole::Observer, -1),
             ],
         };
-        let text = render(&cluster);
+        // Brokers 1 and 2 answered with their log directory (broker 4 from before
+        // disks were reported); fenced broker 3 did not.
+        let dir = |id: u32, logs: &[u64], disk: Option<(u64, u64)>| {
+            let logs = logs
+                .iter()
+                .enumerate()
+                .map(|(p, &size_bytes)| meridian_client::LocalLog {
+                    topic: "t".into(),
+                    partition: p as u32,
+                    error: ErrorCode::None,
+                    replica: true,
+                    log_start_offset: 0,
+                    log_end_offset: 10,
+                    size_bytes,
+                })
+                .collect();
+            let dir = LogDir {
+                broker_id: id,
+                path: format!("/data/{id}/topics"),
+                total_bytes: disk.map(|d| d.0),
+                usable_bytes: disk.map(|d| d.1),
+                logs,
+            };
+            (id, dir)
+        };
+        let dirs: HashMap<u32, LogDir> = [
+            dir(1, &[40 << 20, 1 << 20], Some((100 << 30, 42 << 30))),
+            dir(2, &[512], Some((100 << 30, 5 << 29))),
+            dir(4, &[], None),
+        ]
+        .into_iter()
+        .collect();
+        let text = render(&cluster, &dirs);
         assert!(
             text.contains("controller:   broker 2, Raft term 4, 3 voters"),
             "{text}"
@@ -260,18 +348,25 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(
             lines[4],
-            "broker  address         rack  state    quorum              leads  replicas  metadata lag"
+            "broker  address         rack  state    quorum              leads  replicas      logs  disk free        metadata lag"
         );
         assert_eq!(
             lines[6],
-            "     2  127.0.0.1:9002  -     running  voter (controller)      2         3  0"
+            "     2  127.0.0.1:9002  -     running  voter (controller)      2         3     512 B  2.5 GiB (2 %)    0"
         );
         assert_eq!(
             lines[7],
-            "     3  127.0.0.1:9003  -     FENCED   voter                   3         3  12"
+            "     3  127.0.0.1:9003  -     FENCED   voter                   3         3         -  -                12"
         );
-        assert!(lines[8].ends_with("not copying"), "{text}");
-        let json = to_json(&cluster);
+        assert_eq!(
+            lines[5],
+            "     1  127.0.0.1:9001  -     running  voter                   1         3  41.0 MiB  42.0 GiB (42 %)  0"
+        );
+        assert!(
+            lines[8].ends_with("0 B  -                not copying"),
+            "{text}"
+        );
+        let json = to_json(&cluster, &dirs);
         assert_eq!(json["controller_id"], 2);
         assert_eq!(json["quorum"]["term"], 4);
         assert_eq!(json["brokers"][1]["controller"], true);
@@ -279,6 +374,12 @@ mod tests {
         assert_eq!(json["brokers"][2]["metadata_lag"], 12);
         assert_eq!(json["brokers"][3]["quorum_role"], "observer");
         assert!(json["brokers"][3]["metadata_lag"].is_null());
+        assert_eq!(json["brokers"][0]["log_bytes"], 41 << 20);
+        assert_eq!(json["brokers"][0]["disk_usable_bytes"], 42u64 << 30);
+        assert_eq!(json["brokers"][1]["log_dir"], "/data/2/topics");
+        assert!(json["brokers"][2]["log_bytes"].is_null());
+        assert_eq!(json["brokers"][3]["log_bytes"], 0);
+        assert!(json["brokers"][3]["disk_total_bytes"].is_null());
     }
 
     #[test]
@@ -298,7 +399,7 @@ mod tests {
             }),
             brokers: vec![broker(1, BrokerState::Running, QuorumRole::Voter, -1)],
         };
-        let text = render(&cluster);
+        let text = render(&cluster, &HashMap::new());
         assert!(
             text.contains(
                 "index 700 on broker 1, which answered (the controller did not: lag unknown)"

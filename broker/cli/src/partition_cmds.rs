@@ -504,7 +504,7 @@ fn copying_json(
 }
 
 /// `512 B`, `40.2 KiB`, `39.0 MiB`, `1.3 GiB`.
-fn size(bytes: u64) -> String {
+pub(crate) fn size(bytes: u64) -> String {
     const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
     if bytes < 1024 {
         return format!("{bytes} B");

@@ -193,6 +193,8 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
             message,
             broker_id: m::NO_BROKER,
             log_dir: String::new(),
+            total_bytes: -1,
+            usable_bytes: -1,
             logs: Vec::new(),
         }),
         _ => return None,

@@ -221,8 +221,8 @@ pub(crate) fn describe_log_dirs(r: k::DescribeLogDirsRequest) -> m::Request {
 
 /// The broker's one log directory with the partition logs it holds as a replica
 /// (Kafka lists only those; a partition asked about and not held is left out).
-/// Kafka's `offset_lag` (of a log moving between directories) is always 0 here, and
-/// the directory's total and usable bytes are not reported (-1).
+/// Kafka's `offset_lag` (of a log moving between directories) is always 0 here. The
+/// directory's total and usable bytes (version 4) are those of its file system.
 pub(crate) fn described_log_dirs(answer: m::DescribeLogsResponse) -> k::DescribeLogDirsResponse {
     if !answer.error.is_ok() {
         return k::DescribeLogDirsResponse::default().with_error_code(code(answer.error));
@@ -245,7 +245,7 @@ pub(crate) fn described_log_dirs(answer: m::DescribeLogsResponse) -> k::Describe
     let dir = k::describe_log_dirs_response::DescribeLogDirsResult::default()
         .with_log_dir(StrBytes::from_string(answer.log_dir))
         .with_topics(topics)
-        .with_total_bytes(-1)
-        .with_usable_bytes(-1);
+        .with_total_bytes(answer.total_bytes)
+        .with_usable_bytes(answer.usable_bytes);
     k::DescribeLogDirsResponse::default().with_results(vec![dir])
 }

@@ -92,6 +92,24 @@ pub use validate::{require_keys, validate_batches, validate_rewritten_batches, V
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
+/// The size of the file system holding `dir`, and the bytes on it an unprivileged
+/// writer may still use (what `df` shows as size and available).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DiskSpace {
+    pub total_bytes: u64,
+    pub usable_bytes: u64,
+}
+
+impl DiskSpace {
+    pub fn of(dir: &std::path::Path) -> std::io::Result<DiskSpace> {
+        let fs = rustix::fs::statvfs(dir)?;
+        Ok(DiskSpace {
+            total_bytes: fs.f_blocks.saturating_mul(fs.f_frsize),
+            usable_bytes: fs.f_bavail.saturating_mul(fs.f_frsize),
+        })
+    }
+}
+
 /// What happens to old data (`cleanup.policy`): deletion by retention, compaction by
 /// key, or both (`compact,delete`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -448,11 +448,18 @@ impl Shared {
                 .map(|(t, p)| describe(&t, p))
                 .collect(),
         };
+        let log_dir = self.config.data_dir.join("topics");
+        let space = meridian_log::DiskSpace::of(&log_dir)
+            .map_err(|e| tracing::debug!(error = %e, dir = %log_dir.display(), "statvfs failed"))
+            .ok();
+        let bytes = |b: u64| i64::try_from(b).unwrap_or(i64::MAX);
         DescribeLogsResponse {
             error: ErrorCode::None,
             message: String::new(),
             broker_id: me,
-            log_dir: self.config.data_dir.join("topics").display().to_string(),
+            log_dir: log_dir.display().to_string(),
+            total_bytes: space.map_or(-1, |s| bytes(s.total_bytes)),
+            usable_bytes: space.map_or(-1, |s| bytes(s.usable_bytes)),
             logs,
         }
     }

@@ -128,7 +128,9 @@ impl ApiKey {
     /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]). Version 1
     /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener. Version 1
     /// of `DescribeTopics` (response) carries each topic's plugin chain. Version 1
-    /// of `Metadata` (response) carries a message with each topic's error.
+    /// of `Metadata` (response) carries a message with each topic's error. Version
+    /// 1 of `DescribeLogs` (response) carries the log directory's total and usable
+    /// bytes.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::Metadata
@@ -138,7 +140,8 @@ impl ApiKey {
             | ApiKey::AlterTopicConfigs
             | ApiKey::CreatePartitions
             | ApiKey::BrokerHeartbeat
-            | ApiKey::DescribeTopics => 1,
+            | ApiKey::DescribeTopics
+            | ApiKey::DescribeLogs => 1,
             _ => 0,
         }
     }
@@ -1090,7 +1093,7 @@ impl Response {
             Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DescribeCluster(m) => m.encode(w),
             Response::ElectLeaders(m) => m.encode(w),
-            Response::DescribeLogs(m) => m.encode(w),
+            Response::DescribeLogs(m) => m.encode(w, version),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1297,7 +1300,9 @@ impl Response {
                 Response::DescribeCluster(DescribeClusterResponse::decode(r)?)
             }
             ApiKey::ElectLeaders => Response::ElectLeaders(ElectLeadersResponse::decode(r)?),
-            ApiKey::DescribeLogs => Response::DescribeLogs(DescribeLogsResponse::decode(r)?),
+            ApiKey::DescribeLogs => {
+                Response::DescribeLogs(DescribeLogsResponse::decode(r, version)?)
+            }
             ApiKey::AlterTopicConfigs => {
                 Response::AlterTopicConfigs(AlterTopicConfigsResponse::decode(r)?)
             }
@@ -1375,6 +1380,32 @@ mod tests {
         });
         assert_eq!(at(0), ResponseFrame::Ok(without));
         assert_eq!(at(1), ResponseFrame::Ok(response.clone()));
+    }
+
+    /// A version 0 DescribeLogs answer (to a client from before the directory's
+    /// space was reported) leaves the figures out, and decodes as unknown (-1).
+    #[test]
+    fn describe_logs_at_version_0_has_no_disk_space() {
+        let answer = |total_bytes, usable_bytes| {
+            Response::DescribeLogs(DescribeLogsResponse {
+                error: ErrorCode::None,
+                message: String::new(),
+                broker_id: 2,
+                log_dir: "/d/topics".into(),
+                total_bytes,
+                usable_bytes,
+                logs: vec![],
+            })
+        };
+        let at = |version| {
+            let response = answer(1 << 40, 1 << 30);
+            let chunks = crate::frame::encode_response_chunks_at(&response, version);
+            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+            let body = Bytes::from(frame).slice(4..);
+            crate::frame::decode_response_at(ApiKey::DescribeLogs, version, body).unwrap()
+        };
+        assert_eq!(at(0), ResponseFrame::Ok(answer(-1, -1)));
+        assert_eq!(at(1), ResponseFrame::Ok(answer(1 << 40, 1 << 30)));
     }
 
     /// A version 0 Metadata answer (to a client from before topic errors carried a
@@ -1903,6 +1934,8 @@ mod tests {
             message: String::new(),
             broker_id: 4,
             log_dir: "/var/lib/meridian/topics".into(),
+            total_bytes: 107_374_182_400,
+            usable_bytes: 41_234_567_890,
             logs: vec![
                 LocalLog {
                     topic: "t".into(),

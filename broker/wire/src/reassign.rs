@@ -314,15 +314,24 @@ pub struct DescribeLogsResponse {
     pub broker_id: u32,
     /// The directory holding its partition logs (Kafka's `log_dir`).
     pub log_dir: String,
+    /// The size of the file system holding `log_dir`, and the bytes on it free for
+    /// the broker to write (Kafka's `TotalBytes`/`UsableBytes`); version 1, -1 in a
+    /// version 0 answer or when the broker could not tell.
+    pub total_bytes: i64,
+    pub usable_bytes: i64,
     pub logs: Vec<LocalLog>,
 }
 
 impl DescribeLogsResponse {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.u16(self.error as u16);
         w.string(&self.message);
         w.u32(self.broker_id);
         w.string(&self.log_dir);
+        if version >= 1 {
+            w.i64(self.total_bytes);
+            w.i64(self.usable_bytes);
+        }
         w.array(&self.logs, |w, l| {
             w.string(&l.topic);
             w.u32(l.partition);
@@ -334,12 +343,25 @@ impl DescribeLogsResponse {
         });
     }
 
-    pub fn decode(r: &mut Reader) -> Result<DescribeLogsResponse, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<DescribeLogsResponse, DecodeError> {
+        let (error, message, broker_id, log_dir) = (
+            ErrorCode::from_u16(r.u16()?),
+            r.string()?,
+            r.u32()?,
+            r.string()?,
+        );
+        let (total_bytes, usable_bytes) = if version >= 1 {
+            (r.i64()?, r.i64()?)
+        } else {
+            (-1, -1)
+        };
         Ok(DescribeLogsResponse {
-            error: ErrorCode::from_u16(r.u16()?),
-            message: r.string()?,
-            broker_id: r.u32()?,
-            log_dir: r.string()?,
+            error,
+            message,
+            broker_id,
+            log_dir,
+            total_bytes,
+            usable_bytes,
             logs: r.array(33, |r| {
                 Ok(LocalLog {
                     topic: r.string()?,

@@ -5,11 +5,12 @@ use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
     CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
     DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeClusterResponse,
-    DescribeLogsRequest, DescribeTopicsRequest, ElectLeadersRequest, ElectionResult,
-    ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic, ListPartitionReassignmentsRequest,
-    LocalLog, MetadataResponse, OngoingReassignment, PartitionReassignment, PartitionsIncrease,
-    Request, Response, TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions,
-    TopicResult, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
+    DescribeLogsRequest, DescribeLogsResponse, DescribeTopicsRequest, ElectLeadersRequest,
+    ElectionResult, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
+    ListPartitionReassignmentsRequest, LocalLog, MetadataResponse, OngoingReassignment,
+    PartitionReassignment, PartitionsIncrease, Request, Response,
+    TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
 };
 use meridian_wire::ErrorCode;
 
@@ -135,6 +136,20 @@ impl TopicConfigChanges {
         self.changes.push((key.into(), None));
         self
     }
+}
+
+/// A broker's log directory, what [`Admin::log_dir`] returns.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogDir {
+    pub broker_id: u32,
+    /// The directory on the broker's machine.
+    pub path: String,
+    /// The size of the file system holding it, and the bytes on it the broker may
+    /// still write (`df`'s size and available).
+    pub total_bytes: Option<u64>,
+    pub usable_bytes: Option<u64>,
+    /// Every partition log the broker is a replica of.
+    pub logs: Vec<LocalLog>,
 }
 
 /// A topic to create.
@@ -705,6 +720,48 @@ impl Admin {
         broker: u32,
         partitions: Option<&[(&str, u32)]>,
     ) -> Result<Vec<LocalLog>> {
+        let mut logs = self.logs_of(broker, partitions).await?.logs;
+        if let Some(asked) = partitions {
+            // The request groups partitions by topic; answer in the order asked.
+            let position = |l: &LocalLog| {
+                asked
+                    .iter()
+                    .position(|(t, p)| *t == l.topic && *p == l.partition)
+                    .unwrap_or(usize::MAX)
+            };
+            logs.sort_by_key(position);
+        }
+        Ok(logs)
+    }
+
+    /// `broker`'s log directory: where it is, the partition logs in it (those
+    /// [`Admin::describe_logs`] lists with `None`) and the space of its file system
+    /// (`None` from a broker that does not report it).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// let dir = client.admin().log_dir(1).await?;
+    /// let logs: u64 = dir.logs.iter().map(|l| l.size_bytes).sum();
+    /// println!("{}: {logs} bytes of logs, {:?} bytes free", dir.path, dir.usable_bytes);
+    /// # Ok(()) }
+    /// ```
+    pub async fn log_dir(&self, broker: u32) -> Result<LogDir> {
+        let response = self.logs_of(broker, None).await?;
+        let known = |b: i64| u64::try_from(b).ok();
+        Ok(LogDir {
+            broker_id: response.broker_id,
+            path: response.log_dir,
+            total_bytes: known(response.total_bytes),
+            usable_bytes: known(response.usable_bytes),
+            logs: response.logs,
+        })
+    }
+
+    async fn logs_of(
+        &self,
+        broker: u32,
+        partitions: Option<&[(&str, u32)]>,
+    ) -> Result<DescribeLogsResponse> {
         let request = Request::DescribeLogs(DescribeLogsRequest {
             partitions: partitions.map(|ps| TopicPartitions::group(ps.iter().copied())),
         });
@@ -718,18 +775,7 @@ impl Admin {
                 message: response.message,
             });
         }
-        let mut logs = response.logs;
-        if let Some(asked) = partitions {
-            // The request groups partitions by topic; answer in the order asked.
-            let position = |l: &LocalLog| {
-                asked
-                    .iter()
-                    .position(|(t, p)| *t == l.topic && *p == l.partition)
-                    .unwrap_or(usize::MAX)
-            };
-            logs.sort_by_key(position);
-        }
-        Ok(logs)
+        Ok(response)
     }
 
     /// Moves leadership back to partitions' preferred replicas (the first of each

@@ -63,7 +63,7 @@ mod plugin_admin;
 mod producer;
 mod tls;
 
-pub use admin::{Admin, NewTopic, Offset, TopicConfigChanges};
+pub use admin::{Admin, LogDir, NewTopic, Offset, TopicConfigChanges};
 pub use client::Client;
 pub use config::{
     certificate_fingerprint, client_certificate_alert, format_fingerprint, parse_bootstrap,
