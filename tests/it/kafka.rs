@@ -860,7 +860,8 @@ fn kafka_python_produces_and_consumes_in_a_group() {
 }
 
 /// kafka-python's admin client manages groups as `kafka-consumer-groups` does:
-/// offsets set, read and deleted (refused per partition while a member subscribes),
+/// offsets set, read and deleted (refused per partition of a topic a member
+/// subscribes to, the others' deleted all the same),
 /// groups deleted (refused while one has members), and Meridian's tools agree.
 #[test]
 fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
@@ -875,8 +876,10 @@ fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
         "committed_after": {"py-groups/1": 5},
         "busy_offsets_deleted": {
             "py-groups/0": "GroupSubscribedToTopicError",
-            "py-groups/1": "GroupSubscribedToTopicError"
+            "py-groups/1": "GroupSubscribedToTopicError",
+            "py-other/0": "NoError"
         },
+        "busy_committed": {"py-groups/0": 5, "py-groups/1": 5},
         "busy_deleted": {"py-busy": "NonEmptyGroupError"},
         "deleted": {"py-busy": "OK", "py-idle": "OK"},
         "deleted_again": {"py-idle": "GroupIdNotFoundError"},
@@ -944,7 +947,8 @@ fn kafka_clients_are_named_by_their_certificates() {
     let acl_file = dir.path().join("acl.toml");
     std::fs::write(
         &acl_file,
-        "[[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ntopics = [\"alice.*\"]\n",
+        "[[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ntopics = [\"alice.*\"]\n\
+         [[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ngroups = [\"alice.*\"]\n",
     )
     .unwrap();
     let metrics = format!("127.0.0.1:{}", free_ports(1)[0]);
@@ -976,13 +980,20 @@ fn kafka_clients_are_named_by_their_certificates() {
     );
     // Refused whole (a topic to create, a group, the cluster), a Kafka client gets
     // the error in the request's response, as from Kafka, not a closed connection.
+    // Refused in part (an OffsetDelete naming a topic it may not read), the rest of
+    // the request is done.
     let refused = run(alice, "refused", "bob.orders").unwrap();
     assert_eq!(
         refused,
         serde_json::json!({
             "create": "TopicAuthorizationFailedError",
             "cluster": "ClusterAuthorizationFailedError",
-            "group": "GroupAuthorizationFailedError"
+            "group": "GroupAuthorizationFailedError",
+            "offsets_deleted": {
+                "alice.orders/0": "NoError",
+                "bob.orders/0": "TopicAuthorizationFailedError"
+            },
+            "committed_after": 0
         })
     );
     assert_eq!(

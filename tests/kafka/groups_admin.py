@@ -3,8 +3,9 @@
 Run by tests/it/kafka.rs with the listener's address, as `kafka-consumer-groups`
 would: sets a group's offsets (OffsetCommit without a member), reads them
 (OffsetFetch), deletes one partition's (OffsetDelete), is refused both while a
-consumer of another group is running (GROUP_SUBSCRIBED_TO_TOPIC per partition,
-NON_EMPTY_GROUP), then deletes both groups once it has left (DeleteGroups).
+consumer of another group is running (GROUP_SUBSCRIBED_TO_TOPIC per partition of
+the topic it reads, while the commit of a topic it does not read goes; NON_EMPTY_GROUP),
+then deletes both groups once it has left (DeleteGroups).
 Prints one JSON line of what it saw; exits non-zero, saying why, on any mismatch.
 """
 
@@ -18,8 +19,9 @@ from kafka.structs import OffsetAndMetadata
 from common import create_topic, fail
 
 BOOTSTRAP = sys.argv[1]
-TOPIC, IDLE, BUSY = "py-groups", "py-idle", "py-busy"
+TOPIC, OTHER, IDLE, BUSY = "py-groups", "py-other", "py-idle", "py-busy"
 TP0, TP1 = TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)
+OTHER0 = TopicPartition(OTHER, 0)
 
 
 def names(errors):
@@ -34,6 +36,7 @@ def committed(group):
 
 admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, client_id="it-groups")
 create_topic(admin, TOPIC, 2, 1)
+create_topic(admin, OTHER, 1, 1)
 producer = KafkaProducer(bootstrap_servers=BOOTSTRAP)
 for i in range(10):
     producer.send(TOPIC, value=f"{i}".encode(), partition=i % 2)
@@ -48,7 +51,9 @@ seen["committed"] = committed(IDLE)
 seen["offsets_deleted"] = names(admin.delete_group_offsets(IDLE, [TP0]))
 seen["committed_after"] = committed(IDLE)
 
-# A running consumer of BUSY: its group is neither deletable nor its offsets.
+# A running consumer of BUSY: its group is not deletable, nor its offsets of the
+# topic it reads; its commit of OTHER (made before it joined) is.
+admin.alter_group_offsets(BUSY, {OTHER0: OffsetAndMetadata(2, "", -1)})
 consumer = KafkaConsumer(
     TOPIC,
     bootstrap_servers=BOOTSTRAP,
@@ -63,7 +68,8 @@ while records < 10:
         fail(f"the busy consumer read {records} of 10 records")
     records += sum(len(batch) for batch in consumer.poll(timeout_ms=1000).values())
 consumer.commit()
-seen["busy_offsets_deleted"] = names(admin.delete_group_offsets(BUSY, [TP0, TP1]))
+seen["busy_offsets_deleted"] = names(admin.delete_group_offsets(BUSY, [TP0, TP1, OTHER0]))
+seen["busy_committed"] = committed(BUSY)
 seen["busy_deleted"] = admin.delete_groups([BUSY])
 consumer.close()
 

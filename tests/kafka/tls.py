@@ -14,7 +14,8 @@ client's certificate and key, or `-` to present none. ACTION is one of:
 - `refused`: what a client refused whole gets: create TOPIC, consume TOPIC in group
   `TOPIC-group`, ask for a reassignment list; prints {"create": ..., "group": ...,
   "cluster": ...}, each the name of the Kafka error or "ok" (a closed connection
-  would show as a time-out);
+  would show as a time-out); then, refused in part, deletes group `alice.g`'s
+  commits of `alice.orders` and TOPIC (`offsets_deleted`: the error per partition);
 - `plaintext`: connect without TLS; prints {"result": "connected"} or the name of the
   error.
 
@@ -126,6 +127,19 @@ def refused():
     except KafkaError as e:
         seen["group"] = error_name(e)
     consumer.close()
+    # Refused in part: the topic it may read loses its commit, the other answers
+    # TOPIC_AUTHORIZATION_FAILED, as Kafka's OffsetDelete does.
+    from kafka.structs import OffsetAndMetadata
+
+    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, request_timeout_ms=10_000, **TLS)
+    mine, theirs = TopicPartition("alice.orders", 0), TopicPartition(TOPIC, 0)
+    admin.alter_group_offsets("alice.g", {mine: OffsetAndMetadata(1, "", -1)})
+    deleted = admin.delete_group_offsets("alice.g", [mine, theirs])
+    seen["offsets_deleted"] = {
+        f"{tp.topic}/{tp.partition}": e.__name__ for tp, e in sorted(deleted.items())
+    }
+    seen["committed_after"] = len(admin.list_group_offsets(["alice.g"]).get("alice.g", {}))
+    admin.close()
     return seen
 
 

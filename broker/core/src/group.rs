@@ -142,6 +142,15 @@ pub struct CommittedOffset {
     pub commit_timestamp_ms: i64,
 }
 
+/// What an OffsetDelete may do ([`Coordinator::prepare_delete_offsets`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetDeletion {
+    /// The commits to delete.
+    pub partitions: Vec<TopicPartition>,
+    /// The topics whose commits stay, with why.
+    pub refused: Vec<(String, GroupError)>,
+}
+
 /// Something that happened on its own (from [`Coordinator::tick`]), for logs.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Event {
@@ -811,43 +820,47 @@ impl Coordinator {
         Ok(group.offsets.keys().cloned().collect())
     }
 
-    /// Checks that committed offsets of `topics` may be deleted (Kafka's OffsetDelete):
-    /// the group exists and no member subscribes to any of them. Returns the
-    /// partitions whose commits go: of each topic those listed, or every one it
-    /// committed when none are, that have a commit. The driver writes tombstones for
-    /// them, then calls [`Coordinator::remove_commit`].
+    /// Which committed offsets of `topics` may be deleted (Kafka's OffsetDelete): none
+    /// if the group does not exist; of a topic a member subscribes to, none either
+    /// (the topic is refused with [`GroupError::GroupSubscribedToTopic`]); of every
+    /// other topic, those of the partitions listed, or of every one it committed when
+    /// none are, that have a commit. The driver writes tombstones for them, then
+    /// calls [`Coordinator::remove_commit`].
     pub fn prepare_delete_offsets(
         &self,
         group_id: &str,
         topics: &BTreeMap<String, BTreeSet<u32>>,
-    ) -> Result<Vec<TopicPartition>> {
+    ) -> Result<OffsetDeletion> {
         let Some(group) = self.groups.get(group_id) else {
             return Err(GroupError::GroupIdNotFound(format!(
                 "group `{group_id}` does not exist"
             )));
         };
-        let subscribed: BTreeSet<&str> = topics
+        let subscribed = |t: &str| group.members.values().any(|m| m.topics.contains(t));
+        let refused = topics
             .keys()
-            .filter(|t| group.members.values().any(|m| m.topics.contains(*t)))
-            .map(String::as_str)
+            .filter(|t| subscribed(t))
+            .map(|t| {
+                let why = GroupError::GroupSubscribedToTopic(format!(
+                    "members of group `{group_id}` subscribe to `{t}`; stop them or change their subscription first"
+                ));
+                (t.clone(), why)
+            })
             .collect();
-        if !subscribed.is_empty() {
-            let names: Vec<String> = subscribed.iter().map(|t| format!("`{t}`")).collect();
-            return Err(GroupError::GroupSubscribedToTopic(format!(
-                "members of group `{group_id}` subscribe to {}; stop them or change their subscription first",
-                names.join(", ")
-            )));
-        }
-        Ok(group
+        let partitions = group
             .offsets
             .keys()
             .filter(|tp| {
-                topics
-                    .get(&tp.topic)
-                    .is_some_and(|ps| ps.is_empty() || ps.contains(&tp.partition))
+                topics.get(&tp.topic).is_some_and(|ps| {
+                    !subscribed(&tp.topic) && (ps.is_empty() || ps.contains(&tp.partition))
+                })
             })
             .cloned()
-            .collect())
+            .collect();
+        Ok(OffsetDeletion {
+            partitions,
+            refused,
+        })
     }
 
     pub fn forget(&mut self, group_id: &str) {

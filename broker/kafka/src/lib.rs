@@ -772,34 +772,29 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
     }
 }
 
-/// Kafka's OffsetDelete answer: errors about a topic (a member subscribes to it, the
-/// client may not read it) on each partition named, since Meridian refuses the
-/// whole request for them; errors about the group at the top, without partitions.
+/// Kafka's OffsetDelete answer: a group's failure at the top, without partitions;
+/// otherwise each partition named, with its topic's refusal (a member subscribes to
+/// it, the client may not read it) or none.
 fn offset_delete(
     r: g::OffsetDeleteResponse,
     partitions: Vec<(String, Vec<i32>)>,
 ) -> k::OffsetDeleteResponse {
     use k::offset_delete_response::{OffsetDeleteResponsePartition, OffsetDeleteResponseTopic};
-    let per_partition = matches!(
-        r.error,
-        ErrorCode::None
-            | ErrorCode::GroupSubscribedToTopic
-            | ErrorCode::TopicAuthorizationFailed
-            | ErrorCode::UnknownTopic
-    );
-    if !per_partition {
+    let group_failed = !r.error.is_ok() && !r.refused.iter().any(|t| t.error == r.error);
+    if group_failed {
         return k::OffsetDeleteResponse::default().with_error_code(code(r.error));
     }
     let topics = partitions
         .into_iter()
         .map(|(topic, ps)| {
+            let refused = r.refused.iter().find(|t| t.topic == topic);
             let answers = ps
                 .into_iter()
                 .map(|p| {
-                    let error = if p < 0 {
-                        ErrorCode::UnknownTopic
-                    } else {
-                        r.error
+                    let error = match refused {
+                        Some(t) => t.error,
+                        None if p < 0 => ErrorCode::UnknownTopic,
+                        None => ErrorCode::None,
                     };
                     OffsetDeleteResponsePartition::default()
                         .with_partition_index(p)

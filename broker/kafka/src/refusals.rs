@@ -77,6 +77,7 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
             error,
             message,
             deleted: Vec::new(),
+            refused: Vec::new(),
         }),
         m::Request::FindCoordinator(_) => {
             m::Response::FindCoordinator(g::FindCoordinatorResponse {

@@ -1390,25 +1390,35 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
     };
     let asked = k::OffsetDeleteRequest::default()
         .with_group_id(group("billing"))
-        .with_topics(vec![topic("orders", &[0, 2]), topic("audit", &[])]);
-    let answered = |error: ErrorCode| {
+        .with_topics(vec![
+            topic("orders", &[0, 2]),
+            topic("audit", &[]),
+            topic("payments", &[1]),
+        ]);
+    let answered = |error: ErrorCode, refused: &[&str]| {
         let (request, pending) = serve(frame_of(ApiKey::OffsetDelete, 0, &asked));
         // A topic named without partitions deletes none of its commits, as in Kafka.
+        let tps = |topic: &str, partitions: Vec<u32>| g::TopicPartitions {
+            topic: topic.into(),
+            partitions,
+        };
         assert_eq!(
             request,
             m::Request::OffsetDelete(g::OffsetDeleteRequest {
                 group_id: "billing".into(),
-                topics: vec![g::TopicPartitions {
-                    topic: "orders".into(),
-                    partitions: vec![0, 2],
-                }],
+                topics: vec![tps("orders", vec![0, 2]), tps("payments", vec![1])],
             })
         );
-        let answer = g::OffsetDeleteResponse {
+        let mut answer = g::OffsetDeleteResponse {
             error,
             message: String::new(),
             deleted: Vec::new(),
+            refused: Vec::new(),
         };
+        for topic in refused {
+            let why = ErrorCode::GroupSubscribedToTopic;
+            answer.refuse(topic.to_string(), why, format!("`{topic}` is read"));
+        }
         let frame = pending
             .respond(Some(m::Response::OffsetDelete(answer)), &listener())
             .unwrap()
@@ -1425,22 +1435,31 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
             .collect();
         (r.error_code, partitions)
     };
-    let each = |code: i16| {
+    let each = |orders: i16, payments: i16| {
         vec![
-            ("orders".to_string(), 0, code),
-            ("orders".to_string(), 2, code),
+            ("orders".to_string(), 0, orders),
+            ("orders".to_string(), 2, orders),
+            ("payments".to_string(), 1, payments),
         ]
     };
-    assert_eq!(answered(ErrorCode::None), (0, each(0)));
-    // A member subscribes to the topic: each partition says so, as Kafka's do.
+    assert_eq!(answered(ErrorCode::None, &[]), (0, each(0, 0)));
+    // A member subscribes to `orders`: its partitions say so, as Kafka's do, and
+    // `payments`' commit went all the same.
     let subscribed = ResponseError::GroupSubscribedToTopic.code();
     assert_eq!(
-        answered(ErrorCode::GroupSubscribedToTopic),
-        (0, each(subscribed))
+        answered(ErrorCode::None, &["orders"]),
+        (0, each(subscribed, 0))
+    );
+    assert_eq!(
+        answered(ErrorCode::None, &["orders", "payments"]),
+        (0, each(subscribed, subscribed))
     );
     // About the group: at the top, as Kafka's admin clients look for it.
     let missing = ResponseError::GroupIdNotFound.code();
-    assert_eq!(answered(ErrorCode::GroupIdNotFound), (missing, Vec::new()));
+    assert_eq!(
+        answered(ErrorCode::GroupIdNotFound, &[]),
+        (missing, Vec::new())
+    );
 }
 
 /// ListPartitionReassignments names partitions; Meridian's request names topics, so

@@ -680,11 +680,22 @@ pub(crate) fn check(
             let result = groups_need(Delete, &r.group_ids);
             whole(result, request)
         }
-        Request::OffsetDelete(ref r) => {
-            let result = group(Delete, &r.group_id)
-                .and_then(|()| topics_need(Read, &mut r.topics.iter().map(|t| t.topic.as_str())));
-            whole(result, request)
-        }
+        // The group whole; each topic on its own, as Kafka does (the others' commits
+        // go all the same).
+        Request::OffsetDelete(mut r) => match group(Delete, &r.group_id) {
+            Err(denied) => Checked::Refuse(denied, Request::OffsetDelete(r)),
+            Ok(()) => {
+                let denied = split(
+                    &mut r.topics,
+                    |t| (&t.topic, t.partitions.clone()),
+                    |name| topic_op(name, Read),
+                );
+                Checked::Serve {
+                    request: Request::OffsetDelete(r),
+                    after: After::AddDenied(denied),
+                }
+            }
+        },
         Request::InitProducerId(_) => {
             let result = if acl.writes_somewhere(principal) {
                 Ok(())
@@ -787,6 +798,12 @@ impl After {
                         }
                     }));
                 Response::ListOffsets(r)
+            }
+            (After::AddDenied(denied), Response::OffsetDelete(mut r)) => {
+                for (topic, _, d) in denied {
+                    r.refuse(topic, d.code, d.message);
+                }
+                Response::OffsetDelete(r)
             }
             (After::MetadataDenied(denied), Response::Metadata(mut r)) => {
                 r.topics.retain(|t| describable(&t.name));

@@ -1221,22 +1221,30 @@ impl Shared {
     }
 
     pub(crate) async fn offset_delete(&self, r: OffsetDeleteRequest) -> OffsetDeleteResponse {
-        let outcome = self.offset_delete_inner(&r).await;
-        let (error, message, deleted) = match outcome {
-            Ok(deleted) => (ErrorCode::None, String::new(), to_wire(&deleted)),
-            Err(f) => (f.code, f.message, Vec::new()),
+        let mut response = OffsetDeleteResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+            deleted: Vec::new(),
+            refused: Vec::new(),
         };
-        OffsetDeleteResponse {
-            error,
-            message,
-            deleted,
+        match self.offset_delete_inner(&r).await {
+            Ok((deleted, refused)) => {
+                response.deleted = to_wire(&deleted);
+                for (topic, why) in refused {
+                    let (code, message) = group_error(why);
+                    response.refuse(topic, code, message);
+                }
+            }
+            Err(f) => (response.error, response.message) = (f.code, f.message),
         }
+        response
     }
 
+    /// The commits deleted, and the topics refused with why.
     async fn offset_delete_inner(
         &self,
         r: &OffsetDeleteRequest,
-    ) -> Result<BTreeSet<TopicPartition>, Failure> {
+    ) -> Result<(BTreeSet<TopicPartition>, Vec<(String, GroupError)>), Failure> {
         let mut topics: BTreeMap<String, BTreeSet<u32>> = BTreeMap::new();
         for t in &r.topics {
             topics
@@ -1249,14 +1257,15 @@ impl Shared {
                 .groups
                 .coordinator_for(&r.group_id)
                 .map_err(group_failure)?;
-            let deleted = coordinator
+            let deletion = coordinator
                 .prepare_delete_offsets(&r.group_id, &topics)
                 .map_err(group_failure)?;
-            let written = self.remove_commits(&mut coordinator, &r.group_id, &deleted)?;
-            (deleted, written)
+            let written =
+                self.remove_commits(&mut coordinator, &r.group_id, &deletion.partitions)?;
+            (deletion, written)
         };
         self.wait_written(Ok(written)).await?;
-        Ok(deleted.into_iter().collect())
+        Ok((deleted.partitions.into_iter().collect(), deleted.refused))
     }
 }
 

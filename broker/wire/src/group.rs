@@ -496,14 +496,69 @@ message! {
 
 message! {
     /// Deletes some of a group's committed offsets (Kafka's OffsetDelete), refused
-    /// while a member subscribes to their topic. A topic listed without partitions
+    /// for a topic while a member subscribes to it. A topic listed without partitions
     /// means every partition the group has committed for it (a deleted topic too).
     pub struct OffsetDeleteRequest { group_id: string, topics: tps }
 }
 
 message! {
-    /// `deleted`: the partitions whose commits went (those without one are left out).
-    pub struct OffsetDeleteResponse { error: error, message: string, deleted: tps }
+    /// A topic an `OffsetDelete` left alone, and why (a member of the group
+    /// subscribes to it, or the client may not read it).
+    pub struct RefusedTopic { topic: string, error: error, message: string }
+}
+
+/// `deleted`: the partitions whose commits went (those without one are left out).
+/// `refused` (version 1): the topics whose commits stay, with why; the others' go
+/// all the same. `error` and `message` are a group's failure (nothing deleted) or,
+/// when topics were refused, the first one's error and every one's message, so a
+/// version 0 client, which sends one topic, learns why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OffsetDeleteResponse {
+    pub error: ErrorCode,
+    pub message: String,
+    pub deleted: Vec<TopicPartitions>,
+    pub refused: Vec<RefusedTopic>,
+}
+
+impl OffsetDeleteResponse {
+    /// Adds a refused topic: the first of them sets `error` (unless the group
+    /// failed), and `message` says why for each.
+    pub fn refuse(&mut self, topic: String, error: ErrorCode, message: String) {
+        if self.error.is_ok() {
+            self.error = error;
+            self.message = message.clone();
+        } else {
+            self.message.push_str("; ");
+            self.message.push_str(&message);
+        }
+        self.refused.push(RefusedTopic {
+            topic,
+            error,
+            message,
+        });
+    }
+
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
+        w.u16(self.error as u16);
+        w.string(&self.message);
+        put_tps(w, &self.deleted);
+        if version >= 1 {
+            w.array(&self.refused, |w, t| t.encode(w));
+        }
+    }
+
+    pub fn decode(r: &mut Reader, version: u16) -> Result<OffsetDeleteResponse, DecodeError> {
+        Ok(OffsetDeleteResponse {
+            error: ErrorCode::from_u16(r.u16()?),
+            message: r.string()?,
+            deleted: get_tps(r)?,
+            refused: if version >= 1 {
+                r.array(6, RefusedTopic::decode)?
+            } else {
+                Vec::new()
+            },
+        })
+    }
 }
 
 message! {

@@ -130,7 +130,7 @@ impl ApiKey {
     /// of `DescribeTopics` (response) carries each topic's plugin chain. Version 1
     /// of `Metadata` (response) carries a message with each topic's error. Version
     /// 1 of `DescribeLogs` (response) carries the log directory's total and usable
-    /// bytes.
+    /// bytes. Version 1 of `OffsetDelete` (response) names the topics refused.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::Metadata
@@ -141,7 +141,8 @@ impl ApiKey {
             | ApiKey::CreatePartitions
             | ApiKey::BrokerHeartbeat
             | ApiKey::DescribeTopics
-            | ApiKey::DescribeLogs => 1,
+            | ApiKey::DescribeLogs
+            | ApiKey::OffsetDelete => 1,
             _ => 0,
         }
     }
@@ -1085,7 +1086,7 @@ impl Response {
             Response::ListGroups(m) => m.encode(w),
             Response::DescribeGroups(m) => m.encode(w),
             Response::DeleteGroups(m) => m.encode(w),
-            Response::OffsetDelete(m) => m.encode(w),
+            Response::OffsetDelete(m) => m.encode(w, version),
             Response::InitProducerId(m) => m.encode(w),
             Response::AlterPartitionReassignments(m) => m.encode(w),
             Response::AlterTopicConfigs(m) => m.encode(w),
@@ -1267,7 +1268,9 @@ impl Response {
             ApiKey::ListGroups => Response::ListGroups(ListGroupsResponse::decode(r)?),
             ApiKey::DescribeGroups => Response::DescribeGroups(DescribeGroupsResponse::decode(r)?),
             ApiKey::DeleteGroups => Response::DeleteGroups(DeleteGroupsResponse::decode(r)?),
-            ApiKey::OffsetDelete => Response::OffsetDelete(OffsetDeleteResponse::decode(r)?),
+            ApiKey::OffsetDelete => {
+                Response::OffsetDelete(OffsetDeleteResponse::decode(r, version)?)
+            }
             ApiKey::InitProducerId => Response::InitProducerId(InitProducerIdResponse::decode(r)?),
             ApiKey::DeleteRecords => Response::DeleteRecords(DeleteRecordsResponse {
                 topics: r.array(6, |r| {
@@ -1346,6 +1349,14 @@ mod tests {
         }
     }
 
+    /// `response` encoded at `version` and decoded back at it.
+    fn at_version(response: &Response, version: u16) -> ResponseFrame {
+        let chunks = crate::frame::encode_response_chunks_at(response, version);
+        let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let body = Bytes::from(frame).slice(4..);
+        crate::frame::decode_response_at(response.api_key(), version, body).unwrap()
+    }
+
     /// A version 0 answer to DescribeTopics (to a client from before plugin chains
     /// were described) leaves the chain out, and decodes as one without plugins.
     #[test]
@@ -1369,12 +1380,7 @@ mod tests {
         let response = Response::DescribeTopics(DescribeTopicsResponse {
             topics: vec![topic(chain.clone())],
         });
-        let at = |version| {
-            let chunks = crate::frame::encode_response_chunks_at(&response, version);
-            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            let body = Bytes::from(frame).slice(4..);
-            crate::frame::decode_response_at(ApiKey::DescribeTopics, version, body).unwrap()
-        };
+        let at = |version| at_version(&response, version);
         let without = Response::DescribeTopics(DescribeTopicsResponse {
             topics: vec![topic(vec![])],
         });
@@ -1397,15 +1403,34 @@ mod tests {
                 logs: vec![],
             })
         };
-        let at = |version| {
-            let response = answer(1 << 40, 1 << 30);
-            let chunks = crate::frame::encode_response_chunks_at(&response, version);
-            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            let body = Bytes::from(frame).slice(4..);
-            crate::frame::decode_response_at(ApiKey::DescribeLogs, version, body).unwrap()
-        };
+        let at = |version| at_version(&answer(1 << 40, 1 << 30), version);
         assert_eq!(at(0), ResponseFrame::Ok(answer(-1, -1)));
         assert_eq!(at(1), ResponseFrame::Ok(answer(1 << 40, 1 << 30)));
+    }
+
+    /// A version 0 OffsetDelete answer (to a client from before refusals were per
+    /// topic) has the first refusal's error and no list of refused topics.
+    #[test]
+    fn offset_delete_at_version_0_names_no_refused_topics() {
+        let answer = |refused| {
+            Response::OffsetDelete(OffsetDeleteResponse {
+                error: ErrorCode::GroupSubscribedToTopic,
+                message: "members of group `g` subscribe to `busy`".into(),
+                deleted: vec![TopicPartitions {
+                    topic: "idle".into(),
+                    partitions: vec![0],
+                }],
+                refused,
+            })
+        };
+        let busy = vec![crate::group::RefusedTopic {
+            topic: "busy".into(),
+            error: ErrorCode::GroupSubscribedToTopic,
+            message: "members of group `g` subscribe to `busy`".into(),
+        }];
+        let at = |version| at_version(&answer(busy.clone()), version);
+        assert_eq!(at(0), ResponseFrame::Ok(answer(vec![])));
+        assert_eq!(at(1), ResponseFrame::Ok(answer(busy.clone())));
     }
 
     /// A version 0 Metadata answer (to a client from before topic errors carried a
@@ -1425,12 +1450,7 @@ mod tests {
             })
         };
         let denied = response("client `a` may not describe topic `audit` (acl_file)");
-        let at = |version| {
-            let chunks = crate::frame::encode_response_chunks_at(&denied, version);
-            let frame: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
-            let body = Bytes::from(frame).slice(4..);
-            crate::frame::decode_response_at(ApiKey::Metadata, version, body).unwrap()
-        };
+        let at = |version| at_version(&denied, version);
         assert_eq!(at(0), ResponseFrame::Ok(response("")));
         assert_eq!(at(1), ResponseFrame::Ok(denied.clone()));
     }
@@ -2095,6 +2115,11 @@ mod tests {
             deleted: vec![TopicPartitions {
                 topic: "t".into(),
                 partitions: vec![0, 2],
+            }],
+            refused: vec![crate::group::RefusedTopic {
+                topic: "busy".into(),
+                error: ErrorCode::GroupSubscribedToTopic,
+                message: "subscribed".into(),
             }],
         }));
         check_response(Response::DeleteGroups(DeleteGroupsResponse {
