@@ -894,6 +894,71 @@ fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
     );
 }
 
+/// `meridian bench kafka-produce` produces over the Kafka protocol, here over TLS
+/// (`--ca`): every record it reports is in the topic, spread over its partitions, in
+/// as many requests as it counts; refused by the broker (plain TCP to a TLS
+/// listener, or `--acks 0`), it fails and says why.
+#[test]
+fn bench_kafka_produce_stores_every_record_it_reports() {
+    let (broker, addr) = kafka_broker(&["kafka_tls=true"]);
+    let ca = broker.cert_path();
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(crate::harness::meridian_bin())
+            .args(["bench", "kafka-produce", "--kafka", &addr, "--json"])
+            .args([
+                "--records",
+                "3000",
+                "--record-size",
+                "100",
+                "--partitions",
+                "4",
+            ])
+            .args(["--batch-size", "1000", "--inflight", "3"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = bench(&["--ca", ca.to_str().unwrap()]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}{stderr}");
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["bench"], "kafka-produce", "{summary}");
+    assert_eq!(summary["records"], 3000, "{summary}");
+    assert_eq!(summary["bytes"], 300_000, "{summary}");
+    // 10 records of 100 bytes to a 1000-byte batch, a batch per partition: 40 a request.
+    assert_eq!(summary["requests"], 75, "{summary}");
+    assert!(
+        summary["latency_ms"]["p99"].as_f64().unwrap() > 0.0,
+        "{summary}"
+    );
+    let (ok, described, err) = broker.cli(&["topic", "describe", "bench-kafka", "--json"], "");
+    assert!(ok, "{err}");
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let ends: Vec<u64> = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .collect();
+    assert_eq!(ends, [750, 750, 750, 750]);
+
+    let plain = bench(&[]);
+    let stderr = String::from_utf8_lossy(&plain.stderr);
+    assert!(
+        !plain.status.success() && stderr.contains(&addr),
+        "plain TCP to a TLS listener: {stderr}"
+    );
+    let unanswered = bench(&["--ca", ca.to_str().unwrap(), "--acks", "0"]);
+    let stderr = String::from_utf8_lossy(&unanswered.stderr);
+    assert!(
+        !unanswered.status.success() && stderr.contains("use --acks 1 or --acks all"),
+        "{stderr}"
+    );
+}
+
 /// `kafka_tls`: a client speaking plain Kafka to the TLS listener is closed at its
 /// first bytes, and one that opens a connection and sends nothing is closed after
 /// `idle_timeout_ms` instead of holding a connection slot and a task for ever.

@@ -59,8 +59,15 @@ pub enum BenchCommand {
     /// rounds of `transport`, `consume` and `produce`, each as its own process, with
     /// medians and ratios.
     Ratio(crate::bench_ratio::RatioArgs),
+    /// Produce over the Kafka protocol (TCP) to a broker's Kafka listener, as a Kafka
+    /// client's producer does (`batch.size` batches per partition, one request per
+    /// broker carrying a batch for each partition it leads, requests in flight):
+    /// throughput, request latency and CPU, to set against `bench produce`.
+    KafkaProduce(kafka::KafkaProduceArgs),
 }
 
+#[path = "bench_kafka.rs"]
+mod kafka;
 #[path = "bench_plugin.rs"]
 mod plugin;
 
@@ -121,6 +128,7 @@ pub fn client_threads(cmd: &BenchCommand, cores: usize) -> usize {
             args.broker.threads(cores).0
         }
         BenchCommand::Rebalance(args) => args.broker.threads(cores).0,
+        BenchCommand::KafkaProduce(args) => args.threads(cores).0,
         _ => cores.max(1),
     }
 }
@@ -311,6 +319,7 @@ async fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Plugin(args) => plugin::run(args).await,
         BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
         BenchCommand::Ratio(args) => crate::bench_ratio::run(args).await,
+        BenchCommand::KafkaProduce(args) => kafka::run(args).await,
     }
 }
 
@@ -575,6 +584,31 @@ struct LoadResult {
     requests: u64,
     #[serde(flatten)]
     cpu: Option<CpuUse>,
+}
+
+impl LoadResult {
+    /// `records` of `bytes` in all moved in `seconds`, with their rates, the
+    /// `requests` that carried them and the CPU `cpu` measured meanwhile.
+    fn new(
+        bench: &'static str,
+        (records, bytes): (u64, u64),
+        seconds: f64,
+        latency: Option<&Histogram<u64>>,
+        requests: u64,
+        cpu: &CpuClock,
+    ) -> LoadResult {
+        LoadResult {
+            bench,
+            records,
+            bytes,
+            seconds,
+            records_per_sec: records as f64 / seconds,
+            mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
+            latency_ms: latency.map(summarize),
+            requests,
+            cpu: cpu.used(bytes),
+        }
+    }
 }
 
 /// CPU time (user and system) of the processes a bench measured, over its timed part:
@@ -1026,17 +1060,14 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
     let outcome = run_producers(&clients, &args, None, &bar).await?;
     let seconds = outcome.elapsed.as_secs_f64();
     report(
-        &LoadResult {
-            bench: "produce",
-            records: outcome.records,
-            bytes: outcome.bytes,
+        &LoadResult::new(
+            "produce",
+            (outcome.records, outcome.bytes),
             seconds,
-            records_per_sec: outcome.records as f64 / seconds,
-            mib_per_sec: outcome.bytes as f64 / seconds / (1024.0 * 1024.0),
-            latency_ms: Some(summarize(&outcome.latency)),
-            requests: outcome.requests,
-            cpu: cpu.used(outcome.bytes),
-        },
+            Some(&outcome.latency),
+            outcome.requests,
+            &cpu,
+        ),
         args.json,
     )
 }
@@ -1125,17 +1156,7 @@ async fn consume_bench(args: LoadArgs) -> anyhow::Result<()> {
     let records = consumed.load(Ordering::Relaxed);
     let bytes = consumed_bytes.load(Ordering::Relaxed);
     report(
-        &LoadResult {
-            bench: "consume",
-            records,
-            bytes,
-            seconds,
-            records_per_sec: records as f64 / seconds,
-            mib_per_sec: bytes as f64 / seconds / (1024.0 * 1024.0),
-            latency_ms: None,
-            requests,
-            cpu: cpu.used(bytes),
-        },
+        &LoadResult::new("consume", (records, bytes), seconds, None, requests, &cpu),
         args.json,
     )
 }
@@ -1210,17 +1231,14 @@ async fn e2e_bench(args: LoadArgs) -> anyhow::Result<()> {
         .context("consumer did not receive every record within 60 s")???;
     let seconds = outcome.elapsed.as_secs_f64();
     report(
-        &LoadResult {
-            bench: "e2e",
-            records: n,
-            bytes: n * args.record_size as u64,
+        &LoadResult::new(
+            "e2e",
+            (n, n * args.record_size as u64),
             seconds,
-            records_per_sec: n as f64 / seconds,
-            mib_per_sec: (n * args.record_size as u64) as f64 / seconds / (1024.0 * 1024.0),
-            latency_ms: Some(summarize(&latency)),
-            requests: outcome.requests,
-            cpu: cpu.used(n * args.record_size as u64),
-        },
+            Some(&latency),
+            outcome.requests,
+            &cpu,
+        ),
         args.json,
     )
 }

@@ -1,0 +1,608 @@
+//! `meridian bench kafka-produce`: produce over the Kafka protocol (TCP) to a broker's
+//! Kafka listener, the way a Kafka client's producer does: records are encoded into
+//! one batch per partition of `--batch-size` bytes (Kafka's `batch.size`), each
+//! request carries one batch for every partition its broker leads, and each
+//! connection keeps `--inflight` requests unanswered (Kafka's
+//! `max.in.flight.requests.per.connection`). Set against `bench produce`, it shows
+//! what the Kafka path costs next to Meridian's QUIC one on the same machine.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bytes::{BufMut, Bytes, BytesMut};
+use clap::Args;
+use hdrhistogram::Histogram;
+use indicatif::ProgressBar;
+use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::messages::{self as k, ApiKey, TopicName};
+use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
+use meridian_client::{Acks, Compression};
+use meridian_wire::batch::{encode_batch, NewRecord, ProducerIdentity};
+use tokio::io::{
+    AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
+};
+use tokio::net::TcpStream;
+
+use super::{cores, payloads, progress, report, ChildBroker, CpuClock, LoadResult};
+
+const PRODUCE_VERSION: i16 = 9;
+const METADATA_VERSION: i16 = 9;
+const CREATE_TOPICS_VERSION: i16 = 5;
+/// How long the bench waits for any one answer before it gives up on the broker.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Args, Clone)]
+pub struct KafkaProduceArgs {
+    /// A running broker's Kafka listener (`host:port`; its cluster's other brokers
+    /// are found through it). Without it the bench starts one broker with a Kafka
+    /// listener on a free port.
+    #[arg(long)]
+    pub kafka: Option<String>,
+    #[arg(long, default_value = "bench-kafka")]
+    pub topic: String,
+    /// Partitions of the topic, if the bench creates it (CreateTopics, the brokers'
+    /// default replication factor).
+    #[arg(long, default_value_t = 16)]
+    pub partitions: u32,
+    #[arg(long, default_value_t = 1024)]
+    pub record_size: usize,
+    /// Records to send (ignored when --duration is set).
+    #[arg(long, default_value_t = 1_000_000)]
+    pub records: u64,
+    /// Run for this many seconds instead of a record count.
+    #[arg(long)]
+    pub duration: Option<f64>,
+    /// Bytes of records in each partition's batch (Kafka's `batch.size`).
+    #[arg(long, default_value_t = 16384)]
+    pub batch_size: usize,
+    /// Produce requests each connection keeps unanswered (Kafka's
+    /// `max.in.flight.requests.per.connection`).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub inflight: u32,
+    #[arg(long, default_value = "none")]
+    pub compression: Compression,
+    /// `1` or `all` (a broker answers no `acks=0` request, so the bench could not
+    /// tell when records are stored).
+    #[arg(long, default_value = "1")]
+    pub acks: Acks,
+    /// Fraction of each payload that is random (the rest compresses away).
+    #[arg(long, default_value_t = 1.0)]
+    pub randomness: f64,
+    /// Print one JSON object instead of the summary line.
+    #[arg(long)]
+    pub json: bool,
+    /// Speak TLS (Kafka's `security.protocol=SSL`) to the broker the bench starts,
+    /// which gets `kafka_tls = true`: the same encryption QUIC always has, for a
+    /// like-for-like comparison with `bench produce`.
+    #[arg(long, conflicts_with = "kafka")]
+    pub tls: bool,
+    /// With --kafka: speak TLS, trusting the broker certificates this PEM file holds
+    /// (a broker's `tls/cert.pem`, or the CA that signed it).
+    #[arg(long, requires = "kafka")]
+    pub ca: Option<std::path::PathBuf>,
+    /// Config for the broker the bench starts, repeatable: `--broker-set flush=always`.
+    #[arg(
+        long = "broker-set",
+        value_name = "KEY=VALUE",
+        conflicts_with = "kafka"
+    )]
+    pub broker_set: Vec<String>,
+}
+
+impl KafkaProduceArgs {
+    /// Worker threads for the bench's runtime, and for the broker it starts (`None`
+    /// when it starts none): half the cores each, as `bench produce` splits them.
+    pub fn threads(&self, cores: usize) -> (usize, Option<usize>) {
+        match self.kafka {
+            Some(_) => (cores.max(1), None),
+            None => {
+                let client = (cores / 2).max(1);
+                (client, Some(cores.saturating_sub(client).max(1)))
+            }
+        }
+    }
+}
+
+pub async fn run(args: KafkaProduceArgs) -> anyhow::Result<()> {
+    if args.acks == Acks::None {
+        bail!(
+            "--acks 0: a broker answers no acks=0 produce request, so the bench could not \
+             tell when records are stored; use --acks 1 or --acks all"
+        );
+    }
+    if args.record_size == 0 || args.batch_size == 0 {
+        bail!("--record-size and --batch-size must be at least 1");
+    }
+    // The data dir of the broker the bench starts: its certificate is the one to trust.
+    let mut data_dir = None;
+    let (child, bootstrap) = match &args.kafka {
+        Some(addr) => (None, addr.clone()),
+        None => {
+            let dir = data_dir.insert(
+                tempfile::Builder::new()
+                    .prefix("meridian-bench-")
+                    .tempdir_in(".")?,
+            );
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            let addr = format!("127.0.0.1:{port}");
+            let mut settings = args.broker_set.clone();
+            settings.push(format!("kafka_listen={addr}"));
+            let set_by_user = settings
+                .iter()
+                .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
+            if let (Some(workers), false) = (args.threads(cores()).1, set_by_user) {
+                settings.push(format!("worker_threads={workers}"));
+            }
+            if args.tls {
+                settings.push("kafka_tls=true".into());
+            }
+            let child = ChildBroker::start(Some(dir.path().to_owned()), &settings)?;
+            (Some(child), addr)
+        }
+    };
+    let ca = match (&args.ca, &data_dir) {
+        (Some(ca), _) => Some(ca.clone()),
+        (None, Some(dir)) if args.tls => Some(dir.path().join("tls/cert.pem")),
+        _ => None,
+    };
+    let tls = ca.as_deref().map(tls_config).transpose()?;
+    let mut setup = Connection::open(&bootstrap, tls.clone()).await?;
+    ensure_topic(&mut setup, &args.topic, args.partitions).await?;
+    let leaders = leaders(&mut setup, &args.topic).await?;
+    drop(setup);
+
+    let per_batch = (args.batch_size / args.record_size).max(1);
+    let load = Arc::new(Load {
+        target: args.duration.is_none().then_some(args.records),
+        claimed: AtomicU64::new(0),
+        payloads: payloads(args.record_size, args.randomness),
+        per_batch,
+        args: args.clone(),
+    });
+    let bar = progress(load.target, "kafka-produce");
+    let cpu = CpuClock::start(&child);
+    let started = Instant::now();
+    let deadline = args
+        .duration
+        .map(|secs| started + Duration::from_secs_f64(secs));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (addr, partitions) in leaders {
+        let (load, bar, tls) = (load.clone(), bar.clone(), tls.clone());
+        tasks.spawn(async move {
+            let conn = Connection::open(&addr, tls).await?;
+            produce_to(conn, &addr, partitions, &load, deadline, &bar).await
+        });
+    }
+    let mut outcome = Outcome::new()?;
+    while let Some(done) = tasks.join_next().await {
+        outcome.add(done??)?;
+    }
+    let elapsed = started.elapsed();
+    bar.finish_and_clear();
+    let seconds = elapsed.as_secs_f64();
+    report(
+        &LoadResult::new(
+            "kafka-produce",
+            (outcome.records, outcome.bytes),
+            seconds,
+            Some(&outcome.latency),
+            outcome.requests,
+            &cpu,
+        ),
+        args.json,
+    )
+}
+
+/// What every connection draws its records from.
+struct Load {
+    /// Records to send in all; `None` until the deadline.
+    target: Option<u64>,
+    claimed: AtomicU64,
+    payloads: Vec<Bytes>,
+    per_batch: usize,
+    args: KafkaProduceArgs,
+}
+
+impl Load {
+    /// Takes up to `want` records to send; 0 once the target is reached.
+    fn claim(&self, want: u64) -> u64 {
+        let Some(target) = self.target else {
+            return want;
+        };
+        let mut claimed = self.claimed.load(Ordering::Relaxed);
+        loop {
+            let take = want.min(target.saturating_sub(claimed));
+            if take == 0 {
+                return 0;
+            }
+            match self.claimed.compare_exchange(
+                claimed,
+                claimed + take,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return take,
+                Err(now) => claimed = now,
+            }
+        }
+    }
+}
+
+/// One connection's (or all of them, summed) records, bytes, requests and request
+/// round trips (µs).
+struct Outcome {
+    records: u64,
+    bytes: u64,
+    requests: u64,
+    latency: Histogram<u64>,
+}
+
+impl Outcome {
+    fn new() -> anyhow::Result<Outcome> {
+        Ok(Outcome {
+            records: 0,
+            bytes: 0,
+            requests: 0,
+            latency: Histogram::new_with_bounds(1, 60_000_000, 3)?,
+        })
+    }
+
+    fn add(&mut self, other: Outcome) -> anyhow::Result<()> {
+        self.records += other.records;
+        self.bytes += other.bytes;
+        self.requests += other.requests;
+        self.latency.add(&other.latency)?;
+        Ok(())
+    }
+}
+
+/// A request sent and not yet answered.
+struct Sent {
+    correlation: i32,
+    at: Instant,
+    records: u64,
+    bytes: u64,
+}
+
+/// Produces to the partitions `addr` leads until the load is claimed or the
+/// deadline passes, `--inflight` requests at a time.
+async fn produce_to(
+    conn: Connection,
+    addr: &str,
+    partitions: Vec<i32>,
+    load: &Load,
+    deadline: Option<Instant>,
+    bar: &ProgressBar,
+) -> anyhow::Result<Outcome> {
+    let Connection {
+        mut read,
+        mut write,
+        mut correlation,
+        ..
+    } = conn;
+    let mut outcome = Outcome::new()?;
+    let mut unanswered: VecDeque<Sent> = VecDeque::new();
+    let mut record = 0usize;
+    let inflight = load.args.inflight as usize;
+    loop {
+        let more = deadline.is_none_or(|d| Instant::now() < d);
+        let want = (partitions.len() * load.per_batch) as u64;
+        let records = if more { load.claim(want) } else { 0 };
+        if records > 0 {
+            let (frame, bytes) = produce_frame(load, &partitions, records, &mut record, {
+                correlation += 1;
+                correlation
+            })?;
+            write.write_all(&frame).await?;
+            unanswered.push_back(Sent {
+                correlation,
+                at: Instant::now(),
+                records,
+                bytes,
+            });
+        }
+        // Read an answer once the window is full, or to drain at the end.
+        if unanswered.len() >= inflight || (records == 0 && !unanswered.is_empty()) {
+            let sent = unanswered.pop_front().expect("checked above");
+            let body = read_frame(
+                &mut read,
+                ApiKey::Produce,
+                PRODUCE_VERSION,
+                sent.correlation,
+                addr,
+            )
+            .await?;
+            check_produced(body, &load.args.topic)?;
+            let micros = sent.at.elapsed().as_micros().max(1) as u64;
+            outcome.latency.record(micros.min(60_000_000))?;
+            outcome.records += sent.records;
+            outcome.bytes += sent.bytes;
+            outcome.requests += 1;
+            bar.inc(sent.records);
+        }
+        if records == 0 && unanswered.is_empty() {
+            return Ok(outcome);
+        }
+    }
+}
+
+/// A Produce request of `records` records spread over `partitions`, `per_batch`
+/// to a batch, encoded as a frame; with the bytes of record values it carries.
+fn produce_frame(
+    load: &Load,
+    partitions: &[i32],
+    records: u64,
+    next: &mut usize,
+    correlation: i32,
+) -> anyhow::Result<(Bytes, u64)> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut left = records as usize;
+    let mut bytes = 0u64;
+    let mut data = Vec::new();
+    for &partition in partitions {
+        if left == 0 {
+            break;
+        }
+        let n = left.min(load.per_batch);
+        left -= n;
+        let batch: Vec<NewRecord> = (0..n)
+            .map(|_| {
+                let value = load.payloads[*next % load.payloads.len()].clone();
+                *next += 1;
+                bytes += value.len() as u64;
+                NewRecord {
+                    timestamp: now,
+                    key: None,
+                    value: Some(value),
+                    headers: Vec::new(),
+                }
+            })
+            .collect();
+        let encoded = encode_batch(&batch, load.args.compression, ProducerIdentity::NONE)?;
+        data.push(
+            k::produce_request::PartitionProduceData::default()
+                .with_index(partition)
+                .with_records(Some(encoded)),
+        );
+    }
+    let request = k::ProduceRequest::default()
+        .with_acks(i16::from(load.args.acks.wire_value()))
+        .with_timeout_ms(ANSWER_TIMEOUT.as_millis() as i32)
+        .with_topic_data(vec![k::produce_request::TopicProduceData::default()
+            .with_name(TopicName(StrBytes::from_string(load.args.topic.clone())))
+            .with_partition_data(data)]);
+    let frame = frame(ApiKey::Produce, PRODUCE_VERSION, correlation, &request)?;
+    Ok((frame, bytes))
+}
+
+/// Fails on the first partition the broker refused.
+fn check_produced(mut body: Bytes, topic: &str) -> anyhow::Result<()> {
+    let answer = k::ProduceResponse::decode(&mut body, PRODUCE_VERSION)?;
+    for t in &answer.responses {
+        for p in &t.partition_responses {
+            if p.error_code != 0 {
+                let why = p.error_message.as_ref().map_or("", |m| m.as_str());
+                bail!(
+                    "{topic}/{}: the broker answered {:?} {why}",
+                    p.index,
+                    p.error_code.err()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Creates the topic unless it exists.
+async fn ensure_topic(conn: &mut Connection, topic: &str, partitions: u32) -> anyhow::Result<()> {
+    let request = k::CreateTopicsRequest::default()
+        .with_timeout_ms(ANSWER_TIMEOUT.as_millis() as i32)
+        .with_topics(vec![k::create_topics_request::CreatableTopic::default()
+            .with_name(TopicName(StrBytes::from_string(topic.to_owned())))
+            .with_num_partitions(i32::try_from(partitions)?)
+            .with_replication_factor(-1)]);
+    let answer: k::CreateTopicsResponse = conn
+        .call(ApiKey::CreateTopics, CREATE_TOPICS_VERSION, &request)
+        .await?;
+    for t in &answer.topics {
+        let code = t.error_code;
+        if code != 0 && code.err() != Some(kafka_protocol::error::ResponseError::TopicAlreadyExists)
+        {
+            let why = t.error_message.as_ref().map_or("", |m| m.as_str());
+            bail!("creating topic {topic}: {:?} {why}", code.err());
+        }
+    }
+    Ok(())
+}
+
+/// The topic's partitions by the address of the broker leading them, once every
+/// partition has a leader (a new topic may need a moment).
+async fn leaders(conn: &mut Connection, topic: &str) -> anyhow::Result<BTreeMap<String, Vec<i32>>> {
+    let request = k::MetadataRequest::default().with_topics(Some(vec![
+        k::metadata_request::MetadataRequestTopic::default()
+            .with_name(Some(TopicName(StrBytes::from_string(topic.to_owned())))),
+    ]));
+    let deadline = Instant::now() + ANSWER_TIMEOUT;
+    loop {
+        let answer: k::MetadataResponse = conn
+            .call(ApiKey::Metadata, METADATA_VERSION, &request)
+            .await?;
+        let brokers: BTreeMap<i32, String> = answer
+            .brokers
+            .iter()
+            .map(|b| (b.node_id.0, format!("{}:{}", b.host.as_str(), b.port)))
+            .collect();
+        let mut by_leader: BTreeMap<String, Vec<i32>> = BTreeMap::new();
+        let mut missing = 0;
+        for t in &answer.topics {
+            for p in &t.partitions {
+                match brokers.get(&p.leader_id.0) {
+                    Some(addr) if p.error_code == 0 => by_leader
+                        .entry(addr.clone())
+                        .or_default()
+                        .push(p.partition_index),
+                    _ => missing += 1,
+                }
+            }
+        }
+        if missing == 0 && !by_leader.is_empty() {
+            return Ok(by_leader);
+        }
+        if Instant::now() > deadline {
+            bail!("topic {topic}: {missing} partition(s) still without a leader the Kafka listener names");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A TCP or TLS stream to a broker.
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// The rustls client configuration trusting the certificates in `ca`.
+fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
+        .with_context(|| format!("reading {}", ca.display()))?
+    {
+        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// A Kafka protocol connection: a request frame out, its answer back, in order.
+struct Connection {
+    read: BufReader<ReadHalf<Box<dyn Stream>>>,
+    write: WriteHalf<Box<dyn Stream>>,
+    correlation: i32,
+    addr: String,
+}
+
+impl Connection {
+    /// Connects to `addr` (over TLS with `tls`), retrying for a few seconds while a
+    /// broker starts.
+    async fn open(
+        addr: &str,
+        tls: Option<Arc<rustls::ClientConfig>>,
+    ) -> anyhow::Result<Connection> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let tcp = loop {
+            match TcpStream::connect(addr).await {
+                Ok(stream) => break stream,
+                Err(e) if Instant::now() > deadline => {
+                    return Err(e)
+                        .with_context(|| format!("connecting to the Kafka listener {addr}"))
+                }
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            }
+        };
+        tcp.set_nodelay(true)?;
+        let stream: Box<dyn Stream> = match tls {
+            None => Box::new(tcp),
+            Some(tls) => {
+                let host = addr.rsplit_once(':').map_or(addr, |(host, _)| host);
+                let name = rustls::pki_types::ServerName::try_from(host.to_owned())
+                    .with_context(|| format!("{host} as a TLS server name"))?;
+                let connector = tokio_rustls::TlsConnector::from(tls);
+                let stream = connector
+                    .connect(name, tcp)
+                    .await
+                    .with_context(|| format!("TLS handshake with {addr}"))?;
+                Box::new(stream)
+            }
+        };
+        let (read, write) = tokio::io::split(stream);
+        Ok(Connection {
+            read: BufReader::with_capacity(64 * 1024, read),
+            write,
+            correlation: 0,
+            addr: addr.to_owned(),
+        })
+    }
+
+    /// Sends one request and reads its answer.
+    async fn call<Req, Resp>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> anyhow::Result<Resp>
+    where
+        Req: Encodable + HeaderVersion,
+        Resp: Decodable,
+    {
+        self.correlation += 1;
+        let frame = frame(api, version, self.correlation, request)?;
+        self.write.write_all(&frame).await?;
+        let mut body =
+            read_frame(&mut self.read, api, version, self.correlation, &self.addr).await?;
+        Resp::decode(&mut body, version)
+    }
+}
+
+/// A request frame: size, header, body.
+fn frame<T: Encodable + HeaderVersion>(
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    body: &T,
+) -> anyhow::Result<Bytes> {
+    let mut out = BytesMut::new();
+    out.put_i32(0);
+    k::RequestHeader::default()
+        .with_request_api_key(api as i16)
+        .with_request_api_version(version)
+        .with_correlation_id(correlation)
+        .with_client_id(Some(StrBytes::from_static_str("meridian-bench")))
+        .encode(&mut out, T::header_version(version))?;
+    body.encode(&mut out, version)?;
+    let size = i32::try_from(out.len() - 4)?;
+    out[..4].copy_from_slice(&size.to_be_bytes());
+    Ok(out.freeze())
+}
+
+/// Reads the answer to request `correlation` (of `api` at `version`) and its
+/// header; returns the body.
+async fn read_frame(
+    read: &mut BufReader<ReadHalf<Box<dyn Stream>>>,
+    api: ApiKey,
+    version: i16,
+    correlation: i32,
+    addr: &str,
+) -> anyhow::Result<Bytes> {
+    let read_one = async {
+        let size = read.read_i32().await?;
+        let mut body = vec![0u8; usize::try_from(size).unwrap_or(0)];
+        read.read_exact(&mut body).await?;
+        Ok::<_, std::io::Error>(Bytes::from(body))
+    };
+    let mut body = match tokio::time::timeout(ANSWER_TIMEOUT, read_one).await {
+        Ok(Ok(body)) => body,
+        Ok(Err(e)) => return Err(e).with_context(|| format!("reading an answer from {addr}")),
+        Err(_) => bail!(
+            "{addr} did not answer within {} s",
+            ANSWER_TIMEOUT.as_secs()
+        ),
+    };
+    let header = k::ResponseHeader::decode(&mut body, api.response_header_version(version))?;
+    if header.correlation_id != correlation {
+        bail!(
+            "{addr} answered request {} when {correlation} was due",
+            header.correlation_id
+        );
+    }
+    Ok(body)
+}
