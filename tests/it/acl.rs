@@ -41,7 +41,8 @@ fn code(error: &Error) -> Option<ErrorCode> {
     }
 }
 
-async fn connect(broker: &TestBroker, certs: &Path, name: &str) -> Client {
+/// How client `name` (`certs/NAME.pem`, `certs/NAME.key`) connects to `broker`.
+pub(crate) fn config_of(broker: &TestBroker, certs: &Path, name: &str) -> ClientConfig {
     let mut config = ClientConfig::new(
         broker.addr.clone(),
         Trust::parse_fingerprint(&broker.fingerprint).unwrap(),
@@ -53,7 +54,13 @@ async fn connect(broker: &TestBroker, certs: &Path, name: &str) -> Client {
         )
         .unwrap(),
     );
-    Client::connect(config).await.unwrap()
+    config
+}
+
+async fn connect(broker: &TestBroker, certs: &Path, name: &str) -> Client {
+    Client::connect(config_of(broker, certs, name))
+        .await
+        .unwrap()
 }
 
 /// Writer may write `orders` and nothing else (within one producer, its records to

@@ -334,3 +334,67 @@ async fn sighup_reloads_the_certificate_and_the_client_ca() {
     connect(by_second_ca(), (&second, "bob")).await.unwrap();
     assert!(broker.is_running());
 }
+
+/// `meridian cert revoke NAME` writes the CA's revocation list; a broker with it as
+/// `tls_client_crl` refuses that certificate at the handshake and admits the CA's
+/// others, `kill -HUP` takes a new list (a client revoked while the broker runs is
+/// refused from its next connection), and a broken list keeps the one loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_client_certificates_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    ca_with(&certs, &["alice", "bob"]);
+    let certs_dir = certs.to_str().unwrap();
+    cert(&["revoke", "bob", "--dir", certs_dir]);
+    let crl = certs.join("crl.pem");
+    let log = dir.path().join("broker.log");
+    let broker = TestBroker::start_logging_to(
+        &log,
+        &[
+            &format!("tls_client_ca={}", certs.join("ca.pem").display()),
+            &format!("tls_client_crl={}", crl.display()),
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    let connect = |name: &str| {
+        let config = crate::acl::config_of(&broker, &certs, name);
+        async move {
+            let client = Client::connect(config).await?;
+            // The handshake's verdict on the certificate arrives with the first answer.
+            client.broker_info().await.map(|_| ())
+        }
+    };
+    connect("alice").await.unwrap();
+    let refused = |result: Result<(), Error>| match result {
+        // "… refused the client certificate: invalid peer certificate: Revoked"
+        Err(Error::Tls(message)) => {
+            message.contains("refused the client certificate")
+                && message.to_lowercase().contains("revoked")
+        }
+        _ => false,
+    };
+    let bob = connect("bob").await;
+    assert!(refused(bob.clone()), "bob is revoked: {bob:?}");
+
+    // Revoked while the broker runs: refused once the broker reads the list again.
+    cert(&["revoke", "alice", "--dir", certs_dir]);
+    cert(&["create", "carol", "--dir", certs_dir]);
+    broker.signal("HUP");
+    crate::harness::await_log(&log, "SIGHUP: reloaded", 1);
+    let alice = connect("alice").await;
+    assert!(refused(alice.clone()), "alice is revoked now: {alice:?}");
+    connect("carol").await.unwrap();
+
+    // A broken list: the reload fails and the list loaded before stays.
+    std::fs::write(
+        &crl,
+        "-----BEGIN X509 CRL-----\nbroken\n-----END X509 CRL-----\n",
+    )
+    .unwrap();
+    broker.signal("HUP");
+    let logged = crate::harness::await_log(&log, "TLS reload failed", 1);
+    assert!(logged.contains("tls_client_crl"), "{logged}");
+    assert!(refused(connect("alice").await));
+    connect("carol").await.unwrap();
+    assert!(broker.is_running());
+}

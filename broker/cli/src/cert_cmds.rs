@@ -16,6 +16,23 @@ pub enum CertCommand {
     /// in DIR: a client's (`--cert`, `--key`) or a broker's (`tls_cert`, `tls_key`,
     /// with `--host` for every name or address clients connect to it by).
     Create(CreateArgs),
+    /// Revoke DIR/NAME.pem: write DIR/crl.pem, a revocation list signed by the CA in
+    /// DIR naming it and every certificate revoked before. Brokers with
+    /// `tls_client_crl = "DIR/crl.pem"` refuse it at the handshake once they read
+    /// the list again (`kill -HUP`).
+    Revoke(RevokeArgs),
+}
+
+#[derive(Args)]
+pub struct RevokeArgs {
+    /// The certificate's name (DIR/NAME.pem), as given to `meridian cert create`.
+    name: String,
+    /// The directory of the CA (ca.pem, ca.key), the certificate and crl.pem.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// Days until the list's next update (brokers do not refuse a list past it).
+    #[arg(long, default_value_t = 365)]
+    days: u32,
 }
 
 #[derive(Args)]
@@ -53,7 +70,53 @@ pub fn run(command: CertCommand) -> anyhow::Result<()> {
     match command {
         CertCommand::CreateCa(args) => create_ca(args),
         CertCommand::Create(args) => create(args),
+        CertCommand::Revoke(args) => revoke(args),
     }
+}
+
+fn revoke(args: RevokeArgs) -> anyhow::Result<()> {
+    check_days(args.days)?;
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let cert = args.dir.join(format!("{}.pem", args.name));
+    let crl = args.dir.join("crl.pem");
+    let existing = match std::fs::read_to_string(&crl) {
+        Ok(pem) => Some(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("reading {}", crl.display())),
+    };
+    let revoked = meridian_server::tls::revoke(
+        &read(&cert)?,
+        existing.as_deref(),
+        &read(&args.dir.join("ca.pem"))?,
+        &read(&args.dir.join("ca.key"))?,
+        args.days,
+    )
+    .with_context(|| format!("revoking {}", cert.display()))?;
+    // Written whole under another name, then renamed: a broker reading the list
+    // meanwhile sees the old one or the new one, never half of one.
+    let partial = args.dir.join("crl.pem.partial");
+    std::fs::write(&partial, &revoked.crl_pem)
+        .with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, &crl).with_context(|| format!("writing {}", crl.display()))?;
+    let was = if revoked.already {
+        "was revoked already"
+    } else {
+        "revoked"
+    };
+    println!(
+        "{} (serial {}) {was}; {} lists {} certificate(s)",
+        cert.display(),
+        revoked.serial,
+        crl.display(),
+        revoked.listed
+    );
+    println!(
+        "Brokers: tls_client_crl = \"{}\", then kill -HUP each broker (or `meridian up`) to read it",
+        crl.display()
+    );
+    Ok(())
 }
 
 fn create_ca(args: CreateCaArgs) -> anyhow::Result<()> {

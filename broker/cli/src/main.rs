@@ -676,11 +676,11 @@ async fn reload_on_sighup(reloader: meridian_server::Reloader, args: ServeArgs) 
         match reloader.reload_tls() {
             Ok(fingerprint) => tracing::info!(
                 %fingerprint,
-                "SIGHUP: reloaded the TLS certificate, key and tls_client_ca"
+                "SIGHUP: reloaded the TLS certificate, key, tls_client_ca and tls_client_crl"
             ),
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
-                "SIGHUP: TLS reload failed; keeping the certificate and CAs loaded before"
+                "SIGHUP: TLS reload failed; keeping the certificate, CAs and revocation lists loaded before"
             ),
         }
         match reloader.reload_acl() {

@@ -508,8 +508,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                     })
                     .collect();
                 println!(
-                    "SIGHUP: passed on to {} (each re-reads its TLS certificate, key, \
-                     tls_client_ca, acl_file and client quotas)",
+                    "SIGHUP: passed on to {} (each re-reads its TLS certificate and key, \
+                     tls_client_ca, tls_client_crl, acl_file and client quotas)",
                     passed.join(", ")
                 );
             }

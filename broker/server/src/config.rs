@@ -66,6 +66,10 @@ pub struct BrokerConfig {
     /// present their own (`tls_cert`) to each other, so theirs must be signed by it
     /// too. Absent: clients are not asked for a certificate.
     pub tls_client_ca: Option<PathBuf>,
+    /// PEM file of certificate revocation lists (`meridian cert revoke` writes
+    /// one): a client certificate they name is refused at the handshake. Needs
+    /// `tls_client_ca`; re-read with it on SIGHUP. Absent: nothing is revoked.
+    pub tls_client_crl: Option<PathBuf>,
     /// TOML file of authorization rules: which client (by its certificate's common
     /// name) may do what to which topics, groups and the cluster. Needs
     /// `tls_client_ca`. Absent: every admitted client may do everything.
@@ -427,6 +431,7 @@ impl Default for BrokerConfig {
             tls_cert: None,
             tls_key: None,
             tls_client_ca: None,
+            tls_client_crl: None,
             acl_file: None,
             producer_byte_rate: 0,
             consumer_byte_rate: 0,
@@ -553,6 +558,13 @@ impl BrokerConfig {
         if self.kafka_tls && self.kafka_listen.is_none() {
             return Err(ConfigError::Invalid(
                 "kafka_tls needs kafka_listen: it is the Kafka listener that speaks TLS".into(),
+            ));
+        }
+        if self.tls_client_crl.is_some() && self.tls_client_ca.is_none() {
+            return Err(ConfigError::Invalid(
+                "tls_client_crl needs tls_client_ca: it revokes client certificates, which \
+                 only tls_client_ca asks for"
+                    .into(),
             ));
         }
         if self.acl_file.is_some() && self.tls_client_ca.is_none() {
@@ -993,6 +1005,10 @@ mod tests {
             ),
             ("worker_threads=1025", "worker_threads must be at most 1024"),
             ("acl_file=acl.toml", "acl_file needs tls_client_ca"),
+            (
+                "tls_client_crl=crl.pem",
+                "tls_client_crl needs tls_client_ca",
+            ),
             (
                 "client_quota.a.producer_byte_rate=1",
                 "unknown field `client_quota`",

@@ -494,10 +494,8 @@ fn quic_server_config(
     config: &BrokerConfig,
     identity: &tls::Identity,
 ) -> anyhow::Result<quinn::ServerConfig> {
-    let mut server_config = quinn::ServerConfig::with_crypto(tls::server_crypto(
-        identity,
-        config.tls_client_ca.as_deref(),
-    )?);
+    let mut server_config =
+        quinn::ServerConfig::with_crypto(tls::server_crypto(identity, client_check(config))?);
     server_config.transport_config(Arc::new(transport_config(config)?));
     Ok(server_config)
 }
@@ -510,7 +508,15 @@ fn kafka_tls_config(
     if !config.kafka_tls {
         return Ok(None);
     }
-    tls::kafka_server_config(identity, config.tls_client_ca.as_deref()).map(Some)
+    tls::kafka_server_config(identity, client_check(config)).map(Some)
+}
+
+/// `tls_client_ca` and `tls_client_crl`, when clients must present a certificate.
+fn client_check(config: &BrokerConfig) -> Option<tls::ClientCheck<'_>> {
+    config.tls_client_ca.as_deref().map(|ca| tls::ClientCheck {
+        ca,
+        crl: config.tls_client_crl.as_deref(),
+    })
 }
 
 /// Takes new settings while the broker serves (`meridian broker` does on SIGHUP):

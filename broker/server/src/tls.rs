@@ -88,14 +88,22 @@ pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     file.sync_all()
 }
 
+/// How client certificates are checked: against the CAs in `ca` (`tls_client_ca`),
+/// and with `crl` (`tls_client_crl`) against the revocation lists in that PEM file.
+#[derive(Clone, Copy, Debug)]
+pub struct ClientCheck<'a> {
+    pub ca: &'a Path,
+    pub crl: Option<&'a Path>,
+}
+
 /// A QUIC server config speaking ALPN `meridian/1` with this identity. With
-/// `client_ca` (a PEM file of CA certificates), clients must present a certificate
-/// one of those CAs signed.
+/// `client_check`, clients must present a certificate one of its CAs signed and
+/// its revocation lists do not name.
 pub fn server_crypto(
     identity: &Identity,
-    client_ca: Option<&Path>,
+    client_check: Option<ClientCheck<'_>>,
 ) -> anyhow::Result<Arc<quinn::crypto::rustls::QuicServerConfig>> {
-    let mut tls = server_tls(identity, client_ca, &[&rustls::version::TLS13])?;
+    let mut tls = server_tls(identity, client_check, &[&rustls::version::TLS13])?;
     tls.alpn_protocols = vec![meridian_wire::frame::ALPN.to_vec()];
     Ok(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(
         tls,
@@ -103,38 +111,41 @@ pub fn server_crypto(
 }
 
 /// The Kafka listener's TLS (`kafka_tls`): this identity, TLS 1.2 or 1.3 (Kafka's
-/// clients speak either), no ALPN, and with `client_ca` the same check of client
+/// clients speak either), no ALPN, and with `client_check` the same check of client
 /// certificates as the QUIC endpoint's.
 pub fn kafka_server_config(
     identity: &Identity,
-    client_ca: Option<&Path>,
+    client_check: Option<ClientCheck<'_>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
     let versions = [&rustls::version::TLS13, &rustls::version::TLS12];
-    Ok(Arc::new(server_tls(identity, client_ca, &versions)?))
+    Ok(Arc::new(server_tls(identity, client_check, &versions)?))
 }
 
 fn server_tls(
     identity: &Identity,
-    client_ca: Option<&Path>,
+    client_check: Option<ClientCheck<'_>>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> anyhow::Result<rustls::ServerConfig> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)?;
-    let builder = match client_ca {
+    let builder = match client_check {
         None => builder.with_no_client_auth(),
-        Some(path) => builder.with_client_cert_verifier(client_verifier(path, provider)?),
+        Some(check) => builder.with_client_cert_verifier(client_verifier(check, provider)?),
     };
     builder
         .with_single_cert(identity.certs.clone(), identity.key.clone_key())
         .context("certificate and key do not match")
 }
 
-/// The check of client certificates against the CAs in `path` (`tls_client_ca`).
+/// The check of client certificates against the CAs in `tls_client_ca` and the
+/// revocation lists in `tls_client_crl`. A certificate of a CA the lists do not
+/// cover passes (a region may revoke for one CA and not another).
 fn client_verifier(
-    path: &Path,
+    check: ClientCheck<'_>,
     provider: Arc<rustls::crypto::CryptoProvider>,
 ) -> anyhow::Result<Arc<dyn rustls::server::danger::ClientCertVerifier>> {
+    let path = check.ca;
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_file_iter(path)
         .with_context(|| format!("reading tls_client_ca {}", path.display()))?
@@ -150,10 +161,29 @@ fn client_verifier(
     if roots.is_empty() {
         anyhow::bail!("tls_client_ca {} holds no certificate", path.display());
     }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .with_context(|| format!("tls_client_ca {}", path.display()))?;
+    let mut builder =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
+    if let Some(crl) = check.crl {
+        let lists = rustls::pki_types::CertificateRevocationListDer::pem_file_iter(crl)
+            .with_context(|| format!("reading tls_client_crl {}", crl.display()))?
+            .collect::<Result<Vec<_>, _>>()
+            .with_context(|| format!("parsing tls_client_crl {}", crl.display()))?;
+        if lists.is_empty() {
+            anyhow::bail!(
+                "tls_client_crl {} holds no revocation list (`-----BEGIN X509 CRL-----`)",
+                crl.display()
+            );
+        }
+        builder = builder.with_crls(lists).allow_unknown_revocation_status();
+    }
+    let verifier = builder.build().with_context(|| match check.crl {
+        Some(crl) => format!(
+            "tls_client_ca {} with tls_client_crl {}",
+            path.display(),
+            crl.display()
+        ),
+        None => format!("tls_client_ca {}", path.display()),
+    })?;
     Ok(verifier)
 }
 
@@ -252,13 +282,7 @@ pub fn create_signed(
     ca_cert_pem: &str,
     ca_key_pem: &str,
 ) -> anyhow::Result<(String, String)> {
-    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).context("parsing the CA key")?;
-    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
-        .context("parsing the CA certificate")?;
-    if ca_params.is_ca == rcgen::IsCa::NoCa {
-        anyhow::bail!("that certificate is not a CA (no CA basic constraint)");
-    }
-    let ca = ca_params.self_signed(&ca_key)?;
+    let (ca, ca_key) = load_ca(ca_cert_pem, ca_key_pem)?;
     let mut params = rcgen::CertificateParams::new(hosts.to_vec())
         .context("a host is neither an IP address nor a DNS name")?;
     params.distinguished_name = common_name(name);
@@ -274,6 +298,110 @@ pub fn create_signed(
     // The CA's own certificate, as written by `create_ca`, completes the chain.
     let chain = format!("{}{}", cert.pem(), ca_cert_pem.trim_start());
     Ok((chain, key.serialize_pem()))
+}
+
+/// The CA of `meridian cert`, read back from its PEM certificate and key.
+fn load_ca(
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+) -> anyhow::Result<(rcgen::Certificate, rcgen::KeyPair)> {
+    let ca_key = rcgen::KeyPair::from_pem(ca_key_pem).context("parsing the CA key")?;
+    let ca_params = rcgen::CertificateParams::from_ca_cert_pem(ca_cert_pem)
+        .context("parsing the CA certificate")?;
+    if ca_params.is_ca == rcgen::IsCa::NoCa {
+        anyhow::bail!("that certificate is not a CA (no CA basic constraint)");
+    }
+    let ca = ca_params.self_signed(&ca_key)?;
+    Ok((ca, ca_key))
+}
+
+/// What [`revoke`] made.
+pub struct Revoked {
+    /// The new revocation list, PEM.
+    pub crl_pem: String,
+    /// The certificate's serial number, as hex.
+    pub serial: String,
+    /// Whether the list it replaces named the certificate already.
+    pub already: bool,
+    /// How many certificates the new list names.
+    pub listed: usize,
+}
+
+/// `meridian cert revoke`: a certificate revocation list signed by the CA, naming
+/// the certificate in `cert_pem` (the first of its chain) and every certificate
+/// `existing_crl_pem` named, valid for `days`; brokers check client certificates
+/// against it (`tls_client_crl`).
+pub fn revoke(
+    cert_pem: &str,
+    existing_crl_pem: Option<&str>,
+    ca_cert_pem: &str,
+    ca_key_pem: &str,
+    days: u32,
+) -> anyhow::Result<Revoked> {
+    let (ca, ca_key) = load_ca(ca_cert_pem, ca_key_pem)?;
+    let leaf = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .context("no certificate in the file")?
+        .context("parsing the certificate")?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
+    let ca_der = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
+        .next()
+        .context("no certificate in the CA file")??;
+    let (_, ca_cert) = x509_parser::parse_x509_certificate(ca_der.as_ref())
+        .map_err(|e| anyhow::anyhow!("parsing the CA certificate: {e}"))?;
+    if cert.issuer() != ca_cert.subject() {
+        anyhow::bail!(
+            "the certificate was signed by `{}`, not by this CA (`{}`)",
+            cert.issuer(),
+            ca_cert.subject()
+        );
+    }
+    let serial = cert.raw_serial().to_vec();
+    let now = time::OffsetDateTime::now_utc();
+    let mut revoked = Vec::new();
+    if let Some(pem) = existing_crl_pem {
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+            .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
+        let (_, list) = x509_parser::parse_x509_crl(der.as_ref())
+            .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
+        for r in list.iter_revoked_certificates() {
+            revoked.push(rcgen::RevokedCertParams {
+                serial_number: rcgen::SerialNumber::from_slice(r.raw_serial()),
+                revocation_time: r.revocation_date.to_datetime(),
+                reason_code: None,
+                invalidity_date: None,
+            });
+        }
+    }
+    let already = revoked
+        .iter()
+        .any(|r| r.serial_number == rcgen::SerialNumber::from_slice(&serial));
+    if !already {
+        revoked.push(rcgen::RevokedCertParams {
+            serial_number: rcgen::SerialNumber::from_slice(&serial),
+            revocation_time: now,
+            reason_code: None,
+            invalidity_date: None,
+        });
+    }
+    let listed = revoked.len();
+    let params = rcgen::CertificateRevocationListParams {
+        this_update: now - time::Duration::minutes(5),
+        next_update: now + time::Duration::days(i64::from(days)),
+        // Seconds since the epoch: each new list numbers above the one before.
+        crl_number: rcgen::SerialNumber::from_slice(&now.unix_timestamp().to_be_bytes()),
+        issuing_distribution_point: None,
+        revoked_certs: revoked,
+        key_identifier_method: rcgen::KeyIdMethod::Sha256,
+    };
+    let crl = params.signed_by(&ca, &ca_key)?;
+    Ok(Revoked {
+        crl_pem: crl.pem()?,
+        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        already,
+        listed,
+    })
 }
 
 fn common_name(name: &str) -> rcgen::DistinguishedName {
@@ -298,6 +426,38 @@ mod tests {
             .next()
             .unwrap()
             .unwrap()
+    }
+
+    /// A revocation list keeps what the one before it named; a certificate of
+    /// another CA cannot be revoked by this one.
+    #[test]
+    fn revocation_lists_grow_and_name_only_their_cas_certificates() {
+        let (ca_pem, ca_key) = create_ca(None, 30).unwrap();
+        let (other_pem, other_key) = create_ca(None, 30).unwrap();
+        let (alice, _) = create_signed("alice", &[], 30, &ca_pem, &ca_key).unwrap();
+        let (bob, _) = create_signed("bob", &[], 30, &ca_pem, &ca_key).unwrap();
+        let (mallory, _) = create_signed("mallory", &[], 30, &other_pem, &other_key).unwrap();
+        let first = revoke(&alice, None, &ca_pem, &ca_key, 30).unwrap();
+        assert_eq!((first.already, first.listed), (false, 1));
+        let again = revoke(&alice, Some(&first.crl_pem), &ca_pem, &ca_key, 30).unwrap();
+        assert_eq!((again.already, again.listed), (true, 1));
+        let both = revoke(&bob, Some(&again.crl_pem), &ca_pem, &ca_key, 30).unwrap();
+        assert_eq!((both.already, both.listed), (false, 2));
+        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(
+            both.crl_pem.as_bytes(),
+        )
+        .unwrap();
+        let (_, list) = x509_parser::parse_x509_crl(der.as_ref()).unwrap();
+        let serials: Vec<String> = list
+            .iter_revoked_certificates()
+            .map(|r| r.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+            .collect();
+        assert_eq!(serials, [first.serial, both.serial]);
+        let refused = revoke(&mallory, None, &ca_pem, &ca_key, 30).err().unwrap();
+        assert!(
+            format!("{refused:#}").contains("not by this CA"),
+            "{refused:#}"
+        );
     }
 
     #[test]
@@ -327,8 +487,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let ca_file = dir.path().join("ca.pem");
         std::fs::write(&ca_file, &ca_pem).unwrap();
+        let check = ClientCheck {
+            ca: &ca_file,
+            crl: None,
+        };
         let verifier =
-            client_verifier(&ca_file, Arc::new(rustls::crypto::ring::default_provider())).unwrap();
+            client_verifier(check, Arc::new(rustls::crypto::ring::default_provider())).unwrap();
         let now = rustls::pki_types::UnixTime::now();
         assert!(verifier
             .verify_client_cert(&certs[0], &certs[1..], now)
