@@ -1002,17 +1002,20 @@ fn kafka_clients_connect_over_tls() {
 /// `kafka_tls` with `tls_client_ca`: a Kafka client's certificate names it to
 /// `acl_file` as on the QUIC endpoint, so alice works in `alice.*` and is refused
 /// elsewhere (with Kafka's authorization errors, also for requests refused whole);
-/// a Kafka client without a certificate is refused at the handshake,
-/// which the broker counts.
+/// a Kafka client without a certificate, or with a revoked one (`tls_client_crl`),
+/// is refused at the handshake, which the broker counts.
 #[test]
 fn kafka_clients_are_named_by_their_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    crate::tls::ca_with(&certs, &["alice"]);
+    crate::tls::ca_with(&certs, &["alice", "mallory"]);
+    // Mallory's certificate is revoked: the rules would let it write, the
+    // revocation list stops it at the handshake.
+    crate::tls::cert(&["revoke", "mallory", "--dir", certs.to_str().unwrap()]);
     let acl_file = dir.path().join("acl.toml");
     std::fs::write(
         &acl_file,
-        "[[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ntopics = [\"alice.*\"]\n\
+        "[[allow]]\nprincipals = [\"alice\", \"mallory\"]\noperations = [\"all\"]\ntopics = [\"alice.*\"]\n\
          [[allow]]\nprincipals = [\"alice\"]\noperations = [\"all\"]\ngroups = [\"alice.*\"]\n",
     )
     .unwrap();
@@ -1020,6 +1023,7 @@ fn kafka_clients_are_named_by_their_certificates() {
     let (broker, addr) = kafka_broker(&[
         "kafka_tls=true",
         &format!("tls_client_ca={}", certs.join("ca.pem").display()),
+        &format!("tls_client_crl={}", certs.join("crl.pem").display()),
         &format!("acl_file={}", acl_file.display()),
         &format!("metrics_listen={metrics}"),
     ]);
@@ -1070,11 +1074,20 @@ fn kafka_clients_are_named_by_their_certificates() {
     );
     let anonymous = run(["-", "-"], "produce", "alice.orders").unwrap();
     assert_ne!(anonymous["result"], "ok", "{anonymous}");
+    let refusals = crate::metrics::value(
+        &crate::metrics::scrape(&metrics),
+        "meridian_client_certificates_refused_total",
+    );
+    assert!(refusals >= 1.0);
+    let (cert, key) = (certs.join("mallory.pem"), certs.join("mallory.key"));
+    let mallory = [cert.to_str().unwrap(), key.to_str().unwrap()];
+    let revoked = run(mallory, "produce", "alice.orders").unwrap();
+    assert_ne!(revoked["result"], "ok", "{revoked}");
     assert!(
         crate::metrics::value(
             &crate::metrics::scrape(&metrics),
             "meridian_client_certificates_refused_total"
-        ) >= 1.0
+        ) > refusals
     );
 }
 
