@@ -896,8 +896,9 @@ fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
 
 /// `meridian bench kafka-produce` produces over the Kafka protocol, here over TLS
 /// (`--ca`): every record it reports is in the topic, spread over its partitions, in
-/// as many requests as it counts; refused by the broker (plain TCP to a TLS
-/// listener, or `--acks 0`), it fails and says why.
+/// as many requests as it counts; `kafka-consume` reads them back; refused by the
+/// broker (plain TCP to a TLS listener, or `--acks 0`), the bench fails and says
+/// why.
 #[test]
 fn bench_kafka_produce_stores_every_record_it_reports() {
     let (broker, addr) = kafka_broker(&["kafka_tls=true"]);
@@ -944,6 +945,36 @@ fn bench_kafka_produce_stores_every_record_it_reports() {
         .map(|p| p["high_watermark"].as_u64().unwrap())
         .collect();
     assert_eq!(ends, [750, 750, 750, 750]);
+
+    // kafka-consume fills the topic with as many again, then reads that many from
+    // its start: the 3000 above first. Fetches of at most 2000 bytes a partition
+    // end inside batches, which the next fetch returns whole.
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["bench", "kafka-consume", "--kafka", &addr, "--json"])
+        .args(["--ca", ca.to_str().unwrap(), "--records", "6000"])
+        .args([
+            "--record-size",
+            "100",
+            "--partitions",
+            "4",
+            "--batch-size",
+            "1000",
+        ])
+        .args(["--max-partition-fetch-bytes", "2000"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(summary["bench"], "kafka-consume", "{summary}");
+    assert_eq!(summary["records"], 6000, "{summary}");
+    assert_eq!(summary["bytes"], 600_000, "{summary}");
+    // A fetch brings at most one whole 10-record batch of each of the 4 partitions.
+    assert!(summary["requests"].as_u64().unwrap() >= 150, "{summary}");
 
     let plain = bench(&[]);
     let stderr = String::from_utf8_lossy(&plain.stderr);

@@ -63,7 +63,11 @@ pub enum BenchCommand {
     /// client's producer does (`batch.size` batches per partition, one request per
     /// broker carrying a batch for each partition it leads, requests in flight):
     /// throughput, request latency and CPU, to set against `bench produce`.
-    KafkaProduce(kafka::KafkaProduceArgs),
+    KafkaProduce(kafka::KafkaLoadArgs),
+    /// Fill a topic over the Kafka protocol (untimed), then fetch it from the start
+    /// as a Kafka consumer does (one fetch at a time to each leader, every batch's
+    /// CRC checked and its records decoded), to set against `bench consume`.
+    KafkaConsume(kafka::KafkaLoadArgs),
 }
 
 #[path = "bench_kafka.rs"]
@@ -128,7 +132,9 @@ pub fn client_threads(cmd: &BenchCommand, cores: usize) -> usize {
             args.broker.threads(cores).0
         }
         BenchCommand::Rebalance(args) => args.broker.threads(cores).0,
-        BenchCommand::KafkaProduce(args) => args.threads(cores).0,
+        BenchCommand::KafkaProduce(args) | BenchCommand::KafkaConsume(args) => {
+            args.threads(cores).0
+        }
         _ => cores.max(1),
     }
 }
@@ -319,7 +325,8 @@ async fn run_bench(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Plugin(args) => plugin::run(args).await,
         BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
         BenchCommand::Ratio(args) => crate::bench_ratio::run(args).await,
-        BenchCommand::KafkaProduce(args) => kafka::run(args).await,
+        BenchCommand::KafkaProduce(args) => kafka::produce(args).await,
+        BenchCommand::KafkaConsume(args) => kafka::consume(args).await,
     }
 }
 
@@ -784,7 +791,7 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
         "{} records {}, {:.1} records/sec ({:.2} MiB/sec)",
         result.records,
         match result.bench {
-            "consume" => "consumed",
+            "consume" | "kafka-consume" => "consumed",
             _ => "sent",
         },
         result.records_per_sec,
@@ -797,7 +804,7 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
         ));
     }
     let kind = match result.bench {
-        "consume" => "fetch",
+        "consume" | "kafka-consume" => "fetch",
         _ => "produce",
     };
     if !line.ends_with('.') {

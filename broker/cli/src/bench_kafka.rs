@@ -16,11 +16,13 @@ use bytes::{BufMut, Bytes, BytesMut};
 use clap::Args;
 use hdrhistogram::Histogram;
 use indicatif::ProgressBar;
-use kafka_protocol::error::ParseResponseErrorCode;
+use kafka_protocol::error::{ParseResponseErrorCode, ResponseError};
 use kafka_protocol::messages::{self as k, ApiKey, TopicName};
 use kafka_protocol::protocol::{Decodable, Encodable, HeaderVersion, StrBytes};
 use meridian_client::{Acks, Compression};
-use meridian_wire::batch::{encode_batch, NewRecord, ProducerIdentity};
+use meridian_wire::batch::{
+    decode_records, encode_batch, BatchHeader, NewRecord, ProducerIdentity,
+};
 use tokio::io::{
     AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadHalf, WriteHalf,
 };
@@ -30,12 +32,13 @@ use super::{cores, payloads, progress, report, ChildBroker, CpuClock, LoadResult
 
 const PRODUCE_VERSION: i16 = 9;
 const METADATA_VERSION: i16 = 9;
+const FETCH_VERSION: i16 = 12;
 const CREATE_TOPICS_VERSION: i16 = 5;
 /// How long the bench waits for any one answer before it gives up on the broker.
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Args, Clone)]
-pub struct KafkaProduceArgs {
+pub struct KafkaLoadArgs {
     /// A running broker's Kafka listener (`host:port`; its cluster's other brokers
     /// are found through it). Without it the bench starts one broker with a Kafka
     /// listener on a free port.
@@ -71,6 +74,13 @@ pub struct KafkaProduceArgs {
     /// Fraction of each payload that is random (the rest compresses away).
     #[arg(long, default_value_t = 1.0)]
     pub randomness: f64,
+    /// kafka-consume: bytes one fetch may return in all (Kafka's `fetch.max.bytes`).
+    #[arg(long, default_value_t = 52_428_800)]
+    pub fetch_max_bytes: i32,
+    /// kafka-consume: bytes one fetch may return of each partition (Kafka's
+    /// `max.partition.fetch.bytes`).
+    #[arg(long, default_value_t = 1_048_576)]
+    pub max_partition_fetch_bytes: i32,
     /// Print one JSON object instead of the summary line.
     #[arg(long)]
     pub json: bool,
@@ -92,7 +102,7 @@ pub struct KafkaProduceArgs {
     pub broker_set: Vec<String>,
 }
 
-impl KafkaProduceArgs {
+impl KafkaLoadArgs {
     /// Worker threads for the bench's runtime, and for the broker it starts (`None`
     /// when it starts none): half the cores each, as `bench produce` splits them.
     pub fn threads(&self, cores: usize) -> (usize, Option<usize>) {
@@ -106,7 +116,18 @@ impl KafkaProduceArgs {
     }
 }
 
-pub async fn run(args: KafkaProduceArgs) -> anyhow::Result<()> {
+/// The broker (started, or given with `--kafka`), how to reach it, and who leads
+/// the topic's partitions, the topic created if need be.
+struct Setup {
+    child: Option<ChildBroker>,
+    /// The data dir of the broker the bench started (after `child`: dropped once the
+    /// broker is gone).
+    _data_dir: Option<tempfile::TempDir>,
+    tls: Option<Arc<rustls::ClientConfig>>,
+    leaders: BTreeMap<String, Vec<i32>>,
+}
+
+async fn setup(args: &KafkaLoadArgs) -> anyhow::Result<Setup> {
     if args.acks == Acks::None {
         bail!(
             "--acks 0: a broker answers no acks=0 produce request, so the bench could not \
@@ -151,40 +172,29 @@ pub async fn run(args: KafkaProduceArgs) -> anyhow::Result<()> {
         _ => None,
     };
     let tls = ca.as_deref().map(tls_config).transpose()?;
-    let mut setup = Connection::open(&bootstrap, tls.clone()).await?;
-    ensure_topic(&mut setup, &args.topic, args.partitions).await?;
-    let leaders = leaders(&mut setup, &args.topic).await?;
-    drop(setup);
+    let mut conn = Connection::open(&bootstrap, tls.clone()).await?;
+    ensure_topic(&mut conn, &args.topic, args.partitions).await?;
+    let leaders = leaders(&mut conn, &args.topic).await?;
+    Ok(Setup {
+        child,
+        _data_dir: data_dir,
+        tls,
+        leaders,
+    })
+}
 
-    let per_batch = (args.batch_size / args.record_size).max(1);
-    let load = Arc::new(Load {
-        target: args.duration.is_none().then_some(args.records),
-        claimed: AtomicU64::new(0),
-        payloads: payloads(args.record_size, args.randomness),
-        per_batch,
-        args: args.clone(),
-    });
-    let bar = progress(load.target, "kafka-produce");
-    let cpu = CpuClock::start(&child);
+pub async fn produce(args: KafkaLoadArgs) -> anyhow::Result<()> {
+    let setup = setup(&args).await?;
+    let target = args.duration.is_none().then_some(args.records);
+    let bar = progress(target, "kafka-produce");
+    let cpu = CpuClock::start(&setup.child);
     let started = Instant::now();
     let deadline = args
         .duration
         .map(|secs| started + Duration::from_secs_f64(secs));
-    let mut tasks = tokio::task::JoinSet::new();
-    for (addr, partitions) in leaders {
-        let (load, bar, tls) = (load.clone(), bar.clone(), tls.clone());
-        tasks.spawn(async move {
-            let conn = Connection::open(&addr, tls).await?;
-            produce_to(conn, &addr, partitions, &load, deadline, &bar).await
-        });
-    }
-    let mut outcome = Outcome::new()?;
-    while let Some(done) = tasks.join_next().await {
-        outcome.add(done??)?;
-    }
-    let elapsed = started.elapsed();
+    let outcome = produce_all(&setup, &args, target, deadline, &bar).await?;
+    let seconds = started.elapsed().as_secs_f64();
     bar.finish_and_clear();
-    let seconds = elapsed.as_secs_f64();
     report(
         &LoadResult::new(
             "kafka-produce",
@@ -198,6 +208,186 @@ pub async fn run(args: KafkaProduceArgs) -> anyhow::Result<()> {
     )
 }
 
+/// Produces `target` records (or until `deadline`) over one connection to each
+/// leader.
+async fn produce_all(
+    setup: &Setup,
+    args: &KafkaLoadArgs,
+    target: Option<u64>,
+    deadline: Option<Instant>,
+    bar: &ProgressBar,
+) -> anyhow::Result<Outcome> {
+    let load = Arc::new(Load {
+        target,
+        claimed: AtomicU64::new(0),
+        payloads: payloads(args.record_size, args.randomness),
+        per_batch: (args.batch_size / args.record_size).max(1),
+        args: args.clone(),
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    for (addr, partitions) in setup.leaders.clone() {
+        let (load, bar, tls) = (load.clone(), bar.clone(), setup.tls.clone());
+        tasks.spawn(async move {
+            let conn = Connection::open(&addr, tls).await?;
+            produce_to(conn, &addr, partitions, &load, deadline, &bar).await
+        });
+    }
+    let mut outcome = Outcome::new()?;
+    while let Some(done) = tasks.join_next().await {
+        outcome.add(done??)?;
+    }
+    Ok(outcome)
+}
+
+/// Fills the topic with `--records` records (untimed), then reads that many from
+/// its start, one fetch at a time to each leader, as a Kafka consumer does.
+pub async fn consume(args: KafkaLoadArgs) -> anyhow::Result<()> {
+    if args.duration.is_some() {
+        bail!("kafka-consume reads --records records; --duration is kafka-produce's");
+    }
+    let setup = setup(&args).await?;
+    let fill = progress(Some(args.records), "fill         ");
+    produce_all(&setup, &args, Some(args.records), None, &fill).await?;
+    fill.finish_and_clear();
+    let bar = progress(Some(args.records), "kafka-consume");
+    let consumed = Arc::new(AtomicU64::new(0));
+    let cpu = CpuClock::start(&setup.child);
+    let started = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (addr, partitions) in setup.leaders.clone() {
+        let (bar, tls, consumed) = (bar.clone(), setup.tls.clone(), consumed.clone());
+        let args = args.clone();
+        tasks.spawn(async move {
+            let conn = Connection::open(&addr, tls).await?;
+            fetch_from(conn, partitions, &args, &consumed, &bar).await
+        });
+    }
+    let (mut bytes, mut requests) = (0, 0);
+    while let Some(done) = tasks.join_next().await {
+        let (b, r) = done??;
+        bytes += b;
+        requests += r;
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    bar.finish_and_clear();
+    let records = consumed.load(Ordering::Relaxed);
+    report(
+        &LoadResult::new(
+            "kafka-consume",
+            (records, bytes),
+            seconds,
+            None,
+            requests,
+            &cpu,
+        ),
+        args.json,
+    )
+}
+
+/// Fetches `partitions` from their start until `consumed` (shared by every
+/// connection) reaches `--records` or they hold no more; returns the bytes of record
+/// values read and the fetches sent. Each batch's CRC is checked and its records
+/// decoded, as a Kafka consumer's are.
+async fn fetch_from(
+    mut conn: Connection,
+    partitions: Vec<i32>,
+    args: &KafkaLoadArgs,
+    consumed: &AtomicU64,
+    bar: &ProgressBar,
+) -> anyhow::Result<(u64, u64)> {
+    let mut next: BTreeMap<i32, i64> = partitions.iter().map(|&p| (p, 0)).collect();
+    let mut high: BTreeMap<i32, i64> = BTreeMap::new();
+    let (mut bytes, mut requests) = (0u64, 0u64);
+    let name = TopicName(StrBytes::from_string(args.topic.clone()));
+    while consumed.load(Ordering::Relaxed) < args.records {
+        let wanted: Vec<i32> = next
+            .iter()
+            .filter(|(p, offset)| high.get(*p).is_none_or(|h| **offset < *h))
+            .map(|(p, _)| *p)
+            .collect();
+        if wanted.is_empty() {
+            break;
+        }
+        let request = k::FetchRequest::default()
+            .with_replica_id(k::BrokerId(-1))
+            .with_max_wait_ms(500)
+            .with_min_bytes(1)
+            .with_max_bytes(args.fetch_max_bytes)
+            .with_session_id(0)
+            .with_session_epoch(-1)
+            .with_topics(vec![k::fetch_request::FetchTopic::default()
+                .with_topic(name.clone())
+                .with_partitions(
+                    wanted
+                        .iter()
+                        .map(|p| {
+                            k::fetch_request::FetchPartition::default()
+                                .with_partition(*p)
+                                .with_fetch_offset(next[p])
+                                .with_partition_max_bytes(args.max_partition_fetch_bytes)
+                        })
+                        .collect(),
+                )]);
+        let answer: k::FetchResponse = conn.call(ApiKey::Fetch, FETCH_VERSION, &request).await?;
+        requests += 1;
+        for t in &answer.responses {
+            for p in &t.partitions {
+                let partition = p.partition_index;
+                // Retention removed the start of the log: read from where it starts.
+                if p.error_code.err() == Some(ResponseError::OffsetOutOfRange)
+                    && p.log_start_offset > next[&partition]
+                {
+                    next.insert(partition, p.log_start_offset);
+                    continue;
+                }
+                if p.error_code != 0 {
+                    bail!(
+                        "{}/{partition}: the broker answered {:?}",
+                        args.topic,
+                        p.error_code.err()
+                    );
+                }
+                high.insert(partition, p.high_watermark);
+                let Some(records) = &p.records else { continue };
+                let from = next[&partition];
+                let (count, read, last) = read_batches(records, from)?;
+                if let Some(last) = last {
+                    next.insert(partition, last + 1);
+                }
+                bytes += read;
+                consumed.fetch_add(count, Ordering::Relaxed);
+                bar.inc(count);
+            }
+        }
+    }
+    Ok((bytes, requests))
+}
+
+/// The records at or past `from` in the whole batches of `records` (a fetch may end
+/// inside one, which the next fetch returns whole), the bytes of their values, and
+/// the last offset of the last whole batch.
+fn read_batches(records: &Bytes, from: i64) -> anyhow::Result<(u64, u64, Option<i64>)> {
+    let (mut count, mut bytes, mut last) = (0u64, 0u64, None);
+    let mut at = 0;
+    while let Ok(header) = BatchHeader::parse(&records[at..]) {
+        let end = at + header.total_len();
+        if end > records.len() {
+            break;
+        }
+        let batch = records.slice(at..end);
+        header.validate(&batch)?;
+        for record in decode_records(&header, &batch)? {
+            if record.offset >= from {
+                count += 1;
+                bytes += record.value.map_or(0, |v| v.len() as u64);
+            }
+        }
+        last = Some(header.last_offset());
+        at = end;
+    }
+    Ok((count, bytes, last))
+}
+
 /// What every connection draws its records from.
 struct Load {
     /// Records to send in all; `None` until the deadline.
@@ -205,7 +395,7 @@ struct Load {
     claimed: AtomicU64,
     payloads: Vec<Bytes>,
     per_batch: usize,
-    args: KafkaProduceArgs,
+    args: KafkaLoadArgs,
 }
 
 impl Load {
@@ -413,8 +603,7 @@ async fn ensure_topic(conn: &mut Connection, topic: &str, partitions: u32) -> an
         .await?;
     for t in &answer.topics {
         let code = t.error_code;
-        if code != 0 && code.err() != Some(kafka_protocol::error::ResponseError::TopicAlreadyExists)
-        {
+        if code != 0 && code.err() != Some(ResponseError::TopicAlreadyExists) {
             let why = t.error_message.as_ref().map_or("", |m| m.as_str());
             bail!("creating topic {topic}: {:?} {why}", code.err());
         }
