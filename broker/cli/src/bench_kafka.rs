@@ -488,7 +488,10 @@ async fn produce_to(
                 correlation += 1;
                 correlation
             })?;
+            // Flushed: over TLS the end of the frame may wait in the session's
+            // buffer otherwise, and the broker for it.
             write.write_all(&frame).await?;
+            write.flush().await?;
             unanswered.push_back(Sent {
                 correlation,
                 at: Instant::now(),
@@ -736,6 +739,7 @@ impl Connection {
         self.correlation += 1;
         let frame = frame(api, version, self.correlation, request)?;
         self.write.write_all(&frame).await?;
+        self.write.flush().await?;
         let mut body =
             read_frame(&mut self.read, api, version, self.correlation, &self.addr).await?;
         Resp::decode(&mut body, version)

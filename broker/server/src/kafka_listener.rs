@@ -231,7 +231,7 @@ async fn connection(
                     return;
                 }
             };
-            if let Err(e) = writer.write_all(&frame).await {
+            if let Err(e) = send(&mut writer, &frame).await {
                 tracing::debug!(error = %e, "Kafka client went away");
                 return;
             }
@@ -391,6 +391,15 @@ enum Fault {
     Io(#[from] std::io::Error),
 }
 
+/// Writes one response frame out, all of it: over TLS, `write_all` may leave the
+/// end of it encrypted in the TLS session's buffer when the socket is full, and a
+/// client waiting for that end sends nothing that would push it out. The flush
+/// does (over plain TCP it does nothing).
+async fn send(writer: &mut (impl AsyncWrite + Unpin), frame: &[u8]) -> std::io::Result<()> {
+    writer.write_all(frame).await?;
+    writer.flush().await
+}
+
 /// Reads one size-prefixed request frame; `None` when the client closed the
 /// connection between frames. The size is checked before anything is allocated.
 async fn read_frame(
@@ -418,4 +427,48 @@ async fn read_frame(
         .await
         .map_err(|_| Fault::Idle)??;
     Ok(Some(frame.freeze()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A response larger than what the connection buffers reaches a TLS client
+    /// whole, though the client sends nothing more until it has it.
+    #[tokio::test]
+    async fn a_large_response_reaches_a_tls_client_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let identity = crate::tls::load_or_generate(
+            &dir.path().join("cert.pem"),
+            &dir.path().join("key.pem"),
+            &[],
+        )
+        .unwrap();
+        let server = crate::tls::kafka_server_config(&identity, None).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(identity.certs[0].clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        // A pipe that holds 4 KiB: the socket of a client slower than the broker.
+        let (near, far) = tokio::io::duplex(4096);
+        let accept = tokio_rustls::TlsAcceptor::from(server).accept(near);
+        let connect = tokio_rustls::TlsConnector::from(Arc::new(client))
+            .connect("localhost".try_into().unwrap(), far);
+        let (broker, mut client) = tokio::join!(accept, connect);
+        let (mut broker, client) = (broker.unwrap(), client.as_mut().unwrap());
+        let frame: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
+        let written = tokio::spawn(async move { send(&mut broker, &frame).await.map(|()| broker) });
+        let mut read = vec![0u8; 1_000_000];
+        tokio::time::timeout(Duration::from_secs(10), client.read_exact(&mut read))
+            .await
+            .expect("the whole response arrives")
+            .unwrap();
+        assert!(read.iter().enumerate().all(|(i, b)| *b == i as u8));
+        let _broker = written.await.unwrap().unwrap();
+    }
 }
