@@ -58,13 +58,18 @@ async fn trust_by_fingerprint_or_certificate_and_refuse_impostors() {
     );
 }
 
-/// Runs `meridian cert ARGS` and insists it succeeds.
-pub fn cert(args: &[&str]) {
-    let out = std::process::Command::new(crate::harness::meridian_bin())
+/// Runs `meridian cert ARGS`.
+fn cert_output(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(crate::harness::meridian_bin())
         .arg("cert")
         .args(args)
         .output()
-        .expect("run meridian cert");
+        .expect("run meridian cert")
+}
+
+/// Runs `meridian cert ARGS` and insists it succeeds.
+pub fn cert(args: &[&str]) {
+    let out = cert_output(args);
     assert!(
         out.status.success(),
         "meridian cert {args:?}: {}",
@@ -216,13 +221,7 @@ fn cert_refuses_to_overwrite_or_to_sign_without_a_ca() {
     let certs = dir.path().join("certs");
     ca_with(&certs, &["alice"]);
     let before = std::fs::read(certs.join("alice.key")).unwrap();
-    let run = |args: &[&str]| {
-        std::process::Command::new(crate::harness::meridian_bin())
-            .arg("cert")
-            .args(args)
-            .output()
-            .unwrap()
-    };
+    let run = cert_output;
     let certs_dir = certs.to_str().unwrap();
     for args in [
         vec!["create-ca", "--dir", certs_dir],
@@ -397,4 +396,53 @@ async fn revoked_client_certificates_are_refused() {
     assert!(refused(connect("alice").await));
     connect("carol").await.unwrap();
     assert!(broker.is_running());
+}
+
+/// `meridian cert list` shows each certificate of the CA's directory with its
+/// status: the CA, valid, revoked (by `crl.pem`) or signed by another CA; `cert
+/// revoke` refuses a certificate another CA signed.
+#[test]
+fn cert_list_shows_what_is_valid_revoked_or_foreign() {
+    let dir = tempfile::tempdir().unwrap();
+    let (certs, other) = (dir.path().join("certs"), dir.path().join("other"));
+    ca_with(&certs, &["alice", "bob"]);
+    ca_with(&other, &["eve"]);
+    std::fs::copy(other.join("eve.pem"), certs.join("eve.pem")).unwrap();
+    let certs_dir = certs.to_str().unwrap();
+    let run = cert_output;
+    let listed = run(&["list", "--dir", certs_dir]);
+    let text = String::from_utf8_lossy(&listed.stdout);
+    assert!(text.contains("nothing revoked"), "{text}");
+    cert(&["revoke", "bob", "--dir", certs_dir]);
+    let foreign = run(&["revoke", "eve", "--dir", certs_dir]);
+    let stderr = String::from_utf8_lossy(&foreign.stderr);
+    assert!(
+        !foreign.status.success() && stderr.contains("not by this CA"),
+        "{stderr}"
+    );
+    let listed = run(&["list", "--dir", certs_dir, "--json"]);
+    assert!(listed.status.success());
+    let json: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    let status = |file: &str| -> String {
+        json["certificates"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["file"] == file)
+            .unwrap_or_else(|| panic!("{file} not listed: {json}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(status("ca"), "CA");
+    assert_eq!(status("alice"), "valid");
+    assert!(status("bob").starts_with("revoked 20"), "{json}");
+    assert!(
+        status("eve").starts_with("signed by CN=Meridian CA"),
+        "{json}"
+    );
+    assert_eq!(json["revoked"], 1);
+    assert!(json["crl_next_update"].is_string(), "{json}");
+    let days = json["certificates"][0]["days_left"].as_i64().unwrap();
+    assert!((820..=825).contains(&days), "{json}");
 }

@@ -21,6 +21,20 @@ pub enum CertCommand {
     /// `tls_client_crl = "DIR/crl.pem"` refuse it at the handshake once they read
     /// the list again (`kill -HUP`).
     Revoke(RevokeArgs),
+    /// The certificates in DIR (every NAME.pem): whom each names, its serial, when it
+    /// expires, and whether it is the CA, valid, expired, revoked (by DIR/crl.pem) or
+    /// signed by another CA.
+    List(ListArgs),
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    /// The directory of the CA and its certificates.
+    #[arg(long, default_value = "certs")]
+    dir: PathBuf,
+    /// One JSON object instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -71,7 +85,121 @@ pub fn run(command: CertCommand) -> anyhow::Result<()> {
         CertCommand::CreateCa(args) => create_ca(args),
         CertCommand::Create(args) => create(args),
         CertCommand::Revoke(args) => revoke(args),
+        CertCommand::List(args) => list(args),
     }
+}
+
+fn list(args: ListArgs) -> anyhow::Result<()> {
+    use meridian_server::tls::{certificate_info, hex, revocation_list};
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))
+    };
+    let ca = certificate_info(&read(&args.dir.join("ca.pem"))?)
+        .with_context(|| format!("{}", args.dir.join("ca.pem").display()))?;
+    let crl_path = args.dir.join("crl.pem");
+    let (revoked, next_update): (Vec<(String, String)>, _) = if crl_path.exists() {
+        let list = revocation_list(&read(&crl_path)?)
+            .with_context(|| format!("{}", crl_path.display()))?;
+        let revoked = list
+            .revoked
+            .iter()
+            .map(|r| (hex(&r.serial), r.revoked_at.date().to_string()))
+            .collect();
+        (revoked, list.next_update.map(|t| t.date().to_string()))
+    } else {
+        (Vec::new(), None)
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&args.dir)
+        .with_context(|| format!("reading {}", args.dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "pem") && *p != crl_path)
+        .collect();
+    files.sort();
+    let mut rows = Vec::new();
+    for path in &files {
+        let file = path
+            .file_stem()
+            .map_or(String::new(), |s| s.to_string_lossy().into_owned());
+        let info = match certificate_info(&read(path)?) {
+            Ok(info) => info,
+            Err(e) => {
+                eprintln!("{}: {e:#}; left out", path.display());
+                continue;
+            }
+        };
+        let revoked_on = revoked.iter().find(|(s, _)| *s == info.serial);
+        let status = if info.is_ca && info.serial == ca.serial {
+            "CA".to_string()
+        } else if info.issuer != ca.subject {
+            format!("signed by {}", info.issuer)
+        } else if let Some((_, day)) = revoked_on {
+            format!("revoked {day}")
+        } else if info.days_left < 0 {
+            "expired".to_string()
+        } else {
+            "valid".to_string()
+        };
+        rows.push((file, info, status));
+    }
+    if args.json {
+        let certificates: Vec<serde_json::Value> = rows
+            .iter()
+            .map(|(file, info, status)| {
+                serde_json::json!({
+                    "file": file,
+                    "name": info.name,
+                    "serial": info.serial,
+                    "expires": info.expires,
+                    "days_left": info.days_left,
+                    "status": status,
+                })
+            })
+            .collect();
+        let json = serde_json::json!({
+            "certificates": certificates,
+            "revoked": revoked.len(),
+            "crl_next_update": next_update,
+        });
+        println!("{json}");
+        return Ok(());
+    }
+    let mut table = vec![[
+        "file".to_string(),
+        "name".to_string(),
+        "serial".to_string(),
+        "expires".to_string(),
+        "status".to_string(),
+    ]];
+    for (file, info, status) in &rows {
+        let serial: String = info.serial.chars().take(12).collect();
+        table.push([
+            file.clone(),
+            info.name.clone(),
+            serial,
+            format!("{} ({} days)", info.expires, info.days_left),
+            status.clone(),
+        ]);
+    }
+    let widths: Vec<usize> = (0..5)
+        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
+        .collect();
+    for row in &table {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        println!("{}", cells.join("  ").trim_end());
+    }
+    match next_update {
+        Some(next) => println!(
+            "{}: {} revoked, next update {next}",
+            crl_path.display(),
+            revoked.len()
+        ),
+        None => println!("no {} (nothing revoked)", crl_path.display()),
+    }
+    Ok(())
 }
 
 fn revoke(args: RevokeArgs) -> anyhow::Result<()> {

@@ -339,15 +339,10 @@ pub fn revoke(
     days: u32,
 ) -> anyhow::Result<Revoked> {
     let (ca, ca_key) = load_ca(ca_cert_pem, ca_key_pem)?;
-    let leaf = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
-        .next()
-        .context("no certificate in the file")?
-        .context("parsing the certificate")?;
+    let leaf = leaf_of(cert_pem)?;
     let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
         .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
-    let ca_der = CertificateDer::pem_slice_iter(ca_cert_pem.as_bytes())
-        .next()
-        .context("no certificate in the CA file")??;
+    let ca_der = leaf_of(ca_cert_pem).context("the CA file")?;
     let (_, ca_cert) = x509_parser::parse_x509_certificate(ca_der.as_ref())
         .map_err(|e| anyhow::anyhow!("parsing the CA certificate: {e}"))?;
     if cert.issuer() != ca_cert.subject() {
@@ -361,14 +356,10 @@ pub fn revoke(
     let now = time::OffsetDateTime::now_utc();
     let mut revoked = Vec::new();
     if let Some(pem) = existing_crl_pem {
-        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
-            .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
-        let (_, list) = x509_parser::parse_x509_crl(der.as_ref())
-            .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
-        for r in list.iter_revoked_certificates() {
+        for r in revocation_list(pem)?.revoked {
             revoked.push(rcgen::RevokedCertParams {
-                serial_number: rcgen::SerialNumber::from_slice(r.raw_serial()),
-                revocation_time: r.revocation_date.to_datetime(),
+                serial_number: rcgen::SerialNumber::from_slice(&r.serial),
+                revocation_time: r.revoked_at,
                 reason_code: None,
                 invalidity_date: None,
             });
@@ -398,10 +389,95 @@ pub fn revoke(
     let crl = params.signed_by(&ca, &ca_key)?;
     Ok(Revoked {
         crl_pem: crl.pem()?,
-        serial: serial.iter().map(|b| format!("{b:02x}")).collect(),
+        serial: hex(&serial),
         already,
         listed,
     })
+}
+
+/// One certificate of a PEM file, as `meridian cert list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertificateInfo {
+    /// The subject's common name (else the whole subject).
+    pub name: String,
+    /// The subject's and the issuer's distinguished names (`CN=…`).
+    pub subject: String,
+    pub issuer: String,
+    /// The serial number, as hex.
+    pub serial: String,
+    /// The last day it is valid, `YYYY-MM-DD`, and the days from now to then
+    /// (negative once it has expired).
+    pub expires: String,
+    pub days_left: i64,
+    pub is_ca: bool,
+}
+
+/// The first certificate of `pem` (a chain's leaf).
+pub fn certificate_info(pem: &str) -> anyhow::Result<CertificateInfo> {
+    let leaf = leaf_of(pem)?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+        .map_err(|e| anyhow::anyhow!("parsing the certificate: {e}"))?;
+    let not_after = cert.validity().not_after.to_datetime();
+    let now = time::OffsetDateTime::now_utc();
+    Ok(CertificateInfo {
+        name: client_name(&leaf).0,
+        subject: cert.subject().to_string(),
+        issuer: cert.issuer().to_string(),
+        serial: cert
+            .raw_serial()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+        expires: not_after.date().to_string(),
+        days_left: (not_after - now).whole_days(),
+        is_ca: cert.is_ca(),
+    })
+}
+
+/// A certificate a revocation list names.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revocation {
+    pub serial: Vec<u8>,
+    pub revoked_at: time::OffsetDateTime,
+}
+
+/// What a revocation list (`meridian cert revoke`'s `crl.pem`) names, and its next
+/// update.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevocationList {
+    pub revoked: Vec<Revocation>,
+    pub next_update: Option<time::OffsetDateTime>,
+}
+
+pub fn revocation_list(pem: &str) -> anyhow::Result<RevocationList> {
+    let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
+    let (_, list) = x509_parser::parse_x509_crl(der.as_ref())
+        .map_err(|e| anyhow::anyhow!("parsing the revocation list: {e}"))?;
+    let revoked = list
+        .iter_revoked_certificates()
+        .map(|r| Revocation {
+            serial: r.raw_serial().to_vec(),
+            revoked_at: r.revocation_date.to_datetime(),
+        })
+        .collect();
+    Ok(RevocationList {
+        revoked,
+        next_update: list.next_update().map(|t| t.to_datetime()),
+    })
+}
+
+/// Bytes (a serial number) as lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The first certificate of `pem` (a chain's leaf).
+fn leaf_of(pem: &str) -> anyhow::Result<CertificateDer<'static>> {
+    CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .context("no certificate in the file")?
+        .context("parsing the certificate")
 }
 
 fn common_name(name: &str) -> rcgen::DistinguishedName {
@@ -443,14 +519,11 @@ mod tests {
         assert_eq!((again.already, again.listed), (true, 1));
         let both = revoke(&bob, Some(&again.crl_pem), &ca_pem, &ca_key, 30).unwrap();
         assert_eq!((both.already, both.listed), (false, 2));
-        let der = rustls::pki_types::CertificateRevocationListDer::from_pem_slice(
-            both.crl_pem.as_bytes(),
-        )
-        .unwrap();
-        let (_, list) = x509_parser::parse_x509_crl(der.as_ref()).unwrap();
-        let serials: Vec<String> = list
-            .iter_revoked_certificates()
-            .map(|r| r.raw_serial().iter().map(|b| format!("{b:02x}")).collect())
+        let serials: Vec<String> = revocation_list(&both.crl_pem)
+            .unwrap()
+            .revoked
+            .iter()
+            .map(|r| hex(&r.serial))
             .collect();
         assert_eq!(serials, [first.serial, both.serial]);
         let refused = revoke(&mallory, None, &ca_pem, &ca_key, 30).err().unwrap();
