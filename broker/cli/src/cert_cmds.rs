@@ -180,17 +180,7 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
             status.clone(),
         ]);
     }
-    let widths: Vec<usize> = (0..5)
-        .map(|c| table.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &table {
-        let cells: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .map(|(cell, width)| format!("{cell:<width$}"))
-            .collect();
-        println!("{}", cells.join("  ").trim_end());
-    }
+    print!("{}", crate::table::render(&table, &[]));
     match next_update {
         Some(next) => println!(
             "{}: {} revoked, next update {next}",

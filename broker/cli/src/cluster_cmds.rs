@@ -1,7 +1,6 @@
 //! `meridian cluster describe`: the brokers of a cluster and its metadata quorum.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use clap::Subcommand;
 use meridian_client::{
@@ -46,28 +45,16 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
 
 /// The log directory of each broker that is up and answers within two seconds.
 async fn log_dirs(client: &Client, cluster: &DescribeClusterResponse) -> HashMap<u32, LogDir> {
-    let mut answers = tokio::task::JoinSet::new();
-    for b in cluster
+    let up = cluster
         .brokers
         .iter()
         .filter(|b| matches!(b.state, BrokerState::Running | BrokerState::ShuttingDown))
-    {
-        let (admin, id) = (client.admin(), b.broker_id);
-        answers.spawn(async move {
-            let asked = admin.log_dir(id);
-            match tokio::time::timeout(Duration::from_secs(2), asked).await {
-                Ok(Ok(dir)) => Some((id, dir)),
-                _ => None,
-            }
-        });
-    }
-    let mut dirs = HashMap::new();
-    while let Some(answer) = answers.join_next().await {
-        if let Ok(Some((id, dir))) = answer {
-            dirs.insert(id, dir);
-        }
-    }
-    dirs
+        .map(|b| (b.broker_id, ()));
+    crate::partition_cmds::ask_brokers(up, |id, ()| {
+        let admin = client.admin();
+        async move { admin.log_dir(id).await }
+    })
+    .await
 }
 
 /// Bytes of partition logs in a broker's directory.
@@ -243,23 +230,8 @@ fn render(cluster: &DescribeClusterResponse, dirs: &HashMap<u32, LogDir>) -> Str
             lag,
         ]);
     }
-    let widths: Vec<usize> = (0..10)
-        .map(|c| rows.iter().map(|r| r[c].len()).max().unwrap_or(0))
-        .collect();
-    for row in &rows {
-        let line: Vec<String> = row
-            .iter()
-            .zip(&widths)
-            .enumerate()
-            .map(|(c, (cell, width))| match c {
-                // Numbers right-aligned.
-                0 | 5 | 6 | 7 => format!("{cell:>width$}"),
-                _ => format!("{cell:<width$}"),
-            })
-            .collect();
-        out.push_str(line.join("  ").trim_end());
-        out.push('\n');
-    }
+    // Numbers right-aligned.
+    out.push_str(&crate::table::render(&rows, &[0, 5, 6, 7]));
     out
 }
 

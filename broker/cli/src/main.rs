@@ -14,6 +14,7 @@ mod json_bytes;
 mod otel;
 mod partition_cmds;
 mod plugin_cmds;
+mod table;
 mod transport;
 mod up;
 

@@ -449,25 +449,48 @@ async fn copy_logs(
                 .push((m.topic.clone(), m.partition));
         }
     }
-    let mut answers = tokio::task::JoinSet::new();
-    for (broker, partitions) in asked {
-        let client = client.clone();
-        answers.spawn(async move {
+    let answers = ask_brokers(asked, |broker, partitions| {
+        let admin = client.admin();
+        async move {
             let pairs: Vec<(&str, u32)> =
                 partitions.iter().map(|(t, p)| (t.as_str(), *p)).collect();
-            let admin = client.admin();
-            let asked = admin.describe_logs(broker, Some(&pairs));
+            admin.describe_logs(broker, Some(&pairs)).await
+        }
+    })
+    .await;
+    let mut found = HashMap::new();
+    for (broker, logs) in answers {
+        for log in logs.into_iter().filter(|l| l.error.is_ok()) {
+            found.insert((broker, log.topic.clone(), log.partition), log);
+        }
+    }
+    found
+}
+
+/// Asks each broker of `asks` its question at once, giving each two seconds; the
+/// answers of those that gave one (a broker that is down or slow is left out).
+pub(crate) async fn ask_brokers<Q, T, Fut>(
+    asks: impl IntoIterator<Item = (u32, Q)>,
+    ask: impl Fn(u32, Q) -> Fut,
+) -> HashMap<u32, T>
+where
+    Fut: std::future::Future<Output = meridian_client::Result<T>> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut answers = tokio::task::JoinSet::new();
+    for (broker, question) in asks {
+        let asked = ask(broker, question);
+        answers.spawn(async move {
             match tokio::time::timeout(Duration::from_secs(2), asked).await {
-                Ok(Ok(logs)) => (broker, logs),
-                _ => (broker, Vec::new()),
+                Ok(Ok(answer)) => Some((broker, answer)),
+                _ => None,
             }
         });
     }
     let mut found = HashMap::new();
     while let Some(answer) = answers.join_next().await {
-        let Ok((broker, logs)) = answer else { continue };
-        for log in logs.into_iter().filter(|l| l.error.is_ok()) {
-            found.insert((broker, log.topic.clone(), log.partition), log);
+        if let Ok(Some((broker, answer))) = answer {
+            found.insert(broker, answer);
         }
     }
     found
