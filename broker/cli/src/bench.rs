@@ -114,14 +114,39 @@ impl BrokerArgs {
     /// (`None` when it starts none, or a region).
     pub fn threads(&self, cores: usize) -> (usize, Option<usize>) {
         let starts_one = self.broker.is_none() && self.region.is_none();
-        let client = match self.client_threads {
-            Some(n) => usize::from(n),
-            None if starts_one => (cores / 2).max(1),
-            None => cores.max(1),
-        };
-        let broker = starts_one.then(|| cores.saturating_sub(client).max(1));
-        (client, broker)
+        split_cores(starts_one, self.client_threads, cores)
     }
+}
+
+/// Worker threads for a bench's runtime (`client_threads` if given), and for the
+/// one broker it starts, if it `starts_one`: half the cores each, so the load and
+/// the broker do not take turns on the same cores; without a broker of its own,
+/// every core for the bench.
+pub(crate) fn split_cores(
+    starts_one: bool,
+    client_threads: Option<u16>,
+    cores: usize,
+) -> (usize, Option<usize>) {
+    let client = match client_threads {
+        Some(n) => usize::from(n),
+        None if starts_one => (cores / 2).max(1),
+        None => cores.max(1),
+    };
+    let broker = starts_one.then(|| cores.saturating_sub(client).max(1));
+    (client, broker)
+}
+
+/// `broker_set` with the broker's share of the cores as `worker_threads`, unless
+/// the user set that.
+pub(crate) fn broker_settings(broker_set: &[String], workers: Option<usize>) -> Vec<String> {
+    let mut settings = broker_set.to_vec();
+    let set_by_user = settings
+        .iter()
+        .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
+    if let (Some(workers), false) = (workers, set_by_user) {
+        settings.push(format!("worker_threads={workers}"));
+    }
+    settings
 }
 
 /// Worker threads for the runtime `meridian bench` runs on (see
@@ -342,6 +367,8 @@ pub struct ChildBroker {
     pub fingerprint: String,
     /// The worker threads the broker said it runs with (one broker only).
     workers: Option<usize>,
+    /// The one broker's data directory (its certificate is `tls/cert.pem` there).
+    pub data_dir: Option<PathBuf>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -412,6 +439,7 @@ impl ChildBroker {
             addr: addr.expect("checked above"),
             fingerprint: fingerprint.expect("checked above"),
             workers,
+            data_dir: Some(data_dir),
             _temp: temp,
         })
     }
@@ -442,6 +470,7 @@ impl ChildBroker {
             addr: runner.region.bootstrap(),
             fingerprint: runner.fingerprint.clone(),
             workers: None,
+            data_dir: None,
             region: Some(runner),
             _temp: Some(temp),
         };
@@ -530,13 +559,7 @@ pub(crate) async fn broker_for(args: &BrokerArgs) -> anyhow::Result<Option<Child
         }
         return Ok(Some(ChildBroker::start_region(region).await?));
     }
-    let mut settings = args.broker_set.clone();
-    let set_by_user = settings
-        .iter()
-        .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
-    if let (Some(workers), false) = (args.threads(cores()).1, set_by_user) {
-        settings.push(format!("worker_threads={workers}"));
-    }
+    let settings = broker_settings(&args.broker_set, args.threads(cores()).1);
     Ok(Some(ChildBroker::start(
         args.broker_data_dir.clone(),
         &settings,

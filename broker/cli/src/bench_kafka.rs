@@ -28,7 +28,10 @@ use tokio::io::{
 };
 use tokio::net::TcpStream;
 
-use super::{cores, payloads, progress, report, ChildBroker, CpuClock, LoadResult};
+use super::{
+    broker_settings, cores, payloads, progress, report, split_cores, ChildBroker, CpuClock,
+    LoadResult,
+};
 
 const PRODUCE_VERSION: i16 = 9;
 const METADATA_VERSION: i16 = 9;
@@ -106,13 +109,7 @@ impl KafkaLoadArgs {
     /// Worker threads for the bench's runtime, and for the broker it starts (`None`
     /// when it starts none): half the cores each, as `bench produce` splits them.
     pub fn threads(&self, cores: usize) -> (usize, Option<usize>) {
-        match self.kafka {
-            Some(_) => (cores.max(1), None),
-            None => {
-                let client = (cores / 2).max(1);
-                (client, Some(cores.saturating_sub(client).max(1)))
-            }
-        }
+        split_cores(self.kafka.is_none(), None, cores)
     }
 }
 
@@ -120,9 +117,6 @@ impl KafkaLoadArgs {
 /// the topic's partitions, the topic created if need be.
 struct Setup {
     child: Option<ChildBroker>,
-    /// The data dir of the broker the bench started (after `child`: dropped once the
-    /// broker is gone).
-    _data_dir: Option<tempfile::TempDir>,
     tls: Option<Arc<rustls::ClientConfig>>,
     leaders: BTreeMap<String, Vec<i32>>,
 }
@@ -137,38 +131,26 @@ async fn setup(args: &KafkaLoadArgs) -> anyhow::Result<Setup> {
     if args.record_size == 0 || args.batch_size == 0 {
         bail!("--record-size and --batch-size must be at least 1");
     }
-    // The data dir of the broker the bench starts: its certificate is the one to trust.
-    let mut data_dir = None;
     let (child, bootstrap) = match &args.kafka {
         Some(addr) => (None, addr.clone()),
         None => {
-            let dir = data_dir.insert(
-                tempfile::Builder::new()
-                    .prefix("meridian-bench-")
-                    .tempdir_in(".")?,
-            );
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
             let addr = format!("127.0.0.1:{port}");
-            let mut settings = args.broker_set.clone();
+            let mut settings = broker_settings(&args.broker_set, args.threads(cores()).1);
             settings.push(format!("kafka_listen={addr}"));
-            let set_by_user = settings
-                .iter()
-                .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
-            if let (Some(workers), false) = (args.threads(cores()).1, set_by_user) {
-                settings.push(format!("worker_threads={workers}"));
-            }
             if args.tls {
                 settings.push("kafka_tls=true".into());
             }
-            let child = ChildBroker::start(Some(dir.path().to_owned()), &settings)?;
-            (Some(child), addr)
+            (Some(ChildBroker::start(None, &settings)?), addr)
         }
     };
-    let ca = match (&args.ca, &data_dir) {
+    // The broker the bench started is trusted by its own certificate.
+    let started = child.as_ref().and_then(|c| c.data_dir.as_ref());
+    let ca = match (&args.ca, started) {
         (Some(ca), _) => Some(ca.clone()),
-        (None, Some(dir)) if args.tls => Some(dir.path().join("tls/cert.pem")),
+        (None, Some(dir)) if args.tls => Some(dir.join("tls/cert.pem")),
         _ => None,
     };
     let tls = ca.as_deref().map(tls_config).transpose()?;
@@ -177,7 +159,6 @@ async fn setup(args: &KafkaLoadArgs) -> anyhow::Result<Setup> {
     let leaders = leaders(&mut conn, &args.topic).await?;
     Ok(Setup {
         child,
-        _data_dir: data_dir,
         tls,
         leaders,
     })
@@ -229,7 +210,7 @@ async fn produce_all(
         let (load, bar, tls) = (load.clone(), bar.clone(), setup.tls.clone());
         tasks.spawn(async move {
             let conn = Connection::open(&addr, tls).await?;
-            produce_to(conn, &addr, partitions, &load, deadline, &bar).await
+            produce_to(conn, partitions, &load, deadline, &bar).await
         });
     }
     let mut outcome = Outcome::new()?;
@@ -459,22 +440,15 @@ struct Sent {
     bytes: u64,
 }
 
-/// Produces to the partitions `addr` leads until the load is claimed or the
-/// deadline passes, `--inflight` requests at a time.
+/// Produces to the partitions `conn`'s broker leads until the load is claimed or
+/// the deadline passes, `--inflight` requests at a time.
 async fn produce_to(
-    conn: Connection,
-    addr: &str,
+    mut conn: Connection,
     partitions: Vec<i32>,
     load: &Load,
     deadline: Option<Instant>,
     bar: &ProgressBar,
 ) -> anyhow::Result<Outcome> {
-    let Connection {
-        mut read,
-        mut write,
-        mut correlation,
-        ..
-    } = conn;
     let mut outcome = Outcome::new()?;
     let mut unanswered: VecDeque<Sent> = VecDeque::new();
     let mut record = 0usize;
@@ -484,14 +458,10 @@ async fn produce_to(
         let want = (partitions.len() * load.per_batch) as u64;
         let records = if more { load.claim(want) } else { 0 };
         if records > 0 {
-            let (frame, bytes) = produce_frame(load, &partitions, records, &mut record, {
-                correlation += 1;
-                correlation
-            })?;
-            // Flushed: over TLS the end of the frame may wait in the session's
-            // buffer otherwise, and the broker for it.
-            write.write_all(&frame).await?;
-            write.flush().await?;
+            let (request, bytes) = produce_request(load, &partitions, records, &mut record)?;
+            let correlation = conn
+                .send(ApiKey::Produce, PRODUCE_VERSION, &request)
+                .await?;
             unanswered.push_back(Sent {
                 correlation,
                 at: Instant::now(),
@@ -502,14 +472,9 @@ async fn produce_to(
         // Read an answer once the window is full, or to drain at the end.
         if unanswered.len() >= inflight || (records == 0 && !unanswered.is_empty()) {
             let sent = unanswered.pop_front().expect("checked above");
-            let body = read_frame(
-                &mut read,
-                ApiKey::Produce,
-                PRODUCE_VERSION,
-                sent.correlation,
-                addr,
-            )
-            .await?;
+            let body = conn
+                .answer(ApiKey::Produce, PRODUCE_VERSION, sent.correlation)
+                .await?;
             check_produced(body, &load.args.topic)?;
             let micros = sent.at.elapsed().as_micros().max(1) as u64;
             outcome.latency.record(micros.min(60_000_000))?;
@@ -525,14 +490,13 @@ async fn produce_to(
 }
 
 /// A Produce request of `records` records spread over `partitions`, `per_batch`
-/// to a batch, encoded as a frame; with the bytes of record values it carries.
-fn produce_frame(
+/// to a batch; with the bytes of record values it carries.
+fn produce_request(
     load: &Load,
     partitions: &[i32],
     records: u64,
     next: &mut usize,
-    correlation: i32,
-) -> anyhow::Result<(Bytes, u64)> {
+) -> anyhow::Result<(k::ProduceRequest, u64)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
@@ -571,8 +535,7 @@ fn produce_frame(
         .with_topic_data(vec![k::produce_request::TopicProduceData::default()
             .with_name(TopicName(StrBytes::from_string(load.args.topic.clone())))
             .with_partition_data(data)]);
-    let frame = frame(ApiKey::Produce, PRODUCE_VERSION, correlation, &request)?;
-    Ok((frame, bytes))
+    Ok((request, bytes))
 }
 
 /// Fails on the first partition the broker refused.
@@ -736,13 +699,35 @@ impl Connection {
         Req: Encodable + HeaderVersion,
         Resp: Decodable,
     {
+        let correlation = self.send(api, version, request).await?;
+        let mut body = self.answer(api, version, correlation).await?;
+        Resp::decode(&mut body, version)
+    }
+
+    /// Sends a request without waiting for its answer; returns its correlation id.
+    async fn send<Req: Encodable + HeaderVersion>(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        request: &Req,
+    ) -> anyhow::Result<i32> {
         self.correlation += 1;
         let frame = frame(api, version, self.correlation, request)?;
+        // Flushed: over TLS the end of the frame may wait in the session's buffer
+        // otherwise, and the broker for it.
         self.write.write_all(&frame).await?;
         self.write.flush().await?;
-        let mut body =
-            read_frame(&mut self.read, api, version, self.correlation, &self.addr).await?;
-        Resp::decode(&mut body, version)
+        Ok(self.correlation)
+    }
+
+    /// The body of the answer to request `correlation`, the next one due.
+    async fn answer(
+        &mut self,
+        api: ApiKey,
+        version: i16,
+        correlation: i32,
+    ) -> anyhow::Result<Bytes> {
+        read_frame(&mut self.read, api, version, correlation, &self.addr).await
     }
 }
 
