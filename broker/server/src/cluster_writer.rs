@@ -198,13 +198,7 @@ mod tests {
         let unanswered = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let address = unanswered.local_addr().unwrap().to_string();
         let trust = meridian_client::Trust::CaPem(Vec::new());
-        let dir = tempfile::tempdir().unwrap();
-        let identity = crate::tls::load_or_generate(
-            &dir.path().join("cert.pem"),
-            &dir.path().join("key.pem"),
-            &[],
-        )
-        .unwrap();
+        let (_dir, identity) = crate::tls::generated_identity();
         let tls = crate::tls::PeerTls::new(trust, &identity).unwrap();
         let writer = ClusterWriter::new(1, address, "localhost".into(), tls, 3);
         // One may be taken off the queue by the writing task, three wait in it.

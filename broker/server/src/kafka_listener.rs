@@ -437,13 +437,7 @@ mod tests {
     /// whole, though the client sends nothing more until it has it.
     #[tokio::test]
     async fn a_large_response_reaches_a_tls_client_whole() {
-        let dir = tempfile::tempdir().unwrap();
-        let identity = crate::tls::load_or_generate(
-            &dir.path().join("cert.pem"),
-            &dir.path().join("key.pem"),
-            &[],
-        )
-        .unwrap();
+        let (_dir, identity) = crate::tls::generated_identity();
         let server = crate::tls::kafka_server_config(&identity, None).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.certs[0].clone()).unwrap();

@@ -187,6 +187,20 @@ fn client_verifier(
     Ok(verifier)
 }
 
+/// A self-signed identity for `localhost` in a fresh directory, for tests (the
+/// directory goes when the returned handle does).
+#[cfg(test)]
+pub(crate) fn generated_identity() -> (tempfile::TempDir, Identity) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let identity = load_or_generate(
+        &dir.path().join("cert.pem"),
+        &dir.path().join("key.pem"),
+        &[],
+    )
+    .expect("a self-signed identity");
+    (dir, identity)
+}
+
 /// How a broker connects to its peers: what it trusts of their certificates
 /// (`cluster.peer_trust`) and the certificate it presents to them (its own, which
 /// peers with `tls_client_ca` require), replaced when it reloads its TLS files.
