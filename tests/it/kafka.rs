@@ -250,7 +250,7 @@ impl Raw {
 
     /// Whether the broker ends the connection within the read timeout, whatever it
     /// sends first (a TLS listener answers bytes that are not TLS with an alert).
-    fn ends(&mut self) -> bool {
+    pub(crate) fn ends(&mut self) -> bool {
         let mut buffer = [0u8; 512];
         loop {
             match self.stream.read(&mut buffer) {

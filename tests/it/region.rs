@@ -233,28 +233,12 @@ impl UpRegion {
     /// `meridian ARGS --broker BOOTSTRAP` and `connect` (`--ca CERT` by default),
     /// with `stdin`; returns (status ok, stdout, stderr).
     fn cli_with(&self, args: &[&str], stdin: &str, connect: &[&str]) -> (bool, String, String) {
-        let mut child = Command::new(meridian_bin())
+        let mut command = Command::new(meridian_bin());
+        command
             .args(args)
             .args(["--broker", &self.bootstrap])
-            .args(connect)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run cli");
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().expect("cli output");
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+            .args(connect);
+        crate::harness::run_with_stdin(command, stdin)
     }
 
     fn cli(&self, args: &[&str], stdin: &str) -> (bool, String, String) {

@@ -3,6 +3,7 @@
 import sys
 import time
 
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.admin import NewTopic
 
 
@@ -30,3 +31,58 @@ def deliver(producer, sent):
     for future in sent:
         future.get(timeout=30)
     producer.close()
+
+
+def roundtrip(bootstrap, topic, records, value, config):
+    """Creates `topic` (2 partitions), produces `records` records with acks=all whose
+    values are `value(i)`, reads them all back, every client made with `config`;
+    returns {"produced": N, "consumed": N, "values_match": bool}."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, **config)
+    create_topic(admin, topic, 2)
+    admin.close()
+    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", **config)
+    sent = [
+        producer.send(topic, key=f"k{i}".encode(), value=value(i).encode())
+        for i in range(records)
+    ]
+    deliver(producer, sent)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        **config,
+    )
+    consumer.assign([TopicPartition(topic, p) for p in range(2)])
+    values = []
+    while len(values) < records:
+        polled = consumer.poll(timeout_ms=10_000)
+        if not polled:
+            fail(f"only {len(values)} of {records} records read back")
+        for batch in polled.values():
+            values.extend(r.value.decode() for r in batch)
+    consumer.close()
+    return {
+        "produced": len(sent),
+        "consumed": len(values),
+        "values_match": sorted(values) == sorted(value(i) for i in range(records)),
+    }
+
+
+def produce_one(bootstrap, topic, config, max_block_ms=10_000):
+    """Sends one record to `topic` with acks=all; {"result": "ok"}, or the name of
+    the Kafka error that stopped it (connecting, logging in or producing)."""
+    from kafka.errors import KafkaError
+
+    try:
+        producer = KafkaProducer(
+            bootstrap_servers=bootstrap, acks="all", max_block_ms=max_block_ms, **config
+        )
+    except KafkaError as e:
+        return {"result": type(e).__name__}
+    try:
+        producer.send(topic, value=b"one").get(timeout=30)
+        return {"result": "ok"}
+    except KafkaError as e:
+        return {"result": type(e).__name__}
+    finally:
+        producer.close(timeout=5)

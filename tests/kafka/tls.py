@@ -28,7 +28,8 @@ import sys
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
 from kafka.errors import KafkaError
 
-from common import create_topic, deliver, fail
+import common
+from common import fail
 
 BOOTSTRAP, CAFILE, CERT, KEY, ACTION, TOPIC = sys.argv[1:7]
 RECORDS = 200
@@ -47,53 +48,11 @@ def error_name(e):
 
 
 def roundtrip():
-    admin = KafkaAdminClient(bootstrap_servers=BOOTSTRAP, **TLS)
-    create_topic(admin, TOPIC, 2)
-    admin.close()
-    producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all", **TLS)
-    sent = [
-        producer.send(TOPIC, key=f"k{i}".encode(), value=f"over tls {i}".encode())
-        for i in range(RECORDS)
-    ]
-    deliver(producer, sent)
-    consumer = KafkaConsumer(
-        bootstrap_servers=BOOTSTRAP,
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        **TLS,
-    )
-    partitions = [TopicPartition(TOPIC, p) for p in range(2)]
-    consumer.assign(partitions)
-    values = []
-    while len(values) < RECORDS:
-        polled = consumer.poll(timeout_ms=10_000)
-        if not polled:
-            fail(f"only {len(values)} of {RECORDS} records read back")
-        for batch in polled.values():
-            values.extend(r.value.decode() for r in batch)
-    consumer.close()
-    expected = sorted(f"over tls {i}" for i in range(RECORDS))
-    return {
-        "produced": len(sent),
-        "consumed": len(values),
-        "values_match": sorted(values) == expected,
-    }
+    return common.roundtrip(BOOTSTRAP, TOPIC, RECORDS, lambda i: f"over tls {i}", TLS)
 
 
 def produce():
-    try:
-        producer = KafkaProducer(
-            bootstrap_servers=BOOTSTRAP, acks="all", max_block_ms=10_000, **TLS
-        )
-    except KafkaError as e:
-        return {"result": error_name(e)}
-    try:
-        producer.send(TOPIC, value=b"one").get(timeout=30)
-        return {"result": "ok"}
-    except KafkaError as e:
-        return {"result": error_name(e)}
-    finally:
-        producer.close(timeout=5)
+    return common.produce_one(BOOTSTRAP, TOPIC, TLS)
 
 
 def refused():

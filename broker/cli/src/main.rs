@@ -14,6 +14,7 @@ mod json_bytes;
 mod otel;
 mod partition_cmds;
 mod plugin_cmds;
+mod sasl_cmds;
 mod table;
 mod transport;
 mod up;
@@ -76,6 +77,9 @@ enum Command {
     /// Authorization rules (`acl_file`): check a file, and what it decides.
     #[command(subcommand)]
     Acl(acl_cmds::AclCommand),
+    /// SASL users of the Kafka listener (`kafka_sasl_users_file`): add, remove, list.
+    #[command(subcommand)]
+    Sasl(sasl_cmds::SaslCommand),
 }
 
 #[derive(Args, Clone)]
@@ -519,6 +523,7 @@ async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<(
         Command::Plugin(cmd) => plugin_cmds::run(cmd).await,
         Command::Cert(cmd) => cert_cmds::run(cmd),
         Command::Acl(cmd) => acl_cmds::run(cmd),
+        Command::Sasl(cmd) => sasl_cmds::run(cmd),
     }
 }
 
@@ -574,10 +579,26 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
         println!("  metrics:     http://{metrics}/metrics");
     }
     if let Some(kafka) = broker.kafka_addr() {
-        let over = match (config.kafka_tls, &config.tls_client_ca) {
-            (false, _) => "TCP",
-            (true, None) => "TLS (security.protocol=SSL)",
-            (true, Some(_)) => "TLS with client certificates (security.protocol=SSL)",
+        let sasl = config.kafka_sasl_users_file.is_some();
+        let over = match (config.kafka_tls, &config.tls_client_ca, sasl) {
+            (false, _, false) => "TCP".to_string(),
+            (true, None, false) => "TLS (security.protocol=SSL)".to_string(),
+            (true, Some(_), false) => {
+                "TLS with client certificates (security.protocol=SSL)".to_string()
+            }
+            (tls, _, true) => {
+                let mechanisms = config.sasl_mechanisms().unwrap_or_default();
+                let names: Vec<&str> = mechanisms.iter().map(|m| m.name()).collect();
+                let (over, protocol) = if tls {
+                    ("TLS", "SASL_SSL")
+                } else {
+                    ("TCP", "SASL_PLAINTEXT")
+                };
+                format!(
+                    "{over} with SASL {} (security.protocol={protocol})",
+                    names.join(", ")
+                )
+            }
         };
         println!("  kafka:       {kafka} (Kafka protocol over {over}, for Kafka clients)");
     }
@@ -682,6 +703,14 @@ async fn reload_on_sighup(reloader: meridian_server::Reloader, args: ServeArgs) 
             Err(e) => tracing::warn!(
                 error = format!("{e:#}"),
                 "SIGHUP: TLS reload failed; keeping the certificate, CAs and revocation lists loaded before"
+            ),
+        }
+        match reloader.reload_sasl_users() {
+            Ok(Some(users)) => tracing::info!(users, "SIGHUP: reloaded kafka_sasl_users_file"),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(
+                error = format!("{e:#}"),
+                "SIGHUP: kafka_sasl_users_file reload failed; keeping the users loaded before"
             ),
         }
         match reloader.reload_acl() {

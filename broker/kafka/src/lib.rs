@@ -12,7 +12,7 @@
 //! members of a consumer group with an eager assignor), topic administration and
 //! the replica tools' requests (reassignments, preferred elections, log directories). Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
-//! API it lacks): transactions, SASL, ACL administration and the legacy, whole-set
+//! API it lacks): transactions, ACL administration and the legacy, whole-set
 //! AlterConfigs.
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
@@ -28,6 +28,7 @@
 mod admin;
 mod refusals;
 mod replicas;
+pub mod sasl;
 
 pub use refusals::refusal;
 
@@ -72,6 +73,8 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::SaslHandshake, 1, 1),
+    (ApiKey::SaslAuthenticate, 0, 2),
 ];
 
 /// Where Kafka clients reach the brokers: what Metadata and FindCoordinator answers
@@ -148,6 +151,70 @@ pub enum Step {
     /// Kafka feature not served, such as transactions); worth logging, since some
     /// responses have no room for a message.
     Refused { reply: Bytes, reason: String },
+    /// SASL authentication (`SaslHandshake`, `SaslAuthenticate`), for the
+    /// connection's [`sasl::Authenticator`]: [`SaslRequest::answer`].
+    Sasl(SaslRequest),
+}
+
+/// A SASL request and what its answer needs.
+#[derive(Debug)]
+pub struct SaslRequest {
+    header: Header,
+    message: SaslMessage,
+}
+
+#[derive(Debug)]
+enum SaslMessage {
+    Handshake(String),
+    Authenticate(Bytes),
+}
+
+impl SaslRequest {
+    /// The response frame, and what became of the exchange, from `authenticator`:
+    /// the connection's exchange while it has one under way; `None` once it is over
+    /// (or on a listener without SASL), when both requests are out of place
+    /// (`ILLEGAL_SASL_STATE`) and change nothing.
+    pub fn answer(
+        self,
+        authenticator: Option<&mut sasl::Authenticator>,
+    ) -> Result<(Bytes, sasl::Outcome), KafkaError> {
+        const ILLEGAL_SASL_STATE: i16 = 34;
+        match (self.message, authenticator) {
+            (SaslMessage::Handshake(mechanism), Some(authenticator)) => {
+                let answer = authenticator.handshake(&mechanism);
+                let body = k::SaslHandshakeResponse::default()
+                    .with_error_code(answer.error_code)
+                    .with_mechanisms(
+                        answer
+                            .mechanisms
+                            .into_iter()
+                            .map(StrBytes::from_static_str)
+                            .collect(),
+                    );
+                Ok((self.header.frame(&body)?, sasl::Outcome::Continue))
+            }
+            (SaslMessage::Handshake(_), None) => {
+                let body = k::SaslHandshakeResponse::default().with_error_code(ILLEGAL_SASL_STATE);
+                Ok((self.header.frame(&body)?, sasl::Outcome::Continue))
+            }
+            (SaslMessage::Authenticate(token), Some(authenticator)) => {
+                let answer = authenticator.authenticate(&token);
+                let body = k::SaslAuthenticateResponse::default()
+                    .with_error_code(answer.error_code)
+                    .with_error_message(answer.error_message.map(StrBytes::from_string))
+                    .with_auth_bytes(Bytes::from(answer.auth_bytes));
+                Ok((self.header.frame(&body)?, answer.outcome))
+            }
+            (SaslMessage::Authenticate(_), None) => {
+                let body = k::SaslAuthenticateResponse::default()
+                    .with_error_code(ILLEGAL_SASL_STATE)
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "no SASL exchange is under way on this connection",
+                    )));
+                Ok((self.header.frame(&body)?, sasl::Outcome::Continue))
+            }
+        }
+    }
 }
 
 /// A request handed to the broker: what its response needs besides the answer.
@@ -294,6 +361,20 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
         ApiKey::ApiVersions => {
             let _ = body!(k::ApiVersionsRequest);
             Ok(Step::Reply(header.frame(&api_versions(0))?))
+        }
+        ApiKey::SaslHandshake => {
+            let r = body!(k::SaslHandshakeRequest);
+            Ok(Step::Sasl(SaslRequest {
+                header,
+                message: SaslMessage::Handshake(r.mechanism.to_string()),
+            }))
+        }
+        ApiKey::SaslAuthenticate => {
+            let r = body!(k::SaslAuthenticateRequest);
+            Ok(Step::Sasl(SaslRequest {
+                header,
+                message: SaslMessage::Authenticate(r.auth_bytes),
+            }))
         }
         ApiKey::Metadata => {
             let r = body!(k::MetadataRequest);

@@ -48,7 +48,9 @@ fn response<T: Decodable>(api: ApiKey, version: i16, frame: Bytes) -> T {
 fn serve(frame: Bytes) -> (m::Request, Pending) {
     match decode(frame).unwrap() {
         Step::Serve(request, pending) => (*request, pending),
-        Step::Reply(_) | Step::Refused { .. } => panic!("answered without the broker"),
+        Step::Reply(_) | Step::Refused { .. } | Step::Sasl(_) => {
+            panic!("answered without the broker")
+        }
     }
 }
 
@@ -56,7 +58,70 @@ fn reply(frame: Bytes) -> Bytes {
     match decode(frame).unwrap() {
         Step::Reply(bytes) | Step::Refused { reply: bytes, .. } => bytes,
         Step::Serve(request, _) => panic!("handed to the broker: {request:?}"),
+        Step::Sasl(_) => panic!("a SASL request"),
     }
+}
+
+fn sasl_request(frame: Bytes) -> SaslRequest {
+    match decode(frame).unwrap() {
+        Step::Sasl(request) => request,
+        other => panic!("not a SASL request: {other:?}"),
+    }
+}
+
+/// SaslHandshake and SaslAuthenticate as a Kafka client sends them: PLAIN with the
+/// password the credential was made from authenticates; out of place (no exchange
+/// under way) both answer `ILLEGAL_SASL_STATE`.
+#[test]
+fn sasl_requests_are_answered_by_the_connection_authenticator() {
+    use sasl::{Authenticator, Mechanism, Outcome, ScramCredential, Users};
+    let credential = ScramCredential::new(Mechanism::ScramSha256, b"pw", b"salt", 4096).unwrap();
+    let users = std::sync::Arc::new(Users {
+        users: [(
+            "alice".to_string(),
+            [(Mechanism::ScramSha256, credential)].into(),
+        )]
+        .into(),
+    });
+    let mut auth = Authenticator::new(users.clone(), Mechanism::ALL.to_vec(), b"n");
+    let handshake = frame_of(
+        ApiKey::SaslHandshake,
+        1,
+        &k::SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
+    );
+    let (frame, outcome) = sasl_request(handshake.clone())
+        .answer(Some(&mut auth))
+        .unwrap();
+    assert_eq!(outcome, Outcome::Continue);
+    let answer: k::SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, frame);
+    assert_eq!(answer.error_code, 0);
+    assert_eq!(
+        answer.mechanisms,
+        ["SCRAM-SHA-256", "SCRAM-SHA-512", "PLAIN"].map(StrBytes::from_static_str)
+    );
+    for version in [0, 2] {
+        let token = frame_of(
+            ApiKey::SaslAuthenticate,
+            version,
+            &k::SaslAuthenticateRequest::default()
+                .with_auth_bytes(Bytes::from_static(b"\0alice\0pw")),
+        );
+        let mut auth = Authenticator::new(users.clone(), Mechanism::ALL.to_vec(), b"n");
+        auth.handshake("PLAIN");
+        let (frame, outcome) = sasl_request(token.clone()).answer(Some(&mut auth)).unwrap();
+        assert_eq!(outcome, Outcome::Authenticated("alice".into()));
+        let answer: k::SaslAuthenticateResponse =
+            response(ApiKey::SaslAuthenticate, version, frame);
+        assert_eq!(answer.error_code, 0);
+        let (frame, outcome) = sasl_request(token).answer(None).unwrap();
+        assert_eq!(outcome, Outcome::Continue);
+        let answer: k::SaslAuthenticateResponse =
+            response(ApiKey::SaslAuthenticate, version, frame);
+        assert_eq!(answer.error_code, 34);
+    }
+    let (frame, _) = sasl_request(handshake).answer(None).unwrap();
+    let answer: k::SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, frame);
+    assert_eq!(answer.error_code, 34);
 }
 
 #[test]

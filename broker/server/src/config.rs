@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use meridian_kafka::sasl::Mechanism;
 use meridian_metadata::RaftTiming;
 use serde::{Deserialize, Serialize};
 
@@ -51,6 +52,16 @@ pub struct BrokerConfig {
     /// `tls_client_ca`, Kafka clients must present a certificate it signed, which
     /// names them to `acl_file` and the client quotas as on the QUIC endpoint.
     pub kafka_tls: bool,
+    /// TOML file of SASL users and their SCRAM credentials (`meridian sasl add`
+    /// writes it; no passwords are kept). With it the Kafka listener asks every
+    /// client to authenticate with SASL first (Kafka's `SASL_PLAINTEXT`, or
+    /// `SASL_SSL` under `kafka_tls`); the user a client authenticates as names it to
+    /// `acl_file` and the client quotas. Re-read on SIGHUP. Absent: no SASL.
+    pub kafka_sasl_users_file: Option<PathBuf>,
+    /// The SASL mechanisms offered, comma-separated: `SCRAM-SHA-256`,
+    /// `SCRAM-SHA-512`, `PLAIN` (which sends the password itself, so only under
+    /// `kafka_tls`). Absent: both SCRAM ones, and `PLAIN` too under `kafka_tls`.
+    pub kafka_sasl_mechanisms: Option<String>,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -423,6 +434,8 @@ impl Default for BrokerConfig {
             metrics_max_head_bytes: 8 * 1024,
             kafka_listen: None,
             kafka_tls: false,
+            kafka_sasl_users_file: None,
+            kafka_sasl_mechanisms: None,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -567,11 +580,31 @@ impl BrokerConfig {
                     .into(),
             ));
         }
-        if self.acl_file.is_some() && self.tls_client_ca.is_none() {
+        if self.acl_file.is_some()
+            && self.tls_client_ca.is_none()
+            && self.kafka_sasl_users_file.is_none()
+        {
             return Err(ConfigError::Invalid(
-                "acl_file needs tls_client_ca: rules name clients by their certificates".into(),
+                "acl_file needs tls_client_ca or kafka_sasl_users_file: rules name clients \
+                 by their certificates or the SASL users they authenticate as"
+                    .into(),
             ));
         }
+        if self.kafka_sasl_users_file.is_some() && self.kafka_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "kafka_sasl_users_file needs kafka_listen: it is the Kafka listener that \
+                 asks for SASL"
+                    .into(),
+            ));
+        }
+        if self.kafka_sasl_mechanisms.is_some() && self.kafka_sasl_users_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "kafka_sasl_mechanisms needs kafka_sasl_users_file: the users the \
+                 mechanisms check"
+                    .into(),
+            ));
+        }
+        self.sasl_mechanisms()?;
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
@@ -698,6 +731,45 @@ impl BrokerConfig {
         self.tls_key
             .clone()
             .unwrap_or_else(|| self.data_dir.join("tls").join("key.pem"))
+    }
+}
+
+impl BrokerConfig {
+    /// The SASL mechanisms the Kafka listener offers (`kafka_sasl_mechanisms`, or
+    /// its default).
+    pub fn sasl_mechanisms(&self) -> Result<Vec<Mechanism>, ConfigError> {
+        let Some(listed) = &self.kafka_sasl_mechanisms else {
+            let mut default = Mechanism::SCRAM.to_vec();
+            if self.kafka_tls {
+                default.push(Mechanism::Plain);
+            }
+            return Ok(default);
+        };
+        let mut mechanisms = Vec::new();
+        for name in listed.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            let mechanism = Mechanism::from_name(name).ok_or_else(|| {
+                ConfigError::Invalid(format!(
+                    "kafka_sasl_mechanisms: `{name}` is not one of {}",
+                    Mechanism::ALL.map(Mechanism::name).join(", ")
+                ))
+            })?;
+            if mechanism == Mechanism::Plain && !self.kafka_tls {
+                return Err(ConfigError::Invalid(
+                    "kafka_sasl_mechanisms: PLAIN needs kafka_tls = true, as it sends the \
+                     password itself"
+                        .into(),
+                ));
+            }
+            if !mechanisms.contains(&mechanism) {
+                mechanisms.push(mechanism);
+            }
+        }
+        if mechanisms.is_empty() {
+            return Err(ConfigError::Invalid(
+                "kafka_sasl_mechanisms names no mechanism".into(),
+            ));
+        }
+        Ok(mechanisms)
     }
 }
 
@@ -953,6 +1025,27 @@ mod tests {
         );
         check("kafka_tls = true\n", "kafka_tls needs kafka_listen");
         check(
+            "kafka_sasl_users_file = \"users.toml\"\n",
+            "kafka_sasl_users_file needs kafka_listen",
+        );
+        let sasl = "kafka_listen = \"127.0.0.1:9092\"\nkafka_sasl_users_file = \"u.toml\"\n";
+        check(
+            &format!("{sasl}kafka_sasl_mechanisms = \"PLAIN\"\n"),
+            "PLAIN needs kafka_tls = true",
+        );
+        check(
+            &format!("{sasl}kafka_sasl_mechanisms = \"SCRAM-SHA-1\"\n"),
+            "`SCRAM-SHA-1` is not one of SCRAM-SHA-256, SCRAM-SHA-512, PLAIN",
+        );
+        check(
+            &format!("{sasl}kafka_sasl_mechanisms = \" , \"\n"),
+            "names no mechanism",
+        );
+        check(
+            "kafka_sasl_mechanisms = \"PLAIN\"\n",
+            "kafka_sasl_mechanisms needs kafka_sasl_users_file",
+        );
+        check(
             "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_check_interval_ms = 0\n",
             "leader_imbalance_check_interval_ms must be greater than 0",
         );
@@ -976,6 +1069,34 @@ mod tests {
             "[cluster]\nvoters = [\"1@a:1\"]\ndefault_replication_factor = 2\n",
             "between 1 and the number of voters (1), got 2",
         );
+    }
+
+    #[test]
+    fn sasl_mechanisms_default_to_scram_and_plain_only_over_tls() {
+        let load = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            BrokerConfig::load(None, std::iter::empty(), &sets).unwrap()
+        };
+        let base = [
+            "kafka_listen=127.0.0.1:9092",
+            "kafka_sasl_users_file=u.toml",
+        ];
+        let plain = load(&base);
+        assert_eq!(plain.sasl_mechanisms().unwrap(), Mechanism::SCRAM.to_vec());
+        let tls = load(&[base[0], base[1], "kafka_tls=true"]);
+        assert_eq!(tls.sasl_mechanisms().unwrap(), Mechanism::ALL.to_vec());
+        let listed = load(&[
+            base[0],
+            base[1],
+            "kafka_tls=true",
+            "kafka_sasl_mechanisms=PLAIN, SCRAM-SHA-512,PLAIN",
+        ]);
+        assert_eq!(
+            listed.sasl_mechanisms().unwrap(),
+            vec![Mechanism::Plain, Mechanism::ScramSha512]
+        );
+        // acl_file names SASL users without tls_client_ca.
+        load(&[base[0], base[1], "acl_file=acl.toml"]);
     }
 
     #[test]

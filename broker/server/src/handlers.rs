@@ -71,8 +71,10 @@ impl Shared {
             return Ok((request, acl::Finish::default()));
         };
         let acl = rules.read().clone();
-        // `tls_client_ca` (which `acl_file` needs) admits no client without a
-        // certificate; a name no certificate can have, should one get through.
+        // Under `tls_client_ca` every client has a certificate, and under
+        // `kafka_sasl_users_file` every Kafka client a SASL user; without
+        // `tls_client_ca`, QUIC clients are this name, which only rules for every
+        // client (`*`) match (SASL user names have no spaces).
         let principal = client.cloned().unwrap_or_else(|| acl::Principal {
             name: Arc::from("(no certificate)"),
             broker: false,

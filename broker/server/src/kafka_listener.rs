@@ -8,12 +8,17 @@
 //! order, as Kafka clients expect. A frame over `max_frame_bytes`, an API or
 //! version not served, or a malformed request closes the connection, as a Kafka
 //! broker does; nothing else is affected.
+//!
+//! Under `kafka_sasl_users_file` a connection serves only ApiVersions and the SASL
+//! requests until its client authenticates (`meridian_kafka::sasl`); any other
+//! request, or a failed authentication (after its answer), closes it.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use meridian_kafka::sasl::{self, Authenticator, Outcome};
 use meridian_kafka::{KafkaBroker, Listener, Pending, Step};
 use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
@@ -240,6 +245,13 @@ async fn connection(
     let read = async move {
         let limit = shared.config.max_frame_bytes;
         let idle = Duration::from_millis(shared.config.idle_timeout_ms);
+        let mut client = client;
+        // Under `kafka_sasl_users_file`: the exchange under way until the client
+        // authenticates; only ApiVersions and SASL requests are served before.
+        let mut sasl = shared.kafka_sasl.as_ref().map(|sasl| {
+            let users = sasl.users.read().clone();
+            Authenticator::new(users, sasl.mechanisms.clone(), &sasl::random_bytes::<18>())
+        });
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,
@@ -253,12 +265,43 @@ async fn connection(
                 }
             };
             let frame_bytes = frame.len() + 4;
-            let response: Owed = match meridian_kafka::decode(frame) {
-                Ok(Step::Reply(frame)) => tokio::spawn(async move { Ok(Some(frame)) }),
+            let ready = |frame: Bytes| -> Owed { tokio::spawn(async move { Ok(Some(frame)) }) };
+            let step = meridian_kafka::decode(frame);
+            if sasl.is_some() && matches!(step, Ok(Step::Serve(..) | Step::Refused { .. })) {
+                tracing::info!(%peer, "Kafka request before SASL authentication; closing the connection");
+                break;
+            }
+            let response: Owed = match step {
+                Ok(Step::Reply(frame)) => ready(frame),
                 Ok(Step::Refused { reply, reason }) => {
                     tracing::info!(%peer, %reason, "Kafka request refused");
-                    tokio::spawn(async move { Ok(Some(reply)) })
+                    ready(reply)
                 }
+                Ok(Step::Sasl(request)) => match request.answer(sasl.as_mut()) {
+                    Ok((frame, Outcome::Continue)) => ready(frame),
+                    Ok((frame, Outcome::Authenticated(user))) => {
+                        tracing::Span::current().record("client", user.as_str());
+                        tracing::debug!(%peer, "Kafka client authenticated with SASL");
+                        shared.metrics.sasl_authentication(true);
+                        client = Some(Principal {
+                            name: Arc::from(user),
+                            broker: false,
+                        });
+                        sasl = None;
+                        ready(frame)
+                    }
+                    Ok((frame, Outcome::Failed(reason))) => {
+                        tracing::info!(%peer, %reason, "Kafka client refused by SASL; closing the connection");
+                        shared.metrics.sasl_authentication(false);
+                        // The answer says it failed; then the connection closes.
+                        let _ = owed.send(ready(frame)).await;
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%peer, error = %e, "answering a SASL request; closing the connection");
+                        break;
+                    }
+                },
                 Ok(Step::Serve(request, pending)) => tokio::spawn(serve_one(
                     shared.clone(),
                     directory.clone(),

@@ -26,6 +26,7 @@ pub mod topic_config;
 pub mod topics;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,6 +93,23 @@ pub(crate) struct Shared {
     quotas: quotas::Quotas,
     /// The Kafka listener's TLS under `kafka_tls` (replaced on reload).
     kafka_tls: Option<parking_lot::RwLock<Arc<rustls::ServerConfig>>>,
+    /// The users of `kafka_sasl_users_file` (replaced on reload) and the mechanisms
+    /// offered; `None` without SASL.
+    pub(crate) kafka_sasl: Option<KafkaSasl>,
+}
+
+/// SASL on the Kafka listener.
+pub(crate) struct KafkaSasl {
+    pub(crate) users: parking_lot::RwLock<Arc<meridian_kafka::sasl::Users>>,
+    pub(crate) mechanisms: Vec<meridian_kafka::sasl::Mechanism>,
+}
+
+/// Reads `kafka_sasl_users_file`.
+fn load_sasl_users(path: &Path) -> anyhow::Result<meridian_kafka::sasl::Users> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("reading kafka_sasl_users_file {}", path.display()))?;
+    meridian_kafka::sasl::Users::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("kafka_sasl_users_file {}: {e}", path.display()))
 }
 
 /// A running broker.
@@ -171,6 +189,23 @@ impl Broker {
             }
             None => None,
         };
+        let kafka_sasl = match &config.kafka_sasl_users_file {
+            Some(path) => {
+                let users = load_sasl_users(path)?;
+                let mechanisms = config.sasl_mechanisms()?;
+                tracing::info!(
+                    users = users.users.len(),
+                    mechanisms = %mechanisms.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+                    "Kafka listener asks for SASL; users from {}",
+                    path.display()
+                );
+                Some(KafkaSasl {
+                    users: parking_lot::RwLock::new(Arc::new(users)),
+                    mechanisms,
+                })
+            }
+            None => None,
+        };
         let cert_path = config.tls_cert_path();
         let identity = tls::load_or_generate(
             &cert_path,
@@ -244,6 +279,7 @@ impl Broker {
             quotas,
             own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
             kafka_tls,
+            kafka_sasl,
         });
         Ok(Broker {
             shared,
@@ -565,6 +601,22 @@ impl Reloader {
     /// rest of it is read at start only.
     pub fn reload_quotas(&self, config: &BrokerConfig) {
         self.shared.quotas.replace(config);
+    }
+
+    /// Re-reads `kafka_sasl_users_file`; returns how many users it holds, or `None`
+    /// when the broker has none. A file that fails to parse changes nothing;
+    /// connections already authenticated carry on.
+    pub fn reload_sasl_users(&self) -> anyhow::Result<Option<usize>> {
+        let (Some(path), Some(current)) = (
+            &self.shared.config.kafka_sasl_users_file,
+            &self.shared.kafka_sasl,
+        ) else {
+            return Ok(None);
+        };
+        let users = load_sasl_users(path)?;
+        let count = users.users.len();
+        *current.users.write() = Arc::new(users);
+        Ok(Some(count))
     }
 
     /// Re-reads `acl_file`; returns how many rules it holds, or `None` when the

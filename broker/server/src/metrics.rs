@@ -52,6 +52,8 @@ pub(crate) struct Metrics {
     client_certificates_refused: AtomicU64,
     /// Requests and topics of requests refused by `acl_file`.
     authorization_denied: AtomicU64,
+    /// SASL authentications on the Kafka listener: succeeded, failed.
+    sasl_authentications: [AtomicU64; 2],
     /// Microseconds answers were held for clients over their quota: produce, fetch.
     throttled_micros: [AtomicU64; 2],
     connections_open: [AtomicI64; 2],
@@ -68,6 +70,7 @@ impl Default for Metrics {
             connections_refused: Default::default(),
             client_certificates_refused: AtomicU64::new(0),
             authorization_denied: AtomicU64::new(0),
+            sasl_authentications: Default::default(),
             throttled_micros: Default::default(),
             connections_open: Default::default(),
             produce_errors: (0..ERROR_CODE_SLOTS).map(|_| AtomicU64::new(0)).collect(),
@@ -120,6 +123,11 @@ impl Metrics {
     pub(crate) fn client_certificate_refused(&self) {
         self.client_certificates_refused
             .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A Kafka client's SASL authentication succeeded, or failed.
+    pub(crate) fn sasl_authentication(&self, succeeded: bool) {
+        self.sasl_authentications[usize::from(!succeeded)].fetch_add(1, Ordering::Relaxed);
     }
 
     /// `acl_file` refused a request, or `topics` of its topics.
@@ -274,6 +282,18 @@ impl Metrics {
                 "meridian_client_throttle_seconds_total",
                 &[("flow", flow)],
                 seconds,
+            );
+        }
+        out.family(
+            "meridian_kafka_sasl_authentications_total",
+            "counter",
+            "SASL authentications of Kafka clients (kafka_sasl_users_file), by result.",
+        );
+        for (result, slot) in ["ok", "failed"].iter().zip(&self.sasl_authentications) {
+            out.sample(
+                "meridian_kafka_sasl_authentications_total",
+                &[("result", result)],
+                slot.load(Ordering::Relaxed),
             );
         }
         out.single(
