@@ -3,6 +3,8 @@
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::harness::{free_ports, raw_request, TestBroker};
@@ -193,4 +195,90 @@ fn a_bad_metrics_address_is_refused_at_start() {
     assert!(!output.status.success());
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("metrics_listen"), "{stderr}");
+}
+
+/// An HTTPS request to the metrics listener trusting `ca`, presenting `client`
+/// (certificate and key files) if given: the status line and body, or the error
+/// that ended the exchange (a refused handshake).
+fn https(
+    addr: &str,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    request: &[u8],
+) -> std::io::Result<(String, String)> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .unwrap()
+                .map(Result::unwrap)
+                .collect();
+            let key = PrivateKeyDer::from_pem_file(key).unwrap();
+            builder.with_client_auth_cert(chain, key).unwrap()
+        }
+    };
+    let name = ServerName::try_from("127.0.0.1").unwrap();
+    let connection = rustls::ClientConnection::new(Arc::new(config), name).unwrap();
+    let socket = TcpStream::connect(addr)?;
+    socket.set_read_timeout(Some(Duration::from_secs(20)))?;
+    let mut stream = rustls::StreamOwned::new(connection, socket);
+    stream.write_all(request)?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response)?;
+    let text = String::from_utf8(response).expect("UTF-8 answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    Ok((
+        head.lines().next().unwrap_or_default().to_string(),
+        body.to_string(),
+    ))
+}
+
+/// `metrics_tls`: scrapes over HTTPS with the broker's own certificate (as curl
+/// `--cacert` or Prometheus's `tls_config.ca_file` make them); under
+/// `tls_client_ca` a scraper without a certificate the CA signed is refused at the
+/// handshake, and counted; plain HTTP gets no answer.
+#[test]
+fn metrics_are_served_over_tls_to_scrapers_with_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    crate::tls::ca_with(&certs, &["prometheus"]);
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let broker = TestBroker::start(&[
+        &format!("metrics_listen={addr}"),
+        "metrics_tls=true",
+        &format!("tls_client_ca={}", certs.join("ca.pem").display()),
+    ]);
+    let ca = broker.cert_path();
+    let get = b"GET /metrics HTTP/1.1\r\nHost: test\r\n\r\n";
+    let refused = https(&addr, &ca, None, get);
+    assert!(refused.is_err(), "no client certificate: {refused:?}");
+    let prometheus = (certs.join("prometheus.pem"), certs.join("prometheus.key"));
+    let client = Some((prometheus.0.as_path(), prometheus.1.as_path()));
+    let (status, body) = https(&addr, &ca, client, get).unwrap();
+    assert_eq!(status, "HTTP/1.1 200 OK", "{body}");
+    let refusals = body
+        .lines()
+        .find_map(|l| l.strip_prefix("meridian_client_certificates_refused_total "))
+        .expect("the refusal counter");
+    assert!(refusals.parse::<u64>().unwrap() >= 1, "{refusals}");
+    // A scrape that does not speak TLS gets no HTTP answer.
+    let mut plain = TcpStream::connect(&addr).unwrap();
+    plain
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    plain.write_all(get).unwrap();
+    let mut answer = Vec::new();
+    let _ = plain.read_to_end(&mut answer);
+    assert!(!answer.starts_with(b"HTTP/"), "{answer:?}");
 }

@@ -40,6 +40,10 @@ pub struct BrokerConfig {
     pub metrics_scrape_timeout_ms: u64,
     /// Largest HTTP request head the metrics listener reads (431 beyond).
     pub metrics_max_head_bytes: u32,
+    /// The metrics listener speaks HTTPS (TLS 1.2/1.3) with the broker's
+    /// certificate (`tls_cert`, `tls_key`; reloaded with them); under
+    /// `tls_client_ca`, a scraper must present a certificate it signed.
+    pub metrics_tls: bool,
     /// TCP address of the Kafka listener: Kafka clients (their own wire protocol)
     /// produce, consume, commit offsets and manage topics through it; off when
     /// unset. In a cluster each broker registers its own with the controller, so
@@ -432,6 +436,7 @@ impl Default for BrokerConfig {
             metrics_listen: None,
             metrics_scrape_timeout_ms: 5_000,
             metrics_max_head_bytes: 8 * 1024,
+            metrics_tls: false,
             kafka_listen: None,
             kafka_tls: false,
             kafka_sasl_users_file: None,
@@ -571,6 +576,12 @@ impl BrokerConfig {
         if self.kafka_tls && self.kafka_listen.is_none() {
             return Err(ConfigError::Invalid(
                 "kafka_tls needs kafka_listen: it is the Kafka listener that speaks TLS".into(),
+            ));
+        }
+        if self.metrics_tls && self.metrics_listen.is_none() {
+            return Err(ConfigError::Invalid(
+                "metrics_tls needs metrics_listen: it is the metrics listener that speaks TLS"
+                    .into(),
             ));
         }
         if self.tls_client_crl.is_some() && self.tls_client_ca.is_none() {
@@ -1024,6 +1035,7 @@ mod tests {
             "kafka_listen with tls_client_ca needs kafka_tls = true",
         );
         check("kafka_tls = true\n", "kafka_tls needs kafka_listen");
+        check("metrics_tls = true\n", "metrics_tls needs metrics_listen");
         check(
             "kafka_sasl_users_file = \"users.toml\"\n",
             "kafka_sasl_users_file needs kafka_listen",

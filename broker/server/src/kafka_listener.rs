@@ -170,17 +170,7 @@ async fn handshake(
     let stream = match accepted.await {
         Ok(Ok(stream)) => stream,
         Ok(Err(e)) => {
-            let refused = e
-                .get_ref()
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                .is_some_and(|e| {
-                    matches!(
-                        e,
-                        rustls::Error::InvalidCertificate(_)
-                            | rustls::Error::NoCertificatesPresented
-                    )
-                });
-            if refused {
+            if crate::tls::is_certificate_refusal(&e) {
                 shared.metrics.client_certificate_refused();
                 tracing::info!(error = %e, "refused a Kafka client's certificate");
             } else {
@@ -481,7 +471,7 @@ mod tests {
     #[tokio::test]
     async fn a_large_response_reaches_a_tls_client_whole() {
         let (_dir, identity) = crate::tls::generated_identity();
-        let server = crate::tls::kafka_server_config(&identity, None).unwrap();
+        let server = crate::tls::tcp_server_config(&identity, None).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         roots.add(identity.certs[0].clone()).unwrap();
         let client = rustls::ClientConfig::builder_with_provider(Arc::new(

@@ -93,6 +93,8 @@ pub(crate) struct Shared {
     quotas: quotas::Quotas,
     /// The Kafka listener's TLS under `kafka_tls` (replaced on reload).
     kafka_tls: Option<parking_lot::RwLock<Arc<rustls::ServerConfig>>>,
+    /// The metrics listener's TLS under `metrics_tls` (replaced on reload).
+    pub(crate) metrics_tls: Option<parking_lot::RwLock<Arc<rustls::ServerConfig>>>,
     /// The users of `kafka_sasl_users_file` (replaced on reload) and the mechanisms
     /// offered; `None` without SASL.
     pub(crate) kafka_sasl: Option<KafkaSasl>,
@@ -213,7 +215,10 @@ impl Broker {
             &[config.advertised_host()],
         )?;
         let server_config = quic_server_config(&config, &identity)?;
-        let kafka_tls = kafka_tls_config(&config, &identity)?.map(parking_lot::RwLock::new);
+        let kafka_tls =
+            tcp_tls_config(config.kafka_tls, &config, &identity)?.map(parking_lot::RwLock::new);
+        let metrics_tls =
+            tcp_tls_config(config.metrics_tls, &config, &identity)?.map(parking_lot::RwLock::new);
         let peer_tls = tls::PeerTls::new(
             cluster::peer_trust(config.cluster.as_ref(), &identity.fingerprint)?,
             &identity,
@@ -279,6 +284,7 @@ impl Broker {
             quotas,
             own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
             kafka_tls,
+            metrics_tls,
             kafka_sasl,
         });
         Ok(Broker {
@@ -537,14 +543,16 @@ fn quic_server_config(
 }
 
 /// The Kafka listener's TLS configuration, under `kafka_tls`.
-fn kafka_tls_config(
+/// The TLS of a TCP listener (Kafka's, the metrics one) when it is `on`.
+fn tcp_tls_config(
+    on: bool,
     config: &BrokerConfig,
     identity: &tls::Identity,
 ) -> anyhow::Result<Option<Arc<rustls::ServerConfig>>> {
-    if !config.kafka_tls {
+    if !on {
         return Ok(None);
     }
-    tls::kafka_server_config(identity, client_check(config)).map(Some)
+    tls::tcp_server_config(identity, client_check(config)).map(Some)
 }
 
 /// `tls_client_ca` and `tls_client_crl`, when clients must present a certificate.
@@ -583,10 +591,14 @@ impl Reloader {
         let (cert, key) = (config.tls_cert_path(), config.tls_key_path());
         let identity = tls::load_or_generate(&cert, &key, &[config.advertised_host()])?;
         let server_config = quic_server_config(config, &identity)?;
-        let kafka_tls = kafka_tls_config(config, &identity)?;
+        let kafka_tls = tcp_tls_config(config.kafka_tls, config, &identity)?;
+        let metrics_tls = tcp_tls_config(config.metrics_tls, config, &identity)?;
         self.peer_tls.replace_identity(&identity)?;
         self.endpoint.set_server_config(Some(server_config));
         if let (Some(current), Some(new)) = (&self.shared.kafka_tls, kafka_tls) {
+            *current.write() = new;
+        }
+        if let (Some(current), Some(new)) = (&self.shared.metrics_tls, metrics_tls) {
             *current.write() = new;
         }
         self.shared

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use meridian_wire::messages::ApiKey;
 use meridian_wire::ErrorCode;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::Shared;
 
@@ -726,10 +726,11 @@ fn head_end(buffer: &[u8]) -> Option<usize> {
         .or_else(|| buffer.windows(2).position(|w| w == b"\n\n").map(|i| i + 2))
 }
 
-/// Serves scrapes on `listener` until the task is aborted.
+/// Serves scrapes on `listener` until the task is aborted, one at a time; under
+/// `metrics_tls` each over TLS, whose handshake counts in the scrape's time.
 pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener) {
     loop {
-        let (mut stream, peer) = match listener.accept().await {
+        let (stream, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(error = %e, "metrics listener: accept failed");
@@ -739,7 +740,24 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
         };
         let timeout = Duration::from_millis(shared.config.metrics_scrape_timeout_ms);
         let max_head = shared.config.metrics_max_head_bytes as usize;
-        match tokio::time::timeout(timeout, answer(&shared, &mut stream, max_head)).await {
+        let tls = shared.metrics_tls.as_ref().map(|c| c.read().clone());
+        let scrape = async {
+            let Some(tls) = tls else {
+                let mut stream = stream;
+                return answer(&shared, &mut stream, max_head).await;
+            };
+            let mut stream = match tokio_rustls::TlsAcceptor::from(tls).accept(stream).await {
+                Ok(stream) => stream,
+                Err(e) => {
+                    if crate::tls::is_certificate_refusal(&e) {
+                        shared.metrics.client_certificate_refused();
+                    }
+                    return Err(e);
+                }
+            };
+            answer(&shared, &mut stream, max_head).await
+        };
+        match tokio::time::timeout(timeout, scrape).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::debug!(%peer, error = %e, "metrics scrape failed"),
             Err(_) => tracing::debug!(%peer, "metrics scrape timed out"),
@@ -750,7 +768,7 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: tokio::net::TcpListener
 /// Answers one scrape whose request head may be up to `max_head` bytes (431 beyond).
 async fn answer(
     shared: &Shared,
-    stream: &mut tokio::net::TcpStream,
+    stream: &mut (impl AsyncRead + AsyncWrite + Unpin),
     max_head: usize,
 ) -> std::io::Result<()> {
     let mut buffer = Vec::with_capacity(1024);

@@ -113,7 +113,23 @@ pub fn server_crypto(
 /// The Kafka listener's TLS (`kafka_tls`): this identity, TLS 1.2 or 1.3 (Kafka's
 /// clients speak either), no ALPN, and with `client_check` the same check of client
 /// certificates as the QUIC endpoint's.
-pub fn kafka_server_config(
+/// Whether a TLS handshake over TCP failed for the client's certificate (none,
+/// or one `tls_client_ca` does not accept).
+pub(crate) fn is_certificate_refusal(error: &std::io::Error) -> bool {
+    error
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|e| {
+            matches!(
+                e,
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+            )
+        })
+}
+
+/// The TLS of the broker's TCP listeners (Kafka's, the metrics one): TLS 1.3 or
+/// 1.2, the broker's certificate, and under `tls_client_ca` client certificates.
+pub fn tcp_server_config(
     identity: &Identity,
     client_check: Option<ClientCheck<'_>>,
 ) -> anyhow::Result<Arc<rustls::ServerConfig>> {
