@@ -18,7 +18,7 @@ use rskafka::record::Record;
 use crate::harness::{free_ports, TestBroker};
 
 /// A broker with a Kafka listener, and that listener's address.
-fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
+pub(crate) fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
     let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     let listen = format!("kafka_listen={addr}");
     let mut all = vec![listen.as_str()];
@@ -35,7 +35,7 @@ pub(crate) async fn kafka_client(addr: &str) -> Client {
 }
 
 /// The first `n` records of `topic` as `meridian consume --format json` prints them.
-fn consume_json(broker: &TestBroker, topic: &str, n: usize) -> Vec<serde_json::Value> {
+pub(crate) fn consume_json(broker: &TestBroker, topic: &str, n: usize) -> Vec<serde_json::Value> {
     let n = n.to_string();
     let args = [
         "consume", topic, "--from", "earliest", "-n", &n, "--format", "json",
