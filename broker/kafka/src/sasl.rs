@@ -941,4 +941,77 @@ mod tests {
         assert!(check_user_name("al ice").is_err());
         assert!(check_user_name("").is_err());
     }
+
+    /// Whatever a client sends, in any order, the exchange answers without
+    /// panicking, and only the password's own proof authenticates.
+    mod arbitrary_input {
+        use super::*;
+        use proptest::prelude::*;
+
+        fn token() -> impl Strategy<Value = Vec<u8>> {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..80),
+                // Near-misses of the real messages.
+                "(n|y|p=x|)?,(a=[a-z=,]{0,6})?,(n=[a-z=]{0,6})?(,r=[!-~]{0,8})?(,[a-z]=[!-~]{0,6}){0,3}"
+                    .prop_map(String::into_bytes),
+                "(c=[A-Za-z0-9+/=]{0,8})?(,r=[!-~]{0,12})?(,p=[A-Za-z0-9+/=]{0,48})?"
+                    .prop_map(String::into_bytes),
+                "[a-z]{0,4}\\x00[a-z]{0,6}\\x00[a-z]{0,6}".prop_map(String::into_bytes),
+            ]
+        }
+
+        #[derive(Debug, Clone)]
+        enum Step {
+            Handshake(String),
+            Token(Vec<u8>),
+        }
+
+        fn step() -> impl Strategy<Value = Step> {
+            prop_oneof![
+                prop::sample::select(vec![
+                    "PLAIN",
+                    "SCRAM-SHA-256",
+                    "SCRAM-SHA-512",
+                    "GSSAPI",
+                    ""
+                ])
+                .prop_map(|m| Step::Handshake(m.to_string())),
+                token().prop_map(Step::Token),
+            ]
+        }
+
+        proptest! {
+            #[test]
+            fn any_sequence_is_answered_and_guesses_never_authenticate(
+                steps in proptest::collection::vec(step(), 1..8),
+            ) {
+                let users = users_with("alice", "s3cret", 4096);
+                let mut auth = authenticator(users);
+                for step in steps {
+                    match step {
+                        Step::Handshake(m) => {
+                            let answer = auth.handshake(&m);
+                            prop_assert!([0, UNSUPPORTED_SASL_MECHANISM, ILLEGAL_SASL_STATE]
+                                .contains(&answer.error_code));
+                        }
+                        Step::Token(t) => {
+                            let answer = auth.authenticate(&t);
+                            prop_assert!(
+                                !matches!(answer.outcome, Outcome::Authenticated(_)),
+                                "{:?} authenticated", String::from_utf8_lossy(&t)
+                            );
+                            if answer.error_code != 0 {
+                                prop_assert!(matches!(answer.outcome, Outcome::Failed(_)));
+                            }
+                        }
+                    }
+                }
+            }
+
+            #[test]
+            fn any_text_as_a_users_file_is_read_or_refused(text in "[\\[\\]a-zA-Z0-9=\".\\n -]{0,120}") {
+                let _ = Users::from_toml(&text);
+            }
+        }
+    }
 }
