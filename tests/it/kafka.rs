@@ -894,6 +894,48 @@ fn kafka_admin_requests_set_and_delete_group_offsets_and_groups() {
     );
 }
 
+/// The JSON summary a bench printed, after checking that it succeeded.
+fn bench_summary(out: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}{stderr}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
+/// Against a broker with `tls_client_ca`, `bench kafka-produce` presents the client
+/// certificate of `--cert`/`--key`; without one its handshake is refused.
+#[test]
+fn bench_kafka_produce_presents_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    crate::tls::ca_with(&certs, &["bench"]);
+    let (broker, addr) = kafka_broker(&[
+        "kafka_tls=true",
+        &format!("tls_client_ca={}", certs.join("ca.pem").display()),
+    ]);
+    let ca = broker.cert_path();
+    let bench = |extra: &[&str]| {
+        std::process::Command::new(crate::harness::meridian_bin())
+            .args(["bench", "kafka-produce", "--kafka", &addr, "--json"])
+            .args(["--ca", ca.to_str().unwrap(), "--records", "500"])
+            .args(["--record-size", "100", "--partitions", "2"])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let refused = bench(&[]);
+    assert!(!refused.status.success(), "no client certificate");
+    let (cert, key) = (certs.join("bench.pem"), certs.join("bench.key"));
+    let out = bench(&[
+        "--cert",
+        cert.to_str().unwrap(),
+        "--key",
+        key.to_str().unwrap(),
+    ]);
+    let summary = bench_summary(&out);
+    assert_eq!(summary["records"], 500, "{summary}");
+}
+
 /// `meridian bench kafka-produce` produces over the Kafka protocol, here over TLS
 /// (`--ca`): every record it reports is in the topic, spread over its partitions, in
 /// as many requests as it counts; `kafka-consume` reads them back; refused by the
@@ -919,13 +961,7 @@ fn bench_kafka_produce_stores_every_record_it_reports() {
             .output()
             .unwrap()
     };
-    let out = bench(&["--ca", ca.to_str().unwrap()]);
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "{stdout}{stderr}");
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let summary = bench_summary(&bench(&["--ca", ca.to_str().unwrap()]));
     assert_eq!(summary["bench"], "kafka-produce", "{summary}");
     assert_eq!(summary["records"], 3000, "{summary}");
     assert_eq!(summary["bytes"], 300_000, "{summary}");
@@ -963,13 +999,7 @@ fn bench_kafka_produce_stores_every_record_it_reports() {
         .args(["--max-partition-fetch-bytes", "2000"])
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let summary = bench_summary(&out);
     assert_eq!(summary["bench"], "kafka-consume", "{summary}");
     assert_eq!(summary["records"], 6000, "{summary}");
     assert_eq!(summary["bytes"], 600_000, "{summary}");

@@ -96,6 +96,13 @@ pub struct KafkaLoadArgs {
     /// (a broker's `tls/cert.pem`, or the CA that signed it).
     #[arg(long, requires = "kafka")]
     pub ca: Option<std::path::PathBuf>,
+    /// With --ca: present this client certificate (PEM), for a broker with
+    /// `tls_client_ca`; `meridian cert create NAME` makes one.
+    #[arg(long, requires_all = ["ca", "key"])]
+    pub cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --cert.
+    #[arg(long, requires = "cert")]
+    pub key: Option<std::path::PathBuf>,
     /// Config for the broker the bench starts, repeatable: `--broker-set flush=always`.
     #[arg(
         long = "broker-set",
@@ -153,7 +160,11 @@ async fn setup(args: &KafkaLoadArgs) -> anyhow::Result<Setup> {
         (None, Some(dir)) if args.tls => Some(dir.join("tls/cert.pem")),
         _ => None,
     };
-    let tls = ca.as_deref().map(tls_config).transpose()?;
+    let identity = args.cert.as_deref().zip(args.key.as_deref());
+    let tls = ca
+        .as_deref()
+        .map(|ca| tls_config(ca, identity))
+        .transpose()?;
     let mut conn = Connection::open(&bootstrap, tls.clone()).await?;
     ensure_topic(&mut conn, &args.topic, args.partitions).await?;
     let leaders = leaders(&mut conn, &args.topic).await?;
@@ -621,8 +632,12 @@ async fn leaders(conn: &mut Connection, topic: &str) -> anyhow::Result<BTreeMap<
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// The rustls client configuration trusting the certificates in `ca`.
-fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+/// The rustls client configuration trusting the certificates in `ca`, presenting
+/// `identity` (certificate and key files) if given.
+fn tls_config(
+    ca: &std::path::Path,
+    identity: Option<(&std::path::Path, &std::path::Path)>,
+) -> anyhow::Result<Arc<rustls::ClientConfig>> {
     use rustls::pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
@@ -631,10 +646,22 @@ fn tls_config(ca: &std::path::Path) -> anyhow::Result<Arc<rustls::ClientConfig>>
         roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let config = match identity {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("reading the certificate {}", cert.display()))?;
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .with_context(|| format!("reading the key {}", key.display()))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .context("--cert and --key do not match")?
+        }
+    };
     Ok(Arc::new(config))
 }
 
