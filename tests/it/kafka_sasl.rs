@@ -28,30 +28,38 @@ fn add_user(file: &Path, user: &str, password: &str, extra: &[&str]) {
     assert!(said.contains(&format!("user {user}")), "{said}");
 }
 
-/// A SCRAM-SHA-256 login as `user` that cannot succeed: the answer to the
-/// client-first message, or with `to_the_end` the answer to a final message whose
-/// proof is zeros; the broker must close the connection after it.
-fn scram_attempt(addr: &str, user: &str, to_the_end: bool) -> k::SaslAuthenticateResponse {
-    let mut raw = Raw::connect(addr);
+/// A SaslAuthenticate request carrying `text`.
+fn token(text: String) -> k::SaslAuthenticateRequest {
+    k::SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from(text))
+}
+
+/// SCRAM-SHA-256's first steps as `user` on `raw`: the handshake, then the
+/// client-first message (nonce `rawclientnonce`); the answer to it.
+fn scram_first(raw: &mut Raw, user: &str) -> k::SaslAuthenticateResponse {
     let handshake = k::SaslHandshakeRequest::default()
         .with_mechanism(StrBytes::from_static_str("SCRAM-SHA-256"));
     raw.send(ApiKey::SaslHandshake, 1, &handshake);
     let chosen: k::SaslHandshakeResponse = raw.receive(ApiKey::SaslHandshake, 1);
     assert_eq!(chosen.error_code, 0);
-    let token = |text: String| {
-        k::SaslAuthenticateRequest::default().with_auth_bytes(bytes::Bytes::from(text))
-    };
     raw.send(
         ApiKey::SaslAuthenticate,
         2,
-        &token(format!("n,,n={user},r=testnonce")),
+        &token(format!("n,,n={user},r=rawclientnonce")),
     );
-    let mut answer: k::SaslAuthenticateResponse = raw.receive(ApiKey::SaslAuthenticate, 2);
+    raw.receive(ApiKey::SaslAuthenticate, 2)
+}
+
+/// A SCRAM-SHA-256 login as `user` that cannot succeed: the answer to the
+/// client-first message, or with `to_the_end` the answer to a final message whose
+/// proof is zeros; the broker must close the connection after it.
+fn scram_attempt(addr: &str, user: &str, to_the_end: bool) -> k::SaslAuthenticateResponse {
+    let mut raw = Raw::connect(addr);
+    let mut answer = scram_first(&mut raw, user);
     if to_the_end {
         assert_eq!(answer.error_code, 0, "{:?}", answer.error_message);
         let server_first = String::from_utf8(answer.auth_bytes.to_vec()).unwrap();
         let nonce = server_first.split(',').next().unwrap();
-        assert!(nonce.starts_with("r=testnonce"), "{server_first}");
+        assert!(nonce.starts_with("r=rawclientnonce"), "{server_first}");
         let proof = format!("{}=", "A".repeat(43));
         raw.send(
             ApiKey::SaslAuthenticate,
@@ -62,6 +70,134 @@ fn scram_attempt(addr: &str, user: &str, to_the_end: bool) -> k::SaslAuthenticat
     }
     assert!(raw.ends(), "a failed login closes the connection");
     answer
+}
+
+/// Logs `raw` in as `user` with SCRAM-SHA-256 and `password`, as a client does:
+/// handshake, client-first, then the proof of RFC 5802. Returns the final answer.
+fn scram_login(raw: &mut Raw, user: &str, password: &str) -> k::SaslAuthenticateResponse {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine as _;
+    use ring::{digest, hmac, pbkdf2};
+    let first = scram_first(raw, user);
+    assert_eq!(first.error_code, 0, "{:?}", first.error_message);
+    let bare = format!("n={user},r=rawclientnonce");
+    let server_first = String::from_utf8(first.auth_bytes.to_vec()).unwrap();
+    let fields: Vec<&str> = server_first.split(',').collect();
+    let nonce = fields[0].strip_prefix("r=").unwrap();
+    let salt = STANDARD
+        .decode(fields[1].strip_prefix("s=").unwrap())
+        .unwrap();
+    let iterations: u32 = fields[2].strip_prefix("i=").unwrap().parse().unwrap();
+    let mut salted = [0u8; 32];
+    pbkdf2::derive(
+        pbkdf2::PBKDF2_HMAC_SHA256,
+        iterations.try_into().unwrap(),
+        &salt,
+        password.as_bytes(),
+        &mut salted,
+    );
+    let salted = hmac::Key::new(hmac::HMAC_SHA256, &salted);
+    let client_key = hmac::sign(&salted, b"Client Key");
+    let stored_key = digest::digest(&digest::SHA256, client_key.as_ref());
+    let without_proof = format!("c=biws,r={nonce}");
+    let auth_message = format!("{bare},{server_first},{without_proof}");
+    let signature = hmac::sign(
+        &hmac::Key::new(hmac::HMAC_SHA256, stored_key.as_ref()),
+        auth_message.as_bytes(),
+    );
+    let proof: Vec<u8> = client_key
+        .as_ref()
+        .iter()
+        .zip(signature.as_ref())
+        .map(|(a, b)| a ^ b)
+        .collect();
+    let last = format!("{without_proof},p={}", STANDARD.encode(proof));
+    raw.send(ApiKey::SaslAuthenticate, 2, &token(last));
+    raw.receive(ApiKey::SaslAuthenticate, 2)
+}
+
+/// `kafka_sasl_session_lifetime_ms` (KIP-368): a login's answer carries the
+/// lifetime; a request after it ends closes the connection, unless the client
+/// logged in again on the connection before, as the same user. A user removed
+/// (and SIGHUP) is shut out of a connection it holds within the lifetime:
+/// kafka-python, producing once a second, stops getting its records in.
+#[test]
+fn sasl_logins_expire_and_re_authenticate() {
+    let dir = tempfile::tempdir().unwrap();
+    let users = dir.path().join("users.toml");
+    add_user(&users, "alice", "s3cret", &[]);
+    add_user(&users, "bob", "hunter2", &[]);
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let log = dir.path().join("broker.log");
+    let _broker = TestBroker::start_logging_to(
+        &log,
+        &[
+            &format!("kafka_listen={addr}"),
+            &format!("kafka_sasl_users_file={}", users.display()),
+            "kafka_sasl_session_lifetime_ms=2000",
+        ],
+        &[("RUST_LOG", "info")],
+    );
+    let metadata = k::MetadataRequest::default();
+    let mut expires = Raw::connect(&addr);
+    let login = scram_login(&mut expires, "alice", "s3cret");
+    assert_eq!(login.error_code, 0, "{:?}", login.error_message);
+    assert_eq!(login.session_lifetime_ms, 2000);
+    expires.send(ApiKey::Metadata, 9, &metadata);
+    let _: k::MetadataResponse = expires.receive(ApiKey::Metadata, 9);
+
+    let mut renews = Raw::connect(&addr);
+    assert_eq!(scram_login(&mut renews, "alice", "s3cret").error_code, 0);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    let again = scram_login(&mut renews, "alice", "s3cret");
+    assert_eq!(again.error_code, 0, "{:?}", again.error_message);
+    std::thread::sleep(std::time::Duration::from_millis(1200));
+    // 2.4 s after the first logins: the one that logged in again is served...
+    renews.send(ApiKey::Metadata, 9, &metadata);
+    let _: k::MetadataResponse = renews.receive(ApiKey::Metadata, 9);
+    // ...the other is closed.
+    expires.send(ApiKey::Metadata, 9, &metadata);
+    assert!(
+        expires.ends(),
+        "a request after the login expired closes the connection"
+    );
+    crate::harness::await_log(&log, "after its SASL login expired", 1);
+    // Logging in again as someone else fails, and ends the connection.
+    let mut switches = Raw::connect(&addr);
+    assert_eq!(scram_login(&mut switches, "alice", "s3cret").error_code, 0);
+    let bob = scram_login(&mut switches, "bob", "hunter2");
+    assert_eq!(bob.error_code, 58, "SASL_AUTHENTICATION_FAILED");
+    assert!(switches.ends(), "re-authenticated as another user");
+
+    // kafka-python logged in as bob keeps producing while bob is removed.
+    let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
+        println!("skipped the kafka-python half: KAFKA_PYTHON_FOR_TESTS is not set");
+        return;
+    };
+    let mut running = Command::new(python);
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/sasl.py");
+    running
+        .arg(script)
+        .args([
+            &addr,
+            "-",
+            "SCRAM-SHA-256",
+            "bob",
+            "hunter2",
+            "keep-producing",
+            "bob-topic",
+        ])
+        .stdout(Stdio::piped());
+    let child = running.spawn().unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    sasl(&["remove", "bob", "--file", users.to_str().unwrap()], "");
+    _broker.signal("HUP");
+    crate::harness::await_log(&log, "SIGHUP: reloaded kafka_sasl_users_file", 1);
+    let out = child.wait_with_output().unwrap();
+    let seen: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let results = seen["results"].as_array().unwrap();
+    assert_eq!(results[0], "ok", "{seen}");
+    assert_ne!(results[results.len() - 1], "ok", "bob is shut out: {seen}");
 }
 
 /// kafka-python with `sasl.py`: `ca` for SASL_SSL, `-` for SASL_PLAINTEXT.
@@ -112,6 +248,7 @@ fn kafka_clients_authenticate_with_scram() {
         &format!("kafka_listen={addr}"),
         &format!("kafka_sasl_users_file={}", users.display()),
         &format!("metrics_listen={metrics}"),
+        "kafka_sasl_failure_delay_ms=600",
     ]);
 
     let mut raw = Raw::connect(&addr);
@@ -170,7 +307,13 @@ fn kafka_clients_authenticate_with_scram() {
     // credential for the hash, an unknown user. Each is told only that it failed,
     // then the connection closes.
     for (user, proof) in [("alice", true), ("bob", false), ("mallory", false)] {
+        let started = std::time::Instant::now();
         let answer = scram_attempt(&addr, user, proof);
+        // Not before kafka_sasl_failure_delay_ms.
+        assert!(
+            started.elapsed() >= std::time::Duration::from_millis(500),
+            "{user}"
+        );
         assert_eq!(answer.error_code, 58, "{user}: SASL_AUTHENTICATION_FAILED");
         let message = answer.error_message.unwrap().to_string();
         assert!(

@@ -118,7 +118,7 @@ fn remove(args: FileArgs) -> anyhow::Result<()> {
     }
     write_users(&args.file, &users)?;
     println!(
-        "removed user {} from {}; a running broker takes it on SIGHUP (connections it authenticated carry on)",
+        "removed user {} from {}; a running broker takes it on SIGHUP (connections logged in as it carry on until kafka_sasl_session_lifetime_ms ends their login, if set)",
         args.user,
         args.file.display()
     );

@@ -170,13 +170,22 @@ enum SaslMessage {
 }
 
 impl SaslRequest {
+    /// Whether it is a `SaslHandshake` (which starts an exchange, or a
+    /// re-authentication).
+    pub fn is_handshake(&self) -> bool {
+        matches!(self.message, SaslMessage::Handshake(_))
+    }
+
     /// The response frame, and what became of the exchange, from `authenticator`:
     /// the connection's exchange while it has one under way; `None` once it is over
     /// (or on a listener without SASL), when both requests are out of place
-    /// (`ILLEGAL_SASL_STATE`) and change nothing.
+    /// (`ILLEGAL_SASL_STATE`) and change nothing. A successful login's answer
+    /// tells the client `session_lifetime_ms` (version 1 on; 0: no limit), after
+    /// which it must log in again on the same connection (KIP-368).
     pub fn answer(
         self,
         authenticator: Option<&mut sasl::Authenticator>,
+        session_lifetime_ms: i64,
     ) -> Result<(Bytes, sasl::Outcome), KafkaError> {
         const ILLEGAL_SASL_STATE: i16 = 34;
         match (self.message, authenticator) {
@@ -199,10 +208,15 @@ impl SaslRequest {
             }
             (SaslMessage::Authenticate(token), Some(authenticator)) => {
                 let answer = authenticator.authenticate(&token);
+                let lifetime = match answer.outcome {
+                    sasl::Outcome::Authenticated(_) => session_lifetime_ms,
+                    _ => 0,
+                };
                 let body = k::SaslAuthenticateResponse::default()
                     .with_error_code(answer.error_code)
                     .with_error_message(answer.error_message.map(StrBytes::from_string))
-                    .with_auth_bytes(Bytes::from(answer.auth_bytes));
+                    .with_auth_bytes(Bytes::from(answer.auth_bytes))
+                    .with_session_lifetime_ms(lifetime);
                 Ok((self.header.frame(&body)?, answer.outcome))
             }
             (SaslMessage::Authenticate(_), None) => {

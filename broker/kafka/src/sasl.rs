@@ -367,6 +367,9 @@ pub struct Authenticator {
     enabled: Vec<Mechanism>,
     /// The server's part of the SCRAM nonce (printable, no commas).
     server_nonce: String,
+    /// A re-authentication's: who the connection logged in as before, whom
+    /// it must log in as again.
+    expected_user: Option<String>,
     state: State,
 }
 
@@ -395,8 +398,16 @@ impl Authenticator {
             users,
             enabled,
             server_nonce: base64_encode(server_nonce),
+            expected_user: None,
             state: State::AwaitHandshake,
         }
+    }
+
+    /// A re-authentication (KIP-368) of a connection logged in as `user`: logging
+    /// in as anyone else fails.
+    pub fn reauthenticating(mut self, user: &str) -> Authenticator {
+        self.expected_user = Some(user.to_string());
+        self
     }
 
     /// A `SaslHandshake` asking for `mechanism`.
@@ -426,7 +437,8 @@ impl Authenticator {
     /// A `SaslAuthenticate` carrying `token`.
     pub fn authenticate(&mut self, token: &[u8]) -> AuthenticateAnswer {
         let state = std::mem::replace(&mut self.state, State::Done);
-        let step = match state {
+        let used = state.mechanism();
+        let mut step = match state {
             State::AwaitFirst(Mechanism::Plain) => self.plain(token),
             State::AwaitFirst(mechanism) => {
                 let hash = mechanism.hash().expect("SCRAM mechanisms have a hash");
@@ -459,6 +471,14 @@ impl Authenticator {
                 };
             }
         };
+        if let (Ok((_, Outcome::Authenticated(user), _)), Some(before), Some(used)) =
+            (&step, &self.expected_user, used)
+        {
+            if user != before {
+                let why = format!("logged in as `{before}`, re-authenticated as `{user}`");
+                step = Err(Refusal::new(used, &why));
+            }
+        }
         match step {
             Ok((bytes, Outcome::Continue, next)) => {
                 self.state = next;
@@ -583,6 +603,20 @@ impl Authenticator {
             gs2_header,
         };
         Ok((server_first.into_bytes(), Outcome::Continue, next))
+    }
+}
+
+impl State {
+    /// The mechanism of the exchange under way, if one was chosen.
+    fn mechanism(&self) -> Option<Mechanism> {
+        match self {
+            State::AwaitFirst(m) => Some(*m),
+            State::AwaitFinal { hash, .. } => Some(match hash {
+                Hash::Sha256 => Mechanism::ScramSha256,
+                Hash::Sha512 => Mechanism::ScramSha512,
+            }),
+            State::AwaitHandshake | State::Done => None,
+        }
     }
 }
 
@@ -844,6 +878,30 @@ mod tests {
                 "{answer:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_re_authentication_must_be_the_same_users() {
+        let mut users = (*users_with("alice", "a-pw", 4096)).clone();
+        users
+            .users
+            .extend(users_with("bob", "b-pw", 4096).users.clone());
+        let users = Arc::new(users);
+        let again = |user: &str, password: &str| {
+            let mut auth = authenticator(users.clone()).reauthenticating("alice");
+            auth.handshake("PLAIN");
+            auth.authenticate(format!("\0{user}\0{password}").as_bytes())
+        };
+        assert_eq!(
+            again("alice", "a-pw").outcome,
+            Outcome::Authenticated("alice".into())
+        );
+        let other = again("bob", "b-pw");
+        assert_eq!(other.error_code, SASL_AUTHENTICATION_FAILED);
+        assert!(
+            matches!(&other.outcome, Outcome::Failed(r) if r.contains("re-authenticated as `bob`")),
+            "{other:?}"
+        );
     }
 
     #[test]

@@ -90,7 +90,7 @@ fn sasl_requests_are_answered_by_the_connection_authenticator() {
         &k::SaslHandshakeRequest::default().with_mechanism(StrBytes::from_static_str("PLAIN")),
     );
     let (frame, outcome) = sasl_request(handshake.clone())
-        .answer(Some(&mut auth))
+        .answer(Some(&mut auth), 0)
         .unwrap();
     assert_eq!(outcome, Outcome::Continue);
     let answer: k::SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, frame);
@@ -108,18 +108,20 @@ fn sasl_requests_are_answered_by_the_connection_authenticator() {
         );
         let mut auth = Authenticator::new(users.clone(), Mechanism::ALL.to_vec(), b"n");
         auth.handshake("PLAIN");
-        let (frame, outcome) = sasl_request(token.clone()).answer(Some(&mut auth)).unwrap();
+        let (frame, outcome) = sasl_request(token.clone())
+            .answer(Some(&mut auth), 0)
+            .unwrap();
         assert_eq!(outcome, Outcome::Authenticated("alice".into()));
         let answer: k::SaslAuthenticateResponse =
             response(ApiKey::SaslAuthenticate, version, frame);
         assert_eq!(answer.error_code, 0);
-        let (frame, outcome) = sasl_request(token).answer(None).unwrap();
+        let (frame, outcome) = sasl_request(token).answer(None, 0).unwrap();
         assert_eq!(outcome, Outcome::Continue);
         let answer: k::SaslAuthenticateResponse =
             response(ApiKey::SaslAuthenticate, version, frame);
         assert_eq!(answer.error_code, 34);
     }
-    let (frame, _) = sasl_request(handshake).answer(None).unwrap();
+    let (frame, _) = sasl_request(handshake).answer(None, 0).unwrap();
     let answer: k::SaslHandshakeResponse = response(ApiKey::SaslHandshake, 1, frame);
     assert_eq!(answer.error_code, 34);
 }

@@ -66,6 +66,17 @@ pub struct BrokerConfig {
     /// `SCRAM-SHA-512`, `PLAIN` (which sends the password itself, so only under
     /// `kafka_tls`). Absent: both SCRAM ones, and `PLAIN` too under `kafka_tls`.
     pub kafka_sasl_mechanisms: Option<String>,
+    /// How long a SASL login lasts (Kafka's `connections.max.reauth.ms`): clients
+    /// are told, and must log in again on the same connection before it ends
+    /// (KIP-368); a connection whose login ended is closed at its next request, so
+    /// a user removed from `kafka_sasl_users_file`, or given a new password, is
+    /// shut out within it. 0: a login lasts as long as its connection.
+    pub kafka_sasl_session_lifetime_ms: u64,
+    /// How long a failed SASL login waits before its answer and the close (Kafka's
+    /// `connection.failed.authentication.delay.ms`): a client retrying a wrong
+    /// password at once, as some do, costs the broker a login that often, not as
+    /// often as it can reconnect. 0: answer at once.
+    pub kafka_sasl_failure_delay_ms: u64,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -441,6 +452,8 @@ impl Default for BrokerConfig {
             kafka_tls: false,
             kafka_sasl_users_file: None,
             kafka_sasl_mechanisms: None,
+            kafka_sasl_session_lifetime_ms: 0,
+            kafka_sasl_failure_delay_ms: 100,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -616,6 +629,18 @@ impl BrokerConfig {
             ));
         }
         self.sasl_mechanisms()?;
+        if self.kafka_sasl_session_lifetime_ms > 0 && self.kafka_sasl_users_file.is_none() {
+            return Err(ConfigError::Invalid(
+                "kafka_sasl_session_lifetime_ms needs kafka_sasl_users_file: it is how \
+                 long a SASL login lasts"
+                    .into(),
+            ));
+        }
+        if self.kafka_sasl_session_lifetime_ms > i64::MAX as u64 {
+            return Err(ConfigError::Invalid(
+                "kafka_sasl_session_lifetime_ms is too large".into(),
+            ));
+        }
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
@@ -1056,6 +1081,10 @@ mod tests {
         check(
             "kafka_sasl_mechanisms = \"PLAIN\"\n",
             "kafka_sasl_mechanisms needs kafka_sasl_users_file",
+        );
+        check(
+            "kafka_sasl_session_lifetime_ms = 1000\n",
+            "kafka_sasl_session_lifetime_ms needs kafka_sasl_users_file",
         );
         check(
             "[cluster]\nvoters = [\"1@a:1\"]\nleader_imbalance_check_interval_ms = 0\n",

@@ -15,11 +15,11 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meridian_kafka::sasl::{self, Authenticator, Outcome};
-use meridian_kafka::{KafkaBroker, Listener, Pending, Step};
+use meridian_kafka::{KafkaBroker, Listener, Pending, SaslRequest, Step};
 use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
 use meridian_wire::messages::{Request, Response};
@@ -31,7 +31,7 @@ use tracing::Instrument;
 
 use crate::acl::Principal;
 use crate::metrics::Protocol;
-use crate::{Caller, Shared};
+use crate::{Caller, KafkaSasl, Shared};
 
 /// What Kafka clients are told to connect to for this broker: `advertised_host`
 /// (else the address the listener is bound to) and the listener's port.
@@ -236,12 +236,7 @@ async fn connection(
         let limit = shared.config.max_frame_bytes;
         let idle = Duration::from_millis(shared.config.idle_timeout_ms);
         let mut client = client;
-        // Under `kafka_sasl_users_file`: the exchange under way until the client
-        // authenticates; only ApiVersions and SASL requests are served before.
-        let mut sasl = shared.kafka_sasl.as_ref().map(|sasl| {
-            let users = sasl.users.read().clone();
-            Authenticator::new(users, sasl.mechanisms.clone(), &sasl::random_bytes::<18>())
-        });
+        let mut sasl = shared.kafka_sasl.as_ref().map(SaslSession::new);
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,
@@ -257,9 +252,11 @@ async fn connection(
             let frame_bytes = frame.len() + 4;
             let ready = |frame: Bytes| -> Owed { tokio::spawn(async move { Ok(Some(frame)) }) };
             let step = meridian_kafka::decode(frame);
-            if sasl.is_some() && matches!(step, Ok(Step::Serve(..) | Step::Refused { .. })) {
-                tracing::info!(%peer, "Kafka request before SASL authentication; closing the connection");
-                break;
+            if matches!(step, Ok(Step::Serve(..) | Step::Refused { .. })) {
+                if let Some(why) = sasl.as_ref().and_then(|s| s.refuses(Instant::now())) {
+                    tracing::info!(%peer, "{why}; closing the connection");
+                    break;
+                }
             }
             let response: Owed = match step {
                 Ok(Step::Reply(frame)) => ready(frame),
@@ -267,31 +264,38 @@ async fn connection(
                     tracing::info!(%peer, %reason, "Kafka request refused");
                     ready(reply)
                 }
-                Ok(Step::Sasl(request)) => match request.answer(sasl.as_mut()) {
-                    Ok((frame, Outcome::Continue)) => ready(frame),
-                    Ok((frame, Outcome::Authenticated(user))) => {
-                        tracing::Span::current().record("client", user.as_str());
-                        tracing::debug!(%peer, "Kafka client authenticated with SASL");
-                        shared.metrics.sasl_authentication(true);
-                        client = Some(Principal {
-                            name: Arc::from(user),
-                            broker: false,
-                        });
-                        sasl = None;
-                        ready(frame)
+                Ok(Step::Sasl(request)) => {
+                    let lifetime = sasl.as_mut().map_or(0, |s| s.prepare(&shared, &request));
+                    let exchange = sasl.as_mut().and_then(|s| s.exchange.as_mut());
+                    match request.answer(exchange, lifetime) {
+                        Ok((frame, Outcome::Continue)) => ready(frame),
+                        Ok((frame, Outcome::Authenticated(user))) => {
+                            let session = sasl.as_mut().expect("a login comes from an exchange");
+                            session.logged_in(&user);
+                            tracing::Span::current().record("client", user.as_str());
+                            tracing::debug!(%peer, "Kafka client authenticated with SASL");
+                            shared.metrics.sasl_authentication(true);
+                            client = Some(Principal {
+                                name: Arc::from(user),
+                                broker: false,
+                            });
+                            ready(frame)
+                        }
+                        Ok((frame, Outcome::Failed(reason))) => {
+                            tracing::info!(%peer, %reason, "Kafka client refused by SASL; closing the connection");
+                            shared.metrics.sasl_authentication(false);
+                            let delay = shared.config.kafka_sasl_failure_delay_ms;
+                            tokio::time::sleep(Duration::from_millis(delay)).await;
+                            // The answer says it failed; then the connection closes.
+                            let _ = owed.send(ready(frame)).await;
+                            break;
+                        }
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "answering a SASL request; closing the connection");
+                            break;
+                        }
                     }
-                    Ok((frame, Outcome::Failed(reason))) => {
-                        tracing::info!(%peer, %reason, "Kafka client refused by SASL; closing the connection");
-                        shared.metrics.sasl_authentication(false);
-                        // The answer says it failed; then the connection closes.
-                        let _ = owed.send(ready(frame)).await;
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%peer, error = %e, "answering a SASL request; closing the connection");
-                        break;
-                    }
-                },
+                }
                 Ok(Step::Serve(request, pending)) => tokio::spawn(serve_one(
                     shared.clone(),
                     directory.clone(),
@@ -313,6 +317,69 @@ async fn connection(
     };
     tokio::join!(read, write);
     tracing::debug!("Kafka client disconnected");
+}
+
+/// A connection's SASL state under `kafka_sasl_users_file`.
+struct SaslSession {
+    /// The exchange under way: the first login, or a re-authentication.
+    exchange: Option<Authenticator>,
+    /// The user logged in, and until when (`kafka_sasl_session_lifetime_ms`).
+    user: Option<(String, Option<Instant>)>,
+    /// `kafka_sasl_session_lifetime_ms`.
+    lifetime: Duration,
+}
+
+impl SaslSession {
+    fn new(sasl: &KafkaSasl) -> SaslSession {
+        SaslSession {
+            exchange: Some(Self::exchange(sasl)),
+            user: None,
+            lifetime: Duration::ZERO,
+        }
+    }
+
+    fn exchange(sasl: &KafkaSasl) -> Authenticator {
+        let users = sasl.users.read().clone();
+        Authenticator::new(users, sasl.mechanisms.clone(), &sasl::random_bytes::<18>())
+    }
+
+    /// Why a request other than SASL's may not be served at `now`: no login yet,
+    /// or the login's lifetime is over.
+    fn refuses(&self, now: Instant) -> Option<&'static str> {
+        match &self.user {
+            None => Some("Kafka request before SASL authentication"),
+            Some((_, Some(until))) if now >= *until => {
+                Some("Kafka request after its SASL login expired (kafka_sasl_session_lifetime_ms)")
+            }
+            Some(_) => None,
+        }
+    }
+
+    /// Before `request` is answered: a handshake on a connection logged in with a
+    /// lifetime starts a re-authentication (KIP-368), checked against the users
+    /// as they are now. Returns the lifetime a login gets, in milliseconds.
+    fn prepare(&mut self, shared: &Shared, request: &SaslRequest) -> i64 {
+        let configured = shared.config.kafka_sasl_session_lifetime_ms;
+        self.lifetime = Duration::from_millis(configured);
+        if self.exchange.is_none()
+            && self.user.is_some()
+            && configured > 0
+            && request.is_handshake()
+        {
+            if let (Some(sasl), Some((user, _))) = (&shared.kafka_sasl, &self.user) {
+                self.exchange = Some(Self::exchange(sasl).reauthenticating(user));
+            }
+        }
+        i64::try_from(configured).unwrap_or(i64::MAX)
+    }
+
+    /// `user` logged in: the first login, or a re-authentication (which the
+    /// authenticator held to the same user).
+    fn logged_in(&mut self, user: &str) {
+        self.exchange = None;
+        let until = (!self.lifetime.is_zero()).then(|| Instant::now() + self.lifetime);
+        self.user = Some((user.to_string(), until));
+    }
 }
 
 async fn serve_one(
