@@ -682,7 +682,8 @@ fn reachable(addr: SocketAddr) -> SocketAddr {
 }
 
 /// `kill -HUP` of `meridian broker` re-reads `tls_cert`, `tls_key`, `tls_client_ca`,
-/// `acl_file` and, from the configuration read again, the client quotas
+/// `tls_client_crl`, `kafka_sasl_users_file`, `acl_file` and, from the
+/// configuration read again, the client quotas
 /// ([`meridian_server::Reloader`]); a failed reload keeps what was loaded.
 #[cfg(unix)]
 async fn reload_on_sighup(reloader: meridian_server::Reloader, args: ServeArgs) {

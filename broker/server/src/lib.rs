@@ -542,7 +542,6 @@ fn quic_server_config(
     Ok(server_config)
 }
 
-/// The Kafka listener's TLS configuration, under `kafka_tls`.
 /// The TLS of a TCP listener (Kafka's, the metrics one) when it is `on`.
 fn tcp_tls_config(
     on: bool,
@@ -565,8 +564,9 @@ fn client_check(config: &BrokerConfig) -> Option<tls::ClientCheck<'_>> {
 
 /// Takes new settings while the broker serves (`meridian broker` does on SIGHUP):
 /// [`Reloader::reload_tls`] re-reads `tls_cert`, `tls_key` and `tls_client_ca`,
-/// [`Reloader::reload_acl`] `acl_file`, [`Reloader::reload_quotas`] the client
-/// quotas of a configuration read again.
+/// [`Reloader::reload_acl`] `acl_file`, [`Reloader::reload_sasl_users`]
+/// `kafka_sasl_users_file`, [`Reloader::reload_quotas`] the client quotas of a
+/// configuration read again.
 ///
 /// TLS: certificates rotate and the client CA changes without a restart: new
 /// connections (QUIC, and Kafka ones under `kafka_tls`) get the new certificate and are checked against the new CAs, and
@@ -616,8 +616,9 @@ impl Reloader {
     }
 
     /// Re-reads `kafka_sasl_users_file`; returns how many users it holds, or `None`
-    /// when the broker has none. A file that fails to parse changes nothing;
-    /// connections already authenticated carry on.
+    /// when the broker has none. A file that fails to parse changes nothing.
+    /// Connections already logged in carry on until `kafka_sasl_session_lifetime_ms`
+    /// ends their login (if set), when they log in again against the new users.
     pub fn reload_sasl_users(&self) -> anyhow::Result<Option<usize>> {
         let (Some(path), Some(current)) = (
             &self.shared.config.kafka_sasl_users_file,
