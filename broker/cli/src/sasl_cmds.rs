@@ -74,14 +74,7 @@ fn add(args: AddArgs) -> anyhow::Result<()> {
             ),
         }
     }
-    if !(sasl::MIN_ITERATIONS..=sasl::MAX_ITERATIONS).contains(&args.iterations) {
-        bail!(
-            "--iterations {}: a credential has {} to {}",
-            args.iterations,
-            sasl::MIN_ITERATIONS,
-            sasl::MAX_ITERATIONS
-        );
-    }
+    sasl::check_iterations(args.iterations).map_err(|e| anyhow::anyhow!("--iterations: {e}"))?;
     let mut users = read_users(&file, true)?;
     let password = read_password(&user)?;
     if password.is_empty() {
@@ -163,13 +156,13 @@ fn list(args: ListArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The users of `file`; none when it does not exist and `may_be_new`.
+/// The users of `file`, read as a broker reads them; none when it does not exist
+/// and `may_be_new`.
 fn read_users(file: &Path, may_be_new: bool) -> anyhow::Result<Users> {
-    match std::fs::read_to_string(file) {
-        Ok(text) => Users::from_toml(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound && may_be_new => Ok(Users::default()),
-        Err(e) => Err(e).with_context(|| format!("reading {}", file.display())),
+    if may_be_new && !file.exists() {
+        return Ok(Users::default());
     }
+    meridian_server::load_sasl_users(file)
 }
 
 /// Writes the file whole under another name (readable by its owner only), then

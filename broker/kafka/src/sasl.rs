@@ -112,6 +112,16 @@ pub const MIN_ITERATIONS: u32 = 4096;
 /// Most iterations a credential may have: `PLAIN` runs them at each login.
 pub const MAX_ITERATIONS: u32 = 16384;
 
+/// Checks a credential's PBKDF2 iteration count against the bounds above.
+pub fn check_iterations(iterations: u32) -> Result<(), String> {
+    if (MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
+        return Ok(());
+    }
+    Err(format!(
+        "{iterations} iterations: a credential has {MIN_ITERATIONS} to {MAX_ITERATIONS}"
+    ))
+}
+
 /// One user's SCRAM credential for one hash (RFC 5802 section 3).
 #[derive(Clone, PartialEq, Eq)]
 pub struct ScramCredential {
@@ -140,11 +150,7 @@ impl ScramCredential {
         let hash = mechanism
             .hash()
             .ok_or_else(|| format!("{mechanism} keeps no credential of its own"))?;
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&iterations) {
-            return Err(format!(
-                "{iterations} iterations: a credential has {MIN_ITERATIONS} to {MAX_ITERATIONS}"
-            ));
-        }
+        check_iterations(iterations)?;
         if salt.is_empty() {
             return Err("an empty salt".into());
         }
@@ -158,17 +164,10 @@ impl ScramCredential {
         })
     }
 
-    /// Whether `password` is the one this credential was made from.
-    fn admits(&self, hash: Hash, password: &[u8]) -> bool {
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&self.iterations) {
-            return false;
-        }
-        let salted = salted_password(hash, password, &self.salt, self.iterations);
-        let client_key = hash.sign(&salted, b"Client Key");
-        same(
-            digest::digest(hash.digest(), &client_key).as_ref(),
-            &self.stored_key,
-        )
+    /// Whether `password` is the one this credential (of `mechanism`) was made from.
+    fn admits(&self, mechanism: Mechanism, password: &[u8]) -> bool {
+        ScramCredential::new(mechanism, password, &self.salt, self.iterations)
+            .is_ok_and(|made| same(&made.stored_key, &self.stored_key))
     }
 }
 
@@ -280,12 +279,7 @@ impl CredentialEntry {
         if credential.salt.is_empty() {
             return Err("an empty salt".into());
         }
-        if !(MIN_ITERATIONS..=MAX_ITERATIONS).contains(&credential.iterations) {
-            return Err(format!(
-                "{} iterations (a credential has {MIN_ITERATIONS} to {MAX_ITERATIONS})",
-                credential.iterations
-            ));
-        }
+        check_iterations(credential.iterations)?;
         for (what, key) in [
             ("stored_key", &credential.stored_key),
             ("server_key", &credential.server_key),
@@ -380,7 +374,7 @@ enum State {
     /// SCRAM: the server-first message was sent.
     AwaitFinal {
         user: String,
-        hash: Hash,
+        mechanism: Mechanism,
         credential: ScramCredential,
         /// client-first-message-bare "," server-first-message ",": the start of
         /// the AuthMessage.
@@ -440,13 +434,10 @@ impl Authenticator {
         let used = state.mechanism();
         let mut step = match state {
             State::AwaitFirst(Mechanism::Plain) => self.plain(token),
-            State::AwaitFirst(mechanism) => {
-                let hash = mechanism.hash().expect("SCRAM mechanisms have a hash");
-                self.scram_first(mechanism, hash, token)
-            }
+            State::AwaitFirst(mechanism) => self.scram_first(mechanism, token),
             State::AwaitFinal {
                 user,
-                hash,
+                mechanism,
                 credential,
                 transcript,
                 nonce,
@@ -454,20 +445,17 @@ impl Authenticator {
             } => scram_final(
                 token,
                 &user,
-                hash,
+                mechanism,
                 &credential,
                 (&transcript, &nonce, &gs2_header),
             ),
             State::AwaitHandshake | State::Done => {
+                let why = "SaslAuthenticate without a SaslHandshake before it";
                 return AuthenticateAnswer {
                     error_code: ILLEGAL_SASL_STATE,
-                    error_message: Some(
-                        "SaslAuthenticate without a SaslHandshake before it".into(),
-                    ),
+                    error_message: Some(why.into()),
                     auth_bytes: Vec::new(),
-                    outcome: Outcome::Failed(
-                        "SaslAuthenticate without a SaslHandshake before it".into(),
-                    ),
+                    outcome: Outcome::Failed(why.into()),
                 };
             }
         };
@@ -524,13 +512,13 @@ impl Authenticator {
             )));
         }
         // The first SCRAM credential the user has: PLAIN keeps none of its own.
-        let Some((hash, credential)) = Mechanism::SCRAM.iter().find_map(|&m| {
+        let Some((mechanism, credential)) = Mechanism::SCRAM.iter().find_map(|&m| {
             let credential = self.users.credential(user, m)?;
-            Some((m.hash()?, credential))
+            Some((m, credential))
         }) else {
             return Err(refuse(&format!("unknown user `{user}`")));
         };
-        if !credential.admits(hash, password) {
+        if !credential.admits(mechanism, password) {
             return Err(refuse(&format!("wrong password for user `{user}`")));
         }
         Ok((
@@ -540,7 +528,7 @@ impl Authenticator {
         ))
     }
 
-    fn scram_first(&self, mechanism: Mechanism, hash: Hash, token: &[u8]) -> Step {
+    fn scram_first(&self, mechanism: Mechanism, token: &[u8]) -> Step {
         let refuse = |reason: &str| Refusal::new(mechanism, reason);
         let message =
             std::str::from_utf8(token).map_err(|_| refuse("client-first-message not UTF-8"))?;
@@ -596,7 +584,7 @@ impl Authenticator {
         let gs2_header = format!("{flag},{authzid},");
         let next = State::AwaitFinal {
             user,
-            hash,
+            mechanism,
             credential: credential.clone(),
             transcript: format!("{bare},{server_first},"),
             nonce,
@@ -610,11 +598,7 @@ impl State {
     /// The mechanism of the exchange under way, if one was chosen.
     fn mechanism(&self) -> Option<Mechanism> {
         match self {
-            State::AwaitFirst(m) => Some(*m),
-            State::AwaitFinal { hash, .. } => Some(match hash {
-                Hash::Sha256 => Mechanism::ScramSha256,
-                Hash::Sha512 => Mechanism::ScramSha512,
-            }),
+            State::AwaitFirst(mechanism) | State::AwaitFinal { mechanism, .. } => Some(*mechanism),
             State::AwaitHandshake | State::Done => None,
         }
     }
@@ -641,15 +625,11 @@ impl Refusal {
 fn scram_final(
     token: &[u8],
     user: &str,
-    hash: Hash,
+    mechanism: Mechanism,
     credential: &ScramCredential,
     (transcript, nonce, gs2_header): (&str, &str, &str),
 ) -> Step {
-    let mechanism = if hash == Hash::Sha256 {
-        Mechanism::ScramSha256
-    } else {
-        Mechanism::ScramSha512
-    };
+    let hash = mechanism.hash().expect("SCRAM mechanisms only");
     let refuse = |reason: &str| Refusal::new(mechanism, reason);
     let message =
         std::str::from_utf8(token).map_err(|_| refuse("client-final-message not UTF-8"))?;

@@ -236,7 +236,7 @@ async fn connection(
         let limit = shared.config.max_frame_bytes;
         let idle = Duration::from_millis(shared.config.idle_timeout_ms);
         let mut client = client;
-        let mut sasl = shared.kafka_sasl.as_ref().map(SaslSession::new);
+        let mut sasl = SaslSession::new(&shared);
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,
@@ -330,12 +330,14 @@ struct SaslSession {
 }
 
 impl SaslSession {
-    fn new(sasl: &KafkaSasl) -> SaslSession {
-        SaslSession {
+    /// A new connection's, under `kafka_sasl_users_file`: a login under way.
+    fn new(shared: &Shared) -> Option<SaslSession> {
+        let sasl = shared.kafka_sasl.as_ref()?;
+        Some(SaslSession {
             exchange: Some(Self::exchange(sasl)),
             user: None,
-            lifetime: Duration::ZERO,
-        }
+            lifetime: Duration::from_millis(shared.config.kafka_sasl_session_lifetime_ms),
+        })
     }
 
     fn exchange(sasl: &KafkaSasl) -> Authenticator {
@@ -359,18 +361,13 @@ impl SaslSession {
     /// lifetime starts a re-authentication (KIP-368), checked against the users
     /// as they are now. Returns the lifetime a login gets, in milliseconds.
     fn prepare(&mut self, shared: &Shared, request: &SaslRequest) -> i64 {
-        let configured = shared.config.kafka_sasl_session_lifetime_ms;
-        self.lifetime = Duration::from_millis(configured);
-        if self.exchange.is_none()
-            && self.user.is_some()
-            && configured > 0
-            && request.is_handshake()
-        {
+        if self.exchange.is_none() && !self.lifetime.is_zero() && request.is_handshake() {
             if let (Some(sasl), Some((user, _))) = (&shared.kafka_sasl, &self.user) {
                 self.exchange = Some(Self::exchange(sasl).reauthenticating(user));
             }
         }
-        i64::try_from(configured).unwrap_or(i64::MAX)
+        // The configuration holds it to i64::MAX milliseconds.
+        i64::try_from(self.lifetime.as_millis()).unwrap_or(i64::MAX)
     }
 
     /// `user` logged in: the first login, or a re-authentication (which the

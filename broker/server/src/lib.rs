@@ -106,8 +106,9 @@ pub(crate) struct KafkaSasl {
     pub(crate) mechanisms: Vec<meridian_kafka::sasl::Mechanism>,
 }
 
-/// Reads `kafka_sasl_users_file`.
-fn load_sasl_users(path: &Path) -> anyhow::Result<meridian_kafka::sasl::Users> {
+/// Reads `kafka_sasl_users_file` (the broker at start and on SIGHUP, and
+/// `meridian sasl`).
+pub fn load_sasl_users(path: &Path) -> anyhow::Result<meridian_kafka::sasl::Users> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("reading kafka_sasl_users_file {}", path.display()))?;
     meridian_kafka::sasl::Users::from_toml(&text)
