@@ -1020,6 +1020,60 @@ fn bench_kafka_produce_stores_every_record_it_reports() {
     );
 }
 
+/// `bench kafka-produce --rate` sends each record at its intended time and measures
+/// its latency from then: it cannot end before its last record is due, requests
+/// close when their first record has lingered `--linger-ms` (so there are many more
+/// than full ones would make), and the linger shows in the latency, which a
+/// request's round trip alone would not.
+#[test]
+fn bench_kafka_produce_paces_records_and_measures_from_their_intended_time() {
+    let (broker, addr) = kafka_broker(&[]);
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["bench", "kafka-produce", "--kafka", &addr, "--json"])
+        .args(["--topic", "paced", "--records", "1000", "--rate", "2000"])
+        .args([
+            "--linger-ms",
+            "20",
+            "--record-size",
+            "100",
+            "--partitions",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    let summary = bench_summary(&out);
+    assert_eq!(summary["records"], 1000, "{summary}");
+    // Record 999 is due 999/2000 s after the first.
+    assert!(summary["seconds"].as_f64().unwrap() >= 0.49, "{summary}");
+    // Full requests (2 partitions × 163 records of 100 bytes a 16384-byte batch)
+    // would be 4; a request every 20 ms makes about 25.
+    assert!(summary["requests"].as_u64().unwrap() > 8, "{summary}");
+    // The first record of each request waited 20 ms for it to be sent.
+    assert!(
+        summary["latency_ms"]["p99"].as_f64().unwrap() >= 15.0,
+        "{summary}"
+    );
+    let (ok, described, err) = broker.cli(&["topic", "describe", "paced", "--json"], "");
+    assert!(ok, "{err}");
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let stored: u64 = described["partitions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["high_watermark"].as_u64().unwrap())
+        .sum();
+    assert_eq!(stored, 1000, "{described}");
+    let refused = std::process::Command::new(crate::harness::meridian_bin())
+        .args(["bench", "kafka-consume", "--kafka", &addr, "--rate", "10"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && stderr.contains("--rate is kafka-produce's"),
+        "{stderr}"
+    );
+}
+
 /// `kafka_tls`: a client speaking plain Kafka to the TLS listener is closed at its
 /// first bytes, and one that opens a connection and sends nothing is closed after
 /// `idle_timeout_ms` instead of holding a connection slot and a task for ever.

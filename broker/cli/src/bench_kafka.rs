@@ -3,10 +3,12 @@
 //! one batch per partition of `--batch-size` bytes (Kafka's `batch.size`), each
 //! request carries one batch for every partition its broker leads, and each
 //! connection keeps `--inflight` requests unanswered (Kafka's
-//! `max.in.flight.requests.per.connection`). Set against `bench produce`, it shows
-//! what the Kafka path costs next to Meridian's QUIC one on the same machine.
+//! `max.in.flight.requests.per.connection`); with `--rate`, each record is sent at
+//! its intended time, requests closing after `--linger-ms`, and its latency runs
+//! from that time. Set against `bench produce`, it shows what the Kafka path costs
+//! next to Meridian's QUIC one on the same machine.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,15 @@ pub struct KafkaLoadArgs {
     /// `max.in.flight.requests.per.connection`).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub inflight: u32,
+    /// kafka-produce: records a second over all connections, each record sent at
+    /// its intended time and its latency measured from it (no coordinated
+    /// omission); 0: flat out, where the latency is each request's round trip.
+    #[arg(long, default_value_t = 0.0)]
+    pub rate: f64,
+    /// With --rate: how long a request waits for more records once its first is
+    /// due (Kafka's `linger.ms`); flat out every request is full.
+    #[arg(long, default_value_t = 5)]
+    pub linger_ms: u64,
     #[arg(long, default_value = "none")]
     pub compression: Compression,
     /// `1` or `all` (a broker answers no `acks=0` request, so the bench could not
@@ -138,6 +149,9 @@ async fn setup(args: &KafkaLoadArgs) -> anyhow::Result<Setup> {
     if args.record_size == 0 || args.batch_size == 0 {
         bail!("--record-size and --batch-size must be at least 1");
     }
+    if !(args.rate.is_finite() && args.rate >= 0.0) {
+        bail!("--rate must be a number of records a second, 0 for flat out");
+    }
     let (child, bootstrap) = match &args.kafka {
         Some(addr) => (None, addr.clone()),
         None => {
@@ -201,7 +215,7 @@ pub async fn produce(args: KafkaLoadArgs) -> anyhow::Result<()> {
 }
 
 /// Produces `target` records (or until `deadline`) over one connection to each
-/// leader.
+/// leader; with `--rate`, each connection a share of it for its partitions.
 async fn produce_all(
     setup: &Setup,
     args: &KafkaLoadArgs,
@@ -216,13 +230,34 @@ async fn produce_all(
         per_batch: (args.batch_size / args.record_size).max(1),
         args: args.clone(),
     });
+    let mut connections = Vec::new();
+    for (addr, partitions) in &setup.leaders {
+        let conn = Connection::open(addr, setup.tls.clone()).await?;
+        connections.push((conn, partitions.clone()));
+    }
+    // Connected first, so no record is late for a handshake.
+    let start = Instant::now();
+    let all_partitions: usize = setup.leaders.values().map(Vec::len).sum();
+    let mut paced_so_far = 0;
     let mut tasks = tokio::task::JoinSet::new();
-    for (addr, partitions) in setup.leaders.clone() {
-        let (load, bar, tls) = (load.clone(), bar.clone(), setup.tls.clone());
-        tasks.spawn(async move {
-            let conn = Connection::open(&addr, tls).await?;
-            produce_to(conn, partitions, &load, deadline, &bar).await
+    for (conn, partitions) in connections {
+        let pace = (args.rate > 0.0).then(|| {
+            let share = partitions.len() as f64 / all_partitions as f64;
+            // Of a record count, the connections' shares add up to it exactly.
+            let records = target.map(|target| {
+                paced_so_far += partitions.len();
+                let upto = |n: usize| (target as u128 * n as u128 / all_partitions as u128) as u64;
+                upto(paced_so_far) - upto(paced_so_far - partitions.len())
+            });
+            Pace {
+                start,
+                rate: args.rate * share,
+                records,
+                linger: Duration::from_millis(args.linger_ms),
+            }
         });
+        let (load, bar) = (load.clone(), bar.clone());
+        tasks.spawn(produce_to(conn, partitions, load, pace, deadline, bar));
     }
     let mut outcome = Outcome::new()?;
     while let Some(done) = tasks.join_next().await {
@@ -236,6 +271,9 @@ async fn produce_all(
 pub async fn consume(args: KafkaLoadArgs) -> anyhow::Result<()> {
     if args.duration.is_some() {
         bail!("kafka-consume reads --records records; --duration is kafka-produce's");
+    }
+    if args.rate > 0.0 {
+        bail!("kafka-consume reads flat out; --rate is kafka-produce's");
     }
     let setup = setup(&args).await?;
     let fill = progress(Some(args.records), "fill         ");
@@ -443,70 +481,212 @@ impl Outcome {
     }
 }
 
-/// A request sent and not yet answered.
+/// A request sent and not yet answered; its window permit goes with it.
 struct Sent {
     correlation: i32,
     at: Instant,
     records: u64,
     bytes: u64,
+    /// Paced: the connection's [`Pace`] and the index in it of the request's first
+    /// record, whose intended send times follow.
+    paced: Option<(Pace, u64)>,
+    _window: tokio::sync::OwnedSemaphorePermit,
 }
 
-/// Produces to the partitions `conn`'s broker leads until the load is claimed or
-/// the deadline passes, `--inflight` requests at a time.
+/// A connection's share of `--rate`: its record `i` is meant to be sent at
+/// `start + i / rate`.
+#[derive(Clone, Copy)]
+struct Pace {
+    start: Instant,
+    rate: f64,
+    /// Records this connection sends in all (`None`: until the deadline).
+    records: Option<u64>,
+    linger: Duration,
+}
+
+impl Pace {
+    fn intended(&self, i: u64) -> Instant {
+        self.start + Duration::from_secs_f64(i as f64 / self.rate)
+    }
+
+    /// Records meant to be sent by `at`.
+    fn due(&self, at: Instant) -> u64 {
+        let due = match at.checked_duration_since(self.start) {
+            Some(elapsed) => (elapsed.as_secs_f64() * self.rate).floor() as u64 + 1,
+            None => 0,
+        };
+        self.records.map_or(due, |records| due.min(records))
+    }
+}
+
+/// Produces to the partitions `conn`'s broker leads, `--inflight` requests at a
+/// time: flat out until the load is claimed or the deadline passes, or, with
+/// `pace`, each record at its intended time, as a producer with `linger.ms` does.
 async fn produce_to(
-    mut conn: Connection,
+    conn: Connection,
     partitions: Vec<i32>,
-    load: &Load,
+    load: Arc<Load>,
+    pace: Option<Pace>,
     deadline: Option<Instant>,
-    bar: &ProgressBar,
+    bar: ProgressBar,
 ) -> anyhow::Result<Outcome> {
-    let mut outcome = Outcome::new()?;
-    let mut unanswered: VecDeque<Sent> = VecDeque::new();
-    let mut record = 0usize;
-    let inflight = load.args.inflight as usize;
-    loop {
-        let more = deadline.is_none_or(|d| Instant::now() < d);
-        let want = (partitions.len() * load.per_batch) as u64;
-        let records = if more { load.claim(want) } else { 0 };
-        if records > 0 {
-            let (request, bytes) = produce_request(load, &partitions, records, &mut record)?;
-            let correlation = conn
-                .send(ApiKey::Produce, PRODUCE_VERSION, &request)
-                .await?;
-            unanswered.push_back(Sent {
-                correlation,
-                at: Instant::now(),
-                records,
-                bytes,
-            });
-        }
-        // Read an answer once the window is full, or to drain at the end.
-        if unanswered.len() >= inflight || (records == 0 && !unanswered.is_empty()) {
-            let sent = unanswered.pop_front().expect("checked above");
-            let body = conn
+    let (mut answers, mut requests) = conn.split();
+    let window = Arc::new(tokio::sync::Semaphore::new(load.args.inflight as usize));
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Sent>();
+    let topic = load.args.topic.clone();
+    let reader = tokio::spawn(async move {
+        let mut outcome = Outcome::new()?;
+        while let Some(sent) = sent_rx.recv().await {
+            let body = answers
                 .answer(ApiKey::Produce, PRODUCE_VERSION, sent.correlation)
                 .await?;
-            check_produced(body, &load.args.topic)?;
-            let micros = sent.at.elapsed().as_micros().max(1) as u64;
-            outcome.latency.record(micros.min(60_000_000))?;
+            check_produced(body, &topic)?;
+            let now = Instant::now();
+            match sent.paced {
+                // Each record from its intended send time, so a stall shows.
+                Some((pace, first)) => {
+                    for i in first..first + sent.records {
+                        let micros = now.saturating_duration_since(pace.intended(i)).as_micros();
+                        outcome
+                            .latency
+                            .record((micros as u64).clamp(1, 60_000_000))?;
+                    }
+                }
+                // Flat out there is no intended time: the request's round trip.
+                None => {
+                    let micros = (now - sent.at).as_micros().max(1) as u64;
+                    outcome.latency.record(micros.min(60_000_000))?;
+                }
+            }
             outcome.records += sent.records;
             outcome.bytes += sent.bytes;
             outcome.requests += 1;
             bar.inc(sent.records);
         }
-        if records == 0 && unanswered.is_empty() {
-            return Ok(outcome);
+        Ok::<_, anyhow::Error>(outcome)
+    });
+    let want = (partitions.len() * load.per_batch) as u64;
+    let mut claims = pace.map(|pace| paced_claims(pace, want, deadline));
+    let mut cursor = Cursor::default();
+    let wrote = async {
+        loop {
+            let permit = window.clone().acquire_owned().await?;
+            let (first, records) = match &mut claims {
+                Some(claims) => match claims.next(want).await {
+                    Some(claim) => claim,
+                    None => return Ok(()),
+                },
+                None => {
+                    let more = deadline.is_none_or(|d| Instant::now() < d);
+                    match if more { load.claim(want) } else { 0 } {
+                        0 => return Ok(()),
+                        records => (0, records),
+                    }
+                }
+            };
+            let (request, bytes) = produce_request(&load, &partitions, records, &mut cursor)?;
+            let correlation = requests
+                .send(ApiKey::Produce, PRODUCE_VERSION, &request)
+                .await?;
+            let sent = Sent {
+                correlation,
+                at: Instant::now(),
+                records,
+                bytes,
+                paced: pace.map(|pace| (pace, first)),
+                _window: permit,
+            };
+            if sent_tx.send(sent).is_err() {
+                // The reader stopped: its error says why.
+                return Ok(());
+            }
         }
+    }
+    .await;
+    drop(sent_tx);
+    let outcome = reader.await??;
+    wrote.map(|()| outcome)
+}
+
+/// The records a paced connection is to send next, as `(first index, count)`: a
+/// thread keeps the time (tokio's millisecond timer would add up to a millisecond
+/// of the bench's own lateness to each record) and hands over a request's worth
+/// once it is full or its first record has waited `linger`.
+struct PacedClaims {
+    ready: tokio::sync::mpsc::UnboundedReceiver<(u64, u64)>,
+    /// Handed over and not sent yet: requests waiting for the window.
+    held: Option<(u64, u64)>,
+}
+
+fn paced_claims(pace: Pace, want: u64, deadline: Option<Instant>) -> PacedClaims {
+    let (tx, ready) = tokio::sync::mpsc::unbounded_channel();
+    std::thread::spawn(move || {
+        let mut next = 0u64;
+        loop {
+            if pace.records.is_some_and(|records| next >= records) {
+                return;
+            }
+            let last = pace.records.map_or(next + want, |r| r.min(next + want)) - 1;
+            let mut at = pace.intended(last).min(pace.intended(next) + pace.linger);
+            if let Some(deadline) = deadline {
+                if pace.intended(next) >= deadline {
+                    return;
+                }
+                at = at.min(deadline);
+            }
+            if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let due = pace.due(Instant::now()).max(next + 1);
+            let count = (due - next).min(want);
+            if tx.send((next, count)).is_err() {
+                return;
+            }
+            next += count;
+        }
+    });
+    PacedClaims { ready, held: None }
+}
+
+impl PacedClaims {
+    /// Up to `want` records that are due, waiting for the first; those that waited
+    /// for the window together go in one request. `None` once the pace is done.
+    async fn next(&mut self, want: u64) -> Option<(u64, u64)> {
+        let (first, mut count) = match self.held.take() {
+            Some(held) => held,
+            None => self.ready.recv().await?,
+        };
+        while count < want {
+            let Ok((more_first, more)) = self.ready.try_recv() else {
+                break;
+            };
+            debug_assert_eq!(more_first, first + count);
+            let take = more.min(want - count);
+            count += take;
+            if take < more {
+                self.held = Some((more_first + take, more - take));
+            }
+        }
+        Some((first, count))
     }
 }
 
-/// A Produce request of `records` records spread over `partitions`, `per_batch`
-/// to a batch; with the bytes of record values it carries.
+/// Where a connection's next record goes: the payload it takes, and the partition
+/// its request's first batch is for (the next after the last request's, as a
+/// sticky partitioner moves on once a batch is sent).
+#[derive(Default)]
+struct Cursor {
+    record: usize,
+    partition: usize,
+}
+
+/// A Produce request of `records` records, `per_batch` to a batch, for the
+/// partitions from `cursor`'s on; with the bytes of record values it carries.
 fn produce_request(
     load: &Load,
     partitions: &[i32],
     records: u64,
-    next: &mut usize,
+    cursor: &mut Cursor,
 ) -> anyhow::Result<(k::ProduceRequest, u64)> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -514,16 +694,15 @@ fn produce_request(
     let mut left = records as usize;
     let mut bytes = 0u64;
     let mut data = Vec::new();
-    for &partition in partitions {
-        if left == 0 {
-            break;
-        }
+    while left > 0 && data.len() < partitions.len() {
+        let partition = partitions[cursor.partition % partitions.len()];
+        cursor.partition = (cursor.partition + 1) % partitions.len();
         let n = left.min(load.per_batch);
         left -= n;
         let batch: Vec<NewRecord> = (0..n)
             .map(|_| {
-                let value = load.payloads[*next % load.payloads.len()].clone();
-                *next += 1;
+                let value = load.payloads[cursor.record % load.payloads.len()].clone();
+                cursor.record += 1;
                 bytes += value.len() as u64;
                 NewRecord {
                     timestamp: now,
@@ -667,10 +846,20 @@ fn tls_config(
 
 /// A Kafka protocol connection: a request frame out, its answer back, in order.
 struct Connection {
+    answers: Answers,
+    requests: Requests,
+}
+
+/// The reading half of a [`Connection`].
+struct Answers {
     read: BufReader<ReadHalf<Box<dyn Stream>>>,
+    addr: String,
+}
+
+/// The writing half of a [`Connection`].
+struct Requests {
     write: WriteHalf<Box<dyn Stream>>,
     correlation: i32,
-    addr: String,
 }
 
 impl Connection {
@@ -708,10 +897,14 @@ impl Connection {
         };
         let (read, write) = tokio::io::split(stream);
         Ok(Connection {
-            read: BufReader::with_capacity(64 * 1024, read),
-            write,
-            correlation: 0,
-            addr: addr.to_owned(),
+            answers: Answers {
+                read: BufReader::with_capacity(64 * 1024, read),
+                addr: addr.to_owned(),
+            },
+            requests: Requests {
+                write,
+                correlation: 0,
+            },
         })
     }
 
@@ -726,11 +919,18 @@ impl Connection {
         Req: Encodable + HeaderVersion,
         Resp: Decodable,
     {
-        let correlation = self.send(api, version, request).await?;
-        let mut body = self.answer(api, version, correlation).await?;
+        let correlation = self.requests.send(api, version, request).await?;
+        let mut body = self.answers.answer(api, version, correlation).await?;
         Resp::decode(&mut body, version)
     }
 
+    /// Its halves, to read answers on one task while requests go out on another.
+    fn split(self) -> (Answers, Requests) {
+        (self.answers, self.requests)
+    }
+}
+
+impl Requests {
     /// Sends a request without waiting for its answer; returns its correlation id.
     async fn send<Req: Encodable + HeaderVersion>(
         &mut self,
@@ -746,7 +946,9 @@ impl Connection {
         self.write.flush().await?;
         Ok(self.correlation)
     }
+}
 
+impl Answers {
     /// The body of the answer to request `correlation`, the next one due.
     async fn answer(
         &mut self,
