@@ -96,3 +96,42 @@ fn librdkafka_logs_in_with_sasl_over_tls() {
     let right = librdkafka(&addr, &config("PLAIN", "s3cret"), "login", "-").unwrap();
     assert_eq!(right["result"], "ok", "{right}");
 }
+
+/// librdkafka's `cooperative-sticky` consumers: when a second member joins, the
+/// first gives up only the partitions that move (its other partitions stay assigned
+/// throughout) and the two hold disjoint halves; every record is read once; when
+/// the second leaves, the first is given its partitions back.
+#[test]
+fn librdkafka_cooperative_members_give_up_only_what_moves() {
+    let (broker, addr) = kafka_broker(&[]);
+    let Some(seen) = librdkafka(&addr, "{}", "cooperative", "coop") else {
+        return;
+    };
+    assert_eq!(seen["consumed"], seen["records"], "{seen}");
+    // The second member starts where the first committed as it gave them up: the
+    // coordinator hands them over only once the first has joined again without
+    // them.
+    assert_eq!(seen["duplicates"], 0, "{seen}");
+    assert_eq!(seen["overlap"], false, "{seen}");
+    let split: Vec<u64> = serde_json::from_value(seen["split"].clone()).unwrap();
+    assert_eq!(split, [3, 3], "{seen}");
+    // A's callbacks: all six assigned, then three (and only three) revoked while it
+    // kept the rest, then B's three assigned back after it left.
+    let events: Vec<(String, u64)> = serde_json::from_value(seen["a_events"].clone()).unwrap();
+    assert_eq!(events[0], ("assign".to_string(), 6), "{seen}");
+    let revoked: Vec<u64> = events
+        .iter()
+        .filter(|(kind, _)| kind == "revoke")
+        .map(|(_, n)| *n)
+        .collect();
+    assert_eq!(revoked, [3], "{seen}");
+    let assigned: u64 = events
+        .iter()
+        .filter(|(kind, _)| kind == "assign")
+        .map(|(_, n)| n)
+        .sum();
+    assert_eq!(assigned, 9, "{seen}");
+    let (ok, described, err) = broker.cli(&["group", "describe", "coop-coop"], "");
+    assert!(ok, "{err}");
+    assert!(described.contains("0 members"), "{described}");
+}

@@ -14,6 +14,14 @@ SASL), `{}` for none. ACTION is one of:
   reads every record and commits synchronously. Prints {"produced": N,
   "consumed": N, "duplicates": N, "keys_in_order": bool, "committed": {topic/p:
   offset}, "ends": {topic/p: high watermark}};
+- `cooperative`: create topic PREFIX-coop (6 partitions), send 1200 keyed records;
+  consumer A of group PREFIX-coop (`cooperative-sticky`) takes all six partitions
+  and reads every record, committing nothing; then consumer B joins (polling on a
+  thread of its own) and A gives up B's share, taking 1.5 s before it commits what
+  it read of them; B then leaves and A takes its partitions back. Prints {"a_events": [["assign" or "revoke", partitions], ...] (A's
+  rebalance callbacks before it closes), "split": [A's, B's], "overlap": bool,
+  "consumed": distinct records read, "duplicates": records read again, "records":
+  N};
 - `login`: ask for the cluster's topics; prints {"result": "ok"} or the error.
 
 Exits non-zero, saying why, on anything else.
@@ -21,9 +29,10 @@ Exits non-zero, saying why, on anything else.
 
 import json
 import sys
+import threading
 import time
 
-from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from common import fail
@@ -121,6 +130,118 @@ def roundtrip():
     }
 
 
+def cooperative():
+    topic = f"{PREFIX}-coop"
+    admin = AdminClient(CONF)
+    admin.create_topics([NewTopic(topic, num_partitions=6, replication_factor=1)])[
+        topic
+    ].result(timeout=30)
+    producer = Producer({**CONF, "enable.idempotence": True, "acks": "all"})
+    records = 1200
+    for i in range(records):
+        producer.produce(topic, key=f"k{i % KEYS}".encode(), value=f"{i}".encode())
+        producer.poll(0)
+    if producer.flush(30) != 0:
+        fail("records left unsent after 30 s")
+
+    lock = threading.Lock()
+    seen, duplicates = set(), [0]
+    events = {"a": [], "b": []}
+
+    def member(name):
+        def assigned(_c, partitions):
+            events[name].append(("assign", len(partitions)))
+
+        def revoked(c, partitions):
+            events[name].append(("revoke", len(partitions)))
+            if partitions:
+                # A slow hand-over (an application flushing its work first): the
+                # partitions must not reach the other member before the commit.
+                time.sleep(1.5)
+                try:
+                    c.commit(asynchronous=False)
+                except KafkaException as e:
+                    # Nothing read since the last commit: nothing to commit.
+                    if e.args[0].code() != KafkaError._NO_OFFSET:
+                        raise
+
+        consumer = Consumer(
+            {
+                **CONF,
+                "group.id": f"{PREFIX}-coop",
+                "partition.assignment.strategy": "cooperative-sticky",
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": 10000,
+                "heartbeat.interval.ms": 300,
+            }
+        )
+        consumer.subscribe([topic], on_assign=assigned, on_revoke=revoked)
+        return consumer
+
+    def poll(consumer):
+        msg = consumer.poll(0.1)
+        if msg is not None:
+            if msg.error():
+                fail(f"consumer error: {msg.error()}")
+            value = int(msg.value().decode())
+            with lock:
+                if value in seen:
+                    duplicates[0] += 1
+                seen.add(value)
+
+    def held(consumer):
+        return {tp.partition for tp in consumer.assignment()}
+
+    def until(what, check, consumer):
+        deadline = time.time() + 60
+        while not check():
+            if time.time() > deadline:
+                fail(f"{what} not within 60 s: {events}")
+            poll(consumer)
+
+    # A reads everything and commits nothing yet.
+    a = member("a")
+    until("A reading every record", lambda: len(seen) >= records, a)
+    # B joins, polling on its own thread as an application's consumer would.
+    b = member("b")
+    b_stop = threading.Event()
+    b_held = []
+
+    def run_b():
+        while not b_stop.is_set():
+            poll(b)
+        b_held.extend(held(b))
+        b.close()
+
+    b_thread = threading.Thread(target=run_b)
+    b_thread.start()
+    until(
+        "A giving B its share",
+        lambda: events["b"] and events["b"][-1][1] > 0 and len(held(a)) < 6,
+        a,
+    )
+    # Time for B to read anything it was (wrongly) started on.
+    settle = time.time() + 3
+    while time.time() < settle:
+        poll(a)
+    a_share = held(a)
+    b_stop.set()
+    b_thread.join(30)
+    until("A holding all six again", lambda: len(held(a)) == 6, a)
+    # Before A's own close, which gives up everything.
+    a_events = list(events["a"])
+    a.close()
+    return {
+        "a_events": a_events,
+        "split": [len(a_share), len(b_held)],
+        "overlap": bool(a_share & set(b_held)),
+        "consumed": len(seen),
+        "duplicates": duplicates[0],
+        "records": records,
+    }
+
+
 def login():
     admin = AdminClient(CONF)
     try:
@@ -130,7 +251,7 @@ def login():
         return {"result": e.args[0].name()}
 
 
-ACTIONS = {"roundtrip": roundtrip, "login": login}
+ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login}
 if ACTION not in ACTIONS:
     fail(f"unknown action {ACTION}")
 print(json.dumps(ACTIONS[ACTION]()))

@@ -9,7 +9,7 @@
 //!
 //! Served: the APIs of [`APIS`] at the versions listed there, enough for producers
 //! (idempotent ones included), consumers (assigning partitions themselves, or as
-//! members of a consumer group with an eager assignor), topic administration and
+//! members of a consumer group, eager or cooperative), topic administration and
 //! the replica tools' requests (reassignments, preferred elections, log directories). Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
 //! API it lacks): transactions, ACL administration and the legacy, whole-set
@@ -17,13 +17,15 @@
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
 //! the assignment; Meridian's coordinator computes it (with the assignor the
-//! member named: `range` or `roundrobin`). So every member is told that another
-//! leads, and gets its partitions from SyncGroup. When the coordinator wants
-//! partitions to move, a member's Heartbeat answers `REBALANCE_IN_PROGRESS`; an
-//! eager member then gives up all it holds, joins again and syncs, which is when the
-//! coordinator learns its partitions are free. `cooperative-sticky` members keep
-//! their partitions across a rejoin, which Meridian cannot learn through SyncGroup,
-//! so they are refused (`INCONSISTENT_GROUP_PROTOCOL`, naming the eager ones).
+//! member named: `range`, `roundrobin` or `cooperative-sticky`). So every member is
+//! told that another leads, and gets its partitions from SyncGroup. When the
+//! coordinator wants partitions to move, a member's Heartbeat answers
+//! `REBALANCE_IN_PROGRESS`; an eager member then gives up all it holds, joins again
+//! and syncs, which is when the coordinator learns its partitions are free. A
+//! `cooperative-sticky` member keeps its partitions across the rejoin and says which
+//! in its JoinGroup subscription; SyncGroup, where the coordinator takes them, does
+//! not carry them, so the connection's [`Session`] keeps them from one to the other
+//! ([`decode_in`]). Told to give some up, it does, and joins again owning fewer.
 
 mod admin;
 mod refusals;
@@ -31,6 +33,8 @@ mod replicas;
 pub mod sasl;
 
 pub use refusals::refusal;
+
+use std::collections::VecDeque;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use kafka_protocol::error::ResponseError;
@@ -309,10 +313,56 @@ enum Shape {
 /// names Kafka clients give them.
 const EAGER_PROTOCOLS: [&str; 2] = ["range", "roundrobin"];
 
+/// The cooperative one: its members keep their partitions across a rejoin.
+const COOPERATIVE_PROTOCOL: &str = "cooperative-sticky";
+
+/// Cooperative members remembered by one connection's [`Session`]; past it, the
+/// oldest is forgotten (a client has one member per group it consumes in, so only a
+/// client in this many groups at once over one connection comes near it).
+const SESSION_MEMBERS_MAX: usize = 64;
+
+/// What one connection's requests leave for its later ones: the partitions each
+/// cooperative group member on it said it owns when it last joined (Kafka's
+/// JoinGroup carries them in its subscription; its SyncGroup, where Meridian's
+/// coordinator takes them, does not).
+#[derive(Debug, Default)]
+pub struct Session {
+    /// (group, member) → the partitions it owns, oldest join first.
+    owned: VecDeque<((String, String), Vec<g::TopicPartitions>)>,
+}
+
+impl Session {
+    fn joined(&mut self, group: &str, member: &str, owned: Vec<g::TopicPartitions>) {
+        self.owned
+            .retain(|((gr, me), _)| !(gr == group && me == member));
+        if self.owned.len() >= SESSION_MEMBERS_MAX {
+            self.owned.pop_front();
+        }
+        self.owned
+            .push_back(((group.to_owned(), member.to_owned()), owned));
+    }
+
+    /// What the member said it owns at its last join on this connection (nothing
+    /// for an eager member, or one that joined on another connection).
+    fn owned(&self, group: &str, member: &str) -> Vec<g::TopicPartitions> {
+        self.owned
+            .iter()
+            .find(|((gr, me), _)| gr == group && me == member)
+            .map(|(_, owned)| owned.clone())
+            .unwrap_or_default()
+    }
+}
+
 const TRANSACTIONS: &str = "transactions are not served by this broker";
 
-/// Reads one request frame (the bytes after its size).
+/// Reads one request frame (the bytes after its size), on a connection of its own.
 pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
+    decode_in(frame, &mut Session::default())
+}
+
+/// Reads one request frame (the bytes after its size) of a connection whose earlier
+/// requests left `session`.
+pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError> {
     if frame.len() < 8 {
         return Err(KafkaError::Truncated(frame.len()));
     }
@@ -709,14 +759,23 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
                     &*r.protocol_type
                 ));
             }
+            // An eager assignor the member offers, else the cooperative one: a group
+            // has one assignor, and members rolled onto both keep the eager one the
+            // group runs.
             let Some(protocol) = r
                 .protocols
                 .iter()
                 .find(|p| EAGER_PROTOCOLS.contains(&&*p.name))
+                .or_else(|| {
+                    r.protocols
+                        .iter()
+                        .find(|p| &*p.name == COOPERATIVE_PROTOCOL)
+                })
             else {
                 let offered: Vec<&str> = r.protocols.iter().map(|p| &*p.name).collect();
                 return refuse(format!(
-                    "assignors {offered:?}: Meridian's coordinator runs {EAGER_PROTOCOLS:?} for Kafka clients"
+                    "assignors {offered:?}: Meridian's coordinator runs {EAGER_PROTOCOLS:?} \
+                     and {COOPERATIVE_PROTOCOL:?} for Kafka clients"
                 ));
             };
             let subscription = versioned::<k::ConsumerProtocolSubscription>(&protocol.metadata)
@@ -725,6 +784,18 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
                     version,
                     reason: format!("the `{}` subscription: {reason}", &*protocol.name),
                 })?;
+            if &*protocol.name == COOPERATIVE_PROTOCOL && !r.member_id.is_empty() {
+                // A cooperative member rejoins holding partitions; its SyncGroup
+                // reports them to the coordinator.
+                let owned = subscription
+                    .owned_partitions
+                    .iter()
+                    .map(|t| g::TopicPartitions {
+                        topic: t.topic.0.to_string(),
+                        partitions: t.partitions.iter().map(|&p| p.max(0) as u32).collect(),
+                    });
+                session.joined(&r.group_id.0, &r.member_id, owned.collect());
+            }
             let session_timeout_ms = r.session_timeout_ms.max(0) as u32;
             let rebalance_timeout_ms = if version >= 1 {
                 r.rebalance_timeout_ms.max(0) as u32
@@ -749,12 +820,13 @@ pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
         }
         ApiKey::SyncGroup => {
             let r = body!(k::SyncGroupRequest);
-            // An eager member syncs after giving up everything it held.
+            // An eager member syncs after giving up everything it held; a
+            // cooperative one still holds what it said it owns when it joined.
             serve(
                 m::Request::SyncGroup(g::SyncGroupRequest {
+                    owned: session.owned(&r.group_id.0, &r.member_id),
                     group_id: r.group_id.0.to_string(),
                     member_id: r.member_id.to_string(),
-                    owned: Vec::new(),
                 }),
                 Shape::SyncGroup {
                     protocol_type: r.protocol_type,

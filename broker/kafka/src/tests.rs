@@ -854,9 +854,10 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
             assert_eq!(r.protocol_name.as_deref(), Some("range"));
         }
     }
-    // Only cooperative (or unknown) assignors: refused, with the reason for the log.
-    let cooperative = join(&["cooperative-sticky"], subscription(&["orders"]));
-    match decode(frame_of(ApiKey::JoinGroup, 7, &cooperative)).unwrap() {
+    // Only assignors Meridian does not run (Kafka Streams', the eager `sticky`):
+    // refused, with the reason for the log.
+    let unknown = join(&["stream", "sticky"], subscription(&["orders"]));
+    match decode(frame_of(ApiKey::JoinGroup, 7, &unknown)).unwrap() {
         Step::Refused { reply, reason } => {
             let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, 7, reply);
             assert_eq!(
@@ -864,7 +865,7 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
                 ResponseError::InconsistentGroupProtocol.code()
             );
             assert!(
-                reason.contains("cooperative-sticky") && reason.contains("range"),
+                reason.contains("stream") && reason.contains("cooperative-sticky"),
                 "{reason}"
             );
         }
@@ -879,6 +880,86 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
             ..
         })
     ));
+}
+
+/// A `cooperative-sticky` member keeps its partitions across a rejoin: what its
+/// JoinGroup subscription says it owns, the connection's session hands to the
+/// coordinator with its SyncGroup; an eager member, or one that joined elsewhere,
+/// owns nothing there.
+#[test]
+fn a_cooperative_members_sync_reports_what_it_owned_when_it_joined() {
+    let owning = |partitions: Vec<i32>| {
+        let mut out = BytesMut::new();
+        out.put_i16(1);
+        k::ConsumerProtocolSubscription::default()
+            .with_topics(vec![StrBytes::from_static_str("orders")])
+            .with_owned_partitions(vec![
+                k::consumer_protocol_subscription::TopicPartition::default()
+                    .with_topic(TopicName(StrBytes::from_static_str("orders")))
+                    .with_partitions(partitions),
+            ])
+            .encode(&mut out, 1)
+            .unwrap();
+        out.freeze()
+    };
+    let sync = |member: &'static str| {
+        k::SyncGroupRequest::default()
+            .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
+            .with_generation_id(4)
+            .with_member_id(StrBytes::from_static_str(member))
+    };
+    let owned_at_sync = |session: &mut Session, member: &'static str| match decode_in(
+        frame_of(ApiKey::SyncGroup, 5, &sync(member)),
+        session,
+    )
+    .unwrap()
+    {
+        Step::Serve(request, _) => match *request {
+            m::Request::SyncGroup(s) => s.owned,
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    };
+    let mut session = Session::default();
+    // Only cooperative-sticky offered: the member is served with it.
+    let rejoin = join(&["cooperative-sticky"], owning(vec![2, 0]))
+        .with_member_id(StrBytes::from_static_str("m-1"));
+    match decode_in(frame_of(ApiKey::JoinGroup, 7, &rejoin), &mut session).unwrap() {
+        Step::Serve(request, _) => match *request {
+            m::Request::JoinGroup(j) => assert_eq!(j.assignor, "cooperative-sticky"),
+            other => panic!("{other:?}"),
+        },
+        other => panic!("{other:?}"),
+    }
+    let expected = vec![g::TopicPartitions {
+        topic: "orders".into(),
+        partitions: vec![2, 0],
+    }];
+    assert_eq!(owned_at_sync(&mut session, "m-1"), expected);
+    // Another member on the connection, or the same on a new one, owns nothing here.
+    assert!(owned_at_sync(&mut session, "m-2").is_empty());
+    assert!(owned_at_sync(&mut Session::default(), "m-1").is_empty());
+    // After revoking partition 2 it rejoins owning only 0.
+    let after_revoke = join(&["cooperative-sticky"], owning(vec![0]))
+        .with_member_id(StrBytes::from_static_str("m-1"));
+    decode_in(frame_of(ApiKey::JoinGroup, 7, &after_revoke), &mut session).unwrap();
+    assert_eq!(owned_at_sync(&mut session, "m-1")[0].partitions, [0]);
+    // An eager member joining on the same connection owns nothing at its sync.
+    let eager = join(&["range", "cooperative-sticky"], owning(vec![1]))
+        .with_member_id(StrBytes::from_static_str("m-3"));
+    decode_in(frame_of(ApiKey::JoinGroup, 7, &eager), &mut session).unwrap();
+    assert!(owned_at_sync(&mut session, "m-3").is_empty());
+    // The session remembers a bounded number of members, the newest.
+    for i in 0..SESSION_MEMBERS_MAX + 5 {
+        let member = StrBytes::from_string(format!("many-{i}"));
+        let joined = join(&["cooperative-sticky"], owning(vec![i as i32])).with_member_id(member);
+        decode_in(frame_of(ApiKey::JoinGroup, 7, &joined), &mut session).unwrap();
+    }
+    assert_eq!(session.owned.len(), SESSION_MEMBERS_MAX);
+    assert!(
+        owned_at_sync(&mut session, "m-1").is_empty(),
+        "the oldest is forgotten"
+    );
 }
 
 #[test]

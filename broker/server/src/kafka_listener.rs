@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use meridian_kafka::sasl::{self, Authenticator, Outcome};
 use meridian_kafka::{KafkaBroker, Listener, Pending, SaslRequest, Step};
 use meridian_metadata::MetadataImage;
-use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse};
+use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse, TopicPartitions};
 use meridian_wire::messages::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -237,6 +237,7 @@ async fn connection(
         let idle = Duration::from_millis(shared.config.idle_timeout_ms);
         let mut client = client;
         let mut sasl = SaslSession::new(&shared);
+        let mut session = meridian_kafka::Session::default();
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,
@@ -251,7 +252,7 @@ async fn connection(
             };
             let frame_bytes = frame.len() + 4;
             let ready = |frame: Bytes| -> Owed { tokio::spawn(async move { Ok(Some(frame)) }) };
-            let step = meridian_kafka::decode(frame);
+            let step = meridian_kafka::decode_in(frame, &mut session);
             if matches!(step, Ok(Step::Serve(..) | Step::Refused { .. })) {
                 if let Some(why) = sasl.as_ref().and_then(|s| s.refuses(Instant::now())) {
                     tracing::info!(%peer, "{why}; closing the connection");
@@ -454,22 +455,28 @@ fn refused(
     }
 }
 
-/// Tells the coordinator that an eager member owns what its SyncGroup just gave it
+/// Tells the coordinator that a member owns what its SyncGroup just gave it
 /// (Meridian's own members say so at their next sync; Kafka's never sync again
 /// until the next rebalance), and answers with what it may own now: the same,
 /// unless the group changed in between, when it gets less and the heartbeat that
 /// follows calls a rebalance. Without this the coordinator would count the
 /// member's partitions as given but never taken, and the group as never settled.
+/// A cooperative member also still holds what it owned when it synced, those
+/// partitions it was not given included: it gives them up (its revocation
+/// callback, a commit) and then joins again saying so, and only then may another
+/// member have them.
 async fn confirm_sync(
     shared: &Arc<Shared>,
     sync: SyncGroupRequest,
     given: SyncGroupResponse,
     peer: SocketAddr,
 ) -> Response {
-    let confirm = SyncGroupRequest {
-        owned: given.assignment.clone(),
-        ..sync
-    };
+    let held: std::collections::BTreeSet<(&str, u32)> = (given.assignment.iter())
+        .chain(&sync.owned)
+        .flat_map(|t| t.partitions.iter().map(|&p| (t.topic.as_str(), p)))
+        .collect();
+    let owned = TopicPartitions::group(held);
+    let confirm = SyncGroupRequest { owned, ..sync };
     match shared.handle(Request::SyncGroup(confirm), peer).await {
         Some(Response::SyncGroup(now)) => Response::SyncGroup(now),
         // The handler answers a sync with a sync; were it not so, the first answer
