@@ -18,6 +18,11 @@ struct Export {
 
 /// Accepts OTLP/HTTP exports on an ephemeral port: its address and what arrived.
 fn collector() -> (String, Arc<Mutex<Vec<Export>>>) {
+    collector_over(None)
+}
+
+/// [`collector`], over TLS with `tls`.
+fn collector_over(tls: Option<Arc<rustls::ServerConfig>>) -> (String, Arc<Mutex<Vec<Export>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let received = Arc::new(Mutex::new(Vec::new()));
@@ -25,16 +30,21 @@ fn collector() -> (String, Arc<Mutex<Vec<Export>>>) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let Ok(stream) = stream else { return };
-            let kept = kept.clone();
-            std::thread::spawn(move || serve(stream, &kept));
+            let (kept, tls) = (kept.clone(), tls.clone());
+            std::thread::spawn(move || match tls {
+                None => serve(stream, &kept),
+                Some(tls) => {
+                    let session = rustls::ServerConnection::new(tls).unwrap();
+                    serve(rustls::StreamOwned::new(session, stream), &kept)
+                }
+            });
         }
     });
     (addr, received)
 }
 
 /// Answers the requests of one (keep-alive) connection with 200 and no body.
-fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Export>>) {
-    let mut writer = stream.try_clone().unwrap();
+fn serve(stream: impl Read + Write, kept: &Mutex<Vec<Export>>) {
     let mut reader = BufReader::new(stream);
     loop {
         let mut request_line = String::new();
@@ -75,7 +85,8 @@ fn serve(stream: std::net::TcpStream, kept: &Mutex<Vec<Export>>) {
         });
         let answer =
             "HTTP/1.1 200 OK\r\nContent-Type: application/x-protobuf\r\nContent-Length: 0\r\n\r\n";
-        if writer.write_all(answer.as_bytes()).is_err() {
+        let writer = reader.get_mut();
+        if writer.write_all(answer.as_bytes()).is_err() || writer.flush().is_err() {
             return;
         }
     }
@@ -185,6 +196,111 @@ fn a_broker_whose_collector_is_gone_serves_as_before() {
     let text = std::fs::read_to_string(&log).unwrap();
     assert_eq!(text.matches("exporting traces failed").count(), 1, "{text}");
     assert!(text.contains(&endpoint), "{text}");
+}
+
+/// To an `https://` endpoint the broker exports over TLS, trusting the CA of
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` and presenting the client certificate of
+/// `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` to a collector that
+/// requires one; a variable naming a file that is not there stops the broker at
+/// start, naming it, and one of the pair without the other too.
+#[test]
+fn a_broker_exports_over_https_with_the_standard_tls_variables() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    crate::tls::ca_with(&certs, &["broker-otel"]);
+    let made = std::process::Command::new(crate::harness::meridian_bin())
+        .args([
+            "cert",
+            "create",
+            "collector",
+            "--host",
+            "127.0.0.1",
+            "--dir",
+        ])
+        .arg(&certs)
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{made:?}");
+    let pem = |name: &str| std::fs::read(certs.join(name)).unwrap();
+    use rustls::pki_types::pem::PemObject;
+    let ca: Vec<_> = rustls::pki_types::CertificateDer::pem_slice_iter(&pem("ca.pem"))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(ca);
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .unwrap();
+    let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&pem("collector.pem"))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem("collector.key")).unwrap();
+    let tls = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(clients)
+        .with_single_cert(chain, key)
+        .unwrap();
+    let (addr, received) = collector_over(Some(Arc::new(tls)));
+    let endpoint = format!("https://{addr}");
+    let path = |name: &str| certs.join(name).to_str().unwrap().to_string();
+    let (ca, cert, key) = (
+        path("ca.pem"),
+        path("broker-otel.pem"),
+        path("broker-otel.key"),
+    );
+    let broker = TestBroker::start_with_env(
+        &[],
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),
+        ],
+    );
+    let (ok, out, err) = broker.cli(&["topic", "create", "secure"], "");
+    assert!(ok, "{out} {err}");
+    await_exports(
+        &received,
+        |exports| {
+            exports
+                .iter()
+                .any(|e| contains(&e.body, &proto_string(5, "CreateTopics")))
+        },
+        "no CreateTopics span exported over HTTPS",
+    );
+    assert_eq!(received.lock().unwrap()[0].path, "/v1/traces");
+    drop(broker);
+
+    let start = |env: &[(&str, &str)]| {
+        let data = tempfile::tempdir().unwrap();
+        let out = std::process::Command::new(crate::harness::meridian_bin())
+            .args(["broker", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data.path())
+            .env("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint)
+            .envs(env.iter().copied())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let missing = dir.path().join("nowhere.pem");
+    let missing = missing.to_str().unwrap();
+    let err = start(&[("OTEL_EXPORTER_OTLP_CERTIFICATE", missing)]);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CERTIFICATE") && err.contains(missing),
+        "{err}"
+    );
+    let err = start(&[("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert)]);
+    assert!(
+        err.contains("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE is set without its pair"),
+        "{err}"
+    );
 }
 
 /// The fields of one span, as `Visit` saw them (values in their `Debug` or

@@ -6,6 +6,14 @@
 //! the SDK reads the other standard variables itself (`OTEL_SERVICE_NAME`,
 //! `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_BSP_*`). Without the
 //! endpoint nothing is installed and nothing is paid.
+//!
+//! An `https://` endpoint is reached over TLS (rustls): the collector's certificate
+//! is checked against `OTEL_EXPORTER_OTLP_CERTIFICATE` (a PEM file of CA
+//! certificates, the only ones trusted then) or else the system's roots, and the
+//! broker presents `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` when
+//! both are set (mutual TLS); each also as `OTEL_EXPORTER_OTLP_TRACES_…`, which
+//! wins. `OTEL_EXPORTER_OTLP_(TRACES_)TIMEOUT` bounds one export (ms, default
+//! 10000).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
@@ -14,10 +22,11 @@ use anyhow::Context as _;
 use meridian_server::config::BrokerConfig;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{Protocol, WithExportConfig as _};
+use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, Tracer};
 use opentelemetry_sdk::Resource;
+use rustls::pki_types::pem::PemObject as _;
 
 /// What is exported: the broker's request spans (debug level) and the events in
 /// them, and the rest of Meridian's spans and events from info up.
@@ -35,6 +44,97 @@ pub(crate) fn endpoint(env: impl Fn(&str) -> Option<String>) -> Option<String> {
     ]
     .iter()
     .find_map(|key| env(key).filter(|v| !v.trim().is_empty()))
+}
+
+/// The traces-specific variable `OTEL_EXPORTER_OTLP_TRACES_{name}`, else
+/// `OTEL_EXPORTER_OTLP_{name}`: its name and value, when set and not blank.
+fn setting(env: impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, String)> {
+    [
+        format!("OTEL_EXPORTER_OTLP_TRACES_{name}"),
+        format!("OTEL_EXPORTER_OTLP_{name}"),
+    ]
+    .into_iter()
+    .find_map(|key| {
+        let value = env(&key).filter(|v| !v.trim().is_empty())?;
+        Some((key, value.trim().to_owned()))
+    })
+}
+
+/// A PEM file a variable names, read; the error names the variable.
+fn read_named(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("{key}: reading {path}"))
+}
+
+/// The exporter's HTTP client: the timeout, the CA and the client certificate the
+/// environment names (see the module's text). Builds a blocking client, so call it
+/// outside the async runtime.
+fn http_client(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<reqwest::blocking::Client> {
+    let timeout_ms = match setting(&env, "TIMEOUT") {
+        Some((key, value)) => value
+            .parse::<u64>()
+            .with_context(|| format!("{key}: `{value}` is not a number of milliseconds"))?,
+        None => 10_000,
+    };
+    let mut builder = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(timeout_ms))
+        .tls_backend_preconfigured(tls_config(&env)?);
+    // Exports go where the endpoint says, not through an HTTP(S)_PROXY.
+    builder = builder.no_proxy();
+    builder
+        .build()
+        .context("building the OTLP exporter's HTTP client")
+}
+
+/// TLS for an `https://` endpoint: the roots to trust and the certificate to show.
+fn tls_config(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .context("TLS versions for the OTLP exporter")?;
+    let builder = match setting(&env, "CERTIFICATE") {
+        Some((key, path)) => {
+            let pem = read_named(&key, &path)?;
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
+                let cert = cert.with_context(|| format!("{key}: {path} is not PEM"))?;
+                roots
+                    .add(cert)
+                    .with_context(|| format!("{key}: a certificate in {path}"))?;
+            }
+            if roots.is_empty() {
+                anyhow::bail!("{key}: {path} holds no certificate");
+            }
+            builder.with_root_certificates(roots)
+        }
+        None => {
+            let verifier = rustls_platform_verifier::Verifier::new(provider)
+                .context("loading the system's CA certificates for the OTLP exporter")?;
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(std::sync::Arc::new(verifier))
+        }
+    };
+    let cert = setting(&env, "CLIENT_CERTIFICATE");
+    let key = setting(&env, "CLIENT_KEY");
+    Ok(match (cert, key) {
+        (Some((cert_key, cert_path)), Some((key_key, key_path))) => {
+            let pem = read_named(&cert_key, &cert_path)?;
+            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
+                .collect::<Result<Vec<_>, _>>()
+                .with_context(|| format!("{cert_key}: {cert_path} is not PEM"))?;
+            let pem = read_named(&key_key, &key_path)?;
+            let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
+                .with_context(|| format!("{key_key}: no private key in {key_path}"))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .with_context(|| format!("{cert_key} and {key_key} do not go together"))?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        (Some((named, _)), None) | (None, Some((named, _))) => anyhow::bail!(
+            "{named} is set without its pair: a client certificate needs both \
+             OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY"
+        ),
+    })
 }
 
 /// Whether the environment names a service already (else it is `meridian`).
@@ -66,9 +166,11 @@ impl Exporting {
         config: &BrokerConfig,
         endpoint: String,
     ) -> anyhow::Result<(Exporting, Tracer)> {
+        let env = |k: &str| std::env::var(k).ok();
         let exporter = opentelemetry_otlp::SpanExporter::builder()
             .with_http()
             .with_protocol(Protocol::HttpBinary)
+            .with_http_client(http_client(env)?)
             .build()
             .context("configuring the OTLP trace exporter")?;
         let exporter = LoggedExporter {
@@ -77,7 +179,6 @@ impl Exporting {
             health: ExportHealth::default(),
         };
         let mut resource = Resource::builder();
-        let env = |k: &str| std::env::var(k).ok();
         if !names_service(env) {
             resource = resource.with_service_name("meridian");
         }
@@ -185,6 +286,41 @@ impl<E: SpanExporter> SpanExporter for LoggedExporter<E> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_traces_variable_wins_and_blank_ones_are_unset() {
+        let both = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "all.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", " traces.pem "),
+        ];
+        assert_eq!(
+            setting(env(&both), "CERTIFICATE"),
+            Some((
+                "OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE".into(),
+                "traces.pem".into()
+            ))
+        );
+        let blank = [
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", "all.pem"),
+            ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", " "),
+        ];
+        assert_eq!(
+            setting(env(&blank), "CERTIFICATE").map(|(_, v)| v),
+            Some("all.pem".into())
+        );
+        assert_eq!(setting(env(&[]), "CERTIFICATE"), None);
+    }
+
+    #[test]
+    fn a_timeout_that_is_not_milliseconds_is_refused_by_name() {
+        let bad = [("OTEL_EXPORTER_OTLP_TIMEOUT", "10s")];
+        let err = http_client(env(&bad)).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("OTEL_EXPORTER_OTLP_TIMEOUT: `10s`"),
+            "{err:#}"
+        );
+        assert!(http_client(env(&[("OTEL_EXPORTER_OTLP_TIMEOUT", "2500")])).is_ok());
+    }
 
     #[test]
     fn export_failures_are_said_once_and_recovery_with_what_was_dropped() {
