@@ -786,8 +786,12 @@ async fn kafka_consumers_share_a_groups_partitions_and_rebalance() {
     b.leave();
     assert_eq!(a.rebalance(), [0, 1, 2, 3]);
 
-    // Only a cooperative assignor: refused, naming the protocol problem.
+    // Only cooperative-sticky while the group runs range (a group runs one
+    // assignor), or only assignors Meridian does not run: refused, naming the
+    // protocol problem.
     let refused = Member::join(&addr, &["cooperative-sticky"]).err();
+    assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
+    let refused = Member::join(&addr, &["sticky"]).err();
     assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
 }
 
@@ -817,18 +821,32 @@ pub(crate) fn kafka_python(script: &str, args: &[&str]) -> Option<serde_json::Va
         );
         return None;
     };
+    Some(client_script(
+        std::process::Command::new(python),
+        script,
+        args,
+    ))
+}
+
+/// Runs `tests/kafka/SCRIPT ARGS` with `program` (an interpreter) and returns the
+/// JSON line it prints, after checking it succeeded.
+pub(crate) fn client_script(
+    mut program: std::process::Command,
+    script: &str,
+    args: &[&str],
+) -> serde_json::Value {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("kafka")
         .join(script);
-    let out = std::process::Command::new(python)
+    let out = program
         .arg(&script)
         .args(args)
         .output()
-        .expect("run kafka-python");
+        .unwrap_or_else(|e| panic!("running {}: {e}", script.display()));
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
-    Some(serde_json::from_str(stdout.trim()).expect(&stdout))
+    serde_json::from_str(stdout.trim()).expect(&stdout)
 }
 
 /// kafka-python (`tests/kafka/consumer_group.py`): admin, an acks=all producer and

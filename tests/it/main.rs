@@ -12,6 +12,7 @@ mod groups;
 mod harness;
 mod idempotence;
 mod kafka;
+mod kafka_js;
 mod kafka_rdkafka;
 mod kafka_sasl;
 mod lifecycle;

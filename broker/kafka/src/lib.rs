@@ -309,9 +309,14 @@ enum Shape {
     },
 }
 
-/// The assignors Meridian's coordinator runs for Kafka's eager protocols, by the
-/// names Kafka clients give them.
-const EAGER_PROTOCOLS: [&str; 2] = ["range", "roundrobin"];
+/// Kafka's eager protocols, by the names Kafka clients give them, and the assignor
+/// Meridian's coordinator runs for each: Java's and librdkafka's names (which are
+/// Meridian's), and KafkaJS's round robin (`RoundRobinAssigner`, its default).
+const EAGER_PROTOCOLS: [(&str, &str); 3] = [
+    ("range", "range"),
+    ("roundrobin", "roundrobin"),
+    ("RoundRobinAssigner", "roundrobin"),
+];
 
 /// The cooperative one: its members keep their partitions across a rejoin.
 const COOPERATIVE_PROTOCOL: &str = "cooperative-sticky";
@@ -762,19 +767,27 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             // An eager assignor the member offers, else the cooperative one: a group
             // has one assignor, and members rolled onto both keep the eager one the
             // group runs.
-            let Some(protocol) = r
+            let eager = |name: &str| {
+                EAGER_PROTOCOLS
+                    .iter()
+                    .find(|(kafka, _)| *kafka == name)
+                    .map(|&(_, meridian)| meridian)
+            };
+            let Some((protocol, assignor)) = r
                 .protocols
                 .iter()
-                .find(|p| EAGER_PROTOCOLS.contains(&&*p.name))
+                .find_map(|p| Some((p, eager(&p.name)?)))
                 .or_else(|| {
                     r.protocols
                         .iter()
                         .find(|p| &*p.name == COOPERATIVE_PROTOCOL)
+                        .map(|p| (p, COOPERATIVE_PROTOCOL))
                 })
             else {
                 let offered: Vec<&str> = r.protocols.iter().map(|p| &*p.name).collect();
+                let served: Vec<&str> = EAGER_PROTOCOLS.iter().map(|(name, _)| *name).collect();
                 return refuse(format!(
-                    "assignors {offered:?}: Meridian's coordinator runs {EAGER_PROTOCOLS:?} \
+                    "assignors {offered:?}: Meridian's coordinator runs {served:?} \
                      and {COOPERATIVE_PROTOCOL:?} for Kafka clients"
                 ));
             };
@@ -809,7 +822,7 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                     instance_id: r.group_instance_id.map(|s| s.to_string()),
                     client_id: header.client_id.clone().unwrap_or_default(),
                     topics: subscription.topics.iter().map(|t| t.to_string()).collect(),
-                    assignor: protocol.name.to_string(),
+                    assignor: assignor.to_owned(),
                     session_timeout_ms,
                     rebalance_timeout_ms,
                 }),

@@ -854,6 +854,27 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
             assert_eq!(r.protocol_name.as_deref(), Some("range"));
         }
     }
+    // KafkaJS's default assignor is round robin under its own name, which the
+    // member is answered with.
+    let kafkajs = join(&["RoundRobinAssigner"], subscription(&["orders"]));
+    let (request, pending) = serve(frame_of(ApiKey::JoinGroup, 5, &kafkajs));
+    let m::Request::JoinGroup(j) = request else {
+        panic!()
+    };
+    assert_eq!(j.assignor, "roundrobin");
+    let answer = g::JoinGroupResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        member_id: "kafkajs-1".into(),
+        member_epoch: 1,
+        heartbeat_interval_ms: 3000,
+    };
+    let frame = pending
+        .respond(Some(m::Response::JoinGroup(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, 5, frame);
+    assert_eq!(r.protocol_name.as_deref(), Some("RoundRobinAssigner"));
     // Only assignors Meridian does not run (Kafka Streams', the eager `sticky`):
     // refused, with the reason for the log.
     let unknown = join(&["stream", "sticky"], subscription(&["orders"]));
