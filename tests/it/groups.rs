@@ -827,6 +827,30 @@ async fn group_limits_are_enforced() {
         panic!("wrong response");
     };
     assert_eq!(r.error, ErrorCode::InvalidCommitOffset, "{}", r.message);
+    // A negative offset clears the partition's commit, as Kafka clients read one
+    // (KafkaJS's resetOffsets commits -2).
+    let commit = |offset: i64| {
+        let mut request = long.clone();
+        request.topics[0].partitions[0].metadata = String::new();
+        request.topics[0].partitions[0].offset = offset;
+        Request::OffsetCommit(request)
+    };
+    for (offset, expected) in [(5, Some(5)), (-2, None)] {
+        let Response::OffsetCommit(r) = client.request(commit(offset)).await.unwrap() else {
+            panic!("wrong response");
+        };
+        assert_eq!(r.error, ErrorCode::None, "{}", r.message);
+        let committed = client
+            .admin()
+            .committed_offsets("other", Some("l"))
+            .await
+            .unwrap();
+        let found = committed
+            .iter()
+            .find(|c| c.partition == 0)
+            .map(|c| c.offset);
+        assert_eq!(found, expected, "after committing {offset}");
+    }
     // An unknown topic in a commit is refused as a whole.
     let bad = OffsetCommitRequest {
         group_id: "other".into(),

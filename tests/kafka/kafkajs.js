@@ -7,12 +7,17 @@
 // admin client creates topic PREFIX-orders (3 partitions); an idempotent producer
 // sends 600 keyed records (acks=all) in six sends, gzip and uncompressed by turns;
 // a consumer of group PREFIX-group (KafkaJS's default RoundRobinAssigner) reads
-// them all, committing as it goes, and leaves; then the admin client reads the
-// group's offsets and the topic's metadata. Prints {"produced": N, "consumed": N,
+// them all, committing as it goes, and leaves. Then the admin client's tools: the
+// group's offsets and state; for group PREFIX-tools setOffsets (partition 0 to 5),
+// resetOffsets (to the earliest) and in the end deleteGroups; createPartitions (to
+// 4), deleteTopicRecords (partition 0 before 3), describeConfigs of topic
+// PREFIX-kept created with retention.ms. Prints {"produced": N, "consumed": N,
 // "duplicates": N, "keys_in_order": bool, "committed": {partition: offset},
-// "partitions": N}. Exits non-zero, saying why, on anything else.
+// "described_state", "after_set": {…}, "after_reset": {…}, "partitions": N,
+// "low_of_0": N, "retention_ms", "listed": {group: bool}}. Exits non-zero, saying
+// why, on anything else.
 
-const { Kafka, logLevel, CompressionTypes } = require("kafkajs");
+const { Kafka, logLevel, CompressionTypes, ConfigResourceTypes } = require("kafkajs");
 
 const [bootstrap, prefix] = process.argv.slice(2);
 const kafka = new Kafka({
@@ -73,9 +78,34 @@ async function main() {
   // Leaving commits what eachMessage resolved.
   await consumer.disconnect();
 
-  const [offsets] = await admin.fetchOffsets({ groupId: `${prefix}-group`, topics: [topic] });
-  const committed = {};
-  for (const p of offsets.partitions) committed[p.partition] = Number(p.offset);
+  const groupId = `${prefix}-group`;
+  const offsetsOf = async (group) => {
+    const [offsets] = await admin.fetchOffsets({ groupId: group, topics: [topic] });
+    const byPartition = {};
+    for (const p of offsets.partitions) byPartition[p.partition] = Number(p.offset);
+    return byPartition;
+  };
+  const committed = await offsetsOf(groupId);
+  const [described] = (await admin.describeGroups([groupId])).groups;
+
+  // The admin client's group and topic tools, on a group of their own.
+  const tools = `${prefix}-tools`;
+  await admin.setOffsets({ groupId: tools, topic, partitions: [{ partition: 0, offset: "5" }] });
+  const afterSet = await offsetsOf(tools);
+  await admin.resetOffsets({ groupId: tools, topic, earliest: true });
+  const afterReset = await offsetsOf(tools);
+  await admin.createPartitions({ topicPartitions: [{ topic, count: 4 }] });
+  await admin.deleteTopicRecords({ topic, partitions: [{ partition: 0, offset: "3" }] });
+  const low = (await admin.fetchTopicOffsets(topic)).find((p) => p.partition === 0).low;
+  await admin.createTopics({
+    topics: [{ topic: `${prefix}-kept`, configEntries: [{ name: "retention.ms", value: "3600000" }] }],
+  });
+  const { resources } = await admin.describeConfigs({
+    resources: [{ type: ConfigResourceTypes.TOPIC, name: `${prefix}-kept`, configNames: ["retention.ms"] }],
+    includeSynonyms: false,
+  });
+  await admin.deleteGroups([tools]);
+  const listed = (await admin.listGroups()).groups.map((g) => g.groupId);
   const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
   await admin.disconnect();
   return {
@@ -84,7 +114,13 @@ async function main() {
     duplicates,
     keys_in_order: inOrder,
     committed,
+    described_state: described.state,
+    after_reset: afterReset,
+    after_set: afterSet,
     partitions: metadata.topics[0].partitions.length,
+    low_of_0: Number(low),
+    retention_ms: resources[0].configEntries[0].configValue,
+    listed: { [groupId]: listed.includes(groupId), [tools]: listed.includes(tools) },
   };
 }
 

@@ -1312,7 +1312,7 @@ impl Pending {
                 let groups = r
                     .groups
                     .into_iter()
-                    .map(described_group)
+                    .map(|d| described_group(d, h.version))
                     .collect::<Result<_, _>>()?;
                 h.frame(&k::DescribeGroupsResponse::default().with_groups(groups))?
             }
@@ -1328,10 +1328,20 @@ impl Pending {
 }
 
 /// A group as Kafka's group tools read it: each member's subscription and what it
-/// owns, in the consumer protocol's own encodings.
+/// owns, in the consumer protocol's own encodings; at `version`, only the fields it
+/// has (a static member's instance id from 4, an error message from 6).
 fn described_group(
     d: g::GroupDescription,
+    version: i16,
 ) -> Result<k::describe_groups_response::DescribedGroup, KafkaError> {
+    if d.error == ErrorCode::GroupIdNotFound && version < 6 {
+        // Before version 6 a group that does not exist is described as Kafka's
+        // coordinator does, `Dead` and without an error; admin clients (KafkaJS's
+        // setOffsets, say) take that as a group with no running members.
+        return Ok(k::describe_groups_response::DescribedGroup::default()
+            .with_group_id(k::GroupId(StrBytes::from_string(d.group_id)))
+            .with_group_state(StrBytes::from_static_str("Dead")));
+    }
     let members = d
         .members
         .into_iter()
@@ -1345,7 +1355,12 @@ fn described_group(
             let metadata = embedded(&subscription, ApiKey::DescribeGroups, "a subscription")?;
             Ok(k::describe_groups_response::DescribedGroupMember::default()
                 .with_member_id(StrBytes::from_string(member.member_id))
-                .with_group_instance_id(member.instance_id.map(StrBytes::from_string))
+                .with_group_instance_id(
+                    member
+                        .instance_id
+                        .filter(|_| version >= 4)
+                        .map(StrBytes::from_string),
+                )
                 .with_client_id(StrBytes::from_string(member.client_id))
                 .with_client_host(StrBytes::from_string(member.client_host))
                 .with_member_metadata(metadata)
@@ -1354,7 +1369,7 @@ fn described_group(
         .collect::<Result<_, KafkaError>>()?;
     Ok(k::describe_groups_response::DescribedGroup::default()
         .with_error_code(code(d.error))
-        .with_error_message(message(d.error, d.message))
+        .with_error_message(message(d.error, d.message).filter(|_| version >= 6))
         .with_group_id(k::GroupId(StrBytes::from_string(d.group_id)))
         .with_group_state(StrBytes::from_string(kafka_state(&d.state).into()))
         .with_protocol_type(StrBytes::from_static_str("consumer"))

@@ -1190,6 +1190,77 @@ fn groups_are_listed_and_described_for_kafkas_group_tools() {
     assert_eq!(owned.assigned_partitions[0].partitions, [1]);
 }
 
+/// Every DescribeGroups version served encodes what it has room for (KafkaJS asks
+/// with version 2, which has no instance ids and no error messages), and a group
+/// that does not exist is `Dead` without an error before version 6, as Kafka's
+/// coordinator says, and GROUP_ID_NOT_FOUND from it.
+#[test]
+fn groups_are_described_at_every_version_served() {
+    let member = g::GroupMember {
+        member_id: "m-1".into(),
+        instance_id: Some("pod-1".into()),
+        client_id: "app".into(),
+        client_host: "127.0.0.1".into(),
+        member_epoch: 3,
+        topics: vec!["orders".into()],
+        owned: Vec::new(),
+        target: Vec::new(),
+    };
+    let group = |id: &str, error: ErrorCode, members: Vec<g::GroupMember>| g::GroupDescription {
+        group_id: id.into(),
+        error,
+        message: if error.is_ok() {
+            String::new()
+        } else {
+            format!("about {id}")
+        },
+        state: if members.is_empty() {
+            "Empty"
+        } else {
+            "Stable"
+        }
+        .into(),
+        assignor: "range".into(),
+        epoch: 3,
+        members,
+    };
+    let (_, min, max) = *APIS
+        .iter()
+        .find(|(api, _, _)| *api == ApiKey::DescribeGroups)
+        .unwrap();
+    for version in min..=max {
+        let asked = k::DescribeGroupsRequest::default().with_groups(vec![
+            k::GroupId(StrBytes::from_static_str("billing")),
+            k::GroupId(StrBytes::from_static_str("nobody")),
+        ]);
+        let (_, pending) = serve(frame_of(ApiKey::DescribeGroups, version, &asked));
+        let answer = g::DescribeGroupsResponse {
+            groups: vec![
+                group("billing", ErrorCode::None, vec![member.clone()]),
+                group("nobody", ErrorCode::GroupIdNotFound, Vec::new()),
+            ],
+        };
+        let frame = pending
+            .respond(Some(m::Response::DescribeGroups(answer)), &listener())
+            .unwrap_or_else(|e| panic!("version {version}: {e}"))
+            .unwrap();
+        let r: k::DescribeGroupsResponse = response(ApiKey::DescribeGroups, version, frame);
+        let instance = r.groups[0].members[0].group_instance_id.as_deref();
+        assert_eq!(
+            instance,
+            (version >= 4).then_some("pod-1"),
+            "version {version}"
+        );
+        let nobody = &r.groups[1];
+        if version < 6 {
+            assert_eq!((nobody.error_code, &*nobody.group_state), (0, "Dead"));
+        } else {
+            assert_eq!(nobody.error_code, ResponseError::GroupIdNotFound.code());
+            assert_eq!(nobody.error_message.as_deref(), Some("about nobody"));
+        }
+    }
+}
+
 fn config_resource(
     resource_type: i8,
     name: &'static str,

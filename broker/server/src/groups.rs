@@ -1002,31 +1002,58 @@ impl Shared {
         if committed.is_empty() {
             return Ok(());
         }
-        let sync = {
+        // A negative offset clears the partition's commit: Kafka clients read any
+        // negative committed offset as none (and start where their reset policy
+        // says), and some commit -1 or -2 to mean just that (KafkaJS's
+        // resetOffsets); Kafka's brokers store it as given.
+        let (committed, cleared): (Vec<_>, Vec<_>) =
+            committed.into_iter().partition(|(_, c)| c.offset >= 0);
+        let (clearing, committing) = {
+            // The member and its epoch are checked for the cleared partitions too.
+            let zero = |(tp, c): &(TopicPartition, CommittedOffset)| {
+                let c = CommittedOffset {
+                    offset: 0,
+                    ..c.clone()
+                };
+                (tp.clone(), c)
+            };
+            let checked: Vec<_> = (committed.iter().cloned())
+                .chain(cleared.iter().map(zero))
+                .collect();
             let mut coordinator = self
                 .groups
                 .coordinator_for(&r.group_id)
                 .and_then(|c| {
-                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &committed)?;
+                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &checked)?;
                     Ok(c)
                 })
                 .map_err(group_failure)?;
-            let records = committed
-                .iter()
-                .map(|(tp, c)| NewRecord {
-                    timestamp: now,
-                    key: Some(encode_key(&r.group_id, tp)),
-                    value: Some(encode_value(c)),
-                    headers: Vec::new(),
-                })
-                .collect();
-            let sync = self.append_offsets(&r.group_id, records)?;
-            for (tp, c) in committed {
-                coordinator.apply_commit(&r.group_id, tp, c);
-            }
-            sync
+            let cleared: Vec<TopicPartition> = cleared.into_iter().map(|(tp, _)| tp).collect();
+            let clearing = self.remove_commits(&mut coordinator, &r.group_id, &cleared)?;
+            let committing = if committed.is_empty() {
+                None
+            } else {
+                let records = committed
+                    .iter()
+                    .map(|(tp, c)| NewRecord {
+                        timestamp: now,
+                        key: Some(encode_key(&r.group_id, tp)),
+                        value: Some(encode_value(c)),
+                        headers: Vec::new(),
+                    })
+                    .collect();
+                let sync = self.append_offsets(&r.group_id, records)?;
+                for (tp, c) in committed {
+                    coordinator.apply_commit(&r.group_id, tp, c);
+                }
+                Some(sync)
+            };
+            (clearing, committing)
         };
-        self.wait_durable(sync).await
+        for written in clearing.into_iter().chain(committing) {
+            self.wait_durable(written).await?;
+        }
+        Ok(())
     }
 
     pub(crate) fn offset_fetch(&self, r: OffsetFetchRequest) -> OffsetFetchResponse {
