@@ -111,6 +111,8 @@ fn exporting_broker(env: &[(&str, &str)]) -> (TestBroker, Arc<Mutex<Vec<Export>>
     let mut all = vec![
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        // The collector is local even where a proxy is configured.
+        ("NO_PROXY", "127.0.0.1"),
     ];
     all.extend_from_slice(env);
     (TestBroker::start_with_env(&[], &all), received)
@@ -258,6 +260,7 @@ fn a_broker_exports_over_https_with_the_standard_tls_variables() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", &endpoint),
             ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("NO_PROXY", "127.0.0.1"),
             ("OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", &ca),
             ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", &cert),
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", &key),

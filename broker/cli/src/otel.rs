@@ -75,12 +75,11 @@ fn http_client(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<reqwest::
             .with_context(|| format!("{key}: `{value}` is not a number of milliseconds"))?,
         None => 10_000,
     };
-    let mut builder = reqwest::blocking::Client::builder()
+    // Proxies as the standard variables say (HTTPS_PROXY, NO_PROXY, …), as the
+    // exporter's own client took them.
+    reqwest::blocking::Client::builder()
         .timeout(Duration::from_millis(timeout_ms))
-        .tls_backend_preconfigured(tls_config(&env)?);
-    // Exports go where the endpoint says, not through an HTTP(S)_PROXY.
-    builder = builder.no_proxy();
-    builder
+        .tls_backend_preconfigured(tls_config(&env)?)
         .build()
         .context("building the OTLP exporter's HTTP client")
 }
