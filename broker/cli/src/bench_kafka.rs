@@ -817,13 +817,7 @@ fn tls_config(
     ca: &std::path::Path,
     identity: Option<(&std::path::Path, &std::path::Path)>,
 ) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_file_iter(ca)
-        .with_context(|| format!("reading {}", ca.display()))?
-    {
-        roots.add(cert.with_context(|| format!("a certificate in {}", ca.display()))?)?;
-    }
+    let roots = crate::pem::roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -831,11 +825,7 @@ fn tls_config(
     let config = match identity {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
-            let chain = rustls::pki_types::CertificateDer::pem_file_iter(cert)
-                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                .with_context(|| format!("reading the certificate {}", cert.display()))?;
-            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
-                .with_context(|| format!("reading the key {}", key.display()))?;
+            let (chain, key) = crate::pem::identity(cert, key)?;
             builder
                 .with_client_auth_cert(chain, key)
                 .context("--cert and --key do not match")?

@@ -13,6 +13,7 @@ mod group_cmds;
 mod json_bytes;
 mod otel;
 mod partition_cmds;
+mod pem;
 mod plugin_cmds;
 mod sasl_cmds;
 mod table;

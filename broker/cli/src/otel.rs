@@ -26,7 +26,6 @@ use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter, Tracer};
 use opentelemetry_sdk::Resource;
-use rustls::pki_types::pem::PemObject as _;
 
 /// What is exported: the broker's request spans (debug level) and the events in
 /// them, and the rest of Meridian's spans and events from info up.
@@ -60,11 +59,6 @@ fn setting(env: impl Fn(&str) -> Option<String>, name: &str) -> Option<(String, 
     })
 }
 
-/// A PEM file a variable names, read; the error names the variable.
-fn read_named(key: &str, path: &str) -> anyhow::Result<Vec<u8>> {
-    std::fs::read(path).with_context(|| format!("{key}: reading {path}"))
-}
-
 /// The exporter's HTTP client: the timeout, the CA and the client certificate the
 /// environment names (see the module's text). Builds a blocking client, so call it
 /// outside the async runtime.
@@ -92,14 +86,7 @@ fn tls_config(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<rustls::Cl
         .context("TLS versions for the OTLP exporter")?;
     let builder = match setting(&env, "CERTIFICATE") {
         Some((key, path)) => {
-            let pem = read_named(&key, &path)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&pem) {
-                let cert = cert.with_context(|| format!("{key}: {path} is not PEM"))?;
-                roots
-                    .add(cert)
-                    .with_context(|| format!("{key}: a certificate in {path}"))?;
-            }
+            let roots = crate::pem::roots(path.as_ref()).with_context(|| key.clone())?;
             if roots.is_empty() {
                 anyhow::bail!("{key}: {path} holds no certificate");
             }
@@ -117,13 +104,8 @@ fn tls_config(env: impl Fn(&str) -> Option<String>) -> anyhow::Result<rustls::Cl
     let key = setting(&env, "CLIENT_KEY");
     Ok(match (cert, key) {
         (Some((cert_key, cert_path)), Some((key_key, key_path))) => {
-            let pem = read_named(&cert_key, &cert_path)?;
-            let chain = rustls::pki_types::CertificateDer::pem_slice_iter(&pem)
-                .collect::<Result<Vec<_>, _>>()
-                .with_context(|| format!("{cert_key}: {cert_path} is not PEM"))?;
-            let pem = read_named(&key_key, &key_path)?;
-            let private = rustls::pki_types::PrivateKeyDer::from_pem_slice(&pem)
-                .with_context(|| format!("{key_key}: no private key in {key_path}"))?;
+            let (chain, private) = crate::pem::identity(cert_path.as_ref(), key_path.as_ref())
+                .with_context(|| format!("{cert_key}, {key_key}"))?;
             builder
                 .with_client_auth_cert(chain, private)
                 .with_context(|| format!("{cert_key} and {key_key} do not go together"))?

@@ -781,8 +781,19 @@ fn every_meridian_error_has_a_kafka_code_clients_know() {
 }
 
 fn subscription(topics: &[&'static str]) -> Bytes {
+    subscription_owning(topics, &[])
+}
+
+/// A subscription (version 1) whose member says it owns `owned` partitions of
+/// the first of `topics`.
+fn subscription_owning(topics: &[&'static str], owned: &[i32]) -> Bytes {
     let mut out = BytesMut::new();
     out.put_i16(1);
+    let owned = (!owned.is_empty()).then(|| {
+        k::consumer_protocol_subscription::TopicPartition::default()
+            .with_topic(TopicName(StrBytes::from_static_str(topics[0])))
+            .with_partitions(owned.to_vec())
+    });
     k::ConsumerProtocolSubscription::default()
         .with_topics(
             topics
@@ -790,9 +801,27 @@ fn subscription(topics: &[&'static str]) -> Bytes {
                 .map(|t| StrBytes::from_static_str(t))
                 .collect(),
         )
+        .with_owned_partitions(owned.into_iter().collect())
         .encode(&mut out, 1)
         .unwrap();
     out.freeze()
+}
+
+/// The Kafka answer to a JoinGroup the coordinator admitted as `member_id` at
+/// `epoch`.
+fn joined(pending: Pending, version: i16, member_id: &str, epoch: i32) -> k::JoinGroupResponse {
+    let answer = g::JoinGroupResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        member_id: member_id.into(),
+        member_epoch: epoch,
+        heartbeat_interval_ms: 3000,
+    };
+    let frame = pending
+        .respond(Some(m::Response::JoinGroup(answer)), &listener())
+        .unwrap()
+        .unwrap();
+    response(ApiKey::JoinGroup, version, frame)
 }
 
 fn join(protocols: &[&'static str], metadata: Bytes) -> k::JoinGroupRequest {
@@ -831,18 +860,7 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
             j.rebalance_timeout_ms,
             if version == 0 { 10_000 } else { 60_000 }
         );
-        let answer = g::JoinGroupResponse {
-            error: ErrorCode::None,
-            message: String::new(),
-            member_id: "test-client-1".into(),
-            member_epoch: 4,
-            heartbeat_interval_ms: 3000,
-        };
-        let frame = pending
-            .respond(Some(m::Response::JoinGroup(answer)), &listener())
-            .unwrap()
-            .unwrap();
-        let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, version, frame);
+        let r = joined(pending, version, "test-client-1", 4);
         assert_eq!(
             (r.error_code, r.generation_id, &*r.member_id),
             (0, 4, "test-client-1")
@@ -862,18 +880,7 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
         panic!()
     };
     assert_eq!(j.assignor, "roundrobin");
-    let answer = g::JoinGroupResponse {
-        error: ErrorCode::None,
-        message: String::new(),
-        member_id: "kafkajs-1".into(),
-        member_epoch: 1,
-        heartbeat_interval_ms: 3000,
-    };
-    let frame = pending
-        .respond(Some(m::Response::JoinGroup(answer)), &listener())
-        .unwrap()
-        .unwrap();
-    let r: k::JoinGroupResponse = response(ApiKey::JoinGroup, 5, frame);
+    let r = joined(pending, 5, "kafkajs-1", 1);
     assert_eq!(r.protocol_name.as_deref(), Some("RoundRobinAssigner"));
     // Only assignors Meridian does not run (Kafka Streams', the eager `sticky`):
     // refused, with the reason for the log.
@@ -909,20 +916,7 @@ fn a_member_joins_with_the_first_eager_assignor_it_offers() {
 /// owns nothing there.
 #[test]
 fn a_cooperative_members_sync_reports_what_it_owned_when_it_joined() {
-    let owning = |partitions: Vec<i32>| {
-        let mut out = BytesMut::new();
-        out.put_i16(1);
-        k::ConsumerProtocolSubscription::default()
-            .with_topics(vec![StrBytes::from_static_str("orders")])
-            .with_owned_partitions(vec![
-                k::consumer_protocol_subscription::TopicPartition::default()
-                    .with_topic(TopicName(StrBytes::from_static_str("orders")))
-                    .with_partitions(partitions),
-            ])
-            .encode(&mut out, 1)
-            .unwrap();
-        out.freeze()
-    };
+    let owning = |partitions: Vec<i32>| subscription_owning(&["orders"], &partitions);
     let sync = |member: &'static str| {
         k::SyncGroupRequest::default()
             .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
