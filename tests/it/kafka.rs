@@ -1287,16 +1287,16 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
     assert!(listed.contains(&(ApiKey::Produce as i16)));
     assert!(listed.contains(&(ApiKey::JoinGroup as i16)));
     assert!(listed.contains(&(ApiKey::DescribeConfigs as i16)));
-    assert!(!listed.contains(&(ApiKey::AlterConfigs as i16)));
+    assert!(!listed.contains(&(ApiKey::DescribeAcls as i16)));
 
     // A frame over max_frame_bytes: refused from its size, before any body is read.
     let mut raw = Raw::connect(&addr);
     raw.stream.write_all(&(1i32 << 30).to_be_bytes()).unwrap();
     assert!(raw.closed(), "an oversized frame closes the connection");
 
-    // An API not served (the legacy, whole-set AlterConfigs).
+    // An API not served (ACL administration).
     let mut raw = Raw::connect(&addr);
-    raw.send(ApiKey::AlterConfigs, 2, &k::AlterConfigsRequest::default());
+    raw.send(ApiKey::DescribeAcls, 1, &k::DescribeAclsRequest::default());
     assert!(raw.closed());
 
     // A version not served.

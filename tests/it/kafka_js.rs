@@ -22,7 +22,8 @@ fn kafkajs(args: &[&str]) -> Option<serde_json::Value> {
 /// default assignor (`RoundRobinAssigner`, which Meridian's coordinator runs as
 /// `roundrobin`) reads every record once, each key's in order, and commits; the
 /// commits are the group's for Meridian's tools too. Then KafkaJS's admin tools
-/// for groups and topics each do what they say.
+/// for groups and topics each do what they say, alterConfigs (the legacy
+/// AlterConfigs) replacing a topic's settings.
 #[test]
 fn kafkajs_produces_and_consumes_in_a_group() {
     let (broker, addr) = kafka_broker(&[]);
@@ -64,6 +65,26 @@ fn kafkajs_produces_and_consumes_in_a_group() {
     assert_eq!(seen["partitions"], 4, "{seen}");
     assert_eq!(seen["low_of_0"], 3, "{seen}");
     assert_eq!(seen["retention_ms"], "3600000", "{seen}");
+    // alterConfigs replaced the topic's settings: retention.ms, left out, is the
+    // default again, also for Meridian's tools; a bad value is refused, typed, and
+    // changes nothing.
+    assert_eq!(
+        seen["replaced"],
+        serde_json::json!({"retention.ms": ["604800000", true], "segment.ms": ["600000", false]}),
+        "{seen}"
+    );
+    assert_eq!(seen["refused"], "INVALID_CONFIG", "{seen}");
+    let (ok, described, err) = broker.cli(&["topic", "describe", "js-kept", "--json"], "");
+    assert!(ok, "{err}");
+    let described: serde_json::Value = serde_json::from_str(&described).unwrap();
+    let own: Vec<&String> = described["configs"]
+        .as_object()
+        .unwrap_or_else(|| panic!("no configs in {described}"))
+        .iter()
+        .filter(|(_, c)| c["default"] == false)
+        .map(|(key, _)| key)
+        .collect();
+    assert_eq!(own, ["segment.ms"], "{described}");
     assert_eq!(
         seen["listed"],
         serde_json::json!({"js-group": true, "js-tools": false}),

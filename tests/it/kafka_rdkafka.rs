@@ -135,3 +135,28 @@ fn librdkafka_cooperative_members_give_up_only_what_moves() {
     assert!(ok, "{err}");
     assert!(described.contains("0 members"), "{described}");
 }
+
+/// librdkafka's admin client: describe_cluster (DescribeCluster) names the broker
+/// at its Kafka listener, and alter_configs (the legacy AlterConfigs) replaces a
+/// topic's settings, so the one it was created with reverts to the default.
+#[test]
+fn librdkafka_admin_describes_the_cluster_and_replaces_settings() {
+    let (broker, addr) = kafka_broker(&["cluster_id=rdk-cluster", "broker_id=7"]);
+    let Some(seen) = librdkafka(&addr, "{}", "admin", "adm") else {
+        return;
+    };
+    let (host, port) = addr.rsplit_once(':').unwrap();
+    let port: u16 = port.parse().unwrap();
+    assert_eq!(
+        seen,
+        serde_json::json!({
+            "cluster_id": "rdk-cluster",
+            "controller": 7,
+            "nodes": [[7, host, port]],
+            "own": {"segment.ms": "600000"},
+        })
+    );
+    let (ok, out, err) = broker.cli(&["topic", "describe", "adm-conf"], "");
+    assert!(ok, "{err}");
+    assert!(!out.contains("3600000"), "{out}");
+}

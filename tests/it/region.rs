@@ -660,6 +660,51 @@ fn kafka_clients_reach_every_broker_of_a_region() {
         assert_eq!(listed[0]["replicas"].as_array().map(Vec::len), Some(2));
     }
 
+    // The legacy AlterConfigs replaces a topic's settings through whichever broker
+    // it reaches (the controller's change, sent on by the others): each time only
+    // the setting just given is the topic's own.
+    let replacements = [
+        ("retention.ms", "3600000"),
+        ("segment.ms", "600000"),
+        ("retention.ms", "7200000"),
+    ];
+    for (addr, (key, value)) in addrs.iter().zip(replacements) {
+        use k::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+        let request =
+            k::AlterConfigsRequest::default().with_resources(vec![AlterConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("k-orders"))
+                .with_configs(vec![AlterableConfig::default()
+                    .with_name(StrBytes::from_static_str(key))
+                    .with_value(Some(StrBytes::from_static_str(value)))])]);
+        let mut raw = Raw::connect(addr);
+        raw.send(ApiKey::AlterConfigs, 1, &request);
+        let r: k::AlterConfigsResponse = raw.receive(ApiKey::AlterConfigs, 1);
+        assert_eq!(r.responses.len(), 1, "{r:?}");
+        assert_eq!(r.responses[0].error_code, 0, "{r:?} through {addr}");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (ok, out, err) = region.cli(&["topic", "describe", "k-orders", "--json"], "");
+            assert!(ok, "{err}");
+            let described: serde_json::Value = serde_json::from_str(&out).expect(&out);
+            let own: Vec<(&String, &serde_json::Value)> = described["configs"]
+                .as_object()
+                .unwrap_or_else(|| panic!("no configs in {out}"))
+                .iter()
+                .filter(|(_, c)| c["default"] == false)
+                .map(|(k, c)| (k, &c["value"]))
+                .collect();
+            if own == [(&key.to_string(), &serde_json::json!(value))] {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after replacing with {key}={value} through {addr}: {own:?}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     let logged = region.stop();
     let errors: Vec<&String> = logged.iter().filter(|l| l.contains("ERROR")).collect();
     assert!(errors.is_empty(), "errors logged:\n{errors:#?}");

@@ -11,11 +11,13 @@
 // group's offsets and state; for group PREFIX-tools setOffsets (partition 0 to 5),
 // resetOffsets (to the earliest) and in the end deleteGroups; createPartitions (to
 // 4), deleteTopicRecords (partition 0 before 3), describeConfigs of topic
-// PREFIX-kept created with retention.ms. Prints {"produced": N, "consumed": N,
-// "duplicates": N, "keys_in_order": bool, "committed": {partition: offset},
-// "described_state", "after_set": {…}, "after_reset": {…}, "partitions": N,
-// "low_of_0": N, "retention_ms", "listed": {group: bool}}. Exits non-zero, saying
-// why, on anything else.
+// PREFIX-kept created with retention.ms; alterConfigs (Kafka's legacy AlterConfigs,
+// which replaces a topic's settings) giving it segment.ms alone, then once with a
+// value the broker refuses. Prints {"produced": N, "consumed": N, "duplicates": N,
+// "keys_in_order": bool, "committed": {partition: offset}, "described_state",
+// "after_set": {…}, "after_reset": {…}, "partitions": N, "low_of_0": N,
+// "retention_ms", "replaced": {name: [value, isDefault]}, "refused": error type,
+// "listed": {group: bool}}. Exits non-zero, saying why, on anything else.
 
 const { Kafka, logLevel, CompressionTypes, ConfigResourceTypes } = require("kafkajs");
 
@@ -104,6 +106,26 @@ async function main() {
     resources: [{ type: ConfigResourceTypes.TOPIC, name: `${prefix}-kept`, configNames: ["retention.ms"] }],
     includeSynonyms: false,
   });
+  const kept = { type: ConfigResourceTypes.TOPIC, name: `${prefix}-kept` };
+  await admin.alterConfigs({
+    resources: [{ ...kept, configEntries: [{ name: "segment.ms", value: "600000" }] }],
+  });
+  const replaced = {};
+  const after = await admin.describeConfigs({
+    resources: [{ ...kept, configNames: ["retention.ms", "segment.ms"] }],
+    includeSynonyms: false,
+  });
+  for (const c of after.resources[0].configEntries) {
+    replaced[c.configName] = [c.configValue, c.isDefault];
+  }
+  let refused = null;
+  try {
+    await admin.alterConfigs({
+      resources: [{ ...kept, configEntries: [{ name: "retention.ms", value: "soon" }] }],
+    });
+  } catch (error) {
+    refused = error.type || String(error);
+  }
   await admin.deleteGroups([tools]);
   const listed = (await admin.listGroups()).groups.map((g) => g.groupId);
   const metadata = await admin.fetchTopicMetadata({ topics: [topic] });
@@ -120,6 +142,8 @@ async function main() {
     partitions: metadata.topics[0].partitions.length,
     low_of_0: Number(low),
     retention_ms: resources[0].configEntries[0].configValue,
+    replaced,
+    refused,
     listed: { [groupId]: listed.includes(groupId), [tools]: listed.includes(tools) },
   };
 }

@@ -23,6 +23,11 @@ SASL), `{}` for none. ACTION is one of:
   "consumed": distinct records read, "duplicates": records read again, "records":
   N};
 - `login`: ask for the cluster's topics; prints {"result": "ok"} or the error.
+- `admin`: the admin client's describe_cluster; then create topic PREFIX-conf
+  with retention.ms and give it segment.ms alone with alter_configs (Kafka's legacy
+  AlterConfigs, which replaces a topic's settings), and describe_configs. Prints
+  {"cluster_id", "controller": id, "nodes": [[id, host, port], ...], "own":
+  {setting: value} (those not at the default)}.
 
 Exits non-zero, saying why, on anything else.
 """
@@ -251,7 +256,30 @@ def login():
         return {"result": e.args[0].name()}
 
 
-ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login}
+def admin_tools():
+    from confluent_kafka.admin import ConfigResource, ResourceType
+
+    admin = AdminClient(CONF)
+    cluster = admin.describe_cluster(request_timeout=10).result(timeout=30)
+    topic = f"{PREFIX}-conf"
+    created = NewTopic(topic, num_partitions=1, replication_factor=1,
+                       config={"retention.ms": "3600000"})
+    admin.create_topics([created])[topic].result(timeout=30)
+    replacing = ConfigResource(ResourceType.TOPIC, topic, set_config={"segment.ms": "600000"})
+    for future in admin.alter_configs([replacing]).values():
+        future.result(timeout=30)
+    described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
+    (configs,) = [future.result(timeout=30) for future in described.values()]
+    return {
+        "cluster_id": cluster.cluster_id,
+        "controller": cluster.controller.id,
+        "nodes": [[n.id, n.host, n.port] for n in cluster.nodes],
+        "own": {name: e.value for name, e in configs.items() if not e.is_default},
+    }
+
+
+ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login,
+           "admin": admin_tools}
 if ACTION not in ACTIONS:
     fail(f"unknown action {ACTION}")
 print(json.dumps(ACTIONS[ACTION]()))

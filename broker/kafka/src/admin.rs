@@ -1,7 +1,9 @@
 //! Kafka's topic administration beyond create and delete, as Kafka's tools send it
 //! (`kafka-configs`, `kafka-topics --alter`, `kafka-delete-records`, admin clients):
-//! DescribeConfigs and IncrementalAlterConfigs of topics, CreatePartitions and
-//! DeleteRecords, each translated to the Meridian request that does the same.
+//! DescribeConfigs, IncrementalAlterConfigs and the legacy AlterConfigs of topics
+//! (which replaces a topic's settings: those it leaves out revert to the defaults),
+//! CreatePartitions and DeleteRecords, each translated to the Meridian request that
+//! does the same.
 //!
 //! Only topics have settings a client can read or change here: a broker resource
 //! (Meridian's broker settings live in its configuration file and flags) and the
@@ -178,46 +180,114 @@ pub(crate) fn alter_configs(
                 value,
             });
         }
-        topics.push(tc::TopicConfigChanges { name, changes });
+        topics.push(tc::TopicConfigChanges {
+            name,
+            changes,
+            replace: false,
+        });
     }
-    let request = (!topics.is_empty()).then(|| {
+    (alter_request(topics, r.validate_only), refused)
+}
+
+/// The Meridian request for a legacy AlterConfigs (`None` when every resource is
+/// refused), and the refusals. Each topic's settings are replaced: a setting not
+/// named, or named with a null value, reverts to the broker default.
+pub(crate) fn replace_configs(r: k::AlterConfigsRequest) -> (Option<m::Request>, Vec<Refusal>) {
+    let mut refused = Vec::new();
+    let mut topics = Vec::new();
+    for resource in r.resources {
+        let name = resource.resource_name.to_string();
+        if resource.resource_type != TOPIC {
+            refused.push(Refusal {
+                resource_type: resource.resource_type,
+                name,
+                why: NOT_A_TOPIC,
+            });
+            continue;
+        }
+        let changes = resource
+            .configs
+            .into_iter()
+            .map(|config| tc::ConfigChange {
+                key: config.name.to_string(),
+                value: config.value.map(|v| v.to_string()),
+            })
+            .collect();
+        topics.push(tc::TopicConfigChanges {
+            name,
+            changes,
+            replace: true,
+        });
+    }
+    (alter_request(topics, r.validate_only), refused)
+}
+
+fn alter_request(topics: Vec<tc::TopicConfigChanges>, validate_only: bool) -> Option<m::Request> {
+    (!topics.is_empty()).then(|| {
         m::Request::AlterTopicConfigs(tc::AlterTopicConfigsRequest {
             topics,
-            validate_only: r.validate_only,
+            validate_only,
         })
+    })
+}
+
+/// One resource's answer to either AlterConfigs: resource type, name, error code
+/// and message. The refusals come first, then the broker's results.
+fn altered(
+    answer: Option<tc::AlterTopicConfigsResponse>,
+    refused: Vec<Refusal>,
+) -> impl Iterator<Item = (i8, StrBytes, i16, Option<StrBytes>)> {
+    let refused = refused.into_iter().map(|r| {
+        (
+            r.resource_type,
+            StrBytes::from_string(r.name),
+            REFUSED.code(),
+            Some(StrBytes::from_static_str(r.why)),
+        )
     });
-    (request, refused)
+    let results = answer.into_iter().flat_map(|a| a.results).map(|t| {
+        (
+            TOPIC,
+            StrBytes::from_string(t.name),
+            code(t.error),
+            message(t.error, t.message),
+        )
+    });
+    refused.chain(results)
 }
 
 pub(crate) fn altered_configs(
     answer: Option<tc::AlterTopicConfigsResponse>,
     refused: Vec<Refusal>,
 ) -> k::IncrementalAlterConfigsResponse {
-    let resource = |resource_type: i8, name: String, error: i16, text: Option<StrBytes>| {
-        k::incremental_alter_configs_response::AlterConfigsResourceResponse::default()
-            .with_error_code(error)
-            .with_error_message(text)
-            .with_resource_type(resource_type)
-            .with_resource_name(StrBytes::from_string(name))
-    };
-    let responses = refused
-        .into_iter()
-        .map(|r| {
-            resource(
-                r.resource_type,
-                r.name,
-                REFUSED.code(),
-                Some(StrBytes::from_static_str(r.why)),
-            )
+    use k::incremental_alter_configs_response::AlterConfigsResourceResponse;
+    let responses = altered(answer, refused)
+        .map(|(resource_type, name, error, text)| {
+            AlterConfigsResourceResponse::default()
+                .with_error_code(error)
+                .with_error_message(text)
+                .with_resource_type(resource_type)
+                .with_resource_name(name)
         })
-        .chain(
-            answer
-                .into_iter()
-                .flat_map(|a| a.results)
-                .map(|t| resource(TOPIC, t.name, code(t.error), message(t.error, t.message))),
-        )
         .collect();
     k::IncrementalAlterConfigsResponse::default().with_responses(responses)
+}
+
+pub(crate) fn replaced_configs(
+    answer: Option<tc::AlterTopicConfigsResponse>,
+    refused: Vec<Refusal>,
+) -> k::AlterConfigsResponse {
+    use k::alter_configs_response::AlterConfigsResourceResponse;
+    let responses = altered(answer, refused)
+        .map(|(resource_type, name, error, text)| {
+            AlterConfigsResourceResponse::default()
+                .with_error_code(error)
+                .with_error_message(text)
+                .with_resource_type(resource_type)
+                .with_resource_name(name)
+        })
+        .collect();
+    k::AlterConfigsResponse::default().with_responses(responses)
 }
 
 /// The Meridian request for a CreatePartitions, and the topics refused before it

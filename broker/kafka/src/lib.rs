@@ -12,8 +12,7 @@
 //! members of a consumer group, eager or cooperative), topic administration and
 //! the replica tools' requests (reassignments, preferred elections, log directories). Not
 //! served (a client asking gets a closed connection, as from a Kafka broker for an
-//! API it lacks): transactions, ACL administration and the legacy, whole-set
-//! AlterConfigs.
+//! API it lacks): transactions and ACL administration.
 //!
 //! Consumer groups: Kafka's classic protocol has one member (the leader) compute
 //! the assignment; Meridian's coordinator computes it (with the assignor the
@@ -70,6 +69,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::DeleteTopics, 1, 5),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
+    (ApiKey::AlterConfigs, 0, 2),
     (ApiKey::IncrementalAlterConfigs, 0, 1),
     (ApiKey::CreatePartitions, 0, 3),
     (ApiKey::DeleteRecords, 0, 2),
@@ -77,6 +77,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ListPartitionReassignments, 0, 0),
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
+    (ApiKey::DescribeCluster, 0, 2),
     (ApiKey::SaslHandshake, 1, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
@@ -295,14 +296,18 @@ enum Shape {
     DescribeConfigs {
         asked: Vec<admin::Described>,
     },
-    /// Resources refused before reaching the broker.
+    /// Resources refused before reaching the broker; `replace`: the legacy
+    /// AlterConfigs asked, not IncrementalAlterConfigs.
     AlterConfigs {
         refused: Vec<admin::Refusal>,
+        replace: bool,
     },
     /// Topics refused before reaching the broker (manual replica assignments).
     CreatePartitions {
         refused: Vec<(String, String)>,
     },
+    /// DescribeCluster, answered from a Metadata answer naming no topic.
+    DescribeCluster,
     /// The partitions asked about (Meridian's request names topics only).
     ListReassignments {
         asked: replicas::Listed,
@@ -321,26 +326,43 @@ const EAGER_PROTOCOLS: [(&str, &str); 3] = [
 /// The cooperative one: its members keep their partitions across a rejoin.
 const COOPERATIVE_PROTOCOL: &str = "cooperative-sticky";
 
-/// Cooperative members remembered by one connection's [`Session`]; past it, the
-/// oldest is forgotten (a client has one member per group it consumes in, so only a
-/// client in this many groups at once over one connection comes near it).
-const SESSION_MEMBERS_MAX: usize = 64;
+/// Cooperative members a [`Session::default`] remembers (the broker's
+/// `kafka_cooperative_members_max`): a client has one member per group it consumes
+/// in, so only a client in this many groups at once over one connection comes near
+/// it.
+pub const SESSION_MEMBERS_MAX: usize = 64;
 
 /// What one connection's requests leave for its later ones: the partitions each
 /// cooperative group member on it said it owns when it last joined (Kafka's
 /// JoinGroup carries them in its subscription; its SyncGroup, where Meridian's
 /// coordinator takes them, does not).
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Session {
     /// (group, member) → the partitions it owns, oldest join first.
     owned: VecDeque<((String, String), Vec<g::TopicPartitions>)>,
+    /// Past this many members, the oldest is forgotten.
+    members_max: usize,
+}
+
+impl Default for Session {
+    fn default() -> Session {
+        Session::new(SESSION_MEMBERS_MAX)
+    }
 }
 
 impl Session {
+    /// A session remembering at most `members_max` (at least one) members.
+    pub fn new(members_max: usize) -> Session {
+        Session {
+            owned: VecDeque::new(),
+            members_max: members_max.max(1),
+        }
+    }
+
     fn joined(&mut self, group: &str, member: &str, owned: Vec<g::TopicPartitions>) {
         self.owned
             .retain(|((gr, me), _)| !(gr == group && me == member));
-        if self.owned.len() >= SESSION_MEMBERS_MAX {
+        if self.owned.len() >= self.members_max {
             self.owned.pop_front();
         }
         self.owned
@@ -460,6 +482,26 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             serve(
                 m::Request::Metadata(m::MetadataRequest { topics }),
                 Shape::Plain,
+            )
+        }
+        ApiKey::DescribeCluster => {
+            let r = body!(k::DescribeClusterRequest);
+            // Version 0 has no endpoint type: it asks about brokers.
+            if version >= 1 && r.endpoint_type != BROKER_ENDPOINTS {
+                let mismatched = k::DescribeClusterResponse::default()
+                    .with_error_code(ResponseError::MismatchedEndpointType.code())
+                    .with_error_message(Some(StrBytes::from_static_str(
+                        "this is a broker's Kafka listener: it describes brokers (endpoint \
+                         type 1); Meridian has no controller endpoints for clients",
+                    )))
+                    .with_endpoint_type(r.endpoint_type);
+                return Ok(Step::Reply(header.frame(&mismatched)?));
+            }
+            serve(
+                m::Request::Metadata(m::MetadataRequest {
+                    topics: Some(Vec::new()),
+                }),
+                Shape::DescribeCluster,
             )
         }
         ApiKey::Produce => {
@@ -610,9 +652,30 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             let r = body!(k::IncrementalAlterConfigsRequest);
             let (request, refused) = admin::alter_configs(r);
             match request {
-                Some(request) => serve(request, Shape::AlterConfigs { refused }),
+                Some(request) => serve(
+                    request,
+                    Shape::AlterConfigs {
+                        refused,
+                        replace: false,
+                    },
+                ),
                 None => Ok(Step::Reply(
                     header.frame(&admin::altered_configs(None, refused))?,
+                )),
+            }
+        }
+        ApiKey::AlterConfigs => {
+            let (request, refused) = admin::replace_configs(body!(k::AlterConfigsRequest));
+            match request {
+                Some(request) => serve(
+                    request,
+                    Shape::AlterConfigs {
+                        refused,
+                        replace: true,
+                    },
+                ),
+                None => Ok(Step::Reply(
+                    header.frame(&admin::replaced_configs(None, refused))?,
                 )),
             }
         }
@@ -1092,10 +1155,13 @@ impl Header {
 }
 
 impl Pending {
-    /// Whether the response names brokers (Metadata, FindCoordinator): the only
-    /// ones whose [`Listener::brokers`] must be current.
+    /// Whether the response names brokers (Metadata, FindCoordinator,
+    /// DescribeCluster): the only ones whose [`Listener::brokers`] must be current.
     pub fn names_brokers(&self) -> bool {
-        matches!(self.header.api, ApiKey::Metadata | ApiKey::FindCoordinator)
+        matches!(
+            self.header.api,
+            ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster
+        )
     }
 
     pub fn api(&self) -> ApiKey {
@@ -1129,6 +1195,9 @@ impl Pending {
             });
         }
         let frame = match (answer, self.shape) {
+            (m::Response::Metadata(r), Shape::DescribeCluster) => {
+                h.frame(&describe_cluster(r, listener))?
+            }
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
             (m::Response::Produce(r), _) => h.frame(&produce(r))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
@@ -1139,8 +1208,12 @@ impl Pending {
             (m::Response::DescribeTopics(r), Shape::DescribeConfigs { asked }) => {
                 h.frame(&admin::described_configs(Some(r), asked))?
             }
-            (m::Response::AlterTopicConfigs(r), Shape::AlterConfigs { refused }) => {
-                h.frame(&admin::altered_configs(Some(r), refused))?
+            (m::Response::AlterTopicConfigs(r), Shape::AlterConfigs { refused, replace }) => {
+                if replace {
+                    h.frame(&admin::replaced_configs(Some(r), refused))?
+                } else {
+                    h.frame(&admin::altered_configs(Some(r), refused))?
+                }
             }
             (m::Response::CreatePartitions(r), Shape::CreatePartitions { refused }) => {
                 h.frame(&admin::created_partitions(r, refused))?
@@ -1426,14 +1499,45 @@ fn message(error: ErrorCode, text: String) -> Option<StrBytes> {
     }
 }
 
-fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse {
-    // The live brokers, each at its Kafka listener; one without (a cluster broker
-    // without `kafka_listen`) is left out, and a client sees the partitions it
-    // leads as without a reachable leader.
-    let brokers = r
-        .brokers
+/// The live brokers of a Metadata answer, each at its Kafka listener; one without
+/// (a cluster broker without `kafka_listen`) is left out, and a client sees the
+/// partitions it leads as without a reachable leader.
+fn kafka_brokers<'a>(
+    r: &'a m::MetadataResponse,
+    listener: &'a Listener,
+) -> impl Iterator<Item = &'a KafkaBroker> {
+    r.brokers
         .iter()
         .filter_map(|b| listener.broker(b.broker_id))
+}
+
+/// DescribeCluster's `endpoint_type` asking about brokers.
+const BROKER_ENDPOINTS: i8 = 1;
+
+/// DescribeCluster (the admin clients' `describeCluster`): the cluster id, the
+/// controller and the live brokers, as Metadata names them. Authorized operations
+/// are not computed: their field says "not known" (Kafka's `Integer.MIN_VALUE`).
+fn describe_cluster(r: m::MetadataResponse, listener: &Listener) -> k::DescribeClusterResponse {
+    use k::describe_cluster_response::DescribeClusterBroker;
+    let brokers = kafka_brokers(&r, listener)
+        .map(|b| {
+            DescribeClusterBroker::default()
+                .with_broker_id(broker_id(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(b.port.into())
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        })
+        .collect();
+    k::DescribeClusterResponse::default()
+        .with_endpoint_type(BROKER_ENDPOINTS)
+        .with_cluster_id(StrBytes::from_string(listener.cluster_id.clone()))
+        .with_controller_id(broker_id(r.controller_id))
+        .with_brokers(brokers)
+        .with_cluster_authorized_operations(i32::MIN)
+}
+
+fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse {
+    let brokers = kafka_brokers(&r, listener)
         .map(|b| {
             k::metadata_response::MetadataResponseBroker::default()
                 .with_node_id(broker_id(b.id))

@@ -62,6 +62,12 @@ fn reply(frame: Bytes) -> Bytes {
     }
 }
 
+/// The response frame to a request handed to the broker, given the broker's
+/// answer (on the single-broker [`listener`]).
+fn answered(pending: Pending, answer: m::Response) -> Bytes {
+    pending.respond(Some(answer), &listener()).unwrap().unwrap()
+}
+
 fn sasl_request(frame: Bytes) -> SaslRequest {
     match decode(frame).unwrap() {
         Step::Sasl(request) => request,
@@ -146,7 +152,7 @@ fn api_versions_lists_what_is_served_at_every_version() {
         assert!(!r
             .api_keys
             .iter()
-            .any(|a| a.api_key == ApiKey::AlterConfigs as i16));
+            .any(|a| a.api_key == ApiKey::DescribeAcls as i16));
     }
 }
 
@@ -163,11 +169,10 @@ fn a_newer_api_versions_gets_version_0_with_the_versions_served() {
 
 #[test]
 fn what_is_not_served_is_refused_by_name() {
-    // AlterConfigs replaces a resource's whole set of settings; Kafka's tools send
-    // IncrementalAlterConfigs, which is served.
-    let alter = frame_of(ApiKey::AlterConfigs, 2, &k::AlterConfigsRequest::default());
-    let e = decode(alter).unwrap_err();
-    assert_eq!(e, KafkaError::UnknownApi(ApiKey::AlterConfigs as i16));
+    // ACL administration is not served: the rules are each broker's `acl_file`.
+    let acls = frame_of(ApiKey::DescribeAcls, 1, &k::DescribeAclsRequest::default());
+    let e = decode(acls).unwrap_err();
+    assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeAcls as i16));
     assert!(e.to_string().contains("Produce, Fetch"), "{e}");
     let fetch13 = frame_of(ApiKey::Fetch, 13, &k::FetchRequest::default());
     assert_eq!(
@@ -272,10 +277,7 @@ fn produce_passes_records_through_and_answers_per_partition() {
                 ],
             }],
         };
-        let frame = pending
-            .respond(Some(m::Response::Produce(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::Produce(answer));
         let r: k::ProduceResponse = response(ApiKey::Produce, version, frame);
         let ps = &r.responses[0].partition_responses;
         assert_eq!(
@@ -365,10 +367,7 @@ fn metadata_names_the_kafka_listener() {
                 }],
             }],
         };
-        let frame = pending
-            .respond(Some(m::Response::Metadata(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::Metadata(answer));
         let r: k::MetadataResponse = response(ApiKey::Metadata, version, frame);
         assert_eq!(r.brokers.len(), 1);
         assert_eq!(
@@ -438,10 +437,7 @@ fn fetch_is_sessionless_and_carries_records_back() {
                 }],
             }],
         };
-        let frame = pending
-            .respond(Some(m::Response::Fetch(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::Fetch(answer));
         let r: k::FetchResponse = response(ApiKey::Fetch, version, frame);
         let p = &r.responses[0].partitions[0];
         assert_eq!((p.high_watermark, p.last_stable_offset), (90, 90));
@@ -490,10 +486,7 @@ fn offsets_commit_and_fetch_answer_every_partition_named() {
         error: ErrorCode::UnknownTopic,
         message: "no".into(),
     };
-    let frame = pending
-        .respond(Some(m::Response::OffsetCommit(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::OffsetCommit(answer));
     let r: k::OffsetCommitResponse = response(ApiKey::OffsetCommit, 8, frame);
     let codes: Vec<i16> = r.topics[0]
         .partitions
@@ -528,10 +521,7 @@ fn offsets_commit_and_fetch_answer_every_partition_named() {
             }],
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::OffsetFetch(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::OffsetFetch(answer));
     let r: k::OffsetFetchResponse = response(ApiKey::OffsetFetch, 7, frame);
     let offsets: Vec<(i32, i64)> = r.topics[0]
         .partitions
@@ -558,10 +548,7 @@ fn the_coordinator_is_this_listener() {
         host: "127.0.0.1".into(),
         port: 7000,
     };
-    let frame = pending
-        .respond(Some(m::Response::FindCoordinator(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::FindCoordinator(answer));
     let r: k::FindCoordinatorResponse = response(ApiKey::FindCoordinator, 3, frame);
     assert_eq!((r.error_code, &*r.host, r.port), (0, "kafka.example", 9092));
     // Transaction coordinators: none.
@@ -589,16 +576,33 @@ fn cluster_listener() -> Listener {
     }
 }
 
-#[test]
-fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
-    let asked = k::MetadataRequest::default().with_topics(None);
-    let (_, pending) = serve(frame_of(ApiKey::Metadata, 12, &asked));
-    assert!(pending.names_brokers());
+/// A cluster's Metadata answer with `topics`: brokers 1 to 3, broker 2 the
+/// controller.
+fn cluster_metadata(topics: Vec<m::TopicMetadata>) -> m::MetadataResponse {
     let info = |broker_id: u32| m::BrokerInfo {
         broker_id,
         host: "127.0.0.1".into(),
         port: 7000 + broker_id as u16,
     };
+    m::MetadataResponse {
+        brokers: vec![info(1), info(2), info(3)],
+        controller_id: 2,
+        topics,
+    }
+}
+
+/// The brokers of [`cluster_metadata`] a Kafka client is told of, at their Kafka
+/// listeners in [`cluster_listener`] (id, host, port, rack).
+const CLUSTER_KAFKA_BROKERS: [(i32, &str, i32, Option<&str>); 2] = [
+    (1, "kafka-1.example", 9091, Some("a")),
+    (2, "kafka-2.example", 9092, Some("b")),
+];
+
+#[test]
+fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
+    let asked = k::MetadataRequest::default().with_topics(None);
+    let (_, pending) = serve(frame_of(ApiKey::Metadata, 12, &asked));
+    assert!(pending.names_brokers());
     let partition = |partition: u32, leader: u32| m::PartitionMetadata {
         partition,
         error: ErrorCode::None,
@@ -607,16 +611,12 @@ fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
         replicas: vec![1, 2, 3],
         isr: vec![1, 2, 3],
     };
-    let answer = m::MetadataResponse {
-        brokers: vec![info(1), info(2), info(3)],
-        controller_id: 2,
-        topics: vec![m::TopicMetadata {
-            name: "orders".into(),
-            error: ErrorCode::None,
-            message: String::new(),
-            partitions: vec![partition(0, 1), partition(1, 2), partition(2, 3)],
-        }],
-    };
+    let answer = cluster_metadata(vec![m::TopicMetadata {
+        name: "orders".into(),
+        error: ErrorCode::None,
+        message: String::new(),
+        partitions: vec![partition(0, 1), partition(1, 2), partition(2, 3)],
+    }]);
     let frame = pending
         .respond(Some(m::Response::Metadata(answer)), &cluster_listener())
         .unwrap()
@@ -629,13 +629,7 @@ fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
         .collect();
     // Broker 3 has no Kafka listener: not named, so the partition it leads has no
     // leader a Kafka client can reach (it retries until another leads).
-    assert_eq!(
-        brokers,
-        [
-            (1, "kafka-1.example", 9091, Some("a")),
-            (2, "kafka-2.example", 9092, Some("b"))
-        ]
-    );
+    assert_eq!(brokers, CLUSTER_KAFKA_BROKERS);
     let leaders: Vec<i32> = r.topics[0]
         .partitions
         .iter()
@@ -643,6 +637,50 @@ fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
         .collect();
     assert_eq!(leaders, [1, 2, 3]);
     assert_eq!(r.controller_id, BrokerId(2));
+}
+
+/// DescribeCluster (librdkafka's and Java's `describeCluster`) names the brokers
+/// Metadata names, at their Kafka listeners, and the controller; it asks the broker
+/// about no topic. Asked for controller endpoints, it says this is a broker's.
+#[test]
+fn describe_cluster_names_the_brokers_at_their_kafka_listeners() {
+    for version in 0..=2 {
+        let asked = k::DescribeClusterRequest::default();
+        let (request, pending) = serve(frame_of(ApiKey::DescribeCluster, version, &asked));
+        assert_eq!(
+            request,
+            m::Request::Metadata(m::MetadataRequest {
+                topics: Some(Vec::new())
+            })
+        );
+        assert!(pending.names_brokers());
+        let frame = pending
+            .respond(
+                Some(m::Response::Metadata(cluster_metadata(Vec::new()))),
+                &cluster_listener(),
+            )
+            .unwrap()
+            .unwrap();
+        let r: k::DescribeClusterResponse = response(ApiKey::DescribeCluster, version, frame);
+        assert_eq!(r.error_code, 0);
+        assert_eq!(&*r.cluster_id, "meridian-test");
+        assert_eq!(r.controller_id, BrokerId(2));
+        let brokers: Vec<(i32, &str, i32, Option<&str>)> = r
+            .brokers
+            .iter()
+            .map(|b| (b.broker_id.0, &*b.host, b.port, b.rack.as_deref()))
+            .collect();
+        assert_eq!(brokers, CLUSTER_KAFKA_BROKERS);
+        assert_eq!(r.cluster_authorized_operations, i32::MIN);
+    }
+    let controllers = k::DescribeClusterRequest::default().with_endpoint_type(2);
+    let r: k::DescribeClusterResponse = response(
+        ApiKey::DescribeCluster,
+        1,
+        reply(frame_of(ApiKey::DescribeCluster, 1, &controllers)),
+    );
+    assert_eq!(r.error_code, ResponseError::MismatchedEndpointType.code());
+    assert!(r.brokers.is_empty());
 }
 
 #[test]
@@ -724,10 +762,7 @@ fn create_topics_takes_kafka_defaults_and_refuses_assignments() {
             message: String::new(),
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::CreateTopics(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::CreateTopics(answer));
     let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
     assert_eq!(r.topics[0].error_code, 0);
     assert_eq!(&*r.topics[1].name.0, "placed");
@@ -817,10 +852,7 @@ fn joined(pending: Pending, version: i16, member_id: &str, epoch: i32) -> k::Joi
         member_epoch: epoch,
         heartbeat_interval_ms: 3000,
     };
-    let frame = pending
-        .respond(Some(m::Response::JoinGroup(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::JoinGroup(answer));
     response(ApiKey::JoinGroup, version, frame)
 }
 
@@ -975,6 +1007,16 @@ fn a_cooperative_members_sync_reports_what_it_owned_when_it_joined() {
         owned_at_sync(&mut session, "m-1").is_empty(),
         "the oldest is forgotten"
     );
+    // The bound is the broker's `kafka_cooperative_members_max`.
+    let mut small = Session::new(2);
+    for (i, member) in ["a", "b", "c"].into_iter().enumerate() {
+        let joined = join(&["cooperative-sticky"], owning(vec![i as i32]))
+            .with_member_id(StrBytes::from_static_str(member));
+        decode_in(frame_of(ApiKey::JoinGroup, 7, &joined), &mut small).unwrap();
+    }
+    assert_eq!(small.owned.len(), 2);
+    assert!(owned_at_sync(&mut small, "a").is_empty());
+    assert_eq!(owned_at_sync(&mut small, "c")[0].partitions, [2]);
 }
 
 #[test]
@@ -1003,10 +1045,7 @@ fn sync_hands_out_the_coordinators_assignment_and_heartbeats_call_rebalances() {
         }],
         pending: false,
     };
-    let frame = pending
-        .respond(Some(m::Response::SyncGroup(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::SyncGroup(answer));
     let r: k::SyncGroupResponse = response(ApiKey::SyncGroup, 5, frame);
     assert_eq!(r.protocol_name.as_deref(), Some("range"));
     let mut bytes = r.assignment.clone();
@@ -1042,10 +1081,7 @@ fn sync_hands_out_the_coordinators_assignment_and_heartbeats_call_rebalances() {
             message: String::new(),
             sync_needed,
         };
-        let frame = pending
-            .respond(Some(m::Response::Heartbeat(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::Heartbeat(answer));
         let r: k::HeartbeatResponse = response(ApiKey::Heartbeat, 4, frame);
         assert_eq!(r.error_code, expected);
     }
@@ -1071,10 +1107,7 @@ fn a_member_leaves_by_id_in_every_version() {
             error: ErrorCode::None,
             message: String::new(),
         };
-        let frame = pending
-            .respond(Some(m::Response::LeaveGroup(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::LeaveGroup(answer));
         let r: k::LeaveGroupResponse = response(ApiKey::LeaveGroup, version, frame);
         assert_eq!(r.error_code, 0);
         if version >= 3 {
@@ -1101,10 +1134,7 @@ fn groups_are_listed_and_described_for_kafkas_group_tools() {
                 },
             ],
         };
-        let frame = pending
-            .respond(Some(m::Response::ListGroups(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::ListGroups(answer));
         let r: k::ListGroupsResponse = response(ApiKey::ListGroups, 4, frame);
         r.groups
             .iter()
@@ -1158,10 +1188,7 @@ fn groups_are_listed_and_described_for_kafkas_group_tools() {
             }],
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::DescribeGroups(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::DescribeGroups(answer));
     let r: k::DescribeGroupsResponse = response(ApiKey::DescribeGroups, 5, frame);
     let group = &r.groups[0];
     assert_eq!(
@@ -1313,10 +1340,7 @@ fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
                 described,
             ],
         };
-        let frame = pending
-            .respond(Some(m::Response::DescribeTopics(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::DescribeTopics(answer));
         let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, version, frame);
         type Config<'a> = (&'a str, &'a str, i8);
         let summary: Vec<(i16, i8, &str, Vec<Config<'_>>)> = r
@@ -1426,6 +1450,7 @@ fn incremental_alter_configs_sets_and_deletes_topic_settings() {
                         value: None
                     },
                 ],
+                replace: false,
             }],
             validate_only: true,
         })
@@ -1437,10 +1462,7 @@ fn incremental_alter_configs_sets_and_deletes_topic_settings() {
             message: "retention.ms: too small".into(),
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::AlterTopicConfigs(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::AlterTopicConfigs(answer));
     let r: k::IncrementalAlterConfigsResponse = response(ApiKey::IncrementalAlterConfigs, 1, frame);
     let results: Vec<(&str, i16)> = r
         .responses
@@ -1458,6 +1480,108 @@ fn incremental_alter_configs_sets_and_deletes_topic_settings() {
     assert_eq!(
         r.responses[2].error_message.as_deref(),
         Some("retention.ms: too small")
+    );
+}
+
+/// The legacy AlterConfigs (KafkaJS's `alterConfigs`, librdkafka's
+/// `AlterConfigs`) replaces a topic's settings: the Meridian request says so, and a
+/// null value is a setting left out.
+#[test]
+fn legacy_alter_configs_replaces_topic_settings() {
+    use k::alter_configs_request::{AlterConfigsResource, AlterableConfig};
+    use meridian_wire::topic_changes as tc;
+    let config = |name: &'static str, value: Option<&'static str>| {
+        AlterableConfig::default()
+            .with_name(StrBytes::from_static_str(name))
+            .with_value(value.map(StrBytes::from_static_str))
+    };
+    let resource = |resource_type: i8, name: &'static str, configs| {
+        AlterConfigsResource::default()
+            .with_resource_type(resource_type)
+            .with_resource_name(StrBytes::from_static_str(name))
+            .with_configs(configs)
+    };
+    for version in 0..=2 {
+        let asked = k::AlterConfigsRequest::default().with_resources(vec![
+            resource(4, "1", vec![config("log.retention.ms", Some("1"))]),
+            resource(
+                2,
+                "orders",
+                vec![
+                    config("retention.ms", Some("1000")),
+                    config("segment.ms", None),
+                ],
+            ),
+            resource(2, "plain", Vec::new()),
+        ]);
+        let (request, pending) = serve(frame_of(ApiKey::AlterConfigs, version, &asked));
+        let change = |key: &str, value: Option<&str>| tc::ConfigChange {
+            key: key.into(),
+            value: value.map(Into::into),
+        };
+        assert_eq!(
+            request,
+            m::Request::AlterTopicConfigs(tc::AlterTopicConfigsRequest {
+                topics: vec![
+                    tc::TopicConfigChanges {
+                        name: "orders".into(),
+                        changes: vec![
+                            change("retention.ms", Some("1000")),
+                            change("segment.ms", None)
+                        ],
+                        replace: true,
+                    },
+                    tc::TopicConfigChanges {
+                        name: "plain".into(),
+                        changes: Vec::new(),
+                        replace: true,
+                    },
+                ],
+                validate_only: false,
+            })
+        );
+        let result = |name: &str, error| m::TopicResult {
+            name: name.into(),
+            error,
+            message: String::new(),
+        };
+        let answer = tc::AlterTopicConfigsResponse {
+            results: vec![
+                result("orders", ErrorCode::None),
+                result("plain", ErrorCode::UnknownTopic),
+            ],
+        };
+        let frame = answered(pending, m::Response::AlterTopicConfigs(answer));
+        let r: k::AlterConfigsResponse = response(ApiKey::AlterConfigs, version, frame);
+        let results: Vec<(i8, &str, i16)> = r
+            .responses
+            .iter()
+            .map(|res| (res.resource_type, &*res.resource_name, res.error_code))
+            .collect();
+        assert_eq!(
+            results,
+            [
+                (4, "1", ResponseError::InvalidRequest.code()),
+                (2, "orders", 0),
+                (2, "plain", ResponseError::UnknownTopicOrPartition.code()),
+            ]
+        );
+    }
+    // Only a broker resource: answered without the broker.
+    let brokers = k::AlterConfigsRequest::default().with_resources(vec![resource(
+        4,
+        "1",
+        vec![config("log.retention.ms", Some("1"))],
+    )]);
+    let r: k::AlterConfigsResponse = response(
+        ApiKey::AlterConfigs,
+        1,
+        reply(frame_of(ApiKey::AlterConfigs, 1, &brokers)),
+    );
+    assert_eq!(r.responses.len(), 1);
+    assert_eq!(
+        r.responses[0].error_code,
+        ResponseError::InvalidRequest.code()
     );
 }
 
@@ -1493,10 +1617,7 @@ fn create_partitions_and_delete_records_reach_the_broker() {
             message: String::new(),
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::CreatePartitions(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::CreatePartitions(answer));
     let r: k::CreatePartitionsResponse = response(ApiKey::CreatePartitions, 3, frame);
     let results: Vec<(&str, i16)> = r
         .results
@@ -1552,10 +1673,7 @@ fn create_partitions_and_delete_records_reach_the_broker() {
             ],
         }],
     };
-    let frame = pending
-        .respond(Some(m::Response::DeleteRecords(answer)), &listener())
-        .unwrap()
-        .unwrap();
+    let frame = answered(pending, m::Response::DeleteRecords(answer));
     let r: k::DeleteRecordsResponse = response(ApiKey::DeleteRecords, 2, frame);
     let partitions: Vec<(i32, i64, i16)> = r.topics[0]
         .partitions
@@ -1592,10 +1710,7 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
                 result("busy", ErrorCode::NonEmptyGroup),
             ],
         };
-        let frame = pending
-            .respond(Some(m::Response::DeleteGroups(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::DeleteGroups(answer));
         let r: k::DeleteGroupsResponse = response(ApiKey::DeleteGroups, version, frame);
         let got: Vec<(String, i16)> = r
             .results
@@ -1653,10 +1768,7 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
             let why = ErrorCode::GroupSubscribedToTopic;
             answer.refuse(topic.to_string(), why, format!("`{topic}` is read"));
         }
-        let frame = pending
-            .respond(Some(m::Response::OffsetDelete(answer)), &listener())
-            .unwrap()
-            .unwrap();
+        let frame = answered(pending, m::Response::OffsetDelete(answer));
         let r: k::OffsetDeleteResponse = response(ApiKey::OffsetDelete, 0, frame);
         let partitions: Vec<(String, i32, i16)> = r
             .topics
@@ -1728,7 +1840,7 @@ fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
         message: String::new(),
         reassignments: vec![ongoing(0), ongoing(1)],
     });
-    let frame = pending.respond(Some(answer), &listener()).unwrap().unwrap();
+    let frame = answered(pending, answer);
     let r: k::ListPartitionReassignmentsResponse =
         response(ApiKey::ListPartitionReassignments, 0, frame);
     assert_eq!(r.topics.len(), 1);

@@ -77,6 +77,11 @@ pub struct BrokerConfig {
     /// password at once, as some do, costs the broker a login that often, not as
     /// often as it can reconnect. 0: answer at once.
     pub kafka_sasl_failure_delay_ms: u64,
+    /// Cooperative group members (`cooperative-sticky`) one Kafka connection
+    /// remembers from JoinGroup, where a member says which partitions it owns, to
+    /// its SyncGroup, where the coordinator takes them; past it the longest
+    /// remembered is forgotten. A client has one member per group it consumes in.
+    pub kafka_cooperative_members_max: u32,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -454,6 +459,7 @@ impl Default for BrokerConfig {
             kafka_sasl_mechanisms: None,
             kafka_sasl_session_lifetime_ms: 0,
             kafka_sasl_failure_delay_ms: 100,
+            kafka_cooperative_members_max: 64,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,
@@ -644,6 +650,10 @@ impl BrokerConfig {
         let positive = [
             ("max_frame_bytes", self.max_frame_bytes as u64),
             ("max_inflight_requests", self.max_inflight_requests as u64),
+            (
+                "kafka_cooperative_members_max",
+                self.kafka_cooperative_members_max as u64,
+            ),
             ("max_connections", self.max_connections as u64),
             (
                 "max_partitions_per_request",
@@ -1164,6 +1174,10 @@ mod tests {
             (
                 "log_cleaner_threads=0",
                 "log_cleaner_threads must be greater than 0",
+            ),
+            (
+                "kafka_cooperative_members_max=0",
+                "kafka_cooperative_members_max must be greater than 0",
             ),
             ("worker_threads=1025", "worker_threads must be at most 1024"),
             ("acl_file=acl.toml", "acl_file needs tls_client_ca"),

@@ -961,9 +961,12 @@ impl Shared {
             let outcome = refuse_internal(&t.name, "altered").and_then(|()| {
                 let changes = t.changes.into_iter().map(|c| (c.key, c.value)).collect();
                 if request.validate_only {
-                    self.registry.validate_alter_configs(&t.name, changes)
+                    self.registry
+                        .validate_alter_configs(&t.name, changes, t.replace)
                 } else {
-                    self.registry.alter_configs(&t.name, changes).map(drop)
+                    self.registry
+                        .alter_configs(&t.name, changes, t.replace)
+                        .map(drop)
                 }
             });
             topic_result(t.name, outcome)

@@ -237,7 +237,8 @@ async fn connection(
         let idle = Duration::from_millis(shared.config.idle_timeout_ms);
         let mut client = client;
         let mut sasl = SaslSession::new(&shared);
-        let mut session = meridian_kafka::Session::default();
+        let mut session =
+            meridian_kafka::Session::new(shared.config.kafka_cooperative_members_max as usize);
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,

@@ -334,15 +334,16 @@ impl Registry {
     }
 
     /// Changes a topic's settings (single broker): `Some(value)` sets a key, `None`
-    /// reverts it to the broker default. Checked as a whole; nothing changes on a
-    /// refusal.
+    /// reverts it to the broker default; with `replace`, every key `changes` does not
+    /// set reverts too. Checked as a whole; nothing changes on a refusal.
     pub fn alter_configs(
         &self,
         name: &str,
         changes: Vec<(String, Option<String>)>,
+        replace: bool,
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
-        let (topic, overrides) = self.changed_overrides(name, changes)?;
+        let (topic, overrides) = self.changed_overrides(name, changes, replace)?;
         self.replace_locked(&topic, overrides, topic.partitions.len() as u32)
     }
 
@@ -351,9 +352,10 @@ impl Registry {
         &self,
         name: &str,
         changes: Vec<(String, Option<String>)>,
+        replace: bool,
     ) -> Result<(), Failure> {
         let _admin = self.admin.lock();
-        self.changed_overrides(name, changes).map(drop)
+        self.changed_overrides(name, changes, replace).map(drop)
     }
 
     /// Topic `name` and the settings `changes` give it. The caller holds `admin`.
@@ -361,10 +363,15 @@ impl Registry {
         &self,
         name: &str,
         changes: Vec<(String, Option<String>)>,
+        replace: bool,
     ) -> Result<(Arc<Topic>, TopicOverrides), Failure> {
         let topic = self.existing(name)?;
-        let overrides = topic
-            .overrides
+        let current = if replace {
+            &TopicOverrides::default()
+        } else {
+            &topic.overrides
+        };
+        let overrides = current
             .with_changes(changes)
             .map_err(|m| Failure::new(ErrorCode::InvalidConfig, m))?;
         Ok((topic, overrides))
@@ -644,7 +651,11 @@ mod tests {
         let topics = registry(temp.path());
         let before = topics.create("t", 2, 1, Vec::new()).unwrap();
         let changed = topics
-            .alter_configs("t", vec![("retention.bytes".into(), Some("4096".into()))])
+            .alter_configs(
+                "t",
+                vec![("retention.bytes".into(), Some("4096".into()))],
+                false,
+            )
             .unwrap();
         for partition in &before.partitions {
             assert_eq!(
@@ -653,7 +664,11 @@ mod tests {
             );
         }
         assert!(Arc::ptr_eq(&before.partitions[0], &changed.partitions[0]));
-        let refused = topics.alter_configs("t", vec![("retention.bytes".into(), Some("x".into()))]);
+        let refused = topics.alter_configs(
+            "t",
+            vec![("retention.bytes".into(), Some("x".into()))],
+            false,
+        );
         assert_eq!(
             refused.err().map(|f| f.code),
             Some(ErrorCode::InvalidConfig)
@@ -662,9 +677,34 @@ mod tests {
             topics.get("t").unwrap().overrides.0.get("retention.bytes"),
             Some(&"4096".to_string())
         );
+        // Settings given to replace the others: what they leave out reverts.
+        let set = |key: &str, value: &str| (key.to_string(), Some(value.to_string()));
+        topics
+            .validate_alter_configs("t", vec![set("segment.ms", "60000")], true)
+            .unwrap();
+        assert_eq!(topics.get("t").unwrap().overrides.0.len(), 1);
+        topics
+            .alter_configs("t", vec![set("segment.ms", "60000")], true)
+            .unwrap();
+        let replaced = topics.get("t").unwrap();
+        assert_eq!(
+            replaced.overrides.0.keys().collect::<Vec<_>>(),
+            ["segment.ms"]
+        );
+        assert_eq!(
+            before.partitions[1].log().unwrap().config().retention_bytes,
+            None
+        );
+        topics
+            .alter_configs("t", vec![set("retention.bytes", "4096")], true)
+            .unwrap();
         topics.close();
         let reopened = registry(temp.path()).get("t").unwrap();
         assert_eq!(reopened.log_config.retention_bytes, Some(4096));
+        assert_eq!(
+            reopened.overrides.0.keys().collect::<Vec<_>>(),
+            ["retention.bytes"]
+        );
         assert!(!temp.path().join("topics/t/topic.json.new").exists());
     }
 }

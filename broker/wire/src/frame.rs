@@ -599,6 +599,7 @@ mod tests {
                         key: "retention.ms".into(),
                         value: Some("1000".into()),
                     }],
+                    replace: false,
                 }],
                 validate_only,
             })
@@ -626,6 +627,48 @@ mod tests {
             assert_eq!(decode_request_versioned(v0).unwrap(), (applying.clone(), 0));
             let v1 = body(encode_request_chunks_at(&applying, 1));
             assert_eq!(decode_request_versioned(v1).unwrap(), (applying, 1));
+        }
+    }
+
+    #[test]
+    fn topic_configs_replace_from_version_2() {
+        use crate::topic_changes::{AlterTopicConfigsRequest, ConfigChange, TopicConfigChanges};
+        let alter = |replace, validate_only| {
+            Request::AlterTopicConfigs(AlterTopicConfigsRequest {
+                topics: vec![
+                    TopicConfigChanges {
+                        name: "kept".into(),
+                        changes: vec![ConfigChange {
+                            key: "retention.ms".into(),
+                            value: Some("1000".into()),
+                        }],
+                        replace: false,
+                    },
+                    TopicConfigChanges {
+                        name: "replaced".into(),
+                        changes: Vec::new(),
+                        replace,
+                    },
+                ],
+                validate_only,
+            })
+        };
+        let body = |chunks: Vec<Bytes>| Bytes::from(chunks.concat()).slice(4..);
+        for validate_only in [false, true] {
+            let replacing = alter(true, validate_only);
+            assert_eq!(replacing.lowest_version(), 2);
+            let v2 = body(encode_request_chunks_at(&replacing, 2));
+            assert_eq!(
+                decode_request_versioned(v2).unwrap(),
+                (replacing.clone(), 2)
+            );
+            // Below version 2 the flag is not carried (lowest_version keeps a client
+            // from sending it there).
+            let v1 = body(encode_request_chunks_at(&replacing, 1));
+            assert_eq!(
+                decode_request_versioned(v1).unwrap(),
+                (alter(false, validate_only), 1)
+            );
         }
     }
 

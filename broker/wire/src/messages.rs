@@ -123,7 +123,8 @@ impl ApiKey {
     }
     /// Version 1 of `OffsetCommit` (request) and `OffsetFetch` (response) carries
     /// each offset's leader epoch; version 1 of `AlterTopicConfigs` and
-    /// `CreatePartitions` (requests) can ask to validate only. Version 1 of
+    /// `CreatePartitions` (requests) can ask to validate only, and version 2 of
+    /// `AlterTopicConfigs` to replace a topic's settings. Version 1 of
     /// `ApiVersions` has version 0's bodies: a broker listing it reads a trace
     /// context in request frames ([`crate::frame::TRACE_CONTEXT_FLAG`]). Version 1
     /// of `BrokerHeartbeat` (request) carries the broker's Kafka listener. Version 1
@@ -137,12 +138,12 @@ impl ApiKey {
             | ApiKey::ApiVersions
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
-            | ApiKey::AlterTopicConfigs
             | ApiKey::CreatePartitions
             | ApiKey::BrokerHeartbeat
             | ApiKey::DescribeTopics
             | ApiKey::DescribeLogs
             | ApiKey::OffsetDelete => 1,
+            ApiKey::AlterTopicConfigs => 2,
             _ => 0,
         }
     }
@@ -647,6 +648,7 @@ impl Request {
     /// older one, it would be applied.
     pub fn lowest_version(&self) -> u16 {
         match self {
+            Request::AlterTopicConfigs(r) if r.topics.iter().any(|t| t.replace) => 2,
             Request::AlterTopicConfigs(r) if r.validate_only => 1,
             Request::CreatePartitions(r) if r.validate_only => 1,
             _ => self.api_key().min_version(),
@@ -2063,6 +2065,7 @@ mod tests {
                         value: None,
                     },
                 ],
+                replace: true,
             }],
             validate_only: true,
         }));

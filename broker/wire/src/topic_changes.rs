@@ -5,7 +5,10 @@
 //!
 //! Version 1 of each request adds `validate_only`: the broker checks the changes as
 //! it would apply them and answers the same way, but changes nothing (Kafka's
-//! `validateOnly`). A version 0 request never validates only.
+//! `validateOnly`). A version 0 request never validates only. Version 2 of
+//! `AlterTopicConfigs` adds `replace` per topic: the changes are the topic's whole
+//! settings, and every setting they do not name reverts to the broker default
+//! (Kafka's legacy AlterConfigs).
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::messages::{get_topic_result, put_topic_result, TopicResult};
@@ -25,6 +28,9 @@ pub struct ConfigChange {
 pub struct TopicConfigChanges {
     pub name: String,
     pub changes: Vec<ConfigChange>,
+    /// Drop the topic's own values before applying `changes`, so that only what
+    /// `changes` sets differs from the broker defaults (version 2).
+    pub replace: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +48,9 @@ impl AlterTopicConfigsRequest {
                 w.string(&c.key);
                 w.option(c.value.as_ref(), |w, v| w.string(v));
             });
+            if version >= 2 {
+                w.bool(t.replace);
+            }
         });
         if version >= 1 {
             w.bool(self.validate_only);
@@ -59,6 +68,7 @@ impl AlterTopicConfigsRequest {
                             value: r.option(|r| r.string())?,
                         })
                     })?,
+                    replace: version >= 2 && r.bool()?,
                 })
             })?,
             validate_only: version >= 1 && r.bool()?,

@@ -1116,6 +1116,7 @@ fn alter_configs_request(
                     value: value.clone(),
                 })
                 .collect(),
+            replace: false,
         }],
         validate_only,
     })

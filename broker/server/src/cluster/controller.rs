@@ -1051,8 +1051,9 @@ impl<'a> Active<'a> {
     }
 
     /// Changes topics' settings: each topic's changes are checked together, against
-    /// its settings in the image (and earlier changes in the same request), then
-    /// written as the topic's whole new settings. A changed
+    /// its settings in the image (and earlier changes in the same request), or
+    /// against none when they replace them, then written as the topic's whole new
+    /// settings. A changed
     /// `unclean.leader.election.enable` reaches the core at once. A request that
     /// validates only is checked the same way and changes nothing.
     async fn alter_topic_configs(
@@ -1066,10 +1067,11 @@ impl<'a> Active<'a> {
         for t in request.topics {
             let planned = (|| {
                 let topic = existing_topic(&image, &t.name)?;
-                let current = decided
-                    .get(&t.name)
-                    .cloned()
-                    .unwrap_or_else(|| TopicOverrides(topic.configs.clone()));
+                let current = match decided.get(&t.name) {
+                    _ if t.replace => TopicOverrides::default(),
+                    Some(decided) => decided.clone(),
+                    None => TopicOverrides(topic.configs.clone()),
+                };
                 let changes = t.changes.iter().map(|c| (c.key.clone(), c.value.clone()));
                 let overrides = current
                     .with_changes(changes)
