@@ -511,7 +511,15 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
     if let Some(summary) = kafka_python("admin.py", &[&addr]) {
         assert_eq!(
             summary,
-            serde_json::json!({"modified": {"retention.ms": "3600000"}, "partitions": 4, "low_watermark": 4})
+            serde_json::json!({
+                "modified": {"retention.ms": "3600000"},
+                "partitions": 4,
+                "low_watermark": 4,
+                "broker": {
+                    "log.retention.ms": ["604800000", "DEFAULT_CONFIG", true],
+                    "kafka_listen": [addr, "STATIC_BROKER_CONFIG", true],
+                },
+            })
         );
         let (ok, out, err) = broker.cli(&["topic", "describe", "py-admin"], "");
         assert!(ok, "{err}");

@@ -2,8 +2,8 @@
 
 Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
 (IncrementalAlterConfigs), reads them back as `kafka-configs --describe` does
-(DescribeConfigs, modified only and all), resets one, adds partitions, and deletes
-the records below an offset. Prints one JSON line of what it saw; exits non-zero,
+(DescribeConfigs, modified only and all), resets one, adds partitions, deletes
+the records below an offset, and reads two of the broker's own settings. Prints one JSON line of what it saw; exits non-zero,
 saying why, on any mismatch.
 """
 
@@ -67,4 +67,14 @@ low = {tp.partition: meta["low_watermark"] for tp, meta in deleted.items()}
 if low != {3: 4}:
     fail(f"delete_records answered {deleted}")
 
-print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3]}))
+# The broker's own settings, read-only, as `kafka-configs --describe
+# --entity-type brokers` reads them.
+broker = admin.describe_configs([ConfigResource(ConfigResourceType.BROKER, "1")],
+                                config_filter="all")["broker"]["1"]
+broker_settings = {
+    name: [broker[name]["value"], broker[name]["config_source"], broker[name]["read_only"]]
+    for name in ("log.retention.ms", "kafka_listen")
+}
+
+print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3],
+                  "broker": broker_settings}))

@@ -5,10 +5,11 @@
 //! CreatePartitions and DeleteRecords, each translated to the Meridian request that
 //! does the same.
 //!
-//! Only topics have settings a client can read or change here: a broker resource
+//! Only topics have settings a client can change here: a broker resource
 //! (Meridian's broker settings live in its configuration file and flags) and the
 //! list operations `APPEND`/`SUBTRACT` are refused per resource, with a message,
-//! while the request's other resources are served.
+//! while the request's other resources are served. A broker's settings can be
+//! read: DescribeConfigs of a broker resource lists them, read-only.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages as k;
@@ -17,12 +18,15 @@ use meridian_wire::messages as m;
 use meridian_wire::topic_changes as tc;
 use meridian_wire::ErrorCode;
 
-use super::{code, message, partition, topic_name, with_refused};
+use super::{code, message, partition, topic_name, with_refused, Listener};
 
-/// Kafka's resource type of a topic.
+/// Kafka's resource types of a topic and a broker.
 const TOPIC: i8 = 2;
-/// Kafka's `config_source` of a value set on the topic, and of a default.
+const BROKER: i8 = 4;
+/// Kafka's `config_source` of a value set on the topic, of one in the broker's
+/// configuration file, and of a default.
 const DYNAMIC_TOPIC_CONFIG: i8 = 1;
+const STATIC_BROKER_CONFIG: i8 = 4;
 const DEFAULT_CONFIG: i8 = 5;
 /// `config_operation` of IncrementalAlterConfigs.
 const SET: i8 = 0;
@@ -39,66 +43,119 @@ pub(crate) struct Refusal {
 /// The refusal's error code and message.
 const REFUSED: ResponseError = ResponseError::InvalidRequest;
 
-const NOT_A_TOPIC: &str = "only topics have settings served over Kafka; a Meridian broker's \
+const NOT_A_TOPIC: &str = "only topics have settings changed over Kafka; a Meridian broker's \
                            settings are its configuration file and flags";
+/// DescribeConfigs of a resource neither a topic nor a broker (broker loggers).
+const NOT_DESCRIBED: &str = "only topics and brokers have settings described over Kafka";
+const BROKER_WITH_TOPICS: &str = "describe a broker's settings in a request without topics, \
+                                  as Kafka's admin clients send them";
 
-/// The resources asked about, in order: a topic's name and the keys it asks for
-/// (`None`: all), or a refusal.
+/// The resources asked about, in order: a topic's or broker's name and the keys
+/// it asks for (`None`: all), or a refusal.
 #[derive(Debug)]
 pub(crate) enum Described {
     Topic {
         name: String,
         keys: Option<Vec<String>>,
     },
+    /// A broker's settings: `name` is its id, or empty for the cluster's defaults.
+    Broker {
+        name: String,
+        keys: Option<Vec<String>>,
+    },
     Refused(Refusal),
 }
 
-/// The Meridian request for a DescribeConfigs (`None` when no topic is asked
-/// about), and what its response needs.
+/// The Meridian request for a DescribeConfigs, and what its response needs:
+/// DescribeTopics for topics; DescribeCluster for brokers alone (a broker's
+/// settings are the listener's, but reading them takes what describing the
+/// cluster takes under `acl_file`, as Kafka's takes DESCRIBE_CONFIGS on the
+/// cluster); `None` when every resource is refused. Brokers asked about beside
+/// topics are refused: Kafka's admin clients ask each broker on its own.
 pub(crate) fn describe_configs(
     r: k::DescribeConfigsRequest,
 ) -> (Option<m::Request>, Vec<Described>) {
+    let topics = r
+        .resources
+        .iter()
+        .any(|resource| resource.resource_type == TOPIC);
     let mut names = Vec::new();
+    let mut brokers = false;
     let asked: Vec<Described> = r
         .resources
         .into_iter()
         .map(|resource| {
             let name = resource.resource_name.to_string();
-            if resource.resource_type != TOPIC {
-                return Described::Refused(Refusal {
-                    resource_type: resource.resource_type,
-                    name,
-                    why: NOT_A_TOPIC,
-                });
-            }
-            names.push(name.clone());
-            Described::Topic {
+            // Null asks for every setting; so does an empty list, which would
+            // otherwise ask for none.
+            let keys = resource
+                .configuration_keys
+                .filter(|keys| !keys.is_empty())
+                .map(|keys| keys.iter().map(ToString::to_string).collect());
+            let why = match resource.resource_type {
+                TOPIC => {
+                    names.push(name.clone());
+                    return Described::Topic { name, keys };
+                }
+                BROKER if !topics => {
+                    brokers = true;
+                    return Described::Broker { name, keys };
+                }
+                BROKER => BROKER_WITH_TOPICS,
+                _ => NOT_DESCRIBED,
+            };
+            Described::Refused(Refusal {
+                resource_type: resource.resource_type,
                 name,
-                // Null asks for every setting; so does an empty list, which would
-                // otherwise ask for none.
-                keys: resource
-                    .configuration_keys
-                    .filter(|keys| !keys.is_empty())
-                    .map(|keys| keys.iter().map(ToString::to_string).collect()),
-            }
+                why,
+            })
         })
         .collect();
-    // An empty list would ask for every topic.
-    let request =
-        (!names.is_empty()).then(|| m::Request::DescribeTopics(m::DescribeTopicsRequest { names }));
+    let request = if !names.is_empty() {
+        Some(m::Request::DescribeTopics(m::DescribeTopicsRequest {
+            names,
+        }))
+    } else {
+        brokers.then_some(m::Request::DescribeCluster)
+    };
     (request, asked)
 }
 
+/// What the broker answered a DescribeConfigs with.
+pub(crate) enum DescribedBy {
+    /// Nothing was asked of it.
+    Nothing,
+    Topics(m::DescribeTopicsResponse),
+    /// Brokers were asked about: whether describing the cluster was allowed.
+    Cluster(m::DescribeClusterResponse),
+}
+
 /// The DescribeConfigs response: each topic's settings from the broker's
-/// description (`answer`; `None` when none was asked), refusals in place.
+/// description, each broker's from the `listener` (once the broker allowed it),
+/// refusals in place.
 pub(crate) fn described_configs(
-    answer: Option<m::DescribeTopicsResponse>,
+    answer: DescribedBy,
     asked: Vec<Described>,
+    listener: &Listener,
 ) -> k::DescribeConfigsResponse {
-    let mut topics = answer.map(|a| a.topics).unwrap_or_default();
+    let (mut topics, cluster) = match answer {
+        DescribedBy::Nothing => (Vec::new(), None),
+        DescribedBy::Topics(a) => (a.topics, None),
+        DescribedBy::Cluster(c) => (Vec::new(), Some(c)),
+    };
     let results = asked
         .into_iter()
         .map(|asked| match asked {
+            Described::Broker { name, keys } => match &cluster {
+                Some(c) if !c.error.is_ok() => {
+                    k::describe_configs_response::DescribeConfigsResult::default()
+                        .with_error_code(code(c.error))
+                        .with_error_message(message(c.error, c.message.clone()))
+                        .with_resource_type(BROKER)
+                        .with_resource_name(StrBytes::from_string(name))
+                }
+                _ => described_broker(name, keys, listener),
+            },
             Described::Refused(refused) => {
                 k::describe_configs_response::DescribeConfigsResult::default()
                     .with_error_code(REFUSED.code())
@@ -141,6 +198,46 @@ pub(crate) fn described_configs(
         })
         .collect();
     k::DescribeConfigsResponse::default().with_results(results)
+}
+
+/// A broker resource's settings: this broker's (by its id, or the empty name of
+/// the cluster's defaults, which are each broker's configuration); another broker
+/// is described at its own listener, as Kafka's admin clients send it.
+fn described_broker(
+    name: String,
+    keys: Option<Vec<String>>,
+    listener: &Listener,
+) -> k::describe_configs_response::DescribeConfigsResult {
+    use k::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
+    let result = DescribeConfigsResult::default()
+        .with_resource_type(BROKER)
+        .with_resource_name(StrBytes::from_string(name.clone()));
+    if !name.is_empty() && name != listener.broker_id.to_string() {
+        let why = format!(
+            "this is broker {}: broker {name}'s settings are described by its own listener",
+            listener.broker_id
+        );
+        return result
+            .with_error_code(REFUSED.code())
+            .with_error_message(Some(StrBytes::from_string(why)));
+    }
+    let configs = listener
+        .settings
+        .iter()
+        .filter(|s| keys.as_ref().is_none_or(|keys| keys.contains(&s.name)))
+        .map(|s| {
+            DescribeConfigsResourceResult::default()
+                .with_name(StrBytes::from_string(s.name.clone()))
+                .with_value(Some(StrBytes::from_string(s.value.clone())))
+                .with_read_only(true)
+                .with_config_source(if s.is_default {
+                    DEFAULT_CONFIG
+                } else {
+                    STATIC_BROKER_CONFIG
+                })
+        })
+        .collect();
+    result.with_configs(configs)
 }
 
 /// The Meridian request for an IncrementalAlterConfigs (`None` when every

@@ -84,7 +84,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
 
 /// Where Kafka clients reach the brokers: what Metadata and FindCoordinator answers
 /// name (Kafka listeners, not QUIC endpoints).
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Listener {
     /// The broker answering.
     pub broker_id: u32,
@@ -92,6 +92,18 @@ pub struct Listener {
     /// The brokers with a Kafka listener, this one included; a broker missing here
     /// (in a cluster, one without `kafka_listen`) is left out of Metadata answers.
     pub brokers: Vec<KafkaBroker>,
+    /// This broker's settings, as DescribeConfigs of its broker resource shows
+    /// them (read-only: they come from its configuration).
+    pub settings: std::sync::Arc<[BrokerSetting]>,
+}
+
+/// One of a broker's settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerSetting {
+    pub name: String,
+    pub value: String,
+    /// Not set in the broker's configuration: the built-in default.
+    pub is_default: bool,
 }
 
 /// One broker's Kafka listener.
@@ -643,9 +655,11 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             let (request, asked) = admin::describe_configs(body!(k::DescribeConfigsRequest));
             match request {
                 Some(request) => serve(request, Shape::DescribeConfigs { asked }),
-                None => Ok(Step::Reply(
-                    header.frame(&admin::described_configs(None, asked))?,
-                )),
+                None => Ok(Step::Reply(header.frame(&admin::described_configs(
+                    admin::DescribedBy::Nothing,
+                    asked,
+                    &Listener::default(),
+                ))?)),
             }
         }
         ApiKey::IncrementalAlterConfigs => {
@@ -1206,8 +1220,14 @@ impl Pending {
                 h.frame(&create_topics(r, refused))?
             }
             (m::Response::DescribeTopics(r), Shape::DescribeConfigs { asked }) => {
-                h.frame(&admin::described_configs(Some(r), asked))?
+                let answer = admin::DescribedBy::Topics(r);
+                h.frame(&admin::described_configs(answer, asked, listener))?
             }
+            (m::Response::DescribeCluster(r), Shape::DescribeConfigs { asked }) => {
+                let answer = admin::DescribedBy::Cluster(r);
+                h.frame(&admin::described_configs(answer, asked, listener))?
+            }
+
             (m::Response::AlterTopicConfigs(r), Shape::AlterConfigs { refused, replace }) => {
                 if replace {
                     h.frame(&admin::replaced_configs(Some(r), refused))?

@@ -198,6 +198,18 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
             usable_bytes: -1,
             logs: Vec::new(),
         }),
+        // DescribeConfigs of brokers asks it (see `admin::describe_configs`).
+        m::Request::DescribeCluster => {
+            m::Response::DescribeCluster(meridian_wire::describe_cluster::DescribeClusterResponse {
+                error,
+                message,
+                cluster_id: String::new(),
+                broker_id: m::NO_BROKER,
+                controller_id: m::NO_BROKER,
+                quorum: None,
+                brokers: Vec::new(),
+            })
+        }
         _ => return None,
     })
 }

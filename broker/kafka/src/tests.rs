@@ -6,6 +6,11 @@ use bytes::Buf;
 use kafka_protocol::protocol::HeaderVersion;
 
 fn listener() -> Listener {
+    let setting = |name: &str, value: &str, is_default| BrokerSetting {
+        name: name.into(),
+        value: value.into(),
+        is_default,
+    };
     Listener {
         broker_id: 1,
         cluster_id: "meridian-test".into(),
@@ -15,6 +20,11 @@ fn listener() -> Listener {
             port: 9092,
             rack: None,
         }],
+        settings: vec![
+            setting("log.retention.ms", "604800000", true),
+            setting("num.partitions", "3", false),
+        ]
+        .into(),
     }
 }
 
@@ -570,9 +580,8 @@ fn cluster_listener() -> Listener {
         rack: Some(rack.into()),
     };
     Listener {
-        broker_id: 1,
-        cluster_id: "meridian-test".into(),
         brokers: vec![kafka(1, "a"), kafka(2, "b")],
+        ..listener()
     }
 }
 
@@ -1292,7 +1301,7 @@ fn config_resource(
 }
 
 #[test]
-fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
+fn describe_configs_reads_topic_and_broker_settings() {
     let asked = k::DescribeConfigsRequest::default().with_resources(vec![
         config_resource(2, "orders"),
         config_resource(4, "1"),
@@ -1385,20 +1394,97 @@ fn describe_configs_reads_topic_settings_and_refuses_broker_ones() {
             Some("no topic ghost")
         );
     }
-    // Only a broker asked about: answered without the broker.
-    let brokers =
-        k::DescribeConfigsRequest::default().with_resources(vec![config_resource(4, "1")]);
-    let r: k::DescribeConfigsResponse = response(
-        ApiKey::DescribeConfigs,
-        4,
-        reply(frame_of(ApiKey::DescribeConfigs, 4, &brokers)),
+    // Only brokers asked about: the broker is asked whether this client may
+    // describe the cluster, and the settings are the listener's (read-only);
+    // another broker's, and broker loggers, are refused.
+    let brokers = k::DescribeConfigsRequest::default().with_resources(vec![
+        config_resource(4, "1"),
+        config_resource(4, "")
+            .with_configuration_keys(Some(vec![StrBytes::from_static_str("num.partitions")])),
+        config_resource(4, "2"),
+        config_resource(8, "1"),
+    ]);
+    let refused = ResponseError::InvalidRequest.code();
+    let codes = |r: &k::DescribeConfigsResponse| -> Vec<(i8, String, i16)> {
+        r.results
+            .iter()
+            .map(|res| {
+                (
+                    res.resource_type,
+                    res.resource_name.to_string(),
+                    res.error_code,
+                )
+            })
+            .collect()
+    };
+    let (request, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &brokers));
+    assert_eq!(request, m::Request::DescribeCluster);
+    let allowed = meridian_wire::describe_cluster::DescribeClusterResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        cluster_id: "meridian-test".into(),
+        broker_id: 1,
+        controller_id: 1,
+        quorum: None,
+        brokers: Vec::new(),
+    };
+    let frame = answered(pending, m::Response::DescribeCluster(allowed));
+    let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, 4, frame);
+    assert_eq!(
+        codes(&r),
+        [
+            (4, "1".into(), 0),
+            (4, "".into(), 0),
+            (4, "2".into(), refused),
+            (8, "1".into(), refused)
+        ]
     );
-    assert_eq!(r.results.len(), 1);
-    assert!(r.results[0]
+    let settings: Vec<(&str, Option<&str>, i8, bool)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| (&*c.name, c.value.as_deref(), c.config_source, c.read_only))
+        .collect();
+    assert_eq!(
+        settings,
+        [
+            ("log.retention.ms", Some("604800000"), 5, true),
+            ("num.partitions", Some("3"), 4, true)
+        ]
+    );
+    assert_eq!(r.results[1].configs.len(), 1);
+    assert!(r.results[2]
         .error_message
         .as_deref()
         .unwrap()
-        .contains("configuration file"));
+        .contains("its own listener"));
+    // A client `acl_file` does not let describe the cluster reads no settings.
+    let (request, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &brokers));
+    let denied = refusal(
+        &request,
+        ErrorCode::ClusterAuthorizationFailed,
+        "not allowed",
+    )
+    .unwrap();
+    let r: k::DescribeConfigsResponse =
+        response(ApiKey::DescribeConfigs, 4, answered(pending, denied));
+    let authorization = ResponseError::ClusterAuthorizationFailed.code();
+    assert_eq!(
+        codes(&r)[..2],
+        [
+            (4, "1".into(), authorization),
+            (4, "".into(), authorization)
+        ]
+    );
+    assert!(r.results.iter().all(|res| res.configs.is_empty()));
+    // Only a broker logger: answered without the broker.
+    let loggers =
+        k::DescribeConfigsRequest::default().with_resources(vec![config_resource(8, "1")]);
+    let r: k::DescribeConfigsResponse = response(
+        ApiKey::DescribeConfigs,
+        4,
+        reply(frame_of(ApiKey::DescribeConfigs, 4, &loggers)),
+    );
+    assert_eq!(codes(&r), [(8, "1".into(), refused)]);
 }
 
 #[test]

@@ -13,13 +13,14 @@
 //! requests until its client authenticates (`meridian_kafka::sasl`); any other
 //! request, or a failed authentication (after its answer), closes it.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meridian_kafka::sasl::{self, Authenticator, Outcome};
-use meridian_kafka::{KafkaBroker, Listener, Pending, SaslRequest, Step};
+use meridian_kafka::{BrokerSetting, KafkaBroker, Listener, Pending, SaslRequest, Step};
 use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse, TopicPartitions};
 use meridian_wire::messages::{Request, Response};
@@ -30,6 +31,7 @@ use tokio::task::JoinHandle;
 use tracing::Instrument;
 
 use crate::acl::Principal;
+use crate::config::BrokerConfig;
 use crate::metrics::Protocol;
 use crate::{Caller, KafkaSasl, Shared};
 
@@ -64,6 +66,7 @@ impl Directory {
                 broker_id: own.id,
                 cluster_id: shared.config.cluster_id.clone(),
                 brokers: vec![own],
+                settings: broker_settings(&shared.config).into(),
             }),
             cached: parking_lot::Mutex::new(None),
         }
@@ -103,6 +106,153 @@ impl Directory {
         *cached = Some((image, listener.clone()));
         listener
     }
+}
+
+/// Kafka's names for the broker settings Meridian has under its own (Kafka's name,
+/// Meridian's key as [`flatten`] spells it).
+const KAFKA_NAMES: [(&str, &str); 35] = [
+    ("broker.id", "broker_id"),
+    ("broker.rack", "rack"),
+    ("log.dirs", "data_dir"),
+    ("num.partitions", "default_partitions"),
+    ("auto.create.topics.enable", "auto_create_topics"),
+    ("message.max.bytes", "topic_defaults.max_message_bytes"),
+    ("log.retention.ms", "topic_defaults.retention_ms"),
+    ("log.retention.bytes", "topic_defaults.retention_bytes"),
+    ("log.segment.bytes", "topic_defaults.segment_bytes"),
+    ("log.roll.ms", "topic_defaults.segment_ms"),
+    (
+        "log.index.interval.bytes",
+        "topic_defaults.index_interval_bytes",
+    ),
+    ("log.cleanup.policy", "topic_defaults.cleanup_policy"),
+    (
+        "log.cleaner.delete.retention.ms",
+        "topic_defaults.delete_retention_ms",
+    ),
+    (
+        "log.cleaner.min.cleanable.ratio",
+        "topic_defaults.min_cleanable_dirty_ratio",
+    ),
+    (
+        "log.cleaner.min.compaction.lag.ms",
+        "topic_defaults.min_compaction_lag_ms",
+    ),
+    ("min.insync.replicas", "topic_defaults.min_insync_replicas"),
+    (
+        "unclean.leader.election.enable",
+        "topic_defaults.unclean_leader_election_enable",
+    ),
+    ("log.cleaner.threads", "log_cleaner_threads"),
+    (
+        "log.cleaner.dedupe.buffer.size",
+        "log_cleaner_dedupe_buffer_size",
+    ),
+    ("log.cleaner.backoff.ms", "log_cleaner_backoff_ms"),
+    ("log.flush.interval.ms", "flush_interval_ms"),
+    (
+        "log.retention.check.interval.ms",
+        "retention_check_interval_ms",
+    ),
+    ("connections.max.idle.ms", "idle_timeout_ms"),
+    ("socket.request.max.bytes", "max_frame_bytes"),
+    ("max.connections", "max_connections"),
+    (
+        "group.min.session.timeout.ms",
+        "group_min_session_timeout_ms",
+    ),
+    (
+        "group.max.session.timeout.ms",
+        "group_max_session_timeout_ms",
+    ),
+    ("group.max.size", "group_max_size"),
+    ("offset.metadata.max.bytes", "offset_metadata_max_bytes"),
+    (
+        "offsets.topic.num.partitions",
+        "offsets_topic_num_partitions",
+    ),
+    ("producer.id.expiration.ms", "producer_id_expiration_ms"),
+    ("replica.lag.time.max.ms", "replica_lag_time_max_ms"),
+    ("replica.fetch.wait.max.ms", "replica_fetch_wait_max_ms"),
+    ("replica.fetch.max.bytes", "replica_fetch_max_bytes"),
+    ("replica.fetch.backoff.ms", "replica_fetch_backoff_ms"),
+];
+
+/// The broker's settings as Kafka's DescribeConfigs of its broker resource lists
+/// them: every key of its configuration as Meridian names it (nested ones dotted,
+/// `topic_defaults.retention_ms`; lists comma-separated; unset ones left out), and
+/// the same values under Kafka's names where Kafka has one (`log.retention.ms`),
+/// sorted by name. A value equal to the built-in default is a default.
+pub(crate) fn broker_settings(config: &BrokerConfig) -> Vec<BrokerSetting> {
+    let flat = |config: &BrokerConfig| {
+        let mut out = BTreeMap::new();
+        // A struct of plain fields always serializes.
+        if let Ok(value) = serde_json::to_value(config) {
+            flatten(String::new(), value, &mut out);
+        }
+        out
+    };
+    let (ours, defaults) = (flat(config), flat(&BrokerConfig::default()));
+    let mut settings: BTreeMap<String, (String, bool)> = ours
+        .iter()
+        .map(|(key, value)| {
+            let is_default = defaults.get(key) == Some(value);
+            (key.clone(), (value.clone(), is_default))
+        })
+        .collect();
+    for (kafka, key) in KAFKA_NAMES {
+        if let Some(setting) = settings.get(key).cloned() {
+            settings.insert(kafka.to_owned(), setting);
+        }
+    }
+    let replication = config.cluster.as_ref();
+    settings.insert(
+        "default.replication.factor".into(),
+        (
+            replication
+                .map_or(1, |c| c.default_replication_factor())
+                .to_string(),
+            replication.is_none_or(|c| c.default_replication_factor.is_none()),
+        ),
+    );
+    settings
+        .into_iter()
+        .map(|(name, (value, is_default))| BrokerSetting {
+            name,
+            value,
+            is_default,
+        })
+        .collect()
+}
+
+/// `value` as dotted keys under `prefix`.
+fn flatten(prefix: String, value: serde_json::Value, out: &mut BTreeMap<String, String>) {
+    use serde_json::Value;
+    let text = match value {
+        Value::Null => return,
+        Value::Object(fields) => {
+            for (key, value) in fields {
+                let key = if prefix.is_empty() {
+                    key
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                flatten(key, value, out);
+            }
+            return;
+        }
+        Value::Array(items) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(s) => s,
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    out.insert(prefix, text);
 }
 
 /// Accepts Kafka connections until the task is aborted; at most `max_connections`
@@ -537,6 +687,44 @@ async fn read_frame(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A broker's settings under Meridian's keys and Kafka's names, each default
+    /// or not as its configuration says; unset ones are left out.
+    #[test]
+    fn broker_settings_carry_meridians_keys_and_kafkas_names() {
+        let set = [
+            "topic_defaults.retention_ms=3600000".to_string(),
+            "default_partitions=3".to_string(),
+        ];
+        let config = BrokerConfig::load(None, std::iter::empty(), &set).unwrap();
+        let settings = broker_settings(&config);
+        let find = |name: &str| {
+            settings
+                .iter()
+                .find(|s| s.name == name)
+                .map(|s| (s.value.as_str(), s.is_default))
+        };
+        assert_eq!(find("log.retention.ms"), Some(("3600000", false)));
+        assert_eq!(
+            find("topic_defaults.retention_ms"),
+            Some(("3600000", false))
+        );
+        assert_eq!(find("num.partitions"), Some(("3", false)));
+        assert_eq!(find("log.segment.bytes"), Some(("1073741824", true)));
+        assert_eq!(find("log.cleanup.policy"), Some(("delete", true)));
+        assert_eq!(find("default.replication.factor"), Some(("1", true)));
+        assert_eq!(find("max_inflight_requests"), Some(("256", true)));
+        assert_eq!(find("broker.rack"), None);
+        let names: Vec<&str> = settings.iter().map(|s| s.name.as_str()).collect();
+        assert!(names.is_sorted(), "{names:?}");
+        // Every Kafka name stands for a key the configuration has.
+        let everything =
+            BrokerConfig::load(None, std::iter::empty(), &["rack=\"r1\"".to_string()]).unwrap();
+        let all = broker_settings(&everything);
+        for (kafka, key) in KAFKA_NAMES {
+            assert!(all.iter().any(|s| s.name == kafka), "{kafka} ({key})");
+        }
+    }
 
     /// A response larger than what the connection buffers reaches a TLS client
     /// whole, though the client sends nothing more until it has it.
