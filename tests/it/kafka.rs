@@ -131,6 +131,36 @@ async fn a_kafka_client_creates_a_topic_produces_and_fetches() {
     assert_eq!(p0.get_offset(OffsetAt::Latest).await.unwrap(), 300);
     let at = Utc.timestamp_millis_opt(1_700_000_000_000 + 120).unwrap();
     assert_eq!(p0.get_offset(OffsetAt::Timestamp(at)).await.unwrap(), 120);
+    // ListOffsets 7's max timestamp (the last record here; none on an empty
+    // partition) and 8's earliest local offset (the log start: no tiered storage).
+    let mut raw = Raw::connect(&addr);
+    let ask = |timestamp: i64| {
+        use k::list_offsets_request::{ListOffsetsPartition, ListOffsetsTopic};
+        k::ListOffsetsRequest::default().with_topics(vec![ListOffsetsTopic::default()
+            .with_name(name("orders"))
+            .with_partitions(
+                (0..2)
+                    .map(|p| {
+                        ListOffsetsPartition::default()
+                            .with_partition_index(p)
+                            .with_timestamp(timestamp)
+                    })
+                    .collect(),
+            )])
+    };
+    for (version, timestamp, expected) in [
+        (7, -3, [(299, 1_700_000_000_299), (-1, -1)]),
+        (8, -4, [(0, -1), (0, -1)]),
+    ] {
+        raw.send(ApiKey::ListOffsets, version, &ask(timestamp));
+        let r: k::ListOffsetsResponse = raw.receive(ApiKey::ListOffsets, version);
+        let got: Vec<(i64, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.offset, p.timestamp))
+            .collect();
+        assert_eq!(got, expected, "version {version}");
+    }
 
     // Meridian's own CLI (QUIC) reads what the Kafka client wrote.
     let lines = consume_json(&broker, "orders", 300);

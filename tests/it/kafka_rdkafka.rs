@@ -138,7 +138,8 @@ fn librdkafka_cooperative_members_give_up_only_what_moves() {
 
 /// librdkafka's admin client: describe_cluster (DescribeCluster) names the broker
 /// at its Kafka listener, and alter_configs (the legacy AlterConfigs) replaces a
-/// topic's settings, so the one it was created with reverts to the default.
+/// topic's settings, so the one it was created with reverts to the default;
+/// list_offsets finds the record with the largest timestamp.
 #[test]
 fn librdkafka_admin_describes_the_cluster_and_replaces_settings() {
     let (broker, addr) = kafka_broker(&["cluster_id=rdk-cluster", "broker_id=7"]);
@@ -154,6 +155,7 @@ fn librdkafka_admin_describes_the_cluster_and_replaces_settings() {
             "controller": 7,
             "nodes": [[7, host, port]],
             "own": {"segment.ms": "600000"},
+            "max_timestamp": [1, 5000],
         })
     );
     let (ok, out, err) = broker.cli(&["topic", "describe", "adm-conf"], "");

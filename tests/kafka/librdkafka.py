@@ -25,9 +25,11 @@ SASL), `{}` for none. ACTION is one of:
 - `login`: ask for the cluster's topics; prints {"result": "ok"} or the error.
 - `admin`: the admin client's describe_cluster; then create topic PREFIX-conf
   with retention.ms and give it segment.ms alone with alter_configs (Kafka's legacy
-  AlterConfigs, which replaces a topic's settings), and describe_configs. Prints
-  {"cluster_id", "controller": id, "nodes": [[id, host, port], ...], "own":
-  {setting: value} (those not at the default)}.
+  AlterConfigs, which replaces a topic's settings), and describe_configs; then
+  send it three records timestamped now, now + 5 s and now + 3 s, and list_offsets
+  with OffsetSpec.max_timestamp() (ListOffsets version 7). Prints {"cluster_id",
+  "controller": id, "nodes": [[id, host, port], ...], "own": {setting: value}
+  (those not at the default), "max_timestamp": [offset, timestamp - now]}.
 
 Exits non-zero, saying why, on anything else.
 """
@@ -257,7 +259,7 @@ def login():
 
 
 def admin_tools():
-    from confluent_kafka.admin import ConfigResource, ResourceType
+    from confluent_kafka.admin import ConfigResource, OffsetSpec, ResourceType
 
     admin = AdminClient(CONF)
     cluster = admin.describe_cluster(request_timeout=10).result(timeout=30)
@@ -270,11 +272,22 @@ def admin_tools():
         future.result(timeout=30)
     described = admin.describe_configs([ConfigResource(ResourceType.TOPIC, topic)])
     (configs,) = [future.result(timeout=30) for future in described.values()]
+    # Three records whose timestamps do not rise: the max-timestamp lookup finds
+    # the second.
+    now = int(time.time() * 1000)
+    producer = Producer({**CONF, "acks": "all"})
+    for i, delta in enumerate([0, 5000, 3000]):
+        producer.produce(topic, value=f"{i}".encode(), partition=0, timestamp=now + delta)
+    if producer.flush(30) != 0:
+        fail("records not delivered")
+    spec = {TopicPartition(topic, 0): OffsetSpec.max_timestamp()}
+    (found,) = [future.result(timeout=30) for future in admin.list_offsets(spec).values()]
     return {
         "cluster_id": cluster.cluster_id,
         "controller": cluster.controller.id,
         "nodes": [[n.id, n.host, n.port] for n in cluster.nodes],
         "own": {name: e.value for name, e in configs.items() if not e.is_default},
+        "max_timestamp": [found.offset, found.timestamp - now],
     }
 
 

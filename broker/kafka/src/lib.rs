@@ -46,12 +46,12 @@ use meridian_wire::ErrorCode;
 /// The APIs served, with the lowest and highest version of each, as `ApiVersions`
 /// tells clients. Versions stop where Kafka moved to what Meridian lacks: topic ids
 /// (Produce 13, Fetch 13, DeleteTopics 6), fetch sessions beyond sessionless full
-/// fetches, batched coordinator lookups (FindCoordinator 4, OffsetFetch 8) and the
-/// `max timestamp` offset lookup (ListOffsets 7).
+/// fetches, batched coordinator lookups (FindCoordinator 4, OffsetFetch 8) and
+/// tiered storage's offsets (ListOffsets 9).
 pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
-    (ApiKey::ListOffsets, 1, 6),
+    (ApiKey::ListOffsets, 1, 8),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
@@ -394,6 +394,10 @@ impl Session {
 
 const TRANSACTIONS: &str = "transactions are not served by this broker";
 
+/// ListOffsets' timestamp asking for the earliest offset on the broker's own disk
+/// (version 8, for tiered storage).
+const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
+
 /// Reads one request frame (the bytes after its size), on a connection of its own.
 pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
     decode_in(frame, &mut Session::default())
@@ -601,7 +605,13 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                         .into_iter()
                         .map(|p| m::ListOffsetsPartition {
                             partition: partition(p.partition_index),
-                            timestamp: p.timestamp,
+                            timestamp: match p.timestamp {
+                                // Version 8's earliest local offset: without tiered
+                                // storage, the log start offset.
+                                EARLIEST_LOCAL_TIMESTAMP => m::EARLIEST_TIMESTAMP,
+                                // Version 7's max timestamp is Meridian's own -3.
+                                timestamp => timestamp,
+                            },
                         })
                         .collect(),
                 })

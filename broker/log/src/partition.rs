@@ -739,6 +739,50 @@ impl PartitionLog {
         Ok(None)
     }
 
+    /// The first record holding the log's largest timestamp, as `(offset,
+    /// timestamp)` (Kafka's max-timestamp lookup, ListOffsets version 7); `None` when
+    /// the log holds no record. Records below the log start offset do not count.
+    /// Only the segments whose max timestamp could win are searched, each as
+    /// [`PartitionLog::offset_for_timestamp`] does.
+    pub fn offset_of_max_timestamp(&self) -> Result<Option<(i64, i64)>, LogError> {
+        let index_interval_bytes = self.config.index_interval_bytes;
+        let start = self.log_start_offset;
+        let mut live: Vec<&Segment> = self
+            .segments
+            .iter()
+            .filter(|s| s.size > 0 && s.next_offset > start)
+            .collect();
+        // Highest max timestamp first; the sort is stable, so among equals the
+        // earlier segment (the earlier offsets) comes first.
+        live.sort_by_key(|s| std::cmp::Reverse(s.max_timestamp));
+        let mut best: Option<(i64, i64)> = None;
+        for segment in live {
+            if best.is_some_and(|(_, timestamp)| timestamp > segment.max_timestamp) {
+                break;
+            }
+            let max = if segment.base_offset < start {
+                match segment.max_timestamp_from(start, index_interval_bytes)? {
+                    Some(max) => max,
+                    None => continue,
+                }
+            } else {
+                segment.max_timestamp
+            };
+            let Some((offset, timestamp)) =
+                segment.find_timestamp(max, start, index_interval_bytes)?
+            else {
+                continue;
+            };
+            let better = best.is_none_or(|(best_offset, best_timestamp)| {
+                timestamp > best_timestamp || (timestamp == best_timestamp && offset < best_offset)
+            });
+            if better {
+                best = Some((offset, timestamp));
+            }
+        }
+        Ok(best)
+    }
+
     /// fdatasyncs the active segment and its indexes (sealed ones were synced on roll).
     pub fn flush(&mut self) -> Result<(), LogError> {
         self.active_mut().sync()?;

@@ -1123,6 +1123,51 @@ impl Segment {
         })
     }
 
+    /// The largest record timestamp at or after `min_offset` in this segment; `None`
+    /// when no record there is. For the segment the log start offset cuts into: the
+    /// segment's own `max_timestamp` may belong to a record below it.
+    pub fn max_timestamp_from(
+        &self,
+        min_offset: i64,
+        index_interval_bytes: u32,
+    ) -> Result<Option<i64>, LogError> {
+        if min_offset >= self.next_offset || self.size == 0 {
+            return Ok(None);
+        }
+        self.with_index(index_interval_bytes, |index| {
+            let mut position = if min_offset <= self.base_offset {
+                0
+            } else {
+                self.find_batch(index, min_offset)?.0
+            };
+            let mut max = None;
+            while position < self.size {
+                let header = self.header_at(position)?;
+                let batch_max = if header.base_offset >= min_offset {
+                    Some(header.max_timestamp)
+                } else {
+                    // The batch the start cuts into: only its records from there.
+                    let batch = read_batch(&self.file, position, &header)?;
+                    let log_append_time = header.attributes & LOG_APPEND_TIME_BIT != 0;
+                    decode_records(&header, &batch)?
+                        .into_iter()
+                        .filter(|r| r.offset >= min_offset)
+                        .map(|r| {
+                            if log_append_time {
+                                header.max_timestamp
+                            } else {
+                                r.timestamp
+                            }
+                        })
+                        .max()
+                };
+                max = max.max(batch_max);
+                position += header.total_len() as u64;
+            }
+            Ok(max)
+        })
+    }
+
     /// Appends already-patched batches (`bytes`, described by `batches`) at the end.
     /// On a write error the log is cut back to its previous size and the in-memory
     /// state is left untouched. New index entries reach their files in groups (see

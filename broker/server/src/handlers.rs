@@ -1480,11 +1480,15 @@ impl Shared {
                             Ok(match p.timestamp {
                                 EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
                                 LATEST_TIMESTAMP => (bound.high_watermark, -1),
+                                MAX_TIMESTAMP => log
+                                    .offset_of_max_timestamp()?
+                                    .filter(|&(offset, _)| offset < bound.high_watermark)
+                                    .unwrap_or((-1, -1)),
                                 ts if ts >= 0 => log.offset_for_timestamp(ts)?.unwrap_or((log.log_end_offset(), -1)),
                                 ts => {
                                     return Err(Failure::new(
                                         ErrorCode::InvalidRequest,
-                                        format!("timestamp {ts} is neither a time nor earliest (-2) / latest (-1)"),
+                                        format!("timestamp {ts} is neither a time nor earliest (-2), latest (-1) or max timestamp (-3)"),
                                     ))
                                 }
                             })

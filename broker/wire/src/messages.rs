@@ -157,6 +157,10 @@ pub const UNASSIGNED_PARTITION: u32 = u32::MAX;
 pub const EARLIEST_TIMESTAMP: i64 = -2;
 /// `ListOffsets` timestamp asking for the log end offset (next offset to be written).
 pub const LATEST_TIMESTAMP: i64 = -1;
+/// `ListOffsets` timestamp asking for the first record with the partition's largest
+/// timestamp, with that timestamp (offset and timestamp `-1` when there is none below
+/// the high watermark). A broker from before it refuses it with `InvalidRequest`.
+pub const MAX_TIMESTAMP: i64 = -3;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum Request {

@@ -233,27 +233,39 @@ fn index_lookups_land_on_the_right_batch() {
     }
 }
 
-#[test]
-fn offset_for_timestamp_is_exact_with_unordered_timestamps() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
-    // Pseudo-random timestamps, not monotonic within or across batches.
-    let mut state = 12345u64;
+/// Appends `batches` batches of one to four records with pseudo-random timestamps
+/// below `below` (from `seed`), not monotonic within or across batches, over
+/// several segments; returns every record's `(offset, timestamp)`.
+fn append_unordered_timestamps(
+    log: &mut PartitionLog,
+    seed: u64,
+    batches: usize,
+    below: u64,
+) -> Vec<(i64, i64)> {
+    let mut state = seed;
     let mut next = || {
         state = state
             .wrapping_mul(6364136223846793005)
             .wrapping_add(1442695040888963407);
-        (state >> 33) % 10_000
+        (state >> 33) % below
     };
-    let mut records = Vec::new(); // (offset, timestamp) of every record
-    for _ in 0..150 {
+    let mut records = Vec::new();
+    for _ in 0..batches {
         let timestamps: Vec<i64> = (0..1 + next() % 4).map(|_| next() as i64).collect();
-        let info = append(&mut log, &batch_with_timestamps(&timestamps, 30), 0);
+        let info = append(log, &batch_with_timestamps(&timestamps, 30), 0);
         for (i, &t) in timestamps.iter().enumerate() {
             records.push((info.base_offset + i as i64, t));
         }
     }
     assert!(log.segment_count() > 3);
+    records
+}
+
+#[test]
+fn offset_for_timestamp_is_exact_with_unordered_timestamps() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    let records = append_unordered_timestamps(&mut log, 12345, 150, 10_000);
     let expected = |target: i64| records.iter().find(|&&(_, t)| t >= target).copied();
     let check = |log: &PartitionLog| {
         for target in (-5..10_010)
@@ -271,6 +283,49 @@ fn offset_for_timestamp_is_exact_with_unordered_timestamps() {
     drop(log); // a crash: recovery rebuilds the active segment's time index
     let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
     check(&log);
+}
+
+/// The max-timestamp lookup (Kafka's ListOffsets version 7) finds the first record
+/// holding the largest timestamp, wherever it is, and leaves out records below the
+/// log start offset, even inside the batch the start cuts into.
+#[test]
+fn offset_of_max_timestamp_is_the_first_record_with_the_largest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    assert_eq!(log.offset_of_max_timestamp().unwrap(), None);
+    let records = append_unordered_timestamps(&mut log, 777, 120, 5_000);
+    let expected = |from: i64| {
+        let live = records.iter().filter(|&&(o, _)| o >= from);
+        let max = live.clone().map(|&(_, t)| t).max()?;
+        live.copied().find(|&(_, t)| t == max)
+    };
+    assert_eq!(log.offset_of_max_timestamp().unwrap(), expected(0));
+    // Move the start forward, into batches and segments, then past the record
+    // found each time until the log is empty.
+    for start in [3, 17, 61, 140] {
+        log.delete_before(start).unwrap();
+        assert_eq!(
+            log.offset_of_max_timestamp().unwrap(),
+            expected(start),
+            "from {start}"
+        );
+    }
+    while let Some((offset, _)) = log.offset_of_max_timestamp().unwrap() {
+        log.delete_before(offset + 1).unwrap();
+        assert_eq!(
+            log.offset_of_max_timestamp().unwrap(),
+            expected(offset + 1),
+            "from {}",
+            offset + 1
+        );
+    }
+    assert_eq!(log.log_start_offset(), log.log_end_offset());
+    drop(log);
+    let log = PartitionLog::open(dir.path(), small_config(), 0).unwrap();
+    assert_eq!(
+        log.offset_of_max_timestamp().unwrap(),
+        expected(log.log_start_offset())
+    );
 }
 
 #[test]
