@@ -1657,6 +1657,7 @@ fn fetch(r: m::FetchResponse) -> k::FetchResponse {
                                 .with_log_start_offset(p.log_start_offset)
                                 .with_aborted_transactions(Some(Vec::new()))
                                 .with_preferred_read_replica((-1).into())
+                                .with_diverging_epoch(diverging_epoch(p.diverging_epoch))
                                 .with_records(Some(p.records))
                         })
                         .collect(),
@@ -1667,6 +1668,18 @@ fn fetch(r: m::FetchResponse) -> k::FetchResponse {
     k::FetchResponse::default()
         .with_session_id(0)
         .with_responses(responses)
+}
+
+/// Where a consumer's log diverges from the leader's (Fetch version 12 on; only a
+/// request naming its last fetched epoch, which only version 12 on carries, can
+/// get one): the largest epoch the leader has at or below it, and where that epoch
+/// ends, for the consumer to truncate to. Unset is Kafka's -1/-1.
+fn diverging_epoch(diverging: Option<m::DivergingEpoch>) -> k::fetch_response::EpochEndOffset {
+    let unset = k::fetch_response::EpochEndOffset::default();
+    match diverging {
+        Some(d) => unset.with_epoch(d.epoch).with_end_offset(d.end_offset),
+        None => unset,
+    }
 }
 
 fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {

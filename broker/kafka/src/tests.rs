@@ -454,6 +454,42 @@ fn fetch_is_sessionless_and_carries_records_back() {
         assert_eq!(p.records.as_ref(), Some(&records));
         assert_eq!(r.session_id, 0);
     }
+    // A consumer whose log diverges from the leader's (after an unclean election)
+    // names the epoch of what it last read (version 12); the answer says where its
+    // epoch ends on the leader, so it truncates there rather than fetch for ever.
+    let mut diverged = asked.clone();
+    diverged.topics[0].partitions[0].last_fetched_epoch = 4;
+    diverged.topics[0].partitions[0].current_leader_epoch = 6;
+    let (request, pending) = serve(frame_of(ApiKey::Fetch, 12, &diverged));
+    let m::Request::Fetch(f) = request else {
+        panic!()
+    };
+    let p = &f.topics[0].partitions[0];
+    assert_eq!((p.last_fetched_epoch, p.current_leader_epoch), (4, 6));
+    let answer = m::FetchResponse {
+        topics: vec![m::FetchTopicResponse {
+            name: "orders".into(),
+            partitions: vec![m::FetchPartitionResponse {
+                partition: 1,
+                error: ErrorCode::None,
+                message: String::new(),
+                high_watermark: 90,
+                log_start_offset: 0,
+                records: Bytes::new(),
+                diverging_epoch: Some(m::DivergingEpoch {
+                    epoch: 3,
+                    end_offset: 35,
+                }),
+            }],
+        }],
+    };
+    let r: k::FetchResponse = response(
+        ApiKey::Fetch,
+        12,
+        answered(pending, m::Response::Fetch(answer)),
+    );
+    let d = &r.responses[0].partitions[0].diverging_epoch;
+    assert_eq!((d.epoch, d.end_offset), (3, 35));
     // An incremental fetch names a session this broker never created.
     let incremental = asked.with_session_id(7).with_session_epoch(1);
     let r: k::FetchResponse = response(
