@@ -407,6 +407,24 @@ fn metadata_names_the_kafka_listener() {
     );
 }
 
+/// The broker's answer to a fetch of `orders` partition 1 (high watermark 90).
+fn fetched(records: Bytes, diverging_epoch: Option<m::DivergingEpoch>) -> m::FetchResponse {
+    m::FetchResponse {
+        topics: vec![m::FetchTopicResponse {
+            name: "orders".into(),
+            partitions: vec![m::FetchPartitionResponse {
+                partition: 1,
+                error: ErrorCode::None,
+                message: String::new(),
+                high_watermark: 90,
+                log_start_offset: 0,
+                records,
+                diverging_epoch,
+            }],
+        }],
+    }
+}
+
 #[test]
 fn fetch_is_sessionless_and_carries_records_back() {
     let asked = k::FetchRequest::default()
@@ -433,20 +451,7 @@ fn fetch_is_sessionless_and_carries_records_back() {
             (500, 40)
         );
         let records = Bytes::from_static(b"batches as stored");
-        let answer = m::FetchResponse {
-            topics: vec![m::FetchTopicResponse {
-                name: "orders".into(),
-                partitions: vec![m::FetchPartitionResponse {
-                    partition: 1,
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    high_watermark: 90,
-                    log_start_offset: 0,
-                    records: records.clone(),
-                    diverging_epoch: None,
-                }],
-            }],
-        };
+        let answer = fetched(records.clone(), None);
         let frame = answered(pending, m::Response::Fetch(answer));
         let r: k::FetchResponse = response(ApiKey::Fetch, version, frame);
         let p = &r.responses[0].partitions[0];
@@ -466,23 +471,11 @@ fn fetch_is_sessionless_and_carries_records_back() {
     };
     let p = &f.topics[0].partitions[0];
     assert_eq!((p.last_fetched_epoch, p.current_leader_epoch), (4, 6));
-    let answer = m::FetchResponse {
-        topics: vec![m::FetchTopicResponse {
-            name: "orders".into(),
-            partitions: vec![m::FetchPartitionResponse {
-                partition: 1,
-                error: ErrorCode::None,
-                message: String::new(),
-                high_watermark: 90,
-                log_start_offset: 0,
-                records: Bytes::new(),
-                diverging_epoch: Some(m::DivergingEpoch {
-                    epoch: 3,
-                    end_offset: 35,
-                }),
-            }],
-        }],
+    let diverging = m::DivergingEpoch {
+        epoch: 3,
+        end_offset: 35,
     };
+    let answer = fetched(Bytes::new(), Some(diverging));
     let r: k::FetchResponse = response(
         ApiKey::Fetch,
         12,
