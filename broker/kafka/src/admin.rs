@@ -181,17 +181,8 @@ pub(crate) fn described_configs(
                 let configs = topic
                     .configs
                     .into_iter()
-                    .filter(|c| keys.as_ref().is_none_or(|keys| keys.contains(&c.key)))
-                    .map(|c| {
-                        k::describe_configs_response::DescribeConfigsResourceResult::default()
-                            .with_name(StrBytes::from_string(c.key))
-                            .with_value(Some(StrBytes::from_string(c.value)))
-                            .with_config_source(if c.is_default {
-                                DEFAULT_CONFIG
-                            } else {
-                                DYNAMIC_TOPIC_CONFIG
-                            })
-                    })
+                    .filter(|c| asked_for(&keys, &c.key))
+                    .map(|c| setting(c.key, c.value, c.is_default, DYNAMIC_TOPIC_CONFIG))
                     .collect();
                 result.with_configs(configs)
             }
@@ -208,8 +199,7 @@ fn described_broker(
     keys: Option<Vec<String>>,
     listener: &Listener,
 ) -> k::describe_configs_response::DescribeConfigsResult {
-    use k::describe_configs_response::{DescribeConfigsResourceResult, DescribeConfigsResult};
-    let result = DescribeConfigsResult::default()
+    let result = k::describe_configs_response::DescribeConfigsResult::default()
         .with_resource_type(BROKER)
         .with_resource_name(StrBytes::from_string(name.clone()));
     if !name.is_empty() && name != listener.broker_id.to_string() {
@@ -224,20 +214,38 @@ fn described_broker(
     let configs = listener
         .settings
         .iter()
-        .filter(|s| keys.as_ref().is_none_or(|keys| keys.contains(&s.name)))
+        .filter(|s| asked_for(&keys, &s.name))
         .map(|s| {
-            DescribeConfigsResourceResult::default()
-                .with_name(StrBytes::from_string(s.name.clone()))
-                .with_value(Some(StrBytes::from_string(s.value.clone())))
-                .with_read_only(true)
-                .with_config_source(if s.is_default {
-                    DEFAULT_CONFIG
-                } else {
-                    STATIC_BROKER_CONFIG
-                })
+            setting(
+                s.name.clone(),
+                s.value.clone(),
+                s.is_default,
+                STATIC_BROKER_CONFIG,
+            )
+            .with_read_only(true)
         })
         .collect();
     result.with_configs(configs)
+}
+
+/// Whether a DescribeConfigs resource asking for `keys` (`None`: all) asks for `key`.
+fn asked_for(keys: &Option<Vec<String>>, key: &str) -> bool {
+    keys.as_ref()
+        .is_none_or(|keys| keys.iter().any(|k| k == key))
+}
+
+/// One setting in a DescribeConfigs answer: from `source` (where a value set on the
+/// resource comes from), or the default.
+fn setting(
+    name: String,
+    value: String,
+    is_default: bool,
+    source: i8,
+) -> k::describe_configs_response::DescribeConfigsResourceResult {
+    k::describe_configs_response::DescribeConfigsResourceResult::default()
+        .with_name(StrBytes::from_string(name))
+        .with_value(Some(StrBytes::from_string(value)))
+        .with_config_source(if is_default { DEFAULT_CONFIG } else { source })
 }
 
 /// The Meridian request for an IncrementalAlterConfigs (`None` when every
@@ -245,63 +253,35 @@ fn described_broker(
 pub(crate) fn alter_configs(
     r: k::IncrementalAlterConfigsRequest,
 ) -> (Option<m::Request>, Vec<Refusal>) {
-    let mut refused = Vec::new();
-    let mut topics = Vec::new();
-    'resources: for resource in r.resources {
-        let name = resource.resource_name.to_string();
-        if resource.resource_type != TOPIC {
-            refused.push(Refusal {
-                resource_type: resource.resource_type,
-                name,
-                why: NOT_A_TOPIC,
-            });
-            continue;
-        }
-        let mut changes = Vec::new();
-        for config in resource.configs {
-            let value = match config.config_operation {
-                SET => Some(config.value.map(|v| v.to_string()).unwrap_or_default()),
-                DELETE => None,
-                _ => {
-                    refused.push(Refusal {
-                        resource_type: TOPIC,
-                        name,
-                        why: "APPEND and SUBTRACT are not served: SET the whole value (a \
-                              topic's only list setting is cleanup.policy)",
-                    });
-                    continue 'resources;
-                }
-            };
-            changes.push(tc::ConfigChange {
-                key: config.name.to_string(),
-                value,
-            });
-        }
-        topics.push(tc::TopicConfigChanges {
-            name,
-            changes,
-            replace: false,
-        });
-    }
-    (alter_request(topics, r.validate_only), refused)
+    let resources = r.resources.into_iter().map(|resource| {
+        let changes = resource
+            .configs
+            .into_iter()
+            .map(|config| {
+                let value = match config.config_operation {
+                    SET => Some(config.value.map(|v| v.to_string()).unwrap_or_default()),
+                    DELETE => None,
+                    _ => {
+                        return Err("APPEND and SUBTRACT are not served: SET the whole value \
+                                    (a topic's only list setting is cleanup.policy)")
+                    }
+                };
+                Ok(tc::ConfigChange {
+                    key: config.name.to_string(),
+                    value,
+                })
+            })
+            .collect();
+        (resource.resource_type, resource.resource_name, changes)
+    });
+    alter_request(resources, false, r.validate_only)
 }
 
 /// The Meridian request for a legacy AlterConfigs (`None` when every resource is
 /// refused), and the refusals. Each topic's settings are replaced: a setting not
 /// named, or named with a null value, reverts to the broker default.
 pub(crate) fn replace_configs(r: k::AlterConfigsRequest) -> (Option<m::Request>, Vec<Refusal>) {
-    let mut refused = Vec::new();
-    let mut topics = Vec::new();
-    for resource in r.resources {
-        let name = resource.resource_name.to_string();
-        if resource.resource_type != TOPIC {
-            refused.push(Refusal {
-                resource_type: resource.resource_type,
-                name,
-                why: NOT_A_TOPIC,
-            });
-            continue;
-        }
+    let resources = r.resources.into_iter().map(|resource| {
         let changes = resource
             .configs
             .into_iter()
@@ -310,22 +290,49 @@ pub(crate) fn replace_configs(r: k::AlterConfigsRequest) -> (Option<m::Request>,
                 value: config.value.map(|v| v.to_string()),
             })
             .collect();
-        topics.push(tc::TopicConfigChanges {
-            name,
-            changes,
-            replace: true,
-        });
-    }
-    (alter_request(topics, r.validate_only), refused)
+        (resource.resource_type, resource.resource_name, Ok(changes))
+    });
+    alter_request(resources, true, r.validate_only)
 }
 
-fn alter_request(topics: Vec<tc::TopicConfigChanges>, validate_only: bool) -> Option<m::Request> {
-    (!topics.is_empty()).then(|| {
+/// The AlterTopicConfigs request for either AlterConfigs (`None` when every
+/// resource is refused), from each resource's type, name and changes (or why they
+/// cannot be made), and the refusals: resources other than topics, and topics
+/// whose changes cannot be made.
+fn alter_request(
+    resources: impl Iterator<Item = (i8, StrBytes, Result<Vec<tc::ConfigChange>, &'static str>)>,
+    replace: bool,
+    validate_only: bool,
+) -> (Option<m::Request>, Vec<Refusal>) {
+    let mut refused = Vec::new();
+    let mut topics = Vec::new();
+    for (resource_type, name, changes) in resources {
+        let name = name.to_string();
+        let changes = if resource_type == TOPIC {
+            changes
+        } else {
+            Err(NOT_A_TOPIC)
+        };
+        match changes {
+            Ok(changes) => topics.push(tc::TopicConfigChanges {
+                name,
+                changes,
+                replace,
+            }),
+            Err(why) => refused.push(Refusal {
+                resource_type,
+                name,
+                why,
+            }),
+        }
+    }
+    let request = (!topics.is_empty()).then(|| {
         m::Request::AlterTopicConfigs(tc::AlterTopicConfigsRequest {
             topics,
             validate_only,
         })
-    })
+    });
+    (request, refused)
 }
 
 /// One resource's answer to either AlterConfigs: resource type, name, error code
@@ -353,38 +360,42 @@ fn altered(
     refused.chain(results)
 }
 
+/// The per-resource answers of either AlterConfigs as `$resource`: the two
+/// responses name the same fields, in generated types of their own.
+macro_rules! resource_responses {
+    ($resource:ty, $answer:expr, $refused:expr) => {
+        altered($answer, $refused)
+            .map(|(resource_type, name, error, text)| {
+                <$resource>::default()
+                    .with_error_code(error)
+                    .with_error_message(text)
+                    .with_resource_type(resource_type)
+                    .with_resource_name(name)
+            })
+            .collect()
+    };
+}
+
 pub(crate) fn altered_configs(
     answer: Option<tc::AlterTopicConfigsResponse>,
     refused: Vec<Refusal>,
 ) -> k::IncrementalAlterConfigsResponse {
-    use k::incremental_alter_configs_response::AlterConfigsResourceResponse;
-    let responses = altered(answer, refused)
-        .map(|(resource_type, name, error, text)| {
-            AlterConfigsResourceResponse::default()
-                .with_error_code(error)
-                .with_error_message(text)
-                .with_resource_type(resource_type)
-                .with_resource_name(name)
-        })
-        .collect();
-    k::IncrementalAlterConfigsResponse::default().with_responses(responses)
+    k::IncrementalAlterConfigsResponse::default().with_responses(resource_responses!(
+        k::incremental_alter_configs_response::AlterConfigsResourceResponse,
+        answer,
+        refused
+    ))
 }
 
 pub(crate) fn replaced_configs(
     answer: Option<tc::AlterTopicConfigsResponse>,
     refused: Vec<Refusal>,
 ) -> k::AlterConfigsResponse {
-    use k::alter_configs_response::AlterConfigsResourceResponse;
-    let responses = altered(answer, refused)
-        .map(|(resource_type, name, error, text)| {
-            AlterConfigsResourceResponse::default()
-                .with_error_code(error)
-                .with_error_message(text)
-                .with_resource_type(resource_type)
-                .with_resource_name(name)
-        })
-        .collect();
-    k::AlterConfigsResponse::default().with_responses(responses)
+    k::AlterConfigsResponse::default().with_responses(resource_responses!(
+        k::alter_configs_response::AlterConfigsResourceResponse,
+        answer,
+        refused
+    ))
 }
 
 /// The Meridian request for a CreatePartitions, and the topics refused before it

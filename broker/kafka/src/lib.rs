@@ -672,35 +672,18 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                 ))?)),
             }
         }
-        ApiKey::IncrementalAlterConfigs => {
-            let r = body!(k::IncrementalAlterConfigsRequest);
-            let (request, refused) = admin::alter_configs(r);
+        ApiKey::IncrementalAlterConfigs | ApiKey::AlterConfigs => {
+            let replace = api == ApiKey::AlterConfigs;
+            let (request, refused) = if replace {
+                admin::replace_configs(body!(k::AlterConfigsRequest))
+            } else {
+                admin::alter_configs(body!(k::IncrementalAlterConfigsRequest))
+            };
             match request {
-                Some(request) => serve(
-                    request,
-                    Shape::AlterConfigs {
-                        refused,
-                        replace: false,
-                    },
-                ),
-                None => Ok(Step::Reply(
-                    header.frame(&admin::altered_configs(None, refused))?,
-                )),
-            }
-        }
-        ApiKey::AlterConfigs => {
-            let (request, refused) = admin::replace_configs(body!(k::AlterConfigsRequest));
-            match request {
-                Some(request) => serve(
-                    request,
-                    Shape::AlterConfigs {
-                        refused,
-                        replace: true,
-                    },
-                ),
-                None => Ok(Step::Reply(
-                    header.frame(&admin::replaced_configs(None, refused))?,
-                )),
+                Some(request) => serve(request, Shape::AlterConfigs { refused, replace }),
+                None => Ok(Step::Reply(altered_configs_frame(
+                    &header, None, refused, replace,
+                )?)),
             }
         }
         ApiKey::CreatePartitions => {
@@ -1239,11 +1222,7 @@ impl Pending {
             }
 
             (m::Response::AlterTopicConfigs(r), Shape::AlterConfigs { refused, replace }) => {
-                if replace {
-                    h.frame(&admin::replaced_configs(Some(r), refused))?
-                } else {
-                    h.frame(&admin::altered_configs(Some(r), refused))?
-                }
+                altered_configs_frame(h, Some(r), refused, replace)?
             }
             (m::Response::CreatePartitions(r), Shape::CreatePartitions { refused }) => {
                 h.frame(&admin::created_partitions(r, refused))?
@@ -1526,6 +1505,22 @@ fn message(error: ErrorCode, text: String) -> Option<StrBytes> {
         Some(StrBytes::from_static_str(error.description()))
     } else {
         Some(StrBytes::from_string(text))
+    }
+}
+
+/// The response frame to either AlterConfigs: the legacy one's (`replace`) or
+/// IncrementalAlterConfigs', from the broker's answer (`None`: every resource was
+/// refused before it) and the refusals.
+fn altered_configs_frame(
+    h: &Header,
+    answer: Option<meridian_wire::topic_changes::AlterTopicConfigsResponse>,
+    refused: Vec<admin::Refusal>,
+    replace: bool,
+) -> Result<Bytes, KafkaError> {
+    if replace {
+        h.frame(&admin::replaced_configs(answer, refused))
+    } else {
+        h.frame(&admin::altered_configs(answer, refused))
     }
 }
 
