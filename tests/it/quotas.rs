@@ -80,18 +80,50 @@ async fn a_client_over_its_quota_is_held_to_its_rate() {
     }
 }
 
+/// `producer_byte_rate` as Kafka's DescribeConfigs of the broker lists it, under
+/// Meridian's key, and its `config_source` (4: the configuration, 5: the default).
+fn described_producer_rate(kafka: &str) -> (String, i8) {
+    use kafka_protocol::messages::{self as k, ApiKey};
+    let mut raw = crate::kafka::Raw::connect(kafka);
+    let describe = k::DescribeConfigsRequest::default().with_resources(vec![
+        k::describe_configs_request::DescribeConfigsResource::default()
+            .with_resource_type(4)
+            .with_resource_name(kafka_protocol::protocol::StrBytes::from_static_str("1"))
+            .with_configuration_keys(None),
+    ]);
+    raw.send(ApiKey::DescribeConfigs, 4, &describe);
+    let r: k::DescribeConfigsResponse = raw.receive(ApiKey::DescribeConfigs, 4);
+    assert_eq!(r.results[0].error_code, 0, "{r:?}");
+    let setting = r.results[0]
+        .configs
+        .iter()
+        .find(|c| c.name.as_str() == "producer_byte_rate")
+        .unwrap_or_else(|| panic!("{r:?}"));
+    (
+        setting.value.as_deref().unwrap_or_default().to_string(),
+        setting.config_source,
+    )
+}
+
 /// SIGHUP reads the configuration file again and takes its client quotas: a quota
-/// lifted there holds nothing back any more, without a restart.
+/// lifted there holds nothing back any more, without a restart, and Kafka's
+/// DescribeConfigs of the broker shows the new one.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_takes_the_quotas_of_the_config_file() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("broker.toml");
     std::fs::write(&config, format!("producer_byte_rate = {RATE}\n")).unwrap();
     let log = dir.path().join("broker.log");
-    let metrics = format!("127.0.0.1:{}", crate::harness::free_ports(1)[0]);
+    let [metrics, kafka] = crate::harness::free_ports(2)[..] else {
+        unreachable!()
+    };
+    let (metrics, kafka) = (format!("127.0.0.1:{metrics}"), format!("127.0.0.1:{kafka}"));
     let broker = TestBroker::start_logging_to(
         &log,
-        &[&format!("metrics_listen={metrics}")],
+        &[
+            &format!("metrics_listen={metrics}"),
+            &format!("kafka_listen={kafka}"),
+        ],
         &[
             ("MERIDIAN_CONFIG", config.to_str().unwrap()),
             ("RUST_LOG", "info"),
@@ -107,6 +139,7 @@ async fn sighup_takes_the_quotas_of_the_config_file() {
     };
     let before = held();
     assert!(before > 0.0, "the quota held nothing back");
+    assert_eq!(described_producer_rate(&kafka), (RATE.to_string(), 4));
 
     std::fs::write(&config, "producer_byte_rate = 0\n").unwrap();
     broker.signal("HUP");
@@ -116,4 +149,5 @@ async fn sighup_takes_the_quotas_of_the_config_file() {
         send_all(&producer, megabyte()).await;
     }
     assert_eq!(held(), before, "answers held after the quota was lifted");
+    assert_eq!(described_producer_rate(&kafka), ("0".to_string(), 5));
 }

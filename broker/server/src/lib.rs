@@ -91,6 +91,9 @@ pub(crate) struct Shared {
     own_fingerprints: parking_lot::RwLock<std::collections::HashSet<String>>,
     /// `producer_byte_rate`, `consumer_byte_rate` and `[client_quotas]`.
     quotas: quotas::Quotas,
+    /// The settings DescribeConfigs of this broker lists over Kafka: the
+    /// configuration read at start, with the client quotas as last reloaded.
+    pub(crate) kafka_settings: parking_lot::RwLock<Arc<[meridian_kafka::BrokerSetting]>>,
     /// The Kafka listener's TLS under `kafka_tls` (replaced on reload).
     kafka_tls: Option<parking_lot::RwLock<Arc<rustls::ServerConfig>>>,
     /// The metrics listener's TLS under `metrics_tls` (replaced on reload).
@@ -262,6 +265,8 @@ impl Broker {
             )
         });
         let quotas = quotas::Quotas::new(&config);
+        let kafka_settings =
+            parking_lot::RwLock::new(kafka_listener::broker_settings(&config).into());
         let shared = Arc::new(Shared {
             read_buffers: BufferPool::new(
                 usize::try_from(config.read_buffer_cache_bytes).unwrap_or(usize::MAX),
@@ -283,6 +288,7 @@ impl Broker {
             metrics: Arc::default(),
             acl,
             quotas,
+            kafka_settings,
             own_fingerprints: parking_lot::RwLock::new([identity.fingerprint.clone()].into()),
             kafka_tls,
             metrics_tls,
@@ -611,9 +617,17 @@ impl Reloader {
 
     /// Takes the client quotas (`producer_byte_rate`, `consumer_byte_rate`,
     /// `[client_quotas]`) of `config`, the broker's configuration read again; the
-    /// rest of it is read at start only.
+    /// rest of it is read at start only. Kafka's DescribeConfigs of this broker
+    /// lists the new quotas from then on.
     pub fn reload_quotas(&self, config: &BrokerConfig) {
         self.shared.quotas.replace(config);
+        let now = BrokerConfig {
+            producer_byte_rate: config.producer_byte_rate,
+            consumer_byte_rate: config.consumer_byte_rate,
+            client_quotas: config.client_quotas.clone(),
+            ..self.shared.config.clone()
+        };
+        *self.shared.kafka_settings.write() = kafka_listener::broker_settings(&now).into();
     }
 
     /// Re-reads `kafka_sasl_users_file`; returns how many users it holds, or `None`
