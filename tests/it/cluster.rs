@@ -25,8 +25,11 @@ struct TestCluster {
     brokers: Vec<TestBroker>,
     /// `cluster.voters`, as written in every config.
     voters: String,
-    /// Appended to every config.
+    /// Appended to every config; `{kafka_listen}` in it becomes a free address for
+    /// each broker (kept in `kafka`).
     extra: String,
+    /// `kafka[i]`: broker `i + 1`'s Kafka listener, when `extra` has one.
+    kafka: Vec<String>,
     /// Appended to every config's `[cluster]` table.
     cluster_extra: String,
     temp: tempfile::TempDir,
@@ -51,6 +54,7 @@ impl TestCluster {
             brokers: Vec::new(),
             voters: voters.join(", "),
             extra: extra.to_string(),
+            kafka: Vec::new(),
             cluster_extra: cluster_extra.to_string(),
             temp,
         };
@@ -69,12 +73,19 @@ impl TestCluster {
         let cert = self.temp.path().join("cert.pem");
         let key = self.temp.path().join("key.pem");
         let file = self.temp.path().join(format!("broker-{id}.toml"));
+        let mut extra = self.extra.clone();
+        if extra.contains("{kafka_listen}") {
+            // The previous broker holds its port by now: a new one is free.
+            let kafka = format!("127.0.0.1:{}", free_ports(1)[0]);
+            extra = extra.replace("{kafka_listen}", &kafka);
+            self.kafka.push(kafka);
+        }
         std::fs::write(
             &file,
             format!(
                 // Metrics on the TCP port of the same number as the QUIC (UDP) one.
-                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\nmetrics_listen = \"127.0.0.1:{port}\"\n{}\n[cluster]\nvoters = [{}]\n{}",
-                self.extra, self.voters, self.cluster_extra
+                "broker_id = {id}\ntls_cert = {cert:?}\ntls_key = {key:?}\nmetrics_listen = \"127.0.0.1:{port}\"\n{extra}\n[cluster]\nvoters = [{}]\n{}",
+                self.voters, self.cluster_extra
             ),
         )
         .unwrap();
@@ -3068,4 +3079,106 @@ async fn the_controller_gives_a_returning_broker_its_leaderships_back_on_its_own
         assert_eq!(a.leader, b.leader, "{before:?} {after:?}");
     }
     assert!(after.iter().any(|p| p.leader == back));
+}
+
+/// Kafka's OffsetForLeaderEpoch, asked of a region's brokers over their Kafka
+/// listeners after a leader change: the new leader says where each epoch ends in
+/// its log (the old one where the new one starts, the new one at the log end, one
+/// it has never had nowhere), fences a client with a stale leader epoch, and a
+/// follower sends the client to the leader.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_clients_learn_where_leader_epochs_end() {
+    use crate::kafka::Raw;
+    use kafka_protocol::messages::{self as k, ApiKey};
+    let mut cluster = TestCluster::start("kafka_listen = \"{kafka_listen}\"");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    admin.create_topic(rf3("epochs", 1)).await.unwrap();
+    let first = cluster
+        .agreed_topic("epochs", Duration::from_secs(10), |v| v[0].isr.len() == 3)
+        .await;
+    let first_leader = first[0].leader;
+    send_acked(
+        &cluster.client(first_leader).await,
+        "epochs",
+        (0..10).map(|i| format!("a{i}")),
+    )
+    .await;
+    // The leader stops (its leadership moves to an in-sync follower, a new epoch),
+    // and the new leader takes five more.
+    cluster.broker(first_leader).stop();
+    let second = cluster
+        .agreed_topic("epochs", Duration::from_secs(15), |v| {
+            ![NO_BROKER, first_leader].contains(&v[0].leader)
+        })
+        .await;
+    let (leader, epoch) = (second[0].leader, second[0].leader_epoch);
+    let (old_epoch, new_epoch) = (first[0].leader_epoch, epoch);
+    assert!(new_epoch > old_epoch, "{first:?} {second:?}");
+    send_acked(
+        &cluster.client(leader).await,
+        "epochs",
+        (0..5).map(|i| format!("b{i}")),
+    )
+    .await;
+
+    let ask = |at: u32, queries: &[(i32, i32)]| {
+        let mut raw = Raw::connect(&cluster.kafka[at as usize - 1]);
+        let request = k::OffsetForLeaderEpochRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![
+                k::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(crate::kafka::name("epochs"))
+                    .with_partitions(
+                        queries
+                            .iter()
+                            .map(|&(current, asked)| {
+                                k::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                                    .with_partition(0)
+                                    .with_current_leader_epoch(current)
+                                    .with_leader_epoch(asked)
+                            })
+                            .collect(),
+                    ),
+            ]);
+        raw.send(ApiKey::OffsetForLeaderEpoch, 4, &request);
+        let r: k::OffsetForLeaderEpochResponse = raw.receive(ApiKey::OffsetForLeaderEpoch, 4);
+        r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+            .collect::<Vec<_>>()
+    };
+    let answers = ask(
+        leader,
+        &[
+            (new_epoch, old_epoch),
+            (new_epoch, new_epoch),
+            (-1, new_epoch + 1),
+            (old_epoch, new_epoch),
+            (new_epoch + 1, new_epoch),
+        ],
+    );
+    assert_eq!(
+        answers,
+        [
+            // The old epoch ends where the new leader's first record is.
+            (0, old_epoch, 10),
+            // The current one at the log end.
+            (0, new_epoch, 15),
+            // An epoch the log has never had: undefined.
+            (0, -1, -1),
+            // FENCED_LEADER_EPOCH, UNKNOWN_LEADER_EPOCH.
+            (74, -1, -1),
+            (75, -1, -1),
+        ]
+    );
+    // A follower: NOT_LEADER_OR_FOLLOWER.
+    let follower = second[0]
+        .isr
+        .iter()
+        .copied()
+        .find(|b| *b != leader && *b != first_leader)
+        .expect("a running follower");
+    assert_eq!(ask(follower, &[(-1, old_epoch)]), [(6, -1, -1)]);
 }

@@ -404,7 +404,7 @@ async fn gzip_and_snappy_batches_cross_between_kafka_and_meridian_clients() {
     }
 }
 
-fn name(s: &'static str) -> TopicName {
+pub(crate) fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
 }
 

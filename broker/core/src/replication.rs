@@ -70,6 +70,33 @@ impl EpochCache {
     }
 }
 
+/// Where `requested` ends in a log whose leader epochs are `entries` (`(epoch,
+/// start_offset)` ascending) and whose end is `log_end`, as Kafka's
+/// OffsetForLeaderEpoch answers a client: the latest epoch ends at `log_end`; an
+/// older one at the start of the next epoch, answered with the largest epoch here at
+/// or below it; one older than every epoch here answers itself and the start of the
+/// oldest. `None` (Kafka's undefined epoch and offset) for one newer than every epoch
+/// here, a negative one, or a log without epochs.
+pub fn epoch_end_offset(
+    entries: &[(i32, i64)],
+    requested: i32,
+    log_end: i64,
+) -> Option<(i32, i64)> {
+    let &(latest, _) = entries.last()?;
+    if requested < 0 || requested > latest {
+        return None;
+    }
+    if requested == latest {
+        return Some((latest, log_end));
+    }
+    let next = entries.partition_point(|(e, _)| *e <= requested);
+    let end = entries[next].1;
+    Some(match next.checked_sub(1) {
+        Some(floor) => (entries[floor].0, end),
+        None => (requested, end),
+    })
+}
+
 /// The controller's record of one partition, pushed to its replicas.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaderAndIsr {
@@ -1461,6 +1488,23 @@ mod tests {
         assert_eq!(replica.epochs().end_offset_for(0, 2), Some((0, 1)));
         assert_eq!(replica.epochs().end_offset_for(1, 2), Some((0, 1)));
         assert_eq!(replica.epochs().end_offset_for(2, 2), Some((2, 2)));
+    }
+
+    #[test]
+    fn epoch_end_offsets_as_kafka_answers_clients() {
+        let entries = [(2, 10), (5, 12), (6, 30)];
+        // The latest ends at the log end; older ones where the next starts, under
+        // the largest epoch at or below the one asked for.
+        assert_eq!(epoch_end_offset(&entries, 6, 40), Some((6, 40)));
+        assert_eq!(epoch_end_offset(&entries, 5, 40), Some((5, 30)));
+        assert_eq!(epoch_end_offset(&entries, 4, 40), Some((2, 12)));
+        assert_eq!(epoch_end_offset(&entries, 2, 40), Some((2, 12)));
+        // Older than every epoch: itself, ending where the oldest starts.
+        assert_eq!(epoch_end_offset(&entries, 1, 40), Some((1, 10)));
+        // Newer than every epoch, negative, or no epochs: undefined.
+        assert_eq!(epoch_end_offset(&entries, 7, 40), None);
+        assert_eq!(epoch_end_offset(&entries, -1, 40), None);
+        assert_eq!(epoch_end_offset(&[], 0, 40), None);
     }
 
     #[test]

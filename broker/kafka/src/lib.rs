@@ -52,6 +52,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
     (ApiKey::Fetch, 4, 12),
     (ApiKey::ListOffsets, 1, 8),
+    (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::Metadata, 0, 12),
     (ApiKey::OffsetCommit, 2, 8),
     (ApiKey::OffsetFetch, 1, 7),
@@ -621,6 +622,10 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                 Shape::Plain,
             )
         }
+        ApiKey::OffsetForLeaderEpoch => serve(
+            offset_for_leader_epoch(body!(k::OffsetForLeaderEpochRequest)),
+            Shape::Plain,
+        ),
         ApiKey::CreateTopics => {
             let r = body!(k::CreateTopicsRequest);
             let mut refused = Vec::new();
@@ -1209,6 +1214,7 @@ impl Pending {
             (m::Response::Produce(r), _) => h.frame(&produce(r))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
             (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r))?,
+            (m::Response::OffsetForLeaderEpoch(r), _) => h.frame(&epoch_end_offsets(r))?,
             (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
                 h.frame(&create_topics(r, refused))?
             }
@@ -1700,6 +1706,52 @@ fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {
         })
         .collect();
     k::ListOffsetsResponse::default().with_topics(topics)
+}
+
+/// A consumer's OffsetForLeaderEpoch (Kafka's `replica_id` is not asked: whoever
+/// sends it gets the leader's answer, as a consumer does).
+fn offset_for_leader_epoch(r: k::OffsetForLeaderEpochRequest) -> m::Request {
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| m::EpochQueryTopic {
+            name: t.topic.0.to_string(),
+            partitions: t
+                .partitions
+                .into_iter()
+                .map(|p| m::EpochQuery {
+                    partition: partition(p.partition),
+                    current_leader_epoch: p.current_leader_epoch,
+                    leader_epoch: p.leader_epoch,
+                })
+                .collect(),
+        })
+        .collect();
+    m::Request::OffsetForLeaderEpoch(m::OffsetForLeaderEpochRequest { topics })
+}
+
+fn epoch_end_offsets(r: m::OffsetForLeaderEpochResponse) -> k::OffsetForLeaderEpochResponse {
+    let topics = r
+        .topics
+        .into_iter()
+        .map(|t| {
+            k::offset_for_leader_epoch_response::OffsetForLeaderTopicResult::default()
+                .with_topic(topic_name(t.name))
+                .with_partitions(
+                    t.partitions
+                        .into_iter()
+                        .map(|p| {
+                            k::offset_for_leader_epoch_response::EpochEndOffset::default()
+                                .with_partition(p.partition as i32)
+                                .with_error_code(code(p.error))
+                                .with_leader_epoch(p.leader_epoch)
+                                .with_end_offset(p.end_offset)
+                        })
+                        .collect(),
+                )
+        })
+        .collect();
+    k::OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
 fn create_topics(

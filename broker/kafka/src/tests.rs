@@ -570,6 +570,76 @@ fn offsets_commit_and_fetch_answer_every_partition_named() {
     assert_eq!(offsets, [(0, -1), (1, 9)]);
 }
 
+/// OffsetForLeaderEpoch at every version served: each partition's epochs reach the
+/// broker, and each partition's answer (an end offset, or an error with undefined
+/// epoch and offset) reaches the client.
+#[test]
+fn offset_for_leader_epoch_asks_the_broker_per_partition() {
+    for version in 2..=4 {
+        let asked = k::OffsetForLeaderEpochRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![
+                k::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
+                    .with_topic(topic_name("orders".into()))
+                    .with_partitions(vec![
+                        k::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(0)
+                            .with_current_leader_epoch(7)
+                            .with_leader_epoch(5),
+                        k::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
+                            .with_partition(1)
+                            .with_current_leader_epoch(3)
+                            .with_leader_epoch(3),
+                    ]),
+            ]);
+        let (request, pending) = serve(frame_of(ApiKey::OffsetForLeaderEpoch, version, &asked));
+        let m::Request::OffsetForLeaderEpoch(r) = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!(r.topics[0].name, "orders");
+        let queries: Vec<(u32, i32, i32)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.current_leader_epoch, p.leader_epoch))
+            .collect();
+        assert_eq!(queries, [(0, 7, 5), (1, 3, 3)]);
+        let answer = m::OffsetForLeaderEpochResponse {
+            topics: vec![m::EpochEndTopic {
+                name: "orders".into(),
+                partitions: vec![
+                    m::EpochEnd {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        message: String::new(),
+                        leader_epoch: 4,
+                        end_offset: 1200,
+                    },
+                    m::EpochEnd {
+                        partition: 1,
+                        error: ErrorCode::FencedLeaderEpoch,
+                        message: "stale".into(),
+                        leader_epoch: m::UNDEFINED_EPOCH,
+                        end_offset: m::UNDEFINED_EPOCH_OFFSET,
+                    },
+                ],
+            }],
+        };
+        let frame = answered(pending, m::Response::OffsetForLeaderEpoch(answer));
+        let r: k::OffsetForLeaderEpochResponse =
+            response(ApiKey::OffsetForLeaderEpoch, version, frame);
+        let ends: Vec<(i32, i16, i32, i64)> = r.topics[0]
+            .partitions
+            .iter()
+            .map(|p| (p.partition, p.error_code, p.leader_epoch, p.end_offset))
+            .collect();
+        assert_eq!(
+            ends,
+            [(0, 0, 4, 1200), (1, 74, -1, -1)],
+            "version {version}"
+        );
+    }
+}
+
 #[test]
 fn the_coordinator_is_this_listener() {
     let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));

@@ -615,6 +615,18 @@ pub(crate) fn check(
                 after: After::AddDenied(denied),
             }
         }
+        Request::OffsetForLeaderEpoch(mut r) => {
+            let denied = split(
+                &mut r.topics,
+                |t| (&t.name, partitions(&t.partitions, |p| p.partition)),
+                // Never creates a topic, unlike the requests `topic_op` is for.
+                |name| acl.require(principal, Describe, Resource::Topic(name)),
+            );
+            Checked::Serve {
+                request: Request::OffsetForLeaderEpoch(r),
+                after: After::AddDenied(denied),
+            }
+        }
         Request::CreateTopics(ref r) => {
             let result = topics_need(Create, &mut r.topics.iter().map(|t| t.name.as_str()));
             whole(result, request)
@@ -798,6 +810,25 @@ impl After {
                         }
                     }));
                 Response::ListOffsets(r)
+            }
+            (After::AddDenied(denied), Response::OffsetForLeaderEpoch(mut r)) => {
+                r.topics
+                    .extend(denied.into_iter().map(|(name, partitions, d)| {
+                        EpochEndTopic {
+                            name,
+                            partitions: partitions
+                                .into_iter()
+                                .map(|partition| EpochEnd {
+                                    partition,
+                                    error: d.code,
+                                    message: d.message.clone(),
+                                    leader_epoch: UNDEFINED_EPOCH,
+                                    end_offset: UNDEFINED_EPOCH_OFFSET,
+                                })
+                                .collect(),
+                        }
+                    }));
+                Response::OffsetForLeaderEpoch(r)
             }
             (After::AddDenied(denied), Response::OffsetDelete(mut r)) => {
                 for (topic, _, d) in denied {
@@ -1037,6 +1068,62 @@ mod tests {
             panic!()
         };
         assert_eq!(after.denied_topics(), 1);
+    }
+
+    /// OffsetForLeaderEpoch needs describe on each topic (never create, even where
+    /// a fetch would auto-create); a topic denied is answered per partition.
+    #[test]
+    fn leader_epoch_ends_lose_only_the_topics_the_client_may_not_describe() {
+        let acl = Acl::parse(RULES).unwrap();
+        let app = who("orders-app");
+        let asked = |names: &[&str]| {
+            Request::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
+                topics: names
+                    .iter()
+                    .map(|name| EpochQueryTopic {
+                        name: name.to_string(),
+                        partitions: vec![EpochQuery {
+                            partition: 2,
+                            current_leader_epoch: 4,
+                            leader_epoch: 3,
+                        }],
+                    })
+                    .collect(),
+            })
+        };
+        let Checked::Serve { request, after } =
+            check(&acl, &app, asked(&["orders", "audit"]), &Existing(true))
+        else {
+            panic!("refused whole")
+        };
+        let Request::OffsetForLeaderEpoch(served) = request else {
+            panic!()
+        };
+        let served: Vec<&str> = served.topics.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(served, ["orders"]);
+        let response = after.apply(
+            Response::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse { topics: Vec::new() }),
+            &acl,
+            &app,
+        );
+        let Response::OffsetForLeaderEpoch(r) = response else {
+            panic!()
+        };
+        assert_eq!(r.topics[0].name, "audit");
+        let p = &r.topics[0].partitions[0];
+        assert_eq!(
+            (p.partition, p.error, p.leader_epoch, p.end_offset),
+            (
+                2,
+                ErrorCode::TopicAuthorizationFailed,
+                UNDEFINED_EPOCH,
+                UNDEFINED_EPOCH_OFFSET
+            )
+        );
+        assert!(
+            p.message.contains("may not describe topic `audit`"),
+            "{p:?}"
+        );
     }
 
     #[test]

@@ -203,6 +203,9 @@ impl Shared {
             Request::OffsetDelete(r) => Response::OffsetDelete(self.offset_delete(r).await),
             Request::InitProducerId(r) => Response::InitProducerId(self.init_producer_id(r)),
             Request::DeleteRecords(r) => Response::DeleteRecords(self.delete_records(r)),
+            Request::OffsetForLeaderEpoch(r) => {
+                Response::OffsetForLeaderEpoch(self.offset_for_leader_epoch(r))
+            }
             // Plugin administration (plugins.rs).
             Request::PluginDeploy(r) => Response::PluginDeploy(match &self.cluster {
                 Some(cluster) => self.cluster_plugin_deploy(cluster, r).await,
@@ -1087,6 +1090,41 @@ impl Shared {
         DescribeTopicsResponse { topics }
     }
 
+    /// Each partition of each topic a request names, answered on its own:
+    /// `answer` gets the topic and partition, or the failure refusing them (the
+    /// request names more than `max_partitions_per_request`, an unknown topic or
+    /// partition), with what was asked of the partition. Returns each topic's name
+    /// and answers, in the request's order.
+    fn each_partition<T, P, A>(
+        &self,
+        topics: &[T],
+        named: impl Fn(&T) -> (&String, &Vec<P>),
+        index: impl Fn(&P) -> u32,
+        mut answer: impl FnMut(Result<(&Topic, &Partition), Failure>, &P) -> A,
+    ) -> Vec<(String, Vec<A>)> {
+        let refuse_all = self.count_partitions(topics, |t| named(t).1.len()).err();
+        topics
+            .iter()
+            .map(|t| {
+                let (name, partitions) = named(t);
+                let topic = self.topic_unless(&refuse_all, name);
+                let answers = partitions
+                    .iter()
+                    .map(|p| {
+                        let asked = match &topic {
+                            Ok(topic) => topic
+                                .partition(index(p))
+                                .map(|partition| (&**topic, &**partition)),
+                            Err(f) => Err(f.clone()),
+                        };
+                        answer(asked, p)
+                    })
+                    .collect();
+                (name.clone(), answers)
+            })
+            .collect()
+    }
+
     fn count_partitions<T>(
         &self,
         topics: &[T],
@@ -1460,49 +1498,42 @@ impl Shared {
     }
 
     fn list_offsets(&self, request: ListOffsetsRequest) -> ListOffsetsResponse {
-        let refuse_all = self
-            .count_partitions(&request.topics, |t| t.partitions.len())
-            .err();
-        let topics = request
-            .topics
-            .into_iter()
-            .map(|t| {
-                let topic = self.topic_unless(&refuse_all, &t.name);
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let found = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
-                            let partition = topic.partition(p.partition)?;
-                            let log = partition.log()?;
-                            // Consumers see offsets up to the high watermark, at the leader.
-                            let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?;
-                            Ok(match p.timestamp {
-                                EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
-                                LATEST_TIMESTAMP => (bound.high_watermark, -1),
-                                MAX_TIMESTAMP => log
-                                    .offset_of_max_timestamp()?
-                                    .filter(|&(offset, _)| offset < bound.high_watermark)
-                                    .unwrap_or((-1, -1)),
-                                ts if ts >= 0 => log.offset_for_timestamp(ts)?.unwrap_or((log.log_end_offset(), -1)),
-                                ts => {
-                                    return Err(Failure::new(
-                                        ErrorCode::InvalidRequest,
-                                        format!("timestamp {ts} is neither a time nor earliest (-2), latest (-1) or max timestamp (-3)"),
-                                    ))
-                                }
-                            })
-                        });
-                        match found {
-                            Ok((offset, timestamp)) => {
-                                ListOffsetsPartitionResponse { partition: p.partition, error: ErrorCode::None, offset, timestamp }
+        let topics = self
+            .each_partition(
+                &request.topics,
+                |t| (&t.name, &t.partitions),
+                |p| p.partition,
+                |asked, p| {
+                    let found = asked.and_then(|(topic, partition)| {
+                        let log = partition.log()?;
+                        // Consumers see offsets up to the high watermark, at the leader.
+                        let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?;
+                        Ok(match p.timestamp {
+                            EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
+                            LATEST_TIMESTAMP => (bound.high_watermark, -1),
+                            MAX_TIMESTAMP => log
+                                .offset_of_max_timestamp()?
+                                .filter(|&(offset, _)| offset < bound.high_watermark)
+                                .unwrap_or((-1, -1)),
+                            ts if ts >= 0 => log.offset_for_timestamp(ts)?.unwrap_or((log.log_end_offset(), -1)),
+                            ts => {
+                                return Err(Failure::new(
+                                    ErrorCode::InvalidRequest,
+                                    format!("timestamp {ts} is neither a time nor earliest (-2), latest (-1) or max timestamp (-3)"),
+                                ))
                             }
-                            Err(f) => ListOffsetsPartitionResponse { partition: p.partition, error: f.code, offset: -1, timestamp: -1 },
+                        })
+                    });
+                    match found {
+                        Ok((offset, timestamp)) => {
+                            ListOffsetsPartitionResponse { partition: p.partition, error: ErrorCode::None, offset, timestamp }
                         }
-                    })
-                    .collect();
-                ListOffsetsTopicResponse { name: t.name, partitions }
-            })
+                        Err(f) => ListOffsetsPartitionResponse { partition: p.partition, error: f.code, offset: -1, timestamp: -1 },
+                    }
+                },
+            )
+            .into_iter()
+            .map(|(name, partitions)| ListOffsetsTopicResponse { name, partitions })
             .collect();
         ListOffsetsResponse { topics }
     }
@@ -1510,65 +1541,101 @@ impl Shared {
     /// Moves log start offsets forward (Kafka's DeleteRecords). Each partition's new
     /// start is persisted before the answer; whole segments below it are deleted.
     fn delete_records(&self, request: DeleteRecordsRequest) -> DeleteRecordsResponse {
-        let refuse_all = self
-            .count_partitions(&request.topics, |t| t.partitions.len())
-            .err();
-        let topics = request
-            .topics
+        let topics = self
+            .each_partition(
+                &request.topics,
+                |t| (&t.name, &t.partitions),
+                |p| p.partition,
+                |asked, p| {
+                    let outcome = asked.and_then(|(topic, partition)| {
+                        let mut log = partition.log()?;
+                        // Only the leader deletes (followers follow its log start),
+                        // and only committed records, as in Kafka.
+                        let high_watermark = self
+                            .consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?
+                            .high_watermark;
+                        let offset = match p.offset {
+                            DELETE_TO_END => high_watermark,
+                            offset if offset > high_watermark => {
+                                return Err(Failure::new(
+                                    ErrorCode::OffsetOutOfRange,
+                                    format!(
+                                        "offset {offset} is above the high watermark {high_watermark}: only committed records can be deleted"
+                                    ),
+                                ))
+                            }
+                            offset => offset,
+                        };
+                        log.delete_before(offset).map_err(|e| {
+                            if !matches!(e, LogError::OffsetOutOfRange { .. }) {
+                                tracing::error!(topic = %topic.name, partition = p.partition, error = %e, "delete records failed");
+                            }
+                            Failure::from(e)
+                        })
+                    });
+                    match outcome {
+                        Ok(low_watermark) => DeleteRecordsPartitionResponse {
+                            partition: p.partition,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            low_watermark,
+                        },
+                        Err(f) => DeleteRecordsPartitionResponse {
+                            partition: p.partition,
+                            error: f.code,
+                            message: f.message,
+                            low_watermark: -1,
+                        },
+                    }
+                },
+            )
             .into_iter()
-            .map(|t| {
-                let topic = self.topic_unless(&refuse_all, &t.name);
-                let partitions = t
-                    .partitions
-                    .iter()
-                    .map(|p| {
-                        let outcome = topic.as_ref().map_err(Clone::clone).and_then(|topic| {
-                            let partition = topic.partition(p.partition)?;
-                            let mut log = partition.log()?;
-                            // Only the leader deletes (followers follow its log start),
-                            // and only committed records, as in Kafka.
-                            let high_watermark = self
-                                .consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?
-                                .high_watermark;
-                            let offset = match p.offset {
-                                DELETE_TO_END => high_watermark,
-                                offset if offset > high_watermark => {
-                                    return Err(Failure::new(
-                                        ErrorCode::OffsetOutOfRange,
-                                        format!(
-                                            "offset {offset} is above the high watermark {high_watermark}: only committed records can be deleted"
-                                        ),
-                                    ))
-                                }
-                                offset => offset,
-                            };
-                            log.delete_before(offset).map_err(|e| {
-                                if !matches!(e, LogError::OffsetOutOfRange { .. }) {
-                                    tracing::error!(topic = %topic.name, partition = p.partition, error = %e, "delete records failed");
-                                }
-                                Failure::from(e)
-                            })
-                        });
-                        match outcome {
-                            Ok(low_watermark) => DeleteRecordsPartitionResponse {
-                                partition: p.partition,
-                                error: ErrorCode::None,
-                                message: String::new(),
-                                low_watermark,
-                            },
-                            Err(f) => DeleteRecordsPartitionResponse {
-                                partition: p.partition,
-                                error: f.code,
-                                message: f.message,
-                                low_watermark: -1,
-                            },
-                        }
-                    })
-                    .collect();
-                DeleteRecordsTopicResponse { name: t.name, partitions }
-            })
+            .map(|(name, partitions)| DeleteRecordsTopicResponse { name, partitions })
             .collect();
         DeleteRecordsResponse { topics }
+    }
+
+    /// Where leader epochs end in partitions this broker leads (Kafka's
+    /// OffsetForLeaderEpoch), each partition answered on its own.
+    fn offset_for_leader_epoch(
+        &self,
+        request: OffsetForLeaderEpochRequest,
+    ) -> OffsetForLeaderEpochResponse {
+        let topics = self
+            .each_partition(
+                &request.topics,
+                |t| (&t.name, &t.partitions),
+                |p| p.partition,
+                |asked, p| {
+                    let end = asked.and_then(|(topic, partition)| {
+                        self.epoch_end_offset(
+                            topic,
+                            partition,
+                            p.current_leader_epoch,
+                            p.leader_epoch,
+                        )
+                    });
+                    let (error, message, (leader_epoch, end_offset)) = match end {
+                        Ok(end) => (
+                            ErrorCode::None,
+                            String::new(),
+                            end.unwrap_or((UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)),
+                        ),
+                        Err(f) => (f.code, f.message, (UNDEFINED_EPOCH, UNDEFINED_EPOCH_OFFSET)),
+                    };
+                    EpochEnd {
+                        partition: p.partition,
+                        error,
+                        message,
+                        leader_epoch,
+                        end_offset,
+                    }
+                },
+            )
+            .into_iter()
+            .map(|(name, partitions)| EpochEndTopic { name, partitions })
+            .collect();
+        OffsetForLeaderEpochResponse { topics }
     }
 }
 

@@ -32,8 +32,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use meridian_core::replication::{
-    AlterIsr, EpochCache, FetchAnswer, FollowerFetch, LeaderAndIsr, Replica, ReplicaConfig,
-    ReplicationError,
+    epoch_end_offset, AlterIsr, EpochCache, FetchAnswer, FollowerFetch, LeaderAndIsr, Replica,
+    ReplicaConfig, ReplicationError,
 };
 use meridian_core::throttle::ByteRate;
 use meridian_log::checkpoint::{read_offset_checkpoint, write_offset_checkpoint};
@@ -554,6 +554,35 @@ impl Shared {
                 })
             }
         }
+    }
+
+    /// Where `leader_epoch` ends in `partition`'s log, at its leader (Kafka's
+    /// OffsetForLeaderEpoch; [`meridian_core::replication::epoch_end_offset`]); `None`
+    /// when the log cannot place it. Refuses on a non-leader, and on a
+    /// `current_leader_epoch` other than the leader's, as a fetch does.
+    pub(crate) fn epoch_end_offset(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        current_leader_epoch: i32,
+        leader_epoch: i32,
+    ) -> Result<Option<(i32, i64)>, Failure> {
+        if let Some(entry) = partition.replication.lock().as_ref() {
+            entry.check_leader(current_leader_epoch)?;
+            let replica = &entry.replica;
+            return Ok(epoch_end_offset(
+                replica.epochs().entries(),
+                leader_epoch,
+                replica.log_end(),
+            ));
+        }
+        self.check_standalone(topic)?;
+        let log = partition.log()?;
+        Ok(epoch_end_offset(
+            log.leader_epochs().entries(),
+            leader_epoch,
+            log.log_end_offset(),
+        ))
     }
 
     /// A standalone partition serves unless this broker is in cluster mode (then only

@@ -6,7 +6,8 @@
 //! - [`batch`]: Kafka RecordBatch v2, the one record format used end to end.
 //! - [`frame`]: length-prefixed request/response frames and their limits.
 //! - [`messages`]: the typed requests and responses ([`group`]: consumer groups;
-//!   [`topic_changes`]: settings and partitions of existing topics; [`reassign`]).
+//!   [`topic_changes`]: settings and partitions of existing topics; [`reassign`];
+//!   [`leader_epochs`]: where a leader epoch ends).
 //! - [`error`]: error codes carried in responses.
 //! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
 //! - [`describe_cluster`]: the brokers and the metadata quorum, for operators.
@@ -21,6 +22,7 @@ pub mod error;
 pub mod frame;
 pub mod group;
 pub mod idempotence;
+pub mod leader_epochs;
 pub mod messages;
 pub mod plugin_messages;
 pub mod reassign;

@@ -10,6 +10,7 @@ pub use crate::describe_cluster::*;
 use crate::error::ErrorCode;
 pub use crate::group::*;
 pub use crate::idempotence::*;
+pub use crate::leader_epochs::*;
 use crate::plugin_messages::{self as pm, *};
 pub use crate::reassign::*;
 pub use crate::topic_changes::*;
@@ -44,6 +45,8 @@ pub enum ApiKey {
     AlterTopicConfigs = 21,
     /// Add partitions to topics (topic_changes.rs).
     CreatePartitions = 22,
+    /// Where a leader epoch ends in a partition's log (leader_epochs.rs).
+    OffsetForLeaderEpoch = 23,
     // 24..=29: WebAssembly plugins (plugin_messages.rs).
     PluginDeploy = 24,
     PluginList = 25,
@@ -70,7 +73,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 38] = [
+    pub const ALL: [ApiKey; 39] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -94,6 +97,7 @@ impl ApiKey {
         ApiKey::DeleteRecords,
         ApiKey::AlterTopicConfigs,
         ApiKey::CreatePartitions,
+        ApiKey::OffsetForLeaderEpoch,
         ApiKey::PluginDeploy,
         ApiKey::PluginList,
         ApiKey::PluginDescribe,
@@ -187,6 +191,7 @@ pub enum Request {
     DeleteRecords(DeleteRecordsRequest),
     AlterTopicConfigs(AlterTopicConfigsRequest),
     CreatePartitions(CreatePartitionsRequest),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochRequest),
     PluginDeploy(PluginDeployRequest),
     PluginList,
     PluginDescribe(PluginNameRequest),
@@ -229,6 +234,7 @@ pub enum Response {
     DeleteRecords(DeleteRecordsResponse),
     AlterTopicConfigs(AlterTopicConfigsResponse),
     CreatePartitions(CreatePartitionsResponse),
+    OffsetForLeaderEpoch(OffsetForLeaderEpochResponse),
     PluginDeploy(PluginInfoResponse),
     PluginList(PluginListResponse),
     PluginDescribe(PluginInfoResponse),
@@ -684,6 +690,7 @@ impl Request {
             Request::DeleteRecords(_) => ApiKey::DeleteRecords,
             Request::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
             Request::CreatePartitions(_) => ApiKey::CreatePartitions,
+            Request::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
             Request::PluginDeploy(_) => ApiKey::PluginDeploy,
             Request::PluginList => ApiKey::PluginList,
             Request::PluginDescribe(_) => ApiKey::PluginDescribe,
@@ -787,6 +794,7 @@ impl Request {
             Request::AlterPartitionReassignments(m) => m.encode(w),
             Request::AlterTopicConfigs(m) => m.encode(w, version),
             Request::CreatePartitions(m) => m.encode(w, version),
+            Request::OffsetForLeaderEpoch(m) => m.encode(w),
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::DescribeCluster => {}
             Request::ElectLeaders(m) => m.encode(w),
@@ -923,6 +931,9 @@ impl Request {
             ApiKey::CreatePartitions => {
                 Request::CreatePartitions(CreatePartitionsRequest::decode(r, version)?)
             }
+            ApiKey::OffsetForLeaderEpoch => {
+                Request::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest::decode(r)?)
+            }
             ApiKey::Raft => Request::Raft(RaftRequest::decode(r)?),
             ApiKey::BrokerHeartbeat => {
                 Request::BrokerHeartbeat(BrokerHeartbeatRequest::decode(r, version)?)
@@ -961,6 +972,7 @@ impl Response {
             Response::DeleteRecords(_) => ApiKey::DeleteRecords,
             Response::AlterTopicConfigs(_) => ApiKey::AlterTopicConfigs,
             Response::CreatePartitions(_) => ApiKey::CreatePartitions,
+            Response::OffsetForLeaderEpoch(_) => ApiKey::OffsetForLeaderEpoch,
             Response::PluginDeploy(_) => ApiKey::PluginDeploy,
             Response::PluginList(_) => ApiKey::PluginList,
             Response::PluginDescribe(_) => ApiKey::PluginDescribe,
@@ -1097,6 +1109,7 @@ impl Response {
             Response::AlterPartitionReassignments(m) => m.encode(w),
             Response::AlterTopicConfigs(m) => m.encode(w),
             Response::CreatePartitions(m) => m.encode(w),
+            Response::OffsetForLeaderEpoch(m) => m.encode(w),
             Response::ListPartitionReassignments(m) => m.encode(w),
             Response::DescribeCluster(m) => m.encode(w),
             Response::ElectLeaders(m) => m.encode(w),
@@ -1317,6 +1330,9 @@ impl Response {
             }
             ApiKey::CreatePartitions => {
                 Response::CreatePartitions(CreatePartitionsResponse::decode(r)?)
+            }
+            ApiKey::OffsetForLeaderEpoch => {
+                Response::OffsetForLeaderEpoch(OffsetForLeaderEpochResponse::decode(r)?)
             }
             ApiKey::Raft => Response::Raft(RaftResponse::decode(r)?),
             ApiKey::BrokerHeartbeat => {
@@ -2094,6 +2110,46 @@ mod tests {
                 message: String::new(),
             }],
         }));
+        check_request(Request::OffsetForLeaderEpoch(OffsetForLeaderEpochRequest {
+            topics: vec![EpochQueryTopic {
+                name: "t".into(),
+                partitions: vec![
+                    EpochQuery {
+                        partition: 0,
+                        current_leader_epoch: NO_LEADER_EPOCH,
+                        leader_epoch: 3,
+                    },
+                    EpochQuery {
+                        partition: 2,
+                        current_leader_epoch: 7,
+                        leader_epoch: 6,
+                    },
+                ],
+            }],
+        }));
+        check_response(Response::OffsetForLeaderEpoch(
+            OffsetForLeaderEpochResponse {
+                topics: vec![EpochEndTopic {
+                    name: "t".into(),
+                    partitions: vec![
+                        EpochEnd {
+                            partition: 0,
+                            error: ErrorCode::None,
+                            message: String::new(),
+                            leader_epoch: 2,
+                            end_offset: 4_000_000_000,
+                        },
+                        EpochEnd {
+                            partition: 2,
+                            error: ErrorCode::FencedLeaderEpoch,
+                            message: "epoch 7 is older than 8".into(),
+                            leader_epoch: UNDEFINED_EPOCH,
+                            end_offset: UNDEFINED_EPOCH_OFFSET,
+                        },
+                    ],
+                }],
+            },
+        ));
         check_response(Response::ListPartitionReassignments(
             ListPartitionReassignmentsResponse {
                 error: ErrorCode::None,
