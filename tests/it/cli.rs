@@ -506,8 +506,8 @@ fn start_dev(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, Stri
 }
 
 /// Runs the commands `meridian dev` printed under "Try, from this directory" as a
-/// shell script in `dir`, with `edit` applied to it; returns their output.
-fn run_dev_tour(dir: &std::path::Path, printed: &str, edit: impl Fn(&str) -> String) -> String {
+/// shell script in `dir`, as printed; returns their output.
+fn run_dev_tour(dir: &std::path::Path, printed: &str) -> String {
     let script: String = printed
         .split("Try, from this directory:\n")
         .nth(1)
@@ -520,7 +520,7 @@ fn run_dev_tour(dir: &std::path::Path, printed: &str, edit: impl Fn(&str) -> Str
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
     let out = succeeded(
         std::process::Command::new("sh")
-            .args(["-e", "-c", &edit(&script)])
+            .args(["-e", "-c", &script])
             .env("PATH", path)
             .current_dir(dir),
     );
@@ -556,14 +556,15 @@ fn dev_command_prints_address_and_fingerprint_and_generates_a_certificate() {
         printed.contains(&format!("  export MERIDIAN_BOOTSTRAP={addr}\n")),
         "{printed}"
     );
-    let out = run_dev_tour(dir.path(), &printed, str::to_owned);
+    let out = run_dev_tour(dir.path(), &printed);
     assert!(out.contains(r#""value":"5""#), "{out}");
     let _ = dev.kill();
     let _ = dev.wait();
 }
 
 /// A dev broker whose certificate is not under ./meridian-data and which requires
-/// client certificates prints a tour that works once a certificate is named.
+/// client certificates prints a tour that works as printed, with a client
+/// certificate made beside the CA; without one it says how to make one.
 #[test]
 fn dev_tour_names_what_reaching_the_broker_takes() {
     let dir = tempfile::tempdir().unwrap();
@@ -571,31 +572,46 @@ fn dev_tour_names_what_reaching_the_broker_takes() {
     let certs = dir.path().join("certs");
     let certs = certs.to_str().unwrap();
     meridian_in(dir.path(), &["cert", "create-ca", "--dir", certs]);
-    meridian_in(dir.path(), &["cert", "create", "alice", "--dir", certs]);
     let data_dir = elsewhere.path().to_str().unwrap();
-    let (mut dev, printed) = start_dev(
-        dir.path(),
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--data-dir",
-            data_dir,
-            "--set",
-            "tls_client_ca=certs/ca.pem",
-        ],
-    );
+    let args = [
+        "--listen",
+        "127.0.0.1:0",
+        "--data-dir",
+        data_dir,
+        "--set",
+        "tls_client_ca=certs/ca.pem",
+    ];
+    // No client certificate yet: where one goes, and the command that makes it.
+    let (mut dev, printed) = start_dev(dir.path(), &args);
     assert!(
-        printed.contains("present a certificate signed by certs/ca.pem"),
+        printed.contains(
+            "present a certificate signed by certs/ca.pem (`meridian cert create NAME --dir certs` makes one)"
+        ),
         "{printed}"
     );
+    assert!(
+        printed.contains("MERIDIAN_CERT=certs/NAME.pem MERIDIAN_KEY=certs/NAME.key"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("--cert certs/NAME.pem --key certs/NAME.key\n"),
+        "{printed}"
+    );
+    let _ = dev.kill();
+    let _ = dev.wait();
+
+    meridian_in(dir.path(), &["cert", "create", "alice", "--dir", certs]);
+    let (mut dev, printed) = start_dev(dir.path(), &args);
     assert!(printed.contains("MERIDIAN_CA="), "{printed}");
     assert!(
-        printed.contains("--cert DIR/NAME.pem --key DIR/NAME.key\n"),
+        printed.contains("MERIDIAN_CERT=certs/alice.pem MERIDIAN_KEY=certs/alice.key"),
         "{printed}"
     );
-    let out = run_dev_tour(dir.path(), &printed, |script| {
-        script.replace("DIR/NAME", &format!("{certs}/alice"))
-    });
+    assert!(
+        printed.contains("--cert certs/alice.pem --key certs/alice.key\n"),
+        "{printed}"
+    );
+    let out = run_dev_tour(dir.path(), &printed);
     assert!(out.contains(r#""value":"5""#), "{out}");
     let _ = dev.kill();
     let _ = dev.wait();

@@ -319,3 +319,34 @@ fn write(dir: &Path, cert: &Path, key: &Path, cert_pem: &str, key_pem: &str) -> 
         .with_context(|| format!("writing {}", key.display()))?;
     std::fs::write(cert, cert_pem).with_context(|| format!("writing {}", cert.display()))
 }
+
+/// The directory of the CA file `ca`, where `meridian cert create --dir` writes the
+/// certificates it signs.
+pub(crate) fn ca_dir(ca: &Path) -> &Path {
+    ca.parent()
+        .filter(|dir| !dir.as_os_str().is_empty())
+        .unwrap_or(Path::new("."))
+}
+
+/// A client certificate and its key for a broker trusting the CA file `ca`: the
+/// first (by name) that `meridian cert create NAME --dir` left beside it, else
+/// `NAME.pem` and `NAME.key` there for the reader to make.
+pub(crate) fn client_certificate_beside(ca: &Path) -> (String, String) {
+    let dir = ca_dir(ca);
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .filter_map(Result::ok)
+        .filter_map(|entry| {
+            let name = entry.file_name().into_string().ok()?;
+            let stem = name.strip_suffix(".pem")?.to_string();
+            let signed = !["ca", "crl"].contains(&stem.as_str())
+                && dir.join(format!("{stem}.key")).is_file();
+            signed.then_some(stem)
+        })
+        .collect();
+    names.sort();
+    let name = names.into_iter().next().unwrap_or_else(|| "NAME".into());
+    let path = |ext: &str| dir.join(format!("{name}.{ext}")).display().to_string();
+    (path("pem"), path("key"))
+}

@@ -613,10 +613,12 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
             "From elsewhere: --bootstrap {} --fingerprint {}{}",
             reachable(addr),
             broker.fingerprint(),
-            if config.tls_client_ca.is_some() {
-                " --cert DIR/NAME.pem --key DIR/NAME.key"
-            } else {
-                ""
+            match config.tls_client_ca.as_deref() {
+                Some(ca) => {
+                    let (cert, key) = cert_cmds::client_certificate_beside(ca);
+                    format!(" --cert {cert} --key {key}")
+                }
+                None => String::new(),
             }
         );
     }
@@ -652,11 +654,13 @@ fn dev_tour(addr: SocketAddr, cert: &Path, client_ca: Option<&Path>) -> Vec<Stri
     }
     let mut lines = Vec::new();
     if let Some(ca) = client_ca {
+        let (cert, key) = cert_cmds::client_certificate_beside(ca);
         lines.push(format!(
-            "# tls_client_ca: present a certificate signed by {} (`meridian cert create NAME --dir DIR` with its CA)",
-            ca.display()
+            "# tls_client_ca: present a certificate signed by {} (`meridian cert create NAME --dir {}` makes one)",
+            ca.display(),
+            cert_cmds::ca_dir(ca).display()
         ));
-        env.push("MERIDIAN_CERT=DIR/NAME.pem MERIDIAN_KEY=DIR/NAME.key".to_string());
+        env.push(format!("MERIDIAN_CERT={cert} MERIDIAN_KEY={key}"));
     }
     if !env.is_empty() {
         lines.push(format!("export {}", env.join(" ")));

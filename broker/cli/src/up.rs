@@ -164,20 +164,20 @@ impl RegionFile {
     /// The command `meridian up` suggests: a topic created with the flags that reach
     /// this region, a client certificate's among them when its brokers require one.
     pub fn try_line(&self, cert: &Path) -> String {
-        let requires_certificates = self.broker_defaults.contains_key("tls_client_ca")
-            || self
-                .brokers
-                .iter()
-                .any(|b| b.settings.contains_key("tls_client_ca"));
+        let client_ca = std::iter::once(&self.broker_defaults)
+            .chain(self.brokers.iter().map(|b| &b.settings))
+            .find_map(|settings| settings.get("tls_client_ca")?.as_str());
         format!(
             "Try: meridian topic create demo --partitions 3 --replication-factor {} --bootstrap {} --ca {}{}",
             self.brokers.len().min(3),
             self.bootstrap(),
             cert.display(),
-            if requires_certificates {
-                " --cert DIR/NAME.pem --key DIR/NAME.key (a client certificate signed by tls_client_ca)"
-            } else {
-                ""
+            match client_ca {
+                Some(ca) => {
+                    let (cert, key) = crate::cert_cmds::client_certificate_beside(Path::new(ca));
+                    format!(" --cert {cert} --key {key} (a client certificate signed by {ca})")
+                }
+                None => String::new(),
             }
         )
     }
@@ -665,7 +665,10 @@ mod tests {
         );
         let line = region(&required).unwrap().try_line(cert);
         assert!(
-            line.starts_with(&plain) && line.contains(" --cert DIR/NAME.pem --key DIR/NAME.key"),
+            line.starts_with(&plain)
+                && line.ends_with(
+                    " --cert certs/NAME.pem --key certs/NAME.key (a client certificate signed by certs/ca.pem)"
+                ),
             "{line}"
         );
     }
