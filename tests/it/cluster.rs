@@ -3085,7 +3085,7 @@ async fn the_controller_gives_a_returning_broker_its_leaderships_back_on_its_own
 /// listeners after a leader change: the new leader says where each epoch ends in
 /// its log (the old one where the new one starts, the new one at the log end, one
 /// it has never had nowhere), fences a client with a stale leader epoch, and a
-/// follower sends the client to the leader.
+/// follower sends the client to the leader. ListOffsets names each offset's epoch.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kafka_clients_learn_where_leader_epochs_end() {
     use crate::kafka::Raw;
@@ -3124,30 +3124,7 @@ async fn kafka_clients_learn_where_leader_epochs_end() {
 
     let ask = |at: u32, queries: &[(i32, i32)]| {
         let mut raw = Raw::connect(&cluster.kafka[at as usize - 1]);
-        let request = k::OffsetForLeaderEpochRequest::default()
-            .with_replica_id((-1).into())
-            .with_topics(vec![
-                k::offset_for_leader_epoch_request::OffsetForLeaderTopic::default()
-                    .with_topic(crate::kafka::name("epochs"))
-                    .with_partitions(
-                        queries
-                            .iter()
-                            .map(|&(current, asked)| {
-                                k::offset_for_leader_epoch_request::OffsetForLeaderPartition::default()
-                                    .with_partition(0)
-                                    .with_current_leader_epoch(current)
-                                    .with_leader_epoch(asked)
-                            })
-                            .collect(),
-                    ),
-            ]);
-        raw.send(ApiKey::OffsetForLeaderEpoch, 4, &request);
-        let r: k::OffsetForLeaderEpochResponse = raw.receive(ApiKey::OffsetForLeaderEpoch, 4);
-        r.topics[0]
-            .partitions
-            .iter()
-            .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
-            .collect::<Vec<_>>()
+        crate::kafka::leader_epoch_ends(&mut raw, "epochs", queries)
     };
     let answers = ask(
         leader,
@@ -3173,6 +3150,36 @@ async fn kafka_clients_learn_where_leader_epochs_end() {
             (75, -1, -1),
         ]
     );
+    // ListOffsets names the epoch of the offset it finds, which a Kafka consumer
+    // that resets there checks its position against after the next leader change.
+    let mut raw = Raw::connect(&cluster.kafka[leader as usize - 1]);
+    let list = k::ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![k::list_offsets_request::ListOffsetsTopic::default()
+            .with_name(crate::kafka::name("epochs"))
+            .with_partitions(
+                [-2, -1, 0]
+                    .map(|timestamp| {
+                        k::list_offsets_request::ListOffsetsPartition::default()
+                            .with_partition_index(0)
+                            .with_timestamp(timestamp)
+                    })
+                    .to_vec(),
+            )]);
+    raw.send(ApiKey::ListOffsets, 7, &list);
+    let r: k::ListOffsetsResponse = raw.receive(ApiKey::ListOffsets, 7);
+    let listed: Vec<(i16, i64, i32)> = r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.offset, p.leader_epoch))
+        .collect();
+    // Earliest and the first record by time: offset 0, of the old epoch; latest:
+    // the log end, of the new one.
+    assert_eq!(
+        listed,
+        [(0, 0, old_epoch), (0, 15, new_epoch), (0, 0, old_epoch)]
+    );
+
     // A follower: NOT_LEADER_OR_FOLLOWER.
     let follower = second[0]
         .isr

@@ -410,6 +410,78 @@ pub(crate) fn name(s: &'static str) -> TopicName {
 
 /// Kafka's admin requests (as `kafka-configs`, `kafka-topics --alter` and
 /// `kafka-delete-records` send them) read and change what Meridian's own tools see.
+/// OffsetForLeaderEpoch (version 4) for partition 0 of `topic`, one query per
+/// `(current_leader_epoch, leader_epoch)`: each answer's error code, epoch and end
+/// offset.
+pub(crate) fn leader_epoch_ends(
+    raw: &mut Raw,
+    topic: &'static str,
+    queries: &[(i32, i32)],
+) -> Vec<(i16, i32, i64)> {
+    use k::offset_for_leader_epoch_request::{OffsetForLeaderPartition, OffsetForLeaderTopic};
+    let partitions = queries
+        .iter()
+        .map(|&(current, epoch)| {
+            OffsetForLeaderPartition::default()
+                .with_partition(0)
+                .with_current_leader_epoch(current)
+                .with_leader_epoch(epoch)
+        })
+        .collect();
+    let request = k::OffsetForLeaderEpochRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![OffsetForLeaderTopic::default()
+            .with_topic(name(topic))
+            .with_partitions(partitions)]);
+    raw.send(ApiKey::OffsetForLeaderEpoch, 4, &request);
+    let r: k::OffsetForLeaderEpochResponse = raw.receive(ApiKey::OffsetForLeaderEpoch, 4);
+    r.topics[0]
+        .partitions
+        .iter()
+        .map(|p| (p.error_code, p.leader_epoch, p.end_offset))
+        .collect()
+}
+
+/// On a single broker (no elections: one epoch, 0, as Metadata says), a Kafka
+/// client's OffsetForLeaderEpoch and ListOffsets place every offset in epoch 0.
+#[test]
+fn a_single_broker_answers_leader_epochs_with_epoch_0() {
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "solo", "-p", "1"], "");
+    assert!(ok, "{err}");
+    let mut raw = Raw::connect(&addr);
+    // Before any record: epoch 0 ends at the (empty) log's end.
+    assert_eq!(
+        leader_epoch_ends(&mut raw, "solo", &[(0, 0), (0, 1)]),
+        [(0, 0, 0), (0, -1, -1)]
+    );
+    let (ok, _, err) = broker.cli(&["produce", "solo"], "a\nb\nc\n");
+    assert!(ok, "{err}");
+    assert_eq!(
+        leader_epoch_ends(&mut raw, "solo", &[(0, 0), (0, 1)]),
+        [(0, 0, 3), (0, -1, -1)]
+    );
+    // UNKNOWN_TOPIC_OR_PARTITION, per partition.
+    assert_eq!(
+        leader_epoch_ends(&mut raw, "missing", &[(0, 0)]),
+        [(3, -1, -1)]
+    );
+
+    let list = k::ListOffsetsRequest::default()
+        .with_replica_id((-1).into())
+        .with_topics(vec![k::list_offsets_request::ListOffsetsTopic::default()
+            .with_name(name("solo"))
+            .with_partitions(vec![
+                k::list_offsets_request::ListOffsetsPartition::default()
+                    .with_partition_index(0)
+                    .with_timestamp(-1),
+            ])]);
+    raw.send(ApiKey::ListOffsets, 8, &list);
+    let r: k::ListOffsetsResponse = raw.receive(ApiKey::ListOffsets, 8);
+    let p = &r.topics[0].partitions[0];
+    assert_eq!((p.error_code, p.offset, p.leader_epoch), (0, 3, 0));
+}
+
 #[tokio::test]
 async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
     use k::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};

@@ -70,6 +70,14 @@ impl EpochCache {
     }
 }
 
+/// The leader epoch of `offset` in a log whose leader epochs are `entries`: the
+/// latest one starting at or below it (at the log end, the latest); `None` below
+/// every epoch or without epochs.
+pub fn epoch_at(entries: &[(i32, i64)], offset: i64) -> Option<i32> {
+    let after = entries.partition_point(|(_, start)| *start <= offset);
+    after.checked_sub(1).map(|i| entries[i].0)
+}
+
 /// Where `requested` ends in a log whose leader epochs are `entries` (`(epoch,
 /// start_offset)` ascending) and whose end is `log_end`, as Kafka's
 /// OffsetForLeaderEpoch answers a client: the latest epoch ends at `log_end`; an
@@ -1505,6 +1513,18 @@ mod tests {
         assert_eq!(epoch_end_offset(&entries, 7, 40), None);
         assert_eq!(epoch_end_offset(&entries, -1, 40), None);
         assert_eq!(epoch_end_offset(&[], 0, 40), None);
+    }
+
+    #[test]
+    fn the_epoch_of_an_offset_is_the_latest_starting_at_or_below_it() {
+        let entries = [(2, 10), (5, 12), (6, 30)];
+        assert_eq!(epoch_at(&entries, 9), None);
+        assert_eq!(epoch_at(&entries, 10), Some(2));
+        assert_eq!(epoch_at(&entries, 11), Some(2));
+        assert_eq!(epoch_at(&entries, 12), Some(5));
+        assert_eq!(epoch_at(&entries, 29), Some(5));
+        assert_eq!(epoch_at(&entries, 40), Some(6));
+        assert_eq!(epoch_at(&[], 0), None);
     }
 
     #[test]

@@ -1699,7 +1699,7 @@ fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {
                                 .with_error_code(code(p.error))
                                 .with_offset(p.offset)
                                 .with_timestamp(p.timestamp)
-                                .with_leader_epoch(-1)
+                                .with_leader_epoch(p.leader_epoch)
                         })
                         .collect(),
                 )

@@ -805,6 +805,7 @@ impl After {
                                     error: d.code,
                                     offset: -1,
                                     timestamp: -1,
+                                    leader_epoch: NO_LEADER_EPOCH,
                                 })
                                 .collect(),
                         }

@@ -9,6 +9,7 @@ use std::task::Poll;
 use std::time::Duration;
 
 use bytes::Bytes;
+use meridian_core::replication::epoch_at;
 use meridian_log::{require_keys, validate_batches, LogError, ValidatedBatches};
 use meridian_wire::messages::*;
 use meridian_wire::ErrorCode;
@@ -1508,7 +1509,7 @@ impl Shared {
                         let log = partition.log()?;
                         // Consumers see offsets up to the high watermark, at the leader.
                         let bound = self.consumer_read_bound(topic, partition, NO_LEADER_EPOCH, None, log.log_end_offset())?;
-                        Ok(match p.timestamp {
+                        let (offset, timestamp) = match p.timestamp {
                             EARLIEST_TIMESTAMP => (log.log_start_offset(), -1),
                             LATEST_TIMESTAMP => (bound.high_watermark, -1),
                             MAX_TIMESTAMP => log
@@ -1522,13 +1523,18 @@ impl Shared {
                                     format!("timestamp {ts} is neither a time nor earliest (-2), latest (-1) or max timestamp (-3)"),
                                 ))
                             }
-                        })
+                        };
+                        let leader_epoch = match offset {
+                            -1 => None,
+                            offset => self.leader_epochs(topic, partition, &log, NO_LEADER_EPOCH, |epochs, _| epoch_at(epochs, offset))?,
+                        };
+                        Ok((offset, timestamp, leader_epoch.unwrap_or(NO_LEADER_EPOCH)))
                     });
                     match found {
-                        Ok((offset, timestamp)) => {
-                            ListOffsetsPartitionResponse { partition: p.partition, error: ErrorCode::None, offset, timestamp }
+                        Ok((offset, timestamp, leader_epoch)) => {
+                            ListOffsetsPartitionResponse { partition: p.partition, error: ErrorCode::None, offset, timestamp, leader_epoch }
                         }
-                        Err(f) => ListOffsetsPartitionResponse { partition: p.partition, error: f.code, offset: -1, timestamp: -1 },
+                        Err(f) => ListOffsetsPartitionResponse { partition: p.partition, error: f.code, offset: -1, timestamp: -1, leader_epoch: NO_LEADER_EPOCH },
                     }
                 },
             )

@@ -567,22 +567,41 @@ impl Shared {
         current_leader_epoch: i32,
         leader_epoch: i32,
     ) -> Result<Option<(i32, i64)>, Failure> {
+        let log = partition.log()?;
+        self.leader_epochs(
+            topic,
+            partition,
+            &log,
+            current_leader_epoch,
+            |epochs, log_end| epoch_end_offset(epochs, leader_epoch, log_end),
+        )
+    }
+
+    /// `f` of the leader epochs the leader of `partition` answers clients from, and
+    /// its log end: its replica's (a new leader's epoch starts at its log end before
+    /// it appends anything), or a standalone log's (epoch 0 from its start while it
+    /// has none, as Metadata says). Refuses on a non-leader, and on a
+    /// `current_leader_epoch` other than the leader's, as a fetch does.
+    pub(crate) fn leader_epochs<R>(
+        &self,
+        topic: &Topic,
+        partition: &Partition,
+        log: &meridian_log::PartitionLog,
+        current_leader_epoch: i32,
+        f: impl FnOnce(&[(i32, i64)], i64) -> R,
+    ) -> Result<R, Failure> {
         if let Some(entry) = partition.replication.lock().as_ref() {
             entry.check_leader(current_leader_epoch)?;
             let replica = &entry.replica;
-            return Ok(epoch_end_offset(
-                replica.epochs().entries(),
-                leader_epoch,
-                replica.log_end(),
-            ));
+            return Ok(f(replica.epochs().entries(), replica.log_end()));
         }
         self.check_standalone(topic)?;
-        let log = partition.log()?;
-        Ok(epoch_end_offset(
-            log.leader_epochs().entries(),
-            leader_epoch,
-            log.log_end_offset(),
-        ))
+        let epochs = log.leader_epochs().entries();
+        let log_end = log.log_end_offset();
+        Ok(match epochs {
+            [] => f(&[(0, log.log_start_offset())], log_end),
+            epochs => f(epochs, log_end),
+        })
     }
 
     /// A standalone partition serves unless this broker is in cluster mode (then only

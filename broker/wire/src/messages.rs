@@ -136,6 +136,7 @@ impl ApiKey {
     /// of `Metadata` (response) carries a message with each topic's error. Version
     /// 1 of `DescribeLogs` (response) carries the log directory's total and usable
     /// bytes. Version 1 of `OffsetDelete` (response) names the topics refused.
+    /// Version 1 of `ListOffsets` (response) carries each offset's leader epoch.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::Metadata
@@ -146,7 +147,8 @@ impl ApiKey {
             | ApiKey::BrokerHeartbeat
             | ApiKey::DescribeTopics
             | ApiKey::DescribeLogs
-            | ApiKey::OffsetDelete => 1,
+            | ApiKey::OffsetDelete
+            | ApiKey::ListOffsets => 1,
             ApiKey::AlterTopicConfigs => 2,
             _ => 0,
         }
@@ -567,6 +569,10 @@ pub struct ListOffsetsPartitionResponse {
     /// The offset found; for a timestamp past every record, the log end offset.
     pub offset: i64,
     pub timestamp: i64,
+    /// The leader epoch of `offset` in the leader's log (of the batch holding it,
+    /// or the latest epoch at the log end); [`NO_LEADER_EPOCH`] when unknown, and
+    /// from a broker answering at version 0.
+    pub leader_epoch: i32,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -1091,6 +1097,9 @@ impl Response {
                         w.u16(p.error as u16);
                         w.i64(p.offset);
                         w.i64(p.timestamp);
+                        if version >= 1 {
+                            w.i32(p.leader_epoch);
+                        }
                     });
                 });
             }
@@ -1270,6 +1279,11 @@ impl Response {
                                 error: error_code(r)?,
                                 offset: r.i64()?,
                                 timestamp: r.i64()?,
+                                leader_epoch: if version >= 1 {
+                                    r.i32()?
+                                } else {
+                                    NO_LEADER_EPOCH
+                                },
                             })
                         })?,
                     })
@@ -1753,17 +1767,26 @@ mod tests {
                 }],
             }],
         }));
-        check_response(Response::ListOffsets(ListOffsetsResponse {
-            topics: vec![ListOffsetsTopicResponse {
-                name: "t".into(),
-                partitions: vec![ListOffsetsPartitionResponse {
-                    partition: 0,
-                    error: ErrorCode::None,
-                    offset: 5,
-                    timestamp: 100,
+        let listed = |leader_epoch| {
+            Response::ListOffsets(ListOffsetsResponse {
+                topics: vec![ListOffsetsTopicResponse {
+                    name: "t".into(),
+                    partitions: vec![ListOffsetsPartitionResponse {
+                        partition: 0,
+                        error: ErrorCode::None,
+                        offset: 5,
+                        timestamp: 100,
+                        leader_epoch,
+                    }],
                 }],
-            }],
-        }));
+            })
+        };
+        check_response(listed(3));
+        // Version 0 has no epoch: it decodes as unknown.
+        assert_eq!(
+            at_version(&listed(3), 0),
+            ResponseFrame::Ok(listed(NO_LEADER_EPOCH))
+        );
         check_response(Response::DeleteRecords(DeleteRecordsResponse {
             topics: vec![DeleteRecordsTopicResponse {
                 name: "t".into(),
