@@ -1213,7 +1213,7 @@ impl Pending {
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
             (m::Response::Produce(r), _) => h.frame(&produce(r))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
-            (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r))?,
+            (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r, h.version))?,
             (m::Response::OffsetForLeaderEpoch(r), _) => h.frame(&epoch_end_offsets(r))?,
             (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
                 h.frame(&create_topics(r, refused))?
@@ -1683,7 +1683,9 @@ fn diverging_epoch(diverging: Option<m::DivergingEpoch>) -> k::fetch_response::E
     }
 }
 
-fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {
+/// Kafka's ListOffsets answer at `version`: the offsets' leader epochs from version
+/// 4 (an older version has no field for them).
+fn list_offsets(r: m::ListOffsetsResponse, version: i16) -> k::ListOffsetsResponse {
     let topics = r
         .topics
         .into_iter()
@@ -1699,7 +1701,11 @@ fn list_offsets(r: m::ListOffsetsResponse) -> k::ListOffsetsResponse {
                                 .with_error_code(code(p.error))
                                 .with_offset(p.offset)
                                 .with_timestamp(p.timestamp)
-                                .with_leader_epoch(p.leader_epoch)
+                                .with_leader_epoch(if version >= 4 {
+                                    p.leader_epoch
+                                } else {
+                                    m::NO_LEADER_EPOCH
+                                })
                         })
                         .collect(),
                 )

@@ -570,6 +570,46 @@ fn offsets_commit_and_fetch_answer_every_partition_named() {
     assert_eq!(offsets, [(0, -1), (1, 9)]);
 }
 
+/// ListOffsets at every version served: each offset's leader epoch reaches a
+/// client from version 4, which has the field; older versions answer without it
+/// rather than fail to encode.
+#[test]
+fn list_offsets_names_leader_epochs_from_version_4() {
+    for version in 1..=8 {
+        let asked = k::ListOffsetsRequest::default()
+            .with_replica_id((-1).into())
+            .with_topics(vec![k::list_offsets_request::ListOffsetsTopic::default()
+                .with_name(topic_name("orders".into()))
+                .with_partitions(vec![
+                    k::list_offsets_request::ListOffsetsPartition::default()
+                        .with_partition_index(0)
+                        .with_timestamp(-1),
+                ])]);
+        let (request, pending) = serve(frame_of(ApiKey::ListOffsets, version, &asked));
+        let m::Request::ListOffsets(r) = request else {
+            panic!("{request:?}")
+        };
+        assert_eq!(r.topics[0].partitions[0].timestamp, m::LATEST_TIMESTAMP);
+        let answer = m::ListOffsetsResponse {
+            topics: vec![m::ListOffsetsTopicResponse {
+                name: "orders".into(),
+                partitions: vec![m::ListOffsetsPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    offset: 42,
+                    timestamp: -1,
+                    leader_epoch: 3,
+                }],
+            }],
+        };
+        let frame = answered(pending, m::Response::ListOffsets(answer));
+        let r: k::ListOffsetsResponse = response(ApiKey::ListOffsets, version, frame);
+        let p = &r.topics[0].partitions[0];
+        let epoch = if version >= 4 { 3 } else { -1 };
+        assert_eq!((p.offset, p.leader_epoch), (42, epoch), "version {version}");
+    }
+}
+
 /// OffsetForLeaderEpoch at every version served: each partition's epochs reach the
 /// broker, and each partition's answer (an end offset, or an error with undefined
 /// epoch and offset) reaches the client.
