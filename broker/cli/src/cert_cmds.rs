@@ -330,9 +330,12 @@ pub(crate) fn ca_dir(ca: &Path) -> &Path {
 
 /// A client certificate and its key for a broker trusting the CA file `ca`: the
 /// first (by name) that `meridian cert create NAME --dir` left beside it, else
-/// `NAME.pem` and `NAME.key` there for the reader to make.
-pub(crate) fn client_certificate_beside(ca: &Path) -> (String, String) {
+/// `NAME.pem` and `NAME.key` there for the reader to make. Never the brokers' own
+/// certificate `own` (README's region recipe makes it beside the CA too): a client
+/// presenting it would pass for a broker, which `acl_file` does not restrict.
+pub(crate) fn client_certificate_beside(ca: &Path, own: &Path) -> (String, String) {
     let dir = ca_dir(ca);
+    let own = std::fs::read(own).ok();
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .into_iter()
         .flatten()
@@ -341,7 +344,8 @@ pub(crate) fn client_certificate_beside(ca: &Path) -> (String, String) {
             let name = entry.file_name().into_string().ok()?;
             let stem = name.strip_suffix(".pem")?.to_string();
             let signed = !["ca", "crl"].contains(&stem.as_str())
-                && dir.join(format!("{stem}.key")).is_file();
+                && dir.join(format!("{stem}.key")).is_file()
+                && std::fs::read(entry.path()).ok() != own;
             signed.then_some(stem)
         })
         .collect();

@@ -615,7 +615,7 @@ async fn serve(config: BrokerConfig, broker_args: Option<ServeArgs>) -> anyhow::
             broker.fingerprint(),
             match config.tls_client_ca.as_deref() {
                 Some(ca) => {
-                    let (cert, key) = cert_cmds::client_certificate_beside(ca);
+                    let (cert, key) = cert_cmds::client_certificate_beside(ca, broker.cert_path());
                     format!(" --cert {cert} --key {key}")
                 }
                 None => String::new(),
@@ -654,7 +654,7 @@ fn dev_tour(addr: SocketAddr, cert: &Path, client_ca: Option<&Path>) -> Vec<Stri
     }
     let mut lines = Vec::new();
     if let Some(ca) = client_ca {
-        let (cert, key) = cert_cmds::client_certificate_beside(ca);
+        let (cert, key) = cert_cmds::client_certificate_beside(ca, cert);
         lines.push(format!(
             "# tls_client_ca: present a certificate signed by {} (`meridian cert create NAME --dir {}` makes one)",
             ca.display(),

@@ -174,7 +174,8 @@ impl RegionFile {
             cert.display(),
             match client_ca {
                 Some(ca) => {
-                    let (cert, key) = crate::cert_cmds::client_certificate_beside(Path::new(ca));
+                    let (cert, key) =
+                        crate::cert_cmds::client_certificate_beside(Path::new(ca), cert);
                     format!(" --cert {cert} --key {key} (a client certificate signed by {ca})")
                 }
                 None => String::new(),
