@@ -642,6 +642,15 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         assert_eq!(records.len(), 100);
         assert_eq!(values(&records[99..]), [(99, "lost-99".to_string())]);
     }
+    // A consumer that ListOffsets placed at the end, having read nothing: its
+    // position carries the epoch the leader gave it.
+    let mut placed = client.consumer(ConsumerConfig {
+        auto_offset_reset: AutoOffsetReset::Earliest,
+        ..ConsumerConfig::default()
+    });
+    placed.assign("cut", &[0]).await.unwrap();
+    placed.seek("cut", 0, Offset::Latest).await.unwrap();
+    assert_eq!(placed.position("cut", 0), Some(100));
     // A group member reads all 100 too, commits and leaves.
     let group = GroupConfig {
         enable_auto_commit: false,
@@ -689,6 +698,15 @@ async fn a_consumer_reads_on_from_where_an_unclean_election_cut_the_log() {
         "the consumer reads on from where the log was cut"
     );
     assert_eq!(reads_on.position("cut", 0), Some(60));
+
+    // Without the epoch, offset 100 would be out of range and it would start over
+    // from offset 0.
+    let records = poll_records(&mut placed, 10, Duration::from_secs(20)).await;
+    assert_eq!(
+        values(&records),
+        expected,
+        "a consumer placed by ListOffsets"
+    );
 
     // Positions kept outside Meridian, with the epoch of the last record read.
     let mut resumes = client.consumer(ConsumerConfig {

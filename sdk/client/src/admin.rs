@@ -10,7 +10,7 @@ use meridian_wire::messages::{
     ListPartitionReassignmentsRequest, LocalLog, MetadataResponse, OngoingReassignment,
     PartitionReassignment, PartitionsIncrease, Request, Response,
     TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
-    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
+    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER, NO_LEADER_EPOCH,
 };
 use meridian_wire::ErrorCode;
 
@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{says_unknown, unexpected, Client};
 use crate::error::{Error, Result};
+use crate::group::Position;
 use crate::metadata::{route, OnError};
 
 /// A position in a partition's log, as a consumer or [`Admin::list_offsets`] names it.
@@ -537,8 +538,25 @@ impl Admin {
     /// `Latest` the log end offset, `Timestamp(ms)` the first offset at or after that
     /// time, and `At(x)` is `x` without asking the broker.
     pub async fn list_offsets(&self, topic: &str, partition: u32, at: Offset) -> Result<i64> {
+        Ok(self.position_of(topic, partition, at).await?.offset)
+    }
+
+    /// [`list_offsets`](Self::list_offsets), with the leader epoch the leader gives
+    /// the offset found (`NO_LEADER_EPOCH` for `At(x)`, and from a broker that does
+    /// not say), which a consumer placed there names in its first fetch.
+    pub(crate) async fn position_of(
+        &self,
+        topic: &str,
+        partition: u32,
+        at: Offset,
+    ) -> Result<Position> {
         let timestamp = match at {
-            Offset::At(offset) => return Ok(offset),
+            Offset::At(offset) => {
+                return Ok(Position {
+                    offset,
+                    epoch: NO_LEADER_EPOCH,
+                })
+            }
             Offset::Earliest => EARLIEST_TIMESTAMP,
             Offset::Latest => LATEST_TIMESTAMP,
             Offset::Timestamp(ms) if ms < 0 => {
@@ -883,12 +901,12 @@ impl Admin {
     }
 
     /// Looks up several partitions of one topic in one request; one result per asked
-    /// partition, in the order asked.
+    /// partition (the offset and its leader epoch), in the order asked.
     pub(crate) async fn list_offsets_many(
         &self,
         topic: &str,
         asks: &[(u32, i64)],
-    ) -> Result<Vec<(u32, Result<i64>)>> {
+    ) -> Result<Vec<(u32, Result<Position>)>> {
         let asks: Vec<ListOffsetsPartition> = asks
             .iter()
             .map(|&(partition, timestamp)| ListOffsetsPartition {
@@ -920,12 +938,16 @@ impl Admin {
                         .filter(|t| t.name == topic)
                         .flat_map(|t| t.partitions)
                         .map(|p| {
+                            let position = Position {
+                                offset: p.offset,
+                                epoch: p.leader_epoch,
+                            };
                             let result = partition_result(
                                 topic,
                                 p.partition,
                                 p.error,
                                 p.error.description(),
-                                p.offset,
+                                position,
                             );
                             (p.partition, result)
                         })
@@ -947,19 +969,19 @@ impl Admin {
     /// after a backoff, with fresh metadata, until the request timeout; then their
     /// last error is their result. A request-level error that retrying cannot fix
     /// fails the whole call, as one request did before routing.
-    async fn to_leaders<A: Clone>(
+    async fn to_leaders<A: Clone, T: Clone>(
         &self,
         topic: &str,
         asks: Vec<A>,
         partition_of: impl Fn(&A) -> u32,
         request_for: impl Fn(&[A]) -> Request,
-        answers_of: impl Fn(Response) -> Result<Vec<(u32, Result<i64>)>>,
-    ) -> Result<HashMap<u32, Result<i64>>> {
+        answers_of: impl Fn(Response) -> Result<Vec<(u32, Result<T>)>>,
+    ) -> Result<HashMap<u32, Result<T>>> {
         let client = &self.client;
         let topics = [topic.to_string()];
         let started = Instant::now();
         let timeout = client.config().request_timeout;
-        let mut results: HashMap<u32, Result<i64>> = HashMap::new();
+        let mut results: HashMap<u32, Result<T>> = HashMap::new();
         let mut pending = asks;
         let mut attempt = 0u32;
         loop {

@@ -197,9 +197,11 @@ impl ConsumerRecord {
 struct PartitionState {
     /// Offset of the next record `poll` returns.
     position: i64,
-    /// Leader epoch of the batch of the last record `poll` returned
-    /// ([`NO_LEADER_EPOCH`] when not known: after a seek). Fetches carry it so the
-    /// leader can tell whether its log still holds what was read (KIP-320).
+    /// Leader epoch of the batch of the last record `poll` returned, or, at a
+    /// position ListOffsets found, the epoch the leader gave it ([`NO_LEADER_EPOCH`]
+    /// when not known: after a seek to an offset). Fetches carry it so the leader can
+    /// tell whether its log still holds what was read, or where it was placed
+    /// (KIP-320).
     epoch: i32,
     high_watermark: Option<i64>,
     /// Stopped after a partition error, until the next `seek` or `assign`.
@@ -209,15 +211,8 @@ struct PartitionState {
 }
 
 impl PartitionState {
-    fn at(position: i64) -> PartitionState {
-        PartitionState::resuming(Position {
-            offset: position,
-            epoch: NO_LEADER_EPOCH,
-        })
-    }
-
-    /// At a committed position: the first fetch names the committed epoch, so a log
-    /// cut since the commit is caught like one cut under a running consumer.
+    /// At a committed position, or one ListOffsets found: the first fetch names its
+    /// epoch, so a log cut since is caught like one cut under a running consumer.
     fn resuming(at: Position) -> PartitionState {
         PartitionState {
             position: at.offset,
@@ -469,15 +464,15 @@ impl Consumer {
             .collect();
         let mut resolved = Vec::with_capacity(new.len());
         if !new.is_empty() {
-            for (partition, offset) in self.client.admin().list_offsets_many(topic, &new).await? {
-                resolved.push((partition, offset?));
+            for (partition, position) in self.client.admin().list_offsets_many(topic, &new).await? {
+                resolved.push((partition, position?));
             }
         }
         self.partitions
             .retain(|key, _| key.topic != topic || wanted.contains(&key.partition));
         for (partition, position) in resolved {
             self.partitions
-                .insert(tp(topic, partition), PartitionState::at(position));
+                .insert(tp(topic, partition), PartitionState::resuming(position));
         }
         self.restart_fetching();
         Ok(())
@@ -526,15 +521,20 @@ impl Consumer {
                 return Err(Error::Config(format!("offset {offset} is negative")));
             }
         }
-        let position = self
+        let found = self
             .client
             .admin()
-            .list_offsets(topic, partition, to)
+            .position_of(topic, partition, to)
             .await?;
         if let Some(state) = self.partitions.get_mut(&key) {
+            // The caller's epoch for a position it gave, the leader's for one it found.
             state.moved_to(Position {
-                offset: position,
-                epoch,
+                offset: found.offset,
+                epoch: if epoch == NO_LEADER_EPOCH {
+                    found.epoch
+                } else {
+                    epoch
+                },
             });
         }
         self.restart_fetching();
@@ -825,20 +825,17 @@ impl Consumer {
         };
         let admin = self.client.admin();
         for key in std::mem::take(&mut self.pending_resets) {
-            match admin.list_offsets(&key.topic, key.partition, to).await {
+            match admin.position_of(&key.topic, key.partition, to).await {
                 Ok(position) => {
                     if let Some(state) = self.partitions.get_mut(&key) {
                         tracing::info!(
                             topic = %key.topic,
                             partition = key.partition,
                             from = state.position,
-                            to = position,
+                            to = position.offset,
                             "position out of range; reset per auto_offset_reset"
                         );
-                        state.moved_to(Position {
-                            offset: position,
-                            epoch: NO_LEADER_EPOCH,
-                        });
+                        state.moved_to(position);
                     }
                 }
                 Err(e) => {
@@ -1265,10 +1262,7 @@ impl Consumer {
                             )))
                         }
                     };
-                    Position {
-                        offset: admin.list_offsets(&key.topic, key.partition, at).await?,
-                        epoch: NO_LEADER_EPOCH,
-                    }
+                    admin.position_of(&key.topic, key.partition, at).await?
                 }
             };
             positions.push((key.clone(), position));
