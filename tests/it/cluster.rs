@@ -3099,6 +3099,47 @@ async fn the_controller_gives_a_returning_broker_its_leaderships_back_on_its_own
     assert!(after.iter().any(|p| p.leader == back));
 }
 
+/// Three brokers with Kafka listeners and `topic` (one partition, RF=3, in sync)
+/// holding records `a0`..`a9`: the cluster and the partition as created.
+async fn kafka_region_with_10_records(topic: &str) -> (TestCluster, Vec<PartitionView>) {
+    let cluster = TestCluster::start("kafka_listen = \"{kafka_listen}\"");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let admin = cluster.client(controller).await.admin();
+    admin.create_topic(rf3(topic, 1)).await.unwrap();
+    let first = cluster
+        .agreed_topic(topic, Duration::from_secs(10), |v| v[0].isr.len() == 3)
+        .await;
+    send_acked(
+        &cluster.client(first[0].leader).await,
+        topic,
+        (0..10).map(|i| format!("a{i}")),
+    )
+    .await;
+    (cluster, first)
+}
+
+/// Stops `leader` (its leadership moves to an in-sync follower, in a new epoch)
+/// and sends `b0`..`b4` to the new leader: the partition after the move.
+async fn move_leader_and_send_5(
+    cluster: &mut TestCluster,
+    topic: &str,
+    leader: u32,
+) -> Vec<PartitionView> {
+    cluster.broker(leader).stop();
+    let moved = cluster
+        .agreed_topic(topic, Duration::from_secs(15), |v| {
+            ![NO_BROKER, leader].contains(&v[0].leader)
+        })
+        .await;
+    send_acked(
+        &cluster.client(moved[0].leader).await,
+        topic,
+        (0..5).map(|i| format!("b{i}")),
+    )
+    .await;
+    moved
+}
+
 /// Kafka's OffsetForLeaderEpoch, asked of a region's brokers over their Kafka
 /// listeners after a leader change: the new leader says where each epoch ends in
 /// its log (the old one where the new one starts, the new one at the log end, one
@@ -3108,37 +3149,12 @@ async fn the_controller_gives_a_returning_broker_its_leaderships_back_on_its_own
 async fn kafka_clients_learn_where_leader_epochs_end() {
     use crate::kafka::Raw;
     use kafka_protocol::messages::{self as k, ApiKey};
-    let mut cluster = TestCluster::start("kafka_listen = \"{kafka_listen}\"");
-    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
-    let admin = cluster.client(controller).await.admin();
-    admin.create_topic(rf3("epochs", 1)).await.unwrap();
-    let first = cluster
-        .agreed_topic("epochs", Duration::from_secs(10), |v| v[0].isr.len() == 3)
-        .await;
+    let (mut cluster, first) = kafka_region_with_10_records("epochs").await;
     let first_leader = first[0].leader;
-    send_acked(
-        &cluster.client(first_leader).await,
-        "epochs",
-        (0..10).map(|i| format!("a{i}")),
-    )
-    .await;
-    // The leader stops (its leadership moves to an in-sync follower, a new epoch),
-    // and the new leader takes five more.
-    cluster.broker(first_leader).stop();
-    let second = cluster
-        .agreed_topic("epochs", Duration::from_secs(15), |v| {
-            ![NO_BROKER, first_leader].contains(&v[0].leader)
-        })
-        .await;
+    let second = move_leader_and_send_5(&mut cluster, "epochs", first_leader).await;
     let (leader, epoch) = (second[0].leader, second[0].leader_epoch);
     let (old_epoch, new_epoch) = (first[0].leader_epoch, epoch);
     assert!(new_epoch > old_epoch, "{first:?} {second:?}");
-    send_acked(
-        &cluster.client(leader).await,
-        "epochs",
-        (0..5).map(|i| format!("b{i}")),
-    )
-    .await;
 
     let ask = |at: u32, queries: &[(i32, i32)]| {
         let mut raw = Raw::connect(&cluster.kafka[at as usize - 1]);
@@ -3206,4 +3222,57 @@ async fn kafka_clients_learn_where_leader_epochs_end() {
         .find(|b| *b != leader && *b != first_leader)
         .expect("a running follower");
     assert_eq!(ask(follower, &[(-1, old_epoch)]), [(6, -1, -1)]);
+}
+
+/// librdkafka, the C client under most non-Java Kafka clients, reading a
+/// partition whose leader moves: it checks its position with the new leader
+/// (OffsetForLeaderEpoch, counted in the new leader's request metrics) and reads
+/// on, every record once, without the offset reset it is not allowed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn librdkafka_checks_its_position_with_a_new_leader() {
+    use std::io::BufRead;
+    let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
+        println!("skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs it and sets it)");
+        return;
+    };
+    let (mut cluster, first) = kafka_region_with_10_records("moving").await;
+    let first_leader = first[0].leader;
+
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kafka/librdkafka.py");
+    let mut child = std::process::Command::new(python)
+        .arg(&script)
+        .args([&cluster.kafka.join(","), "{}", "failover", "moving"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run librdkafka.py");
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut ready = String::new();
+    stdout.read_line(&mut ready).unwrap();
+    assert_eq!(
+        ready.trim(),
+        "ready",
+        "the consumer read its first 10 records"
+    );
+
+    let second = move_leader_and_send_5(&mut cluster, "moving", first_leader).await;
+    let leader = second[0].leader;
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{rest}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_str(rest.trim()).expect(&rest);
+    let expected: Vec<i64> = (0..15).collect();
+    assert_eq!(seen["offsets"], serde_json::json!(expected));
+    let samples = crate::metrics::scrape(&cluster.brokers_ref(leader).addr);
+    // No sample at all until the first such request.
+    let asked = samples
+        .get("meridian_requests_total{api=\"OffsetForLeaderEpoch\"}")
+        .copied()
+        .unwrap_or(0.0);
+    assert!(asked >= 1.0, "the new leader was never asked: {asked}");
 }

@@ -30,6 +30,10 @@ SASL), `{}` for none. ACTION is one of:
   with OffsetSpec.max_timestamp() (ListOffsets version 7). Prints {"cluster_id",
   "controller": id, "nodes": [[id, host, port], ...], "own": {setting: value}
   (those not at the default), "max_timestamp": [offset, timestamp - now]}.
+- `failover`: read topic PREFIX (partition 0) from offset 0 with no offset reset
+  allowed (`auto.offset.reset=error`); after 10 records print `ready` and go on
+  until 15 records (the test moves the partition's leader meanwhile). Prints
+  {"offsets": [...]}.
 
 Exits non-zero, saying why, on anything else.
 """
@@ -291,8 +295,29 @@ def admin_tools():
     }
 
 
+def failover():
+    consumer = Consumer({**CONF, "group.id": f"{PREFIX}-unused", "enable.auto.commit": False,
+                         "auto.offset.reset": "error", "topic.metadata.refresh.interval.ms": 500})
+    consumer.assign([TopicPartition(PREFIX, 0, 0)])
+    offsets = []
+    deadline = time.time() + 90
+    while len(offsets) < 15:
+        if time.time() > deadline:
+            fail(f"only offsets {offsets} read")
+        msg = consumer.poll(0.2)
+        if msg is None:
+            continue
+        if msg.error():
+            fail(f"consumer error: {msg.error()}")
+        offsets.append(msg.offset())
+        if len(offsets) == 10:
+            print("ready", flush=True)
+    consumer.close()
+    return {"offsets": offsets}
+
+
 ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login,
-           "admin": admin_tools}
+           "admin": admin_tools, "failover": failover}
 if ACTION not in ACTIONS:
     fail(f"unknown action {ACTION}")
 print(json.dumps(ACTIONS[ACTION]()))
