@@ -638,22 +638,36 @@ fn dev_tour_names_what_reaching_the_broker_takes() {
     let _ = dev.wait();
 }
 
+/// `meridian bench ARGS --json`, run in `dir`: its summary.
+fn bench_json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(crate::harness::meridian_bin())
+        .arg("bench")
+        .args(args)
+        .arg("--json")
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    serde_json::from_str(stdout.trim()).unwrap()
+}
+
 /// A bench that starts its broker splits the cores with it, reports the split, and
 /// leaves a `worker_threads` given with --broker-set alone.
 #[test]
 fn bench_produce_splits_the_cores_with_the_broker_it_starts() {
     let dir = tempfile::tempdir().unwrap();
     let cpu_of = |extra: &[&str]| -> String {
-        let out = std::process::Command::new(crate::harness::meridian_bin())
-            .args(["bench", "produce", "--json", "--records", "2000"])
-            .args(["--record-size", "128", "--partitions", "2"])
-            .args(extra)
-            .current_dir(dir.path())
-            .output()
-            .unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout}");
-        let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+        let args = [
+            "produce",
+            "--records",
+            "2000",
+            "--record-size",
+            "128",
+            "--partitions",
+            "2",
+        ];
+        let summary = bench_json(dir.path(), &[&args, extra].concat());
         summary["cpu_of"].as_str().unwrap().to_string()
     };
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
@@ -673,6 +687,16 @@ fn bench_produce_splits_the_cores_with_the_broker_it_starts() {
     );
 }
 
+/// A bench load that takes well under a second.
+const SMALL_LOAD: [&str; 6] = [
+    "--records",
+    "3000",
+    "--record-size",
+    "100",
+    "--partitions",
+    "2",
+];
+
 /// Produce and consume benches say how many requests carried their records.
 #[test]
 fn bench_produce_and_consume_count_their_requests() {
@@ -681,14 +705,7 @@ fn bench_produce_and_consume_count_their_requests() {
         let out = std::process::Command::new(crate::harness::meridian_bin())
             .arg("bench")
             .args(args)
-            .args([
-                "--records",
-                "3000",
-                "--record-size",
-                "100",
-                "--partitions",
-                "2",
-            ])
+            .args(SMALL_LOAD)
             .current_dir(dir.path())
             .output()
             .unwrap();
@@ -710,6 +727,35 @@ fn bench_produce_and_consume_count_their_requests() {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no fetch request count in {line}"));
     assert!((1..3000).contains(&fetches), "{line}");
+}
+
+/// Under flush=always the produce bench reports the fdatasyncs of the broker it
+/// started (read from its metrics): the flush size `bench disk` compares at.
+#[test]
+fn bench_produce_reports_the_brokers_fdatasyncs_under_flush_always() {
+    let dir = tempfile::tempdir().unwrap();
+    let bench = |extra: &[&str]| {
+        let args = [&["produce", "--acks", "all"][..], &SMALL_LOAD, extra].concat();
+        bench_json(dir.path(), &args)
+    };
+    let always = bench(&["--broker-set", "flush=always"]);
+    let (asked, fsyncs) = (
+        always["broker_sync_requests"].as_u64().unwrap_or(0),
+        always["broker_fsyncs"].as_u64().unwrap_or(0),
+    );
+    let requests = always["requests"].as_u64().unwrap();
+    // A sync per partition of each produce request, each covered by an fdatasync.
+    assert!(
+        fsyncs >= 1 && fsyncs <= asked && asked <= 2 * requests,
+        "{always}"
+    );
+    assert!(
+        always["broker_fsync_seconds"].as_f64().unwrap() > 0.0,
+        "{always}"
+    );
+    // The default flush fsyncs once a minute: a short run reports none.
+    let default = bench(&[]);
+    assert!(default.get("broker_fsyncs").is_none(), "{default}");
 }
 
 #[test]

@@ -178,6 +178,54 @@ fn a_scrape_shows_requests_partitions_groups_and_refusals() {
     ok(&["topic", "list"], "");
 }
 
+/// The group-commit thread's counters, under `flush=always` (a sync per produced
+/// partition and per offset commit) and under the periodic flush.
+#[test]
+fn log_syncs_and_their_fdatasyncs_are_counted() {
+    let syncs = |samples: &BTreeMap<String, f64>| {
+        (
+            value(samples, "meridian_log_sync_requests_total"),
+            value(samples, "meridian_log_fsyncs_total"),
+            value(samples, "meridian_log_fsync_seconds_total"),
+        )
+    };
+    for flush in ["flush=always", "flush_interval_ms=50"] {
+        let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+        let broker = TestBroker::start(&[&format!("metrics_listen={addr}"), flush]);
+        let ok = |args: &[&str], stdin: &str| {
+            let (success, out, err) = broker.cli(args, stdin);
+            assert!(success, "{args:?}: {out} {err}");
+        };
+        let before = syncs(&scrape(&addr));
+        ok(&["topic", "create", "orders", "-p", "2"], "");
+        ok(&["produce", "orders", "-p", "0"], &"x\n".repeat(10));
+        ok(&["produce", "orders", "-p", "1"], &"y\n".repeat(10));
+        ok(
+            &[
+                "consume", "orders", "--group", "g", "--from", "earliest", "-n", "20",
+            ],
+            "",
+        );
+        // The periodic flush finds the written partitions within its interval.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let after = loop {
+            let after = syncs(&scrape(&addr));
+            if after.0 >= before.0 + 3.0 || Instant::now() > deadline {
+                break after;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // Two produced partitions and at least one partition of committed offsets.
+        assert!(
+            after.0 >= before.0 + 3.0,
+            "{flush}: {before:?} then {after:?}"
+        );
+        assert!(after.1 > before.1, "{flush}: {before:?} then {after:?}");
+        assert!(after.1 <= after.0, "{flush}: {after:?}");
+        assert!(after.2 > before.2, "{flush}: {before:?} then {after:?}");
+    }
+}
+
 #[test]
 fn a_bad_metrics_address_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();

@@ -140,13 +140,20 @@ pub(crate) fn split_cores(
 /// the user set that.
 pub(crate) fn broker_settings(broker_set: &[String], workers: Option<usize>) -> Vec<String> {
     let mut settings = broker_set.to_vec();
-    let set_by_user = settings
-        .iter()
-        .any(|s| s.split('=').next().map(str::trim) == Some("worker_threads"));
+    let set_by_user = settings.iter().any(|s| setting_key(s) == "worker_threads");
     if let (Some(workers), false) = (workers, set_by_user) {
         settings.push(format!("worker_threads={workers}"));
     }
+    // A metrics listener on a free port, for what the broker's group commit did
+    // (`meridian_log_fsyncs_total`, ...): the bench reports it under flush=always.
+    if !settings.iter().any(|s| setting_key(s) == "metrics_listen") {
+        settings.push("metrics_listen=127.0.0.1:0".into());
+    }
     settings
+}
+
+fn setting_key(setting: &str) -> &str {
+    setting.split('=').next().map_or("", str::trim)
 }
 
 /// Worker threads for the runtime `meridian bench` runs on (see
@@ -369,6 +376,8 @@ pub struct ChildBroker {
     workers: Option<usize>,
     /// The one broker's data directory (its certificate is `tls/cert.pem` there).
     pub data_dir: Option<PathBuf>,
+    /// The one broker's metrics listener, when it has one (`metrics_listen`).
+    metrics: Option<String>,
     _temp: Option<tempfile::TempDir>,
 }
 
@@ -414,8 +423,10 @@ impl ChildBroker {
             .context("starting broker")?;
         let stdout = child.stdout.take().context("broker stdout")?;
         let mut lines = BufReader::new(stdout).lines();
-        let (mut addr, mut fingerprint, mut workers) = (None, None, None);
-        while addr.is_none() || fingerprint.is_none() {
+        let (mut addr, mut fingerprint, mut workers, mut metrics) = (None, None, None, None);
+        // The banner names the metrics listener after the fingerprint.
+        let with_metrics = settings.iter().any(|s| setting_key(s) == "metrics_listen");
+        while addr.is_none() || fingerprint.is_none() || (with_metrics && metrics.is_none()) {
             let Some(line) = lines.next() else {
                 let _ = child.kill();
                 bail!("broker exited before it was ready");
@@ -430,6 +441,11 @@ impl ChildBroker {
             if let Some(rest) = line.trim().strip_prefix("workers:") {
                 workers = rest.split_whitespace().next().and_then(|n| n.parse().ok());
             }
+            if let Some(rest) = line.trim().strip_prefix("metrics:") {
+                let url = rest.trim();
+                let host = url.split("://").nth(1).unwrap_or(url);
+                metrics = host.split('/').next().map(str::to_owned);
+            }
         }
         // Keep draining stdout so the broker never blocks on a full pipe.
         std::thread::spawn(move || lines.for_each(drop));
@@ -440,7 +456,37 @@ impl ChildBroker {
             fingerprint: fingerprint.expect("checked above"),
             workers,
             data_dir: Some(data_dir),
+            metrics,
             _temp: temp,
+        })
+    }
+
+    /// The broker's group-commit counters now, from its metrics listener; `None`
+    /// without one, or when it cannot be read (`metrics_tls`, say).
+    async fn log_syncs(&self) -> Option<LogSyncs> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics.as_deref()?;
+        let scrape = async {
+            let mut stream = tokio::net::TcpStream::connect(addr).await?;
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                .await?;
+            let mut text = String::new();
+            stream.read_to_string(&mut text).await?;
+            std::io::Result::Ok(text)
+        };
+        let text = tokio::time::timeout(Duration::from_secs(5), scrape)
+            .await
+            .ok()?
+            .ok()?;
+        let sample = |name: &str| -> Option<f64> {
+            text.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        };
+        Some(LogSyncs {
+            broker_sync_requests: sample("meridian_log_sync_requests_total")? as u64,
+            broker_fsyncs: sample("meridian_log_fsyncs_total")? as u64,
+            broker_fsync_seconds: sample("meridian_log_fsync_seconds_total")?,
         })
     }
 
@@ -471,6 +517,7 @@ impl ChildBroker {
             fingerprint: runner.fingerprint.clone(),
             workers: None,
             data_dir: None,
+            metrics: None,
             region: Some(runner),
             _temp: Some(temp),
         };
@@ -614,6 +661,35 @@ struct LoadResult {
     requests: u64,
     #[serde(flatten)]
     cpu: Option<CpuUse>,
+    /// What the broker's group commit did during the run, when it fsynced at all
+    /// (`flush=always`, or a periodic flush that came round).
+    #[serde(flatten)]
+    syncs: Option<LogSyncs>,
+}
+
+/// The broker's group-commit counters (`meridian_log_*` in its metrics), or their
+/// growth over a run.
+#[derive(Clone, Copy, Debug, Serialize)]
+struct LogSyncs {
+    broker_sync_requests: u64,
+    broker_fsyncs: u64,
+    broker_fsync_seconds: f64,
+}
+
+impl LogSyncs {
+    /// What grew from `before` to `after`; `None` when no fdatasync ran.
+    fn during(before: Option<LogSyncs>, after: Option<LogSyncs>) -> Option<LogSyncs> {
+        let (before, after) = (before?, after?);
+        let grown = LogSyncs {
+            broker_sync_requests: after
+                .broker_sync_requests
+                .saturating_sub(before.broker_sync_requests),
+            broker_fsyncs: after.broker_fsyncs.saturating_sub(before.broker_fsyncs),
+            broker_fsync_seconds: (after.broker_fsync_seconds - before.broker_fsync_seconds)
+                .max(0.0),
+        };
+        (grown.broker_fsyncs > 0).then_some(grown)
+    }
 }
 
 impl LoadResult {
@@ -637,6 +713,7 @@ impl LoadResult {
             latency_ms: latency.map(summarize),
             requests,
             cpu: cpu.used(bytes),
+            syncs: None,
         }
     }
 }
@@ -840,6 +917,17 @@ fn report(result: &LoadResult, json: bool) -> anyhow::Result<()> {
     ));
     if let Some(cpu) = &result.cpu {
         line.push_str(&format!(" {cpu}."));
+    }
+    if let Some(syncs) = &result.syncs {
+        // What `bench disk --write-bytes` should append between fdatasyncs to compare
+        // at the same flush size.
+        let fsyncs = syncs.broker_fsyncs;
+        line.push_str(&format!(
+            " The broker ran {fsyncs} fdatasyncs for {} syncs asked: {:.0} KiB of records and {:.2} ms each on average.",
+            syncs.broker_sync_requests,
+            result.bytes as f64 / fsyncs as f64 / 1024.0,
+            syncs.broker_fsync_seconds * 1e3 / fsyncs as f64
+        ));
     }
     println!("{line}");
     Ok(())
@@ -1086,20 +1174,25 @@ async fn produce_bench(args: LoadArgs) -> anyhow::Result<()> {
     )
     .await?;
     let bar = progress(args.duration.is_none().then_some(args.records), "produce");
+    let syncs = match &child {
+        Some(child) => child.log_syncs().await,
+        None => None,
+    };
     let cpu = CpuClock::start(&child);
     let outcome = run_producers(&clients, &args, None, &bar).await?;
     let seconds = outcome.elapsed.as_secs_f64();
-    report(
-        &LoadResult::new(
-            "produce",
-            (outcome.records, outcome.bytes),
-            seconds,
-            Some(&outcome.latency),
-            outcome.requests,
-            &cpu,
-        ),
-        args.json,
-    )
+    let mut result = LoadResult::new(
+        "produce",
+        (outcome.records, outcome.bytes),
+        seconds,
+        Some(&outcome.latency),
+        outcome.requests,
+        &cpu,
+    );
+    if let Some(child) = &child {
+        result.syncs = LogSyncs::during(syncs, child.log_syncs().await);
+    }
+    report(&result, args.json)
 }
 
 // ---- consume ------------------------------------------------------------------------

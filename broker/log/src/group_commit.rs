@@ -33,7 +33,20 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     wakeup: Condvar,
+    asked: AtomicU64,
     fsyncs: AtomicU64,
+    fsync_nanos: AtomicU64,
+}
+
+/// What a [`GroupCommit`] did since it started.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct SyncStats {
+    /// Syncs asked for ([`GroupCommit::sync`] calls).
+    pub asked: u64,
+    /// fdatasyncs run for them: each covers every ask queued for its file before it.
+    pub fsyncs: u64,
+    /// Time spent in those fdatasyncs.
+    pub fsync_seconds: f64,
 }
 
 /// One background thread that batches fdatasyncs.
@@ -63,7 +76,9 @@ impl GroupCommit {
                 shutting_down: false,
             }),
             wakeup: Condvar::new(),
+            asked: AtomicU64::new(0),
             fsyncs: AtomicU64::new(0),
+            fsync_nanos: AtomicU64::new(0),
         });
         let thread_shared = Arc::clone(&shared);
         let thread = std::thread::Builder::new()
@@ -78,10 +93,10 @@ impl GroupCommit {
 
     /// Queues an fdatasync of `handle`'s file; `done` runs once it completed.
     pub fn sync(&self, handle: SyncHandle, done: Box<dyn FnOnce(io::Result<()>) + Send>) {
+        self.shared.asked.fetch_add(1, Ordering::Relaxed);
         if self.thread.is_none() {
             // No background thread (spawn failed): degrade to a synchronous sync.
-            self.shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-            done(handle.sync());
+            done(self.shared.fdatasync(&handle));
             return;
         }
         let mut queue = self.shared.queue.lock();
@@ -93,6 +108,27 @@ impl GroupCommit {
     /// How many fdatasyncs ran so far.
     pub fn fsyncs(&self) -> u64 {
         self.shared.fsyncs.load(Ordering::Relaxed)
+    }
+
+    /// Syncs asked, fdatasyncs run and the time they took, so far.
+    pub fn stats(&self) -> SyncStats {
+        SyncStats {
+            asked: self.shared.asked.load(Ordering::Relaxed),
+            fsyncs: self.fsyncs(),
+            fsync_seconds: self.shared.fsync_nanos.load(Ordering::Relaxed) as f64 / 1e9,
+        }
+    }
+}
+
+impl Shared {
+    /// fdatasyncs `handle`'s file on this thread, counted and timed.
+    fn fdatasync(&self, handle: &SyncHandle) -> io::Result<()> {
+        let started = std::time::Instant::now();
+        let result = handle.sync();
+        let nanos = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos.fetch_add(nanos, Ordering::Relaxed);
+        result
     }
 }
 
@@ -124,8 +160,9 @@ fn run(shared: &Shared) {
         let mut results: HashMap<*const File, Result<(), (io::ErrorKind, String)>> = HashMap::new();
         for (handle, _) in &round {
             results.entry(Arc::as_ptr(&handle.file)).or_insert_with(|| {
-                shared.fsyncs.fetch_add(1, Ordering::Relaxed);
-                handle.sync().map_err(|e| (e.kind(), e.to_string()))
+                shared
+                    .fdatasync(handle)
+                    .map_err(|e| (e.kind(), e.to_string()))
             });
         }
         for (handle, done) in round {

@@ -81,7 +81,7 @@ use meridian_wire::ErrorCode;
 
 pub use checkpoint::LeaderEpochs;
 pub use cleaner::{CleanPlan, CleanStats, CleanedGroup, CLEANER_CHECKPOINT_FILE};
-pub use group_commit::{GroupCommit, SyncHandle};
+pub use group_commit::{GroupCommit, SyncHandle, SyncStats};
 pub use partition::{
     AppendInfo, FollowerBatch, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER,
     LOG_START_OFFSET_FILE,

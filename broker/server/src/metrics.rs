@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use meridian_log::SyncStats;
 use meridian_wire::messages::ApiKey;
 use meridian_wire::ErrorCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -422,10 +423,34 @@ pub(crate) fn render(shared: &Shared) -> String {
         1,
     );
     shared.metrics.render_counters(&mut out);
+    render_syncs(shared.group_commit.stats(), &mut out);
     let rows = partition_rows(shared);
     render_partitions(&rows, &mut out);
     render_groups(shared, &rows, &mut out);
     out.finish()
+}
+
+/// The group-commit thread's work: how many syncs each fdatasync covered, and what
+/// they cost (Kafka's log flush rate and time).
+fn render_syncs(stats: SyncStats, out: &mut Exposition) {
+    out.single(
+        "meridian_log_sync_requests_total",
+        "counter",
+        "Log syncs asked of the group-commit thread: under flush=always one per partition of each produce request and offset commit, otherwise one per partition each periodic flush (flush_interval_ms) finds written.",
+        stats.asked,
+    );
+    out.single(
+        "meridian_log_fsyncs_total",
+        "counter",
+        "fdatasyncs of log files the group-commit thread ran for those requests: one covers every request queued for its file before it.",
+        stats.fsyncs,
+    );
+    out.single(
+        "meridian_log_fsync_seconds_total",
+        "counter",
+        "Time spent in those fdatasyncs.",
+        stats.fsync_seconds,
+    );
 }
 
 /// One local partition's state at a scrape.

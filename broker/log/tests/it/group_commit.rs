@@ -61,6 +61,9 @@ fn one_fsync_covers_many_appends_across_partitions() {
     eprintln!("{fsyncs} fdatasyncs for {syncs} sync calls");
     assert!(fsyncs > 0);
     assert!(fsyncs <= syncs / 4, "{fsyncs} fsyncs for {syncs} syncs");
+    let stats = group_commit.stats();
+    assert_eq!((stats.asked, stats.fsyncs), (syncs, fsyncs));
+    assert!(stats.fsync_seconds > 0.0, "{stats:?}");
     let records: u64 = partitions
         .iter()
         .map(|p| {
