@@ -762,7 +762,7 @@ fn bench_produce_reports_the_brokers_fdatasyncs_under_flush_always() {
 fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     let dir = tempfile::tempdir().unwrap();
     let out = std::process::Command::new(crate::harness::meridian_bin())
-        .args(["bench", "ratio", "--json", "--rounds", "2"])
+        .args(["bench", "ratio", "--json", "--rounds", "2", "--flush"])
         .args(["--transport-bytes", "16777216", "--records", "20000"])
         .args(["--partitions", "2", "--record-size", "256"])
         .current_dir(dir.path())
@@ -801,6 +801,16 @@ fn bench_ratio_runs_each_bench_and_relates_the_medians() {
         (field(&summary, "consume_ratio") - consume_ratio).abs() < 1e-9,
         "{summary:#}"
     );
+    // --flush: flush=always against the disk at the flush size its broker had.
+    for round in rounds {
+        assert!(field(round, "flush_bytes_per_fsync") >= 1.0, "{summary:#}");
+    }
+    let flush_ratio = mean("flush_mib_per_sec") / mean("disk_mib_per_sec");
+    assert!(
+        (field(&summary, "flush_ratio") - flush_ratio).abs() < 1e-9,
+        "{summary:#}"
+    );
+    assert_eq!(field(&summary, "flush_target"), 0.8);
     // Each run's CPU per GiB (read from /proc, in 10 ms ticks: a run this small may
     // read 0), and the transport's median against produce's and consume's.
     for round in rounds {

@@ -9,6 +9,11 @@
 //! cost decides the throughput, and it moves much less between runs than the
 //! throughput does: the transport's CPU per GiB against produce's or consume's is a
 //! steadier reading of the same gap.
+//!
+//! With `--flush` each round also measures `flush=always` against the disk: a
+//! produce with acks=all and `flush=always`, which reports the broker's fdatasyncs,
+//! then `bench disk` appending as many bytes with an fdatasync at that run's average
+//! flush size.
 
 use std::path::Path;
 use std::process::Stdio;
@@ -39,6 +44,14 @@ pub struct RatioArgs {
     /// Share of the transport each of produce and consume should reach.
     #[arg(long, default_value_t = 0.75)]
     pub target: f64,
+    /// Each round also runs produce with acks=all and `flush=always`, then `bench
+    /// disk` at the flush size that run's broker had (bytes per fdatasync).
+    #[arg(long)]
+    pub flush: bool,
+    /// With --flush: the share of the disk's append + fdatasync rate `flush=always`
+    /// should reach.
+    #[arg(long, default_value_t = 0.8)]
+    pub flush_target: f64,
     /// Print one JSON object instead of the summary.
     #[arg(long)]
     pub json: bool,
@@ -53,9 +66,20 @@ struct Round {
     transport_cpu_seconds_per_gib: Option<f64>,
     consume_cpu_seconds_per_gib: Option<f64>,
     produce_cpu_seconds_per_gib: Option<f64>,
-    /// CPU seconds the hypervisor stole from this machine during the round's three
-    /// runs (absent where `/proc/stat` has no steal column).
+    /// CPU seconds the hypervisor stole from this machine during the round's runs
+    /// (absent where `/proc/stat` has no steal column).
     stolen_seconds: Option<f64>,
+    /// With --flush: the `flush=always` produce run, and the disk at its flush size.
+    #[serde(flatten, skip_serializing_if = "Option::is_none")]
+    flush: Option<FlushRound>,
+}
+
+#[derive(Serialize)]
+struct FlushRound {
+    flush_mib_per_sec: f64,
+    /// The broker's bytes of records per fdatasync in that run.
+    flush_bytes_per_fsync: u64,
+    disk_mib_per_sec: f64,
 }
 
 #[derive(Serialize)]
@@ -73,6 +97,16 @@ struct Summary {
     target: f64,
     /// CPU seconds stolen over all rounds.
     stolen_seconds: Option<f64>,
+    /// With --flush: the medians of `flush=always` and of the disk at its flush
+    /// size, and the one against the other.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flush_median: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    disk_median: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flush_ratio: Option<f64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    flush_target: Option<f64>,
 }
 
 pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
@@ -101,10 +135,23 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
             args.batch_size.to_string(),
         ]);
         let produce = bench(&exe, &["produce"], &produce_args).await?;
-        let stolen_seconds = [&transport, &consume, &produce]
+        let mut runs = vec![&transport, &consume, &produce];
+        let flushed = match args.flush {
+            true => Some(flush_round(&exe, &load, args.batch_size).await?),
+            false => None,
+        };
+        if let Some((flush, disk, _)) = &flushed {
+            runs.extend([flush, disk]);
+        }
+        let stolen_seconds = runs
             .iter()
             .map(|run| run.stolen_seconds)
             .sum::<Option<f64>>();
+        let flush = flushed.map(|(flush, disk, bytes_per_fsync)| FlushRound {
+            flush_mib_per_sec: flush.mib_per_sec,
+            flush_bytes_per_fsync: bytes_per_fsync,
+            disk_mib_per_sec: disk.mib_per_sec,
+        });
         if !args.json {
             let (t, c, p) = (
                 transport.mib_per_sec,
@@ -112,9 +159,16 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
                 produce.mib_per_sec,
             );
             println!(
-                "round {round}: transport {t:.0} MiB/s, consume {c:.0} MiB/s ({}), produce {p:.0} MiB/s ({}){}{}",
+                "round {round}: transport {t:.0} MiB/s, consume {c:.0} MiB/s ({}), produce {p:.0} MiB/s ({}){}{}{}",
                 percent(c / t),
                 percent(p / t),
+                flush.as_ref().map_or(String::new(), |f| format!(
+                    ", flush=always {:.0} MiB/s at {} KiB per fdatasync, disk {:.0} MiB/s at that size ({})",
+                    f.flush_mib_per_sec,
+                    f.flush_bytes_per_fsync / 1024,
+                    f.disk_mib_per_sec,
+                    percent(f.flush_mib_per_sec / f.disk_mib_per_sec)
+                )),
                 match (transport.cpu_seconds_per_gib, consume.cpu_seconds_per_gib, produce.cpu_seconds_per_gib) {
                     (Some(t), Some(c), Some(p)) => format!(
                         "; CPU s/GiB transport {t:.2}, consume {c:.2}, produce {p:.2}"
@@ -132,6 +186,7 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
             consume_cpu_seconds_per_gib: consume.cpu_seconds_per_gib,
             produce_cpu_seconds_per_gib: produce.cpu_seconds_per_gib,
             stolen_seconds,
+            flush,
         });
     }
     let median_of = |field: fn(&Round) -> f64| median(rounds.iter().map(field).collect());
@@ -146,6 +201,14 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
             .map(median)
     };
     let transport_cpu = cpu_median(|r| r.transport_cpu_seconds_per_gib);
+    let flush_median = |field: fn(&FlushRound) -> f64| {
+        let values: Option<Vec<f64>> = rounds.iter().map(|r| r.flush.as_ref().map(field)).collect();
+        values.map(median)
+    };
+    let (flush_median, disk_median) = (
+        flush_median(|f| f.flush_mib_per_sec),
+        flush_median(|f| f.disk_mib_per_sec),
+    );
     // None when a run was too short to read any CPU time (10 ms ticks).
     let cpu_ratio = |other: Option<f64>| Some(transport_cpu? / other.filter(|c| *c > 0.0)?);
     let summary = Summary {
@@ -158,6 +221,10 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
         produce_median,
         target: args.target,
         stolen_seconds: rounds.iter().map(|r| r.stolen_seconds).sum(),
+        flush_ratio: flush_median.zip(disk_median).map(|(f, d)| f / d),
+        flush_median,
+        disk_median,
+        flush_target: args.flush.then_some(args.flush_target),
         rounds,
     };
     if args.json {
@@ -200,7 +267,54 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
             ))
         );
     }
+    if let (Some(flush), Some(disk), Some(ratio)) = (
+        summary.flush_median,
+        summary.disk_median,
+        summary.flush_ratio,
+    ) {
+        println!(
+            "flush=always: median {flush:.0} MiB/s = {} of the disk's {disk:.0} MiB/s at the same flush size (target {}: {})",
+            percent(ratio),
+            percent(args.flush_target),
+            if ratio >= args.flush_target { "met" } else { "not met" },
+        );
+    }
     Ok(())
+}
+
+/// A produce with acks=all under `flush=always`, then `bench disk` appending as many
+/// bytes with an fdatasync every as many bytes as that run's broker wrote per
+/// fdatasync. Returns both runs and that flush size.
+async fn flush_round(
+    exe: &Path,
+    load: &[String],
+    batch_size: usize,
+) -> anyhow::Result<(Run, Run, u64)> {
+    let mut flush_args = load.to_vec();
+    flush_args.extend(
+        [
+            "--acks",
+            "all",
+            "--broker-set",
+            "flush=always",
+            "--batch-size",
+        ]
+        .map(String::from),
+    );
+    flush_args.push(batch_size.to_string());
+    let flush = bench(exe, &["produce"], &flush_args).await?;
+    let (Some(bytes), Some(fsyncs)) = (flush.bytes, flush.broker_fsyncs.filter(|n| *n > 0)) else {
+        bail!("the flush=always produce run reported no fdatasyncs of its broker");
+    };
+    let per_fsync = (bytes / fsyncs).max(1);
+    let disk_args = [
+        "--write-bytes".to_string(),
+        per_fsync.to_string(),
+        "--total-bytes".to_string(),
+        bytes.to_string(),
+    ];
+    let disk = bench(exe, &["disk"], &disk_args).await?;
+    Ok((flush, disk, per_fsync))
 }
 
 /// What one bench run reported.
@@ -208,6 +322,10 @@ struct Run {
     mib_per_sec: f64,
     cpu_seconds_per_gib: Option<f64>,
     stolen_seconds: Option<f64>,
+    /// Bytes moved (produce: of records).
+    bytes: Option<u64>,
+    /// A produce run's broker's fdatasyncs, when it made any.
+    broker_fsyncs: Option<u64>,
 }
 
 /// Runs `meridian bench <what> --json <args>` and returns what it reported.
@@ -239,6 +357,8 @@ async fn bench(exe: &Path, what: &[&str], args: &[String]) -> anyhow::Result<Run
         mib_per_sec,
         cpu_seconds_per_gib: value["cpu_seconds_per_gib"].as_f64(),
         stolen_seconds: value["stolen_seconds"].as_f64(),
+        bytes: value["bytes"].as_u64(),
+        broker_fsyncs: value["broker_fsyncs"].as_u64(),
     })
 }
 
