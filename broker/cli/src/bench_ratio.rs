@@ -24,7 +24,8 @@ use serde::Serialize;
 
 #[derive(Args)]
 pub struct RatioArgs {
-    /// Rounds of transport, consume and produce, in that order.
+    /// Rounds of transport, consume and produce, in that order (then, with --flush,
+    /// `flush=always` and the disk).
     #[arg(long, default_value_t = 4)]
     pub rounds: u32,
     #[arg(long, default_value_t = 16)]
@@ -136,9 +137,10 @@ pub async fn run(args: RatioArgs) -> anyhow::Result<()> {
         ]);
         let produce = bench(&exe, &["produce"], &produce_args).await?;
         let mut runs = vec![&transport, &consume, &produce];
-        let flushed = match args.flush {
-            true => Some(flush_round(&exe, &load, args.batch_size).await?),
-            false => None,
+        let flushed = if args.flush {
+            Some(flush_round(&exe, &load, args.batch_size).await?)
+        } else {
+            None
         };
         if let Some((flush, disk, _)) = &flushed {
             runs.extend([flush, disk]);
