@@ -1176,6 +1176,12 @@ impl Pending {
         )
     }
 
+    /// Whether the response lists this broker's settings (DescribeConfigs): the only
+    /// one whose [`Listener::settings`] must be current.
+    pub fn reads_settings(&self) -> bool {
+        self.header.api == ApiKey::DescribeConfigs
+    }
+
     pub fn api(&self) -> ApiKey {
         self.header.api
     }

@@ -54,9 +54,9 @@ pub(crate) fn advertised(shared: &Shared, bound: SocketAddr) -> KafkaBroker {
 /// broker that registered a Kafka listener (from the metadata image, rebuilt when
 /// the image changes and a response names brokers).
 pub(crate) struct Directory {
-    /// This broker alone, with the settings it was last built with (replaced when a
-    /// reload changes them).
-    own: parking_lot::Mutex<Arc<Listener>>,
+    /// This broker alone, with its settings as at start (a response that lists them
+    /// reads them afresh: a reload may have changed them).
+    own: Arc<Listener>,
     /// In a cluster: the image the listener was last built from, and that listener.
     cached: parking_lot::Mutex<Option<(Arc<MetadataImage>, Arc<Listener>)>>,
 }
@@ -64,48 +64,40 @@ pub(crate) struct Directory {
 impl Directory {
     pub(crate) fn new(shared: &Shared, own: KafkaBroker) -> Directory {
         Directory {
-            own: parking_lot::Mutex::new(Arc::new(Listener {
+            own: Arc::new(Listener {
                 broker_id: own.id,
                 cluster_id: shared.config.cluster_id.clone(),
                 brokers: vec![own],
                 settings: shared.kafka_settings.read().clone(),
-            })),
+            }),
             cached: parking_lot::Mutex::new(None),
         }
     }
 
-    /// This broker alone, with its current settings.
-    fn own(&self, shared: &Shared) -> Arc<Listener> {
-        let settings = shared.kafka_settings.read().clone();
-        let mut own = self.own.lock();
-        if !Arc::ptr_eq(&own.settings, &settings) {
-            *own = Arc::new(Listener {
-                settings,
-                ..(**own).clone()
-            });
-        }
-        own.clone()
-    }
-
     /// The listener a response to `pending` needs.
     fn for_response(&self, shared: &Shared, pending: &Pending) -> Arc<Listener> {
-        let own = self.own(shared);
+        if pending.reads_settings() {
+            return Arc::new(Listener {
+                settings: shared.kafka_settings.read().clone(),
+                ..(*self.own).clone()
+            });
+        }
         let Some(cluster) = shared.cluster.as_ref().filter(|_| pending.names_brokers()) else {
-            return own;
+            return self.own.clone();
         };
         let image = cluster.image();
         let mut cached = self.cached.lock();
         if let Some((built_from, listener)) = cached.as_ref() {
-            if Arc::ptr_eq(built_from, &image) && Arc::ptr_eq(&listener.settings, &own.settings) {
+            if Arc::ptr_eq(built_from, &image) {
                 return listener.clone();
             }
         }
-        let mut brokers = own.brokers.clone();
+        let mut brokers = self.own.brokers.clone();
         brokers.extend(
             image
                 .brokers
                 .values()
-                .filter(|b| b.id != own.broker_id)
+                .filter(|b| b.id != self.own.broker_id)
                 .filter_map(|b| {
                     b.kafka.as_ref().map(|kafka| KafkaBroker {
                         id: b.id,
@@ -117,7 +109,7 @@ impl Directory {
         );
         let listener = Arc::new(Listener {
             brokers,
-            ..(*own).clone()
+            ..(*self.own).clone()
         });
         *cached = Some((image, listener.clone()));
         listener
