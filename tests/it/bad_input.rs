@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meridian_client::{ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
+use meridian_tests::{MountPrivilege, SKIP};
 use meridian_wire::frame::{decode_response, encode_request, ResponseFrame};
 use meridian_wire::messages::*;
 
@@ -367,21 +368,20 @@ async fn client_vanishing_mid_request_harms_nothing() {
     assert_eq!(code, ErrorCode::None);
 }
 
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
 /// A full disk: produce gets StorageError, reads keep working, nothing acknowledged
-/// is lost, and writes resume once space is freed.
+/// is lost, and writes resume once space is freed. The disk is a 3 MiB tmpfs: as
+/// root mounted here, else in a user namespace of its own
+/// ([`meridian_tests::mount_privilege`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_refuses_writes_and_keeps_serving_reads() {
-    if !is_root() {
-        eprintln!("skipping disk_full_refuses_writes_and_keeps_serving_reads: mounting a small tmpfs needs root");
-        return;
+    let name = "disk_full_refuses_writes_and_keeps_serving_reads";
+    match meridian_tests::mount_privilege(module_path!(), name) {
+        MountPrivilege::Here => {}
+        MountPrivilege::RanInNamespace => return,
+        MountPrivilege::Unavailable(why) => {
+            eprintln!("{SKIP} {name}: mounting a small tmpfs needs root: {why}");
+            return;
+        }
     }
     let temp = tempfile::tempdir().unwrap();
     let mount = temp.path().join("small");
@@ -393,9 +393,7 @@ async fn disk_full_refuses_writes_and_keeps_serving_reads() {
         .map(|s| s.success())
         .unwrap_or(false);
     if !mounted {
-        eprintln!(
-            "skipping disk_full_refuses_writes_and_keeps_serving_reads: cannot mount tmpfs here"
-        );
+        eprintln!("{SKIP} {name}: cannot mount a tmpfs here");
         return;
     }
     struct Unmount(std::path::PathBuf);
