@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use meridian_client::{ErrorCode, NewTopic, ProducerConfig, ProducerRecord};
-use meridian_tests::{MountPrivilege, SKIP};
+use meridian_tests::{mounts_here, SKIP};
 use meridian_wire::frame::{decode_response, encode_request, ResponseFrame};
 use meridian_wire::messages::*;
 
@@ -371,17 +371,12 @@ async fn client_vanishing_mid_request_harms_nothing() {
 /// A full disk: produce gets StorageError, reads keep working, nothing acknowledged
 /// is lost, and writes resume once space is freed. The disk is a 3 MiB tmpfs: as
 /// root mounted here, else in a user namespace of its own
-/// ([`meridian_tests::mount_privilege`]).
+/// ([`meridian_tests::mounts_here`]).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn disk_full_refuses_writes_and_keeps_serving_reads() {
     let name = "disk_full_refuses_writes_and_keeps_serving_reads";
-    match meridian_tests::mount_privilege(module_path!(), name) {
-        MountPrivilege::Here => {}
-        MountPrivilege::RanInNamespace => return,
-        MountPrivilege::Unavailable(why) => {
-            eprintln!("{SKIP} {name}: mounting a small tmpfs needs root: {why}");
-            return;
-        }
+    if !mounts_here(module_path!(), name) {
+        return;
     }
     let temp = tempfile::tempdir().unwrap();
     let mount = temp.path().join("small");

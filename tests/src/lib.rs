@@ -74,6 +74,20 @@ pub fn mount_privilege(module: &str, name: &str) -> MountPrivilege {
     MountPrivilege::RanInNamespace
 }
 
+/// [`mount_privilege`] as a mounting test's first line: `true` when the test goes on
+/// here; `false` when it already ran (and passed) in a namespace, or cannot run,
+/// which it then says on stderr.
+pub fn mounts_here(module: &str, name: &str) -> bool {
+    match mount_privilege(module, name) {
+        MountPrivilege::Here => true,
+        MountPrivilege::RanInNamespace => false,
+        MountPrivilege::Unavailable(why) => {
+            eprintln!("{SKIP} {name}: mounting a tmpfs needs root: {why}");
+            false
+        }
+    }
+}
+
 /// How a skipped test's line starts.
 pub const SKIP: &str = "skipping";
 

@@ -1,14 +1,14 @@
 //! A full disk: appends fail with a storage error, nothing else breaks.
 //!
 //! The disk is a small tmpfs: mounted here as root, else in a user namespace of the
-//! test's own ([`meridian_tests::mount_privilege`]); where neither can be had, the
+//! test's own ([`meridian_tests::mounts_here`]); where neither can be had, the
 //! test says so and passes.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use meridian_log::{validate_batches, LogConfig, LogError, PartitionLog};
-use meridian_tests::{mount_privilege, MountPrivilege, SKIP};
+use meridian_tests::{mounts_here, SKIP};
 use meridian_wire::ErrorCode;
 
 use crate::support::*;
@@ -40,13 +40,8 @@ fn mount_tiny_tmpfs(at: &Path) -> Option<Mount> {
 #[test]
 fn a_full_disk_fails_appends_cleanly() {
     let name = "a_full_disk_fails_appends_cleanly";
-    match mount_privilege(module_path!(), name) {
-        MountPrivilege::Here => {}
-        MountPrivilege::RanInNamespace => return,
-        MountPrivilege::Unavailable(why) => {
-            eprintln!("{SKIP} {name}: mounting a tmpfs needs root: {why}");
-            return;
-        }
+    if !mounts_here(module_path!(), name) {
+        return;
     }
     let mount_point = tempfile::tempdir().unwrap();
     let Some(_mount) = mount_tiny_tmpfs(mount_point.path()) else {
