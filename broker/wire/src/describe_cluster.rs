@@ -8,6 +8,19 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::error::ErrorCode;
 
 /// A broker as the cluster's metadata has it.
+///
+/// ```
+/// use meridian_wire::describe_cluster::BrokerState;
+/// # fn example(cluster: meridian_wire::describe_cluster::DescribeClusterResponse) {
+/// let down: Vec<u32> = cluster
+///     .brokers
+///     .iter()
+///     .filter(|b| b.state != BrokerState::Running)
+///     .map(|b| b.broker_id)
+///     .collect();
+/// println!("not serving: {down:?}");
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum BrokerState {
@@ -49,6 +62,14 @@ impl BrokerState {
 }
 
 /// A broker's part in the metadata quorum.
+///
+/// ```
+/// use meridian_wire::describe_cluster::QuorumRole;
+/// # fn example(cluster: meridian_wire::describe_cluster::DescribeClusterResponse) {
+/// let voters = cluster.brokers.iter().filter(|b| b.role == QuorumRole::Voter).count();
+/// println!("{voters} voters");
+/// # }
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
 pub enum QuorumRole {
@@ -85,6 +106,17 @@ impl QuorumRole {
 }
 
 /// One broker of [`DescribeClusterResponse::brokers`].
+///
+/// ```
+/// # fn example(cluster: meridian_wire::describe_cluster::DescribeClusterResponse) {
+/// for b in &cluster.brokers {
+///     println!(
+///         "{} {}:{} {} ({}), leads {} of its {} replicas",
+///         b.broker_id, b.host, b.port, b.state.name(), b.role.name(), b.leaders, b.replicas
+///     );
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BrokerStatus {
     pub broker_id: u32,
@@ -104,6 +136,15 @@ pub struct BrokerStatus {
 }
 
 /// The metadata quorum as the answering broker sees it.
+///
+/// ```
+/// # fn example(cluster: meridian_wire::describe_cluster::DescribeClusterResponse) {
+/// match &cluster.quorum {
+///     Some(q) => println!("term {}, applied {} of {}", q.term, q.applied_index, q.last_log_index),
+///     None => println!("a single broker: no quorum"),
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct QuorumStatus {
     /// The Raft term.
@@ -120,6 +161,19 @@ pub struct QuorumStatus {
     pub millis_since_quorum_ack: i64,
 }
 
+/// A cluster as one of its brokers describes it (`Admin::describe_cluster` in the
+/// SDK, `meridian cluster describe` on the command line).
+///
+/// ```
+/// # fn example(cluster: meridian_wire::describe_cluster::DescribeClusterResponse) {
+/// println!(
+///     "cluster {}: {} brokers, controller {}",
+///     cluster.cluster_id,
+///     cluster.brokers.len(),
+///     cluster.controller_id
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DescribeClusterResponse {
     pub error: ErrorCode,

@@ -39,6 +39,13 @@ pub const TRACE_CONTEXT_API_VERSIONS: u16 = 1;
 
 /// The W3C trace context (`traceparent`) of the client span a request was sent
 /// from, in binary: the broker makes its span of the request a child of it.
+///
+/// ```
+/// use meridian_wire::frame::TraceContext;
+/// let context = TraceContext { trace_id: [0x4b; 16], span_id: [0xf0; 8], flags: 1 };
+/// assert!(context.is_valid());
+/// assert!(!TraceContext { span_id: [0; 8], ..context }.is_valid());
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TraceContext {
     pub trace_id: [u8; 16],

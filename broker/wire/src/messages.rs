@@ -371,6 +371,16 @@ pub struct DescribeTopicsRequest {
     pub names: Vec<String>,
 }
 
+/// One setting of a topic as [`TopicDescription::configs`] lists it: its value in
+/// effect, and whether that is the broker's default (no value of the topic's own).
+///
+/// ```
+/// # fn example(topic: meridian_wire::messages::TopicDescription) {
+/// for config in topic.configs.iter().filter(|c| !c.is_default) {
+///     println!("{} = {} (set on the topic)", config.key, config.value);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DescribedConfig {
     pub key: String,
@@ -378,6 +388,17 @@ pub struct DescribedConfig {
     pub is_default: bool,
 }
 
+/// One partition of [`TopicDescription::partitions`]: where its log starts, its
+/// high watermark (the end consumers read to) and its size on disk.
+///
+/// ```
+/// # fn example(topic: meridian_wire::messages::TopicDescription) {
+/// for p in &topic.partitions {
+///     let records = p.high_watermark - p.log_start_offset;
+///     println!("{}: {records} records, {} bytes in {} segments", p.partition, p.size_bytes, p.segments);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PartitionDescription {
     pub partition: u32,
@@ -388,6 +409,22 @@ pub struct PartitionDescription {
     pub segments: u32,
 }
 
+/// A topic as the broker describes it (`Admin::describe_topic` in the SDK,
+/// `meridian topic describe` on the command line): replication factor, every
+/// setting with its value in effect, partitions and plugin chain.
+///
+/// ```
+/// # fn example(topic: meridian_wire::messages::TopicDescription) {
+/// let retention = topic.configs.iter().find(|c| c.key == "retention.ms");
+/// println!(
+///     "{}: {} partitions, replication factor {}, retention.ms {:?}",
+///     topic.name,
+///     topic.partitions.len(),
+///     topic.replication_factor,
+///     retention.map(|c| &c.value)
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicDescription {
     pub name: String,

@@ -16,7 +16,22 @@ pub struct PluginDeployRequest {
     pub module: Bytes,
 }
 
-/// A deployed plugin.
+/// A deployed plugin (what the SDK's plugin admin calls return, and `meridian
+/// plugin list` and `plugin describe` print).
+///
+/// ```
+/// # fn example(plugin: meridian_wire::plugin_messages::PluginInfo) {
+/// println!(
+///     "{} {} ({}, {} bytes, sha256 {}) on {}",
+///     plugin.name,
+///     plugin.version,
+///     plugin.kind,
+///     plugin.size_bytes,
+///     plugin.sha256,
+///     plugin.attached_to.join(", ")
+/// );
+/// # }
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PluginInfo {
     pub name: String,
@@ -56,7 +71,20 @@ pub struct PluginResult {
     pub message: String,
 }
 
-/// One plugin in a topic's produce chain.
+/// One plugin in a topic's produce chain: its parameters, limits and what happens
+/// to a batch it fails on.
+///
+/// ```
+/// use meridian_wire::plugin_messages::Attachment;
+/// let attachment = Attachment {
+///     plugin: "json-filter".into(),
+///     params: vec![("where".into(), "total>=100".into())],
+///     batch_time_max_ms: 0, // the broker's default
+///     memory_max_bytes: 0,  // the broker's default
+///     on_failure: "dead-letter:orders-dlq".into(),
+/// };
+/// assert_eq!(attachment.params[0].0, "where");
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Attachment {
     pub plugin: String,

@@ -206,6 +206,15 @@ impl ElectLeadersRequest {
 
 /// One partition of [`ElectLeadersResponse`]: `ElectionNotNeeded` where the preferred
 /// replica leads already, `PreferredLeaderNotAvailable` where it cannot lead now.
+///
+/// ```
+/// use meridian_wire::ErrorCode;
+/// # fn example(results: Vec<meridian_wire::reassign::ElectionResult>) {
+/// for r in results.iter().filter(|r| r.error != ErrorCode::None) {
+///     println!("{}/{}: {:?} {} (leader {})", r.topic, r.partition, r.error, r.message, r.leader);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElectionResult {
     pub topic: String,

@@ -140,6 +140,14 @@ impl TopicConfigChanges {
 }
 
 /// A broker's log directory, what [`Admin::log_dir`] returns.
+///
+/// ```
+/// # fn example(dir: meridian_client::LogDir) {
+/// if let (Some(total), Some(usable)) = (dir.total_bytes, dir.usable_bytes) {
+///     println!("broker {}: {} of {} bytes free in {}", dir.broker_id, usable, total, dir.path);
+/// }
+/// # }
+/// ```
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LogDir {
     pub broker_id: u32,
