@@ -648,7 +648,11 @@ fn bench_json(dir: &std::path::Path, args: &[&str]) -> serde_json::Value {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}");
+    assert!(
+        out.status.success(),
+        "stdout: {stdout}\nstderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     serde_json::from_str(stdout.trim()).unwrap()
 }
 
@@ -761,20 +765,23 @@ fn bench_produce_reports_the_brokers_fdatasyncs_under_flush_always() {
 #[test]
 fn bench_ratio_runs_each_bench_and_relates_the_medians() {
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(crate::harness::meridian_bin())
-        .args(["bench", "ratio", "--json", "--rounds", "2", "--flush"])
-        .args(["--transport-bytes", "16777216", "--records", "20000"])
-        .args(["--partitions", "2", "--record-size", "256"])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let summary = bench_json(
+        dir.path(),
+        &[
+            "ratio",
+            "--rounds",
+            "2",
+            "--flush",
+            "--transport-bytes",
+            "16777216",
+            "--records",
+            "20000",
+            "--partitions",
+            "2",
+            "--record-size",
+            "256",
+        ],
     );
-    let summary: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     let rounds = summary["rounds"].as_array().unwrap();
     assert_eq!(rounds.len(), 2, "{summary:#}");
     let field = |round: &serde_json::Value, name: &str| round[name].as_f64().unwrap();
