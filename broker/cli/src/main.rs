@@ -28,6 +28,14 @@ use clap::{Args, Parser, Subcommand};
 use meridian_client::{Client, ClientConfig, ClientIdentity, Trust};
 use meridian_server::{Broker, BrokerConfig};
 
+/// The Kafka listener decodes requests with kafka-protocol, which sets aside room
+/// for an array's elements by the count on the wire before reading one: without
+/// this allocator a frame of a few dozen bytes claiming billions of elements would
+/// abort the broker (see `meridian_kafka::alloc`).
+#[global_allocator]
+static ALLOCATOR: meridian_kafka::alloc::LazyLargeAllocator =
+    meridian_kafka::alloc::LazyLargeAllocator;
+
 #[derive(Parser)]
 #[command(
     name = "meridian",

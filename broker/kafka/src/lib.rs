@@ -27,11 +27,17 @@
 //! ([`decode_in`]). Told to give some up, it does, and joins again owning fewer.
 
 mod admin;
+pub mod alloc;
 mod refusals;
 mod replicas;
 pub mod sasl;
 
 pub use refusals::refusal;
+
+// Decoding a lying array count must not abort the tests either (see `alloc`).
+#[cfg(test)]
+#[global_allocator]
+static ALLOCATOR: alloc::LazyLargeAllocator = alloc::LazyLargeAllocator;
 
 use std::collections::VecDeque;
 

@@ -2133,3 +2133,93 @@ fn requests_refused_whole_are_answered_with_the_authorization_error() {
         None
     );
 }
+
+/// A request of each served API at `version`, with every field at its default (so
+/// every array empty).
+fn default_request(api: ApiKey, version: i16) -> Bytes {
+    macro_rules! frame {
+        ($($key:ident => $request:ty),* $(,)?) => {
+            match api {
+                $(ApiKey::$key => frame_of(api, version, &<$request>::default()),)*
+                other => panic!("{other:?} is not served"),
+            }
+        };
+    }
+    frame! {
+        Produce => k::ProduceRequest,
+        Fetch => k::FetchRequest,
+        ListOffsets => k::ListOffsetsRequest,
+        OffsetForLeaderEpoch => k::OffsetForLeaderEpochRequest,
+        Metadata => k::MetadataRequest,
+        OffsetCommit => k::OffsetCommitRequest,
+        OffsetFetch => k::OffsetFetchRequest,
+        FindCoordinator => k::FindCoordinatorRequest,
+        JoinGroup => k::JoinGroupRequest,
+        SyncGroup => k::SyncGroupRequest,
+        Heartbeat => k::HeartbeatRequest,
+        LeaveGroup => k::LeaveGroupRequest,
+        ListGroups => k::ListGroupsRequest,
+        DescribeGroups => k::DescribeGroupsRequest,
+        DeleteGroups => k::DeleteGroupsRequest,
+        OffsetDelete => k::OffsetDeleteRequest,
+        ApiVersions => k::ApiVersionsRequest,
+        CreateTopics => k::CreateTopicsRequest,
+        DeleteTopics => k::DeleteTopicsRequest,
+        InitProducerId => k::InitProducerIdRequest,
+        DescribeConfigs => k::DescribeConfigsRequest,
+        AlterConfigs => k::AlterConfigsRequest,
+        IncrementalAlterConfigs => k::IncrementalAlterConfigsRequest,
+        CreatePartitions => k::CreatePartitionsRequest,
+        DeleteRecords => k::DeleteRecordsRequest,
+        AlterPartitionReassignments => k::AlterPartitionReassignmentsRequest,
+        ListPartitionReassignments => k::ListPartitionReassignmentsRequest,
+        ElectLeaders => k::ElectLeadersRequest,
+        DescribeLogDirs => k::DescribeLogDirsRequest,
+        DescribeCluster => k::DescribeClusterRequest,
+        SaslHandshake => k::SaslHandshakeRequest,
+        SaslAuthenticate => k::SaslAuthenticateRequest,
+    }
+}
+
+/// kafka-protocol sizes an array by its count before reading an element, so a
+/// count of billions in a frame of a few dozen bytes asks for hundreds of
+/// gigabytes; under the system allocator that aborts the process. Every served
+/// request, at its oldest and newest version, gets the largest count in each
+/// encoding (INT32 for arrays before flexible versions, an unsigned varint after)
+/// at every position of its body, where some land on an array's count: each must
+/// come back as a typed error or a request, with the process still here.
+#[test]
+fn lying_array_counts_are_malformed_requests_not_an_abort() {
+    let int32 = 0x7fff_ffffi32.to_be_bytes();
+    let varint = [0xff, 0xff, 0xff, 0xff, 0x0f];
+    let mapped_before = alloc::blocks_mapped();
+    let mut refused = 0;
+    for &(api, min, max) in APIS {
+        for version in [min, max] {
+            let frame = default_request(api, version);
+            let header_len = frame.len() - body_len(api, version, &frame);
+            for at in header_len..frame.len() {
+                for count in [&int32[..], &varint[..]] {
+                    let mut lying = frame[..at].to_vec();
+                    lying.extend_from_slice(count);
+                    lying.extend_from_slice(&frame[(at + count.len()).min(frame.len())..]);
+                    match decode(Bytes::from(lying)) {
+                        Err(KafkaError::Malformed { .. }) => refused += 1,
+                        Err(other) => panic!("{api:?} v{version} at {at}: {other}"),
+                        Ok(_) => {}
+                    }
+                }
+            }
+        }
+    }
+    assert!(refused > 100, "{refused}");
+    // The lying counts did reach the decoder's preallocation.
+    assert!(alloc::blocks_mapped() > mapped_before);
+}
+
+/// How many bytes of `frame` follow its request header.
+fn body_len(api: ApiKey, version: i16, frame: &Bytes) -> usize {
+    let mut buf = frame.clone();
+    k::RequestHeader::decode(&mut buf, api.request_header_version(version)).unwrap();
+    buf.len()
+}
