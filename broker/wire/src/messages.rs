@@ -1411,6 +1411,15 @@ mod tests {
         for cut in 4..frame.len() {
             let _ = decode_request(frame.slice(4..cut));
         }
+        // So must every frame with one byte changed (a count made huge, a
+        // length made negative, a tag made unknown).
+        for at in 4..frame.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut changed = frame[4..].to_vec();
+                changed[at - 4] = byte;
+                let _ = decode_request(Bytes::from(changed));
+            }
+        }
     }
 
     fn check_response(response: Response) {
@@ -1419,6 +1428,13 @@ mod tests {
         assert_eq!(decoded, ResponseFrame::Ok(response.clone()));
         for cut in 4..frame.len() {
             let _ = decode_response(response.api_key(), frame.slice(4..cut));
+        }
+        for at in 4..frame.len() {
+            for byte in [0x00, 0x01, 0x7f, 0x80, 0xff] {
+                let mut changed = frame[4..].to_vec();
+                changed[at - 4] = byte;
+                let _ = decode_response(response.api_key(), Bytes::from(changed));
+            }
         }
     }
 
