@@ -2190,6 +2190,10 @@ fn default_request(api: ApiKey, version: i16) -> Bytes {
 /// come back as a typed error or a request, with the process still here.
 #[test]
 fn lying_array_counts_are_malformed_requests_not_an_abort() {
+    if let Some(why) = alloc::lazy_blocks_refused() {
+        eprintln!("skipping: {why}");
+        return;
+    }
     let int32 = 0x7fff_ffffi32.to_be_bytes();
     let varint = [0xff, 0xff, 0xff, 0xff, 0x0f];
     let mapped_before = alloc::blocks_mapped();

@@ -266,6 +266,12 @@ fn flatten(prefix: String, value: serde_json::Value, out: &mut BTreeMap<String, 
 /// Accepts Kafka connections until the task is aborted; at most `max_connections`
 /// at once (beyond, a new connection is closed at once).
 pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, directory: Directory) {
+    if let Some(why) = meridian_kafka::alloc::lazy_blocks_refused() {
+        tracing::warn!(
+            "a Kafka request whose array claims billions of elements can abort this \
+             broker: {why} (see meridian_kafka::alloc)"
+        );
+    }
     let directory = Arc::new(directory);
     let limit = shared.config.max_connections as usize;
     let slots = Arc::new(Semaphore::new(limit));
