@@ -405,6 +405,13 @@ const TRANSACTIONS: &str = "transactions are not served by this broker";
 /// (version 8, for tiered storage).
 const EARLIEST_LOCAL_TIMESTAMP: i64 = -4;
 
+/// What a kafka-protocol error says, on one line: its messages end in a newline
+/// (`Not enough bytes remaining in buffer!\n`), which left a blank line in the log
+/// after each refused request.
+fn reason(e: &impl std::fmt::Display) -> String {
+    format!("{e:#}").trim_end().to_string()
+}
+
 /// Reads one request frame (the bytes after its size), on a connection of its own.
 pub fn decode(frame: Bytes) -> Result<Step, KafkaError> {
     decode_in(frame, &mut Session::default())
@@ -451,7 +458,7 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
         reason,
     };
     let request_header = k::RequestHeader::decode(&mut buf, api.request_header_version(version))
-        .map_err(|e| malformed(format!("{e:#}")))?;
+        .map_err(|e| malformed(reason(&e)))?;
     let header = Header {
         api,
         version,
@@ -468,7 +475,7 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
     };
     macro_rules! body {
         ($t:ty) => {
-            <$t>::decode(&mut buf, version).map_err(|e| malformed(format!("{e:#}")))?
+            <$t>::decode(&mut buf, version).map_err(|e| malformed(reason(&e)))?
         };
     }
     match api {
@@ -1091,7 +1098,7 @@ fn versioned<T: Decodable + kafka_protocol::protocol::Message>(bytes: &Bytes) ->
     if version < T::VERSIONS.min {
         return Err(format!("version {version}"));
     }
-    T::decode(&mut buf, version.min(T::VERSIONS.max)).map_err(|e| format!("{e:#}"))
+    T::decode(&mut buf, version.min(T::VERSIONS.max)).map_err(|e| reason(&e))
 }
 
 /// Kafka's partition index, for Meridian. A negative one becomes an index no topic
@@ -1163,9 +1170,9 @@ impl Header {
         k::ResponseHeader::default()
             .with_correlation_id(self.correlation_id)
             .encode(&mut out, self.api.response_header_version(self.version))
-            .map_err(|e| encode_error(format!("{e:#}")))?;
+            .map_err(|e| encode_error(reason(&e)))?;
         body.encode(&mut out, self.version)
-            .map_err(|e| encode_error(format!("{e:#}")))?;
+            .map_err(|e| encode_error(reason(&e)))?;
         let size = (out.len() - 4) as i32;
         out[..4].copy_from_slice(&size.to_be_bytes());
         Ok(out.freeze())
@@ -1502,7 +1509,7 @@ fn embedded<T: Encodable>(message: &T, api: ApiKey, what: &str) -> Result<Bytes,
         .map_err(|e| KafkaError::Encode {
             api,
             version: 0,
-            reason: format!("{what}: {e:#}"),
+            reason: format!("{what}: {}", reason(&e)),
         })?;
     Ok(out.freeze())
 }

@@ -2208,7 +2208,10 @@ fn lying_array_counts_are_malformed_requests_not_an_abort() {
                     lying.extend_from_slice(count);
                     lying.extend_from_slice(&frame[(at + count.len()).min(frame.len())..]);
                     match decode(Bytes::from(lying)) {
-                        Err(KafkaError::Malformed { .. }) => refused += 1,
+                        Err(KafkaError::Malformed { reason, .. }) => {
+                            assert_eq!(reason.trim_end(), reason, "one line");
+                            refused += 1
+                        }
                         Err(other) => panic!("{api:?} v{version} at {at}: {other}"),
                         Ok(_) => {}
                     }
