@@ -76,6 +76,6 @@ consumer.close()
 seen["deleted"] = admin.delete_groups([BUSY, IDLE])
 seen["deleted_again"] = admin.delete_groups([IDLE])
 seen["listed_after"] = sorted(
-    g.group_id for g in admin.list_groups() if g.group_id in (IDLE, BUSY)
+    g["group_id"] for g in admin.list_groups() if g["group_id"] in (IDLE, BUSY)
 )
 print(json.dumps(seen))
