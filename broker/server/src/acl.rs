@@ -1,10 +1,10 @@
 //! Authorization (`acl_file`): which client may do what, by the common name of the
 //! certificate it presented (mutual TLS, `tls_client_ca`).
 //!
-//! Pure: the rules are parsed from the file's text, and [`check`] turns a decoded
+//! Pure: the rules are parsed from the file's text, and `check` turns a decoded
 //! request into what the dispatcher does with it (serve it, serve it without the
 //! topics the client may not touch and answer those with an error, or refuse it);
-//! [`After`] then finishes the response. No I/O here besides [`Acl::load`].
+//! `After` then finishes the response. No I/O here besides [`Acl::load`].
 //!
 //! The model is Kafka's, without hosts: a rule allows (or denies) principals
 //! operations on resources (topics and groups by name, exact or by prefix, and the

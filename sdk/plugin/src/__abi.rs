@@ -2,9 +2,9 @@
 //! `meridian_wasm_host::abi` for the byte layouts). The attribute macros expand to
 //! [`export!`](crate::__export) which calls these functions; plugin authors never do.
 //!
-//! No unsafe: the host writes each call's input into [`INPUT`] (whose address
+//! No unsafe: the host writes each call's input into `INPUT` (whose address
 //! `meridian_alloc` returns), and the guest reads it back through the same buffer rather
-//! than through the raw pointer argument. Output goes to [`OUTPUT`], an arena cleared at
+//! than through the raw pointer argument. Output goes to `OUTPUT`, an arena cleared at
 //! every call, whose address and length are returned to the host.
 
 use std::cell::RefCell;
