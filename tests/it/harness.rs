@@ -736,3 +736,39 @@ pub fn run_with_stdin(mut command: Command, stdin: &str) -> (bool, String, Strin
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Pseudo-random numbers from a fixed seed (xorshift64), for tests that change their
+/// input at random and must fail the same way twice: each call gives one below its
+/// argument.
+pub fn seeded(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut state = seed;
+    move |below| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        (state % below as u64) as usize
+    }
+}
+
+/// `frame` changed at one place at or after `from`, picked by `next` (see
+/// [`seeded`]): a byte set to an edge value, an INT32 or INT16 made extreme, the
+/// varint 2^32 - 1 spliced in, or the frame cut short there.
+pub fn mutate(frame: &mut Vec<u8>, from: usize, next: &mut impl FnMut(usize) -> usize) {
+    let at = from + next(frame.len() - from);
+    let overwrite = |frame: &mut Vec<u8>, bytes: &[u8]| {
+        let end = (at + bytes.len()).min(frame.len());
+        frame[at..end].copy_from_slice(&bytes[..end - at]);
+    };
+    match next(5) {
+        0 => frame[at] = [0, 1, 0x7f, 0x80, 0xff][next(5)],
+        1 => overwrite(
+            frame,
+            &[u32::MAX, 1 << 31, 0x7fff_ffff, 1 << 24][next(4)].to_be_bytes(),
+        ),
+        2 => overwrite(frame, &[0x8000u16, 0xffff, 0x7fff][next(3)].to_be_bytes()),
+        3 => {
+            frame.splice(at..at, [0xff, 0xff, 0xff, 0xff, 0x0f]);
+        }
+        _ => frame.truncate(at),
+    }
+}
