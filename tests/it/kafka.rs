@@ -15,7 +15,7 @@ use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 
-use crate::harness::{free_ports, mutate, seeded, TestBroker};
+use crate::harness::{batch, free_ports, mutate, seeded, TestBroker};
 
 /// A broker with a Kafka listener, and that listener's address.
 pub(crate) fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
@@ -236,6 +236,22 @@ fn request_body<T: Encodable + HeaderVersion>(
     frame
 }
 
+/// `body` behind its 4-byte size, as it goes on the wire.
+fn sized(body: &[u8]) -> Vec<u8> {
+    [&(body.len() as i32).to_be_bytes()[..], body].concat()
+}
+
+/// A consumer's JoinGroup metadata (ConsumerProtocolSubscription v1) for `topic`.
+fn subscription(topic: &'static str) -> Bytes {
+    let mut subscription = BytesMut::new();
+    subscription.put_i16(1);
+    k::ConsumerProtocolSubscription::default()
+        .with_topics(vec![StrBytes::from_static_str(topic)])
+        .encode(&mut subscription, 1)
+        .unwrap();
+    subscription.freeze()
+}
+
 /// A raw Kafka connection: requests encoded, responses decoded by kafka-protocol.
 pub(crate) struct Raw {
     stream: TcpStream,
@@ -262,10 +278,7 @@ impl Raw {
     ) {
         self.correlation += 1;
         let body = request_body(api, version, self.correlation, body);
-        let mut frame = BytesMut::new();
-        frame.put_i32(body.len() as i32);
-        frame.put_slice(&body);
-        self.stream.write_all(&frame).unwrap();
+        self.stream.write_all(&sized(&body)).unwrap();
     }
 
     pub(crate) fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> T {
@@ -737,13 +750,7 @@ impl Member {
     }
 
     fn rejoin(&mut self, protocols: &[&'static str]) -> Result<(), i16> {
-        let mut subscription = BytesMut::new();
-        subscription.put_i16(1);
-        k::ConsumerProtocolSubscription::default()
-            .with_topics(vec![StrBytes::from_static_str("events")])
-            .encode(&mut subscription, 1)
-            .unwrap();
-        let subscription = subscription.freeze();
+        let subscription = subscription("events");
         let join = k::JoinGroupRequest::default()
             .with_group_id(GroupId(StrBytes::from_static_str("billing")))
             .with_session_timeout_ms(10_000)
@@ -1463,7 +1470,7 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
     let value = |key| crate::metrics::value(&samples, key);
     assert_eq!(value("meridian_kafka_connections_open"), 3.0);
     assert!(value("meridian_kafka_connections_refused_total") >= 1.0);
-    let lying = if lazy_blocks_refused().is_none() {
+    let lying = if meridian_kafka::alloc::lazy_blocks_refused().is_none() {
         2.0
     } else {
         0.0
@@ -1496,55 +1503,38 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
     assert!(ok, "{err}");
 }
 
-/// Why the broker could not survive a lying array count here (see
-/// `meridian_kafka::alloc`): `vm.overcommit_memory = 2`.
-fn lazy_blocks_refused() -> Option<String> {
-    let mode = std::fs::read_to_string("/proc/sys/vm/overcommit_memory").ok()?;
-    (mode.trim() == "2").then(|| "vm.overcommit_memory is 2 (strict accounting)".into())
-}
-
 /// Arrays claiming billions of elements in frames of a few dozen bytes: a
 /// Metadata v1 topic count (INT32), a Produce v9 partition count (a compact
 /// array's varint). kafka-protocol sets aside room for the elements before it
 /// reads one; that room is granted without memory (`LazyLargeAllocator`), the
 /// frame ends, and the request is malformed instead of the broker aborting.
 fn lying_array_counts_close_their_connections(addr: &str) {
-    if let Some(why) = lazy_blocks_refused() {
+    if let Some(why) = meridian_kafka::alloc::lazy_blocks_refused() {
         eprintln!("skipping the lying array counts: {why}");
         return;
     }
+    let metadata = k::MetadataRequest::default().with_topics(Some(vec![]));
+    let mut body = request_body(ApiKey::Metadata, 1, 1, &metadata);
+    // It ends with the empty topic array's count.
+    assert!(body.ends_with(&[0, 0, 0, 0]));
+    let end = body.len() - 4;
+    body[end..].copy_from_slice(&i32::MAX.to_be_bytes());
     let mut raw = Raw::connect(addr);
-    let mut frame = BytesMut::new();
-    frame.put_i32(14);
-    frame.put_i16(ApiKey::Metadata as i16);
-    frame.put_i16(1);
-    frame.put_i32(1);
-    frame.put_i16(-1); // no client id
-    frame.put_i32(i32::MAX);
-    raw.stream.write_all(&frame).unwrap();
+    raw.stream.write_all(&sized(&body)).unwrap();
     assert!(raw.closed());
-    let mut raw = Raw::connect(addr);
     let topic = k::produce_request::TopicProduceData::default()
         .with_name(TopicName(StrBytes::from_static_str("t")));
     let produce = k::ProduceRequest::default()
         .with_acks(1)
         .with_topic_data(vec![topic]);
-    let mut body = BytesMut::new();
-    k::RequestHeader::default()
-        .with_request_api_key(ApiKey::Produce as i16)
-        .with_request_api_version(9)
-        .encode(&mut body, k::ProduceRequest::header_version(9))
-        .unwrap();
-    produce.encode(&mut body, 9).unwrap();
+    let body = request_body(ApiKey::Produce, 9, 2, &produce);
     // It ends with the empty partition array's count (1), then the topic's and the
     // request's tagged fields (none).
     assert!(body.ends_with(&[1, 0, 0]));
     let end = body.len() - 3;
     let lying: Vec<u8> = [&body[..end], &[0xff, 0xff, 0xff, 0xff, 0x0f], &[0, 0]].concat();
-    let mut frame = BytesMut::new();
-    frame.put_i32(lying.len() as i32);
-    frame.put_slice(&lying);
-    raw.stream.write_all(&frame).unwrap();
+    let mut raw = Raw::connect(addr);
+    raw.stream.write_all(&sized(&lying)).unwrap();
     assert!(raw.closed());
 }
 
@@ -1553,12 +1543,6 @@ fn lying_array_counts_close_their_connections(addr: &str) {
 fn kafka_requests() -> Vec<BytesMut> {
     let topic = || name("fuzz");
     let group = || GroupId(StrBytes::from_static_str("fuzzers"));
-    let mut subscription = BytesMut::new();
-    subscription.put_i16(1);
-    k::ConsumerProtocolSubscription::default()
-        .with_topics(vec![StrBytes::from_static_str("fuzz")])
-        .encode(&mut subscription, 1)
-        .unwrap();
     let metadata = k::MetadataRequest::default().with_topics(Some(vec![
         k::metadata_request::MetadataRequestTopic::default().with_name(Some(topic())),
     ]));
@@ -1578,7 +1562,7 @@ fn kafka_requests() -> Vec<BytesMut> {
                     .with_partition_data(vec![
                         k::produce_request::PartitionProduceData::default()
                             .with_index(0)
-                            .with_records(Some(crate::harness::batch(40))),
+                            .with_records(Some(batch(40))),
                     ])]),
         ),
         request_body(
@@ -1666,7 +1650,7 @@ fn kafka_requests() -> Vec<BytesMut> {
                 .with_protocols(vec![
                     k::join_group_request::JoinGroupRequestProtocol::default()
                         .with_name(StrBytes::from_static_str("range"))
-                        .with_metadata(subscription.freeze()),
+                        .with_metadata(subscription("fuzz")),
                 ]),
         ),
         request_body(
@@ -1757,17 +1741,14 @@ fn mutated_kafka_requests_never_stop_the_broker() {
         let mut frame = requests[next(requests.len())].to_vec();
         // Past the API key and version, which only pick a refusal.
         mutate(&mut frame, 4, &mut next);
-        let mut sized = (frame.len() as i32).to_be_bytes().to_vec();
-        sized.extend_from_slice(&frame);
-        let mut gone = stream.write_all(&sized).is_err();
+        let mut gone = stream.write_all(&sized(&frame)).is_err();
+        // Whatever answers have come (a read that would wait ends the draining).
         let mut answer = [0u8; 4096];
-        loop {
-            match stream.read(&mut answer) {
-                Ok(0) => gone = true,
-                Ok(_) => continue,
-                Err(_) => {}
+        while let Ok(n) = stream.read(&mut answer) {
+            if n == 0 {
+                gone = true;
+                break;
             }
-            break;
         }
         if gone {
             closed += 1;
