@@ -816,6 +816,169 @@ async fn trap_infinite_loop_and_memory_bomb_are_contained() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attachments_are_held_to_the_brokers_limits() {
+    use wat_fixtures::*;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut broker = TestBroker::start_in(&data, &[], None);
+    let client = broker.client().await;
+    let admin = client.admin();
+    let wat = filter_wat(1, 0, &when(FIRST_VALUE_STARTS_WITH_B, LOOP_FOREVER));
+    deploy_wat(&client, "looper", &wat).await.unwrap();
+    create(&client, "slow", 1).await;
+    let asking = |batch_time_max_ms, memory_max_bytes| Attachment {
+        batch_time_max_ms,
+        memory_max_bytes,
+        ..attachment("looper", &[], "reject")
+    };
+    for (a, want) in [
+        (
+            asking(10_001, 0),
+            "--batch-time-max-ms 10001 is above this broker's limit of 10000 \
+             (plugins.batch_time_max_ms_limit)",
+        ),
+        (
+            asking(0, (1 << 30) + 1),
+            "--memory-max-bytes 1073741825 is above this broker's limit of 1073741824 \
+             (plugins.memory_max_bytes_limit)",
+        ),
+    ] {
+        let err = admin.attach_plugin("slow", a).await.unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidConfig), "{err}");
+        assert!(err.to_string().contains(want), "{err}");
+    }
+    admin
+        .attach_plugin("slow", asking(10_000, 1 << 30))
+        .await
+        .unwrap();
+    drop(admin);
+    drop(client);
+
+    // Limits lowered since: the stored attachment still asks for 10 s a batch, and
+    // gets what the broker allows now.
+    broker.stop();
+    let broker = TestBroker::start_in(
+        &data,
+        &[
+            "plugins.batch_time_max_ms=100",
+            "plugins.batch_time_max_ms_limit=100",
+        ],
+        None,
+    );
+    let client = broker.client().await;
+    let started = Instant::now();
+    let results = send_each(&client, "slow", &["boom"]).await;
+    let took = started.elapsed();
+    let message = results[0].as_ref().unwrap_err().to_string();
+    assert!(message.contains("timeout"), "{message}");
+    assert!(took < Duration::from_secs(5), "the loop ran for {took:?}");
+}
+
+/// A module of `functions` large functions (seconds to compile) that is not a plugin;
+/// `tag` makes its content, so its SHA-256, differ from another's.
+fn large_non_plugin(functions: usize, tag: usize) -> String {
+    let body: String = (0..200)
+        .map(|i| format!("(local.set 0 (i32.add (local.get 0) (i32.const {i})))"))
+        .collect();
+    let mut wat = format!("(module (memory (export \"memory\") 1) (global i32 (i32.const {tag}))");
+    for i in 0..functions {
+        wat.push_str(&format!(
+            "(func $f{i} (param i32) (result i32) {body} (local.get 0))"
+        ));
+    }
+    wat.push(')');
+    wat
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compiling_large_modules_does_not_stall_the_broker() {
+    // Two deploys compile at once while a client keeps asking for the topic list.
+    // Were compiles run on the runtime's workers (two here), the broker would answer
+    // nothing, keep-alives included, until they were done, and clients would drop
+    // their connections (the client gives up on a silent broker after 2.5 s).
+    let broker = TestBroker::start(&["worker_threads=2"]);
+    let asker = broker.client().await;
+    let mut deploys = Vec::new();
+    for tag in 0..2 {
+        let client = broker.client().await;
+        let wat = large_non_plugin(2000, tag);
+        deploys.push(tokio::spawn(async move {
+            deploy_wat(&client, "big", &wat).await
+        }));
+    }
+    let mut answered = 0;
+    while deploys.iter().any(|d| !d.is_finished()) {
+        asker.admin().list_topics().await.unwrap();
+        answered += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for deploy in deploys {
+        let err = deploy.await.unwrap().unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::InvalidPlugin), "{err}");
+        assert!(
+            err.to_string()
+                .contains("does not export `meridian_abi_version`"),
+            "{err}"
+        );
+    }
+    assert!(answered > 0);
+    // Refused modules leave neither a stored module nor a compiled artifact.
+    for dir in ["modules", "cache"] {
+        let left: Vec<_> = std::fs::read_dir(broker.data_dir.join("plugins").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert!(left.is_empty(), "{dir}: {left:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replaced_and_removed_modules_leave_no_files() {
+    use wat_fixtures::*;
+    let broker = plugin_broker();
+    let client = broker.client().await;
+    let admin = client.admin();
+    let files = |dir: &str| -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(broker.data_dir.join("plugins").join(dir))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    deploy_wat(&client, "keep", &filter_wat(1, 0, ""))
+        .await
+        .unwrap();
+    deploy_wat(&client, "also-keep", &filter_wat(1, 0, ""))
+        .await
+        .unwrap();
+    let v1 = admin.describe_plugin("keep").await.unwrap().sha256;
+    assert_eq!(files("modules"), [format!("{v1}.wasm")]);
+    assert_eq!(files("cache"), [format!("{v1}.cwasm")]);
+
+    // A new version of `keep`: the old module stays while `also-keep` uses it.
+    let wat = filter_wat(1, 0, &when(FIRST_VALUE_STARTS_WITH_B, TRAP));
+    deploy_wat(&client, "keep", &wat).await.unwrap();
+    let v2 = admin.describe_plugin("keep").await.unwrap().sha256;
+    let mut both = [v1, v2.clone()];
+    both.sort();
+    assert_eq!(
+        files("modules"),
+        both.each_ref().map(|sha| format!("{sha}.wasm"))
+    );
+    assert_eq!(
+        files("cache"),
+        both.each_ref().map(|sha| format!("{sha}.cwasm"))
+    );
+
+    admin.remove_plugin("also-keep").await.unwrap();
+    assert_eq!(files("modules"), [format!("{v2}.wasm")]);
+    assert_eq!(files("cache"), [format!("{v2}.cwasm")]);
+    admin.remove_plugin("keep").await.unwrap();
+    assert!(files("modules").is_empty() && files("cache").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hot_swap_under_load_loses_and_duplicates_nothing_and_logs_reach_the_topic() {
     use wat_fixtures::*;
     let broker = plugin_broker();

@@ -11,33 +11,25 @@ use std::path::Path;
 use sha2::{Digest, Sha256};
 use wasmtime::{Engine, Module};
 
-use crate::LoadError;
+/// The module's artifact from the cache, if it holds a sound one.
+pub(crate) fn load(engine: &Engine, dir: &Path, sha256: &str) -> Option<Module> {
+    let bytes = std::fs::read(dir.join(format!("{sha256}.cwasm"))).ok()?;
+    deserialize(engine, &bytes)
+}
 
-pub(crate) fn load_or_compile(
-    engine: &Engine,
-    dir: &Path,
-    sha256: &str,
-    wasm: &[u8],
-) -> Result<Module, LoadError> {
-    let path = dir.join(format!("{sha256}.cwasm"));
-    if let Some(module) = std::fs::read(&path)
-        .ok()
-        .and_then(|bytes| deserialize(engine, &bytes))
-    {
-        return Ok(module);
+/// Stores a freshly compiled module's artifact. The cache is an optimisation: a
+/// failed write does not fail the load.
+pub(crate) fn store(dir: &Path, sha256: &str, module: &Module) {
+    let Ok(artifact) = module.serialize() else {
+        return;
+    };
+    let mut file = Vec::with_capacity(32 + artifact.len());
+    file.extend_from_slice(&Sha256::digest(&artifact));
+    file.extend_from_slice(&artifact);
+    let tmp = dir.join(format!("{sha256}.cwasm.tmp"));
+    if std::fs::write(&tmp, &file).is_ok() {
+        let _ = std::fs::rename(&tmp, dir.join(format!("{sha256}.cwasm")));
     }
-    let module = Module::new(engine, wasm).map_err(|e| LoadError::Malformed(format!("{e:#}")))?;
-    // The cache is an optimisation: failing to write it must not fail the load.
-    if let Ok(artifact) = module.serialize() {
-        let mut file = Vec::with_capacity(32 + artifact.len());
-        file.extend_from_slice(&Sha256::digest(&artifact));
-        file.extend_from_slice(&artifact);
-        let tmp = dir.join(format!("{sha256}.cwasm.tmp"));
-        if std::fs::write(&tmp, &file).is_ok() {
-            let _ = std::fs::rename(&tmp, &path);
-        }
-    }
-    Ok(module)
 }
 
 fn deserialize(engine: &Engine, file: &[u8]) -> Option<Module> {
@@ -49,7 +41,7 @@ fn deserialize(engine: &Engine, file: &[u8]) -> Option<Module> {
         return None;
     }
     // SAFETY: `Module::deserialize` trusts its input to be machine code wasmtime produced.
-    // This artifact was written by `load_or_compile` above, in this process's own cache
+    // This artifact was written by `store` above, in this process's own cache
     // directory (under the broker's data dir, which nothing else writes), and its sha256
     // matched just now, so it is exactly the bytes `Module::serialize` gave us. wasmtime
     // additionally checks its version and engine settings and errors on a mismatch.

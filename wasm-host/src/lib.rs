@@ -329,8 +329,13 @@ impl Host {
             });
         }
         let sha256 = hex(&Sha256::digest(wasm));
-        let module = match &config.cache_dir {
-            Some(dir) => cache::load_or_compile(&self.inner.engine, dir, &sha256, wasm)?,
+        let cached = config
+            .cache_dir
+            .as_deref()
+            .and_then(|dir| cache::load(&self.inner.engine, dir, &sha256));
+        let fresh = cached.is_none();
+        let module = match cached {
+            Some(module) => module,
             None => Module::new(&self.inner.engine, wasm)
                 .map_err(|e| LoadError::Malformed(format!("{e:#}")))?,
         };
@@ -365,6 +370,10 @@ impl Host {
         let code = call(&mut live, "meridian_kind")?;
         let kind = PluginKind::from_abi(code).ok_or(LoadError::UnknownKind(code))?;
         drop(live);
+        // Only plugins are cached: a module refused above leaves nothing behind.
+        if let (true, Some(dir)) = (fresh, &config.cache_dir) {
+            cache::store(dir, &sha256, &module);
+        }
         Ok(Plugin {
             inner: Arc::new(PluginInner {
                 host: self.inner.clone(),

@@ -263,6 +263,26 @@ fn compiled_artifacts_are_cached_on_disk() {
 }
 
 #[test]
+fn refused_modules_leave_no_artifact() {
+    let dir = tempfile::tempdir().unwrap();
+    let host = Host::new(HostConfig {
+        cache_dir: Some(dir.path().to_path_buf()),
+        ..HostConfig::default()
+    })
+    .unwrap();
+    // Compiles, then fails the export check: not a plugin, so nothing is kept.
+    let loaded = host.load(&wasm(
+        r#"(module (memory (export "memory") 1) (func (export "f")))"#,
+    ));
+    assert!(
+        matches!(loaded, Err(LoadError::MissingExport { .. })),
+        "{:?}",
+        loaded.err()
+    );
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
 fn instantiation_is_fast_once_compiled() {
     let plugin = host().load(&wasm(&filter_wat(1, 0, ""))).unwrap();
     // Warm up, then time many instantiations (a new partition's first batch). The

@@ -740,6 +740,7 @@ impl BrokerConfig {
         if let Some(cluster) = &self.cluster {
             cluster.check()?;
         }
+        self.plugins.check().map_err(ConfigError::Invalid)?;
         self.topic_defaults.check().map_err(ConfigError::Invalid)
     }
 
@@ -1231,6 +1232,39 @@ mod tests {
                 "replica_fetch_wait_max_ms must be below replica_lag_time_max_ms",
             ),
             ("topic_defaults.min_insync_replicas=0", "at least 1"),
+            (
+                "plugins.memory_max_bytes=0",
+                "plugins.memory_max_bytes must be greater than 0",
+            ),
+            (
+                "plugins.batch_time_max_ms=0",
+                "plugins.batch_time_max_ms must be greater than 0",
+            ),
+            (
+                "plugins.module_size_max_bytes=0",
+                "plugins.module_size_max_bytes must be greater than 0",
+            ),
+            (
+                "plugins.epoch_tick_ms=0",
+                "plugins.epoch_tick_ms must be greater than 0",
+            ),
+            (
+                "plugins.logs_queue_max=0",
+                "plugins.logs_queue_max must be greater than 0",
+            ),
+            (
+                "plugins.batch_time_max_ms=20000",
+                "plugins.batch_time_max_ms (20000) must not exceed plugins.batch_time_max_ms_limit (10000)",
+            ),
+            (
+                "plugins.memory_max_bytes_limit=1048576",
+                "plugins.memory_max_bytes (67108864) must not exceed plugins.memory_max_bytes_limit (1048576)",
+            ),
+            (
+                "plugins.batch_time_max_ms_limit=4294967296",
+                "plugins.batch_time_max_ms_limit must be at most 4294967295",
+            ),
+            ("plugins.logs_topic=plugin/logs", "plugins.logs_topic: topic name"),
             ("no_equals_sign", "is not key=value"),
         ];
         for (input, want) in cases {

@@ -60,6 +60,10 @@ pub struct PluginsConfig {
     pub batch_time_max_ms: u64,
     /// Default linear memory cap of an instance, for attachments that set none.
     pub memory_max_bytes: u64,
+    /// The most time per batch an attachment may ask for (`--batch-time-max-ms`).
+    pub batch_time_max_ms_limit: u64,
+    /// The most linear memory an attachment may ask for (`--memory-max-bytes`).
+    pub memory_max_bytes_limit: u64,
     /// Granularity of batch deadlines (the epoch ticker's period).
     pub epoch_tick_ms: u64,
     /// Plugin output lines are cut at this many bytes.
@@ -80,11 +84,71 @@ impl Default for PluginsConfig {
             module_size_max_bytes: 16 << 20,
             batch_time_max_ms: 200,
             memory_max_bytes: 64 << 20,
+            batch_time_max_ms_limit: 10_000,
+            memory_max_bytes_limit: 1 << 30,
             epoch_tick_ms: 5,
             log_line_bytes_max: 1024,
             log_lines_per_sec_max: 100,
             logs_topic: "__plugin_logs".into(),
             logs_queue_max: 1024,
+        }
+    }
+}
+
+impl PluginsConfig {
+    /// Refuses settings no broker could run plugins with: zero caps and deadlines,
+    /// defaults above their limits, a logs topic Kafka would not accept as a name.
+    pub fn check(&self) -> Result<(), String> {
+        let positive = [
+            ("module_size_max_bytes", self.module_size_max_bytes),
+            ("batch_time_max_ms", self.batch_time_max_ms),
+            ("memory_max_bytes", self.memory_max_bytes),
+            ("batch_time_max_ms_limit", self.batch_time_max_ms_limit),
+            ("memory_max_bytes_limit", self.memory_max_bytes_limit),
+            ("epoch_tick_ms", self.epoch_tick_ms),
+            ("log_line_bytes_max", self.log_line_bytes_max),
+            ("logs_queue_max", self.logs_queue_max as u64),
+        ];
+        if let Some((key, _)) = positive.iter().find(|(_, value)| *value == 0) {
+            return Err(format!("plugins.{key} must be greater than 0"));
+        }
+        let within = [
+            (
+                "batch_time_max_ms",
+                self.batch_time_max_ms,
+                "batch_time_max_ms_limit",
+                self.batch_time_max_ms_limit,
+            ),
+            (
+                "memory_max_bytes",
+                self.memory_max_bytes,
+                "memory_max_bytes_limit",
+                self.memory_max_bytes_limit,
+            ),
+        ];
+        for (key, value, limit_key, limit) in within {
+            if value > limit {
+                return Err(format!(
+                    "plugins.{key} ({value}) must not exceed plugins.{limit_key} ({limit})"
+                ));
+            }
+        }
+        if self.batch_time_max_ms_limit > u64::from(u32::MAX) {
+            return Err(format!(
+                "plugins.batch_time_max_ms_limit must be at most {} (what an attachment can carry)",
+                u32::MAX
+            ));
+        }
+        meridian_wire::validate_topic_name(&self.logs_topic)
+            .map_err(|e| format!("plugins.logs_topic: {e}"))
+    }
+
+    /// `limits` of an attachment, held to this broker's ceilings (an attachment made on
+    /// a broker with higher ones, or before they were lowered, runs within these).
+    fn bounded(&self, limits: Limits) -> Limits {
+        Limits {
+            batch_time_max_ms: limits.batch_time_max_ms.min(self.batch_time_max_ms_limit),
+            memory_max_bytes: limits.memory_max_bytes.min(self.memory_max_bytes_limit),
         }
     }
 }
@@ -162,6 +226,9 @@ pub(crate) struct Plugins {
     /// (topic, partition, plugin) → instance. Held only to find a slot; the slot's own
     /// lock is held while a batch runs, so partitions run in parallel.
     slots: Mutex<HashMap<(String, u32, String), Slot>>,
+    /// Held while a module compiles: deploys compile one at a time, so a burst of
+    /// them takes one core and leaves the rest to serving.
+    compiling: Mutex<()>,
 }
 
 fn failure(code: ErrorCode, message: impl Into<String>) -> Failure {
@@ -227,13 +294,42 @@ impl Plugins {
                 }
             }
         }
-        Ok(Plugins {
+        let plugins = Plugins {
             host,
             dir,
             config: config.clone(),
             state: RwLock::new(State { meta, loaded }),
             slots: Mutex::new(HashMap::new()),
-        })
+            compiling: Mutex::new(()),
+        };
+        plugins.prune_files(&plugins.state.read());
+        Ok(plugins)
+    }
+
+    /// Deletes stored modules and compiled artifacts no deployed plugin uses (a
+    /// replaced version, a removed plugin, a module a deploy refused) and leftover
+    /// temporary files. Called with the state lock held, under which modules are
+    /// stored, so a module being deployed is never taken for an orphan.
+    fn prune_files(&self, state: &State) {
+        let used = |sha: &str| state.meta.plugins.values().any(|d| d.sha256 == sha);
+        for (dir, extension) in [("modules", ".wasm"), ("cache", ".cwasm")] {
+            let Ok(entries) = std::fs::read_dir(self.dir.join(dir)) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let orphan = match name.strip_suffix(extension) {
+                    Some(sha) => !used(sha),
+                    None => name.ends_with(".tmp"),
+                };
+                if orphan {
+                    if let Err(e) = std::fs::remove_file(entry.path()) {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot delete an unused plugin file");
+                    }
+                }
+            }
+        }
     }
 
     fn save(&self, meta: &Metadata) -> Result<(), Failure> {
@@ -279,13 +375,6 @@ impl Plugins {
     ) -> Result<PluginInfo, Failure> {
         let plugin = self.load_checked(name, wasm)?;
         let sha256 = plugin.sha256().to_string();
-        let path = self.dir.join("modules").join(format!("{sha256}.wasm"));
-        if !path.exists() {
-            let tmp = path.with_extension("wasm.tmp");
-            std::fs::write(&tmp, wasm)
-                .and_then(|()| std::fs::rename(&tmp, &path))
-                .map_err(|e| failure(ErrorCode::StorageError, format!("storing module: {e}")))?;
-        }
         let mut state = self.state.write();
         if let Some(old) = state.loaded.get(name) {
             let attached = state
@@ -305,6 +394,13 @@ impl Plugins {
                 ));
             }
         }
+        let path = self.dir.join("modules").join(format!("{sha256}.wasm"));
+        if !path.exists() {
+            let tmp = path.with_extension("wasm.tmp");
+            std::fs::write(&tmp, wasm)
+                .and_then(|()| std::fs::rename(&tmp, &path))
+                .map_err(|e| failure(ErrorCode::StorageError, format!("storing module: {e}")))?;
+        }
         let mut meta = state.meta.clone();
         meta.plugins.insert(
             name.to_string(),
@@ -316,6 +412,7 @@ impl Plugins {
         self.save(&meta)?;
         state.meta = meta;
         state.loaded.insert(name.to_string(), plugin);
+        self.prune_files(&state);
         tracing::info!(plugin = %name, %version, "plugin deployed");
         Ok(Self::info(&state, name).expect("just inserted"))
     }
@@ -375,23 +472,20 @@ impl Plugins {
         self.save(&meta)?;
         state.meta = meta;
         state.loaded.remove(name);
-        if !state.meta.plugins.values().any(|d| d.sha256 == info.sha256) {
-            let _ = std::fs::remove_file(
-                self.dir
-                    .join("modules")
-                    .join(format!("{}.wasm", info.sha256)),
-            );
-        }
+        self.prune_files(&state);
         Ok(())
     }
 
-    /// A valid plugin name, and a module the host loads.
+    /// A valid plugin name, and a module the host loads. Compiling a large module
+    /// takes seconds: it happens off the runtime's workers, one module at a time.
     fn load_checked(&self, name: &str, wasm: &[u8]) -> Result<Plugin, Failure> {
         meridian_wire::validate_topic_name(name)
             .map_err(|m| failure(ErrorCode::InvalidPlugin, format!("plugin name: {m}")))?;
-        self.host
-            .load(wasm)
-            .map_err(|e| failure(ErrorCode::InvalidPlugin, e.to_string()))
+        blocking(|| {
+            let _one_at_a_time = self.compiling.lock();
+            self.host.load(wasm)
+        })
+        .map_err(|e| failure(ErrorCode::InvalidPlugin, e.to_string()))
     }
 
     /// Checks a module as [`Plugins::deploy`] does, without storing it: the name, and
@@ -441,6 +535,28 @@ impl Plugins {
             ));
         }
         policy.map_err(|m| failure(ErrorCode::InvalidConfig, m))?;
+        let asked = [
+            (
+                "--batch-time-max-ms",
+                u64::from(attachment.batch_time_max_ms),
+                "plugins.batch_time_max_ms_limit",
+                self.config.batch_time_max_ms_limit,
+            ),
+            (
+                "--memory-max-bytes",
+                attachment.memory_max_bytes,
+                "plugins.memory_max_bytes_limit",
+                self.config.memory_max_bytes_limit,
+            ),
+        ];
+        for (flag, value, key, limit) in asked {
+            if value > limit {
+                return Err(failure(
+                    ErrorCode::InvalidConfig,
+                    format!("{flag} {value} is above this broker's limit of {limit} ({key})"),
+                ));
+            }
+        }
         let meta = self.stored_attachment(attachment);
         let plugin = self
             .state
@@ -450,7 +566,7 @@ impl Plugins {
             .ok_or_else(|| not_found(&meta.plugin))?
             .clone();
         plugin
-            .instantiate(&meta.params, limits(&meta))
+            .instantiate(&meta.params, self.config.bounded(limits(&meta)))
             .map_err(|e| match e {
                 InstantiateError::Params(m) => failure(
                     ErrorCode::InvalidPlugin,
@@ -1062,7 +1178,10 @@ impl Shared {
                 self.write_plugin_logs(&attachment.plugin, &topic.name, partition, &mut old);
             }
             let instance = plugin
-                .instantiate(&attachment.params, limits(attachment))
+                .instantiate(
+                    &attachment.params,
+                    self.plugins.config.bounded(limits(attachment)),
+                )
                 .map_err(|e| match e {
                     InstantiateError::Failed(f) => f,
                     InstantiateError::Params(message) => BatchFailure {
