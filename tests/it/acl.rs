@@ -9,6 +9,10 @@ use meridian_client::{
     AutoOffsetReset, Client, ClientConfig, ClientIdentity, ConsumerConfig, Error, GroupConfig,
     NewTopic, ProducerConfig, ProducerRecord, Trust,
 };
+use meridian_wire::cluster::{
+    AlterPartitionRequest, BrokerHeartbeatRequest, ControlledShutdownRequest, RaftRequest, RaftRpc,
+};
+use meridian_wire::messages::Request;
 use meridian_wire::ErrorCode;
 
 use crate::harness::TestBroker;
@@ -136,6 +140,47 @@ async fn each_client_does_only_what_the_acl_file_allows() {
         Some(ErrorCode::ClusterAuthorizationFailed),
         "{err}"
     );
+    // The brokers' own requests: a client cannot pose as a broker.
+    for request in [
+        Request::BrokerHeartbeat(BrokerHeartbeatRequest {
+            broker_id: 7,
+            incarnation: 1,
+            host: "127.0.0.1".into(),
+            port: 1,
+            rack: None,
+            wants_shutdown: false,
+            kafka: None,
+        }),
+        Request::Raft(RaftRequest {
+            rpc: RaftRpc::Vote,
+            from: 7,
+            payload: bytes::Bytes::from_static(b"{}"),
+        }),
+        Request::AlterPartition(AlterPartitionRequest {
+            broker_id: 7,
+            topic: "orders".into(),
+            partition: 0,
+            leader_epoch: 0,
+            partition_epoch: 0,
+            isr: vec![7],
+        }),
+        Request::ControlledShutdown(ControlledShutdownRequest {
+            broker_id: 7,
+            incarnation: 1,
+        }),
+    ] {
+        let err = writer.request(request).await.unwrap_err();
+        assert_eq!(
+            code(&err),
+            Some(ErrorCode::ClusterAuthorizationFailed),
+            "{err}"
+        );
+        assert!(
+            err.to_string()
+                .contains("client `writer` may not cluster action the cluster"),
+            "{err}"
+        );
+    }
 
     // Reader: consumes `orders` in group `billing` and commits; sees only `orders`.
     let reader = connect(&broker, &certs, "reader").await;
