@@ -1447,6 +1447,90 @@ async fn reassignment_onto_a_new_broker_copies_the_log_under_load_and_loses_noth
     assert_eq!(distinct.len(), values.len(), "a record appears twice");
 }
 
+/// A broker gone for good is unregistered: refused while it runs, while it holds
+/// replicas, and for a voter; then no broker lists it, and it leaves the metadata
+/// quorum it had joined as a learner.
+#[tokio::test]
+async fn a_broker_gone_for_good_is_unregistered() {
+    let mut cluster = TestCluster::start("");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    // The offsets topic goes to the three brokers there are, none to broker 4.
+    cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |_| true)
+        .await;
+    assert_eq!(cluster.add_broker(free_ports(1)[0]), 4);
+    let controller = cluster.agreed_controller(4, Duration::from_secs(20)).await;
+    let via = if controller == 1 { 2 } else { 1 };
+    let admin = cluster.client(via).await.admin();
+    let mut everywhere = NewTopic::new("spread", 1);
+    everywhere.replication_factor = 4;
+    admin.create_topic(everywhere).await.unwrap();
+    cluster
+        .agreed_topic("spread", Duration::from_secs(10), |v| v[0].isr.len() == 4)
+        .await;
+
+    let refusal = |result: meridian_client::Result<()>| {
+        let err = result.unwrap_err();
+        (err.code(), err.to_string())
+    };
+    let (code, message) = refusal(admin.unregister_broker(4).await);
+    assert_eq!(code, Some(ErrorCode::InvalidRequest), "{message}");
+    assert!(message.contains("broker 4 is running"), "{message}");
+    let (code, message) = refusal(admin.unregister_broker(3).await);
+    assert_eq!(code, Some(ErrorCode::InvalidRequest), "{message}");
+    assert!(message.contains("broker 3 is a voter"), "{message}");
+    let (code, message) = refusal(admin.unregister_broker(9).await);
+    assert_eq!(code, Some(ErrorCode::BrokerIdNotRegistered), "{message}");
+
+    // Broker 4 dies for good; the controller fences it.
+    cluster.broker(4).kill9();
+    wait_for("broker 4 fenced", Duration::from_secs(20), || async {
+        let described = admin.describe_cluster().await.ok()?;
+        described
+            .brokers
+            .iter()
+            .any(|b| b.broker_id == 4 && b.state == BrokerState::Fenced)
+            .then_some(())
+    })
+    .await;
+    let (code, message) = refusal(admin.unregister_broker(4).await);
+    assert_eq!(code, Some(ErrorCode::InvalidRequest), "{message}");
+    assert!(
+        message.contains("broker 4 holds replicas of 1 partition(s), spread/0 first"),
+        "{message}"
+    );
+
+    // Its replica moved away, it goes (here through the CLI).
+    let results = admin
+        .reassign_partitions("spread", &[(0, Some(vec![1, 2, 3]))])
+        .await
+        .unwrap();
+    assert!(matches!(results[..], [(0, Ok(()))]), "{results:?}");
+    cluster
+        .agreed_topic("spread", Duration::from_secs(20), |v| {
+            v[0].replicas == [1, 2, 3]
+        })
+        .await;
+    let (ok, out, err) = cluster
+        .brokers_ref(via)
+        .cli(&["cluster", "unregister", "--broker-id", "4"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out, "unregistered broker 4\n");
+    cluster.agreed_controller(3, Duration::from_secs(10)).await;
+    wait_for(
+        "broker 4 gone from the cluster and its quorum",
+        Duration::from_secs(10),
+        || async {
+            let described = admin.describe_cluster().await.ok()?;
+            let ids: Vec<u32> = described.brokers.iter().map(|b| b.broker_id).collect();
+            (ids == [1, 2, 3]).then_some(())
+        },
+    )
+    .await;
+    let (code, _) = refusal(admin.unregister_broker(4).await);
+    assert_eq!(code, Some(ErrorCode::BrokerIdNotRegistered));
+}
+
 /// `replica_catch_up_bytes_per_sec` holds back a new replica copying the log: 4 MiB
 /// at 1 MB/s takes over three seconds (one second's worth may go at once), where
 /// without the limit it takes a fraction of one.

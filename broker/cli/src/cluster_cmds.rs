@@ -1,4 +1,5 @@
-//! `meridian cluster describe`: the brokers of a cluster and its metadata quorum.
+//! `meridian cluster describe`: the brokers of a cluster and its metadata quorum;
+//! `meridian cluster unregister`: forget a broker gone for good.
 
 use std::collections::HashMap;
 
@@ -25,6 +26,18 @@ pub enum ClusterCommand {
         #[command(flatten)]
         connect: ConnectArgs,
     },
+    /// Forget a broker that is gone for good, so `cluster describe` and the metadata
+    /// no longer list it (Kafka's `kafka-cluster unregister`). Refused while the broker
+    /// runs, when it is a voter of the metadata quorum, or while it holds replicas
+    /// (move them first: `meridian partition reassign`). A broker that comes back
+    /// registers again.
+    Unregister {
+        /// The broker's id.
+        #[arg(long = "broker-id", value_name = "ID")]
+        broker_id: u32,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
 }
 
 pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
@@ -38,6 +51,12 @@ pub async fn run(cmd: ClusterCommand) -> anyhow::Result<()> {
             } else {
                 print!("{}", render(&cluster, &dirs));
             }
+            Ok(())
+        }
+        ClusterCommand::Unregister { broker_id, connect } => {
+            let client = connect.connect().await?;
+            client.admin().unregister_broker(broker_id).await?;
+            println!("unregistered broker {broker_id}");
             Ok(())
         }
     }

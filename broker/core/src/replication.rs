@@ -712,6 +712,16 @@ pub struct Controller<P = u32> {
     partitions: BTreeMap<P, PartitionRecord>,
 }
 
+/// Why [`Controller::unregister_broker`] refused.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum UnregisterRefused<P> {
+    NotRegistered,
+    /// Not fenced: it heartbeats.
+    Running,
+    /// The partitions listing it among their replicas.
+    HoldsReplicas(Vec<P>),
+}
+
 /// What the controller knows of a broker, for rebuilding it from replicated state.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct BrokerState {
@@ -878,6 +888,30 @@ impl<P: Ord + Clone> Controller<P> {
     /// driver logs each as possible data loss.
     pub fn take_unclean_elections(&mut self) -> Vec<P> {
         std::mem::take(&mut self.unclean_elections)
+    }
+
+    /// Forgets a broker gone for good (`UnregisterBroker`). Refused while it is
+    /// not fenced (it is heartbeating, and would only register again) and while any
+    /// partition, a reassignment's targets included, has it among its replicas.
+    pub fn unregister_broker(&mut self, broker: BrokerId) -> Result<(), UnregisterRefused<P>> {
+        let record = self
+            .brokers
+            .get(&broker)
+            .ok_or(UnregisterRefused::NotRegistered)?;
+        if !record.fenced {
+            return Err(UnregisterRefused::Running);
+        }
+        let holding: Vec<P> = self
+            .partitions
+            .iter()
+            .filter(|(_, p)| p.state.replicas.contains(&broker))
+            .map(|(key, _)| key.clone())
+            .collect();
+        if !holding.is_empty() {
+            return Err(UnregisterRefused::HoldsReplicas(holding));
+        }
+        self.brokers.remove(&broker);
+        Ok(())
     }
 
     /// Rebuilds a broker's record from replicated state (a new controller taking over).
@@ -1285,6 +1319,29 @@ mod tests {
                 isr: isr.iter().copied().collect(),
             },
         )
+    }
+
+    #[test]
+    fn only_a_fenced_broker_holding_no_replicas_is_unregistered() {
+        let mut c = controller_with(&[1, 2, 3], vec![1, 2]);
+        assert_eq!(
+            c.unregister_broker(4),
+            Err(UnregisterRefused::NotRegistered)
+        );
+        assert_eq!(c.unregister_broker(3), Err(UnregisterRefused::Running));
+        // 2 and 3 stop heartbeating and are fenced.
+        c.heartbeat(1, 1, 15_000);
+        c.tick(15_000);
+        assert!(c.is_fenced(2) && c.is_fenced(3));
+        assert_eq!(
+            c.unregister_broker(2),
+            Err(UnregisterRefused::HoldsReplicas(vec![0]))
+        );
+        assert_eq!(c.unregister_broker(3), Ok(()));
+        assert!(c.brokers().all(|(id, _)| id != 3));
+        // It comes back: registered again.
+        c.heartbeat(3, 2, 16_000);
+        assert!(c.brokers().any(|(id, _)| id == 3));
     }
 
     #[test]

@@ -1930,6 +1930,7 @@ pub fn code(error: ErrorCode) -> i16 {
         E::NoReassignmentInProgress => K::NoReassignmentInProgress,
         E::ElectionNotNeeded => K::ElectionNotNeeded,
         E::PreferredLeaderNotAvailable => K::PreferredLeaderNotAvailable,
+        E::BrokerIdNotRegistered => K::BrokerIdNotRegistered,
         E::TopicAuthorizationFailed => K::TopicAuthorizationFailed,
         E::GroupAuthorizationFailed => K::GroupAuthorizationFailed,
         E::ClusterAuthorizationFailed => K::ClusterAuthorizationFailed,

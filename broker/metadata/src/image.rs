@@ -169,6 +169,11 @@ pub enum MetadataRecord {
     BrokerShuttingDown {
         id: BrokerId,
     },
+    /// Forgotten (`UnregisterBroker`): gone for good, holding no replicas. It
+    /// registers again if it comes back.
+    BrokerUnregistered {
+        id: BrokerId,
+    },
     TopicCreated(TopicImage),
     TopicDeleted {
         name: String,
@@ -255,6 +260,9 @@ impl MetadataImage {
                     b.fenced = true;
                     b.shutting_down = true;
                 }
+            }
+            MetadataRecord::BrokerUnregistered { id } => {
+                self.brokers.remove(id);
             }
             MetadataRecord::TopicCreated(topic) => {
                 self.topics.insert(topic.name.clone(), topic.clone());
@@ -449,6 +457,8 @@ mod tests {
         let records = [
             MetadataRecord::BrokerRegistered(broker(1)),
             MetadataRecord::BrokerRegistered(broker(2)),
+            MetadataRecord::BrokerRegistered(broker(3)),
+            MetadataRecord::BrokerUnregistered { id: 3 },
             MetadataRecord::BrokerUnfenced { id: 1 },
             MetadataRecord::BrokerUnfenced { id: 2 },
             MetadataRecord::TopicCreated(TopicImage {
@@ -504,7 +514,8 @@ mod tests {
             image.apply_at(r, 100 + index as u64);
         }
         // The creating record's index is the topic's incarnation.
-        assert_eq!(image.topics["t"].created_at, 104);
+        assert_eq!(image.topics["t"].created_at, 106);
+        assert_eq!(image.brokers.keys().copied().collect::<Vec<_>>(), [1, 2]);
         assert!(image.brokers[&1].fenced);
         assert!(!image.brokers[&2].fenced);
         assert_eq!(

@@ -732,9 +732,9 @@ pub(crate) fn check(
         ),
         Request::PluginList | Request::PluginDescribe(_) => whole(cluster(Describe), request),
         Request::PluginDeploy(_) | Request::PluginRemove(_) => whole(cluster(Alter), request),
-        Request::AlterPartitionReassignments(_) | Request::ElectLeaders(_) => {
-            whole(cluster(Alter), request)
-        }
+        Request::AlterPartitionReassignments(_)
+        | Request::ElectLeaders(_)
+        | Request::UnregisterBroker(_) => whole(cluster(Alter), request),
         Request::ListPartitionReassignments(_)
         | Request::DescribeCluster
         | Request::DescribeLogs(_) => whole(cluster(Describe), request),

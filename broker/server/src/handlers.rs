@@ -251,6 +251,22 @@ impl Shared {
                 Some(cluster) => cluster.describe(&self.config.cluster_id),
                 None => self.describe_single_broker(),
             }),
+            Request::UnregisterBroker(r) => Response::UnregisterBroker(match &self.cluster {
+                Some(cluster) => match cluster.controller.unregister_broker(r).await {
+                    Ok(response) => response,
+                    Err(e) => UnregisterBrokerResponse {
+                        error: ErrorCode::NotController,
+                        message: e.to_string(),
+                    },
+                },
+                None => UnregisterBrokerResponse {
+                    error: ErrorCode::BrokerIdNotRegistered,
+                    message: format!(
+                        "this broker is not in a cluster; it is the only broker there is (broker {})",
+                        self.config.broker_id
+                    ),
+                },
+            }),
         })
     }
 

@@ -250,3 +250,44 @@ impl DescribeClusterResponse {
         })
     }
 }
+
+/// `UnregisterBroker` (API key 49): forget a broker that is gone for good (Kafka's
+/// `kafka-cluster unregister`). The controller refuses a broker that is running, a
+/// voter of the metadata quorum, or one that still holds replicas. A broker that
+/// comes back registers again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnregisterBrokerRequest {
+    pub broker_id: u32,
+}
+
+impl UnregisterBrokerRequest {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u32(self.broker_id);
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<UnregisterBrokerRequest, DecodeError> {
+        Ok(UnregisterBrokerRequest {
+            broker_id: r.u32()?,
+        })
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UnregisterBrokerResponse {
+    pub error: ErrorCode,
+    pub message: String,
+}
+
+impl UnregisterBrokerResponse {
+    pub fn encode(&self, w: &mut Writer<'_>) {
+        w.u16(self.error as u16);
+        w.string(&self.message);
+    }
+
+    pub fn decode(r: &mut Reader) -> Result<UnregisterBrokerResponse, DecodeError> {
+        Ok(UnregisterBrokerResponse {
+            error: ErrorCode::from_u16(r.u16()?),
+            message: r.string()?,
+        })
+    }
+}

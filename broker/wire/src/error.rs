@@ -115,6 +115,7 @@ error_codes! {
     NoReassignmentInProgress = 91, false, "the partition has no reassignment to cancel";
     ElectionNotNeeded = 92, false, "the partition's preferred replica (the first of its replicas) leads it already";
     PreferredLeaderNotAvailable = 93, true, "the partition's preferred replica cannot lead it now: it is fenced or not registered, not in the ISR, or the partition is being reassigned";
+    BrokerIdNotRegistered = 94, false, "no broker with that id is registered in the cluster";
     // 100..=109: authorization (`acl_file`).
     TopicAuthorizationFailed = 100, false, "the client's certificate does not allow this operation on the topic";
     GroupAuthorizationFailed = 101, false, "the client's certificate does not allow this operation on the consumer group";

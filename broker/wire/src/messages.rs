@@ -64,6 +64,8 @@ pub enum ApiKey {
     ElectLeaders = 47,
     /// The partition logs a broker holds, their offsets and size (reassign.rs).
     DescribeLogs = 48,
+    /// Forget a broker that is gone for good (describe_cluster.rs).
+    UnregisterBroker = 49,
     // 40..=43: the cluster control plane, broker to broker (cluster.rs).
     /// A Raft RPC of the metadata quorum.
     Raft = 40,
@@ -73,7 +75,7 @@ pub enum ApiKey {
 }
 
 impl ApiKey {
-    pub const ALL: [ApiKey; 39] = [
+    pub const ALL: [ApiKey; 40] = [
         ApiKey::ApiVersions,
         ApiKey::Metadata,
         ApiKey::CreateTopics,
@@ -109,6 +111,7 @@ impl ApiKey {
         ApiKey::DescribeCluster,
         ApiKey::ElectLeaders,
         ApiKey::DescribeLogs,
+        ApiKey::UnregisterBroker,
         ApiKey::Raft,
         ApiKey::BrokerHeartbeat,
         ApiKey::AlterPartition,
@@ -205,6 +208,7 @@ pub enum Request {
     DescribeCluster,
     ElectLeaders(ElectLeadersRequest),
     DescribeLogs(DescribeLogsRequest),
+    UnregisterBroker(UnregisterBrokerRequest),
     Raft(RaftRequest),
     BrokerHeartbeat(BrokerHeartbeatRequest),
     AlterPartition(AlterPartitionRequest),
@@ -248,6 +252,7 @@ pub enum Response {
     DescribeCluster(DescribeClusterResponse),
     ElectLeaders(ElectLeadersResponse),
     DescribeLogs(DescribeLogsResponse),
+    UnregisterBroker(UnregisterBrokerResponse),
     Raft(RaftResponse),
     BrokerHeartbeat(BrokerHeartbeatResponse),
     AlterPartition(AlterPartitionResponse),
@@ -745,6 +750,7 @@ impl Request {
             Request::DescribeCluster => ApiKey::DescribeCluster,
             Request::ElectLeaders(_) => ApiKey::ElectLeaders,
             Request::DescribeLogs(_) => ApiKey::DescribeLogs,
+            Request::UnregisterBroker(_) => ApiKey::UnregisterBroker,
             Request::Raft(_) => ApiKey::Raft,
             Request::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Request::AlterPartition(_) => ApiKey::AlterPartition,
@@ -842,6 +848,7 @@ impl Request {
             Request::DescribeCluster => {}
             Request::ElectLeaders(m) => m.encode(w),
             Request::DescribeLogs(m) => m.encode(w),
+            Request::UnregisterBroker(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
             Request::BrokerHeartbeat(m) => m.encode(w, version),
             Request::AlterPartition(m) => m.encode(w),
@@ -968,6 +975,9 @@ impl Request {
             ApiKey::DescribeCluster => Request::DescribeCluster,
             ApiKey::ElectLeaders => Request::ElectLeaders(ElectLeadersRequest::decode(r)?),
             ApiKey::DescribeLogs => Request::DescribeLogs(DescribeLogsRequest::decode(r)?),
+            ApiKey::UnregisterBroker => {
+                Request::UnregisterBroker(UnregisterBrokerRequest::decode(r)?)
+            }
             ApiKey::AlterTopicConfigs => {
                 Request::AlterTopicConfigs(AlterTopicConfigsRequest::decode(r, version)?)
             }
@@ -1027,6 +1037,7 @@ impl Response {
             Response::DescribeCluster(_) => ApiKey::DescribeCluster,
             Response::ElectLeaders(_) => ApiKey::ElectLeaders,
             Response::DescribeLogs(_) => ApiKey::DescribeLogs,
+            Response::UnregisterBroker(_) => ApiKey::UnregisterBroker,
             Response::Raft(_) => ApiKey::Raft,
             Response::BrokerHeartbeat(_) => ApiKey::BrokerHeartbeat,
             Response::AlterPartition(_) => ApiKey::AlterPartition,
@@ -1160,6 +1171,7 @@ impl Response {
             Response::DescribeCluster(m) => m.encode(w),
             Response::ElectLeaders(m) => m.encode(w),
             Response::DescribeLogs(m) => m.encode(w, version),
+            Response::UnregisterBroker(m) => m.encode(w),
             Response::DeleteRecords(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1373,6 +1385,9 @@ impl Response {
                 Response::DescribeCluster(DescribeClusterResponse::decode(r)?)
             }
             ApiKey::ElectLeaders => Response::ElectLeaders(ElectLeadersResponse::decode(r)?),
+            ApiKey::UnregisterBroker => {
+                Response::UnregisterBroker(UnregisterBrokerResponse::decode(r)?)
+            }
             ApiKey::DescribeLogs => {
                 Response::DescribeLogs(DescribeLogsResponse::decode(r, version)?)
             }
@@ -2035,6 +2050,13 @@ mod tests {
             ListPartitionReassignmentsRequest { topics: None },
         ));
         check_request(Request::DescribeCluster);
+        check_request(Request::UnregisterBroker(UnregisterBrokerRequest {
+            broker_id: 4,
+        }));
+        check_response(Response::UnregisterBroker(UnregisterBrokerResponse {
+            error: ErrorCode::InvalidRequest,
+            message: "broker 4 still holds replicas".into(),
+        }));
         check_request(Request::ElectLeaders(ElectLeadersRequest {
             partitions: None,
         }));

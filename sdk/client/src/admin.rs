@@ -10,7 +10,8 @@ use meridian_wire::messages::{
     ListPartitionReassignmentsRequest, LocalLog, MetadataResponse, OngoingReassignment,
     PartitionReassignment, PartitionsIncrease, Request, Response,
     TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
-    DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER, NO_LEADER_EPOCH,
+    UnregisterBrokerRequest, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
+    NO_LEADER_EPOCH,
 };
 use meridian_wire::ErrorCode;
 
@@ -852,6 +853,32 @@ impl Admin {
             results.sort_by_key(|r| position(r).unwrap_or(usize::MAX));
         }
         Ok(results)
+    }
+
+    /// Forgets a broker that is gone for good, so it no longer shows in
+    /// [`describe_cluster`](Self::describe_cluster) and the metadata (Kafka's
+    /// `kafka-cluster unregister`). The controller refuses, with `InvalidRequest` and a
+    /// message saying why, a broker that is running, that is a voter of the metadata
+    /// quorum, or that still holds replicas (move them first,
+    /// [`reassign_partitions`](Self::reassign_partitions));
+    /// `BrokerIdNotRegistered` when there is no such broker. A broker that comes back
+    /// registers again.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// client.admin().unregister_broker(4).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn unregister_broker(&self, broker_id: u32) -> Result<()> {
+        let request = Request::UnregisterBroker(UnregisterBrokerRequest { broker_id });
+        let response = self.client.request(request).await?;
+        let Response::UnregisterBroker(response) = response else {
+            return Err(unexpected(ApiKey::UnregisterBroker, &response));
+        };
+        if !response.error.is_ok() {
+            return Err(Error::broker(response.error, response.message));
+        }
+        Ok(())
     }
 
     /// The cluster's brokers (running, fenced, shutting down, or a voter not started

@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use meridian_core::replication::{
     AlterIsr, BrokerState, Controller, ControllerEvent, ElectError, LeaderAndIsr, PartitionRecord,
-    ReassignError, Reassignment,
+    ReassignError, Reassignment, UnregisterRefused,
 };
 use meridian_metadata::openraft::{BasicNode, ChangeMembers, ServerState};
 use meridian_metadata::{
@@ -66,6 +66,10 @@ pub(crate) enum Command {
     ),
     Plugins(PluginChange, oneshot::Sender<PluginResult>),
     ElectLeaders(ElectLeadersRequest, oneshot::Sender<ElectLeadersResponse>),
+    UnregisterBroker(
+        UnregisterBrokerRequest,
+        oneshot::Sender<UnregisterBrokerResponse>,
+    ),
 }
 
 /// A change to the cluster's plugins. The broker that took it from the client has
@@ -144,6 +148,10 @@ impl Command {
                 error: code,
                 message,
                 results: Vec::new(),
+            })),
+            Command::UnregisterBroker(_, tx) => drop(tx.send(UnregisterBrokerResponse {
+                error: code,
+                message,
             })),
             Command::ReassignPartitions(r, tx) => drop(
                 tx.send(AlterPartitionReassignmentsResponse {
@@ -621,7 +629,109 @@ impl<'a> Active<'a> {
                 let _ = tx.send(response);
                 outcome
             }
+            Command::UnregisterBroker(r, tx) => {
+                let (response, outcome) = self.unregister_broker(r.broker_id).await;
+                let _ = tx.send(response);
+                outcome
+            }
         }
+    }
+
+    /// Forgets a broker gone for good: the core checks it is fenced and holds no
+    /// replicas, this checks it is not a voter, and a learner of the metadata quorum
+    /// leaves the quorum too (in the background, like its joining).
+    async fn unregister_broker(
+        &mut self,
+        id: u32,
+    ) -> (UnregisterBrokerResponse, Result<(), LostLeadership>) {
+        let refused = |error, message| (UnregisterBrokerResponse { error, message }, Ok(()));
+        let (voter, learner) = {
+            let metrics = self.context.raft.metrics();
+            let metrics = metrics.borrow();
+            let membership = metrics.membership_config.membership();
+            let voter = membership.voter_ids().any(|v| v == u64::from(id));
+            (
+                voter,
+                !voter && membership.get_node(&u64::from(id)).is_some(),
+            )
+        };
+        if voter {
+            return refused(
+                ErrorCode::InvalidRequest,
+                format!("broker {id} is a voter of the metadata quorum (cluster.voters); voters stay registered"),
+            );
+        }
+        match self.core.unregister_broker(id) {
+            Ok(()) => {}
+            Err(UnregisterRefused::NotRegistered) => {
+                return refused(
+                    ErrorCode::BrokerIdNotRegistered,
+                    format!("broker {id} is not registered"),
+                )
+            }
+            Err(UnregisterRefused::Running) => {
+                return refused(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "broker {id} is running; stop it first (a running broker registers again)"
+                    ),
+                )
+            }
+            Err(UnregisterRefused::HoldsReplicas(partitions)) => {
+                let (topic, partition) = &partitions[0];
+                return refused(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "broker {id} holds replicas of {} partition(s), {topic}/{partition} first; \
+                         move them to other brokers first (`meridian partition reassign`)",
+                        partitions.len()
+                    ),
+                );
+            }
+        }
+        let outcome = self
+            .commit(vec![MetadataRecord::BrokerUnregistered { id }])
+            .await;
+        if outcome.is_err() {
+            return (
+                UnregisterBrokerResponse {
+                    error: ErrorCode::NotController,
+                    message: "the controller lost its leadership; retry".into(),
+                },
+                outcome,
+            );
+        }
+        tracing::info!(broker = id, "unregistered broker");
+        self.learners_asked.remove(&id);
+        if learner {
+            let raft = self.context.raft.clone();
+            let calls = self.context.raft_calls.clone();
+            tokio::spawn(async move {
+                let change = raft.change_membership(
+                    ChangeMembers::RemoveNodes([u64::from(id)].into_iter().collect()),
+                    true,
+                );
+                match calls.run(change).await {
+                    Some(Ok(_)) => {
+                        tracing::info!(
+                            broker = id,
+                            "removed an unregistered broker from the metadata quorum"
+                        )
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(broker = id, error = %e, "could not remove an unregistered broker from the metadata quorum")
+                    }
+                    None => {}
+                }
+            });
+        }
+        (
+            UnregisterBrokerResponse {
+                error: ErrorCode::None,
+                message: String::new(),
+            },
+            outcome,
+        )
     }
 
     /// Commits what the core decided for a request answered per partition; when the

@@ -691,6 +691,24 @@ impl ControllerClient {
         .await
     }
 
+    /// Unregisters a broker at the controller.
+    pub(crate) async fn unregister_broker(
+        &self,
+        request: UnregisterBrokerRequest,
+    ) -> Result<UnregisterBrokerResponse, ControllerError> {
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::UnregisterBroker(request.clone(), tx),
+            || Request::UnregisterBroker(request.clone()),
+            |r| match r {
+                Response::UnregisterBroker(r) => Some(r),
+                _ => None,
+            },
+            |r| r.error == ErrorCode::NotController,
+        )
+        .await
+    }
+
     /// Preferred leader elections at the controller.
     pub(crate) async fn elect_leaders(
         &self,
