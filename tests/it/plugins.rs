@@ -866,6 +866,12 @@ async fn attachments_are_held_to_the_brokers_limits() {
         None,
     );
     let client = broker.client().await;
+    let chain = client.admin().describe_topic("slow").await.unwrap().plugins;
+    assert_eq!(
+        (chain[0].batch_time_max_ms, chain[0].memory_max_bytes),
+        (100, 1 << 30),
+        "the limits in effect"
+    );
     let started = Instant::now();
     let results = send_each(&client, "slow", &["boom"]).await;
     let took = started.elapsed();

@@ -428,19 +428,21 @@ impl Plugins {
     }
 
     /// A topic's produce chain in the order it runs (`DescribeTopics`), with the
-    /// limits in effect (broker defaults filled in) and the failure policy spelled
-    /// out. In a cluster, this broker's copy of the metadata's chain.
+    /// limits in effect (broker defaults filled in, held to the broker's limits) and
+    /// the failure policy spelled out. In a cluster, this broker's copy of the
+    /// metadata's chain.
     pub(crate) fn described_chain(&self, topic: &str) -> Vec<Attachment> {
         let state = self.state.read();
         let chain = state.meta.attachments.get(topic).map(Vec::as_slice);
         chain
             .unwrap_or_default()
             .iter()
-            .map(|a| Attachment {
+            .map(|a| (a, self.config.bounded(limits(a))))
+            .map(|(a, limits)| Attachment {
                 plugin: a.plugin.clone(),
                 params: a.params.clone(),
-                batch_time_max_ms: u32::try_from(a.batch_time_max_ms).unwrap_or(u32::MAX),
-                memory_max_bytes: a.memory_max_bytes,
+                batch_time_max_ms: u32::try_from(limits.batch_time_max_ms).unwrap_or(u32::MAX),
+                memory_max_bytes: limits.memory_max_bytes,
                 on_failure: match a.on_failure.as_str() {
                     "" => "reject".to_string(),
                     policy => policy.to_string(),
