@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::Poll;
 use std::time::Duration;
@@ -28,6 +29,41 @@ const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
 
 /// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
 type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
+
+/// A warning any client can cause at will (a Raft RPC sent to a broker outside a
+/// cluster, a malformed one): logged at most once per [`Throttled::INTERVAL_MS`],
+/// the next one saying how many were held back, so a client cannot fill the log.
+pub(crate) struct Throttled {
+    last_ms: AtomicI64,
+    held: AtomicU64,
+}
+
+impl Throttled {
+    const INTERVAL_MS: i64 = 10_000;
+
+    pub(crate) const fn new() -> Throttled {
+        Throttled {
+            last_ms: AtomicI64::new(i64::MIN),
+            held: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(held back since the last one)` when this one is to be logged.
+    pub(crate) fn allow(&self, now_ms: i64) -> Option<u64> {
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == i64::MIN || now_ms.saturating_sub(last) >= Self::INTERVAL_MS;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.held.swap(0, Ordering::Relaxed));
+        }
+        self.held.fetch_add(1, Ordering::Relaxed);
+        None
+    }
+}
 
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -542,11 +578,16 @@ impl Shared {
     }
 
     async fn raft_rpc(&self, request: RaftRequest) -> RaftResponse {
+        static OUTSIDE: Throttled = Throttled::new();
+        static MALFORMED: Throttled = Throttled::new();
         let Some(cluster) = &self.cluster else {
-            tracing::warn!(
-                from = request.from,
-                "Raft RPC received, but this broker is not in a cluster"
-            );
+            if let Some(held_back) = OUTSIDE.allow(now_ms()) {
+                tracing::warn!(
+                    from = request.from,
+                    held_back,
+                    "Raft RPC received, but this broker is not in a cluster"
+                );
+            }
             return RaftResponse {
                 payload: Bytes::new(),
             };
@@ -555,7 +596,9 @@ impl Shared {
             Ok(response) => response,
             Err(message) => {
                 // The sender fails to parse an empty answer and retries.
-                tracing::warn!("{message}");
+                if let Some(held_back) = MALFORMED.allow(now_ms()) {
+                    tracing::warn!(held_back, "{message}");
+                }
                 RaftResponse {
                     payload: Bytes::new(),
                 }
@@ -1952,5 +1995,22 @@ impl acl::Topics for Shared {
             Some(cluster) => !cluster.image().topics.contains_key(topic),
             None => true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttled;
+
+    #[test]
+    fn a_warning_any_client_can_cause_is_logged_once_per_interval() {
+        let warning = Throttled::new();
+        assert_eq!(warning.allow(1_000), Some(0));
+        assert_eq!(warning.allow(1_001), None);
+        assert_eq!(warning.allow(10_999), None);
+        // The next interval's first says how many were held back.
+        assert_eq!(warning.allow(11_000), Some(2));
+        assert_eq!(warning.allow(11_001), None);
+        assert_eq!(warning.allow(30_000), Some(1));
     }
 }
