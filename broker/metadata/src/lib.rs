@@ -80,6 +80,12 @@ pub fn raft_config(cluster_name: &str, timing: RaftTiming) -> openraft::Config {
         // The image is small: snapshot often, keep the log short.
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(500),
         max_in_snapshot_log_to_keep: 100,
+        // Entries per AppendEntries. A record can carry a plugin module (up to
+        // `plugins.module_size_max_bytes`, hex in the JSON payload): at openraft's
+        // 300, a follower or learner catching up over a stretch of deploys was sent
+        // hundreds of megabytes per RPC, serialized anew on every retry, and a
+        // region fed deploys ran out of memory.
+        max_payload_entries: 16,
         ..Default::default()
     }
 }
