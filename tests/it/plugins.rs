@@ -930,12 +930,19 @@ async fn compiling_large_modules_does_not_stall_the_broker() {
     assert!(answered > 0);
     // Refused modules leave neither a stored module nor a compiled artifact.
     for dir in ["modules", "cache"] {
-        let left: Vec<_> = std::fs::read_dir(broker.data_dir.join("plugins").join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
+        let left = plugin_files(&broker, dir);
         assert!(left.is_empty(), "{dir}: {left:?}");
     }
+}
+
+/// The files in the broker's `plugins/<dir>` (`modules` or `cache`), sorted.
+fn plugin_files(broker: &TestBroker, dir: &str) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(broker.data_dir.join("plugins").join(dir))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -944,14 +951,7 @@ async fn replaced_and_removed_modules_leave_no_files() {
     let broker = plugin_broker();
     let client = broker.client().await;
     let admin = client.admin();
-    let files = |dir: &str| -> Vec<String> {
-        let mut names: Vec<String> = std::fs::read_dir(broker.data_dir.join("plugins").join(dir))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        names.sort();
-        names
-    };
+    let files = |dir: &str| plugin_files(&broker, dir);
     deploy_wat(&client, "keep", &filter_wat(1, 0, ""))
         .await
         .unwrap();
