@@ -1708,6 +1708,42 @@ fn kafka_requests() -> Vec<BytesMut> {
     ]
 }
 
+/// What a client sends cannot forge a line of the broker's log: a group protocol
+/// type with a newline in it is refused, and the refusal quoting it stays one line,
+/// the newline written `\n`.
+#[test]
+fn a_client_string_cannot_start_a_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("broker.log");
+    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
+    let listen = format!("kafka_listen={addr}");
+    let broker = TestBroker::start_logging_to(&log, &[&listen], &[("RUST_LOG", "info")]);
+    let forged = "x\n[broker-1] 2026-01-01T00:00:00Z ERROR forged: \u{1b}[2Jdisk lost";
+    let join = k::JoinGroupRequest::default()
+        .with_group_id(GroupId(StrBytes::from_static_str("billing")))
+        .with_session_timeout_ms(10_000)
+        .with_rebalance_timeout_ms(30_000)
+        .with_protocol_type(StrBytes::from_static_str(forged));
+    let mut raw = Raw::connect(&addr);
+    raw.send(ApiKey::JoinGroup, 7, &join);
+    let joined: k::JoinGroupResponse = raw.receive(ApiKey::JoinGroup, 7);
+    assert_ne!(joined.error_code, 0);
+    assert!(broker.is_running());
+    let log = std::fs::read_to_string(&log).unwrap();
+    let refusal = log
+        .lines()
+        .find(|l| l.contains("Kafka request refused"))
+        .unwrap_or_else(|| panic!("no refusal logged:\n{log}"));
+    assert!(
+        refusal.contains(
+            r"protocol type `x\n[broker-1] 2026-01-01T00:00:00Z ERROR forged: \u{1b}[2Jdisk lost`"
+        ),
+        "{refusal}"
+    );
+    assert!(!log.lines().any(|l| l.starts_with("[broker-1]")), "{log}");
+    assert!(!log.contains('\u{1b}'), "{log}");
+}
+
 /// The broker never stops for a malformed request: requests of sixteen kinds, each
 /// changed at one place (`harness::mutate`: a byte, an INT32 or INT16 made
 /// extreme, the varint 2^32 - 1 spliced in, the frame cut short; from a fixed

@@ -11,6 +11,7 @@ mod cluster_cmds;
 mod group_bench;
 mod group_cmds;
 mod json_bytes;
+mod log_fields;
 mod otel;
 mod partition_cmds;
 mod pem;
@@ -273,6 +274,7 @@ fn init_tracing(tracer: Option<opentelemetry_sdk::trace::Tracer>) {
             tracing_subscriber::fmt::layer()
                 .with_writer(std::io::stderr)
                 .with_ansi(colors)
+                .fmt_fields(log_fields::EscapedFields)
                 .with_filter(log_filters(rust_log.as_deref())),
         )
         .with(tracer.map(|tracer| {
