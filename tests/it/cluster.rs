@@ -1449,10 +1449,12 @@ async fn reassignment_onto_a_new_broker_copies_the_log_under_load_and_loses_noth
 
 /// A broker gone for good is unregistered: refused while it runs, while it holds
 /// replicas, and for a voter; then no broker lists it, and it leaves the metadata
-/// quorum it had joined as a learner.
+/// quorum it had joined as a learner. Kafka's UnregisterBroker (`kafka-cluster
+/// unregister`) at a Kafka listener gets the same answers.
 #[tokio::test]
 async fn a_broker_gone_for_good_is_unregistered() {
-    let mut cluster = TestCluster::start("");
+    use kafka_protocol::messages::{self as k, ApiKey, BrokerId};
+    let mut cluster = TestCluster::start("kafka_listen = \"{kafka_listen}\"");
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
     // The offsets topic goes to the three brokers there are, none to broker 4.
     cluster
@@ -1462,6 +1464,18 @@ async fn a_broker_gone_for_good_is_unregistered() {
     let controller = cluster.agreed_controller(4, Duration::from_secs(20)).await;
     let via = if controller == 1 { 2 } else { 1 };
     let admin = cluster.client(via).await.admin();
+    // Kafka's `kafka-cluster unregister --id N`, at broker `via`'s Kafka listener.
+    let kafka = cluster.kafka[via as usize - 1].clone();
+    let kafka_unregister = |id: i32| {
+        let mut raw = crate::kafka::Raw::connect(&kafka);
+        let request = k::UnregisterBrokerRequest::default().with_broker_id(BrokerId(id));
+        raw.send(ApiKey::UnregisterBroker, 0, &request);
+        let r: k::UnregisterBrokerResponse = raw.receive(ApiKey::UnregisterBroker, 0);
+        (
+            r.error_code,
+            r.error_message.unwrap_or_default().to_string(),
+        )
+    };
     let mut everywhere = NewTopic::new("spread", 1);
     everywhere.replication_factor = 4;
     admin.create_topic(everywhere).await.unwrap();
@@ -1478,6 +1492,9 @@ async fn a_broker_gone_for_good_is_unregistered() {
     assert!(message.contains("broker 4 is running"), "{message}");
     let (code, message) = refusal(admin.unregister_broker(3).await);
     assert_eq!(code, Some(ErrorCode::InvalidRequest), "{message}");
+    assert!(message.contains("broker 3 is a voter"), "{message}");
+    let (code, message) = kafka_unregister(3);
+    assert_eq!(code, 42, "INVALID_REQUEST: {message}");
     assert!(message.contains("broker 3 is a voter"), "{message}");
     let (code, message) = refusal(admin.unregister_broker(9).await);
     assert_eq!(code, Some(ErrorCode::BrokerIdNotRegistered), "{message}");
@@ -1529,6 +1546,8 @@ async fn a_broker_gone_for_good_is_unregistered() {
     .await;
     let (code, _) = refusal(admin.unregister_broker(4).await);
     assert_eq!(code, Some(ErrorCode::BrokerIdNotRegistered));
+    let (code, message) = kafka_unregister(4);
+    assert_eq!(code, 102, "BROKER_ID_NOT_REGISTERED: {message}");
 }
 
 /// `replica_catch_up_bytes_per_sec` holds back a new replica copying the log: 4 MiB

@@ -85,6 +85,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::UnregisterBroker, 0, 0),
     (ApiKey::SaslHandshake, 1, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
 ];
@@ -533,6 +534,26 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                 }),
                 Shape::DescribeCluster,
             )
+        }
+        ApiKey::UnregisterBroker => {
+            let r = body!(k::UnregisterBrokerRequest);
+            match u32::try_from(r.broker_id.0) {
+                Ok(broker_id) => serve(
+                    m::Request::UnregisterBroker(
+                        meridian_wire::describe_cluster::UnregisterBrokerRequest { broker_id },
+                    ),
+                    Shape::Plain,
+                ),
+                Err(_) => {
+                    let unknown = k::UnregisterBrokerResponse::default()
+                        .with_error_code(code(ErrorCode::BrokerIdNotRegistered))
+                        .with_error_message(Some(StrBytes::from_string(format!(
+                            "no broker {} is registered: broker ids are not negative",
+                            r.broker_id.0
+                        ))));
+                    Ok(Step::Reply(header.frame(&unknown)?))
+                }
+            }
         }
         ApiKey::Produce => {
             let r = body!(k::ProduceRequest);
@@ -1260,6 +1281,11 @@ impl Pending {
                 h.frame(&replicas::listed_reassignments(r, asked))?
             }
             (m::Response::ElectLeaders(r), _) => h.frame(&replicas::elected_leaders(r))?,
+            (m::Response::UnregisterBroker(r), _) => h.frame(
+                &k::UnregisterBrokerResponse::default()
+                    .with_error_code(code(r.error))
+                    .with_error_message(message(r.error, r.message)),
+            )?,
             (m::Response::DescribeLogs(r), _) => h.frame(&replicas::described_log_dirs(r))?,
             (m::Response::DeleteTopics(r), _) => {
                 let responses = r

@@ -198,6 +198,9 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
             usable_bytes: -1,
             logs: Vec::new(),
         }),
+        m::Request::UnregisterBroker(_) => m::Response::UnregisterBroker(
+            meridian_wire::describe_cluster::UnregisterBrokerResponse { error, message },
+        ),
         // DescribeConfigs of brokers asks it (see `admin::describe_configs`).
         m::Request::DescribeCluster => {
             m::Response::DescribeCluster(meridian_wire::describe_cluster::DescribeClusterResponse {

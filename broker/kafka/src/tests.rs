@@ -831,6 +831,50 @@ fn describe_cluster_names_the_brokers_at_their_kafka_listeners() {
     assert!(r.brokers.is_empty());
 }
 
+/// Kafka's `kafka-cluster unregister --id N` (`Admin::unregisterBroker`): served as
+/// Meridian's own UnregisterBroker, the controller's refusal passed on with its
+/// code and words; a negative id is answered at once.
+#[test]
+fn unregister_broker_is_meridians_own() {
+    use meridian_wire::describe_cluster::{UnregisterBrokerRequest, UnregisterBrokerResponse};
+    let asked = k::UnregisterBrokerRequest::default().with_broker_id(BrokerId(4));
+    let (request, pending) = serve(frame_of(ApiKey::UnregisterBroker, 0, &asked));
+    assert_eq!(
+        request,
+        m::Request::UnregisterBroker(UnregisterBrokerRequest { broker_id: 4 })
+    );
+    let frame = answered(
+        pending,
+        m::Response::UnregisterBroker(UnregisterBrokerResponse {
+            error: ErrorCode::InvalidRequest,
+            message: "broker 4 is running".into(),
+        }),
+    );
+    let r: k::UnregisterBrokerResponse = response(ApiKey::UnregisterBroker, 0, frame);
+    assert_eq!(r.error_code, ResponseError::InvalidRequest.code());
+    assert_eq!(r.error_message.as_deref(), Some("broker 4 is running"));
+
+    let (_, pending) = serve(frame_of(ApiKey::UnregisterBroker, 0, &asked));
+    let frame = answered(
+        pending,
+        m::Response::UnregisterBroker(UnregisterBrokerResponse {
+            error: ErrorCode::None,
+            message: String::new(),
+        }),
+    );
+    let r: k::UnregisterBrokerResponse = response(ApiKey::UnregisterBroker, 0, frame);
+    assert_eq!((r.error_code, r.error_message), (0, None));
+
+    let negative = k::UnregisterBrokerRequest::default().with_broker_id(BrokerId(-1));
+    let r: k::UnregisterBrokerResponse = response(
+        ApiKey::UnregisterBroker,
+        0,
+        reply(frame_of(ApiKey::UnregisterBroker, 0, &negative)),
+    );
+    assert_eq!(r.error_code, ResponseError::BrokerIdNotRegistered.code());
+    assert!(r.error_message.unwrap().contains("no broker -1"));
+}
+
 #[test]
 fn in_a_cluster_the_coordinator_is_its_brokers_kafka_listener() {
     let find = k::FindCoordinatorRequest::default().with_key(StrBytes::from_static_str("billing"));
@@ -2126,6 +2170,21 @@ fn requests_refused_whole_are_answered_with_the_authorization_error() {
         ResponseError::TopicAuthorizationFailed.code()
     );
 
+    let unregister = k::UnregisterBrokerRequest::default().with_broker_id(BrokerId(4));
+    let (request, pending) = serve(frame_of(ApiKey::UnregisterBroker, 0, &unregister));
+    let answer = refusal(
+        &request,
+        ErrorCode::ClusterAuthorizationFailed,
+        "not alice's",
+    );
+    let frame = pending.respond(answer, &listener()).unwrap().unwrap();
+    let r: k::UnregisterBrokerResponse = response(ApiKey::UnregisterBroker, 0, frame);
+    assert_eq!(
+        r.error_code,
+        ResponseError::ClusterAuthorizationFailed.code()
+    );
+    assert_eq!(r.error_message.as_deref(), Some("not alice's"));
+
     // A request `acl_file` filters rather than refuses has no refusal of its own.
     let list = m::Request::ListGroups(g::ListGroupsRequest {});
     assert_eq!(
@@ -2176,6 +2235,7 @@ fn default_request(api: ApiKey, version: i16) -> Bytes {
         ElectLeaders => k::ElectLeadersRequest,
         DescribeLogDirs => k::DescribeLogDirsRequest,
         DescribeCluster => k::DescribeClusterRequest,
+        UnregisterBroker => k::UnregisterBrokerRequest,
         SaslHandshake => k::SaslHandshakeRequest,
         SaslAuthenticate => k::SaslAuthenticateRequest,
     }
