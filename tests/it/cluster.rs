@@ -3379,3 +3379,63 @@ async fn librdkafka_checks_its_position_with_a_new_leader() {
         .unwrap_or(0.0);
     assert!(asked >= 1.0, "the new leader was never asked: {asked}");
 }
+
+/// In a region a topic deleted takes its committed offsets with it at the group's
+/// coordinator (it applies the deletion from the metadata log): the topic created
+/// again under the name is read from its start, not from the old topic's commit.
+#[tokio::test]
+async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
+    let cluster = TestCluster::start("");
+    let controller = cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |_| true)
+        .await;
+    let broker = cluster.brokers_ref(if controller == 1 { 2 } else { 1 });
+    let cli = |args: &[&str], input: &str| {
+        let (ok, out, err) = broker.cli(args, input);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let consume = |n: &str| {
+        cli(
+            &[
+                "consume", "events", "--group", "g", "--from", "earliest", "-n", n,
+            ],
+            "",
+        )
+    };
+    let create = [
+        "topic",
+        "create",
+        "events",
+        "-p",
+        "1",
+        "--replication-factor",
+        "3",
+    ];
+    cli(&create, "");
+    let old: String = (0..10).map(|i| format!("old{i}\n")).collect();
+    cli(&["produce", "events", "--acks", "all"], &old);
+    consume("10");
+    assert!(cli(&["group", "describe", "g"], "").contains("events"));
+    cli(&["topic", "delete", "events"], "");
+    // The group had no other commit and no member: it goes too, as in Kafka.
+    wait_for(
+        "the commit of events deleted",
+        Duration::from_secs(10),
+        || async {
+            let (ok, out, err) = broker.cli(&["group", "describe", "g"], "");
+            let gone = if ok {
+                !out.contains("events")
+            } else {
+                err.contains("does not exist")
+            };
+            gone.then_some(())
+        },
+    )
+    .await;
+    let new: String = (0..20).map(|i| format!("new{i}\n")).collect();
+    cli(&create, "");
+    cli(&["produce", "events", "--acks", "all"], &new);
+    assert_eq!(consume("3"), "new0\nnew1\nnew2\n");
+}

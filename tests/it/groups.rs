@@ -950,7 +950,8 @@ async fn clients_from_before_epochs_in_commits_are_served_at_version_0() {
 }
 
 /// `group delete-offsets` (Kafka's OffsetDelete) deletes a group's commits of a
-/// topic it no longer reads, some partitions or all, also of a topic deleted since;
+/// topic it no longer reads, some partitions or all (of a topic deleted, none are
+/// left);
 /// it is refused while a member subscribes to the topic and for an unknown group;
 /// the deletion survives a restart, and the other topic's commits stay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1015,20 +1016,13 @@ async fn committed_offsets_of_a_topic_no_longer_read_can_be_deleted() {
     assert!(out.contains("partition(s) 1\n"), "{out}");
     assert_eq!(committed(client.clone(), "old").await, vec![0]);
 
+    // Deleting the topic deletes its commits (see
+    // `deleting_a_topic_deletes_its_committed_offsets`).
     client.admin().delete_topic("old").await.unwrap();
     let (ok, described, err) = broker.cli(&["group", "describe", "g"], "");
     assert!(ok, "{err}");
-    assert!(
-        described.contains("topic old no longer exists")
-            && described.contains("meridian group delete-offsets g --topic old"),
-        "{described}"
-    );
-    let deleted = client
-        .admin()
-        .delete_committed_offsets("g", "old", None)
-        .await
-        .unwrap();
-    assert_eq!(deleted, vec![0], "a deleted topic's commits go too");
+    assert!(!described.contains("old"), "{described}");
+    assert_eq!(committed(client.clone(), "old").await, Vec::<u32>::new());
     let (ok, out, err) = broker.cli(&["group", "delete-offsets", "g", "--topic", "old"], "");
     assert!(ok, "{err}");
     assert!(out.contains("no committed offsets of old"), "{out}");
@@ -1229,4 +1223,50 @@ async fn a_member_removed_while_stopped_does_not_reread_when_it_resumes() {
         (110, 110),
         "records read twice after the member resumed"
     );
+}
+
+/// A topic deleted takes its groups' committed offsets with it (as in Kafka), for
+/// good: a group reading the topic created again under the name, after a kill -9
+/// and restart too, starts where its reset policy says, not at the old topic's offsets; its
+/// commits of other topics stay.
+#[test]
+fn deleting_a_topic_deletes_its_committed_offsets() {
+    let mut broker = TestBroker::start(FAST_GROUPS);
+    let cli = |broker: &TestBroker, args: &[&str], input: &str| {
+        let (ok, out, err) = broker.cli(args, input);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let old: String = (0..10).map(|i| format!("old{i}\n")).collect();
+    for topic in ["events", "other"] {
+        cli(&broker, &["topic", "create", topic, "-p", "1"], "");
+        cli(&broker, &["produce", topic], &old);
+    }
+    let consume = |broker: &TestBroker, topic: &str, n: &str| {
+        cli(
+            broker,
+            &[
+                "consume", topic, "--group", "g", "--from", "earliest", "-n", n,
+            ],
+            "",
+        )
+    };
+    consume(&broker, "events", "10");
+    consume(&broker, "other", "4");
+    let described = cli(&broker, &["group", "describe", "g"], "");
+    assert!(described.contains("events"), "{described}");
+    cli(&broker, &["topic", "delete", "events"], "");
+    let described = cli(&broker, &["group", "describe", "g"], "");
+    assert!(
+        !described.contains("events") && described.contains("other"),
+        "{described}"
+    );
+
+    broker.kill9();
+    broker.restart();
+    cli(&broker, &["topic", "create", "events", "-p", "1"], "");
+    let new: String = (0..20).map(|i| format!("new{i}\n")).collect();
+    cli(&broker, &["produce", "events"], &new);
+    assert_eq!(consume(&broker, "events", "3"), "new0\nnew1\nnew2\n");
+    assert_eq!(consume(&broker, "other", "1"), "old4\n");
 }

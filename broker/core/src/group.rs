@@ -796,6 +796,26 @@ impl Coordinator {
         }
     }
 
+    /// Every group's commits of `topic`, a topic deleted: as Kafka drops a deleted
+    /// topic's committed offsets, the driver writes tombstones for them, then calls
+    /// [`Coordinator::remove_commit`], so a topic created again under the name is
+    /// read from where the consumer's reset policy says, not from the old offsets.
+    pub fn commits_of(&self, topic: &str) -> Vec<(String, Vec<TopicPartition>)> {
+        self.groups
+            .iter()
+            .map(|(group_id, group)| {
+                let partitions: Vec<TopicPartition> = group
+                    .offsets
+                    .keys()
+                    .filter(|tp| tp.topic == topic)
+                    .cloned()
+                    .collect();
+                (group_id.clone(), partitions)
+            })
+            .filter(|(_, partitions)| !partitions.is_empty())
+            .collect()
+    }
+
     pub fn committed(&self, group_id: &str) -> BTreeMap<TopicPartition, CommittedOffset> {
         self.groups
             .get(group_id)

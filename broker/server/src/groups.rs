@@ -1219,6 +1219,25 @@ impl Shared {
         self.wait_written(Ok(sync)).await
     }
 
+    /// A topic deleted (here, or in the metadata image): groups subscribed to it
+    /// rebalance, and as in Kafka every commit of it is deleted (tombstones written,
+    /// not waited for), so consumers of a topic created again under the name start
+    /// where their reset policy says rather than at the old topic's offsets.
+    pub(crate) fn topic_deleted(&self, topic: &str) {
+        self.groups.topic_changed(topic, None);
+        let mut coordinator = self.groups.coordinator.lock();
+        for (group_id, partitions) in coordinator.commits_of(topic) {
+            if let Err(f) = self.remove_commits(&mut coordinator, &group_id, &partitions) {
+                // Not the coordinator's log to write to (any more): forgotten here
+                // all the same; the broker that leads it now writes them.
+                tracing::debug!(group = %group_id, topic, error = %f.message, "deleting a deleted topic's commits");
+                for tp in &partitions {
+                    coordinator.remove_commit(&group_id, tp);
+                }
+            }
+        }
+    }
+
     /// Under the coordinator lock: writes tombstones for the group's commits of
     /// `partitions` and removes them (`None`: there were none).
     fn remove_commits(

@@ -1063,7 +1063,7 @@ impl Shared {
             let outcome = refuse_internal(&name, "deleted").and_then(|()| {
                 self.registry.delete(&name)?;
                 self.replication.forget_topic(&name);
-                self.groups.topic_changed(&name, None);
+                self.topic_deleted(&name);
                 // A topic recreated under this name starts without plugins.
                 self.plugins.forget_topic(&name);
                 Ok(())

@@ -226,7 +226,7 @@ pub(crate) fn publish(
         if image.topics.contains_key(name) {
             continue;
         }
-        shared.groups.topic_changed(name, None);
+        shared.topic_deleted(name);
         if shared.registry.get(name).is_none() {
             continue;
         }
@@ -242,7 +242,7 @@ pub(crate) fn publish(
             && !image.topics.contains_key(&local.name)
         {
             tracing::info!(topic = %local.name, incarnation = local.created_at, "deleting the local copy of a topic deleted while this broker was away");
-            shared.groups.topic_changed(&local.name, None);
+            shared.topic_deleted(&local.name);
             drop_local_topic(shared, &local.name);
         }
     }

@@ -448,3 +448,44 @@ fn offsets_of_topics_no_member_reads_can_be_deleted() {
         .unwrap();
     assert_eq!(all.partitions.len(), 3, "{all:?}");
 }
+
+/// A topic deleted: every group's commits of it are listed for removal, a member
+/// subscribing to it or not, and no other topic's.
+#[test]
+fn a_deleted_topics_commits_are_listed_in_every_group() {
+    use meridian_core::group::CommittedOffset;
+    let mut coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    coordinator.topic_changed("t", Some(2), 0);
+    coordinator
+        .join(join_t("g", None), 0)
+        .expect("join succeeds");
+    for (group, topic, partition) in [("g", "t", 0), ("g", "t", 1), ("g", "u", 0), ("h", "t", 1)] {
+        let committed = CommittedOffset {
+            offset: 1,
+            leader_epoch: -1,
+            metadata: String::new(),
+            commit_timestamp_ms: 0,
+        };
+        coordinator.apply_commit(group, TopicPartition::new(topic, partition), committed);
+    }
+    coordinator.topic_changed("t", None, 1);
+    let commits = coordinator.commits_of("t");
+    assert_eq!(
+        commits,
+        vec![
+            (
+                "g".to_string(),
+                vec![TopicPartition::new("t", 0), TopicPartition::new("t", 1)]
+            ),
+            ("h".to_string(), vec![TopicPartition::new("t", 1)]),
+        ]
+    );
+    for (group, partitions) in &commits {
+        for tp in partitions {
+            coordinator.remove_commit(group, tp);
+        }
+    }
+    assert!(coordinator.commits_of("t").is_empty());
+    assert_eq!(coordinator.committed("g").len(), 1, "u/0 stays");
+    assert!(coordinator.committed("h").is_empty());
+}
