@@ -572,3 +572,67 @@ async fn mutated_requests_never_stop_the_broker() {
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(!log.contains("panicked"), "{log}");
 }
+
+/// A record dated further ahead of the broker's clock than the topic's
+/// `message.timestamp.after.max.ms` (1 hour by default) is refused with
+/// `InvalidTimestamp` and nothing is written (one such record would keep time
+/// retention from ever deleting its segment); the setting moves the bound, and
+/// `message.timestamp.before.max.ms` refuses old records once set.
+#[test]
+fn records_dated_far_from_the_brokers_clock_are_refused() {
+    let broker = TestBroker::start(&[]);
+    let cli = |args: &[&str], input: &str| broker.cli(args, input);
+    assert!(cli(&["topic", "create", "dated"], "").0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    let hour = 3_600_000;
+    let record = |ts: i64| format!("{{\"value\":\"at{ts}\",\"timestamp\":{ts}}}\n");
+    let produce = |ts: i64| cli(&["produce", "dated", "--format", "json"], &record(ts));
+
+    let (ok, _, err) = produce(now + 2 * hour);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidTimestamp")
+            && err.contains("message.timestamp.after.max.ms allows 3600000 ms"),
+        "{err}"
+    );
+    assert!(produce(now).0);
+    let (ok, _, err) = cli(
+        &[
+            "topic",
+            "alter",
+            "dated",
+            "-c",
+            "message.timestamp.after.max.ms=86400000",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = produce(now + 2 * hour);
+    assert!(ok, "{err}");
+    let (ok, _, err) = cli(
+        &[
+            "topic",
+            "alter",
+            "dated",
+            "-c",
+            "message.timestamp.before.max.ms=3600000",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = produce(now - 2 * hour);
+    assert!(!ok);
+    assert!(
+        err.contains("InvalidTimestamp") && err.contains("message.timestamp.before.max.ms"),
+        "{err}"
+    );
+
+    let (ok, out, err) = cli(&["consume", "dated", "--from", "earliest", "-n", "2"], "");
+    assert!(ok, "{err}");
+    assert_eq!(out, format!("at{now}\nat{}\n", now + 2 * hour));
+    let (ok, out, _) = cli(&["consume", "dated", "--from", "2", "--until", "3"], "");
+    assert!(ok && out.is_empty(), "nothing after the two: {out}");
+}

@@ -772,3 +772,12 @@ pub fn mutate(frame: &mut Vec<u8>, from: usize, next: &mut impl FnMut(usize) -> 
         _ => frame.truncate(at),
     }
 }
+
+/// The value `meridian topic describe` printed for setting `key` (`(default)`
+/// after it when it is the broker default), words joined by one space.
+pub fn described_setting(out: &str, key: &str) -> Option<String> {
+    out.lines().find_map(|line| {
+        let mut words = line.split_whitespace();
+        (words.next() == Some(key)).then(|| words.collect::<Vec<_>>().join(" "))
+    })
+}

@@ -1951,6 +1951,7 @@ pub fn code(error: ErrorCode) -> i16 {
         E::NotController => K::NotController,
         E::StaleBrokerEpoch => K::StaleBrokerEpoch,
         E::InvalidRecord | E::PluginRejected => K::InvalidRecord,
+        E::InvalidTimestamp => K::InvalidTimestamp,
         E::PluginNotFound | E::InvalidPlugin | E::PluginInUse => K::InvalidRequest,
         E::InvalidReplicaAssignment => K::InvalidReplicaAssignment,
         E::NoReassignmentInProgress => K::NoReassignmentInProgress,

@@ -88,7 +88,9 @@ pub use partition::{
 };
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
 pub use segment::ReadSlice;
-pub use validate::{require_keys, validate_batches, validate_rewritten_batches, ValidatedBatches};
+pub use validate::{
+    check_timestamps, require_keys, validate_batches, validate_rewritten_batches, ValidatedBatches,
+};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
 
@@ -195,6 +197,14 @@ pub struct LogConfig {
     pub min_cleanable_dirty_ratio: f64,
     /// A segment is cleanable only once its newest record is at least this old.
     pub min_compaction_lag_ms: u64,
+    /// A produced batch whose newest timestamp is further ahead of the broker's clock
+    /// than this is refused ([`check_timestamps`]): time retention deletes a segment
+    /// only once its newest record is old, so one record dated years ahead would keep
+    /// the partition from ever shrinking by time.
+    pub message_timestamp_after_max_ms: u64,
+    /// A produced batch whose first timestamp is further behind the broker's clock
+    /// than this is refused.
+    pub message_timestamp_before_max_ms: u64,
 }
 
 impl Default for LogConfig {
@@ -210,6 +220,8 @@ impl Default for LogConfig {
             delete_retention_ms: DAY_MS,
             min_cleanable_dirty_ratio: 0.5,
             min_compaction_lag_ms: 0,
+            message_timestamp_after_max_ms: 60 * 60 * 1000,
+            message_timestamp_before_max_ms: i64::MAX as u64,
         }
     }
 }
@@ -229,6 +241,15 @@ pub enum LogError {
     },
     #[error("record at offset delta {offset_delta} of a batch has no key; a compacted topic needs one on every record")]
     MissingKey { offset_delta: i64 },
+    #[error("a batch's {which} timestamp {timestamp} is {distance_ms} ms {direction} the broker's clock; {key} allows {limit_ms} ms")]
+    InvalidTimestamp {
+        which: &'static str,
+        timestamp: i64,
+        distance_ms: u64,
+        direction: &'static str,
+        key: &'static str,
+        limit_ms: u64,
+    },
     #[error("storage I/O error: {0}")]
     Io(#[from] std::io::Error),
     #[error(transparent)]
@@ -263,6 +284,7 @@ impl LogError {
             LogError::MessageTooLarge { .. } => ErrorCode::MessageTooLarge,
             LogError::OffsetOutOfRange { .. } => ErrorCode::OffsetOutOfRange,
             LogError::MissingKey { .. } => ErrorCode::InvalidRecord,
+            LogError::InvalidTimestamp { .. } => ErrorCode::InvalidTimestamp,
             LogError::Io(_) => ErrorCode::StorageError,
             LogError::Corrupt { .. } => ErrorCode::CorruptLog,
             LogError::Sequence(SequenceError::OutOfOrderSequence { .. }) => {

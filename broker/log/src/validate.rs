@@ -69,6 +69,44 @@ pub fn require_keys(batches: &ValidatedBatches) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Refuses batches dated too far from `now_ms`: a newest timestamp (the header's
+/// `max_timestamp`, what time retention and the time index go by) more than
+/// `after_max_ms` ahead, or a first timestamp more than `before_max_ms` behind
+/// (Kafka's `message.timestamp.after.max.ms` and `…before.max.ms`). A timestamp of
+/// -1 (none) passes. Reads only the headers.
+pub fn check_timestamps(
+    batches: &ValidatedBatches,
+    now_ms: i64,
+    before_max_ms: u64,
+    after_max_ms: u64,
+) -> Result<(), LogError> {
+    for header in &batches.headers {
+        let ahead = header.max_timestamp.saturating_sub(now_ms);
+        if header.max_timestamp != -1 && ahead > 0 && ahead as u64 > after_max_ms {
+            return Err(LogError::InvalidTimestamp {
+                which: "newest",
+                timestamp: header.max_timestamp,
+                distance_ms: ahead as u64,
+                direction: "ahead of",
+                key: "message.timestamp.after.max.ms",
+                limit_ms: after_max_ms,
+            });
+        }
+        let behind = now_ms.saturating_sub(header.base_timestamp);
+        if header.base_timestamp != -1 && behind > 0 && behind as u64 > before_max_ms {
+            return Err(LogError::InvalidTimestamp {
+                which: "first",
+                timestamp: header.base_timestamp,
+                distance_ms: behind as u64,
+                direction: "behind",
+                key: "message.timestamp.before.max.ms",
+                limit_ms: before_max_ms,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Validates one or more back-to-back v2 batches (as in a produce request).
 /// All-or-nothing: any bad batch is an error. Empty input is a `Truncated` error.
 ///
@@ -170,6 +208,37 @@ mod tests {
 
     fn join(parts: &[Bytes]) -> Bytes {
         Bytes::from(parts.concat())
+    }
+
+    /// Timestamps 0, 1, 2: the newest 2, the first 0.
+    #[test]
+    fn timestamps_far_from_the_clock_are_refused() {
+        let v = validate_batches(&batch(3, 10), 1 << 20).unwrap();
+        let outcome =
+            |now: i64, before: u64, after: u64| match check_timestamps(&v, now, before, after) {
+                Ok(()) => "ok".to_string(),
+                Err(e) => format!("{:?} {e}", e.code()),
+            };
+        assert_eq!(outcome(1, u64::MAX, 1), "ok");
+        assert_eq!(
+            outcome(1, u64::MAX, 0),
+            "InvalidTimestamp a batch's newest timestamp 2 is 1 ms ahead of the broker's clock; message.timestamp.after.max.ms allows 0 ms"
+        );
+        assert_eq!(outcome(1_000, 1_000, 0), "ok");
+        assert_eq!(
+            outcome(1_000, 999, 0),
+            "InvalidTimestamp a batch's first timestamp 0 is 1000 ms behind the broker's clock; message.timestamp.before.max.ms allows 999 ms"
+        );
+        // No timestamp (-1) passes either bound.
+        let none: Vec<NewRecord> = vec![NewRecord {
+            timestamp: -1,
+            key: None,
+            value: Some(Bytes::from_static(b"x")),
+            headers: vec![],
+        }];
+        let none = encode_batch(&none, Compression::None, ProducerIdentity::NONE).unwrap();
+        let v = validate_batches(&none, 1 << 20).unwrap();
+        assert!(check_timestamps(&v, 1_000, 0, 0).is_ok());
     }
 
     #[test]

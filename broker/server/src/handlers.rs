@@ -1345,6 +1345,7 @@ impl Shared {
     ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
         let batches = Self::validated(topic, records, validate)?;
         Self::require_keys_if_compacted(topic, &batches)?;
+        Self::require_timestamps_in_range(topic, &batches)?;
         self.append_validated(topic, partition, batches)
     }
 
@@ -1384,6 +1385,21 @@ impl Shared {
                 ),
             )
         })
+    }
+
+    /// Batches dated within the topic's `message.timestamp.*.max.ms` of now.
+    pub(crate) fn require_timestamps_in_range(
+        topic: &Topic,
+        batches: &ValidatedBatches,
+    ) -> Result<(), Failure> {
+        let config = &topic.log_config;
+        meridian_log::check_timestamps(
+            batches,
+            now_ms(),
+            config.message_timestamp_before_max_ms,
+            config.message_timestamp_after_max_ms,
+        )
+        .map_err(|e| Failure::new(e.code(), format!("topic `{}`: {e}", topic.name)))
     }
 
     /// Appends batches that passed validation (and the key check of a compacted topic).

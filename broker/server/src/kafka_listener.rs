@@ -118,7 +118,7 @@ impl Directory {
 
 /// Kafka's names for the broker settings Meridian has under its own (Kafka's name,
 /// Meridian's key as [`flatten`] spells it).
-const KAFKA_NAMES: [(&str, &str); 35] = [
+const KAFKA_NAMES: [(&str, &str); 37] = [
     ("broker.id", "broker_id"),
     ("broker.rack", "rack"),
     ("log.dirs", "data_dir"),
@@ -134,6 +134,14 @@ const KAFKA_NAMES: [(&str, &str); 35] = [
         "topic_defaults.index_interval_bytes",
     ),
     ("log.cleanup.policy", "topic_defaults.cleanup_policy"),
+    (
+        "log.message.timestamp.after.max.ms",
+        "topic_defaults.message_timestamp_after_max_ms",
+    ),
+    (
+        "log.message.timestamp.before.max.ms",
+        "topic_defaults.message_timestamp_before_max_ms",
+    ),
     (
         "log.cleaner.delete.retention.ms",
         "topic_defaults.delete_retention_ms",

@@ -1333,6 +1333,7 @@ impl Shared {
         }
         // What the producer sent must be valid as sent, whatever the chain makes of it.
         let sent = Self::validated(topic, records, validate_batches)?;
+        Self::require_timestamps_in_range(topic, &sent)?;
         match blocking(|| self.apply_produce_plugins(topic, partition.index, &sent, within))? {
             None => {
                 Self::require_keys_if_compacted(topic, &sent)?;

@@ -29,6 +29,12 @@ pub struct TopicDefaults {
     /// Allow electing a leader from outside the ISR when no in-sync replica is left
     /// (availability over durability: acknowledged records may be lost).
     pub unclean_leader_election_enable: bool,
+    /// A produced batch dated further ahead of the broker's clock is refused with
+    /// `InvalidTimestamp` (Kafka's `message.timestamp.after.max.ms`; 1 hour, as
+    /// Kafka 4's default).
+    pub message_timestamp_after_max_ms: i64,
+    /// A produced batch dated further behind is refused (no limit by default).
+    pub message_timestamp_before_max_ms: i64,
 }
 
 impl Default for TopicDefaults {
@@ -46,16 +52,20 @@ impl Default for TopicDefaults {
             min_compaction_lag_ms: 0,
             min_insync_replicas: 1,
             unclean_leader_election_enable: false,
+            message_timestamp_after_max_ms: 60 * 60 * 1000,
+            message_timestamp_before_max_ms: i64::MAX,
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 12] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 14] = [
     "cleanup.policy",
     "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
+    "message.timestamp.after.max.ms",
+    "message.timestamp.before.max.ms",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "min.insync.replicas",
@@ -81,6 +91,8 @@ impl TopicDefaults {
             "min.compaction.lag.ms" => self.min_compaction_lag_ms.to_string(),
             "min.insync.replicas" => self.min_insync_replicas.to_string(),
             "unclean.leader.election.enable" => self.unclean_leader_election_enable.to_string(),
+            "message.timestamp.after.max.ms" => self.message_timestamp_after_max_ms.to_string(),
+            "message.timestamp.before.max.ms" => self.message_timestamp_before_max_ms.to_string(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -119,6 +131,9 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "cleanup.policy" => value.parse::<CleanupPolicy>().map(drop),
         "delete.retention.ms" | "min.compaction.lag.ms" => parse_int(key, value, 0).map(drop),
         "min.insync.replicas" => parse_int(key, value, 1).map(drop),
+        "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => {
+            parse_int(key, value, 0).map(drop)
+        }
         "unclean.leader.election.enable" => match value {
             "true" | "false" => Ok(()),
             _ => Err(format!("{key} must be true or false, got `{value}`")),
@@ -224,6 +239,8 @@ impl TopicOverrides {
             delete_retention_ms: int("delete.retention.ms") as u64,
             min_cleanable_dirty_ratio: self.effective(defaults, "min.cleanable.dirty.ratio"),
             min_compaction_lag_ms: int("min.compaction.lag.ms") as u64,
+            message_timestamp_after_max_ms: int("message.timestamp.after.max.ms") as u64,
+            message_timestamp_before_max_ms: int("message.timestamp.before.max.ms") as u64,
         }
     }
 }

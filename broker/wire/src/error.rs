@@ -105,6 +105,7 @@ error_codes! {
     MetadataNotReady = 49, true, "this broker has just started and not yet caught up with the cluster's metadata; retry, or ask another broker";
     // 60..=69: log lifecycle (compaction, delete records).
     InvalidRecord = 60, false, "a record is invalid for this topic (for example, a record without a key in a compacted topic)";
+    InvalidTimestamp = 61, false, "a batch's timestamp is further from the broker's clock than the topic allows (message.timestamp.after.max.ms, message.timestamp.before.max.ms)";
     // 70..=89: WebAssembly plugins.
     PluginNotFound = 70, false, "no plugin is deployed under that name";
     InvalidPlugin = 71, false, "the module is not a valid plugin (malformed, wrong ABI version or exports, or refused its parameters)";
