@@ -753,3 +753,59 @@ async fn a_paused_partition_returns_nothing_until_resumed() {
     }
     assert_eq!(read, (4..10).map(|o| (0, o)).collect::<Vec<_>>());
 }
+
+/// A topic with `message.timestamp.type=LogAppendTime`: the broker stamps each
+/// batch with its clock as it appends it. The producer learns that time from the
+/// answer, a consumer reads it for every record whatever the producer set (even ten
+/// years ahead, which a CreateTime topic refuses), and lookups by time go by it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_append_time_topic_takes_the_brokers_clock() {
+    let broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let topic = NewTopic::new("stamped", 1).config("message.timestamp.type", "LogAppendTime");
+    client.admin().create_topic(topic).await.unwrap();
+    let producer = client.producer(ProducerConfig {
+        linger: Duration::from_millis(0),
+        ..ProducerConfig::default()
+    });
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let before = now();
+    let mut delivered = Vec::new();
+    for timestamp in [1_000, before + 10 * 365 * 86_400_000] {
+        let record = ProducerRecord::new("stamped", Bytes::from_static(b"x")).timestamp(timestamp);
+        delivered.push(
+            producer
+                .send(record)
+                .await
+                .unwrap()
+                .await
+                .unwrap()
+                .timestamp,
+        );
+    }
+    let after = now();
+    assert!(
+        delivered.iter().all(|t| (before..=after).contains(t)),
+        "{delivered:?} not within {before}..={after}"
+    );
+
+    let mut consumer = client.consumer(ConsumerConfig::default());
+    consumer.assign("stamped", &[0]).await.unwrap();
+    consumer.seek("stamped", 0, Offset::Earliest).await.unwrap();
+    let mut read = Vec::new();
+    while read.len() < 2 {
+        let records = consumer.poll(Duration::from_secs(5)).await.unwrap();
+        assert!(!records.is_empty(), "no records");
+        read.extend(records.iter().map(|r| r.timestamp));
+    }
+    assert_eq!(read, delivered);
+    let admin = client.admin();
+    let by_time = |t| admin.list_offsets("stamped", 0, Offset::Timestamp(t));
+    assert_eq!(by_time(before).await.unwrap(), 0);
+    assert_eq!(by_time(after + 1).await.unwrap(), 2);
+}

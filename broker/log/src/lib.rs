@@ -205,6 +205,11 @@ pub struct LogConfig {
     /// A produced batch whose first timestamp is further behind the broker's clock
     /// than this is refused.
     pub message_timestamp_before_max_ms: u64,
+    /// Kafka's `message.timestamp.type=LogAppendTime`: each produced batch is
+    /// stamped with the broker's clock as it is appended
+    /// ([`ValidatedBatches::with_log_append_time`]), and the two bounds above do
+    /// not apply.
+    pub log_append_time: bool,
 }
 
 impl Default for LogConfig {
@@ -222,6 +227,7 @@ impl Default for LogConfig {
             min_compaction_lag_ms: 0,
             message_timestamp_after_max_ms: 60 * 60 * 1000,
             message_timestamp_before_max_ms: i64::MAX as u64,
+            log_append_time: false,
         }
     }
 }

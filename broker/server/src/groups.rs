@@ -909,7 +909,7 @@ impl Shared {
         let partition = topic.partition(index)?.clone();
         let batch = encode_batch(&records, Compression::None, ProducerIdentity::NONE)
             .map_err(|e| Failure::new(ErrorCode::Unknown, format!("encoding offsets: {e}")))?;
-        let (_, _, sync) = self.append(&topic, &partition, &batch)?;
+        let sync = self.append(&topic, &partition, &batch)?.sync;
         let replicated = if partition.replication.lock().is_some() {
             let required = partition.log()?.log_end_offset();
             Some((partition, required))

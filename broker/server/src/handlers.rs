@@ -33,6 +33,16 @@ type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
 /// A warning any client can cause at will (a Raft RPC sent to a broker outside a
 /// cluster, a malformed one): logged at most once per [`Throttled::INTERVAL_MS`],
 /// the next one saying how many were held back, so a client cannot fill the log.
+/// What an append did: where its records start, the log start after it, the handle
+/// to fsync it by, and the time a LogAppendTime topic stamped it with (-1 in a
+/// CreateTime topic).
+pub(crate) struct Appended {
+    pub(crate) base_offset: i64,
+    pub(crate) log_start: i64,
+    pub(crate) sync: meridian_log::SyncHandle,
+    pub(crate) log_append_time: i64,
+}
+
 pub(crate) struct Throttled {
     last_ms: AtomicI64,
     held: AtomicU64,
@@ -1229,13 +1239,15 @@ impl Shared {
                     let (appended, touched) = if p.partition == UNASSIGNED_PARTITION {
                         // Routed by the topic's partitioner plugin (plugins.rs).
                         let routed = self.append_routed(t, &p.records, acks == -1, plugin_wait)?;
-                        ((-1, routed.log_start, routed.syncs), routed.appended)
+                        ((-1, routed.log_start, routed.syncs, -1), routed.appended)
                     } else {
                         let partition = t.partition(p.partition)?;
                         self.check_produce(t, partition, acks == -1)?;
-                        let (base, start, sync) =
-                            self.append_produced(t, partition, &p.records, plugin_wait)?;
-                        ((base, start, vec![sync]), vec![partition.clone()])
+                        let a = self.append_produced(t, partition, &p.records, plugin_wait)?;
+                        (
+                            (a.base_offset, a.log_start, vec![a.sync], a.log_append_time),
+                            vec![partition.clone()],
+                        )
                     };
                     if acks == -1 {
                         for partition in touched {
@@ -1252,18 +1264,20 @@ impl Shared {
                     }
                     Ok(appended)
                 });
-                let (error, message, base_offset, log_start_offset) = match outcome {
-                    Ok((base_offset, log_start, sync)) => {
+                let (error, message, base_offset, log_start_offset, log_append_time) = match outcome
+                {
+                    Ok((base_offset, log_start, sync, log_append_time)) => {
                         if wait_for_fsync {
                             for sync in sync {
                                 syncs.push((topics.len(), partitions.len(), sync));
                             }
                         }
-                        (ErrorCode::None, String::new(), base_offset, log_start)
+                        let none = ErrorCode::None;
+                        (none, String::new(), base_offset, log_start, log_append_time)
                     }
                     Err(f) => {
                         tracing::debug!(topic = %produce_topic.name, partition = p.partition, code = ?f.code, message = %f.message, "produce refused");
-                        (f.code, f.message, -1, -1)
+                        (f.code, f.message, -1, -1, -1)
                     }
                 };
                 partitions.push(ProducePartitionResponse {
@@ -1271,7 +1285,7 @@ impl Shared {
                     error,
                     message,
                     base_offset,
-                    log_append_time: -1,
+                    log_append_time,
                     log_start_offset,
                 });
             }
@@ -1330,7 +1344,7 @@ impl Shared {
         topic: &Topic,
         partition: &Partition,
         records: &Bytes,
-    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+    ) -> Result<Appended, Failure> {
         self.append_checked(topic, partition, records, validate_batches)
     }
 
@@ -1342,7 +1356,7 @@ impl Shared {
         partition: &Partition,
         records: &Bytes,
         validate: fn(&Bytes, u32) -> Result<ValidatedBatches, LogError>,
-    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+    ) -> Result<Appended, Failure> {
         let batches = Self::validated(topic, records, validate)?;
         Self::require_keys_if_compacted(topic, &batches)?;
         Self::require_timestamps_in_range(topic, &batches)?;
@@ -1387,12 +1401,16 @@ impl Shared {
         })
     }
 
-    /// Batches dated within the topic's `message.timestamp.*.max.ms` of now.
+    /// Batches dated within the topic's `message.timestamp.*.max.ms` of now (any
+    /// date, under LogAppendTime: the broker's clock replaces it).
     pub(crate) fn require_timestamps_in_range(
         topic: &Topic,
         batches: &ValidatedBatches,
     ) -> Result<(), Failure> {
         let config = &topic.log_config;
+        if config.log_append_time {
+            return Ok(());
+        }
         meridian_log::check_timestamps(
             batches,
             now_ms(),
@@ -1402,21 +1420,34 @@ impl Shared {
         .map_err(|e| Failure::new(e.code(), format!("topic `{}`: {e}", topic.name)))
     }
 
-    /// Appends batches that passed validation (and the key check of a compacted topic).
+    /// Appends batches that passed validation (and the key check of a compacted topic),
+    /// stamped with the clock under the partition's lock in a LogAppendTime topic (so
+    /// a partition's append times never go back).
     pub(crate) fn append_validated(
         &self,
         topic: &Topic,
         partition: &Partition,
         batches: ValidatedBatches,
-    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+    ) -> Result<Appended, Failure> {
         let mut log = partition.log()?;
         let epoch = self.append_epoch(topic, partition, &log)?;
-        let info = log.append(batches, epoch, now_ms()).map_err(|e| {
+        let now = now_ms();
+        let (batches, log_append_time) = if topic.log_config.log_append_time {
+            (batches.with_log_append_time(now), now)
+        } else {
+            (batches, -1)
+        };
+        let info = log.append(batches, epoch, now).map_err(|e| {
             tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
             Failure::from(e)
         })?;
         Self::appended_as_leader(partition, &log);
-        let result = (info.base_offset, log.log_start_offset(), log.sync_handle());
+        let result = Appended {
+            base_offset: info.base_offset,
+            log_start: log.log_start_offset(),
+            sync: log.sync_handle(),
+            log_append_time,
+        };
         drop(log);
         partition.mark_dirty();
         partition.appended.notify_waiters();

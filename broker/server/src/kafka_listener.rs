@@ -118,7 +118,7 @@ impl Directory {
 
 /// Kafka's names for the broker settings Meridian has under its own (Kafka's name,
 /// Meridian's key as [`flatten`] spells it).
-const KAFKA_NAMES: [(&str, &str); 37] = [
+const KAFKA_NAMES: [(&str, &str); 38] = [
     ("broker.id", "broker_id"),
     ("broker.rack", "rack"),
     ("log.dirs", "data_dir"),
@@ -141,6 +141,10 @@ const KAFKA_NAMES: [(&str, &str); 37] = [
     (
         "log.message.timestamp.before.max.ms",
         "topic_defaults.message_timestamp_before_max_ms",
+    ),
+    (
+        "log.message.timestamp.type",
+        "topic_defaults.message_timestamp_type",
     ),
     (
         "log.cleaner.delete.retention.ms",

@@ -1327,7 +1327,7 @@ impl Shared {
         partition: &Partition,
         records: &Bytes,
         within: Duration,
-    ) -> Result<(i64, i64, meridian_log::SyncHandle), Failure> {
+    ) -> Result<crate::handlers::Appended, Failure> {
         if !self.plugins.has_attachments(&topic.name) {
             return self.append(topic, partition, records);
         }
@@ -1590,10 +1590,9 @@ impl Shared {
                 (Ok(()), _) => {
                     let batch = encode_batch(&bucket, compression, ProducerIdentity::NONE)
                         .map_err(|e| failure(ErrorCode::Unknown, format!("encoding batch: {e}")))?;
-                    let (_, start, sync) =
-                        self.append_produced(topic, partition, &batch, within)?;
-                    routed.log_start = start;
-                    routed.syncs.push(sync);
+                    let appended = self.append_produced(topic, partition, &batch, within)?;
+                    routed.log_start = appended.log_start;
+                    routed.syncs.push(appended.sync);
                     routed.appended.push(partition.clone());
                 }
             }

@@ -35,6 +35,9 @@ pub struct TopicDefaults {
     pub message_timestamp_after_max_ms: i64,
     /// A produced batch dated further behind is refused (no limit by default).
     pub message_timestamp_before_max_ms: i64,
+    /// `CreateTime` (the producer's timestamps, default) or `LogAppendTime` (the
+    /// broker stamps each batch with its clock as it appends it).
+    pub message_timestamp_type: String,
 }
 
 impl Default for TopicDefaults {
@@ -54,18 +57,20 @@ impl Default for TopicDefaults {
             unclean_leader_election_enable: false,
             message_timestamp_after_max_ms: 60 * 60 * 1000,
             message_timestamp_before_max_ms: i64::MAX,
+            message_timestamp_type: "CreateTime".into(),
         }
     }
 }
 
 /// The keys a topic accepts.
-pub const TOPIC_CONFIG_KEYS: [&str; 14] = [
+pub const TOPIC_CONFIG_KEYS: [&str; 15] = [
     "cleanup.policy",
     "delete.retention.ms",
     "index.interval.bytes",
     "max.message.bytes",
     "message.timestamp.after.max.ms",
     "message.timestamp.before.max.ms",
+    "message.timestamp.type",
     "min.cleanable.dirty.ratio",
     "min.compaction.lag.ms",
     "min.insync.replicas",
@@ -93,6 +98,7 @@ impl TopicDefaults {
             "unclean.leader.election.enable" => self.unclean_leader_election_enable.to_string(),
             "message.timestamp.after.max.ms" => self.message_timestamp_after_max_ms.to_string(),
             "message.timestamp.before.max.ms" => self.message_timestamp_before_max_ms.to_string(),
+            "message.timestamp.type" => self.message_timestamp_type.clone(),
             other => unreachable!("unknown topic config key {other}"),
         }
     }
@@ -134,6 +140,12 @@ pub fn check_value(key: &str, value: &str) -> Result<(), String> {
         "message.timestamp.after.max.ms" | "message.timestamp.before.max.ms" => {
             parse_int(key, value, 0).map(drop)
         }
+        "message.timestamp.type" => match value {
+            "CreateTime" | "LogAppendTime" => Ok(()),
+            _ => Err(format!(
+                "{key} must be CreateTime or LogAppendTime, got `{value}`"
+            )),
+        },
         "unclean.leader.election.enable" => match value {
             "true" | "false" => Ok(()),
             _ => Err(format!("{key} must be true or false, got `{value}`")),
@@ -241,6 +253,8 @@ impl TopicOverrides {
             min_compaction_lag_ms: int("min.compaction.lag.ms") as u64,
             message_timestamp_after_max_ms: int("message.timestamp.after.max.ms") as u64,
             message_timestamp_before_max_ms: int("message.timestamp.before.max.ms") as u64,
+            log_append_time: self.effective::<String>(defaults, "message.timestamp.type")
+                == "LogAppendTime",
         }
     }
 }
@@ -276,6 +290,15 @@ mod tests {
             ("min.cleanable.dirty.ratio", "0.25", None),
             ("min.cleanable.dirty.ratio", "1.5", Some("between 0 and 1")),
             ("min.cleanable.dirty.ratio", "x", Some("between 0 and 1")),
+            ("message.timestamp.after.max.ms", "0", None),
+            ("message.timestamp.before.max.ms", "-1", Some("at least 0")),
+            ("message.timestamp.type", "LogAppendTime", None),
+            ("message.timestamp.type", "CreateTime", None),
+            (
+                "message.timestamp.type",
+                "logappendtime",
+                Some("CreateTime or LogAppendTime"),
+            ),
             ("retention.hours", "1", Some("unknown topic config")),
         ];
         for (key, value, want) in cases {

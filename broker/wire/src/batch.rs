@@ -270,6 +270,26 @@ pub fn patch_batch(batch: &mut [u8], base_offset: i64, partition_leader_epoch: i
     batch[12..16].copy_from_slice(&partition_leader_epoch.to_be_bytes());
 }
 
+/// The attributes bit saying a batch's timestamps are the broker's (LogAppendTime).
+pub const LOG_APPEND_TIME: u16 = 0x08;
+
+/// Stamps a whole batch with the broker's clock (a topic with Kafka's
+/// `message.timestamp.type=LogAppendTime`): sets the [`LOG_APPEND_TIME`] attribute
+/// and the max timestamp to `now_ms`, then recomputes the CRC. The records keep
+/// their own timestamps; readers take the max timestamp for every record of such a
+/// batch, as Kafka's do.
+pub fn set_log_append_time(batch: &mut [u8], now_ms: i64) {
+    assert!(
+        batch.len() >= BATCH_HEADER_LEN,
+        "set_log_append_time on a short buffer"
+    );
+    let attributes = u16::from_be_bytes([batch[21], batch[22]]) | LOG_APPEND_TIME;
+    batch[21..23].copy_from_slice(&attributes.to_be_bytes());
+    batch[35..43].copy_from_slice(&now_ms.to_be_bytes());
+    let crc = crc32c::crc32c(&batch[CRC_START..]);
+    batch[17..21].copy_from_slice(&crc.to_be_bytes());
+}
+
 /// Splits a buffer holding consecutive batches into `(header, bytes)` pairs, checking
 /// each batch's CRC. Used by the broker on produce (one request may carry several
 /// batches for one partition) and by clients on fetch.
@@ -330,6 +350,7 @@ pub struct Header {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Record {
     pub offset: i64,
+    /// The record's timestamp, or the batch's max timestamp under LogAppendTime.
     pub timestamp: i64,
     pub key: Option<Bytes>,
     pub value: Option<Bytes>,
@@ -828,7 +849,7 @@ fn walk_records(
     raw: &[u8],
     mut f: impl FnMut(&[u8], &RecordSummary<'_>),
 ) -> Result<(), BatchError> {
-    let log_append_time = header.attributes & 0x08 != 0;
+    let log_append_time = header.attributes & LOG_APPEND_TIME != 0;
     let mut cursor = raw;
     for _ in 0..header.records_count.max(0) {
         let record_start = cursor;
@@ -924,8 +945,14 @@ fn decode_record(cursor: &mut Bytes, header: &BatchHeader) -> Result<Record, Bat
         headers.push(Header { key, value });
     }
     Ok(Record {
-        offset: header.base_offset + offset_delta as i64,
-        timestamp: header.base_timestamp + timestamp_delta,
+        offset: header.base_offset.saturating_add(offset_delta as i64),
+        // As Kafka's readers: a LogAppendTime batch's records all carry the time the
+        // broker appended it.
+        timestamp: if header.attributes & LOG_APPEND_TIME != 0 {
+            header.max_timestamp
+        } else {
+            header.base_timestamp.saturating_add(timestamp_delta)
+        },
         key,
         value,
         headers,
