@@ -30,9 +30,6 @@ const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
 /// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
 type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
 
-/// A warning any client can cause at will (a Raft RPC sent to a broker outside a
-/// cluster, a malformed one): logged at most once per [`Throttled::INTERVAL_MS`],
-/// the next one saying how many were held back, so a client cannot fill the log.
 /// What an append did: where its records start, the log start after it, the handle
 /// to fsync it by, and the time a LogAppendTime topic stamped it with (-1 in a
 /// CreateTime topic).
@@ -43,6 +40,9 @@ pub(crate) struct Appended {
     pub(crate) log_append_time: i64,
 }
 
+/// A warning any client can cause at will (a Raft RPC sent to a broker outside a
+/// cluster, a malformed one): logged at most once per [`Throttled::INTERVAL_MS`],
+/// the next one saying how many were held back, so a client cannot fill the log.
 pub(crate) struct Throttled {
     last_ms: AtomicI64,
     held: AtomicU64,
