@@ -1711,6 +1711,46 @@ fn kafka_requests() -> Vec<BytesMut> {
     ]
 }
 
+/// kafka-python and a topic with `message.timestamp.type=LogAppendTime`: records
+/// it dates in 1970 and ten years ahead are taken, each send learns the time the
+/// broker stamped its batch with (`log_append_time_ms`), and its consumer reads
+/// that time for both, as a LogAppendTime timestamp.
+#[test]
+fn kafka_clients_read_a_log_append_time_topic_at_the_brokers_clock() {
+    let (broker, addr) = kafka_broker(&[]);
+    let create = [
+        "topic",
+        "create",
+        "stamped",
+        "-c",
+        "message.timestamp.type=LogAppendTime",
+    ];
+    let (ok, _, err) = broker.cli(&create, "");
+    assert!(ok, "{err}");
+    let Some(seen) = kafka_python("timestamps.py", &[&addr, "stamped"]) else {
+        return;
+    };
+    let (before, after) = (
+        seen["before"].as_i64().unwrap(),
+        seen["after"].as_i64().unwrap(),
+    );
+    let sent: Vec<i64> = seen["sent"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_i64().unwrap())
+        .collect();
+    assert!(
+        sent.len() == 2 && sent.iter().all(|t| (before..=after).contains(t)),
+        "{seen}"
+    );
+    assert_eq!(
+        seen["read"],
+        serde_json::json!([[sent[0], 1], [sent[1], 1]]),
+        "{seen}"
+    );
+}
+
 /// What a client sends cannot forge a line of the broker's log: a group protocol
 /// type with a newline in it is refused, and the refusal quoting it stays one line,
 /// the newline written `\n`.
