@@ -105,27 +105,35 @@ pub fn check_timestamps(
     after_max_ms: u64,
 ) -> Result<(), LogError> {
     for header in &batches.headers {
-        let ahead = header.max_timestamp.saturating_sub(now_ms);
-        if header.max_timestamp != -1 && ahead > 0 && ahead as u64 > after_max_ms {
-            return Err(LogError::InvalidTimestamp {
-                which: "newest",
-                timestamp: header.max_timestamp,
-                distance_ms: ahead as u64,
-                direction: "ahead of",
-                key: "message.timestamp.after.max.ms",
-                limit_ms: after_max_ms,
-            });
-        }
-        let behind = now_ms.saturating_sub(header.base_timestamp);
-        if header.base_timestamp != -1 && behind > 0 && behind as u64 > before_max_ms {
-            return Err(LogError::InvalidTimestamp {
-                which: "first",
-                timestamp: header.base_timestamp,
-                distance_ms: behind as u64,
-                direction: "behind",
-                key: "message.timestamp.before.max.ms",
-                limit_ms: before_max_ms,
-            });
+        let bounds = [
+            (
+                "newest",
+                header.max_timestamp,
+                header.max_timestamp.saturating_sub(now_ms),
+                "ahead of",
+                "message.timestamp.after.max.ms",
+                after_max_ms,
+            ),
+            (
+                "first",
+                header.base_timestamp,
+                now_ms.saturating_sub(header.base_timestamp),
+                "behind",
+                "message.timestamp.before.max.ms",
+                before_max_ms,
+            ),
+        ];
+        for (which, timestamp, distance, direction, key, limit_ms) in bounds {
+            if timestamp != -1 && distance > 0 && distance as u64 > limit_ms {
+                return Err(LogError::InvalidTimestamp {
+                    which,
+                    timestamp,
+                    distance_ms: distance as u64,
+                    direction,
+                    key,
+                    limit_ms,
+                });
+            }
         }
     }
     Ok(())
