@@ -19,11 +19,29 @@ use crate::harness::{batch, described_setting, free_ports, mutate, seeded, TestB
 
 /// A broker with a Kafka listener, and that listener's address.
 pub(crate) fn kafka_broker(settings: &[&str]) -> (TestBroker, String) {
+    kafka_broker_started(settings, TestBroker::start)
+}
+
+/// [`kafka_broker`] with its log appended to `log` and `env` set
+/// ([`TestBroker::start_logging_to`]).
+fn kafka_broker_logging_to(
+    log: &std::path::Path,
+    settings: &[&str],
+    env: &[(&str, &str)],
+) -> (TestBroker, String) {
+    kafka_broker_started(settings, |all| TestBroker::start_logging_to(log, all, env))
+}
+
+/// `start` with `settings` and a Kafka listener on a free port, and its address.
+fn kafka_broker_started(
+    settings: &[&str],
+    start: impl FnOnce(&[&str]) -> TestBroker,
+) -> (TestBroker, String) {
     let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     let listen = format!("kafka_listen={addr}");
     let mut all = vec![listen.as_str()];
     all.extend_from_slice(settings);
-    (TestBroker::start(&all), addr)
+    (start(&all), addr)
 }
 
 pub(crate) async fn kafka_client(addr: &str) -> Client {
@@ -1372,13 +1390,9 @@ fn sighup_rotates_the_kafka_listeners_certificate() {
         "--host",
         "127.0.0.1",
     ]);
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
     let log = dir.path().join("broker.log");
-    let broker = TestBroker::start_logging_to(
-        &log,
-        &[&format!("kafka_listen={addr}"), "kafka_tls=true"],
-        &[("RUST_LOG", "info")],
-    );
+    let (broker, addr) =
+        kafka_broker_logging_to(&log, &["kafka_tls=true"], &[("RUST_LOG", "info")]);
     let old = dir.path().join("old-cert.pem");
     std::fs::copy(broker.cert_path(), &old).unwrap();
     let run = |ca: &std::path::Path, action: &str, topic: &str| {
@@ -1758,9 +1772,7 @@ fn kafka_clients_read_a_log_append_time_topic_at_the_brokers_clock() {
 fn a_client_string_cannot_start_a_log_line() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("broker.log");
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let listen = format!("kafka_listen={addr}");
-    let broker = TestBroker::start_logging_to(&log, &[&listen], &[("RUST_LOG", "info")]);
+    let (broker, addr) = kafka_broker_logging_to(&log, &[], &[("RUST_LOG", "info")]);
     let forged = "x\n[broker-1] 2026-01-01T00:00:00Z ERROR forged: \u{1b}[2Jdisk lost";
     let join = k::JoinGroupRequest::default()
         .with_group_id(GroupId(StrBytes::from_static_str("billing")))
@@ -1797,9 +1809,7 @@ fn a_client_string_cannot_start_a_log_line() {
 fn mutated_kafka_requests_never_stop_the_broker() {
     let dir = tempfile::tempdir().unwrap();
     let log = dir.path().join("broker.log");
-    let addr = format!("127.0.0.1:{}", free_ports(1)[0]);
-    let listen = format!("kafka_listen={addr}");
-    let broker = TestBroker::start_logging_to(&log, &[&listen, "max_fetch_wait_ms=100"], &[]);
+    let (broker, addr) = kafka_broker_logging_to(&log, &["max_fetch_wait_ms=100"], &[]);
     let (ok, _, err) = broker.cli(&["topic", "create", "fuzz", "-p", "2"], "");
     assert!(ok, "{err}");
     let requests = kafka_requests();
