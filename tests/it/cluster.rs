@@ -3420,22 +3420,140 @@ async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
     assert!(cli(&["group", "describe", "g"], "").contains("events"));
     cli(&["topic", "delete", "events"], "");
     // The group had no other commit and no member: it goes too, as in Kafka.
-    wait_for(
-        "the commit of events deleted",
-        Duration::from_secs(10),
-        || async {
-            let (ok, out, err) = broker.cli(&["group", "describe", "g"], "");
-            let gone = if ok {
-                !out.contains("events")
-            } else {
-                err.contains("does not exist")
-            };
-            gone.then_some(())
-        },
-    )
-    .await;
+    no_commit_of_events(broker, "g", "the commit of events deleted", 10).await;
     let new: String = (0..20).map(|i| format!("new{i}\n")).collect();
     cli(&create, "");
     cli(&["produce", "events", "--acks", "all"], &new);
     assert_eq!(consume("3"), "new0\nnew1\nnew2\n");
+}
+
+/// A group's coordinator that was down while a topic was deleted (the only
+/// replica of the group's `__consumer_offsets` partition, so nobody wrote the
+/// tombstones) drops that topic's commits when it loads the group again: the topic
+/// created again under the name is read from its start, not from the old commit.
+#[tokio::test]
+async fn commits_of_a_topic_deleted_while_their_coordinator_was_down_are_dropped() {
+    commits_outlive_their_topic_while_the_coordinator_is_down(false).await;
+}
+
+/// As above, the topic created again (and written to) before the coordinator
+/// returns: the commit names the old topic's incarnation, and is dropped.
+#[tokio::test]
+async fn commits_of_a_topic_deleted_and_created_again_while_their_coordinator_was_down_are_dropped()
+{
+    commits_outlive_their_topic_while_the_coordinator_is_down(true).await;
+}
+
+async fn commits_outlive_their_topic_while_the_coordinator_is_down(recreate_while_down: bool) {
+    use meridian_wire::messages::FindCoordinatorRequest;
+
+    let mut cluster = TestCluster::start_with(
+        "offsets_topic_num_partitions = 3\n",
+        "offsets_topic_replication_factor = 1\n",
+    );
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |_| true)
+        .await;
+    let mut events = NewTopic::new("events", 1);
+    events.replication_factor = 1;
+    cluster
+        .client(1)
+        .await
+        .admin()
+        .create_topic(events.clone())
+        .await
+        .unwrap();
+    let host = cluster
+        .agreed_topic("events", Duration::from_secs(10), |v| {
+            v[0].leader != NO_BROKER
+        })
+        .await[0]
+        .leader;
+    // A group whose coordinator does not host `events` (a host would delete the
+    // commits as it drops its copy of the topic on return).
+    let client = cluster.client(host).await;
+    let mut found = None;
+    for i in 0..64 {
+        let group = format!("g{i}");
+        let response = client
+            .request(Request::FindCoordinator(FindCoordinatorRequest {
+                group_id: group.clone(),
+            }))
+            .await
+            .unwrap();
+        let Response::FindCoordinator(r) = response else {
+            panic!("{response:?}")
+        };
+        assert_eq!(r.error, ErrorCode::None, "{}", r.message);
+        if r.broker_id != host {
+            found = Some((group, r.broker_id));
+            break;
+        }
+    }
+    let (group, coordinator) = found.expect("a group coordinated elsewhere");
+    // The third broker.
+    let live = 6 - host - coordinator;
+    let cli = |broker: &TestBroker, args: &[&str], input: &str| {
+        let (ok, out, err) = broker.cli(args, input);
+        assert!(ok, "{args:?}: {err}");
+        out
+    };
+    let consume = [
+        "consume", "events", "--group", &group, "--from", "earliest", "-n",
+    ];
+    let create = [
+        "topic",
+        "create",
+        "events",
+        "-p",
+        "1",
+        "--replication-factor",
+        "1",
+    ];
+    let old: String = (0..10).map(|i| format!("old{i}\n")).collect();
+    let new: String = (0..20).map(|i| format!("new{i}\n")).collect();
+    let at_host = cluster.brokers_ref(host);
+    cli(at_host, &["produce", "events", "--acks", "all"], &old);
+    cli(at_host, &[&consume[..], &["10"]].concat(), "");
+    let described = cli(at_host, &["group", "describe", &group], "");
+    assert!(described.contains("events"), "{described}");
+
+    cluster.broker(coordinator).kill9();
+    let at_live = cluster.brokers_ref(live);
+    cli(at_live, &["topic", "delete", "events"], "");
+    if recreate_while_down {
+        cli(at_live, &create, "");
+        cli(at_live, &["produce", "events", "--acks", "all"], &new);
+    }
+    cluster.broker(coordinator).restart();
+    no_commit_of_events(
+        cluster.brokers_ref(live),
+        &group,
+        "the returned coordinator to serve the group without the commit",
+        30,
+    )
+    .await;
+    let back = cluster.brokers_ref(coordinator);
+    if !recreate_while_down {
+        cli(back, &create, "");
+        cli(back, &["produce", "events", "--acks", "all"], &new);
+    }
+    let read = cli(back, &[&consume[..], &["3"]].concat(), "");
+    assert_eq!(read, "new0\nnew1\nnew2\n");
+}
+
+/// Waits until `group describe GROUP` (asked of `broker`) shows no commit of
+/// `events`, or the group is gone.
+async fn no_commit_of_events(broker: &TestBroker, group: &str, what: &str, seconds: u64) {
+    wait_for(what, Duration::from_secs(seconds), || async {
+        let (ok, out, err) = broker.cli(&["group", "describe", group], "");
+        let gone = if ok {
+            !out.contains("events")
+        } else {
+            err.contains("does not exist")
+        };
+        gone.then_some(())
+    })
+    .await;
 }

@@ -140,6 +140,10 @@ pub struct CommittedOffset {
     pub leader_epoch: i32,
     pub metadata: String,
     pub commit_timestamp_ms: i64,
+    /// The incarnation of the topic committed to (in a region, the metadata log
+    /// index that created it); 0 when not known. A commit of another incarnation
+    /// is one of a topic since deleted and created again under the name.
+    pub topic_incarnation: u64,
 }
 
 /// What an OffsetDelete may do ([`Coordinator::prepare_delete_offsets`]).
@@ -796,18 +800,23 @@ impl Coordinator {
         }
     }
 
-    /// Every group's commits of `topic`, a topic deleted: as Kafka drops a deleted
-    /// topic's committed offsets, the driver writes tombstones for them, then calls
-    /// [`Coordinator::remove_commit`], so a topic created again under the name is
-    /// read from where the consumer's reset policy says, not from the old offsets.
-    pub fn commits_of(&self, topic: &str) -> Vec<(String, Vec<TopicPartition>)> {
+    /// Every group's commits that `deleted` picks (by topic and commit), commits of
+    /// a deleted topic: as Kafka drops a deleted topic's committed offsets, the
+    /// driver writes tombstones for them, then calls [`Coordinator::remove_commit`],
+    /// so a topic created again under the name is read from where the consumer's
+    /// reset policy says, not from the old offsets.
+    pub fn commits_of(
+        &self,
+        deleted: impl Fn(&str, &CommittedOffset) -> bool,
+    ) -> Vec<(String, Vec<TopicPartition>)> {
         self.groups
             .iter()
             .map(|(group_id, group)| {
                 let partitions: Vec<TopicPartition> = group
                     .offsets
-                    .keys()
-                    .filter(|tp| tp.topic == topic)
+                    .iter()
+                    .filter(|(tp, c)| deleted(&tp.topic, c))
+                    .map(|(tp, _)| tp)
                     .cloned()
                     .collect();
                 (group_id.clone(), partitions)

@@ -5,8 +5,12 @@
 //!
 //! Offsets topic records (RecordBatch v2, uncompressed; the topic is compacted):
 //! key `u16 version=0 | string group | string topic | u32 partition`,
-//! value `u16 version=0 | i64 offset | string metadata | i64 commit_timestamp_ms`, or
-//! no value (a tombstone) when a group is deleted. Last record per key wins.
+//! value `u16 version=1 | i64 offset | i32 leader_epoch | string metadata |
+//! i64 commit_timestamp_ms | u64 topic_incarnation` (version 0 has no leader epoch;
+//! values written before incarnations were kept end before it, and brokers of then
+//! ignore it, so going back to such a build keeps the commits), or no value (a
+//! tombstone) when the commit is deleted (with its group, by OffsetDelete, or with
+//! its topic). Last record per key wins.
 //!
 //! Membership (Kafka keeps it in the same topic): key version 1 `string group` holds
 //! the group's own record (epoch, assignor, eager revocation under way), key version 2
@@ -73,7 +77,9 @@ const MEMBER_KEY_VERSION: u16 = 2;
 /// Version of the membership records' values.
 const MEMBERSHIP_VALUE_VERSION: u16 = 0;
 /// Version of the offsets records' values written now: 1 added the leader epoch
-/// after the offset. Version 0 values (no epoch) are still read.
+/// after the offset. Version 0 values (no epoch) are still read. The topic's
+/// incarnation, added later, ends a version 1 value when it is there (an older
+/// broker reads the value without it): it is 0, not known, when it is not.
 const VALUE_VERSION: u16 = 1;
 /// How often session and revocation deadlines are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -204,6 +210,7 @@ fn encode_value(committed: &CommittedOffset) -> Bytes {
         w.i32(committed.leader_epoch);
         w.string(&committed.metadata);
         w.i64(committed.commit_timestamp_ms);
+        w.u64(committed.topic_incarnation);
     })
 }
 
@@ -324,11 +331,15 @@ fn decode_record(key: Bytes, value: Option<Bytes>) -> anyhow::Result<LoadedRecor
     } else {
         NO_LEADER_EPOCH
     };
+    let metadata = r.string()?;
+    let commit_timestamp_ms = r.i64()?;
+    let topic_incarnation = if r.remaining() >= 8 { r.u64()? } else { 0 };
     let committed = CommittedOffset {
         offset,
         leader_epoch,
-        metadata: r.string()?,
-        commit_timestamp_ms: r.i64()?,
+        metadata,
+        commit_timestamp_ms,
+        topic_incarnation,
     };
     Ok(LoadedRecord::Commit(group, tp, Some(committed)))
 }
@@ -571,16 +582,27 @@ pub(crate) async fn tick_loop(shared: Arc<Shared>) {
 }
 
 impl Shared {
-    /// Partitions of `topic`, from the metadata image in a cluster (the coordinator
-    /// need not host the topic), from the local registry otherwise.
-    fn partition_count(&self, topic: &str) -> Option<u32> {
+    /// The partition count and incarnation of `topic`, from the metadata image in a
+    /// cluster (the coordinator need not host the topic), from the local registry
+    /// otherwise; `None` if there is no such topic.
+    ///
+    /// In a cluster this is the image Raft last applied, not the published one: a
+    /// deletion reaches it before `topic_deleted` runs (which publishing calls), so
+    /// a commit checked against it under the coordinator lock either lands before
+    /// `topic_deleted` removes the topic's commits or is refused.
+    fn topic_now(&self, topic: &str) -> Option<(u32, u64)> {
         match &self.cluster {
             Some(cluster) => cluster
-                .image()
+                .image
+                .borrow()
+                .image
                 .topics
                 .get(topic)
-                .map(|t| t.partitions.len() as u32),
-            None => self.registry.get(topic).map(|t| t.partitions.len() as u32),
+                .map(|t| (t.partitions.len() as u32, t.created_at)),
+            None => self
+                .registry
+                .get(topic)
+                .map(|t| (t.partitions.len() as u32, t.created_at)),
         }
     }
 
@@ -655,6 +677,20 @@ impl Shared {
                     records,
                     "now the coordinator of an offsets partition's groups"
                 );
+                // Commits of topics deleted since (and perhaps created again): the
+                // coordinator then may not have written their tombstones (it
+                // failed, or lost the partition first), and they would be read as
+                // the commits of a new topic of the name.
+                self.remove_deleted_commits(&mut coordinator, |topic, committed| {
+                    match self.topic_now(topic) {
+                        None => true,
+                        Some((_, incarnation)) => {
+                            committed.topic_incarnation != 0
+                                && incarnation != 0
+                                && committed.topic_incarnation != incarnation
+                        }
+                    }
+                });
             }
             Err(e) => {
                 tracing::error!(partition, error = %e, "could not load an offsets partition; its groups stay unavailable here")
@@ -969,46 +1005,26 @@ impl Shared {
     }
 
     async fn offset_commit_inner(&self, r: OffsetCommitRequest) -> Result<(), Failure> {
-        let now = now_ms();
-        let mut committed = Vec::new();
-        for topic in &r.topics {
-            let count = self.partition_count(&topic.topic).ok_or_else(|| {
-                Failure::new(
-                    ErrorCode::UnknownTopic,
-                    format!("topic `{}` does not exist", topic.topic),
-                )
-            })?;
-            for p in &topic.partitions {
-                if p.partition >= count {
-                    return Err(Failure::new(
-                        ErrorCode::InvalidPartition,
-                        format!(
-                            "topic `{}` has {count} partitions; partition {} does not exist",
-                            topic.topic, p.partition
-                        ),
-                    ));
-                }
-                committed.push((
-                    TopicPartition::new(topic.topic.clone(), p.partition),
-                    CommittedOffset {
-                        offset: p.offset,
-                        leader_epoch: p.leader_epoch,
-                        metadata: p.metadata.clone(),
-                        commit_timestamp_ms: now,
-                    },
-                ));
-            }
-        }
-        if committed.is_empty() {
+        if r.topics.iter().all(|t| t.partitions.is_empty()) {
             return Ok(());
         }
-        // A negative offset clears the partition's commit: Kafka clients read any
-        // negative committed offset as none (and start where their reset policy
-        // says), and some commit -1 or -2 to mean just that (KafkaJS's
-        // resetOffsets); Kafka's brokers store it as given.
-        let (committed, cleared): (Vec<_>, Vec<_>) =
-            committed.into_iter().partition(|(_, c)| c.offset >= 0);
+        let now = now_ms();
         let (clearing, committing) = {
+            let mut coordinator = self
+                .groups
+                .coordinator_for(&r.group_id)
+                .map_err(group_failure)?;
+            // The topics are checked under the coordinator lock, which
+            // `topic_deleted` takes to remove a deleted topic's commits: a commit
+            // racing a deletion is refused or removed with the rest, never left
+            // behind for a topic created again under the name.
+            let committed = self.requested_commits(&r, now)?;
+            // A negative offset clears the partition's commit: Kafka clients read any
+            // negative committed offset as none (and start where their reset policy
+            // says), and some commit -1 or -2 to mean just that (KafkaJS's
+            // resetOffsets); Kafka's brokers store it as given.
+            let (committed, cleared): (Vec<_>, Vec<_>) =
+                committed.into_iter().partition(|(_, c)| c.offset >= 0);
             // The member and its epoch are checked for the cleared partitions too.
             let zero = |(tp, c): &(TopicPartition, CommittedOffset)| {
                 let c = CommittedOffset {
@@ -1020,13 +1036,8 @@ impl Shared {
             let checked: Vec<_> = (committed.iter().cloned())
                 .chain(cleared.iter().map(zero))
                 .collect();
-            let mut coordinator = self
-                .groups
-                .coordinator_for(&r.group_id)
-                .and_then(|c| {
-                    c.validate_commit(&r.group_id, &r.member_id, r.member_epoch, &checked)?;
-                    Ok(c)
-                })
+            coordinator
+                .validate_commit(&r.group_id, &r.member_id, r.member_epoch, &checked)
                 .map_err(group_failure)?;
             let cleared: Vec<TopicPartition> = cleared.into_iter().map(|(tp, _)| tp).collect();
             let clearing = self.remove_commits(&mut coordinator, &r.group_id, &cleared)?;
@@ -1054,6 +1065,45 @@ impl Shared {
             self.wait_durable(written).await?;
         }
         Ok(())
+    }
+
+    /// The commits `r` asks for, each of a partition that exists.
+    fn requested_commits(
+        &self,
+        r: &OffsetCommitRequest,
+        now: i64,
+    ) -> Result<Vec<(TopicPartition, CommittedOffset)>, Failure> {
+        let mut committed = Vec::new();
+        for topic in &r.topics {
+            let (count, incarnation) = self.topic_now(&topic.topic).ok_or_else(|| {
+                Failure::new(
+                    ErrorCode::UnknownTopic,
+                    format!("topic `{}` does not exist", topic.topic),
+                )
+            })?;
+            for p in &topic.partitions {
+                if p.partition >= count {
+                    return Err(Failure::new(
+                        ErrorCode::InvalidPartition,
+                        format!(
+                            "topic `{}` has {count} partitions; partition {} does not exist",
+                            topic.topic, p.partition
+                        ),
+                    ));
+                }
+                committed.push((
+                    TopicPartition::new(topic.topic.clone(), p.partition),
+                    CommittedOffset {
+                        offset: p.offset,
+                        leader_epoch: p.leader_epoch,
+                        metadata: p.metadata.clone(),
+                        commit_timestamp_ms: now,
+                        topic_incarnation: incarnation,
+                    },
+                ));
+            }
+        }
+        Ok(committed)
     }
 
     pub(crate) fn offset_fetch(&self, r: OffsetFetchRequest) -> OffsetFetchResponse {
@@ -1223,14 +1273,35 @@ impl Shared {
     /// rebalance, and as in Kafka every commit of it is deleted (tombstones written,
     /// not waited for), so consumers of a topic created again under the name start
     /// where their reset policy says rather than at the old topic's offsets.
+    ///
+    /// In a region the topic may exist again by now in the image Raft applied:
+    /// commits of that incarnation (made since) stay.
     pub(crate) fn topic_deleted(&self, topic: &str) {
         self.groups.topic_changed(topic, None);
         let mut coordinator = self.groups.coordinator.lock();
-        for (group_id, partitions) in coordinator.commits_of(topic) {
-            if let Err(f) = self.remove_commits(&mut coordinator, &group_id, &partitions) {
+        // Read under the lock, as commits read it.
+        let now = self.topic_now(topic);
+        self.remove_deleted_commits(&mut coordinator, |t, committed| {
+            t == topic
+                && match now {
+                    None | Some((_, 0)) => true,
+                    Some((_, incarnation)) => committed.topic_incarnation != incarnation,
+                }
+        });
+    }
+
+    /// Under the coordinator lock: tombstones and removes every commit of the
+    /// topics `deleted` picks.
+    fn remove_deleted_commits(
+        &self,
+        coordinator: &mut Coordinator,
+        deleted: impl Fn(&str, &CommittedOffset) -> bool,
+    ) {
+        for (group_id, partitions) in coordinator.commits_of(deleted) {
+            if let Err(f) = self.remove_commits(coordinator, &group_id, &partitions) {
                 // Not the coordinator's log to write to (any more): forgotten here
                 // all the same; the broker that leads it now writes them.
-                tracing::debug!(group = %group_id, topic, error = %f.message, "deleting a deleted topic's commits");
+                tracing::debug!(group = %group_id, error = %f.message, "deleting a deleted topic's commits");
                 for tp in &partitions {
                     coordinator.remove_commit(&group_id, tp);
                 }
@@ -1336,11 +1407,29 @@ mod tests {
             leader_epoch: 5,
             metadata: "m".into(),
             commit_timestamp_ms: 1_700_000_000_000,
+            topic_incarnation: 31,
         };
         let decoded = decode_record(encode_key("g", &tp), Some(encode_value(&committed))).unwrap();
         assert_eq!(
             decoded,
-            LoadedRecord::Commit("g".to_string(), tp.clone(), Some(committed))
+            LoadedRecord::Commit("g".to_string(), tp.clone(), Some(committed.clone()))
+        );
+        // A version 1 value as brokers wrote it before incarnations were kept.
+        let v1 = encode(|w| {
+            w.u16(1);
+            w.i64(42);
+            w.i32(5);
+            w.string("m");
+            w.i64(1_700_000_000_000);
+        });
+        let decoded = decode_record(encode_key("g", &tp), Some(v1)).unwrap();
+        let expected = CommittedOffset {
+            topic_incarnation: 0,
+            ..committed
+        };
+        assert_eq!(
+            decoded,
+            LoadedRecord::Commit("g".to_string(), tp.clone(), Some(expected))
         );
         // A version 0 value, as brokers wrote before epochs were kept: no epoch.
         let old = encode(|w| {
@@ -1355,6 +1444,7 @@ mod tests {
             leader_epoch: NO_LEADER_EPOCH,
             metadata: "m".into(),
             commit_timestamp_ms: 1_700_000_000_000,
+            topic_incarnation: 0,
         };
         assert_eq!(
             decoded,

@@ -215,8 +215,16 @@ pub(crate) fn publish(
     }
     // Group coordinators assign partitions of every topic, hosted here or not.
     for topic in image.topics.values() {
-        let before = previous.topics.get(&topic.name).map(|t| t.partitions.len());
-        if before != Some(topic.partitions.len()) {
+        let before = previous.topics.get(&topic.name);
+        // Deleted and created again between two images this broker followed (it
+        // follows the latest, skipping those in between): to groups that is a
+        // deletion (their commits go) and a new topic.
+        let recreated =
+            before.is_some_and(|t| t.created_at != 0 && t.created_at != topic.created_at);
+        if recreated {
+            shared.topic_deleted(&topic.name);
+        }
+        if recreated || before.map(|t| t.partitions.len()) != Some(topic.partitions.len()) {
             shared
                 .groups
                 .topic_changed(&topic.name, Some(topic.partitions.len() as u32));
