@@ -3557,3 +3557,213 @@ async fn no_commit_of_events(broker: &TestBroker, group: &str, what: &str, secon
     })
     .await;
 }
+
+/// Brokers of a region killed (kill -9) and restarted, ten times, one or two at
+/// a time (two: the metadata quorum and acks=all both stall until one is back),
+/// while an idempotent producer sends with acks=all to six partitions (RF 3,
+/// min.insync.replicas 2) through a client of one broker, and a group of two
+/// consumers reads and commits after every poll: every record acknowledged is in
+/// the log exactly once, at the offset its acknowledgement named, each key's
+/// records in the order they were sent; the group reads every one of them; and no
+/// commit fails for a connection the coordinator's death cut (the client sends it
+/// again to the next coordinator, as Kafka's `commitSync` does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn brokers_killed_and_restarted_lose_no_acknowledged_record() {
+    use std::collections::{BTreeSet, HashMap};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    const PARTITIONS: u32 = 6;
+    let mut cluster = TestCluster::start("");
+    cluster.agreed_controller(3, Duration::from_secs(20)).await;
+    let client = cluster.client(1).await;
+    client
+        .admin()
+        .create_topic(rf3("chaos", PARTITIONS).config("min.insync.replicas", "2"))
+        .await
+        .unwrap();
+    let all_in_sync = |v: &[PartitionView]| v.iter().all(|p| p.isr.len() == 3);
+    cluster
+        .agreed_topic("chaos", Duration::from_secs(20), all_in_sync)
+        .await;
+    let producer = client.producer(ProducerConfig {
+        acks: Acks::All,
+        linger: Duration::from_millis(2),
+        batch_size: 4096,
+        ..ProducerConfig::default()
+    });
+    let stop_sending = Arc::new(AtomicBool::new(false));
+    let sending = {
+        let (producer, stop) = (producer.clone(), stop_sending.clone());
+        tokio::spawn(async move {
+            let mut deliveries = Vec::new();
+            let mut i = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let record =
+                    ProducerRecord::new("chaos", format!("{i:08}")).key(format!("k{}", i % 97));
+                deliveries.push((i, producer.send(record).await.unwrap()));
+                i += 1;
+                if i.is_multiple_of(20) {
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            }
+            let mut acknowledged = Vec::new();
+            let mut failed = 0usize;
+            for (i, d) in deliveries {
+                match d.await {
+                    Ok(m) => acknowledged.push((i, m.partition, m.offset)),
+                    Err(_) => failed += 1,
+                }
+            }
+            (acknowledged, failed)
+        })
+    };
+    let read_by_group = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop_reading = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for id in [2, 3] {
+        let client = cluster.client(id).await;
+        let (read, stop) = (read_by_group.clone(), stop_reading.clone());
+        readers.push(tokio::spawn(async move {
+            let mut consumer = client.consumer(ConsumerConfig {
+                auto_offset_reset: AutoOffsetReset::Earliest,
+                ..ConsumerConfig::default()
+            });
+            let config = GroupConfig {
+                session_timeout: Duration::from_secs(6),
+                enable_auto_commit: false,
+                ..GroupConfig::new("readers")
+            };
+            consumer.subscribe(config, &["chaos"]).await.unwrap();
+            let mut cut_off = Vec::new();
+            while !stop.load(Ordering::Relaxed) {
+                match consumer.poll(Duration::from_millis(100)).await {
+                    Ok(records) => read.lock().unwrap().extend(records.iter().map(value_of)),
+                    Err(e) => eprintln!("poll failed: {e}"),
+                }
+                match consumer.commit().await {
+                    Err(e @ meridian_client::Error::Transport(_)) => cut_off.push(e.to_string()),
+                    // A rebalance may fence a commit; that is the caller's to handle.
+                    Err(e) => eprintln!("commit failed: {e}"),
+                    Ok(()) => {}
+                }
+            }
+            cut_off
+        }));
+    }
+
+    let rounds: [&[u32]; 10] = [
+        &[2],
+        &[3],
+        &[1, 2],
+        &[3],
+        &[1],
+        &[2, 3],
+        &[1],
+        &[3],
+        &[2],
+        &[1, 3],
+    ];
+    for victims in rounds {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        for id in victims {
+            cluster.broker(*id).kill9();
+        }
+        tokio::time::sleep(Duration::from_millis(900)).await;
+        for id in victims {
+            cluster.broker(*id).restart();
+        }
+    }
+    cluster
+        .agreed_topic("chaos", Duration::from_secs(60), all_in_sync)
+        .await;
+    stop_sending.store(true, Ordering::Relaxed);
+    let (acknowledged, failed) = tokio::time::timeout(Duration::from_secs(120), sending)
+        .await
+        .expect("every delivery ends")
+        .unwrap();
+    assert!(
+        acknowledged.len() > 1_000,
+        "{} acknowledged, {failed} failed",
+        acknowledged.len()
+    );
+
+    // The group reads every acknowledged record (at least once).
+    let wanted: BTreeSet<u32> = acknowledged.iter().map(|a| a.0).collect();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let missing = wanted.difference(&read_by_group.lock().unwrap()).count();
+        if missing == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group has not read {missing} acknowledged records"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    stop_reading.store(true, Ordering::Relaxed);
+    for reader in readers {
+        let cut_off = reader.await.unwrap();
+        assert!(cut_off.is_empty(), "commits cut off: {cut_off:?}");
+    }
+
+    // The log, read from a broker that was killed twice: every acknowledged
+    // record once, where its acknowledgement said.
+    let reader = cluster.client(2).await;
+    let mut consumer = reader.consumer(ConsumerConfig::default());
+    consumer.assign_all("chaos").await.unwrap();
+    let mut ends = BTreeMap::new();
+    for p in 0..PARTITIONS {
+        consumer.seek("chaos", p, Offset::Earliest).await.unwrap();
+        let end = reader
+            .admin()
+            .list_offsets("chaos", p, Offset::Latest)
+            .await
+            .unwrap();
+        ends.insert(p, end);
+    }
+    let mut at: HashMap<(u32, i64), u32> = HashMap::new();
+    let mut in_log = BTreeSet::new();
+    let mut by_key: BTreeMap<Vec<u8>, Vec<u32>> = BTreeMap::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while ends
+        .iter()
+        .any(|(p, end)| consumer.position("chaos", *p).unwrap() < *end)
+    {
+        assert!(Instant::now() < deadline, "reading the log back");
+        for r in consumer.poll(Duration::from_secs(1)).await.unwrap() {
+            let value = value_of(&r);
+            assert!(in_log.insert(value), "record {value} written twice");
+            at.insert((r.partition, r.offset), value);
+            by_key
+                .entry(r.key.unwrap().to_vec())
+                .or_default()
+                .push(value);
+        }
+    }
+    for (i, partition, offset) in &acknowledged {
+        assert_eq!(
+            at.get(&(*partition, *offset)),
+            Some(i),
+            "record {i}, acknowledged at {partition}/{offset}"
+        );
+    }
+    for (key, values) in by_key {
+        assert!(
+            values.windows(2).all(|w| w[0] < w[1]),
+            "records of key {} out of order",
+            String::from_utf8_lossy(&key)
+        );
+    }
+    eprintln!(
+        "{} acknowledged, {failed} failed, {} in the log",
+        acknowledged.len(),
+        at.len()
+    );
+
+    fn value_of(r: &ConsumerRecord) -> u32 {
+        let value = std::str::from_utf8(r.value.as_ref().unwrap()).unwrap();
+        value.parse().unwrap()
+    }
+}

@@ -531,6 +531,14 @@ impl Client {
     ) -> Result<Response> {
         let started = Instant::now();
         let timeout = self.inner.config.request_timeout;
+        // Requests that do the same done twice: sent again after a lost answer too
+        // (a commit cut off by the coordinator's failure is retried at the next one,
+        // as Kafka's `commitSync` does), where the others are retried only when
+        // the broker surely did not act on them.
+        let repeatable = matches!(
+            request,
+            Request::OffsetCommit(_) | Request::OffsetFetch(_) | Request::DescribeGroups(_)
+        );
         let mut attempt = 0u32;
         loop {
             attempt += 1;
@@ -555,7 +563,8 @@ impl Client {
             if on_error(&failure) == OnError::RefreshAndRetry {
                 lock(&self.inner.coordinators).remove(group_id);
             }
-            let safe_to_repeat = matches!(failure, Error::Broker { .. } | Error::Connect(_));
+            let safe_to_repeat =
+                repeatable || matches!(failure, Error::Broker { .. } | Error::Connect(_));
             let backoff = self.inner.config.backoff(attempt);
             if !safe_to_repeat
                 || on_error(&failure) != OnError::RefreshAndRetry

@@ -938,7 +938,11 @@ impl Consumer {
     }
 
     /// Commits the current position of every owned partition (the offset after the
-    /// last record `poll` returned) and waits for the broker to store it.
+    /// last record `poll` returned) and waits for the broker to store it. A commit
+    /// the group's coordinator did not answer (it failed, or the group moved) is
+    /// sent again to the next coordinator until `ClientConfig::request_timeout`
+    /// runs out, as Kafka's `commitSync` does; committing the same offsets twice
+    /// does no harm.
     pub async fn commit(&mut self) -> Result<()> {
         let positions = self.positions();
         self.commit_positions(positions).await
