@@ -388,7 +388,14 @@ pub struct Coordinator {
     /// Makes member ids unique across coordinator restarts (given by the driver).
     incarnation: u64,
     next_member: u64,
+    /// When [`Coordinator::tick`] last ran.
+    last_tick_ms: Option<i64>,
 }
+
+/// Ticks further apart than this mean the coordinator did not run in between (its
+/// process was stopped or starved, or the clock jumped): it heard no heartbeat
+/// then, so that time does not count against any member's session.
+pub const TICK_GAP_MAX_MS: i64 = 1_000;
 
 impl Coordinator {
     pub fn new(config: CoordinatorConfig, incarnation: u64) -> Coordinator {
@@ -398,6 +405,7 @@ impl Coordinator {
             partition_counts: BTreeMap::new(),
             incarnation,
             next_member: 0,
+            last_tick_ms: None,
         }
     }
 
@@ -672,8 +680,27 @@ impl Coordinator {
     }
 
     /// Expires members whose session ran out and members that held on to partitions
-    /// past their rebalance timeout.
+    /// past their rebalance timeout. The driver calls it every so often; a gap of
+    /// more than [`TICK_GAP_MAX_MS`] since the last call is time the coordinator was
+    /// not running, and moves every session and revocation clock on by as much, so
+    /// a coordinator thawed after a pause longer than a session does not expire
+    /// members whose heartbeats it could not take.
     pub fn tick(&mut self, now_ms: i64) -> Vec<Event> {
+        let gap = self.last_tick_ms.map_or(0, |last| now_ms - last);
+        self.last_tick_ms = Some(now_ms);
+        if gap > TICK_GAP_MAX_MS {
+            for m in self
+                .groups
+                .values_mut()
+                .flat_map(|g| g.members.values_mut())
+            {
+                // Not past now: a heartbeat taken since the thaw already counts.
+                m.last_seen_ms = (m.last_seen_ms + gap).min(now_ms);
+                if let Some(since) = m.revoking_since_ms.as_mut() {
+                    *since = (*since + gap).min(now_ms);
+                }
+            }
+        }
         let mut events = Vec::new();
         for (group_id, group) in &mut self.groups {
             let mut expired = Vec::new();

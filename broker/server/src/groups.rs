@@ -171,6 +171,28 @@ fn group_failure(e: GroupError) -> Failure {
     Failure::new(code, message)
 }
 
+/// A failure writing to a group's offsets partition, as the group's clients must
+/// read it (as Kafka maps them): that partition's leadership moving means the group
+/// has another coordinator; too few in-sync replicas, that it has none for now.
+/// Both send the client to find the coordinator and retry, where the partition's
+/// own errors would read as a producer's. (A full disk stays `StorageError`.)
+fn coordinator_failure(f: Failure) -> Failure {
+    let code = match f.code {
+        ErrorCode::NotLeaderOrFollower => ErrorCode::NotCoordinator,
+        ErrorCode::NotEnoughReplicas | ErrorCode::NotEnoughReplicasAfterAppend => {
+            ErrorCode::CoordinatorNotAvailable
+        }
+        _ => return f,
+    };
+    Failure::new(
+        code,
+        format!(
+            "writing to the group's {OFFSETS_TOPIC} partition: {}",
+            f.message
+        ),
+    )
+}
+
 /// Java's `String.hashCode`, so a group lands on the same offsets partition as in Kafka.
 fn java_hash(s: &str) -> i32 {
     s.encode_utf16()
@@ -945,7 +967,10 @@ impl Shared {
         let partition = topic.partition(index)?.clone();
         let batch = encode_batch(&records, Compression::None, ProducerIdentity::NONE)
             .map_err(|e| Failure::new(ErrorCode::Unknown, format!("encoding offsets: {e}")))?;
-        let sync = self.append(&topic, &partition, &batch)?.sync;
+        let sync = self
+            .append(&topic, &partition, &batch)
+            .map_err(coordinator_failure)?
+            .sync;
         let replicated = if partition.replication.lock().is_some() {
             let required = partition.log()?.log_end_offset();
             Some((partition, required))
@@ -990,7 +1015,9 @@ impl Shared {
                 .as_ref()
                 .map_or(5_000, |c| c.offsets_commit_timeout_ms);
             let deadline = tokio::time::Instant::now() + Duration::from_millis(timeout);
-            self.wait_for_commit(&partition, required, deadline).await?;
+            self.wait_for_commit(&partition, required, deadline)
+                .await
+                .map_err(coordinator_failure)?;
         }
         Ok(())
     }
@@ -1397,6 +1424,30 @@ mod tests {
         assert_eq!(java_hash("a"), 97);
         assert_eq!(java_hash("my-group"), -1_906_497_762);
         assert_eq!(java_hash("consumer-group-with-a-long-name"), -1_157_546_098);
+    }
+
+    /// A group's clients read a failed write to its offsets partition as Kafka's
+    /// do: find the coordinator again and retry.
+    #[test]
+    fn offsets_partition_failures_read_as_the_coordinators() {
+        let cases = [
+            (ErrorCode::NotLeaderOrFollower, ErrorCode::NotCoordinator),
+            (
+                ErrorCode::NotEnoughReplicas,
+                ErrorCode::CoordinatorNotAvailable,
+            ),
+            (
+                ErrorCode::NotEnoughReplicasAfterAppend,
+                ErrorCode::CoordinatorNotAvailable,
+            ),
+            (ErrorCode::StorageError, ErrorCode::StorageError),
+            (ErrorCode::RequestTimedOut, ErrorCode::RequestTimedOut),
+        ];
+        for (from, to) in cases {
+            let mapped = coordinator_failure(Failure::new(from, "why"));
+            assert_eq!(mapped.code, to, "{from:?}");
+            assert!(mapped.message.contains("why"), "{}", mapped.message);
+        }
     }
 
     #[test]

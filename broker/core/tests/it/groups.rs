@@ -388,9 +388,15 @@ fn a_new_coordinator_carries_on_with_the_persisted_membership() {
         new.heartbeat(GROUP, &b, 51_000).is_err(),
         "the old one is fenced"
     );
-    // A member not heard from after the takeover expires one session later.
-    assert!(new.tick(50_000 + i64::from(SESSION_MS)).is_empty());
-    let expired = new.tick(51_000 + i64::from(SESSION_MS) + 1);
+    // A member not heard from after the takeover expires one session later (the
+    // coordinator ticking all along).
+    let mut expired = Vec::new();
+    for now in (50_000..=51_000 + i64::from(SESSION_MS) + 100).step_by(100) {
+        expired.extend(new.tick(now));
+        if now <= 50_000 + i64::from(SESSION_MS) {
+            assert!(expired.is_empty(), "{expired:?} at {now}");
+        }
+    }
     assert_eq!(expired.len(), 2, "{expired:?}");
 
     // An empty membership (the group's last member left) restores to no members.
@@ -491,4 +497,36 @@ fn a_deleted_topics_commits_are_listed_in_every_group() {
     assert!(coordinator.commits_of(|t, _| t == "t").is_empty());
     assert_eq!(coordinator.committed("g").len(), 1, "u/0 stays");
     assert!(coordinator.committed("h").is_empty());
+}
+
+/// A coordinator that did not run for longer than a session (its process stopped,
+/// say) does not expire the members it could not hear meanwhile; a member that
+/// stays silent after it runs again expires one session later.
+#[test]
+fn time_the_coordinator_did_not_run_does_not_count_against_sessions() {
+    use meridian_core::group::TICK_GAP_MAX_MS;
+    let mut coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    coordinator.topic_changed("t", Some(2), 0);
+    let member = coordinator
+        .join(join_t("g", None), 0)
+        .expect("join succeeds")
+        .member_id;
+    let session = i64::from(SESSION_MS);
+    assert!(coordinator.tick(100).is_empty());
+    // Stopped from 100 until well past the session; heard from again at once.
+    let thawed = 100 + 2 * session;
+    assert!(
+        coordinator.tick(thawed).is_empty(),
+        "not expired on thawing"
+    );
+    assert!(coordinator.heartbeat("g", &member, thawed + 50).is_ok());
+    // Ticking normally, the session runs from the last heartbeat.
+    let mut now = thawed + 50;
+    let mut expired = Vec::new();
+    while expired.is_empty() {
+        now += TICK_GAP_MAX_MS / 10;
+        expired = coordinator.tick(now);
+    }
+    assert!(now > thawed + 50 + session, "expired at {now}");
+    assert!(now <= thawed + 50 + session + TICK_GAP_MAX_MS / 10);
 }
