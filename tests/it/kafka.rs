@@ -300,6 +300,12 @@ impl Raw {
     }
 
     pub(crate) fn receive<T: Decodable>(&mut self, api: ApiKey, version: i16) -> T {
+        self.receive_for(api, version, self.correlation)
+    }
+
+    /// The response to request `correlation` (of several in flight), which must
+    /// be the next one on the connection.
+    fn receive_for<T: Decodable>(&mut self, api: ApiKey, version: i16, correlation: i32) -> T {
         let mut size = [0u8; 4];
         self.stream.read_exact(&mut size).expect("a response");
         let mut body = vec![0u8; i32::from_be_bytes(size) as usize];
@@ -307,7 +313,7 @@ impl Raw {
         let mut body = Bytes::from(body);
         let header =
             k::ResponseHeader::decode(&mut body, api.response_header_version(version)).unwrap();
-        assert_eq!(header.correlation_id, self.correlation);
+        assert_eq!(header.correlation_id, correlation);
         let response = T::decode(&mut body, version).unwrap();
         assert!(!body.has_remaining());
         response
@@ -1553,6 +1559,78 @@ fn lying_array_counts_close_their_connections(addr: &str) {
     let mut raw = Raw::connect(addr);
     raw.stream.write_all(&sized(&lying)).unwrap();
     assert!(raw.closed());
+}
+
+/// An idempotent producer with several produce requests in flight on one
+/// connection (librdkafka and Kafka's Java client keep up to five) counts on them
+/// being appended in the order sent: 200 requests, one batch of 10 records each,
+/// written at once, all go in, each at the offsets its sequence numbers say. Were
+/// the listener to append them in another order, the broker would refuse the
+/// batches that came early as out of sequence.
+#[test]
+fn pipelined_idempotent_produce_requests_append_in_the_order_sent() {
+    use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
+    const REQUESTS: i32 = 200;
+    const RECORDS: i32 = 10;
+    let (broker, addr) = kafka_broker(&[]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "ordered", "-p", "1"], "");
+    assert!(ok, "{err}");
+    let mut raw = Raw::connect(&addr);
+    raw.send(
+        ApiKey::InitProducerId,
+        4,
+        &k::InitProducerIdRequest::default()
+            .with_transactional_id(None)
+            .with_transaction_timeout_ms(60_000),
+    );
+    let id: k::InitProducerIdResponse = raw.receive(ApiKey::InitProducerId, 4);
+    assert_eq!(id.error_code, 0);
+
+    let mut frames = Vec::new();
+    let first = raw.correlation + 1;
+    for n in 0..REQUESTS {
+        let records: Vec<NewRecord> = (0..RECORDS)
+            .map(|r| NewRecord {
+                timestamp: 1_700_000_000_000,
+                key: None,
+                value: Some(Bytes::from(format!("{}", n * RECORDS + r))),
+                headers: vec![],
+            })
+            .collect();
+        let producer = ProducerIdentity {
+            producer_id: id.producer_id.0,
+            producer_epoch: id.producer_epoch,
+            base_sequence: n * RECORDS,
+        };
+        let batch = encode_batch(&records, Compression::None, producer).unwrap();
+        let produce = k::ProduceRequest::default()
+            .with_acks(-1)
+            .with_timeout_ms(10_000)
+            .with_topic_data(vec![k::produce_request::TopicProduceData::default()
+                .with_name(name("ordered"))
+                .with_partition_data(vec![
+                    k::produce_request::PartitionProduceData::default()
+                        .with_index(0)
+                        .with_records(Some(batch)),
+                ])]);
+        frames.extend(sized(&request_body(
+            ApiKey::Produce,
+            9,
+            first + n,
+            &produce,
+        )));
+    }
+    raw.stream.write_all(&frames).unwrap();
+    for n in 0..REQUESTS {
+        let response: k::ProduceResponse = raw.receive_for(ApiKey::Produce, 9, first + n);
+        let partition = &response.responses[0].partition_responses[0];
+        assert_eq!(
+            (partition.error_code, partition.base_offset),
+            (0, i64::from(n * RECORDS)),
+            "request {n}: {:?}",
+            partition.error_message
+        );
+    }
 }
 
 /// Requests of the kinds Kafka clients send, with their arrays filled, for the

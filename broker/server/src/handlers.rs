@@ -144,10 +144,14 @@ impl Shared {
     }
 
     /// Dispatches one request. `None` means "send no response" (acks=0 produce).
+    /// `appended` is told when a produce request's appends are done ([`Caller`]).
+    ///
+    /// [`Caller`]: crate::Caller
     pub(crate) async fn handle(
         self: &Arc<Self>,
         request: Request,
         peer: std::net::SocketAddr,
+        appended: Option<oneshot::Sender<()>>,
     ) -> Option<Response> {
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
@@ -232,7 +236,7 @@ impl Shared {
                     },
                 },
             ),
-            Request::Produce(r) => return self.produce(r).await.map(Response::Produce),
+            Request::Produce(r) => return self.produce(r, appended).await.map(Response::Produce),
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
             Request::FindCoordinator(r) => Response::FindCoordinator(self.find_coordinator(r)),
@@ -1211,7 +1215,11 @@ impl Shared {
         Ok(())
     }
 
-    async fn produce(self: &Arc<Self>, request: ProduceRequest) -> Option<ProduceResponse> {
+    async fn produce(
+        self: &Arc<Self>,
+        request: ProduceRequest,
+        appended: Option<oneshot::Sender<()>>,
+    ) -> Option<ProduceResponse> {
         let acks = request.acks;
         let refuse_all = if !(-1..=1).contains(&acks) {
             Some(Failure::new(
@@ -1293,6 +1301,10 @@ impl Shared {
                 name: produce_topic.name,
                 partitions,
             });
+        }
+        if let Some(appended) = appended {
+            // Nothing above awaited: the appends are in the log, in request order.
+            let _ = appended.send(());
         }
         // Group commit: every partition appended above waits for one shared fsync round.
         let mut waiters = Vec::with_capacity(syncs.len());
@@ -1438,7 +1450,13 @@ impl Shared {
             (batches, -1)
         };
         let info = log.append(batches, epoch, now).map_err(|e| {
-            tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
+            if matches!(e, LogError::Io(_) | LogError::Corrupt { .. }) {
+                tracing::error!(topic = %topic.name, partition = partition.index, error = %e, "append failed");
+            } else {
+                // The client's batch (its sequence, keys, timestamps, size): its
+                // answer says why; the broker is fine.
+                tracing::debug!(topic = %topic.name, partition = partition.index, error = %e, "append refused");
+            }
             Failure::from(e)
         })?;
         Self::appended_as_leader(partition, &log);

@@ -5,9 +5,19 @@
 //!
 //! A connection pipelines: requests are read and served while earlier ones are
 //! still in flight (up to `max_inflight_requests`), and responses go out in request
-//! order, as Kafka clients expect. A frame over `max_frame_bytes`, an API or
-//! version not served, or a malformed request closes the connection, as a Kafka
-//! broker does; nothing else is affected.
+//! order, as Kafka clients expect.
+//!
+//! Order: a Kafka broker serves a connection's requests one at a time, and an
+//! idempotent producer (up to five requests in flight per connection) counts on
+//! its batches being appended in the order it sent them; pipelined here, a later
+//! request could reach the log first and be refused as out of sequence, which
+//! librdkafka takes as the broker losing its state (a fatal error). So a produce
+//! request appends only once the connection's previous produce request has
+//! appended (or failed before it could): appends go in request order, while the
+//! waits after them (acks=all, fsync) still overlap.
+//!
+//! A frame over `max_frame_bytes`, an API or version not served, or a malformed
+//! request closes the connection, as a Kafka broker does; nothing else is affected.
 //!
 //! Under `kafka_sasl_users_file` a connection serves only ApiVersions and the SASL
 //! requests until its client authenticates (`meridian_kafka::sasl`); any other
@@ -26,7 +36,7 @@ use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse, TopicPartitions}
 use meridian_wire::messages::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
@@ -415,6 +425,8 @@ async fn connection(
         let mut sasl = SaslSession::new(&shared);
         let mut session =
             meridian_kafka::Session::new(shared.config.kafka_cooperative_members_max as usize);
+        // Told when the connection's last produce request has appended ("Order").
+        let mut last_produce: Option<oneshot::Receiver<()>> = None;
         loop {
             let frame = match read_frame(&mut reader, limit, idle).await {
                 Ok(Some(frame)) => frame,
@@ -474,13 +486,19 @@ async fn connection(
                         }
                     }
                 }
-                Ok(Step::Serve(request, pending)) => tokio::spawn(serve_one(
-                    shared.clone(),
-                    directory.clone(),
-                    (*request, pending),
-                    (peer, client.clone()),
-                    frame_bytes,
-                )),
+                Ok(Step::Serve(request, pending)) => {
+                    let turn = matches!(*request, Request::Produce(_)).then(|| {
+                        let (appended, next) = oneshot::channel();
+                        (last_produce.replace(next), appended)
+                    });
+                    tokio::spawn(serve_one(
+                        shared.clone(),
+                        directory.clone(),
+                        (*request, pending),
+                        (peer, client.clone()),
+                        (frame_bytes, turn),
+                    ))
+                }
                 Err(e) => {
                     shared.metrics.frame_error();
                     tracing::info!(%peer, error = %e, "Kafka request refused; closing the connection");
@@ -557,13 +575,28 @@ impl SaslSession {
     }
 }
 
+/// A produce request's place in its connection's order ("Order" above): told when
+/// the previous produce request has appended (none for the first), and what to tell
+/// the next one.
+type ProduceTurn = (Option<oneshot::Receiver<()>>, oneshot::Sender<()>);
+
 async fn serve_one(
     shared: Arc<Shared>,
     directory: Arc<Directory>,
     (request, pending): (Request, Pending),
     (peer, client): (SocketAddr, Option<Principal>),
-    frame_bytes: usize,
+    (frame_bytes, turn): (usize, Option<ProduceTurn>),
 ) -> Result<Option<Bytes>, String> {
+    let appended = match turn {
+        Some((previous, appended)) => {
+            if let Some(previous) = previous {
+                // Sent or dropped: either way the previous request is past its appends.
+                let _ = previous.await;
+            }
+            Some(appended)
+        }
+        None => None,
+    };
     let api = pending.api();
     let listener = directory.for_response(&shared, &pending);
     let span = tracing::debug_span!(
@@ -583,6 +616,7 @@ async fn serve_one(
         client: client.as_ref(),
         peer,
         frame_bytes,
+        appended,
     };
     if let Request::SyncGroup(sync) = &request {
         let sync = sync.clone();
@@ -654,7 +688,7 @@ async fn confirm_sync(
         .collect();
     let owned = TopicPartitions::group(held);
     let confirm = SyncGroupRequest { owned, ..sync };
-    match shared.handle(Request::SyncGroup(confirm), peer).await {
+    match shared.handle(Request::SyncGroup(confirm), peer, None).await {
         Some(Response::SyncGroup(now)) => Response::SyncGroup(now),
         // The handler answers a sync with a sync; were it not so, the first answer
         // still holds.

@@ -769,6 +769,9 @@ async fn serve_stream(
                 client: client.as_ref(),
                 peer,
                 frame_bytes,
+                // The SDK's idempotent producer has one request in flight per
+                // partition: its requests need no order between them here.
+                appended: None,
             };
             shared
                 .serve_request(request, caller, span, |answer| {
@@ -826,6 +829,10 @@ pub(crate) struct Caller<'a> {
     pub(crate) peer: SocketAddr,
     /// Size of the request as received, counted against the client's produce quota.
     pub(crate) frame_bytes: usize,
+    /// A produce request of a Kafka connection: told once the request's appends are
+    /// done, so the connection's next produce request may append (see
+    /// `kafka_listener`, "Order").
+    pub(crate) appended: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Shared {
@@ -861,7 +868,7 @@ impl Shared {
         let answer = match self.authorize(client, request, &span) {
             Err(refused) => Err(refused),
             Ok((request, after)) => Ok(self
-                .handle(request, caller.peer)
+                .handle(request, caller.peer, caller.appended)
                 .instrument(span)
                 .await
                 .map(|response| after.finish(response))),
