@@ -16,6 +16,10 @@
 //! appended (or failed before it could): appends go in request order, while the
 //! waits after them (acks=all, fsync) still overlap.
 //!
+//! Start: in a cluster, connections are taken only once the broker has caught up
+//! with the metadata log (see [`serve`]), as a Kafka broker opens its listeners
+//! only then.
+//!
 //! A frame over `max_frame_bytes`, an API or version not served, or a malformed
 //! request closes the connection, as a Kafka broker does; nothing else is affected.
 //!
@@ -293,6 +297,18 @@ pub(crate) async fn serve(shared: Arc<Shared>, listener: TcpListener, directory:
             "a Kafka request whose array claims billions of elements can abort this \
              broker: {why} (see meridian_kafka::alloc)"
         );
+    }
+    if let Some(cluster) = &shared.cluster {
+        // As a Kafka broker: clients are served once this broker knows the cluster.
+        // A Metadata answer from the empty image a start begins with would name
+        // this broker alone, and a client told so forgets every other broker, its
+        // group's coordinator among them (librdkafka then never finds one again).
+        // Until then connections wait in the listen backlog, and clients time out
+        // to other brokers if it takes long (the quorum out of reach).
+        if !cluster.caught_up() {
+            tracing::info!("Kafka listener: serving once the metadata log is caught up");
+            cluster.until_caught_up().await;
+        }
     }
     let directory = Arc::new(directory);
     let limit = shared.config.max_connections as usize;

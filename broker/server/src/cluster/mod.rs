@@ -254,6 +254,15 @@ impl Cluster {
         self.caught_up.load(Ordering::Acquire)
     }
 
+    /// Resolves once [`caught_up`](Cluster::caught_up). Polled: `published` says so
+    /// only after it has sent the image, so a wake on the send could find it not
+    /// yet said. Waited on once, at start.
+    pub(crate) async fn until_caught_up(&self) {
+        while !self.caught_up() {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Resolves once this broker's local state follows an image that `ready` likes.
     pub(crate) async fn published_where(&self, ready: impl Fn(&MetadataImage) -> bool) {
         let mut images = self.published.subscribe();
