@@ -1331,7 +1331,14 @@ impl Pending {
                 h.frame(&body)?
             }
             (m::Response::OffsetCommit(r), Shape::OffsetCommit { partitions }) => {
-                let error = code(r.error);
+                let error = match r.error {
+                    // A commit from outside a group that has members (librdkafka's
+                    // after its session ran out, say): Kafka answers that the
+                    // member is unknown, which clients answer by joining again.
+                    // `NON_EMPTY_GROUP` is DeleteGroups' word, which they do not know here.
+                    ErrorCode::NonEmptyGroup => ResponseError::UnknownMemberId.code(),
+                    other => code(other),
+                };
                 let topics = partitions
                     .into_iter()
                     .map(|(topic, ps)| {

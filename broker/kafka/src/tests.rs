@@ -533,6 +533,19 @@ fn offsets_commit_and_fetch_answer_every_partition_named() {
         .map(|p| p.error_code)
         .collect();
     assert_eq!(codes, [3, 3]);
+    // A commit from outside a group with members: Kafka's "unknown member", on
+    // which clients join again, not DeleteGroups' "not empty".
+    let (_, pending) = serve(frame_of(ApiKey::OffsetCommit, 8, &commit));
+    let answer = g::OffsetCommitResponse {
+        error: ErrorCode::NonEmptyGroup,
+        message: "group `billing` has 2 active members".into(),
+    };
+    let frame = answered(pending, m::Response::OffsetCommit(answer));
+    let r: k::OffsetCommitResponse = response(ApiKey::OffsetCommit, 8, frame);
+    assert!(r.topics[0]
+        .partitions
+        .iter()
+        .all(|p| p.error_code == ResponseError::UnknownMemberId.code()));
 
     let fetch = k::OffsetFetchRequest::default()
         .with_group_id(k::GroupId(StrBytes::from_static_str("billing")))
