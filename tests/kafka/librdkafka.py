@@ -35,10 +35,27 @@ SASL), `{}` for none. ACTION is one of:
   until 15 records (the test moves the partition's leader meanwhile). Prints
   {"offsets": [...]}.
 
+- `chaos`: topic PREFIX exists (the test made it); an idempotent producer
+  (acks=all) sends records `00000000`, `00000001`, ... keyed `k{i % 97}` to it,
+  and two consumers of group PREFIX-readers read it and commit synchronously after
+  every poll that returned records, until a line comes on stdin (the test kills
+  and restarts brokers meanwhile; it prints `ready` once records flow). Then the
+  producer flushes and the group reads on until it has read every acknowledged
+  record (90 s at most). Prints {"acknowledged": [[i, partition, offset], ...],
+  "failed": {error: count}, "unsent": N, "unread": N, "commit_errors": {error name: count},
+  "consumer_errors": {error: count}, "members": [{"assigned": [[partition, ...]
+  at each assignment], "read": N}, ...], "fatal": error or null}. An acknowledged
+  record's offset is null where librdkafka acknowledged it implicitly (its
+  request's answer was lost, and a later request of the partition was taken).
+  With RDK_DEBUG set (librdkafka `debug` contexts), every client's debug log goes
+  to the file RDK_DEBUG_FILE (default `librdkafka-debug.log`).
+
 Exits non-zero, saying why, on anything else.
 """
 
+import faulthandler
 import json
+import os
 import sys
 import threading
 import time
@@ -316,8 +333,114 @@ def failover():
     return {"offsets": offsets}
 
 
+def chaos():
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    lock = threading.Lock()
+    acknowledged, failed, read = [], {}, set()
+    commit_errors, consumer_errors, fatal = {}, {}, []
+    debug = {}
+    if os.environ.get("RDK_DEBUG"):
+        # librdkafka logs to stderr from its own threads: even while a call blocks.
+        log = os.open(os.environ.get("RDK_DEBUG_FILE", "librdkafka-debug.log"),
+                      os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        os.dup2(log, 2)
+        debug = {"debug": os.environ["RDK_DEBUG"]}
+
+    def count(into, err):
+        with lock:
+            into[str(err)] = into.get(str(err), 0) + 1
+
+    def delivered(err, msg):
+        if err is not None:
+            count(failed, err)
+            if err.fatal():
+                fatal.append(str(err))
+        else:
+            i = int(msg.value().decode())
+            with lock:
+                acknowledged.append([i, msg.partition(), msg.offset()])
+
+    reading = threading.Event()
+
+    def member(seen_by):
+        def assigned(_consumer, partitions):
+            seen_by["assigned"].append(sorted(tp.partition for tp in partitions))
+
+        consumer = Consumer({**CONF, **debug, "group.id": f"{PREFIX}-readers",
+                             "auto.offset.reset": "earliest", "enable.auto.commit": False,
+                             "session.timeout.ms": 6000})
+        consumer.subscribe([PREFIX], on_assign=assigned)
+        while not reading.is_set():
+            messages = consumer.consume(500, 0.1)
+            values = []
+            for msg in messages:
+                if msg.error():
+                    count(consumer_errors, msg.error())
+                else:
+                    values.append(int(msg.value().decode()))
+            with lock:
+                read.update(values)
+                seen_by["read"] += len(values)
+            if values:
+                try:
+                    consumer.commit(asynchronous=False)
+                except KafkaException as e:
+                    count(commit_errors, e.args[0].name())
+        consumer.close()
+
+    # What each member was given and read, for a failure to tell.
+    seen_by = [{"assigned": [], "read": 0} for _ in range(2)]
+    members = [threading.Thread(target=member, args=(s,), daemon=True) for s in seen_by]
+    for m in members:
+        m.start()
+    producer = Producer({**CONF, **debug, "enable.idempotence": True, "acks": "all",
+                         "linger.ms": 2, "batch.size": 4096,
+                         "error_cb": lambda err: fatal.append(str(err)) if err.fatal() else None})
+    i = 0
+    while not stop.is_set() and not fatal:
+        try:
+            producer.produce(PREFIX, key=f"k{i % 97}".encode(), value=f"{i:08}".encode(),
+                             on_delivery=delivered)
+        except BufferError:
+            producer.poll(0.1)
+            continue
+        except KafkaException as e:
+            fatal.append(str(e))
+            break
+        i += 1
+        producer.poll(0)
+        if i == 200:
+            print("ready", flush=True)
+        if i % 20 == 0:
+            time.sleep(0.002)
+    if fatal:
+        # A producer in a fatal state fails what it holds; its reports come on polls.
+        for _ in range(20):
+            producer.poll(0.1)
+        left = len(producer)
+    else:
+        left = producer.flush(120)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        with lock:
+            unread = len({a[0] for a in acknowledged} - read)
+        if unread == 0:
+            break
+        time.sleep(0.2)
+    reading.set()
+    for m in members:
+        m.join(60)
+        if m.is_alive():
+            faulthandler.dump_traceback(all_threads=True)
+            fail("a consumer did not stop within 60 s (its stack is above)")
+    return {"acknowledged": acknowledged, "failed": failed, "unsent": left, "unread": unread,
+            "commit_errors": commit_errors, "consumer_errors": consumer_errors,
+            "members": seen_by, "fatal": fatal[0] if fatal else None}
+
+
 ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login,
-           "admin": admin_tools, "failover": failover}
+           "admin": admin_tools, "failover": failover, "chaos": chaos}
 if ACTION not in ACTIONS:
     fail(f"unknown action {ACTION}")
 print(json.dumps(ACTIONS[ACTION]()))
