@@ -144,14 +144,14 @@ impl Shared {
     }
 
     /// Dispatches one request. `None` means "send no response" (acks=0 produce).
-    /// `appended` is told when a produce request's appends are done ([`Caller`]).
+    /// `appends_done` is told when a produce request's appends are done ([`Caller`]).
     ///
     /// [`Caller`]: crate::Caller
     pub(crate) async fn handle(
         self: &Arc<Self>,
         request: Request,
         peer: std::net::SocketAddr,
-        appended: Option<oneshot::Sender<()>>,
+        appends_done: Option<oneshot::Sender<()>>,
     ) -> Option<Response> {
         Some(match request {
             Request::ApiVersions(_) => Response::ApiVersions(self.api_versions()),
@@ -236,7 +236,9 @@ impl Shared {
                     },
                 },
             ),
-            Request::Produce(r) => return self.produce(r, appended).await.map(Response::Produce),
+            Request::Produce(r) => {
+                return self.produce(r, appends_done).await.map(Response::Produce)
+            }
             Request::Fetch(r) => Response::Fetch(self.fetch(r).await),
             Request::ListOffsets(r) => Response::ListOffsets(self.list_offsets(r)),
             Request::FindCoordinator(r) => Response::FindCoordinator(self.find_coordinator(r)),
@@ -1218,7 +1220,7 @@ impl Shared {
     async fn produce(
         self: &Arc<Self>,
         request: ProduceRequest,
-        appended: Option<oneshot::Sender<()>>,
+        appends_done: Option<oneshot::Sender<()>>,
     ) -> Option<ProduceResponse> {
         let acks = request.acks;
         let refuse_all = if !(-1..=1).contains(&acks) {
@@ -1302,9 +1304,9 @@ impl Shared {
                 partitions,
             });
         }
-        if let Some(appended) = appended {
+        if let Some(appends_done) = appends_done {
             // Nothing above awaited: the appends are in the log, in request order.
-            let _ = appended.send(());
+            let _ = appends_done.send(());
         }
         // Group commit: every partition appended above waits for one shared fsync round.
         let mut waiters = Vec::with_capacity(syncs.len());

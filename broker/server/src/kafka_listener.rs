@@ -504,8 +504,8 @@ async fn connection(
                 }
                 Ok(Step::Serve(request, pending)) => {
                     let turn = matches!(*request, Request::Produce(_)).then(|| {
-                        let (appended, next) = oneshot::channel();
-                        (last_produce.replace(next), appended)
+                        let (appends_done, next) = oneshot::channel();
+                        (last_produce.replace(next), appends_done)
                     });
                     tokio::spawn(serve_one(
                         shared.clone(),
@@ -603,13 +603,13 @@ async fn serve_one(
     (peer, client): (SocketAddr, Option<Principal>),
     (frame_bytes, turn): (usize, Option<ProduceTurn>),
 ) -> Result<Option<Bytes>, String> {
-    let appended = match turn {
-        Some((previous, appended)) => {
+    let appends_done = match turn {
+        Some((previous, appends_done)) => {
             if let Some(previous) = previous {
                 // Sent or dropped: either way the previous request is past its appends.
                 let _ = previous.await;
             }
-            Some(appended)
+            Some(appends_done)
         }
         None => None,
     };
@@ -632,7 +632,7 @@ async fn serve_one(
         client: client.as_ref(),
         peer,
         frame_bytes,
-        appended,
+        appends_done,
     };
     if let Request::SyncGroup(sync) = &request {
         let sync = sync.clone();

@@ -771,7 +771,7 @@ async fn serve_stream(
                 frame_bytes,
                 // The SDK's idempotent producer has one request in flight per
                 // partition: its requests need no order between them here.
-                appended: None,
+                appends_done: None,
             };
             shared
                 .serve_request(request, caller, span, |answer| {
@@ -832,7 +832,7 @@ pub(crate) struct Caller<'a> {
     /// A produce request of a Kafka connection: told once the request's appends are
     /// done, so the connection's next produce request may append (see
     /// `kafka_listener`, "Order").
-    pub(crate) appended: Option<tokio::sync::oneshot::Sender<()>>,
+    pub(crate) appends_done: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
 impl Shared {
@@ -868,7 +868,7 @@ impl Shared {
         let answer = match self.authorize(client, request, &span) {
             Err(refused) => Err(refused),
             Ok((request, after)) => Ok(self
-                .handle(request, caller.peer, caller.appended)
+                .handle(request, caller.peer, caller.appends_done)
                 .instrument(span)
                 .await
                 .map(|response| after.finish(response))),
