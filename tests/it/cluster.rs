@@ -3341,13 +3341,13 @@ async fn librdkafka_checks_its_position_with_a_new_leader() {
     let first_leader = first[0].leader;
 
     // `ready`: the consumer read its first 10 records.
-    let (child, mut stdout) = librdkafka_ready(&python, &cluster, "failover", "moving");
+    let (librdkafka, mut stdout) = librdkafka_ready(&python, &cluster, "failover", "moving");
 
     let second = move_leader_and_send_5(&mut cluster, "moving", first_leader).await;
     let leader = second[0].leader;
     let mut rest = String::new();
     std::io::Read::read_to_string(&mut stdout, &mut rest).unwrap();
-    let seen = script_answer(child, &rest);
+    let seen = librdkafka.answer(&rest);
     let expected: Vec<i64> = (0..15).collect();
     assert_eq!(seen["offsets"], serde_json::json!(expected));
     let samples = crate::metrics::scrape(&cluster.brokers_ref(leader).addr);
@@ -3701,17 +3701,11 @@ async fn kafka_clients_lose_no_acknowledged_record_when_brokers_are_killed() {
         seen["fatal"],
         seen["members"]
     );
-    assert!(
-        acknowledged.len() > 1_000,
-        "{} acknowledged; {summary}",
-        acknowledged.len()
-    );
-    eprintln!("{summary}");
-    let in_log = check_log_of_chaos(&cluster, &acknowledged).await;
+    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
     assert!(seen["fatal"].is_null(), "{summary}");
     assert_eq!(seen["failed"], serde_json::json!({}), "{summary}");
     assert_eq!(seen["unsent"], 0, "{summary}");
-    assert_eq!(seen["unread"], 0, "{summary}");
+    assert_group_read_all(&cluster, &seen, &summary).await;
     // librdkafka hands a manual commit's failure to the application rather than
     // retry it: these are the ones a commit meets while its group's coordinator
     // moves or the member's session lapses with its coordinator gone.
@@ -3726,11 +3720,7 @@ async fn kafka_clients_lose_no_acknowledged_record_when_brokers_are_killed() {
         "ILLEGAL_GENERATION",
         "REBALANCE_IN_PROGRESS",
     ];
-    let commit_errors = seen["commit_errors"].as_object().unwrap();
-    assert!(
-        commit_errors.keys().all(|e| expected.contains(&e.as_str())),
-        "{summary}"
-    );
+    assert_commit_errors_among(&seen, &expected, &summary);
     eprintln!(
         "{} acknowledged, {in_log} in the log; {summary}",
         acknowledged.len()
@@ -3761,14 +3751,8 @@ async fn kafkajs_loses_no_acknowledged_record_when_brokers_are_killed() {
         "failed {}, unread {}, crashes {}; members {}",
         seen["failed"], seen["unread"], seen["crashes"], seen["members"]
     );
-    assert!(
-        acknowledged.len() > 1_000,
-        "{} acknowledged; {summary}",
-        acknowledged.len()
-    );
-    eprintln!("{summary}");
-    let in_log = check_log_of_chaos(&cluster, &acknowledged).await;
-    assert_eq!(seen["unread"], 0, "{summary}");
+    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
+    assert_group_read_all(&cluster, &seen, &summary).await;
     // A consumer may stop on an error and start again (KafkaJS restarts it on
     // retriable ones), but none gives up.
     let crashes = seen["crashes"].as_array().unwrap();
@@ -3779,33 +3763,164 @@ async fn kafkajs_loses_no_acknowledged_record_when_brokers_are_killed() {
     );
 }
 
+/// The same faults under kafka-python 3 (pure Python, its producer idempotent by
+/// default): a producer (acks=all) and a group of two consumers committing after
+/// every poll that read something (`tests/kafka/chaos.py`). Every record
+/// kafka-python acknowledged is in the log once, at the offset it was told, each
+/// key's records in order; the group reads all of them; kafka-python gives up on
+/// no record, and a commit fails only as coordinators moving make it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_python_loses_no_acknowledged_record_when_brokers_are_killed() {
+    let Some(python) = std::env::var_os("KAFKA_PYTHON_FOR_TESTS") else {
+        println!("skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs it and sets it)");
+        return;
+    };
+    let mut cluster = chaos_region("kafka_listen = \"{kafka_listen}\"").await;
+    let bootstrap = cluster.kafka.join(",");
+    let python = std::process::Command::new(python);
+    let client = script_ready(python, "chaos.py", &[&bootstrap, "chaos"]);
+    let (seen, acknowledged) = killed_and_restarted_under(&mut cluster, client).await;
+    let summary = format!(
+        "failed {}, unsent {}, unread {}, commit errors {}; members {}",
+        seen["failed"], seen["unsent"], seen["unread"], seen["commit_errors"], seen["members"]
+    );
+    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
+    assert_eq!(seen["failed"], serde_json::json!({}), "{summary}");
+    assert_eq!(seen["unsent"], 0, "{summary}");
+    assert_group_read_all(&cluster, &seen, &summary).await;
+    // kafka-python raises a commit's failure to the application when its
+    // coordinator is gone or moving, or the group rebalanced under it.
+    let expected = [
+        "KafkaConnectionError",
+        "NodeNotReadyError",
+        "KafkaTimeoutError",
+        "RequestTimedOutError",
+        "NotCoordinatorError",
+        "CoordinatorNotAvailableError",
+        "CoordinatorLoadInProgressError",
+        "CommitFailedError",
+        "UnknownMemberIdError",
+        "IllegalGenerationError",
+        "RebalanceInProgressError",
+    ];
+    assert_commit_errors_among(&seen, &expected, &summary);
+    eprintln!(
+        "{} acknowledged, {in_log} in the log; {summary}",
+        acknowledged.len()
+    );
+}
+
+/// A Kafka client's kill run, checked: it had more than a thousand records
+/// acknowledged, and each is where it was told ([`check_log_of_chaos`]).
+/// `summary` says what else the client saw. Returns how many records the log
+/// holds.
+async fn check_client_run(
+    cluster: &TestCluster,
+    acknowledged: &[(u32, u32, Option<i64>)],
+    summary: &str,
+) -> usize {
+    assert!(
+        acknowledged.len() > 1_000,
+        "{} acknowledged; {summary}",
+        acknowledged.len()
+    );
+    eprintln!("{summary}");
+    check_log_of_chaos(cluster, acknowledged).await
+}
+
+/// Fails, with what the group's coordinator says of it, unless the client's
+/// group (`chaos-readers`) read every record acknowledged (`seen["unread"]`).
+async fn assert_group_read_all(cluster: &TestCluster, seen: &serde_json::Value, summary: &str) {
+    if seen["unread"] == 0 {
+        return;
+    }
+    let described = match cluster
+        .client(2)
+        .await
+        .admin()
+        .describe_group("chaos-readers")
+        .await
+    {
+        Ok(group) => format!("{group:?}"),
+        Err(e) => format!("not described: {e}"),
+    };
+    panic!(
+        "the group did not read everything: {summary}; its coordinator: {described}; the \
+         client's log ends: {}",
+        seen["log"].as_str().unwrap_or("")
+    );
+}
+
+/// Fails unless each kind of commit error the client counted
+/// (`seen["commit_errors"]`, kind → count) is one of `expected`.
+fn assert_commit_errors_among(seen: &serde_json::Value, expected: &[&str], summary: &str) {
+    let commit_errors = seen["commit_errors"].as_object().unwrap();
+    assert!(
+        commit_errors.keys().all(|e| expected.contains(&e.as_str())),
+        "{summary}"
+    );
+}
+
 /// `tests/kafka/librdkafka.py ACTION PREFIX` against the region's Kafka
-/// listeners, once it has printed `ready`: the process (its stdin piped), and
-/// its output from there on.
+/// listeners, once it has printed `ready`, and its output from there on.
 fn librdkafka_ready(
     python: &std::ffi::OsStr,
     cluster: &TestCluster,
     action: &str,
     prefix: &str,
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
+) -> (Script, ScriptOutput) {
     let bootstrap = cluster.kafka.join(",");
     let args = [bootstrap.as_str(), "{}", action, prefix];
     script_ready(std::process::Command::new(python), "librdkafka.py", &args)
 }
 
+/// What a client script prints (after its `ready`).
+type ScriptOutput = std::io::BufReader<std::process::ChildStdout>;
+
+/// A client script running.
+struct Script {
+    /// Its stdin is piped: a line on it tells the scripts that wait for one to stop.
+    child: std::process::Child,
+    /// Its stderr, read as it comes: a pipe nobody reads fills at 64 KiB, and a
+    /// client logging into it then stops where it logs (librdkafka's and
+    /// kafka-python's warnings of refused connections, in the kill tests, did:
+    /// their consumers read nothing more, or the script hung).
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Script {
+    /// Waits for the script to end, checks it ended well, and returns what it
+    /// printed last (`rest`, its output read to the end), with the end of what
+    /// it logged (stderr) as `log`.
+    fn answer(self, rest: &str) -> serde_json::Value {
+        let mut child = self.child;
+        let status = child.wait().unwrap();
+        let stderr = self.stderr.join().unwrap();
+        assert!(status.success(), "{rest}{stderr}");
+        let mut seen: serde_json::Value = serde_json::from_str(rest.trim()).expect(rest);
+        let from = stderr.len().saturating_sub(8_000);
+        let from = (from..stderr.len())
+            .find(|&i| stderr.is_char_boundary(i))
+            .unwrap_or(0);
+        seen["log"] = serde_json::Value::from(&stderr[from..]);
+        seen
+    }
+
+    /// Kills the script and returns what it logged.
+    fn kill(mut self) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.stderr.join().unwrap()
+    }
+}
+
 /// `tests/kafka/SCRIPT ARGS` run by `program` (an interpreter), once it has
-/// printed `ready`: the process (its stdin piped), and its output from there on.
+/// printed `ready`, and its output from there on.
 fn script_ready(
     mut program: std::process::Command,
     script: &str,
     args: &[&str],
-) -> (
-    std::process::Child,
-    std::io::BufReader<std::process::ChildStdout>,
-) {
+) -> (Script, ScriptOutput) {
     use std::io::BufRead;
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("kafka")
@@ -3818,46 +3933,35 @@ fn script_ready(
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("running {script}: {e}"));
+    let mut stderr = child.stderr.take().unwrap();
+    let stderr = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        let _ = std::io::Read::read_to_end(&mut stderr, &mut all);
+        String::from_utf8_lossy(&all).into_owned()
+    });
     let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
     let mut ready = String::new();
     stdout.read_line(&mut ready).unwrap();
+    let running = Script { child, stderr };
     if ready.trim() != "ready" {
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "{script} {args:?} printed {ready:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let log = running.kill();
+        panic!("{script} {args:?} printed {ready:?}: {log}");
     }
-    (child, stdout)
-}
-
-/// What a client script printed last (`rest`, its output read to the end), once
-/// it ended well.
-fn script_answer(child: std::process::Child, rest: &str) -> serde_json::Value {
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{rest}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_str(rest.trim()).expect(rest)
+    (running, stdout)
 }
 
 /// Kills and restarts the region's brokers in rounds
 /// ([`kill_and_restart_in_rounds`]) under a client script that has printed
-/// `ready` (its process and its output from there on), then tells it to stop
-/// (a line on its stdin) and returns what it printed last, and its
-/// `acknowledged` records: (number, partition, offset if known).
+/// `ready`, then tells it to stop (a line on its stdin) and returns what it
+/// printed last, and its `acknowledged` records: (number, partition, offset if
+/// known).
 async fn killed_and_restarted_under(
     cluster: &mut TestCluster,
-    (mut child, mut stdout): (
-        std::process::Child,
-        std::io::BufReader<std::process::ChildStdout>,
-    ),
+    (mut script, mut stdout): (Script, ScriptOutput),
 ) -> (serde_json::Value, Vec<(u32, u32, Option<i64>)>) {
     use std::io::Write;
     kill_and_restart_in_rounds(cluster).await;
-    let mut stdin = child.stdin.take().unwrap();
+    let mut stdin = script.child.stdin.take().unwrap();
     // Gone already if the client failed: its output says why.
     let _ = stdin.write_all(b"stop\n");
     drop(stdin);
@@ -3867,14 +3971,9 @@ async fn killed_and_restarted_under(
         rest
     });
     let Ok(rest) = tokio::time::timeout(Duration::from_secs(300), reading).await else {
-        child.kill().unwrap();
-        let out = child.wait_with_output().unwrap();
-        panic!(
-            "the client did not end in 300 s: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        panic!("the client did not end in 300 s: {}", script.kill());
     };
-    let seen = script_answer(child, &rest.unwrap());
+    let seen = script.answer(&rest.unwrap());
     let acknowledged = serde_json::from_value(seen["acknowledged"].clone()).unwrap();
     (seen, acknowledged)
 }

@@ -1,5 +1,6 @@
 """What the kafka-python scripts beside this file share."""
 
+import faulthandler
 import sys
 import time
 
@@ -11,6 +12,28 @@ def fail(why):
     """Ends the script, saying why; the Rust test shows it."""
     print(f"FAILED: {why}", file=sys.stderr)
     sys.exit(1)
+
+
+def read_by_group(acknowledged, read, lock, reading, members):
+    """Waits up to 90 s for a group to read every record in `acknowledged`
+    ([number, partition, offset] each) into `read` (a set of numbers, under
+    `lock`), then tells its `members` (threads) to stop (`reading`) and waits for
+    them, failing with every thread's stack if one does not stop within 60 s.
+    Returns how many acknowledged records the group did not read."""
+    deadline = time.time() + 90
+    while True:
+        with lock:
+            unread = len({a[0] for a in acknowledged} - read)
+        if unread == 0 or time.time() >= deadline:
+            break
+        time.sleep(0.2)
+    reading.set()
+    for m in members:
+        m.join(60)
+        if m.is_alive():
+            faulthandler.dump_traceback(all_threads=True)
+            fail("a consumer did not stop within 60 s (its stack is above)")
+    return unread
 
 
 def create_topic(admin, name, partitions, replication=1):

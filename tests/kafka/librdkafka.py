@@ -53,7 +53,6 @@ SASL), `{}` for none. ACTION is one of:
 Exits non-zero, saying why, on anything else.
 """
 
-import faulthandler
 import json
 import os
 import sys
@@ -63,7 +62,7 @@ import time
 from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from common import fail
+from common import fail, read_by_group
 
 BOOTSTRAP, CONFIG, ACTION, PREFIX = sys.argv[1:5]
 CONF = {"bootstrap.servers": BOOTSTRAP, "log_level": 0, **json.loads(CONFIG)}
@@ -421,19 +420,7 @@ def chaos():
         left = len(producer)
     else:
         left = producer.flush(120)
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        with lock:
-            unread = len({a[0] for a in acknowledged} - read)
-        if unread == 0:
-            break
-        time.sleep(0.2)
-    reading.set()
-    for m in members:
-        m.join(60)
-        if m.is_alive():
-            faulthandler.dump_traceback(all_threads=True)
-            fail("a consumer did not stop within 60 s (its stack is above)")
+    unread = read_by_group(acknowledged, read, lock, reading, members)
     return {"acknowledged": acknowledged, "failed": failed, "unsent": left, "unread": unread,
             "commit_errors": commit_errors, "consumer_errors": consumer_errors,
             "members": seen_by, "fatal": fatal[0] if fatal else None}
