@@ -3341,7 +3341,8 @@ async fn librdkafka_checks_its_position_with_a_new_leader() {
     let first_leader = first[0].leader;
 
     // `ready`: the consumer read its first 10 records.
-    let (librdkafka, mut stdout) = librdkafka_ready(&python, &cluster, "failover", "moving");
+    let bootstrap = cluster.kafka.join(",");
+    let (librdkafka, mut stdout) = librdkafka_ready(&python, &bootstrap, "failover", "moving");
 
     let second = move_leader_and_send_5(&mut cluster, "moving", first_leader).await;
     let leader = second[0].leader;
@@ -3686,10 +3687,11 @@ async fn kafka_clients_lose_no_acknowledged_record_when_brokers_are_killed() {
         println!("skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs it and sets it)");
         return;
     };
-    let mut cluster = chaos_region("kafka_listen = \"{kafka_listen}\"").await;
     // `ready`: librdkafka sends.
-    let librdkafka = librdkafka_ready(&python, &cluster, "chaos", "chaos");
-    let (seen, acknowledged) = killed_and_restarted_under(&mut cluster, librdkafka).await;
+    let (cluster, seen, acknowledged) = kafka_client_under_kills(|bootstrap| {
+        librdkafka_ready(&python, bootstrap, "chaos", "chaos")
+    })
+    .await;
     let summary = format!(
         "failed {}, unsent {}, unread {}, commit errors {}, consumer errors {}, fatal {}; \
          members {}",
@@ -3741,12 +3743,12 @@ async fn kafkajs_loses_no_acknowledged_record_when_brokers_are_killed() {
         println!("skipped: KAFKAJS_FOR_TESTS is not set (.ci/run installs kafkajs and sets it)");
         return;
     };
-    let mut cluster = chaos_region("kafka_listen = \"{kafka_listen}\"").await;
     let mut node = std::process::Command::new("node");
     node.env("NODE_PATH", modules);
-    let bootstrap = cluster.kafka.join(",");
-    let kafkajs = script_ready(node, "kafkajs.js", &[&bootstrap, "chaos", "chaos"]);
-    let (seen, acknowledged) = killed_and_restarted_under(&mut cluster, kafkajs).await;
+    let (cluster, seen, acknowledged) = kafka_client_under_kills(|bootstrap| {
+        script_ready(node, "kafkajs.js", &[bootstrap, "chaos", "chaos"])
+    })
+    .await;
     let summary = format!(
         "failed {}, unread {}, crashes {}; members {}",
         seen["failed"], seen["unread"], seen["crashes"], seen["members"]
@@ -3775,11 +3777,11 @@ async fn kafka_python_loses_no_acknowledged_record_when_brokers_are_killed() {
         println!("skipped: KAFKA_PYTHON_FOR_TESTS is not set (.ci/run installs it and sets it)");
         return;
     };
-    let mut cluster = chaos_region("kafka_listen = \"{kafka_listen}\"").await;
-    let bootstrap = cluster.kafka.join(",");
     let python = std::process::Command::new(python);
-    let client = script_ready(python, "chaos.py", &[&bootstrap, "chaos"]);
-    let (seen, acknowledged) = killed_and_restarted_under(&mut cluster, client).await;
+    let (cluster, seen, acknowledged) = kafka_client_under_kills(|bootstrap| {
+        script_ready(python, "chaos.py", &[bootstrap, "chaos"])
+    })
+    .await;
     let summary = format!(
         "failed {}, unsent {}, unread {}, commit errors {}; members {}",
         seen["failed"], seen["unsent"], seen["unread"], seen["commit_errors"], seen["members"]
@@ -3861,16 +3863,16 @@ fn assert_commit_errors_among(seen: &serde_json::Value, expected: &[&str], summa
     );
 }
 
-/// `tests/kafka/librdkafka.py ACTION PREFIX` against the region's Kafka
-/// listeners, once it has printed `ready`, and its output from there on.
+/// `tests/kafka/librdkafka.py ACTION PREFIX` against a region's Kafka listeners
+/// (`bootstrap`, comma-separated), once it has printed `ready`, and its output
+/// from there on.
 fn librdkafka_ready(
     python: &std::ffi::OsStr,
-    cluster: &TestCluster,
+    bootstrap: &str,
     action: &str,
     prefix: &str,
 ) -> (Script, ScriptOutput) {
-    let bootstrap = cluster.kafka.join(",");
-    let args = [bootstrap.as_str(), "{}", action, prefix];
+    let args = [bootstrap, "{}", action, prefix];
     script_ready(std::process::Command::new(python), "librdkafka.py", &args)
 }
 
@@ -3950,17 +3952,20 @@ fn script_ready(
     (running, stdout)
 }
 
-/// Kills and restarts the region's brokers in rounds
-/// ([`kill_and_restart_in_rounds`]) under a client script that has printed
-/// `ready`, then tells it to stop (a line on its stdin) and returns what it
-/// printed last, and its `acknowledged` records: (number, partition, offset if
-/// known).
-async fn killed_and_restarted_under(
-    cluster: &mut TestCluster,
-    (mut script, mut stdout): (Script, ScriptOutput),
-) -> (serde_json::Value, Vec<(u32, u32, Option<i64>)>) {
+/// A Kafka client's kill run: a [`chaos_region`] with a Kafka listener on each
+/// broker; `start` starts the client script against the listeners (their
+/// comma-separated list) and returns once it has printed `ready`; the brokers
+/// are killed and restarted in rounds under it ([`kill_and_restart_in_rounds`]);
+/// then it is told to stop (a line on its stdin). Returns the region, what the
+/// script printed last, and its `acknowledged` records: (number, partition,
+/// offset if known).
+async fn kafka_client_under_kills(
+    start: impl FnOnce(&str) -> (Script, ScriptOutput),
+) -> (TestCluster, serde_json::Value, Vec<(u32, u32, Option<i64>)>) {
     use std::io::Write;
-    kill_and_restart_in_rounds(cluster).await;
+    let mut cluster = chaos_region("kafka_listen = \"{kafka_listen}\"").await;
+    let (mut script, mut stdout) = start(&cluster.kafka.join(","));
+    kill_and_restart_in_rounds(&mut cluster).await;
     let mut stdin = script.child.stdin.take().unwrap();
     // Gone already if the client failed: its output says why.
     let _ = stdin.write_all(b"stop\n");
@@ -3975,7 +3980,7 @@ async fn killed_and_restarted_under(
     };
     let seen = script.answer(&rest.unwrap());
     let acknowledged = serde_json::from_value(seen["acknowledged"].clone()).unwrap();
-    (seen, acknowledged)
+    (cluster, seen, acknowledged)
 }
 
 /// Partitions of the topic `chaos` the kill tests write to.
