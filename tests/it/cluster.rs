@@ -3432,8 +3432,10 @@ async fn commits_outlive_their_topic_while_the_coordinator_is_down(recreate_whil
         "offsets_topic_replication_factor = 1\n",
     );
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
-    cluster
-        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |_| true)
+    let offsets = cluster
+        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |v| {
+            v.iter().all(|p| p.leader != NO_BROKER)
+        })
         .await;
     let mut events = NewTopic::new("events", 1);
     events.replication_factor = 1;
@@ -3444,12 +3446,38 @@ async fn commits_outlive_their_topic_while_the_coordinator_is_down(recreate_whil
         .create_topic(events.clone())
         .await
         .unwrap();
-    let host = cluster
+    let mut host = cluster
         .agreed_topic("events", Duration::from_secs(10), |v| {
             v[0].leader != NO_BROKER
         })
         .await[0]
         .leader;
+    // The controller creates the offsets topic once one broker is up, so all its
+    // partitions may lie on one broker; if that one hosts `events` too, no group is
+    // coordinated elsewhere: `events` moves.
+    if offsets.iter().all(|p| p.leader == host) {
+        let elsewhere = (1..=3).find(|b| *b != host).unwrap();
+        let (ok, out, err) = cluster.brokers_ref(host).cli(
+            &[
+                "partition",
+                "reassign",
+                "events",
+                "-p",
+                "0",
+                "--replicas",
+                &elsewhere.to_string(),
+                "--wait",
+            ],
+            "",
+        );
+        assert!(ok, "{out}{err}");
+        host = cluster
+            .agreed_topic("events", Duration::from_secs(20), |v| {
+                v[0].leader == elsewhere && v[0].replicas == [elsewhere]
+            })
+            .await[0]
+            .leader;
+    }
     // A group whose coordinator does not host `events` (a host would delete the
     // commits as it drops its copy of the topic on return).
     let client = cluster.client(host).await;
