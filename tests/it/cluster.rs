@@ -43,6 +43,12 @@ impl TestCluster {
 
     /// As [`TestCluster::start`], with `cluster_extra` in each `[cluster]` table.
     fn start_with(extra: &str, cluster_extra: &str) -> TestCluster {
+        TestCluster::start_partly(extra, cluster_extra, 3).0
+    }
+
+    /// As [`TestCluster::start_with`], only the first `up` of the three voters
+    /// started; the others' ports are returned, for [`TestCluster::add_broker`].
+    fn start_partly(extra: &str, cluster_extra: &str, up: usize) -> (TestCluster, Vec<u16>) {
         let temp = tempfile::tempdir().unwrap();
         let ports = free_ports(3);
         let voters: Vec<String> = ports
@@ -58,11 +64,11 @@ impl TestCluster {
             cluster_extra: cluster_extra.to_string(),
             temp,
         };
-        for port in ports {
+        for port in &ports[..up] {
             // One at a time: the first generates the shared certificate.
-            cluster.add_broker(port);
+            cluster.add_broker(*port);
         }
-        cluster
+        (cluster, ports[up..].to_vec())
     }
 
     /// Starts the next broker (id = number of brokers + 1) listening on `port`, with
@@ -170,6 +176,15 @@ impl TestCluster {
             let first = controllers.next()??;
             let agreed = controllers.all(|c| c == Some(first));
             (agreed && first.0 != NO_BROKER && first.1 == n_live).then_some(first.0)
+        })
+        .await
+    }
+
+    /// Once every running broker sees `__consumer_offsets` with a leader for each
+    /// partition: its partitions.
+    async fn agreed_offsets_topic(&self) -> Vec<PartitionView> {
+        self.agreed_topic("__consumer_offsets", Duration::from_secs(30), |v| {
+            v.iter().all(|p| p.leader != NO_BROKER)
         })
         .await
     }
@@ -3432,11 +3447,7 @@ async fn commits_outlive_their_topic_while_the_coordinator_is_down(recreate_whil
         "offsets_topic_replication_factor = 1\n",
     );
     cluster.agreed_controller(3, Duration::from_secs(20)).await;
-    let offsets = cluster
-        .agreed_topic("__consumer_offsets", Duration::from_secs(20), |v| {
-            v.iter().all(|p| p.leader != NO_BROKER)
-        })
-        .await;
+    let offsets = cluster.agreed_offsets_topic().await;
     let mut events = NewTopic::new("events", 1);
     events.replication_factor = 1;
     cluster
@@ -3549,6 +3560,94 @@ async fn commits_outlive_their_topic_while_the_coordinator_is_down(recreate_whil
     }
     let read = cli(back, &[&consume[..], &["3"]].concat(), "");
     assert_eq!(read, "new0\nnew1\nnew2\n");
+}
+
+/// The controller creates `__consumer_offsets` once every voter is live, not as
+/// soon as enough brokers are for its replication factor: its partitions stay where
+/// they were placed, and their leaders coordinate the groups, so a region whose
+/// brokers come up one by one gets coordinators on all of them. Until then a group
+/// request is told why it waits.
+#[tokio::test]
+async fn the_offsets_topic_waits_for_every_voter_and_spreads_the_coordinators() {
+    use meridian_wire::messages::FindCoordinatorRequest;
+
+    let (mut cluster, down) = TestCluster::start_partly(
+        "offsets_topic_num_partitions = 3\n",
+        "offsets_topic_replication_factor = 1\noffsets_topic_create_wait_ms = 600000\n",
+        2,
+    );
+    cluster.agreed_controller(2, Duration::from_secs(20)).await;
+    let client = cluster.client(1).await;
+    // Two brokers are enough for its replication factor; the third voter is down.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        let response = client
+            .request(Request::FindCoordinator(FindCoordinatorRequest {
+                group_id: "billing".into(),
+            }))
+            .await
+            .unwrap();
+        let Response::FindCoordinator(r) = response else {
+            panic!("{response:?}")
+        };
+        assert_eq!(r.error, ErrorCode::CoordinatorNotAvailable, "{r:?}");
+        assert!(
+            r.message.contains("offsets_topic_create_wait_ms"),
+            "{}",
+            r.message
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let all = cluster.metadata_everywhere().await;
+    for m in all.values() {
+        let m = m.as_ref().expect("metadata");
+        assert!(m.topics.iter().all(|t| t.name != "__consumer_offsets"));
+    }
+    cluster.add_broker(down[0]);
+    let offsets = cluster.agreed_offsets_topic().await;
+    let leaders: std::collections::BTreeSet<u32> = offsets.iter().map(|p| p.leader).collect();
+    assert_eq!(leaders, [1, 2, 3].into(), "{offsets:?}");
+}
+
+/// A voter that stays down holds the offsets topic back for
+/// `offsets_topic_create_wait_ms` only: then it is created on the brokers that are
+/// live, and groups work.
+#[tokio::test]
+async fn the_offsets_topic_is_created_without_a_voter_that_stays_down() {
+    let (cluster, _down) = TestCluster::start_partly(
+        "offsets_topic_num_partitions = 3\n",
+        "offsets_topic_replication_factor = 1\noffsets_topic_create_wait_ms = 1000\n",
+        2,
+    );
+    let offsets = cluster.agreed_offsets_topic().await;
+    let leaders: std::collections::BTreeSet<u32> = offsets.iter().map(|p| p.leader).collect();
+    assert_eq!(leaders, [1, 2].into(), "{offsets:?}");
+    let at = cluster.brokers_ref(1);
+    let (ok, _, err) = at.cli(
+        &[
+            "topic",
+            "create",
+            "events",
+            "-p",
+            "1",
+            "--replication-factor",
+            "2",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    let (ok, _, err) = at.cli(&["produce", "events", "--acks", "all"], "a\nb\n");
+    assert!(ok, "{err}");
+    let (ok, out, err) = at.cli(
+        &[
+            "consume", "events", "--group", "g", "--from", "earliest", "-n", "2",
+        ],
+        "",
+    );
+    assert!(ok, "{err}");
+    assert_eq!(out, "a\nb\n");
+    let (ok, out, err) = at.cli(&["group", "describe", "g"], "");
+    assert!(ok && out.contains("events"), "{out}{err}");
 }
 
 /// Waits until `group describe GROUP` (asked of `broker`) shows no commit of

@@ -258,9 +258,16 @@ pub struct ClusterConfig {
     /// Absent: min(3, number of voters).
     pub default_replication_factor: Option<u16>,
     /// Replication factor of the internal `__consumer_offsets` topic. The controller
-    /// creates the topic once this many brokers are live (until then group requests
-    /// get `CoordinatorNotAvailable`). Absent: the default replication factor.
+    /// creates the topic once every broker of the region (the voters and the
+    /// registered brokers) is live, or once this many have been for
+    /// `offsets_topic_create_wait_ms` (until then group requests get
+    /// `CoordinatorNotAvailable`). Absent: the default replication factor.
     pub offsets_topic_replication_factor: Option<u16>,
+    /// How long the controller waits for brokers still down, once enough are live for
+    /// `offsets_topic_replication_factor`, before it creates `__consumer_offsets`
+    /// without them: the topic's partitions (and so the group coordinators) stay on
+    /// the brokers it was created on until moved.
+    pub offsets_topic_create_wait_ms: u64,
     /// How long an offset commit (or group deletion) waits for every in-sync replica
     /// of the group's `__consumer_offsets` partition (Kafka's
     /// `offsets.commit.timeout.ms`).
@@ -298,6 +305,7 @@ impl Default for ClusterConfig {
             broker_session_on_takeover_ms: None,
             default_replication_factor: None,
             offsets_topic_replication_factor: None,
+            offsets_topic_create_wait_ms: 10_000,
             offsets_commit_timeout_ms: 5_000,
             raft_heartbeat_interval_ms: RaftTiming::default().heartbeat_interval_ms,
             raft_election_timeout_min_ms: RaftTiming::default().election_timeout_min_ms,
@@ -1016,6 +1024,7 @@ mod tests {
             "the default RF"
         );
         assert_eq!(cluster.offsets_commit_timeout_ms, 5_000);
+        assert_eq!(cluster.offsets_topic_create_wait_ms, 10_000);
         assert!(cluster.auto_leader_rebalance_enable);
         assert_eq!(cluster.leader_imbalance_check_interval_ms, 300_000);
         assert_eq!(cluster.leader_imbalance_per_broker_percentage, 10);

@@ -556,7 +556,7 @@ fn cluster_coordinator(image: &MetadataImage, group_id: &str) -> FindCoordinator
     };
     let Some(topic) = image.topics.get(OFFSETS_TOPIC) else {
         return unavailable(format!(
-            "{OFFSETS_TOPIC} does not exist yet: the controller creates it once cluster.offsets_topic_replication_factor brokers are live"
+            "{OFFSETS_TOPIC} does not exist yet: the controller creates it once every broker of the region is live, or cluster.offsets_topic_replication_factor of them have been for cluster.offsets_topic_create_wait_ms"
         ));
     };
     let partition = offsets_partition(group_id, topic.partitions.len() as u32);

@@ -208,6 +208,9 @@ pub(crate) struct Context {
     /// controller once enough brokers are live.
     pub(crate) offsets_topic_partitions: u32,
     pub(crate) offsets_topic_replication_factor: u16,
+    /// How long the controller waits for brokers still down before it creates
+    /// `__consumer_offsets` without them (see [`offsets_topic_due`]).
+    pub(crate) offsets_topic_create_wait: Duration,
     /// Automatic preferred leader elections (`cluster.auto_leader_rebalance_enable`).
     pub(crate) leader_rebalance: Option<LeaderRebalance>,
 }
@@ -326,6 +329,9 @@ struct Active<'a> {
     learners_asked: BTreeMap<u32, tokio::time::Instant>,
     /// When the leader imbalance is next checked (with `leader_rebalance`).
     next_rebalance: tokio::time::Instant,
+    /// Since when enough brokers for `__consumer_offsets` have been live (see
+    /// [`offsets_topic_due`]).
+    offsets_topic_enough_since: Option<std::time::Instant>,
 }
 
 /// Raft refused the write: we are not the leader any more.
@@ -376,6 +382,7 @@ impl<'a> Active<'a> {
             core,
             learners_asked: BTreeMap::new(),
             next_rebalance: tokio::time::Instant::now() + first_check,
+            offsets_topic_enough_since: None,
         }
     }
 
@@ -530,16 +537,50 @@ impl<'a> Active<'a> {
         }
     }
 
-    /// Creates `__consumer_offsets` (compacted, like Kafka's) as soon as enough brokers
-    /// are live for its replication factor; group coordinators are the leaders of its
+    /// Creates `__consumer_offsets` (compacted, like Kafka's) once the region's brokers
+    /// are live (see [`offsets_topic_due`]); group coordinators are the leaders of its
     /// partitions.
     async fn ensure_offsets_topic(&mut self) -> Result<(), LostLeadership> {
         let image = self.context.state_machine.image();
-        let rf = self.context.offsets_topic_replication_factor;
-        if image.topics.contains_key(crate::groups::OFFSETS_TOPIC)
-            || self.live_brokers(&image).len() < usize::from(rf)
-        {
+        if image.topics.contains_key(crate::groups::OFFSETS_TOPIC) {
             return Ok(());
+        }
+        let rf = self.context.offsets_topic_replication_factor;
+        let live: BTreeSet<u32> = self
+            .live_brokers(&image)
+            .iter()
+            .map(|(id, _)| *id)
+            .collect();
+        let mut known: BTreeSet<u32> = image.brokers.keys().copied().collect();
+        {
+            let metrics = self.context.raft.metrics();
+            let metrics = metrics.borrow();
+            known.extend(
+                metrics
+                    .membership_config
+                    .membership()
+                    .voter_ids()
+                    .map(|v| v as u32),
+            );
+        }
+        if !offsets_topic_due(
+            &live,
+            &known,
+            rf,
+            self.context.offsets_topic_create_wait,
+            std::time::Instant::now(),
+            &mut self.offsets_topic_enough_since,
+        ) {
+            return Ok(());
+        }
+        let missing: Vec<u32> = known.difference(&live).copied().collect();
+        if !missing.is_empty() {
+            tracing::info!(
+                ?missing,
+                wait_ms = self.context.offsets_topic_create_wait.as_millis() as u64,
+                "creating {} without brokers still down (cluster.offsets_topic_create_wait_ms): no group coordinator on them until its partitions are moved",
+                crate::groups::OFFSETS_TOPIC
+            );
         }
         let request = CreateTopicsRequest {
             topics: vec![CreateTopic {
@@ -1693,6 +1734,33 @@ fn lost_unless_committed(
     results
 }
 
+/// Whether the controller creates `__consumer_offsets` now. Its partitions' leaders
+/// are the group coordinators, and it is placed on the brokers live when it is
+/// created, for good: so it waits until every broker the region knows of (`known`:
+/// the quorum's voters and the registered brokers) is live, which spreads the
+/// coordinators over all of them when a region starts; or, when some stay down, until
+/// `rf` brokers have been live for `wait` (Kafka creates the topic at the first
+/// group request, with whatever brokers are up). `enough_since` keeps when `rf`
+/// brokers were first live, and is cleared while fewer are.
+fn offsets_topic_due(
+    live: &BTreeSet<u32>,
+    known: &BTreeSet<u32>,
+    rf: u16,
+    wait: Duration,
+    now: std::time::Instant,
+    enough_since: &mut Option<std::time::Instant>,
+) -> bool {
+    if live.len() < usize::from(rf) {
+        *enough_since = None;
+        return false;
+    }
+    if known.is_subset(live) {
+        return true;
+    }
+    let since = *enough_since.get_or_insert(now);
+    now.duration_since(since) >= wait
+}
+
 /// Kafka-style replica placement: brokers ordered by interleaving racks (a1, b1, c1,
 /// a2, …), partition `p`'s replicas are consecutive brokers of that order starting at
 /// `start + p`, so leaders rotate over brokers and each partition's replicas span as
@@ -1738,6 +1806,47 @@ pub(crate) fn assign_replicas(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_offsets_topic_waits_for_known_brokers_then_for_at_most_the_wait() {
+        let set = |ids: &[u32]| ids.iter().copied().collect::<BTreeSet<u32>>();
+        let wait = Duration::from_secs(10);
+        let t0 = std::time::Instant::now();
+        // Brokers 1–3 known, replication factor 2.
+        let due = |live: &[u32], at: std::time::Instant, since: &mut _| {
+            offsets_topic_due(&set(live), &set(&[1, 2, 3]), 2, wait, at, since)
+        };
+        let mut since = None;
+        // Fewer live than the replication factor: never, however long.
+        assert!(!due(&[1], t0, &mut since));
+        assert_eq!(since, None);
+        // Enough, but broker 3 is down: the wait starts now.
+        assert!(!due(&[1, 2], t0, &mut since));
+        let later = t0 + Duration::from_secs(9);
+        assert!(!due(&[1, 2], later, &mut since));
+        // Every known broker live: at once.
+        assert!(due(&[1, 2, 3], later, &mut since));
+        // Broker 3 stays down: created once the wait has run out.
+        let end = t0 + wait;
+        assert!(due(&[1, 2], end, &mut since));
+        // Dropping below the replication factor starts the wait over.
+        assert!(!due(&[1], end, &mut since));
+        assert_eq!(since, None);
+        assert!(!due(&[1, 2], end, &mut since));
+        assert!(due(&[1, 2], end + wait, &mut since));
+        // A live broker the controller did not know of yet changes nothing.
+        assert!(due(&[1, 2, 3, 4], t0, &mut None));
+        // The one broker of a single-voter region: at once.
+        let mut none = None;
+        assert!(offsets_topic_due(
+            &set(&[1]),
+            &set(&[1]),
+            1,
+            wait,
+            t0,
+            &mut none
+        ));
+    }
 
     #[test]
     fn replicas_spread_over_racks_and_leaders_rotate() {

@@ -199,6 +199,7 @@ impl Cluster {
             topic_defaults: config.topic_defaults.clone(),
             offsets_topic_partitions: config.offsets_topic_num_partitions,
             offsets_topic_replication_factor: cluster.offsets_topic_replication_factor(),
+            offsets_topic_create_wait: Duration::from_millis(cluster.offsets_topic_create_wait_ms),
             leader_rebalance: cluster.auto_leader_rebalance_enable.then_some(
                 controller::LeaderRebalance {
                     interval: Duration::from_millis(cluster.leader_imbalance_check_interval_ms),
