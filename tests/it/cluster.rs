@@ -3236,6 +3236,54 @@ async fn kafka_region_with_10_records(topic: &str) -> (TestCluster, Vec<Partitio
     (cluster, first)
 }
 
+/// KIP-951: a Kafka producer (version 10 on) that sends to a broker no longer
+/// leading the partition is told in the same answer which broker leads it, in which
+/// epoch, and at which Kafka listener, so it need not refresh its metadata first;
+/// nothing is written at the follower. Version 9 answers carry no such hint.
+#[tokio::test]
+async fn a_kafka_produce_at_a_follower_names_the_leader_and_its_listener() {
+    use kafka_protocol::messages::{self as k, ApiKey};
+    let (cluster, first) = kafka_region_with_10_records("hinted").await;
+    let leader = first[0].leader;
+    let follower = (1..=3).find(|b| *b != leader).unwrap();
+    let mut raw = crate::kafka::Raw::connect(&cluster.kafka[follower as usize - 1]);
+    let produce = k::ProduceRequest::default()
+        .with_acks(1)
+        .with_timeout_ms(10_000)
+        .with_topic_data(vec![k::produce_request::TopicProduceData::default()
+            .with_name(crate::kafka::name("hinted"))
+            .with_partition_data(vec![
+                k::produce_request::PartitionProduceData::default()
+                    .with_index(0)
+                    .with_records(Some(crate::harness::batch(10))),
+            ])]);
+    for version in [9, 10, 11] {
+        raw.send(ApiKey::Produce, version, &produce);
+        let r: k::ProduceResponse = raw.receive(ApiKey::Produce, version);
+        let p = &r.responses[0].partition_responses[0];
+        assert_eq!(p.error_code, 6, "NOT_LEADER_OR_FOLLOWER: {p:?}");
+        let hint = (p.current_leader.leader_id.0, p.current_leader.leader_epoch);
+        let endpoints: Vec<(i32, String)> = r
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, format!("{}:{}", e.host.as_str(), e.port)))
+            .collect();
+        if version >= 10 {
+            assert_eq!(hint, (leader as i32, first[0].leader_epoch), "{p:?}");
+            assert_eq!(
+                endpoints,
+                [(leader as i32, cluster.kafka[leader as usize - 1].clone())]
+            );
+        } else {
+            assert_eq!(hint, (-1, -1));
+            assert!(endpoints.is_empty(), "{endpoints:?}");
+        }
+    }
+    let values = read_values(&cluster.client(leader).await, "hinted").await;
+    let sent: Vec<String> = (0..10).map(|i| format!("a{i}")).collect();
+    assert_eq!(values, sent);
+}
+
 /// Stops `leader` (its leadership moves to an in-sync follower, in a new epoch)
 /// and sends `b0`..`b4` to the new leader: the partition after the move.
 async fn move_leader_and_send_5(

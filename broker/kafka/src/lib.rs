@@ -1206,7 +1206,7 @@ impl Pending {
     pub fn names_brokers(&self) -> bool {
         matches!(
             self.header.api,
-            ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster
+            ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster | ApiKey::Produce
         )
     }
 
@@ -1236,6 +1236,19 @@ impl Pending {
         answer: Option<m::Response>,
         listener: &Listener,
     ) -> Result<Option<Bytes>, KafkaError> {
+        self.respond_with_leaders(answer, listener, &|_, _| None)
+    }
+
+    /// As [`Pending::respond`], with where each partition's leader is now: a
+    /// Produce answer (version 10 on) that refuses a partition as
+    /// `NOT_LEADER_OR_FOLLOWER` names its current leader and that leader's listener
+    /// (KIP-951), so the client sends there without refreshing its metadata first.
+    pub fn respond_with_leaders(
+        self,
+        answer: Option<m::Response>,
+        listener: &Listener,
+        leader_of: LeaderOf<'_>,
+    ) -> Result<Option<Bytes>, KafkaError> {
         let Some(answer) = answer else {
             return Ok(None);
         };
@@ -1251,7 +1264,7 @@ impl Pending {
                 h.frame(&describe_cluster(r, listener))?
             }
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
-            (m::Response::Produce(r), _) => h.frame(&produce(r))?,
+            (m::Response::Produce(r), _) => h.frame(&produce(r, listener, leader_of))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
             (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r, h.version))?,
             (m::Response::OffsetForLeaderEpoch(r), _) => h.frame(&epoch_end_offsets(r))?,
@@ -1663,30 +1676,72 @@ fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse 
         .with_topics(topics)
 }
 
-fn produce(r: m::ProduceResponse) -> k::ProduceResponse {
+/// Where a partition (topic, index) is led now, as the answering broker knows it:
+/// the leader's id and epoch (`None`: unknown, or offline).
+pub type LeaderOf<'a> = &'a dyn Fn(&str, u32) -> Option<(u32, i32)>;
+
+fn produce(
+    r: m::ProduceResponse,
+    listener: &Listener,
+    leader_of: LeaderOf<'_>,
+) -> k::ProduceResponse {
+    use k::produce_response::{LeaderIdAndEpoch, NodeEndpoint};
+    // KIP-951: a partition refused as not this broker's names its leader, when
+    // that leader has a Kafka listener to name with it.
+    let mut named = Vec::new();
+    let mut current_leader = |topic: &str, error: ErrorCode, partition: u32| {
+        if error != ErrorCode::NotLeaderOrFollower {
+            return LeaderIdAndEpoch::default();
+        }
+        let Some((leader, epoch)) = leader_of(topic, partition) else {
+            return LeaderIdAndEpoch::default();
+        };
+        let Some(broker) = listener.brokers.iter().find(|b| b.id == leader) else {
+            return LeaderIdAndEpoch::default();
+        };
+        if !named.contains(&broker) {
+            named.push(broker);
+        }
+        LeaderIdAndEpoch::default()
+            .with_leader_id(broker_id(leader))
+            .with_leader_epoch(epoch)
+    };
     let responses = r
         .topics
         .into_iter()
         .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    k::produce_response::PartitionProduceResponse::default()
+                        .with_index(p.partition as i32)
+                        .with_error_code(code(p.error))
+                        .with_base_offset(p.base_offset)
+                        .with_log_append_time_ms(p.log_append_time)
+                        .with_log_start_offset(p.log_start_offset)
+                        .with_current_leader(current_leader(&t.name, p.error, p.partition))
+                        .with_error_message(message(p.error, p.message))
+                })
+                .collect();
             k::produce_response::TopicProduceResponse::default()
                 .with_name(topic_name(t.name))
-                .with_partition_responses(
-                    t.partitions
-                        .into_iter()
-                        .map(|p| {
-                            k::produce_response::PartitionProduceResponse::default()
-                                .with_index(p.partition as i32)
-                                .with_error_code(code(p.error))
-                                .with_base_offset(p.base_offset)
-                                .with_log_append_time_ms(p.log_append_time)
-                                .with_log_start_offset(p.log_start_offset)
-                                .with_error_message(message(p.error, p.message))
-                        })
-                        .collect(),
-                )
+                .with_partition_responses(partitions)
         })
         .collect();
-    k::ProduceResponse::default().with_responses(responses)
+    let node_endpoints = named
+        .into_iter()
+        .map(|b| {
+            NodeEndpoint::default()
+                .with_node_id(broker_id(b.id))
+                .with_host(StrBytes::from_string(b.host.clone()))
+                .with_port(i32::from(b.port))
+                .with_rack(b.rack.clone().map(StrBytes::from_string))
+        })
+        .collect();
+    k::ProduceResponse::default()
+        .with_responses(responses)
+        .with_node_endpoints(node_endpoints)
 }
 
 fn fetch(r: m::FetchResponse) -> k::FetchResponse {

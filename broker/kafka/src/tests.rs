@@ -724,6 +724,74 @@ fn the_coordinator_is_this_listener() {
 }
 
 /// Brokers 1 and 2 of a cluster have Kafka listeners; broker 3 has none.
+/// KIP-951: from version 10 a partition refused as not this broker's names its
+/// current leader, and the answer that leader's Kafka listener; a leader without
+/// one (broker 3 here), or unknown, is not named; other errors name nobody.
+#[test]
+fn a_produce_refused_for_leadership_names_the_current_leader() {
+    for version in [9, 10, 11] {
+        let request = k::ProduceRequest::default().with_acks(1);
+        let (_, pending) = serve(frame_of(ApiKey::Produce, version, &request));
+        let partition = |partition: u32, error: ErrorCode| m::ProducePartitionResponse {
+            partition,
+            error,
+            message: String::new(),
+            base_offset: -1,
+            log_append_time: -1,
+            log_start_offset: -1,
+        };
+        let answer = m::ProduceResponse {
+            topics: vec![m::ProduceTopicResponse {
+                name: "orders".into(),
+                partitions: vec![
+                    partition(0, ErrorCode::NotLeaderOrFollower),
+                    partition(1, ErrorCode::NotLeaderOrFollower),
+                    partition(2, ErrorCode::NotLeaderOrFollower),
+                    partition(3, ErrorCode::NotLeaderOrFollower),
+                    partition(4, ErrorCode::RequestTimedOut),
+                ],
+            }],
+        };
+        // Partitions 0 and 1 led by broker 2, 2 by broker 3, 3 offline; 4 by 1.
+        let leader_of = |topic: &str, p: u32| -> Option<(u32, i32)> {
+            assert_eq!(topic, "orders");
+            match p {
+                0 | 1 => Some((2, 7)),
+                2 => Some((3, 4)),
+                4 => Some((1, 1)),
+                _ => None,
+            }
+        };
+        let frame = pending
+            .respond_with_leaders(
+                Some(m::Response::Produce(answer)),
+                &cluster_listener(),
+                &leader_of,
+            )
+            .unwrap()
+            .unwrap();
+        let r: k::ProduceResponse = response(ApiKey::Produce, version, frame);
+        let leaders: Vec<(i32, i32)> = r.responses[0]
+            .partition_responses
+            .iter()
+            .map(|p| (p.current_leader.leader_id.0, p.current_leader.leader_epoch))
+            .collect();
+        let endpoints: Vec<(i32, &str, i32)> = r
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.host.as_str(), e.port))
+            .collect();
+        if version >= 10 {
+            assert_eq!(leaders, [(2, 7), (2, 7), (-1, -1), (-1, -1), (-1, -1)]);
+            assert_eq!(endpoints, [(2, "kafka-2.example", 9092)]);
+            assert_eq!(r.node_endpoints[0].rack.as_deref(), Some("b"));
+        } else {
+            assert_eq!(leaders, [(-1, -1); 5]);
+            assert!(endpoints.is_empty());
+        }
+    }
+}
+
 fn cluster_listener() -> Listener {
     let kafka = |id: u32, rack: &str| KafkaBroker {
         id,

@@ -650,11 +650,22 @@ async fn serve_one(
             .respond(answer, &listener)
             .map_err(|e| e.to_string());
     }
+    // Where partitions are led now, for a Produce answer's NOT_LEADER_OR_FOLLOWER
+    // (KIP-951): read when the answer is made, not when the request came.
+    let leader_of = |topic: &str, partition: u32| {
+        let image = shared.cluster.as_ref()?.image();
+        let p = image
+            .topics
+            .get(topic)?
+            .partitions
+            .get(partition as usize)?;
+        Some((p.leader?, p.leader_epoch))
+    };
     shared
         .serve_request(request, caller, span, |answer| {
             let reply = match answer {
                 Ok(answer) => pending
-                    .respond(answer, &listener)
+                    .respond_with_leaders(answer, &listener, &leader_of)
                     .map_err(|e| e.to_string()),
                 Err(refusal) => refused(*refusal, pending, &listener),
             };
