@@ -3236,8 +3236,8 @@ async fn kafka_region_with_10_records(topic: &str) -> (TestCluster, Vec<Partitio
     (cluster, first)
 }
 
-/// KIP-951: a Kafka producer (version 10 on) that sends to a broker no longer
-/// leading the partition is told in the same answer which broker leads it, in which
+/// KIP-951: a Kafka producer (version 10 on) that sends to a broker not leading
+/// the partition is told in the same answer which broker leads it, in which
 /// epoch, and at which Kafka listener, so it need not refresh its metadata first;
 /// nothing is written at the follower. Version 9 answers carry no such hint.
 #[tokio::test]

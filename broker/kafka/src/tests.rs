@@ -723,7 +723,6 @@ fn the_coordinator_is_this_listener() {
     assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
 }
 
-/// Brokers 1 and 2 of a cluster have Kafka listeners; broker 3 has none.
 /// KIP-951: from version 10 a partition refused as not this broker's names its
 /// current leader, and the answer that leader's Kafka listener; a leader without
 /// one (broker 3 here), or unknown, is not named; other errors name nobody.
@@ -792,6 +791,7 @@ fn a_produce_refused_for_leadership_names_the_current_leader() {
     }
 }
 
+/// Brokers 1 and 2 of a cluster have Kafka listeners; broker 3 has none.
 fn cluster_listener() -> Listener {
     let kafka = |id: u32, rack: &str| KafkaBroker {
         id,
