@@ -3878,11 +3878,10 @@ async fn kafka_clients_lose_no_acknowledged_record_when_brokers_are_killed() {
         seen["fatal"],
         seen["members"]
     );
-    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
+    check_client_run(&cluster, &acknowledged, &seen, &summary).await;
     assert!(seen["fatal"].is_null(), "{summary}");
     assert_eq!(seen["failed"], serde_json::json!({}), "{summary}");
     assert_eq!(seen["unsent"], 0, "{summary}");
-    assert_group_read_all(&cluster, &seen, &summary).await;
     // librdkafka hands a manual commit's failure to the application rather than
     // retry it: these are the ones a commit meets while its group's coordinator
     // moves or the member's session lapses with its coordinator gone.
@@ -3898,10 +3897,6 @@ async fn kafka_clients_lose_no_acknowledged_record_when_brokers_are_killed() {
         "REBALANCE_IN_PROGRESS",
     ];
     assert_commit_errors_among(&seen, &expected, &summary);
-    eprintln!(
-        "{} acknowledged, {in_log} in the log; {summary}",
-        acknowledged.len()
-    );
 }
 
 /// The same faults under KafkaJS (the pure-JavaScript client): six idempotent
@@ -3928,16 +3923,11 @@ async fn kafkajs_loses_no_acknowledged_record_when_brokers_are_killed() {
         "failed {}, unread {}, crashes {}; members {}",
         seen["failed"], seen["unread"], seen["crashes"], seen["members"]
     );
-    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
-    assert_group_read_all(&cluster, &seen, &summary).await;
+    check_client_run(&cluster, &acknowledged, &seen, &summary).await;
     // A consumer may stop on an error and start again (KafkaJS restarts it on
     // retriable ones), but none gives up.
     let crashes = seen["crashes"].as_array().unwrap();
     assert!(crashes.iter().all(|c| c["restart"] == true), "{summary}");
-    eprintln!(
-        "{} acknowledged, {in_log} in the log; {summary}",
-        acknowledged.len()
-    );
 }
 
 /// The same faults under kafka-python 3 (pure Python, its producer idempotent by
@@ -3961,10 +3951,9 @@ async fn kafka_python_loses_no_acknowledged_record_when_brokers_are_killed() {
         "failed {}, unsent {}, unread {}, commit errors {}; members {}",
         seen["failed"], seen["unsent"], seen["unread"], seen["commit_errors"], seen["members"]
     );
-    let in_log = check_client_run(&cluster, &acknowledged, &summary).await;
+    check_client_run(&cluster, &acknowledged, &seen, &summary).await;
     assert_eq!(seen["failed"], serde_json::json!({}), "{summary}");
     assert_eq!(seen["unsent"], 0, "{summary}");
-    assert_group_read_all(&cluster, &seen, &summary).await;
     // kafka-python raises a commit's failure to the application when its
     // coordinator is gone or moving, or the group rebalanced under it.
     let expected = [
@@ -3981,28 +3970,30 @@ async fn kafka_python_loses_no_acknowledged_record_when_brokers_are_killed() {
         "RebalanceInProgressError",
     ];
     assert_commit_errors_among(&seen, &expected, &summary);
-    eprintln!(
-        "{} acknowledged, {in_log} in the log; {summary}",
-        acknowledged.len()
-    );
 }
 
 /// A Kafka client's kill run, checked: it had more than a thousand records
-/// acknowledged, and each is where it was told ([`check_log_of_chaos`]).
-/// `summary` says what else the client saw. Returns how many records the log
-/// holds.
+/// acknowledged, each is where it was told ([`check_log_of_chaos`]), and its
+/// group read them all ([`assert_group_read_all`]). `summary` says what else the
+/// client saw (`seen`).
 async fn check_client_run(
     cluster: &TestCluster,
     acknowledged: &[(u32, u32, Option<i64>)],
+    seen: &serde_json::Value,
     summary: &str,
-) -> usize {
+) {
     assert!(
         acknowledged.len() > 1_000,
         "{} acknowledged; {summary}",
         acknowledged.len()
     );
     eprintln!("{summary}");
-    check_log_of_chaos(cluster, acknowledged).await
+    let in_log = check_log_of_chaos(cluster, acknowledged).await;
+    assert_group_read_all(cluster, seen, summary).await;
+    eprintln!(
+        "{} acknowledged, {in_log} in the log; {summary}",
+        acknowledged.len()
+    );
 }
 
 /// Fails, with what the group's coordinator says of it, unless the client's
