@@ -880,16 +880,21 @@ async fn kafka_consumers_share_a_groups_partitions_and_rebalance() {
     assert_eq!(a.sync(), [0, 1, 2, 3]);
     assert_eq!(a.heartbeat(), 0);
 
-    // B joins: A is told to rebalance; once A gave its partitions up, B gets its share.
+    // B joins: A is told to rebalance. B's SyncGroup waits until A gave its
+    // partitions up (`kafka_sync_hold_ms`), and B gets its share in it, as from a
+    // Kafka coordinator, whose JoinGroup waits for every member.
     let mut b = Member::join(&addr, &["range"]).unwrap();
-    let first = b.sync();
+    let b_sync = std::thread::spawn(move || {
+        let first = b.sync();
+        (b, first)
+    });
+    // B's sync is in before A hears of the rebalance (were it not, B would get its
+    // share at once, and the test would pass without the hold it is for).
+    std::thread::sleep(Duration::from_millis(500));
     let a_now = a.rebalance();
     assert_eq!(a_now.len(), 2, "A keeps half: {a_now:?}");
-    let b_now = if first.len() == 2 {
-        first
-    } else {
-        b.rebalance()
-    };
+    let (mut b, b_now) = b_sync.join().unwrap();
+    assert_eq!(b_now.len(), 2, "B's first sync: {b_now:?}");
     let mut all: Vec<i32> = a_now.iter().chain(&b_now).copied().collect();
     all.sort_unstable();
     assert_eq!(all, [0, 1, 2, 3], "A {a_now:?}, B {b_now:?}");
@@ -948,6 +953,30 @@ async fn kafka_consumers_share_a_groups_partitions_and_rebalance() {
     assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
     let refused = Member::join(&addr, &["sticky"]).err();
     assert_eq!(refused, Some(23), "INCONSISTENT_GROUP_PROTOCOL");
+}
+
+/// With `kafka_sync_hold_ms=0` a Kafka member's SyncGroup is answered at once with
+/// what is free: a member joining a group whose partitions another member holds
+/// gets nothing in its first sync, and its share after its next heartbeat and
+/// join.
+#[tokio::test]
+async fn a_kafka_sync_is_answered_at_once_without_the_hold() {
+    let (broker, addr) = kafka_broker(&["kafka_sync_hold_ms=0"]);
+    let (ok, _, err) = broker.cli(&["topic", "create", "events", "-p", "4"], "");
+    assert!(ok, "{err}");
+    let mut a = Member::join(&addr, &["range"]).unwrap();
+    assert_eq!(a.sync(), [0, 1, 2, 3]);
+    let mut b = Member::join(&addr, &["range"]).unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(b.sync(), Vec::<i32>::new());
+    // Held, it would have waited the member's half session (5 s) for A.
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(a.rebalance().len(), 2);
+    assert_eq!(b.rebalance().len(), 2);
 }
 
 /// Runs `tests/kafka/consumer_group.py` against `bootstrap` (topic `py-orders` with

@@ -646,6 +646,12 @@ impl Coordinator {
         Ok(group.allowed(member_id) != member.sent)
     }
 
+    /// The member's session timeout, if the group has the member.
+    pub fn session_timeout_ms(&self, group_id: &str, member_id: &str) -> Option<u32> {
+        let member = self.groups.get(group_id)?.members.get(member_id)?;
+        Some(member.session_timeout_ms)
+    }
+
     /// A member leaves; its partitions go to the others at once. A static member may
     /// be removed by instance id (with an empty member id).
     pub fn leave(

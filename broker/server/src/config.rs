@@ -82,6 +82,12 @@ pub struct BrokerConfig {
     /// its SyncGroup, where the coordinator takes them; past it the longest
     /// remembered is forgotten. A client has one member per group it consumes in.
     pub kafka_cooperative_members_max: u32,
+    /// How long a Kafka member's SyncGroup may wait for partitions other members
+    /// must give up first (as a Kafka coordinator's rebalance barrier holds
+    /// JoinGroup), so it gets them in this sync rather than after its next
+    /// heartbeat and a second join. At most half the member's session timeout.
+    /// 0: answer at once with what is free.
+    pub kafka_sync_hold_ms: u32,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.
     pub advertised_host: Option<String>,
     pub data_dir: PathBuf,
@@ -468,6 +474,7 @@ impl Default for BrokerConfig {
             kafka_sasl_session_lifetime_ms: 0,
             kafka_sasl_failure_delay_ms: 100,
             kafka_cooperative_members_max: 64,
+            kafka_sync_hold_ms: 5_000,
             advertised_host: None,
             data_dir: PathBuf::from("meridian-data"),
             broker_id: 1,

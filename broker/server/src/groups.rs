@@ -899,27 +899,16 @@ impl Shared {
             r.max_wait_ms.min(self.config.group_heartbeat_interval_ms),
         ));
         let deadline = tokio::time::Instant::now() + wait;
-        let notify = self.groups.notify(&r.group_id);
-        let mut first = true;
-        let outcome = loop {
-            let notified = notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let outcome = self.groups.coordinator_for(&r.group_id).and_then(|mut c| {
-                if first {
-                    c.heartbeat(&r.group_id, &r.member_id, now_ms())
-                } else {
-                    c.sync_needed(&r.group_id, &r.member_id)
-                }
-            });
-            first = false;
-            if !matches!(outcome, Ok(false)) {
-                break outcome;
+        let outcome = self
+            .groups
+            .coordinator_for(&r.group_id)
+            .and_then(|mut c| c.heartbeat(&r.group_id, &r.member_id, now_ms()));
+        let outcome = match outcome {
+            Ok(false) => {
+                self.sync_needed_by(&r.group_id, &r.member_id, deadline)
+                    .await
             }
-            tokio::select! {
-                _ = notified => {}
-                _ = tokio::time::sleep_until(deadline) => break outcome,
-            }
+            other => other,
         };
         let (error, message, sync_needed) = match outcome {
             Ok(sync_needed) => (ErrorCode::None, String::new(), sync_needed),
@@ -933,6 +922,70 @@ impl Shared {
             message,
             sync_needed,
         }
+    }
+
+    /// Waits until the member should sync (what it may own changed since it was
+    /// last told), or until `deadline`: `Ok(true)` when it should, `Ok(false)` when
+    /// the wait ran out first, an error when the member or its group is gone (or
+    /// this broker no longer coordinates it).
+    async fn sync_needed_by(
+        &self,
+        group_id: &str,
+        member_id: &str,
+        deadline: tokio::time::Instant,
+    ) -> Result<bool, GroupError> {
+        let notify = self.groups.notify(group_id);
+        loop {
+            // Enabled before the check, so a change between the two still wakes it.
+            let notified = notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let outcome = self
+                .groups
+                .coordinator_for(group_id)
+                .and_then(|c| c.sync_needed(group_id, member_id));
+            if !matches!(outcome, Ok(false)) {
+                return outcome;
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(deadline) => return outcome,
+            }
+        }
+    }
+
+    /// A Kafka member's SyncGroup that left it partitions short (`pending`: other
+    /// members must give them up first) is held, as a Kafka coordinator's
+    /// rebalance barrier holds JoinGroup until every member has joined again: until
+    /// what the member may own changes, then synced again, for at most
+    /// `kafka_sync_hold_ms` and half the member's session timeout (it does not
+    /// heartbeat while it waits). So it starts with its share, where answered at
+    /// once it would get it only after its next heartbeat and another join. Returns
+    /// the last answer.
+    pub(crate) async fn hold_kafka_sync(
+        &self,
+        request: &SyncGroupRequest,
+        mut given: SyncGroupResponse,
+    ) -> SyncGroupResponse {
+        let session_ms = self
+            .groups
+            .coordinator_for(&request.group_id)
+            .ok()
+            .and_then(|c| c.session_timeout_ms(&request.group_id, &request.member_id))
+            .unwrap_or(0);
+        let hold_ms = self.config.kafka_sync_hold_ms.min(session_ms / 2);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(hold_ms));
+        while given.error.is_ok() && given.pending {
+            let changed = self
+                .sync_needed_by(&request.group_id, &request.member_id, deadline)
+                .await;
+            if !matches!(changed, Ok(true)) {
+                break;
+            }
+            // The member has not had the first answer: it still owns what it said.
+            given = self.sync_group(request.clone()).await;
+        }
+        given
     }
 
     pub(crate) async fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {

@@ -641,7 +641,12 @@ async fn serve_one(
             .await;
         let answer = match answer {
             Ok(Some(Response::SyncGroup(given))) if given.error.is_ok() => {
-                Some(confirm_sync(&shared, sync, given, peer).await)
+                let given = shared.hold_kafka_sync(&sync, given).await;
+                if given.error.is_ok() {
+                    Some(confirm_sync(&shared, sync, given, peer).await)
+                } else {
+                    Some(Response::SyncGroup(given))
+                }
             }
             Ok(other) => other,
             Err(refusal) => return refused(*refusal, pending, &listener),
