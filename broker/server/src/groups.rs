@@ -967,6 +967,9 @@ impl Shared {
         request: &SyncGroupRequest,
         mut given: SyncGroupResponse,
     ) -> SyncGroupResponse {
+        if !(given.error.is_ok() && given.pending) {
+            return given;
+        }
         let session_ms = self
             .groups
             .coordinator_for(&request.group_id)
