@@ -89,16 +89,33 @@ for broker in admin.describe_log_dirs(topic_partitions={TOPIC: [0]}):
         if not (isinstance(total, int) and isinstance(usable, int) and 0 < usable <= total):
             fail(f"broker {broker['broker']}: total and usable bytes {total}, {usable}")
 
-elected = admin.elect_leaders(0, {TOPIC: [0]}, raise_errors=False)
-codes = [p.error_code for r in elected.replica_election_results for p in r.partition_result]
-# 0: elected; 84: ELECTION_NOT_NEEDED (the move made it leader already).
-if codes not in ([0], [84]):
-    fail(f"preferred election answered {elected}")
-# Every broker learns of the new leader a moment after the controller.
-deadline = time.time() + 10
-while partition()[0] != outsider and time.time() < deadline:
-    time.sleep(0.2)
-seen["leader_is_preferred"] = partition()[0] == outsider
+def elect_preferred():
+    """Elects the preferred replica and waits up to 10 s for every broker to name
+    it leader; returns the election's error codes and whether they all did."""
+    elected = admin.elect_leaders(0, {TOPIC: [0]}, raise_errors=False)
+    codes = [p.error_code for r in elected.replica_election_results for p in r.partition_result]
+    # 0: elected; 84: ELECTION_NOT_NEEDED (the move made it leader already).
+    if codes not in ([0], [84]):
+        fail(f"preferred election answered {elected}")
+    # Every broker learns of the new leader a moment after the controller.
+    deadline = time.time() + 10
+    while partition()[0] != outsider and time.time() < deadline:
+        time.sleep(0.2)
+    return codes, partition()[0] == outsider
+
+
+codes, preferred = elect_preferred()
+if not preferred:
+    # Leadership can move on after the election: on a loaded machine a broker that
+    # misses heartbeats for `cluster.broker_session_timeout_ms` is fenced and its
+    # leaderships go to the other replica, and only another election (or the
+    # imbalance check, every 5 minutes) brings them back. Elect again, as an
+    # operator would; a second miss fails, with what was seen.
+    first = (codes, partition())
+    codes, preferred = elect_preferred()
+    if not preferred:
+        preferred = {"first": first, "again": (codes, partition()), "preferred": outsider}
+seen["leader_is_preferred"] = preferred
 
 unclean = admin.elect_leaders(1, {TOPIC: [0]}, raise_errors=False)
 seen["unclean"] = [
