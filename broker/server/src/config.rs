@@ -85,7 +85,8 @@ pub struct BrokerConfig {
     /// How long a Kafka member's SyncGroup may wait for partitions other members
     /// must give up first (as a Kafka coordinator's rebalance barrier holds
     /// JoinGroup), so it gets them in this sync rather than after its next
-    /// heartbeat and a second join. At most half the member's session timeout.
+    /// heartbeat and a second join. At most half the member's session timeout
+    /// and half `idle_timeout_ms`.
     /// 0: answer at once with what is free.
     pub kafka_sync_hold_ms: u32,
     /// Host clients are told to connect to (metadata); defaults to the listen IP.

@@ -958,10 +958,10 @@ impl Shared {
     /// members must give them up first) is held, as a Kafka coordinator's
     /// rebalance barrier holds JoinGroup until every member has joined again: until
     /// what the member may own changes, then synced again, for at most
-    /// `kafka_sync_hold_ms` and half the member's session timeout (it does not
-    /// heartbeat while it waits). So it starts with its share, where answered at
-    /// once it would get it only after its next heartbeat and another join. Returns
-    /// the last answer.
+    /// `kafka_sync_hold_ms`, half the member's session timeout (it does not
+    /// heartbeat while it waits) and half `idle_timeout_ms`. So it starts with its
+    /// share, where answered at once it would get it only after its next heartbeat
+    /// and another join. Returns the last answer.
     pub(crate) async fn hold_kafka_sync(
         &self,
         request: &SyncGroupRequest,
@@ -976,8 +976,11 @@ impl Shared {
             .ok()
             .and_then(|c| c.session_timeout_ms(&request.group_id, &request.member_id))
             .unwrap_or(0);
-        let hold_ms = self.config.kafka_sync_hold_ms.min(session_ms / 2);
-        let deadline = tokio::time::Instant::now() + Duration::from_millis(u64::from(hold_ms));
+        // Nor so long that the listener closes the connection as idle meanwhile
+        // (it reads nothing from a client waiting for its answer).
+        let hold_ms = u64::from(self.config.kafka_sync_hold_ms.min(session_ms / 2))
+            .min(self.config.idle_timeout_ms / 2);
+        let deadline = tokio::time::Instant::now() + Duration::from_millis(hold_ms);
         while given.error.is_ok() && given.pending {
             let changed = self
                 .sync_needed_by(&request.group_id, &request.member_id, deadline)
