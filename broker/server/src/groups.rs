@@ -976,7 +976,7 @@ impl Shared {
             .ok()
             .and_then(|c| c.session_timeout_ms(&request.group_id, &request.member_id))
             .unwrap_or(0);
-        // Nor so long that the listener closes the connection as idle meanwhile
+        // And not so long that the listener closes the connection as idle meanwhile
         // (it reads nothing from a client waiting for its answer).
         let hold_ms = u64::from(self.config.kafka_sync_hold_ms.min(session_ms / 2))
             .min(self.config.idle_timeout_ms / 2);
