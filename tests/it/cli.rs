@@ -485,7 +485,7 @@ fn a_broker_with_a_bad_worker_thread_count_says_so_and_exits() {
 
 /// `meridian dev` in `dir` with `args`; returns it and what it printed up to its
 /// "From elsewhere" line.
-fn start_dev(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+pub(crate) fn start_dev(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     let mut dev = Command::new(crate::harness::meridian_bin())

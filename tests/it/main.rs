@@ -22,6 +22,7 @@ mod otel;
 mod plugins;
 mod produce_consume;
 mod quotas;
+mod readme;
 mod region;
 mod replication;
 mod routing;

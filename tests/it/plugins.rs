@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use crate::harness::meridian_bin;
 
-fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ is inside the repository")
