@@ -332,7 +332,6 @@ fn topic_produce_consume_tour() {
 
 #[test]
 fn consume_follow_tails_new_records() {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let broker = TestBroker::start(&[]);
     ok(broker.cli(&["topic", "create", "tail"], ""));
@@ -343,15 +342,7 @@ fn consume_follow_tails_new_records() {
         .spawn()
         .unwrap();
     // Lines arrive on a channel so a missing line fails the test instead of hanging it.
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = follower.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::harness::stdout_lines(&mut follower);
     let next = || {
         rx.recv_timeout(std::time::Duration::from_secs(30))
             .expect("the follower printed nothing")
@@ -382,7 +373,6 @@ fn verbose_producer(
     std::process::ChildStdin,
     std::sync::mpsc::Receiver<String>,
 ) {
-    use std::io::{BufRead, BufReader};
     use std::process::Stdio;
     let mut producer = broker
         .cli_command(&["produce", topic, "-v"])
@@ -391,15 +381,7 @@ fn verbose_producer(
         .stderr(stderr)
         .spawn()
         .unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    let stdout = producer.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines() {
-            if tx.send(line.unwrap()).is_err() {
-                break;
-            }
-        }
-    });
+    let rx = crate::harness::stdout_lines(&mut producer);
     let stdin = producer.stdin.take().unwrap();
     (producer, stdin, rx)
 }

@@ -36,6 +36,23 @@ pub async fn send_all(
     acknowledged
 }
 
+/// The lines `child` prints on its (piped) stdout, on a channel, so that a test
+/// waiting for a line can time out (`recv_timeout`) instead of hanging.
+pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::{BufRead, BufReader};
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout = child.stdout.take().expect("stdout piped");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Waits (up to 20 s) until the log file at `log` says `text` at least `times`
 /// times; returns the log.
 pub fn await_log(log: &Path, text: &str, times: usize) -> String {

@@ -7,6 +7,7 @@ mod cli;
 mod cluster;
 mod compaction;
 mod crash;
+mod examples;
 mod frame_io;
 mod groups;
 mod harness;
