@@ -3,6 +3,13 @@
 
 use std::process::Command;
 
+/// The README's Rust examples (the SDK's tour and the plugin), compiled as this
+/// crate's doctests so that they stay true to the APIs they show; its other blocks
+/// (shell, TOML, Python) are not Rust and rustdoc leaves them be.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+pub struct ReadmeExamples;
+
 /// Where a test that must mount a file system (a small tmpfs, to fill a disk) runs.
 #[derive(Debug)]
 pub enum MountPrivilege {
