@@ -7,10 +7,15 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The command lines of the README's first `sh` block after `heading` (and after
-/// `then`, when given), comments and blank lines left out.
+/// `then`, when given), comments and blank lines left out and lines ending in `\`
+/// joined with the next, as the shell joins them.
 fn shell_block(heading: &str, then: Option<&str>) -> Vec<String> {
     let readme = std::fs::read_to_string(crate::plugins::repo_root().join("README.md"))
         .expect("README.md beside tests/");
+    shell_block_in(&readme, heading, then)
+}
+
+fn shell_block_in(readme: &str, heading: &str, then: Option<&str>) -> Vec<String> {
     let mut section = readme
         .split(heading)
         .nth(1)
@@ -26,12 +31,23 @@ fn shell_block(heading: &str, then: Option<&str>) -> Vec<String> {
         .nth(1)
         .and_then(|rest| rest.split("```").next())
         .unwrap_or_else(|| panic!("no sh block under `{heading}`"));
-    block
-        .lines()
-        .map(str::trim)
-        .filter(|line| !line.is_empty() && !line.starts_with('#'))
-        .map(str::to_owned)
-        .collect()
+    let mut lines: Vec<String> = Vec::new();
+    let mut continued = false;
+    for line in block.lines().map(str::trim) {
+        if continued {
+            let last = lines.last_mut().expect("a line to continue");
+            last.pop();
+            last.truncate(last.trim_end().len());
+            last.push(' ');
+            last.push_str(line);
+        } else if !line.is_empty() && !line.starts_with('#') {
+            lines.push(line.to_owned());
+        } else {
+            continue;
+        }
+        continued = line.ends_with('\\');
+    }
+    lines
 }
 
 /// Whether a line runs until it is stopped (a tail, a group member), as the README
@@ -171,6 +187,16 @@ fn output_of<'a>(outputs: &'a [(String, String)], prefix: &str) -> &'a str {
         .find(|(line, _)| line.starts_with(prefix))
         .map(|(_, out)| out.as_str())
         .unwrap_or_else(|| panic!("no line `{prefix}`"))
+}
+
+#[test]
+fn shell_blocks_are_read_as_the_shell_reads_them() {
+    let readme = "# A\n```sh\nnot this\n```\n## B\ntext\n```sh\n# a comment\n\n\
+                  echo one   # said\n  printf '%s' \\\n    two \\\n    three\necho four\n```\n";
+    assert_eq!(
+        shell_block_in(readme, "## B", None),
+        ["echo one   # said", "printf '%s' two three", "echo four"]
+    );
 }
 
 #[test]
