@@ -1105,16 +1105,11 @@ fn a_waiting_consumer_ends_when_its_reader_goes() {
         let read: Vec<String> = (0..3).map(|_| lines.next().unwrap().unwrap()).collect();
         assert_eq!(read, ["a", "b", "c"], "{args:?}");
         drop(lines);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if std::time::Instant::now() > deadline {
-                child.kill().unwrap();
-                panic!("{args:?} still waits after its reader went");
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
+        let Some(status) =
+            crate::harness::wait_for_exit(&mut child, std::time::Duration::from_secs(30))
+        else {
+            child.kill().unwrap();
+            panic!("{args:?} still waits after its reader went");
         };
         let out = child.wait_with_output().unwrap();
         let stderr = String::from_utf8_lossy(&out.stderr);

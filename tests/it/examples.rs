@@ -115,11 +115,11 @@ fn the_sdk_examples_produce_consume_and_share_a_group() {
         }
     }
     assert!(printed.starts_with("assigned ["), "{printed}");
-    let status = Command::new("kill")
-        .args(["-INT", &member.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
+    rustix::process::kill_process(
+        rustix::process::Pid::from_child(&member),
+        rustix::process::Signal::INT,
+    )
+    .unwrap();
     let status = member.wait().unwrap();
     assert!(status.success(), "group member ended: {status}\n{printed}");
 

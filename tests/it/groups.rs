@@ -1072,14 +1072,8 @@ async fn a_cli_member_stopped_with_sigterm_commits_and_leaves() {
         rustix::process::Signal::TERM,
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "SIGTERM did not stop the member");
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let status = crate::harness::wait_for_exit(&mut child, Duration::from_secs(10))
+        .expect("SIGTERM did not stop the member");
     assert!(status.success(), "{status}");
     let description = client.admin().describe_group("term").await.unwrap();
     assert!(

@@ -53,6 +53,21 @@ pub fn stdout_lines(child: &mut Child) -> std::sync::mpsc::Receiver<String> {
     rx
 }
 
+/// Waits up to `within` for `child` to end; its exit status, or `None` if it is
+/// still running.
+pub fn wait_for_exit(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        if std::time::Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// Waits (up to 20 s) until the log file at `log` says `text` at least `times`
 /// times; returns the log.
 pub fn await_log(log: &Path, text: &str, times: usize) -> String {

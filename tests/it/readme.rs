@@ -125,7 +125,7 @@ fn run_lines(
             (out, err)
         };
         let within = if runs_until_stopped(line) { 3 } else { 120 };
-        match wait_for(&mut child, Duration::from_secs(within)) {
+        match crate::harness::wait_for_exit(&mut child, Duration::from_secs(within)) {
             Some(status) => {
                 let (out, err) = printed();
                 assert!(status.success(), "`{line}` failed: {status}\n{out}{err}");
@@ -144,37 +144,15 @@ fn run_lines(
     outputs
 }
 
-/// Waits up to `within` for `child`; whether it ended, and how.
-fn wait_for(child: &mut Child, within: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return Some(status);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
 /// SIGTERM to every process of `child`'s group (a pipeline's too), then waits until
 /// none is left, so that a group member has committed and left before the next line.
 fn stop_group(child: &mut Child) {
-    let group = format!("-{}", child.id());
-    let kill = |signal: &str| {
-        Command::new("kill")
-            .args([signal, "--", &group])
-            .stderr(Stdio::null())
-            .status()
-            .expect("run kill")
-            .success()
-    };
-    assert!(kill("-TERM"), "no process group {group}");
+    use rustix::process::{kill_process_group, test_kill_process_group, Pid, Signal};
+    let group = Pid::from_child(child);
+    kill_process_group(group, Signal::TERM).expect("SIGTERM to the line's process group");
     let _ = child.wait();
     let deadline = Instant::now() + Duration::from_secs(30);
-    // Signal 0 only asks whether the group still has a process.
-    while kill("-0") {
+    while test_kill_process_group(group).is_ok() {
         assert!(Instant::now() < deadline, "line's processes still running");
         std::thread::sleep(Duration::from_millis(50));
     }
