@@ -2715,10 +2715,16 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some(ErrorCode::TopicAlreadyExists), "{e}");
-    admin
-        .validate_create_topic(rf3("validated", 2))
+    let would_be = admin
+        .validate_create_topic(NewTopic::new("validated", 2))
         .await
-        .unwrap();
+        .unwrap()
+        .expect("the controller describes the topic it would create");
+    assert_eq!(
+        (would_be.partitions, would_be.replication_factor),
+        (2, 3),
+        "the controller fills in the cluster's default replication factor"
+    );
     let e = admin
         .validate_topic_configs(
             "changing",

@@ -660,6 +660,14 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
 
     // kafka-python's admin client does the same (`tests/kafka/admin.py`).
     if let Some(summary) = kafka_python("admin.py", &[&addr]) {
+        let created = serde_json::json!({
+            "partitions": 1,
+            "replication_factor": 1,
+            "settings": {
+                "retention.ms": ["60000", "DYNAMIC_TOPIC_CONFIG"],
+                "cleanup.policy": ["delete", "DEFAULT_CONFIG"],
+            },
+        });
         assert_eq!(
             summary,
             serde_json::json!({
@@ -670,8 +678,14 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
                     "log.retention.ms": ["604800000", "DEFAULT_CONFIG", true],
                     "kafka_listen": [addr, "STATIC_BROKER_CONFIG", true],
                 },
+                // The defaults a create left to the broker, as its answer gives them.
+                "validated": created,
+                "created": created,
             })
         );
+        let (ok, out, err) = broker.cli(&["topic", "describe", "py-defaults"], "");
+        assert!(ok, "{err}");
+        assert!(out.contains("partitions: 1"), "{out}");
         let (ok, out, err) = broker.cli(&["topic", "describe", "py-admin"], "");
         assert!(ok, "{err}");
         assert!(out.contains("partitions: 4"), "{out}");

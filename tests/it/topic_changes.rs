@@ -265,10 +265,29 @@ async fn validating_changes_answers_as_the_change_would_and_changes_nothing() {
     let admin = client.admin();
     admin.create_topic(NewTopic::new("v", 2)).await.unwrap();
 
-    admin
+    // The answer is the topic as it would be made, defaults filled in.
+    let would_be = admin
         .validate_create_topic(NewTopic::new("new", 3).config("retention.ms", "1000"))
         .await
+        .unwrap()
+        .expect("the broker describes the topic it would create");
+    assert_eq!((would_be.partitions, would_be.replication_factor), (3, 1));
+    let would_set = |key: &str| {
+        let c = would_be.configs.iter().find(|c| c.key == key).unwrap();
+        (c.value.clone(), c.is_default)
+    };
+    assert_eq!(would_set("retention.ms"), ("1000".to_string(), false));
+    assert_eq!(would_set("cleanup.policy"), ("delete".to_string(), true));
+    let defaulted = admin
+        .validate_create_topic(NewTopic::new("new", 0))
+        .await
+        .unwrap()
         .unwrap();
+    assert_eq!(
+        (defaulted.partitions, defaulted.replication_factor),
+        (1, 1),
+        "default_partitions, and one broker's replication factor"
+    );
     let refusals = [
         (NewTopic::new("v", 1), ErrorCode::TopicAlreadyExists),
         (NewTopic::new("bad name!", 1), ErrorCode::InvalidTopic),
@@ -281,7 +300,7 @@ async fn validating_changes_answers_as_the_change_would_and_changes_nothing() {
     for (topic, expected) in refusals {
         let what = format!("{topic:?}");
         assert_eq!(
-            code(admin.validate_create_topic(topic).await),
+            code(admin.validate_create_topic(topic).await.map(drop)),
             Some(expected),
             "{what}"
         );
@@ -458,7 +477,10 @@ fn topic_alter_from_the_cli() {
     let (ok, stdout, stderr) =
         broker.cli(&["topic", "create", "d", "-p", "2", "--validate-only"], "");
     assert!(ok, "{stderr}");
-    assert!(stdout.contains("topic d can be created"), "{stdout}");
+    assert!(
+        stdout.contains("topic d can be created with 2 partition(s), replication factor 1"),
+        "{stdout}"
+    );
     let (ok, _, stderr) = broker.cli(&["topic", "create", "c", "--dry-run"], "");
     assert!(!ok);
     assert!(stderr.contains("already exists"), "{stderr}");

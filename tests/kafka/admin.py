@@ -3,8 +3,10 @@
 Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
 (IncrementalAlterConfigs), reads them back as `kafka-configs --describe` does
 (DescribeConfigs, modified only and all), resets one, adds partitions, deletes
-the records below an offset, and reads two of the broker's own settings. Prints one JSON line of what it saw; exits non-zero,
-saying why, on any mismatch.
+the records below an offset, reads two of the broker's own settings, and creates a
+topic on the broker's defaults (validated only, then made), reading what they came
+to from the answer. Prints one JSON line of what it saw; exits non-zero, saying
+why, on any mismatch.
 """
 
 import json
@@ -76,5 +78,27 @@ broker_settings = {
     for name in ("log.retention.ms", "kafka_listen")
 }
 
+
+
+def created(validate_only):
+    """Creates `py-defaults` leaving its partitions and replication factor to the
+    broker (-1 each, as kafka-python sends them unset), and returns what the answer
+    says they came to, with two of the settings it lists (CreateTopics v5 on: what
+    Java's `CreateTopicsResult.numPartitions` and `config` read)."""
+    answer = admin.create_topics({"py-defaults": {"configs": {"retention.ms": "60000"}}},
+                                 validate_only=validate_only)
+    t = answer["topics"][0]
+    configs = t.get("configs") or {}
+    settings = {name: [configs[name]["value"], configs[name]["config_source"]]
+                for name in ("retention.ms", "cleanup.policy") if name in configs}
+    return {"partitions": t["num_partitions"], "replication_factor": t["replication_factor"],
+            "settings": settings}
+
+
+would_be = created(validate_only=True)
+if "py-defaults" in admin.list_topics():
+    fail("a validate-only create made the topic")
+made = created(validate_only=False)
+
 print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3],
-                  "broker": broker_settings}))
+                  "broker": broker_settings, "validated": would_be, "created": made}))

@@ -135,8 +135,12 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 topic = topic.config(k, v);
             }
             let admin = connect.connect().await?.admin();
+            let mut would_be = None;
             let outcome = if dry_run {
-                admin.validate_create_topic(topic).await
+                admin
+                    .validate_create_topic(topic)
+                    .await
+                    .map(|t| would_be = t)
             } else {
                 admin.create_topic(topic).await
             };
@@ -155,7 +159,15 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 outcome => outcome?,
             }
             if dry_run {
-                println!("topic {name} can be created as given (dry run: nothing created)");
+                match would_be {
+                    Some(t) => println!(
+                        "topic {name} can be created with {} partition(s), replication factor {} (dry run: nothing created)",
+                        t.partitions, t.replication_factor
+                    ),
+                    None => println!(
+                        "topic {name} can be created as given (dry run: nothing created)"
+                    ),
+                }
                 return Ok(());
             }
             // What the defaults came to.

@@ -236,6 +236,26 @@ fn asked_for(keys: &Option<Vec<String>>, key: &str) -> bool {
 
 /// One setting in a DescribeConfigs answer: from `source` (where a value set on the
 /// resource comes from), or the default.
+/// A created topic's settings, as CreateTopics (version 5 on) lists them: those
+/// set on the topic, and the defaults it takes.
+pub(crate) fn created_configs(
+    configs: &[m::DescribedConfig],
+) -> Vec<k::create_topics_response::CreatableTopicConfigs> {
+    configs
+        .iter()
+        .map(|c| {
+            k::create_topics_response::CreatableTopicConfigs::default()
+                .with_name(StrBytes::from_string(c.key.clone()))
+                .with_value(Some(StrBytes::from_string(c.value.clone())))
+                .with_config_source(if c.is_default {
+                    DEFAULT_CONFIG
+                } else {
+                    DYNAMIC_TOPIC_CONFIG
+                })
+        })
+        .collect()
+}
+
 fn setting(
     name: String,
     value: String,

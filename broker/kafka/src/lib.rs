@@ -1867,17 +1867,31 @@ fn epoch_end_offsets(r: m::OffsetForLeaderEpochResponse) -> k::OffsetForLeaderEp
     k::OffsetForLeaderEpochResponse::default().with_topics(topics)
 }
 
+/// Each topic's outcome; one created (or, validating only, that would be) also
+/// with its partitions, replication factor and settings (version 5 on), as Kafka
+/// answers, which Java's `CreateTopicsResult.numPartitions` and `config` read. A
+/// broker from before it described them leaves Kafka's "unknown", -1.
 fn create_topics(
     r: m::CreateTopicsResponse,
     refused: Vec<(String, String)>,
 ) -> k::CreateTopicsResponse {
+    let created = r.created;
     let result = |name: String, error: ErrorCode, text: String| {
-        k::create_topics_response::CreatableTopicResult::default()
-            .with_name(topic_name(name))
+        let described = match error {
+            ErrorCode::None => created.iter().find(|t| t.name == name),
+            _ => None,
+        };
+        let answer = k::create_topics_response::CreatableTopicResult::default()
             .with_error_code(code(error))
-            .with_error_message(message(error, text))
-            .with_num_partitions(-1)
-            .with_replication_factor(-1)
+            .with_error_message(message(error, text));
+        let answer = match described {
+            Some(t) => answer
+                .with_num_partitions(t.partitions as i32)
+                .with_replication_factor(t.replication_factor as i16)
+                .with_configs(Some(admin::created_configs(&t.configs))),
+            None => answer.with_num_partitions(-1).with_replication_factor(-1),
+        };
+        answer.with_name(topic_name(name))
     };
     k::CreateTopicsResponse::default().with_topics(with_refused(r.results, refused, result))
 }

@@ -25,6 +25,7 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
     Some(match request {
         m::Request::CreateTopics(r) => m::Response::CreateTopics(m::CreateTopicsResponse {
             results: topics(&mut r.topics.iter().map(|t| &t.name)),
+            created: Vec::new(),
         }),
         m::Request::DeleteTopics(r) => m::Response::DeleteTopics(m::DeleteTopicsResponse {
             results: topics(&mut r.names.iter()),

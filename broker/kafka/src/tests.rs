@@ -1034,14 +1034,85 @@ fn create_topics_takes_kafka_defaults_and_refuses_assignments() {
             error: ErrorCode::None,
             message: String::new(),
         }],
+        created: vec![m::CreatedTopic {
+            name: "orders".into(),
+            partitions: 3,
+            replication_factor: 1,
+            configs: vec![
+                m::DescribedConfig {
+                    key: "retention.ms".into(),
+                    value: "60000".into(),
+                    is_default: false,
+                },
+                m::DescribedConfig {
+                    key: "cleanup.policy".into(),
+                    value: "delete".into(),
+                    is_default: true,
+                },
+            ],
+        }],
     };
     let frame = answered(pending, m::Response::CreateTopics(answer));
     let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
     assert_eq!(r.topics[0].error_code, 0);
+    // The topic as created, defaults resolved, as Java's numPartitions() reads it.
+    assert_eq!(
+        (r.topics[0].num_partitions, r.topics[0].replication_factor),
+        (3, 1)
+    );
+    let configs: Vec<(String, String, i8)> = r.topics[0]
+        .configs
+        .iter()
+        .flatten()
+        .map(|c| {
+            let value = c.value.as_ref().map(|v| v.to_string()).unwrap_or_default();
+            (c.name.to_string(), value, c.config_source)
+        })
+        .collect();
+    assert_eq!(
+        configs,
+        [
+            ("retention.ms".to_string(), "60000".to_string(), 1),
+            ("cleanup.policy".to_string(), "delete".to_string(), 5),
+        ]
+    );
     assert_eq!(&*r.topics[1].name.0, "placed");
     assert_eq!(
         r.topics[1].error_code,
         ResponseError::InvalidReplicaAssignment.code()
+    );
+    // A topic refused has nothing to describe: Kafka's "unknown".
+    assert_eq!(
+        (r.topics[1].num_partitions, r.topics[1].replication_factor),
+        (-1, -1)
+    );
+}
+
+/// A broker from before CreateTopics described the topics it created (Meridian's
+/// version 0) leaves Kafka's answer at "unknown" rather than guessing.
+#[test]
+fn create_topics_without_a_description_answers_unknown() {
+    let asked = k::CreateTopicsRequest::default().with_topics(vec![
+        k::create_topics_request::CreatableTopic::default()
+            .with_name(topic_name("orders".into()))
+            .with_num_partitions(3)
+            .with_replication_factor(1),
+    ]);
+    let (_, pending) = serve(frame_of(ApiKey::CreateTopics, 7, &asked));
+    let answer = m::CreateTopicsResponse {
+        results: vec![m::TopicResult {
+            name: "orders".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+        }],
+        created: Vec::new(),
+    };
+    let frame = answered(pending, m::Response::CreateTopics(answer));
+    let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
+    assert_eq!(r.topics[0].error_code, 0);
+    assert_eq!(
+        (r.topics[0].num_partitions, r.topics[0].replication_factor),
+        (-1, -1)
     );
 }
 

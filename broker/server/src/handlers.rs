@@ -785,14 +785,7 @@ impl Shared {
                     message: String::new(),
                     replication_factor: topic.replication_factor,
                     configs: crate::topic_config::TopicOverrides(topic.configs.clone())
-                        .describe(&self.registry.defaults)
-                        .into_iter()
-                        .map(|(key, value, is_default)| DescribedConfig {
-                            key,
-                            value,
-                            is_default,
-                        })
-                        .collect(),
+                        .describe(&self.registry.defaults),
                     partitions: (0..topic.partitions.len() as u32)
                         .map(|index| {
                             let log = local.as_ref().and_then(|t| t.partition(index).ok());
@@ -1009,6 +1002,7 @@ impl Shared {
     }
 
     fn create_topics(&self, request: CreateTopicsRequest) -> CreateTopicsResponse {
+        let mut created = Vec::new();
         let results = request
             .topics
             .into_iter()
@@ -1018,21 +1012,33 @@ impl Shared {
                 // 0 is the cluster's default, which on one broker is 1.
                 let replication_factor = t.replication_factor.max(1);
                 let outcome = if request.validate_only {
-                    self.registry
-                        .validate_create(&t.name, t.partitions, replication_factor, configs)
-                        .map(drop)
+                    self.registry.validate_create(
+                        &t.name,
+                        t.partitions,
+                        replication_factor,
+                        configs,
+                    )
                 } else {
                     self.registry
                         .create(&t.name, t.partitions, replication_factor, configs)
                         .map(|topic| {
                             self.groups
-                                .topic_changed(&topic.name, Some(topic.partitions.len() as u32))
+                                .topic_changed(&topic.name, Some(topic.partitions.len() as u32));
+                            topic.overrides.clone()
                         })
                 };
+                let outcome = outcome.map(|overrides| {
+                    created.push(CreatedTopic {
+                        name: t.name.clone(),
+                        partitions: t.partitions,
+                        replication_factor,
+                        configs: overrides.describe(&self.registry.defaults),
+                    })
+                });
                 topic_result(t.name, outcome)
             })
             .collect();
-        CreateTopicsResponse { results }
+        CreateTopicsResponse { results, created }
     }
 
     fn alter_topic_configs(&self, request: AlterTopicConfigsRequest) -> AlterTopicConfigsResponse {
@@ -1119,16 +1125,7 @@ impl Shared {
                     error: ErrorCode::None,
                     message: String::new(),
                     replication_factor: topic.replication_factor,
-                    configs: topic
-                        .overrides
-                        .describe(&self.registry.defaults)
-                        .into_iter()
-                        .map(|(key, value, is_default)| DescribedConfig {
-                            key,
-                            value,
-                            is_default,
-                        })
-                        .collect(),
+                    configs: topic.overrides.describe(&self.registry.defaults),
                     partitions: topic
                         .partitions
                         .iter()
@@ -1779,6 +1776,7 @@ async fn cluster_create_topics(
     request: CreateTopicsRequest,
 ) -> CreateTopicsResponse {
     let validate_only = request.validate_only;
+    let mut created = Vec::new();
     let results = through_controller(
         request.topics,
         |t| &t.name,
@@ -1789,11 +1787,12 @@ async fn cluster_create_topics(
                 validate_only,
             };
             let response = cluster.controller.create_topics(request).await?;
+            created = response.created;
             Ok::<_, crate::cluster::ControllerError>(response.results)
         },
     )
     .await;
-    CreateTopicsResponse { results }
+    CreateTopicsResponse { results, created }
 }
 
 /// Refuses, per topic, what `refuse_internal` refuses; answers the rest with `ask`

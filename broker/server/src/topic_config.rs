@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use meridian_log::{CleanupPolicy, LogConfig};
+use meridian_wire::messages::DescribedConfig;
 use serde::{Deserialize, Serialize};
 
 const DAY_MS: u64 = 24 * 60 * 60 * 1000;
@@ -204,12 +205,19 @@ impl TopicOverrides {
     }
 
     /// Every setting with its effective value and whether it is the broker default.
-    pub fn describe(&self, defaults: &TopicDefaults) -> Vec<(String, String, bool)> {
+    pub fn describe(&self, defaults: &TopicDefaults) -> Vec<DescribedConfig> {
         TOPIC_CONFIG_KEYS
             .iter()
-            .map(|key| match self.0.get(*key) {
-                Some(v) => (key.to_string(), v.clone(), false),
-                None => (key.to_string(), defaults.value_of(key), true),
+            .map(|key| {
+                let (value, is_default) = match self.0.get(*key) {
+                    Some(v) => (v.clone(), false),
+                    None => (defaults.value_of(key), true),
+                };
+                DescribedConfig {
+                    key: key.to_string(),
+                    value,
+                    is_default,
+                }
             })
             .collect()
     }
@@ -359,7 +367,11 @@ mod tests {
         let config = overrides.log_config(&TopicDefaults::default());
         assert_eq!(config.retention_ms, None);
         assert_eq!(config.segment_bytes, 1 << 30);
-        let described = overrides.describe(&TopicDefaults::default());
+        let described: Vec<(String, String, bool)> = overrides
+            .describe(&TopicDefaults::default())
+            .into_iter()
+            .map(|c| (c.key, c.value, c.is_default))
+            .collect();
         assert!(described.contains(&("retention.ms".into(), "-1".into(), false)));
         assert!(described.contains(&("cleanup.policy".into(), "delete".into(), true)));
         assert!(described.contains(&("min.cleanable.dirty.ratio".into(), "0.5".into(), true)));

@@ -140,6 +140,7 @@ impl ApiKey {
     /// 1 of `DescribeLogs` (response) carries the log directory's total and usable
     /// bytes. Version 1 of `OffsetDelete` (response) names the topics refused.
     /// Version 1 of `ListOffsets` (response) carries each offset's leader epoch.
+    /// Version 1 of `CreateTopics` (response) describes each topic created.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::Metadata
@@ -151,7 +152,8 @@ impl ApiKey {
             | ApiKey::DescribeTopics
             | ApiKey::DescribeLogs
             | ApiKey::OffsetDelete
-            | ApiKey::ListOffsets => 1,
+            | ApiKey::ListOffsets
+            | ApiKey::CreateTopics => 1,
             ApiKey::AlterTopicConfigs => 2,
             _ => 0,
         }
@@ -358,6 +360,20 @@ pub struct TopicResult {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreateTopicsResponse {
     pub results: Vec<TopicResult>,
+    /// The topics created (validating only: that would be), as created. Version 1;
+    /// a version 0 answer has none.
+    pub created: Vec<CreatedTopic>,
+}
+
+/// A topic as its creation made it: the partitions and replication factor with the
+/// defaults the request left to the broker filled in, and every setting with its
+/// effective value (Kafka's CreateTopics answers with the same from version 5).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CreatedTopic {
+    pub name: String,
+    pub partitions: u32,
+    pub replication_factor: u16,
+    pub configs: Vec<DescribedConfig>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -682,6 +698,20 @@ pub(crate) fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
     w.string(&t.name);
     w.u16(t.error as u16);
     w.string(&t.message);
+}
+
+fn put_described_config(w: &mut Writer<'_>, c: &DescribedConfig) {
+    w.string(&c.key);
+    w.string(&c.value);
+    w.bool(c.is_default);
+}
+
+fn get_described_config(r: &mut Reader) -> Result<DescribedConfig, DecodeError> {
+    Ok(DescribedConfig {
+        key: r.string()?,
+        value: r.string()?,
+        is_default: r.bool()?,
+    })
 }
 
 pub(crate) fn get_topic_result(r: &mut Reader) -> Result<TopicResult, DecodeError> {
@@ -1081,7 +1111,17 @@ impl Response {
                     });
                 });
             }
-            Response::CreateTopics(r) => w.array(&r.results, put_topic_result),
+            Response::CreateTopics(r) => {
+                w.array(&r.results, put_topic_result);
+                if version >= 1 {
+                    w.array(&r.created, |w, t| {
+                        w.string(&t.name);
+                        w.u32(t.partitions);
+                        w.u16(t.replication_factor);
+                        w.array(&t.configs, put_described_config);
+                    });
+                }
+            }
             Response::DeleteTopics(r) => w.array(&r.results, put_topic_result),
             Response::DescribeTopics(r) => {
                 w.array(&r.topics, |w, t| {
@@ -1089,11 +1129,7 @@ impl Response {
                     w.u16(t.error as u16);
                     w.string(&t.message);
                     w.u16(t.replication_factor);
-                    w.array(&t.configs, |w, c| {
-                        w.string(&c.key);
-                        w.string(&c.value);
-                        w.bool(c.is_default);
-                    });
+                    w.array(&t.configs, put_described_config);
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.u16(p.error as u16);
@@ -1242,6 +1278,18 @@ impl Response {
             }),
             ApiKey::CreateTopics => Response::CreateTopics(CreateTopicsResponse {
                 results: r.array(6, get_topic_result)?,
+                created: if version >= 1 {
+                    r.array(12, |r| {
+                        Ok(CreatedTopic {
+                            name: r.string()?,
+                            partitions: r.u32()?,
+                            replication_factor: r.u16()?,
+                            configs: r.array(5, get_described_config)?,
+                        })
+                    })?
+                } else {
+                    Vec::new()
+                },
             }),
             ApiKey::DeleteTopics => Response::DeleteTopics(DeleteTopicsResponse {
                 results: r.array(6, get_topic_result)?,
@@ -1253,13 +1301,7 @@ impl Response {
                         error: error_code(r)?,
                         message: r.string()?,
                         replication_factor: r.u16()?,
-                        configs: r.array(5, |r| {
-                            Ok(DescribedConfig {
-                                key: r.string()?,
-                                value: r.string()?,
-                                is_default: r.bool()?,
-                            })
-                        })?,
+                        configs: r.array(5, get_described_config)?,
                         partitions: r.array(34, |r| {
                             Ok(PartitionDescription {
                                 partition: r.u32()?,
@@ -1490,6 +1532,38 @@ mod tests {
         });
         assert_eq!(at(0), ResponseFrame::Ok(without));
         assert_eq!(at(1), ResponseFrame::Ok(response.clone()));
+    }
+
+    /// A version 0 answer to CreateTopics (to a client from before created topics
+    /// were described) leaves them out, and decodes as one without them.
+    #[test]
+    fn create_topics_at_version_0_describes_no_topic() {
+        let answer = |created| {
+            Response::CreateTopics(CreateTopicsResponse {
+                results: vec![TopicResult {
+                    name: "orders".into(),
+                    error: ErrorCode::None,
+                    message: String::new(),
+                }],
+                created,
+            })
+        };
+        let created = vec![CreatedTopic {
+            name: "orders".into(),
+            partitions: 6,
+            replication_factor: 3,
+            configs: vec![DescribedConfig {
+                key: "cleanup.policy".into(),
+                value: "delete".into(),
+                is_default: true,
+            }],
+        }];
+        let response = answer(created);
+        assert_eq!(at_version(&response, 0), ResponseFrame::Ok(answer(vec![])));
+        assert_eq!(
+            at_version(&response, 1),
+            ResponseFrame::Ok(response.clone())
+        );
     }
 
     /// A version 0 DescribeLogs answer (to a client from before the directory's
@@ -1754,10 +1828,27 @@ mod tests {
             ],
         }));
         check_response(Response::CreateTopics(CreateTopicsResponse {
-            results: vec![TopicResult {
-                name: "t".into(),
-                error: ErrorCode::InvalidTopic,
-                message: "bad".into(),
+            results: vec![
+                TopicResult {
+                    name: "t".into(),
+                    error: ErrorCode::InvalidTopic,
+                    message: "bad".into(),
+                },
+                TopicResult {
+                    name: "orders".into(),
+                    error: ErrorCode::None,
+                    message: String::new(),
+                },
+            ],
+            created: vec![CreatedTopic {
+                name: "orders".into(),
+                partitions: 3,
+                replication_factor: 1,
+                configs: vec![DescribedConfig {
+                    key: "retention.ms".into(),
+                    value: "3600000".into(),
+                    is_default: false,
+                }],
             }],
         }));
         check_response(Response::DeleteTopics(DeleteTopicsResponse {

@@ -3,12 +3,12 @@
 use meridian_wire::messages::ApiKey;
 use meridian_wire::messages::{
     AlterPartitionReassignmentsRequest, AlterTopicConfigsRequest, ConfigChange, ConfigEntry,
-    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, DeleteRecordsPartition,
-    DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest, DescribeClusterResponse,
-    DescribeLogsRequest, DescribeLogsResponse, DescribeTopicsRequest, ElectLeadersRequest,
-    ElectionResult, ListOffsetsPartition, ListOffsetsRequest, ListOffsetsTopic,
-    ListPartitionReassignmentsRequest, LocalLog, MetadataResponse, OngoingReassignment,
-    PartitionReassignment, PartitionsIncrease, Request, Response,
+    CreatePartitionsRequest, CreateTopic, CreateTopicsRequest, CreatedTopic,
+    DeleteRecordsPartition, DeleteRecordsRequest, DeleteRecordsTopic, DeleteTopicsRequest,
+    DescribeClusterResponse, DescribeLogsRequest, DescribeLogsResponse, DescribeTopicsRequest,
+    ElectLeadersRequest, ElectionResult, ListOffsetsPartition, ListOffsetsRequest,
+    ListOffsetsTopic, ListPartitionReassignmentsRequest, LocalLog, MetadataResponse,
+    OngoingReassignment, PartitionReassignment, PartitionsIncrease, Request, Response,
     TopicConfigChanges as WireConfigChanges, TopicDescription, TopicPartitions, TopicResult,
     UnregisterBrokerRequest, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
     NO_LEADER_EPOCH,
@@ -283,22 +283,35 @@ impl Admin {
     }
 
     /// Checks a topic as [`Admin::create_topic`] would create it, and creates
-    /// nothing (Kafka's `validateOnly`): `Ok` when the creation would succeed now,
-    /// otherwise the error it would meet (a bad name, partition count, replication
-    /// factor or setting, an existing topic, too few live brokers).
+    /// nothing (Kafka's `validateOnly`): when the creation would succeed now, the
+    /// topic it would make, with the defaults it leaves to the cluster filled in
+    /// (partitions, replication factor, settings; `None` from a broker from before
+    /// it described them); otherwise the error it would meet (a bad name,
+    /// partition count, replication factor or setting, an existing topic, too few
+    /// live brokers).
     ///
     /// ```no_run
     /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
     /// use meridian_client::NewTopic;
     /// let topic = NewTopic::new("clicks", 3).config("retention.ms", "3600000");
-    /// client.admin().validate_create_topic(topic.clone()).await?;
+    /// if let Some(t) = client.admin().validate_create_topic(topic.clone()).await? {
+    ///     println!("replication factor {}", t.replication_factor);
+    /// }
     /// client.admin().create_topic(topic).await?;
     /// # Ok(()) }
     /// ```
-    pub async fn validate_create_topic(&self, topic: NewTopic) -> Result<()> {
+    pub async fn validate_create_topic(&self, topic: NewTopic) -> Result<Option<CreatedTopic>> {
         let name = topic.name.clone();
-        let results = self.topic_change(create_topic_request(topic, true)).await?;
-        topic_result(&results, &name)
+        let response = match self
+            .client
+            .request(create_topic_request(topic, true))
+            .await?
+        {
+            Response::CreateTopics(r) => r,
+            other => return Err(unexpected(ApiKey::CreateTopics, &other)),
+        };
+        topic_result(&response.results, &name)?;
+        Ok(response.created.into_iter().find(|t| t.name == name))
     }
 
     /// Changes a topic's settings (Kafka's IncrementalAlterConfigs): each change sets a

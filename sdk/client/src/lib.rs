@@ -85,7 +85,9 @@ pub use meridian_wire::describe_cluster::{
 pub use meridian_wire::frame::TraceContext;
 pub use meridian_wire::group::{GroupDescription, GroupMember, TopicPartitions};
 /// What [`Admin::describe_topic`] returns.
-pub use meridian_wire::messages::{DescribedConfig, PartitionDescription, TopicDescription};
+pub use meridian_wire::messages::{
+    CreatedTopic, DescribedConfig, PartitionDescription, TopicDescription,
+};
 pub use meridian_wire::reassign::{ElectionResult, LocalLog, OngoingReassignment};
 pub use meridian_wire::ErrorCode;
 pub use partitioner::{murmur2, partition_for_key};

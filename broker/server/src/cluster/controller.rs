@@ -116,6 +116,7 @@ impl Command {
             })),
             Command::CreateTopics(r, tx) => drop(tx.send(CreateTopicsResponse {
                 results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
+                created: Vec::new(),
             })),
             Command::DeleteTopics(r, tx) => drop(tx.send(DeleteTopicsResponse {
                 results: refusals(r.names, code, &message),
@@ -1044,6 +1045,7 @@ impl<'a> Active<'a> {
         let mut results = Vec::new();
         let mut records = Vec::new();
         let mut created = Vec::new();
+        let mut described = Vec::new();
         for t in request.topics {
             let outcome = self.plan_topic(&image, &live, &t, &created);
             match outcome {
@@ -1054,6 +1056,13 @@ impl<'a> Active<'a> {
                         message: String::new(),
                     });
                     created.push(t.name.clone());
+                    described.push(CreatedTopic {
+                        name: t.name.clone(),
+                        partitions: topic.partitions.len() as u32,
+                        replication_factor: topic.replication_factor,
+                        configs: TopicOverrides(topic.configs.clone())
+                            .describe(&self.context.topic_defaults),
+                    });
                     if !request.validate_only {
                         records.push(MetadataRecord::TopicCreated(topic));
                     }
@@ -1085,7 +1094,14 @@ impl<'a> Active<'a> {
         }
         let outcome = self.commit(records).await;
         let results = lost_unless_committed(results, &outcome);
-        (CreateTopicsResponse { results }, outcome)
+        if outcome.is_err() {
+            described.clear();
+        }
+        let response = CreateTopicsResponse {
+            results,
+            created: described,
+        };
+        (response, outcome)
     }
 
     fn plan_topic(
