@@ -697,6 +697,90 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
     }
 }
 
+/// Where each topic setting's value comes from, as `kafka-configs --describe --all`
+/// asks (with synonyms): the topic's own value, else the broker setting behind
+/// it, `STATIC_BROKER_CONFIG` when the broker's configuration sets that and
+/// `DEFAULT_CONFIG` when not; a topic created over Kafka is answered the same.
+#[test]
+fn topic_settings_name_their_source_and_the_broker_setting_behind_them() {
+    let (broker, addr) = kafka_broker(&["topic_defaults.retention_ms=3600000"]);
+    let create = [
+        "topic",
+        "create",
+        "sourced",
+        "--config",
+        "retention.bytes=1000000",
+    ];
+    let (ok, _, err) = broker.cli(&create, "");
+    assert!(ok, "{err}");
+    let keys = ["retention.bytes", "retention.ms", "cleanup.policy"];
+    let asked = k::DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_resources(vec![
+            k::describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(2)
+                .with_resource_name(StrBytes::from_static_str("sourced"))
+                .with_configuration_keys(Some(keys.map(StrBytes::from_static_str).to_vec())),
+        ]);
+    let mut raw = Raw::connect(&addr);
+    raw.send(ApiKey::DescribeConfigs, 4, &asked);
+    let r: k::DescribeConfigsResponse = raw.receive(ApiKey::DescribeConfigs, 4);
+    assert_eq!(
+        r.results[0].error_code, 0,
+        "{:?}",
+        r.results[0].error_message
+    );
+    let described: Vec<(String, i8, Vec<String>)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            let synonyms = c
+                .synonyms
+                .iter()
+                .map(|s| format!("{}:{}={}", s.source, s.name, s.value.as_deref().unwrap()))
+                .collect();
+            (c.name.to_string(), c.config_source, synonyms)
+        })
+        .collect();
+    let expected = |name: &str, source, synonyms: &[&str]| {
+        let synonyms = synonyms.iter().map(ToString::to_string).collect();
+        (name.to_string(), source, synonyms)
+    };
+    assert_eq!(
+        described,
+        [
+            expected("cleanup.policy", 5, &["5:log.cleanup.policy=delete"]),
+            expected(
+                "retention.bytes",
+                1,
+                &["1:retention.bytes=1000000", "5:log.retention.bytes=-1"]
+            ),
+            expected("retention.ms", 4, &["4:log.retention.ms=3600000"]),
+        ]
+    );
+
+    let create = k::CreateTopicsRequest::default()
+        .with_timeout_ms(5000)
+        .with_topics(vec![k::create_topics_request::CreatableTopic::default()
+            .with_name(name("made"))
+            .with_num_partitions(-1)
+            .with_replication_factor(-1)]);
+    raw.send(ApiKey::CreateTopics, 7, &create);
+    let r: k::CreateTopicsResponse = raw.receive(ApiKey::CreateTopics, 7);
+    let made = &r.topics[0];
+    assert_eq!(made.error_code, 0, "{:?}", made.error_message);
+    assert_eq!((made.num_partitions, made.replication_factor), (1, 1));
+    let source = |key: &str| {
+        let configs = made.configs.as_deref().unwrap_or_default();
+        configs
+            .iter()
+            .find(|c| &*c.name == key)
+            .map(|c| (c.value.as_deref().unwrap().to_string(), c.config_source))
+    };
+    assert_eq!(source("retention.ms"), Some(("3600000".into(), 4)));
+    assert_eq!(source("cleanup.policy"), Some(("delete".into(), 5)));
+}
+
 #[tokio::test]
 async fn offsets_committed_through_kafka_are_the_groups() {
     let (broker, addr) = kafka_broker(&[]);

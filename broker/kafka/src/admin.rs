@@ -57,11 +57,13 @@ pub(crate) enum Described {
     Topic {
         name: String,
         keys: Option<Vec<String>>,
+        synonyms: bool,
     },
     /// A broker's settings: `name` is its id, or empty for the cluster's defaults.
     Broker {
         name: String,
         keys: Option<Vec<String>>,
+        synonyms: bool,
     },
     Refused(Refusal),
 }
@@ -81,6 +83,7 @@ pub(crate) fn describe_configs(
         .any(|resource| resource.resource_type == TOPIC);
     let mut names = Vec::new();
     let mut brokers = false;
+    let synonyms = r.include_synonyms;
     let asked: Vec<Described> = r
         .resources
         .into_iter()
@@ -95,11 +98,19 @@ pub(crate) fn describe_configs(
             let why = match resource.resource_type {
                 TOPIC => {
                     names.push(name.clone());
-                    return Described::Topic { name, keys };
+                    return Described::Topic {
+                        name,
+                        keys,
+                        synonyms,
+                    };
                 }
                 BROKER if !topics => {
                     brokers = true;
-                    return Described::Broker { name, keys };
+                    return Described::Broker {
+                        name,
+                        keys,
+                        synonyms,
+                    };
                 }
                 BROKER => BROKER_WITH_TOPICS,
                 _ => NOT_DESCRIBED,
@@ -146,7 +157,11 @@ pub(crate) fn described_configs(
     let results = asked
         .into_iter()
         .map(|asked| match asked {
-            Described::Broker { name, keys } => match &cluster {
+            Described::Broker {
+                name,
+                keys,
+                synonyms,
+            } => match &cluster {
                 Some(c) if !c.error.is_ok() => {
                     k::describe_configs_response::DescribeConfigsResult::default()
                         .with_error_code(code(c.error))
@@ -154,7 +169,7 @@ pub(crate) fn described_configs(
                         .with_resource_type(BROKER)
                         .with_resource_name(StrBytes::from_string(name))
                 }
-                _ => described_broker(name, keys, listener),
+                _ => described_broker(name, keys, synonyms, listener),
             },
             Described::Refused(refused) => {
                 k::describe_configs_response::DescribeConfigsResult::default()
@@ -163,7 +178,11 @@ pub(crate) fn described_configs(
                     .with_resource_type(refused.resource_type)
                     .with_resource_name(StrBytes::from_string(refused.name))
             }
-            Described::Topic { name, keys } => {
+            Described::Topic {
+                name,
+                keys,
+                synonyms,
+            } => {
                 let result = k::describe_configs_response::DescribeConfigsResult::default()
                     .with_resource_type(TOPIC)
                     .with_resource_name(StrBytes::from_string(name.clone()));
@@ -180,9 +199,17 @@ pub(crate) fn described_configs(
                 }
                 let configs = topic
                     .configs
-                    .into_iter()
+                    .iter()
                     .filter(|c| asked_for(&keys, &c.key))
-                    .map(|c| setting(c.key, c.value, c.is_default, DYNAMIC_TOPIC_CONFIG))
+                    .map(|c| {
+                        let (source, found) = topic_setting(c, listener);
+                        let described = setting(c.key.clone(), c.value.clone(), source);
+                        if synonyms {
+                            described.with_synonyms(found)
+                        } else {
+                            described
+                        }
+                    })
                     .collect();
                 result.with_configs(configs)
             }
@@ -197,6 +224,7 @@ pub(crate) fn described_configs(
 fn described_broker(
     name: String,
     keys: Option<Vec<String>>,
+    synonyms: bool,
     listener: &Listener,
 ) -> k::describe_configs_response::DescribeConfigsResult {
     let result = k::describe_configs_response::DescribeConfigsResult::default()
@@ -216,16 +244,96 @@ fn described_broker(
         .iter()
         .filter(|s| asked_for(&keys, &s.name))
         .map(|s| {
-            setting(
-                s.name.clone(),
-                s.value.clone(),
-                s.is_default,
-                STATIC_BROKER_CONFIG,
-            )
-            .with_read_only(true)
+            let source = broker_source(s);
+            let described = setting(s.name.clone(), s.value.clone(), source).with_read_only(true);
+            if synonyms {
+                described.with_synonyms(vec![synonym(&s.name, &s.value, source)])
+            } else {
+                described
+            }
         })
         .collect();
     result.with_configs(configs)
+}
+
+/// Kafka's broker setting behind each topic setting (the value a topic without
+/// its own takes), as Kafka's tools list it among the setting's synonyms. The
+/// broker lists its settings under these names too; a test of its list keeps
+/// the two in step.
+pub const TOPIC_SYNONYMS: [(&str, &str); 15] = [
+    ("cleanup.policy", "log.cleanup.policy"),
+    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
+    ("index.interval.bytes", "log.index.interval.bytes"),
+    ("max.message.bytes", "message.max.bytes"),
+    (
+        "message.timestamp.after.max.ms",
+        "log.message.timestamp.after.max.ms",
+    ),
+    (
+        "message.timestamp.before.max.ms",
+        "log.message.timestamp.before.max.ms",
+    ),
+    ("message.timestamp.type", "log.message.timestamp.type"),
+    (
+        "min.cleanable.dirty.ratio",
+        "log.cleaner.min.cleanable.ratio",
+    ),
+    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
+    ("min.insync.replicas", "min.insync.replicas"),
+    ("retention.bytes", "log.retention.bytes"),
+    ("retention.ms", "log.retention.ms"),
+    ("segment.bytes", "log.segment.bytes"),
+    ("segment.ms", "log.roll.ms"),
+    (
+        "unclean.leader.election.enable",
+        "unclean.leader.election.enable",
+    ),
+];
+
+/// Where a topic's setting takes its value from, and its synonyms, most specific
+/// first, as Kafka lists them: the topic's own value (`DYNAMIC_TOPIC_CONFIG`), then
+/// the broker setting behind it (`STATIC_BROKER_CONFIG` when the broker's
+/// configuration sets it, `DEFAULT_CONFIG` when not). The source is the first.
+fn topic_setting(
+    c: &m::DescribedConfig,
+    listener: &Listener,
+) -> (
+    i8,
+    Vec<k::describe_configs_response::DescribeConfigsSynonym>,
+) {
+    let mut synonyms = Vec::new();
+    if !c.is_default {
+        synonyms.push(synonym(&c.key, &c.value, DYNAMIC_TOPIC_CONFIG));
+    }
+    let broker = TOPIC_SYNONYMS
+        .iter()
+        .find(|(key, _)| *key == c.key)
+        .and_then(|(_, name)| listener.settings.iter().find(|s| s.name == *name));
+    if let Some(s) = broker {
+        synonyms.push(synonym(&s.name, &s.value, broker_source(s)));
+    }
+    let source = synonyms.first().map_or(DEFAULT_CONFIG, |s| s.source);
+    (source, synonyms)
+}
+
+/// A broker setting's source: its configuration, or the built-in default.
+fn broker_source(s: &super::BrokerSetting) -> i8 {
+    if s.is_default {
+        DEFAULT_CONFIG
+    } else {
+        STATIC_BROKER_CONFIG
+    }
+}
+
+fn synonym(
+    name: &str,
+    value: &str,
+    source: i8,
+) -> k::describe_configs_response::DescribeConfigsSynonym {
+    k::describe_configs_response::DescribeConfigsSynonym::default()
+        .with_name(StrBytes::from_string(name.to_owned()))
+        .with_value(Some(StrBytes::from_string(value.to_owned())))
+        .with_source(source)
 }
 
 /// Whether a DescribeConfigs resource asking for `keys` (`None`: all) asks for `key`.
@@ -234,12 +342,11 @@ fn asked_for(keys: &Option<Vec<String>>, key: &str) -> bool {
         .is_none_or(|keys| keys.iter().any(|k| k == key))
 }
 
-/// One setting in a DescribeConfigs answer: from `source` (where a value set on the
-/// resource comes from), or the default.
-/// A created topic's settings, as CreateTopics (version 5 on) lists them: those
-/// set on the topic, and the defaults it takes.
+/// A created topic's settings, as CreateTopics (version 5 on) lists them, each
+/// with where its value comes from ([`topic_setting`]).
 pub(crate) fn created_configs(
     configs: &[m::DescribedConfig],
+    listener: &Listener,
 ) -> Vec<k::create_topics_response::CreatableTopicConfigs> {
     configs
         .iter()
@@ -247,25 +354,21 @@ pub(crate) fn created_configs(
             k::create_topics_response::CreatableTopicConfigs::default()
                 .with_name(StrBytes::from_string(c.key.clone()))
                 .with_value(Some(StrBytes::from_string(c.value.clone())))
-                .with_config_source(if c.is_default {
-                    DEFAULT_CONFIG
-                } else {
-                    DYNAMIC_TOPIC_CONFIG
-                })
+                .with_config_source(topic_setting(c, listener).0)
         })
         .collect()
 }
 
+/// One setting in a DescribeConfigs answer, from `source`.
 fn setting(
     name: String,
     value: String,
-    is_default: bool,
     source: i8,
 ) -> k::describe_configs_response::DescribeConfigsResourceResult {
     k::describe_configs_response::DescribeConfigsResourceResult::default()
         .with_name(StrBytes::from_string(name))
         .with_value(Some(StrBytes::from_string(value)))
-        .with_config_source(if is_default { DEFAULT_CONFIG } else { source })
+        .with_config_source(source)
 }
 
 /// The Meridian request for an IncrementalAlterConfigs (`None` when every

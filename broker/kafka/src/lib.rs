@@ -32,6 +32,7 @@ mod refusals;
 mod replicas;
 pub mod sasl;
 
+pub use admin::TOPIC_SYNONYMS;
 pub use refusals::refusal;
 
 // Decoding a lying array count must not abort the tests either (see `alloc`).
@@ -1269,7 +1270,7 @@ impl Pending {
             (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r, h.version))?,
             (m::Response::OffsetForLeaderEpoch(r), _) => h.frame(&epoch_end_offsets(r))?,
             (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
-                h.frame(&create_topics(r, refused))?
+                h.frame(&create_topics(r, refused, listener))?
             }
             (m::Response::DescribeTopics(r), Shape::DescribeConfigs { asked }) => {
                 let answer = admin::DescribedBy::Topics(r);
@@ -1874,6 +1875,7 @@ fn epoch_end_offsets(r: m::OffsetForLeaderEpochResponse) -> k::OffsetForLeaderEp
 fn create_topics(
     r: m::CreateTopicsResponse,
     refused: Vec<(String, String)>,
+    listener: &Listener,
 ) -> k::CreateTopicsResponse {
     let created = r.created;
     let result = |name: String, error: ErrorCode, text: String| {
@@ -1888,7 +1890,7 @@ fn create_topics(
             Some(t) => answer
                 .with_num_partitions(t.partitions as i32)
                 .with_replication_factor(t.replication_factor as i16)
-                .with_configs(Some(admin::created_configs(&t.configs))),
+                .with_configs(Some(admin::created_configs(&t.configs, listener))),
             None => answer.with_num_partitions(-1).with_replication_factor(-1),
         };
         answer.with_name(topic_name(name))

@@ -5,12 +5,49 @@ use super::*;
 use bytes::Buf;
 use kafka_protocol::protocol::HeaderVersion;
 
-fn listener() -> Listener {
-    let setting = |name: &str, value: &str, is_default| BrokerSetting {
+fn broker_setting(name: &str, value: &str, is_default: bool) -> BrokerSetting {
+    BrokerSetting {
         name: name.into(),
         value: value.into(),
         is_default,
-    };
+    }
+}
+
+/// Topic `orders` as the broker describes it, with these settings (key, value, and
+/// whether it is the default).
+fn orders_described(configs: &[(&str, &str, bool)]) -> m::TopicDescription {
+    m::TopicDescription {
+        name: "orders".into(),
+        error: ErrorCode::None,
+        message: String::new(),
+        replication_factor: 1,
+        configs: configs
+            .iter()
+            .map(|&(key, value, is_default)| m::DescribedConfig {
+                key: key.into(),
+                value: value.into(),
+                is_default,
+            })
+            .collect(),
+        partitions: Vec::new(),
+        plugins: Vec::new(),
+    }
+}
+
+/// A single broker's DescribeCluster answer: describing the cluster is allowed.
+fn cluster_described() -> meridian_wire::describe_cluster::DescribeClusterResponse {
+    meridian_wire::describe_cluster::DescribeClusterResponse {
+        error: ErrorCode::None,
+        message: String::new(),
+        cluster_id: "meridian-test".into(),
+        broker_id: 1,
+        controller_id: 1,
+        quorum: None,
+        brokers: Vec::new(),
+    }
+}
+
+fn listener() -> Listener {
     Listener {
         broker_id: 1,
         cluster_id: "meridian-test".into(),
@@ -21,8 +58,8 @@ fn listener() -> Listener {
             rack: None,
         }],
         settings: vec![
-            setting("log.retention.ms", "604800000", true),
-            setting("num.partitions", "3", false),
+            broker_setting("log.retention.ms", "604800000", true),
+            broker_setting("num.partitions", "3", false),
         ]
         .into(),
     }
@@ -1635,6 +1672,111 @@ fn config_resource(
         .with_resource_name(StrBytes::from_static_str(name))
 }
 
+/// A topic's setting without its own value takes the broker's behind it: its
+/// source is `STATIC_BROKER_CONFIG` when the broker's configuration sets that, and
+/// asked for synonyms (as `kafka-configs --describe` asks) the answer lists where
+/// each value could come from, the topic's own first, as Kafka does.
+#[test]
+fn describe_configs_names_each_settings_source_and_synonyms() {
+    let listener = Listener {
+        settings: vec![
+            broker_setting("log.cleanup.policy", "delete", true),
+            broker_setting("log.retention.bytes", "-1", true),
+            broker_setting("log.retention.ms", "3600000", false),
+            broker_setting("num.partitions", "3", false),
+        ]
+        .into(),
+        ..listener()
+    };
+    let described = orders_described(&[
+        ("cleanup.policy", "delete", true),
+        ("retention.bytes", "1000", false),
+        ("retention.ms", "3600000", true),
+    ]);
+    type Synonym = (String, String, i8);
+    let summary = |r: &k::DescribeConfigsResponse| -> Vec<(String, i8, Vec<Synonym>)> {
+        r.results[0]
+            .configs
+            .iter()
+            .map(|c| {
+                let synonyms = c
+                    .synonyms
+                    .iter()
+                    .map(|s| {
+                        (
+                            s.name.to_string(),
+                            s.value.as_deref().unwrap().into(),
+                            s.source,
+                        )
+                    })
+                    .collect();
+                (c.name.to_string(), c.config_source, synonyms)
+            })
+            .collect()
+    };
+    let named = |name: &str, value: &str, source| (name.to_string(), value.to_string(), source);
+    for synonyms in [false, true] {
+        let asked = k::DescribeConfigsRequest::default()
+            .with_include_synonyms(synonyms)
+            .with_resources(vec![config_resource(2, "orders")]);
+        let (_, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &asked));
+        let answer = m::DescribeTopicsResponse {
+            topics: vec![described.clone()],
+        };
+        let frame = pending
+            .respond(Some(m::Response::DescribeTopics(answer)), &listener)
+            .unwrap()
+            .unwrap();
+        let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, 4, frame);
+        let listed = |list: Vec<Synonym>| if synonyms { list } else { Vec::new() };
+        assert_eq!(
+            summary(&r),
+            [
+                (
+                    "cleanup.policy".to_string(),
+                    5,
+                    listed(vec![named("log.cleanup.policy", "delete", 5)])
+                ),
+                (
+                    "retention.bytes".to_string(),
+                    1,
+                    listed(vec![
+                        named("retention.bytes", "1000", 1),
+                        named("log.retention.bytes", "-1", 5)
+                    ])
+                ),
+                (
+                    "retention.ms".to_string(),
+                    4,
+                    listed(vec![named("log.retention.ms", "3600000", 4)])
+                ),
+            ],
+            "include_synonyms {synonyms}"
+        );
+    }
+    // A broker's setting is its own synonym, from its configuration or the default.
+    let asked = k::DescribeConfigsRequest::default()
+        .with_include_synonyms(true)
+        .with_resources(vec![config_resource(4, "1").with_configuration_keys(Some(
+            vec![StrBytes::from_static_str("num.partitions")],
+        ))]);
+    let (_, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &asked));
+    let cluster = cluster_described();
+    let frame = pending
+        .respond(Some(m::Response::DescribeCluster(cluster)), &listener)
+        .unwrap()
+        .unwrap();
+    let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, 4, frame);
+    assert_eq!(
+        summary(&r),
+        [(
+            "num.partitions".to_string(),
+            4,
+            vec![named("num.partitions", "3", 4)]
+        )]
+    );
+}
+
 #[test]
 fn describe_configs_reads_topic_and_broker_settings() {
     let asked = k::DescribeConfigsRequest::default().with_resources(vec![
@@ -1652,23 +1794,10 @@ fn describe_configs_reads_topic_and_broker_settings() {
                 names: vec!["orders".into(), "ghost".into(), "orders".into()]
             })
         );
-        let config = |key: &str, value: &str, is_default| m::DescribedConfig {
-            key: key.into(),
-            value: value.into(),
-            is_default,
-        };
-        let described = m::TopicDescription {
-            name: "orders".into(),
-            error: ErrorCode::None,
-            message: String::new(),
-            replication_factor: 1,
-            configs: vec![
-                config("cleanup.policy", "delete", true),
-                config("retention.ms", "3600000", false),
-            ],
-            partitions: Vec::new(),
-            plugins: Vec::new(),
-        };
+        let described = orders_described(&[
+            ("cleanup.policy", "delete", true),
+            ("retention.ms", "3600000", false),
+        ]);
         let answer = m::DescribeTopicsResponse {
             topics: vec![
                 described.clone(),
@@ -1754,15 +1883,7 @@ fn describe_configs_reads_topic_and_broker_settings() {
     };
     let (request, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &brokers));
     assert_eq!(request, m::Request::DescribeCluster);
-    let allowed = meridian_wire::describe_cluster::DescribeClusterResponse {
-        error: ErrorCode::None,
-        message: String::new(),
-        cluster_id: "meridian-test".into(),
-        broker_id: 1,
-        controller_id: 1,
-        quorum: None,
-        brokers: Vec::new(),
-    };
+    let allowed = cluster_described();
     let frame = answered(pending, m::Response::DescribeCluster(allowed));
     let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, 4, frame);
     assert_eq!(

@@ -780,6 +780,28 @@ async fn read_frame(
 mod tests {
     use super::*;
 
+    /// Each topic setting's synonym, the broker setting the Kafka listener names
+    /// behind it, is the broker's `topic_defaults` key under Kafka's name, and is
+    /// among the broker's settings: a topic's default and its source come from it.
+    #[test]
+    fn every_topic_setting_has_its_broker_synonym_listed() {
+        let settings = broker_settings(&BrokerConfig::default());
+        let keys = crate::topic_config::TOPIC_CONFIG_KEYS;
+        assert_eq!(meridian_kafka::TOPIC_SYNONYMS.len(), keys.len());
+        for key in keys {
+            let (_, kafka) = meridian_kafka::TOPIC_SYNONYMS
+                .iter()
+                .find(|(k, _)| *k == key)
+                .unwrap_or_else(|| panic!("{key} has no synonym"));
+            let ours = format!("topic_defaults.{}", key.replace('.', "_"));
+            assert!(
+                KAFKA_NAMES.contains(&(*kafka, ours.as_str())),
+                "{key}: {kafka} is not {ours}"
+            );
+            assert!(settings.iter().any(|s| s.name == *kafka), "{kafka}");
+        }
+    }
+
     /// A broker's settings under Meridian's keys and Kafka's names, each default
     /// or not as its configuration says; unset ones are left out.
     #[test]
