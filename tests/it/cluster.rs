@@ -572,11 +572,42 @@ async fn unclean_election_happens_only_where_the_topic_allows_it() {
         vec![3],
         "the ISR keeps the replica with the data"
     );
-    // The in-sync replica comes back and leads again.
+    // An unclean election asked for (`kafka-leader-election --election-type
+    // unclean`) brings it back all the same, led by a live replica; one with a
+    // leader needs none, and a partition no replica of which is alive gets none.
+    let results = admin
+        .elect_unclean_leaders(Some(&[("unclean", 0)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        results[0].error,
+        ErrorCode::ElectionNotNeeded,
+        "{results:?}"
+    );
+    let (ok, text, err) = cluster
+        .brokers_ref(1)
+        .cli(&["partition", "elect-leaders", "clean", "--unclean"], "");
+    assert!(ok, "{text}{err}");
+    let clean = cluster
+        .agreed_topic("clean", Duration::from_secs(15), |v| {
+            v[0].leader != NO_BROKER
+        })
+        .await;
+    assert!([4, 5].contains(&clean[0].leader), "{clean:?}");
+    assert!(
+        text.contains(&format!("clean/0: now led by broker {}", clean[0].leader)),
+        "{text}"
+    );
+    assert!(!clean[0].isr.contains(&3), "{clean:?}");
+    // The replica with the lost data comes back and follows the new leader.
     cluster.broker(3).restart();
     cluster
-        .agreed_topic("clean", Duration::from_secs(15), |v| v[0].leader == 3)
+        .agreed_topic("clean", Duration::from_secs(20), |v| v[0].isr.contains(&3))
         .await;
+    let clean = cluster
+        .agreed_topic("clean", Duration::from_secs(5), |_| true)
+        .await;
+    assert_ne!(clean[0].leader, 3, "{clean:?}");
 }
 
 /// Polls `consumer` until it has returned `n` records or `timeout` passes.

@@ -636,7 +636,8 @@ fn kafka_clients_reach_every_broker_of_a_region() {
 
     // kafka-python's admin client, as Kafka's replica tools: a partition moved onto
     // another broker and watched until done, refusals, the logs on the new replicas
-    // only, the preferred leader elected, an unclean election refused.
+    // only, the preferred leader elected, an unclean election not needed
+    // (ELECTION_NOT_NEEDED, 84: the partition has a leader).
     let bootstrap = region.kafka.as_deref().unwrap();
     if let Some(seen) = crate::kafka::kafka_python("replicas_admin.py", &[bootstrap]) {
         assert_eq!(
@@ -646,7 +647,7 @@ fn kafka_clients_reach_every_broker_of_a_region() {
                 "unknown_broker": {"py-moving/0": "InvalidReplicationAssignmentError"},
                 "cancel_none": {"py-moving/0": "NoReassignmentInProgressError"},
                 "leader_is_preferred": true,
-                "unclean": [[42, true]]
+                "unclean": [[84, true]]
             })
         );
         let (ok, listed, err) = region.cli(&["partition", "list", "py-moving", "--json"], "");

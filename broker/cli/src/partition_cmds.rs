@@ -42,7 +42,8 @@ pub enum PartitionCommand {
     /// partition's replicas), where that replica is alive and in sync: after a broker
     /// was stopped or restarted, the partitions it gave away go back to it (Kafka's
     /// preferred leader election; the controller also does it on its own every
-    /// `cluster.leader_imbalance_check_interval_ms`).
+    /// `cluster.leader_imbalance_check_interval_ms`). With --unclean, give
+    /// partitions without a leader one instead.
     ElectLeaders {
         /// The topic; without one, --all.
         #[arg(required_unless_present = "all")]
@@ -53,6 +54,13 @@ pub enum PartitionCommand {
         /// Every partition of every topic.
         #[arg(long, conflicts_with = "topic")]
         all: bool,
+        /// An unclean election (Kafka's `--election-type unclean`): each partition
+        /// without a leader gets a live replica as leader, one from outside the ISR
+        /// when no in-sync replica is alive, giving up the records only the lost
+        /// replicas held. For an offline partition whose in-sync replicas cannot
+        /// come back.
+        #[arg(long)]
+        unclean: bool,
         #[command(flatten)]
         connect: ConnectArgs,
     },
@@ -107,6 +115,7 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
             topic,
             partition,
             all: _,
+            unclean,
             connect,
         } => {
             let client = connect.connect().await?;
@@ -121,14 +130,19 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
                 ),
                 Some(topic) => Some(partition.iter().map(|p| (topic.as_str(), *p)).collect()),
             };
-            let results = client
-                .admin()
-                .elect_preferred_leaders(asked.as_deref())
-                .await?;
-            let (report, refusals) = election_report(&results);
+            let admin = client.admin();
+            let results = if unclean {
+                admin.elect_unclean_leaders(asked.as_deref()).await?
+            } else {
+                admin.elect_preferred_leaders(asked.as_deref()).await?
+            };
+            let (report, refusals) = election_report(&results, unclean);
             print!("{report}");
             eprint!("{refusals}");
             let failed = refusals.lines().count();
+            if failed > 0 && unclean {
+                bail!("{failed} partition(s) could not get a leader");
+            }
             if failed > 0 {
                 bail!("{failed} partition(s) could not get their preferred leader");
             }
@@ -397,9 +411,9 @@ async fn min_insync_replicas(client: &Client, topic: &str) -> anyhow::Result<u32
 }
 
 /// What `partition elect-leaders` prints: on stdout a line per partition elected and
-/// how many were led by their preferred replica already; on stderr a line per
-/// partition refused.
-fn election_report(results: &[ElectionResult]) -> (String, String) {
+/// how many needed no election (led by their preferred replica already; unclean,
+/// led at all); on stderr a line per partition refused.
+fn election_report(results: &[ElectionResult], unclean: bool) -> (String, String) {
     let (mut out, mut refused) = (String::new(), String::new());
     let mut already = 0;
     for r in results {
@@ -415,7 +429,9 @@ fn election_report(results: &[ElectionResult]) -> (String, String) {
             )),
         }
     }
-    if already > 0 {
+    if already > 0 && unclean {
+        out.push_str(&format!("{already} partition(s) have a leader already\n"));
+    } else if already > 0 {
         out.push_str(&format!(
             "{already} partition(s) already led by their preferred replica\n"
         ));

@@ -677,8 +677,11 @@ pub enum ReassignError {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ElectError {
     UnknownPartition,
-    /// The preferred replica leads it already.
+    /// Nothing to elect: the preferred replica leads it already (a preferred
+    /// election), or it has a leader (an unclean one).
     NotNeeded,
+    /// No replica of it is registered and unfenced (an unclean election).
+    NoLiveReplica,
     /// The preferred replica is fenced or not registered, not in the ISR, or the
     /// partition is being reassigned (the reassignment decides where leadership ends).
     PreferredNotAvailable(String),
@@ -859,29 +862,56 @@ impl<P: Ord + Clone> Controller<P> {
     /// dynamically; it is then listed by [`Controller::take_unclean_elections`].
     /// Returns whether the partition's state changed.
     pub fn set_unclean_leader_election(&mut self, partition: &P, allowed: bool) -> bool {
-        let fenced = self.fenced();
         let Some(p) = self.partitions.get_mut(partition) else {
             return false;
         };
         p.unclean_leader_election = allowed;
-        if !allowed || p.state.leader.is_some() {
-            return false;
+        allowed && self.elect_any_live_replica(partition).is_ok()
+    }
+
+    /// An unclean election asked by an administrator (Kafka's `ElectLeaders` of type
+    /// unclean), whatever the topic's `unclean.leader.election.enable`: a partition
+    /// without a leader gets a live replica as its leader, from outside the ISR when
+    /// no in-sync one is left (listed by [`Controller::take_unclean_elections`]:
+    /// records only the lost replicas held are given up). Returns the new leader.
+    pub fn elect_unclean_leader(&mut self, partition: &P) -> Result<BrokerId, ElectError> {
+        self.elect_any_live_replica(partition)
+    }
+
+    /// Elects a leader for a partition that has none: the first registered,
+    /// unfenced replica in replica order, an in-sync one when any is; one from
+    /// outside the ISR starts the ISR again from itself (an unclean election).
+    fn elect_any_live_replica(&mut self, partition: &P) -> Result<BrokerId, ElectError> {
+        let fenced = self.fenced();
+        let brokers = &self.brokers;
+        let p = self
+            .partitions
+            .get_mut(partition)
+            .ok_or(ElectError::UnknownPartition)?;
+        if p.state.leader.is_some() {
+            return Err(ElectError::NotNeeded);
         }
-        let Some(leader) = p
+        let live: Vec<BrokerId> = p
             .state
             .replicas
             .iter()
             .copied()
-            .find(|r| self.brokers.contains_key(r) && !fenced.contains(r))
-        else {
-            return false;
-        };
+            .filter(|r| brokers.contains_key(r) && !fenced.contains(r))
+            .collect();
+        let leader = live
+            .iter()
+            .copied()
+            .find(|r| p.state.isr.contains(r))
+            .or_else(|| live.first().copied())
+            .ok_or(ElectError::NoLiveReplica)?;
+        if !p.state.isr.contains(&leader) {
+            p.state.isr = [leader].into_iter().collect();
+            self.unclean_elections.push(partition.clone());
+        }
         p.state.leader = Some(leader);
-        p.state.isr = [leader].into_iter().collect();
         p.state.leader_epoch += 1;
         p.state.partition_epoch += 1;
-        self.unclean_elections.push(partition.clone());
-        true
+        Ok(leader)
     }
 
     /// Partitions that got a leader from outside their ISR since the last call: the
@@ -1368,6 +1398,42 @@ mod tests {
         // A partition with a leader keeps it.
         assert!(!c.set_unclean_leader_election(&0, true));
         assert!(c.partition_record(&0).unwrap().unclean_leader_election);
+    }
+
+    #[test]
+    fn an_unclean_election_asked_for_brings_an_offline_partition_back() {
+        let mut c = controller_with(&[1, 2, 3], vec![1, 2, 3]);
+        assert_eq!(c.elect_unclean_leader(&0), Err(ElectError::NotNeeded));
+        assert_eq!(
+            c.elect_unclean_leader(&7),
+            Err(ElectError::UnknownPartition)
+        );
+        // Brokers 1 and 2 stop: 3 leads alone. Then 3 stops: offline, its ISR kept,
+        // and with no broker up there is no one to elect.
+        c.heartbeat(3, 1, 15_000);
+        c.tick(20_000);
+        c.heartbeat(3, 1, 20_000);
+        c.tick(24_000);
+        c.tick(40_000);
+        let s = c.partition(&0).unwrap().clone();
+        assert_eq!((s.leader, s.isr.clone()), (None, [3].into_iter().collect()));
+        assert_eq!(c.elect_unclean_leader(&0), Err(ElectError::NoLiveReplica));
+        // Brokers 2 and 1 return, out of sync: the partition stays offline (the
+        // topic does not allow unclean elections) until one is asked for, which
+        // elects the first live replica, 1, and starts the ISR from it.
+        c.heartbeat(2, 1, 40_001);
+        c.heartbeat(1, 1, 40_002);
+        assert_eq!(c.partition(&0).unwrap().leader, None);
+        assert_eq!(c.elect_unclean_leader(&0), Ok(1));
+        let after = c.partition(&0).unwrap();
+        assert_eq!(
+            (after.leader, after.isr.clone(), after.leader_epoch),
+            (Some(1), [1].into_iter().collect(), s.leader_epoch + 1)
+        );
+        assert_eq!(after.partition_epoch, s.partition_epoch + 1);
+        assert_eq!(c.take_unclean_elections(), vec![0]);
+        assert_eq!(c.elect_unclean_leader(&0), Err(ElectError::NotNeeded));
+        assert!(!c.partition_record(&0).unwrap().unclean_leader_election);
     }
 
     #[test]

@@ -745,7 +745,7 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
         }
         ApiKey::ElectLeaders => match replicas::elect_leaders(body!(k::ElectLeadersRequest)) {
             Ok(request) => serve(request, Shape::Plain),
-            Err(refused) => header.refuse(&refused, replicas::UNCLEAN.into()),
+            Err(refused) => header.refuse(&refused, replicas::UNKNOWN_ELECTION.into()),
         },
         ApiKey::DescribeLogDirs => serve(
             replicas::describe_log_dirs(body!(k::DescribeLogDirsRequest)),
@@ -2035,6 +2035,7 @@ pub fn code(error: ErrorCode) -> i16 {
         E::NoReassignmentInProgress => K::NoReassignmentInProgress,
         E::ElectionNotNeeded => K::ElectionNotNeeded,
         E::PreferredLeaderNotAvailable => K::PreferredLeaderNotAvailable,
+        E::EligibleLeadersNotAvailable => K::EligibleLeadersNotAvailable,
         E::BrokerIdNotRegistered => K::BrokerIdNotRegistered,
         E::TopicAuthorizationFailed => K::TopicAuthorizationFailed,
         E::GroupAuthorizationFailed => K::GroupAuthorizationFailed,

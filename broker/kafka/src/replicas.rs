@@ -3,10 +3,10 @@
 //! clients): AlterPartitionReassignments, ListPartitionReassignments, ElectLeaders
 //! and DescribeLogDirs, each translated to the Meridian request that does the same.
 //!
-//! Meridian elects preferred leaders only: an unclean election is asked for per topic
-//! (`unclean.leader.election.enable`), so the request for one is refused, naming the
-//! setting. A broker has one log directory; it is described with the size of each
-//! partition log it holds.
+//! ElectLeaders elects preferred leaders, or, of type unclean, a live replica for
+//! each partition without a leader (from outside the ISR when no in-sync one is
+//! left), as `kafka-leader-election --election-type` asks. A broker has one log
+//! directory; it is described with the size of each partition log it holds.
 
 use kafka_protocol::error::ResponseError;
 use kafka_protocol::messages::{self as k, TopicName};
@@ -16,12 +16,12 @@ use meridian_wire::messages as m;
 
 use super::{broker_id, code, message, partition, topic_name};
 
-/// `election_type` of a preferred leader election; 1 is unclean.
+/// `election_type` of a preferred leader election, and of an unclean one.
 const PREFERRED: i8 = 0;
+const UNCLEAN: i8 = 1;
 
-pub(crate) const UNCLEAN: &str = "unclean leader elections are not asked for: set \
-     unclean.leader.election.enable=true on the topic (kafka-configs, or `meridian topic \
-     alter`) and the controller elects one where no in-sync replica is left";
+pub(crate) const UNKNOWN_ELECTION: &str =
+    "election_type is 0 (preferred) or 1 (unclean); no other election is known";
 
 /// Items in the order given, gathered by topic in the order each topic first came,
 /// each topic's made by `make` from its name and items.
@@ -143,12 +143,12 @@ pub(crate) fn listed_reassignments(
         .with_topics(topics)
 }
 
-/// The Meridian request for an ElectLeaders, or the answer refusing it (an unclean
-/// election, named per partition).
+/// The Meridian request for an ElectLeaders, or the answer refusing it (an
+/// election type neither preferred nor unclean, named per partition).
 pub(crate) fn elect_leaders(
     r: k::ElectLeadersRequest,
 ) -> Result<m::Request, k::ElectLeadersResponse> {
-    if r.election_type != PREFERRED {
+    if r.election_type != PREFERRED && r.election_type != UNCLEAN {
         let refused = ResponseError::InvalidRequest.code();
         let results = r
             .topic_partitions
@@ -162,7 +162,7 @@ pub(crate) fn elect_leaders(
                         k::elect_leaders_response::PartitionResult::default()
                             .with_partition_id(p)
                             .with_error_code(refused)
-                            .with_error_message(Some(StrBytes::from_static_str(UNCLEAN)))
+                            .with_error_message(Some(StrBytes::from_static_str(UNKNOWN_ELECTION)))
                     })
                     .collect();
                 k::elect_leaders_response::ReplicaElectionResult::default()
@@ -185,6 +185,7 @@ pub(crate) fn elect_leaders(
     });
     Ok(m::Request::ElectLeaders(m::ElectLeadersRequest {
         partitions,
+        unclean: r.election_type == UNCLEAN,
     }))
 }
 

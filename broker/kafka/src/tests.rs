@@ -2351,10 +2351,11 @@ fn groups_and_their_offsets_are_deleted_for_kafkas_group_tools() {
 }
 
 /// ListPartitionReassignments names partitions; Meridian's request names topics, so
-/// the answer keeps only the partitions asked about. An unclean election is refused
-/// without the broker, naming the topic setting that asks for one.
+/// the answer keeps only the partitions asked about. An unclean election goes to
+/// the broker as one; an election of a type Kafka does not have is refused
+/// without it.
 #[test]
-fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
+fn reassignments_are_listed_as_asked_and_elections_typed() {
     let asked = k::ListPartitionReassignmentsRequest::default().with_topics(Some(vec![
         k::list_partition_reassignments_request::ListPartitionReassignmentsTopics::default()
             .with_name(topic_name("orders".into()))
@@ -2392,17 +2393,33 @@ fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
     assert_eq!(partitions[0].adding_replicas, vec![BrokerId(3)]);
     assert_eq!(partitions[0].removing_replicas, vec![BrokerId(1)]);
 
-    let unclean = k::ElectLeadersRequest::default()
-        .with_election_type(1)
-        .with_topic_partitions(Some(vec![
-            k::elect_leaders_request::TopicPartitions::default()
-                .with_topic(topic_name("orders".into()))
-                .with_partitions(vec![0, 2]),
-        ]));
+    let elect = |election_type| {
+        k::ElectLeadersRequest::default()
+            .with_election_type(election_type)
+            .with_topic_partitions(Some(vec![
+                k::elect_leaders_request::TopicPartitions::default()
+                    .with_topic(topic_name("orders".into()))
+                    .with_partitions(vec![0, 2]),
+            ]))
+    };
+    let partitions = Some(vec![g::TopicPartitions {
+        topic: "orders".into(),
+        partitions: vec![0, 2],
+    }]);
+    for (election_type, unclean) in [(0, false), (1, true)] {
+        let (request, _) = serve(frame_of(ApiKey::ElectLeaders, 2, &elect(election_type)));
+        assert_eq!(
+            request,
+            m::Request::ElectLeaders(m::ElectLeadersRequest {
+                partitions: partitions.clone(),
+                unclean
+            })
+        );
+    }
     let r: k::ElectLeadersResponse = response(
         ApiKey::ElectLeaders,
         2,
-        reply(frame_of(ApiKey::ElectLeaders, 2, &unclean)),
+        reply(frame_of(ApiKey::ElectLeaders, 2, &elect(2))),
     );
     let refused = ResponseError::InvalidRequest.code();
     assert_eq!(r.error_code, refused);
@@ -2411,7 +2428,7 @@ fn reassignments_are_listed_as_asked_and_unclean_elections_refused() {
     assert!(results.iter().all(|p| p.error_code == refused
         && p.error_message
             .as_deref()
-            .is_some_and(|m| m.contains("unclean.leader.election.enable"))));
+            .is_some_and(|m| m.contains("1 (unclean)"))));
 }
 
 /// A request `acl_file` refuses whole gets its own response with the error, which

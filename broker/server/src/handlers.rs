@@ -334,8 +334,8 @@ impl Shared {
         t.partition(partition).map(|_| ())
     }
 
-    /// A single broker is every partition's only replica, so its preferred leader:
-    /// there is nothing to elect.
+    /// A single broker is every partition's only replica, so its preferred leader,
+    /// and leads every partition: there is nothing to elect, clean or unclean.
     fn elect_leaders_single_broker(&self, r: ElectLeadersRequest) -> ElectLeadersResponse {
         let me = self.config.broker_id;
         let asked: Vec<(String, u32)> = match &r.partitions {

@@ -114,9 +114,10 @@ error_codes! {
     // 90..=99: partition placement.
     InvalidReplicaAssignment = 90, false, "the replica list is invalid (empty, repeats a broker, or names a broker that is not registered)";
     NoReassignmentInProgress = 91, false, "the partition has no reassignment to cancel";
-    ElectionNotNeeded = 92, false, "the partition's preferred replica (the first of its replicas) leads it already";
+    ElectionNotNeeded = 92, false, "nothing to elect: the partition's preferred replica (the first of its replicas) leads it already, or, asked for an unclean election, it has a leader";
     PreferredLeaderNotAvailable = 93, true, "the partition's preferred replica cannot lead it now: it is fenced or not registered, not in the ISR, or the partition is being reassigned";
     BrokerIdNotRegistered = 94, false, "no broker with that id is registered in the cluster";
+    EligibleLeadersNotAvailable = 95, true, "no replica of the partition is alive and unfenced to lead it";
     // 100..=109: authorization (`acl_file`).
     TopicAuthorizationFailed = 100, false, "the client's certificate does not allow this operation on the topic";
     GroupAuthorizationFailed = 101, false, "the client's certificate does not allow this operation on the consumer group";

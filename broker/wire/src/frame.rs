@@ -637,6 +637,30 @@ mod tests {
         }
     }
 
+    /// An unclean election is asked for from version 1; at version 0 the request
+    /// would be a preferred election, so a client never sends one there.
+    #[test]
+    fn unclean_elections_from_version_1() {
+        use crate::group::TopicPartitions;
+        use crate::reassign::ElectLeadersRequest;
+        let elect = |unclean| {
+            Request::ElectLeaders(ElectLeadersRequest {
+                partitions: Some(vec![TopicPartitions {
+                    topic: "t".into(),
+                    partitions: vec![0],
+                }]),
+                unclean,
+            })
+        };
+        let body = |chunks: Vec<Bytes>| Bytes::from(chunks.concat()).slice(4..);
+        assert_eq!(elect(true).lowest_version(), 1);
+        assert_eq!(elect(false).lowest_version(), 0);
+        let v1 = body(encode_request_chunks_at(&elect(true), 1));
+        assert_eq!(decode_request_versioned(v1).unwrap(), (elect(true), 1));
+        let v0 = body(encode_request_chunks_at(&elect(true), 0));
+        assert_eq!(decode_request_versioned(v0).unwrap(), (elect(false), 0));
+    }
+
     #[test]
     fn topic_configs_replace_from_version_2() {
         use crate::topic_changes::{AlterTopicConfigsRequest, ConfigChange, TopicConfigChanges};

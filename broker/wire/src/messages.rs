@@ -141,6 +141,7 @@ impl ApiKey {
     /// bytes. Version 1 of `OffsetDelete` (response) names the topics refused.
     /// Version 1 of `ListOffsets` (response) carries each offset's leader epoch.
     /// Version 1 of `CreateTopics` (response) describes each topic created.
+    /// Version 1 of `ElectLeaders` (request) can ask for an unclean election.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::Metadata
@@ -153,7 +154,8 @@ impl ApiKey {
             | ApiKey::DescribeLogs
             | ApiKey::OffsetDelete
             | ApiKey::ListOffsets
-            | ApiKey::CreateTopics => 1,
+            | ApiKey::CreateTopics
+            | ApiKey::ElectLeaders => 1,
             ApiKey::AlterTopicConfigs => 2,
             _ => 0,
         }
@@ -739,6 +741,7 @@ impl Request {
             Request::AlterTopicConfigs(r) if r.topics.iter().any(|t| t.replace) => 2,
             Request::AlterTopicConfigs(r) if r.validate_only => 1,
             Request::CreatePartitions(r) if r.validate_only => 1,
+            Request::ElectLeaders(r) if r.unclean => 1,
             _ => self.api_key().min_version(),
         }
     }
@@ -876,7 +879,7 @@ impl Request {
             Request::OffsetForLeaderEpoch(m) => m.encode(w),
             Request::ListPartitionReassignments(m) => m.encode(w),
             Request::DescribeCluster => {}
-            Request::ElectLeaders(m) => m.encode(w),
+            Request::ElectLeaders(m) => m.encode(w, version),
             Request::DescribeLogs(m) => m.encode(w),
             Request::UnregisterBroker(m) => m.encode(w),
             Request::Raft(m) => m.encode(w),
@@ -1003,7 +1006,7 @@ impl Request {
                 Request::ListPartitionReassignments(ListPartitionReassignmentsRequest::decode(r)?)
             }
             ApiKey::DescribeCluster => Request::DescribeCluster,
-            ApiKey::ElectLeaders => Request::ElectLeaders(ElectLeadersRequest::decode(r)?),
+            ApiKey::ElectLeaders => Request::ElectLeaders(ElectLeadersRequest::decode(r, version)?),
             ApiKey::DescribeLogs => Request::DescribeLogs(DescribeLogsRequest::decode(r)?),
             ApiKey::UnregisterBroker => {
                 Request::UnregisterBroker(UnregisterBrokerRequest::decode(r)?)
@@ -2150,6 +2153,7 @@ mod tests {
         }));
         check_request(Request::ElectLeaders(ElectLeadersRequest {
             partitions: None,
+            unclean: false,
         }));
         check_request(Request::DescribeLogs(DescribeLogsRequest {
             partitions: None,
@@ -2193,6 +2197,7 @@ mod tests {
                 topic: "t".into(),
                 partitions: vec![0, 2],
             }]),
+            unclean: true,
         }));
         check_response(Response::ElectLeaders(ElectLeadersResponse {
             error: ErrorCode::None,

@@ -184,22 +184,33 @@ impl ListPartitionReassignmentsResponse {
 /// `ElectLeaders` (API key 47): move partitions' leadership back to their preferred
 /// replica (the first of their replicas), as Kafka's preferred leader election. The
 /// controller elects a preferred replica only while it is alive and in the ISR.
+/// Unclean (version 1), as Kafka's unclean election: each partition without a
+/// leader gets one, a live replica from outside the ISR when no in-sync one is
+/// left, which gives up the records only the lost replicas held.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ElectLeadersRequest {
     /// `None`: every partition of every topic.
     pub partitions: Option<Vec<crate::group::TopicPartitions>>,
+    /// An unclean election rather than a preferred one (version 1; a request
+    /// asking for one is never sent at version 0, which would elect preferred
+    /// leaders instead).
+    pub unclean: bool,
 }
 
 impl ElectLeadersRequest {
-    pub fn encode(&self, w: &mut Writer<'_>) {
+    pub fn encode(&self, w: &mut Writer<'_>, version: u16) {
         w.option(self.partitions.as_ref(), |w, tps| {
             crate::group::put_tps(w, tps)
         });
+        if version >= 1 {
+            w.bool(self.unclean);
+        }
     }
 
-    pub fn decode(r: &mut Reader) -> Result<ElectLeadersRequest, DecodeError> {
+    pub fn decode(r: &mut Reader, version: u16) -> Result<ElectLeadersRequest, DecodeError> {
         Ok(ElectLeadersRequest {
             partitions: r.option(crate::group::get_tps)?,
+            unclean: version >= 1 && r.bool()?,
         })
     }
 }

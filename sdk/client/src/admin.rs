@@ -845,8 +845,45 @@ impl Admin {
         &self,
         partitions: Option<&[(&str, u32)]>,
     ) -> Result<Vec<ElectionResult>> {
+        self.elect_leaders(partitions, false).await
+    }
+
+    /// Gives partitions without a leader one, Kafka's unclean leader election: where
+    /// every in-sync replica is down and another replica is alive, that replica
+    /// leads, its log the truth from then on, so records only the lost replicas held
+    /// are given up (the controller logs each such election). It is how an offline
+    /// partition comes back when its in-sync replicas cannot, whatever the topic's
+    /// `unclean.leader.election.enable` (which makes the controller do it on its
+    /// own). A live in-sync replica is preferred when there is one. `partitions` as
+    /// `(topic, partition)`, or `None` for every partition. One result per partition,
+    /// in the order asked: `error` is `None` (elected), `ElectionNotNeeded` (it has
+    /// a leader), `EligibleLeadersNotAvailable` (no replica of it is alive),
+    /// `UnknownTopic` or `InvalidPartition`; `leader` is the leader after the
+    /// request. A broker from before unclean elections refuses the request with
+    /// `UnsupportedVersion` rather than elect preferred leaders instead.
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// for r in client.admin().elect_unclean_leaders(Some(&[("orders", 0)])).await? {
+    ///     println!("{}/{}: {:?}, led by {}", r.topic, r.partition, r.error, r.leader);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn elect_unclean_leaders(
+        &self,
+        partitions: Option<&[(&str, u32)]>,
+    ) -> Result<Vec<ElectionResult>> {
+        self.elect_leaders(partitions, true).await
+    }
+
+    async fn elect_leaders(
+        &self,
+        partitions: Option<&[(&str, u32)]>,
+        unclean: bool,
+    ) -> Result<Vec<ElectionResult>> {
         let request = Request::ElectLeaders(ElectLeadersRequest {
             partitions: partitions.map(|list| TopicPartitions::group(list.iter().copied())),
+            unclean,
         });
         let response = self.client.request(request).await?;
         let Response::ElectLeaders(response) = response else {

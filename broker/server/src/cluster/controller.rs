@@ -796,9 +796,10 @@ impl<'a> Active<'a> {
         outcome
     }
 
-    /// Preferred leader elections asked by an administrator (`ElectLeaders`): each
-    /// asked partition, or every partition, gets its preferred replica as leader
-    /// where that can happen now; one result per partition.
+    /// Leader elections asked by an administrator (`ElectLeaders`): each asked
+    /// partition, or every partition, gets its preferred replica as leader where
+    /// that can happen now, or, asked for an unclean election, a live replica
+    /// where it has no leader; one result per partition.
     async fn elect_leaders(
         &mut self,
         r: ElectLeadersRequest,
@@ -821,7 +822,12 @@ impl<'a> Active<'a> {
                     ErrorCode::UnknownTopic,
                     format!("topic `{}` does not exist", key.0),
                 )),
-                Some(topic) => self.core.elect_preferred_leader(&key).map_err(|e| match e {
+                Some(topic) => if r.unclean {
+                    self.core.elect_unclean_leader(&key).map(drop)
+                } else {
+                    self.core.elect_preferred_leader(&key)
+                }
+                .map_err(|e| match e {
                     ElectError::UnknownPartition => (
                         ErrorCode::InvalidPartition,
                         format!(
@@ -831,6 +837,13 @@ impl<'a> Active<'a> {
                             topic.partitions.len()
                         ),
                     ),
+                    ElectError::NotNeeded if r.unclean => (
+                        ErrorCode::ElectionNotNeeded,
+                        format!(
+                            "it has a leader, broker {}: an unclean election is for a partition without one",
+                            self.core.partition(&key).and_then(|s| s.leader).unwrap_or(NO_BROKER)
+                        ),
+                    ),
                     ElectError::NotNeeded => (
                         ErrorCode::ElectionNotNeeded,
                         "its preferred replica leads it already".to_string(),
@@ -838,6 +851,11 @@ impl<'a> Active<'a> {
                     ElectError::PreferredNotAvailable(why) => {
                         (ErrorCode::PreferredLeaderNotAvailable, why)
                     }
+                    ElectError::NoLiveReplica => (
+                        ErrorCode::EligibleLeadersNotAvailable,
+                        "no replica of it is alive and unfenced: start one of its brokers"
+                            .to_string(),
+                    ),
                 }),
             };
             let leader = self
@@ -846,6 +864,14 @@ impl<'a> Active<'a> {
                 .and_then(|s| s.leader)
                 .unwrap_or(NO_BROKER);
             let (error, message) = match decided {
+                Ok(()) if r.unclean => {
+                    if self.core.take_unclean_elections().contains(&key) {
+                        tracing::warn!(topic = %key.0, partition = key.1, leader, "UNCLEAN leader election (asked): no in-sync replica was left; acknowledged records may be lost");
+                    } else {
+                        tracing::info!(topic = %key.0, partition = key.1, leader, "leader elected for a partition without one (asked); an in-sync replica leads it");
+                    }
+                    (ErrorCode::None, String::new())
+                }
                 Ok(()) => {
                     tracing::info!(topic = %key.0, partition = key.1, leader, "leadership back to the preferred replica (asked)");
                     (ErrorCode::None, String::new())
