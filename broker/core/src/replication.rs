@@ -866,22 +866,36 @@ impl<P: Ord + Clone> Controller<P> {
             return false;
         };
         p.unclean_leader_election = allowed;
-        allowed && self.elect_any_live_replica(partition).is_ok()
+        if !allowed {
+            return false;
+        }
+        match self.elect_any_live_replica(partition) {
+            Ok((_, out_of_sync)) => {
+                if out_of_sync {
+                    self.unclean_elections.push(partition.clone());
+                }
+                true
+            }
+            Err(_) => false,
+        }
     }
 
     /// An unclean election asked by an administrator (Kafka's `ElectLeaders` of type
     /// unclean), whatever the topic's `unclean.leader.election.enable`: a partition
     /// without a leader gets a live replica as its leader, from outside the ISR when
-    /// no in-sync one is left (listed by [`Controller::take_unclean_elections`]:
-    /// records only the lost replicas held are given up). Returns the new leader.
-    pub fn elect_unclean_leader(&mut self, partition: &P) -> Result<BrokerId, ElectError> {
+    /// no in-sync one is left. Returns the new leader and whether it came from
+    /// outside the ISR (then records only the lost replicas held are given up, and
+    /// the caller says so; it is not listed by
+    /// [`Controller::take_unclean_elections`]).
+    pub fn elect_unclean_leader(&mut self, partition: &P) -> Result<(BrokerId, bool), ElectError> {
         self.elect_any_live_replica(partition)
     }
 
     /// Elects a leader for a partition that has none: the first registered,
     /// unfenced replica in replica order, an in-sync one when any is; one from
     /// outside the ISR starts the ISR again from itself (an unclean election).
-    fn elect_any_live_replica(&mut self, partition: &P) -> Result<BrokerId, ElectError> {
+    /// Returns the leader and whether it was out of sync.
+    fn elect_any_live_replica(&mut self, partition: &P) -> Result<(BrokerId, bool), ElectError> {
         let fenced = self.fenced();
         let brokers = &self.brokers;
         let p = self
@@ -904,14 +918,14 @@ impl<P: Ord + Clone> Controller<P> {
             .find(|r| p.state.isr.contains(r))
             .or_else(|| live.first().copied())
             .ok_or(ElectError::NoLiveReplica)?;
-        if !p.state.isr.contains(&leader) {
+        let out_of_sync = !p.state.isr.contains(&leader);
+        if out_of_sync {
             p.state.isr = [leader].into_iter().collect();
-            self.unclean_elections.push(partition.clone());
         }
         p.state.leader = Some(leader);
         p.state.leader_epoch += 1;
         p.state.partition_epoch += 1;
-        Ok(leader)
+        Ok((leader, out_of_sync))
     }
 
     /// Partitions that got a leader from outside their ISR since the last call: the
@@ -1424,14 +1438,13 @@ mod tests {
         c.heartbeat(2, 1, 40_001);
         c.heartbeat(1, 1, 40_002);
         assert_eq!(c.partition(&0).unwrap().leader, None);
-        assert_eq!(c.elect_unclean_leader(&0), Ok(1));
+        assert_eq!(c.elect_unclean_leader(&0), Ok((1, true)));
         let after = c.partition(&0).unwrap();
         assert_eq!(
             (after.leader, after.isr.clone(), after.leader_epoch),
             (Some(1), [1].into_iter().collect(), s.leader_epoch + 1)
         );
         assert_eq!(after.partition_epoch, s.partition_epoch + 1);
-        assert_eq!(c.take_unclean_elections(), vec![0]);
         assert_eq!(c.elect_unclean_leader(&0), Err(ElectError::NotNeeded));
         assert!(!c.partition_record(&0).unwrap().unclean_leader_election);
     }

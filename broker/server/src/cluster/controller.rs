@@ -823,9 +823,11 @@ impl<'a> Active<'a> {
                     format!("topic `{}` does not exist", key.0),
                 )),
                 Some(topic) => if r.unclean {
-                    self.core.elect_unclean_leader(&key).map(drop)
+                    self.core
+                        .elect_unclean_leader(&key)
+                        .map(|(_, out_of_sync)| out_of_sync)
                 } else {
-                    self.core.elect_preferred_leader(&key)
+                    self.core.elect_preferred_leader(&key).map(|()| false)
                 }
                 .map_err(|e| match e {
                     ElectError::UnknownPartition => (
@@ -864,15 +866,15 @@ impl<'a> Active<'a> {
                 .and_then(|s| s.leader)
                 .unwrap_or(NO_BROKER);
             let (error, message) = match decided {
-                Ok(()) if r.unclean => {
-                    if self.core.take_unclean_elections().contains(&key) {
-                        tracing::warn!(topic = %key.0, partition = key.1, leader, "UNCLEAN leader election (asked): no in-sync replica was left; acknowledged records may be lost");
-                    } else {
-                        tracing::info!(topic = %key.0, partition = key.1, leader, "leader elected for a partition without one (asked); an in-sync replica leads it");
-                    }
+                Ok(true) => {
+                    tracing::warn!(topic = %key.0, partition = key.1, leader, "UNCLEAN leader election (asked): no in-sync replica was left; acknowledged records may be lost");
                     (ErrorCode::None, String::new())
                 }
-                Ok(()) => {
+                Ok(false) if r.unclean => {
+                    tracing::info!(topic = %key.0, partition = key.1, leader, "leader elected for a partition without one (asked); an in-sync replica leads it");
+                    (ErrorCode::None, String::new())
+                }
+                Ok(false) => {
                     tracing::info!(topic = %key.0, partition = key.1, leader, "leadership back to the preferred replica (asked)");
                     (ErrorCode::None, String::new())
                 }
