@@ -700,7 +700,8 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
 /// Where each topic setting's value comes from, as `kafka-configs --describe --all`
 /// asks (with synonyms): the topic's own value, else the broker setting behind
 /// it, `STATIC_BROKER_CONFIG` when the broker's configuration sets that and
-/// `DEFAULT_CONFIG` when not; a topic created over Kafka is answered the same.
+/// `DEFAULT_CONFIG` when not, with its type and documentation; a topic created
+/// over Kafka is answered the same.
 #[test]
 fn topic_settings_name_their_source_and_the_broker_setting_behind_them() {
     let (broker, addr) = kafka_broker(&["topic_defaults.retention_ms=3600000"]);
@@ -716,6 +717,7 @@ fn topic_settings_name_their_source_and_the_broker_setting_behind_them() {
     let keys = ["retention.bytes", "retention.ms", "cleanup.policy"];
     let asked = k::DescribeConfigsRequest::default()
         .with_include_synonyms(true)
+        .with_include_documentation(true)
         .with_resources(vec![
             k::describe_configs_request::DescribeConfigsResource::default()
                 .with_resource_type(2)
@@ -758,6 +760,16 @@ fn topic_settings_name_their_source_and_the_broker_setting_behind_them() {
             expected("retention.ms", 4, &["4:log.retention.ms=3600000"]),
         ]
     );
+    // Each with its type (LIST 7, LONG 5) and what it does.
+    let typed: Vec<(i8, bool)> = r.results[0]
+        .configs
+        .iter()
+        .map(|c| {
+            let documented = c.documentation.as_deref().is_some_and(|d| !d.is_empty());
+            (c.config_type, documented)
+        })
+        .collect();
+    assert_eq!(typed, [(7, true), (5, true), (5, true)]);
 
     let create = k::CreateTopicsRequest::default()
         .with_timeout_ms(5000)

@@ -57,15 +57,25 @@ pub(crate) enum Described {
     Topic {
         name: String,
         keys: Option<Vec<String>>,
-        synonyms: bool,
+        detail: Detail,
     },
     /// A broker's settings: `name` is its id, or empty for the cluster's defaults.
     Broker {
         name: String,
         keys: Option<Vec<String>>,
-        synonyms: bool,
+        detail: Detail,
     },
     Refused(Refusal),
+}
+
+/// What a DescribeConfigs asks to be told of each setting beyond its value.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Detail {
+    /// Its synonyms (`include_synonyms`).
+    synonyms: bool,
+    /// Its type, and documentation when asked: both from version 3.
+    version_3: bool,
+    documentation: bool,
 }
 
 /// The Meridian request for a DescribeConfigs, and what its response needs:
@@ -76,6 +86,7 @@ pub(crate) enum Described {
 /// topics are refused: Kafka's admin clients ask each broker on its own.
 pub(crate) fn describe_configs(
     r: k::DescribeConfigsRequest,
+    version: i16,
 ) -> (Option<m::Request>, Vec<Described>) {
     let topics = r
         .resources
@@ -83,7 +94,11 @@ pub(crate) fn describe_configs(
         .any(|resource| resource.resource_type == TOPIC);
     let mut names = Vec::new();
     let mut brokers = false;
-    let synonyms = r.include_synonyms;
+    let detail = Detail {
+        synonyms: r.include_synonyms,
+        version_3: version >= 3,
+        documentation: r.include_documentation && version >= 3,
+    };
     let asked: Vec<Described> = r
         .resources
         .into_iter()
@@ -98,19 +113,11 @@ pub(crate) fn describe_configs(
             let why = match resource.resource_type {
                 TOPIC => {
                     names.push(name.clone());
-                    return Described::Topic {
-                        name,
-                        keys,
-                        synonyms,
-                    };
+                    return Described::Topic { name, keys, detail };
                 }
                 BROKER if !topics => {
                     brokers = true;
-                    return Described::Broker {
-                        name,
-                        keys,
-                        synonyms,
-                    };
+                    return Described::Broker { name, keys, detail };
                 }
                 BROKER => BROKER_WITH_TOPICS,
                 _ => NOT_DESCRIBED,
@@ -157,11 +164,7 @@ pub(crate) fn described_configs(
     let results = asked
         .into_iter()
         .map(|asked| match asked {
-            Described::Broker {
-                name,
-                keys,
-                synonyms,
-            } => match &cluster {
+            Described::Broker { name, keys, detail } => match &cluster {
                 Some(c) if !c.error.is_ok() => {
                     k::describe_configs_response::DescribeConfigsResult::default()
                         .with_error_code(code(c.error))
@@ -169,7 +172,7 @@ pub(crate) fn described_configs(
                         .with_resource_type(BROKER)
                         .with_resource_name(StrBytes::from_string(name))
                 }
-                _ => described_broker(name, keys, synonyms, listener),
+                _ => described_broker(name, keys, detail, listener),
             },
             Described::Refused(refused) => {
                 k::describe_configs_response::DescribeConfigsResult::default()
@@ -178,11 +181,7 @@ pub(crate) fn described_configs(
                     .with_resource_type(refused.resource_type)
                     .with_resource_name(StrBytes::from_string(refused.name))
             }
-            Described::Topic {
-                name,
-                keys,
-                synonyms,
-            } => {
+            Described::Topic { name, keys, detail } => {
                 let result = k::describe_configs_response::DescribeConfigsResult::default()
                     .with_resource_type(TOPIC)
                     .with_resource_name(StrBytes::from_string(name.clone()));
@@ -203,11 +202,20 @@ pub(crate) fn described_configs(
                     .filter(|c| asked_for(&keys, &c.key))
                     .map(|c| {
                         let (source, found) = topic_setting(c, listener);
-                        let described = setting(c.key.clone(), c.value.clone(), source);
-                        if synonyms {
-                            described.with_synonyms(found)
-                        } else {
-                            described
+                        let mut described = setting(c.key.clone(), c.value.clone(), source, detail);
+                        if detail.synonyms {
+                            described = described.with_synonyms(found);
+                        }
+                        match topic_setting_info(&c.key) {
+                            Some(info) if detail.version_3 => {
+                                let doc = detail
+                                    .documentation
+                                    .then(|| StrBytes::from_static_str(info.doc));
+                                described
+                                    .with_config_type(info.kind)
+                                    .with_documentation(doc)
+                            }
+                            _ => described,
                         }
                     })
                     .collect();
@@ -224,7 +232,7 @@ pub(crate) fn described_configs(
 fn described_broker(
     name: String,
     keys: Option<Vec<String>>,
-    synonyms: bool,
+    detail: Detail,
     listener: &Listener,
 ) -> k::describe_configs_response::DescribeConfigsResult {
     let result = k::describe_configs_response::DescribeConfigsResult::default()
@@ -245,8 +253,9 @@ fn described_broker(
         .filter(|s| asked_for(&keys, &s.name))
         .map(|s| {
             let source = broker_source(s);
-            let described = setting(s.name.clone(), s.value.clone(), source).with_read_only(true);
-            if synonyms {
+            let described =
+                setting(s.name.clone(), s.value.clone(), source, detail).with_read_only(true);
+            if detail.synonyms {
                 described.with_synonyms(vec![synonym(&s.name, &s.value, source)])
             } else {
                 described
@@ -256,37 +265,134 @@ fn described_broker(
     result.with_configs(configs)
 }
 
-/// Kafka's broker setting behind each topic setting (the value a topic without
-/// its own takes), as Kafka's tools list it among the setting's synonyms. The
-/// broker lists its settings under these names too; a test of its list keeps
-/// the two in step.
-pub const TOPIC_SYNONYMS: [(&str, &str); 15] = [
-    ("cleanup.policy", "log.cleanup.policy"),
-    ("delete.retention.ms", "log.cleaner.delete.retention.ms"),
-    ("index.interval.bytes", "log.index.interval.bytes"),
-    ("max.message.bytes", "message.max.bytes"),
-    (
+/// What DescribeConfigs tells of a topic setting beyond its value.
+#[derive(Clone, Copy, Debug)]
+pub struct TopicSettingInfo {
+    /// The topic setting's name.
+    pub key: &'static str,
+    /// Kafka's broker setting behind it (the value a topic without its own takes),
+    /// listed among its synonyms. The broker lists its settings under these names
+    /// too; a test of its list keeps the two in step.
+    pub broker: &'static str,
+    /// Kafka's `config_type` (version 3 on).
+    kind: i8,
+    /// What it does, for `include_documentation` (version 3 on).
+    doc: &'static str,
+}
+
+/// Kafka's `config_type` values of the topic settings.
+const BOOLEAN: i8 = 1;
+const STRING: i8 = 2;
+const INT: i8 = 3;
+const LONG: i8 = 5;
+const DOUBLE: i8 = 6;
+const LIST: i8 = 7;
+
+const fn info(
+    key: &'static str,
+    broker: &'static str,
+    kind: i8,
+    doc: &'static str,
+) -> TopicSettingInfo {
+    TopicSettingInfo {
+        key,
+        broker,
+        kind,
+        doc,
+    }
+}
+
+/// Every topic setting Meridian has.
+pub const TOPIC_SETTINGS: [TopicSettingInfo; 15] = [
+    info(
+        "cleanup.policy",
+        "log.cleanup.policy",
+        LIST,
+        "delete: retention deletes old segments; compact: the cleaner keeps each key's latest record; compact,delete: both",
+    ),
+    info(
+        "delete.retention.ms",
+        "log.cleaner.delete.retention.ms",
+        LONG,
+        "how long a tombstone that is its key's latest record is kept after the clean that first took it in",
+    ),
+    info(
+        "index.interval.bytes",
+        "log.index.interval.bytes",
+        INT,
+        "bytes of log between two entries of the offset index",
+    ),
+    info(
+        "max.message.bytes",
+        "message.max.bytes",
+        INT,
+        "the largest record batch accepted",
+    ),
+    info(
         "message.timestamp.after.max.ms",
         "log.message.timestamp.after.max.ms",
+        LONG,
+        "a batch whose newest timestamp is further ahead of the broker's clock is refused",
     ),
-    (
+    info(
         "message.timestamp.before.max.ms",
         "log.message.timestamp.before.max.ms",
+        LONG,
+        "a batch whose first timestamp is further behind the broker's clock is refused",
     ),
-    ("message.timestamp.type", "log.message.timestamp.type"),
-    (
+    info(
+        "message.timestamp.type",
+        "log.message.timestamp.type",
+        STRING,
+        "CreateTime: records keep the producer's timestamps; LogAppendTime: the broker stamps each batch as it appends it",
+    ),
+    info(
         "min.cleanable.dirty.ratio",
         "log.cleaner.min.cleanable.ratio",
+        DOUBLE,
+        "a partition is cleaned once its not-yet-cleaned bytes are at least this share of its cleanable bytes",
     ),
-    ("min.compaction.lag.ms", "log.cleaner.min.compaction.lag.ms"),
-    ("min.insync.replicas", "min.insync.replicas"),
-    ("retention.bytes", "log.retention.bytes"),
-    ("retention.ms", "log.retention.ms"),
-    ("segment.bytes", "log.segment.bytes"),
-    ("segment.ms", "log.roll.ms"),
-    (
+    info(
+        "min.compaction.lag.ms",
+        "log.cleaner.min.compaction.lag.ms",
+        LONG,
+        "a segment is cleaned only once its newest record is at least this old",
+    ),
+    info(
+        "min.insync.replicas",
+        "min.insync.replicas",
+        INT,
+        "an acks=all produce is refused while the partition has fewer in-sync replicas",
+    ),
+    info(
+        "retention.bytes",
+        "log.retention.bytes",
+        LONG,
+        "the oldest sealed segments are deleted while the partition is larger (-1: no limit)",
+    ),
+    info(
+        "retention.ms",
+        "log.retention.ms",
+        LONG,
+        "sealed segments older than this are deleted (-1: kept forever)",
+    ),
+    info(
+        "segment.bytes",
+        "log.segment.bytes",
+        INT,
+        "the active segment is rolled at this size",
+    ),
+    info(
+        "segment.ms",
+        "log.roll.ms",
+        LONG,
+        "the active segment is rolled at this age",
+    ),
+    info(
         "unclean.leader.election.enable",
         "unclean.leader.election.enable",
+        BOOLEAN,
+        "when no in-sync replica is alive, an out-of-sync one is elected (acknowledged records may be lost) rather than the partition left offline",
     ),
 ];
 
@@ -305,15 +411,17 @@ fn topic_setting(
     if !c.is_default {
         synonyms.push(synonym(&c.key, &c.value, DYNAMIC_TOPIC_CONFIG));
     }
-    let broker = TOPIC_SYNONYMS
-        .iter()
-        .find(|(key, _)| *key == c.key)
-        .and_then(|(_, name)| listener.settings.iter().find(|s| s.name == *name));
+    let broker = topic_setting_info(&c.key)
+        .and_then(|info| listener.settings.iter().find(|s| s.name == info.broker));
     if let Some(s) = broker {
         synonyms.push(synonym(&s.name, &s.value, broker_source(s)));
     }
     let source = synonyms.first().map_or(DEFAULT_CONFIG, |s| s.source);
     (source, synonyms)
+}
+
+fn topic_setting_info(key: &str) -> Option<&'static TopicSettingInfo> {
+    TOPIC_SETTINGS.iter().find(|info| info.key == key)
 }
 
 /// A broker setting's source: its configuration, or the built-in default.
@@ -359,16 +467,23 @@ pub(crate) fn created_configs(
         .collect()
 }
 
-/// One setting in a DescribeConfigs answer, from `source`.
+/// One setting in a DescribeConfigs answer, from `source`; from version 3 without
+/// documentation (null, as Kafka answers what it was not asked).
 fn setting(
     name: String,
     value: String,
     source: i8,
+    detail: Detail,
 ) -> k::describe_configs_response::DescribeConfigsResourceResult {
-    k::describe_configs_response::DescribeConfigsResourceResult::default()
+    let described = k::describe_configs_response::DescribeConfigsResourceResult::default()
         .with_name(StrBytes::from_string(name))
         .with_value(Some(StrBytes::from_string(value)))
-        .with_config_source(source)
+        .with_config_source(source);
+    if detail.version_3 {
+        described.with_documentation(None)
+    } else {
+        described
+    }
 }
 
 /// The Meridian request for an IncrementalAlterConfigs (`None` when every

@@ -32,7 +32,7 @@ mod refusals;
 mod replicas;
 pub mod sasl;
 
-pub use admin::TOPIC_SYNONYMS;
+pub use admin::{TopicSettingInfo, TOPIC_SETTINGS};
 pub use refusals::refusal;
 
 // Decoding a lying array count must not abort the tests either (see `alloc`).
@@ -702,7 +702,8 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             )
         }
         ApiKey::DescribeConfigs => {
-            let (request, asked) = admin::describe_configs(body!(k::DescribeConfigsRequest));
+            let (request, asked) =
+                admin::describe_configs(body!(k::DescribeConfigsRequest), version);
             match request {
                 Some(request) => serve(request, Shape::DescribeConfigs { asked }),
                 None => Ok(Step::Reply(header.frame(&admin::described_configs(

@@ -1693,6 +1693,19 @@ fn describe_configs_names_each_settings_source_and_synonyms() {
         ("retention.bytes", "1000", false),
         ("retention.ms", "3600000", true),
     ]);
+    // `asked` of topic `orders` at `version`, the broker answering with `described`.
+    let describe_orders = |asked: k::DescribeConfigsRequest, version| {
+        let asked = asked.with_resources(vec![config_resource(2, "orders")]);
+        let (_, pending) = serve(frame_of(ApiKey::DescribeConfigs, version, &asked));
+        let answer = m::DescribeTopicsResponse {
+            topics: vec![described.clone()],
+        };
+        let frame = pending
+            .respond(Some(m::Response::DescribeTopics(answer)), &listener)
+            .unwrap()
+            .unwrap();
+        response::<k::DescribeConfigsResponse>(ApiKey::DescribeConfigs, version, frame)
+    };
     type Synonym = (String, String, i8);
     let summary = |r: &k::DescribeConfigsResponse| -> Vec<(String, i8, Vec<Synonym>)> {
         r.results[0]
@@ -1716,18 +1729,8 @@ fn describe_configs_names_each_settings_source_and_synonyms() {
     };
     let named = |name: &str, value: &str, source| (name.to_string(), value.to_string(), source);
     for synonyms in [false, true] {
-        let asked = k::DescribeConfigsRequest::default()
-            .with_include_synonyms(synonyms)
-            .with_resources(vec![config_resource(2, "orders")]);
-        let (_, pending) = serve(frame_of(ApiKey::DescribeConfigs, 4, &asked));
-        let answer = m::DescribeTopicsResponse {
-            topics: vec![described.clone()],
-        };
-        let frame = pending
-            .respond(Some(m::Response::DescribeTopics(answer)), &listener)
-            .unwrap()
-            .unwrap();
-        let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, 4, frame);
+        let asked = k::DescribeConfigsRequest::default().with_include_synonyms(synonyms);
+        let r = describe_orders(asked, 4);
         let listed = |list: Vec<Synonym>| if synonyms { list } else { Vec::new() };
         assert_eq!(
             summary(&r),
@@ -1752,6 +1755,31 @@ fn describe_configs_names_each_settings_source_and_synonyms() {
                 ),
             ],
             "include_synonyms {synonyms}"
+        );
+    }
+    // From version 3 each topic setting has its type, and asked for, what it does;
+    // at version 1 neither.
+    for (version, documentation) in [(3, true), (4, false), (1, false)] {
+        let asked = k::DescribeConfigsRequest::default().with_include_documentation(documentation);
+        let r = describe_orders(asked, version);
+        let typed: Vec<(&str, i8, bool)> = r.results[0]
+            .configs
+            .iter()
+            .map(|c| {
+                let documented = c.documentation.as_deref().is_some_and(|d| !d.is_empty());
+                (&*c.name, c.config_type, documented)
+            })
+            .collect();
+        let (documented, typed_from) = (documentation && version >= 3, version >= 3);
+        let kind = |k: i8| if typed_from { k } else { 0 };
+        assert_eq!(
+            typed,
+            [
+                ("cleanup.policy", kind(7), documented),
+                ("retention.bytes", kind(5), documented),
+                ("retention.ms", kind(5), documented),
+            ],
+            "version {version}, include_documentation {documentation}"
         );
     }
     // A broker's setting is its own synonym, from its configuration or the default.

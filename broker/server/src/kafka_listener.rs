@@ -787,18 +787,19 @@ mod tests {
     fn every_topic_setting_has_its_broker_synonym_listed() {
         let settings = broker_settings(&BrokerConfig::default());
         let keys = crate::topic_config::TOPIC_CONFIG_KEYS;
-        assert_eq!(meridian_kafka::TOPIC_SYNONYMS.len(), keys.len());
+        assert_eq!(meridian_kafka::TOPIC_SETTINGS.len(), keys.len());
         for key in keys {
-            let (_, kafka) = meridian_kafka::TOPIC_SYNONYMS
+            let kafka = meridian_kafka::TOPIC_SETTINGS
                 .iter()
-                .find(|(k, _)| *k == key)
-                .unwrap_or_else(|| panic!("{key} has no synonym"));
+                .find(|info| info.key == key)
+                .unwrap_or_else(|| panic!("{key} has no synonym"))
+                .broker;
             let ours = format!("topic_defaults.{}", key.replace('.', "_"));
             assert!(
-                KAFKA_NAMES.contains(&(*kafka, ours.as_str())),
+                KAFKA_NAMES.contains(&(kafka, ours.as_str())),
                 "{key}: {kafka} is not {ours}"
             );
-            assert!(settings.iter().any(|s| s.name == *kafka), "{kafka}");
+            assert!(settings.iter().any(|s| s.name == kafka), "{kafka}");
         }
     }
 
