@@ -140,11 +140,13 @@ pub async fn run(cmd: PartitionCommand) -> anyhow::Result<()> {
             print!("{report}");
             eprint!("{refusals}");
             let failed = refusals.lines().count();
-            if failed > 0 && unclean {
-                bail!("{failed} partition(s) could not get a leader");
-            }
             if failed > 0 {
-                bail!("{failed} partition(s) could not get their preferred leader");
+                let wanted = if unclean {
+                    "a leader"
+                } else {
+                    "their preferred leader"
+                };
+                bail!("{failed} partition(s) could not get {wanted}");
             }
             Ok(())
         }

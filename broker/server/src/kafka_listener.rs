@@ -131,52 +131,14 @@ impl Directory {
 }
 
 /// Kafka's names for the broker settings Meridian has under its own (Kafka's name,
-/// Meridian's key as [`flatten`] spells it).
-const KAFKA_NAMES: [(&str, &str); 38] = [
+/// Meridian's key as [`flatten`] spells it), besides the topic defaults, whose
+/// Kafka names are those of [`meridian_kafka::TOPIC_SETTINGS`].
+const KAFKA_NAMES: [(&str, &str); 23] = [
     ("broker.id", "broker_id"),
     ("broker.rack", "rack"),
     ("log.dirs", "data_dir"),
     ("num.partitions", "default_partitions"),
     ("auto.create.topics.enable", "auto_create_topics"),
-    ("message.max.bytes", "topic_defaults.max_message_bytes"),
-    ("log.retention.ms", "topic_defaults.retention_ms"),
-    ("log.retention.bytes", "topic_defaults.retention_bytes"),
-    ("log.segment.bytes", "topic_defaults.segment_bytes"),
-    ("log.roll.ms", "topic_defaults.segment_ms"),
-    (
-        "log.index.interval.bytes",
-        "topic_defaults.index_interval_bytes",
-    ),
-    ("log.cleanup.policy", "topic_defaults.cleanup_policy"),
-    (
-        "log.message.timestamp.after.max.ms",
-        "topic_defaults.message_timestamp_after_max_ms",
-    ),
-    (
-        "log.message.timestamp.before.max.ms",
-        "topic_defaults.message_timestamp_before_max_ms",
-    ),
-    (
-        "log.message.timestamp.type",
-        "topic_defaults.message_timestamp_type",
-    ),
-    (
-        "log.cleaner.delete.retention.ms",
-        "topic_defaults.delete_retention_ms",
-    ),
-    (
-        "log.cleaner.min.cleanable.ratio",
-        "topic_defaults.min_cleanable_dirty_ratio",
-    ),
-    (
-        "log.cleaner.min.compaction.lag.ms",
-        "topic_defaults.min_compaction_lag_ms",
-    ),
-    ("min.insync.replicas", "topic_defaults.min_insync_replicas"),
-    (
-        "unclean.leader.election.enable",
-        "topic_defaults.unclean_leader_election_enable",
-    ),
     ("log.cleaner.threads", "log_cleaner_threads"),
     (
         "log.cleaner.dedupe.buffer.size",
@@ -212,6 +174,12 @@ const KAFKA_NAMES: [(&str, &str); 38] = [
     ("replica.fetch.backoff.ms", "replica_fetch_backoff_ms"),
 ];
 
+/// The broker configuration's key of a topic setting's default
+/// (`retention.ms`: `topic_defaults.retention_ms`).
+fn topic_default_key(topic_key: &str) -> String {
+    format!("topic_defaults.{}", topic_key.replace('.', "_"))
+}
+
 /// The broker's settings as Kafka's DescribeConfigs of its broker resource lists
 /// them: every key of its configuration as Meridian names it (nested ones dotted,
 /// `topic_defaults.retention_ms`; lists comma-separated; unset ones left out), and
@@ -234,8 +202,15 @@ pub(crate) fn broker_settings(config: &BrokerConfig) -> Vec<BrokerSetting> {
             (key.clone(), (value.clone(), is_default))
         })
         .collect();
-    for (kafka, key) in KAFKA_NAMES {
-        if let Some(setting) = settings.get(key).cloned() {
+    let topic_defaults = meridian_kafka::TOPIC_SETTINGS
+        .iter()
+        .map(|info| (info.broker, topic_default_key(info.key)));
+    let kafka_names = KAFKA_NAMES
+        .iter()
+        .map(|&(kafka, key)| (kafka, key.to_owned()))
+        .chain(topic_defaults);
+    for (kafka, key) in kafka_names {
+        if let Some(setting) = settings.get(&key).cloned() {
             settings.insert(kafka.to_owned(), setting);
         }
     }
@@ -780,12 +755,16 @@ async fn read_frame(
 mod tests {
     use super::*;
 
-    /// Each topic setting's synonym, the broker setting the Kafka listener names
-    /// behind it, is the broker's `topic_defaults` key under Kafka's name, and is
-    /// among the broker's settings: a topic's default and its source come from it.
+    /// Each topic setting has its synonym, the broker setting the Kafka listener
+    /// names behind it, and the broker lists it under that name, with the value of
+    /// its `topic_defaults` key: a topic's default and its source come from it.
     #[test]
     fn every_topic_setting_has_its_broker_synonym_listed() {
         let settings = broker_settings(&BrokerConfig::default());
+        let value = |name: &str| {
+            let found = settings.iter().find(|s| s.name == name);
+            found.map(|s| (s.value.clone(), s.is_default))
+        };
         let keys = crate::topic_config::TOPIC_CONFIG_KEYS;
         assert_eq!(meridian_kafka::TOPIC_SETTINGS.len(), keys.len());
         for key in keys {
@@ -794,12 +773,9 @@ mod tests {
                 .find(|info| info.key == key)
                 .unwrap_or_else(|| panic!("{key} has no synonym"))
                 .broker;
-            let ours = format!("topic_defaults.{}", key.replace('.', "_"));
-            assert!(
-                KAFKA_NAMES.contains(&(kafka, ours.as_str())),
-                "{key}: {kafka} is not {ours}"
-            );
-            assert!(settings.iter().any(|s| s.name == kafka), "{kafka}");
+            let ours = topic_default_key(key);
+            assert!(value(&ours).is_some(), "{ours}");
+            assert_eq!(value(kafka), value(&ours), "{key}: {kafka} is not {ours}");
         }
     }
 
