@@ -2752,9 +2752,14 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
         .unwrap()
         .expect("the controller describes the topic it would create");
     assert_eq!(
-        (would_be.partitions, would_be.replication_factor),
-        (2, 3),
-        "the controller fills in the cluster's default replication factor"
+        (
+            would_be.partitions,
+            would_be.replication_factor,
+            would_be.id
+        ),
+        (2, 3, meridian_wire::TopicId::NONE),
+        "the controller fills in the cluster's default replication factor (and gives \
+         no ID when only validating)"
     );
     let e = admin
         .validate_topic_configs(
@@ -3463,6 +3468,7 @@ async fn librdkafka_checks_its_position_with_a_new_leader() {
 /// In a region a topic deleted takes its committed offsets with it at the group's
 /// coordinator (it applies the deletion from the metadata log): the topic created
 /// again under the name is read from its start, not from the old topic's commit.
+/// It has a new ID, which every broker names, as they named the old one's.
 #[tokio::test]
 async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
     let cluster = TestCluster::start("");
@@ -3494,6 +3500,21 @@ async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
         "3",
     ];
     cli(&create, "");
+    let ids = || {
+        let ids: std::collections::BTreeSet<String> = (1..=3)
+            .map(|id| {
+                let (ok, out, err) = cluster
+                    .brokers_ref(id)
+                    .cli(&["topic", "describe", "events", "--json"], "");
+                assert!(ok, "broker {id}: {err}");
+                let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+                json["id"].as_str().unwrap().to_string()
+            })
+            .collect();
+        assert_eq!(ids.len(), 1, "every broker names the topic's ID: {ids:?}");
+        ids.into_iter().next().unwrap()
+    };
+    let old_id = ids();
     let old: String = (0..10).map(|i| format!("old{i}\n")).collect();
     cli(&["produce", "events", "--acks", "all"], &old);
     consume("10");
@@ -3505,6 +3526,7 @@ async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
     cli(&create, "");
     cli(&["produce", "events", "--acks", "all"], &new);
     assert_eq!(consume("3"), "new0\nnew1\nnew2\n");
+    assert_ne!(ids(), old_id, "the topic created again has a new ID");
 }
 
 /// A group's coordinator that was down while a topic was deleted (the only

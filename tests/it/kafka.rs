@@ -660,6 +660,14 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
 
     // kafka-python's admin client does the same (`tests/kafka/admin.py`).
     if let Some(summary) = kafka_python("admin.py", &[&addr]) {
+        // The ID Kafka's answers gave the topic is the one Meridian's tools show.
+        let (ok, out, err) = broker.cli(&["topic", "describe", "py-defaults"], "");
+        assert!(ok, "{err}");
+        assert!(out.contains("partitions: 1"), "{out}");
+        let id = out
+            .lines()
+            .find_map(|l| l.strip_prefix("id: "))
+            .unwrap_or_else(|| panic!("no topic ID in:\n{out}"));
         let created = serde_json::json!({
             "partitions": 1,
             "replication_factor": 1,
@@ -681,11 +689,9 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
                 // The defaults a create left to the broker, as its answer gives them.
                 "validated": created,
                 "created": created,
+                "topic_id": id,
             })
         );
-        let (ok, out, err) = broker.cli(&["topic", "describe", "py-defaults"], "");
-        assert!(ok, "{err}");
-        assert!(out.contains("partitions: 1"), "{out}");
         let (ok, out, err) = broker.cli(&["topic", "describe", "py-admin"], "");
         assert!(ok, "{err}");
         assert!(out.contains("partitions: 4"), "{out}");

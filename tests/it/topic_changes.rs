@@ -253,6 +253,74 @@ async fn added_partitions_serve_at_once_reach_groups_and_survive_a_restart() {
     assert_eq!(records[0].value.as_deref(), Some(&b"new-3"[..]));
 }
 
+/// Each topic is given an ID when it is created (Kafka's KIP-516): the same in
+/// every answer and across restarts, a new one for a topic created again under a
+/// deleted one's name (none for a create that only validates: see below); a topic
+/// from before IDs gets one at the broker's first start with them, and keeps it.
+#[tokio::test]
+async fn topic_ids_tell_a_topic_created_again_from_the_deleted_one() {
+    let mut broker = TestBroker::start(&[]);
+    let client = broker.client().await;
+    let admin = client.admin();
+    let created = async || {
+        admin
+            .create_topic(NewTopic::new("orders", 2))
+            .await
+            .unwrap();
+        let id = admin.describe_topic("orders").await.unwrap().id;
+        assert!(!id.is_none());
+        id
+    };
+    let id = created().await;
+    let metadata = client.metadata(Some(vec!["orders".into()])).await.unwrap();
+    assert_eq!(
+        metadata.topics[0].id, id,
+        "Metadata and DescribeTopics agree"
+    );
+
+    let (ok, out, err) = broker.cli(&["topic", "describe", "orders"], "");
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("\nid: {id}\n")), "{out}");
+    let described = |broker: &TestBroker| {
+        let (ok, out, err) = broker.cli(&["topic", "describe", "orders", "--json"], "");
+        assert!(ok, "{err}");
+        let json: serde_json::Value = serde_json::from_str(&out).unwrap();
+        json["id"].as_str().unwrap().to_string()
+    };
+    assert_eq!(described(&broker), id.to_string());
+
+    admin.delete_topic("orders").await.unwrap();
+    let again = created().await;
+    assert_ne!(again, id, "a topic created again is a new topic");
+
+    drop(client);
+    broker.stop();
+    broker.restart();
+    assert_eq!(
+        described(&broker),
+        again.to_string(),
+        "kept across a restart"
+    );
+
+    // A topic from before IDs: its topic.json names none.
+    broker.stop();
+    let file = broker.data_dir.join("topics/orders/topic.json");
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
+    assert!(
+        json.as_object_mut().unwrap().remove("id").is_some(),
+        "{json}"
+    );
+    std::fs::write(&file, serde_json::to_vec(&json).unwrap()).unwrap();
+    broker.restart();
+    let given = described(&broker);
+    assert_eq!(given.len(), 22, "{given}");
+    assert_ne!(given, again.to_string());
+    broker.stop();
+    broker.restart();
+    assert_eq!(described(&broker), given, "the ID given is kept");
+}
+
 /// Validated only (Kafka's `validateOnly`): each check answers as the real change
 /// would, and nothing changes, on disk either (a restart shows the same topic).
 #[tokio::test]
@@ -283,6 +351,7 @@ async fn validating_changes_answers_as_the_change_would_and_changes_nothing() {
         .await
         .unwrap()
         .unwrap();
+    assert!(defaulted.id.is_none(), "validating gives no ID");
     assert_eq!(
         (defaulted.partitions, defaulted.replication_factor),
         (1, 1),

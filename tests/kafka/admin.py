@@ -5,12 +5,14 @@ Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
 (DescribeConfigs, modified only and all), resets one, adds partitions, deletes
 the records below an offset, reads two of the broker's own settings, and creates a
 topic on the broker's defaults (validated only, then made), reading what they came
-to from the answer. Prints one JSON line of what it saw; exits non-zero, saying
-why, on any mismatch.
+to from the answer, and the ID it was given, then describes it by that ID. Prints
+one JSON line of what it saw; exits non-zero, saying why, on any mismatch.
 """
 
+import base64
 import json
 import sys
+import uuid
 
 from kafka import KafkaAdminClient, KafkaProducer, TopicPartition
 from kafka.admin import ConfigResource, ConfigResourceType, NewPartitions
@@ -80,25 +82,50 @@ broker_settings = {
 
 
 
+def as_uuid(topic_id):
+    """A topic ID as kafka-python's answers give it (text, or None for Kafka's
+    zero UUID), as the UUID its requests take."""
+    return None if topic_id is None else uuid.UUID(str(topic_id))
+
+
 def created(validate_only):
     """Creates `py-defaults` leaving its partitions and replication factor to the
     broker (-1 each, as kafka-python sends them unset), and returns what the answer
     says they came to, with two of the settings it lists (CreateTopics v5 on: what
-    Java's `CreateTopicsResult.numPartitions` and `config` read)."""
+    Java's `CreateTopicsResult.numPartitions` and `config` read), and the topic's
+    ID (v7 on)."""
     answer = admin.create_topics({"py-defaults": {"configs": {"retention.ms": "60000"}}},
                                  validate_only=validate_only)
     t = answer["topics"][0]
     configs = t.get("configs") or {}
     settings = {name: [configs[name]["value"], configs[name]["config_source"]]
                 for name in ("retention.ms", "cleanup.policy") if name in configs}
-    return {"partitions": t["num_partitions"], "replication_factor": t["replication_factor"],
-            "settings": settings}
+    return ({"partitions": t["num_partitions"], "replication_factor": t["replication_factor"],
+             "settings": settings}, as_uuid(t["topic_id"]))
 
 
-would_be = created(validate_only=True)
+would_be, validated_id = created(validate_only=True)
 if "py-defaults" in admin.list_topics():
     fail("a validate-only create made the topic")
-made = created(validate_only=False)
+# kafka-python reads Kafka's zero UUID, "no ID", as None.
+NO_ID = (None, uuid.UUID(int=0))
+if validated_id not in NO_ID:
+    fail(f"a validate-only create answered topic ID {validated_id}")
+made, made_id = created(validate_only=False)
+
+# The topic's ID (KIP-516): the same in Metadata by name, and it names the topic in
+# Metadata by ID (v12); an ID no topic has is UNKNOWN_TOPIC_ID.
+by_name = as_uuid(admin.describe_topics(["py-defaults"])[0]["topic_id"])
+if by_name != made_id or made_id in NO_ID:
+    fail(f"created with topic ID {made_id}, described by name with {by_name}")
+by_id = [(t["name"], t["error_code"]) for t in admin.describe_topics([made_id])]
+if by_id != [("py-defaults", 0)]:
+    fail(f"describing topic ID {made_id} answered {by_id}")
+unknown = [(t["name"], t["error_code"]) for t in admin.describe_topics([uuid.uuid4()])]
+if unknown != [(None, 100)]:
+    fail(f"describing an unknown topic ID answered {unknown}")
+made_id_text = base64.urlsafe_b64encode(made_id.bytes).rstrip(b"=").decode()
 
 print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3],
-                  "broker": broker_settings, "validated": would_be, "created": made}))
+                  "broker": broker_settings, "validated": would_be, "created": made,
+                  "topic_id": made_id_text}))

@@ -210,6 +210,10 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
                 d.partitions.len(),
                 d.replication_factor
             );
+            // A broker from before topic IDs names none.
+            if !d.id.is_none() {
+                println!("id: {}", d.id);
+            }
             println!("configs:");
             let width = d.configs.iter().map(|c| c.key.len()).max().unwrap_or(0);
             for c in &d.configs {
@@ -988,6 +992,7 @@ fn topic_json(d: &meridian_client::TopicDescription) -> serde_json::Value {
         .collect();
     json!({
         "topic": d.name,
+        "id": (!d.id.is_none()).then(|| d.id.to_string()),
         "replication_factor": d.replication_factor,
         "configs": configs,
         "plugins": plugins,

@@ -278,6 +278,10 @@ struct Header {
 #[derive(Debug)]
 enum Shape {
     Plain,
+    /// Metadata of the topics with these IDs, from an answer listing every topic.
+    MetadataByIds {
+        ids: Vec<uuid::Uuid>,
+    },
     /// Topics refused before reaching the broker (manual replica assignments).
     CreateTopics {
         refused: Vec<(String, String)>,
@@ -501,6 +505,19 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
         }
         ApiKey::Metadata => {
             let r = body!(k::MetadataRequest);
+            // Topics named by ID (version 10 on; Kafka's own brokers take them from
+            // 12): every topic the client may see is asked for, and the answer keeps
+            // those with the IDs, in the order asked.
+            let ids: Vec<uuid::Uuid> = (r.topics.iter().flatten())
+                .map(|t| t.topic_id)
+                .filter(|id| !id.is_nil())
+                .collect();
+            if !ids.is_empty() {
+                return serve(
+                    m::Request::Metadata(m::MetadataRequest { topics: None }),
+                    Shape::MetadataByIds { ids },
+                );
+            }
             let topics = match r.topics {
                 // Version 0 has no null list: empty meant every topic.
                 Some(list) if version == 0 && list.is_empty() => None,
@@ -1265,6 +1282,9 @@ impl Pending {
             (m::Response::Metadata(r), Shape::DescribeCluster) => {
                 h.frame(&describe_cluster(r, listener))?
             }
+            (m::Response::Metadata(r), Shape::MetadataByIds { ids }) => {
+                h.frame(&metadata_by_ids(r, ids, listener))?
+            }
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
             (m::Response::Produce(r), _) => h.frame(&produce(r, listener, leader_of))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
@@ -1653,6 +1673,7 @@ fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse 
             let internal = t.name.starts_with("__");
             k::metadata_response::MetadataResponseTopic::default()
                 .with_is_internal(internal)
+                .with_topic_id(kafka_topic_id(t.id))
                 .with_name(Some(topic_name(t.name)))
                 .with_error_code(code(t.error))
                 .with_partitions(
@@ -1676,6 +1697,40 @@ fn metadata(r: m::MetadataResponse, listener: &Listener) -> k::MetadataResponse 
         .with_cluster_id(Some(StrBytes::from_string(listener.cluster_id.clone())))
         .with_controller_id(broker_id(r.controller_id))
         .with_topics(topics)
+}
+
+/// Metadata of the topics with `ids` (in the order asked) from `r`, which lists
+/// every topic the client may see, then an `UNKNOWN_TOPIC_ID` for each ID none of
+/// them has, as Kafka answers (a topic the client may not describe is as good as
+/// unknown).
+fn metadata_by_ids(
+    mut r: m::MetadataResponse,
+    mut ids: Vec<uuid::Uuid>,
+    listener: &Listener,
+) -> k::MetadataResponse {
+    let mut seen = std::collections::HashSet::new();
+    ids.retain(|id| seen.insert(*id));
+    let mut listed = std::mem::take(&mut r.topics);
+    let mut unknown = Vec::new();
+    for id in ids {
+        match listed.iter().position(|t| kafka_topic_id(t.id) == id) {
+            Some(at) => r.topics.push(listed.swap_remove(at)),
+            None => unknown.push(
+                k::metadata_response::MetadataResponseTopic::default()
+                    .with_name(None)
+                    .with_topic_id(id)
+                    .with_error_code(ResponseError::UnknownTopicId.code()),
+            ),
+        }
+    }
+    let mut answer = metadata(r, listener);
+    answer.topics.extend(unknown);
+    answer
+}
+
+/// A topic's ID as Kafka's messages carry it (the nil UUID: none).
+pub fn kafka_topic_id(id: meridian_wire::TopicId) -> uuid::Uuid {
+    uuid::Uuid::from_bytes(id.0)
 }
 
 /// Where a partition (topic, index) is led now, as the answering broker knows it:
@@ -1889,6 +1944,7 @@ fn create_topics(
             .with_error_message(message(error, text));
         let answer = match described {
             Some(t) => answer
+                .with_topic_id(kafka_topic_id(t.id))
                 .with_num_partitions(t.partitions as i32)
                 .with_replication_factor(t.replication_factor as i16)
                 .with_configs(Some(admin::created_configs(&t.configs, listener))),

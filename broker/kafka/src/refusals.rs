@@ -36,6 +36,7 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
                 .iter()
                 .map(|name| m::TopicDescription {
                     name: name.clone(),
+                    id: meridian_wire::TopicId::NONE,
                     error,
                     message: message.clone(),
                     replication_factor: 0,

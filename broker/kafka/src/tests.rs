@@ -18,6 +18,7 @@ fn broker_setting(name: &str, value: &str, is_default: bool) -> BrokerSetting {
 fn orders_described(configs: &[(&str, &str, bool)]) -> m::TopicDescription {
     m::TopicDescription {
         name: "orders".into(),
+        id: ORDERS_ID,
         error: ErrorCode::None,
         message: String::new(),
         replication_factor: 1,
@@ -402,6 +403,7 @@ fn metadata_names_the_kafka_listener() {
             controller_id: 1,
             topics: vec![m::TopicMetadata {
                 name: "orders".into(),
+                id: ORDERS_ID,
                 error: ErrorCode::None,
                 message: String::new(),
                 partitions: vec![m::PartitionMetadata {
@@ -427,6 +429,9 @@ fn metadata_names_the_kafka_listener() {
         if version >= 2 {
             assert_eq!(r.cluster_id.as_deref(), Some("meridian-test"));
         }
+        if version >= 10 {
+            assert_eq!(t.topic_id, crate::kafka_topic_id(ORDERS_ID));
+        }
     }
     // Version 0 has no null list: empty asks for every topic.
     let every = k::MetadataRequest::default().with_topics(Some(Vec::new()));
@@ -441,6 +446,68 @@ fn metadata_names_the_kafka_listener() {
         m::Request::Metadata(m::MetadataRequest {
             topics: Some(Vec::new())
         })
+    );
+}
+
+const ORDERS_ID: meridian_wire::TopicId = meridian_wire::TopicId([7; 16]);
+
+/// Metadata naming topics by ID (KIP-516, version 12) asks the broker for every
+/// topic the client may see and answers with those that have the IDs, in the order
+/// asked; an ID none has (or one asked twice, once) is `UNKNOWN_TOPIC_ID`.
+#[test]
+fn metadata_by_topic_id_answers_the_topics_with_those_ids() {
+    let by_id = |id: meridian_wire::TopicId| {
+        k::metadata_request::MetadataRequestTopic::default()
+            .with_name(None)
+            .with_topic_id(crate::kafka_topic_id(id))
+    };
+    let payments_id = meridian_wire::TopicId([9; 16]);
+    let unknown_id = meridian_wire::TopicId([1; 16]);
+    let asked = k::MetadataRequest::default().with_topics(Some(vec![
+        by_id(payments_id),
+        by_id(unknown_id),
+        by_id(ORDERS_ID),
+        by_id(ORDERS_ID),
+    ]));
+    let (request, pending) = serve(frame_of(ApiKey::Metadata, 12, &asked));
+    assert_eq!(
+        request,
+        m::Request::Metadata(m::MetadataRequest { topics: None })
+    );
+    let topic = |name: &str, id| m::TopicMetadata {
+        name: name.into(),
+        id,
+        error: ErrorCode::None,
+        message: String::new(),
+        partitions: Vec::new(),
+    };
+    let answer = m::MetadataResponse {
+        brokers: Vec::new(),
+        controller_id: 1,
+        topics: vec![
+            topic("orders", ORDERS_ID),
+            topic("audit", meridian_wire::TopicId([3; 16])),
+            topic("payments", payments_id),
+        ],
+    };
+    let frame = answered(pending, m::Response::Metadata(answer));
+    let r: k::MetadataResponse = response(ApiKey::Metadata, 12, frame);
+    let got: Vec<(Option<&str>, uuid::Uuid, i16)> = r
+        .topics
+        .iter()
+        .map(|t| (t.name.as_ref().map(|n| &*n.0), t.topic_id, t.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("payments"), crate::kafka_topic_id(payments_id), 0),
+            (Some("orders"), crate::kafka_topic_id(ORDERS_ID), 0),
+            (
+                None,
+                crate::kafka_topic_id(unknown_id),
+                ResponseError::UnknownTopicId.code()
+            ),
+        ]
     );
 }
 
@@ -879,6 +946,7 @@ fn in_a_cluster_metadata_names_each_brokers_kafka_listener() {
     };
     let answer = cluster_metadata(vec![m::TopicMetadata {
         name: "orders".into(),
+        id: ORDERS_ID,
         error: ErrorCode::None,
         message: String::new(),
         partitions: vec![partition(0, 1), partition(1, 2), partition(2, 3)],
@@ -1073,6 +1141,7 @@ fn create_topics_takes_kafka_defaults_and_refuses_assignments() {
         }],
         created: vec![m::CreatedTopic {
             name: "orders".into(),
+            id: ORDERS_ID,
             partitions: 3,
             replication_factor: 1,
             configs: vec![
@@ -1092,11 +1161,13 @@ fn create_topics_takes_kafka_defaults_and_refuses_assignments() {
     let frame = answered(pending, m::Response::CreateTopics(answer));
     let r: k::CreateTopicsResponse = response(ApiKey::CreateTopics, 7, frame);
     assert_eq!(r.topics[0].error_code, 0);
-    // The topic as created, defaults resolved, as Java's numPartitions() reads it.
+    // The topic as created, defaults resolved, as Java's numPartitions() reads it,
+    // with its ID (Java's topicId()).
     assert_eq!(
         (r.topics[0].num_partitions, r.topics[0].replication_factor),
         (3, 1)
     );
+    assert_eq!(r.topics[0].topic_id, crate::kafka_topic_id(ORDERS_ID));
     let configs: Vec<(String, String, i8)> = r.topics[0]
         .configs
         .iter()
@@ -1831,6 +1902,7 @@ fn describe_configs_reads_topic_and_broker_settings() {
                 described.clone(),
                 m::TopicDescription {
                     name: "ghost".into(),
+                    id: meridian_wire::TopicId::NONE,
                     error: ErrorCode::UnknownTopic,
                     message: "no topic ghost".into(),
                     replication_factor: 0,

@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
+use meridian_wire::TopicId;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 pub type BrokerId = u32;
 
@@ -79,14 +80,68 @@ pub struct TopicImage {
     /// topic.
     #[serde(default)]
     pub created_at: u64,
+    /// Given by the controller when it created the topic; [`TopicId::NONE`] in
+    /// records from before topics had IDs ([`TopicImage::id`] then derives one).
+    #[serde(
+        default,
+        with = "topic_id_text",
+        skip_serializing_if = "TopicId::is_none"
+    )]
+    pub id: TopicId,
 }
 
 impl TopicImage {
+    /// The topic's ID: the one the controller gave it, or, for a topic created
+    /// before topics had IDs, one derived from its name and incarnation, the same
+    /// on every broker and across restarts.
+    pub fn id(&self) -> TopicId {
+        if self.id.is_none() {
+            derived_topic_id(&self.name, self.created_at)
+        } else {
+            self.id
+        }
+    }
+
     /// Whether the topic allows electing a leader from outside the ISR.
     pub fn unclean_leader_election(&self) -> bool {
         self.configs
             .get(UNCLEAN_LEADER_ELECTION_KEY)
             .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+    }
+}
+
+/// An ID for a topic from before topics had IDs: a 128-bit FNV-1a hash of its name
+/// and incarnation, shaped as [`TopicId::from_random`] shapes random bytes.
+fn derived_topic_id(name: &str, created_at: u64) -> TopicId {
+    const OFFSET_BASIS: u128 = 0x6c62272e07bb014262b821756295c58d;
+    const PRIME: u128 = 0x0000000001000000000000000000013b;
+    let mut hash = OFFSET_BASIS;
+    let input = name.bytes().chain([0]).chain(created_at.to_le_bytes());
+    for byte in input {
+        hash = (hash ^ u128::from(byte)).wrapping_mul(PRIME);
+    }
+    let mut bytes = hash.to_be_bytes();
+    loop {
+        if let Some(id) = TopicId::from_random(bytes) {
+            return id;
+        }
+        // A leading `-` in its text: move off it, deterministically.
+        bytes[0] ^= 0x80;
+    }
+}
+
+/// A [`TopicId`] in JSON: its text (22 characters of URL-safe base64), as Kafka's
+/// tools print it. For `#[serde(with = "topic_id_text")]`.
+pub mod topic_id_text {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(id: &TopicId, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(id)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<TopicId, D::Error> {
+        let text = String::deserialize(d)?;
+        text.parse().map_err(serde::de::Error::custom)
     }
 }
 
@@ -373,6 +428,43 @@ mod tests {
         assert_eq!(image.brokers[&3].kafka, with.kafka);
     }
 
+    /// A topic created before topics had IDs has none in its record; every broker
+    /// derives the same one from its name and incarnation (another incarnation,
+    /// another ID). One given by the controller is kept as given.
+    #[test]
+    fn a_topic_from_before_ids_gets_the_same_derived_id_everywhere() {
+        let old = r#"{"type":"topic_created","name":"orders","configs":{},"replication_factor":1,"partitions":[]}"#;
+        let record: MetadataRecord = serde_json::from_str(old).unwrap();
+        let at = |index| {
+            let mut image = MetadataImage::default();
+            image.apply_at(&record, index);
+            image.topics["orders"].clone()
+        };
+        assert!(at(7).id.is_none());
+        assert!(!at(7).id().is_none());
+        assert_eq!(at(7).id(), at(7).id(), "the same on every broker");
+        assert_ne!(at(7).id(), at(8).id(), "another incarnation, another ID");
+        let mut other = at(7);
+        other.name = "payments".into();
+        assert_ne!(other.id(), at(7).id());
+        assert!(!at(7).id().to_string().starts_with('-'));
+        // Written to a snapshot, the image keeps no derived ID: it derives it again.
+        let json = serde_json::to_string(&at(7)).unwrap();
+        assert!(!json.contains("\"id\""), "{json}");
+
+        let given = TopicId::from_random([5; 16]).unwrap();
+        let mut with_id = at(7);
+        with_id.id = given;
+        assert_eq!(with_id.id(), given);
+        let json = serde_json::to_string(&with_id).unwrap();
+        assert!(json.contains(&format!("\"id\":\"{given}\"")), "{json}");
+        let back: TopicImage = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, with_id);
+        assert!(
+            serde_json::from_str::<TopicImage>(&json.replace(&given.to_string(), "x")).is_err()
+        );
+    }
+
     #[test]
     fn plugin_records_build_the_image_and_round_trip() {
         let mut image = MetadataImage::default();
@@ -382,6 +474,7 @@ mod tests {
             replication_factor: 1,
             partitions: Vec::new(),
             created_at: 0,
+            id: TopicId::NONE,
         }));
         let plugin = PluginImage {
             version: "1.0.0".into(),
@@ -469,6 +562,7 @@ mod tests {
                 replication_factor: 2,
                 partitions: vec![state.clone()],
                 created_at: 0,
+                id: TopicId::from_random([5; 16]).unwrap(),
             }),
             MetadataRecord::BrokerFenced { id: 1 },
             MetadataRecord::PartitionChanged {

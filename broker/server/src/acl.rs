@@ -842,6 +842,7 @@ impl After {
                 r.topics
                     .extend(denied.into_iter().map(|(name, d)| TopicMetadata {
                         name,
+                        id: meridian_wire::TopicId::NONE,
                         error: d.code,
                         message: d.message,
                         partitions: Vec::new(),
@@ -1247,6 +1248,7 @@ mod tests {
         assert_eq!(request, Request::Metadata(MetadataRequest { topics: None }));
         let topic = |name: &str| TopicMetadata {
             name: name.into(),
+            id: meridian_wire::TopicId::NONE,
             error: ErrorCode::None,
             message: String::new(),
             partitions: Vec::new(),

@@ -13,7 +13,7 @@ use bytes::Bytes;
 use meridian_core::replication::epoch_at;
 use meridian_log::{require_keys, validate_batches, LogError, ValidatedBatches};
 use meridian_wire::messages::*;
-use meridian_wire::ErrorCode;
+use meridian_wire::{ErrorCode, TopicId};
 use tokio::sync::oneshot;
 
 use crate::acl;
@@ -710,6 +710,7 @@ impl Shared {
                 .map(|name| match image.topics.get(&name) {
                     Some(topic) => TopicMetadata {
                         name,
+                        id: topic.id(),
                         error: ErrorCode::None,
                         message: String::new(),
                         partitions: topic
@@ -740,6 +741,7 @@ impl Shared {
                         };
                         TopicMetadata {
                             name,
+                            id: TopicId::NONE,
                             error,
                             message,
                             partitions: Vec::new(),
@@ -770,6 +772,7 @@ impl Shared {
                     return TopicDescription {
                         message: format!("topic `{name}` does not exist"),
                         name,
+                        id: TopicId::NONE,
                         error: ErrorCode::UnknownTopic,
                         replication_factor: 0,
                         configs: Vec::new(),
@@ -781,6 +784,7 @@ impl Shared {
                 TopicDescription {
                     plugins: self.plugins.described_chain(&name),
                     name: name.clone(),
+                    id: topic.id(),
                     error: ErrorCode::None,
                     message: String::new(),
                     replication_factor: topic.replication_factor,
@@ -956,6 +960,7 @@ impl Shared {
                 .map(|t| match t {
                     Ok(topic) => TopicMetadata {
                         name: topic.name.clone(),
+                        id: topic.id,
                         error: ErrorCode::None,
                         message: String::new(),
                         partitions: topic
@@ -992,6 +997,7 @@ impl Shared {
                     },
                     Err((name, failure)) => TopicMetadata {
                         name,
+                        id: TopicId::NONE,
                         error: failure.code,
                         message: failure.message,
                         partitions: Vec::new(),
@@ -1012,24 +1018,22 @@ impl Shared {
                 // 0 is the cluster's default, which on one broker is 1.
                 let replication_factor = t.replication_factor.max(1);
                 let outcome = if request.validate_only {
-                    self.registry.validate_create(
-                        &t.name,
-                        t.partitions,
-                        replication_factor,
-                        configs,
-                    )
+                    self.registry
+                        .validate_create(&t.name, t.partitions, replication_factor, configs)
+                        .map(|overrides| (overrides, TopicId::NONE))
                 } else {
                     self.registry
                         .create(&t.name, t.partitions, replication_factor, configs)
                         .map(|topic| {
                             self.groups
                                 .topic_changed(&topic.name, Some(topic.partitions.len() as u32));
-                            topic.overrides.clone()
+                            (topic.overrides.clone(), topic.id)
                         })
                 };
-                let outcome = outcome.map(|overrides| {
+                let outcome = outcome.map(|(overrides, id)| {
                     created.push(CreatedTopic {
                         name: t.name.clone(),
+                        id,
                         partitions: t.partitions,
                         replication_factor,
                         configs: overrides.describe(&self.registry.defaults),
@@ -1122,6 +1126,7 @@ impl Shared {
                 Ok(topic) => TopicDescription {
                     plugins: self.plugins.described_chain(&topic.name),
                     name: topic.name.clone(),
+                    id: topic.id,
                     error: ErrorCode::None,
                     message: String::new(),
                     replication_factor: topic.replication_factor,
@@ -1151,6 +1156,7 @@ impl Shared {
                 },
                 Err((name, f)) => TopicDescription {
                     name,
+                    id: TopicId::NONE,
                     error: f.code,
                     message: f.message,
                     replication_factor: 0,

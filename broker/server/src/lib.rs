@@ -169,6 +169,9 @@ impl Broker {
             config.topic_defaults.clone(),
             config.max_partitions_per_topic,
         )?;
+        if config.cluster.is_none() {
+            registry.give_missing_ids()?;
+        }
         let plugins = plugins::Plugins::open(&config.data_dir, &config.plugins)?;
         let topics = registry.all();
         let n_partitions: usize = topics.iter().map(|t| t.partitions.len()).sum();

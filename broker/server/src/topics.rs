@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use meridian_log::{LogError, PartitionLog};
-use meridian_wire::ErrorCode;
+use meridian_wire::{ErrorCode, TopicId};
 use parking_lot::{Mutex, MutexGuard, RwLock};
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +77,14 @@ struct TopicFile {
     /// single broker's topics and for files from before it was kept.
     #[serde(default)]
     created_at: u64,
+    /// A single broker's topic's ID ([`TopicId::NONE`] in a region, where the
+    /// controller's image holds it, and in files from before topics had IDs).
+    #[serde(
+        default,
+        with = "meridian_metadata::image::topic_id_text",
+        skip_serializing_if = "TopicId::is_none"
+    )]
+    id: TopicId,
 }
 
 pub struct Topic {
@@ -91,6 +99,11 @@ pub struct Topic {
     /// The cluster's incarnation this local copy belongs to (`TopicImage::created_at`),
     /// 0 when unknown (a single broker's topic).
     pub created_at: u64,
+    /// A single broker's topic's ID, given when it was created (or, for one from
+    /// before topics had IDs, when the broker first started with IDs:
+    /// [`Registry::give_missing_ids`]). [`TopicId::NONE`] in a region, whose topics
+    /// have theirs in the controller's image.
+    pub id: TopicId,
     dir: PathBuf,
 }
 
@@ -227,7 +240,14 @@ impl Registry {
     ) -> Result<Arc<Topic>, Failure> {
         let _admin = self.admin.lock();
         let overrides = self.validate_create(name, partitions, replication_factor, configs)?;
-        self.create_locked(name, partitions, replication_factor, overrides, 0)
+        self.create_locked(
+            name,
+            partitions,
+            replication_factor,
+            overrides,
+            0,
+            new_topic_id(),
+        )
     }
 
     /// Creates this broker's replicas of a topic the control plane placed here (any
@@ -243,7 +263,14 @@ impl Registry {
         let _admin = self.admin.lock();
         let overrides =
             self.validate_replicated_create(name, partitions, replication_factor, configs)?;
-        self.create_locked(name, partitions, replication_factor, overrides, 0)
+        self.create_locked(
+            name,
+            partitions,
+            replication_factor,
+            overrides,
+            0,
+            TopicId::NONE,
+        )
     }
 
     /// Makes sure a topic the cluster's controller created exists here (this broker
@@ -261,7 +288,14 @@ impl Registry {
         if let Some(topic) = self.get(name) {
             return Ok(topic);
         }
-        self.create_locked(name, partitions, replication_factor, overrides, created_at)
+        self.create_locked(
+            name,
+            partitions,
+            replication_factor,
+            overrides,
+            created_at,
+            TopicId::NONE,
+        )
     }
 
     /// Creates the topic on disk; the caller holds `admin` and checked the request.
@@ -272,6 +306,7 @@ impl Registry {
         replication_factor: u16,
         overrides: TopicOverrides,
         created_at: u64,
+        id: TopicId,
     ) -> Result<Arc<Topic>, Failure> {
         let storage = |e: std::io::Error| {
             Failure::new(
@@ -289,6 +324,7 @@ impl Registry {
             replication_factor,
             configs: overrides,
             created_at,
+            id,
         };
         let json = serde_json::to_vec_pretty(&file).expect("topic file serializes");
         std::fs::write(staging.join("topic.json"), json).map_err(storage)?;
@@ -470,6 +506,7 @@ impl Registry {
             replication_factor: topic.replication_factor,
             configs: overrides.clone(),
             created_at: topic.created_at,
+            id: topic.id,
         };
         write_topic_file(&topic.dir, &file).map_err(storage)?;
         if log_config != topic.log_config {
@@ -487,6 +524,7 @@ impl Registry {
             replication_factor: topic.replication_factor,
             partitions: all,
             created_at: topic.created_at,
+            id: topic.id,
             dir: topic.dir.clone(),
         });
         self.topics.write().insert(name.clone(), replaced.clone());
@@ -496,6 +534,37 @@ impl Registry {
             tracing::info!(topic = %name, configs = ?replaced.overrides.0, "changed topic settings");
         }
         Ok(replaced)
+    }
+
+    /// Gives each topic from before topics had IDs one (a single broker's: in a
+    /// region the controller's image holds them), written to its `topic.json`.
+    pub fn give_missing_ids(&self) -> anyhow::Result<()> {
+        let _admin = self.admin.lock();
+        let mut topics = self.topics.write();
+        for topic in topics.values_mut().filter(|t| t.id.is_none()) {
+            let id = new_topic_id();
+            let file = TopicFile {
+                partitions: topic.partitions.len() as u32,
+                replication_factor: topic.replication_factor,
+                configs: topic.overrides.clone(),
+                created_at: topic.created_at,
+                id,
+            };
+            write_topic_file(&topic.dir, &file)?;
+            tracing::info!(topic = %topic.name, %id, "gave a topic from before topic IDs its ID");
+            *topic = Arc::new(Topic {
+                name: topic.name.clone(),
+                overrides: topic.overrides.clone(),
+                log_config: topic.log_config.clone(),
+                replication_factor: topic.replication_factor,
+                min_insync_replicas: topic.min_insync_replicas,
+                partitions: topic.partitions.clone(),
+                created_at: topic.created_at,
+                id,
+                dir: topic.dir.clone(),
+            });
+        }
+        Ok(())
     }
 
     /// Flushes and marks every log cleanly closed.
@@ -529,6 +598,7 @@ fn load_topic(dir: &Path, name: &str, defaults: &TopicDefaults) -> anyhow::Resul
         replication_factor: file.replication_factor,
         partitions,
         created_at: file.created_at,
+        id: file.id,
         dir: dir.to_owned(),
     })
 }
@@ -559,6 +629,15 @@ fn open_partition(
         replication: Mutex::new(None),
         dirty: AtomicBool::new(false),
     })
+}
+
+/// A new topic ID: random, as Kafka's are.
+pub fn new_topic_id() -> TopicId {
+    loop {
+        if let Some(id) = TopicId::from_random(rand::random()) {
+            return id;
+        }
+    }
 }
 
 /// Replaces `topic.json` in `dir` by writing a new file, syncing it and renaming it

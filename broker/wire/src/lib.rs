@@ -12,6 +12,7 @@
 //! - [`cluster`]: broker-to-broker control plane (Raft, heartbeats, ISR changes).
 //! - [`describe_cluster`]: the brokers and the metadata quorum, for operators.
 //! - [`buffers`]: a pool of large buffers, used again once nothing holds them.
+//! - [`topic_id`]: the IDs that tell a topic from an earlier one of its name.
 
 pub mod batch;
 pub mod buffers;
@@ -27,8 +28,10 @@ pub mod messages;
 pub mod plugin_messages;
 pub mod reassign;
 pub mod topic_changes;
+pub mod topic_id;
 
 pub use error::ErrorCode;
+pub use topic_id::TopicId;
 
 /// Longest topic name accepted (as in Kafka).
 pub const MAX_TOPIC_NAME_LEN: usize = 249;

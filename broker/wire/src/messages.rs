@@ -14,6 +14,7 @@ pub use crate::leader_epochs::*;
 use crate::plugin_messages::{self as pm, *};
 pub use crate::reassign::*;
 pub use crate::topic_changes::*;
+use crate::TopicId;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[repr(u16)]
@@ -142,21 +143,23 @@ impl ApiKey {
     /// Version 1 of `ListOffsets` (response) carries each offset's leader epoch.
     /// Version 1 of `CreateTopics` (response) describes each topic created.
     /// Version 1 of `ElectLeaders` (request) can ask for an unclean election.
+    /// Version 2 of `Metadata`, `DescribeTopics` and `CreateTopics` (responses)
+    /// carries each topic's [`TopicId`].
     pub fn max_version(self) -> u16 {
         match self {
-            ApiKey::Metadata
-            | ApiKey::ApiVersions
+            ApiKey::ApiVersions
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::CreatePartitions
             | ApiKey::BrokerHeartbeat
-            | ApiKey::DescribeTopics
             | ApiKey::DescribeLogs
             | ApiKey::OffsetDelete
             | ApiKey::ListOffsets
-            | ApiKey::CreateTopics
             | ApiKey::ElectLeaders => 1,
-            ApiKey::AlterTopicConfigs => 2,
+            ApiKey::AlterTopicConfigs
+            | ApiKey::Metadata
+            | ApiKey::DescribeTopics
+            | ApiKey::CreateTopics => 2,
             _ => 0,
         }
     }
@@ -313,6 +316,9 @@ pub struct PartitionMetadata {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicMetadata {
     pub name: String,
+    /// Version 2; [`TopicId::NONE`] in an older answer, and for a topic that does
+    /// not exist.
+    pub id: TopicId,
     pub error: ErrorCode,
     /// Why `error` (e.g. which rule refused the client); version 1, empty in a
     /// version 0 answer.
@@ -373,6 +379,9 @@ pub struct CreateTopicsResponse {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CreatedTopic {
     pub name: String,
+    /// The ID it was given (validating only: [`TopicId::NONE`], none is given).
+    /// Version 2; none in an older answer.
+    pub id: TopicId,
     pub partitions: u32,
     pub replication_factor: u16,
     pub configs: Vec<DescribedConfig>,
@@ -451,6 +460,9 @@ pub struct PartitionDescription {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopicDescription {
     pub name: String,
+    /// Version 2; [`TopicId::NONE`] in an older answer, and for a topic that does
+    /// not exist.
+    pub id: TopicId,
     pub error: ErrorCode,
     pub message: String,
     pub replication_factor: u16,
@@ -700,6 +712,15 @@ pub(crate) fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
     w.string(&t.name);
     w.u16(t.error as u16);
     w.string(&t.message);
+}
+
+/// A topic's ID in a response of version 2 and later; none before.
+fn topic_id_from(r: &mut Reader, version: u16) -> Result<TopicId, DecodeError> {
+    Ok(if version >= 2 {
+        TopicId(r.array_of()?)
+    } else {
+        TopicId::NONE
+    })
 }
 
 fn put_described_config(w: &mut Writer<'_>, c: &DescribedConfig) {
@@ -1104,6 +1125,9 @@ impl Response {
                     if version >= 1 {
                         w.string(&t.message);
                     }
+                    if version >= 2 {
+                        w.fixed(&t.id.0);
+                    }
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.u16(p.error as u16);
@@ -1119,6 +1143,9 @@ impl Response {
                 if version >= 1 {
                     w.array(&r.created, |w, t| {
                         w.string(&t.name);
+                        if version >= 2 {
+                            w.fixed(&t.id.0);
+                        }
                         w.u32(t.partitions);
                         w.u16(t.replication_factor);
                         w.array(&t.configs, put_described_config);
@@ -1143,6 +1170,9 @@ impl Response {
                     });
                     if version >= 1 {
                         w.array(&t.plugins, crate::plugin_messages::put_attachment);
+                    }
+                    if version >= 2 {
+                        w.fixed(&t.id.0);
                     }
                 });
             }
@@ -1266,6 +1296,7 @@ impl Response {
                         } else {
                             String::new()
                         },
+                        id: topic_id_from(r, version)?,
                         partitions: r.array(22, |r| {
                             Ok(PartitionMetadata {
                                 partition: r.u32()?,
@@ -1285,6 +1316,7 @@ impl Response {
                     r.array(12, |r| {
                         Ok(CreatedTopic {
                             name: r.string()?,
+                            id: topic_id_from(r, version)?,
                             partitions: r.u32()?,
                             replication_factor: r.u16()?,
                             configs: r.array(5, get_described_config)?,
@@ -1320,6 +1352,7 @@ impl Response {
                         } else {
                             Vec::new()
                         },
+                        id: topic_id_from(r, version)?,
                     })
                 })?,
             }),
@@ -1506,12 +1539,71 @@ mod tests {
         crate::frame::decode_response_at(response.api_key(), version, body).unwrap()
     }
 
+    const ORDERS_ID: TopicId = TopicId([
+        0x62, 0x33, 0x6f, 0x0e, 0x3d, 0xd3, 0x46, 0x25, 0x86, 0x6d, 0x70, 0xdb, 0xe9, 0x0a, 0x83,
+        0x6c,
+    ]);
+
+    /// Answers of version 1 (to a client from before topic IDs) leave each topic's
+    /// ID out, and decode as having none; version 2 carries it.
+    #[test]
+    fn topic_ids_from_version_2() {
+        let metadata = |id| {
+            Response::Metadata(MetadataResponse {
+                brokers: vec![],
+                controller_id: 1,
+                topics: vec![TopicMetadata {
+                    name: "orders".into(),
+                    id,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    partitions: vec![],
+                }],
+            })
+        };
+        let described = |id| {
+            Response::DescribeTopics(DescribeTopicsResponse {
+                topics: vec![TopicDescription {
+                    name: "orders".into(),
+                    id,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    replication_factor: 1,
+                    configs: vec![],
+                    partitions: vec![],
+                    plugins: vec![],
+                }],
+            })
+        };
+        let created = |id| {
+            Response::CreateTopics(CreateTopicsResponse {
+                results: vec![],
+                created: vec![CreatedTopic {
+                    name: "orders".into(),
+                    id,
+                    partitions: 1,
+                    replication_factor: 1,
+                    configs: vec![],
+                }],
+            })
+        };
+        for answer in [metadata, described, created] {
+            let with_id = answer(ORDERS_ID);
+            assert_eq!(
+                at_version(&with_id, 1),
+                ResponseFrame::Ok(answer(TopicId::NONE))
+            );
+            assert_eq!(at_version(&with_id, 2), ResponseFrame::Ok(with_id.clone()));
+        }
+    }
+
     /// A version 0 answer to DescribeTopics (to a client from before plugin chains
     /// were described) leaves the chain out, and decodes as one without plugins.
     #[test]
     fn describe_topics_at_version_0_has_no_plugin_chain() {
         let topic = |plugins| TopicDescription {
             name: "t".into(),
+            id: TopicId::NONE,
             error: ErrorCode::None,
             message: String::new(),
             replication_factor: 1,
@@ -1553,6 +1645,7 @@ mod tests {
         };
         let created = vec![CreatedTopic {
             name: "orders".into(),
+            id: TopicId::NONE,
             partitions: 6,
             replication_factor: 3,
             configs: vec![DescribedConfig {
@@ -1624,6 +1717,7 @@ mod tests {
                 controller_id: 1,
                 topics: vec![TopicMetadata {
                     name: "audit".into(),
+                    id: TopicId::NONE,
                     error: ErrorCode::TopicAuthorizationFailed,
                     message: message.into(),
                     partitions: vec![],
@@ -1811,6 +1905,7 @@ mod tests {
             topics: vec![
                 TopicMetadata {
                     name: "t".into(),
+                    id: ORDERS_ID,
                     error: ErrorCode::None,
                     message: String::new(),
                     partitions: vec![PartitionMetadata {
@@ -1824,6 +1919,7 @@ mod tests {
                 },
                 TopicMetadata {
                     name: "audit".into(),
+                    id: TopicId::NONE,
                     error: ErrorCode::TopicAuthorizationFailed,
                     message: "client `a` may not describe topic `audit` (acl_file)".into(),
                     partitions: vec![],
@@ -1845,6 +1941,7 @@ mod tests {
             ],
             created: vec![CreatedTopic {
                 name: "orders".into(),
+                id: ORDERS_ID,
                 partitions: 3,
                 replication_factor: 1,
                 configs: vec![DescribedConfig {
@@ -1860,6 +1957,7 @@ mod tests {
         check_response(Response::DescribeTopics(DescribeTopicsResponse {
             topics: vec![TopicDescription {
                 name: "t".into(),
+                id: ORDERS_ID,
                 error: ErrorCode::None,
                 message: String::new(),
                 replication_factor: 1,

@@ -365,6 +365,7 @@ mod tests {
                 .iter()
                 .map(|(name, partitions)| TopicMetadata {
                     name: name.to_string(),
+                    id: meridian_wire::TopicId::NONE,
                     error: ErrorCode::None,
                     message: String::new(),
                     partitions: partitions

@@ -26,7 +26,7 @@ use meridian_metadata::{
 };
 use meridian_wire::messages::*;
 use meridian_wire::plugin_messages::PluginResult;
-use meridian_wire::ErrorCode;
+use meridian_wire::{ErrorCode, TopicId};
 use tokio::sync::{mpsc, oneshot};
 
 use super::RaftCalls;
@@ -1086,6 +1086,12 @@ impl<'a> Active<'a> {
                     created.push(t.name.clone());
                     described.push(CreatedTopic {
                         name: t.name.clone(),
+                        // Validating only, no ID is given.
+                        id: if request.validate_only {
+                            TopicId::NONE
+                        } else {
+                            topic.id
+                        },
                         partitions: topic.partitions.len() as u32,
                         replication_factor: topic.replication_factor,
                         configs: TopicOverrides(topic.configs.clone())
@@ -1199,6 +1205,7 @@ impl<'a> Active<'a> {
             partitions: assignment.into_iter().map(new_partition_state).collect(),
             // Set by the state machine when the record is applied.
             created_at: 0,
+            id: crate::topics::new_topic_id(),
         })
     }
 

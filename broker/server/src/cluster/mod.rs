@@ -893,6 +893,7 @@ mod tests {
                     partition(None, vec![2, 3]),
                 ],
                 created_at: 1,
+                id: meridian_wire::TopicId::NONE,
             },
         );
         let member = |id: u32, voter: bool| Member {
