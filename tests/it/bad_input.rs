@@ -546,6 +546,7 @@ async fn mutated_requests_never_stop_the_broker() {
         }),
         Request::DeleteTopics(DeleteTopicsRequest {
             names: vec!["fuzz-created".into()],
+            ids: vec![meridian_wire::TopicId([9; 16])],
         }),
     ]
     .iter()

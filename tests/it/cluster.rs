@@ -129,6 +129,11 @@ impl TestCluster {
             .await
     }
 
+    /// The topics broker `id` lists (not the internal ones).
+    async fn topics_at(&self, id: u32) -> Vec<String> {
+        self.client(id).await.admin().list_topics().await.unwrap()
+    }
+
     /// Once the three brokers agree on a controller: a client of a broker that is not
     /// the controller (it forwards what only the controller does).
     async fn forwarding_client(&self) -> Client {
@@ -2853,13 +2858,7 @@ async fn topic_changes_reach_every_broker_and_a_returning_one() {
             (5, "1024".to_string(), "3".to_string(), true),
             "broker {id}: the validated retention.ms was not applied"
         );
-        let names = cluster
-            .client(id)
-            .await
-            .admin()
-            .list_topics()
-            .await
-            .unwrap();
+        let names = cluster.topics_at(id).await;
         assert!(!names.contains(&"validated".to_string()), "{names:?}");
     }
     let e = producer
@@ -3476,7 +3475,8 @@ async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
     cluster
         .agreed_topic("__consumer_offsets", Duration::from_secs(20), |_| true)
         .await;
-    let broker = cluster.brokers_ref(if controller == 1 { 2 } else { 1 });
+    let broker_id = if controller == 1 { 2 } else { 1 };
+    let broker = cluster.brokers_ref(broker_id);
     let cli = |args: &[&str], input: &str| {
         let (ok, out, err) = broker.cli(args, input);
         assert!(ok, "{args:?}: {err}");
@@ -3526,7 +3526,22 @@ async fn a_deleted_topics_committed_offsets_go_with_it_in_a_region() {
     cli(&create, "");
     cli(&["produce", "events", "--acks", "all"], &new);
     assert_eq!(consume("3"), "new0\nnew1\nnew2\n");
-    assert_ne!(ids(), old_id, "the topic created again has a new ID");
+    let new_id = ids();
+    assert_ne!(new_id, old_id, "the topic created again has a new ID");
+    // Deleted by ID through a broker that is not the controller: the old ID names
+    // no topic, the new one this one.
+    let admin = cluster.brokers_ref(broker_id).client().await.admin();
+    let e = admin
+        .delete_topic_by_id(old_id.parse().unwrap())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownTopicId), "{e}");
+    let deleted = admin.delete_topic_by_id(new_id.parse().unwrap()).await;
+    assert_eq!(deleted.unwrap(), "events");
+    for id in 1..=3 {
+        let topics = cluster.topics_at(id).await;
+        assert!(topics.is_empty(), "broker {id}: {topics:?}");
+    }
 }
 
 /// A group's coordinator that was down while a topic was deleted (the only

@@ -690,6 +690,9 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
                 "validated": created,
                 "created": created,
                 "topic_id": id,
+                "deleted_by_id": [["py-doomed", true, 0]],
+                // UNKNOWN_TOPIC_ID, no name.
+                "deleted_again": [[null, true, 100]],
             })
         );
         let (ok, out, err) = broker.cli(&["topic", "describe", "py-admin"], "");

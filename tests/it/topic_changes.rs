@@ -319,6 +319,31 @@ async fn topic_ids_tell_a_topic_created_again_from_the_deleted_one() {
     broker.stop();
     broker.restart();
     assert_eq!(described(&broker), given, "the ID given is kept");
+
+    // Deleting by ID deletes that topic, never one created since under its name.
+    let client = broker.client().await;
+    let admin = client.admin();
+    let e = admin.delete_topic_by_id(id).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::UnknownTopicId), "{e}");
+    admin.describe_topic("orders").await.unwrap();
+    let offsets = admin.describe_topic("__consumer_offsets").await.unwrap().id;
+    let e = admin.delete_topic_by_id(offsets).await.unwrap_err();
+    assert_eq!(e.code(), Some(ErrorCode::PolicyViolation), "{e}");
+    let delete = |args: &[&str]| broker.cli(&[&["topic", "delete"], args].concat(), "");
+    let (ok, out, err) = delete(&["--id", &given]);
+    assert!(ok, "{err}");
+    assert!(
+        out.contains(&format!("deleted topic orders (ID {given})")),
+        "{out}"
+    );
+    assert!(admin.list_topics().await.unwrap().is_empty());
+    let (ok, out, err) = delete(&["--id", &given, "--if-exists"]);
+    assert!(ok, "{err}");
+    assert!(out.contains(&format!("no topic has ID {given}")), "{out}");
+    let (ok, _, err) = delete(&["--id", &given]);
+    assert!(!ok && err.contains("UnknownTopicId"), "{err}");
+    let (ok, _, err) = delete(&["--id", "orders"]);
+    assert!(!ok && err.contains("is not a topic ID"), "{err}");
 }
 
 /// Validated only (Kafka's `validateOnly`): each check answers as the real change

@@ -5,7 +5,8 @@ Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
 (DescribeConfigs, modified only and all), resets one, adds partitions, deletes
 the records below an offset, reads two of the broker's own settings, and creates a
 topic on the broker's defaults (validated only, then made), reading what they came
-to from the answer, and the ID it was given, then describes it by that ID. Prints
+to from the answer, and the ID it was given, then describes it by that ID, and
+deletes another topic by its ID. Prints
 one JSON line of what it saw; exits non-zero, saying why, on any mismatch.
 """
 
@@ -126,6 +127,22 @@ if unknown != [(None, 100)]:
     fail(f"describing an unknown topic ID answered {unknown}")
 made_id_text = base64.urlsafe_b64encode(made_id.bytes).rstrip(b"=").decode()
 
+# Deleted by ID (DeleteTopics v6): that topic; asked again, UNKNOWN_TOPIC_ID.
+doomed = admin.create_topics({"py-doomed": {}})["topics"][0]
+doomed_id = as_uuid(doomed["topic_id"])
+
+
+def deleted_by_id(**options):
+    answer = admin.delete_topics([doomed_id], **options)["topics"]
+    return [[t["name"], as_uuid(t["topic_id"]) == doomed_id, t["error_code"]] for t in answer]
+
+
+deleted = deleted_by_id()
+if "py-doomed" in admin.list_topics():
+    fail("py-doomed is there after its deletion by ID")
+deleted_again = deleted_by_id(raise_errors=False)
+
 print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3],
                   "broker": broker_settings, "validated": would_be, "created": made,
-                  "topic_id": made_id_text}))
+                  "topic_id": made_id_text, "deleted_by_id": deleted,
+                  "deleted_again": deleted_again}))

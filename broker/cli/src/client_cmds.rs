@@ -81,7 +81,12 @@ pub enum TopicCommand {
     },
     /// Delete a topic and its data.
     Delete {
-        name: String,
+        #[arg(required_unless_present = "id")]
+        name: Option<String>,
+        /// Delete the topic with this ID (as `topic describe` prints it) instead of
+        /// naming it: that topic, never one created since under its name.
+        #[arg(long, conflicts_with = "name")]
+        id: Option<meridian_client::TopicId>,
         /// A topic that does not exist is not an error.
         #[arg(long)]
         if_exists: bool,
@@ -331,18 +336,42 @@ pub async fn topic(cmd: TopicCommand) -> anyhow::Result<()> {
             }
         }
         TopicCommand::Delete {
-            name,
+            name: _,
+            id: Some(id),
             if_exists,
             connect,
-        } => match connect.connect().await?.admin().delete_topic(&name).await {
-            Err(e) if if_exists && e.code() == Some(ErrorCode::UnknownTopic) => {
-                println!("topic {name} does not exist; nothing deleted");
+        } => {
+            // clap: --id comes without a name.
+            match connect
+                .connect()
+                .await?
+                .admin()
+                .delete_topic_by_id(id)
+                .await
+            {
+                Err(e) if if_exists && e.code() == Some(ErrorCode::UnknownTopicId) => {
+                    println!("no topic has ID {id}; nothing deleted");
+                }
+                outcome => println!("deleted topic {} (ID {id})", outcome?),
             }
-            outcome => {
-                outcome?;
-                println!("deleted topic {name}");
+        }
+        TopicCommand::Delete {
+            name,
+            id: None,
+            if_exists,
+            connect,
+        } => {
+            let name = name.expect("clap: a name unless --id");
+            match connect.connect().await?.admin().delete_topic(&name).await {
+                Err(e) if if_exists && e.code() == Some(ErrorCode::UnknownTopic) => {
+                    println!("topic {name} does not exist; nothing deleted");
+                }
+                outcome => {
+                    outcome?;
+                    println!("deleted topic {name}");
+                }
             }
-        },
+        }
         TopicCommand::TruncateBefore {
             name,
             partition,

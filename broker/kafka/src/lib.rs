@@ -74,7 +74,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::OffsetDelete, 0, 0),
     (ApiKey::ApiVersions, 0, 3),
     (ApiKey::CreateTopics, 2, 7),
-    (ApiKey::DeleteTopics, 1, 5),
+    (ApiKey::DeleteTopics, 1, 6),
     (ApiKey::InitProducerId, 0, 4),
     (ApiKey::DescribeConfigs, 1, 4),
     (ApiKey::AlterConfigs, 0, 2),
@@ -771,9 +771,17 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
         ),
         ApiKey::DeleteTopics => {
             let r = body!(k::DeleteTopicsRequest);
-            let names = r.topic_names.into_iter().map(|n| n.0.to_string()).collect();
+            let mut names: Vec<String> = r.topic_names.iter().map(|n| n.0.to_string()).collect();
+            let mut ids = Vec::new();
+            // Version 6 names each topic by name or by ID (KIP-516).
+            for t in r.topics {
+                match t.name {
+                    Some(name) if t.topic_id.is_nil() => names.push(name.0.to_string()),
+                    _ => ids.push(meridian_wire::TopicId(t.topic_id.into_bytes())),
+                }
+            }
             serve(
-                m::Request::DeleteTopics(m::DeleteTopicsRequest { names }),
+                m::Request::DeleteTopics(m::DeleteTopicsRequest { names, ids }),
                 Shape::Plain,
             )
         }
@@ -1323,16 +1331,31 @@ impl Pending {
             )?,
             (m::Response::DescribeLogs(r), _) => h.frame(&replicas::described_log_dirs(r))?,
             (m::Response::DeleteTopics(r), _) => {
-                let responses = r
-                    .results
-                    .into_iter()
-                    .map(|t| {
-                        k::delete_topics_response::DeletableTopicResult::default()
-                            .with_name(Some(topic_name(t.name)))
-                            .with_error_code(code(t.error))
-                            .with_error_message(message(t.error, t.message))
-                    })
-                    .collect();
+                let result = |name: Option<String>, id, error, text| {
+                    k::delete_topics_response::DeletableTopicResult::default()
+                        .with_name(name.map(topic_name))
+                        .with_topic_id(kafka_topic_id(id))
+                        .with_error_code(code(error))
+                        .with_error_message(message(error, text))
+                };
+                let by_name = (r.results.into_iter()).map(|t| {
+                    result(
+                        Some(t.name),
+                        meridian_wire::TopicId::NONE,
+                        t.error,
+                        t.message,
+                    )
+                });
+                // By ID (version 6): a null name where no topic has the ID, as Kafka.
+                let by_id = (r.by_id.into_iter()).map(|d| {
+                    result(
+                        Some(d.name).filter(|n| !n.is_empty()),
+                        d.id,
+                        d.error,
+                        d.message,
+                    )
+                });
+                let responses = by_name.chain(by_id).collect();
                 h.frame(&k::DeleteTopicsResponse::default().with_responses(responses))?
             }
             (m::Response::InitProducerId(r), _) => h.frame(
@@ -2093,6 +2116,7 @@ pub fn code(error: ErrorCode) -> i16 {
         E::ElectionNotNeeded => K::ElectionNotNeeded,
         E::PreferredLeaderNotAvailable => K::PreferredLeaderNotAvailable,
         E::EligibleLeadersNotAvailable => K::EligibleLeadersNotAvailable,
+        E::UnknownTopicId => K::UnknownTopicId,
         E::BrokerIdNotRegistered => K::BrokerIdNotRegistered,
         E::TopicAuthorizationFailed => K::TopicAuthorizationFailed,
         E::GroupAuthorizationFailed => K::GroupAuthorizationFailed,

@@ -29,6 +29,14 @@ pub fn refusal(request: &m::Request, error: ErrorCode, message: &str) -> Option<
         }),
         m::Request::DeleteTopics(r) => m::Response::DeleteTopics(m::DeleteTopicsResponse {
             results: topics(&mut r.names.iter()),
+            by_id: (r.ids.iter())
+                .map(|&id| m::DeletedById {
+                    id,
+                    name: String::new(),
+                    error,
+                    message: message.clone(),
+                })
+                .collect(),
         }),
         m::Request::DescribeTopics(r) => m::Response::DescribeTopics(m::DescribeTopicsResponse {
             topics: r

@@ -1224,6 +1224,72 @@ fn create_topics_without_a_description_answers_unknown() {
     );
 }
 
+/// DeleteTopics 6 names each topic by name or by ID (KIP-516): the broker is asked
+/// for both, and each answer carries what named the topic; an ID no topic has is
+/// `UNKNOWN_TOPIC_ID` with a null name, as Kafka answers.
+#[test]
+fn delete_topics_by_name_or_id() {
+    use k::delete_topics_request::DeleteTopicState;
+    let unknown_id = meridian_wire::TopicId([1; 16]);
+    let asked = k::DeleteTopicsRequest::default().with_topics(vec![
+        DeleteTopicState::default().with_name(Some(topic_name("payments".into()))),
+        DeleteTopicState::default().with_topic_id(crate::kafka_topic_id(ORDERS_ID)),
+        DeleteTopicState::default().with_topic_id(crate::kafka_topic_id(unknown_id)),
+    ]);
+    let (request, pending) = serve(frame_of(ApiKey::DeleteTopics, 6, &asked));
+    assert_eq!(
+        request,
+        m::Request::DeleteTopics(m::DeleteTopicsRequest {
+            names: vec!["payments".into()],
+            ids: vec![ORDERS_ID, unknown_id],
+        })
+    );
+    let by_id = |id, name: &str, error| m::DeletedById {
+        id,
+        name: name.into(),
+        error,
+        message: String::new(),
+    };
+    let answer = m::DeleteTopicsResponse {
+        results: vec![m::TopicResult {
+            name: "payments".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+        }],
+        by_id: vec![
+            by_id(ORDERS_ID, "orders", ErrorCode::None),
+            by_id(unknown_id, "", ErrorCode::UnknownTopicId),
+        ],
+    };
+    let frame = answered(pending, m::Response::DeleteTopics(answer));
+    let r: k::DeleteTopicsResponse = response(ApiKey::DeleteTopics, 6, frame);
+    let got: Vec<(Option<&str>, uuid::Uuid, i16)> = (r.responses.iter())
+        .map(|t| (t.name.as_ref().map(|n| &*n.0), t.topic_id, t.error_code))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            (Some("payments"), uuid::Uuid::nil(), 0),
+            (Some("orders"), crate::kafka_topic_id(ORDERS_ID), 0),
+            (
+                None,
+                crate::kafka_topic_id(unknown_id),
+                ResponseError::UnknownTopicId.code()
+            ),
+        ]
+    );
+    // Before version 6 topics are named only.
+    let old = k::DeleteTopicsRequest::default().with_topic_names(vec![topic_name("a".into())]);
+    let (request, _) = serve(frame_of(ApiKey::DeleteTopics, 5, &old));
+    assert_eq!(
+        request,
+        m::Request::DeleteTopics(m::DeleteTopicsRequest {
+            names: vec!["a".into()],
+            ids: Vec::new(),
+        })
+    );
+}
+
 #[test]
 fn a_mismatched_answer_is_an_error_not_a_wrong_frame() {
     let (_, pending) = serve(frame_of(
@@ -1235,6 +1301,7 @@ fn a_mismatched_answer_is_an_error_not_a_wrong_frame() {
         .respond(
             Some(m::Response::DeleteTopics(m::DeleteTopicsResponse {
                 results: Vec::new(),
+                by_id: Vec::new(),
             })),
             &listener(),
         )

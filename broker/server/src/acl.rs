@@ -446,6 +446,8 @@ pub(crate) trait Topics {
     /// Whether a request naming `topic` would create it (`auto_create_topics` and
     /// no such topic): that needs the create permission too.
     fn would_create(&self, topic: &str) -> bool;
+    /// The name of the topic with ID `id`, if one has it.
+    fn name_of(&self, id: meridian_wire::TopicId) -> Option<String>;
 }
 
 /// The outcome of [`check`].
@@ -632,7 +634,11 @@ pub(crate) fn check(
             whole(result, request)
         }
         Request::DeleteTopics(ref r) => {
-            let result = topics_need(Delete, &mut r.names.iter().map(String::as_str));
+            // A topic named by ID needs delete on its name; an ID no topic has is
+            // left to the broker, which answers it `UnknownTopicId`.
+            let by_id: Vec<String> = r.ids.iter().filter_map(|id| topics.name_of(*id)).collect();
+            let mut names = r.names.iter().chain(&by_id).map(String::as_str);
+            let result = topics_need(Delete, &mut names);
             whole(result, request)
         }
         Request::DescribeTopics(ref r) if r.names.is_empty() => Checked::Serve {
@@ -914,6 +920,10 @@ mod tests {
         fn would_create(&self, _: &str) -> bool {
             self.0
         }
+
+        fn name_of(&self, id: meridian_wire::TopicId) -> Option<String> {
+            (id == meridian_wire::TopicId([1; 16])).then(|| "orders".to_string())
+        }
     }
 
     #[test]
@@ -1154,6 +1164,22 @@ mod tests {
             d.message
         );
         assert_eq!(refused("admin", create), None);
+        // A topic named by ID needs delete on its name (`Existing` names ID 1
+        // `orders`); an ID no topic has is left to the broker.
+        let by_id = |id| {
+            Request::DeleteTopics(DeleteTopicsRequest {
+                names: Vec::new(),
+                ids: vec![meridian_wire::TopicId([id; 16])],
+            })
+        };
+        let d = refused("orders-app", by_id(1)).unwrap();
+        assert!(
+            d.message.contains("may not delete topic `orders`"),
+            "{}",
+            d.message
+        );
+        assert_eq!(refused("admin", by_id(1)), None);
+        assert_eq!(refused("orders-app", by_id(2)), None);
         let commit = Request::OffsetCommit(OffsetCommitRequest {
             group_id: "billing".into(),
             member_id: String::new(),

@@ -1088,17 +1088,36 @@ impl Shared {
         let results = request.names.into_iter().map(|name| {
             let outcome = refuse_internal(&name, "deleted").and_then(|()| {
                 self.registry.delete(&name)?;
-                self.replication.forget_topic(&name);
-                self.topic_deleted(&name);
-                // A topic recreated under this name starts without plugins.
-                self.plugins.forget_topic(&name);
+                self.forget_deleted_topic(&name);
                 Ok(())
             });
             topic_result(name, outcome)
         });
+        let by_id = request.ids.into_iter().map(|id| {
+            let name = self.registry.name_of(id);
+            let outcome = match &name {
+                None => Err(crate::topics::unknown_topic_id(id)),
+                Some(name) => refuse_internal(name, "deleted").and_then(|()| {
+                    // Fails if the topic went meanwhile: its name is not the ID's.
+                    let name = self.registry.delete_id(id)?;
+                    self.forget_deleted_topic(&name);
+                    Ok(())
+                }),
+            };
+            deleted_by_id(id, name, outcome)
+        });
         DeleteTopicsResponse {
             results: results.collect(),
+            by_id: by_id.collect(),
         }
+    }
+
+    /// What goes with a topic this broker deleted (single broker).
+    fn forget_deleted_topic(&self, name: &str) {
+        self.replication.forget_topic(name);
+        self.topic_deleted(name);
+        // A topic recreated under this name starts without plugins.
+        self.plugins.forget_topic(name);
     }
 
     fn describe_topics(&self, request: DescribeTopicsRequest) -> DescribeTopicsResponse {
@@ -1924,13 +1943,37 @@ async fn cluster_delete_topics(
         async |names| {
             let response = cluster
                 .controller
-                .delete_topics(DeleteTopicsRequest { names })
+                .delete_topics(DeleteTopicsRequest {
+                    names,
+                    ids: Vec::new(),
+                })
                 .await?;
             Ok::<_, crate::cluster::ControllerError>(response.results)
         },
     )
     .await;
-    DeleteTopicsResponse { results }
+    // By ID: the controller finds the topics (and refuses internal ones).
+    let ids = request.ids;
+    let by_id = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let asked = DeleteTopicsRequest {
+            names: Vec::new(),
+            ids: ids.clone(),
+        };
+        match cluster.controller.delete_topics(asked).await {
+            Ok(response) => response.by_id,
+            Err(e) => (ids.into_iter())
+                .map(|id| DeletedById {
+                    id,
+                    name: String::new(),
+                    error: ErrorCode::NotController,
+                    message: e.to_string(),
+                })
+                .collect(),
+        }
+    };
+    DeleteTopicsResponse { results, by_id }
 }
 
 /// Internal topics (`__consumer_offsets`) are written only by the broker itself.
@@ -1944,7 +1987,26 @@ pub(crate) fn refuse_internal(name: &str, action: &str) -> Result<(), Failure> {
     Ok(())
 }
 
-fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {
+/// The answer for a topic a DeleteTopics request named by ID (`name`: the topic's,
+/// if one has the ID).
+pub(crate) fn deleted_by_id(
+    id: TopicId,
+    name: Option<String>,
+    outcome: Result<(), Failure>,
+) -> DeletedById {
+    let (error, message) = match outcome {
+        Ok(()) => (ErrorCode::None, String::new()),
+        Err(f) => (f.code, f.message),
+    };
+    DeletedById {
+        id,
+        name: name.unwrap_or_default(),
+        error,
+        message,
+    }
+}
+
+pub(crate) fn topic_result(name: String, outcome: Result<(), Failure>) -> TopicResult {
     match outcome {
         Ok(()) => TopicResult {
             name,
@@ -2066,6 +2128,15 @@ impl acl::Topics for Shared {
         match &self.cluster {
             Some(cluster) => !cluster.image().topics.contains_key(topic),
             None => true,
+        }
+    }
+
+    fn name_of(&self, id: TopicId) -> Option<String> {
+        match &self.cluster {
+            Some(cluster) => (cluster.image().topics.values())
+                .find(|t| t.id() == id)
+                .map(|t| t.name.clone()),
+            None => self.registry.name_of(id),
         }
     }
 }

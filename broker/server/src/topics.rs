@@ -343,6 +343,27 @@ impl Registry {
 
     pub fn delete(&self, name: &str) -> Result<(), Failure> {
         let _admin = self.admin.lock();
+        self.delete_locked(name)
+    }
+
+    /// The name of the topic with ID `id` (single broker), if one has it.
+    pub fn name_of(&self, id: TopicId) -> Option<String> {
+        let topics = self.topics.read();
+        let topic = topics.values().find(|t| t.id == id && !id.is_none())?;
+        Some(topic.name.clone())
+    }
+
+    /// Deletes the topic with ID `id` (single broker), never one created since under
+    /// its name; returns its name.
+    pub fn delete_id(&self, id: TopicId) -> Result<String, Failure> {
+        let _admin = self.admin.lock();
+        let name = self.name_of(id).ok_or_else(|| unknown_topic_id(id))?;
+        self.delete_locked(&name)?;
+        Ok(name)
+    }
+
+    /// Deletes the topic on disk; the caller holds `admin`.
+    fn delete_locked(&self, name: &str) -> Result<(), Failure> {
         let Some(topic) = self.topics.write().remove(name) else {
             return Err(Failure::new(
                 ErrorCode::UnknownTopic,
@@ -629,6 +650,14 @@ fn open_partition(
         replication: Mutex::new(None),
         dirty: AtomicBool::new(false),
     })
+}
+
+/// The refusal of an ID no topic has.
+pub fn unknown_topic_id(id: TopicId) -> Failure {
+    Failure::new(
+        ErrorCode::UnknownTopicId,
+        format!("no topic has ID {id}: it was deleted (perhaps created again under its name, with a new ID), or never existed"),
+    )
 }
 
 /// A new topic ID: random, as Kafka's are.

@@ -118,6 +118,7 @@ error_codes! {
     PreferredLeaderNotAvailable = 93, true, "the partition's preferred replica cannot lead it now: it is fenced or not registered, not in the ISR, or the partition is being reassigned";
     BrokerIdNotRegistered = 94, false, "no broker with that id is registered in the cluster";
     EligibleLeadersNotAvailable = 95, true, "no replica of the partition is alive and unfenced to lead it";
+    UnknownTopicId = 96, false, "no topic has that ID: it was deleted (perhaps created again under its name, with a new ID), or never existed";
     // 100..=109: authorization (`acl_file`).
     TopicAuthorizationFailed = 100, false, "the client's certificate does not allow this operation on the topic";
     GroupAuthorizationFailed = 101, false, "the client's certificate does not allow this operation on the consumer group";

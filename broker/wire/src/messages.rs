@@ -144,7 +144,8 @@ impl ApiKey {
     /// Version 1 of `CreateTopics` (response) describes each topic created.
     /// Version 1 of `ElectLeaders` (request) can ask for an unclean election.
     /// Version 2 of `Metadata`, `DescribeTopics` and `CreateTopics` (responses)
-    /// carries each topic's [`TopicId`].
+    /// carries each topic's [`TopicId`]. Version 1 of `DeleteTopics` deletes
+    /// topics by ID.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::ApiVersions
@@ -155,7 +156,8 @@ impl ApiKey {
             | ApiKey::DescribeLogs
             | ApiKey::OffsetDelete
             | ApiKey::ListOffsets
-            | ApiKey::ElectLeaders => 1,
+            | ApiKey::ElectLeaders
+            | ApiKey::DeleteTopics => 1,
             ApiKey::AlterTopicConfigs
             | ApiKey::Metadata
             | ApiKey::DescribeTopics
@@ -390,11 +392,29 @@ pub struct CreatedTopic {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeleteTopicsRequest {
     pub names: Vec<String>,
+    /// Topics named by ID (version 1): the topic that has the ID is deleted, never
+    /// one created since under its name.
+    pub ids: Vec<TopicId>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeleteTopicsResponse {
+    /// One per name asked.
     pub results: Vec<TopicResult>,
+    /// One per ID asked, in order (version 1).
+    pub by_id: Vec<DeletedById>,
+}
+
+/// What became of a topic a [`DeleteTopicsRequest`] named by ID: `UnknownTopicId`
+/// when no topic has it (deleted already, perhaps created again under its name
+/// with a new ID).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeletedById {
+    pub id: TopicId,
+    /// The topic's name; empty when no topic has the ID.
+    pub name: String,
+    pub error: ErrorCode,
+    pub message: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -763,6 +783,7 @@ impl Request {
             Request::AlterTopicConfigs(r) if r.validate_only => 1,
             Request::CreatePartitions(r) if r.validate_only => 1,
             Request::ElectLeaders(r) if r.unclean => 1,
+            Request::DeleteTopics(r) if !r.ids.is_empty() => 1,
             _ => self.api_key().min_version(),
         }
     }
@@ -829,7 +850,12 @@ impl Request {
                 });
                 w.bool(r.validate_only);
             }
-            Request::DeleteTopics(r) => put_strings(w, &r.names),
+            Request::DeleteTopics(r) => {
+                put_strings(w, &r.names);
+                if version >= 1 {
+                    w.array(&r.ids, |w, id| w.fixed(&id.0));
+                }
+            }
             Request::DescribeTopics(r) => put_strings(w, &r.names),
             Request::Produce(r) => {
                 w.i8(r.acks);
@@ -936,6 +962,11 @@ impl Request {
             }),
             ApiKey::DeleteTopics => Request::DeleteTopics(DeleteTopicsRequest {
                 names: get_strings(r)?,
+                ids: if version >= 1 {
+                    r.array(16, |r| Ok(TopicId(r.array_of()?)))?
+                } else {
+                    Vec::new()
+                },
             }),
             ApiKey::DescribeTopics => Request::DescribeTopics(DescribeTopicsRequest {
                 names: get_strings(r)?,
@@ -1152,7 +1183,17 @@ impl Response {
                     });
                 }
             }
-            Response::DeleteTopics(r) => w.array(&r.results, put_topic_result),
+            Response::DeleteTopics(r) => {
+                w.array(&r.results, put_topic_result);
+                if version >= 1 {
+                    w.array(&r.by_id, |w, d| {
+                        w.fixed(&d.id.0);
+                        w.string(&d.name);
+                        w.u16(d.error as u16);
+                        w.string(&d.message);
+                    });
+                }
+            }
             Response::DescribeTopics(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
@@ -1328,6 +1369,18 @@ impl Response {
             }),
             ApiKey::DeleteTopics => Response::DeleteTopics(DeleteTopicsResponse {
                 results: r.array(6, get_topic_result)?,
+                by_id: if version >= 1 {
+                    r.array(22, |r| {
+                        Ok(DeletedById {
+                            id: TopicId(r.array_of()?),
+                            name: r.string()?,
+                            error: error_code(r)?,
+                            message: r.string()?,
+                        })
+                    })?
+                } else {
+                    Vec::new()
+                },
             }),
             ApiKey::DescribeTopics => Response::DescribeTopics(DescribeTopicsResponse {
                 topics: r.array(14, |r| {
@@ -1597,6 +1650,35 @@ mod tests {
         }
     }
 
+    /// Deleting by ID needs version 1: a request naming IDs is never sent at 0, and
+    /// a version 0 answer has no results by ID.
+    #[test]
+    fn delete_topics_by_id_from_version_1() {
+        let by_name = Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec!["orders".into()],
+            ids: vec![],
+        });
+        let by_id = Request::DeleteTopics(DeleteTopicsRequest {
+            names: vec![],
+            ids: vec![ORDERS_ID],
+        });
+        assert_eq!((by_name.lowest_version(), by_id.lowest_version()), (0, 1));
+        let answer = |by_id| {
+            Response::DeleteTopics(DeleteTopicsResponse {
+                results: vec![],
+                by_id,
+            })
+        };
+        let deleted = answer(vec![DeletedById {
+            id: ORDERS_ID,
+            name: "orders".into(),
+            error: ErrorCode::None,
+            message: String::new(),
+        }]);
+        assert_eq!(at_version(&deleted, 0), ResponseFrame::Ok(answer(vec![])));
+        assert_eq!(at_version(&deleted, 1), ResponseFrame::Ok(deleted.clone()));
+    }
+
     /// A version 0 answer to DescribeTopics (to a client from before plugin chains
     /// were described) leaves the chain out, and decodes as one without plugins.
     #[test]
@@ -1810,6 +1892,7 @@ mod tests {
         }));
         check_request(Request::DeleteTopics(DeleteTopicsRequest {
             names: vec!["x".into()],
+            ids: vec![ORDERS_ID],
         }));
         check_request(Request::DescribeTopics(DescribeTopicsRequest {
             names: vec![],
@@ -1953,6 +2036,20 @@ mod tests {
         }));
         check_response(Response::DeleteTopics(DeleteTopicsResponse {
             results: vec![],
+            by_id: vec![
+                DeletedById {
+                    id: ORDERS_ID,
+                    name: "orders".into(),
+                    error: ErrorCode::None,
+                    message: String::new(),
+                },
+                DeletedById {
+                    id: TopicId([1; 16]),
+                    name: String::new(),
+                    error: ErrorCode::UnknownTopicId,
+                    message: "no topic has ID AQEBAQEBAQEBAQEBAQEBAQ".into(),
+                },
+            ],
         }));
         check_response(Response::DescribeTopics(DescribeTopicsResponse {
             topics: vec![TopicDescription {

@@ -13,7 +13,7 @@ use meridian_wire::messages::{
     UnregisterBrokerRequest, DELETE_TO_END, EARLIEST_TIMESTAMP, LATEST_TIMESTAMP, NO_BROKER,
     NO_LEADER_EPOCH,
 };
-use meridian_wire::ErrorCode;
+use meridian_wire::{ErrorCode, TopicId};
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -274,12 +274,49 @@ impl Admin {
     pub async fn delete_topic(&self, name: &str) -> Result<()> {
         let request = Request::DeleteTopics(DeleteTopicsRequest {
             names: vec![name.to_string()],
+            ids: Vec::new(),
         });
         let results = self.topic_change(request).await?;
         self.client.invalidate_partition_count(name);
         topic_result(&results, name)?;
         self.await_everywhere(name, TopicSeen::Gone).await;
         Ok(())
+    }
+
+    /// Deletes the topic with ID `id` (its [`TopicDescription::id`]) and all its
+    /// data, and returns its name: that topic, never one created since under its
+    /// name, which is refused as [`ErrorCode::UnknownTopicId`] as an ID no topic has
+    /// is. Returns once every reachable broker has stopped serving it. Needs a
+    /// broker that deletes by ID (`UnsupportedVersion` from an older one).
+    ///
+    /// ```no_run
+    /// # async fn example(client: meridian_client::Client) -> meridian_client::Result<()> {
+    /// let admin = client.admin();
+    /// let looked_at = admin.describe_topic("orders").await?;
+    /// // ... later: delete what was looked at, not whatever is called `orders` now.
+    /// admin.delete_topic_by_id(looked_at.id).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn delete_topic_by_id(&self, id: TopicId) -> Result<String> {
+        let request = Request::DeleteTopics(DeleteTopicsRequest {
+            names: Vec::new(),
+            ids: vec![id],
+        });
+        let deleted = match self.client.request(request).await? {
+            Response::DeleteTopics(r) => r.by_id.into_iter().find(|d| d.id == id),
+            other => return Err(unexpected(ApiKey::DeleteTopics, &other)),
+        };
+        let Some(deleted) = deleted else {
+            return Err(Error::Protocol(format!(
+                "the broker did not answer for topic ID {id}"
+            )));
+        };
+        if !deleted.error.is_ok() {
+            return Err(Error::broker(deleted.error, deleted.message));
+        }
+        self.client.invalidate_partition_count(&deleted.name);
+        self.await_everywhere(&deleted.name, TopicSeen::Gone).await;
+        Ok(deleted.name)
     }
 
     /// Checks a topic as [`Admin::create_topic`] would create it, and creates

@@ -89,7 +89,7 @@ pub use meridian_wire::messages::{
     CreatedTopic, DescribedConfig, PartitionDescription, TopicDescription,
 };
 pub use meridian_wire::reassign::{ElectionResult, LocalLog, OngoingReassignment};
-pub use meridian_wire::ErrorCode;
+pub use meridian_wire::{ErrorCode, TopicId};
 pub use partitioner::{murmur2, partition_for_key};
 pub use plugin_admin::{Attachment, PluginInfo};
 pub use producer::{

@@ -32,6 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::RaftCalls;
 use crate::handlers::now_ms;
 use crate::topic_config::{TopicDefaults, TopicOverrides};
+use crate::topics::Failure;
 
 /// (topic, partition)
 pub(crate) type PartitionKey = (String, u32);
@@ -118,9 +119,19 @@ impl Command {
                 results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
                 created: Vec::new(),
             })),
-            Command::DeleteTopics(r, tx) => drop(tx.send(DeleteTopicsResponse {
-                results: refusals(r.names, code, &message),
-            })),
+            Command::DeleteTopics(r, tx) => drop(
+                tx.send(DeleteTopicsResponse {
+                    results: refusals(r.names, code, &message),
+                    by_id: (r.ids.into_iter())
+                        .map(|id| DeletedById {
+                            id,
+                            name: String::new(),
+                            error: code,
+                            message: message.clone(),
+                        })
+                        .collect(),
+                }),
+            ),
             Command::AlterTopicConfigs(r, tx) => drop(tx.send(AlterTopicConfigsResponse {
                 results: refusals(r.topics.into_iter().map(|t| t.name), code, &message),
             })),
@@ -1209,47 +1220,52 @@ impl<'a> Active<'a> {
         })
     }
 
+    /// Deletes topics named, and those with the IDs named: the topic that has an ID
+    /// in the image now, never one created since under its name.
     async fn delete_topics(
         &mut self,
         request: DeleteTopicsRequest,
     ) -> (DeleteTopicsResponse, Result<(), LostLeadership>) {
         let image = self.context.state_machine.image();
-        let mut results = Vec::new();
         let mut records = Vec::new();
-        for name in request.names {
-            let refusal = if let Err(f) = crate::handlers::refuse_internal(&name, "deleted") {
-                Some((f.code, f.message))
-            } else if !image.topics.contains_key(&name) {
-                Some((
+        let core = &mut self.core;
+        let mut delete = |name: &str| -> Result<(), Failure> {
+            crate::handlers::refuse_internal(name, "deleted")?;
+            let Some(topic) = image.topics.get(name) else {
+                return Err(Failure::new(
                     ErrorCode::UnknownTopic,
                     format!("topic `{name}` does not exist"),
-                ))
-            } else {
-                None
+                ));
             };
-            match refusal {
-                Some((error, message)) => results.push(TopicResult {
-                    name,
-                    error,
-                    message,
-                }),
-                None => {
-                    let n = image.topics[&name].partitions.len() as u32;
-                    for p in 0..n {
-                        self.core.remove_partition(&(name.clone(), p));
-                    }
-                    tracing::info!(topic = %name, "deleting topic");
-                    records.push(MetadataRecord::TopicDeleted { name: name.clone() });
-                    results.push(TopicResult {
-                        name,
-                        error: ErrorCode::None,
-                        message: String::new(),
-                    });
-                }
+            for p in 0..topic.partitions.len() as u32 {
+                core.remove_partition(&(name.to_string(), p));
             }
-        }
+            tracing::info!(topic = %name, id = %topic.id(), "deleting topic");
+            records.push(MetadataRecord::TopicDeleted {
+                name: name.to_string(),
+            });
+            Ok(())
+        };
+        let results = (request.names.into_iter())
+            .map(|name| {
+                let outcome = delete(&name);
+                crate::handlers::topic_result(name, outcome)
+            })
+            .collect();
+        let by_id = (request.ids.into_iter())
+            .map(|id| {
+                let name = (image.topics.values())
+                    .find(|t| t.id() == id)
+                    .map(|t| t.name.clone());
+                let outcome = match &name {
+                    Some(name) => delete(name),
+                    None => Err(crate::topics::unknown_topic_id(id)),
+                };
+                crate::handlers::deleted_by_id(id, name, outcome)
+            })
+            .collect();
         let outcome = self.commit(records).await;
-        (DeleteTopicsResponse { results }, outcome)
+        (DeleteTopicsResponse { results, by_id }, outcome)
     }
 
     /// Changes topics' settings: each topic's changes are checked together, against

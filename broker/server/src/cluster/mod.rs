@@ -608,15 +608,21 @@ impl ControllerClient {
         &self,
         request: DeleteTopicsRequest,
     ) -> Result<DeleteTopicsResponse, ControllerError> {
-        self.topic_request(
-            request,
-            Command::DeleteTopics,
-            Request::DeleteTopics,
+        // As `topic_request`, with the topics named by ID too.
+        self.call(
+            Duration::from_millis(CONTROLLER_RETRY_MS),
+            |tx| Command::DeleteTopics(request.clone(), tx),
+            || Request::DeleteTopics(request.clone()),
             |r| match r {
                 Response::DeleteTopics(r) => Some(r),
                 _ => None,
             },
-            |r| &r.results,
+            |a| {
+                let errors = a.results.iter().map(|t| t.error);
+                errors
+                    .chain(a.by_id.iter().map(|d| d.error))
+                    .any(|e| e == ErrorCode::NotController)
+            },
         )
         .await
     }
