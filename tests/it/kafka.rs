@@ -770,15 +770,47 @@ fn topic_settings_name_their_source_and_the_broker_setting_behind_them() {
         ]
     );
     // Each with its type (LIST 7, LONG 5) and what it does.
-    let typed: Vec<(i8, bool)> = r.results[0]
-        .configs
-        .iter()
-        .map(|c| {
-            let documented = c.documentation.as_deref().is_some_and(|d| !d.is_empty());
-            (c.config_type, documented)
-        })
-        .collect();
-    assert_eq!(typed, [(7, true), (5, true), (5, true)]);
+    let typed = |r: &k::DescribeConfigsResponse| -> Vec<(String, i8, bool)> {
+        let configs = r.results[0].configs.iter();
+        configs
+            .map(|c| {
+                let documented = c.documentation.as_deref().is_some_and(|d| !d.is_empty());
+                (c.name.to_string(), c.config_type, documented)
+            })
+            .collect()
+    };
+    let kinds: Vec<(i8, bool)> = typed(&r).into_iter().map(|(_, t, d)| (t, d)).collect();
+    assert_eq!(kinds, [(7, true), (5, true), (5, true)]);
+    // The broker's settings have their types too: a topic setting's default the
+    // topic setting's, documented; the rest their type in the configuration.
+    let asked = k::DescribeConfigsRequest::default()
+        .with_include_documentation(true)
+        .with_resources(vec![
+            k::describe_configs_request::DescribeConfigsResource::default()
+                .with_resource_type(4)
+                .with_resource_name(StrBytes::from_static_str("1"))
+                .with_configuration_keys(Some(
+                    [
+                        "log.retention.ms",
+                        "auto_create_topics",
+                        "default.replication.factor",
+                    ]
+                    .map(StrBytes::from_static_str)
+                    .to_vec(),
+                )),
+        ]);
+    raw.send(ApiKey::DescribeConfigs, 4, &asked);
+    let r: k::DescribeConfigsResponse = raw.receive(ApiKey::DescribeConfigs, 4);
+    let named = |name: &str, kind, documented| (name.to_string(), kind, documented);
+    assert_eq!(
+        typed(&r),
+        [
+            named("auto_create_topics", 1, false),
+            named("default.replication.factor", 4, false),
+            named("log.retention.ms", 5, true),
+        ],
+        "BOOLEAN, SHORT, LONG"
+    );
 
     let create = k::CreateTopicsRequest::default()
         .with_timeout_ms(5000)

@@ -255,10 +255,33 @@ fn described_broker(
             let source = broker_source(s);
             let described =
                 setting(s.name.clone(), s.value.clone(), source, detail).with_read_only(true);
-            if detail.synonyms {
+            let described = if detail.synonyms {
                 described.with_synonyms(vec![synonym(&s.name, &s.value, source)])
             } else {
                 described
+            };
+            if !detail.version_3 {
+                return described;
+            }
+            // The default of a topic setting (under Kafka's name or Meridian's) is
+            // of the setting's type, and documented as it is; the rest are of
+            // their type in the configuration, and undocumented.
+            let behind = TOPIC_SETTINGS
+                .iter()
+                .find(|i| i.broker == s.name || topic_default_key(i.key) == s.name);
+            match behind {
+                Some(info) => {
+                    let doc = detail.documentation.then(|| {
+                        StrBytes::from_string(format!(
+                            "The default of the topic setting {}: {}",
+                            info.key, info.doc
+                        ))
+                    });
+                    described
+                        .with_config_type(info.kind)
+                        .with_documentation(doc)
+                }
+                None => described.with_config_type(s.config_type),
             }
         })
         .collect();
@@ -280,13 +303,23 @@ pub struct TopicSettingInfo {
     doc: &'static str,
 }
 
-/// Kafka's `config_type` values of the topic settings.
-const BOOLEAN: i8 = 1;
-const STRING: i8 = 2;
-const INT: i8 = 3;
-const LONG: i8 = 5;
-const DOUBLE: i8 = 6;
-const LIST: i8 = 7;
+/// Kafka's `config_type` values (DescribeConfigs version 3 on).
+pub mod config_type {
+    pub const BOOLEAN: i8 = 1;
+    pub const STRING: i8 = 2;
+    pub const INT: i8 = 3;
+    pub const SHORT: i8 = 4;
+    pub const LONG: i8 = 5;
+    pub const DOUBLE: i8 = 6;
+    pub const LIST: i8 = 7;
+}
+use config_type::*;
+
+/// The broker configuration's key of a topic setting's default
+/// (`retention.ms`: `topic_defaults.retention_ms`).
+pub fn topic_default_key(topic_key: &str) -> String {
+    format!("topic_defaults.{}", topic_key.replace('.', "_"))
+}
 
 const fn info(
     key: &'static str,

@@ -32,7 +32,7 @@ mod refusals;
 mod replicas;
 pub mod sasl;
 
-pub use admin::{TopicSettingInfo, TOPIC_SETTINGS};
+pub use admin::{config_type, topic_default_key, TopicSettingInfo, TOPIC_SETTINGS};
 pub use refusals::refusal;
 
 // Decoding a lying array count must not abort the tests either (see `alloc`).
@@ -113,6 +113,8 @@ pub struct BrokerSetting {
     pub value: String,
     /// Not set in the broker's configuration: the built-in default.
     pub is_default: bool,
+    /// Kafka's `config_type` of its value in the configuration ([`config_type`]).
+    pub config_type: i8,
 }
 
 /// One broker's Kafka listener.

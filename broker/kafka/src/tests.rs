@@ -10,6 +10,7 @@ fn broker_setting(name: &str, value: &str, is_default: bool) -> BrokerSetting {
         name: name.into(),
         value: value.into(),
         is_default,
+        config_type: config_type::LONG,
     }
 }
 
@@ -1900,13 +1901,8 @@ fn describe_configs_names_each_settings_source_and_synonyms() {
     for (version, documentation) in [(3, true), (4, false), (1, false)] {
         let asked = k::DescribeConfigsRequest::default().with_include_documentation(documentation);
         let r = describe_orders(asked, version);
-        let typed: Vec<(&str, i8, bool)> = r.results[0]
-            .configs
-            .iter()
-            .map(|c| {
-                let documented = c.documentation.as_deref().is_some_and(|d| !d.is_empty());
-                (&*c.name, c.config_type, documented)
-            })
+        let typed: Vec<(&str, i8, bool)> = (config_types(&r).into_iter())
+            .map(|(name, kind, doc)| (name, kind, doc.is_some()))
             .collect();
         let (documented, typed_from) = (documentation && version >= 3, version >= 3);
         let kind = |k: i8| if typed_from { k } else { 0 };
@@ -1941,6 +1937,76 @@ fn describe_configs_names_each_settings_source_and_synonyms() {
             vec![named("num.partitions", "3", 4)]
         )]
     );
+}
+
+/// Each setting of the first resource of a DescribeConfigs answer: its name, type
+/// and documentation (none for the empty one an answer before version 3 decodes
+/// as).
+fn config_types(r: &k::DescribeConfigsResponse) -> Vec<(&str, i8, Option<&str>)> {
+    let configs = r.results[0].configs.iter();
+    configs
+        .map(|c| {
+            let doc = c.documentation.as_deref().filter(|d| !d.is_empty());
+            (&*c.name, c.config_type, doc)
+        })
+        .collect()
+}
+
+/// From version 3 a broker's setting has its type: a topic setting's default
+/// (under Kafka's name or Meridian's) the topic setting's, with its documentation
+/// when asked; the rest their type in the configuration, undocumented.
+#[test]
+fn broker_settings_have_their_type_and_topic_defaults_their_documentation() {
+    let setting = |name: &str, config_type| BrokerSetting {
+        config_type,
+        ..broker_setting(name, "x", true)
+    };
+    let listener = Listener {
+        settings: vec![
+            setting("log.cleanup.policy", config_type::STRING),
+            setting("max_inflight_requests", config_type::LONG),
+            setting("topic_defaults.cleanup_policy", config_type::STRING),
+            setting("auto_create_topics", config_type::BOOLEAN),
+        ]
+        .into(),
+        ..listener()
+    };
+    // Version 2 cannot ask for documentation.
+    for (version, documentation) in [(4, true), (3, false), (2, false)] {
+        let asked = k::DescribeConfigsRequest::default()
+            .with_include_documentation(documentation)
+            .with_resources(vec![config_resource(4, "1")]);
+        let (_, pending) = serve(frame_of(ApiKey::DescribeConfigs, version, &asked));
+        let frame = pending
+            .respond(
+                Some(m::Response::DescribeCluster(cluster_described())),
+                &listener,
+            )
+            .unwrap()
+            .unwrap();
+        let r: k::DescribeConfigsResponse = response(ApiKey::DescribeConfigs, version, frame);
+        let got = config_types(&r);
+        let typed = |t: i8| if version >= 3 { t } else { 0 };
+        let doc = (documentation && version >= 3).then_some(
+            "The default of the topic setting cleanup.policy: delete: retention deletes \
+             old segments; compact: the cleaner keeps each key's latest record; \
+             compact,delete: both",
+        );
+        assert_eq!(
+            got,
+            [
+                ("log.cleanup.policy", typed(config_type::LIST), doc),
+                ("max_inflight_requests", typed(config_type::LONG), None),
+                (
+                    "topic_defaults.cleanup_policy",
+                    typed(config_type::LIST),
+                    doc
+                ),
+                ("auto_create_topics", typed(config_type::BOOLEAN), None),
+            ],
+            "version {version}, include_documentation {documentation}"
+        );
+    }
 }
 
 #[test]

@@ -34,7 +34,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use meridian_kafka::sasl::{self, Authenticator, Outcome};
-use meridian_kafka::{BrokerSetting, KafkaBroker, Listener, Pending, SaslRequest, Step};
+use meridian_kafka::{
+    config_type, topic_default_key, BrokerSetting, KafkaBroker, Listener, Pending, SaslRequest,
+    Step,
+};
 use meridian_metadata::MetadataImage;
 use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse, TopicPartitions};
 use meridian_wire::messages::{Request, Response};
@@ -174,12 +177,6 @@ const KAFKA_NAMES: [(&str, &str); 23] = [
     ("replica.fetch.backoff.ms", "replica_fetch_backoff_ms"),
 ];
 
-/// The broker configuration's key of a topic setting's default
-/// (`retention.ms`: `topic_defaults.retention_ms`).
-fn topic_default_key(topic_key: &str) -> String {
-    format!("topic_defaults.{}", topic_key.replace('.', "_"))
-}
-
 /// The broker's settings as Kafka's DescribeConfigs of its broker resource lists
 /// them: every key of its configuration as Meridian names it (nested ones dotted,
 /// `topic_defaults.retention_ms`; lists comma-separated; unset ones left out), and
@@ -195,11 +192,11 @@ pub(crate) fn broker_settings(config: &BrokerConfig) -> Vec<BrokerSetting> {
         out
     };
     let (ours, defaults) = (flat(config), flat(&BrokerConfig::default()));
-    let mut settings: BTreeMap<String, (String, bool)> = ours
+    let mut settings: BTreeMap<String, (String, bool, i8)> = ours
         .iter()
-        .map(|(key, value)| {
-            let is_default = defaults.get(key) == Some(value);
-            (key.clone(), (value.clone(), is_default))
+        .map(|(key, (value, kind))| {
+            let is_default = defaults.get(key).is_some_and(|(d, _)| d == value);
+            (key.clone(), (value.clone(), is_default, *kind))
         })
         .collect();
     let topic_defaults = meridian_kafka::TOPIC_SETTINGS
@@ -222,21 +219,31 @@ pub(crate) fn broker_settings(config: &BrokerConfig) -> Vec<BrokerSetting> {
                 .map_or(1, |c| c.default_replication_factor())
                 .to_string(),
             replication.is_none_or(|c| c.default_replication_factor.is_none()),
+            config_type::SHORT,
         ),
     );
     settings
         .into_iter()
-        .map(|(name, (value, is_default))| BrokerSetting {
+        .map(|(name, (value, is_default, config_type))| BrokerSetting {
             name,
             value,
             is_default,
+            config_type,
         })
         .collect()
 }
 
-/// `value` as dotted keys under `prefix`.
-fn flatten(prefix: String, value: serde_json::Value, out: &mut BTreeMap<String, String>) {
+/// `value` as dotted keys under `prefix`, each with Kafka's config type of its
+/// JSON value (a whole number `LONG`, a list `LIST`).
+fn flatten(prefix: String, value: serde_json::Value, out: &mut BTreeMap<String, (String, i8)>) {
     use serde_json::Value;
+    let kind = match &value {
+        Value::Bool(_) => config_type::BOOLEAN,
+        Value::Number(n) if n.is_f64() => config_type::DOUBLE,
+        Value::Number(_) => config_type::LONG,
+        Value::Array(_) => config_type::LIST,
+        _ => config_type::STRING,
+    };
     let text = match value {
         Value::Null => return,
         Value::Object(fields) => {
@@ -261,7 +268,7 @@ fn flatten(prefix: String, value: serde_json::Value, out: &mut BTreeMap<String, 
         Value::String(s) => s,
         other => other.to_string(),
     };
-    out.insert(prefix, text);
+    out.insert(prefix, (text, kind));
 }
 
 /// Accepts Kafka connections until the task is aborted; at most `max_connections`
@@ -805,6 +812,15 @@ mod tests {
         assert_eq!(find("log.cleanup.policy"), Some(("delete", true)));
         assert_eq!(find("default.replication.factor"), Some(("1", true)));
         assert_eq!(find("max_inflight_requests"), Some(("256", true)));
+        // Each of its type in the configuration (Kafka's config_type).
+        let kind = |name: &str| {
+            let setting = settings.iter().find(|s| s.name == name);
+            setting.map(|s| s.config_type)
+        };
+        assert_eq!(kind("max_inflight_requests"), Some(config_type::LONG));
+        assert_eq!(kind("auto_create_topics"), Some(config_type::BOOLEAN));
+        assert_eq!(kind("data_dir"), Some(config_type::STRING));
+        assert_eq!(kind("default.replication.factor"), Some(config_type::SHORT));
         assert_eq!(find("broker.rack"), None);
         let names: Vec<&str> = settings.iter().map(|s| s.name.as_str()).collect();
         assert!(names.is_sorted(), "{names:?}");
