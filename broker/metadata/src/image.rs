@@ -373,6 +373,12 @@ impl MetadataImage {
         }
     }
 
+    /// The name of the topic with ID `id` ([`TopicImage::id`]), if one has it.
+    pub fn topic_name_of(&self, id: TopicId) -> Option<String> {
+        let topic = self.topics.values().find(|t| t.id() == id)?;
+        Some(topic.name.clone())
+    }
+
     pub fn partition(&self, topic: &str, partition: u32) -> Option<&PartitionState> {
         self.topics
             .get(topic)

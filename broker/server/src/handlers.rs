@@ -2133,9 +2133,7 @@ impl acl::Topics for Shared {
 
     fn name_of(&self, id: TopicId) -> Option<String> {
         match &self.cluster {
-            Some(cluster) => (cluster.image().topics.values())
-                .find(|t| t.id() == id)
-                .map(|t| t.name.clone()),
+            Some(cluster) => cluster.image().topic_name_of(id),
             None => self.registry.name_of(id),
         }
     }

@@ -1254,9 +1254,7 @@ impl<'a> Active<'a> {
             .collect();
         let by_id = (request.ids.into_iter())
             .map(|id| {
-                let name = (image.topics.values())
-                    .find(|t| t.id() == id)
-                    .map(|t| t.name.clone());
+                let name = image.topic_name_of(id);
                 let outcome = match &name {
                     Some(name) => delete(name),
                     None => Err(crate::topics::unknown_topic_id(id)),
