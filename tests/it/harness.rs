@@ -501,6 +501,7 @@ pub fn fetch(
         max_bytes,
         topics: vec![FetchTopic {
             name: topic.into(),
+            id: meridian_wire::TopicId::NONE,
             partitions: vec![FetchPartition::new(0, offset, max_bytes)],
         }],
         filter: None,

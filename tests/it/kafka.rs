@@ -15,6 +15,8 @@ use rskafka::client::partition::{Compression, OffsetAt, UnknownTopicHandling};
 use rskafka::client::{Client, ClientBuilder};
 use rskafka::record::Record;
 
+use meridian_wire::TopicId;
+
 use crate::harness::{batch, described_setting, free_ports, mutate, seeded, TestBroker};
 
 /// A broker with a Kafka listener, and that listener's address.
@@ -456,8 +458,6 @@ pub(crate) fn name(s: &'static str) -> TopicName {
     TopicName(StrBytes::from_static_str(s))
 }
 
-/// Kafka's admin requests (as `kafka-configs`, `kafka-topics --alter` and
-/// `kafka-delete-records` send them) read and change what Meridian's own tools see.
 /// OffsetForLeaderEpoch (version 4) for partition 0 of `topic`, one query per
 /// `(current_leader_epoch, leader_epoch)`: each answer's error code, epoch and end
 /// offset.
@@ -530,6 +530,96 @@ fn a_single_broker_answers_leader_epochs_with_epoch_0() {
     assert_eq!((p.error_code, p.offset, p.leader_epoch), (0, 3, 0));
 }
 
+/// The ID Metadata (version 12) gives `topic`.
+fn metadata_topic_id(raw: &mut Raw, topic: &'static str) -> TopicId {
+    let metadata = k::MetadataRequest::default().with_topics(Some(vec![
+        k::metadata_request::MetadataRequestTopic::default().with_name(Some(name(topic))),
+    ]));
+    raw.send(ApiKey::Metadata, 12, &metadata);
+    let r: k::MetadataResponse = raw.receive(ApiKey::Metadata, 12);
+    assert_eq!(r.topics[0].error_code, 0, "{r:?}");
+    TopicId(r.topics[0].topic_id.into_bytes())
+}
+
+/// Fetch `version` (13 on) of partition 0 of the topic with ID `id`, from offset 0:
+/// the ID the answer names, the partition's error code and its records.
+fn fetch_by_id(raw: &mut Raw, id: TopicId, version: i16) -> (TopicId, i16, Bytes) {
+    let request = k::FetchRequest::default()
+        .with_max_wait_ms(0)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_topics(vec![k::fetch_request::FetchTopic::default()
+            .with_topic_id(meridian_kafka::kafka_topic_id(id))
+            .with_partitions(vec![k::fetch_request::FetchPartition::default()
+                .with_partition(0)
+                .with_fetch_offset(0)
+                .with_partition_max_bytes(1 << 20)])]);
+    raw.send(ApiKey::Fetch, version, &request);
+    let r: k::FetchResponse = raw.receive(ApiKey::Fetch, version);
+    assert_eq!(r.error_code, 0);
+    let t = &r.responses[0];
+    let p = &t.partitions[0];
+    (
+        TopicId(t.topic_id.into_bytes()),
+        p.error_code,
+        p.records.clone().unwrap_or_default(),
+    )
+}
+
+fn holds(records: &[u8], value: &str) -> bool {
+    records.windows(value.len()).any(|w| w == value.as_bytes())
+}
+
+/// Kafka consumers from Fetch 13 on (Java's since 3.1) name each topic by the ID
+/// Metadata gave them (KIP-516): they read the topic with that ID, and once it is
+/// deleted and created again under its name, the old ID reads nothing
+/// (UNKNOWN_TOPIC_ID, where a name would have read the new topic from offset 0)
+/// while the new ID reads the new topic.
+#[test]
+fn kafka_fetches_by_topic_id_read_that_topic_and_no_other() {
+    let (broker, addr) = kafka_broker(&[]);
+    let cli = |args: &[&str], stdin: &str| {
+        let (ok, _, err) = broker.cli(args, stdin);
+        assert!(ok, "{args:?}: {err}");
+    };
+    cli(&["topic", "create", "by-id", "-p", "1"], "");
+    cli(
+        &["produce", "by-id"],
+        "first-incarnation
+",
+    );
+    let mut raw = Raw::connect(&addr);
+    let old = metadata_topic_id(&mut raw, "by-id");
+    assert!(!old.is_none());
+    for version in [13, 15, 17] {
+        let (id, error, records) = fetch_by_id(&mut raw, old, version);
+        assert_eq!((id, error), (old, 0), "version {version}");
+        assert!(holds(&records, "first-incarnation"), "version {version}");
+    }
+
+    cli(&["topic", "delete", "by-id"], "");
+    cli(&["topic", "create", "by-id", "-p", "1"], "");
+    cli(
+        &["produce", "by-id"],
+        "second-incarnation
+",
+    );
+    let new = metadata_topic_id(&mut raw, "by-id");
+    assert_ne!(new, old, "a topic created again has a new ID");
+    let (id, error, records) = fetch_by_id(&mut raw, old, 13);
+    assert_eq!((id, error), (old, 100), "UNKNOWN_TOPIC_ID");
+    assert!(records.is_empty());
+    let (id, error, records) = fetch_by_id(&mut raw, new, 13);
+    assert_eq!((id, error), (new, 0));
+    assert!(holds(&records, "second-incarnation"));
+    assert!(!holds(&records, "first-incarnation"));
+    // The nil ID names no topic.
+    let (_, error, _) = fetch_by_id(&mut raw, TopicId::NONE, 13);
+    assert_ne!(error, 0);
+}
+
+/// Kafka's admin requests (as `kafka-configs`, `kafka-topics --alter` and
+/// `kafka-delete-records` send them) read and change what Meridian's own tools see.
 #[tokio::test]
 async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
     use k::incremental_alter_configs_request::{AlterConfigsResource, AlterableConfig};
@@ -1644,7 +1734,7 @@ async fn bad_frames_close_their_connection_and_nothing_else() {
 
     // A version not served.
     let mut raw = Raw::connect(&addr);
-    raw.send(ApiKey::Fetch, 13, &k::FetchRequest::default());
+    raw.send(ApiKey::Fetch, 18, &k::FetchRequest::default());
     assert!(raw.closed());
 
     // A truncated body: the header says Metadata v9, the body stops short.
@@ -1991,6 +2081,21 @@ fn kafka_requests() -> Vec<BytesMut> {
             5,
             16,
             &k::DescribeGroupsRequest::default().with_groups(vec![group()]),
+        ),
+        // By topic ID: mutated, an ID no topic has.
+        request_body(
+            ApiKey::Fetch,
+            17,
+            17,
+            &k::FetchRequest::default()
+                .with_max_wait_ms(50)
+                .with_max_bytes(1 << 20)
+                .with_topics(vec![k::fetch_request::FetchTopic::default()
+                    .with_topic_id(meridian_kafka::kafka_topic_id(TopicId([9; 16])))
+                    .with_partitions(vec![k::fetch_request::FetchPartition::default()
+                        .with_partition(0)
+                        .with_fetch_offset(0)
+                        .with_partition_max_bytes(1 << 20)])]),
         ),
     ]
 }

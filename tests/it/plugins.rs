@@ -1089,6 +1089,7 @@ async fn fetch_filter_sends_only_kept_records_and_consumers_move_past_the_rest()
                 max_bytes: 64 << 20,
                 topics: vec![FetchTopic {
                     name: "events".into(),
+                    id: meridian_wire::TopicId::NONE,
                     partitions: vec![FetchPartition::new(0, 0, 64 << 20)],
                 }],
                 filter,

@@ -375,6 +375,7 @@ async fn a_new_leader_truncates_the_old_leaders_divergent_tail_by_epoch() {
             max_bytes: 1 << 20,
             topics: vec![FetchTopic {
                 name: TOPIC.into(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![FetchPartition {
                     current_leader_epoch: 0,
                     ..FetchPartition::new(0, 0, 1 << 20)

@@ -200,6 +200,7 @@ async fn fetch_all_bytes(
                 max_bytes: 8 << 20,
                 topics: vec![FetchTopic {
                     name: topic.into(),
+                    id: meridian_wire::TopicId::NONE,
                     partitions: vec![FetchPartition::new(partition, offset, 8 << 20)],
                 }],
                 filter: filter.clone(),

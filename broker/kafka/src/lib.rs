@@ -51,13 +51,14 @@ use meridian_wire::messages as m;
 use meridian_wire::ErrorCode;
 
 /// The APIs served, with the lowest and highest version of each, as `ApiVersions`
-/// tells clients. Versions stop where Kafka moved to what Meridian lacks: topic ids
-/// (Produce 13, Fetch 13, DeleteTopics 6), fetch sessions beyond sessionless full
-/// fetches, batched coordinator lookups (FindCoordinator 4, OffsetFetch 8) and
-/// tiered storage's offsets (ListOffsets 9).
+/// tells clients. Versions stop where Kafka moved to what Meridian lacks: topic IDs
+/// in Produce (13), a follower's high watermark in Fetch (18; Fetch 13 on asks by
+/// topic ID, served), fetch sessions beyond sessionless full fetches, batched
+/// coordinator lookups (FindCoordinator 4, OffsetFetch 8) and tiered storage's
+/// offsets (ListOffsets 9).
 pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::Produce, 3, 11),
-    (ApiKey::Fetch, 4, 12),
+    (ApiKey::Fetch, 4, 17),
     (ApiKey::ListOffsets, 1, 8),
     (ApiKey::OffsetForLeaderEpoch, 2, 4),
     (ApiKey::Metadata, 0, 12),
@@ -621,7 +622,13 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
                 .topics
                 .into_iter()
                 .map(|t| m::FetchTopic {
+                    // From version 13 a topic is asked by its ID alone.
                     name: t.topic.0.to_string(),
+                    id: if version >= 13 {
+                        meridian_wire::TopicId(t.topic_id.into_bytes())
+                    } else {
+                        meridian_wire::TopicId::NONE
+                    },
                     partitions: t
                         .partitions
                         .into_iter()
@@ -1833,6 +1840,7 @@ fn fetch(r: m::FetchResponse) -> k::FetchResponse {
         .map(|t| {
             k::fetch_response::FetchableTopicResponse::default()
                 .with_topic(topic_name(t.name))
+                .with_topic_id(kafka_topic_id(t.id))
                 .with_partitions(
                     t.partitions
                         .into_iter()

@@ -223,14 +223,14 @@ fn what_is_not_served_is_refused_by_name() {
     let e = decode(acls).unwrap_err();
     assert_eq!(e, KafkaError::UnknownApi(ApiKey::DescribeAcls as i16));
     assert!(e.to_string().contains("Produce, Fetch"), "{e}");
-    let fetch13 = frame_of(ApiKey::Fetch, 13, &k::FetchRequest::default());
+    let fetch18 = frame_of(ApiKey::Fetch, 18, &k::FetchRequest::default());
     assert_eq!(
-        decode(fetch13).unwrap_err(),
+        decode(fetch18).unwrap_err(),
         KafkaError::UnsupportedVersion {
             api: ApiKey::Fetch,
-            version: 13,
+            version: 18,
             min: 4,
-            max: 12
+            max: 17
         }
     );
     assert_eq!(
@@ -517,6 +517,7 @@ fn fetched(records: Bytes, diverging_epoch: Option<m::DivergingEpoch>) -> m::Fet
     m::FetchResponse {
         topics: vec![m::FetchTopicResponse {
             name: "orders".into(),
+            id: meridian_wire::TopicId::NONE,
             partitions: vec![m::FetchPartitionResponse {
                 partition: 1,
                 error: ErrorCode::None,
@@ -596,6 +597,84 @@ fn fetch_is_sessionless_and_carries_records_back() {
         reply(frame_of(ApiKey::Fetch, 12, &incremental)),
     );
     assert_eq!(r.error_code, ResponseError::FetchSessionIdNotFound.code());
+}
+
+/// From version 13 a consumer names each topic by its ID alone (KIP-516): the
+/// broker is asked by that ID, and the answer names the topic by it again.
+/// Version 15 moves the replica id into a replica state, 16 adds the leaders'
+/// endpoints and 17 a replica's directory; a consumer sets none of them.
+#[test]
+fn fetch_from_version_13_asks_by_topic_id() {
+    let id = meridian_wire::TopicId([7; 16]);
+    let asked = k::FetchRequest::default()
+        .with_max_wait_ms(500)
+        .with_min_bytes(1)
+        .with_max_bytes(1 << 20)
+        .with_session_epoch(-1)
+        .with_replica_state(k::fetch_request::ReplicaState::default().with_replica_id(BrokerId(-1)))
+        .with_topics(vec![k::fetch_request::FetchTopic::default()
+            .with_topic_id(crate::kafka_topic_id(id))
+            .with_partitions(vec![k::fetch_request::FetchPartition::default()
+                .with_partition(1)
+                .with_fetch_offset(40)
+                .with_partition_max_bytes(65536)])]);
+    for version in [13, 14, 15, 16, 17] {
+        let (request, pending) = serve(frame_of(ApiKey::Fetch, version, &asked));
+        let m::Request::Fetch(f) = request else {
+            panic!()
+        };
+        assert_eq!((f.topics[0].id, f.topics[0].name.as_str()), (id, ""));
+        assert_eq!(f.replica_id, m::CONSUMER_REPLICA_ID);
+        let records = Bytes::from_static(b"batches as stored");
+        let mut answer = fetched(records.clone(), None);
+        answer.topics[0].id = id;
+        let frame = answered(pending, m::Response::Fetch(answer));
+        let r: k::FetchResponse = response(ApiKey::Fetch, version, frame);
+        let t = &r.responses[0];
+        assert_eq!(t.topic_id, crate::kafka_topic_id(id), "version {version}");
+        assert_eq!(t.partitions[0].records.as_ref(), Some(&records));
+    }
+    // Before version 13 the name is what counts; no ID is asked for.
+    let by_name = asked
+        .clone()
+        .with_topics(vec![k::fetch_request::FetchTopic::default()
+            .with_topic(topic_name("orders".into()))
+            .with_topic_id(crate::kafka_topic_id(id))]);
+    let (request, _) = serve(frame_of(ApiKey::Fetch, 12, &by_name));
+    let m::Request::Fetch(f) = request else {
+        panic!()
+    };
+    assert_eq!(
+        (f.topics[0].id, f.topics[0].name.as_str()),
+        (meridian_wire::TopicId::NONE, "orders")
+    );
+    // No topic has the ID: Kafka's UNKNOWN_TOPIC_ID for each partition.
+    let (_, pending) = serve(frame_of(ApiKey::Fetch, 13, &asked));
+    let unknown = m::FetchResponse {
+        topics: vec![m::FetchTopicResponse {
+            name: String::new(),
+            id,
+            partitions: vec![m::FetchPartitionResponse {
+                partition: 1,
+                error: ErrorCode::UnknownTopicId,
+                message: "no topic has ID …".into(),
+                high_watermark: -1,
+                log_start_offset: -1,
+                records: Bytes::new(),
+                diverging_epoch: None,
+            }],
+        }],
+    };
+    let r: k::FetchResponse = response(
+        ApiKey::Fetch,
+        13,
+        answered(pending, m::Response::Fetch(unknown)),
+    );
+    assert_eq!(r.responses[0].topic_id, crate::kafka_topic_id(id));
+    assert_eq!(
+        r.responses[0].partitions[0].error_code,
+        ResponseError::UnknownTopicId.code()
+    );
 }
 
 #[test]

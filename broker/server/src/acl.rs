@@ -19,7 +19,7 @@ use std::fmt;
 use std::path::Path;
 
 use meridian_wire::messages::*;
-use meridian_wire::ErrorCode;
+use meridian_wire::{ErrorCode, TopicId};
 use serde::Deserialize;
 
 /// What a request does to a resource.
@@ -447,7 +447,7 @@ pub(crate) trait Topics {
     /// no such topic): that needs the create permission too.
     fn would_create(&self, topic: &str) -> bool;
     /// The name of the topic with ID `id`, if one has it.
-    fn name_of(&self, id: meridian_wire::TopicId) -> Option<String>;
+    fn name_of(&self, id: TopicId) -> Option<String>;
 }
 
 /// The outcome of [`check`].
@@ -469,6 +469,9 @@ pub(crate) enum After {
     /// Add these topics (removed from the request) with their partitions and the
     /// reason, as the response's per-partition errors.
     AddDenied(Vec<(String, Vec<u32>, Denied)>),
+    /// [`After::AddDenied`] for a `Fetch`, with the ID each topic was asked by
+    /// ([`TopicId::NONE`] when by name), for the answer to name it by.
+    FetchDenied(Vec<(String, TopicId, Vec<u32>, Denied)>),
     /// Keep only the topics (or groups) the client may describe.
     FilterDescribable,
     /// Add denied topics to a `Metadata` answer, then keep only describable ones.
@@ -480,6 +483,7 @@ impl After {
     pub(crate) fn denied_topics(&self) -> u64 {
         match self {
             After::AddDenied(denied) => denied.len() as u64,
+            After::FetchDenied(denied) => denied.len() as u64,
             After::MetadataDenied(denied) => denied.len() as u64,
             After::Nothing | After::FilterDescribable => 0,
         }
@@ -591,11 +595,37 @@ pub(crate) fn check(
             whole(cluster(ClusterAction), request)
         }
         Request::Fetch(mut r) => {
+            // The rules name topics: one asked by ID is checked by its name. No
+            // topic has an ID left nameless: nothing to check, the fetch answers
+            // `UnknownTopicId`.
+            let mut ids = Vec::new();
+            for t in r.topics.iter_mut().filter(|t| !t.id.is_none()) {
+                t.name = topics.name_of(t.id).unwrap_or_default();
+                ids.push((t.name.clone(), t.id));
+            }
             let denied = split(
                 &mut r.topics,
                 |t| (&t.name, partitions(&t.partitions, |p| p.partition)),
-                |name| topic_op(name, Read),
+                |name| {
+                    if name.is_empty() {
+                        Ok(())
+                    } else {
+                        topic_op(name, Read)
+                    }
+                },
             );
+            let id_of = |name: &str| {
+                ids.iter()
+                    .find(|(n, _)| n == name)
+                    .map_or(TopicId::NONE, |(_, id)| *id)
+            };
+            let denied = denied
+                .into_iter()
+                .map(|(name, partitions, d)| {
+                    let id = id_of(&name);
+                    (name, id, partitions, d)
+                })
+                .collect();
             if r.topics.is_empty() {
                 // Nothing left to wait for: answer the refusals now, not at the
                 // end of the long poll.
@@ -603,7 +633,7 @@ pub(crate) fn check(
             }
             Checked::Serve {
                 request: Request::Fetch(r),
-                after: After::AddDenied(denied),
+                after: After::FetchDenied(denied),
             }
         }
         Request::ListOffsets(mut r) => {
@@ -778,11 +808,12 @@ impl After {
                     }));
                 Response::Produce(r)
             }
-            (After::AddDenied(denied), Response::Fetch(mut r)) => {
+            (After::FetchDenied(denied), Response::Fetch(mut r)) => {
                 r.topics
-                    .extend(denied.into_iter().map(|(name, partitions, d)| {
+                    .extend(denied.into_iter().map(|(name, id, partitions, d)| {
                         FetchTopicResponse {
                             name,
+                            id,
                             partitions: partitions
                                 .into_iter()
                                 .map(|partition| FetchPartitionResponse {
@@ -848,7 +879,7 @@ impl After {
                 r.topics
                     .extend(denied.into_iter().map(|(name, d)| TopicMetadata {
                         name,
-                        id: meridian_wire::TopicId::NONE,
+                        id: TopicId::NONE,
                         error: d.code,
                         message: d.message,
                         partitions: Vec::new(),
@@ -921,8 +952,8 @@ mod tests {
             self.0
         }
 
-        fn name_of(&self, id: meridian_wire::TopicId) -> Option<String> {
-            (id == meridian_wire::TopicId([1; 16])).then(|| "orders".to_string())
+        fn name_of(&self, id: TopicId) -> Option<String> {
+            (id == TopicId([1; 16])).then(|| "orders".to_string())
         }
     }
 
@@ -1169,7 +1200,7 @@ mod tests {
         let by_id = |id| {
             Request::DeleteTopics(DeleteTopicsRequest {
                 names: Vec::new(),
-                ids: vec![meridian_wire::TopicId([id; 16])],
+                ids: vec![TopicId([id; 16])],
             })
         };
         let d = refused("orders-app", by_id(1)).unwrap();
@@ -1239,6 +1270,7 @@ mod tests {
                     .iter()
                     .map(|name| FetchTopic {
                         name: name.to_string(),
+                        id: TopicId::NONE,
                         partitions: vec![FetchPartition::new(0, 0, 1 << 20)],
                     })
                     .collect(),
@@ -1259,6 +1291,72 @@ mod tests {
         assert_eq!((r.topics.len(), r.max_wait_ms, denied), (0, 0, 1));
     }
 
+    /// A topic asked by its ID is checked by its name, and a refusal names it by
+    /// the ID again; an ID no topic has is left for the fetch to answer
+    /// (`UnknownTopicId`), whatever the rules say.
+    #[test]
+    fn a_fetch_by_topic_id_is_checked_by_the_topics_name() {
+        let acl = Acl::parse(RULES).unwrap();
+        let topic = |name: &str, id| FetchTopic {
+            name: name.to_string(),
+            id,
+            partitions: vec![FetchPartition::new(0, 0, 1 << 20)],
+        };
+        let orders = TopicId([1; 16]);
+        let unknown = TopicId([2; 16]);
+        // The name a client sends with an ID does not count: the ID's does.
+        let fetch = Request::Fetch(FetchRequest {
+            max_wait_ms: 500,
+            min_bytes: 1,
+            max_bytes: 1 << 20,
+            topics: vec![
+                topic("public.a", orders),
+                topic("", unknown),
+                topic("public.a", TopicId::NONE),
+            ],
+            filter: None,
+            replica_id: CONSUMER_REPLICA_ID,
+        });
+        let Checked::Serve {
+            request: Request::Fetch(r),
+            after,
+        } = check(&acl, &who("x"), fetch.clone(), &Existing(false))
+        else {
+            panic!()
+        };
+        let served: Vec<_> = r.topics.iter().map(|t| (t.name.as_str(), t.id)).collect();
+        assert_eq!(served, [("", unknown), ("public.a", TopicId::NONE)]);
+        let Response::Fetch(answer) = after.apply(
+            Response::Fetch(FetchResponse { topics: Vec::new() }),
+            &acl,
+            &who("x"),
+        ) else {
+            panic!()
+        };
+        let refused: Vec<_> = answer
+            .topics
+            .iter()
+            .map(|t| (t.name.as_str(), t.id, t.partitions[0].error))
+            .collect();
+        assert_eq!(
+            refused,
+            [("orders", orders, ErrorCode::TopicAuthorizationFailed)]
+        );
+        // A super user reads `orders` by its ID.
+        let Checked::Serve {
+            request: Request::Fetch(r),
+            after,
+        } = check(&acl, &who("ops"), fetch, &Existing(false))
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (r.topics[0].name.as_str(), r.topics[0].id),
+            ("orders", orders)
+        );
+        assert_eq!(after.denied_topics(), 0);
+    }
+
     #[test]
     fn listings_show_only_what_the_client_may_describe() {
         let acl = Acl::parse(RULES).unwrap();
@@ -1274,7 +1372,7 @@ mod tests {
         assert_eq!(request, Request::Metadata(MetadataRequest { topics: None }));
         let topic = |name: &str| TopicMetadata {
             name: name.into(),
-            id: meridian_wire::TopicId::NONE,
+            id: TopicId::NONE,
             error: ErrorCode::None,
             message: String::new(),
             partitions: Vec::new(),

@@ -28,7 +28,14 @@ use crate::Shared;
 const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
 
 /// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
-type FetchTarget = (String, Result<Arc<Topic>, Failure>, Vec<FetchPartition>);
+/// A fetched topic: its name, the ID it was asked by ([`TopicId::NONE`] when asked
+/// by name), the topic or why not, the partitions asked.
+type FetchTarget = (
+    String,
+    TopicId,
+    Result<Arc<Topic>, Failure>,
+    Vec<FetchPartition>,
+);
 
 /// What an append did: where its records start, the log start after it, the handle
 /// to fsync it by, and the time a LogAppendTime topic stamped it with (-1 in a
@@ -1526,15 +1533,28 @@ impl Shared {
             .topics
             .into_iter()
             .map(|t| {
-                let topic = self.topic_unless(&refuse_all, &t.name);
-                (t.name, topic, t.partitions)
+                // Asked by ID: the topic with that ID, whatever the name says.
+                let (name, topic) = match (&refuse_all, t.id.is_none()) {
+                    (None, false) => match acl::Topics::name_of(self.as_ref(), t.id) {
+                        Some(name) => {
+                            let topic = self.topic(&name);
+                            (name, topic)
+                        }
+                        None => (String::new(), Err(crate::topics::unknown_topic_id(t.id))),
+                    },
+                    _ => {
+                        let topic = self.topic_unless(&refuse_all, &t.name);
+                        (t.name, topic)
+                    }
+                };
+                (name, t.id, topic, t.partitions)
             })
             .collect();
         loop {
             // Register for wake-ups before reading, so an append between the read and
             // the wait is not missed.
             let mut wakeups: Vec<Pin<Box<tokio::sync::futures::Notified<'_>>>> = Vec::new();
-            for (_, topic, partitions) in &targets {
+            for (_, _, topic, partitions) in &targets {
                 if let Ok(topic) = topic {
                     for p in partitions {
                         if let Ok(partition) = topic.partition(p.partition) {
@@ -1584,7 +1604,7 @@ impl Shared {
         let mut n_bytes = 0usize;
         let mut any_error = false;
         let mut topics = Vec::with_capacity(targets.len());
-        for (name, topic, partitions) in targets {
+        for (name, id, topic, partitions) in targets {
             let mut out = Vec::with_capacity(partitions.len());
             for p in partitions {
                 let budget = (max_bytes as usize).saturating_sub(n_bytes);
@@ -1640,6 +1660,7 @@ impl Shared {
             }
             topics.push(FetchTopicResponse {
                 name: name.clone(),
+                id: *id,
                 partitions: out,
             });
         }

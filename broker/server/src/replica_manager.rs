@@ -1002,6 +1002,7 @@ async fn fetcher_loop(shared: Arc<Shared>, leader: u32, wake: Arc<Notify>) {
                 Some(last) if last.name == t.topic => last.partitions.push(t.fetch.clone()),
                 _ => topics.push(FetchTopic {
                     name: t.topic.clone(),
+                    id: meridian_wire::TopicId::NONE,
                     partitions: vec![t.fetch.clone()],
                 }),
             }

@@ -471,6 +471,7 @@ mod tests {
         let response = Response::Fetch(FetchResponse {
             topics: vec![FetchTopicResponse {
                 name: "t".into(),
+                id: crate::TopicId::NONE,
                 partitions: vec![FetchPartitionResponse {
                     partition: 0,
                     error: ErrorCode::None,

@@ -145,10 +145,11 @@ impl ApiKey {
     /// Version 1 of `ElectLeaders` (request) can ask for an unclean election.
     /// Version 2 of `Metadata`, `DescribeTopics` and `CreateTopics` (responses)
     /// carries each topic's [`TopicId`]. Version 1 of `DeleteTopics` deletes
-    /// topics by ID.
+    /// topics by ID, and version 1 of `Fetch` fetches them by ID.
     pub fn max_version(self) -> u16 {
         match self {
             ApiKey::ApiVersions
+            | ApiKey::Fetch
             | ApiKey::OffsetCommit
             | ApiKey::OffsetFetch
             | ApiKey::CreatePartitions
@@ -583,6 +584,11 @@ impl FetchPartition {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchTopic {
     pub name: String,
+    /// Version 1: the topic by its ID. When set, the broker fetches the topic with
+    /// this ID whatever `name` says (`UnknownTopicId` when none has it: a topic
+    /// deleted and created again under its name is another topic); [`TopicId::NONE`]
+    /// fetches by `name`.
+    pub id: TopicId,
     pub partitions: Vec<FetchPartition>,
 }
 
@@ -626,6 +632,9 @@ pub struct DivergingEpoch {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FetchTopicResponse {
     pub name: String,
+    /// Version 1: the ID the request asked by ([`TopicId::NONE`] when it asked by
+    /// name), so a client fetching by ID can match the answer to its topic.
+    pub id: TopicId,
     pub partitions: Vec<FetchPartitionResponse>,
 }
 
@@ -734,9 +743,9 @@ pub(crate) fn put_topic_result(w: &mut Writer<'_>, t: &TopicResult) {
     w.string(&t.message);
 }
 
-/// A topic's ID in a response of version 2 and later; none before.
-fn topic_id_from(r: &mut Reader, version: u16) -> Result<TopicId, DecodeError> {
-    Ok(if version >= 2 {
+/// A topic's ID in a message of version `since` and later; none before.
+fn topic_id_from(r: &mut Reader, version: u16, since: u16) -> Result<TopicId, DecodeError> {
+    Ok(if version >= since {
         TopicId(r.array_of()?)
     } else {
         TopicId::NONE
@@ -784,6 +793,7 @@ impl Request {
             Request::CreatePartitions(r) if r.validate_only => 1,
             Request::ElectLeaders(r) if r.unclean => 1,
             Request::DeleteTopics(r) if !r.ids.is_empty() => 1,
+            Request::Fetch(r) if r.topics.iter().any(|t| !t.id.is_none()) => 1,
             _ => self.api_key().min_version(),
         }
     }
@@ -874,6 +884,9 @@ impl Request {
                 w.u32(r.max_bytes);
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
+                    if version >= 1 {
+                        w.fixed(&t.id.0);
+                    }
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.i64(p.fetch_offset);
@@ -993,6 +1006,7 @@ impl Request {
                 topics: r.array(6, |r| {
                     Ok(FetchTopic {
                         name: r.string()?,
+                        id: topic_id_from(r, version, 1)?,
                         partitions: r.array(24, |r| {
                             Ok(FetchPartition {
                                 partition: r.u32()?,
@@ -1233,6 +1247,9 @@ impl Response {
             Response::Fetch(r) => {
                 w.array(&r.topics, |w, t| {
                     w.string(&t.name);
+                    if version >= 1 {
+                        w.fixed(&t.id.0);
+                    }
                     w.array(&t.partitions, |w, p| {
                         w.u32(p.partition);
                         w.u16(p.error as u16);
@@ -1337,7 +1354,7 @@ impl Response {
                         } else {
                             String::new()
                         },
-                        id: topic_id_from(r, version)?,
+                        id: topic_id_from(r, version, 2)?,
                         partitions: r.array(22, |r| {
                             Ok(PartitionMetadata {
                                 partition: r.u32()?,
@@ -1357,7 +1374,7 @@ impl Response {
                     r.array(12, |r| {
                         Ok(CreatedTopic {
                             name: r.string()?,
-                            id: topic_id_from(r, version)?,
+                            id: topic_id_from(r, version, 2)?,
                             partitions: r.u32()?,
                             replication_factor: r.u16()?,
                             configs: r.array(5, get_described_config)?,
@@ -1405,7 +1422,7 @@ impl Response {
                         } else {
                             Vec::new()
                         },
-                        id: topic_id_from(r, version)?,
+                        id: topic_id_from(r, version, 2)?,
                     })
                 })?,
             }),
@@ -1430,6 +1447,7 @@ impl Response {
                 topics: r.array(6, |r| {
                     Ok(FetchTopicResponse {
                         name: r.string()?,
+                        id: topic_id_from(r, version, 1)?,
                         partitions: r.array(29, |r| {
                             Ok(FetchPartitionResponse {
                                 partition: r.u32()?,
@@ -1679,6 +1697,59 @@ mod tests {
         assert_eq!(at_version(&deleted, 1), ResponseFrame::Ok(deleted.clone()));
     }
 
+    /// An answer to a fetch of `name` (asked by `id`) partition 0: three bytes.
+    fn fetched(name: &str, id: TopicId) -> Response {
+        Response::Fetch(FetchResponse {
+            topics: vec![FetchTopicResponse {
+                name: name.into(),
+                id,
+                partitions: vec![FetchPartitionResponse {
+                    partition: 0,
+                    error: ErrorCode::None,
+                    message: String::new(),
+                    high_watermark: 9,
+                    log_start_offset: 0,
+                    records: Bytes::from_static(b"xyz"),
+                    diverging_epoch: None,
+                }],
+            }],
+        })
+    }
+
+    /// Fetching by ID needs version 1: such a request is never sent at 0, and a
+    /// version 0 answer (to a client from before IDs) leaves the IDs out.
+    #[test]
+    fn fetch_by_id_from_version_1() {
+        let fetch = |id| {
+            Request::Fetch(FetchRequest {
+                max_wait_ms: 0,
+                min_bytes: 1,
+                max_bytes: 1 << 20,
+                topics: vec![FetchTopic {
+                    name: String::new(),
+                    id,
+                    partitions: vec![FetchPartition::new(0, 5, 1024)],
+                }],
+                filter: None,
+                replica_id: CONSUMER_REPLICA_ID,
+            })
+        };
+        let (by_name, by_id) = (fetch(TopicId::NONE), fetch(ORDERS_ID));
+        assert_eq!((by_name.lowest_version(), by_id.lowest_version()), (0, 1));
+        let frame = crate::frame::encode_request(&by_id);
+        assert_eq!(
+            crate::frame::decode_request_versioned(frame.slice(4..)).unwrap(),
+            (by_id, 1)
+        );
+        let answer = |id| fetched("orders", id);
+        let with_id = answer(ORDERS_ID);
+        assert_eq!(
+            at_version(&with_id, 0),
+            ResponseFrame::Ok(answer(TopicId::NONE))
+        );
+        assert_eq!(at_version(&with_id, 1), ResponseFrame::Ok(with_id.clone()));
+    }
+
     /// A version 0 answer to DescribeTopics (to a client from before plugin chains
     /// were described) leaves the chain out, and decodes as one without plugins.
     #[test]
@@ -1914,6 +1985,7 @@ mod tests {
             max_bytes: 1 << 20,
             topics: vec![FetchTopic {
                 name: "t".into(),
+                id: TopicId::NONE,
                 partitions: vec![FetchPartition {
                     partition: 0,
                     fetch_offset: 42,
@@ -1935,6 +2007,7 @@ mod tests {
             max_bytes: 1 << 20,
             topics: vec![FetchTopic {
                 name: "t".into(),
+                id: TopicId::NONE,
                 partitions: vec![FetchPartition::new(1, 0, 7)],
             }],
             filter: None,
@@ -2093,37 +2166,18 @@ mod tests {
                 }],
             }],
         }));
-        check_response(Response::Fetch(FetchResponse {
-            topics: vec![FetchTopicResponse {
-                name: "t".into(),
-                partitions: vec![FetchPartitionResponse {
-                    partition: 0,
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    high_watermark: 9,
-                    log_start_offset: 0,
-                    records: Bytes::from_static(b"xyz"),
-                    diverging_epoch: None,
-                }],
-            }],
-        }));
-        check_response(Response::Fetch(FetchResponse {
-            topics: vec![FetchTopicResponse {
-                name: "t".into(),
-                partitions: vec![FetchPartitionResponse {
-                    partition: 0,
-                    error: ErrorCode::None,
-                    message: String::new(),
-                    high_watermark: 9,
-                    log_start_offset: 0,
-                    records: Bytes::new(),
-                    diverging_epoch: Some(DivergingEpoch {
-                        epoch: 4,
-                        end_offset: 120,
-                    }),
-                }],
-            }],
-        }));
+        check_response(fetched("t", TopicId::NONE));
+        // A follower told where its log diverges: no records come with it.
+        let Response::Fetch(mut diverged) = fetched("t", TopicId::NONE) else {
+            unreachable!()
+        };
+        let p = &mut diverged.topics[0].partitions[0];
+        p.records = Bytes::new();
+        p.diverging_epoch = Some(DivergingEpoch {
+            epoch: 4,
+            end_offset: 120,
+        });
+        check_response(Response::Fetch(diverged));
         let listed = |leader_epoch| {
             Response::ListOffsets(ListOffsetsResponse {
                 topics: vec![ListOffsetsTopicResponse {

@@ -1592,6 +1592,7 @@ fn fetch_request(
             Some(topic) if topic.name == key.topic => topic.partitions.push(partition),
             _ => topics.push(FetchTopic {
                 name: key.topic.clone(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![partition],
             }),
         }
@@ -1953,6 +1954,7 @@ mod tests {
         let response = FetchResponse {
             topics: vec![FetchTopicResponse {
                 name: "t".into(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![
                     partition_answer(0, ErrorCode::None, batch(0, 3, Compression::None)),
                     partition_answer(1, ErrorCode::OffsetOutOfRange, Bytes::new()),
@@ -1982,6 +1984,7 @@ mod tests {
         let response = FetchResponse {
             topics: vec![FetchTopicResponse {
                 name: "t".into(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![partition_answer(2, ErrorCode::StorageError, Bytes::new())],
             }],
         };
@@ -1993,6 +1996,7 @@ mod tests {
         let response = FetchResponse {
             topics: vec![FetchTopicResponse {
                 name: "t".into(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![
                     partition_answer(0, ErrorCode::NotLeaderOrFollower, Bytes::new()),
                     partition_answer(2, ErrorCode::FencedLeaderEpoch, Bytes::new()),
@@ -2070,6 +2074,7 @@ mod tests {
         let response = FetchResponse {
             topics: vec![FetchTopicResponse {
                 name: "t".into(),
+                id: meridian_wire::TopicId::NONE,
                 partitions: vec![
                     cut,
                     partition_answer(1, ErrorCode::None, Bytes::from(bytes)),
