@@ -63,6 +63,10 @@ pub(crate) struct Cluster {
     /// Calls into the Raft node on behalf of others (peers' RPCs, the controller's
     /// membership changes); [`Cluster::shutdown`] closes it before stopping the node.
     raft_calls: Arc<RaftCalls>,
+    /// The controller task: [`Cluster::shutdown`] ends it before stopping the Raft
+    /// node, so no write or leadership check of its is left waiting on a node that
+    /// stopped (openraft logs each such call as an error).
+    controller_task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 /// A gate for calls into the Raft node that nobody cancels when the broker stops: a
@@ -207,7 +211,7 @@ impl Cluster {
                 },
             ),
         });
-        tokio::spawn(controller::run(context, rx));
+        let controller_task = tokio::spawn(controller::run(context, rx));
         let incarnation = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos() as u64)
@@ -231,6 +235,7 @@ impl Cluster {
             shutting_down: AtomicBool::new(false),
             retired,
             raft_calls,
+            controller_task: parking_lot::Mutex::new(Some(controller_task)),
         }))
     }
 
@@ -425,6 +430,13 @@ impl Cluster {
 
     pub(crate) async fn shutdown(&self) {
         self.raft_calls.close(Duration::from_secs(2)).await;
+        // Retired, the controller decides nothing more; a call of its still in
+        // the node is dropped with it.
+        let controller = self.controller_task.lock().take();
+        if let Some(task) = controller {
+            task.abort();
+            let _ = task.await;
+        }
         if let Err(e) = self.raft.shutdown().await {
             tracing::warn!(error = %e, "stopping the Raft node");
         }
