@@ -618,6 +618,79 @@ fn kafka_fetches_by_topic_id_read_that_topic_and_no_other() {
     assert_ne!(error, 0);
 }
 
+/// DescribeTopicPartitions (KIP-966), as Kafka's admin clients from 3.7 describe
+/// topics: page after page of at most the limit's partitions, in name order, the
+/// next page where the cursor says, until the pages have described every
+/// partition once; a topic named that does not exist is
+/// UNKNOWN_TOPIC_OR_PARTITION and is not created by asking.
+#[test]
+fn describe_topic_partitions_pages_through_every_partition_once() {
+    use k::describe_topic_partitions_request::{Cursor, TopicRequest};
+    let (broker, addr) = kafka_broker(&["auto_create_topics=true"]);
+    for (topic, partitions) in [("pages-b", "3"), ("pages-a", "4"), ("pages-c", "1")] {
+        let (ok, _, err) = broker.cli(&["topic", "create", topic, "-p", partitions], "");
+        assert!(ok, "{err}");
+    }
+    let mut raw = Raw::connect(&addr);
+    let mut describe = |names: &[&'static str], cursor: Option<Cursor>| {
+        let request = k::DescribeTopicPartitionsRequest::default()
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| TopicRequest::default().with_name(name(n)))
+                    .collect(),
+            )
+            .with_response_partition_limit(3)
+            .with_cursor(cursor);
+        raw.send(ApiKey::DescribeTopicPartitions, 0, &request);
+        let r: k::DescribeTopicPartitionsResponse = raw.receive(ApiKey::DescribeTopicPartitions, 0);
+        r
+    };
+    let mut seen = Vec::new();
+    let mut cursor = None;
+    for page in 1.. {
+        assert!(
+            page <= 4,
+            "more pages than 8 partitions in 3s need: {seen:?}"
+        );
+        let r = describe(&["pages-c", "pages-a", "pages-b"], cursor);
+        let partitions: usize = r.topics.iter().map(|t| t.partitions.len()).sum();
+        assert!(partitions <= 3, "{r:?}");
+        for t in &r.topics {
+            assert_eq!(t.error_code, 0, "{t:?}");
+            assert!(!t.topic_id.is_nil());
+            for p in &t.partitions {
+                assert_eq!((p.error_code, p.leader_id.0, p.leader_epoch), (0, 1, 0));
+                let name = t.name.as_ref().unwrap().0.to_string();
+                seen.push((name, p.partition_index));
+            }
+        }
+        cursor = r.next_cursor.map(|c| {
+            Cursor::default()
+                .with_topic_name(c.topic_name)
+                .with_partition_index(c.partition_index)
+        });
+        if cursor.is_none() {
+            break;
+        }
+    }
+    let expected: Vec<(String, i32)> = [("pages-a", 4), ("pages-b", 3), ("pages-c", 1)]
+        .iter()
+        .flat_map(|&(t, n)| (0..n).map(move |p| (t.to_string(), p)))
+        .collect();
+    assert_eq!(seen, expected);
+
+    // Not there, and not made by asking (`auto_create_topics` is on).
+    let r = describe(&["pages-ghost"], None);
+    assert_eq!(
+        (r.topics.len(), r.topics[0].error_code),
+        (1, 3),
+        "UNKNOWN_TOPIC_OR_PARTITION: {r:?}"
+    );
+    let (ok, out, err) = broker.cli(&["topic", "list"], "");
+    assert!(ok && !out.contains("pages-ghost"), "{out}{err}");
+}
+
 /// Kafka's admin requests (as `kafka-configs`, `kafka-topics --alter` and
 /// `kafka-delete-records` send them) read and change what Meridian's own tools see.
 #[tokio::test]
@@ -771,6 +844,7 @@ async fn kafka_admin_requests_change_topic_settings_partitions_and_records() {
             serde_json::json!({
                 "modified": {"retention.ms": "3600000"},
                 "partitions": 4,
+                "pages": [[0, 1, 2], [3]],
                 "low_watermark": 4,
                 "broker": {
                     "log.retention.ms": ["604800000", "DEFAULT_CONFIG", true],
@@ -2081,6 +2155,22 @@ fn kafka_requests() -> Vec<BytesMut> {
             5,
             16,
             &k::DescribeGroupsRequest::default().with_groups(vec![group()]),
+        ),
+        request_body(
+            ApiKey::DescribeTopicPartitions,
+            0,
+            18,
+            &k::DescribeTopicPartitionsRequest::default()
+                .with_topics(vec![
+                    k::describe_topic_partitions_request::TopicRequest::default()
+                        .with_name(topic()),
+                ])
+                .with_response_partition_limit(1)
+                .with_cursor(Some(
+                    k::describe_topic_partitions_request::Cursor::default()
+                        .with_topic_name(topic())
+                        .with_partition_index(1),
+                )),
         ),
         // By topic ID: mutated, an ID no topic has.
         request_body(

@@ -2,8 +2,8 @@
 
 Run by tests/it/kafka.rs with the listener's address: changes a topic's settings
 (IncrementalAlterConfigs), reads them back as `kafka-configs --describe` does
-(DescribeConfigs, modified only and all), resets one, adds partitions, deletes
-the records below an offset, reads two of the broker's own settings, and creates a
+(DescribeConfigs, modified only and all), resets one, adds partitions, describes
+them a page at a time (DescribeTopicPartitions), deletes the records below an offset, reads two of the broker's own settings, and creates a
 topic on the broker's defaults (validated only, then made), reading what they came
 to from the answer, and the ID it was given, then describes it by that ID, and
 deletes another topic by its ID. Prints
@@ -61,6 +61,17 @@ admin.create_partitions({TOPIC: NewPartitions(4)})
 partitions = len(admin.describe_topics([TOPIC])[0]["partitions"])
 if partitions != 4:
     fail(f"{partitions} partitions after growing to 4")
+
+# A page at a time (DescribeTopicPartitions, KIP-966): three partitions, then the
+# rest from where the first page's cursor says.
+pages = []
+cursor = None
+while len(pages) < 5:
+    page = admin.describe_topic_partitions([TOPIC], response_partition_limit=3, cursor=cursor)
+    pages.append([p["partition_index"] for t in page["topics"] for p in t["partitions"]])
+    cursor = page["next_cursor"]
+    if cursor is None:
+        break
 
 producer = KafkaProducer(bootstrap_servers=BOOTSTRAP, acks="all")
 for i in range(10):
@@ -142,7 +153,8 @@ if "py-doomed" in admin.list_topics():
     fail("py-doomed is there after its deletion by ID")
 deleted_again = deleted_by_id(raise_errors=False)
 
-print(json.dumps({"modified": after_reset, "partitions": partitions, "low_watermark": low[3],
+print(json.dumps({"modified": after_reset, "partitions": partitions, "pages": pages,
+                  "low_watermark": low[3],
                   "broker": broker_settings, "validated": would_be, "created": made,
                   "topic_id": made_id_text, "deleted_by_id": deleted,
                   "deleted_again": deleted_again}))

@@ -87,6 +87,7 @@ pub const APIS: &[(ApiKey, i16, i16)] = &[
     (ApiKey::ElectLeaders, 0, 2),
     (ApiKey::DescribeLogDirs, 1, 4),
     (ApiKey::DescribeCluster, 0, 2),
+    (ApiKey::DescribeTopicPartitions, 0, 0),
     (ApiKey::UnregisterBroker, 0, 0),
     (ApiKey::SaslHandshake, 1, 1),
     (ApiKey::SaslAuthenticate, 0, 2),
@@ -336,6 +337,9 @@ enum Shape {
     },
     /// DescribeCluster, answered from a Metadata answer naming no topic.
     DescribeCluster,
+    /// DescribeTopicPartitions, answered from a Metadata answer listing every
+    /// topic the client may see: one page of them.
+    DescribeTopicPartitions(TopicPartitionsPage),
     /// The partitions asked about (Meridian's request names topics only).
     ListReassignments {
         asked: replicas::Listed,
@@ -534,6 +538,45 @@ pub fn decode_in(frame: Bytes, session: &mut Session) -> Result<Step, KafkaError
             serve(
                 m::Request::Metadata(m::MetadataRequest { topics }),
                 Shape::Plain,
+            )
+        }
+        ApiKey::DescribeTopicPartitions => {
+            let r = body!(k::DescribeTopicPartitionsRequest);
+            let mut names: Vec<String> = r.topics.iter().map(|t| t.name.0.to_string()).collect();
+            names.sort();
+            names.dedup();
+            let cursor = r
+                .cursor
+                .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+            if let Some((topic, partition)) = &cursor {
+                let outside = !names.is_empty() && names.binary_search(topic).is_err();
+                if outside || *partition < 0 {
+                    let reason = format!(
+                        "DescribeTopicPartitions: the cursor ({topic}, {partition}) is not a \
+                         partition of a topic asked for"
+                    );
+                    let topics = r
+                        .topics
+                        .into_iter()
+                        .map(|t| {
+                            k::describe_topic_partitions_response::DescribeTopicPartitionsResponseTopic::default()
+                                .with_name(Some(t.name))
+                                .with_error_code(ResponseError::InvalidRequest.code())
+                        })
+                        .collect();
+                    let body = k::DescribeTopicPartitionsResponse::default().with_topics(topics);
+                    return header.refuse(&body, reason);
+                }
+            }
+            // Every topic the client may see is asked for (naming them could
+            // create them under `auto_create_topics`, which this request never does).
+            serve(
+                m::Request::Metadata(m::MetadataRequest { topics: None }),
+                Shape::DescribeTopicPartitions(TopicPartitionsPage {
+                    names,
+                    cursor,
+                    limit: r.response_partition_limit.clamp(1, MAX_PARTITIONS_PER_PAGE),
+                }),
             )
         }
         ApiKey::DescribeCluster => {
@@ -1302,6 +1345,9 @@ impl Pending {
             (m::Response::Metadata(r), Shape::MetadataByIds { ids }) => {
                 h.frame(&metadata_by_ids(r, ids, listener))?
             }
+            (m::Response::Metadata(r), Shape::DescribeTopicPartitions(page)) => {
+                h.frame(&describe_topic_partitions(r, page))?
+            }
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
             (m::Response::Produce(r), _) => h.frame(&produce(r, listener, leader_of))?,
             (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
@@ -1758,6 +1804,117 @@ fn metadata_by_ids(
     let mut answer = metadata(r, listener);
     answer.topics.extend(unknown);
     answer
+}
+
+/// The most partitions one DescribeTopicPartitions answer describes, whatever the
+/// client asks: Kafka's default `max.request.partition.size.limit`.
+pub const MAX_PARTITIONS_PER_PAGE: i32 = 2000;
+
+/// What a DescribeTopicPartitions request asks for: the topics named (sorted, no
+/// repeats; none: every topic), where the previous page stopped, and how many
+/// partitions this page may hold.
+#[derive(Debug)]
+struct TopicPartitionsPage {
+    names: Vec<String>,
+    cursor: Option<(String, i32)>,
+    limit: i32,
+}
+
+/// One page of DescribeTopicPartitions (KIP-966), Kafka's way: topics in name
+/// order from the cursor's (its partitions from the cursor's index), at most
+/// `limit` partitions, and the cursor of the next page when some are left. A topic
+/// named that the client may not see, or that does not exist, is
+/// `UNKNOWN_TOPIC_OR_PARTITION` (costing no partition); asked for every topic, the
+/// answer holds only those that exist.
+fn describe_topic_partitions(
+    r: m::MetadataResponse,
+    page: TopicPartitionsPage,
+) -> k::DescribeTopicPartitionsResponse {
+    use k::describe_topic_partitions_response::{
+        Cursor, DescribeTopicPartitionsResponsePartition as Partition,
+        DescribeTopicPartitionsResponseTopic as Topic,
+    };
+    let mut listed: std::collections::BTreeMap<String, m::TopicMetadata> = r
+        .topics
+        .into_iter()
+        .filter(|t| t.error == ErrorCode::None)
+        .map(|t| (t.name.clone(), t))
+        .collect();
+    let (from_topic, from_partition) = page.cursor.unwrap_or_default();
+    let names: Vec<String> = if page.names.is_empty() {
+        listed.keys().cloned().collect()
+    } else {
+        page.names
+    };
+    let mut left = page.limit.max(1) as usize;
+    let mut topics = Vec::new();
+    let mut next_cursor = None;
+    let mut names = names.into_iter().filter(|n| *n >= from_topic);
+    while let Some(name) = names.next() {
+        let Some(t) = listed.remove(&name) else {
+            topics.push(
+                Topic::default()
+                    .with_name(Some(topic_name(name)))
+                    .with_error_code(ResponseError::UnknownTopicOrPartition.code()),
+            );
+            continue;
+        };
+        let first = if name == from_topic {
+            from_partition
+        } else {
+            0
+        };
+        let ids = |list: Vec<u32>| list.into_iter().map(broker_id).collect();
+        let mut partitions: Vec<Partition> = t
+            .partitions
+            .into_iter()
+            .filter(|p| i64::from(p.partition) >= i64::from(first))
+            .map(|p| {
+                Partition::default()
+                    .with_partition_index(p.partition as i32)
+                    .with_error_code(code(p.error))
+                    .with_leader_id(broker_id(p.leader))
+                    .with_leader_epoch(p.leader_epoch)
+                    .with_replica_nodes(ids(p.replicas))
+                    .with_isr_nodes(ids(p.isr))
+                    // No eligible leader replicas (KIP-966's ELR): none kept.
+                    .with_eligible_leader_replicas(Some(Vec::new()))
+                    .with_last_known_elr(Some(Vec::new()))
+            })
+            .collect();
+        partitions.sort_by_key(|p| p.partition_index);
+        if partitions.len() > left {
+            next_cursor = Some(
+                Cursor::default()
+                    .with_topic_name(topic_name(name.clone()))
+                    .with_partition_index(partitions[left].partition_index),
+            );
+            partitions.truncate(left);
+        }
+        left -= partitions.len();
+        topics.push(
+            Topic::default()
+                .with_name(Some(topic_name(name.clone())))
+                .with_topic_id(kafka_topic_id(t.id))
+                .with_is_internal(name.starts_with("__"))
+                .with_partitions(partitions),
+        );
+        if next_cursor.is_some() {
+            break;
+        }
+        if left == 0 {
+            // Full: the next page starts at the next topic.
+            next_cursor = names.next().map(|n| {
+                Cursor::default()
+                    .with_topic_name(topic_name(n))
+                    .with_partition_index(0)
+            });
+            break;
+        }
+    }
+    k::DescribeTopicPartitionsResponse::default()
+        .with_topics(topics)
+        .with_next_cursor(next_cursor)
 }
 
 /// A topic's ID as Kafka's messages carry it (the nil UUID: none).

@@ -2837,6 +2837,7 @@ fn default_request(api: ApiKey, version: i16) -> Bytes {
         ElectLeaders => k::ElectLeadersRequest,
         DescribeLogDirs => k::DescribeLogDirsRequest,
         DescribeCluster => k::DescribeClusterRequest,
+        DescribeTopicPartitions => k::DescribeTopicPartitionsRequest,
         UnregisterBroker => k::UnregisterBrokerRequest,
         SaslHandshake => k::SaslHandshakeRequest,
         SaslAuthenticate => k::SaslAuthenticateRequest,
@@ -2891,4 +2892,136 @@ fn body_len(api: ApiKey, version: i16, frame: &Bytes) -> usize {
     let mut buf = frame.clone();
     k::RequestHeader::decode(&mut buf, api.request_header_version(version)).unwrap();
     buf.len()
+}
+
+/// A page of DescribeTopicPartitions: each topic's name, error and partitions.
+type Page = (Vec<(String, i16, Vec<i32>)>, Option<(String, i32)>);
+
+/// DescribeTopicPartitions (KIP-966; Kafka's admin clients describe topics with it
+/// from 3.7): topics in name order, at most the limit's partitions per answer,
+/// and a cursor where the next answer starts, within a topic or at the next one.
+/// It never names topics to the broker (that could create them).
+#[test]
+fn describe_topic_partitions_pages_through_topics_in_name_order() {
+    let topic = |name: &str, n: u32| m::TopicMetadata {
+        name: name.into(),
+        id: meridian_wire::TopicId([n as u8; 16]),
+        error: ErrorCode::None,
+        message: String::new(),
+        partitions: (0..n)
+            .rev()
+            .map(|p| m::PartitionMetadata {
+                partition: p,
+                error: ErrorCode::None,
+                leader: 1,
+                leader_epoch: 2,
+                replicas: vec![1, 2],
+                isr: vec![1],
+            })
+            .collect(),
+    };
+    let everything = m::MetadataResponse {
+        brokers: Vec::new(),
+        controller_id: 1,
+        topics: vec![topic("b", 2), topic("a", 3), topic("__consumer_offsets", 1)],
+    };
+    let ask = |names: &[&str], limit: i32, cursor: Option<(&str, i32)>| -> Page {
+        let request = k::DescribeTopicPartitionsRequest::default()
+            .with_topics(
+                names
+                    .iter()
+                    .map(|n| {
+                        k::describe_topic_partitions_request::TopicRequest::default()
+                            .with_name(topic_name(n.to_string()))
+                    })
+                    .collect(),
+            )
+            .with_response_partition_limit(limit)
+            .with_cursor(cursor.map(|(t, p)| {
+                k::describe_topic_partitions_request::Cursor::default()
+                    .with_topic_name(topic_name(t.to_string()))
+                    .with_partition_index(p)
+            }));
+        let (asked, pending) = serve(frame_of(ApiKey::DescribeTopicPartitions, 0, &request));
+        assert_eq!(
+            asked,
+            m::Request::Metadata(m::MetadataRequest { topics: None })
+        );
+        let r: k::DescribeTopicPartitionsResponse = response(
+            ApiKey::DescribeTopicPartitions,
+            0,
+            answered(pending, m::Response::Metadata(everything.clone())),
+        );
+        let topics = r
+            .topics
+            .iter()
+            .map(|t| {
+                let name = t.name.as_ref().unwrap().0.to_string();
+                let partitions = t.partitions.iter().map(|p| p.partition_index).collect();
+                (name, t.error_code, partitions)
+            })
+            .collect();
+        let cursor = r
+            .next_cursor
+            .map(|c| (c.topic_name.0.to_string(), c.partition_index));
+        (topics, cursor)
+    };
+    let t =
+        |name: &str, error: i16, partitions: &[i32]| (name.to_string(), error, partitions.to_vec());
+    let at = |name: &str, partition| Some((name.to_string(), partition));
+    // Everything fits.
+    assert_eq!(
+        ask(&[], 2000, None),
+        (
+            vec![
+                t("__consumer_offsets", 0, &[0]),
+                t("a", 0, &[0, 1, 2]),
+                t("b", 0, &[0, 1])
+            ],
+            None
+        )
+    );
+    // Two partitions at a time: a page ends inside a topic, or at its end.
+    assert_eq!(
+        ask(&[], 2, None),
+        (
+            vec![t("__consumer_offsets", 0, &[0]), t("a", 0, &[0])],
+            at("a", 1)
+        )
+    );
+    assert_eq!(
+        ask(&[], 2, Some(("a", 1))),
+        (vec![t("a", 0, &[1, 2])], at("b", 0))
+    );
+    assert_eq!(
+        ask(&[], 2, Some(("b", 0))),
+        (vec![t("b", 0, &[0, 1])], None)
+    );
+    // Named topics, repeated and out of order: one that does not exist (or that
+    // the client may not see) is UNKNOWN_TOPIC_OR_PARTITION and costs nothing.
+    let unknown = ResponseError::UnknownTopicOrPartition.code();
+    assert_eq!(
+        ask(&["b", "missing", "a", "b"], 3, None),
+        (vec![t("a", 0, &[0, 1, 2])], at("b", 0))
+    );
+    assert_eq!(
+        ask(&["b", "missing", "a"], 3, Some(("b", 1))),
+        (vec![t("b", 0, &[1]), t("missing", unknown, &[])], None)
+    );
+    // A cursor outside the topics named is refused, each topic named saying so.
+    let request = k::DescribeTopicPartitionsRequest::default()
+        .with_topics(vec![
+            k::describe_topic_partitions_request::TopicRequest::default()
+                .with_name(topic_name("a".into())),
+        ])
+        .with_cursor(Some(
+            k::describe_topic_partitions_request::Cursor::default()
+                .with_topic_name(topic_name("b".into())),
+        ));
+    let r: k::DescribeTopicPartitionsResponse = response(
+        ApiKey::DescribeTopicPartitions,
+        0,
+        reply(frame_of(ApiKey::DescribeTopicPartitions, 0, &request)),
+    );
+    assert_eq!(r.topics[0].error_code, ResponseError::InvalidRequest.code());
 }
