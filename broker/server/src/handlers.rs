@@ -27,9 +27,8 @@ use crate::Shared;
 /// broker to apply them before answering (usually a few milliseconds).
 const AUTO_CREATE_WAIT: Duration = Duration::from_secs(5);
 
-/// One topic of a fetch: its name, the topic (or why not), and the partitions asked.
-/// A fetched topic: its name, the ID it was asked by ([`TopicId::NONE`] when asked
-/// by name), the topic or why not, the partitions asked.
+/// One topic of a fetch: its name, the ID it was asked by ([`TopicId::NONE`] when
+/// asked by name), the topic (or why not), and the partitions asked.
 type FetchTarget = (
     String,
     TopicId,
