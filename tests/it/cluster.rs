@@ -4086,9 +4086,10 @@ async fn assert_group_read_all(cluster: &TestCluster, seen: &serde_json::Value, 
         Ok(group) => format!("{group:?}"),
         Err(e) => format!("not described: {e}"),
     };
+    // The summary last as well: a reader of the output's end sees it.
     panic!(
         "the group did not read everything: {summary}; its coordinator: {described}; the \
-         client's log ends: {}",
+         client's log ends: {}\n(the group did not read everything: {summary})",
         seen["log"].as_str().unwrap_or("")
     );
 }
@@ -4119,6 +4120,15 @@ fn librdkafka_ready(
 /// What a client script prints (after its `ready`).
 type ScriptOutput = std::io::BufReader<std::process::ChildStdout>;
 
+/// The last `bytes` (about: whole characters) of `text`.
+fn tail(text: &str, bytes: usize) -> &str {
+    let from = text.len().saturating_sub(bytes);
+    let from = (from..text.len())
+        .find(|&i| text.is_char_boundary(i))
+        .unwrap_or(0);
+    &text[from..]
+}
+
 /// A client script running.
 struct Script {
     /// Its stdin is piped: a line on it tells the scripts that wait for one to stop.
@@ -4138,13 +4148,13 @@ impl Script {
         let mut child = self.child;
         let status = child.wait().unwrap();
         let stderr = self.stderr.join().unwrap();
-        assert!(status.success(), "{rest}{stderr}");
+        assert!(
+            status.success(),
+            "{rest}{}\n(the client script failed: {status})",
+            tail(&stderr, 8_000)
+        );
         let mut seen: serde_json::Value = serde_json::from_str(rest.trim()).expect(rest);
-        let from = stderr.len().saturating_sub(8_000);
-        let from = (from..stderr.len())
-            .find(|&i| stderr.is_char_boundary(i))
-            .unwrap_or(0);
-        seen["log"] = serde_json::Value::from(&stderr[from..]);
+        seen["log"] = serde_json::Value::from(tail(&stderr, 8_000));
         seen
     }
 
@@ -4187,7 +4197,10 @@ fn script_ready(
     let running = Script { child, stderr };
     if ready.trim() != "ready" {
         let log = running.kill();
-        panic!("{script} {args:?} printed {ready:?}: {log}");
+        panic!(
+            "{script} {args:?} printed {ready:?}; its log ends: {}\n({script} did not start)",
+            tail(&log, 8_000)
+        );
     }
     (running, stdout)
 }
@@ -4216,7 +4229,11 @@ async fn kafka_client_under_kills(
         rest
     });
     let Ok(rest) = tokio::time::timeout(Duration::from_secs(300), reading).await else {
-        panic!("the client did not end in 300 s: {}", script.kill());
+        let log = script.kill();
+        panic!(
+            "the client did not end in 300 s; its log ends: {}\n(the client did not end in 300 s)",
+            tail(&log, 8_000)
+        );
     };
     let seen = script.answer(&rest.unwrap());
     let acknowledged = serde_json::from_value(seen["acknowledged"].clone()).unwrap();
