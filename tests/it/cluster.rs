@@ -3325,6 +3325,62 @@ async fn a_kafka_produce_at_a_follower_names_the_leader_and_its_listener() {
     assert_eq!(values, sent);
 }
 
+/// KIP-951 for Fetch: a Kafka consumer fetching from a broker that does not lead
+/// the partition is told which broker leads it and in which epoch (version 12
+/// on), and at which Kafka listener (version 16 on, by topic ID as consumers
+/// then ask), so it need not refresh its metadata first. Version 11 answers
+/// carry no hint.
+#[tokio::test]
+async fn a_kafka_fetch_at_a_follower_names_the_leader_and_its_listener() {
+    use kafka_protocol::messages::{self as k, ApiKey};
+    let (cluster, first) = kafka_region_with_10_records("hinted-fetch").await;
+    let leader = first[0].leader;
+    let follower = (1..=3).find(|b| *b != leader).unwrap();
+    let mut raw = crate::kafka::Raw::connect(&cluster.kafka[follower as usize - 1]);
+    let id = crate::kafka::metadata_topic_id(&mut raw, "hinted-fetch");
+    let partition = k::fetch_request::FetchPartition::default()
+        .with_partition(0)
+        .with_fetch_offset(0)
+        .with_partition_max_bytes(1 << 20);
+    for version in [11, 12, 16] {
+        let topic = if version >= 13 {
+            k::fetch_request::FetchTopic::default()
+                .with_topic_id(meridian_kafka::kafka_topic_id(id))
+        } else {
+            k::fetch_request::FetchTopic::default().with_topic(crate::kafka::name("hinted-fetch"))
+        };
+        let fetch = k::FetchRequest::default()
+            .with_max_wait_ms(0)
+            .with_max_bytes(1 << 20)
+            .with_session_epoch(-1)
+            .with_topics(vec![topic.with_partitions(vec![partition.clone()])]);
+        raw.send(ApiKey::Fetch, version, &fetch);
+        let r: k::FetchResponse = raw.receive(ApiKey::Fetch, version);
+        let p = &r.responses[0].partitions[0];
+        assert_eq!(p.error_code, 6, "NOT_LEADER_OR_FOLLOWER: {p:?}");
+        assert!(p.records.as_ref().is_none_or(|r| r.is_empty()), "{p:?}");
+        let hint = (p.current_leader.leader_id.0, p.current_leader.leader_epoch);
+        let endpoints: Vec<(i32, String)> = r
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, format!("{}:{}", e.host.as_str(), e.port)))
+            .collect();
+        if version >= 12 {
+            assert_eq!(hint, (leader as i32, first[0].leader_epoch), "{p:?}");
+        } else {
+            assert_eq!(hint, (-1, -1));
+        }
+        if version >= 16 {
+            assert_eq!(
+                endpoints,
+                [(leader as i32, cluster.kafka[leader as usize - 1].clone())]
+            );
+        } else {
+            assert!(endpoints.is_empty(), "{endpoints:?}");
+        }
+    }
+}
+
 /// Stops `leader` (its leadership moves to an in-sync follower, in a new epoch)
 /// and sends `b0`..`b4` to the new leader: the partition after the move.
 async fn move_leader_and_send_5(

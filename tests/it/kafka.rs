@@ -531,7 +531,7 @@ fn a_single_broker_answers_leader_epochs_with_epoch_0() {
 }
 
 /// The ID Metadata (version 12) gives `topic`.
-fn metadata_topic_id(raw: &mut Raw, topic: &'static str) -> TopicId {
+pub(crate) fn metadata_topic_id(raw: &mut Raw, topic: &'static str) -> TopicId {
     let metadata = k::MetadataRequest::default().with_topics(Some(vec![
         k::metadata_request::MetadataRequestTopic::default().with_name(Some(name(topic))),
     ]));

@@ -1281,11 +1281,16 @@ impl Header {
 
 impl Pending {
     /// Whether the response names brokers (Metadata, FindCoordinator,
-    /// DescribeCluster): the only ones whose [`Listener::brokers`] must be current.
+    /// DescribeCluster, and Produce and Fetch with KIP-951's leader hints): the
+    /// only ones whose [`Listener::brokers`] must be current.
     pub fn names_brokers(&self) -> bool {
         matches!(
             self.header.api,
-            ApiKey::Metadata | ApiKey::FindCoordinator | ApiKey::DescribeCluster | ApiKey::Produce
+            ApiKey::Metadata
+                | ApiKey::FindCoordinator
+                | ApiKey::DescribeCluster
+                | ApiKey::Produce
+                | ApiKey::Fetch
         )
     }
 
@@ -1320,8 +1325,10 @@ impl Pending {
 
     /// As [`Pending::respond`], with where each partition's leader is now: a
     /// Produce answer (version 10 on) that refuses a partition as
-    /// `NOT_LEADER_OR_FOLLOWER` names its current leader and that leader's listener
-    /// (KIP-951), so the client sends there without refreshing its metadata first.
+    /// `NOT_LEADER_OR_FOLLOWER`, or a Fetch answer (version 16 on; the leader
+    /// alone from 12) that refuses one as that or `FENCED_LEADER_EPOCH`, names
+    /// its current leader and that leader's listener (KIP-951), so the client
+    /// goes there without refreshing its metadata first.
     pub fn respond_with_leaders(
         self,
         answer: Option<m::Response>,
@@ -1350,7 +1357,7 @@ impl Pending {
             }
             (m::Response::Metadata(r), _) => h.frame(&metadata(r, listener))?,
             (m::Response::Produce(r), _) => h.frame(&produce(r, listener, leader_of))?,
-            (m::Response::Fetch(r), _) => h.frame(&fetch(r))?,
+            (m::Response::Fetch(r), _) => h.frame(&fetch(r, listener, leader_of))?,
             (m::Response::ListOffsets(r), _) => h.frame(&list_offsets(r, h.version))?,
             (m::Response::OffsetForLeaderEpoch(r), _) => h.frame(&epoch_end_offsets(r))?,
             (m::Response::CreateTopics(r), Shape::CreateTopics { refused }) => {
@@ -1926,32 +1933,81 @@ pub fn kafka_topic_id(id: meridian_wire::TopicId) -> uuid::Uuid {
 /// the leader's id and epoch (`None`: unknown, or offline).
 pub type LeaderOf<'a> = &'a dyn Fn(&str, u32) -> Option<(u32, i32)>;
 
+/// A KIP-951 `CurrentLeader` of type `$leader` (Produce's and Fetch's are two
+/// types of one shape): `$hint`'s broker and epoch, or Kafka's unset -1/-1.
+macro_rules! current_leader {
+    ($leader:ty, $hint:expr) => {
+        match $hint {
+            Some((id, epoch)) => <$leader>::default()
+                .with_leader_id(id)
+                .with_leader_epoch(epoch),
+            None => <$leader>::default(),
+        }
+    };
+}
+
+/// KIP-951 `NodeEndpoints` of type `$endpoint` (Produce's and Fetch's are two
+/// types of one shape) for the Kafka listeners `$named`.
+macro_rules! node_endpoints {
+    ($endpoint:ty, $named:expr) => {
+        $named
+            .into_iter()
+            .map(|b: &KafkaBroker| {
+                <$endpoint>::default()
+                    .with_node_id(broker_id(b.id))
+                    .with_host(StrBytes::from_string(b.host.clone()))
+                    .with_port(i32::from(b.port))
+                    .with_rack(b.rack.clone().map(StrBytes::from_string))
+            })
+            .collect()
+    };
+}
+
+/// KIP-951's hints: the current leader of each partition an answer refuses as
+/// not this broker's, and the Kafka listeners of the leaders so named, for the
+/// client to go there without refreshing its metadata first.
+struct LeaderHints<'a> {
+    listener: &'a Listener,
+    leader_of: LeaderOf<'a>,
+    /// The refusals that name the leader.
+    refusals: &'a [ErrorCode],
+    /// The leaders named so far, each once.
+    named: Vec<&'a KafkaBroker>,
+}
+
+impl<'a> LeaderHints<'a> {
+    fn new(listener: &'a Listener, leader_of: LeaderOf<'a>, refusals: &'a [ErrorCode]) -> Self {
+        LeaderHints {
+            listener,
+            leader_of,
+            refusals,
+            named: Vec::new(),
+        }
+    }
+
+    /// The leader (Kafka's id) and epoch of `partition` of `topic` when `error`
+    /// is one of the refusals and the leader has a Kafka listener to name.
+    fn leader(&mut self, topic: &str, partition: u32, error: ErrorCode) -> Option<(BrokerId, i32)> {
+        if !self.refusals.contains(&error) {
+            return None;
+        }
+        let (leader, epoch) = (self.leader_of)(topic, partition)?;
+        let broker = self.listener.brokers.iter().find(|b| b.id == leader)?;
+        if !self.named.contains(&broker) {
+            self.named.push(broker);
+        }
+        Some((broker_id(leader), epoch))
+    }
+}
+
 fn produce(
     r: m::ProduceResponse,
     listener: &Listener,
     leader_of: LeaderOf<'_>,
 ) -> k::ProduceResponse {
     use k::produce_response::{LeaderIdAndEpoch, NodeEndpoint};
-    // KIP-951: a partition refused as not this broker's names its leader, when
-    // that leader has a Kafka listener to name with it.
-    let mut named = Vec::new();
-    let mut current_leader = |topic: &str, error: ErrorCode, partition: u32| {
-        if error != ErrorCode::NotLeaderOrFollower {
-            return LeaderIdAndEpoch::default();
-        }
-        let Some((leader, epoch)) = leader_of(topic, partition) else {
-            return LeaderIdAndEpoch::default();
-        };
-        let Some(broker) = listener.brokers.iter().find(|b| b.id == leader) else {
-            return LeaderIdAndEpoch::default();
-        };
-        if !named.contains(&broker) {
-            named.push(broker);
-        }
-        LeaderIdAndEpoch::default()
-            .with_leader_id(broker_id(leader))
-            .with_leader_epoch(epoch)
-    };
+    // KIP-951: a partition refused as not this broker's names its leader.
+    let mut hints = LeaderHints::new(listener, leader_of, &[ErrorCode::NotLeaderOrFollower]);
     let responses = r
         .topics
         .into_iter()
@@ -1960,13 +2016,15 @@ fn produce(
                 .partitions
                 .into_iter()
                 .map(|p| {
+                    let hint = hints.leader(&t.name, p.partition, p.error);
+                    let leader = current_leader!(LeaderIdAndEpoch, hint);
                     k::produce_response::PartitionProduceResponse::default()
                         .with_index(p.partition as i32)
                         .with_error_code(code(p.error))
                         .with_base_offset(p.base_offset)
                         .with_log_append_time_ms(p.log_append_time)
                         .with_log_start_offset(p.log_start_offset)
-                        .with_current_leader(current_leader(&t.name, p.error, p.partition))
+                        .with_current_leader(leader)
                         .with_error_message(message(p.error, p.message))
                 })
                 .collect();
@@ -1975,54 +2033,56 @@ fn produce(
                 .with_partition_responses(partitions)
         })
         .collect();
-    let node_endpoints = named
-        .into_iter()
-        .map(|b| {
-            NodeEndpoint::default()
-                .with_node_id(broker_id(b.id))
-                .with_host(StrBytes::from_string(b.host.clone()))
-                .with_port(i32::from(b.port))
-                .with_rack(b.rack.clone().map(StrBytes::from_string))
-        })
-        .collect();
+    let node_endpoints = node_endpoints!(NodeEndpoint, hints.named);
     k::ProduceResponse::default()
         .with_responses(responses)
         .with_node_endpoints(node_endpoints)
 }
 
-fn fetch(r: m::FetchResponse) -> k::FetchResponse {
+/// Kafka's Fetch answer. A partition refused as not this broker's, or for an
+/// epoch older than its leader's, names the current leader (version 12 on) and
+/// the answer that leader's listener (version 16 on): KIP-951, as for Produce.
+fn fetch(r: m::FetchResponse, listener: &Listener, leader_of: LeaderOf<'_>) -> k::FetchResponse {
+    use k::fetch_response::{LeaderIdAndEpoch, NodeEndpoint};
+    let refusals = [ErrorCode::NotLeaderOrFollower, ErrorCode::FencedLeaderEpoch];
+    let mut hints = LeaderHints::new(listener, leader_of, &refusals);
     let responses = r
         .topics
         .into_iter()
         .map(|t| {
+            let partitions = t
+                .partitions
+                .into_iter()
+                .map(|p| {
+                    let hint = hints.leader(&t.name, p.partition, p.error);
+                    let leader = current_leader!(LeaderIdAndEpoch, hint);
+                    // No transactions: everything below the high watermark is
+                    // stable, and nothing was aborted.
+                    k::fetch_response::PartitionData::default()
+                        .with_partition_index(p.partition as i32)
+                        .with_error_code(code(p.error))
+                        .with_high_watermark(p.high_watermark)
+                        .with_last_stable_offset(p.high_watermark)
+                        .with_log_start_offset(p.log_start_offset)
+                        .with_aborted_transactions(Some(Vec::new()))
+                        .with_preferred_read_replica((-1).into())
+                        .with_diverging_epoch(diverging_epoch(p.diverging_epoch))
+                        .with_current_leader(leader)
+                        .with_records(Some(p.records))
+                })
+                .collect();
             k::fetch_response::FetchableTopicResponse::default()
                 .with_topic(topic_name(t.name))
                 .with_topic_id(kafka_topic_id(t.id))
-                .with_partitions(
-                    t.partitions
-                        .into_iter()
-                        .map(|p| {
-                            // No transactions: everything below the high watermark
-                            // is stable, and nothing was aborted.
-                            k::fetch_response::PartitionData::default()
-                                .with_partition_index(p.partition as i32)
-                                .with_error_code(code(p.error))
-                                .with_high_watermark(p.high_watermark)
-                                .with_last_stable_offset(p.high_watermark)
-                                .with_log_start_offset(p.log_start_offset)
-                                .with_aborted_transactions(Some(Vec::new()))
-                                .with_preferred_read_replica((-1).into())
-                                .with_diverging_epoch(diverging_epoch(p.diverging_epoch))
-                                .with_records(Some(p.records))
-                        })
-                        .collect(),
-                )
+                .with_partitions(partitions)
         })
         .collect();
+    let node_endpoints = node_endpoints!(NodeEndpoint, hints.named);
     // Session 0: no fetch session was created; the client keeps sending full fetches.
     k::FetchResponse::default()
         .with_session_id(0)
         .with_responses(responses)
+        .with_node_endpoints(node_endpoints)
 }
 
 /// Where a consumer's log diverges from the leader's (Fetch version 12 on; only a

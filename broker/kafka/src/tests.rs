@@ -907,6 +907,19 @@ fn the_coordinator_is_this_listener() {
     assert_eq!(r.error_code, ResponseError::CoordinatorNotAvailable.code());
 }
 
+/// Where the KIP-951 tests' partitions of `orders` are led: 0 and 1 by broker 2
+/// (epoch 7), 2 by broker 3 (which has no Kafka listener), 4 by broker 1; 3 is
+/// offline.
+fn leaders_of_orders(topic: &str, p: u32) -> Option<(u32, i32)> {
+    assert_eq!(topic, "orders");
+    match p {
+        0 | 1 => Some((2, 7)),
+        2 => Some((3, 4)),
+        4 => Some((1, 1)),
+        _ => None,
+    }
+}
+
 /// KIP-951: from version 10 a partition refused as not this broker's names its
 /// current leader, and the answer that leader's Kafka listener; a leader without
 /// one (broker 3 here), or unknown, is not named; other errors name nobody.
@@ -935,21 +948,11 @@ fn a_produce_refused_for_leadership_names_the_current_leader() {
                 ],
             }],
         };
-        // Partitions 0 and 1 led by broker 2, 2 by broker 3, 3 offline; 4 by 1.
-        let leader_of = |topic: &str, p: u32| -> Option<(u32, i32)> {
-            assert_eq!(topic, "orders");
-            match p {
-                0 | 1 => Some((2, 7)),
-                2 => Some((3, 4)),
-                4 => Some((1, 1)),
-                _ => None,
-            }
-        };
         let frame = pending
             .respond_with_leaders(
                 Some(m::Response::Produce(answer)),
                 &cluster_listener(),
-                &leader_of,
+                &leaders_of_orders,
             )
             .unwrap()
             .unwrap();
@@ -970,6 +973,72 @@ fn a_produce_refused_for_leadership_names_the_current_leader() {
             assert_eq!(r.node_endpoints[0].rack.as_deref(), Some("b"));
         } else {
             assert_eq!(leaders, [(-1, -1); 5]);
+            assert!(endpoints.is_empty());
+        }
+    }
+}
+
+/// KIP-951 for Fetch: a partition refused as not this broker's, or for an old
+/// leader epoch, names its current leader from version 12, and the answer that
+/// leader's Kafka listener from version 16 (the first version clients read it
+/// in); a leader without a listener, or unknown, is not named, and other errors
+/// name nobody.
+#[test]
+fn a_fetch_refused_for_leadership_names_the_current_leader() {
+    for version in [11, 12, 15, 16, 17] {
+        let request = k::FetchRequest::default().with_max_wait_ms(0);
+        let (_, pending) = serve(frame_of(ApiKey::Fetch, version, &request));
+        let partition = |partition: u32, error: ErrorCode| m::FetchPartitionResponse {
+            partition,
+            error,
+            message: String::new(),
+            high_watermark: -1,
+            log_start_offset: -1,
+            records: Bytes::new(),
+            diverging_epoch: None,
+        };
+        let answer = m::FetchResponse {
+            topics: vec![m::FetchTopicResponse {
+                name: "orders".into(),
+                id: meridian_wire::TopicId([1; 16]),
+                partitions: vec![
+                    partition(0, ErrorCode::NotLeaderOrFollower),
+                    partition(1, ErrorCode::FencedLeaderEpoch),
+                    partition(2, ErrorCode::NotLeaderOrFollower),
+                    partition(3, ErrorCode::NotLeaderOrFollower),
+                    partition(4, ErrorCode::OffsetOutOfRange),
+                ],
+            }],
+        };
+        let frame = pending
+            .respond_with_leaders(
+                Some(m::Response::Fetch(answer)),
+                &cluster_listener(),
+                &leaders_of_orders,
+            )
+            .unwrap()
+            .unwrap();
+        let r: k::FetchResponse = response(ApiKey::Fetch, version, frame);
+        let leaders: Vec<(i32, i32)> = r.responses[0]
+            .partitions
+            .iter()
+            .map(|p| (p.current_leader.leader_id.0, p.current_leader.leader_epoch))
+            .collect();
+        let endpoints: Vec<(i32, &str, i32)> = r
+            .node_endpoints
+            .iter()
+            .map(|e| (e.node_id.0, e.host.as_str(), e.port))
+            .collect();
+        let none = (-1, -1);
+        if version >= 12 {
+            assert_eq!(leaders, [(2, 7), (2, 7), none, none, none], "{version}");
+        } else {
+            assert_eq!(leaders, [none; 5]);
+        }
+        if version >= 16 {
+            assert_eq!(endpoints, [(2, "kafka-2.example", 9092)]);
+            assert_eq!(r.node_endpoints[0].rack.as_deref(), Some("b"));
+        } else {
             assert!(endpoints.is_empty());
         }
     }

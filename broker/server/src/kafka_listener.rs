@@ -637,8 +637,9 @@ async fn serve_one(
             .respond(answer, &listener)
             .map_err(|e| e.to_string());
     }
-    // Where partitions are led now, for a Produce answer's NOT_LEADER_OR_FOLLOWER
-    // (KIP-951): read when the answer is made, not when the request came.
+    // Where partitions are led now, for a Produce or Fetch answer's refusals as
+    // not the leader (KIP-951): read when the answer is made, not when the request
+    // came.
     let leader_of = |topic: &str, partition: u32| {
         let image = shared.cluster.as_ref()?.image();
         let p = image
