@@ -4204,6 +4204,12 @@ impl Script {
         let mut child = self.child;
         let status = child.wait().unwrap();
         let stderr = self.stderr.join().unwrap();
+        // All of it, for a run that needs more than its end: each script's log
+        // to a file of its own in `CLIENT_LOGS_FOR_TESTS` (a directory).
+        if let Some(dir) = std::env::var_os("CLIENT_LOGS_FOR_TESTS") {
+            let file = std::path::Path::new(&dir).join(format!("client-{}.log", child.id()));
+            let _ = std::fs::write(file, &stderr);
+        }
         assert!(
             status.success(),
             "{rest}{}\n(the client script failed: {status})",

@@ -16,6 +16,7 @@ stop.
 
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -26,8 +27,10 @@ from common import read_by_group
 
 BOOTSTRAP, TOPIC = sys.argv[1].split(","), sys.argv[2]
 # kafka-python's warnings (a coordinator lost, a join failed) go to stderr, which
-# the test shows when the group did not read everything.
-logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(threadName)s %(name)s: %(message)s")
+# the test shows when the group did not read everything; KAFKA_PYTHON_LOG_LEVEL
+# (e.g. INFO: joins, assignments) for more.
+logging.basicConfig(level=os.environ.get("KAFKA_PYTHON_LOG_LEVEL", "WARNING"),
+                    format="%(asctime)s %(threadName)s %(name)s: %(message)s")
 
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
