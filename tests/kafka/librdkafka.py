@@ -47,6 +47,8 @@ SASL), `{}` for none. ACTION is one of:
   at each assignment], "read": N}, ...], "fatal": error or null}. An acknowledged
   record's offset is null where librdkafka acknowledged it implicitly (its
   request's answer was lost, and a later request of the partition was taken).
+  These clients do not re-bootstrap (`metadata.recovery.strategy` none; why: in
+  `chaos()`).
   With RDK_DEBUG set (librdkafka `debug` contexts), every client's debug log goes
   to the file RDK_DEBUG_FILE (default `librdkafka-debug.log`).
 
@@ -338,13 +340,19 @@ def chaos():
     lock = threading.Lock()
     acknowledged, failed, read = [], {}, set()
     commit_errors, consumer_errors, fatal = {}, {}, []
-    debug = {}
+    chaos_conf = {}
     if os.environ.get("RDK_DEBUG"):
         # librdkafka logs to stderr from its own threads: even while a call blocks.
         log = os.open(os.environ.get("RDK_DEBUG_FILE", "librdkafka-debug.log"),
                       os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         os.dup2(log, 2)
-        debug = {"debug": os.environ["RDK_DEBUG"]}
+        chaos_conf = {"debug": os.environ["RDK_DEBUG"]}
+    # librdkafka 2.10+ re-bootstraps (forgets the brokers it learned and starts
+    # again from bootstrap.servers) once every broker it is connected to is down,
+    # as two killed at once are here; under 2.16.1 a consumer then hung for good
+    # now and then (its log silent from that moment, close() never returning).
+    # Brokers come back where they were, so these clients reconnect instead.
+    chaos_conf["metadata.recovery.strategy"] = "none"
 
     def count(into, err):
         with lock:
@@ -366,7 +374,7 @@ def chaos():
         def assigned(_consumer, partitions):
             seen_by["assigned"].append(sorted(tp.partition for tp in partitions))
 
-        consumer = Consumer({**CONF, **debug, "group.id": f"{PREFIX}-readers",
+        consumer = Consumer({**CONF, **chaos_conf, "group.id": f"{PREFIX}-readers",
                              "auto.offset.reset": "earliest", "enable.auto.commit": False,
                              "session.timeout.ms": 6000})
         consumer.subscribe([PREFIX], on_assign=assigned)
@@ -393,7 +401,7 @@ def chaos():
     members = [threading.Thread(target=member, args=(s,), daemon=True) for s in seen_by]
     for m in members:
         m.start()
-    producer = Producer({**CONF, **debug, "enable.idempotence": True, "acks": "all",
+    producer = Producer({**CONF, **chaos_conf, "enable.idempotence": True, "acks": "all",
                          "linger.ms": 2, "batch.size": 4096,
                          "error_cb": lambda err: fatal.append(str(err)) if err.fatal() else None})
     i = 0
