@@ -265,6 +265,20 @@ struct Member {
     revoking_since_ms: Option<i64>,
 }
 
+impl Member {
+    /// The member, heard from at `now_ms`, says it owns `owned`. It can only own
+    /// what it was given at some point; anything else it claims is ignored. (Not
+    /// just the last `sent`: if that sync's response was lost, the member still
+    /// holds what it owned before.)
+    fn reports(&mut self, owned: BTreeSet<TopicPartition>, now_ms: i64) {
+        self.last_seen_ms = now_ms;
+        self.owned = owned
+            .into_iter()
+            .filter(|tp| self.sent.contains(tp) || self.owned.contains(tp))
+            .collect();
+    }
+}
+
 #[derive(Debug, Default)]
 struct Group {
     epoch: i32,
@@ -360,6 +374,15 @@ impl Group {
                 member.revoking_since_ms = Some(now_ms);
             }
         }
+    }
+
+    /// [`Member::reports`] of a member the group has.
+    fn reports(&mut self, member_id: &str, owned: BTreeSet<TopicPartition>, now_ms: i64) {
+        let member = self
+            .members
+            .get_mut(member_id)
+            .expect("a member of the group");
+        member.reports(owned, now_ms);
     }
 
     fn remove_member(&mut self, member_id: &str) {
@@ -587,17 +610,7 @@ impl Coordinator {
         now_ms: i64,
     ) -> Result<SyncResponse> {
         let (group, member_id) = Self::member_mut(&mut self.groups, group_id, member_id)?;
-        {
-            let member = group.members.get_mut(&member_id).expect("checked above");
-            member.last_seen_ms = now_ms;
-            // A member can only own what it was given at some point; anything else it
-            // claims is ignored. (Not just the last `sent`: if that sync's response was
-            // lost, the member still holds what it owned before.)
-            member.owned = owned
-                .into_iter()
-                .filter(|tp| member.sent.contains(tp) || member.owned.contains(tp))
-                .collect();
-        }
+        group.reports(&member_id, owned, now_ms);
         // Recompute `sent` from scratch: the member gives up `sent` first, so what it
         // was told before does not block its own new assignment.
         group
@@ -619,6 +632,28 @@ impl Coordinator {
             pending: allowed.len() < target_len,
             assignment: allowed,
         })
+    }
+
+    /// The member took what its last sync gave it and holds `owned` now (that, and
+    /// for a cooperative Kafka member what it still holds from before): a Kafka
+    /// member says so to nobody, since it syncs again only at its next rebalance,
+    /// so its driver confirms for it once the answer is on its way. Unlike a sync
+    /// this does not compute what the member may own again: the member keeps
+    /// being told what it was told, so if the group changed since (another member
+    /// joined), what it may own differs from that and its next heartbeat says
+    /// to sync; were it told the smaller share here, the coordinator would count
+    /// it as holding partitions it never had, and wait for it to give them up.
+    pub fn confirm(
+        &mut self,
+        group_id: &str,
+        member_id: &str,
+        owned: BTreeSet<TopicPartition>,
+        now_ms: i64,
+    ) -> Result<()> {
+        let (group, member_id) = Self::member_mut(&mut self.groups, group_id, member_id)?;
+        group.reports(&member_id, owned, now_ms);
+        group.update_revocations(now_ms);
+        Ok(())
     }
 
     /// Keeps the member alive. `Ok(true)` when the member should sync because what it

@@ -199,6 +199,17 @@ fn java_hash(s: &str) -> i32 {
         .fold(0i32, |h, c| h.wrapping_mul(31).wrapping_add(i32::from(c)))
 }
 
+/// A SyncGroup answered with an error.
+fn sync_refused(Failure { code, message }: Failure) -> SyncGroupResponse {
+    SyncGroupResponse {
+        error: code,
+        message,
+        member_epoch: -1,
+        assignment: Vec::new(),
+        pending: false,
+    }
+}
+
 fn to_wire(tps: &BTreeSet<TopicPartition>) -> Vec<TopicPartitions> {
     TopicPartitions::group(tps.iter().map(|tp| (tp.topic.as_str(), tp.partition)))
 }
@@ -877,16 +888,7 @@ impl Shared {
                 assignment: to_wire(&synced.assignment),
                 pending: synced.pending,
             },
-            Err(Failure {
-                code: error,
-                message,
-            }) => SyncGroupResponse {
-                error,
-                message,
-                member_epoch: -1,
-                assignment: Vec::new(),
-                pending: false,
-            },
+            Err(failure) => sync_refused(failure),
         }
     }
 
@@ -992,6 +994,34 @@ impl Shared {
             given = self.sync_group(request.clone()).await;
         }
         given
+    }
+
+    /// Tells the coordinator that a Kafka member owns what its SyncGroup answer
+    /// `given` gives it (Meridian's own members say so at their next sync; Kafka's
+    /// never sync again until the next rebalance), and answers with `given`, or
+    /// with the error if the member is gone. If the group changed since the answer
+    /// was made, the member's next heartbeat calls a rebalance. Without this the
+    /// coordinator would count the member's partitions as given but never taken,
+    /// and the group as never settled. A cooperative member also still holds what
+    /// it owned when it synced, those partitions it was not given included: it
+    /// gives them up (its revocation callback, a commit) and then joins again
+    /// saying so, and only then may another member have them.
+    pub(crate) async fn confirm_kafka_sync(
+        &self,
+        request: &SyncGroupRequest,
+        given: SyncGroupResponse,
+    ) -> SyncGroupResponse {
+        let mut held = from_wire(&given.assignment);
+        held.extend(from_wire(&request.owned));
+        let outcome = self
+            .membership_change(&request.group_id, |c| {
+                c.confirm(&request.group_id, &request.member_id, held, now_ms())
+            })
+            .await;
+        match outcome {
+            Ok(()) => given,
+            Err(failure) => sync_refused(failure),
+        }
     }
 
     pub(crate) async fn leave_group(&self, r: LeaveGroupRequest) -> LeaveGroupResponse {

@@ -39,7 +39,6 @@ use meridian_kafka::{
     Step,
 };
 use meridian_metadata::MetadataImage;
-use meridian_wire::group::{SyncGroupRequest, SyncGroupResponse, TopicPartitions};
 use meridian_wire::messages::{Request, Response};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -625,7 +624,9 @@ async fn serve_one(
             Ok(Some(Response::SyncGroup(given))) if given.error.is_ok() => {
                 let given = shared.hold_kafka_sync(&sync, given).await;
                 if given.error.is_ok() {
-                    Some(confirm_sync(&shared, sync, given, peer).await)
+                    Some(Response::SyncGroup(
+                        shared.confirm_kafka_sync(&sync, given).await,
+                    ))
                 } else {
                     Some(Response::SyncGroup(given))
                 }
@@ -678,36 +679,6 @@ fn refused(
             .respond(Some(answer), listener)
             .map_err(|e| e.to_string()),
         None => Err(denied.message),
-    }
-}
-
-/// Tells the coordinator that a member owns what its SyncGroup just gave it
-/// (Meridian's own members say so at their next sync; Kafka's never sync again
-/// until the next rebalance), and answers with what it may own now: the same,
-/// unless the group changed in between, when it gets less and the heartbeat that
-/// follows calls a rebalance. Without this the coordinator would count the
-/// member's partitions as given but never taken, and the group as never settled.
-/// A cooperative member also still holds what it owned when it synced, those
-/// partitions it was not given included: it gives them up (its revocation
-/// callback, a commit) and then joins again saying so, and only then may another
-/// member have them.
-async fn confirm_sync(
-    shared: &Arc<Shared>,
-    sync: SyncGroupRequest,
-    given: SyncGroupResponse,
-    peer: SocketAddr,
-) -> Response {
-    let held: std::collections::BTreeSet<(&str, u32)> = (given.assignment.iter())
-        .chain(&sync.owned)
-        .flat_map(|t| t.partitions.iter().map(|&p| (t.topic.as_str(), p)))
-        .collect();
-    let owned = TopicPartitions::group(held);
-    let confirm = SyncGroupRequest { owned, ..sync };
-    match shared.handle(Request::SyncGroup(confirm), peer, None).await {
-        Some(Response::SyncGroup(now)) => Response::SyncGroup(now),
-        // The handler answers a sync with a sync; were it not so, the first answer
-        // still holds.
-        _ => Response::SyncGroup(given),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Seeded simulation of the group coordinator with members that join, heartbeat, sync,
 //! apply assignments late, pause past their session, crash, leave and come back
-//! (static members too), while topics appear and the coordinator fails over (a new
+//! (static members too), some of them Kafka clients (which sync only when a
+//! heartbeat calls a rebalance, and whose driver confirms each sync's answer
+//! later, with other members' requests in between), while topics appear and the coordinator fails over (a new
 //! one restores the membership the old one persisted). After every step it checks that no
 //! partition is owned by two live members; at the end, with faults stopped, that the
 //! group converges to every partition owned exactly once.
@@ -30,6 +32,12 @@ struct Member {
     paused_until: i64,
     /// Whether its last heartbeat said "sync".
     must_sync: bool,
+    /// A Kafka client behind the Kafka listener: it joins and syncs only when a
+    /// heartbeat calls a rebalance (an eager one giving up everything first),
+    /// and takes what SyncGroup answers once the listener has confirmed it.
+    kafka: bool,
+    /// Kafka: a SyncGroup answer made, not yet confirmed and delivered.
+    answer: Option<BTreeSet<TopicPartition>>,
 }
 
 struct Sim {
@@ -46,23 +54,27 @@ struct Sim {
 }
 
 impl Sim {
-    fn join(&mut self, i: usize) {
-        let m = &mut self.members[i];
-        let request = JoinRequest {
+    fn join_request(&self, i: usize) -> JoinRequest {
+        JoinRequest {
             group_id: GROUP.into(),
             member_id: String::new(),
-            instance_id: m.instance_id.clone(),
+            instance_id: self.members[i].instance_id.clone(),
             client_id: format!("c{i}"),
             client_host: "sim".into(),
             topics: self.topics.clone(),
             assignor: self.assignor,
             session_timeout_ms: SESSION_MS,
             rebalance_timeout_ms: REBALANCE_MS,
-        };
+        }
+    }
+
+    fn join(&mut self, i: usize) {
+        let request = self.join_request(i);
         let response = self
             .coordinator
             .join(request, self.now)
             .expect("join succeeds");
+        let m = &mut self.members[i];
         m.member_id = Some(response.member_id);
         m.must_sync = true;
     }
@@ -73,6 +85,7 @@ impl Sim {
         m.member_id = None;
         m.owned.clear();
         m.assigned = None;
+        m.answer = None;
     }
 
     fn step(&mut self, i: usize) {
@@ -83,6 +96,10 @@ impl Sim {
             self.join(i);
             return;
         };
+        if self.members[i].kafka {
+            self.kafka_step(i, &member_id);
+            return;
+        }
         match self.rng.below(4) {
             0 => match self.coordinator.heartbeat(GROUP, &member_id, self.now) {
                 Ok(changed) => self.members[i].must_sync |= changed,
@@ -111,6 +128,74 @@ impl Sim {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// One step of a Kafka client and the listener's work for it.
+    fn kafka_step(&mut self, i: usize, member_id: &str) {
+        let m = &self.members[i];
+        let (waiting, must_sync) = (m.answer.is_some(), m.must_sync);
+        match self.rng.below(3) {
+            // Heartbeats only between rebalances.
+            0 if !waiting && !must_sync => {
+                match self.coordinator.heartbeat(GROUP, member_id, self.now) {
+                    Ok(true) => self.kafka_rejoin(i, member_id),
+                    Ok(false) => {}
+                    Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+                    Err(e) => panic!("heartbeat: {e:?}"),
+                }
+            }
+            // SyncGroup; an answer short of the member's share is sometimes held
+            // and made again later (the listener's hold), else confirmed later.
+            1 if !waiting && must_sync => {
+                let owned = self.members[i].owned.clone();
+                match self.coordinator.sync(GROUP, member_id, owned, self.now) {
+                    Ok(r) if r.pending && self.rng.chance(50) => {}
+                    Ok(r) => {
+                        let m = &mut self.members[i];
+                        m.answer = Some(r.assignment);
+                        m.must_sync = false;
+                    }
+                    Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+                    Err(e) => panic!("sync: {e:?}"),
+                }
+            }
+            // The listener confirms the answer and sends it: the member holds it,
+            // and a cooperative one what it held before until it gives that up
+            // and joins again.
+            2 if waiting => {
+                let answer = self.members[i].answer.take().expect("waiting");
+                let held: BTreeSet<TopicPartition> =
+                    answer.union(&self.members[i].owned).cloned().collect();
+                match self.coordinator.confirm(GROUP, member_id, held, self.now) {
+                    Ok(()) => {
+                        let m = &mut self.members[i];
+                        let revoke = !m.owned.is_subset(&answer);
+                        m.owned = answer;
+                        if revoke {
+                            self.kafka_rejoin(i, member_id);
+                        }
+                    }
+                    Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+                    Err(e) => panic!("confirm: {e:?}"),
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// A Kafka client joins again with its member id (an eager one having given
+    /// up everything) and will sync.
+    fn kafka_rejoin(&mut self, i: usize, member_id: &str) {
+        if self.assignor.is_eager() {
+            self.members[i].owned.clear();
+        }
+        let mut request = self.join_request(i);
+        request.member_id = member_id.to_string();
+        match self.coordinator.join(request, self.now) {
+            Ok(_) => self.members[i].must_sync = true,
+            Err(GroupError::UnknownMemberId(_)) => self.lost(i),
+            Err(e) => panic!("rejoin: {e:?}"),
         }
     }
 
@@ -191,6 +276,8 @@ pub(crate) fn run(seed: u64) {
     let mut rng = Rng::new(seed);
     let assignor = Assignor::ALL[rng.below(3) as usize];
     let n_members = 1 + rng.below(6) as usize;
+    // In half the runs most members are Kafka clients.
+    let kafka_members = rng.chance(50);
     let config = CoordinatorConfig {
         min_session_timeout_ms: 1_000,
         ..CoordinatorConfig::default()
@@ -205,6 +292,7 @@ pub(crate) fn run(seed: u64) {
     let members = (0..n_members)
         .map(|i| Member {
             instance_id: (i % 2 == 0).then(|| format!("static-{i}")),
+            kafka: kafka_members && i % 3 != 2,
             ..Member::default()
         })
         .collect();
@@ -256,7 +344,10 @@ pub(crate) fn run(seed: u64) {
         });
         if description.state == GroupState::Stable
             && zombies_heard
-            && sim.members.iter().all(|m| m.assigned.is_none())
+            && sim
+                .members
+                .iter()
+                .all(|m| m.assigned.is_none() && m.answer.is_none())
         {
             let owned: Vec<&TopicPartition> = sim.members.iter().flat_map(|m| &m.owned).collect();
             let distinct: BTreeSet<&TopicPartition> = owned.iter().copied().collect();
@@ -529,4 +620,78 @@ fn time_the_coordinator_did_not_run_does_not_count_against_sessions() {
     }
     assert!(now > thawed + 50 + session, "expired at {now}");
     assert!(now <= thawed + 50 + session + TICK_GAP_MAX_MS / 10);
+}
+
+/// An eager Kafka member's SyncGroup of group `g` at `now_ms`, as the listener
+/// serves it: a sync owning nothing, then its answer confirmed a moment later.
+#[cfg(test)]
+fn sync_confirmed(
+    coordinator: &mut Coordinator,
+    member: &str,
+    now_ms: i64,
+) -> BTreeSet<TopicPartition> {
+    let share = coordinator
+        .sync("g", member, BTreeSet::new(), now_ms)
+        .expect("sync succeeds")
+        .assignment;
+    coordinator
+        .confirm("g", member, share.clone(), now_ms + 1)
+        .expect("confirm succeeds");
+    share
+}
+
+/// A Kafka member's driver confirms what its SyncGroup gave it once the answer is
+/// made (`Coordinator::confirm`). When a second member joins in between, the
+/// first must still be told to rebalance: run by an eager assignor, the group
+/// withholds every partition until the first gives up what it was given, which
+/// it does only when its heartbeat says so. (Before `confirm`, the driver
+/// confirmed with another sync, whose smaller answer, nothing, reached the
+/// member instead: the coordinator counted it as holding all six, its
+/// heartbeats were fine, and both members got nothing for good.)
+#[test]
+fn a_kafka_member_confirmed_after_another_joined_is_told_to_rebalance() {
+    let mut coordinator = Coordinator::new(CoordinatorConfig::default(), 1);
+    coordinator.topic_changed("t", Some(6), 0);
+    let all: BTreeSet<TopicPartition> = (0..6).map(|p| TopicPartition::new("t", p)).collect();
+    let first = coordinator
+        .join(join_t("g", None), 0)
+        .expect("join succeeds")
+        .member_id;
+    let given = coordinator
+        .sync("g", &first, BTreeSet::new(), 1)
+        .expect("sync succeeds");
+    assert_eq!(given.assignment, all);
+    // The second joins before the first's answer is confirmed.
+    let second = coordinator
+        .join(join_t("g", None), 2)
+        .expect("join succeeds")
+        .member_id;
+    coordinator
+        .confirm("g", &first, given.assignment.clone(), 3)
+        .expect("confirm succeeds");
+    let withheld = coordinator
+        .sync("g", &second, BTreeSet::new(), 4)
+        .expect("sync succeeds");
+    assert!(withheld.assignment.is_empty() && withheld.pending);
+    coordinator
+        .confirm("g", &second, BTreeSet::new(), 5)
+        .expect("confirm succeeds");
+    assert_eq!(coordinator.heartbeat("g", &second, 6), Ok(false));
+    assert_eq!(
+        coordinator.heartbeat("g", &first, 7),
+        Ok(true),
+        "the first member is told to rebalance"
+    );
+    // Eager: it gives up everything, joins again and syncs owning nothing.
+    let mut rejoin = join_t("g", None);
+    rejoin.member_id = first.clone();
+    coordinator.join(rejoin, 8).expect("rejoin succeeds");
+    let first_share = sync_confirmed(&mut coordinator, &first, 9);
+    assert_eq!(coordinator.heartbeat("g", &second, 11), Ok(true));
+    let second_share = sync_confirmed(&mut coordinator, &second, 12);
+    assert_eq!((first_share.len(), second_share.len()), (3, 3));
+    assert_eq!(&first_share | &second_share, all);
+    let group = coordinator.describe("g").expect("the group exists");
+    assert_eq!(group.state, GroupState::Stable);
+    assert_eq!(coordinator.heartbeat("g", &first, 14), Ok(false));
 }
