@@ -265,20 +265,6 @@ struct Member {
     revoking_since_ms: Option<i64>,
 }
 
-impl Member {
-    /// The member, heard from at `now_ms`, says it owns `owned`. It can only own
-    /// what it was given at some point; anything else it claims is ignored. (Not
-    /// just the last `sent`: if that sync's response was lost, the member still
-    /// holds what it owned before.)
-    fn reports(&mut self, owned: BTreeSet<TopicPartition>, now_ms: i64) {
-        self.last_seen_ms = now_ms;
-        self.owned = owned
-            .into_iter()
-            .filter(|tp| self.sent.contains(tp) || self.owned.contains(tp))
-            .collect();
-    }
-}
-
 #[derive(Debug, Default)]
 struct Group {
     epoch: i32,
@@ -376,13 +362,20 @@ impl Group {
         }
     }
 
-    /// [`Member::reports`] of a member the group has.
+    /// The member, heard from at `now_ms`, says it owns `owned`. It can only own
+    /// what it was given at some point; anything else it claims is ignored. (Not
+    /// just the last `sent`: if that sync's response was lost, the member still
+    /// holds what it owned before.)
     fn reports(&mut self, member_id: &str, owned: BTreeSet<TopicPartition>, now_ms: i64) {
         let member = self
             .members
             .get_mut(member_id)
             .expect("a member of the group");
-        member.reports(owned, now_ms);
+        member.last_seen_ms = now_ms;
+        member.owned = owned
+            .into_iter()
+            .filter(|tp| member.sent.contains(tp) || member.owned.contains(tp))
+            .collect();
     }
 
     fn remove_member(&mut self, member_id: &str) {

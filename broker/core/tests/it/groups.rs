@@ -2,8 +2,8 @@
 //! apply assignments late, pause past their session, crash, leave and come back
 //! (static members too), some of them Kafka clients (which sync only when a
 //! heartbeat calls a rebalance, and whose driver confirms each sync's answer
-//! later, with other members' requests in between), while topics appear and the coordinator fails over (a new
-//! one restores the membership the old one persisted). After every step it checks that no
+//! later, with other members' requests in between), while topics appear and the
+//! coordinator fails over (a new one restores the membership the old one persisted). After every step it checks that no
 //! partition is owned by two live members; at the end, with faults stopped, that the
 //! group converges to every partition owned exactly once.
 
