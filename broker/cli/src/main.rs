@@ -8,6 +8,7 @@ mod bench_ratio;
 mod cert_cmds;
 mod client_cmds;
 mod cluster_cmds;
+mod dump_log;
 mod group_bench;
 mod group_cmds;
 mod json_bytes;
@@ -90,6 +91,9 @@ enum Command {
     /// SASL users of the Kafka listener (`kafka_sasl_users_file`): add, remove, list.
     #[command(subcommand)]
     Sasl(sasl_cmds::SaslCommand),
+    /// Print what segment files hold, batch by batch, read from disk (no broker
+    /// needed): offsets, producer ids, epochs and sequences, compression, CRC.
+    DumpLog(dump_log::DumpLogArgs),
 }
 
 #[derive(Args, Clone)]
@@ -535,6 +539,7 @@ async fn run(command: Command, config: Option<BrokerConfig>) -> anyhow::Result<(
         Command::Cert(cmd) => cert_cmds::run(cmd),
         Command::Acl(cmd) => acl_cmds::run(cmd),
         Command::Sasl(cmd) => sasl_cmds::run(cmd),
+        Command::DumpLog(args) => dump_log::run(args),
     }
 }
 

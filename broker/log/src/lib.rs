@@ -87,7 +87,7 @@ pub use partition::{
     LOG_START_OFFSET_FILE,
 };
 pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
-pub use segment::ReadSlice;
+pub use segment::{inspect_segment, InspectedBatch, ReadSlice, SegmentProblem};
 pub use validate::{
     check_timestamps, require_keys, validate_batches, validate_rewritten_batches, ValidatedBatches,
 };

@@ -1272,3 +1272,155 @@ impl Segment {
         self.paths.delete()
     }
 }
+
+/// One batch of a segment file, as [`inspect_segment`] read it.
+#[derive(Clone, Debug)]
+pub struct InspectedBatch {
+    /// Where it starts in the file.
+    pub position: u64,
+    pub header: BatchHeader,
+    /// The whole batch, header included; its CRC checked.
+    pub bytes: Bytes,
+}
+
+/// Where [`inspect_segment`] stopped before the end of the file, and why: a short or
+/// torn batch, a bad CRC or magic, offsets that go back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SegmentProblem {
+    pub position: u64,
+    pub detail: String,
+}
+
+/// Reads the segment file at `path` for inspection (`meridian dump-log`), changing
+/// nothing: calls `on_batch` with each batch in order, after checking its CRC and
+/// that its offsets come after the previous batch's, and returns where and why the
+/// walk stopped early, if it did. A running broker's segments can be read this way;
+/// the active one may end in a batch being written.
+///
+/// The base offset is the file's name as the broker names segments
+/// (`00000000000000001234.log`); under any other name, the first batch's.
+pub fn inspect_segment(
+    path: &Path,
+    mut on_batch: impl FnMut(InspectedBatch),
+) -> Result<Option<SegmentProblem>, LogError> {
+    let file = File::open(path)?;
+    let size = file.metadata()?.len();
+    let named = path
+        .file_stem()
+        .and_then(|stem| stem.to_str())
+        .filter(|stem| stem.len() == 20)
+        .and_then(|stem| stem.parse::<i64>().ok());
+    let base_offset = match named {
+        Some(base_offset) => base_offset,
+        None => match read_header(&file, 0, size)? {
+            Ok(header) => header.base_offset,
+            Err(_) => 0,
+        },
+    };
+    let mut read_error = None;
+    let scan = scan_batches(
+        &file,
+        base_offset,
+        0,
+        size,
+        base_offset,
+        ScanChecks { verify_crc: true },
+        |header, position| {
+            if read_error.is_some() {
+                return;
+            }
+            match read_batch(&file, position, header) {
+                Ok(bytes) => on_batch(InspectedBatch {
+                    position,
+                    header: *header,
+                    bytes,
+                }),
+                Err(e) => read_error = Some(e),
+            }
+        },
+    )?;
+    if let Some(e) = read_error {
+        return Err(e.into());
+    }
+    Ok(scan
+        .problem
+        .map(|(position, detail)| SegmentProblem { position, detail }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use meridian_wire::batch::{encode_batch, Compression, NewRecord, ProducerIdentity};
+
+    fn batch_at(base_offset: i64, values: &[&str]) -> Vec<u8> {
+        let records: Vec<NewRecord> = values
+            .iter()
+            .map(|v| NewRecord {
+                timestamp: 1_700_000_000_000,
+                value: Some(Bytes::copy_from_slice(v.as_bytes())),
+                ..NewRecord::default()
+            })
+            .collect();
+        let mut batch = encode_batch(&records, Compression::Zstd, ProducerIdentity::NONE)
+            .unwrap()
+            .to_vec();
+        meridian_wire::batch::patch_batch(&mut batch, base_offset, 3);
+        batch
+    }
+
+    fn inspect(path: &Path) -> (Vec<(u64, i64, i64)>, Option<SegmentProblem>) {
+        let mut seen = Vec::new();
+        let problem = inspect_segment(path, |b| {
+            seen.push((b.position, b.header.base_offset, b.header.last_offset()));
+        })
+        .unwrap();
+        (seen, problem)
+    }
+
+    #[test]
+    fn inspecting_a_segment_reports_each_batch_and_where_damage_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(segment_file_name(10, "log"));
+        let first = batch_at(10, &["a", "b"]);
+        let second = batch_at(12, &["c"]);
+        let mut bytes = [first.clone(), second.clone()].concat();
+        std::fs::write(&path, &bytes).unwrap();
+        let (seen, problem) = inspect(&path);
+        let second_at = first.len() as u64;
+        assert_eq!(seen, [(0, 10, 11), (second_at, 12, 12)]);
+        assert_eq!(problem, None);
+
+        // A torn tail: the walk stops there and says so.
+        bytes.extend_from_slice(&batch_at(13, &["d"])[..30]);
+        std::fs::write(&path, &bytes).unwrap();
+        let (seen, problem) = inspect(&path);
+        assert_eq!(seen.len(), 2);
+        let problem = problem.unwrap();
+        assert_eq!(problem.position, second_at + second.len() as u64);
+        assert!(problem.detail.contains("batch header needs"), "{problem:?}");
+
+        // A flipped byte in the second batch's records: its CRC no longer holds.
+        let last = bytes.len() - 31;
+        bytes[last] ^= 0xff;
+        bytes.truncate(first.len() + second.len());
+        std::fs::write(&path, &bytes).unwrap();
+        let (seen, problem) = inspect(&path);
+        assert_eq!(seen, [(0, 10, 11)]);
+        let problem = problem.unwrap();
+        assert_eq!(problem.position, second_at);
+        assert!(problem.detail.contains("CRC"), "{problem:?}");
+
+        // Offsets that go back.
+        std::fs::write(&path, [first.clone(), first.clone()].concat()).unwrap();
+        let (_, problem) = inspect(&path);
+        assert!(
+            problem.unwrap().detail.contains("where 12 was expected"),
+            "offsets going back"
+        );
+
+        // Under another name, the first batch gives the base offset.
+        let copy = dir.path().join("copy.log");
+        std::fs::write(&copy, &first).unwrap();
+        assert_eq!(inspect(&copy), (vec![(0, 10, 11)], None));
+    }
+}
