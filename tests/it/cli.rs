@@ -1204,16 +1204,36 @@ fn cluster_describe_shows_a_single_broker_as_its_own_controller() {
 }
 
 /// `meridian dump-log` over a running broker's partition directory: every batch
-/// with who wrote it and its records; then over damaged copies of the segment.
+/// with who wrote it and its records, a sealed segment's indexes, the snapshot of
+/// producers written when the log rolled; then over damaged copies of each.
 #[test]
 fn dump_log_shows_batches_producers_and_damage() {
     let broker = TestBroker::start(&[]);
-    ok(broker.cli(&["topic", "create", "dumped", "-p", "1"], ""));
+    // An index entry for every batch but a segment's first (at position 0), and
+    // segments of at most 1 KiB.
+    ok(broker.cli(
+        &[
+            "topic",
+            "create",
+            "dumped",
+            "-p",
+            "1",
+            "-c",
+            "index.interval.bytes=0",
+            "-c",
+            "segment.bytes=1024",
+        ],
+        "",
+    ));
     ok(broker.cli(
         &["produce", "dumped", "-K", ":", "-z", "zstd"],
         "a:one\nb:two\nc:three\n",
     ));
     ok(broker.cli(&["produce", "dumped", "-H", "source=cli"], "four\n"));
+    // 1.5 KiB more: the log rolls first, sealing segment 0 with its indexes and
+    // snapshotting the producers' state below offset 4.
+    let lines: String = (0..30).map(|i| format!("{i:050}\n")).collect();
+    ok(broker.cli(&["produce", "dumped"], &lines));
     let partition = broker.data_dir.join("topics/dumped/0");
     let dump = |args: &[&str]| {
         let out = std::process::Command::new(crate::harness::meridian_bin())
@@ -1234,17 +1254,24 @@ fn dump_log_shows_batches_producers_and_damage() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(batches.len(), 2, "{out}");
-    let (first, second) = (&batches[0], &batches[1]);
+    assert_eq!(batches.len(), 3, "{out}");
+    let (first, second, third) = (&batches[0], &batches[1], &batches[2]);
+    let span = |b: &serde_json::Value| (b["base_offset"].as_i64(), b["last_offset"].as_i64());
     assert_eq!(
-        (first["base_offset"].as_i64(), first["last_offset"].as_i64()),
-        (Some(0), Some(2)),
-        "{first}"
+        [span(first), span(second), span(third)],
+        [(Some(0), Some(2)), (Some(3), Some(3)), (Some(4), Some(33))],
+        "{out}"
+    );
+    assert!(
+        third["file"]
+            .as_str()
+            .unwrap()
+            .ends_with("00000000000000000004.log"),
+        "{third}"
     );
     assert_eq!(first["compression"], "zstd");
     assert_eq!(second["compression"], "none");
-    assert_eq!(second["base_offset"].as_i64(), Some(3));
-    // Two `produce` runs: two idempotent producers, each from sequence 0.
+    // Three `produce` runs: three idempotent producers, each from sequence 0.
     let producers: Vec<i64> = batches
         .iter()
         .map(|b| b["producer_id"].as_i64().unwrap())
@@ -1257,6 +1284,7 @@ fn dump_log_shows_batches_producers_and_damage() {
     let records: Vec<(i64, String, String)> = batches
         .iter()
         .flat_map(|b| b["records"].as_array().unwrap().clone())
+        .take(4)
         .map(|r| {
             (
                 r["offset"].as_i64().unwrap(),
@@ -1286,31 +1314,78 @@ fn dump_log_shows_batches_producers_and_damage() {
         "    1 timestamp ",
         " key b value two",
         " key null value four source=cli",
+        "00000000000000000004.log\n  offsets 4..=33 records 30 position 0",
     ] {
         assert!(out.contains(needle), "{needle:?} in\n{out}");
     }
 
-    // Damage: a copy of the segment with a torn last batch, and one with a byte of
-    // the first batch flipped. Each is reported where it starts, the batches before
-    // it still printed, and the command fails.
+    // Segment 0's indexes: where the second batch starts, and its time.
+    let second_at = second["position"].as_u64().unwrap();
+    let index = partition.join("00000000000000000000.index");
+    let (success, out, err) = dump(&[index.to_str().unwrap()]);
+    assert!(success, "{err}");
+    assert!(
+        out.ends_with(&format!("\n  offset 3 position {second_at}\n")),
+        "{out}"
+    );
+    let times = partition.join("00000000000000000000.timeindex");
+    let (success, out, err) = dump(&["--json", times.to_str().unwrap()]);
+    assert!(success, "{err}");
+    let entry: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(entry["offset"], 3, "{out}");
+    assert_eq!(entry["timestamp"], first["max_timestamp"], "{out}");
+
+    // The producers' state below offset 4: the first two producers' batches.
+    let snapshot = partition.join("00000000000000000004.snapshot");
+    let (success, out, err) = dump(&["--json", snapshot.to_str().unwrap()]);
+    assert!(success, "{err}");
+    let mut remembered: Vec<(i64, serde_json::Value)> = out
+        .lines()
+        .map(|l| {
+            let p: serde_json::Value = serde_json::from_str(l).unwrap();
+            (p["producer_id"].as_i64().unwrap(), p["batches"].clone())
+        })
+        .collect();
+    remembered.sort_by_key(|(id, _)| *id);
+    let batch = |first: i64, last: i64| {
+        serde_json::json!([{"first_sequence": 0, "last_sequence": last - first,
+                            "base_offset": first, "last_offset": last}])
+    };
+    let mut expected = vec![(producers[0], batch(0, 2)), (producers[1], batch(3, 3))];
+    expected.sort_by_key(|(id, _)| *id);
+    assert_eq!(remembered, expected, "{out}");
+    let (success, out, _) = dump(&[snapshot.to_str().unwrap()]);
+    assert!(success);
+    assert!(
+        out.contains(&format!(
+            "  producer {} epoch 0 last_timestamp ",
+            producers[0]
+        )) && out.contains(": sequences 0..=2 at offsets 0..=2"),
+        "{out}"
+    );
+
+    // Damage, in copies: a torn last batch, a flipped byte in the first batch, an
+    // index entry pointing back, a flipped byte in the snapshot. Each is reported
+    // where it starts, what comes before it still printed, and the command fails.
     let segment = std::fs::read(partition.join("00000000000000000000.log")).unwrap();
-    let second_at = second["position"].as_u64().unwrap() as usize;
     let temp = tempfile::tempdir().unwrap();
-    let torn = temp.path().join("torn.log");
-    std::fs::write(&torn, &segment[..segment.len() - 3]).unwrap();
-    let (success, out, err) = dump(&[torn.to_str().unwrap()]);
+    let copy = |name: &str, bytes: &[u8]| {
+        let path = temp.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.to_str().unwrap().to_string()
+    };
+    let torn = copy("torn.log", &segment[..segment.len() - 3]);
+    let (success, out, err) = dump(&[&torn]);
     assert!(!success, "{out}");
     assert!(out.contains("offsets 0..=2"), "{out}");
     assert!(
         out.contains(&format!("damaged at byte {second_at}: batch of")),
         "{out}"
     );
-    assert!(err.contains("damaged segment: "), "{err}");
+    assert!(err.contains("damaged file: "), "{err}");
     let mut flipped = segment.clone();
-    flipped[second_at - 1] ^= 0x01;
-    let flipped_path = temp.path().join("flipped.log");
-    std::fs::write(&flipped_path, &flipped).unwrap();
-    let (success, out, _) = dump(&["--json", flipped_path.to_str().unwrap()]);
+    flipped[second_at as usize - 1] ^= 0x01;
+    let (success, out, _) = dump(&["--json", &copy("flipped.log", &flipped)]);
     assert!(!success);
     let problem: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(problem["position"], 0);
@@ -1321,8 +1396,19 @@ fn dump_log_shows_batches_producers_and_damage() {
             .contains("CRC mismatch"),
         "{problem}"
     );
+    let mut bad = std::fs::read(&index).unwrap();
+    bad.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 1]);
+    let (success, out, _) = dump(&[&copy("00000000000000000000.index", &bad)]);
+    assert!(
+        !success && out.contains("damaged at byte 8: entry 1 breaks"),
+        "{out}"
+    );
+    let mut bad = std::fs::read(&snapshot).unwrap();
+    bad[6] ^= 1;
+    let (success, out, _) = dump(&[&copy("00000000000000000004.snapshot", &bad)]);
+    assert!(!success && out.contains("checksum mismatch"), "{out}");
 
-    // Neither a segment nor a directory with segments.
+    // Neither a file nor a directory with segments.
     let (success, _, err) = dump(&[temp.path().join("missing").to_str().unwrap()]);
     assert!(!success && err.contains("No such file"), "{err}");
     let empty = tempfile::tempdir().unwrap();

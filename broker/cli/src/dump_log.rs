@@ -1,38 +1,44 @@
-//! `meridian dump-log`: what a partition's segment files hold, batch by batch, read
-//! straight from disk (Kafka's `kafka-dump-log.sh`). For looking into a log without a
-//! broker, or beside a running one: who wrote each batch (producer id, epoch and
-//! sequences), under which leader epoch, compressed how, and whether it is intact.
+//! `meridian dump-log`: what a partition's files hold, read straight from disk
+//! (Kafka's `kafka-dump-log.sh`). For looking into a log without a broker, or beside
+//! a running one: who wrote each batch (producer id, epoch and sequences), under
+//! which leader epoch, compressed how, and whether it is intact; what its indexes
+//! point at; which producers a snapshot of idempotent producers' state remembers.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
-use meridian_log::{inspect_segment, InspectedBatch, SegmentProblem};
+use meridian_log::{
+    inspect_offset_index, inspect_producer_snapshot, inspect_segment, inspect_time_index, FileKind,
+    InspectedBatch, LogError, SegmentProblem,
+};
 use meridian_wire::batch::{decode_records, BatchHeader, Record};
 
 use crate::json_bytes;
 
 #[derive(clap::Args, Debug)]
 pub struct DumpLogArgs {
-    /// Segment files (`*.log`), or partition directories
+    /// Segment files (`*.log`), their indexes (`*.index`, `*.timeindex`), snapshots
+    /// of idempotent producers (`*.snapshot`), or partition directories
     /// (`DATA_DIR/topics/TOPIC/PARTITION`), whose segments are read in offset order.
     #[arg(required = true, value_name = "PATH")]
     paths: Vec<PathBuf>,
     /// Print each batch's records too (decompressed).
     #[arg(long, short)]
     records: bool,
-    /// One JSON object per line: a batch, or a problem found.
+    /// One JSON object per line: a batch (an index entry, a producer), or a problem
+    /// found.
     #[arg(long)]
     json: bool,
 }
 
-/// Dumps every segment `args` names. Damage (a bad CRC, a torn batch, offsets going
-/// back) is printed where it starts and makes the command fail once every file is
-/// read; the rest of that file is not read.
+/// Dumps every file `args` names. Damage (a bad CRC, a torn batch or entry, offsets
+/// going back) is printed where it starts and makes the command fail once every file
+/// is read; the rest of that file is not read.
 pub fn run(args: DumpLogArgs) -> anyhow::Result<()> {
     let mut files = Vec::new();
     for path in &args.paths {
-        files.extend(segment_files(path)?);
+        files.extend(files_in(path)?);
     }
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::new(stdout.lock());
@@ -41,18 +47,26 @@ pub fn run(args: DumpLogArgs) -> anyhow::Result<()> {
         if !args.json {
             writeln!(out, "{}", file.display())?;
         }
-        let mut failed = None;
-        let problem = inspect_segment(file, |batch| {
-            if failed.is_none() {
-                if let Err(e) = print_batch(&mut out, file, &batch, &args) {
-                    failed = Some(e);
+        let problem = match FileKind::of(file) {
+            FileKind::Segment => dump_segment(&mut out, file, &args)?,
+            FileKind::OffsetIndex => {
+                let found = inspect_offset_index(file).with_context(|| reading(file))?;
+                for e in &found.entries {
+                    let fields = [("offset", e.offset), ("position", i64::from(e.position))];
+                    print_entry(&mut out, file, &fields, args.json)?;
                 }
+                found.problem
             }
-        })
-        .with_context(|| format!("reading {}", file.display()))?;
-        if let Some(e) = failed {
-            return Err(e);
-        }
+            FileKind::TimeIndex => {
+                let found = inspect_time_index(file).with_context(|| reading(file))?;
+                for e in &found.entries {
+                    let fields = [("timestamp", e.timestamp), ("offset", e.offset)];
+                    print_entry(&mut out, file, &fields, args.json)?;
+                }
+                found.problem
+            }
+            FileKind::ProducerSnapshot => dump_snapshot(&mut out, file, args.json)?,
+        };
         if let Some(problem) = problem {
             print_problem(&mut out, file, &problem, args.json)?;
             damaged.push(format!(
@@ -66,17 +80,120 @@ pub fn run(args: DumpLogArgs) -> anyhow::Result<()> {
     out.flush()?;
     match damaged.as_slice() {
         [] => Ok(()),
-        [one] => anyhow::bail!("damaged segment: {one}"),
+        [one] => anyhow::bail!("damaged file: {one}"),
         many => anyhow::bail!(
-            "{} damaged segments (each shown above), the first at {}",
+            "{} damaged files (each shown above), the first {}",
             many.len(),
             many[0]
         ),
     }
 }
 
-/// `path` if it is a file, else the `*.log` files in it, by base offset.
-fn segment_files(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
+/// An index entry: `  NAME VALUE NAME VALUE`, or a JSON object of them and the file.
+fn print_entry(
+    out: &mut impl Write,
+    file: &Path,
+    fields: &[(&str, i64)],
+    json: bool,
+) -> std::io::Result<()> {
+    if json {
+        let mut object = serde_json::Map::new();
+        object.insert("file".into(), file.display().to_string().into());
+        for (name, value) in fields {
+            object.insert((*name).into(), (*value).into());
+        }
+        return writeln!(out, "{}", serde_json::Value::Object(object));
+    }
+    let line: Vec<String> = fields.iter().map(|(n, v)| format!("{n} {v}")).collect();
+    writeln!(out, "  {}", line.join(" "))
+}
+
+fn reading(file: &Path) -> String {
+    format!("reading {}", file.display())
+}
+
+/// Prints a segment's batches; returns where it is damaged, if it is.
+fn dump_segment(
+    out: &mut impl Write,
+    file: &Path,
+    args: &DumpLogArgs,
+) -> anyhow::Result<Option<SegmentProblem>> {
+    let mut failed = None;
+    let problem = inspect_segment(file, |batch| {
+        if failed.is_none() {
+            if let Err(e) = print_batch(out, file, &batch, args) {
+                failed = Some(e);
+            }
+        }
+    })
+    .with_context(|| reading(file))?;
+    match failed {
+        Some(e) => Err(e),
+        None => Ok(problem),
+    }
+}
+
+/// Prints each producer of a snapshot; a damaged snapshot is reported, not read.
+fn dump_snapshot(
+    out: &mut impl Write,
+    file: &Path,
+    json: bool,
+) -> anyhow::Result<Option<SegmentProblem>> {
+    let producers = match inspect_producer_snapshot(file) {
+        Ok(producers) => producers,
+        Err(LogError::Corrupt {
+            position, detail, ..
+        }) => return Ok(Some(SegmentProblem { position, detail })),
+        Err(e) => return Err(e).with_context(|| reading(file)),
+    };
+    for p in &producers {
+        if json {
+            let batches: Vec<serde_json::Value> = p
+                .batches
+                .iter()
+                .map(|b| {
+                    serde_json::json!({
+                        "first_sequence": b.first_seq,
+                        "last_sequence": b.last_seq,
+                        "base_offset": b.base_offset,
+                        "last_offset": b.last_offset,
+                    })
+                })
+                .collect();
+            let object = serde_json::json!({
+                "file": file.display().to_string(),
+                "producer_id": p.producer_id,
+                "producer_epoch": p.epoch,
+                "last_timestamp": p.last_timestamp,
+                "batches": batches,
+            });
+            writeln!(out, "{object}")?;
+        } else {
+            let batches: Vec<String> = p
+                .batches
+                .iter()
+                .map(|b| {
+                    format!(
+                        "sequences {}..={} at offsets {}..={}",
+                        b.first_seq, b.last_seq, b.base_offset, b.last_offset
+                    )
+                })
+                .collect();
+            writeln!(
+                out,
+                "  producer {} epoch {} last_timestamp {}: {}",
+                p.producer_id,
+                p.epoch,
+                p.last_timestamp,
+                batches.join(", ")
+            )?;
+        }
+    }
+    Ok(None)
+}
+
+/// `path` if it is a file, else the segments (`*.log`) in it, by base offset.
+fn files_in(path: &Path) -> anyhow::Result<Vec<PathBuf>> {
     let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
     if !meta.is_dir() {
         return Ok(vec![path.to_owned()]);

@@ -91,8 +91,9 @@ enum Command {
     /// SASL users of the Kafka listener (`kafka_sasl_users_file`): add, remove, list.
     #[command(subcommand)]
     Sasl(sasl_cmds::SaslCommand),
-    /// Print what segment files hold, batch by batch, read from disk (no broker
-    /// needed): offsets, producer ids, epochs and sequences, compression, CRC.
+    /// Print what a partition's files hold, read from disk (no broker needed):
+    /// segments batch by batch (offsets, producer ids, epochs and sequences,
+    /// compression, CRC), their indexes, snapshots of idempotent producers.
     DumpLog(dump_log::DumpLogArgs),
 }
 

@@ -69,6 +69,7 @@ pub mod checkpoint;
 mod cleaner;
 mod group_commit;
 mod index;
+mod inspect;
 mod partition;
 mod producer_state;
 mod segment;
@@ -82,12 +83,18 @@ use meridian_wire::ErrorCode;
 pub use checkpoint::LeaderEpochs;
 pub use cleaner::{CleanPlan, CleanStats, CleanedGroup, CLEANER_CHECKPOINT_FILE};
 pub use group_commit::{GroupCommit, SyncHandle, SyncStats};
+pub use inspect::{
+    inspect_offset_index, inspect_producer_snapshot, inspect_segment, inspect_time_index, FileKind,
+    IndexEntries, InspectedBatch, OffsetIndexEntry, SegmentProblem, TimeIndexEntry,
+};
 pub use partition::{
     AppendInfo, FollowerBatch, PartitionLog, RetentionOutcome, CLEAN_SHUTDOWN_MARKER,
     LOG_START_OFFSET_FILE,
 };
-pub use producer_state::{ProducerStates, SequenceCheck, SequenceError, MAX_TRACKED_BATCHES};
-pub use segment::{inspect_segment, InspectedBatch, ReadSlice, SegmentProblem};
+pub use producer_state::{
+    ProducerStates, ProducerView, SequenceCheck, SequenceError, SequencedBatch, MAX_TRACKED_BATCHES,
+};
+pub use segment::ReadSlice;
 pub use validate::{
     check_timestamps, require_keys, validate_batches, validate_rewritten_batches, ValidatedBatches,
 };

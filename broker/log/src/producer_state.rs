@@ -77,6 +77,26 @@ fn next_seq(seq: i32, n: i32) -> i32 {
     ((i64::from(seq) + i64::from(n)) % (i64::from(i32::MAX) + 1)) as i32
 }
 
+/// One producer of a partition's state, as `meridian dump-log` shows a snapshot.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProducerView {
+    pub producer_id: i64,
+    pub epoch: i16,
+    /// The broker's clock at its last batch (what expiry counts from).
+    pub last_timestamp: i64,
+    /// The batches remembered to answer retries, oldest first.
+    pub batches: Vec<SequencedBatch>,
+}
+
+/// Where a producer's batch went: its sequences and offsets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SequencedBatch {
+    pub first_seq: i32,
+    pub last_seq: i32,
+    pub base_offset: i64,
+    pub last_offset: i64,
+}
+
 /// The producer state of one partition.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ProducerStates {
@@ -90,6 +110,36 @@ impl ProducerStates {
 
     pub fn is_empty(&self) -> bool {
         self.producers.is_empty()
+    }
+
+    /// The producers, by id.
+    pub fn producers(&self) -> Vec<ProducerView> {
+        let mut views: Vec<ProducerView> = self
+            .producers
+            .iter()
+            .map(|(id, e)| ProducerView {
+                producer_id: *id,
+                epoch: e.epoch,
+                last_timestamp: e.last_timestamp,
+                batches: e
+                    .batches
+                    .iter()
+                    .map(|b| SequencedBatch {
+                        first_seq: b.first_seq,
+                        last_seq: b.last_seq,
+                        base_offset: b.base_offset,
+                        last_offset: b.last_offset,
+                    })
+                    .collect(),
+            })
+            .collect();
+        views.sort_unstable_by_key(|v| v.producer_id);
+        views
+    }
+
+    /// The state a snapshot file's bytes hold; `Err` says why they hold none.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<ProducerStates, String> {
+        Self::decode(bytes)
     }
 
     /// Checks a batch against the state (does not change it).
@@ -337,10 +387,10 @@ pub(crate) fn prune_snapshots(dir: &Path, keep: usize, max_offset: i64) -> io::R
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn header(producer_id: i64, epoch: i16, first_seq: i32, n: i32) -> BatchHeader {
+    pub(crate) fn header(producer_id: i64, epoch: i16, first_seq: i32, n: i32) -> BatchHeader {
         BatchHeader {
             base_offset: 0,
             batch_length: 0,
