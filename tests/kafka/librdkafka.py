@@ -44,7 +44,9 @@ SASL), `{}` for none. ACTION is one of:
   record (90 s at most). Prints {"acknowledged": [[i, partition, offset], ...],
   "failed": {error: count}, "unsent": N, "unread": N, "commit_errors": {error name: count},
   "consumer_errors": {error: count}, "members": [{"assigned": [[partition, ...]
-  at each assignment], "read": N}, ...], "fatal": error or null}. An acknowledged
+  at each assignment], "read": N}, ...], "fatal": error or null, "stuck":
+  [[partition, broker sent to, leader], ...] (librdkafka's issue 4976, see
+  `Delegations`)}. An acknowledged
   record's offset is null where librdkafka acknowledged it implicitly (its
   request's answer was lost, and a later request of the partition was taken).
   These clients do not re-bootstrap (`metadata.recovery.strategy` none; why: in
@@ -56,7 +58,9 @@ Exits non-zero, saying why, on anything else.
 """
 
 import json
+import logging
 import os
+import re
 import sys
 import threading
 import time
@@ -334,6 +338,44 @@ def failover():
     return {"offsets": offsets}
 
 
+class Delegations(logging.Handler):
+    """Where librdkafka sends each partition of `topic`, and who leads it, from its
+    `topic` debug lines (a producer's `logger`): for telling, when records stay
+    unsent, whether librdkafka is stuck sending a partition to a broker that no
+    longer leads it while the metadata it was given names the leader. That is
+    librdkafka's issue 4976 (fix proposed in its pull request 5593): a second
+    leader update, naming the broker a partition is moving away from, arriving
+    before the move is done, leaves the partition on the new broker with the
+    leader id of the old; every later update then finds the leader "unchanged,
+    not migrating away from preferred replica", and each produce gets
+    NOT_LEADER_OR_FOLLOWER for good. Two Metadata answers a broker gives a
+    moment apart, its leadership changing in between, are enough."""
+
+    def __init__(self, topic, echo):
+        super().__init__()
+        self.topic, self.echo = re.escape(topic), echo
+        self.sending_to, self.leader, self.kept = {}, {}, set()
+
+    def emit(self, record):
+        line = record.getMessage()
+        if self.echo:
+            print(line, file=sys.stderr)
+        t = self.topic
+        if m := re.search(rf": {t} \[(\d+)\]: delegate to broker \S+/(\d+) ", line):
+            self.sending_to[int(m[1])] = int(m[2])
+            self.kept.discard(int(m[1]))
+        elif m := re.search(rf"Topic {t} \[(\d+)\] Leader (-?\d+)", line):
+            self.leader[int(m[1])] = int(m[2])
+        elif m := re.search(rf"Topic {t} \[(\d+)\]: leader (\d+) unchanged, not migrating", line):
+            self.kept.add(int(m[1]))
+
+    def stuck(self):
+        """Partitions sent to a broker other than the leader librdkafka was told,
+        and kept there: [[partition, sending to, leader], ...]."""
+        return sorted([p, self.sending_to[p], self.leader.get(p)] for p in self.kept
+                      if self.sending_to.get(p) != self.leader.get(p))
+
+
 def chaos():
     stop = threading.Event()
     threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
@@ -401,8 +443,17 @@ def chaos():
     members = [threading.Thread(target=member, args=(s,), daemon=True) for s in seen_by]
     for m in members:
         m.start()
+    # The producer's `topic` debug lines come to `delegations` (on its polls), and
+    # to the debug log too under RDK_DEBUG.
+    delegations = Delegations(PREFIX, echo="debug" in chaos_conf)
+    logger = logging.getLogger("librdkafka-producer")
+    logger.addHandler(delegations)
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    debug = ",".join(filter(None, [chaos_conf.get("debug"), "topic"]))
     producer = Producer({**CONF, **chaos_conf, "enable.idempotence": True, "acks": "all",
-                         "linger.ms": 2, "batch.size": 4096,
+                         "linger.ms": 2, "batch.size": 4096, "debug": debug, "log_level": 7,
+                         "logger": logger,
                          "error_cb": lambda err: fatal.append(str(err)) if err.fatal() else None})
     i = 0
     while not stop.is_set() and not fatal:
@@ -427,11 +478,19 @@ def chaos():
             producer.poll(0.1)
         left = len(producer)
     else:
-        left = producer.flush(120)
+        # Two minutes to send what it holds; half a minute if it stays stuck.
+        left, deadline, stuck_since = len(producer), time.monotonic() + 120, None
+        while left and time.monotonic() < deadline:
+            left = producer.flush(5)
+            if not (left and delegations.stuck()):
+                stuck_since = None
+            elif time.monotonic() - (stuck_since := stuck_since or time.monotonic()) > 30:
+                break
     unread = read_by_group(acknowledged, read, lock, reading, members)
     return {"acknowledged": acknowledged, "failed": failed, "unsent": left, "unread": unread,
             "commit_errors": commit_errors, "consumer_errors": consumer_errors,
-            "members": seen_by, "fatal": fatal[0] if fatal else None}
+            "members": seen_by, "fatal": fatal[0] if fatal else None,
+            "stuck": delegations.stuck()}
 
 
 ACTIONS = {"roundtrip": roundtrip, "cooperative": cooperative, "login": login,
