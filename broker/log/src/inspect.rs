@@ -11,6 +11,7 @@ use bytes::Bytes;
 use meridian_wire::batch::BatchHeader;
 
 use crate::index::{SegmentIndex, OFFSET_ENTRY_LEN, TIME_ENTRY_LEN};
+use crate::partition::parse_segment_name;
 use crate::producer_state::{ProducerStates, ProducerView};
 use crate::segment::{read_batch, read_header, scan_batches, ScanChecks};
 use crate::LogError;
@@ -42,10 +43,8 @@ impl FileKind {
 /// The offset a segment's file is named for (`00000000000000001234.index`), if it is
 /// named as the broker names them.
 fn named_offset(path: &Path) -> Option<i64> {
-    path.file_stem()
-        .and_then(|stem| stem.to_str())
-        .filter(|stem| stem.len() == 20)
-        .and_then(|stem| stem.parse::<i64>().ok())
+    let name = path.file_name()?.to_str()?;
+    parse_segment_name(name, path.extension()?.to_str()?)
 }
 /// One batch of a segment file, as [`inspect_segment`] read it.
 #[derive(Clone, Debug)]

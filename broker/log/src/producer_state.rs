@@ -29,19 +29,11 @@ pub const MAX_TRACKED_BATCHES: usize = 5;
 
 const SNAPSHOT_MAGIC: &[u8; 4] = b"MPS1";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct BatchMeta {
-    first_seq: i32,
-    last_seq: i32,
-    base_offset: i64,
-    last_offset: i64,
-}
-
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct ProducerEntry {
     epoch: i16,
     /// Newest last.
-    batches: VecDeque<BatchMeta>,
+    batches: VecDeque<SequencedBatch>,
     last_timestamp: i64,
 }
 
@@ -88,7 +80,8 @@ pub struct ProducerView {
     pub batches: Vec<SequencedBatch>,
 }
 
-/// Where a producer's batch went: its sequences and offsets.
+/// Where a producer's batch went: its sequences and offsets (what a retry of it is
+/// answered with).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SequencedBatch {
     pub first_seq: i32,
@@ -121,25 +114,11 @@ impl ProducerStates {
                 producer_id: *id,
                 epoch: e.epoch,
                 last_timestamp: e.last_timestamp,
-                batches: e
-                    .batches
-                    .iter()
-                    .map(|b| SequencedBatch {
-                        first_seq: b.first_seq,
-                        last_seq: b.last_seq,
-                        base_offset: b.base_offset,
-                        last_offset: b.last_offset,
-                    })
-                    .collect(),
+                batches: e.batches.iter().copied().collect(),
             })
             .collect();
         views.sort_unstable_by_key(|v| v.producer_id);
         views
-    }
-
-    /// The state a snapshot file's bytes hold; `Err` says why they hold none.
-    pub fn from_snapshot(bytes: &[u8]) -> Result<ProducerStates, String> {
-        Self::decode(bytes)
     }
 
     /// Checks a batch against the state (does not change it).
@@ -206,7 +185,7 @@ impl ProducerStates {
         if header.producer_id < 0 {
             return;
         }
-        let meta = BatchMeta {
+        let meta = SequencedBatch {
             first_seq: header.base_sequence,
             last_seq: next_seq(header.base_sequence, header.last_offset_delta),
             base_offset,
@@ -264,7 +243,8 @@ impl ProducerStates {
         out
     }
 
-    fn decode(bytes: &[u8]) -> Result<ProducerStates, String> {
+    /// The state a snapshot file's bytes hold; `Err` says why they hold none.
+    pub fn from_snapshot(bytes: &[u8]) -> Result<ProducerStates, String> {
         if bytes.len() < 12 || &bytes[..4] != SNAPSHOT_MAGIC {
             return Err("not a producer snapshot".into());
         }
@@ -287,7 +267,7 @@ impl ProducerStates {
             let n = take(1)?[0] as usize;
             let mut batches = VecDeque::with_capacity(n);
             for _ in 0..n {
-                batches.push_back(BatchMeta {
+                batches.push_back(SequencedBatch {
                     first_seq: i32::from_be_bytes(take(4)?.try_into().expect("4")),
                     last_seq: i32::from_be_bytes(take(4)?.try_into().expect("4")),
                     base_offset: i64::from_be_bytes(take(8)?.try_into().expect("8")),
@@ -357,7 +337,7 @@ pub(crate) fn load_latest(
             continue;
         }
         let path = snapshot_path(dir, offset);
-        match ProducerStates::decode(&std::fs::read(&path)?) {
+        match ProducerStates::from_snapshot(&std::fs::read(&path)?) {
             Ok(states) => return Ok(Some((offset, states))),
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "ignoring unreadable producer snapshot")
